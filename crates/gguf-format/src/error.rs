@@ -89,6 +89,13 @@ pub enum GgufError {
         /// The tensor name.
         name: String,
     },
+    /// An I/O error while writing a file to a [`std::io::Write`].
+    #[error("writing GGUF: {source}")]
+    WriteIo {
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
     /// A value given to the writer cannot be written.
     #[error("cannot write GGUF: {message}")]
     Write {

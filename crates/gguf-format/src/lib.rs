@@ -22,8 +22,10 @@
 
 mod error;
 mod reader;
+mod rules;
 mod types;
 mod value;
+mod writer;
 
 pub use error::{GgufError, Result};
 pub use reader::{
@@ -32,3 +34,4 @@ pub use reader::{
 };
 pub use types::{GgmlType, TypeInfo};
 pub use value::{Array, Value, ValueType};
+pub use writer::GgufWriter;

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::path::Path;
 
 use crate::error::{GgufError, Result};
+use crate::rules;
 use crate::types::GgmlType;
 use crate::value::{Array, Value, ValueType};
 
@@ -84,6 +85,10 @@ struct Cursor<'a> {
 }
 
 impl<'a> Cursor<'a> {
+    fn pos(&self) -> u64 {
+        self.pos as u64
+    }
+
     fn remaining(&self) -> u64 {
         (self.data.len() - self.pos) as u64
     }
@@ -91,7 +96,7 @@ impl<'a> Cursor<'a> {
     fn take(&mut self, n: u64, what: &str) -> Result<&'a [u8]> {
         if n > self.remaining() {
             return Err(GgufError::UnexpectedEof {
-                offset: self.pos as u64,
+                offset: self.pos(),
                 needed: n - self.remaining(),
                 what: what.to_string(),
             });
@@ -117,16 +122,12 @@ impl<'a> Cursor<'a> {
         Ok(u64::from_le_bytes(self.array(what)?))
     }
 
-    /// A length-prefixed UTF-8 string, where `ctx` names it in errors.
+    /// A length-prefixed UTF-8 string, where `what` names it in messages.
+    /// Errors are (byte offset, message) for the caller to place.
     fn string(&mut self, what: &str) -> std::result::Result<String, (u64, String)> {
-        let at = self.pos as u64;
+        let at = self.pos();
         let len = self.u64(what).map_err(|e| (at, e.to_string()))?;
-        if len > MAX_STRING_LEN {
-            return Err((
-                at,
-                format!("{what} length {len} exceeds the limit of {MAX_STRING_LEN} bytes"),
-            ));
-        }
+        rules::string_len(len, what).map_err(|m| (at, m))?;
         if len > self.remaining() {
             return Err((
                 at,
@@ -137,13 +138,32 @@ impl<'a> Cursor<'a> {
             ));
         }
         let bytes = self.take(len, what).map_err(|e| (at, e.to_string()))?;
-        String::from_utf8(bytes.to_vec())
-            .map_err(|e| (at + 8, format!("{what} is not valid UTF-8: {e}")))
+        // Validate in place so that a bad string costs no allocation.
+        let s = std::str::from_utf8(bytes)
+            .map_err(|e| (at + 8, format!("{what} is not valid UTF-8: {e}")))?;
+        Ok(s.to_owned())
+    }
+}
+
+/// Adds "of <place>" to an end-of-file error so that it says which key or
+/// tensor was being read; other errors already carry their place.
+fn within(e: GgufError, place: impl FnOnce() -> String) -> GgufError {
+    match e {
+        GgufError::UnexpectedEof {
+            offset,
+            needed,
+            what,
+        } => GgufError::UnexpectedEof {
+            offset,
+            needed,
+            what: format!("{what} of {}", place()),
+        },
+        e => e,
     }
 }
 
 fn read_value(cur: &mut Cursor<'_>, ty: ValueType, depth: usize, key: &str) -> Result<Value> {
-    let at = cur.pos as u64;
+    let at = cur.pos();
     let err = |offset: u64, message: String| GgufError::InvalidMetadata {
         key: key.to_string(),
         offset,
@@ -181,7 +201,7 @@ fn read_value(cur: &mut Cursor<'_>, ty: ValueType, depth: usize, key: &str) -> R
                     format!("array element type {tid} is out of range (0..=12)"),
                 )
             })?;
-            let count_at = cur.pos as u64;
+            let count_at = cur.pos();
             let count = cur.u64("array length")?;
             if count > MAX_ARRAY_LEN {
                 return Err(err(
@@ -224,13 +244,6 @@ impl GgufHeader {
     /// (the whole file: tensor extents are checked against its length).
     pub fn parse(data: &[u8]) -> Result<GgufHeader> {
         let mut cur = Cursor { data, pos: 0 };
-        if data.len() < 4 {
-            return Err(GgufError::UnexpectedEof {
-                offset: 0,
-                needed: 4 - data.len() as u64,
-                what: "magic".into(),
-            });
-        }
         let magic = cur.array::<4>("magic")?;
         if magic != GGUF_MAGIC {
             return Err(GgufError::BadMagic { found: magic });
@@ -257,30 +270,33 @@ impl GgufHeader {
                 })
             }
         }
-        let tc_at = cur.pos as u64;
+        let tc_at = cur.pos();
         let tensor_count = cur.u64("tensor count")?;
-        let kv_at = cur.pos as u64;
+        let kv_at = cur.pos();
         let kv_count = cur.u64("metadata count")?;
         // Minimum bytes: a key-value pair is 8 (key len) + 1 (key) + 4 (type) + 1;
         // a tensor entry is 8 (name len) + 1 (name) + 4 (n_dims) + 4 (type) + 8 (offset).
+        // Checking the counts against the file bounds every allocation below
+        // by the file's size, whatever the counts claim.
         const MIN_KV: u64 = 14;
         const MIN_TENSOR: u64 = 25;
-        if kv_count.saturating_mul(MIN_KV) > cur.remaining() {
+        let kv_min = kv_count.saturating_mul(MIN_KV);
+        if kv_min > cur.remaining() {
             return Err(GgufError::Invalid {
                 offset: kv_at,
                 message: format!(
-                    "metadata count {kv_count} needs at least {} bytes, the file has {} left",
-                    kv_count.saturating_mul(MIN_KV),
+                    "metadata count {kv_count} needs at least {kv_min} bytes, the file has {} left",
                     cur.remaining()
                 ),
             });
         }
-        if tensor_count.saturating_mul(MIN_TENSOR) > cur.remaining() {
+        let tensor_min = tensor_count.saturating_mul(MIN_TENSOR);
+        if kv_min.saturating_add(tensor_min) > cur.remaining() {
             return Err(GgufError::Invalid {
                 offset: tc_at,
                 message: format!(
-                    "tensor count {tensor_count} needs at least {} bytes, the file has {} left",
-                    tensor_count.saturating_mul(MIN_TENSOR),
+                    "tensor count {tensor_count} needs at least {tensor_min} bytes \
+                     (after {kv_min} for {kv_count} metadata entries), the file has {} left",
                     cur.remaining()
                 ),
             });
@@ -288,8 +304,9 @@ impl GgufHeader {
 
         let mut metadata = Vec::with_capacity(kv_count as usize);
         let mut index = HashMap::with_capacity(kv_count as usize);
+        let mut alignment_at = 0;
         for i in 0..kv_count {
-            let at = cur.pos as u64;
+            let at = cur.pos();
             let key = cur.string("metadata key").map_err(|(offset, message)| {
                 GgufError::InvalidMetadata {
                     key: format!("#{i}"),
@@ -311,54 +328,48 @@ impl GgufHeader {
                     message: "duplicate key".into(),
                 });
             }
-            let ty_at = cur.pos as u64;
-            let tid = cur.u32("metadata value type")?;
+            let ty_at = cur.pos();
+            let tid = cur
+                .u32("metadata value type")
+                .map_err(|e| within(e, || format!("key `{key}`")))?;
             let ty = ValueType::from_id(tid).ok_or_else(|| GgufError::InvalidMetadata {
                 key: key.clone(),
                 offset: ty_at,
                 message: format!("value type {tid} is out of range (0..=12)"),
             })?;
-            let value = read_value(&mut cur, ty, 0, &key)?;
+            if key == "general.alignment" {
+                alignment_at = cur.pos();
+            }
+            let value = read_value(&mut cur, ty, 0, &key)
+                .map_err(|e| within(e, || format!("key `{key}`")))?;
             index.insert(key.clone(), metadata.len());
             metadata.push((key, value));
         }
 
-        let alignment = match index.get("general.alignment").map(|&i| &metadata[i].1) {
+        let alignment = match index.get("general.alignment") {
             None => DEFAULT_ALIGNMENT,
-            Some(Value::U32(a)) => {
-                let a = u64::from(*a);
-                if a == 0 || !a.is_power_of_two() || a > MAX_ALIGNMENT {
-                    return Err(GgufError::InvalidMetadata {
-                        key: "general.alignment".into(),
-                        offset: 0,
-                        message: format!(
-                            "alignment {a} must be a power of two between 1 and {MAX_ALIGNMENT}"
-                        ),
-                    });
-                }
-                a
-            }
-            Some(v) => {
-                return Err(GgufError::InvalidMetadata {
+            Some(&i) => {
+                rules::alignment(&metadata[i].1).map_err(|message| GgufError::InvalidMetadata {
                     key: "general.alignment".into(),
-                    offset: 0,
-                    message: format!("must be a u32, found {}", v.type_name()),
-                })
+                    offset: alignment_at,
+                    message,
+                })?
             }
         };
 
         let mut tensors = Vec::with_capacity(tensor_count as usize);
+        let mut sizes = Vec::with_capacity(tensor_count as usize);
         let mut tensor_index = HashMap::with_capacity(tensor_count as usize);
         for i in 0..tensor_count {
-            let at = cur.pos as u64;
+            let at = cur.pos();
             let name =
                 cur.string("tensor name")
                     .map_err(|(offset, message)| GgufError::Invalid {
                         offset,
                         message: format!("tensor #{i}: {message}"),
                     })?;
-            let bad = |name: &str, message: String| GgufError::InvalidTensor {
-                name: name.to_string(),
+            let bad = |message: String| GgufError::InvalidTensor {
+                name: name.clone(),
                 message,
             };
             if name.is_empty() {
@@ -367,71 +378,35 @@ impl GgufHeader {
                     message: format!("tensor #{i} has an empty name"),
                 });
             }
-            if name.len() >= MAX_NAME_LEN {
-                return Err(bad(
-                    &name,
-                    format!(
-                        "name is {} bytes, the limit is {}",
-                        name.len(),
-                        MAX_NAME_LEN - 1
-                    ),
-                ));
-            }
+            rules::tensor_name(&name).map_err(bad)?;
             if tensor_index.contains_key(&name) {
-                return Err(bad(&name, format!("duplicate tensor name (byte {at})")));
+                return Err(bad(format!("duplicate tensor name (byte {at})")));
             }
-            let n_dims = cur.u32("tensor n_dims")?;
-            if n_dims as usize > MAX_DIMS {
-                return Err(bad(
-                    &name,
-                    format!("{n_dims} dimensions, at most {MAX_DIMS} allowed"),
-                ));
-            }
+            let place = || format!("tensor `{name}`");
+            let n_dims = cur.u32("tensor n_dims").map_err(|e| within(e, place))?;
+            rules::n_dims(n_dims.into()).map_err(bad)?;
             let mut dims = Vec::with_capacity(n_dims as usize);
             for _ in 0..n_dims {
-                let d = cur.u64("tensor dimension")?;
-                if d >= 1 << 63 {
-                    return Err(bad(&name, format!("dimension {d} is at or above 2^63")));
-                }
+                let d = cur.u64("tensor dimension").map_err(|e| within(e, place))?;
+                rules::dim(d).map_err(bad)?;
                 dims.push(d);
             }
-            let tid_at = cur.pos as u64;
-            let tid = cur.u32("tensor type")?;
+            let tid_at = cur.pos();
+            let tid = cur.u32("tensor type").map_err(|e| within(e, place))?;
             let ggml_type = GgmlType::from_id(tid).ok_or_else(|| {
-                bad(
-                    &name,
-                    format!("unknown or removed tensor type id {tid} (byte {tid_at})"),
-                )
+                bad(format!(
+                    "unknown or removed tensor type id {tid} (byte {tid_at})"
+                ))
             })?;
-            let offset = cur.u64("tensor offset")?;
-            let mut n_elements: u64 = 1;
-            for &d in &dims {
-                n_elements = n_elements
-                    .checked_mul(d)
-                    .filter(|&n| n < 1 << 63)
-                    .ok_or_else(|| bad(&name, format!("element count of {dims:?} overflows")))?;
-            }
-            let bs = ggml_type.block_size() as u64;
-            let first = dims.first().copied().unwrap_or(1);
-            if first % bs != 0 {
-                return Err(bad(
-                    &name,
-                    format!("first dimension {first} is not a multiple of the {ggml_type} block size {bs}"),
-                ));
-            }
-            if ggml_type.bytes_for(n_elements).is_none() {
-                return Err(bad(
-                    &name,
-                    format!("byte size of {n_elements} {ggml_type} elements overflows"),
-                ));
-            }
+            let offset = cur.u64("tensor offset").map_err(|e| within(e, place))?;
+            let size = rules::shape(ggml_type, &dims).map_err(bad)?;
             if offset % alignment != 0 {
-                return Err(bad(
-                    &name,
-                    format!("offset {offset} is not a multiple of alignment {alignment}"),
-                ));
+                return Err(bad(format!(
+                    "offset {offset} is not a multiple of alignment {alignment}"
+                )));
             }
             tensor_index.insert(name.clone(), tensors.len());
+            sizes.push(size);
             tensors.push(TensorInfo {
                 name,
                 ggml_type,
@@ -440,14 +415,14 @@ impl GgufHeader {
             });
         }
 
-        let header_end = cur.pos as u64;
+        let header_end = cur.pos();
         let data_offset = header_end.div_ceil(alignment) * alignment;
         let data_len = (data.len() as u64).saturating_sub(data_offset);
 
-        // Extents: inside the data section, and no two overlap.
+        // Extents: inside the data section, and no two overlap. Comparing
+        // relative offsets against the section's length cannot wrap.
         let mut extents: Vec<(u64, u64, usize)> = Vec::with_capacity(tensors.len());
-        for (i, t) in tensors.iter().enumerate() {
-            let size = t.ggml_type.bytes_for(t.n_elements()).unwrap_or(u64::MAX);
+        for (i, (t, &size)) in tensors.iter().zip(&sizes).enumerate() {
             let end = t
                 .offset
                 .checked_add(size)
@@ -455,7 +430,7 @@ impl GgufHeader {
                     name: t.name.clone(),
                     message: format!("offset {} + size {size} overflows", t.offset),
                 })?;
-            if size > 0 && end > data_len {
+            if end > data_len {
                 return Err(GgufError::InvalidTensor {
                     name: t.name.clone(),
                     message: format!(
@@ -630,14 +605,20 @@ impl<D: AsRef<[u8]>> Gguf<D> {
         self.data.as_ref()
     }
 
-    /// The bytes of tensor `t` (zero-copy). `t` must come from this file.
+    /// The bytes of tensor `t` (zero-copy).
+    ///
+    /// # Panics
+    ///
+    /// If `t` is not from this file's tensor table and its extent lies
+    /// outside the file (extents of this file's tensors were checked when
+    /// it was parsed, so they never panic).
     pub fn tensor_data(&self, t: &TensorInfo) -> &[u8] {
-        let start = (self.header.data_offset + t.offset) as usize;
-        let len = t.n_bytes() as usize;
+        let len = t.n_bytes();
         if len == 0 {
             return &[];
         }
-        &self.data.as_ref()[start..start + len]
+        let start = self.header.data_offset + t.offset;
+        &self.data.as_ref()[start as usize..(start + len) as usize]
     }
 
     /// The tensor named `name` and its bytes.

@@ -215,7 +215,12 @@ impl GgmlType {
             Self::F64 => ("F64", 1, 8, false),
             Self::IQ1_M => ("IQ1_M", QK_K, QK_K / 8 + QK_K / 16 + QK_K / 32, true),
             Self::BF16 => ("BF16", 1, 2, false),
-            Self::TQ1_0 => ("TQ1_0", QK_K, 2 + 4 * 13 + QK_K / 64, true),
+            Self::TQ1_0 => (
+                "TQ1_0",
+                QK_K,
+                (QK_K - 4 * QK_K / 64) / 5 + QK_K / 64 + 2,
+                true,
+            ),
             Self::TQ2_0 => ("TQ2_0", QK_K, 2 + QK_K / 4, true),
             Self::MXFP4 => ("MXFP4", 32, 1 + 16, true),
         };

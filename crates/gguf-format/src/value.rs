@@ -209,3 +209,82 @@ impl Value {
         }
     }
 }
+
+impl Array {
+    /// An array of `element_type` holding `values`.
+    ///
+    /// Not checked here: the writer rejects an array whose values are not
+    /// all of `element_type`.
+    pub fn new(element_type: ValueType, values: Vec<Value>) -> Array {
+        Array {
+            element_type,
+            values,
+        }
+    }
+
+    /// Number of elements.
+    pub fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    /// Whether the array has no elements.
+    pub fn is_empty(&self) -> bool {
+        self.values.is_empty()
+    }
+}
+
+/// `From` conversions for the scalar types, so that metadata reads
+/// `writer.add_metadata("llama.block_count", 2u32)`, and for vectors of
+/// them, so that `vec![1.0f32, 2.0]` becomes an `array<f32>` (typed even
+/// when empty).
+macro_rules! value_from {
+    ($($t:ty => $variant:ident),* $(,)?) => {$(
+        impl From<$t> for Value {
+            fn from(v: $t) -> Value {
+                Value::$variant(v)
+            }
+        }
+        impl From<Vec<$t>> for Array {
+            fn from(v: Vec<$t>) -> Array {
+                Array::new(ValueType::$variant, v.into_iter().map(Value::$variant).collect())
+            }
+        }
+        impl From<Vec<$t>> for Value {
+            fn from(v: Vec<$t>) -> Value {
+                Value::Array(v.into())
+            }
+        }
+    )*};
+}
+
+value_from! {
+    u8 => U8, i8 => I8, u16 => U16, i16 => I16, u32 => U32, i32 => I32,
+    f32 => F32, bool => Bool, String => String, u64 => U64, i64 => I64, f64 => F64,
+}
+
+impl From<&str> for Value {
+    fn from(v: &str) -> Value {
+        Value::String(v.to_owned())
+    }
+}
+
+impl From<Vec<&str>> for Array {
+    fn from(v: Vec<&str>) -> Array {
+        Array::new(
+            ValueType::String,
+            v.into_iter().map(|s| Value::String(s.to_owned())).collect(),
+        )
+    }
+}
+
+impl From<Vec<&str>> for Value {
+    fn from(v: Vec<&str>) -> Value {
+        Value::Array(v.into())
+    }
+}
+
+impl From<Array> for Value {
+    fn from(a: Array) -> Value {
+        Value::Array(a)
+    }
+}
