@@ -1,0 +1,233 @@
+//! Matrix products of a quantized weight matrix with f32 activations.
+//!
+//! Activations are first quantized to the weight format's `vec_dot_type`
+//! (as llama.cpp does), into a reusable [`Scratch`]; then rows of weights
+//! are split into chunks, one rayon task per chunk. [`matmul`] walks each
+//! chunk's rows against a tile of the batch so each weight row is read from
+//! memory once per tile, which makes prompt processing compute-bound.
+
+use rayon::prelude::*;
+
+use crate::formats::{self, row_bytes};
+use crate::simd::{self, FromFloatFn, VecDotFn};
+use crate::{GgmlType, QuantError};
+
+/// A quantized weight matrix view: `rows` rows of `cols` elements each, row-major, borrowed bytes.
+#[derive(Clone, Copy, Debug)]
+pub struct QMatrix<'a> {
+    ty: GgmlType,
+    rows: usize,
+    cols: usize,
+    row_bytes: usize,
+    data: &'a [u8],
+}
+
+impl<'a> QMatrix<'a> {
+    /// Views `data` as a `rows`×`cols` matrix of `ty`, checking that the type
+    /// is supported, `cols` is a whole number of blocks and `data` has
+    /// exactly the matrix's bytes.
+    pub fn new(ty: GgmlType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, QuantError> {
+        if !formats::is_supported(ty) {
+            return Err(QuantError::UnsupportedType(ty));
+        }
+        let block_size = ty.block_size();
+        let rb = row_bytes(ty, cols).ok_or(QuantError::PartialBlock {
+            ty,
+            n: cols,
+            block_size,
+        })?;
+        let expected = rb
+            .checked_mul(rows)
+            .ok_or(QuantError::TooLarge { ty, rows, cols })?;
+        if data.len() != expected {
+            return Err(QuantError::BadLength {
+                ty,
+                what: "matrix data",
+                n: rows * cols,
+                expected,
+                actual: data.len(),
+            });
+        }
+        Ok(QMatrix {
+            ty,
+            rows,
+            cols,
+            row_bytes: rb,
+            data,
+        })
+    }
+
+    /// The weight format.
+    pub fn ty(&self) -> GgmlType {
+        self.ty
+    }
+
+    /// Number of rows (outputs of [`matvec`]).
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+
+    /// Number of columns (inputs of [`matvec`]).
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+
+    /// The matrix's bytes, row-major.
+    pub fn data(&self) -> &'a [u8] {
+        self.data
+    }
+
+    /// Bytes per row.
+    pub fn row_bytes(&self) -> usize {
+        self.row_bytes
+    }
+
+    /// The bytes of row `r`.
+    pub fn row(&self, r: usize) -> &'a [u8] {
+        &self.data[r * self.row_bytes..(r + 1) * self.row_bytes]
+    }
+}
+
+/// Reusable buffers for quantized activations (grows once, then reused).
+#[derive(Default)]
+pub struct Scratch {
+    /// Quantized activations; u64 so every block type is aligned in place.
+    act: Vec<u64>,
+    /// `matmul`'s output, rows×n, before it is transposed into place.
+    out: Vec<f32>,
+}
+
+impl Scratch {
+    /// Quantizes the `n` rows of `x` (each `cols` long) to `act_ty` and
+    /// returns the bytes, one row after another, `act_row` bytes each.
+    fn quantize<'s>(
+        &'s mut self,
+        act_ty: GgmlType,
+        from_float: FromFloatFn,
+        x: &[f32],
+        n: usize,
+        cols: usize,
+    ) -> (&'s [u8], usize) {
+        let act_row = row_bytes(act_ty, cols).expect("activation row is whole blocks");
+        let total = act_row * n;
+        if self.act.len() * 8 < total {
+            self.act.resize(total.div_ceil(8), 0);
+        }
+        let bytes = &mut bytemuck::cast_slice_mut::<u64, u8>(&mut self.act)[..total];
+        if n == 1 {
+            from_float(x, bytes);
+        } else {
+            bytes
+                .par_chunks_mut(act_row)
+                .zip(x.par_chunks(cols))
+                .for_each(|(dst, src)| from_float(src, dst));
+        }
+        (bytes, act_row)
+    }
+}
+
+/// Rows per rayon task: enough tasks to balance the threads, each with at
+/// least ~32 KiB of weights so scheduling stays negligible.
+fn rows_per_task(rows: usize, row_bytes: usize, batch: usize) -> usize {
+    let threads = rayon::current_num_threads().max(1);
+    let balanced = rows.div_ceil(threads * 4);
+    let min_rows = (32 * 1024 / (row_bytes * batch.max(1)).max(1)).max(1);
+    balanced.max(min_rows).min(rows).max(1)
+}
+
+fn kernels_of(w: &QMatrix<'_>) -> (GgmlType, VecDotFn, FromFloatFn) {
+    let act_ty = formats::kernels(w.ty)
+        .expect("QMatrix holds a supported type")
+        .vec_dot_type;
+    let vec_dot = simd::vec_dot_for(w.ty).expect("supported type has a dot product");
+    let from_float = simd::from_float_for(act_ty).expect("vec_dot_type has a quantizer");
+    (act_ty, vec_dot, from_float)
+}
+
+/// y[r] = Σ_c W[r,c]·x[c]   (W: rows×cols, x: cols, y: rows)
+pub fn matvec(w: &QMatrix<'_>, x: &[f32], y: &mut [f32], scratch: &mut Scratch) {
+    assert_eq!(
+        x.len(),
+        w.cols,
+        "matvec: x has {} elements, W has {} columns",
+        x.len(),
+        w.cols
+    );
+    assert_eq!(
+        y.len(),
+        w.rows,
+        "matvec: y has {} elements, W has {} rows",
+        y.len(),
+        w.rows
+    );
+    let (act_ty, vec_dot, from_float) = kernels_of(w);
+    let (act, _) = scratch.quantize(act_ty, from_float, x, 1, w.cols);
+    let chunk = rows_per_task(w.rows, w.row_bytes, 1);
+    let cols = w.cols;
+    y.par_chunks_mut(chunk).enumerate().for_each(|(c, y)| {
+        let r0 = c * chunk;
+        for (i, y) in y.iter_mut().enumerate() {
+            *y = vec_dot(cols, w.row(r0 + i), act);
+        }
+    });
+}
+
+/// Batch rows handled against one weight row while it is hot in L1.
+const BATCH_TILE: usize = 16;
+
+/// Y[b,r] = Σ_c W[r,c]·X[b,c]  (X: n×cols row-major, Y: n×rows row-major) — batched prompt processing
+pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], scratch: &mut Scratch) {
+    assert_eq!(
+        x.len(),
+        n * w.cols,
+        "matmul: X has {} elements, not n×cols = {}×{}",
+        x.len(),
+        n,
+        w.cols
+    );
+    assert_eq!(
+        y.len(),
+        n * w.rows,
+        "matmul: Y has {} elements, not n×rows = {}×{}",
+        y.len(),
+        n,
+        w.rows
+    );
+    if n == 1 {
+        return matvec(w, x, y, scratch);
+    }
+    if n == 0 || w.rows == 0 {
+        return;
+    }
+    let (act_ty, vec_dot, from_float) = kernels_of(w);
+    let mut out = std::mem::take(&mut scratch.out);
+    out.clear();
+    out.resize(w.rows * n, 0.0);
+    let (act, act_row) = scratch.quantize(act_ty, from_float, x, n, w.cols);
+    let chunk = rows_per_task(w.rows, w.row_bytes, n);
+    let cols = w.cols;
+    // out is rows×n: each task owns a contiguous block of whole rows.
+    out.par_chunks_mut(chunk * n)
+        .enumerate()
+        .for_each(|(c, out)| {
+            let r0 = c * chunk;
+            let nrows = out.len() / n;
+            for b0 in (0..n).step_by(BATCH_TILE) {
+                let b1 = (b0 + BATCH_TILE).min(n);
+                for i in 0..nrows {
+                    let wr = w.row(r0 + i);
+                    let out_r = &mut out[i * n..(i + 1) * n];
+                    for b in b0..b1 {
+                        out_r[b] = vec_dot(cols, wr, &act[b * act_row..(b + 1) * act_row]);
+                    }
+                }
+            }
+        });
+    let rows = w.rows;
+    y.par_chunks_mut(rows).enumerate().for_each(|(b, yb)| {
+        for (r, v) in yb.iter_mut().enumerate() {
+            *v = out[r * n + b];
+        }
+    });
+    scratch.out = out;
+}
