@@ -400,7 +400,7 @@ impl GgufHeader {
             })?;
             let offset = cur.u64("tensor offset").map_err(|e| within(e, place))?;
             let size = rules::shape(ggml_type, &dims).map_err(bad)?;
-            if offset % alignment != 0 {
+            if !offset.is_multiple_of(alignment) {
                 return Err(bad(format!(
                     "offset {offset} is not a multiple of alignment {alignment}"
                 )));

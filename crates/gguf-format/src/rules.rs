@@ -80,7 +80,7 @@ pub(crate) fn shape(ggml_type: GgmlType, dims: &[u64]) -> Result<u64, String> {
     }
     let bs = ggml_type.block_size() as u64;
     let first = dims.first().copied().unwrap_or(1);
-    if first % bs != 0 {
+    if !first.is_multiple_of(bs) {
         return Err(format!(
             "first dimension {first} is not a multiple of the {ggml_type} block size {bs}"
         ));

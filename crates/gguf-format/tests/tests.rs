@@ -1,0 +1,9 @@
+//! The crate's one integration-test binary.
+
+mod fixtures;
+mod legal;
+mod reject;
+mod roundtrip;
+mod types;
+mod util;
+mod writer;
