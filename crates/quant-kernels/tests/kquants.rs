@@ -1,0 +1,302 @@
+//! K-quants (Q2_K–Q6_K) and the non-linear IQ4_NL/IQ4_XS: reference codecs
+//! against llama.cpp's goldens, the portable dot products against
+//! dequantize-then-dot, and the quantizers' error bounds.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use gguf_format::GgufFile;
+use proptest::prelude::*;
+use quant_kernels::{dequantize_row, kernels, quantize_row, row_bytes, GgmlType};
+
+/// The formats this module covers.
+const FORMATS: [GgmlType; 7] = [
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
+];
+
+fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures")).join(rel)
+}
+
+fn read_f32(path: &PathBuf) -> Vec<f32> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+fn f32_le(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
+}
+
+#[test]
+fn dequantize_matches_ggml_bit_for_bit() {
+    for ty in FORMATS {
+        let blocks = std::fs::read(fixture(&format!("quant/{}.blocks", ty.name()))).unwrap();
+        let want = read_f32(&fixture(&format!("quant/{}.f32", ty.name())));
+        let mut got = vec![0f32; want.len()];
+        dequantize_row(ty, &blocks, &mut got).unwrap();
+        let bad = got
+            .iter()
+            .zip(&want)
+            .position(|(g, w)| g.to_bits() != w.to_bits());
+        assert_eq!(
+            bad,
+            None,
+            "{ty}: element {} is {} but ggml gives {}",
+            bad.unwrap_or(0),
+            got[bad.unwrap_or(0)],
+            want[bad.unwrap_or(0)]
+        );
+    }
+}
+
+/// Quantizing a tensor of `synth-F32.gguf` to the type `llama-quantize` gave
+/// it in `synth-<FTYPE>.gguf` must reproduce llama.cpp's bytes. Reports the
+/// fraction of identical blocks per file and type, then requires all of them.
+#[test]
+fn quantizers_match_llama_quantize() {
+    let src = GgufFile::open(fixture("synth/synth-F32.gguf")).unwrap();
+    let ftypes = [
+        "Q2_K", "Q3_K_M", "Q4_K_M", "Q5_K_M", "Q6_K", "IQ4_NL", "IQ4_XS",
+    ];
+    // (file, type) -> (matching blocks, blocks)
+    let mut rates: BTreeMap<(String, String), (usize, usize)> = BTreeMap::new();
+    let mut first_mismatch = Vec::new();
+    for ftype in ftypes {
+        let q = GgufFile::open(fixture(&format!("synth/synth-{ftype}.gguf"))).unwrap();
+        for t in q.tensors() {
+            if !FORMATS.contains(&t.ggml_type) {
+                continue;
+            }
+            let ty = t.ggml_type;
+            let (st, sbytes) = src.tensor_by_name(&t.name).unwrap();
+            assert_eq!(st.ggml_type, GgmlType::F32, "{}", t.name);
+            assert_eq!(st.dims, t.dims, "{}", t.name);
+            let x = f32_le(sbytes);
+            let want = q.tensor_data(t);
+            let mut got = vec![0u8; row_bytes(ty, x.len()).unwrap()];
+            quantize_row(ty, &x, &mut got).unwrap();
+            let bs = ty.type_size();
+            let e = rates
+                .entry((ftype.to_string(), ty.name().to_string()))
+                .or_default();
+            for (i, (g, w)) in got.chunks_exact(bs).zip(want.chunks_exact(bs)).enumerate() {
+                e.1 += 1;
+                if g == w {
+                    e.0 += 1;
+                } else if first_mismatch.len() < 5 {
+                    first_mismatch.push(format!("synth-{ftype} {} ({ty}) block {i}", t.name));
+                }
+            }
+        }
+    }
+    let mut all_match = true;
+    for ((file, ty), (ok, n)) in &rates {
+        println!(
+            "synth-{file}: {ty}: {ok}/{n} blocks identical ({:.3}%)",
+            100.0 * *ok as f64 / *n as f64
+        );
+        all_match &= ok == n;
+    }
+    for ty in FORMATS {
+        assert!(
+            rates.keys().any(|(_, t)| t == ty.name()),
+            "no synth tensor of type {ty} was checked"
+        );
+    }
+    assert!(all_match, "first mismatches: {first_mismatch:?}");
+}
+
+/// Quantizes `x` to `ty`, then dequantizes it.
+fn roundtrip(ty: GgmlType, x: &[f32]) -> (Vec<u8>, Vec<f32>) {
+    let mut q = vec![0u8; row_bytes(ty, x.len()).unwrap()];
+    quantize_row(ty, x, &mut q).unwrap();
+    let mut y = vec![0f32; x.len()];
+    dequantize_row(ty, &q, &mut y).unwrap();
+    (q, y)
+}
+
+/// Largest allowed RMS error of quantize→dequantize, relative to the RMS of
+/// Gaussian-like input (measured values are roughly half of these).
+fn rel_rmse_bound(ty: GgmlType) -> f64 {
+    match ty {
+        GgmlType::Q2_K => 0.50,
+        GgmlType::Q3_K => 0.30,
+        GgmlType::Q4_K => 0.15,
+        GgmlType::Q5_K => 0.08,
+        GgmlType::Q6_K => 0.04,
+        GgmlType::IQ4_NL | GgmlType::IQ4_XS => 0.15,
+        _ => unreachable!(),
+    }
+}
+
+/// Deterministic approximately normal values (sum of uniforms) with a few outliers.
+fn gaussian_like(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = move || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 11) as f64 / (1u64 << 53) as f64
+    };
+    (0..n)
+        .map(|i| {
+            let g: f64 = (0..4).map(|_| next()).sum::<f64>() - 2.0;
+            let v = if i % 97 == 13 { 6.0 * g } else { g };
+            v as f32
+        })
+        .collect()
+}
+
+fn rel_rmse(x: &[f32], y: &[f32]) -> f64 {
+    let err: f64 = x
+        .iter()
+        .zip(y)
+        .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
+        .sum();
+    let sig: f64 = x.iter().map(|a| (*a as f64).powi(2)).sum();
+    (err / sig).sqrt()
+}
+
+#[test]
+fn quantize_dequantize_error_is_bounded() {
+    for ty in FORMATS {
+        let x = gaussian_like(256 * 16, ty.id() as u64);
+        let (_, y) = roundtrip(ty, &x);
+        let e = rel_rmse(&x, &y);
+        println!("{ty}: relative RMS error {e:.4}");
+        assert!(e < rel_rmse_bound(ty), "{ty}: relative RMS error {e}");
+    }
+}
+
+#[test]
+fn degenerate_blocks() {
+    for ty in FORMATS {
+        let n = 256;
+        // All zeros quantize to a block that dequantizes to zeros.
+        let (_, y) = roundtrip(ty, &vec![0.0; n]);
+        assert!(y.iter().all(|v| *v == 0.0), "{ty}: zeros");
+        // Constant, negative-only, single outlier and tiny values stay finite
+        // and keep their sign pattern roughly.
+        let cases: [Vec<f32>; 4] = [
+            vec![0.75; n],
+            (0..n).map(|i| -1.0 - (i % 7) as f32).collect(),
+            (0..n)
+                .map(|i| {
+                    if i == 100 {
+                        1000.0
+                    } else {
+                        0.01 * (i % 5) as f32
+                    }
+                })
+                .collect(),
+            (0..n).map(|i| 1e-20 * ((i % 9) as f32 - 4.0)).collect(),
+        ];
+        for (c, x) in cases.iter().enumerate() {
+            let (q1, y) = roundtrip(ty, x);
+            let (q2, _) = roundtrip(ty, x);
+            assert_eq!(q1, q2, "{ty}: case {c} not deterministic");
+            assert!(y.iter().all(|v| v.is_finite()), "{ty}: case {c} not finite");
+        }
+        // The outlier is kept to within a tenth.
+        let (_, y) = roundtrip(ty, &cases[2]);
+        assert!(
+            (y[100] - 1000.0).abs() < 100.0,
+            "{ty}: outlier became {}",
+            y[100]
+        );
+    }
+}
+
+/// `vec_dot` on `n` weights of `ty` (made from `w`) with activations made
+/// from `a`, and the f64 dot product of both sides dequantized, with the sum
+/// of |products| for scaling the tolerance.
+fn dot_vs_dequantized(ty: GgmlType, w: &[f32], a: &[f32]) -> (f32, f64, f64) {
+    let k = kernels(ty).unwrap();
+    let n = w.len();
+    let (wq, wd) = roundtrip(ty, w);
+    let act = k.vec_dot_type;
+    let mut aq = vec![0u8; row_bytes(act, n).unwrap()];
+    quantize_row(act, a, &mut aq).unwrap();
+    let mut ad = vec![0f32; n];
+    dequantize_row(act, &aq, &mut ad).unwrap();
+    let got = (k.vec_dot)(n, &wq, &aq);
+    let exact: f64 = wd.iter().zip(&ad).map(|(x, y)| *x as f64 * *y as f64).sum();
+    let mag: f64 = wd
+        .iter()
+        .zip(&ad)
+        .map(|(x, y)| (*x as f64 * *y as f64).abs())
+        .sum();
+    (got, exact, mag)
+}
+
+#[test]
+fn odd_shapes() {
+    // One block, many blocks, and a row of a length seen in real models (11008 = 43·256).
+    for ty in FORMATS {
+        for nb in [1usize, 3, 43] {
+            let n = nb * 256;
+            let w = gaussian_like(n, 7 + nb as u64);
+            let a = gaussian_like(n, 1000 + nb as u64);
+            let (got, exact, mag) = dot_vs_dequantized(ty, &w, &a);
+            assert!(
+                ((got as f64) - exact).abs() <= 1e-5 * mag + 1e-6,
+                "{ty}, {nb} blocks: vec_dot {got} vs dequantized {exact}"
+            );
+        }
+        // Partial blocks and wrong buffer sizes are typed errors, not panics.
+        let bs = ty.block_size();
+        let mut out = vec![0u8; 1000];
+        assert!(quantize_row(ty, &vec![0.0; bs + 1], &mut out).is_err());
+        assert!(dequantize_row(ty, &out[..ty.type_size() + 1], &mut vec![0.0; bs]).is_err());
+    }
+}
+
+fn any_format() -> impl Strategy<Value = GgmlType> {
+    proptest::sample::select(FORMATS.to_vec())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// The fused integer dot product equals the dot product of the
+    /// dequantized operands up to float rounding (ggml's own test allows a
+    /// far looser 4e-3 of the quantization error).
+    #[test]
+    fn vec_dot_matches_dequantized_dot(
+        ty in any_format(),
+        nb in 1usize..5,
+        seed in any::<u64>(),
+        scale in prop_oneof![Just(1e-3f32), Just(1.0f32), Just(50.0f32)],
+    ) {
+        let n = nb * 256;
+        let w: Vec<f32> = gaussian_like(n, seed).iter().map(|v| v * scale).collect();
+        let a = gaussian_like(n, seed ^ 0xABCD);
+        let (got, exact, mag) = dot_vs_dequantized(ty, &w, &a);
+        prop_assert!(
+            ((got as f64) - exact).abs() <= 1e-5 * mag + 1e-30,
+            "{}: vec_dot {} vs dequantized {} (|sum| {})", ty, got, exact, mag
+        );
+    }
+
+    /// Quantize→dequantize stays within the format's error bound for any input scale.
+    #[test]
+    fn roundtrip_error_bounded(ty in any_format(), seed in any::<u64>(), exp in -6i32..16) {
+        let s = 2f32.powi(exp);
+        let x: Vec<f32> = gaussian_like(512, seed).iter().map(|v| v * s).collect();
+        let (_, y) = roundtrip(ty, &x);
+        let e = rel_rmse(&x, &y);
+        prop_assert!(e < rel_rmse_bound(ty), "{}: relative RMS error {}", ty, e);
+    }
+}
