@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 use gguf_format::GgufFile;
 use proptest::prelude::*;
-use quant_kernels::{dequantize_row, kernels, quantize_row, row_bytes, GgmlType};
+use quant_kernels::{dequantize_row, kernels, quantize_row, row_bytes, simd, GgmlType};
 
 /// The formats this module covers.
 const FORMATS: [GgmlType; 7] = [
@@ -263,6 +263,59 @@ fn odd_shapes() {
     }
 }
 
+/// Native (SIMD) and portable dot products of the weight bytes `wq` with
+/// activations made from `a`, and Σ|w·a| of the dequantized operands.
+fn native_vs_portable(ty: GgmlType, wq: &[u8], a: &[f32]) -> Option<(f32, f32, f64)> {
+    let native = simd::native_vec_dot_for(ty, simd::features())?;
+    let portable = simd::portable_vec_dot(ty).unwrap();
+    let n = a.len();
+    let act = kernels(ty).unwrap().vec_dot_type;
+    let mut aq = vec![0u8; row_bytes(act, n).unwrap()];
+    quantize_row(act, a, &mut aq).unwrap();
+    let mut ad = vec![0f32; n];
+    dequantize_row(act, &aq, &mut ad).unwrap();
+    let mut wd = vec![0f32; n];
+    dequantize_row(ty, wq, &mut wd).unwrap();
+    let mag: f64 = wd
+        .iter()
+        .zip(&ad)
+        .map(|(x, y)| (*x as f64 * *y as f64).abs())
+        .sum();
+    Some((native(n, wq, &aq), portable(n, wq, &aq), mag))
+}
+
+#[test]
+fn simd_kernels_exist_where_detected() {
+    if simd::features().avx2 {
+        for ty in FORMATS {
+            assert!(
+                simd::native_vec_dot_for(ty, simd::features()).is_some(),
+                "{ty}"
+            );
+            assert!(std::ptr::fn_addr_eq(
+                simd::vec_dot_for(ty).unwrap(),
+                simd::native_vec_dot_for(ty, simd::features()).unwrap()
+            ));
+        }
+    }
+}
+
+/// The golden blocks are random bit patterns: every scale and quant value occurs.
+#[test]
+fn simd_matches_portable_on_golden_blocks() {
+    for ty in FORMATS {
+        let blocks = std::fs::read(fixture(&format!("quant/{}.blocks", ty.name()))).unwrap();
+        let n = blocks.len() / ty.type_size() * ty.block_size();
+        let a = gaussian_like(n, 99);
+        if let Some((native, portable, mag)) = native_vs_portable(ty, &blocks, &a) {
+            assert!(
+                ((native - portable) as f64).abs() <= 1e-5 * mag,
+                "{ty}: native {native} portable {portable}"
+            );
+        }
+    }
+}
+
 fn any_format() -> impl Strategy<Value = GgmlType> {
     proptest::sample::select(FORMATS.to_vec())
 }
@@ -288,6 +341,53 @@ proptest! {
             ((got as f64) - exact).abs() <= 1e-5 * mag + 1e-30,
             "{}: vec_dot {} vs dequantized {} (|sum| {})", ty, got, exact, mag
         );
+    }
+
+    /// SIMD and portable dot products agree within 1e-5 of Σ|w·a| over the row,
+    /// on quantized weights and on raw random blocks (finite f16 scales).
+    #[test]
+    fn simd_matches_portable(
+        ty in any_format(),
+        nb in 1usize..9,
+        seed in any::<u64>(),
+        raw in any::<bool>(),
+    ) {
+        let n = nb * ty.block_size() * if ty == GgmlType::IQ4_NL { 8 } else { 1 };
+        let wq = if raw {
+            let mut s = seed | 1;
+            let mut bytes: Vec<u8> = (0..row_bytes(ty, n).unwrap())
+                .map(|_| {
+                    s ^= s << 13;
+                    s ^= s >> 7;
+                    s ^= s << 17;
+                    (s >> 24) as u8
+                })
+                .collect();
+            // Clear the top exponent bit of every f16 field so scales are finite and small.
+            let f16_offsets: &[usize] = match ty {
+                GgmlType::Q2_K => &[81, 83],
+                GgmlType::Q3_K => &[109],
+                GgmlType::Q4_K | GgmlType::Q5_K => &[1, 3],
+                GgmlType::Q6_K => &[209],
+                GgmlType::IQ4_NL | GgmlType::IQ4_XS => &[1],
+                _ => unreachable!(),
+            };
+            for b in bytes.chunks_exact_mut(ty.type_size()) {
+                for &o in f16_offsets {
+                    b[o] &= 0x3F;
+                }
+            }
+            bytes
+        } else {
+            roundtrip(ty, &gaussian_like(n, seed)).0
+        };
+        let a = gaussian_like(n, seed ^ 0x5555);
+        if let Some((native, portable, mag)) = native_vs_portable(ty, &wq, &a) {
+            prop_assert!(
+                ((native - portable) as f64).abs() <= 1e-5 * mag + 1e-30,
+                "{}: native {} portable {} (|sum| {})", ty, native, portable, mag
+            );
+        }
     }
 
     /// Quantize→dequantize stays within the format's error bound for any input scale.

@@ -27,7 +27,7 @@ pub mod q8_k;
 
 pub mod iq4_nl;
 pub mod iq4_xs;
-mod k_helpers;
+pub(crate) mod k_helpers;
 pub mod q2_k;
 pub mod q3_k;
 pub mod q4_k;

@@ -20,6 +20,8 @@ use crate::formats::{self, bf16, f16, q8_0, q8_1, q8_k};
 mod aarch64;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod x86_kquants;
 
 /// A fused dot product of `n` weights (bytes of a weight format) with `n`
 /// activations (bytes of its `vec_dot_type`).

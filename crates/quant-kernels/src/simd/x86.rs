@@ -11,10 +11,7 @@ use super::{Features, FromFloatFn, VecDotFn};
 /// The native dot product for weights of `ty`, if there is one for `f`.
 pub(super) fn vec_dot(ty: GgmlType, f: Features) -> Option<VecDotFn> {
     match ty {
-        _ => {
-            let _ = f;
-            None
-        }
+        _ => super::x86_kquants::vec_dot(ty, f),
     }
 }
 

@@ -1,0 +1,414 @@
+//! x86-64 AVX2 + FMA dot products for the k-quants (Q2_K–Q6_K) and the
+//! non-linear IQ4_NL/IQ4_XS, after the AVX2 branches of ggml's
+//! `ggml-cpu/arch/x86/quants.c` (`ggml_vec_dot_q4_K_q8_K` and siblings).
+//!
+//! The integer parts are exact (as in ggml: unsigned×signed `maddubs` pairs
+//! that cannot saturate for these value ranges, then `madd` with the
+//! sub-block scales); only the final float accumulation order differs from
+//! the portable kernels, so results agree with them to float rounding.
+//! Kernels are safe `#[target_feature]` functions on typed blocks; the byte
+//! wrappers that [`vec_dot`] hands out call them in `unsafe` blocks, sound
+//! because [`vec_dot`] returns them only when [`Features::avx2`] was detected.
+
+use std::arch::x86_64::*;
+
+use gguf_format::GgmlType;
+
+use super::{Features, VecDotFn};
+use crate::formats::{
+    self, f16::fp16_to_fp32, iq4_nl::BlockIQ4_NL, iq4_nl::KVALUES_IQ4NL, iq4_xs::BlockIQ4_XS,
+    q2_k::BlockQ2_K, q3_k::BlockQ3_K, q4_k::BlockQ4_K, q5_k::BlockQ5_K, q6_k::BlockQ6_K,
+    q8_0::BlockQ8_0, q8_k::BlockQ8_K,
+};
+
+/// The AVX2 dot product for weights of `ty`, if this module has one for `f`.
+pub(super) fn vec_dot(ty: GgmlType, f: Features) -> Option<VecDotFn> {
+    if !f.avx2 {
+        return None;
+    }
+    match ty {
+        GgmlType::Q2_K => Some(vec_dot_q2_k),
+        GgmlType::Q3_K => Some(vec_dot_q3_k),
+        GgmlType::Q4_K => Some(vec_dot_q4_k),
+        GgmlType::Q5_K => Some(vec_dot_q5_k),
+        GgmlType::Q6_K => Some(vec_dot_q6_k),
+        GgmlType::IQ4_NL => Some(vec_dot_iq4_nl),
+        GgmlType::IQ4_XS => Some(vec_dot_iq4_xs),
+        _ => None,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Byte-level wrappers.
+//
+// SAFETY (for every `unsafe` call in this section): these wrappers are only
+// reachable through `vec_dot` above, which returns them only when
+// `Features::avx2` (AVX2, FMA and F16C detected at run time) is set.
+// ---------------------------------------------------------------------------
+
+const QK_K: usize = 256;
+
+/// Byte wrapper for a super-block format paired with Q8_K.
+macro_rules! k_wrapper {
+    ($name:ident, $block:ty, $kernel:ident) => {
+        fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            let nb = n / QK_K;
+            let (ws, as_) = (size_of::<$block>(), size_of::<BlockQ8_K>());
+            formats::vec_dot_bytes(&w[..nb * ws], &a[..nb * as_], |x, y| {
+                // SAFETY: see the section comment.
+                unsafe { $kernel(x, y) }
+            })
+        }
+    };
+}
+
+k_wrapper!(vec_dot_q2_k, BlockQ2_K, vec_dot_q2_k_q8_k_avx2);
+k_wrapper!(vec_dot_q3_k, BlockQ3_K, vec_dot_q3_k_q8_k_avx2);
+k_wrapper!(vec_dot_q4_k, BlockQ4_K, vec_dot_q4_k_q8_k_avx2);
+k_wrapper!(vec_dot_q5_k, BlockQ5_K, vec_dot_q5_k_q8_k_avx2);
+k_wrapper!(vec_dot_q6_k, BlockQ6_K, vec_dot_q6_k_q8_k_avx2);
+k_wrapper!(vec_dot_iq4_xs, BlockIQ4_XS, vec_dot_iq4_xs_q8_k_avx2);
+
+fn vec_dot_iq4_nl(n: usize, w: &[u8], a: &[u8]) -> f32 {
+    let nb = n / 32;
+    let (ws, as_) = (size_of::<BlockIQ4_NL>(), size_of::<BlockQ8_0>());
+    formats::vec_dot_bytes(&w[..nb * ws], &a[..nb * as_], |x, y| {
+        // SAFETY: see the section comment.
+        unsafe { vec_dot_iq4_nl_q8_0_avx2(x, y) }
+    })
+}
+
+// ---------------------------------------------------------------------------
+// Helpers.
+// ---------------------------------------------------------------------------
+
+/// Sum of 8 floats, in ggml's `hsum_float_8` order.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn hsum_float_8(x: __m256) -> f32 {
+    let mut res = _mm256_extractf128_ps(x, 1);
+    res = _mm_add_ps(res, _mm256_castps256_ps128(x));
+    res = _mm_add_ps(res, _mm_movehl_ps(res, res));
+    res = _mm_add_ss(res, _mm_movehdup_ps(res));
+    _mm_cvtss_f32(res)
+}
+
+/// Loads 32 bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn load_u8x32(p: &[u8]) -> __m256i {
+    assert!(p.len() >= 32);
+    // SAFETY: `p` has at least 32 readable bytes; loadu has no alignment needs.
+    unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
+}
+
+/// Loads 32 signed bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn load_i8x32(p: &[i8]) -> __m256i {
+    assert!(p.len() >= 32);
+    // SAFETY: `p` has at least 32 readable bytes; loadu has no alignment needs.
+    unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
+}
+
+/// Loads 16 bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn load_u8x16(p: &[u8]) -> __m128i {
+    assert!(p.len() >= 16);
+    // SAFETY: `p` has at least 16 readable bytes; loadu has no alignment needs.
+    unsafe { _mm_loadu_si128(p.as_ptr().cast()) }
+}
+
+/// Sixteen i16 lanes: `lo` in the low eight (weights 0–15 of a 32-weight
+/// chunk after `maddubs`), `hi` in the high eight (weights 16–31).
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn scale_pair(lo: i16, hi: i16) -> __m256i {
+    _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
+}
+
+/// Signed × signed bytes summed in pairs to i16 (ggml's `mul_add_epi8`);
+/// exact while `|x| ≤ 127` and pair sums fit in i16.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn mul_add_epi8(x: __m256i, y: __m256i) -> __m256i {
+    let ax = _mm256_sign_epi8(x, x);
+    let sy = _mm256_sign_epi8(y, x);
+    _mm256_maddubs_epi16(ax, sy)
+}
+
+/// The 16 IQ4_NL levels, twice (one copy per 128-bit lane) for `pshufb`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn iq4nl_table() -> __m256i {
+    // SAFETY: the table is 16 readable bytes; loadu has no alignment needs.
+    let t = unsafe { _mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast()) };
+    _mm256_set_m128i(t, t)
+}
+
+/// 16 bytes of IQ4 nibbles → 32 signed levels: low nibbles first.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn iq4_levels(table: __m256i, qs: &[u8]) -> __m256i {
+    let tmp = load_u8x16(qs);
+    let nib = _mm256_and_si256(
+        _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp),
+        _mm256_set1_epi8(0xF),
+    );
+    _mm256_shuffle_epi8(table, nib)
+}
+
+// ---------------------------------------------------------------------------
+// Dot products.
+// ---------------------------------------------------------------------------
+
+/// Q2_K × Q8_K, after ggml's `ggml_vec_dot_q2_K_q8_K` AVX2 branch.
+#[target_feature(enable = "avx2,fma")]
+pub fn vec_dot_q2_k_q8_k_avx2(x: &[BlockQ2_K], y: &[BlockQ8_K]) -> f32 {
+    assert_eq!(x.len(), y.len());
+    let m3 = _mm256_set1_epi8(3);
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_m = 0.0f32;
+    for (xb, yb) in x.iter().zip(y) {
+        let dall = yb.d * fp16_to_fp32(xb.d);
+        let dmin = yb.d * fp16_to_fp32(xb.dmin);
+        let mut summs = 0i32;
+        for j in 0..16 {
+            summs += yb.bsums[j] as i32 * (xb.scales[j] >> 4) as i32;
+        }
+        let mut sumi = _mm256_setzero_si256();
+        for h in 0..2 {
+            let mut q2bits = load_u8x32(&xb.qs[32 * h..]);
+            for s in 0..4 {
+                let k = 4 * h + s;
+                let q2 = _mm256_and_si256(q2bits, m3);
+                q2bits = _mm256_srli_epi16(q2bits, 2);
+                let q8 = load_i8x32(&yb.qs[32 * k..]);
+                let p16 = _mm256_maddubs_epi16(q2, q8);
+                let sc = scale_pair(
+                    (xb.scales[2 * k] & 0xF) as i16,
+                    (xb.scales[2 * k + 1] & 0xF) as i16,
+                );
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc, p16));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dall), _mm256_cvtepi32_ps(sumi), acc);
+        acc_m += dmin * summs as f32;
+    }
+    hsum_float_8(acc) - acc_m
+}
+
+/// Q3_K × Q8_K, after ggml's `ggml_vec_dot_q3_K_q8_K` AVX2 branch: the
+/// low 2 bits go through `maddubs`, and `4·q8` is subtracted where the high
+/// bit is clear.
+#[target_feature(enable = "avx2,fma")]
+pub fn vec_dot_q3_k_q8_k_avx2(x: &[BlockQ3_K], y: &[BlockQ8_K]) -> f32 {
+    assert_eq!(x.len(), y.len());
+    let m3 = _mm256_set1_epi8(3);
+    let mut acc = _mm256_setzero_ps();
+    for (xb, yb) in x.iter().zip(y) {
+        let d = yb.d * fp16_to_fp32(xb.d);
+        let scales = crate::formats::k_helpers::unpack_scales_q3_k(&xb.scales);
+        let hbits = load_u8x32(&xb.hmask);
+        let mut sumi = _mm256_setzero_si256();
+        for h in 0..2 {
+            let mut q3bits = load_u8x32(&xb.qs[32 * h..]);
+            for s in 0..4 {
+                let k = 4 * h + s;
+                let q3l = _mm256_and_si256(q3bits, m3);
+                q3bits = _mm256_srli_epi16(q3bits, 2);
+                // Bit k of hmask byte l is the high bit of weight 32k + l.
+                let bit = _mm256_set1_epi8((1u8 << k) as i8);
+                let clear = _mm256_cmpeq_epi8(_mm256_and_si256(hbits, bit), _mm256_setzero_si256());
+                let q3h = _mm256_and_si256(clear, _mm256_set1_epi8(4));
+                let q8 = load_i8x32(&yb.qs[32 * k..]);
+                let p16 =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(q3l, q8), _mm256_maddubs_epi16(q3h, q8));
+                let sc = scale_pair(scales[2 * k] as i16 - 32, scales[2 * k + 1] as i16 - 32);
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc, p16));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_float_8(acc)
+}
+
+/// The mins term of Q4_K/Q5_K: `Σ_j m_j · (bsums[2j] + bsums[2j+1])`.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+fn mins_dot_bsums(mins: &[u8], bsums: &[i16; 16]) -> i32 {
+    // SAFETY: `bsums` is 32 readable bytes; loadu has no alignment needs.
+    let q8sums = unsafe { _mm256_loadu_si256(bsums.as_ptr().cast()) };
+    let q8s = _mm_hadd_epi16(
+        _mm256_castsi256_si128(q8sums),
+        _mm256_extracti128_si256(q8sums, 1),
+    );
+    assert!(mins.len() >= 8);
+    // SAFETY: `mins` has at least 8 readable bytes, all that loadl reads.
+    let m = _mm_cvtepu8_epi16(unsafe { _mm_loadl_epi64(mins.as_ptr().cast()) });
+    let prod = _mm_madd_epi16(m, q8s);
+    let s = _mm_hadd_epi32(_mm_hadd_epi32(prod, prod), prod);
+    _mm_cvtsi128_si32(s)
+}
+
+/// Q4_K × Q8_K, after ggml's `ggml_vec_dot_q4_K_q8_K` AVX2 branch.
+#[target_feature(enable = "avx2,fma")]
+pub fn vec_dot_q4_k_q8_k_avx2(x: &[BlockQ4_K], y: &[BlockQ8_K]) -> f32 {
+    assert_eq!(x.len(), y.len());
+    let m4 = _mm256_set1_epi8(0xF);
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_m = 0.0f32;
+    for (xb, yb) in x.iter().zip(y) {
+        let d = yb.d * fp16_to_fp32(xb.d);
+        let dmin = yb.d * fp16_to_fp32(xb.dmin);
+        let sm = crate::formats::k_helpers::unpack_scales_mins_k4(&xb.scales);
+        acc_m += dmin * mins_dot_bsums(&sm[8..], &yb.bsums) as f32;
+        let mut sumi = _mm256_setzero_si256();
+        for j in 0..QK_K / 64 {
+            let q4bits = load_u8x32(&xb.qs[32 * j..]);
+            let q4l = _mm256_and_si256(q4bits, m4);
+            let q4h = _mm256_and_si256(_mm256_srli_epi16(q4bits, 4), m4);
+            let q8l = load_i8x32(&yb.qs[64 * j..]);
+            let q8h = load_i8x32(&yb.qs[64 * j + 32..]);
+            let p16l = _mm256_madd_epi16(
+                _mm256_set1_epi16(sm[2 * j] as i16),
+                _mm256_maddubs_epi16(q4l, q8l),
+            );
+            let p16h = _mm256_madd_epi16(
+                _mm256_set1_epi16(sm[2 * j + 1] as i16),
+                _mm256_maddubs_epi16(q4h, q8h),
+            );
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16l, p16h));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_float_8(acc) - acc_m
+}
+
+/// Q5_K × Q8_K, after ggml's `ggml_vec_dot_q5_K_q8_K` AVX2 branch.
+#[target_feature(enable = "avx2,fma")]
+pub fn vec_dot_q5_k_q8_k_avx2(x: &[BlockQ5_K], y: &[BlockQ8_K]) -> f32 {
+    assert_eq!(x.len(), y.len());
+    let m4 = _mm256_set1_epi8(0xF);
+    let sixteen = _mm256_set1_epi8(16);
+    let mut acc = _mm256_setzero_ps();
+    let mut acc_m = 0.0f32;
+    for (xb, yb) in x.iter().zip(y) {
+        let d = yb.d * fp16_to_fp32(xb.d);
+        let dmin = yb.d * fp16_to_fp32(xb.dmin);
+        let sm = crate::formats::k_helpers::unpack_scales_mins_k4(&xb.scales);
+        acc_m += dmin * mins_dot_bsums(&sm[8..], &yb.bsums) as f32;
+        let hbits = load_u8x32(&xb.qh);
+        let mut sumi = _mm256_setzero_si256();
+        for j in 0..QK_K / 64 {
+            let q5bits = load_u8x32(&xb.qs[32 * j..]);
+            let bit_l = _mm256_set1_epi8((1u8 << (2 * j)) as i8);
+            let bit_h = _mm256_set1_epi8((2u8 << (2 * j)) as i8);
+            let hl = _mm256_and_si256(
+                _mm256_cmpeq_epi8(_mm256_and_si256(hbits, bit_l), bit_l),
+                sixteen,
+            );
+            let hh = _mm256_and_si256(
+                _mm256_cmpeq_epi8(_mm256_and_si256(hbits, bit_h), bit_h),
+                sixteen,
+            );
+            let q5l = _mm256_or_si256(_mm256_and_si256(q5bits, m4), hl);
+            let q5h = _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q5bits, 4), m4), hh);
+            let q8l = load_i8x32(&yb.qs[64 * j..]);
+            let q8h = load_i8x32(&yb.qs[64 * j + 32..]);
+            let p16l = _mm256_madd_epi16(
+                _mm256_set1_epi16(sm[2 * j] as i16),
+                _mm256_maddubs_epi16(q5l, q8l),
+            );
+            let p16h = _mm256_madd_epi16(
+                _mm256_set1_epi16(sm[2 * j + 1] as i16),
+                _mm256_maddubs_epi16(q5h, q8h),
+            );
+            sumi = _mm256_add_epi32(sumi, _mm256_add_epi32(p16l, p16h));
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_float_8(acc) - acc_m
+}
+
+/// Q6_K × Q8_K, after ggml's `ggml_vec_dot_q6_K_q8_K` AVX2 branch: the
+/// unsigned 6-bit values go through `maddubs` and `32·q8` is subtracted.
+#[target_feature(enable = "avx2,fma")]
+pub fn vec_dot_q6_k_q8_k_avx2(x: &[BlockQ6_K], y: &[BlockQ8_K]) -> f32 {
+    assert_eq!(x.len(), y.len());
+    let m4 = _mm256_set1_epi8(0xF);
+    let m2 = _mm256_set1_epi8(3);
+    let m32s = _mm256_set1_epi8(32);
+    let mut acc = _mm256_setzero_ps();
+    for (xb, yb) in x.iter().zip(y) {
+        let d = yb.d * fp16_to_fp32(xb.d);
+        let sc = &xb.scales;
+        let mut sumi = _mm256_setzero_si256();
+        for h in 0..2 {
+            let q4bits1 = load_u8x32(&xb.ql[64 * h..]);
+            let q4bits2 = load_u8x32(&xb.ql[64 * h + 32..]);
+            let q4bits_h = load_u8x32(&xb.qh[32 * h..]);
+            let hi0 = _mm256_slli_epi16(_mm256_and_si256(q4bits_h, m2), 4);
+            let hi1 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bits_h, 2), m2), 4);
+            let hi2 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bits_h, 4), m2), 4);
+            let hi3 = _mm256_slli_epi16(_mm256_and_si256(_mm256_srli_epi16(q4bits_h, 6), m2), 4);
+            let q = [
+                _mm256_or_si256(_mm256_and_si256(q4bits1, m4), hi0),
+                _mm256_or_si256(_mm256_and_si256(q4bits2, m4), hi1),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits1, 4), m4), hi2),
+                _mm256_or_si256(_mm256_and_si256(_mm256_srli_epi16(q4bits2, 4), m4), hi3),
+            ];
+            for (c, qc) in q.into_iter().enumerate() {
+                let q8 = load_i8x32(&yb.qs[128 * h + 32 * c..]);
+                let p16 =
+                    _mm256_sub_epi16(_mm256_maddubs_epi16(qc, q8), _mm256_maddubs_epi16(m32s, q8));
+                let k = 8 * h + 2 * c;
+                let scale = scale_pair(sc[k] as i16, sc[k + 1] as i16);
+                sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p16));
+            }
+        }
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_float_8(acc)
+}
+
+/// IQ4_NL × Q8_0, after ggml's `ggml_vec_dot_iq4_nl_q8_0` AVX2 branch:
+/// the levels come from a `pshufb` table lookup.
+#[target_feature(enable = "avx2,fma")]
+pub fn vec_dot_iq4_nl_q8_0_avx2(x: &[BlockIQ4_NL], y: &[BlockQ8_0]) -> f32 {
+    assert_eq!(x.len(), y.len());
+    let table = iq4nl_table();
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = _mm256_setzero_ps();
+    for (xb, yb) in x.iter().zip(y) {
+        let q4 = iq4_levels(table, &xb.qs);
+        let q8 = load_i8x32(&yb.qs);
+        let p = _mm256_madd_epi16(mul_add_epi8(q4, q8), ones);
+        let d = fp16_to_fp32(yb.d) * fp16_to_fp32(xb.d);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p), acc);
+    }
+    hsum_float_8(acc)
+}
+
+/// IQ4_XS × Q8_K, after ggml's `ggml_vec_dot_iq4_xs_q8_K` AVX2 branch.
+#[target_feature(enable = "avx2,fma")]
+pub fn vec_dot_iq4_xs_q8_k_avx2(x: &[BlockIQ4_XS], y: &[BlockQ8_K]) -> f32 {
+    assert_eq!(x.len(), y.len());
+    let table = iq4nl_table();
+    let mut acc = _mm256_setzero_ps();
+    for (xb, yb) in x.iter().zip(y) {
+        let mut sumi = _mm256_setzero_si256();
+        for ib in 0..QK_K / 32 {
+            let ls = ((xb.scales_l[ib / 2] >> (4 * (ib % 2))) & 0xF) as i16
+                | ((((xb.scales_h >> (2 * ib)) & 3) as i16) << 4);
+            let q4 = iq4_levels(table, &xb.qs[16 * ib..]);
+            let q8 = load_i8x32(&yb.qs[32 * ib..]);
+            let p16 = mul_add_epi8(q4, q8);
+            sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(p16, _mm256_set1_epi16(ls - 32)));
+        }
+        let d = fp16_to_fp32(xb.d) * yb.d;
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
+    }
+    hsum_float_8(acc)
+}
