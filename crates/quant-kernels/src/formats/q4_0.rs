@@ -79,7 +79,8 @@ pub fn vec_dot_q4_0_q8_0(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
             sumi1 += v1 * i32::from(y.qs[j + QK4_0 / 2]);
         }
         let sumi = sumi0 + sumi1;
-        sumf += sumi as f32 * (fp16_to_fp32(x.d) * fp16_to_fp32(y.d));
+        // ggml multiplies left to right here: (sumi·dx)·dy.
+        sumf += sumi as f32 * fp16_to_fp32(x.d) * fp16_to_fp32(y.d);
     }
     sumf
 }

@@ -67,14 +67,16 @@ pub fn quantize_row_q8_1(x: &[f32], y: &mut [BlockQ8_1]) {
     for (x, b) in x.chunks_exact(QK8_1).zip(y.iter_mut()) {
         let amax = x.iter().fold(0.0f32, |m, v| m.max(v.abs()));
         let d = amax / 127.0;
-        b.d = fp32_to_fp16(d);
+        // x86 ggml converts with F16C here (`GGML_CPU_FP32_TO_FP16`);
+        // half does the same rounding, NaN payloads included.
+        b.d = f16::from_f32(d);
         let id = if amax != 0.0 { 127.0 / amax } else { 0.0 };
         let mut sum = 0i32;
         for (q, &v) in b.qs.iter_mut().zip(x) {
             *q = (v * id).round_ties_even() as i8;
             sum += i32::from(*q);
         }
-        b.s = fp32_to_fp16(d * sum as f32);
+        b.s = f16::from_f32(d * sum as f32);
     }
 }
 

@@ -14,7 +14,7 @@ use std::sync::OnceLock;
 
 use gguf_format::GgmlType;
 
-use crate::formats::{self, bf16, f16, q8_0, q8_1, q8_k};
+use crate::formats::{self, bf16, q8_0, q8_1, q8_k};
 
 #[cfg(target_arch = "aarch64")]
 mod aarch64;
@@ -141,8 +141,16 @@ fn from_float_f32(src: &[f32], dst: &mut [u8]) {
     dst.copy_from_slice(bytemuck::cast_slice(src));
 }
 
+/// ggml's CPU `from_float` for F16 converts with F16C (`ggml_cpu_fp32_to_fp16`),
+/// which `half::f16::from_f32` reproduces bit for bit, NaN payloads included;
+/// the reference row conversion differs only for NaN.
 fn from_float_f16(src: &[f32], dst: &mut [u8]) {
-    formats::quantize_bytes(src, dst, f16::quantize_row_f16_ref);
+    fn convert(x: &[f32], y: &mut [half::f16]) {
+        for (y, &x) in y.iter_mut().zip(x) {
+            *y = half::f16::from_f32(x);
+        }
+    }
+    formats::quantize_bytes(src, dst, convert);
 }
 
 fn from_float_bf16(src: &[f32], dst: &mut [u8]) {

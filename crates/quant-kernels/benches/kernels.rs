@@ -1,0 +1,143 @@
+//! Throughput of the core kernels in GB/s of weight bytes: memory read
+//! bandwidth for comparison, dequantization, matvec (one token) and matmul
+//! (a 64-token prompt), on rayon pools of 1 and 2 threads.
+//!
+//! Run briefly on a shared machine:
+//! `cargo bench -p quant-kernels --bench kernels -- --measurement-time 2 --warm-up-time 0.5`
+
+use std::hint::black_box;
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use quant_kernels::{
+    dequantize_row, matmul, matvec, quantize_row, row_bytes, GgmlType, QMatrix, Scratch,
+};
+use rayon::prelude::*;
+
+const TYPES: [GgmlType; 8] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+];
+
+/// (rows, cols): SmolLM2-135M's attention/FFN shapes and a 1B-class FFN.
+const SHAPES: [(usize, usize); 3] = [(576, 1536), (1536, 576), (2048, 5632)];
+
+fn pool(threads: usize) -> rayon::ThreadPool {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+}
+
+fn random(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..n)
+        .map(|_| {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            (s >> 40) as f32 / (1u64 << 23) as f32 - 1.0
+        })
+        .collect()
+}
+
+fn weights(ty: GgmlType, rows: usize, cols: usize) -> Vec<u8> {
+    let w = random(rows * cols, 42);
+    let mut q = vec![0u8; rows * row_bytes(ty, cols).unwrap()];
+    quantize_row(ty, &w, &mut q).unwrap();
+    q
+}
+
+/// Plain read bandwidth: summing a 256 MiB buffer of u64.
+fn bandwidth(c: &mut Criterion) {
+    let buf: Vec<u64> = (0..(256usize << 20) / 8).map(|i| i as u64).collect();
+    let mut g = c.benchmark_group("bandwidth");
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes((buf.len() * 8) as u64));
+    for threads in [1, 2] {
+        let p = pool(threads);
+        g.bench_function(
+            BenchmarkId::new("read_256MiB", format!("{threads}t")),
+            |b| {
+                b.iter(|| {
+                    p.install(|| {
+                        buf.par_chunks(1 << 16)
+                            .map(|c| c.iter().fold(0u64, |a, &v| a.wrapping_add(v)))
+                            .reduce(|| 0, u64::wrapping_add)
+                    })
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
+fn dequantize(c: &mut Criterion) {
+    let (rows, cols) = (576, 1536);
+    let mut g = c.benchmark_group("dequantize");
+    for ty in TYPES {
+        let q = weights(ty, rows, cols);
+        let mut out = vec![0.0f32; rows * cols];
+        g.throughput(Throughput::Bytes(q.len() as u64));
+        g.bench_function(BenchmarkId::new(ty.name(), format!("{rows}x{cols}")), |b| {
+            b.iter(|| dequantize_row(ty, black_box(&q), &mut out).unwrap())
+        });
+    }
+    g.finish();
+}
+
+fn matvec_bench(c: &mut Criterion) {
+    let mut g = c.benchmark_group("matvec");
+    for (rows, cols) in SHAPES {
+        let x = random(cols, 7);
+        let mut y = vec![0.0f32; rows];
+        for ty in TYPES {
+            let q = weights(ty, rows, cols);
+            let m = QMatrix::new(ty, rows, cols, &q).unwrap();
+            g.throughput(Throughput::Bytes(q.len() as u64));
+            for threads in [1, 2] {
+                let p = pool(threads);
+                let mut scratch = Scratch::default();
+                let id = BenchmarkId::new(ty.name(), format!("{rows}x{cols}/{threads}t"));
+                g.bench_function(id, |b| {
+                    b.iter(|| p.install(|| matvec(&m, black_box(&x), &mut y, &mut scratch)))
+                });
+            }
+        }
+    }
+    g.finish();
+}
+
+fn matmul_bench(c: &mut Criterion) {
+    let (rows, cols, n) = (1536, 576, 64);
+    let x = random(n * cols, 9);
+    let mut y = vec![0.0f32; n * rows];
+    let mut g = c.benchmark_group("matmul64");
+    g.sample_size(20);
+    for ty in [
+        GgmlType::F16,
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q8_0,
+    ] {
+        let q = weights(ty, rows, cols);
+        let m = QMatrix::new(ty, rows, cols, &q).unwrap();
+        // Multiply-adds per second, reported as "elements".
+        g.throughput(Throughput::Elements((rows * cols * n) as u64));
+        let p = pool(2);
+        let mut scratch = Scratch::default();
+        g.bench_function(
+            BenchmarkId::new(ty.name(), format!("{rows}x{cols}x{n}/2t")),
+            |b| b.iter(|| p.install(|| matmul(&m, black_box(&x), n, &mut y, &mut scratch))),
+        );
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bandwidth, dequantize, matvec_bench, matmul_bench);
+criterion_main!(benches);

@@ -1,0 +1,193 @@
+//! Properties of the core formats: portable dot products against an f64
+//! dot of dequantized values, SIMD kernels against their portable twins,
+//! quantization round-trip error bounds.
+
+use proptest::prelude::*;
+use quant_kernels::simd::{self, Features};
+use quant_kernels::{formats, row_bytes, GgmlType};
+
+use crate::core_util::{
+    activation_error_bound, dequantize, dequantize_activations, quantize, quantize_activations,
+    Rng, CORE_WEIGHT_TYPES,
+};
+
+use crate::core_util::abs_sum_product as abs_dot;
+
+fn dot64(a: &[f32], b: &[f32]) -> f64 {
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(*x) * f64::from(*y))
+        .sum()
+}
+
+/// Columns for `ty`: `blocks` whole blocks (F32/F16/BF16 get odd lengths).
+fn cols_for(ty: GgmlType, blocks: usize, extra: usize) -> usize {
+    if ty.block_size() == 1 {
+        blocks * 32 + extra
+    } else {
+        blocks * ty.block_size()
+    }
+}
+
+fn weights(ty: GgmlType, seed: u64, n: usize) -> (Vec<f32>, Vec<u8>) {
+    let mut rng = Rng(seed | 1);
+    let w: Vec<f32> = (0..n).map(|_| rng.unit() * 0.5).collect();
+    let q = quantize(ty, &w);
+    (w, q)
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// The fused integer dot product equals the f64 dot of what the two
+    /// operands dequantize to, up to f32 rounding of the block sums.
+    #[test]
+    fn portable_vec_dot_is_dot_of_dequantized(seed in 1u64.., blocks in 1usize..12, extra in 0usize..31) {
+        for ty in CORE_WEIGHT_TYPES {
+            let n = cols_for(ty, blocks, extra);
+            let (_, wq) = weights(ty, seed, n);
+            let x = Rng(seed ^ 0x9e37).activations(n);
+            let aq = quantize_activations(ty, &x);
+            let wd = dequantize(ty, &wq, n);
+            let ad = dequantize_activations(ty, &aq, n);
+            let got = f64::from((formats::kernels(ty).unwrap().vec_dot)(n, &wq, &aq));
+            let want = dot64(&wd, &ad);
+            // Q4_1/Q5_1 fold the offset through the f16 sum `s` of Q8_1: its
+            // rounding (2^-11 relative) times |m|·Σ|q| bounds the difference.
+            let tol = match ty {
+                GgmlType::Q4_1 | GgmlType::Q5_1 => 2e-3,
+                _ => 1e-5,
+            } * abs_dot(&wd, &ad) + 1e-6;
+            prop_assert!((got - want).abs() <= tol, "{ty}: {got} vs {want} (tol {tol})");
+            // And against the exact f32 product: the activation quantization error.
+            let exact = dot64(&wd, &x);
+            let bound = activation_error_bound(ty, &wd, &x) + tol;
+            prop_assert!((got - exact).abs() <= bound, "{ty}: {got} vs exact {exact}");
+        }
+    }
+
+    /// Every native dot product agrees with its portable twin within a
+    /// relative 1e-5 of the row's Σ|w·a|, on raw random blocks too.
+    #[test]
+    fn simd_vec_dot_matches_portable(seed in 1u64.., blocks in 1usize..40, extra in 0usize..31) {
+        let f = simd::features();
+        for ty in CORE_WEIGHT_TYPES {
+            let Some(native) = simd::native_vec_dot_for(ty, f) else { continue };
+            let portable = simd::portable_vec_dot(ty).unwrap();
+            let n = cols_for(ty, blocks, extra);
+            let (_, wq) = weights(ty, seed, n);
+            let x = Rng(seed ^ 0x51).activations(n);
+            let aq = quantize_activations(ty, &x);
+            let a = portable(n, &wq, &aq);
+            let b = native(n, &wq, &aq);
+            let scale = abs_dot(&dequantize(ty, &wq, n), &dequantize_activations(ty, &aq, n));
+            prop_assert!(f64::from((a - b).abs()) <= 1e-5 * scale + 1e-6, "{ty}: portable {a} native {b}");
+        }
+    }
+
+    /// Native activation quantizers give exactly the portable bytes.
+    #[test]
+    fn simd_from_float_is_byte_identical(seed in 1u64.., blocks in 1usize..9, extra in 0usize..31, scale_exp in -20i32..20) {
+        let f = simd::features();
+        for act in [GgmlType::Q8_0, GgmlType::Q8_1, GgmlType::Q8_K, GgmlType::F16, GgmlType::BF16, GgmlType::F32] {
+            let Some(native) = simd::native_from_float_for(act, f) else { continue };
+            let n = if act.block_size() == 1 { blocks * 32 + extra } else { blocks * act.block_size() };
+            let mut rng = Rng(seed);
+            let s = 2f32.powi(scale_exp);
+            let mut x: Vec<f32> = rng.activations(n).iter().map(|v| v * s).collect();
+            // Exact ties at .5 after scaling and sign-flipped maxima.
+            if n >= 4 { x[1] = -x[0]; x[3] = 0.0; }
+            let rb = row_bytes(act, n).unwrap();
+            let (mut p, mut q) = (vec![0u8; rb], vec![0u8; rb]);
+            simd::portable_from_float(act).unwrap()(&x, &mut p);
+            native(&x, &mut q);
+            prop_assert_eq!(p, q, "{}", act);
+        }
+    }
+
+    /// Reference quantization keeps every element within the format's step.
+    #[test]
+    fn quantize_round_trip_error(seed in 1u64.., blocks in 1usize..8, spread in 0.01f32..100.0) {
+        for ty in CORE_WEIGHT_TYPES.into_iter().chain([GgmlType::Q8_1, GgmlType::Q8_K]) {
+            let n = cols_for(ty, blocks, 0).max(ty.block_size());
+            let n = n / ty.block_size() * ty.block_size();
+            let mut rng = Rng(seed);
+            let x: Vec<f32> = (0..n).map(|_| rng.unit() * spread + spread * 0.3).collect();
+            let y = dequantize(ty, &quantize(ty, &x), n);
+            let bs = if ty.block_size() == 1 { 1 } else { ty.block_size() };
+            for (xb, yb) in x.chunks(bs).zip(y.chunks(bs)) {
+                let amax = xb.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let min = xb.iter().fold(f32::MAX, |m, v| m.min(*v));
+                let max = xb.iter().fold(f32::MIN, |m, v| m.max(*v));
+                for (a, b) in xb.iter().zip(yb) {
+                    let bound = match ty {
+                        GgmlType::F32 => 0.0,
+                        GgmlType::F16 => a.abs() / 2048.0,
+                        GgmlType::BF16 => a.abs() / 256.0,
+                        // q = trunc(x/d + 8.5) clamps the top value to a full step.
+                        GgmlType::Q4_0 => amax / 8.0 * 1.01,
+                        GgmlType::Q5_0 => amax / 16.0 * 1.01,
+                        GgmlType::Q4_1 => 0.5 * (max - min) / 15.0 * 1.05 + min.abs() / 1024.0,
+                        GgmlType::Q5_1 => 0.5 * (max - min) / 31.0 * 1.1 + min.abs() / 1024.0,
+                        // d rounds to f16: up to 127·2^-11·d more than half a step.
+                        GgmlType::Q8_0 | GgmlType::Q8_1 => 0.57 * amax / 127.0,
+                        GgmlType::Q8_K => 0.51 * amax / 127.0,
+                        _ => unreachable!(),
+                    };
+                    prop_assert!((a - b).abs() <= bound + 1e-30, "{ty}: {a} → {b}, bound {bound}");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn dispatch_uses_native_kernels_where_detected() {
+    let f = simd::features();
+    assert_eq!(f, Features::detect());
+    for ty in CORE_WEIGHT_TYPES {
+        let chosen = simd::vec_dot_for(ty).unwrap();
+        match simd::native_vec_dot_for(ty, f) {
+            Some(native) => assert!(std::ptr::fn_addr_eq(chosen, native), "{ty}"),
+            None => assert!(std::ptr::fn_addr_eq(
+                chosen,
+                simd::portable_vec_dot(ty).unwrap()
+            )),
+        }
+    }
+    #[cfg(target_arch = "x86_64")]
+    if is_x86_feature_detected!("avx2")
+        && is_x86_feature_detected!("fma")
+        && is_x86_feature_detected!("f16c")
+    {
+        for ty in CORE_WEIGHT_TYPES {
+            assert!(
+                simd::native_vec_dot_for(ty, f).is_some(),
+                "{ty} has no AVX2 kernel"
+            );
+        }
+    }
+}
+
+#[test]
+fn activation_quantizer_vs_reference() {
+    // The x86 activation quantizer (ggml's AVX2 `quantize_row_q8_0`) and
+    // `quantize_row_q8_0_ref` differ only by one step at rounding ties or
+    // last-ulp differences of 127/amax versus 1/(amax/127).
+    use quant_kernels::formats::q8_0::{quantize_row_q8_0, quantize_row_q8_0_ref, BlockQ8_0};
+    let mut rng = Rng(7);
+    let x = rng.activations(32 * 512);
+    let mut a = vec![BlockQ8_0::default(); 512];
+    let mut b = vec![BlockQ8_0::default(); 512];
+    quantize_row_q8_0(&x, &mut a);
+    quantize_row_q8_0_ref(&x, &mut b);
+    let mut differing = 0;
+    for (a, b) in a.iter().zip(&b) {
+        assert_eq!(a.d, b.d);
+        for (p, q) in a.qs.iter().zip(&b.qs) {
+            assert!((i16::from(*p) - i16::from(*q)).abs() <= 1);
+            differing += usize::from(p != q);
+        }
+    }
+    assert!(differing < 32 * 512 / 100, "{differing}");
+}
