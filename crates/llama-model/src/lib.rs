@@ -1,4 +1,48 @@
-//! LLaMA-family models from GGUF files: hyper-parameters, weights, KV cache and the forward pass.
+//! LLaMA-family models from GGUF files: hyper-parameters, weights, KV cache,
+//! the forward pass, and a layer trace to find where two runs diverge.
 //!
-//! Filled in by the CPU inference issue.
+//! A [`Model`] reads its [`Config`] from the file's metadata and puts its
+//! weights on a [`Backend`] (the CPU by default, where they stay in the
+//! memory map). A [`Session`] owns a KV cache and preallocated buffers and
+//! runs tokens through the model, in batches (prompt processing: one matrix
+//! product per weight for the whole batch) or one at a time (generation).
+//!
+//! ```no_run
+//! use llama_model::{LoadOptions, LogitsMode, Model, SessionOptions};
+//!
+//! let model = Model::load("model.gguf", &LoadOptions::default())?;
+//! let mut session = model.session(&SessionOptions::default())?;
+//! let logits = session.forward(&[1, 450, 4996], LogitsMode::Last)?;
+//! let next = (0..logits.len()).max_by(|&a, &b| logits[a].total_cmp(&logits[b])).unwrap();
+//! let logits = session.forward(&[next as u32], LogitsMode::Last)?;
+//! println!("{} logits after {} tokens", logits.len(), session.n_past());
+//! # Ok::<(), llama_model::ModelError>(())
+//! ```
+//!
+//! A key design decision is that the forward pass is written once, in
+//! [`Session`], against tensor-core's [`Backend`] trait: the GPU backend runs
+//! the very same sequence of operations. Another is that it reproduces
+//! llama.cpp's arithmetic rather than an idealised one — activations are
+//! quantized like ggml's before each matrix product, the KV cache is `f16` by
+//! default and queries and attention probabilities are rounded to it as
+//! ggml does — so its logits match llama.cpp's to rounding, whether a prompt
+//! is evaluated in one batch or token by token.
+//!
+//! To find where a run diverges from another (a quantized file from its
+//! `F32` original, the GPU from the CPU, a batch from incremental decoding),
+//! pass a [`Trace`] to [`Session::forward_traced`] for each and read
+//! [`Trace::diff`].
 #![deny(missing_docs)]
+
+mod config;
+mod error;
+mod model;
+mod session;
+mod trace;
+
+pub use config::{Architecture, Config, LoadOptions};
+pub use error::{ModelError, Result};
+pub use model::Model;
+pub use session::{LogitsMode, Session, SessionOptions};
+pub use tensor_core::{Backend, CpuBackend, KvType};
+pub use trace::{Observer, Stats, Step, StepDiff, Trace, TraceEntry};

@@ -1,0 +1,282 @@
+//! Hyper-parameters read from GGUF metadata.
+
+use gguf_format::{GgufHeader, Value};
+use tensor_core::{RopeMode, RopeParams};
+
+use crate::error::{ModelError, Result};
+
+/// The model families this crate runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Architecture {
+    /// `llama`: LLaMA 1/2/3, TinyLlama, SmolLM, Mistral-style models.
+    Llama,
+    /// `qwen2`: LLaMA layout with Q/K/V biases and NeoX RoPE.
+    Qwen2,
+}
+
+impl Architecture {
+    /// Parses `general.architecture`.
+    pub fn from_name(name: &str) -> Result<Architecture> {
+        match name {
+            "llama" => Ok(Architecture::Llama),
+            "qwen2" => Ok(Architecture::Qwen2),
+            other => Err(ModelError::UnknownArchitecture(other.to_string())),
+        }
+    }
+
+    /// The metadata key prefix (`llama`, `qwen2`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Architecture::Llama => "llama",
+            Architecture::Qwen2 => "qwen2",
+        }
+    }
+
+    /// How the architecture pairs dimensions in RoPE (llama.cpp's `llama_model_rope_type`).
+    pub fn rope_mode(self) -> RopeMode {
+        match self {
+            Architecture::Llama => RopeMode::Normal,
+            Architecture::Qwen2 => RopeMode::Neox,
+        }
+    }
+}
+
+/// Overrides applied while loading (llama.cpp's context parameters of the same names).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct LoadOptions {
+    /// RoPE base frequency instead of the file's `rope.freq_base`.
+    pub rope_freq_base: Option<f32>,
+    /// RoPE frequency scale (1 / linear factor) instead of the file's.
+    pub rope_freq_scale: Option<f32>,
+}
+
+/// A model's hyper-parameters, all read from its metadata.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// The architecture.
+    pub arch: Architecture,
+    /// Transformer blocks (`block_count`).
+    pub n_layer: usize,
+    /// Width of the residual stream (`embedding_length`).
+    pub n_embd: usize,
+    /// Hidden width of the feed-forward network (`feed_forward_length`).
+    pub n_ff: usize,
+    /// Query heads (`attention.head_count`).
+    pub n_head: usize,
+    /// Key/value heads (`attention.head_count_kv`; equal to `n_head` when absent).
+    pub n_head_kv: usize,
+    /// Elements per head (`attention.key_length`; `n_embd / n_head` when absent).
+    pub head_dim: usize,
+    /// Vocabulary size (`vocab_size`, else the token list's length, else the embedding's rows).
+    pub n_vocab: usize,
+    /// Context length the model was trained with (`context_length`).
+    pub n_ctx_train: usize,
+    /// RMSNorm epsilon (`attention.layer_norm_rms_epsilon`).
+    pub rms_eps: f32,
+    /// Rotary embedding parameters (`rope.*`).
+    pub rope: RopeParams,
+    /// Factor on `K·Q` (`attention.scale`, else `1/sqrt(head_dim)`).
+    pub attn_scale: f32,
+}
+
+fn uint(h: &GgufHeader, key: &str) -> Result<usize> {
+    let v = h.get_uint(key)?;
+    usize::try_from(v).map_err(|_| ModelError::InvalidMetadata {
+        key: key.to_string(),
+        message: format!("{v} does not fit in usize"),
+    })
+}
+
+fn opt_uint(h: &GgufHeader, key: &str) -> Result<Option<usize>> {
+    if h.get(key).is_some() {
+        uint(h, key).map(Some)
+    } else {
+        Ok(None)
+    }
+}
+
+fn opt_f32(h: &GgufHeader, key: &str) -> Result<Option<f32>> {
+    match h.get(key) {
+        None => Ok(None),
+        Some(v) => v
+            .as_f64()
+            .map(|x| Some(x as f32))
+            .ok_or_else(|| ModelError::InvalidMetadata {
+                key: key.to_string(),
+                message: format!("expected a number, found {}", v.type_name()),
+            }),
+    }
+}
+
+fn invalid(key: String, message: impl Into<String>) -> ModelError {
+    ModelError::InvalidMetadata {
+        key,
+        message: message.into(),
+    }
+}
+
+impl Config {
+    /// Reads and checks the hyper-parameters of the model in `h`.
+    ///
+    /// `embd_rows` is the row count of `token_embd.weight`, the fallback for the vocabulary size.
+    pub fn from_gguf(h: &GgufHeader, embd_rows: usize, opts: &LoadOptions) -> Result<Config> {
+        let arch = Architecture::from_name(h.get_str("general.architecture")?)?;
+        let a = arch.name();
+        let k = |s: &str| format!("{a}.{s}");
+
+        if let Some(n) = opt_uint(h, &k("expert_count"))? {
+            if n > 0 {
+                return Err(ModelError::Unsupported(format!(
+                    "mixture of experts ({} = {n})",
+                    k("expert_count")
+                )));
+            }
+        }
+        let n_layer = uint(h, &k("block_count"))?;
+        let n_embd = uint(h, &k("embedding_length"))?;
+        let n_ff = uint(h, &k("feed_forward_length"))?;
+        let n_head = uint(h, &k("attention.head_count"))?;
+        let n_head_kv = opt_uint(h, &k("attention.head_count_kv"))?.unwrap_or(n_head);
+        if n_layer == 0 || n_embd == 0 || n_ff == 0 {
+            return Err(invalid(
+                k("block_count"),
+                "layer count and widths must be positive",
+            ));
+        }
+        if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
+            return Err(invalid(
+                k("attention.head_count_kv"),
+                format!("{n_head_kv} KV heads must be positive and divide {n_head} query heads"),
+            ));
+        }
+        let head_dim = match opt_uint(h, &k("attention.key_length"))? {
+            Some(d) => d,
+            None => {
+                if n_embd % n_head != 0 {
+                    return Err(invalid(
+                        k("attention.head_count"),
+                        format!("{n_head} heads do not divide the width {n_embd}"),
+                    ));
+                }
+                n_embd / n_head
+            }
+        };
+        if let Some(dv) = opt_uint(h, &k("attention.value_length"))? {
+            if dv != head_dim {
+                return Err(ModelError::Unsupported(format!(
+                    "value head size {dv} differs from key head size {head_dim}"
+                )));
+            }
+        }
+        if head_dim == 0 {
+            return Err(invalid(
+                k("attention.key_length"),
+                "head size must be positive",
+            ));
+        }
+        let n_rot = opt_uint(h, &k("rope.dimension_count"))?.unwrap_or(head_dim);
+        if n_rot > head_dim || n_rot % 2 != 0 || n_rot == 0 {
+            return Err(invalid(
+                k("rope.dimension_count"),
+                format!("{n_rot} rotated dimensions must be even, positive and at most the head size {head_dim}"),
+            ));
+        }
+        let n_vocab = match opt_uint(h, &k("vocab_size"))? {
+            Some(v) => v,
+            None => match h.get("tokenizer.ggml.tokens") {
+                Some(Value::Array(t)) => t.values.len(),
+                _ => embd_rows,
+            },
+        };
+        if n_vocab != embd_rows {
+            return Err(invalid(
+                k("vocab_size"),
+                format!(
+                    "vocabulary of {n_vocab} tokens, but token_embd.weight has {embd_rows} rows"
+                ),
+            ));
+        }
+        let n_ctx_train = uint(h, &k("context_length"))?;
+        let rms_eps = h.get_f32(&k("attention.layer_norm_rms_epsilon"))?;
+        if !(rms_eps >= 0.0 && rms_eps.is_finite()) {
+            return Err(invalid(
+                k("attention.layer_norm_rms_epsilon"),
+                format!("{rms_eps} is not a valid epsilon"),
+            ));
+        }
+
+        let freq_base = match opts.rope_freq_base {
+            Some(b) => b,
+            None => opt_f32(h, &k("rope.freq_base"))?.unwrap_or(10000.0),
+        };
+        if !(freq_base > 0.0 && freq_base.is_finite()) {
+            return Err(invalid(
+                k("rope.freq_base"),
+                format!("{freq_base} is not a valid base"),
+            ));
+        }
+        // llama.cpp: rope.scaling.type defaults to linear; the factor comes
+        // from rope.scaling.factor or the older rope.scale_linear.
+        let scaling_type = match h.get(&k("rope.scaling.type")) {
+            Some(_) => h.get_str(&k("rope.scaling.type"))?.to_string(),
+            None => "linear".to_string(),
+        };
+        let factor = match opt_f32(h, &k("rope.scaling.factor"))? {
+            Some(f) => f,
+            None => opt_f32(h, &k("rope.scale_linear"))?.unwrap_or(0.0),
+        };
+        match scaling_type.as_str() {
+            "none" | "linear" => {}
+            other => {
+                return Err(ModelError::Unsupported(format!(
+                    "RoPE scaling type `{other}` ({})",
+                    k("rope.scaling.type")
+                )))
+            }
+        }
+        let freq_scale = match opts.rope_freq_scale {
+            Some(s) => s,
+            None if factor == 0.0 => 1.0,
+            None => 1.0 / factor,
+        };
+        if !(freq_scale > 0.0 && freq_scale.is_finite()) {
+            return Err(invalid(
+                k("rope.scaling.factor"),
+                format!("{factor} is not a valid scaling factor"),
+            ));
+        }
+        let mut rope = RopeParams::new(arch.rope_mode(), head_dim, n_rot, freq_base);
+        rope.freq_scale = freq_scale;
+        rope.n_ctx_orig = n_ctx_train;
+
+        let attn_scale = match opt_f32(h, &k("attention.scale"))? {
+            Some(s) if s != 0.0 => s,
+            _ => 1.0 / (head_dim as f32).sqrt(),
+        };
+
+        Ok(Config {
+            arch,
+            n_layer,
+            n_embd,
+            n_ff,
+            n_head,
+            n_head_kv,
+            head_dim,
+            n_vocab,
+            n_ctx_train,
+            rms_eps,
+            rope,
+            attn_scale,
+        })
+    }
+
+    /// Width of all query heads together (`n_head * head_dim`).
+    pub fn q_width(&self) -> usize {
+        self.n_head * self.head_dim
+    }
+
+    /// Width of all key (or value) heads together (`n_head_kv * head_dim`).
+    pub fn kv_width(&self) -> usize {
+        self.n_head_kv * self.head_dim
+    }
+}

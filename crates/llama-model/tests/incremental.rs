@@ -1,0 +1,82 @@
+//! Prefill then token-by-token decoding gives the logits of one batch.
+
+use llama_model::{LoadOptions, LogitsMode, Model, SessionOptions};
+
+use crate::common::fixture;
+
+fn tokens() -> Vec<u32> {
+    serde_json::from_str(&std::fs::read_to_string(fixture("synth/tokens.json")).unwrap()).unwrap()
+}
+
+/// Max |batch − incremental| over all positions' logits for one file.
+fn incremental_vs_batch(ftype: &str, prefill: usize, n_batch: usize) -> f32 {
+    let model = Model::load(
+        fixture(&format!("synth/synth-{ftype}.gguf")),
+        &LoadOptions::default(),
+    )
+    .unwrap();
+    let n_vocab = model.config().n_vocab;
+    let toks = tokens();
+    let opts = SessionOptions {
+        n_ctx: 64,
+        ..SessionOptions::default()
+    };
+    let mut s = model.session(&opts).unwrap();
+    let batch = s.forward(&toks, LogitsMode::All).unwrap().to_vec();
+
+    let mut s = model.session(&SessionOptions { n_batch, ..opts }).unwrap();
+    let mut inc = s
+        .forward(&toks[..prefill], LogitsMode::All)
+        .unwrap()
+        .to_vec();
+    for &t in &toks[prefill..] {
+        inc.extend_from_slice(s.forward(&[t], LogitsMode::Last).unwrap());
+    }
+    assert_eq!(s.n_past(), toks.len());
+    assert_eq!(inc.len(), toks.len() * n_vocab);
+    let d = batch
+        .iter()
+        .zip(&inc)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    println!("synth-{ftype}: prefill {prefill} (ubatch {n_batch}) + {} single tokens vs one batch: max |Δlogit| {d:.3e}", toks.len() - prefill);
+    d
+}
+
+#[test]
+fn decode_matches_batch_q4_k_m() {
+    assert!(incremental_vs_batch("Q4_K_M", 16, 512) <= 1e-4);
+}
+
+#[test]
+fn decode_matches_batch_f32() {
+    assert!(incremental_vs_batch("F32", 20, 512) <= 1e-4);
+}
+
+#[test]
+fn split_ubatches_match_one_batch() {
+    assert!(incremental_vs_batch("Q8_0", 48, 7) <= 1e-4);
+}
+
+#[test]
+fn truncate_and_reset_rewind_the_cache() {
+    let model = Model::load(fixture("synth/synth-Q8_0.gguf"), &LoadOptions::default()).unwrap();
+    let toks = tokens();
+    let mut s = model
+        .session(&SessionOptions {
+            n_ctx: 64,
+            ..Default::default()
+        })
+        .unwrap();
+    let first = s.forward(&toks[..10], LogitsMode::Last).unwrap().to_vec();
+    s.forward(&toks[10..30], LogitsMode::Last).unwrap();
+    s.truncate(9).unwrap();
+    assert_eq!(s.n_past(), 9);
+    let again = s.forward(&toks[9..10], LogitsMode::Last).unwrap().to_vec();
+    assert_eq!(first, again);
+    s.reset();
+    assert_eq!(s.n_past(), 0);
+    let fresh = s.forward(&toks[..10], LogitsMode::Last).unwrap().to_vec();
+    assert_eq!(first, fresh);
+    assert!(s.truncate(11).is_err());
+}

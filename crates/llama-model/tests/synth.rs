@@ -1,0 +1,77 @@
+//! Every synth-<FTYPE>.gguf: 64 tokens as one batch against llama.cpp's logits.
+
+use llama_model::{LoadOptions, LogitsMode, Model, SessionOptions};
+
+use crate::common::{compare, fixture, read_f32};
+
+fn tokens() -> Vec<u32> {
+    let text = std::fs::read_to_string(fixture("synth/tokens.json")).unwrap();
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Runs one file and checks it against its target.
+fn check(ftype: &str) {
+    let model = Model::load(
+        fixture(&format!("synth/synth-{ftype}.gguf")),
+        &LoadOptions::default(),
+    )
+    .unwrap_or_else(|e| panic!("synth-{ftype}: {e}"));
+    let n_vocab = model.config().n_vocab;
+    let toks = tokens();
+    let mut s = model
+        .session(&SessionOptions {
+            n_ctx: 128,
+            ..SessionOptions::default()
+        })
+        .unwrap();
+    let ours = s.forward(&toks, LogitsMode::All).unwrap().to_vec();
+    let reference = read_f32(&fixture(&format!("synth/synth-{ftype}.logits.f32")));
+    let a = compare(&reference, &ours, n_vocab);
+    println!(
+        "synth-{ftype:<7} mean KLD {:.3e}  top-1 {:6.2}%  max |Δlogit| {:.3e}",
+        a.mean_kld,
+        a.top1 * 100.0,
+        a.max_abs
+    );
+    if ftype == "F32" {
+        assert!(
+            a.max_abs <= 1e-3,
+            "synth-F32: max abs logit diff {} > 1e-3",
+            a.max_abs
+        );
+    }
+    assert!(
+        a.mean_kld <= 1e-4,
+        "synth-{ftype}: mean KLD {} > 1e-4",
+        a.mean_kld
+    );
+    assert!(
+        a.top1 >= 0.98,
+        "synth-{ftype}: top-1 agreement {} < 98%",
+        a.top1
+    );
+}
+
+macro_rules! synth_tests {
+    ($($name:ident => $ftype:literal),* $(,)?) => {
+        $(#[test] fn $name() { check($ftype); })*
+    };
+}
+
+synth_tests! {
+    f32 => "F32",
+    f16 => "F16",
+    bf16 => "BF16",
+    q8_0 => "Q8_0",
+    q6_k => "Q6_K",
+    q5_k_m => "Q5_K_M",
+    q5_0 => "Q5_0",
+    q5_1 => "Q5_1",
+    q4_k_m => "Q4_K_M",
+    q4_0 => "Q4_0",
+    q4_1 => "Q4_1",
+    q3_k_m => "Q3_K_M",
+    q2_k => "Q2_K",
+    iq4_nl => "IQ4_NL",
+    iq4_xs => "IQ4_XS",
+}

@@ -1,0 +1,6 @@
+//! Whole-model tests of llama-model against llama.cpp's outputs.
+mod common;
+mod errors;
+mod incremental;
+mod smollm2;
+mod synth;

@@ -1,0 +1,143 @@
+//! The backend seam: the operations a LLaMA forward pass is made of, on opaque handles.
+
+use crate::attention::{AttentionParams, KvShape};
+use crate::error::Result;
+use crate::rope::RopeParams;
+use crate::tensor::Tensor;
+
+/// A place where a model's weights live and its operations run (CPU, a GPU).
+///
+/// The model crate writes its forward pass once, against this trait; each
+/// backend decides where memory lives and how each operation computes. All
+/// shapes are implied by the arguments: activations are row-major
+/// `[n_rows, width]` buffers of `f32`, one row per token, where the width
+/// follows from the weight or parameters an operation receives. Shapes are
+/// validated once, where data enters (loading a weight, sizing a buffer), so
+/// the operations themselves do not return errors; a backend may panic on a
+/// shape the model never produces.
+///
+/// The contract every backend keeps is numerical: each operation computes
+/// what the ggml CPU operation named in its documentation computes, with the
+/// same rounding of operands (activations quantized to the weight format's
+/// `vec_dot_type`, queries and probabilities rounded to the KV cache type),
+/// so that logits agree with llama.cpp to rounding.
+pub trait Backend: Send + Sync {
+    /// A weight resident on the backend: a matrix for [`Backend::matmul`] and
+    /// [`Backend::get_rows`], or an `f32` vector (norm weight, bias, RoPE
+    /// factors). The CPU keeps a view of the mapped file; a GPU uploads once.
+    type Weight: Send + Sync;
+    /// An `f32` activation buffer.
+    type Buffer: Send;
+    /// Keys and values of every layer for every position of a session.
+    type KvCache: Send;
+
+    /// A short name for messages (`"cpu"`, `"wgpu"`).
+    fn name(&self) -> &'static str;
+
+    /// Makes a 2-D weight (`shape [cols, rows]`, any supported block format)
+    /// usable by `matmul` and `get_rows`. Fails for an unsupported type or
+    /// rows that are not whole blocks.
+    fn load_matrix(&self, tensor: &Tensor) -> Result<Self::Weight>;
+
+    /// Makes a 1-D weight usable as an `f32` vector (converting it if stored in another format).
+    fn load_vector(&self, tensor: &Tensor) -> Result<Self::Weight>;
+
+    /// A zeroed buffer of `len` `f32` values.
+    fn alloc(&self, len: usize) -> Result<Self::Buffer>;
+
+    /// A KV cache of the given shape (contents undefined until stored).
+    fn alloc_kv(&self, shape: &KvShape) -> Result<Self::KvCache>;
+
+    /// `out[i] = table[ids[i]]` as `f32` rows (ggml_get_rows: the token embedding).
+    /// Every id is below the table's row count (checked by the caller).
+    fn get_rows(&self, table: &Self::Weight, ids: &[u32], out: &mut Self::Buffer);
+
+    /// `out[r] = x[r] / sqrt(mean(x[r]²) + eps) * weight` for `n_rows` rows of
+    /// width `weight.len()` (ggml_rms_norm, sum of squares in `f64`, then ggml_mul).
+    fn rms_norm(
+        &self,
+        x: &Self::Buffer,
+        weight: &Self::Weight,
+        eps: f32,
+        n_rows: usize,
+        out: &mut Self::Buffer,
+    );
+
+    /// `out[b, r] = Σ_c W[r, c] · x[b, c]` for `n_rows` rows `b` (ggml_mul_mat:
+    /// `x` quantized to the weight format's `vec_dot_type` first).
+    fn matmul(&self, w: &Self::Weight, x: &Self::Buffer, n_rows: usize, out: &mut Self::Buffer);
+
+    /// `x[r] += bias` for `n_rows` rows of width `bias.len()` (ggml_add broadcast).
+    fn add_bias(&self, x: &mut Self::Buffer, bias: &Self::Weight, n_rows: usize);
+
+    /// Rotates in place every head of `n_rows` rows of `n_heads * rope.head_dim`
+    /// values, row `r` at position `pos0 + r` (ggml_rope_ext; `freq_factors`
+    /// divides each pair's angle: LLaMA-3 `rope_freqs`).
+    fn rope(
+        &self,
+        x: &mut Self::Buffer,
+        n_rows: usize,
+        n_heads: usize,
+        pos0: usize,
+        rope: &RopeParams,
+        freq_factors: Option<&Self::Weight>,
+    );
+
+    /// Writes the `n_rows` rows of `k` and `v` (`[n_rows, n_head_kv * head_dim]`)
+    /// into `layer` of the cache at positions `pos0..pos0 + n_rows`, converted
+    /// to the cache type (ggml_cpy into the KV cache).
+    fn store_kv(
+        &self,
+        cache: &mut Self::KvCache,
+        layer: usize,
+        pos0: usize,
+        n_rows: usize,
+        k: &Self::Buffer,
+        v: &Self::Buffer,
+    );
+
+    /// Causal grouped-query attention of `n_rows` query rows (`[n_rows,
+    /// n_head * head_dim]`, row `t` at position `pos0 + t`) over positions
+    /// `0..=pos0 + t` of `layer` of the cache; writes `[n_rows, n_head * head_dim]`.
+    /// llama.cpp without flash attention: `K·Q` with `q` rounded to the cache
+    /// type, scale, causal mask, ggml_soft_max, `V·P` with `P` rounded to the
+    /// cache type.
+    #[allow(clippy::too_many_arguments)] // one argument per input of the operation
+    fn attention(
+        &self,
+        q: &Self::Buffer,
+        cache: &Self::KvCache,
+        layer: usize,
+        pos0: usize,
+        n_rows: usize,
+        params: &AttentionParams,
+        out: &mut Self::Buffer,
+    );
+
+    /// `out[i] = silu(gate[i]) * up[i]` over `n_rows` rows of `width` values
+    /// (ggml_swiglu_split; ggml's vector `expf` on each row's blocks of 8).
+    fn swiglu(
+        &self,
+        gate: &Self::Buffer,
+        up: &Self::Buffer,
+        n_rows: usize,
+        width: usize,
+        out: &mut Self::Buffer,
+    );
+
+    /// `x[i] += y[i]` for `len` values (ggml_add: the residual connection).
+    fn add(&self, x: &mut Self::Buffer, y: &Self::Buffer, len: usize);
+
+    /// Copies `len` values from `src[src_offset..]` to `dst[dst_offset..]`.
+    fn copy(
+        &self,
+        src: &Self::Buffer,
+        src_offset: usize,
+        dst: &mut Self::Buffer,
+        dst_offset: usize,
+        len: usize,
+    );
+
+    /// Reads `out.len()` values from `src[offset..]` back to the host.
+    fn read(&self, src: &Self::Buffer, offset: usize, out: &mut [f32]) -> Result<()>;
+}

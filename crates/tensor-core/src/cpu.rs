@@ -1,0 +1,311 @@
+//! [`CpuBackend`]: weights borrowed from the mapped file, kernels from quant-kernels and [`crate::ops`].
+
+use std::sync::Mutex;
+
+use half::f16;
+use quant_kernels::{QMatrix, Scratch};
+
+use crate::attention::{attention, store_rows, AttentionParams, KvShape, KvType};
+use crate::backend::Backend;
+use crate::error::{Result, TensorError};
+use crate::gemm;
+use crate::ops;
+use crate::rope::{rope, RopeParams};
+use crate::tensor::Tensor;
+
+/// The CPU backend. Weights stay in the memory map; work is spread over
+/// rayon's global pool (the caller sizes it).
+#[derive(Default)]
+pub struct CpuBackend {
+    /// Quantized activations, reused across calls. Operations of one session
+    /// run one after another, so the lock is never contended there.
+    scratch: Mutex<Scratch>,
+}
+
+impl CpuBackend {
+    /// A CPU backend.
+    pub fn new() -> CpuBackend {
+        CpuBackend::default()
+    }
+}
+
+/// The KV cache of the CPU backend: per layer, keys and values as
+/// `[n_ctx, n_head_kv * head_dim]`, in `f16` (llama.cpp's default) or `f32`.
+pub struct CpuKvCache {
+    shape: KvShape,
+    layers: KvLayers,
+}
+
+enum KvLayers {
+    F16(Vec<(Vec<f16>, Vec<f16>)>),
+    F32(Vec<(Vec<f32>, Vec<f32>)>),
+}
+
+impl CpuKvCache {
+    /// The cache's shape.
+    pub fn shape(&self) -> &KvShape {
+        &self.shape
+    }
+}
+
+/// The matrix view of a 2-D weight (validated by `load_matrix`).
+fn qmatrix(w: &Tensor) -> QMatrix<'_> {
+    QMatrix::new(w.dtype(), w.n_rows(), w.row_len(), w.bytes())
+        .expect("load_matrix validated the weight")
+}
+
+/// The values of a vector weight (converted to `F32` by `load_vector`).
+fn vector(w: &Tensor) -> &[f32] {
+    w.as_f32().expect("load_vector converted the weight to f32")
+}
+
+impl Backend for CpuBackend {
+    type Weight = Tensor;
+    type Buffer = Vec<f32>;
+    type KvCache = CpuKvCache;
+
+    fn name(&self) -> &'static str {
+        "cpu"
+    }
+
+    fn load_matrix(&self, tensor: &Tensor) -> Result<Tensor> {
+        if !quant_kernels::is_supported(tensor.dtype()) {
+            return Err(TensorError::UnsupportedType {
+                name: tensor.name().to_string(),
+                ty: tensor.dtype(),
+            });
+        }
+        if tensor.shape().len() > 2 {
+            return Err(TensorError::Invalid {
+                name: tensor.name().to_string(),
+                message: format!("expected a matrix, found shape {:?}", tensor.shape()),
+            });
+        }
+        QMatrix::new(
+            tensor.dtype(),
+            tensor.n_rows(),
+            tensor.row_len(),
+            tensor.bytes(),
+        )
+        .map_err(|source| TensorError::Quant {
+            name: tensor.name().to_string(),
+            source,
+        })?;
+        Ok(tensor.clone())
+    }
+
+    fn load_vector(&self, tensor: &Tensor) -> Result<Tensor> {
+        if tensor.n_rows() != 1 {
+            return Err(TensorError::Invalid {
+                name: tensor.name().to_string(),
+                message: format!("expected a vector, found shape {:?}", tensor.shape()),
+            });
+        }
+        if !quant_kernels::is_supported(tensor.dtype()) {
+            return Err(TensorError::UnsupportedType {
+                name: tensor.name().to_string(),
+                ty: tensor.dtype(),
+            });
+        }
+        tensor.clone().into_f32()
+    }
+
+    fn alloc(&self, len: usize) -> Result<Vec<f32>> {
+        let mut v = Vec::new();
+        v.try_reserve_exact(len).map_err(|e| TensorError::Backend {
+            backend: "cpu",
+            message: format!("cannot allocate {len} floats: {e}"),
+        })?;
+        v.resize(len, 0.0);
+        Ok(v)
+    }
+
+    fn alloc_kv(&self, shape: &KvShape) -> Result<CpuKvCache> {
+        let per_layer =
+            shape
+                .n_ctx
+                .checked_mul(shape.row_len())
+                .ok_or_else(|| TensorError::Backend {
+                    backend: "cpu",
+                    message: format!("KV cache of {} positions is too large", shape.n_ctx),
+                })?;
+        fn layer<E: Clone + Default>(n: usize) -> Result<(Vec<E>, Vec<E>)> {
+            let mk = || {
+                let mut v = Vec::new();
+                v.try_reserve_exact(n).map_err(|e| TensorError::Backend {
+                    backend: "cpu",
+                    message: format!("cannot allocate a KV cache layer of {n} values: {e}"),
+                })?;
+                v.resize(n, E::default());
+                Ok::<_, TensorError>(v)
+            };
+            Ok((mk()?, mk()?))
+        }
+        let layers = match shape.kv_type {
+            KvType::F16 => KvLayers::F16(
+                (0..shape.n_layer)
+                    .map(|_| layer(per_layer))
+                    .collect::<Result<_>>()?,
+            ),
+            KvType::F32 => KvLayers::F32(
+                (0..shape.n_layer)
+                    .map(|_| layer(per_layer))
+                    .collect::<Result<_>>()?,
+            ),
+        };
+        Ok(CpuKvCache {
+            shape: *shape,
+            layers,
+        })
+    }
+
+    fn get_rows(&self, table: &Tensor, ids: &[u32], out: &mut Vec<f32>) {
+        let width = table.row_len();
+        for (&id, row) in ids.iter().zip(out.chunks_mut(width)) {
+            table
+                .dequantize_row(id as usize, row)
+                .expect("token id checked against the vocabulary");
+        }
+    }
+
+    fn rms_norm(&self, x: &Vec<f32>, weight: &Tensor, eps: f32, n_rows: usize, out: &mut Vec<f32>) {
+        let w = vector(weight);
+        let n = n_rows * w.len();
+        ops::rms_norm(&x[..n], w, eps, &mut out[..n]);
+    }
+
+    fn matmul(&self, w: &Tensor, x: &Vec<f32>, n_rows: usize, out: &mut Vec<f32>) {
+        let m = qmatrix(w);
+        if gemm::handles(w.dtype(), m.cols()) {
+            return gemm::matmul_float(
+                w.dtype(),
+                w.bytes(),
+                m.rows(),
+                m.cols(),
+                &x[..n_rows * m.cols()],
+                n_rows,
+                &mut out[..n_rows * m.rows()],
+            );
+        }
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        quant_kernels::matmul(
+            &m,
+            &x[..n_rows * m.cols()],
+            n_rows,
+            &mut out[..n_rows * m.rows()],
+            &mut scratch,
+        );
+    }
+
+    fn add_bias(&self, x: &mut Vec<f32>, bias: &Tensor, n_rows: usize) {
+        let b = vector(bias);
+        ops::add_bias(&mut x[..n_rows * b.len()], b);
+    }
+
+    fn rope(
+        &self,
+        x: &mut Vec<f32>,
+        n_rows: usize,
+        n_heads: usize,
+        pos0: usize,
+        params: &RopeParams,
+        freq_factors: Option<&Tensor>,
+    ) {
+        let n = n_rows * n_heads * params.head_dim;
+        rope(&mut x[..n], n_heads, pos0, params, freq_factors.map(vector));
+    }
+
+    fn store_kv(
+        &self,
+        cache: &mut CpuKvCache,
+        layer: usize,
+        pos0: usize,
+        n_rows: usize,
+        k: &Vec<f32>,
+        v: &Vec<f32>,
+    ) {
+        let w = cache.shape.row_len();
+        let n = n_rows * w;
+        match &mut cache.layers {
+            KvLayers::F16(l) => {
+                store_rows(&mut l[layer].0, w, pos0, &k[..n]);
+                store_rows(&mut l[layer].1, w, pos0, &v[..n]);
+            }
+            KvLayers::F32(l) => {
+                store_rows(&mut l[layer].0, w, pos0, &k[..n]);
+                store_rows(&mut l[layer].1, w, pos0, &v[..n]);
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention(
+        &self,
+        q: &Vec<f32>,
+        cache: &CpuKvCache,
+        layer: usize,
+        pos0: usize,
+        n_rows: usize,
+        params: &AttentionParams,
+        out: &mut Vec<f32>,
+    ) {
+        let n = n_rows * params.n_head * params.head_dim;
+        match &cache.layers {
+            KvLayers::F16(l) => attention(
+                &q[..n],
+                &l[layer].0,
+                &l[layer].1,
+                pos0,
+                params,
+                &mut out[..n],
+            ),
+            KvLayers::F32(l) => attention(
+                &q[..n],
+                &l[layer].0,
+                &l[layer].1,
+                pos0,
+                params,
+                &mut out[..n],
+            ),
+        }
+    }
+
+    fn swiglu(
+        &self,
+        gate: &Vec<f32>,
+        up: &Vec<f32>,
+        n_rows: usize,
+        width: usize,
+        out: &mut Vec<f32>,
+    ) {
+        let len = n_rows * width;
+        ops::swiglu(&gate[..len], &up[..len], width, &mut out[..len]);
+    }
+
+    fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>, len: usize) {
+        ops::add(&mut x[..len], &y[..len]);
+    }
+
+    fn copy(
+        &self,
+        src: &Vec<f32>,
+        src_offset: usize,
+        dst: &mut Vec<f32>,
+        dst_offset: usize,
+        len: usize,
+    ) {
+        dst[dst_offset..dst_offset + len].copy_from_slice(&src[src_offset..src_offset + len]);
+    }
+
+    fn read(&self, src: &Vec<f32>, offset: usize, out: &mut [f32]) -> Result<()> {
+        let end = offset + out.len();
+        if end > src.len() {
+            return Err(TensorError::Backend {
+                backend: "cpu",
+                message: format!("read of {}..{end} past a buffer of {}", offset, src.len()),
+            });
+        }
+        out.copy_from_slice(&src[offset..end]);
+        Ok(())
+    }
+}

@@ -1,0 +1,111 @@
+//! Products with float weights (F32, F16, BF16) summed in the order ggml's CPU backend sums them.
+//!
+//! quant-kernels multiplies every format; for float weights the order of
+//! the additions decides the last bits, and those bits decide later f16
+//! roundings (the KV cache), so they are visible in the logits. llama.cpp's
+//! x86 (AVX2) build routes F32, F16 and BF16 products through llamafile's
+//! tinyBLAS, which accumulates element `i` of a dot product into lane `i % 8`
+//! with fused multiply-adds and adds the 8 lanes pairwise at the end.
+//! Mirroring that order makes the logits of synth-F32, -F16 and -BF16
+//! bit-identical to llama.cpp's.
+//! Decoding uses the same order as prompt batches, so a token's logits do
+//! not depend on how the prompt was split.
+
+use gguf_format::GgmlType;
+use half::{bf16, f16};
+use rayon::prelude::*;
+
+use crate::fma::with_fma;
+
+/// ggml's `hsum_float_8`: the pairwise order in which AVX sums 8 lanes.
+#[inline(always)]
+fn hsum8(a: &[f32; 8]) -> f32 {
+    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
+}
+
+with_fma!(dot_lanes8_f32, fn(w: &[f32], x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (wc, xc) in w.chunks_exact(8).zip(x.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] = wc[i].mul_add(xc[i], acc[i]);
+        }
+    }
+    hsum8(&acc)
+});
+
+/// tinyBLAS F16: both operands f16 (products exact in f32, so plain
+/// multiply-add rounds like FMA), 8 lanes, pairwise lane sum.
+fn dot_lanes8_f16(w: &[f16], x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (wc, xc) in w.chunks_exact(8).zip(x.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += wc[i].to_f32() * xc[i];
+        }
+    }
+    hsum8(&acc)
+}
+
+/// tinyBLAS BF16 (AVX2): as F16.
+fn dot_lanes8_bf16(w: &[bf16], x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    for (wc, xc) in w.chunks_exact(8).zip(x.chunks_exact(8)) {
+        for i in 0..8 {
+            acc[i] += wc[i].to_f32() * xc[i];
+        }
+    }
+    hsum8(&acc)
+}
+
+/// Whether [`matmul_float`] handles weights of type `ty` with a `cols`-long row
+/// (tinyBLAS needs whole lanes of 8).
+pub fn handles(ty: GgmlType, cols: usize) -> bool {
+    match ty {
+        GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => cols.is_multiple_of(8),
+        _ => false,
+    }
+}
+
+/// `y[b, r] = Σ_c W[r, c]·x[b, c]` for float weights `w` (`rows × cols`, row-major
+/// bytes of `ty`) and `n` activation rows, activations rounded to the weight
+/// type first (ggml's `vec_dot_type`). Requires [`handles`]`(ty, cols)`.
+pub fn matmul_float(
+    ty: GgmlType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) {
+    assert!(handles(ty, cols) && x.len() == n * cols && y.len() == n * rows);
+    let xr: Vec<f32> = match ty {
+        GgmlType::F16 => x.iter().map(|&v| f16::from_f32(v).to_f32()).collect(),
+        GgmlType::BF16 => x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect(),
+        _ => Vec::new(),
+    };
+    let x = if xr.is_empty() { x } else { &xr[..] };
+    let row_bytes = cols * ty.type_size();
+    // out is rows × n: each task owns whole weight rows, read once per batch.
+    let mut out = vec![0.0f32; rows * n];
+    let chunk = rows.div_ceil(rayon::current_num_threads() * 4).max(1);
+    out.par_chunks_mut(chunk * n)
+        .enumerate()
+        .for_each(|(c, out)| {
+            for (i, o) in out.chunks_mut(n).enumerate() {
+                let wr = &w[(c * chunk + i) * row_bytes..][..row_bytes];
+                for (b, o) in o.iter_mut().enumerate() {
+                    let xb = &x[b * cols..(b + 1) * cols];
+                    *o = match ty {
+                        GgmlType::F32 => dot_lanes8_f32(bytemuck::cast_slice(wr), xb),
+                        GgmlType::F16 => dot_lanes8_f16(bytemuck::cast_slice(wr), xb),
+                        _ => dot_lanes8_bf16(bytemuck::cast_slice(wr), xb),
+                    };
+                }
+            }
+        });
+    for (b, yb) in y.chunks_mut(rows).enumerate() {
+        for (r, v) in yb.iter_mut().enumerate() {
+            *v = out[r * n + b];
+        }
+    }
+}

@@ -1,0 +1,224 @@
+//! Small CPU kernels over `f32` rows, each with its one-line contract.
+//!
+//! Each follows the ggml CPU operation it names, down to the precision of
+//! intermediate sums, so that results agree with llama.cpp to rounding.
+
+use rayon::prelude::*;
+
+use crate::fma::with_fma;
+
+/// Rows below this many elements are not worth a rayon task.
+const PAR_MIN_LEN: usize = 1 << 14;
+
+/// `out[r] = x[r] / sqrt(mean(x[r]²) + eps) * weight` for every row `r` of width `weight.len()`.
+///
+/// Follows `ggml_compute_forward_rms_norm_f32` then `ggml_mul`: squares are
+/// formed in `f32` and summed in `f64` (ggml's `ggml_float`), the mean and the
+/// scale are `f32`, and the row is scaled before the weight multiplies it.
+pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
+    let width = weight.len();
+    assert!(
+        x.len() == out.len() && x.len().is_multiple_of(width),
+        "rms_norm: shape mismatch"
+    );
+    let row = |(xr, yr): (&[f32], &mut [f32])| {
+        let sum: f64 = xr.iter().map(|&v| (v * v) as f64).sum();
+        let mean = (sum / width as f64) as f32;
+        let scale = 1.0f32 / (mean + eps).sqrt();
+        for ((y, &v), &w) in yr.iter_mut().zip(xr).zip(weight) {
+            *y = (v * scale) * w;
+        }
+    };
+    if x.len() >= PAR_MIN_LEN {
+        x.par_chunks(width)
+            .zip(out.par_chunks_mut(width))
+            .for_each(row);
+    } else {
+        x.chunks(width).zip(out.chunks_mut(width)).for_each(row);
+    }
+}
+
+/// `x[i] += y[i]` (ggml_add; addition commutes exactly, so the operand order of llama.cpp does not matter).
+pub fn add(x: &mut [f32], y: &[f32]) {
+    assert_eq!(x.len(), y.len(), "add: length mismatch");
+    for (a, &b) in x.iter_mut().zip(y) {
+        *a += b;
+    }
+}
+
+/// `x[r] += bias` for every row `r` of width `bias.len()` (a broadcast ggml_add).
+pub fn add_bias(x: &mut [f32], bias: &[f32]) {
+    assert!(x.len().is_multiple_of(bias.len()), "add_bias: shape mismatch");
+    for row in x.chunks_mut(bias.len()) {
+        add(row, bias);
+    }
+}
+
+/// `silu(x) = x / (1 + e^-x)` with libm's `expf` (ggml_silu_f32, the scalar path).
+#[inline]
+pub fn silu(x: f32) -> f32 {
+    x / (1.0 + (-x).exp())
+}
+
+/// ggml's vectorised `expf` (`ggml_v_expf`, AVX2/NEON), evaluated one lane at
+/// a time: the same operations in the same order with fused multiply-adds, so
+/// it returns the same bits (max error 1.5 ulp against the exact value).
+///
+/// ggml uses it for all but the last `n % 8` elements of a softmax or SwiGLU
+/// row; reproducing it keeps f16 roundings downstream identical.
+#[inline(always)]
+pub fn expf_ggml(x: f32) -> f32 {
+    let f = f32::from_bits;
+    let r = f(0x4b40_0000); // 0x1.8p23: adding it rounds to an integer
+    let z = x.mul_add(f(0x3fb8_aa3b), r); // x·log2(e) + r
+    let n = z - r;
+    // b = x − n·ln2 (ln2 split in two parts), as two fnmadds.
+    let b = (-n).mul_add(f(0x35bf_be8e), (-n).mul_add(f(0x3f31_7200), x));
+    let e = z.to_bits() << 23;
+    let k = f(e.wrapping_add(1.0f32.to_bits()));
+    let u = b * b;
+    let j = f(0x3c07_2010)
+        .mul_add(b, f(0x3d2b_9f17))
+        .mul_add(u, f(0x3e2a_af33).mul_add(b, f(0x3eff_fedb)))
+        .mul_add(u, f(0x3f7f_fff6) * b);
+    if n.abs() <= 126.0 {
+        return j.mul_add(k, k);
+    }
+    let g: u32 = if n <= 0.0 { 0x8200_0000 } else { 0 };
+    let s1 = f(g.wrapping_add(0x7f00_0000));
+    let s2 = f(e.wrapping_sub(g));
+    if n.abs() > 192.0 {
+        s1 * s1
+    } else {
+        s2.mul_add(j, s2) * s1
+    }
+}
+
+/// ggml's `hsum_float_8`: the pairwise order in which AVX2 sums 8 lanes.
+#[inline(always)]
+fn hsum8(v: &[f32]) -> f32 {
+    let a = [v[0] + v[4], v[1] + v[5], v[2] + v[6], v[3] + v[7]];
+    (a[0] + a[2]) + (a[1] + a[3])
+}
+
+with_fma!(swiglu_row, fn(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    // As ggml_vec_swiglu_f32: ggml_v_silu on blocks of 8, ggml_silu_f32 on the tail.
+    let n8 = out.len() / 8 * 8;
+    for i in 0..n8 {
+        let g = gate[i];
+        out[i] = g / (1.0 + expf_ggml(-g)) * up[i];
+    }
+    for i in n8..out.len() {
+        out[i] = silu(gate[i]) * up[i];
+    }
+});
+
+/// `out[i] = silu(gate[i]) * up[i]` for every row of width `width`
+/// (ggml_swiglu_split, the LLaMA feed-forward gate; ggml's `expf` on blocks of 8).
+pub fn swiglu(gate: &[f32], up: &[f32], width: usize, out: &mut [f32]) {
+    assert!(gate.len() == up.len() && up.len() == out.len() && out.len().is_multiple_of(width));
+    let f = |((o, g), u): ((&mut [f32], &[f32]), &[f32])| swiglu_row(g, u, o);
+    if out.len() >= PAR_MIN_LEN {
+        out.par_chunks_mut(width)
+            .zip(gate.par_chunks(width))
+            .zip(up.par_chunks(width))
+            .for_each(f);
+    } else {
+        out.chunks_mut(width)
+            .zip(gate.chunks(width))
+            .zip(up.chunks(width))
+            .for_each(f);
+    }
+}
+
+with_fma!(softmax_row, fn(x: &mut [f32], scale: f32) {
+    let mut max = f32::NEG_INFINITY;
+    for v in x.iter_mut() {
+        *v *= scale;
+        max = max.max(*v);
+    }
+    // The row is conceptually padded with masked (-inf) entries to a multiple
+    // of 8, as llama.cpp's KV window is: every element takes the vector path,
+    // and each block of 8 is summed with hsum_float_8 before joining the f64 sum.
+    let mut sum = 0.0f64;
+    let mut block = [0.0f32; 8];
+    for chunk in x.chunks_mut(8) {
+        block.fill(0.0);
+        for (b, v) in block.iter_mut().zip(chunk.iter_mut()) {
+            *v = expf_ggml(*v - max);
+            *b = *v;
+        }
+        sum += hsum8(&block) as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+});
+
+/// In place: `x = softmax(x * scale)` (ggml_soft_max_ext over one causal row).
+///
+/// As `ggml_compute_forward_soft_max_f32` with `ggml_vec_soft_max_f32`: scale,
+/// subtract the maximum, ggml's vector `expf`, sum blocks of 8 in `f32` and
+/// the blocks in `f64`, multiply by the `f32` reciprocal. Masked (future)
+/// positions are simply absent from `x`; ggml's `exp(-inf) = 0` for them
+/// changes nothing.
+pub fn softmax_scaled(x: &mut [f32], scale: f32) {
+    softmax_row(x, scale)
+}
+
+/// `sqrt(mean(x²))`, summed in `f64` (for traces and examples).
+pub fn rms(x: &[f32]) -> f32 {
+    if x.is_empty() {
+        return 0.0;
+    }
+    let s: f64 = x.iter().map(|&v| v as f64 * v as f64).sum();
+    (s / x.len() as f64).sqrt() as f32
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rms_norm_unit_weight_gives_unit_rms() {
+        let x: Vec<f32> = (0..512).map(|i| (i as f32 * 0.37).sin() * 3.0).collect();
+        let w = vec![1.0f32; 256];
+        let mut y = vec![0.0; 512];
+        rms_norm(&x, &w, 1e-6, &mut y);
+        assert!((rms(&y[..256]) - 1.0).abs() < 1e-5);
+        assert!((rms(&y[256..]) - 1.0).abs() < 1e-5);
+    }
+
+    #[test]
+    fn softmax_sums_to_one_and_orders() {
+        let mut x = vec![1.0, 2.0, 3.0, -1.0];
+        softmax_scaled(&mut x, 0.5);
+        let s: f32 = x.iter().sum();
+        assert!((s - 1.0).abs() < 1e-6);
+        assert!(x[2] > x[1] && x[1] > x[0] && x[0] > x[3]);
+    }
+
+    #[test]
+    fn ggml_expf_is_close_to_libm() {
+        for i in -2000..2000 {
+            let x = i as f32 * 0.05;
+            let (a, b) = (expf_ggml(x), x.exp());
+            if x > -87.0 {
+                assert!((a - b).abs() <= 4.0 * f32::EPSILON * b, "{x}: {a} vs {b}");
+            }
+        }
+        assert_eq!(expf_ggml(f32::NEG_INFINITY), 0.0);
+        assert_eq!(expf_ggml(0.0), 1.0);
+    }
+
+    #[test]
+    fn swiglu_matches_definition() {
+        let g = [0.0f32, 1.0, -2.0];
+        let u = [5.0f32, 2.0, 1.0];
+        let mut o = [0.0f32; 3];
+        swiglu(&g, &u, 3, &mut o);
+        assert_eq!(o[0], 0.0);
+        assert!((o[1] - 2.0 / (1.0 + (-1.0f32).exp())).abs() < 1e-7);
+    }
+}
