@@ -5,3 +5,4 @@ mod core_golden;
 mod core_matmul;
 mod core_props;
 mod core_util;
+mod iquants;
