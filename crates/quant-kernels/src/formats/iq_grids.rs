@@ -7,8 +7,10 @@
 //! these tables; the magnitudes and the sign tables below are the whole
 //! decoder, so they are generated, not typed: the values were produced by a
 //! script from gguf-py 0.19.0's encoded copies of these tables (the same
-//! package that made the golden fixtures) and spot-checked against the text
-//! of ggml-common.h; the golden tests in `tests/iquants.rs` check them again.
+//! package that made the golden fixtures) and then compared, all 4,608 grid
+//! entries and both sign tables, with the arrays compiled from the
+//! `ggml-common.h` that llama.cpp (as vendored by llama-cpp-python 0.3.36)
+//! ships; the golden tests in `tests/iquants.rs` exercise them again.
 
 /// `iq2xxs_grid`: 256 sign-free 8-value patterns of {8, 25, 43}, one byte each.
 pub(crate) static IQ2XXS_GRID: [u64; 256] = [
