@@ -1,0 +1,599 @@
+//! Chat templates: the Jinja template in `tokenizer.chat_template`, rendered
+//! as Hugging Face's `apply_chat_template` renders it.
+//!
+//! Hugging Face runs templates in a sandboxed jinja2 environment with
+//! `trim_blocks`, `lstrip_blocks` and loop controls, plus `raise_exception`,
+//! `strftime_now` and a `tojson` that is Python's `json.dumps`. This module
+//! does the same with [minijinja], adding Python's string and dict methods
+//! (`.strip()`, `.startswith()`, `.items()`, ...) through `minijinja-contrib`.
+//!
+//! A template comes from the model file and is untrusted: it gets no loader
+//! (no `include` or `import` of files, no network), a budget of instructions
+//! ("fuel") and a cap on the output size, so a hostile or runaway template
+//! ends in a [`TemplateError`] rather than a hang. One gap remains: a template
+//! that doubles a string in a loop (`{% set s = s ~ s %}`) can allocate far
+//! more memory than its small instruction count suggests before the output
+//! cap sees it.
+//!
+//! A model without a template: [`ChatTemplate::from_gguf`] returns `None` and
+//! the caller decides; [`ChatTemplate::chatml`] is the common fallback
+//! (`<|im_start|>role\ncontent<|im_end|>\n`), the format llama.cpp also falls
+//! back to.
+//!
+//! ```
+//! use tokenizer::chat::{ChatContext, ChatTemplate, Message};
+//!
+//! let template = ChatTemplate::chatml();
+//! let ctx = ChatContext {
+//!     messages: vec![Message::new("user", "Hello!")],
+//!     add_generation_prompt: true,
+//!     ..ChatContext::default()
+//! };
+//! assert_eq!(
+//!     template.render(&ctx)?,
+//!     "<|im_start|>user\nHello!<|im_end|>\n<|im_start|>assistant\n"
+//! );
+//! # Ok::<(), tokenizer::chat::TemplateError>(())
+//! ```
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use gguf_format::{GgufHeader, Value as GgufValue};
+use minijinja::value::{Kwargs, Value, ValueKind};
+use minijinja::{Environment, Error, ErrorKind};
+use serde::{Deserialize, Deserializer, Serialize};
+
+use crate::TokenizerError;
+
+/// The error of template parsing and rendering: the crate's one error type.
+pub type TemplateError = TokenizerError;
+
+/// The metadata key holding a model's chat template.
+pub const CHAT_TEMPLATE_KEY: &str = "tokenizer.chat_template";
+
+/// The ChatML template, the fallback for models that carry none.
+pub const CHATML_TEMPLATE: &str = "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}{%- endfor %}{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}";
+
+/// Default instruction budget of one render.
+pub const DEFAULT_FUEL: u64 = 20_000_000;
+/// Default cap on the rendered output, in bytes.
+pub const DEFAULT_MAX_OUTPUT: usize = 16 << 20;
+
+/// One chat message.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Message {
+    /// `system`, `user`, `assistant`, `tool`, ...
+    pub role: String,
+    /// The text (`null` in JSON reads as empty).
+    #[serde(default, deserialize_with = "null_as_empty")]
+    pub content: String,
+    /// Other fields (`tool_calls`, `name`, ...), passed to the template as they are.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+impl Message {
+    /// A message with just a role and content.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Message {
+        Message {
+            role: role.into(),
+            content: content.into(),
+            extra: BTreeMap::new(),
+        }
+    }
+}
+
+fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_default())
+}
+
+/// What a template is rendered with: the variables `apply_chat_template` passes.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ChatContext {
+    /// The conversation.
+    pub messages: Vec<Message>,
+    /// Whether to end with the opening of an assistant turn.
+    #[serde(default)]
+    pub add_generation_prompt: bool,
+    /// The BOS token's text.
+    #[serde(default)]
+    pub bos_token: String,
+    /// The EOS token's text.
+    #[serde(default)]
+    pub eos_token: String,
+    /// Other variables (`tools`, `documents`, `date_string`, ...), passed as they are.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, Value>,
+}
+
+impl ChatContext {
+    /// Parses a context from JSON shaped like `{"messages": [...], "add_generation_prompt": true, ...}`.
+    pub fn from_json(json: &str) -> Result<ChatContext, TemplateError> {
+        serde_json::from_str(json).map_err(|e| TokenizerError::Context(e.to_string()))
+    }
+}
+
+/// The clock `strftime_now` reads.
+pub type Clock = Arc<dyn Fn() -> chrono::NaiveDateTime + Send + Sync>;
+
+/// The current time in UTC (Hugging Face uses the local time of the process).
+fn system_clock() -> chrono::NaiveDateTime {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    chrono::DateTime::from_timestamp(now.as_secs() as i64, now.subsec_nanos())
+        .unwrap_or_default()
+        .naive_utc()
+}
+
+/// A compiled chat template with its sandbox limits.
+pub struct ChatTemplate {
+    env: Environment<'static>,
+    max_output: usize,
+    fuel: u64,
+}
+
+impl std::fmt::Debug for ChatTemplate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ChatTemplate")
+            .field("fuel", &self.fuel)
+            .field("max_output", &self.max_output)
+            .finish_non_exhaustive()
+    }
+}
+
+const TEMPLATE_NAME: &str = "chat_template";
+
+/// Marks an error raised by the template's own `raise_exception`.
+#[derive(Debug)]
+struct Raised(String);
+
+impl std::fmt::Display for Raised {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Raised {}
+
+impl ChatTemplate {
+    /// Compiles `source` with the default limits and the system clock.
+    pub fn new(source: &str) -> Result<ChatTemplate, TemplateError> {
+        Self::with_options(
+            source,
+            Arc::new(system_clock),
+            DEFAULT_FUEL,
+            DEFAULT_MAX_OUTPUT,
+        )
+    }
+
+    /// Compiles `source` with `clock` for `strftime_now`, an instruction budget
+    /// `fuel` per render and an output cap of `max_output` bytes.
+    pub fn with_options(
+        source: &str,
+        clock: Clock,
+        fuel: u64,
+        max_output: usize,
+    ) -> Result<ChatTemplate, TemplateError> {
+        let mut env = Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_keep_trailing_newline(false);
+        env.set_fuel(Some(fuel));
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", |msg: String| -> Result<Value, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, msg.clone()).with_source(Raised(msg)))
+        });
+        env.add_function(
+            "strftime_now",
+            move |format: String| -> Result<String, Error> { strftime(&clock(), &format) },
+        );
+        env.add_filter("tojson", tojson);
+        env.add_template_owned(TEMPLATE_NAME, source.to_string())
+            .map_err(|e| TokenizerError::TemplateSyntax(describe(&e)))?;
+        Ok(ChatTemplate {
+            env,
+            max_output,
+            fuel,
+        })
+    }
+
+    /// The ChatML template ([`CHATML_TEMPLATE`]).
+    pub fn chatml() -> ChatTemplate {
+        Self::new(CHATML_TEMPLATE).expect("the ChatML template compiles")
+    }
+
+    /// The template in `tokenizer.chat_template`, or `None` if the file has none.
+    pub fn from_gguf(header: &GgufHeader) -> Result<Option<ChatTemplate>, TemplateError> {
+        match header.get(CHAT_TEMPLATE_KEY) {
+            None => Ok(None),
+            Some(GgufValue::String(s)) => Self::new(s).map(Some),
+            Some(v) => Err(TokenizerError::InvalidMetadata {
+                key: CHAT_TEMPLATE_KEY.to_string(),
+                message: format!("expected string, found {}", v.type_name()),
+            }),
+        }
+    }
+
+    /// Renders the template with `ctx`.
+    pub fn render(&self, ctx: &ChatContext) -> Result<String, TemplateError> {
+        let template = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| TokenizerError::TemplateSyntax(describe(&e)))?;
+        let mut out = CappedWriter {
+            buf: Vec::new(),
+            max: self.max_output,
+            exceeded: false,
+        };
+        match template.render_captured_to(ctx, &mut out) {
+            Ok(_) => String::from_utf8(out.buf)
+                .map_err(|e| TokenizerError::TemplateRender(e.to_string())),
+            Err(e) if out.exceeded => {
+                let _ = e;
+                Err(TokenizerError::TemplateOutputTooLarge(self.max_output))
+            }
+            Err(e) if e.kind() == ErrorKind::OutOfFuel => {
+                Err(TokenizerError::TemplateOutOfFuel(self.fuel))
+            }
+            Err(e) => match raised_message(&e) {
+                Some(msg) => Err(TokenizerError::TemplateRaised(msg)),
+                None => Err(TokenizerError::TemplateRender(describe(&e))),
+            },
+        }
+    }
+}
+
+/// The message of a `raise_exception` anywhere in the error's chain.
+fn raised_message(e: &Error) -> Option<String> {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(r) = s.downcast_ref::<Raised>() {
+            return Some(r.0.clone());
+        }
+        source = s.source();
+    }
+    None
+}
+
+/// An error's message with its template line.
+fn describe(e: &Error) -> String {
+    let mut s = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(inner) = source {
+        let _ = write!(s, ": {inner}");
+        source = inner.source();
+    }
+    s
+}
+
+/// Collects output up to a cap; past it the write fails and rendering stops.
+struct CappedWriter {
+    buf: Vec<u8>,
+    max: usize,
+    exceeded: bool,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + data.len() > self.max {
+            self.exceeded = true;
+            return Err(std::io::Error::other("chat template output too large"));
+        }
+        self.buf.extend_from_slice(data);
+        Ok(data.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Python's `datetime.strftime` for `strftime_now` (chrono's directives are Python's).
+fn strftime(now: &chrono::NaiveDateTime, format: &str) -> Result<String, Error> {
+    use chrono::format::{Item, StrftimeItems};
+    let items: Vec<Item<'_>> = StrftimeItems::new(format).collect();
+    if items.iter().any(|i| matches!(i, Item::Error)) {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("strftime_now: unsupported format {format:?}"),
+        ));
+    }
+    let mut out = String::new();
+    write!(out, "{}", now.format_with_items(items.into_iter())).map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("strftime_now: cannot format with {format:?}"),
+        )
+    })?;
+    Ok(out)
+}
+
+/// `tojson` as Hugging Face defines it: `json.dumps(x, indent, separators,
+/// sort_keys, ensure_ascii=False)`.
+fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
+    let indent: Option<Value> = kwargs.get("indent")?;
+    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    let separators: Option<Value> = kwargs.get("separators")?;
+    let ensure_ascii: Option<bool> = kwargs.get("ensure_ascii")?;
+    kwargs.assert_all_used()?;
+    let indent = match indent {
+        None => None,
+        Some(v) if v.is_none() || v.is_undefined() => None,
+        Some(v) => match v.as_i64() {
+            Some(n) => Some(" ".repeat(n.clamp(0, 64) as usize)),
+            None => Some(v.as_str().unwrap_or_default().to_string()),
+        },
+    };
+    let (item_sep, key_sep) = match separators.filter(|s| !s.is_none() && !s.is_undefined()) {
+        Some(s) => {
+            let parts: Vec<Value> = s.try_iter()?.collect();
+            match parts.as_slice() {
+                [a, b] => (a.to_string(), b.to_string()),
+                _ => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidOperation,
+                        "tojson: separators must be a pair",
+                    ))
+                }
+            }
+        }
+        None if indent.is_some() => (",".to_string(), ": ".to_string()),
+        None => (", ".to_string(), ": ".to_string()),
+    };
+    let opts = JsonOptions {
+        indent,
+        item_sep,
+        key_sep,
+        sort_keys: sort_keys.unwrap_or(false),
+        ensure_ascii: ensure_ascii.unwrap_or(false),
+    };
+    let mut out = String::new();
+    dump_json(value, &opts, 0, &mut out)?;
+    Ok(Value::from_safe_string(out))
+}
+
+struct JsonOptions {
+    indent: Option<String>,
+    item_sep: String,
+    key_sep: String,
+    sort_keys: bool,
+    ensure_ascii: bool,
+}
+
+/// Python's `json.dumps` of a template value.
+fn dump_json(v: &Value, o: &JsonOptions, level: usize, out: &mut String) -> Result<(), Error> {
+    if level > 128 {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            "tojson: nesting too deep",
+        ));
+    }
+    let newline = |out: &mut String, level: usize| {
+        if let Some(ind) = &o.indent {
+            out.push('\n');
+            for _ in 0..level {
+                out.push_str(ind);
+            }
+        }
+    };
+    match v.kind() {
+        ValueKind::Undefined | ValueKind::None => out.push_str("null"),
+        ValueKind::Bool => out.push_str(if v.is_true() { "true" } else { "false" }),
+        ValueKind::Number => {
+            if let Some(i) = v.as_i64().filter(|_| v.is_integer()) {
+                let _ = write!(out, "{i}");
+            } else {
+                let f = f64::try_from(v.clone()).unwrap_or(f64::NAN);
+                out.push_str(&python_float_repr(f));
+            }
+        }
+        ValueKind::String | ValueKind::Bytes => {
+            json_string(v.as_str().unwrap_or_default(), o.ensure_ascii, out)
+        }
+        ValueKind::Seq | ValueKind::Iterable => {
+            let items: Vec<Value> = v.try_iter()?.collect();
+            if items.is_empty() {
+                out.push_str("[]");
+                return Ok(());
+            }
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(&o.item_sep);
+                }
+                newline(out, level + 1);
+                dump_json(item, o, level + 1, out)?;
+            }
+            newline(out, level);
+            out.push(']');
+        }
+        ValueKind::Map => {
+            let mut keys: Vec<Value> = v.try_iter()?.collect();
+            if keys.is_empty() {
+                out.push_str("{}");
+                return Ok(());
+            }
+            if o.sort_keys {
+                keys.sort();
+            }
+            out.push('{');
+            for (i, key) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(&o.item_sep);
+                }
+                newline(out, level + 1);
+                let key_text = match key.kind() {
+                    ValueKind::String => key.as_str().unwrap_or_default().to_string(),
+                    ValueKind::None => "null".to_string(),
+                    ValueKind::Bool => (if key.is_true() { "true" } else { "false" }).to_string(),
+                    _ => key.to_string(),
+                };
+                json_string(&key_text, o.ensure_ascii, out);
+                out.push_str(&o.key_sep);
+                dump_json(&v.get_item(key)?, o, level + 1, out)?;
+            }
+            newline(out, level);
+            out.push('}');
+        }
+        _ => {
+            return Err(Error::new(
+                ErrorKind::InvalidOperation,
+                format!("tojson: cannot serialize a {}", v.kind()),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// A JSON string literal as Python writes it.
+fn json_string(s: &str, ensure_ascii: bool, out: &mut String) {
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 || (ensure_ascii && (c as u32) > 0x7E) => {
+                let mut units = [0u16; 2];
+                for u in c.encode_utf16(&mut units) {
+                    let _ = write!(out, "\\u{u:04x}");
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// Python's `repr(float)`: shortest round-trip digits, exponent from 1e16 or below 1e-4.
+fn python_float_repr(f: f64) -> String {
+    if f.is_nan() {
+        return "NaN".into();
+    }
+    if f.is_infinite() {
+        return if f > 0.0 {
+            "Infinity".into()
+        } else {
+            "-Infinity".into()
+        };
+    }
+    let exp = if f == 0.0 {
+        0
+    } else {
+        f.abs().log10().floor() as i32
+    };
+    if (-4..16).contains(&exp) {
+        let s = format!("{f}");
+        if s.contains('.') {
+            s
+        } else {
+            format!("{s}.0")
+        }
+    } else {
+        // Rust's `{:e}` is `1.5e20`; Python writes `1.5e+20`.
+        let s = format!("{f:e}");
+        match s.split_once('e') {
+            Some((m, e)) if !e.starts_with('-') => format!("{m}e+{e:0>2}"),
+            Some((m, e)) => format!("{m}e-{:0>2}", &e[1..]),
+            None => s,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixed_clock() -> Clock {
+        Arc::new(|| {
+            chrono::NaiveDate::from_ymd_opt(2026, 1, 2)
+                .unwrap()
+                .and_hms_opt(0, 0, 0)
+                .unwrap()
+        })
+    }
+
+    fn render(src: &str) -> Result<String, TemplateError> {
+        ChatTemplate::with_options(src, fixed_clock(), 100_000, 1 << 16)?
+            .render(&ChatContext::default())
+    }
+
+    #[test]
+    fn tojson_is_python_json_dumps() {
+        assert_eq!(
+            render(r#"{{ {"b": [1, 2.5, "é\n"], "a": none} | tojson }}"#).unwrap(),
+            r#"{"b": [1, 2.5, "é\n"], "a": null}"#
+        );
+        assert_eq!(
+            render(r#"{{ {"a": [1]} | tojson(indent=2) }}"#).unwrap(),
+            "{\n  \"a\": [\n    1\n  ]\n}"
+        );
+    }
+
+    #[test]
+    fn strftime_now_uses_the_clock() {
+        assert_eq!(
+            render(r#"{{ strftime_now("%d %b %Y") }}"#).unwrap(),
+            "02 Jan 2026"
+        );
+    }
+
+    #[test]
+    fn python_methods_work() {
+        assert_eq!(
+            render(r#"{{ "  x ".strip() }}{{ "ab".startswith("a") }}"#).unwrap(),
+            "xTrue"
+        );
+    }
+
+    #[test]
+    fn runaway_templates_stop() {
+        assert!(matches!(
+            render(
+                "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}"
+            ),
+            Err(TokenizerError::TemplateOutOfFuel(_))
+        ));
+        assert!(matches!(
+            ChatTemplate::with_options(
+                "{% for i in range(1000) %}{{ 'x' * 1000 }}{% endfor %}",
+                fixed_clock(),
+                1 << 30,
+                1000
+            )
+            .unwrap()
+            .render(&ChatContext::default()),
+            Err(TokenizerError::TemplateOutputTooLarge(1000))
+        ));
+        assert!(matches!(
+            render("{% include 'x' %}"),
+            Err(TokenizerError::TemplateRender(_))
+        ));
+        assert!(matches!(
+            render("{% if %}"),
+            Err(TokenizerError::TemplateSyntax(_))
+        ));
+    }
+
+    #[test]
+    fn raise_exception_is_reported() {
+        match render("{{ raise_exception('no system role') }}") {
+            Err(TokenizerError::TemplateRaised(m)) => assert_eq!(m, "no system role"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn float_repr_matches_python() {
+        assert_eq!(python_float_repr(1.0), "1.0");
+        assert_eq!(python_float_repr(0.1), "0.1");
+        assert_eq!(python_float_repr(1e20), "1e+20");
+        assert_eq!(python_float_repr(1.5e-7), "1.5e-07");
+    }
+}

@@ -1,0 +1,439 @@
+//! Text → token ids: special-token partitioning, then SentencePiece or
+//! byte-level BPE on each stretch of plain text (llama.cpp's `impl::tokenize`).
+
+use std::collections::BinaryHeap;
+
+use crate::unicode::byte_to_char;
+use crate::vocab::{attr, BpeState, FxMap, Tokenizer, VocabKind};
+use crate::TokenizerError;
+
+/// A piece of the input after special-token partitioning.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fragment {
+    Token(u32),
+    /// Byte range `start..end` of the input.
+    Text(usize, usize),
+}
+
+/// C's `isspace` in the "C" locale, which llama.cpp uses to strip around special tokens.
+fn c_isspace(b: u8) -> bool {
+    matches!(b, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r')
+}
+
+impl Tokenizer {
+    /// Tokenizes `text` like `llama_tokenize`.
+    ///
+    /// `add_special` adds BOS/EOS as the file's `add_bos_token`/`add_eos_token`
+    /// (or llama.cpp's defaults) say. `parse_special` turns control tokens
+    /// written in the text (`<|im_start|>`) into their ids; user-defined tokens
+    /// are always matched, as in llama.cpp.
+    pub fn encode(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+    ) -> Result<Vec<u32>, TokenizerError> {
+        let fragments = self.partition(text, parse_special);
+        let mut out = Vec::with_capacity(text.len() / 3 + 2);
+        if add_special && self.add_bos {
+            out.push(
+                self.special
+                    .bos
+                    .ok_or(TokenizerError::MissingSpecialToken {
+                        flag: "tokenizer.ggml.add_bos_token",
+                        token: "BOS",
+                    })?,
+            );
+        }
+        match self.kind {
+            VocabKind::SentencePiece => {
+                // A space is prefixed to the first stretch of text and to every
+                // stretch that follows a special token.
+                let mut prev_special = true;
+                let mut buf = String::new();
+                for f in fragments {
+                    match f {
+                        Fragment::Text(a, b) => {
+                            buf.clear();
+                            if self.add_space_prefix && prev_special {
+                                buf.push('▁');
+                            }
+                            for c in text[a..b].chars() {
+                                if c == ' ' {
+                                    buf.push('▁');
+                                } else {
+                                    buf.push(c);
+                                }
+                            }
+                            self.spm_tokenize(&buf, &mut out)?;
+                            prev_special = false;
+                        }
+                        Fragment::Token(id) => {
+                            out.push(id);
+                            prev_special = true;
+                        }
+                    }
+                }
+            }
+            VocabKind::BytePairEncoding => {
+                let bpe = self.bpe.as_ref().expect("BPE vocabularies have merges");
+                let mut cache = FxMap::default();
+                for f in fragments {
+                    match f {
+                        Fragment::Text(a, b) => {
+                            self.bpe_tokenize(bpe, &text[a..b], &mut cache, &mut out)?
+                        }
+                        Fragment::Token(id) => out.push(id),
+                    }
+                }
+            }
+        }
+        if add_special && self.add_eos {
+            out.push(
+                self.special
+                    .eos
+                    .ok_or(TokenizerError::MissingSpecialToken {
+                        flag: "tokenizer.ggml.add_eos_token",
+                        token: "EOS",
+                    })?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Splits `text` at the special tokens it contains, longest token first
+    /// (`tokenizer_st_partition`). Without `parse_special` only user-defined
+    /// tokens are split out.
+    fn partition(&self, text: &str, parse_special: bool) -> Vec<Fragment> {
+        let mut fragments = Vec::new();
+        if text.is_empty() {
+            return fragments;
+        }
+        fragments.push(Fragment::Text(0, text.len()));
+        let bytes = text.as_bytes();
+        let mut next = Vec::new();
+        for &id in &self.special_cache {
+            let data = &self.tokens[id as usize];
+            if !parse_special && data.attr & (attr::CONTROL | attr::UNKNOWN) != 0 {
+                continue;
+            }
+            let needle = data.text.as_str();
+            if !fragments
+                .iter()
+                .any(|f| matches!(*f, Fragment::Text(a, b) if text[a..b].contains(needle)))
+            {
+                continue;
+            }
+            next.clear();
+            for &f in &fragments {
+                let Fragment::Text(mut start, end) = f else {
+                    next.push(f);
+                    continue;
+                };
+                while let Some(pos) = text[start..end].find(needle) {
+                    let m = start + pos;
+                    let mut left_end = m;
+                    if data.attr & attr::LSTRIP != 0 {
+                        while left_end > start && c_isspace(bytes[left_end - 1]) {
+                            left_end -= 1;
+                        }
+                    }
+                    if left_end > start {
+                        next.push(Fragment::Text(start, left_end));
+                    }
+                    next.push(Fragment::Token(id));
+                    start = m + needle.len();
+                    if data.attr & attr::RSTRIP != 0 {
+                        while start < end && c_isspace(bytes[start]) {
+                            start += 1;
+                        }
+                    }
+                }
+                if start < end {
+                    next.push(Fragment::Text(start, end));
+                }
+            }
+            std::mem::swap(&mut fragments, &mut next);
+        }
+        fragments
+    }
+
+    /// SentencePiece BPE by score on `text` (spaces already `▁`), with byte
+    /// fallback for what no token covers (`llm_tokenizer_spm_session`).
+    fn spm_tokenize(&self, text: &str, out: &mut Vec<u32>) -> Result<(), TokenizerError> {
+        let mut symbols: Vec<Symbol> = Vec::with_capacity(text.len());
+        for (i, (start, c)) in text.char_indices().enumerate() {
+            let n = c.len_utf8();
+            symbols.push(Symbol {
+                prev: i as i32 - 1,
+                next: if start + n == text.len() {
+                    -1
+                } else {
+                    i as i32 + 1
+                },
+                start,
+                n,
+            });
+        }
+        let mut queue = BinaryHeap::new();
+        // Bigram text → the pair that formed it, for resegmentation.
+        let mut rev_merge: FxMap<&str, (i32, i32)> = FxMap::default();
+        for i in 1..symbols.len() as i32 {
+            spm_try_add(self, text, &symbols, &mut queue, &mut rev_merge, i - 1, i);
+        }
+        while let Some(bigram) = queue.pop() {
+            let (li, ri) = (bigram.left as usize, bigram.right as usize);
+            let (ln, rn) = (symbols[li].n, symbols[ri].n);
+            if ln == 0 || rn == 0 || ln + rn != bigram.size {
+                continue;
+            }
+            symbols[li].n += rn;
+            symbols[ri].n = 0;
+            let right_next = symbols[ri].next;
+            symbols[li].next = right_next;
+            if right_next >= 0 {
+                symbols[right_next as usize].prev = bigram.left;
+            }
+            let left_prev = symbols[li].prev;
+            spm_try_add(
+                self,
+                text,
+                &symbols,
+                &mut queue,
+                &mut rev_merge,
+                left_prev,
+                bigram.left,
+            );
+            spm_try_add(
+                self,
+                text,
+                &symbols,
+                &mut queue,
+                &mut rev_merge,
+                bigram.left,
+                right_next,
+            );
+        }
+        if symbols.is_empty() {
+            return Ok(());
+        }
+        let mut i = 0i32;
+        let mut stack = Vec::new();
+        while i != -1 {
+            // Resegment: a symbol that is no token is split back into the
+            // pair that formed it, or into byte tokens.
+            stack.push(i as usize);
+            while let Some(si) = stack.pop() {
+                let sym = symbols[si];
+                let s = &text[sym.start..sym.start + sym.n];
+                if let Some(id) = self.token_id(s) {
+                    out.push(id);
+                } else if let Some(&(l, r)) = rev_merge.get(s) {
+                    stack.push(r as usize);
+                    stack.push(l as usize);
+                } else {
+                    for &b in s.as_bytes() {
+                        out.push(
+                            self.byte_tokens[b as usize].ok_or(TokenizerError::NoByteToken(b))?,
+                        );
+                    }
+                }
+            }
+            i = symbols[i as usize].next;
+        }
+        Ok(())
+    }
+
+    /// Byte-level BPE by merge rank on each pre-tokenized word (`llm_tokenizer_bpe_session`).
+    fn bpe_tokenize(
+        &self,
+        bpe: &BpeState,
+        text: &str,
+        cache: &mut FxMap<String, Vec<u32>>,
+        out: &mut Vec<u32>,
+    ) -> Result<(), TokenizerError> {
+        let mut words = Vec::new();
+        bpe.pre.split(text, &mut words)?;
+        let mut encoded = String::new();
+        let mut symbols: Vec<Symbol> = Vec::new();
+        let mut queue: BinaryHeap<BpeBigram> = BinaryHeap::new();
+        let mut key = String::new();
+        for word in &words {
+            encoded.clear();
+            encoded.extend(word.bytes().map(byte_to_char));
+            if let Some(ids) = cache.get(&encoded) {
+                out.extend_from_slice(ids);
+                continue;
+            }
+            let first = out.len();
+            if bpe.ignore_merges {
+                if let Some(id) = self.token_id(&encoded) {
+                    out.push(id);
+                    cache.insert(encoded.clone(), vec![id]);
+                    continue;
+                }
+            }
+            symbols.clear();
+            queue.clear();
+            let n_chars = encoded.chars().count();
+            for (i, (start, c)) in encoded.char_indices().enumerate() {
+                symbols.push(Symbol {
+                    prev: i as i32 - 1,
+                    next: if i + 1 == n_chars { -1 } else { i as i32 + 1 },
+                    start,
+                    n: c.len_utf8(),
+                });
+            }
+            let add = |symbols: &[Symbol],
+                       queue: &mut BinaryHeap<BpeBigram>,
+                       key: &mut String,
+                       left: i32,
+                       right: i32| {
+                if left < 0 || right < 0 {
+                    return;
+                }
+                let (l, r) = (&symbols[left as usize], &symbols[right as usize]);
+                key.clear();
+                key.push_str(&encoded[l.start..l.start + l.n]);
+                key.push(' ');
+                key.push_str(&encoded[r.start..r.start + r.n]);
+                if let Some(&rank) = bpe.ranks.get(key.as_str()) {
+                    queue.push(BpeBigram {
+                        left,
+                        right,
+                        rank,
+                        size: l.n + r.n,
+                    });
+                }
+            };
+            for i in 1..symbols.len() as i32 {
+                add(&symbols, &mut queue, &mut key, i - 1, i);
+            }
+            while let Some(bigram) = queue.pop() {
+                let (li, ri) = (bigram.left as usize, bigram.right as usize);
+                let (ln, rn) = (symbols[li].n, symbols[ri].n);
+                // Outdated: one side was merged away or has grown since.
+                if ln == 0 || rn == 0 || ln + rn != bigram.size {
+                    continue;
+                }
+                symbols[li].n += rn;
+                symbols[ri].n = 0;
+                let right_next = symbols[ri].next;
+                symbols[li].next = right_next;
+                if right_next >= 0 {
+                    symbols[right_next as usize].prev = bigram.left;
+                }
+                let left_prev = symbols[li].prev;
+                add(&symbols, &mut queue, &mut key, left_prev, bigram.left);
+                add(&symbols, &mut queue, &mut key, bigram.left, right_next);
+            }
+            for sym in symbols.iter().filter(|s| s.n > 0) {
+                let s = &encoded[sym.start..sym.start + sym.n];
+                match self.token_id(s) {
+                    Some(id) => out.push(id),
+                    None => {
+                        // llama.cpp looks each byte of the encoded text up as a
+                        // one-byte string: only ASCII bytes can match.
+                        for &b in s.as_bytes() {
+                            if b.is_ascii() {
+                                if let Some(id) =
+                                    self.token_id(std::str::from_utf8(&[b]).unwrap_or_default())
+                                {
+                                    out.push(id);
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            cache.insert(encoded.clone(), out[first..].to_vec());
+        }
+        Ok(())
+    }
+}
+
+/// Queues the merge of symbols `left` and `right` if their concatenation is a token.
+fn spm_try_add<'t>(
+    tok: &Tokenizer,
+    text: &'t str,
+    symbols: &[Symbol],
+    queue: &mut BinaryHeap<SpmBigram>,
+    rev_merge: &mut FxMap<&'t str, (i32, i32)>,
+    left: i32,
+    right: i32,
+) {
+    if left < 0 || right < 0 {
+        return;
+    }
+    let (l, r) = (&symbols[left as usize], &symbols[right as usize]);
+    let s = &text[l.start..l.start + l.n + r.n];
+    let Some(id) = tok.token_id(s) else { return };
+    queue.push(SpmBigram {
+        left,
+        right,
+        score: tok.tokens[id as usize].score,
+        size: s.len(),
+    });
+    rev_merge.insert(s, (left, right));
+}
+
+/// A symbol of the merge loop: a byte range of the text, linked to its neighbours.
+#[derive(Clone, Copy, Debug)]
+struct Symbol {
+    prev: i32,
+    next: i32,
+    start: usize,
+    n: usize,
+}
+
+/// A candidate SentencePiece merge; the queue pops the highest score, then the leftmost.
+#[derive(Debug)]
+struct SpmBigram {
+    left: i32,
+    right: i32,
+    score: f32,
+    size: usize,
+}
+
+impl PartialEq for SpmBigram {
+    fn eq(&self, other: &Self) -> bool {
+        self.cmp(other) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for SpmBigram {}
+impl PartialOrd for SpmBigram {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for SpmBigram {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.score
+            .partial_cmp(&other.score)
+            .unwrap_or(std::cmp::Ordering::Equal)
+            .then_with(|| other.left.cmp(&self.left))
+    }
+}
+
+/// A candidate BPE merge; the queue pops the lowest rank, then the leftmost.
+#[derive(Debug, PartialEq, Eq)]
+struct BpeBigram {
+    left: i32,
+    right: i32,
+    rank: u32,
+    size: usize,
+}
+
+impl PartialOrd for BpeBigram {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+impl Ord for BpeBigram {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other
+            .rank
+            .cmp(&self.rank)
+            .then_with(|| other.left.cmp(&self.left))
+    }
+}

@@ -1,0 +1,175 @@
+//! The pre-tokenizer of each `tokenizer.ggml.pre` value, as llama.cpp's
+//! `llm_tokenizer_bpe` and `llama_vocab::impl::load` define it.
+
+/// GPT-2's expression (llama.cpp runs a hand-written scanner for exactly this string).
+const GPT2: &str = r"'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)";
+/// LLaMA-3's expression, with `(?i:..)` spelt out (also a hand-written scanner).
+const LLAMA3: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const QWEN2: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+const PORO: &str = r" ?[^(\s|.,!?…。，、।۔،)]+";
+const CJK: &str = "[一-龥ࠀ-一가-퟿]+";
+
+const DEFAULT_EXPRS: &[&str] = &[r"[\p{P}\$\+<=>\^~\|]+", GPT2, r"\p{N}+", "[0-9][0-9][0-9]"];
+const LLAMA3_EXPRS: &[&str] = &[LLAMA3];
+const GPT2_EXPRS: &[&str] = &[GPT2];
+const STARCODER_EXPRS: &[&str] = &[r"\p{N}", GPT2];
+const FALCON_EXPRS: &[&str] = &[r"[\p{P}\$\+<=>\^~\|`]+", GPT2, "[0-9][0-9][0-9]"];
+const QWEN2_EXPRS: &[&str] = &[QWEN2];
+const PORO_EXPRS: &[&str] = &[PORO];
+const VIKING_EXPRS: &[&str] = &[PORO, r"\p{N}"];
+// The letter class keeps a few compatibility codepoints (U+1F7D, U+1FBE, U+1FD3,
+// U+1FDB, U+2126, U+212A) as escapes: Unicode normalization would turn them into
+// other characters and the ranges they end into different (or invalid) ranges.
+const DEEPSEEK_LLM_EXPRS: &[&str] = &[
+    "[\r\n]",
+    "\\s?[A-Za-zµÀ-ÖØ-öø-ƺƼ-ƿǄ-ʓʕ-ʯͰ-ͳͶͷͻ-ͽͿΆΈ-ΊΌΎ-ΡΣ-ϵϷ-ҁҊ-ԯԱ-ՖႠ-ჅᎠ-Ᏽᏸ-ᏽᲐ-ᲺᲽ-Ჿᴀ-ᴫᵫ-ᵷᵹ-ᶚḀ-ἕἘ-Ἕἠ-ὅὈ-Ὅὐ-ὗὙὛὝὟ-\u{1F7D}ᾀ-ᾴᾶ-ᾼ\u{1FBE}ῂ-ῄῆ-ῌῐ-\u{1FD3}ῖ-\u{1FDB}ῠ-Ῥῲ-ῴῶ-ῼℂℇℊ-ℓℕℙ-ℝℤ\u{2126}ℨ\u{212A}-ℭℯ-ℴℹℼ-ℿⅅ-ⅉⅎↃↄⰀ-ⱻⱾ-ⳤⳫ-ⳮⳲⳳꙀ-ꙭꚀ-ꚛꜢ-ꝯꝱ-ꞇꞋ-ꞎꭰ-ꮿﬀ-ﬆﬓ-ﬗＡ-Ｚａ-ｚ𐐀-𐑏𐒰-𐓓𐓘-𐓻𐲀-𐲲𐳀-𐳲𑢠-𑣟𞤀-𞥃]+",
+    "\\s?[!-/:-~！-／：-～‘-‟　-。]+",
+    "\\s+$",
+    CJK,
+    r"\p{N}+",
+];
+const DEEPSEEK_CODER_EXPRS: &[&str] = &["[\r\n]", r"\s?\p{L}+", r"\s?\p{P}+", CJK, r"\p{N}"];
+const TEKKEN_EXPRS: &[&str] = &[
+    r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+];
+const GPT4O_EXPRS: &[&str] = &[
+    r"[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))*((?=[\p{L}])([^A-Z]))+(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|[^\r\n\p{L}\p{N}]?((?=[\p{L}])([^a-z]))+((?=[\p{L}])([^A-Z]))*(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])?|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+",
+];
+const SEED_CODER_EXPRS: &[&str] = &[
+    r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1}| ?[^\s\p{L}\p{N}\r\n]+|\s*[\r\n]+|\s+(?!\S)|\s+",
+];
+const BAILINGMOE_EXPRS: &[&str] = &[
+    r"'(?:[sSdDmMtT]|[lL][lL]|[vV][eE]|[rR][eE])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]|\s+(?!\S)|\s+",
+];
+
+/// What a `tokenizer.ggml.pre` value selects.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PreConfig {
+    /// The expressions, applied one after the other.
+    pub exprs: &'static [&'static str],
+    /// `clean_up_tokenization_spaces` when detokenizing.
+    pub clean_spaces: bool,
+    /// Use a whole word as one token when the vocabulary has it.
+    pub ignore_merges: bool,
+    /// The default of `tokenizer.ggml.add_bos_token`.
+    pub add_bos: bool,
+    /// The vocabulary has no BOS token by default.
+    pub no_bos: bool,
+}
+
+const fn cfg(exprs: &'static [&'static str], clean_spaces: bool) -> PreConfig {
+    PreConfig {
+        exprs,
+        clean_spaces,
+        ignore_merges: false,
+        add_bos: false,
+        no_bos: false,
+    }
+}
+
+/// The configuration for pre-tokenizer name `pre`; `None` if unknown.
+///
+/// An absent or empty name means `default`, as in llama.cpp (which warns that
+/// generation quality will be degraded).
+pub(crate) fn pre_config(pre: &str) -> Option<PreConfig> {
+    let llama3 = PreConfig {
+        ignore_merges: true,
+        add_bos: true,
+        ..cfg(LLAMA3_EXPRS, true)
+    };
+    Some(match pre {
+        "" | "default" => cfg(DEFAULT_EXPRS, true),
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
+        | "lfm2" | "jina-v5-nano" => llama3,
+        "deepseek-llm" => cfg(DEEPSEEK_LLM_EXPRS, false),
+        "deepseek-coder" => cfg(DEEPSEEK_CODER_EXPRS, false),
+        "falcon" => cfg(FALCON_EXPRS, true),
+        "mpt" | "olmo" | "jais" | "exaone4" => cfg(GPT2_EXPRS, true),
+        "gpt-2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de"
+        | "a.x-4.0" | "mellum" | "modern-bert" | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" => {
+            cfg(GPT2_EXPRS, true)
+        }
+        "trillion" | "granite-docling" => cfg(GPT2_EXPRS, false),
+        "starcoder" | "refact" | "codeshell" | "exaone" | "minerva-7b" | "mellum2" => {
+            cfg(STARCODER_EXPRS, true)
+        }
+        "command-r" | "smollm" => cfg(STARCODER_EXPRS, false),
+        "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "hunyuan" | "grok-2"
+        | "solar-open" => cfg(QWEN2_EXPRS, false),
+        "stablelm2" | "megrez" => cfg(QWEN2_EXPRS, true),
+        "dbrx" | "smaug-bpe" => cfg(LLAMA3_EXPRS, true),
+        "glm4" | "chatglm-bpe" => PreConfig {
+            no_bos: true,
+            ..cfg(LLAMA3_EXPRS, true)
+        },
+        "poro-chat" => cfg(PORO_EXPRS, false),
+        "bloom" | "gpt3-finnish" => cfg(PORO_EXPRS, true),
+        "viking" => cfg(VIKING_EXPRS, false),
+        "tekken" => PreConfig {
+            ignore_merges: true,
+            add_bos: true,
+            ..cfg(TEKKEN_EXPRS, false)
+        },
+        "gpt-4o" | "llama4" | "kanana2" | "talkie" | "minimax-m2" => cfg(GPT4O_EXPRS, false),
+        "seed-coder" => cfg(SEED_CODER_EXPRS, false),
+        "bailingmoe" | "bailingmoe2" | "llada-moe" => cfg(BAILINGMOE_EXPRS, false),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::unicode::PreTokenizer;
+
+    #[test]
+    fn every_pre_tokenizer_compiles() {
+        for name in [
+            "default",
+            "llama-bpe",
+            "deepseek-llm",
+            "deepseek-coder",
+            "falcon",
+            "mpt",
+            "gpt-2",
+            "starcoder",
+            "smollm",
+            "qwen2",
+            "stablelm2",
+            "dbrx",
+            "chatglm-bpe",
+            "poro-chat",
+            "viking",
+            "tekken",
+            "gpt-4o",
+            "seed-coder",
+            "bailingmoe",
+        ] {
+            let config = pre_config(name).unwrap();
+            PreTokenizer::new(config.exprs).unwrap_or_else(|e| panic!("{name}: {e}"));
+        }
+    }
+
+    #[test]
+    fn splits_like_llama_cpp() {
+        let split = |name: &str, text: &str| {
+            let pre = PreTokenizer::new(pre_config(name).unwrap().exprs).unwrap();
+            let mut words = Vec::new();
+            pre.split(text, &mut words).unwrap();
+            words
+        };
+        assert_eq!(
+            split("gpt-2", "Hello  world's 123"),
+            ["Hello", " ", " world", "'s", " 123"]
+        );
+        assert_eq!(
+            split("smollm", "abc 2024!"),
+            ["abc", " ", "2", "0", "2", "4", "!"]
+        );
+        assert_eq!(
+            split("llama-bpe", "12345 I'M\n\n x"),
+            ["123", "45", " I", "'M", "\n\n", " x"]
+        );
+        assert_eq!(split("qwen2", "ab12  c"), ["ab", "1", "2", " ", " c"]);
+    }
+}

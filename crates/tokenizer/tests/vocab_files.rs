@@ -1,0 +1,79 @@
+//! llama.cpp's `test-tokenizer-0` vectors: every string of each `.inp` file
+//! must tokenize (no BOS, no special parsing) to the ids on its `.out` line.
+
+use gguf_format::GgufFile;
+use tokenizer::Tokenizer;
+
+use crate::fixture;
+
+/// Reads `.inp`/`.out` exactly as `test-tokenizer-0.cpp` does: inputs are
+/// separated by `"\n__ggml_vocab_test__\n"`, outputs are one line each.
+fn read_tests(name: &str) -> Vec<(String, Vec<u32>)> {
+    let base = fixture(&format!("vocab/ggml-vocab-{name}.gguf"));
+    let raw = std::fs::read_to_string(base.with_extension("gguf.inp")).unwrap();
+    let out = std::fs::read_to_string(base.with_extension("gguf.out")).unwrap();
+    let sep = "\n__ggml_vocab_test__\n";
+    let mut inputs = Vec::new();
+    let mut pos = 0;
+    while pos < raw.len() {
+        match raw[pos..].find(sep) {
+            Some(next) => {
+                inputs.push(raw[pos..pos + next].to_string());
+                pos += next + sep.len();
+            }
+            None => {
+                inputs.push(raw[pos..].to_string());
+                break;
+            }
+        }
+    }
+    let outputs: Vec<Vec<u32>> = out
+        .lines()
+        .map(|l| l.split_whitespace().map(|t| t.parse().unwrap()).collect())
+        .collect();
+    assert_eq!(
+        inputs.len(),
+        outputs.len(),
+        "{name}: .inp and .out disagree on the count"
+    );
+    inputs.into_iter().zip(outputs).collect()
+}
+
+fn check(name: &str) {
+    let file = GgufFile::open(fixture(&format!("vocab/ggml-vocab-{name}.gguf"))).unwrap();
+    let tok = Tokenizer::from_gguf(file.header()).unwrap();
+    let tests = read_tests(name);
+    assert!(!tests.is_empty());
+    let mut failures = Vec::new();
+    for (text, expected) in &tests {
+        let got = tok.encode(text, false, false).unwrap();
+        if &got != expected {
+            failures.push(format!(
+                "{text:?}\n  expected {expected:?}\n  got      {got:?}"
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{name}: {} of {} strings differ:\n{}",
+        failures.len(),
+        tests.len(),
+        failures.join("\n")
+    );
+    eprintln!("{name}: {} of {} strings exact", tests.len(), tests.len());
+}
+
+#[test]
+fn llama_spm() {
+    check("llama-spm");
+}
+
+#[test]
+fn llama_bpe() {
+    check("llama-bpe");
+}
+
+#[test]
+fn gpt_2() {
+    check("gpt-2");
+}
