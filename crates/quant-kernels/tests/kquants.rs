@@ -180,6 +180,26 @@ fn quantize_dequantize_error_is_bounded() {
     }
 }
 
+/// `quantize_row_iq4_nl_ref` (one scale guess, no search) is a valid but
+/// coarser quantizer than the `quantize_iq4_nl` that llama-quantize runs.
+#[test]
+fn iq4_nl_ref_quantizer_is_coarser_than_search() {
+    use quant_kernels::formats::iq4_nl::{
+        dequantize_row_iq4_nl, quantize_iq4_nl, quantize_row_iq4_nl_ref, BlockIQ4_NL,
+    };
+    let x = gaussian_like(32 * 64, 5);
+    let mut blocks = vec![bytemuck::Zeroable::zeroed(); 64];
+    let mut y = vec![0f32; x.len()];
+    let mut err = |quantize: fn(&[f32], &mut [BlockIQ4_NL])| {
+        quantize(&x, &mut blocks);
+        dequantize_row_iq4_nl(&blocks, &mut y);
+        rel_rmse(&x, &y)
+    };
+    let (e_ref, e_search) = (err(quantize_row_iq4_nl_ref), err(quantize_iq4_nl));
+    println!("IQ4_NL: ref {e_ref:.4}, search {e_search:.4}");
+    assert!(e_search <= e_ref && e_ref < rel_rmse_bound(GgmlType::IQ4_NL));
+}
+
 #[test]
 fn degenerate_blocks() {
     for ty in FORMATS {

@@ -6,6 +6,9 @@
 //! expression keeps ggml's evaluation order (no fused multiply-adds, no
 //! reassociation).
 
+// Index loops mirror ggml's C line for line, which keeps the port auditable.
+#![allow(clippy::needless_range_loop)]
+
 pub(crate) use super::q8_k::QK_K;
 
 /// Below this absolute maximum a group is treated as all zeros (`GROUP_MAX_EPS`).

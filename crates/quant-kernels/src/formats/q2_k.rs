@@ -5,6 +5,9 @@
 //! `ggml-quants.c` (`quantize_row_q2_K_ref`, `dequantize_row_q2_K`) and
 //! `ggml-cpu/quants.c` (`ggml_vec_dot_q2_K_q8_K_generic`).
 
+// Index loops mirror ggml's C line for line, which keeps the port auditable.
+#![allow(clippy::needless_range_loop)]
+
 use bytemuck::{Pod, Zeroable};
 use gguf_format::GgmlType;
 use half::f16;
@@ -36,20 +39,16 @@ pub fn dequantize_row_q2_k(x: &[BlockQ2_K], y: &mut [f32]) {
     for (b, y) in x.iter().zip(y.chunks_exact_mut(QK_K)) {
         let d = fp16_to_fp32(b.d);
         let min = fp16_to_fp32(b.dmin);
-        let mut out = y.iter_mut();
-        let mut is = 0;
-        for q in b.qs.chunks_exact(32) {
-            for shift in (0..8).step_by(2) {
+        for (h, q) in b.qs.chunks_exact(32).enumerate() {
+            for shift in 0..4 {
+                let k = 4 * h + shift;
                 for half in 0..2 {
-                    let sc = b.scales[is];
-                    is += 1;
+                    let sc = b.scales[2 * k + half];
                     let dl = d * (sc & 0xF) as f32;
                     let ml = min * (sc >> 4) as f32;
-                    for &qv in &q[16 * half..16 * half + 16] {
-                        // Each of the 256 outputs is visited exactly once.
-                        if let Some(o) = out.next() {
-                            *o = dl * ((qv >> shift) & 3) as f32 - ml;
-                        }
+                    let out = &mut y[32 * k + 16 * half..32 * k + 16 * half + 16];
+                    for (o, &qv) in out.iter_mut().zip(&q[16 * half..16 * half + 16]) {
+                        *o = dl * ((qv >> (2 * shift)) & 3) as f32 - ml;
                     }
                 }
             }

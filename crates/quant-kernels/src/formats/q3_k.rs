@@ -6,6 +6,9 @@
 //! `dequantize_row_q3_K`) and `ggml-cpu/quants.c`
 //! (`ggml_vec_dot_q3_K_q8_K_generic`).
 
+// Index loops mirror ggml's C line for line, which keeps the port auditable.
+#![allow(clippy::needless_range_loop)]
+
 use bytemuck::{Pod, Zeroable};
 use gguf_format::GgmlType;
 use half::f16;
@@ -38,24 +41,20 @@ pub fn dequantize_row_q3_k(x: &[BlockQ3_K], y: &mut [f32]) {
         let d_all = fp16_to_fp32(b.d);
         let scales = unpack_scales_q3_k(&b.scales);
         let hm = &b.hmask;
-        let mut out = y.iter_mut();
-        let mut is = 0;
-        let mut m = 1u8;
-        for q in b.qs.chunks_exact(32) {
-            for shift in (0..8).step_by(2) {
+        for (h, q) in b.qs.chunks_exact(32).enumerate() {
+            for shift in 0..4 {
+                let k = 4 * h + shift;
+                let m = 1u8 << k;
                 for half in 0..2 {
-                    let dl = d_all * (scales[is] as i32 - 32) as f32;
-                    is += 1;
-                    for l in 16 * half..16 * half + 16 {
-                        let low = ((q[l] >> shift) & 3) as i32;
+                    let dl = d_all * (scales[2 * k + half] as i32 - 32) as f32;
+                    let out = &mut y[32 * k + 16 * half..32 * k + 16 * half + 16];
+                    for (i, o) in out.iter_mut().enumerate() {
+                        let l = 16 * half + i;
+                        let low = ((q[l] >> (2 * shift)) & 3) as i32;
                         let high = if hm[l] & m != 0 { 0 } else { 4 };
-                        // Each of the 256 outputs is visited exactly once.
-                        if let Some(o) = out.next() {
-                            *o = dl * (low - high) as f32;
-                        }
+                        *o = dl * (low - high) as f32;
                     }
                 }
-                m <<= 1;
             }
         }
     }

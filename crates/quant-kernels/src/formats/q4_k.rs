@@ -5,6 +5,9 @@
 //! `ggml-quants.c` (`quantize_row_q4_K_ref`, `dequantize_row_q4_K`) and
 //! `ggml-cpu/quants.c` (`ggml_vec_dot_q4_K_q8_K_generic`).
 
+// Index loops mirror ggml's C line for line, which keeps the port auditable.
+#![allow(clippy::needless_range_loop)]
+
 use bytemuck::{Pod, Zeroable};
 use gguf_format::GgmlType;
 use half::f16;

@@ -6,6 +6,9 @@
 //! `dequantize_row_q6_K`) and `ggml-cpu/quants.c`
 //! (`ggml_vec_dot_q6_K_q8_K_generic`).
 
+// Index loops mirror ggml's C line for line, which keeps the port auditable.
+#![allow(clippy::needless_range_loop)]
+
 use bytemuck::{Pod, Zeroable};
 use gguf_format::GgmlType;
 use half::f16;

@@ -16,9 +16,9 @@ use gguf_format::GgmlType;
 
 use super::{Features, VecDotFn};
 use crate::formats::{
-    self, f16::fp16_to_fp32, iq4_nl::BlockIQ4_NL, iq4_nl::KVALUES_IQ4NL, iq4_xs::BlockIQ4_XS,
-    q2_k::BlockQ2_K, q3_k::BlockQ3_K, q4_k::BlockQ4_K, q5_k::BlockQ5_K, q6_k::BlockQ6_K,
-    q8_0::BlockQ8_0, q8_k::BlockQ8_K,
+    self, iq4_nl::BlockIQ4_NL, iq4_nl::KVALUES_IQ4NL, iq4_xs::BlockIQ4_XS, q2_k::BlockQ2_K,
+    q3_k::BlockQ3_K, q4_k::BlockQ4_K, q5_k::BlockQ5_K, q6_k::BlockQ6_K, q8_0::BlockQ8_0,
+    q8_k::BlockQ8_K,
 };
 
 /// The AVX2 dot product for weights of `ty`, if this module has one for `f`.
@@ -84,7 +84,7 @@ fn vec_dot_iq4_nl(n: usize, w: &[u8], a: &[u8]) -> f32 {
 
 /// Sum of 8 floats, in ggml's `hsum_float_8` order.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn hsum_float_8(x: __m256) -> f32 {
     let mut res = _mm256_extractf128_ps(x, 1);
     res = _mm_add_ps(res, _mm256_castps256_ps128(x));
@@ -93,9 +93,16 @@ fn hsum_float_8(x: __m256) -> f32 {
     _mm_cvtss_f32(res)
 }
 
+/// f16 → f32 with F16C (exact, like every f16 → f32 conversion).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn fp16_to_fp32(h: half::f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(h.to_bits() as i32)))
+}
+
 /// Loads 32 bytes.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn load_u8x32(p: &[u8]) -> __m256i {
     assert!(p.len() >= 32);
     // SAFETY: `p` has at least 32 readable bytes; loadu has no alignment needs.
@@ -104,7 +111,7 @@ fn load_u8x32(p: &[u8]) -> __m256i {
 
 /// Loads 32 signed bytes.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn load_i8x32(p: &[i8]) -> __m256i {
     assert!(p.len() >= 32);
     // SAFETY: `p` has at least 32 readable bytes; loadu has no alignment needs.
@@ -113,7 +120,7 @@ fn load_i8x32(p: &[i8]) -> __m256i {
 
 /// Loads 16 bytes.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn load_u8x16(p: &[u8]) -> __m128i {
     assert!(p.len() >= 16);
     // SAFETY: `p` has at least 16 readable bytes; loadu has no alignment needs.
@@ -123,7 +130,7 @@ fn load_u8x16(p: &[u8]) -> __m128i {
 /// Sixteen i16 lanes: `lo` in the low eight (weights 0–15 of a 32-weight
 /// chunk after `maddubs`), `hi` in the high eight (weights 16–31).
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn scale_pair(lo: i16, hi: i16) -> __m256i {
     _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
 }
@@ -131,7 +138,7 @@ fn scale_pair(lo: i16, hi: i16) -> __m256i {
 /// Signed × signed bytes summed in pairs to i16 (ggml's `mul_add_epi8`);
 /// exact while `|x| ≤ 127` and pair sums fit in i16.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn mul_add_epi8(x: __m256i, y: __m256i) -> __m256i {
     let ax = _mm256_sign_epi8(x, x);
     let sy = _mm256_sign_epi8(y, x);
@@ -140,7 +147,7 @@ fn mul_add_epi8(x: __m256i, y: __m256i) -> __m256i {
 
 /// The 16 IQ4_NL levels, twice (one copy per 128-bit lane) for `pshufb`.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn iq4nl_table() -> __m256i {
     // SAFETY: the table is 16 readable bytes; loadu has no alignment needs.
     let t = unsafe { _mm_loadu_si128(KVALUES_IQ4NL.as_ptr().cast()) };
@@ -149,7 +156,7 @@ fn iq4nl_table() -> __m256i {
 
 /// 16 bytes of IQ4 nibbles → 32 signed levels: low nibbles first.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn iq4_levels(table: __m256i, qs: &[u8]) -> __m256i {
     let tmp = load_u8x16(qs);
     let nib = _mm256_and_si256(
@@ -164,7 +171,7 @@ fn iq4_levels(table: __m256i, qs: &[u8]) -> __m256i {
 // ---------------------------------------------------------------------------
 
 /// Q2_K × Q8_K, after ggml's `ggml_vec_dot_q2_K_q8_K` AVX2 branch.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub fn vec_dot_q2_k_q8_k_avx2(x: &[BlockQ2_K], y: &[BlockQ8_K]) -> f32 {
     assert_eq!(x.len(), y.len());
     let m3 = _mm256_set1_epi8(3);
@@ -202,7 +209,7 @@ pub fn vec_dot_q2_k_q8_k_avx2(x: &[BlockQ2_K], y: &[BlockQ8_K]) -> f32 {
 /// Q3_K × Q8_K, after ggml's `ggml_vec_dot_q3_K_q8_K` AVX2 branch: the
 /// low 2 bits go through `maddubs`, and `4·q8` is subtracted where the high
 /// bit is clear.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub fn vec_dot_q3_k_q8_k_avx2(x: &[BlockQ3_K], y: &[BlockQ8_K]) -> f32 {
     assert_eq!(x.len(), y.len());
     let m3 = _mm256_set1_epi8(3);
@@ -236,7 +243,7 @@ pub fn vec_dot_q3_k_q8_k_avx2(x: &[BlockQ3_K], y: &[BlockQ8_K]) -> f32 {
 
 /// The mins term of Q4_K/Q5_K: `Σ_j m_j · (bsums[2j] + bsums[2j+1])`.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn mins_dot_bsums(mins: &[u8], bsums: &[i16; 16]) -> i32 {
     // SAFETY: `bsums` is 32 readable bytes; loadu has no alignment needs.
     let q8sums = unsafe { _mm256_loadu_si256(bsums.as_ptr().cast()) };
@@ -253,7 +260,7 @@ fn mins_dot_bsums(mins: &[u8], bsums: &[i16; 16]) -> i32 {
 }
 
 /// Q4_K × Q8_K, after ggml's `ggml_vec_dot_q4_K_q8_K` AVX2 branch.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub fn vec_dot_q4_k_q8_k_avx2(x: &[BlockQ4_K], y: &[BlockQ8_K]) -> f32 {
     assert_eq!(x.len(), y.len());
     let m4 = _mm256_set1_epi8(0xF);
@@ -287,7 +294,7 @@ pub fn vec_dot_q4_k_q8_k_avx2(x: &[BlockQ4_K], y: &[BlockQ8_K]) -> f32 {
 }
 
 /// Q5_K × Q8_K, after ggml's `ggml_vec_dot_q5_K_q8_K` AVX2 branch.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub fn vec_dot_q5_k_q8_k_avx2(x: &[BlockQ5_K], y: &[BlockQ8_K]) -> f32 {
     assert_eq!(x.len(), y.len());
     let m4 = _mm256_set1_epi8(0xF);
@@ -334,7 +341,7 @@ pub fn vec_dot_q5_k_q8_k_avx2(x: &[BlockQ5_K], y: &[BlockQ8_K]) -> f32 {
 
 /// Q6_K × Q8_K, after ggml's `ggml_vec_dot_q6_K_q8_K` AVX2 branch: the
 /// unsigned 6-bit values go through `maddubs` and `32·q8` is subtracted.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub fn vec_dot_q6_k_q8_k_avx2(x: &[BlockQ6_K], y: &[BlockQ8_K]) -> f32 {
     assert_eq!(x.len(), y.len());
     let m4 = _mm256_set1_epi8(0xF);
@@ -375,7 +382,7 @@ pub fn vec_dot_q6_k_q8_k_avx2(x: &[BlockQ6_K], y: &[BlockQ8_K]) -> f32 {
 
 /// IQ4_NL × Q8_0, after ggml's `ggml_vec_dot_iq4_nl_q8_0` AVX2 branch:
 /// the levels come from a `pshufb` table lookup.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub fn vec_dot_iq4_nl_q8_0_avx2(x: &[BlockIQ4_NL], y: &[BlockQ8_0]) -> f32 {
     assert_eq!(x.len(), y.len());
     let table = iq4nl_table();
@@ -392,7 +399,7 @@ pub fn vec_dot_iq4_nl_q8_0_avx2(x: &[BlockIQ4_NL], y: &[BlockQ8_0]) -> f32 {
 }
 
 /// IQ4_XS × Q8_K, after ggml's `ggml_vec_dot_iq4_xs_q8_K` AVX2 branch.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub fn vec_dot_iq4_xs_q8_k_avx2(x: &[BlockIQ4_XS], y: &[BlockQ8_K]) -> f32 {
     assert_eq!(x.len(), y.len());
     let table = iq4nl_table();
