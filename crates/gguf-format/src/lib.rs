@@ -7,6 +7,11 @@
 //! allocation sized by a length the file declares. Tensor data is never
 //! copied: [`Gguf::tensor_data`] hands out slices of the memory map.
 //!
+//! [`GgufWriter`] builds files (metadata, tensors, alignment and padding)
+//! under the same rules the reader enforces, so what it writes reads back;
+//! given llama.cpp's metadata and tensors it reproduces llama.cpp's files
+//! byte for byte.
+//!
 //! The ggml type table ([`GgmlType`]) lives here too, so every crate above
 //! shares one description of each block format's size.
 //!

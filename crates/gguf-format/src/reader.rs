@@ -242,6 +242,24 @@ fn read_value(cur: &mut Cursor<'_>, ty: ValueType, depth: usize, key: &str) -> R
 impl GgufHeader {
     /// Parses and validates the header of a GGUF file held in `data`
     /// (the whole file: tensor extents are checked against its length).
+    ///
+    /// Rejected, each with an error naming the byte offset, key or tensor:
+    /// a short file; a magic other than `GGUF`; versions other than 2 and 3
+    /// (a byte-swapped, big-endian header is named as such); counts, string
+    /// or array lengths that cannot fit in the rest of the file or exceed
+    /// [`MAX_STRING_LEN`] / [`MAX_ARRAY_LEN`]; empty, duplicate or non-UTF-8
+    /// keys and non-UTF-8 strings; unknown value types; arrays nested more
+    /// than [`MAX_ARRAY_DEPTH`] deep; bool bytes other than 0 and 1; a
+    /// `general.alignment` that is not a power-of-two `u32` up to
+    /// [`MAX_ALIGNMENT`]; tensor names that are empty, duplicated or
+    /// [`MAX_NAME_LEN`] bytes or longer; more than [`MAX_DIMS`] dimensions;
+    /// a dimension, element count or byte count at or above 2^63; unknown or
+    /// removed ggml types; a first dimension that is not whole blocks;
+    /// offsets not a multiple of the alignment; tensor data that overlaps
+    /// another tensor's or runs past the end of the file.
+    ///
+    /// Unlike llama.cpp, tensors need not be stored in table order with no
+    /// gaps: any aligned, non-overlapping layout inside the file is read.
     pub fn parse(data: &[u8]) -> Result<GgufHeader> {
         let mut cur = Cursor { data, pos: 0 };
         let magic = cur.array::<4>("magic")?;
