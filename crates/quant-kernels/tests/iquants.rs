@@ -5,7 +5,7 @@
 
 use proptest::prelude::*;
 use quant_kernels::formats::{self, iq1_m, iq2_xxs, mxfp4, q8_0, q8_k};
-use quant_kernels::{dequantize_row, quantize_row, row_bytes, GgmlType, QuantError};
+use quant_kernels::{dequantize_row, quantize_row, row_bytes, simd, GgmlType, QuantError};
 
 use crate::core_util::{f32s, fixture, Rng};
 
@@ -84,6 +84,9 @@ fn vec_dot_matches_ggml_generic_bit_for_bit() {
         let k = formats::kernels(ty).unwrap();
         let rb = row_bytes(ty, 256).unwrap();
         assert_eq!(want.len(), blocks.len() / rb, "{ty}");
+        // The dispatched kernel (SIMD where this CPU has one) is held to the
+        // same bits: its integer sums are exact and its float steps the same.
+        let dispatched = simd::vec_dot_for(ty).unwrap();
         for (r, (w, want)) in blocks.chunks_exact(rb).zip(&want).enumerate() {
             let (a, _) = activations(k.vec_dot_type, &act[r * 256..(r + 1) * 256]);
             let got = (k.vec_dot)(256, w, &a);
@@ -91,6 +94,12 @@ fn vec_dot_matches_ggml_generic_bit_for_bit() {
                 got.to_bits(),
                 want.to_bits(),
                 "{ty} row {r}: {got} vs {want}"
+            );
+            let got = dispatched(256, w, &a);
+            assert_eq!(
+                got.to_bits(),
+                want.to_bits(),
+                "{ty} dispatched, row {r}: {got} vs {want}"
             );
         }
     }
@@ -285,6 +294,37 @@ proptest! {
             let want = dot64(&wd, &ad);
             let tol = 1e-5 * abs_dot(&wd, &ad) + 1e-12;
             prop_assert!((got - want).abs() <= tol, "{ty}: {got} vs {want} (tol {tol})");
+        }
+    }
+
+    /// Every native kernel returns its portable twin's result bit for bit.
+    #[test]
+    fn native_vec_dot_is_bit_identical_to_portable(seed in 1u64.., blocks in 1usize..9) {
+        let features = simd::features();
+        for ty in TYPES {
+            let Some(native) = simd::native_vec_dot_for(ty, features) else { continue };
+            let mut rng = Rng(seed | 1);
+            let n = blocks * 256;
+            let w = random_blocks(ty, n / ty.block_size(), &mut rng);
+            let k = formats::kernels(ty).unwrap();
+            let x = rng.activations(n);
+            let mut a = vec![0u8; row_bytes(k.vec_dot_type, n).unwrap()];
+            (simd::from_float_for(k.vec_dot_type).unwrap())(&x, &mut a);
+            let (want, got) = ((k.vec_dot)(n, &w, &a), native(n, &w, &a));
+            prop_assert_eq!(got.to_bits(), want.to_bits(), "{}: {} vs {}", ty, got, want);
+        }
+    }
+}
+
+#[test]
+fn native_kernels_are_registered_where_detected() {
+    // Without this the bit-identity property above could pass vacuously.
+    if cfg!(target_arch = "x86_64") && simd::features().avx2 {
+        for ty in TYPES.into_iter().filter(|&t| t != GgmlType::TQ1_0) {
+            assert!(
+                simd::native_vec_dot_for(ty, simd::features()).is_some(),
+                "{ty}"
+            );
         }
     }
 }

@@ -61,6 +61,89 @@ fn dequantize_matches_ggml_bit_for_bit() {
     }
 }
 
+/// Activations quantized by the reference Q8_K/Q8_0 quantizers, as bytes.
+fn reference_activations(act: GgmlType, x: &[f32]) -> Vec<u8> {
+    use quant_kernels::formats::{q8_0, q8_k};
+    match act {
+        GgmlType::Q8_K => {
+            let mut b = vec![q8_k::BlockQ8_K::default(); x.len() / 256];
+            q8_k::quantize_row_q8_k_ref(x, &mut b);
+            bytemuck::cast_slice(&b).to_vec()
+        }
+        GgmlType::Q8_0 => {
+            let mut b = vec![q8_0::BlockQ8_0::default(); x.len() / 32];
+            q8_0::quantize_row_q8_0_ref(x, &mut b);
+            bytemuck::cast_slice(&b).to_vec()
+        }
+        _ => unreachable!(),
+    }
+}
+
+/// `T.vecdot.f32` holds ggml's C `ggml_vec_dot_<T>_q8_K_generic`
+/// (`_q8_0_` for IQ4_NL) of row r (256 weights) of `T.blocks` with row r of
+/// `vecdot.act.f32`: the portable kernels reproduce it bit for bit.
+#[test]
+fn vec_dot_matches_ggml_generic_bit_for_bit() {
+    let act = read_f32(&fixture("quant/vecdot.act.f32"));
+    for ty in FORMATS {
+        let blocks = std::fs::read(fixture(&format!("quant/{}.blocks", ty.name()))).unwrap();
+        let want = read_f32(&fixture(&format!("quant/{}.vecdot.f32", ty.name())));
+        let k = kernels(ty).unwrap();
+        let rb = row_bytes(ty, 256).unwrap();
+        assert_eq!(want.len(), (blocks.len() / rb).min(act.len() / 256), "{ty}");
+        for (r, (w, want)) in blocks.chunks_exact(rb).zip(&want).enumerate() {
+            let a = reference_activations(k.vec_dot_type, &act[256 * r..256 * (r + 1)]);
+            let got = (k.vec_dot)(256, w, &a);
+            assert_eq!(
+                got.to_bits(),
+                want.to_bits(),
+                "{ty} row {r}: {got} vs ggml {want}"
+            );
+        }
+    }
+}
+
+/// `T.ref.quant` holds ggml's C `quantize_row_<T>_ref` of `vecdot.act.f32`
+/// (64 rows with outliers and quiet rows); for IQ4_NL that is the cheap
+/// `quantize_row_iq4_nl_ref`, not the searching quantizer of the table.
+#[test]
+fn reference_quantizers_match_ggml_c() {
+    use quant_kernels::formats::{iq4_nl, iq4_xs, q2_k, q3_k, q4_k, q5_k, q6_k};
+    fn run<B: bytemuck::Pod + bytemuck::Zeroable>(
+        x: &[f32],
+        bs: usize,
+        f: fn(&[f32], &mut [B]),
+    ) -> Vec<u8> {
+        let mut b = vec![B::zeroed(); x.len() / bs];
+        f(x, &mut b);
+        bytemuck::cast_slice(&b).to_vec()
+    }
+    let x = read_f32(&fixture("quant/vecdot.act.f32"));
+    for ty in FORMATS {
+        let want = std::fs::read(fixture(&format!("quant/{}.ref.quant", ty.name()))).unwrap();
+        let got = match ty {
+            GgmlType::Q2_K => run(&x, 256, q2_k::quantize_row_q2_k_ref),
+            GgmlType::Q3_K => run(&x, 256, q3_k::quantize_row_q3_k_ref),
+            GgmlType::Q4_K => run(&x, 256, q4_k::quantize_row_q4_k_ref),
+            GgmlType::Q5_K => run(&x, 256, q5_k::quantize_row_q5_k_ref),
+            GgmlType::Q6_K => run(&x, 256, q6_k::quantize_row_q6_k_ref),
+            GgmlType::IQ4_NL => run(&x, 32, iq4_nl::quantize_row_iq4_nl_ref),
+            GgmlType::IQ4_XS => run(&x, 256, iq4_xs::quantize_row_iq4_xs_ref),
+            _ => unreachable!(),
+        };
+        let bs = ty.type_size();
+        let bad: Vec<usize> = got
+            .chunks_exact(bs)
+            .zip(want.chunks_exact(bs))
+            .enumerate()
+            .filter(|(_, (g, w))| g != w)
+            .map(|(i, _)| i)
+            .collect();
+        assert_eq!(got.len(), want.len(), "{ty}");
+        assert!(bad.is_empty(), "{ty}: blocks {bad:?} differ from ggml");
+    }
+}
+
 /// Quantizing a tensor of `synth-F32.gguf` to the type `llama-quantize` gave
 /// it in `synth-<FTYPE>.gguf` must reproduce llama.cpp's bytes. Reports the
 /// fraction of identical blocks per file and type, then requires all of them.

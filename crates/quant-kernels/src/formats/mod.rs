@@ -41,7 +41,7 @@ pub mod iq2_xs;
 pub mod iq2_xxs;
 pub mod iq3_s;
 pub mod iq3_xxs;
-mod iq_grids;
+pub(crate) mod iq_grids;
 pub mod mxfp4;
 pub mod tq1_0;
 pub mod tq2_0;

@@ -76,7 +76,7 @@ pub fn dequantize_row_tq1_0(x: &[BlockTQ1_0], y: &mut [f32]) {
 /// by ceiling division, so that the decoder's multiply-and-shift reads them.
 #[inline(always)]
 fn pack(q: u8) -> u8 {
-    ((q as u16 * 256 + (243 - 1)) / 243) as u8
+    (q as u16 * 256).div_ceil(243) as u8
 }
 
 /// Quantizes `x` (`x.len() == y.len() * 256`) to TQ1_0 with ggml's reference

@@ -22,6 +22,8 @@ mod aarch64;
 mod x86;
 #[cfg(target_arch = "x86_64")]
 mod x86_kquants;
+#[cfg(target_arch = "x86_64")]
+mod x86_iquants;
 
 /// A fused dot product of `n` weights (bytes of a weight format) with `n`
 /// activations (bytes of its `vec_dot_type`).

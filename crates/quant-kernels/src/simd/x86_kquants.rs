@@ -34,7 +34,7 @@ pub(super) fn vec_dot(ty: GgmlType, f: Features) -> Option<VecDotFn> {
         GgmlType::Q6_K => Some(vec_dot_q6_k),
         GgmlType::IQ4_NL => Some(vec_dot_iq4_nl),
         GgmlType::IQ4_XS => Some(vec_dot_iq4_xs),
-        _ => None,
+        _ => super::x86_iquants::vec_dot(ty, f),
     }
 }
 
