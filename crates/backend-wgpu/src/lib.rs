@@ -1,4 +1,39 @@
-//! The GPU backend: WGSL kernels dispatched through wgpu (Vulkan, Metal, DX12).
+//! The GPU backend: WGSL kernels dispatched through wgpu (Vulkan, Metal,
+//! DX12), and a LLaMA forward pass that stays on the GPU.
 //!
-//! Filled in by the backend-wgpu issue.
+//! Weights are uploaded once, as the raw GGUF block bytes, and decoded
+//! inside the kernels (`src/shaders/quant.wgsl`), so a Q4_K model takes as
+//! much GPU memory as its file. Activations and the KV cache live in GPU
+//! buffers; a step is one command submission, and only the logits (or, for
+//! greedy decoding, the chosen token) are read back.
+//!
+//! Design decisions:
+//! - One WGSL file per kernel family, specialised by `override` constants
+//!   (the block format is the ggml type id), never by editing source text.
+//! - Every op of a forward pass is built once at load (pipeline, bind group,
+//!   parameters); a step only writes a 16-byte step uniform and records the
+//!   dispatches.
+//! - Matrices larger than the device's largest storage binding are split by
+//!   rows into several buffers, one dispatch per part.
+//!
+//! ```no_run
+//! use backend_wgpu::{DeviceOptions, GpuContext, GpuModel, GpuModelOptions};
+//! let ctx = GpuContext::new(&DeviceOptions::default())?;
+//! let file = gguf_format::GgufFile::open("model.gguf")?;
+//! let mut model = GpuModel::load(ctx, &file, &GpuModelOptions::default())?;
+//! let logits = model.forward(&[1, 15043, 3186], 0)?; // last token's logits
+//! println!("{} logits", logits.len());
+//! # Ok::<(), backend_wgpu::WgpuError>(())
+//! ```
 #![deny(missing_docs)]
+
+mod device;
+mod error;
+pub mod kernels;
+mod model;
+pub mod oneshot;
+pub mod ops;
+
+pub use device::{DeviceCaps, DeviceOptions, GpuContext, ADAPTER_ENV};
+pub use error::{Result, WgpuError};
+pub use model::{GpuConfig, GpuModel, GpuModelOptions, StepProfile};

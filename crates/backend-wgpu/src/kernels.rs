@@ -1,0 +1,248 @@
+//! The WGSL shaders, their binding layouts, and the cache key of each
+//! specialised pipeline.
+
+use gguf_format::GgmlType;
+
+/// A WGSL source file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Shader {
+    /// `quant.wgsl`: matvec, matmul, get_rows over raw block bytes.
+    Quant,
+    /// `norm.wgsl`: RMSNorm.
+    Norm,
+    /// `rope.wgsl`: rotary embedding.
+    Rope,
+    /// `attention.wgsl`: causal GQA attention over the KV cache.
+    Attention,
+    /// `elementwise.wgsl`: add, SwiGLU, argmax.
+    Elementwise,
+    /// `act_quant.wgsl`: activation rounding to Q8_0/Q8_1/Q8_K.
+    ActQuant,
+}
+
+/// Every shader, for the naga validation test.
+pub const ALL_SHADERS: [Shader; 6] = [
+    Shader::Quant,
+    Shader::Norm,
+    Shader::Rope,
+    Shader::Attention,
+    Shader::Elementwise,
+    Shader::ActQuant,
+];
+
+/// The type of one binding slot.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Bind {
+    /// `var<storage, read>`.
+    Read,
+    /// `var<storage, read_write>`.
+    ReadWrite,
+    /// `var<uniform>`.
+    Uniform,
+}
+
+impl Bind {
+    pub(crate) fn binding_type(self) -> wgpu::BindingType {
+        match self {
+            Bind::Read | Bind::ReadWrite => wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Storage {
+                    read_only: matches!(self, Bind::Read),
+                },
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+            Bind::Uniform => wgpu::BindingType::Buffer {
+                ty: wgpu::BufferBindingType::Uniform,
+                has_dynamic_offset: false,
+                min_binding_size: None,
+            },
+        }
+    }
+}
+
+impl Shader {
+    /// The WGSL source.
+    pub fn source(self) -> &'static str {
+        match self {
+            Shader::Quant => include_str!("shaders/quant.wgsl"),
+            Shader::Norm => include_str!("shaders/norm.wgsl"),
+            Shader::Rope => include_str!("shaders/rope.wgsl"),
+            Shader::Attention => include_str!("shaders/attention.wgsl"),
+            Shader::Elementwise => include_str!("shaders/elementwise.wgsl"),
+            Shader::ActQuant => include_str!("shaders/act_quant.wgsl"),
+        }
+    }
+
+    /// File name, used as a label.
+    pub fn name(self) -> &'static str {
+        match self {
+            Shader::Quant => "quant.wgsl",
+            Shader::Norm => "norm.wgsl",
+            Shader::Rope => "rope.wgsl",
+            Shader::Attention => "attention.wgsl",
+            Shader::Elementwise => "elementwise.wgsl",
+            Shader::ActQuant => "act_quant.wgsl",
+        }
+    }
+
+    /// Binding slots 0.. of group 0, shared by all entry points of the file.
+    pub(crate) fn bindings(self) -> &'static [Bind] {
+        use Bind::*;
+        match self {
+            // w, x, y, params, step, ids
+            Shader::Quant => &[Read, Read, ReadWrite, Uniform, Uniform, Read],
+            // x, weight, y, params, step
+            Shader::Norm => &[Read, Read, ReadWrite, Uniform, Uniform],
+            // x, y, params, step
+            Shader::Rope => &[Read, ReadWrite, Uniform, Uniform],
+            // q, k_cache, v_cache, out, params, step
+            Shader::Attention => &[Read, Read, Read, ReadWrite, Uniform, Uniform],
+            // a, b, y, params, step, token
+            Shader::Elementwise => &[Read, Read, ReadWrite, Uniform, Uniform, ReadWrite],
+            // x, y, params, step
+            Shader::ActQuant => &[Read, ReadWrite, Uniform, Uniform],
+        }
+    }
+}
+
+/// Weight types with GPU kernels (the `FORMAT` cases of `quant.wgsl`).
+pub const GPU_TYPES: [GgmlType; 15] = [
+    GgmlType::F32,
+    GgmlType::F16,
+    GgmlType::BF16,
+    GgmlType::Q4_0,
+    GgmlType::Q4_1,
+    GgmlType::Q5_0,
+    GgmlType::Q5_1,
+    GgmlType::Q8_0,
+    GgmlType::Q2_K,
+    GgmlType::Q3_K,
+    GgmlType::Q4_K,
+    GgmlType::Q5_K,
+    GgmlType::Q6_K,
+    GgmlType::IQ4_NL,
+    GgmlType::IQ4_XS,
+];
+
+/// Whether `ty` has GPU kernels.
+pub fn is_gpu_type(ty: GgmlType) -> bool {
+    GPU_TYPES.contains(&ty)
+}
+
+/// The rounding ggml's CPU applies to activations before a dot product with
+/// weights of `ty` (its `vec_dot_type`), when that rounding is a quantization
+/// the GPU reproduces (`act_quant.wgsl`): Q8_0, Q8_1 or Q8_K. `None` for
+/// F32, F16 and BF16 weights, whose products the GPU takes in f32.
+pub fn act_type(ty: GgmlType) -> Option<GgmlType> {
+    use GgmlType::*;
+    match ty {
+        Q4_0 | Q5_0 | Q8_0 | IQ4_NL => Some(Q8_0),
+        Q4_1 | Q5_1 => Some(Q8_1),
+        Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_XS => Some(Q8_K),
+        F16 => Some(F16),
+        BF16 => Some(BF16),
+        _ => None,
+    }
+}
+
+/// One specialised compute pipeline: the cache key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Kernel {
+    /// Matrix-vector product of a `ty` matrix.
+    Matvec(GgmlType),
+    /// Matrix-matrix product of a `ty` matrix.
+    Matmul(GgmlType),
+    /// Row lookup of a `ty` matrix.
+    GetRows(GgmlType),
+    /// RMSNorm.
+    RmsNorm,
+    /// RoPE.
+    Rope,
+    /// Attention.
+    Attention,
+    /// a + b.
+    Add,
+    /// silu(a)·b.
+    Swiglu,
+    /// Greedy argmax.
+    Argmax,
+    /// Activation rounding to the given Q8 type.
+    QuantizeAct(GgmlType),
+}
+
+impl Kernel {
+    pub(crate) fn shader(self) -> Shader {
+        match self {
+            Kernel::Matvec(_) | Kernel::Matmul(_) | Kernel::GetRows(_) => Shader::Quant,
+            Kernel::RmsNorm => Shader::Norm,
+            Kernel::Rope => Shader::Rope,
+            Kernel::Attention => Shader::Attention,
+            Kernel::Add | Kernel::Swiglu | Kernel::Argmax => Shader::Elementwise,
+            Kernel::QuantizeAct(_) => Shader::ActQuant,
+        }
+    }
+
+    pub(crate) fn entry_point(self) -> &'static str {
+        match self {
+            Kernel::Matvec(_) => "matvec",
+            Kernel::Matmul(_) => "matmul",
+            Kernel::GetRows(_) => "get_rows",
+            Kernel::RmsNorm => "rms_norm",
+            Kernel::Rope => "rope",
+            Kernel::Attention => "attention",
+            Kernel::Add => "add",
+            Kernel::Swiglu => "swiglu",
+            Kernel::Argmax => "argmax",
+            Kernel::QuantizeAct(_) => "quantize_act",
+        }
+    }
+
+    /// Override constants: the ggml type id for the block decoders.
+    pub(crate) fn constants(self) -> Vec<(&'static str, f64)> {
+        match self {
+            Kernel::Matvec(t) | Kernel::Matmul(t) | Kernel::GetRows(t) => {
+                vec![("FORMAT", f64::from(t.id()))]
+            }
+            Kernel::QuantizeAct(t) => vec![("ACT", f64::from(t.id()))],
+            _ => Vec::new(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every shader parses and validates with naga, and declares the
+    /// bindings its Rust layout describes.
+    #[test]
+    fn shaders_validate_with_naga() {
+        for shader in ALL_SHADERS {
+            let module = naga::front::wgsl::parse_str(shader.source()).unwrap_or_else(|e| {
+                panic!("{}: {}", shader.name(), e.emit_to_string(shader.source()))
+            });
+            let mut validator = naga::valid::Validator::new(
+                naga::valid::ValidationFlags::all(),
+                // unpack2x16float needs this; wgpu grants it on every
+                // Vulkan, Metal and DX12 device.
+                naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,
+            );
+            validator.validate(&module).unwrap_or_else(|e| {
+                panic!("{}: {}", shader.name(), e.emit_to_string(shader.source()))
+            });
+            let n = shader.bindings().len() as u32;
+            for (_, var) in module.global_variables.iter() {
+                if let Some(b) = &var.binding {
+                    assert_eq!(b.group, 0, "{}: {:?}", shader.name(), var.name);
+                    assert!(
+                        b.binding < n,
+                        "{}: {:?} at binding {} has no layout slot",
+                        shader.name(),
+                        var.name,
+                        b.binding
+                    );
+                }
+            }
+        }
+    }
+}

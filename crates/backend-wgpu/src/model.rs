@@ -1,0 +1,698 @@
+//! A LLaMA forward pass that stays on the GPU.
+//!
+//! Buffers (B = max batch, D = n_embd, Dq = n_head·head_dim,
+//! Dkv = n_kv_head·head_dim, F = n_ff, V = n_vocab, C = n_ctx):
+//! ```text
+//! x        (B, D)    residual stream
+//! xn       (B, D)    normalised input of a sub-layer
+//! q_raw/q  (B, Dq)   query before/after RoPE
+//! k_raw    (B, Dkv)  key before RoPE (RoPE writes it into the cache)
+//! k/v[l]   (C, Dkv)  KV cache of layer l; V is written there by its matvec
+//! attn     (B, Dq)   attention output
+//! gate/up  (B, F), h (B, F) = silu(gate)·up
+//! logits   (L, V)    L ≤ B rows
+//! ```
+
+use std::sync::Arc;
+
+use gguf_format::{GgmlType, Gguf, GgufHeader, TensorInfo};
+
+use crate::device::GpuContext;
+use crate::error::{Result, WgpuError};
+use crate::kernels::{act_type, Kernel};
+use crate::ops::{AttnParams, EwParams, GpuMatrix, Op, OpBuilder, RopeParams, StepUniform};
+
+/// Hyper-parameters of a LLaMA-family model, read from GGUF metadata.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GpuConfig {
+    /// Hidden size.
+    pub n_embd: u32,
+    /// Transformer blocks.
+    pub n_layer: u32,
+    /// Query heads.
+    pub n_head: u32,
+    /// Key/value heads (grouped-query attention when < n_head).
+    pub n_kv_head: u32,
+    /// Dimensions per head.
+    pub head_dim: u32,
+    /// Feed-forward hidden size.
+    pub n_ff: u32,
+    /// Vocabulary size (rows of the output matrix).
+    pub n_vocab: u32,
+    /// RMSNorm epsilon.
+    pub rms_eps: f32,
+    /// RoPE frequency base.
+    pub rope_base: f32,
+    /// RoPE linear frequency scale (1 / scaling factor).
+    pub rope_freq_scale: f32,
+    /// Rotated dimensions per head.
+    pub rope_dims: u32,
+    /// NEOX pairing (i, i + d/2) instead of LLaMA's (2i, 2i+1).
+    pub rope_neox: bool,
+    /// Context length the model was trained with.
+    pub n_ctx_train: u32,
+}
+
+impl GpuConfig {
+    /// Reads the hyper-parameters of a `llama` (or LLaMA-compatible) GGUF.
+    pub fn from_gguf(h: &GgufHeader) -> Result<GpuConfig> {
+        let arch = h.get_str("general.architecture")?.to_string();
+        let rope_neox = match arch.as_str() {
+            "llama" | "mistral" | "granite" => false,
+            other => {
+                return Err(WgpuError::Model(format!(
+                    "architecture `{other}` is not supported by the GPU backend (llama only)"
+                )))
+            }
+        };
+        let key = |k: &str| format!("{arch}.{k}");
+        let n_embd = h.get_u32(&key("embedding_length"))?;
+        let n_head = h.get_u32(&key("attention.head_count"))?;
+        let n_kv_head = h.get_u32(&key("attention.head_count_kv")).unwrap_or(n_head);
+        if n_head == 0 || n_kv_head == 0 || n_head % n_kv_head != 0 || n_embd % n_head != 0 {
+            return Err(WgpuError::Model(format!(
+                "bad head counts: {n_head} heads, {n_kv_head} KV heads, hidden size {n_embd}"
+            )));
+        }
+        let head_dim = h
+            .get_u32(&key("attention.key_length"))
+            .unwrap_or(n_embd / n_head);
+        if head_dim > 256 || head_dim % 2 != 0 {
+            return Err(WgpuError::Model(format!(
+                "head size {head_dim} is odd or above 256"
+            )));
+        }
+        let rope_dims = h.get_u32(&key("rope.dimension_count")).unwrap_or(head_dim);
+        let rope_freq_scale = match h.get_str(&key("rope.scaling.type")) {
+            Ok("linear") => 1.0 / h.get_f32(&key("rope.scaling.factor")).unwrap_or(1.0),
+            Ok("none") | Err(_) => 1.0,
+            Ok(other) => {
+                return Err(WgpuError::Model(format!(
+                    "RoPE scaling `{other}` is not supported"
+                )));
+            }
+        };
+        let embd = h.require_tensor("token_embd.weight")?;
+        Ok(GpuConfig {
+            n_embd,
+            n_layer: h.get_u32(&key("block_count"))?,
+            n_head,
+            n_kv_head,
+            head_dim,
+            n_ff: h.get_u32(&key("feed_forward_length"))?,
+            n_vocab: embd.n_rows() as u32,
+            rms_eps: h.get_f32(&key("attention.layer_norm_rms_epsilon"))?,
+            rope_base: h.get_f32(&key("rope.freq_base")).unwrap_or(10000.0),
+            rope_freq_scale,
+            rope_dims: rope_dims.min(head_dim),
+            rope_neox,
+            n_ctx_train: h.get_u32(&key("context_length")).unwrap_or(4096),
+        })
+    }
+}
+
+/// Load-time choices.
+#[derive(Clone, Debug)]
+pub struct GpuModelOptions {
+    /// KV cache length (positions); `None`: the training context, at most 4096.
+    pub n_ctx: Option<u32>,
+    /// Most tokens per step (prompt chunks are at most this long).
+    pub max_batch: u32,
+}
+
+impl Default for GpuModelOptions {
+    fn default() -> Self {
+        GpuModelOptions {
+            n_ctx: None,
+            max_batch: 512,
+        }
+    }
+}
+
+/// GPU time per op label for one step, from timestamp queries.
+#[derive(Clone, Debug, Default)]
+pub struct StepProfile {
+    /// (op label, dispatches, total nanoseconds), largest first.
+    pub per_label: Vec<(&'static str, u32, f64)>,
+    /// Sum of the dispatches' GPU time.
+    pub total_ns: f64,
+    /// Dispatches in the step.
+    pub dispatches: u32,
+}
+
+/// A LLaMA model resident on the GPU: weights, KV cache, activations, and
+/// the pre-built ops of a step.
+pub struct GpuModel {
+    ctx: Arc<GpuContext>,
+    cfg: GpuConfig,
+    n_ctx: u32,
+    max_batch: u32,
+    logits_rows: u32,
+    step: wgpu::Buffer,
+    ids: wgpu::Buffer,
+    logits: wgpu::Buffer,
+    generated: wgpu::Buffer,
+    body: Vec<Op>,
+    head_last: Vec<Op>,
+    head_all: Vec<Op>,
+    argmax: Op,
+    weight_bytes: u64,
+    _keep: Vec<wgpu::Buffer>,
+    _weights: Vec<GpuMatrix>,
+}
+
+impl std::fmt::Debug for GpuModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuModel")
+            .field("cfg", &self.cfg)
+            .field("n_ctx", &self.n_ctx)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Buffers of activations rounded as ggml's dot products see them, one per
+/// rounding type, shared by all layers.
+struct ActBuffers<'c> {
+    ctx: &'c GpuContext,
+    size: u64,
+    bufs: Vec<(GgmlType, wgpu::Buffer)>,
+}
+
+impl ActBuffers<'_> {
+    /// The input a product with `w` reads: `src` itself, or `src` rounded to
+    /// `w`'s activation type (pushing the rounding op the first time a
+    /// consumer of this `src` needs that type; `done` tracks that).
+    #[allow(clippy::too_many_arguments)]
+    fn input(
+        &mut self,
+        ob: &OpBuilder<'_>,
+        ops: &mut Vec<Op>,
+        done: &mut Vec<GgmlType>,
+        src: &wgpu::Buffer,
+        stride: u32,
+        n: u32,
+        w: &GpuMatrix,
+    ) -> wgpu::Buffer {
+        let Some(act) = act_type(w.ty) else {
+            return src.clone();
+        };
+        let buf = match self.bufs.iter().find(|(t, _)| *t == act) {
+            Some((_, b)) => b.clone(),
+            None => {
+                let b = self.ctx.storage("act", self.size);
+                self.bufs.push((act, b.clone()));
+                b
+            }
+        };
+        if !done.contains(&act) {
+            ops.push(ob.quantize_act(act, src, stride, &buf, stride, n));
+            done.push(act);
+        }
+        buf
+    }
+}
+
+/// Most greedy tokens [`GpuModel::generate_greedy`] makes in one call.
+const MAX_GENERATED: u32 = 4096;
+
+fn vector_f32(t: &TensorInfo, bytes: &[u8]) -> Result<Vec<f32>> {
+    let n = t.n_elements() as usize;
+    match t.ggml_type {
+        GgmlType::F32 => Ok(bytemuck::pod_collect_to_vec(bytes)),
+        GgmlType::F16 => Ok(bytes
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect()),
+        ty => {
+            let mut out = vec![0.0; n];
+            quant_kernels::dequantize_row(ty, bytes, &mut out).map_err(|e| {
+                WgpuError::BadShape {
+                    tensor: t.name.clone(),
+                    what: e.to_string(),
+                }
+            })?;
+            Ok(out)
+        }
+    }
+}
+
+impl GpuModel {
+    /// Uploads the weights of `file` and builds every op of a step.
+    pub fn load<D: AsRef<[u8]>>(
+        ctx: Arc<GpuContext>,
+        file: &Gguf<D>,
+        opts: &GpuModelOptions,
+    ) -> Result<GpuModel> {
+        let cfg = GpuConfig::from_gguf(file.header())?;
+        let n_ctx = opts.n_ctx.unwrap_or(cfg.n_ctx_train.min(4096)).max(1);
+        let max_batch = opts.max_batch.clamp(1, n_ctx);
+        let (d, dq, dkv, ff, nv) = (
+            cfg.n_embd,
+            cfg.n_head * cfg.head_dim,
+            cfg.n_kv_head * cfg.head_dim,
+            cfg.n_ff,
+            cfg.n_vocab,
+        );
+        let f = 4u64;
+        let b = max_batch as u64;
+        let logits_rows = (ctx.max_binding() / (nv as u64 * f)).clamp(1, b) as u32;
+
+        let step = ctx.uniform("step", bytemuck::bytes_of(&StepUniform::default()));
+        let ids = ctx.storage("ids", b * 4);
+        let x = ctx.storage("x", b * d as u64 * f);
+        let xn = ctx.storage("xn", b * d as u64 * f);
+        let q_raw = ctx.storage("q_raw", b * dq as u64 * f);
+        let q = ctx.storage("q", b * dq as u64 * f);
+        let k_raw = ctx.storage("k_raw", b * dkv as u64 * f);
+        let attn = ctx.storage("attn", b * dq as u64 * f);
+        let gate = ctx.storage("gate", b * ff as u64 * f);
+        let up = ctx.storage("up", b * ff as u64 * f);
+        let h = ctx.storage("h", b * ff as u64 * f);
+        let logits = ctx.storage("logits", logits_rows as u64 * nv as u64 * f);
+        let generated = ctx.storage("generated", MAX_GENERATED as u64 * 4);
+        let dummy = ctx.storage("dummy", 16);
+        let dummy_rw = ctx.storage("dummy_rw", 16);
+
+        let mut weights = Vec::new();
+        let mut keep = Vec::new();
+        let mut weight_bytes = 0u64;
+        let matrix = |name: &str, k: u32, m: u32| -> Result<GpuMatrix> {
+            let (t, bytes) = file.tensor_by_name(name)?;
+            if t.dims.len() != 2 || t.dims[0] != k as u64 || t.dims[1] != m as u64 {
+                return Err(WgpuError::BadShape {
+                    tensor: name.to_string(),
+                    what: format!("dims {:?}, expected [{k}, {m}]", t.dims),
+                });
+            }
+            GpuMatrix::upload(&ctx, name, t.ggml_type, k as u64, m as u64, bytes)
+        };
+        let vector = |name: &str, n: u32| -> Result<wgpu::Buffer> {
+            let (t, bytes) = file.tensor_by_name(name)?;
+            if t.n_elements() != n as u64 {
+                return Err(WgpuError::BadShape {
+                    tensor: name.to_string(),
+                    what: format!("{} elements, expected {n}", t.n_elements()),
+                });
+            }
+            Ok(ctx.upload(name, bytemuck::cast_slice(&vector_f32(t, bytes)?)))
+        };
+
+        let ob = OpBuilder {
+            ctx: &ctx,
+            step: &step,
+        };
+        let mut acts = ActBuffers {
+            ctx: &ctx,
+            size: b * d.max(dq).max(ff) as u64 * f,
+            bufs: Vec::new(),
+        };
+        let mut body = Vec::new();
+        let embd = matrix("token_embd.weight", d, nv)?;
+        body.extend(ob.get_rows(&embd, &ids, &x, d, &dummy));
+        let theta_scale = cfg.rope_base.powf(-2.0 / cfg.rope_dims as f32);
+        let rope = |n_heads: u32, x_stride: u32, y_stride: u32, at_pos: bool| RopeParams {
+            n_heads,
+            head_dim: cfg.head_dim,
+            n_dims: cfg.rope_dims,
+            neox: cfg.rope_neox as u32,
+            x_stride,
+            y_stride,
+            y_base: 0,
+            at_pos: at_pos as u32,
+            theta_scale,
+            freq_scale: cfg.rope_freq_scale,
+            pad: [0; 2],
+        };
+        for l in 0..cfg.n_layer {
+            let name = |s: &str| format!("blk.{l}.{s}");
+            let attn_norm = vector(&name("attn_norm.weight"), d)?;
+            let ffn_norm = vector(&name("ffn_norm.weight"), d)?;
+            let wq = matrix(&name("attn_q.weight"), d, dq)?;
+            let wk = matrix(&name("attn_k.weight"), d, dkv)?;
+            let wv = matrix(&name("attn_v.weight"), d, dkv)?;
+            let wo = matrix(&name("attn_output.weight"), dq, d)?;
+            let wg = matrix(&name("ffn_gate.weight"), d, ff)?;
+            let wu = matrix(&name("ffn_up.weight"), d, ff)?;
+            let wd = matrix(&name("ffn_down.weight"), ff, d)?;
+            let k_cache = ctx.storage("k_cache", n_ctx as u64 * dkv as u64 * f);
+            let v_cache = ctx.storage("v_cache", n_ctx as u64 * dkv as u64 * f);
+
+            body.push(ob.rms_norm(&x, d, &attn_norm, &xn, d, d, cfg.rms_eps, false));
+            let mut done = Vec::new();
+            let xq = acts.input(&ob, &mut body, &mut done, &xn, d, d, &wq);
+            body.extend(ob.linear("attn_q", &wq, &xq, d, &q_raw, dq, 0, false, false, &dummy));
+            let xk = acts.input(&ob, &mut body, &mut done, &xn, d, d, &wk);
+            body.extend(ob.linear("attn_k", &wk, &xk, d, &k_raw, dkv, 0, false, false, &dummy));
+            let xv = acts.input(&ob, &mut body, &mut done, &xn, d, d, &wv);
+            body.extend(ob.linear("attn_v", &wv, &xv, d, &v_cache, dkv, 0, false, true, &dummy));
+            body.push(ob.rope(&q_raw, &q, rope(cfg.n_head, dq, dq, false)));
+            body.push(ob.rope(&k_raw, &k_cache, rope(cfg.n_kv_head, dkv, dkv, true)));
+            body.push(ob.attention(
+                &q,
+                &k_cache,
+                &v_cache,
+                &attn,
+                AttnParams {
+                    n_head: cfg.n_head,
+                    n_kv_head: cfg.n_kv_head,
+                    head_dim: cfg.head_dim,
+                    q_stride: dq,
+                    kv_stride: dkv,
+                    out_stride: dq,
+                    scale: 1.0 / (cfg.head_dim as f32).sqrt(),
+                    pad: 0,
+                },
+            ));
+            let ao = acts.input(&ob, &mut body, &mut Vec::new(), &attn, dq, dq, &wo);
+            body.extend(ob.linear("attn_output", &wo, &ao, dq, &x, d, 0, true, false, &dummy));
+            body.push(ob.rms_norm(&x, d, &ffn_norm, &xn, d, d, cfg.rms_eps, false));
+            let mut done = Vec::new();
+            let xg = acts.input(&ob, &mut body, &mut done, &xn, d, d, &wg);
+            body.extend(ob.linear("ffn_gate", &wg, &xg, d, &gate, ff, 0, false, false, &dummy));
+            let xu = acts.input(&ob, &mut body, &mut done, &xn, d, d, &wu);
+            body.extend(ob.linear("ffn_up", &wu, &xu, d, &up, ff, 0, false, false, &dummy));
+            body.push(ob.binary(
+                Kernel::Swiglu,
+                &gate,
+                &up,
+                &h,
+                EwParams {
+                    n: ff,
+                    a_stride: ff,
+                    b_stride: ff,
+                    y_stride: ff,
+                },
+                &dummy,
+            ));
+            let hq = acts.input(&ob, &mut body, &mut Vec::new(), &h, ff, ff, &wd);
+            body.extend(ob.linear("ffn_down", &wd, &hq, ff, &x, d, 0, true, false, &dummy));
+            for w in [wq, wk, wv, wo, wg, wu, wd] {
+                weight_bytes += w.n_bytes();
+                weights.push(w);
+            }
+            keep.extend([attn_norm, ffn_norm, k_cache, v_cache]);
+        }
+        let out_norm = vector("output_norm.weight", d)?;
+        let output = if file.tensor("output.weight").is_some() {
+            matrix("output.weight", d, nv)?
+        } else {
+            // Tied embeddings: the output matrix is the embedding matrix.
+            matrix("token_embd.weight", d, nv)?
+        };
+        weight_bytes += output.n_bytes();
+        let mut head_last = vec![ob.rms_norm(&x, d, &out_norm, &xn, d, d, cfg.rms_eps, true)];
+        let xo = acts.input(&ob, &mut head_last, &mut Vec::new(), &xn, d, d, &output);
+        head_last.extend(ob.linear(
+            "output", &output, &xo, d, &logits, nv, 0, false, false, &dummy,
+        ));
+        let mut head_all = vec![ob.rms_norm(&x, d, &out_norm, &xn, d, d, cfg.rms_eps, false)];
+        let xo = acts.input(&ob, &mut head_all, &mut Vec::new(), &xn, d, d, &output);
+        head_all.extend(ob.linear(
+            "output", &output, &xo, d, &logits, nv, 0, false, false, &dummy,
+        ));
+        let argmax = ob.argmax(&logits, nv, nv, 1, &ids, &dummy, &dummy_rw);
+        weights.push(output);
+        weights.push(embd);
+        keep.extend(acts.bufs.into_iter().map(|(_, b)| b));
+        keep.extend([
+            out_norm, q_raw, q, k_raw, attn, gate, up, h, x, xn, dummy, dummy_rw,
+        ]);
+        Ok(GpuModel {
+            ctx,
+            cfg,
+            n_ctx,
+            max_batch,
+            logits_rows,
+            step,
+            ids,
+            logits,
+            generated,
+            body,
+            head_last,
+            head_all,
+            argmax,
+            weight_bytes,
+            _keep: keep,
+            _weights: weights,
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &GpuConfig {
+        &self.cfg
+    }
+
+    /// KV cache length.
+    pub fn n_ctx(&self) -> u32 {
+        self.n_ctx
+    }
+
+    /// The device this model lives on.
+    pub fn context(&self) -> &Arc<GpuContext> {
+        &self.ctx
+    }
+
+    /// Bytes of weight matrices read by one decoding step (every layer
+    /// matrix and the output matrix; the embedding lookup reads one row).
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    fn check(&self, tokens: &[u32], pos: u32) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(WgpuError::Request("no tokens given".into()));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t >= self.cfg.n_vocab) {
+            return Err(WgpuError::Request(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.cfg.n_vocab
+            )));
+        }
+        if pos as u64 + tokens.len() as u64 > self.n_ctx as u64 {
+            return Err(WgpuError::Request(format!(
+                "positions {pos}..{} exceed the context of {} tokens",
+                pos as usize + tokens.len(),
+                self.n_ctx
+            )));
+        }
+        Ok(())
+    }
+
+    fn set_step(&self, tokens: &[u32], pos: u32) {
+        let s = StepUniform {
+            n_tokens: tokens.len() as u32,
+            pos,
+            n_kv: pos + tokens.len() as u32,
+            pad: 0,
+        };
+        self.ctx
+            .queue
+            .write_buffer(&self.step, 0, bytemuck::bytes_of(&s));
+        self.ctx
+            .queue
+            .write_buffer(&self.ids, 0, bytemuck::cast_slice(tokens));
+    }
+
+    fn encode(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        n: u32,
+        head: Option<&[Op]>,
+        argmax: bool,
+    ) {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        for op in &self.body {
+            op.encode(&mut pass, n);
+        }
+        match head {
+            Some(ops) if std::ptr::eq(ops, self.head_last.as_slice()) => {
+                for op in ops {
+                    op.encode(&mut pass, 1);
+                }
+            }
+            Some(ops) => {
+                for op in ops {
+                    op.encode(&mut pass, n);
+                }
+            }
+            None => {}
+        }
+        if argmax {
+            self.argmax.encode(&mut pass, 1);
+        }
+    }
+
+    /// Runs `tokens` at positions `pos ..` and returns the last token's
+    /// logits (`n_vocab` values). Longer inputs are split into steps of at
+    /// most `max_batch` tokens.
+    pub fn forward(&mut self, tokens: &[u32], pos: u32) -> Result<Vec<f32>> {
+        self.check(tokens, pos)?;
+        let mut p = pos;
+        let chunks: Vec<&[u32]> = tokens.chunks(self.max_batch as usize).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            self.set_step(chunk, p);
+            let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+            if i + 1 < chunks.len() {
+                self.encode(&mut enc, chunk.len() as u32, None, false);
+                self.ctx.queue.submit([enc.finish()]);
+            } else {
+                self.encode(&mut enc, chunk.len() as u32, Some(&self.head_last), false);
+                let bytes =
+                    self.ctx
+                        .read_back(enc, &self.logits, 0, self.cfg.n_vocab as u64 * 4)?;
+                return Ok(bytemuck::pod_collect_to_vec(&bytes));
+            }
+            p += chunk.len() as u32;
+        }
+        unreachable!("tokens is not empty")
+    }
+
+    /// Runs `tokens` at positions `pos ..` and returns every token's logits,
+    /// row-major `tokens.len() × n_vocab`.
+    pub fn forward_all(&mut self, tokens: &[u32], pos: u32) -> Result<Vec<f32>> {
+        self.check(tokens, pos)?;
+        let nv = self.cfg.n_vocab as usize;
+        let mut out = Vec::with_capacity(tokens.len() * nv);
+        let mut p = pos;
+        for chunk in tokens.chunks(self.max_batch.min(self.logits_rows) as usize) {
+            self.set_step(chunk, p);
+            let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+            self.encode(&mut enc, chunk.len() as u32, Some(&self.head_all), false);
+            let bytes = self
+                .ctx
+                .read_back(enc, &self.logits, 0, (chunk.len() * nv * 4) as u64)?;
+            out.extend_from_slice(bytemuck::cast_slice::<u8, f32>(&bytes));
+            p += chunk.len() as u32;
+        }
+        Ok(out)
+    }
+
+    /// Runs `tokens` at positions `pos ..` and returns the id of the last
+    /// token's largest logit, reading back only that id.
+    pub fn forward_greedy(&mut self, tokens: &[u32], pos: u32) -> Result<u32> {
+        let n = tokens.len();
+        if n > self.max_batch as usize {
+            let split = n - (n - 1) % self.max_batch as usize - 1;
+            self.forward(&tokens[..split], pos)?;
+            return self.forward_greedy(&tokens[split..], pos + split as u32);
+        }
+        self.check(tokens, pos)?;
+        self.set_step(tokens, pos);
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        self.encode(&mut enc, n as u32, Some(&self.head_last), true);
+        let bytes = self.ctx.read_back(enc, &self.ids, 0, 4)?;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    /// Greedy decoding of `n_new` tokens after `prompt` (at positions
+    /// `pos ..`), with no read-back between tokens: each step's argmax is
+    /// written where the next step's embedding lookup reads it, and the
+    /// steps are submitted back to back. Returns the new tokens.
+    pub fn generate_greedy(&mut self, prompt: &[u32], pos: u32, n_new: u32) -> Result<Vec<u32>> {
+        if n_new == 0 {
+            return Ok(Vec::new());
+        }
+        if n_new > MAX_GENERATED {
+            return Err(WgpuError::Request(format!(
+                "at most {MAX_GENERATED} tokens per call"
+            )));
+        }
+        let first = self.forward_greedy(prompt, pos)?;
+        let mut p = pos + prompt.len() as u32;
+        if p + n_new > self.n_ctx {
+            return Err(WgpuError::Request(format!(
+                "{} new tokens after position {p} exceed the context of {}",
+                n_new, self.n_ctx
+            )));
+        }
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(&self.ids, 0, &self.generated, 0, 4);
+        self.ctx.queue.submit([enc.finish()]);
+        for i in 1..n_new {
+            let s = StepUniform {
+                n_tokens: 1,
+                pos: p,
+                n_kv: p + 1,
+                pad: 0,
+            };
+            self.ctx
+                .queue
+                .write_buffer(&self.step, 0, bytemuck::bytes_of(&s));
+            let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+            self.encode(&mut enc, 1, Some(&self.head_last), true);
+            enc.copy_buffer_to_buffer(&self.ids, 0, &self.generated, i as u64 * 4, 4);
+            self.ctx.queue.submit([enc.finish()]);
+            p += 1;
+        }
+        let enc = self.ctx.device.create_command_encoder(&Default::default());
+        let bytes = self
+            .ctx
+            .read_back(enc, &self.generated, 0, n_new as u64 * 4)?;
+        let out: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);
+        debug_assert_eq!(out[0], first);
+        Ok(out)
+    }
+
+    /// Runs one step of `tokens` at `pos` with a timestamp around every
+    /// dispatch and returns GPU time per op label, or `None` when the
+    /// device has no timestamp queries inside passes.
+    pub fn profile_step(&mut self, tokens: &[u32], pos: u32) -> Result<Option<StepProfile>> {
+        if !self.ctx.caps().timestamps {
+            return Ok(None);
+        }
+        self.check(tokens, pos)?;
+        if tokens.len() > self.max_batch as usize {
+            return Err(WgpuError::Request("profile one batch at a time".into()));
+        }
+        let n = tokens.len() as u32;
+        self.set_step(tokens, pos);
+        let ops: Vec<(&Op, u32)> = self
+            .body
+            .iter()
+            .map(|o| (o, n))
+            .chain(self.head_last.iter().map(|o| (o, 1)))
+            .collect();
+        let count = ops.len() as u32 * 2;
+        let qs = self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
+        let resolve = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile"),
+            size: count as u64 * 8,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for (i, (op, t)) in ops.iter().enumerate() {
+                pass.write_timestamp(&qs, 2 * i as u32);
+                op.encode(&mut pass, *t);
+                pass.write_timestamp(&qs, 2 * i as u32 + 1);
+            }
+        }
+        enc.resolve_query_set(&qs, 0..count, &resolve, 0);
+        let bytes = self.ctx.read_back(enc, &resolve, 0, count as u64 * 8)?;
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
+        let period = self.ctx.queue.get_timestamp_period() as f64;
+        let mut prof = StepProfile {
+            dispatches: ops.len() as u32,
+            ..Default::default()
+        };
+        for (i, (op, _)) in ops.iter().enumerate() {
+            let ns = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period;
+            prof.total_ns += ns;
+            match prof.per_label.iter_mut().find(|e| e.0 == op.label) {
+                Some(e) => {
+                    e.1 += 1;
+                    e.2 += ns;
+                }
+                None => prof.per_label.push((op.label, 1, ns)),
+            }
+        }
+        prof.per_label.sort_by(|a, b| b.2.total_cmp(&a.2));
+        Ok(Some(prof))
+    }
+}

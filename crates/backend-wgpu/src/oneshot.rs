@@ -1,0 +1,311 @@
+//! Single kernels run on CPU data: upload, dispatch, read back.
+//!
+//! For tests and experiments; a forward pass uses [`crate::GpuModel`],
+//! which keeps everything on the GPU.
+
+use gguf_format::GgmlType;
+
+use crate::device::GpuContext;
+use crate::error::{Result, WgpuError};
+use crate::kernels::Kernel;
+use crate::ops::{AttnParams, EwParams, GpuMatrix, Op, OpBuilder, RopeParams, StepUniform};
+
+fn step_buffer(ctx: &GpuContext, n_tokens: u32, pos: u32) -> wgpu::Buffer {
+    let step = StepUniform {
+        n_tokens,
+        pos,
+        n_kv: pos + n_tokens,
+        pad: 0,
+    };
+    ctx.uniform("step", bytemuck::bytes_of(&step))
+}
+
+fn f32_buffer(ctx: &GpuContext, label: &str, data: &[f32]) -> wgpu::Buffer {
+    ctx.upload(label, bytemuck::cast_slice(data))
+}
+
+fn run(
+    ctx: &GpuContext,
+    ops: &[Op],
+    n_tokens: u32,
+    out: &wgpu::Buffer,
+    n_floats: usize,
+) -> Result<Vec<f32>> {
+    let mut encoder = ctx.device.create_command_encoder(&Default::default());
+    {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        for op in ops {
+            op.encode(&mut pass, n_tokens);
+        }
+    }
+    let bytes = ctx.read_back(encoder, out, 0, (n_floats * 4) as u64)?;
+    Ok(bytemuck::pod_collect_to_vec(&bytes))
+}
+
+fn check(what: &str, ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(WgpuError::Request(format!("{what}: {}", msg())))
+    }
+}
+
+/// `Y[t, r] = W[r, :] · X[t, :]` for a `m × k` matrix of `ty` given as raw
+/// GGUF bytes and `x` of `n_tokens × k`: matrix-vector kernel up to
+/// [`crate::ops::MATVEC_MAX_TOKENS`] tokens, tiled matrix product above.
+/// `max_part_bytes` forces a row split of the weights when smaller than the
+/// device's binding limit.
+pub fn matmul(
+    ctx: &GpuContext,
+    ty: GgmlType,
+    weights: &[u8],
+    k: usize,
+    m: usize,
+    x: &[f32],
+    max_part_bytes: Option<u64>,
+) -> Result<Vec<f32>> {
+    check("matmul", k > 0 && x.len() % k == 0, || {
+        format!("x has {} values, not a multiple of k = {k}", x.len())
+    })?;
+    let n = x.len() / k;
+    let w = GpuMatrix::upload_with_limit(
+        ctx,
+        "w",
+        ty,
+        k as u64,
+        m as u64,
+        weights,
+        max_part_bytes.unwrap_or(u64::MAX).min(ctx.max_binding()),
+    )?;
+    let step = step_buffer(ctx, n as u32, 0);
+    let b = OpBuilder { ctx, step: &step };
+    let xb = f32_buffer(ctx, "x", x);
+    let y = ctx.storage("y", (n * m * 4) as u64);
+    let dummy = ctx.storage("dummy", 16);
+    let ops = b.linear(
+        "linear", &w, &xb, k as u32, &y, m as u32, 0, false, false, &dummy,
+    );
+    run(ctx, &ops, n as u32, &y, n * m)
+}
+
+/// Rows `ids` of a `m × k` matrix of `ty`, dequantized: `ids.len() × k`.
+pub fn get_rows(
+    ctx: &GpuContext,
+    ty: GgmlType,
+    weights: &[u8],
+    k: usize,
+    m: usize,
+    ids: &[u32],
+    max_part_bytes: Option<u64>,
+) -> Result<Vec<f32>> {
+    check("get_rows", ids.iter().all(|&i| (i as usize) < m), || {
+        format!("an id is ≥ {m} rows")
+    })?;
+    let w = GpuMatrix::upload_with_limit(
+        ctx,
+        "w",
+        ty,
+        k as u64,
+        m as u64,
+        weights,
+        max_part_bytes.unwrap_or(u64::MAX).min(ctx.max_binding()),
+    )?;
+    let n = ids.len();
+    let step = step_buffer(ctx, n as u32, 0);
+    let b = OpBuilder { ctx, step: &step };
+    let idb = ctx.upload("ids", bytemuck::cast_slice(ids));
+    let y = ctx.storage("y", (n * k * 4) as u64);
+    let dummy = ctx.storage("dummy", 16);
+    let ops = b.get_rows(&w, &idb, &y, k as u32, &dummy);
+    run(ctx, &ops, n as u32, &y, n * k)
+}
+
+/// RMSNorm of each `weight.len()`-long row of `x`, times `weight`.
+pub fn rms_norm(ctx: &GpuContext, x: &[f32], weight: &[f32], eps: f32) -> Result<Vec<f32>> {
+    let n = weight.len();
+    check("rms_norm", n > 0 && x.len() % n == 0, || {
+        format!("x has {} values, not a multiple of {n}", x.len())
+    })?;
+    let t = x.len() / n;
+    let step = step_buffer(ctx, t as u32, 0);
+    let b = OpBuilder { ctx, step: &step };
+    let xb = f32_buffer(ctx, "x", x);
+    let wb = f32_buffer(ctx, "weight", weight);
+    let y = ctx.storage("y", (x.len() * 4) as u64);
+    let op = b.rms_norm(&xb, n as u32, &wb, &y, n as u32, n as u32, eps, false);
+    run(ctx, &[op], t as u32, &y, x.len())
+}
+
+/// RoPE of `x` (`tokens × n_heads × head_dim`) for tokens at positions
+/// `pos0 ..`: `n_dims` rotated dimensions, NEOX pairing when `neox`.
+#[allow(clippy::too_many_arguments)]
+pub fn rope(
+    ctx: &GpuContext,
+    x: &[f32],
+    n_heads: usize,
+    head_dim: usize,
+    n_dims: usize,
+    neox: bool,
+    freq_base: f32,
+    freq_scale: f32,
+    pos0: u32,
+) -> Result<Vec<f32>> {
+    let row = n_heads * head_dim;
+    check(
+        "rope",
+        row > 0 && x.len() % row == 0 && n_dims % 2 == 0 && n_dims <= head_dim,
+        || "bad shape".to_string(),
+    )?;
+    let t = x.len() / row;
+    let step = step_buffer(ctx, t as u32, pos0);
+    let b = OpBuilder { ctx, step: &step };
+    let xb = f32_buffer(ctx, "x", x);
+    let y = ctx.storage("y", (x.len() * 4) as u64);
+    let op = b.rope(
+        &xb,
+        &y,
+        RopeParams {
+            n_heads: n_heads as u32,
+            head_dim: head_dim as u32,
+            n_dims: n_dims as u32,
+            neox: neox as u32,
+            x_stride: row as u32,
+            y_stride: row as u32,
+            y_base: 0,
+            at_pos: 0,
+            theta_scale: freq_base.powf(-2.0 / n_dims as f32),
+            freq_scale,
+            pad: [0; 2],
+        },
+    );
+    run(ctx, &[op], t as u32, &y, x.len())
+}
+
+/// Causal attention: `q` is `tokens × n_head × head_dim` for tokens at
+/// positions `pos0 ..`; `k` and `v` are the caches, `(pos0 + tokens) ×
+/// n_kv_head × head_dim`. Returns `tokens × n_head × head_dim`.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    ctx: &GpuContext,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+    pos0: u32,
+) -> Result<Vec<f32>> {
+    let qrow = n_head * head_dim;
+    let kvrow = n_kv_head * head_dim;
+    check(
+        "attention",
+        qrow > 0
+            && q.len() % qrow == 0
+            && n_kv_head > 0
+            && n_head % n_kv_head == 0
+            && head_dim <= 256,
+        || "bad shape".to_string(),
+    )?;
+    let t = q.len() / qrow;
+    check(
+        "attention",
+        k.len() == (pos0 as usize + t) * kvrow && v.len() == k.len(),
+        || "cache length does not match pos0 + tokens".to_string(),
+    )?;
+    let step = step_buffer(ctx, t as u32, pos0);
+    let b = OpBuilder { ctx, step: &step };
+    let qb = f32_buffer(ctx, "q", q);
+    let kb = f32_buffer(ctx, "k", k);
+    let vb = f32_buffer(ctx, "v", v);
+    let out = ctx.storage("out", (q.len() * 4) as u64);
+    let op = b.attention(
+        &qb,
+        &kb,
+        &vb,
+        &out,
+        AttnParams {
+            n_head: n_head as u32,
+            n_kv_head: n_kv_head as u32,
+            head_dim: head_dim as u32,
+            q_stride: qrow as u32,
+            kv_stride: kvrow as u32,
+            out_stride: qrow as u32,
+            scale: 1.0 / (head_dim as f32).sqrt(),
+            pad: 0,
+        },
+    );
+    run(ctx, &[op], t as u32, &out, q.len())
+}
+
+fn binary(ctx: &GpuContext, kernel: Kernel, a: &[f32], b_: &[f32], n: usize) -> Result<Vec<f32>> {
+    check(
+        kernel.entry_point(),
+        n > 0 && a.len() == b_.len() && a.len() % n == 0,
+        || "length mismatch".to_string(),
+    )?;
+    let t = a.len() / n;
+    let step = step_buffer(ctx, t as u32, 0);
+    let b = OpBuilder { ctx, step: &step };
+    let ab = f32_buffer(ctx, "a", a);
+    let bb = f32_buffer(ctx, "b", b_);
+    let y = ctx.storage("y", (a.len() * 4) as u64);
+    let dummy = ctx.storage("dummy", 16);
+    let p = EwParams {
+        n: n as u32,
+        a_stride: n as u32,
+        b_stride: n as u32,
+        y_stride: n as u32,
+    };
+    let op = b.binary(kernel, &ab, &bb, &y, p, &dummy);
+    run(ctx, &[op], t as u32, &y, a.len())
+}
+
+/// `a + b`, rows of `n`.
+pub fn add(ctx: &GpuContext, a: &[f32], b: &[f32], n: usize) -> Result<Vec<f32>> {
+    binary(ctx, Kernel::Add, a, b, n)
+}
+
+/// `silu(a)·b`, rows of `n`.
+pub fn swiglu(ctx: &GpuContext, a: &[f32], b: &[f32], n: usize) -> Result<Vec<f32>> {
+    binary(ctx, Kernel::Swiglu, a, b, n)
+}
+
+/// Index of the largest value of each `n`-long row of `a` (first on ties).
+pub fn argmax(ctx: &GpuContext, a: &[f32], n: usize) -> Result<Vec<u32>> {
+    check("argmax", n > 0 && a.len() % n == 0, || {
+        "length mismatch".to_string()
+    })?;
+    let t = a.len() / n;
+    let step = step_buffer(ctx, t as u32, 0);
+    let b = OpBuilder { ctx, step: &step };
+    let ab = f32_buffer(ctx, "a", a);
+    let dummy = ctx.storage("dummy", 16);
+    let dummy_rw = ctx.storage("dummy_rw", 16);
+    let tok = ctx.storage("token", (t * 4) as u64);
+    let op = b.argmax(&ab, n as u32, n as u32, t as u32, &tok, &dummy, &dummy_rw);
+    let v = run(ctx, &[op], t as u32, &tok, t)?;
+    Ok(v.into_iter().map(f32::to_bits).collect())
+}
+
+/// Rows of `n` activations rounded to `act` (Q8_0, Q8_1 or Q8_K) as ggml
+/// quantizes them, returned as the f32 values d·q.
+pub fn quantize_act(ctx: &GpuContext, act: GgmlType, x: &[f32], n: usize) -> Result<Vec<f32>> {
+    let block = if act == GgmlType::Q8_K { 256 } else { 32 };
+    check(
+        "quantize_act",
+        matches!(act, GgmlType::Q8_0 | GgmlType::Q8_1 | GgmlType::Q8_K),
+        || format!("{act} is not an activation type"),
+    )?;
+    check(
+        "quantize_act",
+        n > 0 && n % block == 0 && x.len() % n == 0,
+        || "bad shape".to_string(),
+    )?;
+    let t = x.len() / n;
+    let step = step_buffer(ctx, t as u32, 0);
+    let b = OpBuilder { ctx, step: &step };
+    let xb = f32_buffer(ctx, "x", x);
+    let y = ctx.storage("y", (x.len() * 4) as u64);
+    let op = b.quantize_act(act, &xb, n as u32, &y, n as u32, n as u32);
+    run(ctx, &[op], t as u32, &y, x.len())
+}

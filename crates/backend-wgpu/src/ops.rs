@@ -1,0 +1,521 @@
+//! GPU tensors and the recorded operations of a forward pass.
+//!
+//! An [`Op`] is built once (pipeline, bind group, parameters in a uniform
+//! buffer) and recorded into every step; only the shared step uniform
+//! (tokens in the batch, first position) changes between steps.
+
+use bytemuck::{Pod, Zeroable};
+use gguf_format::GgmlType;
+
+use crate::device::GpuContext;
+use crate::error::{Result, WgpuError};
+use crate::kernels::{is_gpu_type, Kernel};
+
+/// Up to this many tokens a linear layer runs as matrix-vector products
+/// (one workgroup per row and token); above it, as a tiled matrix product.
+pub const MATVEC_MAX_TOKENS: u32 = 4;
+
+/// Per-step values shared by every op (`struct Step` in the shaders).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(crate) struct StepUniform {
+    pub n_tokens: u32,
+    pub pos: u32,
+    pub n_kv: u32,
+    pub pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(crate) struct MatParams {
+    pub k: u32,
+    pub m: u32,
+    pub row_bytes: u32,
+    pub x_stride: u32,
+    pub y_stride: u32,
+    pub y_base: u32,
+    pub accumulate: u32,
+    pub at_pos: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(crate) struct NormParams {
+    pub n: u32,
+    pub x_stride: u32,
+    pub y_stride: u32,
+    pub last_only: u32,
+    pub eps: f32,
+    pub pad: [u32; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(crate) struct RopeParams {
+    pub n_heads: u32,
+    pub head_dim: u32,
+    pub n_dims: u32,
+    pub neox: u32,
+    pub x_stride: u32,
+    pub y_stride: u32,
+    pub y_base: u32,
+    pub at_pos: u32,
+    pub theta_scale: f32,
+    pub freq_scale: f32,
+    pub pad: [u32; 2],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(crate) struct AttnParams {
+    pub n_head: u32,
+    pub n_kv_head: u32,
+    pub head_dim: u32,
+    pub q_stride: u32,
+    pub kv_stride: u32,
+    pub out_stride: u32,
+    pub scale: f32,
+    pub pad: u32,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(crate) struct EwParams {
+    pub n: u32,
+    pub a_stride: u32,
+    pub b_stride: u32,
+    pub y_stride: u32,
+}
+
+/// One row range of a weight matrix, in one buffer.
+#[derive(Debug)]
+pub struct MatrixPart {
+    /// Raw GGUF block bytes of rows `first_row .. first_row + rows`.
+    pub buffer: wgpu::Buffer,
+    /// Index of its first row in the whole matrix.
+    pub first_row: u32,
+    /// Rows it holds.
+    pub rows: u32,
+}
+
+/// A weight matrix uploaded once as raw GGUF block bytes (`m` rows of `k`
+/// weights of type `ty`), split by rows into parts that each fit in one
+/// storage binding.
+#[derive(Debug)]
+pub struct GpuMatrix {
+    /// Block format.
+    pub ty: GgmlType,
+    /// Weights per row.
+    pub k: u32,
+    /// Rows.
+    pub m: u32,
+    /// Bytes per row.
+    pub row_bytes: u32,
+    /// The row ranges.
+    pub parts: Vec<MatrixPart>,
+}
+
+impl GpuMatrix {
+    /// Uploads `bytes` (`m` rows of `k` weights of `ty`, as GGUF stores
+    /// them). `name` is used in errors and labels.
+    pub fn upload(
+        ctx: &GpuContext,
+        name: &str,
+        ty: GgmlType,
+        k: u64,
+        m: u64,
+        bytes: &[u8],
+    ) -> Result<GpuMatrix> {
+        Self::upload_with_limit(ctx, name, ty, k, m, bytes, ctx.max_binding())
+    }
+
+    /// [`GpuMatrix::upload`] with an explicit part size limit in bytes (so
+    /// that tests can exercise the split on any device).
+    pub fn upload_with_limit(
+        ctx: &GpuContext,
+        name: &str,
+        ty: GgmlType,
+        k: u64,
+        m: u64,
+        bytes: &[u8],
+        max_part_bytes: u64,
+    ) -> Result<GpuMatrix> {
+        let bad = |what: String| WgpuError::BadShape {
+            tensor: name.to_string(),
+            what,
+        };
+        if !is_gpu_type(ty) {
+            return Err(WgpuError::UnsupportedType {
+                tensor: name.to_string(),
+                ty,
+            });
+        }
+        if k == 0 || k % 32 != 0 || k % ty.block_size() as u64 != 0 {
+            return Err(bad(format!(
+                "row length {k} is not a positive multiple of 32 and of the {ty} block size {}",
+                ty.block_size()
+            )));
+        }
+        let row_bytes = k / ty.block_size() as u64 * ty.type_size() as u64;
+        if m.checked_mul(row_bytes) != Some(bytes.len() as u64) {
+            return Err(bad(format!(
+                "{m} rows of {k} {ty} weights need {} bytes, got {}",
+                m.saturating_mul(row_bytes),
+                bytes.len()
+            )));
+        }
+        if k > u32::MAX as u64 || m > u32::MAX as u64 {
+            return Err(bad(format!("shape {k}×{m} is too large")));
+        }
+        // Parts are indexed with 32-bit byte offsets in the shader; the
+        // spare word covers unaligned reads at the end.
+        let limit = max_part_bytes.min(u32::MAX as u64) - 8;
+        let rows_per_part = (limit / row_bytes).max(1);
+        if row_bytes > limit {
+            return Err(bad(format!(
+                "one row of {row_bytes} bytes exceeds the device's storage binding limit"
+            )));
+        }
+        let mut parts = Vec::new();
+        let mut first = 0u64;
+        while first < m {
+            let rows = rows_per_part.min(m - first);
+            let slice = &bytes[(first * row_bytes) as usize..((first + rows) * row_bytes) as usize];
+            parts.push(MatrixPart {
+                buffer: ctx.upload(name, slice),
+                first_row: first as u32,
+                rows: rows as u32,
+            });
+            first += rows;
+        }
+        Ok(GpuMatrix {
+            ty,
+            k: k as u32,
+            m: m as u32,
+            row_bytes: row_bytes as u32,
+            parts,
+        })
+    }
+
+    /// Bytes of weights (what one full pass over the matrix reads).
+    pub fn n_bytes(&self) -> u64 {
+        self.m as u64 * self.row_bytes as u64
+    }
+}
+
+/// How many workgroups an op launches, given the batch size.
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Grid {
+    /// `[x, y]` workgroups per token (z = tokens).
+    PerToken([u32; 2]),
+    /// `[x, y, z]` regardless of the batch.
+    Fixed([u32; 3]),
+    /// A linear layer of `m` rows: matvec or matmul by batch size.
+    Linear { m: u32 },
+}
+
+/// A recorded operation.
+#[derive(Debug)]
+pub(crate) struct Op {
+    pub label: &'static str,
+    pub pipeline: wgpu::ComputePipeline,
+    /// For linear ops, the matmul pipeline (used above [`MATVEC_MAX_TOKENS`]).
+    pub pipeline_mm: Option<wgpu::ComputePipeline>,
+    pub bind_group: wgpu::BindGroup,
+    pub grid: Grid,
+    /// Keeps the op's parameter buffer alive.
+    pub _params: wgpu::Buffer,
+}
+
+/// Workgroup grid covering `n` rows, one workgroup each (x ≤ 65535).
+fn rows_grid(n: u32) -> [u32; 2] {
+    let x = n.clamp(1, 65535);
+    [x, n.div_ceil(x)]
+}
+
+impl Op {
+    /// Records the op for a batch of `n_tokens`.
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32) {
+        let (pipeline, g) = match self.grid {
+            Grid::PerToken([x, y]) => (&self.pipeline, [x, y, n_tokens]),
+            Grid::Fixed(g) => (&self.pipeline, g),
+            Grid::Linear { m } => {
+                if n_tokens <= MATVEC_MAX_TOKENS {
+                    let [x, y] = rows_grid(m);
+                    (&self.pipeline, [x, y, n_tokens])
+                } else {
+                    (
+                        self.pipeline_mm.as_ref().unwrap_or(&self.pipeline),
+                        [m.div_ceil(64), n_tokens.div_ceil(64), 1],
+                    )
+                }
+            }
+        };
+        pass.set_pipeline(pipeline);
+        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.dispatch_workgroups(g[0], g[1], g[2]);
+    }
+}
+
+/// Builds ops bound to one step uniform.
+pub(crate) struct OpBuilder<'c> {
+    pub ctx: &'c GpuContext,
+    pub step: &'c wgpu::Buffer,
+}
+
+impl OpBuilder<'_> {
+    fn bind(&self, kernel: Kernel, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+        let layout = self.ctx.bind_group_layout(kernel.shader());
+        let entries: Vec<wgpu::BindGroupEntry> = buffers
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource: b.as_entire_binding(),
+            })
+            .collect();
+        self.ctx
+            .device
+            .create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some(kernel.entry_point()),
+                layout: &layout,
+                entries: &entries,
+            })
+    }
+
+    /// `y[t, y_base + r] (+)= W[r] · x[t]` for every part of `w`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn linear(
+        &self,
+        label: &'static str,
+        w: &GpuMatrix,
+        x: &wgpu::Buffer,
+        x_stride: u32,
+        y: &wgpu::Buffer,
+        y_stride: u32,
+        y_base: u32,
+        accumulate: bool,
+        at_pos: bool,
+        dummy: &wgpu::Buffer,
+    ) -> Vec<Op> {
+        w.parts
+            .iter()
+            .map(|part| {
+                let params = MatParams {
+                    k: w.k,
+                    m: part.rows,
+                    row_bytes: w.row_bytes,
+                    x_stride,
+                    y_stride,
+                    y_base: y_base + part.first_row,
+                    accumulate: accumulate as u32,
+                    at_pos: at_pos as u32,
+                };
+                let pb = self.ctx.uniform(label, bytemuck::bytes_of(&params));
+                let kernel = Kernel::Matvec(w.ty);
+                Op {
+                    label,
+                    pipeline: self.ctx.pipeline(kernel),
+                    pipeline_mm: Some(self.ctx.pipeline(Kernel::Matmul(w.ty))),
+                    bind_group: self.bind(kernel, &[&part.buffer, x, y, &pb, self.step, dummy]),
+                    grid: Grid::Linear { m: part.rows },
+                    _params: pb,
+                }
+            })
+            .collect()
+    }
+
+    /// `y[t] = row ids[t] of W`.
+    pub fn get_rows(
+        &self,
+        w: &GpuMatrix,
+        ids: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        y_stride: u32,
+        dummy: &wgpu::Buffer,
+    ) -> Vec<Op> {
+        w.parts
+            .iter()
+            .map(|part| {
+                let params = MatParams {
+                    k: w.k,
+                    m: part.rows,
+                    row_bytes: w.row_bytes,
+                    x_stride: 0,
+                    y_stride,
+                    y_base: part.first_row,
+                    accumulate: 0,
+                    at_pos: 0,
+                };
+                let pb = self.ctx.uniform("get_rows", bytemuck::bytes_of(&params));
+                let kernel = Kernel::GetRows(w.ty);
+                Op {
+                    label: "get_rows",
+                    pipeline: self.ctx.pipeline(kernel),
+                    pipeline_mm: None,
+                    bind_group: self.bind(kernel, &[&part.buffer, dummy, y, &pb, self.step, ids]),
+                    grid: Grid::PerToken([1, 1]),
+                    _params: pb,
+                }
+            })
+            .collect()
+    }
+
+    /// RMSNorm of `n` values per token; `last_only` normalises only the
+    /// batch's last token into row 0 of `y` (run with one token).
+    #[allow(clippy::too_many_arguments)]
+    pub fn rms_norm(
+        &self,
+        x: &wgpu::Buffer,
+        x_stride: u32,
+        weight: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        y_stride: u32,
+        n: u32,
+        eps: f32,
+        last_only: bool,
+    ) -> Op {
+        let params = NormParams {
+            n,
+            x_stride,
+            y_stride,
+            last_only: last_only as u32,
+            eps,
+            pad: [0; 3],
+        };
+        let pb = self.ctx.uniform("rms_norm", bytemuck::bytes_of(&params));
+        let kernel = Kernel::RmsNorm;
+        Op {
+            label: "rms_norm",
+            pipeline: self.ctx.pipeline(kernel),
+            pipeline_mm: None,
+            bind_group: self.bind(kernel, &[x, weight, y, &pb, self.step]),
+            grid: if last_only {
+                Grid::Fixed([1, 1, 1])
+            } else {
+                Grid::PerToken([1, 1])
+            },
+            _params: pb,
+        }
+    }
+
+    /// RoPE of `x` into `y` (see `rope.wgsl`).
+    pub fn rope(&self, x: &wgpu::Buffer, y: &wgpu::Buffer, params: RopeParams) -> Op {
+        let pb = self.ctx.uniform("rope", bytemuck::bytes_of(&params));
+        let kernel = Kernel::Rope;
+        let pairs = params.n_heads * params.head_dim / 2;
+        Op {
+            label: "rope",
+            pipeline: self.ctx.pipeline(kernel),
+            pipeline_mm: None,
+            bind_group: self.bind(kernel, &[x, y, &pb, self.step]),
+            grid: Grid::PerToken([pairs.div_ceil(64), 1]),
+            _params: pb,
+        }
+    }
+
+    /// Attention of `q` over the caches into `out`.
+    pub fn attention(
+        &self,
+        q: &wgpu::Buffer,
+        k_cache: &wgpu::Buffer,
+        v_cache: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        params: AttnParams,
+    ) -> Op {
+        let pb = self.ctx.uniform("attention", bytemuck::bytes_of(&params));
+        let kernel = Kernel::Attention;
+        Op {
+            label: "attention",
+            pipeline: self.ctx.pipeline(kernel),
+            pipeline_mm: None,
+            bind_group: self.bind(kernel, &[q, k_cache, v_cache, out, &pb, self.step]),
+            grid: Grid::PerToken([params.n_head, 1]),
+            _params: pb,
+        }
+    }
+
+    /// `y = a + b` (`Kernel::Add`) or `y = silu(a)·b` (`Kernel::Swiglu`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn binary(
+        &self,
+        kernel: Kernel,
+        a: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        params: EwParams,
+        dummy: &wgpu::Buffer,
+    ) -> Op {
+        let pb = self
+            .ctx
+            .uniform(kernel.entry_point(), bytemuck::bytes_of(&params));
+        Op {
+            label: kernel.entry_point(),
+            pipeline: self.ctx.pipeline(kernel),
+            pipeline_mm: None,
+            bind_group: self.bind(kernel, &[a, b, y, &pb, self.step, dummy]),
+            grid: Grid::PerToken([params.n.div_ceil(256), 1]),
+            _params: pb,
+        }
+    }
+
+    /// Rounds `n` activations per token of `x` to `act` (Q8_0, Q8_1, Q8_K)
+    /// as ggml quantizes them, into `y`.
+    pub fn quantize_act(
+        &self,
+        act: GgmlType,
+        x: &wgpu::Buffer,
+        x_stride: u32,
+        y: &wgpu::Buffer,
+        y_stride: u32,
+        n: u32,
+    ) -> Op {
+        let params = EwParams {
+            n,
+            a_stride: x_stride,
+            b_stride: y_stride,
+            y_stride: 0,
+        };
+        let pb = self
+            .ctx
+            .uniform("quantize_act", bytemuck::bytes_of(&params));
+        let kernel = Kernel::QuantizeAct(act);
+        Op {
+            label: "quantize_act",
+            pipeline: self.ctx.pipeline(kernel),
+            pipeline_mm: None,
+            bind_group: self.bind(kernel, &[x, y, &pb, self.step]),
+            grid: Grid::PerToken([n.div_ceil(256), 1]),
+            _params: pb,
+        }
+    }
+
+    /// `token[t] = argmax(a[t, ..n])` for `tokens` rows of `a`.
+    pub fn argmax(
+        &self,
+        a: &wgpu::Buffer,
+        n: u32,
+        a_stride: u32,
+        tokens: u32,
+        token: &wgpu::Buffer,
+        dummy: &wgpu::Buffer,
+        dummy_rw: &wgpu::Buffer,
+    ) -> Op {
+        let params = EwParams {
+            n,
+            a_stride,
+            b_stride: 0,
+            y_stride: 0,
+        };
+        let pb = self.ctx.uniform("argmax", bytemuck::bytes_of(&params));
+        let kernel = Kernel::Argmax;
+        Op {
+            label: "argmax",
+            pipeline: self.ctx.pipeline(kernel),
+            pipeline_mm: None,
+            bind_group: self.bind(kernel, &[a, dummy, dummy_rw, &pb, self.step, token]),
+            grid: Grid::Fixed([1, 1, tokens]),
+            _params: pb,
+        }
+    }
+}

@@ -1,0 +1,82 @@
+// Element-wise kernels and the greedy argmax.
+
+struct EwParams {
+    n: u32,        // elements per token
+    a_stride: u32, // floats between tokens in a
+    b_stride: u32, // floats between tokens in b
+    y_stride: u32, // floats between tokens in y
+}
+
+struct Step {
+    n_tokens: u32,
+    pos: u32,
+    n_kv: u32,
+    pad: u32,
+}
+
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<uniform> p: EwParams;
+@group(0) @binding(4) var<uniform> step: Step;
+@group(0) @binding(5) var<storage, read_write> token: array<u32>;
+
+// y = a + b. Grid: (ceil(n / 256), 1, tokens).
+@compute @workgroup_size(256)
+fn add(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i >= p.n) {
+        return;
+    }
+    let t = gid.z;
+    y[t * p.y_stride + i] = a[t * p.a_stride + i] + b[t * p.b_stride + i];
+}
+
+// y = silu(a) · b (SwiGLU; ggml_silu is x / (1 + e^−x)). Grid as `add`.
+@compute @workgroup_size(256)
+fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i >= p.n) {
+        return;
+    }
+    let t = gid.z;
+    let g = a[t * p.a_stride + i];
+    y[t * p.y_stride + i] = g / (1.0 + exp(-g)) * b[t * p.b_stride + i];
+}
+
+const WG: u32 = 256u;
+var<workgroup> best_v: array<f32, WG>;
+var<workgroup> best_i: array<u32, WG>;
+
+// token[t] = argmax of a[t, 0..n] (lowest index on ties, like a sequential scan).
+// Grid: (1, 1, tokens).
+@compute @workgroup_size(WG)
+fn argmax(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let o = wid.z * p.a_stride;
+    var bv = -3.0e38;
+    var bi = 0xffffffffu;
+    for (var i = lid; i < p.n; i += WG) {
+        let v = a[o + i];
+        if (v > bv) {
+            bv = v;
+            bi = i;
+        }
+    }
+    best_v[lid] = bv;
+    best_i[lid] = bi;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            let ov = best_v[lid + s];
+            let oi = best_i[lid + s];
+            if (ov > best_v[lid] || (ov == best_v[lid] && oi < best_i[lid])) {
+                best_v[lid] = ov;
+                best_i[lid] = oi;
+            }
+        }
+        workgroupBarrier();
+    }
+    if (lid == 0u) {
+        token[wid.z] = best_i[0];
+    }
+}

@@ -1,0 +1,369 @@
+// Dequantizing products and row lookups over raw GGUF block bytes.
+//
+// Weights arrive exactly as the GGUF file stores them, packed into a
+// `array<u32>` (WGSL has no byte type), and are decoded here, four weights at
+// a time, by `deq4`. `FORMAT` is the ggml type id (0 F32, 1 F16, 2 Q4_0, ...),
+// fixed per pipeline with an `override` constant, so the `switch` in `deq4`
+// folds to a single case when the pipeline is compiled.
+//
+// A row is addressed by its first byte; inside a row, weights come in chunks
+// of 32 (every supported block size is a multiple of 32) and a chunk in 8
+// groups of 4. The decoders follow ggml's `dequantize_row_<fmt>`
+// (ggml-quants.c) element for element.
+
+override FORMAT: u32 = 0u;
+
+// Static shape of one weight matrix (or one row-range part of it).
+struct MatParams {
+    k: u32,          // weights per row (multiple of 32)
+    m: u32,          // rows in this part
+    row_bytes: u32,  // bytes per row
+    x_stride: u32,   // floats between tokens in x (multiple of 4)
+    y_stride: u32,   // floats between tokens in y
+    y_base: u32,     // float offset of the first output (part's first row included)
+    accumulate: u32, // 1: y += W·x (residual connection), 0: y = W·x
+    at_pos: u32,     // 1: token index in y is counted from step.pos (KV cache write)
+}
+
+// Per-step values shared by every dispatch of a step.
+struct Step {
+    n_tokens: u32, // tokens in this batch
+    pos: u32,      // position of the batch's first token
+    n_kv: u32,     // pos + n_tokens
+    pad: u32,
+}
+
+@group(0) @binding(0) var<storage, read> w: array<u32>;
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<uniform> p: MatParams;
+@group(0) @binding(4) var<uniform> step: Step;
+@group(0) @binding(5) var<storage, read> ids: array<u32>;
+
+// ---- byte access ---------------------------------------------------------
+
+fn ld8(o: u32) -> u32 {
+    return (w[o >> 2u] >> ((o & 3u) * 8u)) & 0xffu;
+}
+
+// 16 bits at an even byte offset.
+fn ld16(o: u32) -> u32 {
+    return (w[o >> 2u] >> ((o & 2u) * 8u)) & 0xffffu;
+}
+
+// 32 bits at an even byte offset (blocks of 18, 22, 34, 110 or 210 bytes
+// leave half of them 2 bytes off a word boundary).
+fn ld32(o: u32) -> u32 {
+    let i = o >> 2u;
+    if ((o & 2u) == 0u) {
+        return w[i];
+    }
+    return (w[i] >> 16u) | (w[i + 1u] << 16u);
+}
+
+fn f16at(o: u32) -> f32 {
+    return unpack2x16float(ld16(o)).x;
+}
+
+fn bytes4(v: u32) -> vec4<u32> {
+    return (vec4<u32>(v) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xffu);
+}
+
+fn lo4(v: u32) -> vec4<u32> {
+    return bytes4(v) & vec4<u32>(0xfu);
+}
+
+fn hi4(v: u32) -> vec4<u32> {
+    return bytes4(v) >> vec4<u32>(4u);
+}
+
+fn sext8(b: vec4<u32>) -> vec4<f32> {
+    return vec4<f32>((bitcast<vec4<i32>>(b << vec4<u32>(24u))) >> vec4<u32>(24u));
+}
+
+// kvalues_iq4nl (ggml-common.h)
+var<private> KVALUES_IQ4NL: array<f32, 16> = array<f32, 16>(
+    -127.0, -104.0, -83.0, -65.0, -49.0, -35.0, -22.0, -10.0,
+    1.0, 13.0, 25.0, 38.0, 53.0, 69.0, 89.0, 113.0);
+
+fn iq4(q: vec4<u32>) -> vec4<f32> {
+    return vec4<f32>(KVALUES_IQ4NL[q.x], KVALUES_IQ4NL[q.y], KVALUES_IQ4NL[q.z], KVALUES_IQ4NL[q.w]);
+}
+
+// ggml's get_scale_min_k4: 6-bit scale and min `j` of a Q4_K/Q5_K block
+// whose 12 packed scale bytes start at byte `s`.
+fn scale_min_k4(s: u32, j: u32) -> vec2<f32> {
+    if (j < 4u) {
+        return vec2<f32>(f32(ld8(s + j) & 63u), f32(ld8(s + j + 4u) & 63u));
+    }
+    let d = (ld8(s + j + 4u) & 0xfu) | ((ld8(s + j - 4u) >> 6u) << 4u);
+    let m = (ld8(s + j + 4u) >> 4u) | ((ld8(s + j) >> 6u) << 4u);
+    return vec2<f32>(f32(d), f32(m));
+}
+
+// ---- decoding --------------------------------------------------------------
+
+// Weights 32·c + 4·g .. +3 of the row starting at byte `base`.
+fn deq4(base: u32, c: u32, g: u32) -> vec4<f32> {
+    switch FORMAT {
+        case 0u: { // F32
+            let i = (base >> 2u) + c * 32u + g * 4u;
+            return vec4<f32>(bitcast<f32>(w[i]), bitcast<f32>(w[i + 1u]), bitcast<f32>(w[i + 2u]), bitcast<f32>(w[i + 3u]));
+        }
+        case 1u: { // F16
+            let i = (base >> 2u) + c * 16u + g * 2u;
+            return vec4<f32>(unpack2x16float(w[i]), unpack2x16float(w[i + 1u]));
+        }
+        case 30u: { // BF16: the high half of an f32
+            let i = (base >> 2u) + c * 16u + g * 2u;
+            let a = w[i];
+            let b = w[i + 1u];
+            return vec4<f32>(bitcast<f32>(a << 16u), bitcast<f32>(a & 0xffff0000u), bitcast<f32>(b << 16u), bitcast<f32>(b & 0xffff0000u));
+        }
+        case 2u: { // Q4_0: d·(q − 8)
+            let b = base + c * 18u;
+            let v = ld32(b + 2u + 4u * (g & 3u));
+            var q = lo4(v);
+            if (g >= 4u) { q = hi4(v); }
+            return f16at(b) * (vec4<f32>(q) - 8.0);
+        }
+        case 3u: { // Q4_1: d·q + m
+            let b = base + c * 20u;
+            let v = w[(b + 4u + 4u * (g & 3u)) >> 2u];
+            var q = lo4(v);
+            if (g >= 4u) { q = hi4(v); }
+            return f16at(b) * vec4<f32>(q) + f16at(b + 2u);
+        }
+        case 6u: { // Q5_0: d·(q − 16), fifth bit of weight i is bit i of qh
+            let b = base + c * 22u;
+            let qh = ld32(b + 2u);
+            let v = ld32(b + 6u + 4u * (g & 3u));
+            var q = lo4(v);
+            if (g >= 4u) { q = hi4(v); }
+            let h = ((vec4<u32>(qh) >> (vec4<u32>(4u * g) + vec4<u32>(0u, 1u, 2u, 3u))) & vec4<u32>(1u)) << vec4<u32>(4u);
+            return f16at(b) * (vec4<f32>(q | h) - 16.0);
+        }
+        case 7u: { // Q5_1: d·q + m
+            let b = base + c * 24u;
+            let qh = w[(b + 4u) >> 2u];
+            let v = w[(b + 8u + 4u * (g & 3u)) >> 2u];
+            var q = lo4(v);
+            if (g >= 4u) { q = hi4(v); }
+            let h = ((vec4<u32>(qh) >> (vec4<u32>(4u * g) + vec4<u32>(0u, 1u, 2u, 3u))) & vec4<u32>(1u)) << vec4<u32>(4u);
+            return f16at(b) * vec4<f32>(q | h) + f16at(b + 2u);
+        }
+        case 8u: { // Q8_0: d·q
+            let b = base + c * 34u;
+            return f16at(b) * sext8(bytes4(ld32(b + 2u + 4u * g)));
+        }
+        case 20u: { // IQ4_NL: d·kvalues[q]
+            let b = base + c * 18u;
+            let v = ld32(b + 2u + 4u * (g & 3u));
+            var q = lo4(v);
+            if (g >= 4u) { q = hi4(v); }
+            return f16at(b) * iq4(q);
+        }
+        case 10u: { // Q2_K: dl·q − ml with 4-bit scale and min per 16 weights
+            let b = base + (c >> 3u) * 84u;
+            let n = (c & 7u) >> 2u;
+            let j = c & 3u;
+            let sc = ld8(b + n * 8u + j * 2u + (g >> 2u));
+            let q = (bytes4(w[(b + 16u + 32u * n + 4u * g) >> 2u]) >> vec4<u32>(2u * j)) & vec4<u32>(3u);
+            let dl = f16at(b + 80u) * f32(sc & 0xfu);
+            let ml = f16at(b + 82u) * f32(sc >> 4u);
+            return dl * vec4<f32>(q) - ml;
+        }
+        case 11u: { // Q3_K: dl·(q − 4·!hbit), 6-bit signed scales per 16 weights
+            let b = base + (c >> 3u) * 110u;
+            let n = (c & 7u) >> 2u;
+            let j = c & 3u;
+            let s = n * 8u + j * 2u + (g >> 2u);
+            var lo: u32;
+            if (s < 8u) { lo = ld8(b + 96u + s) & 0xfu; } else { lo = ld8(b + 96u + s - 8u) >> 4u; }
+            let hi = (ld8(b + 104u + (s & 3u)) >> (2u * (s >> 2u))) & 3u;
+            let dl = f16at(b + 108u) * f32(i32(lo | (hi << 4u)) - 32);
+            let q = (bytes4(ld32(b + 32u + 32u * n + 4u * g)) >> vec4<u32>(2u * j)) & vec4<u32>(3u);
+            let hm = (bytes4(ld32(b + 4u * g)) >> vec4<u32>(4u * n + j)) & vec4<u32>(1u);
+            return dl * (vec4<f32>(q) - 4.0 * (1.0 - vec4<f32>(hm)));
+        }
+        case 12u: { // Q4_K: d·sc·q − dmin·m, 6-bit scale and min per 32 weights
+            let b = base + (c >> 3u) * 144u;
+            let s = c & 7u;
+            let sm = scale_min_k4(b + 4u, s);
+            let v = w[(b + 16u + 32u * (s >> 1u) + 4u * g) >> 2u];
+            var q = lo4(v);
+            if ((s & 1u) != 0u) { q = hi4(v); }
+            let d1 = f16at(b) * sm.x;
+            let m1 = f16at(b + 2u) * sm.y;
+            return d1 * vec4<f32>(q) - m1;
+        }
+        case 13u: { // Q5_K: as Q4_K with a fifth bit from qh
+            let b = base + (c >> 3u) * 176u;
+            let s = c & 7u;
+            let sm = scale_min_k4(b + 4u, s);
+            let v = w[(b + 48u + 32u * (s >> 1u) + 4u * g) >> 2u];
+            var q = lo4(v);
+            if ((s & 1u) != 0u) { q = hi4(v); }
+            let h = (bytes4(w[(b + 16u + 4u * g) >> 2u]) >> vec4<u32>(s)) & vec4<u32>(1u);
+            let d1 = f16at(b) * sm.x;
+            let m1 = f16at(b + 2u) * sm.y;
+            return d1 * vec4<f32>(q + (h << vec4<u32>(4u))) - m1;
+        }
+        case 14u: { // Q6_K: d·sc·(q − 32), 8-bit signed scales per 16 weights
+            let b = base + (c >> 3u) * 210u;
+            let h = (c & 7u) >> 2u;
+            let k = c & 3u;
+            let v = ld32(b + 64u * h + 32u * (k & 1u) + 4u * g);
+            var q = lo4(v);
+            if (k >= 2u) { q = hi4(v); }
+            let qh = (bytes4(ld32(b + 128u + 32u * h + 4u * g)) >> vec4<u32>(2u * k)) & vec4<u32>(3u);
+            let sc = sext8(vec4<u32>(ld8(b + 192u + 8u * h + (g >> 2u) + 2u * k))).x;
+            let d = f16at(b + 208u);
+            return d * sc * (vec4<f32>(q | (qh << vec4<u32>(4u))) - 32.0);
+        }
+        case 23u: { // IQ4_XS: dl·kvalues[q], 6-bit scale per 32 weights
+            let b = base + (c >> 3u) * 136u;
+            let ib = c & 7u;
+            let sl = (ld8(b + 4u + (ib >> 1u)) >> (4u * (ib & 1u))) & 0xfu;
+            let sh = (ld16(b + 2u) >> (2u * ib)) & 3u;
+            let dl = f16at(b) * f32(i32(sl | (sh << 4u)) - 32);
+            let v = w[(b + 8u + 16u * ib + 4u * (g & 3u)) >> 2u];
+            var q = lo4(v);
+            if (g >= 4u) { q = hi4(v); }
+            return dl * iq4(q);
+        }
+        default: {
+            return vec4<f32>(0.0);
+        }
+    }
+}
+
+fn store(tok: u32, row: u32, v: f32) {
+    var t = tok;
+    if (p.at_pos != 0u) { t += step.pos; }
+    let i = t * p.y_stride + p.y_base + row;
+    if (p.accumulate != 0u) {
+        y[i] += v;
+    } else {
+        y[i] = v;
+    }
+}
+
+// ---- matrix-vector product: one workgroup per (row, token) -----------------
+
+const MV_WG: u32 = 256u;
+var<workgroup> partial: array<f32, MV_WG>;
+
+// y[tok, row] (+)= W[row, :] · x[tok, :]. Grid: (rows split over x and y, tokens).
+@compute @workgroup_size(MV_WG)
+fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) lid: u32) {
+    let row = wid.x + wid.y * nwg.x;
+    let tok = wid.z;
+    let live = row < p.m;
+    let base = row * p.row_bytes;
+    let xb = tok * (p.x_stride >> 2u);
+    let units = p.k >> 2u;
+    var acc = 0.0;
+    if (live) {
+        for (var u = lid; u < units; u += MV_WG) {
+            acc += dot(deq4(base, u >> 3u, u & 7u), x[xb + u]);
+        }
+    }
+    partial[lid] = acc;
+    workgroupBarrier();
+    for (var s = MV_WG / 2u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            partial[lid] += partial[lid + s];
+        }
+        workgroupBarrier();
+    }
+    if (live && lid == 0u) {
+        store(tok, row, partial[0]);
+    }
+}
+
+// ---- matrix-matrix product: 64 rows × 64 tokens per workgroup --------------
+
+const TM: u32 = 64u;
+const TN: u32 = 64u;
+var<workgroup> w_tile: array<vec4<f32>, 512>; // TM rows × 8 groups of the current chunk
+var<workgroup> x_tile: array<vec4<f32>, 512>; // TN tokens × 8 groups
+
+// Y[tok, row] (+)= W[row, :] · X[tok, :] for step.n_tokens tokens.
+// Grid: (ceil(m / 64), ceil(n_tokens / 64)). Each thread owns a 4×4 block
+// of outputs, rows tx + 16·i and tokens ty + 16·j.
+@compute @workgroup_size(256)
+fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row0 = wid.x * TM;
+    let tok0 = wid.y * TN;
+    let n_tok = step.n_tokens;
+    let tx = lid & 15u;
+    let ty = lid >> 4u;
+    var acc: array<vec4<f32>, 4>; // acc[j][i]: token ty + 16j, row tx + 16i
+    let chunks = p.k >> 5u;
+    let xs = p.x_stride >> 2u;
+    for (var c = 0u; c < chunks; c++) {
+        for (var h = 0u; h < 2u; h++) {
+            let u = lid + h * 256u;
+            let r = u >> 3u;
+            let g = u & 7u;
+            var wv = vec4<f32>(0.0);
+            if (row0 + r < p.m) {
+                wv = deq4((row0 + r) * p.row_bytes, c, g);
+            }
+            w_tile[u] = wv;
+            var xv = vec4<f32>(0.0);
+            if (tok0 + r < n_tok) {
+                xv = x[(tok0 + r) * xs + c * 8u + g];
+            }
+            x_tile[u] = xv;
+        }
+        workgroupBarrier();
+        for (var g = 0u; g < 8u; g++) {
+            let a0 = w_tile[(tx) * 8u + g];
+            let a1 = w_tile[(tx + 16u) * 8u + g];
+            let a2 = w_tile[(tx + 32u) * 8u + g];
+            let a3 = w_tile[(tx + 48u) * 8u + g];
+            for (var j = 0u; j < 4u; j++) {
+                let bv = x_tile[(ty + 16u * j) * 8u + g];
+                acc[j] += vec4<f32>(dot(a0, bv), dot(a1, bv), dot(a2, bv), dot(a3, bv));
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var j = 0u; j < 4u; j++) {
+        let tok = tok0 + ty + 16u * j;
+        if (tok < n_tok) {
+            for (var i = 0u; i < 4u; i++) {
+                let row = row0 + tx + 16u * i;
+                if (row < p.m) {
+                    store(tok, row, acc[j][i]);
+                }
+            }
+        }
+    }
+}
+
+// ---- embedding lookup --------------------------------------------------------
+
+// y[tok, :] = row ids[tok] of W, for tokens whose row lies in this part
+// (rows y_base.. of the whole matrix; y_base is a row index here).
+// Grid: (1, 1, n_tokens).
+@compute @workgroup_size(256)
+fn get_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let tok = wid.z;
+    let id = ids[tok];
+    if (id < p.y_base || id >= p.y_base + p.m) {
+        return;
+    }
+    let base = (id - p.y_base) * p.row_bytes;
+    let o = tok * p.y_stride;
+    for (var u = lid; u < (p.k >> 2u); u += 256u) {
+        let v = deq4(base, u >> 3u, u & 7u);
+        y[o + 4u * u] = v.x;
+        y[o + 4u * u + 1u] = v.y;
+        y[o + 4u * u + 2u] = v.z;
+        y[o + 4u * u + 3u] = v.w;
+    }
+}

@@ -1,0 +1,378 @@
+//! Per-kernel property tests: random shapes, GPU against CPU references.
+//!
+//! Weight blocks are drawn at random from the ggml-made goldens in
+//! tests/fixtures/quant (`T.blocks`, with ggml's own `dequantize_row_T`
+//! output in `T.f32`), so the oracle is ggml's dequantization; quant-kernels'
+//! `dequantize_row` is checked to agree with it wherever it supports the type.
+
+use backend_wgpu::kernels::GPU_TYPES;
+use backend_wgpu::oneshot;
+use gguf_format::GgmlType;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use crate::common::{ctx, read};
+
+/// Random weights of `ty`: `m` rows of `k` (bytes, dequantized values).
+fn random_weights(rng: &mut StdRng, ty: GgmlType, k: usize, m: usize) -> (Vec<u8>, Vec<f32>) {
+    if ty == GgmlType::F32 {
+        let v: Vec<f32> = (0..k * m).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+        return (bytemuck::cast_slice(&v).to_vec(), v);
+    }
+    let name = ty.name();
+    let blocks = read(&format!("quant/{name}.blocks"));
+    let values: Vec<f32> = bytemuck::pod_collect_to_vec(&read(&format!("quant/{name}.f32")));
+    let (bs, ts) = (ty.block_size(), ty.type_size());
+    let n_units = blocks.len() / ts;
+    let mut bytes = Vec::with_capacity(k * m / bs * ts);
+    let mut deq = Vec::with_capacity(k * m);
+    for _ in 0..k * m / bs {
+        let u = rng.gen_range(0..n_units);
+        bytes.extend_from_slice(&blocks[u * ts..(u + 1) * ts]);
+        deq.extend_from_slice(&values[u * bs..(u + 1) * bs]);
+    }
+    // quant-kernels' reference must agree with ggml's output bit for bit.
+    let mut qk = vec![0.0f32; k * m];
+    match quant_kernels::dequantize_row(ty, &bytes, &mut qk) {
+        Ok(()) => assert!(
+            qk.iter().zip(&deq).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{ty}: quant_kernels::dequantize_row disagrees with ggml's golden"
+        ),
+        Err(e) => eprintln!(
+            "{ty}: quant-kernels cannot dequantize it ({e}); ggml's golden values used alone"
+        ),
+    }
+    (bytes, deq)
+}
+
+fn row_len(rng: &mut StdRng, ty: GgmlType) -> usize {
+    let unit = ty.block_size().max(32);
+    unit * rng.gen_range(1..=(2048 / unit).clamp(1, 12))
+}
+
+/// GPU W·X against the f64 dot products of ggml's dequantized weights.
+fn check_matmul(ty: GgmlType, seed: u64, n_tokens: usize, split: bool) {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let k = row_len(&mut rng, ty);
+    let m = rng.gen_range(1..=150);
+    let (bytes, w) = random_weights(&mut rng, ty, k, m);
+    let x: Vec<f32> = (0..n_tokens * k)
+        .map(|_| rng.gen_range(-1.0f32..1.0))
+        .collect();
+    let row_bytes = bytes.len() / m;
+    let limit = split.then_some((row_bytes * rng.gen_range(1..=m.min(7)) + 8) as u64);
+    let y = oneshot::matmul(&ctx, ty, &bytes, k, m, &x, limit).unwrap();
+    assert_eq!(y.len(), n_tokens * m);
+    for t in 0..n_tokens {
+        for r in 0..m {
+            let (mut dot, mut mag) = (0f64, 0f64);
+            for i in 0..k {
+                let p = w[r * k + i] as f64 * x[t * k + i] as f64;
+                dot += p;
+                mag += p.abs();
+            }
+            let got = y[t * m + r] as f64;
+            assert!(
+                (got - dot).abs() <= 2e-6 * mag + 1e-6,
+                "{ty} k={k} m={m} n={n_tokens} split={split}: y[{t},{r}] = {got}, expected {dot} (Σ|w·x| = {mag})"
+            );
+        }
+    }
+}
+
+#[test]
+fn matvec_all_formats() {
+    for (i, &ty) in GPU_TYPES.iter().enumerate() {
+        for case in 0..3 {
+            check_matmul(ty, 100 + 10 * i as u64 + case, 1 + case as usize, false);
+        }
+    }
+}
+
+#[test]
+fn matmul_all_formats() {
+    for (i, &ty) in GPU_TYPES.iter().enumerate() {
+        for case in 0..2 {
+            let mut rng = StdRng::seed_from_u64(7 + i as u64 * 3 + case);
+            let n = rng.gen_range(5..=80);
+            check_matmul(ty, 200 + 10 * i as u64 + case, n, false);
+        }
+    }
+}
+
+#[test]
+fn matrices_split_over_bindings() {
+    for (i, &ty) in [
+        GgmlType::Q4_0,
+        GgmlType::Q6_K,
+        GgmlType::F16,
+        GgmlType::Q3_K,
+    ]
+    .iter()
+    .enumerate()
+    {
+        check_matmul(ty, 300 + i as u64, 1, true);
+        check_matmul(ty, 310 + i as u64, 9, true);
+    }
+}
+
+#[test]
+fn get_rows_all_formats() {
+    let ctx = ctx();
+    for (i, &ty) in GPU_TYPES.iter().enumerate() {
+        let mut rng = StdRng::seed_from_u64(400 + i as u64);
+        let k = row_len(&mut rng, ty);
+        let m = rng.gen_range(1..=40);
+        let (bytes, w) = random_weights(&mut rng, ty, k, m);
+        let ids: Vec<u32> = (0..rng.gen_range(1..=9))
+            .map(|_| rng.gen_range(0..m as u32))
+            .collect();
+        let split = (bytes.len() / m * 3 + 8) as u64;
+        let y = oneshot::get_rows(&ctx, ty, &bytes, k, m, &ids, Some(split)).unwrap();
+        for (t, &id) in ids.iter().enumerate() {
+            for j in 0..k {
+                let (got, want) = (y[t * k + j], w[id as usize * k + j]);
+                // Decoding is the same arithmetic as ggml's; only a fused
+                // multiply-add in `d·q − m` may round differently.
+                assert!(
+                    (got - want).abs() <= 1e-6 * want.abs().max(1e-3),
+                    "{ty}: row {id} element {j}: {got} vs ggml {want}"
+                );
+            }
+        }
+    }
+}
+
+fn rms_norm_ref(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
+    let n = w.len();
+    x.chunks(n)
+        .flat_map(|row| {
+            let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / n as f64;
+            let s = 1.0 / (ms + eps as f64).sqrt();
+            row.iter()
+                .zip(w)
+                .map(move |(&v, &g)| (v as f64 * s * g as f64) as f32)
+        })
+        .collect()
+}
+
+#[test]
+fn rms_norm_random() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(500);
+    for _ in 0..5 {
+        let n = rng.gen_range(1..=3000);
+        let t = rng.gen_range(1..=7);
+        let x: Vec<f32> = (0..n * t).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+        let w: Vec<f32> = (0..n).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+        let got = oneshot::rms_norm(&ctx, &x, &w, 1e-5).unwrap();
+        let want = rms_norm_ref(&x, &w, 1e-5);
+        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - e).abs() <= 1e-5 * e.abs().max(1.0),
+                "n={n} [{i}]: {g} vs {e}"
+            );
+        }
+    }
+}
+
+/// ggml_rope_ext's CPU path: theta for pair i is pos·freq_scale·theta_scale^i
+/// with the power taken by repeated multiplication in f32.
+#[allow(clippy::too_many_arguments)]
+fn rope_ref(
+    x: &[f32],
+    heads: usize,
+    hd: usize,
+    n_dims: usize,
+    neox: bool,
+    base: f32,
+    fs: f32,
+    pos0: u32,
+) -> Vec<f32> {
+    let mut y = x.to_vec();
+    let theta_scale = base.powf(-2.0 / n_dims as f32);
+    for (t, tok) in y.chunks_mut(heads * hd).enumerate() {
+        let pos = (pos0 as usize + t) as f32;
+        for head in tok.chunks_mut(hd) {
+            let mut theta = pos;
+            for i in 0..n_dims / 2 {
+                let (c, s) = ((theta * fs).cos(), (theta * fs).sin());
+                let (i0, i1) = if neox {
+                    (i, i + n_dims / 2)
+                } else {
+                    (2 * i, 2 * i + 1)
+                };
+                let (a, b) = (head[i0], head[i1]);
+                head[i0] = a * c - b * s;
+                head[i1] = a * s + b * c;
+                theta *= theta_scale;
+            }
+        }
+    }
+    y
+}
+
+#[test]
+fn rope_normal_and_neox() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(600);
+    for case in 0..6 {
+        let hd = 2 * rng.gen_range(4..=64);
+        let heads = rng.gen_range(1..=6);
+        let n_dims = if case % 3 == 2 { hd / 2 / 2 * 2 } else { hd };
+        let t = rng.gen_range(1..=9);
+        let pos0 = rng.gen_range(0..3000);
+        let neox = case % 2 == 1;
+        let x: Vec<f32> = (0..t * heads * hd)
+            .map(|_| rng.gen_range(-2.0f32..2.0))
+            .collect();
+        let got = oneshot::rope(&ctx, &x, heads, hd, n_dims, neox, 10000.0, 1.0, pos0).unwrap();
+        let want = rope_ref(&x, heads, hd, n_dims, neox, 10000.0, 1.0, pos0);
+        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+            // Angles up to ~3000 rad: f32 argument reduction differs by a few ulps of the angle.
+            assert!(
+                (g - e).abs() <= 2e-3,
+                "rope case {case} (neox={neox}, pos0={pos0}) [{i}]: {g} vs {e}"
+            );
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_ref(
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    pos0: usize,
+) -> Vec<f32> {
+    let t = q.len() / (nh * hd);
+    let mut out = vec![0.0; q.len()];
+    for ti in 0..t {
+        for h in 0..nh {
+            let kh = h / (nh / nkv);
+            let qv = &q[(ti * nh + h) * hd..][..hd];
+            let n = pos0 + ti + 1;
+            let s: Vec<f64> = (0..n)
+                .map(|j| {
+                    let kv = &k[(j * nkv + kh) * hd..][..hd];
+                    qv.iter()
+                        .zip(kv)
+                        .map(|(&a, &b)| a as f64 * b as f64)
+                        .sum::<f64>()
+                        / (hd as f64).sqrt()
+                })
+                .collect();
+            let mx = s.iter().cloned().fold(f64::MIN, f64::max);
+            let e: Vec<f64> = s.iter().map(|&x| (x - mx).exp()).collect();
+            let sum: f64 = e.iter().sum();
+            for d in 0..hd {
+                let acc: f64 = (0..n)
+                    .map(|j| e[j] * v[(j * nkv + kh) * hd + d] as f64)
+                    .sum();
+                out[(ti * nh + h) * hd + d] = (acc / sum) as f32;
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn attention_gqa_causal() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(700);
+    for case in 0..5 {
+        let nkv = rng.gen_range(1..=3);
+        let nh = nkv * rng.gen_range(1..=4);
+        let hd = [32, 64, 80, 128, 256][case];
+        let t = rng.gen_range(1..=6);
+        let pos0 = rng.gen_range(0..300);
+        let n = pos0 + t;
+        let q: Vec<f32> = (0..t * nh * hd)
+            .map(|_| rng.gen_range(-1.0f32..1.0))
+            .collect();
+        let k: Vec<f32> = (0..n * nkv * hd)
+            .map(|_| rng.gen_range(-1.0f32..1.0))
+            .collect();
+        let v: Vec<f32> = (0..n * nkv * hd)
+            .map(|_| rng.gen_range(-1.0f32..1.0))
+            .collect();
+        let got = oneshot::attention(&ctx, &q, &k, &v, nh, nkv, hd, pos0 as u32).unwrap();
+        let want = attention_ref(&q, &k, &v, nh, nkv, hd, pos0);
+        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+            assert!(
+                (g - e).abs() <= 1e-5,
+                "attention case {case} (hd={hd}, pos0={pos0}) [{i}]: {g} vs {e}"
+            );
+        }
+    }
+}
+
+#[test]
+fn add_swiglu_argmax() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(800);
+    let n = 1000;
+    let t = 3;
+    let a: Vec<f32> = (0..n * t).map(|_| rng.gen_range(-8.0f32..8.0)).collect();
+    let b: Vec<f32> = (0..n * t).map(|_| rng.gen_range(-8.0f32..8.0)).collect();
+    let sum = oneshot::add(&ctx, &a, &b, n).unwrap();
+    assert!(sum
+        .iter()
+        .zip(a.iter().zip(&b))
+        .all(|(s, (x, y))| *s == x + y));
+    let sw = oneshot::swiglu(&ctx, &a, &b, n).unwrap();
+    for (i, s) in sw.iter().enumerate() {
+        let e = a[i] / (1.0 + (-a[i]).exp()) * b[i];
+        assert!(
+            (s - e).abs() <= 1e-5 * e.abs().max(1.0),
+            "swiglu [{i}]: {s} vs {e}"
+        );
+    }
+    let mut logits: Vec<f32> = (0..40000 * 2)
+        .map(|_| rng.gen_range(-10.0f32..10.0))
+        .collect();
+    logits[31234] = 11.0;
+    logits[40000 + 17] = 12.0;
+    logits[40000 + 39999] = 12.0; // tie: the lowest index wins
+    assert_eq!(
+        oneshot::argmax(&ctx, &logits, 40000).unwrap(),
+        vec![31234, 17]
+    );
+}
+
+/// Activation rounding equals quant-kernels' quantize-then-dequantize.
+#[test]
+fn activation_rounding_matches_ggml() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(900);
+    for act in [GgmlType::Q8_0, GgmlType::Q8_K] {
+        let n = 256 * rng.gen_range(1..=8);
+        let t = 3;
+        let mut x: Vec<f32> = (0..n * t).map(|_| rng.gen_range(-3.0f32..3.0)).collect();
+        x[5] = 40.0; // an outlier
+        x[300.min(n - 1)] = -50.0;
+        for v in &mut x[32..64] {
+            *v = 0.0; // an all-zero block
+        }
+        let got = oneshot::quantize_act(&ctx, act, &x, n).unwrap();
+        let mut q = vec![0u8; quant_kernels::row_bytes(act, n * t).unwrap()];
+        quant_kernels::quantize_row(act, &x, &mut q).unwrap();
+        let mut want = vec![0f32; n * t];
+        quant_kernels::dequantize_row(act, &q, &mut want).unwrap();
+        let diff = got.iter().zip(&want).filter(|(a, b)| a != b).count();
+        for (i, (g, w)) in got
+            .iter()
+            .zip(&want)
+            .enumerate()
+            .filter(|(_, (a, b))| a != b)
+            .take(5)
+        {
+            eprintln!("{act} [{i}] x={} gpu {g} cpu {w}", x[i]);
+        }
+        assert_eq!(diff, 0, "{act}: {diff} of {} values differ", n * t);
+    }
+}

@@ -1,0 +1,6 @@
+//! Integration tests of the GPU backend. They need a GPU adapter (CI
+//! installs Mesa's llvmpipe) and fail loudly when there is none.
+
+mod common;
+mod kernels;
+mod model;
