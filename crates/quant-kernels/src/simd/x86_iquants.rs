@@ -1,5 +1,5 @@
 //! x86-64 AVX2 dot products for the i-quants (IQ2_XXS, IQ2_XS, IQ2_S,
-//! IQ3_XXS, IQ3_S, IQ1_S, IQ1_M), TQ2_0 and MXFP4.
+//! IQ3_XXS, IQ3_S, IQ1_S, IQ1_M), the ternary TQ1_0 and TQ2_0, and MXFP4.
 //!
 //! Each 32-weight group is widened to 32 bytes (grid entries gathered with
 //! `_mm256_set_epi64x`/`_mm256_set_epi32`, signs expanded from their bits
@@ -27,7 +27,7 @@ use crate::formats::iq_grids::{
 use crate::formats::{
     self, iq1_m::BlockIQ1_M, iq1_s::BlockIQ1_S, iq2_s::BlockIQ2_S, iq2_xs::BlockIQ2_XS,
     iq2_xxs::BlockIQ2_XXS, iq3_s::BlockIQ3_S, iq3_xxs::BlockIQ3_XXS, mxfp4, mxfp4::BlockMXFP4,
-    q8_0::BlockQ8_0, q8_k::BlockQ8_K, tq2_0::BlockTQ2_0,
+    q8_0::BlockQ8_0, q8_k::BlockQ8_K, tq1_0::BlockTQ1_0, tq2_0::BlockTQ2_0,
 };
 
 /// The AVX2 dot product for weights of `ty`, if this module has one for `f`.
@@ -43,6 +43,7 @@ pub(super) fn vec_dot(ty: GgmlType, f: Features) -> Option<VecDotFn> {
         GgmlType::IQ3_S => Some(vec_dot_iq3_s),
         GgmlType::IQ1_S => Some(vec_dot_iq1_s),
         GgmlType::IQ1_M => Some(vec_dot_iq1_m),
+        GgmlType::TQ1_0 => Some(vec_dot_tq1_0),
         GgmlType::TQ2_0 => Some(vec_dot_tq2_0),
         GgmlType::MXFP4 => Some(vec_dot_mxfp4),
         _ => None,
@@ -80,6 +81,7 @@ k_wrapper!(vec_dot_iq3_xxs, BlockIQ3_XXS, vec_dot_iq3_xxs_q8_k_avx2);
 k_wrapper!(vec_dot_iq3_s, BlockIQ3_S, vec_dot_iq3_s_q8_k_avx2);
 k_wrapper!(vec_dot_iq1_s, BlockIQ1_S, vec_dot_iq1_s_q8_k_avx2);
 k_wrapper!(vec_dot_iq1_m, BlockIQ1_M, vec_dot_iq1_m_q8_k_avx2);
+k_wrapper!(vec_dot_tq1_0, BlockTQ1_0, vec_dot_tq1_0_q8_k_avx2);
 k_wrapper!(vec_dot_tq2_0, BlockTQ2_0, vec_dot_tq2_0_q8_k_avx2);
 
 fn vec_dot_mxfp4(n: usize, w: &[u8], a: &[u8]) -> f32 {
@@ -368,6 +370,81 @@ fn vec_dot_iq1_m_q8_k_avx2(x: &[BlockIQ1_M], y: &[BlockQ8_K]) -> f32 {
         }
         let (sumi1, sumi2) = (hsum_i32_8(acc1), hsum_i32_8(acc2));
         sumf += d * a.d * (sumi1 as f32 + 0.125 * sumi2 as f32);
+    }
+    sumf
+}
+
+/// Sum over 16 weights of `trit(w, i)·a` (trits as stored, 0..3): `w` holds
+/// 16 packed bytes and `a` 16 activations, both widened to i16 lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn tq1_trit_dot(w: __m256i, pow3: i16, a: __m256i) -> __m256i {
+    // The byte product mod 256 brings trit i to the top; (q·3) >> 8 reads it.
+    let q = _mm256_and_si256(
+        _mm256_mullo_epi16(w, _mm256_set1_epi16(pow3)),
+        _mm256_set1_epi16(0xff),
+    );
+    let t = _mm256_srli_epi16::<8>(_mm256_mullo_epi16(q, _mm256_set1_epi16(3)));
+    _mm256_madd_epi16(t, a)
+}
+
+#[target_feature(enable = "avx2,fma,f16c")]
+fn vec_dot_tq1_0_q8_k_avx2(x: &[BlockTQ1_0], y: &[BlockQ8_K]) -> f32 {
+    assert_eq!(x.len(), y.len());
+    const POW3: [i16; 5] = [1, 3, 9, 27, 81];
+    let (zero, ones8, ones16) = (
+        _mm256_setzero_si256(),
+        _mm256_set1_epi8(1),
+        _mm256_set1_epi16(1),
+    );
+    let mut sumf = 0.0f32;
+    for (b, a) in x.iter().zip(y) {
+        // Σ (t − 1)·q8 = Σ t·q8 − Σ q8, t ∈ {0, 1, 2} the stored trit.
+        let mut acc = _mm256_setzero_si256();
+        let mut acc_q8 = _mm256_setzero_si256();
+        for c in 0..8 {
+            let q8 = load_i8x32(&a.qs[32 * c..]);
+            acc_q8 = _mm256_add_epi32(
+                acc_q8,
+                _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, q8), ones16),
+            );
+        }
+        // Weights 0..160: byte m of qs[0..32] holds weights m + 32n. Bytes and
+        // activations are widened with the same (lane-interleaving) unpack,
+        // which keeps them paired.
+        let v = load_u8x32(&b.qs);
+        let (w_lo, w_hi) = (_mm256_unpacklo_epi8(v, zero), _mm256_unpackhi_epi8(v, zero));
+        for (n, &p) in POW3.iter().enumerate() {
+            let q8 = load_i8x32(&a.qs[32 * n..]);
+            let sign = _mm256_cmpgt_epi8(zero, q8);
+            let (a_lo, a_hi) = (
+                _mm256_unpacklo_epi8(q8, sign),
+                _mm256_unpackhi_epi8(q8, sign),
+            );
+            acc = _mm256_add_epi32(acc, tq1_trit_dot(w_lo, p, a_lo));
+            acc = _mm256_add_epi32(acc, tq1_trit_dot(w_hi, p, a_hi));
+        }
+        // Weights 160..240: byte m of qs[32..48] holds weights 160 + m + 16n.
+        // SAFETY: `qs[32..48]` is 16 readable bytes; loadu has no alignment needs.
+        let v16 = _mm256_cvtepu8_epi16(unsafe { _mm_loadu_si128(b.qs[32..48].as_ptr().cast()) });
+        for (n, &p) in POW3.iter().enumerate() {
+            let o = 160 + 16 * n;
+            // SAFETY: `qs[o..o + 16]` is 16 readable bytes; loadu has no alignment needs.
+            let a16 =
+                _mm256_cvtepi8_epi16(unsafe { _mm_loadu_si128(a.qs[o..o + 16].as_ptr().cast()) });
+            acc = _mm256_add_epi32(acc, tq1_trit_dot(v16, p, a16));
+        }
+        // Weights 240..256 (qh), 16 of them: scalar.
+        let mut sum_qh = 0i32;
+        for (n, &p) in POW3[..4].iter().enumerate() {
+            for j in 0..4 {
+                let q = b.qh[j].wrapping_mul(p as u8);
+                let t = ((q as u16 * 3) >> 8) as i32;
+                sum_qh += t * a.qs[240 + 4 * n + j] as i32;
+            }
+        }
+        let sum = hsum_i32_8(acc) + sum_qh - hsum_i32_8(acc_q8);
+        sumf += sum as f32 * (b.d.to_f32() * a.d);
     }
     sumf
 }
