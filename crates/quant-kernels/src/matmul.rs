@@ -206,6 +206,8 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], scratch: &mut
     let (act, act_row) = scratch.quantize(act_ty, from_float, x, n, w.cols);
     let chunk = rows_per_task(w.rows, w.row_bytes, n);
     let cols = w.cols;
+    let vec_dot_x4 = simd::vec_dot_x4_for(w.ty);
+    let act_of = |b: usize| &act[b * act_row..(b + 1) * act_row];
     // out is rows×n: each task owns a contiguous block of whole rows.
     out.par_chunks_mut(chunk * n)
         .enumerate()
@@ -217,8 +219,16 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], scratch: &mut
                 for i in 0..nrows {
                     let wr = w.row(r0 + i);
                     let out_r = &mut out[i * n..(i + 1) * n];
-                    for b in b0..b1 {
-                        out_r[b] = vec_dot(cols, wr, &act[b * act_row..(b + 1) * act_row]);
+                    let mut b = b0;
+                    if let Some(x4) = vec_dot_x4 {
+                        while b + 4 <= b1 {
+                            let r = x4(cols, wr, std::array::from_fn(|k| act_of(b + k)));
+                            out_r[b..b + 4].copy_from_slice(&r);
+                            b += 4;
+                        }
+                    }
+                    for b in b..b1 {
+                        out_r[b] = vec_dot(cols, wr, act_of(b));
                     }
                 }
             }

@@ -114,6 +114,18 @@ fn fp16_conversions_match_ggml() {
             assert_eq!(fp32_to_bf16(f), half::bf16::from_f32(f), "{i:#x}");
         }
     }
+    // f16 → f32 is exact for every pattern (NaN stays NaN).
+    use quant_kernels::formats::f16::fp16_to_fp32;
+    for h in 0..=u16::MAX {
+        let (a, b) = (
+            fp16_to_fp32(half::f16::from_bits(h)),
+            half::f16::from_bits(h).to_f32(),
+        );
+        assert!(
+            a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+            "{h:#x}"
+        );
+    }
     // bf16: NaN stays NaN with the quiet bit forced.
     assert_eq!(fp32_to_bf16(f32::from_bits(0x7f80_0001)).to_bits(), 0x7fc0);
 }

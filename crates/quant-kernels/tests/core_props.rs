@@ -85,6 +85,24 @@ proptest! {
         }
     }
 
+    /// Four-column kernels give exactly the bits of four single dot products.
+    #[test]
+    fn x4_vec_dot_is_bit_identical(seed in 1u64.., blocks in 1usize..20) {
+        for ty in CORE_WEIGHT_TYPES {
+            let Some(x4) = simd::vec_dot_x4_for(ty) else { continue };
+            let single = simd::vec_dot_for(ty).unwrap();
+            let n = cols_for(ty, blocks, 0);
+            let (_, wq) = weights(ty, seed, n);
+            let acts: Vec<Vec<u8>> = (0..4u64)
+                .map(|k| quantize_activations(ty, &Rng(seed ^ (k + 1) * 0x1234).activations(n)))
+                .collect();
+            let got = x4(n, &wq, std::array::from_fn(|k| acts[k].as_slice()));
+            for k in 0..4 {
+                prop_assert_eq!(got[k].to_bits(), single(n, &wq, &acts[k]).to_bits(), "{} column {}", ty, k);
+            }
+        }
+    }
+
     /// Native activation quantizers give exactly the portable bytes.
     #[test]
     fn simd_from_float_is_byte_identical(seed in 1u64.., blocks in 1usize..9, extra in 0usize..31, scale_exp in -20i32..20) {

@@ -6,10 +6,29 @@ use half::f16;
 
 use super::FormatKernels;
 
-/// f16 → f32, exact (every f16 is representable as an f32).
+/// f16 → f32, exact (every f16 is representable as an f32): a port of
+/// ggml's `ggml_compute_fp16_to_fp32` (ggml-impl.h). Branch-free float
+/// arithmetic, so it inlines and vectorises; `half`'s conversion checks the
+/// CPU's features on every call, which costs more than the kernels here.
 #[inline(always)]
 pub fn fp16_to_fp32(h: f16) -> f32 {
-    h.to_f32()
+    let w = u32::from(h.to_bits()) << 16;
+    let sign = w & 0x8000_0000;
+    let two_w = w.wrapping_add(w);
+    let exp_offset = 0xE0u32 << 23;
+    let exp_scale = f32::from_bits(0x0780_0000); // 0x1.0p-112f
+    let normalized_value = f32::from_bits((two_w >> 4) + exp_offset) * exp_scale;
+    let magic_mask = 126u32 << 23;
+    let magic_bias = 0.5f32;
+    let denormalized_value = f32::from_bits((two_w >> 17) | magic_mask) - magic_bias;
+    let denormalized_cutoff = 1u32 << 27;
+    let result = sign
+        | if two_w < denormalized_cutoff {
+            denormalized_value.to_bits()
+        } else {
+            normalized_value.to_bits()
+        };
+    f32::from_bits(result)
 }
 
 /// f32 → f16 rounded to nearest even, NaN → `0x7E00` with the sign kept:

@@ -21,13 +21,18 @@ mod aarch64;
 #[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(target_arch = "x86_64")]
-mod x86_kquants;
-#[cfg(target_arch = "x86_64")]
 mod x86_iquants;
+#[cfg(target_arch = "x86_64")]
+mod x86_kquants;
 
 /// A fused dot product of `n` weights (bytes of a weight format) with `n`
 /// activations (bytes of its `vec_dot_type`).
 pub type VecDotFn = fn(n: usize, w: &[u8], a: &[u8]) -> f32;
+
+/// Dot products of one weight row with four activation rows:
+/// `out[k]` is bit-identical to `vec_dot(n, w, a[k])`, but each weight block
+/// is unpacked once for all four (what makes [`crate::matmul`] compute-bound).
+pub type VecDotX4Fn = fn(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4];
 
 /// Activation quantization of an f32 row into bytes of an activation format
 /// (ggml's `from_float`); `dst` holds exactly the row's bytes.
@@ -78,6 +83,7 @@ const N_TYPES: usize = 40;
 struct Dispatch {
     features: Features,
     vec_dot: [Option<VecDotFn>; N_TYPES],
+    vec_dot_x4: [Option<VecDotX4Fn>; N_TYPES],
     from_float: [Option<FromFloatFn>; N_TYPES],
 }
 
@@ -88,15 +94,18 @@ fn dispatch() -> &'static Dispatch {
         let features = Features::detect();
         let mut vec_dot = [None; N_TYPES];
         let mut from_float = [None; N_TYPES];
+        let mut vec_dot_x4 = [None; N_TYPES];
         for ty in GgmlType::ALL {
             vec_dot[ty.id() as usize] =
                 native_vec_dot(ty, features).or_else(|| portable_vec_dot(ty));
+            vec_dot_x4[ty.id() as usize] = native_vec_dot_x4(ty, features);
             from_float[ty.id() as usize] =
                 native_from_float(ty, features).or_else(|| portable_from_float(ty));
         }
         Dispatch {
             features,
             vec_dot,
+            vec_dot_x4,
             from_float,
         }
     })
@@ -111,6 +120,12 @@ pub fn features() -> Features {
 /// activations of `ty`'s `vec_dot_type`; `None` if `ty` is unsupported.
 pub fn vec_dot_for(ty: GgmlType) -> Option<VecDotFn> {
     dispatch().vec_dot[ty.id() as usize]
+}
+
+/// A four-column dot product for weights of `ty` on this CPU, if there is
+/// a native one (matmul falls back to four [`vec_dot_for`] calls).
+pub fn vec_dot_x4_for(ty: GgmlType) -> Option<VecDotX4Fn> {
+    dispatch().vec_dot_x4[ty.id() as usize]
 }
 
 /// The fastest activation quantizer producing `ty` (an activation format:
@@ -174,6 +189,16 @@ fn from_float_q8_k(src: &[f32], dst: &mut [u8]) {
 #[cfg(target_arch = "x86_64")]
 fn native_vec_dot(ty: GgmlType, f: Features) -> Option<VecDotFn> {
     x86::vec_dot(ty, f)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn native_vec_dot_x4(ty: GgmlType, f: Features) -> Option<VecDotX4Fn> {
+    x86::vec_dot_x4(ty, f)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn native_vec_dot_x4(_: GgmlType, _: Features) -> Option<VecDotX4Fn> {
+    None
 }
 
 #[cfg(target_arch = "x86_64")]

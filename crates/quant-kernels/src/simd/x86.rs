@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 use gguf_format::GgmlType;
 use half::{bf16, f16};
 
-use super::{Features, FromFloatFn, VecDotFn};
+use super::{Features, FromFloatFn, VecDotFn, VecDotX4Fn};
 use crate::formats::{
     self, bf16::bf16_to_fp32, f16::fp16_to_fp32, q4_0::BlockQ4_0, q4_1::BlockQ4_1, q5_0::BlockQ5_0,
     q5_1::BlockQ5_1, q8_0::BlockQ8_0, q8_1::BlockQ8_1, q8_k::BlockQ8_K,
@@ -31,6 +31,18 @@ pub(super) fn vec_dot(ty: GgmlType, f: Features) -> Option<VecDotFn> {
         GgmlType::Q5_1 if f.avx2 => Some(vec_dot_q5_1),
         GgmlType::Q8_0 if f.avx2 => Some(vec_dot_q8_0),
         _ => super::x86_kquants::vec_dot(ty, f),
+    }
+}
+
+/// The native four-column dot product for weights of `ty`, if there is one.
+pub(super) fn vec_dot_x4(ty: GgmlType, f: Features) -> Option<VecDotX4Fn> {
+    match ty {
+        GgmlType::Q4_0 if f.avx2 => Some(vec_dot_x4_q4_0),
+        GgmlType::Q4_1 if f.avx2 => Some(vec_dot_x4_q4_1),
+        GgmlType::Q5_0 if f.avx2 => Some(vec_dot_x4_q5_0),
+        GgmlType::Q5_1 if f.avx2 => Some(vec_dot_x4_q5_1),
+        GgmlType::Q8_0 if f.avx2 => Some(vec_dot_x4_q8_0),
+        _ => None,
     }
 }
 
@@ -112,6 +124,108 @@ fn vec_dot_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
         // SAFETY: see the section comment.
         unsafe { vec_dot_q8_0_q8_0_avx2(x, y) }
     })
+}
+
+/// Runs a typed four-column kernel when all five operands are aligned in
+/// place (always, for mmapped GGUF tensors and [`crate::Scratch`] rows);
+/// otherwise falls back to four single dot products, which give the same
+/// bits by construction.
+fn x4_bytes<W: bytemuck::Pod, A: bytemuck::Pod>(
+    n: usize,
+    wb: usize,
+    ab: usize,
+    w: &[u8],
+    a: [&[u8]; 4],
+    kernel: fn(&[W], [&[A]; 4]) -> [f32; 4],
+    single: VecDotFn,
+) -> [f32; 4] {
+    let nb = n / 32;
+    let typed = (
+        bytemuck::try_cast_slice::<u8, W>(&w[..nb * wb]),
+        bytemuck::try_cast_slice::<u8, A>(&a[0][..nb * ab]),
+        bytemuck::try_cast_slice::<u8, A>(&a[1][..nb * ab]),
+        bytemuck::try_cast_slice::<u8, A>(&a[2][..nb * ab]),
+        bytemuck::try_cast_slice::<u8, A>(&a[3][..nb * ab]),
+    );
+    match typed {
+        (Ok(w), Ok(a0), Ok(a1), Ok(a2), Ok(a3)) => kernel(w, [a0, a1, a2, a3]),
+        _ => a.map(|a| single(n, w, a)),
+    }
+}
+
+fn vec_dot_x4_q4_0(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    x4_bytes(
+        n,
+        18,
+        34,
+        w,
+        a,
+        |x, y| {
+            // SAFETY: see the section comment.
+            unsafe { vec_dot_q4_0_q8_0_x4_avx2(x, y) }
+        },
+        vec_dot_q4_0,
+    )
+}
+
+fn vec_dot_x4_q4_1(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    x4_bytes(
+        n,
+        20,
+        36,
+        w,
+        a,
+        |x, y| {
+            // SAFETY: see the section comment.
+            unsafe { vec_dot_q4_1_q8_1_x4_avx2(x, y) }
+        },
+        vec_dot_q4_1,
+    )
+}
+
+fn vec_dot_x4_q5_0(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    x4_bytes(
+        n,
+        22,
+        34,
+        w,
+        a,
+        |x, y| {
+            // SAFETY: see the section comment.
+            unsafe { vec_dot_q5_0_q8_0_x4_avx2(x, y) }
+        },
+        vec_dot_q5_0,
+    )
+}
+
+fn vec_dot_x4_q5_1(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    x4_bytes(
+        n,
+        24,
+        36,
+        w,
+        a,
+        |x, y| {
+            // SAFETY: see the section comment.
+            unsafe { vec_dot_q5_1_q8_1_x4_avx2(x, y) }
+        },
+        vec_dot_q5_1,
+    )
+}
+
+fn vec_dot_x4_q8_0(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
+    x4_bytes(
+        n,
+        34,
+        34,
+        w,
+        a,
+        |x, y| {
+            // SAFETY: see the section comment.
+            unsafe { vec_dot_q8_0_q8_0_x4_avx2(x, y) }
+        },
+        vec_dot_q8_0,
+    )
 }
 
 fn from_float_f16(src: &[f32], dst: &mut [u8]) {
@@ -312,6 +426,144 @@ pub fn vec_dot_q8_0_q8_0_avx2(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
 }
 
 // ---------------------------------------------------------------------------
+// Four-column variants for matmul: one weight row against four activation
+// rows, unpacking each weight block once. Per column the operations are
+// exactly those of the single kernels above, so results are bit-identical.
+// ---------------------------------------------------------------------------
+
+/// [`vec_dot_q4_0_q8_0_avx2`] for four activation rows at once.
+#[target_feature(enable = "avx2,fma")]
+pub fn vec_dot_q4_0_q8_0_x4_avx2(x: &[BlockQ4_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+    let nb = x.len();
+    assert!(y.iter().all(|y| y.len() == nb));
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let off = _mm256_set1_epi8(8);
+    for (i, x) in x.iter().enumerate() {
+        let dx = fp16_to_fp32(x.d);
+        let qx = _mm256_sub_epi8(bytes_from_nibbles_32(&x.qs), off);
+        let ax = _mm256_sign_epi8(qx, qx);
+        for (acc, y) in acc.iter_mut().zip(&y) {
+            let y = &y[i];
+            let d = _mm256_set1_ps(dx * fp16_to_fp32(y.d));
+            let q = mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(load_32(&y.qs), qx));
+            *acc = _mm256_fmadd_ps(d, q, *acc);
+        }
+    }
+    [
+        hsum_float_8(acc[0]),
+        hsum_float_8(acc[1]),
+        hsum_float_8(acc[2]),
+        hsum_float_8(acc[3]),
+    ]
+}
+
+/// [`vec_dot_q4_1_q8_1_avx2`] for four activation rows at once.
+#[target_feature(enable = "avx2,fma")]
+pub fn vec_dot_q4_1_q8_1_x4_avx2(x: &[BlockQ4_1], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    let nb = x.len();
+    assert!(y.iter().all(|y| y.len() == nb));
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut summs = [0.0f32; 4];
+    for (i, x) in x.iter().enumerate() {
+        let d0 = _mm256_set1_ps(fp16_to_fp32(x.d));
+        let m = fp16_to_fp32(x.m);
+        let qx = bytes_from_nibbles_32(&x.qs);
+        for ((acc, summs), y) in acc.iter_mut().zip(&mut summs).zip(&y) {
+            let y = &y[i];
+            *summs += m * fp16_to_fp32(y.s);
+            let d0d1 = _mm256_mul_ps(d0, _mm256_set1_ps(fp16_to_fp32(y.d)));
+            let xy = mul_sum_us8_pairs_float(qx, load_32(&y.qs));
+            *acc = _mm256_fmadd_ps(d0d1, xy, *acc);
+        }
+    }
+    [
+        hsum_float_8(acc[0]) + summs[0],
+        hsum_float_8(acc[1]) + summs[1],
+        hsum_float_8(acc[2]) + summs[2],
+        hsum_float_8(acc[3]) + summs[3],
+    ]
+}
+
+/// [`vec_dot_q5_0_q8_0_avx2`] for four activation rows at once.
+#[target_feature(enable = "avx2,fma")]
+pub fn vec_dot_q5_0_q8_0_x4_avx2(x: &[BlockQ5_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+    let nb = x.len();
+    assert!(y.iter().all(|y| y.len() == nb));
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (i, x) in x.iter().enumerate() {
+        let dx = fp16_to_fp32(x.d);
+        let bxhi = _mm256_andnot_si256(bytes_from_bits_32(&x.qh), _mm256_set1_epi8(0xF0u8 as i8));
+        let qx = _mm256_or_si256(bytes_from_nibbles_32(&x.qs), bxhi);
+        let ax = _mm256_sign_epi8(qx, qx);
+        for (acc, y) in acc.iter_mut().zip(&y) {
+            let y = &y[i];
+            let d = _mm256_set1_ps(dx * fp16_to_fp32(y.d));
+            let q = mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(load_32(&y.qs), qx));
+            *acc = _mm256_fmadd_ps(d, q, *acc);
+        }
+    }
+    [
+        hsum_float_8(acc[0]),
+        hsum_float_8(acc[1]),
+        hsum_float_8(acc[2]),
+        hsum_float_8(acc[3]),
+    ]
+}
+
+/// [`vec_dot_q5_1_q8_1_avx2`] for four activation rows at once.
+#[target_feature(enable = "avx2,fma")]
+pub fn vec_dot_q5_1_q8_1_x4_avx2(x: &[BlockQ5_1], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
+    let nb = x.len();
+    assert!(y.iter().all(|y| y.len() == nb));
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut summs = [0.0f32; 4];
+    for (i, x) in x.iter().enumerate() {
+        let dx = _mm256_set1_ps(fp16_to_fp32(x.d));
+        let m = fp16_to_fp32(x.m);
+        let bxhi = _mm256_and_si256(bytes_from_bits_32(&x.qh), _mm256_set1_epi8(0x10));
+        let qx = _mm256_or_si256(bytes_from_nibbles_32(&x.qs), bxhi);
+        for ((acc, summs), y) in acc.iter_mut().zip(&mut summs).zip(&y) {
+            let y = &y[i];
+            *summs += m * fp16_to_fp32(y.s);
+            let dy = _mm256_set1_ps(fp16_to_fp32(y.d));
+            let q = mul_sum_us8_pairs_float(qx, load_32(&y.qs));
+            *acc = _mm256_fmadd_ps(q, _mm256_mul_ps(dx, dy), *acc);
+        }
+    }
+    [
+        hsum_float_8(acc[0]) + summs[0],
+        hsum_float_8(acc[1]) + summs[1],
+        hsum_float_8(acc[2]) + summs[2],
+        hsum_float_8(acc[3]) + summs[3],
+    ]
+}
+
+/// [`vec_dot_q8_0_q8_0_avx2`] for four activation rows at once.
+#[target_feature(enable = "avx2,fma")]
+pub fn vec_dot_q8_0_q8_0_x4_avx2(x: &[BlockQ8_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
+    let nb = x.len();
+    assert!(y.iter().all(|y| y.len() == nb));
+    let mut acc = [_mm256_setzero_ps(); 4];
+    for (i, x) in x.iter().enumerate() {
+        let dx = fp16_to_fp32(x.d);
+        let qx = load_32(&x.qs);
+        let ax = _mm256_sign_epi8(qx, qx);
+        for (acc, y) in acc.iter_mut().zip(&y) {
+            let y = &y[i];
+            let d = _mm256_set1_ps(dx * fp16_to_fp32(y.d));
+            let q = mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(load_32(&y.qs), qx));
+            *acc = _mm256_fmadd_ps(d, q, *acc);
+        }
+    }
+    [
+        hsum_float_8(acc[0]),
+        hsum_float_8(acc[1]),
+        hsum_float_8(acc[2]),
+        hsum_float_8(acc[3]),
+    ]
+}
+
+// ---------------------------------------------------------------------------
 // Float dot products (ggml-cpu/vec.cpp with simd-mappings.h, AVX2: four
 // 8-wide accumulators over steps of 32, leftovers summed in f64).
 // ---------------------------------------------------------------------------
@@ -432,8 +684,16 @@ pub fn fp32_to_fp16_row_f16c(x: &[f32], y: &mut [f16]) {
         }
     }
     for i in np..n {
-        y[i] = f16::from_f32(x[i]);
+        y[i] = fp32_to_fp16_f16c(x[i]);
     }
+}
+
+/// f32 → f16 with F16C, round to nearest even (`GGML_CPU_FP32_TO_FP16` on x86).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn fp32_to_fp16_f16c(x: f32) -> f16 {
+    let h = _mm_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(_mm_set_ss(x));
+    f16::from_bits(_mm_extract_epi16::<0>(h) as u16)
 }
 
 /// max |x| over a 32-float block, as ggml's AVX2 quantizers compute it.
@@ -504,7 +764,7 @@ pub fn quantize_row_q8_0_avx2(x: &[f32], y: &mut [BlockQ8_0]) {
         let v = load_block_32(x);
         let max_scalar = block_absmax(&v);
         let d = max_scalar / 127.0;
-        b.d = f16::from_f32(d);
+        b.d = fp32_to_fp16_f16c(d);
         let id = if max_scalar != 0.0 {
             127.0 / max_scalar
         } else {
@@ -522,7 +782,7 @@ pub fn quantize_row_q8_1_avx2(x: &[f32], y: &mut [BlockQ8_1]) {
         let v = load_block_32(x);
         let max_scalar = block_absmax(&v);
         let d = max_scalar / 127.0;
-        b.d = f16::from_f32(d);
+        b.d = fp32_to_fp16_f16c(d);
         let id = if max_scalar != 0.0 {
             127.0 / max_scalar
         } else {
@@ -533,7 +793,7 @@ pub fn quantize_row_q8_1_avx2(x: &[f32], y: &mut [BlockQ8_1]) {
             _mm256_add_epi32(i[0], i[1]),
             _mm256_add_epi32(i[2], i[3]),
         ));
-        b.s = f16::from_f32(d * sum as f32);
+        b.s = fp32_to_fp16_f16c(d * sum as f32);
         pack_i8(i, &mut b.qs);
     }
 }
