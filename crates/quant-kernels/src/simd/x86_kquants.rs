@@ -127,12 +127,28 @@ fn load_u8x16(p: &[u8]) -> __m128i {
     unsafe { _mm_loadu_si128(p.as_ptr().cast()) }
 }
 
-/// Sixteen i16 lanes: `lo` in the low eight (weights 0–15 of a 32-weight
-/// chunk after `maddubs`), `hi` in the high eight (weights 16–31).
+/// `pshufb` masks that, applied to eight i16 scales duplicated in both
+/// 128-bit lanes, put scale `2s` in the low lane and `2s + 1` in the high
+/// lane: the scales of chunk `s` (32 weights, 16 per scale) after `maddubs`.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn scale_pair(lo: i16, hi: i16) -> __m256i {
-    _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
+fn scale_shuffles() -> [__m256i; 4] {
+    std::array::from_fn(|s| {
+        let lo = (((4 * s + 1) << 8) | (4 * s)) as i16;
+        let hi = (((4 * s + 3) << 8) | (4 * s + 2)) as i16;
+        _mm256_set_m128i(_mm_set1_epi16(hi), _mm_set1_epi16(lo))
+    })
+}
+
+/// Sixteen signed 8-bit scales widened to i16, as two vectors holding
+/// scales 0–7 and 8–15, each duplicated in both 128-bit lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn widen_scales(scales8: __m128i) -> [__m256i; 2] {
+    let all = _mm256_cvtepi8_epi16(scales8);
+    let l = _mm256_castsi256_si128(all);
+    let h = _mm256_extracti128_si256(all, 1);
+    [_mm256_set_m128i(l, l), _mm256_set_m128i(h, h)]
 }
 
 /// Signed × signed bytes summed in pairs to i16 (ggml's `mul_add_epi8`);
@@ -170,40 +186,42 @@ fn iq4_levels(table: __m256i, qs: &[u8]) -> __m256i {
 // Dot products.
 // ---------------------------------------------------------------------------
 
-/// Q2_K × Q8_K, after ggml's `ggml_vec_dot_q2_K_q8_K` AVX2 branch.
+/// Q2_K × Q8_K, after ggml's `ggml_vec_dot_q2_K_q8_K` AVX2 branch: the
+/// mins term is one `madd` of the 16 mins with Q8_K's 16 block sums, and the
+/// scales are widened once and broadcast per chunk with `pshufb`.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn vec_dot_q2_k_q8_k_avx2(x: &[BlockQ2_K], y: &[BlockQ8_K]) -> f32 {
     assert_eq!(x.len(), y.len());
     let m3 = _mm256_set1_epi8(3);
+    let m4 = _mm_set1_epi8(0xF);
+    let shuffles = scale_shuffles();
     let mut acc = _mm256_setzero_ps();
-    let mut acc_m = 0.0f32;
     for (xb, yb) in x.iter().zip(y) {
         let dall = yb.d * fp16_to_fp32(xb.d);
-        let dmin = yb.d * fp16_to_fp32(xb.dmin);
-        let mut summs = 0i32;
-        for j in 0..16 {
-            summs += yb.bsums[j] as i32 * (xb.scales[j] >> 4) as i32;
-        }
+        let dmin = -yb.d * fp16_to_fp32(xb.dmin);
+        let mins_and_scales = load_u8x16(&xb.scales);
+        let scales8 = _mm_and_si128(mins_and_scales, m4);
+        let mins8 = _mm_and_si128(_mm_srli_epi16(mins_and_scales, 4), m4);
+        // SAFETY: `bsums` is 32 readable bytes; loadu has no alignment needs.
+        let bsums = unsafe { _mm256_loadu_si256(yb.bsums.as_ptr().cast()) };
+        let prod = _mm256_madd_epi16(_mm256_cvtepu8_epi16(mins8), bsums);
+        acc = _mm256_fmadd_ps(_mm256_set1_ps(dmin), _mm256_cvtepi32_ps(prod), acc);
+        let halves = widen_scales(scales8);
         let mut sumi = _mm256_setzero_si256();
-        for h in 0..2 {
-            let mut q2bits = load_u8x32(&xb.qs[32 * h..]);
-            for s in 0..4 {
-                let k = 4 * h + s;
+        for (half, scales) in halves.into_iter().enumerate() {
+            let mut q2bits = load_u8x32(&xb.qs[32 * half..]);
+            for (s, shuffle) in shuffles.iter().enumerate() {
                 let q2 = _mm256_and_si256(q2bits, m3);
                 q2bits = _mm256_srli_epi16(q2bits, 2);
-                let q8 = load_i8x32(&yb.qs[32 * k..]);
+                let q8 = load_i8x32(&yb.qs[128 * half + 32 * s..]);
                 let p16 = _mm256_maddubs_epi16(q2, q8);
-                let sc = scale_pair(
-                    (xb.scales[2 * k] & 0xF) as i16,
-                    (xb.scales[2 * k + 1] & 0xF) as i16,
-                );
+                let sc = _mm256_shuffle_epi8(scales, *shuffle);
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc, p16));
             }
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(dall), _mm256_cvtepi32_ps(sumi), acc);
-        acc_m += dmin * summs as f32;
     }
-    hsum_float_8(acc) - acc_m
+    hsum_float_8(acc)
 }
 
 /// Q3_K × Q8_K, after ggml's `ggml_vec_dot_q3_K_q8_K` AVX2 branch: the
@@ -213,13 +231,17 @@ pub fn vec_dot_q2_k_q8_k_avx2(x: &[BlockQ2_K], y: &[BlockQ8_K]) -> f32 {
 pub fn vec_dot_q3_k_q8_k_avx2(x: &[BlockQ3_K], y: &[BlockQ8_K]) -> f32 {
     assert_eq!(x.len(), y.len());
     let m3 = _mm256_set1_epi8(3);
+    let shuffles = scale_shuffles();
     let mut acc = _mm256_setzero_ps();
     for (xb, yb) in x.iter().zip(y) {
         let d = yb.d * fp16_to_fp32(xb.d);
         let scales = crate::formats::k_helpers::unpack_scales_q3_k(&xb.scales);
+        // SAFETY: `scales` is 16 readable bytes; loadu has no alignment needs.
+        let scales8 = unsafe { _mm_loadu_si128(scales.as_ptr().cast()) };
+        let halves = widen_scales(_mm_sub_epi8(scales8, _mm_set1_epi8(32)));
         let hbits = load_u8x32(&xb.hmask);
         let mut sumi = _mm256_setzero_si256();
-        for h in 0..2 {
+        for (h, scales) in halves.into_iter().enumerate() {
             let mut q3bits = load_u8x32(&xb.qs[32 * h..]);
             for s in 0..4 {
                 let k = 4 * h + s;
@@ -232,7 +254,7 @@ pub fn vec_dot_q3_k_q8_k_avx2(x: &[BlockQ3_K], y: &[BlockQ8_K]) -> f32 {
                 let q8 = load_i8x32(&yb.qs[32 * k..]);
                 let p16 =
                     _mm256_sub_epi16(_mm256_maddubs_epi16(q3l, q8), _mm256_maddubs_epi16(q3h, q8));
-                let sc = scale_pair(scales[2 * k] as i16 - 32, scales[2 * k + 1] as i16 - 32);
+                let sc = _mm256_shuffle_epi8(scales, shuffles[s]);
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc, p16));
             }
         }
@@ -241,10 +263,11 @@ pub fn vec_dot_q3_k_q8_k_avx2(x: &[BlockQ3_K], y: &[BlockQ8_K]) -> f32 {
     hsum_float_8(acc)
 }
 
-/// The mins term of Q4_K/Q5_K: `Σ_j m_j · (bsums[2j] + bsums[2j+1])`.
+/// The mins term of Q4_K/Q5_K, `Σ_j m_j · (bsums[2j] + bsums[2j+1])`, as
+/// four partial sums.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn mins_dot_bsums(mins: &[u8], bsums: &[i16; 16]) -> i32 {
+fn mins_dot_bsums(mins: &[u8], bsums: &[i16; 16]) -> __m128 {
     // SAFETY: `bsums` is 32 readable bytes; loadu has no alignment needs.
     let q8sums = unsafe { _mm256_loadu_si256(bsums.as_ptr().cast()) };
     let q8s = _mm_hadd_epi16(
@@ -254,9 +277,7 @@ fn mins_dot_bsums(mins: &[u8], bsums: &[i16; 16]) -> i32 {
     assert!(mins.len() >= 8);
     // SAFETY: `mins` has at least 8 readable bytes, all that loadl reads.
     let m = _mm_cvtepu8_epi16(unsafe { _mm_loadl_epi64(mins.as_ptr().cast()) });
-    let prod = _mm_madd_epi16(m, q8s);
-    let s = _mm_hadd_epi32(_mm_hadd_epi32(prod, prod), prod);
-    _mm_cvtsi128_si32(s)
+    _mm_cvtepi32_ps(_mm_madd_epi16(m, q8s))
 }
 
 /// Q4_K × Q8_K, after ggml's `ggml_vec_dot_q4_K_q8_K` AVX2 branch.
@@ -265,12 +286,16 @@ pub fn vec_dot_q4_k_q8_k_avx2(x: &[BlockQ4_K], y: &[BlockQ8_K]) -> f32 {
     assert_eq!(x.len(), y.len());
     let m4 = _mm256_set1_epi8(0xF);
     let mut acc = _mm256_setzero_ps();
-    let mut acc_m = 0.0f32;
+    let mut acc_m = _mm_setzero_ps();
     for (xb, yb) in x.iter().zip(y) {
         let d = yb.d * fp16_to_fp32(xb.d);
         let dmin = yb.d * fp16_to_fp32(xb.dmin);
         let sm = crate::formats::k_helpers::unpack_scales_mins_k4(&xb.scales);
-        acc_m += dmin * mins_dot_bsums(&sm[8..], &yb.bsums) as f32;
+        acc_m = _mm_fmadd_ps(
+            _mm_set1_ps(dmin),
+            mins_dot_bsums(&sm[8..], &yb.bsums),
+            acc_m,
+        );
         let mut sumi = _mm256_setzero_si256();
         for j in 0..QK_K / 64 {
             let q4bits = load_u8x32(&xb.qs[32 * j..]);
@@ -290,7 +315,9 @@ pub fn vec_dot_q4_k_q8_k_avx2(x: &[BlockQ4_K], y: &[BlockQ8_K]) -> f32 {
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    hsum_float_8(acc) - acc_m
+    acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+    acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
+    hsum_float_8(acc) - _mm_cvtss_f32(acc_m)
 }
 
 /// Q5_K × Q8_K, after ggml's `ggml_vec_dot_q5_K_q8_K` AVX2 branch.
@@ -300,12 +327,16 @@ pub fn vec_dot_q5_k_q8_k_avx2(x: &[BlockQ5_K], y: &[BlockQ8_K]) -> f32 {
     let m4 = _mm256_set1_epi8(0xF);
     let sixteen = _mm256_set1_epi8(16);
     let mut acc = _mm256_setzero_ps();
-    let mut acc_m = 0.0f32;
+    let mut acc_m = _mm_setzero_ps();
     for (xb, yb) in x.iter().zip(y) {
         let d = yb.d * fp16_to_fp32(xb.d);
         let dmin = yb.d * fp16_to_fp32(xb.dmin);
         let sm = crate::formats::k_helpers::unpack_scales_mins_k4(&xb.scales);
-        acc_m += dmin * mins_dot_bsums(&sm[8..], &yb.bsums) as f32;
+        acc_m = _mm_fmadd_ps(
+            _mm_set1_ps(dmin),
+            mins_dot_bsums(&sm[8..], &yb.bsums),
+            acc_m,
+        );
         let hbits = load_u8x32(&xb.qh);
         let mut sumi = _mm256_setzero_si256();
         for j in 0..QK_K / 64 {
@@ -336,7 +367,9 @@ pub fn vec_dot_q5_k_q8_k_avx2(x: &[BlockQ5_K], y: &[BlockQ8_K]) -> f32 {
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    hsum_float_8(acc) - acc_m
+    acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
+    acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
+    hsum_float_8(acc) - _mm_cvtss_f32(acc_m)
 }
 
 /// Q6_K × Q8_K, after ggml's `ggml_vec_dot_q6_K_q8_K` AVX2 branch: the
@@ -347,12 +380,14 @@ pub fn vec_dot_q6_k_q8_k_avx2(x: &[BlockQ6_K], y: &[BlockQ8_K]) -> f32 {
     let m4 = _mm256_set1_epi8(0xF);
     let m2 = _mm256_set1_epi8(3);
     let m32s = _mm256_set1_epi8(32);
+    let shuffles = scale_shuffles();
     let mut acc = _mm256_setzero_ps();
     for (xb, yb) in x.iter().zip(y) {
         let d = yb.d * fp16_to_fp32(xb.d);
-        let sc = &xb.scales;
+        // SAFETY: `scales` is 16 readable bytes; loadu has no alignment needs.
+        let halves = widen_scales(unsafe { _mm_loadu_si128(xb.scales.as_ptr().cast()) });
         let mut sumi = _mm256_setzero_si256();
-        for h in 0..2 {
+        for (h, scales) in halves.into_iter().enumerate() {
             let q4bits1 = load_u8x32(&xb.ql[64 * h..]);
             let q4bits2 = load_u8x32(&xb.ql[64 * h + 32..]);
             let q4bits_h = load_u8x32(&xb.qh[32 * h..]);
@@ -370,8 +405,7 @@ pub fn vec_dot_q6_k_q8_k_avx2(x: &[BlockQ6_K], y: &[BlockQ8_K]) -> f32 {
                 let q8 = load_i8x32(&yb.qs[128 * h + 32 * c..]);
                 let p16 =
                     _mm256_sub_epi16(_mm256_maddubs_epi16(qc, q8), _mm256_maddubs_epi16(m32s, q8));
-                let k = 8 * h + 2 * c;
-                let scale = scale_pair(sc[k] as i16, sc[k + 1] as i16);
+                let scale = _mm256_shuffle_epi8(scales, shuffles[c]);
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p16));
             }
         }
@@ -387,15 +421,29 @@ pub fn vec_dot_iq4_nl_q8_0_avx2(x: &[BlockIQ4_NL], y: &[BlockQ8_0]) -> f32 {
     assert_eq!(x.len(), y.len());
     let table = iq4nl_table();
     let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_ps();
-    for (xb, yb) in x.iter().zip(y) {
+    // Two blocks per step into two accumulators, as ggml does, so that
+    // consecutive blocks' FMAs do not wait on each other.
+    let mut acc = [_mm256_setzero_ps(); 2];
+    let block = |xb: &BlockIQ4_NL, yb: &BlockQ8_0| -> (__m256, __m256) {
         let q4 = iq4_levels(table, &xb.qs);
         let q8 = load_i8x32(&yb.qs);
         let p = _mm256_madd_epi16(mul_add_epi8(q4, q8), ones);
         let d = fp16_to_fp32(yb.d) * fp16_to_fp32(xb.d);
-        acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(p), acc);
+        (_mm256_set1_ps(d), _mm256_cvtepi32_ps(p))
+    };
+    let mut xs = x.chunks_exact(2);
+    let mut ys = y.chunks_exact(2);
+    for (x2, y2) in (&mut xs).zip(&mut ys) {
+        let (d0, p0) = block(&x2[0], &y2[0]);
+        let (d1, p1) = block(&x2[1], &y2[1]);
+        acc[0] = _mm256_fmadd_ps(d0, p0, acc[0]);
+        acc[1] = _mm256_fmadd_ps(d1, p1, acc[1]);
     }
-    hsum_float_8(acc)
+    for (xb, yb) in xs.remainder().iter().zip(ys.remainder()) {
+        let (d, p) = block(xb, yb);
+        acc[0] = _mm256_fmadd_ps(d, p, acc[0]);
+    }
+    hsum_float_8(_mm256_add_ps(acc[0], acc[1]))
 }
 
 /// IQ4_XS × Q8_K, after ggml's `ggml_vec_dot_iq4_xs_q8_K` AVX2 branch.
