@@ -243,7 +243,7 @@ pub fn vec_dot_q3_k_q8_k_avx2(x: &[BlockQ3_K], y: &[BlockQ8_K]) -> f32 {
         let mut sumi = _mm256_setzero_si256();
         for (h, scales) in halves.into_iter().enumerate() {
             let mut q3bits = load_u8x32(&xb.qs[32 * h..]);
-            for s in 0..4 {
+            for (s, shuffle) in shuffles.iter().enumerate() {
                 let k = 4 * h + s;
                 let q3l = _mm256_and_si256(q3bits, m3);
                 q3bits = _mm256_srli_epi16(q3bits, 2);
@@ -254,7 +254,7 @@ pub fn vec_dot_q3_k_q8_k_avx2(x: &[BlockQ3_K], y: &[BlockQ8_K]) -> f32 {
                 let q8 = load_i8x32(&yb.qs[32 * k..]);
                 let p16 =
                     _mm256_sub_epi16(_mm256_maddubs_epi16(q3l, q8), _mm256_maddubs_epi16(q3h, q8));
-                let sc = _mm256_shuffle_epi8(scales, shuffles[s]);
+                let sc = _mm256_shuffle_epi8(scales, *shuffle);
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(sc, p16));
             }
         }
