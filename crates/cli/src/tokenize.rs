@@ -1,0 +1,65 @@
+//! `strata tokenize [--model M] TEXT [--json] [--no-special] [--no-bos]`: the
+//! token ids and pieces of a text, as llama.cpp's tokenizer gives them.
+
+use std::io::{Read as _, Write as _};
+use std::path::PathBuf;
+
+use gguf_format::GgufFile;
+use serde_json::json;
+use tokenizer::Tokenizer;
+
+use crate::CmdResult;
+
+/// Arguments of `strata tokenize`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The text to tokenize (`-` reads standard input).
+    text: String,
+    /// The GGUF file whose vocabulary to use; the default model if omitted.
+    #[arg(long, short)]
+    model: Option<PathBuf>,
+    /// Print one JSON object instead of one `id<TAB>piece` line per token.
+    #[arg(long)]
+    json: bool,
+    /// Treat special-token text (`<|im_start|>`) as plain text.
+    #[arg(long)]
+    no_special: bool,
+    /// Do not add BOS/EOS even where the model asks for them.
+    #[arg(long)]
+    no_bos: bool,
+}
+
+/// Runs `strata tokenize`.
+pub fn run(args: Args) -> CmdResult {
+    let path = match args.model {
+        Some(path) => path,
+        None => model_cache::default_model()?,
+    };
+    let file = GgufFile::open(&path)?;
+    let tok = Tokenizer::from_gguf(file.header())?;
+    let text = if args.text == "-" {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        s
+    } else {
+        args.text
+    };
+    let ids = tok.encode(&text, !args.no_bos, !args.no_special)?;
+    let piece = |id: u32| String::from_utf8_lossy(tok.piece(id)).into_owned();
+    let mut out = String::new();
+    if args.json {
+        let tokens: Vec<_> = ids
+            .iter()
+            .map(|&id| json!({"id": id, "piece": piece(id)}))
+            .collect();
+        out = serde_json::to_string_pretty(&json!({"count": ids.len(), "tokens": tokens}))?;
+        out.push('\n');
+    } else {
+        for &id in &ids {
+            // Debug formatting makes spaces and newlines in pieces visible.
+            out.push_str(&format!("{id}\t{:?}\n", piece(id)));
+        }
+    }
+    std::io::stdout().lock().write_all(out.as_bytes())?;
+    Ok(())
+}
