@@ -1,2 +1,56 @@
 //! The `strata` command-line tool.
-fn main() {}
+//!
+//! This file only parses arguments and dispatches: each subcommand lives in
+//! its own module with an `Args` struct (clap derive) and a `run` function.
+//! To add one, add a module, a variant to [`Commands`] and a match arm.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+mod inspect;
+mod logits;
+
+/// Run LLaMA-family GGUF models on CPU and GPU.
+#[derive(Parser)]
+#[command(name = "strata", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Commands,
+}
+
+/// The subcommands.
+#[derive(Subcommand)]
+enum Commands {
+    /// Print a GGUF file's metadata and tensor table.
+    Inspect(inspect::Args),
+    /// Write every position's logits of a token sequence (f32, [n_tokens, n_vocab]).
+    Logits(logits::Args),
+}
+
+/// What a subcommand returns: its error is printed as one line.
+pub type CmdResult = Result<(), Box<dyn std::error::Error>>;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Commands::Inspect(args) => inspect::run(args),
+        Commands::Logits(args) => logits::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        // A closed pipe (`strata inspect x | head`) is not a failure.
+        Err(e)
+            if e.downcast_ref::<std::io::Error>()
+                .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
+        {
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            // One line, whatever the message holds, so scripts can rely on it.
+            let message = e.to_string().replace(['\n', '\r'], " ");
+            eprintln!("strata: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}

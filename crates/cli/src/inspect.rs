@@ -1,0 +1,215 @@
+//! `strata inspect [FILE] [--json]`: a GGUF file's metadata and tensor table.
+//!
+//! Long arrays (a vocabulary) are summarised as gguf-py's `gguf-dump` does:
+//! type, length and the first few elements. Long strings (a chat template)
+//! are cut in the text output and kept whole in the JSON.
+
+use std::fmt::Write as _;
+use std::io::Write as _;
+use std::path::PathBuf;
+
+use gguf_format::{GgufFile, GgufHeader, Value};
+use serde_json::json;
+
+use crate::CmdResult;
+
+/// Array elements shown before the summary's `...`.
+const SHOWN_ELEMENTS: usize = 6;
+/// Characters of a string shown in the text output.
+const SHOWN_CHARS: usize = 80;
+
+/// Arguments of `strata inspect`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// The GGUF file; the default model (fetched on first use) if omitted.
+    file: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs `strata inspect`.
+pub fn run(args: Args) -> CmdResult {
+    let path = match args.file {
+        Some(path) => path,
+        None => model_cache::default_model()?,
+    };
+    let file = GgufFile::open(&path)?;
+    let size = file.bytes().len() as u64;
+    let out = if args.json {
+        let mut s = serde_json::to_string_pretty(&to_json(&path, &file, size))?;
+        s.push('\n');
+        s
+    } else {
+        to_text(&path, &file, size)
+    };
+    std::io::stdout().lock().write_all(out.as_bytes())?;
+    Ok(())
+}
+
+fn to_text(path: &std::path::Path, h: &GgufHeader, size: u64) -> String {
+    let mut s = String::new();
+    // Writing to a String cannot fail.
+    let _ = writeln!(
+        s,
+        "{}: GGUF v{}, {} metadata keys, {} tensors, alignment {}, data at byte {}, {} bytes",
+        path.display(),
+        h.version,
+        h.metadata().len(),
+        h.tensors().len(),
+        h.alignment,
+        h.data_offset,
+        size
+    );
+    let _ = writeln!(s, "\nmetadata:");
+    let _ = writeln!(s, "{:>5}  {:<15} {:>8}  key = value", "#", "type", "count");
+    for (i, (key, value)) in h.metadata().iter().enumerate() {
+        let count = value.as_array().map_or(1, |a| a.len());
+        let _ = writeln!(
+            s,
+            "{:>5}  {:<15} {:>8}  {key} = {}",
+            i + 1,
+            value.type_name(),
+            count,
+            text_value(value)
+        );
+    }
+    let name_width = h
+        .tensors()
+        .iter()
+        .map(|t| t.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    let shapes: Vec<String> = h
+        .tensors()
+        .iter()
+        .map(|t| format!("{:?}", t.dims))
+        .collect();
+    let shape_width = shapes.iter().map(String::len).max().unwrap_or(5).max(5);
+    let _ = writeln!(s, "\ntensors:");
+    let _ = writeln!(
+        s,
+        "{:>5}  {:<name_width$}  {:<7}  {:<shape_width$}  {:>12}  {:>12}",
+        "#", "name", "type", "shape", "file offset", "bytes"
+    );
+    for (i, (t, shape)) in h.tensors().iter().zip(&shapes).enumerate() {
+        let _ = writeln!(
+            s,
+            "{:>5}  {:<name_width$}  {:<7}  {:<shape_width$}  {:>12}  {:>12}",
+            i + 1,
+            t.name,
+            t.ggml_type.name(),
+            shape,
+            h.data_offset + t.offset,
+            t.n_bytes()
+        );
+    }
+    s
+}
+
+/// A value as one line of text: strings quoted (and cut when long),
+/// arrays summarised.
+fn text_value(v: &Value) -> String {
+    match v {
+        Value::String(s) => {
+            if s.chars().count() <= SHOWN_CHARS {
+                format!("{s:?}")
+            } else {
+                let head: String = s.chars().take(SHOWN_CHARS).collect();
+                format!("{head:?}... ({} bytes)", s.len())
+            }
+        }
+        Value::Array(a) => {
+            let mut parts: Vec<String> = a
+                .values
+                .iter()
+                .take(SHOWN_ELEMENTS)
+                .map(text_value)
+                .collect();
+            if a.len() > SHOWN_ELEMENTS {
+                parts.push("...".into());
+            }
+            format!("[{}]", parts.join(", "))
+        }
+        Value::F32(x) => format!("{x:?}"),
+        Value::F64(x) => format!("{x:?}"),
+        Value::Bool(b) => b.to_string(),
+        Value::U8(x) => x.to_string(),
+        Value::I8(x) => x.to_string(),
+        Value::U16(x) => x.to_string(),
+        Value::I16(x) => x.to_string(),
+        Value::U32(x) => x.to_string(),
+        Value::I32(x) => x.to_string(),
+        Value::U64(x) => x.to_string(),
+        Value::I64(x) => x.to_string(),
+    }
+}
+
+/// A value as JSON; arrays keep only their first elements (the entry says
+/// how many there are).
+fn json_value(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Array(a) => a
+            .values
+            .iter()
+            .take(SHOWN_ELEMENTS)
+            .map(json_value)
+            .collect(),
+        Value::String(s) => json!(s),
+        // Non-finite floats become null: JSON has no NaN.
+        Value::F32(x) => json!(x),
+        Value::F64(x) => json!(x),
+        Value::Bool(b) => json!(b),
+        Value::U8(x) => json!(x),
+        Value::I8(x) => json!(x),
+        Value::U16(x) => json!(x),
+        Value::I16(x) => json!(x),
+        Value::U32(x) => json!(x),
+        Value::I32(x) => json!(x),
+        Value::U64(x) => json!(x),
+        Value::I64(x) => json!(x),
+    }
+}
+
+fn to_json(path: &std::path::Path, h: &GgufHeader, size: u64) -> serde_json::Value {
+    let metadata: Vec<serde_json::Value> = h
+        .metadata()
+        .iter()
+        .map(|(key, value)| {
+            let mut entry = json!({
+                "key": key,
+                "type": value.type_name(),
+                "value": json_value(value),
+            });
+            if let Some(a) = value.as_array() {
+                entry["len"] = json!(a.len());
+                entry["truncated"] = json!(a.len() > SHOWN_ELEMENTS);
+            }
+            entry
+        })
+        .collect();
+    let tensors: Vec<serde_json::Value> = h
+        .tensors()
+        .iter()
+        .map(|t| {
+            json!({
+                "name": t.name,
+                "type": t.ggml_type.name(),
+                "shape": t.dims,
+                "offset": t.offset,
+                "file_offset": h.data_offset + t.offset,
+                "bytes": t.n_bytes(),
+            })
+        })
+        .collect();
+    json!({
+        "file": path.display().to_string(),
+        "version": h.version,
+        "size": size,
+        "alignment": h.alignment,
+        "data_offset": h.data_offset,
+        "metadata": metadata,
+        "tensors": tensors,
+    })
+}

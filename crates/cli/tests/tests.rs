@@ -1,0 +1,4 @@
+//! The CLI's one integration-test binary: each module runs the built
+//! `strata` binary on fixtures.
+
+mod inspect;
