@@ -10,6 +10,8 @@ use clap::{Parser, Subcommand};
 
 mod inspect;
 mod logits;
+mod template;
+mod tokenize;
 
 /// Run LLaMA-family GGUF models on CPU and GPU.
 #[derive(Parser)]
@@ -26,6 +28,10 @@ enum Commands {
     Inspect(inspect::Args),
     /// Write every position's logits of a token sequence (f32, [n_tokens, n_vocab]).
     Logits(logits::Args),
+    /// Print the token ids and pieces of a text.
+    Tokenize(tokenize::Args),
+    /// Render a chat template (a model's or a file) with a JSON context.
+    Template(template::Args),
 }
 
 /// What a subcommand returns: its error is printed as one line.
@@ -36,6 +42,8 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Commands::Inspect(args) => inspect::run(args),
         Commands::Logits(args) => logits::run(args),
+        Commands::Tokenize(args) => tokenize::run(args),
+        Commands::Template(args) => template::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
