@@ -93,8 +93,8 @@ impl Shader {
             Shader::Quant => &[Read, Read, ReadWrite, Uniform, Uniform, Read],
             // x, weight, y, params, step
             Shader::Norm => &[Read, Read, ReadWrite, Uniform, Uniform],
-            // x, y, params, step
-            Shader::Rope => &[Read, ReadWrite, Uniform, Uniform],
+            // x, y, params, step, cos/sin table
+            Shader::Rope => &[Read, ReadWrite, Uniform, Uniform, Read],
             // q, k_cache, v_cache, out, params, step
             Shader::Attention => &[Read, Read, Read, ReadWrite, Uniform, Uniform],
             // a, b, y, params, step, token

@@ -118,6 +118,10 @@ pub struct GpuModelOptions {
     pub n_ctx: Option<u32>,
     /// Most tokens per step (prompt chunks are at most this long).
     pub max_batch: u32,
+    /// Keep the KV cache at f16 precision, as llama.cpp does by default
+    /// (values rounded to f16 and, as ggml's f16 products do, the query and
+    /// the attention probabilities too); `false` keeps it in f32.
+    pub kv_f16: bool,
 }
 
 impl Default for GpuModelOptions {
@@ -125,6 +129,7 @@ impl Default for GpuModelOptions {
         GpuModelOptions {
             n_ctx: None,
             max_batch: 512,
+            kv_f16: true,
         }
     }
 }
@@ -246,6 +251,8 @@ impl GpuModel {
         let cfg = GpuConfig::from_gguf(file.header())?;
         let n_ctx = opts.n_ctx.unwrap_or(cfg.n_ctx_train.min(4096)).max(1);
         let max_batch = opts.max_batch.clamp(1, n_ctx);
+        let kv_f16 = opts.kv_f16;
+        let cache_write = if kv_f16 { 2 } else { 1 };
         let (d, dq, dkv, ff, nv) = (
             cfg.n_embd,
             cfg.n_head * cfg.head_dim,
@@ -309,8 +316,22 @@ impl GpuModel {
         let mut body = Vec::new();
         let embd = matrix("token_embd.weight", d, nv)?;
         body.extend(ob.get_rows(&embd, &ids, &x, d, &dummy));
-        let theta_scale = cfg.rope_base.powf(-2.0 / cfg.rope_dims as f32);
-        let rope = |n_heads: u32, x_stride: u32, y_stride: u32, at_pos: bool| RopeParams {
+        let mut rp = tensor_core::RopeParams::new(
+            if cfg.rope_neox {
+                tensor_core::RopeMode::Neox
+            } else {
+                tensor_core::RopeMode::Normal
+            },
+            cfg.head_dim as usize,
+            cfg.rope_dims as usize,
+            cfg.rope_base,
+        );
+        rp.freq_scale = cfg.rope_freq_scale;
+        let rope_table = ctx.upload(
+            "rope_table",
+            bytemuck::cast_slice(&crate::ops::rope_table(&rp, n_ctx as usize)),
+        );
+        let rope = |n_heads: u32, x_stride: u32, y_stride: u32, at_pos: u32| RopeParams {
             n_heads,
             head_dim: cfg.head_dim,
             n_dims: cfg.rope_dims,
@@ -318,10 +339,8 @@ impl GpuModel {
             x_stride,
             y_stride,
             y_base: 0,
-            at_pos: at_pos as u32,
-            theta_scale,
-            freq_scale: cfg.rope_freq_scale,
-            pad: [0; 2],
+            at_pos,
+            pad: [0; 4],
         };
         for l in 0..cfg.n_layer {
             let name = |s: &str| format!("blk.{l}.{s}");
@@ -340,13 +359,29 @@ impl GpuModel {
             body.push(ob.rms_norm(&x, d, &attn_norm, &xn, d, d, cfg.rms_eps, false));
             let mut done = Vec::new();
             let xq = acts.input(&ob, &mut body, &mut done, &xn, d, d, &wq);
-            body.extend(ob.linear("attn_q", &wq, &xq, d, &q_raw, dq, 0, false, false, &dummy));
+            body.extend(ob.linear("attn_q", &wq, &xq, d, &q_raw, dq, 0, false, 0, &dummy));
             let xk = acts.input(&ob, &mut body, &mut done, &xn, d, d, &wk);
-            body.extend(ob.linear("attn_k", &wk, &xk, d, &k_raw, dkv, 0, false, false, &dummy));
+            body.extend(ob.linear("attn_k", &wk, &xk, d, &k_raw, dkv, 0, false, 0, &dummy));
             let xv = acts.input(&ob, &mut body, &mut done, &xn, d, d, &wv);
-            body.extend(ob.linear("attn_v", &wv, &xv, d, &v_cache, dkv, 0, false, true, &dummy));
-            body.push(ob.rope(&q_raw, &q, rope(cfg.n_head, dq, dq, false)));
-            body.push(ob.rope(&k_raw, &k_cache, rope(cfg.n_kv_head, dkv, dkv, true)));
+            body.extend(ob.linear(
+                "attn_v",
+                &wv,
+                &xv,
+                d,
+                &v_cache,
+                dkv,
+                0,
+                false,
+                cache_write,
+                &dummy,
+            ));
+            body.push(ob.rope(&q_raw, &q, &rope_table, rope(cfg.n_head, dq, dq, 0)));
+            body.push(ob.rope(
+                &k_raw,
+                &k_cache,
+                &rope_table,
+                rope(cfg.n_kv_head, dkv, dkv, cache_write),
+            ));
             body.push(ob.attention(
                 &q,
                 &k_cache,
@@ -360,17 +395,17 @@ impl GpuModel {
                     kv_stride: dkv,
                     out_stride: dq,
                     scale: 1.0 / (cfg.head_dim as f32).sqrt(),
-                    pad: 0,
+                    kv_f16: kv_f16 as u32,
                 },
             ));
             let ao = acts.input(&ob, &mut body, &mut Vec::new(), &attn, dq, dq, &wo);
-            body.extend(ob.linear("attn_output", &wo, &ao, dq, &x, d, 0, true, false, &dummy));
+            body.extend(ob.linear("attn_output", &wo, &ao, dq, &x, d, 0, true, 0, &dummy));
             body.push(ob.rms_norm(&x, d, &ffn_norm, &xn, d, d, cfg.rms_eps, false));
             let mut done = Vec::new();
             let xg = acts.input(&ob, &mut body, &mut done, &xn, d, d, &wg);
-            body.extend(ob.linear("ffn_gate", &wg, &xg, d, &gate, ff, 0, false, false, &dummy));
+            body.extend(ob.linear("ffn_gate", &wg, &xg, d, &gate, ff, 0, false, 0, &dummy));
             let xu = acts.input(&ob, &mut body, &mut done, &xn, d, d, &wu);
-            body.extend(ob.linear("ffn_up", &wu, &xu, d, &up, ff, 0, false, false, &dummy));
+            body.extend(ob.linear("ffn_up", &wu, &xu, d, &up, ff, 0, false, 0, &dummy));
             body.push(ob.binary(
                 Kernel::Swiglu,
                 &gate,
@@ -385,7 +420,7 @@ impl GpuModel {
                 &dummy,
             ));
             let hq = acts.input(&ob, &mut body, &mut Vec::new(), &h, ff, ff, &wd);
-            body.extend(ob.linear("ffn_down", &wd, &hq, ff, &x, d, 0, true, false, &dummy));
+            body.extend(ob.linear("ffn_down", &wd, &hq, ff, &x, d, 0, true, 0, &dummy));
             for w in [wq, wk, wv, wo, wg, wu, wd] {
                 weight_bytes += w.n_bytes();
                 weights.push(w);
@@ -402,14 +437,10 @@ impl GpuModel {
         weight_bytes += output.n_bytes();
         let mut head_last = vec![ob.rms_norm(&x, d, &out_norm, &xn, d, d, cfg.rms_eps, true)];
         let xo = acts.input(&ob, &mut head_last, &mut Vec::new(), &xn, d, d, &output);
-        head_last.extend(ob.linear(
-            "output", &output, &xo, d, &logits, nv, 0, false, false, &dummy,
-        ));
+        head_last.extend(ob.linear("output", &output, &xo, d, &logits, nv, 0, false, 0, &dummy));
         let mut head_all = vec![ob.rms_norm(&x, d, &out_norm, &xn, d, d, cfg.rms_eps, false)];
         let xo = acts.input(&ob, &mut head_all, &mut Vec::new(), &xn, d, d, &output);
-        head_all.extend(ob.linear(
-            "output", &output, &xo, d, &logits, nv, 0, false, false, &dummy,
-        ));
+        head_all.extend(ob.linear("output", &output, &xo, d, &logits, nv, 0, false, 0, &dummy));
         let argmax = ob.argmax(&logits, nv, nv, 1, &ids, &dummy, &dummy_rw);
         weights.push(output);
         weights.push(embd);

@@ -54,7 +54,9 @@ fn check(what: &str, ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
 /// GGUF bytes and `x` of `n_tokens × k`: matrix-vector kernel up to
 /// [`crate::ops::MATVEC_MAX_TOKENS`] tokens, tiled matrix product above.
 /// `max_part_bytes` forces a row split of the weights when smaller than the
-/// device's binding limit.
+/// device's binding limit. With `round_activations`, `x` is first rounded to
+/// the weight type's activation format ([`crate::kernels::act_type`]) as
+/// the forward pass does, which makes the result ggml's `mul_mat`.
 pub fn matmul(
     ctx: &GpuContext,
     ty: GgmlType,
@@ -63,6 +65,7 @@ pub fn matmul(
     m: usize,
     x: &[f32],
     max_part_bytes: Option<u64>,
+    round_activations: bool,
 ) -> Result<Vec<f32>> {
     check("matmul", k > 0 && x.len() % k == 0, || {
         format!("x has {} values, not a multiple of k = {k}", x.len())
@@ -82,9 +85,15 @@ pub fn matmul(
     let xb = f32_buffer(ctx, "x", x);
     let y = ctx.storage("y", (n * m * 4) as u64);
     let dummy = ctx.storage("dummy", 16);
-    let ops = b.linear(
-        "linear", &w, &xb, k as u32, &y, m as u32, 0, false, false, &dummy,
-    );
+    let mut ops = Vec::new();
+    let mut input = xb.clone();
+    if let Some(act) = crate::kernels::act_type(ty).filter(|_| round_activations) {
+        input = ctx.storage("xq", (x.len() * 4) as u64);
+        ops.push(b.quantize_act(act, &xb, k as u32, &input, k as u32, k as u32));
+    }
+    ops.extend(b.linear(
+        "linear", &w, &input, k as u32, &y, m as u32, 0, false, 0, &dummy,
+    ));
     run(ctx, &ops, n as u32, &y, n * m)
 }
 
@@ -161,9 +170,22 @@ pub fn rope(
     let b = OpBuilder { ctx, step: &step };
     let xb = f32_buffer(ctx, "x", x);
     let y = ctx.storage("y", (x.len() * 4) as u64);
+    let mode = if neox {
+        tensor_core::RopeMode::Neox
+    } else {
+        tensor_core::RopeMode::Normal
+    };
+    let mut rp = tensor_core::RopeParams::new(mode, head_dim, n_dims, freq_base);
+    rp.freq_scale = freq_scale;
+    let table = f32_buffer(
+        ctx,
+        "rope_table",
+        &crate::ops::rope_table(&rp, pos0 as usize + t),
+    );
     let op = b.rope(
         &xb,
         &y,
+        &table,
         RopeParams {
             n_heads: n_heads as u32,
             head_dim: head_dim as u32,
@@ -173,9 +195,7 @@ pub fn rope(
             y_stride: row as u32,
             y_base: 0,
             at_pos: 0,
-            theta_scale: freq_base.powf(-2.0 / n_dims as f32),
-            freq_scale,
-            pad: [0; 2],
+            pad: [0; 4],
         },
     );
     run(ctx, &[op], t as u32, &y, x.len())
@@ -231,7 +251,7 @@ pub fn attention(
             kv_stride: kvrow as u32,
             out_stride: qrow as u32,
             scale: 1.0 / (head_dim as f32).sqrt(),
-            pad: 0,
+            kv_f16: 0,
         },
     );
     run(ctx, &[op], t as u32, &out, q.len())

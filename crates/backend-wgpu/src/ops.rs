@@ -60,9 +60,17 @@ pub(crate) struct RopeParams {
     pub y_stride: u32,
     pub y_base: u32,
     pub at_pos: u32,
-    pub theta_scale: f32,
-    pub freq_scale: f32,
-    pub pad: [u32; 2],
+    pub pad: [u32; 4],
+}
+
+/// cos/sin of every (position, pair) for positions `0..n_pos`, as
+/// tensor-core's CPU RoPE computes them, in the layout `rope.wgsl` reads.
+pub(crate) fn rope_table(p: &tensor_core::RopeParams, n_pos: usize) -> Vec<f32> {
+    let mut table = vec![0f32; n_pos * p.n_dims];
+    for (pos, row) in table.chunks_mut(p.n_dims.max(1)).enumerate() {
+        tensor_core::rope::rope_cache(pos, p, None, row);
+    }
+    table
 }
 
 #[repr(C)]
@@ -75,7 +83,7 @@ pub(crate) struct AttnParams {
     pub kv_stride: u32,
     pub out_stride: u32,
     pub scale: f32,
-    pub pad: u32,
+    pub kv_f16: u32,
 }
 
 #[repr(C)]
@@ -283,7 +291,9 @@ impl OpBuilder<'_> {
             })
     }
 
-    /// `y[t, y_base + r] (+)= W[r] · x[t]` for every part of `w`.
+    /// `y[t, y_base + r] (+)= W[r] · x[t]` for every part of `w`; `at_pos`
+    /// 1 or 2 writes a KV cache (rows counted from the step's position; 2:
+    /// rounded to f16).
     #[allow(clippy::too_many_arguments)]
     pub fn linear(
         &self,
@@ -295,7 +305,7 @@ impl OpBuilder<'_> {
         y_stride: u32,
         y_base: u32,
         accumulate: bool,
-        at_pos: bool,
+        at_pos: u32,
         dummy: &wgpu::Buffer,
     ) -> Vec<Op> {
         w.parts
@@ -309,7 +319,7 @@ impl OpBuilder<'_> {
                     y_stride,
                     y_base: y_base + part.first_row,
                     accumulate: accumulate as u32,
-                    at_pos: at_pos as u32,
+                    at_pos,
                 };
                 let pb = self.ctx.uniform(label, bytemuck::bytes_of(&params));
                 let kernel = Kernel::Matvec(w.ty);
@@ -399,8 +409,14 @@ impl OpBuilder<'_> {
         }
     }
 
-    /// RoPE of `x` into `y` (see `rope.wgsl`).
-    pub fn rope(&self, x: &wgpu::Buffer, y: &wgpu::Buffer, params: RopeParams) -> Op {
+    /// RoPE of `x` into `y` with the cos/sin `table` (see `rope.wgsl`).
+    pub fn rope(
+        &self,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        table: &wgpu::Buffer,
+        params: RopeParams,
+    ) -> Op {
         let pb = self.ctx.uniform("rope", bytemuck::bytes_of(&params));
         let kernel = Kernel::Rope;
         let pairs = params.n_heads * params.head_dim / 2;
@@ -408,7 +424,7 @@ impl OpBuilder<'_> {
             label: "rope",
             pipeline: self.ctx.pipeline(kernel),
             pipeline_mm: None,
-            bind_group: self.bind(kernel, &[x, y, &pb, self.step]),
+            bind_group: self.bind(kernel, &[x, y, &pb, self.step, table]),
             grid: Grid::PerToken([pairs.div_ceil(64), 1]),
             _params: pb,
         }

@@ -62,7 +62,7 @@ fn check_matmul(ty: GgmlType, seed: u64, n_tokens: usize, split: bool) {
         .collect();
     let row_bytes = bytes.len() / m;
     let limit = split.then_some((row_bytes * rng.gen_range(1..=m.min(7)) + 8) as u64);
-    let y = oneshot::matmul(&ctx, ty, &bytes, k, m, &x, limit).unwrap();
+    let y = oneshot::matmul(&ctx, ty, &bytes, k, m, &x, limit, false).unwrap();
     assert_eq!(y.len(), n_tokens * m);
     for t in 0..n_tokens {
         for r in 0..m {
@@ -145,16 +145,9 @@ fn get_rows_all_formats() {
 }
 
 fn rms_norm_ref(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
-    let n = w.len();
-    x.chunks(n)
-        .flat_map(|row| {
-            let ms = row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / n as f64;
-            let s = 1.0 / (ms + eps as f64).sqrt();
-            row.iter()
-                .zip(w)
-                .map(move |(&v, &g)| (v as f64 * s * g as f64) as f32)
-        })
-        .collect()
+    let mut out = vec![0f32; x.len()];
+    tensor_core::ops::rms_norm(x, w, eps, &mut out);
+    out
 }
 
 #[test]
@@ -177,8 +170,7 @@ fn rms_norm_random() {
     }
 }
 
-/// ggml_rope_ext's CPU path: theta for pair i is pos·freq_scale·theta_scale^i
-/// with the power taken by repeated multiplication in f32.
+/// tensor-core's CPU RoPE (ggml_rope_ext).
 #[allow(clippy::too_many_arguments)]
 fn rope_ref(
     x: &[f32],
@@ -190,26 +182,15 @@ fn rope_ref(
     fs: f32,
     pos0: u32,
 ) -> Vec<f32> {
+    let mode = if neox {
+        tensor_core::RopeMode::Neox
+    } else {
+        tensor_core::RopeMode::Normal
+    };
+    let mut p = tensor_core::RopeParams::new(mode, hd, n_dims, base);
+    p.freq_scale = fs;
     let mut y = x.to_vec();
-    let theta_scale = base.powf(-2.0 / n_dims as f32);
-    for (t, tok) in y.chunks_mut(heads * hd).enumerate() {
-        let pos = (pos0 as usize + t) as f32;
-        for head in tok.chunks_mut(hd) {
-            let mut theta = pos;
-            for i in 0..n_dims / 2 {
-                let (c, s) = ((theta * fs).cos(), (theta * fs).sin());
-                let (i0, i1) = if neox {
-                    (i, i + n_dims / 2)
-                } else {
-                    (2 * i, 2 * i + 1)
-                };
-                let (a, b) = (head[i0], head[i1]);
-                head[i0] = a * c - b * s;
-                head[i1] = a * s + b * c;
-                theta *= theta_scale;
-            }
-        }
-    }
+    tensor_core::rope::rope(&mut y, heads, pos0 as usize, &p, None);
     y
 }
 
@@ -239,6 +220,7 @@ fn rope_normal_and_neox() {
     }
 }
 
+/// tensor-core's CPU attention over an f32 cache.
 #[allow(clippy::too_many_arguments)]
 fn attention_ref(
     q: &[f32],
@@ -249,34 +231,14 @@ fn attention_ref(
     hd: usize,
     pos0: usize,
 ) -> Vec<f32> {
-    let t = q.len() / (nh * hd);
-    let mut out = vec![0.0; q.len()];
-    for ti in 0..t {
-        for h in 0..nh {
-            let kh = h / (nh / nkv);
-            let qv = &q[(ti * nh + h) * hd..][..hd];
-            let n = pos0 + ti + 1;
-            let s: Vec<f64> = (0..n)
-                .map(|j| {
-                    let kv = &k[(j * nkv + kh) * hd..][..hd];
-                    qv.iter()
-                        .zip(kv)
-                        .map(|(&a, &b)| a as f64 * b as f64)
-                        .sum::<f64>()
-                        / (hd as f64).sqrt()
-                })
-                .collect();
-            let mx = s.iter().cloned().fold(f64::MIN, f64::max);
-            let e: Vec<f64> = s.iter().map(|&x| (x - mx).exp()).collect();
-            let sum: f64 = e.iter().sum();
-            for d in 0..hd {
-                let acc: f64 = (0..n)
-                    .map(|j| e[j] * v[(j * nkv + kh) * hd + d] as f64)
-                    .sum();
-                out[(ti * nh + h) * hd + d] = (acc / sum) as f32;
-            }
-        }
-    }
+    let p = tensor_core::AttentionParams {
+        n_head: nh,
+        n_head_kv: nkv,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+    };
+    let mut out = vec![0f32; q.len()];
+    tensor_core::attention::attention::<f32>(q, k, v, pos0, &p, &mut out);
     out
 }
 
@@ -325,8 +287,10 @@ fn add_swiglu_argmax() {
         .zip(a.iter().zip(&b))
         .all(|(s, (x, y))| *s == x + y));
     let sw = oneshot::swiglu(&ctx, &a, &b, n).unwrap();
+    let mut want = vec![0f32; a.len()];
+    tensor_core::ops::swiglu(&a, &b, n, &mut want);
     for (i, s) in sw.iter().enumerate() {
-        let e = a[i] / (1.0 + (-a[i]).exp()) * b[i];
+        let e = want[i];
         assert!(
             (s - e).abs() <= 1e-5 * e.abs().max(1.0),
             "swiglu [{i}]: {s} vs {e}"
@@ -374,5 +338,33 @@ fn activation_rounding_matches_ggml() {
             eprintln!("{act} [{i}] x={} gpu {g} cpu {w}", x[i]);
         }
         assert_eq!(diff, 0, "{act}: {diff} of {} values differ", n * t);
+    }
+}
+
+/// With activations rounded as ggml rounds them, the GPU product is
+/// quant-kernels' (ggml's) `mul_mat` up to summation order.
+#[test]
+fn matmul_matches_quant_kernels() {
+    let ctx = ctx();
+    for (i, &ty) in GPU_TYPES.iter().enumerate() {
+        for (case, n) in [1usize, 2, 17].into_iter().enumerate() {
+            let mut rng = StdRng::seed_from_u64(1000 + 10 * i as u64 + case as u64);
+            let k = 256 * rng.gen_range(1..=4);
+            let m = rng.gen_range(1..=70);
+            let (bytes, _) = random_weights(&mut rng, ty, k, m);
+            let x: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+            let got = oneshot::matmul(&ctx, ty, &bytes, k, m, &x, None, true).unwrap();
+            let w = quant_kernels::QMatrix::new(ty, m, k, &bytes).unwrap();
+            let mut want = vec![0f32; n * m];
+            quant_kernels::matmul(&w, &x, n, &mut want, &mut quant_kernels::Scratch::default());
+            for (j, (g, e)) in got.iter().zip(&want).enumerate() {
+                let (t, r) = (j / m, j % m);
+                let mag: f32 = (0..k).map(|c| x[t * k + c].abs()).sum::<f32>() * 2.0 + 1.0;
+                assert!(
+                    (g - e).abs() <= 1e-5 * mag,
+                    "{ty} k={k} m={m} n={n}: y[{t},{r}] = {g}, quant-kernels {e}"
+                );
+            }
+        }
     }
 }

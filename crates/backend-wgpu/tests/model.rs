@@ -82,6 +82,7 @@ fn synth_incremental_matches_batch() {
         &GpuModelOptions {
             n_ctx: Some(128),
             max_batch: 16,
+            ..Default::default()
         },
     )
     .unwrap();

@@ -2,9 +2,12 @@
 //
 // One workgroup per (query head, query token). Token t of the batch sits at
 // position step.pos + t and attends to cache positions 0 ..= step.pos + t.
-// Keys are visited in tiles of WG positions with an online softmax (running
-// maximum and sum, rescaled per tile), so no score matrix is stored;
-// softmax(q·kᵀ·scale)·v is computed in f32.
+// Keys are visited in tiles of WG positions, twice, so that no score matrix
+// is stored: the first pass finds the softmax maximum and sum (online), the
+// second forms each probability p = exp(s − max)·(1/sum) as ggml_soft_max
+// does and accumulates p·v. With an f16 cache (kv_f16 = 1) the query and the
+// probabilities are rounded to f16 first, as ggml's f16 products round their
+// f32 operand.
 
 struct AttnParams {
     n_head: u32,
@@ -14,7 +17,7 @@ struct AttnParams {
     kv_stride: u32,  // floats between positions in the caches (n_kv_head · head_dim)
     out_stride: u32, // floats between tokens in out
     scale: f32,      // 1/sqrt(head_dim) for LLaMA
-    pad: u32,
+    kv_f16: u32,     // 1: the cache holds f16-rounded values; round q and p likewise
 }
 
 struct Step {
@@ -65,6 +68,25 @@ fn reduce_sum(lid: u32, v: f32) -> f32 {
     return r;
 }
 
+fn round_f16(x: f32) -> f32 {
+    let a = abs(x);
+    if (a < 6.103515625e-5) {
+        return round(x * 16777216.0) / 16777216.0;
+    }
+    let b = bitcast<u32>(x);
+    return bitcast<f32>((b + 0xfffu + ((b >> 13u) & 1u)) & 0xffffe000u);
+}
+
+// Score of cache position t (< n_kv) for the query in q_head.
+fn score(t: u32, kvo: u32) -> f32 {
+    let ko = t * p.kv_stride + kvo;
+    var d = 0.0;
+    for (var i = 0u; i < p.head_dim; i++) {
+        d += q_head[i] * k_cache[ko + i];
+    }
+    return d * p.scale;
+}
+
 // Grid: (n_head, 1, n_tokens).
 @compute @workgroup_size(WG)
 fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -74,40 +96,49 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     let kv_head = head / (p.n_head / p.n_kv_head);
     let qo = tok * p.q_stride + head * hd;
     for (var i = lid; i < hd; i += WG) {
-        q_head[i] = q[qo + i];
+        var v = q[qo + i];
+        if (p.kv_f16 != 0u) {
+            v = round_f16(v);
+        }
+        q_head[i] = v;
     }
     workgroupBarrier();
 
     let n_kv = step.pos + tok + 1u;
     let kvo = kv_head * hd;
+    // Pass 1: maximum and sum of exp(s − max).
     var m = NEG;
     var l = 0.0;
-    var acc0 = 0.0; // output dimension lid
-    var acc1 = 0.0; // output dimension lid + WG
     for (var t0 = 0u; t0 < n_kv; t0 += WG) {
         let t = t0 + lid;
         var s = NEG;
         if (t < n_kv) {
-            let ko = t * p.kv_stride + kvo;
-            var d = 0.0;
-            for (var i = 0u; i < hd; i++) {
-                d += q_head[i] * k_cache[ko + i];
-            }
-            s = d * p.scale;
+            s = score(t, kvo);
         }
         let m_new = max(m, reduce_max(lid, s));
         var e = 0.0;
         if (t < n_kv) {
             e = exp(s - m_new);
         }
-        probs[lid] = e;
-        let tile_sum = reduce_sum(lid, e); // its barriers also publish probs
-        let alpha = exp(m - m_new);
-        l = l * alpha + tile_sum;
+        l = l * exp(m - m_new) + reduce_sum(lid, e);
         m = m_new;
+    }
+    let inv = 1.0 / l;
+    // Pass 2: probabilities and p·v.
+    var acc0 = 0.0; // output dimension lid
+    var acc1 = 0.0; // output dimension lid + WG
+    for (var t0 = 0u; t0 < n_kv; t0 += WG) {
+        let t = t0 + lid;
+        var pr = 0.0;
+        if (t < n_kv) {
+            pr = exp(score(t, kvo) - m) * inv;
+            if (p.kv_f16 != 0u) {
+                pr = round_f16(pr);
+            }
+        }
+        probs[lid] = pr;
+        workgroupBarrier();
         let n = min(WG, n_kv - t0);
-        acc0 *= alpha;
-        acc1 *= alpha;
         if (lid < hd) {
             for (var j = 0u; j < n; j++) {
                 acc0 += probs[j] * v_cache[(t0 + j) * p.kv_stride + kvo + lid];
@@ -122,9 +153,9 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     }
     let oo = tok * p.out_stride + head * hd;
     if (lid < hd) {
-        out[oo + lid] = acc0 / l;
+        out[oo + lid] = acc0;
     }
     if (lid + WG < hd) {
-        out[oo + lid + WG] = acc1 / l;
+        out[oo + lid + WG] = acc1;
     }
 }

@@ -22,7 +22,7 @@ struct MatParams {
     y_stride: u32,   // floats between tokens in y
     y_base: u32,     // float offset of the first output (part's first row included)
     accumulate: u32, // 1: y += W·x (residual connection), 0: y = W·x
-    at_pos: u32,     // 1: token index in y is counted from step.pos (KV cache write)
+    at_pos: u32,     // KV cache write: token index in y counted from step.pos; 1 f32 cache, 2 f16 cache
 }
 
 // Per-step values shared by every dispatch of a step.
@@ -238,9 +238,22 @@ fn deq4(base: u32, c: u32, g: u32) -> vec4<f32> {
     }
 }
 
-fn store(tok: u32, row: u32, v: f32) {
+// x rounded to f16 and back, to nearest even (F16C's conversion), as the
+// f16 KV cache stores it. Overflow (|x| > 65504) is not modelled.
+fn round_f16(x: f32) -> f32 {
+    let a = abs(x);
+    if (a < 6.103515625e-5) { // f16 subnormals: multiples of 2^-24
+        return round(x * 16777216.0) / 16777216.0;
+    }
+    let b = bitcast<u32>(x);
+    return bitcast<f32>((b + 0xfffu + ((b >> 13u) & 1u)) & 0xffffe000u);
+}
+
+fn store(tok: u32, row: u32, v_in: f32) {
     var t = tok;
+    var v = v_in;
     if (p.at_pos != 0u) { t += step.pos; }
+    if (p.at_pos == 2u) { v = round_f16(v); }
     let i = t * p.y_stride + p.y_base + row;
     if (p.accumulate != 0u) {
         y[i] += v;

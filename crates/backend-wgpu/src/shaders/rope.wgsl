@@ -2,10 +2,15 @@
 //
 // Rotates the first n_dims dimensions of every head of token t at position
 // step.pos + t. NORMAL mode pairs dimensions (2i, 2i+1) (LLaMA's GGUF
-// tensors are permuted for it); NEOX mode pairs (i, i + n_dims/2). The angle
-// is pos · freq_scale · base^(−2i/n_dims), computed as ggml does:
-// theta_scale^i with theta_scale = base^(−2/n_dims).
+// tensors are permuted for it); NEOX mode pairs (i, i + n_dims/2).
 // Dimensions past n_dims are copied unchanged.
+//
+// cos and sin come from a table made once on the CPU by tensor-core's
+// `rope_cache` (ggml_rope_cache_init's arithmetic: the angle multiplied by
+// base^(−2/n_dims) pair after pair in f32, libm's cosf/sinf): GPU sin/cos
+// are far less accurate than libm at angles of thousands of radians.
+// The rotation is contracted as llama.cpp's build contracts it: the first
+// product of each line fused into the subtraction/addition.
 
 struct RopeParams {
     n_heads: u32,
@@ -15,9 +20,9 @@ struct RopeParams {
     x_stride: u32,   // floats between tokens in x
     y_stride: u32,   // floats between tokens in y
     y_base: u32,     // float offset of the output
-    at_pos: u32,     // 1: token index in y is counted from step.pos (KV cache write)
-    theta_scale: f32,
-    freq_scale: f32,
+    at_pos: u32,     // KV cache write: token index in y counted from step.pos; 1 f32 cache, 2 f16 cache
+    pad0: u32,
+    pad1: u32,
 }
 
 struct Step {
@@ -31,8 +36,28 @@ struct Step {
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 @group(0) @binding(2) var<uniform> p: RopeParams;
 @group(0) @binding(3) var<uniform> step: Step;
+@group(0) @binding(4) var<storage, read> table: array<vec2<f32>>; // [pos][n_dims/2] (cos, sin)
 
 // One invocation per (token, head, pair). Grid: (ceil(heads·head_dim/2 / 64), 1, tokens).
+// x rounded to f16 and back, to nearest even (F16C's conversion), as the
+// f16 KV cache stores it. Overflow (|x| > 65504) is not modelled.
+fn round_f16(x: f32) -> f32 {
+    let a = abs(x);
+    if (a < 6.103515625e-5) { // f16 subnormals: multiples of 2^-24
+        return round(x * 16777216.0) / 16777216.0;
+    }
+    let b = bitcast<u32>(x);
+    return bitcast<f32>((b + 0xfffu + ((b >> 13u) & 1u)) & 0xffffe000u);
+}
+
+fn put(i: u32, v: f32) {
+    if (p.at_pos == 2u) {
+        y[i] = round_f16(v);
+    } else {
+        y[i] = v;
+    }
+}
+
 @compute @workgroup_size(64)
 fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
     let half = p.head_dim / 2u;
@@ -60,16 +85,13 @@ fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     if (2u * i >= p.n_dims) {
         // Unrotated tail (partial rotary): copy this pair's two dimensions.
-        y[yo + 2u * i] = x[xo + 2u * i];
-        y[yo + 2u * i + 1u] = x[xo + 2u * i + 1u];
+        put(yo + 2u * i, x[xo + 2u * i]);
+        put(yo + 2u * i + 1u, x[xo + 2u * i + 1u]);
         return;
     }
-    let pos = f32(step.pos + tok);
-    let theta = pos * p.freq_scale * pow(p.theta_scale, f32(i));
-    let c = cos(theta);
-    let s = sin(theta);
+    let cs = table[(step.pos + tok) * (p.n_dims / 2u) + i];
     let a = x[xo + i0];
     let b = x[xo + i1];
-    y[yo + i0] = a * c - b * s;
-    y[yo + i1] = a * s + b * c;
+    put(yo + i0, fma(a, cs.x, -(b * cs.y)));
+    put(yo + i1, fma(a, cs.y, b * cs.x));
 }
