@@ -1,6 +1,6 @@
 //! IQ1_M: 1.75 bits per weight.
 //!
-//! The IQ1_S grid ([`IQ1S_GRID`]) with finer side information: the ±1/8
+//! The IQ1_S grid (`IQ1S_GRID`) with finer side information: the ±1/8
 //! shift is chosen per 8 weights, the 3-bit odd scale per 16 weights, and
 //! the f16 super-block scale is spread over the top nibbles of the four
 //! scale words. Ported from ggml's `dequantize_row_iq1_m` and
@@ -24,7 +24,7 @@ use super::{dequantize_bytes, vec_dot_bytes, FormatKernels};
 const IQ1M_DELTA: f32 = 0.125;
 
 /// One IQ1_M block of 256 weights: `x = d·(2s + 1)·(g ± 1/8)`, with `g` from
-/// [`IQ1S_GRID`], `s` a 3-bit scale per 16 weights, the shift's sign per 8
+/// `IQ1S_GRID`, `s` a 3-bit scale per 16 weights, the shift's sign per 8
 /// weights (1.75 bpw).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]

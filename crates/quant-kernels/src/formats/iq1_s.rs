@@ -1,7 +1,7 @@
 //! IQ1_S: 1.5625 bits per weight.
 //!
 //! Each group of 8 weights is one of 2048 ternary patterns from
-//! [`IQ1S_GRID`] (values −1, 0, 1), shifted by ±1/8 per 32 weights, with a
+//! `IQ1S_GRID` (values −1, 0, 1), shifted by ±1/8 per 32 weights, with a
 //! 3-bit odd scale `2s + 1` per 32 weights. Ported from ggml's
 //! `dequantize_row_iq1_s` and `ggml_vec_dot_iq1_s_q8_K_generic`; ggml has no
 //! reference quantizer for it (quantizing needs an importance matrix).
@@ -21,7 +21,7 @@ use super::{dequantize_bytes, vec_dot_bytes, FormatKernels};
 pub(crate) const IQ1S_DELTA: f32 = 0.125;
 
 /// One IQ1_S block of 256 weights: `x = d·(2s + 1)·(g ± 1/8)`, with `g` from
-/// [`IQ1S_GRID`], `s` a 3-bit scale per 32 weights (1.5625 bpw).
+/// `IQ1S_GRID`, `s` a 3-bit scale per 32 weights (1.5625 bpw).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct BlockIQ1_S {

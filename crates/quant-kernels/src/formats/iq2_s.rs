@@ -1,7 +1,7 @@
 //! IQ2_S: 2.5625 bits per weight.
 //!
 //! Each group of 8 weights has a 10-bit index into the 1024-entry
-//! [`IQ2S_GRID`] (8 low bits in `qs`, 2 high bits in `qh`) and 8 explicit
+//! `IQ2S_GRID` (8 low bits in `qs`, 2 high bits in `qh`) and 8 explicit
 //! sign bits; every 16 weights have a 4-bit scale. Ported from ggml's
 //! `dequantize_row_iq2_s` and `ggml_vec_dot_iq2_s_q8_K_generic`; ggml has no
 //! reference quantizer for it (quantizing needs an importance matrix).
@@ -18,7 +18,7 @@ use super::q8_k::{BlockQ8_K, QK_K};
 use super::{dequantize_bytes, vec_dot_bytes, FormatKernels};
 
 /// One IQ2_S block of 256 weights: `x = d·(0.5 + s)/4 · g · (±1)`, with
-/// `g` from [`IQ2S_GRID`], `s` a 4-bit scale per 16 weights (2.5625 bpw).
+/// `g` from `IQ2S_GRID`, `s` a 4-bit scale per 16 weights (2.5625 bpw).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct BlockIQ2_S {

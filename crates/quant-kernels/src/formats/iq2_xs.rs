@@ -1,7 +1,7 @@
 //! IQ2_XS: 2.3125 bits per weight.
 //!
 //! Like IQ2_XXS but each group of 8 weights stores a 9-bit index into the
-//! 512-entry [`IQ2XS_GRID`] and its 7 sign bits in one 16-bit word, and every
+//! 512-entry `IQ2XS_GRID` and its 7 sign bits in one 16-bit word, and every
 //! 16 weights have their own 4-bit scale. Ported from ggml's
 //! `dequantize_row_iq2_xs` and `ggml_vec_dot_iq2_xs_q8_K_generic`; ggml has
 //! no reference quantizer for it (quantizing needs an importance matrix).
@@ -18,7 +18,7 @@ use super::q8_k::{BlockQ8_K, QK_K};
 use super::{dequantize_bytes, vec_dot_bytes, FormatKernels};
 
 /// One IQ2_XS block of 256 weights: `x = d·(0.5 + s)/4 · g · (±1)`, with
-/// `g` from [`IQ2XS_GRID`], `s` a 4-bit scale per 16 weights (2.3125 bpw).
+/// `g` from `IQ2XS_GRID`, `s` a 4-bit scale per 16 weights (2.3125 bpw).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct BlockIQ2_XS {

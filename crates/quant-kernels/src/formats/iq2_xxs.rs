@@ -1,8 +1,8 @@
 //! IQ2_XXS, ggml's "true" 2-bit i-quant: 2.0625 bits per weight.
 //!
 //! Each group of 8 weights is one of 256 sign-free patterns from
-//! [`IQ2XXS_GRID`] (values 8, 25, 43) plus 7 sign bits (the 8th is implied by
-//! even parity, [`KSIGNS_IQ2XS`]); each 32 weights share a 4-bit scale.
+//! `IQ2XXS_GRID` (values 8, 25, 43) plus 7 sign bits (the 8th is implied by
+//! even parity, `KSIGNS_IQ2XS`); each 32 weights share a 4-bit scale.
 //! Ported from ggml's `dequantize_row_iq2_xxs` (ggml-quants.c) and
 //! `ggml_vec_dot_iq2_xxs_q8_K_generic` (ggml-cpu/quants.c). ggml has no
 //! reference quantizer for it (quantizing needs an importance matrix).
@@ -19,7 +19,7 @@ use super::q8_k::{BlockQ8_K, QK_K};
 use super::{dequantize_bytes, vec_dot_bytes, FormatKernels};
 
 /// One IQ2_XXS block of 256 weights: `x = d·(0.5 + s)/4 · g · (±1)`, with
-/// `g` from [`IQ2XXS_GRID`], `s` a 4-bit scale per 32 weights (2.0625 bpw).
+/// `g` from `IQ2XXS_GRID`, `s` a 4-bit scale per 32 weights (2.0625 bpw).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct BlockIQ2_XXS {

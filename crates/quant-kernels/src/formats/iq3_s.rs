@@ -1,7 +1,7 @@
 //! IQ3_S: 3.4375 bits per weight.
 //!
 //! Each group of 4 weights has a 9-bit index into the 512-entry
-//! [`IQ3S_GRID`] (8 low bits in `qs`, the high bit in `qh`), every weight an
+//! `IQ3S_GRID` (8 low bits in `qs`, the high bit in `qh`), every weight an
 //! explicit sign bit, and every 32 weights a 4-bit odd scale `1 + 2s`.
 //! Ported from ggml's `dequantize_row_iq3_s` and
 //! `ggml_vec_dot_iq3_s_q8_K_generic`; ggml has no reference quantizer for it
@@ -19,7 +19,7 @@ use super::q8_k::{BlockQ8_K, QK_K};
 use super::{dequantize_bytes, vec_dot_bytes, FormatKernels};
 
 /// One IQ3_S block of 256 weights: `x = d·(1 + 2s) · g · (±1)`, with `g`
-/// from [`IQ3S_GRID`], `s` a 4-bit scale per 32 weights (3.4375 bpw).
+/// from `IQ3S_GRID`, `s` a 4-bit scale per 32 weights (3.4375 bpw).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct BlockIQ3_S {

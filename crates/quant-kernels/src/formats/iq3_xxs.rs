@@ -1,8 +1,8 @@
 //! IQ3_XXS, ggml's "true" 3-bit i-quant: 3.0625 bits per weight.
 //!
 //! Each group of 4 weights is one of 256 sign-free patterns from
-//! [`IQ3XXS_GRID`]; per 8 weights 7 sign bits (parity gives the 8th,
-//! [`KSIGNS_IQ2XS`]); per 32 weights a 4-bit scale. Ported from ggml's
+//! `IQ3XXS_GRID`; per 8 weights 7 sign bits (parity gives the 8th,
+//! `KSIGNS_IQ2XS`); per 32 weights a 4-bit scale. Ported from ggml's
 //! `dequantize_row_iq3_xxs` and `ggml_vec_dot_iq3_xxs_q8_K_generic`; ggml has
 //! no reference quantizer for it (quantizing needs an importance matrix).
 
@@ -18,7 +18,7 @@ use super::q8_k::{BlockQ8_K, QK_K};
 use super::{dequantize_bytes, vec_dot_bytes, FormatKernels};
 
 /// One IQ3_XXS block of 256 weights: `x = d·(0.5 + s)/2 · g · (±1)`, with
-/// `g` from [`IQ3XXS_GRID`], `s` a 4-bit scale per 32 weights (3.0625 bpw).
+/// `g` from `IQ3XXS_GRID`, `s` a 4-bit scale per 32 weights (3.0625 bpw).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct BlockIQ3_XXS {

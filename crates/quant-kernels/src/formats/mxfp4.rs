@@ -1,7 +1,7 @@
 //! MXFP4, the OCP microscaling FP4 format: 4.25 bits per weight.
 //!
 //! 32 FP4 (E2M1) values share one E8M0 (power-of-two) scale. ggml stores the
-//! E2M1 values doubled ([`KVALUES_MXFP4`], integers) and halves the scale
+//! E2M1 values doubled (`KVALUES_MXFP4`, integers) and halves the scale
 //! (`GGML_E8M0_TO_FP32_HALF`) so that the dot product with Q8_0 stays in
 //! integers. Ported from ggml's `quantize_row_mxfp4_ref`,
 //! `dequantize_row_mxfp4` and `ggml_vec_dot_mxfp4_q8_0_generic`.
@@ -54,7 +54,7 @@ pub fn dequantize_row_mxfp4(x: &[BlockMXFP4], y: &mut [f32]) {
     }
 }
 
-/// Index of the level of [`KVALUES_MXFP4`] nearest to `x` at scale `e`
+/// Index of the level of `KVALUES_MXFP4` nearest to `x` at scale `e`
 /// (ggml's `best_index_mxfp4`: the first of equally near levels wins).
 #[inline(always)]
 fn best_index_mxfp4(x: f32, e: f32) -> u8 {
