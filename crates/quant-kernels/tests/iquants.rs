@@ -1,11 +1,15 @@
 //! The i-quants (IQ2_XXS, IQ2_XS, IQ2_S, IQ3_XXS, IQ3_S, IQ1_S, IQ1_M),
 //! the ternary formats (TQ1_0, TQ2_0) and MXFP4: bit-exact dequantization
 //! and byte-exact reference quantization against ggml's goldens, and the
-//! portable fused dot products against an f64 dot of dequantized operands.
+//! fused dot products (portable, and SIMD where detected) against ggml's own
+//! `*_generic` results and an f64 dot of dequantized operands.
 
 use proptest::prelude::*;
 use quant_kernels::formats::{self, iq1_m, iq2_xxs, mxfp4, q8_0, q8_k};
-use quant_kernels::{dequantize_row, quantize_row, row_bytes, simd, GgmlType, QuantError};
+use quant_kernels::{
+    dequantize_row, matmul, matvec, quantize_row, row_bytes, simd, GgmlType, QMatrix, QuantError,
+    Scratch,
+};
 
 use crate::core_util::{f32s, fixture, Rng};
 
@@ -326,5 +330,47 @@ fn native_kernels_are_registered_where_detected() {
                 "{ty}"
             );
         }
+    }
+}
+
+#[test]
+fn matvec_and_matmul_use_these_formats() {
+    // A matrix of each format through the crate's matrix products: every
+    // output is the dispatched dot product of its row with the activations
+    // quantized by the dispatched quantizer, bit for bit.
+    let (rows, cols, n) = (7, 512, 3);
+    let mut rng = Rng(0xfeed);
+    for ty in TYPES {
+        let data = random_blocks(ty, rows * cols / ty.block_size(), &mut rng);
+        let m = QMatrix::new(ty, rows, cols, &data).unwrap();
+        let x = rng.activations(n * cols);
+        let k = formats::kernels(ty).unwrap();
+        let dot = simd::vec_dot_for(ty).unwrap();
+        let quantize = simd::from_float_for(k.vec_dot_type).unwrap();
+        let rb = row_bytes(ty, cols).unwrap();
+        let want: Vec<f32> = x
+            .chunks_exact(cols)
+            .flat_map(|xc| {
+                let mut a = vec![0u8; row_bytes(k.vec_dot_type, cols).unwrap()];
+                quantize(xc, &mut a);
+                data.chunks_exact(rb)
+                    .map(|w| dot(cols, w, &a))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        let mut y = vec![0.0f32; rows];
+        matvec(&m, &x[..cols], &mut y, &mut Scratch::default());
+        assert!(
+            y.iter()
+                .zip(&want[..rows])
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{ty} matvec"
+        );
+        let mut y = vec![0.0f32; n * rows];
+        matmul(&m, &x, n, &mut y, &mut Scratch::default());
+        assert!(
+            y.iter().zip(&want).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "{ty} matmul"
+        );
     }
 }
