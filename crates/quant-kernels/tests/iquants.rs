@@ -79,27 +79,29 @@ fn quantize_matches_ggml_byte_for_byte() {
 #[test]
 fn vec_dot_matches_ggml_generic_bit_for_bit() {
     // `T.vecdot.f32`: ggml's own `ggml_vec_dot_<T>_<act>_generic`, row r of
-    // 256 weights of `T.blocks` against row r of `vecdot.act.f32` quantized
-    // with ggml's `quantize_row_q8_K_ref` / `quantize_row_q8_0_ref`.
+    // `n` weights of `T.blocks` (1024, four super-blocks; 256 for MXFP4)
+    // against activations `n·r..n·(r+1)` of `vecdot.act.f32` quantized with
+    // ggml's `quantize_row_q8_K_ref` / `quantize_row_q8_0_ref`.
     let act = f32s(&fixture("vecdot.act.f32"));
     for ty in TYPES {
         let blocks = fixture(&format!("{ty}.blocks"));
         let want = f32s(&fixture(&format!("{ty}.vecdot.f32")));
         let k = formats::kernels(ty).unwrap();
-        let rb = row_bytes(ty, 256).unwrap();
+        let n = if ty == GgmlType::MXFP4 { 256 } else { 1024 };
+        let rb = row_bytes(ty, n).unwrap();
         assert_eq!(want.len(), blocks.len() / rb, "{ty}");
         // The dispatched kernel (SIMD where this CPU has one) is held to the
         // same bits: its integer sums are exact and its float steps the same.
         let dispatched = simd::vec_dot_for(ty).unwrap();
         for (r, (w, want)) in blocks.chunks_exact(rb).zip(&want).enumerate() {
-            let (a, _) = activations(k.vec_dot_type, &act[r * 256..(r + 1) * 256]);
-            let got = (k.vec_dot)(256, w, &a);
+            let (a, _) = activations(k.vec_dot_type, &act[r * n..(r + 1) * n]);
+            let got = (k.vec_dot)(n, w, &a);
             assert_eq!(
                 got.to_bits(),
                 want.to_bits(),
                 "{ty} row {r}: {got} vs {want}"
             );
-            let got = dispatched(256, w, &a);
+            let got = dispatched(n, w, &a);
             assert_eq!(
                 got.to_bits(),
                 want.to_bits(),
