@@ -1,6 +1,7 @@
 //! Proof tests against llama.cpp's own outputs (see tests/fixtures/README.md).
 
 mod chat_templates;
+mod metadata;
 mod smollm2;
 mod stream;
 mod vocab_files;
