@@ -80,8 +80,11 @@ fn reference_activations(act: GgmlType, x: &[f32]) -> Vec<u8> {
 }
 
 /// `T.vecdot.f32` holds ggml's C `ggml_vec_dot_<T>_q8_K_generic`
-/// (`_q8_0_` for IQ4_NL) of row r (256 weights) of `T.blocks` with row r of
-/// `vecdot.act.f32`: the portable kernels reproduce it bit for bit.
+/// (`_q8_0_` for IQ4_NL) of row r of `T.blocks` with activations
+/// `n·r..n·(r+1)` of `vecdot.act.f32`, rows of n = 1024 weights (four
+/// super-blocks; 256, eight blocks, for IQ4_NL) so that the float
+/// accumulation across blocks is checked too: the portable kernels
+/// reproduce it bit for bit.
 #[test]
 fn vec_dot_matches_ggml_generic_bit_for_bit() {
     let act = read_f32(&fixture("quant/vecdot.act.f32"));
@@ -89,11 +92,12 @@ fn vec_dot_matches_ggml_generic_bit_for_bit() {
         let blocks = std::fs::read(fixture(&format!("quant/{}.blocks", ty.name()))).unwrap();
         let want = read_f32(&fixture(&format!("quant/{}.vecdot.f32", ty.name())));
         let k = kernels(ty).unwrap();
-        let rb = row_bytes(ty, 256).unwrap();
-        assert_eq!(want.len(), (blocks.len() / rb).min(act.len() / 256), "{ty}");
+        let n = if ty == GgmlType::IQ4_NL { 256 } else { 1024 };
+        let rb = row_bytes(ty, n).unwrap();
+        assert_eq!(want.len(), (blocks.len() / rb).min(act.len() / n), "{ty}");
         for (r, (w, want)) in blocks.chunks_exact(rb).zip(&want).enumerate() {
-            let a = reference_activations(k.vec_dot_type, &act[256 * r..256 * (r + 1)]);
-            let got = (k.vec_dot)(256, w, &a);
+            let a = reference_activations(k.vec_dot_type, &act[n * r..n * (r + 1)]);
+            let got = (k.vec_dot)(n, w, &a);
             assert_eq!(
                 got.to_bits(),
                 want.to_bits(),
