@@ -160,88 +160,27 @@ impl Tokenizer {
 
     /// SentencePiece BPE by score on `text` (spaces already `▁`), with byte
     /// fallback for what no token covers (`llm_tokenizer_spm_session`).
+    ///
+    /// llama.cpp merges over the whole text with one priority queue. Where no
+    /// vocabulary token contains two adjacent characters, no merge can ever
+    /// join them, and merges on either side never interact; the queue's order
+    /// restricted to one side is the same as that side's own order. So the
+    /// text is cut at such places and each piece merged alone, which gives
+    /// the same tokens with a far smaller queue.
     fn spm_tokenize(&self, text: &str, out: &mut Vec<u32>) -> Result<(), TokenizerError> {
-        let mut symbols: Vec<Symbol> = Vec::with_capacity(text.len());
-        for (i, (start, c)) in text.char_indices().enumerate() {
-            let n = c.len_utf8();
-            symbols.push(Symbol {
-                prev: i as i32 - 1,
-                next: if start + n == text.len() {
-                    -1
-                } else {
-                    i as i32 + 1
-                },
-                start,
-                n,
-            });
-        }
-        let mut queue = BinaryHeap::new();
-        // Bigram text → the pair that formed it, for resegmentation.
-        let mut rev_merge: FxMap<&str, (i32, i32)> = FxMap::default();
-        for i in 1..symbols.len() as i32 {
-            spm_try_add(self, text, &symbols, &mut queue, &mut rev_merge, i - 1, i);
-        }
-        while let Some(bigram) = queue.pop() {
-            let (li, ri) = (bigram.left as usize, bigram.right as usize);
-            let (ln, rn) = (symbols[li].n, symbols[ri].n);
-            if ln == 0 || rn == 0 || ln + rn != bigram.size {
-                continue;
-            }
-            symbols[li].n += rn;
-            symbols[ri].n = 0;
-            let right_next = symbols[ri].next;
-            symbols[li].next = right_next;
-            if right_next >= 0 {
-                symbols[right_next as usize].prev = bigram.left;
-            }
-            let left_prev = symbols[li].prev;
-            spm_try_add(
-                self,
-                text,
-                &symbols,
-                &mut queue,
-                &mut rev_merge,
-                left_prev,
-                bigram.left,
-            );
-            spm_try_add(
-                self,
-                text,
-                &symbols,
-                &mut queue,
-                &mut rev_merge,
-                bigram.left,
-                right_next,
-            );
-        }
-        if symbols.is_empty() {
-            return Ok(());
-        }
-        let mut i = 0i32;
-        let mut stack = Vec::new();
-        while i != -1 {
-            // Resegment: a symbol that is no token is split back into the
-            // pair that formed it, or into byte tokens.
-            stack.push(i as usize);
-            while let Some(si) = stack.pop() {
-                let sym = symbols[si];
-                let s = &text[sym.start..sym.start + sym.n];
-                if let Some(id) = self.token_id(s) {
-                    out.push(id);
-                } else if let Some(&(l, r)) = rev_merge.get(s) {
-                    stack.push(r as usize);
-                    stack.push(l as usize);
-                } else {
-                    for &b in s.as_bytes() {
-                        out.push(
-                            self.byte_tokens[b as usize].ok_or(TokenizerError::NoByteToken(b))?,
-                        );
-                    }
+        let mut session = SpmSession::default();
+        let mut start = 0;
+        let mut prev: Option<char> = None;
+        for (i, c) in text.char_indices() {
+            if let Some(p) = prev {
+                if !self.spm_pairs.contains(&pair_key(p, c)) {
+                    session.tokenize(self, &text[start..i], out)?;
+                    start = i;
                 }
             }
-            i = symbols[i as usize].next;
+            prev = Some(c);
         }
-        Ok(())
+        session.tokenize(self, &text[start..], out)
     }
 
     /// Byte-level BPE by merge rank on each pre-tokenized word (`llm_tokenizer_bpe_session`).
@@ -352,13 +291,97 @@ impl Tokenizer {
     }
 }
 
+/// The key of an adjacent character pair in [`Tokenizer::spm_pairs`].
+pub(crate) fn pair_key(a: char, b: char) -> u64 {
+    (a as u64) << 32 | b as u64
+}
+
+/// Reusable buffers of the SentencePiece merge loop.
+#[derive(Default)]
+struct SpmSession {
+    symbols: Vec<Symbol>,
+    queue: BinaryHeap<SpmBigram>,
+}
+
+impl SpmSession {
+    fn tokenize(
+        &mut self,
+        tok: &Tokenizer,
+        text: &str,
+        out: &mut Vec<u32>,
+    ) -> Result<(), TokenizerError> {
+        let symbols = &mut self.symbols;
+        let queue = &mut self.queue;
+        symbols.clear();
+        queue.clear();
+        for (i, (start, c)) in text.char_indices().enumerate() {
+            let n = c.len_utf8();
+            let next = if start + n == text.len() {
+                -1
+            } else {
+                i as i32 + 1
+            };
+            symbols.push(Symbol {
+                prev: i as i32 - 1,
+                next,
+                start,
+                n,
+            });
+        }
+        for i in 1..symbols.len() as i32 {
+            spm_try_add(tok, text, symbols, queue, i - 1, i);
+        }
+        while let Some(bigram) = queue.pop() {
+            let (li, ri) = (bigram.left as usize, bigram.right as usize);
+            let (ln, rn) = (symbols[li].n, symbols[ri].n);
+            // Outdated: one side was merged away or has grown since.
+            if ln == 0 || rn == 0 || ln + rn != bigram.size {
+                continue;
+            }
+            symbols[li].n += rn;
+            symbols[ri].n = 0;
+            let right_next = symbols[ri].next;
+            symbols[li].next = right_next;
+            if right_next >= 0 {
+                symbols[right_next as usize].prev = bigram.left;
+            }
+            let left_prev = symbols[li].prev;
+            spm_try_add(tok, text, symbols, queue, left_prev, bigram.left);
+            spm_try_add(tok, text, symbols, queue, bigram.left, right_next);
+        }
+        if symbols.is_empty() {
+            return Ok(());
+        }
+        // Every merged symbol is a token (a merge is queued only then), so a
+        // symbol that is no token is a single character: it becomes byte
+        // tokens. (llama.cpp's `resegment` also consults a map of merged
+        // pairs, which can only hold texts of two or more characters.)
+        let mut i = 0i32;
+        while i != -1 {
+            let sym = symbols[i as usize];
+            let s = &text[sym.start..sym.start + sym.n];
+            match tok.token_id(s) {
+                Some(id) => out.push(id),
+                None => {
+                    for &b in s.as_bytes() {
+                        out.push(
+                            tok.byte_tokens[b as usize].ok_or(TokenizerError::NoByteToken(b))?,
+                        );
+                    }
+                }
+            }
+            i = sym.next;
+        }
+        Ok(())
+    }
+}
+
 /// Queues the merge of symbols `left` and `right` if their concatenation is a token.
-fn spm_try_add<'t>(
+fn spm_try_add(
     tok: &Tokenizer,
-    text: &'t str,
+    text: &str,
     symbols: &[Symbol],
     queue: &mut BinaryHeap<SpmBigram>,
-    rev_merge: &mut FxMap<&'t str, (i32, i32)>,
     left: i32,
     right: i32,
 ) {
@@ -374,7 +397,6 @@ fn spm_try_add<'t>(
         score: tok.tokens[id as usize].score,
         size: s.len(),
     });
-    rev_merge.insert(s, (left, right));
 }
 
 /// A symbol of the merge loop: a byte range of the text, linked to its neighbours.
@@ -435,5 +457,31 @@ impl Ord for BpeBigram {
             .rank
             .cmp(&self.rank)
             .then_with(|| other.left.cmp(&self.left))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Cutting the text where no token spans gives exactly llama.cpp's
+    /// whole-text merge.
+    #[test]
+    fn segmented_sentencepiece_equals_whole_text_merge() {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures/vocab/");
+        let file = gguf_format::GgufFile::open(format!("{dir}ggml-vocab-llama-spm.gguf")).unwrap();
+        let tok = Tokenizer::from_gguf(file.header()).unwrap();
+        let mut text =
+            std::fs::read_to_string(format!("{dir}ggml-vocab-llama-spm.gguf.inp")).unwrap();
+        text.push_str(include_str!("encode.rs"));
+        let text = format!("▁{}", text.replace(' ', "▁"));
+        let mut whole = Vec::new();
+        SpmSession::default()
+            .tokenize(&tok, &text, &mut whole)
+            .unwrap();
+        let mut segmented = Vec::new();
+        tok.spm_tokenize(&text, &mut segmented).unwrap();
+        assert!(whole.len() > 1000);
+        assert_eq!(whole, segmented);
     }
 }

@@ -1,7 +1,7 @@
 //! The vocabulary and its special tokens, read from `tokenizer.ggml.*` metadata
 //! as llama.cpp's `llama_vocab::impl::load` does.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
 use gguf_format::{GgufHeader, Value, ValueType};
@@ -36,6 +36,7 @@ impl Hasher for FxHasher {
 }
 
 pub(crate) type FxMap<K, V> = HashMap<K, V, BuildHasherDefault<FxHasher>>;
+pub(crate) type FxSet<K> = HashSet<K, BuildHasherDefault<FxHasher>>;
 
 /// The type a GGUF file gives a token (`tokenizer.ggml.token_type`, llama.cpp's `llama_token_type`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -153,6 +154,10 @@ pub struct Tokenizer {
     pub(crate) piece_cache: Vec<Vec<u8>>,
     /// The byte-fallback token of each byte (SentencePiece `byte_to_token`).
     pub(crate) byte_tokens: [Option<u32>; 256],
+    /// SentencePiece: every pair of adjacent characters inside some token
+    /// ([`pair_key`](crate::encode::pair_key)); text is never merged across
+    /// other pairs.
+    pub(crate) spm_pairs: FxSet<u64>,
 }
 
 const KEY_MODEL: &str = "tokenizer.ggml.model";
@@ -382,8 +387,19 @@ impl Tokenizer {
             special_cache: Vec::new(),
             piece_cache: Vec::new(),
             byte_tokens: [None; 256],
+            spm_pairs: FxSet::default(),
         };
         if kind == VocabKind::SentencePiece {
+            for t in &tok.tokens {
+                let mut chars = t.text.chars();
+                let mut prev = chars.next();
+                for c in chars {
+                    if let Some(p) = prev {
+                        tok.spm_pairs.insert(crate::encode::pair_key(p, c));
+                    }
+                    prev = Some(c);
+                }
+            }
             for b in 0..=255u8 {
                 tok.byte_tokens[b as usize] = tok
                     .token_id(&format!("<0x{b:02X}>"))
