@@ -107,6 +107,37 @@ fn vec_dot_matches_ggml_generic_bit_for_bit() {
     }
 }
 
+/// `T.vecdot_avx2.f32` holds ggml's C AVX2 kernels (`ggml_vec_dot_<T>_q8_K`,
+/// `-O3 -march=haswell`, what llama.cpp runs on an AVX2 machine) on the same
+/// rows (IQ4_NL: rows of seven blocks, so its odd-block tail is covered):
+/// where this CPU has AVX2, the dispatched kernels reproduce them bit for bit.
+#[test]
+fn simd_vec_dot_matches_ggml_avx2_bit_for_bit() {
+    let f = simd::features();
+    if !f.avx2 {
+        return;
+    }
+    let act = read_f32(&fixture("quant/vecdot.act.f32"));
+    for ty in FORMATS {
+        let blocks = std::fs::read(fixture(&format!("quant/{}.blocks", ty.name()))).unwrap();
+        let want = read_f32(&fixture(&format!("quant/{}.vecdot_avx2.f32", ty.name())));
+        let native = simd::native_vec_dot_for(ty, f).unwrap();
+        let n = if ty == GgmlType::IQ4_NL { 224 } else { 1024 };
+        let rb = row_bytes(ty, n).unwrap();
+        assert_eq!(want.len(), (blocks.len() / rb).min(act.len() / n), "{ty}");
+        let act_ty = kernels(ty).unwrap().vec_dot_type;
+        for (r, (w, want)) in blocks.chunks_exact(rb).zip(&want).enumerate() {
+            let a = reference_activations(act_ty, &act[n * r..n * (r + 1)]);
+            let got = native(n, w, &a);
+            assert_eq!(
+                got.to_bits(),
+                want.to_bits(),
+                "{ty} row {r}: {got} vs ggml AVX2 {want}"
+            );
+        }
+    }
+}
+
 /// `T.ref.quant` holds ggml's C `quantize_row_<T>_ref` of `vecdot.act.f32`
 /// (64 rows with outliers and quiet rows); for IQ4_NL that is the cheap
 /// `quantize_row_iq4_nl_ref`, not the searching quantizer of the table.

@@ -281,7 +281,7 @@ pub fn vec_dot_q3_k_q8_k_avx2(x: &[BlockQ3_K], y: &[BlockQ8_K]) -> f32 {
 /// four partial sums.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn mins_dot_bsums(mins: &[u8], bsums: &[i16; 16]) -> __m128 {
+fn mins_dot_bsums(mins: &[u8], bsums: &[i16; 16]) -> __m128i {
     // SAFETY: `bsums` is 32 readable bytes; loadu has no alignment needs.
     let q8sums = unsafe { _mm256_loadu_si256(bsums.as_ptr().cast()) };
     let q8s = _mm_hadd_epi16(
@@ -291,7 +291,7 @@ fn mins_dot_bsums(mins: &[u8], bsums: &[i16; 16]) -> __m128 {
     assert!(mins.len() >= 8);
     // SAFETY: `mins` has at least 8 readable bytes, all that loadl reads.
     let m = _mm_cvtepu8_epi16(unsafe { _mm_loadl_epi64(mins.as_ptr().cast()) });
-    _mm_cvtepi32_ps(_mm_madd_epi16(m, q8s))
+    _mm_madd_epi16(m, q8s)
 }
 
 /// Q4_K × Q8_K, after ggml's `ggml_vec_dot_q4_K_q8_K` AVX2 branch.
@@ -303,13 +303,10 @@ pub fn vec_dot_q4_k_q8_k_avx2(x: &[BlockQ4_K], y: &[BlockQ8_K]) -> f32 {
     let mut acc_m = _mm_setzero_ps();
     for (xb, yb) in x.iter().zip(y) {
         let d = yb.d * fp16_to_fp32(xb.d);
-        let dmin = yb.d * fp16_to_fp32(xb.dmin);
+        let dmin = -yb.d * fp16_to_fp32(xb.dmin);
         let sm = crate::formats::k_helpers::unpack_scales_mins_k4(&xb.scales);
-        acc_m = _mm_fmadd_ps(
-            _mm_set1_ps(dmin),
-            mins_dot_bsums(&sm[8..], &yb.bsums),
-            acc_m,
-        );
+        let m = _mm_cvtepi32_ps(mins_dot_bsums(&sm[8..], &yb.bsums));
+        acc_m = _mm_fmadd_ps(_mm_set1_ps(dmin), m, acc_m);
         let mut sumi = _mm256_setzero_si256();
         for j in 0..QK_K / 64 {
             let q4bits = load_u8x32(&xb.qs[32 * j..]);
@@ -331,7 +328,7 @@ pub fn vec_dot_q4_k_q8_k_avx2(x: &[BlockQ4_K], y: &[BlockQ8_K]) -> f32 {
     }
     acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
     acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
-    hsum_float_8(acc) - _mm_cvtss_f32(acc_m)
+    hsum_float_8(acc) + _mm_cvtss_f32(acc_m)
 }
 
 /// Q5_K × Q8_K, after ggml's `ggml_vec_dot_q5_K_q8_K` AVX2 branch.
@@ -341,16 +338,16 @@ pub fn vec_dot_q5_k_q8_k_avx2(x: &[BlockQ5_K], y: &[BlockQ8_K]) -> f32 {
     let m4 = _mm256_set1_epi8(0xF);
     let sixteen = _mm256_set1_epi8(16);
     let mut acc = _mm256_setzero_ps();
-    let mut acc_m = _mm_setzero_ps();
+    let mut summs = 0.0f32;
     for (xb, yb) in x.iter().zip(y) {
         let d = yb.d * fp16_to_fp32(xb.d);
-        let dmin = yb.d * fp16_to_fp32(xb.dmin);
+        let dmin = -yb.d * fp16_to_fp32(xb.dmin);
         let sm = crate::formats::k_helpers::unpack_scales_mins_k4(&xb.scales);
-        acc_m = _mm_fmadd_ps(
-            _mm_set1_ps(dmin),
-            mins_dot_bsums(&sm[8..], &yb.bsums),
-            acc_m,
-        );
+        // ggml sums Q5_K's mins term in a scalar, which llama.cpp's compiler
+        // fuses into an FMA.
+        let m = mins_dot_bsums(&sm[8..], &yb.bsums);
+        let m = _mm_hadd_epi32(_mm_hadd_epi32(m, _mm_setzero_si128()), _mm_setzero_si128());
+        summs = dmin.mul_add(_mm_cvtsi128_si32(m) as f32, summs);
         let hbits = load_u8x32(&xb.qh);
         let mut sumi = _mm256_setzero_si256();
         for j in 0..QK_K / 64 {
@@ -381,25 +378,29 @@ pub fn vec_dot_q5_k_q8_k_avx2(x: &[BlockQ5_K], y: &[BlockQ8_K]) -> f32 {
         }
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
-    acc_m = _mm_add_ps(acc_m, _mm_movehl_ps(acc_m, acc_m));
-    acc_m = _mm_add_ss(acc_m, _mm_movehdup_ps(acc_m));
-    hsum_float_8(acc) - _mm_cvtss_f32(acc_m)
+    hsum_float_8(acc) + summs
 }
 
 /// Q6_K × Q8_K, after ggml's `ggml_vec_dot_q6_K_q8_K` AVX2 branch: the
-/// unsigned 6-bit values go through `maddubs` and `32·q8` is subtracted.
+/// unsigned 6-bit values go through `maddubs`, and the offset 32 is taken
+/// off once per block as `32·Σ sc·bsums`, lane for lane as ggml does (so
+/// the float rounding is ggml's too).
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn vec_dot_q6_k_q8_k_avx2(x: &[BlockQ6_K], y: &[BlockQ8_K]) -> f32 {
     assert_eq!(x.len(), y.len());
     let m4 = _mm256_set1_epi8(0xF);
     let m2 = _mm256_set1_epi8(3);
-    let m32s = _mm256_set1_epi8(32);
     let shuffles = scale_shuffles();
     let mut acc = _mm256_setzero_ps();
     for (xb, yb) in x.iter().zip(y) {
         let d = yb.d * fp16_to_fp32(xb.d);
         // SAFETY: `scales` is 16 readable bytes; loadu has no alignment needs.
-        let halves = widen_scales(unsafe { _mm_loadu_si128(xb.scales.as_ptr().cast()) });
+        let scales8 = unsafe { _mm_loadu_si128(xb.scales.as_ptr().cast()) };
+        // SAFETY: `bsums` is 32 readable bytes; loadu has no alignment needs.
+        let q8sums = unsafe { _mm256_loadu_si256(yb.bsums.as_ptr().cast()) };
+        let q8sclsub =
+            _mm256_slli_epi32(_mm256_madd_epi16(q8sums, _mm256_cvtepi8_epi16(scales8)), 5);
+        let halves = widen_scales(scales8);
         let mut sumi = _mm256_setzero_si256();
         for (h, scales) in halves.into_iter().enumerate() {
             let q4bits1 = load_u8x32(&xb.ql[64 * h..]);
@@ -417,12 +418,12 @@ pub fn vec_dot_q6_k_q8_k_avx2(x: &[BlockQ6_K], y: &[BlockQ8_K]) -> f32 {
             ];
             for (c, qc) in q.into_iter().enumerate() {
                 let q8 = load_i8x32(&yb.qs[128 * h + 32 * c..]);
-                let p16 =
-                    _mm256_sub_epi16(_mm256_maddubs_epi16(qc, q8), _mm256_maddubs_epi16(m32s, q8));
+                let p16 = _mm256_maddubs_epi16(qc, q8);
                 let scale = _mm256_shuffle_epi8(scales, shuffles[c]);
                 sumi = _mm256_add_epi32(sumi, _mm256_madd_epi16(scale, p16));
             }
         }
+        sumi = _mm256_sub_epi32(sumi, q8sclsub);
         acc = _mm256_fmadd_ps(_mm256_set1_ps(d), _mm256_cvtepi32_ps(sumi), acc);
     }
     hsum_float_8(acc)
@@ -454,11 +455,18 @@ pub fn vec_dot_iq4_nl_q8_0_avx2(x: &[BlockIQ4_NL], y: &[BlockQ8_0]) -> f32 {
         acc[0] = _mm256_fmadd_ps(d0, p0, acc[0]);
         acc[1] = _mm256_fmadd_ps(d1, p1, acc[1]);
     }
+    let mut sumf = hsum_float_8(_mm256_add_ps(acc[0], acc[1]));
+    // An odd last block goes through ggml's scalar tail.
     for (xb, yb) in xs.remainder().iter().zip(ys.remainder()) {
-        let (d, p) = block(xb, yb);
-        acc[0] = _mm256_fmadd_ps(d, p, acc[0]);
+        let d = f16[yb.d.to_bits() as usize] * f16[xb.d.to_bits() as usize];
+        let mut sumi = 0i32;
+        for j in 0..16 {
+            sumi += yb.qs[j] as i32 * KVALUES_IQ4NL[(xb.qs[j] & 0xF) as usize] as i32;
+            sumi += yb.qs[j + 16] as i32 * KVALUES_IQ4NL[(xb.qs[j] >> 4) as usize] as i32;
+        }
+        sumf = d.mul_add(sumi as f32, sumf);
     }
-    hsum_float_8(_mm256_add_ps(acc[0], acc[1]))
+    sumf
 }
 
 /// IQ4_XS × Q8_K, after ggml's `ggml_vec_dot_iq4_xs_q8_K` AVX2 branch.
