@@ -7,6 +7,9 @@
 
 use std::hint::black_box;
 
+use std::time::Duration;
+
+use criterion::measurement::{Measurement, ValueFormatter};
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use quant_kernels::{
     dequantize_row, matmul, matvec, quantize_row, row_bytes, GgmlType, QMatrix, Scratch,
@@ -139,5 +142,85 @@ fn matmul_bench(c: &mut Criterion) {
     g.finish();
 }
 
+/// CPU time of the calling thread (from `/proc/thread-self/schedstat`), so
+/// single-thread kernel throughput can be read on a loaded, shared machine:
+/// it is what one dedicated core would do (cache and memory contention from
+/// other processes still show).
+struct ThreadCpuTime;
+
+fn thread_cpu_ns() -> u64 {
+    std::fs::read_to_string("/proc/thread-self/schedstat")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
+impl Measurement for ThreadCpuTime {
+    type Intermediate = u64;
+    type Value = Duration;
+    fn start(&self) -> u64 {
+        thread_cpu_ns()
+    }
+    fn end(&self, i: u64) -> Duration {
+        Duration::from_nanos(thread_cpu_ns().saturating_sub(i))
+    }
+    fn add(&self, a: &Duration, b: &Duration) -> Duration {
+        *a + *b
+    }
+    fn zero(&self) -> Duration {
+        Duration::ZERO
+    }
+    fn to_f64(&self, v: &Duration) -> f64 {
+        v.as_nanos() as f64
+    }
+    fn formatter(&self) -> &dyn ValueFormatter {
+        criterion::measurement::WallTime.formatter()
+    }
+}
+
+/// Read bandwidth of one core in thread CPU time: summing 256 MiB.
+fn bandwidth_cpu(c: &mut Criterion<ThreadCpuTime>) {
+    let buf: Vec<u64> = (0..(256usize << 20) / 8).map(|i| i as u64).collect();
+    let mut g = c.benchmark_group("bandwidth_cpu_1t");
+    g.sample_size(10);
+    g.throughput(Throughput::Bytes((buf.len() * 8) as u64));
+    g.bench_function("read_256MiB", |b| {
+        b.iter(|| buf.iter().fold(0u64, |a, &v| a.wrapping_add(v)))
+    });
+    g.finish();
+}
+
+/// Single-thread matvec on the calling thread, timed in thread CPU time:
+/// the dispatched dot product over every row.
+fn matvec_cpu(c: &mut Criterion<ThreadCpuTime>) {
+    let mut g = c.benchmark_group("matvec_cpu_1t");
+    for (rows, cols) in SHAPES {
+        let x = random(cols, 7);
+        let mut y = vec![0.0f32; rows];
+        for ty in TYPES {
+            let q = weights(ty, rows, cols);
+            let k = quant_kernels::kernels(ty).unwrap();
+            let mut act = vec![0u8; row_bytes(k.vec_dot_type, cols).unwrap()];
+            quant_kernels::simd::from_float_for(k.vec_dot_type).unwrap()(&x, &mut act);
+            let dot = quant_kernels::simd::vec_dot_for(ty).unwrap();
+            let rb = row_bytes(ty, cols).unwrap();
+            g.throughput(Throughput::Bytes(q.len() as u64));
+            g.bench_function(BenchmarkId::new(ty.name(), format!("{rows}x{cols}")), |b| {
+                b.iter(|| {
+                    for (y, w) in y.iter_mut().zip(q.chunks_exact(rb)) {
+                        *y = dot(cols, w, black_box(&act));
+                    }
+                })
+            });
+        }
+    }
+    g.finish();
+}
+
 criterion_group!(benches, bandwidth, dequantize, matvec_bench, matmul_bench);
-criterion_main!(benches);
+criterion_group! {
+    name = cpu_time;
+    config = Criterion::default().with_measurement(ThreadCpuTime);
+    targets = bandwidth_cpu, matvec_cpu
+}
+criterion_main!(benches, cpu_time);

@@ -15,8 +15,8 @@ use half::{bf16, f16};
 
 use super::{Features, FromFloatFn, VecDotFn, VecDotX4Fn};
 use crate::formats::{
-    self, bf16::bf16_to_fp32, f16::fp16_to_fp32, q4_0::BlockQ4_0, q4_1::BlockQ4_1, q5_0::BlockQ5_0,
-    q5_1::BlockQ5_1, q8_0::BlockQ8_0, q8_1::BlockQ8_1, q8_k::BlockQ8_K,
+    self, bf16::bf16_to_fp32, q4_0::BlockQ4_0, q4_1::BlockQ4_1, q5_0::BlockQ5_0, q5_1::BlockQ5_1,
+    q8_0::BlockQ8_0, q8_1::BlockQ8_1, q8_k::BlockQ8_K,
 };
 
 /// The native dot product for weights of `ty`, if there is one for `f`.
@@ -260,9 +260,18 @@ fn from_float_q8_k(src: &[f32], dst: &mut [u8]) {
 // Helpers (ggml's, same names).
 // ---------------------------------------------------------------------------
 
+/// f16 → f32 with F16C (exact, like every f16 → f32 conversion): two
+/// instructions, where the portable bit trick takes a dozen, and the
+/// quantized kernels convert two to four scales per 32 weights.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn fp16(h: f16) -> f32 {
+    _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(h.to_bits()))))
+}
+
 /// Sum of 8 floats, in ggml's `hsum_float_8` order.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn hsum_float_8(x: __m256) -> f32 {
     let mut res = _mm256_extractf128_ps(x, 1);
     res = _mm_add_ps(res, _mm256_castps256_ps128(x));
@@ -273,7 +282,7 @@ fn hsum_float_8(x: __m256) -> f32 {
 
 /// Sum of 8 i32.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn hsum_i32_8(a: __m256i) -> i32 {
     let sum128 = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
     let hi64 = _mm_unpackhi_epi64(sum128, sum128);
@@ -284,7 +293,7 @@ fn hsum_i32_8(a: __m256i) -> i32 {
 
 /// 16 bytes of nibbles → 32 bytes in [0, 15]: low nibbles first.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn bytes_from_nibbles_32(rsi: &[u8; 16]) -> __m256i {
     // SAFETY: `rsi` is 16 readable bytes; loadu has no alignment needs.
     let tmp = unsafe { _mm_loadu_si128(rsi.as_ptr().cast()) };
@@ -294,7 +303,7 @@ fn bytes_from_nibbles_32(rsi: &[u8; 16]) -> __m256i {
 
 /// 32 bits → 32 bytes, 0xFF where the bit is set, else 0.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn bytes_from_bits_32(x: &[u8; 4]) -> __m256i {
     let x32 = i32::from_le_bytes(*x);
     let shuf_mask = _mm256_set_epi64x(
@@ -310,7 +319,7 @@ fn bytes_from_bits_32(x: &[u8; 4]) -> __m256i {
 }
 
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn load_32(p: &[i8; 32]) -> __m256i {
     // SAFETY: `p` is 32 readable bytes; loadu has no alignment needs.
     unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
@@ -318,7 +327,7 @@ fn load_32(p: &[i8; 32]) -> __m256i {
 
 /// Unsigned × signed bytes, pairwise summed twice, as 8 floats.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn mul_sum_us8_pairs_float(ax: __m256i, sy: __m256i) -> __m256 {
     let dot = _mm256_maddubs_epi16(ax, sy);
     let summed_pairs = _mm256_madd_epi16(_mm256_set1_epi16(1), dot);
@@ -328,7 +337,7 @@ fn mul_sum_us8_pairs_float(ax: __m256i, sy: __m256i) -> __m256 {
 /// Signed × signed bytes, pairwise summed twice, as 8 floats. Exact for
 /// `y` in [−127, 127] (activations never hold −128).
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn mul_sum_i8_pairs_float(x: __m256i, y: __m256i) -> __m256 {
     let ax = _mm256_sign_epi8(x, x);
     let sy = _mm256_sign_epi8(y, x);
@@ -340,13 +349,13 @@ fn mul_sum_i8_pairs_float(x: __m256i, y: __m256i) -> __m256 {
 // ---------------------------------------------------------------------------
 
 /// Port of ggml's `ggml_vec_dot_q4_0_q8_0`, AVX2 branch.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub fn vec_dot_q4_0_q8_0_avx2(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
     assert_eq!(x.len(), y.len());
     let mut acc = _mm256_setzero_ps();
     let off = _mm256_set1_epi8(8);
     for (x, y) in x.iter().zip(y) {
-        let d = _mm256_set1_ps(fp16_to_fp32(x.d) * fp16_to_fp32(y.d));
+        let d = _mm256_set1_ps(fp16(x.d) * fp16(y.d));
         let qx = _mm256_sub_epi8(bytes_from_nibbles_32(&x.qs), off);
         let qy = load_32(&y.qs);
         let q = mul_sum_i8_pairs_float(qx, qy);
@@ -356,15 +365,15 @@ pub fn vec_dot_q4_0_q8_0_avx2(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
 }
 
 /// Port of ggml's `ggml_vec_dot_q4_1_q8_1`, AVX2 branch.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub fn vec_dot_q4_1_q8_1_avx2(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
     assert_eq!(x.len(), y.len());
     let mut acc = _mm256_setzero_ps();
     let mut summs = 0.0f32;
     for (x, y) in x.iter().zip(y) {
-        let d0 = fp16_to_fp32(x.d);
-        let d1 = fp16_to_fp32(y.d);
-        summs += fp16_to_fp32(x.m) * fp16_to_fp32(y.s);
+        let d0 = fp16(x.d);
+        let d1 = fp16(y.d);
+        summs += fp16(x.m) * fp16(y.s);
         let d0d1 = _mm256_mul_ps(_mm256_set1_ps(d0), _mm256_set1_ps(d1));
         let qx = bytes_from_nibbles_32(&x.qs);
         let qy = load_32(&y.qs);
@@ -375,12 +384,12 @@ pub fn vec_dot_q4_1_q8_1_avx2(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
 }
 
 /// Port of ggml's `ggml_vec_dot_q5_0_q8_0`, AVX2 branch.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub fn vec_dot_q5_0_q8_0_avx2(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
     assert_eq!(x.len(), y.len());
     let mut acc = _mm256_setzero_ps();
     for (x, y) in x.iter().zip(y) {
-        let d = _mm256_set1_ps(fp16_to_fp32(x.d) * fp16_to_fp32(y.d));
+        let d = _mm256_set1_ps(fp16(x.d) * fp16(y.d));
         let mut qx = bytes_from_nibbles_32(&x.qs);
         // Where the fifth bit is clear, OR in 0xF0: the byte becomes q − 16.
         let bxhi = _mm256_andnot_si256(bytes_from_bits_32(&x.qh), _mm256_set1_epi8(0xF0u8 as i8));
@@ -393,18 +402,18 @@ pub fn vec_dot_q5_0_q8_0_avx2(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
 }
 
 /// Port of ggml's `ggml_vec_dot_q5_1_q8_1`, AVX2 branch.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub fn vec_dot_q5_1_q8_1_avx2(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
     assert_eq!(x.len(), y.len());
     let mut acc = _mm256_setzero_ps();
     let mut summs = 0.0f32;
     for (x, y) in x.iter().zip(y) {
-        let dx = _mm256_set1_ps(fp16_to_fp32(x.d));
-        summs += fp16_to_fp32(x.m) * fp16_to_fp32(y.s);
+        let dx = _mm256_set1_ps(fp16(x.d));
+        summs += fp16(x.m) * fp16(y.s);
         let mut qx = bytes_from_nibbles_32(&x.qs);
         let bxhi = _mm256_and_si256(bytes_from_bits_32(&x.qh), _mm256_set1_epi8(0x10));
         qx = _mm256_or_si256(qx, bxhi);
-        let dy = _mm256_set1_ps(fp16_to_fp32(y.d));
+        let dy = _mm256_set1_ps(fp16(y.d));
         let qy = load_32(&y.qs);
         let q = mul_sum_us8_pairs_float(qx, qy);
         acc = _mm256_fmadd_ps(q, _mm256_mul_ps(dx, dy), acc);
@@ -413,12 +422,12 @@ pub fn vec_dot_q5_1_q8_1_avx2(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
 }
 
 /// Port of ggml's `ggml_vec_dot_q8_0_q8_0`, AVX2 branch.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub fn vec_dot_q8_0_q8_0_avx2(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
     assert_eq!(x.len(), y.len());
     let mut acc = _mm256_setzero_ps();
     for (x, y) in x.iter().zip(y) {
-        let d = _mm256_set1_ps(fp16_to_fp32(x.d) * fp16_to_fp32(y.d));
+        let d = _mm256_set1_ps(fp16(x.d) * fp16(y.d));
         let q = mul_sum_i8_pairs_float(load_32(&x.qs), load_32(&y.qs));
         acc = _mm256_fmadd_ps(d, q, acc);
     }
@@ -432,19 +441,19 @@ pub fn vec_dot_q8_0_q8_0_avx2(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
 // ---------------------------------------------------------------------------
 
 /// [`vec_dot_q4_0_q8_0_avx2`] for four activation rows at once.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub fn vec_dot_q4_0_q8_0_x4_avx2(x: &[BlockQ4_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
     let nb = x.len();
     assert!(y.iter().all(|y| y.len() == nb));
     let mut acc = [_mm256_setzero_ps(); 4];
     let off = _mm256_set1_epi8(8);
     for (i, x) in x.iter().enumerate() {
-        let dx = fp16_to_fp32(x.d);
+        let dx = fp16(x.d);
         let qx = _mm256_sub_epi8(bytes_from_nibbles_32(&x.qs), off);
         let ax = _mm256_sign_epi8(qx, qx);
         for (acc, y) in acc.iter_mut().zip(&y) {
             let y = &y[i];
-            let d = _mm256_set1_ps(dx * fp16_to_fp32(y.d));
+            let d = _mm256_set1_ps(dx * fp16(y.d));
             let q = mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(load_32(&y.qs), qx));
             *acc = _mm256_fmadd_ps(d, q, *acc);
         }
@@ -458,20 +467,20 @@ pub fn vec_dot_q4_0_q8_0_x4_avx2(x: &[BlockQ4_0], y: [&[BlockQ8_0]; 4]) -> [f32;
 }
 
 /// [`vec_dot_q4_1_q8_1_avx2`] for four activation rows at once.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub fn vec_dot_q4_1_q8_1_x4_avx2(x: &[BlockQ4_1], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
     let nb = x.len();
     assert!(y.iter().all(|y| y.len() == nb));
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut summs = [0.0f32; 4];
     for (i, x) in x.iter().enumerate() {
-        let d0 = _mm256_set1_ps(fp16_to_fp32(x.d));
-        let m = fp16_to_fp32(x.m);
+        let d0 = _mm256_set1_ps(fp16(x.d));
+        let m = fp16(x.m);
         let qx = bytes_from_nibbles_32(&x.qs);
         for ((acc, summs), y) in acc.iter_mut().zip(&mut summs).zip(&y) {
             let y = &y[i];
-            *summs += m * fp16_to_fp32(y.s);
-            let d0d1 = _mm256_mul_ps(d0, _mm256_set1_ps(fp16_to_fp32(y.d)));
+            *summs += m * fp16(y.s);
+            let d0d1 = _mm256_mul_ps(d0, _mm256_set1_ps(fp16(y.d)));
             let xy = mul_sum_us8_pairs_float(qx, load_32(&y.qs));
             *acc = _mm256_fmadd_ps(d0d1, xy, *acc);
         }
@@ -485,19 +494,19 @@ pub fn vec_dot_q4_1_q8_1_x4_avx2(x: &[BlockQ4_1], y: [&[BlockQ8_1]; 4]) -> [f32;
 }
 
 /// [`vec_dot_q5_0_q8_0_avx2`] for four activation rows at once.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub fn vec_dot_q5_0_q8_0_x4_avx2(x: &[BlockQ5_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
     let nb = x.len();
     assert!(y.iter().all(|y| y.len() == nb));
     let mut acc = [_mm256_setzero_ps(); 4];
     for (i, x) in x.iter().enumerate() {
-        let dx = fp16_to_fp32(x.d);
+        let dx = fp16(x.d);
         let bxhi = _mm256_andnot_si256(bytes_from_bits_32(&x.qh), _mm256_set1_epi8(0xF0u8 as i8));
         let qx = _mm256_or_si256(bytes_from_nibbles_32(&x.qs), bxhi);
         let ax = _mm256_sign_epi8(qx, qx);
         for (acc, y) in acc.iter_mut().zip(&y) {
             let y = &y[i];
-            let d = _mm256_set1_ps(dx * fp16_to_fp32(y.d));
+            let d = _mm256_set1_ps(dx * fp16(y.d));
             let q = mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(load_32(&y.qs), qx));
             *acc = _mm256_fmadd_ps(d, q, *acc);
         }
@@ -511,21 +520,21 @@ pub fn vec_dot_q5_0_q8_0_x4_avx2(x: &[BlockQ5_0], y: [&[BlockQ8_0]; 4]) -> [f32;
 }
 
 /// [`vec_dot_q5_1_q8_1_avx2`] for four activation rows at once.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub fn vec_dot_q5_1_q8_1_x4_avx2(x: &[BlockQ5_1], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
     let nb = x.len();
     assert!(y.iter().all(|y| y.len() == nb));
     let mut acc = [_mm256_setzero_ps(); 4];
     let mut summs = [0.0f32; 4];
     for (i, x) in x.iter().enumerate() {
-        let dx = _mm256_set1_ps(fp16_to_fp32(x.d));
-        let m = fp16_to_fp32(x.m);
+        let dx = _mm256_set1_ps(fp16(x.d));
+        let m = fp16(x.m);
         let bxhi = _mm256_and_si256(bytes_from_bits_32(&x.qh), _mm256_set1_epi8(0x10));
         let qx = _mm256_or_si256(bytes_from_nibbles_32(&x.qs), bxhi);
         for ((acc, summs), y) in acc.iter_mut().zip(&mut summs).zip(&y) {
             let y = &y[i];
-            *summs += m * fp16_to_fp32(y.s);
-            let dy = _mm256_set1_ps(fp16_to_fp32(y.d));
+            *summs += m * fp16(y.s);
+            let dy = _mm256_set1_ps(fp16(y.d));
             let q = mul_sum_us8_pairs_float(qx, load_32(&y.qs));
             *acc = _mm256_fmadd_ps(q, _mm256_mul_ps(dx, dy), *acc);
         }
@@ -539,18 +548,18 @@ pub fn vec_dot_q5_1_q8_1_x4_avx2(x: &[BlockQ5_1], y: [&[BlockQ8_1]; 4]) -> [f32;
 }
 
 /// [`vec_dot_q8_0_q8_0_avx2`] for four activation rows at once.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub fn vec_dot_q8_0_q8_0_x4_avx2(x: &[BlockQ8_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
     let nb = x.len();
     assert!(y.iter().all(|y| y.len() == nb));
     let mut acc = [_mm256_setzero_ps(); 4];
     for (i, x) in x.iter().enumerate() {
-        let dx = fp16_to_fp32(x.d);
+        let dx = fp16(x.d);
         let qx = load_32(&x.qs);
         let ax = _mm256_sign_epi8(qx, qx);
         for (acc, y) in acc.iter_mut().zip(&y) {
             let y = &y[i];
-            let d = _mm256_set1_ps(dx * fp16_to_fp32(y.d));
+            let d = _mm256_set1_ps(dx * fp16(y.d));
             let q = mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(load_32(&y.qs), qx));
             *acc = _mm256_fmadd_ps(d, q, *acc);
         }
@@ -570,7 +579,7 @@ pub fn vec_dot_q8_0_q8_0_x4_avx2(x: &[BlockQ8_0], y: [&[BlockQ8_0]; 4]) -> [f32;
 
 /// ggml's `GGML_F32x8_REDUCE` of four accumulators.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn reduce4(s: [__m256; 4]) -> f32 {
     let a = _mm256_add_ps(s[0], s[2]);
     let b = _mm256_add_ps(s[1], s[3]);
@@ -581,7 +590,7 @@ fn reduce4(s: [__m256; 4]) -> f32 {
 }
 
 /// Port of ggml's `ggml_vec_dot_f32` (AVX2 + FMA).
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub fn dot_f32_avx2(x: &[f32], y: &[f32]) -> f32 {
     assert_eq!(x.len(), y.len());
     let n = x.len();
@@ -627,14 +636,14 @@ pub fn dot_f16_avx2(x: &[f16], y: &[f16]) -> f32 {
     }
     let mut sumf = f64::from(reduce4(sum));
     for i in np..n {
-        sumf += f64::from(fp16_to_fp32(x[i]) * fp16_to_fp32(y[i]));
+        sumf += f64::from(fp16(x[i]) * fp16(y[i]));
     }
     sumf as f32
 }
 
 /// 8 bf16 → 8 f32 (ggml's AVX2 `LOAD` in `ggml_vec_dot_bf16`).
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn load_bf16(p: &[bf16]) -> __m256 {
     assert!(p.len() >= 8);
     // SAFETY: at least 8 bf16 (16 bytes) are readable at `p`.
@@ -643,7 +652,7 @@ fn load_bf16(p: &[bf16]) -> __m256 {
 }
 
 /// Port of ggml's `ggml_vec_dot_bf16` (AVX2 branch: multiply, then add).
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub fn dot_bf16_avx2(x: &[bf16], y: &[bf16]) -> f32 {
     assert_eq!(x.len(), y.len());
     let n = x.len();
@@ -698,7 +707,7 @@ fn fp32_to_fp16_f16c(x: f32) -> f16 {
 
 /// max |x| over a 32-float block, as ggml's AVX2 quantizers compute it.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn block_absmax(v: &[__m256; 4]) -> f32 {
     let sign_bit = _mm256_set1_ps(-0.0);
     let mut max_abs = _mm256_andnot_ps(sign_bit, v[0]);
@@ -715,7 +724,7 @@ fn block_absmax(v: &[__m256; 4]) -> f32 {
 }
 
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn load_block_32(x: &[f32]) -> [__m256; 4] {
     assert!(x.len() >= 32);
     // SAFETY: 32 floats are readable at `x`.
@@ -731,7 +740,7 @@ fn load_block_32(x: &[f32]) -> [__m256; 4] {
 
 /// Multiplies by `id`, rounds half to even, converts: four vectors of i32.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn scale_round(v: [__m256; 4], id: f32) -> [__m256i; 4] {
     let mul = _mm256_set1_ps(id);
     v.map(|v| {
@@ -744,7 +753,7 @@ fn scale_round(v: [__m256; 4], id: f32) -> [__m256i; 4] {
 
 /// Packs four vectors of i32 into 32 i8 in order, saturating.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 fn pack_i8(i: [__m256i; 4], dst: &mut [i8; 32]) {
     let i0 = _mm256_packs_epi32(i[0], i[1]);
     let i2 = _mm256_packs_epi32(i[2], i[3]);
@@ -800,7 +809,7 @@ pub fn quantize_row_q8_1_avx2(x: &[f32], y: &mut [BlockQ8_1]) {
 
 /// ggml's `quantize_row_q8_K_ref` vectorised (ggml itself uses the
 /// reference on x86): same scale, same round-half-even, same bytes.
-#[target_feature(enable = "avx2,fma")]
+#[target_feature(enable = "avx2,fma,f16c")]
 pub fn quantize_row_q8_k_avx2(x: &[f32], y: &mut [BlockQ8_K]) {
     assert_eq!(y.len() * 256, x.len());
     for (x, b) in x.chunks_exact(256).zip(y.iter_mut()) {
