@@ -197,18 +197,20 @@ impl Tokenizer {
         let mut symbols: Vec<Symbol> = Vec::new();
         let mut queue: BinaryHeap<BpeBigram> = BinaryHeap::new();
         let mut key = String::new();
-        for word in &words {
-            encoded.clear();
-            encoded.extend(word.bytes().map(byte_to_char));
-            if let Some(ids) = cache.get(&encoded) {
+        for range in words {
+            // A word always tokenizes the same way: remember each one.
+            let word = &text[range];
+            if let Some(ids) = cache.get(word) {
                 out.extend_from_slice(ids);
                 continue;
             }
+            encoded.clear();
+            encoded.extend(word.bytes().map(byte_to_char));
             let first = out.len();
             if bpe.ignore_merges {
                 if let Some(id) = self.token_id(&encoded) {
                     out.push(id);
-                    cache.insert(encoded.clone(), vec![id]);
+                    cache.insert(word.to_string(), vec![id]);
                     continue;
                 }
             }
@@ -285,7 +287,7 @@ impl Tokenizer {
                     }
                 }
             }
-            cache.insert(encoded.clone(), out[first..].to_vec());
+            cache.insert(word.to_string(), out[first..].to_vec());
         }
         Ok(())
     }

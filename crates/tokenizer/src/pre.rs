@@ -152,11 +152,11 @@ mod tests {
 
     #[test]
     fn splits_like_llama_cpp() {
-        let split = |name: &str, text: &str| {
+        let split = |name: &str, text: &'static str| {
             let pre = PreTokenizer::new(pre_config(name).unwrap().exprs).unwrap();
             let mut words = Vec::new();
             pre.split(text, &mut words).unwrap();
-            words
+            words.into_iter().map(|r| &text[r]).collect::<Vec<_>>()
         };
         assert_eq!(
             split("gpt-2", "Hello  world's 123"),

@@ -633,7 +633,7 @@ impl Tokenizer {
             .find(|&id| t[id as usize].text == "<|end|>");
         if let Some(end_id) = end_id {
             let has_call = has("<|call|>") || has("<|calls|>");
-            if (has("<|return|>") && has_call) || (has_call && has("<|flush|>")) {
+            if has_call && (has("<|return|>") || has("<|flush|>")) {
                 eog.remove(&end_id);
                 t[end_id as usize].attr = attr::USER_DEFINED;
             }

@@ -279,9 +279,12 @@ impl PreTokenizer {
         })
     }
 
-    /// Splits `text` into words, each byte-encoded with GPT-2's byte map when
-    /// `byte_encode` (`unicode_regex_split`).
-    pub(crate) fn split(&self, text: &str, out: &mut Vec<String>) -> Result<(), TokenizerError> {
+    /// Splits `text` into words (`unicode_regex_split`), appended to `out` as byte ranges.
+    pub(crate) fn split(
+        &self,
+        text: &str,
+        out: &mut Vec<std::ops::Range<usize>>,
+    ) -> Result<(), TokenizerError> {
         let cpts: Vec<u32> = text.chars().map(|c| c as u32).collect();
         let mut offsets = vec![cpts.len()];
         // Collapsed and plain views of the text, each with the byte offset of
@@ -314,7 +317,7 @@ impl PreTokenizer {
             for _ in 0..len {
                 end_byte = chars.next().unwrap_or(text.len());
             }
-            out.push(text[start_byte..end_byte].to_string());
+            out.push(start_byte..end_byte);
             start_byte = end_byte;
         }
         Ok(())
@@ -485,8 +488,7 @@ fn split_gpt2(cpts: &[u32], offsets: &[usize]) -> Vec<usize> {
                 }
                 if pos + 2 < c.end {
                     let next2 = c.cpt(pos + 2);
-                    if (next == 'r' as u32 && next2 == 'e' as u32)
-                        || (next == 'v' as u32 && next2 == 'e' as u32)
+                    if ((next == 'r' as u32 || next == 'v' as u32) && next2 == 'e' as u32)
                         || (next == 'l' as u32 && next2 == 'l' as u32)
                     {
                         pos += t.add(pos + 3);
@@ -574,8 +576,7 @@ fn split_llama3(cpts: &[u32], offsets: &[usize]) -> Vec<usize> {
                 }
                 if pos + 2 < c.end {
                     let next2 = to_lower_ascii(c.cpt(pos + 2));
-                    if (next == 'r' as u32 && next2 == 'e' as u32)
-                        || (next == 'v' as u32 && next2 == 'e' as u32)
+                    if ((next == 'r' as u32 || next == 'v' as u32) && next2 == 'e' as u32)
                         || (next == 'l' as u32 && next2 == 'l' as u32)
                     {
                         pos += t.add(pos + 3);
