@@ -37,6 +37,7 @@
 mod config;
 mod error;
 mod model;
+pub mod quantize;
 mod session;
 mod trace;
 

@@ -2,5 +2,6 @@
 mod common;
 mod errors;
 mod incremental;
+mod quantize;
 mod smollm2;
 mod synth;
