@@ -37,7 +37,11 @@ pub fn run(args: Args) -> CmdResult {
         std::fs::read_to_string(&args.context)
             .map_err(|e| format!("{}: {e}", args.context.display()))?
     };
-    let mut raw: serde_json::Value =
+    // Parsed straight into the context so that objects keep their key order
+    // (`tools` rendered with `tojson` must match Hugging Face's output).
+    let mut ctx =
+        ChatContext::from_json(&json).map_err(|e| format!("{}: {e}", args.context.display()))?;
+    let keys: serde_json::Map<String, serde_json::Value> =
         serde_json::from_str(&json).map_err(|e| format!("{}: {e}", args.context.display()))?;
 
     let template = match args.template {
@@ -54,13 +58,16 @@ pub fn run(args: Args) -> CmdResult {
             let file = GgufFile::open(&path)?;
             let tok = Tokenizer::from_gguf(file.header())?;
             // Fill in the model's BOS/EOS text unless the context gives them.
-            if let Some(obj) = raw.as_object_mut() {
-                for (key, id) in [("bos_token", tok.bos()), ("eos_token", tok.eos())] {
-                    if !obj.contains_key(key) {
-                        let text = id.and_then(|id| tok.token_text(id)).unwrap_or_default();
-                        obj.insert(key.to_string(), text.into());
-                    }
-                }
+            let text = |id: Option<u32>| {
+                id.and_then(|id| tok.token_text(id))
+                    .unwrap_or_default()
+                    .to_string()
+            };
+            if !keys.contains_key("bos_token") {
+                ctx.bos_token = text(tok.bos());
+            }
+            if !keys.contains_key("eos_token") {
+                ctx.eos_token = text(tok.eos());
             }
             match ChatTemplate::from_gguf(file.header())? {
                 Some(t) => t,
@@ -74,8 +81,6 @@ pub fn run(args: Args) -> CmdResult {
             }
         }
     };
-    let ctx: ChatContext =
-        serde_json::from_value(raw).map_err(|e| format!("{}: {e}", args.context.display()))?;
     let rendered = template.render(&ctx)?;
     std::io::stdout().lock().write_all(rendered.as_bytes())?;
     Ok(())

@@ -90,6 +90,11 @@ fn null_as_empty<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
 }
 
 /// What a template is rendered with: the variables `apply_chat_template` passes.
+///
+/// Deserialize it straight from JSON text ([`ChatContext::from_json`] or
+/// `serde_json::from_str`): objects inside (tool schemas) then keep their key
+/// order, which `tojson` reproduces. Going through a `serde_json::Value`
+/// first would sort the keys.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ChatContext {
     /// The conversation.
