@@ -4,8 +4,11 @@
 //!
 //! The integer parts are exact (as in ggml: unsigned×signed `maddubs` pairs
 //! that cannot saturate for these value ranges, then `madd` with the
-//! sub-block scales); only the final float accumulation order differs from
-//! the portable kernels, so results agree with them to float rounding.
+//! sub-block scales). Each kernel also keeps ggml's AVX2 lane layout and
+//! float operation order (FMA where llama.cpp's compiler fuses), so its
+//! result is bit-identical to what llama.cpp computes on an AVX2 machine
+//! (tested against goldens from ggml's C); against the portable kernels,
+//! which follow ggml's `*_generic` order, it agrees to float rounding.
 //! Kernels are safe `#[target_feature]` functions on typed blocks; the byte
 //! wrappers that [`vec_dot`] hands out call them in `unsafe` blocks, sound
 //! because [`vec_dot`] returns them only when [`Features::avx2`] was detected.
