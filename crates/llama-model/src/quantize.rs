@@ -607,10 +607,12 @@ fn fallback(t: &TensorInfo, wanted: GgmlType) -> Result<GgmlType> {
         G::Q6_K => G::Q8_0,
         // Already a 32-element block: only F16 is left (below).
         _ if block <= 32 => wanted,
-        _ => return Err(ModelError::Unsupported(format!(
+        _ => {
+            return Err(ModelError::Unsupported(format!(
             "tensor `{}`: rows of {ncols} do not fit {wanted} and llama.cpp defines no fallback",
             t.name
-        ))),
+        )))
+        }
     };
     Ok(if ncols % ty.block_size() as u64 != 0 {
         G::F16

@@ -48,7 +48,10 @@ pub fn add(x: &mut [f32], y: &[f32]) {
 
 /// `x[r] += bias` for every row `r` of width `bias.len()` (a broadcast ggml_add).
 pub fn add_bias(x: &mut [f32], bias: &[f32]) {
-    assert!(x.len().is_multiple_of(bias.len()), "add_bias: shape mismatch");
+    assert!(
+        x.len().is_multiple_of(bias.len()),
+        "add_bias: shape mismatch"
+    );
     for row in x.chunks_mut(bias.len()) {
         add(row, bias);
     }
