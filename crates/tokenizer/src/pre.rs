@@ -172,4 +172,44 @@ mod tests {
         );
         assert_eq!(split("qwen2", "ab12  c"), ["ab", "1", "2", " ", " c"]);
     }
+
+    /// The pre-tokenizers split like their expressions evaluated by a
+    /// backtracking regex engine with Unicode categories (the `regex` module:
+    /// tests/data/presplit.json, from scripts/gen_presplit_cases.py).
+    #[test]
+    fn splits_match_a_unicode_regex_engine() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/presplit.json");
+        let data: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let texts = data["texts"].as_array().unwrap();
+        let pres = data["pre"].as_object().unwrap();
+        assert_eq!(pres.len(), 11);
+        for (name, case) in pres {
+            let config = pre_config(name).unwrap();
+            let exprs: Vec<&str> = case["exprs"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| e.as_str().unwrap())
+                .collect();
+            assert_eq!(
+                exprs, config.exprs,
+                "{name}: expressions changed since the data was made"
+            );
+            let pre = PreTokenizer::new(config.exprs).unwrap();
+            for (text, expected) in texts.iter().zip(case["splits"].as_array().unwrap()) {
+                let text = text.as_str().unwrap();
+                let mut words = Vec::new();
+                pre.split(text, &mut words).unwrap();
+                let got: Vec<&str> = words.into_iter().map(|r| &text[r]).collect();
+                let expected: Vec<&str> = expected
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|w| w.as_str().unwrap())
+                    .collect();
+                assert_eq!(got, expected, "{name}: {text:?}");
+            }
+        }
+    }
 }
