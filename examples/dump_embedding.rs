@@ -24,7 +24,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let file = Arc::new(GgufFile::open(&path)?);
     let embd = Tensor::from_gguf(&file, "token_embd.weight")?;
     if token as usize >= embd.n_rows() {
-        return Err(format!("token {token} out of range: the vocabulary has {} tokens", embd.n_rows()).into());
+        return Err(format!(
+            "token {token} out of range: the vocabulary has {} tokens",
+            embd.n_rows()
+        )
+        .into());
     }
     // Through the backend seam, as the model does it (ggml's get_rows).
     let cpu = CpuBackend::new();

@@ -41,10 +41,18 @@ pub fn run(args: Args) -> CmdResult {
     };
     let text = std::fs::read_to_string(&args.tokens)
         .map_err(|e| format!("{}: {e}", args.tokens.display()))?;
-    let tokens: Vec<u32> = serde_json::from_str(&text)
-        .map_err(|e| format!("{}: not a JSON list of token ids: {e}", args.tokens.display()))?;
+    let tokens: Vec<u32> = serde_json::from_str(&text).map_err(|e| {
+        format!(
+            "{}: not a JSON list of token ids: {e}",
+            args.tokens.display()
+        )
+    })?;
     let model = Model::load(&path, &LoadOptions::default())?;
-    let kv_type = if args.kv == "f32" { KvType::F32 } else { KvType::F16 };
+    let kv_type = if args.kv == "f32" {
+        KvType::F32
+    } else {
+        KvType::F16
+    };
     let mut session = model.session(&SessionOptions {
         n_ctx: tokens.len().max(1),
         kv_type,
@@ -52,7 +60,9 @@ pub fn run(args: Args) -> CmdResult {
     })?;
     let logits = if args.trace {
         let mut trace = Trace::with_limit(8);
-        let logits = session.forward_traced(&tokens, LogitsMode::All, &mut trace)?.to_vec();
+        let logits = session
+            .forward_traced(&tokens, LogitsMode::All, &mut trace)?
+            .to_vec();
         eprint!("{trace}");
         logits
     } else {

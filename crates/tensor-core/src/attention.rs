@@ -68,6 +68,10 @@ pub trait KvElement: Copy + Default + Send + Sync + 'static {
     fn round(x: f32) -> f32 {
         Self::from_f32(x).to_f32()
     }
+    /// `a·b + acc` as ggml's SIMD multiply-add computes it (fused for `f32`;
+    /// for `f16` the product of two `f16` values is exact, so a plain
+    /// multiply-add rounds identically and needs no FMA instruction).
+    fn madd(a: f32, b: Self, acc: f32) -> f32;
 }
 
 impl KvElement for f32 {
@@ -83,6 +87,10 @@ impl KvElement for f32 {
     fn round(x: f32) -> f32 {
         x
     }
+    #[inline]
+    fn madd(a: f32, b: f32, acc: f32) -> f32 {
+        a.mul_add(b, acc)
+    }
 }
 
 impl KvElement for f16 {
@@ -93,6 +101,10 @@ impl KvElement for f16 {
     #[inline]
     fn to_f32(self) -> f32 {
         f16::to_f32(self)
+    }
+    #[inline]
+    fn madd(a: f32, b: f16, acc: f32) -> f32 {
+        a * b.to_f32() + acc
     }
 }
 
@@ -128,8 +140,16 @@ pub fn attention<E: KvElement>(
     let n_rows = q.len() / q_width;
     assert!(k.len() >= (pos0 + n_rows) * kv_width && v.len() >= (pos0 + n_rows) * kv_width);
 
+    // llama.cpp multiplies with ggml_mul_mat, whose summation order depends
+    // on the batch: several query rows go through llamafile's tinyBLAS
+    // (element i into lane i % 8, lanes summed pairwise), a single row
+    // (token-by-token decoding) through ggml_vec_dot_f16/f32 (4 accumulators
+    // of 8 lanes, reduced with horizontal adds). The last bits differ, and
+    // they decide later f16 roundings: mirroring both is what makes
+    // prompt logits and greedy continuations agree with llama.cpp's.
+    let decode = n_rows == 1;
     out.par_chunks_mut(hd).enumerate().for_each_init(
-        || (Vec::<f32>::new(), vec![0.0f32; hd], vec![0.0f32; 8 * hd]),
+        || (Vec::<f32>::new(), vec![0.0f32; hd], vec![0.0f32; 32 * hd]),
         |(scores, qh, lanes), (unit, o)| {
             let (t, h) = (unit / p.n_head, unit % p.n_head);
             let g = h / group;
@@ -138,37 +158,83 @@ pub fn attention<E: KvElement>(
                 *d = E::round(x);
             }
             scores.clear();
-            scores.extend((0..n_kv).map(|j| dot(qh, &k[j * kv_width + g * hd..][..hd])));
+            scores.extend((0..n_kv).map(|j| {
+                let kr = &k[j * kv_width + g * hd..][..hd];
+                if decode {
+                    dot_vec(qh, kr)
+                } else {
+                    dot_lanes8(qh, kr)
+                }
+            }));
             softmax_scaled(scores, p.scale);
-            // V·P as ggml's batched f16 GEMM (llamafile's tinyBLAS) sums it:
-            // position j accumulates into lane j % 8, then the 8 lanes are
-            // added pairwise. Products of two f16 values are exact in f32.
-            lanes.fill(0.0);
+            // V·P, with the probabilities rounded to the cache type. Lane l of
+            // output d accumulates the positions j with j % lanes == l. The
+            // KV window llama.cpp multiplies over is padded with masked
+            // (zero-probability) cells to a multiple of 32, so every position
+            // takes the vector path.
+            let n_lanes = if decode { 32 } else { 8 };
+            lanes[..n_lanes * hd].fill(0.0);
             for (j, &s) in scores.iter().enumerate() {
                 let w = E::round(s);
-                let lane = &mut lanes[(j % 8) * hd..][..hd];
+                let lane = &mut lanes[(j % n_lanes) * hd..][..hd];
                 for (a, &x) in lane.iter_mut().zip(&v[j * kv_width + g * hd..][..hd]) {
-                    *a += w * x.to_f32();
+                    *a = E::madd(w, x, *a);
                 }
             }
             for (d, o) in o.iter_mut().enumerate() {
                 let l = |i: usize| lanes[i * hd + d];
-                *o = ((l(0) + l(4)) + (l(2) + l(6))) + ((l(1) + l(5)) + (l(3) + l(7)));
+                *o = if decode {
+                    let acc: [[f32; 8]; 4] =
+                        std::array::from_fn(|a| std::array::from_fn(|i| l(8 * a + i)));
+                    reduce_4x8(&acc)
+                } else {
+                    hsum8(&std::array::from_fn(l))
+                };
             }
         },
     );
 }
 
-/// `Σ a[i]·b[i]` as ggml's batched f16 GEMM sums it: element `i` into lane
-/// `i % 8`, then the lanes pairwise (`hsum_float_8`). The products of two
-/// `f16` values are exact in `f32`, so a fused multiply-add rounds the same.
+/// ggml's `hsum_float_8` (AVX): `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
 #[inline]
-fn dot<E: KvElement>(a: &[f32], b: &[E]) -> f32 {
+fn hsum8(a: &[f32; 8]) -> f32 {
+    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
+}
+
+/// `GGML_F32_VEC_REDUCE` (AVX): the 4 accumulators pairwise, then the 8
+/// lanes with two horizontal adds: `((x0+x4)+(x1+x5)) + ((x2+x6)+(x3+x7))`.
+#[inline]
+fn reduce_4x8(a: &[[f32; 8]; 4]) -> f32 {
+    let x: [f32; 8] = std::array::from_fn(|i| (a[0][i] + a[2][i]) + (a[1][i] + a[3][i]));
+    let t = [x[0] + x[4], x[1] + x[5], x[2] + x[6], x[3] + x[7]];
+    (t[0] + t[1]) + (t[2] + t[3])
+}
+
+/// `Σ a[i]·b[i]` as tinyBLAS sums it: element `i` into lane `i % 8`, then [`hsum8`].
+#[inline]
+fn dot_lanes8<E: KvElement>(a: &[f32], b: &[E]) -> f32 {
     let mut acc = [0.0f32; 8];
-    for (i, (x, y)) in a.iter().zip(b).enumerate() {
-        acc[i % 8] += x * y.to_f32();
+    for (i, (&x, &y)) in a.iter().zip(b).enumerate() {
+        acc[i % 8] = E::madd(x, y, acc[i % 8]);
     }
-    ((acc[0] + acc[4]) + (acc[2] + acc[6])) + ((acc[1] + acc[5]) + (acc[3] + acc[7]))
+    hsum8(&acc)
+}
+
+/// `Σ a[i]·b[i]` as `ggml_vec_dot_f16`/`_f32` sum it: blocks of 32 over 4
+/// accumulators of 8 lanes, [`reduce_4x8`], the tail added in `f64`.
+#[inline]
+fn dot_vec<E: KvElement>(a: &[f32], b: &[E]) -> f32 {
+    let n32 = a.len() / 32 * 32;
+    let mut acc = [[0.0f32; 8]; 4];
+    for (i, (&x, &y)) in a[..n32].iter().zip(&b[..n32]).enumerate() {
+        let (r, l) = ((i / 8) % 4, i % 8);
+        acc[r][l] = E::madd(x, y, acc[r][l]);
+    }
+    let mut sum = reduce_4x8(&acc) as f64;
+    for (&x, &y) in a[n32..].iter().zip(&b[n32..]) {
+        sum += (x * y.to_f32()) as f64;
+    }
+    sum as f32
 }
 
 #[cfg(test)]

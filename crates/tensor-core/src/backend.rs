@@ -101,7 +101,9 @@ pub trait Backend: Send + Sync {
     /// `0..=pos0 + t` of `layer` of the cache; writes `[n_rows, n_head * head_dim]`.
     /// llama.cpp without flash attention: `K·Q` with `q` rounded to the cache
     /// type, scale, causal mask, ggml_soft_max, `V·P` with `P` rounded to the
-    /// cache type.
+    /// cache type. Like ggml_mul_mat, the order of the sums depends on
+    /// `n_rows`: one row (decoding) sums as ggml_vec_dot_f16, several as
+    /// llamafile's tinyBLAS — llama.cpp's own two orders.
     #[allow(clippy::too_many_arguments)] // one argument per input of the operation
     fn attention(
         &self,
