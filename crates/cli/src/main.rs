@@ -8,6 +8,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod bench;
+mod chat;
+mod common;
+mod embedding;
+mod generate;
 mod inspect;
 mod logits;
 mod template;
@@ -24,6 +29,14 @@ struct Cli {
 /// The subcommands.
 #[derive(Subcommand)]
 enum Commands {
+    /// Continue a prompt, streaming the text (timings on stderr).
+    Generate(generate::Args),
+    /// Chat with the model (one user message per line when stdin is not a terminal).
+    Chat(chat::Args),
+    /// Print one token's embedding row and its RMS.
+    Embedding(embedding::Args),
+    /// Measure prompt processing (pp) and generation (tg) speed, like llama-bench.
+    Bench(bench::Args),
     /// Print a GGUF file's metadata and tensor table.
     Inspect(inspect::Args),
     /// Write every position's logits of a token sequence (f32, [n_tokens, n_vocab]).
@@ -40,6 +53,10 @@ pub type CmdResult = Result<(), Box<dyn std::error::Error>>;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Commands::Generate(args) => generate::run(args),
+        Commands::Chat(args) => chat::run(args),
+        Commands::Embedding(args) => embedding::run(args),
+        Commands::Bench(args) => bench::run(args),
         Commands::Inspect(args) => inspect::run(args),
         Commands::Logits(args) => logits::run(args),
         Commands::Tokenize(args) => tokenize::run(args),
@@ -53,6 +70,11 @@ fn main() -> ExitCode {
                 .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe) =>
         {
             ExitCode::SUCCESS
+        }
+        // A bad argument found after parsing: exit code 2, as clap's own errors.
+        Err(e) if e.downcast_ref::<common::UsageError>().is_some() => {
+            eprintln!("strata: error: {}", e.to_string().replace(['\n', '\r'], " "));
+            ExitCode::from(2)
         }
         Err(e) => {
             // One line, whatever the message holds, so scripts can rely on it.

@@ -1,4 +1,5 @@
 //! The CLI's one integration-test binary: each module runs the built
 //! `strata` binary on fixtures.
 
+mod generate;
 mod inspect;

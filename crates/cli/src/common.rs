@@ -1,0 +1,223 @@
+//! What `generate`, `chat` and `bench` share: the model, threads, backend and
+//! sampling arguments, loading with progress on stderr, and bad-argument
+//! errors (exit code 2).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use generate::{Engine, SamplerConfig};
+use gguf_format::GgufFile;
+use llama_model::{CpuBackend, LoadOptions, Model, SessionOptions};
+use tokenizer::chat::ChatTemplate;
+use tokenizer::Tokenizer;
+
+/// A bad argument found after parsing (a prompt longer than the context, ...):
+/// reported like clap's errors, with exit code 2.
+#[derive(Debug)]
+pub struct UsageError(pub String);
+
+impl std::fmt::Display for UsageError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// Turns generation errors about arguments into [`UsageError`]s.
+pub fn classify(e: generate::GenerateError) -> Box<dyn std::error::Error> {
+    if e.is_invalid_argument() {
+        Box::new(UsageError(e.to_string()))
+    } else {
+        Box::new(e)
+    }
+}
+
+/// Where the model runs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BackendKind {
+    /// The CPU (SIMD kernels, rayon threads).
+    Cpu,
+    /// A GPU through wgpu (Vulkan, Metal, DX12).
+    Wgpu,
+}
+
+/// Which model, where, with how many threads.
+#[derive(clap::Args, Clone, Debug)]
+pub struct ModelArgs {
+    /// The GGUF model; the default model (fetched on first use) if omitted.
+    #[arg(long, short)]
+    pub model: Option<PathBuf>,
+    /// Worker threads (default: the available parallelism).
+    #[arg(long, short, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: Option<u16>,
+    /// Where to run the model.
+    #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
+    pub backend: BackendKind,
+}
+
+/// The sampler chain's settings (llama.cpp's defaults and names).
+#[derive(clap::Args, Clone, Debug)]
+pub struct SamplingArgs {
+    /// Temperature; 0 is greedy decoding.
+    #[arg(long, default_value_t = 0.8, value_parser = non_negative, allow_negative_numbers = true)]
+    pub temperature: f32,
+    /// Keep the K most likely tokens (0 disables).
+    #[arg(long, default_value_t = 40, allow_negative_numbers = true)]
+    pub top_k: usize,
+    /// Nucleus sampling threshold in (0, 1] (1 disables).
+    #[arg(long, default_value_t = 0.95, value_parser = unit_open_closed, allow_negative_numbers = true)]
+    pub top_p: f32,
+    /// Drop tokens less likely than P times the best, P in [0, 1] (0 disables).
+    #[arg(long, default_value_t = 0.05, value_parser = unit_closed, allow_negative_numbers = true)]
+    pub min_p: f32,
+    /// Repetition penalty (1 disables).
+    #[arg(long, default_value_t = 1.0, value_parser = non_negative, allow_negative_numbers = true)]
+    pub repeat_penalty: f32,
+    /// How many recent tokens the repetition penalty looks at.
+    #[arg(long, default_value_t = 64)]
+    pub repeat_last_n: usize,
+    /// Seed of the random draw: the same seed gives the same text.
+    #[arg(long, short, default_value_t = SamplerConfig::default().seed)]
+    pub seed: u64,
+}
+
+impl SamplingArgs {
+    /// The sampler configuration.
+    pub fn config(&self) -> SamplerConfig {
+        SamplerConfig {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            penalty_last_n: self.repeat_last_n,
+            seed: self.seed,
+            ..SamplerConfig::default()
+        }
+    }
+}
+
+fn parse_f32(s: &str) -> Result<f32, String> {
+    let v: f32 = s.parse().map_err(|_| format!("`{s}` is not a number"))?;
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(format!("`{s}` is not a finite number"))
+    }
+}
+
+fn non_negative(s: &str) -> Result<f32, String> {
+    let v = parse_f32(s)?;
+    if v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is negative: expected a number ≥ 0"))
+    }
+}
+
+fn unit_open_closed(s: &str) -> Result<f32, String> {
+    let v = parse_f32(s)?;
+    if v > 0.0 && v <= 1.0 {
+        Ok(v)
+    } else {
+        Err(format!("{v} is outside (0, 1]"))
+    }
+}
+
+fn unit_closed(s: &str) -> Result<f32, String> {
+    let v = parse_f32(s)?;
+    if (0.0..=1.0).contains(&v) {
+        Ok(v)
+    } else {
+        Err(format!("{v} is outside [0, 1]"))
+    }
+}
+
+/// Builds rayon's global pool with `threads` threads (default: the available parallelism).
+pub fn init_threads(threads: Option<u16>) -> Result<(), Box<dyn std::error::Error>> {
+    let n = match threads {
+        Some(n) => n as usize,
+        None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+    };
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global()
+        .map_err(|e| format!("cannot start {n} threads: {e}"))?;
+    Ok(())
+}
+
+/// A model file, mapped, with its tokenizer and chat template.
+pub struct ModelFile {
+    /// The file.
+    pub file: Arc<GgufFile>,
+    /// Its path.
+    pub path: PathBuf,
+    /// Its tokenizer.
+    pub tokenizer: Tokenizer,
+}
+
+impl ModelFile {
+    /// Opens `--model` or the default model (fetching it on first use).
+    pub fn open(model: Option<&PathBuf>) -> Result<ModelFile, Box<dyn std::error::Error>> {
+        let path = match model {
+            Some(path) => path.clone(),
+            None => model_cache::default_model()?,
+        };
+        let file = Arc::new(GgufFile::open(&path)?);
+        let tokenizer = Tokenizer::from_gguf(file.header())?;
+        Ok(ModelFile {
+            file,
+            path,
+            tokenizer,
+        })
+    }
+
+    /// The file's chat template, or ChatML if it has none.
+    pub fn chat_template(&self) -> Result<ChatTemplate, Box<dyn std::error::Error>> {
+        Ok(ChatTemplate::from_gguf(self.file.header())?.unwrap_or_else(ChatTemplate::chatml))
+    }
+}
+
+/// A model loaded on a backend, ready to make [`Engine`]s.
+pub enum Loaded {
+    /// On the CPU.
+    Cpu(Model<CpuBackend>),
+}
+
+impl Loaded {
+    /// Loads the model of `mf` on `backend`, with progress on stderr.
+    pub fn load(
+        mf: &ModelFile,
+        backend: BackendKind,
+    ) -> Result<Loaded, Box<dyn std::error::Error>> {
+        let start = Instant::now();
+        eprintln!("strata: loading {} ({backend:?})", mf.path.display());
+        let loaded = match backend {
+            BackendKind::Cpu => Loaded::Cpu(Model::load_with(
+                &mf.file,
+                CpuBackend::new(),
+                &LoadOptions::default(),
+            )?),
+            BackendKind::Wgpu => {
+                return Err(UsageError(
+                    "--backend wgpu: this build has no GPU backend wired in yet".into(),
+                )
+                .into())
+            }
+        };
+        eprintln!("strata: loaded in {:.2} s", start.elapsed().as_secs_f64());
+        Ok(loaded)
+    }
+
+    /// A fresh engine (KV cache) of `n_ctx` positions (0: the model's, at most 4096).
+    pub fn engine(&self, n_ctx: usize) -> Result<Box<dyn Engine + '_>, Box<dyn std::error::Error>> {
+        match self {
+            Loaded::Cpu(model) => Ok(Box::new(model.session(&SessionOptions {
+                n_ctx,
+                ..SessionOptions::default()
+            })?)),
+        }
+    }
+}

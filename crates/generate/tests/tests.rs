@@ -1,0 +1,4 @@
+//! generate's one integration-test binary.
+
+mod scripted;
+mod smollm2;
