@@ -36,7 +36,7 @@
 //! # Ok::<(), tokenizer::chat::TemplateError>(())
 //! ```
 
-use std::collections::BTreeMap;
+use indexmap::IndexMap;
 use std::fmt::Write as _;
 use std::sync::Arc;
 
@@ -69,9 +69,9 @@ pub struct Message {
     /// The text (`null` in JSON reads as empty).
     #[serde(default, deserialize_with = "null_as_empty")]
     pub content: String,
-    /// Other fields (`tool_calls`, `name`, ...), passed to the template as they are.
+    /// Other fields (`tool_calls`, `name`, ...), passed to the template as they are, in order.
     #[serde(flatten)]
-    pub extra: BTreeMap<String, Value>,
+    pub extra: IndexMap<String, Value>,
 }
 
 impl Message {
@@ -80,7 +80,7 @@ impl Message {
         Message {
             role: role.into(),
             content: content.into(),
-            extra: BTreeMap::new(),
+            extra: IndexMap::new(),
         }
     }
 }
@@ -110,7 +110,7 @@ pub struct ChatContext {
     pub eos_token: String,
     /// Other variables (`tools`, `documents`, `date_string`, ...), passed as they are.
     #[serde(flatten)]
-    pub extra: BTreeMap<String, Value>,
+    pub extra: IndexMap<String, Value>,
 }
 
 impl ChatContext {
