@@ -5,3 +5,4 @@ mod incremental;
 mod quantize;
 mod smollm2;
 mod synth;
+mod trace;
