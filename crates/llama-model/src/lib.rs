@@ -25,8 +25,11 @@
 //! llama.cpp's arithmetic rather than an idealised one — activations are
 //! quantized like ggml's before each matrix product, the KV cache is `f16` by
 //! default and queries and attention probabilities are rounded to it as
-//! ggml does — so its logits match llama.cpp's to rounding, whether a prompt
-//! is evaluated in one batch or token by token.
+//! ggml does, and sums run in the order of llama.cpp's x86 kernels (tinyBLAS
+//! for batches, `ggml_vec_dot_*` for single tokens) — so its logits match
+//! llama.cpp's, bit for bit on most formats, whether a prompt is evaluated in
+//! one batch or token by token (the two differ by less than 1e-4, as they do
+//! in llama.cpp).
 //!
 //! To find where a run diverges from another (a quantized file from its
 //! `F32` original, the GPU from the CPU, a batch from incremental decoding),

@@ -99,6 +99,8 @@ impl<B: Backend> Model<B> {
     where
         D: AsRef<[u8]> + Send + Sync + 'static,
     {
+        // The architecture first: an unknown one is the clearest error.
+        crate::Architecture::from_name(file.get_str("general.architecture")?)?;
         let embd = Tensor::from_gguf(file, "token_embd.weight")?;
         if embd.shape().len() != 2 {
             return Err(ModelError::WrongShape {
