@@ -57,3 +57,11 @@ mod vocab;
 pub use decode::StreamDecoder;
 pub use error::TokenizerError;
 pub use vocab::{SpecialTokens, TokenType, Tokenizer, VocabKind};
+
+// Tokenizers and templates are shared between threads (a server, parallel
+// tokenization): keep them Send + Sync.
+const _: () = {
+    const fn send_sync<T: Send + Sync>() {}
+    send_sync::<Tokenizer>();
+    send_sync::<chat::ChatTemplate>();
+};

@@ -77,3 +77,28 @@ fn llama_bpe() {
 fn gpt_2() {
     check("gpt-2");
 }
+
+/// decode(encode(s)) == s for every test string, except where Hugging Face's
+/// `clean_up_tokenization_spaces` (on for these BPE vocabularies, as in
+/// llama.cpp) rewrites `" ,"`, `" '"` and the like by design.
+#[test]
+fn decode_round_trips() {
+    for name in ["llama-spm", "llama-bpe", "gpt-2"] {
+        let file = GgufFile::open(fixture(&format!("vocab/ggml-vocab-{name}.gguf"))).unwrap();
+        let tok = Tokenizer::from_gguf(file.header()).unwrap();
+        let mut checked = 0;
+        for (text, _) in read_tests(name) {
+            let cleaned = [" ?", " !", " .", " ,", " '"]
+                .iter()
+                .any(|p| text.contains(p));
+            if name != "llama-spm" && cleaned {
+                continue;
+            }
+            let ids = tok.encode(&text, false, false).unwrap();
+            assert_eq!(tok.decode(&ids), text, "{name}");
+            checked += 1;
+        }
+        assert!(checked >= 35, "{name}: only {checked} strings checked");
+        eprintln!("{name}: {checked} strings round-trip");
+    }
+}
