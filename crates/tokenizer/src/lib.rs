@@ -36,9 +36,11 @@
 //! from Unicode 15.1, the version of llama.cpp's table
 //! (`scripts/gen_unicode_data.py`).
 //!
-//! Where llama.cpp's result depends on unordered containers (which of several
-//! end-of-turn candidates becomes `eot`, the order of equal-length special
-//! tokens), this crate picks the lowest id, deterministically.
+//! Where llama.cpp's result depends on the order of an unordered container,
+//! this crate decides deterministically: of several end-of-turn candidates
+//! the first in llama.cpp's list of names becomes `eot` (`<|eot_id|>` before
+//! `<|end_of_text|>`), and special tokens of equal length are matched in id
+//! order.
 //!
 //! Metadata is validated where it enters: wrong types, missing arrays,
 //! duplicate tokens or unknown pre-tokenizers are a [`TokenizerError`], never a

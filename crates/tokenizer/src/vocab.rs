@@ -478,17 +478,18 @@ impl Tokenizer {
     /// control, and marks control tokens named "unused" unused (llama.cpp's
     /// text-based auto-detection).
     fn detect_special_tokens(&mut self) {
-        // llama.cpp walks an unordered map and takes the first hit; walking by id
-        // makes the choice deterministic (the lowest id) when several match.
-        let control =
-            |tokens: &mut Vec<TokenData>, id: u32| tokens[id as usize].attr |= attr::CONTROL;
+        // llama.cpp walks an unordered map and takes the first hit, so with
+        // several candidates (`<|im_end|>` and `<|endoftext|>`) the choice is
+        // up to the hash order; here it is the first name of llama.cpp's list
+        // the vocabulary has (`<|eot_id|>` before `<|end_of_text|>`).
+        let token_to_id = &self.token_to_id;
         let find_first = |tokens: &mut Vec<TokenData>, slot: &mut Option<u32>, names: &[&str]| {
             if slot.is_some() {
                 return;
             }
-            if let Some(id) = tokens.iter().position(|t| names.contains(&t.text.as_str())) {
-                *slot = Some(id as u32);
-                control(tokens, id as u32);
+            if let Some(&id) = names.iter().find_map(|n| token_to_id.get(*n)) {
+                *slot = Some(id);
+                tokens[id as usize].attr |= attr::CONTROL;
             }
         };
         let s = &mut self.special;

@@ -102,3 +102,26 @@ fn decode_round_trips() {
         eprintln!("{name}: {checked} strings round-trip");
     }
 }
+
+/// LLaMA-3: BOS added by default, `<|eot_id|>` and `<|end_of_text|>` end generation.
+#[test]
+fn llama_bpe_special_tokens() {
+    let file = GgufFile::open(fixture("vocab/ggml-vocab-llama-bpe.gguf")).unwrap();
+    let tok = Tokenizer::from_gguf(file.header()).unwrap();
+    assert!(tok.adds_bos());
+    assert_eq!(tok.bos(), Some(128000));
+    let eot = tok.token_id("<|eot_id|>").unwrap();
+    assert_eq!(tok.eot(), Some(eot));
+    assert!(tok.is_eog(eot) && tok.is_eog(128001));
+    assert!(!tok.is_eog(128000));
+    let ids = tok
+        .encode(
+            "<|start_header_id|>user<|end_header_id|>\n\nHi<|eot_id|>",
+            true,
+            true,
+        )
+        .unwrap();
+    assert_eq!(ids[..2], [128000, 128006]);
+    assert_eq!(*ids.last().unwrap(), eot);
+    assert_eq!(tok.decode(&ids), "user\n\nHi");
+}
