@@ -142,17 +142,21 @@ fn matmul_bench(c: &mut Criterion) {
     g.finish();
 }
 
-/// CPU time of the calling thread (from `/proc/thread-self/schedstat`), so
+/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`), so
 /// single-thread kernel throughput can be read on a loaded, shared machine:
 /// it is what one dedicated core would do (cache and memory contention from
 /// other processes still show).
 struct ThreadCpuTime;
 
 fn thread_cpu_ns() -> u64 {
-    std::fs::read_to_string("/proc/thread-self/schedstat")
-        .ok()
-        .and_then(|s| s.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID) failed");
+    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
 impl Measurement for ThreadCpuTime {

@@ -5,7 +5,9 @@
 //! (`x86.rs`, `aarch64.rs`) is asked for a native kernel given the detected
 //! [`Features`], and the portable kernel of [`crate::formats`] is used
 //! otherwise. To add a native kernel for a format, add one row to the
-//! `vec_dot` (or `from_float`) match of the architecture module.
+//! `vec_dot` (or `vec_dot_x4`, `from_float`) match of the architecture
+//! module. [`vec_dot_x4_for`] serves [`crate::matmul`]: one weight row
+//! against four activation rows, bit-identical to four single calls.
 //!
 //! Every native kernel has its portable twin as test oracle: activation
 //! quantizers must give identical bytes, dot products agree to rounding.
