@@ -110,3 +110,68 @@ fn special_tokens_and_end_of_generation() {
     assert_eq!(tok.token_to_piece(im_end), b"<|im_end|>");
     assert_eq!(tok.decode(&[im_end]), "");
 }
+
+/// Random strings (letters, digits, punctuation, whitespace of all kinds,
+/// emoji, CJK, combining marks, special-token fragments) always encode, and
+/// decode back to themselves: this vocabulary does no clean-up.
+#[test]
+fn random_strings_round_trip() {
+    let tok = tokenizer();
+    const POOL: &[&str] = &[
+        "a",
+        "Z",
+        "the",
+        " ",
+        "  ",
+        "\n",
+        "\r\n",
+        "\t",
+        "\u{a0}",
+        "\u{3000}",
+        "\u{85}",
+        "0",
+        "42",
+        "3.14",
+        "'s",
+        "'LL",
+        ".",
+        "!?",
+        "$",
+        "<",
+        "|",
+        ">",
+        "<|im_end|>",
+        "<|im_start|>",
+        "<|endoftext|>",
+        "é",
+        "e\u{301}",
+        "日本",
+        "🙂",
+        "🦙",
+        "\u{200d}",
+        "\u{0}",
+        "\u{7f}",
+        "\u{fffd}",
+        "ß",
+        "İ",
+        "Ⅻ",
+        "½",
+    ];
+    let mut state = 0x2545_f491_4f6c_dd1du64;
+    let mut next = move || {
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        state
+    };
+    for _ in 0..2000 {
+        let n = next() % 16;
+        let s: String = (0..n)
+            .map(|_| POOL[(next() % POOL.len() as u64) as usize])
+            .collect();
+        let ids = tok.encode(&s, false, false).unwrap();
+        assert_eq!(tok.decode(&ids), s);
+        let special = tok.encode(&s, true, true).unwrap();
+        assert_eq!(tok.detokenize(&special, false, true), s.as_bytes());
+    }
+}
