@@ -1,1 +1,42 @@
-fn main() {}
+//! `cargo xtask <task>`: what cargo alone cannot express. One module per task.
+//!
+//! - `synth-model --preset <tinyllama-1.1b|synth> --type <Q4_K_M|Q8_0|F16|…> [--seed N] OUT.gguf`:
+//!   a random-weight LLaMA written with gguf-format's writer.
+//! - `gpu-bench MODEL.gguf [--adapter NAME] [--pp 512] [--tg 128] [--reps 3]`: prompt and
+//!   generation throughput of the wgpu backend, with a per-kernel GPU time profile.
+
+mod gpu_bench;
+mod synth_model;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let result = match args.first().map(String::as_str) {
+        Some("synth-model") => synth_model::run(&args[1..]),
+        Some("gpu-bench") => gpu_bench::run(&args[1..]),
+        _ => Err(
+            "usage: cargo xtask <synth-model|gpu-bench> ... (see xtask/src/main.rs)".to_string(),
+        ),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Value of `--name VALUE` in `args`, and the arguments without the pair.
+fn take_opt(args: &mut Vec<String>, name: &str) -> Result<Option<String>, String> {
+    match args.iter().position(|a| a == name) {
+        None => Ok(None),
+        Some(i) if i + 1 < args.len() => {
+            let v = args.remove(i + 1);
+            args.remove(i);
+            Ok(Some(v))
+        }
+        Some(_) => Err(format!("{name} needs a value")),
+    }
+}

@@ -33,7 +33,9 @@ pub mod kernels;
 mod model;
 pub mod oneshot;
 pub mod ops;
+mod seam;
 
 pub use device::{DeviceCaps, DeviceOptions, GpuContext, ADAPTER_ENV};
 pub use error::{Result, WgpuError};
 pub use model::{GpuConfig, GpuModel, GpuModelOptions, StepProfile};
+pub use seam::{GpuBuffer, GpuKvCache, GpuWeight, WgpuBackend};

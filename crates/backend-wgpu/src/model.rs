@@ -179,7 +179,9 @@ impl std::fmt::Debug for GpuModel {
 /// rounding type, shared by all layers.
 struct ActBuffers<'c> {
     ctx: &'c GpuContext,
+    /// Bytes per buffer: activations, then Q8_1 sum corrections from float `corr_base`.
     size: u64,
+    corr_base: u32,
     bufs: Vec<(GgmlType, wgpu::Buffer)>,
 }
 
@@ -210,7 +212,7 @@ impl ActBuffers<'_> {
             }
         };
         if !done.contains(&act) {
-            ops.push(ob.quantize_act(act, src, stride, &buf, stride, n));
+            ops.push(ob.quantize_act(act, src, stride, &buf, stride, n, self.corr_base));
             done.push(act);
         }
         buf
@@ -308,9 +310,11 @@ impl GpuModel {
             ctx: &ctx,
             step: &step,
         };
+        let act_floats = b * d.max(dq).max(ff) as u64;
         let mut acts = ActBuffers {
             ctx: &ctx,
-            size: b * d.max(dq).max(ff) as u64 * f,
+            size: (act_floats + act_floats / 32) * f,
+            corr_base: act_floats as u32,
             bufs: Vec::new(),
         };
         let mut body = Vec::new();
@@ -359,9 +363,33 @@ impl GpuModel {
             body.push(ob.rms_norm(&x, d, &attn_norm, &xn, d, d, cfg.rms_eps, false));
             let mut done = Vec::new();
             let xq = acts.input(&ob, &mut body, &mut done, &xn, d, d, &wq);
-            body.extend(ob.linear("attn_q", &wq, &xq, d, &q_raw, dq, 0, false, 0, &dummy));
+            body.extend(ob.linear(
+                "attn_q",
+                &wq,
+                &xq,
+                d,
+                &q_raw,
+                dq,
+                0,
+                false,
+                0,
+                acts.corr_base,
+                &dummy,
+            ));
             let xk = acts.input(&ob, &mut body, &mut done, &xn, d, d, &wk);
-            body.extend(ob.linear("attn_k", &wk, &xk, d, &k_raw, dkv, 0, false, 0, &dummy));
+            body.extend(ob.linear(
+                "attn_k",
+                &wk,
+                &xk,
+                d,
+                &k_raw,
+                dkv,
+                0,
+                false,
+                0,
+                acts.corr_base,
+                &dummy,
+            ));
             let xv = acts.input(&ob, &mut body, &mut done, &xn, d, d, &wv);
             body.extend(ob.linear(
                 "attn_v",
@@ -373,6 +401,7 @@ impl GpuModel {
                 0,
                 false,
                 cache_write,
+                acts.corr_base,
                 &dummy,
             ));
             body.push(ob.rope(&q_raw, &q, &rope_table, rope(cfg.n_head, dq, dq, 0)));
@@ -399,13 +428,49 @@ impl GpuModel {
                 },
             ));
             let ao = acts.input(&ob, &mut body, &mut Vec::new(), &attn, dq, dq, &wo);
-            body.extend(ob.linear("attn_output", &wo, &ao, dq, &x, d, 0, true, 0, &dummy));
+            body.extend(ob.linear(
+                "attn_output",
+                &wo,
+                &ao,
+                dq,
+                &x,
+                d,
+                0,
+                true,
+                0,
+                acts.corr_base,
+                &dummy,
+            ));
             body.push(ob.rms_norm(&x, d, &ffn_norm, &xn, d, d, cfg.rms_eps, false));
             let mut done = Vec::new();
             let xg = acts.input(&ob, &mut body, &mut done, &xn, d, d, &wg);
-            body.extend(ob.linear("ffn_gate", &wg, &xg, d, &gate, ff, 0, false, 0, &dummy));
+            body.extend(ob.linear(
+                "ffn_gate",
+                &wg,
+                &xg,
+                d,
+                &gate,
+                ff,
+                0,
+                false,
+                0,
+                acts.corr_base,
+                &dummy,
+            ));
             let xu = acts.input(&ob, &mut body, &mut done, &xn, d, d, &wu);
-            body.extend(ob.linear("ffn_up", &wu, &xu, d, &up, ff, 0, false, 0, &dummy));
+            body.extend(ob.linear(
+                "ffn_up",
+                &wu,
+                &xu,
+                d,
+                &up,
+                ff,
+                0,
+                false,
+                0,
+                acts.corr_base,
+                &dummy,
+            ));
             body.push(ob.binary(
                 Kernel::Swiglu,
                 &gate,
@@ -420,7 +485,19 @@ impl GpuModel {
                 &dummy,
             ));
             let hq = acts.input(&ob, &mut body, &mut Vec::new(), &h, ff, ff, &wd);
-            body.extend(ob.linear("ffn_down", &wd, &hq, ff, &x, d, 0, true, 0, &dummy));
+            body.extend(ob.linear(
+                "ffn_down",
+                &wd,
+                &hq,
+                ff,
+                &x,
+                d,
+                0,
+                true,
+                0,
+                acts.corr_base,
+                &dummy,
+            ));
             for w in [wq, wk, wv, wo, wg, wu, wd] {
                 weight_bytes += w.n_bytes();
                 weights.push(w);
@@ -437,10 +514,34 @@ impl GpuModel {
         weight_bytes += output.n_bytes();
         let mut head_last = vec![ob.rms_norm(&x, d, &out_norm, &xn, d, d, cfg.rms_eps, true)];
         let xo = acts.input(&ob, &mut head_last, &mut Vec::new(), &xn, d, d, &output);
-        head_last.extend(ob.linear("output", &output, &xo, d, &logits, nv, 0, false, 0, &dummy));
+        head_last.extend(ob.linear(
+            "output",
+            &output,
+            &xo,
+            d,
+            &logits,
+            nv,
+            0,
+            false,
+            0,
+            acts.corr_base,
+            &dummy,
+        ));
         let mut head_all = vec![ob.rms_norm(&x, d, &out_norm, &xn, d, d, cfg.rms_eps, false)];
         let xo = acts.input(&ob, &mut head_all, &mut Vec::new(), &xn, d, d, &output);
-        head_all.extend(ob.linear("output", &output, &xo, d, &logits, nv, 0, false, 0, &dummy));
+        head_all.extend(ob.linear(
+            "output",
+            &output,
+            &xo,
+            d,
+            &logits,
+            nv,
+            0,
+            false,
+            0,
+            acts.corr_base,
+            &dummy,
+        ));
         let argmax = ob.argmax(&logits, nv, nv, 1, &ids, &dummy, &dummy_rw);
         weights.push(output);
         weights.push(embd);

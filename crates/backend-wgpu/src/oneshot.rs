@@ -82,17 +82,38 @@ pub fn matmul(
     )?;
     let step = step_buffer(ctx, n as u32, 0);
     let b = OpBuilder { ctx, step: &step };
-    let xb = f32_buffer(ctx, "x", x);
+    // Activations, then zeroed Q8_1 sum corrections (used by Q4_1/Q5_1).
+    let mut padded = x.to_vec();
+    padded.resize(x.len() + x.len() / 32, 0.0);
+    let xb = f32_buffer(ctx, "x", &padded);
     let y = ctx.storage("y", (n * m * 4) as u64);
     let dummy = ctx.storage("dummy", 16);
     let mut ops = Vec::new();
     let mut input = xb.clone();
     if let Some(act) = crate::kernels::act_type(ty).filter(|_| round_activations) {
-        input = ctx.storage("xq", (x.len() * 4) as u64);
-        ops.push(b.quantize_act(act, &xb, k as u32, &input, k as u32, k as u32));
+        input = ctx.storage("xq", (x.len() * 4 + x.len() / 32 * 4) as u64);
+        ops.push(b.quantize_act(
+            act,
+            &xb,
+            k as u32,
+            &input,
+            k as u32,
+            k as u32,
+            x.len() as u32,
+        ));
     }
     ops.extend(b.linear(
-        "linear", &w, &input, k as u32, &y, m as u32, 0, false, 0, &dummy,
+        "linear",
+        &w,
+        &input,
+        k as u32,
+        &y,
+        m as u32,
+        0,
+        false,
+        0,
+        x.len() as u32,
+        &dummy,
     ));
     run(ctx, &ops, n as u32, &y, n * m)
 }
@@ -326,6 +347,6 @@ pub fn quantize_act(ctx: &GpuContext, act: GgmlType, x: &[f32], n: usize) -> Res
     let b = OpBuilder { ctx, step: &step };
     let xb = f32_buffer(ctx, "x", x);
     let y = ctx.storage("y", (x.len() * 4) as u64);
-    let op = b.quantize_act(act, &xb, n as u32, &y, n as u32, n as u32);
+    let op = b.quantize_act(act, &xb, n as u32, &y, n as u32, n as u32, 0);
     run(ctx, &[op], t as u32, &y, x.len())
 }

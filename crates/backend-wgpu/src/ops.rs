@@ -36,6 +36,8 @@ pub(crate) struct MatParams {
     pub y_base: u32,
     pub accumulate: u32,
     pub at_pos: u32,
+    pub corr_base: u32,
+    pub pad: [u32; 3],
 }
 
 #[repr(C)]
@@ -254,7 +256,7 @@ impl Op {
                 } else {
                     (
                         self.pipeline_mm.as_ref().unwrap_or(&self.pipeline),
-                        [m.div_ceil(64), n_tokens.div_ceil(64), 1],
+                        [m.div_ceil(128), n_tokens.div_ceil(64), 1],
                     )
                 }
             }
@@ -306,6 +308,7 @@ impl OpBuilder<'_> {
         y_base: u32,
         accumulate: bool,
         at_pos: u32,
+        corr_base: u32,
         dummy: &wgpu::Buffer,
     ) -> Vec<Op> {
         w.parts
@@ -320,6 +323,8 @@ impl OpBuilder<'_> {
                     y_base: y_base + part.first_row,
                     accumulate: accumulate as u32,
                     at_pos,
+                    corr_base,
+                    pad: [0; 3],
                 };
                 let pb = self.ctx.uniform(label, bytemuck::bytes_of(&params));
                 let kernel = Kernel::Matvec(w.ty);
@@ -356,6 +361,8 @@ impl OpBuilder<'_> {
                     y_base: part.first_row,
                     accumulate: 0,
                     at_pos: 0,
+                    corr_base: 0,
+                    pad: [0; 3],
                 };
                 let pb = self.ctx.uniform("get_rows", bytemuck::bytes_of(&params));
                 let kernel = Kernel::GetRows(w.ty);
@@ -476,7 +483,9 @@ impl OpBuilder<'_> {
     }
 
     /// Rounds `n` activations per token of `x` to `act` (Q8_0, Q8_1, Q8_K)
-    /// as ggml quantizes them, into `y`.
+    /// as ggml quantizes them, into `y` (Q8_1: sum corrections from float
+    /// `corr_base` of `y`).
+    #[allow(clippy::too_many_arguments)]
     pub fn quantize_act(
         &self,
         act: GgmlType,
@@ -485,12 +494,13 @@ impl OpBuilder<'_> {
         y: &wgpu::Buffer,
         y_stride: u32,
         n: u32,
+        corr_base: u32,
     ) -> Op {
         let params = EwParams {
             n,
             a_stride: x_stride,
             b_stride: y_stride,
-            y_stride: 0,
+            y_stride: corr_base,
         };
         let pb = self
             .ctx

@@ -357,6 +357,12 @@ fn matmul_matches_quant_kernels() {
             let w = quant_kernels::QMatrix::new(ty, m, k, &bytes).unwrap();
             let mut want = vec![0f32; n * m];
             quant_kernels::matmul(&w, &x, n, &mut want, &mut quant_kernels::Scratch::default());
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(g, e)| ((g - e).abs() / e.abs().max(1e-3)) as f64)
+                .fold(0.0, f64::max);
+            eprintln!("{ty} n={n}: worst relative deviation from quant-kernels {worst:.2e}");
             for (j, (g, e)) in got.iter().zip(&want).enumerate() {
                 let (t, r) = (j / m, j % m);
                 let mag: f32 = (0..k).map(|c| x[t * k + c].abs()).sum::<f32>() * 2.0 + 1.0;

@@ -6,6 +6,10 @@
 // ACT selects the rounding (ggml type ids):
 //   8 Q8_0, 9 Q8_1: blocks of 32, d = max|x|/127 stored as f16,
 //     q = round(x·127/max|x|) (ggml-cpu's quantize_row_q8_0/q8_1);
+//     For Q8_1, ggml also stores s = f16(d·Σq) per block, which the Q4_1 and
+//     Q5_1 products multiply with the weight's min; the difference
+//     s − d_f16·Σq is written at corr_base + token·(n/32) + block so that the
+//     products can use s exactly;
 //   15 Q8_K: blocks of 256, d = max/−127 in f32 where max is the value of
 //     largest magnitude, q = min(127, round(x·(−127/max)))
 //     (quantize_row_q8_K_ref).
@@ -16,7 +20,7 @@ struct ActParams {
     n: u32,        // elements per token (multiple of the block size)
     x_stride: u32,
     y_stride: u32,
-    pad: u32,
+    corr_base: u32, // Q8_1: float offset of the per-block corrections in y
 }
 
 struct Step {
@@ -38,6 +42,51 @@ fn round_f16(v: f32) -> f32 {
     }
     let b = bitcast<u32>(v);
     return bitcast<f32>((b + 0xfffu + ((b >> 13u) & 1u)) & 0xffffe000u);
+}
+
+// a / b rounded to nearest even, as the CPU divides. GPU division may be off
+// by a few ulp (and `fma` need not be fused), which would change d and then
+// every q of a block, so the quotient of the 24-bit mantissas is formed by
+// integer long division. Zero, subnormal or out-of-range cases fall back to
+// `a / b` (they do not arise for these scales).
+fn div_rn(a: f32, b: f32) -> f32 {
+    let ua = bitcast<u32>(a);
+    let ub = bitcast<u32>(b);
+    let ea = (ua >> 23u) & 0xffu;
+    let eb = (ub >> 23u) & 0xffu;
+    if (ea == 0u || eb == 0u || ea == 255u || eb == 255u) {
+        return a / b;
+    }
+    let mb = (ub & 0x7fffffu) | 0x800000u;
+    var r = (ua & 0x7fffffu) | 0x800000u;
+    var e = i32(ea) - i32(eb) + 127;
+    if (r < mb) {
+        r = r << 1u;
+        e -= 1;
+    }
+    // 24 mantissa bits and a rounding bit; r/mb is in [1, 2).
+    var q = 0u;
+    for (var i = 0u; i < 25u; i++) {
+        q = q << 1u;
+        if (r >= mb) {
+            r -= mb;
+            q |= 1u;
+        }
+        r = r << 1u;
+    }
+    let half = q & 1u;
+    q = q >> 1u;
+    if (half == 1u && (r != 0u || (q & 1u) == 1u)) {
+        q += 1u;
+    }
+    if (q == 0x1000000u) {
+        q = q >> 1u;
+        e += 1;
+    }
+    if (e <= 0 || e >= 255) {
+        return a / b;
+    }
+    return bitcast<f32>(((ua ^ ub) & 0x80000000u) | (u32(e) << 23u) | (q & 0x7fffffu));
 }
 
 var<workgroup> mag: array<f32, 256>;
@@ -83,19 +132,41 @@ fn quantize_act(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     } else if (ACT == 15u) {
         if (amax != 0.0) {
             let mx = x[tok * p.x_stride + wid.x * 256u + at[first]];
-            let iscale = -127.0 / mx;
+            let iscale = div_rn(-127.0, mx);
             let q = min(127.0, round(iscale * v));
-            r = (1.0 / iscale) * q;
+            r = div_rn(1.0, iscale) * q;
         }
     } else {
-        let d = round_f16(amax / 127.0);
+        let d = round_f16(div_rn(amax, 127.0));
         var id = 0.0;
         if (amax != 0.0) {
-            id = 127.0 / amax;
+            id = div_rn(127.0, amax);
         }
         r = d * round(v * id);
     }
     if (e < p.n) {
         y[tok * p.y_stride + e] = r;
+    }
+    if (ACT == 9u) {
+        // Σq over each block of 32, then s − d_f16·Σq.
+        workgroupBarrier();
+        var q = 0.0;
+        if (amax != 0.0) {
+            q = round(v * div_rn(127.0, amax));
+        }
+        mag[lid] = q;
+        workgroupBarrier();
+        for (var s = 16u; s > 0u; s >>= 1u) {
+            if ((lid % 32u) < s) {
+                mag[lid] += mag[lid + s];
+            }
+            workgroupBarrier();
+        }
+        if (lid % 32u == 0u && e < p.n) {
+            let sum = mag[lid];
+            let d = div_rn(amax, 127.0);
+            let s = round_f16(abs(d * sum)) * sign(d * sum);
+            y[p.corr_base + tok * (p.n / 32u) + e / 32u] = s - round_f16(d) * sum;
+        }
     }
 }

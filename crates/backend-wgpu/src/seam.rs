@@ -1,0 +1,549 @@
+//! tensor-core's [`Backend`] seam on the GPU, so that llama-model's forward
+//! pass (written once against the trait) runs on wgpu.
+//!
+//! Each call records its dispatch into a pending command encoder; nothing
+//! reaches the GPU until [`Backend::read`], which submits everything
+//! recorded since the last read in one submission and copies back only what
+//! is asked for. Weights are uploaded once ([`Backend::load_matrix`]);
+//! activations and the KV cache live in GPU buffers.
+//!
+//! Unlike [`crate::GpuModel`], whose ops are built once at load, every call
+//! here builds its small parameter buffer and bind group, which costs CPU
+//! time per op: `GpuModel` is the fast path for generation, this one lets
+//! the shared forward pass (and its layer trace) run on the GPU.
+
+use std::sync::{Arc, Mutex};
+
+use tensor_core::attention::{AttentionParams, KvShape, KvType};
+use tensor_core::{Backend, RopeParams, Tensor, TensorError};
+
+use crate::device::GpuContext;
+use crate::kernels::{act_type, Kernel};
+use crate::ops::{self, AttnParams, EwParams, GpuMatrix, Op, OpBuilder, StepUniform};
+
+type TcResult<T> = tensor_core::Result<T>;
+
+/// A weight on the GPU.
+#[derive(Debug)]
+pub enum GpuWeight {
+    /// A matrix of raw GGUF blocks.
+    Matrix(GpuMatrix),
+    /// An `f32` vector (kept on the host too: RoPE frequency factors are
+    /// folded into the host-made cos/sin table).
+    Vector {
+        /// The values on the GPU.
+        buffer: wgpu::Buffer,
+        /// The values on the host.
+        host: Vec<f32>,
+    },
+}
+
+/// An `f32` activation buffer on the GPU.
+#[derive(Debug)]
+pub struct GpuBuffer {
+    buffer: wgpu::Buffer,
+    len: usize,
+}
+
+/// Every layer's keys and values on the GPU.
+#[derive(Debug)]
+pub struct GpuKvCache {
+    shape: KvShape,
+    layers: Vec<(wgpu::Buffer, wgpu::Buffer)>,
+}
+
+struct Pending {
+    encoder: Option<wgpu::CommandEncoder>,
+    /// Scratch for rounded activations (+ Q8_1 corrections) and in-place ops.
+    scratch: Option<(wgpu::Buffer, u64)>,
+    temp: Option<(wgpu::Buffer, u64)>,
+}
+
+/// The wgpu backend behind tensor-core's [`Backend`] trait.
+pub struct WgpuBackend {
+    ctx: Arc<GpuContext>,
+    pending: Mutex<Pending>,
+    dummy: wgpu::Buffer,
+}
+
+impl std::fmt::Debug for WgpuBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WgpuBackend")
+            .field("device", self.ctx.caps())
+            .finish_non_exhaustive()
+    }
+}
+
+fn backend_err(e: impl std::fmt::Display) -> TensorError {
+    TensorError::Backend {
+        backend: "wgpu",
+        message: e.to_string(),
+    }
+}
+
+impl WgpuBackend {
+    /// The backend on an opened device.
+    pub fn new(ctx: Arc<GpuContext>) -> WgpuBackend {
+        let dummy = ctx.storage("dummy", 16);
+        WgpuBackend {
+            ctx,
+            pending: Mutex::new(Pending {
+                encoder: None,
+                scratch: None,
+                temp: None,
+            }),
+            dummy,
+        }
+    }
+
+    /// The device.
+    pub fn context(&self) -> &Arc<GpuContext> {
+        &self.ctx
+    }
+
+    fn step(&self, n_tokens: usize, pos: usize) -> wgpu::Buffer {
+        let s = StepUniform {
+            n_tokens: n_tokens as u32,
+            pos: pos as u32,
+            n_kv: (pos + n_tokens) as u32,
+            pad: 0,
+        };
+        self.ctx.uniform("step", bytemuck::bytes_of(&s))
+    }
+
+    /// Records `ops` (each for `n_tokens`) into the pending encoder.
+    fn record(&self, ops: &[Op], n_tokens: usize) {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let enc = p
+            .encoder
+            .get_or_insert_with(|| self.ctx.device.create_command_encoder(&Default::default()));
+        let mut pass = enc.begin_compute_pass(&Default::default());
+        for op in ops {
+            op.encode(&mut pass, n_tokens as u32);
+        }
+    }
+
+    fn copy_raw(
+        &self,
+        src: &wgpu::Buffer,
+        src_off: u64,
+        dst: &wgpu::Buffer,
+        dst_off: u64,
+        bytes: u64,
+    ) {
+        if bytes == 0 {
+            return;
+        }
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let enc = p
+            .encoder
+            .get_or_insert_with(|| self.ctx.device.create_command_encoder(&Default::default()));
+        enc.copy_buffer_to_buffer(src, src_off, dst, dst_off, bytes);
+    }
+
+    /// A scratch buffer of at least `bytes` (slot 0: rounded activations,
+    /// slot 1: a copy for in-place ops), grown when needed.
+    fn scratch(&self, slot: usize, bytes: u64) -> wgpu::Buffer {
+        let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+        let s = if slot == 0 {
+            &mut p.scratch
+        } else {
+            &mut p.temp
+        };
+        match s {
+            Some((b, n)) if *n >= bytes => b.clone(),
+            _ => {
+                let b = self.ctx.storage("scratch", bytes);
+                *s = Some((b.clone(), bytes));
+                b
+            }
+        }
+    }
+
+    fn vector<'w>(&self, w: &'w GpuWeight) -> (&'w wgpu::Buffer, &'w [f32]) {
+        match w {
+            GpuWeight::Vector { buffer, host } => (buffer, host),
+            GpuWeight::Matrix(m) => panic!(
+                "a matrix ({}×{}) was passed where a vector is needed",
+                m.m, m.k
+            ),
+        }
+    }
+}
+
+impl Backend for WgpuBackend {
+    type Weight = GpuWeight;
+    type Buffer = GpuBuffer;
+    type KvCache = GpuKvCache;
+
+    fn name(&self) -> &'static str {
+        "wgpu"
+    }
+
+    fn load_matrix(&self, tensor: &Tensor) -> TcResult<GpuWeight> {
+        let ty = tensor.dtype();
+        let m = GpuMatrix::upload(
+            &self.ctx,
+            tensor.name(),
+            ty,
+            tensor.row_len() as u64,
+            tensor.n_rows() as u64,
+            tensor.bytes(),
+        )
+        .map_err(|e| match e {
+            crate::WgpuError::UnsupportedType { tensor, ty } => {
+                TensorError::UnsupportedType { name: tensor, ty }
+            }
+            other => TensorError::Invalid {
+                name: tensor.name().to_string(),
+                message: other.to_string(),
+            },
+        })?;
+        Ok(GpuWeight::Matrix(m))
+    }
+
+    fn load_vector(&self, tensor: &Tensor) -> TcResult<GpuWeight> {
+        let host = tensor.to_f32_vec()?;
+        let buffer = self.ctx.upload(tensor.name(), bytemuck::cast_slice(&host));
+        Ok(GpuWeight::Vector { buffer, host })
+    }
+
+    fn alloc(&self, len: usize) -> TcResult<GpuBuffer> {
+        let bytes = (len as u64).max(1) * 4;
+        if bytes > self.ctx.max_binding() {
+            return Err(backend_err(format!(
+                "a buffer of {len} floats exceeds the device's largest storage binding ({} bytes)",
+                self.ctx.max_binding()
+            )));
+        }
+        Ok(GpuBuffer {
+            buffer: self.ctx.storage("activations", bytes),
+            len,
+        })
+    }
+
+    fn alloc_kv(&self, shape: &KvShape) -> TcResult<GpuKvCache> {
+        let bytes = (shape.n_ctx * shape.n_head_kv * shape.head_dim * 4) as u64;
+        if bytes > self.ctx.max_binding() {
+            return Err(backend_err(format!(
+                "a KV cache layer of {bytes} bytes exceeds the device's largest storage binding"
+            )));
+        }
+        let layers = (0..shape.n_layer)
+            .map(|_| {
+                (
+                    self.ctx.storage("k_cache", bytes),
+                    self.ctx.storage("v_cache", bytes),
+                )
+            })
+            .collect();
+        Ok(GpuKvCache {
+            shape: *shape,
+            layers,
+        })
+    }
+
+    fn get_rows(&self, table: &GpuWeight, ids: &[u32], out: &mut GpuBuffer) {
+        let GpuWeight::Matrix(w) = table else {
+            panic!("get_rows needs a matrix");
+        };
+        let step = self.step(ids.len(), 0);
+        let ob = OpBuilder {
+            ctx: &self.ctx,
+            step: &step,
+        };
+        let idb = self.ctx.upload("ids", bytemuck::cast_slice(ids));
+        let ops = ob.get_rows(w, &idb, &out.buffer, w.k, &self.dummy);
+        self.record(&ops, ids.len());
+    }
+
+    fn rms_norm(
+        &self,
+        x: &GpuBuffer,
+        weight: &GpuWeight,
+        eps: f32,
+        n_rows: usize,
+        out: &mut GpuBuffer,
+    ) {
+        let (wb, host) = self.vector(weight);
+        let n = host.len() as u32;
+        let step = self.step(n_rows, 0);
+        let ob = OpBuilder {
+            ctx: &self.ctx,
+            step: &step,
+        };
+        let op = ob.rms_norm(&x.buffer, n, wb, &out.buffer, n, n, eps, false);
+        self.record(&[op], n_rows);
+    }
+
+    fn matmul(&self, w: &GpuWeight, x: &GpuBuffer, n_rows: usize, out: &mut GpuBuffer) {
+        let GpuWeight::Matrix(w) = w else {
+            panic!("matmul needs a matrix");
+        };
+        let k = w.k as usize;
+        let step = self.step(n_rows, 0);
+        let ob = OpBuilder {
+            ctx: &self.ctx,
+            step: &step,
+        };
+        let floats = (n_rows * k) as u64;
+        let corr_base = floats as u32;
+        let mut ops = Vec::new();
+        let input = match act_type(w.ty) {
+            Some(act) => {
+                let s = self.scratch(0, (floats + floats / 32 + 1) * 4);
+                ops.push(
+                    ob.quantize_act(act, &x.buffer, k as u32, &s, k as u32, k as u32, corr_base),
+                );
+                s
+            }
+            None => x.buffer.clone(),
+        };
+        ops.extend(ob.linear(
+            "matmul",
+            w,
+            &input,
+            k as u32,
+            &out.buffer,
+            w.m,
+            0,
+            false,
+            0,
+            corr_base,
+            &self.dummy,
+        ));
+        self.record(&ops, n_rows);
+    }
+
+    fn add_bias(&self, x: &mut GpuBuffer, bias: &GpuWeight, n_rows: usize) {
+        let (bb, host) = self.vector(bias);
+        let n = host.len();
+        let tmp = self.scratch(1, (n_rows * n * 4) as u64);
+        self.copy_raw(&x.buffer, 0, &tmp, 0, (n_rows * n * 4) as u64);
+        let step = self.step(n_rows, 0);
+        let ob = OpBuilder {
+            ctx: &self.ctx,
+            step: &step,
+        };
+        let p = EwParams {
+            n: n as u32,
+            a_stride: n as u32,
+            b_stride: 0, // broadcast the bias to every row
+            y_stride: n as u32,
+        };
+        let op = ob.binary(Kernel::Add, &tmp, bb, &x.buffer, p, &self.dummy);
+        self.record(&[op], n_rows);
+    }
+
+    fn rope(
+        &self,
+        x: &mut GpuBuffer,
+        n_rows: usize,
+        n_heads: usize,
+        pos0: usize,
+        rope: &RopeParams,
+        freq_factors: Option<&GpuWeight>,
+    ) {
+        let width = n_heads * rope.head_dim;
+        let mut table = vec![0f32; n_rows * rope.n_dims];
+        let ff = freq_factors.map(|w| self.vector(w).1);
+        for (r, row) in table.chunks_mut(rope.n_dims.max(1)).enumerate() {
+            tensor_core::rope::rope_cache(pos0 + r, rope, ff, row);
+        }
+        // The table holds positions pos0.. only: index it from 0.
+        let tb = self.ctx.upload("rope_table", bytemuck::cast_slice(&table));
+        let tmp = self.scratch(1, (n_rows * width * 4) as u64);
+        self.copy_raw(&x.buffer, 0, &tmp, 0, (n_rows * width * 4) as u64);
+        let step = self.step(n_rows, 0);
+        let ob = OpBuilder {
+            ctx: &self.ctx,
+            step: &step,
+        };
+        let op = ob.rope(
+            &tmp,
+            &x.buffer,
+            &tb,
+            ops::RopeParams {
+                n_heads: n_heads as u32,
+                head_dim: rope.head_dim as u32,
+                n_dims: rope.n_dims as u32,
+                neox: matches!(rope.mode, tensor_core::RopeMode::Neox) as u32,
+                x_stride: width as u32,
+                y_stride: width as u32,
+                y_base: 0,
+                at_pos: 0,
+                pad: [0; 4],
+            },
+        );
+        self.record(&[op], n_rows);
+    }
+
+    fn store_kv(
+        &self,
+        cache: &mut GpuKvCache,
+        layer: usize,
+        pos0: usize,
+        n_rows: usize,
+        k: &GpuBuffer,
+        v: &GpuBuffer,
+    ) {
+        // A RoPE with no rotated dimensions is a copy; at_pos places the rows
+        // at pos0.. and rounds them to f16 for an f16 cache.
+        let s = cache.shape;
+        let width = (s.n_head_kv * s.head_dim) as u32;
+        let step = self.step(n_rows, pos0);
+        let ob = OpBuilder {
+            ctx: &self.ctx,
+            step: &step,
+        };
+        let no_table = &self.dummy;
+        let p = ops::RopeParams {
+            n_heads: s.n_head_kv as u32,
+            head_dim: s.head_dim as u32,
+            n_dims: 0,
+            neox: 0,
+            x_stride: width,
+            y_stride: width,
+            y_base: 0,
+            at_pos: if s.kv_type == KvType::F16 { 2 } else { 1 },
+            pad: [0; 4],
+        };
+        let (kc, vc) = &cache.layers[layer];
+        let ops = [
+            ob.rope(&k.buffer, kc, no_table, p),
+            ob.rope(&v.buffer, vc, no_table, p),
+        ];
+        self.record(&ops, n_rows);
+    }
+
+    fn attention(
+        &self,
+        q: &GpuBuffer,
+        cache: &GpuKvCache,
+        layer: usize,
+        pos0: usize,
+        n_rows: usize,
+        params: &AttentionParams,
+        out: &mut GpuBuffer,
+    ) {
+        let s = cache.shape;
+        let step = self.step(n_rows, pos0);
+        let ob = OpBuilder {
+            ctx: &self.ctx,
+            step: &step,
+        };
+        let qw = (params.n_head * params.head_dim) as u32;
+        let (kc, vc) = &cache.layers[layer];
+        let op = ob.attention(
+            &q.buffer,
+            kc,
+            vc,
+            &out.buffer,
+            AttnParams {
+                n_head: params.n_head as u32,
+                n_kv_head: params.n_head_kv as u32,
+                head_dim: params.head_dim as u32,
+                q_stride: qw,
+                kv_stride: (s.n_head_kv * s.head_dim) as u32,
+                out_stride: qw,
+                scale: params.scale,
+                kv_f16: (s.kv_type == KvType::F16) as u32,
+            },
+        );
+        self.record(&[op], n_rows);
+    }
+
+    fn swiglu(
+        &self,
+        gate: &GpuBuffer,
+        up: &GpuBuffer,
+        n_rows: usize,
+        width: usize,
+        out: &mut GpuBuffer,
+    ) {
+        let step = self.step(n_rows, 0);
+        let ob = OpBuilder {
+            ctx: &self.ctx,
+            step: &step,
+        };
+        let w = width as u32;
+        let p = EwParams {
+            n: w,
+            a_stride: w,
+            b_stride: w,
+            y_stride: w,
+        };
+        let op = ob.binary(
+            Kernel::Swiglu,
+            &gate.buffer,
+            &up.buffer,
+            &out.buffer,
+            p,
+            &self.dummy,
+        );
+        self.record(&[op], n_rows);
+    }
+
+    fn add(&self, x: &mut GpuBuffer, y: &GpuBuffer, len: usize) {
+        let tmp = self.scratch(1, (len * 4) as u64);
+        self.copy_raw(&x.buffer, 0, &tmp, 0, (len * 4) as u64);
+        let step = self.step(1, 0);
+        let ob = OpBuilder {
+            ctx: &self.ctx,
+            step: &step,
+        };
+        let n = len as u32;
+        let p = EwParams {
+            n,
+            a_stride: n,
+            b_stride: n,
+            y_stride: n,
+        };
+        let op = ob.binary(Kernel::Add, &tmp, &y.buffer, &x.buffer, p, &self.dummy);
+        self.record(&[op], 1);
+    }
+
+    fn copy(
+        &self,
+        src: &GpuBuffer,
+        src_offset: usize,
+        dst: &mut GpuBuffer,
+        dst_offset: usize,
+        len: usize,
+    ) {
+        self.copy_raw(
+            &src.buffer,
+            (src_offset * 4) as u64,
+            &dst.buffer,
+            (dst_offset * 4) as u64,
+            (len * 4) as u64,
+        );
+    }
+
+    fn read(&self, src: &GpuBuffer, offset: usize, out: &mut [f32]) -> TcResult<()> {
+        if offset + out.len() > src.len {
+            return Err(backend_err(format!(
+                "read of {} values at {offset} from a buffer of {}",
+                out.len(),
+                src.len
+            )));
+        }
+        let enc = {
+            let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            p.encoder
+                .take()
+                .unwrap_or_else(|| self.ctx.device.create_command_encoder(&Default::default()))
+        };
+        let bytes = self
+            .ctx
+            .read_back(
+                enc,
+                &src.buffer,
+                (offset * 4) as u64,
+                (out.len() * 4) as u64,
+            )
+            .map_err(backend_err)?;
+        out.copy_from_slice(bytemuck::cast_slice(&bytes));
+        Ok(())
+    }
+}

@@ -1,0 +1,139 @@
+//! `gpu-bench`: throughput of the wgpu backend on one model file.
+//!
+//! Reports prompt processing (pp: one step of `--pp` tokens), generation
+//! (tg: `--tg` greedy tokens chained on the GPU, no read-back between them,
+//! and the same with the token read back every step), the weight bytes one
+//! generated token reads and the bandwidth that implies, and a per-kernel
+//! GPU time profile from timestamp queries when the device has them.
+
+use std::time::Instant;
+
+use backend_wgpu::{DeviceOptions, GpuContext, GpuModel, GpuModelOptions, StepProfile};
+
+use crate::take_opt;
+
+fn num(args: &mut Vec<String>, name: &str, default: u32) -> Result<u32, String> {
+    take_opt(args, name)?
+        .map(|s| s.parse().map_err(|_| format!("bad {name} `{s}`")))
+        .transpose()
+        .map(|v| v.unwrap_or(default))
+}
+
+fn e<T>(r: backend_wgpu::Result<T>) -> Result<T, String> {
+    r.map_err(|e| e.to_string())
+}
+
+fn print_profile(what: &str, p: &StepProfile) {
+    println!(
+        "  {what}: {} dispatches, {:.3} ms GPU time in dispatches",
+        p.dispatches,
+        p.total_ns / 1e6
+    );
+    for (label, n, ns) in &p.per_label {
+        println!(
+            "    {label:<14} {n:>4} × {:>9.1} µs = {:>8.3} ms ({:>4.1}%)",
+            ns / *n as f64 / 1e3,
+            ns / 1e6,
+            100.0 * ns / p.total_ns
+        );
+    }
+}
+
+/// Entry point.
+pub fn run(args: &[String]) -> Result<(), String> {
+    let mut args = args.to_vec();
+    let adapter = take_opt(&mut args, "--adapter")?;
+    let pp = num(&mut args, "--pp", 512)?;
+    let tg = num(&mut args, "--tg", 128)?;
+    let reps = num(&mut args, "--reps", 3)?.max(1);
+    let bandwidth: f64 = take_opt(&mut args, "--bandwidth-gbs")?
+        .map(|s| s.parse().map_err(|_| format!("bad bandwidth `{s}`")))
+        .transpose()?
+        .unwrap_or(3000.0);
+    let [path] = args.as_slice() else {
+        return Err("usage: gpu-bench MODEL.gguf [--adapter NAME] [--pp 512] [--tg 128] [--reps 3] [--bandwidth-gbs 3000]".into());
+    };
+    let ctx = GpuContext::new(&DeviceOptions { adapter }).map_err(|e| e.to_string())?;
+    println!("device: {:?}", ctx.caps());
+    let file = gguf_format::GgufFile::open(path).map_err(|e| e.to_string())?;
+    let t0 = Instant::now();
+    let n_ctx = (pp + tg + 8).next_power_of_two();
+    let mut model = GpuModel::load(
+        ctx,
+        &file,
+        &GpuModelOptions {
+            n_ctx: Some(n_ctx),
+            max_batch: pp.max(1),
+            ..Default::default()
+        },
+    )
+    .map_err(|e| e.to_string())?;
+    let cfg = model.config().clone();
+    println!(
+        "model: {path} ({} layers, hidden {}, vocab {}), loaded in {:.2} s",
+        cfg.n_layer,
+        cfg.n_embd,
+        cfg.n_vocab,
+        t0.elapsed().as_secs_f64()
+    );
+    let tokens: Vec<u32> = (0..pp)
+        .map(|i| 1 + (i * 7919) % (cfg.n_vocab - 1))
+        .collect();
+
+    // pp: the whole prompt as one step (the last token's logits read back).
+    e(model.forward(&tokens, 0))?; // warm-up: pipelines, first touch
+    let mut best_pp = f64::MAX;
+    for _ in 0..reps {
+        let t = Instant::now();
+        e(model.forward(&tokens, 0))?;
+        best_pp = best_pp.min(t.elapsed().as_secs_f64());
+    }
+    println!(
+        "pp{pp}: {:.1} t/s ({:.2} ms per step, best of {reps})",
+        pp as f64 / best_pp,
+        best_pp * 1e3
+    );
+
+    // tg: chained greedy decoding after a one-token prompt.
+    e(model.generate_greedy(&tokens[..1], 0, 8))?;
+    let mut best_tg = f64::MAX;
+    for _ in 0..reps {
+        let t = Instant::now();
+        e(model.generate_greedy(&tokens[..1], 0, tg))?;
+        // The one-token prompt step is counted as a generated token.
+        best_tg = best_tg.min(t.elapsed().as_secs_f64() / tg as f64);
+    }
+    // tg with a read-back every token (what an interactive sampler needs).
+    let t = Instant::now();
+    let mut tok = e(model.forward_greedy(&tokens[..1], 0))?;
+    for i in 1..tg {
+        tok = e(model.forward_greedy(&[tok], i))?;
+    }
+    let synced = t.elapsed().as_secs_f64() / tg as f64;
+    let bytes = model.weight_bytes_per_token() as f64;
+    let gbs = bytes / best_tg / 1e9;
+    println!(
+        "tg{tg}: {:.1} t/s chained ({:.3} ms/token), {:.1} t/s with a read-back per token ({:.3} ms/token)",
+        1.0 / best_tg,
+        best_tg * 1e3,
+        1.0 / synced,
+        synced * 1e3
+    );
+    println!(
+        "weights read per token: {:.1} MB → {gbs:.0} GB/s = {:.1}% of {bandwidth:.0} GB/s",
+        bytes / 1e6,
+        100.0 * gbs / bandwidth
+    );
+    if let Some(p) = e(model.profile_step(&tokens[..1], 64))? {
+        print_profile("tg step profile (1 token at position 64)", &p);
+        println!(
+            "    → kernels {:.3} ms of {:.3} ms per token; the rest is dispatch/submission overhead",
+            p.total_ns / 1e6,
+            best_tg * 1e3
+        );
+    }
+    if let Some(p) = e(model.profile_step(&tokens, 0))? {
+        print_profile(&format!("pp{pp} step profile"), &p);
+    }
+    Ok(())
+}
