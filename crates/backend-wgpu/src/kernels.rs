@@ -65,11 +65,17 @@ impl Shader {
     pub fn source(self) -> &'static str {
         match self {
             Shader::Quant => include_str!("shaders/quant.wgsl"),
-            Shader::Norm => include_str!("shaders/norm.wgsl"),
+            Shader::Norm => concat!(
+                include_str!("shaders/act_common.wgsl"),
+                include_str!("shaders/norm.wgsl")
+            ),
             Shader::Rope => include_str!("shaders/rope.wgsl"),
             Shader::Attention => include_str!("shaders/attention.wgsl"),
             Shader::Elementwise => include_str!("shaders/elementwise.wgsl"),
-            Shader::ActQuant => include_str!("shaders/act_quant.wgsl"),
+            Shader::ActQuant => concat!(
+                include_str!("shaders/act_common.wgsl"),
+                include_str!("shaders/act_quant.wgsl")
+            ),
         }
     }
 
@@ -154,8 +160,8 @@ pub(crate) enum Kernel {
     Matmul(GgmlType),
     /// Row lookup of a `ty` matrix.
     GetRows(GgmlType),
-    /// RMSNorm.
-    RmsNorm,
+    /// RMSNorm, its output rounded to an activation type (or not).
+    RmsNorm(Option<GgmlType>),
     /// RoPE.
     Rope,
     /// Attention.
@@ -174,7 +180,7 @@ impl Kernel {
     pub(crate) fn shader(self) -> Shader {
         match self {
             Kernel::Matvec(_) | Kernel::Matmul(_) | Kernel::GetRows(_) => Shader::Quant,
-            Kernel::RmsNorm => Shader::Norm,
+            Kernel::RmsNorm(_) => Shader::Norm,
             Kernel::Rope => Shader::Rope,
             Kernel::Attention => Shader::Attention,
             Kernel::Add | Kernel::Swiglu | Kernel::Argmax => Shader::Elementwise,
@@ -187,7 +193,7 @@ impl Kernel {
             Kernel::Matvec(_) => "matvec",
             Kernel::Matmul(_) => "matmul",
             Kernel::GetRows(_) => "get_rows",
-            Kernel::RmsNorm => "rms_norm",
+            Kernel::RmsNorm(_) => "rms_norm",
             Kernel::Rope => "rope",
             Kernel::Attention => "attention",
             Kernel::Add => "add",
@@ -204,6 +210,7 @@ impl Kernel {
                 vec![("FORMAT", f64::from(t.id()))]
             }
             Kernel::QuantizeAct(t) => vec![("ACT", f64::from(t.id()))],
+            Kernel::RmsNorm(t) => vec![("ACT", f64::from(t.map_or(0, GgmlType::id)))],
             _ => Vec::new(),
         }
     }

@@ -182,6 +182,8 @@ struct ActBuffers<'c> {
     /// Bytes per buffer: activations, then Q8_1 sum corrections from float `corr_base`.
     size: u64,
     corr_base: u32,
+    /// The current source was rounded by the norm that wrote it.
+    fused: bool,
     bufs: Vec<(GgmlType, wgpu::Buffer)>,
 }
 
@@ -200,7 +202,7 @@ impl ActBuffers<'_> {
         n: u32,
         w: &GpuMatrix,
     ) -> wgpu::Buffer {
-        let Some(act) = act_type(w.ty) else {
+        let Some(act) = act_type(w.ty).filter(|_| !self.fused) else {
             return src.clone();
         };
         let buf = match self.bufs.iter().find(|(t, _)| *t == act) {
@@ -217,6 +219,15 @@ impl ActBuffers<'_> {
         }
         buf
     }
+}
+
+/// The activation rounding a norm can apply for all of `ws` (`Some(None)`:
+/// none needed), or `None` when they need different roundings or Q8_1
+/// (whose block sums only `act_quant.wgsl` writes).
+fn fused_act(ws: &[&GpuMatrix]) -> Option<Option<GgmlType>> {
+    let first = act_type(ws[0].ty);
+    let same = ws.iter().all(|w| act_type(w.ty) == first);
+    (same && first != Some(GgmlType::Q8_1)).then_some(first)
 }
 
 /// Most greedy tokens [`GpuModel::generate_greedy`] makes in one call.
@@ -315,6 +326,7 @@ impl GpuModel {
             ctx: &ctx,
             size: (act_floats + act_floats / 32) * f,
             corr_base: act_floats as u32,
+            fused: false,
             bufs: Vec::new(),
         };
         let mut body = Vec::new();
@@ -360,8 +372,20 @@ impl GpuModel {
             let k_cache = ctx.storage("k_cache", n_ctx as u64 * dkv as u64 * f);
             let v_cache = ctx.storage("v_cache", n_ctx as u64 * dkv as u64 * f);
 
-            body.push(ob.rms_norm(&x, d, &attn_norm, &xn, d, d, cfg.rms_eps, false));
+            let fa = fused_act(&[&wq, &wk, &wv]);
+            body.push(ob.rms_norm(
+                &x,
+                d,
+                &attn_norm,
+                &xn,
+                d,
+                d,
+                cfg.rms_eps,
+                false,
+                fa.flatten(),
+            ));
             let mut done = Vec::new();
+            acts.fused = fa.is_some();
             let xq = acts.input(&ob, &mut body, &mut done, &xn, d, d, &wq);
             body.extend(ob.linear(
                 "attn_q",
@@ -427,6 +451,7 @@ impl GpuModel {
                     kv_f16: kv_f16 as u32,
                 },
             ));
+            acts.fused = false;
             let ao = acts.input(&ob, &mut body, &mut Vec::new(), &attn, dq, dq, &wo);
             body.extend(ob.linear(
                 "attn_output",
@@ -441,8 +466,20 @@ impl GpuModel {
                 acts.corr_base,
                 &dummy,
             ));
-            body.push(ob.rms_norm(&x, d, &ffn_norm, &xn, d, d, cfg.rms_eps, false));
+            let fa = fused_act(&[&wg, &wu]);
+            body.push(ob.rms_norm(
+                &x,
+                d,
+                &ffn_norm,
+                &xn,
+                d,
+                d,
+                cfg.rms_eps,
+                false,
+                fa.flatten(),
+            ));
             let mut done = Vec::new();
+            acts.fused = fa.is_some();
             let xg = acts.input(&ob, &mut body, &mut done, &xn, d, d, &wg);
             body.extend(ob.linear(
                 "ffn_gate",
@@ -484,6 +521,7 @@ impl GpuModel {
                 },
                 &dummy,
             ));
+            acts.fused = false;
             let hq = acts.input(&ob, &mut body, &mut Vec::new(), &h, ff, ff, &wd);
             body.extend(ob.linear(
                 "ffn_down",
@@ -512,7 +550,10 @@ impl GpuModel {
             matrix("token_embd.weight", d, nv)?
         };
         weight_bytes += output.n_bytes();
-        let mut head_last = vec![ob.rms_norm(&x, d, &out_norm, &xn, d, d, cfg.rms_eps, true)];
+        let fa = fused_act(&[&output]);
+        acts.fused = fa.is_some();
+        let mut head_last =
+            vec![ob.rms_norm(&x, d, &out_norm, &xn, d, d, cfg.rms_eps, true, fa.flatten())];
         let xo = acts.input(&ob, &mut head_last, &mut Vec::new(), &xn, d, d, &output);
         head_last.extend(ob.linear(
             "output",
@@ -527,7 +568,17 @@ impl GpuModel {
             acts.corr_base,
             &dummy,
         ));
-        let mut head_all = vec![ob.rms_norm(&x, d, &out_norm, &xn, d, d, cfg.rms_eps, false)];
+        let mut head_all = vec![ob.rms_norm(
+            &x,
+            d,
+            &out_norm,
+            &xn,
+            d,
+            d,
+            cfg.rms_eps,
+            false,
+            fa.flatten(),
+        )];
         let xo = acts.input(&ob, &mut head_all, &mut Vec::new(), &xn, d, d, &output);
         head_all.extend(ob.linear(
             "output",

@@ -379,7 +379,9 @@ impl OpBuilder<'_> {
     }
 
     /// RMSNorm of `n` values per token; `last_only` normalises only the
-    /// batch's last token into row 0 of `y` (run with one token).
+    /// batch's last token into row 0 of `y` (run with one token); `act`
+    /// rounds the output as products with that activation type need
+    /// (Q8_0, Q8_K, F16, BF16; not Q8_1, whose sums need act_quant).
     #[allow(clippy::too_many_arguments)]
     pub fn rms_norm(
         &self,
@@ -391,6 +393,7 @@ impl OpBuilder<'_> {
         n: u32,
         eps: f32,
         last_only: bool,
+        act: Option<GgmlType>,
     ) -> Op {
         let params = NormParams {
             n,
@@ -401,7 +404,7 @@ impl OpBuilder<'_> {
             pad: [0; 3],
         };
         let pb = self.ctx.uniform("rms_norm", bytemuck::bytes_of(&params));
-        let kernel = Kernel::RmsNorm;
+        let kernel = Kernel::RmsNorm(act);
         Op {
             label: "rms_norm",
             pipeline: self.ctx.pipeline(kernel),

@@ -1,20 +1,5 @@
-// Activation rounding to the format ggml's CPU dot products pair a weight
-// format with (its `vec_dot_type`): ggml quantizes the activations to Q8_0,
-// Q8_1 or Q8_K before multiplying with quantized weights, so to agree with
-// it the GPU multiplies with the same rounded values, x' = d·q, kept as f32.
-//
-// ACT selects the rounding (ggml type ids):
-//   8 Q8_0, 9 Q8_1: blocks of 32, d = max|x|/127 stored as f16,
-//     q = round(x·127/max|x|) (ggml-cpu's quantize_row_q8_0/q8_1);
-//     For Q8_1, ggml also stores s = f16(d·Σq) per block, which the Q4_1 and
-//     Q5_1 products multiply with the weight's min; the difference
-//     s − d_f16·Σq is written at corr_base + token·(n/32) + block so that the
-//     products can use s exactly;
-//   15 Q8_K: blocks of 256, d = max/−127 in f32 where max is the value of
-//     largest magnitude, q = min(127, round(x·(−127/max)))
-//     (quantize_row_q8_K_ref).
-
-override ACT: u32 = 8u;
+// act_quant.wgsl (act_common.wgsl is prepended): activations rounded to
+// ACT as ggml's quantize_row_<type> rounds them, written as f32 d·q.
 
 struct ActParams {
     n: u32,        // elements per token (multiple of the block size)
@@ -35,63 +20,6 @@ struct Step {
 @group(0) @binding(2) var<uniform> p: ActParams;
 @group(0) @binding(3) var<uniform> step: Step;
 
-// f32 → f16 → f32 with round-to-nearest-even (as F16C's conversion); v ≥ 0.
-fn round_f16(v: f32) -> f32 {
-    if (v < 6.103515625e-5) { // f16 subnormals: multiples of 2^-24
-        return round(v * 16777216.0) / 16777216.0;
-    }
-    let b = bitcast<u32>(v);
-    return bitcast<f32>((b + 0xfffu + ((b >> 13u) & 1u)) & 0xffffe000u);
-}
-
-// a / b rounded to nearest even, as the CPU divides. GPU division may be off
-// by a few ulp (and `fma` need not be fused), which would change d and then
-// every q of a block, so the quotient of the 24-bit mantissas is formed by
-// integer long division. Zero, subnormal or out-of-range cases fall back to
-// `a / b` (they do not arise for these scales).
-fn div_rn(a: f32, b: f32) -> f32 {
-    let ua = bitcast<u32>(a);
-    let ub = bitcast<u32>(b);
-    let ea = (ua >> 23u) & 0xffu;
-    let eb = (ub >> 23u) & 0xffu;
-    if (ea == 0u || eb == 0u || ea == 255u || eb == 255u) {
-        return a / b;
-    }
-    let mb = (ub & 0x7fffffu) | 0x800000u;
-    var r = (ua & 0x7fffffu) | 0x800000u;
-    var e = i32(ea) - i32(eb) + 127;
-    if (r < mb) {
-        r = r << 1u;
-        e -= 1;
-    }
-    // 24 mantissa bits and a rounding bit; r/mb is in [1, 2).
-    var q = 0u;
-    for (var i = 0u; i < 25u; i++) {
-        q = q << 1u;
-        if (r >= mb) {
-            r -= mb;
-            q |= 1u;
-        }
-        r = r << 1u;
-    }
-    let half = q & 1u;
-    q = q >> 1u;
-    if (half == 1u && (r != 0u || (q & 1u) == 1u)) {
-        q += 1u;
-    }
-    if (q == 0x1000000u) {
-        q = q >> 1u;
-        e += 1;
-    }
-    if (e <= 0 || e >= 255) {
-        return a / b;
-    }
-    return bitcast<f32>(((ua ^ ub) & 0x80000000u) | (u32(e) << 23u) | (q & 0x7fffffu));
-}
-
-var<workgroup> mag: array<f32, 256>;
-var<workgroup> at: array<u32, 256>;
-
 // Grid: (ceil(n / 256), 1, tokens); one invocation per element.
 @compute @workgroup_size(256)
 fn quantize_act(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -101,49 +29,9 @@ fn quantize_act(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     if (e < p.n) {
         v = x[tok * p.x_stride + e];
     }
-    // Largest magnitude (and where, first on ties) within each block.
-    var seg = 32u;
-    if (ACT == 15u) {
-        seg = 256u;
-    }
-    mag[lid] = abs(v);
-    at[lid] = lid;
-    workgroupBarrier();
-    for (var s = 128u; s > 0u; s >>= 1u) {
-        if (s < seg && (lid % seg) < s) {
-            let o = lid + s;
-            if (mag[o] > mag[lid] || (mag[o] == mag[lid] && at[o] < at[lid])) {
-                mag[lid] = mag[o];
-                at[lid] = at[o];
-            }
-        }
-        workgroupBarrier();
-    }
-    let first = lid - lid % seg;
-    let amax = mag[first];
-    var r = 0.0;
-    if (ACT == 1u) {
-        // F16 (ggml rounds to nearest even)
-        r = sign(v) * round_f16(abs(v));
-    } else if (ACT == 30u) {
-        // BF16: round to nearest even on the upper 16 bits
-        let b = bitcast<u32>(v);
-        r = bitcast<f32>((b + 0x7fffu + ((b >> 16u) & 1u)) & 0xffff0000u);
-    } else if (ACT == 15u) {
-        if (amax != 0.0) {
-            let mx = x[tok * p.x_stride + wid.x * 256u + at[first]];
-            let iscale = div_rn(-127.0, mx);
-            let q = min(127.0, round(iscale * v));
-            r = div_rn(1.0, iscale) * q;
-        }
-    } else {
-        let d = round_f16(div_rn(amax, 127.0));
-        var id = 0.0;
-        if (amax != 0.0) {
-            id = div_rn(127.0, amax);
-        }
-        r = d * round(v * id);
-    }
+    let ra = round_act(v, lid);
+    let r = ra.x;
+    let amax = ra.y;
     if (e < p.n) {
         y[tok * p.y_stride + e] = r;
     }
@@ -154,16 +42,16 @@ fn quantize_act(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
         if (amax != 0.0) {
             q = round(v * div_rn(127.0, amax));
         }
-        mag[lid] = q;
+        act_mag[lid] = q;
         workgroupBarrier();
         for (var s = 16u; s > 0u; s >>= 1u) {
             if ((lid % 32u) < s) {
-                mag[lid] += mag[lid + s];
+                act_mag[lid] += act_mag[lid + s];
             }
             workgroupBarrier();
         }
         if (lid % 32u == 0u && e < p.n) {
-            let sum = mag[lid];
+            let sum = act_mag[lid];
             let d = div_rn(amax, 127.0);
             let s = round_f16(abs(d * sum)) * sign(d * sum);
             y[p.corr_base + tok * (p.n / 32u) + e / 32u] = s - round_f16(d) * sum;

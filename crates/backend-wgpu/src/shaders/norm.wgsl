@@ -1,5 +1,8 @@
-// RMSNorm (ggml_rms_norm followed by the weight multiply):
-// y[t, i] = x[t, i] / sqrt(mean_i(x[t, :]²) + eps) · weight[i].
+// norm.wgsl (act_common.wgsl is prepended). RMSNorm (ggml_rms_norm
+// followed by the weight multiply):
+// y[t, i] = x[t, i] / sqrt(mean_i(x[t, :]²) + eps) · weight[i],
+// then, when ACT ≠ 0, rounded as the matrix products that read y round
+// their activations (saves a dispatch of act_quant.wgsl).
 
 struct NormParams {
     n: u32,        // elements per token
@@ -48,7 +51,15 @@ fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
         workgroupBarrier();
     }
     let scale = 1.0 / sqrt(partial[0] / f32(p.n) + p.eps);
-    for (var i = lid; i < p.n; i += WG) {
-        y[yo + i] = (x[xo + i] * scale) * weight[i];
+    for (var base = 0u; base < p.n; base += WG) {
+        let i = base + lid;
+        var v = 0.0;
+        if (i < p.n) {
+            v = (x[xo + i] * scale) * weight[i];
+        }
+        let r = round_act(v, lid).x;
+        if (i < p.n) {
+            y[yo + i] = r;
+        }
     }
 }
