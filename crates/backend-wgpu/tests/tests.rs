@@ -4,3 +4,4 @@
 mod common;
 mod kernels;
 mod model;
+mod seam;
