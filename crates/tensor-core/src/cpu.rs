@@ -176,7 +176,7 @@ impl Backend for CpuBackend {
 
     fn matmul(&self, w: &Tensor, x: &Vec<f32>, n_rows: usize, out: &mut Vec<f32>) {
         let m = qmatrix(w);
-        if gemm::handles(w.dtype(), m.cols()) {
+        if gemm::handles(w.dtype(), m.rows(), m.cols()) {
             return gemm::matmul_float(
                 w.dtype(),
                 w.bytes(),

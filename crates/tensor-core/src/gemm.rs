@@ -100,6 +100,109 @@ with_fma!(dot_q6_k_q8_k, fn(w: &[u8], a: &[u8]) -> f32 {
     hsum8(&acc)
 });
 
+with_fma!(dot_iq4_nl_q8_0_repacked, fn(w: &[u8], a: &[u8]) -> f32 {
+    // block_iq4_nl: f16 d, 16 bytes of 4-bit indices into KVALUES_IQ4NL (low
+    // nibbles: elements 0..16, high: 16..32); block_q8_0: f16 d, 32 i8.
+    let mut acc = 0.0f32;
+    for (wb, ab) in w.chunks_exact(18).zip(a.chunks_exact(34)) {
+        let dw = f16::from_le_bytes([wb[0], wb[1]]).to_f32();
+        let da = f16::from_le_bytes([ab[0], ab[1]]).to_f32();
+        let mut sumi = 0i32;
+        for j in 0..16 {
+            let lo = KVALUES_IQ4NL[(wb[2 + j] & 0x0f) as usize] as i32;
+            let hi = KVALUES_IQ4NL[(wb[2 + j] >> 4) as usize] as i32;
+            sumi += lo * ab[2 + j] as i8 as i32 + hi * ab[18 + j] as i8 as i32;
+        }
+        acc = (sumi as f32).mul_add(dw * da, acc);
+    }
+    acc
+});
+
+/// ggml's `kvalues_iq4nl`: the 16 levels of IQ4_NL (and IQ4_XS).
+const KVALUES_IQ4NL: [i8; 16] = [
+    -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
+];
+
+/// ggml's `get_scale_min_k4`: sub-block `j`'s 6-bit scale and min.
+#[inline(always)]
+fn scale_min_k4(j: usize, q: &[u8]) -> (i32, i32) {
+    if j < 4 {
+        ((q[j] & 63) as i32, (q[j + 4] & 63) as i32)
+    } else {
+        (
+            ((q[j + 4] & 0xf) | ((q[j - 4] >> 6) << 4)) as i32,
+            ((q[j + 4] >> 4) | ((q[j] >> 6) << 4)) as i32,
+        )
+    }
+}
+
+/// `ggml_gemv_q4_K_8x8_q8_K` / `ggml_gemm_q4_K_8x8_q8_K` (x86) for one
+/// output: each 32-element sub-block's integer dot product times its scale
+/// is exact; the gemv (one activation row, `per_pair == false`) adds them
+/// up per super-block and does one fused multiply-add with `d_w·d_a`, the
+/// gemm (rows in groups of four, `per_pair == true`) one per pair of
+/// sub-blocks. Mins go into a second accumulator the same way, subtracted at
+/// the end.
+fn dot_q4_k_q8_k_repacked(w: &[u8], a: &[u8], per_pair: bool) -> f32 {
+    if per_pair {
+        dot_q4_k_q8_k_pairs(w, a)
+    } else {
+        dot_q4_k_q8_k_blocks(w, a)
+    }
+}
+
+/// Sub-block `j`'s exact `scale·Σq·q8` and `min·bsum` of a Q4_K × Q8_K block pair.
+#[inline(always)]
+fn q4_k_sub_block(xb: &[u8], yb: &[u8], j: usize) -> (i32, i32) {
+    // block_q4_K: f16 d, f16 dmin, scales[12], qs[128] (sub-block 2p: low
+    // nibbles of qs[32p..32p+32], 2p+1: high nibbles);
+    // block_q8_K: f32 d, qs[256] (i8), bsums[16] (i16, per 16 elements).
+    let (sc, m) = scale_min_k4(j, &xb[4..16]);
+    let qs = &xb[16 + 32 * (j / 2)..][..32];
+    let q8 = &yb[4 + 32 * j..][..32];
+    let shift = 4 * (j % 2);
+    let mut dot = 0i32;
+    for (&q, &y) in qs.iter().zip(q8) {
+        dot += ((q >> shift) & 0xf) as i32 * y as i8 as i32;
+    }
+    let bsum = |k: usize| i16::from_le_bytes([yb[260 + 2 * k], yb[261 + 2 * k]]) as i32;
+    (sc * dot, m * (bsum(2 * j) + bsum(2 * j + 1)))
+}
+
+with_fma!(dot_q4_k_q8_k_blocks, fn(w: &[u8], a: &[u8]) -> f32 {
+    let (mut acc, mut acc_min) = (0.0f32, 0.0f32);
+    for (xb, yb) in w.chunks_exact(144).zip(a.chunks_exact(292)) {
+        let (mut sumi, mut summ) = (0i32, 0i32);
+        for j in 0..8 {
+            let (s, m) = q4_k_sub_block(xb, yb, j);
+            sumi += s;
+            summ += m;
+        }
+        let dy = f32::from_le_bytes([yb[0], yb[1], yb[2], yb[3]]);
+        let d = f16::from_le_bytes([xb[0], xb[1]]).to_f32() * dy;
+        let dmin = f16::from_le_bytes([xb[2], xb[3]]).to_f32() * dy;
+        acc = (sumi as f32).mul_add(d, acc);
+        acc_min = (summ as f32).mul_add(dmin, acc_min);
+    }
+    acc - acc_min
+});
+
+with_fma!(dot_q4_k_q8_k_pairs, fn(w: &[u8], a: &[u8]) -> f32 {
+    let (mut acc, mut acc_min) = (0.0f32, 0.0f32);
+    for (xb, yb) in w.chunks_exact(144).zip(a.chunks_exact(292)) {
+        let dy = f32::from_le_bytes([yb[0], yb[1], yb[2], yb[3]]);
+        let d = f16::from_le_bytes([xb[0], xb[1]]).to_f32() * dy;
+        let dmin = f16::from_le_bytes([xb[2], xb[3]]).to_f32() * dy;
+        for p in 0..4 {
+            let (s0, m0) = q4_k_sub_block(xb, yb, 2 * p);
+            let (s1, m1) = q4_k_sub_block(xb, yb, 2 * p + 1);
+            acc = ((s0 + s1) as f32).mul_add(d, acc);
+            acc_min = ((m0 + m1) as f32).mul_add(dmin, acc_min);
+        }
+    }
+    acc - acc_min
+});
+
 /// tinyBLAS F16: both operands f16 (products exact in f32, so plain
 /// multiply-add rounds like FMA), 8 lanes, pairwise lane sum.
 fn dot_lanes8_f16(w: &[f16], x: &[f32]) -> f32 {
@@ -123,17 +226,55 @@ fn dot_lanes8_bf16(w: &[bf16], x: &[f32]) -> f32 {
     hsum8(&acc)
 }
 
-/// Whether [`matmul_float`] handles weights of type `ty` with a `cols`-long row
-/// (tinyBLAS needs whole lanes of 8).
-pub fn handles(ty: GgmlType, cols: usize) -> bool {
+/// The activation format ggml pairs with weights of `ty` on these paths
+/// (`vec_dot_type`), or `None` for float weights.
+fn act_type(ty: GgmlType) -> Option<GgmlType> {
+    match ty {
+        GgmlType::Q4_0 | GgmlType::IQ4_NL => Some(GgmlType::Q8_0),
+        GgmlType::Q4_K | GgmlType::Q6_K => Some(GgmlType::Q8_K),
+        _ => None,
+    }
+}
+
+/// Whether llama.cpp's x86 CPU backend repacks a `rows`-row matrix of `ty`
+/// (`ggml_repack_get_optimal_repack_type`: Q4_0, Q4_K and IQ4_NL with AVX2
+/// and a multiple of 8 rows).
+fn repacked(ty: GgmlType, rows: usize) -> bool {
+    matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_K | GgmlType::IQ4_NL)
+        && rows.is_multiple_of(8)
+        && avx2()
+}
+
+fn avx2() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx2")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether [`matmul_float`] handles weights of type `ty` in a `rows × cols`
+/// matrix (tinyBLAS needs whole lanes of 8; the quantized paths mirror
+/// llama.cpp's x86 build and need its activation quantizer).
+pub fn handles(ty: GgmlType, rows: usize, cols: usize) -> bool {
     match ty {
         GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => cols.is_multiple_of(8),
         GgmlType::Q6_K => {
             cols.is_multiple_of(256)
                 && quant_kernels::simd::from_float_for(GgmlType::Q8_K).is_some()
         }
-        GgmlType::Q4_0 => {
-            cols.is_multiple_of(32) && quant_kernels::simd::from_float_for(GgmlType::Q8_0).is_some()
+        GgmlType::Q4_0 | GgmlType::IQ4_NL => {
+            cols.is_multiple_of(32)
+                && repacked(ty, rows)
+                && quant_kernels::simd::from_float_for(GgmlType::Q8_0).is_some()
+        }
+        GgmlType::Q4_K => {
+            cols.is_multiple_of(256)
+                && repacked(ty, rows)
+                && quant_kernels::simd::from_float_for(GgmlType::Q8_K).is_some()
         }
         _ => false,
     }
@@ -141,7 +282,11 @@ pub fn handles(ty: GgmlType, cols: usize) -> bool {
 
 /// `y[b, r] = Σ_c W[r, c]·x[b, c]` for weights `w` (`rows × cols`, row-major
 /// bytes of `ty`) and `n` activation rows, activations rounded to the weight
-/// type first (ggml's `vec_dot_type`). Requires [`handles`]`(ty, cols)`.
+/// type first (ggml's `vec_dot_type`). Requires [`handles`]`(ty, rows, cols)`.
+///
+/// For repacked weights llama.cpp runs its gemm on the first `n - n % 4`
+/// activation rows (four at a time) and its gemv on the rest; the two sum
+/// Q4_K in different groupings, so the row index decides the order here too.
 pub fn matmul_float(
     ty: GgmlType,
     w: &[u8],
@@ -151,38 +296,28 @@ pub fn matmul_float(
     n: usize,
     y: &mut [f32],
 ) {
-    assert!(handles(ty, cols) && x.len() == n * cols && y.len() == n * rows);
+    assert!(handles(ty, rows, cols) && x.len() == n * cols && y.len() == n * rows);
     let xr: Vec<f32> = match ty {
         GgmlType::F16 => x.iter().map(|&v| f16::from_f32(v).to_f32()).collect(),
         GgmlType::BF16 => x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect(),
         _ => Vec::new(),
     };
     let x = if xr.is_empty() { x } else { &xr[..] };
-    // Q4_0 pairs with Q8_0 activations, quantized as ggml's x86 build does.
-    let act_row = cols / 32 * 34;
+    // Quantized weights pair with Q8_0 / Q8_K activations, quantized as
+    // ggml's x86 build does (its 4-row interleaved quantizer for the gemm
+    // gives the same values: where +amax and -amax tie it may flip the sign
+    // of every quant and of the scale, which leaves each product unchanged).
     let mut xq = Vec::new();
-    if ty == GgmlType::Q4_0 {
-        let from_float =
-            quant_kernels::simd::from_float_for(GgmlType::Q8_0).expect("checked by handles");
+    let mut act_row = 0;
+    if let Some(act_ty) = act_type(ty) {
+        let from_float = quant_kernels::simd::from_float_for(act_ty).expect("checked by handles");
+        act_row = cols / act_ty.block_size() * act_ty.type_size();
         xq = vec![0u8; n * act_row];
         for (q, xb) in xq.chunks_mut(act_row).zip(x.chunks(cols)) {
             from_float(xb, q);
         }
     }
-    // Q6_K pairs with Q8_K activations.
-    let act_row = if ty == GgmlType::Q6_K {
-        cols / 256 * 292
-    } else {
-        act_row
-    };
-    if ty == GgmlType::Q6_K {
-        let from_float =
-            quant_kernels::simd::from_float_for(GgmlType::Q8_K).expect("checked by handles");
-        xq = vec![0u8; n * act_row];
-        for (q, xb) in xq.chunks_mut(act_row).zip(x.chunks(cols)) {
-            from_float(xb, q);
-        }
-    }
+    let gemm_rows = n - n % 4;
     let row_bytes = cols / ty.block_size() * ty.type_size();
     // out is rows × n: each task owns whole weight rows, read once per batch.
     let mut out = vec![0.0f32; rows * n];
@@ -194,9 +329,16 @@ pub fn matmul_float(
                 let wr = &w[(c * chunk + i) * row_bytes..][..row_bytes];
                 for (b, o) in o.iter_mut().enumerate() {
                     let xb = &x[b * cols..(b + 1) * cols];
+                    let ab = if xq.is_empty() {
+                        &[][..]
+                    } else {
+                        &xq[b * act_row..][..act_row]
+                    };
                     *o = match ty {
-                        GgmlType::Q6_K => dot_q6_k_q8_k(wr, &xq[b * act_row..][..act_row]),
-                        GgmlType::Q4_0 => dot_q4_0_q8_0_repacked(wr, &xq[b * act_row..][..act_row]),
+                        GgmlType::Q6_K => dot_q6_k_q8_k(wr, ab),
+                        GgmlType::Q4_0 => dot_q4_0_q8_0_repacked(wr, ab),
+                        GgmlType::IQ4_NL => dot_iq4_nl_q8_0_repacked(wr, ab),
+                        GgmlType::Q4_K => dot_q4_k_q8_k_repacked(wr, ab, b < gemm_rows),
                         GgmlType::F32 => dot_lanes8_f32(bytemuck::cast_slice(wr), xb),
                         GgmlType::F16 => dot_lanes8_f16(bytemuck::cast_slice(wr), xb),
                         _ => dot_lanes8_bf16(bytemuck::cast_slice(wr), xb),
