@@ -270,6 +270,15 @@ fn fp16x8(h: f16) -> __m256 {
     _mm256_cvtph_ps(_mm_set1_epi16(h.to_bits() as i16))
 }
 
+/// Two adjacent f16 fields (Q4_1/Q5_1's `d, m`, Q8_1's `d, s`) → lanes 0
+/// and 1 of an f32 vector, with one 32-bit move (no false dependency).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn fp16_pair(a: f16, b: f16) -> __m128 {
+    let v = u32::from(a.to_bits()) | (u32::from(b.to_bits()) << 16);
+    _mm_cvtph_ps(_mm_cvtsi32_si128(v as i32))
+}
+
 /// Sum of 8 floats, in ggml's `hsum_float_8` order.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -370,16 +379,19 @@ pub fn vec_dot_q4_0_q8_0_avx2(x: &[BlockQ4_0], y: &[BlockQ8_0]) -> f32 {
 pub fn vec_dot_q4_1_q8_1_avx2(x: &[BlockQ4_1], y: &[BlockQ8_1]) -> f32 {
     assert_eq!(x.len(), y.len());
     let mut acc = _mm256_setzero_ps();
-    let mut summs = 0.0f32;
+    // Lane 0 carries ggml's scalar `summs`: the same additions in order.
+    let mut summs = _mm_setzero_ps();
     for (x, y) in x.iter().zip(y) {
-        summs += fp16_to_fp32(x.m) * fp16_to_fp32(y.s);
-        let d0d1 = _mm256_mul_ps(fp16x8(x.d), fp16x8(y.d));
+        // [dx·dy, m·s] in one multiply.
+        let p = _mm_mul_ps(fp16_pair(x.d, x.m), fp16_pair(y.d, y.s));
+        summs = _mm_add_ss(summs, _mm_movehdup_ps(p));
+        let d0d1 = _mm256_broadcastss_ps(p);
         let qx = bytes_from_nibbles_32(&x.qs);
         let qy = load_32(&y.qs);
         let xy = mul_sum_us8_pairs_float(qx, qy);
         acc = _mm256_fmadd_ps(d0d1, xy, acc);
     }
-    hsum_float_8(acc) + summs
+    hsum_float_8(acc) + _mm_cvtss_f32(summs)
 }
 
 /// Port of ggml's `ggml_vec_dot_q5_0_q8_0`, AVX2 branch.
@@ -405,19 +417,19 @@ pub fn vec_dot_q5_0_q8_0_avx2(x: &[BlockQ5_0], y: &[BlockQ8_0]) -> f32 {
 pub fn vec_dot_q5_1_q8_1_avx2(x: &[BlockQ5_1], y: &[BlockQ8_1]) -> f32 {
     assert_eq!(x.len(), y.len());
     let mut acc = _mm256_setzero_ps();
-    let mut summs = 0.0f32;
+    let mut summs = _mm_setzero_ps();
     for (x, y) in x.iter().zip(y) {
-        let dx = fp16x8(x.d);
-        summs += fp16_to_fp32(x.m) * fp16_to_fp32(y.s);
+        let p = _mm_mul_ps(fp16_pair(x.d, x.m), fp16_pair(y.d, y.s));
+        summs = _mm_add_ss(summs, _mm_movehdup_ps(p));
+        let dxdy = _mm256_broadcastss_ps(p);
         let mut qx = bytes_from_nibbles_32(&x.qs);
         let bxhi = _mm256_and_si256(bytes_from_bits_32(&x.qh), _mm256_set1_epi8(0x10));
         qx = _mm256_or_si256(qx, bxhi);
-        let dy = fp16x8(y.d);
         let qy = load_32(&y.qs);
         let q = mul_sum_us8_pairs_float(qx, qy);
-        acc = _mm256_fmadd_ps(q, _mm256_mul_ps(dx, dy), acc);
+        acc = _mm256_fmadd_ps(q, dxdy, acc);
     }
-    hsum_float_8(acc) + summs
+    hsum_float_8(acc) + _mm_cvtss_f32(summs)
 }
 
 /// Port of ggml's `ggml_vec_dot_q8_0_q8_0`, AVX2 branch.
@@ -471,24 +483,24 @@ pub fn vec_dot_q4_1_q8_1_x4_avx2(x: &[BlockQ4_1], y: [&[BlockQ8_1]; 4]) -> [f32;
     let nb = x.len();
     assert!(y.iter().all(|y| y.len() == nb));
     let mut acc = [_mm256_setzero_ps(); 4];
-    let mut summs = [0.0f32; 4];
+    let mut summs = [_mm_setzero_ps(); 4];
     for (i, x) in x.iter().enumerate() {
-        let d0 = fp16x8(x.d);
-        let m = fp16_to_fp32(x.m);
+        let dm = fp16_pair(x.d, x.m);
         let qx = bytes_from_nibbles_32(&x.qs);
         for ((acc, summs), y) in acc.iter_mut().zip(&mut summs).zip(&y) {
             let y = &y[i];
-            *summs += m * fp16_to_fp32(y.s);
-            let d0d1 = _mm256_mul_ps(d0, fp16x8(y.d));
+            let p = _mm_mul_ps(dm, fp16_pair(y.d, y.s));
+            *summs = _mm_add_ss(*summs, _mm_movehdup_ps(p));
+            let d0d1 = _mm256_broadcastss_ps(p);
             let xy = mul_sum_us8_pairs_float(qx, load_32(&y.qs));
             *acc = _mm256_fmadd_ps(d0d1, xy, *acc);
         }
     }
     [
-        hsum_float_8(acc[0]) + summs[0],
-        hsum_float_8(acc[1]) + summs[1],
-        hsum_float_8(acc[2]) + summs[2],
-        hsum_float_8(acc[3]) + summs[3],
+        hsum_float_8(acc[0]) + _mm_cvtss_f32(summs[0]),
+        hsum_float_8(acc[1]) + _mm_cvtss_f32(summs[1]),
+        hsum_float_8(acc[2]) + _mm_cvtss_f32(summs[2]),
+        hsum_float_8(acc[3]) + _mm_cvtss_f32(summs[3]),
     ]
 }
 
@@ -524,25 +536,24 @@ pub fn vec_dot_q5_1_q8_1_x4_avx2(x: &[BlockQ5_1], y: [&[BlockQ8_1]; 4]) -> [f32;
     let nb = x.len();
     assert!(y.iter().all(|y| y.len() == nb));
     let mut acc = [_mm256_setzero_ps(); 4];
-    let mut summs = [0.0f32; 4];
+    let mut summs = [_mm_setzero_ps(); 4];
     for (i, x) in x.iter().enumerate() {
-        let dx = fp16x8(x.d);
-        let m = fp16_to_fp32(x.m);
+        let dm = fp16_pair(x.d, x.m);
         let bxhi = _mm256_and_si256(bytes_from_bits_32(&x.qh), _mm256_set1_epi8(0x10));
         let qx = _mm256_or_si256(bytes_from_nibbles_32(&x.qs), bxhi);
         for ((acc, summs), y) in acc.iter_mut().zip(&mut summs).zip(&y) {
             let y = &y[i];
-            *summs += m * fp16_to_fp32(y.s);
-            let dy = fp16x8(y.d);
+            let p = _mm_mul_ps(dm, fp16_pair(y.d, y.s));
+            *summs = _mm_add_ss(*summs, _mm_movehdup_ps(p));
             let q = mul_sum_us8_pairs_float(qx, load_32(&y.qs));
-            *acc = _mm256_fmadd_ps(q, _mm256_mul_ps(dx, dy), *acc);
+            *acc = _mm256_fmadd_ps(q, _mm256_broadcastss_ps(p), *acc);
         }
     }
     [
-        hsum_float_8(acc[0]) + summs[0],
-        hsum_float_8(acc[1]) + summs[1],
-        hsum_float_8(acc[2]) + summs[2],
-        hsum_float_8(acc[3]) + summs[3],
+        hsum_float_8(acc[0]) + _mm_cvtss_f32(summs[0]),
+        hsum_float_8(acc[1]) + _mm_cvtss_f32(summs[1]),
+        hsum_float_8(acc[2]) + _mm_cvtss_f32(summs[2]),
+        hsum_float_8(acc[3]) + _mm_cvtss_f32(summs[3]),
     ]
 }
 
