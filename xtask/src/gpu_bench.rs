@@ -124,6 +124,12 @@ pub fn run(args: &[String]) -> Result<(), String> {
         bytes / 1e6,
         100.0 * gbs / bandwidth
     );
+    let enc = model.time_encode(1, 50);
+    println!(
+        "host time to record one 1-token step: {:.3} ms ({} dispatches)",
+        enc * 1e3,
+        model.dispatches_per_step()
+    );
     if let Some(p) = e(model.profile_step(&tokens[..1], 64))? {
         print_profile("tg step profile (1 token at position 64)", &p);
         println!(

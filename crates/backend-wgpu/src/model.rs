@@ -77,9 +77,9 @@ impl GpuConfig {
         let head_dim = h
             .get_u32(&key("attention.key_length"))
             .unwrap_or(n_embd / n_head);
-        if head_dim > 256 || head_dim % 2 != 0 {
+        if head_dim > 256 || head_dim % 4 != 0 {
             return Err(WgpuError::Model(format!(
-                "head size {head_dim} is odd or above 256"
+                "head size {head_dim} is not a multiple of 4 or above 256"
             )));
         }
         let rope_dims = h.get_u32(&key("rope.dimension_count")).unwrap_or(head_dim);
@@ -281,12 +281,12 @@ impl GpuModel {
         let ids = ctx.storage("ids", b * 4);
         let x = ctx.storage("x", b * d as u64 * f);
         let xn = ctx.storage("xn", b * d as u64 * f);
-        let q_raw = ctx.storage("q_raw", b * dq as u64 * f);
+        // Query and key projections side by side: qk_raw (B, Dq + Dkv).
+        let qk_raw = ctx.storage("qk_raw", b * (dq + dkv) as u64 * f);
         let q = ctx.storage("q", b * dq as u64 * f);
-        let k_raw = ctx.storage("k_raw", b * dkv as u64 * f);
         let attn = ctx.storage("attn", b * dq as u64 * f);
-        let gate = ctx.storage("gate", b * ff as u64 * f);
-        let up = ctx.storage("up", b * ff as u64 * f);
+        // Gate and up projections side by side: gate_up (B, 2F).
+        let gate_up = ctx.storage("gate_up", b * 2 * ff as u64 * f);
         let h = ctx.storage("h", b * ff as u64 * f);
         let logits = ctx.storage("logits", logits_rows as u64 * nv as u64 * f);
         let generated = ctx.storage("generated", MAX_GENERATED as u64 * 4);
@@ -305,6 +305,30 @@ impl GpuModel {
                 });
             }
             GpuMatrix::upload(&ctx, name, t.ggml_type, k as u64, m as u64, bytes)
+        };
+        // Several matrices of one type with the same row length, stacked
+        // into one (one product instead of several); `None` if the types differ.
+        let stacked = |names: &[String], k: u32| -> Result<Option<GpuMatrix>> {
+            let mut ty = None;
+            let mut rows = 0u64;
+            let mut bytes = Vec::new();
+            for name in names {
+                let (t, data) = file.tensor_by_name(name)?;
+                if t.dims.len() != 2 || t.dims[0] != k as u64 {
+                    return Err(WgpuError::BadShape {
+                        tensor: name.to_string(),
+                        what: format!("dims {:?}, expected [{k}, _]", t.dims),
+                    });
+                }
+                if ty.is_some_and(|ty| ty != t.ggml_type) {
+                    return Ok(None);
+                }
+                ty = Some(t.ggml_type);
+                rows += t.dims[1];
+                bytes.extend_from_slice(data);
+            }
+            let ty = ty.expect("at least one matrix");
+            GpuMatrix::upload(&ctx, &names.join("+"), ty, k as u64, rows, &bytes).map(Some)
         };
         let vector = |name: &str, n: u32| -> Result<wgpu::Buffer> {
             let (t, bytes) = file.tensor_by_name(name)?;
@@ -347,32 +371,54 @@ impl GpuModel {
             "rope_table",
             bytemuck::cast_slice(&crate::ops::rope_table(&rp, n_ctx as usize)),
         );
-        let rope = |n_heads: u32, x_stride: u32, y_stride: u32, at_pos: u32| RopeParams {
+        let rope = |n_heads: u32, x_base: u32, y_stride: u32, at_pos: u32| RopeParams {
             n_heads,
             head_dim: cfg.head_dim,
             n_dims: cfg.rope_dims,
             neox: cfg.rope_neox as u32,
-            x_stride,
+            x_stride: dq + dkv,
             y_stride,
             y_base: 0,
             at_pos,
-            pad: [0; 4],
+            x_base,
+            pad: [0; 3],
         };
         for l in 0..cfg.n_layer {
             let name = |s: &str| format!("blk.{l}.{s}");
             let attn_norm = vector(&name("attn_norm.weight"), d)?;
             let ffn_norm = vector(&name("ffn_norm.weight"), d)?;
-            let wq = matrix(&name("attn_q.weight"), d, dq)?;
-            let wk = matrix(&name("attn_k.weight"), d, dkv)?;
+            // Products whose inputs and types agree are stacked into one.
+            let wqk = stacked(&[name("attn_q.weight"), name("attn_k.weight")], d)?;
+            let (wq, wk) = match wqk {
+                Some(_) => (None, None),
+                None => (
+                    Some(matrix(&name("attn_q.weight"), d, dq)?),
+                    Some(matrix(&name("attn_k.weight"), d, dkv)?),
+                ),
+            };
             let wv = matrix(&name("attn_v.weight"), d, dkv)?;
             let wo = matrix(&name("attn_output.weight"), dq, d)?;
-            let wg = matrix(&name("ffn_gate.weight"), d, ff)?;
-            let wu = matrix(&name("ffn_up.weight"), d, ff)?;
+            let wgu = stacked(&[name("ffn_gate.weight"), name("ffn_up.weight")], d)?;
+            let (wg, wu) = match wgu {
+                Some(_) => (None, None),
+                None => (
+                    Some(matrix(&name("ffn_gate.weight"), d, ff)?),
+                    Some(matrix(&name("ffn_up.weight"), d, ff)?),
+                ),
+            };
             let wd = matrix(&name("ffn_down.weight"), ff, d)?;
             let k_cache = ctx.storage("k_cache", n_ctx as u64 * dkv as u64 * f);
             let v_cache = ctx.storage("v_cache", n_ctx as u64 * dkv as u64 * f);
 
-            let fa = fused_act(&[&wq, &wk, &wv]);
+            // Attention block: x → xn → [q | k] and v (into the cache) → RoPE → attention → x +=.
+            let mut qkv: Vec<(&'static str, &GpuMatrix, u32)> = match (&wqk, &wq, &wk) {
+                (Some(m), _, _) => vec![("attn_qk", m, 0)],
+                (None, Some(q_), Some(k_)) => vec![("attn_q", q_, 0), ("attn_k", k_, dq)],
+                _ => unreachable!("q and k are loaded one way or the other"),
+            };
+            qkv.push(("attn_v", &wv, 0));
+            let ws: Vec<&GpuMatrix> = qkv.iter().map(|e| e.1).collect();
+            let fa = fused_act(&ws);
             body.push(ob.rms_norm(
                 &x,
                 d,
@@ -384,56 +430,35 @@ impl GpuModel {
                 false,
                 fa.flatten(),
             ));
-            let mut done = Vec::new();
             acts.fused = fa.is_some();
-            let xq = acts.input(&ob, &mut body, &mut done, &xn, d, d, &wq);
-            body.extend(ob.linear(
-                "attn_q",
-                &wq,
-                &xq,
-                d,
-                &q_raw,
-                dq,
-                0,
-                false,
-                0,
-                acts.corr_base,
-                &dummy,
-            ));
-            let xk = acts.input(&ob, &mut body, &mut done, &xn, d, d, &wk);
-            body.extend(ob.linear(
-                "attn_k",
-                &wk,
-                &xk,
-                d,
-                &k_raw,
-                dkv,
-                0,
-                false,
-                0,
-                acts.corr_base,
-                &dummy,
-            ));
-            let xv = acts.input(&ob, &mut body, &mut done, &xn, d, d, &wv);
-            body.extend(ob.linear(
-                "attn_v",
-                &wv,
-                &xv,
-                d,
-                &v_cache,
-                dkv,
-                0,
-                false,
-                cache_write,
-                acts.corr_base,
-                &dummy,
-            ));
-            body.push(ob.rope(&q_raw, &q, &rope_table, rope(cfg.n_head, dq, dq, 0)));
+            let mut done = Vec::new();
+            for (label, w, y_base) in qkv {
+                let input = acts.input(&ob, &mut body, &mut done, &xn, d, d, w);
+                let (y, y_stride, at_pos) = if label == "attn_v" {
+                    (&v_cache, dkv, cache_write)
+                } else {
+                    (&qk_raw, dq + dkv, 0)
+                };
+                body.extend(ob.linear(
+                    label,
+                    w,
+                    &input,
+                    d,
+                    y,
+                    y_stride,
+                    y_base,
+                    false,
+                    at_pos,
+                    acts.corr_base,
+                    &dummy,
+                ));
+            }
+            body.push(ob.rope(&qk_raw, &q, &rope_table, rope(cfg.n_head, 0, dq, 0)));
             body.push(ob.rope(
-                &k_raw,
+                &qk_raw,
                 &k_cache,
                 &rope_table,
-                rope(cfg.n_kv_head, dkv, dkv, cache_write),
+                rope(cfg.n_kv_head, dq, dkv, cache_write),
             ));
             body.push(ob.attention(
                 &q,
@@ -466,7 +491,15 @@ impl GpuModel {
                 acts.corr_base,
                 &dummy,
             ));
-            let fa = fused_act(&[&wg, &wu]);
+
+            // Feed-forward block: x → xn → [gate | up] → silu(gate)·up → x +=.
+            let gu: Vec<(&'static str, &GpuMatrix, u32)> = match (&wgu, &wg, &wu) {
+                (Some(m), _, _) => vec![("ffn_gate_up", m, 0)],
+                (None, Some(g_), Some(u_)) => vec![("ffn_gate", g_, 0), ("ffn_up", u_, ff)],
+                _ => unreachable!("gate and up are loaded one way or the other"),
+            };
+            let ws: Vec<&GpuMatrix> = gu.iter().map(|e| e.1).collect();
+            let fa = fused_act(&ws);
             body.push(ob.rms_norm(
                 &x,
                 d,
@@ -478,46 +511,37 @@ impl GpuModel {
                 false,
                 fa.flatten(),
             ));
-            let mut done = Vec::new();
             acts.fused = fa.is_some();
-            let xg = acts.input(&ob, &mut body, &mut done, &xn, d, d, &wg);
-            body.extend(ob.linear(
-                "ffn_gate",
-                &wg,
-                &xg,
-                d,
-                &gate,
-                ff,
-                0,
-                false,
-                0,
-                acts.corr_base,
-                &dummy,
-            ));
-            let xu = acts.input(&ob, &mut body, &mut done, &xn, d, d, &wu);
-            body.extend(ob.linear(
-                "ffn_up",
-                &wu,
-                &xu,
-                d,
-                &up,
-                ff,
-                0,
-                false,
-                0,
-                acts.corr_base,
-                &dummy,
-            ));
+            let mut done = Vec::new();
+            for (label, w, y_base) in gu {
+                let input = acts.input(&ob, &mut body, &mut done, &xn, d, d, w);
+                body.extend(ob.linear(
+                    label,
+                    w,
+                    &input,
+                    d,
+                    &gate_up,
+                    2 * ff,
+                    y_base,
+                    false,
+                    0,
+                    acts.corr_base,
+                    &dummy,
+                ));
+            }
             body.push(ob.binary(
                 Kernel::Swiglu,
-                &gate,
-                &up,
+                &gate_up,
+                &gate_up,
                 &h,
                 EwParams {
                     n: ff,
-                    a_stride: ff,
-                    b_stride: ff,
+                    a_stride: 2 * ff,
+                    b_stride: 2 * ff,
                     y_stride: ff,
+                    a_base: 0,
+                    b_base: ff,
+                    pad: [0; 2],
                 },
                 &dummy,
             ));
@@ -536,7 +560,10 @@ impl GpuModel {
                 acts.corr_base,
                 &dummy,
             ));
-            for w in [wq, wk, wv, wo, wg, wu, wd] {
+            for w in [wqk, wq, wk, Some(wv), Some(wo), wgu, wg, wu, Some(wd)]
+                .into_iter()
+                .flatten()
+            {
                 weight_bytes += w.n_bytes();
                 weights.push(w);
             }
@@ -598,7 +625,7 @@ impl GpuModel {
         weights.push(embd);
         keep.extend(acts.bufs.into_iter().map(|(_, b)| b));
         keep.extend([
-            out_norm, q_raw, q, k_raw, attn, gate, up, h, x, xn, dummy, dummy_rw,
+            out_norm, qk_raw, q, attn, gate_up, h, x, xn, dummy, dummy_rw,
         ]);
         Ok(GpuModel {
             ctx,
@@ -814,6 +841,31 @@ impl GpuModel {
         let out: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);
         debug_assert_eq!(out[0], first);
         Ok(out)
+    }
+
+    /// Dispatches in one decoding step (layers and output head, argmax included).
+    pub fn dispatches_per_step(&self) -> usize {
+        self.body.len() + self.head_last.len() + 1
+    }
+
+    /// Mean CPU time in seconds to record (not submit) one step of
+    /// `n_tokens` tokens with its output head, over `reps` recordings: the
+    /// host-side cost of a step, which bounds generation speed when it
+    /// exceeds the GPU time of the step.
+    pub fn time_encode(&self, n_tokens: u32, reps: u32) -> f64 {
+        let reps = reps.max(1);
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+            self.encode(
+                &mut enc,
+                n_tokens.clamp(1, self.max_batch),
+                Some(&self.head_last),
+                true,
+            );
+            drop(enc.finish());
+        }
+        t.elapsed().as_secs_f64() / reps as f64
     }
 
     /// Runs one step of `tokens` at `pos` with a timestamp around every

@@ -216,7 +216,8 @@ pub fn rope(
             y_stride: row as u32,
             y_base: 0,
             at_pos: 0,
-            pad: [0; 4],
+            x_base: 0,
+            pad: [0; 3],
         },
     );
     run(ctx, &[op], t as u32, &y, x.len())
@@ -244,7 +245,8 @@ pub fn attention(
             && q.len() % qrow == 0
             && n_kv_head > 0
             && n_head % n_kv_head == 0
-            && head_dim <= 256,
+            && head_dim <= 256
+            && head_dim % 4 == 0,
         || "bad shape".to_string(),
     )?;
     let t = q.len() / qrow;
@@ -296,6 +298,7 @@ fn binary(ctx: &GpuContext, kernel: Kernel, a: &[f32], b_: &[f32], n: usize) -> 
         a_stride: n as u32,
         b_stride: n as u32,
         y_stride: n as u32,
+        ..Default::default()
     };
     let op = b.binary(kernel, &ab, &bb, &y, p, &dummy);
     run(ctx, &[op], t as u32, &y, a.len())

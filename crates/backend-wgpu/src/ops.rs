@@ -62,7 +62,8 @@ pub(crate) struct RopeParams {
     pub y_stride: u32,
     pub y_base: u32,
     pub at_pos: u32,
-    pub pad: [u32; 4],
+    pub x_base: u32,
+    pub pad: [u32; 3],
 }
 
 /// cos/sin of every (position, pair) for positions `0..n_pos`, as
@@ -95,6 +96,9 @@ pub(crate) struct EwParams {
     pub a_stride: u32,
     pub b_stride: u32,
     pub y_stride: u32,
+    pub a_base: u32,
+    pub b_base: u32,
+    pub pad: [u32; 2],
 }
 
 /// One row range of a weight matrix, in one buffer.
@@ -504,6 +508,7 @@ impl OpBuilder<'_> {
             a_stride: x_stride,
             b_stride: y_stride,
             y_stride: corr_base,
+            ..Default::default()
         };
         let pb = self
             .ctx
@@ -535,6 +540,7 @@ impl OpBuilder<'_> {
             a_stride,
             b_stride: 0,
             y_stride: 0,
+            ..Default::default()
         };
         let pb = self.ctx.uniform("argmax", bytemuck::bytes_of(&params));
         let kernel = Kernel::Argmax;

@@ -330,6 +330,7 @@ impl Backend for WgpuBackend {
             a_stride: n as u32,
             b_stride: 0, // broadcast the bias to every row
             y_stride: n as u32,
+            ..Default::default()
         };
         let op = ob.binary(Kernel::Add, &tmp, bb, &x.buffer, p, &self.dummy);
         self.record(&[op], n_rows);
@@ -372,7 +373,8 @@ impl Backend for WgpuBackend {
                 y_stride: width as u32,
                 y_base: 0,
                 at_pos: 0,
-                pad: [0; 4],
+                x_base: 0,
+                pad: [0; 3],
             },
         );
         self.record(&[op], n_rows);
@@ -406,7 +408,8 @@ impl Backend for WgpuBackend {
             y_stride: width,
             y_base: 0,
             at_pos: if s.kv_type == KvType::F16 { 2 } else { 1 },
-            pad: [0; 4],
+            x_base: 0,
+            pad: [0; 3],
         };
         let (kc, vc) = &cache.layers[layer];
         let ops = [
@@ -472,6 +475,7 @@ impl Backend for WgpuBackend {
             a_stride: w,
             b_stride: w,
             y_stride: w,
+            ..Default::default()
         };
         let op = ob.binary(
             Kernel::Swiglu,
@@ -498,6 +502,7 @@ impl Backend for WgpuBackend {
             a_stride: n,
             b_stride: n,
             y_stride: n,
+            ..Default::default()
         };
         let op = ob.binary(Kernel::Add, &tmp, &y.buffer, &x.buffer, p, &self.dummy);
         self.record(&[op], 1);

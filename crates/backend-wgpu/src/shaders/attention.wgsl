@@ -12,7 +12,7 @@
 struct AttnParams {
     n_head: u32,
     n_kv_head: u32,
-    head_dim: u32,   // ≤ 2·WG
+    head_dim: u32,   // ≤ 2·WG, multiple of 4
     q_stride: u32,   // floats between tokens in q
     kv_stride: u32,  // floats between positions in the caches (n_kv_head · head_dim)
     out_stride: u32, // floats between tokens in out
@@ -28,7 +28,7 @@ struct Step {
 }
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;
-@group(0) @binding(1) var<storage, read> k_cache: array<f32>;
+@group(0) @binding(1) var<storage, read> k_cache: array<vec4<f32>>;
 @group(0) @binding(2) var<storage, read> v_cache: array<f32>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<uniform> p: AttnParams;
@@ -36,7 +36,7 @@ struct Step {
 
 const WG: u32 = 128u;
 const NEG: f32 = -3.0e38;
-var<workgroup> q_head: array<f32, 256>;
+var<workgroup> q_head: array<vec4<f32>, 64>;
 var<workgroup> probs: array<f32, WG>;
 var<workgroup> red: array<f32, WG>;
 
@@ -77,12 +77,13 @@ fn round_f16(x: f32) -> f32 {
     return bitcast<f32>((b + 0xfffu + ((b >> 13u) & 1u)) & 0xffffe000u);
 }
 
-// Score of cache position t (< n_kv) for the query in q_head.
+// Score of cache position t (< n_kv) for the query in q_head (head_dim is a
+// multiple of 4; keys are read as vec4).
 fn score(t: u32, kvo: u32) -> f32 {
-    let ko = t * p.kv_stride + kvo;
+    let ko = (t * p.kv_stride + kvo) >> 2u;
     var d = 0.0;
-    for (var i = 0u; i < p.head_dim; i++) {
-        d += q_head[i] * k_cache[ko + i];
+    for (var i = 0u; i < (p.head_dim >> 2u); i++) {
+        d += dot(q_head[i], k_cache[ko + i]);
     }
     return d * p.scale;
 }
@@ -95,10 +96,10 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     let hd = p.head_dim;
     let kv_head = head / (p.n_head / p.n_kv_head);
     let qo = tok * p.q_stride + head * hd;
-    for (var i = lid; i < hd; i += WG) {
-        var v = q[qo + i];
+    for (var i = lid; i < (hd >> 2u); i += WG) {
+        var v = vec4<f32>(q[qo + 4u * i], q[qo + 4u * i + 1u], q[qo + 4u * i + 2u], q[qo + 4u * i + 3u]);
         if (p.kv_f16 != 0u) {
-            v = round_f16(v);
+            v = vec4<f32>(round_f16(v.x), round_f16(v.y), round_f16(v.z), round_f16(v.w));
         }
         q_head[i] = v;
     }

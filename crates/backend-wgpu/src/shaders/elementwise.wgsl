@@ -5,6 +5,10 @@ struct EwParams {
     a_stride: u32, // floats between tokens in a
     b_stride: u32, // floats between tokens in b
     y_stride: u32, // floats between tokens in y
+    a_base: u32,   // float offset of a's first token
+    b_base: u32,   // float offset of b's first token (a and b may share a buffer)
+    pad0: u32,
+    pad1: u32,
 }
 
 struct Step {
@@ -29,7 +33,7 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let t = gid.z;
-    y[t * p.y_stride + i] = a[t * p.a_stride + i] + b[t * p.b_stride + i];
+    y[t * p.y_stride + i] = a[p.a_base + t * p.a_stride + i] + b[p.b_base + t * p.b_stride + i];
 }
 
 // y = silu(a) · b (SwiGLU; ggml_silu is x / (1 + e^−x)). Grid as `add`.
@@ -40,8 +44,8 @@ fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let t = gid.z;
-    let g = a[t * p.a_stride + i];
-    y[t * p.y_stride + i] = g / (1.0 + exp(-g)) * b[t * p.b_stride + i];
+    let g = a[p.a_base + t * p.a_stride + i];
+    y[t * p.y_stride + i] = g / (1.0 + exp(-g)) * b[p.b_base + t * p.b_stride + i];
 }
 
 const WG: u32 = 256u;

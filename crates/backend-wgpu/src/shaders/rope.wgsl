@@ -21,8 +21,10 @@ struct RopeParams {
     y_stride: u32,   // floats between tokens in y
     y_base: u32,     // float offset of the output
     at_pos: u32,     // KV cache write: token index in y counted from step.pos; 1 f32 cache, 2 f16 cache
-    pad0: u32,
+    x_base: u32,     // float offset of x's first token
     pad1: u32,
+    pad2: u32,
+    pad3: u32,
 }
 
 struct Step {
@@ -72,7 +74,7 @@ fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
     if (p.at_pos != 0u) {
         yt += step.pos;
     }
-    let xo = tok * p.x_stride + head * p.head_dim;
+    let xo = p.x_base + tok * p.x_stride + head * p.head_dim;
     let yo = yt * p.y_stride + p.y_base + head * p.head_dim;
     var i0: u32;
     var i1: u32;
