@@ -15,6 +15,8 @@ mod embedding;
 mod generate;
 mod inspect;
 mod logits;
+mod perplexity;
+mod quantize;
 mod template;
 mod tokenize;
 
@@ -45,6 +47,10 @@ enum Commands {
     Tokenize(tokenize::Args),
     /// Render a chat template (a model's or a file) with a JSON context.
     Template(template::Args),
+    /// Quantize a model file to one of llama.cpp's file types (Q4_K_M, Q8_0, ...).
+    Quantize(quantize::Args),
+    /// Perplexity of a model on a text, or its KL divergence from a base model's saved logits.
+    Perplexity(perplexity::Args),
 }
 
 /// What a subcommand returns: its error is printed as one line.
@@ -61,6 +67,8 @@ fn main() -> ExitCode {
         Commands::Logits(args) => logits::run(args),
         Commands::Tokenize(args) => tokenize::run(args),
         Commands::Template(args) => template::run(args),
+        Commands::Quantize(args) => quantize::run(args),
+        Commands::Perplexity(args) => perplexity::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
