@@ -227,8 +227,8 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], scratch: &mut
                             b += 4;
                         }
                     }
-                    for b in b..b1 {
-                        out_r[b] = vec_dot(cols, wr, act_of(b));
+                    for (o, b) in out_r[b..b1].iter_mut().zip(b..) {
+                        *o = vec_dot(cols, wr, act_of(b));
                     }
                 }
             }

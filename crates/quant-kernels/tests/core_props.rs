@@ -94,7 +94,7 @@ proptest! {
             let n = cols_for(ty, blocks, 0);
             let (_, wq) = weights(ty, seed, n);
             let acts: Vec<Vec<u8>> = (0..4u64)
-                .map(|k| quantize_activations(ty, &Rng(seed ^ (k + 1) * 0x1234).activations(n)))
+                .map(|k| quantize_activations(ty, &Rng(seed ^ ((k + 1) * 0x1234)).activations(n)))
                 .collect();
             let got = x4(n, &wq, std::array::from_fn(|k| acts[k].as_slice()));
             for k in 0..4 {

@@ -81,7 +81,7 @@ impl Rng {
         (0..n)
             .map(|_| {
                 let v = self.unit();
-                if self.next_u64() % 64 == 0 {
+                if self.next_u64().is_multiple_of(64) {
                     v * 20.0
                 } else {
                     v

@@ -46,6 +46,10 @@ pub mod mxfp4;
 pub mod tq1_0;
 pub mod tq2_0;
 
+/// A byte-level reference quantizer: `src.len()` floats into `dst`, which
+/// holds exactly their blocks.
+pub type QuantizeFn = fn(src: &[f32], dst: &mut [u8]);
+
 /// Kernels of one block format (ggml's type_traits row).
 pub struct FormatKernels {
     /// The format these kernels implement.
@@ -55,7 +59,7 @@ pub struct FormatKernels {
     /// Reference dequantization of whole blocks: src.len() == n/block_size*type_size bytes, dst.len() == n.
     pub dequantize: fn(src: &[u8], dst: &mut [f32]),
     /// Reference quantization (ggml's quantize_row_*_ref), if the format has one.
-    pub quantize: Option<fn(src: &[f32], dst: &mut [u8])>,
+    pub quantize: Option<QuantizeFn>,
     /// Portable fused dot product of n weights (bytes of ty) with n activations (bytes of vec_dot_type).
     pub vec_dot: fn(n: usize, w: &[u8], a: &[u8]) -> f32,
 }
@@ -103,7 +107,7 @@ pub fn is_supported(ty: GgmlType) -> bool {
 /// whole number of blocks or the size overflows.
 pub fn row_bytes(ty: GgmlType, n: usize) -> Option<usize> {
     let bs = ty.block_size();
-    if n % bs != 0 {
+    if !n.is_multiple_of(bs) {
         return None;
     }
     (n / bs).checked_mul(ty.type_size())
@@ -165,7 +169,7 @@ thread_local! {
 pub(crate) fn with_blocks<B: Pod, R>(bytes: &[u8], slot: usize, f: impl FnOnce(&[B]) -> R) -> R {
     let size = std::mem::size_of::<B>();
     assert!(
-        bytes.len() % size == 0,
+        bytes.len().is_multiple_of(size),
         "{} bytes is not a whole number of {size}-byte blocks",
         bytes.len()
     );
@@ -199,7 +203,7 @@ pub(crate) fn with_blocks_mut<B: Pod, R>(
 ) -> R {
     let size = std::mem::size_of::<B>();
     assert!(
-        bytes.len() % size == 0,
+        bytes.len().is_multiple_of(size),
         "{} bytes is not a whole number of {size}-byte blocks",
         bytes.len()
     );
