@@ -4,7 +4,10 @@
 //!   a random-weight LLaMA written with gguf-format's writer.
 //! - `gpu-bench MODEL.gguf [--adapter NAME] [--pp 512] [--tg 128] [--reps 3]`: prompt and
 //!   generation throughput of the wgpu backend, with a per-kernel GPU time profile.
+//! - `bench [--micro] [--model M] [--threads N] [--pp 128] [--tg 64] [--reps 3]`: CPU speed of
+//!   the default model and a ladder quantized from it, beside llama.cpp's (see bench.rs).
 
+mod bench;
 mod gpu_bench;
 mod synth_model;
 
@@ -15,8 +18,9 @@ fn main() -> ExitCode {
     let result = match args.first().map(String::as_str) {
         Some("synth-model") => synth_model::run(&args[1..]),
         Some("gpu-bench") => gpu_bench::run(&args[1..]),
+        Some("bench") => bench::run(&args[1..]),
         _ => Err(
-            "usage: cargo xtask <synth-model|gpu-bench> ... (see xtask/src/main.rs)".to_string(),
+            "usage: cargo xtask <synth-model|gpu-bench|bench> ... (see xtask/src/main.rs)".to_string(),
         ),
     };
     match result {
