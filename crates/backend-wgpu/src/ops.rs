@@ -260,7 +260,7 @@ impl Op {
                 } else {
                     (
                         self.pipeline_mm.as_ref().unwrap_or(&self.pipeline),
-                        [m.div_ceil(128), n_tokens.div_ceil(64), 1],
+                        [m.div_ceil(64), n_tokens.div_ceil(64), 1],
                     )
                 }
             }
@@ -415,9 +415,9 @@ impl OpBuilder<'_> {
             pipeline_mm: None,
             bind_group: self.bind(kernel, &[x, weight, y, &pb, self.step]),
             grid: if last_only {
-                Grid::Fixed([1, 1, 1])
+                Grid::Fixed([n.div_ceil(256), 1, 1])
             } else {
-                Grid::PerToken([1, 1])
+                Grid::PerToken([n.div_ceil(256), 1])
             },
             _params: pb,
         }

@@ -28,7 +28,9 @@ struct Step {
 const WG: u32 = 256u;
 var<workgroup> partial: array<f32, WG>;
 
-// Grid: (1, 1, tokens).
+// Grid: (ceil(n / 256), 1, tokens): every workgroup sums the squares of the
+// whole row (a few KiB, from cache) and writes its own 256 outputs, so that
+// a row is spread over several compute units.
 @compute @workgroup_size(WG)
 fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     var src_tok = wid.z;
@@ -51,15 +53,13 @@ fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
         workgroupBarrier();
     }
     let scale = 1.0 / sqrt(partial[0] / f32(p.n) + p.eps);
-    for (var base = 0u; base < p.n; base += WG) {
-        let i = base + lid;
-        var v = 0.0;
-        if (i < p.n) {
-            v = (x[xo + i] * scale) * weight[i];
-        }
-        let r = round_act(v, lid).x;
-        if (i < p.n) {
-            y[yo + i] = r;
-        }
+    let i = wid.x * WG + lid;
+    var v = 0.0;
+    if (i < p.n) {
+        v = (x[xo + i] * scale) * weight[i];
+    }
+    let r = round_act(v, lid).x;
+    if (i < p.n) {
+        y[yo + i] = r;
     }
 }
