@@ -4,6 +4,16 @@
 //! ggml_vec_dot_f16's order and a longer batch in tinyBLAS's, and both are
 //! mirrored (that is what makes greedy decoding follow llama.cpp's). The
 //! difference stays below 1e-4.
+//!
+//! K-quant weights are another matter: llama.cpp multiplies one row with
+//! its gemv / `vec_dot` and 8 or more rows with its repacked gemm / tiled
+//! kernel, which group the float additions differently, and the synthetic
+//! model amplifies that last-bit difference (to ~0.2 in a logit). Mirroring
+//! llama.cpp, single-token decoding of synth-Q4_K_M therefore does not
+//! reproduce its batch logits, in llama.cpp or here (nor does any synth file
+//! whose `output.weight` is Q6_K). What does hold is checked: a K-quant
+//! prompt split into ubatches that take the same kernels gives exactly the
+//! logits of one batch.
 
 use llama_model::{LoadOptions, LogitsMode, Model, SessionOptions};
 
@@ -44,13 +54,45 @@ fn incremental_vs_batch(ftype: &str, prefill: usize, n_batch: usize) -> f32 {
         .zip(&inc)
         .map(|(a, b)| (a - b).abs())
         .fold(0.0f32, f32::max);
-    println!("synth-{ftype}: prefill {prefill} (ubatch {n_batch}) + {} single tokens vs one batch: max |Δlogit| {d:.3e}", toks.len() - prefill);
+    println!(
+        "synth-{ftype}: prefill {prefill} (ubatch {n_batch}) + {} single tokens vs one batch: max |Δlogit| {d:.3e}",
+        toks.len() - prefill
+    );
     d
 }
 
+/// Ubatches of 16 rows take the kernels of the whole batch (repacked gemm,
+/// tiled), so all 64 positions match one batch exactly.
 #[test]
-fn decode_matches_batch_q4_k_m() {
-    assert!(incremental_vs_batch("Q4_K_M", 16, 512) <= 1e-4);
+fn k_quant_ubatches_match_one_batch() {
+    let model = Model::load(fixture("synth/synth-Q4_K_M.gguf"), &LoadOptions::default()).unwrap();
+    let toks = tokens();
+    let opts = SessionOptions {
+        n_ctx: 64,
+        ..SessionOptions::default()
+    };
+    let batch = model
+        .session(&opts)
+        .unwrap()
+        .forward(&toks, LogitsMode::All)
+        .unwrap()
+        .to_vec();
+    let split = model
+        .session(&SessionOptions {
+            n_batch: 16,
+            ..opts
+        })
+        .unwrap()
+        .forward(&toks, LogitsMode::All)
+        .unwrap()
+        .to_vec();
+    let d = batch
+        .iter()
+        .zip(&split)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0.0f32, f32::max);
+    println!("synth-Q4_K_M: ubatches of 16 vs one batch: max |Δlogit| {d:.3e}");
+    assert_eq!(d, 0.0);
 }
 
 #[test]

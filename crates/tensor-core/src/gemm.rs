@@ -1,5 +1,7 @@
 //! Products whose summation order must be llama.cpp's own: float weights (F32,
-//! F16, BF16), repacked Q4_0, and Q6_K.
+//! F16, BF16), the formats llama.cpp repacks (Q4_0, Q4_K, IQ4_NL) and the
+//! K-quants its tiled kernel multiplies (Q2_K, Q3_K, Q4_K, Q5_K, Q6_K,
+//! IQ4_XS).
 //!
 //! quant-kernels multiplies every format; for float weights the order of
 //! the additions decides the last bits, and those bits decide later f16
@@ -8,26 +10,33 @@
 //! tinyBLAS, which accumulates element `i` of a dot product into lane `i % 8`
 //! with fused multiply-adds and adds the 8 lanes pairwise at the end.
 //! Mirroring that order makes the logits of synth-F32, -F16 and -BF16
-//! bit-identical to llama.cpp's.
+//! bit-identical to llama.cpp's. (tinyBLAS would use 16 lanes in an AVX-512
+//! build, so the reference build is AVX2 only; that also rules out the
+//! AVX-512-only Q2_K repack.)
 //!
-//! Q4_0 weights are repacked at load time by llama.cpp's x86 CPU backend
-//! (`block_q4_0x8`) and multiplied by `ggml_gemm_q4_0_8x8_q8_0`, which sums
-//! each block's 32 integer products exactly and adds `sumi · (d_w·d_a)` into
-//! one accumulator with a fused multiply-add; quant-kernels' `vec_dot`
-//! spreads blocks over 8 float lanes instead. The synthetic model amplifies
-//! that last-bit difference into a mean KLD of 3.5e-4; with the repack order
-//! synth-Q4_0 agrees with llama.cpp to 5e-6 in every logit.
+//! Q4_0, Q4_K and IQ4_NL matrices with a multiple of 8 rows are repacked at
+//! load time by llama.cpp's x86 CPU backend (`ggml-cpu/repack.cpp`) and
+//! multiplied by `ggml_gemm_*_8x8` on the first `n - n % 4` activation rows
+//! and `ggml_gemv_*_8x8` on the rest. Both sum each 32-element block's
+//! integer products exactly and add `sumi · (d_w·d_a)` into one accumulator
+//! per output with a fused multiply-add; Q4_K adds scale-weighted sub-block
+//! sums per super-block in the gemv but per pair of sub-blocks in the gemm,
+//! its mins into a second accumulator subtracted at the end.
 //!
-//! Q6_K goes through `ggml_vec_dot_q6_K_q8_K` (AVX2): lane `m` of an 8-lane
-//! integer accumulator collects the products of elements `i` with
-//! `(i % 32) / 4 == m` (the `maddubs`/`madd` pairing), each block adds
-//! `d · lane` into float lane `m` with a fused multiply-add, and the lanes are
-//! summed pairwise at the end. That order gives synth-Q6_K a mean KLD of
-//! 1.6e-13 against llama.cpp; quant-kernels' AVX2 Q6_K kernel (another lane
-//! layout) gives 4.7e-4. Once quant-kernels sums in this order, this copy can go.
+//! The other K-quants (and Q4_K matrices that are not repacked) go through
+//! ggml's tiled kernel (`ggml-cpu/tiled`) when a batch has 8 or more rows:
+//! per super-block the exact integer sums `s1 = Σ scale·Σq·q8` and
+//! `s2 = Σ min·bsum` become `res = d·s1`, `res = fma(-dmin, s2, res)`,
+//! `acc = fma(res, d_a, acc)`. Smaller batches use `vec_dot`: Q6_K's AVX2
+//! order is copied here (lane `(i % 32) / 4` of an 8-lane accumulator, one
+//! FMA per block, lanes summed pairwise; quant-kernels' AVX2 Q6_K kernel
+//! uses another lane layout), the others call quant-kernels' AVX2 kernels,
+//! which are ggml's.
 //!
-//! Decoding uses the same order as prompt batches, so a token's logits do
-//! not depend on how the prompt was split.
+//! The synthetic model amplifies a last-bit difference in any of these into
+//! a mean KLD of ~3e-4; with these orders every synth file's logits are
+//! bit-identical to llama.cpp's. Like llama.cpp's, a K-quant model's logits
+//! for a token therefore depend on whether it was decoded alone or in a batch.
 
 use gguf_format::GgmlType;
 use half::{bf16, f16};
@@ -203,6 +212,168 @@ with_fma!(dot_q4_k_q8_k_pairs, fn(w: &[u8], a: &[u8]) -> f32 {
     acc - acc_min
 });
 
+// ggml's tiled K-quant matmul (`ggml-cpu/tiled`, x86 AVX2), which llama.cpp
+// runs for batches of 8 or more activation rows on the K-quants it does not
+// repack. Per 256-element block it forms two exact integer sums, `s1 =
+// Σ scale·Σ q·q8` and (formats with mins) `s2 = Σ min·bsum`, then
+// `res = d·s1` (rounded), `res = fma(-dmin, s2, res)`, `acc = fma(res, d8, acc)`.
+
+/// The exact per-block sums of one weight block against one block_q8_K, and
+/// the weight's `d` and `dmin` (0 for formats without mins).
+type BlockSums = fn(xb: &[u8], yb: &[u8]) -> (i32, i32, f32, f32);
+
+/// The tiled kernel's float steps over a row of `wb`-byte weight blocks.
+#[inline(always)]
+fn tiled_row(w: &[u8], a: &[u8], wb: usize, sums: BlockSums) -> f32 {
+    let mut acc = 0.0f32;
+    for (xb, yb) in w.chunks_exact(wb).zip(a.chunks_exact(292)) {
+        let (s1, s2, d, dmin) = sums(xb, yb);
+        let dy = f32::from_le_bytes([yb[0], yb[1], yb[2], yb[3]]);
+        let res = (-dmin).mul_add(s2 as f32, d * s1 as f32);
+        acc = res.mul_add(dy, acc);
+    }
+    acc
+}
+
+/// `bsums[k]` of a block_q8_K (sum of its elements 16k..16k+16).
+#[inline(always)]
+fn q8k_bsum(yb: &[u8], k: usize) -> i32 {
+    i16::from_le_bytes([yb[260 + 2 * k], yb[261 + 2 * k]]) as i32
+}
+
+/// The f16 at `b[i..i + 2]` as f32.
+#[inline(always)]
+fn f16_at(b: &[u8], i: usize) -> f32 {
+    f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
+}
+
+#[inline(always)]
+fn q2_k_sums(xb: &[u8], yb: &[u8]) -> (i32, i32, f32, f32) {
+    // block_q2_K: scales[16] (low nibble scale, high nibble min), qs[64],
+    // f16 d, f16 dmin; sub-block s = 8n + 2k + h holds bits 2k of
+    // qs[32n + 16h..][..16].
+    let (sc, qs) = (&xb[..16], &xb[16..80]);
+    let (mut s1, mut s2) = (0i32, 0i32);
+    for s in 0..16 {
+        let (n, k, h) = (s / 8, (s % 8) / 2, s % 2);
+        let q8 = &yb[4 + 16 * s..][..16];
+        let mut dot = 0i32;
+        for (&q, &y) in qs[32 * n + 16 * h..][..16].iter().zip(q8) {
+            dot += ((q >> (2 * k)) & 3) as i32 * y as i8 as i32;
+        }
+        s1 += (sc[s] & 0xf) as i32 * dot;
+        s2 += (sc[s] >> 4) as i32 * q8k_bsum(yb, s);
+    }
+    (s1, s2, f16_at(xb, 80), f16_at(xb, 82))
+}
+
+#[inline(always)]
+fn q3_k_sums(xb: &[u8], yb: &[u8]) -> (i32, i32, f32, f32) {
+    // block_q3_K: hmask[32], qs[64], scales[12] (16 six-bit values, offset
+    // 32), f16 d; sub-block s = 8n + 2k + h: bits 2k of qs[32n + 16h..][..16]
+    // minus 4 where bit 4n + k of hmask[16h..][..16] is clear.
+    let (hm, qs) = (&xb[..32], &xb[32..96]);
+    let sc = &xb[96..108];
+    let (mut s1, s2) = (0i32, 0i32);
+    for s in 0..16 {
+        let (n, k, h) = (s / 8, (s % 8) / 2, s % 2);
+        let lo = (sc[s % 8] >> (4 * (s / 8))) & 0xf;
+        let hi = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
+        let scale = (lo | (hi << 4)) as i32 - 32;
+        let q8 = &yb[4 + 16 * s..][..16];
+        let mut dot = 0i32;
+        for l in 0..16 {
+            let q = ((qs[32 * n + 16 * h + l] >> (2 * k)) & 3) as i32;
+            let q = if hm[16 * h + l] & (1 << (4 * n + k)) != 0 {
+                q
+            } else {
+                q - 4
+            };
+            dot += q * q8[l] as i8 as i32;
+        }
+        s1 += scale * dot;
+    }
+    (s1, s2, f16_at(xb, 108), 0.0)
+}
+
+#[inline(always)]
+fn q4_k_sums(xb: &[u8], yb: &[u8]) -> (i32, i32, f32, f32) {
+    let (mut s1, mut s2) = (0i32, 0i32);
+    for j in 0..8 {
+        let (s, m) = q4_k_sub_block(xb, yb, j);
+        s1 += s;
+        s2 += m;
+    }
+    (s1, s2, f16_at(xb, 0), f16_at(xb, 2))
+}
+
+#[inline(always)]
+fn q5_k_sums(xb: &[u8], yb: &[u8]) -> (i32, i32, f32, f32) {
+    // block_q5_K: f16 d, f16 dmin, scales[12], qh[32], qs[128]; sub-block j,
+    // element l: nibble j % 2 of qs[32·(j/2) + l], plus 16 if bit j of qh[l].
+    let (qh, qs) = (&xb[16..48], &xb[48..176]);
+    let (mut s1, mut s2) = (0i32, 0i32);
+    for j in 0..8 {
+        let (sc, m) = scale_min_k4(j, &xb[4..16]);
+        let q8 = &yb[4 + 32 * j..][..32];
+        let mut dot = 0i32;
+        for l in 0..32 {
+            let q = ((qs[32 * (j / 2) + l] >> (4 * (j % 2))) & 0xf) | (((qh[l] >> j) & 1) << 4);
+            dot += q as i32 * q8[l] as i8 as i32;
+        }
+        s1 += sc * dot;
+        s2 += m * (q8k_bsum(yb, 2 * j) + q8k_bsum(yb, 2 * j + 1));
+    }
+    (s1, s2, f16_at(xb, 0), f16_at(xb, 2))
+}
+
+#[inline(always)]
+fn q6_k_sums(xb: &[u8], yb: &[u8]) -> (i32, i32, f32, f32) {
+    // block_q6_K: ql[128], qh[64], scales[16] (i8), f16 d; element
+    // 128h + 32k + l of half h: nibble k / 2 of ql[64h + 32(k % 2) + l] with
+    // bits 2k of qh[32h + l] above it, minus 32.
+    let (ql, qh, sc) = (&xb[..128], &xb[128..192], &xb[192..208]);
+    let mut s1 = 0i32;
+    for i in 0..256 {
+        let (h, k, l) = (i / 128, (i % 128) / 32, i % 32);
+        let lo = (ql[64 * h + 32 * (k % 2) + l] >> (4 * (k / 2))) & 0xf;
+        let hi = (qh[32 * h + l] >> (2 * k)) & 3;
+        let q = (lo | (hi << 4)) as i32 - 32;
+        s1 += sc[i / 16] as i8 as i32 * (q * yb[4 + i] as i8 as i32);
+    }
+    (s1, 0, f16_at(xb, 208), 0.0)
+}
+
+#[inline(always)]
+fn iq4_xs_sums(xb: &[u8], yb: &[u8]) -> (i32, i32, f32, f32) {
+    // block_iq4_xs: f16 d, u16 scales_h, scales_l[4], qs[128]; sub-block j's
+    // scale is its 6 bits minus 32, element l < 16 the low nibble of
+    // qs[16j + l] (l ≥ 16: high nibble of qs[16j + l - 16]) through the table.
+    let scales_h = u16::from_le_bytes([xb[2], xb[3]]);
+    let mut s1 = 0i32;
+    for j in 0..8 {
+        let lo = (xb[4 + j / 2] >> (4 * (j % 2))) & 0xf;
+        let hi = ((scales_h >> (2 * j)) & 3) as u8;
+        let scale = (lo | (hi << 4)) as i32 - 32;
+        let qs = &xb[8 + 16 * j..][..16];
+        let q8 = &yb[4 + 32 * j..][..32];
+        let mut dot = 0i32;
+        for l in 0..16 {
+            dot += KVALUES_IQ4NL[(qs[l] & 0xf) as usize] as i32 * q8[l] as i8 as i32
+                + KVALUES_IQ4NL[(qs[l] >> 4) as usize] as i32 * q8[l + 16] as i8 as i32;
+        }
+        s1 += scale * dot;
+    }
+    (s1, 0, f16_at(xb, 0), 0.0)
+}
+
+with_fma!(dot_q2_k_tiled, fn(w: &[u8], a: &[u8]) -> f32 { tiled_row(w, a, 84, q2_k_sums) });
+with_fma!(dot_q3_k_tiled, fn(w: &[u8], a: &[u8]) -> f32 { tiled_row(w, a, 110, q3_k_sums) });
+with_fma!(dot_q4_k_tiled, fn(w: &[u8], a: &[u8]) -> f32 { tiled_row(w, a, 144, q4_k_sums) });
+with_fma!(dot_q5_k_tiled, fn(w: &[u8], a: &[u8]) -> f32 { tiled_row(w, a, 176, q5_k_sums) });
+with_fma!(dot_q6_k_tiled, fn(w: &[u8], a: &[u8]) -> f32 { tiled_row(w, a, 210, q6_k_sums) });
+with_fma!(dot_iq4_xs_tiled, fn(w: &[u8], a: &[u8]) -> f32 { tiled_row(w, a, 136, iq4_xs_sums) });
+
 /// tinyBLAS F16: both operands f16 (products exact in f32, so plain
 /// multiply-add rounds like FMA), 8 lanes, pairwise lane sum.
 fn dot_lanes8_f16(w: &[f16], x: &[f32]) -> f32 {
@@ -231,19 +402,42 @@ fn dot_lanes8_bf16(w: &[bf16], x: &[f32]) -> f32 {
 fn act_type(ty: GgmlType) -> Option<GgmlType> {
     match ty {
         GgmlType::Q4_0 | GgmlType::IQ4_NL => Some(GgmlType::Q8_0),
-        GgmlType::Q4_K | GgmlType::Q6_K => Some(GgmlType::Q8_K),
+        GgmlType::Q2_K
+        | GgmlType::Q3_K
+        | GgmlType::Q4_K
+        | GgmlType::Q5_K
+        | GgmlType::Q6_K
+        | GgmlType::IQ4_XS => Some(GgmlType::Q8_K),
         _ => None,
     }
 }
 
 /// Whether llama.cpp's x86 CPU backend repacks a `rows`-row matrix of `ty`
 /// (`ggml_repack_get_optimal_repack_type`: Q4_0, Q4_K and IQ4_NL with AVX2
-/// and a multiple of 8 rows).
+/// and a multiple of 8 rows; Q2_K only in AVX-512 builds, which llama.cpp's
+/// F32 products show the reference build is not).
 fn repacked(ty: GgmlType, rows: usize) -> bool {
     matches!(ty, GgmlType::Q4_0 | GgmlType::Q4_K | GgmlType::IQ4_NL)
         && rows.is_multiple_of(8)
         && avx2()
 }
+
+/// Whether llama.cpp multiplies `ty` with its tiled K-quant kernel when the
+/// batch has at least [`TILED_MIN_BATCH`] rows (and the matrix is not repacked).
+fn tiled(ty: GgmlType) -> bool {
+    matches!(
+        ty,
+        GgmlType::Q2_K
+            | GgmlType::Q3_K
+            | GgmlType::Q4_K
+            | GgmlType::Q5_K
+            | GgmlType::Q6_K
+            | GgmlType::IQ4_XS
+    )
+}
+
+/// `ggml_tiled_min_batch`: smaller batches go through `vec_dot`.
+const TILED_MIN_BATCH: usize = 8;
 
 fn avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
@@ -258,25 +452,20 @@ fn avx2() -> bool {
 
 /// Whether [`matmul_float`] handles weights of type `ty` in a `rows × cols`
 /// matrix (tinyBLAS needs whole lanes of 8; the quantized paths mirror
-/// llama.cpp's x86 build and need its activation quantizer).
+/// llama.cpp's x86 AVX2 build and need its activation quantizer).
 pub fn handles(ty: GgmlType, rows: usize, cols: usize) -> bool {
     match ty {
         GgmlType::F32 | GgmlType::F16 | GgmlType::BF16 => cols.is_multiple_of(8),
-        GgmlType::Q6_K => {
-            cols.is_multiple_of(256)
-                && quant_kernels::simd::from_float_for(GgmlType::Q8_K).is_some()
-        }
-        GgmlType::Q4_0 | GgmlType::IQ4_NL => {
-            cols.is_multiple_of(32)
-                && repacked(ty, rows)
-                && quant_kernels::simd::from_float_for(GgmlType::Q8_0).is_some()
-        }
-        GgmlType::Q4_K => {
-            cols.is_multiple_of(256)
-                && repacked(ty, rows)
-                && quant_kernels::simd::from_float_for(GgmlType::Q8_K).is_some()
-        }
-        _ => false,
+        _ => match act_type(ty) {
+            Some(act) => {
+                avx2()
+                    && cols.is_multiple_of(ty.block_size())
+                    && (repacked(ty, rows) || tiled(ty))
+                    && quant_kernels::simd::from_float_for(act).is_some()
+                    && quant_kernels::simd::vec_dot_for(ty).is_some()
+            }
+            None => false,
+        },
     }
 }
 
@@ -287,6 +476,8 @@ pub fn handles(ty: GgmlType, rows: usize, cols: usize) -> bool {
 /// For repacked weights llama.cpp runs its gemm on the first `n - n % 4`
 /// activation rows (four at a time) and its gemv on the rest; the two sum
 /// Q4_K in different groupings, so the row index decides the order here too.
+/// Other K-quants take the tiled kernel's order from 8 rows on, and
+/// `vec_dot`'s below (quant-kernels' AVX2 kernels are ggml's, except Q6_K's).
 pub fn matmul_float(
     ty: GgmlType,
     w: &[u8],
@@ -317,6 +508,9 @@ pub fn matmul_float(
             from_float(xb, q);
         }
     }
+    let is_repacked = repacked(ty, rows);
+    let is_tiled = !is_repacked && tiled(ty) && n >= TILED_MIN_BATCH;
+    let vec_dot = quant_kernels::simd::vec_dot_for(ty);
     let gemm_rows = n - n % 4;
     let row_bytes = cols / ty.block_size() * ty.type_size();
     // out is rows × n: each task owns whole weight rows, read once per batch.
@@ -335,13 +529,24 @@ pub fn matmul_float(
                         &xq[b * act_row..][..act_row]
                     };
                     *o = match ty {
-                        GgmlType::Q6_K => dot_q6_k_q8_k(wr, ab),
-                        GgmlType::Q4_0 => dot_q4_0_q8_0_repacked(wr, ab),
-                        GgmlType::IQ4_NL => dot_iq4_nl_q8_0_repacked(wr, ab),
-                        GgmlType::Q4_K => dot_q4_k_q8_k_repacked(wr, ab, b < gemm_rows),
                         GgmlType::F32 => dot_lanes8_f32(bytemuck::cast_slice(wr), xb),
                         GgmlType::F16 => dot_lanes8_f16(bytemuck::cast_slice(wr), xb),
-                        _ => dot_lanes8_bf16(bytemuck::cast_slice(wr), xb),
+                        GgmlType::BF16 => dot_lanes8_bf16(bytemuck::cast_slice(wr), xb),
+                        GgmlType::Q4_0 => dot_q4_0_q8_0_repacked(wr, ab),
+                        GgmlType::IQ4_NL => dot_iq4_nl_q8_0_repacked(wr, ab),
+                        GgmlType::Q4_K if is_repacked => {
+                            dot_q4_k_q8_k_repacked(wr, ab, b < gemm_rows)
+                        }
+                        _ if is_tiled => match ty {
+                            GgmlType::Q2_K => dot_q2_k_tiled(wr, ab),
+                            GgmlType::Q3_K => dot_q3_k_tiled(wr, ab),
+                            GgmlType::Q4_K => dot_q4_k_tiled(wr, ab),
+                            GgmlType::Q5_K => dot_q5_k_tiled(wr, ab),
+                            GgmlType::Q6_K => dot_q6_k_tiled(wr, ab),
+                            _ => dot_iq4_xs_tiled(wr, ab),
+                        },
+                        GgmlType::Q6_K => dot_q6_k_q8_k(wr, ab),
+                        _ => vec_dot.expect("checked by handles")(cols, wr, ab),
                     };
                 }
             }
