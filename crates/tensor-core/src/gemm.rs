@@ -145,100 +145,34 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (i32, i32) {
     }
 }
 
-/// `ggml_gemv_q4_K_8x8_q8_K` / `ggml_gemm_q4_K_8x8_q8_K` (x86) for one
-/// output: each 32-element sub-block's integer dot product times its scale
-/// is exact; the gemv (one activation row, `per_pair == false`) adds them
-/// up per super-block and does one fused multiply-add with `d_w·d_a`, the
-/// gemm (rows in groups of four, `per_pair == true`) one per pair of
-/// sub-blocks. Mins go into a second accumulator the same way, subtracted at
-/// the end.
-fn dot_q4_k_q8_k_repacked(w: &[u8], a: &[u8], per_pair: bool) -> f32 {
-    if per_pair {
-        dot_q4_k_q8_k_pairs(w, a)
-    } else {
-        dot_q4_k_q8_k_blocks(w, a)
-    }
+/// One K-quant super-block (256 weights) decoded once per weight row, so
+/// that each activation row only does integer dot products: the quant of
+/// every element as a signed byte, and each sub-block's scale and min.
+#[derive(Clone, Copy)]
+struct KBlock {
+    q: [i8; 256],
+    scale: [i32; 16],
+    min: [i32; 16],
+    d: f32,
+    dmin: f32,
 }
 
-/// Sub-block `j`'s exact `scale·Σq·q8` and `min·bsum` of a Q4_K × Q8_K block pair.
-#[inline(always)]
-fn q4_k_sub_block(xb: &[u8], yb: &[u8], j: usize) -> (i32, i32) {
-    // block_q4_K: f16 d, f16 dmin, scales[12], qs[128] (sub-block 2p: low
-    // nibbles of qs[32p..32p+32], 2p+1: high nibbles);
-    // block_q8_K: f32 d, qs[256] (i8), bsums[16] (i16, per 16 elements).
-    let (sc, m) = scale_min_k4(j, &xb[4..16]);
-    let qs = &xb[16 + 32 * (j / 2)..][..32];
-    let q8 = &yb[4 + 32 * j..][..32];
-    let shift = 4 * (j % 2);
-    let mut dot = 0i32;
-    for (&q, &y) in qs.iter().zip(q8) {
-        dot += ((q >> shift) & 0xf) as i32 * y as i8 as i32;
-    }
-    let bsum = |k: usize| i16::from_le_bytes([yb[260 + 2 * k], yb[261 + 2 * k]]) as i32;
-    (sc * dot, m * (bsum(2 * j) + bsum(2 * j + 1)))
+impl KBlock {
+    const ZERO: KBlock = KBlock {
+        q: [0; 256],
+        scale: [0; 16],
+        min: [0; 16],
+        d: 0.0,
+        dmin: 0.0,
+    };
 }
 
-with_fma!(dot_q4_k_q8_k_blocks, fn(w: &[u8], a: &[u8]) -> f32 {
-    let (mut acc, mut acc_min) = (0.0f32, 0.0f32);
-    for (xb, yb) in w.chunks_exact(144).zip(a.chunks_exact(292)) {
-        let (mut sumi, mut summ) = (0i32, 0i32);
-        for j in 0..8 {
-            let (s, m) = q4_k_sub_block(xb, yb, j);
-            sumi += s;
-            summ += m;
-        }
-        let dy = f32::from_le_bytes([yb[0], yb[1], yb[2], yb[3]]);
-        let d = f16::from_le_bytes([xb[0], xb[1]]).to_f32() * dy;
-        let dmin = f16::from_le_bytes([xb[2], xb[3]]).to_f32() * dy;
-        acc = (sumi as f32).mul_add(d, acc);
-        acc_min = (summ as f32).mul_add(dmin, acc_min);
+/// Elements per sub-block (one scale) of a K-quant format.
+fn sub_block_len(ty: GgmlType) -> usize {
+    match ty {
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q6_K => 16,
+        _ => 32,
     }
-    acc - acc_min
-});
-
-with_fma!(dot_q4_k_q8_k_pairs, fn(w: &[u8], a: &[u8]) -> f32 {
-    let (mut acc, mut acc_min) = (0.0f32, 0.0f32);
-    for (xb, yb) in w.chunks_exact(144).zip(a.chunks_exact(292)) {
-        let dy = f32::from_le_bytes([yb[0], yb[1], yb[2], yb[3]]);
-        let d = f16::from_le_bytes([xb[0], xb[1]]).to_f32() * dy;
-        let dmin = f16::from_le_bytes([xb[2], xb[3]]).to_f32() * dy;
-        for p in 0..4 {
-            let (s0, m0) = q4_k_sub_block(xb, yb, 2 * p);
-            let (s1, m1) = q4_k_sub_block(xb, yb, 2 * p + 1);
-            acc = ((s0 + s1) as f32).mul_add(d, acc);
-            acc_min = ((m0 + m1) as f32).mul_add(dmin, acc_min);
-        }
-    }
-    acc - acc_min
-});
-
-// ggml's tiled K-quant matmul (`ggml-cpu/tiled`, x86 AVX2), which llama.cpp
-// runs for batches of 8 or more activation rows on the K-quants it does not
-// repack. Per 256-element block it forms two exact integer sums, `s1 =
-// Σ scale·Σ q·q8` and (formats with mins) `s2 = Σ min·bsum`, then
-// `res = d·s1` (rounded), `res = fma(-dmin, s2, res)`, `acc = fma(res, d8, acc)`.
-
-/// The exact per-block sums of one weight block against one block_q8_K, and
-/// the weight's `d` and `dmin` (0 for formats without mins).
-type BlockSums = fn(xb: &[u8], yb: &[u8]) -> (i32, i32, f32, f32);
-
-/// The tiled kernel's float steps over a row of `wb`-byte weight blocks.
-#[inline(always)]
-fn tiled_row(w: &[u8], a: &[u8], wb: usize, sums: BlockSums) -> f32 {
-    let mut acc = 0.0f32;
-    for (xb, yb) in w.chunks_exact(wb).zip(a.chunks_exact(292)) {
-        let (s1, s2, d, dmin) = sums(xb, yb);
-        let dy = f32::from_le_bytes([yb[0], yb[1], yb[2], yb[3]]);
-        let res = (-dmin).mul_add(s2 as f32, d * s1 as f32);
-        acc = res.mul_add(dy, acc);
-    }
-    acc
-}
-
-/// `bsums[k]` of a block_q8_K (sum of its elements 16k..16k+16).
-#[inline(always)]
-fn q8k_bsum(yb: &[u8], k: usize) -> i32 {
-    i16::from_le_bytes([yb[260 + 2 * k], yb[261 + 2 * k]]) as i32
 }
 
 /// The f16 at `b[i..i + 2]` as f32.
@@ -247,132 +181,235 @@ fn f16_at(b: &[u8], i: usize) -> f32 {
     f16::from_le_bytes([b[i], b[i + 1]]).to_f32()
 }
 
+/// Decodes one super-block of `ty` (a K-quant or IQ4_XS) into `k`, as
+/// ggml's `dequantize_row_<fmt>` lays it out.
 #[inline(always)]
-fn q2_k_sums(xb: &[u8], yb: &[u8]) -> (i32, i32, f32, f32) {
-    // block_q2_K: scales[16] (low nibble scale, high nibble min), qs[64],
-    // f16 d, f16 dmin; sub-block s = 8n + 2k + h holds bits 2k of
-    // qs[32n + 16h..][..16].
-    let (sc, qs) = (&xb[..16], &xb[16..80]);
-    let (mut s1, mut s2) = (0i32, 0i32);
-    for s in 0..16 {
-        let (n, k, h) = (s / 8, (s % 8) / 2, s % 2);
-        let q8 = &yb[4 + 16 * s..][..16];
-        let mut dot = 0i32;
-        for (&q, &y) in qs[32 * n + 16 * h..][..16].iter().zip(q8) {
-            dot += ((q >> (2 * k)) & 3) as i32 * y as i8 as i32;
+fn decode_kblock(ty: GgmlType, xb: &[u8], k: &mut KBlock) {
+    match ty {
+        GgmlType::Q2_K => {
+            // scales[16] (low nibble scale, high nibble min), qs[64], f16 d,
+            // f16 dmin; sub-block s = 8n + 2j + h holds bits 2j of
+            // qs[32n + 16h..][..16].
+            for s in 0..16 {
+                let (n, j, h) = (s / 8, (s % 8) / 2, s % 2);
+                k.scale[s] = (xb[s] & 0xf) as i32;
+                k.min[s] = (xb[s] >> 4) as i32;
+                for l in 0..16 {
+                    k.q[16 * s + l] = ((xb[16 + 32 * n + 16 * h + l] >> (2 * j)) & 3) as i8;
+                }
+            }
+            (k.d, k.dmin) = (f16_at(xb, 80), f16_at(xb, 82));
         }
-        s1 += (sc[s] & 0xf) as i32 * dot;
-        s2 += (sc[s] >> 4) as i32 * q8k_bsum(yb, s);
+        GgmlType::Q3_K => {
+            // hmask[32], qs[64], scales[12] (16 six-bit values, offset 32),
+            // f16 d; sub-block s = 8n + 2j + h: bits 2j of qs[32n + 16h..],
+            // minus 4 where bit 4n + j of hmask[16h..] is clear.
+            let sc = &xb[96..108];
+            for s in 0..16 {
+                let (n, j, h) = (s / 8, (s % 8) / 2, s % 2);
+                let lo = (sc[s % 8] >> (4 * (s / 8))) & 0xf;
+                let hi = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
+                k.scale[s] = (lo | (hi << 4)) as i32 - 32;
+                k.min[s] = 0;
+                for l in 0..16 {
+                    let q = ((xb[32 + 32 * n + 16 * h + l] >> (2 * j)) & 3) as i8;
+                    let high = xb[16 * h + l] & (1 << (4 * n + j)) != 0;
+                    k.q[16 * s + l] = if high { q } else { q - 4 };
+                }
+            }
+            (k.d, k.dmin) = (f16_at(xb, 108), 0.0);
+        }
+        GgmlType::Q4_K | GgmlType::Q5_K => {
+            // f16 d, f16 dmin, scales[12], [Q5_K: qh[32]], qs[128]; sub-block
+            // j, element l: nibble j % 2 of qs[32(j/2) + l] (Q5_K: plus 16 if
+            // bit j of qh[l]).
+            let q5 = ty == GgmlType::Q5_K;
+            let qs = if q5 { &xb[48..176] } else { &xb[16..144] };
+            for j in 0..8 {
+                (k.scale[j], k.min[j]) = scale_min_k4(j, &xb[4..16]);
+                for l in 0..32 {
+                    let mut q = (qs[32 * (j / 2) + l] >> (4 * (j % 2))) & 0xf;
+                    if q5 {
+                        q |= ((xb[16 + l] >> j) & 1) << 4;
+                    }
+                    k.q[32 * j + l] = q as i8;
+                }
+            }
+            (k.d, k.dmin) = (f16_at(xb, 0), f16_at(xb, 2));
+        }
+        GgmlType::Q6_K => {
+            // ql[128], qh[64], scales[16] (i8), f16 d; element 128h + 32j + l:
+            // nibble j / 2 of ql[64h + 32(j % 2) + l] under bits 2j of
+            // qh[32h + l], minus 32.
+            for i in 0..256 {
+                let (h, j, l) = (i / 128, (i % 128) / 32, i % 32);
+                let lo = (xb[64 * h + 32 * (j % 2) + l] >> (4 * (j / 2))) & 0xf;
+                let hi = (xb[128 + 32 * h + l] >> (2 * j)) & 3;
+                k.q[i] = (lo | (hi << 4)) as i8 - 32;
+            }
+            for s in 0..16 {
+                k.scale[s] = xb[192 + s] as i8 as i32;
+                k.min[s] = 0;
+            }
+            (k.d, k.dmin) = (f16_at(xb, 208), 0.0);
+        }
+        _ => {
+            // IQ4_XS: f16 d, u16 scales_h, scales_l[4], qs[128]; sub-block
+            // j's scale is its 6 bits minus 32; element l < 16 the low
+            // nibble of qs[16j + l], l ≥ 16 the high one of qs[16j + l - 16],
+            // through the IQ4_NL table.
+            let scales_h = u16::from_le_bytes([xb[2], xb[3]]);
+            for j in 0..8 {
+                let lo = (xb[4 + j / 2] >> (4 * (j % 2))) & 0xf;
+                let hi = ((scales_h >> (2 * j)) & 3) as u8;
+                k.scale[j] = (lo | (hi << 4)) as i32 - 32;
+                k.min[j] = 0;
+                for l in 0..16 {
+                    let b = xb[8 + 16 * j + l];
+                    k.q[32 * j + l] = KVALUES_IQ4NL[(b & 0xf) as usize];
+                    k.q[32 * j + l + 16] = KVALUES_IQ4NL[(b >> 4) as usize];
+                }
+            }
+            (k.d, k.dmin) = (f16_at(xb, 0), 0.0);
+        }
     }
-    (s1, s2, f16_at(xb, 80), f16_at(xb, 82))
 }
 
+/// How llama.cpp adds up a K-quant row's exact integer block sums.
+#[derive(Clone, Copy)]
+enum KOrder {
+    /// The tiled kernel (8+ activation rows, matrix not repacked): per
+    /// super-block `res = d·s1`, `res = fma(-dmin, s2, res)`,
+    /// `acc = fma(res, d_a, acc)`.
+    Tiled,
+    /// `ggml_gemv_q4_K_8x8_q8_K`: `acc = fma(s1, d·d_a, acc)` and
+    /// `acc_min = fma(s2, dmin·d_a, acc_min)` per super-block, `acc - acc_min`.
+    RepackGemv,
+    /// `ggml_gemm_q4_K_8x8_q8_K`: as the gemv, one step per pair of
+    /// 32-element sub-blocks.
+    RepackGemm,
+}
+
+/// `Σ q·y` over a sub-block, exact (the order of integer additions is free).
 #[inline(always)]
-fn q3_k_sums(xb: &[u8], yb: &[u8]) -> (i32, i32, f32, f32) {
-    // block_q3_K: hmask[32], qs[64], scales[12] (16 six-bit values, offset
-    // 32), f16 d; sub-block s = 8n + 2k + h: bits 2k of qs[32n + 16h..][..16]
-    // minus 4 where bit 4n + k of hmask[16h..][..16] is clear.
-    let (hm, qs) = (&xb[..32], &xb[32..96]);
-    let sc = &xb[96..108];
-    let (mut s1, s2) = (0i32, 0i32);
-    for s in 0..16 {
-        let (n, k, h) = (s / 8, (s % 8) / 2, s % 2);
-        let lo = (sc[s % 8] >> (4 * (s / 8))) & 0xf;
-        let hi = (sc[8 + s % 4] >> (2 * (s / 4))) & 3;
-        let scale = (lo | (hi << 4)) as i32 - 32;
-        let q8 = &yb[4 + 16 * s..][..16];
-        let mut dot = 0i32;
-        for l in 0..16 {
-            let q = ((qs[32 * n + 16 * h + l] >> (2 * k)) & 3) as i32;
-            let q = if hm[16 * h + l] & (1 << (4 * n + k)) != 0 {
-                q
+fn idot(q: &[i8], y: &[u8]) -> i32 {
+    q.iter()
+        .zip(y)
+        .map(|(&a, &b)| a as i32 * b as i8 as i32)
+        .sum()
+}
+
+/// One output: decoded weight row `blocks` (sub-blocks of `sb` elements)
+/// times the block_q8_K row `a`, summed in `order`.
+#[inline(always)]
+fn kquant_dot(blocks: &[KBlock], sb: usize, a: &[u8], order: KOrder) -> f32 {
+    let (mut acc, mut acc_min) = (0.0f32, 0.0f32);
+    for (k, yb) in blocks.iter().zip(a.chunks_exact(292)) {
+        // block_q8_K: f32 d, qs[256] (i8), bsums[16] (i16, per 16 elements).
+        let dy = f32::from_le_bytes([yb[0], yb[1], yb[2], yb[3]]);
+        let bsum = |i: usize| i16::from_le_bytes([yb[260 + 2 * i], yb[261 + 2 * i]]) as i32;
+        let (mut s, mut m) = ([0i32; 16], [0i32; 16]);
+        for j in 0..256 / sb {
+            s[j] = k.scale[j] * idot(&k.q[j * sb..][..sb], &yb[4 + j * sb..][..sb]);
+            let bs = if sb == 32 {
+                bsum(2 * j) + bsum(2 * j + 1)
             } else {
-                q - 4
+                bsum(j)
             };
-            dot += q * q8[l] as i8 as i32;
+            m[j] = k.min[j] * bs;
         }
-        s1 += scale * dot;
-    }
-    (s1, s2, f16_at(xb, 108), 0.0)
-}
-
-#[inline(always)]
-fn q4_k_sums(xb: &[u8], yb: &[u8]) -> (i32, i32, f32, f32) {
-    let (mut s1, mut s2) = (0i32, 0i32);
-    for j in 0..8 {
-        let (s, m) = q4_k_sub_block(xb, yb, j);
-        s1 += s;
-        s2 += m;
-    }
-    (s1, s2, f16_at(xb, 0), f16_at(xb, 2))
-}
-
-#[inline(always)]
-fn q5_k_sums(xb: &[u8], yb: &[u8]) -> (i32, i32, f32, f32) {
-    // block_q5_K: f16 d, f16 dmin, scales[12], qh[32], qs[128]; sub-block j,
-    // element l: nibble j % 2 of qs[32·(j/2) + l], plus 16 if bit j of qh[l].
-    let (qh, qs) = (&xb[16..48], &xb[48..176]);
-    let (mut s1, mut s2) = (0i32, 0i32);
-    for j in 0..8 {
-        let (sc, m) = scale_min_k4(j, &xb[4..16]);
-        let q8 = &yb[4 + 32 * j..][..32];
-        let mut dot = 0i32;
-        for l in 0..32 {
-            let q = ((qs[32 * (j / 2) + l] >> (4 * (j % 2))) & 0xf) | (((qh[l] >> j) & 1) << 4);
-            dot += q as i32 * q8[l] as i8 as i32;
+        match order {
+            KOrder::Tiled => {
+                let (s1, s2): (i32, i32) = (s.iter().sum(), m.iter().sum());
+                let res = (-k.dmin).mul_add(s2 as f32, k.d * s1 as f32);
+                acc = res.mul_add(dy, acc);
+            }
+            KOrder::RepackGemv => {
+                let (s1, s2): (i32, i32) = (s.iter().sum(), m.iter().sum());
+                acc = (s1 as f32).mul_add(k.d * dy, acc);
+                acc_min = (s2 as f32).mul_add(k.dmin * dy, acc_min);
+            }
+            KOrder::RepackGemm => {
+                for p in 0..4 {
+                    acc = ((s[2 * p] + s[2 * p + 1]) as f32).mul_add(k.d * dy, acc);
+                    acc_min = ((m[2 * p] + m[2 * p + 1]) as f32).mul_add(k.dmin * dy, acc_min);
+                }
+            }
         }
-        s1 += sc * dot;
-        s2 += m * (q8k_bsum(yb, 2 * j) + q8k_bsum(yb, 2 * j + 1));
     }
-    (s1, s2, f16_at(xb, 0), f16_at(xb, 2))
+    acc - acc_min
 }
 
-#[inline(always)]
-fn q6_k_sums(xb: &[u8], yb: &[u8]) -> (i32, i32, f32, f32) {
-    // block_q6_K: ql[128], qh[64], scales[16] (i8), f16 d; element
-    // 128h + 32k + l of half h: nibble k / 2 of ql[64h + 32(k % 2) + l] with
-    // bits 2k of qh[32h + l] above it, minus 32.
-    let (ql, qh, sc) = (&xb[..128], &xb[128..192], &xb[192..208]);
-    let mut s1 = 0i32;
-    for i in 0..256 {
-        let (h, k, l) = (i / 128, (i % 128) / 32, i % 32);
-        let lo = (ql[64 * h + 32 * (k % 2) + l] >> (4 * (k / 2))) & 0xf;
-        let hi = (qh[32 * h + l] >> (2 * k)) & 3;
-        let q = (lo | (hi << 4)) as i32 - 32;
-        s1 += sc[i / 16] as i8 as i32 * (q * yb[4 + i] as i8 as i32);
-    }
-    (s1, 0, f16_at(xb, 208), 0.0)
-}
-
-#[inline(always)]
-fn iq4_xs_sums(xb: &[u8], yb: &[u8]) -> (i32, i32, f32, f32) {
-    // block_iq4_xs: f16 d, u16 scales_h, scales_l[4], qs[128]; sub-block j's
-    // scale is its 6 bits minus 32, element l < 16 the low nibble of
-    // qs[16j + l] (l ≥ 16: high nibble of qs[16j + l - 16]) through the table.
-    let scales_h = u16::from_le_bytes([xb[2], xb[3]]);
-    let mut s1 = 0i32;
-    for j in 0..8 {
-        let lo = (xb[4 + j / 2] >> (4 * (j % 2))) & 0xf;
-        let hi = ((scales_h >> (2 * j)) & 3) as u8;
-        let scale = (lo | (hi << 4)) as i32 - 32;
-        let qs = &xb[8 + 16 * j..][..16];
-        let q8 = &yb[4 + 32 * j..][..32];
-        let mut dot = 0i32;
-        for l in 0..16 {
-            dot += KVALUES_IQ4NL[(qs[l] & 0xf) as usize] as i32 * q8[l] as i8 as i32
-                + KVALUES_IQ4NL[(qs[l] >> 4) as usize] as i32 * q8[l + 16] as i8 as i32;
+/// A K-quant product for a chunk of weight rows: `out[i·n + b]` for weight
+/// row `i` of `w` and activation row `b` of `xq` (`act_row` bytes each).
+/// Each weight row is decoded once; the integer work vectorizes under AVX2.
+#[allow(clippy::too_many_arguments)]
+fn kquant_rows(
+    ty: GgmlType,
+    w: &[u8],
+    row_bytes: usize,
+    xq: &[u8],
+    act_row: usize,
+    n: usize,
+    out: &mut [f32],
+    repacked: bool,
+) {
+    #[inline(always)]
+    #[allow(clippy::too_many_arguments)]
+    fn body(
+        ty: GgmlType,
+        w: &[u8],
+        row_bytes: usize,
+        xq: &[u8],
+        act_row: usize,
+        n: usize,
+        out: &mut [f32],
+        repacked: bool,
+    ) {
+        let sb = sub_block_len(ty);
+        let block_bytes = ty.type_size();
+        let mut blocks = vec![KBlock::ZERO; row_bytes / block_bytes];
+        let gemm_rows = n - n % 4;
+        for (wr, o) in w.chunks_exact(row_bytes).zip(out.chunks_mut(n)) {
+            for (k, xb) in blocks.iter_mut().zip(wr.chunks_exact(block_bytes)) {
+                decode_kblock(ty, xb, k);
+            }
+            for (b, o) in o.iter_mut().enumerate() {
+                let order = match (repacked, b < gemm_rows) {
+                    (false, _) => KOrder::Tiled,
+                    (true, true) => KOrder::RepackGemm,
+                    (true, false) => KOrder::RepackGemv,
+                };
+                *o = kquant_dot(&blocks, sb, &xq[b * act_row..][..act_row], order);
+            }
         }
-        s1 += scale * dot;
     }
-    (s1, 0, f16_at(xb, 0), 0.0)
+    #[cfg(target_arch = "x86_64")]
+    {
+        #[target_feature(enable = "avx2,fma")]
+        #[allow(clippy::too_many_arguments)]
+        unsafe fn avx2(
+            ty: GgmlType,
+            w: &[u8],
+            row_bytes: usize,
+            xq: &[u8],
+            act_row: usize,
+            n: usize,
+            out: &mut [f32],
+            repacked: bool,
+        ) {
+            body(ty, w, row_bytes, xq, act_row, n, out, repacked)
+        }
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU supports AVX2 and FMA, all that `avx2` enables;
+            // the integer sums are exact and the float steps are the same
+            // `mul_add`s either way, so the result does not depend on it.
+            return unsafe { avx2(ty, w, row_bytes, xq, act_row, n, out, repacked) };
+        }
+    }
+    body(ty, w, row_bytes, xq, act_row, n, out, repacked)
 }
-
-with_fma!(dot_q2_k_tiled, fn(w: &[u8], a: &[u8]) -> f32 { tiled_row(w, a, 84, q2_k_sums) });
-with_fma!(dot_q3_k_tiled, fn(w: &[u8], a: &[u8]) -> f32 { tiled_row(w, a, 110, q3_k_sums) });
-with_fma!(dot_q4_k_tiled, fn(w: &[u8], a: &[u8]) -> f32 { tiled_row(w, a, 144, q4_k_sums) });
-with_fma!(dot_q5_k_tiled, fn(w: &[u8], a: &[u8]) -> f32 { tiled_row(w, a, 176, q5_k_sums) });
-with_fma!(dot_q6_k_tiled, fn(w: &[u8], a: &[u8]) -> f32 { tiled_row(w, a, 210, q6_k_sums) });
-with_fma!(dot_iq4_xs_tiled, fn(w: &[u8], a: &[u8]) -> f32 { tiled_row(w, a, 136, iq4_xs_sums) });
 
 /// tinyBLAS F16: both operands f16 (products exact in f32, so plain
 /// multiply-add rounds like FMA), 8 lanes, pairwise lane sum.
@@ -511,46 +548,40 @@ pub fn matmul_float(
     let is_repacked = repacked(ty, rows);
     let is_tiled = !is_repacked && tiled(ty) && n >= TILED_MIN_BATCH;
     let vec_dot = quant_kernels::simd::vec_dot_for(ty);
-    let gemm_rows = n - n % 4;
     let row_bytes = cols / ty.block_size() * ty.type_size();
     // out is rows × n: each task owns whole weight rows, read once per batch.
     let mut out = vec![0.0f32; rows * n];
     let chunk = rows.div_ceil(rayon::current_num_threads() * 4).max(1);
-    out.par_chunks_mut(chunk * n)
-        .enumerate()
-        .for_each(|(c, out)| {
-            for (i, o) in out.chunks_mut(n).enumerate() {
-                let wr = &w[(c * chunk + i) * row_bytes..][..row_bytes];
-                for (b, o) in o.iter_mut().enumerate() {
-                    let xb = &x[b * cols..(b + 1) * cols];
-                    let ab = if xq.is_empty() {
-                        &[][..]
-                    } else {
-                        &xq[b * act_row..][..act_row]
-                    };
-                    *o = match ty {
-                        GgmlType::F32 => dot_lanes8_f32(bytemuck::cast_slice(wr), xb),
-                        GgmlType::F16 => dot_lanes8_f16(bytemuck::cast_slice(wr), xb),
-                        GgmlType::BF16 => dot_lanes8_bf16(bytemuck::cast_slice(wr), xb),
-                        GgmlType::Q4_0 => dot_q4_0_q8_0_repacked(wr, ab),
-                        GgmlType::IQ4_NL => dot_iq4_nl_q8_0_repacked(wr, ab),
-                        GgmlType::Q4_K if is_repacked => {
-                            dot_q4_k_q8_k_repacked(wr, ab, b < gemm_rows)
-                        }
-                        _ if is_tiled => match ty {
-                            GgmlType::Q2_K => dot_q2_k_tiled(wr, ab),
-                            GgmlType::Q3_K => dot_q3_k_tiled(wr, ab),
-                            GgmlType::Q4_K => dot_q4_k_tiled(wr, ab),
-                            GgmlType::Q5_K => dot_q5_k_tiled(wr, ab),
-                            GgmlType::Q6_K => dot_q6_k_tiled(wr, ab),
-                            _ => dot_iq4_xs_tiled(wr, ab),
-                        },
-                        GgmlType::Q6_K => dot_q6_k_q8_k(wr, ab),
-                        _ => vec_dot.expect("checked by handles")(cols, wr, ab),
-                    };
+    if is_tiled || (is_repacked && ty == GgmlType::Q4_K) {
+        out.par_chunks_mut(chunk * n)
+            .zip(w.par_chunks(chunk * row_bytes))
+            .for_each(|(out, w)| kquant_rows(ty, w, row_bytes, &xq, act_row, n, out, is_repacked));
+    } else {
+        out.par_chunks_mut(chunk * n)
+            .enumerate()
+            .for_each(|(c, out)| {
+                for (i, o) in out.chunks_mut(n).enumerate() {
+                    let wr = &w[(c * chunk + i) * row_bytes..][..row_bytes];
+                    for (b, o) in o.iter_mut().enumerate() {
+                        let xb = &x[b * cols..(b + 1) * cols];
+                        let ab = if xq.is_empty() {
+                            &[][..]
+                        } else {
+                            &xq[b * act_row..][..act_row]
+                        };
+                        *o = match ty {
+                            GgmlType::F32 => dot_lanes8_f32(bytemuck::cast_slice(wr), xb),
+                            GgmlType::F16 => dot_lanes8_f16(bytemuck::cast_slice(wr), xb),
+                            GgmlType::BF16 => dot_lanes8_bf16(bytemuck::cast_slice(wr), xb),
+                            GgmlType::Q4_0 => dot_q4_0_q8_0_repacked(wr, ab),
+                            GgmlType::IQ4_NL => dot_iq4_nl_q8_0_repacked(wr, ab),
+                            GgmlType::Q6_K => dot_q6_k_q8_k(wr, ab),
+                            _ => vec_dot.expect("checked by handles")(cols, wr, ab),
+                        };
+                    }
                 }
-            }
-        });
+            });
+    }
     for (b, yb) in y.chunks_mut(rows).enumerate() {
         for (r, v) in yb.iter_mut().enumerate() {
             *v = out[r * n + b];
