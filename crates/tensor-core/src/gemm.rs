@@ -145,9 +145,8 @@ fn scale_min_k4(j: usize, q: &[u8]) -> (i32, i32) {
     }
 }
 
-/// One K-quant super-block (256 weights) decoded once per weight row, so
-/// that each activation row only does integer dot products: the quant of
-/// every element as a signed byte, and each sub-block's scale and min.
+/// One K-quant super-block (256 weights) as [`decode_kblock`] unpacks it:
+/// each element's quant, each sub-block's scale and min.
 #[derive(Clone, Copy)]
 struct KBlock {
     q: [i8; 256],
@@ -165,6 +164,44 @@ impl KBlock {
         d: 0.0,
         dmin: 0.0,
     };
+}
+
+/// A super-block prepared once per weight row so that each activation row
+/// does one integer pass: `w = scale·q` per element (at most 4064 in
+/// magnitude for every format here, so it fits an i16) and the min of each
+/// 16-element group (the granularity of Q8_K's `bsums`).
+#[derive(Clone, Copy)]
+struct KRow {
+    w: [i16; 256],
+    min16: [i32; 16],
+    d: f32,
+    dmin: f32,
+}
+
+impl KRow {
+    const ZERO: KRow = KRow {
+        w: [0; 256],
+        min16: [0; 16],
+        d: 0.0,
+        dmin: 0.0,
+    };
+
+    #[inline(always)]
+    fn new(k: &KBlock, sb: usize) -> KRow {
+        let mut r = KRow {
+            w: [0; 256],
+            min16: [0; 16],
+            d: k.d,
+            dmin: k.dmin,
+        };
+        for (i, (w, &q)) in r.w.iter_mut().zip(&k.q).enumerate() {
+            *w = (k.scale[i / sb] * q as i32) as i16;
+        }
+        for (g, m) in r.min16.iter_mut().enumerate() {
+            *m = k.min[g * 16 / sb];
+        }
+        r
+    }
 }
 
 /// Elements per sub-block (one scale) of a K-quant format.
@@ -290,52 +327,108 @@ enum KOrder {
     RepackGemm,
 }
 
-/// `Σ q·y` over a sub-block, exact (the order of integer additions is free).
+/// `Σ w·y` over 64 elements, exact (the order of integer additions is free).
 #[inline(always)]
-fn idot(q: &[i8], y: &[u8]) -> i32 {
-    q.iter()
+fn idot64(w: &[i16; 64], y: &[u8; 64]) -> i32 {
+    w.iter()
         .zip(y)
-        .map(|(&a, &b)| a as i32 * b as i8 as i32)
+        .map(|(&a, &b)| a as i32 * (b as i8 as i16) as i32)
         .sum()
 }
 
-/// One output: decoded weight row `blocks` (sub-blocks of `sb` elements)
-/// times the block_q8_K row `a`, summed in `order`.
+/// One output: prepared weight row `blocks` times the block_q8_K row `a`,
+/// summed in `order`.
 #[inline(always)]
-fn kquant_dot(blocks: &[KBlock], sb: usize, a: &[u8], order: KOrder) -> f32 {
+fn kquant_dot(blocks: &[KRow], a: &[u8], order: KOrder) -> f32 {
     let (mut acc, mut acc_min) = (0.0f32, 0.0f32);
     for (k, yb) in blocks.iter().zip(a.chunks_exact(292)) {
         // block_q8_K: f32 d, qs[256] (i8), bsums[16] (i16, per 16 elements).
         let dy = f32::from_le_bytes([yb[0], yb[1], yb[2], yb[3]]);
-        let bsum = |i: usize| i16::from_le_bytes([yb[260 + 2 * i], yb[261 + 2 * i]]) as i32;
-        let (mut s, mut m) = ([0i32; 16], [0i32; 16]);
-        for j in 0..256 / sb {
-            s[j] = k.scale[j] * idot(&k.q[j * sb..][..sb], &yb[4 + j * sb..][..sb]);
-            let bs = if sb == 32 {
-                bsum(2 * j) + bsum(2 * j + 1)
-            } else {
-                bsum(j)
-            };
-            m[j] = k.min[j] * bs;
+        // Sums per 64 elements (a pair of 32-element sub-blocks).
+        let mut s = [0i32; 4];
+        let mut m = [0i32; 4];
+        for p in 0..4 {
+            let w = k.w[64 * p..][..64].try_into().expect("64 weights");
+            let y = yb[4 + 64 * p..][..64].try_into().expect("64 activations");
+            s[p] = idot64(w, y);
         }
-        match order {
-            KOrder::Tiled => {
-                let (s1, s2): (i32, i32) = (s.iter().sum(), m.iter().sum());
-                let res = (-k.dmin).mul_add(s2 as f32, k.d * s1 as f32);
-                acc = res.mul_add(dy, acc);
-            }
-            KOrder::RepackGemv => {
-                let (s1, s2): (i32, i32) = (s.iter().sum(), m.iter().sum());
-                acc = (s1 as f32).mul_add(k.d * dy, acc);
-                acc_min = (s2 as f32).mul_add(k.dmin * dy, acc_min);
-            }
-            KOrder::RepackGemm => {
-                for p in 0..4 {
-                    acc = ((s[2 * p] + s[2 * p + 1]) as f32).mul_add(k.d * dy, acc);
-                    acc_min = ((m[2 * p] + m[2 * p + 1]) as f32).mul_add(k.dmin * dy, acc_min);
-                }
+        if k.dmin != 0.0 {
+            for (g, &min) in k.min16.iter().enumerate() {
+                m[g / 4] += min * i16::from_le_bytes([yb[260 + 2 * g], yb[261 + 2 * g]]) as i32;
             }
         }
+        accumulate(order, &s, &m, k.d, k.dmin, dy, &mut acc, &mut acc_min);
+    }
+    acc - acc_min
+}
+
+/// The float steps of `order` for one super-block: `s` and `m` are its
+/// exact scale and min sums per 64 elements, `d`/`dmin` the weight's
+/// scales, `dy` the activation's.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn accumulate(
+    order: KOrder,
+    s: &[i32; 4],
+    m: &[i32; 4],
+    d: f32,
+    dmin: f32,
+    dy: f32,
+    acc: &mut f32,
+    acc_min: &mut f32,
+) {
+    match order {
+        KOrder::Tiled => {
+            let (s1, s2): (i32, i32) = (s.iter().sum(), m.iter().sum());
+            let res = (-dmin).mul_add(s2 as f32, d * s1 as f32);
+            *acc = res.mul_add(dy, *acc);
+        }
+        KOrder::RepackGemv => {
+            let (s1, s2): (i32, i32) = (s.iter().sum(), m.iter().sum());
+            *acc = (s1 as f32).mul_add(d * dy, *acc);
+            *acc_min = (s2 as f32).mul_add(dmin * dy, *acc_min);
+        }
+        KOrder::RepackGemm => {
+            for p in 0..4 {
+                *acc = (s[p] as f32).mul_add(d * dy, *acc);
+                *acc_min = (m[p] as f32).mul_add(dmin * dy, *acc_min);
+            }
+        }
+    }
+}
+
+/// Q4_K straight from its bytes, for batches too small to repay
+/// [`KRow`]'s preparation (decoding tokens one at a time).
+#[inline(always)]
+fn q4_k_direct(w: &[u8], a: &[u8], order: KOrder) -> f32 {
+    let (mut acc, mut acc_min) = (0.0f32, 0.0f32);
+    for (xb, yb) in w.chunks_exact(144).zip(a.chunks_exact(292)) {
+        let bsum = |g: usize| i16::from_le_bytes([yb[260 + 2 * g], yb[261 + 2 * g]]) as i32;
+        let (mut s, mut m) = ([0i32; 4], [0i32; 4]);
+        for p in 0..4 {
+            let qs: &[u8; 32] = xb[16 + 32 * p..][..32].try_into().expect("32 bytes");
+            let y: &[u8; 64] = yb[4 + 64 * p..][..64].try_into().expect("64 bytes");
+            let (mut lo, mut hi) = (0i32, 0i32);
+            for l in 0..32 {
+                lo += ((qs[l] & 0xf) as i16 * y[l] as i8 as i16) as i32;
+                hi += ((qs[l] >> 4) as i16 * y[32 + l] as i8 as i16) as i32;
+            }
+            let (sc0, m0) = scale_min_k4(2 * p, &xb[4..16]);
+            let (sc1, m1) = scale_min_k4(2 * p + 1, &xb[4..16]);
+            s[p] = sc0 * lo + sc1 * hi;
+            m[p] = m0 * (bsum(4 * p) + bsum(4 * p + 1)) + m1 * (bsum(4 * p + 2) + bsum(4 * p + 3));
+        }
+        let dy = f32::from_le_bytes([yb[0], yb[1], yb[2], yb[3]]);
+        accumulate(
+            order,
+            &s,
+            &m,
+            f16_at(xb, 0),
+            f16_at(xb, 2),
+            dy,
+            &mut acc,
+            &mut acc_min,
+        );
     }
     acc - acc_min
 }
@@ -368,19 +461,29 @@ fn kquant_rows(
     ) {
         let sb = sub_block_len(ty);
         let block_bytes = ty.type_size();
-        let mut blocks = vec![KBlock::ZERO; row_bytes / block_bytes];
         let gemm_rows = n - n % 4;
+        let order = |b: usize| match (repacked, b < gemm_rows) {
+            (false, _) => KOrder::Tiled,
+            (true, true) => KOrder::RepackGemm,
+            (true, false) => KOrder::RepackGemv,
+        };
+        if ty == GgmlType::Q4_K && n < TILED_MIN_BATCH {
+            for (wr, o) in w.chunks_exact(row_bytes).zip(out.chunks_mut(n)) {
+                for (b, o) in o.iter_mut().enumerate() {
+                    *o = q4_k_direct(wr, &xq[b * act_row..][..act_row], order(b));
+                }
+            }
+            return;
+        }
+        let mut k = KBlock::ZERO;
+        let mut blocks = vec![KRow::ZERO; row_bytes / block_bytes];
         for (wr, o) in w.chunks_exact(row_bytes).zip(out.chunks_mut(n)) {
-            for (k, xb) in blocks.iter_mut().zip(wr.chunks_exact(block_bytes)) {
-                decode_kblock(ty, xb, k);
+            for (r, xb) in blocks.iter_mut().zip(wr.chunks_exact(block_bytes)) {
+                decode_kblock(ty, xb, &mut k);
+                *r = KRow::new(&k, sb);
             }
             for (b, o) in o.iter_mut().enumerate() {
-                let order = match (repacked, b < gemm_rows) {
-                    (false, _) => KOrder::Tiled,
-                    (true, true) => KOrder::RepackGemm,
-                    (true, false) => KOrder::RepackGemv,
-                };
-                *o = kquant_dot(&blocks, sb, &xq[b * act_row..][..act_row], order);
+                *o = kquant_dot(&blocks, &xq[b * act_row..][..act_row], order(b));
             }
         }
     }
