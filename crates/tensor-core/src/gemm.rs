@@ -691,3 +691,95 @@ pub fn matmul_float(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `rows` rows of `blocks` random super-blocks of `ty` with small finite
+    /// f16 scales at the given byte offsets.
+    fn random_rows(ty: GgmlType, rows: usize, blocks: usize, scales: &[usize]) -> Vec<u8> {
+        let mut seed = 0x2545_f491u32;
+        let mut w: Vec<u8> = (0..rows * blocks * ty.type_size())
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                seed as u8
+            })
+            .collect();
+        for (i, b) in w.chunks_mut(ty.type_size()).enumerate() {
+            for (k, &o) in scales.iter().enumerate() {
+                let v = f16::from_f32(0.01 + 0.001 * ((i + k) % 7) as f32);
+                b[o..o + 2].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        w
+    }
+
+    fn q8k(x: &[f32]) -> Vec<u8> {
+        let from_float = quant_kernels::simd::portable_from_float(GgmlType::Q8_K).unwrap();
+        let mut q = vec![0u8; x.len() / 256 * 292];
+        from_float(x, &mut q);
+        q
+    }
+
+    fn prepared(ty: GgmlType, row: &[u8]) -> Vec<KRow> {
+        let mut k = KBlock::ZERO;
+        row.chunks_exact(ty.type_size())
+            .map(|xb| {
+                decode_kblock(ty, xb, &mut k);
+                KRow::new(&k, sub_block_len(ty))
+            })
+            .collect()
+    }
+
+    /// The prepared rows decode every format as ggml lays it out: the
+    /// tiled order lands within rounding of ggml's portable `vec_dot`.
+    #[test]
+    fn prepared_rows_agree_with_portable_vec_dot() {
+        let cases: [(GgmlType, &[usize]); 6] = [
+            (GgmlType::Q2_K, &[80, 82]),
+            (GgmlType::Q3_K, &[108]),
+            (GgmlType::Q4_K, &[0, 2]),
+            (GgmlType::Q5_K, &[0, 2]),
+            (GgmlType::Q6_K, &[208]),
+            (GgmlType::IQ4_XS, &[0]),
+        ];
+        let x: Vec<f32> = (0..1024)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+            .collect();
+        let a = q8k(&x);
+        for (ty, scales) in cases {
+            let w = random_rows(ty, 8, 4, scales);
+            let vec_dot = quant_kernels::simd::portable_vec_dot(ty).unwrap();
+            for row in w.chunks(4 * ty.type_size()) {
+                let ours = kquant_dot(&prepared(ty, row), &a, KOrder::Tiled);
+                let theirs = vec_dot(1024, row, &a);
+                assert!(
+                    (ours - theirs).abs() <= 1e-4 * (1.0 + theirs.abs()),
+                    "{ty:?}: {ours} vs {theirs}"
+                );
+            }
+        }
+    }
+
+    /// Q4_K read directly and through prepared rows gives the same bits in
+    /// every order.
+    #[test]
+    fn q4_k_direct_matches_prepared_rows() {
+        let w = random_rows(GgmlType::Q4_K, 8, 4, &[0, 2]);
+        let x: Vec<f32> = (0..1024)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 9.0)
+            .collect();
+        let a = q8k(&x);
+        for row in w.chunks(4 * 144) {
+            let blocks = prepared(GgmlType::Q4_K, row);
+            for order in [KOrder::Tiled, KOrder::RepackGemv, KOrder::RepackGemm] {
+                let direct = q4_k_direct(row, &a, order);
+                let prep = kquant_dot(&blocks, &a, order);
+                assert_eq!(direct.to_bits(), prep.to_bits());
+            }
+        }
+    }
+}
