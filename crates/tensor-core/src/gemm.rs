@@ -60,24 +60,6 @@ with_fma!(dot_lanes8_f32, fn(w: &[f32], x: &[f32]) -> f32 {
     hsum8(&acc)
 });
 
-with_fma!(dot_q4_0_q8_0_repacked, fn(w: &[u8], a: &[u8]) -> f32 {
-    // block_q4_0: f16 d, 16 bytes of nibbles (low: elements 0..16, high: 16..32);
-    // block_q8_0: f16 d, 32 signed bytes.
-    let mut acc = 0.0f32;
-    for (wb, ab) in w.chunks_exact(18).zip(a.chunks_exact(34)) {
-        let dw = f16::from_le_bytes([wb[0], wb[1]]).to_f32();
-        let da = f16::from_le_bytes([ab[0], ab[1]]).to_f32();
-        let mut sumi = 0i32;
-        for j in 0..16 {
-            let lo = (wb[2 + j] & 0x0f) as i32 - 8;
-            let hi = (wb[2 + j] >> 4) as i32 - 8;
-            sumi += lo * ab[2 + j] as i8 as i32 + hi * ab[18 + j] as i8 as i32;
-        }
-        acc = (sumi as f32).mul_add(dw * da, acc);
-    }
-    acc
-});
-
 with_fma!(dot_q6_k_q8_k, fn(w: &[u8], a: &[u8]) -> f32 {
     // block_q6_K: ql[128] (low nibbles), qh[64] (high 2 bits), scales[16] (i8), f16 d;
     // block_q8_K: f32 d, qs[256] (i8), bsums[16].
@@ -107,24 +89,6 @@ with_fma!(dot_q6_k_q8_k, fn(w: &[u8], a: &[u8]) -> f32 {
         }
     }
     hsum8(&acc)
-});
-
-with_fma!(dot_iq4_nl_q8_0_repacked, fn(w: &[u8], a: &[u8]) -> f32 {
-    // block_iq4_nl: f16 d, 16 bytes of 4-bit indices into KVALUES_IQ4NL (low
-    // nibbles: elements 0..16, high: 16..32); block_q8_0: f16 d, 32 i8.
-    let mut acc = 0.0f32;
-    for (wb, ab) in w.chunks_exact(18).zip(a.chunks_exact(34)) {
-        let dw = f16::from_le_bytes([wb[0], wb[1]]).to_f32();
-        let da = f16::from_le_bytes([ab[0], ab[1]]).to_f32();
-        let mut sumi = 0i32;
-        for j in 0..16 {
-            let lo = KVALUES_IQ4NL[(wb[2 + j] & 0x0f) as usize] as i32;
-            let hi = KVALUES_IQ4NL[(wb[2 + j] >> 4) as usize] as i32;
-            sumi += lo * ab[2 + j] as i8 as i32 + hi * ab[18 + j] as i8 as i32;
-        }
-        acc = (sumi as f32).mul_add(dw * da, acc);
-    }
-    acc
 });
 
 /// ggml's `kvalues_iq4nl`: the 16 levels of IQ4_NL (and IQ4_XS).
@@ -433,6 +397,65 @@ fn q4_k_direct(w: &[u8], a: &[u8], order: KOrder) -> f32 {
     acc - acc_min
 }
 
+/// `ggml_gemm_q4_0_8x8_q8_0` / `ggml_gemm_iq4_nl_8x8_q8_0` and their gemv
+/// twins (the same order) for a chunk of weight rows: each 32-element
+/// block's integer products summed exactly, then `acc = fma(sumi, d_w·d_a,
+/// acc)`. Each weight row is unpacked to bytes once.
+#[inline(always)]
+fn b32_rows(
+    ty: GgmlType,
+    w: &[u8],
+    row_bytes: usize,
+    xq: &[u8],
+    act_row: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    // block_q4_0 / block_iq4_nl: f16 d, 16 bytes of nibbles (low: elements
+    // 0..16, high: 16..32; Q4_0 subtracts 8, IQ4_NL looks them up);
+    // block_q8_0: f16 d, 32 i8.
+    let lut: [i8; 16] = if ty == GgmlType::Q4_0 {
+        std::array::from_fn(|v| v as i8 - 8)
+    } else {
+        KVALUES_IQ4NL
+    };
+    let nb = row_bytes / 18;
+    let (mut q, mut d) = (vec![[0i8; 32]; nb], vec![0.0f32; nb]);
+    // The activations' scales, converted once per chunk rather than per product.
+    let da: Vec<f32> = xq[..n * act_row]
+        .chunks_exact(34)
+        .map(|ab| f16_at(ab, 0))
+        .collect();
+    for (wr, o) in w.chunks_exact(row_bytes).zip(out.chunks_mut(n)) {
+        for ((xb, q), d) in wr.chunks_exact(18).zip(&mut q).zip(&mut d) {
+            *d = f16_at(xb, 0);
+            for j in 0..16 {
+                q[j] = lut[(xb[2 + j] & 0xf) as usize];
+                q[j + 16] = lut[(xb[2 + j] >> 4) as usize];
+            }
+        }
+        for (b, o) in o.iter_mut().enumerate() {
+            let mut acc = 0.0f32;
+            let da = &da[b * nb..][..nb];
+            for (((ab, q), &dw), &da) in xq[b * act_row..][..act_row]
+                .chunks_exact(34)
+                .zip(&q)
+                .zip(&d)
+                .zip(da)
+            {
+                let y: &[u8; 32] = ab[2..34].try_into().expect("32 bytes");
+                // |q·y| ≤ 127·127: the products fit an i16.
+                let mut sumi = 0i32;
+                for j in 0..32 {
+                    sumi += (q[j] as i16 * y[j] as i8 as i16) as i32;
+                }
+                acc = (sumi as f32).mul_add(dw * da, acc);
+            }
+            *o = acc;
+        }
+    }
+}
+
 /// A K-quant product for a chunk of weight rows: `out[i·n + b]` for weight
 /// row `i` of `w` and activation row `b` of `xq` (`act_row` bytes each).
 /// Each weight row is decoded once; the integer work vectorizes under AVX2.
@@ -467,6 +490,9 @@ fn kquant_rows(
             (true, true) => KOrder::RepackGemm,
             (true, false) => KOrder::RepackGemv,
         };
+        if matches!(ty, GgmlType::Q4_0 | GgmlType::IQ4_NL) {
+            return b32_rows(ty, w, row_bytes, xq, act_row, n, out);
+        }
         if ty == GgmlType::Q4_K && n < TILED_MIN_BATCH {
             for (wr, o) in w.chunks_exact(row_bytes).zip(out.chunks_mut(n)) {
                 for (b, o) in o.iter_mut().enumerate() {
@@ -655,7 +681,7 @@ pub fn matmul_float(
     // out is rows × n: each task owns whole weight rows, read once per batch.
     let mut out = vec![0.0f32; rows * n];
     let chunk = rows.div_ceil(rayon::current_num_threads() * 4).max(1);
-    if is_tiled || (is_repacked && ty == GgmlType::Q4_K) {
+    if is_tiled || is_repacked {
         out.par_chunks_mut(chunk * n)
             .zip(w.par_chunks(chunk * row_bytes))
             .for_each(|(out, w)| kquant_rows(ty, w, row_bytes, &xq, act_row, n, out, is_repacked));
@@ -676,8 +702,6 @@ pub fn matmul_float(
                             GgmlType::F32 => dot_lanes8_f32(bytemuck::cast_slice(wr), xb),
                             GgmlType::F16 => dot_lanes8_f16(bytemuck::cast_slice(wr), xb),
                             GgmlType::BF16 => dot_lanes8_bf16(bytemuck::cast_slice(wr), xb),
-                            GgmlType::Q4_0 => dot_q4_0_q8_0_repacked(wr, ab),
-                            GgmlType::IQ4_NL => dot_iq4_nl_q8_0_repacked(wr, ab),
                             GgmlType::Q6_K => dot_q6_k_q8_k(wr, ab),
                             _ => vec_dot.expect("checked by handles")(cols, wr, ab),
                         };
