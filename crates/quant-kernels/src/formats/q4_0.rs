@@ -29,11 +29,13 @@ pub fn dequantize_row_q4_0(x: &[BlockQ4_0], y: &mut [f32]) {
     assert_eq!(x.len() * QK4_0, y.len());
     for (b, y) in x.iter().zip(y.chunks_exact_mut(QK4_0)) {
         let d = fp16_to_fp32(b.d);
-        for (j, &q) in b.qs.iter().enumerate() {
+        // Split halves (rather than indexing y[j + 16]) so this vectorises.
+        let (lo, hi) = y.split_at_mut(QK4_0 / 2);
+        for ((&q, lo), hi) in b.qs.iter().zip(lo).zip(hi) {
             let x0 = i32::from(q & 0x0F) - 8;
             let x1 = i32::from(q >> 4) - 8;
-            y[j] = x0 as f32 * d;
-            y[j + QK4_0 / 2] = x1 as f32 * d;
+            *lo = x0 as f32 * d;
+            *hi = x1 as f32 * d;
         }
     }
 }

@@ -31,11 +31,12 @@ pub fn dequantize_row_q4_1(x: &[BlockQ4_1], y: &mut [f32]) {
     for (b, y) in x.iter().zip(y.chunks_exact_mut(QK4_1)) {
         let d = fp16_to_fp32(b.d);
         let m = fp16_to_fp32(b.m);
-        for (j, &q) in b.qs.iter().enumerate() {
+        let (lo, hi) = y.split_at_mut(QK4_1 / 2);
+        for ((&q, lo), hi) in b.qs.iter().zip(lo).zip(hi) {
             let x0 = i32::from(q & 0x0F);
             let x1 = i32::from(q >> 4);
-            y[j] = x0 as f32 * d + m;
-            y[j + QK4_1 / 2] = x1 as f32 * d + m;
+            *lo = x0 as f32 * d + m;
+            *hi = x1 as f32 * d + m;
         }
     }
 }

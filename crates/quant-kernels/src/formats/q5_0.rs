@@ -32,13 +32,14 @@ pub fn dequantize_row_q5_0(x: &[BlockQ5_0], y: &mut [f32]) {
     for (b, y) in x.iter().zip(y.chunks_exact_mut(QK5_0)) {
         let d = fp16_to_fp32(b.d);
         let qh = u32::from_le_bytes(b.qh);
-        for (j, &q) in b.qs.iter().enumerate() {
+        let (lo, hi) = y.split_at_mut(QK5_0 / 2);
+        for (j, ((&q, lo), hi)) in b.qs.iter().zip(lo).zip(hi).enumerate() {
             let xh_0 = (((qh >> j) << 4) & 0x10) as u8;
             let xh_1 = ((qh >> (j + 12)) & 0x10) as u8;
             let x0 = i32::from((q & 0x0F) | xh_0) - 16;
             let x1 = i32::from((q >> 4) | xh_1) - 16;
-            y[j] = x0 as f32 * d;
-            y[j + QK5_0 / 2] = x1 as f32 * d;
+            *lo = x0 as f32 * d;
+            *hi = x1 as f32 * d;
         }
     }
 }

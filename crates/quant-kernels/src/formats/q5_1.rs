@@ -35,13 +35,14 @@ pub fn dequantize_row_q5_1(x: &[BlockQ5_1], y: &mut [f32]) {
         let d = fp16_to_fp32(b.d);
         let m = fp16_to_fp32(b.m);
         let qh = u32::from_le_bytes(b.qh);
-        for (j, &q) in b.qs.iter().enumerate() {
+        let (lo, hi) = y.split_at_mut(QK5_1 / 2);
+        for (j, ((&q, lo), hi)) in b.qs.iter().zip(lo).zip(hi).enumerate() {
             let xh_0 = (((qh >> j) << 4) & 0x10) as u8;
             let xh_1 = ((qh >> (j + 12)) & 0x10) as u8;
             let x0 = (q & 0x0F) | xh_0;
             let x1 = (q >> 4) | xh_1;
-            y[j] = f32::from(x0) * d + m;
-            y[j + QK5_1 / 2] = f32::from(x1) * d + m;
+            *lo = f32::from(x0) * d + m;
+            *hi = f32::from(x1) * d + m;
         }
     }
 }
