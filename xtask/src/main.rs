@@ -20,7 +20,8 @@ fn main() -> ExitCode {
         Some("gpu-bench") => gpu_bench::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
         _ => Err(
-            "usage: cargo xtask <synth-model|gpu-bench|bench> ... (see xtask/src/main.rs)".to_string(),
+            "usage: cargo xtask <synth-model|gpu-bench|bench> ... (see xtask/src/main.rs)"
+                .to_string(),
         ),
     };
     match result {

@@ -72,7 +72,7 @@ fn tensor_type(
         return Ok((ty, 15));
     }
     let ty = GgmlType::from_name(ftype).ok_or_else(|| format!("unknown type `{ftype}`"))?;
-    if !quant_kernels::kernels(ty).is_some_and(|k| k.quantize.is_some()) && ty != GgmlType::F32 {
+    if quant_kernels::kernels(ty).is_none_or(|k| k.quantize.is_none()) && ty != GgmlType::F32 {
         return Err(format!("{ty} has no reference quantizer"));
     }
     // llama_ftype values of the single-type files.

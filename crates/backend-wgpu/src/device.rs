@@ -147,7 +147,7 @@ impl GpuContext {
             name: info.name.clone(),
             device_type: info.device_type,
             backend: info.backend,
-            max_storage_binding: u64::from(limits.max_storage_buffer_binding_size),
+            max_storage_binding: limits.max_storage_buffer_binding_size,
             max_buffer_size: limits.max_buffer_size,
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),

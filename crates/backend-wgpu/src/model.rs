@@ -77,7 +77,7 @@ impl GpuConfig {
         let head_dim = h
             .get_u32(&key("attention.key_length"))
             .unwrap_or(n_embd / n_head);
-        if head_dim > 256 || head_dim % 4 != 0 {
+        if head_dim > 256 || !head_dim.is_multiple_of(4) {
             return Err(WgpuError::Model(format!(
                 "head size {head_dim} is not a multiple of 4 or above 256"
             )));
@@ -808,7 +808,7 @@ impl GpuModel {
             )));
         }
         let first = self.forward_greedy(prompt, pos)?;
-        let mut p = pos + prompt.len() as u32;
+        let p = pos + prompt.len() as u32;
         if p + n_new > self.n_ctx {
             return Err(WgpuError::Request(format!(
                 "{} new tokens after position {p} exceed the context of {}",
@@ -819,6 +819,8 @@ impl GpuModel {
         enc.copy_buffer_to_buffer(&self.ids, 0, &self.generated, 0, 4);
         self.ctx.queue.submit([enc.finish()]);
         for i in 1..n_new {
+            // Token i − 1 (just chosen on the GPU) goes in at position p.
+            let p = p + i - 1;
             let s = StepUniform {
                 n_tokens: 1,
                 pos: p,
@@ -832,7 +834,6 @@ impl GpuModel {
             self.encode(&mut enc, 1, Some(&self.head_last), true);
             enc.copy_buffer_to_buffer(&self.ids, 0, &self.generated, i as u64 * 4, 4);
             self.ctx.queue.submit([enc.finish()]);
-            p += 1;
         }
         let enc = self.ctx.device.create_command_encoder(&Default::default());
         let bytes = self

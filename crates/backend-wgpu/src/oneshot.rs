@@ -57,6 +57,7 @@ fn check(what: &str, ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
 /// device's binding limit. With `round_activations`, `x` is first rounded to
 /// the weight type's activation format ([`crate::kernels::act_type`]) as
 /// the forward pass does, which makes the result ggml's `mul_mat`.
+#[allow(clippy::too_many_arguments)]
 pub fn matmul(
     ctx: &GpuContext,
     ty: GgmlType,
@@ -67,7 +68,7 @@ pub fn matmul(
     max_part_bytes: Option<u64>,
     round_activations: bool,
 ) -> Result<Vec<f32>> {
-    check("matmul", k > 0 && x.len() % k == 0, || {
+    check("matmul", k > 0 && x.len().is_multiple_of(k), || {
         format!("x has {} values, not a multiple of k = {k}", x.len())
     })?;
     let n = x.len() / k;
@@ -153,7 +154,7 @@ pub fn get_rows(
 /// RMSNorm of each `weight.len()`-long row of `x`, times `weight`.
 pub fn rms_norm(ctx: &GpuContext, x: &[f32], weight: &[f32], eps: f32) -> Result<Vec<f32>> {
     let n = weight.len();
-    check("rms_norm", n > 0 && x.len() % n == 0, || {
+    check("rms_norm", n > 0 && x.len().is_multiple_of(n), || {
         format!("x has {} values, not a multiple of {n}", x.len())
     })?;
     let t = x.len() / n;
@@ -183,7 +184,7 @@ pub fn rope(
     let row = n_heads * head_dim;
     check(
         "rope",
-        row > 0 && x.len() % row == 0 && n_dims % 2 == 0 && n_dims <= head_dim,
+        row > 0 && x.len().is_multiple_of(row) && n_dims.is_multiple_of(2) && n_dims <= head_dim,
         || "bad shape".to_string(),
     )?;
     let t = x.len() / row;
@@ -242,11 +243,11 @@ pub fn attention(
     check(
         "attention",
         qrow > 0
-            && q.len() % qrow == 0
+            && q.len().is_multiple_of(qrow)
             && n_kv_head > 0
-            && n_head % n_kv_head == 0
+            && n_head.is_multiple_of(n_kv_head)
             && head_dim <= 256
-            && head_dim % 4 == 0,
+            && head_dim.is_multiple_of(4),
         || "bad shape".to_string(),
     )?;
     let t = q.len() / qrow;
@@ -283,7 +284,7 @@ pub fn attention(
 fn binary(ctx: &GpuContext, kernel: Kernel, a: &[f32], b_: &[f32], n: usize) -> Result<Vec<f32>> {
     check(
         kernel.entry_point(),
-        n > 0 && a.len() == b_.len() && a.len() % n == 0,
+        n > 0 && a.len() == b_.len() && a.len().is_multiple_of(n),
         || "length mismatch".to_string(),
     )?;
     let t = a.len() / n;
@@ -316,7 +317,7 @@ pub fn swiglu(ctx: &GpuContext, a: &[f32], b: &[f32], n: usize) -> Result<Vec<f3
 
 /// Index of the largest value of each `n`-long row of `a` (first on ties).
 pub fn argmax(ctx: &GpuContext, a: &[f32], n: usize) -> Result<Vec<u32>> {
-    check("argmax", n > 0 && a.len() % n == 0, || {
+    check("argmax", n > 0 && a.len().is_multiple_of(n), || {
         "length mismatch".to_string()
     })?;
     let t = a.len() / n;
@@ -342,7 +343,7 @@ pub fn quantize_act(ctx: &GpuContext, act: GgmlType, x: &[f32], n: usize) -> Res
     )?;
     check(
         "quantize_act",
-        n > 0 && n % block == 0 && x.len() % n == 0,
+        n > 0 && n.is_multiple_of(block) && x.len().is_multiple_of(n),
         || "bad shape".to_string(),
     )?;
     let t = x.len() / n;

@@ -164,7 +164,7 @@ impl GpuMatrix {
                 ty,
             });
         }
-        if k == 0 || k % 32 != 0 || k % ty.block_size() as u64 != 0 {
+        if k == 0 || !k.is_multiple_of(32) || !k.is_multiple_of(ty.block_size() as u64) {
             return Err(bad(format!(
                 "row length {k} is not a positive multiple of 32 and of the {ty} block size {}",
                 ty.block_size()
@@ -525,6 +525,7 @@ impl OpBuilder<'_> {
     }
 
     /// `token[t] = argmax(a[t, ..n])` for `tokens` rows of `a`.
+    #[allow(clippy::too_many_arguments)]
     pub fn argmax(
         &self,
         a: &wgpu::Buffer,
