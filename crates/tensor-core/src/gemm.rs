@@ -27,11 +27,9 @@
 //! ggml's tiled kernel (`ggml-cpu/tiled`) when a batch has 8 or more rows:
 //! per super-block the exact integer sums `s1 = Σ scale·Σq·q8` and
 //! `s2 = Σ min·bsum` become `res = d·s1`, `res = fma(-dmin, s2, res)`,
-//! `acc = fma(res, d_a, acc)`. Smaller batches use `vec_dot`: Q6_K's AVX2
-//! order is copied here (lane `(i % 32) / 4` of an 8-lane accumulator, one
-//! FMA per block, lanes summed pairwise; quant-kernels' AVX2 Q6_K kernel
-//! uses another lane layout), the others call quant-kernels' AVX2 kernels,
-//! which are ggml's.
+//! `acc = fma(res, d_a, acc)`. Smaller batches use `ggml_vec_dot_*`, which
+//! quant-kernels' AVX2 kernels reproduce bit for bit (its goldens come from
+//! ggml's x86 `quants.c`).
 //!
 //! The synthetic model amplifies a last-bit difference in any of these into
 //! a mean KLD of ~3e-4; with these orders every synth file's logits are
@@ -59,46 +57,6 @@ with_fma!(dot_lanes8_f32, fn(w: &[f32], x: &[f32]) -> f32 {
     }
     hsum8(&acc)
 });
-
-/// `ggml_vec_dot_q6_K_q8_K` (AVX2) for one output: lane `m` of an 8-lane
-/// integer accumulator collects the products of elements `i` with
-/// `(i % 32) / 4 == m` (the `maddubs`/`madd` pairing), each block adds
-/// `d · lane` into float lane `m` with a fused multiply-add, and the lanes
-/// are summed pairwise at the end.
-#[inline(always)]
-fn q6_k_vec_dot(w: &[u8], a: &[u8]) -> f32 {
-    let mut acc = [0.0f32; 8];
-    for (xb, yb) in w.chunks_exact(210).zip(a.chunks_exact(292)) {
-        // block_q6_K: ql[128], qh[64], scales[16] (i8), f16 d; element
-        // 128h + 32k + l: nibble k / 2 of ql[64h + 32(k % 2) + l] under bits
-        // 2k of qh[32h + l], minus 32. Its lane is l / 4 whatever h and k.
-        let mut per_l = [0i32; 32];
-        for h in 0..2 {
-            for k in 0..4 {
-                let ql: &[u8; 32] = xb[64 * h + 32 * (k % 2)..][..32].try_into().expect("32");
-                let qh: &[u8; 32] = xb[128 + 32 * h..][..32].try_into().expect("32");
-                let y: &[u8; 32] = yb[4 + 128 * h + 32 * k..][..32].try_into().expect("32");
-                let sc0 = xb[192 + 8 * h + 2 * k] as i8 as i32;
-                let sc1 = xb[193 + 8 * h + 2 * k] as i8 as i32;
-                for l in 0..32 {
-                    let lo = (ql[l] >> (4 * (k / 2))) & 0xf;
-                    let hi = (qh[l] >> (2 * k)) & 3;
-                    let q = (lo | (hi << 4)) as i32 - 32;
-                    let sc = if l < 16 { sc0 } else { sc1 };
-                    per_l[l] += sc * (q * y[l] as i8 as i32);
-                }
-            }
-        }
-        let dx = f16_at(xb, 208);
-        let dy = f32::from_le_bytes([yb[0], yb[1], yb[2], yb[3]]);
-        let d = dy * dx;
-        for (m, acc) in acc.iter_mut().enumerate() {
-            let lane: i32 = per_l[4 * m..4 * m + 4].iter().sum();
-            *acc = d.mul_add(lane as f32, *acc);
-        }
-    }
-    hsum8(&acc)
-}
 
 /// ggml's `kvalues_iq4nl`: the 16 levels of IQ4_NL (and IQ4_XS).
 const KVALUES_IQ4NL: [i8; 16] = [
@@ -502,14 +460,6 @@ fn kquant_rows(
         if matches!(ty, GgmlType::Q4_0 | GgmlType::IQ4_NL) {
             return b32_rows(ty, w, row_bytes, xq, act_row, n, out);
         }
-        if ty == GgmlType::Q6_K && n < TILED_MIN_BATCH {
-            for (wr, o) in w.chunks_exact(row_bytes).zip(out.chunks_mut(n)) {
-                for (b, o) in o.iter_mut().enumerate() {
-                    *o = q6_k_vec_dot(wr, &xq[b * act_row..][..act_row]);
-                }
-            }
-            return;
-        }
         if ty == GgmlType::Q4_K && n < TILED_MIN_BATCH {
             for (wr, o) in w.chunks_exact(row_bytes).zip(out.chunks_mut(n)) {
                 for (b, o) in o.iter_mut().enumerate() {
@@ -660,7 +610,7 @@ pub fn handles(ty: GgmlType, rows: usize, cols: usize) -> bool {
 /// activation rows (four at a time) and its gemv on the rest; the two sum
 /// Q4_K in different groupings, so the row index decides the order here too.
 /// Other K-quants take the tiled kernel's order from 8 rows on, and
-/// `vec_dot`'s below (quant-kernels' AVX2 kernels are ggml's, except Q6_K's).
+/// `vec_dot`'s below (quant-kernels' AVX2 kernels, which are ggml's).
 pub fn matmul_float(
     ty: GgmlType,
     w: &[u8],
@@ -698,7 +648,7 @@ pub fn matmul_float(
     // out is rows × n: each task owns whole weight rows, read once per batch.
     let mut out = vec![0.0f32; rows * n];
     let chunk = rows.div_ceil(rayon::current_num_threads() * 4).max(1);
-    if is_tiled || is_repacked || ty == GgmlType::Q6_K {
+    if is_tiled || is_repacked {
         out.par_chunks_mut(chunk * n)
             .zip(w.par_chunks(chunk * row_bytes))
             .for_each(|(out, w)| kquant_rows(ty, w, row_bytes, &xq, act_row, n, out, is_repacked));
@@ -822,58 +772,10 @@ mod tests {
             }
         }
     }
-    /// The Q6_K `vec_dot` order as first written (commit d747abc, which
-    /// matched llama.cpp's synth-Q6_K logits), element by element.
-    fn q6_k_reference(w: &[u8], a: &[u8]) -> f32 {
-        // block_q6_K: ql[128] (low nibbles), qh[64] (high 2 bits), scales[16] (i8), f16 d;
-        // block_q8_K: f32 d, qs[256] (i8), bsums[16].
-        let mut acc = [0.0f32; 8];
-        let mut q = [0i8; 256];
-        for (xb, yb) in w.chunks_exact(210).zip(a.chunks_exact(292)) {
-            let (ql, qh, sc) = (&xb[..128], &xb[128..192], &xb[192..208]);
-            for half in 0..2 {
-                let (l4, h, o) = (&ql[64 * half..], &qh[32 * half..], 128 * half);
-                for l in 0..32 {
-                    q[o + l] = ((l4[l] & 0xf) | ((h[l] & 3) << 4)) as i8 - 32;
-                    q[o + l + 32] = ((l4[l + 32] & 0xf) | (((h[l] >> 2) & 3) << 4)) as i8 - 32;
-                    q[o + l + 64] = ((l4[l] >> 4) | (((h[l] >> 4) & 3) << 4)) as i8 - 32;
-                    q[o + l + 96] = ((l4[l + 32] >> 4) | (((h[l] >> 6) & 3) << 4)) as i8 - 32;
-                }
-            }
-            let q8 = &yb[4..260];
-            let mut sumi = [0i32; 8];
-            for (i, (&qi, &yi)) in q.iter().zip(q8).enumerate() {
-                sumi[(i % 32) / 4] += sc[i / 16] as i8 as i32 * (qi as i32 * yi as i8 as i32);
-            }
-            let dx = f16::from_le_bytes([xb[208], xb[209]]).to_f32();
-            let dy = f32::from_le_bytes([yb[0], yb[1], yb[2], yb[3]]);
-            let d = dy * dx;
-            for (acc, &s) in acc.iter_mut().zip(&sumi) {
-                *acc = d.mul_add(s as f32, *acc);
-            }
-        }
-        hsum8(&acc)
-    }
-
-    /// The vectorizable Q6_K `vec_dot` order gives the reference's bits.
-    #[test]
-    fn q6_k_vec_dot_matches_reference() {
-        let w = random_rows(GgmlType::Q6_K, 8, 4, &[208]);
-        let x: Vec<f32> = (0..1024)
-            .map(|i| ((i * 61 % 89) as f32 - 44.0) / 7.0)
-            .collect();
-        let a = q8k(&x);
-        for row in w.chunks(4 * 210) {
-            assert_eq!(
-                q6_k_vec_dot(row, &a).to_bits(),
-                q6_k_reference(row, &a).to_bits()
-            );
-        }
-    }
     /// [`matmul_float`] picks llama.cpp's kernel by batch size: repacked
     /// Q4_K takes the gemm order on rows `0..n - n % 4` and the gemv's on
-    /// the rest; Q5_K takes `vec_dot` below 8 rows and the tiled order from
-    /// 8; Q6_K its `vec_dot` order below 8.
+    /// the rest; Q5_K and Q6_K take `vec_dot` below 8 rows and the tiled
+    /// order from 8.
     #[test]
     fn matmul_float_follows_llama_cpp_kernel_choice() {
         if !avx2() {
@@ -925,8 +827,7 @@ mod tests {
         check(GgmlType::Q5_K, &[0, 2], 8, &|wr, b| {
             kquant_dot(&prepared(GgmlType::Q5_K, wr), &a[b], KOrder::Tiled)
         });
-        check(GgmlType::Q6_K, &[208], 3, &|wr, b| {
-            q6_k_reference(wr, &a[b])
-        });
+        let vec_dot = quant_kernels::simd::vec_dot_for(GgmlType::Q6_K).unwrap();
+        check(GgmlType::Q6_K, &[208], 3, &|wr, b| vec_dot(cols, wr, &a[b]));
     }
 }
