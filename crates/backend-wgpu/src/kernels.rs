@@ -71,7 +71,10 @@ impl Shader {
             ),
             Shader::Rope => include_str!("shaders/rope.wgsl"),
             Shader::Attention => include_str!("shaders/attention.wgsl"),
-            Shader::Elementwise => include_str!("shaders/elementwise.wgsl"),
+            Shader::Elementwise => concat!(
+                include_str!("shaders/act_common.wgsl"),
+                include_str!("shaders/elementwise.wgsl")
+            ),
             Shader::ActQuant => concat!(
                 include_str!("shaders/act_common.wgsl"),
                 include_str!("shaders/act_quant.wgsl")
@@ -168,8 +171,8 @@ pub(crate) enum Kernel {
     Attention,
     /// a + b.
     Add,
-    /// silu(a)·b.
-    Swiglu,
+    /// silu(a)·b, rounded to an activation type (or not).
+    Swiglu(Option<GgmlType>),
     /// Greedy argmax.
     Argmax,
     /// Activation rounding to the given Q8 type.
@@ -183,7 +186,7 @@ impl Kernel {
             Kernel::RmsNorm(_) => Shader::Norm,
             Kernel::Rope => Shader::Rope,
             Kernel::Attention => Shader::Attention,
-            Kernel::Add | Kernel::Swiglu | Kernel::Argmax => Shader::Elementwise,
+            Kernel::Add | Kernel::Swiglu(_) | Kernel::Argmax => Shader::Elementwise,
             Kernel::QuantizeAct(_) => Shader::ActQuant,
         }
     }
@@ -197,7 +200,7 @@ impl Kernel {
             Kernel::Rope => "rope",
             Kernel::Attention => "attention",
             Kernel::Add => "add",
-            Kernel::Swiglu => "swiglu",
+            Kernel::Swiglu(_) => "swiglu",
             Kernel::Argmax => "argmax",
             Kernel::QuantizeAct(_) => "quantize_act",
         }
@@ -210,6 +213,7 @@ impl Kernel {
                 vec![("FORMAT", f64::from(t.id()))]
             }
             Kernel::QuantizeAct(t) => vec![("ACT", f64::from(t.id()))],
+            Kernel::Swiglu(t) => vec![("ACT", f64::from(t.map_or(0, GgmlType::id)))],
             Kernel::RmsNorm(t) => vec![("ACT", f64::from(t.map_or(0, GgmlType::id)))],
             _ => Vec::new(),
         }

@@ -529,8 +529,9 @@ impl GpuModel {
                     &dummy,
                 ));
             }
+            let fa = fused_act(&[&wd]);
             body.push(ob.binary(
-                Kernel::Swiglu,
+                Kernel::Swiglu(fa.flatten()),
                 &gate_up,
                 &gate_up,
                 &h,
@@ -545,7 +546,7 @@ impl GpuModel {
                 },
                 &dummy,
             ));
-            acts.fused = false;
+            acts.fused = fa.is_some();
             let hq = acts.input(&ob, &mut body, &mut Vec::new(), &h, ff, ff, &wd);
             body.extend(ob.linear(
                 "ffn_down",

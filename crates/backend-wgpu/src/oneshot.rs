@@ -312,7 +312,7 @@ pub fn add(ctx: &GpuContext, a: &[f32], b: &[f32], n: usize) -> Result<Vec<f32>>
 
 /// `silu(a)·b`, rows of `n`.
 pub fn swiglu(ctx: &GpuContext, a: &[f32], b: &[f32], n: usize) -> Result<Vec<f32>> {
-    binary(ctx, Kernel::Swiglu, a, b, n)
+    binary(ctx, Kernel::Swiglu(None), a, b, n)
 }
 
 /// Index of the largest value of each `n`-long row of `a` (first on ties).

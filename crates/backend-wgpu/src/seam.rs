@@ -478,7 +478,7 @@ impl Backend for WgpuBackend {
             ..Default::default()
         };
         let op = ob.binary(
-            Kernel::Swiglu,
+            Kernel::Swiglu(None),
             &gate.buffer,
             &up.buffer,
             &out.buffer,

@@ -1,4 +1,5 @@
-// Element-wise kernels and the greedy argmax.
+// elementwise.wgsl (act_common.wgsl is prepended): element-wise kernels
+// and the greedy argmax.
 
 struct EwParams {
     n: u32,        // elements per token
@@ -36,16 +37,22 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>) {
     y[t * p.y_stride + i] = a[p.a_base + t * p.a_stride + i] + b[p.b_base + t * p.b_stride + i];
 }
 
-// y = silu(a) · b (SwiGLU; ggml_silu is x / (1 + e^−x)). Grid as `add`.
+// y = silu(a) · b (SwiGLU; ggml_silu is x / (1 + e^−x)), then rounded as
+// the product that reads y rounds its activations when ACT ≠ 0.
+// Grid: (ceil(n / 256), 1, tokens), 256 invocations per workgroup.
 @compute @workgroup_size(256)
-fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>) {
+fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let i = gid.x;
-    if (i >= p.n) {
-        return;
-    }
     let t = gid.z;
-    let g = a[p.a_base + t * p.a_stride + i];
-    y[t * p.y_stride + i] = g / (1.0 + exp(-g)) * b[p.b_base + t * p.b_stride + i];
+    var v = 0.0;
+    if (i < p.n) {
+        let g = a[p.a_base + t * p.a_stride + i];
+        v = g / (1.0 + exp(-g)) * b[p.b_base + t * p.b_stride + i];
+    }
+    let r = round_act(v, lid).x;
+    if (i < p.n) {
+        y[t * p.y_stride + i] = r;
+    }
 }
 
 const WG: u32 = 256u;
