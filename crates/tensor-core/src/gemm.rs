@@ -33,8 +33,9 @@
 //!
 //! The synthetic model amplifies a last-bit difference in any of these into
 //! a mean KLD of ~3e-4; with these orders every synth file's logits are
-//! bit-identical to llama.cpp's. Like llama.cpp's, a K-quant model's logits
-//! for a token therefore depend on whether it was decoded alone or in a batch.
+//! bit-identical to llama.cpp's. As in llama.cpp, one activation row and a
+//! batch take different kernels, so a quantized model's logits for a token
+//! depend on whether it was decoded alone or in a batch.
 
 use gguf_format::GgmlType;
 use half::{bf16, f16};
