@@ -95,9 +95,9 @@ fn peak_rss_kib() -> Option<u64> {
 pub fn run(args: Args) -> CmdResult {
     init_threads(args.model.threads)?;
     let mf = ModelFile::open(args.model.model.as_ref())?;
-    let loaded = Loaded::load(&mf, args.model.backend)?;
     let n_ctx = args.n_prompt.max(args.n_gen).max(1);
-    let mut engine = loaded.engine(n_ctx)?;
+    let mut loaded = Loaded::load(&mf, args.model.backend, n_ctx)?;
+    let mut engine = loaded.engine()?;
     let n_vocab = engine.n_vocab();
     let mut figures = Vec::new();
     if args.n_prompt > 0 {

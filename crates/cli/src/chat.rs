@@ -45,8 +45,8 @@ pub fn run(args: Args) -> CmdResult {
     opts.validate().map_err(classify)?;
     init_threads(args.model.threads)?;
     let mf = ModelFile::open(args.model.model.as_ref())?;
-    let loaded = Loaded::load(&mf, args.model.backend)?;
-    let engine = loaded.engine(args.ctx.unwrap_or(0) as usize)?;
+    let mut loaded = Loaded::load(&mf, args.model.backend, args.ctx.unwrap_or(0) as usize)?;
+    let engine = loaded.engine()?;
     let generator = Generator::new(engine, &mf.tokenizer)
         .map_err(classify)?
         .with_template(mf.chat_template()?);

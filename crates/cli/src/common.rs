@@ -6,7 +6,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Instant;
 
-use generate::{Engine, SamplerConfig};
+use backend_wgpu::{DeviceOptions, GpuContext, GpuModel, GpuModelOptions};
+use generate::{Engine, GenerateError, SamplerConfig};
 use gguf_format::GgufFile;
 use llama_model::{CpuBackend, LoadOptions, Model, SessionOptions};
 use tokenizer::chat::ChatTemplate;
@@ -180,44 +181,110 @@ impl ModelFile {
     }
 }
 
-/// A model loaded on a backend, ready to make [`Engine`]s.
+/// A model loaded on a backend, ready to make an [`Engine`].
 pub enum Loaded {
-    /// On the CPU.
-    Cpu(Model<CpuBackend>),
+    /// On the CPU, with the context size of its sessions.
+    Cpu(Model<CpuBackend>, usize),
+    /// On a GPU through wgpu (its KV cache is part of the model).
+    Gpu(GpuModel),
 }
 
 impl Loaded {
-    /// Loads the model of `mf` on `backend`, with progress on stderr.
+    /// Loads the model of `mf` on `backend` with a context of `n_ctx`
+    /// positions (0: the model's training context, at most 4096), with
+    /// progress on stderr.
     pub fn load(
         mf: &ModelFile,
         backend: BackendKind,
+        n_ctx: usize,
     ) -> Result<Loaded, Box<dyn std::error::Error>> {
         let start = Instant::now();
         eprintln!("strata: loading {} ({backend:?})", mf.path.display());
         let loaded = match backend {
-            BackendKind::Cpu => Loaded::Cpu(Model::load_with(
-                &mf.file,
-                CpuBackend::new(),
-                &LoadOptions::default(),
-            )?),
+            BackendKind::Cpu => Loaded::Cpu(
+                Model::load_with(&mf.file, CpuBackend::new(), &LoadOptions::default())?,
+                n_ctx,
+            ),
             BackendKind::Wgpu => {
-                return Err(UsageError(
-                    "--backend wgpu: this build has no GPU backend wired in yet".into(),
-                )
-                .into())
+                let ctx = GpuContext::new(&DeviceOptions::default())?;
+                eprintln!("strata: GPU {} ({:?})", ctx.caps().name, ctx.caps().backend);
+                let n_ctx = match n_ctx {
+                    0 => None,
+                    n => Some(
+                        u32::try_from(n)
+                            .map_err(|_| UsageError(format!("--ctx {n} is too large")))?,
+                    ),
+                };
+                let opts = GpuModelOptions {
+                    n_ctx,
+                    ..GpuModelOptions::default()
+                };
+                Loaded::Gpu(GpuModel::load(ctx, &*mf.file, &opts)?)
             }
         };
         eprintln!("strata: loaded in {:.2} s", start.elapsed().as_secs_f64());
         Ok(loaded)
     }
 
-    /// A fresh engine (KV cache) of `n_ctx` positions (0: the model's, at most 4096).
-    pub fn engine(&self, n_ctx: usize) -> Result<Box<dyn Engine + '_>, Box<dyn std::error::Error>> {
+    /// An engine over the model, with an empty KV cache.
+    pub fn engine(&mut self) -> Result<Box<dyn Engine + '_>, Box<dyn std::error::Error>> {
         match self {
-            Loaded::Cpu(model) => Ok(Box::new(model.session(&SessionOptions {
-                n_ctx,
+            Loaded::Cpu(model, n_ctx) => Ok(Box::new(model.session(&SessionOptions {
+                n_ctx: *n_ctx,
                 ..SessionOptions::default()
             })?)),
+            Loaded::Gpu(model) => Ok(Box::new(GpuEngine {
+                model,
+                n_past: 0,
+                logits: Vec::new(),
+            })),
         }
+    }
+}
+
+/// The GPU model as an [`Engine`]: the model holds the KV cache, the engine
+/// tracks how much of it is valid (positions past `n_past` are overwritten
+/// by the next step).
+struct GpuEngine<'m> {
+    model: &'m mut GpuModel,
+    n_past: usize,
+    logits: Vec<f32>,
+}
+
+impl Engine for GpuEngine<'_> {
+    fn n_ctx(&self) -> usize {
+        self.model.n_ctx() as usize
+    }
+
+    fn n_vocab(&self) -> usize {
+        self.model.config().n_vocab as usize
+    }
+
+    fn n_past(&self) -> usize {
+        self.n_past
+    }
+
+    fn truncate(&mut self, n: usize) -> Result<(), GenerateError> {
+        if n > self.n_past {
+            return Err(GenerateError::Engine(
+                format!(
+                    "cannot truncate to {n} tokens: the cache holds {}",
+                    self.n_past
+                )
+                .into(),
+            ));
+        }
+        self.n_past = n;
+        Ok(())
+    }
+
+    fn forward_last(&mut self, tokens: &[u32]) -> Result<&[f32], GenerateError> {
+        let engine = |e: backend_wgpu::WgpuError| GenerateError::Engine(Box::new(e));
+        self.logits = self
+            .model
+            .forward(tokens, self.n_past as u32)
+            .map_err(engine)?;
+        self.n_past += tokens.len();
+        Ok(&self.logits)
     }
 }

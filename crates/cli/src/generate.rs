@@ -93,8 +93,8 @@ pub fn run(args: Args) -> CmdResult {
         (None, true) => Prompt::Chat(&messages),
         (None, false) => Prompt::Text(&text),
     };
-    let loaded = Loaded::load(&mf, args.model.backend)?;
-    let engine = loaded.engine(args.ctx.unwrap_or(0) as usize)?;
+    let mut loaded = Loaded::load(&mf, args.model.backend, args.ctx.unwrap_or(0) as usize)?;
+    let engine = loaded.engine()?;
     let mut generator = Generator::new(engine, &mf.tokenizer).map_err(classify)?;
     if args.chat {
         generator = generator.with_template(mf.chat_template()?);

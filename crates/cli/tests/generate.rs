@@ -285,3 +285,24 @@ fn bad_arguments_exit_with_code_2() {
         assert!(out.stdout.is_empty(), "{args:?}");
     }
 }
+
+/// The GPU backend (wgpu; llvmpipe where there is no GPU) through the same
+/// generator: the first greedy tokens of the first golden prompt.
+#[test]
+fn wgpu_backend_generates_the_golden_tokens() {
+    let case = &golden()["greedy"][0];
+    let prompt = case["prompt_tokens"].to_string();
+    let v = json_of(&strata(&[
+        "generate",
+        "--backend",
+        "wgpu",
+        "--json",
+        "--temperature",
+        "0",
+        "-n",
+        "4",
+        "--prompt-tokens",
+        &prompt,
+    ]));
+    assert_eq!(ids(&v["tokens"]), ids(&case["generated"])[..4]);
+}

@@ -201,13 +201,15 @@ impl Sampler {
         if c.temperature == 0.0 {
             return argmax(&self.candidates);
         }
-        // Sort most likely first (ties by id, so the order is deterministic).
-        self.candidates
-            .sort_unstable_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        // 3. top-k.
+        // Most likely first (ties by id, so the order is deterministic).
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        // 3. top-k: select the k best in linear time, so that only they are
+        // sorted (a whole vocabulary costs a millisecond per token to sort).
         if c.top_k > 0 && c.top_k < self.candidates.len() {
+            self.candidates.select_nth_unstable_by(c.top_k - 1, order);
             self.candidates.truncate(c.top_k);
         }
+        self.candidates.sort_unstable_by(order);
         // 4. top-p on the softmax of what is left.
         if c.top_p < 1.0 {
             let probs = softmax(&self.candidates);

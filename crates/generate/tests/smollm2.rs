@@ -84,9 +84,12 @@ fn greedy_matches_llama_cpp() {
             prompt
         );
         g.reset().unwrap();
-        let done = g
-            .generate(Prompt::Tokens(&prompt), &greedy(n), |_| {})
-            .unwrap();
+        // llama.cpp's continuations run on past end-of-turn tokens.
+        let opts = GenerateOptions {
+            ignore_eos: true,
+            ..greedy(n)
+        };
+        let done = g.generate(Prompt::Tokens(&prompt), &opts, |_| {}).unwrap();
         assert_eq!(done.tokens, expected[..n], "prompt {:?}", case["prompt"]);
         assert_eq!(done.timings.prompt_tokens, prompt.len());
     }
