@@ -7,6 +7,19 @@
 //! buffers; a step is one command submission, and only the logits (or, for
 //! greedy decoding, the chosen token) are read back.
 //!
+//! Two ways in: [`GpuModel`] builds every op of a LLaMA step once at load
+//! and runs a step as one submission (the fast path: greedy decoding can
+//! even chain steps with no read-back, [`GpuModel::generate_greedy`]);
+//! [`WgpuBackend`] implements tensor-core's `Backend` seam, so llama-model's
+//! own forward pass (`Model::load_with(&file, WgpuBackend::new(ctx), ..)`)
+//! runs on the GPU with the same kernels, recording ops until a read-back.
+//!
+//! Numerics follow ggml's CPU path: activations are rounded to the weight
+//! format's `vec_dot_type` (Q8_0, Q8_1 with its f16 block sums, Q8_K, F16,
+//! BF16) before each product, the KV cache holds f16-rounded values and the
+//! query and attention probabilities are rounded like ggml's f16 products,
+//! and RoPE uses tensor-core's cos/sin table.
+//!
 //! Design decisions:
 //! - One WGSL file per kernel family, specialised by `override` constants
 //!   (the block format is the ggml type id), never by editing source text.
