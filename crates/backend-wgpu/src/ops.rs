@@ -1,6 +1,6 @@
 //! GPU tensors and the recorded operations of a forward pass.
 //!
-//! An [`Op`] is built once (pipeline, bind group, parameters in a uniform
+//! An `Op` is built once (pipeline, bind group, parameters in a uniform
 //! buffer) and recorded into every step; only the shared step uniform
 //! (tokens in the batch, first position) changes between steps.
 
