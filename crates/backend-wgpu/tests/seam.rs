@@ -1,0 +1,50 @@
+//! llama-model's forward pass (the one written against tensor-core's
+//! `Backend` seam) on the GPU, against the same forward pass on the CPU.
+
+use std::sync::Arc;
+
+use backend_wgpu::WgpuBackend;
+use llama_model::{CpuBackend, LoadOptions, LogitsMode, Model, SessionOptions};
+
+use crate::common::{ctx, fixture, read};
+use crate::model::kld_top1;
+
+fn logits<B: llama_model::Backend>(model: &Model<B>, toks: &[u32], n_batch: usize) -> Vec<f32> {
+    let mut s = model
+        .session(&SessionOptions {
+            n_ctx: 128,
+            n_batch,
+            ..SessionOptions::default()
+        })
+        .unwrap();
+    s.forward(toks, LogitsMode::All).unwrap().to_vec()
+}
+
+#[test]
+fn seam_forward_matches_cpu() {
+    let toks: Vec<u32> = serde_json::from_slice(&read("synth/tokens.json")).unwrap();
+    for ftype in ["F16", "Q8_0", "Q4_K_M"] {
+        let file = Arc::new(
+            gguf_format::GgufFile::open(fixture(&format!("synth/synth-{ftype}.gguf"))).unwrap(),
+        );
+        let gpu =
+            Model::load_with(&file, WgpuBackend::new(ctx()), &LoadOptions::default()).unwrap();
+        let cpu = Model::load_with(&file, CpuBackend::default(), &LoadOptions::default()).unwrap();
+        let n = cpu.config().n_vocab;
+        let want = logits(&cpu, &toks, 64);
+        // One batch, then batches of 7 (prompt chunks and a growing cache).
+        for n_batch in [64, 7] {
+            let got = logits(&gpu, &toks, n_batch);
+            let (kld, top1) = kld_top1(&want, &got, n);
+            eprintln!(
+                "seam synth-{ftype} n_batch {n_batch}: GPU vs CPU mean KLD {kld:.3e}, top-1 {:.1}%",
+                top1 * 100.0
+            );
+            let bound = if ftype == "F16" { 1e-4 } else { 1e-3 };
+            assert!(
+                kld <= bound && top1 >= 0.95,
+                "synth-{ftype}: mean KLD {kld:.3e}, top-1 {top1}"
+            );
+        }
+    }
+}
