@@ -15,6 +15,35 @@ pub enum LogitsMode {
     All,
 }
 
+/// Which kernels compute the rows of a batch of several tokens.
+///
+/// Matrix products and attention sum in an order that depends on how many
+/// rows they compute at once — llama.cpp's gemm / tiled / repacked kernels
+/// and tinyBLAS for a batch, `ggml_vec_dot_*` / gemv for one token — so the
+/// logits of a token can differ in the last bits with the way the prompt was
+/// batched, and a model may amplify that (to ~0.2 in a logit for the
+/// quantized synthetic test files, 0.9 for SmolLM2-135M Q4_1, where a
+/// last-bit difference flips the rounding of an attention probability to
+/// `f16` or of an activation to 8 bits). This option chooses between reproducing llama.cpp
+/// and making every row independent of its batch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BatchKernels {
+    /// Mirrors llama.cpp's per-batch-size kernel choice: bit-exact with
+    /// llama.cpp's logits for a batch and for a single token. Prefilling
+    /// then decoding one token at a time can then differ from one batch of
+    /// all tokens by what the batch kernels' other summation order makes of
+    /// the model (exactly as in llama.cpp).
+    #[default]
+    LlamaCpp,
+    /// Computes every row of a batch with the kernels of single-token
+    /// decoding (one-row matrix products and attention), so a row's logits
+    /// never depend on how the prompt was batched: prefill plus incremental
+    /// decoding gives exactly the logits of one batch. Batches lose the speed
+    /// of the batch kernels, and their logits are those llama.cpp gives when
+    /// the tokens are decoded one at a time.
+    RowConsistent,
+}
+
 /// How a session is sized.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SessionOptions {
@@ -25,6 +54,8 @@ pub struct SessionOptions {
     /// Element type of the KV cache; `F16` is llama.cpp's default and what
     /// reproduces its logits.
     pub kv_type: KvType,
+    /// Which kernels compute a batch of several tokens (llama.cpp's, by default).
+    pub batch_kernels: BatchKernels,
 }
 
 impl Default for SessionOptions {
@@ -33,6 +64,7 @@ impl Default for SessionOptions {
             n_ctx: 0,
             n_batch: 512,
             kv_type: KvType::F16,
+            batch_kernels: BatchKernels::LlamaCpp,
         }
     }
 }
@@ -49,6 +81,7 @@ struct RunState<Buf> {
     gate: Buf,                    // (n_batch, n_ff)
     up: Buf,                      // (n_batch, n_ff)
     act: Buf,                     // (n_batch, n_ff) silu(gate) * up
+    row_io: Option<(Buf, Buf)>,   // (1, max width) ×2: one row in and out (RowConsistent)
     logits: Option<(Buf, usize)>, // (rows, n_vocab), grown on demand
 }
 
@@ -60,6 +93,7 @@ pub struct Session<'m, B: Backend> {
     model: &'m Model<B>,
     n_ctx: usize,
     n_batch: usize,
+    batch_kernels: BatchKernels,
     kv: B::KvCache,
     n_past: usize,
     st: RunState<B::Buffer>,
@@ -102,12 +136,20 @@ impl<'m, B: Backend> Session<'m, B> {
             gate: buf(c.n_ff)?,
             up: buf(c.n_ff)?,
             act: buf(c.n_ff)?,
+            row_io: match opts.batch_kernels {
+                BatchKernels::LlamaCpp => None,
+                BatchKernels::RowConsistent => {
+                    let w = c.n_embd.max(c.q_width()).max(c.kv_width()).max(c.n_ff);
+                    Some((b.alloc(w)?, b.alloc(w)?))
+                }
+            },
             logits: None,
         };
         Ok(Session {
             model,
             n_ctx,
             n_batch: nb,
+            batch_kernels: opts.batch_kernels,
             kv,
             n_past: 0,
             st,
@@ -124,6 +166,11 @@ impl<'m, B: Backend> Session<'m, B> {
     /// Tokens in the KV cache.
     pub fn n_past(&self) -> usize {
         self.n_past
+    }
+
+    /// Which kernels compute a batch of several tokens.
+    pub fn batch_kernels(&self) -> BatchKernels {
+        self.batch_kernels
     }
 
     /// Positions the KV cache holds.
@@ -274,9 +321,9 @@ impl<'m, B: Backend> Session<'m, B> {
             b.rms_norm(&st.x, &l.attn_norm, c.rms_eps, n, &mut st.xn);
             Self::observe(b, host, &mut obs, lay, Step::AttnNorm, &st.xn, 0, n, d)?;
 
-            b.matmul(&l.wq, &st.xn, n, &mut st.q);
-            b.matmul(&l.wk, &st.xn, n, &mut st.k);
-            b.matmul(&l.wv, &st.xn, n, &mut st.v);
+            mm(b, &mut st.row_io, &l.wq, &st.xn, n, d, qw, &mut st.q);
+            mm(b, &mut st.row_io, &l.wk, &st.xn, n, d, kvw, &mut st.k);
+            mm(b, &mut st.row_io, &l.wv, &st.xn, n, d, kvw, &mut st.v);
             if let Some(bq) = &l.bq {
                 b.add_bias(&mut st.q, bq, n);
             }
@@ -293,10 +340,20 @@ impl<'m, B: Backend> Session<'m, B> {
             Self::observe(b, host, &mut obs, lay, Step::V, &st.v, 0, n, kvw)?;
 
             b.store_kv(&mut self.kv, il, pos0, n, &st.k, &st.v);
-            b.attention(&st.q, &self.kv, il, pos0, n, &attn, &mut st.kqv);
+            attend(
+                b,
+                &mut st.row_io,
+                &st.q,
+                &self.kv,
+                il,
+                pos0,
+                n,
+                &attn,
+                &mut st.kqv,
+            );
             Self::observe(b, host, &mut obs, lay, Step::Kqv, &st.kqv, 0, n, qw)?;
 
-            b.matmul(&l.wo, &st.kqv, n, &mut st.proj);
+            mm(b, &mut st.row_io, &l.wo, &st.kqv, n, qw, d, &mut st.proj);
             if let Some(bo) = &l.bo {
                 b.add_bias(&mut st.proj, bo, n);
             }
@@ -306,13 +363,31 @@ impl<'m, B: Backend> Session<'m, B> {
 
             b.rms_norm(&st.x, &l.ffn_norm, c.rms_eps, n, &mut st.xn);
             Self::observe(b, host, &mut obs, lay, Step::FfnNorm, &st.xn, 0, n, d)?;
-            b.matmul(&l.ffn_gate, &st.xn, n, &mut st.gate);
-            b.matmul(&l.ffn_up, &st.xn, n, &mut st.up);
+            mm(
+                b,
+                &mut st.row_io,
+                &l.ffn_gate,
+                &st.xn,
+                n,
+                d,
+                ff,
+                &mut st.gate,
+            );
+            mm(b, &mut st.row_io, &l.ffn_up, &st.xn, n, d, ff, &mut st.up);
             Self::observe(b, host, &mut obs, lay, Step::FfnGate, &st.gate, 0, n, ff)?;
             Self::observe(b, host, &mut obs, lay, Step::FfnUp, &st.up, 0, n, ff)?;
             b.swiglu(&st.gate, &st.up, n, ff, &mut st.act);
             Self::observe(b, host, &mut obs, lay, Step::Swiglu, &st.act, 0, n, ff)?;
-            b.matmul(&l.ffn_down, &st.act, n, &mut st.proj);
+            mm(
+                b,
+                &mut st.row_io,
+                &l.ffn_down,
+                &st.act,
+                n,
+                ff,
+                d,
+                &mut st.proj,
+            );
             Self::observe(b, host, &mut obs, lay, Step::FfnOut, &st.proj, 0, n, d)?;
             b.add(&mut st.x, &st.proj, n * d);
             Self::observe(b, host, &mut obs, lay, Step::LayerOut, &st.x, 0, n, d)?;
@@ -350,12 +425,80 @@ impl<'m, B: Backend> Session<'m, B> {
         }
         let (lbuf, _) = st.logits.as_mut().expect("allocated above");
         let output = w.output.as_ref().unwrap_or(&w.token_embd);
-        b.matmul(output, &st.xn, out_rows, lbuf);
         let dst = &mut self.logits[row_out * n_vocab..(row_out + out_rows) * n_vocab];
-        b.read(lbuf, 0, dst)?;
+        match &mut st.row_io {
+            Some((row, _)) if out_rows > 1 => {
+                for (r, dst_row) in dst.chunks_mut(n_vocab).enumerate() {
+                    b.copy(&st.xn, r * d, row, 0, d);
+                    b.matmul(output, row, 1, lbuf);
+                    b.read(lbuf, 0, dst_row)?;
+                }
+            }
+            _ => {
+                b.matmul(output, &st.xn, out_rows, lbuf);
+                b.read(lbuf, 0, dst)?;
+            }
+        }
         if let Some(o) = obs {
             o.record(None, Step::Logits, out_rows, dst);
         }
         Ok(())
+    }
+}
+
+/// `out = x · Wᵀ` for `n` rows of `cols` values into rows of `rows` values:
+/// one product for the whole batch, or — with the one-row buffers of
+/// [`BatchKernels::RowConsistent`] — one single-row product per row, the
+/// kernel a decoded token takes.
+#[allow(clippy::too_many_arguments)] // the operation's inputs, spelled out
+fn mm<B: Backend>(
+    b: &B,
+    row_io: &mut Option<(B::Buffer, B::Buffer)>,
+    w: &B::Weight,
+    x: &B::Buffer,
+    n: usize,
+    cols: usize,
+    rows: usize,
+    out: &mut B::Buffer,
+) {
+    match row_io {
+        Some((row_in, row_out)) if n > 1 => {
+            for r in 0..n {
+                b.copy(x, r * cols, row_in, 0, cols);
+                b.matmul(w, row_in, 1, row_out);
+                b.copy(row_out, 0, out, r * rows, rows);
+            }
+        }
+        _ => b.matmul(w, x, n, out),
+    }
+}
+
+/// Attention of `n` query rows at positions `pos0..`: one call for the
+/// batch, or — with [`BatchKernels::RowConsistent`]'s buffers — one
+/// single-row call per row at its own position, as when decoding. The cache
+/// already holds the batch's keys and values; the causal mask keeps row `t`
+/// from reading past position `pos0 + t`, so it sees what decoding saw.
+#[allow(clippy::too_many_arguments)] // the operation's inputs, spelled out
+fn attend<B: Backend>(
+    b: &B,
+    row_io: &mut Option<(B::Buffer, B::Buffer)>,
+    q: &B::Buffer,
+    kv: &B::KvCache,
+    layer: usize,
+    pos0: usize,
+    n: usize,
+    params: &AttentionParams,
+    out: &mut B::Buffer,
+) {
+    match row_io {
+        Some((row_in, row_out)) if n > 1 => {
+            let qw = params.n_head * params.head_dim;
+            for t in 0..n {
+                b.copy(q, t * qw, row_in, 0, qw);
+                b.attention(row_in, kv, layer, pos0 + t, 1, params, row_out);
+                b.copy(row_out, 0, out, t * qw, qw);
+            }
+        }
+        _ => b.attention(q, kv, layer, pos0, n, params, out),
     }
 }
