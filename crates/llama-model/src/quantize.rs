@@ -250,11 +250,8 @@ impl Hparams {
         let n_head = uint("attention.head_count")?.unwrap_or(0);
         let n_head_kv = uint("attention.head_count_kv")?.unwrap_or(n_head);
         let n_expert = uint("expert_count")?.unwrap_or(0);
-        let n_gqa = if n_head_kv == 0 {
-            0
-        } else {
-            n_head / n_head_kv
-        };
+        // llama.cpp's n_gqa(): 0 when there are no KV heads.
+        let n_gqa = n_head.checked_div(n_head_kv).unwrap_or(0);
         // Where llama.cpp's loaders set LLM_TYPE_70B (src/models/*.cpp).
         let is_70b = match arch.as_str() {
             "llama" => n_layer == 80 && n_head != n_head_kv,
@@ -432,7 +429,7 @@ impl Chooser<'_> {
         let falcon = hp.arch == "falcon";
         if role == Role::Output || (self.has_tied_embeddings && role == Role::TokenEmbd) {
             let nx = t.dims[0];
-            if falcon || nx % ty.block_size() as u64 != 0 {
+            if falcon || !nx.is_multiple_of(ty.block_size() as u64) {
                 ty = G::Q8_0;
             } else if ty != G::Q8_0 {
                 ty = G::Q6_K;
@@ -589,7 +586,7 @@ fn fallback(t: &TensorInfo, wanted: GgmlType) -> Result<GgmlType> {
     use GgmlType as G;
     let ncols = t.dims[0];
     let block = wanted.block_size() as u64;
-    if ncols % block == 0 {
+    if ncols.is_multiple_of(block) {
         return Ok(wanted);
     }
     let ty = match wanted {
@@ -614,7 +611,7 @@ fn fallback(t: &TensorInfo, wanted: GgmlType) -> Result<GgmlType> {
         )))
         }
     };
-    Ok(if ncols % ty.block_size() as u64 != 0 {
+    Ok(if !ncols.is_multiple_of(ty.block_size() as u64) {
         G::F16
     } else {
         ty
