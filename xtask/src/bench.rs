@@ -215,6 +215,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
                 .args(["-n", &tg.to_string(), "-r", &reps.to_string()]),
         )?)
         .map_err(|e| format!("strata bench output: {e}"))?;
+        // A failed reference run (a crash in the Python binding) is recorded
+        // and the comparison goes on without it.
+        let mut llama_cpp_error = None;
         let theirs: Option<Value> = match &llama_cpp {
             Some(_) => {
                 eprintln!("bench: llama.cpp (llama-cpp-python) {}", path.display());
@@ -224,11 +227,19 @@ pub fn run(args: &[String]) -> Result<(), String> {
                         .arg(path)
                         .args([pp.to_string(), tg.to_string(), threads.to_string()])
                         .arg(reps.to_string()),
-                )?;
-                Some(
-                    serde_json::from_str(&out)
-                        .map_err(|e| format!("llama.cpp bench output: {e}"))?,
                 )
+                .and_then(|out| {
+                    serde_json::from_str(&out).map_err(|e| format!("llama.cpp bench output: {e}"))
+                });
+                match out {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        let short = e.rsplit(" failed ").next().unwrap_or(&e).to_string();
+                        eprintln!("bench: llama.cpp run failed: {short}");
+                        llama_cpp_error = Some(short);
+                        None
+                    }
+                }
             }
             None => None,
         };
@@ -241,6 +252,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "bytes": size,
             "strata": ours,
             "llama_cpp": theirs,
+            "llama_cpp_error": llama_cpp_error,
             "ratio": { spp.clone(): ratio(&spp), stg.clone(): ratio(&stg) },
         }));
     }
