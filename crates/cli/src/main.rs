@@ -81,7 +81,10 @@ fn main() -> ExitCode {
         }
         // A bad argument found after parsing: exit code 2, as clap's own errors.
         Err(e) if e.downcast_ref::<common::UsageError>().is_some() => {
-            eprintln!("strata: error: {}", e.to_string().replace(['\n', '\r'], " "));
+            eprintln!(
+                "strata: error: {}",
+                e.to_string().replace(['\n', '\r'], " ")
+            );
             ExitCode::from(2)
         }
         Err(e) => {
