@@ -282,7 +282,7 @@ fn fp16_pair(a: f16, b: f16) -> __m128 {
 /// Sum of 8 floats, in ggml's `hsum_float_8` order.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum_float_8(x: __m256) -> f32 {
+pub(super) fn hsum_float_8(x: __m256) -> f32 {
     let mut res = _mm256_extractf128_ps(x, 1);
     res = _mm_add_ps(res, _mm256_castps256_ps128(x));
     res = _mm_add_ps(res, _mm_movehl_ps(res, res));
@@ -293,7 +293,7 @@ fn hsum_float_8(x: __m256) -> f32 {
 /// Sum of 8 i32.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn hsum_i32_8(a: __m256i) -> i32 {
+pub(super) fn hsum_i32_8(a: __m256i) -> i32 {
     let sum128 = _mm_add_epi32(_mm256_castsi256_si128(a), _mm256_extracti128_si256(a, 1));
     let hi64 = _mm_unpackhi_epi64(sum128, sum128);
     let sum64 = _mm_add_epi32(hi64, sum128);
@@ -332,6 +332,23 @@ fn bytes_from_bits_32(x: &[u8; 4]) -> __m256i {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn load_32(p: &[i8; 32]) -> __m256i {
     // SAFETY: `p` is 32 readable bytes; loadu has no alignment needs.
+    unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
+}
+
+/// Loads 32 bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn load_u8x32(p: &[u8]) -> __m256i {
+    assert!(p.len() >= 32);
+    // SAFETY: `p` has at least 32 readable bytes; loadu has no alignment needs.
+    unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
+}
+/// Loads 32 signed bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn load_i8x32(p: &[i8]) -> __m256i {
+    assert!(p.len() >= 32);
+    // SAFETY: `p` has at least 32 readable bytes; loadu has no alignment needs.
     unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
 }
 
@@ -845,3 +862,19 @@ pub fn quantize_row_q8_k_avx2(x: &[f32], y: &mut [BlockQ8_K]) {
         b.d = 1.0 / iscale;
     }
 }
+
+/// Byte wrapper for a super-block format paired with Q8_K, shared by the
+/// k-quant and i-quant modules (their kernels take typed block slices).
+macro_rules! k_wrapper {
+    ($name:ident, $block:ty, $kernel:ident) => {
+        fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
+            let nb = n / QK_K;
+            let (ws, as_) = (size_of::<$block>(), size_of::<BlockQ8_K>());
+            formats::vec_dot_bytes(&w[..nb * ws], &a[..nb * as_], |x, y| {
+                // SAFETY: see the section comment.
+                unsafe { $kernel(x, y) }
+            })
+        }
+    };
+}
+pub(super) use k_wrapper;

@@ -19,6 +19,7 @@ use std::arch::x86_64::*;
 
 use gguf_format::GgmlType;
 
+use super::x86::{hsum_i32_8, k_wrapper, load_i8x32, load_u8x32};
 use super::{Features, VecDotFn};
 use crate::formats::iq_grids::{
     IQ1S_GRID, IQ2S_GRID, IQ2XS_GRID, IQ2XXS_GRID, IQ3S_GRID, IQ3XXS_GRID, KSIGNS_IQ2XS,
@@ -60,20 +61,6 @@ pub(super) fn vec_dot(ty: GgmlType, f: Features) -> Option<VecDotFn> {
 
 const QK_K: usize = 256;
 
-/// Byte wrapper for a super-block format paired with Q8_K.
-macro_rules! k_wrapper {
-    ($name:ident, $block:ty, $kernel:ident) => {
-        fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
-            let nb = n / QK_K;
-            let (ws, as_) = (size_of::<$block>(), size_of::<BlockQ8_K>());
-            formats::vec_dot_bytes(&w[..nb * ws], &a[..nb * as_], |x, y| {
-                // SAFETY: see the section comment.
-                unsafe { $kernel(x, y) }
-            })
-        }
-    };
-}
-
 k_wrapper!(vec_dot_iq2_xxs, BlockIQ2_XXS, vec_dot_iq2_xxs_q8_k_avx2);
 k_wrapper!(vec_dot_iq2_xs, BlockIQ2_XS, vec_dot_iq2_xs_q8_k_avx2);
 k_wrapper!(vec_dot_iq2_s, BlockIQ2_S, vec_dot_iq2_s_q8_k_avx2);
@@ -96,34 +83,6 @@ fn vec_dot_mxfp4(n: usize, w: &[u8], a: &[u8]) -> f32 {
 // ---------------------------------------------------------------------------
 // Helpers.
 // ---------------------------------------------------------------------------
-
-/// Loads 32 signed bytes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn load_i8x32(p: &[i8]) -> __m256i {
-    assert!(p.len() >= 32);
-    // SAFETY: `p` has at least 32 readable bytes; loadu has no alignment needs.
-    unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
-}
-
-/// Loads 32 bytes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn load_u8x32(p: &[u8]) -> __m256i {
-    assert!(p.len() >= 32);
-    // SAFETY: `p` has at least 32 readable bytes; loadu has no alignment needs.
-    unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
-}
-
-/// Sum of the eight i32 lanes (exact while it fits, as here).
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn hsum_i32_8(v: __m256i) -> i32 {
-    let s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256::<1>(v));
-    let s = _mm_add_epi32(s, _mm_unpackhi_epi64(s, s));
-    let s = _mm_add_epi32(s, _mm_shuffle_epi32::<0b01>(s));
-    _mm_cvtsi128_si32(s)
-}
 
 /// 32 bytes of ±1 from 32 sign bits: byte `k` of `s` holds the signs of
 /// values `8k..8k+8`, bit `j` set meaning value `8k+j` is negative.

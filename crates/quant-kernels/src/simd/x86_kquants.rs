@@ -17,6 +17,7 @@ use std::arch::x86_64::*;
 
 use gguf_format::GgmlType;
 
+use super::x86::{hsum_float_8, k_wrapper, load_i8x32, load_u8x32};
 use super::{Features, VecDotFn};
 use crate::formats::{
     self, iq4_nl::BlockIQ4_NL, iq4_nl::KVALUES_IQ4NL, iq4_xs::BlockIQ4_XS, q2_k::BlockQ2_K,
@@ -51,20 +52,6 @@ pub(super) fn vec_dot(ty: GgmlType, f: Features) -> Option<VecDotFn> {
 
 const QK_K: usize = 256;
 
-/// Byte wrapper for a super-block format paired with Q8_K.
-macro_rules! k_wrapper {
-    ($name:ident, $block:ty, $kernel:ident) => {
-        fn $name(n: usize, w: &[u8], a: &[u8]) -> f32 {
-            let nb = n / QK_K;
-            let (ws, as_) = (size_of::<$block>(), size_of::<BlockQ8_K>());
-            formats::vec_dot_bytes(&w[..nb * ws], &a[..nb * as_], |x, y| {
-                // SAFETY: see the section comment.
-                unsafe { $kernel(x, y) }
-            })
-        }
-    };
-}
-
 k_wrapper!(vec_dot_q2_k, BlockQ2_K, vec_dot_q2_k_q8_k_avx2);
 k_wrapper!(vec_dot_q3_k, BlockQ3_K, vec_dot_q3_k_q8_k_avx2);
 k_wrapper!(vec_dot_q4_k, BlockQ4_K, vec_dot_q4_k_q8_k_avx2);
@@ -85,17 +72,6 @@ fn vec_dot_iq4_nl(n: usize, w: &[u8], a: &[u8]) -> f32 {
 // Helpers.
 // ---------------------------------------------------------------------------
 
-/// Sum of 8 floats, in ggml's `hsum_float_8` order.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn hsum_float_8(x: __m256) -> f32 {
-    let mut res = _mm256_extractf128_ps(x, 1);
-    res = _mm_add_ps(res, _mm256_castps256_ps128(x));
-    res = _mm_add_ps(res, _mm_movehl_ps(res, res));
-    res = _mm_add_ss(res, _mm_movehdup_ps(res));
-    _mm_cvtss_f32(res)
-}
-
 /// f16 → f32 with F16C (exact, like every f16 → f32 conversion).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -115,24 +91,6 @@ fn f16_table() -> &'static [f32; 1 << 16] {
         }
         t
     })
-}
-
-/// Loads 32 bytes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn load_u8x32(p: &[u8]) -> __m256i {
-    assert!(p.len() >= 32);
-    // SAFETY: `p` has at least 32 readable bytes; loadu has no alignment needs.
-    unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
-}
-
-/// Loads 32 signed bytes.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn load_i8x32(p: &[i8]) -> __m256i {
-    assert!(p.len() >= 32);
-    // SAFETY: `p` has at least 32 readable bytes; loadu has no alignment needs.
-    unsafe { _mm256_loadu_si256(p.as_ptr().cast()) }
 }
 
 /// Loads 16 bytes.
