@@ -1,4 +1,5 @@
-//! Scale-fitting helpers shared by the k-quant reference quantizers.
+//! Helpers shared by the k-quant formats: scale fitting for the reference quantizers and the
+//! common integer tail of the generic dot products.
 //!
 //! Ported operation for operation from ggml's `ggml-quants.c` (`nearest_int`,
 //! `make_qx_quants`, `make_q3_quants`, `make_qkx2_quants`, `get_scale_min_k4`,
@@ -382,4 +383,34 @@ pub(crate) fn best_index_int8(val: &[i8], x: f32) -> usize {
         step >>= 1;
     }
     idx
+}
+
+/// The shared tail of ggml's generic K-quant dot products
+/// (`ggml_vec_dot_q{3,4,5,6}_K_q8_K_generic`): the unpacked weights `aux8`
+/// times the activations, summed into ggml's eight integer lanes (`aux32`)
+/// one `group` of weights at a time with that group's integer `scale`, then
+/// `sums[l] += d·aux32[l]` — the exact order of the C code.
+#[inline(always)]
+pub(crate) fn accumulate_scaled_lanes(
+    aux8: &[i8; QK_K],
+    q8: &[i8; QK_K],
+    group: usize,
+    scale: impl Fn(usize) -> i32,
+    d: f32,
+    sums: &mut [f32; 8],
+) {
+    let mut aux32 = [0i32; 8];
+    for j in 0..QK_K / group {
+        let scale = scale(j);
+        for k in 0..group / 8 {
+            let base = group * j + 8 * k;
+            for l in 0..8 {
+                let p = (q8[base + l] as i16).wrapping_mul(aux8[base + l] as i16);
+                aux32[l] += scale * p as i32;
+            }
+        }
+    }
+    for l in 0..8 {
+        sums[l] += d * aux32[l] as f32;
+    }
 }

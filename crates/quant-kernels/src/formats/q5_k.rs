@@ -14,7 +14,8 @@ use half::f16;
 
 use super::f16::{fp16_to_fp32, fp32_to_fp16};
 use super::k_helpers::{
-    get_scale_min_k4, make_qkx2_quants, nearest_int, pack_scale_min_k4, unpack_scales_mins_k4, QK_K,
+    accumulate_scaled_lanes, get_scale_min_k4, make_qkx2_quants, nearest_int, pack_scale_min_k4,
+    unpack_scales_mins_k4, QK_K,
 };
 use super::q8_k::BlockQ8_K;
 use super::FormatKernels;
@@ -182,21 +183,8 @@ pub fn vec_dot_q5_k_q8_k(x: &[BlockQ5_K], y: &[BlockQ8_K]) -> f32 {
         for j in 0..QK_K / 16 {
             sumi += yb.bsums[j] as i32 * sm[8 + j / 2] as i32;
         }
-        let mut aux32 = [0i32; 8];
-        for j in 0..QK_K / 32 {
-            let scale = sm[j] as i32;
-            for k in 0..4 {
-                let base = 32 * j + 8 * k;
-                for l in 0..8 {
-                    let p = (yb.qs[base + l] as i16).wrapping_mul(aux8[base + l] as i16);
-                    aux32[l] += scale * p as i32;
-                }
-            }
-        }
         let d = fp16_to_fp32(xb.d) * yb.d;
-        for l in 0..8 {
-            sums[l] += d * aux32[l] as f32;
-        }
+        accumulate_scaled_lanes(&aux8, &yb.qs, 32, |j| sm[j] as i32, d, &mut sums);
         let dmin = fp16_to_fp32(xb.dmin) * yb.d;
         sumf -= dmin * sumi as f32;
     }

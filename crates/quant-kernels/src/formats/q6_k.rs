@@ -14,7 +14,7 @@ use gguf_format::GgmlType;
 use half::f16;
 
 use super::f16::{fp16_to_fp32, fp32_to_fp16};
-use super::k_helpers::{make_qx_quants, nearest_int, GROUP_MAX_EPS, QK_K};
+use super::k_helpers::{accumulate_scaled_lanes, make_qx_quants, nearest_int, GROUP_MAX_EPS, QK_K};
 use super::q8_k::BlockQ8_K;
 use super::FormatKernels;
 
@@ -142,21 +142,8 @@ pub fn vec_dot_q6_k_q8_k(x: &[BlockQ6_K], y: &[BlockQ8_K]) -> f32 {
                 a[l + 96] = ((q4[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8 - 32;
             }
         }
-        let mut aux32 = [0i32; 8];
-        for j in 0..QK_K / 16 {
-            let scale = xb.scales[j] as i32;
-            for k in 0..2 {
-                let base = 16 * j + 8 * k;
-                for l in 0..8 {
-                    let p = (yb.qs[base + l] as i16).wrapping_mul(aux8[base + l] as i16);
-                    aux32[l] += scale * p as i32;
-                }
-            }
-        }
         let d = fp16_to_fp32(xb.d) * yb.d;
-        for l in 0..8 {
-            sums[l] += d * aux32[l] as f32;
-        }
+        accumulate_scaled_lanes(&aux8, &yb.qs, 16, |j| xb.scales[j] as i32, d, &mut sums);
     }
     let mut sumf = 0.0f32;
     for s in sums {
