@@ -38,6 +38,7 @@
 mod error;
 pub mod formats;
 mod matmul;
+pub mod pool;
 pub mod simd;
 
 pub use error::QuantError;

@@ -6,9 +6,8 @@
 //! chunk's rows against a tile of the batch so each weight row is read from
 //! memory once per tile, which makes prompt processing compute-bound.
 
-use rayon::prelude::*;
-
 use crate::formats::{self, row_bytes};
+use crate::pool;
 use crate::simd::{self, FromFloatFn, VecDotFn};
 use crate::{GgmlType, QuantError};
 
@@ -117,10 +116,9 @@ impl Scratch {
         if n == 1 {
             from_float(x, bytes);
         } else {
-            bytes
-                .par_chunks_mut(act_row)
-                .zip(x.par_chunks(cols))
-                .for_each(|(dst, src)| from_float(src, dst));
+            pool::for_each_chunk_mut(bytes, act_row, |b, dst| {
+                from_float(&x[b * cols..(b + 1) * cols], dst)
+            });
         }
         (bytes, act_row)
     }
@@ -164,7 +162,7 @@ pub fn matvec(w: &QMatrix<'_>, x: &[f32], y: &mut [f32], scratch: &mut Scratch) 
     let (act, _) = scratch.quantize(act_ty, from_float, x, 1, w.cols);
     let chunk = rows_per_task(w.rows, w.row_bytes, 1);
     let cols = w.cols;
-    y.par_chunks_mut(chunk).enumerate().for_each(|(c, y)| {
+    pool::for_each_chunk_mut(y, chunk, |c, y| {
         let r0 = c * chunk;
         for (i, y) in y.iter_mut().enumerate() {
             *y = vec_dot(cols, w.row(r0 + i), act);
@@ -209,35 +207,33 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], scratch: &mut
     let vec_dot_x4 = simd::vec_dot_x4_for(w.ty);
     let act_of = |b: usize| &act[b * act_row..(b + 1) * act_row];
     // out is rows×n: each task owns a contiguous block of whole rows.
-    out.par_chunks_mut(chunk * n)
-        .enumerate()
-        .for_each(|(c, out)| {
-            let r0 = c * chunk;
-            let nrows = out.len() / n;
-            for b0 in (0..n).step_by(BATCH_TILE) {
-                let b1 = (b0 + BATCH_TILE).min(n);
-                for i in 0..nrows {
-                    let wr = w.row(r0 + i);
-                    let out_r = &mut out[i * n..(i + 1) * n];
-                    let mut b = b0;
-                    if let Some(x4) = vec_dot_x4 {
-                        while b + 4 <= b1 {
-                            let r = x4(cols, wr, std::array::from_fn(|k| act_of(b + k)));
-                            out_r[b..b + 4].copy_from_slice(&r);
-                            b += 4;
-                        }
-                    }
-                    for (o, b) in out_r[b..b1].iter_mut().zip(b..) {
-                        *o = vec_dot(cols, wr, act_of(b));
+    pool::for_each_chunk_mut(&mut out, chunk * n, |c, out| {
+        let r0 = c * chunk;
+        let nrows = out.len() / n;
+        for b0 in (0..n).step_by(BATCH_TILE) {
+            let b1 = (b0 + BATCH_TILE).min(n);
+            for i in 0..nrows {
+                let wr = w.row(r0 + i);
+                let out_r = &mut out[i * n..(i + 1) * n];
+                let mut b = b0;
+                if let Some(x4) = vec_dot_x4 {
+                    while b + 4 <= b1 {
+                        let r = x4(cols, wr, std::array::from_fn(|k| act_of(b + k)));
+                        out_r[b..b + 4].copy_from_slice(&r);
+                        b += 4;
                     }
                 }
+                for (o, b) in out_r[b..b1].iter_mut().zip(b..) {
+                    *o = vec_dot(cols, wr, act_of(b));
+                }
             }
-        });
+        }
+    });
     let rows = w.rows;
-    y.par_chunks_mut(rows).enumerate().for_each(|(b, yb)| {
+    for (b, yb) in y.chunks_mut(rows).enumerate() {
         for (r, v) in yb.iter_mut().enumerate() {
             *v = out[r * n + b];
         }
-    });
+    }
     scratch.out = out;
 }

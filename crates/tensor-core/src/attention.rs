@@ -1,7 +1,6 @@
 //! Causal scaled-dot-product attention with grouped-query heads over a KV cache (CPU).
 
 use half::f16;
-use rayon::prelude::*;
 
 use crate::ops::softmax_scaled;
 
@@ -148,9 +147,17 @@ pub fn attention<E: KvElement>(
     // they decide later f16 roundings: mirroring both is what makes
     // prompt logits and greedy continuations agree with llama.cpp's.
     let decode = n_rows == 1;
-    out.par_chunks_mut(hd).enumerate().for_each_init(
-        || (Vec::<f32>::new(), vec![0.0f32; hd], vec![0.0f32; 32 * hd]),
-        |(scores, qh, lanes), (unit, o)| {
+    // Tasks of whole heads, a few per thread; each task has its own buffers.
+    let units = n_rows * p.n_head;
+    let per_task = units
+        .div_ceil(rayon::current_num_threads().max(1) * 4)
+        .max(1);
+    quant_kernels::pool::for_each_chunk_mut(out, per_task * hd, |c, out| {
+        let (mut scores, mut qh, mut lanes) =
+            (Vec::<f32>::new(), vec![0.0f32; hd], vec![0.0f32; 32 * hd]);
+        for (i, o) in out.chunks_mut(hd).enumerate() {
+            let unit = c * per_task + i;
+            let (scores, qh, lanes) = (&mut scores, &mut qh[..], &mut lanes[..]);
             let (t, h) = (unit / p.n_head, unit % p.n_head);
             let g = h / group;
             let n_kv = pos0 + t + 1;
@@ -191,8 +198,8 @@ pub fn attention<E: KvElement>(
                     hsum8(&std::array::from_fn(l))
                 };
             }
-        },
-    );
+        }
+    });
 }
 
 /// ggml's `hsum_float_8` (AVX): `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.

@@ -3,11 +3,11 @@
 /// Runs `$body` compiled with FMA instructions when the CPU has them (so
 /// `mul_add` is one instruction, not a libm call); same results either way.
 macro_rules! with_fma {
-    ($name:ident, fn($($arg:ident: $ty:ty),*) $body:block) => {
-        with_fma!($name, fn($($arg: $ty),*) -> () $body);
+    ($vis:vis $name:ident, fn($($arg:ident: $ty:ty),*) $body:block) => {
+        with_fma!($vis $name, fn($($arg: $ty),*) -> () $body);
     };
-    ($name:ident, fn($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
-        fn $name($($arg: $ty),*) -> $ret {
+    ($vis:vis $name:ident, fn($($arg:ident: $ty:ty),*) -> $ret:ty $body:block) => {
+        $vis fn $name($($arg: $ty),*) -> $ret {
             #[inline(always)]
             fn body($($arg: $ty),*) -> $ret $body
             #[cfg(target_arch = "x86_64")]

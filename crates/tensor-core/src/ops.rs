@@ -3,8 +3,6 @@
 //! Each follows the ggml CPU operation it names, down to the precision of
 //! intermediate sums, so that results agree with llama.cpp to rounding.
 
-use rayon::prelude::*;
-
 use crate::fma::with_fma;
 
 /// Rows below this many elements are not worth a rayon task.
@@ -30,9 +28,9 @@ pub fn rms_norm(x: &[f32], weight: &[f32], eps: f32, out: &mut [f32]) {
         }
     };
     if x.len() >= PAR_MIN_LEN {
-        x.par_chunks(width)
-            .zip(out.par_chunks_mut(width))
-            .for_each(row);
+        quant_kernels::pool::for_each_chunk_mut(out, width, |r, yr| {
+            row((&x[r * width..(r + 1) * width], yr))
+        });
     } else {
         x.chunks(width).zip(out.chunks_mut(width)).for_each(row);
     }
@@ -122,10 +120,10 @@ pub fn swiglu(gate: &[f32], up: &[f32], width: usize, out: &mut [f32]) {
     assert!(gate.len() == up.len() && up.len() == out.len() && out.len().is_multiple_of(width));
     let f = |((o, g), u): ((&mut [f32], &[f32]), &[f32])| swiglu_row(g, u, o);
     if out.len() >= PAR_MIN_LEN {
-        out.par_chunks_mut(width)
-            .zip(gate.par_chunks(width))
-            .zip(up.par_chunks(width))
-            .for_each(f);
+        quant_kernels::pool::for_each_chunk_mut(out, width, |r, o| {
+            let range = r * width..(r + 1) * width;
+            f(((o, &gate[range.clone()]), &up[range]))
+        });
     } else {
         out.chunks_mut(width)
             .zip(gate.chunks(width))
