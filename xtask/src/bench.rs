@@ -35,6 +35,14 @@ const LADDER: [&str; 6] = ["F16", "Q8_0", "Q6_K", "Q5_K_M", "Q4_K_M", "Q4_0"];
 /// The llama-cpp-python release whose llama.cpp the project is compared with.
 const LLAMA_CPP_PYTHON: &str = "0.3.36";
 
+/// How the reference llama.cpp is built: the AVX2 x86 build whose summation
+/// orders strata mirrors (an AVX-512 build sums float products in 16 lanes),
+/// and without the AMX kernels, which crash llama.cpp 0.3.36 on quantized
+/// files on CPUs that have AMX.
+const LLAMA_CPP_CMAKE_ARGS: &str = "-DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON -DGGML_FMA=ON \
+     -DGGML_F16C=ON -DGGML_BMI2=ON -DGGML_AVX512=OFF -DGGML_AVX_VNNI=OFF -DGGML_AMX_TILE=OFF \
+     -DGGML_AMX_INT8=OFF -DGGML_AMX_BF16=OFF";
+
 /// How llama.cpp is measured: the same shape as `strata bench` (warm-up, then
 /// best and median of `reps` runs from an empty cache; pp in one batch, tg
 /// one token at a time), peak RSS from getrusage.
@@ -197,8 +205,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
         ),
         None => eprintln!(
             "bench: llama-cpp-python is not installed, so llama.cpp is not measured. To compare, \
-             `pip install llama-cpp-python=={LLAMA_CPP_PYTHON}` (builds llama.cpp from source, \
-             about 10 minutes on 2 cores) and run again."
+             `CMAKE_ARGS=\"{LLAMA_CPP_CMAKE_ARGS}\" pip install --no-cache-dir \
+             llama-cpp-python=={LLAMA_CPP_PYTHON}` (builds llama.cpp from source, about 10 minutes \
+             on 2 cores) and run again."
         ),
     }
 
