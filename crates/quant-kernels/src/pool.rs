@@ -35,6 +35,19 @@ use std::time::{Duration, Instant};
 /// How long an idle worker spins for the next job before it sleeps.
 const SPIN: Duration = Duration::from_millis(2);
 
+/// One round of waiting: a pause instruction for the first rounds, then a
+/// yield, so that a machine with more runnable threads than cores (parallel
+/// test runs, a compiler in the background) gives the core to a thread with
+/// work instead of spinning through its time slice.
+#[inline]
+fn relax(spins: u32) {
+    if spins < 256 {
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
 /// One job: tasks `0..n_tasks` of `f`, taken in order by whoever is free.
 struct Job {
     /// The task body, its lifetime erased (the dispatcher outlives every use).
@@ -128,9 +141,9 @@ impl Pool {
             let start = Instant::now();
             let mut spins = 0u32;
             while self.epoch.load(SeqCst) == seen {
-                std::hint::spin_loop();
                 spins += 1;
-                if spins.is_multiple_of(1024) && start.elapsed() > SPIN {
+                relax(spins);
+                if spins.is_multiple_of(64) && start.elapsed() > SPIN {
                     let guard = self.sleep.lock().unwrap_or_else(|e| e.into_inner());
                     self.sleepers.fetch_add(1, SeqCst);
                     let guard = self
@@ -166,12 +179,15 @@ impl Pool {
             self.wake.notify_all();
         }
         job.work();
+        let mut spins = 0u32;
         while job.done.load(SeqCst) < job.n_tasks {
-            std::hint::spin_loop();
+            spins += 1;
+            relax(spins);
         }
         self.job.store(std::ptr::null_mut(), SeqCst);
         while self.busy.load(SeqCst) > 0 {
-            std::hint::spin_loop();
+            spins += 1;
+            relax(spins);
         }
     }
 }
