@@ -6,6 +6,10 @@ use half::f16;
 
 use super::TILED_MIN_BATCH;
 
+#[cfg(target_arch = "x86_64")]
+#[path = "kquant_x86.rs"]
+mod x86;
+
 /// ggml's `kvalues_iq4nl`: the 16 levels of IQ4_NL (and IQ4_XS).
 pub(super) const KVALUES_IQ4NL: [i8; 16] = [
     -127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113,
@@ -371,9 +375,63 @@ pub(super) fn b32_rows(
     }
 }
 
+/// The order [`kquant_rows`] gives activation row `b` of `n`: repacked
+/// matrices take the gemm's on the first `n - n % 4` rows and the gemv's on
+/// the rest; others the tiled kernel's.
+#[inline(always)]
+fn row_order(repacked: bool, n: usize, b: usize) -> KOrder {
+    match (repacked, b < n - n % 4) {
+        (false, _) => KOrder::Tiled,
+        (true, true) => KOrder::RepackGemm,
+        (true, false) => KOrder::RepackGemv,
+    }
+}
+
+/// The portable [`kquant_rows`]: the specification the AVX2 kernels
+/// reproduce bit for bit, and their fallback.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+pub(super) fn kquant_rows_portable(
+    ty: GgmlType,
+    w: &[u8],
+    row_bytes: usize,
+    xq: &[u8],
+    act_row: usize,
+    n: usize,
+    out: &mut [f32],
+    repacked: bool,
+) {
+    let sb = sub_block_len(ty);
+    let block_bytes = ty.type_size();
+    let order = |b: usize| row_order(repacked, n, b);
+    if matches!(ty, GgmlType::Q4_0 | GgmlType::IQ4_NL) {
+        return b32_rows(ty, w, row_bytes, xq, act_row, n, out);
+    }
+    if ty == GgmlType::Q4_K && n < TILED_MIN_BATCH {
+        for (wr, o) in w.chunks_exact(row_bytes).zip(out.chunks_mut(n)) {
+            for (b, o) in o.iter_mut().enumerate() {
+                *o = q4_k_direct(wr, &xq[b * act_row..][..act_row], order(b));
+            }
+        }
+        return;
+    }
+    let mut k = KBlock::ZERO;
+    let mut blocks = vec![KRow::ZERO; row_bytes / block_bytes];
+    for (wr, o) in w.chunks_exact(row_bytes).zip(out.chunks_mut(n)) {
+        for (r, xb) in blocks.iter_mut().zip(wr.chunks_exact(block_bytes)) {
+            decode_kblock(ty, xb, &mut k);
+            *r = KRow::new(&k, sb);
+        }
+        for (b, o) in o.iter_mut().enumerate() {
+            *o = kquant_dot(&blocks, &xq[b * act_row..][..act_row], order(b));
+        }
+    }
+}
+
 /// A K-quant product for a chunk of weight rows: `out[i·n + b]` for weight
 /// row `i` of `w` and activation row `b` of `xq` (`act_row` bytes each).
-/// Each weight row is decoded once; the integer work vectorizes under AVX2.
+/// With AVX2 the integer sums run eight weight rows at a time
+/// ([`x86`]); the float steps are [`kquant_rows_portable`]'s.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn kquant_rows(
     ty: GgmlType,
@@ -385,49 +443,6 @@ pub(super) fn kquant_rows(
     out: &mut [f32],
     repacked: bool,
 ) {
-    #[inline(always)]
-    #[allow(clippy::too_many_arguments)]
-    fn body(
-        ty: GgmlType,
-        w: &[u8],
-        row_bytes: usize,
-        xq: &[u8],
-        act_row: usize,
-        n: usize,
-        out: &mut [f32],
-        repacked: bool,
-    ) {
-        let sb = sub_block_len(ty);
-        let block_bytes = ty.type_size();
-        let gemm_rows = n - n % 4;
-        let order = |b: usize| match (repacked, b < gemm_rows) {
-            (false, _) => KOrder::Tiled,
-            (true, true) => KOrder::RepackGemm,
-            (true, false) => KOrder::RepackGemv,
-        };
-        if matches!(ty, GgmlType::Q4_0 | GgmlType::IQ4_NL) {
-            return b32_rows(ty, w, row_bytes, xq, act_row, n, out);
-        }
-        if ty == GgmlType::Q4_K && n < TILED_MIN_BATCH {
-            for (wr, o) in w.chunks_exact(row_bytes).zip(out.chunks_mut(n)) {
-                for (b, o) in o.iter_mut().enumerate() {
-                    *o = q4_k_direct(wr, &xq[b * act_row..][..act_row], order(b));
-                }
-            }
-            return;
-        }
-        let mut k = KBlock::ZERO;
-        let mut blocks = vec![KRow::ZERO; row_bytes / block_bytes];
-        for (wr, o) in w.chunks_exact(row_bytes).zip(out.chunks_mut(n)) {
-            for (r, xb) in blocks.iter_mut().zip(wr.chunks_exact(block_bytes)) {
-                decode_kblock(ty, xb, &mut k);
-                *r = KRow::new(&k, sb);
-            }
-            for (b, o) in o.iter_mut().enumerate() {
-                *o = kquant_dot(&blocks, &xq[b * act_row..][..act_row], order(b));
-            }
-        }
-    }
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx2,fma")]
@@ -442,15 +457,27 @@ pub(super) fn kquant_rows(
             out: &mut [f32],
             repacked: bool,
         ) {
-            body(ty, w, row_bytes, xq, act_row, n, out, repacked)
+            kquant_rows_portable(ty, w, row_bytes, xq, act_row, n, out, repacked)
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
+            if matches!(ty, GgmlType::Q4_0 | GgmlType::IQ4_NL) {
+                // SAFETY: AVX2 and FMA are present; the shapes are
+                // matmul_float's (whole rows, n activation rows each).
+                return unsafe { x86::b32_rows_avx2(ty, w, row_bytes, xq, act_row, n, out) };
+            }
+            if x86::kquant_avx2_handles(ty) && !(ty == GgmlType::Q4_K && n < TILED_MIN_BATCH) {
+                let order = |b: usize| row_order(repacked, n, b);
+                // SAFETY: as above, and `ty` is one the kernel handles.
+                return unsafe {
+                    x86::kquant_rows_avx2(ty, w, row_bytes, xq, act_row, n, out, &order)
+                };
+            }
             // SAFETY: the CPU supports AVX2 and FMA, all that `avx2` enables;
             // the integer sums are exact and the float steps are the same
             // `mul_add`s either way, so the result does not depend on it.
             return unsafe { avx2(ty, w, row_bytes, xq, act_row, n, out, repacked) };
         }
     }
-    body(ty, w, row_bytes, xq, act_row, n, out, repacked)
+    kquant_rows_portable(ty, w, row_bytes, xq, act_row, n, out, repacked)
 }

@@ -1,0 +1,440 @@
+//! AVX2 versions of [`super::b32_rows`] and the prepared-row K-quant
+//! products: the same float steps in the same order, the exact integer
+//! sums computed eight weight rows at a time.
+//!
+//! Weights are unpacked once per group of 8 rows into an interleaved layout
+//! (register `k` of a block holds elements `4k..4k + 4` of each of the 8
+//! rows, one 32-bit lane per row), so one `maddubs` multiplies four
+//! elements of all 8 rows by the same four activations, and the sums land
+//! one lane per row, as ggml's repacked 8x8 kernels arrange them. The
+//! float steps then run on 8 outputs at once, lane `r` doing exactly the
+//! portable code's `mul_add`s for row `r`.
+
+use std::arch::x86_64::*;
+
+use gguf_format::GgmlType;
+
+use super::{decode_kblock, f16_at, sub_block_len, KBlock, KOrder, KVALUES_IQ4NL};
+
+/// The 4 bytes at `p` broadcast to every 32-bit lane.
+///
+/// # Safety
+/// `p..p + 4` must be readable; AVX2 must be available.
+#[inline(always)]
+unsafe fn bcast4(p: *const u8) -> __m256i {
+    // SAFETY: the caller guarantees 4 readable bytes (unaligned read).
+    _mm256_set1_epi32(unsafe { std::ptr::read_unaligned(p as *const i32) })
+}
+
+/// `out[i·n + b]` for the Q4_0 / IQ4_NL rows of `w` (ggml's repacked 8x8
+/// gemm/gemv order, as [`super::b32_rows`]). Activations are block_q8_0
+/// rows from ggml's quantizer, whose quants lie in `-127..=127`.
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `w` holds whole rows of `row_bytes`,
+/// `xq` `n` rows of `act_row` bytes, `out` `n` values per weight row.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn b32_rows_avx2(
+    ty: GgmlType,
+    w: &[u8],
+    row_bytes: usize,
+    xq: &[u8],
+    act_row: usize,
+    n: usize,
+    out: &mut [f32],
+) {
+    let iq4 = ty == GgmlType::IQ4_NL;
+    let nb = row_bytes / 18;
+    let rows = w.len() / row_bytes;
+    assert!(xq.len() >= n * act_row && act_row >= nb * 34 && out.len() >= rows * n);
+    // Per activation block: its scale, and 8·Σy (Q4_0 stores `q + 8`).
+    let mut da = vec![0.0f32; n * nb];
+    let mut ysum8 = vec![0i32; n * nb];
+    for b in 0..n {
+        for j in 0..nb {
+            let ab = &xq[b * act_row + 34 * j..][..34];
+            da[b * nb + j] = f16_at(ab, 0);
+            ysum8[b * nb + j] = 8 * ab[2..].iter().map(|&v| v as i8 as i32).sum::<i32>();
+        }
+    }
+    let mut q = vec![0u8; nb * 256];
+    let mut d = vec![0.0f32; nb * 8];
+    let ones = _mm256_set1_epi16(1);
+    let mut lanes = [0.0f32; 8];
+    for g in (0..rows).step_by(8) {
+        let gr = (rows - g).min(8);
+        for j in 0..nb {
+            let qb = &mut q[256 * j..][..256];
+            for r in 0..8 {
+                let mut u = [0u8; 32];
+                let mut dw = 0.0;
+                if r < gr {
+                    let xb = &w[(g + r) * row_bytes + 18 * j..][..18];
+                    dw = f16_at(xb, 0);
+                    for e in 0..16 {
+                        u[e] = xb[2 + e] & 0xf;
+                        u[e + 16] = xb[2 + e] >> 4;
+                    }
+                    if iq4 {
+                        for v in &mut u {
+                            *v = KVALUES_IQ4NL[*v as usize] as u8;
+                        }
+                    }
+                }
+                d[8 * j + r] = dw;
+                for k in 0..8 {
+                    qb[32 * k + 4 * r..][..4].copy_from_slice(&u[4 * k..][..4]);
+                }
+            }
+        }
+        for b in 0..n {
+            let mut acc = _mm256_setzero_ps();
+            let arow = xq[b * act_row..].as_ptr();
+            for j in 0..nb {
+                let qb = q[256 * j..].as_ptr();
+                let yb = arow.add(34 * j + 2);
+                let sumi = if iq4 {
+                    let mut s = _mm256_setzero_si256();
+                    for k in 0..8 {
+                        // SAFETY (all loads here): `q` holds 256 bytes per
+                        // block and the activation block 32 quants after
+                        // its scale; all in bounds by the assert above.
+                        let wv = _mm256_loadu_si256(qb.add(32 * k) as *const __m256i);
+                        let yv = bcast4(yb.add(4 * k));
+                        // |y| ≤ 127, so negating y where w < 0 is exact.
+                        let p = _mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(yv, wv));
+                        s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+                    }
+                    s
+                } else {
+                    // u ≤ 15: eight pair sums stay within 8·2·15·128 < 2^15.
+                    let mut s16 = _mm256_setzero_si256();
+                    for k in 0..8 {
+                        let wv = _mm256_loadu_si256(qb.add(32 * k) as *const __m256i);
+                        let yv = bcast4(yb.add(4 * k));
+                        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(wv, yv));
+                    }
+                    _mm256_sub_epi32(
+                        _mm256_madd_epi16(s16, ones),
+                        _mm256_set1_epi32(ysum8[b * nb + j]),
+                    )
+                };
+                let dd = _mm256_mul_ps(
+                    _mm256_loadu_ps(d[8 * j..].as_ptr()),
+                    _mm256_set1_ps(da[b * nb + j]),
+                );
+                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), dd, acc);
+            }
+            _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+            for r in 0..gr {
+                out[(g + r) * n + b] = lanes[r];
+            }
+        }
+    }
+}
+
+/// One super-block of 8 weight rows, unpacked for [`kquant_rows_avx2`].
+#[repr(C, align(32))]
+#[derive(Clone, Copy)]
+struct KGroup {
+    /// Unsigned quants (`q + off`), interleaved 4 bytes per row.
+    u: [u8; 2048],
+    /// Per 16-element group `g`: row `r`'s scale in i16 lanes `2r, 2r + 1`.
+    sc: [[i16; 16]; 16],
+    /// Per pair of groups `h`: `off·scale` of groups `2h`, `2h + 1` of row
+    /// `r` in lanes `2r`, `2r + 1` (the offset's correction, times bsums).
+    off_sc: [[i16; 16]; 8],
+    /// As `off_sc`, the mins (zero where `dmin` is zero, as the portable
+    /// code skips them).
+    min: [[i16; 16]; 8],
+    d: [f32; 8],
+    dmin: [f32; 8],
+}
+
+impl KGroup {
+    const ZERO: KGroup = KGroup {
+        u: [0; 2048],
+        sc: [[0; 16]; 16],
+        off_sc: [[0; 16]; 8],
+        min: [[0; 16]; 8],
+        d: [0.0; 8],
+        dmin: [0.0; 8],
+    };
+}
+
+/// Whether [`kquant_rows_avx2`] handles `ty` (its quants fit `maddubs`'s
+/// unsigned operand after an offset; IQ4_XS's signed levels do not).
+pub(super) fn kquant_avx2_handles(ty: GgmlType) -> bool {
+    matches!(
+        ty,
+        GgmlType::Q2_K | GgmlType::Q3_K | GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K
+    )
+}
+
+/// The K-quant product of [`super::kquant_rows`]'s prepared-row path for a
+/// chunk of weight rows, `order(b)` deciding each activation row's float
+/// steps, bit for bit as [`super::kquant_dot`].
+///
+/// # Safety
+/// The CPU must support AVX2 and FMA; `ty` passes [`kquant_avx2_handles`];
+/// `w` holds whole rows of `row_bytes`, `xq` `n` block_q8_K rows of
+/// `act_row` bytes, `out` `n` values per weight row.
+#[target_feature(enable = "avx2,fma")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn kquant_rows_avx2(
+    ty: GgmlType,
+    w: &[u8],
+    row_bytes: usize,
+    xq: &[u8],
+    act_row: usize,
+    n: usize,
+    out: &mut [f32],
+    order: &dyn Fn(usize) -> KOrder,
+) {
+    let block_bytes = ty.type_size();
+    let nb = row_bytes / block_bytes;
+    let rows = w.len() / row_bytes;
+    assert!(
+        kquant_avx2_handles(ty)
+            && xq.len() >= n * act_row
+            && act_row >= nb * 292
+            && out.len() >= rows * n
+    );
+    let sb = sub_block_len(ty);
+    let off: i32 = match ty {
+        GgmlType::Q3_K => 4,
+        GgmlType::Q6_K => 32,
+        _ => 0,
+    };
+    let mut groups = vec![KGroup::ZERO; nb];
+    let mut k = KBlock::ZERO;
+    let mut lanes = [0.0f32; 8];
+    for g in (0..rows).step_by(8) {
+        let gr = (rows - g).min(8);
+        for (j, kg) in groups.iter_mut().enumerate() {
+            *kg = KGroup::ZERO;
+            for r in 0..gr {
+                decode_kblock(
+                    ty,
+                    &w[(g + r) * row_bytes + j * block_bytes..][..block_bytes],
+                    &mut k,
+                );
+                for e in 0..256 {
+                    kg.u[32 * (e / 4) + 4 * r + e % 4] = (k.q[e] as i32 + off) as u8;
+                }
+                let sc = |g16: usize| k.scale[g16 * 16 / sb];
+                let mn = |g16: usize| {
+                    if k.dmin != 0.0 {
+                        k.min[g16 * 16 / sb]
+                    } else {
+                        0
+                    }
+                };
+                for g16 in 0..16 {
+                    kg.sc[g16][2 * r] = sc(g16) as i16;
+                    kg.sc[g16][2 * r + 1] = sc(g16) as i16;
+                }
+                for h in 0..8 {
+                    kg.off_sc[h][2 * r] = (off * sc(2 * h)) as i16;
+                    kg.off_sc[h][2 * r + 1] = (off * sc(2 * h + 1)) as i16;
+                    kg.min[h][2 * r] = mn(2 * h) as i16;
+                    kg.min[h][2 * r + 1] = mn(2 * h + 1) as i16;
+                }
+                kg.d[r] = k.d;
+                kg.dmin[r] = k.dmin;
+            }
+        }
+        for b in 0..n {
+            let order = order(b);
+            let (mut acc, mut acc_min) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let arow = &xq[b * act_row..][..nb * 292];
+            for (kg, yb) in groups.iter().zip(arow.chunks_exact(292)) {
+                let dy = _mm256_set1_ps(f32::from_le_bytes([yb[0], yb[1], yb[2], yb[3]]));
+                let yq = yb.as_ptr().add(4);
+                let bs = yb.as_ptr().add(260);
+                let u = kg.u.as_ptr();
+                let mut s = [_mm256_setzero_si256(); 4];
+                let mut m = [_mm256_setzero_si256(); 4];
+                for p in 0..4 {
+                    let mut a = _mm256_setzero_si256();
+                    for g16 in 4 * p..4 * p + 4 {
+                        // SAFETY (all loads here): `kg` holds 2048 quant
+                        // bytes and whole scale rows; the activation block
+                        // has 256 quants and 16 bsums (checked above).
+                        let scv = _mm256_load_si256(kg.sc[g16].as_ptr() as *const __m256i);
+                        for h in 0..2 {
+                            let k0 = 4 * g16 + 2 * h;
+                            // u ≤ 63: two pair sums stay within 2·2·63·128 < 2^15.
+                            let t = _mm256_add_epi16(
+                                _mm256_maddubs_epi16(
+                                    _mm256_load_si256(u.add(32 * k0) as *const __m256i),
+                                    bcast4(yq.add(4 * k0)),
+                                ),
+                                _mm256_maddubs_epi16(
+                                    _mm256_load_si256(u.add(32 * k0 + 32) as *const __m256i),
+                                    bcast4(yq.add(4 * k0 + 4)),
+                                ),
+                            );
+                            a = _mm256_add_epi32(a, _mm256_madd_epi16(t, scv));
+                        }
+                    }
+                    // bsums of groups 4p..4p + 4, two per 32-bit lane.
+                    let b0 = bcast4(bs.add(8 * p));
+                    let b1 = bcast4(bs.add(8 * p + 4));
+                    let ld = |v: &[i16; 16]| _mm256_load_si256(v.as_ptr() as *const __m256i);
+                    let o = _mm256_add_epi32(
+                        _mm256_madd_epi16(ld(&kg.off_sc[2 * p]), b0),
+                        _mm256_madd_epi16(ld(&kg.off_sc[2 * p + 1]), b1),
+                    );
+                    s[p] = _mm256_sub_epi32(a, o);
+                    m[p] = _mm256_add_epi32(
+                        _mm256_madd_epi16(ld(&kg.min[2 * p]), b0),
+                        _mm256_madd_epi16(ld(&kg.min[2 * p + 1]), b1),
+                    );
+                }
+                let d = _mm256_load_ps(kg.d.as_ptr());
+                let dmin = _mm256_load_ps(kg.dmin.as_ptr());
+                let sum4 = |v: &[__m256i; 4]| {
+                    _mm256_add_epi32(_mm256_add_epi32(v[0], v[1]), _mm256_add_epi32(v[2], v[3]))
+                };
+                match order {
+                    KOrder::Tiled => {
+                        let s1 = _mm256_cvtepi32_ps(sum4(&s));
+                        let s2 = _mm256_cvtepi32_ps(sum4(&m));
+                        let res = _mm256_fnmadd_ps(dmin, s2, _mm256_mul_ps(d, s1));
+                        acc = _mm256_fmadd_ps(res, dy, acc);
+                    }
+                    KOrder::RepackGemv => {
+                        let (dd, dm) = (_mm256_mul_ps(d, dy), _mm256_mul_ps(dmin, dy));
+                        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum4(&s)), dd, acc);
+                        acc_min = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum4(&m)), dm, acc_min);
+                    }
+                    KOrder::RepackGemm => {
+                        let (dd, dm) = (_mm256_mul_ps(d, dy), _mm256_mul_ps(dmin, dy));
+                        for p in 0..4 {
+                            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[p]), dd, acc);
+                            acc_min = _mm256_fmadd_ps(_mm256_cvtepi32_ps(m[p]), dm, acc_min);
+                        }
+                    }
+                }
+            }
+            _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_sub_ps(acc, acc_min));
+            for r in 0..gr {
+                out[(g + r) * n + b] = lanes[r];
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use half::f16;
+
+    use super::super::kquant_rows_portable;
+    use super::*;
+
+    fn xorshift(seed: &mut u32) -> u32 {
+        *seed ^= *seed << 13;
+        *seed ^= *seed >> 17;
+        *seed ^= *seed << 5;
+        *seed
+    }
+
+    /// `rows` random rows of `blocks` blocks of `ty`, f16 scales at
+    /// `scales` set to small finite values of either sign (zero now and then).
+    fn random_rows(
+        ty: GgmlType,
+        rows: usize,
+        blocks: usize,
+        scales: &[usize],
+        seed: u32,
+    ) -> Vec<u8> {
+        let mut seed = seed;
+        let mut w: Vec<u8> = (0..rows * blocks * ty.type_size())
+            .map(|_| xorshift(&mut seed) as u8)
+            .collect();
+        for b in w.chunks_mut(ty.type_size()) {
+            for &o in scales {
+                let r = xorshift(&mut seed);
+                let v = if r % 17 == 0 {
+                    0.0
+                } else {
+                    (0.001 + (r % 1000) as f32 * 1e-5) * if r & 1 << 20 != 0 { -1.0 } else { 1.0 }
+                };
+                b[o..o + 2].copy_from_slice(&f16::from_f32(v).to_le_bytes());
+            }
+        }
+        w
+    }
+
+    fn activations(act: GgmlType, n: usize, cols: usize, seed: u32) -> Vec<u8> {
+        let mut seed = seed;
+        let from_float = quant_kernels::simd::from_float_for(act).unwrap();
+        let row = cols / act.block_size() * act.type_size();
+        let mut q = vec![0u8; n * row];
+        for qb in q.chunks_mut(row) {
+            let scale = 0.1 + (xorshift(&mut seed) % 100) as f32;
+            let x: Vec<f32> = (0..cols)
+                .map(|_| ((xorshift(&mut seed) % 20001) as f32 / 10000.0 - 1.0) * scale)
+                .collect();
+            from_float(&x, qb);
+        }
+        q
+    }
+
+    fn check(ty: GgmlType, scales: &[usize], blocks: usize) {
+        let cols = blocks * ty.block_size();
+        let row_bytes = blocks * ty.type_size();
+        let act = super::super::super::act_type(ty).unwrap();
+        let act_row = cols / act.block_size() * act.type_size();
+        for (rows, seed) in [(13, 1u32), (8, 2), (21, 3)] {
+            let w = random_rows(ty, rows, blocks, scales, seed * 7919);
+            for n in 1..=13 {
+                let xq = activations(act, n, cols, seed * 31 + n as u32);
+                for repacked in [false, true] {
+                    let mut want = vec![0.0f32; rows * n];
+                    kquant_rows_portable(ty, &w, row_bytes, &xq, act_row, n, &mut want, repacked);
+                    let mut got = vec![f32::NAN; rows * n];
+                    if matches!(ty, GgmlType::Q4_0 | GgmlType::IQ4_NL) {
+                        // SAFETY: checked avx2/fma by the caller; shapes as required.
+                        unsafe { b32_rows_avx2(ty, &w, row_bytes, &xq, act_row, n, &mut got) };
+                    } else {
+                        let order = |b: usize| super::super::row_order(repacked, n, b);
+                        // (Portable Q4_K below 8 rows is q4_k_direct, so
+                        // this also checks the kernel against it.)
+                        // SAFETY: as above.
+                        unsafe {
+                            kquant_rows_avx2(ty, &w, row_bytes, &xq, act_row, n, &mut got, &order)
+                        };
+                    }
+                    for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                        assert_eq!(
+                            g.to_bits(),
+                            e.to_bits(),
+                            "{ty:?} rows={rows} n={n} repacked={repacked} out[{i}]: {g} vs {e}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every AVX2 kernel gives the portable code's bits, for every format,
+    /// order (tiled, repacked gemm / gemv), batch size 1..=13 and row
+    /// counts that leave a partial group of 8.
+    #[test]
+    fn avx2_kernels_match_portable_bit_for_bit() {
+        if !(std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("fma"))
+        {
+            return;
+        }
+        check(GgmlType::Q4_0, &[0], 5);
+        check(GgmlType::IQ4_NL, &[0], 5);
+        check(GgmlType::Q2_K, &[80, 82], 3);
+        check(GgmlType::Q3_K, &[108], 3);
+        check(GgmlType::Q4_K, &[0, 2], 3);
+        check(GgmlType::Q5_K, &[0, 2], 3);
+        check(GgmlType::Q6_K, &[208], 3);
+    }
+}
