@@ -26,6 +26,42 @@ unsafe fn bcast4(p: *const u8) -> __m256i {
     _mm256_set1_epi32(unsafe { std::ptr::read_unaligned(p as *const i32) })
 }
 
+/// Transposes 8 vectors of 8 32-bit lanes: lane `r` of output `k` is lane
+/// `k` of input `r`.
+#[inline(always)]
+unsafe fn transpose_8x8_epi32(u: [__m256i; 8]) -> [__m256i; 8] {
+    // SAFETY: register shuffles only; AVX2 is enabled by every caller.
+    unsafe {
+        let t0 = _mm256_unpacklo_epi32(u[0], u[1]);
+        let t1 = _mm256_unpackhi_epi32(u[0], u[1]);
+        let t2 = _mm256_unpacklo_epi32(u[2], u[3]);
+        let t3 = _mm256_unpackhi_epi32(u[2], u[3]);
+        let t4 = _mm256_unpacklo_epi32(u[4], u[5]);
+        let t5 = _mm256_unpackhi_epi32(u[4], u[5]);
+        let t6 = _mm256_unpacklo_epi32(u[6], u[7]);
+        let t7 = _mm256_unpackhi_epi32(u[6], u[7]);
+        // Rows 0-3 (4-7) of lanes k and k + 4, per 128-bit half.
+        let a0 = _mm256_unpacklo_epi64(t0, t2);
+        let a1 = _mm256_unpackhi_epi64(t0, t2);
+        let a2 = _mm256_unpacklo_epi64(t1, t3);
+        let a3 = _mm256_unpackhi_epi64(t1, t3);
+        let b0 = _mm256_unpacklo_epi64(t4, t6);
+        let b1 = _mm256_unpackhi_epi64(t4, t6);
+        let b2 = _mm256_unpacklo_epi64(t5, t7);
+        let b3 = _mm256_unpackhi_epi64(t5, t7);
+        [
+            _mm256_permute2x128_si256(a0, b0, 0x20),
+            _mm256_permute2x128_si256(a1, b1, 0x20),
+            _mm256_permute2x128_si256(a2, b2, 0x20),
+            _mm256_permute2x128_si256(a3, b3, 0x20),
+            _mm256_permute2x128_si256(a0, b0, 0x31),
+            _mm256_permute2x128_si256(a1, b1, 0x31),
+            _mm256_permute2x128_si256(a2, b2, 0x31),
+            _mm256_permute2x128_si256(a3, b3, 0x31),
+        ]
+    }
+}
+
 /// `out[i·n + b]` for the Q4_0 / IQ4_NL rows of `w` (ggml's repacked 8x8
 /// gemm/gemv order, as [`super::b32_rows`]). Activations are block_q8_0
 /// rows from ggml's quantizer, whose quants lie in `-127..=127`.
@@ -63,28 +99,31 @@ pub(super) unsafe fn b32_rows_avx2(
     let mut lanes = [0.0f32; 8];
     for g in (0..rows).step_by(8) {
         let gr = (rows - g).min(8);
+        let lut = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
+        let mask = _mm_set1_epi8(0xf);
         for j in 0..nb {
-            let qb = &mut q[256 * j..][..256];
-            for r in 0..8 {
-                let mut u = [0u8; 32];
-                let mut dw = 0.0;
-                if r < gr {
-                    let xb = &w[(g + r) * row_bytes + 18 * j..][..18];
-                    dw = f16_at(xb, 0);
-                    for e in 0..16 {
-                        u[e] = xb[2 + e] & 0xf;
-                        u[e + 16] = xb[2 + e] >> 4;
-                    }
-                    if iq4 {
-                        for v in &mut u {
-                            *v = KVALUES_IQ4NL[*v as usize] as u8;
-                        }
-                    }
+            let mut u = [_mm256_setzero_si256(); 8];
+            for (r, u) in u.iter_mut().enumerate().take(gr) {
+                let xb = &w[(g + r) * row_bytes + 18 * j..][..18];
+                d[8 * j + r] = f16_at(xb, 0);
+                // SAFETY: `xb[2..18]` is the block's 16 bytes of nibbles.
+                let x = _mm_loadu_si128(xb[2..].as_ptr() as *const __m128i);
+                let (mut lo, mut hi) = (
+                    _mm_and_si128(x, mask),
+                    _mm_and_si128(_mm_srli_epi16(x, 4), mask),
+                );
+                if iq4 {
+                    (lo, hi) = (_mm_shuffle_epi8(lut, lo), _mm_shuffle_epi8(lut, hi));
                 }
-                d[8 * j + r] = dw;
-                for k in 0..8 {
-                    qb[32 * k + 4 * r..][..4].copy_from_slice(&u[4 * k..][..4]);
-                }
+                *u = _mm256_set_m128i(hi, lo);
+            }
+            for dr in d[8 * j + gr..8 * j + 8].iter_mut() {
+                *dr = 0.0;
+            }
+            let t = transpose_8x8_epi32(u);
+            for (k, t) in t.iter().enumerate() {
+                // SAFETY: `q` holds 256 bytes for block `j`.
+                _mm256_storeu_si256(q[256 * j + 32 * k..].as_mut_ptr() as *mut __m256i, *t);
             }
         }
         for b in 0..n {
@@ -128,6 +167,50 @@ pub(super) unsafe fn b32_rows_avx2(
             _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
             for r in 0..gr {
                 out[(g + r) * n + b] = lanes[r];
+            }
+        }
+    }
+}
+
+/// Elements `32c..32c + 32` of a Q4_K, Q5_K or Q6_K super-block as
+/// unsigned quants (Q6_K's `q + 32`), as [`decode_kblock`] orders them.
+#[inline(always)]
+unsafe fn unpack_32(ty: GgmlType, xb: &[u8], c: usize) -> __m256i {
+    let m4 = _mm256_set1_epi8(0xf);
+    // SAFETY: every load reads 32 bytes inside the block (`xb` has the
+    // format's full size: 144, 176 or 210 bytes).
+    unsafe {
+        let ld = |o: usize| _mm256_loadu_si256(xb[o..o + 32].as_ptr() as *const __m256i);
+        let nib = |v: __m256i, hi: bool| {
+            if hi {
+                _mm256_and_si256(_mm256_srli_epi16(v, 4), m4)
+            } else {
+                _mm256_and_si256(v, m4)
+            }
+        };
+        let shr = |v: __m256i, by: usize| match by {
+            0 => v,
+            1 => _mm256_srli_epi16(v, 1),
+            2 => _mm256_srli_epi16(v, 2),
+            3 => _mm256_srli_epi16(v, 3),
+            4 => _mm256_srli_epi16(v, 4),
+            5 => _mm256_srli_epi16(v, 5),
+            6 => _mm256_srli_epi16(v, 6),
+            _ => _mm256_srli_epi16(v, 7),
+        };
+        match ty {
+            GgmlType::Q4_K => nib(ld(16 + 32 * (c / 2)), c % 2 == 1),
+            GgmlType::Q5_K => {
+                let q = nib(ld(48 + 32 * (c / 2)), c % 2 == 1);
+                let h = _mm256_and_si256(shr(ld(16), c), _mm256_set1_epi8(1));
+                _mm256_or_si256(q, _mm256_slli_epi16(h, 4))
+            }
+            _ => {
+                // Q6_K: element 128h + 32j + l.
+                let (h, j) = (c / 4, c % 4);
+                let lo = nib(ld(64 * h + 32 * (j % 2)), j >= 2);
+                let hi = _mm256_and_si256(shr(ld(128 + 32 * h), 2 * j), _mm256_set1_epi8(3));
+                _mm256_or_si256(lo, _mm256_slli_epi16(hi, 4))
             }
         }
     }
@@ -207,41 +290,74 @@ pub(super) unsafe fn kquant_rows_avx2(
         _ => 0,
     };
     let mut groups = vec![KGroup::ZERO; nb];
-    let mut k = KBlock::ZERO;
+    let mut ks = [KBlock::ZERO; 8];
     let mut lanes = [0.0f32; 8];
+    // Q4_K, Q5_K and Q6_K unpack straight from their bytes; Q2_K and Q3_K
+    // (rarer) through the portable decoder.
+    let direct = matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K);
     for g in (0..rows).step_by(8) {
         let gr = (rows - g).min(8);
         for (j, kg) in groups.iter_mut().enumerate() {
             *kg = KGroup::ZERO;
-            for r in 0..gr {
-                decode_kblock(
-                    ty,
-                    &w[(g + r) * row_bytes + j * block_bytes..][..block_bytes],
-                    &mut k,
-                );
-                for e in 0..256 {
-                    kg.u[32 * (e / 4) + 4 * r + e % 4] = (k.q[e] as i32 + off) as u8;
-                }
-                let sc = |g16: usize| k.scale[g16 * 16 / sb];
-                let mn = |g16: usize| {
-                    if k.dmin != 0.0 {
-                        k.min[g16 * 16 / sb]
-                    } else {
-                        0
+            for (r, k) in ks.iter_mut().enumerate().take(gr) {
+                let xb = &w[(g + r) * row_bytes + j * block_bytes..][..block_bytes];
+                let (mut sc, mut mn) = ([0i32; 16], [0i32; 16]);
+                let (d, dmin) = match ty {
+                    GgmlType::Q4_K | GgmlType::Q5_K => {
+                        for s in 0..8 {
+                            (sc[2 * s], mn[2 * s]) = super::scale_min_k4(s, &xb[4..16]);
+                            (sc[2 * s + 1], mn[2 * s + 1]) = (sc[2 * s], mn[2 * s]);
+                        }
+                        (f16_at(xb, 0), f16_at(xb, 2))
+                    }
+                    GgmlType::Q6_K => {
+                        for (s, v) in sc.iter_mut().enumerate() {
+                            *v = xb[192 + s] as i8 as i32;
+                        }
+                        (f16_at(xb, 208), 0.0)
+                    }
+                    _ => {
+                        decode_kblock(ty, xb, k);
+                        for g16 in 0..16 {
+                            (sc[g16], mn[g16]) = (k.scale[g16 * 16 / sb], k.min[g16 * 16 / sb]);
+                        }
+                        (k.d, k.dmin)
                     }
                 };
+                if dmin == 0.0 {
+                    mn = [0; 16];
+                }
                 for g16 in 0..16 {
-                    kg.sc[g16][2 * r] = sc(g16) as i16;
-                    kg.sc[g16][2 * r + 1] = sc(g16) as i16;
+                    kg.sc[g16][2 * r] = sc[g16] as i16;
+                    kg.sc[g16][2 * r + 1] = sc[g16] as i16;
                 }
                 for h in 0..8 {
-                    kg.off_sc[h][2 * r] = (off * sc(2 * h)) as i16;
-                    kg.off_sc[h][2 * r + 1] = (off * sc(2 * h + 1)) as i16;
-                    kg.min[h][2 * r] = mn(2 * h) as i16;
-                    kg.min[h][2 * r + 1] = mn(2 * h + 1) as i16;
+                    kg.off_sc[h][2 * r] = (off * sc[2 * h]) as i16;
+                    kg.off_sc[h][2 * r + 1] = (off * sc[2 * h + 1]) as i16;
+                    kg.min[h][2 * r] = mn[2 * h] as i16;
+                    kg.min[h][2 * r + 1] = mn[2 * h + 1] as i16;
                 }
-                kg.d[r] = k.d;
-                kg.dmin[r] = k.dmin;
+                kg.d[r] = d;
+                kg.dmin[r] = dmin;
+            }
+            for c in 0..8 {
+                let mut u = [_mm256_setzero_si256(); 8];
+                for (r, u) in u.iter_mut().enumerate().take(gr) {
+                    let xb = &w[(g + r) * row_bytes + j * block_bytes..][..block_bytes];
+                    *u = if direct {
+                        unpack_32(ty, xb, c)
+                    } else {
+                        // SAFETY: `q` has 256 bytes.
+                        _mm256_add_epi8(
+                            _mm256_loadu_si256(ks[r].q[32 * c..].as_ptr() as *const __m256i),
+                            _mm256_set1_epi8(off as i8),
+                        )
+                    };
+                }
+                for (i, t) in transpose_8x8_epi32(u).iter().enumerate() {
+                    // SAFETY: `u` has 2048 bytes; chunk c covers 256 of them.
+                    _mm256_store_si256(kg.u[256 * c + 32 * i..].as_mut_ptr() as *mut __m256i, *t);
+                }
             }
         }
         for b in 0..n {
