@@ -131,6 +131,20 @@ pub fn attention<E: KvElement>(
     p: &AttentionParams,
     out: &mut [f32],
 ) {
+    attention_with(q, k, v, pos0, p, out, true)
+}
+
+/// [`attention`], with the SIMD kernels only where `allow_simd` (the tests
+/// compare both paths).
+fn attention_with<E: KvElement>(
+    q: &[f32],
+    k: &[E],
+    v: &[E],
+    pos0: usize,
+    p: &AttentionParams,
+    out: &mut [f32],
+    allow_simd: bool,
+) {
     let hd = p.head_dim;
     let q_width = p.n_head * hd;
     let kv_width = p.n_head_kv * hd;
@@ -147,59 +161,110 @@ pub fn attention<E: KvElement>(
     // they decide later f16 roundings: mirroring both is what makes
     // prompt logits and greedy continuations agree with llama.cpp's.
     let decode = n_rows == 1;
+    #[cfg(target_arch = "x86_64")]
+    let simd = allow_simd && avx2::usable::<E>(hd);
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = allow_simd;
     // Tasks of whole heads, a few per thread; each task has its own buffers.
     let units = n_rows * p.n_head;
     let per_task = units
         .div_ceil(rayon::current_num_threads().max(1) * 4)
         .max(1);
     quant_kernels::pool::for_each_chunk_mut(out, per_task * hd, |c, out| {
-        let (mut scores, mut qh, mut lanes) =
-            (Vec::<f32>::new(), vec![0.0f32; hd], vec![0.0f32; 32 * hd]);
+        let mut bufs = HeadBuffers::new(hd);
         for (i, o) in out.chunks_mut(hd).enumerate() {
             let unit = c * per_task + i;
-            let (scores, qh, lanes) = (&mut scores, &mut qh[..], &mut lanes[..]);
             let (t, h) = (unit / p.n_head, unit % p.n_head);
-            let g = h / group;
-            let n_kv = pos0 + t + 1;
-            for (d, &x) in qh.iter_mut().zip(&q[t * q_width + h * hd..][..hd]) {
-                *d = E::round(x);
+            let head = Head {
+                q: &q[t * q_width + h * hd..][..hd],
+                k: &k[h / group * hd..],
+                v: &v[h / group * hd..],
+                stride: kv_width,
+                n_kv: pos0 + t + 1,
+                scale: p.scale,
+                decode,
+            };
+            #[cfg(target_arch = "x86_64")]
+            if simd {
+                // SAFETY: `usable` checked AVX2, FMA and F16C, that `E`
+                // is `f32` or `f16`, and that `hd` is a multiple of 8.
+                unsafe { avx2::head(&head, &mut bufs, o) };
+                continue;
             }
-            scores.clear();
-            scores.extend((0..n_kv).map(|j| {
-                let kr = &k[j * kv_width + g * hd..][..hd];
-                if decode {
-                    dot_vec(qh, kr)
-                } else {
-                    dot_lanes8(qh, kr)
-                }
-            }));
-            softmax_scaled(scores, p.scale);
-            // V·P, with the probabilities rounded to the cache type. Lane l of
-            // output d accumulates the positions j with j % lanes == l. The
-            // KV window llama.cpp multiplies over is padded with masked
-            // (zero-probability) cells to a multiple of 32, so every position
-            // takes the vector path.
-            let n_lanes = if decode { 32 } else { 8 };
-            lanes[..n_lanes * hd].fill(0.0);
-            for (j, &s) in scores.iter().enumerate() {
-                let w = E::round(s);
-                let lane = &mut lanes[(j % n_lanes) * hd..][..hd];
-                for (a, &x) in lane.iter_mut().zip(&v[j * kv_width + g * hd..][..hd]) {
-                    *a = E::madd(w, x, *a);
-                }
-            }
-            for (d, o) in o.iter_mut().enumerate() {
-                let l = |i: usize| lanes[i * hd + d];
-                *o = if decode {
-                    let acc: [[f32; 8]; 4] =
-                        std::array::from_fn(|a| std::array::from_fn(|i| l(8 * a + i)));
-                    reduce_4x8(&acc)
-                } else {
-                    hsum8(&std::array::from_fn(l))
-                };
-            }
+            head_portable(&head, &mut bufs, o);
         }
     });
+}
+
+/// One (query row, head) unit of [`attention`]: the query, the cache from
+/// its KV head's first element on (positions `stride` elements apart).
+struct Head<'a, E> {
+    q: &'a [f32],
+    k: &'a [E],
+    v: &'a [E],
+    stride: usize,
+    n_kv: usize,
+    scale: f32,
+    decode: bool,
+}
+
+/// A task's scratch space.
+struct HeadBuffers {
+    qh: Vec<f32>,
+    scores: Vec<f32>,
+    lanes: Vec<f32>,
+}
+
+impl HeadBuffers {
+    fn new(hd: usize) -> Self {
+        Self {
+            qh: vec![0.0; hd],
+            scores: Vec::new(),
+            lanes: vec![0.0; 32 * hd],
+        }
+    }
+}
+
+/// One head's attention, one element at a time (the reference order).
+fn head_portable<E: KvElement>(u: &Head<'_, E>, bufs: &mut HeadBuffers, o: &mut [f32]) {
+    let hd = o.len();
+    let (qh, scores, lanes) = (&mut bufs.qh[..hd], &mut bufs.scores, &mut bufs.lanes);
+    for (d, &x) in qh.iter_mut().zip(u.q) {
+        *d = E::round(x);
+    }
+    scores.clear();
+    scores.extend((0..u.n_kv).map(|j| {
+        let kr = &u.k[j * u.stride..][..hd];
+        if u.decode {
+            dot_vec(qh, kr)
+        } else {
+            dot_lanes8(qh, kr)
+        }
+    }));
+    softmax_scaled(scores, u.scale);
+    // V·P, with the probabilities rounded to the cache type. Lane l of
+    // output d accumulates the positions j with j % lanes == l. The
+    // KV window llama.cpp multiplies over is padded with masked
+    // (zero-probability) cells to a multiple of 32, so every position
+    // takes the vector path.
+    let n_lanes = if u.decode { 32 } else { 8 };
+    lanes[..n_lanes * hd].fill(0.0);
+    for (j, &s) in scores.iter().enumerate() {
+        let w = E::round(s);
+        let lane = &mut lanes[(j % n_lanes) * hd..][..hd];
+        for (a, &x) in lane.iter_mut().zip(&u.v[j * u.stride..][..hd]) {
+            *a = E::madd(w, x, *a);
+        }
+    }
+    for (d, o) in o.iter_mut().enumerate() {
+        let l = |i: usize| lanes[i * hd + d];
+        *o = if u.decode {
+            let acc: [[f32; 8]; 4] = std::array::from_fn(|a| std::array::from_fn(|i| l(8 * a + i)));
+            reduce_4x8(&acc)
+        } else {
+            hsum8(&std::array::from_fn(l))
+        };
+    }
 }
 
 /// ggml's `hsum_float_8` (AVX): `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
@@ -244,6 +309,235 @@ fn dot_vec<E: KvElement>(a: &[f32], b: &[E]) -> f32 {
     sum as f32
 }
 
+#[cfg(target_arch = "x86_64")]
+mod avx2 {
+    //! [`head_portable`](super::head_portable) with AVX2 + FMA + F16C, lane
+    //! for lane: each 8-lane accumulator of the reference is one `__m256`,
+    //! each multiply-add one FMA (for an `f16` cache the product of two
+    //! `f16` values is exact, so the reference's separate multiply and add
+    //! round the same way), and the final lane sums are the reference's
+    //! additions done for 8 outputs at once.
+
+    use std::any::TypeId;
+    use std::arch::x86_64::*;
+
+    use half::f16;
+
+    use super::{softmax_scaled, Head, HeadBuffers, KvElement};
+
+    fn is_f16<E: 'static>() -> bool {
+        TypeId::of::<E>() == TypeId::of::<f16>()
+    }
+
+    /// Whether [`head`] handles caches of `E` with heads of `hd` elements
+    /// on this CPU.
+    pub(super) fn usable<E: KvElement>(hd: usize) -> bool {
+        (is_f16::<E>() || TypeId::of::<E>() == TypeId::of::<f32>())
+            && hd.is_multiple_of(8)
+            && hd > 0
+            && is_x86_feature_detected!("avx2")
+            && is_x86_feature_detected!("fma")
+            && is_x86_feature_detected!("f16c")
+    }
+
+    /// 8 cache elements at `p` as f32 (exact).
+    ///
+    /// # Safety
+    /// `E` is `f32` or `f16` and `p` is readable for 8 elements.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn load8<E: KvElement>(p: *const E) -> __m256 {
+        // SAFETY: by the caller's contract; unaligned loads.
+        unsafe {
+            if is_f16::<E>() {
+                _mm256_cvtph_ps(_mm_loadu_si128(p as *const __m128i))
+            } else {
+                _mm256_loadu_ps(p as *const f32)
+            }
+        }
+    }
+
+    /// `E::round` on 8 lanes (F16C rounds to nearest even, as `f16::from_f32`).
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn round8<E: KvElement>(v: __m256) -> __m256 {
+        if is_f16::<E>() {
+            _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v))
+        } else {
+            v
+        }
+    }
+
+    /// `E::round` on a slice.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn round_all<E: KvElement>(x: &mut [f32]) {
+        if !is_f16::<E>() {
+            return;
+        }
+        let mut c = x.chunks_exact_mut(8);
+        for c in &mut c {
+            // SAFETY: `c` holds 8 floats.
+            unsafe { _mm256_storeu_ps(c.as_mut_ptr(), round8::<E>(_mm256_loadu_ps(c.as_ptr()))) };
+        }
+        for v in c.into_remainder() {
+            *v = E::round(*v);
+        }
+    }
+
+    /// ggml's `hsum_float_8`: `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn hsum_float_8(x: __m256) -> f32 {
+        let mut res = _mm256_extractf128_ps(x, 1);
+        res = _mm_add_ps(res, _mm256_castps256_ps128(x));
+        res = _mm_add_ps(res, _mm_movehl_ps(res, res));
+        res = _mm_add_ss(res, _mm_movehdup_ps(res));
+        _mm_cvtss_f32(res)
+    }
+
+    /// `GGML_F32_VEC_REDUCE`: [`reduce_4x8`](super::reduce_4x8) of one vector per accumulator.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    fn reduce_4x8_v(a: [__m256; 4]) -> f32 {
+        let x = _mm256_add_ps(_mm256_add_ps(a[0], a[2]), _mm256_add_ps(a[1], a[3]));
+        // [x0+x4, x1+x5, x2+x6, x3+x7], then two horizontal adds.
+        let t = _mm_add_ps(_mm256_castps256_ps128(x), _mm256_extractf128_ps(x, 1));
+        let t = _mm_hadd_ps(t, t);
+        _mm_cvtss_f32(_mm_hadd_ps(t, t))
+    }
+
+    /// tinyBLAS's `a·b` (lane `i % 8`, [`hsum_float_8`]); `a.len()` a multiple of 8.
+    ///
+    /// # Safety
+    /// As [`load8`] for every 8 elements from `b`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_lanes8<E: KvElement>(a: &[f32], b: *const E) -> f32 {
+        let mut acc = _mm256_setzero_ps();
+        for (s, a) in a.chunks_exact(8).enumerate() {
+            // SAFETY: `a` holds 8 floats; `b` by the caller's contract.
+            unsafe {
+                acc = _mm256_fmadd_ps(_mm256_loadu_ps(a.as_ptr()), load8(b.add(8 * s)), acc);
+            }
+        }
+        hsum_float_8(acc)
+    }
+
+    /// `ggml_vec_dot_f16`/`_f32`'s `a·b`: 4 accumulators over blocks of
+    /// 32, [`reduce_4x8`](super::reduce_4x8), the tail in `f64`; `a.len()` a multiple of 8.
+    ///
+    /// # Safety
+    /// As [`load8`] for `a.len()` elements from `b`.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn dot_vec<E: KvElement>(a: &[f32], b: *const E) -> f32 {
+        let n32 = a.len() / 32 * 32;
+        let mut acc = [_mm256_setzero_ps(); 4];
+        for (blk, a) in a[..n32].chunks_exact(32).enumerate() {
+            for (r, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: `a` holds 32 floats; `b` by the caller's contract.
+                unsafe {
+                    let av = _mm256_loadu_ps(a.as_ptr().add(8 * r));
+                    *acc = _mm256_fmadd_ps(av, load8(b.add(32 * blk + 8 * r)), *acc);
+                }
+            }
+        }
+        let mut sum = reduce_4x8_v(acc) as f64;
+        for (i, &x) in a[n32..].iter().enumerate() {
+            // SAFETY: element `n32 + i < a.len()` of `b`.
+            let y = unsafe { *b.add(n32 + i) };
+            sum += (x * y.to_f32()) as f64;
+        }
+        sum as f32
+    }
+
+    /// One head's attention, as [`head_portable`](super::head_portable).
+    ///
+    /// # Safety
+    /// The CPU has AVX2, FMA and F16C, `E` is `f32` or `f16`, and `o.len()`
+    /// (the head size) is a multiple of 8.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(super) unsafe fn head<E: KvElement>(
+        u: &Head<'_, E>,
+        bufs: &mut HeadBuffers,
+        o: &mut [f32],
+    ) {
+        let hd = o.len();
+        let last = (u.n_kv - 1) * u.stride + hd;
+        assert!(u.q.len() == hd && u.k.len() >= last && u.v.len() >= last);
+        let (qh, scores) = (&mut bufs.qh[..hd], &mut bufs.scores);
+        qh.copy_from_slice(u.q);
+        round_all::<E>(qh);
+        scores.clear();
+        scores.extend((0..u.n_kv).map(|j| {
+            // SAFETY: row j's `hd` elements end by `last` (asserted); E by contract.
+            unsafe {
+                let kr = u.k.as_ptr().add(j * u.stride);
+                if u.decode {
+                    dot_vec(qh, kr)
+                } else {
+                    dot_lanes8(qh, kr)
+                }
+            }
+        }));
+        softmax_scaled(scores, u.scale);
+        round_all::<E>(scores);
+        // V·P: for each 8 outputs, the lanes of one group of 8 (positions
+        // j with j % n_lanes in 8a..8a+8) in registers, then summed.
+        let n_lanes = if u.decode { 32 } else { 8 };
+        let mut lanes = [_mm256_setzero_ps(); 32];
+        let fma_row = |acc: &mut __m256, j: usize, d: usize| {
+            // SAFETY: row j's elements d..d+8 end by `last` (asserted).
+            unsafe {
+                let vv = load8(u.v.as_ptr().add(j * u.stride + d));
+                *acc = _mm256_fmadd_ps(_mm256_set1_ps(scores[j]), vv, *acc);
+            }
+        };
+        for d in (0..hd).step_by(8) {
+            for a in 0..n_lanes / 8 {
+                let mut acc = [_mm256_setzero_ps(); 8];
+                let mut j0 = 8 * a;
+                while j0 + 8 <= u.n_kv {
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        fma_row(acc, j0 + i, d);
+                    }
+                    j0 += n_lanes;
+                }
+                if j0 < u.n_kv {
+                    for (i, acc) in acc.iter_mut().enumerate() {
+                        if j0 + i < u.n_kv {
+                            fma_row(acc, j0 + i, d);
+                        }
+                    }
+                }
+                lanes[8 * a..][..8].copy_from_slice(&acc);
+            }
+            let out = if u.decode {
+                // reduce_4x8 per output: lane 8a+i is accumulator a, lane i.
+                let l = |i: usize| lanes[i];
+                let x: [__m256; 8] = std::array::from_fn(|i| {
+                    _mm256_add_ps(
+                        _mm256_add_ps(l(i), l(16 + i)),
+                        _mm256_add_ps(l(8 + i), l(24 + i)),
+                    )
+                });
+                let t: [__m256; 4] = std::array::from_fn(|i| _mm256_add_ps(x[i], x[4 + i]));
+                _mm256_add_ps(_mm256_add_ps(t[0], t[1]), _mm256_add_ps(t[2], t[3]))
+            } else {
+                // hsum8 per output.
+                let l = |i: usize| lanes[i];
+                _mm256_add_ps(
+                    _mm256_add_ps(_mm256_add_ps(l(0), l(4)), _mm256_add_ps(l(2), l(6))),
+                    _mm256_add_ps(_mm256_add_ps(l(1), l(5)), _mm256_add_ps(l(3), l(7))),
+                )
+            };
+            // SAFETY: `d + 8 ≤ hd = o.len()`.
+            unsafe { _mm256_storeu_ps(o.as_mut_ptr().add(d), out) };
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -279,5 +573,61 @@ mod tests {
         let mut out = vec![0.0f32; 4];
         attention(&q, &k, &v, 0, &p, &mut out);
         assert_eq!(out, vec![1.0, 1.0, 2.0, 2.0]);
+    }
+
+    fn random(seed: &mut u32, len: usize) -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                *seed ^= *seed << 13;
+                *seed ^= *seed >> 17;
+                *seed ^= *seed << 5;
+                (*seed as f32 / u32::MAX as f32 - 0.5) * 6.0
+            })
+            .collect()
+    }
+
+    /// The SIMD heads give the reference's bits: f16 and f32 caches,
+    /// decoding (one row) and batches, grouped heads, head sizes that are
+    /// multiples of 8 but not of 32, windows not a multiple of 8 or 32.
+    fn simd_matches_portable<E: KvElement>() {
+        let mut seed = 0x1234_5677u32;
+        for (n_head, n_head_kv, hd) in [(2, 1, 8), (3, 3, 40), (9, 3, 64), (4, 2, 72)] {
+            let p = AttentionParams {
+                n_head,
+                n_head_kv,
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+            };
+            for (pos0, n_rows) in [(0, 1), (0, 5), (37, 1), (70, 1), (11, 13), (29, 8)] {
+                let n_ctx = pos0 + n_rows;
+                let kv: Vec<E> = random(&mut seed, 2 * n_ctx * n_head_kv * hd)
+                    .into_iter()
+                    .map(E::from_f32)
+                    .collect();
+                let (k, v) = kv.split_at(n_ctx * n_head_kv * hd);
+                let q = random(&mut seed, n_rows * n_head * hd);
+                let mut want = vec![0.0f32; q.len()];
+                attention_with(&q, k, v, pos0, &p, &mut want, false);
+                let mut got = vec![0.0f32; q.len()];
+                attention_with(&q, k, v, pos0, &p, &mut got, true);
+                for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                    assert_eq!(
+                        g.to_bits(),
+                        w.to_bits(),
+                        "hd={hd} heads={n_head}/{n_head_kv} pos0={pos0} rows={n_rows} out {i}: {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn simd_matches_portable_f16_cache() {
+        simd_matches_portable::<f16>();
+    }
+
+    #[test]
+    fn simd_matches_portable_f32_cache() {
+        simd_matches_portable::<f32>();
     }
 }
