@@ -461,8 +461,10 @@ pub(super) fn kquant_rows(
         }
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            if matches!(ty, GgmlType::Q4_0 | GgmlType::IQ4_NL) {
-                // SAFETY: AVX2 and FMA are present; the shapes are
+            if matches!(ty, GgmlType::Q4_0 | GgmlType::IQ4_NL)
+                && std::arch::is_x86_feature_detected!("f16c")
+            {
+                // SAFETY: AVX2, FMA and F16C are present; the shapes are
                 // matmul_float's (whole rows, n activation rows each).
                 return unsafe { x86::b32_rows_avx2(ty, w, row_bytes, xq, act_row, n, out) };
             }

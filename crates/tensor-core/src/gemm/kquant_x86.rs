@@ -16,6 +16,9 @@ use gguf_format::GgmlType;
 
 use super::{decode_kblock, f16_at, sub_block_len, KBlock, KOrder, KVALUES_IQ4NL};
 
+/// How far ahead of the weights being unpacked to prefetch, in bytes.
+const PREFETCH: usize = 2048;
+
 /// The 4 bytes at `p` broadcast to every 32-bit lane.
 ///
 /// # Safety
@@ -67,9 +70,10 @@ unsafe fn transpose_8x8_epi32(u: [__m256i; 8]) -> [__m256i; 8] {
 /// rows from ggml's quantizer, whose quants lie in `-127..=127`.
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; `w` holds whole rows of `row_bytes`,
-/// `xq` `n` rows of `act_row` bytes, `out` `n` values per weight row.
-#[target_feature(enable = "avx2,fma")]
+/// The CPU must support AVX2, FMA and F16C; `w` holds whole rows of
+/// `row_bytes`, `xq` `n` rows of `act_row` bytes, `out` `n` values per
+/// weight row.
+#[target_feature(enable = "avx2,fma,f16c")]
 pub(super) unsafe fn b32_rows_avx2(
     ty: GgmlType,
     w: &[u8],
@@ -86,42 +90,65 @@ pub(super) unsafe fn b32_rows_avx2(
     // Per activation block: its scale, and 8·Σy (Q4_0 stores `q + 8`).
     let mut da = vec![0.0f32; n * nb];
     let mut ysum8 = vec![0i32; n * nb];
+    let ones8 = _mm256_set1_epi8(1);
+    let ones = _mm256_set1_epi16(1);
     for b in 0..n {
         for j in 0..nb {
             let ab = &xq[b * act_row + 34 * j..][..34];
-            da[b * nb + j] = f16_at(ab, 0);
-            ysum8[b * nb + j] = 8 * ab[2..].iter().map(|&v| v as i8 as i32).sum::<i32>();
+            let bits = u16::from_le_bytes([ab[0], ab[1]]);
+            da[b * nb + j] = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)));
+            // SAFETY: `ab[2..34]` is the block's 32 quants.
+            let y = _mm256_loadu_si256(ab[2..].as_ptr() as *const __m256i);
+            let s = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, y), ones);
+            let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+            let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+            ysum8[b * nb + j] = 8 * _mm_cvtsi128_si32(s);
         }
     }
     let mut q = vec![0u8; nb * 256];
     let mut d = vec![0.0f32; nb * 8];
-    let ones = _mm256_set1_epi16(1);
+    let mut d16 = vec![0u16; nb * 8];
+    let mut unpacked = vec![_mm256_setzero_si256(); nb * 8];
+    let lut = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
+    let mask = _mm_set1_epi8(0xf);
     let mut lanes = [0.0f32; 8];
     for g in (0..rows).step_by(8) {
         let gr = (rows - g).min(8);
-        let lut = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
-        let mask = _mm_set1_epi8(0xf);
-        for j in 0..nb {
-            let mut u = [_mm256_setzero_si256(); 8];
-            for (r, u) in u.iter_mut().enumerate().take(gr) {
-                let xb = &w[(g + r) * row_bytes + 18 * j..][..18];
-                d[8 * j + r] = f16_at(xb, 0);
-                // SAFETY: `xb[2..18]` is the block's 16 bytes of nibbles.
-                let x = _mm_loadu_si128(xb[2..].as_ptr() as *const __m128i);
-                let (mut lo, mut hi) = (
-                    _mm_and_si128(x, mask),
-                    _mm_and_si128(_mm_srli_epi16(x, 4), mask),
-                );
-                if iq4 {
-                    (lo, hi) = (_mm_shuffle_epi8(lut, lo), _mm_shuffle_epi8(lut, hi));
+        // Each row is read front to back (one stream at a time for the
+        // prefetcher), unpacked to 32 bytes per block, then each block's 8
+        // rows are transposed into the interleaved layout.
+        for r in 0..8 {
+            for j in 0..nb {
+                let (mut bits, mut u) = (0u16, _mm256_setzero_si256());
+                if r < gr {
+                    let xb = &w[(g + r) * row_bytes + 18 * j..][..18];
+                    // The weights stream from memory (often mmapped 4 KiB
+                    // pages, where the hardware prefetcher stops): ask for
+                    // the bytes 2 KiB ahead. A prefetch never faults.
+                    _mm_prefetch::<_MM_HINT_T0>(xb.as_ptr().wrapping_add(PREFETCH) as *const i8);
+                    bits = u16::from_le_bytes([xb[0], xb[1]]);
+                    // SAFETY: `xb[2..18]` is the block's 16 bytes of nibbles.
+                    let x = _mm_loadu_si128(xb[2..].as_ptr() as *const __m128i);
+                    let (mut lo, mut hi) = (
+                        _mm_and_si128(x, mask),
+                        _mm_and_si128(_mm_srli_epi16(x, 4), mask),
+                    );
+                    if iq4 {
+                        (lo, hi) = (_mm_shuffle_epi8(lut, lo), _mm_shuffle_epi8(lut, hi));
+                    }
+                    u = _mm256_set_m128i(hi, lo);
                 }
-                *u = _mm256_set_m128i(hi, lo);
+                d16[8 * j + r] = bits;
+                unpacked[8 * j + r] = u;
             }
-            for dr in d[8 * j + gr..8 * j + 8].iter_mut() {
-                *dr = 0.0;
-            }
-            let t = transpose_8x8_epi32(u);
-            for (k, t) in t.iter().enumerate() {
+        }
+        for j in 0..nb {
+            // SAFETY: `d16` and `d` hold 8 values per block.
+            let dj = _mm256_cvtph_ps(_mm_loadu_si128(d16[8 * j..].as_ptr() as *const __m128i));
+            _mm256_storeu_ps(d[8 * j..].as_mut_ptr(), dj);
+            let u: [__m256i; 8] = unpacked[8 * j..][..8].try_into().expect("8 rows");
+            for (k, t) in transpose_8x8_epi32(u).iter().enumerate() {
                 // SAFETY: `q` holds 256 bytes for block `j`.
                 _mm256_storeu_si256(q[256 * j + 32 * k..].as_mut_ptr() as *mut __m256i, *t);
             }
@@ -541,7 +568,8 @@ mod tests {
     #[test]
     fn avx2_kernels_match_portable_bit_for_bit() {
         if !(std::arch::is_x86_feature_detected!("avx2")
-            && std::arch::is_x86_feature_detected!("fma"))
+            && std::arch::is_x86_feature_detected!("fma")
+            && std::arch::is_x86_feature_detected!("f16c"))
         {
             return;
         }
