@@ -210,7 +210,11 @@ impl Kernel {
     pub(crate) fn constants(self) -> Vec<(&'static str, f64)> {
         match self {
             Kernel::Matvec(t) | Kernel::Matmul(t) | Kernel::GetRows(t) => {
-                vec![("FORMAT", f64::from(t.id()))]
+                let chunk = std::env::var("STRATA_MV_CHUNK").is_ok_and(|v| v == "1");
+                vec![
+                    ("FORMAT", f64::from(t.id())),
+                    ("MV_CHUNK", f64::from(chunk as u8)),
+                ]
             }
             Kernel::QuantizeAct(t) => vec![("ACT", f64::from(t.id()))],
             Kernel::Swiglu(t) => vec![("ACT", f64::from(t.map_or(0, GgmlType::id)))],

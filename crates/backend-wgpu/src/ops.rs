@@ -15,6 +15,9 @@ use crate::kernels::{is_gpu_type, Kernel};
 /// (one workgroup per row and token); above it, as a tiled matrix product.
 pub const MATVEC_MAX_TOKENS: u32 = 4;
 
+/// Rows per workgroup of `quant.wgsl`'s matvec (`MV_ROWS`).
+const MATVEC_ROWS: u32 = 8;
+
 /// Per-step values shared by every op (`struct Step` in the shaders).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
@@ -255,7 +258,7 @@ impl Op {
             Grid::Fixed(g) => (&self.pipeline, g),
             Grid::Linear { m } => {
                 if n_tokens <= MATVEC_MAX_TOKENS {
-                    let [x, y] = rows_grid(m);
+                    let [x, y] = rows_grid(m.div_ceil(MATVEC_ROWS));
                     (&self.pipeline, [x, y, n_tokens])
                 } else {
                     (

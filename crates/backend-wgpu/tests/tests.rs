@@ -2,6 +2,7 @@
 //! installs Mesa's llvmpipe) and fail loudly when there is none.
 
 mod common;
+mod default_model;
 mod kernels;
 mod model;
 mod seam;

@@ -110,11 +110,15 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     // Pass 1: maximum and sum of exp(s − max).
     var m = NEG;
     var l = 0.0;
+    var s_first = NEG; // the first tile's score, kept for pass 2
     for (var t0 = 0u; t0 < n_kv; t0 += WG) {
         let t = t0 + lid;
         var s = NEG;
         if (t < n_kv) {
             s = score(t, kvo);
+        }
+        if (t0 == 0u) {
+            s_first = s;
         }
         let m_new = max(m, reduce_max(lid, s));
         var e = 0.0;
@@ -132,7 +136,11 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         let t = t0 + lid;
         var pr = 0.0;
         if (t < n_kv) {
-            pr = exp(score(t, kvo) - m) * inv;
+            var s = s_first;
+            if (t0 != 0u) {
+                s = score(t, kvo);
+            }
+            pr = exp(s - m) * inv;
             if (p.kv_f16 != 0u) {
                 pr = round_f16(pr);
             }
@@ -141,8 +149,22 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         workgroupBarrier();
         let n = min(WG, n_kv - t0);
         if (lid < hd) {
-            for (var j = 0u; j < n; j++) {
-                acc0 += probs[j] * v_cache[(t0 + j) * p.kv_stride + kvo + lid];
+            // Four positions' values loaded ahead, summed in position order.
+            let vo = t0 * p.kv_stride + kvo + lid;
+            let ks = p.kv_stride;
+            var j = 0u;
+            for (; j + 4u <= n; j += 4u) {
+                let v0 = v_cache[vo + j * ks];
+                let v1 = v_cache[vo + (j + 1u) * ks];
+                let v2 = v_cache[vo + (j + 2u) * ks];
+                let v3 = v_cache[vo + (j + 3u) * ks];
+                acc0 += probs[j] * v0;
+                acc0 += probs[j + 1u] * v1;
+                acc0 += probs[j + 2u] * v2;
+                acc0 += probs[j + 3u] * v3;
+            }
+            for (; j < n; j++) {
+                acc0 += probs[j] * v_cache[vo + j * ks];
             }
         }
         if (lid + WG < hd) {

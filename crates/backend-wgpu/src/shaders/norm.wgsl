@@ -10,6 +10,7 @@ struct NormParams {
     y_stride: u32, // floats between tokens in y
     x_first: u32,  // 1: read only the batch's last token (final norm before sampling)
     eps: f32,
+    zero: u32,     // always 0; unknown to the compiler (see `opaque`)
 }
 
 struct Step {
@@ -26,7 +27,81 @@ struct Step {
 @group(0) @binding(4) var<uniform> step: Step;
 
 const WG: u32 = 256u;
-var<workgroup> partial: array<f32, WG>;
+var<workgroup> partial: array<vec2<f32>, WG>;
+
+// ggml sums the f32 squares in f64 and rounds sum/n to f32; the GPU has no
+// f64, so the sum is kept as an unevaluated pair hi + lo of f32 (Knuth's
+// TwoSum: additions only, which no compiler may contract into an fma), and
+// the f32 mean, its square root and the reciprocal are rounded correctly
+// (GPU division and sqrt may be off by an ulp or two). A last-bit difference
+// of the scale would change a few of the products' quantized activations.
+
+// x, hidden from the shader compiler's algebra: without it, an optimiser
+// that treats float addition as associative (Mesa's, for one) turns
+// (a + b) − a into b and the error term of two_sum into 0.
+fn opaque(x: f32) -> f32 {
+    return bitcast<f32>(bitcast<u32>(x) ^ p.zero);
+}
+
+fn two_sum(a: f32, b: f32) -> vec2<f32> {
+    let s = opaque(a + b);
+    let bb = opaque(s - a);
+    return vec2<f32>(s, (a - (s - bb)) + (b - bb));
+}
+
+fn dd_add(x: vec2<f32>, y: vec2<f32>) -> vec2<f32> {
+    let s = two_sum(x.x, y.x);
+    let e = s.y + (x.y + y.y);
+    let r = opaque(s.x + e);
+    return vec2<f32>(r, e - (r - s.x));
+}
+
+// Splits a positive f32 into three pieces of at most 8 significant bits each
+// (by masking, so exactly), whose products with an integer below 2^15 are exact.
+fn split3(q: f32) -> vec3<f32> {
+    let q1 = bitcast<f32>(bitcast<u32>(q) & 0xffff8000u);
+    let r = q - q1;
+    let q2 = bitcast<f32>(bitcast<u32>(r) & 0xffff8000u);
+    return vec3<f32>(q1, q2, r - q2);
+}
+
+fn ulp(q: f32) -> f32 {
+    return bitcast<f32>(bitcast<u32>(q) & 0x7f800000u) * 1.1920928955078125e-7;
+}
+
+// (hi + lo) / n rounded to nearest, for hi > 0 and an integer n < 2^15.
+fn mean_rn(s: vec2<f32>, n: f32) -> f32 {
+    var q = div_rn(s.x, n);
+    let qs = split3(q);
+    // hi − q·n exactly (the first difference by Sterbenz's lemma), then + lo.
+    let r = (((s.x - qs.x * n) - qs.y * n) - qs.z * n) + s.y;
+    let half = 0.5 * ulp(q) * n;
+    if (r > half) {
+        q = q + ulp(q);
+    } else if (r < -half) {
+        q = q - ulp(q);
+    }
+    return q;
+}
+
+// sqrt(t) rounded to nearest, for a normal t > 0.
+fn sqrt_rn(t: f32) -> f32 {
+    var s = sqrt(t);
+    for (var i = 0u; i < 2u; i++) {
+        // t − s² from the exact products of s's 12-bit halves.
+        let sh = bitcast<f32>(bitcast<u32>(s) & 0xfffff000u);
+        let sl = s - sh;
+        let r = ((t - sh * sh) - 2.0 * sh * sl) - sl * sl;
+        // sqrt(t) − s ≈ r / 2s; move s when that exceeds half an ulp.
+        let half = ulp(s) * s;
+        if (r > half) {
+            s = s + ulp(s);
+        } else if (r < -half) {
+            s = s - ulp(s);
+        }
+    }
+    return s;
+}
 
 // Grid: (ceil(n / 256), 1, tokens): every workgroup sums the squares of the
 // whole row (a few KiB, from cache) and writes its own 256 outputs, so that
@@ -39,20 +114,26 @@ fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     }
     let xo = src_tok * p.x_stride;
     let yo = wid.z * p.y_stride;
-    var sum = 0.0;
+    var sum = vec2<f32>(0.0);
     for (var i = lid; i < p.n; i += WG) {
         let v = x[xo + i];
-        sum += v * v;
+        // max() keeps the square rounded to f32 on its own (not fused into the add).
+        sum = dd_add(sum, vec2<f32>(max(v * v, 0.0), 0.0));
     }
     partial[lid] = sum;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s >>= 1u) {
         if (lid < s) {
-            partial[lid] += partial[lid + s];
+            partial[lid] = dd_add(partial[lid], partial[lid + s]);
         }
         workgroupBarrier();
     }
-    let scale = 1.0 / sqrt(partial[0] / f32(p.n) + p.eps);
+    let tot = partial[0];
+    var mean = 0.0;
+    if (tot.x > 0.0) {
+        mean = mean_rn(tot, f32(p.n));
+    }
+    let scale = div_rn(1.0, sqrt_rn(mean + p.eps));
     let i = wid.x * WG + lid;
     var v = 0.0;
     if (i < p.n) {
