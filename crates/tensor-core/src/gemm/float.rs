@@ -54,6 +54,25 @@ with_fma!(pub(super) dot_lanes8_bf16, fn(w: &[bf16], x: &[f32]) -> f32 {
     hsum8(&acc)
 });
 
+/// The activations `x` rounded to the weight type `ty` and back (ggml's
+/// `vec_dot_type` conversion, round to nearest even), for F16 and BF16.
+pub(super) fn round_activations(ty: GgmlType, x: &[f32]) -> Vec<f32> {
+    #[cfg(target_arch = "x86_64")]
+    if avx2::available() {
+        // SAFETY: the CPU has AVX2, FMA and F16C, all `round_activations` enables.
+        return unsafe { avx2::round_activations(ty, x) };
+    }
+    round_activations_portable(ty, x)
+}
+
+/// [`round_activations`] one element at a time (the reference).
+pub(super) fn round_activations_portable(ty: GgmlType, x: &[f32]) -> Vec<f32> {
+    match ty {
+        GgmlType::F16 => x.iter().map(|&v| f16::from_f32(v).to_f32()).collect(),
+        _ => x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect(),
+    }
+}
+
 /// Float weights (`F32`, `F16` or `BF16`, by `ty`) for a chunk of weight
 /// rows: `out[i·n + b]` = row `i` of `w` (`cols` elements each, a multiple
 /// of 8) times activation row `b` of `x` (already rounded to the weight type).
@@ -263,6 +282,40 @@ pub(super) mod avx2 {
         }
     }
 
+    /// [`super::round_activations`] 8 at a time: F16C's conversion for F16;
+    /// for BF16 ggml's `GGML_FP32_TO_BF16` (add `0x7fff` plus the lowest
+    /// kept bit, truncate; a NaN is truncated and made quiet).
+    ///
+    /// # Safety
+    /// The CPU must support AVX2, FMA and F16C.
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(in super::super) unsafe fn round_activations(ty: GgmlType, x: &[f32]) -> Vec<f32> {
+        let mut out = x.to_vec();
+        let mut c = out.chunks_exact_mut(8);
+        for c in &mut c {
+            // SAFETY: `c` holds 8 floats.
+            let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+            let r = if ty == GgmlType::F16 {
+                _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v))
+            } else {
+                let u = _mm256_castps_si256(v);
+                let odd = _mm256_and_si256(_mm256_srli_epi32::<16>(u), _mm256_set1_epi32(1));
+                let bias = _mm256_add_epi32(_mm256_set1_epi32(0x7fff), odd);
+                let rounded = _mm256_add_epi32(u, bias);
+                let quiet = _mm256_or_si256(u, _mm256_set1_epi32(0x0040_0000));
+                let nan = _mm256_castps_si256(_mm256_cmp_ps::<_CMP_UNORD_Q>(v, v));
+                let r = _mm256_blendv_epi8(rounded, quiet, nan);
+                _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32(-65536)))
+            };
+            // SAFETY: as the load.
+            unsafe { _mm256_storeu_ps(c.as_mut_ptr(), r) };
+        }
+        let rest = c.into_remainder();
+        let tail = super::round_activations_portable(ty, rest);
+        rest.copy_from_slice(&tail);
+        out
+    }
+
     /// [`super::float_rows`] with the tiled kernel.
     ///
     /// # Safety
@@ -374,6 +427,54 @@ mod tests {
                 .iter()
                 .flat_map(|&v| bf16::from_f32(v).to_le_bytes())
                 .collect(),
+        }
+    }
+
+    /// The vector rounding of activations is `half`'s, on random values,
+    /// ties, subnormals, overflow, infinities and NaNs.
+    #[test]
+    fn round_activations_matches_portable_bits() {
+        let mut seed = 0x0bad_cafeu32;
+        let mut x: Vec<f32> = (0..4099)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 17;
+                seed ^= seed << 5;
+                f32::from_bits(seed)
+            })
+            .collect();
+        x.extend([
+            0.0,
+            -0.0,
+            1.0,
+            65504.0,
+            65520.0,
+            1e6,
+            -1e-8,
+            6e-8,
+            3e-5,
+            1.000_488_3,
+            1.000_976_6,
+        ]);
+        x.extend([
+            f32::INFINITY,
+            f32::NEG_INFINITY,
+            f32::NAN,
+            -f32::NAN,
+            f32::MIN_POSITIVE,
+        ]);
+        x.extend([
+            1.0 + 1.0 / 256.0,
+            1.0 + 3.0 / 256.0,
+            f32::MAX,
+            f32::from_bits(0x7f80_0001),
+        ]);
+        for ty in [GgmlType::F16, GgmlType::BF16] {
+            let want = round_activations_portable(ty, &x);
+            let got = round_activations(ty, &x);
+            for ((g, w), v) in got.iter().zip(&want).zip(&x) {
+                assert_eq!(g.to_bits(), w.to_bits(), "{ty:?} {v:e}: {g:e} vs {w:e}");
+            }
         }
     }
 

@@ -38,7 +38,6 @@
 //! depend on whether it was decoded alone or in a batch.
 
 use gguf_format::GgmlType;
-use half::{bf16, f16};
 
 mod float;
 mod kquant;
@@ -138,8 +137,7 @@ pub fn matmul_float(
 ) {
     assert!(handles(ty, rows, cols) && x.len() == n * cols && y.len() == n * rows);
     let xr: Vec<f32> = match ty {
-        GgmlType::F16 => x.iter().map(|&v| f16::from_f32(v).to_f32()).collect(),
-        GgmlType::BF16 => x.iter().map(|&v| bf16::from_f32(v).to_f32()).collect(),
+        GgmlType::F16 | GgmlType::BF16 => round_activations(ty, x),
         _ => Vec::new(),
     };
     let x = if xr.is_empty() { x } else { &xr[..] };
@@ -195,6 +193,7 @@ pub fn matmul_float(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use half::f16;
 
     /// `rows` rows of `blocks` random super-blocks of `ty` with small finite
     /// f16 scales at the given byte offsets.
