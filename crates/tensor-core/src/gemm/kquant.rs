@@ -468,7 +468,7 @@ pub(super) fn kquant_rows(
                 // matmul_float's (whole rows, n activation rows each).
                 return unsafe { x86::b32_rows_avx2(ty, w, row_bytes, xq, act_row, n, out) };
             }
-            if x86::kquant_avx2_handles(ty) && !(ty == GgmlType::Q4_K && n < TILED_MIN_BATCH) {
+            if x86::kquant_avx2_handles(ty) && std::arch::is_x86_feature_detected!("f16c") {
                 let order = |b: usize| row_order(repacked, n, b);
                 // SAFETY: as above, and `ty` is one the kernel handles.
                 return unsafe {

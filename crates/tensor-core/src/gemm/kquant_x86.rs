@@ -14,7 +14,19 @@ use std::arch::x86_64::*;
 
 use gguf_format::GgmlType;
 
-use super::{decode_kblock, f16_at, sub_block_len, KBlock, KOrder, KVALUES_IQ4NL};
+use super::{decode_kblock, sub_block_len, KBlock, KOrder, KVALUES_IQ4NL};
+
+/// The f16 at `b[i..i + 2]` as f32, converted by F16C (the `half` crate
+/// checks for it and calls out on every value).
+///
+/// # Safety
+/// The CPU must support F16C.
+#[inline(always)]
+unsafe fn f16c_at(b: &[u8], i: usize) -> f32 {
+    let bits = u16::from_le_bytes([b[i], b[i + 1]]);
+    // SAFETY: register operations; F16C guaranteed by the caller.
+    unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))) }
+}
 
 /// How far ahead of the weights being unpacked to prefetch, in bytes.
 const PREFETCH: usize = 2048;
@@ -95,8 +107,7 @@ pub(super) unsafe fn b32_rows_avx2(
     for b in 0..n {
         for j in 0..nb {
             let ab = &xq[b * act_row + 34 * j..][..34];
-            let bits = u16::from_le_bytes([ab[0], ab[1]]);
-            da[b * nb + j] = _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32)));
+            da[b * nb + j] = f16c_at(ab, 0);
             // SAFETY: `ab[2..34]` is the block's 32 quants.
             let y = _mm256_loadu_si256(ab[2..].as_ptr() as *const __m256i);
             let s = _mm256_madd_epi16(_mm256_maddubs_epi16(ones8, y), ones);
@@ -286,10 +297,10 @@ pub(super) fn kquant_avx2_handles(ty: GgmlType) -> bool {
 /// steps, bit for bit as [`super::kquant_dot`].
 ///
 /// # Safety
-/// The CPU must support AVX2 and FMA; `ty` passes [`kquant_avx2_handles`];
-/// `w` holds whole rows of `row_bytes`, `xq` `n` block_q8_K rows of
-/// `act_row` bytes, `out` `n` values per weight row.
-#[target_feature(enable = "avx2,fma")]
+/// The CPU must support AVX2, FMA and F16C; `ty` passes
+/// [`kquant_avx2_handles`]; `w` holds whole rows of `row_bytes`, `xq` `n`
+/// block_q8_K rows of `act_row` bytes, `out` `n` values per weight row.
+#[target_feature(enable = "avx2,fma,f16c")]
 #[allow(clippy::too_many_arguments)]
 pub(super) unsafe fn kquant_rows_avx2(
     ty: GgmlType,
@@ -322,12 +333,27 @@ pub(super) unsafe fn kquant_rows_avx2(
     // Q4_K, Q5_K and Q6_K unpack straight from their bytes; Q2_K and Q3_K
     // (rarer) through the portable decoder.
     let direct = matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K);
+    let mut unpacked = vec![_mm256_setzero_si256(); nb * 64];
     for g in (0..rows).step_by(8) {
         let gr = (rows - g).min(8);
-        for (j, kg) in groups.iter_mut().enumerate() {
-            *kg = KGroup::ZERO;
-            for (r, k) in ks.iter_mut().enumerate().take(gr) {
+        // Rows front to back (see `PREFETCH`): scales into the group,
+        // quants unpacked to 8 vectors per super-block, transposed below.
+        for (r, k) in ks.iter_mut().enumerate() {
+            for (j, kg) in groups.iter_mut().enumerate() {
+                if r == 0 && gr < 8 {
+                    // Lanes past the last row stay zero.
+                    *kg = KGroup::ZERO;
+                }
+                if r >= gr {
+                    for c in 0..8 {
+                        unpacked[64 * j + 8 * c + r] = _mm256_setzero_si256();
+                    }
+                    continue;
+                }
                 let xb = &w[(g + r) * row_bytes + j * block_bytes..][..block_bytes];
+                for c in (0..block_bytes).step_by(64) {
+                    _mm_prefetch::<_MM_HINT_T0>(xb.as_ptr().wrapping_add(PREFETCH + c) as *const i8);
+                }
                 let (mut sc, mut mn) = ([0i32; 16], [0i32; 16]);
                 let (d, dmin) = match ty {
                     GgmlType::Q4_K | GgmlType::Q5_K => {
@@ -335,13 +361,13 @@ pub(super) unsafe fn kquant_rows_avx2(
                             (sc[2 * s], mn[2 * s]) = super::scale_min_k4(s, &xb[4..16]);
                             (sc[2 * s + 1], mn[2 * s + 1]) = (sc[2 * s], mn[2 * s]);
                         }
-                        (f16_at(xb, 0), f16_at(xb, 2))
+                        (f16c_at(xb, 0), f16c_at(xb, 2))
                     }
                     GgmlType::Q6_K => {
                         for (s, v) in sc.iter_mut().enumerate() {
                             *v = xb[192 + s] as i8 as i32;
                         }
-                        (f16_at(xb, 208), 0.0)
+                        (f16c_at(xb, 208), 0.0)
                     }
                     _ => {
                         decode_kblock(ty, xb, k);
@@ -366,21 +392,22 @@ pub(super) unsafe fn kquant_rows_avx2(
                 }
                 kg.d[r] = d;
                 kg.dmin[r] = dmin;
-            }
-            for c in 0..8 {
-                let mut u = [_mm256_setzero_si256(); 8];
-                for (r, u) in u.iter_mut().enumerate().take(gr) {
-                    let xb = &w[(g + r) * row_bytes + j * block_bytes..][..block_bytes];
-                    *u = if direct {
+                for c in 0..8 {
+                    unpacked[64 * j + 8 * c + r] = if direct {
                         unpack_32(ty, xb, c)
                     } else {
                         // SAFETY: `q` has 256 bytes.
                         _mm256_add_epi8(
-                            _mm256_loadu_si256(ks[r].q[32 * c..].as_ptr() as *const __m256i),
+                            _mm256_loadu_si256(k.q[32 * c..].as_ptr() as *const __m256i),
                             _mm256_set1_epi8(off as i8),
                         )
                     };
                 }
+            }
+        }
+        for (j, kg) in groups.iter_mut().enumerate() {
+            for c in 0..8 {
+                let u: [__m256i; 8] = unpacked[64 * j + 8 * c..][..8].try_into().expect("8 rows");
                 for (i, t) in transpose_8x8_epi32(u).iter().enumerate() {
                     // SAFETY: `u` has 2048 bytes; chunk c covers 256 of them.
                     _mm256_store_si256(kg.u[256 * c + 32 * i..].as_mut_ptr() as *mut __m256i, *t);
