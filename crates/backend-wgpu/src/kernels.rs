@@ -102,8 +102,8 @@ impl Shader {
             Shader::Quant => &[Read, Read, ReadWrite, Uniform, Uniform, Read],
             // x, weight, y, params, step
             Shader::Norm => &[Read, Read, ReadWrite, Uniform, Uniform],
-            // x, y, params, step, cos/sin table
-            Shader::Rope => &[Read, ReadWrite, Uniform, Uniform, Read],
+            // x, y, params, step, cos/sin table, y2
+            Shader::Rope => &[Read, ReadWrite, Uniform, Uniform, Read, ReadWrite],
             // q, k_cache, v_cache, out, params, step
             Shader::Attention => &[Read, Read, Read, ReadWrite, Uniform, Uniform],
             // a, b, y, params, step, token
@@ -210,11 +210,7 @@ impl Kernel {
     pub(crate) fn constants(self) -> Vec<(&'static str, f64)> {
         match self {
             Kernel::Matvec(t) | Kernel::Matmul(t) | Kernel::GetRows(t) => {
-                let chunk = std::env::var("STRATA_MV_CHUNK").is_ok_and(|v| v == "1");
-                vec![
-                    ("FORMAT", f64::from(t.id())),
-                    ("MV_CHUNK", f64::from(chunk as u8)),
-                ]
+                vec![("FORMAT", f64::from(t.id()))]
             }
             Kernel::QuantizeAct(t) => vec![("ACT", f64::from(t.id()))],
             Kernel::Swiglu(t) => vec![("ACT", f64::from(t.map_or(0, GgmlType::id)))],

@@ -381,7 +381,9 @@ impl GpuModel {
             y_base: 0,
             at_pos,
             x_base,
-            pad: [0; 3],
+            n_heads2: 0,
+            y2_stride: 0,
+            at_pos2: 0,
         };
         for l in 0..cfg.n_layer {
             let name = |s: &str| format!("blk.{l}.{s}");
@@ -453,12 +455,18 @@ impl GpuModel {
                     &dummy,
                 ));
             }
-            body.push(ob.rope(&qk_raw, &q, &rope_table, rope(cfg.n_head, 0, dq, 0)));
-            body.push(ob.rope(
+            // Queries into q and keys into the cache, in one dispatch.
+            body.push(ob.rope2(
                 &qk_raw,
+                &q,
                 &k_cache,
                 &rope_table,
-                rope(cfg.n_kv_head, dq, dkv, cache_write),
+                RopeParams {
+                    n_heads2: cfg.n_kv_head,
+                    y2_stride: dkv,
+                    at_pos2: cache_write,
+                    ..rope(cfg.n_head, 0, dq, 0)
+                },
             ));
             body.push(ob.attention(
                 &q,

@@ -218,7 +218,9 @@ pub fn rope(
             y_base: 0,
             at_pos: 0,
             x_base: 0,
-            pad: [0; 3],
+            n_heads2: 0,
+            y2_stride: 0,
+            at_pos2: 0,
         },
     );
     run(ctx, &[op], t as u32, &y, x.len())

@@ -66,7 +66,10 @@ pub(crate) struct RopeParams {
     pub y_base: u32,
     pub at_pos: u32,
     pub x_base: u32,
-    pub pad: [u32; 3],
+    /// Heads after the first `n_heads` of x that go to the second output.
+    pub n_heads2: u32,
+    pub y2_stride: u32,
+    pub at_pos2: u32,
 }
 
 /// cos/sin of every (position, pair) for positions `0..n_pos`, as
@@ -434,14 +437,27 @@ impl OpBuilder<'_> {
         table: &wgpu::Buffer,
         params: RopeParams,
     ) -> Op {
+        self.rope2(x, y, y, table, params)
+    }
+
+    /// RoPE of the first `n_heads` heads of `x` into `y` and of the next
+    /// `n_heads2` into `y2` (queries and keys in one dispatch).
+    pub fn rope2(
+        &self,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        y2: &wgpu::Buffer,
+        table: &wgpu::Buffer,
+        params: RopeParams,
+    ) -> Op {
         let pb = self.ctx.uniform("rope", bytemuck::bytes_of(&params));
         let kernel = Kernel::Rope;
-        let pairs = params.n_heads * params.head_dim / 2;
+        let pairs = (params.n_heads + params.n_heads2) * params.head_dim / 2;
         Op {
             label: "rope",
             pipeline: self.ctx.pipeline(kernel),
             pipeline_mm: None,
-            bind_group: self.bind(kernel, &[x, y, &pb, self.step, table]),
+            bind_group: self.bind(kernel, &[x, y, &pb, self.step, table, y2]),
             grid: Grid::PerToken([pairs.div_ceil(64), 1]),
             _params: pb,
         }

@@ -374,7 +374,9 @@ impl Backend for WgpuBackend {
                 y_base: 0,
                 at_pos: 0,
                 x_base: 0,
-                pad: [0; 3],
+                n_heads2: 0,
+                y2_stride: 0,
+                at_pos2: 0,
             },
         );
         self.record(&[op], n_rows);
@@ -409,7 +411,9 @@ impl Backend for WgpuBackend {
             y_base: 0,
             at_pos: if s.kv_type == KvType::F16 { 2 } else { 1 },
             x_base: 0,
-            pad: [0; 3],
+            n_heads2: 0,
+            y2_stride: 0,
+            at_pos2: 0,
         };
         let (kc, vc) = &cache.layers[layer];
         let ops = [

@@ -12,8 +12,6 @@
 // (ggml-quants.c) element for element.
 
 override FORMAT: u32 = 0u;
-// 1: K-quant matvecs sum whole chunks per invocation (measurement switch).
-override MV_CHUNK: u32 = 0u;
 
 // Static shape of one weight matrix (or one row-range part of it).
 struct MatParams {
@@ -295,9 +293,9 @@ fn store(tok: u32, row: u32, v_in: f32) {
 
 // ---- matrix-vector product: MV_ROWS rows per workgroup --------------------
 
-// Each row is taken by MV_LANES invocations (K-quants: whole 32-weight
-// chunks each, so that a chunk's scales are decoded once; others: groups of
-// 4 weights, coalesced), and a workgroup holds MV_ROWS rows that share the
+// Each row is taken by MV_LANES invocations (Q6_K: whole 32-weight chunks
+// each, so that a chunk's scales are decoded once; others: groups of 4
+// weights, coalesced), and a workgroup holds MV_ROWS rows that share the
 // activation vector in cache. (One 64-invocation workgroup per row, decoding per 4 weights, ran
 // Q4_K at ~340 GB/s on an H100.)
 const MV_LANES: u32 = 32u;
@@ -307,23 +305,6 @@ var<workgroup> partial: array<f32, 256>;
 // W[row, chunk c] · x[xi .. xi + 8] (x as vec4s), for the row at byte `base`.
 fn chunk_dot(base: u32, c: u32, xi: u32, tok: u32) -> f32 {
     switch FORMAT {
-        case 12u: { // Q4_K: d·sc·Σq·x − dmin·m·Σx
-            let b = base + (c >> 3u) * 144u;
-            let s = c & 7u;
-            let sm = scale_min_k4(b + 4u, s);
-            let dm = unpack2x16float(w[b >> 2u]);
-            let qo = (b + 16u + 32u * (s >> 1u)) >> 2u;
-            let sh = vec4<u32>((s & 1u) * 4u);
-            var sq = 0.0;
-            var sx = vec4<f32>(0.0);
-            for (var g = 0u; g < 8u; g++) {
-                let q = vec4<f32>((bytes4(w[qo + g]) >> sh) & vec4<u32>(0xfu));
-                let xv = x[xi + g];
-                sq += dot(q, xv);
-                sx += xv;
-            }
-            return (dm.x * sm.x) * sq - (dm.y * sm.y) * (sx.x + sx.y + sx.z + sx.w);
-        }
         case 14u: { // Q6_K: d·(sc₀·Σ(q − 32)·x over 16 weights + sc₁·…)
             let b = base + (c >> 3u) * 210u;
             let h = (c & 7u) >> 2u;
@@ -372,8 +353,10 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let chunks = p.k >> 5u;
     var acc = 0.0;
     if (live) {
-        if (MV_CHUNK != 0u && (FORMAT == 12u || FORMAT == 14u)) {
-            // K-quants: a chunk per invocation, its scales decoded once.
+        if (FORMAT == 14u) {
+            // Q6_K: a chunk per invocation, its scales decoded once (on an
+            // H100 faster than the coalesced path below for Q6_K, slower
+            // for Q4_K, whose word-load decode is cheap).
             for (var c = lane; c < chunks; c += MV_LANES) {
                 acc += chunk_dot(base, c, xb + c * 8u, tok);
             }

@@ -22,9 +22,9 @@ struct RopeParams {
     y_base: u32,     // float offset of the output
     at_pos: u32,     // KV cache write: token index in y counted from step.pos; 1 f32 cache, 2 f16 cache
     x_base: u32,     // float offset of x's first token
-    pad1: u32,
-    pad2: u32,
-    pad3: u32,
+    n_heads2: u32,   // heads after the first n_heads of x, written to y2 (keys with queries)
+    y2_stride: u32,  // floats between tokens in y2
+    at_pos2: u32,    // at_pos for y2
 }
 
 struct Step {
@@ -39,6 +39,7 @@ struct Step {
 @group(0) @binding(2) var<uniform> p: RopeParams;
 @group(0) @binding(3) var<uniform> step: Step;
 @group(0) @binding(4) var<storage, read> table: array<vec2<f32>>; // [pos][n_dims/2] (cos, sin)
+@group(0) @binding(5) var<storage, read_write> y2: array<f32>;
 
 // One invocation per (token, head, pair). Grid: (ceil(heads·head_dim/2 / 64), 1, tokens).
 // x rounded to f16 and back, to nearest even (F16C's conversion), as the
@@ -52,8 +53,14 @@ fn round_f16(x: f32) -> f32 {
     return bitcast<f32>((b + 0xfffu + ((b >> 13u) & 1u)) & 0xffffe000u);
 }
 
-fn put(i: u32, v: f32) {
-    if (p.at_pos == 2u) {
+fn put(second: bool, i: u32, v: f32) {
+    if (second) {
+        if (p.at_pos2 == 2u) {
+            y2[i] = round_f16(v);
+        } else {
+            y2[i] = v;
+        }
+    } else if (p.at_pos == 2u) {
         y[i] = round_f16(v);
     } else {
         y[i] = v;
@@ -64,18 +71,27 @@ fn put(i: u32, v: f32) {
 fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
     let half = p.head_dim / 2u;
     let idx = gid.x;
-    if (idx >= p.n_heads * half) {
+    if (idx >= (p.n_heads + p.n_heads2) * half) {
         return;
     }
     let tok = gid.z;
     let head = idx / half;
     let i = idx % half; // pair index
-    var yt = tok;
-    if (p.at_pos != 0u) {
-        yt += step.pos;
-    }
+    let second = head >= p.n_heads;
     let xo = p.x_base + tok * p.x_stride + head * p.head_dim;
-    let yo = yt * p.y_stride + p.y_base + head * p.head_dim;
+    var yt = tok;
+    var yo: u32;
+    if (second) {
+        if (p.at_pos2 != 0u) {
+            yt += step.pos;
+        }
+        yo = yt * p.y2_stride + (head - p.n_heads) * p.head_dim;
+    } else {
+        if (p.at_pos != 0u) {
+            yt += step.pos;
+        }
+        yo = yt * p.y_stride + p.y_base + head * p.head_dim;
+    }
     var i0: u32;
     var i1: u32;
     if (p.neox != 0u) {
@@ -87,13 +103,13 @@ fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
     }
     if (2u * i >= p.n_dims) {
         // Unrotated tail (partial rotary): copy this pair's two dimensions.
-        put(yo + 2u * i, x[xo + 2u * i]);
-        put(yo + 2u * i + 1u, x[xo + 2u * i + 1u]);
+        put(second, yo + 2u * i, x[xo + 2u * i]);
+        put(second, yo + 2u * i + 1u, x[xo + 2u * i + 1u]);
         return;
     }
     let cs = table[(step.pos + tok) * (p.n_dims / 2u) + i];
     let a = x[xo + i0];
     let b = x[xo + i1];
-    put(yo + i0, fma(a, cs.x, -(b * cs.y)));
-    put(yo + i1, fma(a, cs.y, b * cs.x));
+    put(second, yo + i0, fma(a, cs.x, -(b * cs.y)));
+    put(second, yo + i1, fma(a, cs.y, b * cs.x));
 }
