@@ -164,10 +164,40 @@ pub fn matvec(w: &QMatrix<'_>, x: &[f32], y: &mut [f32], scratch: &mut Scratch) 
     let cols = w.cols;
     pool::for_each_chunk_mut(y, chunk, |c, y| {
         let r0 = c * chunk;
+        let end = (r0 + y.len()) * w.row_bytes;
         for (i, y) in y.iter_mut().enumerate() {
-            *y = vec_dot(cols, w.row(r0 + i), act);
+            let row = w.row(r0 + i);
+            prefetch_ahead(w.data, (r0 + i) * w.row_bytes, w.row_bytes, end);
+            *y = vec_dot(cols, row, act);
         }
     });
+}
+
+/// How far ahead of the row being multiplied [`matvec`] asks for weights.
+const PREFETCH_AHEAD: usize = 2048;
+
+/// Asks the cache for the `len` bytes of `data` that lie [`PREFETCH_AHEAD`]
+/// bytes past `start`, stopping at `end`. Weights come from a memory map of
+/// 4 KiB pages, and the hardware prefetcher stops at every page boundary;
+/// a single-row product streams them once, so without this it waits on
+/// memory at the start of every page.
+#[inline(always)]
+fn prefetch_ahead(data: &[u8], start: usize, len: usize, end: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let from = start + PREFETCH_AHEAD;
+        let to = (from + len).min(end);
+        let mut at = from;
+        while at < to {
+            // SAFETY: `at < end <= data.len()`, so the pointer is inside
+            // `data`; a prefetch only hints the cache and never faults.
+            unsafe { _mm_prefetch::<_MM_HINT_T0>(data.as_ptr().add(at) as *const i8) };
+            at += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (data, start, len, end);
 }
 
 /// Batch rows handled against one weight row while it is hot in L1.
