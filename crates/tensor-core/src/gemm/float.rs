@@ -132,6 +132,9 @@ pub(super) mod avx2 {
 
     /// Weight rows per tile.
     const MR: usize = 4;
+    /// Weight rows per tile for a single activation row (a matrix-vector
+    /// product): 8 independent FMA chains hide the FMA latency that 4 expose.
+    const MR1: usize = 8;
     /// Activation rows per tile.
     const NR: usize = 3;
 
@@ -237,7 +240,8 @@ pub(super) mod avx2 {
         }
     }
 
-    /// The tile for `rm ≤ MR` weight rows and `rn ≤ NR` activation rows
+    /// The tile for `rm ≤ MR` weight rows and `rn ≤ NR` activation rows (or
+    /// `rm ≤ MR1` and `rn = 1`)
     /// (the edges of a block use smaller tiles of the same kernel).
     ///
     /// # Safety
@@ -265,6 +269,10 @@ pub(super) mod avx2 {
         // SAFETY: forwarded contract.
         unsafe {
             match (rm, rn) {
+                (8, 1) => go!(8, 1),
+                (7, 1) => go!(7, 1),
+                (6, 1) => go!(6, 1),
+                (5, 1) => go!(5, 1),
                 (4, 3) => go!(4, 3),
                 (4, 2) => go!(4, 2),
                 (4, 1) => go!(4, 1),
@@ -351,10 +359,16 @@ pub(super) mod avx2 {
         } else {
             Vec::new()
         };
+        let mr = if n == 1 { MR1 } else { MR };
         let mut r = 0;
         while r < rows {
-            let rm = MR.min(rows - r);
+            let rm = mr.min(rows - r);
             let wr = &w[r * row_bytes..][..rm * row_bytes];
+            // The next tile's weights come from memory: ask for them a few
+            // cache lines per activation tile while this one computes.
+            let next = &w[(r + rm) * row_bytes..][..MR.min(rows - r - rm) * row_bytes];
+            let n_tiles = n.div_ceil(NR);
+            let per_tile = next.len().div_ceil(64).div_ceil(n_tiles);
             if pack {
                 let buf = &mut packed[..rm * cols];
                 for s in 0..steps {
@@ -375,6 +389,15 @@ pub(super) mod avx2 {
                 let rn = NR.min(n - b);
                 let xb = x[b * cols..][..rn * cols].as_ptr();
                 let o = out[r * n + b..].as_mut_ptr();
+                if pack {
+                    let line0 = b / NR * per_tile;
+                    for l in line0..(line0 + per_tile).min(next.len().div_ceil(64)) {
+                        // SAFETY: a prefetch of an address inside `next`.
+                        unsafe {
+                            _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(64 * l) as *const i8)
+                        };
+                    }
+                }
                 // SAFETY: `rm` weight rows of `steps · 8` elements (packed:
                 // `rm · cols` floats interleaved by step), `rn` activation
                 // rows of `cols`, and outputs `(r + i)·n + b + j` for
