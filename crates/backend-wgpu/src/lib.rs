@@ -18,7 +18,11 @@
 //! format's `vec_dot_type` (Q8_0, Q8_1 with its f16 block sums, Q8_K, F16,
 //! BF16) before each product, the KV cache holds f16-rounded values and the
 //! query and attention probabilities are rounded like ggml's f16 products,
-//! and RoPE uses tensor-core's cos/sin table.
+//! and RoPE uses tensor-core's cos/sin table. RMSNorm is bit-exact with
+//! the CPU's (its f64 sum of squares emulated with error-free f32 sums, the
+//! mean, square root and reciprocal rounded correctly); the products and
+//! attention sum in their own orders, so their results differ from the CPU's
+//! in the last bits.
 //!
 //! Design decisions:
 //! - One WGSL file per kernel family, specialised by `override` constants

@@ -12,11 +12,12 @@ use crate::error::{Result, WgpuError};
 use crate::kernels::{is_gpu_type, Kernel};
 
 /// Up to this many tokens a linear layer runs as matrix-vector products
-/// (one workgroup per row and token); above it, as a tiled matrix product.
+/// (a workgroup per 8 rows and token); above it, as a tiled
+/// matrix product.
 pub const MATVEC_MAX_TOKENS: u32 = 4;
 
 /// Rows per workgroup of `quant.wgsl`'s matvec (`MV_ROWS`).
-const MATVEC_ROWS: u32 = 8;
+pub(crate) const MATVEC_ROWS: u32 = 8;
 
 /// Per-step values shared by every op (`struct Step` in the shaders).
 #[repr(C)]

@@ -408,6 +408,34 @@ var<workgroup> x_tile: array<vec4<f32>, 512>; // TN tokens × 8 groups
 var<workgroup> min_tile: array<f32, 64>;      // Q4_1/Q5_1: row mins of the chunk
 var<workgroup> corr_tile: array<f32, 64>;     // Q4_1/Q5_1: token sum corrections
 
+// Group g of chunk c of rows r and r2 (zeros past the last row).
+fn mm_load_w(r: u32, r2: u32, c: u32, g: u32) -> array<vec4<f32>, 2> {
+    var out: array<vec4<f32>, 2>;
+    out[0] = vec4<f32>(0.0);
+    out[1] = vec4<f32>(0.0);
+    if (r < p.m) {
+        out[0] = deq4(r * p.row_bytes, c, g);
+    }
+    if (r2 < p.m) {
+        out[1] = deq4(r2 * p.row_bytes, c, g);
+    }
+    return out;
+}
+
+// Group g of chunk c of the activations of tokens t and t2 (zeros past the batch).
+fn mm_load_x(t: u32, t2: u32, n_tok: u32, xs: u32, c: u32, g: u32) -> array<vec4<f32>, 2> {
+    var out: array<vec4<f32>, 2>;
+    out[0] = vec4<f32>(0.0);
+    out[1] = vec4<f32>(0.0);
+    if (t < n_tok) {
+        out[0] = x[t * xs + c * 8u + g];
+    }
+    if (t2 < n_tok) {
+        out[1] = x[t2 * xs + c * 8u + g];
+    }
+    return out;
+}
+
 // Y[tok, row] (+)= W[row, :] · X[tok, :] for step.n_tokens tokens.
 // Grid: (ceil(m / 64), ceil(n_tokens / 64)). Each thread owns a 4×4 block
 // of outputs, rows tx + 16·i and tokens ty + 16·j; the weights of one
@@ -424,22 +452,17 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     var acc: array<vec4<f32>, 4>; // acc[j][i]: token ty + 16j, row tx + 16i
     let chunks = p.k >> 5u;
     let xs = p.x_stride >> 2u;
+    // Software pipelining: chunk c + 1's weights and activations are loaded
+    // into registers while chunk c is multiplied out of shared memory.
+    let r0 = lid >> 3u;
+    let g0 = lid & 7u;
+    var wv = mm_load_w(row0 + r0, row0 + r0 + 32u, 0u, g0);
+    var xv = mm_load_x(tok0 + r0, tok0 + r0 + 32u, n_tok, xs, 0u, g0);
     for (var c = 0u; c < chunks; c++) {
-        for (var h = 0u; h < 2u; h++) {
-            let u = lid + h * 256u;
-            let r = u >> 3u;
-            let g = u & 7u;
-            var wv = vec4<f32>(0.0);
-            if (row0 + r < p.m) {
-                wv = deq4((row0 + r) * p.row_bytes, c, g);
-            }
-            w_tile[u] = wv;
-            var xv = vec4<f32>(0.0);
-            if (tok0 + r < n_tok) {
-                xv = x[(tok0 + r) * xs + c * 8u + g];
-            }
-            x_tile[u] = xv;
-        }
+        w_tile[lid] = wv[0];
+        w_tile[lid + 256u] = wv[1];
+        x_tile[lid] = xv[0];
+        x_tile[lid + 256u] = xv[1];
         if (FORMAT == 3u || FORMAT == 7u) {
             if (lid < 64u) {
                 var mv = 0.0;
@@ -463,6 +486,10 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
             }
         }
         workgroupBarrier();
+        if (c + 1u < chunks) {
+            wv = mm_load_w(row0 + r0, row0 + r0 + 32u, c + 1u, g0);
+            xv = mm_load_x(tok0 + r0, tok0 + r0 + 32u, n_tok, xs, c + 1u, g0);
+        }
         for (var g = 0u; g < 8u; g++) {
             let a0 = w_tile[(tx) * 8u + g];
             let a1 = w_tile[(tx + 16u) * 8u + g];
