@@ -123,7 +123,6 @@ pub(super) unsafe fn b32_rows_avx2(
     let mut unpacked = vec![_mm256_setzero_si256(); nb * 8];
     let lut = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
     let mask = _mm_set1_epi8(0xf);
-    let mut lanes = [0.0f32; 8];
     for g in (0..rows).step_by(8) {
         let gr = (rows - g).min(8);
         // Each row is read front to back (one stream at a time for the
@@ -165,48 +164,81 @@ pub(super) unsafe fn b32_rows_avx2(
             }
         }
         for b in 0..n {
-            let mut acc = _mm256_setzero_ps();
-            let arow = xq[b * act_row..].as_ptr();
-            for j in 0..nb {
-                let qb = q[256 * j..].as_ptr();
-                let yb = arow.add(34 * j + 2);
-                let sumi = if iq4 {
-                    let mut s = _mm256_setzero_si256();
-                    for k in 0..8 {
-                        // SAFETY (all loads here): `q` holds 256 bytes per
-                        // block and the activation block 32 quants after
-                        // its scale; all in bounds by the assert above.
-                        let wv = _mm256_loadu_si256(qb.add(32 * k) as *const __m256i);
-                        let yv = bcast4(yb.add(4 * k));
-                        // |y| ≤ 127, so negating y where w < 0 is exact.
-                        let p = _mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(yv, wv));
-                        s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
-                    }
-                    s
-                } else {
-                    // u ≤ 15: eight pair sums stay within 8·2·15·128 < 2^15.
-                    let mut s16 = _mm256_setzero_si256();
-                    for k in 0..8 {
-                        let wv = _mm256_loadu_si256(qb.add(32 * k) as *const __m256i);
-                        let yv = bcast4(yb.add(4 * k));
-                        s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(wv, yv));
-                    }
-                    _mm256_sub_epi32(
-                        _mm256_madd_epi16(s16, ones),
-                        _mm256_set1_epi32(ysum8[b * nb + j]),
-                    )
-                };
-                let dd = _mm256_mul_ps(
-                    _mm256_loadu_ps(d[8 * j..].as_ptr()),
-                    _mm256_set1_ps(da[b * nb + j]),
-                );
-                acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), dd, acc);
-            }
-            _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+            let lanes = b32_pass(
+                iq4,
+                &q,
+                &d,
+                &xq[b * act_row..][..act_row],
+                nb,
+                &da[b * nb..][..nb],
+                &ysum8[b * nb..][..nb],
+            );
             for r in 0..gr {
                 out[(g + r) * n + b] = lanes[r];
             }
         }
+    }
+}
+
+/// The outputs of one group of 8 unpacked weight rows (`q`, `d`) for one
+/// activation row `y` (block scales `da`, `8·Σy` per block `ysum8`): per
+/// block the exact sum `Σ q·y`, then `acc = fma(sumi, d_w·d_a, acc)` in
+/// each lane.
+///
+/// # Safety
+/// AVX2 and FMA.
+#[inline(always)]
+unsafe fn b32_pass(
+    iq4: bool,
+    q: &[u8],
+    d: &[f32],
+    y: &[u8],
+    nb: usize,
+    da: &[f32],
+    ysum8: &[i32],
+) -> [f32; 8] {
+    assert!(q.len() >= nb * 256 && d.len() >= nb * 8 && y.len() >= nb * 34);
+    assert!(da.len() >= nb && ysum8.len() >= nb);
+    // SAFETY: loads within `q` (256 bytes per block), `d` (8 per block) and
+    // each activation block's 32 quants, in bounds by the asserts; the
+    // rest is registers.
+    unsafe {
+        let ones = _mm256_set1_epi16(1);
+        let mut acc = _mm256_setzero_ps();
+        for j in 0..nb {
+            let qb = q.as_ptr().add(256 * j);
+            let yb = y.as_ptr().add(34 * j + 2);
+            let sumi = if iq4 {
+                let mut s = _mm256_setzero_si256();
+                for k in 0..8 {
+                    let wv = _mm256_loadu_si256(qb.add(32 * k) as *const __m256i);
+                    // |y| ≤ 127, so negating y where w < 0 is exact.
+                    let ys = _mm256_sign_epi8(bcast4(yb.add(4 * k)), wv);
+                    let p = _mm256_maddubs_epi16(_mm256_abs_epi8(wv), ys);
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+                }
+                s
+            } else {
+                // u ≤ 15: eight pair sums stay within 8·2·15·128 < 2^15.
+                let mut s16 = _mm256_setzero_si256();
+                for k in 0..8 {
+                    let wv = _mm256_loadu_si256(qb.add(32 * k) as *const __m256i);
+                    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(wv, bcast4(yb.add(4 * k))));
+                }
+                _mm256_sub_epi32(
+                    _mm256_madd_epi16(s16, ones),
+                    _mm256_set1_epi32(*ysum8.get_unchecked(j)),
+                )
+            };
+            let dd = _mm256_mul_ps(
+                _mm256_loadu_ps(d.as_ptr().add(8 * j)),
+                _mm256_set1_ps(*da.get_unchecked(j)),
+            );
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), dd, acc);
+        }
+        let mut lanes = [0.0f32; 8];
+        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        lanes
     }
 }
 
