@@ -412,9 +412,8 @@ pub(super) unsafe fn kquant_rows_avx2(
                 if dmin == 0.0 {
                     mn = [0; 16];
                 }
-                for g16 in 0..16 {
-                    kg.sc[g16][2 * r] = sc[g16] as i16;
-                    kg.sc[g16][2 * r + 1] = sc[g16] as i16;
+                for (lanes, &v) in kg.sc.iter_mut().zip(&sc) {
+                    (lanes[2 * r], lanes[2 * r + 1]) = (v as i16, v as i16);
                 }
                 for h in 0..8 {
                     kg.off_sc[h][2 * r] = (off * sc[2 * h]) as i16;
@@ -558,7 +557,7 @@ mod tests {
         for b in w.chunks_mut(ty.type_size()) {
             for &o in scales {
                 let r = xorshift(&mut seed);
-                let v = if r % 17 == 0 {
+                let v = if r.is_multiple_of(17) {
                     0.0
                 } else {
                     (0.001 + (r % 1000) as f32 * 1e-5) * if r & 1 << 20 != 0 { -1.0 } else { 1.0 }
