@@ -195,7 +195,9 @@ pub(super) mod avx2 {
     /// row `j` over `steps` steps of 8 elements, in tinyBLAS's order.
     ///
     /// Weight row `i`, step `s` is at byte `w + i·w_row + s·w_step` (tag
-    /// `T`); activation row `j` at element `x + j·x_row`.
+    /// `T`); activation row `j` at element `x + j·x_row`. With `PF`, each
+    /// step also prefetches as many bytes as it reads, from `pf` on (the
+    /// next tile of a matrix-vector product; prefetches never fault).
     ///
     /// # Safety
     /// Every address above must be readable for 8 elements, and `out` writable
@@ -203,7 +205,7 @@ pub(super) mod avx2 {
     #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx2,fma,f16c")]
-    unsafe fn tile<const T: u8, const RM: usize, const RN: usize>(
+    unsafe fn tile<const T: u8, const RM: usize, const RN: usize, const PF: bool>(
         w: *const u8,
         w_row: usize,
         w_step: usize,
@@ -212,8 +214,12 @@ pub(super) mod avx2 {
         steps: usize,
         out: *mut f32,
         out_row: usize,
+        pf: *const u8,
     ) {
         let mut acc = [[_mm256_setzero_ps(); RN]; RM];
+        // Bytes of weights one step reads (when the rows are contiguous).
+        let step_bytes = RM * 8 * elem_bytes::<T>();
+        let mut pf = pf;
         // SAFETY: in bounds by the caller's contract.
         unsafe {
             let mut wp = w;
@@ -228,6 +234,12 @@ pub(super) mod avx2 {
                     for (a, &v) in acc.iter_mut().zip(&xv) {
                         *a = _mm256_fmadd_ps(wv, v, *a);
                     }
+                }
+                if PF {
+                    for l in (0..step_bytes).step_by(64) {
+                        _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(l) as *const i8);
+                    }
+                    pf = pf.wrapping_add(step_bytes);
                 }
                 wp = wp.add(w_step);
                 xp = xp.add(8);
@@ -260,10 +272,15 @@ pub(super) mod avx2 {
         steps: usize,
         out: *mut f32,
         out_row: usize,
+        pf: *const u8,
     ) {
         macro_rules! go {
             ($m:literal, $n:literal) => {
-                tile::<T, $m, $n>(w, w_row, w_step, x, x_row, steps, out, out_row)
+                if pf.is_null() {
+                    tile::<T, $m, $n, false>(w, w_row, w_step, x, x_row, steps, out, out_row, pf)
+                } else {
+                    tile::<T, $m, $n, true>(w, w_row, w_step, x, x_row, steps, out, out_row, pf)
+                }
             };
         }
         // SAFETY: forwarded contract.
@@ -405,10 +422,30 @@ pub(super) mod avx2 {
                 unsafe {
                     if pack {
                         let p = packed.as_ptr() as *const u8;
-                        tile_any::<F32>(rm, rn, p, 32, rm * 32, xb, cols, steps, o, n);
+                        let pf = std::ptr::null();
+                        tile_any::<F32>(rm, rn, p, 32, rm * 32, xb, cols, steps, o, n, pf);
                     } else {
                         let step = 8 * elem_bytes::<T>();
-                        tile_any::<T>(rm, rn, wr.as_ptr(), row_bytes, step, xb, cols, steps, o, n);
+                        // Unpacked, the weights come from memory for the
+                        // first activation tile: it fetches the next tile's.
+                        let pf = if b == 0 {
+                            wr.as_ptr().wrapping_add(rm * row_bytes)
+                        } else {
+                            std::ptr::null()
+                        };
+                        tile_any::<T>(
+                            rm,
+                            rn,
+                            wr.as_ptr(),
+                            row_bytes,
+                            step,
+                            xb,
+                            cols,
+                            steps,
+                            o,
+                            n,
+                            pf,
+                        );
                     }
                 }
                 b += rn;
