@@ -14,7 +14,7 @@ use std::arch::x86_64::*;
 
 use gguf_format::GgmlType;
 
-use super::{decode_kblock, sub_block_len, KBlock, KOrder, KVALUES_IQ4NL};
+use super::{accumulate, decode_kblock, sub_block_len, KBlock, KOrder, KVALUES_IQ4NL};
 
 /// The f16 at `b[i..i + 2]` as f32, converted by F16C (the `half` crate
 /// checks for it and calls out on every value).
@@ -365,6 +365,8 @@ pub(super) unsafe fn kquant_rows_avx2(
     // Q4_K, Q5_K and Q6_K unpack straight from their bytes; Q2_K and Q3_K
     // (rarer) through the portable decoder.
     let direct = matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K);
+    // Q6_K's quants take 6 bits; the others' at most 5 (Q5_K).
+    let wide = ty == GgmlType::Q6_K;
     let mut unpacked = vec![_mm256_setzero_si256(); nb * 64];
     for g in (0..rows).step_by(8) {
         let gr = (rows - g).min(8);
@@ -463,18 +465,24 @@ pub(super) unsafe fn kquant_rows_avx2(
                         // bytes and whole scale rows; the activation block
                         // has 256 quants and 16 bsums (checked above).
                         let scv = _mm256_load_si256(kg.sc[g16].as_ptr() as *const __m256i);
-                        for h in 0..2 {
-                            let k0 = 4 * g16 + 2 * h;
+                        let prod = |k: usize| {
+                            _mm256_maddubs_epi16(
+                                _mm256_load_si256(u.add(32 * k) as *const __m256i),
+                                bcast4(yq.add(4 * k)),
+                            )
+                        };
+                        let k0 = 4 * g16;
+                        if wide {
                             // u ≤ 63: two pair sums stay within 2·2·63·128 < 2^15.
+                            for h in 0..2 {
+                                let t = _mm256_add_epi16(prod(k0 + 2 * h), prod(k0 + 2 * h + 1));
+                                a = _mm256_add_epi32(a, _mm256_madd_epi16(t, scv));
+                            }
+                        } else {
+                            // u ≤ 31: four pair sums stay within 4·2·31·128 < 2^15.
                             let t = _mm256_add_epi16(
-                                _mm256_maddubs_epi16(
-                                    _mm256_load_si256(u.add(32 * k0) as *const __m256i),
-                                    bcast4(yq.add(4 * k0)),
-                                ),
-                                _mm256_maddubs_epi16(
-                                    _mm256_load_si256(u.add(32 * k0 + 32) as *const __m256i),
-                                    bcast4(yq.add(4 * k0 + 4)),
-                                ),
+                                _mm256_add_epi16(prod(k0), prod(k0 + 1)),
+                                _mm256_add_epi16(prod(k0 + 2), prod(k0 + 3)),
                             );
                             a = _mm256_add_epi32(a, _mm256_madd_epi16(t, scv));
                         }
@@ -525,6 +533,89 @@ pub(super) unsafe fn kquant_rows_avx2(
             }
         }
     }
+}
+
+/// [`super::q4_k_direct`] for a chunk of Q4_K rows (`out[i·n + b]`):
+/// for one or two activation rows, where unpacking 8 rows into
+/// [`KGroup`]s does not pay.
+/// The integer sums come from AVX2, the float steps are the portable
+/// [`accumulate`] itself.
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C; `w` holds whole Q4_K rows of
+/// `row_bytes`, `xq` `n` block_q8_K rows of `act_row` bytes, `out` `n`
+/// values per weight row.
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) unsafe fn q4_k_rows_direct(
+    w: &[u8],
+    row_bytes: usize,
+    xq: &[u8],
+    act_row: usize,
+    n: usize,
+    out: &mut [f32],
+    order: &dyn Fn(usize) -> KOrder,
+) {
+    let nb = row_bytes / 144;
+    assert!(xq.len() >= n * act_row && act_row >= nb * 292 && out.len() >= w.len() / row_bytes * n);
+    for (wr, o) in w.chunks_exact(row_bytes).zip(out.chunks_mut(n)) {
+        for c in (0..row_bytes).step_by(64) {
+            _mm_prefetch::<_MM_HINT_T0>(wr.as_ptr().wrapping_add(PREFETCH + c) as *const i8);
+        }
+        for (b, o) in o.iter_mut().enumerate() {
+            let order = order(b);
+            let (mut acc, mut acc_min) = (0.0f32, 0.0f32);
+            let a = &xq[b * act_row..][..nb * 292];
+            for (xb, yb) in wr.chunks_exact(144).zip(a.chunks_exact(292)) {
+                let (s, m) = q4_k_sums(xb, yb);
+                let dy = f32::from_le_bytes([yb[0], yb[1], yb[2], yb[3]]);
+                let (d, dmin) = (f16c_at(xb, 0), f16c_at(xb, 2));
+                accumulate(order, &s, &m, d, dmin, dy, &mut acc, &mut acc_min);
+            }
+            *o = acc - acc_min;
+        }
+    }
+}
+
+/// The exact scale and min sums per 64 elements of one Q4_K super-block
+/// `xb` times one block_q8_K `yb`, as [`super::q4_k_direct`] forms them.
+#[inline(always)]
+unsafe fn q4_k_sums(xb: &[u8], yb: &[u8]) -> ([i32; 4], [i32; 4]) {
+    assert!(xb.len() >= 144 && yb.len() >= 292);
+    let bsum = |g: usize| i16::from_le_bytes([yb[260 + 2 * g], yb[261 + 2 * g]]) as i32;
+    let mut m = [0i32; 4];
+    let mut sv = [_mm256_setzero_si256(); 4];
+    let m4 = _mm256_set1_epi8(0xf);
+    for p in 0..4 {
+        let (sc0, m0) = super::scale_min_k4(2 * p, &xb[4..16]);
+        let (sc1, m1) = super::scale_min_k4(2 * p + 1, &xb[4..16]);
+        m[p] = m0 * (bsum(4 * p) + bsum(4 * p + 1)) + m1 * (bsum(4 * p + 2) + bsum(4 * p + 3));
+        // SAFETY: 32 bytes of nibbles at 16 + 32p, 64 activations at
+        // 4 + 64p: inside the blocks (asserted lengths); u ≤ 15 and
+        // scales ≤ 63 keep every partial sum far inside i16 / i32.
+        unsafe {
+            let q = _mm256_loadu_si256(xb[16 + 32 * p..].as_ptr() as *const __m256i);
+            let y0 = _mm256_loadu_si256(yb[4 + 64 * p..].as_ptr() as *const __m256i);
+            let y1 = _mm256_loadu_si256(yb[36 + 64 * p..].as_ptr() as *const __m256i);
+            let lo = _mm256_maddubs_epi16(_mm256_and_si256(q, m4), y0);
+            let hi = _mm256_maddubs_epi16(_mm256_and_si256(_mm256_srli_epi16(q, 4), m4), y1);
+            sv[p] = _mm256_add_epi32(
+                _mm256_madd_epi16(lo, _mm256_set1_epi16(sc0 as i16)),
+                _mm256_madd_epi16(hi, _mm256_set1_epi16(sc1 as i16)),
+            );
+        }
+    }
+    // SAFETY: register operations.
+    let s = unsafe {
+        let h = _mm256_hadd_epi32(
+            _mm256_hadd_epi32(sv[0], sv[1]),
+            _mm256_hadd_epi32(sv[2], sv[3]),
+        );
+        let h = _mm_add_epi32(_mm256_castsi256_si128(h), _mm256_extracti128_si256(h, 1));
+        let mut s = [0i32; 4];
+        _mm_storeu_si128(s.as_mut_ptr() as *mut __m128i, h);
+        s
+    };
+    (s, m)
 }
 
 #[cfg(test)]
@@ -603,6 +694,24 @@ mod tests {
                         let order = |b: usize| super::super::row_order(repacked, n, b);
                         // (Portable Q4_K below 8 rows is q4_k_direct, so
                         // this also checks the kernel against it.)
+                        if ty == GgmlType::Q4_K {
+                            let mut direct = vec![f32::NAN; rows * n];
+                            // SAFETY: as below.
+                            unsafe {
+                                q4_k_rows_direct(
+                                    &w,
+                                    row_bytes,
+                                    &xq,
+                                    act_row,
+                                    n,
+                                    &mut direct,
+                                    &order,
+                                )
+                            };
+                            for (i, (g, e)) in direct.iter().zip(&want).enumerate() {
+                                assert_eq!(g.to_bits(), e.to_bits(), "direct n={n} out[{i}]");
+                            }
+                        }
                         // SAFETY: as above.
                         unsafe {
                             kquant_rows_avx2(ty, &w, row_bytes, &xq, act_row, n, &mut got, &order)
