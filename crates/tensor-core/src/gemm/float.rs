@@ -568,4 +568,46 @@ mod tests {
             }
         }
     }
+
+    /// `matmul_float` end to end (activation rounding, row chunks, the
+    /// transposed output) gives each output the reference dot product's bits.
+    #[test]
+    fn matmul_float_matches_reference_dots() {
+        let mut seed = 0x5eed_1234u32;
+        for ty in [GgmlType::F32, GgmlType::F16, GgmlType::BF16] {
+            for (rows, cols, n) in [(37, 72, 21), (16, 40, 16), (5, 8, 1), (70, 24, 3)] {
+                let w_f32 = random(&mut seed, rows * cols, ty);
+                let w = weight_bytes(ty, &w_f32);
+                let x = random(&mut seed, n * cols, GgmlType::F32);
+                let mut y = vec![0.0f32; n * rows];
+                super::super::matmul_float(ty, &w, rows, cols, &x, n, &mut y);
+                let xr = match ty {
+                    GgmlType::F32 => x.clone(),
+                    _ => round_activations_portable(ty, &x),
+                };
+                for b in 0..n {
+                    for r in 0..rows {
+                        let (wr, xb) = (&w_f32[r * cols..][..cols], &xr[b * cols..][..cols]);
+                        let want = match ty {
+                            GgmlType::F32 => dot_lanes8_f32(wr, xb),
+                            GgmlType::F16 => {
+                                let h: Vec<f16> = wr.iter().map(|&v| f16::from_f32(v)).collect();
+                                dot_lanes8_f16(&h, xb)
+                            }
+                            _ => {
+                                let h: Vec<bf16> = wr.iter().map(|&v| bf16::from_f32(v)).collect();
+                                dot_lanes8_bf16(&h, xb)
+                            }
+                        };
+                        let got = y[b * rows + r];
+                        assert_eq!(
+                            got.to_bits(),
+                            want.to_bits(),
+                            "{ty:?} {rows}x{cols} n={n} [{b}, {r}]"
+                        );
+                    }
+                }
+            }
+        }
+    }
 }

@@ -183,9 +183,17 @@ pub fn matmul_float(
             }
         });
     }
-    for (b, yb) in y.chunks_mut(rows).enumerate() {
-        for (r, v) in yb.iter_mut().enumerate() {
-            *v = out[r * n + b];
+    // Transposed in 16 × 16 blocks: row by row, every read of `out` would
+    // touch a new cache line (measured: 6% of an F16 prompt).
+    const BLOCK: usize = 16;
+    for b0 in (0..n).step_by(BLOCK) {
+        for r0 in (0..rows).step_by(BLOCK) {
+            for b in b0..(b0 + BLOCK).min(n) {
+                let yb = &mut y[b * rows..][r0..(r0 + BLOCK).min(rows)];
+                for (r, v) in (r0..).zip(yb) {
+                    *v = out[r * n + b];
+                }
+            }
         }
     }
 }
