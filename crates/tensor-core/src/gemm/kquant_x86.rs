@@ -117,18 +117,20 @@ pub(super) unsafe fn b32_rows_avx2(
             ysum8[b * nb + j] = 8 * _mm_cvtsi128_si32(s);
         }
     }
-    let mut q = vec![0u8; nb * 256];
-    let mut d = vec![0.0f32; nb * 8];
-    let mut d16 = vec![0u16; nb * 8];
-    let mut unpacked = vec![_mm256_setzero_si256(); nb * 8];
+    // Groups of 16 rows, two interleaved halves of 8 per block, so each
+    // activation broadcast serves 16 rows.
+    let mut q = vec![0u8; nb * 512];
+    let mut d = vec![0.0f32; nb * 16];
+    let mut d16 = vec![0u16; nb * 16];
+    let mut unpacked = vec![_mm256_setzero_si256(); nb * 16];
     let lut = _mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i);
     let mask = _mm_set1_epi8(0xf);
-    for g in (0..rows).step_by(8) {
-        let gr = (rows - g).min(8);
+    for g in (0..rows).step_by(16) {
+        let gr = (rows - g).min(16);
         // Each row is read front to back (one stream at a time for the
         // prefetcher), unpacked to 32 bytes per block, then each block's 8
         // rows are transposed into the interleaved layout.
-        for r in 0..8 {
+        for r in 0..16 {
             for j in 0..nb {
                 let (mut bits, mut u) = (0u16, _mm256_setzero_si256());
                 if r < gr {
@@ -149,18 +151,24 @@ pub(super) unsafe fn b32_rows_avx2(
                     }
                     u = _mm256_set_m128i(hi, lo);
                 }
-                d16[8 * j + r] = bits;
-                unpacked[8 * j + r] = u;
+                d16[16 * j + r] = bits;
+                unpacked[16 * j + r] = u;
             }
         }
         for j in 0..nb {
-            // SAFETY: `d16` and `d` hold 8 values per block.
-            let dj = _mm256_cvtph_ps(_mm_loadu_si128(d16[8 * j..].as_ptr() as *const __m128i));
-            _mm256_storeu_ps(d[8 * j..].as_mut_ptr(), dj);
-            let u: [__m256i; 8] = unpacked[8 * j..][..8].try_into().expect("8 rows");
-            for (k, t) in transpose_8x8_epi32(u).iter().enumerate() {
-                // SAFETY: `q` holds 256 bytes for block `j`.
-                _mm256_storeu_si256(q[256 * j + 32 * k..].as_mut_ptr() as *mut __m256i, *t);
+            for h in 0..2 {
+                let o = 16 * j + 8 * h;
+                // SAFETY: `d16` and `d` hold 16 values per block.
+                let dj = _mm256_cvtph_ps(_mm_loadu_si128(d16[o..].as_ptr() as *const __m128i));
+                _mm256_storeu_ps(d[o..].as_mut_ptr(), dj);
+                let u: [__m256i; 8] = unpacked[o..][..8].try_into().expect("8 rows");
+                for (k, t) in transpose_8x8_epi32(u).iter().enumerate() {
+                    // SAFETY: `q` holds 512 bytes for block `j`.
+                    _mm256_storeu_si256(
+                        q[512 * j + 256 * h + 32 * k..].as_mut_ptr() as *mut __m256i,
+                        *t,
+                    );
+                }
             }
         }
         for b in 0..n {
@@ -174,16 +182,16 @@ pub(super) unsafe fn b32_rows_avx2(
                 &ysum8[b * nb..][..nb],
             );
             for r in 0..gr {
-                out[(g + r) * n + b] = lanes[r];
+                out[(g + r) * n + b] = lanes[r / 8][r % 8];
             }
         }
     }
 }
 
-/// The outputs of one group of 8 unpacked weight rows (`q`, `d`) for one
-/// activation row `y` (block scales `da`, `8·Σy` per block `ysum8`): per
-/// block the exact sum `Σ q·y`, then `acc = fma(sumi, d_w·d_a, acc)` in
-/// each lane.
+/// The outputs of one group of 16 unpacked weight rows (`q`, `d`) for
+/// one activation row `y` (block scales `da`, `8·Σy` per block `ysum8`):
+/// per block the exact sum `Σ q·y`, then `acc = fma(sumi, d_w·d_a, acc)`
+/// in each lane.
 ///
 /// # Safety
 /// AVX2 and FMA.
@@ -196,48 +204,48 @@ unsafe fn b32_pass(
     nb: usize,
     da: &[f32],
     ysum8: &[i32],
-) -> [f32; 8] {
-    assert!(q.len() >= nb * 256 && d.len() >= nb * 8 && y.len() >= nb * 34);
+) -> [[f32; 8]; 2] {
+    assert!(q.len() >= nb * 512 && d.len() >= nb * 16 && y.len() >= nb * 34);
     assert!(da.len() >= nb && ysum8.len() >= nb);
-    // SAFETY: loads within `q` (256 bytes per block), `d` (8 per block) and
-    // each activation block's 32 quants, in bounds by the asserts; the
+    // SAFETY: loads within `q` (512 bytes per block), `d` (16 per block)
+    // and each activation block's 32 quants, in bounds by the asserts; the
     // rest is registers.
     unsafe {
         let ones = _mm256_set1_epi16(1);
-        let mut acc = _mm256_setzero_ps();
+        let mut acc = [_mm256_setzero_ps(); 2];
         for j in 0..nb {
-            let qb = q.as_ptr().add(256 * j);
+            let qb = q.as_ptr().add(512 * j);
             let yb = y.as_ptr().add(34 * j + 2);
-            let sumi = if iq4 {
-                let mut s = _mm256_setzero_si256();
-                for k in 0..8 {
-                    let wv = _mm256_loadu_si256(qb.add(32 * k) as *const __m256i);
-                    // |y| ≤ 127, so negating y where w < 0 is exact.
-                    let ys = _mm256_sign_epi8(bcast4(yb.add(4 * k)), wv);
-                    let p = _mm256_maddubs_epi16(_mm256_abs_epi8(wv), ys);
-                    s = _mm256_add_epi32(s, _mm256_madd_epi16(p, ones));
+            let mut s = [_mm256_setzero_si256(); 2];
+            for k in 0..8 {
+                let yv = bcast4(yb.add(4 * k));
+                for (h, s) in s.iter_mut().enumerate() {
+                    let wv = _mm256_loadu_si256(qb.add(256 * h + 32 * k) as *const __m256i);
+                    *s = if iq4 {
+                        // |y| ≤ 127, so negating y where w < 0 is exact.
+                        let p = _mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(yv, wv));
+                        _mm256_add_epi32(*s, _mm256_madd_epi16(p, ones))
+                    } else {
+                        // u ≤ 15: eight pair sums stay within 8·2·15·128 < 2^15.
+                        _mm256_add_epi16(*s, _mm256_maddubs_epi16(wv, yv))
+                    };
                 }
-                s
-            } else {
-                // u ≤ 15: eight pair sums stay within 8·2·15·128 < 2^15.
-                let mut s16 = _mm256_setzero_si256();
-                for k in 0..8 {
-                    let wv = _mm256_loadu_si256(qb.add(32 * k) as *const __m256i);
-                    s16 = _mm256_add_epi16(s16, _mm256_maddubs_epi16(wv, bcast4(yb.add(4 * k))));
-                }
-                _mm256_sub_epi32(
-                    _mm256_madd_epi16(s16, ones),
-                    _mm256_set1_epi32(*ysum8.get_unchecked(j)),
-                )
-            };
-            let dd = _mm256_mul_ps(
-                _mm256_loadu_ps(d.as_ptr().add(8 * j)),
-                _mm256_set1_ps(*da.get_unchecked(j)),
-            );
-            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), dd, acc);
+            }
+            let da = _mm256_set1_ps(*da.get_unchecked(j));
+            let ys = _mm256_set1_epi32(*ysum8.get_unchecked(j));
+            for h in 0..2 {
+                let sumi = if iq4 {
+                    s[h]
+                } else {
+                    _mm256_sub_epi32(_mm256_madd_epi16(s[h], ones), ys)
+                };
+                let dd = _mm256_mul_ps(_mm256_loadu_ps(d.as_ptr().add(16 * j + 8 * h)), da);
+                acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), dd, acc[h]);
+            }
         }
-        let mut lanes = [0.0f32; 8];
-        _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+        let mut lanes = [[0.0f32; 8]; 2];
+        _mm256_storeu_ps(lanes[0].as_mut_ptr(), acc[0]);
+        _mm256_storeu_ps(lanes[1].as_mut_ptr(), acc[1]);
         lanes
     }
 }
