@@ -367,28 +367,32 @@ pub(super) unsafe fn kquant_rows_avx2(
         GgmlType::Q6_K => 32,
         _ => 0,
     };
-    let mut groups = vec![KGroup::ZERO; nb];
-    let mut ks = [KBlock::ZERO; 8];
+    // Groups of 16 rows: two [`KGroup`]s per super-block (`2j`, `2j + 1`),
+    // so each activation broadcast serves 16 rows.
+    let mut groups = vec![KGroup::ZERO; 2 * nb];
+    let mut ks = [KBlock::ZERO; 16];
     let mut lanes = [0.0f32; 8];
     // Q4_K, Q5_K and Q6_K unpack straight from their bytes; Q2_K and Q3_K
     // (rarer) through the portable decoder.
     let direct = matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K);
     // Q6_K's quants take 6 bits; the others' at most 5 (Q5_K).
     let wide = ty == GgmlType::Q6_K;
-    let mut unpacked = vec![_mm256_setzero_si256(); nb * 64];
-    for g in (0..rows).step_by(8) {
-        let gr = (rows - g).min(8);
-        // Rows front to back (see `PREFETCH`): scales into the group,
+    let mut unpacked = vec![_mm256_setzero_si256(); nb * 128];
+    for g in (0..rows).step_by(16) {
+        let gr = (rows - g).min(16);
+        // Rows front to back (see `PREFETCH`): scales into the groups,
         // quants unpacked to 8 vectors per super-block, transposed below.
         for (r, k) in ks.iter_mut().enumerate() {
-            for (j, kg) in groups.iter_mut().enumerate() {
-                if r == 0 && gr < 8 {
+            let (h, lr) = (r / 8, r % 8);
+            for j in 0..nb {
+                let kg = &mut groups[2 * j + h];
+                if lr == 0 && gr < 8 * h + 8 {
                     // Lanes past the last row stay zero.
                     *kg = KGroup::ZERO;
                 }
                 if r >= gr {
                     for c in 0..8 {
-                        unpacked[64 * j + 8 * c + r] = _mm256_setzero_si256();
+                        unpacked[128 * j + 16 * c + r] = _mm256_setzero_si256();
                     }
                     continue;
                 }
@@ -423,18 +427,18 @@ pub(super) unsafe fn kquant_rows_avx2(
                     mn = [0; 16];
                 }
                 for (lanes, &v) in kg.sc.iter_mut().zip(&sc) {
-                    (lanes[2 * r], lanes[2 * r + 1]) = (v as i16, v as i16);
+                    (lanes[2 * lr], lanes[2 * lr + 1]) = (v as i16, v as i16);
                 }
                 for h in 0..8 {
-                    kg.off_sc[h][2 * r] = (off * sc[2 * h]) as i16;
-                    kg.off_sc[h][2 * r + 1] = (off * sc[2 * h + 1]) as i16;
-                    kg.min[h][2 * r] = mn[2 * h] as i16;
-                    kg.min[h][2 * r + 1] = mn[2 * h + 1] as i16;
+                    kg.off_sc[h][2 * lr] = (off * sc[2 * h]) as i16;
+                    kg.off_sc[h][2 * lr + 1] = (off * sc[2 * h + 1]) as i16;
+                    kg.min[h][2 * lr] = mn[2 * h] as i16;
+                    kg.min[h][2 * lr + 1] = mn[2 * h + 1] as i16;
                 }
-                kg.d[r] = d;
-                kg.dmin[r] = dmin;
+                kg.d[lr] = d;
+                kg.dmin[lr] = dmin;
                 for c in 0..8 {
-                    unpacked[64 * j + 8 * c + r] = if direct {
+                    unpacked[128 * j + 16 * c + r] = if direct {
                         unpack_32(ty, xb, c)
                     } else {
                         // SAFETY: `q` has 256 bytes.
@@ -446,9 +450,12 @@ pub(super) unsafe fn kquant_rows_avx2(
                 }
             }
         }
-        for (j, kg) in groups.iter_mut().enumerate() {
+        for (jh, kg) in groups.iter_mut().enumerate() {
+            let (j, h) = (jh / 2, jh % 2);
             for c in 0..8 {
-                let u: [__m256i; 8] = unpacked[64 * j + 8 * c..][..8].try_into().expect("8 rows");
+                let u: [__m256i; 8] = unpacked[128 * j + 16 * c + 8 * h..][..8]
+                    .try_into()
+                    .expect("8 rows");
                 for (i, t) in transpose_8x8_epi32(u).iter().enumerate() {
                     // SAFETY: `u` has 2048 bytes; chunk c covers 256 of them.
                     _mm256_store_si256(kg.u[256 * c + 32 * i..].as_mut_ptr() as *mut __m256i, *t);
@@ -457,87 +464,101 @@ pub(super) unsafe fn kquant_rows_avx2(
         }
         for b in 0..n {
             let order = order(b);
-            let (mut acc, mut acc_min) = (_mm256_setzero_ps(), _mm256_setzero_ps());
+            let mut acc = [_mm256_setzero_ps(); 2];
+            let mut acc_min = [_mm256_setzero_ps(); 2];
             let arow = &xq[b * act_row..][..nb * 292];
-            for (kg, yb) in groups.iter().zip(arow.chunks_exact(292)) {
+            for (kgs, yb) in groups.chunks_exact(2).zip(arow.chunks_exact(292)) {
                 let dy = _mm256_set1_ps(f32::from_le_bytes([yb[0], yb[1], yb[2], yb[3]]));
                 let yq = yb.as_ptr().add(4);
                 let bs = yb.as_ptr().add(260);
-                let u = kg.u.as_ptr();
-                let mut s = [_mm256_setzero_si256(); 4];
-                let mut m = [_mm256_setzero_si256(); 4];
+                let u = [kgs[0].u.as_ptr(), kgs[1].u.as_ptr()];
+                let mut s = [[_mm256_setzero_si256(); 4]; 2];
+                let mut m = [[_mm256_setzero_si256(); 4]; 2];
                 for p in 0..4 {
-                    let mut a = _mm256_setzero_si256();
+                    let mut a = [_mm256_setzero_si256(); 2];
                     for g16 in 4 * p..4 * p + 4 {
-                        // SAFETY (all loads here): `kg` holds 2048 quant
-                        // bytes and whole scale rows; the activation block
-                        // has 256 quants and 16 bsums (checked above).
-                        let scv = _mm256_load_si256(kg.sc[g16].as_ptr() as *const __m256i);
-                        let prod = |k: usize| {
-                            _mm256_maddubs_epi16(
-                                _mm256_load_si256(u.add(32 * k) as *const __m256i),
-                                bcast4(yq.add(4 * k)),
-                            )
-                        };
+                        // SAFETY (all loads here): each group holds 2048
+                        // quant bytes and whole scale rows; the activation
+                        // block has 256 quants and 16 bsums (checked above).
                         let k0 = 4 * g16;
-                        if wide {
-                            // u ≤ 63: two pair sums stay within 2·2·63·128 < 2^15.
-                            for h in 0..2 {
-                                let t = _mm256_add_epi16(prod(k0 + 2 * h), prod(k0 + 2 * h + 1));
-                                a = _mm256_add_epi32(a, _mm256_madd_epi16(t, scv));
+                        let y: [__m256i; 4] = std::array::from_fn(|i| bcast4(yq.add(4 * (k0 + i))));
+                        for h in 0..2 {
+                            let scv = _mm256_load_si256(kgs[h].sc[g16].as_ptr() as *const __m256i);
+                            let prod = |i: usize| {
+                                _mm256_maddubs_epi16(
+                                    _mm256_load_si256(u[h].add(32 * (k0 + i)) as *const __m256i),
+                                    y[i],
+                                )
+                            };
+                            if wide {
+                                // u ≤ 63: two pair sums stay within 2·2·63·128 < 2^15.
+                                for i in 0..2 {
+                                    let t = _mm256_add_epi16(prod(2 * i), prod(2 * i + 1));
+                                    a[h] = _mm256_add_epi32(a[h], _mm256_madd_epi16(t, scv));
+                                }
+                            } else {
+                                // u ≤ 31: four pair sums stay within 4·2·31·128 < 2^15.
+                                let t = _mm256_add_epi16(
+                                    _mm256_add_epi16(prod(0), prod(1)),
+                                    _mm256_add_epi16(prod(2), prod(3)),
+                                );
+                                a[h] = _mm256_add_epi32(a[h], _mm256_madd_epi16(t, scv));
                             }
-                        } else {
-                            // u ≤ 31: four pair sums stay within 4·2·31·128 < 2^15.
-                            let t = _mm256_add_epi16(
-                                _mm256_add_epi16(prod(k0), prod(k0 + 1)),
-                                _mm256_add_epi16(prod(k0 + 2), prod(k0 + 3)),
-                            );
-                            a = _mm256_add_epi32(a, _mm256_madd_epi16(t, scv));
                         }
                     }
                     // bsums of groups 4p..4p + 4, two per 32-bit lane.
                     let b0 = bcast4(bs.add(8 * p));
                     let b1 = bcast4(bs.add(8 * p + 4));
                     let ld = |v: &[i16; 16]| _mm256_load_si256(v.as_ptr() as *const __m256i);
-                    let o = _mm256_add_epi32(
-                        _mm256_madd_epi16(ld(&kg.off_sc[2 * p]), b0),
-                        _mm256_madd_epi16(ld(&kg.off_sc[2 * p + 1]), b1),
-                    );
-                    s[p] = _mm256_sub_epi32(a, o);
-                    m[p] = _mm256_add_epi32(
-                        _mm256_madd_epi16(ld(&kg.min[2 * p]), b0),
-                        _mm256_madd_epi16(ld(&kg.min[2 * p + 1]), b1),
-                    );
+                    for h in 0..2 {
+                        let kg = &kgs[h];
+                        let o = _mm256_add_epi32(
+                            _mm256_madd_epi16(ld(&kg.off_sc[2 * p]), b0),
+                            _mm256_madd_epi16(ld(&kg.off_sc[2 * p + 1]), b1),
+                        );
+                        s[h][p] = _mm256_sub_epi32(a[h], o);
+                        m[h][p] = _mm256_add_epi32(
+                            _mm256_madd_epi16(ld(&kg.min[2 * p]), b0),
+                            _mm256_madd_epi16(ld(&kg.min[2 * p + 1]), b1),
+                        );
+                    }
                 }
-                let d = _mm256_load_ps(kg.d.as_ptr());
-                let dmin = _mm256_load_ps(kg.dmin.as_ptr());
-                let sum4 = |v: &[__m256i; 4]| {
-                    _mm256_add_epi32(_mm256_add_epi32(v[0], v[1]), _mm256_add_epi32(v[2], v[3]))
-                };
-                match order {
-                    KOrder::Tiled => {
-                        let s1 = _mm256_cvtepi32_ps(sum4(&s));
-                        let s2 = _mm256_cvtepi32_ps(sum4(&m));
-                        let res = _mm256_fnmadd_ps(dmin, s2, _mm256_mul_ps(d, s1));
-                        acc = _mm256_fmadd_ps(res, dy, acc);
-                    }
-                    KOrder::RepackGemv => {
-                        let (dd, dm) = (_mm256_mul_ps(d, dy), _mm256_mul_ps(dmin, dy));
-                        acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum4(&s)), dd, acc);
-                        acc_min = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum4(&m)), dm, acc_min);
-                    }
-                    KOrder::RepackGemm => {
-                        let (dd, dm) = (_mm256_mul_ps(d, dy), _mm256_mul_ps(dmin, dy));
-                        for p in 0..4 {
-                            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[p]), dd, acc);
-                            acc_min = _mm256_fmadd_ps(_mm256_cvtepi32_ps(m[p]), dm, acc_min);
+                for h in 0..2 {
+                    let d = _mm256_load_ps(kgs[h].d.as_ptr());
+                    let dmin = _mm256_load_ps(kgs[h].dmin.as_ptr());
+                    let (s, m) = (&s[h], &m[h]);
+                    let sum4 = |v: &[__m256i; 4]| {
+                        _mm256_add_epi32(_mm256_add_epi32(v[0], v[1]), _mm256_add_epi32(v[2], v[3]))
+                    };
+                    match order {
+                        KOrder::Tiled => {
+                            let s1 = _mm256_cvtepi32_ps(sum4(s));
+                            let s2 = _mm256_cvtepi32_ps(sum4(m));
+                            let res = _mm256_fnmadd_ps(dmin, s2, _mm256_mul_ps(d, s1));
+                            acc[h] = _mm256_fmadd_ps(res, dy, acc[h]);
+                        }
+                        KOrder::RepackGemv => {
+                            let (dd, dm) = (_mm256_mul_ps(d, dy), _mm256_mul_ps(dmin, dy));
+                            acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum4(s)), dd, acc[h]);
+                            acc_min[h] =
+                                _mm256_fmadd_ps(_mm256_cvtepi32_ps(sum4(m)), dm, acc_min[h]);
+                        }
+                        KOrder::RepackGemm => {
+                            let (dd, dm) = (_mm256_mul_ps(d, dy), _mm256_mul_ps(dmin, dy));
+                            for p in 0..4 {
+                                acc[h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(s[p]), dd, acc[h]);
+                                acc_min[h] =
+                                    _mm256_fmadd_ps(_mm256_cvtepi32_ps(m[p]), dm, acc_min[h]);
+                            }
                         }
                     }
                 }
             }
-            _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_sub_ps(acc, acc_min));
-            for r in 0..gr {
-                out[(g + r) * n + b] = lanes[r];
+            for h in 0..2 {
+                _mm256_storeu_ps(lanes.as_mut_ptr(), _mm256_sub_ps(acc[h], acc_min[h]));
+                for r in 8 * h..gr.min(8 * h + 8) {
+                    out[(g + r) * n + b] = lanes[r - 8 * h];
+                }
             }
         }
     }
