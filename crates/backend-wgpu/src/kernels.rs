@@ -210,7 +210,10 @@ impl Kernel {
     pub(crate) fn constants(self) -> Vec<(&'static str, f64)> {
         match self {
             Kernel::Matvec(t) | Kernel::Matmul(t) | Kernel::GetRows(t) => {
-                vec![("FORMAT", f64::from(t.id()))]
+                vec![
+                    ("FORMAT", f64::from(t.id())),
+                    ("MV_LANES", f64::from(crate::ops::MATVEC_LANES)),
+                ]
             }
             Kernel::QuantizeAct(t) => vec![("ACT", f64::from(t.id()))],
             Kernel::Swiglu(t) => vec![("ACT", f64::from(t.map_or(0, GgmlType::id)))],

@@ -81,8 +81,22 @@ fn hi4(v: u32) -> vec4<u32> {
     return bytes4(v) >> vec4<u32>(4u);
 }
 
+// Small unsigned integers (< 2^23) as floats without an integer-to-float
+// conversion (a quarter-rate instruction on NVIDIA GPUs, and the Q4_K
+// matvec needed six per four weights): the bits of 2^23 + q, minus 2^23,
+// which is exact.
+fn u2f(q: vec4<u32>) -> vec4<f32> {
+    return bitcast<vec4<f32>>(q | vec4<u32>(0x4b000000u)) - 8388608.0;
+}
+
+fn u2f1(q: u32) -> f32 {
+    return bitcast<f32>(q | 0x4b000000u) - 8388608.0;
+}
+
+// Bytes as signed 8-bit values, converted as u2f does (q + 128, then − 128
+// folded into the constant).
 fn sext8(b: vec4<u32>) -> vec4<f32> {
-    return vec4<f32>((bitcast<vec4<i32>>(b << vec4<u32>(24u))) >> vec4<u32>(24u));
+    return bitcast<vec4<f32>>(((b + vec4<u32>(128u)) & vec4<u32>(0xffu)) | vec4<u32>(0x4b000000u)) - 8388736.0;
 }
 
 // kvalues_iq4nl (ggml-common.h)
@@ -129,14 +143,14 @@ fn deq4(base: u32, c: u32, g: u32) -> vec4<f32> {
             let v = ld32(b + 2u + 4u * (g & 3u));
             var q = lo4(v);
             if (g >= 4u) { q = hi4(v); }
-            return f16at(b) * (vec4<f32>(q) - 8.0);
+            return f16at(b) * (u2f(q) - 8.0);
         }
         case 3u: { // Q4_1: d·q + m
             let b = base + c * 20u;
             let v = w[(b + 4u + 4u * (g & 3u)) >> 2u];
             var q = lo4(v);
             if (g >= 4u) { q = hi4(v); }
-            return f16at(b) * vec4<f32>(q) + f16at(b + 2u);
+            return f16at(b) * u2f(q) + f16at(b + 2u);
         }
         case 6u: { // Q5_0: d·(q − 16), fifth bit of weight i is bit i of qh
             let b = base + c * 22u;
@@ -145,7 +159,7 @@ fn deq4(base: u32, c: u32, g: u32) -> vec4<f32> {
             var q = lo4(v);
             if (g >= 4u) { q = hi4(v); }
             let h = ((vec4<u32>(qh) >> (vec4<u32>(4u * g) + vec4<u32>(0u, 1u, 2u, 3u))) & vec4<u32>(1u)) << vec4<u32>(4u);
-            return f16at(b) * (vec4<f32>(q | h) - 16.0);
+            return f16at(b) * (u2f(q | h) - 16.0);
         }
         case 7u: { // Q5_1: d·q + m
             let b = base + c * 24u;
@@ -154,7 +168,7 @@ fn deq4(base: u32, c: u32, g: u32) -> vec4<f32> {
             var q = lo4(v);
             if (g >= 4u) { q = hi4(v); }
             let h = ((vec4<u32>(qh) >> (vec4<u32>(4u * g) + vec4<u32>(0u, 1u, 2u, 3u))) & vec4<u32>(1u)) << vec4<u32>(4u);
-            return f16at(b) * vec4<f32>(q | h) + f16at(b + 2u);
+            return f16at(b) * u2f(q | h) + f16at(b + 2u);
         }
         case 8u: { // Q8_0: d·q
             let b = base + c * 34u;
@@ -211,7 +225,7 @@ fn deq4(base: u32, c: u32, g: u32) -> vec4<f32> {
             }
             let v = w[b + 4u + 8u * (s >> 1u) + g];
             let q = (bytes4(v) >> vec4<u32>(4u * (s & 1u))) & vec4<u32>(0xfu);
-            return (dm.x * f32(sc)) * vec4<f32>(q) - dm.y * f32(mn);
+            return (dm.x * u2f1(sc)) * u2f(q) - dm.y * u2f1(mn);
         }
         case 13u: { // Q5_K: as Q4_K with a fifth bit from qh
             let b = base + (c >> 3u) * 176u;
@@ -223,7 +237,7 @@ fn deq4(base: u32, c: u32, g: u32) -> vec4<f32> {
             let h = (bytes4(w[(b + 16u + 4u * g) >> 2u]) >> vec4<u32>(s)) & vec4<u32>(1u);
             let d1 = f16at(b) * sm.x;
             let m1 = f16at(b + 2u) * sm.y;
-            return d1 * vec4<f32>(q + (h << vec4<u32>(4u))) - m1;
+            return d1 * u2f(q + (h << vec4<u32>(4u))) - m1;
         }
         case 14u: { // Q6_K: d·sc·(q − 32), 8-bit signed scales per 16 weights
             let b = base + (c >> 3u) * 210u;
@@ -235,7 +249,7 @@ fn deq4(base: u32, c: u32, g: u32) -> vec4<f32> {
             let qh = (bytes4(ld32(b + 128u + 32u * h + 4u * g)) >> vec4<u32>(2u * k)) & vec4<u32>(3u);
             let sc = sext8(vec4<u32>(ld8(b + 192u + 8u * h + (g >> 2u) + 2u * k))).x;
             let d = f16at(b + 208u);
-            return d * sc * (vec4<f32>(q | (qh << vec4<u32>(4u))) - 32.0);
+            return d * sc * (u2f(q | (qh << vec4<u32>(4u))) - 32.0);
         }
         case 23u: { // IQ4_XS: dl·kvalues[q], 6-bit scale per 32 weights
             let b = base + (c >> 3u) * 136u;
@@ -291,16 +305,25 @@ fn store(tok: u32, row: u32, v_in: f32) {
     }
 }
 
-// ---- matrix-vector product: MV_ROWS rows per workgroup --------------------
+// ---- matrix-vector product: 256 / MV_LANES rows per workgroup --------------------
 
 // Each row is taken by MV_LANES invocations (Q6_K: whole 32-weight chunks
 // each, so that a chunk's scales are decoded once; others: groups of 4
-// weights, coalesced), and a workgroup holds MV_ROWS rows that share the
+// weights, coalesced), and a workgroup holds 256 / MV_LANES rows that share the
 // activation vector in cache. (One 64-invocation workgroup per row, decoding per 4 weights, ran
 // Q4_K at ~340 GB/s on an H100.)
-const MV_LANES: u32 = 32u;
-const MV_ROWS: u32 = 8u;
+override MV_LANES: u32 = 64u;
 var<workgroup> partial: array<f32, 256>;
+
+// Weights 4u .. 4u + 3 of the row at byte `base` · x (Q4_1/Q5_1: with the
+// chunk's sum correction on its first group).
+fn unit_dot(base: u32, u: u32, xb: u32, tok: u32) -> f32 {
+    var r = dot(deq4(base, u >> 3u, u & 7u), x[xb + u]);
+    if ((FORMAT == 3u || FORMAT == 7u) && (u & 7u) == 0u) {
+        r += min_corr(base, u >> 3u, tok);
+    }
+    return r;
+}
 
 // W[row, chunk c] · x[xi .. xi + 8] (x as vec4s), for the row at byte `base`.
 fn chunk_dot(base: u32, c: u32, xi: u32, tok: u32) -> f32 {
@@ -317,7 +340,7 @@ fn chunk_dot(base: u32, c: u32, xi: u32, tok: u32) -> f32 {
             for (var g = 0u; g < 8u; g++) {
                 let ql = (bytes4(ld32(lo + 4u * g)) >> sh_lo) & vec4<u32>(0xfu);
                 let qh = (bytes4(ld32(hb + 4u * g)) >> sh_hi) & vec4<u32>(3u);
-                let q = vec4<f32>(ql | (qh << vec4<u32>(4u))) - 32.0;
+                let q = u2f(ql | (qh << vec4<u32>(4u))) - 32.0;
                 let d = dot(q, x[xi + g]);
                 if (g < 4u) { sq.x += d; } else { sq.y += d; }
             }
@@ -339,13 +362,13 @@ fn chunk_dot(base: u32, c: u32, xi: u32, tok: u32) -> f32 {
     }
 }
 
-// y[tok, row] (+)= W[row, :] · x[tok, :]. Grid: (groups of MV_ROWS rows
+// y[tok, row] (+)= W[row, :] · x[tok, :]. Grid: (groups of 256 / MV_LANES rows
 // split over x and y, tokens).
 @compute @workgroup_size(256)
 fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
     let lane = lid % MV_LANES;
-    let row = (wid.x + wid.y * nwg.x) * MV_ROWS + lid / MV_LANES;
+    let row = (wid.x + wid.y * nwg.x) * (256u / MV_LANES) + lid / MV_LANES;
     let tok = wid.z;
     let live = row < p.m;
     let base = row * p.row_bytes;
@@ -362,28 +385,21 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             }
         } else {
             // Others: consecutive invocations take consecutive groups of 4
-            // weights (coalesced loads), two per iteration.
+            // weights (coalesced loads), four per iteration (loads in flight).
             let units = p.k >> 2u;
+            let l = MV_LANES;
             var u = lane;
-            var acc1 = 0.0;
-            for (; u + MV_LANES < units; u += 2u * MV_LANES) {
-                let v = u + MV_LANES;
-                acc += dot(deq4(base, u >> 3u, u & 7u), x[xb + u]);
-                acc1 += dot(deq4(base, v >> 3u, v & 7u), x[xb + v]);
-                if ((FORMAT == 3u || FORMAT == 7u) && (u & 7u) == 0u) {
-                    acc += min_corr(base, u >> 3u, tok);
-                }
-                if ((FORMAT == 3u || FORMAT == 7u) && (v & 7u) == 0u) {
-                    acc1 += min_corr(base, v >> 3u, tok);
-                }
+            var a = vec4<f32>(0.0);
+            for (; u + 3u * l < units; u += 4u * l) {
+                a.x += unit_dot(base, u, xb, tok);
+                a.y += unit_dot(base, u + l, xb, tok);
+                a.z += unit_dot(base, u + 2u * l, xb, tok);
+                a.w += unit_dot(base, u + 3u * l, xb, tok);
             }
-            if (u < units) {
-                acc += dot(deq4(base, u >> 3u, u & 7u), x[xb + u]);
-                if ((FORMAT == 3u || FORMAT == 7u) && (u & 7u) == 0u) {
-                    acc += min_corr(base, u >> 3u, tok);
-                }
+            for (; u < units; u += l) {
+                a.x += unit_dot(base, u, xb, tok);
             }
-            acc += acc1;
+            acc = (a.x + a.y) + (a.z + a.w);
         }
     }
     partial[lid] = acc;
