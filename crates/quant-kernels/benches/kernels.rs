@@ -221,10 +221,51 @@ fn matvec_cpu(c: &mut Criterion<ThreadCpuTime>) {
     g.finish();
 }
 
+/// Single-thread batched product on the calling thread, timed in thread
+/// CPU time: every weight row against 64 activation rows with the
+/// four-row dot products that `matmul` uses (its compute-bound inner loop,
+/// without scheduling noise).
+fn matmul_cpu(c: &mut Criterion<ThreadCpuTime>) {
+    let (rows, cols, n) = (1536, 576, 64);
+    let x = random(n * cols, 9);
+    let mut y = vec![0.0f32; n * rows];
+    let mut g = c.benchmark_group("matmul64_cpu_1t");
+    g.sample_size(20);
+    for ty in TYPES {
+        let Some(x4) = quant_kernels::simd::vec_dot_x4_for(ty) else {
+            continue;
+        };
+        let q = weights(ty, rows, cols);
+        let k = quant_kernels::kernels(ty).unwrap();
+        let ar = row_bytes(k.vec_dot_type, cols).unwrap();
+        let mut act = vec![0u8; n * ar];
+        let from_float = quant_kernels::simd::from_float_for(k.vec_dot_type).unwrap();
+        for (a, x) in act.chunks_mut(ar).zip(x.chunks(cols)) {
+            from_float(x, a);
+        }
+        let rb = row_bytes(ty, cols).unwrap();
+        g.throughput(Throughput::Elements((rows * cols * n) as u64));
+        g.bench_function(
+            BenchmarkId::new(ty.name(), format!("{rows}x{cols}x{n}")),
+            |b| {
+                b.iter(|| {
+                    for (y, w) in y.chunks_mut(n).zip(q.chunks_exact(rb)) {
+                        for (b4, y) in y.chunks_exact_mut(4).enumerate() {
+                            let a = std::array::from_fn(|k| &act[(4 * b4 + k) * ar..][..ar]);
+                            y.copy_from_slice(&x4(cols, w, black_box(a)));
+                        }
+                    }
+                })
+            },
+        );
+    }
+    g.finish();
+}
+
 criterion_group!(benches, bandwidth, dequantize, matvec_bench, matmul_bench);
 criterion_group! {
     name = cpu_time;
     config = Criterion::default().with_measurement(ThreadCpuTime);
-    targets = bandwidth_cpu, matvec_cpu
+    targets = bandwidth_cpu, matvec_cpu, matmul_cpu
 }
 criterion_main!(benches, cpu_time);
