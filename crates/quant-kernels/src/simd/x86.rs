@@ -500,25 +500,35 @@ pub fn vec_dot_q4_1_q8_1_x4_avx2(x: &[BlockQ4_1], y: [&[BlockQ8_1]; 4]) -> [f32;
     let nb = x.len();
     assert!(y.iter().all(|y| y.len() == nb));
     let mut acc = [_mm256_setzero_ps(); 4];
-    let mut summs = [_mm_setzero_ps(); 4];
+    // Lane 2c + 1 sums output c's m·s products (the other lanes are unused).
+    let mut summs = _mm256_setzero_ps();
+    // Lane 2c of an 8-lane vector, broadcast.
+    let lane = [0, 2, 4, 6].map(|c| _mm256_set1_epi32(c));
     for (i, x) in x.iter().enumerate() {
-        let dm = fp16_pair(x.d, x.m);
+        // [d, m] of the weights, repeated four times.
+        let dm = _mm256_castpd_ps(_mm256_broadcastsd_pd(_mm_castps_pd(fp16_pair(x.d, x.m))));
+        // [d_c, s_c] of the four activation blocks in one conversion; the
+        // products are the f32 values of four `fp16_pair` multiplies.
+        let ds = |c: usize| {
+            let y = &y[c][i];
+            (u32::from(y.d.to_bits()) | (u32::from(y.s.to_bits()) << 16)) as i32
+        };
+        let p = _mm256_mul_ps(
+            dm,
+            _mm256_cvtph_ps(_mm_setr_epi32(ds(0), ds(1), ds(2), ds(3))),
+        );
+        summs = _mm256_add_ps(summs, p);
         let qx = bytes_from_nibbles_32(&x.qs);
-        for ((acc, summs), y) in acc.iter_mut().zip(&mut summs).zip(&y) {
-            let y = &y[i];
-            let p = _mm_mul_ps(dm, fp16_pair(y.d, y.s));
-            *summs = _mm_add_ss(*summs, _mm_movehdup_ps(p));
-            let d0d1 = _mm256_broadcastss_ps(p);
-            let xy = mul_sum_us8_pairs_float(qx, load_32(&y.qs));
+        for (c, (acc, y)) in acc.iter_mut().zip(&y).enumerate() {
+            let d0d1 = _mm256_permutevar8x32_ps(p, lane[c]);
+            let xy = mul_sum_us8_pairs_float(qx, load_32(&y[i].qs));
             *acc = _mm256_fmadd_ps(d0d1, xy, *acc);
         }
     }
-    [
-        hsum_float_8(acc[0]) + _mm_cvtss_f32(summs[0]),
-        hsum_float_8(acc[1]) + _mm_cvtss_f32(summs[1]),
-        hsum_float_8(acc[2]) + _mm_cvtss_f32(summs[2]),
-        hsum_float_8(acc[3]) + _mm_cvtss_f32(summs[3]),
-    ]
+    let mut m = [0.0f32; 8];
+    // SAFETY: `m` is 8 writable floats; storeu has no alignment needs.
+    unsafe { _mm256_storeu_ps(m.as_mut_ptr(), summs) };
+    std::array::from_fn(|c| hsum_float_8(acc[c]) + m[2 * c + 1])
 }
 
 /// [`vec_dot_q5_0_q8_0_avx2`] for four activation rows at once.
