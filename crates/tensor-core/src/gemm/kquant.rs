@@ -430,8 +430,10 @@ pub(super) fn kquant_rows_portable(
 
 /// A K-quant product for a chunk of weight rows: `out[i·n + b]` for weight
 /// row `i` of `w` and activation row `b` of `xq` (`act_row` bytes each).
-/// With AVX2 the integer sums run eight weight rows at a time
-/// ([`x86`]); the float steps are [`kquant_rows_portable`]'s.
+/// With AVX2 (+FMA, F16C) the integer sums run 16 weight rows per
+/// activation broadcast (`kquant_x86.rs`); the float steps are
+/// [`kquant_rows_portable`]'s, bit for bit. IQ4_XS (signed levels that
+/// `maddubs` cannot take unsigned) stays on the portable code.
 #[allow(clippy::too_many_arguments)]
 pub(super) fn kquant_rows(
     ty: GgmlType,

@@ -1,14 +1,20 @@
 //! AVX2 versions of [`super::b32_rows`] and the prepared-row K-quant
 //! products: the same float steps in the same order, the exact integer
-//! sums computed eight weight rows at a time.
+//! sums computed for 16 weight rows per activation broadcast.
 //!
-//! Weights are unpacked once per group of 8 rows into an interleaved layout
-//! (register `k` of a block holds elements `4k..4k + 4` of each of the 8
-//! rows, one 32-bit lane per row), so one `maddubs` multiplies four
-//! elements of all 8 rows by the same four activations, and the sums land
-//! one lane per row, as ggml's repacked 8x8 kernels arrange them. The
-//! float steps then run on 8 outputs at once, lane `r` doing exactly the
-//! portable code's `mul_add`s for row `r`.
+//! Weights are unpacked once per group of 16 rows into two interleaved
+//! halves of 8 (register `k` of a block holds elements `4k..4k + 4` of each
+//! of 8 rows, one 32-bit lane per row), so one `maddubs` multiplies four
+//! elements of 8 rows by the same four activations, and the sums land one
+//! lane per row, as ggml's repacked 8x8 kernels arrange them. The float
+//! steps then run on 8 outputs at once, lane `r` doing exactly the portable
+//! code's `mul_add`s for row `r`. The unpacking reads each row front to
+//! back with a software prefetch (mmapped weights: the hardware prefetcher
+//! stops at 4 KiB pages), which is what makes one-row decoding fast.
+//!
+//! Every integer sum is exact: `maddubs` takes unsigned quants (formats
+//! with an offset store `q + off` and subtract `off·Σ scale·bsum`), and
+//! its i16 pair sums are added only as far as they provably fit.
 
 use std::arch::x86_64::*;
 
