@@ -128,6 +128,15 @@ pub(super) mod avx2 {
     //! stream from L1. On CPUs with AVX-512 the packed path takes 8 × 3
     //! tiles instead ([`tile_wide`]): still 256-bit FMAs, in the 32
     //! registers AVX-512 provides.
+    //!
+    //! A matrix-vector product (one activation row, token-by-token
+    //! decoding) is bound by memory: it takes 8-row tiles (8 independent FMA
+    //! chains) and prefetches the next tile's weights while it computes
+    //! (measured ~3× on a matrix that does not fit in L2).
+    //!
+    //! Measured on the 2-core Xeon (AVX-512) this was written on, one
+    //! thread, F16 weights, 128 activation rows: ~108 GFLOPS with 4 × 3
+    //! tiles, ~115 with 8 × 3 — about the FMA peak of the core.
 
     use std::arch::x86_64::*;
 
