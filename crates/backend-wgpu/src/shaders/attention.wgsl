@@ -81,8 +81,21 @@ fn round_f16(x: f32) -> f32 {
 // multiple of 4; keys are read as vec4).
 fn score(t: u32, kvo: u32) -> f32 {
     let ko = (t * p.kv_stride + kvo) >> 2u;
+    let n4 = p.head_dim >> 2u;
     var d = 0.0;
-    for (var i = 0u; i < (p.head_dim >> 2u); i++) {
+    var i = 0u;
+    // Four loads in flight, summed in the same order as one at a time.
+    for (; i + 4u <= n4; i += 4u) {
+        let k0 = k_cache[ko + i];
+        let k1 = k_cache[ko + i + 1u];
+        let k2 = k_cache[ko + i + 2u];
+        let k3 = k_cache[ko + i + 3u];
+        d += dot(q_head[i], k0);
+        d += dot(q_head[i + 1u], k1);
+        d += dot(q_head[i + 2u], k2);
+        d += dot(q_head[i + 3u], k3);
+    }
+    for (; i < n4; i++) {
         d += dot(q_head[i], k_cache[ko + i]);
     }
     return d * p.scale;
@@ -149,19 +162,27 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         workgroupBarrier();
         let n = min(WG, n_kv - t0);
         if (lid < hd) {
-            // Four positions' values loaded ahead, summed in position order.
+            // Eight positions' values loaded ahead, summed in position order.
             let vo = t0 * p.kv_stride + kvo + lid;
             let ks = p.kv_stride;
             var j = 0u;
-            for (; j + 4u <= n; j += 4u) {
+            for (; j + 8u <= n; j += 8u) {
                 let v0 = v_cache[vo + j * ks];
                 let v1 = v_cache[vo + (j + 1u) * ks];
                 let v2 = v_cache[vo + (j + 2u) * ks];
                 let v3 = v_cache[vo + (j + 3u) * ks];
+                let v4 = v_cache[vo + (j + 4u) * ks];
+                let v5 = v_cache[vo + (j + 5u) * ks];
+                let v6 = v_cache[vo + (j + 6u) * ks];
+                let v7 = v_cache[vo + (j + 7u) * ks];
                 acc0 += probs[j] * v0;
                 acc0 += probs[j + 1u] * v1;
                 acc0 += probs[j + 2u] * v2;
                 acc0 += probs[j + 3u] * v3;
+                acc0 += probs[j + 4u] * v4;
+                acc0 += probs[j + 5u] * v5;
+                acc0 += probs[j + 6u] * v6;
+                acc0 += probs[j + 7u] * v7;
             }
             for (; j < n; j++) {
                 acc0 += probs[j] * v_cache[vo + j * ks];
