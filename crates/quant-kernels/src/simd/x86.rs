@@ -270,6 +270,16 @@ fn fp16x8(h: f16) -> __m256 {
     _mm256_cvtph_ps(_mm_set1_epi16(h.to_bits() as i16))
 }
 
+/// `d_x·d_y[c]` in lane `c` (lanes 0..4), with one conversion and one
+/// multiply: the same f32 values and roundings as four `fp16x8` products.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scale_products_x4(dx: f16, dy: [f16; 4]) -> __m256 {
+    let b = dy.map(|d| d.to_bits() as i16);
+    let dy = _mm_cvtph_ps(_mm_setr_epi16(b[0], b[1], b[2], b[3], 0, 0, 0, 0));
+    _mm256_castps128_ps256(_mm_mul_ps(_mm256_castps256_ps128(fp16x8(dx)), dy))
+}
+
 /// Two adjacent f16 fields (Q4_1/Q5_1's `d, m`, Q8_1's `d, s`) → lanes 0
 /// and 1 of an f32 vector, with one 32-bit move (no false dependency).
 #[inline]
@@ -537,24 +547,20 @@ pub fn vec_dot_q5_0_q8_0_x4_avx2(x: &[BlockQ5_0], y: [&[BlockQ8_0]; 4]) -> [f32;
     let nb = x.len();
     assert!(y.iter().all(|y| y.len() == nb));
     let mut acc = [_mm256_setzero_ps(); 4];
+    // Lane c of a 4-lane vector, broadcast to 8 lanes.
+    let lane = [0, 1, 2, 3].map(|c| _mm256_set1_epi32(c));
     for (i, x) in x.iter().enumerate() {
-        let dx = fp16x8(x.d);
         let bxhi = _mm256_andnot_si256(bytes_from_bits_32(&x.qh), _mm256_set1_epi8(0xF0u8 as i8));
         let qx = _mm256_or_si256(bytes_from_nibbles_32(&x.qs), bxhi);
         let ax = _mm256_sign_epi8(qx, qx);
-        for (acc, y) in acc.iter_mut().zip(&y) {
-            let y = &y[i];
-            let d = _mm256_mul_ps(dx, fp16x8(y.d));
-            let q = mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(load_32(&y.qs), qx));
+        let d4 = scale_products_x4(x.d, std::array::from_fn(|c| y[c][i].d));
+        for (c, (acc, y)) in acc.iter_mut().zip(&y).enumerate() {
+            let d = _mm256_permutevar8x32_ps(d4, lane[c]);
+            let q = mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(load_32(&y[i].qs), qx));
             *acc = _mm256_fmadd_ps(d, q, *acc);
         }
     }
-    [
-        hsum_float_8(acc[0]),
-        hsum_float_8(acc[1]),
-        hsum_float_8(acc[2]),
-        hsum_float_8(acc[3]),
-    ]
+    acc.map(|a| hsum_float_8(a))
 }
 
 /// [`vec_dot_q5_1_q8_1_avx2`] for four activation rows at once.
@@ -595,20 +601,7 @@ pub fn vec_dot_q8_0_q8_0_x4_avx2(x: &[BlockQ8_0], y: [&[BlockQ8_0]; 4]) -> [f32;
     for (i, x) in x.iter().enumerate() {
         let qx = load_32(&x.qs);
         let ax = _mm256_sign_epi8(qx, qx);
-        // The four products d_x·d_y with one conversion and one multiply:
-        // the same f32 values and roundings as four `fp16x8` products.
-        let bits = |c: usize| y[c][i].d.to_bits() as i16;
-        let dy = _mm_cvtph_ps(_mm_setr_epi16(
-            bits(0),
-            bits(1),
-            bits(2),
-            bits(3),
-            0,
-            0,
-            0,
-            0,
-        ));
-        let d4 = _mm256_castps128_ps256(_mm_mul_ps(_mm256_castps256_ps128(fp16x8(x.d)), dy));
+        let d4 = scale_products_x4(x.d, std::array::from_fn(|c| y[c][i].d));
         for (c, (acc, y)) in acc.iter_mut().zip(&y).enumerate() {
             let d = _mm256_permutevar8x32_ps(d4, lane[c]);
             let q = mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(load_32(&y[i].qs), qx));
