@@ -92,8 +92,6 @@ impl<'a> QMatrix<'a> {
 pub struct Scratch {
     /// Quantized activations; u64 so every block type is aligned in place.
     act: Vec<u64>,
-    /// `matmul`'s output, rows×n, before it is transposed into place.
-    out: Vec<f32>,
 }
 
 impl Scratch {
@@ -228,17 +226,13 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], scratch: &mut
         return;
     }
     let (act_ty, vec_dot, from_float) = kernels_of(w);
-    let mut out = std::mem::take(&mut scratch.out);
-    out.clear();
-    out.resize(w.rows * n, 0.0);
     let (act, act_row) = scratch.quantize(act_ty, from_float, x, n, w.cols);
     let chunk = rows_per_task(w.rows, w.row_bytes, n);
     let cols = w.cols;
     let vec_dot_x4 = simd::vec_dot_x4_for(w.ty);
     let act_of = |b: usize| &act[b * act_row..(b + 1) * act_row];
-    // out is rows×n: each task owns a contiguous block of whole rows.
-    pool::for_each_chunk_mut(&mut out, chunk * n, |c, out| {
-        let r0 = c * chunk;
+    // Each task multiplies a chunk of whole weight rows into a rows×n tile.
+    pool::for_each_row_chunk_transposed(y, w.rows, n, chunk, |r0, out| {
         let nrows = out.len() / n;
         for b0 in (0..n).step_by(BATCH_TILE) {
             let b1 = (b0 + BATCH_TILE).min(n);
@@ -259,11 +253,4 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], scratch: &mut
             }
         }
     });
-    let rows = w.rows;
-    for (b, yb) in y.chunks_mut(rows).enumerate() {
-        for (r, v) in yb.iter_mut().enumerate() {
-            *v = out[r * n + b];
-        }
-    }
-    scratch.out = out;
 }

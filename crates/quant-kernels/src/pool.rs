@@ -251,8 +251,9 @@ impl<T> SendPtr<T> {
     }
 }
 
-// SAFETY: only used by `for_each_chunk_mut`, whose tasks touch disjoint
-// chunks of one exclusively borrowed slice of `Send` elements.
+// SAFETY: only used by `for_each_chunk_mut` and
+// `for_each_row_chunk_transposed`, whose tasks touch disjoint parts of one
+// exclusively borrowed slice of `Send` elements.
 unsafe impl<T: Send> Send for SendPtr<T> {}
 // SAFETY: as above.
 unsafe impl<T: Send> Sync for SendPtr<T> {}
@@ -278,6 +279,50 @@ pub fn for_each_chunk_mut<T: Send>(
         // until `for_each_task` returns.
         let part = unsafe { std::slice::from_raw_parts_mut(base.get().add(start), n) };
         f(c, part);
+    });
+}
+
+/// A batched product's parallel loop, for kernels that work on a chunk of
+/// weight rows against every activation row: the output `y` is `n` rows of
+/// `rows` (activation-major, as the callers want it); `f(r0, tile)` fills
+/// `tile[i·n + b]` for weight rows `r0..r0 + tile.len() / n` (`chunk` rows,
+/// fewer in the last chunk), and each task writes its tile into its own
+/// columns of `y`, so no serial transpose follows the parallel part.
+///
+/// # Panics
+/// If `chunk` or `n` is zero or `y.len() != rows · n`.
+pub fn for_each_row_chunk_transposed(
+    y: &mut [f32],
+    rows: usize,
+    n: usize,
+    chunk: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    assert!(
+        chunk > 0 && n > 0 && y.len() == rows * n,
+        "for_each_row_chunk_transposed: bad shape"
+    );
+    if n == 1 {
+        // One activation row: the tile is the output itself.
+        return for_each_chunk_mut(y, chunk, |c, tile| f(c * chunk, tile));
+    }
+    let base = SendPtr(y.as_mut_ptr());
+    for_each_task(rows.div_ceil(chunk), move |c| {
+        let r0 = c * chunk;
+        let nrows = chunk.min(rows - r0);
+        let mut tile = vec![0.0f32; nrows * n];
+        f(r0, &mut tile);
+        for b in 0..n {
+            // SAFETY: `b·rows + r0 .. + nrows` lies inside `y` (`r0 + nrows
+            // <= rows`, `b < n`), and columns `r0..r0 + nrows` belong to this
+            // task alone; `y` stays exclusively borrowed until
+            // `for_each_task` returns.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(base.get().add(b * rows + r0), nrows) };
+            for (i, d) in dst.iter_mut().enumerate() {
+                *d = tile[i * n + b];
+            }
+        }
     });
 }
 
@@ -316,6 +361,30 @@ mod tests {
                 }
             });
             assert!(v.iter().enumerate().all(|(i, &x)| x == i + 1));
+        });
+    }
+
+    #[test]
+    fn transposed_chunks_fill_every_column() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let (rows, n) = (37, 5);
+            let mut y = vec![0.0f32; rows * n];
+            for_each_row_chunk_transposed(&mut y, rows, n, 8, |r0, tile| {
+                for (i, row) in tile.chunks_mut(n).enumerate() {
+                    for (b, v) in row.iter_mut().enumerate() {
+                        *v = ((r0 + i) * 100 + b) as f32;
+                    }
+                }
+            });
+            for b in 0..n {
+                for r in 0..rows {
+                    assert_eq!(y[b * rows + r], (r * 100 + b) as f32);
+                }
+            }
         });
     }
 

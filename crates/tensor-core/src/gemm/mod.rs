@@ -159,42 +159,39 @@ pub fn matmul_float(
     let is_tiled = !is_repacked && tiled(ty) && n >= TILED_MIN_BATCH;
     let vec_dot = quant_kernels::simd::vec_dot_for(ty);
     let row_bytes = cols / ty.block_size() * ty.type_size();
-    // out is rows × n: each task owns whole weight rows, read once per batch.
-    let mut out = vec![0.0f32; rows * n];
+    // Each task owns a chunk of whole weight rows (read once per batch) and
+    // fills a rows × n tile, which the pool writes into y's columns.
     let chunk = rows.div_ceil(rayon::current_num_threads() * 4).max(1);
+    let rows_of = |r0: usize, out: &[f32]| &w[r0 * row_bytes..][..out.len() / n * row_bytes];
     if is_tiled || is_repacked {
-        quant_kernels::pool::for_each_chunk_mut(&mut out, chunk * n, |c, out| {
-            let w = &w[c * chunk * row_bytes..][..out.len() / n * row_bytes];
-            kquant_rows(ty, w, row_bytes, &xq, act_row, n, out, is_repacked)
+        quant_kernels::pool::for_each_row_chunk_transposed(y, rows, n, chunk, |r0, out| {
+            kquant_rows(
+                ty,
+                rows_of(r0, out),
+                row_bytes,
+                &xq,
+                act_row,
+                n,
+                out,
+                is_repacked,
+            )
         });
     } else if xq.is_empty() {
-        quant_kernels::pool::for_each_chunk_mut(&mut out, chunk * n, |c, out| {
-            let w = &w[c * chunk * row_bytes..][..out.len() / n * row_bytes];
-            float_rows(ty, w, cols, x, n, out)
+        quant_kernels::pool::for_each_row_chunk_transposed(y, rows, n, chunk, |r0, out| {
+            float_rows(ty, rows_of(r0, out), cols, x, n, out)
         });
     } else {
         let vec_dot = vec_dot.expect("checked by handles");
-        quant_kernels::pool::for_each_chunk_mut(&mut out, chunk * n, |c, out| {
-            for (i, o) in out.chunks_mut(n).enumerate() {
-                let wr = &w[(c * chunk + i) * row_bytes..][..row_bytes];
+        quant_kernels::pool::for_each_row_chunk_transposed(y, rows, n, chunk, |r0, out| {
+            for (wr, o) in rows_of(r0, out)
+                .chunks_exact(row_bytes)
+                .zip(out.chunks_mut(n))
+            {
                 for (b, o) in o.iter_mut().enumerate() {
                     *o = vec_dot(cols, wr, &xq[b * act_row..][..act_row]);
                 }
             }
         });
-    }
-    // Transposed in 16 × 16 blocks: row by row, every read of `out` would
-    // touch a new cache line (measured: 6% of an F16 prompt).
-    const BLOCK: usize = 16;
-    for b0 in (0..n).step_by(BLOCK) {
-        for r0 in (0..rows).step_by(BLOCK) {
-            for b in b0..(b0 + BLOCK).min(n) {
-                let yb = &mut y[b * rows..][r0..(r0 + BLOCK).min(rows)];
-                for (r, v) in (r0..).zip(yb) {
-                    *v = out[r * n + b];
-                }
-            }
-        }
     }
 }
 
