@@ -231,24 +231,25 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], scratch: &mut
     let cols = w.cols;
     let vec_dot_x4 = simd::vec_dot_x4_for(w.ty);
     let act_of = |b: usize| &act[b * act_row..(b + 1) * act_row];
-    // Each task multiplies a chunk of whole weight rows into a rows×n tile.
-    pool::for_each_row_chunk_transposed(y, w.rows, n, chunk, |r0, out| {
+    // Each task multiplies a chunk of whole weight rows into an n×rows tile.
+    pool::for_each_row_chunk_columns(y, w.rows, n, chunk, |r0, out| {
         let nrows = out.len() / n;
         for b0 in (0..n).step_by(BATCH_TILE) {
             let b1 = (b0 + BATCH_TILE).min(n);
             for i in 0..nrows {
                 let wr = w.row(r0 + i);
-                let out_r = &mut out[i * n..(i + 1) * n];
                 let mut b = b0;
                 if let Some(x4) = vec_dot_x4 {
                     while b + 4 <= b1 {
                         let r = x4(cols, wr, std::array::from_fn(|k| act_of(b + k)));
-                        out_r[b..b + 4].copy_from_slice(&r);
+                        for (k, v) in r.into_iter().enumerate() {
+                            out[(b + k) * nrows + i] = v;
+                        }
                         b += 4;
                     }
                 }
-                for (o, b) in out_r[b..b1].iter_mut().zip(b..) {
-                    *o = vec_dot(cols, wr, act_of(b));
+                for b in b..b1 {
+                    out[b * nrows + i] = vec_dot(cols, wr, act_of(b));
                 }
             }
         }

@@ -251,8 +251,8 @@ impl<T> SendPtr<T> {
     }
 }
 
-// SAFETY: only used by `for_each_chunk_mut` and
-// `for_each_row_chunk_transposed`, whose tasks touch disjoint parts of one
+// SAFETY: only used by `for_each_chunk_mut` and the two
+// `for_each_row_chunk_*`, whose tasks touch disjoint parts of one
 // exclusively borrowed slice of `Send` elements.
 unsafe impl<T: Send> Send for SendPtr<T> {}
 // SAFETY: as above.
@@ -326,6 +326,43 @@ pub fn for_each_row_chunk_transposed(
     });
 }
 
+/// As [`for_each_row_chunk_transposed`], for kernels that fill their tile
+/// activation-major: `f(r0, tile)` writes `tile[b·nrows + i]` for weight row
+/// `r0 + i` and activation row `b` (`nrows = tile.len() / n`), and each
+/// task copies its tile's `n` runs into `y` whole.
+///
+/// # Panics
+/// If `chunk` or `n` is zero or `y.len() != rows · n`.
+pub fn for_each_row_chunk_columns(
+    y: &mut [f32],
+    rows: usize,
+    n: usize,
+    chunk: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+) {
+    assert!(
+        chunk > 0 && n > 0 && y.len() == rows * n,
+        "for_each_row_chunk_columns: bad shape"
+    );
+    if n == 1 {
+        return for_each_chunk_mut(y, chunk, |c, tile| f(c * chunk, tile));
+    }
+    let base = SendPtr(y.as_mut_ptr());
+    for_each_task(rows.div_ceil(chunk), move |c| {
+        let r0 = c * chunk;
+        let nrows = chunk.min(rows - r0);
+        let mut tile = vec![0.0f32; nrows * n];
+        f(r0, &mut tile);
+        for (b, src) in tile.chunks_exact(nrows).enumerate() {
+            // SAFETY: as in `for_each_row_chunk_transposed`: inside `y`, and
+            // columns `r0..r0 + nrows` belong to this task alone.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(base.get().add(b * rows + r0), nrows) };
+            dst.copy_from_slice(src);
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -376,6 +413,31 @@ mod tests {
             for_each_row_chunk_transposed(&mut y, rows, n, 8, |r0, tile| {
                 for (i, row) in tile.chunks_mut(n).enumerate() {
                     for (b, v) in row.iter_mut().enumerate() {
+                        *v = ((r0 + i) * 100 + b) as f32;
+                    }
+                }
+            });
+            for b in 0..n {
+                for r in 0..rows {
+                    assert_eq!(y[b * rows + r], (r * 100 + b) as f32);
+                }
+            }
+        });
+    }
+
+    #[test]
+    fn column_chunks_fill_every_column() {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(3)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let (rows, n) = (37, 5);
+            let mut y = vec![0.0f32; rows * n];
+            for_each_row_chunk_columns(&mut y, rows, n, 8, |r0, tile| {
+                let nrows = tile.len() / n;
+                for (b, col) in tile.chunks_mut(nrows).enumerate() {
+                    for (i, v) in col.iter_mut().enumerate() {
                         *v = ((r0 + i) * 100 + b) as f32;
                     }
                 }
