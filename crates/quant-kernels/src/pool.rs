@@ -282,6 +282,24 @@ pub fn for_each_chunk_mut<T: Send>(
     });
 }
 
+/// Runs `f` on a zeroed scratch tile of `len` floats kept per thread, so
+/// the many products of a forward pass do not each allocate (and page-fault
+/// in) fresh tiles.
+fn with_tile(len: usize, f: impl FnOnce(&mut [f32])) {
+    thread_local! {
+        static TILE: std::cell::RefCell<Vec<f32>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    TILE.with(|t| match t.try_borrow_mut() {
+        Ok(mut v) => {
+            v.clear();
+            v.resize(len, 0.0);
+            f(&mut v)
+        }
+        // A task that itself runs a product on this thread: a fresh tile.
+        Err(_) => f(&mut vec![0.0f32; len]),
+    })
+}
+
 /// A batched product's parallel loop, for kernels that work on a chunk of
 /// weight rows against every activation row: the output `y` is `n` rows of
 /// `rows` (activation-major, as the callers want it); `f(r0, tile)` fills
@@ -310,19 +328,20 @@ pub fn for_each_row_chunk_transposed(
     for_each_task(rows.div_ceil(chunk), move |c| {
         let r0 = c * chunk;
         let nrows = chunk.min(rows - r0);
-        let mut tile = vec![0.0f32; nrows * n];
-        f(r0, &mut tile);
-        for b in 0..n {
-            // SAFETY: `b·rows + r0 .. + nrows` lies inside `y` (`r0 + nrows
-            // <= rows`, `b < n`), and columns `r0..r0 + nrows` belong to this
-            // task alone; `y` stays exclusively borrowed until
-            // `for_each_task` returns.
-            let dst =
-                unsafe { std::slice::from_raw_parts_mut(base.get().add(b * rows + r0), nrows) };
-            for (i, d) in dst.iter_mut().enumerate() {
-                *d = tile[i * n + b];
+        with_tile(nrows * n, |tile| {
+            f(r0, tile);
+            for b in 0..n {
+                // SAFETY: `b·rows + r0 .. + nrows` lies inside `y` (`r0 + nrows
+                // <= rows`, `b < n`), and columns `r0..r0 + nrows` belong to this
+                // task alone; `y` stays exclusively borrowed until
+                // `for_each_task` returns.
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(base.get().add(b * rows + r0), nrows) };
+                for (i, d) in dst.iter_mut().enumerate() {
+                    *d = tile[i * n + b];
+                }
             }
-        }
+        });
     });
 }
 
@@ -351,15 +370,16 @@ pub fn for_each_row_chunk_columns(
     for_each_task(rows.div_ceil(chunk), move |c| {
         let r0 = c * chunk;
         let nrows = chunk.min(rows - r0);
-        let mut tile = vec![0.0f32; nrows * n];
-        f(r0, &mut tile);
-        for (b, src) in tile.chunks_exact(nrows).enumerate() {
-            // SAFETY: as in `for_each_row_chunk_transposed`: inside `y`, and
-            // columns `r0..r0 + nrows` belong to this task alone.
-            let dst =
-                unsafe { std::slice::from_raw_parts_mut(base.get().add(b * rows + r0), nrows) };
-            dst.copy_from_slice(src);
-        }
+        with_tile(nrows * n, |tile| {
+            f(r0, tile);
+            for (b, src) in tile.chunks_exact(nrows).enumerate() {
+                // SAFETY: as in `for_each_row_chunk_transposed`: inside `y`, and
+                // columns `r0..r0 + nrows` belong to this task alone.
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(base.get().add(b * rows + r0), nrows) };
+                dst.copy_from_slice(src);
+            }
+        });
     });
 }
 
