@@ -160,7 +160,10 @@ pub fn fetch(model: &PackagedModel, dir: &Path) -> Result<PathBuf, CacheError> {
         return Ok(target);
     }
     if target.exists() {
-        verify(model, &target)?;
+        if !stamp_matches(model, &target) {
+            verify(model, &target)?;
+            write_stamp(model, &target);
+        }
         verified.push(target.clone());
         return Ok(target);
     }
@@ -257,6 +260,45 @@ fn download_and_extract(
     std::fs::rename(&tmp, target).map_err(io_err(target))
 }
 
+/// The record that `path` was verified: the expected hash, and the size and
+/// modification time the file had then. Hashing ~100 MB takes a noticeable
+/// part of a second, so a later start trusts a file that still matches it.
+fn stamp(model: &PackagedModel, path: &Path) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    let mtime = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_nanos();
+    Some(format!("{} {} {}\n", model.sha256, meta.len(), mtime))
+}
+
+fn stamp_path(path: &Path) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(".verified");
+    PathBuf::from(name)
+}
+
+/// Whether `path`'s stamp says it was verified as `model` and is unchanged since.
+fn stamp_matches(model: &PackagedModel, path: &Path) -> bool {
+    match (
+        stamp(model, path),
+        std::fs::read_to_string(stamp_path(path)),
+    ) {
+        (Some(now), Ok(saved)) => now == saved,
+        _ => false,
+    }
+}
+
+/// Records that `path` was verified (best effort: a read-only cache only
+/// means hashing again next time).
+fn write_stamp(model: &PackagedModel, path: &Path) {
+    if let Some(now) = stamp(model, path) {
+        let _ = std::fs::write(stamp_path(path), now);
+    }
+}
+
 /// Checks the size and SHA-256 of `path` against `model`.
 pub fn verify(model: &PackagedModel, path: &Path) -> Result<(), CacheError> {
     let mut file = std::fs::File::open(path).map_err(io_err(path))?;
@@ -305,6 +347,25 @@ mod tests {
         std::fs::write(&path, b"not the model").unwrap();
         let err = verify(&SMOLLM2_135M_Q4_1, &path).unwrap_err();
         assert!(err.to_string().contains("does not match"), "{err}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_stamp_is_trusted_only_while_the_file_is_unchanged() {
+        let dir = std::env::temp_dir().join(format!("strata-cache-stamp-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("m.gguf");
+        std::fs::write(&path, b"bytes").unwrap();
+        assert!(!stamp_matches(&SMOLLM2_135M_Q4_1, &path), "no stamp yet");
+        write_stamp(&SMOLLM2_135M_Q4_1, &path);
+        assert!(stamp_matches(&SMOLLM2_135M_Q4_1, &path));
+        let other = PackagedModel {
+            sha256: "00",
+            ..SMOLLM2_135M_Q4_1
+        };
+        assert!(!stamp_matches(&other, &path), "stamp of another model");
+        std::fs::write(&path, b"changed bytes").unwrap();
+        assert!(!stamp_matches(&SMOLLM2_135M_Q4_1, &path), "file changed");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
