@@ -2,7 +2,7 @@
 
 use half::f16;
 
-use crate::ops::softmax_scaled;
+use crate::ops::{hsum8, softmax_scaled};
 
 /// Element type of a KV cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -267,12 +267,6 @@ fn head_portable<E: KvElement>(u: &Head<'_, E>, bufs: &mut HeadBuffers, o: &mut 
     }
 }
 
-/// ggml's `hsum_float_8` (AVX): `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
-#[inline]
-fn hsum8(a: &[f32; 8]) -> f32 {
-    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
-}
-
 /// `GGML_F32_VEC_REDUCE` (AVX): the 4 accumulators pairwise, then the 8
 /// lanes with two horizontal adds: `((x0+x4)+(x1+x5)) + ((x2+x6)+(x3+x7))`.
 #[inline]
@@ -324,6 +318,7 @@ mod avx2 {
     use half::f16;
 
     use super::{softmax_scaled, Head, HeadBuffers, KvElement};
+    use crate::ops::x86::hsum_float_8;
 
     fn is_f16<E: 'static>() -> bool {
         TypeId::of::<E>() == TypeId::of::<f16>()
@@ -383,17 +378,6 @@ mod avx2 {
         for v in c.into_remainder() {
             *v = E::round(*v);
         }
-    }
-
-    /// ggml's `hsum_float_8`: `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn hsum_float_8(x: __m256) -> f32 {
-        let mut res = _mm256_extractf128_ps(x, 1);
-        res = _mm_add_ps(res, _mm256_castps256_ps128(x));
-        res = _mm_add_ps(res, _mm_movehl_ps(res, res));
-        res = _mm_add_ss(res, _mm_movehdup_ps(res));
-        _mm_cvtss_f32(res)
     }
 
     /// `GGML_F32_VEC_REDUCE`: [`reduce_4x8`](super::reduce_4x8) of one vector per accumulator.

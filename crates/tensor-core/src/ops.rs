@@ -95,11 +95,12 @@ pub fn expf_ggml(x: f32) -> f32 {
     }
 }
 
-/// ggml's `hsum_float_8`: the pairwise order in which AVX2 sums 8 lanes.
+/// ggml's `hsum_float_8`: the pairwise order in which AVX2 sums 8 lanes,
+/// `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))` (every kernel of this crate
+/// that mirrors an 8-lane ggml sum ends with it).
 #[inline(always)]
-fn hsum8(v: &[f32]) -> f32 {
-    let a = [v[0] + v[4], v[1] + v[5], v[2] + v[6], v[3] + v[7]];
-    (a[0] + a[2]) + (a[1] + a[3])
+pub(crate) fn hsum8(a: &[f32; 8]) -> f32 {
+    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
 }
 
 /// `silu(gate)·up` for one row, ggml's way ([`swiglu_row_portable`]'s
@@ -114,10 +115,22 @@ fn swiglu_row(gate: &[f32], up: &[f32], out: &mut [f32]) {
 }
 
 #[cfg(target_arch = "x86_64")]
-mod x86 {
-    //! ggml's AVX2 `ggml_v_expf` / `ggml_v_silu`, intrinsic for intrinsic.
+pub(crate) mod x86 {
+    //! ggml's AVX2 `ggml_v_expf` / `ggml_v_silu`, intrinsic for intrinsic,
+    //! and its `hsum_float_8`, shared by the crate's AVX2 kernels.
 
     use std::arch::x86_64::*;
+
+    /// ggml's `hsum_float_8` on a register: [`super::hsum8`]'s order.
+    #[inline]
+    #[target_feature(enable = "avx2,fma,f16c")]
+    pub(crate) fn hsum_float_8(x: __m256) -> f32 {
+        let mut res = _mm256_extractf128_ps(x, 1);
+        res = _mm_add_ps(res, _mm256_castps256_ps128(x));
+        res = _mm_add_ps(res, _mm_movehl_ps(res, res));
+        res = _mm_add_ss(res, _mm_movehdup_ps(res));
+        _mm_cvtss_f32(res)
+    }
 
     /// `ggml_v_expf` (AVX2 + FMA).
     #[inline]

@@ -12,12 +12,7 @@ use gguf_format::GgmlType;
 use half::{bf16, f16};
 
 use crate::fma::with_fma;
-
-/// ggml's `hsum_float_8`: the pairwise order in which AVX sums 8 lanes.
-#[inline(always)]
-pub(super) fn hsum8(a: &[f32; 8]) -> f32 {
-    ((a[0] + a[4]) + (a[2] + a[6])) + ((a[1] + a[5]) + (a[3] + a[7]))
-}
+use crate::ops::hsum8;
 
 with_fma!(pub(super) dot_lanes8_f32, fn(w: &[f32], x: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
@@ -142,6 +137,8 @@ pub(super) mod avx2 {
 
     use gguf_format::GgmlType;
 
+    use crate::ops::x86::hsum_float_8;
+
     /// Weight rows per tile.
     const MR: usize = 4;
     /// Weight rows per tile for a single activation row (a matrix-vector
@@ -190,17 +187,6 @@ pub(super) mod avx2 {
                 }
             }
         }
-    }
-
-    /// ggml's `hsum_float_8`: `((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7))`.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    fn hsum_float_8(x: __m256) -> f32 {
-        let mut res = _mm256_extractf128_ps(x, 1);
-        res = _mm_add_ps(res, _mm256_castps256_ps128(x));
-        res = _mm_add_ps(res, _mm_movehl_ps(res, res));
-        res = _mm_add_ss(res, _mm_movehdup_ps(res));
-        _mm_cvtss_f32(res)
     }
 
     /// One `RM × RN` tile: `out[i·out_row + j]` = weight row `i` · activation
