@@ -251,9 +251,8 @@ impl<T> SendPtr<T> {
     }
 }
 
-// SAFETY: only used by `for_each_chunk_mut` and the two
-// `for_each_row_chunk_*`, whose tasks touch disjoint parts of one
-// exclusively borrowed slice of `Send` elements.
+// SAFETY: only used by `for_each_chunk_mut` and `row_chunks`, whose tasks
+// touch disjoint parts of one exclusively borrowed slice of `Send` elements.
 unsafe impl<T: Send> Send for SendPtr<T> {}
 // SAFETY: as above.
 unsafe impl<T: Send> Sync for SendPtr<T> {}
@@ -316,33 +315,11 @@ pub fn for_each_row_chunk_transposed(
     chunk: usize,
     f: impl Fn(usize, &mut [f32]) + Sync,
 ) {
-    assert!(
-        chunk > 0 && n > 0 && y.len() == rows * n,
-        "for_each_row_chunk_transposed: bad shape"
-    );
-    if n == 1 {
-        // One activation row: the tile is the output itself.
-        return for_each_chunk_mut(y, chunk, |c, tile| f(c * chunk, tile));
-    }
-    let base = SendPtr(y.as_mut_ptr());
-    for_each_task(rows.div_ceil(chunk), move |c| {
-        let r0 = c * chunk;
-        let nrows = chunk.min(rows - r0);
-        with_tile(nrows * n, |tile| {
-            f(r0, tile);
-            for b in 0..n {
-                // SAFETY: `b·rows + r0 .. + nrows` lies inside `y` (`r0 + nrows
-                // <= rows`, `b < n`), and columns `r0..r0 + nrows` belong to this
-                // task alone; `y` stays exclusively borrowed until
-                // `for_each_task` returns.
-                let dst =
-                    unsafe { std::slice::from_raw_parts_mut(base.get().add(b * rows + r0), nrows) };
-                for (i, d) in dst.iter_mut().enumerate() {
-                    *d = tile[i * n + b];
-                }
-            }
-        });
-    });
+    row_chunks(y, rows, n, chunk, f, |tile, _, b, dst| {
+        for (i, d) in dst.iter_mut().enumerate() {
+            *d = tile[i * n + b];
+        }
+    })
 }
 
 /// As [`for_each_row_chunk_transposed`], for kernels that fill their tile
@@ -359,9 +336,27 @@ pub fn for_each_row_chunk_columns(
     chunk: usize,
     f: impl Fn(usize, &mut [f32]) + Sync,
 ) {
+    row_chunks(y, rows, n, chunk, f, |tile, nrows, b, dst| {
+        dst.copy_from_slice(&tile[b * nrows..][..nrows])
+    })
+}
+
+/// The two `for_each_row_chunk_*`: one task per chunk of `chunk` weight
+/// rows, a per-thread tile, and `copy(tile, nrows, b, dst)` writing the
+/// tile's part of output row `b` into `dst` (that row's `nrows` columns
+/// from `r0`). With one activation row the tile is the output itself.
+fn row_chunks(
+    y: &mut [f32],
+    rows: usize,
+    n: usize,
+    chunk: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync,
+    copy: impl Fn(&[f32], usize, usize, &mut [f32]) + Sync,
+) {
     assert!(
         chunk > 0 && n > 0 && y.len() == rows * n,
-        "for_each_row_chunk_columns: bad shape"
+        "for_each_row_chunk: bad shape ({} outputs for {rows} rows × {n}, chunk {chunk})",
+        y.len()
     );
     if n == 1 {
         return for_each_chunk_mut(y, chunk, |c, tile| f(c * chunk, tile));
@@ -372,12 +367,14 @@ pub fn for_each_row_chunk_columns(
         let nrows = chunk.min(rows - r0);
         with_tile(nrows * n, |tile| {
             f(r0, tile);
-            for (b, src) in tile.chunks_exact(nrows).enumerate() {
-                // SAFETY: as in `for_each_row_chunk_transposed`: inside `y`, and
-                // columns `r0..r0 + nrows` belong to this task alone.
+            for b in 0..n {
+                // SAFETY: `b·rows + r0 .. + nrows` lies inside `y` (`r0 + nrows
+                // <= rows`, `b < n`), and columns `r0..r0 + nrows` belong to this
+                // task alone; `y` stays exclusively borrowed until
+                // `for_each_task` returns.
                 let dst =
                     unsafe { std::slice::from_raw_parts_mut(base.get().add(b * rows + r0), nrows) };
-                dst.copy_from_slice(src);
+                copy(tile, nrows, b, dst);
             }
         });
     });
