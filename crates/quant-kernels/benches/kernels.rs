@@ -259,6 +259,50 @@ fn matmul_cpu(c: &mut Criterion<ThreadCpuTime>) {
             },
         );
     }
+    // Q8_0 through the panel kernel matmul uses (activations interleaved).
+    let f = quant_kernels::simd::features();
+    let variants = [
+        quant_kernels::simd::q8_0_panel_for(f),
+        quant_kernels::simd::q8_0_panel_for(quant_kernels::simd::Features {
+            avx_vnni: false,
+            ..f
+        }),
+    ];
+    for panel in variants.into_iter().flatten() {
+        let ty = GgmlType::Q8_0;
+        let q = weights(ty, rows, cols);
+        let ar = row_bytes(ty, cols).unwrap();
+        let mut act = vec![0u8; n * ar];
+        let from_float = quant_kernels::simd::from_float_for(ty).unwrap();
+        for (a, x) in act.chunks_mut(ar).zip(x.chunks(cols)) {
+            from_float(x, a);
+        }
+        let nb = cols / 32;
+        let mut panels = vec![quant_kernels::simd::Q8_0x4::default(); n / 4 * nb];
+        for (g, p) in panels.chunks_mut(nb).enumerate() {
+            (panel.pack)(std::array::from_fn(|k| &act[(4 * g + k) * ar..][..ar]), p);
+        }
+        let rb = row_bytes(ty, cols).unwrap();
+        g.throughput(Throughput::Elements((rows * cols * n) as u64));
+        g.bench_function(
+            BenchmarkId::new(
+                format!("Q8_0-panel-{}", panel.isa),
+                format!("{rows}x{cols}x{n}"),
+            ),
+            |b| {
+                b.iter(|| {
+                    for (y, w) in y.chunks_mut(n).zip(q.chunks_exact(rb)) {
+                        for (p, y) in panels.chunks_exact(nb).zip(y.chunks_exact_mut(4)) {
+                            y.copy_from_slice(&(panel.dot)(w, black_box(p)));
+                        }
+                    }
+                })
+            },
+        );
+        if variants[1].is_some_and(|v| v.isa == panel.isa) {
+            break;
+        }
+    }
     g.finish();
 }
 

@@ -8,7 +8,7 @@
 
 use crate::formats::{self, row_bytes};
 use crate::pool;
-use crate::simd::{self, FromFloatFn, VecDotFn};
+use crate::simd::{self, FromFloatFn, Q8_0x4, VecDotFn};
 use crate::{GgmlType, QuantError};
 
 /// A quantized weight matrix view: `rows` rows of `cols` elements each, row-major, borrowed bytes.
@@ -92,6 +92,8 @@ impl<'a> QMatrix<'a> {
 pub struct Scratch {
     /// Quantized activations; u64 so every block type is aligned in place.
     act: Vec<u64>,
+    /// Q8_0 activations interleaved four rows at a time (Q8_0 weights).
+    panels: Vec<Q8_0x4>,
 }
 
 impl Scratch {
@@ -226,6 +228,11 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], scratch: &mut
         return;
     }
     let (act_ty, vec_dot, from_float) = kernels_of(w);
+    if w.ty == GgmlType::Q8_0 {
+        if let Some(panel) = simd::q8_0_panel() {
+            return matmul_q8_0_panels(w, x, n, y, scratch, panel, vec_dot, from_float);
+        }
+    }
     let (act, act_row) = scratch.quantize(act_ty, from_float, x, n, w.cols);
     let chunk = rows_per_task(w.rows, w.row_bytes, n);
     let cols = w.cols;
@@ -254,4 +261,56 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], scratch: &mut
             }
         }
     });
+}
+
+/// [`matmul`] for Q8_0 weights through a [`simd::Q8_0Panel`]: the
+/// activations are quantized as usual, then interleaved four rows at a time
+/// into panels; each weight row meets a tile of panels while hot in L1.
+/// Rows of the batch past the last whole panel use the single product.
+#[allow(clippy::too_many_arguments)]
+fn matmul_q8_0_panels(
+    w: &QMatrix<'_>,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    scratch: &mut Scratch,
+    panel: simd::Q8_0Panel,
+    vec_dot: VecDotFn,
+    from_float: FromFloatFn,
+) {
+    let cols = w.cols;
+    let nb = cols / 32;
+    let groups = n / 4;
+    let mut panels = std::mem::take(&mut scratch.panels);
+    if panels.len() < groups * nb {
+        panels.resize(groups * nb, Q8_0x4::default());
+    }
+    let (act, act_row) = scratch.quantize(GgmlType::Q8_0, from_float, x, n, cols);
+    let act_of = |b: usize| &act[b * act_row..(b + 1) * act_row];
+    for (g, out) in panels.chunks_exact_mut(nb).take(groups).enumerate() {
+        (panel.pack)(std::array::from_fn(|k| act_of(4 * g + k)), out);
+    }
+    let chunk = rows_per_task(w.rows, w.row_bytes, n);
+    let panels_ref = &panels[..groups * nb];
+    pool::for_each_row_chunk_columns(y, w.rows, n, chunk, |r0, out| {
+        let nrows = out.len() / n;
+        for g0 in (0..groups).step_by(BATCH_TILE / 4) {
+            let g1 = (g0 + BATCH_TILE / 4).min(groups);
+            for i in 0..nrows {
+                let wr = w.row(r0 + i);
+                for g in g0..g1 {
+                    let r = (panel.dot)(wr, &panels_ref[g * nb..(g + 1) * nb]);
+                    for (k, v) in r.into_iter().enumerate() {
+                        out[(4 * g + k) * nrows + i] = v;
+                    }
+                }
+            }
+        }
+        for b in 4 * groups..n {
+            for i in 0..nrows {
+                out[b * nrows + i] = vec_dot(cols, w.row(r0 + i), act_of(b));
+            }
+        }
+    });
+    scratch.panels = panels;
 }

@@ -103,6 +103,38 @@ proptest! {
         }
     }
 
+    /// Every Q8_0 panel kernel (AVX-VNNI and AVX2 where the CPU has them)
+    /// gives exactly the bits of the single dot product — also for raw
+    /// weight bytes, −128 included, which no quantizer writes.
+    #[test]
+    fn q8_0_panels_are_bit_identical(seed in 1u64.., blocks in 1usize..20, raw in any::<bool>()) {
+        let ty = GgmlType::Q8_0;
+        let f = simd::features();
+        let single = simd::vec_dot_for(ty).unwrap();
+        let n = blocks * 32;
+        let (_, mut wq) = weights(ty, seed, n);
+        if raw {
+            let mut rng = Rng(seed ^ 0x77);
+            for blk in wq.chunks_exact_mut(34) {
+                for q in &mut blk[2..] {
+                    *q = (rng.next_u64() >> 56) as u8;
+                }
+            }
+        }
+        let acts: Vec<Vec<u8>> = (0..4u64)
+            .map(|k| quantize_activations(ty, &Rng(seed ^ ((k + 1) * 0x4321)).activations(n)))
+            .collect();
+        let variants = [simd::q8_0_panel_for(f), simd::q8_0_panel_for(Features { avx_vnni: false, ..f })];
+        for panel in variants.into_iter().flatten() {
+            let mut p = vec![simd::Q8_0x4::default(); blocks];
+            (panel.pack)(std::array::from_fn(|k| acts[k].as_slice()), &mut p);
+            let got = (panel.dot)(&wq, &p);
+            for k in 0..4 {
+                prop_assert_eq!(got[k].to_bits(), single(n, &wq, &acts[k]).to_bits(), "{} column {}", panel.isa, k);
+            }
+        }
+    }
+
     /// Native activation quantizers give exactly the portable bytes.
     #[test]
     fn simd_from_float_is_byte_identical(seed in 1u64.., blocks in 1usize..9, extra in 0usize..31, scale_exp in -20i32..20) {
@@ -208,4 +240,28 @@ fn activation_quantizer_vs_reference() {
         }
     }
     assert!(differing < 32 * 512 / 100, "{differing}");
+}
+
+/// `STRATA_CPU_DISABLE`'s parsing: names turn features off (never on),
+/// AVX2 takes AVX-VNNI with it, an unknown name is an error naming it.
+#[test]
+fn features_without() {
+    let all = Features {
+        avx2: true,
+        avx512: true,
+        avx_vnni: true,
+        neon: false,
+    };
+    let f = all.without("avx_vnni").unwrap();
+    assert!(f.avx2 && f.avx512 && !f.avx_vnni);
+    let f = all.without(" avx2 , avx512").unwrap();
+    assert!(!f.avx2 && !f.avx512 && !f.avx_vnni);
+    assert_eq!(all.without("").unwrap(), all);
+    let none = Features::default();
+    assert_eq!(none.without("avx2,neon").unwrap(), none);
+    let e = all.without("avx2,sse9").unwrap_err();
+    assert!(
+        e.contains("sse9") && e.contains("STRATA_CPU_DISABLE"),
+        "{e}"
+    );
 }

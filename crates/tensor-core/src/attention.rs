@@ -330,9 +330,7 @@ mod avx2 {
         (is_f16::<E>() || TypeId::of::<E>() == TypeId::of::<f32>())
             && hd.is_multiple_of(8)
             && hd > 0
-            && is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
+            && quant_kernels::simd::features().avx2
     }
 
     /// 8 cache elements at `p` as f32 (exact).

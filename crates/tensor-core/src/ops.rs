@@ -107,8 +107,8 @@ pub(crate) fn hsum8(a: &[f32; 8]) -> f32 {
 /// results, eight lanes at a time where AVX2 and FMA are present).
 fn swiglu_row(gate: &[f32], up: &[f32], out: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU has AVX2 and FMA, all that the kernel enables.
+    if quant_kernels::simd::features().avx2 {
+        // SAFETY: the CPU has AVX2, FMA and F16C (`features().avx2`), all that the kernel enables.
         return unsafe { x86::swiglu_row(gate, up, out) };
     }
     swiglu_row_portable(gate, up, out)

@@ -26,6 +26,8 @@ mod x86;
 mod x86_iquants;
 #[cfg(target_arch = "x86_64")]
 mod x86_kquants;
+#[cfg(target_arch = "x86_64")]
+mod x86_panel;
 
 /// A fused dot product of `n` weights (bytes of a weight format) with `n`
 /// activations (bytes of its `vec_dot_type`).
@@ -47,11 +49,52 @@ pub struct Features {
     pub avx2: bool,
     /// x86 AVX-512 F and BW.
     pub avx512: bool,
+    /// x86 AVX-VNNI (`vpdpbusd` on 256-bit vectors), together with AVX2.
+    pub avx_vnni: bool,
     /// AArch64 Advanced SIMD (always present on AArch64).
     pub neon: bool,
 }
 
 impl Features {
+    /// The environment variable naming features to leave unused.
+    pub const DISABLE_VAR: &'static str = "STRATA_CPU_DISABLE";
+
+    /// [`Features::detect`], less the features named in `STRATA_CPU_DISABLE`
+    /// (comma-separated: `avx2`, `avx512`, `avx_vnni`, `neon`) — for
+    /// comparing kernels on one machine, or with a reference built for fewer
+    /// instruction sets. What every crate's kernels are chosen by.
+    pub fn from_env() -> Result<Features, String> {
+        let f = Features::detect();
+        match std::env::var(Self::DISABLE_VAR) {
+            Ok(list) => f.without(&list),
+            Err(_) => Ok(f),
+        }
+    }
+
+    /// These features less those named in `list` (comma-separated; see
+    /// [`Features::from_env`]). Turning `avx2` off turns `avx_vnni` off too,
+    /// as its kernels also need AVX2. An unknown name is an error.
+    pub fn without(mut self, list: &str) -> Result<Features, String> {
+        for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            match name {
+                "avx2" => {
+                    self.avx2 = false;
+                    self.avx_vnni = false;
+                }
+                "avx512" => self.avx512 = false,
+                "avx_vnni" => self.avx_vnni = false,
+                "neon" => self.neon = false,
+                other => {
+                    return Err(format!(
+                        "{}: unknown CPU feature `{other}` (known: avx2, avx512, avx_vnni, neon)",
+                        Self::DISABLE_VAR
+                    ))
+                }
+            }
+        }
+        Ok(self)
+    }
+
     /// Detects the running CPU's features.
     pub fn detect() -> Features {
         #[cfg(target_arch = "x86_64")]
@@ -61,6 +104,10 @@ impl Features {
                     && is_x86_feature_detected!("fma")
                     && is_x86_feature_detected!("f16c"),
                 avx512: is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw"),
+                avx_vnni: is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+                    && is_x86_feature_detected!("avxvnni"),
                 neon: false,
             }
         }
@@ -69,6 +116,7 @@ impl Features {
             Features {
                 avx2: false,
                 avx512: false,
+                avx_vnni: false,
                 neon: std::arch::is_aarch64_feature_detected!("neon"),
             }
         }
@@ -87,13 +135,19 @@ struct Dispatch {
     vec_dot: [Option<VecDotFn>; N_TYPES],
     vec_dot_x4: [Option<VecDotX4Fn>; N_TYPES],
     from_float: [Option<FromFloatFn>; N_TYPES],
+    q8_0_panel: Option<Q8_0Panel>,
 }
 
 static DISPATCH: OnceLock<Dispatch> = OnceLock::new();
 
 fn dispatch() -> &'static Dispatch {
     DISPATCH.get_or_init(|| {
-        let features = Features::detect();
+        let features = Features::from_env().unwrap_or_else(|e| {
+            // A mistyped setting must not go unnoticed, nor stop a library
+            // that runs fine without it: say so once, use every feature.
+            eprintln!("warning: {e}; using every detected feature");
+            Features::detect()
+        });
         let mut vec_dot = [None; N_TYPES];
         let mut from_float = [None; N_TYPES];
         let mut vec_dot_x4 = [None; N_TYPES];
@@ -109,11 +163,13 @@ fn dispatch() -> &'static Dispatch {
             vec_dot,
             vec_dot_x4,
             from_float,
+            q8_0_panel: q8_0_panel_for(features),
         }
     })
 }
 
-/// The features the kernels were chosen for.
+/// The features the kernels were chosen for: [`Features::from_env`]. Other
+/// crates' kernels (tensor-core's) are chosen by these too.
 pub fn features() -> Features {
     dispatch().features
 }
@@ -128,6 +184,89 @@ pub fn vec_dot_for(ty: GgmlType) -> Option<VecDotFn> {
 /// a native one (matmul falls back to four [`vec_dot_for`] calls).
 pub fn vec_dot_x4_for(ty: GgmlType) -> Option<VecDotX4Fn> {
     dispatch().vec_dot_x4[ty.id() as usize]
+}
+
+/// Four Q8_0 activation rows interleaved block by block for a
+/// [`Q8_0Panel`]: block `i` of each row side by side, the scales widened to
+/// f32 and every row's 32 quants 32-byte aligned, so a product reads them
+/// without f16 conversions or cache-line-splitting loads.
+#[repr(C, align(32))]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Q8_0x4 {
+    /// The four rows' block scales, as f32 (exact: they were f16).
+    pub d: [f32; 4],
+    /// Keeps `qs` 32-byte aligned.
+    pad: [f32; 4],
+    /// The four rows' quants, in the encoding of the panel's kernel
+    /// ([`Q8_0Panel::pack`] says which).
+    pub qs: [[u8; 32]; 4],
+}
+
+/// The Q8_0 matrix-product kernel over [`Q8_0x4`] panels: what
+/// [`crate::matmul`] uses for Q8_0 weights when the CPU has one.
+#[derive(Clone, Copy, Debug)]
+pub struct Q8_0Panel {
+    /// Packs four Q8_0 activation rows (`nb` blocks of 34 bytes each) into
+    /// `nb` panel blocks (`out.len() == nb`). The quants are stored as they
+    /// are, or biased by 128 for a kernel whose instruction wants them
+    /// unsigned (AVX-VNNI).
+    pub pack: fn(a: [&[u8]; 4], out: &mut [Q8_0x4]),
+    /// One Q8_0 weight row (`nb` blocks, 34 bytes each) times a panel of
+    /// `nb` blocks: `out[c]` is bit-identical to `vec_dot(n, w, a[c])`.
+    pub dot: fn(w: &[u8], p: &[Q8_0x4]) -> [f32; 4],
+    /// Which instruction set: `"avx2"` or `"avx-vnni"`.
+    pub isa: &'static str,
+}
+
+/// The fastest [`Q8_0Panel`] for this CPU, if it has one.
+pub fn q8_0_panel() -> Option<Q8_0Panel> {
+    dispatch().q8_0_panel
+}
+
+/// The [`Q8_0Panel`] chosen for features `f` (for tests that compare every
+/// variant with the portable product).
+pub fn q8_0_panel_for(f: Features) -> Option<Q8_0Panel> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY (both closures): the kernels need exactly the features
+        // checked by their guard.
+        if f.avx_vnni {
+            return Some(Q8_0Panel {
+                pack: x86_panel::pack_vnni,
+                dot: |w, p| unsafe { x86_panel::dot_panel_vnni(w, p) },
+                isa: "avx-vnni",
+            });
+        }
+        if f.avx2 {
+            return Some(Q8_0Panel {
+                pack: x86_panel::pack_avx2,
+                dot: |w, p| unsafe { x86_panel::dot_panel_avx2(w, p) },
+                isa: "avx2",
+            });
+        }
+    }
+    let _ = f;
+    None
+}
+
+/// Interleaves four Q8_0 rows into `out`, quants XORed with `bias`.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn pack_q8_0x4(a: [&[u8]; 4], out: &mut [Q8_0x4], bias: u8) {
+    const BLOCK: usize = 34;
+    for (c, a) in a.iter().enumerate() {
+        assert_eq!(
+            a.len(),
+            out.len() * BLOCK,
+            "Q8_0 panel: row {c} is not {} blocks",
+            out.len()
+        );
+        for (p, blk) in out.iter_mut().zip(a.chunks_exact(BLOCK)) {
+            p.d[c] = half::f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
+            for (q, &b) in p.qs[c].iter_mut().zip(&blk[2..]) {
+                *q = b ^ bias;
+            }
+        }
+    }
 }
 
 /// The fastest activation quantizer producing `ty` (an activation format:

@@ -365,7 +365,7 @@ pub(super) fn load_i8x32(p: &[i8]) -> __m256i {
 /// Unsigned × signed bytes, pairwise summed twice, as 8 floats.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn mul_sum_us8_pairs_float(ax: __m256i, sy: __m256i) -> __m256 {
+pub(super) fn mul_sum_us8_pairs_float(ax: __m256i, sy: __m256i) -> __m256 {
     let dot = _mm256_maddubs_epi16(ax, sy);
     let summed_pairs = _mm256_madd_epi16(_mm256_set1_epi16(1), dot);
     _mm256_cvtepi32_ps(summed_pairs)

@@ -154,9 +154,8 @@ pub(super) mod avx2 {
 
     /// Whether the CPU has what this module's kernels use.
     pub(in super::super) fn available() -> bool {
-        is_x86_feature_detected!("avx2")
-            && is_x86_feature_detected!("fma")
-            && is_x86_feature_detected!("f16c")
+        // AVX2 with FMA and F16C, unless turned off (`STRATA_CPU_DISABLE`).
+        quant_kernels::simd::features().avx2
     }
 
     /// Bytes per element of tag `T`.
@@ -312,7 +311,9 @@ pub(super) mod avx2 {
 
     /// Whether the CPU has what the wide tiles use.
     pub(in super::super) fn wide_available() -> bool {
-        available() && is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512vl")
+        available()
+            && quant_kernels::simd::features().avx512
+            && is_x86_feature_detected!("avx512vl")
     }
 
     /// An 8 × `RN` tile for CPUs with AVX-512: the same 8-lane FMAs as

@@ -461,16 +461,14 @@ pub(super) fn kquant_rows(
         ) {
             kquant_rows_portable(ty, w, row_bytes, xq, act_row, n, out, repacked)
         }
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
-        {
-            if matches!(ty, GgmlType::Q4_0 | GgmlType::IQ4_NL)
-                && std::arch::is_x86_feature_detected!("f16c")
-            {
+        // AVX2 with FMA and F16C, unless turned off (`STRATA_CPU_DISABLE`).
+        if quant_kernels::simd::features().avx2 {
+            if matches!(ty, GgmlType::Q4_0 | GgmlType::IQ4_NL) {
                 // SAFETY: AVX2, FMA and F16C are present; the shapes are
                 // matmul_float's (whole rows, n activation rows each).
                 return unsafe { x86::b32_rows_avx2(ty, w, row_bytes, xq, act_row, n, out) };
             }
-            if x86::kquant_avx2_handles(ty) && std::arch::is_x86_feature_detected!("f16c") {
+            if x86::kquant_avx2_handles(ty) {
                 let order = |b: usize| row_order(repacked, n, b);
                 if ty == GgmlType::Q4_K && n <= 2 {
                     // One or two activation rows (decoding) do not repay

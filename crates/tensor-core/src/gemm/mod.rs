@@ -90,7 +90,7 @@ const TILED_MIN_BATCH: usize = 8;
 fn avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        std::arch::is_x86_feature_detected!("avx2")
+        quant_kernels::simd::features().avx2
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
