@@ -270,6 +270,7 @@ fn matmul_cpu(c: &mut Criterion<ThreadCpuTime>) {
     ];
     for panel in variants.into_iter().flatten() {
         let ty = GgmlType::Q8_0;
+        let dot = panel.dot_for(ty).unwrap();
         let q = weights(ty, rows, cols);
         let ar = row_bytes(ty, cols).unwrap();
         let mut act = vec![0u8; n * ar];
@@ -293,7 +294,7 @@ fn matmul_cpu(c: &mut Criterion<ThreadCpuTime>) {
                 b.iter(|| {
                     for (y, w) in y.chunks_mut(n).zip(q.chunks_exact(rb)) {
                         for (p, y) in panels.chunks_exact(nb).zip(y.chunks_exact_mut(4)) {
-                            y.copy_from_slice(&(panel.dot)(w, black_box(p)));
+                            y.copy_from_slice(&dot(w, black_box(p)));
                         }
                     }
                 })

@@ -228,9 +228,9 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], scratch: &mut
         return;
     }
     let (act_ty, vec_dot, from_float) = kernels_of(w);
-    if w.ty == GgmlType::Q8_0 {
-        if let Some(panel) = simd::q8_0_panel() {
-            return matmul_q8_0_panels(w, x, n, y, scratch, panel, vec_dot, from_float);
+    if let Some(panel) = simd::q8_0_panel() {
+        if let Some(dot) = panel.dot_for(w.ty) {
+            return matmul_q8_0_panels(w, x, n, y, scratch, panel.pack, dot, vec_dot, from_float);
         }
     }
     let (act, act_row) = scratch.quantize(act_ty, from_float, x, n, w.cols);
@@ -263,7 +263,7 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], scratch: &mut
     });
 }
 
-/// [`matmul`] for Q8_0 weights through a [`simd::Q8_0Panel`]: the
+/// [`matmul`] for weights with Q8_0 activations through a [`simd::Q8_0Panel`]: the
 /// activations are quantized as usual, then interleaved four rows at a time
 /// into panels; each weight row meets a tile of panels while hot in L1.
 /// Rows of the batch past the last whole panel use the single product.
@@ -274,7 +274,8 @@ fn matmul_q8_0_panels(
     n: usize,
     y: &mut [f32],
     scratch: &mut Scratch,
-    panel: simd::Q8_0Panel,
+    pack: fn([&[u8]; 4], &mut [Q8_0x4]),
+    dot: simd::PanelDotFn,
     vec_dot: VecDotFn,
     from_float: FromFloatFn,
 ) {
@@ -288,7 +289,7 @@ fn matmul_q8_0_panels(
     let (act, act_row) = scratch.quantize(GgmlType::Q8_0, from_float, x, n, cols);
     let act_of = |b: usize| &act[b * act_row..(b + 1) * act_row];
     for (g, out) in panels.chunks_exact_mut(nb).take(groups).enumerate() {
-        (panel.pack)(std::array::from_fn(|k| act_of(4 * g + k)), out);
+        pack(std::array::from_fn(|k| act_of(4 * g + k)), out);
     }
     let chunk = rows_per_task(w.rows, w.row_bytes, n);
     let panels_ref = &panels[..groups * nb];
@@ -299,7 +300,7 @@ fn matmul_q8_0_panels(
             for i in 0..nrows {
                 let wr = w.row(r0 + i);
                 for g in g0..g1 {
-                    let r = (panel.dot)(wr, &panels_ref[g * nb..(g + 1) * nb]);
+                    let r = dot(wr, &panels_ref[g * nb..(g + 1) * nb]);
                     for (k, v) in r.into_iter().enumerate() {
                         out[(4 * g + k) * nrows + i] = v;
                     }

@@ -103,34 +103,37 @@ proptest! {
         }
     }
 
-    /// Every Q8_0 panel kernel (AVX-VNNI and AVX2 where the CPU has them)
-    /// gives exactly the bits of the single dot product — also for raw
-    /// weight bytes, −128 included, which no quantizer writes.
+    /// Every panel kernel (AVX-VNNI and AVX2 where the CPU has them, for
+    /// Q8_0, Q5_0 and Q4_0 weights) gives exactly the bits of the single
+    /// dot product — also for raw weight bytes (Q8_0's −128 included,
+    /// which no quantizer writes).
     #[test]
     fn q8_0_panels_are_bit_identical(seed in 1u64.., blocks in 1usize..20, raw in any::<bool>()) {
-        let ty = GgmlType::Q8_0;
         let f = simd::features();
-        let single = simd::vec_dot_for(ty).unwrap();
         let n = blocks * 32;
-        let (_, mut wq) = weights(ty, seed, n);
-        if raw {
-            let mut rng = Rng(seed ^ 0x77);
-            for blk in wq.chunks_exact_mut(34) {
-                for q in &mut blk[2..] {
-                    *q = (rng.next_u64() >> 56) as u8;
-                }
-            }
-        }
         let acts: Vec<Vec<u8>> = (0..4u64)
-            .map(|k| quantize_activations(ty, &Rng(seed ^ ((k + 1) * 0x4321)).activations(n)))
+            .map(|k| quantize_activations(GgmlType::Q8_0, &Rng(seed ^ ((k + 1) * 0x4321)).activations(n)))
             .collect();
         let variants = [simd::q8_0_panel_for(f), simd::q8_0_panel_for(Features { avx_vnni: false, ..f })];
         for panel in variants.into_iter().flatten() {
             let mut p = vec![simd::Q8_0x4::default(); blocks];
             (panel.pack)(std::array::from_fn(|k| acts[k].as_slice()), &mut p);
-            let got = (panel.dot)(&wq, &p);
-            for k in 0..4 {
-                prop_assert_eq!(got[k].to_bits(), single(n, &wq, &acts[k]).to_bits(), "{} column {}", panel.isa, k);
+            for ty in [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4_0] {
+                let single = simd::vec_dot_for(ty).unwrap();
+                let (_, mut wq) = weights(ty, seed, n);
+                if raw {
+                    // Random quant bytes after each block's f16 scale.
+                    let mut rng = Rng(seed ^ 0x77);
+                    for blk in wq.chunks_exact_mut(row_bytes(ty, 32).unwrap()) {
+                        for q in &mut blk[2..] {
+                            *q = (rng.next_u64() >> 56) as u8;
+                        }
+                    }
+                }
+                let got = panel.dot_for(ty).unwrap()(&wq, &p);
+                for k in 0..4 {
+                    prop_assert_eq!(got[k].to_bits(), single(n, &wq, &acts[k]).to_bits(), "{} {} column {}", panel.isa, ty, k);
+                }
             }
         }
     }

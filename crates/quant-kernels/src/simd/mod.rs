@@ -202,8 +202,13 @@ pub struct Q8_0x4 {
     pub qs: [[u8; 32]; 4],
 }
 
-/// The Q8_0 matrix-product kernel over [`Q8_0x4`] panels: what
-/// [`crate::matmul`] uses for Q8_0 weights when the CPU has one.
+/// One weight row times a [`Q8_0x4`] panel: `out[c]` is bit-identical to
+/// `vec_dot(n, w, a[c])` for the panel's four activation rows `a`.
+pub type PanelDotFn = fn(w: &[u8], p: &[Q8_0x4]) -> [f32; 4];
+
+/// The matrix-product kernels over [`Q8_0x4`] panels, for the weight formats
+/// whose activations are Q8_0 and whose ggml kernel is one FMA per block
+/// (Q8_0, Q5_0, Q4_0): what [`crate::matmul`] uses for them.
 #[derive(Clone, Copy, Debug)]
 pub struct Q8_0Panel {
     /// Packs four Q8_0 activation rows (`nb` blocks of 34 bytes each) into
@@ -211,11 +216,24 @@ pub struct Q8_0Panel {
     /// are, or biased by 128 for a kernel whose instruction wants them
     /// unsigned (AVX-VNNI).
     pub pack: fn(a: [&[u8]; 4], out: &mut [Q8_0x4]),
-    /// One Q8_0 weight row (`nb` blocks, 34 bytes each) times a panel of
-    /// `nb` blocks: `out[c]` is bit-identical to `vec_dot(n, w, a[c])`.
-    pub dot: fn(w: &[u8], p: &[Q8_0x4]) -> [f32; 4],
     /// Which instruction set: `"avx2"` or `"avx-vnni"`.
     pub isa: &'static str,
+    q8_0: PanelDotFn,
+    q5_0: PanelDotFn,
+    q4_0: PanelDotFn,
+}
+
+impl Q8_0Panel {
+    /// The product of weights of `ty` (`nb` blocks per row) with panels
+    /// from this [`Q8_0Panel::pack`]; `None` for other formats.
+    pub fn dot_for(&self, ty: GgmlType) -> Option<PanelDotFn> {
+        match ty {
+            GgmlType::Q8_0 => Some(self.q8_0),
+            GgmlType::Q5_0 => Some(self.q5_0),
+            GgmlType::Q4_0 => Some(self.q4_0),
+            _ => None,
+        }
+    }
 }
 
 /// The fastest [`Q8_0Panel`] for this CPU, if it has one.
@@ -224,24 +242,29 @@ pub fn q8_0_panel() -> Option<Q8_0Panel> {
 }
 
 /// The [`Q8_0Panel`] chosen for features `f` (for tests that compare every
-/// variant with the portable product).
+/// variant with the single products).
 pub fn q8_0_panel_for(f: Features) -> Option<Q8_0Panel> {
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY (both closures): the kernels need exactly the features
+        use x86_panel::{Q4_0, Q5_0, Q8_0};
+        // SAFETY (every closure): the kernels need exactly the features
         // checked by their guard.
         if f.avx_vnni {
             return Some(Q8_0Panel {
                 pack: x86_panel::pack_vnni,
-                dot: |w, p| unsafe { x86_panel::dot_panel_vnni(w, p) },
                 isa: "avx-vnni",
+                q8_0: |w, p| unsafe { x86_panel::dot_panel_vnni::<Q8_0>(w, p) },
+                q5_0: |w, p| unsafe { x86_panel::dot_panel_vnni::<Q5_0>(w, p) },
+                q4_0: |w, p| unsafe { x86_panel::dot_panel_vnni::<Q4_0>(w, p) },
             });
         }
         if f.avx2 {
             return Some(Q8_0Panel {
                 pack: x86_panel::pack_avx2,
-                dot: |w, p| unsafe { x86_panel::dot_panel_avx2(w, p) },
                 isa: "avx2",
+                q8_0: |w, p| unsafe { x86_panel::dot_panel_avx2::<Q8_0>(w, p) },
+                q5_0: |w, p| unsafe { x86_panel::dot_panel_avx2::<Q5_0>(w, p) },
+                q4_0: |w, p| unsafe { x86_panel::dot_panel_avx2::<Q4_0>(w, p) },
             });
         }
     }

@@ -314,7 +314,7 @@ pub(super) fn hsum_i32_8(a: __m256i) -> i32 {
 /// 16 bytes of nibbles → 32 bytes in [0, 15]: low nibbles first.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn bytes_from_nibbles_32(rsi: &[u8; 16]) -> __m256i {
+pub(super) fn bytes_from_nibbles_32(rsi: &[u8; 16]) -> __m256i {
     // SAFETY: `rsi` is 16 readable bytes; loadu has no alignment needs.
     let tmp = unsafe { _mm_loadu_si128(rsi.as_ptr().cast()) };
     let bytes = _mm256_set_m128i(_mm_srli_epi16(tmp, 4), tmp);
@@ -324,7 +324,7 @@ fn bytes_from_nibbles_32(rsi: &[u8; 16]) -> __m256i {
 /// 32 bits → 32 bytes, 0xFF where the bit is set, else 0.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn bytes_from_bits_32(x: &[u8; 4]) -> __m256i {
+pub(super) fn bytes_from_bits_32(x: &[u8; 4]) -> __m256i {
     let x32 = i32::from_le_bytes(*x);
     let shuf_mask = _mm256_set_epi64x(
         0x0303030303030303,
