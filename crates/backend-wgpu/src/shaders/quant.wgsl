@@ -419,8 +419,12 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
 
 const TM: u32 = 64u;
 const TN: u32 = 64u;
-var<workgroup> w_tile: array<vec4<f32>, 512>; // TM rows × 8 groups of the current chunk
-var<workgroup> x_tile: array<vec4<f32>, 512>; // TN tokens × 8 groups
+// Row r's group g of the current chunk lies at r·TS + g: a stride of 9
+// vec4s, not 8, so that the 16 rows read together (tx) fall in distinct
+// shared-memory banks (with 8, every one hit the same four banks).
+const TS: u32 = 9u;
+var<workgroup> w_tile: array<vec4<f32>, 576>; // TM rows × 8 groups (+1 pad)
+var<workgroup> x_tile: array<vec4<f32>, 576>; // TN tokens × 8 groups (+1 pad)
 var<workgroup> min_tile: array<f32, 64>;      // Q4_1/Q5_1: row mins of the chunk
 var<workgroup> corr_tile: array<f32, 64>;     // Q4_1/Q5_1: token sum corrections
 
@@ -475,10 +479,10 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     var wv = mm_load_w(row0 + r0, row0 + r0 + 32u, 0u, g0);
     var xv = mm_load_x(tok0 + r0, tok0 + r0 + 32u, n_tok, xs, 0u, g0);
     for (var c = 0u; c < chunks; c++) {
-        w_tile[lid] = wv[0];
-        w_tile[lid + 256u] = wv[1];
-        x_tile[lid] = xv[0];
-        x_tile[lid + 256u] = xv[1];
+        w_tile[r0 * TS + g0] = wv[0];
+        w_tile[(r0 + 32u) * TS + g0] = wv[1];
+        x_tile[r0 * TS + g0] = xv[0];
+        x_tile[(r0 + 32u) * TS + g0] = xv[1];
         if (FORMAT == 3u || FORMAT == 7u) {
             if (lid < 64u) {
                 var mv = 0.0;
@@ -507,12 +511,12 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
             xv = mm_load_x(tok0 + r0, tok0 + r0 + 32u, n_tok, xs, c + 1u, g0);
         }
         for (var g = 0u; g < 8u; g++) {
-            let a0 = w_tile[(tx) * 8u + g];
-            let a1 = w_tile[(tx + 16u) * 8u + g];
-            let a2 = w_tile[(tx + 32u) * 8u + g];
-            let a3 = w_tile[(tx + 48u) * 8u + g];
+            let a0 = w_tile[(tx) * TS + g];
+            let a1 = w_tile[(tx + 16u) * TS + g];
+            let a2 = w_tile[(tx + 32u) * TS + g];
+            let a3 = w_tile[(tx + 48u) * TS + g];
             for (var j = 0u; j < 4u; j++) {
-                let bv = x_tile[(ty + 16u * j) * 8u + g];
+                let bv = x_tile[(ty + 16u * j) * TS + g];
                 acc[j] += vec4<f32>(dot(a0, bv), dot(a1, bv), dot(a2, bv), dot(a3, bv));
             }
         }

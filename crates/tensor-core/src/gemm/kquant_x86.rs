@@ -105,6 +105,10 @@ pub(super) unsafe fn b32_rows_avx2(
     let nb = row_bytes / 18;
     let rows = w.len() / row_bytes;
     assert!(xq.len() >= n * act_row && act_row >= nb * 34 && out.len() >= rows * n);
+    if n == 1 {
+        // SAFETY: as this function's.
+        return unsafe { b32_rows_one_avx2(iq4, w, row_bytes, xq, out) };
+    }
     // Per activation block: its scale, and 8·Σy (Q4_0 stores `q + 8`).
     let mut da = vec![0.0f32; n * nb];
     let mut ysum8 = vec![0i32; n * nb];
@@ -191,6 +195,127 @@ pub(super) unsafe fn b32_rows_avx2(
                 out[(g + r) * n + b] = lanes[r / 8][r % 8];
             }
         }
+    }
+}
+
+/// [`b32_rows_avx2`] for one activation row (decoding): the same lanes —
+/// per row and block the exact sum `Σ q·y`, then
+/// `acc = fma(sumi, d_w·d_a, acc)` — but each block of eight rows is
+/// multiplied straight from the weights, its eight sums gathered into lanes
+/// by a horizontal-add tree (integer sums, so any order is exact), instead
+/// of unpacking and transposing the rows first: for one activation row that
+/// staging cost more than the products.
+///
+/// # Safety
+/// As [`b32_rows_avx2`] with `n = 1`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn b32_rows_one_avx2(iq4: bool, w: &[u8], row_bytes: usize, xq: &[u8], out: &mut [f32]) {
+    let nb = row_bytes / 18;
+    let rows = w.len() / row_bytes;
+    assert!(xq.len() >= nb * 34 && out.len() >= rows && row_bytes == nb * 18);
+    let ones = _mm256_set1_epi16(1);
+    let m4 = _mm256_set1_epi8(0xf);
+    // Byte k of the 16 stored ones holds weights k (low nibble) and k + 16.
+    let nibble_shift = _mm256_set_epi64x(4, 4, 0, 0);
+    let lut =
+        _mm256_broadcastsi128_si256(_mm_loadu_si128(KVALUES_IQ4NL.as_ptr() as *const __m128i));
+    // Per activation block: scale, quants, 8·Σy (Q4_0 stores `q + 8`).
+    let mut ys = Vec::with_capacity(nb);
+    for j in 0..nb {
+        let ab = &xq[34 * j..][..34];
+        // SAFETY: `ab[2..34]` is the block's 32 quants.
+        let y = unsafe { _mm256_loadu_si256(ab[2..].as_ptr() as *const __m256i) };
+        let s = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), y), ones);
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        // SAFETY: `ab` has the block's two scale bytes.
+        let da = unsafe { f16c_at(ab, 0) };
+        ys.push((y, da, 8 * _mm_cvtsi128_si32(s)));
+    }
+    // Eight rows at a time; a last partial group is copied into zero rows
+    // (scale 0: their lanes stay 0 and are not written).
+    let mut tail = Vec::new();
+    for g in (0..rows).step_by(8) {
+        let gr = (rows - g).min(8);
+        let block_rows: &[u8] = if gr == 8 {
+            &w[g * row_bytes..(g + 8) * row_bytes]
+        } else {
+            tail.clear();
+            tail.extend_from_slice(&w[g * row_bytes..(g + gr) * row_bytes]);
+            tail.resize(8 * row_bytes, 0);
+            &tail
+        };
+        let base = block_rows.as_ptr();
+        let offsets = _mm256_mullo_epi32(
+            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+            _mm256_set1_epi32(row_bytes as i32),
+        );
+        let mut acc = _mm256_setzero_ps();
+        for (j, &(y, da, ysum8)) in ys.iter().enumerate() {
+            let mut v = [_mm256_setzero_si256(); 8];
+            for (r, v) in v.iter_mut().enumerate() {
+                // SAFETY: row r's block j is 18 bytes at r·row_bytes + 18j
+                // inside `block_rows` (8 whole rows); its quants are the 16
+                // bytes after the scale. A prefetch never faults.
+                let u = unsafe {
+                    let xb = base.add(r * row_bytes + 18 * j);
+                    if j % 3 == 0 {
+                        _mm_prefetch::<_MM_HINT_T0>(xb.wrapping_add(PREFETCH) as *const i8);
+                    }
+                    _mm256_broadcastsi128_si256(_mm_loadu_si128(xb.add(2) as *const __m128i))
+                };
+                let u = _mm256_and_si256(_mm256_srlv_epi64(u, nibble_shift), m4);
+                *v = if iq4 {
+                    let wv = _mm256_shuffle_epi8(lut, u);
+                    // |y| ≤ 127, so negating y where w < 0 is exact.
+                    _mm256_madd_epi16(
+                        _mm256_maddubs_epi16(_mm256_abs_epi8(wv), _mm256_sign_epi8(y, wv)),
+                        ones,
+                    )
+                } else {
+                    // u ≤ 15: pair sums stay within 2·15·127 < 2^15.
+                    _mm256_madd_epi16(_mm256_maddubs_epi16(u, y), ones)
+                };
+            }
+            // Row r's eight partial sums → lane r.
+            let t0 = _mm256_hadd_epi32(v[0], v[1]);
+            let t1 = _mm256_hadd_epi32(v[2], v[3]);
+            let t2 = _mm256_hadd_epi32(v[4], v[5]);
+            let t3 = _mm256_hadd_epi32(v[6], v[7]);
+            let u0 = _mm256_hadd_epi32(t0, t1);
+            let u1 = _mm256_hadd_epi32(t2, t3);
+            let mut sumi = _mm256_add_epi32(
+                _mm256_permute2x128_si256(u0, u1, 0x20),
+                _mm256_permute2x128_si256(u0, u1, 0x31),
+            );
+            if !iq4 {
+                sumi = _mm256_sub_epi32(sumi, _mm256_set1_epi32(ysum8));
+            }
+            // The eight rows' scales: 4 bytes at each block start, low halves.
+            // SAFETY: each gathered address is row r's block j (18 bytes).
+            let dw =
+                unsafe { _mm256_i32gather_epi32::<1>(base.add(18 * j) as *const i32, offsets) };
+            let dw = _mm256_permute4x64_epi64(
+                _mm256_shuffle_epi8(
+                    dw,
+                    _mm256_setr_epi8(
+                        0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5, 8, 9,
+                        12, 13, -1, -1, -1, -1, -1, -1, -1, -1,
+                    ),
+                ),
+                0b00_00_10_00,
+            );
+            let dd = _mm256_mul_ps(
+                _mm256_cvtph_ps(_mm256_castsi256_si128(dw)),
+                _mm256_set1_ps(da),
+            );
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), dd, acc);
+        }
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: `lanes` is 8 writable floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+        out[g..g + gr].copy_from_slice(&lanes[..gr]);
     }
 }
 
