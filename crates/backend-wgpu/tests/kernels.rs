@@ -96,7 +96,11 @@ fn matmul_all_formats() {
         for case in 0..2 {
             let mut rng = StdRng::seed_from_u64(7 + i as u64 * 3 + case);
             // One batch inside a 128-token tile of the matmul, one across two.
-            let n = if case == 0 { rng.gen_range(5..=80) } else { rng.gen_range(120..=200) };
+            let n = if case == 0 {
+                rng.gen_range(5..=80)
+            } else {
+                rng.gen_range(120..=200)
+            };
             check_matmul(ty, 200 + 10 * i as u64 + case, n, false);
         }
     }

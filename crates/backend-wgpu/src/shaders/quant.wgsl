@@ -429,41 +429,40 @@ var<workgroup> x_tile: array<vec4<f32>, 576>; // TN tokens × 8 groups (+1 pad)
 var<workgroup> min_tile: array<f32, 64>;      // Q4_1/Q5_1: row mins of the chunk
 var<workgroup> corr_tile: array<f32, 64>;     // Q4_1/Q5_1: token sum corrections
 
-// Group g of chunk c of rows r and r2 (zeros past the last row).
-fn mm_load_w(r: u32, r2: u32, c: u32, g: u32) -> array<vec4<f32>, 2> {
-    var out: array<vec4<f32>, 2>;
-    out[0] = vec4<f32>(0.0);
-    out[1] = vec4<f32>(0.0);
+// Group g of chunk c of row r (zeros past the last row).
+fn mm_load_w(r: u32, c: u32, g: u32) -> vec4<f32> {
     if (r < p.m) {
-        out[0] = deq4(r * p.row_bytes, c, g);
+        return deq4(r * p.row_bytes, c, g);
     }
-    if (r2 < p.m) {
-        out[1] = deq4(r2 * p.row_bytes, c, g);
-    }
-    return out;
+    return vec4<f32>(0.0);
 }
 
-// Group g of chunk c of the activations of tokens t and t2 (zeros past the batch).
-fn mm_load_x(t: u32, t2: u32, n_tok: u32, xs: u32, c: u32, g: u32) -> array<vec4<f32>, 2> {
-    var out: array<vec4<f32>, 2>;
-    out[0] = vec4<f32>(0.0);
-    out[1] = vec4<f32>(0.0);
+// Group g of chunk c of token t's activations (zeros past the batch).
+fn mm_load_x(t: u32, n_tok: u32, xs: u32, c: u32, g: u32) -> vec4<f32> {
     if (t < n_tok) {
-        out[0] = x[t * xs + c * 8u + g];
+        return x[t * xs + c * 8u + g];
     }
-    if (t2 < n_tok) {
-        out[1] = x[t2 * xs + c * 8u + g];
-    }
-    return out;
+    return vec4<f32>(0.0);
+}
+
+// acc[i] + a_i · b for four rows a_0..a_3 and one token b, as four chains of
+// fused multiply-adds (no separate multiply and add per dot product).
+fn mac4(acc: vec4<f32>, a0: vec4<f32>, a1: vec4<f32>, a2: vec4<f32>, a3: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
+    var r = fma(vec4<f32>(a0.x, a1.x, a2.x, a3.x), vec4<f32>(b.x), acc);
+    r = fma(vec4<f32>(a0.y, a1.y, a2.y, a3.y), vec4<f32>(b.y), r);
+    r = fma(vec4<f32>(a0.z, a1.z, a2.z, a3.z), vec4<f32>(b.z), r);
+    return fma(vec4<f32>(a0.w, a1.w, a2.w, a3.w), vec4<f32>(b.w), r);
 }
 
 // Y[tok, row] (+)= W[row, :] · X[tok, :] for step.n_tokens tokens.
 // Grid: (ceil(m / 64), ceil(n_tokens / 64)). Each thread owns a 4×4 block
 // of outputs, rows tx + 16·i and tokens ty + 16·j; the weights of one
 // 32-wide chunk are decoded once into shared memory for all 64 tokens.
+// Accumulators and staged loads are separate variables, not arrays indexed
+// in loops (which a shader compiler may leave in local memory).
 // (On an H100, a 128×64 tile with 8×4 outputs per thread measured 1.6×
 // slower, before the tiles were padded; after, a 64×128 tile with 4×8
-// outputs per thread: pp512 2,769 t/s against this one's 3,636.)
+// outputs per thread, with arrays: pp512 2,769 t/s against this one's 3,636.)
 @compute @workgroup_size(256)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row0 = wid.x * TM;
@@ -471,20 +470,26 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     let n_tok = step.n_tokens;
     let tx = lid & 15u;
     let ty = lid >> 4u;
-    var acc: array<vec4<f32>, 4>; // acc[j][i]: token ty + 16j, row tx + 16i
+    // acc_j[i]: token ty + 16j, row tx + 16i.
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
     let chunks = p.k >> 5u;
     let xs = p.x_stride >> 2u;
     // Software pipelining: chunk c + 1's weights and activations are loaded
     // into registers while chunk c is multiplied out of shared memory.
     let r0 = lid >> 3u;
     let g0 = lid & 7u;
-    var wv = mm_load_w(row0 + r0, row0 + r0 + 32u, 0u, g0);
-    var xv = mm_load_x(tok0 + r0, tok0 + r0 + 32u, n_tok, xs, 0u, g0);
+    var w0 = mm_load_w(row0 + r0, 0u, g0);
+    var w1 = mm_load_w(row0 + r0 + 32u, 0u, g0);
+    var x0 = mm_load_x(tok0 + r0, n_tok, xs, 0u, g0);
+    var x1 = mm_load_x(tok0 + r0 + 32u, n_tok, xs, 0u, g0);
     for (var c = 0u; c < chunks; c++) {
-        w_tile[r0 * TS + g0] = wv[0];
-        w_tile[(r0 + 32u) * TS + g0] = wv[1];
-        x_tile[r0 * TS + g0] = xv[0];
-        x_tile[(r0 + 32u) * TS + g0] = xv[1];
+        w_tile[r0 * TS + g0] = w0;
+        w_tile[(r0 + 32u) * TS + g0] = w1;
+        x_tile[r0 * TS + g0] = x0;
+        x_tile[(r0 + 32u) * TS + g0] = x1;
         if (FORMAT == 3u || FORMAT == 7u) {
             if (lid < 64u) {
                 var mv = 0.0;
@@ -509,35 +514,42 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         }
         workgroupBarrier();
         if (c + 1u < chunks) {
-            wv = mm_load_w(row0 + r0, row0 + r0 + 32u, c + 1u, g0);
-            xv = mm_load_x(tok0 + r0, tok0 + r0 + 32u, n_tok, xs, c + 1u, g0);
+            w0 = mm_load_w(row0 + r0, c + 1u, g0);
+            w1 = mm_load_w(row0 + r0 + 32u, c + 1u, g0);
+            x0 = mm_load_x(tok0 + r0, n_tok, xs, c + 1u, g0);
+            x1 = mm_load_x(tok0 + r0 + 32u, n_tok, xs, c + 1u, g0);
         }
         for (var g = 0u; g < 8u; g++) {
             let a0 = w_tile[(tx) * TS + g];
             let a1 = w_tile[(tx + 16u) * TS + g];
             let a2 = w_tile[(tx + 32u) * TS + g];
             let a3 = w_tile[(tx + 48u) * TS + g];
-            for (var j = 0u; j < 4u; j++) {
-                let bv = x_tile[(ty + 16u * j) * TS + g];
-                acc[j] += vec4<f32>(dot(a0, bv), dot(a1, bv), dot(a2, bv), dot(a3, bv));
-            }
+            acc0 = mac4(acc0, a0, a1, a2, a3, x_tile[(ty) * TS + g]);
+            acc1 = mac4(acc1, a0, a1, a2, a3, x_tile[(ty + 16u) * TS + g]);
+            acc2 = mac4(acc2, a0, a1, a2, a3, x_tile[(ty + 32u) * TS + g]);
+            acc3 = mac4(acc3, a0, a1, a2, a3, x_tile[(ty + 48u) * TS + g]);
         }
         if (FORMAT == 3u || FORMAT == 7u) {
             let mins = vec4<f32>(min_tile[tx], min_tile[tx + 16u], min_tile[tx + 32u], min_tile[tx + 48u]);
-            for (var j = 0u; j < 4u; j++) {
-                acc[j] += mins * corr_tile[ty + 16u * j];
-            }
+            acc0 = fma(mins, vec4<f32>(corr_tile[ty]), acc0);
+            acc1 = fma(mins, vec4<f32>(corr_tile[ty + 16u]), acc1);
+            acc2 = fma(mins, vec4<f32>(corr_tile[ty + 32u]), acc2);
+            acc3 = fma(mins, vec4<f32>(corr_tile[ty + 48u]), acc3);
         }
         workgroupBarrier();
     }
-    for (var j = 0u; j < 4u; j++) {
-        let tok = tok0 + ty + 16u * j;
-        if (tok < n_tok) {
-            for (var i = 0u; i < 4u; i++) {
-                let row = row0 + tx + 16u * i;
-                if (row < p.m) {
-                    store(tok, row, acc[j][i]);
-                }
+    mm_store(tok0 + ty, row0 + tx, n_tok, acc0);
+    mm_store(tok0 + ty + 16u, row0 + tx, n_tok, acc1);
+    mm_store(tok0 + ty + 32u, row0 + tx, n_tok, acc2);
+    mm_store(tok0 + ty + 48u, row0 + tx, n_tok, acc3);
+}
+
+// Outputs of token `tok` for rows row + 16·i (those inside the batch and matrix).
+fn mm_store(tok: u32, row: u32, n_tok: u32, v: vec4<f32>) {
+    if (tok < n_tok) {
+        for (var i = 0u; i < 4u; i++) {
+            if (row + 16u * i < p.m) {
+                store(tok, row + 16u * i, v[i]);
             }
         }
     }
