@@ -2,9 +2,11 @@
 //!
 //! Activations are first quantized to the weight format's `vec_dot_type`
 //! (as llama.cpp does), into a reusable [`Scratch`]; then rows of weights
-//! are split into chunks, one rayon task per chunk. [`matmul`] walks each
-//! chunk's rows against a tile of the batch so each weight row is read from
-//! memory once per tile, which makes prompt processing compute-bound.
+//! are split into chunks, one task of [`crate::pool`] per chunk. [`matmul`]
+//! walks each chunk's rows against a tile of the batch so each weight row is
+//! read from memory once per tile, which makes prompt processing
+//! compute-bound; Q8_0-activation formats first interleave the batch into
+//! [`simd::Q8_0x4`] panels.
 
 use crate::formats::{self, row_bytes};
 use crate::pool;

@@ -7,7 +7,10 @@
 //! otherwise. To add a native kernel for a format, add one row to the
 //! `vec_dot` (or `vec_dot_x4`, `from_float`) match of the architecture
 //! module. [`vec_dot_x4_for`] serves [`crate::matmul`]: one weight row
-//! against four activation rows, bit-identical to four single calls.
+//! against four activation rows, bit-identical to four single calls; for
+//! the formats whose activations are Q8_0, [`q8_0_panel`] does the same
+//! over activations interleaved four rows at a time ([`Q8_0x4`]). The
+//! features can be narrowed with `STRATA_CPU_DISABLE` ([`Features::from_env`]).
 //!
 //! Every native kernel has its portable twin as test oracle: activation
 //! quantizers must give identical bytes, dot products agree to rounding.

@@ -37,11 +37,8 @@ pub(super) fn vec_dot(ty: GgmlType, f: Features) -> Option<VecDotFn> {
 /// The native four-column dot product for weights of `ty`, if there is one.
 pub(super) fn vec_dot_x4(ty: GgmlType, f: Features) -> Option<VecDotX4Fn> {
     match ty {
-        GgmlType::Q4_0 if f.avx2 => Some(vec_dot_x4_q4_0),
         GgmlType::Q4_1 if f.avx2 => Some(vec_dot_x4_q4_1),
-        GgmlType::Q5_0 if f.avx2 => Some(vec_dot_x4_q5_0),
         GgmlType::Q5_1 if f.avx2 => Some(vec_dot_x4_q5_1),
-        GgmlType::Q8_0 if f.avx2 => Some(vec_dot_x4_q8_0),
         _ => None,
     }
 }
@@ -153,21 +150,6 @@ fn x4_bytes<W: bytemuck::Pod, A: bytemuck::Pod>(
     }
 }
 
-fn vec_dot_x4_q4_0(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
-    x4_bytes(
-        n,
-        18,
-        34,
-        w,
-        a,
-        |x, y| {
-            // SAFETY: see the section comment.
-            unsafe { vec_dot_q4_0_q8_0_x4_avx2(x, y) }
-        },
-        vec_dot_q4_0,
-    )
-}
-
 fn vec_dot_x4_q4_1(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
     x4_bytes(
         n,
@@ -183,21 +165,6 @@ fn vec_dot_x4_q4_1(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
     )
 }
 
-fn vec_dot_x4_q5_0(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
-    x4_bytes(
-        n,
-        22,
-        34,
-        w,
-        a,
-        |x, y| {
-            // SAFETY: see the section comment.
-            unsafe { vec_dot_q5_0_q8_0_x4_avx2(x, y) }
-        },
-        vec_dot_q5_0,
-    )
-}
-
 fn vec_dot_x4_q5_1(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
     x4_bytes(
         n,
@@ -210,21 +177,6 @@ fn vec_dot_x4_q5_1(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
             unsafe { vec_dot_q5_1_q8_1_x4_avx2(x, y) }
         },
         vec_dot_q5_1,
-    )
-}
-
-fn vec_dot_x4_q8_0(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
-    x4_bytes(
-        n,
-        34,
-        34,
-        w,
-        a,
-        |x, y| {
-            // SAFETY: see the section comment.
-            unsafe { vec_dot_q8_0_q8_0_x4_avx2(x, y) }
-        },
-        vec_dot_q8_0,
     )
 }
 
@@ -268,16 +220,6 @@ fn from_float_q8_k(src: &[f32], dst: &mut [u8]) {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn fp16x8(h: f16) -> __m256 {
     _mm256_cvtph_ps(_mm_set1_epi16(h.to_bits() as i16))
-}
-
-/// `d_x·d_y[c]` in lane `c` (lanes 0..4), with one conversion and one
-/// multiply: the same f32 values and roundings as four `fp16x8` products.
-#[inline]
-#[target_feature(enable = "avx2,fma,f16c")]
-fn scale_products_x4(dx: f16, dy: [f16; 4]) -> __m256 {
-    let b = dy.map(|d| d.to_bits() as i16);
-    let dy = _mm_cvtph_ps(_mm_setr_epi16(b[0], b[1], b[2], b[3], 0, 0, 0, 0));
-    _mm256_castps128_ps256(_mm_mul_ps(_mm256_castps256_ps128(fp16x8(dx)), dy))
 }
 
 /// Two adjacent f16 fields (Q4_1/Q5_1's `d, m`, Q8_1's `d, s`) → lanes 0
@@ -476,33 +418,9 @@ pub fn vec_dot_q8_0_q8_0_avx2(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
 // Four-column variants for matmul: one weight row against four activation
 // rows, unpacking each weight block once. Per column the operations are
 // exactly those of the single kernels above, so results are bit-identical.
+// (The formats with Q8_0 activations — Q8_0, Q5_0, Q4_0 — go through the
+// activation panels of x86_panel.rs instead.)
 // ---------------------------------------------------------------------------
-
-/// [`vec_dot_q4_0_q8_0_avx2`] for four activation rows at once.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub fn vec_dot_q4_0_q8_0_x4_avx2(x: &[BlockQ4_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
-    let nb = x.len();
-    assert!(y.iter().all(|y| y.len() == nb));
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let off = _mm256_set1_epi8(8);
-    for (i, x) in x.iter().enumerate() {
-        let dx = fp16x8(x.d);
-        let qx = _mm256_sub_epi8(bytes_from_nibbles_32(&x.qs), off);
-        let ax = _mm256_sign_epi8(qx, qx);
-        for (acc, y) in acc.iter_mut().zip(&y) {
-            let y = &y[i];
-            let d = _mm256_mul_ps(dx, fp16x8(y.d));
-            let q = mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(load_32(&y.qs), qx));
-            *acc = _mm256_fmadd_ps(d, q, *acc);
-        }
-    }
-    [
-        hsum_float_8(acc[0]),
-        hsum_float_8(acc[1]),
-        hsum_float_8(acc[2]),
-        hsum_float_8(acc[3]),
-    ]
-}
 
 /// [`vec_dot_q4_1_q8_1_avx2`] for four activation rows at once.
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -541,28 +459,6 @@ pub fn vec_dot_q4_1_q8_1_x4_avx2(x: &[BlockQ4_1], y: [&[BlockQ8_1]; 4]) -> [f32;
     std::array::from_fn(|c| hsum_float_8(acc[c]) + m[2 * c + 1])
 }
 
-/// [`vec_dot_q5_0_q8_0_avx2`] for four activation rows at once.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub fn vec_dot_q5_0_q8_0_x4_avx2(x: &[BlockQ5_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
-    let nb = x.len();
-    assert!(y.iter().all(|y| y.len() == nb));
-    let mut acc = [_mm256_setzero_ps(); 4];
-    // Lane c of a 4-lane vector, broadcast to 8 lanes.
-    let lane = [0, 1, 2, 3].map(|c| _mm256_set1_epi32(c));
-    for (i, x) in x.iter().enumerate() {
-        let bxhi = _mm256_andnot_si256(bytes_from_bits_32(&x.qh), _mm256_set1_epi8(0xF0u8 as i8));
-        let qx = _mm256_or_si256(bytes_from_nibbles_32(&x.qs), bxhi);
-        let ax = _mm256_sign_epi8(qx, qx);
-        let d4 = scale_products_x4(x.d, std::array::from_fn(|c| y[c][i].d));
-        for (c, (acc, y)) in acc.iter_mut().zip(&y).enumerate() {
-            let d = _mm256_permutevar8x32_ps(d4, lane[c]);
-            let q = mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(load_32(&y[i].qs), qx));
-            *acc = _mm256_fmadd_ps(d, q, *acc);
-        }
-    }
-    acc.map(|a| hsum_float_8(a))
-}
-
 /// [`vec_dot_q5_1_q8_1_avx2`] for four activation rows at once.
 #[target_feature(enable = "avx2,fma,f16c")]
 pub fn vec_dot_q5_1_q8_1_x4_avx2(x: &[BlockQ5_1], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
@@ -588,27 +484,6 @@ pub fn vec_dot_q5_1_q8_1_x4_avx2(x: &[BlockQ5_1], y: [&[BlockQ8_1]; 4]) -> [f32;
         hsum_float_8(acc[2]) + _mm_cvtss_f32(summs[2]),
         hsum_float_8(acc[3]) + _mm_cvtss_f32(summs[3]),
     ]
-}
-
-/// [`vec_dot_q8_0_q8_0_avx2`] for four activation rows at once.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub fn vec_dot_q8_0_q8_0_x4_avx2(x: &[BlockQ8_0], y: [&[BlockQ8_0]; 4]) -> [f32; 4] {
-    let nb = x.len();
-    assert!(y.iter().all(|y| y.len() == nb));
-    let mut acc = [_mm256_setzero_ps(); 4];
-    // Lane c of a 4-lane vector, broadcast to 8 lanes.
-    let lane = [0, 1, 2, 3].map(|c| _mm256_set1_epi32(c));
-    for (i, x) in x.iter().enumerate() {
-        let qx = load_32(&x.qs);
-        let ax = _mm256_sign_epi8(qx, qx);
-        let d4 = scale_products_x4(x.d, std::array::from_fn(|c| y[c][i].d));
-        for (c, (acc, y)) in acc.iter_mut().zip(&y).enumerate() {
-            let d = _mm256_permutevar8x32_ps(d4, lane[c]);
-            let q = mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(load_32(&y[i].qs), qx));
-            *acc = _mm256_fmadd_ps(d, q, *acc);
-        }
-    }
-    acc.map(|a| hsum_float_8(a))
 }
 
 // ---------------------------------------------------------------------------
