@@ -144,7 +144,7 @@ fn kernels_of(w: &QMatrix<'_>) -> (GgmlType, VecDotFn, FromFloatFn) {
     (act_ty, vec_dot, from_float)
 }
 
-/// y[r] = Σ_c W[r,c]·x[c]   (W: rows×cols, x: cols, y: rows)
+/// `y[r] = Σ_c W[r,c]·x[c]` (W: rows×cols, x: cols, y: rows): a single-row product (decoding).
 pub fn matvec(w: &QMatrix<'_>, x: &[f32], y: &mut [f32], scratch: &mut Scratch) {
     assert_eq!(
         x.len(),
@@ -205,7 +205,7 @@ fn prefetch_ahead(data: &[u8], start: usize, len: usize, end: usize) {
 /// Batch rows handled against one weight row while it is hot in L1.
 const BATCH_TILE: usize = 16;
 
-/// Y[b,r] = Σ_c W[r,c]·X[b,c]  (X: n×cols row-major, Y: n×rows row-major) — batched prompt processing
+/// `Y[b,r] = Σ_c W[r,c]·X[b,c]` (X: n×cols row-major, Y: n×rows row-major): batched prompt processing.
 pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], scratch: &mut Scratch) {
     assert_eq!(
         x.len(),
