@@ -339,26 +339,52 @@ impl GpuContext {
     /// read-back path, through a pooled staging buffer.
     pub(crate) fn read_back(
         &self,
-        mut encoder: wgpu::CommandEncoder,
+        encoder: wgpu::CommandEncoder,
         src: &wgpu::Buffer,
         offset: u64,
         size: u64,
     ) -> Result<Vec<u8>> {
+        let pending = self.submit_read(Vec::new(), encoder, src, offset, size);
+        self.finish_read(pending)
+    }
+
+    /// Submits `before` (command buffers recorded earlier), then `encoder`
+    /// with a copy of `size` bytes at `offset` of `src` into a pooled staging
+    /// buffer, and asks for it to be mapped; [`GpuContext::finish_read`]
+    /// waits for it. The CPU is free in between (to record the next step).
+    pub(crate) fn submit_read(
+        &self,
+        before: Vec<wgpu::CommandBuffer>,
+        mut encoder: wgpu::CommandEncoder,
+        src: &wgpu::Buffer,
+        offset: u64,
+        size: u64,
+    ) -> PendingRead {
         let usage = wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST;
         let staging = self.take_buffer(size, usage);
         encoder.copy_buffer_to_buffer(src, offset, &staging, 0, size);
-        self.queue.submit([encoder.finish()]);
-        let slice = staging.slice(..size);
+        self.queue
+            .submit(before.into_iter().chain([encoder.finish()]));
         let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
+        staging
+            .slice(..size)
+            .map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+        PendingRead { staging, size, rx }
+    }
+
+    /// Waits for a read submitted by [`GpuContext::submit_read`] and returns
+    /// its bytes.
+    pub(crate) fn finish_read(&self, pending: PendingRead) -> Result<Vec<u8>> {
+        let PendingRead { staging, size, rx } = pending;
         self.device
             .poll(wgpu::PollType::wait_indefinitely())
             .map_err(|e| WgpuError::Device(e.to_string()))?;
         rx.recv()
             .map_err(|e| WgpuError::Device(e.to_string()))?
             .map_err(|e| WgpuError::Device(e.to_string()))?;
+        let slice = staging.slice(..size);
         let out = slice
             .get_mapped_range()
             .map_err(|e| WgpuError::Device(e.to_string()))?
@@ -367,4 +393,11 @@ impl GpuContext {
         self.recycle(staging);
         Ok(out)
     }
+}
+
+/// A read-back submitted and not yet waited for ([`GpuContext::submit_read`]).
+pub(crate) struct PendingRead {
+    staging: wgpu::Buffer,
+    size: u64,
+    rx: std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
 }

@@ -161,6 +161,10 @@ pub struct GpuModel {
     head_last: Vec<Op>,
     head_all: Vec<Op>,
     argmax: Op,
+    /// A one-token step recorded while the GPU ran the previous one (with
+    /// the argmax head or not): the next one-token step submits it instead
+    /// of recording (~0.6 ms of CPU for a 1.1B model's 246 dispatches).
+    prerecorded: Option<(bool, wgpu::CommandBuffer)>,
     weight_bytes: u64,
     _keep: Vec<wgpu::Buffer>,
     _weights: Vec<GpuMatrix>,
@@ -650,6 +654,7 @@ impl GpuModel {
             head_last,
             head_all,
             argmax,
+            prerecorded: None,
             weight_bytes,
             _keep: keep,
             _weights: weights,
@@ -750,20 +755,46 @@ impl GpuModel {
         let chunks: Vec<&[u32]> = tokens.chunks(self.max_batch as usize).collect();
         for (i, chunk) in chunks.iter().enumerate() {
             self.set_step(chunk, p);
-            let mut enc = self.ctx.device.create_command_encoder(&Default::default());
             if i + 1 < chunks.len() {
+                let mut enc = self.ctx.device.create_command_encoder(&Default::default());
                 self.encode(&mut enc, chunk.len() as u32, None, false);
                 self.ctx.queue.submit([enc.finish()]);
             } else {
-                self.encode(&mut enc, chunk.len() as u32, Some(&self.head_last), false);
-                let bytes =
-                    self.ctx
-                        .read_back(enc, &self.logits, 0, self.cfg.n_vocab as u64 * 4)?;
+                let bytes = self.run_last(
+                    chunk.len() as u32,
+                    false,
+                    &self.logits.clone(),
+                    self.cfg.n_vocab as u64 * 4,
+                )?;
                 return Ok(bytemuck::pod_collect_to_vec(&bytes));
             }
             p += chunk.len() as u32;
         }
         unreachable!("tokens is not empty")
+    }
+
+    /// Runs the step already set (`set_step`) of `n` tokens with the
+    /// last-token head (and the argmax when `argmax`), and reads back `size`
+    /// bytes of `src`. A one-token step submits the commands recorded during
+    /// the previous one, if any, and records the next one's while the GPU
+    /// works: a decoding step's commands do not depend on the token or its
+    /// position, which live in buffers.
+    fn run_last(&mut self, n: u32, argmax: bool, src: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        let record = |m: &Self| {
+            let mut enc = m.ctx.device.create_command_encoder(&Default::default());
+            m.encode(&mut enc, n, Some(&m.head_last), argmax);
+            enc.finish()
+        };
+        let cmds = match self.prerecorded.take() {
+            Some((a, cmds)) if n == 1 && a == argmax => cmds,
+            _ => record(self),
+        };
+        let copy = self.ctx.device.create_command_encoder(&Default::default());
+        let pending = self.ctx.submit_read(vec![cmds], copy, src, 0, size);
+        if n == 1 {
+            self.prerecorded = Some((argmax, record(self)));
+        }
+        self.ctx.finish_read(pending)
     }
 
     /// Runs `tokens` at positions `pos ..` and returns every token's logits,
@@ -797,9 +828,7 @@ impl GpuModel {
         }
         self.check(tokens, pos)?;
         self.set_step(tokens, pos);
-        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-        self.encode(&mut enc, n as u32, Some(&self.head_last), true);
-        let bytes = self.ctx.read_back(enc, &self.ids, 0, 4)?;
+        let bytes = self.run_last(n as u32, true, &self.ids.clone(), 4)?;
         Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
 
