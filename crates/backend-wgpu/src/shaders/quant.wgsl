@@ -325,6 +325,38 @@ fn unit_dot(base: u32, u: u32, xb: u32, tok: u32) -> f32 {
     return r;
 }
 
+// Q4_K's 6-bit scale and min of sub-block `s` (get_scale_min_k4) for the
+// super-block at word `b`, from the three words of packed scales.
+fn q4k_scale_min(b: u32, s: u32) -> vec2<f32> {
+    let sh = 8u * (s & 3u);
+    let b0 = (w[b + 1u] >> sh) & 0xffu;
+    let b1 = (w[b + 2u] >> sh) & 0xffu;
+    if (s < 4u) {
+        return vec2<f32>(f32(b0 & 63u), f32(b1 & 63u));
+    }
+    let b2 = (w[b + 3u] >> sh) & 0xffu;
+    return vec2<f32>(f32((b2 & 0xfu) | ((b0 >> 6u) << 4u)), f32((b2 >> 4u) | ((b1 >> 6u) << 4u)));
+}
+
+// Q4_K, eight weights from one word of quants: unit `u` is word g = u % 8 of
+// sub-block pair i = (u / 8) % 4 of super-block u / 32 — weights 4g.. +3 of
+// sub-blocks 2i (low nibbles) and 2i + 1 (high nibbles), each dequantized
+// exactly as deq4 does — dotted with their activations at x[xb ..].
+fn q4k_unit8_dot(base: u32, u: u32, xb: u32) -> f32 {
+    let sb = u >> 5u;
+    let i = (u >> 3u) & 3u;
+    let g = u & 7u;
+    let b = (base >> 2u) + sb * 36u;
+    let dm = unpack2x16float(w[b]);
+    let v = bytes4(w[b + 4u + 8u * i + g]);
+    let sm0 = q4k_scale_min(b, 2u * i);
+    let sm1 = q4k_scale_min(b, 2u * i + 1u);
+    let w0 = (dm.x * sm0.x) * u2f(v & vec4<u32>(0xfu)) - dm.y * sm0.y;
+    let w1 = (dm.x * sm1.x) * u2f(v >> vec4<u32>(4u)) - dm.y * sm1.y;
+    let c0 = sb * 8u + 2u * i;
+    return dot(w0, x[xb + c0 * 8u + g]) + dot(w1, x[xb + (c0 + 1u) * 8u + g]);
+}
+
 // W[row, chunk c] · x[xi .. xi + 8] (x as vec4s), for the row at byte `base`.
 fn chunk_dot(base: u32, c: u32, xi: u32, tok: u32) -> f32 {
     switch FORMAT {
@@ -383,6 +415,22 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             for (var c = lane; c < chunks; c += MV_LANES) {
                 acc += chunk_dot(base, c, xb + c * 8u, tok);
             }
+        } else if (FORMAT == 12u) {
+            // Q4_K: eight weights per word of quants, so that a word is
+            // loaded once and a pair of sub-blocks' scales decoded once for
+            // both of its nibbles (consecutive invocations, consecutive words).
+            let units = p.k >> 3u;
+            let l = MV_LANES;
+            var u = lane;
+            var a = vec2<f32>(0.0);
+            for (; u + l < units; u += 2u * l) {
+                a.x += q4k_unit8_dot(base, u, xb);
+                a.y += q4k_unit8_dot(base, u + l, xb);
+            }
+            for (; u < units; u += l) {
+                a.x += q4k_unit8_dot(base, u, xb);
+            }
+            acc = a.x + a.y;
         } else {
             // Others: consecutive invocations take consecutive groups of 4
             // weights (coalesced loads), four per iteration (loads in flight).
