@@ -307,11 +307,11 @@ fn store(tok: u32, row: u32, v_in: f32) {
 
 // ---- matrix-vector product: 256 / MV_LANES rows per workgroup --------------------
 
-// Each row is taken by MV_LANES invocations (Q6_K: whole 32-weight chunks
-// each, so that a chunk's scales are decoded once; others: groups of 4
-// weights, coalesced), and a workgroup holds 256 / MV_LANES rows that share the
-// activation vector in cache. (One 64-invocation workgroup per row, decoding per 4 weights, ran
-// Q4_K at ~340 GB/s on an H100.)
+// Each row is taken by MV_LANES invocations (consecutive ones on consecutive
+// words, coalesced: Q6_K sixteen weights per unit, Q4_K eight, others four),
+// and a workgroup holds 256 / MV_LANES rows that share the activation vector
+// in cache. (One 64-invocation workgroup per row, decoding per 4 weights,
+// ran Q4_K at ~340 GB/s on an H100.)
 override MV_LANES: u32 = 64u;
 var<workgroup> partial: array<f32, 256>;
 
@@ -357,41 +357,34 @@ fn q4k_unit8_dot(base: u32, u: u32, xb: u32) -> f32 {
     return dot(w0, x[xb + c0 * 8u + g]) + dot(w1, x[xb + (c0 + 1u) * 8u + g]);
 }
 
-// W[row, chunk c] · x[xi .. xi + 8] (x as vec4s), for the row at byte `base`.
-fn chunk_dot(base: u32, c: u32, xi: u32, tok: u32) -> f32 {
-    switch FORMAT {
-        case 14u: { // Q6_K: d·(sc₀·Σ(q − 32)·x over 16 weights + sc₁·…)
-            let b = base + (c >> 3u) * 210u;
-            let h = (c & 7u) >> 2u;
-            let k = c & 3u;
-            let lo = b + 64u * h + 32u * (k & 1u);
-            let hb = b + 128u + 32u * h;
-            let sh_lo = vec4<u32>((k >> 1u) * 4u);
-            let sh_hi = vec4<u32>(2u * k);
-            var sq = vec2<f32>(0.0);
-            for (var g = 0u; g < 8u; g++) {
-                let ql = (bytes4(ld32(lo + 4u * g)) >> sh_lo) & vec4<u32>(0xfu);
-                let qh = (bytes4(ld32(hb + 4u * g)) >> sh_hi) & vec4<u32>(3u);
-                let q = u2f(ql | (qh << vec4<u32>(4u))) - 32.0;
-                let d = dot(q, x[xi + g]);
-                if (g < 4u) { sq.x += d; } else { sq.y += d; }
-            }
-            let so = b + 192u + 8u * h + 2u * k;
-            let sc0 = sext8(vec4<u32>(ld8(so))).x;
-            let sc1 = sext8(vec4<u32>(ld8(so + 1u))).x;
-            return f16at(b + 208u) * (sc0 * sq.x + sc1 * sq.y);
-        }
-        default: {
-            var a = 0.0;
-            for (var g = 0u; g < 8u; g++) {
-                a += dot(deq4(base, c, g), x[xi + g]);
-            }
-            if (FORMAT == 3u || FORMAT == 7u) {
-                a += min_corr(base, c, tok);
-            }
-            return a;
-        }
-    }
+// Q6_K, sixteen weights from one word of high bits: unit `u` is group
+// g = u % 8 of half n = (u / 8) % 2 of super-block u / 16 — with l = 4g,
+// weights l.. +3, l + 32.., l + 64.. and l + 96.. of the half
+// (dequantize_row_q6_K's q1..q4), which share that qh word and two ql
+// words — as d·Σ sc·(q − 32)·x, dotted with their activations at x[xb ..].
+fn q6k_unit16_dot(base: u32, u: u32, xb: u32) -> f32 {
+    let sb = u >> 4u;
+    let n = (u >> 3u) & 1u;
+    let g = u & 7u;
+    let b = base + sb * 210u;
+    let ql0 = bytes4(ld32(b + 64u * n + 4u * g));
+    let ql1 = bytes4(ld32(b + 64u * n + 32u + 4u * g));
+    let qh = bytes4(ld32(b + 128u + 32u * n + 4u * g));
+    let so = b + 192u + 8u * n + (g >> 2u);
+    let xi = xb + sb * 64u + 32u * n + g;
+    let m4 = vec4<u32>(0xfu);
+    let m2 = vec4<u32>(3u);
+    let q1 = (ql0 & m4) | ((qh & m2) << vec4<u32>(4u));
+    let q2 = (ql1 & m4) | (((qh >> vec4<u32>(2u)) & m2) << vec4<u32>(4u));
+    let q3 = (ql0 >> vec4<u32>(4u)) | (((qh >> vec4<u32>(4u)) & m2) << vec4<u32>(4u));
+    let q4 = (ql1 >> vec4<u32>(4u)) | ((qh >> vec4<u32>(6u)) << vec4<u32>(4u));
+    let sc = sext8(vec4<u32>(ld8(so), ld8(so + 2u), ld8(so + 4u), ld8(so + 6u)));
+    let s = vec4<f32>(
+        dot(u2f(q1) - 32.0, x[xi]),
+        dot(u2f(q2) - 32.0, x[xi + 8u]),
+        dot(u2f(q3) - 32.0, x[xi + 16u]),
+        dot(u2f(q4) - 32.0, x[xi + 24u]));
+    return f16at(b + 208u) * dot(sc, s);
 }
 
 // y[tok, row] (+)= W[row, :] · x[tok, :]. Grid: (groups of 256 / MV_LANES rows
@@ -405,16 +398,24 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let live = row < p.m;
     let base = row * p.row_bytes;
     let xb = tok * (p.x_stride >> 2u);
-    let chunks = p.k >> 5u;
     var acc = 0.0;
     if (live) {
         if (FORMAT == 14u) {
-            // Q6_K: a chunk per invocation, its scales decoded once (on an
-            // H100 faster than the coalesced path below for Q6_K, slower
-            // for Q4_K, whose word-load decode is cheap).
-            for (var c = lane; c < chunks; c += MV_LANES) {
-                acc += chunk_dot(base, c, xb + c * 8u, tok);
+            // Q6_K: sixteen weights per word of high bits (one load of it
+            // and of two low-bit words for all sixteen; consecutive
+            // invocations, consecutive words).
+            let units = p.k >> 4u;
+            let l = MV_LANES;
+            var u = lane;
+            var a = vec2<f32>(0.0);
+            for (; u + l < units; u += 2u * l) {
+                a.x += q6k_unit16_dot(base, u, xb);
+                a.y += q6k_unit16_dot(base, u + l, xb);
             }
+            for (; u < units; u += l) {
+                a.x += q6k_unit16_dot(base, u, xb);
+            }
+            acc = a.x + a.y;
         } else if (FORMAT == 12u) {
             // Q4_K: eight weights per word of quants, so that a word is
             // loaded once and a pair of sub-blocks' scales decoded once for
