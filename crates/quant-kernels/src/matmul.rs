@@ -175,31 +175,17 @@ pub fn matvec(w: &QMatrix<'_>, x: &[f32], y: &mut [f32], scratch: &mut Scratch) 
     });
 }
 
-/// How far ahead of the row being multiplied [`matvec`] asks for weights.
-const PREFETCH_AHEAD: usize = 2048;
-
-/// Asks the cache for the `len` bytes of `data` that lie [`PREFETCH_AHEAD`]
-/// bytes past `start`, stopping at `end`. Weights come from a memory map of
-/// 4 KiB pages, and the hardware prefetcher stops at every page boundary;
-/// a single-row product streams them once, so without this it waits on
-/// memory at the start of every page.
+/// Asks the cache for the `len` bytes of `data` that lie
+/// [`simd::PREFETCH_AHEAD`] bytes past `start`, stopping at `end`: a
+/// single-row product streams the weights once, and without this it waits
+/// on memory at the start of every mapped page.
 #[inline(always)]
 fn prefetch_ahead(data: &[u8], start: usize, len: usize, end: usize) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
-        let from = start + PREFETCH_AHEAD;
-        let to = (from + len).min(end);
-        let mut at = from;
-        while at < to {
-            // SAFETY: `at < end <= data.len()`, so the pointer is inside
-            // `data`; a prefetch only hints the cache and never faults.
-            unsafe { _mm_prefetch::<_MM_HINT_T0>(data.as_ptr().add(at) as *const i8) };
-            at += 64;
-        }
+    let from = start + simd::PREFETCH_AHEAD;
+    let to = (from + len).min(end);
+    for at in (from..to).step_by(64) {
+        simd::prefetch(data.as_ptr().wrapping_add(at));
     }
-    #[cfg(not(target_arch = "x86_64"))]
-    let _ = (data, start, len, end);
 }
 
 /// Batch rows handled against one weight row while it is hot in L1.

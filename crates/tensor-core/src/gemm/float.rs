@@ -234,7 +234,7 @@ pub(super) mod avx2 {
                 }
                 if PF {
                     for l in (0..step_bytes).step_by(64) {
-                        _mm_prefetch::<_MM_HINT_T0>(pf.wrapping_add(l) as *const i8);
+                        quant_kernels::simd::prefetch(pf.wrapping_add(l));
                     }
                     pf = pf.wrapping_add(step_bytes);
                 }
@@ -515,10 +515,7 @@ pub(super) mod avx2 {
                 if pack {
                     let line0 = b / nr * per_tile;
                     for l in line0..(line0 + per_tile).min(next.len().div_ceil(64)) {
-                        // SAFETY: a prefetch of an address inside `next`.
-                        unsafe {
-                            _mm_prefetch::<_MM_HINT_T0>(next.as_ptr().add(64 * l) as *const i8)
-                        };
+                        quant_kernels::simd::prefetch(next.as_ptr().wrapping_add(64 * l));
                     }
                 }
                 // SAFETY: `rm` weight rows of `steps · 8` elements (packed:

@@ -21,6 +21,7 @@ use std::arch::x86_64::*;
 use gguf_format::GgmlType;
 
 use super::{accumulate, decode_kblock, sub_block_len, KBlock, KOrder, KVALUES_IQ4NL};
+use quant_kernels::simd::{prefetch, PREFETCH_AHEAD as PREFETCH};
 
 /// The f16 at `b[i..i + 2]` as f32, converted by F16C (the `half` crate
 /// checks for it and calls out on every value).
@@ -33,9 +34,6 @@ unsafe fn f16c_at(b: &[u8], i: usize) -> f32 {
     // SAFETY: register operations; F16C guaranteed by the caller.
     unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(bits as i32))) }
 }
-
-/// How far ahead of the weights being unpacked to prefetch, in bytes.
-const PREFETCH: usize = 2048;
 
 /// The 4 bytes at `p` broadcast to every 32-bit lane.
 ///
@@ -148,7 +146,7 @@ pub(super) unsafe fn b32_rows_avx2(
                     // The weights stream from memory (often mmapped 4 KiB
                     // pages, where the hardware prefetcher stops): ask for
                     // the bytes 2 KiB ahead. A prefetch never faults.
-                    _mm_prefetch::<_MM_HINT_T0>(xb.as_ptr().wrapping_add(PREFETCH) as *const i8);
+                    prefetch(xb.as_ptr().wrapping_add(PREFETCH));
                     bits = u16::from_le_bytes([xb[0], xb[1]]);
                     // SAFETY: `xb[2..18]` is the block's 16 bytes of nibbles.
                     let x = _mm_loadu_si128(xb[2..].as_ptr() as *const __m128i);
@@ -261,7 +259,7 @@ unsafe fn b32_rows_one_avx2(iq4: bool, w: &[u8], row_bytes: usize, xq: &[u8], ou
                 let u = unsafe {
                     let xb = base.add(r * row_bytes + 18 * j);
                     if j % 3 == 0 {
-                        _mm_prefetch::<_MM_HINT_T0>(xb.wrapping_add(PREFETCH) as *const i8);
+                        prefetch(xb.wrapping_add(PREFETCH));
                     }
                     _mm256_broadcastsi128_si256(_mm_loadu_si128(xb.add(2) as *const __m128i))
                 };
@@ -529,7 +527,7 @@ pub(super) unsafe fn kquant_rows_avx2(
                 }
                 let xb = &w[(g + r) * row_bytes + j * block_bytes..][..block_bytes];
                 for c in (0..block_bytes).step_by(64) {
-                    _mm_prefetch::<_MM_HINT_T0>(xb.as_ptr().wrapping_add(PREFETCH + c) as *const i8);
+                    prefetch(xb.as_ptr().wrapping_add(PREFETCH + c));
                 }
                 let (mut sc, mut mn) = ([0i32; 16], [0i32; 16]);
                 let (d, dmin) = match ty {
@@ -719,7 +717,7 @@ pub(super) unsafe fn q4_k_rows_direct(
     assert!(xq.len() >= n * act_row && act_row >= nb * 292 && out.len() >= w.len() / row_bytes * n);
     for (wr, o) in w.chunks_exact(row_bytes).zip(out.chunks_mut(n)) {
         for c in (0..row_bytes).step_by(64) {
-            _mm_prefetch::<_MM_HINT_T0>(wr.as_ptr().wrapping_add(PREFETCH + c) as *const i8);
+            prefetch(wr.as_ptr().wrapping_add(PREFETCH + c));
         }
         for (b, o) in o.iter_mut().enumerate() {
             let order = order(b);
