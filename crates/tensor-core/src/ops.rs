@@ -117,20 +117,14 @@ fn swiglu_row(gate: &[f32], up: &[f32], out: &mut [f32]) {
 #[cfg(target_arch = "x86_64")]
 pub(crate) mod x86 {
     //! ggml's AVX2 `ggml_v_expf` / `ggml_v_silu`, intrinsic for intrinsic,
-    //! and its `hsum_float_8`, shared by the crate's AVX2 kernels.
+    //! and (from quant-kernels) its `hsum_float_8`, shared by the crate's
+    //! AVX2 kernels.
 
     use std::arch::x86_64::*;
 
-    /// ggml's `hsum_float_8` on a register: [`super::hsum8`]'s order.
-    #[inline]
-    #[target_feature(enable = "avx2,fma,f16c")]
-    pub(crate) fn hsum_float_8(x: __m256) -> f32 {
-        let mut res = _mm256_extractf128_ps(x, 1);
-        res = _mm_add_ps(res, _mm256_castps256_ps128(x));
-        res = _mm_add_ps(res, _mm_movehl_ps(res, res));
-        res = _mm_add_ss(res, _mm_movehdup_ps(res));
-        _mm_cvtss_f32(res)
-    }
+    /// ggml's `hsum_float_8` on a register ([`super::hsum8`]'s order):
+    /// quant-kernels' copy, the one every AVX2 kernel of the project uses.
+    pub(crate) use quant_kernels::simd::hsum_float_8;
 
     /// `ggml_v_expf` (AVX2 + FMA).
     #[inline]

@@ -387,6 +387,22 @@ fn q6k_unit16_dot(base: u32, u: u32, xb: u32) -> f32 {
     return f16at(b + 208u) * dot(sc, s);
 }
 
+// Weights per unit of the K-quant matvec: Q6_K 16, Q4_K 8.
+fn wide_unit_len() -> u32 {
+    if (FORMAT == 14u) {
+        return 16u;
+    }
+    return 8u;
+}
+
+// Unit `u` of the row at byte `base` · x: q6k_unit16_dot or q4k_unit8_dot.
+fn wide_unit_dot(base: u32, u: u32, xb: u32) -> f32 {
+    if (FORMAT == 14u) {
+        return q6k_unit16_dot(base, u, xb);
+    }
+    return q4k_unit8_dot(base, u, xb);
+}
+
 // y[tok, row] (+)= W[row, :] · x[tok, :]. Grid: (groups of 256 / MV_LANES rows
 // split over x and y, tokens).
 @compute @workgroup_size(256)
@@ -400,36 +416,20 @@ fn matvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     let xb = tok * (p.x_stride >> 2u);
     var acc = 0.0;
     if (live) {
-        if (FORMAT == 14u) {
-            // Q6_K: sixteen weights per word of high bits (one load of it
-            // and of two low-bit words for all sixteen; consecutive
-            // invocations, consecutive words).
-            let units = p.k >> 4u;
+        if (FORMAT == 12u || FORMAT == 14u) {
+            // Q4_K eight weights per word of quants, Q6_K sixteen per word of
+            // high bits: each word loaded once and its scales decoded once
+            // for all its weights (consecutive invocations, consecutive words).
+            let units = p.k / wide_unit_len();
             let l = MV_LANES;
             var u = lane;
             var a = vec2<f32>(0.0);
             for (; u + l < units; u += 2u * l) {
-                a.x += q6k_unit16_dot(base, u, xb);
-                a.y += q6k_unit16_dot(base, u + l, xb);
+                a.x += wide_unit_dot(base, u, xb);
+                a.y += wide_unit_dot(base, u + l, xb);
             }
             for (; u < units; u += l) {
-                a.x += q6k_unit16_dot(base, u, xb);
-            }
-            acc = a.x + a.y;
-        } else if (FORMAT == 12u) {
-            // Q4_K: eight weights per word of quants, so that a word is
-            // loaded once and a pair of sub-blocks' scales decoded once for
-            // both of its nibbles (consecutive invocations, consecutive words).
-            let units = p.k >> 3u;
-            let l = MV_LANES;
-            var u = lane;
-            var a = vec2<f32>(0.0);
-            for (; u + l < units; u += 2u * l) {
-                a.x += q4k_unit8_dot(base, u, xb);
-                a.y += q4k_unit8_dot(base, u + l, xb);
-            }
-            for (; u < units; u += l) {
-                a.x += q4k_unit8_dot(base, u, xb);
+                a.x += wide_unit_dot(base, u, xb);
             }
             acc = a.x + a.y;
         } else {

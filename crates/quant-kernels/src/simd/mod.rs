@@ -25,6 +25,10 @@ use crate::formats::{self, bf16, q8_0, q8_1, q8_k};
 mod aarch64;
 #[cfg(target_arch = "x86_64")]
 mod x86;
+/// ggml's `hsum_float_8`: the eight lanes of an AVX register summed in the
+/// order every ggml AVX2 kernel ends with (needs AVX2, FMA and F16C).
+#[cfg(target_arch = "x86_64")]
+pub use x86::hsum_float_8;
 #[cfg(target_arch = "x86_64")]
 mod x86_iquants;
 #[cfg(target_arch = "x86_64")]

@@ -231,10 +231,15 @@ fn fp16_pair(a: f16, b: f16) -> __m128 {
     _mm_cvtph_ps(_mm_cvtsi32_si128(v as i32))
 }
 
-/// Sum of 8 floats, in ggml's `hsum_float_8` order.
+/// Sum of 8 floats, in ggml's `hsum_float_8` order (re-exported as
+/// [`super::hsum_float_8`] for other crates' AVX2 kernels).
+///
+/// # Safety
+/// The CPU must support AVX2, FMA and F16C (the features it is compiled
+/// for); callers compiled with them call it safely.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn hsum_float_8(x: __m256) -> f32 {
+pub fn hsum_float_8(x: __m256) -> f32 {
     let mut res = _mm256_extractf128_ps(x, 1);
     res = _mm_add_ps(res, _mm256_castps256_ps128(x));
     res = _mm_add_ps(res, _mm_movehl_ps(res, res));

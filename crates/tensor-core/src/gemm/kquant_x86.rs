@@ -234,6 +234,11 @@ unsafe fn b32_rows_one_avx2(iq4: bool, w: &[u8], row_bytes: usize, xq: &[u8], ou
     // Eight rows at a time; a last partial group is copied into zero rows
     // (scale 0: their lanes stay 0 and are not written).
     let mut tail = Vec::new();
+    // Byte offsets of a group's eight rows, for the scale gather.
+    let offsets = _mm256_mullo_epi32(
+        _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
+        _mm256_set1_epi32(row_bytes as i32),
+    );
     for g in (0..rows).step_by(8) {
         let gr = (rows - g).min(8);
         let block_rows: &[u8] = if gr == 8 {
@@ -245,10 +250,6 @@ unsafe fn b32_rows_one_avx2(iq4: bool, w: &[u8], row_bytes: usize, xq: &[u8], ou
             &tail
         };
         let base = block_rows.as_ptr();
-        let offsets = _mm256_mullo_epi32(
-            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7),
-            _mm256_set1_epi32(row_bytes as i32),
-        );
         let mut acc = _mm256_setzero_ps();
         for (j, &(y, da, ysum8)) in ys.iter().enumerate() {
             let mut v = [_mm256_setzero_si256(); 8];
