@@ -42,6 +42,10 @@ pub struct DeviceCaps {
     pub subgroups: bool,
     /// Timestamp queries are available (used by [`crate::GpuModel::profile_step`]).
     pub timestamps: bool,
+    /// WGSL's `fma` rounds once on this device (probed at open). Where it
+    /// does not (llvmpipe computes a·b + c), the kernels emulate a fused
+    /// multiply-add in integer arithmetic (`fma.wgsl`).
+    pub fused_fma: bool,
 }
 
 /// Uniform-size buckets of the buffer pool.
@@ -154,8 +158,9 @@ impl GpuContext {
             timestamps: features.contains(
                 wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
             ),
+            fused_fma: false,
         };
-        Ok(Arc::new(GpuContext {
+        let mut ctx = GpuContext {
             device,
             queue,
             caps,
@@ -163,7 +168,59 @@ impl GpuContext {
             layouts: Mutex::new(HashMap::new()),
             pipelines: Mutex::new(HashMap::new()),
             pool: Mutex::new(HashMap::new()),
-        }))
+        };
+        ctx.caps.fused_fma = ctx.probe_fused_fma()?;
+        Ok(Arc::new(ctx))
+    }
+
+    /// Whether WGSL's `fma` is fused here: (1 + 2⁻¹²)² − (1 + 2⁻¹¹) is 2⁻²⁴
+    /// when the product is not rounded first, 0 when it is. The operands
+    /// come from a buffer so that no compiler can fold them.
+    fn probe_fused_fma(&self) -> Result<bool> {
+        const SRC: &str = "
+@group(0) @binding(0) var<storage, read_write> v: array<f32, 4>;
+@compute @workgroup_size(1)
+fn main() {
+    v[3] = fma(v[0], v[1], v[2]);
+}";
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some("fma probe"),
+                source: wgpu::ShaderSource::Wgsl(SRC.into()),
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some("fma probe"),
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        let a = 1.0 + 2f32.powi(-12);
+        let buf = self.upload(
+            "fma probe",
+            bytemuck::cast_slice(&[a, a, -(1.0 + 2f32.powi(-11)), 0.0]),
+        );
+        let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some("fma probe"),
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &[wgpu::BindGroupEntry {
+                binding: 0,
+                resource: buf.as_entire_binding(),
+            }],
+        });
+        let mut encoder = self.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(1, 1, 1);
+        }
+        let out: Vec<f32> = bytemuck::pod_collect_to_vec(&self.read_back(encoder, &buf, 12, 4)?);
+        Ok(out[0] == 2f32.powi(-24))
     }
 
     /// What the device offers.
@@ -240,7 +297,8 @@ impl GpuContext {
                 .clone()
         };
         let (_, layout) = self.layouts_for(shader);
-        let constants = kernel.constants();
+        let mut constants = kernel.constants();
+        constants.push(("FMA_FUSED", f64::from(u8::from(self.caps.fused_fma))));
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
@@ -400,4 +458,129 @@ pub(crate) struct PendingRead {
     staging: wgpu::Buffer,
     size: u64,
     rx: std::sync::mpsc::Receiver<std::result::Result<(), wgpu::BufferAsyncError>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Runs `y[i] = fma_rn(a, b, c)` and `mul_rn(a, b) + c` over the
+    /// triples with fma.wgsl's emulation forced on.
+    fn run_fma(ctx: &GpuContext, triples: &[[f32; 3]]) -> Vec<[f32; 2]> {
+        let src = format!(
+            "{}
+struct Step {{ n_tokens: u32, pos: u32, n_kv: u32, zero: u32 }}
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<uniform> step: Step;
+@compute @workgroup_size(64)
+fn main(@builtin(global_invocation_id) g: vec3<u32>) {{
+    let i = g.x;
+    if (i >= arrayLength(&a) / 3u) {{ return; }}
+    let x = a[3u * i];
+    let b = a[3u * i + 1u];
+    let c = a[3u * i + 2u];
+    y[2u * i] = fma_rn(x, b, c);
+    y[2u * i + 1u] = mul_rn(x, b) + c;
+}}",
+            include_str!("shaders/fma.wgsl")
+        );
+        let module = ctx
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: None,
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
+        let pipeline = ctx
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: None,
+                layout: None,
+                module: &module,
+                entry_point: Some("main"),
+                compilation_options: wgpu::PipelineCompilationOptions {
+                    constants: &[("FMA_FUSED", 0.0)],
+                    zero_initialize_workgroup_memory: false,
+                },
+                cache: None,
+            });
+        let n = triples.len();
+        let a = ctx.upload("a", bytemuck::cast_slice(triples));
+        let y = ctx.storage("y", (8 * n) as u64);
+        let step = ctx.uniform("step", bytemuck::cast_slice(&[0u32; 4]));
+        let bind = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: None,
+            layout: &pipeline.get_bind_group_layout(0),
+            entries: &[
+                wgpu::BindGroupEntry {
+                    binding: 0,
+                    resource: a.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 1,
+                    resource: y.as_entire_binding(),
+                },
+                wgpu::BindGroupEntry {
+                    binding: 2,
+                    resource: step.as_entire_binding(),
+                },
+            ],
+        });
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = encoder.begin_compute_pass(&Default::default());
+            pass.set_pipeline(&pipeline);
+            pass.set_bind_group(0, &bind, &[]);
+            pass.dispatch_workgroups(n.div_ceil(64) as u32, 1, 1);
+        }
+        bytemuck::pod_collect_to_vec(&ctx.read_back(encoder, &y, 0, (8 * n) as u64).unwrap())
+    }
+
+    /// The emulated fused multiply-add rounds exactly as the CPU's FMA
+    /// instruction on random operands and on the hard cases (cancellation,
+    /// ties, addends far above or below the product); `mul_rn` is not fused.
+    #[test]
+    fn fma_emulation_is_correctly_rounded() {
+        let ctx = GpuContext::new(&DeviceOptions::default()).unwrap();
+        let mut s = 0x9e3779b97f4a7c15u64;
+        let mut next = || {
+            s ^= s << 13;
+            s ^= s >> 7;
+            s ^= s << 17;
+            s
+        };
+        let mut t = Vec::new();
+        for i in 0..200_000 {
+            let r = next();
+            let mant = |v: u64| f32::from_bits(0x3f80_0000 | (v as u32 & 0x7f_ffff)) - 1.0 + 1.0;
+            let sign = |v: u64| if v & 1 == 0 { 1.0 } else { -1.0 };
+            let a = sign(r >> 60) * mant(r) * 2f32.powi((r >> 40) as i32 % 20 - 10);
+            let b = sign(r >> 61) * mant(r >> 23) * 2f32.powi((r >> 48) as i32 % 20 - 10);
+            let c = match i % 4 {
+                // near −a·b: massive cancellation
+                0 => -(a * b) * (1.0 + sign(r >> 62) * mant(r >> 5) * 2f32.powi(-20)),
+                1 => -(a * b),
+                2 => sign(r >> 62) * mant(r >> 9) * 2f32.powi((r >> 52) as i32 % 80 - 40),
+                _ => (a * b) * 2f32.powi(-24) * sign(r >> 63),
+            };
+            t.push([a, b, c]);
+        }
+        // Integer sums times block scales, as the products pass them.
+        for i in 0..20_000u32 {
+            let d = half::f16::from_bits((next() as u16 & 0x3fff) | 0x0400).to_f32();
+            let e = half::f16::from_bits((next() as u16 & 0x3fff) | 0x0400).to_f32();
+            let sum = (next() % 130_001) as f32 - 65_000.0;
+            t.push([d * e, sum, (i as f32 - 10_000.0) * d]);
+        }
+        let got = run_fma(&ctx, &t);
+        for (&[a, b, c], &[f, m]) in t.iter().zip(&got) {
+            assert_eq!(
+                f.to_bits(),
+                a.mul_add(b, c).to_bits(),
+                "fma_rn({a:e}, {b:e}, {c:e}) = {f:e}, expected {:e}",
+                a.mul_add(b, c)
+            );
+            assert_eq!(m.to_bits(), (a * b + c).to_bits(), "mul_rn({a:e}, {b:e}) + {c:e}");
+        }
+    }
 }

@@ -61,24 +61,21 @@ impl Bind {
 }
 
 impl Shader {
-    /// The WGSL source.
+    /// The WGSL source (`fma.wgsl` first, then `act_common.wgsl` where
+    /// activations are rounded, then the file itself).
     pub fn source(self) -> &'static str {
+        macro_rules! with_fma {
+            ($($f:literal),*) => {
+                concat!(include_str!("shaders/fma.wgsl"), $(include_str!(concat!("shaders/", $f))),*)
+            };
+        }
         match self {
-            Shader::Quant => include_str!("shaders/quant.wgsl"),
-            Shader::Norm => concat!(
-                include_str!("shaders/act_common.wgsl"),
-                include_str!("shaders/norm.wgsl")
-            ),
-            Shader::Rope => include_str!("shaders/rope.wgsl"),
-            Shader::Attention => include_str!("shaders/attention.wgsl"),
-            Shader::Elementwise => concat!(
-                include_str!("shaders/act_common.wgsl"),
-                include_str!("shaders/elementwise.wgsl")
-            ),
-            Shader::ActQuant => concat!(
-                include_str!("shaders/act_common.wgsl"),
-                include_str!("shaders/act_quant.wgsl")
-            ),
+            Shader::Quant => with_fma!("quant.wgsl"),
+            Shader::Norm => with_fma!("act_common.wgsl", "norm.wgsl"),
+            Shader::Rope => with_fma!("rope.wgsl"),
+            Shader::Attention => with_fma!("attention.wgsl"),
+            Shader::Elementwise => with_fma!("act_common.wgsl", "elementwise.wgsl"),
+            Shader::ActQuant => with_fma!("act_common.wgsl", "act_quant.wgsl"),
         }
     }
 

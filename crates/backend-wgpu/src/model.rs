@@ -707,7 +707,7 @@ impl GpuModel {
             n_tokens: tokens.len() as u32,
             pos,
             n_kv: pos + tokens.len() as u32,
-            pad: 0,
+            zero: 0,
         };
         self.ctx
             .queue
@@ -863,7 +863,7 @@ impl GpuModel {
                 n_tokens: 1,
                 pos: p,
                 n_kv: p + 1,
-                pad: 0,
+                zero: 0,
             };
             self.ctx
                 .queue

@@ -15,7 +15,7 @@ fn step_buffer(ctx: &GpuContext, n_tokens: u32, pos: u32) -> wgpu::Buffer {
         n_tokens,
         pos,
         n_kv: pos + n_tokens,
-        pad: 0,
+        zero: 0,
     };
     ctx.uniform("step", bytemuck::bytes_of(&step))
 }

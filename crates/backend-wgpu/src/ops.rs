@@ -28,7 +28,8 @@ pub(crate) struct StepUniform {
     pub n_tokens: u32,
     pub pos: u32,
     pub n_kv: u32,
-    pub pad: u32,
+    /// Always 0; the shaders OR it into products they must not fuse (fma.wgsl).
+    pub zero: u32,
 }
 
 #[repr(C)]

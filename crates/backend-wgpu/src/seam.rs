@@ -106,7 +106,7 @@ impl WgpuBackend {
             n_tokens: n_tokens as u32,
             pos: pos as u32,
             n_kv: (pos + n_tokens) as u32,
-            pad: 0,
+            zero: 0,
         };
         self.ctx.uniform("step", bytemuck::bytes_of(&s))
     }

@@ -34,7 +34,7 @@ struct Step {
     n_tokens: u32, // tokens in this batch
     pos: u32,      // position of the batch's first token
     n_kv: u32,     // pos + n_tokens
-    pad: u32,
+    zero: u32,    // 0 at run time, unknown to the compiler: see fma.wgsl
 }
 
 @group(0) @binding(0) var<storage, read> w: array<u32>;

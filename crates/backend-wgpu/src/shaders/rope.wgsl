@@ -31,7 +31,7 @@ struct Step {
     n_tokens: u32,
     pos: u32,
     n_kv: u32,
-    pad: u32,
+    zero: u32,    // 0 at run time, unknown to the compiler: see fma.wgsl
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;

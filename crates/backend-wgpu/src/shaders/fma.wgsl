@@ -1,0 +1,146 @@
+// fma.wgsl, prepended to every shader: a correctly rounded f32 fused
+// multiply-add, and a product that a shader compiler cannot fuse.
+//
+// ggml's x86 kernels (llama.cpp's reference build) use fused multiply-adds
+// in fixed places (`_mm256_fmadd_ps`, the contracted lines of scalar code)
+// and plain products elsewhere; agreeing with them bit for bit needs both.
+// WGSL's `fma` need not be fused (llvmpipe evaluates it as a*b + c), and a
+// compiler may fuse a plain a*b + c (NVIDIA's does). So:
+//   - `fma_rn(a, b, c)` is a·b + c rounded once: the builtin where the
+//     device fuses it (FMA_FUSED, probed when the device is opened), else an
+//     integer emulation: the 48-bit product and the addend aligned in 64
+//     bits with a sticky bit, rounded to nearest even;
+//   - `mul_rn(a, b)` is a·b rounded on its own: the product's bits are ORed
+//     with a uniform that is 0 at run time (`step.zero`, which the compiler
+//     cannot see through), so it is never contracted into a later addition.
+
+override FMA_FUSED: bool = false;
+
+fn shl64(v: vec2<u32>, s: u32) -> vec2<u32> { // (hi, lo) << s, s < 64
+    if (s == 0u) { return v; }
+    if (s >= 32u) { return vec2<u32>(v.y << (s - 32u), 0u); }
+    return vec2<u32>((v.x << s) | (v.y >> (32u - s)), v.y << s);
+}
+
+// (hi, lo) >> s with every bit shifted out ORed into bit 0.
+fn shr64_sticky(v: vec2<u32>, s: u32) -> vec2<u32> {
+    if (s == 0u) { return v; }
+    if (s >= 64u) { return vec2<u32>(0u, select(0u, 1u, (v.x | v.y) != 0u)); }
+    if (s >= 32u) {
+        let t = s - 32u;
+        let lost = v.y != 0u || (v.x & ((1u << t) - 1u)) != 0u;
+        return vec2<u32>(0u, (v.x >> t) | select(0u, 1u, lost));
+    }
+    let lost = (v.y & ((1u << s) - 1u)) != 0u;
+    return vec2<u32>(v.x >> s, (v.y >> s) | (v.x << (32u - s)) | select(0u, 1u, lost));
+}
+
+fn add64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> {
+    let lo = a.y + b.y;
+    return vec2<u32>(a.x + b.x + select(0u, 1u, lo < a.y), lo);
+}
+
+fn sub64(a: vec2<u32>, b: vec2<u32>) -> vec2<u32> { // a ≥ b
+    return vec2<u32>(a.x - b.x - select(0u, 1u, a.y < b.y), a.y - b.y);
+}
+
+fn ge64(a: vec2<u32>, b: vec2<u32>) -> bool {
+    return a.x > b.x || (a.x == b.x && a.y >= b.y);
+}
+
+// a·b + c rounded once to nearest even. Zero, subnormal, infinite or NaN
+// operands, and results outside the normal range, take a·b + c (never the
+// case for the scales, sums and angles the kernels pass).
+fn fma_rn(a: f32, b: f32, c: f32) -> f32 {
+    if (FMA_FUSED) {
+        return fma(a, b, c);
+    }
+    let ua = bitcast<u32>(a);
+    let ub = bitcast<u32>(b);
+    let uc = bitcast<u32>(c);
+    let ea = (ua >> 23u) & 0xffu;
+    let eb = (ub >> 23u) & 0xffu;
+    let ec = (uc >> 23u) & 0xffu;
+    if (ea == 0u || eb == 0u || ea == 255u || eb == 255u || ec == 255u) {
+        return a * b + c;
+    }
+    if (ec == 0u) {
+        if ((uc & 0x7fffffffu) == 0u) {
+            return a * b;
+        }
+        return a * b + c;
+    }
+    // The 48-bit product of the 24-bit significands, from 16-bit pieces.
+    let ma = (ua & 0x7fffffu) | 0x800000u;
+    let mb = (ub & 0x7fffffu) | 0x800000u;
+    let al = ma & 0xffffu;
+    let ah = ma >> 16u;
+    let bl = mb & 0xffffu;
+    let bh = mb >> 16u;
+    let ll = al * bl;
+    let mid = al * bh + ah * bl;
+    let lo = ll + (mid << 16u);
+    let hi = ah * bh + (mid >> 16u) + select(0u, 1u, lo < ll);
+    // Both operands with their top bit at bit 62: value = v · 2^e.
+    var sp = 15u;
+    if ((hi & 0x8000u) == 0u) { sp = 16u; }
+    let pv = shl64(vec2<u32>(hi, lo), sp);
+    let pe = i32(ea) + i32(eb) - 300 - i32(sp);
+    let ps = (ua ^ ub) & 0x80000000u;
+    let cv = vec2<u32>(((uc & 0x7fffffu) | 0x800000u) << 7u, 0u);
+    let ce = i32(ec) - 189;
+    let cs = uc & 0x80000000u;
+    var xv = pv;
+    var yv = cv;
+    var xe = pe;
+    var xs = ps;
+    var ys = cs;
+    var d = pe - ce;
+    if (ce > pe) {
+        xv = cv;
+        yv = pv;
+        xe = ce;
+        xs = cs;
+        ys = ps;
+        d = ce - pe;
+    }
+    yv = shr64_sticky(yv, u32(d));
+    var r: vec2<u32>;
+    var s = xs;
+    if (xs == ys) {
+        r = add64(xv, yv);
+    } else if (ge64(xv, yv)) {
+        r = sub64(xv, yv);
+    } else {
+        r = sub64(yv, xv);
+        s = ys;
+    }
+    if ((r.x | r.y) == 0u) {
+        return 0.0;
+    }
+    var lz = countLeadingZeros(r.x);
+    if (r.x == 0u) {
+        lz = 32u + countLeadingZeros(r.y);
+    }
+    r = shl64(r, lz);
+    var m = r.x >> 8u;
+    let round_bit = (r.x >> 7u) & 1u;
+    let sticky = (r.x & 0x7fu) != 0u || r.y != 0u;
+    var e = xe - i32(lz) + 190;
+    if (round_bit == 1u && (sticky || (m & 1u) == 1u)) {
+        m += 1u;
+        if (m == 0x1000000u) {
+            m = m >> 1u;
+            e += 1;
+        }
+    }
+    if (e <= 0 || e >= 255) {
+        return a * b + c;
+    }
+    return bitcast<f32>(s | (u32(e) << 23u) | (m & 0x7fffffu));
+}
+
+// a·b rounded on its own, never fused into a following addition.
+fn mul_rn(a: f32, b: f32) -> f32 {
+    return bitcast<f32>(bitcast<u32>(a * b) | step.zero);
+}
