@@ -580,7 +580,11 @@ fn main(@builtin(global_invocation_id) g: vec3<u32>) {{
                 "fma_rn({a:e}, {b:e}, {c:e}) = {f:e}, expected {:e}",
                 a.mul_add(b, c)
             );
-            assert_eq!(m.to_bits(), (a * b + c).to_bits(), "mul_rn({a:e}, {b:e}) + {c:e}");
+            assert_eq!(
+                m.to_bits(),
+                (a * b + c).to_bits(),
+                "mul_rn({a:e}, {b:e}) + {c:e}"
+            );
         }
     }
 }

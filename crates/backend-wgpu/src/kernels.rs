@@ -151,6 +151,21 @@ pub fn act_type(ty: GgmlType) -> Option<GgmlType> {
     }
 }
 
+/// The float order in which the exact product (`quant.wgsl`'s `qdot`)
+/// sums a `rows`-row matrix of `ty`, or `None` when `ty` goes through the
+/// dequantizing kernels instead: 0 for ggml's `vec_dot` lanes (Q4_0, Q4_1,
+/// Q5_0, Q5_1, Q8_0), 1 for the gemm/gemv of the matrices llama.cpp's x86
+/// backend repacks (Q4_0 and IQ4_NL with a multiple of 8 rows). Their
+/// activations go through `act_quant.wgsl`'s packed layout.
+pub fn exact_order(ty: GgmlType, rows: u32) -> Option<u32> {
+    use GgmlType::*;
+    match ty {
+        Q4_0 | IQ4_NL if rows.is_multiple_of(8) => Some(1),
+        Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 => Some(0),
+        _ => None,
+    }
+}
+
 /// One specialised compute pipeline: the cache key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Kernel {
@@ -172,19 +187,25 @@ pub(crate) enum Kernel {
     Swiglu(Option<GgmlType>),
     /// Greedy argmax.
     Argmax,
-    /// Activation rounding to the given Q8 type.
-    QuantizeAct(GgmlType),
+    /// Activation rounding to the given Q8 type; `true`: the packed layout
+    /// the exact products read.
+    QuantizeAct(GgmlType, bool),
+    /// Exact product of a `ty` matrix in float order `order`
+    /// ([`exact_order`]), `tokens` consecutive tokens per row in a workgroup.
+    Qdot(GgmlType, u32, u32),
 }
 
 impl Kernel {
     pub(crate) fn shader(self) -> Shader {
         match self {
-            Kernel::Matvec(_) | Kernel::Matmul(_) | Kernel::GetRows(_) => Shader::Quant,
+            Kernel::Matvec(_) | Kernel::Matmul(_) | Kernel::GetRows(_) | Kernel::Qdot(..) => {
+                Shader::Quant
+            }
             Kernel::RmsNorm(_) => Shader::Norm,
             Kernel::Rope => Shader::Rope,
             Kernel::Attention => Shader::Attention,
             Kernel::Add | Kernel::Swiglu(_) | Kernel::Argmax => Shader::Elementwise,
-            Kernel::QuantizeAct(_) => Shader::ActQuant,
+            Kernel::QuantizeAct(..) => Shader::ActQuant,
         }
     }
 
@@ -199,7 +220,8 @@ impl Kernel {
             Kernel::Add => "add",
             Kernel::Swiglu(_) => "swiglu",
             Kernel::Argmax => "argmax",
-            Kernel::QuantizeAct(_) => "quantize_act",
+            Kernel::QuantizeAct(..) => "quantize_act",
+            Kernel::Qdot(..) => "qdot",
         }
     }
 
@@ -212,7 +234,17 @@ impl Kernel {
                     ("MV_LANES", f64::from(crate::ops::MATVEC_LANES)),
                 ]
             }
-            Kernel::QuantizeAct(t) => vec![("ACT", f64::from(t.id()))],
+            Kernel::QuantizeAct(t, packed) => {
+                vec![
+                    ("ACT", f64::from(t.id())),
+                    ("PACKED", f64::from(u8::from(packed))),
+                ]
+            }
+            Kernel::Qdot(t, order, tokens) => vec![
+                ("FORMAT", f64::from(t.id())),
+                ("ORDER", f64::from(order)),
+                ("QDOT_TOKENS", f64::from(tokens)),
+            ],
             Kernel::Swiglu(t) => vec![("ACT", f64::from(t.map_or(0, GgmlType::id)))],
             Kernel::RmsNorm(t) => vec![("ACT", f64::from(t.map_or(0, GgmlType::id)))],
             _ => Vec::new(),

@@ -19,7 +19,7 @@ use gguf_format::{GgmlType, Gguf, GgufHeader, TensorInfo};
 
 use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
-use crate::kernels::{act_type, Kernel};
+use crate::kernels::{act_type, exact_order, Kernel};
 use crate::ops::{AttnParams, EwParams, GpuMatrix, Op, OpBuilder, RopeParams, StepUniform};
 
 /// Hyper-parameters of a LLaMA-family model, read from GGUF metadata.
@@ -183,12 +183,13 @@ impl std::fmt::Debug for GpuModel {
 /// rounding type, shared by all layers.
 struct ActBuffers<'c> {
     ctx: &'c GpuContext,
-    /// Bytes per buffer: activations, then Q8_1 sum corrections from float `corr_base`.
+    /// Bytes per buffer: activations, then two floats per block of 32 from
+    /// float `corr_base` (the packed layout's scales).
     size: u64,
     corr_base: u32,
     /// The current source was rounded by the norm that wrote it.
     fused: bool,
-    bufs: Vec<(GgmlType, wgpu::Buffer)>,
+    bufs: Vec<((GgmlType, bool), wgpu::Buffer)>,
 }
 
 impl ActBuffers<'_> {
@@ -200,7 +201,7 @@ impl ActBuffers<'_> {
         &mut self,
         ob: &OpBuilder<'_>,
         ops: &mut Vec<Op>,
-        done: &mut Vec<GgmlType>,
+        done: &mut Vec<(GgmlType, bool)>,
         src: &wgpu::Buffer,
         stride: u32,
         n: u32,
@@ -209,29 +210,32 @@ impl ActBuffers<'_> {
         let Some(act) = act_type(w.ty).filter(|_| !self.fused) else {
             return src.clone();
         };
-        let buf = match self.bufs.iter().find(|(t, _)| *t == act) {
+        let key = (act, exact_order(w.ty, w.m).is_some());
+        let buf = match self.bufs.iter().find(|(t, _)| *t == key) {
             Some((_, b)) => b.clone(),
             None => {
                 let b = self.ctx.storage("act", self.size);
-                self.bufs.push((act, b.clone()));
+                self.bufs.push((key, b.clone()));
                 b
             }
         };
-        if !done.contains(&act) {
-            ops.push(ob.quantize_act(act, src, stride, &buf, stride, n, self.corr_base));
-            done.push(act);
+        if !done.contains(&key) {
+            ops.push(ob.quantize_act(act, key.1, src, stride, &buf, stride, n, self.corr_base));
+            done.push(key);
         }
         buf
     }
 }
 
 /// The activation rounding a norm can apply for all of `ws` (`Some(None)`:
-/// none needed), or `None` when they need different roundings or Q8_1
-/// (whose block sums only `act_quant.wgsl` writes).
+/// none needed), or `None` when they need different roundings, Q8_1
+/// (whose block sums only `act_quant.wgsl` writes) or the packed layout of
+/// the exact products.
 fn fused_act(ws: &[&GpuMatrix]) -> Option<Option<GgmlType>> {
     let first = act_type(ws[0].ty);
     let same = ws.iter().all(|w| act_type(w.ty) == first);
-    (same && first != Some(GgmlType::Q8_1)).then_some(first)
+    let exact = ws.iter().any(|w| exact_order(w.ty, w.m).is_some());
+    (same && !exact && first != Some(GgmlType::Q8_1)).then_some(first)
 }
 
 /// Most greedy tokens [`GpuModel::generate_greedy`] makes in one call.
@@ -352,7 +356,7 @@ impl GpuModel {
         let act_floats = b * d.max(dq).max(ff) as u64;
         let mut acts = ActBuffers {
             ctx: &ctx,
-            size: (act_floats + act_floats / 32) * f,
+            size: (act_floats + act_floats / 16) * f,
             corr_base: act_floats as u32,
             fused: false,
             bufs: Vec::new(),

@@ -56,7 +56,9 @@ fn check(what: &str, ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
 /// `max_part_bytes` forces a row split of the weights when smaller than the
 /// device's binding limit. With `round_activations`, `x` is first rounded to
 /// the weight type's activation format ([`crate::kernels::act_type`]) as
-/// the forward pass does, which makes the result ggml's `mul_mat`.
+/// the forward pass does, which makes the result ggml's `mul_mat`. Formats
+/// with an exact product ([`crate::kernels::exact_order`]) always round:
+/// that kernel multiplies integer quants.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
     ctx: &GpuContext,
@@ -83,18 +85,21 @@ pub fn matmul(
     )?;
     let step = step_buffer(ctx, n as u32, 0);
     let b = OpBuilder { ctx, step: &step };
-    // Activations, then zeroed Q8_1 sum corrections (used by Q4_1/Q5_1).
+    // Activations, then room for the packed layout's scales.
     let mut padded = x.to_vec();
-    padded.resize(x.len() + x.len() / 32, 0.0);
+    padded.resize(x.len() + x.len() / 16, 0.0);
     let xb = f32_buffer(ctx, "x", &padded);
     let y = ctx.storage("y", (n * m * 4) as u64);
     let dummy = ctx.storage("dummy", 16);
     let mut ops = Vec::new();
     let mut input = xb.clone();
-    if let Some(act) = crate::kernels::act_type(ty).filter(|_| round_activations) {
-        input = ctx.storage("xq", (x.len() * 4 + x.len() / 32 * 4) as u64);
+    // The exact products read only quantized activations.
+    let packed = crate::kernels::exact_order(ty, m as u32).is_some();
+    if let Some(act) = crate::kernels::act_type(ty).filter(|_| round_activations || packed) {
+        input = ctx.storage("xq", (x.len() * 4 + x.len() / 16 * 4) as u64);
         ops.push(b.quantize_act(
             act,
+            packed,
             &xb,
             k as u32,
             &input,
@@ -229,6 +234,11 @@ pub fn rope(
 /// Causal attention: `q` is `tokens × n_head × head_dim` for tokens at
 /// positions `pos0 ..`; `k` and `v` are the caches, `(pos0 + tokens) ×
 /// n_kv_head × head_dim`. Returns `tokens × n_head × head_dim`.
+///
+/// With `kv_f16`, the caches stand for an f16 cache: their values must be
+/// f16-representable, and the query and the probabilities are rounded to
+/// f16 as tensor-core's `attention::<f16>` rounds them; otherwise it is an
+/// f32 cache (`attention::<f32>`).
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
     ctx: &GpuContext,
@@ -239,6 +249,7 @@ pub fn attention(
     n_kv_head: usize,
     head_dim: usize,
     pos0: u32,
+    kv_f16: bool,
 ) -> Result<Vec<f32>> {
     let qrow = n_head * head_dim;
     let kvrow = n_kv_head * head_dim;
@@ -277,7 +288,7 @@ pub fn attention(
             kv_stride: kvrow as u32,
             out_stride: qrow as u32,
             scale: 1.0 / (head_dim as f32).sqrt(),
-            kv_f16: 0,
+            kv_f16: kv_f16 as u32,
         },
     );
     run(ctx, &[op], t as u32, &out, q.len())
@@ -353,6 +364,6 @@ pub fn quantize_act(ctx: &GpuContext, act: GgmlType, x: &[f32], n: usize) -> Res
     let b = OpBuilder { ctx, step: &step };
     let xb = f32_buffer(ctx, "x", x);
     let y = ctx.storage("y", (x.len() * 4) as u64);
-    let op = b.quantize_act(act, &xb, n as u32, &y, n as u32, n as u32, 0);
+    let op = b.quantize_act(act, false, &xb, n as u32, &y, n as u32, n as u32, 0);
     run(ctx, &[op], t as u32, &y, x.len())
 }

@@ -9,7 +9,7 @@ use gguf_format::GgmlType;
 
 use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
-use crate::kernels::{is_gpu_type, Kernel};
+use crate::kernels::{exact_order, is_gpu_type, Kernel};
 
 /// Up to this many tokens a linear layer runs as matrix-vector products
 /// (64 invocations per row, 4 rows per workgroup); above it, as a tiled
@@ -236,6 +236,17 @@ pub(crate) enum Grid {
     Fixed([u32; 3]),
     /// A linear layer of `m` rows: matvec or matmul by batch size.
     Linear { m: u32 },
+    /// An exact product (`qdot`) of `m` rows in float order `order`.
+    Qdot { m: u32, order: u32 },
+}
+
+/// Tokens per row in a `qdot` workgroup for a batch of `n_tokens`.
+pub(crate) fn qdot_tokens(n_tokens: u32) -> u32 {
+    if n_tokens == 1 {
+        1
+    } else {
+        4
+    }
 }
 
 /// A recorded operation.
@@ -273,6 +284,16 @@ impl Op {
                         [m.div_ceil(64), n_tokens.div_ceil(64), 1],
                     )
                 }
+            }
+            Grid::Qdot { m, order } => {
+                let tt = qdot_tokens(n_tokens);
+                let rows = if order == 0 { 32 } else { 256 } / tt;
+                let p = if tt == 1 {
+                    &self.pipeline
+                } else {
+                    self.pipeline_mm.as_ref().unwrap_or(&self.pipeline)
+                };
+                (p, [n_tokens.div_ceil(tt), m.div_ceil(rows), 1])
             }
         };
         pass.set_pipeline(pipeline);
@@ -341,6 +362,24 @@ impl OpBuilder<'_> {
                     pad: [0; 3],
                 };
                 let pb = self.ctx.uniform(label, bytemuck::bytes_of(&params));
+                if let Some(order) = exact_order(w.ty, w.m) {
+                    let kernel = Kernel::Qdot(w.ty, order, 1);
+                    return Op {
+                        label,
+                        pipeline: self.ctx.pipeline(kernel),
+                        pipeline_mm: Some(self.ctx.pipeline(Kernel::Qdot(
+                            w.ty,
+                            order,
+                            qdot_tokens(2),
+                        ))),
+                        bind_group: self.bind(kernel, &[&part.buffer, x, y, &pb, self.step, dummy]),
+                        grid: Grid::Qdot {
+                            m: part.rows,
+                            order,
+                        },
+                        _params: pb,
+                    };
+                }
                 let kernel = Kernel::Matvec(w.ty);
                 Op {
                     label,
@@ -513,12 +552,14 @@ impl OpBuilder<'_> {
     }
 
     /// Rounds `n` activations per token of `x` to `act` (Q8_0, Q8_1, Q8_K)
-    /// as ggml quantizes them, into `y` (Q8_1: sum corrections from float
-    /// `corr_base` of `y`).
+    /// as ggml quantizes them, into `y`: as f32 d·q, or with `packed` in the layout of
+    /// `act_quant.wgsl` that the exact products read (quants, `y_stride / 4`
+    /// words per token; two scales per block of 32 from `corr_base`).
     #[allow(clippy::too_many_arguments)]
     pub fn quantize_act(
         &self,
         act: GgmlType,
+        packed: bool,
         x: &wgpu::Buffer,
         x_stride: u32,
         y: &wgpu::Buffer,
@@ -529,14 +570,14 @@ impl OpBuilder<'_> {
         let params = EwParams {
             n,
             a_stride: x_stride,
-            b_stride: y_stride,
+            b_stride: if packed { y_stride / 4 } else { y_stride },
             y_stride: corr_base,
             ..Default::default()
         };
         let pb = self
             .ctx
             .uniform("quantize_act", bytemuck::bytes_of(&params));
-        let kernel = Kernel::QuantizeAct(act);
+        let kernel = Kernel::QuantizeAct(act, packed);
         Op {
             label: "quantize_act",
             pipeline: self.ctx.pipeline(kernel),

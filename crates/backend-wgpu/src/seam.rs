@@ -18,7 +18,7 @@ use tensor_core::attention::{AttentionParams, KvShape, KvType};
 use tensor_core::{Backend, RopeParams, Tensor, TensorError};
 
 use crate::device::GpuContext;
-use crate::kernels::{act_type, Kernel};
+use crate::kernels::{act_type, exact_order, Kernel};
 use crate::ops::{self, AttnParams, EwParams, GpuMatrix, Op, OpBuilder, StepUniform};
 
 type TcResult<T> = tensor_core::Result<T>;
@@ -54,7 +54,7 @@ pub struct GpuKvCache {
 
 struct Pending {
     encoder: Option<wgpu::CommandEncoder>,
-    /// Scratch for rounded activations (+ Q8_1 corrections) and in-place ops.
+    /// Scratch for rounded activations (+ the packed layout's scales) and in-place ops.
     scratch: Option<(wgpu::Buffer, u64)>,
     temp: Option<(wgpu::Buffer, u64)>,
 }
@@ -291,10 +291,11 @@ impl Backend for WgpuBackend {
         let mut ops = Vec::new();
         let input = match act_type(w.ty) {
             Some(act) => {
-                let s = self.scratch(0, (floats + floats / 32 + 1) * 4);
-                ops.push(
-                    ob.quantize_act(act, &x.buffer, k as u32, &s, k as u32, k as u32, corr_base),
-                );
+                let s = self.scratch(0, (floats + floats / 16 + 1) * 4);
+                let packed = exact_order(w.ty, w.m).is_some();
+                ops.push(ob.quantize_act(
+                    act, packed, &x.buffer, k as u32, &s, k as u32, k as u32, corr_base,
+                ));
                 s
             }
             None => x.buffer.clone(),

@@ -24,20 +24,14 @@ fn passage() -> Vec<u32> {
         .collect()
 }
 
-/// Every position's logits, GPU vs CPU.
-///
-/// Issue #8 asks for a mean KLD ≤ 1e-4; this model does not allow it without
-/// llama.cpp's exact float summation order in every kernel. SmolLM2 carries
-/// activations of magnitude 30–50 in one channel, and a last-bit difference
-/// before an activation is quantized to Q8_1 (or a probability rounded to
-/// f16) flips a rounding step now and then, which the following layers
-/// amplify: the CPU's own batch and single-token kernels (llama.cpp's, which
-/// differ only in summation order) disagree on the decoded rows by a mean
-/// KLD of ~2.4e-3, and the GPU (whose RMSNorm is bit-exact with the CPU's,
-/// its products and attention not) sits at ~3.5e-3, top-1 100%. The bound
-/// checked is therefore that order-sensitivity, measured here on the CPU:
-/// the GPU may differ from the CPU at most twice as much as the CPU differs
-/// from itself, and must agree on ≥ 98% of the argmaxes.
+/// Every position's logits, GPU vs CPU, to issue #8's bound (mean KLD
+/// ≤ 1e-4, top-1 ≥ 98%), for the prompt batch and for the decoding steps
+/// separately. Every kernel this model uses (Q4_1 and Q8_0 products as
+/// ggml's integer block sums in its float order, RMSNorm, RoPE, attention,
+/// SwiGLU) computes the CPU's bits, so on llvmpipe the logits are
+/// identical. The CPU's own batch-vs-decode divergence (llama.cpp's batch
+/// and single-token kernels sum in different orders) is printed for scale:
+/// SmolLM2 amplifies any last-bit difference to a KLD of ~2.4e-3.
 #[test]
 fn default_model_gpu_matches_cpu() {
     let path = model_cache::default_model().expect("default model (SmolLM2-135M-Instruct Q4_1)");
@@ -99,7 +93,7 @@ fn default_model_gpu_matches_cpu() {
         top1 * 100.0
     );
     assert!(
-        kld <= 2.0 * kld_cpu && kld_d <= 2.0 * kld_cpu && top1 >= 0.98,
-        "mean KLD {kld:.3e} (decoded rows {kld_d:.3e}; CPU vs itself {kld_cpu:.3e}), top-1 {top1}"
+        kld <= 1e-4 && kld_b <= 1e-4 && kld_d <= 1e-4 && top1 >= 0.98,
+        "mean KLD {kld:.3e} (batch {kld_b:.3e}, decoded rows {kld_d:.3e}), top-1 {top1}"
     );
 }

@@ -5,7 +5,7 @@
 //! output in `T.f32`), so the oracle is ggml's dequantization; quant-kernels'
 //! `dequantize_row` is checked to agree with it wherever it supports the type.
 
-use backend_wgpu::kernels::GPU_TYPES;
+use backend_wgpu::kernels::{exact_order, GPU_TYPES};
 use backend_wgpu::oneshot;
 use gguf_format::GgmlType;
 use rand::rngs::StdRng;
@@ -50,7 +50,22 @@ fn row_len(rng: &mut StdRng, ty: GgmlType) -> usize {
     unit * rng.gen_range(1..=(2048 / unit).clamp(1, 12))
 }
 
-/// GPU W·X against the f64 dot products of ggml's dequantized weights.
+/// The CPU backend's product (tensor-core: llama.cpp's x86 kernels, with
+/// activations quantized as ggml quantizes them).
+fn cpu_matmul(ty: GgmlType, bytes: &[u8], k: usize, m: usize, x: &[f32]) -> Vec<f32> {
+    let n = x.len() / k;
+    let mut y = vec![0f32; n * m];
+    if tensor_core::gemm::handles(ty, m, k) {
+        tensor_core::gemm::matmul_float(ty, bytes, m, k, x, n, &mut y);
+    } else {
+        let w = quant_kernels::QMatrix::new(ty, m, k, bytes).unwrap();
+        quant_kernels::matmul(&w, x, n, &mut y, &mut quant_kernels::Scratch::default());
+    }
+    y
+}
+
+/// GPU W·X against the f64 dot products of ggml's dequantized weights, or,
+/// for the formats with exact products, against the CPU backend bit for bit.
 fn check_matmul(ty: GgmlType, seed: u64, n_tokens: usize, split: bool) {
     let ctx = ctx();
     let mut rng = StdRng::seed_from_u64(seed);
@@ -64,6 +79,10 @@ fn check_matmul(ty: GgmlType, seed: u64, n_tokens: usize, split: bool) {
     let limit = split.then_some((row_bytes * rng.gen_range(1..=m.min(7)) + 8) as u64);
     let y = oneshot::matmul(&ctx, ty, &bytes, k, m, &x, limit, false).unwrap();
     assert_eq!(y.len(), n_tokens * m);
+    if exact_order(ty, m as u32).is_some() {
+        assert_bits(ty, k, m, &y, &cpu_matmul(ty, &bytes, k, m, &x));
+        return;
+    }
     for t in 0..n_tokens {
         for r in 0..m {
             let (mut dot, mut mag) = (0f64, 0f64);
@@ -77,6 +96,65 @@ fn check_matmul(ty: GgmlType, seed: u64, n_tokens: usize, split: bool) {
                 (got - dot).abs() <= 2e-6 * mag + 1e-6,
                 "{ty} k={k} m={m} n={n_tokens} split={split}: y[{t},{r}] = {got}, expected {dot} (Σ|w·x| = {mag})"
             );
+        }
+    }
+}
+
+/// `got` equals `want` to the bit.
+fn assert_bits(ty: GgmlType, k: usize, m: usize, got: &[f32], want: &[f32]) {
+    let diff: Vec<usize> = (0..got.len())
+        .filter(|&i| got[i].to_bits() != want[i].to_bits())
+        .collect();
+    for &i in diff.iter().take(5) {
+        eprintln!(
+            "{ty} k={k} m={m}: y[{}, {}] gpu {:e} cpu {:e}",
+            i / m,
+            i % m,
+            got[i],
+            want[i]
+        );
+    }
+    assert!(
+        diff.is_empty(),
+        "{ty} k={k} m={m}: {} of {} outputs differ from the CPU",
+        diff.len(),
+        got.len()
+    );
+}
+
+/// The exact products (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL) equal the CPU
+/// backend's to the bit: one token (ggml's vec_dot / gemv) and batches
+/// (gemm, tinyBLAS), repacked (a multiple of 8 rows) or not, with
+/// activations of large and tiny magnitude.
+#[test]
+fn exact_products_are_the_cpus_bit_for_bit() {
+    let ctx = ctx();
+    let types = [
+        GgmlType::Q4_0,
+        GgmlType::Q4_1,
+        GgmlType::Q5_0,
+        GgmlType::Q5_1,
+        GgmlType::Q8_0,
+        GgmlType::IQ4_NL,
+    ];
+    for (i, &ty) in types.iter().enumerate() {
+        for (case, n) in [1usize, 2, 5, 17, 64].into_iter().enumerate() {
+            let mut rng = StdRng::seed_from_u64(5000 + 10 * i as u64 + case as u64);
+            let k = 32 * rng.gen_range(1..=60);
+            let mut m = 8 * rng.gen_range(1..=20);
+            if case % 2 == 1 {
+                m += rng.gen_range(1..8);
+            }
+            if exact_order(ty, m as u32).is_none() {
+                continue;
+            }
+            let (bytes, _) = random_weights(&mut rng, ty, k, m);
+            let scale = [1.0f32, 40.0, 1e-3][case % 3];
+            let x: Vec<f32> = (0..n * k)
+                .map(|_| rng.gen_range(-1.0f32..1.0) * scale)
+                .collect();
+            let got = oneshot::matmul(&ctx, ty, &bytes, k, m, &x, None, true).unwrap();
+            assert_bits(ty, k, m, &got, &cpu_matmul(ty, &bytes, k, m, &x));
         }
     }
 }
@@ -225,7 +303,8 @@ fn rope_normal_and_neox() {
     }
 }
 
-/// tensor-core's CPU attention over an f32 cache.
+/// tensor-core's CPU attention (`attention::<f16>` over an f16 cache
+/// holding `k` and `v` when `kv_f16`, else `attention::<f32>`).
 #[allow(clippy::too_many_arguments)]
 fn attention_ref(
     q: &[f32],
@@ -235,6 +314,7 @@ fn attention_ref(
     nkv: usize,
     hd: usize,
     pos0: usize,
+    kv_f16: bool,
 ) -> Vec<f32> {
     let p = tensor_core::AttentionParams {
         n_head: nh,
@@ -243,38 +323,175 @@ fn attention_ref(
         scale: 1.0 / (hd as f32).sqrt(),
     };
     let mut out = vec![0f32; q.len()];
-    tensor_core::attention::attention::<f32>(q, k, v, pos0, &p, &mut out);
+    if kv_f16 {
+        let h = |x: &[f32]| {
+            x.iter()
+                .map(|&v| half::f16::from_f32(v))
+                .collect::<Vec<_>>()
+        };
+        tensor_core::attention::attention::<half::f16>(q, &h(k), &h(v), pos0, &p, &mut out);
+    } else {
+        tensor_core::attention::attention::<f32>(q, k, v, pos0, &p, &mut out);
+    }
     out
 }
 
-#[test]
-fn attention_gqa_causal() {
+/// One random attention problem: GPU and CPU outputs must have the same bits.
+#[allow(clippy::too_many_arguments)]
+fn check_attention_exact(
+    rng: &mut StdRng,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    t: usize,
+    pos0: usize,
+    kv_f16: bool,
+    mag: f32,
+) {
     let ctx = ctx();
+    let n = pos0 + t;
+    let mut gen = |len: usize| -> Vec<f32> {
+        (0..len)
+            .map(|_| {
+                let x = rng.gen_range(-mag..mag);
+                // An f16 cache holds f16 values (the GPU stores them as f32).
+                if kv_f16 {
+                    half::f16::from_f32(x).to_f32()
+                } else {
+                    x
+                }
+            })
+            .collect()
+    };
+    let k = gen(n * nkv * hd);
+    let v = gen(n * nkv * hd);
+    let q: Vec<f32> = (0..t * nh * hd).map(|_| rng.gen_range(-mag..mag)).collect();
+    let got = oneshot::attention(&ctx, &q, &k, &v, nh, nkv, hd, pos0 as u32, kv_f16).unwrap();
+    let want = attention_ref(&q, &k, &v, nh, nkv, hd, pos0, kv_f16);
+    let bad: Vec<usize> = (0..want.len())
+        .filter(|&i| got[i].to_bits() != want[i].to_bits())
+        .collect();
+    for &i in bad.iter().take(5) {
+        let (tok, h, d) = (i / (nh * hd), i / hd % nh, i % hd);
+        eprintln!(
+            "heads {nh}/{nkv} hd={hd} tokens={t} pos0={pos0} f16={kv_f16}: \
+             token {tok} head {h} out {d}: gpu {} ({:#010x}) cpu {} ({:#010x})",
+            got[i],
+            got[i].to_bits(),
+            want[i],
+            want[i].to_bits()
+        );
+    }
+    assert!(
+        bad.is_empty(),
+        "attention heads {nh}/{nkv} hd={hd} tokens={t} pos0={pos0} f16={kv_f16}: \
+         {} of {} outputs differ from the CPU's bits",
+        bad.len(),
+        want.len()
+    );
+}
+
+/// Head layouts (n_head, n_head_kv, head_dim): plain, grouped-query by 3
+/// and 4, head sizes 64 and 128.
+const ATTN_HEADS: [(usize, usize, usize); 5] = [
+    (4, 4, 64),
+    (6, 2, 64),
+    (8, 2, 128),
+    (12, 3, 128),
+    (3, 1, 64),
+];
+
+/// Decoding (one token, ggml_vec_dot's order) and batches (tinyBLAS's
+/// order) over an f16 cache, KV windows of 1 to > 300: bit-identical to
+/// tensor-core's CPU attention.
+#[test]
+fn attention_bit_exact_f16_cache() {
     let mut rng = StdRng::seed_from_u64(700);
-    for case in 0..5 {
-        let nkv = rng.gen_range(1..=3);
-        let nh = nkv * rng.gen_range(1..=4);
-        let hd = [32, 64, 80, 128, 256][case];
-        let t = rng.gen_range(1..=6);
-        let pos0 = rng.gen_range(0..300);
-        let n = pos0 + t;
-        let q: Vec<f32> = (0..t * nh * hd)
-            .map(|_| rng.gen_range(-1.0f32..1.0))
+    for (case, &(nh, nkv, hd)) in ATTN_HEADS.iter().enumerate() {
+        // (tokens, first position): a window of 1, decoding, batches.
+        let shapes = [
+            (1, 0),
+            (rng.gen_range(2..=20), 0),
+            (1, rng.gen_range(1..=340)),
+            (rng.gen_range(2..=20), rng.gen_range(1..=320)),
+        ];
+        for (t, pos0) in shapes {
+            let mag = if case % 2 == 0 { 1.0 } else { 3.0 };
+            check_attention_exact(&mut rng, nh, nkv, hd, t, pos0, true, mag);
+        }
+    }
+}
+
+/// As [`attention_bit_exact_f16_cache`] over an f32 cache (FMAs in K·Q and
+/// V·P).
+#[test]
+fn attention_bit_exact_f32_cache() {
+    let mut rng = StdRng::seed_from_u64(710);
+    for (case, &(nh, nkv, hd)) in ATTN_HEADS.iter().enumerate().skip(1).step_by(2) {
+        let shapes = [
+            (1, rng.gen_range(0..=330)),
+            (rng.gen_range(2..=16), rng.gen_range(0..=300)),
+        ];
+        for (t, pos0) in shapes {
+            let mag = if case % 2 == 0 { 1.0 } else { 2.5 };
+            check_attention_exact(&mut rng, nh, nkv, hd, t, pos0, false, mag);
+        }
+    }
+}
+
+/// Rarer paths: a head size not a multiple of 32 (decoding adds the dot
+/// product's tail in f64), large scores (probabilities that underflow),
+/// and windows past the 2048 positions kept in workgroup memory.
+#[test]
+fn attention_bit_exact_edges() {
+    let mut rng = StdRng::seed_from_u64(720);
+    for kv_f16 in [true, false] {
+        check_attention_exact(&mut rng, 4, 2, 80, 1, 150, kv_f16, 2.0);
+        check_attention_exact(&mut rng, 4, 2, 80, 5, 40, kv_f16, 2.0);
+        check_attention_exact(&mut rng, 3, 1, 64, 1, 200, kv_f16, 12.0);
+        check_attention_exact(&mut rng, 3, 1, 64, 7, 100, kv_f16, 12.0);
+    }
+    check_attention_exact(&mut rng, 2, 1, 64, 1, 2100, true, 1.0);
+    check_attention_exact(&mut rng, 2, 1, 64, 3, 2060, true, 1.0);
+}
+
+/// SwiGLU over random rows (widths multiples of 8, as ggml's vector path
+/// covers them), gates up to ±90 (exponentials overflowing and
+/// underflowing): bit-identical to tensor-core's `ops::swiglu`.
+#[test]
+fn swiglu_bit_exact() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(810);
+    for case in 0..4 {
+        let n = 8 * rng.gen_range(1..=200);
+        let t = rng.gen_range(1..=5);
+        let gmag = [4.0f32, 12.0, 40.0, 90.0][case];
+        let mut a: Vec<f32> = (0..n * t).map(|_| rng.gen_range(-gmag..gmag)).collect();
+        let b: Vec<f32> = (0..n * t).map(|_| rng.gen_range(-8.0f32..8.0)).collect();
+        if case == 3 {
+            let edges = [
+                0.0, -0.0, 87.0, -87.0, 88.5, -88.5, 89.9, -89.9, 1e-3, -1e-3,
+            ];
+            a[..edges.len()].copy_from_slice(&edges);
+        }
+        let got = oneshot::swiglu(&ctx, &a, &b, n).unwrap();
+        let mut want = vec![0f32; a.len()];
+        tensor_core::ops::swiglu(&a, &b, n, &mut want);
+        let bad: Vec<usize> = (0..want.len())
+            .filter(|&i| got[i].to_bits() != want[i].to_bits())
             .collect();
-        let k: Vec<f32> = (0..n * nkv * hd)
-            .map(|_| rng.gen_range(-1.0f32..1.0))
-            .collect();
-        let v: Vec<f32> = (0..n * nkv * hd)
-            .map(|_| rng.gen_range(-1.0f32..1.0))
-            .collect();
-        let got = oneshot::attention(&ctx, &q, &k, &v, nh, nkv, hd, pos0 as u32).unwrap();
-        let want = attention_ref(&q, &k, &v, nh, nkv, hd, pos0);
-        for (i, (g, e)) in got.iter().zip(&want).enumerate() {
-            assert!(
-                (g - e).abs() <= 1e-5,
-                "attention case {case} (hd={hd}, pos0={pos0}) [{i}]: {g} vs {e}"
+        for &i in bad.iter().take(5) {
+            eprintln!(
+                "swiglu n={n} [{i}] gate {} up {}: gpu {} cpu {}",
+                a[i], b[i], got[i], want[i]
             );
         }
+        assert!(
+            bad.is_empty(),
+            "swiglu case {case}: {} of {} differ",
+            bad.len(),
+            want.len()
+        );
     }
 }
 
@@ -296,10 +513,7 @@ fn add_swiglu_argmax() {
     tensor_core::ops::swiglu(&a, &b, n, &mut want);
     for (i, s) in sw.iter().enumerate() {
         let e = want[i];
-        assert!(
-            (s - e).abs() <= 1e-5 * e.abs().max(1.0),
-            "swiglu [{i}]: {s} vs {e}"
-        );
+        assert_eq!(s.to_bits(), e.to_bits(), "swiglu [{i}]: {s} vs {e}");
     }
     let mut logits: Vec<f32> = (0..40000 * 2)
         .map(|_| rng.gen_range(-10.0f32..10.0))

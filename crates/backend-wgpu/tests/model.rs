@@ -76,18 +76,34 @@ fn synth_float_logits_match_llama_cpp() {
     }
 }
 
-/// With quantized activations, a difference in the last bit of a value that
-/// is then quantized flips a whole quantization step now and then, and this
-/// random-weight model amplifies such flips: the GPU's own matrix-vector and
-/// tiled paths, which differ only in summation order, already disagree by a
-/// mean KLD of ~2e-4 (see `synth_incremental_matches_batch`). Matching
-/// llama.cpp to 1e-4 here would need its exact summation order. The bound
-/// checked is the size of that effect, not of a kernel error (the kernels
-/// are checked one by one in `kernels.rs`).
+/// Files whose products take Q8_0/Q8_1-quantized activations: the GPU sums
+/// ggml's exact integer block sums in llama.cpp's float order (`qdot`), so
+/// it must match llama.cpp to the brief's bound.
+const EXACT_FTYPES: [&str; 6] = ["Q8_0", "Q5_0", "Q5_1", "Q4_0", "Q4_1", "IQ4_NL"];
+
 #[test]
-fn synth_quantized_logits_near_llama_cpp() {
+fn synth_exact_quantized_logits_match_llama_cpp() {
+    for ftype in EXACT_FTYPES {
+        let (kld, top1) = synth_kld(ftype);
+        assert!(
+            kld <= 1e-4 && top1 >= 0.98,
+            "synth-{ftype}: mean KLD {kld:.3e}, top-1 {top1}"
+        );
+    }
+}
+
+/// The K-quant files (Q8_K activations) still go through the dequantizing
+/// kernels, which sum float products in their own order; on this
+/// random-weight model a last-bit difference before an activation is
+/// quantized flips a step now and then, and the flips add up to a mean KLD
+/// of a few 1e-4. Issue #8 asks for 1e-4 here too: that needs the K-quant
+/// products in ggml's order as `qdot` does for the others (open work). The
+/// bound checked meanwhile is that effect's size, not a kernel error (the
+/// kernels are checked one by one in `kernels.rs`).
+#[test]
+fn synth_kquant_logits_near_llama_cpp() {
     let mut worst = Vec::new();
-    for ftype in QUANT_FTYPES {
+    for ftype in QUANT_FTYPES.iter().filter(|f| !EXACT_FTYPES.contains(f)) {
         let (kld, top1) = synth_kld(ftype);
         worst.push((ftype, kld, top1));
     }

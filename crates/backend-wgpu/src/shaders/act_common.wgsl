@@ -8,10 +8,8 @@
 // ACT selects the rounding (ggml type ids):
 //   8 Q8_0, 9 Q8_1: blocks of 32, d = max|x|/127 stored as f16,
 //     q = round(x·127/max|x|) (ggml-cpu's quantize_row_q8_0/q8_1);
-//     For Q8_1, ggml also stores s = f16(d·Σq) per block, which the Q4_1 and
-//     Q5_1 products multiply with the weight's min; the difference
-//     s − d_f16·Σq is written at corr_base + token·(n/32) + block so that the
-//     products can use s exactly;
+//     (act_quant.wgsl's PACKED layout also keeps Q8_1's s = f16(d·Σq),
+//     which the Q4_1 and Q5_1 products multiply with the weight's min);
 //   15 Q8_K: blocks of 256, d = max/−127 in f32 where max is the value of
 //     largest magnitude, q = min(127, round(x·(−127/max)))
 //     (quantize_row_q8_K_ref).
@@ -78,7 +76,8 @@ var<workgroup> act_val: array<f32, 256>;
 
 // v rounded as ACT rounds it (0: unchanged), v being element `lid` of a
 // workgroup of 256 that holds whole blocks (zeros past the row's end).
-// Returns (rounded value, the block's largest magnitude). Every invocation
+// Returns (rounded value, the block's largest magnitude; for Q8_K the
+// signed value of largest magnitude). Every invocation
 // of the workgroup must call it: it synchronises.
 fn round_act(v: f32, lid: u32) -> vec2<f32> {
     if (ACT == 0u) {
@@ -128,6 +127,9 @@ fn round_act(v: f32, lid: u32) -> vec2<f32> {
             id = div_rn(127.0, amax);
         }
         r = d * round(v * id);
+    }
+    if (ACT == 15u) {
+        return vec2<f32>(r, mx);
     }
     return vec2<f32>(r, amax);
 }

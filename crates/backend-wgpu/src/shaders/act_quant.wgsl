@@ -1,11 +1,22 @@
 // act_quant.wgsl (act_common.wgsl is prepended): activations rounded to
-// ACT as ggml's quantize_row_<type> rounds them, written as f32 d·q.
+// ACT as ggml's quantize_row_<type> rounds them, written as f32 d·q, or
+// (PACKED) as ggml's blocks hold them, for the products that sum exact
+// integer block sums as ggml does (quant.wgsl's `qdot`):
+//   - the quants, four signed bytes per u32, element e of token t in word
+//     t·y_stride + e/4 (y_stride counts words here);
+//   - per block of 32 (per super-block of 256 for Q8_K, in the slot of its
+//     first 32), two floats from corr_base + 2·(t·n/32 + e/32): d as the
+//     product reads it (Q8_0/Q8_1: f32 of the f16; Q8_K: f32) and, for
+//     Q8_1, s = f16(d·Σq) with the unrounded d.
+
+override PACKED: bool = false;
+var<workgroup> packed_q: array<i32, 256>;
 
 struct ActParams {
     n: u32,        // elements per token (multiple of the block size)
     x_stride: u32,
     y_stride: u32,
-    corr_base: u32, // Q8_1: float offset of the per-block corrections in y
+    corr_base: u32, // PACKED: float offset of the per-block scales in y
 }
 
 struct Step {
@@ -16,7 +27,7 @@ struct Step {
 }
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
-@group(0) @binding(1) var<storage, read_write> y: array<f32>;
+@group(0) @binding(1) var<storage, read_write> y: array<u32>;
 @group(0) @binding(2) var<uniform> p: ActParams;
 @group(0) @binding(3) var<uniform> step: Step;
 
@@ -32,29 +43,66 @@ fn quantize_act(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     let ra = round_act(v, lid);
     let r = ra.x;
     let amax = ra.y;
+    if (PACKED) {
+        quantize_packed(v, amax, e, tok, lid);
+        return;
+    }
     if (e < p.n) {
-        y[tok * p.y_stride + e] = r;
+        y[tok * p.y_stride + e] = bitcast<u32>(r);
+    }
+}
+
+// The PACKED layout (see the top of the file) of element e = v, whose block's
+// largest magnitude is amax (Q8_K: the super-block's signed extreme).
+fn quantize_packed(v: f32, amax: f32, e: u32, tok: u32, lid: u32) {
+    var q = 0;
+    var d = 0.0;
+    if (ACT == 15u) {
+        // quantize_row_q8_K_ref: iscale = −127/max (max: the signed value of
+        // largest magnitude), q = min(127, nearest(iscale·x)), d = 1/iscale.
+        // amax is the signed value of largest magnitude here (round_act).
+        if (amax != 0.0) {
+            let mx = amax;
+            let iscale = div_rn(-127.0, mx);
+            q = i32(min(127.0, round(iscale * v)));
+            d = div_rn(1.0, iscale);
+        }
+    } else {
+        if (amax != 0.0) {
+            q = i32(round(v * div_rn(127.0, amax)));
+        }
+        d = round_f16(div_rn(amax, 127.0));
+    }
+    packed_q[lid] = q;
+    workgroupBarrier();
+    if (e < p.n && (lid & 3u) == 0u) {
+        let word = (u32(packed_q[lid]) & 0xffu) | ((u32(packed_q[lid + 1u]) & 0xffu) << 8u)
+            | ((u32(packed_q[lid + 2u]) & 0xffu) << 16u) | (u32(packed_q[lid + 3u]) << 24u);
+        y[tok * p.y_stride + e / 4u] = word;
+    }
+    var seg = 32u;
+    if (ACT == 15u) {
+        seg = 256u;
     }
     if (ACT == 9u) {
-        // Σq over each block of 32, then s − d_f16·Σq.
-        workgroupBarrier();
-        var q = 0.0;
-        if (amax != 0.0) {
-            q = round(v * div_rn(127.0, amax));
-        }
-        act_mag[lid] = q;
-        workgroupBarrier();
+        // Σq of each block of 32 (exact in i32).
         for (var s = 16u; s > 0u; s >>= 1u) {
-            if ((lid % 32u) < s) {
-                act_mag[lid] += act_mag[lid + s];
-            }
             workgroupBarrier();
+            if ((lid % 32u) < s) {
+                packed_q[lid] += packed_q[lid + s];
+            }
         }
-        if (lid % 32u == 0u && e < p.n) {
-            let sum = act_mag[lid];
-            let d = div_rn(amax, 127.0);
-            let s = round_f16(abs(d * sum)) * sign(d * sum);
-            y[p.corr_base + tok * (p.n / 32u) + e / 32u] = s - round_f16(d) * sum;
+    }
+    workgroupBarrier();
+    if (e < p.n && lid % seg == 0u) {
+        let i = p.corr_base + 2u * (tok * (p.n / 32u) + e / 32u);
+        y[i] = bitcast<u32>(d);
+        if (ACT == 9u) {
+            // y.s = GGML_FP32_TO_FP16(d·Σq) with d = amax/127 unrounded.
+            let ds = div_rn(amax, 127.0) * f32(packed_q[lid]);
+            y[i + 1u] = bitcast<u32>(round_f16(abs(ds)) * sign(ds));
+        } else {
+            y[i + 1u] = 0u;
         }
     }
 }

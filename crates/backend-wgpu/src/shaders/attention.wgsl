@@ -1,13 +1,48 @@
-// Causal attention with grouped-query heads over a GPU-resident KV cache.
+// Causal attention with grouped-query heads over a GPU-resident KV cache,
+// bit for bit as tensor-core's CPU attention (crates/tensor-core/src/
+// attention.rs, `head_portable` and its AVX2 twin `avx2::head`, which
+// follow llama.cpp's non-flash-attention graph on x86 AVX2).
 //
 // One workgroup per (query head, query token). Token t of the batch sits at
 // position step.pos + t and attends to cache positions 0 ..= step.pos + t.
-// Keys are visited in tiles of WG positions, twice, so that no score matrix
-// is stored: the first pass finds the softmax maximum and sum (online), the
-// second forms each probability p = exp(s − max)·(1/sum) as ggml_soft_max
-// does and accumulates p·v. With an f16 cache (kv_f16 = 1) the query and the
-// probabilities are rounded to f16 first, as ggml's f16 products round their
-// f32 operand.
+// The caches hold f32 values; with an f16 cache (kv_f16 = 1) those values
+// are f16-rounded already.
+//
+// The CPU's float operations, and where each is mirrored here:
+//   1. The query is rounded to the cache type (`E::round`: f16 round to
+//      nearest even for an f16 cache) — `round_f16`.
+//   2. K·Q per position j, in one of two orders chosen by the batch size
+//      (CPU `decode = n_rows == 1`, here `step.n_tokens == 1`):
+//      - batch (llamafile tinyBLAS, CPU `dot_lanes8`): element i is
+//        multiply-added into lane i % 8, lanes summed by `hsum8`
+//        ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)) — `dot_batch`;
+//      - one token (ggml_vec_dot_f16/_f32, CPU `dot_vec`): blocks of 32
+//        into 4 accumulators × 8 lanes (element i: accumulator (i/8)%4,
+//        lane i%8), `reduce_4x8`, then the elements past the last full
+//        block of 32 added one by one in f64 — `dot_decode`.
+//      Each multiply-add is an FMA for an f32 cache (`fma_rn`); for an f16
+//      cache the product of two f16 values is exact in f32, so a plain
+//      multiply-add rounds the same, fused or not (the CPU's `E::madd`).
+//      One invocation computes one position's dot product in that order;
+//      positions are spread over the workgroup.
+//   3. Softmax (CPU `ops::softmax_scaled`): each score times `scale` (a
+//      product rounded alone, `mul_rn`); the maximum (order-free);
+//      e_j = ggml_v_expf(s_j − max) (`expf_ggml`, CPU `ops::expf_ggml`);
+//      blocks of 8 positions (the last padded with zeros) summed by
+//      `hsum8` in f32, the block sums added in order in f64 (emulated
+//      exactly, `F64`, by one invocation); inv = f32(1 / sum) with the
+//      division in f64 (`f64_recip`, then `f64_to_f32`: the CPU's double
+//      rounding); p_j = e_j · inv (`mul_rn`).
+//   4. p_j rounded to the cache type (f16 cache), then V·P: lane
+//      j % n_lanes of output d accumulates p_j·v[j][d] in position order
+//      (n_lanes = 8 for a batch, llama.cpp's tinyBLAS; 32 for one token,
+//      ggml_vec_dot over the KV window padded to 32), then the lanes are
+//      summed by `hsum8` (batch) or `reduce_4x8` (one token). One
+//      invocation owns whole outputs d (all their lanes, as vec4s).
+//
+// Scores, then exponentials, of the first CAP positions stay in workgroup
+// memory; positions from CAP on are recomputed in each pass (the same
+// operations, so the same bits).
 
 struct AttnParams {
     n_head: u32,
@@ -34,11 +69,281 @@ struct Step {
 @group(0) @binding(4) var<uniform> p: AttnParams;
 @group(0) @binding(5) var<uniform> step: Step;
 
-const WG: u32 = 128u;
-const NEG: f32 = -3.0e38;
+const WG: u32 = 128u;   // invocations; also the tile of positions (a multiple of 32)
+const CAP: u32 = 2048u; // positions whose scores/exponentials are kept
 var<workgroup> q_head: array<vec4<f32>, 64>;
-var<workgroup> probs: array<f32, WG>;
+var<workgroup> sc: array<f32, CAP>;    // scaled scores, then exponentials
+var<workgroup> probs: array<f32, WG>;  // one tile's exponentials, then probabilities
 var<workgroup> red: array<f32, WG>;
+var<workgroup> inv_sum: f32;
+
+// ---- f32 helpers -------------------------------------------------------
+
+// f32 → f16 → f32, round to nearest even (F16C's `vcvtps2ph`, `half`'s
+// `f16::from_f32`), overflowing to ±inf.
+fn round_f16(x: f32) -> f32 {
+    let a = abs(x);
+    if (a < 6.103515625e-5) { // f16 subnormals: multiples of 2^-24 (exact scalings)
+        return round(x * 16777216.0) * 5.9604644775390625e-8;
+    }
+    let b = bitcast<u32>(x);
+    let r = (b + 0xfffu + ((b >> 13u) & 1u)) & 0xffffe000u;
+    if ((r & 0x7fffffffu) >= 0x47800000u) { // ≥ 65536: beyond f16's range
+        return bitcast<f32>((b & 0x80000000u) | 0x7f800000u);
+    }
+    return bitcast<f32>(r);
+}
+
+// ggml_v_expf (ggml-cpu's AVX2 version), one lane: tensor-core's
+// `ops::expf_ggml` / `ops::x86::expf`, operation for operation (FMAs where
+// they use `mul_add` / `_mm256_fmadd_ps` / `_mm256_fnmadd_ps`, products
+// rounded alone where they use `*` / `_mm256_mul_ps`).
+fn expf_ggml(x: f32) -> f32 {
+    let r = bitcast<f32>(0x4b400000u); // 0x1.8p23
+    let z = fma_rn(x, bitcast<f32>(0x3fb8aa3bu), r);
+    let n = z - r;
+    let b = fma_rn(-n, bitcast<f32>(0x35bfbe8eu), fma_rn(-n, bitcast<f32>(0x3f317200u), x));
+    let e = bitcast<u32>(z) << 23u;
+    let k = bitcast<f32>(e + 0x3f800000u);
+    let u = mul_rn(b, b);
+    let j = fma_rn(
+        fma_rn(fma_rn(bitcast<f32>(0x3c072010u), b, bitcast<f32>(0x3d2b9f17u)), u,
+               fma_rn(bitcast<f32>(0x3e2aaf33u), b, bitcast<f32>(0x3efffedbu))),
+        u,
+        mul_rn(bitcast<f32>(0x3f7ffff6u), b));
+    if (abs(n) <= 126.0) {
+        return fma_rn(j, k, k);
+    }
+    let g = select(0u, 0x82000000u, n <= 0.0);
+    let s1 = bitcast<f32>(g + 0x7f000000u);
+    let s2 = bitcast<f32>(e - g);
+    if (abs(n) > 192.0) {
+        return mul_rn(s1, s1);
+    }
+    return mul_rn(fma_rn(s2, j, s2), s1);
+}
+
+// acc + a·b per lane as the CPU's `E::madd`: an FMA for an f32 cache; for
+// an f16 cache the product of f16 values is exact, so fused or not agree.
+fn madd4(a: vec4<f32>, b: vec4<f32>, acc: vec4<f32>) -> vec4<f32> {
+    if (p.kv_f16 != 0u) {
+        return a * b + acc;
+    }
+    return vec4<f32>(fma_rn(a.x, b.x, acc.x), fma_rn(a.y, b.y, acc.y),
+                     fma_rn(a.z, b.z, acc.z), fma_rn(a.w, b.w, acc.w));
+}
+
+// CPU `hsum8` / ggml's `hsum_float_8` of lanes (l0..l3, l4..l7):
+// ((l0+l4)+(l2+l6)) + ((l1+l5)+(l3+l7)).
+fn hsum8(lo: vec4<f32>, hi: vec4<f32>) -> f32 {
+    let s = lo + hi;
+    return (s.x + s.z) + (s.y + s.w);
+}
+
+// CPU `reduce_4x8` (GGML_F32_VEC_REDUCE): accumulator r, lane i is
+// a[2r + i/4][i%4]; the accumulators pairwise ((0+2)+(1+3)), then
+// t_i = x_i + x_{i+4}, then (t0+t1) + (t2+t3).
+fn reduce_4x8(a: array<vec4<f32>, 8>) -> f32 {
+    let x_lo = (a[0] + a[4]) + (a[2] + a[6]);
+    let x_hi = (a[1] + a[5]) + (a[3] + a[7]);
+    let t = x_lo + x_hi;
+    return (t.x + t.y) + (t.z + t.w);
+}
+
+// ---- f64 emulation: the CPU's `f64` sums, rounded exactly --------------
+//
+// value = (−1)^s · m · 2^e, m a 64-bit integer (hi, lo) that is 0 or has
+// its top bit at bit 62 and its low 10 bits zero (53 significant bits).
+// Uses fma.wgsl's 64-bit helpers.
+
+struct F64 {
+    m: vec2<u32>,
+    e: i32,
+    s: u32,
+}
+
+fn clz64(v: vec2<u32>) -> u32 {
+    if (v.x != 0u) {
+        return countLeadingZeros(v.x);
+    }
+    return 32u + countLeadingZeros(v.y);
+}
+
+// r · 2^e with sign s (r ≠ 0; bits shifted out earlier ORed into bit 0)
+// rounded to 53 bits, nearest even. A left shift of more than one bit
+// only follows exact operations, so the sticky bit stays below the
+// rounding bit.
+fn f64_round(r: vec2<u32>, e: i32, s: u32) -> F64 {
+    let lz = clz64(r);
+    var m = r;
+    var ee = e;
+    if (lz == 0u) {
+        m = shr64_sticky(m, 1u);
+        ee += 1;
+    } else {
+        m = shl64(m, lz - 1u);
+        ee -= i32(lz - 1u);
+    }
+    let round_bit = (m.y >> 9u) & 1u;
+    let sticky = (m.y & 0x1ffu) != 0u;
+    var k = vec2<u32>(m.x, m.y & 0xfffffc00u);
+    if (round_bit == 1u && (sticky || ((m.y >> 10u) & 1u) == 1u)) {
+        k = add64(k, vec2<u32>(0u, 0x400u));
+        if ((k.x & 0x80000000u) != 0u) { // 2^63: one more binade
+            k = vec2<u32>(0x40000000u, 0u);
+            ee += 1;
+        }
+    }
+    return F64(k, ee, s);
+}
+
+// An f32, exactly (`x as f64`).
+fn f64_from_f32(x: f32) -> F64 {
+    let u = bitcast<u32>(x);
+    let s = u >> 31u;
+    let ex = (u >> 23u) & 0xffu;
+    let sig = u & 0x7fffffu;
+    if (ex == 0u) {
+        if (sig == 0u) {
+            return F64(vec2<u32>(0u, 0u), 0, s);
+        }
+        let lz = clz64(vec2<u32>(0u, sig));
+        return F64(shl64(vec2<u32>(0u, sig), lz - 1u), -149 - i32(lz - 1u), s);
+    }
+    return F64(vec2<u32>((sig | 0x800000u) << 7u, 0u), i32(ex) - 189, s);
+}
+
+// a + b rounded to nearest even (f64 `+`).
+fn f64_add(a: F64, b: F64) -> F64 {
+    if ((a.m.x | a.m.y) == 0u) {
+        return b;
+    }
+    if ((b.m.x | b.m.y) == 0u) {
+        return a;
+    }
+    var x = a;
+    var y = b;
+    if (b.e > a.e || (b.e == a.e && !ge64(a.m, b.m))) {
+        x = b;
+        y = a;
+    }
+    let ym = shr64_sticky(y.m, u32(x.e - y.e));
+    var r: vec2<u32>;
+    if (x.s == y.s) {
+        r = add64(x.m, ym);
+    } else {
+        r = sub64(x.m, ym);
+    }
+    if ((r.x | r.y) == 0u) {
+        return F64(vec2<u32>(0u, 0u), 0, 0u);
+    }
+    return f64_round(r, x.e, x.s);
+}
+
+// 1 / a for a > 0, rounded to nearest even (f64 `1.0 / a`): the 53-bit
+// significand M of a divided into 2^52 by restoring long division, 64
+// quotient bits and a sticky remainder.
+fn f64_recip(a: F64) -> F64 {
+    let d = vec2<u32>(a.m.x >> 10u, (a.m.y >> 10u) | (a.m.x << 22u)); // M in [2^52, 2^53)
+    var r = vec2<u32>(0x100000u, 0u); // 2^52
+    var qv = vec2<u32>(0u, 0u);
+    for (var i = 0u; i < 64u; i++) {
+        qv = shl64(qv, 1u);
+        if (ge64(r, d)) {
+            r = sub64(r, d);
+            qv.y |= 1u;
+        }
+        r = shl64(r, 1u);
+    }
+    // a = (M / 2^52) · 2^(e+62) and 2^52 / M = qv · 2^-63 (+ remainder).
+    qv.y |= select(0u, 1u, (r.x | r.y) != 0u);
+    return f64_round(qv, -(a.e + 125), 0u);
+}
+
+// a rounded to f32, nearest even (`a as f32`), subnormals included.
+fn f64_to_f32(a: F64) -> f32 {
+    if ((a.m.x | a.m.y) == 0u) {
+        return bitcast<f32>(a.s << 31u);
+    }
+    var m = a.m;
+    var eb = a.e + 189; // biased f32 exponent of bit 62
+    if (eb < 1) {
+        m = shr64_sticky(m, u32(1 - eb));
+        eb = 1;
+    }
+    var k = m.x >> 7u; // 24 bits, bit 23 the leading one when normal
+    let round_bit = (m.x >> 6u) & 1u;
+    let sticky = (m.x & 0x3fu) != 0u || m.y != 0u;
+    if (round_bit == 1u && (sticky || (k & 1u) == 1u)) {
+        k += 1u;
+    }
+    var bits = 0x7f800000u;
+    if (eb < 255) {
+        bits = min((u32(eb - 1) << 23u) + k, 0x7f800000u);
+    }
+    return bitcast<f32>(bits | (a.s << 31u));
+}
+
+// ---- K·Q ----------------------------------------------------------------
+
+// Batch order (CPU `dot_lanes8`, tinyBLAS): element i into lane i % 8
+// (lanes 0–3 in lo, 4–7 in hi), then hsum8.
+fn dot_batch(ko: u32, n4: u32) -> f32 {
+    var lo = vec4<f32>(0.0);
+    var hi = vec4<f32>(0.0);
+    var i = 0u;
+    for (; i + 2u <= n4; i += 2u) {
+        lo = madd4(q_head[i], k_cache[ko + i], lo);
+        hi = madd4(q_head[i + 1u], k_cache[ko + i + 1u], hi);
+    }
+    if (i < n4) {
+        lo = madd4(q_head[i], k_cache[ko + i], lo);
+    }
+    return hsum8(lo, hi);
+}
+
+// One-token order (CPU `dot_vec`, ggml_vec_dot_f16/_f32): blocks of 32 over
+// 4 accumulators × 8 lanes (vec4 v of a block goes to a[v]), reduce_4x8,
+// then the tail's f32 products added one at a time in f64.
+fn dot_decode(ko: u32, n4: u32) -> f32 {
+    var a: array<vec4<f32>, 8>;
+    for (var v = 0u; v < 8u; v++) {
+        a[v] = vec4<f32>(0.0);
+    }
+    let n32 = n4 / 8u * 8u;
+    for (var i = 0u; i < n32; i += 8u) {
+        for (var v = 0u; v < 8u; v++) {
+            a[v] = madd4(q_head[i + v], k_cache[ko + i + v], a[v]);
+        }
+    }
+    let r = reduce_4x8(a);
+    if (n32 == n4) {
+        return r;
+    }
+    var sum = f64_from_f32(r);
+    for (var i = n32; i < n4; i++) {
+        let qv = q_head[i];
+        let kv = k_cache[ko + i];
+        sum = f64_add(sum, f64_from_f32(mul_rn(qv.x, kv.x)));
+        sum = f64_add(sum, f64_from_f32(mul_rn(qv.y, kv.y)));
+        sum = f64_add(sum, f64_from_f32(mul_rn(qv.z, kv.z)));
+        sum = f64_add(sum, f64_from_f32(mul_rn(qv.w, kv.w)));
+    }
+    return f64_to_f32(sum);
+}
+
+// scale · (K·Q) of cache position t (the softmax's `*v *= scale`).
+fn score(t: u32, kvo: u32) -> f32 {
+    let ko = (t * p.kv_stride + kvo) >> 2u;
+    let n4 = p.head_dim >> 2u;
+    var d: f32;
+    if (step.n_tokens == 1u) {
+        d = dot_decode(ko, n4);
+    } else {
+        d = dot_batch(ko, n4);
+    }
+    return mul_rn(d, p.scale);
+}
 
 fn reduce_max(lid: u32, v: f32) -> f32 {
     red[lid] = v;
@@ -54,51 +359,40 @@ fn reduce_max(lid: u32, v: f32) -> f32 {
     return r;
 }
 
-fn reduce_sum(lid: u32, v: f32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red[lid] += red[lid + s];
+// ---- V·P ------------------------------------------------------------------
+
+// The lanes of output d over one tile (positions t0 .. t0 + n, n ≤ WG,
+// probabilities in `probs`): lane (j % n_lanes) as a[lane / 4][lane % 4];
+// positions past the window add 0·v (exact no-ops: the lanes start at +0).
+fn vp_tile(a: ptr<function, array<vec4<f32>, 8>>, d: u32, t0: u32, n: u32, n_kv: u32, decode: bool) {
+    let ks = p.kv_stride;
+    let last = (n_kv - 1u) * ks + d;
+    let base = t0 * ks + d;
+    if (decode) {
+        for (var j0 = 0u; j0 < n; j0 += 32u) {
+            for (var v = 0u; v < 8u; v++) {
+                let j = j0 + 4u * v;
+                let pv = vec4<f32>(probs[j], probs[j + 1u], probs[j + 2u], probs[j + 3u]);
+                let vv = vec4<f32>(
+                    v_cache[min(base + j * ks, last)],
+                    v_cache[min(base + (j + 1u) * ks, last)],
+                    v_cache[min(base + (j + 2u) * ks, last)],
+                    v_cache[min(base + (j + 3u) * ks, last)]);
+                (*a)[v] = madd4(pv, vv, (*a)[v]);
+            }
         }
-        workgroupBarrier();
+    } else {
+        for (var j = 0u; j < n; j += 4u) {
+            let pv = vec4<f32>(probs[j], probs[j + 1u], probs[j + 2u], probs[j + 3u]);
+            let vv = vec4<f32>(
+                v_cache[min(base + j * ks, last)],
+                v_cache[min(base + (j + 1u) * ks, last)],
+                v_cache[min(base + (j + 2u) * ks, last)],
+                v_cache[min(base + (j + 3u) * ks, last)]);
+            let v = (j >> 2u) & 1u;
+            (*a)[v] = madd4(pv, vv, (*a)[v]);
+        }
     }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
-fn round_f16(x: f32) -> f32 {
-    let a = abs(x);
-    if (a < 6.103515625e-5) {
-        return round(x * 16777216.0) / 16777216.0;
-    }
-    let b = bitcast<u32>(x);
-    return bitcast<f32>((b + 0xfffu + ((b >> 13u) & 1u)) & 0xffffe000u);
-}
-
-// Score of cache position t (< n_kv) for the query in q_head (head_dim is a
-// multiple of 4; keys are read as vec4).
-fn score(t: u32, kvo: u32) -> f32 {
-    let ko = (t * p.kv_stride + kvo) >> 2u;
-    let n4 = p.head_dim >> 2u;
-    var d = 0.0;
-    var i = 0u;
-    // Four loads in flight, summed in the same order as one at a time.
-    for (; i + 4u <= n4; i += 4u) {
-        let k0 = k_cache[ko + i];
-        let k1 = k_cache[ko + i + 1u];
-        let k2 = k_cache[ko + i + 2u];
-        let k3 = k_cache[ko + i + 3u];
-        d += dot(q_head[i], k0);
-        d += dot(q_head[i + 1u], k1);
-        d += dot(q_head[i + 2u], k2);
-        d += dot(q_head[i + 3u], k3);
-    }
-    for (; i < n4; i++) {
-        d += dot(q_head[i], k_cache[ko + i]);
-    }
-    return d * p.scale;
 }
 
 // Grid: (n_head, 1, n_tokens).
@@ -107,6 +401,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     let head = wid.x;
     let tok = wid.z;
     let hd = p.head_dim;
+    let decode = step.n_tokens == 1u;
     let kv_head = head / (p.n_head / p.n_kv_head);
     let qo = tok * p.q_stride + head * hd;
     for (var i = lid; i < (hd >> 2u); i += WG) {
@@ -120,40 +415,72 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
 
     let n_kv = step.pos + tok + 1u;
     let kvo = kv_head * hd;
-    // Pass 1: maximum and sum of exp(s − max).
-    var m = NEG;
-    var l = 0.0;
-    var s_first = NEG; // the first tile's score, kept for pass 2
+
+    // Pass 1: scaled scores and their maximum.
+    var m = -3.0e38;
+    for (var t = lid; t < n_kv; t += WG) {
+        let s = score(t, kvo);
+        if (t < CAP) {
+            sc[t] = s;
+        }
+        m = max(m, s);
+    }
+    let mx = reduce_max(lid, m);
+
+    // Pass 2: exponentials; blocks of 8 summed by hsum8, the block sums
+    // added in order in f64 by invocation 0 (CPU `softmax_row`).
+    var sum = F64(vec2<u32>(0u, 0u), 0, 0u);
     for (var t0 = 0u; t0 < n_kv; t0 += WG) {
         let t = t0 + lid;
-        var s = NEG;
-        if (t < n_kv) {
-            s = score(t, kvo);
-        }
-        if (t0 == 0u) {
-            s_first = s;
-        }
-        let m_new = max(m, reduce_max(lid, s));
         var e = 0.0;
         if (t < n_kv) {
-            e = exp(s - m_new);
+            var s: f32;
+            if (t < CAP) {
+                s = sc[t];
+            } else {
+                s = score(t, kvo);
+            }
+            e = expf_ggml(s - mx);
+            if (t < CAP) {
+                sc[t] = e;
+            }
         }
-        l = l * exp(m - m_new) + reduce_sum(lid, e);
-        m = m_new;
+        probs[lid] = e;
+        workgroupBarrier();
+        if (lid == 0u) {
+            let nb = (min(WG, n_kv - t0) + 7u) / 8u;
+            for (var b = 0u; b < nb; b++) {
+                let lo = vec4<f32>(probs[8u * b], probs[8u * b + 1u], probs[8u * b + 2u], probs[8u * b + 3u]);
+                let hi = vec4<f32>(probs[8u * b + 4u], probs[8u * b + 5u], probs[8u * b + 6u], probs[8u * b + 7u]);
+                sum = f64_add(sum, f64_from_f32(hsum8(lo, hi)));
+            }
+        }
+        workgroupBarrier();
     }
-    let inv = 1.0 / l;
-    // Pass 2: probabilities and p·v.
-    var acc0 = 0.0; // output dimension lid
-    var acc1 = 0.0; // output dimension lid + WG
+    if (lid == 0u) {
+        inv_sum = f64_to_f32(f64_recip(sum));
+    }
+    workgroupBarrier();
+    let inv = inv_sum;
+
+    // Pass 3: probabilities (rounded to the cache type) and V·P.
+    var acc0: array<vec4<f32>, 8>; // output lid
+    var acc1: array<vec4<f32>, 8>; // output lid + WG
+    for (var v = 0u; v < 8u; v++) {
+        acc0[v] = vec4<f32>(0.0);
+        acc1[v] = vec4<f32>(0.0);
+    }
     for (var t0 = 0u; t0 < n_kv; t0 += WG) {
         let t = t0 + lid;
         var pr = 0.0;
         if (t < n_kv) {
-            var s = s_first;
-            if (t0 != 0u) {
-                s = score(t, kvo);
+            var e: f32;
+            if (t < CAP) {
+                e = sc[t];
+            } else {
+                e = expf_ggml(score(t, kvo) - mx);
             }
-            pr = exp(s - m) * inv;
+            pr = mul_rn(e, inv);
             if (p.kv_f16 != 0u) {
                 pr = round_f16(pr);
             }
@@ -162,44 +489,18 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         workgroupBarrier();
         let n = min(WG, n_kv - t0);
         if (lid < hd) {
-            // Eight positions' values loaded ahead, summed in position order.
-            let vo = t0 * p.kv_stride + kvo + lid;
-            let ks = p.kv_stride;
-            var j = 0u;
-            for (; j + 8u <= n; j += 8u) {
-                let v0 = v_cache[vo + j * ks];
-                let v1 = v_cache[vo + (j + 1u) * ks];
-                let v2 = v_cache[vo + (j + 2u) * ks];
-                let v3 = v_cache[vo + (j + 3u) * ks];
-                let v4 = v_cache[vo + (j + 4u) * ks];
-                let v5 = v_cache[vo + (j + 5u) * ks];
-                let v6 = v_cache[vo + (j + 6u) * ks];
-                let v7 = v_cache[vo + (j + 7u) * ks];
-                acc0 += probs[j] * v0;
-                acc0 += probs[j + 1u] * v1;
-                acc0 += probs[j + 2u] * v2;
-                acc0 += probs[j + 3u] * v3;
-                acc0 += probs[j + 4u] * v4;
-                acc0 += probs[j + 5u] * v5;
-                acc0 += probs[j + 6u] * v6;
-                acc0 += probs[j + 7u] * v7;
-            }
-            for (; j < n; j++) {
-                acc0 += probs[j] * v_cache[vo + j * ks];
-            }
+            vp_tile(&acc0, kvo + lid, t0, n, n_kv, decode);
         }
         if (lid + WG < hd) {
-            for (var j = 0u; j < n; j++) {
-                acc1 += probs[j] * v_cache[(t0 + j) * p.kv_stride + kvo + lid + WG];
-            }
+            vp_tile(&acc1, kvo + lid + WG, t0, n, n_kv, decode);
         }
         workgroupBarrier();
     }
     let oo = tok * p.out_stride + head * hd;
     if (lid < hd) {
-        out[oo + lid] = acc0;
+        out[oo + lid] = select(hsum8(acc0[0], acc0[1]), reduce_4x8(acc0), decode);
     }
     if (lid + WG < hd) {
-        out[oo + lid + WG] = acc1;
+        out[oo + lid + WG] = select(hsum8(acc1[0], acc1[1]), reduce_4x8(acc1), decode);
     }
 }

@@ -37,8 +37,45 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>) {
     y[t * p.y_stride + i] = a[p.a_base + t * p.a_stride + i] + b[p.b_base + t * p.b_stride + i];
 }
 
-// y = silu(a) · b (SwiGLU; ggml_silu is x / (1 + e^−x)), then rounded as
-// the product that reads y rounds its activations when ACT ≠ 0.
+// ggml_v_expf (ggml-cpu's AVX2 version), one lane: tensor-core's
+// `ops::expf_ggml` / `ops::x86::expf`, operation for operation (FMAs where
+// they use `mul_add` / `_mm256_fmadd_ps` / `_mm256_fnmadd_ps`, products
+// rounded alone where they use `*` / `_mm256_mul_ps`).
+fn swiglu_expf(x: f32) -> f32 {
+    let r = bitcast<f32>(0x4b400000u); // 0x1.8p23
+    let z = fma_rn(x, bitcast<f32>(0x3fb8aa3bu), r);
+    let n = z - r;
+    let b = fma_rn(-n, bitcast<f32>(0x35bfbe8eu), fma_rn(-n, bitcast<f32>(0x3f317200u), x));
+    let e = bitcast<u32>(z) << 23u;
+    let k = bitcast<f32>(e + 0x3f800000u);
+    let u = mul_rn(b, b);
+    let j = fma_rn(
+        fma_rn(fma_rn(bitcast<f32>(0x3c072010u), b, bitcast<f32>(0x3d2b9f17u)), u,
+               fma_rn(bitcast<f32>(0x3e2aaf33u), b, bitcast<f32>(0x3efffedbu))),
+        u,
+        mul_rn(bitcast<f32>(0x3f7ffff6u), b));
+    if (abs(n) <= 126.0) {
+        return fma_rn(j, k, k);
+    }
+    let g = select(0u, 0x82000000u, n <= 0.0);
+    let s1 = bitcast<f32>(g + 0x7f000000u);
+    let s2 = bitcast<f32>(e - g);
+    if (abs(n) > 192.0) {
+        return mul_rn(s1, s1);
+    }
+    return mul_rn(fma_rn(s2, j, s2), s1);
+}
+
+// y = silu(a) · b (SwiGLU), then rounded as the product that reads y rounds
+// its activations when ACT ≠ 0.
+//
+// Bit for bit as tensor-core's `ops::swiglu` (ggml_vec_swiglu_f32 on AVX2,
+// `ops::x86::swiglu_row`): on the row's full blocks of 8,
+// silu = x / (1 + ggml_v_expf(0 − x)) with a correctly rounded division
+// (`div_rn`, act_common.wgsl), times b. The row's last n % 8 elements take
+// ggml's scalar `ggml_silu_f32`, whose libm `expf` is not reproduced: they
+// use ggml_v_expf too (within an ulp or so of libm; LLaMA widths are
+// multiples of 8, so this does not arise for them).
 // Grid: (ceil(n / 256), 1, tokens), 256 invocations per workgroup.
 @compute @workgroup_size(256)
 fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -47,7 +84,8 @@ fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocati
     var v = 0.0;
     if (i < p.n) {
         let g = a[p.a_base + t * p.a_stride + i];
-        v = g / (1.0 + exp(-g)) * b[p.b_base + t * p.b_stride + i];
+        let silu = div_rn(g, 1.0 + swiglu_expf(0.0 - g));
+        v = mul_rn(silu, b[p.b_base + t * p.b_stride + i]);
     }
     let r = round_act(v, lid).x;
     if (i < p.n) {

@@ -23,7 +23,7 @@ struct MatParams {
     y_base: u32,     // float offset of the first output (part's first row included)
     accumulate: u32, // 1: y += W·x (residual connection), 0: y = W·x
     at_pos: u32,     // KV cache write: token index in y counted from step.pos; 1 f32 cache, 2 f16 cache
-    corr_base: u32,  // Q4_1/Q5_1: float offset in x of the Q8_1 sum corrections (act_quant.wgsl)
+    corr_base: u32,  // qdot: float offset in x of the packed activations' scales (act_quant.wgsl)
     pad0: u32,
     pad1: u32,
     pad2: u32,
@@ -279,19 +279,6 @@ fn round_f16(x: f32) -> f32 {
     return bitcast<f32>((b + 0xfffu + ((b >> 13u) & 1u)) & 0xffffe000u);
 }
 
-// Q4_1/Q5_1 weights pair with Q8_1 activations, whose block sum ggml rounds
-// to f16: the min of chunk c of the row at `base` times that rounding.
-fn min_corr(base: u32, c: u32, tok: u32) -> f32 {
-    var m = 0.0;
-    if (FORMAT == 3u) {
-        m = f16at(base + c * 20u + 2u);
-    } else if (FORMAT == 7u) {
-        m = f16at(base + c * 24u + 2u);
-    }
-    let i = p.corr_base + tok * (p.k >> 5u) + c;
-    return m * x[i >> 2u][i & 3u];
-}
-
 fn store(tok: u32, row: u32, v_in: f32) {
     var t = tok;
     var v = v_in;
@@ -315,14 +302,9 @@ fn store(tok: u32, row: u32, v_in: f32) {
 override MV_LANES: u32 = 64u;
 var<workgroup> partial: array<f32, 256>;
 
-// Weights 4u .. 4u + 3 of the row at byte `base` · x (Q4_1/Q5_1: with the
-// chunk's sum correction on its first group).
+// Weights 4u .. 4u + 3 of the row at byte `base` · x.
 fn unit_dot(base: u32, u: u32, xb: u32, tok: u32) -> f32 {
-    var r = dot(deq4(base, u >> 3u, u & 7u), x[xb + u]);
-    if ((FORMAT == 3u || FORMAT == 7u) && (u & 7u) == 0u) {
-        r += min_corr(base, u >> 3u, tok);
-    }
-    return r;
+    return dot(deq4(base, u >> 3u, u & 7u), x[xb + u]);
 }
 
 // Q4_K's 6-bit scale and min of sub-block `s` (get_scale_min_k4) for the
@@ -475,8 +457,6 @@ const TN: u32 = 64u;
 const TS: u32 = 9u;
 var<workgroup> w_tile: array<vec4<f32>, 576>; // TM rows × 8 groups (+1 pad)
 var<workgroup> x_tile: array<vec4<f32>, 576>; // TN tokens × 8 groups (+1 pad)
-var<workgroup> min_tile: array<f32, 64>;      // Q4_1/Q5_1: row mins of the chunk
-var<workgroup> corr_tile: array<f32, 64>;     // Q4_1/Q5_1: token sum corrections
 
 // Group g of chunk c of row r (zeros past the last row).
 fn mm_load_w(r: u32, c: u32, g: u32) -> vec4<f32> {
@@ -540,28 +520,6 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         w_tile[(r0 + 32u) * TS + g0] = w1;
         x_tile[r0 * TS + g0] = x0;
         x_tile[(r0 + 32u) * TS + g0] = x1;
-        if (FORMAT == 3u || FORMAT == 7u) {
-            if (lid < 64u) {
-                var mv = 0.0;
-                if (row0 + lid < p.m) {
-                    let bs = (row0 + lid) * p.row_bytes;
-                    if (FORMAT == 3u) {
-                        mv = f16at(bs + c * 20u + 2u);
-                    } else {
-                        mv = f16at(bs + c * 24u + 2u);
-                    }
-                }
-                min_tile[lid] = mv;
-            } else if (lid < 128u) {
-                let t = lid - 64u;
-                var cv = 0.0;
-                if (tok0 + t < n_tok) {
-                    let i = p.corr_base + (tok0 + t) * chunks + c;
-                    cv = x[i >> 2u][i & 3u];
-                }
-                corr_tile[t] = cv;
-            }
-        }
         workgroupBarrier();
         if (c + 1u < chunks) {
             w0 = mm_load_w(row0 + r0, c + 1u, g0);
@@ -578,13 +536,6 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
             acc1 = mac4(acc1, a0, a1, a2, a3, x_tile[(ty + 16u) * TS + g]);
             acc2 = mac4(acc2, a0, a1, a2, a3, x_tile[(ty + 32u) * TS + g]);
             acc3 = mac4(acc3, a0, a1, a2, a3, x_tile[(ty + 48u) * TS + g]);
-        }
-        if (FORMAT == 3u || FORMAT == 7u) {
-            let mins = vec4<f32>(min_tile[tx], min_tile[tx + 16u], min_tile[tx + 32u], min_tile[tx + 48u]);
-            acc0 = fma(mins, vec4<f32>(corr_tile[ty]), acc0);
-            acc1 = fma(mins, vec4<f32>(corr_tile[ty + 16u]), acc1);
-            acc2 = fma(mins, vec4<f32>(corr_tile[ty + 32u]), acc2);
-            acc3 = fma(mins, vec4<f32>(corr_tile[ty + 48u]), acc3);
         }
         workgroupBarrier();
     }
@@ -625,5 +576,148 @@ fn get_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
         y[o + 4u * u + 1u] = v.y;
         y[o + 4u * u + 2u] = v.z;
         y[o + 4u * u + 3u] = v.w;
+    }
+}
+
+// ---- exact products: ggml's integer block sums and float order ------------
+//
+// For weights whose activations ggml quantizes to Q8_0/Q8_1 (Q4_0 Q4_1 Q5_0
+// Q5_1 Q8_0 IQ4_NL), x holds them as act_quant.wgsl's PACKED layout: signed
+// byte quants (x_stride / 4 words per token) and per-block [d, s] from
+// corr_base. Each block's integer products are summed exactly; the floats
+// then follow llama.cpp's x86 (AVX2) CPU kernels step for step, so the
+// result is the CPU's to the last bit:
+//   ORDER 0, ggml_vec_dot_<fmt>_q8_<0|1> (and tinyBLAS, whose order is the
+//     same): eight lanes, lane j summing elements 4j..4j+3 of each block,
+//     acc_j = fma(d_w·d_a, Σ_j, acc_j) block after block, then hsum_float_8;
+//     Q4_1/Q5_1 add Σ m_w·s_a (plain products, in block order) at the end.
+//   ORDER 1, ggml_gemm/gemv_{q4_0,iq4_nl}_8x8_q8_0 (matrices llama.cpp
+//     repacks: Q4_0 and IQ4_NL with a multiple of 8 rows):
+//     acc = fma(Σ_block, d_w·d_a, acc) block after block.
+// ORDER 0 gives each output eight invocations (one per lane), ORDER 1 one.
+// QDOT_TOKENS outputs of consecutive tokens share a row within a workgroup
+// (1 for a single token, 4 for batches, whose neighbouring workgroups then
+// read the same weights).
+
+override ORDER: u32 = 0u;
+override QDOT_TOKENS: u32 = 1u;
+var<workgroup> lanes: array<f32, 256>;
+
+// The four weights of lane j (elements 4j..4j+3) of block c of the row at
+// byte `base`, as signed bytes (Q4_1/Q5_1: unsigned, below 32).
+fn qdot_wq(base: u32, c: u32, j: u32) -> u32 {
+    let jj = j & 3u;
+    let sh = 4u * (j >> 2u);
+    switch FORMAT {
+        case 2u: { // Q4_0: q − 8
+            let q = (ld32(base + c * 18u + 2u + 4u * jj) >> sh) & 0x0f0f0f0fu;
+            return ((q | 0x80808080u) - 0x08080808u) ^ 0x80808080u;
+        }
+        case 3u: { // Q4_1: q
+            return (ld32(base + c * 20u + 4u + 4u * jj) >> sh) & 0x0f0f0f0fu;
+        }
+        case 6u: { // Q5_0: q − 16 with the fifth bit from qh
+            let b = base + c * 22u;
+            let h = (ld32(b + 2u) >> (4u * j)) & 0xfu;
+            let hb = ((h & 1u) | ((h & 2u) << 7u) | ((h & 4u) << 14u) | ((h & 8u) << 21u)) << 4u;
+            let q = ((ld32(b + 6u + 4u * jj) >> sh) & 0x0f0f0f0fu) | hb;
+            return ((q | 0x80808080u) - 0x10101010u) ^ 0x80808080u;
+        }
+        case 7u: { // Q5_1
+            let b = base + c * 24u;
+            let h = (ld32(b + 4u) >> (4u * j)) & 0xfu;
+            let hb = ((h & 1u) | ((h & 2u) << 7u) | ((h & 4u) << 14u) | ((h & 8u) << 21u)) << 4u;
+            return ((ld32(b + 8u + 4u * jj) >> sh) & 0x0f0f0f0fu) | hb;
+        }
+        case 8u: { // Q8_0
+            return ld32(base + c * 34u + 2u + 4u * j);
+        }
+        case 20u: { // IQ4_NL: kvalues_iq4nl[q]
+            let q = bytes4(ld32(base + c * 18u + 2u + 4u * jj) >> sh) & vec4<u32>(0xfu);
+            return pack4xI8(vec4<i32>(iq4(q)));
+        }
+        default: {
+            return 0u;
+        }
+    }
+}
+
+// Bytes per block of the exact formats.
+fn qdot_block_bytes() -> u32 {
+    switch FORMAT {
+        case 3u: { return 20u; }
+        case 6u: { return 22u; }
+        case 7u: { return 24u; }
+        case 8u: { return 34u; }
+        default: { return 18u; }
+    }
+}
+
+// Word j of block c of token tok's packed activations.
+fn qdot_xq(tok: u32, c: u32, j: u32) -> u32 {
+    let i = tok * (p.x_stride >> 2u) + c * 8u + j;
+    return bitcast<u32>(x[i >> 2u][i & 3u]);
+}
+
+// [d, s] of block c of token tok's activations.
+fn qdot_xs(tok: u32, c: u32) -> vec2<f32> {
+    let i = p.corr_base + 2u * (tok * (p.k >> 5u) + c);
+    let v = x[i >> 2u];
+    if ((i & 2u) == 0u) {
+        return v.xy;
+    }
+    return v.zw;
+}
+
+// Grid: (ceil(tokens / QDOT_TOKENS), ceil(m / rows per workgroup), 1), rows
+// per workgroup 256 / QDOT_TOKENS (ORDER 1) or 32 / QDOT_TOKENS (ORDER 0).
+@compute @workgroup_size(256)
+fn qdot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    var lane = 0u;
+    var unit = lid;
+    if (ORDER == 0u) {
+        lane = lid & 7u;
+        unit = lid >> 3u;
+    }
+    let units = select(256u, 32u, ORDER == 0u);
+    let tok = wid.x * QDOT_TOKENS + unit % QDOT_TOKENS;
+    let row = wid.y * (units / QDOT_TOKENS) + unit / QDOT_TOKENS;
+    let live = row < p.m && tok < step.n_tokens;
+    let nb = p.k >> 5u;
+    let bb = qdot_block_bytes();
+    let base = row * p.row_bytes;
+    var acc = 0.0;
+    var summs = 0.0;
+    if (live) {
+        for (var c = 0u; c < nb; c++) {
+            let b = base + c * bb;
+            let ds = qdot_xs(tok, c);
+            let dd = f16at(b) * ds.x;
+            if (ORDER == 0u) {
+                let sum = dot4I8Packed(qdot_wq(base, c, lane), qdot_xq(tok, c, lane));
+                acc = fma_rn(dd, f32(sum), acc);
+                if ((FORMAT == 3u || FORMAT == 7u) && lane == 0u) {
+                    summs = summs + mul_rn(f16at(b + 2u), ds.y);
+                }
+            } else {
+                var sum = 0;
+                for (var j = 0u; j < 8u; j++) {
+                    sum += dot4I8Packed(qdot_wq(base, c, j), qdot_xq(tok, c, j));
+                }
+                acc = fma_rn(f32(sum), dd, acc);
+            }
+        }
+    }
+    if (ORDER == 0u) {
+        lanes[lid] = acc;
+        workgroupBarrier();
+        if (live && lane == 0u) {
+            // hsum_float_8: (a4 + a0) + (a6 + a2), (a5 + a1) + (a7 + a3).
+            let r0 = (lanes[lid + 4u] + lanes[lid]) + (lanes[lid + 6u] + lanes[lid + 2u]);
+            let r1 = (lanes[lid + 5u] + lanes[lid + 1u]) + (lanes[lid + 7u] + lanes[lid + 3u]);
+            store(tok, row, (r0 + r1) + summs);
+        }
+    } else if (live) {
+        store(tok, row, acc);
     }
 }

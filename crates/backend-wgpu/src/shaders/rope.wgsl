@@ -110,6 +110,6 @@ fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
     let cs = table[(step.pos + tok) * (p.n_dims / 2u) + i];
     let a = x[xo + i0];
     let b = x[xo + i1];
-    put(second, yo + i0, fma(a, cs.x, -(b * cs.y)));
-    put(second, yo + i1, fma(a, cs.y, b * cs.x));
+    put(second, yo + i0, fma_rn(a, cs.x, -(b * cs.y)));
+    put(second, yo + i1, fma_rn(a, cs.y, b * cs.x));
 }
