@@ -353,10 +353,11 @@ fn main() {
             .push(buffer);
     }
 
-    /// A storage buffer holding `bytes` (padded with zeros to a multiple of
-    /// 4 bytes plus one spare word, which unaligned 32-bit reads may touch).
+    /// A storage buffer holding `bytes` (padded with zeros past one spare
+    /// word, which unaligned 32-bit reads may touch, to a multiple of 16
+    /// bytes: whole vec4s).
     pub(crate) fn upload(&self, label: &str, bytes: &[u8]) -> wgpu::Buffer {
-        let padded = (bytes.len() + 4).div_ceil(4) * 4;
+        let padded = (bytes.len() + 4).div_ceil(16) * 16;
         let mut data = Vec::with_capacity(padded);
         data.extend_from_slice(bytes);
         data.resize(padded, 0);
@@ -374,7 +375,9 @@ fn main() {
     pub(crate) fn storage(&self, label: &str, size: u64) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
-            size: size.max(16).div_ceil(4) * 4,
+            // Whole vec4s: kernels that read a buffer as array<vec4<f32>>
+            // see only complete ones (robust access reads 0 past the end).
+            size: size.max(16).div_ceil(16) * 16,
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_DST
                 | wgpu::BufferUsages::COPY_SRC,

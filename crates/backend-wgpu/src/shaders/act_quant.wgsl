@@ -84,22 +84,18 @@ fn quantize_packed(v: f32, amax: f32, e: u32, tok: u32, lid: u32) {
     if (ACT == 15u) {
         seg = 256u;
     }
-    if (ACT == 9u) {
-        // Σq of each block of 32 (exact in i32).
-        for (var s = 16u; s > 0u; s >>= 1u) {
-            workgroupBarrier();
-            if ((lid % 32u) < s) {
-                packed_q[lid] += packed_q[lid + s];
-            }
-        }
-    }
     workgroupBarrier();
     if (e < p.n && lid % seg == 0u) {
         let i = p.corr_base + 2u * (tok * (p.n / 32u) + e / 32u);
         y[i] = bitcast<u32>(d);
         if (ACT == 9u) {
-            // y.s = GGML_FP32_TO_FP16(d·Σq) with d = amax/127 unrounded.
-            let ds = div_rn(amax, 127.0) * f32(packed_q[lid]);
+            // y.s = GGML_FP32_TO_FP16(d·Σq) with d = amax/127 unrounded
+            // (Σq exact in i32, summed by the block's first invocation).
+            var sum = 0;
+            for (var j = 0u; j < 32u; j++) {
+                sum += packed_q[lid + j];
+            }
+            let ds = div_rn(amax, 127.0) * f32(sum);
             y[i + 1u] = bitcast<u32>(round_f16(abs(ds)) * sign(ds));
         } else {
             y[i + 1u] = 0u;

@@ -696,7 +696,7 @@ fn qdot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             if (ORDER == 0u) {
                 let sum = dot4I8Packed(qdot_wq(base, c, lane), qdot_xq(tok, c, lane));
                 acc = fma_rn(dd, f32(sum), acc);
-                if ((FORMAT == 3u || FORMAT == 7u) && lane == 0u) {
+                if (FORMAT == 3u || FORMAT == 7u) {
                     summs = summs + mul_rn(f16at(b + 2u), ds.y);
                 }
             } else {
