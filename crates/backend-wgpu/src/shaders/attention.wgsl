@@ -94,34 +94,6 @@ fn round_f16(x: f32) -> f32 {
     return bitcast<f32>(r);
 }
 
-// ggml_v_expf (ggml-cpu's AVX2 version), one lane: tensor-core's
-// `ops::expf_ggml` / `ops::x86::expf`, operation for operation (FMAs where
-// they use `mul_add` / `_mm256_fmadd_ps` / `_mm256_fnmadd_ps`, products
-// rounded alone where they use `*` / `_mm256_mul_ps`).
-fn expf_ggml(x: f32) -> f32 {
-    let r = bitcast<f32>(0x4b400000u); // 0x1.8p23
-    let z = fma_rn(x, bitcast<f32>(0x3fb8aa3bu), r);
-    let n = z - r;
-    let b = fma_rn(-n, bitcast<f32>(0x35bfbe8eu), fma_rn(-n, bitcast<f32>(0x3f317200u), x));
-    let e = bitcast<u32>(z) << 23u;
-    let k = bitcast<f32>(e + 0x3f800000u);
-    let u = mul_rn(b, b);
-    let j = fma_rn(
-        fma_rn(fma_rn(bitcast<f32>(0x3c072010u), b, bitcast<f32>(0x3d2b9f17u)), u,
-               fma_rn(bitcast<f32>(0x3e2aaf33u), b, bitcast<f32>(0x3efffedbu))),
-        u,
-        mul_rn(bitcast<f32>(0x3f7ffff6u), b));
-    if (abs(n) <= 126.0) {
-        return fma_rn(j, k, k);
-    }
-    let g = select(0u, 0x82000000u, n <= 0.0);
-    let s1 = bitcast<f32>(g + 0x7f000000u);
-    let s2 = bitcast<f32>(e - g);
-    if (abs(n) > 192.0) {
-        return mul_rn(s1, s1);
-    }
-    return mul_rn(fma_rn(s2, j, s2), s1);
-}
 
 // acc + a·b per lane as the CPU's `E::madd`: an FMA for an f32 cache; for
 // an f16 cache the product of f16 values is exact, so fused or not agree.

@@ -37,34 +37,6 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>) {
     y[t * p.y_stride + i] = a[p.a_base + t * p.a_stride + i] + b[p.b_base + t * p.b_stride + i];
 }
 
-// ggml_v_expf (ggml-cpu's AVX2 version), one lane: tensor-core's
-// `ops::expf_ggml` / `ops::x86::expf`, operation for operation (FMAs where
-// they use `mul_add` / `_mm256_fmadd_ps` / `_mm256_fnmadd_ps`, products
-// rounded alone where they use `*` / `_mm256_mul_ps`).
-fn swiglu_expf(x: f32) -> f32 {
-    let r = bitcast<f32>(0x4b400000u); // 0x1.8p23
-    let z = fma_rn(x, bitcast<f32>(0x3fb8aa3bu), r);
-    let n = z - r;
-    let b = fma_rn(-n, bitcast<f32>(0x35bfbe8eu), fma_rn(-n, bitcast<f32>(0x3f317200u), x));
-    let e = bitcast<u32>(z) << 23u;
-    let k = bitcast<f32>(e + 0x3f800000u);
-    let u = mul_rn(b, b);
-    let j = fma_rn(
-        fma_rn(fma_rn(bitcast<f32>(0x3c072010u), b, bitcast<f32>(0x3d2b9f17u)), u,
-               fma_rn(bitcast<f32>(0x3e2aaf33u), b, bitcast<f32>(0x3efffedbu))),
-        u,
-        mul_rn(bitcast<f32>(0x3f7ffff6u), b));
-    if (abs(n) <= 126.0) {
-        return fma_rn(j, k, k);
-    }
-    let g = select(0u, 0x82000000u, n <= 0.0);
-    let s1 = bitcast<f32>(g + 0x7f000000u);
-    let s2 = bitcast<f32>(e - g);
-    if (abs(n) > 192.0) {
-        return mul_rn(s1, s1);
-    }
-    return mul_rn(fma_rn(s2, j, s2), s1);
-}
 
 // y = silu(a) · b (SwiGLU), then rounded as the product that reads y rounds
 // its activations when ACT ≠ 0.
@@ -84,7 +56,7 @@ fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocati
     var v = 0.0;
     if (i < p.n) {
         let g = a[p.a_base + t * p.a_stride + i];
-        let silu = div_rn(g, 1.0 + swiglu_expf(0.0 - g));
+        let silu = div_rn(g, 1.0 + expf_ggml(0.0 - g));
         v = mul_rn(silu, b[p.b_base + t * p.b_stride + i]);
     }
     let r = round_act(v, lid).x;

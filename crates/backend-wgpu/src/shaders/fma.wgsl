@@ -1,5 +1,6 @@
 // fma.wgsl, prepended to every shader: a correctly rounded f32 fused
-// multiply-add, and a product that a shader compiler cannot fuse.
+// multiply-add, a product that a shader compiler cannot fuse, and ggml's
+// exp built from them.
 //
 // ggml's x86 kernels (llama.cpp's reference build) use fused multiply-adds
 // in fixed places (`_mm256_fmadd_ps`, the contracted lines of scalar code)
@@ -143,4 +144,33 @@ fn fma_rn(a: f32, b: f32, c: f32) -> f32 {
 // a·b rounded on its own, never fused into a following addition.
 fn mul_rn(a: f32, b: f32) -> f32 {
     return bitcast<f32>(bitcast<u32>(a * b) | step.zero);
+}
+
+// ggml_v_expf (ggml-cpu's AVX2 version), one lane: tensor-core's
+// `ops::expf_ggml` / `ops::x86::expf`, operation for operation (FMAs where
+// they use `mul_add` / `_mm256_fmadd_ps` / `_mm256_fnmadd_ps`, products
+// rounded alone where they use `*` / `_mm256_mul_ps`).
+fn expf_ggml(x: f32) -> f32 {
+    let r = bitcast<f32>(0x4b400000u); // 0x1.8p23
+    let z = fma_rn(x, bitcast<f32>(0x3fb8aa3bu), r);
+    let n = z - r;
+    let b = fma_rn(-n, bitcast<f32>(0x35bfbe8eu), fma_rn(-n, bitcast<f32>(0x3f317200u), x));
+    let e = bitcast<u32>(z) << 23u;
+    let k = bitcast<f32>(e + 0x3f800000u);
+    let u = mul_rn(b, b);
+    let j = fma_rn(
+        fma_rn(fma_rn(bitcast<f32>(0x3c072010u), b, bitcast<f32>(0x3d2b9f17u)), u,
+               fma_rn(bitcast<f32>(0x3e2aaf33u), b, bitcast<f32>(0x3efffedbu))),
+        u,
+        mul_rn(bitcast<f32>(0x3f7ffff6u), b));
+    if (abs(n) <= 126.0) {
+        return fma_rn(j, k, k);
+    }
+    let g = select(0u, 0x82000000u, n <= 0.0);
+    let s1 = bitcast<f32>(g + 0x7f000000u);
+    let s2 = bitcast<f32>(e - g);
+    if (abs(n) > 192.0) {
+        return mul_rn(s1, s1);
+    }
+    return mul_rn(fma_rn(s2, j, s2), s1);
 }
