@@ -151,20 +151,40 @@ pub fn act_type(ty: GgmlType) -> Option<GgmlType> {
     }
 }
 
-/// The float order in which the exact product (`quant.wgsl`'s `qdot`)
-/// sums a `rows`-row matrix of `ty`, or `None` when `ty` goes through the
-/// dequantizing kernels instead: 0 for ggml's `vec_dot` lanes (Q4_0, Q4_1,
-/// Q5_0, Q5_1, Q8_0), 1 for the gemm/gemv of the matrices llama.cpp's x86
-/// backend repacks (Q4_0 and IQ4_NL with a multiple of 8 rows). Their
-/// activations go through `act_quant.wgsl`'s packed layout.
-pub fn exact_order(ty: GgmlType, rows: u32) -> Option<u32> {
+/// Whether products with a `rows`-row matrix of `ty` are exact (`quant.wgsl`'s
+/// `qdot`/`kdot`: ggml's integer block sums in llama.cpp's float order), so
+/// that their activations go through `act_quant.wgsl`'s packed layout.
+pub fn is_exact(ty: GgmlType, rows: u32) -> bool {
+    exact_order(ty, rows, 1).is_some()
+}
+
+/// The float order in which the exact product sums a `rows`-row matrix of
+/// `ty` for a batch of `n_tokens`, or `None` when `ty` goes through the
+/// dequantizing kernels instead:
+/// - 0: ggml's `vec_dot` lanes (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0; `qdot`);
+/// - 1: the gemm/gemv of the matrices llama.cpp's x86 backend repacks (Q4_0
+///   and IQ4_NL with a multiple of 8 rows; `qdot`);
+/// - 2: the K-quants' AVX2 `vec_dot` lanes, for fewer than 8 tokens (`kdot`);
+/// - 3: ggml's tiled K-quant kernel, for 8 tokens or more (`kdot`);
+/// - 4: the repacked Q4_K gemm/gemv (Q4_K with a multiple of 8 rows; `kdot`).
+pub fn exact_order(ty: GgmlType, rows: u32, n_tokens: u32) -> Option<u32> {
     use GgmlType::*;
     match ty {
         Q4_0 | IQ4_NL if rows.is_multiple_of(8) => Some(1),
         Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 => Some(0),
+        Q4_K if rows.is_multiple_of(8) => Some(4),
+        Q2_K | Q3_K | Q4_K | Q5_K | Q6_K | IQ4_XS => Some(if n_tokens < KQUANT_TILED_MIN_BATCH {
+            2
+        } else {
+            3
+        }),
         _ => None,
     }
 }
+
+/// ggml's `ggml_tiled_min_batch`: K-quant batches this large take the tiled
+/// kernel's order, smaller ones `vec_dot`'s.
+pub const KQUANT_TILED_MIN_BATCH: u32 = 8;
 
 /// One specialised compute pipeline: the cache key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -191,7 +211,8 @@ pub(crate) enum Kernel {
     /// the exact products read.
     QuantizeAct(GgmlType, bool),
     /// Exact product of a `ty` matrix in float order `order`
-    /// ([`exact_order`]), `tokens` consecutive tokens per row in a workgroup.
+    /// ([`exact_order`]; `qdot` for orders 0 and 1, `kdot` above), `tokens`
+    /// consecutive tokens per row in a workgroup.
     Qdot(GgmlType, u32, u32),
 }
 
@@ -221,7 +242,13 @@ impl Kernel {
             Kernel::Swiglu(_) => "swiglu",
             Kernel::Argmax => "argmax",
             Kernel::QuantizeAct(..) => "quantize_act",
-            Kernel::Qdot(..) => "qdot",
+            Kernel::Qdot(_, order, _) => {
+                if order >= 2 {
+                    "kdot"
+                } else {
+                    "qdot"
+                }
+            }
         }
     }
 

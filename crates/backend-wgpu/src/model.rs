@@ -19,7 +19,7 @@ use gguf_format::{GgmlType, Gguf, GgufHeader, TensorInfo};
 
 use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
-use crate::kernels::{act_type, exact_order, Kernel};
+use crate::kernels::{act_type, is_exact, Kernel};
 use crate::ops::{AttnParams, EwParams, GpuMatrix, Op, OpBuilder, RopeParams, StepUniform};
 
 /// Hyper-parameters of a LLaMA-family model, read from GGUF metadata.
@@ -210,7 +210,7 @@ impl ActBuffers<'_> {
         let Some(act) = act_type(w.ty).filter(|_| !self.fused) else {
             return src.clone();
         };
-        let key = (act, exact_order(w.ty, w.m).is_some());
+        let key = (act, is_exact(w.ty, w.m));
         let buf = match self.bufs.iter().find(|(t, _)| *t == key) {
             Some((_, b)) => b.clone(),
             None => {
@@ -234,7 +234,7 @@ impl ActBuffers<'_> {
 fn fused_act(ws: &[&GpuMatrix]) -> Option<Option<GgmlType>> {
     let first = act_type(ws[0].ty);
     let same = ws.iter().all(|w| act_type(w.ty) == first);
-    let exact = ws.iter().any(|w| exact_order(w.ty, w.m).is_some());
+    let exact = ws.iter().any(|w| is_exact(w.ty, w.m));
     (same && !exact && first != Some(GgmlType::Q8_1)).then_some(first)
 }
 

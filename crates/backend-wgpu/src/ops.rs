@@ -9,7 +9,7 @@ use gguf_format::GgmlType;
 
 use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
-use crate::kernels::{exact_order, is_gpu_type, Kernel};
+use crate::kernels::{exact_order, is_exact, is_gpu_type, Kernel, KQUANT_TILED_MIN_BATCH};
 
 /// Up to this many tokens a linear layer runs as matrix-vector products
 /// (64 invocations per row, 4 rows per workgroup); above it, as a tiled
@@ -236,8 +236,20 @@ pub(crate) enum Grid {
     Fixed([u32; 3]),
     /// A linear layer of `m` rows: matvec or matmul by batch size.
     Linear { m: u32 },
-    /// An exact product (`qdot`) of `m` rows in float order `order`.
-    Qdot { m: u32, order: u32 },
+    /// An exact product (`qdot`/`kdot`) of `m` rows: [`Op::variants`].
+    Qdot { m: u32 },
+}
+
+/// One pipeline of an exact product, for batches of `min_tokens` or more
+/// (the op takes the last variant whose `min_tokens` the batch reaches).
+#[derive(Debug)]
+pub(crate) struct QdotVariant {
+    pub min_tokens: u32,
+    pub pipeline: wgpu::ComputePipeline,
+    /// The float order ([`exact_order`]).
+    pub order: u32,
+    /// Consecutive tokens per row in a workgroup.
+    pub tokens: u32,
 }
 
 /// Tokens per row in a `qdot` workgroup for a batch of `n_tokens`.
@@ -256,6 +268,8 @@ pub(crate) struct Op {
     pub pipeline: wgpu::ComputePipeline,
     /// For linear ops, the matmul pipeline (used above [`MATVEC_MAX_TOKENS`]).
     pub pipeline_mm: Option<wgpu::ComputePipeline>,
+    /// For exact products, the pipeline per batch size.
+    pub variants: Vec<QdotVariant>,
     pub bind_group: wgpu::BindGroup,
     pub grid: Grid,
     /// Keeps the op's parameter buffer alive.
@@ -285,15 +299,19 @@ impl Op {
                     )
                 }
             }
-            Grid::Qdot { m, order } => {
-                let tt = qdot_tokens(n_tokens);
-                let rows = if order == 0 { 32 } else { 256 } / tt;
-                let p = if tt == 1 {
-                    &self.pipeline
-                } else {
-                    self.pipeline_mm.as_ref().unwrap_or(&self.pipeline)
-                };
-                (p, [n_tokens.div_ceil(tt), m.div_ceil(rows), 1])
+            Grid::Qdot { m } => {
+                let v = self
+                    .variants
+                    .iter()
+                    .rev()
+                    .find(|v| v.min_tokens <= n_tokens)
+                    .unwrap_or(&self.variants[0]);
+                // One invocation per output (order 1) or eight.
+                let rows = if v.order == 1 { 256 } else { 32 } / v.tokens;
+                (
+                    &v.pipeline,
+                    [n_tokens.div_ceil(v.tokens), m.div_ceil(rows), 1],
+                )
             }
         };
         pass.set_pipeline(pipeline);
@@ -362,21 +380,33 @@ impl OpBuilder<'_> {
                     pad: [0; 3],
                 };
                 let pb = self.ctx.uniform(label, bytemuck::bytes_of(&params));
-                if let Some(order) = exact_order(w.ty, w.m) {
-                    let kernel = Kernel::Qdot(w.ty, order, 1);
+                if is_exact(w.ty, w.m) {
+                    // Each batch size's order, in one and four tokens per row.
+                    let mut variants: Vec<QdotVariant> = Vec::new();
+                    for min_tokens in [1, 2, KQUANT_TILED_MIN_BATCH] {
+                        let order = exact_order(w.ty, w.m, min_tokens).expect("exact");
+                        let tokens = qdot_tokens(min_tokens);
+                        if variants
+                            .last()
+                            .is_some_and(|v| v.order == order && v.tokens == tokens)
+                        {
+                            continue;
+                        }
+                        variants.push(QdotVariant {
+                            min_tokens,
+                            pipeline: self.ctx.pipeline(Kernel::Qdot(w.ty, order, tokens)),
+                            order,
+                            tokens,
+                        });
+                    }
+                    let kernel = Kernel::Qdot(w.ty, variants[0].order, 1);
                     return Op {
                         label,
-                        pipeline: self.ctx.pipeline(kernel),
-                        pipeline_mm: Some(self.ctx.pipeline(Kernel::Qdot(
-                            w.ty,
-                            order,
-                            qdot_tokens(2),
-                        ))),
+                        pipeline: variants[0].pipeline.clone(),
+                        pipeline_mm: None,
                         bind_group: self.bind(kernel, &[&part.buffer, x, y, &pb, self.step, dummy]),
-                        grid: Grid::Qdot {
-                            m: part.rows,
-                            order,
-                        },
+                        grid: Grid::Qdot { m: part.rows },
+                        variants,
                         _params: pb,
                     };
                 }
@@ -387,6 +417,7 @@ impl OpBuilder<'_> {
                     pipeline_mm: Some(self.ctx.pipeline(Kernel::Matmul(w.ty))),
                     bind_group: self.bind(kernel, &[&part.buffer, x, y, &pb, self.step, dummy]),
                     grid: Grid::Linear { m: part.rows },
+                    variants: Vec::new(),
                     _params: pb,
                 }
             })
@@ -423,6 +454,7 @@ impl OpBuilder<'_> {
                     label: "get_rows",
                     pipeline: self.ctx.pipeline(kernel),
                     pipeline_mm: None,
+                    variants: Vec::new(),
                     bind_group: self.bind(kernel, &[&part.buffer, dummy, y, &pb, self.step, ids]),
                     grid: Grid::PerToken([1, 1]),
                     _params: pb,
@@ -462,6 +494,7 @@ impl OpBuilder<'_> {
             label: "rms_norm",
             pipeline: self.ctx.pipeline(kernel),
             pipeline_mm: None,
+            variants: Vec::new(),
             bind_group: self.bind(kernel, &[x, weight, y, &pb, self.step]),
             grid: if last_only {
                 Grid::Fixed([n.div_ceil(256), 1, 1])
@@ -500,6 +533,7 @@ impl OpBuilder<'_> {
             label: "rope",
             pipeline: self.ctx.pipeline(kernel),
             pipeline_mm: None,
+            variants: Vec::new(),
             bind_group: self.bind(kernel, &[x, y, &pb, self.step, table, y2]),
             grid: Grid::PerToken([pairs.div_ceil(64), 1]),
             _params: pb,
@@ -521,6 +555,7 @@ impl OpBuilder<'_> {
             label: "attention",
             pipeline: self.ctx.pipeline(kernel),
             pipeline_mm: None,
+            variants: Vec::new(),
             bind_group: self.bind(kernel, &[q, k_cache, v_cache, out, &pb, self.step]),
             grid: Grid::PerToken([params.n_head, 1]),
             _params: pb,
@@ -545,6 +580,7 @@ impl OpBuilder<'_> {
             label: kernel.entry_point(),
             pipeline: self.ctx.pipeline(kernel),
             pipeline_mm: None,
+            variants: Vec::new(),
             bind_group: self.bind(kernel, &[a, b, y, &pb, self.step, dummy]),
             grid: Grid::PerToken([params.n.div_ceil(256), 1]),
             _params: pb,
@@ -582,6 +618,7 @@ impl OpBuilder<'_> {
             label: "quantize_act",
             pipeline: self.ctx.pipeline(kernel),
             pipeline_mm: None,
+            variants: Vec::new(),
             bind_group: self.bind(kernel, &[x, y, &pb, self.step]),
             grid: Grid::PerToken([n.div_ceil(256), 1]),
             _params: pb,
@@ -613,6 +650,7 @@ impl OpBuilder<'_> {
             label: "argmax",
             pipeline: self.ctx.pipeline(kernel),
             pipeline_mm: None,
+            variants: Vec::new(),
             bind_group: self.bind(kernel, &[a, dummy, dummy_rw, &pb, self.step, token]),
             grid: Grid::Fixed([1, 1, tokens]),
             _params: pb,

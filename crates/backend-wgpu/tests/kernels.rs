@@ -5,7 +5,7 @@
 //! output in `T.f32`), so the oracle is ggml's dequantization; quant-kernels'
 //! `dequantize_row` is checked to agree with it wherever it supports the type.
 
-use backend_wgpu::kernels::{exact_order, GPU_TYPES};
+use backend_wgpu::kernels::{is_exact, GPU_TYPES};
 use backend_wgpu::oneshot;
 use gguf_format::GgmlType;
 use rand::rngs::StdRng;
@@ -79,7 +79,7 @@ fn check_matmul(ty: GgmlType, seed: u64, n_tokens: usize, split: bool) {
     let limit = split.then_some((row_bytes * rng.gen_range(1..=m.min(7)) + 8) as u64);
     let y = oneshot::matmul(&ctx, ty, &bytes, k, m, &x, limit, false).unwrap();
     assert_eq!(y.len(), n_tokens * m);
-    if exact_order(ty, m as u32).is_some() {
+    if is_exact(ty, m as u32) {
         assert_bits(ty, k, m, &y, &cpu_matmul(ty, &bytes, k, m, &x));
         return;
     }
@@ -145,8 +145,42 @@ fn exact_products_are_the_cpus_bit_for_bit() {
             if case % 2 == 1 {
                 m += rng.gen_range(1..8);
             }
-            if exact_order(ty, m as u32).is_none() {
+            if !is_exact(ty, m as u32) {
                 continue;
+            }
+            let (bytes, _) = random_weights(&mut rng, ty, k, m);
+            let scale = [1.0f32, 40.0, 1e-3][case % 3];
+            let x: Vec<f32> = (0..n * k)
+                .map(|_| rng.gen_range(-1.0f32..1.0) * scale)
+                .collect();
+            let got = oneshot::matmul(&ctx, ty, &bytes, k, m, &x, None, true).unwrap();
+            assert_bits(ty, k, m, &got, &cpu_matmul(ty, &bytes, k, m, &x));
+        }
+    }
+}
+
+/// The exact K-quant products (Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_XS) equal the
+/// CPU backend's to the bit: below 8 tokens each format's AVX2 vec_dot lanes,
+/// from 8 the tiled kernel's order, and for Q4_K with a multiple of 8 rows
+/// the repacked gemm (first n − n % 4 tokens) and gemv (the rest).
+#[test]
+fn kquant_products_are_the_cpus_bit_for_bit() {
+    let ctx = ctx();
+    let types = [
+        GgmlType::Q2_K,
+        GgmlType::Q3_K,
+        GgmlType::Q4_K,
+        GgmlType::Q5_K,
+        GgmlType::Q6_K,
+        GgmlType::IQ4_XS,
+    ];
+    for (i, &ty) in types.iter().enumerate() {
+        for (case, n) in [1usize, 2, 6, 7, 8, 9, 21].into_iter().enumerate() {
+            let mut rng = StdRng::seed_from_u64(6000 + 10 * i as u64 + case as u64);
+            let k = 256 * rng.gen_range(1..=12);
+            let mut m = 8 * rng.gen_range(1..=12);
+            if case % 2 == 1 {
+                m += rng.gen_range(1..8);
             }
             let (bytes, _) = random_weights(&mut rng, ty, k, m);
             let scale = [1.0f32, 40.0, 1e-3][case % 3];

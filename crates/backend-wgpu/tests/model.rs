@@ -92,24 +92,17 @@ fn synth_exact_quantized_logits_match_llama_cpp() {
     }
 }
 
-/// The K-quant files (Q8_K activations) still go through the dequantizing
-/// kernels, which sum float products in their own order; on this
-/// random-weight model a last-bit difference before an activation is
-/// quantized flips a step now and then, and the flips add up to a mean KLD
-/// of a few 1e-4. Issue #8 asks for 1e-4 here too: that needs the K-quant
-/// products in ggml's order as `qdot` does for the others (open work). The
-/// bound checked meanwhile is that effect's size, not a kernel error (the
-/// kernels are checked one by one in `kernels.rs`).
+/// The K-quant files (Q8_K activations): the GPU sums ggml's exact integer
+/// super-block sums in llama.cpp's float order (`kdot`: each format's AVX2
+/// vec_dot below 8 tokens, the tiled kernel from 8, the repacked Q4_K
+/// gemm/gemv), so they too must match llama.cpp to the brief's bound (on
+/// llvmpipe and an H100 they match to the bit: mean KLD 0).
 #[test]
-fn synth_kquant_logits_near_llama_cpp() {
-    let mut worst = Vec::new();
+fn synth_kquant_logits_match_llama_cpp() {
     for ftype in QUANT_FTYPES.iter().filter(|f| !EXACT_FTYPES.contains(f)) {
         let (kld, top1) = synth_kld(ftype);
-        worst.push((ftype, kld, top1));
-    }
-    for (ftype, kld, top1) in worst {
         assert!(
-            kld <= 1e-3 && top1 >= 0.95,
+            kld <= 1e-4 && top1 >= 0.98,
             "synth-{ftype}: mean KLD {kld:.3e}, top-1 {top1}"
         );
     }

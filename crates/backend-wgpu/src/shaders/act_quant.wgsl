@@ -4,10 +4,10 @@
 // integer block sums as ggml does (quant.wgsl's `qdot`):
 //   - the quants, four signed bytes per u32, element e of token t in word
 //     t·y_stride + e/4 (y_stride counts words here);
-//   - per block of 32 (per super-block of 256 for Q8_K, in the slot of its
-//     first 32), two floats from corr_base + 2·(t·n/32 + e/32): d as the
-//     product reads it (Q8_0/Q8_1: f32 of the f16; Q8_K: f32) and, for
-//     Q8_1, s = f16(d·Σq) with the unrounded d.
+//   - per block of 32, two words from corr_base + 2·(t·n/32 + e/32): d as
+//     the product reads it (Q8_0/Q8_1: f32 of the f16; Q8_K: the
+//     super-block's f32) and, for Q8_1, s = f16(d·Σq) with the unrounded d;
+//     for Q8_K, the block's two 16-element sums (ggml's bsums) as two i16.
 
 override PACKED: bool = false;
 var<workgroup> packed_q: array<i32, 256>;
@@ -80,12 +80,8 @@ fn quantize_packed(v: f32, amax: f32, e: u32, tok: u32, lid: u32) {
             | ((u32(packed_q[lid + 2u]) & 0xffu) << 16u) | (u32(packed_q[lid + 3u]) << 24u);
         y[tok * p.y_stride + e / 4u] = word;
     }
-    var seg = 32u;
-    if (ACT == 15u) {
-        seg = 256u;
-    }
     workgroupBarrier();
-    if (e < p.n && lid % seg == 0u) {
+    if (e < p.n && lid % 32u == 0u) {
         let i = p.corr_base + 2u * (tok * (p.n / 32u) + e / 32u);
         y[i] = bitcast<u32>(d);
         if (ACT == 9u) {
@@ -97,6 +93,15 @@ fn quantize_packed(v: f32, amax: f32, e: u32, tok: u32, lid: u32) {
             }
             let ds = div_rn(amax, 127.0) * f32(sum);
             y[i + 1u] = bitcast<u32>(round_f16(abs(ds)) * sign(ds));
+        } else if (ACT == 15u) {
+            // Q8_K's bsums of the block's two halves, as two i16.
+            var s0 = 0;
+            var s1 = 0;
+            for (var j = 0u; j < 16u; j++) {
+                s0 += packed_q[lid + j];
+                s1 += packed_q[lid + 16u + j];
+            }
+            y[i + 1u] = (u32(s0) & 0xffffu) | (u32(s1) << 16u);
         } else {
             y[i + 1u] = 0u;
         }

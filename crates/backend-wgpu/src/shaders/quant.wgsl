@@ -721,3 +721,330 @@ fn qdot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         store(tok, row, acc);
     }
 }
+
+// ---- exact K-quant products (Q2_K Q3_K Q4_K Q5_K Q6_K IQ4_XS) ---------------
+//
+// Activations are act_quant.wgsl's packed Q8_K: signed byte quants, and per
+// 32-element block [d, bsums] from corr_base (d: the super-block's f32
+// scale; bsums: the sums of the block's two 16-element halves, two i16 in a
+// u32). Integer sums are exact; the floats follow llama.cpp's x86 CPU
+// kernels (tensor-core's gemm/kquant.rs states them):
+//   ORDER 2, ggml_vec_dot_<fmt>_q8_K's AVX2 code (fewer than 8 tokens,
+//     matrices not repacked): eight lanes, lane l holding the exact sums of
+//     elements 32c + 4l .. +3 (c = 0..7) of each super-block;
+//     acc_l = fma(d_w·d_a, Σ_l, acc_l), then hsum_float_8, each format's
+//     mins term as its kernel lays it out.
+//   ORDER 3, the tiled kernel (8+ tokens, not repacked): per super-block
+//     res = fma(−dmin, s2, d·s1), acc = fma(res, d_a, acc), with s1 the
+//     exact scale-weighted sum and s2 the mins' sum.
+//   ORDER 4, ggml_gemm/gemv_q4_K_8x8_q8_K (Q4_K matrices with a multiple of
+//     8 rows, which llama.cpp repacks): tokens below n − n % 4 take the
+//     gemm (one step per 64 elements), the rest the gemv (one per
+//     super-block): acc = fma(s, d·d_a, acc), acc_min = fma(m, dmin·d_a,
+//     acc_min), result acc − acc_min.
+// Every output has eight invocations. ORDER 2's are its lanes; ORDER 3 and 4
+// split the super-blocks among them (eight at a time), and the first adds
+// up their exact sums in order.
+
+var<workgroup> kints: array<vec4<i32>, 512>;
+var<workgroup> kmins: array<f32, 256>;
+
+// a as f32 rounded to nearest even (as cvtdq2ps and Rust's `as f32`), also
+// for |a| ≥ 2^24, where a device's conversion may round otherwise.
+fn i2f_rn(a: i32) -> f32 {
+    let u = u32(abs(a));
+    if (u < 0x1000000u) {
+        return f32(a);
+    }
+    let sh = 8u - countLeadingZeros(u);
+    var q = u >> sh;
+    let rem = u & ((1u << sh) - 1u);
+    let half = 1u << (sh - 1u);
+    if (rem > half || (rem == half && (q & 1u) == 1u)) {
+        q += 1u;
+    }
+    let f = f32(q) * f32(1u << sh);
+    return select(f, -f, a < 0);
+}
+
+// Elements per sub-block (one scale): 16 for Q2_K, Q3_K, Q6_K, else 32.
+fn k_sub_len() -> u32 {
+    if (FORMAT == 10u || FORMAT == 11u || FORMAT == 14u) {
+        return 16u;
+    }
+    return 32u;
+}
+
+fn k_block_bytes() -> u32 {
+    switch FORMAT {
+        case 10u: { return 84u; }
+        case 11u: { return 110u; }
+        case 12u: { return 144u; }
+        case 13u: { return 176u; }
+        case 14u: { return 210u; }
+        default: { return 136u; } // IQ4_XS
+    }
+}
+
+// The quants of elements 4·u .. 4·u + 3 (u < 64) of the super-block at byte
+// b, as four bytes: Q3_K and IQ4_XS signed, the others unsigned (Q6_K's
+// without its offset −32, which ggml takes off through the bsums).
+fn k_word(b: u32, u: u32) -> u32 {
+    let c = u >> 3u;
+    let l = u & 7u;
+    switch FORMAT {
+        case 10u: { // Q2_K: bits 2(c % 4) of qs[32(c / 4) + 4l ..]
+            return (ld32(b + 16u + 32u * (c >> 2u) + 4u * l) >> (2u * (c & 3u))) & 0x03030303u;
+        }
+        case 11u: { // Q3_K: as Q2_K, minus 4 where bit c of hmask[4l ..] is clear
+            let lo = (ld32(b + 32u + 32u * (c >> 2u) + 4u * l) >> (2u * (c & 3u))) & 0x03030303u;
+            let hm = (ld32(b + 4u * l) >> c) & 0x01010101u;
+            return (((lo | (hm << 2u)) | 0x80808080u) - 0x04040404u) ^ 0x80808080u;
+        }
+        case 12u: { // Q4_K: nibble c % 2 of qs[32(c / 2) + 4l ..]
+            return (ld32(b + 16u + 32u * (c >> 1u) + 4u * l) >> (4u * (c & 1u))) & 0x0f0f0f0fu;
+        }
+        case 13u: { // Q5_K: as Q4_K, plus 16 where bit c of qh[4l ..] is set
+            let lo = (ld32(b + 48u + 32u * (c >> 1u) + 4u * l) >> (4u * (c & 1u))) & 0x0f0f0f0fu;
+            return lo | (((ld32(b + 16u + 4u * l) >> c) & 0x01010101u) << 4u);
+        }
+        case 14u: { // Q6_K: half h = c / 4, quarter j = c % 4 of it
+            let h = c >> 2u;
+            let j = c & 3u;
+            let lo = (ld32(b + 64u * h + 32u * (j & 1u) + 4u * l) >> (4u * (j >> 1u))) & 0x0f0f0f0fu;
+            let hi = (ld32(b + 128u + 32u * h + 4u * l) >> (2u * j)) & 0x03030303u;
+            return lo | (hi << 4u);
+        }
+        default: { // IQ4_XS: nibbles (low for l < 4) of qs[16c + 4(l % 4) ..]
+            let q = bytes4(ld32(b + 8u + 16u * c + 4u * (l & 3u)) >> (4u * (l >> 2u))) & vec4<u32>(0xfu);
+            return pack4xI8(vec4<i32>(iq4(q)));
+        }
+    }
+}
+
+// Sub-block s's scale (signed where the format's are).
+fn k_scale(b: u32, s: u32) -> i32 {
+    switch FORMAT {
+        case 10u: { return i32(ld8(b + s) & 0xfu); }
+        case 11u: {
+            let lo = (ld8(b + 96u + (s & 7u)) >> (4u * (s >> 3u))) & 0xfu;
+            let hi = (ld8(b + 104u + (s & 3u)) >> (2u * (s >> 2u))) & 3u;
+            return i32(lo | (hi << 4u)) - 32;
+        }
+        case 12u, 13u: { return i32(k_scale_min_k4(b + 4u, s).x); }
+        case 14u: { return (i32(ld8(b + 192u + s)) << 24u) >> 24u; }
+        default: {
+            let lo = (ld8(b + 4u + (s >> 1u)) >> (4u * (s & 1u))) & 0xfu;
+            let hi = (ld16(b + 2u) >> (2u * s)) & 3u;
+            return i32(lo | (hi << 4u)) - 32;
+        }
+    }
+}
+
+// Sub-block s's min (Q2_K, Q4_K, Q5_K; 0 for the others).
+fn k_min(b: u32, s: u32) -> i32 {
+    switch FORMAT {
+        case 10u: { return i32(ld8(b + s) >> 4u); }
+        case 12u, 13u: { return i32(k_scale_min_k4(b + 4u, s).y); }
+        default: { return 0; }
+    }
+}
+
+// get_scale_min_k4 in integers: (scale, min) of sub-block j.
+fn k_scale_min_k4(s: u32, j: u32) -> vec2<u32> {
+    if (j < 4u) {
+        return vec2<u32>(ld8(s + j) & 63u, ld8(s + j + 4u) & 63u);
+    }
+    let d = (ld8(s + j + 4u) & 0xfu) | ((ld8(s + j - 4u) >> 6u) << 4u);
+    let m = (ld8(s + j + 4u) >> 4u) | ((ld8(s + j) >> 6u) << 4u);
+    return vec2<u32>(d, m);
+}
+
+// The weight scales (d, dmin) of the super-block at byte b.
+fn k_dmin(b: u32) -> vec2<f32> {
+    switch FORMAT {
+        case 10u: { return vec2<f32>(f16at(b + 80u), f16at(b + 82u)); }
+        case 11u: { return vec2<f32>(f16at(b + 108u), 0.0); }
+        case 12u, 13u: { return vec2<f32>(f16at(b), f16at(b + 2u)); }
+        case 14u: { return vec2<f32>(f16at(b + 208u), 0.0); }
+        default: { return vec2<f32>(f16at(b), 0.0); }
+    }
+}
+
+// Word u (< 64) of super-block sb of token tok's packed activations.
+fn k_xq(tok: u32, sb: u32, u: u32) -> u32 {
+    let i = tok * (p.x_stride >> 2u) + sb * 64u + u;
+    return bitcast<u32>(x[i >> 2u][i & 3u]);
+}
+
+// Float `i` of the activations' scales (from corr_base).
+fn k_xs(i: u32) -> u32 {
+    let j = p.corr_base + i;
+    return bitcast<u32>(x[j >> 2u][j & 3u]);
+}
+
+// d of super-block sb of token tok's activations.
+fn k_xd(tok: u32, sb: u32) -> f32 {
+    return bitcast<f32>(k_xs(2u * (tok * (p.k >> 5u) + 8u * sb)));
+}
+
+// bsums[g] (the sum of elements 16g .. 16g + 15) of super-block sb.
+fn k_bsum(tok: u32, sb: u32, g: u32) -> i32 {
+    let v = k_xs(2u * (tok * (p.k >> 5u) + 8u * sb + (g >> 1u)) + 1u);
+    return (i32(v << (16u * (1u - (g & 1u))))) >> 16u;
+}
+
+// The activation sum that sub-block s's min multiplies.
+fn k_sub_bsum(tok: u32, sb: u32, s: u32) -> i32 {
+    if (k_sub_len() == 16u) {
+        return k_bsum(tok, sb, s);
+    }
+    return k_bsum(tok, sb, 2u * s) + k_bsum(tok, sb, 2u * s + 1u);
+}
+
+// Exact sums of super-block sb (weights at byte b) per 64 elements:
+// s[q] = Σ scale·Σ quant·act, m[q] = Σ min·bsum (0 when dmin is 0, as
+// tensor-core skips them), over sub-blocks in elements 64q .. 64q + 63.
+fn k_sums(b: u32, tok: u32, sb: u32, dmin: f32) -> array<vec4<i32>, 2> {
+    var s = vec4<i32>(0);
+    var m = vec4<i32>(0);
+    let sl = k_sub_len();
+    let words = sl >> 2u;
+    for (var sub = 0u; sub < 256u / sl; sub++) {
+        var d = 0;
+        for (var j = 0u; j < words; j++) {
+            let u = sub * words + j;
+            d += dot4I8Packed(k_word(b, u), k_xq(tok, sb, u));
+        }
+        if (FORMAT == 14u) {
+            d -= 32 * k_bsum(tok, sb, sub);
+        }
+        let q = (sub * sl) >> 6u;
+        s[q] += k_scale(b, sub) * d;
+        if ((FORMAT == 10u || FORMAT == 12u || FORMAT == 13u) && dmin != 0.0) {
+            m[q] += k_min(b, sub) * k_sub_bsum(tok, sb, sub);
+        }
+    }
+    return array<vec4<i32>, 2>(s, m);
+}
+
+// Grid: as qdot's ORDER 0 (32 outputs per workgroup).
+@compute @workgroup_size(256)
+fn kdot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let lane = lid & 7u;
+    let unit = lid >> 3u;
+    let tok = wid.x * QDOT_TOKENS + unit % QDOT_TOKENS;
+    let row = wid.y * (32u / QDOT_TOKENS) + unit / QDOT_TOKENS;
+    let live = row < p.m && tok < step.n_tokens;
+    let nsb = p.k >> 8u;
+    let bb = k_block_bytes();
+    let base = row * p.row_bytes;
+    var acc = 0.0;
+    var acc2 = 0.0; // ORDER 2: Q4_K's mins lanes, Q5_K's summs; 4: acc_min
+    if (ORDER == 2u) {
+        if (live) {
+            let sl16 = k_sub_len() == 16u;
+            for (var sb = 0u; sb < nsb; sb++) {
+                let b = base + sb * bb;
+                let dy = k_xd(tok, sb);
+                let dm = k_dmin(b);
+                var sumi = 0;
+                for (var c = 0u; c < 8u; c++) {
+                    let u = 8u * c + lane;
+                    var s = c;
+                    if (sl16) {
+                        s = 2u * c + (lane >> 2u);
+                    }
+                    sumi += k_scale(b, s) * dot4I8Packed(k_word(b, u), k_xq(tok, sb, u));
+                }
+                let ndmin = -mul_rn(dy, dm.y);
+                if (FORMAT == 10u) {
+                    // Q2_K: the mins first, lane l: mins 2l, 2l + 1 · bsums 2l, 2l + 1.
+                    let prod = k_min(b, 2u * lane) * k_bsum(tok, sb, 2u * lane)
+                        + k_min(b, 2u * lane + 1u) * k_bsum(tok, sb, 2u * lane + 1u);
+                    acc = fma_rn(ndmin, f32(prod), acc);
+                }
+                if (FORMAT == 14u) {
+                    // Q6_K: lane l takes off 32·(sc 2l·bsums 2l + sc 2l+1·bsums 2l+1).
+                    sumi -= 32 * (k_scale(b, 2u * lane) * k_bsum(tok, sb, 2u * lane)
+                        + k_scale(b, 2u * lane + 1u) * k_bsum(tok, sb, 2u * lane + 1u));
+                }
+                if (FORMAT == 12u && lane < 4u) {
+                    // Q4_K: four lanes of mins, lane j: sub-blocks 2j, 2j + 1.
+                    let mj = k_min(b, 2u * lane) * k_sub_bsum(tok, sb, 2u * lane)
+                        + k_min(b, 2u * lane + 1u) * k_sub_bsum(tok, sb, 2u * lane + 1u);
+                    acc2 = fma_rn(ndmin, f32(mj), acc2);
+                }
+                if (FORMAT == 13u && lane == 0u) {
+                    // Q5_K: one scalar over all eight sub-blocks.
+                    var mt = 0;
+                    for (var s = 0u; s < 8u; s++) {
+                        mt += k_min(b, s) * k_sub_bsum(tok, sb, s);
+                    }
+                    acc2 = fma_rn(ndmin, f32(mt), acc2);
+                }
+                acc = fma_rn(mul_rn(dy, dm.x), i2f_rn(sumi), acc);
+            }
+        }
+        lanes[lid] = acc;
+        kmins[lid] = acc2;
+        workgroupBarrier();
+        if (live && lane == 0u) {
+            // hsum_float_8: (a4 + a0) + (a6 + a2), (a5 + a1) + (a7 + a3).
+            let r0 = (lanes[lid + 4u] + lanes[lid]) + (lanes[lid + 6u] + lanes[lid + 2u]);
+            let r1 = (lanes[lid + 5u] + lanes[lid + 1u]) + (lanes[lid + 7u] + lanes[lid + 3u]);
+            var r = r0 + r1;
+            if (FORMAT == 12u) {
+                // Q4_K's four mins lanes: (m0 + m2) + (m1 + m3).
+                r = r + ((kmins[lid] + kmins[lid + 2u]) + (kmins[lid + 1u] + kmins[lid + 3u]));
+            }
+            if (FORMAT == 13u) {
+                r = r + acc2;
+            }
+            store(tok, row, r);
+        }
+        return;
+    }
+    // ORDER 3 and 4: lane l takes super-blocks 8r + l, the first lane adds
+    // them up in order.
+    let gemm = ORDER == 4u && tok < step.n_tokens - step.n_tokens % 4u;
+    for (var r = 0u; r < nsb; r += 8u) {
+        let sb = r + lane;
+        if (live && sb < nsb) {
+            let b = base + sb * bb;
+            let sm = k_sums(b, tok, sb, k_dmin(b).y);
+            kints[2u * lid] = sm[0];
+            kints[2u * lid + 1u] = sm[1];
+        }
+        workgroupBarrier();
+        if (live && lane == 0u) {
+            for (var j = 0u; j < 8u && r + j < nsb; j++) {
+                let sb = r + j;
+                let dm = k_dmin(base + sb * bb);
+                let dy = k_xd(tok, sb);
+                let s = kints[2u * (lid + j)];
+                let m = kints[2u * (lid + j) + 1u];
+                let s1 = (s.x + s.y) + (s.z + s.w);
+                let s2 = (m.x + m.y) + (m.z + m.w);
+                if (ORDER == 3u) {
+                    let res = fma_rn(-dm.y, i2f_rn(s2), mul_rn(dm.x, i2f_rn(s1)));
+                    acc = fma_rn(res, dy, acc);
+                } else if (gemm) {
+                    let dd = mul_rn(dm.x, dy);
+                    let dmm = mul_rn(dm.y, dy);
+                    for (var q = 0u; q < 4u; q++) {
+                        acc = fma_rn(i2f_rn(s[q]), dd, acc);
+                        acc2 = fma_rn(i2f_rn(m[q]), dmm, acc2);
+                    }
+                } else {
+                    acc = fma_rn(i2f_rn(s1), mul_rn(dm.x, dy), acc);
+                    acc2 = fma_rn(i2f_rn(s2), mul_rn(dm.y, dy), acc2);
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    if (live && lane == 0u) {
+        store(tok, row, acc - acc2);
+    }
+}
