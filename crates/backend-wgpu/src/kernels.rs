@@ -186,6 +186,9 @@ pub fn exact_order(ty: GgmlType, rows: u32, n_tokens: u32) -> Option<u32> {
 /// kernel's order, smaller ones `vec_dot`'s.
 pub const KQUANT_TILED_MIN_BATCH: u32 = 8;
 
+/// Tokens per tile of `kmm`, the tiled exact K-quant product for batches.
+pub(crate) const KMM_TOKENS: u32 = 64;
+
 /// One specialised compute pipeline: the cache key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Kernel {
@@ -212,7 +215,8 @@ pub(crate) enum Kernel {
     QuantizeAct(GgmlType, bool),
     /// Exact product of a `ty` matrix in float order `order`
     /// ([`exact_order`]; `qdot` for orders 0 and 1, `kdot` above), `tokens`
-    /// consecutive tokens per row in a workgroup.
+    /// consecutive tokens per row in a workgroup ([`KMM_TOKENS`]: the tiled
+    /// `kmm`, orders 3 and 4).
     Qdot(GgmlType, u32, u32),
 }
 
@@ -242,6 +246,7 @@ impl Kernel {
             Kernel::Swiglu(_) => "swiglu",
             Kernel::Argmax => "argmax",
             Kernel::QuantizeAct(..) => "quantize_act",
+            Kernel::Qdot(_, _, KMM_TOKENS) => "kmm",
             Kernel::Qdot(_, order, _) => {
                 if order >= 2 {
                     "kdot"

@@ -9,7 +9,9 @@ use gguf_format::GgmlType;
 
 use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
-use crate::kernels::{exact_order, is_exact, is_gpu_type, Kernel, KQUANT_TILED_MIN_BATCH};
+use crate::kernels::{
+    exact_order, is_exact, is_gpu_type, Kernel, KMM_TOKENS, KQUANT_TILED_MIN_BATCH,
+};
 
 /// Up to this many tokens a linear layer runs as matrix-vector products
 /// (64 invocations per row, 4 rows per workgroup); above it, as a tiled
@@ -306,8 +308,13 @@ impl Op {
                     .rev()
                     .find(|v| v.min_tokens <= n_tokens)
                     .unwrap_or(&self.variants[0]);
-                // One invocation per output (order 1) or eight.
-                let rows = if v.order == 1 { 256 } else { 32 } / v.tokens;
+                // One invocation per output (order 1) or eight, or
+                // kmm's 64 × 64 tiles.
+                let rows = match (v.tokens, v.order) {
+                    (KMM_TOKENS, _) => 64,
+                    (_, 1) => 256 / v.tokens,
+                    _ => 32 / v.tokens,
+                };
                 (
                     &v.pipeline,
                     [n_tokens.div_ceil(v.tokens), m.div_ceil(rows), 1],
@@ -385,7 +392,12 @@ impl OpBuilder<'_> {
                     let mut variants: Vec<QdotVariant> = Vec::new();
                     for min_tokens in [1, 2, KQUANT_TILED_MIN_BATCH] {
                         let order = exact_order(w.ty, w.m, min_tokens).expect("exact");
-                        let tokens = qdot_tokens(min_tokens);
+                        // K-quant batches of 8+ take the tiled kmm.
+                        let tokens = if order >= 2 && min_tokens >= KQUANT_TILED_MIN_BATCH {
+                            KMM_TOKENS
+                        } else {
+                            qdot_tokens(min_tokens)
+                        };
                         if variants
                             .last()
                             .is_some_and(|v| v.order == order && v.tokens == tokens)

@@ -175,10 +175,10 @@ fn kquant_products_are_the_cpus_bit_for_bit() {
         GgmlType::IQ4_XS,
     ];
     for (i, &ty) in types.iter().enumerate() {
-        for (case, n) in [1usize, 2, 6, 7, 8, 9, 21].into_iter().enumerate() {
+        for (case, n) in [1usize, 2, 6, 7, 8, 9, 21, 70].into_iter().enumerate() {
             let mut rng = StdRng::seed_from_u64(6000 + 10 * i as u64 + case as u64);
             let k = 256 * rng.gen_range(1..=12);
-            let mut m = 8 * rng.gen_range(1..=12);
+            let mut m = 8 * rng.gen_range(1..=20);
             if case % 2 == 1 {
                 m += rng.gen_range(1..8);
             }

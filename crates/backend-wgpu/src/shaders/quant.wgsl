@@ -1048,3 +1048,214 @@ fn kdot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         store(tok, row, acc - acc2);
     }
 }
+
+// ---- exact K-quant products for batches: 64 rows × 64 tokens per workgroup ----
+//
+// ORDER 3 and 4 as kdot computes them, with the integer work tiled: each
+// 64-element chunk's quants (16 words per row and per token) are staged in
+// workgroup memory, and each invocation sums a 4 × 4 block of outputs (rows
+// tx + 16i, tokens ty + 16j) sub-block by sub-block with dot4I8Packed. The
+// exact sums then take the float steps of the order per chunk (the Q4_K
+// gemm) or per super-block (the tiled kernel, the Q4_K gemv).
+
+const KWS: u32 = 17u; // words per row in the tiles: 16, plus 1 against bank conflicts
+var<workgroup> kw_tile: array<u32, 1088>;
+var<workgroup> kx_tile: array<u32, 1088>;
+var<workgroup> kw_sc: array<vec4<i32>, 64>; // the chunk's sub-block scales, per row
+var<workgroup> kw_mn: array<vec4<i32>, 64>; // and mins
+var<workgroup> kw_d: array<vec2<f32>, 64>;  // the super-block's d, dmin, per row
+var<workgroup> kx_bs: array<vec4<i32>, 64>; // the chunk's four bsums, per token
+var<workgroup> kx_d: array<f32, 64>;        // the super-block's d, per token
+
+fn dot4v(a: vec4<u32>, b: u32) -> vec4<i32> {
+    return vec4<i32>(dot4I8Packed(a.x, b), dot4I8Packed(a.y, b), dot4I8Packed(a.z, b), dot4I8Packed(a.w, b));
+}
+
+fn i2f4(a: vec4<i32>) -> vec4<f32> {
+    return vec4<f32>(i2f_rn(a.x), i2f_rn(a.y), i2f_rn(a.z), i2f_rn(a.w));
+}
+
+fn fma4(a: vec4<f32>, b: vec4<f32>, c: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(fma_rn(a.x, b.x, c.x), fma_rn(a.y, b.y, c.y), fma_rn(a.z, b.z, c.z), fma_rn(a.w, b.w, c.w));
+}
+
+fn mul4(a: vec4<f32>, b: vec4<f32>) -> vec4<f32> {
+    return vec4<f32>(mul_rn(a.x, b.x), mul_rn(a.y, b.y), mul_rn(a.z, b.z), mul_rn(a.w, b.w));
+}
+
+// One token's four outputs after a chunk: s and m are the exact sums since
+// the last float step; `last`: the chunk ends a super-block. Returns the new
+// (acc, acc_min) and whether the sums were consumed.
+struct KStep {
+    acc: vec4<f32>,
+    acc2: vec4<f32>,
+    used: bool,
+}
+
+fn kmm_step(acc: vec4<f32>, acc2: vec4<f32>, s: vec4<i32>, m: vec4<i32>, d: vec4<f32>,
+            dmin: vec4<f32>, dy: f32, gemm: bool, last: bool) -> KStep {
+    let dyv = vec4<f32>(dy);
+    if (ORDER == 4u && gemm) {
+        return KStep(fma4(i2f4(s), mul4(d, dyv), acc), fma4(i2f4(m), mul4(dmin, dyv), acc2), true);
+    }
+    if (!last) {
+        return KStep(acc, acc2, false);
+    }
+    if (ORDER == 3u) {
+        let res = fma4(-dmin, i2f4(m), mul4(d, i2f4(s)));
+        return KStep(fma4(res, dyv, acc), acc2, true);
+    }
+    return KStep(fma4(i2f4(s), mul4(d, dyv), acc), fma4(i2f4(m), mul4(dmin, dyv), acc2), true);
+}
+
+// Grid: (ceil(tokens / 64), ceil(m / 64), 1).
+@compute @workgroup_size(256)
+fn kmm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let tok0 = wid.x * 64u;
+    let row0 = wid.y * 64u;
+    let n_tok = step.n_tokens;
+    let tx = lid & 15u;
+    let ty = lid >> 4u;
+    let nsb = p.k >> 8u;
+    let bb = k_block_bytes();
+    let sl = k_sub_len();
+    let wps = sl >> 2u;          // words per sub-block
+    let spc = 64u / sl;          // sub-blocks per chunk
+    let n_gemm = n_tok - n_tok % 4u;
+    // Loading: invocation lid stages row (token) lid / 4, words 4·(lid % 4) ..
+    let lr = lid >> 2u;
+    let lw = 4u * (lid & 3u);
+    let lrow = row0 + lr;
+    let ltok = tok0 + lr;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    var am0 = vec4<f32>(0.0);
+    var am1 = vec4<f32>(0.0);
+    var am2 = vec4<f32>(0.0);
+    var am3 = vec4<f32>(0.0);
+    var s0 = vec4<i32>(0);
+    var s1 = vec4<i32>(0);
+    var s2 = vec4<i32>(0);
+    var s3 = vec4<i32>(0);
+    var m0 = vec4<i32>(0);
+    var m1 = vec4<i32>(0);
+    var m2 = vec4<i32>(0);
+    var m3 = vec4<i32>(0);
+    for (var ch = 0u; ch < 4u * nsb; ch++) {
+        let sb = ch >> 2u;
+        let q = ch & 3u;
+        if (lrow < p.m) {
+            let b = lrow * p.row_bytes + sb * bb;
+            for (var i = 0u; i < 4u; i++) {
+                kw_tile[lr * KWS + lw + i] = k_word(b, 16u * q + lw + i);
+            }
+            if (lw == 0u) {
+                var sc = vec4<i32>(0);
+                var mn = vec4<i32>(0);
+                for (var i = 0u; i < spc; i++) {
+                    sc[i] = k_scale(b, spc * q + i);
+                    mn[i] = k_min(b, spc * q + i);
+                }
+                kw_sc[lr] = sc;
+                kw_mn[lr] = mn;
+                kw_d[lr] = k_dmin(b);
+            }
+        } else {
+            for (var i = 0u; i < 4u; i++) {
+                kw_tile[lr * KWS + lw + i] = 0u;
+            }
+            if (lw == 0u) {
+                kw_sc[lr] = vec4<i32>(0);
+                kw_mn[lr] = vec4<i32>(0);
+                kw_d[lr] = vec2<f32>(0.0);
+            }
+        }
+        if (ltok < n_tok) {
+            for (var i = 0u; i < 4u; i++) {
+                kx_tile[lr * KWS + lw + i] = k_xq(ltok, sb, 16u * q + lw + i);
+            }
+            if (lw == 0u) {
+                kx_bs[lr] = vec4<i32>(k_bsum(ltok, sb, 4u * q), k_bsum(ltok, sb, 4u * q + 1u),
+                                      k_bsum(ltok, sb, 4u * q + 2u), k_bsum(ltok, sb, 4u * q + 3u));
+                kx_d[lr] = k_xd(ltok, sb);
+            }
+        } else {
+            for (var i = 0u; i < 4u; i++) {
+                kx_tile[lr * KWS + lw + i] = 0u;
+            }
+            if (lw == 0u) {
+                kx_bs[lr] = vec4<i32>(0);
+                kx_d[lr] = 0.0;
+            }
+        }
+        workgroupBarrier();
+        for (var sub = 0u; sub < spc; sub++) {
+            var i0 = vec4<i32>(0);
+            var i1 = vec4<i32>(0);
+            var i2 = vec4<i32>(0);
+            var i3 = vec4<i32>(0);
+            for (var wi = sub * wps; wi < (sub + 1u) * wps; wi++) {
+                let a = vec4<u32>(kw_tile[tx * KWS + wi], kw_tile[(tx + 16u) * KWS + wi],
+                                  kw_tile[(tx + 32u) * KWS + wi], kw_tile[(tx + 48u) * KWS + wi]);
+                i0 += dot4v(a, kx_tile[ty * KWS + wi]);
+                i1 += dot4v(a, kx_tile[(ty + 16u) * KWS + wi]);
+                i2 += dot4v(a, kx_tile[(ty + 32u) * KWS + wi]);
+                i3 += dot4v(a, kx_tile[(ty + 48u) * KWS + wi]);
+            }
+            let sc = vec4<i32>(kw_sc[tx][sub], kw_sc[tx + 16u][sub], kw_sc[tx + 32u][sub], kw_sc[tx + 48u][sub]);
+            // The activation sums this sub-block covers, per token.
+            var bs = vec4<i32>(kx_bs[ty][sub], kx_bs[ty + 16u][sub], kx_bs[ty + 32u][sub], kx_bs[ty + 48u][sub]);
+            if (sl == 32u) {
+                bs = vec4<i32>(kx_bs[ty][2u * sub] + kx_bs[ty][2u * sub + 1u],
+                               kx_bs[ty + 16u][2u * sub] + kx_bs[ty + 16u][2u * sub + 1u],
+                               kx_bs[ty + 32u][2u * sub] + kx_bs[ty + 32u][2u * sub + 1u],
+                               kx_bs[ty + 48u][2u * sub] + kx_bs[ty + 48u][2u * sub + 1u]);
+            }
+            if (FORMAT == 14u) {
+                i0 -= vec4<i32>(32 * bs.x);
+                i1 -= vec4<i32>(32 * bs.y);
+                i2 -= vec4<i32>(32 * bs.z);
+                i3 -= vec4<i32>(32 * bs.w);
+            }
+            s0 += sc * i0;
+            s1 += sc * i1;
+            s2 += sc * i2;
+            s3 += sc * i3;
+            if (FORMAT == 10u || FORMAT == 12u || FORMAT == 13u) {
+                let mn = vec4<i32>(kw_mn[tx][sub], kw_mn[tx + 16u][sub], kw_mn[tx + 32u][sub], kw_mn[tx + 48u][sub]);
+                m0 += mn * bs.x;
+                m1 += mn * bs.y;
+                m2 += mn * bs.z;
+                m3 += mn * bs.w;
+            }
+        }
+        let last = q == 3u;
+        let dv = vec4<f32>(kw_d[tx].x, kw_d[tx + 16u].x, kw_d[tx + 32u].x, kw_d[tx + 48u].x);
+        let dmv = vec4<f32>(kw_d[tx].y, kw_d[tx + 16u].y, kw_d[tx + 32u].y, kw_d[tx + 48u].y);
+        // tensor-core leaves the mins out where dmin is 0.
+        let mz = vec4<i32>(dmv != vec4<f32>(0.0));
+        var r = kmm_step(acc0, am0, s0, m0 * mz, dv, dmv, kx_d[ty], tok0 + ty < n_gemm, last);
+        acc0 = r.acc;
+        am0 = r.acc2;
+        if (r.used) { s0 = vec4<i32>(0); m0 = vec4<i32>(0); }
+        r = kmm_step(acc1, am1, s1, m1 * mz, dv, dmv, kx_d[ty + 16u], tok0 + ty + 16u < n_gemm, last);
+        acc1 = r.acc;
+        am1 = r.acc2;
+        if (r.used) { s1 = vec4<i32>(0); m1 = vec4<i32>(0); }
+        r = kmm_step(acc2, am2, s2, m2 * mz, dv, dmv, kx_d[ty + 32u], tok0 + ty + 32u < n_gemm, last);
+        acc2 = r.acc;
+        am2 = r.acc2;
+        if (r.used) { s2 = vec4<i32>(0); m2 = vec4<i32>(0); }
+        r = kmm_step(acc3, am3, s3, m3 * mz, dv, dmv, kx_d[ty + 48u], tok0 + ty + 48u < n_gemm, last);
+        acc3 = r.acc;
+        am3 = r.acc2;
+        if (r.used) { s3 = vec4<i32>(0); m3 = vec4<i32>(0); }
+        workgroupBarrier();
+    }
+    mm_store(tok0 + ty, row0 + tx, n_tok, acc0 - am0);
+    mm_store(tok0 + ty + 16u, row0 + tx, n_tok, acc1 - am1);
+    mm_store(tok0 + ty + 32u, row0 + tx, n_tok, acc2 - am2);
+    mm_store(tok0 + ty + 48u, row0 + tx, n_tok, acc3 - am3);
+}
