@@ -198,16 +198,17 @@ pub(crate) enum Kernel {
     Matmul(GgmlType),
     /// Row lookup of a `ty` matrix.
     GetRows(GgmlType),
-    /// RMSNorm, its output rounded to an activation type (or not).
-    RmsNorm(Option<GgmlType>),
+    /// RMSNorm, its output rounded to an activation type (or not); `true`:
+    /// written in the packed layout the exact products read.
+    RmsNorm(Option<(GgmlType, bool)>),
     /// RoPE.
     Rope,
     /// Attention.
     Attention,
     /// a + b.
     Add,
-    /// silu(a)·b, rounded to an activation type (or not).
-    Swiglu(Option<GgmlType>),
+    /// silu(a)·b, rounded to an activation type (or not); `true`: packed.
+    Swiglu(Option<(GgmlType, bool)>),
     /// Greedy argmax.
     Argmax,
     /// Activation rounding to the given Q8 type; `true`: the packed layout
@@ -277,8 +278,10 @@ impl Kernel {
                 ("ORDER", f64::from(order)),
                 ("QDOT_TOKENS", f64::from(tokens)),
             ],
-            Kernel::Swiglu(t) => vec![("ACT", f64::from(t.map_or(0, GgmlType::id)))],
-            Kernel::RmsNorm(t) => vec![("ACT", f64::from(t.map_or(0, GgmlType::id)))],
+            Kernel::Swiglu(t) | Kernel::RmsNorm(t) => vec![
+                ("ACT", f64::from(t.map_or(0, |t| t.0.id()))),
+                ("PACKED", f64::from(u8::from(t.is_some_and(|t| t.1)))),
+            ],
             _ => Vec::new(),
         }
     }

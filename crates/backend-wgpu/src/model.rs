@@ -193,6 +193,29 @@ struct ActBuffers<'c> {
 }
 
 impl ActBuffers<'_> {
+    /// The buffer of activations rounded (and maybe packed) as `key` says.
+    fn buffer(&mut self, key: (GgmlType, bool)) -> wgpu::Buffer {
+        if let Some((_, b)) = self.bufs.iter().find(|(t, _)| *t == key) {
+            return b.clone();
+        }
+        let b = self.ctx.storage("act", self.size);
+        self.bufs.push((key, b.clone()));
+        b
+    }
+
+    /// Where a norm or SwiGLU whose consumers all round as `fa` says
+    /// ([`fused_act`]) writes: the packed layout into that type's buffer,
+    /// anything else into `plain`.
+    fn fused_out(
+        &mut self,
+        fa: Option<Option<(GgmlType, bool)>>,
+        plain: &wgpu::Buffer,
+    ) -> wgpu::Buffer {
+        match fa {
+            Some(Some(key)) if key.1 => self.buffer(key),
+            _ => plain.clone(),
+        }
+    }
     /// The input a product with `w` reads: `src` itself, or `src` rounded to
     /// `w`'s activation type (pushing the rounding op the first time a
     /// consumer of this `src` needs that type; `done` tracks that).
@@ -207,18 +230,16 @@ impl ActBuffers<'_> {
         n: u32,
         w: &GpuMatrix,
     ) -> wgpu::Buffer {
-        let Some(act) = act_type(w.ty).filter(|_| !self.fused) else {
+        let Some(act) = act_type(w.ty) else {
             return src.clone();
         };
         let key = (act, is_exact(w.ty, w.m));
-        let buf = match self.bufs.iter().find(|(t, _)| *t == key) {
-            Some((_, b)) => b.clone(),
-            None => {
-                let b = self.ctx.storage("act", self.size);
-                self.bufs.push((key, b.clone()));
-                b
-            }
-        };
+        if self.fused {
+            // The norm or SwiGLU that wrote `src` rounded it already: into
+            // `src` itself, or packed into the key's buffer.
+            return if key.1 { self.buffer(key) } else { src.clone() };
+        }
+        let buf = self.buffer(key);
         if !done.contains(&key) {
             ops.push(ob.quantize_act(act, key.1, src, stride, &buf, stride, n, self.corr_base));
             done.push(key);
@@ -227,15 +248,15 @@ impl ActBuffers<'_> {
     }
 }
 
-/// The activation rounding a norm can apply for all of `ws` (`Some(None)`:
-/// none needed), or `None` when they need different roundings, Q8_1
-/// (whose block sums only `act_quant.wgsl` writes) or the packed layout of
-/// the exact products.
-fn fused_act(ws: &[&GpuMatrix]) -> Option<Option<GgmlType>> {
-    let first = act_type(ws[0].ty);
-    let same = ws.iter().all(|w| act_type(w.ty) == first);
-    let exact = ws.iter().any(|w| is_exact(w.ty, w.m));
-    (same && !exact && first != Some(GgmlType::Q8_1)).then_some(first)
+/// The activation rounding a norm (or SwiGLU) can apply for all of `ws`,
+/// with whether it is the exact products' packed layout (`Some(None)`: none
+/// needed), or `None` when they need different roundings or layouts, or Q8_1
+/// as f32 values (whose block sums that layout lacks).
+fn fused_act(ws: &[&GpuMatrix]) -> Option<Option<(GgmlType, bool)>> {
+    let key = |w: &GpuMatrix| act_type(w.ty).map(|a| (a, is_exact(w.ty, w.m)));
+    let first = key(ws[0]);
+    let same = ws.iter().all(|w| key(w) == first);
+    (same && first != Some((GgmlType::Q8_1, false))).then_some(first)
 }
 
 /// Most greedy tokens [`GpuModel::generate_greedy`] makes in one call.
@@ -429,16 +450,18 @@ impl GpuModel {
             qkv.push(("attn_v", &wv, 0));
             let ws: Vec<&GpuMatrix> = qkv.iter().map(|e| e.1).collect();
             let fa = fused_act(&ws);
+            let xn_out = acts.fused_out(fa, &xn);
             body.push(ob.rms_norm(
                 &x,
                 d,
                 &attn_norm,
-                &xn,
+                &xn_out,
                 d,
                 d,
                 cfg.rms_eps,
                 false,
                 fa.flatten(),
+                acts.corr_base,
             ));
             acts.fused = fa.is_some();
             let mut done = Vec::new();
@@ -516,16 +539,18 @@ impl GpuModel {
             };
             let ws: Vec<&GpuMatrix> = gu.iter().map(|e| e.1).collect();
             let fa = fused_act(&ws);
+            let xn_out = acts.fused_out(fa, &xn);
             body.push(ob.rms_norm(
                 &x,
                 d,
                 &ffn_norm,
-                &xn,
+                &xn_out,
                 d,
                 d,
                 cfg.rms_eps,
                 false,
                 fa.flatten(),
+                acts.corr_base,
             ));
             acts.fused = fa.is_some();
             let mut done = Vec::new();
@@ -546,19 +571,22 @@ impl GpuModel {
                 ));
             }
             let fa = fused_act(&[&wd]);
+            let h_out = acts.fused_out(fa, &h);
+            let packed = fa.flatten().is_some_and(|a| a.1);
             body.push(ob.binary(
                 Kernel::Swiglu(fa.flatten()),
                 &gate_up,
                 &gate_up,
-                &h,
+                &h_out,
                 EwParams {
                     n: ff,
                     a_stride: 2 * ff,
                     b_stride: 2 * ff,
-                    y_stride: ff,
+                    y_stride: if packed { ff / 4 } else { ff },
                     a_base: 0,
                     b_base: ff,
-                    pad: [0; 2],
+                    corr_base: acts.corr_base,
+                    pad: 0,
                 },
                 &dummy,
             ));
@@ -596,8 +624,19 @@ impl GpuModel {
         weight_bytes += output.n_bytes();
         let fa = fused_act(&[&output]);
         acts.fused = fa.is_some();
-        let mut head_last =
-            vec![ob.rms_norm(&x, d, &out_norm, &xn, d, d, cfg.rms_eps, true, fa.flatten())];
+        let xn_out = acts.fused_out(fa, &xn);
+        let mut head_last = vec![ob.rms_norm(
+            &x,
+            d,
+            &out_norm,
+            &xn_out,
+            d,
+            d,
+            cfg.rms_eps,
+            true,
+            fa.flatten(),
+            acts.corr_base,
+        )];
         let xo = acts.input(&ob, &mut head_last, &mut Vec::new(), &xn, d, d, &output);
         head_last.extend(ob.linear(
             "output",
@@ -616,12 +655,13 @@ impl GpuModel {
             &x,
             d,
             &out_norm,
-            &xn,
+            &xn_out,
             d,
             d,
             cfg.rms_eps,
             false,
             fa.flatten(),
+            acts.corr_base,
         )];
         let xo = acts.input(&ob, &mut head_all, &mut Vec::new(), &xn, d, d, &output);
         head_all.extend(ob.linear(

@@ -168,7 +168,9 @@ pub fn rms_norm(ctx: &GpuContext, x: &[f32], weight: &[f32], eps: f32) -> Result
     let xb = f32_buffer(ctx, "x", x);
     let wb = f32_buffer(ctx, "weight", weight);
     let y = ctx.storage("y", (x.len() * 4) as u64);
-    let op = b.rms_norm(&xb, n as u32, &wb, &y, n as u32, n as u32, eps, false, None);
+    let op = b.rms_norm(
+        &xb, n as u32, &wb, &y, n as u32, n as u32, eps, false, None, 0,
+    );
     run(ctx, &[op], t as u32, &y, x.len())
 }
 

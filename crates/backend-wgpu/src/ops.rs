@@ -57,7 +57,10 @@ pub(crate) struct NormParams {
     pub y_stride: u32,
     pub last_only: u32,
     pub eps: f32,
-    pub pad: [u32; 3],
+    pub zero: u32,
+    /// With a packed output: the word offset of the blocks' scales in y.
+    pub corr_base: u32,
+    pub pad: u32,
 }
 
 #[repr(C)]
@@ -110,7 +113,9 @@ pub(crate) struct EwParams {
     pub y_stride: u32,
     pub a_base: u32,
     pub b_base: u32,
-    pub pad: [u32; 2],
+    /// SwiGLU with a packed output: the word offset of the blocks' scales in y.
+    pub corr_base: u32,
+    pub pad: u32,
 }
 
 /// One row range of a weight matrix, in one buffer.
@@ -308,12 +313,13 @@ impl Op {
                     .rev()
                     .find(|v| v.min_tokens <= n_tokens)
                     .unwrap_or(&self.variants[0]);
-                // One invocation per output (order 1) or eight, or
-                // kmm's 64 × 64 tiles.
+                // Outputs per workgroup: one invocation each (order 1),
+                // eight (order 0) or 64 (kdot), or kmm's 64 × 64 tiles.
                 let rows = match (v.tokens, v.order) {
                     (KMM_TOKENS, _) => 64,
                     (_, 1) => 256 / v.tokens,
-                    _ => 32 / v.tokens,
+                    (_, 0) => 32 / v.tokens,
+                    _ => 4 / v.tokens,
                 };
                 (
                     &v.pipeline,
@@ -477,8 +483,10 @@ impl OpBuilder<'_> {
 
     /// RMSNorm of `n` values per token; `last_only` normalises only the
     /// batch's last token into row 0 of `y` (run with one token); `act`
-    /// rounds the output as products with that activation type need
-    /// (Q8_0, Q8_K, F16, BF16; not Q8_1, whose sums need act_quant).
+    /// rounds the output as products with that activation type need (Q8_0,
+    /// Q8_K, F16, BF16; Q8_1 only packed, whose sums the f32 layout lacks),
+    /// as f32 values or, packed, as the exact products read them (scales
+    /// from word `corr_base` of `y`).
     #[allow(clippy::too_many_arguments)]
     pub fn rms_norm(
         &self,
@@ -490,15 +498,19 @@ impl OpBuilder<'_> {
         n: u32,
         eps: f32,
         last_only: bool,
-        act: Option<GgmlType>,
+        act: Option<(GgmlType, bool)>,
+        corr_base: u32,
     ) -> Op {
+        let packed = act.is_some_and(|a| a.1);
         let params = NormParams {
             n,
             x_stride,
-            y_stride,
+            y_stride: if packed { y_stride / 4 } else { y_stride },
             last_only: last_only as u32,
             eps,
-            pad: [0; 3],
+            zero: 0,
+            corr_base,
+            pad: 0,
         };
         let pb = self.ctx.uniform("rms_norm", bytemuck::bytes_of(&params));
         let kernel = Kernel::RmsNorm(act);

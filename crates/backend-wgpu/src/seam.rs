@@ -272,7 +272,7 @@ impl Backend for WgpuBackend {
             ctx: &self.ctx,
             step: &step,
         };
-        let op = ob.rms_norm(&x.buffer, n, wb, &out.buffer, n, n, eps, false, None);
+        let op = ob.rms_norm(&x.buffer, n, wb, &out.buffer, n, n, eps, false, None, 0);
         self.record(&[op], n_rows);
     }
 

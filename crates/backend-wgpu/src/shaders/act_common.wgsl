@@ -15,6 +15,9 @@
 //     (quantize_row_q8_K_ref).
 
 override ACT: u32 = 0u;
+// Write the PACKED layout (quantize_packed) instead of f32 values.
+override PACKED: bool = false;
+var<workgroup> packed_q: array<i32, 256>;
 
 // f32 → f16 → f32 with round-to-nearest-even (as F16C's conversion).
 fn round_f16(v: f32) -> f32 {
@@ -132,4 +135,70 @@ fn round_act(v: f32, lid: u32) -> vec2<f32> {
         return vec2<f32>(r, mx);
     }
     return vec2<f32>(r, amax);
+}
+
+// The PACKED layout of element e = v of token tok (n elements per token),
+// whose block's largest magnitude is amax (Q8_K: the super-block's signed
+// extreme), for the products that sum exact integer block sums as ggml does
+// (quant.wgsl's `qdot`, `kdot`, `kmm`):
+//   - the quants, four signed bytes per u32, element e of token t in word
+//     t·y_words + e/4;
+//   - per block of 32, two words from corr_base + 2·(t·n/32 + e/32): d as
+//     the product reads it (Q8_0/Q8_1: f32 of the f16; Q8_K: the
+//     super-block's f32) and, for Q8_1, s = f16(d·Σq) with the unrounded d;
+//     for Q8_K, the block's two 16-element sums (ggml's bsums) as two i16.
+// Written through the including shader's `act_out(word index, bits)`. Every
+// invocation of the workgroup (256 elements, whole blocks) must call it.
+fn quantize_packed(v: f32, amax: f32, e: u32, tok: u32, lid: u32, n: u32, y_words: u32, corr_base: u32) {
+    var q = 0;
+    var d = 0.0;
+    if (ACT == 15u) {
+        // quantize_row_q8_K_ref: iscale = −127/max (max: the signed value of
+        // largest magnitude), q = min(127, nearest(iscale·x)), d = 1/iscale.
+        // amax is the signed value of largest magnitude here (round_act).
+        if (amax != 0.0) {
+            let mx = amax;
+            let iscale = div_rn(-127.0, mx);
+            q = i32(min(127.0, round(iscale * v)));
+            d = div_rn(1.0, iscale);
+        }
+    } else {
+        if (amax != 0.0) {
+            q = i32(round(v * div_rn(127.0, amax)));
+        }
+        d = round_f16(div_rn(amax, 127.0));
+    }
+    packed_q[lid] = q;
+    workgroupBarrier();
+    if (e < n && (lid & 3u) == 0u) {
+        let word = (u32(packed_q[lid]) & 0xffu) | ((u32(packed_q[lid + 1u]) & 0xffu) << 8u)
+            | ((u32(packed_q[lid + 2u]) & 0xffu) << 16u) | (u32(packed_q[lid + 3u]) << 24u);
+        act_out(tok * y_words + e / 4u, word);
+    }
+    workgroupBarrier();
+    if (e < n && lid % 32u == 0u) {
+        let i = corr_base + 2u * (tok * (n / 32u) + e / 32u);
+        act_out(i, bitcast<u32>(d));
+        if (ACT == 9u) {
+            // y.s = GGML_FP32_TO_FP16(d·Σq) with d = amax/127 unrounded
+            // (Σq exact in i32, summed by the block's first invocation).
+            var sum = 0;
+            for (var j = 0u; j < 32u; j++) {
+                sum += packed_q[lid + j];
+            }
+            let ds = div_rn(amax, 127.0) * f32(sum);
+            act_out(i + 1u, bitcast<u32>(round_f16(abs(ds)) * sign(ds)));
+        } else if (ACT == 15u) {
+            // Q8_K's bsums of the block's two halves, as two i16.
+            var s0 = 0;
+            var s1 = 0;
+            for (var j = 0u; j < 16u; j++) {
+                s0 += packed_q[lid + j];
+                s1 += packed_q[lid + 16u + j];
+            }
+            act_out(i + 1u, (u32(s0) & 0xffffu) | (u32(s1) << 16u));
+        } else {
+            act_out(i + 1u, 0u);
+        }
+    }
 }

@@ -8,7 +8,7 @@ struct EwParams {
     y_stride: u32, // floats between tokens in y
     a_base: u32,   // float offset of a's first token
     b_base: u32,   // float offset of b's first token (a and b may share a buffer)
-    pad0: u32,
+    corr_base: u32, // swiglu, PACKED: word offset of the blocks' scales in y (y_stride: words of quants)
     pad1: u32,
 }
 
@@ -21,7 +21,7 @@ struct Step {
 
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<u32>; // f32 bits, or PACKED
 @group(0) @binding(3) var<uniform> p: EwParams;
 @group(0) @binding(4) var<uniform> step: Step;
 @group(0) @binding(5) var<storage, read_write> token: array<u32>;
@@ -34,7 +34,7 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let t = gid.z;
-    y[t * p.y_stride + i] = a[p.a_base + t * p.a_stride + i] + b[p.b_base + t * p.b_stride + i];
+    y[t * p.y_stride + i] = bitcast<u32>(a[p.a_base + t * p.a_stride + i] + b[p.b_base + t * p.b_stride + i]);
 }
 
 
@@ -59,10 +59,18 @@ fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocati
         let silu = div_rn(g, 1.0 + expf_ggml(0.0 - g));
         v = mul_rn(silu, b[p.b_base + t * p.b_stride + i]);
     }
-    let r = round_act(v, lid).x;
-    if (i < p.n) {
-        y[t * p.y_stride + i] = r;
+    let ra = round_act(v, lid);
+    if (PACKED) {
+        quantize_packed(v, ra.y, i, t, lid, p.n, p.y_stride, p.corr_base);
+        return;
     }
+    if (i < p.n) {
+        y[t * p.y_stride + i] = bitcast<u32>(ra.x);
+    }
+}
+
+fn act_out(i: u32, bits: u32) {
+    y[i] = bits;
 }
 
 const WG: u32 = 256u;

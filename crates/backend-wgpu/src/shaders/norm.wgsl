@@ -2,7 +2,8 @@
 // followed by the weight multiply):
 // y[t, i] = x[t, i] / sqrt(mean_i(x[t, :]²) + eps) · weight[i],
 // then, when ACT ≠ 0, rounded as the matrix products that read y round
-// their activations (saves a dispatch of act_quant.wgsl).
+// their activations, as f32 values or (PACKED) ggml's blocks (saves a
+// dispatch of act_quant.wgsl).
 
 struct NormParams {
     n: u32,        // elements per token
@@ -11,6 +12,8 @@ struct NormParams {
     x_first: u32,  // 1: read only the batch's last token (final norm before sampling)
     eps: f32,
     zero: u32,     // always 0; unknown to the compiler (see `opaque`)
+    corr_base: u32, // PACKED: word offset of the blocks' scales in y (y_stride: words of quants)
+    pad: u32,
 }
 
 struct Step {
@@ -22,7 +25,7 @@ struct Step {
 
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> weight: array<f32>;
-@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(2) var<storage, read_write> y: array<u32>; // f32 bits, or PACKED
 @group(0) @binding(3) var<uniform> p: NormParams;
 @group(0) @binding(4) var<uniform> step: Step;
 
@@ -139,8 +142,16 @@ fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     if (i < p.n) {
         v = (x[xo + i] * scale) * weight[i];
     }
-    let r = round_act(v, lid).x;
-    if (i < p.n) {
-        y[yo + i] = r;
+    let ra = round_act(v, lid);
+    if (PACKED) {
+        quantize_packed(v, ra.y, i, wid.z, lid, p.n, p.y_stride, p.corr_base);
+        return;
     }
+    if (i < p.n) {
+        y[yo + i] = bitcast<u32>(ra.x);
+    }
+}
+
+fn act_out(i: u32, bits: u32) {
+    y[i] = bits;
 }

@@ -742,11 +742,10 @@ fn qdot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 //     gemm (one step per 64 elements), the rest the gemv (one per
 //     super-block): acc = fma(s, d·d_a, acc), acc_min = fma(m, dmin·d_a,
 //     acc_min), result acc − acc_min.
-// Every output has eight invocations. ORDER 2's are its lanes; ORDER 3 and 4
-// split the super-blocks among them (eight at a time), and the first adds
-// up their exact sums in order.
+// kdot (fewer than 8 tokens) gives every output 64 invocations; kmm (8 or
+// more) tiles 64 rows × 64 tokens.
 
-var<workgroup> kints: array<vec4<i32>, 512>;
+var<workgroup> kpart: array<vec2<i32>, 256>;
 var<workgroup> kmins: array<f32, 256>;
 
 // a as f32 rounded to nearest even (as cvtdq2ps and Rust's `as f32`), also
@@ -902,67 +901,49 @@ fn k_sub_bsum(tok: u32, sb: u32, s: u32) -> i32 {
     return k_bsum(tok, sb, 2u * s) + k_bsum(tok, sb, 2u * s + 1u);
 }
 
-// Exact sums of super-block sb (weights at byte b) per 64 elements:
-// s[q] = Σ scale·Σ quant·act, m[q] = Σ min·bsum (0 when dmin is 0, as
-// tensor-core skips them), over sub-blocks in elements 64q .. 64q + 63.
-fn k_sums(b: u32, tok: u32, sb: u32, dmin: f32) -> array<vec4<i32>, 2> {
-    var s = vec4<i32>(0);
-    var m = vec4<i32>(0);
-    let sl = k_sub_len();
-    let words = sl >> 2u;
-    for (var sub = 0u; sub < 256u / sl; sub++) {
-        var d = 0;
-        for (var j = 0u; j < words; j++) {
-            let u = sub * words + j;
-            d += dot4I8Packed(k_word(b, u), k_xq(tok, sb, u));
-        }
-        if (FORMAT == 14u) {
-            d -= 32 * k_bsum(tok, sb, sub);
-        }
-        let q = (sub * sl) >> 6u;
-        s[q] += k_scale(b, sub) * d;
-        if ((FORMAT == 10u || FORMAT == 12u || FORMAT == 13u) && dmin != 0.0) {
-            m[q] += k_min(b, sub) * k_sub_bsum(tok, sb, sub);
-        }
-    }
-    return array<vec4<i32>, 2>(s, m);
-}
-
-// Grid: as qdot's ORDER 0 (32 outputs per workgroup).
+// Grid: (ceil(tokens / QDOT_TOKENS), ceil(m / (4 / QDOT_TOKENS)), 1): 64
+// invocations per output. Super-blocks are taken eight at a time: invocation
+// v of an output computes the exact sums of super-block r + v / 8 (ORDER 2:
+// lane v % 8's; ORDER 3, 4: elements 32(v % 8) .. + 31), then the first
+// eight (ORDER 2: one per lane) or the first (3, 4) take the float steps of
+// the eight super-blocks in order.
 @compute @workgroup_size(256)
 fn kdot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let lane = lid & 7u;
-    let unit = lid >> 3u;
+    let v = lid & 63u;
+    let unit = lid >> 6u;
+    let slot = v >> 3u;
+    let lane = v & 7u;
     let tok = wid.x * QDOT_TOKENS + unit % QDOT_TOKENS;
-    let row = wid.y * (32u / QDOT_TOKENS) + unit / QDOT_TOKENS;
+    let row = wid.y * (4u / QDOT_TOKENS) + unit / QDOT_TOKENS;
     let live = row < p.m && tok < step.n_tokens;
     let nsb = p.k >> 8u;
     let bb = k_block_bytes();
     let base = row * p.row_bytes;
+    let sl = k_sub_len();
+    let gemm = ORDER == 4u && tok < step.n_tokens - step.n_tokens % 4u;
     var acc = 0.0;
-    var acc2 = 0.0; // ORDER 2: Q4_K's mins lanes, Q5_K's summs; 4: acc_min
-    if (ORDER == 2u) {
-        if (live) {
-            let sl16 = k_sub_len() == 16u;
-            for (var sb = 0u; sb < nsb; sb++) {
-                let b = base + sb * bb;
-                let dy = k_xd(tok, sb);
-                let dm = k_dmin(b);
+    var acc2 = 0.0; // ORDER 2: Q4_K's mins lanes, Q5_K's summs; 3, 4: acc_min
+    for (var r = 0u; r < nsb; r += 8u) {
+        let sb = r + slot;
+        var sums = vec2<i32>(0);
+        if (live && sb < nsb) {
+            let b = base + sb * bb;
+            if (ORDER == 2u) {
+                // Lane `lane` of ggml_vec_dot_<fmt>_q8_K: elements 32c + 4·lane ..
                 var sumi = 0;
                 for (var c = 0u; c < 8u; c++) {
                     let u = 8u * c + lane;
                     var s = c;
-                    if (sl16) {
+                    if (sl == 16u) {
                         s = 2u * c + (lane >> 2u);
                     }
                     sumi += k_scale(b, s) * dot4I8Packed(k_word(b, u), k_xq(tok, sb, u));
                 }
-                let ndmin = -mul_rn(dy, dm.y);
+                var extra = 0;
                 if (FORMAT == 10u) {
-                    // Q2_K: the mins first, lane l: mins 2l, 2l + 1 · bsums 2l, 2l + 1.
-                    let prod = k_min(b, 2u * lane) * k_bsum(tok, sb, 2u * lane)
+                    // Q2_K's mins lane: mins 2l, 2l + 1 · bsums 2l, 2l + 1.
+                    extra = k_min(b, 2u * lane) * k_bsum(tok, sb, 2u * lane)
                         + k_min(b, 2u * lane + 1u) * k_bsum(tok, sb, 2u * lane + 1u);
-                    acc = fma_rn(ndmin, f32(prod), acc);
                 }
                 if (FORMAT == 14u) {
                     // Q6_K: lane l takes off 32·(sc 2l·bsums 2l + sc 2l+1·bsums 2l+1).
@@ -971,59 +952,71 @@ fn kdot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                 }
                 if (FORMAT == 12u && lane < 4u) {
                     // Q4_K: four lanes of mins, lane j: sub-blocks 2j, 2j + 1.
-                    let mj = k_min(b, 2u * lane) * k_sub_bsum(tok, sb, 2u * lane)
+                    extra = k_min(b, 2u * lane) * k_sub_bsum(tok, sb, 2u * lane)
                         + k_min(b, 2u * lane + 1u) * k_sub_bsum(tok, sb, 2u * lane + 1u);
-                    acc2 = fma_rn(ndmin, f32(mj), acc2);
                 }
                 if (FORMAT == 13u && lane == 0u) {
                     // Q5_K: one scalar over all eight sub-blocks.
-                    var mt = 0;
                     for (var s = 0u; s < 8u; s++) {
-                        mt += k_min(b, s) * k_sub_bsum(tok, sb, s);
+                        extra += k_min(b, s) * k_sub_bsum(tok, sb, s);
                     }
-                    acc2 = fma_rn(ndmin, f32(mt), acc2);
                 }
-                acc = fma_rn(mul_rn(dy, dm.x), i2f_rn(sumi), acc);
+                sums = vec2<i32>(sumi, extra);
+            } else {
+                // Elements 32·lane .. + 31: one or two sub-blocks.
+                let dmin = k_dmin(b).y;
+                let words = sl >> 2u;
+                for (var sub = (32u / sl) * lane; sub < (32u / sl) * (lane + 1u); sub++) {
+                    var d = 0;
+                    for (var j = 0u; j < words; j++) {
+                        let u = sub * words + j;
+                        d += dot4I8Packed(k_word(b, u), k_xq(tok, sb, u));
+                    }
+                    if (FORMAT == 14u) {
+                        d -= 32 * k_bsum(tok, sb, sub);
+                    }
+                    sums.x += k_scale(b, sub) * d;
+                    if ((FORMAT == 10u || FORMAT == 12u || FORMAT == 13u) && dmin != 0.0) {
+                        sums.y += k_min(b, sub) * k_sub_bsum(tok, sb, sub);
+                    }
+                }
             }
         }
-        lanes[lid] = acc;
-        kmins[lid] = acc2;
+        kpart[lid] = sums;
         workgroupBarrier();
-        if (live && lane == 0u) {
-            // hsum_float_8: (a4 + a0) + (a6 + a2), (a5 + a1) + (a7 + a3).
-            let r0 = (lanes[lid + 4u] + lanes[lid]) + (lanes[lid + 6u] + lanes[lid + 2u]);
-            let r1 = (lanes[lid + 5u] + lanes[lid + 1u]) + (lanes[lid + 7u] + lanes[lid + 3u]);
-            var r = r0 + r1;
-            if (FORMAT == 12u) {
-                // Q4_K's four mins lanes: (m0 + m2) + (m1 + m3).
-                r = r + ((kmins[lid] + kmins[lid + 2u]) + (kmins[lid + 1u] + kmins[lid + 3u]));
+        if (live && ORDER == 2u && slot == 0u) {
+            for (var j = 0u; j < 8u && r + j < nsb; j++) {
+                let sb = r + j;
+                let b = base + sb * bb;
+                let dy = k_xd(tok, sb);
+                let dm = k_dmin(b);
+                let ps = kpart[lid + 8u * j];
+                let ndmin = -mul_rn(dy, dm.y);
+                if (FORMAT == 10u) {
+                    acc = fma_rn(ndmin, f32(ps.y), acc);
+                }
+                if (FORMAT == 12u && lane < 4u) {
+                    acc2 = fma_rn(ndmin, f32(ps.y), acc2);
+                }
+                if (FORMAT == 13u && lane == 0u) {
+                    acc2 = fma_rn(ndmin, f32(ps.y), acc2);
+                }
+                acc = fma_rn(mul_rn(dy, dm.x), i2f_rn(ps.x), acc);
             }
-            if (FORMAT == 13u) {
-                r = r + acc2;
-            }
-            store(tok, row, r);
         }
-        return;
-    }
-    // ORDER 3 and 4: lane l takes super-blocks 8r + l, the first lane adds
-    // them up in order.
-    let gemm = ORDER == 4u && tok < step.n_tokens - step.n_tokens % 4u;
-    for (var r = 0u; r < nsb; r += 8u) {
-        let sb = r + lane;
-        if (live && sb < nsb) {
-            let b = base + sb * bb;
-            let sm = k_sums(b, tok, sb, k_dmin(b).y);
-            kints[2u * lid] = sm[0];
-            kints[2u * lid + 1u] = sm[1];
-        }
-        workgroupBarrier();
-        if (live && lane == 0u) {
+        if (live && ORDER != 2u && v == 0u) {
             for (var j = 0u; j < 8u && r + j < nsb; j++) {
                 let sb = r + j;
                 let dm = k_dmin(base + sb * bb);
                 let dy = k_xd(tok, sb);
-                let s = kints[2u * (lid + j)];
-                let m = kints[2u * (lid + j) + 1u];
+                var s = vec4<i32>(0);
+                var m = vec4<i32>(0);
+                for (var q = 0u; q < 4u; q++) {
+                    let a = kpart[lid + 8u * j + 2u * q];
+                    let c = kpart[lid + 8u * j + 2u * q + 1u];
+                    s[q] = a.x + c.x;
+                    m[q] = a.y + c.y;
+                }
                 let s1 = (s.x + s.y) + (s.z + s.w);
                 let s2 = (m.x + m.y) + (m.z + m.w);
                 if (ORDER == 3u) {
@@ -1044,7 +1037,25 @@ fn kdot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         }
         workgroupBarrier();
     }
-    if (live && lane == 0u) {
+    if (ORDER == 2u) {
+        lanes[lid] = acc;
+        kmins[lid] = acc2;
+        workgroupBarrier();
+        if (live && v == 0u) {
+            // hsum_float_8: (a4 + a0) + (a6 + a2), (a5 + a1) + (a7 + a3).
+            let r0 = (lanes[lid + 4u] + lanes[lid]) + (lanes[lid + 6u] + lanes[lid + 2u]);
+            let r1 = (lanes[lid + 5u] + lanes[lid + 1u]) + (lanes[lid + 7u] + lanes[lid + 3u]);
+            var res = r0 + r1;
+            if (FORMAT == 12u) {
+                // Q4_K's four mins lanes: (m0 + m2) + (m1 + m3).
+                res = res + ((kmins[lid] + kmins[lid + 2u]) + (kmins[lid + 1u] + kmins[lid + 3u]));
+            }
+            if (FORMAT == 13u) {
+                res = res + acc2;
+            }
+            store(tok, row, res);
+        }
+    } else if (live && v == 0u) {
         store(tok, row, acc - acc2);
     }
 }
