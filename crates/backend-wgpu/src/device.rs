@@ -40,6 +40,9 @@ pub struct DeviceCaps {
     pub shader_f16: bool,
     /// Subgroup operations are available (not required by any kernel).
     pub subgroups: bool,
+    /// Subgroups are available and always 32 invocations wide: the exact
+    /// K-quant products of single tokens use `quant_sg.wgsl`.
+    pub subgroup32: bool,
     /// Timestamp queries are available (used by [`crate::GpuModel::profile_step`]).
     pub timestamps: bool,
     /// WGSL's `fma` rounds once on this device (probed at open). Where it
@@ -155,6 +158,10 @@ impl GpuContext {
             max_buffer_size: limits.max_buffer_size,
             shader_f16: features.contains(wgpu::Features::SHADER_F16),
             subgroups: features.contains(wgpu::Features::SUBGROUP),
+            subgroup32: features.contains(wgpu::Features::SUBGROUP)
+                && info.subgroup_min_size == 32
+                && info.subgroup_max_size == 32
+                && std::env::var_os("STRATA_NO_SUBGROUPS").is_none(),
             timestamps: features.contains(
                 wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
             ),
@@ -239,6 +246,12 @@ fn main() {
     }
 
     fn layouts_for(&self, shader: Shader) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
+        // quant_sg.wgsl's kernels bind what quant.wgsl's do: one layout, so
+        // that an op's bind group serves both.
+        let shader = match shader {
+            Shader::QuantSg => Shader::Quant,
+            s => s,
+        };
         let mut layouts = self.layouts.lock().unwrap_or_else(|e| e.into_inner());
         layouts
             .entry(shader)

@@ -18,16 +18,21 @@ pub enum Shader {
     Elementwise,
     /// `act_quant.wgsl`: activation rounding to Q8_0/Q8_1/Q8_K.
     ActQuant,
+    /// `quant.wgsl` and `quant_sg.wgsl` (subgroup operations): the exact
+    /// products of single tokens with 32-wide subgroups (only compiled on devices
+    /// that have them, [`crate::DeviceCaps::subgroup32`]).
+    QuantSg,
 }
 
 /// Every shader, for the naga validation test.
-pub const ALL_SHADERS: [Shader; 6] = [
+pub const ALL_SHADERS: [Shader; 7] = [
     Shader::Quant,
     Shader::Norm,
     Shader::Rope,
     Shader::Attention,
     Shader::Elementwise,
     Shader::ActQuant,
+    Shader::QuantSg,
 ];
 
 /// The type of one binding slot.
@@ -76,6 +81,7 @@ impl Shader {
             Shader::Attention => with_fma!("attention.wgsl"),
             Shader::Elementwise => with_fma!("act_common.wgsl", "elementwise.wgsl"),
             Shader::ActQuant => with_fma!("act_common.wgsl", "act_quant.wgsl"),
+            Shader::QuantSg => with_fma!("quant.wgsl", "quant_sg.wgsl"),
         }
     }
 
@@ -88,6 +94,7 @@ impl Shader {
             Shader::Attention => "attention.wgsl",
             Shader::Elementwise => "elementwise.wgsl",
             Shader::ActQuant => "act_quant.wgsl",
+            Shader::QuantSg => "quant_sg.wgsl",
         }
     }
 
@@ -96,7 +103,7 @@ impl Shader {
         use Bind::*;
         match self {
             // w, x, y, params, step, ids
-            Shader::Quant => &[Read, Read, ReadWrite, Uniform, Uniform, Read],
+            Shader::Quant | Shader::QuantSg => &[Read, Read, ReadWrite, Uniform, Uniform, Read],
             // x, weight, y, params, step
             Shader::Norm => &[Read, Read, ReadWrite, Uniform, Uniform],
             // x, y, params, step, cos/sin table, y2
@@ -219,6 +226,9 @@ pub(crate) enum Kernel {
     /// consecutive tokens per row in a workgroup ([`KMM_TOKENS`]: the tiled
     /// `kmm`, orders 3 and 4).
     Qdot(GgmlType, u32, u32),
+    /// `qdot` (orders 0, 1) or `kdot` (2 to 4) with a 32-wide subgroup per
+    /// output (`quant_sg.wgsl`), `tokens` as in `Qdot`.
+    Sg(GgmlType, u32, u32),
 }
 
 impl Kernel {
@@ -232,6 +242,7 @@ impl Kernel {
             Kernel::Attention => Shader::Attention,
             Kernel::Add | Kernel::Swiglu(_) | Kernel::Argmax => Shader::Elementwise,
             Kernel::QuantizeAct(..) => Shader::ActQuant,
+            Kernel::Sg(..) => Shader::QuantSg,
         }
     }
 
@@ -248,6 +259,13 @@ impl Kernel {
             Kernel::Argmax => "argmax",
             Kernel::QuantizeAct(..) => "quantize_act",
             Kernel::Qdot(_, _, KMM_TOKENS) => "kmm",
+            Kernel::Sg(_, order, _) => {
+                if order >= 2 {
+                    "kdot_sg"
+                } else {
+                    "qdot_sg"
+                }
+            }
             Kernel::Qdot(_, order, _) => {
                 if order >= 2 {
                     "kdot"
@@ -273,7 +291,7 @@ impl Kernel {
                     ("PACKED", f64::from(u8::from(packed))),
                 ]
             }
-            Kernel::Qdot(t, order, tokens) => vec![
+            Kernel::Qdot(t, order, tokens) | Kernel::Sg(t, order, tokens) => vec![
                 ("FORMAT", f64::from(t.id())),
                 ("ORDER", f64::from(order)),
                 ("QDOT_TOKENS", f64::from(tokens)),
@@ -303,7 +321,10 @@ mod tests {
                 naga::valid::ValidationFlags::all(),
                 // unpack2x16float needs this; wgpu grants it on every
                 // Vulkan, Metal and DX12 device.
-                naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32,
+                // (and subgroups, for quant_sg.wgsl, which only devices
+                // with them compile).
+                naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32
+                    | naga::valid::Capabilities::SUBGROUP,
             );
             validator.validate(&module).unwrap_or_else(|e| {
                 panic!("{}: {}", shader.name(), e.emit_to_string(shader.source()))

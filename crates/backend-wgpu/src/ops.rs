@@ -257,6 +257,8 @@ pub(crate) struct QdotVariant {
     pub order: u32,
     /// Consecutive tokens per row in a workgroup.
     pub tokens: u32,
+    /// Rows per workgroup.
+    pub rows: u32,
 }
 
 /// Tokens per row in a `qdot` workgroup for a batch of `n_tokens`.
@@ -313,17 +315,9 @@ impl Op {
                     .rev()
                     .find(|v| v.min_tokens <= n_tokens)
                     .unwrap_or(&self.variants[0]);
-                // Outputs per workgroup: one invocation each (order 1),
-                // eight (order 0) or 64 (kdot), or kmm's 64 × 64 tiles.
-                let rows = match (v.tokens, v.order) {
-                    (KMM_TOKENS, _) => 64,
-                    (_, 1) => 256 / v.tokens,
-                    (_, 0) => 32 / v.tokens,
-                    _ => 4 / v.tokens,
-                };
                 (
                     &v.pipeline,
-                    [n_tokens.div_ceil(v.tokens), m.div_ceil(rows), 1],
+                    [n_tokens.div_ceil(v.tokens), m.div_ceil(v.rows), 1],
                 )
             }
         };
@@ -410,11 +404,24 @@ impl OpBuilder<'_> {
                         {
                             continue;
                         }
+                        // Outputs per workgroup: a subgroup of 32 each
+                        // (qdot_sg, kdot_sg), or one invocation each (qdot
+                        // order 1), eight (qdot order 0), 64 (kdot), or
+                        // kmm's 64 × 64 tiles.
+                        let sg = tokens != KMM_TOKENS && self.ctx.caps().subgroup32;
+                        let (kernel, outputs) = match (tokens, order) {
+                            (KMM_TOKENS, _) => (Kernel::Qdot(w.ty, order, tokens), 64 * tokens),
+                            _ if sg => (Kernel::Sg(w.ty, order, tokens), 8),
+                            (_, 1) => (Kernel::Qdot(w.ty, order, tokens), 256),
+                            (_, 0) => (Kernel::Qdot(w.ty, order, tokens), 32),
+                            _ => (Kernel::Qdot(w.ty, order, tokens), 4),
+                        };
                         variants.push(QdotVariant {
                             min_tokens,
-                            pipeline: self.ctx.pipeline(Kernel::Qdot(w.ty, order, tokens)),
+                            pipeline: self.ctx.pipeline(kernel),
                             order,
                             tokens,
+                            rows: outputs / tokens,
                         });
                     }
                     let kernel = Kernel::Qdot(w.ty, variants[0].order, 1);
