@@ -196,6 +196,10 @@ pub const KQUANT_TILED_MIN_BATCH: u32 = 8;
 /// Tokens per tile of `kmm`, the tiled exact K-quant product for batches.
 pub(crate) const KMM_TOKENS: u32 = 64;
 
+/// Tokens per tile of `qmm`, the tiled exact product in `vec_dot` lane order
+/// (order 0) for batches.
+pub(crate) const QMM_TOKENS: u32 = 32;
+
 /// One specialised compute pipeline: the cache key.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Kernel {
@@ -224,7 +228,7 @@ pub(crate) enum Kernel {
     /// Exact product of a `ty` matrix in float order `order`
     /// ([`exact_order`]; `qdot` for orders 0 and 1, `kdot` above), `tokens`
     /// consecutive tokens per row in a workgroup ([`KMM_TOKENS`]: the tiled
-    /// `kmm`, orders 3 and 4).
+    /// `kmm`, orders 3 and 4; [`QMM_TOKENS`] with order 0: the tiled `qmm`).
     Qdot(GgmlType, u32, u32),
     /// `qdot` (orders 0, 1) or `kdot` (2 to 4) with a 32-wide subgroup per
     /// output (`quant_sg.wgsl`), `tokens` as in `Qdot`.
@@ -259,6 +263,7 @@ impl Kernel {
             Kernel::Argmax => "argmax",
             Kernel::QuantizeAct(..) => "quantize_act",
             Kernel::Qdot(_, _, KMM_TOKENS) => "kmm",
+            Kernel::Qdot(_, 0, QMM_TOKENS) => "qmm",
             Kernel::Sg(_, order, _) => {
                 if order >= 2 {
                     "kdot_sg"

@@ -10,7 +10,7 @@ use gguf_format::GgmlType;
 use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
 use crate::kernels::{
-    exact_order, is_exact, is_gpu_type, Kernel, KMM_TOKENS, KQUANT_TILED_MIN_BATCH,
+    exact_order, is_exact, is_gpu_type, Kernel, KMM_TOKENS, KQUANT_TILED_MIN_BATCH, QMM_TOKENS,
 };
 
 /// Up to this many tokens a linear layer runs as matrix-vector products
@@ -392,11 +392,13 @@ impl OpBuilder<'_> {
                     let mut variants: Vec<QdotVariant> = Vec::new();
                     for min_tokens in [1, 2, KQUANT_TILED_MIN_BATCH] {
                         let order = exact_order(w.ty, w.m, min_tokens).expect("exact");
-                        // K-quant batches of 8+ take the tiled kmm.
-                        let tokens = if order >= 2 && min_tokens >= KQUANT_TILED_MIN_BATCH {
-                            KMM_TOKENS
-                        } else {
-                            qdot_tokens(min_tokens)
+                        // Batches of 8+ take the tiled kmm (K-quants) or
+                        // qmm (vec_dot lanes).
+                        let tokens = match order {
+                            _ if min_tokens < KQUANT_TILED_MIN_BATCH => qdot_tokens(min_tokens),
+                            0 => QMM_TOKENS,
+                            2.. => KMM_TOKENS,
+                            _ => qdot_tokens(min_tokens),
                         };
                         if variants
                             .last()
@@ -408,9 +410,13 @@ impl OpBuilder<'_> {
                         // (qdot_sg, kdot_sg), or one invocation each (qdot
                         // order 1), eight (qdot order 0), 64 (kdot), or
                         // kmm's 64 × 64 tiles.
-                        let sg = tokens != KMM_TOKENS && self.ctx.caps().subgroup32;
+                        // (Subgroups: single tokens, and K-quant batches
+                        // below 8; qdot's batches measured faster on an H100.)
+                        let sg = self.ctx.caps().subgroup32
+                            && (tokens == 1 || (order >= 2 && tokens < KMM_TOKENS));
                         let (kernel, outputs) = match (tokens, order) {
                             (KMM_TOKENS, _) => (Kernel::Qdot(w.ty, order, tokens), 64 * tokens),
+                            (QMM_TOKENS, 0) => (Kernel::Qdot(w.ty, order, tokens), 32 * tokens),
                             _ if sg => (Kernel::Sg(w.ty, order, tokens), 8),
                             (_, 1) => (Kernel::Qdot(w.ty, order, tokens), 256),
                             (_, 0) => (Kernel::Qdot(w.ty, order, tokens), 32),

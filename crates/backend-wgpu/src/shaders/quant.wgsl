@@ -1270,3 +1270,169 @@ fn kmm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l
     mm_store(tok0 + ty + 32u, row0 + tx, n_tok, acc2 - am2);
     mm_store(tok0 + ty + 48u, row0 + tx, n_tok, acc3 - am3);
 }
+
+// ---- exact products for batches, vec_dot lanes (ORDER 0): 32 × 32 tiles ----
+//
+// qdot's ORDER 0 (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0) with each 64-element chunk's
+// packed quants staged in workgroup memory. Invocation lid takes lanes
+// g = lid / 64 and g + 4 of a 4 × 4 block of outputs (rows tx + 8i, tokens
+// ty + 8j): per block, acc_lane = fma(d_w·d_a, Σ_lane, acc_lane) as
+// ggml_vec_dot does. At the end each invocation adds its two lanes
+// (a_{g+4} + a_g, hsum_float_8's first step) and the four invocations of an
+// output finish hsum_float_8 through workgroup memory.
+
+var<workgroup> qw_tile: array<u32, 544>;      // 32 rows × 17 words
+var<workgroup> qx_tile: array<u32, 544>;      // 32 tokens × 17 words
+var<workgroup> qw_dm: array<vec4<f32>, 32>;   // per row: d, m of the chunk's two blocks
+var<workgroup> qx_ds: array<vec4<f32>, 32>;   // per token: d, s of the chunk's two blocks
+var<workgroup> qh: array<vec4<f32>, 512>;
+
+// Grid: (ceil(tokens / 32), ceil(m / 32), 1).
+@compute @workgroup_size(256)
+fn qmm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let tok0 = wid.x * 32u;
+    let row0 = wid.y * 32u;
+    let n_tok = step.n_tokens;
+    let g = lid >> 6u;
+    let r = lid & 63u;
+    let tx = r & 7u;
+    let ty = r >> 3u;
+    let nb = p.k >> 5u;
+    let bb = qdot_block_bytes();
+    let has_min = FORMAT == 3u || FORMAT == 7u;
+    // Loading: invocation lid stages row (token) lid / 8, words 2·(lid % 8), +1.
+    let lr = lid >> 3u;
+    let lw = 2u * (lid & 7u);
+    let lrow = row0 + lr;
+    let ltok = tok0 + lr;
+    var lo0 = vec4<f32>(0.0);
+    var lo1 = vec4<f32>(0.0);
+    var lo2 = vec4<f32>(0.0);
+    var lo3 = vec4<f32>(0.0);
+    var hi0 = vec4<f32>(0.0);
+    var hi1 = vec4<f32>(0.0);
+    var hi2 = vec4<f32>(0.0);
+    var hi3 = vec4<f32>(0.0);
+    var sm0 = vec4<f32>(0.0);
+    var sm1 = vec4<f32>(0.0);
+    var sm2 = vec4<f32>(0.0);
+    var sm3 = vec4<f32>(0.0);
+    for (var c0 = 0u; c0 < nb; c0 += 2u) {
+        for (var i = 0u; i < 2u; i++) {
+            let wi = lw + i;
+            let c = c0 + (wi >> 3u);
+            var wv = 0u;
+            var xv = 0u;
+            if (lrow < p.m && c < nb) {
+                wv = qdot_wq(lrow * p.row_bytes, c, wi & 7u);
+            }
+            if (ltok < n_tok && c < nb) {
+                xv = qdot_xq(ltok, c, wi & 7u);
+            }
+            qw_tile[lr * KWS + wi] = wv;
+            qx_tile[lr * KWS + wi] = xv;
+        }
+        if ((lid & 7u) == 0u) {
+            var dm = vec4<f32>(0.0);
+            var ds = vec4<f32>(0.0);
+            for (var h = 0u; h < 2u; h++) {
+                let c = c0 + h;
+                if (lrow < p.m && c < nb) {
+                    let b = lrow * p.row_bytes + c * bb;
+                    dm[2u * h] = f16at(b);
+                    if (has_min) {
+                        dm[2u * h + 1u] = f16at(b + 2u);
+                    }
+                }
+                if (ltok < n_tok && c < nb) {
+                    let v = qdot_xs(ltok, c);
+                    ds[2u * h] = v.x;
+                    ds[2u * h + 1u] = v.y;
+                }
+            }
+            qw_dm[lr] = dm;
+            qx_ds[lr] = ds;
+        }
+        workgroupBarrier();
+        for (var h = 0u; h < 2u && c0 + h < nb; h++) {
+            let wl = 8u * h + g;
+            let wh = wl + 4u;
+            let al = vec4<u32>(qw_tile[tx * KWS + wl], qw_tile[(tx + 8u) * KWS + wl],
+                               qw_tile[(tx + 16u) * KWS + wl], qw_tile[(tx + 24u) * KWS + wl]);
+            let ah = vec4<u32>(qw_tile[tx * KWS + wh], qw_tile[(tx + 8u) * KWS + wh],
+                               qw_tile[(tx + 16u) * KWS + wh], qw_tile[(tx + 24u) * KWS + wh]);
+            let dw = vec4<f32>(qw_dm[tx][2u * h], qw_dm[tx + 8u][2u * h],
+                               qw_dm[tx + 16u][2u * h], qw_dm[tx + 24u][2u * h]);
+            let x0 = qx_ds[ty];
+            let x1 = qx_ds[ty + 8u];
+            let x2 = qx_ds[ty + 16u];
+            let x3 = qx_ds[ty + 24u];
+            let dd0 = dw * x0[2u * h];
+            let dd1 = dw * x1[2u * h];
+            let dd2 = dw * x2[2u * h];
+            let dd3 = dw * x3[2u * h];
+            lo0 = fma4(dd0, vec4<f32>(dot4v(al, qx_tile[ty * KWS + wl])), lo0);
+            lo1 = fma4(dd1, vec4<f32>(dot4v(al, qx_tile[(ty + 8u) * KWS + wl])), lo1);
+            lo2 = fma4(dd2, vec4<f32>(dot4v(al, qx_tile[(ty + 16u) * KWS + wl])), lo2);
+            lo3 = fma4(dd3, vec4<f32>(dot4v(al, qx_tile[(ty + 24u) * KWS + wl])), lo3);
+            hi0 = fma4(dd0, vec4<f32>(dot4v(ah, qx_tile[ty * KWS + wh])), hi0);
+            hi1 = fma4(dd1, vec4<f32>(dot4v(ah, qx_tile[(ty + 8u) * KWS + wh])), hi1);
+            hi2 = fma4(dd2, vec4<f32>(dot4v(ah, qx_tile[(ty + 16u) * KWS + wh])), hi2);
+            hi3 = fma4(dd3, vec4<f32>(dot4v(ah, qx_tile[(ty + 24u) * KWS + wh])), hi3);
+            if (has_min && g == 0u) {
+                let mw = vec4<f32>(qw_dm[tx][2u * h + 1u], qw_dm[tx + 8u][2u * h + 1u],
+                                   qw_dm[tx + 16u][2u * h + 1u], qw_dm[tx + 24u][2u * h + 1u]);
+                sm0 = sm0 + mul4(mw, vec4<f32>(x0[2u * h + 1u]));
+                sm1 = sm1 + mul4(mw, vec4<f32>(x1[2u * h + 1u]));
+                sm2 = sm2 + mul4(mw, vec4<f32>(x2[2u * h + 1u]));
+                sm3 = sm3 + mul4(mw, vec4<f32>(x3[2u * h + 1u]));
+            }
+        }
+        workgroupBarrier();
+    }
+    // hsum_float_8: h_g = a_{g+4} + a_g, then (h0 + h2) + (h1 + h3).
+    var h0 = hi0 + lo0;
+    var h1 = hi1 + lo1;
+    var h2 = hi2 + lo2;
+    var h3 = hi3 + lo3;
+    if (g >= 2u) {
+        let o = (g - 2u) * 256u + r * 4u;
+        qh[o] = h0;
+        qh[o + 1u] = h1;
+        qh[o + 2u] = h2;
+        qh[o + 3u] = h3;
+    }
+    workgroupBarrier();
+    if (g < 2u) {
+        let o = g * 256u + r * 4u;
+        h0 = h0 + qh[o];
+        h1 = h1 + qh[o + 1u];
+        h2 = h2 + qh[o + 2u];
+        h3 = h3 + qh[o + 3u];
+    }
+    workgroupBarrier();
+    if (g == 1u) {
+        qh[r * 4u] = h0;
+        qh[r * 4u + 1u] = h1;
+        qh[r * 4u + 2u] = h2;
+        qh[r * 4u + 3u] = h3;
+    }
+    workgroupBarrier();
+    if (g == 0u) {
+        qmm_store(tok0 + ty, row0 + tx, n_tok, (h0 + qh[r * 4u]) + sm0);
+        qmm_store(tok0 + ty + 8u, row0 + tx, n_tok, (h1 + qh[r * 4u + 1u]) + sm1);
+        qmm_store(tok0 + ty + 16u, row0 + tx, n_tok, (h2 + qh[r * 4u + 2u]) + sm2);
+        qmm_store(tok0 + ty + 24u, row0 + tx, n_tok, (h3 + qh[r * 4u + 3u]) + sm3);
+    }
+}
+
+// Outputs of token `tok` for rows row + 8·i (those inside the batch and matrix).
+fn qmm_store(tok: u32, row: u32, n_tok: u32, v: vec4<f32>) {
+    if (tok < n_tok) {
+        for (var i = 0u; i < 4u; i++) {
+            if (row + 8u * i < p.m) {
+                store(tok, row + 8u * i, v[i]);
+            }
+        }
+    }
+}
