@@ -3,119 +3,83 @@
 // one; wgpu's SUBGROUP feature). The shader is fma.wgsl, quant.wgsl, then
 // this file; kdot itself stays the fallback everywhere else.
 //
-// Per super-block, invocation t takes words t and t + 32 of the 64 (so a
-// subgroup reads a super-block's quants in two coalesced sweeps), and the
-// exact integer sums are combined in the subgroup instead of in workgroup
-// memory, with no barrier:
-//   ORDER 2 (vec_dot lanes): words t and t + 32 both belong to vec_dot lane
-//     t % 8, whose sum two butterfly steps (xor 8, xor 16) give every
-//     invocation of that lane's class; each class then runs its lane's float
-//     chain (four copies, identical), and hsum_float_8 gathers the eight.
-//   ORDER 3, 4: per-quarter sums (64 elements each) added over the subgroup
-//     (`subgroupAdd`), then every invocation runs the output's float chain.
+// Super-blocks are taken four at a time: invocation t works on super-block
+// sb0 + t / 8, as invocation t % 8 of kdot's eight for it (ORDER 2: vec_dot
+// lane t % 8's sums; ORDER 3, 4: the sums of elements 32(t % 8) .. + 31),
+// with no workgroup memory and no barrier:
+//   ORDER 2: lane j's class (t ≡ j mod 8) gathers the four super-blocks'
+//     sums in order (subgroupShuffle) and runs lane j's float chain (four
+//     identical copies); hsum_float_8 gathers the eight lanes at the end.
+//   ORDER 3, 4: the eight pieces of a super-block are added (butterfly; for
+//     the Q4_K gemm in pairs, the four quarters), and every invocation runs
+//     the output's float chain over the four super-blocks in order.
 // Integer additions are exact in any order, so the result is kdot's to the
 // bit.
 
-// The exact sums invocation t needs from super-block sb (at byte b) of
-// token tok: ORDER 2, (its vec_dot lane's sum, the lane's mins term) in
-// s.xy; ORDER 3, 4, the output's per-quarter sums s and mins m.
-struct KSums {
-    s: vec4<i32>,
-    m: vec4<i32>,
+// Lane j's exact sums of super-block sb (at byte b) of token tok, as
+// ggml_vec_dot_<fmt>_q8_K's AVX2 code holds them: (the lane's scale-weighted
+// sum, its mins term).
+fn ksg_lane(b: u32, tok: u32, sb: u32, lane: u32) -> vec2<i32> {
+    var sumi = 0;
+    for (var c = 0u; c < 8u; c++) {
+        let u = 8u * c + lane;
+        var s = c;
+        if (k_sub_len() == 16u) {
+            s = 2u * c + (lane >> 2u);
+        }
+        sumi += k_scale(b, s) * dot4I8Packed(k_word(b, u), k_xq(tok, sb, u));
+    }
+    var extra = 0;
+    if (FORMAT == 10u) {
+        // Q2_K's mins lane: mins 2l, 2l + 1 · bsums 2l, 2l + 1.
+        extra = k_min(b, 2u * lane) * k_bsum(tok, sb, 2u * lane)
+            + k_min(b, 2u * lane + 1u) * k_bsum(tok, sb, 2u * lane + 1u);
+    }
+    if (FORMAT == 14u) {
+        // Q6_K: lane l takes off 32·(sc 2l·bsums 2l + sc 2l+1·bsums 2l+1).
+        sumi -= 32 * (k_scale(b, 2u * lane) * k_bsum(tok, sb, 2u * lane)
+            + k_scale(b, 2u * lane + 1u) * k_bsum(tok, sb, 2u * lane + 1u));
+    }
+    if (FORMAT == 12u && lane < 4u) {
+        // Q4_K: four lanes of mins, lane j: sub-blocks 2j, 2j + 1.
+        extra = k_min(b, 2u * lane) * k_sub_bsum(tok, sb, 2u * lane)
+            + k_min(b, 2u * lane + 1u) * k_sub_bsum(tok, sb, 2u * lane + 1u);
+    }
+    if (FORMAT == 13u && lane == 0u) {
+        // Q5_K: one scalar over all eight sub-blocks.
+        for (var s = 0u; s < 8u; s++) {
+            extra += k_min(b, s) * k_sub_bsum(tok, sb, s);
+        }
+    }
+    return vec2<i32>(sumi, extra);
 }
 
-fn ksg_sums(b: u32, tok: u32, sb: u32, t: u32) -> KSums {
-    let wps = k_sub_len() >> 2u;
-    let lane = t & 7u;
-    let u0 = t;
-    let u1 = t + 32u;
-    let d0 = dot4I8Packed(k_word(b, u0), k_xq(tok, sb, u0));
-    let d1 = dot4I8Packed(k_word(b, u1), k_xq(tok, sb, u1));
-    let sub0 = u0 / wps;
-    let sub1 = u1 / wps;
-    if (ORDER == 2u) {
-        var part = k_scale(b, sub0) * d0 + k_scale(b, sub1) * d1;
-        part += subgroupShuffleXor(part, 8u);
-        part += subgroupShuffleXor(part, 16u);
-        var extra = 0;
-        if (FORMAT == 10u) {
-            extra = k_min(b, 2u * lane) * k_bsum(tok, sb, 2u * lane)
-                + k_min(b, 2u * lane + 1u) * k_bsum(tok, sb, 2u * lane + 1u);
+// The exact sums of elements 32·piece .. + 31 of super-block sb (at byte b):
+// (scale-weighted sum, mins sum; 0 where dmin is 0, as tensor-core skips it).
+fn ksg_piece(b: u32, tok: u32, sb: u32, piece: u32) -> vec2<i32> {
+    let sl = k_sub_len();
+    let words = sl >> 2u;
+    let dmin = k_dmin(b).y;
+    var r = vec2<i32>(0);
+    for (var sub = (32u / sl) * piece; sub < (32u / sl) * (piece + 1u); sub++) {
+        var d = 0;
+        for (var j = 0u; j < words; j++) {
+            let u = sub * words + j;
+            d += dot4I8Packed(k_word(b, u), k_xq(tok, sb, u));
         }
         if (FORMAT == 14u) {
-            part -= 32 * (k_scale(b, 2u * lane) * k_bsum(tok, sb, 2u * lane)
-                + k_scale(b, 2u * lane + 1u) * k_bsum(tok, sb, 2u * lane + 1u));
+            d -= 32 * k_bsum(tok, sb, sub);
         }
-        if (FORMAT == 12u && lane < 4u) {
-            extra = k_min(b, 2u * lane) * k_sub_bsum(tok, sb, 2u * lane)
-                + k_min(b, 2u * lane + 1u) * k_sub_bsum(tok, sb, 2u * lane + 1u);
+        r.x += k_scale(b, sub) * d;
+        if ((FORMAT == 10u || FORMAT == 12u || FORMAT == 13u) && dmin != 0.0) {
+            r.y += k_min(b, sub) * k_sub_bsum(tok, sb, sub);
         }
-        if (FORMAT == 13u && lane == 0u) {
-            for (var s = 0u; s < 8u; s++) {
-                extra += k_min(b, s) * k_sub_bsum(tok, sb, s);
-            }
-        }
-        return KSums(vec4<i32>(part, extra, 0, 0), vec4<i32>(0));
     }
-    // Quarter sums: word u lies in quarter u / 16; a sub-block's first word
-    // brings its Q6_K offset and its min.
-    var s = vec4<i32>(0);
-    var m = vec4<i32>(0);
-    var c0 = d0;
-    var c1 = d1;
-    if (FORMAT == 14u) {
-        if (u0 % wps == 0u) { c0 -= 32 * k_bsum(tok, sb, sub0); }
-        if (u1 % wps == 0u) { c1 -= 32 * k_bsum(tok, sb, sub1); }
-    }
-    s[u0 >> 4u] += k_scale(b, sub0) * c0;
-    s[u1 >> 4u] += k_scale(b, sub1) * c1;
-    if ((FORMAT == 10u || FORMAT == 12u || FORMAT == 13u) && k_dmin(b).y != 0.0) {
-        if (u0 % wps == 0u) { m[u0 >> 4u] += k_min(b, sub0) * k_sub_bsum(tok, sb, sub0); }
-        if (u1 % wps == 0u) { m[u1 >> 4u] += k_min(b, sub1) * k_sub_bsum(tok, sb, sub1); }
-    }
-    return KSums(subgroupAdd(s), subgroupAdd(m));
-}
-
-// The float steps of super-block sb (at byte b) with its exact sums `k`.
-fn ksg_step(acc: ptr<function, f32>, acc2: ptr<function, f32>, k: KSums, b: u32, tok: u32,
-            sb: u32, lane: u32, gemm: bool) {
-    let dy = k_xd(tok, sb);
-    let dm = k_dmin(b);
-    if (ORDER == 2u) {
-        let ndmin = -mul_rn(dy, dm.y);
-        if (FORMAT == 10u) {
-            *acc = fma_rn(ndmin, f32(k.s.y), *acc);
-        }
-        if ((FORMAT == 12u && lane < 4u) || (FORMAT == 13u && lane == 0u)) {
-            *acc2 = fma_rn(ndmin, f32(k.s.y), *acc2);
-        }
-        *acc = fma_rn(mul_rn(dy, dm.x), i2f_rn(k.s.x), *acc);
-        return;
-    }
-    let s = k.s;
-    let m = k.m;
-    let s1 = (s.x + s.y) + (s.z + s.w);
-    let s2 = (m.x + m.y) + (m.z + m.w);
-    if (ORDER == 3u) {
-        let res = fma_rn(-dm.y, i2f_rn(s2), mul_rn(dm.x, i2f_rn(s1)));
-        *acc = fma_rn(res, dy, *acc);
-    } else if (gemm) {
-        let dd = mul_rn(dm.x, dy);
-        let dmm = mul_rn(dm.y, dy);
-        for (var q = 0u; q < 4u; q++) {
-            *acc = fma_rn(i2f_rn(s[q]), dd, *acc);
-            *acc2 = fma_rn(i2f_rn(m[q]), dmm, *acc2);
-        }
-    } else {
-        *acc = fma_rn(i2f_rn(s1), mul_rn(dm.x, dy), *acc);
-        *acc2 = fma_rn(i2f_rn(s2), mul_rn(dm.y, dy), *acc2);
-    }
+    return r;
 }
 
 // Grid: (ceil(tokens / QDOT_TOKENS), ceil(m / (8 / QDOT_TOKENS)), 1): eight
-// outputs per workgroup. (Taking super-blocks four at a time, their loads
-// issued before any sum is used, measured slower on an H100: tg 257
-// against 278 t/s on the TinyLlama-shaped Q4_K_M.)
+// outputs per workgroup.
 @compute @workgroup_size(256)
 fn kdot_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
            @builtin(subgroup_invocation_id) t: u32) {
@@ -131,12 +95,80 @@ fn kdot_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     let bb = k_block_bytes();
     let base = row * p.row_bytes;
     let lane = t & 7u;
+    let slot = t >> 3u;
     let gemm = ORDER == 4u && tok < step.n_tokens - step.n_tokens % 4u;
     var acc = 0.0;
-    var acc2 = 0.0;
-    for (var sb = 0u; sb < nsb; sb++) {
+    var acc2 = 0.0; // ORDER 2: Q4_K's mins lanes, Q5_K's summs; 3, 4: acc_min
+    for (var sb0 = 0u; sb0 < nsb; sb0 += 4u) {
+        // This invocation's super-block (past the end: the last one again,
+        // whose sums are then not used).
+        let sb = min(sb0 + slot, nsb - 1u);
         let b = base + sb * bb;
-        ksg_step(&acc, &acc2, ksg_sums(b, tok, sb, t), b, tok, sb, lane, gemm);
+        if (ORDER == 2u) {
+            let mine = ksg_lane(b, tok, sb, lane);
+            for (var q = 0u; q < 4u; q++) {
+                let ls = subgroupShuffle(mine, lane + 8u * q);
+                let sq = sb0 + q;
+                if (sq < nsb) {
+                    let bq = base + sq * bb;
+                    let dy = k_xd(tok, sq);
+                    let dm = k_dmin(bq);
+                    let ndmin = -mul_rn(dy, dm.y);
+                    if (FORMAT == 10u) {
+                        acc = fma_rn(ndmin, f32(ls.y), acc);
+                    }
+                    if ((FORMAT == 12u && lane < 4u) || (FORMAT == 13u && lane == 0u)) {
+                        acc2 = fma_rn(ndmin, f32(ls.y), acc2);
+                    }
+                    acc = fma_rn(mul_rn(dy, dm.x), i2f_rn(ls.x), acc);
+                }
+            }
+        } else {
+            var part = ksg_piece(b, tok, sb, lane);
+            // Pieces 2q, 2q + 1 make quarter q; the four quarters, the whole.
+            part += subgroupShuffleXor(part, 1u);
+            if (!gemm) {
+                part += subgroupShuffleXor(part, 2u);
+                part += subgroupShuffleXor(part, 4u);
+            }
+            for (var q = 0u; q < 4u; q++) {
+                let sq = sb0 + q;
+                var s = vec4<i32>(0);
+                var m = vec4<i32>(0);
+                if (gemm) {
+                    for (var h = 0u; h < 4u; h++) {
+                        let v = subgroupShuffle(part, 8u * q + 2u * h);
+                        s[h] = v.x;
+                        m[h] = v.y;
+                    }
+                } else {
+                    let v = subgroupShuffle(part, 8u * q);
+                    s.x = v.x;
+                    m.x = v.y;
+                }
+                if (sq < nsb) {
+                    let bq = base + sq * bb;
+                    let dy = k_xd(tok, sq);
+                    let dm = k_dmin(bq);
+                    let s1 = (s.x + s.y) + (s.z + s.w);
+                    let s2 = (m.x + m.y) + (m.z + m.w);
+                    if (ORDER == 3u) {
+                        let res = fma_rn(-dm.y, i2f_rn(s2), mul_rn(dm.x, i2f_rn(s1)));
+                        acc = fma_rn(res, dy, acc);
+                    } else if (gemm) {
+                        let dd = mul_rn(dm.x, dy);
+                        let dmm = mul_rn(dm.y, dy);
+                        for (var h = 0u; h < 4u; h++) {
+                            acc = fma_rn(i2f_rn(s[h]), dd, acc);
+                            acc2 = fma_rn(i2f_rn(m[h]), dmm, acc2);
+                        }
+                    } else {
+                        acc = fma_rn(i2f_rn(s1), mul_rn(dm.x, dy), acc);
+                        acc2 = fma_rn(i2f_rn(s2), mul_rn(dm.y, dy), acc2);
+                    }
+                }
+            }
+        }
     }
     var res = acc - acc2;
     if (ORDER == 2u) {
