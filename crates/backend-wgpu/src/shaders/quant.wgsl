@@ -599,6 +599,13 @@ fn get_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
 // (1 for a single token, 4 for batches, whose neighbouring workgroups then
 // read the same weights).
 
+// ggml's hsum_float_8 of lanes a0..a3 (lo) and a4..a7 (hi):
+// ((a4 + a0) + (a6 + a2)) + ((a5 + a1) + (a7 + a3)).
+fn hsum_float_8(lo: vec4<f32>, hi: vec4<f32>) -> f32 {
+    let s = hi + lo;
+    return (s.x + s.z) + (s.y + s.w);
+}
+
 override ORDER: u32 = 0u;
 override QDOT_TOKENS: u32 = 1u;
 var<workgroup> lanes: array<f32, 256>;
@@ -712,10 +719,9 @@ fn qdot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         lanes[lid] = acc;
         workgroupBarrier();
         if (live && lane == 0u) {
-            // hsum_float_8: (a4 + a0) + (a6 + a2), (a5 + a1) + (a7 + a3).
-            let r0 = (lanes[lid + 4u] + lanes[lid]) + (lanes[lid + 6u] + lanes[lid + 2u]);
-            let r1 = (lanes[lid + 5u] + lanes[lid + 1u]) + (lanes[lid + 7u] + lanes[lid + 3u]);
-            store(tok, row, (r0 + r1) + summs);
+            let r = hsum_float_8(vec4<f32>(lanes[lid], lanes[lid + 1u], lanes[lid + 2u], lanes[lid + 3u]),
+                                 vec4<f32>(lanes[lid + 4u], lanes[lid + 5u], lanes[lid + 6u], lanes[lid + 7u]));
+            store(tok, row, r + summs);
         }
     } else if (live) {
         store(tok, row, acc);
@@ -901,6 +907,109 @@ fn k_sub_bsum(tok: u32, sb: u32, s: u32) -> i32 {
     return k_bsum(tok, sb, 2u * s) + k_bsum(tok, sb, 2u * s + 1u);
 }
 
+// Lane j's exact sums of super-block sb (at byte b) of token tok, as
+// ggml_vec_dot_<fmt>_q8_K's AVX2 code holds them: (the lane's scale-weighted
+// sum, its mins term).
+fn k_lane_sums(b: u32, tok: u32, sb: u32, lane: u32) -> vec2<i32> {
+    var sumi = 0;
+    for (var c = 0u; c < 8u; c++) {
+        let u = 8u * c + lane;
+        var s = c;
+        if (k_sub_len() == 16u) {
+            s = 2u * c + (lane >> 2u);
+        }
+        sumi += k_scale(b, s) * dot4I8Packed(k_word(b, u), k_xq(tok, sb, u));
+    }
+    var extra = 0;
+    if (FORMAT == 10u) {
+        // Q2_K's mins lane: mins 2l, 2l + 1 · bsums 2l, 2l + 1.
+        extra = k_min(b, 2u * lane) * k_bsum(tok, sb, 2u * lane)
+            + k_min(b, 2u * lane + 1u) * k_bsum(tok, sb, 2u * lane + 1u);
+    }
+    if (FORMAT == 14u) {
+        // Q6_K: lane l takes off 32·(sc 2l·bsums 2l + sc 2l+1·bsums 2l+1).
+        sumi -= 32 * (k_scale(b, 2u * lane) * k_bsum(tok, sb, 2u * lane)
+            + k_scale(b, 2u * lane + 1u) * k_bsum(tok, sb, 2u * lane + 1u));
+    }
+    if (FORMAT == 12u && lane < 4u) {
+        // Q4_K: four lanes of mins, lane j: sub-blocks 2j, 2j + 1.
+        extra = k_min(b, 2u * lane) * k_sub_bsum(tok, sb, 2u * lane)
+            + k_min(b, 2u * lane + 1u) * k_sub_bsum(tok, sb, 2u * lane + 1u);
+    }
+    if (FORMAT == 13u && lane == 0u) {
+        // Q5_K: one scalar over all eight sub-blocks.
+        for (var s = 0u; s < 8u; s++) {
+            extra += k_min(b, s) * k_sub_bsum(tok, sb, s);
+        }
+    }
+    return vec2<i32>(sumi, extra);
+}
+
+// The exact sums of elements 32·piece .. + 31 of super-block sb (at byte b):
+// (scale-weighted sum, mins sum; 0 where dmin is 0, as tensor-core skips it).
+fn k_piece_sums(b: u32, tok: u32, sb: u32, piece: u32) -> vec2<i32> {
+    let sl = k_sub_len();
+    let words = sl >> 2u;
+    let dmin = k_dmin(b).y;
+    var r = vec2<i32>(0);
+    for (var sub = (32u / sl) * piece; sub < (32u / sl) * (piece + 1u); sub++) {
+        var d = 0;
+        for (var j = 0u; j < words; j++) {
+            let u = sub * words + j;
+            d += dot4I8Packed(k_word(b, u), k_xq(tok, sb, u));
+        }
+        if (FORMAT == 14u) {
+            d -= 32 * k_bsum(tok, sb, sub);
+        }
+        r.x += k_scale(b, sub) * d;
+        if ((FORMAT == 10u || FORMAT == 12u || FORMAT == 13u) && dmin != 0.0) {
+            r.y += k_min(b, sub) * k_sub_bsum(tok, sb, sub);
+        }
+    }
+    return r;
+}
+
+// Lane `lane`'s float steps (ORDER 2) for super-block sb (at byte b), whose
+// exact sums k_lane_sums gave: ls.
+fn k_lane_step(acc: ptr<function, f32>, acc2: ptr<function, f32>, ls: vec2<i32>, b: u32,
+               tok: u32, sb: u32, lane: u32) {
+    let dy = k_xd(tok, sb);
+    let dm = k_dmin(b);
+    let ndmin = -mul_rn(dy, dm.y);
+    if (FORMAT == 10u) {
+        *acc = fma_rn(ndmin, f32(ls.y), *acc);
+    }
+    if ((FORMAT == 12u && lane < 4u) || (FORMAT == 13u && lane == 0u)) {
+        *acc2 = fma_rn(ndmin, f32(ls.y), *acc2);
+    }
+    *acc = fma_rn(mul_rn(dy, dm.x), i2f_rn(ls.x), *acc);
+}
+
+// The output's float steps (ORDER 3, 4) for super-block sb (at byte b), with
+// its exact per-quarter sums s and mins m (the gemv and the tiled kernel
+// only use their totals).
+fn k_sb_step(acc: ptr<function, f32>, acc2: ptr<function, f32>, s: vec4<i32>, m: vec4<i32>,
+             b: u32, tok: u32, sb: u32, gemm: bool) {
+    let dy = k_xd(tok, sb);
+    let dm = k_dmin(b);
+    let s1 = (s.x + s.y) + (s.z + s.w);
+    let s2 = (m.x + m.y) + (m.z + m.w);
+    if (ORDER == 3u) {
+        let res = fma_rn(-dm.y, i2f_rn(s2), mul_rn(dm.x, i2f_rn(s1)));
+        *acc = fma_rn(res, dy, *acc);
+    } else if (gemm) {
+        let dd = mul_rn(dm.x, dy);
+        let dmm = mul_rn(dm.y, dy);
+        for (var q = 0u; q < 4u; q++) {
+            *acc = fma_rn(i2f_rn(s[q]), dd, *acc);
+            *acc2 = fma_rn(i2f_rn(m[q]), dmm, *acc2);
+        }
+    } else {
+        *acc = fma_rn(i2f_rn(s1), mul_rn(dm.x, dy), *acc);
+        *acc2 = fma_rn(i2f_rn(s2), mul_rn(dm.y, dy), *acc2);
+    }
+}
+
 // Grid: (ceil(tokens / QDOT_TOKENS), ceil(m / (4 / QDOT_TOKENS)), 1): 64
 // invocations per output. Super-blocks are taken eight at a time: invocation
 // v of an output computes the exact sums of super-block r + v / 8 (ORDER 2:
@@ -919,7 +1028,6 @@ fn kdot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     let nsb = p.k >> 8u;
     let bb = k_block_bytes();
     let base = row * p.row_bytes;
-    let sl = k_sub_len();
     let gemm = ORDER == 4u && tok < step.n_tokens - step.n_tokens % 4u;
     var acc = 0.0;
     var acc2 = 0.0; // ORDER 2: Q4_K's mins lanes, Q5_K's summs; 3, 4: acc_min
@@ -929,57 +1037,9 @@ fn kdot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (live && sb < nsb) {
             let b = base + sb * bb;
             if (ORDER == 2u) {
-                // Lane `lane` of ggml_vec_dot_<fmt>_q8_K: elements 32c + 4·lane ..
-                var sumi = 0;
-                for (var c = 0u; c < 8u; c++) {
-                    let u = 8u * c + lane;
-                    var s = c;
-                    if (sl == 16u) {
-                        s = 2u * c + (lane >> 2u);
-                    }
-                    sumi += k_scale(b, s) * dot4I8Packed(k_word(b, u), k_xq(tok, sb, u));
-                }
-                var extra = 0;
-                if (FORMAT == 10u) {
-                    // Q2_K's mins lane: mins 2l, 2l + 1 · bsums 2l, 2l + 1.
-                    extra = k_min(b, 2u * lane) * k_bsum(tok, sb, 2u * lane)
-                        + k_min(b, 2u * lane + 1u) * k_bsum(tok, sb, 2u * lane + 1u);
-                }
-                if (FORMAT == 14u) {
-                    // Q6_K: lane l takes off 32·(sc 2l·bsums 2l + sc 2l+1·bsums 2l+1).
-                    sumi -= 32 * (k_scale(b, 2u * lane) * k_bsum(tok, sb, 2u * lane)
-                        + k_scale(b, 2u * lane + 1u) * k_bsum(tok, sb, 2u * lane + 1u));
-                }
-                if (FORMAT == 12u && lane < 4u) {
-                    // Q4_K: four lanes of mins, lane j: sub-blocks 2j, 2j + 1.
-                    extra = k_min(b, 2u * lane) * k_sub_bsum(tok, sb, 2u * lane)
-                        + k_min(b, 2u * lane + 1u) * k_sub_bsum(tok, sb, 2u * lane + 1u);
-                }
-                if (FORMAT == 13u && lane == 0u) {
-                    // Q5_K: one scalar over all eight sub-blocks.
-                    for (var s = 0u; s < 8u; s++) {
-                        extra += k_min(b, s) * k_sub_bsum(tok, sb, s);
-                    }
-                }
-                sums = vec2<i32>(sumi, extra);
+                sums = k_lane_sums(b, tok, sb, lane);
             } else {
-                // Elements 32·lane .. + 31: one or two sub-blocks.
-                let dmin = k_dmin(b).y;
-                let words = sl >> 2u;
-                for (var sub = (32u / sl) * lane; sub < (32u / sl) * (lane + 1u); sub++) {
-                    var d = 0;
-                    for (var j = 0u; j < words; j++) {
-                        let u = sub * words + j;
-                        d += dot4I8Packed(k_word(b, u), k_xq(tok, sb, u));
-                    }
-                    if (FORMAT == 14u) {
-                        d -= 32 * k_bsum(tok, sb, sub);
-                    }
-                    sums.x += k_scale(b, sub) * d;
-                    if ((FORMAT == 10u || FORMAT == 12u || FORMAT == 13u) && dmin != 0.0) {
-                        sums.y += k_min(b, sub) * k_sub_bsum(tok, sb, sub);
-                    }
-                }
+                sums = k_piece_sums(b, tok, sb, lane);
             }
         }
         kpart[lid] = sums;
@@ -987,28 +1047,12 @@ fn kdot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         if (live && ORDER == 2u && slot == 0u) {
             for (var j = 0u; j < 8u && r + j < nsb; j++) {
                 let sb = r + j;
-                let b = base + sb * bb;
-                let dy = k_xd(tok, sb);
-                let dm = k_dmin(b);
-                let ps = kpart[lid + 8u * j];
-                let ndmin = -mul_rn(dy, dm.y);
-                if (FORMAT == 10u) {
-                    acc = fma_rn(ndmin, f32(ps.y), acc);
-                }
-                if (FORMAT == 12u && lane < 4u) {
-                    acc2 = fma_rn(ndmin, f32(ps.y), acc2);
-                }
-                if (FORMAT == 13u && lane == 0u) {
-                    acc2 = fma_rn(ndmin, f32(ps.y), acc2);
-                }
-                acc = fma_rn(mul_rn(dy, dm.x), i2f_rn(ps.x), acc);
+                k_lane_step(&acc, &acc2, kpart[lid + 8u * j], base + sb * bb, tok, sb, lane);
             }
         }
         if (live && ORDER != 2u && v == 0u) {
             for (var j = 0u; j < 8u && r + j < nsb; j++) {
                 let sb = r + j;
-                let dm = k_dmin(base + sb * bb);
-                let dy = k_xd(tok, sb);
                 var s = vec4<i32>(0);
                 var m = vec4<i32>(0);
                 for (var q = 0u; q < 4u; q++) {
@@ -1017,22 +1061,7 @@ fn kdot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
                     s[q] = a.x + c.x;
                     m[q] = a.y + c.y;
                 }
-                let s1 = (s.x + s.y) + (s.z + s.w);
-                let s2 = (m.x + m.y) + (m.z + m.w);
-                if (ORDER == 3u) {
-                    let res = fma_rn(-dm.y, i2f_rn(s2), mul_rn(dm.x, i2f_rn(s1)));
-                    acc = fma_rn(res, dy, acc);
-                } else if (gemm) {
-                    let dd = mul_rn(dm.x, dy);
-                    let dmm = mul_rn(dm.y, dy);
-                    for (var q = 0u; q < 4u; q++) {
-                        acc = fma_rn(i2f_rn(s[q]), dd, acc);
-                        acc2 = fma_rn(i2f_rn(m[q]), dmm, acc2);
-                    }
-                } else {
-                    acc = fma_rn(i2f_rn(s1), mul_rn(dm.x, dy), acc);
-                    acc2 = fma_rn(i2f_rn(s2), mul_rn(dm.y, dy), acc2);
-                }
+                k_sb_step(&acc, &acc2, s, m, base + sb * bb, tok, sb, gemm);
             }
         }
         workgroupBarrier();
@@ -1042,10 +1071,9 @@ fn kdot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         kmins[lid] = acc2;
         workgroupBarrier();
         if (live && v == 0u) {
-            // hsum_float_8: (a4 + a0) + (a6 + a2), (a5 + a1) + (a7 + a3).
-            let r0 = (lanes[lid + 4u] + lanes[lid]) + (lanes[lid + 6u] + lanes[lid + 2u]);
-            let r1 = (lanes[lid + 5u] + lanes[lid + 1u]) + (lanes[lid + 7u] + lanes[lid + 3u]);
-            var res = r0 + r1;
+            let r = hsum_float_8(vec4<f32>(lanes[lid], lanes[lid + 1u], lanes[lid + 2u], lanes[lid + 3u]),
+                                 vec4<f32>(lanes[lid + 4u], lanes[lid + 5u], lanes[lid + 6u], lanes[lid + 7u]));
+            var res = r;
             if (FORMAT == 12u) {
                 // Q4_K's four mins lanes: (m0 + m2) + (m1 + m3).
                 res = res + ((kmins[lid] + kmins[lid + 2u]) + (kmins[lid + 1u] + kmins[lid + 3u]));

@@ -16,68 +16,6 @@
 // Integer additions are exact in any order, so the result is kdot's to the
 // bit.
 
-// Lane j's exact sums of super-block sb (at byte b) of token tok, as
-// ggml_vec_dot_<fmt>_q8_K's AVX2 code holds them: (the lane's scale-weighted
-// sum, its mins term).
-fn ksg_lane(b: u32, tok: u32, sb: u32, lane: u32) -> vec2<i32> {
-    var sumi = 0;
-    for (var c = 0u; c < 8u; c++) {
-        let u = 8u * c + lane;
-        var s = c;
-        if (k_sub_len() == 16u) {
-            s = 2u * c + (lane >> 2u);
-        }
-        sumi += k_scale(b, s) * dot4I8Packed(k_word(b, u), k_xq(tok, sb, u));
-    }
-    var extra = 0;
-    if (FORMAT == 10u) {
-        // Q2_K's mins lane: mins 2l, 2l + 1 · bsums 2l, 2l + 1.
-        extra = k_min(b, 2u * lane) * k_bsum(tok, sb, 2u * lane)
-            + k_min(b, 2u * lane + 1u) * k_bsum(tok, sb, 2u * lane + 1u);
-    }
-    if (FORMAT == 14u) {
-        // Q6_K: lane l takes off 32·(sc 2l·bsums 2l + sc 2l+1·bsums 2l+1).
-        sumi -= 32 * (k_scale(b, 2u * lane) * k_bsum(tok, sb, 2u * lane)
-            + k_scale(b, 2u * lane + 1u) * k_bsum(tok, sb, 2u * lane + 1u));
-    }
-    if (FORMAT == 12u && lane < 4u) {
-        // Q4_K: four lanes of mins, lane j: sub-blocks 2j, 2j + 1.
-        extra = k_min(b, 2u * lane) * k_sub_bsum(tok, sb, 2u * lane)
-            + k_min(b, 2u * lane + 1u) * k_sub_bsum(tok, sb, 2u * lane + 1u);
-    }
-    if (FORMAT == 13u && lane == 0u) {
-        // Q5_K: one scalar over all eight sub-blocks.
-        for (var s = 0u; s < 8u; s++) {
-            extra += k_min(b, s) * k_sub_bsum(tok, sb, s);
-        }
-    }
-    return vec2<i32>(sumi, extra);
-}
-
-// The exact sums of elements 32·piece .. + 31 of super-block sb (at byte b):
-// (scale-weighted sum, mins sum; 0 where dmin is 0, as tensor-core skips it).
-fn ksg_piece(b: u32, tok: u32, sb: u32, piece: u32) -> vec2<i32> {
-    let sl = k_sub_len();
-    let words = sl >> 2u;
-    let dmin = k_dmin(b).y;
-    var r = vec2<i32>(0);
-    for (var sub = (32u / sl) * piece; sub < (32u / sl) * (piece + 1u); sub++) {
-        var d = 0;
-        for (var j = 0u; j < words; j++) {
-            let u = sub * words + j;
-            d += dot4I8Packed(k_word(b, u), k_xq(tok, sb, u));
-        }
-        if (FORMAT == 14u) {
-            d -= 32 * k_bsum(tok, sb, sub);
-        }
-        r.x += k_scale(b, sub) * d;
-        if ((FORMAT == 10u || FORMAT == 12u || FORMAT == 13u) && dmin != 0.0) {
-            r.y += k_min(b, sub) * k_sub_bsum(tok, sb, sub);
-        }
-    }
-    return r;
-}
-
 // Grid: (ceil(tokens / QDOT_TOKENS), ceil(m / (8 / QDOT_TOKENS)), 1): eight
 // outputs per workgroup.
 @compute @workgroup_size(256)
@@ -105,26 +43,15 @@ fn kdot_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         let sb = min(sb0 + slot, nsb - 1u);
         let b = base + sb * bb;
         if (ORDER == 2u) {
-            let mine = ksg_lane(b, tok, sb, lane);
+            let mine = k_lane_sums(b, tok, sb, lane);
             for (var q = 0u; q < 4u; q++) {
                 let ls = subgroupShuffle(mine, lane + 8u * q);
-                let sq = sb0 + q;
-                if (sq < nsb) {
-                    let bq = base + sq * bb;
-                    let dy = k_xd(tok, sq);
-                    let dm = k_dmin(bq);
-                    let ndmin = -mul_rn(dy, dm.y);
-                    if (FORMAT == 10u) {
-                        acc = fma_rn(ndmin, f32(ls.y), acc);
-                    }
-                    if ((FORMAT == 12u && lane < 4u) || (FORMAT == 13u && lane == 0u)) {
-                        acc2 = fma_rn(ndmin, f32(ls.y), acc2);
-                    }
-                    acc = fma_rn(mul_rn(dy, dm.x), i2f_rn(ls.x), acc);
+                if (sb0 + q < nsb) {
+                    k_lane_step(&acc, &acc2, ls, base + (sb0 + q) * bb, tok, sb0 + q, lane);
                 }
             }
         } else {
-            var part = ksg_piece(b, tok, sb, lane);
+            var part = k_piece_sums(b, tok, sb, lane);
             // Pieces 2q, 2q + 1 make quarter q; the four quarters, the whole.
             part += subgroupShuffleXor(part, 1u);
             if (!gemm) {
@@ -132,7 +59,6 @@ fn kdot_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
                 part += subgroupShuffleXor(part, 4u);
             }
             for (var q = 0u; q < 4u; q++) {
-                let sq = sb0 + q;
                 var s = vec4<i32>(0);
                 var m = vec4<i32>(0);
                 if (gemm) {
@@ -146,43 +72,20 @@ fn kdot_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
                     s.x = v.x;
                     m.x = v.y;
                 }
-                if (sq < nsb) {
-                    let bq = base + sq * bb;
-                    let dy = k_xd(tok, sq);
-                    let dm = k_dmin(bq);
-                    let s1 = (s.x + s.y) + (s.z + s.w);
-                    let s2 = (m.x + m.y) + (m.z + m.w);
-                    if (ORDER == 3u) {
-                        let res = fma_rn(-dm.y, i2f_rn(s2), mul_rn(dm.x, i2f_rn(s1)));
-                        acc = fma_rn(res, dy, acc);
-                    } else if (gemm) {
-                        let dd = mul_rn(dm.x, dy);
-                        let dmm = mul_rn(dm.y, dy);
-                        for (var h = 0u; h < 4u; h++) {
-                            acc = fma_rn(i2f_rn(s[h]), dd, acc);
-                            acc2 = fma_rn(i2f_rn(m[h]), dmm, acc2);
-                        }
-                    } else {
-                        acc = fma_rn(i2f_rn(s1), mul_rn(dm.x, dy), acc);
-                        acc2 = fma_rn(i2f_rn(s2), mul_rn(dm.y, dy), acc2);
-                    }
+                if (sb0 + q < nsb) {
+                    k_sb_step(&acc, &acc2, s, m, base + (sb0 + q) * bb, tok, sb0 + q, gemm);
                 }
             }
         }
     }
     var res = acc - acc2;
     if (ORDER == 2u) {
-        // hsum_float_8 over the eight lanes: (a4 + a0) + (a6 + a2),
-        // (a5 + a1) + (a7 + a3).
-        let a0 = subgroupShuffle(acc, 0u);
-        let a1 = subgroupShuffle(acc, 1u);
-        let a2 = subgroupShuffle(acc, 2u);
-        let a3 = subgroupShuffle(acc, 3u);
-        let a4 = subgroupShuffle(acc, 4u);
-        let a5 = subgroupShuffle(acc, 5u);
-        let a6 = subgroupShuffle(acc, 6u);
-        let a7 = subgroupShuffle(acc, 7u);
-        res = ((a4 + a0) + (a6 + a2)) + ((a5 + a1) + (a7 + a3));
+        // hsum_float_8 over the eight lanes.
+        let lo = vec4<f32>(subgroupShuffle(acc, 0u), subgroupShuffle(acc, 1u),
+                           subgroupShuffle(acc, 2u), subgroupShuffle(acc, 3u));
+        let hi = vec4<f32>(subgroupShuffle(acc, 4u), subgroupShuffle(acc, 5u),
+                           subgroupShuffle(acc, 6u), subgroupShuffle(acc, 7u));
+        res = hsum_float_8(lo, hi);
         if (FORMAT == 12u) {
             let m0 = subgroupShuffle(acc2, 0u);
             let m1 = subgroupShuffle(acc2, 1u);
@@ -262,15 +165,11 @@ fn qdot_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     }
     var res = acc;
     if (ORDER == 0u) {
-        let a0 = subgroupShuffle(acc, 0u);
-        let a1 = subgroupShuffle(acc, 1u);
-        let a2 = subgroupShuffle(acc, 2u);
-        let a3 = subgroupShuffle(acc, 3u);
-        let a4 = subgroupShuffle(acc, 4u);
-        let a5 = subgroupShuffle(acc, 5u);
-        let a6 = subgroupShuffle(acc, 6u);
-        let a7 = subgroupShuffle(acc, 7u);
-        res = (((a4 + a0) + (a6 + a2)) + ((a5 + a1) + (a7 + a3))) + summs;
+        let lo = vec4<f32>(subgroupShuffle(acc, 0u), subgroupShuffle(acc, 1u),
+                           subgroupShuffle(acc, 2u), subgroupShuffle(acc, 3u));
+        let hi = vec4<f32>(subgroupShuffle(acc, 4u), subgroupShuffle(acc, 5u),
+                           subgroupShuffle(acc, 6u), subgroupShuffle(acc, 7u));
+        res = hsum_float_8(lo, hi) + summs;
     }
     if (live && t == 0u) {
         store(tok, row, res);
