@@ -193,7 +193,8 @@ pub fn exact_order(ty: GgmlType, rows: u32, n_tokens: u32) -> Option<u32> {
 /// kernel's order, smaller ones `vec_dot`'s.
 pub const KQUANT_TILED_MIN_BATCH: u32 = 8;
 
-/// Tokens per tile of `kmm`, the tiled exact K-quant product for batches.
+/// Tokens per tile of `kmm`, the tiled exact K-quant product for batches
+/// (and of `qmm1`, the tiled repacked-order product: order 1).
 pub(crate) const KMM_TOKENS: u32 = 64;
 
 /// Tokens per tile of `qmm`, the tiled exact product in `vec_dot` lane order
@@ -262,6 +263,7 @@ impl Kernel {
             Kernel::Swiglu(_) => "swiglu",
             Kernel::Argmax => "argmax",
             Kernel::QuantizeAct(..) => "quantize_act",
+            Kernel::Qdot(_, 1, KMM_TOKENS) => "qmm1",
             Kernel::Qdot(_, _, KMM_TOKENS) => "kmm",
             Kernel::Qdot(_, 0, QMM_TOKENS) => "qmm",
             Kernel::Sg(_, order, _) => {

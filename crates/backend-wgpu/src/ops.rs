@@ -392,13 +392,12 @@ impl OpBuilder<'_> {
                     let mut variants: Vec<QdotVariant> = Vec::new();
                     for min_tokens in [1, 2, KQUANT_TILED_MIN_BATCH] {
                         let order = exact_order(w.ty, w.m, min_tokens).expect("exact");
-                        // Batches of 8+ take the tiled kmm (K-quants) or
-                        // qmm (vec_dot lanes).
+                        // Batches of 8+ take the tiled kmm (K-quants), qmm
+                        // (vec_dot lanes) or qmm1 (repacked order).
                         let tokens = match order {
                             _ if min_tokens < KQUANT_TILED_MIN_BATCH => qdot_tokens(min_tokens),
                             0 => QMM_TOKENS,
-                            2.. => KMM_TOKENS,
-                            _ => qdot_tokens(min_tokens),
+                            _ => KMM_TOKENS,
                         };
                         if variants
                             .last()

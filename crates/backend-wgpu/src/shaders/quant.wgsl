@@ -1464,3 +1464,89 @@ fn qmm_store(tok: u32, row: u32, n_tok: u32, v: vec4<f32>) {
         }
     }
 }
+
+// ---- exact products for batches, repacked order (ORDER 1): 64 × 64 tiles ----
+//
+// qdot's ORDER 1 (Q4_0 and IQ4_NL matrices with a multiple of 8 rows, which
+// llama.cpp repacks) with kmm's tiling: each 64-element chunk (two blocks)
+// staged in workgroup memory, each invocation a 4 × 4 block of outputs
+// (rows tx + 16i, tokens ty + 16j), per block acc = fma(Σ, d_w·d_a, acc).
+
+var<workgroup> rw_d: array<vec2<f32>, 64>; // per row: d of the chunk's two blocks
+var<workgroup> rx_d: array<vec2<f32>, 64>; // per token: d of the chunk's two blocks
+
+// Grid: (ceil(tokens / 64), ceil(m / 64), 1).
+@compute @workgroup_size(256)
+fn qmm1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let tok0 = wid.x * 64u;
+    let row0 = wid.y * 64u;
+    let n_tok = step.n_tokens;
+    let tx = lid & 15u;
+    let ty = lid >> 4u;
+    let nb = p.k >> 5u;
+    let bb = qdot_block_bytes();
+    let lr = lid >> 2u;
+    let lw = 4u * (lid & 3u);
+    let lrow = row0 + lr;
+    let ltok = tok0 + lr;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    for (var c0 = 0u; c0 < nb; c0 += 2u) {
+        for (var i = 0u; i < 4u; i++) {
+            let wi = lw + i;
+            let c = c0 + (wi >> 3u);
+            var wv = 0u;
+            var xv = 0u;
+            if (lrow < p.m && c < nb) {
+                wv = qdot_wq(lrow * p.row_bytes, c, wi & 7u);
+            }
+            if (ltok < n_tok && c < nb) {
+                xv = qdot_xq(ltok, c, wi & 7u);
+            }
+            kw_tile[lr * KWS + wi] = wv;
+            kx_tile[lr * KWS + wi] = xv;
+        }
+        if (lw == 0u) {
+            var dw = vec2<f32>(0.0);
+            var dx = vec2<f32>(0.0);
+            for (var h = 0u; h < 2u; h++) {
+                let c = c0 + h;
+                if (lrow < p.m && c < nb) {
+                    dw[h] = f16at(lrow * p.row_bytes + c * bb);
+                }
+                if (ltok < n_tok && c < nb) {
+                    dx[h] = qdot_xs(ltok, c).x;
+                }
+            }
+            rw_d[lr] = dw;
+            rx_d[lr] = dx;
+        }
+        workgroupBarrier();
+        for (var h = 0u; h < 2u && c0 + h < nb; h++) {
+            var i0 = vec4<i32>(0);
+            var i1 = vec4<i32>(0);
+            var i2 = vec4<i32>(0);
+            var i3 = vec4<i32>(0);
+            for (var wi = 8u * h; wi < 8u * h + 8u; wi++) {
+                let a = vec4<u32>(kw_tile[tx * KWS + wi], kw_tile[(tx + 16u) * KWS + wi],
+                                  kw_tile[(tx + 32u) * KWS + wi], kw_tile[(tx + 48u) * KWS + wi]);
+                i0 += dot4v(a, kx_tile[ty * KWS + wi]);
+                i1 += dot4v(a, kx_tile[(ty + 16u) * KWS + wi]);
+                i2 += dot4v(a, kx_tile[(ty + 32u) * KWS + wi]);
+                i3 += dot4v(a, kx_tile[(ty + 48u) * KWS + wi]);
+            }
+            let dw = vec4<f32>(rw_d[tx][h], rw_d[tx + 16u][h], rw_d[tx + 32u][h], rw_d[tx + 48u][h]);
+            acc0 = fma4(vec4<f32>(i0), dw * rx_d[ty][h], acc0);
+            acc1 = fma4(vec4<f32>(i1), dw * rx_d[ty + 16u][h], acc1);
+            acc2 = fma4(vec4<f32>(i2), dw * rx_d[ty + 32u][h], acc2);
+            acc3 = fma4(vec4<f32>(i3), dw * rx_d[ty + 48u][h], acc3);
+        }
+        workgroupBarrier();
+    }
+    mm_store(tok0 + ty, row0 + tx, n_tok, acc0);
+    mm_store(tok0 + ty + 16u, row0 + tx, n_tok, acc1);
+    mm_store(tok0 + ty + 32u, row0 + tx, n_tok, acc2);
+    mm_store(tok0 + ty + 48u, row0 + tx, n_tok, acc3);
+}
