@@ -77,22 +77,11 @@ var<workgroup> act_mag: array<f32, 256>;
 var<workgroup> act_at: array<u32, 256>;
 var<workgroup> act_val: array<f32, 256>;
 
-// v rounded as ACT rounds it (0: unchanged), v being element `lid` of a
-// workgroup of 256 that holds whole blocks (zeros past the row's end).
-// Returns (rounded value, the block's largest magnitude; for Q8_K the
-// signed value of largest magnitude). Every invocation
-// of the workgroup must call it: it synchronises.
-fn round_act(v: f32, lid: u32) -> vec2<f32> {
-    if (ACT == 0u) {
-        return vec2<f32>(v, 0.0);
-    }
-    if (ACT == 1u) { // F16
-        return vec2<f32>(round_f16(v), 0.0);
-    }
-    if (ACT == 30u) { // BF16: nearest even on the upper 16 bits
-        let b = bitcast<u32>(v);
-        return vec2<f32>(bitcast<f32>((b + 0x7fffu + ((b >> 16u) & 1u)) & 0xffff0000u), 0.0);
-    }
+// The largest magnitude of v's block (of 32 elements; Q8_K: 256) and the
+// signed value that has it (first on ties), v being element `lid` of a
+// workgroup of 256 holding whole blocks. Every invocation of the workgroup
+// must call it: it synchronises.
+fn act_block_max(v: f32, lid: u32) -> vec2<f32> {
     // Largest magnitude (and where, first on ties) within each block.
     var seg = 32u;
     if (ACT == 15u) {
@@ -116,6 +105,26 @@ fn round_act(v: f32, lid: u32) -> vec2<f32> {
     let amax = act_mag[first];
     let mx = act_val[act_at[first]];
     workgroupBarrier(); // the arrays may be reused after return
+    return vec2<f32>(amax, mx);
+}
+
+// v rounded as ACT rounds it (0: unchanged), v being element `lid` of a
+// workgroup of 256 that holds whole blocks (zeros past the row's end).
+// Every invocation of the workgroup must call it: it synchronises.
+fn round_act(v: f32, lid: u32) -> f32 {
+    if (ACT == 0u) {
+        return v;
+    }
+    if (ACT == 1u) { // F16
+        return round_f16(v);
+    }
+    if (ACT == 30u) { // BF16: nearest even on the upper 16 bits
+        let b = bitcast<u32>(v);
+        return bitcast<f32>((b + 0x7fffu + ((b >> 16u) & 1u)) & 0xffff0000u);
+    }
+    let mm = act_block_max(v, lid);
+    let amax = mm.x;
+    let mx = mm.y;
     var r = 0.0;
     if (ACT == 15u) {
         if (amax != 0.0) {
@@ -131,15 +140,11 @@ fn round_act(v: f32, lid: u32) -> vec2<f32> {
         }
         r = d * round(v * id);
     }
-    if (ACT == 15u) {
-        return vec2<f32>(r, mx);
-    }
-    return vec2<f32>(r, amax);
+    return r;
 }
 
 // The PACKED layout of element e = v of token tok (n elements per token),
-// whose block's largest magnitude is amax (Q8_K: the super-block's signed
-// extreme), for the products that sum exact integer block sums as ggml does
+// for the products that sum exact integer block sums as ggml does
 // (quant.wgsl's `qdot`, `kdot`, `kmm`):
 //   - the quants, four signed bytes per u32, element e of token t in word
 //     t·y_words + e/4;
@@ -149,7 +154,9 @@ fn round_act(v: f32, lid: u32) -> vec2<f32> {
 //     for Q8_K, the block's two 16-element sums (ggml's bsums) as two i16.
 // Written through the including shader's `act_out(word index, bits)`. Every
 // invocation of the workgroup (256 elements, whole blocks) must call it.
-fn quantize_packed(v: f32, amax: f32, e: u32, tok: u32, lid: u32, n: u32, y_words: u32, corr_base: u32) {
+fn quantize_packed(v: f32, e: u32, tok: u32, lid: u32, n: u32, y_words: u32, corr_base: u32) {
+    let mm = act_block_max(v, lid);
+    let amax = select(mm.x, mm.y, ACT == 15u);
     var q = 0;
     var d = 0.0;
     if (ACT == 15u) {

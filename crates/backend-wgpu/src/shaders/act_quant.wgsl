@@ -30,13 +30,11 @@ fn quantize_act(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     if (e < p.n) {
         v = x[tok * p.x_stride + e];
     }
-    let ra = round_act(v, lid);
-    let r = ra.x;
-    let amax = ra.y;
     if (PACKED) {
-        quantize_packed(v, amax, e, tok, lid, p.n, p.y_stride, p.corr_base);
+        quantize_packed(v, e, tok, lid, p.n, p.y_stride, p.corr_base);
         return;
     }
+    let r = round_act(v, lid);
     if (e < p.n) {
         y[tok * p.y_stride + e] = bitcast<u32>(r);
     }

@@ -59,13 +59,13 @@ fn swiglu(@builtin(global_invocation_id) gid: vec3<u32>, @builtin(local_invocati
         let silu = div_rn(g, 1.0 + expf_ggml(0.0 - g));
         v = mul_rn(silu, b[p.b_base + t * p.b_stride + i]);
     }
-    let ra = round_act(v, lid);
     if (PACKED) {
-        quantize_packed(v, ra.y, i, t, lid, p.n, p.y_stride, p.corr_base);
+        quantize_packed(v, i, t, lid, p.n, p.y_stride, p.corr_base);
         return;
     }
+    let r = round_act(v, lid);
     if (i < p.n) {
-        y[t * p.y_stride + i] = bitcast<u32>(ra.x);
+        y[t * p.y_stride + i] = bitcast<u32>(r);
     }
 }
 

@@ -142,13 +142,13 @@ fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     if (i < p.n) {
         v = (x[xo + i] * scale) * weight[i];
     }
-    let ra = round_act(v, lid);
     if (PACKED) {
-        quantize_packed(v, ra.y, i, wid.z, lid, p.n, p.y_stride, p.corr_base);
+        quantize_packed(v, i, wid.z, lid, p.n, p.y_stride, p.corr_base);
         return;
     }
+    let r = round_act(v, lid);
     if (i < p.n) {
-        y[yo + i] = bitcast<u32>(ra.x);
+        y[yo + i] = bitcast<u32>(r);
     }
 }
 
