@@ -388,7 +388,8 @@ impl OpBuilder<'_> {
                 };
                 let pb = self.ctx.uniform(label, bytemuck::bytes_of(&params));
                 if is_exact(w.ty, w.m) {
-                    // Each batch size's order, in one and four tokens per row.
+                    // Each batch size's order and kernel: single tokens, small
+                    // batches (four tokens per row), batches of 8+ (tiled).
                     let mut variants: Vec<QdotVariant> = Vec::new();
                     for min_tokens in [1, 2, KQUANT_TILED_MIN_BATCH] {
                         let order = exact_order(w.ty, w.m, min_tokens).expect("exact");
