@@ -158,37 +158,25 @@ pub fn act_type(ty: GgmlType) -> Option<GgmlType> {
     }
 }
 
-/// Whether products with a `rows × cols` matrix of `ty` are exact (the CPU's
-/// bits: `quant.wgsl`'s `qdot`, `kdot`, `fdot` and their tiled and
-/// subgroup forms, [`exact_order`]).
-pub fn is_exact(ty: GgmlType, rows: u32, cols: u32) -> bool {
-    exact_order(ty, rows, cols, 1).is_some()
+/// Whether products with a `rows`-row matrix of `ty` are exact (`quant.wgsl`'s
+/// `qdot`/`kdot`: ggml's integer block sums in llama.cpp's float order), so
+/// that their activations go through `act_quant.wgsl`'s packed layout.
+pub fn is_exact(ty: GgmlType, rows: u32) -> bool {
+    exact_order(ty, rows, 1).is_some()
 }
 
-/// Whether the exact products with a `rows × cols` matrix of `ty` read their
-/// activations in `act_quant.wgsl`'s packed layout (ggml's Q8_0, Q8_1 or
-/// Q8_K blocks), rather than as f32 values.
-pub fn reads_packed(ty: GgmlType, rows: u32, cols: u32) -> bool {
-    use GgmlType::*;
-    is_exact(ty, rows, cols) && matches!(act_type(ty), Some(Q8_0 | Q8_1 | Q8_K))
-}
-
-/// The float order in which the exact product sums a `rows × cols` matrix
-/// of `ty` for a batch of `n_tokens`, or `None` when `ty` goes through the
+/// The float order in which the exact product sums a `rows`-row matrix of
+/// `ty` for a batch of `n_tokens`, or `None` when `ty` goes through the
 /// dequantizing kernels instead:
-/// - 0: ggml's `vec_dot` lanes (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0; `qdot`, `qmm`);
+/// - 0: ggml's `vec_dot` lanes (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0; `qdot`);
 /// - 1: the gemm/gemv of the matrices llama.cpp's x86 backend repacks (Q4_0
-///   and IQ4_NL with a multiple of 8 rows; `qdot`, `qmm1`);
+///   and IQ4_NL with a multiple of 8 rows; `qdot`);
 /// - 2: the K-quants' AVX2 `vec_dot` lanes, for fewer than 8 tokens (`kdot`);
-/// - 3: ggml's tiled K-quant kernel, for 8 tokens or more (`kmm`);
-/// - 4: the repacked Q4_K gemm/gemv (Q4_K with a multiple of 8 rows; `kdot`,
-///   `kmm`);
-/// - 5: tinyBLAS's eight lanes for F32, F16 and BF16 (rows of a multiple of
-///   32 elements; `fdot`, `fmm`).
-pub fn exact_order(ty: GgmlType, rows: u32, cols: u32, n_tokens: u32) -> Option<u32> {
+/// - 3: ggml's tiled K-quant kernel, for 8 tokens or more (`kdot`);
+/// - 4: the repacked Q4_K gemm/gemv (Q4_K with a multiple of 8 rows; `kdot`).
+pub fn exact_order(ty: GgmlType, rows: u32, n_tokens: u32) -> Option<u32> {
     use GgmlType::*;
     match ty {
-        F32 | F16 | BF16 if cols.is_multiple_of(32) => Some(5),
         Q4_0 | IQ4_NL if rows.is_multiple_of(8) => Some(1),
         Q4_0 | Q4_1 | Q5_0 | Q5_1 | Q8_0 => Some(0),
         Q4_K if rows.is_multiple_of(8) => Some(4),
@@ -275,8 +263,6 @@ impl Kernel {
             Kernel::Swiglu(_) => "swiglu",
             Kernel::Argmax => "argmax",
             Kernel::QuantizeAct(..) => "quantize_act",
-            Kernel::Qdot(_, 5, QMM_TOKENS) => "fmm",
-            Kernel::Qdot(_, 5, _) => "fdot",
             Kernel::Qdot(_, 1, KMM_TOKENS) => "qmm1",
             Kernel::Qdot(_, _, KMM_TOKENS) => "kmm",
             Kernel::Qdot(_, 0, QMM_TOKENS) => "qmm",

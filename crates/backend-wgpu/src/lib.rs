@@ -20,16 +20,17 @@
 //! query and attention probabilities are rounded like ggml's f16 products,
 //! and RoPE uses tensor-core's cos/sin table. RMSNorm is bit-exact with
 //! the CPU's (its f64 sum of squares emulated with error-free f32 sums, the
-//! mean, square root and reciprocal rounded correctly). Every product,
-//! attention, SwiGLU and RoPE compute the CPU's bits: quantized weights
-//! through ggml's exact integer block sums over packed Q8 activations, then
-//! llama.cpp's float order step for step, with a correctly rounded fused
-//! multiply-add (`fma.wgsl`; emulated where the device's `fma` is not
-//! fused): `vec_dot` lanes, the repacked Q4_0/IQ4_NL/Q4_K gemm/gemv, the
-//! tiled K-quant kernel, chosen by batch size as llama.cpp chooses (`qdot`,
+//! mean, square root and reciprocal rounded correctly). Every quantized
+//! product, attention, SwiGLU and RoPE compute the CPU's bits: ggml's exact
+//! integer block sums over packed Q8 activations, then llama.cpp's float
+//! order step for step, with a correctly rounded fused multiply-add
+//! (`fma.wgsl`; emulated where the device's `fma` is not fused):
+//! `vec_dot` lanes, the repacked Q4_0/IQ4_NL/Q4_K gemm/gemv, the tiled
+//! K-quant kernel, chosen by batch size as llama.cpp chooses (`qdot`,
 //! `kdot`, and the tiled `qmm`, `qmm1`, `kmm` for batches; `quant_sg.wgsl`
-//! with 32-wide subgroups where the device has them); float weights in
-//! tinyBLAS's eight lanes (`fdot`, `fmm`).
+//! with 32-wide subgroups where the device has them). The float
+//! (F32/F16/BF16) products still sum in their own order and differ in the
+//! last bits.
 //!
 //! Design decisions:
 //! - One WGSL file per kernel family, specialised by `override` constants

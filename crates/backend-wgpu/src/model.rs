@@ -19,7 +19,7 @@ use gguf_format::{GgmlType, Gguf, GgufHeader, TensorInfo};
 
 use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
-use crate::kernels::{act_type, reads_packed, Kernel};
+use crate::kernels::{act_type, is_exact, Kernel};
 use crate::ops::{AttnParams, EwParams, GpuMatrix, Op, OpBuilder, RopeParams, StepUniform};
 
 /// Hyper-parameters of a LLaMA-family model, read from GGUF metadata.
@@ -233,7 +233,7 @@ impl ActBuffers<'_> {
         let Some(act) = act_type(w.ty) else {
             return src.clone();
         };
-        let key = (act, reads_packed(w.ty, w.m, w.k));
+        let key = (act, is_exact(w.ty, w.m));
         if self.fused {
             // The norm or SwiGLU that wrote `src` rounded it already: into
             // `src` itself, or packed into the key's buffer.
@@ -253,7 +253,7 @@ impl ActBuffers<'_> {
 /// needed), or `None` when they need different roundings or layouts, or Q8_1
 /// as f32 values (whose block sums that layout lacks).
 fn fused_act(ws: &[&GpuMatrix]) -> Option<Option<(GgmlType, bool)>> {
-    let key = |w: &GpuMatrix| act_type(w.ty).map(|a| (a, reads_packed(w.ty, w.m, w.k)));
+    let key = |w: &GpuMatrix| act_type(w.ty).map(|a| (a, is_exact(w.ty, w.m)));
     let first = key(ws[0]);
     let same = ws.iter().all(|w| key(w) == first);
     (same && first != Some((GgmlType::Q8_1, false))).then_some(first)

@@ -57,8 +57,7 @@ fn check(what: &str, ok: bool, msg: impl FnOnce() -> String) -> Result<()> {
 /// device's binding limit. With `round_activations`, `x` is first rounded to
 /// the weight type's activation format ([`crate::kernels::act_type`]) as
 /// the forward pass does, which makes the result ggml's `mul_mat`. Formats
-/// with an exact product on packed activations
-/// ([`crate::kernels::reads_packed`]) always round:
+/// with an exact product ([`crate::kernels::is_exact`]) always round:
 /// that kernel multiplies integer quants.
 #[allow(clippy::too_many_arguments)]
 pub fn matmul(
@@ -94,11 +93,9 @@ pub fn matmul(
     let dummy = ctx.storage("dummy", 16);
     let mut ops = Vec::new();
     let mut input = xb.clone();
-    // The exact products read only rounded activations (packed, for the
-    // quantized ones).
-    let packed = crate::kernels::reads_packed(ty, m as u32, k as u32);
-    let exact = crate::kernels::is_exact(ty, m as u32, k as u32);
-    if let Some(act) = crate::kernels::act_type(ty).filter(|_| round_activations || exact) {
+    // The exact products read only quantized activations.
+    let packed = crate::kernels::is_exact(ty, m as u32);
+    if let Some(act) = crate::kernels::act_type(ty).filter(|_| round_activations || packed) {
         input = ctx.storage("xq", (x.len() * 4 + x.len() / 16 * 4) as u64);
         ops.push(b.quantize_act(
             act,

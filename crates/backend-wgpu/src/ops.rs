@@ -387,17 +387,17 @@ impl OpBuilder<'_> {
                     pad: [0; 3],
                 };
                 let pb = self.ctx.uniform(label, bytemuck::bytes_of(&params));
-                if is_exact(w.ty, w.m, w.k) {
+                if is_exact(w.ty, w.m) {
                     // Each batch size's order and kernel: single tokens, small
                     // batches (four tokens per row), batches of 8+ (tiled).
                     let mut variants: Vec<QdotVariant> = Vec::new();
                     for min_tokens in [1, 2, KQUANT_TILED_MIN_BATCH] {
-                        let order = exact_order(w.ty, w.m, w.k, min_tokens).expect("exact");
+                        let order = exact_order(w.ty, w.m, min_tokens).expect("exact");
                         // Batches of 8+ take the tiled kmm (K-quants), qmm
                         // (vec_dot lanes) or qmm1 (repacked order).
                         let tokens = match order {
                             _ if min_tokens < KQUANT_TILED_MIN_BATCH => qdot_tokens(min_tokens),
-                            0 | 5 => QMM_TOKENS,
+                            0 => QMM_TOKENS,
                             _ => KMM_TOKENS,
                         };
                         if variants
@@ -413,13 +413,12 @@ impl OpBuilder<'_> {
                         // (Subgroups: single tokens, and K-quant batches
                         // below 8; qdot's batches measured faster on an H100.)
                         let sg = self.ctx.caps().subgroup32
-                            && order != 5
                             && (tokens == 1 || (order >= 2 && tokens < KMM_TOKENS));
                         let (kernel, outputs) = match (tokens, order) {
                             (KMM_TOKENS, _) => (Kernel::Qdot(w.ty, order, tokens), 64 * tokens),
-                            (QMM_TOKENS, 0 | 5) => (Kernel::Qdot(w.ty, order, tokens), 32 * tokens),
+                            (QMM_TOKENS, 0) => (Kernel::Qdot(w.ty, order, tokens), 32 * tokens),
                             _ if sg => (Kernel::Sg(w.ty, order, tokens), 8),
-                            (_, 1 | 5) => (Kernel::Qdot(w.ty, order, tokens), 256),
+                            (_, 1) => (Kernel::Qdot(w.ty, order, tokens), 256),
                             (_, 0) => (Kernel::Qdot(w.ty, order, tokens), 32),
                             _ => (Kernel::Qdot(w.ty, order, tokens), 4),
                         };

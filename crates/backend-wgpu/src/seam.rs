@@ -18,7 +18,7 @@ use tensor_core::attention::{AttentionParams, KvShape, KvType};
 use tensor_core::{Backend, RopeParams, Tensor, TensorError};
 
 use crate::device::GpuContext;
-use crate::kernels::{act_type, reads_packed, Kernel};
+use crate::kernels::{act_type, is_exact, Kernel};
 use crate::ops::{self, AttnParams, EwParams, GpuMatrix, Op, OpBuilder, StepUniform};
 
 type TcResult<T> = tensor_core::Result<T>;
@@ -292,7 +292,7 @@ impl Backend for WgpuBackend {
         let input = match act_type(w.ty) {
             Some(act) => {
                 let s = self.scratch(0, (floats + floats / 16 + 1) * 4);
-                let packed = reads_packed(w.ty, w.m, w.k);
+                let packed = is_exact(w.ty, w.m);
                 ops.push(ob.quantize_act(
                     act, packed, &x.buffer, k as u32, &s, k as u32, k as u32, corr_base,
                 ));

@@ -65,8 +65,6 @@ fn synth_kld(ftype: &str) -> (f64, f64) {
     (kld, top1)
 }
 
-/// Float weights: the GPU multiplies in tinyBLAS's order (`fdot`, `fmm`),
-/// as llama.cpp's x86 build does, so these too match to the bit.
 #[test]
 fn synth_float_logits_match_llama_cpp() {
     for ftype in FLOAT_FTYPES {
@@ -79,9 +77,8 @@ fn synth_float_logits_match_llama_cpp() {
 }
 
 /// Files whose products take Q8_0/Q8_1-quantized activations: the GPU sums
-/// ggml's exact integer block sums in llama.cpp's float order (`qdot`,
-/// `qmm`, `qmm1`), so it must match llama.cpp to the brief's bound (on
-/// llvmpipe and an H100 they match to the bit: mean KLD 0).
+/// ggml's exact integer block sums in llama.cpp's float order (`qdot`), so
+/// it must match llama.cpp to the brief's bound.
 const EXACT_FTYPES: [&str; 6] = ["Q8_0", "Q5_0", "Q5_1", "Q4_0", "Q4_1", "IQ4_NL"];
 
 #[test]

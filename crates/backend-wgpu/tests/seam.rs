@@ -42,8 +42,9 @@ fn seam_forward_matches_cpu() {
                 "seam synth-{ftype} n_batch {n_batch}: GPU vs CPU mean KLD {kld:.3e}, top-1 {:.1}%",
                 top1 * 100.0
             );
-            // Every product is exact (the CPU's bits), so the logits are equal.
-            let bound = 1e-9;
+            // The quantized products are exact; F16's are f32 sums in the
+            // GPU's own order.
+            let bound = if ftype == "F16" { 1e-4 } else { 1e-9 };
             assert!(
                 kld <= bound && top1 >= 0.95,
                 "synth-{ftype}: mean KLD {kld:.3e}, top-1 {top1}"

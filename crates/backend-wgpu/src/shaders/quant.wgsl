@@ -1418,48 +1418,40 @@ fn qmm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l
         }
         workgroupBarrier();
     }
-    let tot = lanes_finish(g, r, array<vec4<f32>, 4>(hi0 + lo0, hi1 + lo1, hi2 + lo2, hi3 + lo3));
-    if (g == 0u) {
-        qmm_store(tok0 + ty, row0 + tx, n_tok, tot[0] + sm0);
-        qmm_store(tok0 + ty + 8u, row0 + tx, n_tok, tot[1] + sm1);
-        qmm_store(tok0 + ty + 16u, row0 + tx, n_tok, tot[2] + sm2);
-        qmm_store(tok0 + ty + 24u, row0 + tx, n_tok, tot[3] + sm3);
-    }
-}
-
-// hsum_float_8 of 4 × 4 outputs whose lanes g and g + 4 invocation
-// g·64 + r holds, as h = a_{g+4} + a_g (g = 0..3): (h0 + h2) + (h1 + h3),
-// through workgroup memory. The result is valid in invocations with g = 0.
-// Every invocation of the workgroup must call it.
-fn lanes_finish(g: u32, r: u32, h_in: array<vec4<f32>, 4>) -> array<vec4<f32>, 4> {
-    var h = h_in;
+    // hsum_float_8: h_g = a_{g+4} + a_g, then (h0 + h2) + (h1 + h3).
+    var h0 = hi0 + lo0;
+    var h1 = hi1 + lo1;
+    var h2 = hi2 + lo2;
+    var h3 = hi3 + lo3;
     if (g >= 2u) {
         let o = (g - 2u) * 256u + r * 4u;
-        for (var j = 0u; j < 4u; j++) {
-            qh[o + j] = h[j];
-        }
+        qh[o] = h0;
+        qh[o + 1u] = h1;
+        qh[o + 2u] = h2;
+        qh[o + 3u] = h3;
     }
     workgroupBarrier();
     if (g < 2u) {
         let o = g * 256u + r * 4u;
-        for (var j = 0u; j < 4u; j++) {
-            h[j] = h[j] + qh[o + j];
-        }
+        h0 = h0 + qh[o];
+        h1 = h1 + qh[o + 1u];
+        h2 = h2 + qh[o + 2u];
+        h3 = h3 + qh[o + 3u];
     }
     workgroupBarrier();
     if (g == 1u) {
-        for (var j = 0u; j < 4u; j++) {
-            qh[r * 4u + j] = h[j];
-        }
+        qh[r * 4u] = h0;
+        qh[r * 4u + 1u] = h1;
+        qh[r * 4u + 2u] = h2;
+        qh[r * 4u + 3u] = h3;
     }
     workgroupBarrier();
     if (g == 0u) {
-        for (var j = 0u; j < 4u; j++) {
-            h[j] = h[j] + qh[r * 4u + j];
-        }
+        qmm_store(tok0 + ty, row0 + tx, n_tok, (h0 + qh[r * 4u]) + sm0);
+        qmm_store(tok0 + ty + 8u, row0 + tx, n_tok, (h1 + qh[r * 4u + 1u]) + sm1);
+        qmm_store(tok0 + ty + 16u, row0 + tx, n_tok, (h2 + qh[r * 4u + 2u]) + sm2);
+        qmm_store(tok0 + ty + 24u, row0 + tx, n_tok, (h3 + qh[r * 4u + 3u]) + sm3);
     }
-    workgroupBarrier();
-    return h;
 }
 
 // Outputs of token `tok` for rows row + 8·i (those inside the batch and matrix).
@@ -1557,117 +1549,4 @@ fn qmm1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     mm_store(tok0 + ty + 16u, row0 + tx, n_tok, acc1);
     mm_store(tok0 + ty + 32u, row0 + tx, n_tok, acc2);
     mm_store(tok0 + ty + 48u, row0 + tx, n_tok, acc3);
-}
-
-// ---- exact float products (F32 F16 BF16): tinyBLAS's order (ORDER 5) ----
-//
-// llamafile's tinyBLAS, which llama.cpp's x86 build multiplies float
-// weights with (tensor-core's gemm/float.rs): element i of a dot product is
-// multiply-added into lane i % 8 (fused: F32 and BF16 need it; for F16 the
-// product of two f16 values is exact, so fused or not rounds the same), and
-// the lanes are summed by hsum_float_8. x holds the activations as f32
-// (for F16 and BF16 weights rounded to that type already).
-
-// Grid: (ceil(tokens / QDOT_TOKENS), ceil(m / (256 / QDOT_TOKENS)), 1): one
-// invocation per output.
-@compute @workgroup_size(256)
-fn fdot(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let tok = wid.x * QDOT_TOKENS + lid % QDOT_TOKENS;
-    let row = wid.y * (256u / QDOT_TOKENS) + lid / QDOT_TOKENS;
-    if (row >= p.m || tok >= step.n_tokens) {
-        return;
-    }
-    let base = row * p.row_bytes;
-    let xb = tok * (p.x_stride >> 2u);
-    var lo = vec4<f32>(0.0);
-    var hi = vec4<f32>(0.0);
-    for (var s = 0u; s < (p.k >> 3u); s++) {
-        lo = fma4(deq4(base, s >> 2u, 2u * (s & 3u)), x[xb + 2u * s], lo);
-        hi = fma4(deq4(base, s >> 2u, 2u * (s & 3u) + 1u), x[xb + 2u * s + 1u], hi);
-    }
-    store(tok, row, hsum_float_8(lo, hi));
-}
-
-const FS: u32 = 65u; // floats per row in fmm's tiles: 64, plus 1 against bank conflicts
-var<workgroup> fw_tile: array<f32, 2080>; // 32 rows × 65
-var<workgroup> fx_tile: array<f32, 2080>; // 32 tokens × 65
-
-// ORDER 5 for batches: 32 × 32 tiles as qmm's, each 64-element chunk's
-// weights decoded into workgroup memory; invocation lid takes lanes
-// g = lid / 64 and g + 4 of a 4 × 4 block of outputs (rows tx + 8i, tokens
-// ty + 8j), whose chains see elements g, g + 8, ... in order.
-// Grid: (ceil(tokens / 32), ceil(m / 32), 1).
-@compute @workgroup_size(256)
-fn fmm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let tok0 = wid.x * 32u;
-    let row0 = wid.y * 32u;
-    let n_tok = step.n_tokens;
-    let g = lid >> 6u;
-    let r = lid & 63u;
-    let tx = r & 7u;
-    let ty = r >> 3u;
-    let nc = p.k >> 5u; // chunks of 32 (deq4's unit)
-    // Loading: invocation lid stages 8 values of row (token) lid / 8.
-    let lr = lid >> 3u;
-    let lg = lid & 7u;
-    let lrow = row0 + lr;
-    let ltok = tok0 + lr;
-    let xs = p.x_stride >> 2u;
-    var lo0 = vec4<f32>(0.0);
-    var lo1 = vec4<f32>(0.0);
-    var lo2 = vec4<f32>(0.0);
-    var lo3 = vec4<f32>(0.0);
-    var hi0 = vec4<f32>(0.0);
-    var hi1 = vec4<f32>(0.0);
-    var hi2 = vec4<f32>(0.0);
-    var hi3 = vec4<f32>(0.0);
-    for (var c0 = 0u; c0 < nc; c0 += 2u) {
-        // Elements 8·lg .. + 7 of the 64: chunk c0 + lg / 4, groups 2(lg % 4), +1.
-        let c = c0 + (lg >> 2u);
-        let gq = 2u * (lg & 3u);
-        var w0 = vec4<f32>(0.0);
-        var w1 = vec4<f32>(0.0);
-        var x0 = vec4<f32>(0.0);
-        var x1 = vec4<f32>(0.0);
-        if (lrow < p.m && c < nc) {
-            w0 = deq4(lrow * p.row_bytes, c, gq);
-            w1 = deq4(lrow * p.row_bytes, c, gq + 1u);
-        }
-        if (ltok < n_tok && c < nc) {
-            x0 = x[ltok * xs + 8u * c + gq];
-            x1 = x[ltok * xs + 8u * c + gq + 1u];
-        }
-        let o = lr * FS + 8u * lg;
-        for (var i = 0u; i < 4u; i++) {
-            fw_tile[o + i] = w0[i];
-            fw_tile[o + 4u + i] = w1[i];
-            fx_tile[o + i] = x0[i];
-            fx_tile[o + 4u + i] = x1[i];
-        }
-        workgroupBarrier();
-        for (var e = g; e < 64u; e += 8u) {
-            let el = e;
-            let eh = e + 4u;
-            let al = vec4<f32>(fw_tile[tx * FS + el], fw_tile[(tx + 8u) * FS + el],
-                               fw_tile[(tx + 16u) * FS + el], fw_tile[(tx + 24u) * FS + el]);
-            let ah = vec4<f32>(fw_tile[tx * FS + eh], fw_tile[(tx + 8u) * FS + eh],
-                               fw_tile[(tx + 16u) * FS + eh], fw_tile[(tx + 24u) * FS + eh]);
-            lo0 = fma4(al, vec4<f32>(fx_tile[ty * FS + el]), lo0);
-            lo1 = fma4(al, vec4<f32>(fx_tile[(ty + 8u) * FS + el]), lo1);
-            lo2 = fma4(al, vec4<f32>(fx_tile[(ty + 16u) * FS + el]), lo2);
-            lo3 = fma4(al, vec4<f32>(fx_tile[(ty + 24u) * FS + el]), lo3);
-            hi0 = fma4(ah, vec4<f32>(fx_tile[ty * FS + eh]), hi0);
-            hi1 = fma4(ah, vec4<f32>(fx_tile[(ty + 8u) * FS + eh]), hi1);
-            hi2 = fma4(ah, vec4<f32>(fx_tile[(ty + 16u) * FS + eh]), hi2);
-            hi3 = fma4(ah, vec4<f32>(fx_tile[(ty + 24u) * FS + eh]), hi3);
-        }
-        workgroupBarrier();
-    }
-    let tot = lanes_finish(g, r, array<vec4<f32>, 4>(hi0 + lo0, hi1 + lo1, hi2 + lo2, hi3 + lo3));
-    if (g == 0u) {
-        qmm_store(tok0 + ty, row0 + tx, n_tok, tot[0]);
-        qmm_store(tok0 + ty + 8u, row0 + tx, n_tok, tot[1]);
-        qmm_store(tok0 + ty + 16u, row0 + tx, n_tok, tot[2]);
-        qmm_store(tok0 + ty + 24u, row0 + tx, n_tok, tot[3]);
-    }
 }
