@@ -1315,6 +1315,22 @@ var<workgroup> qw_dm: array<vec4<f32>, 32>;   // per row: d, m of the chunk's tw
 var<workgroup> qx_ds: array<vec4<f32>, 32>;   // per token: d, s of the chunk's two blocks
 var<workgroup> qh: array<vec4<f32>, 512>;
 
+// Word u of row `row`'s packed quants and of token `tok`'s (zeros past
+// the matrix, the batch or the row), for the tiled kernels' staging.
+fn qdot_stage(row: u32, tok: u32, n_tok: u32, u: u32) -> vec2<u32> {
+    let c = u >> 3u;
+    var r = vec2<u32>(0u);
+    if (c < (p.k >> 5u)) {
+        if (row < p.m) {
+            r.x = qdot_wq(row * p.row_bytes, c, u & 7u);
+        }
+        if (tok < n_tok) {
+            r.y = qdot_xq(tok, c, u & 7u);
+        }
+    }
+    return r;
+}
+
 // Grid: (ceil(tokens / 32), ceil(m / 32), 1).
 @compute @workgroup_size(256)
 fn qmm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
@@ -1347,18 +1363,9 @@ fn qmm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) l
     var sm3 = vec4<f32>(0.0);
     for (var c0 = 0u; c0 < nb; c0 += 2u) {
         for (var i = 0u; i < 2u; i++) {
-            let wi = lw + i;
-            let c = c0 + (wi >> 3u);
-            var wv = 0u;
-            var xv = 0u;
-            if (lrow < p.m && c < nb) {
-                wv = qdot_wq(lrow * p.row_bytes, c, wi & 7u);
-            }
-            if (ltok < n_tok && c < nb) {
-                xv = qdot_xq(ltok, c, wi & 7u);
-            }
-            qw_tile[lr * KWS + wi] = wv;
-            qx_tile[lr * KWS + wi] = xv;
+            let v = qdot_stage(lrow, ltok, n_tok, c0 * 8u + lw + i);
+            qw_tile[lr * KWS + lw + i] = v.x;
+            qx_tile[lr * KWS + lw + i] = v.y;
         }
         if ((lid & 7u) == 0u) {
             var dm = vec4<f32>(0.0);
@@ -1495,18 +1502,9 @@ fn qmm1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     var acc3 = vec4<f32>(0.0);
     for (var c0 = 0u; c0 < nb; c0 += 2u) {
         for (var i = 0u; i < 4u; i++) {
-            let wi = lw + i;
-            let c = c0 + (wi >> 3u);
-            var wv = 0u;
-            var xv = 0u;
-            if (lrow < p.m && c < nb) {
-                wv = qdot_wq(lrow * p.row_bytes, c, wi & 7u);
-            }
-            if (ltok < n_tok && c < nb) {
-                xv = qdot_xq(ltok, c, wi & 7u);
-            }
-            kw_tile[lr * KWS + wi] = wv;
-            kx_tile[lr * KWS + wi] = xv;
+            let v = qdot_stage(lrow, ltok, n_tok, c0 * 8u + lw + i);
+            kw_tile[lr * KWS + lw + i] = v.x;
+            kx_tile[lr * KWS + lw + i] = v.y;
         }
         if (lw == 0u) {
             var dw = vec2<f32>(0.0);
