@@ -254,6 +254,8 @@ impl Kernel {
     pub(crate) fn entry_point(self) -> &'static str {
         match self {
             Kernel::Matvec(_) => "matvec",
+            // Float weights in tinyBLAS's lane order, the CPU's bits.
+            Kernel::Matmul(GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) => "fmatmul",
             Kernel::Matmul(_) => "matmul",
             Kernel::GetRows(_) => "get_rows",
             Kernel::RmsNorm(_) => "rms_norm",

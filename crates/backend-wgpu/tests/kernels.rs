@@ -193,6 +193,28 @@ fn kquant_products_are_the_cpus_bit_for_bit() {
     }
 }
 
+/// Float weights in batches above the matrix-vector path (`fmatmul`,
+/// tinyBLAS's lanes) equal the CPU backend's products to the bit, with the
+/// activations rounded to the weight type as the forward pass rounds them.
+#[test]
+fn float_batches_are_the_cpus_bit_for_bit() {
+    let ctx = ctx();
+    for (i, ty) in [GgmlType::F32, GgmlType::F16, GgmlType::BF16].into_iter().enumerate() {
+        for (case, n) in [5usize, 9, 70, 130].into_iter().enumerate() {
+            let mut rng = StdRng::seed_from_u64(7000 + 10 * i as u64 + case as u64);
+            let k = 32 * rng.gen_range(1..=40);
+            let m = rng.gen_range(1..=150);
+            let (bytes, _) = random_weights(&mut rng, ty, k, m);
+            let scale = [1.0f32, 40.0, 1e-3][case % 3];
+            let x: Vec<f32> = (0..n * k)
+                .map(|_| rng.gen_range(-1.0f32..1.0) * scale)
+                .collect();
+            let got = oneshot::matmul(&ctx, ty, &bytes, k, m, &x, None, true).unwrap();
+            assert_bits(ty, k, m, &got, &cpu_matmul(ty, &bytes, k, m, &x));
+        }
+    }
+}
+
 #[test]
 fn matvec_all_formats() {
     for (i, &ty) in GPU_TYPES.iter().enumerate() {

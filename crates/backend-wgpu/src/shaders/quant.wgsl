@@ -1548,3 +1548,134 @@ fn qmm1(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     mm_store(tok0 + ty + 32u, row0 + tx, n_tok, acc2);
     mm_store(tok0 + ty + 48u, row0 + tx, n_tok, acc3);
 }
+
+// ---- float weights in tinyBLAS's order: matmul with lane accumulators ----
+//
+// F32, F16 and BF16 batches as llama.cpp's x86 build multiplies them
+// (llamafile's tinyBLAS, tensor-core's gemm/float.rs): element e of a dot
+// product is multiply-added (fused) into lane e % 8, and the eight lanes
+// are summed by hsum_float_8. matmul's tiles and loads, but each output
+// keeps its lanes 0..3 (groups of 4 elements at even g) and 4..7 (odd g)
+// as two vec4 accumulators, advanced with a component-wise fused
+// multiply-add: the same instruction count as matmul's dot products. x
+// holds the activations rounded to the weight type (the norm, SwiGLU or
+// act_quant.wgsl does it), as ggml's vec_dot_type conversion does.
+@compute @workgroup_size(256)
+fn fmatmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row0 = wid.x * TM;
+    let tok0 = wid.y * TN;
+    let n_tok = step.n_tokens;
+    let tx = lid & 15u;
+    let ty = lid >> 4u;
+    // lJI / hJI: lanes 0..3 / 4..7 of token ty + 16J, row tx + 16I.
+    var l00 = vec4<f32>(0.0);
+    var l01 = vec4<f32>(0.0);
+    var l02 = vec4<f32>(0.0);
+    var l03 = vec4<f32>(0.0);
+    var l10 = vec4<f32>(0.0);
+    var l11 = vec4<f32>(0.0);
+    var l12 = vec4<f32>(0.0);
+    var l13 = vec4<f32>(0.0);
+    var l20 = vec4<f32>(0.0);
+    var l21 = vec4<f32>(0.0);
+    var l22 = vec4<f32>(0.0);
+    var l23 = vec4<f32>(0.0);
+    var l30 = vec4<f32>(0.0);
+    var l31 = vec4<f32>(0.0);
+    var l32 = vec4<f32>(0.0);
+    var l33 = vec4<f32>(0.0);
+    var h00 = vec4<f32>(0.0);
+    var h01 = vec4<f32>(0.0);
+    var h02 = vec4<f32>(0.0);
+    var h03 = vec4<f32>(0.0);
+    var h10 = vec4<f32>(0.0);
+    var h11 = vec4<f32>(0.0);
+    var h12 = vec4<f32>(0.0);
+    var h13 = vec4<f32>(0.0);
+    var h20 = vec4<f32>(0.0);
+    var h21 = vec4<f32>(0.0);
+    var h22 = vec4<f32>(0.0);
+    var h23 = vec4<f32>(0.0);
+    var h30 = vec4<f32>(0.0);
+    var h31 = vec4<f32>(0.0);
+    var h32 = vec4<f32>(0.0);
+    var h33 = vec4<f32>(0.0);
+    let chunks = p.k >> 5u;
+    let xs = p.x_stride >> 2u;
+    let r0 = lid >> 3u;
+    let g0 = lid & 7u;
+    var w0 = mm_load_w(row0 + r0, 0u, g0);
+    var w1 = mm_load_w(row0 + r0 + 32u, 0u, g0);
+    var x0 = mm_load_x(tok0 + r0, n_tok, xs, 0u, g0);
+    var x1 = mm_load_x(tok0 + r0 + 32u, n_tok, xs, 0u, g0);
+    for (var c = 0u; c < chunks; c++) {
+        w_tile[r0 * TS + g0] = w0;
+        w_tile[(r0 + 32u) * TS + g0] = w1;
+        x_tile[r0 * TS + g0] = x0;
+        x_tile[(r0 + 32u) * TS + g0] = x1;
+        workgroupBarrier();
+        if (c + 1u < chunks) {
+            w0 = mm_load_w(row0 + r0, c + 1u, g0);
+            w1 = mm_load_w(row0 + r0 + 32u, c + 1u, g0);
+            x0 = mm_load_x(tok0 + r0, n_tok, xs, c + 1u, g0);
+            x1 = mm_load_x(tok0 + r0 + 32u, n_tok, xs, c + 1u, g0);
+        }
+        for (var g = 0u; g < 8u; g += 2u) {
+            let a0 = w_tile[(tx + 0u) * TS + g];
+            let a1 = w_tile[(tx + 16u) * TS + g];
+            let a2 = w_tile[(tx + 32u) * TS + g];
+            let a3 = w_tile[(tx + 48u) * TS + g];
+            let b0 = x_tile[(ty + 0u) * TS + g];
+            let b1 = x_tile[(ty + 16u) * TS + g];
+            let b2 = x_tile[(ty + 32u) * TS + g];
+            let b3 = x_tile[(ty + 48u) * TS + g];
+            l00 = fma4(a0, b0, l00);
+            l01 = fma4(a1, b0, l01);
+            l02 = fma4(a2, b0, l02);
+            l03 = fma4(a3, b0, l03);
+            l10 = fma4(a0, b1, l10);
+            l11 = fma4(a1, b1, l11);
+            l12 = fma4(a2, b1, l12);
+            l13 = fma4(a3, b1, l13);
+            l20 = fma4(a0, b2, l20);
+            l21 = fma4(a1, b2, l21);
+            l22 = fma4(a2, b2, l22);
+            l23 = fma4(a3, b2, l23);
+            l30 = fma4(a0, b3, l30);
+            l31 = fma4(a1, b3, l31);
+            l32 = fma4(a2, b3, l32);
+            l33 = fma4(a3, b3, l33);
+            {
+                let a0 = w_tile[(tx + 0u) * TS + g + 1u];
+                let a1 = w_tile[(tx + 16u) * TS + g + 1u];
+                let a2 = w_tile[(tx + 32u) * TS + g + 1u];
+                let a3 = w_tile[(tx + 48u) * TS + g + 1u];
+                let b0 = x_tile[(ty + 0u) * TS + g + 1u];
+                let b1 = x_tile[(ty + 16u) * TS + g + 1u];
+                let b2 = x_tile[(ty + 32u) * TS + g + 1u];
+                let b3 = x_tile[(ty + 48u) * TS + g + 1u];
+                h00 = fma4(a0, b0, h00);
+                h01 = fma4(a1, b0, h01);
+                h02 = fma4(a2, b0, h02);
+                h03 = fma4(a3, b0, h03);
+                h10 = fma4(a0, b1, h10);
+                h11 = fma4(a1, b1, h11);
+                h12 = fma4(a2, b1, h12);
+                h13 = fma4(a3, b1, h13);
+                h20 = fma4(a0, b2, h20);
+                h21 = fma4(a1, b2, h21);
+                h22 = fma4(a2, b2, h22);
+                h23 = fma4(a3, b2, h23);
+                h30 = fma4(a0, b3, h30);
+                h31 = fma4(a1, b3, h31);
+                h32 = fma4(a2, b3, h32);
+                h33 = fma4(a3, b3, h33);
+            }
+        }
+        workgroupBarrier();
+    }
+    mm_store(tok0 + ty, row0 + tx, n_tok, vec4<f32>(hsum_float_8(l00, h00), hsum_float_8(l01, h01), hsum_float_8(l02, h02), hsum_float_8(l03, h03)));
+    mm_store(tok0 + ty + 16u, row0 + tx, n_tok, vec4<f32>(hsum_float_8(l10, h10), hsum_float_8(l11, h11), hsum_float_8(l12, h12), hsum_float_8(l13, h13)));
+    mm_store(tok0 + ty + 32u, row0 + tx, n_tok, vec4<f32>(hsum_float_8(l20, h20), hsum_float_8(l21, h21), hsum_float_8(l22, h22), hsum_float_8(l23, h23)));
+    mm_store(tok0 + ty + 48u, row0 + tx, n_tok, vec4<f32>(hsum_float_8(l30, h30), hsum_float_8(l31, h31), hsum_float_8(l32, h32), hsum_float_8(l33, h33)));
+}
