@@ -199,7 +199,10 @@ fn kquant_products_are_the_cpus_bit_for_bit() {
 #[test]
 fn float_batches_are_the_cpus_bit_for_bit() {
     let ctx = ctx();
-    for (i, ty) in [GgmlType::F32, GgmlType::F16, GgmlType::BF16].into_iter().enumerate() {
+    for (i, ty) in [GgmlType::F32, GgmlType::F16, GgmlType::BF16]
+        .into_iter()
+        .enumerate()
+    {
         for (case, n) in [5usize, 9, 70, 130].into_iter().enumerate() {
             let mut rng = StdRng::seed_from_u64(7000 + 10 * i as u64 + case as u64);
             let k = 32 * rng.gen_range(1..=40);
