@@ -28,9 +28,10 @@
 //! `vec_dot` lanes, the repacked Q4_0/IQ4_NL/Q4_K gemm/gemv, the tiled
 //! K-quant kernel, chosen by batch size as llama.cpp chooses (`qdot`,
 //! `kdot`, and the tiled `qmm`, `qmm1`, `kmm` for batches; `quant_sg.wgsl`
-//! with 32-wide subgroups where the device has them). The float
-//! (F32/F16/BF16) products still sum in their own order and differ in the
-//! last bits.
+//! with 32-wide subgroups where the device has them). Float (F32/F16/BF16)
+//! batches above four tokens take tinyBLAS's eight fused lanes (`fmatmul`);
+//! one to four tokens still sum in the matrix-vector kernel's own order and
+//! differ in the last bits.
 //!
 //! Design decisions:
 //! - One WGSL file per kernel family, specialised by `override` constants

@@ -42,8 +42,9 @@ fn seam_forward_matches_cpu() {
                 "seam synth-{ftype} n_batch {n_batch}: GPU vs CPU mean KLD {kld:.3e}, top-1 {:.1}%",
                 top1 * 100.0
             );
-            // The quantized products are exact; F16's are f32 sums in the
-            // GPU's own order.
+            // The quantized products are exact, and so are F16's batches
+            // above four tokens; F16 with one to four tokens (the last
+            // chunk of 7s) sums in the matrix-vector kernel's own order.
             let bound = if ftype == "F16" { 1e-4 } else { 1e-9 };
             assert!(
                 kld <= bound && top1 >= 0.95,
