@@ -1679,3 +1679,58 @@ fn fmatmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     mm_store(tok0 + ty + 32u, row0 + tx, n_tok, vec4<f32>(hsum_float_8(l20, h20), hsum_float_8(l21, h21), hsum_float_8(l22, h22), hsum_float_8(l23, h23)));
     mm_store(tok0 + ty + 48u, row0 + tx, n_tok, vec4<f32>(hsum_float_8(l30, h30), hsum_float_8(l31, h31), hsum_float_8(l32, h32), hsum_float_8(l33, h33)));
 }
+
+// ---- float weights in tinyBLAS's order, one to four tokens ----
+//
+// fmatmul's order for the matrix-vector path: invocation (row, lane L) runs
+// lane L's chain, acc = fma(w[8s + L], x[8s + L], acc) for s = 0, 1, ...,
+// for each of the batch's (at most four) tokens, reading the row once; the
+// eight lanes of a row read eight consecutive weights per step. The lanes
+// are then summed by hsum_float_8 through workgroup memory.
+
+// Weight e of the F32/F16/BF16 row at byte `base`.
+fn fw1(base: u32, e: u32) -> f32 {
+    switch FORMAT {
+        case 0u: { return bitcast<f32>(w[(base >> 2u) + e]); }
+        case 1u: { return unpack2x16float(w[(base >> 2u) + (e >> 1u)])[e & 1u]; }
+        default: { // BF16
+            let v = w[(base >> 2u) + (e >> 1u)];
+            return bitcast<f32>(select(v << 16u, v & 0xffff0000u, (e & 1u) == 1u));
+        }
+    }
+}
+
+// Activation e of token tok.
+fn fx1(tok: u32, e: u32) -> f32 {
+    let i = tok * p.x_stride + e;
+    return x[i >> 2u][i & 3u];
+}
+
+// Grid: (1, ceil(m / 32), 1); step.n_tokens ≤ 4.
+@compute @workgroup_size(256)
+fn fmatvec(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let lane = lid & 7u;
+    let row = wid.y * 32u + (lid >> 3u);
+    let live = row < p.m;
+    let n = step.n_tokens;
+    let base = row * p.row_bytes;
+    var a = vec4<f32>(0.0); // tokens 0..3
+    if (live) {
+        for (var e = lane; e < p.k; e += 8u) {
+            let wv = fw1(base, e);
+            a.x = fma_rn(wv, fx1(0u, e), a.x);
+            if (n > 1u) { a.y = fma_rn(wv, fx1(1u, e), a.y); }
+            if (n > 2u) { a.z = fma_rn(wv, fx1(2u, e), a.z); }
+            if (n > 3u) { a.w = fma_rn(wv, fx1(3u, e), a.w); }
+        }
+    }
+    for (var t = 0u; t < 4u; t++) {
+        lanes[lid] = a[t];
+        workgroupBarrier();
+        if (live && lane == 0u && t < n) {
+            store(t, row, hsum_float_8(vec4<f32>(lanes[lid], lanes[lid + 1u], lanes[lid + 2u], lanes[lid + 3u]),
+                                       vec4<f32>(lanes[lid + 4u], lanes[lid + 5u], lanes[lid + 6u], lanes[lid + 7u])));
+        }
+        workgroupBarrier();
+    }
+}
