@@ -253,7 +253,6 @@ impl Kernel {
 
     pub(crate) fn entry_point(self) -> &'static str {
         match self {
-            Kernel::Matvec(GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) => "fmatvec",
             Kernel::Matvec(_) => "matvec",
             // Float weights in tinyBLAS's lane order, the CPU's bits.
             Kernel::Matmul(GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) => "fmatmul",

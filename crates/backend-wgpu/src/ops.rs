@@ -243,9 +243,6 @@ pub(crate) enum Grid {
     Fixed([u32; 3]),
     /// A linear layer of `m` rows: matvec or matmul by batch size.
     Linear { m: u32 },
-    /// A linear layer of `m` rows of float weights: fmatvec (32 rows per
-    /// workgroup, all the batch's tokens) or fmatmul by batch size.
-    FloatLinear { m: u32 },
     /// An exact product (`qdot`/`kdot`) of `m` rows: [`Op::variants`].
     Qdot { m: u32 },
 }
@@ -300,16 +297,6 @@ impl Op {
         let (pipeline, g) = match self.grid {
             Grid::PerToken([x, y]) => (&self.pipeline, [x, y, n_tokens]),
             Grid::Fixed(g) => (&self.pipeline, g),
-            Grid::FloatLinear { m } => {
-                if n_tokens <= MATVEC_MAX_TOKENS {
-                    (&self.pipeline, [1, m.div_ceil(32), 1])
-                } else {
-                    (
-                        self.pipeline_mm.as_ref().unwrap_or(&self.pipeline),
-                        [m.div_ceil(64), n_tokens.div_ceil(64), 1],
-                    )
-                }
-            }
             Grid::Linear { m } => {
                 if n_tokens <= MATVEC_MAX_TOKENS {
                     let [x, y] = rows_grid(m.div_ceil(256 / MATVEC_LANES));
@@ -460,11 +447,7 @@ impl OpBuilder<'_> {
                     pipeline: self.ctx.pipeline(kernel),
                     pipeline_mm: Some(self.ctx.pipeline(Kernel::Matmul(w.ty))),
                     bind_group: self.bind(kernel, &[&part.buffer, x, y, &pb, self.step, dummy]),
-                    grid: if matches!(w.ty, GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) {
-                        Grid::FloatLinear { m: part.rows }
-                    } else {
-                        Grid::Linear { m: part.rows }
-                    },
+                    grid: Grid::Linear { m: part.rows },
                     variants: Vec::new(),
                     _params: pb,
                 }

@@ -193,17 +193,17 @@ fn kquant_products_are_the_cpus_bit_for_bit() {
     }
 }
 
-/// Float weights (`fmatvec` for one to four tokens, `fmatmul` above:
-/// tinyBLAS's lanes) give the CPU backend's products to the bit, with the
+/// Float weights in batches above the matrix-vector path (`fmatmul`,
+/// tinyBLAS's lanes) equal the CPU backend's products to the bit, with the
 /// activations rounded to the weight type as the forward pass rounds them.
 #[test]
-fn float_products_are_the_cpus_bit_for_bit() {
+fn float_batches_are_the_cpus_bit_for_bit() {
     let ctx = ctx();
     for (i, ty) in [GgmlType::F32, GgmlType::F16, GgmlType::BF16]
         .into_iter()
         .enumerate()
     {
-        for (case, n) in [1usize, 2, 3, 4, 5, 9, 70, 130].into_iter().enumerate() {
+        for (case, n) in [5usize, 9, 70, 130].into_iter().enumerate() {
             let mut rng = StdRng::seed_from_u64(7000 + 10 * i as u64 + case as u64);
             let k = 32 * rng.gen_range(1..=40);
             let m = rng.gen_range(1..=150);
