@@ -6,7 +6,7 @@
 //! `dequantize_row` is checked to agree with it wherever it supports the type.
 
 use backend_wgpu::kernels::{is_exact, GPU_TYPES};
-use backend_wgpu::oneshot;
+use backend_wgpu::{oneshot, GpuContext};
 use gguf_format::GgmlType;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -122,6 +122,27 @@ fn assert_bits(ty: GgmlType, k: usize, m: usize, got: &[f32], want: &[f32]) {
     );
 }
 
+/// Random `m × k` weights of `ty` times `n` tokens of activations in
+/// ±`scale`, rounded as the forward pass rounds them: the GPU's product
+/// equals the CPU backend's to the bit.
+#[allow(clippy::too_many_arguments)]
+fn assert_random_product_exact(
+    ctx: &GpuContext,
+    rng: &mut StdRng,
+    ty: GgmlType,
+    k: usize,
+    m: usize,
+    n: usize,
+    scale: f32,
+) {
+    let (bytes, _) = random_weights(rng, ty, k, m);
+    let x: Vec<f32> = (0..n * k)
+        .map(|_| rng.gen_range(-1.0f32..1.0) * scale)
+        .collect();
+    let got = oneshot::matmul(ctx, ty, &bytes, k, m, &x, None, true).unwrap();
+    assert_bits(ty, k, m, &got, &cpu_matmul(ty, &bytes, k, m, &x));
+}
+
 /// The exact products (Q4_0 Q4_1 Q5_0 Q5_1 Q8_0 IQ4_NL) equal the CPU
 /// backend's to the bit: one token (ggml's vec_dot / gemv) and batches
 /// (gemm, tinyBLAS), repacked (a multiple of 8 rows) or not, with
@@ -148,13 +169,7 @@ fn exact_products_are_the_cpus_bit_for_bit() {
             if !is_exact(ty, m as u32) {
                 continue;
             }
-            let (bytes, _) = random_weights(&mut rng, ty, k, m);
-            let scale = [1.0f32, 40.0, 1e-3][case % 3];
-            let x: Vec<f32> = (0..n * k)
-                .map(|_| rng.gen_range(-1.0f32..1.0) * scale)
-                .collect();
-            let got = oneshot::matmul(&ctx, ty, &bytes, k, m, &x, None, true).unwrap();
-            assert_bits(ty, k, m, &got, &cpu_matmul(ty, &bytes, k, m, &x));
+            assert_random_product_exact(&ctx, &mut rng, ty, k, m, n, [1.0, 40.0, 1e-3][case % 3]);
         }
     }
 }
@@ -182,13 +197,7 @@ fn kquant_products_are_the_cpus_bit_for_bit() {
             if case % 2 == 1 {
                 m += rng.gen_range(1..8);
             }
-            let (bytes, _) = random_weights(&mut rng, ty, k, m);
-            let scale = [1.0f32, 40.0, 1e-3][case % 3];
-            let x: Vec<f32> = (0..n * k)
-                .map(|_| rng.gen_range(-1.0f32..1.0) * scale)
-                .collect();
-            let got = oneshot::matmul(&ctx, ty, &bytes, k, m, &x, None, true).unwrap();
-            assert_bits(ty, k, m, &got, &cpu_matmul(ty, &bytes, k, m, &x));
+            assert_random_product_exact(&ctx, &mut rng, ty, k, m, n, [1.0, 40.0, 1e-3][case % 3]);
         }
     }
 }
@@ -207,13 +216,7 @@ fn float_batches_are_the_cpus_bit_for_bit() {
             let mut rng = StdRng::seed_from_u64(7000 + 10 * i as u64 + case as u64);
             let k = 32 * rng.gen_range(1..=40);
             let m = rng.gen_range(1..=150);
-            let (bytes, _) = random_weights(&mut rng, ty, k, m);
-            let scale = [1.0f32, 40.0, 1e-3][case % 3];
-            let x: Vec<f32> = (0..n * k)
-                .map(|_| rng.gen_range(-1.0f32..1.0) * scale)
-                .collect();
-            let got = oneshot::matmul(&ctx, ty, &bytes, k, m, &x, None, true).unwrap();
-            assert_bits(ty, k, m, &got, &cpu_matmul(ty, &bytes, k, m, &x));
+            assert_random_product_exact(&ctx, &mut rng, ty, k, m, n, [1.0, 40.0, 1e-3][case % 3]);
         }
     }
 }
