@@ -333,6 +333,13 @@ fn reduce_max(lid: u32, v: f32) -> f32 {
 
 // ---- V·P ------------------------------------------------------------------
 
+// V at positions j .. j + 3 of the output element at `base` (positions
+// ks floats apart; past the window, the last one: its probability is 0).
+fn v_at4(base: u32, j: u32, ks: u32, last: u32) -> vec4<f32> {
+    return vec4<f32>(v_cache[min(base + j * ks, last)], v_cache[min(base + (j + 1u) * ks, last)],
+                     v_cache[min(base + (j + 2u) * ks, last)], v_cache[min(base + (j + 3u) * ks, last)]);
+}
+
 // The lanes of output d over one tile (positions t0 .. t0 + n, n ≤ WG,
 // probabilities in `probs`): lane (j % n_lanes) as a[lane / 4][lane % 4];
 // positions past the window add 0·v (exact no-ops: the lanes start at +0).
@@ -345,24 +352,14 @@ fn vp_tile(a: ptr<function, array<vec4<f32>, 8>>, d: u32, t0: u32, n: u32, n_kv:
             for (var v = 0u; v < 8u; v++) {
                 let j = j0 + 4u * v;
                 let pv = vec4<f32>(probs[j], probs[j + 1u], probs[j + 2u], probs[j + 3u]);
-                let vv = vec4<f32>(
-                    v_cache[min(base + j * ks, last)],
-                    v_cache[min(base + (j + 1u) * ks, last)],
-                    v_cache[min(base + (j + 2u) * ks, last)],
-                    v_cache[min(base + (j + 3u) * ks, last)]);
-                (*a)[v] = madd4(pv, vv, (*a)[v]);
+                (*a)[v] = madd4(pv, v_at4(base, j, ks, last), (*a)[v]);
             }
         }
     } else {
         for (var j = 0u; j < n; j += 4u) {
             let pv = vec4<f32>(probs[j], probs[j + 1u], probs[j + 2u], probs[j + 3u]);
-            let vv = vec4<f32>(
-                v_cache[min(base + j * ks, last)],
-                v_cache[min(base + (j + 1u) * ks, last)],
-                v_cache[min(base + (j + 2u) * ks, last)],
-                v_cache[min(base + (j + 3u) * ks, last)]);
             let v = (j >> 2u) & 1u;
-            (*a)[v] = madd4(pv, vv, (*a)[v]);
+            (*a)[v] = madd4(pv, v_at4(base, j, ks, last), (*a)[v]);
         }
     }
 }

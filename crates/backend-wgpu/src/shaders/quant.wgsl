@@ -474,6 +474,33 @@ fn mm_load_x(t: u32, n_tok: u32, xs: u32, c: u32, g: u32) -> vec4<f32> {
     return vec4<f32>(0.0);
 }
 
+// What invocation lid stages of chunk c (two rows' and two tokens' group
+// lid % 8), loaded a chunk ahead of its use.
+struct MmStage {
+    w0: vec4<f32>,
+    w1: vec4<f32>,
+    x0: vec4<f32>,
+    x1: vec4<f32>,
+}
+
+fn mm_fetch(row0: u32, tok0: u32, lid: u32, c: u32) -> MmStage {
+    let r0 = lid >> 3u;
+    let g0 = lid & 7u;
+    let xs = p.x_stride >> 2u;
+    let n_tok = step.n_tokens;
+    return MmStage(mm_load_w(row0 + r0, c, g0), mm_load_w(row0 + r0 + 32u, c, g0),
+                   mm_load_x(tok0 + r0, n_tok, xs, c, g0), mm_load_x(tok0 + r0 + 32u, n_tok, xs, c, g0));
+}
+
+fn mm_put(lid: u32, st: MmStage) {
+    let r0 = lid >> 3u;
+    let g0 = lid & 7u;
+    w_tile[r0 * TS + g0] = st.w0;
+    w_tile[(r0 + 32u) * TS + g0] = st.w1;
+    x_tile[r0 * TS + g0] = st.x0;
+    x_tile[(r0 + 32u) * TS + g0] = st.x1;
+}
+
 // acc[i] + a_i · b for four rows a_0..a_3 and one token b, a dot product of
 // four then one add per output. (Chains of four fused multiply-adds per
 // output ran pp512 3% faster on an H100 but moved the logits further from
@@ -506,26 +533,14 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
     let chunks = p.k >> 5u;
-    let xs = p.x_stride >> 2u;
     // Software pipelining: chunk c + 1's weights and activations are loaded
     // into registers while chunk c is multiplied out of shared memory.
-    let r0 = lid >> 3u;
-    let g0 = lid & 7u;
-    var w0 = mm_load_w(row0 + r0, 0u, g0);
-    var w1 = mm_load_w(row0 + r0 + 32u, 0u, g0);
-    var x0 = mm_load_x(tok0 + r0, n_tok, xs, 0u, g0);
-    var x1 = mm_load_x(tok0 + r0 + 32u, n_tok, xs, 0u, g0);
+    var st = mm_fetch(row0, tok0, lid, 0u);
     for (var c = 0u; c < chunks; c++) {
-        w_tile[r0 * TS + g0] = w0;
-        w_tile[(r0 + 32u) * TS + g0] = w1;
-        x_tile[r0 * TS + g0] = x0;
-        x_tile[(r0 + 32u) * TS + g0] = x1;
+        mm_put(lid, st);
         workgroupBarrier();
         if (c + 1u < chunks) {
-            w0 = mm_load_w(row0 + r0, c + 1u, g0);
-            w1 = mm_load_w(row0 + r0 + 32u, c + 1u, g0);
-            x0 = mm_load_x(tok0 + r0, n_tok, xs, c + 1u, g0);
-            x1 = mm_load_x(tok0 + r0 + 32u, n_tok, xs, c + 1u, g0);
+            st = mm_fetch(row0, tok0, lid, c + 1u);
         }
         for (var g = 0u; g < 8u; g++) {
             let a0 = w_tile[(tx) * TS + g];
@@ -985,6 +1000,19 @@ fn k_lane_step(acc: ptr<function, f32>, acc2: ptr<function, f32>, ls: vec2<i32>,
     *acc = fma_rn(mul_rn(dy, dm.x), i2f_rn(ls.x), *acc);
 }
 
+// One float step of ORDER 3 or 4 with exact sums s (scale-weighted) and m
+// (mins), on (acc, acc_min): the tiled kernel's res = fma(−dmin, m, d·s),
+// acc = fma(res, d_a, acc); the repacked Q4_K's acc = fma(s, d·d_a, acc),
+// acc_min = fma(m, dmin·d_a, acc_min) (per 64 elements in the gemm, per
+// super-block in the gemv).
+fn k_fstep(acc: vec2<f32>, s: i32, m: i32, d: f32, dmin: f32, dy: f32) -> vec2<f32> {
+    if (ORDER == 3u) {
+        let res = fma_rn(-dmin, i2f_rn(m), mul_rn(d, i2f_rn(s)));
+        return vec2<f32>(fma_rn(res, dy, acc.x), acc.y);
+    }
+    return vec2<f32>(fma_rn(i2f_rn(s), mul_rn(d, dy), acc.x), fma_rn(i2f_rn(m), mul_rn(dmin, dy), acc.y));
+}
+
 // The output's float steps (ORDER 3, 4) for super-block sb (at byte b), with
 // its exact per-quarter sums s and mins m (the gemv and the tiled kernel
 // only use their totals).
@@ -992,22 +1020,16 @@ fn k_sb_step(acc: ptr<function, f32>, acc2: ptr<function, f32>, s: vec4<i32>, m:
              b: u32, tok: u32, sb: u32, gemm: bool) {
     let dy = k_xd(tok, sb);
     let dm = k_dmin(b);
-    let s1 = (s.x + s.y) + (s.z + s.w);
-    let s2 = (m.x + m.y) + (m.z + m.w);
-    if (ORDER == 3u) {
-        let res = fma_rn(-dm.y, i2f_rn(s2), mul_rn(dm.x, i2f_rn(s1)));
-        *acc = fma_rn(res, dy, *acc);
-    } else if (gemm) {
-        let dd = mul_rn(dm.x, dy);
-        let dmm = mul_rn(dm.y, dy);
+    var a = vec2<f32>(*acc, *acc2);
+    if (ORDER == 4u && gemm) {
         for (var q = 0u; q < 4u; q++) {
-            *acc = fma_rn(i2f_rn(s[q]), dd, *acc);
-            *acc2 = fma_rn(i2f_rn(m[q]), dmm, *acc2);
+            a = k_fstep(a, s[q], m[q], dm.x, dm.y, dy);
         }
     } else {
-        *acc = fma_rn(i2f_rn(s1), mul_rn(dm.x, dy), *acc);
-        *acc2 = fma_rn(i2f_rn(s2), mul_rn(dm.y, dy), *acc2);
+        a = k_fstep(a, (s.x + s.y) + (s.z + s.w), (m.x + m.y) + (m.z + m.w), dm.x, dm.y, dy);
     }
+    *acc = a.x;
+    *acc2 = a.y;
 }
 
 // Grid: (ceil(tokens / QDOT_TOKENS), ceil(m / (4 / QDOT_TOKENS)), 1): 64
@@ -1110,10 +1132,6 @@ fn dot4v(a: vec4<u32>, b: u32) -> vec4<i32> {
     return vec4<i32>(dot4I8Packed(a.x, b), dot4I8Packed(a.y, b), dot4I8Packed(a.z, b), dot4I8Packed(a.w, b));
 }
 
-fn i2f4(a: vec4<i32>) -> vec4<f32> {
-    return vec4<f32>(i2f_rn(a.x), i2f_rn(a.y), i2f_rn(a.z), i2f_rn(a.w));
-}
-
 fn fma4(a: vec4<f32>, b: vec4<f32>, c: vec4<f32>) -> vec4<f32> {
     return vec4<f32>(fma_rn(a.x, b.x, c.x), fma_rn(a.y, b.y, c.y), fma_rn(a.z, b.z, c.z), fma_rn(a.w, b.w, c.w));
 }
@@ -1133,18 +1151,15 @@ struct KStep {
 
 fn kmm_step(acc: vec4<f32>, acc2: vec4<f32>, s: vec4<i32>, m: vec4<i32>, d: vec4<f32>,
             dmin: vec4<f32>, dy: f32, gemm: bool, last: bool) -> KStep {
-    let dyv = vec4<f32>(dy);
-    if (ORDER == 4u && gemm) {
-        return KStep(fma4(i2f4(s), mul4(d, dyv), acc), fma4(i2f4(m), mul4(dmin, dyv), acc2), true);
+    var r = KStep(acc, acc2, (ORDER == 4u && gemm) || last);
+    if (r.used) {
+        for (var i = 0u; i < 4u; i++) {
+            let a = k_fstep(vec2<f32>(acc[i], acc2[i]), s[i], m[i], d[i], dmin[i], dy);
+            r.acc[i] = a.x;
+            r.acc2[i] = a.y;
+        }
     }
-    if (!last) {
-        return KStep(acc, acc2, false);
-    }
-    if (ORDER == 3u) {
-        let res = fma4(-dmin, i2f4(m), mul4(d, i2f4(s)));
-        return KStep(fma4(res, dyv, acc), acc2, true);
-    }
-    return KStep(fma4(i2f4(s), mul4(d, dyv), acc), fma4(i2f4(m), mul4(dmin, dyv), acc2), true);
+    return r;
 }
 
 // Grid: (ceil(tokens / 64), ceil(m / 64), 1).
@@ -1601,24 +1616,12 @@ fn fmatmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     var h32 = vec4<f32>(0.0);
     var h33 = vec4<f32>(0.0);
     let chunks = p.k >> 5u;
-    let xs = p.x_stride >> 2u;
-    let r0 = lid >> 3u;
-    let g0 = lid & 7u;
-    var w0 = mm_load_w(row0 + r0, 0u, g0);
-    var w1 = mm_load_w(row0 + r0 + 32u, 0u, g0);
-    var x0 = mm_load_x(tok0 + r0, n_tok, xs, 0u, g0);
-    var x1 = mm_load_x(tok0 + r0 + 32u, n_tok, xs, 0u, g0);
+    var st = mm_fetch(row0, tok0, lid, 0u);
     for (var c = 0u; c < chunks; c++) {
-        w_tile[r0 * TS + g0] = w0;
-        w_tile[(r0 + 32u) * TS + g0] = w1;
-        x_tile[r0 * TS + g0] = x0;
-        x_tile[(r0 + 32u) * TS + g0] = x1;
+        mm_put(lid, st);
         workgroupBarrier();
         if (c + 1u < chunks) {
-            w0 = mm_load_w(row0 + r0, c + 1u, g0);
-            w1 = mm_load_w(row0 + r0 + 32u, c + 1u, g0);
-            x0 = mm_load_x(tok0 + r0, n_tok, xs, c + 1u, g0);
-            x1 = mm_load_x(tok0 + r0 + 32u, n_tok, xs, c + 1u, g0);
+            st = mm_fetch(row0, tok0, lid, c + 1u);
         }
         for (var g = 0u; g < 8u; g += 2u) {
             let a0 = w_tile[(tx + 0u) * TS + g];

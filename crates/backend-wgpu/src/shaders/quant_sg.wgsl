@@ -16,19 +16,32 @@
 // Integer additions are exact in any order, so the result is kdot's to the
 // bit.
 
+// The output of the subgroup that invocation lid belongs to (eight per
+// workgroup, QDOT_TOKENS consecutive tokens per row). Dead outputs (past
+// the matrix or the batch) read a live one's data, since subgroup
+// operations need the whole subgroup (no early return), and store nothing.
+struct SgOut {
+    tok: u32,
+    row: u32,
+    live: bool,
+}
+
+fn sg_output(wid: vec3<u32>, lid: u32) -> SgOut {
+    let unit = lid >> 5u;
+    let tok = wid.x * QDOT_TOKENS + unit % QDOT_TOKENS;
+    let row = wid.y * (8u / QDOT_TOKENS) + unit / QDOT_TOKENS;
+    return SgOut(min(tok, step.n_tokens - 1u), min(row, p.m - 1u), row < p.m && tok < step.n_tokens);
+}
+
 // Grid: (ceil(tokens / QDOT_TOKENS), ceil(m / (8 / QDOT_TOKENS)), 1): eight
 // outputs per workgroup.
 @compute @workgroup_size(256)
 fn kdot_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
            @builtin(subgroup_invocation_id) t: u32) {
-    let unit = lid >> 5u;
-    let tok_raw = wid.x * QDOT_TOKENS + unit % QDOT_TOKENS;
-    let row_raw = wid.y * (8u / QDOT_TOKENS) + unit / QDOT_TOKENS;
-    let live = row_raw < p.m && tok_raw < step.n_tokens;
-    // Dead outputs read a live one's data (no early return: subgroup
-    // operations need the whole subgroup) and store nothing.
-    let tok = min(tok_raw, step.n_tokens - 1u);
-    let row = min(row_raw, p.m - 1u);
+    let o = sg_output(wid, lid);
+    let tok = o.tok;
+    let row = o.row;
+    let live = o.live;
     let nsb = p.k >> 8u;
     let bb = k_block_bytes();
     let base = row * p.row_bytes;
@@ -114,12 +127,10 @@ fn kdot_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
 @compute @workgroup_size(256)
 fn qdot_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
            @builtin(subgroup_invocation_id) t: u32) {
-    let unit = lid >> 5u;
-    let tok_raw = wid.x * QDOT_TOKENS + unit % QDOT_TOKENS;
-    let row_raw = wid.y * (8u / QDOT_TOKENS) + unit / QDOT_TOKENS;
-    let live = row_raw < p.m && tok_raw < step.n_tokens;
-    let tok = min(tok_raw, step.n_tokens - 1u);
-    let row = min(row_raw, p.m - 1u);
+    let o = sg_output(wid, lid);
+    let tok = o.tok;
+    let row = o.row;
+    let live = o.live;
     let nb = p.k >> 5u;
     let bb = qdot_block_bytes();
     let base = row * p.row_bytes;
