@@ -246,10 +246,10 @@ fn main() {
     }
 
     fn layouts_for(&self, shader: Shader) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
-        // quant_sg.wgsl's kernels bind what quant.wgsl's do: one layout, so
+        // quant_sg.wgsl's and quant_tg.wgsl's kernels bind what quant.wgsl's do: one layout, so
         // that an op's bind group serves both.
         let shader = match shader {
-            Shader::QuantSg => Shader::Quant,
+            Shader::QuantSg | Shader::QuantTg => Shader::Quant,
             s => s,
         };
         let mut layouts = self.layouts.lock().unwrap_or_else(|e| e.into_inner());

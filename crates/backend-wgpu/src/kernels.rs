@@ -22,10 +22,14 @@ pub enum Shader {
     /// products of single tokens with 32-wide subgroups (only compiled on devices
     /// that have them, [`crate::DeviceCaps::subgroup32`]).
     QuantSg,
+    /// `quant_tg.wgsl`: the exact products of a single token with Q4_K and
+    /// Q6_K matrices through 16-byte loads, with 32-wide subgroups (as
+    /// [`Shader::QuantSg`]).
+    QuantTg,
 }
 
 /// Every shader, for the naga validation test.
-pub const ALL_SHADERS: [Shader; 7] = [
+pub const ALL_SHADERS: [Shader; 8] = [
     Shader::Quant,
     Shader::Norm,
     Shader::Rope,
@@ -33,6 +37,7 @@ pub const ALL_SHADERS: [Shader; 7] = [
     Shader::Elementwise,
     Shader::ActQuant,
     Shader::QuantSg,
+    Shader::QuantTg,
 ];
 
 /// The type of one binding slot.
@@ -75,13 +80,14 @@ impl Shader {
             };
         }
         match self {
-            Shader::Quant => with_fma!("quant.wgsl"),
+            Shader::Quant => with_fma!("quant_io.wgsl", "quant.wgsl"),
             Shader::Norm => with_fma!("act_common.wgsl", "norm.wgsl"),
             Shader::Rope => with_fma!("rope.wgsl"),
             Shader::Attention => with_fma!("attention.wgsl"),
             Shader::Elementwise => with_fma!("act_common.wgsl", "elementwise.wgsl"),
             Shader::ActQuant => with_fma!("act_common.wgsl", "act_quant.wgsl"),
-            Shader::QuantSg => with_fma!("quant.wgsl", "quant_sg.wgsl"),
+            Shader::QuantSg => with_fma!("quant_io.wgsl", "quant.wgsl", "quant_sg.wgsl"),
+            Shader::QuantTg => with_fma!("quant_io.wgsl", "quant_tg.wgsl"),
         }
     }
 
@@ -95,6 +101,7 @@ impl Shader {
             Shader::Elementwise => "elementwise.wgsl",
             Shader::ActQuant => "act_quant.wgsl",
             Shader::QuantSg => "quant_sg.wgsl",
+            Shader::QuantTg => "quant_tg.wgsl",
         }
     }
 
@@ -103,7 +110,9 @@ impl Shader {
         use Bind::*;
         match self {
             // w, x, y, params, step, ids
-            Shader::Quant | Shader::QuantSg => &[Read, Read, ReadWrite, Uniform, Uniform, Read],
+            Shader::Quant | Shader::QuantSg | Shader::QuantTg => {
+                &[Read, Read, ReadWrite, Uniform, Uniform, Read]
+            }
             // x, weight, y, params, step
             Shader::Norm => &[Read, Read, ReadWrite, Uniform, Uniform],
             // x, y, params, step, cos/sin table, y2
@@ -234,6 +243,9 @@ pub(crate) enum Kernel {
     /// `qdot` (orders 0, 1) or `kdot` (2 to 4) with a 32-wide subgroup per
     /// output (`quant_sg.wgsl`), `tokens` as in `Qdot`.
     Sg(GgmlType, u32, u32),
+    /// A single token's exact product with a Q4_K (order 4) or Q6_K (order 2)
+    /// matrix (`quant_tg.wgsl`: `q4k_tg`, `q6k_tg`).
+    Tg(GgmlType),
 }
 
 impl Kernel {
@@ -248,6 +260,7 @@ impl Kernel {
             Kernel::Add | Kernel::Swiglu(_) | Kernel::Argmax => Shader::Elementwise,
             Kernel::QuantizeAct(..) => Shader::ActQuant,
             Kernel::Sg(..) => Shader::QuantSg,
+            Kernel::Tg(..) => Shader::QuantTg,
         }
     }
 
@@ -265,6 +278,8 @@ impl Kernel {
             Kernel::Swiglu(_) => "swiglu",
             Kernel::Argmax => "argmax",
             Kernel::QuantizeAct(..) => "quantize_act",
+            Kernel::Tg(GgmlType::Q6_K) => "q6k_tg",
+            Kernel::Tg(..) => "q4k_tg",
             Kernel::Qdot(_, 1, KMM_TOKENS) => "qmm1",
             Kernel::Qdot(_, _, KMM_TOKENS) => "kmm",
             Kernel::Qdot(_, 0, QMM_TOKENS) => "qmm",

@@ -23,6 +23,9 @@ pub const MATVEC_MAX_TOKENS: u32 = 4;
 /// 8, 16, 32, 64, 128 and 256 (Q8_0: 204, 284, 419, 440, 414, 350).
 pub(crate) const MATVEC_LANES: u32 = 64;
 
+/// Rows per workgroup of `quant_tg.wgsl`'s kernels (its `TG_ROWS`).
+const TG_ROWS: u32 = 4;
+
 /// Per-step values shared by every op (`struct Step` in the shaders).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
@@ -414,7 +417,15 @@ impl OpBuilder<'_> {
                         // below 8; qdot's batches measured faster on an H100.)
                         let sg = self.ctx.caps().subgroup32
                             && (tokens == 1 || (order >= 2 && tokens < KMM_TOKENS));
+                        // Single tokens with Q4_K (the repacked order) and
+                        // Q6_K take quant_tg.wgsl's 16-byte loads, whose
+                        // vector reads need the scales' offset aligned.
+                        let tg = sg
+                            && tokens == 1
+                            && corr_base.is_multiple_of(4)
+                            && matches!((w.ty, order), (GgmlType::Q4_K, 4) | (GgmlType::Q6_K, 2));
                         let (kernel, outputs) = match (tokens, order) {
+                            _ if tg => (Kernel::Tg(w.ty), TG_ROWS),
                             (KMM_TOKENS, _) => (Kernel::Qdot(w.ty, order, tokens), 64 * tokens),
                             (QMM_TOKENS, 0) => (Kernel::Qdot(w.ty, order, tokens), 32 * tokens),
                             _ if sg => (Kernel::Sg(w.ty, order, tokens), 8),

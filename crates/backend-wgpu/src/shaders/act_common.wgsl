@@ -28,6 +28,27 @@ fn round_f16(v: f32) -> f32 {
     return bitcast<f32>((b + 0xfffu + ((b >> 13u) & 1u)) & 0xffffe000u);
 }
 
+// x / y rounded to nearest even for x, y in [1, 2), where `fma` is fused
+// (FMA_FUSED): the device's quotient (within a few ulp), moved an ulp at a
+// time while the remainder |x − q·y| (an fma: exact once q is within an ulp)
+// exceeds half an ulp·y on that side. No quotient of two f32 values lies
+// exactly halfway between two f32 values, so no tie is ever decided; and
+// with both operands in [1, 2) no remainder or threshold is subnormal.
+fn div_mant_fma(x: f32, y: f32) -> f32 {
+    var q = x / y;
+    for (var i = 0u; i < 3u; i++) {
+        let r = fma(-q, y, x);
+        let up = bitcast<f32>(bitcast<u32>(q) + 1u);
+        let dn = bitcast<f32>(bitcast<u32>(q) - 1u);
+        if (r > 0.0 && r > (up - q) * y * 0.5) {
+            q = up;
+        } else if (r < 0.0 && -r > (q - dn) * y * 0.5) {
+            q = dn;
+        }
+    }
+    return q;
+}
+
 // a / b rounded to nearest even, as the CPU divides. GPU division may be off
 // by a few ulp (and `fma` need not be fused), which would change d and then
 // every q of a block, so the quotient of the 24-bit mantissas is formed by
@@ -40,6 +61,17 @@ fn div_rn(a: f32, b: f32) -> f32 {
     let eb = (ub >> 23u) & 0xffu;
     if (ea == 0u || eb == 0u || ea == 255u || eb == 255u) {
         return a / b;
+    }
+    if (FMA_FUSED) {
+        // The significands' quotient, then the exponents (exact while the
+        // result is normal).
+        let q = div_mant_fma(bitcast<f32>((ua & 0x7fffffu) | 0x3f800000u),
+                             bitcast<f32>((ub & 0x7fffffu) | 0x3f800000u));
+        let uq = bitcast<u32>(q);
+        let e = i32((uq >> 23u) & 0xffu) + i32(ea) - i32(eb);
+        if (e >= 1 && e <= 254) {
+            return bitcast<f32>(((ua ^ ub) & 0x80000000u) | (u32(e) << 23u) | (uq & 0x7fffffu));
+        }
     }
     let mb = (ub & 0x7fffffu) | 0x800000u;
     var r = (ua & 0x7fffffu) | 0x800000u;

@@ -1,0 +1,80 @@
+// quant_io.wgsl: what every product shader shares (quant.wgsl, quant_tg.wgsl;
+// fma.wgsl comes first): the matrix and step parameters, the output binding
+// and its store, and the integer and lane-sum helpers of the exact products.
+
+// Static shape of one weight matrix (or one row-range part of it).
+struct MatParams {
+    k: u32,          // weights per row (multiple of 32)
+    m: u32,          // rows in this part
+    row_bytes: u32,  // bytes per row
+    x_stride: u32,   // floats between tokens in x (multiple of 4)
+    y_stride: u32,   // floats between tokens in y
+    y_base: u32,     // float offset of the first output (part's first row included)
+    accumulate: u32, // 1: y += W·x (residual connection), 0: y = W·x
+    at_pos: u32,     // KV cache write: token index in y counted from step.pos; 1 f32 cache, 2 f16 cache
+    corr_base: u32,  // qdot: float offset in x of the packed activations' scales (act_quant.wgsl)
+    pad0: u32,
+    pad1: u32,
+    pad2: u32,
+}
+
+// Per-step values shared by every dispatch of a step.
+struct Step {
+    n_tokens: u32, // tokens in this batch
+    pos: u32,      // position of the batch's first token
+    n_kv: u32,     // pos + n_tokens
+    zero: u32,    // 0 at run time, unknown to the compiler: see fma.wgsl
+}
+
+@group(0) @binding(2) var<storage, read_write> y: array<f32>;
+@group(0) @binding(3) var<uniform> p: MatParams;
+@group(0) @binding(4) var<uniform> step: Step;
+
+// x rounded to f16 and back, to nearest even (F16C's conversion), as the
+// f16 KV cache stores it. Overflow (|x| > 65504) is not modelled.
+fn round_f16(x: f32) -> f32 {
+    let a = abs(x);
+    if (a < 6.103515625e-5) { // f16 subnormals: multiples of 2^-24
+        return round(x * 16777216.0) / 16777216.0;
+    }
+    let b = bitcast<u32>(x);
+    return bitcast<f32>((b + 0xfffu + ((b >> 13u) & 1u)) & 0xffffe000u);
+}
+
+fn store(tok: u32, row: u32, v_in: f32) {
+    var t = tok;
+    var v = v_in;
+    if (p.at_pos != 0u) { t += step.pos; }
+    if (p.at_pos == 2u) { v = round_f16(v); }
+    let i = t * p.y_stride + p.y_base + row;
+    if (p.accumulate != 0u) {
+        y[i] += v;
+    } else {
+        y[i] = v;
+    }
+}
+
+// ggml's hsum_float_8 of lanes a0..a3 (lo) and a4..a7 (hi):
+// ((a4 + a0) + (a6 + a2)) + ((a5 + a1) + (a7 + a3)).
+fn hsum_float_8(lo: vec4<f32>, hi: vec4<f32>) -> f32 {
+    let s = hi + lo;
+    return (s.x + s.z) + (s.y + s.w);
+}
+
+// a as f32 rounded to nearest even (as cvtdq2ps and Rust's `as f32`), also
+// for |a| ≥ 2^24, where a device's conversion may round otherwise.
+fn i2f_rn(a: i32) -> f32 {
+    let u = u32(abs(a));
+    if (u < 0x1000000u) {
+        return f32(a);
+    }
+    let sh = 8u - countLeadingZeros(u);
+    var q = u >> sh;
+    let rem = u & ((1u << sh) - 1u);
+    let half = 1u << (sh - 1u);
+    if (rem > half || (rem == half && (q & 1u) == 1u)) {
+        q += 1u;
+    }
+    let f = f32(q) * f32(1u << sh);
+    return select(f, -f, a < 0);
+}

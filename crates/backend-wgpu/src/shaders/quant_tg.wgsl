@@ -1,0 +1,196 @@
+// quant_tg.wgsl: the exact products of a single token with Q4_K and Q6_K
+// matrices (token generation), for devices whose subgroups are exactly 32
+// wide. The shader is fma.wgsl, quant_io.wgsl, then this file.
+//
+// They compute kdot_sg's bits (quant.wgsl's k_* functions are the
+// specification: the same exact integer sums, the same float steps in the
+// same order), but read the weights and activations as 16-byte vectors with
+// one subgroup per row and every super-block of a step in flight at once:
+// kdot_sg's byte-wise decoding (`ld8`, `ld32` and a `vec4<f32>` component
+// per activation word) left the matrix-vector products far below the
+// memory's bandwidth.
+
+@group(0) @binding(0) var<storage, read> wv: array<vec4<u32>>;
+@group(0) @binding(1) var<storage, read> xv: array<vec4<u32>>;
+
+// Rows (subgroups) per workgroup.
+const TG_ROWS: u32 = 4u;
+
+fn tg_dot8(w0: vec4<u32>, w1: vec4<u32>, a0: vec4<u32>, a1: vec4<u32>) -> i32 {
+    return ((dot4I8Packed(w0.x, a0.x) + dot4I8Packed(w0.y, a0.y))
+        + (dot4I8Packed(w0.z, a0.z) + dot4I8Packed(w0.w, a0.w)))
+        + ((dot4I8Packed(w1.x, a1.x) + dot4I8Packed(w1.y, a1.y))
+        + (dot4I8Packed(w1.z, a1.z) + dot4I8Packed(w1.w, a1.w)));
+}
+
+// Byte k (< 12) of a Q4_K super-block's scales (words 1..3 of its first vec4).
+fn q4k_sbyte(h: vec4<u32>, k: u32) -> u32 {
+    return (h[1u + (k >> 2u)] >> (8u * (k & 3u))) & 0xffu;
+}
+
+// get_scale_min_k4: (scale, min) of sub-block j.
+fn q4k_scale_min(h: vec4<u32>, j: u32) -> vec2<i32> {
+    if (j < 4u) {
+        return vec2<i32>(i32(q4k_sbyte(h, j) & 63u), i32(q4k_sbyte(h, j + 4u) & 63u));
+    }
+    let s = (q4k_sbyte(h, j + 4u) & 0xfu) | ((q4k_sbyte(h, j - 4u) >> 6u) << 4u);
+    let m = (q4k_sbyte(h, j + 4u) >> 4u) | ((q4k_sbyte(h, j) >> 6u) << 4u);
+    return vec2<i32>(i32(s), i32(m));
+}
+
+// The sum of a block's two bsums (two i16 in one word).
+fn bsum_pair(v: u32) -> i32 {
+    return (i32(v << 16u) >> 16u) + (i32(v) >> 16u);
+}
+
+// The float steps of super-blocks sb0 .. sb0 + 7 (those below nsb), whose
+// (s, d·d_a, m, dmin·d_a) invocation 4j holds for super-block sb0 + j.
+fn q4k_steps(acc: ptr<function, vec2<f32>>, f: vec4<f32>, sb0: u32, nsb: u32) {
+    for (var j = 0u; j < 8u; j++) {
+        let g = subgroupShuffle(f, 4u * j);
+        if (sb0 + j < nsb) {
+            *acc = vec2<f32>(fma_rn(g.x, g.y, (*acc).x), fma_rn(g.z, g.w, (*acc).y));
+        }
+    }
+}
+
+// Grid: (1, ceil(m / TG_ROWS), 1). Invocation t of row `row`'s subgroup
+// takes quarter t % 4 (sub-blocks 2q, 2q + 1) of super-block sb0 + t / 4,
+// eight super-blocks per step: their exact (scale, min) sums are added over
+// the quarters (as kdot_sg's pieces), and every invocation then takes the
+// repacked gemv's float steps of the eight in order (k_fstep, ORDER 4).
+// (Loading every step before the float steps measured slower on an H100.)
+@compute @workgroup_size(128)
+fn q4k_tg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+          @builtin(subgroup_invocation_id) t: u32) {
+    let row_raw = wid.y * TG_ROWS + (lid >> 5u);
+    let row = min(row_raw, p.m - 1u);
+    let nsb = p.k >> 8u;
+    let rb = row * (p.row_bytes >> 4u);
+    let q = t & 3u;
+    let m4 = vec4<u32>(0x0f0f0f0fu);
+    var acc = vec2<f32>(0.0);
+    for (var sb0 = 0u; sb0 < nsb; sb0 += 8u) {
+        let sb = min(sb0 + (t >> 2u), nsb - 1u);
+        let bo = rb + 9u * sb; // 144 bytes: nine vectors
+        let hd = wv[bo];
+        let w0 = wv[bo + 1u + 2u * q];
+        let w1 = wv[bo + 2u + 2u * q];
+        let xo = 16u * sb + 4u * q;
+        // [d, bsums] of the activation blocks 2q and 2q + 1.
+        let cs = xv[(p.corr_base >> 2u) + 4u * sb + q];
+        let dlo = tg_dot8(w0 & m4, w1 & m4, xv[xo], xv[xo + 1u]);
+        let dhi = tg_dot8((w0 >> vec4<u32>(4u)) & m4, (w1 >> vec4<u32>(4u)) & m4, xv[xo + 2u], xv[xo + 3u]);
+        let sm0 = q4k_scale_min(hd, 2u * q);
+        let sm1 = q4k_scale_min(hd, 2u * q + 1u);
+        var s = sm0.x * dlo + sm1.x * dhi;
+        let dm = unpack2x16float(hd.x);
+        var m = 0;
+        if (dm.y != 0.0) {
+            m = sm0.y * bsum_pair(cs.y) + sm1.y * bsum_pair(cs.w);
+        }
+        s += subgroupShuffleXor(s, 1u);
+        s += subgroupShuffleXor(s, 2u);
+        m += subgroupShuffleXor(m, 1u);
+        m += subgroupShuffleXor(m, 2u);
+        let dy = bitcast<f32>(cs.x);
+        q4k_steps(&acc, vec4<f32>(i2f_rn(s), mul_rn(dm.x, dy), i2f_rn(m), mul_rn(dm.y, dy)), sb0, nsb);
+    }
+    if (row_raw < p.m && t == 0u) {
+        store(0u, row, acc.x - acc.y);
+    }
+}
+
+// Word i (of four bytes) of the weights.
+fn tg_w(i: u32) -> u32 {
+    return wv[i >> 2u][i & 3u];
+}
+
+// 32 bits at an even byte offset o (Q6_K's 210-byte super-blocks leave every
+// other one 2 bytes off a word boundary).
+fn tg_ld32(o: u32) -> u32 {
+    let i = o >> 2u;
+    if ((o & 2u) == 0u) {
+        return tg_w(i);
+    }
+    return (tg_w(i) >> 16u) | (tg_w(i + 1u) << 16u);
+}
+
+// Sub-block s's signed scale (sc: the 16 scale bytes as four words).
+fn q6k_scale(sc: vec4<u32>, s: u32) -> i32 {
+    return i32(sc[s >> 2u] << (24u - 8u * (s & 3u))) >> 24u;
+}
+
+// Chunk c's term of lane l's sum: quants w (k_word's case 14) times
+// activation word 64 sb + 8c + l, scaled by sub-block 2c + half.
+fn q6k_term(w: u32, xo: u32, c: u32, sc: vec4<u32>, half: u32) -> i32 {
+    let i = xo + 8u * c;
+    return q6k_scale(sc, 2u * c + half) * dot4I8Packed(w, xv[i >> 2u][i & 3u]);
+}
+
+// Lane l's float steps of super-blocks sb0 .. sb0 + 3 (those below nsb),
+// whose (sum, d·d_a) invocation l + 8k holds for super-block sb0 + k.
+fn q6k_steps(acc: ptr<function, f32>, f: vec2<f32>, sb0: u32, nsb: u32, l: u32) {
+    for (var k = 0u; k < 4u; k++) {
+        let g = subgroupShuffle(f, l + 8u * k);
+        if (sb0 + k < nsb) {
+            *acc = fma_rn(g.y, g.x, *acc);
+        }
+    }
+}
+
+// Grid: as q4k_tg's. Invocation t of a row's subgroup takes vec_dot lane
+// l = t % 8 (elements 32c + 4l .. + 3 of every 32, ORDER 2) of super-block
+// sb0 + t / 8, four super-blocks per step; lane l's class then gathers the
+// four super-blocks' sums in order and runs lane l's float chain, and
+// hsum_float_8 gathers the eight lanes (kdot_sg, ORDER 2, Q6_K).
+@compute @workgroup_size(128)
+fn q6k_tg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+          @builtin(subgroup_invocation_id) t: u32) {
+    let row_raw = wid.y * TG_ROWS + (lid >> 5u);
+    let row = min(row_raw, p.m - 1u);
+    let nsb = p.k >> 8u;
+    let base = row * p.row_bytes;
+    let l = t & 7u;
+    let half = l >> 2u;
+    let m4 = 0x0f0f0f0fu;
+    let m2 = 0x03030303u;
+    var acc = 0.0;
+    for (var sb0 = 0u; sb0 < nsb; sb0 += 4u) {
+        let sb = min(sb0 + (t >> 3u), nsb - 1u);
+        let b = base + 210u * sb;
+        let ql0 = tg_ld32(b + 4u * l);
+        let ql1 = tg_ld32(b + 32u + 4u * l);
+        let ql2 = tg_ld32(b + 64u + 4u * l);
+        let ql3 = tg_ld32(b + 96u + 4u * l);
+        let qh0 = tg_ld32(b + 128u + 4u * l);
+        let qh1 = tg_ld32(b + 160u + 4u * l);
+        let sc = vec4<u32>(tg_ld32(b + 192u), tg_ld32(b + 196u), tg_ld32(b + 200u), tg_ld32(b + 204u));
+        let d = unpack2x16float(tg_ld32(b + 208u) & 0xffffu).x;
+        let xo = 64u * sb + l;
+        // Chunk c: quarter j = c % 4 of half h = c / 4 (k_word's case 14).
+        var sumi = ((q6k_term((ql0 & m4) | ((qh0 & m2) << 4u), xo, 0u, sc, half)
+            + q6k_term((ql1 & m4) | (((qh0 >> 2u) & m2) << 4u), xo, 1u, sc, half))
+            + (q6k_term(((ql0 >> 4u) & m4) | (((qh0 >> 4u) & m2) << 4u), xo, 2u, sc, half)
+            + q6k_term(((ql1 >> 4u) & m4) | (((qh0 >> 6u) & m2) << 4u), xo, 3u, sc, half)))
+            + ((q6k_term((ql2 & m4) | ((qh1 & m2) << 4u), xo, 4u, sc, half)
+            + q6k_term((ql3 & m4) | (((qh1 >> 2u) & m2) << 4u), xo, 5u, sc, half))
+            + (q6k_term(((ql2 >> 4u) & m4) | (((qh1 >> 4u) & m2) << 4u), xo, 6u, sc, half)
+            + q6k_term(((ql3 >> 4u) & m4) | (((qh1 >> 6u) & m2) << 4u), xo, 7u, sc, half)));
+        // Minus 32·(sc 2l·bsums 2l + sc 2l+1·bsums 2l+1) (bsums of block l).
+        let j = p.corr_base + 2u * (8u * sb + l);
+        let bs = xv[j >> 2u];
+        let bw = bs[(j & 3u) + 1u];
+        sumi -= 32 * (q6k_scale(sc, 2u * l) * (i32(bw << 16u) >> 16u)
+            + q6k_scale(sc, 2u * l + 1u) * (i32(bw) >> 16u));
+        let dy = bitcast<f32>(bs[j & 3u]);
+        q6k_steps(&acc, vec2<f32>(i2f_rn(sumi), mul_rn(dy, d)), sb0, nsb, l);
+    }
+    let lo = vec4<f32>(subgroupShuffle(acc, 0u), subgroupShuffle(acc, 1u),
+                       subgroupShuffle(acc, 2u), subgroupShuffle(acc, 3u));
+    let hi = vec4<f32>(subgroupShuffle(acc, 4u), subgroupShuffle(acc, 5u),
+                       subgroupShuffle(acc, 6u), subgroupShuffle(acc, 7u));
+    if (row_raw < p.m && t == 0u) {
+        store(0u, row, hsum_float_8(lo, hi));
+    }
+}
