@@ -232,6 +232,40 @@ fn f64_recip(a: F64) -> F64 {
     return f64_round(qv, -(a.e + 125), 0u);
 }
 
+// f32(1 / a) with the division in f64 (`(1.0 / a) as f32`: rounded twice),
+// for a normal a > 0, where `fma` is fused (FMA_FUSED): 1/a from the f32
+// reciprocal of a's top 24 bits and one Newton step on the exact remainder
+// of all 53 (y = r·(1 + ε + ε²), ε = 1 − r·a, to ~2^-42), rounded to f32.
+// Where y is farther than 2^-38·y from every f32 midpoint, the f64 quotient
+// (within 2^-53 of y) rounds to the same f32, and (result, 1) is returned;
+// otherwise (about one call in 2^14) (0, 0), and f64_recip decides.
+fn f64_recip_f32_fast(a: F64) -> vec2<f32> {
+    // a = S · 2^k with S in [1, 2): its bits 62..39, 38..15 and 14..10.
+    let k = a.e + 62;
+    let s_hi = f32(a.m.x >> 7u) * 1.1920928955078125e-7; // 2^-23
+    let s_mid = f32(((a.m.x & 0x7fu) << 17u) | (a.m.y >> 15u)) * 7.105427357601002e-15; // 2^-47
+    let s_lo = f32((a.m.y >> 10u) & 0x1fu) * 2.220446049250313e-16; // 2^-52
+    let r = 1.0 / s_hi;
+    let h = r * s_hi;
+    let l = fma(r, s_hi, -h); // r·s_hi = h + l exactly
+    var e = (1.0 - h) - l;
+    e = fma(-r, s_mid, e);
+    e = fma(-r, s_lo, e);
+    let y_lo = r * fma(e, e, e);
+    let c = r + y_lo;
+    let dist = (r - c) + y_lo; // y − c
+    let uc = bitcast<u32>(c);
+    var half = bitcast<f32>(uc & 0x7f800000u) * 5.960464477539063e-8; // ulp(c) / 2
+    if (dist < 0.0 && (uc & 0x7fffffu) == 0u) {
+        half = half * 0.5; // below a power of two the ulp halves
+    }
+    let eb = i32((uc >> 23u) & 0xffu) - k;
+    if (half - abs(dist) <= c * 3.637978807091713e-12 || eb < 1 || eb > 254) { // 2^-38
+        return vec2<f32>(0.0, 0.0);
+    }
+    return vec2<f32>(bitcast<f32>((uc & 0x807fffffu) | (u32(eb) << 23u)), 1.0);
+}
+
 // a rounded to f32, nearest even (`a as f32`), subnormals included.
 fn f64_to_f32(a: F64) -> f32 {
     if ((a.m.x | a.m.y) == 0u) {
@@ -427,7 +461,15 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         workgroupBarrier();
     }
     if (lid == 0u) {
-        inv_sum = f64_to_f32(f64_recip(sum));
+        var fast = vec2<f32>(0.0);
+        if (FMA_FUSED && sum.m.x != 0u) {
+            fast = f64_recip_f32_fast(sum);
+        }
+        if (fast.y != 0.0) {
+            inv_sum = fast.x;
+        } else {
+            inv_sum = f64_to_f32(f64_recip(sum));
+        }
     }
     workgroupBarrier();
     let inv = inv_sum;
