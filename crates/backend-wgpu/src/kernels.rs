@@ -115,8 +115,10 @@ impl Shader {
             }
             // x, weight, y, params, step
             Shader::Norm => &[Read, Read, ReadWrite, Uniform, Uniform],
-            // x, y, params, step, cos/sin table, y2
-            Shader::Rope => &[Read, ReadWrite, Uniform, Uniform, Read, ReadWrite],
+            // x, y, params, step, cos/sin table, y2, y3
+            Shader::Rope => &[
+                Read, ReadWrite, Uniform, Uniform, Read, ReadWrite, ReadWrite,
+            ],
             // q, k_cache, v_cache, out, params, step
             Shader::Attention => &[Read, Read, Read, ReadWrite, Uniform, Uniform],
             // a, b, y, params, step, token

@@ -310,8 +310,9 @@ impl GpuModel {
         let ids = ctx.storage("ids", b * 4);
         let x = ctx.storage("x", b * d as u64 * f);
         let xn = ctx.storage("xn", b * d as u64 * f);
-        // Query and key projections side by side: qk_raw (B, Dq + Dkv).
-        let qk_raw = ctx.storage("qk_raw", b * (dq + dkv) as u64 * f);
+        // Query, key (and, when stacked, value) projections side by side:
+        // qk_raw (B, Dq + Dkv (+ Dkv)).
+        let qk_raw = ctx.storage("qk_raw", b * (dq + 2 * dkv) as u64 * f);
         let q = ctx.storage("q", b * dq as u64 * f);
         let attn = ctx.storage("attn", b * dq as u64 * f);
         // Gate and up projections side by side: gate_up (B, 2F).
@@ -349,7 +350,10 @@ impl GpuModel {
                         what: format!("dims {:?}, expected [{k}, _]", t.dims),
                     });
                 }
-                if ty.is_some_and(|ty| ty != t.ggml_type) {
+                // Not stacked: different types, or rows that would change
+                // the product's exact order (llama.cpp repacks matrices
+                // whose rows are a multiple of 8, each on its own).
+                if ty.is_some_and(|ty| ty != t.ggml_type) || !t.dims[1].is_multiple_of(8) {
                     return Ok(None);
                 }
                 ty = Some(t.ggml_type);
@@ -413,21 +417,41 @@ impl GpuModel {
             n_heads2: 0,
             y2_stride: 0,
             at_pos2: 0,
+            n_heads3: 0,
+            y3_stride: 0,
+            at_pos3: 0,
+            pad: 0,
         };
         for l in 0..cfg.n_layer {
             let name = |s: &str| format!("blk.{l}.{s}");
             let attn_norm = vector(&name("attn_norm.weight"), d)?;
             let ffn_norm = vector(&name("ffn_norm.weight"), d)?;
-            // Products whose inputs and types agree are stacked into one.
-            let wqk = stacked(&[name("attn_q.weight"), name("attn_k.weight")], d)?;
-            let (wq, wk) = match wqk {
-                Some(_) => (None, None),
-                None => (
+            // Products whose inputs and types agree are stacked into one:
+            // queries, keys and values (RoPE then copies the values into
+            // the cache), else queries and keys.
+            let qkv_names = [
+                name("attn_q.weight"),
+                name("attn_k.weight"),
+                name("attn_v.weight"),
+            ];
+            let wqkv = stacked(&qkv_names, d)?;
+            let wqk = match wqkv {
+                Some(_) => None,
+                None => stacked(&qkv_names[..2], d)?,
+            };
+            let (wq, wk) = match (&wqkv, &wqk) {
+                (None, None) => (
                     Some(matrix(&name("attn_q.weight"), d, dq)?),
                     Some(matrix(&name("attn_k.weight"), d, dkv)?),
                 ),
+                _ => (None, None),
             };
-            let wv = matrix(&name("attn_v.weight"), d, dkv)?;
+            let wv = match wqkv {
+                Some(_) => None,
+                None => Some(matrix(&name("attn_v.weight"), d, dkv)?),
+            };
+            // Floats per token in qk_raw.
+            let raw_stride = dq + dkv + if wqkv.is_some() { dkv } else { 0 };
             let wo = matrix(&name("attn_output.weight"), dq, d)?;
             let wgu = stacked(&[name("ffn_gate.weight"), name("ffn_up.weight")], d)?;
             let (wg, wu) = match wgu {
@@ -442,12 +466,15 @@ impl GpuModel {
             let v_cache = ctx.storage("v_cache", n_ctx as u64 * dkv as u64 * f);
 
             // Attention block: x → xn → [q | k] and v (into the cache) → RoPE → attention → x +=.
-            let mut qkv: Vec<(&'static str, &GpuMatrix, u32)> = match (&wqk, &wq, &wk) {
-                (Some(m), _, _) => vec![("attn_qk", m, 0)],
-                (None, Some(q_), Some(k_)) => vec![("attn_q", q_, 0), ("attn_k", k_, dq)],
+            let mut qkv: Vec<(&'static str, &GpuMatrix, u32)> = match (&wqkv, &wqk, &wq, &wk) {
+                (Some(m), ..) => vec![("attn_qkv", m, 0)],
+                (None, Some(m), _, _) => vec![("attn_qk", m, 0)],
+                (None, None, Some(q_), Some(k_)) => vec![("attn_q", q_, 0), ("attn_k", k_, dq)],
                 _ => unreachable!("q and k are loaded one way or the other"),
             };
-            qkv.push(("attn_v", &wv, 0));
+            if let Some(v_) = &wv {
+                qkv.push(("attn_v", v_, 0));
+            }
             let ws: Vec<&GpuMatrix> = qkv.iter().map(|e| e.1).collect();
             let fa = fused_act(&ws);
             let xn_out = acts.fused_out(fa, &xn);
@@ -470,7 +497,7 @@ impl GpuModel {
                 let (y, y_stride, at_pos) = if label == "attn_v" {
                     (&v_cache, dkv, cache_write)
                 } else {
-                    (&qk_raw, dq + dkv, 0)
+                    (&qk_raw, raw_stride, 0)
                 };
                 body.extend(ob.linear(
                     label,
@@ -486,16 +513,23 @@ impl GpuModel {
                     &dummy,
                 ));
             }
-            // Queries into q and keys into the cache, in one dispatch.
+            // Queries into q, keys into the cache (and stacked values into
+            // theirs), in one dispatch.
             body.push(ob.rope2(
                 &qk_raw,
                 &q,
                 &k_cache,
+                &v_cache,
                 &rope_table,
                 RopeParams {
+                    x_stride: raw_stride,
                     n_heads2: cfg.n_kv_head,
                     y2_stride: dkv,
                     at_pos2: cache_write,
+                    n_heads3: if wqkv.is_some() { cfg.n_kv_head } else { 0 },
+                    y3_stride: dkv,
+                    at_pos3: cache_write,
+                    pad: 0,
                     ..rope(cfg.n_head, 0, dq, 0)
                 },
             ));
@@ -605,7 +639,7 @@ impl GpuModel {
                 acts.corr_base,
                 &dummy,
             ));
-            for w in [wqk, wq, wk, Some(wv), Some(wo), wgu, wg, wu, Some(wd)]
+            for w in [wqkv, wqk, wq, wk, wv, Some(wo), wgu, wg, wu, Some(wd)]
                 .into_iter()
                 .flatten()
             {

@@ -228,6 +228,10 @@ pub fn rope(
             n_heads2: 0,
             y2_stride: 0,
             at_pos2: 0,
+            n_heads3: 0,
+            y3_stride: 0,
+            at_pos3: 0,
+            pad: 0,
         },
     );
     run(ctx, &[op], t as u32, &y, x.len())

@@ -82,6 +82,12 @@ pub(crate) struct RopeParams {
     pub n_heads2: u32,
     pub y2_stride: u32,
     pub at_pos2: u32,
+    /// Heads after those, copied unrotated to the third output (values
+    /// with queries and keys).
+    pub n_heads3: u32,
+    pub y3_stride: u32,
+    pub at_pos3: u32,
+    pub pad: u32,
 }
 
 /// cos/sin of every (position, pair) for positions `0..n_pos`, as
@@ -561,28 +567,30 @@ impl OpBuilder<'_> {
         table: &wgpu::Buffer,
         params: RopeParams,
     ) -> Op {
-        self.rope2(x, y, y, table, params)
+        self.rope2(x, y, y, y, table, params)
     }
 
     /// RoPE of the first `n_heads` heads of `x` into `y` and of the next
-    /// `n_heads2` into `y2` (queries and keys in one dispatch).
+    /// `n_heads2` into `y2`, and a copy of the `n_heads3` after those into
+    /// `y3` (queries, keys and values in one dispatch).
     pub fn rope2(
         &self,
         x: &wgpu::Buffer,
         y: &wgpu::Buffer,
         y2: &wgpu::Buffer,
+        y3: &wgpu::Buffer,
         table: &wgpu::Buffer,
         params: RopeParams,
     ) -> Op {
         let pb = self.ctx.uniform("rope", bytemuck::bytes_of(&params));
         let kernel = Kernel::Rope;
-        let pairs = (params.n_heads + params.n_heads2) * params.head_dim / 2;
+        let pairs = (params.n_heads + params.n_heads2 + params.n_heads3) * params.head_dim / 2;
         Op {
             label: "rope",
             pipeline: self.ctx.pipeline(kernel),
             pipeline_mm: None,
             variants: Vec::new(),
-            bind_group: self.bind(kernel, &[x, y, &pb, self.step, table, y2]),
+            bind_group: self.bind(kernel, &[x, y, &pb, self.step, table, y2, y3]),
             grid: Grid::PerToken([pairs.div_ceil(64), 1]),
             _params: pb,
         }

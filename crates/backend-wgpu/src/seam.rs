@@ -378,6 +378,10 @@ impl Backend for WgpuBackend {
                 n_heads2: 0,
                 y2_stride: 0,
                 at_pos2: 0,
+                n_heads3: 0,
+                y3_stride: 0,
+                at_pos3: 0,
+                pad: 0,
             },
         );
         self.record(&[op], n_rows);
@@ -415,6 +419,10 @@ impl Backend for WgpuBackend {
             n_heads2: 0,
             y2_stride: 0,
             at_pos2: 0,
+            n_heads3: 0,
+            y3_stride: 0,
+            at_pos3: 0,
+            pad: 0,
         };
         let (kc, vc) = &cache.layers[layer];
         let ops = [

@@ -25,6 +25,10 @@ struct RopeParams {
     n_heads2: u32,   // heads after the first n_heads of x, written to y2 (keys with queries)
     y2_stride: u32,  // floats between tokens in y2
     at_pos2: u32,    // at_pos for y2
+    n_heads3: u32,   // heads after those, copied unrotated to y3 (values with queries and keys)
+    y3_stride: u32,  // floats between tokens in y3
+    at_pos3: u32,    // at_pos for y3
+    pad: u32,
 }
 
 struct Step {
@@ -40,6 +44,7 @@ struct Step {
 @group(0) @binding(3) var<uniform> step: Step;
 @group(0) @binding(4) var<storage, read> table: array<vec2<f32>>; // [pos][n_dims/2] (cos, sin)
 @group(0) @binding(5) var<storage, read_write> y2: array<f32>;
+@group(0) @binding(6) var<storage, read_write> y3: array<f32>;
 
 // One invocation per (token, head, pair). Grid: (ceil(heads·head_dim/2 / 64), 1, tokens).
 // x rounded to f16 and back, to nearest even (F16C's conversion), as the
@@ -51,6 +56,15 @@ fn round_f16(x: f32) -> f32 {
     }
     let b = bitcast<u32>(x);
     return bitcast<f32>((b + 0xfffu + ((b >> 13u) & 1u)) & 0xffffe000u);
+}
+
+// Element i of y3 (rounded as the cache stores it for at_pos3 = 2).
+fn put3(i: u32, v: f32) {
+    if (p.at_pos3 == 2u) {
+        y3[i] = round_f16(v);
+    } else {
+        y3[i] = v;
+    }
 }
 
 fn put(second: bool, i: u32, v: f32) {
@@ -71,12 +85,24 @@ fn put(second: bool, i: u32, v: f32) {
 fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
     let half = p.head_dim / 2u;
     let idx = gid.x;
-    if (idx >= (p.n_heads + p.n_heads2) * half) {
+    if (idx >= (p.n_heads + p.n_heads2 + p.n_heads3) * half) {
         return;
     }
     let tok = gid.z;
     let head = idx / half;
     let i = idx % half; // pair index
+    if (head >= p.n_heads + p.n_heads2) {
+        // A value head: dimensions 2i, 2i + 1 copied.
+        let xo = p.x_base + tok * p.x_stride + head * p.head_dim + 2u * i;
+        var yt = tok;
+        if (p.at_pos3 != 0u) {
+            yt += step.pos;
+        }
+        let yo = yt * p.y3_stride + (head - p.n_heads - p.n_heads2) * p.head_dim + 2u * i;
+        put3(yo, x[xo]);
+        put3(yo + 1u, x[xo + 1u]);
+        return;
+    }
     let second = head >= p.n_heads;
     let xo = p.x_base + tok * p.x_stride + head * p.head_dim;
     var yt = tok;
