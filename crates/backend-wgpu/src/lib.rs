@@ -28,7 +28,8 @@
 //! `vec_dot` lanes, the repacked Q4_0/IQ4_NL/Q4_K gemm/gemv, the tiled
 //! K-quant kernel, chosen by batch size as llama.cpp chooses (`qdot`,
 //! `kdot`, and the tiled `qmm`, `qmm1`, `kmm` for batches; `quant_sg.wgsl`
-//! with 32-wide subgroups where the device has them). Float (F32/F16/BF16)
+//! with 32-wide subgroups where the device has them, and `quant_tg.wgsl`'s
+//! 16-byte loads for single tokens with Q4_K and Q6_K). Float (F32/F16/BF16)
 //! batches above four tokens take tinyBLAS's eight fused lanes (`fmatmul`);
 //! one to four tokens still sum in the matrix-vector kernel's own order and
 //! differ in the last bits.
