@@ -441,14 +441,14 @@ impl GpuModel {
             };
             let (wq, wk) = match (&wqkv, &wqk) {
                 (None, None) => (
-                    Some(matrix(&name("attn_q.weight"), d, dq)?),
-                    Some(matrix(&name("attn_k.weight"), d, dkv)?),
+                    Some(matrix(&qkv_names[0], d, dq)?),
+                    Some(matrix(&qkv_names[1], d, dkv)?),
                 ),
                 _ => (None, None),
             };
             let wv = match wqkv {
                 Some(_) => None,
-                None => Some(matrix(&name("attn_v.weight"), d, dkv)?),
+                None => Some(matrix(&qkv_names[2], d, dkv)?),
             };
             // Floats per token in qk_raw.
             let raw_stride = dq + dkv + if wqkv.is_some() { dkv } else { 0 };
@@ -465,7 +465,9 @@ impl GpuModel {
             let k_cache = ctx.storage("k_cache", n_ctx as u64 * dkv as u64 * f);
             let v_cache = ctx.storage("v_cache", n_ctx as u64 * dkv as u64 * f);
 
-            // Attention block: x → xn → [q | k] and v (into the cache) → RoPE → attention → x +=.
+            // Attention block: x → xn → [q | k | v] (or [q | k] and v into
+            // the cache) → RoPE (k, and stacked v, into the caches) →
+            // attention → x +=.
             let mut qkv: Vec<(&'static str, &GpuMatrix, u32)> = match (&wqkv, &wqk, &wq, &wk) {
                 (Some(m), ..) => vec![("attn_qkv", m, 0)],
                 (None, Some(m), _, _) => vec![("attn_qk", m, 0)],

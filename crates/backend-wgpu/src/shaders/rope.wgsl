@@ -58,26 +58,19 @@ fn round_f16(x: f32) -> f32 {
     return bitcast<f32>((b + 0xfffu + ((b >> 13u) & 1u)) & 0xffffe000u);
 }
 
-// Element i of y3 (rounded as the cache stores it for at_pos3 = 2).
-fn put3(i: u32, v: f32) {
-    if (p.at_pos3 == 2u) {
-        y3[i] = round_f16(v);
-    } else {
-        y3[i] = v;
+// v as an output with KV-cache mode `at` stores it (2: an f16 cache).
+fn stored(at: u32, v: f32) -> f32 {
+    if (at == 2u) {
+        return round_f16(v);
     }
+    return v;
 }
 
 fn put(second: bool, i: u32, v: f32) {
     if (second) {
-        if (p.at_pos2 == 2u) {
-            y2[i] = round_f16(v);
-        } else {
-            y2[i] = v;
-        }
-    } else if (p.at_pos == 2u) {
-        y[i] = round_f16(v);
+        y2[i] = stored(p.at_pos2, v);
     } else {
-        y[i] = v;
+        y[i] = stored(p.at_pos, v);
     }
 }
 
@@ -99,8 +92,8 @@ fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
             yt += step.pos;
         }
         let yo = yt * p.y3_stride + (head - p.n_heads - p.n_heads2) * p.head_dim + 2u * i;
-        put3(yo, x[xo]);
-        put3(yo + 1u, x[xo + 1u]);
+        y3[yo] = stored(p.at_pos3, x[xo]);
+        y3[yo + 1u] = stored(p.at_pos3, x[xo + 1u]);
         return;
     }
     let second = head >= p.n_heads;
