@@ -248,10 +248,7 @@ fn main() {
     fn layouts_for(&self, shader: Shader) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
         // quant_sg.wgsl's and quant_tg.wgsl's kernels bind what quant.wgsl's do: one layout, so
         // that an op's bind group serves both.
-        let shader = match shader {
-            Shader::QuantSg | Shader::QuantTg => Shader::Quant,
-            s => s,
-        };
+        let shader = shader.layout_base();
         let mut layouts = self.layouts.lock().unwrap_or_else(|e| e.into_inner());
         layouts
             .entry(shader)
@@ -295,7 +292,7 @@ fn main() {
         {
             return p.clone();
         }
-        let shader = kernel.shader();
+        let shader = kernel.shader().for_device(self.caps.subgroup32);
         let module = {
             let mut modules = self.modules.lock().unwrap_or_else(|e| e.into_inner());
             modules

@@ -12,8 +12,18 @@ pub enum Shader {
     Norm,
     /// `rope.wgsl`: rotary embedding.
     Rope,
-    /// `attention.wgsl`: causal GQA attention over the KV cache.
+    /// `attention.wgsl` with `attn_wg.wgsl`: causal GQA attention over the
+    /// KV cache.
     Attention,
+    /// `attention.wgsl` with `attn_sg.wgsl`: its exchanges and reductions
+    /// through 32-wide subgroups (as [`Shader::QuantSg`]).
+    AttentionSg,
+    /// `norm.wgsl` with `act_sg.wgsl`: reductions through 32-wide subgroups.
+    NormSg,
+    /// `elementwise.wgsl` with `act_sg.wgsl`.
+    ElementwiseSg,
+    /// `act_quant.wgsl` with `act_sg.wgsl`.
+    ActQuantSg,
     /// `elementwise.wgsl`: add, SwiGLU, argmax.
     Elementwise,
     /// `act_quant.wgsl`: activation rounding to Q8_0/Q8_1/Q8_K.
@@ -29,11 +39,15 @@ pub enum Shader {
 }
 
 /// Every shader, for the naga validation test.
-pub const ALL_SHADERS: [Shader; 8] = [
+pub const ALL_SHADERS: [Shader; 12] = [
     Shader::Quant,
     Shader::Norm,
     Shader::Rope,
     Shader::Attention,
+    Shader::AttentionSg,
+    Shader::NormSg,
+    Shader::ElementwiseSg,
+    Shader::ActQuantSg,
     Shader::Elementwise,
     Shader::ActQuant,
     Shader::QuantSg,
@@ -71,6 +85,31 @@ impl Bind {
 }
 
 impl Shader {
+    /// The variant of this shader a device compiles: where its subgroups are
+    /// 32 wide, the one whose reductions and exchanges go through them.
+    pub(crate) fn for_device(self, subgroup32: bool) -> Shader {
+        match (self, subgroup32) {
+            (Shader::Attention, true) => Shader::AttentionSg,
+            (Shader::Norm, true) => Shader::NormSg,
+            (Shader::Elementwise, true) => Shader::ElementwiseSg,
+            (Shader::ActQuant, true) => Shader::ActQuantSg,
+            (s, _) => s,
+        }
+    }
+
+    /// The shader whose bind-group layout this one shares (its variants
+    /// bind what it binds).
+    pub(crate) fn layout_base(self) -> Shader {
+        match self {
+            Shader::QuantSg | Shader::QuantTg => Shader::Quant,
+            Shader::AttentionSg => Shader::Attention,
+            Shader::NormSg => Shader::Norm,
+            Shader::ElementwiseSg => Shader::Elementwise,
+            Shader::ActQuantSg => Shader::ActQuant,
+            s => s,
+        }
+    }
+
     /// The WGSL source (`fma.wgsl` first, then `act_common.wgsl` where
     /// activations are rounded, then the file itself).
     pub fn source(self) -> &'static str {
@@ -81,11 +120,17 @@ impl Shader {
         }
         match self {
             Shader::Quant => with_fma!("quant_io.wgsl", "quant.wgsl"),
-            Shader::Norm => with_fma!("act_common.wgsl", "norm.wgsl"),
+            Shader::Norm => with_fma!("act_wg.wgsl", "act_common.wgsl", "norm.wgsl"),
+            Shader::NormSg => with_fma!("act_sg.wgsl", "act_common.wgsl", "norm.wgsl"),
             Shader::Rope => with_fma!("rope.wgsl"),
-            Shader::Attention => with_fma!("attention.wgsl"),
-            Shader::Elementwise => with_fma!("act_common.wgsl", "elementwise.wgsl"),
-            Shader::ActQuant => with_fma!("act_common.wgsl", "act_quant.wgsl"),
+            Shader::Attention => with_fma!("attention.wgsl", "attn_wg.wgsl"),
+            Shader::AttentionSg => with_fma!("attention.wgsl", "attn_sg.wgsl"),
+            Shader::Elementwise => with_fma!("act_wg.wgsl", "act_common.wgsl", "elementwise.wgsl"),
+            Shader::ElementwiseSg => {
+                with_fma!("act_sg.wgsl", "act_common.wgsl", "elementwise.wgsl")
+            }
+            Shader::ActQuant => with_fma!("act_wg.wgsl", "act_common.wgsl", "act_quant.wgsl"),
+            Shader::ActQuantSg => with_fma!("act_sg.wgsl", "act_common.wgsl", "act_quant.wgsl"),
             Shader::QuantSg => with_fma!("quant_io.wgsl", "quant.wgsl", "quant_sg.wgsl"),
             Shader::QuantTg => with_fma!("quant_io.wgsl", "quant_tg.wgsl"),
         }
@@ -98,6 +143,10 @@ impl Shader {
             Shader::Norm => "norm.wgsl",
             Shader::Rope => "rope.wgsl",
             Shader::Attention => "attention.wgsl",
+            Shader::AttentionSg => "attention.wgsl+attn_sg.wgsl",
+            Shader::NormSg => "norm.wgsl+act_sg.wgsl",
+            Shader::ElementwiseSg => "elementwise.wgsl+act_sg.wgsl",
+            Shader::ActQuantSg => "act_quant.wgsl+act_sg.wgsl",
             Shader::Elementwise => "elementwise.wgsl",
             Shader::ActQuant => "act_quant.wgsl",
             Shader::QuantSg => "quant_sg.wgsl",
@@ -114,17 +163,19 @@ impl Shader {
                 &[Read, Read, ReadWrite, Uniform, Uniform, Read]
             }
             // x, weight, y, params, step
-            Shader::Norm => &[Read, Read, ReadWrite, Uniform, Uniform],
+            Shader::Norm | Shader::NormSg => &[Read, Read, ReadWrite, Uniform, Uniform],
             // x, y, params, step, cos/sin table, y2, y3
             Shader::Rope => &[
                 Read, ReadWrite, Uniform, Uniform, Read, ReadWrite, ReadWrite,
             ],
             // q, k_cache, v_cache, out, params, step
-            Shader::Attention => &[Read, Read, Read, ReadWrite, Uniform, Uniform],
+            Shader::Attention | Shader::AttentionSg => {
+                &[Read, Read, Read, ReadWrite, Uniform, Uniform]
+            }
             // a, b, y, params, step, token
-            Shader::Elementwise => &[Read, Read, ReadWrite, Uniform, Uniform, ReadWrite],
+            Shader::Elementwise | Shader::ElementwiseSg => &[Read, Read, ReadWrite, Uniform, Uniform, ReadWrite],
             // x, y, params, step
-            Shader::ActQuant => &[Read, ReadWrite, Uniform, Uniform],
+            Shader::ActQuant | Shader::ActQuantSg => &[Read, ReadWrite, Uniform, Uniform],
         }
     }
 }

@@ -119,6 +119,38 @@ fn act_block_max(v: f32, lid: u32) -> vec2<f32> {
     if (ACT == 15u) {
         seg = 256u;
     }
+    if (SG) {
+        // Within the subgroup (32 elements), by exchanges; then, for Q8_K,
+        // over the eight subgroups in order (the first wins ties).
+        let a = abs(v);
+        var m = a;
+        for (var s = 16u; s > 0u; s >>= 1u) {
+            m = max(m, bitcast<f32>(xor_u32(bitcast<u32>(m), s, lid)));
+        }
+        var at = select(0xffffffffu, lid & 31u, a == m);
+        for (var s = 16u; s > 0u; s >>= 1u) {
+            at = min(at, xor_u32(at, s, lid));
+        }
+        let mx = bitcast<f32>(shfl_u32(bitcast<u32>(v), at & 31u, lid));
+        if (seg == 32u) {
+            return vec2<f32>(m, mx);
+        }
+        if ((lid & 31u) == 0u) {
+            act_mag[lid >> 5u] = m;
+            act_val[lid >> 5u] = mx;
+        }
+        workgroupBarrier();
+        var bm = act_mag[0];
+        var bv = act_val[0];
+        for (var i = 1u; i < 8u; i++) {
+            if (act_mag[i] > bm) {
+                bm = act_mag[i];
+                bv = act_val[i];
+            }
+        }
+        workgroupBarrier(); // the arrays may be reused after return
+        return vec2<f32>(bm, bv);
+    }
     act_mag[lid] = abs(v);
     act_at[lid] = lid;
     act_val[lid] = v;
@@ -206,6 +238,36 @@ fn quantize_packed(v: f32, e: u32, tok: u32, lid: u32, n: u32, y_words: u32, cor
             q = i32(round(v * div_rn(127.0, amax)));
         }
         d = round_f16(div_rn(amax, 127.0));
+    }
+    if (SG) {
+        // The word's other three quants and the block's sums by exchanges
+        // (exact integer sums: any order).
+        let qu = u32(q);
+        let q1 = xor_u32(qu, 1u, lid);
+        let q2 = xor_u32(qu, 2u, lid);
+        let q3 = xor_u32(qu, 3u, lid);
+        if (e < n && (lid & 3u) == 0u) {
+            act_out(tok * y_words + e / 4u,
+                    (qu & 0xffu) | ((q1 & 0xffu) << 8u) | ((q2 & 0xffu) << 16u) | (q3 << 24u));
+        }
+        var s16 = q;
+        for (var s = 1u; s < 16u; s <<= 1u) {
+            s16 += i32(xor_u32(u32(s16), s, lid));
+        }
+        let s32 = s16 + i32(xor_u32(u32(s16), 16u, lid));
+        if (e < n && lid % 32u == 0u) {
+            let i = corr_base + 2u * (tok * (n / 32u) + e / 32u);
+            act_out(i, bitcast<u32>(d));
+            if (ACT == 9u) {
+                let ds = div_rn(amax, 127.0) * f32(s32);
+                act_out(i + 1u, bitcast<u32>(round_f16(abs(ds)) * sign(ds)));
+            } else if (ACT == 15u) {
+                act_out(i + 1u, (u32(s16) & 0xffffu) | (u32(s32 - s16) << 16u));
+            } else {
+                act_out(i + 1u, 0u);
+            }
+        }
+        return;
     }
     packed_q[lid] = q;
     workgroupBarrier();

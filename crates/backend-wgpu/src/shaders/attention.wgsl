@@ -37,8 +37,11 @@
 //      j % n_lanes of output d accumulates p_j·v[j][d] in position order
 //      (n_lanes = 8 for a batch, llama.cpp's tinyBLAS; 32 for one token,
 //      ggml_vec_dot over the KV window padded to 32), then the lanes are
-//      summed by `hsum8` (batch) or `reduce_4x8` (one token). One
-//      invocation owns whole outputs d (all their lanes, as vec4s).
+//      summed by `hsum8` (batch) or `reduce_4x8` (one token). A batch:
+//      one invocation owns whole outputs d (all their lanes, as vec4s). One
+//      token: an invocation owns four lanes of four outputs (V read as
+//      vec4s), and xor exchanges (attn_sg.wgsl: subgroup shuffles;
+//      attn_wg.wgsl: workgroup memory) form reduce_4x8's sums.
 //
 // Scores, then exponentials, of the first CAP positions stay in workgroup
 // memory; positions from CAP on are recomputed in each pass (the same
@@ -64,7 +67,7 @@ struct Step {
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;
 @group(0) @binding(1) var<storage, read> k_cache: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read> v_cache: array<f32>;
+@group(0) @binding(2) var<storage, read> v_cache: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<uniform> p: AttnParams;
 @group(0) @binding(5) var<uniform> step: Step;
@@ -351,51 +354,68 @@ fn score(t: u32, kvo: u32) -> f32 {
     return mul_rn(d, p.scale);
 }
 
-fn reduce_max(lid: u32, v: f32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            red[lid] = max(red[lid], red[lid + s]);
-        }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
-
 // ---- V·P ------------------------------------------------------------------
 
 // V at positions j .. j + 3 of the output element at `base` (positions
 // ks floats apart; past the window, the last one: its probability is 0).
 fn v_at4(base: u32, j: u32, ks: u32, last: u32) -> vec4<f32> {
-    return vec4<f32>(v_cache[min(base + j * ks, last)], v_cache[min(base + (j + 1u) * ks, last)],
-                     v_cache[min(base + (j + 2u) * ks, last)], v_cache[min(base + (j + 3u) * ks, last)]);
+    return vec4<f32>(v_el(min(base + j * ks, last)), v_el(min(base + (j + 1u) * ks, last)),
+                     v_el(min(base + (j + 2u) * ks, last)), v_el(min(base + (j + 3u) * ks, last)));
 }
 
-// The lanes of output d over one tile (positions t0 .. t0 + n, n ≤ WG,
-// probabilities in `probs`): lane (j % n_lanes) as a[lane / 4][lane % 4];
-// positions past the window add 0·v (exact no-ops: the lanes start at +0).
-fn vp_tile(a: ptr<function, array<vec4<f32>, 8>>, d: u32, t0: u32, n: u32, n_kv: u32, decode: bool) {
+fn v_el(i: u32) -> f32 {
+    return v_cache[i >> 2u][i & 3u];
+}
+
+// A batch's lanes of output d over one tile (positions t0 .. t0 + n, n ≤ WG,
+// probabilities in `probs`): lane j % 8 as a[lane / 4][lane % 4]; positions
+// past the window add 0·v (exact no-ops: the lanes start at +0).
+fn vp_tile(a: ptr<function, array<vec4<f32>, 2>>, d: u32, t0: u32, n: u32, n_kv: u32) {
     let ks = p.kv_stride;
     let last = (n_kv - 1u) * ks + d;
     let base = t0 * ks + d;
-    if (decode) {
-        for (var j0 = 0u; j0 < n; j0 += 32u) {
-            for (var v = 0u; v < 8u; v++) {
-                let j = j0 + 4u * v;
-                let pv = vec4<f32>(probs[j], probs[j + 1u], probs[j + 2u], probs[j + 3u]);
-                (*a)[v] = madd4(pv, v_at4(base, j, ks, last), (*a)[v]);
+    for (var j = 0u; j < n; j += 4u) {
+        let pv = vec4<f32>(probs[j], probs[j + 1u], probs[j + 2u], probs[j + 3u]);
+        let v = (j >> 2u) & 1u;
+        (*a)[v] = madd4(pv, v_at4(base, j, ks, last), (*a)[v]);
+    }
+}
+
+// One token's V·P for outputs 4·dq .. 4·dq + 3 (a vec4 of V per position)
+// over one tile (positions t0 .. t0 + n, probabilities in `probs`): this
+// invocation holds lanes 4g .. 4g + 3 of the 32 (position j adds into lane
+// j % 32), a[i] being lane 4g + i of the four outputs. Position order within
+// every lane is the CPU's; positions past the window are skipped (adding
+// p·v = ±0 to a lane that is never −0 changes nothing).
+fn vp_tile_decode(a: ptr<function, array<vec4<f32>, 4>>, dq: u32, g: u32, t0: u32, n: u32) {
+    let ks = p.kv_stride >> 2u;
+    for (var j0 = 0u; j0 < n; j0 += 32u) {
+        for (var i = 0u; i < 4u; i++) {
+            let j = j0 + 4u * g + i;
+            if (j < n) {
+                let pv = vec4<f32>(probs[j]);
+                (*a)[i] = madd4(pv, v_cache[(t0 + j) * ks + dq], (*a)[i]);
             }
         }
-    } else {
-        for (var j = 0u; j < n; j += 4u) {
-            let pv = vec4<f32>(probs[j], probs[j + 1u], probs[j + 2u], probs[j + 3u]);
-            let v = (j >> 2u) & 1u;
-            (*a)[v] = madd4(pv, v_at4(base, j, ks, last), (*a)[v]);
-        }
     }
+}
+
+// Position t's probability (0 past the window), rounded to the cache type.
+fn prob(t: u32, n_kv: u32, kvo: u32, mx: f32, inv: f32) -> f32 {
+    if (t >= n_kv) {
+        return 0.0;
+    }
+    var e: f32;
+    if (t < CAP) {
+        e = sc[t];
+    } else {
+        e = expf_ggml(score(t, kvo) - mx);
+    }
+    var pr = mul_rn(e, inv);
+    if (p.kv_f16 != 0u) {
+        pr = round_f16(pr);
+    }
+    return pr;
 }
 
 // Grid: (n_head, 1, n_tokens).
@@ -474,44 +494,72 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     workgroupBarrier();
     let inv = inv_sum;
 
-    // Pass 3: probabilities (rounded to the cache type) and V·P.
-    var acc0: array<vec4<f32>, 8>; // output lid
-    var acc1: array<vec4<f32>, 8>; // output lid + WG
-    for (var v = 0u; v < 8u; v++) {
+    // Pass 3: probabilities (rounded to the cache type) and V·P. One token:
+    // invocation (dq, g) = (lid / 8, lid % 8) holds lanes 4g .. 4g + 3 of
+    // outputs 4·dq .. 4·dq + 3 of each 64-output chunk (`vp_tile_decode`);
+    // xor exchanges over g then take reduce_4x8's sums. A batch: one
+    // invocation per output (`vp_tile`), lanes summed by hsum8.
+    let oo = tok * p.out_stride + head * hd;
+    if (decode) {
+        let g = lid & 7u;
+        for (var c0 = 0u; c0 < hd; c0 += 64u) {
+            let dq = (c0 >> 2u) + (lid >> 3u);
+            let live = 4u * dq < hd;
+            var a: array<vec4<f32>, 4>;
+            for (var i = 0u; i < 4u; i++) {
+                a[i] = vec4<f32>(0.0);
+            }
+            for (var t0 = 0u; t0 < n_kv; t0 += WG) {
+                probs[lid] = prob(t0 + lid, n_kv, kvo, mx, inv);
+                workgroupBarrier();
+                if (live) {
+                    vp_tile_decode(&a, (kvo >> 2u) + dq, g, t0, min(WG, n_kv - t0));
+                }
+                workgroupBarrier();
+            }
+            // reduce_4x8 of each output's lanes a_v (the vec4 of lanes
+            // 4v .. 4v + 3, held by g = v): x_lo = (a0 + a4) + (a2 + a6),
+            // x_hi = (a1 + a5) + (a3 + a7), t = x_lo + x_hi, then
+            // (t.x + t.y) + (t.z + t.w). Float addition commutes, so g and
+            // its partner form the same sum.
+            for (var m = 4u; m > 0u; m >>= 1u) {
+                for (var i = 0u; i < 4u; i++) {
+                    a[i] = a[i] + xor_vec4(a[i], m, lid);
+                }
+            }
+            if (live && g == 0u) {
+                let r = (a[0] + a[1]) + (a[2] + a[3]);
+                let o = oo + 4u * dq;
+                out[o] = r.x;
+                out[o + 1u] = r.y;
+                out[o + 2u] = r.z;
+                out[o + 3u] = r.w;
+            }
+        }
+        return;
+    }
+    var acc0: array<vec4<f32>, 2>; // output lid
+    var acc1: array<vec4<f32>, 2>; // output lid + WG
+    for (var v = 0u; v < 2u; v++) {
         acc0[v] = vec4<f32>(0.0);
         acc1[v] = vec4<f32>(0.0);
     }
     for (var t0 = 0u; t0 < n_kv; t0 += WG) {
-        let t = t0 + lid;
-        var pr = 0.0;
-        if (t < n_kv) {
-            var e: f32;
-            if (t < CAP) {
-                e = sc[t];
-            } else {
-                e = expf_ggml(score(t, kvo) - mx);
-            }
-            pr = mul_rn(e, inv);
-            if (p.kv_f16 != 0u) {
-                pr = round_f16(pr);
-            }
-        }
-        probs[lid] = pr;
+        probs[lid] = prob(t0 + lid, n_kv, kvo, mx, inv);
         workgroupBarrier();
         let n = min(WG, n_kv - t0);
         if (lid < hd) {
-            vp_tile(&acc0, kvo + lid, t0, n, n_kv, decode);
+            vp_tile(&acc0, kvo + lid, t0, n, n_kv);
         }
         if (lid + WG < hd) {
-            vp_tile(&acc1, kvo + lid + WG, t0, n, n_kv, decode);
+            vp_tile(&acc1, kvo + lid + WG, t0, n, n_kv);
         }
         workgroupBarrier();
     }
-    let oo = tok * p.out_stride + head * hd;
     if (lid < hd) {
-        out[oo + lid] = select(hsum8(acc0[0], acc0[1]), reduce_4x8(acc0), decode);
+        out[oo + lid] = hsum8(acc0[0], acc0[1]);
     }
     if (lid + WG < hd) {
-        out[oo + lid + WG] = select(hsum8(acc1[0], acc1[1]), reduce_4x8(acc1), decode);
+        out[oo + lid + WG] = hsum8(acc1[0], acc1[1]);
     }
 }

@@ -30,6 +30,7 @@ struct Step {
 @group(0) @binding(4) var<uniform> step: Step;
 
 const WG: u32 = 256u;
+
 var<workgroup> partial: array<vec2<f32>, WG>;
 
 // ggml sums the f32 squares in f64 and rounds sum/n to f32; the GPU has no
@@ -123,15 +124,32 @@ fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
         // max() keeps the square rounded to f32 on its own (not fused into the add).
         sum = dd_add(sum, vec2<f32>(max(v * v, 0.0), 0.0));
     }
-    partial[lid] = sum;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s >>= 1u) {
-        if (lid < s) {
-            partial[lid] = dd_add(partial[lid], partial[lid + s]);
+    var tot: vec2<f32>;
+    if (SG) {
+        // dd_add is symmetric (TwoSum's error is exact in either order), so
+        // after the butterfly every invocation holds the same sum.
+        for (var m = 16u; m > 0u; m >>= 1u) {
+            let o = vec2<f32>(bitcast<f32>(xor_u32(bitcast<u32>(sum.x), m, lid)),
+                              bitcast<f32>(xor_u32(bitcast<u32>(sum.y), m, lid)));
+            sum = dd_add(sum, o);
+        }
+        if ((lid & 31u) == 0u) {
+            partial[lid >> 5u] = sum;
         }
         workgroupBarrier();
+        tot = dd_add(dd_add(dd_add(partial[0], partial[1]), dd_add(partial[2], partial[3])),
+                     dd_add(dd_add(partial[4], partial[5]), dd_add(partial[6], partial[7])));
+    } else {
+        partial[lid] = sum;
+        workgroupBarrier();
+        for (var s = WG / 2u; s > 0u; s >>= 1u) {
+            if (lid < s) {
+                partial[lid] = dd_add(partial[lid], partial[lid + s]);
+            }
+            workgroupBarrier();
+        }
+        tot = partial[0];
     }
-    let tot = partial[0];
     var mean = 0.0;
     if (tot.x > 0.0) {
         mean = mean_rn(tot, f32(p.n));
