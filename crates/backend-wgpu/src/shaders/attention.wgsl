@@ -381,23 +381,45 @@ fn vp_tile(a: ptr<function, array<vec4<f32>, 2>>, d: u32, t0: u32, n: u32, n_kv:
     }
 }
 
-// One token's V·P for outputs 4·dq .. 4·dq + 3 (a vec4 of V per position)
-// over one tile (positions t0 .. t0 + n, probabilities in `probs`): this
-// invocation holds lanes 4g .. 4g + 3 of the 32 (position j adds into lane
-// j % 32), a[i] being lane 4g + i of the four outputs. Position order within
-// every lane is the CPU's; positions past the window are skipped (adding
-// p·v = ±0 to a lane that is never −0 changes nothing).
-fn vp_tile_decode(a: ptr<function, array<vec4<f32>, 4>>, dq: u32, g: u32, t0: u32, n: u32) {
+// One token's V·P for outputs 4·dq .. 4·dq + 3 (vq: their vec4 in the
+// cache rows) over one tile of WG = 128 positions from t0 (probabilities in
+// `probs`, 0 past the window): this invocation holds lanes 4g .. 4g + 3 of
+// the 32 (position j adds into lane j % 32), a[i] being lane 4g + i of the
+// four outputs, and adds positions in order within every lane. All sixteen
+// vectors of V are loaded before the first is added; past the window V
+// reads as 0 (adding p·v = +0 to a lane, which is never −0, changes
+// nothing).
+fn vp_tile_decode(a: ptr<function, array<vec4<f32>, 4>>, vq: u32, g: u32, t0: u32, n: u32) {
     let ks = p.kv_stride >> 2u;
-    for (var j0 = 0u; j0 < n; j0 += 32u) {
-        for (var i = 0u; i < 4u; i++) {
-            let j = j0 + 4u * g + i;
-            if (j < n) {
-                let pv = vec4<f32>(probs[j]);
-                (*a)[i] = madd4(pv, v_cache[(t0 + j) * ks + dq], (*a)[i]);
-            }
-        }
+    let j = 4u * g;
+    let v0 = array<vec4<f32>, 4>(v_row(vq, t0, j, n, ks), v_row(vq, t0, j + 1u, n, ks),
+                                 v_row(vq, t0, j + 2u, n, ks), v_row(vq, t0, j + 3u, n, ks));
+    let v1 = array<vec4<f32>, 4>(v_row(vq, t0, j + 32u, n, ks), v_row(vq, t0, j + 33u, n, ks),
+                                 v_row(vq, t0, j + 34u, n, ks), v_row(vq, t0, j + 35u, n, ks));
+    let v2 = array<vec4<f32>, 4>(v_row(vq, t0, j + 64u, n, ks), v_row(vq, t0, j + 65u, n, ks),
+                                 v_row(vq, t0, j + 66u, n, ks), v_row(vq, t0, j + 67u, n, ks));
+    let v3 = array<vec4<f32>, 4>(v_row(vq, t0, j + 96u, n, ks), v_row(vq, t0, j + 97u, n, ks),
+                                 v_row(vq, t0, j + 98u, n, ks), v_row(vq, t0, j + 99u, n, ks));
+    for (var i = 0u; i < 4u; i++) {
+        (*a)[i] = madd4(vec4<f32>(probs[j + i]), v0[i], (*a)[i]);
     }
+    for (var i = 0u; i < 4u; i++) {
+        (*a)[i] = madd4(vec4<f32>(probs[j + 32u + i]), v1[i], (*a)[i]);
+    }
+    for (var i = 0u; i < 4u; i++) {
+        (*a)[i] = madd4(vec4<f32>(probs[j + 64u + i]), v2[i], (*a)[i]);
+    }
+    for (var i = 0u; i < 4u; i++) {
+        (*a)[i] = madd4(vec4<f32>(probs[j + 96u + i]), v3[i], (*a)[i]);
+    }
+}
+
+// V's vector vq at tile position j (0 at or past n).
+fn v_row(vq: u32, t0: u32, j: u32, n: u32, ks: u32) -> vec4<f32> {
+    if (j >= n) {
+        return vec4<f32>(0.0);
+    }
+    return v_cache[(t0 + j) * ks + vq];
 }
 
 // Position t's probability (0 past the window), rounded to the cache type.
@@ -427,6 +449,8 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     let decode = step.n_tokens == 1u;
     let kv_head = head / (p.n_head / p.n_kv_head);
     let qo = tok * p.q_stride + head * hd;
+    let n_kv = step.pos + tok + 1u;
+    let kvo = kv_head * hd;
     for (var i = lid; i < (hd >> 2u); i += WG) {
         var v = vec4<f32>(q[qo + 4u * i], q[qo + 4u * i + 1u], q[qo + 4u * i + 2u], q[qo + 4u * i + 3u]);
         if (p.kv_f16 != 0u) {
@@ -435,9 +459,6 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         q_head[i] = v;
     }
     workgroupBarrier();
-
-    let n_kv = step.pos + tok + 1u;
-    let kvo = kv_head * hd;
 
     // Pass 1: scaled scores and their maximum.
     var m = -3.0e38;

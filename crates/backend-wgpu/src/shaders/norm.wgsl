@@ -107,6 +107,16 @@ fn sqrt_rn(t: f32) -> f32 {
     return s;
 }
 
+// x[xo + i]² rounded to f32 (max() keeps the square from being fused into
+// an add), 0 past the row.
+fn sq_at(xo: u32, i: u32) -> f32 {
+    if (i >= p.n) {
+        return 0.0;
+    }
+    let v = x[xo + i];
+    return max(v * v, 0.0);
+}
+
 // Grid: (ceil(n / 256), 1, tokens): every workgroup sums the squares of the
 // whole row (a few KiB, from cache) and writes its own 256 outputs, so that
 // a row is spread over several compute units.
@@ -118,11 +128,26 @@ fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     }
     let xo = src_tok * p.x_stride;
     let yo = wid.z * p.y_stride;
+    // This invocation's output operands, loaded before the sum so that
+    // their latency passes during it.
+    let i = wid.x * WG + lid;
+    var xi = 0.0;
+    var wi = 0.0;
+    if (i < p.n) {
+        xi = x[xo + i];
+        wi = weight[i];
+    }
+    // Eight elements per invocation and round, all loaded before any is
+    // added (a loop that loads and adds in turn waits out the cache's
+    // latency at every element), summed as a tree of exact pairs.
     var sum = vec2<f32>(0.0);
-    for (var i = lid; i < p.n; i += WG) {
-        let v = x[xo + i];
-        // max() keeps the square rounded to f32 on its own (not fused into the add).
-        sum = dd_add(sum, vec2<f32>(max(v * v, 0.0), 0.0));
+    for (var i0 = lid; i0 < p.n; i0 += 8u * WG) {
+        let a = vec4<f32>(sq_at(xo, i0), sq_at(xo, i0 + WG), sq_at(xo, i0 + 2u * WG), sq_at(xo, i0 + 3u * WG));
+        let b = vec4<f32>(sq_at(xo, i0 + 4u * WG), sq_at(xo, i0 + 5u * WG), sq_at(xo, i0 + 6u * WG),
+                          sq_at(xo, i0 + 7u * WG));
+        let lo = dd_add(two_sum(a.x, a.y), two_sum(a.z, a.w));
+        let hi = dd_add(two_sum(b.x, b.y), two_sum(b.z, b.w));
+        sum = dd_add(sum, dd_add(lo, hi));
     }
     var tot: vec2<f32>;
     if (SG) {
@@ -155,10 +180,9 @@ fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
         mean = mean_rn(tot, f32(p.n));
     }
     let scale = div_rn(1.0, sqrt_rn(mean + p.eps));
-    let i = wid.x * WG + lid;
     var v = 0.0;
     if (i < p.n) {
-        v = (x[xo + i] * scale) * weight[i];
+        v = (xi * scale) * wi;
     }
     if (PACKED) {
         quantize_packed(v, i, wid.z, lid, p.n, p.y_stride, p.corr_base);
