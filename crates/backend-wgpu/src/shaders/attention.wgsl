@@ -320,7 +320,24 @@ fn dot_decode(ko: u32, n4: u32) -> f32 {
         a[v] = vec4<f32>(0.0);
     }
     let n32 = n4 / 8u * 8u;
-    for (var i = 0u; i < n32; i += 8u) {
+    // Two blocks of 32 per round, their sixteen vectors of K loaded before
+    // the first is added (the blocks still add in order).
+    var i = 0u;
+    for (; i + 16u <= n32; i += 16u) {
+        let k0 = array<vec4<f32>, 8>(k_cache[ko + i], k_cache[ko + i + 1u], k_cache[ko + i + 2u],
+                                     k_cache[ko + i + 3u], k_cache[ko + i + 4u], k_cache[ko + i + 5u],
+                                     k_cache[ko + i + 6u], k_cache[ko + i + 7u]);
+        let k1 = array<vec4<f32>, 8>(k_cache[ko + i + 8u], k_cache[ko + i + 9u], k_cache[ko + i + 10u],
+                                     k_cache[ko + i + 11u], k_cache[ko + i + 12u], k_cache[ko + i + 13u],
+                                     k_cache[ko + i + 14u], k_cache[ko + i + 15u]);
+        for (var v = 0u; v < 8u; v++) {
+            a[v] = madd4(q_head[i + v], k0[v], a[v]);
+        }
+        for (var v = 0u; v < 8u; v++) {
+            a[v] = madd4(q_head[i + 8u + v], k1[v], a[v]);
+        }
+    }
+    if (i < n32) {
         for (var v = 0u; v < 8u; v++) {
             a[v] = madd4(q_head[i + v], k_cache[ko + i + v], a[v]);
         }
