@@ -45,7 +45,29 @@ fn bsum_pair(v: u32) -> i32 {
 
 // The float steps of super-blocks sb0 .. sb0 + 7 (those below nsb), whose
 // (s, d·d_a, m, dmin·d_a) invocation 4j holds for super-block sb0 + j.
+// A full step's eight shuffles come first, then its chain of fmas.
 fn q4k_steps(acc: ptr<function, vec2<f32>>, f: vec4<f32>, sb0: u32, nsb: u32) {
+    if (sb0 + 8u <= nsb) {
+        let g0 = subgroupShuffle(f, 0u);
+        let g1 = subgroupShuffle(f, 4u);
+        let g2 = subgroupShuffle(f, 8u);
+        let g3 = subgroupShuffle(f, 12u);
+        let g4 = subgroupShuffle(f, 16u);
+        let g5 = subgroupShuffle(f, 20u);
+        let g6 = subgroupShuffle(f, 24u);
+        let g7 = subgroupShuffle(f, 28u);
+        var a = *acc;
+        a = vec2<f32>(fma_rn(g0.x, g0.y, a.x), fma_rn(g0.z, g0.w, a.y));
+        a = vec2<f32>(fma_rn(g1.x, g1.y, a.x), fma_rn(g1.z, g1.w, a.y));
+        a = vec2<f32>(fma_rn(g2.x, g2.y, a.x), fma_rn(g2.z, g2.w, a.y));
+        a = vec2<f32>(fma_rn(g3.x, g3.y, a.x), fma_rn(g3.z, g3.w, a.y));
+        a = vec2<f32>(fma_rn(g4.x, g4.y, a.x), fma_rn(g4.z, g4.w, a.y));
+        a = vec2<f32>(fma_rn(g5.x, g5.y, a.x), fma_rn(g5.z, g5.w, a.y));
+        a = vec2<f32>(fma_rn(g6.x, g6.y, a.x), fma_rn(g6.z, g6.w, a.y));
+        a = vec2<f32>(fma_rn(g7.x, g7.y, a.x), fma_rn(g7.z, g7.w, a.y));
+        *acc = a;
+        return;
+    }
     for (var j = 0u; j < 8u; j++) {
         let g = subgroupShuffle(f, 4u * j);
         if (sb0 + j < nsb) {
