@@ -157,6 +157,26 @@ fn qdot_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             sum += subgroupShuffleXor(sum, 2u);
             sum += subgroupShuffleXor(sum, 4u);
         }
+        if (c0 + 4u <= nb) {
+            // A full step: its twelve shuffles first, then the chain (a
+            // shuffle in each pass of the loop below waits at every block).
+            let o = select(0u, j, ORDER == 0u);
+            let s4 = vec4<f32>(f32(subgroupShuffle(sum, o)), f32(subgroupShuffle(sum, o + 8u)),
+                               f32(subgroupShuffle(sum, o + 16u)), f32(subgroupShuffle(sum, o + 24u)));
+            let d4 = vec4<f32>(subgroupShuffle(dd, o), subgroupShuffle(dd, o + 8u),
+                               subgroupShuffle(dd, o + 16u), subgroupShuffle(dd, o + 24u));
+            if (ORDER == 0u) {
+                acc = fma_rn(d4.w, s4.w, fma_rn(d4.z, s4.z, fma_rn(d4.y, s4.y, fma_rn(d4.x, s4.x, acc))));
+                if (has_min) {
+                    let m4 = vec4<f32>(subgroupShuffle(ms, 0u), subgroupShuffle(ms, 8u),
+                                       subgroupShuffle(ms, 16u), subgroupShuffle(ms, 24u));
+                    summs = (((summs + m4.x) + m4.y) + m4.z) + m4.w;
+                }
+            } else {
+                acc = fma_rn(s4.w, d4.w, fma_rn(s4.z, d4.z, fma_rn(s4.y, d4.y, fma_rn(s4.x, d4.x, acc))));
+            }
+            continue;
+        }
         for (var q = 0u; q < 4u; q++) {
             let src = select(8u * q, j + 8u * q, ORDER == 0u);
             let s_q = subgroupShuffle(sum, src);

@@ -152,7 +152,16 @@ fn q6k_term(w: u32, xo: u32, c: u32, sc: vec4<u32>, half: u32) -> i32 {
 
 // Lane l's float steps of super-blocks sb0 .. sb0 + 3 (those below nsb),
 // whose (sum, d·d_a) invocation l + 8k holds for super-block sb0 + k.
+// A full step's four shuffles come first, then its chain (as q4k_steps).
 fn q6k_steps(acc: ptr<function, f32>, f: vec2<f32>, sb0: u32, nsb: u32, l: u32) {
+    if (sb0 + 4u <= nsb) {
+        let g0 = subgroupShuffle(f, l);
+        let g1 = subgroupShuffle(f, l + 8u);
+        let g2 = subgroupShuffle(f, l + 16u);
+        let g3 = subgroupShuffle(f, l + 24u);
+        *acc = fma_rn(g3.y, g3.x, fma_rn(g2.y, g2.x, fma_rn(g1.y, g1.x, fma_rn(g0.y, g0.x, *acc))));
+        return;
+    }
     for (var k = 0u; k < 4u; k++) {
         let g = subgroupShuffle(f, l + 8u * k);
         if (sb0 + k < nsb) {
