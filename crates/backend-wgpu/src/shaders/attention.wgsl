@@ -508,12 +508,18 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         }
         probs[lid] = e;
         workgroupBarrier();
+        // The tile's block sums side by side, then their f64 chain.
+        let nb = (min(WG, n_kv - t0) + 7u) / 8u;
+        if (lid < nb) {
+            let b = lid;
+            let lo = vec4<f32>(probs[8u * b], probs[8u * b + 1u], probs[8u * b + 2u], probs[8u * b + 3u]);
+            let hi = vec4<f32>(probs[8u * b + 4u], probs[8u * b + 5u], probs[8u * b + 6u], probs[8u * b + 7u]);
+            red[b] = hsum8(lo, hi);
+        }
+        workgroupBarrier();
         if (lid == 0u) {
-            let nb = (min(WG, n_kv - t0) + 7u) / 8u;
             for (var b = 0u; b < nb; b++) {
-                let lo = vec4<f32>(probs[8u * b], probs[8u * b + 1u], probs[8u * b + 2u], probs[8u * b + 3u]);
-                let hi = vec4<f32>(probs[8u * b + 4u], probs[8u * b + 5u], probs[8u * b + 6u], probs[8u * b + 7u]);
-                sum = f64_add(sum, f64_from_f32(hsum8(lo, hi)));
+                sum = f64_add(sum, f64_from_f32(red[b]));
             }
         }
         workgroupBarrier();
@@ -560,10 +566,17 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
             // x_hi = (a1 + a5) + (a3 + a7), t = x_lo + x_hi, then
             // (t.x + t.y) + (t.z + t.w). Float addition commutes, so g and
             // its partner form the same sum.
+            // (The four exchanges of a round are independent: all four
+            // first, then the sums.)
             for (var m = 4u; m > 0u; m >>= 1u) {
-                for (var i = 0u; i < 4u; i++) {
-                    a[i] = a[i] + xor_vec4(a[i], m, lid);
-                }
+                let x0 = xor_vec4(a[0], m, lid);
+                let x1 = xor_vec4(a[1], m, lid);
+                let x2 = xor_vec4(a[2], m, lid);
+                let x3 = xor_vec4(a[3], m, lid);
+                a[0] = a[0] + x0;
+                a[1] = a[1] + x1;
+                a[2] = a[2] + x2;
+                a[3] = a[3] + x3;
             }
             if (live && g == 0u) {
                 let r = (a[0] + a[1]) + (a[2] + a[3]);
