@@ -173,7 +173,9 @@ impl Shader {
                 &[Read, Read, Read, ReadWrite, Uniform, Uniform]
             }
             // a, b, y, params, step, token
-            Shader::Elementwise | Shader::ElementwiseSg => &[Read, Read, ReadWrite, Uniform, Uniform, ReadWrite],
+            Shader::Elementwise | Shader::ElementwiseSg => {
+                &[Read, Read, ReadWrite, Uniform, Uniform, ReadWrite]
+            }
             // x, y, params, step
             Shader::ActQuant | Shader::ActQuantSg => &[Read, ReadWrite, Uniform, Uniform],
         }
