@@ -246,8 +246,9 @@ fn main() {
     }
 
     fn layouts_for(&self, shader: Shader) -> (wgpu::BindGroupLayout, wgpu::PipelineLayout) {
-        // quant_sg.wgsl's and quant_tg.wgsl's kernels bind what quant.wgsl's do: one layout, so
-        // that an op's bind group serves both.
+        // A shader's variants (quant_sg.wgsl's and quant_tg.wgsl's kernels, the
+        // subgroup twins) bind what it binds: one layout, so that an op's bind
+        // group serves every variant.
         let shader = shader.layout_base();
         let mut layouts = self.layouts.lock().unwrap_or_else(|e| e.into_inner());
         layouts

@@ -110,8 +110,10 @@ impl Shader {
         }
     }
 
-    /// The WGSL source (`fma.wgsl` first, then `act_common.wgsl` where
-    /// activations are rounded, then the file itself).
+    /// The WGSL source: `fma.wgsl` first, then where activations are
+    /// rounded `act_wg.wgsl` or `act_sg.wgsl` (the lane exchanges) and
+    /// `act_common.wgsl`, then the file itself (attention: then
+    /// `attn_wg.wgsl` or `attn_sg.wgsl`).
     pub fn source(self) -> &'static str {
         macro_rules! with_fma {
             ($($f:literal),*) => {

@@ -42,6 +42,15 @@
 //!   dispatches.
 //! - Matrices larger than the device's largest storage binding are split by
 //!   rows into several buffers, one dispatch per part.
+//! - Where the device's subgroups are 32 wide, attention, RMSNorm, SwiGLU
+//!   and the activation packing reduce and exchange through subgroup
+//!   operations (`attn_sg.wgsl`, `act_sg.wgsl`); elsewhere the same
+//!   functions go through workgroup memory (`attn_wg.wgsl`, `act_wg.wgsl`).
+//!   Both compute the same bits.
+//! - A shader's loads are issued before the arithmetic that waits for them
+//!   (and a step's shuffles before its chain of fmas): on an H100 a loop
+//!   that loads, or shuffles, and then adds waits out the latency every
+//!   pass.
 //!
 //! ```no_run
 //! use backend_wgpu::{DeviceOptions, GpuContext, GpuModel, GpuModelOptions};
