@@ -322,11 +322,6 @@ fn rows_grid(n: u32) -> [u32; 2] {
 }
 
 impl Op {
-    /// Whether the op dispatches anything for a batch of `n_tokens`.
-    pub fn runs(&self, n_tokens: u32) -> bool {
-        !matches!(self.grid, Grid::BatchOnly(_)) || n_tokens > 1
-    }
-
     /// Records the op for a batch of `n_tokens`.
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32) {
         let (pipeline, g) = match self.grid {
