@@ -112,8 +112,8 @@ impl Shader {
 
     /// The WGSL source: `fma.wgsl` first, then where activations are
     /// rounded `act_wg.wgsl` or `act_sg.wgsl` (the lane exchanges) and
-    /// `act_common.wgsl`, where RoPE is applied `rope_common.wgsl`, then
-    /// the file itself (attention: then `attn_wg.wgsl` or `attn_sg.wgsl`).
+    /// `act_common.wgsl`, then the file itself (attention: then
+    /// `attn_wg.wgsl` or `attn_sg.wgsl`).
     pub fn source(self) -> &'static str {
         macro_rules! with_fma {
             ($($f:literal),*) => {
@@ -124,9 +124,9 @@ impl Shader {
             Shader::Quant => with_fma!("quant_io.wgsl", "quant.wgsl"),
             Shader::Norm => with_fma!("act_wg.wgsl", "act_common.wgsl", "norm.wgsl"),
             Shader::NormSg => with_fma!("act_sg.wgsl", "act_common.wgsl", "norm.wgsl"),
-            Shader::Rope => with_fma!("rope_common.wgsl", "rope.wgsl"),
-            Shader::Attention => with_fma!("rope_common.wgsl", "attention.wgsl", "attn_wg.wgsl"),
-            Shader::AttentionSg => with_fma!("rope_common.wgsl", "attention.wgsl", "attn_sg.wgsl"),
+            Shader::Rope => with_fma!("rope.wgsl"),
+            Shader::Attention => with_fma!("attention.wgsl", "attn_wg.wgsl"),
+            Shader::AttentionSg => with_fma!("attention.wgsl", "attn_sg.wgsl"),
             Shader::Elementwise => with_fma!("act_wg.wgsl", "act_common.wgsl", "elementwise.wgsl"),
             Shader::ElementwiseSg => {
                 with_fma!("act_sg.wgsl", "act_common.wgsl", "elementwise.wgsl")
@@ -170,10 +170,10 @@ impl Shader {
             Shader::Rope => &[
                 Read, ReadWrite, Uniform, Uniform, Read, ReadWrite, ReadWrite,
             ],
-            // q, k_cache, v_cache, out, params, step, raw [q | k | v], cos/sin table
-            Shader::Attention | Shader::AttentionSg => &[
-                Read, ReadWrite, ReadWrite, ReadWrite, Uniform, Uniform, Read, Read,
-            ],
+            // q, k_cache, v_cache, out, params, step
+            Shader::Attention | Shader::AttentionSg => {
+                &[Read, Read, Read, ReadWrite, Uniform, Uniform]
+            }
             // a, b, y, params, step, token
             Shader::Elementwise | Shader::ElementwiseSg => {
                 &[Read, Read, ReadWrite, Uniform, Uniform, ReadWrite]

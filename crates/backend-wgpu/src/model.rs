@@ -20,9 +20,7 @@ use gguf_format::{GgmlType, Gguf, GgufHeader, TensorInfo};
 use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
 use crate::kernels::{act_type, is_exact, Kernel};
-use crate::ops::{
-    AttnParams, EwParams, GpuMatrix, Grid, Op, OpBuilder, RopeParams, StepUniform, NO_V,
-};
+use crate::ops::{AttnParams, EwParams, GpuMatrix, Op, OpBuilder, RopeParams, StepUniform};
 
 /// Hyper-parameters of a LLaMA-family model, read from GGUF metadata.
 #[derive(Clone, Debug, PartialEq)]
@@ -518,8 +516,7 @@ impl GpuModel {
                 ));
             }
             // Queries into q, keys into the cache (and stacked values into
-            // theirs), in one dispatch; for one token, the attention kernel
-            // does this itself (AttnParams::rope) and the dispatch is skipped.
+            // theirs), in one dispatch.
             body.push(ob.rope2(
                 &qk_raw,
                 &q,
@@ -538,11 +535,6 @@ impl GpuModel {
                     ..rope(cfg.n_head, 0, dq, 0)
                 },
             ));
-            if let Some(op) = body.last_mut() {
-                if let Grid::PerToken(g) = op.grid {
-                    op.grid = Grid::BatchOnly(g);
-                }
-            }
             body.push(ob.attention(
                 &q,
                 &k_cache,
@@ -557,16 +549,7 @@ impl GpuModel {
                     out_stride: dq,
                     scale: 1.0 / (cfg.head_dim as f32).sqrt(),
                     kv_f16: kv_f16 as u32,
-                    rope: 1,
-                    raw_stride,
-                    k_off: dq,
-                    v_off: if wqkv.is_some() { dq + dkv } else { NO_V },
-                    n_dims: cfg.rope_dims,
-                    neox: cfg.rope_neox as u32,
-                    pad: [0; 2],
                 },
-                &qk_raw,
-                &rope_table,
             ));
             acts.fused = false;
             let ao = acts.input(&ob, &mut body, &mut Vec::new(), &attn, dq, dq, &wo);

@@ -281,7 +281,6 @@ pub fn attention(
     let kb = f32_buffer(ctx, "k", k);
     let vb = f32_buffer(ctx, "v", v);
     let out = ctx.storage("out", (q.len() * 4) as u64);
-    let dummy = ctx.storage("dummy", 16);
     let op = b.attention(
         &qb,
         &kb,
@@ -296,10 +295,7 @@ pub fn attention(
             out_stride: qrow as u32,
             scale: 1.0 / (head_dim as f32).sqrt(),
             kv_f16: kv_f16 as u32,
-            ..Default::default()
         },
-        &dummy,
-        &dummy,
     );
     run(ctx, &[op], t as u32, &out, q.len())
 }

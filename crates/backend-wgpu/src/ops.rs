@@ -111,25 +111,7 @@ pub(crate) struct AttnParams {
     pub out_stride: u32,
     pub scale: f32,
     pub kv_f16: u32,
-    /// 1: one token's RoPE happens in the attention kernel, from `raw`
-    /// (the rope op then runs for batches only).
-    pub rope: u32,
-    /// Floats between tokens in `raw`.
-    pub raw_stride: u32,
-    /// Float offset of the keys in a `raw` row.
-    pub k_off: u32,
-    /// Float offset of the values in a `raw` row, or [`NO_V`] (the values
-    /// are in the cache already).
-    pub v_off: u32,
-    /// Rotated dimensions.
-    pub n_dims: u32,
-    /// 1: NEOX pairing.
-    pub neox: u32,
-    pub pad: [u32; 2],
 }
-
-/// [`AttnParams::v_off`] when the values are not in `raw`.
-pub(crate) const NO_V: u32 = u32::MAX;
 
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
@@ -266,9 +248,6 @@ impl GpuMatrix {
 pub(crate) enum Grid {
     /// `[x, y]` workgroups per token (z = tokens).
     PerToken([u32; 2]),
-    /// As `PerToken`, for batches only: a single token skips the op (a
-    /// later op does its work, as attention does RoPE's).
-    BatchOnly([u32; 2]),
     /// `[x, y, z]` regardless of the batch.
     Fixed([u32; 3]),
     /// A linear layer of `m` rows: matvec or matmul by batch size.
@@ -326,8 +305,6 @@ impl Op {
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32) {
         let (pipeline, g) = match self.grid {
             Grid::PerToken([x, y]) => (&self.pipeline, [x, y, n_tokens]),
-            Grid::BatchOnly(_) if n_tokens == 1 => return,
-            Grid::BatchOnly([x, y]) => (&self.pipeline, [x, y, n_tokens]),
             Grid::Fixed(g) => (&self.pipeline, g),
             Grid::Linear { m } => {
                 if n_tokens <= MATVEC_MAX_TOKENS {
@@ -619,10 +596,7 @@ impl OpBuilder<'_> {
         }
     }
 
-    /// Attention of `q` over the caches into `out`; with `params.rope`, a
-    /// single token's queries and keys (and values) come from `raw`, rotated
-    /// with `table` (otherwise both are unused).
-    #[allow(clippy::too_many_arguments)]
+    /// Attention of `q` over the caches into `out`.
     pub fn attention(
         &self,
         q: &wgpu::Buffer,
@@ -630,8 +604,6 @@ impl OpBuilder<'_> {
         v_cache: &wgpu::Buffer,
         out: &wgpu::Buffer,
         params: AttnParams,
-        raw: &wgpu::Buffer,
-        table: &wgpu::Buffer,
     ) -> Op {
         let pb = self.ctx.uniform("attention", bytemuck::bytes_of(&params));
         let kernel = Kernel::Attention;
@@ -640,10 +612,7 @@ impl OpBuilder<'_> {
             pipeline: self.ctx.pipeline(kernel),
             pipeline_mm: None,
             variants: Vec::new(),
-            bind_group: self.bind(
-                kernel,
-                &[q, k_cache, v_cache, out, &pb, self.step, raw, table],
-            ),
+            bind_group: self.bind(kernel, &[q, k_cache, v_cache, out, &pb, self.step]),
             grid: Grid::PerToken([params.n_head, 1]),
             _params: pb,
         }

@@ -464,10 +464,7 @@ impl Backend for WgpuBackend {
                 out_stride: qw,
                 scale: params.scale,
                 kv_f16: (s.kv_type == KvType::F16) as u32,
-                ..Default::default()
             },
-            &self.dummy,
-            &self.dummy,
         );
         self.record(&[op], n_rows);
     }

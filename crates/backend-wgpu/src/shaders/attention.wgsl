@@ -8,13 +8,6 @@
 // The caches hold f32 values; with an f16 cache (kv_f16 = 1) those values
 // are f16-rounded already.
 //
-// For one token with p.rope = 1 the kernel also applies RoPE (rope.wgsl's
-// rotation, rope_common.wgsl) to its query head and the key head it reads,
-// from the projections' raw output, and the first workgroup of each group
-// of query heads writes the token's key (and value) into the caches; every
-// workgroup uses its own copy for that position, so none reads a cache row
-// written in the same dispatch.
-//
 // The CPU's float operations, and where each is mirrored here:
 //   1. The query is rounded to the cache type (`E::round`: f16 round to
 //      nearest even for an f16 cache) — `round_f16`.
@@ -63,22 +56,7 @@ struct AttnParams {
     out_stride: u32, // floats between tokens in out
     scale: f32,      // 1/sqrt(head_dim) for LLaMA
     kv_f16: u32,     // 1: the cache holds f16-rounded values; round q and p likewise
-    // rope = 1: for one token, RoPE (rope.wgsl's, for the queries and keys of
-    // `raw`) happens here, and the op's rope dispatch runs for batches only:
-    // the token's query and key heads are rotated from raw, its key (and,
-    // with v_off ≠ NO_V, its value) are used from workgroup memory and
-    // written to the caches by the first workgroup of each group of heads.
-    rope: u32,
-    raw_stride: u32, // floats between tokens in raw
-    k_off: u32,      // float offset of the keys in a raw row
-    v_off: u32,      // float offset of the values in a raw row, or NO_V (in the cache already)
-    n_dims: u32,     // rotated dimensions (rope.wgsl's)
-    neox: u32,       // 1: NEOX pairing
-    pad0: u32,
-    pad1: u32,
 }
-
-const NO_V: u32 = 0xffffffffu;
 
 struct Step {
     n_tokens: u32,
@@ -88,13 +66,11 @@ struct Step {
 }
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;
-@group(0) @binding(1) var<storage, read_write> k_cache: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> v_cache: array<vec4<f32>>;
+@group(0) @binding(1) var<storage, read> k_cache: array<vec4<f32>>;
+@group(0) @binding(2) var<storage, read> v_cache: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<uniform> p: AttnParams;
 @group(0) @binding(5) var<uniform> step: Step;
-@group(0) @binding(6) var<storage, read> raw: array<f32>;        // rope = 1: [q | k | v] per token
-@group(0) @binding(7) var<storage, read> table: array<vec2<f32>>; // rope = 1: rope.wgsl's cos/sin
 
 const WG: u32 = 128u;   // invocations; also the tile of positions (a multiple of 32)
 const CAP: u32 = 2048u; // positions whose scores/exponentials are kept
@@ -103,8 +79,6 @@ var<workgroup> sc: array<f32, CAP>;    // scaled scores, then exponentials
 var<workgroup> probs: array<f32, WG>;  // one tile's exponentials, then probabilities
 var<workgroup> red: array<f32, WG>;
 var<workgroup> inv_sum: f32;
-var<workgroup> k_new: array<vec4<f32>, 64>; // rope = 1: the token's key head, as the cache stores it
-var<workgroup> v_new: array<vec4<f32>, 64>; // rope = 1, v_off ≠ NO_V: its value head
 
 // ---- f32 helpers -------------------------------------------------------
 
@@ -340,16 +314,7 @@ fn dot_batch(ko: u32, n4: u32) -> f32 {
 // One-token order (CPU `dot_vec`, ggml_vec_dot_f16/_f32): blocks of 32 over
 // 4 accumulators × 8 lanes (vec4 v of a block goes to a[v]), reduce_4x8,
 // then the tail's f32 products added one at a time in f64.
-// Vector i of the key at cache position t (ko: its vector offset): from
-// k_new for the step's own token when RoPE happens here.
-fn kv4(t: u32, ko: u32, i: u32) -> vec4<f32> {
-    if (p.rope != 0u && t == step.pos) {
-        return k_new[i];
-    }
-    return k_cache[ko + i];
-}
-
-fn dot_decode(t: u32, ko: u32, n4: u32) -> f32 {
+fn dot_decode(ko: u32, n4: u32) -> f32 {
     var a: array<vec4<f32>, 8>;
     for (var v = 0u; v < 8u; v++) {
         a[v] = vec4<f32>(0.0);
@@ -359,12 +324,12 @@ fn dot_decode(t: u32, ko: u32, n4: u32) -> f32 {
     // the first is added (the blocks still add in order).
     var i = 0u;
     for (; i + 16u <= n32; i += 16u) {
-        let k0 = array<vec4<f32>, 8>(kv4(t, ko, i), kv4(t, ko, i + 1u), kv4(t, ko, i + 2u),
-                                     kv4(t, ko, i + 3u), kv4(t, ko, i + 4u), kv4(t, ko, i + 5u),
-                                     kv4(t, ko, i + 6u), kv4(t, ko, i + 7u));
-        let k1 = array<vec4<f32>, 8>(kv4(t, ko, i + 8u), kv4(t, ko, i + 9u), kv4(t, ko, i + 10u),
-                                     kv4(t, ko, i + 11u), kv4(t, ko, i + 12u), kv4(t, ko, i + 13u),
-                                     kv4(t, ko, i + 14u), kv4(t, ko, i + 15u));
+        let k0 = array<vec4<f32>, 8>(k_cache[ko + i], k_cache[ko + i + 1u], k_cache[ko + i + 2u],
+                                     k_cache[ko + i + 3u], k_cache[ko + i + 4u], k_cache[ko + i + 5u],
+                                     k_cache[ko + i + 6u], k_cache[ko + i + 7u]);
+        let k1 = array<vec4<f32>, 8>(k_cache[ko + i + 8u], k_cache[ko + i + 9u], k_cache[ko + i + 10u],
+                                     k_cache[ko + i + 11u], k_cache[ko + i + 12u], k_cache[ko + i + 13u],
+                                     k_cache[ko + i + 14u], k_cache[ko + i + 15u]);
         for (var v = 0u; v < 8u; v++) {
             a[v] = madd4(q_head[i + v], k0[v], a[v]);
         }
@@ -374,7 +339,7 @@ fn dot_decode(t: u32, ko: u32, n4: u32) -> f32 {
     }
     if (i < n32) {
         for (var v = 0u; v < 8u; v++) {
-            a[v] = madd4(q_head[i + v], kv4(t, ko, i + v), a[v]);
+            a[v] = madd4(q_head[i + v], k_cache[ko + i + v], a[v]);
         }
     }
     let r = reduce_4x8(a);
@@ -384,7 +349,7 @@ fn dot_decode(t: u32, ko: u32, n4: u32) -> f32 {
     var sum = f64_from_f32(r);
     for (var i = n32; i < n4; i++) {
         let qv = q_head[i];
-        let kv = kv4(t, ko, i);
+        let kv = k_cache[ko + i];
         sum = f64_add(sum, f64_from_f32(mul_rn(qv.x, kv.x)));
         sum = f64_add(sum, f64_from_f32(mul_rn(qv.y, kv.y)));
         sum = f64_add(sum, f64_from_f32(mul_rn(qv.z, kv.z)));
@@ -399,7 +364,7 @@ fn score(t: u32, kvo: u32) -> f32 {
     let n4 = p.head_dim >> 2u;
     var d: f32;
     if (step.n_tokens == 1u) {
-        d = dot_decode(t, ko, n4);
+        d = dot_decode(ko, n4);
     } else {
         d = dot_batch(ko, n4);
     }
@@ -471,64 +436,7 @@ fn v_row(vq: u32, t0: u32, j: u32, n: u32, ks: u32) -> vec4<f32> {
     if (j >= n) {
         return vec4<f32>(0.0);
     }
-    if (p.rope != 0u && p.v_off != NO_V && t0 + j == step.pos) {
-        return v_new[vq % (p.head_dim >> 2u)];
-    }
     return v_cache[(t0 + j) * ks + vq];
-}
-
-// rope.wgsl's rotation (rope_common.wgsl) of pair i (< head_dim / 2) of the head at float
-// offset xo of raw, at position pos: element e of the returned (y0, y1, e0,
-// e1) pair goes to dimension e0 / e1.
-fn rot_pair(xo: u32, i: u32, pos: u32) -> vec4<f32> {
-    if (2u * i >= p.n_dims) {
-        // Unrotated tail (partial rotary): the pair's two dimensions copied.
-        return vec4<f32>(raw[xo + 2u * i], raw[xo + 2u * i + 1u], bitcast<f32>(2u * i), bitcast<f32>(2u * i + 1u));
-    }
-    let e = rope_pair(i, p.n_dims, p.neox != 0u);
-    let r = rope_rot(raw[xo + e.x], raw[xo + e.y], table[pos * (p.n_dims / 2u) + i]);
-    return vec4<f32>(r, bitcast<f32>(e.x), bitcast<f32>(e.y));
-}
-
-// One token's RoPE (rope = 1): query head `head` into q_head (rounded as
-// the query is), key head kv_head into k_new and, with v_off ≠ NO_V, value
-// head kv_head into v_new (both as the cache stores them: f16-rounded for
-// an f16 cache), all from raw. Every invocation must call it; the caller
-// synchronises.
-fn rope_here(head: u32, kv_head: u32, lid: u32) {
-    let hd = p.head_dim;
-    let pos = step.pos;
-    for (var i = lid; i < hd / 2u; i += WG) {
-        let rq = rot_pair(head * hd, i, pos);
-        let rk = rot_pair(p.k_off + kv_head * hd, i, pos);
-        var q0 = rq.x;
-        var q1 = rq.y;
-        var k0 = rk.x;
-        var k1 = rk.y;
-        if (p.kv_f16 != 0u) {
-            q0 = round_f16(q0);
-            q1 = round_f16(q1);
-            k0 = round_f16(k0);
-            k1 = round_f16(k1);
-        }
-        let e0 = bitcast<u32>(rq.z);
-        let e1 = bitcast<u32>(rq.w);
-        q_head[e0 >> 2u][e0 & 3u] = q0;
-        q_head[e1 >> 2u][e1 & 3u] = q1;
-        k_new[e0 >> 2u][e0 & 3u] = k0;
-        k_new[e1 >> 2u][e1 & 3u] = k1;
-        if (p.v_off != NO_V) {
-            let vo = p.v_off + kv_head * hd + 2u * i;
-            var v0 = raw[vo];
-            var v1 = raw[vo + 1u];
-            if (p.kv_f16 != 0u) {
-                v0 = round_f16(v0);
-                v1 = round_f16(v1);
-            }
-            v_new[i >> 1u][2u * (i & 1u)] = v0;
-            v_new[i >> 1u][2u * (i & 1u) + 1u] = v1;
-        }
-    }
 }
 
 // Position t's probability (0 past the window), rounded to the cache type.
@@ -560,28 +468,14 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     let qo = tok * p.q_stride + head * hd;
     let n_kv = step.pos + tok + 1u;
     let kvo = kv_head * hd;
-    if (p.rope != 0u && decode) {
-        rope_here(head, kv_head, lid);
-    } else {
-        for (var i = lid; i < (hd >> 2u); i += WG) {
-            var v = vec4<f32>(q[qo + 4u * i], q[qo + 4u * i + 1u], q[qo + 4u * i + 2u], q[qo + 4u * i + 3u]);
-            if (p.kv_f16 != 0u) {
-                v = vec4<f32>(round_f16(v.x), round_f16(v.y), round_f16(v.z), round_f16(v.w));
-            }
-            q_head[i] = v;
+    for (var i = lid; i < (hd >> 2u); i += WG) {
+        var v = vec4<f32>(q[qo + 4u * i], q[qo + 4u * i + 1u], q[qo + 4u * i + 2u], q[qo + 4u * i + 3u]);
+        if (p.kv_f16 != 0u) {
+            v = vec4<f32>(round_f16(v.x), round_f16(v.y), round_f16(v.z), round_f16(v.w));
         }
+        q_head[i] = v;
     }
     workgroupBarrier();
-    if (p.rope != 0u && decode && head % (p.n_head / p.n_kv_head) == 0u) {
-        // The group's first workgroup stores the token's key (and value).
-        let ro = (step.pos * p.kv_stride + kv_head * hd) >> 2u;
-        for (var i = lid; i < (hd >> 2u); i += WG) {
-            k_cache[ro + i] = k_new[i];
-            if (p.v_off != NO_V) {
-                v_cache[ro + i] = v_new[i];
-            }
-        }
-    }
 
     // Pass 1: scaled scores and their maximum.
     var m = -3.0e38;
