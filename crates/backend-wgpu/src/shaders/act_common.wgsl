@@ -239,65 +239,56 @@ fn quantize_packed(v: f32, e: u32, tok: u32, lid: u32, n: u32, y_words: u32, cor
         }
         d = round_f16(div_rn(amax, 127.0));
     }
+    // The word's four quants (valid where lid % 4 = 0) and the first half's
+    // and the whole block's sums of quants (valid where lid % 32 = 0): exact
+    // integer sums, so any order.
+    var word = 0u;
+    var s16 = 0;
+    var s32 = 0;
     if (SG) {
-        // The word's other three quants and the block's sums by exchanges
-        // (exact integer sums: any order).
+        // By exchanges.
         let qu = u32(q);
         let q1 = xor_u32(qu, 1u, lid);
         let q2 = xor_u32(qu, 2u, lid);
         let q3 = xor_u32(qu, 3u, lid);
-        if (e < n && (lid & 3u) == 0u) {
-            act_out(tok * y_words + e / 4u,
-                    (qu & 0xffu) | ((q1 & 0xffu) << 8u) | ((q2 & 0xffu) << 16u) | (q3 << 24u));
-        }
-        var s16 = q;
+        word = (qu & 0xffu) | ((q1 & 0xffu) << 8u) | ((q2 & 0xffu) << 16u) | (q3 << 24u);
+        s16 = q;
         for (var s = 1u; s < 16u; s <<= 1u) {
             s16 += i32(xor_u32(u32(s16), s, lid));
         }
-        let s32 = s16 + i32(xor_u32(u32(s16), 16u, lid));
-        if (e < n && lid % 32u == 0u) {
-            let i = corr_base + 2u * (tok * (n / 32u) + e / 32u);
-            act_out(i, bitcast<u32>(d));
-            if (ACT == 9u) {
-                let ds = div_rn(amax, 127.0) * f32(s32);
-                act_out(i + 1u, bitcast<u32>(round_f16(abs(ds)) * sign(ds)));
-            } else if (ACT == 15u) {
-                act_out(i + 1u, (u32(s16) & 0xffffu) | (u32(s32 - s16) << 16u));
-            } else {
-                act_out(i + 1u, 0u);
+        s32 = s16 + i32(xor_u32(u32(s16), 16u, lid));
+    } else {
+        // Through workgroup memory.
+        packed_q[lid] = q;
+        workgroupBarrier();
+        if ((lid & 3u) == 0u) {
+            word = (u32(packed_q[lid]) & 0xffu) | ((u32(packed_q[lid + 1u]) & 0xffu) << 8u)
+                | ((u32(packed_q[lid + 2u]) & 0xffu) << 16u) | (u32(packed_q[lid + 3u]) << 24u);
+        }
+        if (lid % 32u == 0u && (ACT == 9u || ACT == 15u)) {
+            for (var j = 0u; j < 16u; j++) {
+                s16 += packed_q[lid + j];
+            }
+            s32 = s16;
+            for (var j = 16u; j < 32u; j++) {
+                s32 += packed_q[lid + j];
             }
         }
-        return;
+        workgroupBarrier();
     }
-    packed_q[lid] = q;
-    workgroupBarrier();
     if (e < n && (lid & 3u) == 0u) {
-        let word = (u32(packed_q[lid]) & 0xffu) | ((u32(packed_q[lid + 1u]) & 0xffu) << 8u)
-            | ((u32(packed_q[lid + 2u]) & 0xffu) << 16u) | (u32(packed_q[lid + 3u]) << 24u);
         act_out(tok * y_words + e / 4u, word);
     }
-    workgroupBarrier();
     if (e < n && lid % 32u == 0u) {
         let i = corr_base + 2u * (tok * (n / 32u) + e / 32u);
         act_out(i, bitcast<u32>(d));
         if (ACT == 9u) {
-            // y.s = GGML_FP32_TO_FP16(d·Σq) with d = amax/127 unrounded
-            // (Σq exact in i32, summed by the block's first invocation).
-            var sum = 0;
-            for (var j = 0u; j < 32u; j++) {
-                sum += packed_q[lid + j];
-            }
-            let ds = div_rn(amax, 127.0) * f32(sum);
+            // y.s = GGML_FP32_TO_FP16(d·Σq) with d = amax/127 unrounded.
+            let ds = div_rn(amax, 127.0) * f32(s32);
             act_out(i + 1u, bitcast<u32>(round_f16(abs(ds)) * sign(ds)));
         } else if (ACT == 15u) {
             // Q8_K's bsums of the block's two halves, as two i16.
-            var s0 = 0;
-            var s1 = 0;
-            for (var j = 0u; j < 16u; j++) {
-                s0 += packed_q[lid + j];
-                s1 += packed_q[lid + 16u + j];
-            }
-            act_out(i + 1u, (u32(s0) & 0xffffu) | (u32(s1) << 16u));
+            act_out(i + 1u, (u32(s16) & 0xffffu) | (u32(s32 - s16) << 16u));
         } else {
             act_out(i + 1u, 0u);
         }

@@ -157,41 +157,28 @@ fn qdot_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             sum += subgroupShuffleXor(sum, 2u);
             sum += subgroupShuffleXor(sum, 4u);
         }
-        if (c0 + 4u <= nb) {
-            // A full step: its twelve shuffles first, then the chain (a
-            // shuffle in each pass of the loop below waits at every block).
-            let o = select(0u, j, ORDER == 0u);
-            let s4 = vec4<f32>(f32(subgroupShuffle(sum, o)), f32(subgroupShuffle(sum, o + 8u)),
-                               f32(subgroupShuffle(sum, o + 16u)), f32(subgroupShuffle(sum, o + 24u)));
-            let d4 = vec4<f32>(subgroupShuffle(dd, o), subgroupShuffle(dd, o + 8u),
-                               subgroupShuffle(dd, o + 16u), subgroupShuffle(dd, o + 24u));
-            if (ORDER == 0u) {
-                acc = fma_rn(d4.w, s4.w, fma_rn(d4.z, s4.z, fma_rn(d4.y, s4.y, fma_rn(d4.x, s4.x, acc))));
-                if (has_min) {
-                    let m4 = vec4<f32>(subgroupShuffle(ms, 0u), subgroupShuffle(ms, 8u),
-                                       subgroupShuffle(ms, 16u), subgroupShuffle(ms, 24u));
-                    summs = (((summs + m4.x) + m4.y) + m4.z) + m4.w;
-                }
-            } else {
-                acc = fma_rn(s4.w, d4.w, fma_rn(s4.z, d4.z, fma_rn(s4.y, d4.y, fma_rn(s4.x, d4.x, acc))));
-            }
-            continue;
-        }
-        for (var q = 0u; q < 4u; q++) {
-            let src = select(8u * q, j + 8u * q, ORDER == 0u);
-            let s_q = subgroupShuffle(sum, src);
-            let d_q = subgroupShuffle(dd, src);
-            let m_q = subgroupShuffle(ms, 8u * q);
-            if (c0 + q < nb) {
-                if (ORDER == 0u) {
-                    acc = fma_rn(d_q, f32(s_q), acc);
-                    if (has_min) {
-                        summs = summs + m_q;
-                    }
-                } else {
-                    acc = fma_rn(f32(s_q), d_q, acc);
-                }
-            }
+        // The twelve shuffles first, then the chain (a loop that shuffled and
+        // then multiplied waited out the shuffle at every block); the step's
+        // blocks past nb are left out.
+        let o = select(0u, j, ORDER == 0u);
+        let s4 = vec4<f32>(f32(subgroupShuffle(sum, o)), f32(subgroupShuffle(sum, o + 8u)),
+                           f32(subgroupShuffle(sum, o + 16u)), f32(subgroupShuffle(sum, o + 24u)));
+        let d4 = vec4<f32>(subgroupShuffle(dd, o), subgroupShuffle(dd, o + 8u),
+                           subgroupShuffle(dd, o + 16u), subgroupShuffle(dd, o + 24u));
+        let m4 = vec4<f32>(subgroupShuffle(ms, 0u), subgroupShuffle(ms, 8u),
+                           subgroupShuffle(ms, 16u), subgroupShuffle(ms, 24u));
+        // (Both orders multiply the sum by the scale; a fused product is
+        // the same whichever operand comes first.)
+        let n = nb - c0;
+        acc = fma_rn(s4.x, d4.x, acc);
+        if (n > 1u) { acc = fma_rn(s4.y, d4.y, acc); }
+        if (n > 2u) { acc = fma_rn(s4.z, d4.z, acc); }
+        if (n > 3u) { acc = fma_rn(s4.w, d4.w, acc); }
+        if (ORDER == 0u && has_min) {
+            summs = summs + m4.x;
+            if (n > 1u) { summs = summs + m4.y; }
+            if (n > 2u) { summs = summs + m4.z; }
+            if (n > 3u) { summs = summs + m4.w; }
         }
     }
     var res = acc;

@@ -45,35 +45,33 @@ fn bsum_pair(v: u32) -> i32 {
 
 // The float steps of super-blocks sb0 .. sb0 + 7 (those below nsb), whose
 // (s, d·d_a, m, dmin·d_a) invocation 4j holds for super-block sb0 + j.
-// A full step's eight shuffles come first, then its chain of fmas.
+// All eight shuffles come first, then the chain of fmas (a loop that
+// shuffled and then multiplied waited out the shuffle at every pass); the
+// step's super-blocks past nsb are left out.
 fn q4k_steps(acc: ptr<function, vec2<f32>>, f: vec4<f32>, sb0: u32, nsb: u32) {
-    if (sb0 + 8u <= nsb) {
-        let g0 = subgroupShuffle(f, 0u);
-        let g1 = subgroupShuffle(f, 4u);
-        let g2 = subgroupShuffle(f, 8u);
-        let g3 = subgroupShuffle(f, 12u);
-        let g4 = subgroupShuffle(f, 16u);
-        let g5 = subgroupShuffle(f, 20u);
-        let g6 = subgroupShuffle(f, 24u);
-        let g7 = subgroupShuffle(f, 28u);
-        var a = *acc;
-        a = vec2<f32>(fma_rn(g0.x, g0.y, a.x), fma_rn(g0.z, g0.w, a.y));
-        a = vec2<f32>(fma_rn(g1.x, g1.y, a.x), fma_rn(g1.z, g1.w, a.y));
-        a = vec2<f32>(fma_rn(g2.x, g2.y, a.x), fma_rn(g2.z, g2.w, a.y));
-        a = vec2<f32>(fma_rn(g3.x, g3.y, a.x), fma_rn(g3.z, g3.w, a.y));
-        a = vec2<f32>(fma_rn(g4.x, g4.y, a.x), fma_rn(g4.z, g4.w, a.y));
-        a = vec2<f32>(fma_rn(g5.x, g5.y, a.x), fma_rn(g5.z, g5.w, a.y));
-        a = vec2<f32>(fma_rn(g6.x, g6.y, a.x), fma_rn(g6.z, g6.w, a.y));
-        a = vec2<f32>(fma_rn(g7.x, g7.y, a.x), fma_rn(g7.z, g7.w, a.y));
-        *acc = a;
-        return;
-    }
-    for (var j = 0u; j < 8u; j++) {
-        let g = subgroupShuffle(f, 4u * j);
-        if (sb0 + j < nsb) {
-            *acc = vec2<f32>(fma_rn(g.x, g.y, (*acc).x), fma_rn(g.z, g.w, (*acc).y));
-        }
-    }
+    let g0 = subgroupShuffle(f, 0u);
+    let g1 = subgroupShuffle(f, 4u);
+    let g2 = subgroupShuffle(f, 8u);
+    let g3 = subgroupShuffle(f, 12u);
+    let g4 = subgroupShuffle(f, 16u);
+    let g5 = subgroupShuffle(f, 20u);
+    let g6 = subgroupShuffle(f, 24u);
+    let g7 = subgroupShuffle(f, 28u);
+    let n = nsb - sb0;
+    var a = q4k_fstep(*acc, g0);
+    if (n > 1u) { a = q4k_fstep(a, g1); }
+    if (n > 2u) { a = q4k_fstep(a, g2); }
+    if (n > 3u) { a = q4k_fstep(a, g3); }
+    if (n > 4u) { a = q4k_fstep(a, g4); }
+    if (n > 5u) { a = q4k_fstep(a, g5); }
+    if (n > 6u) { a = q4k_fstep(a, g6); }
+    if (n > 7u) { a = q4k_fstep(a, g7); }
+    *acc = a;
+}
+
+// One super-block's float step: (s, d·d_a, m, dmin·d_a) into acc.
+fn q4k_fstep(acc: vec2<f32>, g: vec4<f32>) -> vec2<f32> {
+    return vec2<f32>(fma_rn(g.x, g.y, acc.x), fma_rn(g.z, g.w, acc.y));
 }
 
 // Grid: (1, ceil(m / TG_ROWS), 1). Invocation t of row `row`'s subgroup
@@ -152,22 +150,18 @@ fn q6k_term(w: u32, xo: u32, c: u32, sc: vec4<u32>, half: u32) -> i32 {
 
 // Lane l's float steps of super-blocks sb0 .. sb0 + 3 (those below nsb),
 // whose (sum, d·d_a) invocation l + 8k holds for super-block sb0 + k.
-// A full step's four shuffles come first, then its chain (as q4k_steps).
+// (The four shuffles first, as q4k_steps.)
 fn q6k_steps(acc: ptr<function, f32>, f: vec2<f32>, sb0: u32, nsb: u32, l: u32) {
-    if (sb0 + 4u <= nsb) {
-        let g0 = subgroupShuffle(f, l);
-        let g1 = subgroupShuffle(f, l + 8u);
-        let g2 = subgroupShuffle(f, l + 16u);
-        let g3 = subgroupShuffle(f, l + 24u);
-        *acc = fma_rn(g3.y, g3.x, fma_rn(g2.y, g2.x, fma_rn(g1.y, g1.x, fma_rn(g0.y, g0.x, *acc))));
-        return;
-    }
-    for (var k = 0u; k < 4u; k++) {
-        let g = subgroupShuffle(f, l + 8u * k);
-        if (sb0 + k < nsb) {
-            *acc = fma_rn(g.y, g.x, *acc);
-        }
-    }
+    let g0 = subgroupShuffle(f, l);
+    let g1 = subgroupShuffle(f, l + 8u);
+    let g2 = subgroupShuffle(f, l + 16u);
+    let g3 = subgroupShuffle(f, l + 24u);
+    let n = nsb - sb0;
+    var a = fma_rn(g0.y, g0.x, *acc);
+    if (n > 1u) { a = fma_rn(g1.y, g1.x, a); }
+    if (n > 2u) { a = fma_rn(g2.y, g2.x, a); }
+    if (n > 3u) { a = fma_rn(g3.y, g3.x, a); }
+    *acc = a;
 }
 
 // Grid: as q4k_tg's. Invocation t of a row's subgroup takes vec_dot lane
