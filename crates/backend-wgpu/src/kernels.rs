@@ -36,10 +36,14 @@ pub enum Shader {
     /// Q6_K matrices through 16-byte loads, with 32-wide subgroups (as
     /// [`Shader::QuantSg`]).
     QuantTg,
+    /// `quant_tg.wgsl` and `tg_rope.wgsl`: a single token's Q4_K query/key
+    /// (/value) projection with RoPE and the KV-cache writes in its epilogue
+    /// (as [`Shader::QuantTg`]).
+    QuantTgRope,
 }
 
 /// Every shader, for the naga validation test.
-pub const ALL_SHADERS: [Shader; 12] = [
+pub const ALL_SHADERS: [Shader; 13] = [
     Shader::Quant,
     Shader::Norm,
     Shader::Rope,
@@ -52,6 +56,7 @@ pub const ALL_SHADERS: [Shader; 12] = [
     Shader::ActQuant,
     Shader::QuantSg,
     Shader::QuantTg,
+    Shader::QuantTgRope,
 ];
 
 /// The type of one binding slot.
@@ -112,8 +117,8 @@ impl Shader {
 
     /// The WGSL source: `fma.wgsl` first, then where activations are
     /// rounded `act_wg.wgsl` or `act_sg.wgsl` (the lane exchanges) and
-    /// `act_common.wgsl`, then the file itself (attention: then
-    /// `attn_wg.wgsl` or `attn_sg.wgsl`).
+    /// `act_common.wgsl`, where RoPE is applied `rope_common.wgsl`, then
+    /// the file itself (attention: then `attn_wg.wgsl` or `attn_sg.wgsl`).
     pub fn source(self) -> &'static str {
         macro_rules! with_fma {
             ($($f:literal),*) => {
@@ -124,7 +129,7 @@ impl Shader {
             Shader::Quant => with_fma!("quant_io.wgsl", "quant.wgsl"),
             Shader::Norm => with_fma!("act_wg.wgsl", "act_common.wgsl", "norm.wgsl"),
             Shader::NormSg => with_fma!("act_sg.wgsl", "act_common.wgsl", "norm.wgsl"),
-            Shader::Rope => with_fma!("rope.wgsl"),
+            Shader::Rope => with_fma!("rope_common.wgsl", "rope.wgsl"),
             Shader::Attention => with_fma!("attention.wgsl", "attn_wg.wgsl"),
             Shader::AttentionSg => with_fma!("attention.wgsl", "attn_sg.wgsl"),
             Shader::Elementwise => with_fma!("act_wg.wgsl", "act_common.wgsl", "elementwise.wgsl"),
@@ -135,6 +140,12 @@ impl Shader {
             Shader::ActQuantSg => with_fma!("act_sg.wgsl", "act_common.wgsl", "act_quant.wgsl"),
             Shader::QuantSg => with_fma!("quant_io.wgsl", "quant.wgsl", "quant_sg.wgsl"),
             Shader::QuantTg => with_fma!("quant_io.wgsl", "quant_tg.wgsl"),
+            Shader::QuantTgRope => with_fma!(
+                "quant_io.wgsl",
+                "quant_tg.wgsl",
+                "rope_common.wgsl",
+                "tg_rope.wgsl"
+            ),
         }
     }
 
@@ -153,6 +164,7 @@ impl Shader {
             Shader::ActQuant => "act_quant.wgsl",
             Shader::QuantSg => "quant_sg.wgsl",
             Shader::QuantTg => "quant_tg.wgsl",
+            Shader::QuantTgRope => "quant_tg.wgsl+tg_rope.wgsl",
         }
     }
 
@@ -164,6 +176,12 @@ impl Shader {
             Shader::Quant | Shader::QuantSg | Shader::QuantTg => {
                 &[Read, Read, ReadWrite, Uniform, Uniform, Read]
             }
+            // as Quant, then the cos/sin table, queries, key cache, value
+            // cache, rope params
+            Shader::QuantTgRope => &[
+                Read, Read, ReadWrite, Uniform, Uniform, Read, Read, ReadWrite, ReadWrite,
+                ReadWrite, Uniform,
+            ],
             // x, weight, y, params, step
             Shader::Norm | Shader::NormSg => &[Read, Read, ReadWrite, Uniform, Uniform],
             // x, y, params, step, cos/sin table, y2, y3
@@ -303,6 +321,9 @@ pub(crate) enum Kernel {
     /// A single token's exact product with a Q4_K (order 4) or Q6_K (order 2)
     /// matrix (`quant_tg.wgsl`: `q4k_tg`, `q6k_tg`).
     Tg(GgmlType),
+    /// `Tg(Q4_K)` with RoPE and the cache writes of a stacked query/key
+    /// (/value) projection (`tg_rope.wgsl`: `q4k_tg_rope`).
+    TgRope,
 }
 
 impl Kernel {
@@ -318,6 +339,7 @@ impl Kernel {
             Kernel::QuantizeAct(..) => Shader::ActQuant,
             Kernel::Sg(..) => Shader::QuantSg,
             Kernel::Tg(..) => Shader::QuantTg,
+            Kernel::TgRope => Shader::QuantTgRope,
         }
     }
 
@@ -337,6 +359,7 @@ impl Kernel {
             Kernel::QuantizeAct(..) => "quantize_act",
             Kernel::Tg(GgmlType::Q6_K) => "q6k_tg",
             Kernel::Tg(..) => "q4k_tg",
+            Kernel::TgRope => "q4k_tg_rope",
             Kernel::Qdot(_, 1, KMM_TOKENS) => "qmm1",
             Kernel::Qdot(_, _, KMM_TOKENS) => "kmm",
             Kernel::Qdot(_, 0, QMM_TOKENS) => "qmm",

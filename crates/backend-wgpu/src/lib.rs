@@ -47,6 +47,10 @@
 //!   operations (`attn_sg.wgsl`, `act_sg.wgsl`); elsewhere the same
 //!   functions go through workgroup memory (`attn_wg.wgsl`, `act_wg.wgsl`).
 //!   Both compute the same bits.
+//! - A single token's stacked Q4_K query/key (/value) projection applies
+//!   RoPE and writes the KV caches in its epilogue (`tg_rope.wgsl`), the
+//!   rotation shared with `rope.wgsl` (`rope_common.wgsl`); the rope op
+//!   then runs for batches only, one dispatch fewer per layer.
 //! - A shader's loads are issued before the arithmetic that waits for them
 //!   (and a step's shuffles before its chain of fmas): on an H100 a loop
 //!   that loads, or shuffles, and then adds waits out the latency every

@@ -20,7 +20,9 @@ use gguf_format::{GgmlType, Gguf, GgufHeader, TensorInfo};
 use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
 use crate::kernels::{act_type, is_exact, Kernel};
-use crate::ops::{AttnParams, EwParams, GpuMatrix, Op, OpBuilder, RopeParams, StepUniform};
+use crate::ops::{
+    AttnParams, EwParams, GpuMatrix, Op, OpBuilder, RopeParams, StepUniform, TgRopeParams,
+};
 
 /// Hyper-parameters of a LLaMA-family model, read from GGUF metadata.
 #[derive(Clone, Debug, PartialEq)]
@@ -494,6 +496,7 @@ impl GpuModel {
             ));
             acts.fused = fa.is_some();
             let mut done = Vec::new();
+            let mut rope_fused = false;
             for (label, w, y_base) in qkv {
                 let input = acts.input(&ob, &mut body, &mut done, &xn, d, d, w);
                 let (y, y_stride, at_pos) = if label == "attn_v" {
@@ -501,7 +504,7 @@ impl GpuModel {
                 } else {
                     (&qk_raw, raw_stride, 0)
                 };
-                body.extend(ob.linear(
+                let mut ops = ob.linear(
                     label,
                     w,
                     &input,
@@ -513,11 +516,36 @@ impl GpuModel {
                     at_pos,
                     acts.corr_base,
                     &dummy,
-                ));
+                );
+                // A single token's stacked projection may apply RoPE itself.
+                if matches!(label, "attn_qkv" | "attn_qk") && !cfg.rope_neox && ops.len() == 1 {
+                    rope_fused = ob.fuse_rope(
+                        &mut ops[0],
+                        w,
+                        &input,
+                        &qk_raw,
+                        &dummy,
+                        &rope_table,
+                        &q,
+                        &k_cache,
+                        &v_cache,
+                        TgRopeParams {
+                            n_q: dq,
+                            n_k: dkv,
+                            n_v: if label == "attn_qkv" { dkv } else { 0 },
+                            head_dim: cfg.head_dim,
+                            n_dims: cfg.rope_dims,
+                            at_pos: cache_write,
+                            pad: [0; 2],
+                        },
+                    );
+                }
+                body.extend(ops);
             }
             // Queries into q, keys into the cache (and stacked values into
-            // theirs), in one dispatch.
-            body.push(ob.rope2(
+            // theirs), in one dispatch (batches only where the projection
+            // does it).
+            let rope_op = ob.rope2(
                 &qk_raw,
                 &q,
                 &k_cache,
@@ -534,7 +562,12 @@ impl GpuModel {
                     pad: 0,
                     ..rope(cfg.n_head, 0, dq, 0)
                 },
-            ));
+            );
+            body.push(if rope_fused {
+                rope_op.batch_only()
+            } else {
+                rope_op
+            });
             body.push(ob.attention(
                 &q,
                 &k_cache,
@@ -964,7 +997,8 @@ impl GpuModel {
 
     /// Dispatches in one decoding step (layers and output head, argmax included).
     pub fn dispatches_per_step(&self) -> usize {
-        self.body.len() + self.head_last.len() + 1
+        let runs = |ops: &[Op]| ops.iter().filter(|o| o.runs(1)).count();
+        runs(&self.body) + runs(&self.head_last) + 1
     }
 
     /// Mean CPU time in seconds to record (not submit) one step of
@@ -1005,6 +1039,7 @@ impl GpuModel {
             .iter()
             .map(|o| (o, n))
             .chain(self.head_last.iter().map(|o| (o, 1)))
+            .filter(|(o, t)| o.runs(*t))
             .collect();
         let count = ops.len() as u32 * 2;
         let qs = self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {

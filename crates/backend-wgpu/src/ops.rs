@@ -25,6 +25,8 @@ pub(crate) const MATVEC_LANES: u32 = 64;
 
 /// Rows per workgroup of `quant_tg.wgsl`'s kernels (its `TG_ROWS`).
 const TG_ROWS: u32 = 4;
+// tg_rope.wgsl pairs rows 2s and 2s + 1 of a workgroup.
+const _: () = assert!(TG_ROWS.is_multiple_of(2));
 
 /// Per-step values shared by every op (`struct Step` in the shaders).
 #[repr(C)]
@@ -88,6 +90,24 @@ pub(crate) struct RopeParams {
     pub y3_stride: u32,
     pub at_pos3: u32,
     pub pad: u32,
+}
+
+/// [`OpBuilder::fuse_rope`]'s parameters (`tg_rope.wgsl`'s `TgRopeParams`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(crate) struct TgRopeParams {
+    /// Query rows (heads · head_dim).
+    pub n_q: u32,
+    /// Key rows (KV heads · head_dim), also floats per cache position.
+    pub n_k: u32,
+    /// Value rows stacked after the keys (0: none).
+    pub n_v: u32,
+    pub head_dim: u32,
+    /// Rotated dimensions of each head.
+    pub n_dims: u32,
+    /// Cache writes: 1 f32 cache, 2 f16 cache.
+    pub at_pos: u32,
+    pub pad: [u32; 2],
 }
 
 /// cos/sin of every (position, pair) for positions `0..n_pos`, as
@@ -248,6 +268,9 @@ impl GpuMatrix {
 pub(crate) enum Grid {
     /// `[x, y]` workgroups per token (z = tokens).
     PerToken([u32; 2]),
+    /// As `PerToken`, for batches only: a single token skips the op (an
+    /// earlier op does its work, as a fused projection does RoPE's).
+    BatchOnly([u32; 2]),
     /// `[x, y, z]` regardless of the batch.
     Fixed([u32; 3]),
     /// A linear layer of `m` rows: matvec or matmul by batch size.
@@ -268,6 +291,11 @@ pub(crate) struct QdotVariant {
     pub tokens: u32,
     /// Rows per workgroup.
     pub rows: u32,
+    /// The kernel.
+    pub kernel: Kernel,
+    /// A bind group of the variant's own, where its kernel binds more
+    /// than the op's ([`OpBuilder::fuse_rope`]), and what it alone binds.
+    pub own: Option<(wgpu::BindGroup, wgpu::Buffer)>,
 }
 
 /// Tokens per row in a `qdot` workgroup for a batch of `n_tokens`.
@@ -301,10 +329,27 @@ fn rows_grid(n: u32) -> [u32; 2] {
 }
 
 impl Op {
+    /// The op for batches only ([`Grid::BatchOnly`]): a single token skips
+    /// it.
+    pub fn batch_only(mut self) -> Op {
+        if let Grid::PerToken(g) = self.grid {
+            self.grid = Grid::BatchOnly(g);
+        }
+        self
+    }
+
+    /// Whether the op dispatches anything for a batch of `n_tokens`.
+    pub fn runs(&self, n_tokens: u32) -> bool {
+        !matches!(self.grid, Grid::BatchOnly(_)) || n_tokens > 1
+    }
+
     /// Records the op for a batch of `n_tokens`.
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32) {
+        let mut bind_group = &self.bind_group;
         let (pipeline, g) = match self.grid {
             Grid::PerToken([x, y]) => (&self.pipeline, [x, y, n_tokens]),
+            Grid::BatchOnly(_) if n_tokens == 1 => return,
+            Grid::BatchOnly([x, y]) => (&self.pipeline, [x, y, n_tokens]),
             Grid::Fixed(g) => (&self.pipeline, g),
             Grid::Linear { m } => {
                 if n_tokens <= MATVEC_MAX_TOKENS {
@@ -324,6 +369,9 @@ impl Op {
                     .rev()
                     .find(|v| v.min_tokens <= n_tokens)
                     .unwrap_or(&self.variants[0]);
+                if let Some((bg, _)) = &v.own {
+                    bind_group = bg;
+                }
                 (
                     &v.pipeline,
                     [n_tokens.div_ceil(v.tokens), m.div_ceil(v.rows), 1],
@@ -331,7 +379,7 @@ impl Op {
             }
         };
         pass.set_pipeline(pipeline);
-        pass.set_bind_group(0, &self.bind_group, &[]);
+        pass.set_bind_group(0, bind_group, &[]);
         pass.dispatch_workgroups(g[0], g[1], g[2]);
     }
 }
@@ -445,6 +493,8 @@ impl OpBuilder<'_> {
                             order,
                             tokens,
                             rows: outputs / tokens,
+                            kernel,
+                            own: None,
                         });
                     }
                     let kernel = Kernel::Qdot(w.ty, variants[0].order, 1);
@@ -557,6 +607,65 @@ impl OpBuilder<'_> {
             },
             _params: pb,
         }
+    }
+
+    /// Lets the single-token variant of `op`, a product of `w` with `x` into
+    /// `y` ([`OpBuilder::linear`]) of stacked query and key (and value)
+    /// rows, apply RoPE in NORMAL mode with `table` itself and write the
+    /// queries into `q`, the keys (and values) into the caches
+    /// (`tg_rope.wgsl`), where that variant is `q4k_tg`. Returns whether it
+    /// does: the rope op that follows then runs for batches only
+    /// ([`Op::batch_only`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn fuse_rope(
+        &self,
+        op: &mut Op,
+        w: &GpuMatrix,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        dummy: &wgpu::Buffer,
+        table: &wgpu::Buffer,
+        q: &wgpu::Buffer,
+        k_cache: &wgpu::Buffer,
+        v_cache: &wgpu::Buffer,
+        params: TgRopeParams,
+    ) -> bool {
+        let single = match op.variants.first_mut() {
+            Some(v) if v.min_tokens == 1 && v.kernel == Kernel::Tg(GgmlType::Q4_K) => v,
+            _ => return false,
+        };
+        // Pairs of rows meet in one workgroup only if every head starts on
+        // an even row of an even number of them.
+        if w.parts.len() != 1
+            || !params.head_dim.is_multiple_of(2)
+            || !params.n_dims.is_multiple_of(2)
+            || params.n_dims > params.head_dim
+            || w.parts[0].rows != params.n_q + params.n_k + params.n_v
+        {
+            return false;
+        }
+        let kernel = Kernel::TgRope;
+        let rp = self.ctx.uniform("tg_rope", bytemuck::bytes_of(&params));
+        let bg = self.bind(
+            kernel,
+            &[
+                &w.parts[0].buffer,
+                x,
+                y,
+                &op._params,
+                self.step,
+                dummy,
+                table,
+                q,
+                k_cache,
+                v_cache,
+                &rp,
+            ],
+        );
+        single.pipeline = self.ctx.pipeline(kernel);
+        single.kernel = kernel;
+        single.own = Some((bg, rp));
+        true
     }
 
     /// RoPE of `x` into `y` with the cos/sin `table` (see `rope.wgsl`).

@@ -169,3 +169,77 @@ fn synth_incremental_matches_batch() {
     }
     assert_eq!(chained, stepwise);
 }
+
+/// Decoding token by token on the GPU computes the CPU backend's decoding
+/// bits: a prompt as one batch, then single-token steps (the subgroup
+/// kernels where the device has them: `quant_tg.wgsl`'s Q4_K and Q6_K
+/// products, with RoPE and the cache writes in the Q4_K query/key
+/// projection; `qdot_sg`; the attention and activation twins), against
+/// llama-model's own batch and single-token kernels: bit for bit where the
+/// products are exact (quantized activations), to the brief's bound for F16
+/// (single-token float products sum in the GPU's own order).
+#[test]
+fn synth_decode_matches_cpu_decode() {
+    use llama_model::{LoadOptions, LogitsMode, Model, SessionOptions};
+    const PROMPT: usize = 12;
+    const DECODE: usize = 8;
+    let toks = tokens();
+    for (ftype, exact) in [
+        ("Q4_K_M", true),
+        ("Q6_K", true),
+        ("Q8_0", true),
+        ("Q4_0", true),
+        ("F16", false),
+    ] {
+        let path = fixture(&format!("synth/synth-{ftype}.gguf"));
+        let n_ctx = (PROMPT + DECODE) as u32;
+        let cpu = Model::load(&path, &LoadOptions::default()).unwrap();
+        let mut s = cpu
+            .session(&SessionOptions {
+                n_ctx: n_ctx as usize,
+                ..Default::default()
+            })
+            .unwrap();
+        let mut want = s
+            .forward(&toks[..PROMPT], LogitsMode::Last)
+            .unwrap()
+            .to_vec();
+        for &t in &toks[PROMPT..PROMPT + DECODE] {
+            want.extend_from_slice(s.forward(&[t], LogitsMode::Last).unwrap());
+        }
+        let file = GgufFile::open(&path).unwrap();
+        let mut gpu = GpuModel::load(
+            ctx(),
+            &file,
+            &GpuModelOptions {
+                n_ctx: Some(n_ctx),
+                max_batch: PROMPT as u32,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let mut got = gpu.forward(&toks[..PROMPT], 0).unwrap();
+        for (i, &t) in toks[PROMPT..PROMPT + DECODE].iter().enumerate() {
+            got.extend(gpu.forward(&[t], (PROMPT + i) as u32).unwrap());
+        }
+        let n = gpu.config().n_vocab as usize;
+        let (kld, top1) = kld_top1(&want, &got, n);
+        let differ = want
+            .iter()
+            .zip(&got)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        eprintln!(
+            "synth-{ftype} decoding, GPU vs CPU: mean KLD {kld:.3e}, top-1 {:.1}%, {differ} of {} logits differ",
+            top1 * 100.0,
+            want.len()
+        );
+        assert!(
+            kld <= 1e-4 && top1 >= 0.98,
+            "synth-{ftype}: KLD {kld:.3e}, top-1 {top1}"
+        );
+        if exact {
+            assert_eq!(differ, 0, "synth-{ftype}: decoding differs from the CPU's");
+        }
+    }
+}

@@ -74,17 +74,13 @@ fn q4k_fstep(acc: vec2<f32>, g: vec4<f32>) -> vec2<f32> {
     return vec2<f32>(fma_rn(g.x, g.y, acc.x), fma_rn(g.z, g.w, acc.y));
 }
 
-// Grid: (1, ceil(m / TG_ROWS), 1). Invocation t of row `row`'s subgroup
-// takes quarter t % 4 (sub-blocks 2q, 2q + 1) of super-block sb0 + t / 4,
-// eight super-blocks per step: their exact (scale, min) sums are added over
+// Row `row`'s product, which every invocation of its subgroup returns.
+// Invocation t takes quarter t % 4 (sub-blocks 2q, 2q + 1) of super-block
+// sb0 + t / 4, eight super-blocks per step: their exact (scale, min) sums are added over
 // the quarters (as kdot_sg's pieces), and every invocation then takes the
 // repacked gemv's float steps of the eight in order (k_fstep, ORDER 4).
 // (Loading every step before the float steps measured slower on an H100.)
-@compute @workgroup_size(128)
-fn q4k_tg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
-          @builtin(subgroup_invocation_id) t: u32) {
-    let row_raw = wid.y * TG_ROWS + (lid >> 5u);
-    let row = min(row_raw, p.m - 1u);
+fn q4k_dot(row: u32, t: u32) -> f32 {
     let nsb = p.k >> 8u;
     let rb = row * (p.row_bytes >> 4u);
     let q = t & 3u;
@@ -116,8 +112,17 @@ fn q4k_tg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         let dy = bitcast<f32>(cs.x);
         q4k_steps(&acc, vec4<f32>(i2f_rn(s), mul_rn(dm.x, dy), i2f_rn(m), mul_rn(dm.y, dy)), sb0, nsb);
     }
+    return acc.x - acc.y;
+}
+
+// Grid: (1, ceil(m / TG_ROWS), 1): a subgroup per row.
+@compute @workgroup_size(128)
+fn q4k_tg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+          @builtin(subgroup_invocation_id) t: u32) {
+    let row_raw = wid.y * TG_ROWS + (lid >> 5u);
+    let v = q4k_dot(min(row_raw, p.m - 1u), t);
     if (row_raw < p.m && t == 0u) {
-        store(0u, row, acc.x - acc.y);
+        store(0u, row_raw, v);
     }
 }
 

@@ -9,8 +9,9 @@
 // `rope_cache` (ggml_rope_cache_init's arithmetic: the angle multiplied by
 // base^(−2/n_dims) pair after pair in f32, libm's cosf/sinf): GPU sin/cos
 // are far less accurate than libm at angles of thousands of radians.
-// The rotation is contracted as llama.cpp's build contracts it: the first
-// product of each line fused into the subtraction/addition.
+// The rotation (rope_common.wgsl) is contracted as llama.cpp's build
+// contracts it: the first product of each line fused into the
+// subtraction/addition.
 
 struct RopeParams {
     n_heads: u32,
@@ -111,24 +112,14 @@ fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
         }
         yo = yt * p.y_stride + p.y_base + head * p.head_dim;
     }
-    var i0: u32;
-    var i1: u32;
-    if (p.neox != 0u) {
-        i0 = i;
-        i1 = i + p.n_dims / 2u;
-    } else {
-        i0 = 2u * i;
-        i1 = 2u * i + 1u;
-    }
     if (2u * i >= p.n_dims) {
         // Unrotated tail (partial rotary): copy this pair's two dimensions.
         put(second, yo + 2u * i, x[xo + 2u * i]);
         put(second, yo + 2u * i + 1u, x[xo + 2u * i + 1u]);
         return;
     }
-    let cs = table[(step.pos + tok) * (p.n_dims / 2u) + i];
-    let a = x[xo + i0];
-    let b = x[xo + i1];
-    put(second, yo + i0, fma_rn(a, cs.x, -(b * cs.y)));
-    put(second, yo + i1, fma_rn(a, cs.y, b * cs.x));
+    let e = rope_pair(i, p.n_dims, p.neox != 0u);
+    let r = rope_rot(x[xo + e.x], x[xo + e.y], table[(step.pos + tok) * (p.n_dims / 2u) + i]);
+    put(second, yo + e.x, r.x);
+    put(second, yo + e.y, r.y);
 }
