@@ -120,18 +120,14 @@ fn act_block_max(v: f32, lid: u32) -> vec2<f32> {
         seg = 256u;
     }
     if (SG) {
-        // Within the subgroup (32 elements), by exchanges; then, for Q8_K,
-        // over the eight subgroups in order (the first wins ties).
+        // Within the subgroup (32 elements): the largest magnitude (the bits
+        // of a non-negative f32 order as its value), then the first lane
+        // that has it; then, for Q8_K, over the eight subgroups in order
+        // (the first wins ties), the same way.
         let a = abs(v);
-        var m = a;
-        for (var s = 16u; s > 0u; s >>= 1u) {
-            m = max(m, bitcast<f32>(xor_u32(bitcast<u32>(m), s, lid)));
-        }
-        var at = select(0xffffffffu, lid & 31u, a == m);
-        for (var s = 16u; s > 0u; s >>= 1u) {
-            at = min(at, xor_u32(at, s, lid));
-        }
-        let mx = bitcast<f32>(shfl_u32(bitcast<u32>(v), at & 31u, lid));
+        let m = bitcast<f32>(max32_u32(bitcast<u32>(a), lid));
+        let at = min32_u32(select(0xffffffffu, lid & 31u, a == m), lid);
+        let mx = bitcast<f32>(shfl_u32(bitcast<u32>(v), at, lid));
         if (seg == 32u) {
             return vec2<f32>(m, mx);
         }
@@ -140,14 +136,10 @@ fn act_block_max(v: f32, lid: u32) -> vec2<f32> {
             act_val[lid >> 5u] = mx;
         }
         workgroupBarrier();
-        var bm = act_mag[0];
-        var bv = act_val[0];
-        for (var i = 1u; i < 8u; i++) {
-            if (act_mag[i] > bm) {
-                bm = act_mag[i];
-                bv = act_val[i];
-            }
-        }
+        let i = lid & 7u;
+        let mi = act_mag[i];
+        let bm = bitcast<f32>(max32_u32(bitcast<u32>(mi), lid));
+        let bv = act_val[min32_u32(select(0xffffffffu, i, mi == bm), lid)];
         workgroupBarrier(); // the arrays may be reused after return
         return vec2<f32>(bm, bv);
     }
@@ -252,11 +244,8 @@ fn quantize_packed(v: f32, e: u32, tok: u32, lid: u32, n: u32, y_words: u32, cor
         let q2 = xor_u32(qu, 2u, lid);
         let q3 = xor_u32(qu, 3u, lid);
         word = (qu & 0xffu) | ((q1 & 0xffu) << 8u) | ((q2 & 0xffu) << 16u) | (q3 << 24u);
-        s16 = q;
-        for (var s = 1u; s < 16u; s <<= 1u) {
-            s16 += i32(xor_u32(u32(s16), s, lid));
-        }
-        s32 = s16 + i32(xor_u32(u32(s16), 16u, lid));
+        s16 = add32_i32(select(0, q, (lid & 16u) == 0u), lid);
+        s32 = add32_i32(q, lid);
     } else {
         // Through workgroup memory.
         packed_q[lid] = q;

@@ -15,3 +15,18 @@ fn xor_u32(v: u32, m: u32, lid: u32) -> u32 {
 fn shfl_u32(v: u32, src: u32, lid: u32) -> u32 {
     return subgroupShuffle(v, src);
 }
+
+// The largest v of the subgroup (32 invocations). Every invocation must call it.
+fn max32_u32(v: u32, lid: u32) -> u32 {
+    return subgroupMax(v);
+}
+
+// The smallest v of the subgroup. Every invocation must call it.
+fn min32_u32(v: u32, lid: u32) -> u32 {
+    return subgroupMin(v);
+}
+
+// The sum of v over the subgroup. Every invocation must call it.
+fn add32_i32(v: i32, lid: u32) -> i32 {
+    return subgroupAdd(v);
+}

@@ -23,3 +23,30 @@ fn shfl_u32(v: u32, src: u32, lid: u32) -> u32 {
     workgroupBarrier();
     return r;
 }
+
+// The largest v of lid's group of 32. Every invocation must call it.
+fn max32_u32(v: u32, lid: u32) -> u32 {
+    var m = v;
+    for (var s = 16u; s > 0u; s >>= 1u) {
+        m = max(m, xor_u32(m, s, lid));
+    }
+    return m;
+}
+
+// The smallest v of lid's group of 32. Every invocation must call it.
+fn min32_u32(v: u32, lid: u32) -> u32 {
+    var m = v;
+    for (var s = 16u; s > 0u; s >>= 1u) {
+        m = min(m, xor_u32(m, s, lid));
+    }
+    return m;
+}
+
+// The sum of v over lid's group of 32. Every invocation must call it.
+fn add32_i32(v: i32, lid: u32) -> i32 {
+    var m = v;
+    for (var s = 16u; s > 0u; s >>= 1u) {
+        m += i32(xor_u32(u32(m), s, lid));
+    }
+    return m;
+}
