@@ -5,6 +5,12 @@
 //! and the same with the token read back every step), the weight bytes one
 //! generated token reads and the bandwidth that implies, and a per-kernel
 //! GPU time profile from timestamp queries when the device has them.
+//!
+//! With `--attribute`, also what each kind of op costs generation in the
+//! chain of dependent dispatches: chained tg timed again with that op left
+//! out of every step ([`GpuModel::leave_out`]), then with every product and
+//! with everything but the products left out. Timestamps cannot give this:
+//! a timestamped dispatch runs alone, with the queries' own overhead.
 
 use std::time::Instant;
 
@@ -39,6 +45,57 @@ fn print_profile(what: &str, p: &StepProfile) {
     }
 }
 
+/// Best time per token of chained greedy decoding of `tg` tokens after a
+/// one-token prompt (which counts as a generated token), over `reps` runs.
+fn chained(model: &mut GpuModel, first: u32, tg: u32, reps: u32) -> Result<f64, String> {
+    let mut best = f64::MAX;
+    for _ in 0..reps {
+        let t = Instant::now();
+        e(model.generate_greedy(&[first], 0, tg))?;
+        best = best.min(t.elapsed().as_secs_f64() / tg as f64);
+    }
+    Ok(best)
+}
+
+/// `--attribute`: chained tg with each op label, every product, and
+/// everything but the products left out of the steps.
+fn attribute_tg(
+    model: &mut GpuModel,
+    first: u32,
+    tg: u32,
+    reps: u32,
+    full: f64,
+) -> Result<(), String> {
+    let ops = model.step_ops();
+    let products: Vec<&str> = ops.iter().filter(|o| o.2).map(|o| o.0).collect();
+    let others: Vec<&str> = ops.iter().filter(|o| !o.2).map(|o| o.0).collect();
+    println!(
+        "  tg cost in the chain (chained tg{tg} without the op; {:.3} ms/token with all):",
+        full * 1e3
+    );
+    let mut row = |what: &str, labels: &[&str], n: usize| -> Result<(), String> {
+        model.leave_out(labels);
+        let t = chained(model, first, tg, reps)?;
+        let cost = full - t;
+        println!(
+            "    {what:<22} {n:>4} dispatches: {:.3} ms/token without, cost {:.3} ms ({:>4.1}%), {:.1} µs a dispatch",
+            t * 1e3,
+            cost * 1e3,
+            100.0 * cost / full,
+            cost * 1e6 / n.max(1) as f64
+        );
+        Ok(())
+    };
+    for (label, n, _) in &ops {
+        row(label, &[label], *n)?;
+    }
+    let count = |ls: &[&str]| ops.iter().filter(|o| ls.contains(&o.0)).map(|o| o.1).sum();
+    row("all products", &products, count(&products))?;
+    row("all but the products", &others, count(&others))?;
+    model.leave_out(&[]);
+    Ok(())
+}
+
 /// Entry point.
 pub fn run(args: &[String]) -> Result<(), String> {
     let mut args = args.to_vec();
@@ -46,12 +103,19 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let pp = num(&mut args, "--pp", 512)?;
     let tg = num(&mut args, "--tg", 128)?;
     let reps = num(&mut args, "--reps", 3)?.max(1);
+    let attribute = match args.iter().position(|a| a == "--attribute") {
+        Some(i) => {
+            args.remove(i);
+            true
+        }
+        None => false,
+    };
     let bandwidth: f64 = take_opt(&mut args, "--bandwidth-gbs")?
         .map(|s| s.parse().map_err(|_| format!("bad bandwidth `{s}`")))
         .transpose()?
         .unwrap_or(3000.0);
     let [path] = args.as_slice() else {
-        return Err("usage: gpu-bench MODEL.gguf [--adapter NAME] [--pp 512] [--tg 128] [--reps 3] [--bandwidth-gbs 3000]".into());
+        return Err("usage: gpu-bench MODEL.gguf [--adapter NAME] [--pp 512] [--tg 128] [--reps 3] [--bandwidth-gbs 3000] [--attribute]".into());
     };
     let ctx = GpuContext::new(&DeviceOptions { adapter }).map_err(|e| e.to_string())?;
     println!("device: {:?}", ctx.caps());
@@ -96,13 +160,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
 
     // tg: chained greedy decoding after a one-token prompt.
     e(model.generate_greedy(&tokens[..1], 0, 8))?;
-    let mut best_tg = f64::MAX;
-    for _ in 0..reps {
-        let t = Instant::now();
-        e(model.generate_greedy(&tokens[..1], 0, tg))?;
-        // The one-token prompt step is counted as a generated token.
-        best_tg = best_tg.min(t.elapsed().as_secs_f64() / tg as f64);
-    }
+    let best_tg = chained(&mut model, tokens[0], tg, reps)?;
     // tg with a read-back every token (what an interactive sampler needs).
     let t = Instant::now();
     let mut tok = e(model.forward_greedy(&tokens[..1], 0))?;
@@ -133,10 +191,13 @@ pub fn run(args: &[String]) -> Result<(), String> {
     if let Some(p) = e(model.profile_step(&tokens[..1], 64))? {
         print_profile("tg step profile (1 token at position 64)", &p);
         println!(
-            "    → kernels {:.3} ms of {:.3} ms per token; the rest is dispatch/submission overhead",
+            "    (each dispatch timed alone, with the queries' overhead: {:.3} ms against {:.3} ms per chained token)",
             p.total_ns / 1e6,
             best_tg * 1e3
         );
+    }
+    if attribute {
+        attribute_tg(&mut model, tokens[0], tg, reps, best_tg)?;
     }
     if let Some(p) = e(model.profile_step(&tokens, 0))? {
         print_profile(&format!("pp{pp} step profile"), &p);

@@ -167,6 +167,8 @@ pub struct GpuModel {
     /// the argmax head or not): the next one-token step submits it instead
     /// of recording (~0.6 ms of CPU for a 1.1B model's 246 dispatches).
     prerecorded: Option<(bool, wgpu::CommandBuffer)>,
+    /// Labels of ops single-token steps leave out ([`GpuModel::leave_out`]).
+    left_out: Vec<String>,
     weight_bytes: u64,
     _keep: Vec<wgpu::Buffer>,
     _weights: Vec<GpuMatrix>,
@@ -768,6 +770,7 @@ impl GpuModel {
             head_all,
             argmax,
             prerecorded: None,
+            left_out: Vec::new(),
             weight_bytes,
             _keep: keep,
             _weights: weights,
@@ -838,12 +841,13 @@ impl GpuModel {
         argmax: bool,
     ) {
         let mut pass = encoder.begin_compute_pass(&Default::default());
-        for op in &self.body {
+        let kept = |op: &Op| n > 1 || !self.left_out.iter().any(|l| l == op.label);
+        for op in self.body.iter().filter(|o| kept(o)) {
             op.encode(&mut pass, n);
         }
         match head {
             Some(ops) if std::ptr::eq(ops, self.head_last.as_slice()) => {
-                for op in ops {
+                for op in ops.iter().filter(|o| kept(o)) {
                     op.encode(&mut pass, 1);
                 }
             }
@@ -993,6 +997,35 @@ impl GpuModel {
         let out: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);
         debug_assert_eq!(out[0], first);
         Ok(out)
+    }
+
+    /// The ops of a decoding step by label, in order of first appearance:
+    /// (label, dispatches, whether they are matrix products).
+    pub fn step_ops(&self) -> Vec<(&'static str, usize, bool)> {
+        let mut out: Vec<(&'static str, usize, bool)> = Vec::new();
+        for op in self
+            .body
+            .iter()
+            .chain(&self.head_last)
+            .filter(|o| o.runs(1))
+        {
+            match out.iter_mut().find(|e| e.0 == op.label) {
+                Some(e) => e.1 += 1,
+                None => out.push((op.label, 1, op.is_product())),
+            }
+        }
+        out
+    }
+
+    /// A measuring aid: single-token steps leave out every op whose label is
+    /// in `labels` ([`GpuModel::step_ops`]), so that timing decoding with and
+    /// without them gives what they cost in the chain of dependent
+    /// dispatches. What those ops write goes stale, so the logits and tokens
+    /// are meaningless until `leave_out(&[])` restores the full step (the KV
+    /// cache must then be refilled: run the prompt again).
+    pub fn leave_out(&mut self, labels: &[&str]) {
+        self.left_out = labels.iter().map(|l| l.to_string()).collect();
+        self.prerecorded = None;
     }
 
     /// Dispatches in one decoding step (layers and output head, argmax included).

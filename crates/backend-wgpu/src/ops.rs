@@ -338,6 +338,11 @@ impl Op {
         self
     }
 
+    /// Whether the op is a matrix product (a linear layer).
+    pub fn is_product(&self) -> bool {
+        matches!(self.grid, Grid::Linear { .. } | Grid::Qdot { .. })
+    }
+
     /// Whether the op dispatches anything for a batch of `n_tokens`.
     pub fn runs(&self, n_tokens: u32) -> bool {
         !matches!(self.grid, Grid::BatchOnly(_)) || n_tokens > 1
