@@ -27,3 +27,53 @@ pub fn read(rel: &str) -> Vec<u8> {
     let path = fixture(rel);
     std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"))
 }
+
+/// The CPU backend's logits for `prompt` as one batch (every position's
+/// when `all`, else the last one's), then for each of `decode` token by
+/// token: llama-model's batch and single-token kernels.
+pub fn cpu_decode(path: &std::path::Path, prompt: &[u32], decode: &[u32], all: bool) -> Vec<f32> {
+    use llama_model::{LoadOptions, LogitsMode, Model, SessionOptions};
+    let cpu = Model::load(path, &LoadOptions::default()).unwrap();
+    let mut s = cpu
+        .session(&SessionOptions {
+            n_ctx: prompt.len() + decode.len(),
+            ..Default::default()
+        })
+        .unwrap();
+    let mode = if all {
+        LogitsMode::All
+    } else {
+        LogitsMode::Last
+    };
+    let mut out = s.forward(prompt, mode).unwrap().to_vec();
+    for &t in decode {
+        out.extend_from_slice(s.forward(&[t], LogitsMode::Last).unwrap());
+    }
+    out
+}
+
+/// [`cpu_decode`] on the GPU: the prompt as one step, then one step per
+/// decoded token.
+pub fn gpu_decode(path: &std::path::Path, prompt: &[u32], decode: &[u32], all: bool) -> Vec<f32> {
+    use backend_wgpu::{GpuModel, GpuModelOptions};
+    let file = gguf_format::GgufFile::open(path).unwrap();
+    let mut gpu = GpuModel::load(
+        ctx(),
+        &file,
+        &GpuModelOptions {
+            n_ctx: Some((prompt.len() + decode.len()) as u32),
+            max_batch: prompt.len() as u32,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let mut out = if all {
+        gpu.forward_all(prompt, 0).unwrap()
+    } else {
+        gpu.forward(prompt, 0).unwrap()
+    };
+    for (i, &t) in decode.iter().enumerate() {
+        out.extend(gpu.forward(&[t], (prompt.len() + i) as u32).unwrap());
+    }
+    out
+}

@@ -1,11 +1,9 @@
 //! The default model (SmolLM2-135M-Instruct Q4_1) on the GPU against the
 //! CPU backend: a prompt as one batch, then a few decoding steps.
 
-use backend_wgpu::{GpuModel, GpuModelOptions};
-use gguf_format::GgufFile;
 use llama_model::{LoadOptions, LogitsMode, Model, SessionOptions};
 
-use crate::common::{ctx, fixture};
+use crate::common::{cpu_decode, fixture, gpu_decode};
 use crate::model::kld_top1;
 
 /// Tokens of the prompt batch; the next `DECODE` passage tokens are decoded one at a time.
@@ -37,49 +35,25 @@ fn default_model_gpu_matches_cpu() {
     let path = model_cache::default_model().expect("default model (SmolLM2-135M-Instruct Q4_1)");
     let toks = passage();
     assert!(toks.len() >= PROMPT + DECODE);
-    let n_ctx = (PROMPT + DECODE) as u32;
-
-    let cpu = Model::load(&path, &LoadOptions::default()).unwrap();
-    let n = cpu.config().n_vocab;
-    let mut s = cpu
-        .session(&SessionOptions {
-            n_ctx: n_ctx as usize,
-            ..Default::default()
-        })
-        .unwrap();
-    let mut want = s
-        .forward(&toks[..PROMPT], LogitsMode::All)
-        .unwrap()
-        .to_vec();
-    for &t in &toks[PROMPT..PROMPT + DECODE] {
-        want.extend_from_slice(s.forward(&[t], LogitsMode::Last).unwrap());
-    }
+    let (prompt, decode) = (&toks[..PROMPT], &toks[PROMPT..PROMPT + DECODE]);
+    let want = cpu_decode(&path, prompt, decode, true);
+    let got = gpu_decode(&path, prompt, decode, true);
+    let n = want.len() / (PROMPT + DECODE);
+    assert_eq!(got.len(), want.len());
     // The CPU's own sensitivity to summation order: the decoded tokens' rows
     // of one batch of all tokens (llama.cpp's batch kernels) against the
     // decoding steps (its single-token kernels).
-    s.reset();
-    let whole = s
+    let cpu = Model::load(&path, &LoadOptions::default()).unwrap();
+    let whole = cpu
+        .session(&SessionOptions {
+            n_ctx: PROMPT + DECODE,
+            ..Default::default()
+        })
+        .unwrap()
         .forward(&toks[..PROMPT + DECODE], LogitsMode::All)
         .unwrap()
         .to_vec();
     let (kld_cpu, _) = kld_top1(&whole[PROMPT * n..], &want[PROMPT * n..], n);
-
-    let file = GgufFile::open(&path).unwrap();
-    let mut gpu = GpuModel::load(
-        ctx(),
-        &file,
-        &GpuModelOptions {
-            n_ctx: Some(n_ctx),
-            max_batch: PROMPT as u32,
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    assert_eq!(gpu.config().n_vocab as usize, n);
-    let mut got = gpu.forward_all(&toks[..PROMPT], 0).unwrap();
-    for (i, &t) in toks[PROMPT..PROMPT + DECODE].iter().enumerate() {
-        got.extend(gpu.forward(&[t], (PROMPT + i) as u32).unwrap());
-    }
 
     let (kld_b, top1_b) = kld_top1(&want[..PROMPT * n], &got[..PROMPT * n], n);
     let (kld_d, top1_d) = kld_top1(&want[PROMPT * n..], &got[PROMPT * n..], n);

@@ -3,7 +3,7 @@
 use backend_wgpu::{GpuModel, GpuModelOptions};
 use gguf_format::GgufFile;
 
-use crate::common::{ctx, fixture, read};
+use crate::common::{cpu_decode, ctx, fixture, gpu_decode, read};
 
 /// Mean KL divergence KL(ref ‖ got) over rows of `n` logits, and the
 /// fraction of rows whose argmax agrees.
@@ -180,7 +180,6 @@ fn synth_incremental_matches_batch() {
 /// (single-token float products sum in the GPU's own order).
 #[test]
 fn synth_decode_matches_cpu_decode() {
-    use llama_model::{LoadOptions, LogitsMode, Model, SessionOptions};
     const PROMPT: usize = 12;
     const DECODE: usize = 8;
     let toks = tokens();
@@ -192,37 +191,11 @@ fn synth_decode_matches_cpu_decode() {
         ("F16", false),
     ] {
         let path = fixture(&format!("synth/synth-{ftype}.gguf"));
-        let n_ctx = (PROMPT + DECODE) as u32;
-        let cpu = Model::load(&path, &LoadOptions::default()).unwrap();
-        let mut s = cpu
-            .session(&SessionOptions {
-                n_ctx: n_ctx as usize,
-                ..Default::default()
-            })
-            .unwrap();
-        let mut want = s
-            .forward(&toks[..PROMPT], LogitsMode::Last)
-            .unwrap()
-            .to_vec();
-        for &t in &toks[PROMPT..PROMPT + DECODE] {
-            want.extend_from_slice(s.forward(&[t], LogitsMode::Last).unwrap());
-        }
-        let file = GgufFile::open(&path).unwrap();
-        let mut gpu = GpuModel::load(
-            ctx(),
-            &file,
-            &GpuModelOptions {
-                n_ctx: Some(n_ctx),
-                max_batch: PROMPT as u32,
-                ..Default::default()
-            },
-        )
-        .unwrap();
-        let mut got = gpu.forward(&toks[..PROMPT], 0).unwrap();
-        for (i, &t) in toks[PROMPT..PROMPT + DECODE].iter().enumerate() {
-            got.extend(gpu.forward(&[t], (PROMPT + i) as u32).unwrap());
-        }
-        let n = gpu.config().n_vocab as usize;
+        let (prompt, decode) = (&toks[..PROMPT], &toks[PROMPT..PROMPT + DECODE]);
+        let want = cpu_decode(path.as_ref(), prompt, decode, false);
+        let got = gpu_decode(path.as_ref(), prompt, decode, false);
+        assert_eq!(got.len(), want.len());
+        let n = want.len() / (1 + DECODE);
         let (kld, top1) = kld_top1(&want, &got, n);
         let differ = want
             .iter()
