@@ -123,7 +123,71 @@ fn kdot_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
 //     and applies them to its chain, and hsum_float_8 gathers the lanes;
 //   ORDER 1 (repacked gemm/gemv): each block's eight words are added
 //     (butterfly), and every invocation applies the four blocks in order.
+// Four such groups of four blocks are loaded before the first is applied
+// (a group's 136 bytes or fewer per row left the memory idle between
+// groups).
 // Grid: as kdot_sg's.
+
+// Invocation t's share of blocks c .. c + 3 (block c + t / 8, word t % 8):
+// its word's exact sum, the block's d·d_a and, with a min, m·s_a.
+struct QdotPiece {
+    sum: i32,
+    dd: f32,
+    ms: f32,
+}
+
+fn qdot_piece(base: u32, tok: u32, c: u32, j: u32, nb: u32) -> QdotPiece {
+    var pc = QdotPiece(0, 0.0, 0.0);
+    if (c < nb) {
+        let b = base + c * qdot_block_bytes();
+        let ds = qdot_xs(tok, c);
+        pc.dd = f16at(b) * ds.x;
+        pc.sum = dot4I8Packed(qdot_wq(base, c, j), qdot_xq(tok, c, j));
+        if (FORMAT == 3u || FORMAT == 7u) {
+            pc.ms = mul_rn(f16at(b + 2u), ds.y);
+        }
+    }
+    return pc;
+}
+
+// Applies blocks c0 .. c0 + 3 (those below nb) from the pieces, in order:
+// the twelve shuffles first, then the chain (a loop that shuffled and then
+// multiplied waited out the shuffle at every block).
+fn qdot_apply(acc: ptr<function, f32>, summs: ptr<function, f32>, pc: QdotPiece, j: u32, c0: u32,
+              nb: u32) {
+    var sum = pc.sum;
+    if (ORDER == 1u) {
+        sum += subgroupShuffleXor(sum, 1u);
+        sum += subgroupShuffleXor(sum, 2u);
+        sum += subgroupShuffleXor(sum, 4u);
+    }
+    let o = select(0u, j, ORDER == 0u);
+    let s4 = vec4<f32>(f32(subgroupShuffle(sum, o)), f32(subgroupShuffle(sum, o + 8u)),
+                       f32(subgroupShuffle(sum, o + 16u)), f32(subgroupShuffle(sum, o + 24u)));
+    let d4 = vec4<f32>(subgroupShuffle(pc.dd, o), subgroupShuffle(pc.dd, o + 8u),
+                       subgroupShuffle(pc.dd, o + 16u), subgroupShuffle(pc.dd, o + 24u));
+    let m4 = vec4<f32>(subgroupShuffle(pc.ms, 0u), subgroupShuffle(pc.ms, 8u),
+                       subgroupShuffle(pc.ms, 16u), subgroupShuffle(pc.ms, 24u));
+    if (c0 >= nb) {
+        return;
+    }
+    // (Both orders multiply the sum by the scale; a fused product is the
+    // same whichever operand comes first.)
+    let n = nb - c0;
+    var a = fma_rn(s4.x, d4.x, *acc);
+    if (n > 1u) { a = fma_rn(s4.y, d4.y, a); }
+    if (n > 2u) { a = fma_rn(s4.z, d4.z, a); }
+    if (n > 3u) { a = fma_rn(s4.w, d4.w, a); }
+    *acc = a;
+    if (ORDER == 0u && (FORMAT == 3u || FORMAT == 7u)) {
+        var m = *summs + m4.x;
+        if (n > 1u) { m = m + m4.y; }
+        if (n > 2u) { m = m + m4.z; }
+        if (n > 3u) { m = m + m4.w; }
+        *summs = m;
+    }
+}
+
 @compute @workgroup_size(256)
 fn qdot_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
            @builtin(subgroup_invocation_id) t: u32) {
@@ -132,54 +196,20 @@ fn qdot_sg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     let row = o.row;
     let live = o.live;
     let nb = p.k >> 5u;
-    let bb = qdot_block_bytes();
     let base = row * p.row_bytes;
     let j = t & 7u;
-    let has_min = FORMAT == 3u || FORMAT == 7u;
+    let slot = t >> 3u;
     var acc = 0.0;
     var summs = 0.0;
-    for (var c0 = 0u; c0 < nb; c0 += 4u) {
-        let c = c0 + (t >> 3u);
-        var sum = 0;
-        var dd = 0.0;
-        var ms = 0.0;
-        if (c < nb) {
-            let b = base + c * bb;
-            let ds = qdot_xs(tok, c);
-            dd = f16at(b) * ds.x;
-            sum = dot4I8Packed(qdot_wq(base, c, j), qdot_xq(tok, c, j));
-            if (has_min) {
-                ms = mul_rn(f16at(b + 2u), ds.y);
-            }
-        }
-        if (ORDER == 1u) {
-            sum += subgroupShuffleXor(sum, 1u);
-            sum += subgroupShuffleXor(sum, 2u);
-            sum += subgroupShuffleXor(sum, 4u);
-        }
-        // The twelve shuffles first, then the chain (a loop that shuffled and
-        // then multiplied waited out the shuffle at every block); the step's
-        // blocks past nb are left out.
-        let o = select(0u, j, ORDER == 0u);
-        let s4 = vec4<f32>(f32(subgroupShuffle(sum, o)), f32(subgroupShuffle(sum, o + 8u)),
-                           f32(subgroupShuffle(sum, o + 16u)), f32(subgroupShuffle(sum, o + 24u)));
-        let d4 = vec4<f32>(subgroupShuffle(dd, o), subgroupShuffle(dd, o + 8u),
-                           subgroupShuffle(dd, o + 16u), subgroupShuffle(dd, o + 24u));
-        let m4 = vec4<f32>(subgroupShuffle(ms, 0u), subgroupShuffle(ms, 8u),
-                           subgroupShuffle(ms, 16u), subgroupShuffle(ms, 24u));
-        // (Both orders multiply the sum by the scale; a fused product is
-        // the same whichever operand comes first.)
-        let n = nb - c0;
-        acc = fma_rn(s4.x, d4.x, acc);
-        if (n > 1u) { acc = fma_rn(s4.y, d4.y, acc); }
-        if (n > 2u) { acc = fma_rn(s4.z, d4.z, acc); }
-        if (n > 3u) { acc = fma_rn(s4.w, d4.w, acc); }
-        if (ORDER == 0u && has_min) {
-            summs = summs + m4.x;
-            if (n > 1u) { summs = summs + m4.y; }
-            if (n > 2u) { summs = summs + m4.z; }
-            if (n > 3u) { summs = summs + m4.w; }
-        }
+    for (var c0 = 0u; c0 < nb; c0 += 16u) {
+        let p0 = qdot_piece(base, tok, c0 + slot, j, nb);
+        let p1 = qdot_piece(base, tok, c0 + 4u + slot, j, nb);
+        let p2 = qdot_piece(base, tok, c0 + 8u + slot, j, nb);
+        let p3 = qdot_piece(base, tok, c0 + 12u + slot, j, nb);
+        qdot_apply(&acc, &summs, p0, j, c0, nb);
+        qdot_apply(&acc, &summs, p1, j, c0 + 4u, nb);
+        qdot_apply(&acc, &summs, p2, j, c0 + 8u, nb);
+        qdot_apply(&acc, &summs, p3, j, c0 + 12u, nb);
     }
     var res = acc;
     if (ORDER == 0u) {
