@@ -40,10 +40,13 @@ pub enum Shader {
     /// (/value) projection with RoPE and the KV-cache writes in its epilogue
     /// (as [`Shader::QuantTg`]).
     QuantTgRope,
+    /// `quant_tg.wgsl` and `tg_q8.wgsl`: a single token's Q8_0 product
+    /// through 16-byte loads (as [`Shader::QuantTg`]).
+    QuantTgQ8,
 }
 
 /// Every shader, for the naga validation test.
-pub const ALL_SHADERS: [Shader; 13] = [
+pub const ALL_SHADERS: [Shader; 14] = [
     Shader::Quant,
     Shader::Norm,
     Shader::Rope,
@@ -57,6 +60,7 @@ pub const ALL_SHADERS: [Shader; 13] = [
     Shader::QuantSg,
     Shader::QuantTg,
     Shader::QuantTgRope,
+    Shader::QuantTgQ8,
 ];
 
 /// The type of one binding slot.
@@ -106,7 +110,7 @@ impl Shader {
     /// bind what it binds).
     pub(crate) fn layout_base(self) -> Shader {
         match self {
-            Shader::QuantSg | Shader::QuantTg => Shader::Quant,
+            Shader::QuantSg | Shader::QuantTg | Shader::QuantTgQ8 => Shader::Quant,
             Shader::AttentionSg => Shader::Attention,
             Shader::NormSg => Shader::Norm,
             Shader::ElementwiseSg => Shader::Elementwise,
@@ -146,6 +150,7 @@ impl Shader {
                 "rope_common.wgsl",
                 "tg_rope.wgsl"
             ),
+            Shader::QuantTgQ8 => with_fma!("quant_io.wgsl", "quant_tg.wgsl", "tg_q8.wgsl"),
         }
     }
 
@@ -165,6 +170,7 @@ impl Shader {
             Shader::QuantSg => "quant_sg.wgsl",
             Shader::QuantTg => "quant_tg.wgsl",
             Shader::QuantTgRope => "quant_tg.wgsl+tg_rope.wgsl",
+            Shader::QuantTgQ8 => "quant_tg.wgsl+tg_q8.wgsl",
         }
     }
 
@@ -173,7 +179,7 @@ impl Shader {
         use Bind::*;
         match self {
             // w, x, y, params, step, ids
-            Shader::Quant | Shader::QuantSg | Shader::QuantTg => {
+            Shader::Quant | Shader::QuantSg | Shader::QuantTg | Shader::QuantTgQ8 => {
                 &[Read, Read, ReadWrite, Uniform, Uniform, Read]
             }
             // as Quant, then the cos/sin table, queries, key cache, value
@@ -318,8 +324,9 @@ pub(crate) enum Kernel {
     /// `qdot` (orders 0, 1) or `kdot` (2 to 4) with a 32-wide subgroup per
     /// output (`quant_sg.wgsl`), `tokens` as in `Qdot`.
     Sg(GgmlType, u32, u32),
-    /// A single token's exact product with a Q4_K (order 4) or Q6_K (order 2)
-    /// matrix (`quant_tg.wgsl`: `q4k_tg`, `q6k_tg`).
+    /// A single token's exact product with a Q4_K (order 4), Q6_K (order 2)
+    /// or Q8_0 (order 0) matrix (`quant_tg.wgsl`: `q4k_tg`, `q6k_tg`,
+    /// `q8_0_tg`).
     Tg(GgmlType),
     /// `Tg(Q4_K)` with RoPE and the cache writes of a stacked query/key
     /// (/value) projection (`tg_rope.wgsl`: `q4k_tg_rope`).
@@ -338,6 +345,7 @@ impl Kernel {
             Kernel::Add | Kernel::Swiglu(_) | Kernel::Argmax => Shader::Elementwise,
             Kernel::QuantizeAct(..) => Shader::ActQuant,
             Kernel::Sg(..) => Shader::QuantSg,
+            Kernel::Tg(GgmlType::Q8_0) => Shader::QuantTgQ8,
             Kernel::Tg(..) => Shader::QuantTg,
             Kernel::TgRope => Shader::QuantTgRope,
         }
@@ -358,6 +366,7 @@ impl Kernel {
             Kernel::Argmax => "argmax",
             Kernel::QuantizeAct(..) => "quantize_act",
             Kernel::Tg(GgmlType::Q6_K) => "q6k_tg",
+            Kernel::Tg(GgmlType::Q8_0) => "q8_0_tg",
             Kernel::Tg(..) => "q4k_tg",
             Kernel::TgRope => "q4k_tg_rope",
             Kernel::Qdot(_, 1, KMM_TOKENS) => "qmm1",

@@ -476,13 +476,18 @@ impl OpBuilder<'_> {
                         // below 8; qdot's batches measured faster on an H100.)
                         let sg = self.ctx.caps().subgroup32
                             && (tokens == 1 || (order >= 2 && tokens < KMM_TOKENS));
-                        // Single tokens with Q4_K (the repacked order) and
-                        // Q6_K take quant_tg.wgsl's 16-byte loads, whose
-                        // vector reads need the scales' offset aligned.
+                        // Single tokens with Q4_K (the repacked order), Q6_K
+                        // and Q8_0 (rows of whole 16-byte vectors) take
+                        // quant_tg.wgsl's 16-byte loads, whose vector reads
+                        // need the scales' offset aligned.
                         let tg = sg
                             && tokens == 1
                             && corr_base.is_multiple_of(4)
-                            && matches!((w.ty, order), (GgmlType::Q4_K, 4) | (GgmlType::Q6_K, 2));
+                            && match (w.ty, order) {
+                                (GgmlType::Q4_K, 4) | (GgmlType::Q6_K, 2) => true,
+                                (GgmlType::Q8_0, 0) => w.k.is_multiple_of(256),
+                                _ => false,
+                            };
                         let (kernel, outputs) = match (tokens, order) {
                             _ if tg => (Kernel::Tg(w.ty), TG_ROWS),
                             (KMM_TOKENS, _) => (Kernel::Qdot(w.ty, order, tokens), 64 * tokens),
