@@ -13,9 +13,17 @@
 // boundary for every other block), and the sums and scales meet the chains
 // through workgroup memory.
 const Q8_STEP: u32 = 32u; // blocks per step
-var<workgroup> q8_raw: array<u32, 1088>;    // TG_ROWS × 68 vectors of a step, as words
-var<workgroup> q8_sum: array<i32, 1024>;    // TG_ROWS × (Q8_STEP blocks × 8 lanes)
-var<workgroup> q8_dd: array<f32, 128>;      // TG_ROWS × Q8_STEP: d·d_a
+// Per row slot (288 words): a step's 68 vectors as words, then, in the same
+// place, the step's sums (Q8_STEP blocks × 8 lanes) and scales d·d_a.
+var<workgroup> q8_raw: array<u32, 1152>;
+
+fn q8_si(i: u32) -> i32 {
+    return bitcast<i32>(q8_raw[i]);
+}
+
+fn q8_f(i: u32) -> f32 {
+    return bitcast<f32>(q8_raw[i]);
+}
 
 // Quant word k of a block from its words k and k + 1 (`ev`: the block
 // starts on a word boundary, so the word straddles them).
@@ -60,7 +68,7 @@ fn q8_0_tg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     let nb = p.k >> 5u;
     let rv = row * (p.row_bytes >> 4u);
     let j = t & 7u;
-    let base = s * 272u;
+    let base = s * 288u;
     var acc = 0.0;
     var l = q8_loads(rv, 0u, nb, t);
     for (var c0 = 0u; c0 < nb; c0 += Q8_STEP) {
@@ -92,13 +100,15 @@ fn q8_0_tg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
             dot4I8Packed(q8_word(w2, w3, ev), l.x0.z), dot4I8Packed(q8_word(w3, w4, ev), l.x0.w),
             dot4I8Packed(q8_word(w4, w5, ev), l.x1.x), dot4I8Packed(q8_word(w5, w6, ev), l.x1.y),
             dot4I8Packed(q8_word(w6, w7, ev), l.x1.z), dot4I8Packed(q8_word(w7, w8, ev), l.x1.w));
-        for (var k = 0u; k < 8u; k++) {
-            q8_sum[s * 256u + 8u * t + k] = sums[k];
-        }
-        q8_dd[s * 32u + t] = d * l.dx;
+        let dd = d * l.dx;
         if (c0 + Q8_STEP < nb) {
             l = q8_loads(rv, c0 + Q8_STEP, nb, t);
         }
+        workgroupBarrier();
+        for (var k = 0u; k < 8u; k++) {
+            q8_raw[base + 8u * t + k] = bitcast<u32>(sums[k]);
+        }
+        q8_raw[base + 256u + t] = bitcast<u32>(dd);
         workgroupBarrier();
         // Lane j's chain over the step's blocks, in order (every lane of
         // the class runs the same chain), eight blocks at a time, each
@@ -106,14 +116,14 @@ fn q8_0_tg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         // of 8).
         let n = min(Q8_STEP, nb - c0);
         for (var q = 0u; q < n; q += 8u) {
-            let si = s * 256u + 8u * q + j;
-            let di = s * 32u + q;
-            let sa = vec4<f32>(f32(q8_sum[si]), f32(q8_sum[si + 8u]), f32(q8_sum[si + 16u]),
-                               f32(q8_sum[si + 24u]));
-            let sb = vec4<f32>(f32(q8_sum[si + 32u]), f32(q8_sum[si + 40u]), f32(q8_sum[si + 48u]),
-                               f32(q8_sum[si + 56u]));
-            let da = vec4<f32>(q8_dd[di], q8_dd[di + 1u], q8_dd[di + 2u], q8_dd[di + 3u]);
-            let db = vec4<f32>(q8_dd[di + 4u], q8_dd[di + 5u], q8_dd[di + 6u], q8_dd[di + 7u]);
+            let si = base + 8u * q + j;
+            let di = base + 256u + q;
+            let sa = vec4<f32>(f32(q8_si(si)), f32(q8_si(si + 8u)), f32(q8_si(si + 16u)),
+                               f32(q8_si(si + 24u)));
+            let sb = vec4<f32>(f32(q8_si(si + 32u)), f32(q8_si(si + 40u)), f32(q8_si(si + 48u)),
+                               f32(q8_si(si + 56u)));
+            let da = vec4<f32>(q8_f(di), q8_f(di + 1u), q8_f(di + 2u), q8_f(di + 3u));
+            let db = vec4<f32>(q8_f(di + 4u), q8_f(di + 5u), q8_f(di + 6u), q8_f(di + 7u));
             acc = fma_rn(sa.x, da.x, acc);
             acc = fma_rn(sa.y, da.y, acc);
             acc = fma_rn(sa.z, da.z, acc);
