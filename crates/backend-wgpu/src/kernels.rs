@@ -345,7 +345,7 @@ impl Kernel {
             Kernel::Add | Kernel::Swiglu(_) | Kernel::Argmax => Shader::Elementwise,
             Kernel::QuantizeAct(..) => Shader::ActQuant,
             Kernel::Sg(..) => Shader::QuantSg,
-            Kernel::Tg(GgmlType::Q8_0) => Shader::QuantTgQ8,
+            Kernel::Tg(GgmlType::Q8_0 | GgmlType::Q4_0) => Shader::QuantTgQ8,
             Kernel::Tg(..) => Shader::QuantTg,
             Kernel::TgRope => Shader::QuantTgRope,
         }
@@ -367,6 +367,7 @@ impl Kernel {
             Kernel::QuantizeAct(..) => "quantize_act",
             Kernel::Tg(GgmlType::Q6_K) => "q6k_tg",
             Kernel::Tg(GgmlType::Q8_0) => "q8_0_tg",
+            Kernel::Tg(GgmlType::Q4_0) => "q4_0_tg",
             Kernel::Tg(..) => "q4k_tg",
             Kernel::TgRope => "q4k_tg_rope",
             Kernel::Qdot(_, 1, KMM_TOKENS) => "qmm1",

@@ -485,7 +485,9 @@ impl OpBuilder<'_> {
                             && corr_base.is_multiple_of(4)
                             && match (w.ty, order) {
                                 (GgmlType::Q4_K, 4) | (GgmlType::Q6_K, 2) => true,
-                                (GgmlType::Q8_0, 0) => w.k.is_multiple_of(256),
+                                (GgmlType::Q8_0, 0) | (GgmlType::Q4_0, 1) => {
+                                    w.k.is_multiple_of(256)
+                                }
                                 _ => false,
                             };
                         let (kernel, outputs) = match (tokens, order) {
