@@ -29,10 +29,10 @@
 //! K-quant kernel, chosen by batch size as llama.cpp chooses (`qdot`,
 //! `kdot`, and the tiled `qmm`, `qmm1`, `kmm` for batches; `quant_sg.wgsl`
 //! with 32-wide subgroups where the device has them, and `quant_tg.wgsl`'s
-//! 16-byte loads for single tokens with Q4_K and Q6_K). Float (F32/F16/BF16)
-//! batches above four tokens take tinyBLAS's eight fused lanes (`fmatmul`);
-//! one to four tokens still sum in the matrix-vector kernel's own order and
-//! differ in the last bits.
+//! and `tg_q8.wgsl`'s 16-byte loads for single tokens with Q4_K, Q6_K,
+//! Q8_0 and Q4_0). Float (F32/F16/BF16) batches above four tokens take
+//! tinyBLAS's eight fused lanes (`fmatmul`); one to four tokens still sum
+//! in the matrix-vector kernel's own order and differ in the last bits.
 //!
 //! Design decisions:
 //! - One WGSL file per kernel family, specialised by `override` constants
