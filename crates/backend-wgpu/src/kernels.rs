@@ -324,9 +324,10 @@ pub(crate) enum Kernel {
     /// `qdot` (orders 0, 1) or `kdot` (2 to 4) with a 32-wide subgroup per
     /// output (`quant_sg.wgsl`), `tokens` as in `Qdot`.
     Sg(GgmlType, u32, u32),
-    /// A single token's exact product with a Q4_K (order 4), Q6_K (order 2)
-    /// or Q8_0 (order 0) matrix (`quant_tg.wgsl`: `q4k_tg`, `q6k_tg`,
-    /// `q8_0_tg`).
+    /// A single token's exact product with a Q4_K (order 4), Q5_K or Q6_K
+    /// (order 2) matrix (`quant_tg.wgsl`: `q4k_tg`, `q5k_tg`, `q6k_tg`), or
+    /// a Q8_0 (order 0) or Q4_0 (order 1) one (`tg_q8.wgsl`: `q8_0_tg`,
+    /// `q4_0_tg`).
     Tg(GgmlType),
     /// `Tg(Q4_K)` with RoPE and the cache writes of a stacked query/key
     /// (/value) projection (`tg_rope.wgsl`: `q4k_tg_rope`).
@@ -366,6 +367,7 @@ impl Kernel {
             Kernel::Argmax => "argmax",
             Kernel::QuantizeAct(..) => "quantize_act",
             Kernel::Tg(GgmlType::Q6_K) => "q6k_tg",
+            Kernel::Tg(GgmlType::Q5_K) => "q5k_tg",
             Kernel::Tg(GgmlType::Q8_0) => "q8_0_tg",
             Kernel::Tg(GgmlType::Q4_0) => "q4_0_tg",
             Kernel::Tg(..) => "q4k_tg",

@@ -476,15 +476,16 @@ impl OpBuilder<'_> {
                         // below 8; qdot's batches measured faster on an H100.)
                         let sg = self.ctx.caps().subgroup32
                             && (tokens == 1 || (order >= 2 && tokens < KMM_TOKENS));
-                        // Single tokens with Q4_K (the repacked order), Q6_K
-                        // and Q8_0 (rows of whole 16-byte vectors) take
-                        // quant_tg.wgsl's 16-byte loads, whose vector reads
-                        // need the scales' offset aligned.
+                        // Single tokens with Q4_K (the repacked order), Q5_K,
+                        // Q6_K, and Q8_0 and Q4_0 (the repacked order) in rows
+                        // of whole 16-byte vectors take quant_tg.wgsl's and
+                        // tg_q8.wgsl's 16-byte loads, whose vector reads need
+                        // the scales' offset aligned.
                         let tg = sg
                             && tokens == 1
                             && corr_base.is_multiple_of(4)
                             && match (w.ty, order) {
-                                (GgmlType::Q4_K, 4) | (GgmlType::Q6_K, 2) => true,
+                                (GgmlType::Q4_K, 4) | (GgmlType::Q5_K | GgmlType::Q6_K, 2) => true,
                                 (GgmlType::Q8_0, 0) | (GgmlType::Q4_0, 1) => {
                                     w.k.is_multiple_of(256)
                                 }

@@ -185,6 +185,7 @@ fn synth_decode_matches_cpu_decode() {
     let toks = tokens();
     for (ftype, exact) in [
         ("Q4_K_M", true),
+        ("Q5_K_M", true),
         ("Q6_K", true),
         ("Q8_0", true),
         ("Q4_0", true),

@@ -224,3 +224,90 @@ fn q6k_tg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         store(0u, row, hsum_float_8(lo, hi));
     }
 }
+
+// Lane l's float steps of Q5_K super-blocks sb0 .. sb0 + 3 (those below
+// nsb): (sum, d·d_a, mins sum, −dmin·d_a) of super-block sb0 + k held by
+// invocation l + 8k; the mins chain (acc2) is lane 0's. (The shuffles
+// first, as q4k_steps.)
+fn q5k_steps(acc: ptr<function, f32>, acc2: ptr<function, f32>, f: vec4<f32>, sb0: u32, nsb: u32,
+             l: u32) {
+    let g0 = subgroupShuffle(f, l);
+    let g1 = subgroupShuffle(f, l + 8u);
+    let g2 = subgroupShuffle(f, l + 16u);
+    let g3 = subgroupShuffle(f, l + 24u);
+    let n = nsb - sb0;
+    var a = fma_rn(g0.y, g0.x, *acc);
+    var a2 = fma_rn(g0.w, g0.z, *acc2);
+    if (n > 1u) { a = fma_rn(g1.y, g1.x, a); a2 = fma_rn(g1.w, g1.z, a2); }
+    if (n > 2u) { a = fma_rn(g2.y, g2.x, a); a2 = fma_rn(g2.w, g2.z, a2); }
+    if (n > 3u) { a = fma_rn(g3.y, g3.x, a); a2 = fma_rn(g3.w, g3.z, a2); }
+    *acc = a;
+    *acc2 = a2;
+}
+
+// Q5_K (176-byte super-blocks: d, dmin, twelve bytes of scales and mins as
+// Q4_K's, 32 bytes of fifth bits, 128 of nibbles), the AVX2 vec_dot lanes
+// (ORDER 2) as kdot_sg computes them: invocation t takes lane l = t % 8 of
+// super-block sb0 + t / 8, four super-blocks per step, its eight words (one
+// per sub-block c: elements 32c + 4l .. + 3) from 4-byte reads of aligned
+// vectors; lane 0 also takes the mins sum (all eight sub-blocks). Lane l's
+// class then gathers the four super-blocks in order and runs lane l's
+// chain, and hsum_float_8 of the eight lanes plus lane 0's mins chain is
+// the output.
+// Grid: as q4k_tg's.
+@compute @workgroup_size(128)
+fn q5k_tg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+          @builtin(subgroup_invocation_id) t: u32) {
+    let row_raw = wid.y * TG_ROWS + (lid >> 5u);
+    let row = min(row_raw, p.m - 1u);
+    let nsb = p.k >> 8u;
+    let rb = row * (p.row_bytes >> 4u);
+    let l = t & 7u;
+    let lv = l >> 2u;
+    let lc = l & 3u;
+    let m4 = 0x0f0f0f0fu;
+    var acc = 0.0;
+    var acc2 = 0.0;
+    for (var sb0 = 0u; sb0 < nsb; sb0 += 4u) {
+        let sb = min(sb0 + (t >> 3u), nsb - 1u);
+        let bo = rb + 11u * sb; // 176 bytes: eleven vectors
+        let hd = wv[bo];
+        let qh = wv[bo + 1u + lv][lc];
+        let q0 = wv[bo + 3u + lv][lc];
+        let q1 = wv[bo + 5u + lv][lc];
+        let q2 = wv[bo + 7u + lv][lc];
+        let q3 = wv[bo + 9u + lv][lc];
+        let cb = (p.corr_base >> 2u) + 4u * sb; // [d, bsums] of the eight blocks
+        let c0 = xv[cb];
+        let xo = 64u * sb + l;
+        var sumi = 0;
+        for (var c = 0u; c < 8u; c++) {
+            let qs = select(select(q0, q1, c >= 2u), select(q2, q3, c >= 6u), c >= 4u);
+            let wd = ((qs >> (4u * (c & 1u))) & m4) | (((qh >> c) & 0x01010101u) << 4u);
+            let i = xo + 8u * c;
+            sumi += q4k_scale_min(hd, c).x * dot4I8Packed(wd, xv[i >> 2u][i & 3u]);
+        }
+        var extra = 0;
+        if (l == 0u) {
+            let c1 = xv[cb + 1u];
+            let c2 = xv[cb + 2u];
+            let c3 = xv[cb + 3u];
+            extra = (q4k_scale_min(hd, 0u).y * bsum_pair(c0.y) + q4k_scale_min(hd, 1u).y * bsum_pair(c0.w))
+                + (q4k_scale_min(hd, 2u).y * bsum_pair(c1.y) + q4k_scale_min(hd, 3u).y * bsum_pair(c1.w))
+                + (q4k_scale_min(hd, 4u).y * bsum_pair(c2.y) + q4k_scale_min(hd, 5u).y * bsum_pair(c2.w))
+                + (q4k_scale_min(hd, 6u).y * bsum_pair(c3.y) + q4k_scale_min(hd, 7u).y * bsum_pair(c3.w));
+        }
+        let dm = unpack2x16float(hd.x);
+        let dy = bitcast<f32>(c0.x);
+        q5k_steps(&acc, &acc2, vec4<f32>(i2f_rn(sumi), mul_rn(dy, dm.x), f32(extra), -mul_rn(dy, dm.y)),
+                  sb0, nsb, l);
+    }
+    let lo = vec4<f32>(subgroupShuffle(acc, 0u), subgroupShuffle(acc, 1u),
+                       subgroupShuffle(acc, 2u), subgroupShuffle(acc, 3u));
+    let hi = vec4<f32>(subgroupShuffle(acc, 4u), subgroupShuffle(acc, 5u),
+                       subgroupShuffle(acc, 6u), subgroupShuffle(acc, 7u));
+    let m = subgroupShuffle(acc2, 0u);
+    if (row_raw < p.m && t == 0u) {
+        store(0u, row, hsum_float_8(lo, hi) + m);
+    }
+}
