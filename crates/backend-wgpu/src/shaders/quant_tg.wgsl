@@ -23,6 +23,16 @@ fn tg_dot8(w0: vec4<u32>, w1: vec4<u32>, a0: vec4<u32>, a1: vec4<u32>) -> i32 {
         + (dot4I8Packed(w1.z, a1.z) + dot4I8Packed(w1.w, a1.w)));
 }
 
+// hsum_float_8 of v over invocations 0 .. 7 of the subgroup (ggml's eight
+// vec_dot lanes), in every invocation. Every invocation must call it.
+fn hsum_lanes8(v: f32) -> f32 {
+    let lo = vec4<f32>(subgroupShuffle(v, 0u), subgroupShuffle(v, 1u),
+                       subgroupShuffle(v, 2u), subgroupShuffle(v, 3u));
+    let hi = vec4<f32>(subgroupShuffle(v, 4u), subgroupShuffle(v, 5u),
+                       subgroupShuffle(v, 6u), subgroupShuffle(v, 7u));
+    return hsum_float_8(lo, hi);
+}
+
 // Byte k (< 12) of a Q4_K super-block's scales (words 1..3 of its first vec4).
 fn q4k_sbyte(h: vec4<u32>, k: u32) -> u32 {
     return (h[1u + (k >> 2u)] >> (8u * (k & 3u))) & 0xffu;
@@ -216,12 +226,9 @@ fn q6k_tg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         let dy = bitcast<f32>(bs[j & 3u]);
         q6k_steps(&acc, vec2<f32>(i2f_rn(sumi), mul_rn(dy, d)), sb0, nsb, l);
     }
-    let lo = vec4<f32>(subgroupShuffle(acc, 0u), subgroupShuffle(acc, 1u),
-                       subgroupShuffle(acc, 2u), subgroupShuffle(acc, 3u));
-    let hi = vec4<f32>(subgroupShuffle(acc, 4u), subgroupShuffle(acc, 5u),
-                       subgroupShuffle(acc, 6u), subgroupShuffle(acc, 7u));
+    let r = hsum_lanes8(acc);
     if (row_raw < p.m && t == 0u) {
-        store(0u, row, hsum_float_8(lo, hi));
+        store(0u, row, r);
     }
 }
 
@@ -302,12 +309,8 @@ fn q5k_tg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         q5k_steps(&acc, &acc2, vec4<f32>(i2f_rn(sumi), mul_rn(dy, dm.x), f32(extra), -mul_rn(dy, dm.y)),
                   sb0, nsb, l);
     }
-    let lo = vec4<f32>(subgroupShuffle(acc, 0u), subgroupShuffle(acc, 1u),
-                       subgroupShuffle(acc, 2u), subgroupShuffle(acc, 3u));
-    let hi = vec4<f32>(subgroupShuffle(acc, 4u), subgroupShuffle(acc, 5u),
-                       subgroupShuffle(acc, 6u), subgroupShuffle(acc, 7u));
-    let m = subgroupShuffle(acc2, 0u);
+    let r = hsum_lanes8(acc) + subgroupShuffle(acc2, 0u);
     if (row_raw < p.m && t == 0u) {
-        store(0u, row, hsum_float_8(lo, hi) + m);
+        store(0u, row, r);
     }
 }

@@ -136,12 +136,9 @@ fn q8_0_tg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         }
         workgroupBarrier();
     }
-    let lo = vec4<f32>(subgroupShuffle(acc, 0u), subgroupShuffle(acc, 1u),
-                       subgroupShuffle(acc, 2u), subgroupShuffle(acc, 3u));
-    let hi = vec4<f32>(subgroupShuffle(acc, 4u), subgroupShuffle(acc, 5u),
-                       subgroupShuffle(acc, 6u), subgroupShuffle(acc, 7u));
+    let r = hsum_lanes8(acc);
     if (row_raw < p.m && t == 0u) {
-        store(0u, row, hsum_float_8(lo, hi));
+        store(0u, row, r);
     }
 }
 
