@@ -408,24 +408,6 @@ impl GpuModel {
             "rope_table",
             bytemuck::cast_slice(&crate::ops::rope_table(&rp, n_ctx as usize)),
         );
-        let rope = |n_heads: u32, x_base: u32, y_stride: u32, at_pos: u32| RopeParams {
-            n_heads,
-            head_dim: cfg.head_dim,
-            n_dims: cfg.rope_dims,
-            neox: cfg.rope_neox as u32,
-            x_stride: dq + dkv,
-            y_stride,
-            y_base: 0,
-            at_pos,
-            x_base,
-            n_heads2: 0,
-            y2_stride: 0,
-            at_pos2: 0,
-            n_heads3: 0,
-            y3_stride: 0,
-            at_pos3: 0,
-            pad: 0,
-        };
         for l in 0..cfg.n_layer {
             let name = |s: &str| format!("blk.{l}.{s}");
             let attn_norm = vector(&name("attn_norm.weight"), d)?;
@@ -538,7 +520,7 @@ impl GpuModel {
                             head_dim: cfg.head_dim,
                             n_dims: cfg.rope_dims,
                             at_pos: cache_write,
-                            pad: [0; 2],
+                            ..Default::default()
                         },
                     );
                 }
@@ -554,15 +536,19 @@ impl GpuModel {
                 &v_cache,
                 &rope_table,
                 RopeParams {
+                    n_heads: cfg.n_head,
+                    head_dim: cfg.head_dim,
+                    n_dims: cfg.rope_dims,
+                    neox: cfg.rope_neox as u32,
                     x_stride: raw_stride,
+                    y_stride: dq,
                     n_heads2: cfg.n_kv_head,
                     y2_stride: dkv,
                     at_pos2: cache_write,
                     n_heads3: if wqkv.is_some() { cfg.n_kv_head } else { 0 },
                     y3_stride: dkv,
                     at_pos3: cache_write,
-                    pad: 0,
-                    ..rope(cfg.n_head, 0, dq, 0)
+                    ..Default::default()
                 },
             );
             body.push(if rope_fused {
@@ -1030,8 +1016,7 @@ impl GpuModel {
 
     /// Dispatches in one decoding step (layers and output head, argmax included).
     pub fn dispatches_per_step(&self) -> usize {
-        let runs = |ops: &[Op]| ops.iter().filter(|o| o.runs(1)).count();
-        runs(&self.body) + runs(&self.head_last) + 1
+        self.step_ops().iter().map(|o| o.1).sum::<usize>() + 1
     }
 
     /// Mean CPU time in seconds to record (not submit) one step of

@@ -222,16 +222,7 @@ pub fn rope(
             neox: neox as u32,
             x_stride: row as u32,
             y_stride: row as u32,
-            y_base: 0,
-            at_pos: 0,
-            x_base: 0,
-            n_heads2: 0,
-            y2_stride: 0,
-            at_pos2: 0,
-            n_heads3: 0,
-            y3_stride: 0,
-            at_pos3: 0,
-            pad: 0,
+            ..Default::default()
         },
     );
     run(ctx, &[op], t as u32, &y, x.len())

@@ -372,16 +372,7 @@ impl Backend for WgpuBackend {
                 neox: matches!(rope.mode, tensor_core::RopeMode::Neox) as u32,
                 x_stride: width as u32,
                 y_stride: width as u32,
-                y_base: 0,
-                at_pos: 0,
-                x_base: 0,
-                n_heads2: 0,
-                y2_stride: 0,
-                at_pos2: 0,
-                n_heads3: 0,
-                y3_stride: 0,
-                at_pos3: 0,
-                pad: 0,
+                ..Default::default()
             },
         );
         self.record(&[op], n_rows);
@@ -413,16 +404,8 @@ impl Backend for WgpuBackend {
             neox: 0,
             x_stride: width,
             y_stride: width,
-            y_base: 0,
             at_pos: if s.kv_type == KvType::F16 { 2 } else { 1 },
-            x_base: 0,
-            n_heads2: 0,
-            y2_stride: 0,
-            at_pos2: 0,
-            n_heads3: 0,
-            y3_stride: 0,
-            at_pos3: 0,
-            pad: 0,
+            ..Default::default()
         };
         let (kc, vc) = &cache.layers[layer];
         let ops = [

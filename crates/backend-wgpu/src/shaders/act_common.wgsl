@@ -19,15 +19,6 @@ override ACT: u32 = 0u;
 override PACKED: bool = false;
 var<workgroup> packed_q: array<i32, 256>;
 
-// f32 → f16 → f32 with round-to-nearest-even (as F16C's conversion).
-fn round_f16(v: f32) -> f32 {
-    if (abs(v) < 6.103515625e-5) { // f16 subnormals: multiples of 2^-24
-        return round(v * 16777216.0) / 16777216.0;
-    }
-    let b = bitcast<u32>(v);
-    return bitcast<f32>((b + 0xfffu + ((b >> 13u) & 1u)) & 0xffffe000u);
-}
-
 // x / y rounded to nearest even for x, y in [1, 2), where `fma` is fused
 // (FMA_FUSED): the device's quotient (within a few ulp), moved an ulp at a
 // time while the remainder |x − q·y| (an fma: exact once q is within an ulp)

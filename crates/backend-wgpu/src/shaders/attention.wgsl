@@ -10,7 +10,7 @@
 //
 // The CPU's float operations, and where each is mirrored here:
 //   1. The query is rounded to the cache type (`E::round`: f16 round to
-//      nearest even for an f16 cache) — `round_f16`.
+//      nearest even for an f16 cache) — `round_f16_inf`.
 //   2. K·Q per position j, in one of two orders chosen by the batch size
 //      (CPU `decode = n_rows == 1`, here `step.n_tokens == 1`):
 //      - batch (llamafile tinyBLAS, CPU `dot_lanes8`): element i is
@@ -84,7 +84,7 @@ var<workgroup> inv_sum: f32;
 
 // f32 → f16 → f32, round to nearest even (F16C's `vcvtps2ph`, `half`'s
 // `f16::from_f32`), overflowing to ±inf.
-fn round_f16(x: f32) -> f32 {
+fn round_f16_inf(x: f32) -> f32 {
     let a = abs(x);
     if (a < 6.103515625e-5) { // f16 subnormals: multiples of 2^-24 (exact scalings)
         return round(x * 16777216.0) * 5.9604644775390625e-8;
@@ -452,7 +452,7 @@ fn prob(t: u32, n_kv: u32, kvo: u32, mx: f32, inv: f32) -> f32 {
     }
     var pr = mul_rn(e, inv);
     if (p.kv_f16 != 0u) {
-        pr = round_f16(pr);
+        pr = round_f16_inf(pr);
     }
     return pr;
 }
@@ -471,7 +471,7 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     for (var i = lid; i < (hd >> 2u); i += WG) {
         var v = vec4<f32>(q[qo + 4u * i], q[qo + 4u * i + 1u], q[qo + 4u * i + 2u], q[qo + 4u * i + 3u]);
         if (p.kv_f16 != 0u) {
-            v = vec4<f32>(round_f16(v.x), round_f16(v.y), round_f16(v.z), round_f16(v.w));
+            v = vec4<f32>(round_f16_inf(v.x), round_f16_inf(v.y), round_f16_inf(v.z), round_f16_inf(v.w));
         }
         q_head[i] = v;
     }

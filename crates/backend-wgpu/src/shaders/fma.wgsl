@@ -1,6 +1,6 @@
 // fma.wgsl, prepended to every shader: a correctly rounded f32 fused
-// multiply-add, a product that a shader compiler cannot fuse, and ggml's
-// exp built from them.
+// multiply-add, a product that a shader compiler cannot fuse, ggml's exp
+// built from them, and the f16 rounding of activations and cache writes.
 //
 // ggml's x86 kernels (llama.cpp's reference build) use fused multiply-adds
 // in fixed places (`_mm256_fmadd_ps`, the contracted lines of scalar code)
@@ -144,6 +144,26 @@ fn fma_rn(a: f32, b: f32, c: f32) -> f32 {
 // a·b rounded on its own, never fused into a following addition.
 fn mul_rn(a: f32, b: f32) -> f32 {
     return bitcast<f32>(bitcast<u32>(a * b) | step.zero);
+}
+
+// x rounded to f16 and back, to nearest even (F16C's conversion), as ggml's
+// f16 activations and the f16 KV cache hold it. Overflow (|x| > 65504) is
+// not modelled (attention.wgsl's `round_f16_inf` does).
+fn round_f16(x: f32) -> f32 {
+    if (abs(x) < 6.103515625e-5) { // f16 subnormals: multiples of 2^-24
+        return round(x * 16777216.0) / 16777216.0;
+    }
+    let b = bitcast<u32>(x);
+    return bitcast<f32>((b + 0xfffu + ((b >> 13u) & 1u)) & 0xffffe000u);
+}
+
+// v as an output with KV-cache mode `at` stores it (2: an f16 cache; 0 or
+// 1: unchanged).
+fn stored(at: u32, v: f32) -> f32 {
+    if (at == 2u) {
+        return round_f16(v);
+    }
+    return v;
 }
 
 // ggml_v_expf (ggml-cpu's AVX2 version), one lane: tensor-core's

@@ -30,22 +30,10 @@ struct Step {
 @group(0) @binding(3) var<uniform> p: MatParams;
 @group(0) @binding(4) var<uniform> step: Step;
 
-// x rounded to f16 and back, to nearest even (F16C's conversion), as the
-// f16 KV cache stores it. Overflow (|x| > 65504) is not modelled.
-fn round_f16(x: f32) -> f32 {
-    let a = abs(x);
-    if (a < 6.103515625e-5) { // f16 subnormals: multiples of 2^-24
-        return round(x * 16777216.0) / 16777216.0;
-    }
-    let b = bitcast<u32>(x);
-    return bitcast<f32>((b + 0xfffu + ((b >> 13u) & 1u)) & 0xffffe000u);
-}
-
 fn store(tok: u32, row: u32, v_in: f32) {
     var t = tok;
-    var v = v_in;
+    let v = stored(p.at_pos, v_in);
     if (p.at_pos != 0u) { t += step.pos; }
-    if (p.at_pos == 2u) { v = round_f16(v); }
     let i = t * p.y_stride + p.y_base + row;
     if (p.accumulate != 0u) {
         y[i] += v;

@@ -47,26 +47,6 @@ struct Step {
 @group(0) @binding(5) var<storage, read_write> y2: array<f32>;
 @group(0) @binding(6) var<storage, read_write> y3: array<f32>;
 
-// One invocation per (token, head, pair). Grid: (ceil(heads·head_dim/2 / 64), 1, tokens).
-// x rounded to f16 and back, to nearest even (F16C's conversion), as the
-// f16 KV cache stores it. Overflow (|x| > 65504) is not modelled.
-fn round_f16(x: f32) -> f32 {
-    let a = abs(x);
-    if (a < 6.103515625e-5) { // f16 subnormals: multiples of 2^-24
-        return round(x * 16777216.0) / 16777216.0;
-    }
-    let b = bitcast<u32>(x);
-    return bitcast<f32>((b + 0xfffu + ((b >> 13u) & 1u)) & 0xffffe000u);
-}
-
-// v as an output with KV-cache mode `at` stores it (2: an f16 cache).
-fn stored(at: u32, v: f32) -> f32 {
-    if (at == 2u) {
-        return round_f16(v);
-    }
-    return v;
-}
-
 fn put(second: bool, i: u32, v: f32) {
     if (second) {
         y2[i] = stored(p.at_pos2, v);
@@ -75,6 +55,7 @@ fn put(second: bool, i: u32, v: f32) {
     }
 }
 
+// One invocation per (token, head, pair). Grid: (ceil(heads·head_dim/2 / 64), 1, tokens).
 @compute @workgroup_size(64)
 fn rope(@builtin(global_invocation_id) gid: vec3<u32>) {
     let half = p.head_dim / 2u;

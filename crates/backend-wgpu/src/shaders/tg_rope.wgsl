@@ -30,14 +30,6 @@ struct TgRopeParams {
 
 var<workgroup> tg_val: array<f32, TG_ROWS>;
 
-// v as the cache stores it.
-fn cached(v: f32) -> f32 {
-    if (rp.at_pos == 2u) {
-        return round_f16(v);
-    }
-    return v;
-}
-
 // Grid: as q4k_tg's.
 @compute @workgroup_size(128)
 fn q4k_tg_rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
@@ -54,7 +46,7 @@ fn q4k_tg_rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     }
     let pos = step.pos;
     if (r >= rp.n_q + rp.n_k) {
-        v_cache[pos * rp.n_k + (r - rp.n_q - rp.n_k)] = cached(v);
+        v_cache[pos * rp.n_k + (r - rp.n_q - rp.n_k)] = stored(rp.at_pos, v);
         return;
     }
     // Dimension i of its head (queries and keys both start on a head).
@@ -67,6 +59,6 @@ fn q4k_tg_rope(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     if (r < rp.n_q) {
         q_out[r] = out;
     } else {
-        k_cache[pos * rp.n_k + (r - rp.n_q)] = cached(out);
+        k_cache[pos * rp.n_k + (r - rp.n_q)] = stored(rp.at_pos, out);
     }
 }
