@@ -120,12 +120,7 @@ fn best(v: &Value, name: &str) -> Option<f64> {
 /// Runs `cargo xtask bench`.
 pub fn run(args: &[String]) -> Result<(), String> {
     let mut args = args.to_vec();
-    let micro = if let Some(i) = args.iter().position(|a| a == "--micro") {
-        args.remove(i);
-        true
-    } else {
-        false
-    };
+    let micro = crate::take_flag(&mut args, "--micro");
     let parse = |v: Option<String>, name: &str, default: usize| -> Result<usize, String> {
         v.map_or(Ok(default), |s| {
             s.parse().map_err(|_| format!("{name} {s}: not a number"))

@@ -16,7 +16,7 @@ use std::time::Instant;
 
 use backend_wgpu::{DeviceOptions, GpuContext, GpuModel, GpuModelOptions, StepProfile};
 
-use crate::take_opt;
+use crate::{take_flag, take_opt};
 
 fn num(args: &mut Vec<String>, name: &str, default: u32) -> Result<u32, String> {
     take_opt(args, name)?
@@ -103,13 +103,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let pp = num(&mut args, "--pp", 512)?;
     let tg = num(&mut args, "--tg", 128)?;
     let reps = num(&mut args, "--reps", 3)?.max(1);
-    let attribute = match args.iter().position(|a| a == "--attribute") {
-        Some(i) => {
-            args.remove(i);
-            true
-        }
-        None => false,
-    };
+    let attribute = take_flag(&mut args, "--attribute");
     let bandwidth: f64 = take_opt(&mut args, "--bandwidth-gbs")?
         .map(|s| s.parse().map_err(|_| format!("bad bandwidth `{s}`")))
         .transpose()?

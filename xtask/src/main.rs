@@ -34,6 +34,17 @@ fn main() -> ExitCode {
     }
 }
 
+/// Whether the flag `name` is in `args`, and the arguments without it.
+fn take_flag(args: &mut Vec<String>, name: &str) -> bool {
+    match args.iter().position(|a| a == name) {
+        Some(i) => {
+            args.remove(i);
+            true
+        }
+        None => false,
+    }
+}
+
 /// Value of `--name VALUE` in `args`, and the arguments without the pair.
 fn take_opt(args: &mut Vec<String>, name: &str) -> Result<Option<String>, String> {
     match args.iter().position(|a| a == name) {
