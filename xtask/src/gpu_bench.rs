@@ -182,8 +182,11 @@ pub fn run(args: &[String]) -> Result<(), String> {
         enc * 1e3,
         model.dispatches_per_step()
     );
-    if let Some(p) = e(model.profile_step(&tokens[..1], 64))? {
-        print_profile("tg step profile (1 token at position 64)", &p);
+    // A decoding step well into the context (position 64, or the last one
+    // a short context has).
+    let at = 64.min(model.n_ctx() - 1);
+    if let Some(p) = e(model.profile_step(&tokens[..1], at))? {
+        print_profile(&format!("tg step profile (1 token at position {at})"), &p);
         println!(
             "    (each dispatch timed alone, with the queries' overhead: {:.3} ms against {:.3} ms per chained token)",
             p.total_ns / 1e6,
