@@ -5,38 +5,71 @@ use tensor_core::{RopeMode, RopeParams};
 
 use crate::error::{ModelError, Result};
 
-/// The model families this crate runs.
+/// The model families this crate runs, each described once as a graph (`src/arch/`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Architecture {
     /// `llama`: LLaMA 1/2/3, TinyLlama, SmolLM, Mistral-style models.
     Llama,
     /// `qwen2`: LLaMA layout with Q/K/V biases and NeoX RoPE.
     Qwen2,
+    /// `qwen3`: per-head RMSNorm of queries and keys, NeoX RoPE.
+    Qwen3,
+    /// `qwen3moe`: Qwen3 with a mixture-of-experts feed-forward block.
+    Qwen3Moe,
+    /// `gemma2`: GeGLU, post-norms, sliding-window layers, logit soft-capping.
+    Gemma2,
+    /// `gemma3`: Gemma 2's layout with per-head Q/K norms and local/global layers.
+    Gemma3,
+    /// `phi3`: fused QKV and gate/up projections, NeoX RoPE.
+    Phi3,
+    /// `smollm3`: LLaMA layout with RoPE left out of every fourth layer.
+    SmolLm3,
+    /// `olmo2`: norms after attention and feed-forward, Q/K norms over the whole width.
+    Olmo2,
 }
 
 impl Architecture {
+    /// Every architecture, in the order messages list them.
+    pub const ALL: [Architecture; 9] = [
+        Architecture::Llama,
+        Architecture::Qwen2,
+        Architecture::Qwen3,
+        Architecture::Qwen3Moe,
+        Architecture::Gemma2,
+        Architecture::Gemma3,
+        Architecture::Phi3,
+        Architecture::SmolLm3,
+        Architecture::Olmo2,
+    ];
+
     /// Parses `general.architecture`.
     pub fn from_name(name: &str) -> Result<Architecture> {
-        match name {
-            "llama" => Ok(Architecture::Llama),
-            "qwen2" => Ok(Architecture::Qwen2),
-            other => Err(ModelError::UnknownArchitecture(other.to_string())),
-        }
+        Architecture::ALL
+            .into_iter()
+            .find(|a| a.name() == name)
+            .ok_or_else(|| ModelError::UnknownArchitecture(name.to_string()))
     }
 
-    /// The metadata key prefix (`llama`, `qwen2`).
+    /// The metadata key prefix (`llama`, `qwen2`, …), as `general.architecture` spells it.
     pub fn name(self) -> &'static str {
         match self {
             Architecture::Llama => "llama",
             Architecture::Qwen2 => "qwen2",
+            Architecture::Qwen3 => "qwen3",
+            Architecture::Qwen3Moe => "qwen3moe",
+            Architecture::Gemma2 => "gemma2",
+            Architecture::Gemma3 => "gemma3",
+            Architecture::Phi3 => "phi3",
+            Architecture::SmolLm3 => "smollm3",
+            Architecture::Olmo2 => "olmo2",
         }
     }
 
     /// How the architecture pairs dimensions in RoPE (llama.cpp's `llama_model_rope_type`).
     pub fn rope_mode(self) -> RopeMode {
         match self {
-            Architecture::Llama => RopeMode::Normal,
-            Architecture::Qwen2 => RopeMode::Neox,
+            Architecture::Llama | Architecture::SmolLm3 => RopeMode::Normal,
+            _ => RopeMode::Neox,
         }
     }
 }
@@ -59,7 +92,7 @@ pub struct Config {
     pub n_layer: usize,
     /// Width of the residual stream (`embedding_length`).
     pub n_embd: usize,
-    /// Hidden width of the feed-forward network (`feed_forward_length`).
+    /// Hidden width of the feed-forward network (`feed_forward_length`; 0 when absent).
     pub n_ff: usize,
     /// Query heads (`attention.head_count`).
     pub n_head: usize,
@@ -124,20 +157,13 @@ impl Config {
         let a = arch.name();
         let k = |s: &str| format!("{a}.{s}");
 
-        if let Some(n) = opt_uint(h, &k("expert_count"))? {
-            if n > 0 {
-                return Err(ModelError::Unsupported(format!(
-                    "mixture of experts ({} = {n})",
-                    k("expert_count")
-                )));
-            }
-        }
         let n_layer = uint(h, &k("block_count"))?;
         let n_embd = uint(h, &k("embedding_length"))?;
-        let n_ff = uint(h, &k("feed_forward_length"))?;
+        // Mixture-of-experts models may give only the experts' width.
+        let n_ff = opt_uint(h, &k("feed_forward_length"))?.unwrap_or(0);
         let n_head = uint(h, &k("attention.head_count"))?;
         let n_head_kv = opt_uint(h, &k("attention.head_count_kv"))?.unwrap_or(n_head);
-        if n_layer == 0 || n_embd == 0 || n_ff == 0 {
+        if n_layer == 0 || n_embd == 0 {
             return Err(invalid(
                 k("block_count"),
                 "layer count and widths must be positive",

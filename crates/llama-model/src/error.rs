@@ -15,7 +15,7 @@ pub enum ModelError {
     #[error(transparent)]
     Gguf(#[from] GgufError),
     /// `general.architecture` names an architecture this crate does not run.
-    #[error("unknown architecture `{0}` (supported: llama, qwen2)")]
+    #[error("unknown architecture `{0}` (supported: llama, qwen2, qwen3, qwen3moe, gemma2, gemma3, phi3, smollm3, olmo2)")]
     UnknownArchitecture(String),
     /// A metadata value is out of range or inconsistent with another.
     #[error("metadata `{key}`: {message}")]

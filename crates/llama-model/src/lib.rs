@@ -45,8 +45,10 @@
 //! [`Trace::diff`].
 #![deny(missing_docs)]
 
+mod arch;
 mod config;
 mod error;
+pub mod graph;
 mod model;
 pub mod quantize;
 mod session;
@@ -54,7 +56,8 @@ mod trace;
 
 pub use config::{Architecture, Config, LoadOptions};
 pub use error::{ModelError, Result};
+pub use graph::{Graph, GraphBuilder, Node, NodeId, Op};
 pub use model::Model;
 pub use session::{BatchKernels, LogitsMode, Session, SessionOptions};
 pub use tensor_core::{Backend, CpuBackend, KvType};
-pub use trace::{Observer, Stats, Step, StepDiff, Trace, TraceEntry};
+pub use trace::{Observer, Stats, StepDiff, Trace, TraceEntry};

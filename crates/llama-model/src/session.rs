@@ -2,9 +2,11 @@
 
 use tensor_core::{AttentionParams, Backend, KvShape, KvType};
 
+use crate::graph::{Gating, Graph, Moe, NodeId, Op};
+
 use crate::error::{ModelError, Result};
 use crate::model::Model;
-use crate::trace::{Observer, Step};
+use crate::trace::Observer;
 
 /// Which logits [`Session::forward`] returns.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -69,20 +71,101 @@ impl Default for SessionOptions {
     }
 }
 
-/// Activation buffers, sized once for `n_batch` rows (widths in comments).
-struct RunState<Buf> {
-    x: Buf,                       // (n_batch, n_embd) residual stream
-    xn: Buf,                      // (n_batch, n_embd) normed residual
-    q: Buf,                       // (n_batch, n_head * head_dim)
-    k: Buf,                       // (n_batch, n_head_kv * head_dim)
-    v: Buf,                       // (n_batch, n_head_kv * head_dim)
-    kqv: Buf,                     // (n_batch, n_head * head_dim) attention output
-    proj: Buf,                    // (n_batch, n_embd) output projections (attention, down)
-    gate: Buf,                    // (n_batch, n_ff)
-    up: Buf,                      // (n_batch, n_ff)
-    act: Buf,                     // (n_batch, n_ff) silu(gate) * up
-    row_io: Option<(Buf, Buf)>,   // (1, max width) ×2: one row in and out (RowConsistent)
-    logits: Option<(Buf, usize)>, // (rows, n_vocab), grown on demand
+/// Where each node's values live: a slot per node, shared by nodes whose
+/// lifetimes do not overlap, computed once from the graph.
+struct Plan {
+    /// The slot of each node.
+    slot: Vec<usize>,
+    /// Whether the node overwrites its first input's slot.
+    in_place: Vec<bool>,
+    /// Slots in all.
+    n_slots: usize,
+}
+
+impl Plan {
+    fn new(g: &Graph) -> Plan {
+        let n = g.nodes.len();
+        let mut last_use = vec![0usize; n];
+        for (i, node) in g.nodes.iter().enumerate() {
+            last_use[i] = i;
+            for x in node.op.inputs() {
+                last_use[x.0] = i;
+            }
+        }
+        last_use[g.output.0] = usize::MAX;
+        let mut slot = vec![0usize; n];
+        let mut in_place = vec![false; n];
+        let mut free: Vec<usize> = Vec::new();
+        let mut n_slots = 0;
+        for (i, node) in g.nodes.iter().enumerate() {
+            let inputs = node.op.inputs();
+            let first = inputs.first().copied();
+            let reuse = match first {
+                Some(x) if node.op.in_place() && last_use[x.0] == i => {
+                    // The other inputs must not share the slot (they are live too).
+                    !inputs[1..].iter().any(|y| slot[y.0] == slot[x.0])
+                }
+                _ => false,
+            };
+            if reuse {
+                slot[i] = slot[first.expect("checked").0];
+                in_place[i] = true;
+            } else {
+                slot[i] = free.pop().unwrap_or_else(|| {
+                    n_slots += 1;
+                    n_slots - 1
+                });
+            }
+            for x in inputs {
+                if last_use[x.0] == i
+                    && !(in_place[i] && Some(x) == first)
+                    && !free.contains(&slot[x.0])
+                    && slot[x.0] != slot[i]
+                {
+                    free.push(slot[x.0]);
+                }
+            }
+        }
+        Plan {
+            slot,
+            in_place,
+            n_slots,
+        }
+    }
+}
+
+/// A growable backend buffer.
+struct Slot<Buf> {
+    buf: Option<Buf>,
+    cap: usize,
+}
+
+impl<Buf> Slot<Buf> {
+    fn empty() -> Slot<Buf> {
+        Slot { buf: None, cap: 0 }
+    }
+}
+
+/// Makes `slot` hold at least `len` values (its contents are lost if it grows).
+fn ensure<B: Backend>(b: &B, slot: &mut Slot<B::Buffer>, len: usize) -> Result<()> {
+    if slot.buf.is_none() || slot.cap < len {
+        slot.buf = Some(b.alloc(len.max(1))?);
+        slot.cap = len.max(1);
+    }
+    Ok(())
+}
+
+/// Scratch space of the mixture-of-experts op.
+struct MoeScratch<Buf> {
+    router: Slot<Buf>,
+    row: Slot<Buf>,
+    gate: Slot<Buf>,
+    up: Slot<Buf>,
+    act: Slot<Buf>,
+    down: Slot<Buf>,
+    slots: Slot<Buf>,
+    tmp: Slot<Buf>,
+    host: Vec<f32>,
 }
 
 /// One sequence being evaluated: its KV cache, buffers and position.
@@ -96,7 +179,11 @@ pub struct Session<'m, B: Backend> {
     batch_kernels: BatchKernels,
     kv: B::KvCache,
     n_past: usize,
-    st: RunState<B::Buffer>,
+    plan: Plan,
+    slots: Vec<Slot<B::Buffer>>,
+    rows: Vec<usize>,
+    row_io: Option<(B::Buffer, B::Buffer)>,
+    moe: MoeScratch<B::Buffer>,
     logits: Vec<f32>,
     host: Vec<f32>,
 }
@@ -117,33 +204,33 @@ impl<'m, B: Backend> Session<'m, B> {
         }
         let nb = opts.n_batch.min(n_ctx);
         let b = model.backend();
+        let g = model.graph();
         let kv = b.alloc_kv(&KvShape {
-            n_layer: c.n_layer,
+            n_layer: g.n_kv_layers.max(1),
             n_ctx,
             n_head_kv: c.n_head_kv,
             head_dim: c.head_dim,
             kv_type: opts.kv_type,
         })?;
-        let buf = |w: usize| b.alloc(nb * w);
-        let st = RunState {
-            x: buf(c.n_embd)?,
-            xn: buf(c.n_embd)?,
-            q: buf(c.q_width())?,
-            k: buf(c.kv_width())?,
-            v: buf(c.kv_width())?,
-            kqv: buf(c.q_width())?,
-            proj: buf(c.n_embd)?,
-            gate: buf(c.n_ff)?,
-            up: buf(c.n_ff)?,
-            act: buf(c.n_ff)?,
-            row_io: match opts.batch_kernels {
-                BatchKernels::LlamaCpp => None,
-                BatchKernels::RowConsistent => {
-                    let w = c.n_embd.max(c.q_width()).max(c.kv_width()).max(c.n_ff);
-                    Some((b.alloc(w)?, b.alloc(w)?))
-                }
-            },
-            logits: None,
+        let plan = Plan::new(g);
+        let slots = (0..plan.n_slots).map(|_| Slot::empty()).collect();
+        let row_io = match opts.batch_kernels {
+            BatchKernels::LlamaCpp => None,
+            BatchKernels::RowConsistent => {
+                let w = g.nodes.iter().map(|n| n.width).max().unwrap_or(1);
+                Some((b.alloc(w)?, b.alloc(w)?))
+            }
+        };
+        let moe = MoeScratch {
+            router: Slot::empty(),
+            row: Slot::empty(),
+            gate: Slot::empty(),
+            up: Slot::empty(),
+            act: Slot::empty(),
+            down: Slot::empty(),
+            slots: Slot::empty(),
+            tmp: Slot::empty(),
+            host: Vec::new(),
         };
         Ok(Session {
             model,
@@ -152,7 +239,11 @@ impl<'m, B: Backend> Session<'m, B> {
             batch_kernels: opts.batch_kernels,
             kv,
             n_past: 0,
-            st,
+            rows: vec![0; g.nodes.len()],
+            plan,
+            slots,
+            row_io,
+            moe,
             logits: Vec::new(),
             host: Vec::new(),
         })
@@ -201,7 +292,7 @@ impl<'m, B: Backend> Session<'m, B> {
         self.run(tokens, mode, None)
     }
 
-    /// [`Session::forward`], reporting every step's values to `observer`.
+    /// [`Session::forward`], reporting every graph node's values to `observer`.
     pub fn forward_traced(
         &mut self,
         tokens: &[u32],
@@ -265,29 +356,8 @@ impl<'m, B: Backend> Session<'m, B> {
         Ok(&self.logits)
     }
 
-    /// Reads `n` values of `buf` and hands them to the observer, if any.
-    #[allow(clippy::too_many_arguments)] // a private helper called with its context spelled out
-    fn observe(
-        b: &B,
-        host: &mut Vec<f32>,
-        obs: &mut Option<&mut dyn Observer>,
-        layer: Option<usize>,
-        step: Step,
-        buf: &B::Buffer,
-        offset: usize,
-        n_rows: usize,
-        width: usize,
-    ) -> Result<()> {
-        if let Some(o) = obs {
-            host.resize(n_rows * width, 0.0);
-            b.read(buf, offset, host)?;
-            o.record(layer, step, n_rows, host);
-        }
-        Ok(())
-    }
-
-    /// Runs one batch of at most `n_batch` tokens at positions `n_past..`,
-    /// writing the logits of its last `out_rows` tokens to rows
+    /// Runs the graph over one batch of at most `n_batch` tokens at positions
+    /// `n_past..`, writing the logits of its last `out_rows` tokens to rows
     /// `row_out..row_out + out_rows` of `self.logits`.
     fn ubatch(
         &mut self,
@@ -297,153 +367,280 @@ impl<'m, B: Backend> Session<'m, B> {
         mut obs: Option<&mut dyn Observer>,
     ) -> Result<()> {
         let m = self.model;
-        let c = m.config();
+        let g = m.graph();
         let b = m.backend();
-        let w = &m.weights;
-        let st = &mut self.st;
-        let host = &mut self.host;
         let n = tokens.len();
         let pos0 = self.n_past;
-        let (d, ff, qw, kvw) = (c.n_embd, c.n_ff, c.q_width(), c.kv_width());
-        let attn = AttentionParams {
-            n_head: c.n_head,
-            n_head_kv: c.n_head_kv,
-            head_dim: c.head_dim,
-            scale: c.attn_scale,
-        };
-        let ff_factors = w.rope_freqs.as_ref();
-
-        b.get_rows(&w.token_embd, tokens, &mut st.x);
-        Self::observe(b, host, &mut obs, None, Step::Embedding, &st.x, 0, n, d)?;
-
-        for (il, l) in w.layers.iter().enumerate() {
-            let lay = Some(il);
-            b.rms_norm(&st.x, &l.attn_norm, c.rms_eps, n, &mut st.xn);
-            Self::observe(b, host, &mut obs, lay, Step::AttnNorm, &st.xn, 0, n, d)?;
-
-            mm(b, &mut st.row_io, &l.wq, &st.xn, n, d, qw, &mut st.q);
-            mm(b, &mut st.row_io, &l.wk, &st.xn, n, d, kvw, &mut st.k);
-            mm(b, &mut st.row_io, &l.wv, &st.xn, n, d, kvw, &mut st.v);
-            if let Some(bq) = &l.bq {
-                b.add_bias(&mut st.q, bq, n);
+        for (i, node) in g.nodes.iter().enumerate() {
+            let inputs = node.op.inputs();
+            let rows = match &node.op {
+                Op::Embed { .. } => n,
+                Op::OutputRows { .. } => out_rows,
+                _ => self.rows[inputs[0].0],
+            };
+            self.rows[i] = rows;
+            if rows == 0 {
+                continue;
             }
-            if let Some(bk) = &l.bk {
-                b.add_bias(&mut st.k, bk, n);
+            let (o, len) = (self.plan.slot[i], rows * node.width);
+            let mut out = if self.plan.in_place[i] {
+                self.slots[o].buf.take().expect("the input's values")
+            } else {
+                ensure(b, &mut self.slots[o], len)?;
+                self.slots[o].buf.take().expect("just allocated")
+            };
+            let res = self.op(i, tokens, pos0, out_rows, &mut out);
+            self.slots[o].buf = Some(out);
+            res?;
+            if let Some(ob) = &mut obs {
+                self.host.resize(len, 0.0);
+                b.read(
+                    self.slots[o].buf.as_ref().expect("stored"),
+                    0,
+                    &mut self.host,
+                )?;
+                ob.record(&node.name, node.layer, rows, &self.host);
             }
-            if let Some(bv) = &l.bv {
-                b.add_bias(&mut st.v, bv, n);
-            }
-            b.rope(&mut st.q, n, c.n_head, pos0, &c.rope, ff_factors);
-            b.rope(&mut st.k, n, c.n_head_kv, pos0, &c.rope, ff_factors);
-            Self::observe(b, host, &mut obs, lay, Step::Q, &st.q, 0, n, qw)?;
-            Self::observe(b, host, &mut obs, lay, Step::K, &st.k, 0, n, kvw)?;
-            Self::observe(b, host, &mut obs, lay, Step::V, &st.v, 0, n, kvw)?;
-
-            b.store_kv(&mut self.kv, il, pos0, n, &st.k, &st.v);
-            attend(
-                b,
-                &mut st.row_io,
-                &st.q,
-                &self.kv,
-                il,
-                pos0,
-                n,
-                &attn,
-                &mut st.kqv,
-            );
-            Self::observe(b, host, &mut obs, lay, Step::Kqv, &st.kqv, 0, n, qw)?;
-
-            mm(b, &mut st.row_io, &l.wo, &st.kqv, n, qw, d, &mut st.proj);
-            if let Some(bo) = &l.bo {
-                b.add_bias(&mut st.proj, bo, n);
-            }
-            Self::observe(b, host, &mut obs, lay, Step::AttnOut, &st.proj, 0, n, d)?;
-            b.add(&mut st.x, &st.proj, n * d);
-            Self::observe(b, host, &mut obs, lay, Step::FfnInp, &st.x, 0, n, d)?;
-
-            b.rms_norm(&st.x, &l.ffn_norm, c.rms_eps, n, &mut st.xn);
-            Self::observe(b, host, &mut obs, lay, Step::FfnNorm, &st.xn, 0, n, d)?;
-            mm(
-                b,
-                &mut st.row_io,
-                &l.ffn_gate,
-                &st.xn,
-                n,
-                d,
-                ff,
-                &mut st.gate,
-            );
-            mm(b, &mut st.row_io, &l.ffn_up, &st.xn, n, d, ff, &mut st.up);
-            Self::observe(b, host, &mut obs, lay, Step::FfnGate, &st.gate, 0, n, ff)?;
-            Self::observe(b, host, &mut obs, lay, Step::FfnUp, &st.up, 0, n, ff)?;
-            b.swiglu(&st.gate, &st.up, n, ff, &mut st.act);
-            Self::observe(b, host, &mut obs, lay, Step::Swiglu, &st.act, 0, n, ff)?;
-            mm(
-                b,
-                &mut st.row_io,
-                &l.ffn_down,
-                &st.act,
-                n,
-                ff,
-                d,
-                &mut st.proj,
-            );
-            Self::observe(b, host, &mut obs, lay, Step::FfnOut, &st.proj, 0, n, d)?;
-            b.add(&mut st.x, &st.proj, n * d);
-            Self::observe(b, host, &mut obs, lay, Step::LayerOut, &st.x, 0, n, d)?;
         }
         self.n_past += n;
-
-        if out_rows == 0 {
-            return Ok(());
-        }
-        // The output rows are the batch's last `out_rows`: move them to the
-        // front so the final norm and projection run on them alone.
-        let first = n - out_rows;
-        let src = if first == 0 {
-            &st.x
-        } else {
-            b.copy(&st.x, first * d, &mut st.proj, 0, out_rows * d);
-            &st.proj
-        };
-        b.rms_norm(src, &w.output_norm, c.rms_eps, out_rows, &mut st.xn);
-        Self::observe(
-            b,
-            host,
-            &mut obs,
-            None,
-            Step::ResultNorm,
-            &st.xn,
-            0,
-            out_rows,
-            d,
-        )?;
-        let n_vocab = c.n_vocab;
-        let need = out_rows.max(st.logits.as_ref().map_or(0, |l| l.1));
-        if st.logits.as_ref().is_none_or(|l| l.1 < out_rows) {
-            st.logits = Some((b.alloc(need * n_vocab)?, need));
-        }
-        let (lbuf, _) = st.logits.as_mut().expect("allocated above");
-        let output = w.output.as_ref().unwrap_or(&w.token_embd);
-        let dst = &mut self.logits[row_out * n_vocab..(row_out + out_rows) * n_vocab];
-        match &mut st.row_io {
-            Some((row, _)) if out_rows > 1 => {
-                for (r, dst_row) in dst.chunks_mut(n_vocab).enumerate() {
-                    b.copy(&st.xn, r * d, row, 0, d);
-                    b.matmul(output, row, 1, lbuf);
-                    b.read(lbuf, 0, dst_row)?;
-                }
-            }
-            _ => {
-                b.matmul(output, &st.xn, out_rows, lbuf);
-                b.read(lbuf, 0, dst)?;
-            }
-        }
-        if let Some(o) = obs {
-            o.record(None, Step::Logits, out_rows, dst);
+        if out_rows > 0 {
+            let n_vocab = m.config().n_vocab;
+            let dst = &mut self.logits[row_out * n_vocab..(row_out + out_rows) * n_vocab];
+            let src = self.slots[self.plan.slot[g.output.0]]
+                .buf
+                .as_ref()
+                .expect("computed");
+            b.read(src, 0, dst)?;
         }
         Ok(())
     }
+
+    /// The values of node `x` (computed earlier in this batch).
+    fn input(&self, x: NodeId) -> &B::Buffer {
+        self.slots[self.plan.slot[x.0]]
+            .buf
+            .as_ref()
+            .expect("an input is computed before it is read")
+    }
+
+    /// Computes node `i` into `out` (which, for an in-place node, holds its first input).
+    fn op(
+        &mut self,
+        i: usize,
+        tokens: &[u32],
+        pos0: usize,
+        out_rows: usize,
+        out: &mut B::Buffer,
+    ) -> Result<()> {
+        let m = self.model;
+        let g = m.graph();
+        let b = m.backend();
+        let w = |id: crate::graph::WeightId| &m.weights[id.0];
+        let node = &g.nodes[i];
+        let rows = self.rows[i];
+        let width = node.width;
+        let len = rows * width;
+        // For in-place capable ops given a fresh slot: start from a copy of the input.
+        if node.op.in_place() && !self.plan.in_place[i] {
+            let x = node.op.inputs()[0];
+            b.copy(self.input(x), 0, out, 0, len);
+        }
+        match &node.op {
+            Op::Embed { table } => b.get_rows(w(*table), tokens, out),
+            Op::Scale { s, .. } => b.scale(out, len, *s),
+            Op::Softcap { cap, .. } => b.softcap(out, len, *cap),
+            Op::Add { b: y, .. } => b.add(out, self.input(*y), len),
+            Op::RmsNorm { x, weight, eps } => {
+                let group = g.weights[weight.0].shape[0];
+                b.rms_norm(self.input(*x), w(*weight), *eps, len / group, out);
+            }
+            Op::MatMul { x, w: wid, bias } => {
+                let cols = g.node(*x).width;
+                let xin = self.slots[self.plan.slot[x.0]].buf.as_ref().expect("input");
+                mm(b, &mut self.row_io, w(*wid), xin, rows, cols, width, out);
+                if let Some(bias) = bias {
+                    b.add_bias(out, w(*bias), rows);
+                }
+            }
+            Op::Rope {
+                n_heads,
+                params,
+                factors,
+                ..
+            } => {
+                b.rope(out, rows, *n_heads, pos0, params, factors.map(w));
+            }
+            Op::Attention {
+                q,
+                k,
+                v,
+                layer,
+                params,
+            } => {
+                let (qs, ks, vs) = (
+                    self.plan.slot[q.0],
+                    self.plan.slot[k.0],
+                    self.plan.slot[v.0],
+                );
+                let kb = self.slots[ks].buf.as_ref().expect("keys");
+                let vb = self.slots[vs].buf.as_ref().expect("values");
+                b.store_kv(&mut self.kv, *layer, pos0, rows, kb, vb);
+                let qb = self.slots[qs].buf.as_ref().expect("queries");
+                attend(
+                    b,
+                    &mut self.row_io,
+                    qb,
+                    &self.kv,
+                    *layer,
+                    pos0,
+                    rows,
+                    params,
+                    out,
+                );
+            }
+            Op::Swiglu { gate, up } => {
+                b.swiglu(self.input(*gate), self.input(*up), rows, width, out)
+            }
+            Op::Geglu { gate, up } => b.geglu(self.input(*gate), self.input(*up), rows, width, out),
+            Op::OutputRows { x } => {
+                let first = self.rows[x.0] - out_rows;
+                b.copy(self.input(*x), first * width, out, 0, len);
+            }
+            Op::Moe { x, moe } => {
+                let xin = self.slots[self.plan.slot[x.0]].buf.as_ref().expect("input");
+                moe_ffn(b, &m.weights, moe, &mut self.moe, xin, rows, width, out)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `build_moe_ffn` on any backend: the router's logits come back to the
+/// host, which picks each token's experts and weights as ggml does (softmax
+/// or sigmoid, top-k by value, optional renormalisation by the clamped sum);
+/// each chosen expert runs on the token's row alone (ggml_mul_mat_id's
+/// per-row products), the outputs are weighted and summed slot by slot in
+/// ggml's order (`ggml_mul`, then `ggml_add` of slot 1, 2, … onto slot 0).
+#[allow(clippy::too_many_arguments)] // the operation's inputs, spelled out
+fn moe_ffn<B: Backend>(
+    b: &B,
+    weights: &[B::Weight],
+    moe: &Moe,
+    s: &mut MoeScratch<B::Buffer>,
+    x: &B::Buffer,
+    n: usize,
+    d: usize,
+    out: &mut B::Buffer,
+) -> Result<()> {
+    let n_expert = moe.gate.len();
+    let k = moe.n_used;
+    ensure(b, &mut s.router, n * n_expert)?;
+    let router = s.router.buf.as_mut().expect("allocated");
+    b.matmul(&weights[moe.router.0], x, n, router);
+    s.host.resize(n * n_expert, 0.0);
+    b.read(router, 0, &mut s.host)?;
+    // Choose experts and weights per token (slot-major factors: [k, n]).
+    let mut chosen = vec![0usize; n * k];
+    let mut factors = vec![0.0f32; n * k];
+    for t in 0..n {
+        let probs = &mut s.host[t * n_expert..(t + 1) * n_expert];
+        match moe.gating {
+            Gating::Softmax => tensor_core::ops::softmax_scaled(probs, 1.0),
+            Gating::Sigmoid => {
+                for p in probs.iter_mut() {
+                    *p = 1.0 / (1.0 + (-*p).exp());
+                }
+            }
+        }
+        let mut order: Vec<usize> = (0..n_expert).collect();
+        order.sort_by(|&a, &c| probs[c].total_cmp(&probs[a]).then(a.cmp(&c)));
+        let mut w: Vec<f32> = order[..k].iter().map(|&e| probs[e]).collect();
+        if moe.normalize {
+            let sum = w.iter().map(|&v| v as f64).sum::<f64>() as f32;
+            let sum = sum.max(6.103_515_6e-5);
+            for v in &mut w {
+                *v /= sum;
+            }
+        }
+        if moe.weights_scale != 1.0 {
+            for v in &mut w {
+                *v *= moe.weights_scale;
+            }
+        }
+        for slot in 0..k {
+            chosen[slot * n + t] = order[slot];
+            factors[slot * n + t] = w[slot];
+        }
+    }
+    ensure(b, &mut s.row, d)?;
+    ensure(b, &mut s.down, d)?;
+    ensure(b, &mut s.slots, k * n * d)?;
+    let ybuf = s.slots.buf.as_mut().expect("allocated");
+    for slot in 0..k {
+        for t in 0..n {
+            let e = chosen[slot * n + t];
+            let row = s.row.buf.as_mut().expect("allocated");
+            b.copy(x, t * d, row, 0, d);
+            expert(
+                b,
+                weights,
+                moe,
+                e,
+                row,
+                &mut s.gate,
+                &mut s.up,
+                &mut s.act,
+                s.down.buf.as_mut().expect("allocated"),
+            )?;
+            b.copy(
+                s.down.buf.as_ref().expect("allocated"),
+                0,
+                ybuf,
+                (slot * n + t) * d,
+                d,
+            );
+        }
+    }
+    b.scale_rows(ybuf, &factors, d);
+    b.copy(ybuf, 0, out, 0, n * d);
+    if k > 1 {
+        ensure(b, &mut s.tmp, n * d)?;
+        let tmp = s.tmp.buf.as_mut().expect("allocated");
+        for slot in 1..k {
+            b.copy(ybuf, slot * n * d, tmp, 0, n * d);
+            b.add(out, tmp, n * d);
+        }
+    }
+    Ok(())
+}
+
+/// One expert on one row: `down(silu(gate(x)) · up(x))` into `y`.
+#[allow(clippy::too_many_arguments)] // the operation's inputs, spelled out
+fn expert<B: Backend>(
+    b: &B,
+    weights: &[B::Weight],
+    moe: &Moe,
+    e: usize,
+    x: &B::Buffer,
+    gate: &mut Slot<B::Buffer>,
+    up: &mut Slot<B::Buffer>,
+    act: &mut Slot<B::Buffer>,
+    y: &mut B::Buffer,
+) -> Result<()> {
+    let ff = moe.ff;
+    ensure(b, gate, ff)?;
+    ensure(b, up, ff)?;
+    ensure(b, act, ff)?;
+    let (g, u, a) = (
+        gate.buf.as_mut().expect("allocated"),
+        up.buf.as_mut().expect("allocated"),
+        act.buf.as_mut().expect("allocated"),
+    );
+    b.matmul(&weights[moe.gate[e].0], x, 1, g);
+    b.matmul(&weights[moe.up[e].0], x, 1, u);
+    b.swiglu(g, u, 1, ff, a);
+    b.matmul(&weights[moe.down[e].0], a, 1, y);
+    Ok(())
 }
 
 /// `out = x · Wᵀ` for `n` rows of `cols` values into rows of `rows` values:

@@ -1,79 +1,13 @@
-//! Layer traces: what each step of the forward pass produced, and where two runs diverge.
+//! Layer traces: what each node of the model graph produced, and where two runs diverge.
 
 use std::fmt;
 
-/// A named step of the forward pass (llama.cpp's tensor names in brackets).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Step {
-    /// Token embeddings (`inp_embd`).
-    Embedding,
-    /// RMSNorm before attention (`attn_norm`).
-    AttnNorm,
-    /// Queries after bias and RoPE (`Qcur`).
-    Q,
-    /// Keys after bias and RoPE (`Kcur`).
-    K,
-    /// Values (`Vcur`).
-    V,
-    /// Attention output before the output projection (`kqv_out`).
-    Kqv,
-    /// Attention output projection (`attn_out`).
-    AttnOut,
-    /// Residual after attention (`ffn_inp`).
-    FfnInp,
-    /// RMSNorm before the feed-forward network (`ffn_norm`).
-    FfnNorm,
-    /// Gate projection (`ffn_gate`).
-    FfnGate,
-    /// Up projection (`ffn_up`).
-    FfnUp,
-    /// `silu(gate) * up` (`ffn_swiglu`).
-    Swiglu,
-    /// Down projection (`ffn_out`).
-    FfnOut,
-    /// Residual after the feed-forward network (`l_out`).
-    LayerOut,
-    /// Final RMSNorm (`result_norm`).
-    ResultNorm,
-    /// Logits (`result_output`).
-    Logits,
-}
-
-impl Step {
-    /// The step's short name.
-    pub fn name(self) -> &'static str {
-        match self {
-            Step::Embedding => "embedding",
-            Step::AttnNorm => "attn_norm",
-            Step::Q => "q",
-            Step::K => "k",
-            Step::V => "v",
-            Step::Kqv => "kqv",
-            Step::AttnOut => "attn_out",
-            Step::FfnInp => "ffn_inp",
-            Step::FfnNorm => "ffn_norm",
-            Step::FfnGate => "ffn_gate",
-            Step::FfnUp => "ffn_up",
-            Step::Swiglu => "swiglu",
-            Step::FfnOut => "ffn_out",
-            Step::LayerOut => "layer_out",
-            Step::ResultNorm => "result_norm",
-            Step::Logits => "logits",
-        }
-    }
-}
-
-impl fmt::Display for Step {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.name())
-    }
-}
-
-/// Receives every step's values during a traced forward pass.
+/// Receives every graph node's values during a traced forward pass.
 pub trait Observer {
-    /// `values` is `[n_rows, width]` row-major (`width = values.len() / n_rows`);
-    /// `layer` is `None` outside the transformer blocks.
-    fn record(&mut self, layer: Option<usize>, step: Step, n_rows: usize, values: &[f32]);
+    /// `values` is `[n_rows, width]` row-major (`width = values.len() / n_rows`)
+    /// of the node `name` (llama.cpp's tensor name, `Qcur-0`); `layer` is
+    /// `None` outside the transformer blocks.
+    fn record(&mut self, name: &str, layer: Option<usize>, n_rows: usize, values: &[f32]);
 }
 
 /// Summary statistics of a step's values.
@@ -118,8 +52,8 @@ impl Stats {
 pub struct TraceEntry {
     /// The block, or `None` for the embedding and the output steps.
     pub layer: Option<usize>,
-    /// The step.
-    pub step: Step,
+    /// The node's name (`attn_norm-0`, `result_output`).
+    pub name: String,
     /// Rows (tokens) in the batch.
     pub n_rows: usize,
     /// Values per row.
@@ -152,11 +86,10 @@ impl Trace {
         }
     }
 
-    /// The entry for `step` of `layer` (the first one recorded).
-    pub fn get(&self, layer: Option<usize>, step: Step) -> Option<&TraceEntry> {
-        self.entries
-            .iter()
-            .find(|e| e.layer == layer && e.step == step)
+    /// The entry of node `name` (`kqv_out-0`; the last one recorded, as
+    /// llama.cpp gives several nodes one name, the final value last).
+    pub fn get(&self, name: &str) -> Option<&TraceEntry> {
+        self.entries.iter().rev().find(|e| e.name == name)
     }
 
     /// Compares two traces entry by entry (in order; entries must describe the
@@ -165,7 +98,7 @@ impl Trace {
         self.entries
             .iter()
             .zip(&other.entries)
-            .filter(|(a, b)| a.layer == b.layer && a.step == b.step)
+            .filter(|(a, b)| a.name == b.name)
             .map(|(a, b)| StepDiff::between(a, b))
             .collect()
     }
@@ -177,11 +110,11 @@ impl Trace {
 }
 
 impl Observer for Trace {
-    fn record(&mut self, layer: Option<usize>, step: Step, n_rows: usize, values: &[f32]) {
+    fn record(&mut self, name: &str, layer: Option<usize>, n_rows: usize, values: &[f32]) {
         let keep = self.limit.map_or(values.len(), |n| n.min(values.len()));
         self.entries.push(TraceEntry {
             layer,
-            step,
+            name: name.to_string(),
             n_rows,
             width: values.len() / n_rows.max(1),
             stats: Stats::of(values),
@@ -194,16 +127,16 @@ impl fmt::Display for Trace {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "{:>5} {:<12} {:>9} {:>12} {:>12} {:>12} {:>12}  first values",
-            "layer", "step", "shape", "rms", "min", "max", "mean"
+            "{:>5} {:<22} {:>11} {:>12} {:>12} {:>12} {:>12}  first values",
+            "layer", "node", "shape", "rms", "min", "max", "mean"
         )?;
         for e in &self.entries {
             let layer = e.layer.map_or("-".to_string(), |l| l.to_string());
             let first: Vec<String> = e.values.iter().take(4).map(|v| format!("{v:.5}")).collect();
             writeln!(
                 f,
-                "{layer:>5} {:<12} {:>9} {:>12.6} {:>12.6} {:>12.6} {:>12.6}  [{}]",
-                e.step.name(),
+                "{layer:>5} {:<22} {:>11} {:>12.6} {:>12.6} {:>12.6} {:>12.6}  [{}]",
+                e.name,
                 format!("{}x{}", e.n_rows, e.width),
                 e.stats.rms,
                 e.stats.min,
@@ -216,13 +149,13 @@ impl fmt::Display for Trace {
     }
 }
 
-/// How one step differs between two traces.
-#[derive(Clone, Copy, Debug, PartialEq)]
+/// How one node differs between two traces.
+#[derive(Clone, Debug, PartialEq)]
 pub struct StepDiff {
     /// The block.
     pub layer: Option<usize>,
-    /// The step.
-    pub step: Step,
+    /// The node's name.
+    pub name: String,
     /// Largest `|a - b|`.
     pub max_abs: f32,
     /// Largest `|a - b| / max(|a|, |b|)` (0 where both are 0).
@@ -239,7 +172,7 @@ impl StepDiff {
     fn between(a: &TraceEntry, b: &TraceEntry) -> StepDiff {
         let mut d = StepDiff {
             layer: a.layer,
-            step: a.step,
+            name: a.name.clone(),
             max_abs: 0.0,
             max_rel: 0.0,
             worst: (0, 0),
@@ -268,8 +201,8 @@ impl fmt::Display for StepDiff {
         let layer = self.layer.map_or("-".to_string(), |l| l.to_string());
         write!(
             f,
-            "{layer:>5} {:<12} max_abs {:.3e} max_rel {:.3e} at row {} col {} ({} vs {})",
-            self.step.name(),
+            "{layer:>5} {:<22} max_abs {:.3e} max_rel {:.3e} at row {} col {} ({} vs {})",
+            self.name,
             self.max_abs,
             self.max_rel,
             self.worst.0,

@@ -1,6 +1,6 @@
 //! The layer trace locates where two runs diverge.
 
-use llama_model::{KvType, LoadOptions, LogitsMode, Model, SessionOptions, Step, Trace};
+use llama_model::{KvType, LoadOptions, LogitsMode, Model, SessionOptions, Trace};
 
 use crate::common::fixture;
 
@@ -21,15 +21,16 @@ fn trace_diff_finds_the_first_step_a_change_touches() {
         t
     };
     let (a, b) = (run(KvType::F16), run(KvType::F32));
-    // embedding, then 2 layers of 13 steps, result_norm, logits.
-    assert_eq!(a.entries.len(), 1 + 2 * 13 + 2);
-    let logits = a.get(None, Step::Logits).unwrap();
+    // One entry per graph node, named as llama.cpp names them.
+    assert_eq!(a.entries.len(), model.graph().nodes.len());
+    assert_eq!(a.entries[0].name, "inp_embd");
+    let logits = a.get("result_output").unwrap();
     assert_eq!((logits.n_rows, logits.width), (16, 384));
     // The KV cache type changes nothing before attention reads the cache.
     let d = a
         .first_divergence(&b, 0.0)
         .expect("f16 and f32 caches differ");
-    assert_eq!((d.layer, d.step), (Some(0), Step::Kqv), "{d}");
+    assert_eq!((d.layer, d.name.as_str()), (Some(0), "kqv_out-0"), "{d}");
     assert!(d.max_abs > 0.0 && d.max_abs < 1e-2, "{d}");
     assert_eq!(
         a.diff(&a).iter().map(|d| d.max_abs).fold(0.0, f32::max),

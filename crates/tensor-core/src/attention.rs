@@ -47,6 +47,49 @@ pub struct AttentionParams {
     pub head_dim: usize,
     /// Factor applied to `K·Q` before the softmax (usually `1/sqrt(head_dim)`).
     pub scale: f32,
+    /// Sliding window (llama.cpp's `n_swa`, standard type): a query at
+    /// position `p` sees only positions `j` with `p - j < window`.
+    pub window: Option<usize>,
+    /// Logit soft-capping: `K·Q` becomes `cap·tanh(K·Q / cap)` before the
+    /// scaled softmax (Gemma 2's `attn_logit_softcapping`).
+    pub softcap: Option<f32>,
+}
+
+impl AttentionParams {
+    /// Plain causal attention: no window, no soft-capping.
+    pub fn new(n_head: usize, n_head_kv: usize, head_dim: usize, scale: f32) -> AttentionParams {
+        AttentionParams {
+            n_head,
+            n_head_kv,
+            head_dim,
+            scale,
+            window: None,
+            softcap: None,
+        }
+    }
+
+    /// The first position a query at position `pos` attends to.
+    pub fn first_visible(&self, pos: usize) -> usize {
+        match self.window {
+            Some(w) => (pos + 1).saturating_sub(w),
+            None => 0,
+        }
+    }
+}
+
+/// What llama.cpp applies to a row of `K·Q` before the softmax: the
+/// soft-cap (`ggml_scale` by `1/cap`, `tanhf`, `ggml_scale` by `cap`) and the
+/// mask (`-inf` before `first`, which ggml's softmax turns into 0).
+fn cap_and_mask(scores: &mut [f32], first: usize, softcap: Option<f32>) {
+    if let Some(cap) = softcap {
+        let inv = 1.0 / cap;
+        for s in scores.iter_mut() {
+            *s = (*s * inv).tanh() * cap;
+        }
+    }
+    for s in &mut scores[..first] {
+        *s = f32::NEG_INFINITY;
+    }
 }
 
 /// A cache element: how values are stored, and how an `f32` operand is
@@ -181,6 +224,8 @@ fn attention_with<E: KvElement>(
                 v: &v[h / group * hd..],
                 stride: kv_width,
                 n_kv: pos0 + t + 1,
+                first: p.first_visible(pos0 + t),
+                softcap: p.softcap,
                 scale: p.scale,
                 decode,
             };
@@ -204,6 +249,9 @@ struct Head<'a, E> {
     v: &'a [E],
     stride: usize,
     n_kv: usize,
+    /// Positions before it are masked (sliding window).
+    first: usize,
+    softcap: Option<f32>,
     scale: f32,
     decode: bool,
 }
@@ -241,6 +289,7 @@ fn head_portable<E: KvElement>(u: &Head<'_, E>, bufs: &mut HeadBuffers, o: &mut 
             dot_lanes8(qh, kr)
         }
     }));
+    cap_and_mask(scores, u.first, u.softcap);
     softmax_scaled(scores, u.scale);
     // V·P, with the probabilities rounded to the cache type. Lane l of
     // output d accumulates the positions j with j % lanes == l. The
@@ -495,6 +544,7 @@ mod avx2 {
                 };
             }
         }
+        super::cap_and_mask(scores, u.first, u.softcap);
         softmax_scaled(scores, u.scale);
         round_all::<E>(scores);
         // V·P: for each 8 outputs, the lanes of one group of 8 (positions
@@ -563,6 +613,8 @@ mod tests {
             n_head_kv: 1,
             head_dim: 4,
             scale: 0.5,
+            window: None,
+            softcap: None,
         };
         let k = vec![1.0f32, 0.0, 0.0, 0.0];
         let v = vec![0.25f32, -1.0, 2.0, 3.0];
@@ -580,6 +632,8 @@ mod tests {
             n_head_kv: 1,
             head_dim: 2,
             scale: 1.0,
+            window: None,
+            softcap: None,
         };
         let k = vec![0.0f32, 0.0, 0.0, 0.0];
         let v = vec![1.0f32, 1.0, 3.0, 3.0];
@@ -611,6 +665,8 @@ mod tests {
                 n_head_kv,
                 head_dim: hd,
                 scale: 1.0 / (hd as f32).sqrt(),
+                window: None,
+                softcap: None,
             };
             for (pos0, n_rows) in [(0, 1), (0, 5), (37, 1), (70, 1), (11, 13), (29, 8)] {
                 let n_ctx = pos0 + n_rows;

@@ -127,6 +127,28 @@ pub trait Backend: Send + Sync {
         out: &mut Self::Buffer,
     );
 
+    /// `out[i] = gelu(gate[i]) * up[i]` over `n_rows` rows of `width` values
+    /// (ggml_geglu_split: ggml's `f16` table of the tanh-approximated GELU).
+    fn geglu(
+        &self,
+        gate: &Self::Buffer,
+        up: &Self::Buffer,
+        n_rows: usize,
+        width: usize,
+        out: &mut Self::Buffer,
+    );
+
+    /// `x[i] *= s` for `len` values (ggml_scale).
+    fn scale(&self, x: &mut Self::Buffer, len: usize, s: f32);
+
+    /// `x[i] = cap · tanh(x[i] / cap)` for `len` values (logit soft-capping:
+    /// ggml_scale by `1/cap`, ggml_tanh, ggml_scale by `cap`).
+    fn softcap(&self, x: &mut Self::Buffer, len: usize, cap: f32);
+
+    /// Row `r` of `x` (rows of `width` values) times `factors[r]`, for
+    /// `factors.len()` rows (ggml_mul by a per-row column: expert weights).
+    fn scale_rows(&self, x: &mut Self::Buffer, factors: &[f32], width: usize);
+
     /// `x[i] += y[i]` for `len` values (ggml_add: the residual connection).
     fn add(&self, x: &mut Self::Buffer, y: &Self::Buffer, len: usize);
 

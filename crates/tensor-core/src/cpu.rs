@@ -282,6 +282,32 @@ impl Backend for CpuBackend {
         ops::swiglu(&gate[..len], &up[..len], width, &mut out[..len]);
     }
 
+    fn geglu(
+        &self,
+        gate: &Vec<f32>,
+        up: &Vec<f32>,
+        n_rows: usize,
+        width: usize,
+        out: &mut Vec<f32>,
+    ) {
+        let len = n_rows * width;
+        ops::geglu(&gate[..len], &up[..len], &mut out[..len]);
+    }
+
+    fn scale(&self, x: &mut Vec<f32>, len: usize, s: f32) {
+        ops::scale(&mut x[..len], s);
+    }
+
+    fn softcap(&self, x: &mut Vec<f32>, len: usize, cap: f32) {
+        ops::softcap(&mut x[..len], cap);
+    }
+
+    fn scale_rows(&self, x: &mut Vec<f32>, factors: &[f32], width: usize) {
+        for (row, &f) in x.chunks_mut(width).zip(factors) {
+            ops::scale(row, f);
+        }
+    }
+
     fn add(&self, x: &mut Vec<f32>, y: &Vec<f32>, len: usize) {
         ops::add(&mut x[..len], &y[..len]);
     }

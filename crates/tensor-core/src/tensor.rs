@@ -156,6 +156,38 @@ impl Tensor {
         &self.bytes()[i * row..(i + 1) * row]
     }
 
+    /// Rows `first..first + count` of the tensor seen as a matrix of
+    /// [`Tensor::n_rows`] rows (every dimension after the first flattened),
+    /// as a 2-D view `[row_len, count]` named `name`, sharing the data: one
+    /// expert of a 3-D expert tensor, or one part of a fused projection.
+    pub fn rows(&self, first: usize, count: usize, name: &str) -> Result<Tensor> {
+        let n_rows = self.n_rows();
+        if count == 0 || first.checked_add(count).is_none_or(|end| end > n_rows) {
+            return Err(TensorError::Invalid {
+                name: self.name.clone(),
+                message: format!(
+                    "rows {first}..{} out of range ({n_rows} rows)",
+                    first.saturating_add(count)
+                ),
+            });
+        }
+        let row = self.bytes().len() / n_rows.max(1);
+        let (start, end) = (first * row, (first + count) * row);
+        let storage = match &self.storage {
+            Storage::Mapped { file, range } => Storage::Mapped {
+                file: file.clone(),
+                range: range.start + start..range.start + end,
+            },
+            Storage::Owned(v) => Storage::Owned(v[start / 4..end / 4].into()),
+        };
+        Ok(Tensor {
+            name: name.to_string(),
+            dtype: self.dtype,
+            shape: vec![self.row_len(), count],
+            storage,
+        })
+    }
+
     /// The values as `f32`, when the tensor is `F32` (borrowed, no copy).
     pub fn as_f32(&self) -> Option<&[f32]> {
         if self.dtype != GgmlType::F32 {

@@ -1,0 +1,31 @@
+//! `smollm3`: the LLaMA layout with RoPE left out of every fourth layer
+//! (llama.cpp's `src/models/smollm3.cpp`: `n_no_rope_layer_step = 4`).
+
+use super::{attn, attn_params, blk, ffn, input, last_layer_rows, norm, output, qkv, rope_qk, Glu};
+use crate::config::Config;
+use crate::error::Result;
+use crate::graph::{GraphBuilder, NodeId};
+
+/// Layers `il` with `(il + 1) % 4 == 0` attend without positions.
+const NO_ROPE_LAYER_STEP: usize = 4;
+
+/// LLaMA's blocks, RoPE only where `(il + 1) % 4 != 0`.
+pub(super) fn build(c: &Config, b: &mut GraphBuilder<'_>) -> Result<NodeId> {
+    let mut x = input(b, c);
+    for il in 0..c.n_layer {
+        b.set_layer(Some(il));
+        let h = norm(b, c, "attn_norm", x, &blk(il, "attn_norm.weight"));
+        let (mut q, mut k, v) = qkv(b, c, il, h);
+        if (il + 1) % NO_ROPE_LAYER_STEP != 0 {
+            (q, k) = rope_qk(b, c, q, k, c.rope);
+        }
+        let a = attn(b, c, il, (q, k, v), attn_params(c, c.attn_scale));
+        let [a, res] = last_layer_rows(b, c, il, [a, x]);
+        let f = b.add("ffn_inp", a, res);
+        let h = norm(b, c, "ffn_norm", f, &blk(il, "ffn_norm.weight"));
+        let h = ffn(b, c, il, h, Glu::Silu);
+        x = b.add("l_out", h, f);
+    }
+    b.set_layer(None);
+    Ok(output(b, c, x))
+}
