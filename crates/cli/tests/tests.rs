@@ -1,5 +1,6 @@
 //! The CLI's one integration-test binary: each module runs the built
 //! `strata` binary on fixtures.
 
+mod archs;
 mod generate;
 mod inspect;

@@ -1,0 +1,167 @@
+//! Every architecture against llama.cpp: random-weight models of nine
+//! architectures (`tests/fixtures/archs`), each in F32, F16, Q8_0 and Q4_K_M,
+//! scored by `strata perplexity --kl-base` against llama.cpp's own KL-base
+//! files (CPU, flash attention off): one command per file.
+//!
+//! The F32 models are not committed (48 MB): `tools/make_arch_fixtures.py`
+//! writes them deterministically (numpy's seeded PCG64, gguf-py 0.19.0) and
+//! the test checks each against the SHA-256 llama.cpp's run recorded in
+//! `manifest.json`; the quantized files are made by `strata quantize` and
+//! must be byte-identical to llama-quantize's (the manifest's SHA-256 again).
+//! The GPU runs the same graph and is held to the CPU backend's logits.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Mutex;
+
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+const TYPES: [&str; 4] = ["F32", "F16", "Q8_0", "Q4_K_M"];
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/archs")
+}
+
+fn manifest() -> Value {
+    serde_json::from_str(&std::fs::read_to_string(root().join("manifest.json")).unwrap()).unwrap()
+}
+
+fn sha256(path: &Path) -> String {
+    let bytes = std::fs::read(path).unwrap();
+    format!("{:x}", Sha256::digest(&bytes))
+}
+
+fn strata(args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// Generation and quantization run once per file, whatever the test threads.
+static MAKE: Mutex<()> = Mutex::new(());
+
+/// The fixture `arch` in file type `ty`, made (and checked) on first use.
+fn model(arch: &str, ty: &str) -> PathBuf {
+    let _guard = MAKE.lock().unwrap_or_else(|e| e.into_inner());
+    let m = manifest();
+    let files = &m["archs"][arch]["files"];
+    let dir = root().join(arch);
+    let f32_path = dir.join(format!("{arch}-F32.gguf"));
+    let want = |t: &str| files[t]["gguf_sha256"].as_str().unwrap().to_string();
+    if !f32_path.exists() || sha256(&f32_path) != want("F32") {
+        let out = Command::new("python3")
+            .arg(root().join("../../../tools/make_arch_fixtures.py"))
+            .arg(root())
+            .args(["--arch", arch])
+            .output()
+            .expect("python3 runs tools/make_arch_fixtures.py (needs numpy and gguf==0.19.0)");
+        assert!(
+            out.status.success(),
+            "tools/make_arch_fixtures.py failed (pip install numpy gguf==0.19.0): {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(sha256(&f32_path), want("F32"), "{arch}-F32.gguf is not the file llama.cpp scored");
+    }
+    if ty == "F32" {
+        return f32_path;
+    }
+    let path = dir.join(format!("{arch}-{ty}.gguf"));
+    if !path.exists() || sha256(&path) != want(ty) {
+        let out = strata(&[
+            "quantize",
+            f32_path.to_str().unwrap(),
+            path.to_str().unwrap(),
+            ty,
+        ]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(
+            sha256(&path),
+            want(ty),
+            "strata quantize {arch} {ty} differs from llama-quantize's file"
+        );
+    }
+    path
+}
+
+/// `strata perplexity` of the fixture text against `base`, as JSON.
+fn perplexity(model: &Path, backend: &str, base_flag: &str, base: &Path) -> Value {
+    let text = root().join("text.txt");
+    let out = strata(&[
+        "perplexity",
+        "--model",
+        model.to_str().unwrap(),
+        "--file",
+        text.to_str().unwrap(),
+        "--ctx",
+        "64",
+        "--backend",
+        backend,
+        base_flag,
+        base.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}: {}",
+        model.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Mean KLD and same-top share of a perplexity report.
+fn kl(v: &Value) -> (f64, f64) {
+    (
+        v["kld_mean"].as_f64().unwrap(),
+        v["same_top_p"].as_f64().unwrap(),
+    )
+}
+
+/// The CPU against llama.cpp for every file type of `arch`: mean KLD ≤ 1e-4,
+/// same top-1 ≥ 98%.
+fn cpu_matches_llama_cpp(arch: &str) {
+    for ty in TYPES {
+        let path = model(arch, ty);
+        let base = root().join(arch).join(format!("{arch}-{ty}.kld"));
+        let r = perplexity(&path, "cpu", "--kl-base", &base);
+        let (kld, same) = kl(&r);
+        println!("{arch} {ty} cpu vs llama.cpp: mean KLD {kld:.3e}, same top {same:.4}");
+        assert!(kld <= 1e-4 && same >= 0.98, "{arch} {ty}: mean KLD {kld:.3e}, same top {same:.4}");
+    }
+}
+
+/// The GPU (the same graph through the wgpu backend) against the CPU
+/// backend: mean KLD ≤ 1e-3, same top-1 ≥ 97%.
+fn gpu_matches_cpu(arch: &str) {
+    let tmp = std::env::temp_dir().join(format!("strata-archs-{}-{arch}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    for ty in TYPES {
+        let path = model(arch, ty);
+        let base = tmp.join(format!("{ty}.kld"));
+        perplexity(&path, "cpu", "--save-logits", &base);
+        let r = perplexity(&path, "wgpu", "--kl-base", &base);
+        let (kld, same) = kl(&r);
+        println!("{arch} {ty} wgpu vs cpu: mean KLD {kld:.3e}, same top {same:.4}");
+        assert!(kld <= 1e-3 && same >= 0.97, "{arch} {ty}: mean KLD {kld:.3e}, same top {same:.4}");
+    }
+    let _ = std::fs::remove_dir_all(&tmp);
+}
+
+macro_rules! arch_tests {
+    ($($arch:ident),*) => {$(
+        mod $arch {
+            #[test]
+            fn cpu_matches_llama_cpp() {
+                super::cpu_matches_llama_cpp(stringify!($arch));
+            }
+            #[test]
+            fn gpu_matches_cpu() {
+                super::gpu_matches_cpu(stringify!($arch));
+            }
+        }
+    )*};
+}
+
+arch_tests!(llama, qwen2, qwen3, qwen3moe, gemma2, gemma3, phi3, smollm3, olmo2);
