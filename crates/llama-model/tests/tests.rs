@@ -1,6 +1,7 @@
 //! Whole-model tests of llama-model against llama.cpp's outputs.
 mod common;
 mod errors;
+mod gemma3;
 mod incremental;
 mod quantize;
 mod smollm2;
