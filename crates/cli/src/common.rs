@@ -47,7 +47,8 @@ pub enum BackendKind {
 /// Which model, where, with how many threads.
 #[derive(clap::Args, Clone, Debug)]
 pub struct ModelArgs {
-    /// The GGUF model; the default model (fetched on first use) if omitted.
+    /// The GGUF model: a file, or a registered name fetched on first use
+    /// (smollm2-135m, the default; gemma3-270m); a file that exists wins over a name.
     #[arg(long, short)]
     pub model: Option<PathBuf>,
     /// Worker threads (default: the available parallelism).
@@ -149,6 +150,31 @@ pub fn init_threads(threads: Option<u16>) -> Result<(), Box<dyn std::error::Erro
     Ok(())
 }
 
+/// The model file that `--model` names: an existing file as it is; else a
+/// registered model name (`gemma3-270m`), fetched and verified on first use;
+/// the default model if omitted.
+pub fn resolve_model(model: Option<&PathBuf>) -> Result<PathBuf, Box<dyn std::error::Error>> {
+    let Some(arg) = model else {
+        return Ok(model_cache::default_model()?);
+    };
+    if arg.exists() {
+        return Ok(arg.clone());
+    }
+    match arg.to_str() {
+        Some(name) if model_cache::lookup(name).is_ok() => Ok(model_cache::model(name)?),
+        _ => Err(format!(
+            "{}: no such file, and not a model name ({})",
+            arg.display(),
+            model_cache::MODELS
+                .iter()
+                .map(|m| m.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+        .into()),
+    }
+}
+
 /// A model file, mapped, with its tokenizer and chat template.
 pub struct ModelFile {
     /// The file.
@@ -160,12 +186,9 @@ pub struct ModelFile {
 }
 
 impl ModelFile {
-    /// Opens `--model` or the default model (fetching it on first use).
+    /// Opens `--model` (see [`resolve_model`]) or the default model (fetching it on first use).
     pub fn open(model: Option<&PathBuf>) -> Result<ModelFile, Box<dyn std::error::Error>> {
-        let path = match model {
-            Some(path) => path.clone(),
-            None => model_cache::default_model()?,
-        };
+        let path = resolve_model(model)?;
         let file = Arc::new(GgufFile::open(&path)?);
         let tokenizer = Tokenizer::from_gguf(file.header())?;
         Ok(ModelFile {
@@ -286,5 +309,25 @@ impl Engine for GpuEngine<'_> {
             .map_err(engine)?;
         self.n_past += tokens.len();
         Ok(&self.logits)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_existing_file_is_used_as_it_is() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        assert_eq!(resolve_model(Some(&path)).unwrap(), path);
+    }
+
+    #[test]
+    fn neither_a_file_nor_a_name_lists_the_names() {
+        let err = resolve_model(Some(&PathBuf::from("gemma3-270x"))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "gemma3-270x: no such file, and not a model name (smollm2-135m, gemma3-270m)"
+        );
     }
 }

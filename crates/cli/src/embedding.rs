@@ -16,7 +16,8 @@ pub struct Args {
     /// The token id.
     #[arg(long)]
     token: u32,
-    /// The GGUF model; the default model (fetched on first use) if omitted.
+    /// The GGUF model: a file, or a registered name fetched on first use
+    /// (smollm2-135m, the default; gemma3-270m); a file that exists wins over a name.
     #[arg(long, short)]
     model: Option<PathBuf>,
     /// Print one JSON object (token, piece, rms, values).

@@ -21,7 +21,8 @@ const SHOWN_CHARS: usize = 80;
 /// Arguments of `strata inspect`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The GGUF file; the default model (fetched on first use) if omitted.
+    /// The GGUF file, or a registered model name fetched on first use
+    /// (smollm2-135m, the default; gemma3-270m); a file that exists wins over a name.
     file: Option<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
@@ -30,10 +31,7 @@ pub struct Args {
 
 /// Runs `strata inspect`.
 pub fn run(args: Args) -> CmdResult {
-    let path = match args.file {
-        Some(path) => path,
-        None => model_cache::default_model()?,
-    };
+    let path = crate::common::resolve_model(args.file.as_ref())?;
     let file = GgufFile::open(&path)?;
     let size = file.bytes().len() as u64;
     let out = if args.json {

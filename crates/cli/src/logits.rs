@@ -16,7 +16,8 @@ use crate::CmdResult;
 /// Arguments of `strata logits`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The GGUF model; the default model (fetched on first use) if omitted.
+    /// The GGUF model: a file, or a registered name fetched on first use
+    /// (smollm2-135m, the default; gemma3-270m); a file that exists wins over a name.
     #[arg(long)]
     model: Option<PathBuf>,
     /// A JSON file holding a list of token ids.
@@ -35,10 +36,7 @@ pub struct Args {
 
 /// Runs `strata logits`.
 pub fn run(args: Args) -> CmdResult {
-    let path = match args.model {
-        Some(path) => path,
-        None => model_cache::default_model()?,
-    };
+    let path = crate::common::resolve_model(args.model.as_ref())?;
     let text = std::fs::read_to_string(&args.tokens)
         .map_err(|e| format!("{}: {e}", args.tokens.display()))?;
     let tokens: Vec<u32> = serde_json::from_str(&text).map_err(|e| {

@@ -43,7 +43,8 @@ use crate::CmdResult;
 /// Arguments of `strata perplexity`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The GGUF model; the default model (fetched on first use) if omitted.
+    /// The GGUF model: a file, or a registered name fetched on first use
+    /// (smollm2-135m, the default; gemma3-270m); a file that exists wins over a name.
     #[arg(long)]
     model: Option<PathBuf>,
     /// The text to score (UTF-8). Not needed with --kl-base, whose file holds the tokens.
@@ -282,10 +283,7 @@ pub fn run(args: Args) -> CmdResult {
             .num_threads(n.max(1))
             .build_global()?;
     }
-    let path = match &args.model {
-        Some(path) => path.clone(),
-        None => model_cache::default_model()?,
-    };
+    let path = crate::common::resolve_model(args.model.as_ref())?;
     let start = Instant::now();
     let tokenizer = Tokenizer::from_gguf(GgufFile::open(&path)?.header())?;
     let model = Model::load(&path, &LoadOptions::default())?;

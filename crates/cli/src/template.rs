@@ -18,7 +18,8 @@ use crate::CmdResult;
 /// Arguments of `strata template`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// The GGUF file whose `tokenizer.chat_template` to render; the default model if neither this nor --template is given.
+    /// The GGUF file whose `tokenizer.chat_template` to render, or a registered model name
+    /// (smollm2-135m, gemma3-270m); the default model if neither this nor --template is given.
     #[arg(long, short, conflicts_with = "template")]
     model: Option<PathBuf>,
     /// A Jinja template file to render instead of a model's.
@@ -51,10 +52,7 @@ pub fn run(args: Args) -> CmdResult {
             ChatTemplate::new(&source)?
         }
         None => {
-            let path = match args.model {
-                Some(path) => path,
-                None => model_cache::default_model()?,
-            };
+            let path = crate::common::resolve_model(args.model.as_ref())?;
             let file = GgufFile::open(&path)?;
             let tok = Tokenizer::from_gguf(file.header())?;
             // Fill in the model's BOS/EOS text unless the context gives them.

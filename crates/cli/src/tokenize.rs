@@ -15,7 +15,8 @@ use crate::CmdResult;
 pub struct Args {
     /// The text to tokenize (`-` reads standard input).
     text: String,
-    /// The GGUF file whose vocabulary to use; the default model if omitted.
+    /// The GGUF file whose vocabulary to use, or a registered model name
+    /// (smollm2-135m, gemma3-270m); the default model if omitted.
     #[arg(long, short)]
     model: Option<PathBuf>,
     /// Print one JSON object instead of one `id<TAB>piece` line per token.
@@ -31,10 +32,7 @@ pub struct Args {
 
 /// Runs `strata tokenize`.
 pub fn run(args: Args) -> CmdResult {
-    let path = match args.model {
-        Some(path) => path,
-        None => model_cache::default_model()?,
-    };
+    let path = crate::common::resolve_model(args.model.as_ref())?;
     let file = GgufFile::open(&path)?;
     let tok = Tokenizer::from_gguf(file.header())?;
     let text = if args.text == "-" {
