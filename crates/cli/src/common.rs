@@ -2,14 +2,14 @@
 //! sampling arguments, loading with progress on stderr, and bad-argument
 //! errors (exit code 2).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use backend_wgpu::{DeviceOptions, GpuContext, GpuModel, GpuModelOptions};
+use backend_wgpu::{DeviceOptions, GpuContext, GpuModel, GpuModelOptions, WgpuBackend};
 use generate::{Engine, GenerateError, SamplerConfig};
 use gguf_format::GgufFile;
-use llama_model::{CpuBackend, LoadOptions, Model, SessionOptions};
+use llama_model::{CpuBackend, LoadOptions, LogitsMode, Model, Session, SessionOptions};
 use tokenizer::chat::ChatTemplate;
 use tokenizer::Tokenizer;
 
@@ -208,8 +208,11 @@ impl ModelFile {
 pub enum Loaded {
     /// On the CPU, with the context size of its sessions.
     Cpu(Model<CpuBackend>, usize),
-    /// On a GPU through wgpu (its KV cache is part of the model).
+    /// On a GPU through wgpu, LLaMA's fused path (its KV cache is part of the model).
     Gpu(GpuModel),
+    /// On a GPU through wgpu, the architecture's graph op by op, with the
+    /// context size of its sessions (architectures the fused path does not take).
+    Graph(Model<WgpuBackend>, usize),
 }
 
 impl Loaded {
@@ -242,7 +245,13 @@ impl Loaded {
                     n_ctx,
                     ..GpuModelOptions::default()
                 };
-                Loaded::Gpu(GpuModel::load(ctx, &*mf.file, &opts)?)
+                if backend_wgpu::GpuConfig::from_gguf(mf.file.header()).is_ok() {
+                    Loaded::Gpu(GpuModel::load(ctx, &*mf.file, &opts)?)
+                } else {
+                    let model =
+                        Model::load_with(&mf.file, WgpuBackend::new(ctx), &LoadOptions::default())?;
+                    Loaded::Graph(model, n_ctx.map_or(0, |n| n as usize))
+                }
             }
         };
         eprintln!("strata: loaded in {:.2} s", start.elapsed().as_secs_f64());
@@ -253,6 +262,10 @@ impl Loaded {
     pub fn engine(&mut self) -> Result<Box<dyn Engine + '_>, Box<dyn std::error::Error>> {
         match self {
             Loaded::Cpu(model, n_ctx) => Ok(Box::new(model.session(&SessionOptions {
+                n_ctx: *n_ctx,
+                ..SessionOptions::default()
+            })?)),
+            Loaded::Graph(model, n_ctx) => Ok(Box::new(model.session(&SessionOptions {
                 n_ctx: *n_ctx,
                 ..SessionOptions::default()
             })?)),
@@ -329,5 +342,93 @@ mod tests {
             err.to_string(),
             "gemma3-270x: no such file, and not a model name (smollm2-135m, gemma3-270m)"
         );
+    }
+}
+
+/// A model's graph on the CPU, or on a GPU through wgpu (the same graph,
+/// each op a GPU dispatch): what `logits`, `perplexity` and `embedding`
+/// run, and `generate`/`chat` on the GPU for architectures the fused LLaMA
+/// path does not take.
+pub enum GraphModel {
+    /// On the CPU.
+    Cpu(Model<CpuBackend>),
+    /// On a GPU.
+    Gpu(Model<WgpuBackend>),
+}
+
+/// A session of a [`GraphModel`], whichever its backend.
+pub trait GraphSession {
+    /// Empties the KV cache.
+    fn reset(&mut self);
+    /// Appends `tokens` and returns their logits ([`Session::forward`]).
+    fn forward(&mut self, tokens: &[u32], mode: LogitsMode) -> llama_model::Result<&[f32]>;
+    /// [`Session::forward_traced`].
+    fn forward_traced(
+        &mut self,
+        tokens: &[u32],
+        mode: LogitsMode,
+        observer: &mut dyn llama_model::Observer,
+    ) -> llama_model::Result<&[f32]>;
+}
+
+impl<B: llama_model::Backend> GraphSession for Session<'_, B> {
+    fn reset(&mut self) {
+        Session::reset(self)
+    }
+    fn forward(&mut self, tokens: &[u32], mode: LogitsMode) -> llama_model::Result<&[f32]> {
+        Session::forward(self, tokens, mode)
+    }
+    fn forward_traced(
+        &mut self,
+        tokens: &[u32],
+        mode: LogitsMode,
+        observer: &mut dyn llama_model::Observer,
+    ) -> llama_model::Result<&[f32]> {
+        Session::forward_traced(self, tokens, mode, observer)
+    }
+}
+
+impl GraphModel {
+    /// Maps `path` and loads its model on `backend`.
+    pub fn load(
+        path: &Path,
+        backend: BackendKind,
+    ) -> Result<GraphModel, Box<dyn std::error::Error>> {
+        let file = Arc::new(GgufFile::open(path)?);
+        Ok(match backend {
+            BackendKind::Cpu => GraphModel::Cpu(Model::load_with(
+                &file,
+                CpuBackend::new(),
+                &LoadOptions::default(),
+            )?),
+            BackendKind::Wgpu => {
+                let ctx = GpuContext::new(&DeviceOptions::default())?;
+                eprintln!("strata: GPU {} ({:?})", ctx.caps().name, ctx.caps().backend);
+                GraphModel::Gpu(Model::load_with(
+                    &file,
+                    WgpuBackend::new(ctx),
+                    &LoadOptions::default(),
+                )?)
+            }
+        })
+    }
+
+    /// The hyper-parameters.
+    pub fn config(&self) -> &llama_model::Config {
+        match self {
+            GraphModel::Cpu(m) => m.config(),
+            GraphModel::Gpu(m) => m.config(),
+        }
+    }
+
+    /// A session over the model.
+    pub fn session(
+        &self,
+        opts: &SessionOptions,
+    ) -> Result<Box<dyn GraphSession + '_>, Box<dyn std::error::Error>> {
+        Ok(match self {
+            GraphModel::Cpu(m) => Box::new(m.session(opts)?),
+            GraphModel::Gpu(m) => Box::new(m.session(opts)?),
+        })
     }
 }

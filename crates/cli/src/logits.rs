@@ -9,7 +9,7 @@
 use std::io::Write as _;
 use std::path::PathBuf;
 
-use llama_model::{KvType, LoadOptions, LogitsMode, Model, SessionOptions, Trace};
+use llama_model::{KvType, LogitsMode, SessionOptions, Trace};
 
 use crate::CmdResult;
 
@@ -32,6 +32,9 @@ pub struct Args {
     /// Print the layer trace (statistics of every step) to stderr.
     #[arg(long)]
     trace: bool,
+    /// Where to run the model: the CPU, or a GPU through wgpu (the same graph).
+    #[arg(long, value_enum, default_value_t = crate::common::BackendKind::Cpu)]
+    backend: crate::common::BackendKind,
 }
 
 /// Runs `strata logits`.
@@ -45,7 +48,7 @@ pub fn run(args: Args) -> CmdResult {
             args.tokens.display()
         )
     })?;
-    let model = Model::load(&path, &LoadOptions::default())?;
+    let model = crate::common::GraphModel::load(&path, args.backend)?;
     let kv_type = if args.kv == "f32" {
         KvType::F32
     } else {

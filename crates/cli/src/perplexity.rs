@@ -33,7 +33,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use gguf_format::GgufFile;
-use llama_model::{LoadOptions, LogitsMode, Model, SessionOptions};
+use llama_model::{LogitsMode, SessionOptions};
 use rayon::prelude::*;
 use serde_json::json;
 use tokenizer::Tokenizer;
@@ -65,6 +65,9 @@ pub struct Args {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     json: bool,
+    /// Where to run the model: the CPU, or a GPU through wgpu (the same graph).
+    #[arg(long, value_enum, default_value_t = crate::common::BackendKind::Cpu)]
+    backend: crate::common::BackendKind,
     /// Worker threads (default: one per core).
     #[arg(long, short = 't')]
     threads: Option<usize>,
@@ -286,7 +289,7 @@ pub fn run(args: Args) -> CmdResult {
     let path = crate::common::resolve_model(args.model.as_ref())?;
     let start = Instant::now();
     let tokenizer = Tokenizer::from_gguf(GgufFile::open(&path)?.header())?;
-    let model = Model::load(&path, &LoadOptions::default())?;
+    let model = crate::common::GraphModel::load(&path, args.backend)?;
     let n_vocab = model.config().n_vocab;
     eprintln!(
         "loaded {} ({} vocabulary) in {:.2} s",

@@ -1,11 +1,15 @@
-//! LLaMA-family models from GGUF files: hyper-parameters, weights, KV cache,
-//! the forward pass, and a layer trace to find where two runs diverge.
+//! Language models from GGUF files: hyper-parameters, weights, the model
+//! graph of each architecture, KV cache, the forward pass, and a layer trace
+//! to find where two runs diverge.
 //!
-//! A [`Model`] reads its [`Config`] from the file's metadata and puts its
-//! weights on a [`Backend`] (the CPU by default, where they stay in the
-//! memory map). A [`Session`] owns a KV cache and preallocated buffers and
-//! runs tokens through the model, in batches (prompt processing: one matrix
-//! product per weight for the whole batch) or one at a time (generation).
+//! A [`Model`] reads its [`Config`] from the file's metadata, builds its
+//! architecture's [`Graph`] (one file per architecture in `src/arch/`:
+//! `llama`, `qwen2`, `qwen3`, `qwen3moe`, `gemma2`, `gemma3`, `phi3`,
+//! `smollm3`, `olmo2`) and puts the graph's weights on a [`Backend`] (the CPU
+//! by default, where they stay in the memory map). A [`Session`] owns a KV
+//! cache and buffers and executes the graph over tokens, in batches (prompt
+//! processing: one matrix product per weight for the whole batch) or one at
+//! a time (generation).
 //!
 //! ```no_run
 //! use llama_model::{LoadOptions, LogitsMode, Model, SessionOptions};
@@ -19,9 +23,14 @@
 //! # Ok::<(), llama_model::ModelError>(())
 //! ```
 //!
-//! A key design decision is that the forward pass is written once, in
-//! [`Session`], against tensor-core's [`Backend`] trait: the GPU backend runs
-//! the very same sequence of operations. Another is that it reproduces
+//! A key design decision is that an architecture is described once, as a
+//! graph of named operations ([`graph`]): node names are llama.cpp's
+//! (`attn_norm-0`, `Qcur-0`, `kqv_out-0`, `ffn_out-3`, `result_output`), so a
+//! trace lines up with llama.cpp's eval-callback dump, and the architecture
+//! files share llama.cpp's building blocks (`build_norm`, `build_qkv`,
+//! `build_attn`, `build_ffn`, `build_moe_ffn`) so each says only what is its
+//! own. The session executes the graph against tensor-core's [`Backend`]
+//! trait, so the GPU backend runs the very same graph. Another is that it reproduces
 //! llama.cpp's arithmetic rather than an idealised one — activations are
 //! quantized like ggml's before each matrix product, the KV cache is `f16` by
 //! default and queries and attention probabilities are rounded to it as
