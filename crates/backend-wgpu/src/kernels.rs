@@ -43,10 +43,12 @@ pub enum Shader {
     /// `quant_tg.wgsl` and `tg_q8.wgsl`: a single token's Q8_0 product
     /// through 16-byte loads (as [`Shader::QuantTg`]).
     QuantTgQ8,
+    /// `scale.wgsl`: GEGLU, scaling, soft-capping, per-row scaling.
+    Scale,
 }
 
 /// Every shader, for the naga validation test.
-pub const ALL_SHADERS: [Shader; 14] = [
+pub const ALL_SHADERS: [Shader; 15] = [
     Shader::Quant,
     Shader::Norm,
     Shader::Rope,
@@ -61,6 +63,7 @@ pub const ALL_SHADERS: [Shader; 14] = [
     Shader::QuantTg,
     Shader::QuantTgRope,
     Shader::QuantTgQ8,
+    Shader::Scale,
 ];
 
 /// The type of one binding slot.
@@ -151,6 +154,7 @@ impl Shader {
                 "tg_rope.wgsl"
             ),
             Shader::QuantTgQ8 => with_fma!("quant_io.wgsl", "quant_tg.wgsl", "tg_q8.wgsl"),
+            Shader::Scale => with_fma!("scale.wgsl"),
         }
     }
 
@@ -171,6 +175,7 @@ impl Shader {
             Shader::QuantTg => "quant_tg.wgsl",
             Shader::QuantTgRope => "quant_tg.wgsl+tg_rope.wgsl",
             Shader::QuantTgQ8 => "quant_tg.wgsl+tg_q8.wgsl",
+            Shader::Scale => "scale.wgsl",
         }
     }
 
@@ -204,6 +209,8 @@ impl Shader {
             }
             // x, y, params, step
             Shader::ActQuant | Shader::ActQuantSg => &[Read, ReadWrite, Uniform, Uniform],
+            // a, b, y, params, step, gelu table
+            Shader::Scale => &[Read, Read, ReadWrite, Uniform, Uniform, Read],
         }
     }
 }
@@ -332,6 +339,14 @@ pub(crate) enum Kernel {
     /// `Tg(Q4_K)` with RoPE and the cache writes of a stacked query/key
     /// (/value) projection (`tg_rope.wgsl`: `q4k_tg_rope`).
     TgRope,
+    /// gelu(a)·b through ggml's f16 table (`scale.wgsl`).
+    Geglu,
+    /// y *= s (`scale.wgsl`).
+    Scale,
+    /// y = cap·tanh(y/cap) (`scale.wgsl`).
+    Softcap,
+    /// Each row of y times its factor (`scale.wgsl`).
+    ScaleRows,
 }
 
 impl Kernel {
@@ -349,6 +364,7 @@ impl Kernel {
             Kernel::Tg(GgmlType::Q8_0 | GgmlType::Q4_0) => Shader::QuantTgQ8,
             Kernel::Tg(..) => Shader::QuantTg,
             Kernel::TgRope => Shader::QuantTgRope,
+            Kernel::Geglu | Kernel::Scale | Kernel::Softcap | Kernel::ScaleRows => Shader::Scale,
         }
     }
 
@@ -372,6 +388,10 @@ impl Kernel {
             Kernel::Tg(GgmlType::Q4_0) => "q4_0_tg",
             Kernel::Tg(..) => "q4k_tg",
             Kernel::TgRope => "q4k_tg_rope",
+            Kernel::Geglu => "geglu",
+            Kernel::Scale => "scale",
+            Kernel::Softcap => "softcap",
+            Kernel::ScaleRows => "scale_rows",
             Kernel::Qdot(_, 1, KMM_TOKENS) => "qmm1",
             Kernel::Qdot(_, _, KMM_TOKENS) => "kmm",
             Kernel::Qdot(_, 0, QMM_TOKENS) => "qmm",

@@ -33,6 +33,14 @@
 //! Q8_0 and Q4_0). Float (F32/F16/BF16) batches above four tokens take
 //! tinyBLAS's eight fused lanes (`fmatmul`); one to four tokens still sum
 //! in the matrix-vector kernel's own order and differ in the last bits.
+//! The seam's Gemma-style ops (`scale.wgsl`) are the CPU's bits too: GEGLU
+//! through ggml's f16 GELU table (uploaded from the host), scaling and
+//! per-row scaling; so is sliding-window attention (masked positions get
+//! probability 0). Soft-capping, alone or of attention scores, is not: it
+//! needs tanh, which the CPU takes from libm (`tanhf`, different in each C
+//! library) and the GPU computes itself (`tanh_f32` in `fma.wgsl`, within
+//! an ulp of the correctly rounded value, the same bits on llvmpipe and an
+//! H100).
 //!
 //! Design decisions:
 //! - One WGSL file per kernel family, specialised by `override` constants

@@ -570,6 +570,7 @@ impl GpuModel {
                     out_stride: dq,
                     scale: 1.0 / (cfg.head_dim as f32).sqrt(),
                     kv_f16: kv_f16 as u32,
+                    ..Default::default()
                 },
             ));
             acts.fused = false;

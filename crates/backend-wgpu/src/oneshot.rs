@@ -286,6 +286,7 @@ pub fn attention(
             out_stride: qrow as u32,
             scale: 1.0 / (head_dim as f32).sqrt(),
             kv_f16: kv_f16 as u32,
+            ..Default::default()
         },
     );
     run(ctx, &[op], t as u32, &out, q.len())

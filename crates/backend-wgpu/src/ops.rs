@@ -65,7 +65,9 @@ pub(crate) struct NormParams {
     pub zero: u32,
     /// With a packed output: the word offset of the blocks' scales in y.
     pub corr_base: u32,
-    pub pad: u32,
+    /// The first row: workgroup z normalises row `row0 + z` (a call over
+    /// more rows than one dispatch's z can count is split in chunks).
+    pub row0: u32,
 }
 
 #[repr(C)]
@@ -131,6 +133,15 @@ pub(crate) struct AttnParams {
     pub out_stride: u32,
     pub scale: f32,
     pub kv_f16: u32,
+    /// Sliding window: a query at position p sees positions j with
+    /// p − j < window (0: every position up to p).
+    pub window: u32,
+    /// Logit soft-cap: K·Q becomes softcap·tanh(K·Q · inv_cap) before the
+    /// scale (0: none).
+    pub softcap: f32,
+    /// 1/softcap, as the host rounds it.
+    pub inv_cap: f32,
+    pub pad: u32,
 }
 
 #[repr(C)]
@@ -145,6 +156,20 @@ pub(crate) struct EwParams {
     /// SwiGLU with a packed output: the word offset of the blocks' scales in y.
     pub corr_base: u32,
     pub pad: u32,
+}
+
+/// `scale.wgsl`'s parameters.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(crate) struct ScaleParams {
+    /// Values.
+    pub n: u32,
+    /// `scale_rows`: values per row.
+    pub width: u32,
+    /// `scale`: the factor; `softcap`: the cap.
+    pub s: f32,
+    /// `softcap`: 1/cap.
+    pub inv: f32,
 }
 
 /// One row range of a weight matrix, in one buffer.
@@ -594,6 +619,28 @@ impl OpBuilder<'_> {
         act: Option<(GgmlType, bool)>,
         corr_base: u32,
     ) -> Op {
+        self.rms_norm_from(
+            x, x_stride, weight, y, y_stride, n, eps, last_only, act, corr_base, 0,
+        )
+    }
+
+    /// [`OpBuilder::rms_norm`] of rows `row0 ..` (the op's tokens count
+    /// them), for calls over more rows than one dispatch's z dimension holds.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rms_norm_from(
+        &self,
+        x: &wgpu::Buffer,
+        x_stride: u32,
+        weight: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        y_stride: u32,
+        n: u32,
+        eps: f32,
+        last_only: bool,
+        act: Option<(GgmlType, bool)>,
+        corr_base: u32,
+        row0: u32,
+    ) -> Op {
         let packed = act.is_some_and(|a| a.1);
         let params = NormParams {
             n,
@@ -603,7 +650,7 @@ impl OpBuilder<'_> {
             eps,
             zero: 0,
             corr_base,
-            pad: 0,
+            row0,
         };
         let pb = self.ctx.uniform("rms_norm", bytemuck::bytes_of(&params));
         let kernel = Kernel::RmsNorm(act);
@@ -761,6 +808,32 @@ impl OpBuilder<'_> {
             variants: Vec::new(),
             bind_group: self.bind(kernel, &[a, b, y, &pb, self.step, dummy]),
             grid: Grid::PerToken([params.n.div_ceil(256), 1]),
+            _params: pb,
+        }
+    }
+
+    /// A `scale.wgsl` op over `params.n` values of `y` (`kernel`: Geglu,
+    /// Scale, Softcap or ScaleRows), reading `a`, `b` and the gelu `table`.
+    pub fn scale_op(
+        &self,
+        kernel: Kernel,
+        a: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        table: &wgpu::Buffer,
+        params: ScaleParams,
+    ) -> Op {
+        let pb = self
+            .ctx
+            .uniform(kernel.entry_point(), bytemuck::bytes_of(&params));
+        let [x, gy] = rows_grid(params.n.div_ceil(256));
+        Op {
+            label: kernel.entry_point(),
+            pipeline: self.ctx.pipeline(kernel),
+            pipeline_mm: None,
+            variants: Vec::new(),
+            bind_group: self.bind(kernel, &[a, b, y, &pb, self.step, table]),
+            grid: Grid::Fixed([x, gy, 1]),
             _params: pb,
         }
     }

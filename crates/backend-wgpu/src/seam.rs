@@ -12,16 +12,20 @@
 //! time per op: `GpuModel` is the fast path for generation, this one lets
 //! the shared forward pass (and its layer trace) run on the GPU.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use tensor_core::attention::{AttentionParams, KvShape, KvType};
 use tensor_core::{Backend, RopeParams, Tensor, TensorError};
 
 use crate::device::GpuContext;
 use crate::kernels::{act_type, is_exact, Kernel};
-use crate::ops::{self, AttnParams, EwParams, GpuMatrix, Op, OpBuilder, StepUniform};
+use crate::ops::{self, AttnParams, EwParams, GpuMatrix, Op, OpBuilder, ScaleParams, StepUniform};
 
 type TcResult<T> = tensor_core::Result<T>;
+
+/// The most rows one dispatch takes in its z dimension (WebGPU's limit of
+/// workgroups per dimension).
+const MAX_DISPATCH_ROWS: usize = 65535;
 
 /// A weight on the GPU.
 #[derive(Debug)]
@@ -64,6 +68,8 @@ pub struct WgpuBackend {
     ctx: Arc<GpuContext>,
     pending: Mutex<Pending>,
     dummy: wgpu::Buffer,
+    /// ggml's f16 GELU table as f32 values, uploaded at the first `geglu`.
+    gelu_table: OnceLock<wgpu::Buffer>,
 }
 
 impl std::fmt::Debug for WgpuBackend {
@@ -93,7 +99,54 @@ impl WgpuBackend {
                 temp: None,
             }),
             dummy,
+            gelu_table: OnceLock::new(),
         }
+    }
+
+    /// An activation buffer holding `data` (for tests and callers that
+    /// bring their own inputs; the `Backend` seam itself only allocates).
+    pub fn upload(&self, data: &[f32]) -> GpuBuffer {
+        GpuBuffer {
+            buffer: self.ctx.upload("activations", bytemuck::cast_slice(data)),
+            len: data.len(),
+        }
+    }
+
+    /// ggml's `ggml_table_gelu_f16` on the GPU: for every f16 bit pattern
+    /// h, `f16(gelu_f32(h))` as an f32 (tensor-core's `ops::gelu` reads
+    /// the same table).
+    fn gelu_table(&self) -> &wgpu::Buffer {
+        self.gelu_table.get_or_init(|| {
+            let table: Vec<f32> = (0..=u16::MAX)
+                .map(|h| {
+                    let x = half::f16::from_bits(h).to_f32();
+                    half::f16::from_f32(tensor_core::ops::gelu_f32(x)).to_f32()
+                })
+                .collect();
+            self.ctx.upload("gelu_table", bytemuck::cast_slice(&table))
+        })
+    }
+
+    /// Records a `scale.wgsl` op over `n` values of `y`.
+    fn record_scale(
+        &self,
+        kernel: Kernel,
+        a: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        table: &wgpu::Buffer,
+        params: ScaleParams,
+    ) {
+        if params.n == 0 {
+            return;
+        }
+        let step = self.step(1, 0);
+        let ob = OpBuilder {
+            ctx: &self.ctx,
+            step: &step,
+        };
+        let op = ob.scale_op(kernel, a, b, y, table, params);
+        self.record(&[op], 1);
     }
 
     /// The device.
@@ -265,6 +318,9 @@ impl Backend for WgpuBackend {
         n_rows: usize,
         out: &mut GpuBuffer,
     ) {
+        // Rows of any width (the model's n_embd, or one head's head_dim
+        // with n_rows = tokens · heads), in dispatches of at most
+        // MAX_DISPATCH_ROWS rows (a dispatch's z dimension).
         let (wb, host) = self.vector(weight);
         let n = host.len() as u32;
         let step = self.step(n_rows, 0);
@@ -272,8 +328,25 @@ impl Backend for WgpuBackend {
             ctx: &self.ctx,
             step: &step,
         };
-        let op = ob.rms_norm(&x.buffer, n, wb, &out.buffer, n, n, eps, false, None, 0);
-        self.record(&[op], n_rows);
+        let mut row0 = 0;
+        while row0 < n_rows {
+            let rows = (n_rows - row0).min(MAX_DISPATCH_ROWS);
+            let op = ob.rms_norm_from(
+                &x.buffer,
+                n,
+                wb,
+                &out.buffer,
+                n,
+                n,
+                eps,
+                false,
+                None,
+                0,
+                row0 as u32,
+            );
+            self.record(&[op], rows);
+            row0 += rows;
+        }
     }
 
     fn matmul(&self, w: &GpuWeight, x: &GpuBuffer, n_rows: usize, out: &mut GpuBuffer) {
@@ -447,6 +520,12 @@ impl Backend for WgpuBackend {
                 out_stride: qw,
                 scale: params.scale,
                 kv_f16: (s.kv_type == KvType::F16) as u32,
+                window: params
+                    .window
+                    .map_or(0, |w| w.clamp(1, u32::MAX as usize) as u32),
+                softcap: params.softcap.unwrap_or(0.0),
+                inv_cap: params.softcap.map_or(0.0, |c| 1.0 / c),
+                pad: 0,
             },
         );
         self.record(&[op], n_rows);
@@ -482,6 +561,67 @@ impl Backend for WgpuBackend {
             &self.dummy,
         );
         self.record(&[op], n_rows);
+    }
+
+    fn geglu(
+        &self,
+        gate: &GpuBuffer,
+        up: &GpuBuffer,
+        n_rows: usize,
+        width: usize,
+        out: &mut GpuBuffer,
+    ) {
+        // Rows are contiguous: one flat pass over n_rows · width values.
+        let table = self.gelu_table();
+        let p = ScaleParams {
+            n: (n_rows * width) as u32,
+            ..Default::default()
+        };
+        self.record_scale(
+            Kernel::Geglu,
+            &gate.buffer,
+            &up.buffer,
+            &out.buffer,
+            table,
+            p,
+        );
+    }
+
+    fn scale(&self, x: &mut GpuBuffer, len: usize, s: f32) {
+        let p = ScaleParams {
+            n: len as u32,
+            s,
+            ..Default::default()
+        };
+        let d = &self.dummy;
+        self.record_scale(Kernel::Scale, d, d, &x.buffer, d, p);
+    }
+
+    fn softcap(&self, x: &mut GpuBuffer, len: usize, cap: f32) {
+        let p = ScaleParams {
+            n: len as u32,
+            s: cap,
+            inv: 1.0 / cap,
+            ..Default::default()
+        };
+        let d = &self.dummy;
+        self.record_scale(Kernel::Softcap, d, d, &x.buffer, d, p);
+    }
+
+    fn scale_rows(&self, x: &mut GpuBuffer, factors: &[f32], width: usize) {
+        if factors.is_empty() || width == 0 {
+            return;
+        }
+        let fb = self
+            .ctx
+            .upload("row_factors", bytemuck::cast_slice(factors));
+        let p = ScaleParams {
+            n: (factors.len() * width) as u32,
+            width: width as u32,
+            ..Default::default()
+        };
+        let d = &self.dummy;
+        self.record_scale(Kernel::ScaleRows, d, &fb, &x.buffer, d, p);
     }
 
     fn add(&self, x: &mut GpuBuffer, y: &GpuBuffer, len: usize) {

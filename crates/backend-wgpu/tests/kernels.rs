@@ -383,6 +383,8 @@ fn attention_ref(
         n_head_kv: nkv,
         head_dim: hd,
         scale: 1.0 / (hd as f32).sqrt(),
+        window: None,
+        softcap: None,
     };
     let mut out = vec![0f32; q.len()];
     if kv_f16 {
@@ -654,4 +656,452 @@ fn matmul_matches_quant_kernels() {
             }
         }
     }
+}
+
+// ---- The seam's Gemma-style ops against tensor-core's CPU backend --------
+
+use tensor_core::{Backend, CpuBackend};
+
+fn seam() -> backend_wgpu::WgpuBackend {
+    backend_wgpu::WgpuBackend::new(ctx())
+}
+
+/// A GPU buffer's values.
+fn read_all(b: &backend_wgpu::WgpuBackend, buf: &backend_wgpu::GpuBuffer, len: usize) -> Vec<f32> {
+    let mut out = vec![0f32; len];
+    b.read(buf, 0, &mut out).unwrap();
+    out
+}
+
+/// The indices where `got` and `want` differ in their bits (printing the first few).
+fn bit_diffs(what: &str, got: &[f32], want: &[f32]) -> usize {
+    assert_eq!(got.len(), want.len());
+    let bad: Vec<usize> = (0..want.len())
+        .filter(|&i| got[i].to_bits() != want[i].to_bits())
+        .collect();
+    for &i in bad.iter().take(5) {
+        eprintln!(
+            "{what} [{i}]: gpu {:e} ({:#010x}) cpu {:e} ({:#010x})",
+            got[i],
+            got[i].to_bits(),
+            want[i],
+            want[i].to_bits()
+        );
+    }
+    bad.len()
+}
+
+/// Distance in units in the last place between two finite f32 values.
+fn ulps(a: f32, b: f32) -> u32 {
+    let key = |x: f32| {
+        let u = x.to_bits() as i64;
+        if u & 0x8000_0000 != 0 {
+            -(u & 0x7fff_ffff)
+        } else {
+            u
+        }
+    };
+    (key(a) - key(b)).unsigned_abs() as u32
+}
+
+/// GEGLU (ggml's f16 GELU table): gates over ±12 (both cut-offs at ±10),
+/// f16 ties and subnormals, rows of odd widths: bit-identical to the CPU
+/// backend.
+#[test]
+fn seam_geglu_bit_exact() {
+    let gpu = seam();
+    let cpu = CpuBackend::default();
+    let mut rng = StdRng::seed_from_u64(1100);
+    for (n_rows, width) in [(3usize, 1000usize), (1, 8), (5, 2731), (2, 70_000)] {
+        let len = n_rows * width;
+        let mut gate: Vec<f32> = (0..len).map(|_| rng.gen_range(-12.0f32..12.0)).collect();
+        let up: Vec<f32> = (0..len).map(|_| rng.gen_range(-4.0f32..4.0)).collect();
+        let edges = [
+            -10.0f32,
+            10.0,
+            -9.999999,
+            9.999999,
+            0.0,
+            -0.0,
+            1e-7,
+            -3e-6,
+            6.1e-5,
+            -6.1035156e-5,
+            1.0 + 1.0 / 2048.0, // halfway between two f16 values
+            1.0 + 3.0 / 2048.0,
+            -2.0 - 1.0 / 1024.0,
+            0.5 + 1.0 / 4096.0,
+        ];
+        let k = edges.len().min(len);
+        gate[..k].copy_from_slice(&edges[..k]);
+        let (g, u) = (gpu.upload(&gate), gpu.upload(&up));
+        let mut out = gpu.alloc(len).unwrap();
+        gpu.geglu(&g, &u, n_rows, width, &mut out);
+        let got = read_all(&gpu, &out, len);
+        let mut want = vec![0f32; len];
+        cpu.geglu(&gate, &up, n_rows, width, &mut want);
+        let bad = bit_diffs(&format!("geglu {n_rows}×{width}"), &got, &want);
+        assert_eq!(
+            bad, 0,
+            "geglu {n_rows}×{width}: {bad} of {len} differ from the CPU"
+        );
+    }
+}
+
+/// `scale` and `scale_rows` are single products: bit-identical (one call
+/// over more than 65535 workgroups of 256, which the grid spreads over two
+/// dimensions).
+#[test]
+fn seam_scale_and_scale_rows_bit_exact() {
+    let gpu = seam();
+    let cpu = CpuBackend::default();
+    let mut rng = StdRng::seed_from_u64(1200);
+    for (len, s) in [
+        (1usize, 0.125f32),
+        (4097, 1.0 / 128f32.sqrt()),
+        (300_001, -3.7),
+        (65535 * 256 + 3000, 0.7),
+    ] {
+        let x: Vec<f32> = (0..len).map(|_| rng.gen_range(-100.0f32..100.0)).collect();
+        let mut gb = gpu.upload(&x);
+        // A length below the buffer's: the rest is untouched.
+        let n = len - len / 3;
+        gpu.scale(&mut gb, n, s);
+        let got = read_all(&gpu, &gb, len);
+        let mut want = x.clone();
+        cpu.scale(&mut want, n, s);
+        assert_eq!(bit_diffs("scale", &got, &want), 0, "scale len {len} s {s}");
+    }
+    for (rows, width) in [(1usize, 64usize), (7, 2048), (33, 3000)] {
+        let x: Vec<f32> = (0..rows * width)
+            .map(|_| rng.gen_range(-10.0f32..10.0))
+            .collect();
+        let f: Vec<f32> = (0..rows).map(|_| rng.gen_range(0.0f32..1.0)).collect();
+        let mut gb = gpu.upload(&x);
+        gpu.scale_rows(&mut gb, &f, width);
+        let got = read_all(&gpu, &gb, x.len());
+        let mut want = x.clone();
+        cpu.scale_rows(&mut want, &f, width);
+        assert_eq!(
+            bit_diffs("scale_rows", &got, &want),
+            0,
+            "scale_rows {rows}×{width}"
+        );
+    }
+}
+
+/// Soft-capping (cap·tanh(x/cap)): the GPU's tanh is not libm's, so the
+/// result is compared in ulps of the result: at most [`SOFTCAP_ULPS`] from
+/// the CPU's. The product by the cap stretches a tanh difference of one ulp
+/// to up to two of the result: measured on llvmpipe against glibc 2.36's
+/// tanhf, 4 ulp of the result at most (about a quarter of the values
+/// differ), and at most 2 from cap times the correctly rounded tanh (the
+/// GPU's tanh is within an ulp of it, glibc 2.36's within two).
+#[test]
+fn seam_softcap_within_ulps() {
+    let gpu = seam();
+    let cpu = CpuBackend::default();
+    let mut rng = StdRng::seed_from_u64(1300);
+    let mut worst = (0u32, 0f32, 0f32);
+    let mut worst_cr = 0u32;
+    let mut n_diff = 0usize;
+    let mut n_total = 0usize;
+    for cap in [30.0f32, 50.0, 1.0] {
+        let mut x: Vec<f32> = (0..200_000)
+            .map(|i| match i % 3 {
+                0 => rng.gen_range(-4.0 * cap..4.0 * cap),
+                1 => rng.gen_range(-cap..cap),
+                _ => rng.gen_range(-1.0f32..1.0) * cap * 10f32.powi(-rng.gen_range(0..8)),
+            })
+            .collect();
+        x.extend([
+            0.0,
+            -0.0,
+            9.5 * cap,
+            -9.0 * cap,
+            0.9 * cap,
+            -0.9 * cap,
+            1e30,
+            -1e30,
+        ]);
+        let mut gb = gpu.upload(&x);
+        gpu.softcap(&mut gb, x.len(), cap);
+        let got = read_all(&gpu, &gb, x.len());
+        let mut want = x.clone();
+        cpu.softcap(&mut want, x.len(), cap);
+        for (i, (&g, &w)) in got.iter().zip(&want).enumerate() {
+            assert!(g.is_finite() && g.is_sign_negative() == w.is_sign_negative());
+            let d = ulps(g, w);
+            n_diff += (d != 0) as usize;
+            if d > worst.0 {
+                worst = (d, x[i], cap);
+            }
+            // cap·tanh rounded correctly (f64 tanh, then the CPU's last product).
+            let inv = 1.0 / cap;
+            let cr = ((x[i] * inv) as f64).tanh() as f32 * cap;
+            worst_cr = worst_cr.max(ulps(g, cr));
+        }
+        n_total += x.len();
+    }
+    eprintln!(
+        "softcap: {n_diff} of {n_total} differ from the CPU, at most {} ulp (x = {}, cap {}); \
+         at most {worst_cr} ulp from cap·tanh correctly rounded",
+        worst.0, worst.1, worst.2
+    );
+    assert!(
+        worst.0 <= SOFTCAP_ULPS,
+        "softcap: {} ulp from the CPU at x = {}, cap {}",
+        worst.0,
+        worst.1,
+        worst.2
+    );
+    assert!(
+        worst_cr <= 2,
+        "softcap: {worst_cr} ulp from the correctly rounded cap·tanh"
+    );
+}
+
+/// The soft-cap's tolerance in ulps against the CPU (see
+/// `seam_softcap_within_ulps`).
+const SOFTCAP_ULPS: u32 = 4;
+
+/// One attention problem through the seam (store_kv, then attention) and
+/// through tensor-core's CPU attention, with `window` and `softcap`;
+/// returns (GPU, CPU) outputs.
+#[allow(clippy::too_many_arguments)]
+fn seam_attention(
+    rng: &mut StdRng,
+    (nh, nkv, hd): (usize, usize, usize),
+    t: usize,
+    pos0: usize,
+    kv_f16: bool,
+    mag: f32,
+    window: Option<usize>,
+    softcap: Option<f32>,
+) -> (Vec<f32>, Vec<f32>) {
+    let gpu = seam();
+    let n = pos0 + t;
+    let kvw = nkv * hd;
+    let k: Vec<f32> = (0..n * kvw).map(|_| rng.gen_range(-mag..mag)).collect();
+    let v: Vec<f32> = (0..n * kvw).map(|_| rng.gen_range(-mag..mag)).collect();
+    let q: Vec<f32> = (0..t * nh * hd).map(|_| rng.gen_range(-mag..mag)).collect();
+    let p = tensor_core::AttentionParams {
+        window,
+        softcap,
+        ..tensor_core::AttentionParams::new(nh, nkv, hd, 1.0 / (hd as f32).sqrt())
+    };
+    let shape = tensor_core::KvShape {
+        n_layer: 1,
+        n_ctx: n,
+        n_head_kv: nkv,
+        head_dim: hd,
+        kv_type: if kv_f16 {
+            tensor_core::KvType::F16
+        } else {
+            tensor_core::KvType::F32
+        },
+    };
+    let mut cache = gpu.alloc_kv(&shape).unwrap();
+    gpu.store_kv(&mut cache, 0, 0, n, &gpu.upload(&k), &gpu.upload(&v));
+    let mut out = gpu.alloc(q.len()).unwrap();
+    gpu.attention(&gpu.upload(&q), &cache, 0, pos0, t, &p, &mut out);
+    let got = read_all(&gpu, &out, q.len());
+    let mut want = vec![0f32; q.len()];
+    if kv_f16 {
+        let h = |x: &[f32]| {
+            x.iter()
+                .map(|&v| half::f16::from_f32(v))
+                .collect::<Vec<_>>()
+        };
+        tensor_core::attention::attention::<half::f16>(&q, &h(&k), &h(&v), pos0, &p, &mut want);
+    } else {
+        tensor_core::attention::attention::<f32>(&q, &k, &v, pos0, &p, &mut want);
+    }
+    (got, want)
+}
+
+/// Sliding-window attention: decoding (one token) and batches, f16 and f32
+/// caches, windows of 1, inside a tile of 128 positions, across tiles, wider
+/// than the context (no mask) and, past the 2048 scores kept in workgroup
+/// memory, a window of 512 at position 2600 and one of 2500 (recomputed
+/// scores); heads of 64, 128 and 256 (Gemma's) values: bit-identical to the
+/// CPU, whose masked positions get probability 0.
+#[test]
+fn seam_attention_window_bit_exact() {
+    let mut rng = StdRng::seed_from_u64(1400);
+    let cases = [
+        ((4, 2, 64), 1, 300, 100),
+        ((4, 2, 64), 9, 250, 7),
+        ((4, 4, 128), 1, 40, 1),
+        ((4, 4, 128), 6, 40, 1),
+        ((6, 2, 64), 1, 129, 129),
+        ((6, 2, 64), 17, 120, 20),
+        ((8, 2, 128), 1, 90, 4096),
+        ((8, 2, 128), 12, 500, 260),
+        ((2, 1, 64), 1, 2600, 512),
+        ((2, 1, 64), 3, 2600, 2500),
+        ((4, 1, 256), 1, 700, 512),
+        ((4, 1, 256), 5, 700, 512),
+    ];
+    for kv_f16 in [true, false] {
+        for &(heads, t, pos0, w) in &cases {
+            let (got, want) = seam_attention(&mut rng, heads, t, pos0, kv_f16, 2.0, Some(w), None);
+            let what =
+                format!("attention {heads:?} tokens {t} pos0 {pos0} window {w} f16 {kv_f16}");
+            let bad = bit_diffs(&what, &got, &want);
+            assert_eq!(
+                bad,
+                0,
+                "{what}: {bad} of {} outputs differ from the CPU",
+                want.len()
+            );
+        }
+    }
+    // Without a window, the seam's attention is the plain causal one.
+    let (got, want) = seam_attention(&mut rng, (4, 2, 64), 5, 60, true, 2.0, None, None);
+    assert_eq!(bit_diffs("attention no window", &got, &want), 0);
+}
+
+/// Soft-capped attention scores (Gemma 2's cap of 50), with and without a
+/// window, decoding and batches: the outputs within [`ATTN_SOFTCAP_TOL`]
+/// (relative to the largest |output| of the case) of the CPU's.
+#[test]
+fn seam_attention_softcap_close() {
+    let mut rng = StdRng::seed_from_u64(1500);
+    let mut worst = 0f32;
+    for kv_f16 in [true, false] {
+        for (heads, t, pos0, w, mag) in [
+            ((4, 2, 64), 1, 200, None, 3.0f32),
+            ((4, 2, 64), 7, 150, Some(64), 3.0),
+            ((8, 2, 128), 1, 300, Some(100), 2.0),
+            ((8, 2, 128), 10, 60, None, 2.0),
+        ] {
+            let (got, want) = seam_attention(&mut rng, heads, t, pos0, kv_f16, mag, w, Some(50.0));
+            let scale = want.iter().fold(0f32, |m, x| m.max(x.abs()));
+            let err = got
+                .iter()
+                .zip(&want)
+                .fold(0f32, |m, (g, e)| m.max((g - e).abs()))
+                / scale;
+            let n_diff = got
+                .iter()
+                .zip(&want)
+                .filter(|(g, e)| g.to_bits() != e.to_bits())
+                .count();
+            eprintln!(
+                "softcap attention {heads:?} tokens {t} pos0 {pos0} window {w:?} f16 {kv_f16}: \
+                 {n_diff} of {} differ, max error {err:.2e} of the largest output",
+                want.len()
+            );
+            worst = worst.max(err);
+        }
+    }
+    assert!(
+        worst <= ATTN_SOFTCAP_TOL,
+        "soft-capped attention: relative error {worst:e}"
+    );
+}
+
+/// Soft-capped attention's tolerance, relative to the largest |output|.
+const ATTN_SOFTCAP_TOL: f32 = 1e-5;
+
+/// RMSNorm of single heads (weights of head_dim values over tokens · heads
+/// rows, as Q/K norms run it), and rows wider than one workgroup, and more
+/// rows than one dispatch's z dimension holds: bit-identical to the CPU.
+#[test]
+fn seam_rms_norm_per_head_bit_exact() {
+    let gpu = seam();
+    let cpu = CpuBackend::default();
+    let mut rng = StdRng::seed_from_u64(1600);
+    for (width, rows) in [
+        (64usize, 7 * 8),
+        (128, 3 * 32),
+        (256, 5 * 4),
+        (64, 66_000),
+        (2048, 3),
+        (8192, 2),
+    ] {
+        let x: Vec<f32> = (0..width * rows)
+            .map(|_| rng.gen_range(-3.0f32..3.0))
+            .collect();
+        let w: Vec<f32> = (0..width).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+        let wt = tensor_core::Tensor::from_f32("norm", vec![width], w).unwrap();
+        let (gw, cw) = (gpu.load_vector(&wt).unwrap(), cpu.load_vector(&wt).unwrap());
+        let mut out = gpu.alloc(x.len()).unwrap();
+        gpu.rms_norm(&gpu.upload(&x), &gw, 1e-6, rows, &mut out);
+        let got = read_all(&gpu, &out, x.len());
+        let mut want = vec![0f32; x.len()];
+        cpu.rms_norm(&x, &cw, 1e-6, rows, &mut want);
+        let bad = bit_diffs(&format!("rms_norm width {width}"), &got, &want);
+        assert_eq!(
+            bad, 0,
+            "rms_norm width {width} × {rows} rows: {bad} differ from the CPU"
+        );
+    }
+}
+
+/// `matmul` with weights loaded from `Tensor::rows` views (one expert of a
+/// stacked tensor, or one part of a fused projection): the view's product
+/// is the CPU's bit for bit, for single tokens, small batches and tiled
+/// batches, with row counts that are and are not multiples of 8 (which
+/// changes the exact product's order for Q4_0 and Q4_K).
+#[test]
+fn seam_matmul_on_row_views() {
+    let gpu = seam();
+    let cpu = CpuBackend::default();
+    let mut rng = StdRng::seed_from_u64(1700);
+    let mut checked = 0;
+    for ftype in ["Q4_K_M", "Q8_0", "Q4_0"] {
+        let file = std::sync::Arc::new(
+            gguf_format::GgufFile::open(crate::common::fixture(&format!(
+                "synth/synth-{ftype}.gguf"
+            )))
+            .unwrap(),
+        );
+        let infos: Vec<_> = file
+            .tensors()
+            .iter()
+            .filter(|t| {
+                t.dims.len() == 2 && t.name.starts_with("blk.0.") && is_exact(t.ggml_type, 8)
+            })
+            .cloned()
+            .collect();
+        for info in infos {
+            let whole = tensor_core::Tensor::from_gguf(&file, &info.name).unwrap();
+            let n = whole.n_rows();
+            for (first, count) in [
+                (0, n / 2),
+                (n / 3, n - n / 3),
+                (5, 8.min(n - 5)),
+                (1, 13.min(n - 1)),
+            ] {
+                let view = whole.rows(first, count, "view").unwrap();
+                let (gw, cw) = (
+                    gpu.load_matrix(&view).unwrap(),
+                    cpu.load_matrix(&view).unwrap(),
+                );
+                let k = view.row_len();
+                for n_tok in [1usize, 3, 9] {
+                    let x: Vec<f32> = (0..n_tok * k)
+                        .map(|_| rng.gen_range(-1.0f32..1.0))
+                        .collect();
+                    let mut out = gpu.alloc(n_tok * count).unwrap();
+                    gpu.matmul(&gw, &gpu.upload(&x), n_tok, &mut out);
+                    let got = read_all(&gpu, &out, n_tok * count);
+                    let mut want = vec![0f32; n_tok * count];
+                    cpu.matmul(&cw, &x, n_tok, &mut want);
+                    let what = format!(
+                        "{} ({}) rows {first}..{} × {n_tok} tokens",
+                        info.name,
+                        info.ggml_type,
+                        first + count
+                    );
+                    let bad = bit_diffs(&what, &got, &want);
+                    assert_eq!(bad, 0, "{what}: {bad} differ from the CPU");
+                    checked += 1;
+                }
+            }
+        }
+    }
+    assert!(checked > 0);
 }

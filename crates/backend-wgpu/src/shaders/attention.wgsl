@@ -4,7 +4,13 @@
 // follow llama.cpp's non-flash-attention graph on x86 AVX2).
 //
 // One workgroup per (query head, query token). Token t of the batch sits at
-// position step.pos + t and attends to cache positions 0 ..= step.pos + t.
+// position step.pos + t and attends to cache positions 0 ..= step.pos + t,
+// or with a sliding window (window ≠ 0) to first ..= step.pos + t, first =
+// step.pos + t + 1 − window where that is positive: the CPU masks the
+// positions before `first` with −inf, whose probability is exactly 0, so
+// here they are skipped (their scores are never computed, their exponentials
+// and probabilities are 0, and tiles that hold only them are not visited:
+// adding a zero block to the f64 sum, or 0·v to a V·P lane, changes no bit).
 // The caches hold f32 values; with an f16 cache (kv_f16 = 1) those values
 // are f16-rounded already.
 //
@@ -25,6 +31,10 @@
 //      multiply-add rounds the same, fused or not (the CPU's `E::madd`).
 //      One invocation computes one position's dot product in that order;
 //      positions are spread over the workgroup.
+//   2b. With a soft-cap (softcap ≠ 0, CPU `cap_and_mask`): K·Q becomes
+//      softcap·tanh(K·Q · inv_cap), each product rounded alone; `tanh_f32`
+//      (fma.wgsl) is not libm's tanhf, so capped scores are within an ulp
+//      or two of the CPU's rather than bit for bit.
 //   3. Softmax (CPU `ops::softmax_scaled`): each score times `scale` (a
 //      product rounded alone, `mul_rn`); the maximum (order-free);
 //      e_j = ggml_v_expf(s_j − max) (`expf_ggml`, CPU `ops::expf_ggml`);
@@ -43,9 +53,9 @@
 //      vec4s), and xor exchanges (attn_sg.wgsl: subgroup shuffles;
 //      attn_wg.wgsl: workgroup memory) form reduce_4x8's sums.
 //
-// Scores, then exponentials, of the first CAP positions stay in workgroup
-// memory; positions from CAP on are recomputed in each pass (the same
-// operations, so the same bits).
+// Scores, then exponentials, of the first CAP positions from the first
+// visited tile stay in workgroup memory; positions from there on are
+// recomputed in each pass (the same operations, so the same bits).
 
 struct AttnParams {
     n_head: u32,
@@ -56,6 +66,10 @@ struct AttnParams {
     out_stride: u32, // floats between tokens in out
     scale: f32,      // 1/sqrt(head_dim) for LLaMA
     kv_f16: u32,     // 1: the cache holds f16-rounded values; round q and p likewise
+    window: u32,     // sliding window: position j visible from p when p − j < window (0: all)
+    softcap: f32,    // scores become softcap·tanh(K·Q · inv_cap) (0: not capped)
+    inv_cap: f32,    // 1/softcap, rounded by the host as the CPU rounds it
+    pad: u32,
 }
 
 struct Step {
@@ -358,7 +372,8 @@ fn dot_decode(ko: u32, n4: u32) -> f32 {
     return f64_to_f32(sum);
 }
 
-// scale · (K·Q) of cache position t (the softmax's `*v *= scale`).
+// scale · (K·Q) of cache position t (the softmax's `*v *= scale`), the
+// product soft-capped first where softcap ≠ 0.
 fn score(t: u32, kvo: u32) -> f32 {
     let ko = (t * p.kv_stride + kvo) >> 2u;
     let n4 = p.head_dim >> 2u;
@@ -367,6 +382,9 @@ fn score(t: u32, kvo: u32) -> f32 {
         d = dot_decode(ko, n4);
     } else {
         d = dot_batch(ko, n4);
+    }
+    if (p.softcap != 0.0) {
+        d = mul_rn(tanh_f32(mul_rn(d, p.inv_cap)), p.softcap);
     }
     return mul_rn(d, p.scale);
 }
@@ -439,14 +457,15 @@ fn v_row(vq: u32, t0: u32, j: u32, n: u32, ks: u32) -> vec4<f32> {
     return v_cache[(t0 + j) * ks + vq];
 }
 
-// Position t's probability (0 past the window), rounded to the cache type.
-fn prob(t: u32, n_kv: u32, kvo: u32, mx: f32, inv: f32) -> f32 {
-    if (t >= n_kv) {
+// Position t's probability (0 past the window or before `first`), rounded
+// to the cache type; sc holds positions t_lo ...
+fn prob(t: u32, first: u32, t_lo: u32, n_kv: u32, kvo: u32, mx: f32, inv: f32) -> f32 {
+    if (t >= n_kv || t < first) {
         return 0.0;
     }
     var e: f32;
-    if (t < CAP) {
-        e = sc[t];
+    if (t - t_lo < CAP) {
+        e = sc[t - t_lo];
     } else {
         e = expf_ggml(score(t, kvo) - mx);
     }
@@ -467,6 +486,14 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     let kv_head = head / (p.n_head / p.n_kv_head);
     let qo = tok * p.q_stride + head * hd;
     let n_kv = step.pos + tok + 1u;
+    // The first visible position, and the first tile visited (a multiple
+    // of WG, so that tiles, blocks of 8 and V·P lanes fall where the CPU's
+    // do, counted from position 0).
+    var first = 0u;
+    if (p.window != 0u && n_kv > p.window) {
+        first = n_kv - p.window;
+    }
+    let t_lo = first / WG * WG;
     let kvo = kv_head * hd;
     for (var i = lid; i < (hd >> 2u); i += WG) {
         var v = vec4<f32>(q[qo + 4u * i], q[qo + 4u * i + 1u], q[qo + 4u * i + 2u], q[qo + 4u * i + 3u]);
@@ -479,31 +506,33 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
 
     // Pass 1: scaled scores and their maximum.
     var m = -3.0e38;
-    for (var t = lid; t < n_kv; t += WG) {
-        let s = score(t, kvo);
-        if (t < CAP) {
-            sc[t] = s;
+    for (var t = t_lo + lid; t < n_kv; t += WG) {
+        if (t >= first) {
+            let s = score(t, kvo);
+            if (t - t_lo < CAP) {
+                sc[t - t_lo] = s;
+            }
+            m = max(m, s);
         }
-        m = max(m, s);
     }
     let mx = reduce_max(lid, m);
 
     // Pass 2: exponentials; blocks of 8 summed by hsum8, the block sums
     // added in order in f64 by invocation 0 (CPU `softmax_row`).
     var sum = F64(vec2<u32>(0u, 0u), 0, 0u);
-    for (var t0 = 0u; t0 < n_kv; t0 += WG) {
+    for (var t0 = t_lo; t0 < n_kv; t0 += WG) {
         let t = t0 + lid;
         var e = 0.0;
-        if (t < n_kv) {
+        if (t < n_kv && t >= first) {
             var s: f32;
-            if (t < CAP) {
-                s = sc[t];
+            if (t - t_lo < CAP) {
+                s = sc[t - t_lo];
             } else {
                 s = score(t, kvo);
             }
             e = expf_ggml(s - mx);
-            if (t < CAP) {
-                sc[t] = e;
+            if (t - t_lo < CAP) {
+                sc[t - t_lo] = e;
             }
         }
         probs[lid] = e;
@@ -553,8 +582,8 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
             for (var i = 0u; i < 4u; i++) {
                 a[i] = vec4<f32>(0.0);
             }
-            for (var t0 = 0u; t0 < n_kv; t0 += WG) {
-                probs[lid] = prob(t0 + lid, n_kv, kvo, mx, inv);
+            for (var t0 = t_lo; t0 < n_kv; t0 += WG) {
+                probs[lid] = prob(t0 + lid, first, t_lo, n_kv, kvo, mx, inv);
                 workgroupBarrier();
                 if (live) {
                     vp_tile_decode(&a, (kvo >> 2u) + dq, g, t0, min(WG, n_kv - t0));
@@ -595,8 +624,8 @@ fn attention(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
         acc0[v] = vec4<f32>(0.0);
         acc1[v] = vec4<f32>(0.0);
     }
-    for (var t0 = 0u; t0 < n_kv; t0 += WG) {
-        probs[lid] = prob(t0 + lid, n_kv, kvo, mx, inv);
+    for (var t0 = t_lo; t0 < n_kv; t0 += WG) {
+        probs[lid] = prob(t0 + lid, first, t_lo, n_kv, kvo, mx, inv);
         workgroupBarrier();
         let n = min(WG, n_kv - t0);
         if (lid < hd) {

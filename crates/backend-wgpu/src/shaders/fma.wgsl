@@ -194,3 +194,40 @@ fn expf_ggml(x: f32) -> f32 {
     }
     return mul_rn(fma_rn(s2, j, s2), s1);
 }
+
+// tanh(x) in f32, for logit soft-capping (scale.wgsl's softcap,
+// attention.wgsl's capped scores). The CPU calls libm's `tanhf`, which
+// differs between C libraries (glibc 2.36's fdlibm port is within about two
+// ulp, newer glibc rounds correctly), and WGSL's `tanh` has no stated
+// accuracy (NVIDIA's is a 2^-11 approximation), so neither is mirrored bit
+// for bit: this one stays within an ulp of the correctly rounded value
+// (a dense sweep measured 1 ulp at most; within 2 of glibc 2.36's).
+//   |x| < 0.9: x + x³·P(x²), P of degree 6 (a relative fit of
+//     (tanh(x) − x)/x³, 1e-9 before rounding its coefficients to f32);
+//   0.9 ≤ |x| < 9.5: 1 − 2/(e^2|x| + 1), e^2|x| from expf_ggml and the
+//     quotient corrected by a Newton step on its exact remainder;
+//   above: ±1 (tanh rounds to 1 from 9.0109 on). The sign is copied, so
+//   tanh(−0) = −0; NaN stays NaN.
+fn tanh_f32(x: f32) -> f32 {
+    let a = abs(x);
+    var r = 1.0;
+    if (a != a) {
+        return x + x;
+    }
+    if (a < 0.9) {
+        let z = mul_rn(a, a);
+        var q = fma_rn(bitcast<f32>(0xb9f0ad85u), z, bitcast<f32>(0x3b29eb37u));
+        q = fma_rn(q, z, bitcast<f32>(0xbc07966du));
+        q = fma_rn(q, z, bitcast<f32>(0x3cb18446u));
+        q = fma_rn(q, z, bitcast<f32>(0xbd5ce6afu));
+        q = fma_rn(q, z, bitcast<f32>(0x3e0887a8u));
+        q = fma_rn(q, z, bitcast<f32>(0xbeaaaaa7u));
+        r = fma_rn(mul_rn(a, z), q, a);
+    } else if (a < 9.5) {
+        let d = expf_ggml(2.0 * a) + 1.0;
+        var q = 2.0 / d;
+        q = fma_rn(fma_rn(-q, d, 2.0), mul_rn(q, 0.5), q);
+        r = 1.0 - q;
+    }
+    return bitcast<f32>(bitcast<u32>(r) | (bitcast<u32>(x) & 0x80000000u));
+}

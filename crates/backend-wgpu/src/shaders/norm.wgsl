@@ -13,7 +13,7 @@ struct NormParams {
     eps: f32,
     zero: u32,     // always 0; unknown to the compiler (see `opaque`)
     corr_base: u32, // PACKED: word offset of the blocks' scales in y (y_stride: words of quants)
-    pad: u32,
+    row0: u32,     // workgroup z normalises row row0 + z (long calls run in chunks)
 }
 
 struct Step {
@@ -117,17 +117,18 @@ fn sq_at(xo: u32, i: u32) -> f32 {
     return max(v * v, 0.0);
 }
 
-// Grid: (ceil(n / 256), 1, tokens): every workgroup sums the squares of the
+// Grid: (ceil(n / 256), 1, rows): every workgroup sums the squares of the
 // whole row (a few KiB, from cache) and writes its own 256 outputs, so that
 // a row is spread over several compute units.
 @compute @workgroup_size(WG)
 fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    var src_tok = wid.z;
+    let row = p.row0 + wid.z;
+    var src_tok = row;
     if (p.x_first != 0u) {
         src_tok = step.n_tokens - 1u;
     }
     let xo = src_tok * p.x_stride;
-    let yo = wid.z * p.y_stride;
+    let yo = row * p.y_stride;
     // This invocation's output operands, loaded before the sum so that
     // their latency passes during it.
     let i = wid.x * WG + lid;
@@ -185,7 +186,7 @@ fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
         v = (xi * scale) * wi;
     }
     if (PACKED) {
-        quantize_packed(v, i, wid.z, lid, p.n, p.y_stride, p.corr_base);
+        quantize_packed(v, i, row, lid, p.n, p.y_stride, p.corr_base);
         return;
     }
     let r = round_act(v, lid);
