@@ -40,17 +40,12 @@ pub fn cpu_decode(path: &std::path::Path, prompt: &[u32], decode: &[u32], all: b
             ..Default::default()
         })
         .unwrap();
-    // Every row through every layer, as the GPU's fused LLaMA path computes
-    // a prompt: with `LogitsMode::Last` the CPU graph, like llama.cpp, runs
-    // the last layer after attention on the last row alone (one-row kernels,
-    // another summation order).
-    let rows = s.forward(prompt, LogitsMode::All).unwrap();
-    let n_vocab = rows.len() / prompt.len();
-    let mut out = if all {
-        rows.to_vec()
+    let mode = if all {
+        LogitsMode::All
     } else {
-        rows[rows.len() - n_vocab..].to_vec()
+        LogitsMode::Last
     };
+    let mut out = s.forward(prompt, mode).unwrap().to_vec();
     for &t in decode {
         out.extend_from_slice(s.forward(&[t], LogitsMode::Last).unwrap());
     }

@@ -198,15 +198,20 @@ fn synth_decode_matches_cpu_decode() {
         assert_eq!(got.len(), want.len());
         let n = want.len() / (1 + DECODE);
         let (kld, top1) = kld_top1(&want, &got, n);
-        let differ = want
+        // The prompt's logits: the CPU graph, like llama.cpp, runs the last
+        // layer after attention on the output row alone (one-row kernels),
+        // the fused GPU path on the whole batch, so they agree to the bound;
+        // the decoded tokens (one row each, over the same KV cache) bit for bit.
+        let nv = want.len() / (1 + DECODE);
+        let differ = want[nv..]
             .iter()
-            .zip(&got)
+            .zip(&got[nv..])
             .filter(|(a, b)| a.to_bits() != b.to_bits())
             .count();
         eprintln!(
-            "synth-{ftype} decoding, GPU vs CPU: mean KLD {kld:.3e}, top-1 {:.1}%, {differ} of {} logits differ",
+            "synth-{ftype} decoding, GPU vs CPU: mean KLD {kld:.3e}, top-1 {:.1}%, {differ} of {} decoded logits differ",
             top1 * 100.0,
-            want.len()
+            want.len() - nv
         );
         assert!(
             kld <= 1e-4 && top1 >= 0.98,
