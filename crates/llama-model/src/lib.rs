@@ -67,6 +67,6 @@ pub use config::{Architecture, Config, LoadOptions};
 pub use error::{ModelError, Result};
 pub use graph::{Graph, GraphBuilder, Node, NodeId, Op};
 pub use model::Model;
-pub use session::{BatchKernels, LogitsMode, Session, SessionOptions};
+pub use session::{Batch, BatchKernels, LogitsMode, Session, SessionOptions};
 pub use tensor_core::{Backend, CpuBackend, KvType};
 pub use trace::{Observer, Stats, StepDiff, Trace, TraceEntry};

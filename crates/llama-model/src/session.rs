@@ -58,6 +58,10 @@ pub struct SessionOptions {
     pub kv_type: KvType,
     /// Which kernels compute a batch of several tokens (llama.cpp's, by default).
     pub batch_kernels: BatchKernels,
+    /// Sequences the session holds, each with its own KV cache of `n_ctx`
+    /// positions (llama.cpp's `n_seq_max`); [`Session::forward_batch`]
+    /// mixes tokens of several in one batch.
+    pub n_seq: usize,
 }
 
 impl Default for SessionOptions {
@@ -67,8 +71,39 @@ impl Default for SessionOptions {
             n_batch: 512,
             kv_type: KvType::F16,
             batch_kernels: BatchKernels::LlamaCpp,
+            n_seq: 1,
         }
     }
+}
+
+/// Tokens of one or several sequences to run at once (llama.cpp's
+/// `llama_batch`): each token with its position and sequence, and whether
+/// its logits are wanted.
+///
+/// A sequence's tokens continue it: within the batch, in order, the tokens
+/// of sequence `s` take positions `n_past(s)`, `n_past(s) + 1`, … (rewind
+/// with [`Session::truncate_seq`] first to overwrite). Tokens of different
+/// sequences may interleave; the matrix products run over all of them at
+/// once, attention over each sequence's own cache.
+#[derive(Clone, Copy, Debug)]
+pub struct Batch<'a> {
+    /// Token ids.
+    pub tokens: &'a [u32],
+    /// Position of each token in its sequence.
+    pub pos: &'a [usize],
+    /// Sequence of each token (`< n_seq`).
+    pub seq: &'a [usize],
+    /// Whether each token's logits are wanted.
+    pub output: &'a [bool],
+}
+
+/// Consecutive rows of a batch that continue one sequence at consecutive positions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Run {
+    start: usize,
+    len: usize,
+    seq: usize,
+    pos0: usize,
 }
 
 /// Where each node's values live: a slot per node, shared by nodes whose
@@ -178,7 +213,15 @@ pub struct Session<'m, B: Backend> {
     n_batch: usize,
     batch_kernels: BatchKernels,
     kv: B::KvCache,
-    n_past: usize,
+    /// KV cache layers per sequence (sequence `s` uses layers `s·n_kv_layers ..`).
+    n_kv_layers: usize,
+    n_past: Vec<usize>,
+    /// This batch's runs of sequences.
+    runs: Vec<Run>,
+    /// This batch's rows whose logits are wanted.
+    out_idx: Vec<usize>,
+    /// Rows of one run, copied out when a batch holds several (q, k, v, out).
+    run_bufs: [Slot<B::Buffer>; 4],
     plan: Plan,
     slots: Vec<Slot<B::Buffer>>,
     rows: Vec<usize>,
@@ -205,8 +248,15 @@ impl<'m, B: Backend> Session<'m, B> {
         let nb = opts.n_batch.min(n_ctx);
         let b = model.backend();
         let g = model.graph();
+        if opts.n_seq == 0 {
+            return Err(ModelError::InvalidRequest("n_seq must be positive".into()));
+        }
+        let n_kv_layers = g.n_kv_layers.max(1);
+        let kv_layers = n_kv_layers.checked_mul(opts.n_seq).ok_or_else(|| {
+            ModelError::InvalidRequest(format!("{} sequences is too many", opts.n_seq))
+        })?;
         let kv = b.alloc_kv(&KvShape {
-            n_layer: g.n_kv_layers.max(1),
+            n_layer: kv_layers,
             n_ctx,
             n_head_kv: c.n_head_kv,
             head_dim: c.head_dim,
@@ -238,7 +288,11 @@ impl<'m, B: Backend> Session<'m, B> {
             n_batch: nb,
             batch_kernels: opts.batch_kernels,
             kv,
-            n_past: 0,
+            n_kv_layers,
+            n_past: vec![0; opts.n_seq],
+            runs: Vec::new(),
+            out_idx: Vec::new(),
+            run_bufs: [Slot::empty(), Slot::empty(), Slot::empty(), Slot::empty()],
             rows: vec![0; g.nodes.len()],
             plan,
             slots,
@@ -254,9 +308,19 @@ impl<'m, B: Backend> Session<'m, B> {
         self.model
     }
 
-    /// Tokens in the KV cache.
+    /// Tokens in the KV cache (of sequence 0).
     pub fn n_past(&self) -> usize {
-        self.n_past
+        self.n_past[0]
+    }
+
+    /// Tokens in the KV cache of sequence `seq`.
+    pub fn n_past_seq(&self, seq: usize) -> usize {
+        self.n_past.get(seq).copied().unwrap_or(0)
+    }
+
+    /// Sequences the session holds.
+    pub fn n_seq(&self) -> usize {
+        self.n_past.len()
     }
 
     /// Which kernels compute a batch of several tokens.
@@ -269,20 +333,30 @@ impl<'m, B: Backend> Session<'m, B> {
         self.n_ctx
     }
 
-    /// Empties the KV cache.
+    /// Empties the KV cache of every sequence.
     pub fn reset(&mut self) {
-        self.n_past = 0;
+        self.n_past.iter_mut().for_each(|n| *n = 0);
     }
 
-    /// Keeps only the first `n` tokens of the cache.
+    /// Keeps only the first `n` tokens of the cache (of sequence 0).
     pub fn truncate(&mut self, n: usize) -> Result<()> {
-        if n > self.n_past {
+        self.truncate_seq(0, n)
+    }
+
+    /// Keeps only the first `n` tokens of sequence `seq`'s cache.
+    pub fn truncate_seq(&mut self, seq: usize, n: usize) -> Result<()> {
+        let have = *self.n_past.get(seq).ok_or_else(|| {
+            ModelError::InvalidRequest(format!(
+                "sequence {seq} out of range (the session holds {})",
+                self.n_past.len()
+            ))
+        })?;
+        if n > have {
             return Err(ModelError::InvalidRequest(format!(
-                "cannot truncate to {n} tokens: the cache holds {}",
-                self.n_past
+                "cannot truncate sequence {seq} to {n} tokens: its cache holds {have}"
             )));
         }
-        self.n_past = n;
+        self.n_past[seq] = n;
         Ok(())
     }
 
@@ -306,13 +380,51 @@ impl<'m, B: Backend> Session<'m, B> {
         &mut self,
         tokens: &[u32],
         mode: LogitsMode,
+        obs: Option<&mut dyn Observer>,
+    ) -> Result<&[f32]> {
+        let n = tokens.len();
+        let pos: Vec<usize> = (self.n_past[0]..self.n_past[0] + n).collect();
+        let seq = vec![0; n];
+        let output: Vec<bool> = match mode {
+            LogitsMode::All => vec![true; n],
+            LogitsMode::Last => (0..n).map(|i| i + 1 == n).collect(),
+        };
+        let batch = Batch {
+            tokens,
+            pos: &pos,
+            seq: &seq,
+            output: &output,
+        };
+        self.run_batch(&batch, obs)
+    }
+
+    /// Runs a batch of tokens of one or several sequences and returns the
+    /// logits of the tokens whose `output` flag is set, in batch order
+    /// (`[n_out, n_vocab]` row-major).
+    pub fn forward_batch(&mut self, batch: &Batch<'_>) -> Result<&[f32]> {
+        self.run_batch(batch, None)
+    }
+
+    fn run_batch(
+        &mut self,
+        batch: &Batch<'_>,
         mut obs: Option<&mut dyn Observer>,
     ) -> Result<&[f32]> {
         let c = self.model.config();
-        if tokens.is_empty() {
+        let n = batch.tokens.len();
+        if n == 0 {
             return Err(ModelError::InvalidRequest("empty batch".into()));
         }
-        if let Some((index, &token)) = tokens
+        if batch.pos.len() != n || batch.seq.len() != n || batch.output.len() != n {
+            return Err(ModelError::InvalidRequest(format!(
+                "a batch of {n} tokens has {} positions, {} sequence ids and {} output flags",
+                batch.pos.len(),
+                batch.seq.len(),
+                batch.output.len()
+            )));
+        }
+        if let Some((index, &token)) = batch
+            .tokens
             .iter()
             .enumerate()
             .find(|(_, &t)| t as usize >= c.n_vocab)
@@ -323,54 +435,84 @@ impl<'m, B: Backend> Session<'m, B> {
                 n_vocab: c.n_vocab,
             });
         }
-        if self.n_past + tokens.len() > self.n_ctx {
-            return Err(ModelError::ContextOverflow {
-                n_past: self.n_past,
-                n_tokens: tokens.len(),
-                n_ctx: self.n_ctx,
-            });
+        // Every token continues its sequence; none runs past the context.
+        let mut next = self.n_past.clone();
+        for i in 0..n {
+            let s = batch.seq[i];
+            let Some(expect) = next.get_mut(s) else {
+                return Err(ModelError::InvalidRequest(format!(
+                    "token {i}: sequence {s} out of range (the session holds {})",
+                    self.n_past.len()
+                )));
+            };
+            if batch.pos[i] != *expect {
+                return Err(ModelError::InvalidRequest(format!(
+                    "token {i}: position {} does not continue sequence {s} (next position {expect})",
+                    batch.pos[i]
+                )));
+            }
+            if *expect >= self.n_ctx {
+                let n_tokens = batch.seq.iter().filter(|&&x| x == s).count();
+                return Err(ModelError::ContextOverflow {
+                    n_past: self.n_past[s],
+                    n_tokens,
+                    n_ctx: self.n_ctx,
+                });
+            }
+            *expect += 1;
         }
         let n_vocab = c.n_vocab;
-        let rows_out = match mode {
-            LogitsMode::Last => 1,
-            LogitsMode::All => tokens.len(),
-        };
+        let n_out = batch.output.iter().filter(|&&o| o).count();
         self.logits.clear();
-        self.logits.resize(rows_out * n_vocab, 0.0);
-        let chunks: Vec<&[u32]> = tokens.chunks(self.n_batch).collect();
+        self.logits.resize(n_out * n_vocab, 0.0);
         let mut row_out = 0;
-        for (i, chunk) in chunks.iter().enumerate() {
-            let last_chunk = i + 1 == chunks.len();
-            let out_rows = match mode {
-                LogitsMode::All => chunk.len(),
-                LogitsMode::Last if last_chunk => 1,
-                LogitsMode::Last => 0,
+        let mut start = 0;
+        while start < n {
+            let end = (start + self.n_batch).min(n);
+            let sub = Batch {
+                tokens: &batch.tokens[start..end],
+                pos: &batch.pos[start..end],
+                seq: &batch.seq[start..end],
+                output: &batch.output[start..end],
             };
             let o: Option<&mut dyn Observer> = match &mut obs {
                 Some(o) => Some(&mut **o),
                 None => None,
             };
-            self.ubatch(chunk, out_rows, row_out, o)?;
-            row_out += out_rows;
+            row_out += self.ubatch(&sub, row_out, o)?;
+            start = end;
         }
         Ok(&self.logits)
     }
 
-    /// Runs the graph over one batch of at most `n_batch` tokens at positions
-    /// `n_past..`, writing the logits of its last `out_rows` tokens to rows
-    /// `row_out..row_out + out_rows` of `self.logits`.
+    /// Runs the graph over one batch of at most `n_batch` tokens, writing
+    /// the logits of its output rows to rows `row_out..` of `self.logits`;
+    /// returns how many rows it wrote.
     fn ubatch(
         &mut self,
-        tokens: &[u32],
-        out_rows: usize,
+        batch: &Batch<'_>,
         row_out: usize,
         mut obs: Option<&mut dyn Observer>,
-    ) -> Result<()> {
+    ) -> Result<usize> {
         let m = self.model;
         let g = m.graph();
         let b = m.backend();
-        let n = tokens.len();
-        let pos0 = self.n_past;
+        let n = batch.tokens.len();
+        self.runs.clear();
+        for i in 0..n {
+            match self.runs.last_mut() {
+                Some(r) if r.seq == batch.seq[i] && r.pos0 + r.len == batch.pos[i] => r.len += 1,
+                _ => self.runs.push(Run {
+                    start: i,
+                    len: 1,
+                    seq: batch.seq[i],
+                    pos0: batch.pos[i],
+                }),
+            }
+        }
+        self.out_idx.clear();
+        self.out_idx.extend((0..n).filter(|&i| batch.output[i]));
+        let out_rows = self.out_idx.len();
         for (i, node) in g.nodes.iter().enumerate() {
             let inputs = node.op.inputs();
             let rows = match &node.op {
@@ -389,7 +531,7 @@ impl<'m, B: Backend> Session<'m, B> {
                 ensure(b, &mut self.slots[o], len)?;
                 self.slots[o].buf.take().expect("just allocated")
             };
-            let res = self.op(i, tokens, pos0, out_rows, &mut out);
+            let res = self.op(i, batch.tokens, &mut out);
             self.slots[o].buf = Some(out);
             res?;
             if let Some(ob) = &mut obs {
@@ -402,7 +544,9 @@ impl<'m, B: Backend> Session<'m, B> {
                 ob.record(&node.name, node.layer, rows, &self.host);
             }
         }
-        self.n_past += n;
+        for r in &self.runs {
+            self.n_past[r.seq] = r.pos0 + r.len;
+        }
         if out_rows > 0 {
             let n_vocab = m.config().n_vocab;
             let dst = &mut self.logits[row_out * n_vocab..(row_out + out_rows) * n_vocab];
@@ -412,7 +556,7 @@ impl<'m, B: Backend> Session<'m, B> {
                 .expect("computed");
             b.read(src, 0, dst)?;
         }
-        Ok(())
+        Ok(out_rows)
     }
 
     /// The values of node `x` (computed earlier in this batch).
@@ -424,14 +568,7 @@ impl<'m, B: Backend> Session<'m, B> {
     }
 
     /// Computes node `i` into `out` (which, for an in-place node, holds its first input).
-    fn op(
-        &mut self,
-        i: usize,
-        tokens: &[u32],
-        pos0: usize,
-        out_rows: usize,
-        out: &mut B::Buffer,
-    ) -> Result<()> {
+    fn op(&mut self, i: usize, tokens: &[u32], out: &mut B::Buffer) -> Result<()> {
         let m = self.model;
         let g = m.graph();
         let b = m.backend();
@@ -468,7 +605,21 @@ impl<'m, B: Backend> Session<'m, B> {
                 factors,
                 ..
             } => {
-                b.rope(out, rows, *n_heads, pos0, params, factors.map(w));
+                let whole = self.runs.len() == 1;
+                for ri in 0..self.runs.len() {
+                    let r = self.runs[ri];
+                    if whole {
+                        b.rope(out, rows, *n_heads, r.pos0, params, factors.map(w));
+                        continue;
+                    }
+                    // One run at a time, through a scratch buffer.
+                    let tmp = &mut self.run_bufs[0];
+                    ensure(b, tmp, r.len * width)?;
+                    let t = tmp.buf.as_mut().expect("allocated");
+                    b.copy(out, r.start * width, t, 0, r.len * width);
+                    b.rope(t, r.len, *n_heads, r.pos0, params, factors.map(w));
+                    b.copy(t, 0, out, r.start * width, r.len * width);
+                }
             }
             Op::Attention {
                 q,
@@ -482,29 +633,72 @@ impl<'m, B: Backend> Session<'m, B> {
                     self.plan.slot[k.0],
                     self.plan.slot[v.0],
                 );
-                let kb = self.slots[ks].buf.as_ref().expect("keys");
-                let vb = self.slots[vs].buf.as_ref().expect("values");
-                b.store_kv(&mut self.kv, *layer, pos0, rows, kb, vb);
-                let qb = self.slots[qs].buf.as_ref().expect("queries");
-                attend(
-                    b,
-                    &mut self.row_io,
-                    qb,
-                    &self.kv,
-                    *layer,
-                    pos0,
-                    rows,
-                    params,
-                    out,
-                );
+                let (qw, kvw) = (g.node(*q).width, g.node(*k).width);
+                for ri in 0..self.runs.len() {
+                    let r = self.runs[ri];
+                    let cache_layer = r.seq * self.n_kv_layers + *layer;
+                    let qb = self.slots[qs].buf.as_ref().expect("queries");
+                    let kb = self.slots[ks].buf.as_ref().expect("keys");
+                    let vb = self.slots[vs].buf.as_ref().expect("values");
+                    if self.runs.len() == 1 {
+                        b.store_kv(&mut self.kv, cache_layer, r.pos0, rows, kb, vb);
+                        attend(
+                            b,
+                            &mut self.row_io,
+                            qb,
+                            &self.kv,
+                            cache_layer,
+                            r.pos0,
+                            rows,
+                            params,
+                            out,
+                        );
+                        continue;
+                    }
+                    // One run at a time, through scratch buffers.
+                    let [tq, tk, tv, to] = &mut self.run_bufs;
+                    ensure(b, tq, r.len * qw)?;
+                    ensure(b, tk, r.len * kvw)?;
+                    ensure(b, tv, r.len * kvw)?;
+                    ensure(b, to, r.len * width)?;
+                    let (tq, tk, tv, to) = (
+                        tq.buf.as_mut().expect("allocated"),
+                        tk.buf.as_mut().expect("allocated"),
+                        tv.buf.as_mut().expect("allocated"),
+                        to.buf.as_mut().expect("allocated"),
+                    );
+                    b.copy(qb, r.start * qw, tq, 0, r.len * qw);
+                    b.copy(kb, r.start * kvw, tk, 0, r.len * kvw);
+                    b.copy(vb, r.start * kvw, tv, 0, r.len * kvw);
+                    b.store_kv(&mut self.kv, cache_layer, r.pos0, r.len, tk, tv);
+                    attend(
+                        b,
+                        &mut self.row_io,
+                        tq,
+                        &self.kv,
+                        cache_layer,
+                        r.pos0,
+                        r.len,
+                        params,
+                        to,
+                    );
+                    b.copy(to, 0, out, r.start * width, r.len * width);
+                }
             }
             Op::Swiglu { gate, up } => {
                 b.swiglu(self.input(*gate), self.input(*up), rows, width, out)
             }
             Op::Geglu { gate, up } => b.geglu(self.input(*gate), self.input(*up), rows, width, out),
             Op::OutputRows { x } => {
-                let first = self.rows[x.0] - out_rows;
-                b.copy(self.input(*x), first * width, out, 0, len);
+                let src = self.input(*x);
+                let idx = &self.out_idx;
+                if idx.windows(2).all(|p| p[1] == p[0] + 1) {
+                    b.copy(src, idx[0] * width, out, 0, len);
+                } else {
+                    for (k, &r) in idx.iter().enumerate() {
+                        b.copy(src, r * width, out, k * width, width);
+                    }
+                }
             }
             Op::Moe { x, moe } => {
                 let xin = self.slots[self.plan.slot[x.0]].buf.as_ref().expect("input");

@@ -395,3 +395,98 @@ fn base_name(name: &str) -> String {
         _ => name.to_string(),
     }
 }
+
+/// Several sequences in one batch (llama.cpp's `llama_batch` with a position
+/// and a sequence id per token): interleaved prompts, then both decoded in
+/// one batch of two rows, give each sequence exactly the logits it gets
+/// alone (row-consistent kernels, so the batch's size does not change a
+/// row's summation order).
+#[test]
+fn sequences_batched_together_match_each_alone() {
+    use llama_model::Batch;
+    let model = Model::load(fixture("synth/synth-Q4_K_M.gguf"), &LoadOptions::default()).unwrap();
+    let a: Vec<u32> = (1..13).collect();
+    let b: Vec<u32> = (40..49).collect();
+    let opts = |n_seq| SessionOptions {
+        n_ctx: 32,
+        n_seq,
+        batch_kernels: BatchKernels::RowConsistent,
+        ..SessionOptions::default()
+    };
+    let nv = model.config().n_vocab;
+    // Each alone: the prompt's last logits, then two decoded tokens.
+    let alone = |toks: &[u32], next: [u32; 2]| {
+        let mut s = model.session(&opts(1)).unwrap();
+        let mut out = s.forward(toks, LogitsMode::Last).unwrap().to_vec();
+        for t in next {
+            out.extend_from_slice(s.forward(&[t], LogitsMode::Last).unwrap());
+        }
+        out
+    };
+    let (want_a, want_b) = (alone(&a, [7, 8]), alone(&b, [9, 10]));
+    // Together: the prompts interleaved where both have tokens.
+    let mut s = model.session(&opts(2)).unwrap();
+    let (mut toks, mut pos, mut seq) = (Vec::new(), Vec::new(), Vec::new());
+    for i in 0..a.len().max(b.len()) {
+        for (sid, p) in [(0usize, &a), (1, &b)] {
+            if i < p.len() {
+                toks.push(p[i]);
+                pos.push(i);
+                seq.push(sid);
+            }
+        }
+    }
+    let last_a = seq.iter().rposition(|&x| x == 0).unwrap();
+    let last_b = seq.iter().rposition(|&x| x == 1).unwrap();
+    let output: Vec<bool> = (0..toks.len())
+        .map(|i| i == last_a || i == last_b)
+        .collect();
+    let l = s
+        .forward_batch(&Batch {
+            tokens: &toks,
+            pos: &pos,
+            seq: &seq,
+            output: &output,
+        })
+        .unwrap()
+        .to_vec();
+    // Output rows come in batch order: b's last prompt token precedes a's.
+    let (mut got_a, mut got_b) = if last_a < last_b {
+        (l[..nv].to_vec(), l[nv..].to_vec())
+    } else {
+        (l[nv..].to_vec(), l[..nv].to_vec())
+    };
+    for step in 0..2 {
+        let toks = [[7u32, 8][step], [9u32, 10][step]];
+        let pos = [a.len() + step, b.len() + step];
+        let l = s
+            .forward_batch(&Batch {
+                tokens: &toks,
+                pos: &pos,
+                seq: &[0, 1],
+                output: &[true, true],
+            })
+            .unwrap();
+        got_a.extend_from_slice(&l[..nv]);
+        got_b.extend_from_slice(&l[nv..]);
+    }
+    assert_eq!(got_a, want_a, "sequence 0");
+    assert_eq!(got_b, want_b, "sequence 1");
+    assert_eq!(
+        (s.n_past_seq(0), s.n_past_seq(1)),
+        (a.len() + 2, b.len() + 2)
+    );
+    // A token that does not continue its sequence is refused.
+    let e = s
+        .forward_batch(&Batch {
+            tokens: &[1],
+            pos: &[3],
+            seq: &[1],
+            output: &[true],
+        })
+        .unwrap_err();
+    assert!(
+        e.to_string().contains("does not continue sequence 1"),
+        "{e}"
+    );
+}
