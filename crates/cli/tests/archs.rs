@@ -62,7 +62,11 @@ fn model(arch: &str, ty: &str) -> PathBuf {
             "tools/make_arch_fixtures.py failed (pip install numpy gguf==0.19.0): {}",
             String::from_utf8_lossy(&out.stderr)
         );
-        assert_eq!(sha256(&f32_path), want("F32"), "{arch}-F32.gguf is not the file llama.cpp scored");
+        assert_eq!(
+            sha256(&f32_path),
+            want("F32"),
+            "{arch}-F32.gguf is not the file llama.cpp scored"
+        );
     }
     if ty == "F32" {
         return f32_path;
@@ -75,7 +79,11 @@ fn model(arch: &str, ty: &str) -> PathBuf {
             path.to_str().unwrap(),
             ty,
         ]);
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(
             sha256(&path),
             want(ty),
@@ -128,7 +136,10 @@ fn cpu_matches_llama_cpp(arch: &str) {
         let r = perplexity(&path, "cpu", "--kl-base", &base);
         let (kld, same) = kl(&r);
         println!("{arch} {ty} cpu vs llama.cpp: mean KLD {kld:.3e}, same top {same:.4}");
-        assert!(kld <= 1e-4 && same >= 0.98, "{arch} {ty}: mean KLD {kld:.3e}, same top {same:.4}");
+        assert!(
+            kld <= 1e-4 && same >= 0.98,
+            "{arch} {ty}: mean KLD {kld:.3e}, same top {same:.4}"
+        );
     }
 }
 
@@ -144,7 +155,10 @@ fn gpu_matches_cpu(arch: &str) {
         let r = perplexity(&path, "wgpu", "--kl-base", &base);
         let (kld, same) = kl(&r);
         println!("{arch} {ty} wgpu vs cpu: mean KLD {kld:.3e}, same top {same:.4}");
-        assert!(kld <= 1e-3 && same >= 0.97, "{arch} {ty}: mean KLD {kld:.3e}, same top {same:.4}");
+        assert!(
+            kld <= 1e-3 && same >= 0.97,
+            "{arch} {ty}: mean KLD {kld:.3e}, same top {same:.4}"
+        );
     }
     let _ = std::fs::remove_dir_all(&tmp);
 }
