@@ -75,6 +75,12 @@ pub enum GgmlType {
     TQ2_0 = 35,
     /// Microscaling FP4 (E2M1 values, E8M0 shared scale per 32).
     MXFP4 = 39,
+    /// NVIDIA FP4: 64 E2M1 values, one UE4M3 scale per 16.
+    NVFP4 = 40,
+    /// 128 weights: f16 scale, one sign bit each; `x = ±d`.
+    Q1_0 = 41,
+    /// 64 weights: f16 scale, 2-bit quants; `x = d·(q − 1)`.
+    Q2_0 = 42,
 }
 
 /// Size facts for one ggml type: the row of ggml's type-traits table.
@@ -94,7 +100,7 @@ const QK_K: usize = 256;
 
 impl GgmlType {
     /// Every type, in id order.
-    pub const ALL: [GgmlType; 32] = [
+    pub const ALL: [GgmlType; 35] = [
         Self::F32,
         Self::F16,
         Self::Q4_0,
@@ -127,6 +133,9 @@ impl GgmlType {
         Self::TQ1_0,
         Self::TQ2_0,
         Self::MXFP4,
+        Self::NVFP4,
+        Self::Q1_0,
+        Self::Q2_0,
     ];
 
     /// The type with on-disk id `id`, or `None` for unknown and removed ids.
@@ -223,6 +232,9 @@ impl GgmlType {
             ),
             Self::TQ2_0 => ("TQ2_0", QK_K, 2 + QK_K / 4, true),
             Self::MXFP4 => ("MXFP4", 32, 1 + 16, true),
+            Self::NVFP4 => ("NVFP4", 64, 64 / 16 + 64 / 2, true),
+            Self::Q1_0 => ("Q1_0", 128, 2 + 128 / 8, true),
+            Self::Q2_0 => ("Q2_0", 64, 2 + 64 / 4, true),
         };
         TypeInfo {
             name,
@@ -271,6 +283,9 @@ mod tests {
             (GgmlType::TQ1_0, 54),
             (GgmlType::TQ2_0, 66),
             (GgmlType::MXFP4, 17),
+            (GgmlType::NVFP4, 36),
+            (GgmlType::Q1_0, 18),
+            (GgmlType::Q2_0, 18),
         ];
         for (t, size) in expect {
             assert_eq!(t.type_size(), size, "{t}");
@@ -279,7 +294,7 @@ mod tests {
 
     #[test]
     fn removed_ids_rejected() {
-        for id in [4, 5, 31, 32, 33, 36, 37, 38, 40, 1000] {
+        for id in [4, 5, 31, 32, 33, 36, 37, 38, 43, 1000] {
             assert!(GgmlType::from_id(id).is_none(), "{id}");
         }
         for t in GgmlType::ALL {

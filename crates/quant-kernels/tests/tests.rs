@@ -6,3 +6,4 @@ mod core_props;
 mod core_util;
 mod iquants;
 mod kquants;
+mod lowbit;

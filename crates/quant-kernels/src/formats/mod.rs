@@ -43,6 +43,9 @@ pub mod iq3_s;
 pub mod iq3_xxs;
 pub(crate) mod iq_grids;
 pub mod mxfp4;
+pub mod nvfp4;
+pub mod q1_0;
+pub mod q2_0;
 pub mod tq1_0;
 pub mod tq2_0;
 
@@ -94,6 +97,9 @@ pub fn kernels(ty: GgmlType) -> Option<&'static FormatKernels> {
         GgmlType::TQ1_0 => Some(&tq1_0::KERNELS),
         GgmlType::TQ2_0 => Some(&tq2_0::KERNELS),
         GgmlType::MXFP4 => Some(&mxfp4::KERNELS),
+        GgmlType::NVFP4 => Some(&nvfp4::KERNELS),
+        GgmlType::Q1_0 => Some(&q1_0::KERNELS),
+        GgmlType::Q2_0 => Some(&q2_0::KERNELS),
         _ => None,
     }
 }

@@ -57,7 +57,7 @@ pub fn dequantize_row_mxfp4(x: &[BlockMXFP4], y: &mut [f32]) {
 /// Index of the level of `KVALUES_MXFP4` nearest to `x` at scale `e`
 /// (ggml's `best_index_mxfp4`: the first of equally near levels wins).
 #[inline(always)]
-fn best_index_mxfp4(x: f32, e: f32) -> u8 {
+pub(crate) fn best_index_mxfp4(x: f32, e: f32) -> u8 {
     let mut best_index = 0;
     let mut best_err = (KVALUES_MXFP4[0] as f32 * e - x).abs();
     for (i, &k) in KVALUES_MXFP4.iter().enumerate().skip(1) {

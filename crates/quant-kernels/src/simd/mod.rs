@@ -34,6 +34,8 @@ mod x86_iquants;
 #[cfg(target_arch = "x86_64")]
 mod x86_kquants;
 #[cfg(target_arch = "x86_64")]
+mod x86_lowbit;
+#[cfg(target_arch = "x86_64")]
 mod x86_panel;
 
 /// A fused dot product of `n` weights (bytes of a weight format) with `n`
@@ -134,8 +136,19 @@ impl Features {
     }
 }
 
-/// Type ids run from 0 to 39.
-const N_TYPES: usize = 40;
+/// One more than the largest type id: the size of the tables below.
+const N_TYPES: usize = {
+    let mut n = 0;
+    let mut i = 0;
+    while i < GgmlType::ALL.len() {
+        let end = GgmlType::ALL[i] as usize + 1;
+        if end > n {
+            n = end;
+        }
+        i += 1;
+    }
+    n
+};
 
 struct Dispatch {
     features: Features,

@@ -218,7 +218,7 @@ fn from_float_q8_k(src: &[f32], dst: &mut [u8]) {
 /// false dependency serialises the whole loop (measured: 3× slower).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn fp16x8(h: f16) -> __m256 {
+pub(super) fn fp16x8(h: f16) -> __m256 {
     _mm256_cvtph_ps(_mm_set1_epi16(h.to_bits() as i16))
 }
 

@@ -47,7 +47,7 @@ pub(super) fn vec_dot(ty: GgmlType, f: Features) -> Option<VecDotFn> {
         GgmlType::TQ1_0 => Some(vec_dot_tq1_0),
         GgmlType::TQ2_0 => Some(vec_dot_tq2_0),
         GgmlType::MXFP4 => Some(vec_dot_mxfp4),
-        _ => None,
+        _ => super::x86_lowbit::vec_dot(ty, f),
     }
 }
 
