@@ -120,10 +120,9 @@ fn text_value(v: &Value) -> String {
         }
         Value::Array(a) => {
             let mut parts: Vec<String> = a
-                .values
                 .iter()
                 .take(SHOWN_ELEMENTS)
-                .map(text_value)
+                .map(|v| text_value(&v))
                 .collect();
             if a.len() > SHOWN_ELEMENTS {
                 parts.push("...".into());
@@ -149,10 +148,9 @@ fn text_value(v: &Value) -> String {
 fn json_value(v: &Value) -> serde_json::Value {
     match v {
         Value::Array(a) => a
-            .values
             .iter()
             .take(SHOWN_ELEMENTS)
-            .map(json_value)
+            .map(|v| json_value(&v))
             .collect(),
         Value::String(s) => json!(s),
         // Non-finite floats become null: JSON has no NaN.

@@ -26,6 +26,7 @@
 #![deny(missing_docs)]
 
 mod error;
+mod file;
 mod reader;
 mod rules;
 mod types;
@@ -33,10 +34,14 @@ mod value;
 mod writer;
 
 pub use error::{GgufError, Result};
+pub use file::{
+    available_memory, install_sigbus_handler, open_regular, same_file, FileBytes, GgufFile,
+    OutputFile,
+};
 pub use reader::{
-    Gguf, GgufFile, GgufHeader, TensorInfo, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ALIGNMENT,
+    Gguf, GgufHeader, TensorInfo, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ALIGNMENT,
     MAX_ARRAY_DEPTH, MAX_ARRAY_LEN, MAX_DIMS, MAX_NAME_LEN, MAX_STRING_LEN,
 };
 pub use types::{GgmlType, TypeInfo};
-pub use value::{Array, Value, ValueType};
+pub use value::{Array, Value, ValueType, Values};
 pub use writer::GgufWriter;

@@ -1,7 +1,6 @@
 //! Parsing and validating a GGUF file's header, metadata and tensor table.
 
 use std::collections::HashMap;
-use std::path::Path;
 
 use crate::error::{GgufError, Result};
 use crate::rules;
@@ -125,6 +124,11 @@ impl<'a> Cursor<'a> {
     /// A length-prefixed UTF-8 string, where `what` names it in messages.
     /// Errors are (byte offset, message) for the caller to place.
     fn string(&mut self, what: &str) -> std::result::Result<String, (u64, String)> {
+        self.str_slice(what).map(str::to_owned)
+    }
+
+    /// [`Cursor::string`], borrowed from the data.
+    fn str_slice(&mut self, what: &str) -> std::result::Result<&'a str, (u64, String)> {
         let at = self.pos();
         let len = self.u64(what).map_err(|e| (at, e.to_string()))?;
         rules::string_len(len, what).map_err(|m| (at, m))?;
@@ -139,9 +143,7 @@ impl<'a> Cursor<'a> {
         }
         let bytes = self.take(len, what).map_err(|e| (at, e.to_string()))?;
         // Validate in place so that a bad string costs no allocation.
-        let s = std::str::from_utf8(bytes)
-            .map_err(|e| (at + 8, format!("{what} is not valid UTF-8: {e}")))?;
-        Ok(s.to_owned())
+        std::str::from_utf8(bytes).map_err(|e| (at + 8, format!("{what} is not valid UTF-8: {e}")))
     }
 }
 
@@ -227,13 +229,41 @@ fn read_value(cur: &mut Cursor<'_>, ty: ValueType, depth: usize, key: &str) -> R
                     ),
                 ));
             }
-            let mut values = Vec::with_capacity(count as usize);
-            for _ in 0..count {
-                values.push(read_value(cur, element_type, depth + 1, key)?);
-            }
-            Value::Array(Array {
-                element_type,
-                values,
+            // Stored compactly (see `Array`): fixed-size elements as their
+            // bytes, strings in one buffer, so memory follows the file's size.
+            Value::Array(match element_type {
+                ValueType::String => {
+                    let mut strings = Vec::with_capacity(count as usize);
+                    for _ in 0..count {
+                        let s = cur.str_slice("string value").map_err(|(o, m)| err(o, m))?;
+                        strings.push(s);
+                    }
+                    Array::from_strings(strings)
+                }
+                ValueType::Array => {
+                    let mut arrays = Vec::with_capacity(count as usize);
+                    for _ in 0..count {
+                        match read_value(cur, element_type, depth + 1, key)? {
+                            Value::Array(a) => arrays.push(a),
+                            _ => unreachable!("an array element of type array is an array"),
+                        }
+                    }
+                    Array::from_arrays(arrays)
+                }
+                t => {
+                    let size = t.scalar_size().unwrap_or(1) as u64;
+                    let bytes = cur.take(count * size, what)?;
+                    if t == ValueType::Bool {
+                        if let Some(i) = bytes.iter().position(|&b| b > 1) {
+                            return Err(err(
+                                count_at + 8 + i as u64,
+                                format!("bool byte is {}, must be 0 or 1", bytes[i]),
+                            ));
+                        }
+                    }
+                    Array::from_le_bytes(t, bytes.to_vec())
+                        .expect("whole elements of a fixed-size type")
+                }
             })
         }
     })
@@ -603,9 +633,6 @@ pub struct Gguf<D> {
     header: GgufHeader,
 }
 
-/// A GGUF file mapped into memory.
-pub type GgufFile = Gguf<memmap2::Mmap>;
-
 impl<D: AsRef<[u8]>> Gguf<D> {
     /// Parses and validates `data`.
     pub fn from_data(data: D) -> Result<Self> {
@@ -616,6 +643,11 @@ impl<D: AsRef<[u8]>> Gguf<D> {
     /// The parsed header.
     pub fn header(&self) -> &GgufHeader {
         &self.header
+    }
+
+    /// The storage the file was parsed from.
+    pub fn storage(&self) -> &D {
+        &self.data
     }
 
     /// The whole file's bytes.
@@ -650,21 +682,5 @@ impl<D> std::ops::Deref for Gguf<D> {
     type Target = GgufHeader;
     fn deref(&self) -> &GgufHeader {
         &self.header
-    }
-}
-
-impl GgufFile {
-    /// Maps the file at `path` (once) and parses it.
-    pub fn open(path: impl AsRef<Path>) -> Result<GgufFile> {
-        let path = path.as_ref();
-        let io = |source| GgufError::Io {
-            path: path.display().to_string(),
-            source,
-        };
-        let file = std::fs::File::open(path).map_err(io)?;
-        // SAFETY: the map is read-only; like every mmap-based model loader we
-        // rely on the file not being truncated or rewritten while mapped.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        Gguf::from_data(mmap)
     }
 }

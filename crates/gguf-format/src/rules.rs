@@ -8,7 +8,7 @@ use crate::reader::{
     MAX_ALIGNMENT, MAX_ARRAY_DEPTH, MAX_ARRAY_LEN, MAX_DIMS, MAX_NAME_LEN, MAX_STRING_LEN,
 };
 use crate::types::GgmlType;
-use crate::value::Value;
+use crate::value::{Array, Value, ValueType};
 
 /// Dimensions must be below this: ggml stores them as `int64_t`.
 pub(crate) const DIM_LIMIT: u64 = 1 << 63;
@@ -97,30 +97,45 @@ pub(crate) fn shape(ggml_type: GgmlType, dims: &[u64]) -> Result<u64, String> {
 pub(crate) fn value(v: &Value, depth: usize) -> Result<(), String> {
     match v {
         Value::String(s) => string_len(s.len() as u64, "string value"),
-        Value::Array(a) => {
-            if depth >= MAX_ARRAY_DEPTH {
-                return Err(format!("arrays nested deeper than {MAX_ARRAY_DEPTH}"));
-            }
-            if a.values.len() as u64 > MAX_ARRAY_LEN {
-                return Err(format!(
-                    "array length {} exceeds the limit of {MAX_ARRAY_LEN}",
-                    a.values.len()
-                ));
-            }
-            for (i, e) in a.values.iter().enumerate() {
-                if e.value_type() != a.element_type {
-                    return Err(format!(
-                        "array of {} has a {} at index {i}",
-                        a.element_type.name(),
-                        e.type_name()
-                    ));
-                }
-                value(e, depth + 1).map_err(|m| format!("element {i}: {m}"))?;
-            }
-            Ok(())
-        }
+        Value::Array(a) => array(a, depth),
         _ => Ok(()),
     }
+}
+
+/// [`value`] for an array.
+fn array(a: &Array, depth: usize) -> Result<(), String> {
+    if depth >= MAX_ARRAY_DEPTH {
+        return Err(format!("arrays nested deeper than {MAX_ARRAY_DEPTH}"));
+    }
+    if a.len() as u64 > MAX_ARRAY_LEN {
+        return Err(format!(
+            "array length {} exceeds the limit of {MAX_ARRAY_LEN}",
+            a.len()
+        ));
+    }
+    if let Some((i, found)) = a.first_mismatch() {
+        return Err(format!(
+            "array of {} has a {found} at index {i}",
+            a.element_type().name()
+        ));
+    }
+    match a.element_type() {
+        ValueType::String => {
+            for (i, s) in a.strings().into_iter().flatten().enumerate() {
+                string_len(s.len() as u64, "string value")
+                    .map_err(|m| format!("element {i}: {m}"))?;
+            }
+        }
+        ValueType::Array => {
+            for i in 0..a.len() {
+                if let Some(e) = a.get_array(i) {
+                    array(e, depth + 1).map_err(|m| format!("element {i}: {m}"))?;
+                }
+            }
+        }
+        _ => {}
+    }
+    Ok(())
 }
 
 /// Checks a string length against [`MAX_STRING_LEN`].

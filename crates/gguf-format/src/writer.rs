@@ -279,19 +279,23 @@ impl<'a> GgufWriter<'a> {
         Ok(out)
     }
 
-    /// Writes the file to `path` (created or truncated).
+    /// Writes the file to `path`: into a temporary file beside it, renamed
+    /// over `path` once complete ([`OutputFile`](crate::OutputFile)). A
+    /// failed write leaves `path` as it was, and a process that has the old
+    /// file open or mapped (the file being requantized) keeps its bytes.
     pub fn write_file(&self, path: impl AsRef<Path>) -> Result<u64> {
         let path = path.as_ref();
         let io = |source| GgufError::Io {
             path: path.display().to_string(),
             source,
         };
-        let file = std::fs::File::create(path).map_err(io)?;
-        self.write_to(std::io::BufWriter::new(file))
-            .map_err(|e| match e {
-                GgufError::WriteIo { source } => io(source),
-                e => e,
-            })
+        let mut out = crate::OutputFile::create(path)?;
+        let written = self.write_to(&mut out).map_err(|e| match e {
+            GgufError::WriteIo { source } => io(source),
+            e => e,
+        })?;
+        out.commit()?;
+        Ok(written)
     }
 }
 
@@ -321,11 +325,9 @@ fn put_value(out: &mut Vec<u8>, value: &Value) {
         Value::I64(v) => out.extend_from_slice(&v.to_le_bytes()),
         Value::F64(v) => out.extend_from_slice(&v.to_le_bytes()),
         Value::Array(a) => {
-            out.extend_from_slice(&(a.element_type as u32).to_le_bytes());
-            out.extend_from_slice(&(a.values.len() as u64).to_le_bytes());
-            for v in &a.values {
-                put_value(out, v);
-            }
+            out.extend_from_slice(&(a.element_type() as u32).to_le_bytes());
+            out.extend_from_slice(&(a.len() as u64).to_le_bytes());
+            a.encode_elements(out, put_value);
         }
     }
 }

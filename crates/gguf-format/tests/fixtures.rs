@@ -57,17 +57,17 @@ fn synth_f32() {
         .all(|c| f32::from_le_bytes(c.try_into().unwrap()).is_finite()));
     let tokens = f.get_array("tokenizer.ggml.tokens").unwrap();
     assert_eq!(
-        (tokens.element_type, tokens.len()),
+        (tokens.element_type(), tokens.len()),
         (ValueType::String, 384)
     );
-    assert_eq!(tokens.values[1].as_str(), Some("<s>"));
+    assert_eq!(tokens.get_str(1), Some("<s>"));
     assert_eq!(
-        f.get_array("tokenizer.ggml.scores").unwrap().element_type,
+        f.get_array("tokenizer.ggml.scores").unwrap().element_type(),
         ValueType::F32
     );
     assert_eq!(
-        f.get_array("tokenizer.ggml.token_type").unwrap().values[0],
-        Value::I32(2)
+        f.get_array("tokenizer.ggml.token_type").unwrap().get(0),
+        Some(Value::I32(2))
     );
     assert!(f.tensors().iter().all(|t| t.ggml_type == GgmlType::F32));
     check_layout(&f);
@@ -111,7 +111,7 @@ fn vocab_files() {
         assert_eq!(f.get_str("tokenizer.ggml.model").unwrap(), model);
         let tokens = f.get_array("tokenizer.ggml.tokens").unwrap();
         assert_eq!(
-            (tokens.element_type, tokens.len()),
+            (tokens.element_type(), tokens.len()),
             (ValueType::String, n_tokens)
         );
         assert_eq!(
@@ -122,10 +122,7 @@ fn vocab_files() {
     }
     let gpt2 = GgufFile::open(fixture("vocab/ggml-vocab-gpt-2.gguf")).unwrap();
     let merges = gpt2.get_array("tokenizer.ggml.merges").unwrap();
-    assert_eq!(
-        (merges.len(), merges.values[0].as_str()),
-        (50000, Some("Ġ t"))
-    );
+    assert_eq!((merges.len(), merges.get_str(0)), (50000, Some("Ġ t")));
 }
 
 #[test]

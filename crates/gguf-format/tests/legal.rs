@@ -102,12 +102,9 @@ fn arrays_nested_three_deep() {
         .u64(0);
     let h = GgufHeader::parse(&raw.0).unwrap();
     let outer = h.get_array("k").unwrap();
-    let middle = outer.values[0].as_array().unwrap();
-    assert_eq!(middle.values[0], Value::Array(vec![5u8].into()));
-    assert_eq!(
-        middle.values[1].as_array().unwrap().element_type,
-        ValueType::Bool
-    );
+    let middle = outer.get_array(0).unwrap();
+    assert_eq!(middle.get(0), Some(Value::Array(vec![5u8].into())));
+    assert_eq!(middle.get_array(1).unwrap().element_type(), ValueType::Bool);
 }
 
 #[test]

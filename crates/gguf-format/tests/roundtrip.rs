@@ -12,9 +12,9 @@ fn same(a: &Value, b: &Value) -> bool {
         (Value::F32(x), Value::F32(y)) => x.to_bits() == y.to_bits(),
         (Value::F64(x), Value::F64(y)) => x.to_bits() == y.to_bits(),
         (Value::Array(x), Value::Array(y)) => {
-            x.element_type == y.element_type
-                && x.values.len() == y.values.len()
-                && x.values.iter().zip(&y.values).all(|(a, b)| same(a, b))
+            x.element_type() == y.element_type()
+                && x.len() == y.len()
+                && x.iter().zip(y.iter()).all(|(a, b)| same(&a, &b))
         }
         _ => a == b,
     }

@@ -1,5 +1,6 @@
 //! The crate's one integration-test binary.
 
+mod files;
 mod fixtures;
 mod legal;
 mod reject;

@@ -210,7 +210,7 @@ impl Config {
         let n_vocab = match opt_uint(h, &k("vocab_size"))? {
             Some(v) => v,
             None => match h.get("tokenizer.ggml.tokens") {
-                Some(Value::Array(t)) => t.values.len(),
+                Some(Value::Array(t)) => t.len(),
                 _ => embd_rows,
             },
         };

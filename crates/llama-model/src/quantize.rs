@@ -219,7 +219,7 @@ fn uint_value(v: &Value) -> Option<u64> {
         Value::I16(x) => u64::try_from(*x).ok(),
         Value::I32(x) => u64::try_from(*x).ok(),
         Value::I64(x) => u64::try_from(*x).ok(),
-        Value::Array(a) => a.values.first().and_then(uint_value),
+        Value::Array(a) => a.get(0).as_ref().and_then(uint_value),
         _ => None,
     }
 }

@@ -4,7 +4,7 @@
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{BuildHasherDefault, Hasher};
 
-use gguf_format::{GgufHeader, Value, ValueType};
+use gguf_format::{Array, GgufHeader, Value, ValueType};
 
 use crate::pre::{pre_config, PreConfig};
 use crate::unicode::PreTokenizer;
@@ -208,10 +208,10 @@ fn array_of<'a>(
     header: &'a GgufHeader,
     key: &str,
     types: &[ValueType],
-) -> Result<Option<&'a [Value]>, TokenizerError> {
+) -> Result<Option<&'a Array>, TokenizerError> {
     match header.get(key) {
         None => Ok(None),
-        Some(Value::Array(a)) if types.contains(&a.element_type) => Ok(Some(&a.values)),
+        Some(Value::Array(a)) if types.contains(&a.element_type()) => Ok(Some(a)),
         Some(v) => Err(invalid(
             key,
             format!("expected array of {:?}, found {}", types, v.type_name()),
@@ -307,8 +307,8 @@ impl Tokenizer {
         let mut tokens = Vec::with_capacity(n_tokens);
         let mut token_to_id: FxMap<String, u32> = FxMap::default();
         token_to_id.reserve(n_tokens);
-        for (i, w) in words.iter().enumerate() {
-            let mut text = w.as_str().unwrap_or_default().to_string();
+        for i in 0..n_tokens {
+            let mut text = words.get_str(i).unwrap_or_default().to_string();
             if text.is_empty() {
                 // llama.cpp names empty tokens so that the map stays one-to-one.
                 text = format!("[EMPTY_{i}]");
@@ -319,12 +319,12 @@ impl Tokenizer {
                     format!("duplicate token {text:?} has ids {prev} and {i}"),
                 ));
             }
-            let score = match scores.map(|s| &s[i]) {
-                Some(Value::F32(f)) => *f,
-                Some(Value::I32(x)) => *x as f32,
+            let score = match scores.and_then(|s| s.get(i)) {
+                Some(Value::F32(f)) => f,
+                Some(Value::I32(x)) => x as f32,
                 _ => 0.0,
             };
-            let (token_type, attr) = match types.map(|t| &t[i]) {
+            let (token_type, attr) = match types.and_then(|t| t.get(i)) {
                 None => (TokenType::Normal, attr::NORMAL),
                 Some(Value::I32(1)) => (TokenType::Normal, attr::NORMAL),
                 Some(Value::I32(2)) => (TokenType::Unknown, attr::UNKNOWN),
@@ -352,8 +352,7 @@ impl Tokenizer {
                     })?;
                 let mut ranks: FxMap<String, u32> = FxMap::default();
                 ranks.reserve(merges.len());
-                for (rank, m) in merges.iter().enumerate() {
-                    let line = m.as_str().unwrap_or_default();
+                for (rank, line) in merges.strings().into_iter().flatten().enumerate() {
                     // llama.cpp splits at the first space after the first byte;
                     // a line without one becomes the pair ("", "").
                     let split = line.bytes().skip(1).position(|b| b == b' ').map(|p| p + 1);
