@@ -17,6 +17,7 @@ mod inspect;
 mod logits;
 mod perplexity;
 mod quantize;
+mod serve;
 mod template;
 mod tokenize;
 
@@ -51,6 +52,8 @@ enum Commands {
     Quantize(quantize::Args),
     /// Perplexity of a model on a text, or its KL divergence from a base model's saved logits.
     Perplexity(perplexity::Args),
+    /// Serve the model over HTTP: an OpenAI-compatible API with continuous batching.
+    Serve(serve::Args),
 }
 
 /// What a subcommand returns: its error is printed as one line.
@@ -69,6 +72,7 @@ fn main() -> ExitCode {
         Commands::Template(args) => template::run(args),
         Commands::Quantize(args) => quantize::run(args),
         Commands::Perplexity(args) => perplexity::run(args),
+        Commands::Serve(args) => serve::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -169,22 +169,11 @@ impl<'t, E: Engine> Generator<'t, E> {
                     .template
                     .as_ref()
                     .ok_or(GenerateError::NoChatTemplate)?;
-                let text_of = |id: Option<u32>| {
-                    id.and_then(|id| tok.token_text(id))
-                        .unwrap_or_default()
-                        .to_string()
-                };
                 let ctx = ChatContext {
                     messages: messages.to_vec(),
-                    add_generation_prompt: true,
-                    bos_token: text_of(tok.bos()),
-                    eos_token: text_of(tok.eos()),
                     ..ChatContext::default()
                 };
-                let text = template.render(&ctx)?;
-                // Templates that write the BOS text themselves get no second one.
-                let has_bos = !ctx.bos_token.is_empty() && text.starts_with(&ctx.bos_token);
-                tok.encode(&text, !has_bos, true)?
+                tokenize_chat(tok, template, ctx)?
             }
         })
     }
@@ -284,6 +273,29 @@ impl<'t, E: Engine> Generator<'t, E> {
         }
         stream.into_completion()
     }
+}
+
+/// The tokens of a conversation rendered with `template` and followed by the
+/// opening of the assistant's turn: `ctx`'s messages and extra variables
+/// (`tools`, ...), with `add_generation_prompt` set and the BOS/EOS texts
+/// filled in from `tok`. BOS is added unless the template wrote it.
+pub fn tokenize_chat(
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+    mut ctx: ChatContext,
+) -> Result<Vec<u32>, GenerateError> {
+    let text_of = |id: Option<u32>| {
+        id.and_then(|id| tok.token_text(id))
+            .unwrap_or_default()
+            .to_string()
+    };
+    ctx.add_generation_prompt = true;
+    ctx.bos_token = text_of(tok.bos());
+    ctx.eos_token = text_of(tok.eos());
+    let text = template.render(&ctx)?;
+    // Templates that write the BOS text themselves get no second one.
+    let has_bos = !ctx.bos_token.is_empty() && text.starts_with(&ctx.bos_token);
+    Ok(tok.encode(&text, !has_bos, true)?)
 }
 
 /// Generated text, piece by piece: each item is a non-empty run of complete

@@ -41,12 +41,15 @@ mod engine;
 mod error;
 mod generator;
 pub mod sampler;
-mod stop;
+pub mod stop;
 mod timings;
 
 pub use chat::Chat;
 pub use engine::Engine;
 pub use error::GenerateError;
-pub use generator::{Completion, GenerateOptions, Generator, Prompt, StopReason, Stream};
+pub use generator::{
+    tokenize_chat, Completion, GenerateOptions, Generator, Prompt, StopReason, Stream,
+};
 pub use sampler::{Sampler, SamplerConfig};
+pub use stop::StopFilter;
 pub use timings::Timings;

@@ -4,15 +4,17 @@
 //! next piece shows whether it is one: `"Hello\n\nUs"` with stop string
 //! `"\nUser:"` releases `"Hello"` and holds `"\n\nUs"`.
 
-/// Filters streamed text for stop strings.
+/// Filters streamed text for stop strings: [`StopFilter::push`] each piece,
+/// release what it returns, and [`StopFilter::finish`] at the end.
 #[derive(Clone, Debug, Default)]
-pub(crate) struct StopFilter {
+pub struct StopFilter {
     stops: Vec<String>,
     held: String,
 }
 
 /// What [`StopFilter::push`] decided.
-pub(crate) struct Filtered {
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Filtered {
     /// Text that can be released now.
     pub text: String,
     /// Whether a stop string was found (everything from it on is dropped).
@@ -20,6 +22,7 @@ pub(crate) struct Filtered {
 }
 
 impl StopFilter {
+    /// A filter for `stops` (none: every piece passes at once).
     pub fn new(stops: &[String]) -> StopFilter {
         StopFilter {
             stops: stops.to_vec(),

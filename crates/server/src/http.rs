@@ -1,0 +1,736 @@
+//! The HTTP side: routes, authentication, request checking, and responses —
+//! whole JSON bodies or server-sent events — built from a job's events.
+
+use std::convert::Infallible;
+use std::future::IntoFuture;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::State;
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use tokio::sync::mpsc;
+
+use crate::api::{self, BadRequest, Finish, GenParams, PromptInput, TokenLogprob, Usage};
+use crate::scheduler::{Event, Job, ModelInfo, Refused, Shared};
+use crate::ServerError;
+
+/// An error answered as OpenAI's `{"error": {"message", "type", "param", "code"}}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    message: String,
+    kind: &'static str,
+    param: Option<&'static str>,
+    code: Option<&'static str>,
+    retry_after: Option<u64>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> ApiError {
+        ApiError {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+            retry_after: None,
+        }
+    }
+
+    fn with_code(mut self, code: &'static str) -> ApiError {
+        self.code = Some(code);
+        self
+    }
+
+    fn body(&self) -> Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+}
+
+impl From<BadRequest> for ApiError {
+    fn from(e: BadRequest) -> ApiError {
+        ApiError {
+            status: StatusCode::BAD_REQUEST,
+            message: e.message,
+            kind: "invalid_request_error",
+            param: e.param,
+            code: e.code,
+            retry_after: None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, json_body(&self.body())).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+fn json_body(v: &Value) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        serde_json::to_vec(v).expect("JSON values serialize"),
+    )
+        .into_response()
+}
+
+fn bad(message: impl Into<String>) -> ApiError {
+    BadRequest::new(message).into()
+}
+
+/// Serves until shutdown begins (or Ctrl-C/SIGTERM with `handle_signals`),
+/// then stops accepting and lets open responses finish.
+pub(crate) fn run(shared: Arc<Shared>, listener: std::net::TcpListener) -> Result<(), ServerError> {
+    let io = |context: &str| {
+        let context = context.to_string();
+        move |source| ServerError::Io { context, source }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(io("starting the async runtime"))?;
+    runtime.block_on(async move {
+        listener.set_nonblocking(true).map_err(io("listener"))?;
+        let listener = tokio::net::TcpListener::from_std(listener).map_err(io("listener"))?;
+        let app = router(shared.clone());
+        let stop = {
+            let shared = shared.clone();
+            let mut begun = shared.shutdown_signal();
+            async move {
+                tokio::select! {
+                    _ = begun.wait_for(|&v| v) => {}
+                    _ = signals(), if shared.opts.handle_signals => {
+                        tracing::info!("signal received");
+                        shared.begin_shutdown();
+                    }
+                }
+            }
+        };
+        let serve = axum::serve(listener, app)
+            .with_graceful_shutdown(stop)
+            .into_future();
+        // Open responses end by the scheduler's grace deadline; a client that
+        // keeps a connection open past it is not waited for.
+        let mut begun = shared.shutdown_signal();
+        let grace = shared.opts.shutdown_grace + Duration::from_secs(5);
+        tokio::select! {
+            r = serve => r.map_err(io("serving")),
+            _ = async { let _ = begun.wait_for(|&v| v).await; tokio::time::sleep(grace).await } => {
+                tracing::warn!("connections still open after the grace period: closing");
+                Ok(())
+            }
+        }
+    })
+}
+
+async fn signals() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = tokio::signal::ctrl_c() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn router(shared: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/health", get(health))
+        .route("/v1/models", get(models))
+        .route("/v1/chat/completions", post(chat))
+        .route("/v1/completions", post(completions))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(shared)
+}
+
+async fn not_found() -> ApiError {
+    ApiError::new(StatusCode::NOT_FOUND, "not_found_error", "no such endpoint")
+        .with_code("not_found")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "invalid_request_error",
+        "method not allowed on this endpoint",
+    )
+}
+
+/// With `--api-key`: `Authorization: Bearer KEY`, compared in constant time.
+fn authorize(shared: &Shared, headers: &HeaderMap) -> Result<(), ApiError> {
+    let Some(key) = &shared.opts.api_key else {
+        return Ok(());
+    };
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("");
+    let same = given.len() == key.len()
+        && given
+            .bytes()
+            .zip(key.bytes())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+            == 0;
+    if same {
+        Ok(())
+    } else {
+        Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "authentication_error",
+            "invalid or missing API key (Authorization: Bearer KEY)",
+        )
+        .with_code("invalid_api_key"))
+    }
+}
+
+fn loaded(shared: &Shared) -> Result<&ModelInfo, ApiError> {
+    shared.model.get().ok_or_else(|| {
+        let mut e = ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "server_error",
+            "the model is loading",
+        )
+        .with_code("model_loading");
+        e.retry_after = Some(1);
+        e
+    })
+}
+
+async fn health(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.model.get().is_some() {
+        json_body(&json!({"status": "ok"}))
+    } else {
+        let mut r = json_body(&json!({"status": "loading"}));
+        *r.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+        r
+    }
+}
+
+async fn models(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&shared, &headers)?;
+    Ok(json_body(&json!({
+        "object": "list",
+        "data": [{
+            "id": shared.opts.model_name,
+            "object": "model",
+            "created": now(),
+            "owned_by": "strata",
+        }],
+    })))
+}
+
+async fn metrics(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&shared, &headers)?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        shared.metrics.render(),
+    )
+        .into_response())
+}
+
+fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default()
+        .as_secs()
+}
+
+/// A request id: a prefix and a number unique in this process.
+fn request_id(prefix: &str) -> String {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    format!("{prefix}-{}", NEXT.fetch_add(1, Relaxed))
+}
+
+/// Counts the request, and the 4xx answers.
+fn counted(shared: &Shared, result: Result<Response, ApiError>) -> Response {
+    shared.metrics.requests.fetch_add(1, Relaxed);
+    let response = result.unwrap_or_else(IntoResponse::into_response);
+    if response.status().is_client_error() {
+        shared.metrics.requests_invalid.fetch_add(1, Relaxed);
+    }
+    response
+}
+
+/// Checks the prompt's length and queues the job; the job's events come back on the receiver.
+fn submit(
+    shared: &Shared,
+    info: &ModelInfo,
+    id: &str,
+    prompt: Vec<u32>,
+    params: GenParams,
+) -> Result<mpsc::UnboundedReceiver<Event>, ApiError> {
+    if prompt.is_empty() {
+        return Err(bad("the prompt is empty (no tokens)"));
+    }
+    if prompt.len() >= info.n_ctx {
+        return Err(ApiError::from(BadRequest {
+            message: format!(
+                "the prompt has {} tokens but the context holds {} per request (--ctx): it must be shorter than the context",
+                prompt.len(),
+                info.n_ctx
+            ),
+            param: Some("messages"),
+            code: Some("context_length_exceeded"),
+        }));
+    }
+    let (tx, rx) = mpsc::unbounded_channel();
+    let job = Job {
+        id: id.to_string(),
+        prompt,
+        params,
+        events: tx,
+    };
+    match shared.submit(job) {
+        Ok(()) => Ok(rx),
+        Err(refused) => {
+            shared.metrics.requests_rejected.fetch_add(1, Relaxed);
+            let message = match refused {
+                Refused::QueueFull => "the server is busy: the queue is full, retry later",
+                Refused::ShuttingDown => "the server is shutting down",
+            };
+            let mut e = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+                .with_code("unavailable");
+            e.retry_after = Some(1);
+            Err(e)
+        }
+    }
+}
+
+/// A job's whole result.
+struct Collected {
+    text: String,
+    logprobs: Vec<TokenLogprob>,
+    finish: Finish,
+    usage: Usage,
+}
+
+async fn collect(mut rx: mpsc::UnboundedReceiver<Event>) -> Result<Collected, ApiError> {
+    let mut text = String::new();
+    let mut logprobs = Vec::new();
+    while let Some(event) = rx.recv().await {
+        match event {
+            Event::Text {
+                text: t,
+                logprobs: l,
+            } => {
+                text.push_str(&t);
+                logprobs.extend(l);
+            }
+            Event::Done { finish, usage } => {
+                return Ok(Collected {
+                    text,
+                    logprobs,
+                    finish,
+                    usage,
+                })
+            }
+            Event::Error(message) => {
+                return Err(ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "server_error",
+                    message,
+                ))
+            }
+        }
+    }
+    Err(ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        "generation ended without a result",
+    ))
+}
+
+fn sse(v: &Value) -> String {
+    format!("data: {v}\n\n")
+}
+
+/// Server-sent events: `first` (if any), then one event per job event as
+/// `chunk` makes them, then `data: [DONE]`.
+fn sse_response(
+    first: Option<String>,
+    rx: mpsc::UnboundedReceiver<Event>,
+    chunk: impl Fn(Event) -> (String, bool) + Send + 'static,
+) -> Response {
+    let events = futures_util::stream::unfold(Some((rx, chunk)), |state| async move {
+        let (mut rx, chunk) = state?;
+        let event = rx.recv().await?;
+        let (text, last) = chunk(event);
+        Some((text, if last { None } else { Some((rx, chunk)) }))
+    })
+    .filter(|s| std::future::ready(!s.is_empty()));
+    let stream = futures_util::stream::iter(first)
+        .chain(events)
+        .map(|s| Ok::<_, Infallible>(Bytes::from(s)));
+    (
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+        ],
+        Body::from_stream(stream),
+    )
+        .into_response()
+}
+
+async fn chat(State(shared): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+    let result = match chat_response(&shared, &headers, &body) {
+        Ok(Reply::Stream(r)) => Ok(r),
+        Ok(Reply::Whole(rx, finish)) => collect(rx).await.map(finish),
+        Err(e) => Err(e),
+    };
+    counted(&shared, result)
+}
+
+/// A response streamed, or one built when the job ends.
+enum Reply {
+    Stream(Response),
+    Whole(
+        mpsc::UnboundedReceiver<Event>,
+        Box<dyn FnOnce(Collected) -> Response + Send>,
+    ),
+}
+
+fn chat_response(
+    shared: &Arc<Shared>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    authorize(shared, headers)?;
+    let info = loaded(shared)?;
+    let req: api::ChatRequest = api::parse(body)?;
+    api::check_n(req.n)?;
+    let max_tokens = match req.max_completion_tokens {
+        Some(_) => api::check_max_tokens("max_completion_tokens", req.max_completion_tokens)?,
+        None => api::check_max_tokens("max_tokens", req.max_tokens)?,
+    };
+    match req
+        .response_format
+        .as_ref()
+        .map(|f| f.get("type").and_then(Value::as_str))
+    {
+        None | Some(Some("text")) => {}
+        Some(Some(kind)) => {
+            return Err(bad(format!(
+                "response_format type {kind:?} is not supported yet"
+            )))
+        }
+        Some(None) => return Err(bad("response_format needs a \"type\"")),
+    }
+    let top_logprobs = match (req.logprobs, req.top_logprobs) {
+        (_, Some(n)) if n > 20 => {
+            return Err(bad(format!("top_logprobs {n} is out of range: at most 20")))
+        }
+        (Some(true), n) => Some(n.unwrap_or(0) as usize),
+        (_, Some(_)) => return Err(bad("top_logprobs needs logprobs: true")),
+        _ => None,
+    };
+    let include_usage = req
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    if req.stream_options.is_some() && req.stream != Some(true) {
+        return Err(bad("stream_options needs stream: true"));
+    }
+    let params = GenParams {
+        max_tokens,
+        sampler: req.sampling.config(info.n_vocab)?,
+        stop: api::stops(req.stop)?,
+        top_logprobs,
+    };
+    let messages = api::normalize_messages(req.messages)?;
+    let ctx = tokenizer::chat::ChatContext {
+        messages,
+        ..Default::default()
+    };
+    let prompt = generate::tokenize_chat(&info.tokenizer, &info.template, ctx)
+        .map_err(|e| bad(format!("the chat template failed on these messages: {e}")))?;
+    let id = request_id("chatcmpl");
+    let rx = submit(shared, info, &id, prompt, params)?;
+    let created = now();
+    let model = shared.opts.model_name.clone();
+    let with_logprobs = top_logprobs.is_some();
+    if req.stream == Some(true) {
+        let chunk = move |delta: Value, finish: Option<&str>, logprobs: Value| {
+            let mut c = json!({
+                "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}],
+            });
+            if include_usage {
+                c["usage"] = Value::Null;
+            }
+            c
+        };
+        let first = sse(&chunk(
+            json!({"role": "assistant", "content": ""}),
+            None,
+            Value::Null,
+        ));
+        let shared = shared.clone();
+        let on_event = move |event: Event| match event {
+            Event::Text { text, logprobs } => {
+                let info = shared.model.get().expect("loaded");
+                let lp = if with_logprobs {
+                    api::chat_logprobs(&info.tokenizer, &logprobs)
+                } else {
+                    Value::Null
+                };
+                (sse(&chunk(json!({"content": text}), None, lp)), false)
+            }
+            Event::Done { finish, usage } => {
+                let mut out = sse(&chunk(json!({}), Some(finish.as_str()), Value::Null));
+                if include_usage {
+                    let mut u = chunk(json!({}), None, Value::Null);
+                    u["choices"] = json!([]);
+                    u["usage"] = usage.to_json();
+                    out.push_str(&sse(&u));
+                }
+                out.push_str("data: [DONE]\n\n");
+                (out, true)
+            }
+            Event::Error(message) => (
+                sse(
+                    &ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+                        .body(),
+                ),
+                true,
+            ),
+        };
+        return Ok(Reply::Stream(sse_response(Some(first), rx, on_event)));
+    }
+    let shared = shared.clone();
+    Ok(Reply::Whole(
+        rx,
+        Box::new(move |done: Collected| {
+            let info = shared.model.get().expect("loaded");
+            let logprobs = if with_logprobs {
+                api::chat_logprobs(&info.tokenizer, &done.logprobs)
+            } else {
+                Value::Null
+            };
+            json_body(&json!({
+                "id": id, "object": "chat.completion", "created": created, "model": model,
+                "choices": [{
+                    "index": 0,
+                    "message": {"role": "assistant", "content": done.text},
+                    "logprobs": logprobs,
+                    "finish_reason": done.finish.as_str(),
+                }],
+                "usage": done.usage.to_json(),
+            }))
+        }),
+    ))
+}
+
+async fn completions(
+    State(shared): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let result = match completion_response(&shared, &headers, &body) {
+        Ok(Reply::Stream(r)) => Ok(r),
+        Ok(Reply::Whole(rx, finish)) => collect(rx).await.map(finish),
+        Err(e) => Err(e),
+    };
+    counted(&shared, result)
+}
+
+fn completion_response(
+    shared: &Arc<Shared>,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<Reply, ApiError> {
+    authorize(shared, headers)?;
+    let info = loaded(shared)?;
+    let req: api::CompletionRequest = api::parse(body)?;
+    api::check_n(req.n)?;
+    if req.best_of.is_some_and(|b| b != 1) {
+        return Err(bad("best_of is not supported: only 1"));
+    }
+    if req.suffix.as_deref().is_some_and(|s| !s.is_empty()) {
+        return Err(bad("suffix is not supported"));
+    }
+    let max_tokens = api::check_max_tokens("max_tokens", req.max_tokens)?.or(Some(16));
+    let top_logprobs = match req.logprobs {
+        Some(n) if n > 20 => return Err(bad(format!("logprobs {n} is out of range: at most 20"))),
+        n => n.map(|n| n as usize),
+    };
+    if req.stream_options.is_some() && req.stream != Some(true) {
+        return Err(bad("stream_options needs stream: true"));
+    }
+    let include_usage = req
+        .stream_options
+        .as_ref()
+        .and_then(|o| o.include_usage)
+        .unwrap_or(false);
+    let echo = req.echo.unwrap_or(false);
+    if echo && top_logprobs.is_some() {
+        return Err(bad("echo with logprobs is not supported"));
+    }
+    let tok = &info.tokenizer;
+    let one = |n: usize| {
+        if n == 1 {
+            Ok(())
+        } else {
+            Err(bad(format!(
+                "prompt: {n} prompts given, only one per request is supported"
+            )))
+        }
+    };
+    let (prompt, prompt_text) = match req.prompt {
+        PromptInput::Text(text) => (encode(tok, &text)?, text),
+        PromptInput::Texts(mut texts) => {
+            one(texts.len())?;
+            let text = texts.pop().expect("one");
+            (encode(tok, &text)?, text)
+        }
+        PromptInput::Tokens(ids) => {
+            let text = check_ids(info, &ids)?;
+            (ids, text)
+        }
+        PromptInput::TokenLists(mut lists) => {
+            one(lists.len())?;
+            let ids = lists.pop().expect("one");
+            let text = check_ids(info, &ids)?;
+            (ids, text)
+        }
+    };
+    let params = GenParams {
+        max_tokens,
+        sampler: req.sampling.config(info.n_vocab)?,
+        stop: api::stops(req.stop)?,
+        top_logprobs,
+    };
+    let id = request_id("cmpl");
+    let rx = submit(shared, info, &id, prompt, params)?;
+    let created = now();
+    let model = shared.opts.model_name.clone();
+    let echoed = if echo { prompt_text } else { String::new() };
+    if req.stream == Some(true) {
+        let chunk = move |text: &str, finish: Option<&str>, logprobs: Value| {
+            let mut c = json!({
+                "id": id, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}],
+            });
+            if include_usage {
+                c["usage"] = Value::Null;
+            }
+            c
+        };
+        let first = (!echoed.is_empty()).then(|| sse(&chunk(&echoed, None, Value::Null)));
+        let shared = shared.clone();
+        let text_offset = std::sync::atomic::AtomicUsize::new(echoed.len());
+        let on_event = move |event: Event| match event {
+            Event::Text { text, logprobs } => {
+                let info = shared.model.get().expect("loaded");
+                let at = text_offset.fetch_add(text.len(), Relaxed);
+                let lp = if top_logprobs.is_some() {
+                    api::completion_logprobs(&info.tokenizer, &logprobs, at)
+                } else {
+                    Value::Null
+                };
+                (sse(&chunk(&text, None, lp)), false)
+            }
+            Event::Done { finish, usage } => {
+                let mut out = sse(&chunk("", Some(finish.as_str()), Value::Null));
+                if include_usage {
+                    let mut u = chunk("", None, Value::Null);
+                    u["choices"] = json!([]);
+                    u["usage"] = usage.to_json();
+                    out.push_str(&sse(&u));
+                }
+                out.push_str("data: [DONE]\n\n");
+                (out, true)
+            }
+            Event::Error(message) => (
+                sse(
+                    &ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
+                        .body(),
+                ),
+                true,
+            ),
+        };
+        return Ok(Reply::Stream(sse_response(first, rx, on_event)));
+    }
+    let shared = shared.clone();
+    Ok(Reply::Whole(
+        rx,
+        Box::new(move |done: Collected| {
+            let info = shared.model.get().expect("loaded");
+            let logprobs = if top_logprobs.is_some() {
+                api::completion_logprobs(&info.tokenizer, &done.logprobs, echoed.len())
+            } else {
+                Value::Null
+            };
+            json_body(&json!({
+                "id": id, "object": "text_completion", "created": created, "model": model,
+                "choices": [{
+                    "index": 0,
+                    "text": echoed + &done.text,
+                    "logprobs": logprobs,
+                    "finish_reason": done.finish.as_str(),
+                }],
+                "usage": done.usage.to_json(),
+            }))
+        }),
+    ))
+}
+
+/// A text prompt's tokens, as llama.cpp tokenizes a prompt.
+fn encode(tok: &tokenizer::Tokenizer, text: &str) -> Result<Vec<u32>, ApiError> {
+    tok.encode(text, true, true)
+        .map_err(|e| bad(format!("cannot tokenize the prompt: {e}")))
+}
+
+/// Checks token ids against the vocabulary; returns their text.
+fn check_ids(info: &ModelInfo, ids: &[u32]) -> Result<String, ApiError> {
+    if let Some((i, &id)) = ids
+        .iter()
+        .enumerate()
+        .find(|(_, &id)| id as usize >= info.n_vocab)
+    {
+        return Err(bad(format!(
+            "prompt token {i} is id {id}, outside the vocabulary of {}",
+            info.n_vocab
+        )));
+    }
+    Ok(info.tokenizer.decode(ids))
+}

@@ -1,0 +1,5 @@
+//! Integration tests of `strata serve`'s HTTP API on the default model.
+
+mod common;
+mod http;
+mod openai_client;
