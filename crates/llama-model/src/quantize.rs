@@ -112,6 +112,10 @@ file_types! {
     IQ4_XS = 30, "IQ4_XS", IQ4_XS;
     /// 2-D weights `BF16`.
     BF16 = 32, "BF16", BF16;
+    /// `Q1_0` (signs and a mean magnitude per 128 weights), output `Q6_K`.
+    Q1_0 = 40, "Q1_0", Q1_0;
+    /// `Q2_0` (2-bit levels per 64 weights), token embeddings `Q4_K`, output `Q6_K`.
+    Q2_0 = 41, "Q2_0", Q2_0;
 }
 
 impl FileType {
@@ -435,7 +439,11 @@ impl Chooser<'_> {
                 ty = G::Q6_K;
             }
         } else if role == Role::TokenEmbd {
-            // Only the IQ1/IQ2/IQ3/TQ mixes change untied embeddings.
+            // Of the mixes here only Q2_0 changes untied embeddings (as the
+            // IQ1/IQ2/IQ3/TQ mixes do).
+            if ft == F::Q2_0 {
+                ty = G::Q4_K;
+            }
         } else if role.is_attn_v() {
             let gqa4 = hp.n_gqa >= 4;
             ty = match ft {
@@ -598,11 +606,12 @@ fn fallback(t: &TensorInfo, wanted: GgmlType) -> Result<GgmlType> {
         | G::IQ3_XXS
         | G::IQ3_S
         | G::IQ4_XS => G::IQ4_NL,
-        G::Q2_K | G::Q3_K | G::TQ1_0 | G::TQ2_0 => G::Q4_0,
+        G::Q2_0 | G::Q2_K | G::Q3_K | G::TQ1_0 | G::TQ2_0 => G::Q4_0,
         G::Q4_K => G::Q5_0,
         G::Q5_K => G::Q5_1,
         G::Q6_K => G::Q8_0,
-        // Already a 32-element block: only F16 is left (below).
+        // Already a 32-element block: only F16 is left (below). Q1_0's
+        // 128-element blocks have no fallback in llama.cpp either.
         _ if block <= 32 => wanted,
         _ => {
             return Err(ModelError::Unsupported(format!(

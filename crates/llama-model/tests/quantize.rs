@@ -7,9 +7,9 @@ use llama_model::quantize::{plan, quantize_model, FileType};
 
 use crate::common::fixture;
 
-const FTYPES: [&str; 14] = [
+const FTYPES: [&str; 16] = [
     "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_0", "Q5_1", "Q4_K_M", "Q4_0", "Q4_1", "Q3_K_M",
-    "Q2_K", "IQ4_NL", "IQ4_XS",
+    "Q2_K", "IQ4_NL", "IQ4_XS", "Q2_0", "Q1_0",
 ];
 
 /// Quantizes synth-F32.gguf to `name` and compares with llama.cpp's file:
@@ -101,6 +101,29 @@ fn rows_that_do_not_fit_256_fall_back() {
         )
     );
     assert_eq!(get("blk.0.attn_norm.weight").to, gguf_format::GgmlType::F32);
+}
+
+#[test]
+fn q2_0_and_q1_0_rows_that_do_not_fit() {
+    // SmolLM2's 576-wide rows: Q2_0 (64) falls back to Q4_0 where a row is
+    // not whole blocks — none here, 576 = 9·64 — and its tied embeddings,
+    // taking the output's Q6_K, to Q8_0; Q1_0's 128-element blocks do not
+    // fit 576 and llama.cpp defines no fallback for them (it throws).
+    let path = model_cache::default_model().unwrap();
+    let file = GgufFile::open(path).unwrap();
+    let choices = plan(file.header(), FileType::Q2_0).unwrap();
+    let get = |n: &str| choices.iter().find(|c| c.name == n).unwrap();
+    assert_eq!(get("blk.0.attn_q.weight").to, gguf_format::GgmlType::Q2_0);
+    let e = get("token_embd.weight");
+    assert_eq!(
+        (e.to, e.fell_back_from),
+        (
+            gguf_format::GgmlType::Q8_0,
+            Some(gguf_format::GgmlType::Q6_K)
+        )
+    );
+    let err = plan(file.header(), FileType::Q1_0).unwrap_err().to_string();
+    assert!(err.contains("do not fit Q1_0"), "{err}");
 }
 
 #[test]

@@ -75,4 +75,9 @@ synth_tests! {
     q2_k => "Q2_K",
     iq4_nl => "IQ4_NL",
     iq4_xs => "IQ4_XS",
+    q2_0 => "Q2_0",
+    q1_0 => "Q1_0",
+    // No llama-quantize file type makes NVFP4: this file is llama-quantize's
+    // Q8_0 with `--tensor-type blk=nvfp4` (every block matrix NVFP4).
+    nvfp4 => "NVFP4",
 }
