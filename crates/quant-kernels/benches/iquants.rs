@@ -1,4 +1,4 @@
-//! Throughput of the i-quant, ternary and MXFP4 kernels in GB/s of weight
+//! Throughput of the i-quant, ternary, MXFP4, NVFP4, Q1_0 and Q2_0 kernels in GB/s of weight
 //! bytes on one thread: dequantization, and the portable and run-time-chosen
 //! (SIMD) dot product over a whole matrix with one activation row.
 //!
@@ -10,7 +10,7 @@ use std::hint::black_box;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use quant_kernels::{dequantize_row, kernels, quantize_row, row_bytes, simd, GgmlType};
 
-const TYPES: [GgmlType; 10] = [
+const TYPES: [GgmlType; 13] = [
     GgmlType::IQ2_XXS,
     GgmlType::IQ2_XS,
     GgmlType::IQ2_S,
@@ -21,6 +21,9 @@ const TYPES: [GgmlType; 10] = [
     GgmlType::TQ1_0,
     GgmlType::TQ2_0,
     GgmlType::MXFP4,
+    GgmlType::NVFP4,
+    GgmlType::Q1_0,
+    GgmlType::Q2_0,
 ];
 
 const ROWS: usize = 1024;
@@ -51,7 +54,8 @@ fn random_blocks(ty: GgmlType, n: usize, seed: u64) -> Vec<u8> {
             GgmlType::TQ1_0 => b[52..54].copy_from_slice(&d),
             GgmlType::TQ2_0 => b[64..66].copy_from_slice(&d),
             GgmlType::MXFP4 => b[0] = 120,
-            GgmlType::IQ1_M => {} // any nibbles: NaN scales cost the same
+            GgmlType::NVFP4 => b[0..4].fill(0x38), // UE4M3 1.0
+            GgmlType::IQ1_M => {}                  // any nibbles: NaN scales cost the same
             _ => b[0..2].copy_from_slice(&d),
         }
     }
