@@ -59,6 +59,32 @@ fn synth_quantized_like_llama_cpp_for_every_file_type() {
 }
 
 #[test]
+fn nvfp4_tensors_quantized_like_llama_cpp() {
+    // No file type makes NVFP4: synth-NVFP4.gguf is llama-quantize's Q8_0
+    // with `--tensor-type blk=nvfp4`, so each of its 14 NVFP4 tensors is
+    // ggml's quantize_row_nvfp4_ref of the tensor in synth-F32.gguf.
+    let input = GgufFile::open(fixture("synth/synth-F32.gguf")).unwrap();
+    let reference = GgufFile::open(fixture("synth/synth-NVFP4.gguf")).unwrap();
+    let mut n = 0;
+    for t in reference.tensors() {
+        if t.ggml_type != gguf_format::GgmlType::NVFP4 {
+            continue;
+        }
+        let src: Vec<f32> = input
+            .tensor_data(input.header().tensor(&t.name).unwrap())
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let want = reference.tensor_data(t);
+        let mut got = vec![0u8; want.len()];
+        quant_kernels::quantize_row(t.ggml_type, &src, &mut got).unwrap();
+        assert!(got == want, "{}", t.name);
+        n += 1;
+    }
+    assert_eq!(n, 14);
+}
+
+#[test]
 fn requantizing_goes_through_f32() {
     // Q8_0 -> Q4_0: all 16 2-D tensors are requantized (the output to Q6_K);
     // the 1-D norms are copied.
