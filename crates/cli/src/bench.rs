@@ -94,7 +94,7 @@ fn peak_rss_kib() -> Option<u64> {
 /// Runs `strata bench`.
 pub fn run(args: Args) -> CmdResult {
     init_threads(args.model.threads)?;
-    let mf = ModelFile::open(args.model.model.as_ref())?;
+    let mf = ModelFile::open_with(args.model.model.as_ref(), !args.model.no_mmap)?;
     let n_ctx = args.n_prompt.max(args.n_gen).max(1);
     let mut loaded = Loaded::load(&mf, args.model.backend, n_ctx)?;
     let mut engine = loaded.engine()?;

@@ -44,7 +44,7 @@ pub fn run(args: Args) -> CmdResult {
     };
     opts.validate().map_err(classify)?;
     init_threads(args.model.threads)?;
-    let mf = ModelFile::open(args.model.model.as_ref())?;
+    let mf = ModelFile::open_with(args.model.model.as_ref(), !args.model.no_mmap)?;
     let mut loaded = Loaded::load(&mf, args.model.backend, args.ctx.unwrap_or(0) as usize)?;
     let engine = loaded.engine()?;
     let generator = Generator::new(engine, &mf.tokenizer)

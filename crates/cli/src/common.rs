@@ -57,6 +57,10 @@ pub struct ModelArgs {
     /// Where to run the model.
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     pub backend: BackendKind,
+    /// Read the model into memory instead of mapping it (a file changed while
+    /// mapped ends the process; one read into memory cannot).
+    #[arg(long)]
+    pub no_mmap: bool,
 }
 
 /// The sampler chain's settings (llama.cpp's defaults and names).
@@ -188,8 +192,16 @@ pub struct ModelFile {
 impl ModelFile {
     /// Opens `--model` (see [`resolve_model`]) or the default model (fetching it on first use).
     pub fn open(model: Option<&PathBuf>) -> Result<ModelFile, Box<dyn std::error::Error>> {
+        ModelFile::open_with(model, true)
+    }
+
+    /// [`ModelFile::open`], mapping the file if `mmap`, else reading it into memory.
+    pub fn open_with(
+        model: Option<&PathBuf>,
+        mmap: bool,
+    ) -> Result<ModelFile, Box<dyn std::error::Error>> {
         let path = resolve_model(model)?;
-        let file = Arc::new(GgufFile::open(&path)?);
+        let file = Arc::new(GgufFile::open_with(&path, mmap)?);
         let tokenizer = Tokenizer::from_gguf(file.header())?;
         Ok(ModelFile {
             file,
@@ -258,8 +270,13 @@ impl Loaded {
         Ok(loaded)
     }
 
-    /// An engine over the model, with an empty KV cache.
+    /// An engine over the model, with an empty KV cache, whose logits are
+    /// checked to be finite ([`FiniteLogits`]).
     pub fn engine(&mut self) -> Result<Box<dyn Engine + '_>, Box<dyn std::error::Error>> {
+        Ok(Box::new(FiniteLogits(self.raw_engine()?)))
+    }
+
+    fn raw_engine(&mut self) -> Result<Box<dyn Engine + '_>, Box<dyn std::error::Error>> {
         match self {
             Loaded::Cpu(model, n_ctx) => Ok(Box::new(model.session(&SessionOptions {
                 n_ctx: *n_ctx,
@@ -275,6 +292,45 @@ impl Loaded {
                 logits: Vec::new(),
             })),
         }
+    }
+}
+
+/// An engine whose logits must be finite: NaN or infinite logits (broken
+/// weights) are an error naming the position, not a token sampled from
+/// garbage (a NaN row's argmax is token 0, often end-of-generation, so the
+/// reply ended silently as "stopped by eog").
+pub struct FiniteLogits<E>(pub E);
+
+/// The error for a row of logits that is not all finite, if it is not.
+pub fn check_finite(logits: &[f32], position: usize) -> Result<(), String> {
+    match logits.iter().position(|x| !x.is_finite()) {
+        None => Ok(()),
+        Some(i) => Err(format!(
+            "the model's logits at position {position} are not finite ({} for token {i}): \
+             its weights hold NaN or infinite values, or overflow",
+            logits[i]
+        )),
+    }
+}
+
+impl<E: Engine> Engine for FiniteLogits<E> {
+    fn n_ctx(&self) -> usize {
+        self.0.n_ctx()
+    }
+    fn n_vocab(&self) -> usize {
+        self.0.n_vocab()
+    }
+    fn n_past(&self) -> usize {
+        self.0.n_past()
+    }
+    fn truncate(&mut self, n: usize) -> Result<(), GenerateError> {
+        self.0.truncate(n)
+    }
+    fn forward_last(&mut self, tokens: &[u32]) -> Result<&[f32], GenerateError> {
+        let position = self.0.n_past() + tokens.len().saturating_sub(1);
+        let logits = self.0.forward_last(tokens)?;
+        check_finite(logits, position).map_err(|m| GenerateError::Engine(m.into()))?;
+        Ok(logits)
     }
 }
 
@@ -389,12 +445,14 @@ impl<B: llama_model::Backend> GraphSession for Session<'_, B> {
 }
 
 impl GraphModel {
-    /// Maps `path` and loads its model on `backend`.
-    pub fn load(
+    /// Loads the model of `path` on `backend`, mapping the file if `mmap`,
+    /// else reading it into memory.
+    pub fn load_with(
         path: &Path,
         backend: BackendKind,
+        mmap: bool,
     ) -> Result<GraphModel, Box<dyn std::error::Error>> {
-        let file = Arc::new(GgufFile::open(path)?);
+        let file = Arc::new(GgufFile::open_with(path, mmap)?);
         Ok(match backend {
             BackendKind::Cpu => GraphModel::Cpu(Model::load_with(
                 &file,

@@ -81,7 +81,7 @@ pub fn run(args: Args) -> CmdResult {
     };
     init_threads(args.model.threads)?;
 
-    let mf = ModelFile::open(args.model.model.as_ref())?;
+    let mf = ModelFile::open_with(args.model.model.as_ref(), !args.model.no_mmap)?;
     let messages: Vec<Message> = args
         .system
         .iter()

@@ -65,17 +65,18 @@ fn to_text(path: &std::path::Path, h: &GgufHeader, size: u64) -> String {
         let count = value.as_array().map_or(1, |a| a.len());
         let _ = writeln!(
             s,
-            "{:>5}  {:<15} {:>8}  {key} = {}",
+            "{:>5}  {:<15} {:>8}  {} = {}",
             i + 1,
             value.type_name(),
             count,
+            escaped(key),
             text_value(value)
         );
     }
-    let name_width = h
-        .tensors()
+    let names: Vec<String> = h.tensors().iter().map(|t| escaped(&t.name)).collect();
+    let name_width = names
         .iter()
-        .map(|t| t.name.len())
+        .map(|n| n.chars().count())
         .max()
         .unwrap_or(4)
         .max(4);
@@ -91,12 +92,12 @@ fn to_text(path: &std::path::Path, h: &GgufHeader, size: u64) -> String {
         "{:>5}  {:<name_width$}  {:<7}  {:<shape_width$}  {:>12}  {:>12}",
         "#", "name", "type", "shape", "file offset", "bytes"
     );
-    for (i, (t, shape)) in h.tensors().iter().zip(&shapes).enumerate() {
+    for (i, ((t, shape), name)) in h.tensors().iter().zip(&shapes).zip(&names).enumerate() {
         let _ = writeln!(
             s,
             "{:>5}  {:<name_width$}  {:<7}  {:<shape_width$}  {:>12}  {:>12}",
             i + 1,
-            t.name,
+            name,
             t.ggml_type.name(),
             shape,
             h.data_offset + t.offset,
@@ -104,6 +105,21 @@ fn to_text(path: &std::path::Path, h: &GgufHeader, size: u64) -> String {
         );
     }
     s
+}
+
+/// A key or tensor name from the file as it may be printed: control
+/// characters (ESC would drive the terminal) and bidirectional overrides
+/// (which reorder what is shown) are escaped as `\u{1b}`.
+fn escaped(name: &str) -> String {
+    name.chars()
+        .map(|c| {
+            if c.is_control() || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}') {
+                c.escape_unicode().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
 
 /// A value as one line of text: strings quoted (and cut when long),

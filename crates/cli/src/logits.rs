@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use llama_model::{KvType, LogitsMode, SessionOptions, Trace};
 
+use crate::common::UsageError;
 use crate::CmdResult;
 
 /// Arguments of `strata logits`.
@@ -35,11 +36,26 @@ pub struct Args {
     /// Where to run the model: the CPU, or a GPU through wgpu (the same graph).
     #[arg(long, value_enum, default_value_t = crate::common::BackendKind::Cpu)]
     backend: crate::common::BackendKind,
+    /// Read the model into memory instead of mapping it.
+    #[arg(long)]
+    no_mmap: bool,
 }
 
 /// Runs `strata logits`.
 pub fn run(args: Args) -> CmdResult {
     let path = crate::common::resolve_model(args.model.as_ref())?;
+    // The output replaces its target only once complete (written beside it,
+    // then renamed), and never the model or the token list.
+    for (input, what) in [(&path, "model"), (&args.tokens, "token list")] {
+        if gguf_format::same_file(input, &args.out) {
+            return Err(UsageError(format!(
+                "--out {} is the {what} {} (same device and inode): choose another output",
+                args.out.display(),
+                input.display()
+            ))
+            .into());
+        }
+    }
     let text = std::fs::read_to_string(&args.tokens)
         .map_err(|e| format!("{}: {e}", args.tokens.display()))?;
     let tokens: Vec<u32> = serde_json::from_str(&text).map_err(|e| {
@@ -48,37 +64,69 @@ pub fn run(args: Args) -> CmdResult {
             args.tokens.display()
         )
     })?;
-    let model = crate::common::GraphModel::load(&path, args.backend)?;
-    let kv_type = if args.kv == "f32" {
-        KvType::F32
+    if tokens.is_empty() {
+        return Err(UsageError(format!(
+            "{}: the token list is empty",
+            args.tokens.display()
+        ))
+        .into());
+    }
+    let model = crate::common::GraphModel::load_with(&path, args.backend, !args.no_mmap)?;
+    let (kv_type, kv_bytes) = if args.kv == "f32" {
+        (KvType::F32, 4)
     } else {
-        KvType::F16
+        (KvType::F16, 2)
     };
+    // Every position's logits and its KV cache are held at once: check the
+    // size before the session allocates it (200k tokens of a 49k vocabulary
+    // are 39 GB of logits).
+    let c = model.config();
+    let need = c
+        .logits_bytes(tokens.len())
+        .zip(c.kv_cache_bytes(tokens.len(), kv_bytes))
+        .and_then(|(a, b)| a.checked_add(b));
+    tensor_core::check_memory(
+        &format!(
+            "the logits of {} tokens × {} vocabulary entries with their KV cache",
+            tokens.len(),
+            c.n_vocab
+        ),
+        need,
+    )?;
     let mut session = model.session(&SessionOptions {
-        n_ctx: tokens.len().max(1),
+        n_ctx: tokens.len(),
         kv_type,
         ..SessionOptions::default()
     })?;
+    let mut trace = Trace::with_limit(8);
     let logits = if args.trace {
-        let mut trace = Trace::with_limit(8);
-        let logits = session
-            .forward_traced(&tokens, LogitsMode::All, &mut trace)?
-            .to_vec();
-        eprint!("{trace}");
-        logits
+        session.forward_traced(&tokens, LogitsMode::All, &mut trace)?
     } else {
-        session.forward(&tokens, LogitsMode::All)?.to_vec()
+        session.forward(&tokens, LogitsMode::All)?
     };
-    let mut bytes = Vec::with_capacity(logits.len() * 4);
-    for v in &logits {
-        bytes.extend_from_slice(&v.to_le_bytes());
+    if args.trace {
+        eprint!("{trace}");
     }
-    std::fs::write(&args.out, bytes).map_err(|e| format!("{}: {e}", args.out.display()))?;
+    let n_vocab = model.config().n_vocab;
+    for (i, row) in logits.chunks(n_vocab).enumerate() {
+        crate::common::check_finite(row, i)?;
+    }
+    let mut out = gguf_format::OutputFile::create(&args.out)?;
+    let mut bytes = Vec::with_capacity(n_vocab * 4);
+    for row in logits.chunks(n_vocab) {
+        bytes.clear();
+        for v in row {
+            bytes.extend_from_slice(&v.to_le_bytes());
+        }
+        out.write_all(&bytes)
+            .map_err(|e| format!("{}: {e}", args.out.display()))?;
+    }
+    out.commit()?;
     writeln!(
         std::io::stdout(),
         "{} tokens x {} logits -> {}",
         tokens.len(),
-        model.config().n_vocab,
+        n_vocab,
         args.out.display()
     )?;
     Ok(())

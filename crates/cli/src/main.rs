@@ -60,6 +60,9 @@ enum Commands {
 pub type CmdResult = Result<(), Box<dyn std::error::Error>>;
 
 fn main() -> ExitCode {
+    // A model file truncated or rewritten while mapped faults on access
+    // (SIGBUS); say so in one line instead of dying without a word.
+    gguf_format::install_sigbus_handler("strata: error: ");
     let cli = Cli::parse();
     let result = match cli.command {
         Commands::Generate(args) => generate::run(args),
@@ -85,17 +88,26 @@ fn main() -> ExitCode {
         }
         // A bad argument found after parsing: exit code 2, as clap's own errors.
         Err(e) if e.downcast_ref::<common::UsageError>().is_some() => {
-            eprintln!(
-                "strata: error: {}",
-                e.to_string().replace(['\n', '\r'], " ")
-            );
+            eprintln!("strata: error: {}", one_line(&e.to_string()));
             ExitCode::from(2)
         }
         Err(e) => {
-            // One line, whatever the message holds, so scripts can rely on it.
-            let message = e.to_string().replace(['\n', '\r'], " ");
-            eprintln!("strata: error: {message}");
+            eprintln!("strata: error: {}", one_line(&e.to_string()));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error message as one safe line, whatever it holds (scripts rely on one
+/// line, and names from a file must not drive the terminal): line breaks
+/// become spaces, other control characters (ESC, ...) are escaped.
+fn one_line(message: &str) -> String {
+    message
+        .chars()
+        .map(|c| match c {
+            '\n' | '\r' => " ".to_string(),
+            c if c.is_control() => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
 }

@@ -28,7 +28,7 @@
 //! perplexities.
 
 use std::fs::File;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -38,6 +38,7 @@ use rayon::prelude::*;
 use serde_json::json;
 use tokenizer::Tokenizer;
 
+use crate::common::UsageError;
 use crate::CmdResult;
 
 /// Arguments of `strata perplexity`.
@@ -53,9 +54,9 @@ pub struct Args {
     /// Tokens per window (half of each is scored).
     #[arg(long, default_value_t = 512)]
     ctx: usize,
-    /// Score at most this many windows.
-    #[arg(long)]
-    chunks: Option<usize>,
+    /// Score at most this many windows (at least 1).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    chunks: Option<u64>,
     /// Save the scored log-probabilities here (llama.cpp's --kl-divergence-base format).
     #[arg(long, value_name = "BASE", conflicts_with = "kl_base")]
     save_logits: Option<PathBuf>,
@@ -71,6 +72,9 @@ pub struct Args {
     /// Worker threads (default: one per core).
     #[arg(long, short = 't')]
     threads: Option<usize>,
+    /// Read the model into memory instead of mapping it.
+    #[arg(long)]
+    no_mmap: bool,
 }
 
 /// The magic that starts a saved log-probability file.
@@ -228,7 +232,11 @@ fn read_u32(r: &mut impl Read, path: &Path, what: &str) -> Result<u32, String> {
 
 impl BaseFile {
     fn open(path: &Path) -> Result<BaseFile, String> {
-        let file = File::open(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let file = gguf_format::open_regular(path).map_err(|e| e.to_string())?;
+        let file_len = file
+            .metadata()
+            .map_err(|e| format!("{}: {e}", path.display()))?
+            .len();
         let mut reader = BufReader::new(file);
         let mut magic = [0u8; 8];
         reader
@@ -247,6 +255,24 @@ impl BaseFile {
             return Err(format!(
                 "{}: implausible header (n_ctx {n_ctx}, n_vocab {n_vocab}, n_chunk {n_chunk})",
                 path.display()
+            ));
+        }
+        // The header sizes everything that follows: check it against the
+        // file before allocating (a corrupt header could ask for petabytes).
+        let rows = (n_ctx - 1 - n_ctx / 2) as u64;
+        let expected = (n_ctx as u64 * n_chunk as u64)
+            .checked_mul(4)
+            .and_then(|t| {
+                rows.checked_mul(n_chunk as u64)?
+                    .checked_mul(row_len(n_vocab) as u64 * 2)?
+                    .checked_add(t)
+            })
+            .and_then(|b| b.checked_add(20));
+        if expected != Some(file_len) {
+            return Err(format!(
+                "{}: the header (n_ctx {n_ctx}, n_vocab {n_vocab}, n_chunk {n_chunk}) describes {} bytes, the file has {file_len}",
+                path.display(),
+                expected.map_or("more than 2^64".to_string(), |b| b.to_string())
             ));
         }
         let mut raw = vec![0u8; n_ctx * n_chunk * 4];
@@ -288,8 +314,21 @@ pub fn run(args: Args) -> CmdResult {
     }
     let path = crate::common::resolve_model(args.model.as_ref())?;
     let start = Instant::now();
-    let tokenizer = Tokenizer::from_gguf(GgufFile::open(&path)?.header())?;
-    let model = crate::common::GraphModel::load(&path, args.backend)?;
+    // Outputs never replace an input (compared by device and inode).
+    if let Some(out) = &args.save_logits {
+        for (input, what) in [(Some(&path), "model"), (args.file.as_ref(), "text")] {
+            if let Some(input) = input.filter(|i| gguf_format::same_file(i, out)) {
+                return Err(UsageError(format!(
+                    "--save-logits {} is the {what} {} (same device and inode): choose another output",
+                    out.display(),
+                    input.display()
+                ))
+                .into());
+            }
+        }
+    }
+    let tokenizer = Tokenizer::from_gguf(GgufFile::open_with(&path, !args.no_mmap)?.header())?;
+    let model = crate::common::GraphModel::load_with(&path, args.backend, !args.no_mmap)?;
     let n_vocab = model.config().n_vocab;
     eprintln!(
         "loaded {} ({} vocabulary) in {:.2} s",
@@ -330,10 +369,16 @@ pub fn run(args: Args) -> CmdResult {
             (args.ctx, tokens, file.clone())
         }
     };
-    if n_ctx < 4 {
-        return Err(format!("--ctx {n_ctx}: a window needs at least 4 tokens").into());
+    if n_ctx < 4 || n_ctx > i32::MAX as usize {
+        return Err(UsageError(format!(
+            "--ctx {n_ctx}: a window needs at least 4 tokens and at most {}",
+            i32::MAX
+        ))
+        .into());
     }
-    if tokens.len() < 2 * n_ctx {
+    // A text needs two windows (llama.cpp's minimum); a saved base holds
+    // whole windows, however many it was saved with.
+    if base.is_none() && tokens.len() < 2 * n_ctx {
         return Err(format!(
             "{}: {} tokens; at least {} are needed for windows of {n_ctx}",
             source.display(),
@@ -348,8 +393,19 @@ pub fn run(args: Args) -> CmdResult {
     };
     let n_chunk = args
         .chunks
-        .map_or(n_chunk_max, |c| c.min(n_chunk_max))
+        .map_or(n_chunk_max, |c| (c.min(n_chunk_max as u64)) as usize)
         .max(1);
+    // A window's logits and its KV cache are held at once.
+    let c = model.config();
+    tensor_core::check_memory(
+        &format!(
+            "a window of {n_ctx} tokens' logits ({} vocabulary entries) with its KV cache",
+            c.n_vocab
+        ),
+        c.logits_bytes(n_ctx)
+            .zip(c.kv_cache_bytes(n_ctx, 2))
+            .and_then(|(a, b)| a.checked_add(b)),
+    )?;
     let first = n_ctx / 2;
     let n_scored = n_ctx - 1 - first;
     let bos = if tokenizer.adds_bos() {
@@ -364,10 +420,10 @@ pub fn run(args: Args) -> CmdResult {
         rayon::current_num_threads()
     );
 
+    // Written beside the target and renamed into place once complete.
     let mut save = match &args.save_logits {
         Some(p) => {
-            let file = File::create(p).map_err(|e| format!("{}: {e}", p.display()))?;
-            let mut w = BufWriter::new(file);
+            let mut w = gguf_format::OutputFile::create(p)?;
             w.write_all(MAGIC)?;
             w.write_all(&(n_ctx as u32).to_le_bytes())?;
             w.write_all(&(n_vocab as u32).to_le_bytes())?;
@@ -396,6 +452,9 @@ pub fn run(args: Args) -> CmdResult {
         }
         session.reset();
         let logits = session.forward(&window, LogitsMode::All)?;
+        for (i, row) in logits.chunks(n_vocab).enumerate() {
+            crate::common::check_finite(row, i).map_err(|m| format!("window {chunk}: {m}"))?;
+        }
         let row = |i: usize| &logits[i * n_vocab..(i + 1) * n_vocab];
         let target = |i: usize| window_tokens[i + 1] as usize;
         if let Some(b) = base.as_mut() {
@@ -449,8 +508,8 @@ pub fn run(args: Args) -> CmdResult {
             elapsed / (chunk + 1) as f64 * (n_chunk - chunk - 1) as f64
         );
     }
-    if let Some(mut w) = save {
-        w.flush()?;
+    if let Some(w) = save {
+        w.commit()?;
     }
 
     let (log_ppl, log_ppl_unc) = mean_and_uncertainty(nll, nll2, count);

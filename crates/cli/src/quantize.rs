@@ -12,6 +12,7 @@ use std::time::Instant;
 use gguf_format::GgufFile;
 use llama_model::quantize::{plan, quantize_model, FileType};
 
+use crate::common::UsageError;
 use crate::CmdResult;
 
 /// Arguments of `strata quantize`.
@@ -28,6 +29,9 @@ pub struct Args {
     /// Worker threads (default: one per core).
     #[arg(long, short = 't')]
     threads: Option<usize>,
+    /// Read the input into memory instead of mapping it.
+    #[arg(long)]
+    no_mmap: bool,
 }
 
 /// Parses a file type name for clap (so a bad one is a usage error, exit code 2).
@@ -48,15 +52,20 @@ pub fn run(args: Args) -> CmdResult {
             .num_threads(n.max(1))
             .build_global()?;
     }
-    // The output is written while the input is still mapped: writing over the
-    // input would pull the data from under the map.
-    if let (Ok(a), Ok(b)) = (args.input.canonicalize(), args.output.canonicalize()) {
-        if a == b {
-            let message = format!("the output {} is the input file", args.output.display());
-            return Err(message.into());
-        }
+    // Writing over the input would replace the model being quantized. The
+    // same file is recognised by device and inode, so a hard link, a symbolic
+    // link or another spelling of the path is caught too. (The output is
+    // written beside its target and renamed into place, so even a file that
+    // slips past this check is never truncated while mapped.)
+    if gguf_format::same_file(&args.input, &args.output) {
+        return Err(UsageError(format!(
+            "the output {} is the input file {} (same device and inode): choose another output",
+            args.output.display(),
+            args.input.display()
+        ))
+        .into());
     }
-    let input = GgufFile::open(&args.input)?;
+    let input = GgufFile::open_with(&args.input, !args.no_mmap)?;
     let start = Instant::now();
     let requantized: Vec<String> = plan(input.header(), ftype)?
         .into_iter()

@@ -3,4 +3,5 @@
 
 mod archs;
 mod generate;
+mod hostile;
 mod inspect;

@@ -25,7 +25,7 @@ use crate::reader::Gguf;
 
 /// The bytes of a GGUF file: a read-only memory map of it, or a copy read
 /// into memory.
-pub struct FileBytes {
+pub struct FileData {
     inner: Inner,
     /// This map's slot in the fault registry (mapped files only).
     slot: Option<usize>,
@@ -36,14 +36,14 @@ enum Inner {
     Read(Vec<u8>),
 }
 
-impl FileBytes {
+impl FileData {
     /// Whether the bytes are a memory map of the file (else a copy in memory).
     pub fn is_mapped(&self) -> bool {
         matches!(self.inner, Inner::Mapped(_))
     }
 }
 
-impl AsRef<[u8]> for FileBytes {
+impl AsRef<[u8]> for FileData {
     fn as_ref(&self) -> &[u8] {
         match &self.inner {
             Inner::Mapped(m) => m,
@@ -52,16 +52,16 @@ impl AsRef<[u8]> for FileBytes {
     }
 }
 
-impl std::fmt::Debug for FileBytes {
+impl std::fmt::Debug for FileData {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FileBytes")
+        f.debug_struct("FileData")
             .field("mapped", &self.is_mapped())
             .field("len", &self.as_ref().len())
             .finish()
     }
 }
 
-impl Drop for FileBytes {
+impl Drop for FileData {
     fn drop(&mut self) {
         if let Some(slot) = self.slot {
             unregister(slot);
@@ -71,7 +71,7 @@ impl Drop for FileBytes {
 
 /// A GGUF file on disk: mapped ([`GgufFile::open`]) or read into memory
 /// ([`GgufFile::read`]).
-pub type GgufFile = Gguf<FileBytes>;
+pub type GgufFile = Gguf<FileData>;
 
 fn io_error(path: &Path, source: std::io::Error) -> GgufError {
     GgufError::Io {
@@ -149,7 +149,7 @@ impl GgufFile {
         // that into a clear message.
         let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_error(path, e))?;
         let slot = register(&mmap, path);
-        Gguf::from_data(FileBytes {
+        Gguf::from_data(FileData {
             inner: Inner::Mapped(mmap),
             slot,
         })
@@ -188,7 +188,7 @@ impl GgufFile {
         // O_NONBLOCK has no effect on a regular file; one that grows while
         // being read is read to its end.
         file.read_to_end(&mut data).map_err(|e| io_error(path, e))?;
-        Gguf::from_data(FileBytes {
+        Gguf::from_data(FileData {
             inner: Inner::Read(data),
             slot: None,
         })
@@ -209,9 +209,9 @@ impl GgufFile {
     }
 }
 
-/// Bytes of memory this process can still use without swapping, as far as
-/// the system says (`MemAvailable` in `/proc/meminfo`, capped by a cgroup v2
-/// `memory.max`); `None` where that is unknown (then only the allocator's own
+/// Bytes of memory this process can still use, as far as the system says
+/// (`MemAvailable` and `SwapFree` in `/proc/meminfo`, capped by a cgroup v2
+/// `memory.max` and by an address-space limit); `None` where that is unknown (then only the allocator's own
 /// failure stops an allocation). An estimate: callers compare it with the
 /// size of an allocation they are about to make, to fail fast with a message
 /// naming both, instead of filling memory until the system kills the process.
@@ -241,6 +241,23 @@ pub fn available_memory() -> Option<u64> {
             .and_then(|s| s.trim().parse::<u64>().ok());
         if let (Some(max), Some(used)) = (cgroup, used) {
             avail = avail.min(max.saturating_sub(used));
+        }
+        // An address-space limit (`ulimit -v`) fails allocations beyond it.
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit writes the limit into a valid rlimit.
+        if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } == 0
+            && limit.rlim_cur != libc::RLIM_INFINITY
+        {
+            let pages: Option<u64> = std::fs::read_to_string("/proc/self/statm")
+                .ok()
+                .and_then(|s| s.split_whitespace().next()?.parse().ok());
+            // SAFETY: sysconf has no preconditions.
+            let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
+            let mapped = pages.unwrap_or(0).saturating_mul(page);
+            avail = avail.min((limit.rlim_cur as u64).saturating_sub(mapped));
         }
         Some(avail)
     }

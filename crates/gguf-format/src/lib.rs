@@ -35,7 +35,7 @@ mod writer;
 
 pub use error::{GgufError, Result};
 pub use file::{
-    available_memory, install_sigbus_handler, open_regular, same_file, FileBytes, GgufFile,
+    available_memory, install_sigbus_handler, open_regular, same_file, FileData, GgufFile,
     OutputFile,
 };
 pub use reader::{

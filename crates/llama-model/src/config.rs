@@ -112,6 +112,11 @@ pub struct Config {
     pub attn_scale: f32,
 }
 
+/// The widest row (`n_embd`, `n_ff`, `n_head × head_dim`) accepted: 2^31
+/// values, far beyond any model, so that products of widths with the
+/// context or the vocabulary stay far from overflowing.
+pub(crate) const MAX_WIDTH: usize = 1 << 31;
+
 fn uint(h: &GgufHeader, key: &str) -> Result<usize> {
     let v = h.get_uint(key)?;
     usize::try_from(v).map_err(|_| ModelError::InvalidMetadata {
@@ -169,6 +174,22 @@ impl Config {
                 "layer count and widths must be positive",
             ));
         }
+        for (w, key) in [(n_embd, "embedding_length"), (n_ff, "feed_forward_length")] {
+            if w > MAX_WIDTH {
+                return Err(invalid(k(key), format!("width {w} exceeds {MAX_WIDTH}")));
+            }
+        }
+        // Every layer has tensors of its own: a count beyond the file's
+        // tensors is a hostile or broken file, and sizes tables by layer.
+        if n_layer > h.tensors().len() {
+            return Err(invalid(
+                k("block_count"),
+                format!(
+                    "{n_layer} layers, but the file has only {} tensors (each layer needs its own)",
+                    h.tensors().len()
+                ),
+            ));
+        }
         if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
             return Err(invalid(
                 k("attention.head_count_kv"),
@@ -200,6 +221,23 @@ impl Config {
                 "head size must be positive",
             ));
         }
+        // Widths are multiplied everywhere (n_head × head_dim, and by the
+        // context for the KV cache): a product that wraps would pass the
+        // tensor shape checks and fail far from here.
+        for (heads, key) in [
+            (n_head, "attention.head_count"),
+            (n_head_kv, "attention.head_count_kv"),
+        ] {
+            if heads.checked_mul(head_dim).is_none_or(|w| w > MAX_WIDTH) {
+                return Err(invalid(
+                    k(key),
+                    format!(
+                        "{heads} heads × head size {head_dim} is more than {MAX_WIDTH} values per row"
+                    ),
+                ));
+            }
+        }
+
         let n_rot = opt_uint(h, &k("rope.dimension_count"))?.unwrap_or(head_dim);
         if n_rot > head_dim || n_rot % 2 != 0 || n_rot == 0 {
             return Err(invalid(
@@ -223,6 +261,12 @@ impl Config {
             ));
         }
         let n_ctx_train = uint(h, &k("context_length"))?;
+        if n_ctx_train == 0 {
+            return Err(invalid(
+                k("context_length"),
+                "0 positions: the training context must be positive",
+            ));
+        }
         let rms_eps = h.get_f32(&k("attention.layer_norm_rms_epsilon"))?;
         if !(rms_eps >= 0.0 && rms_eps.is_finite()) {
             return Err(invalid(
@@ -304,5 +348,22 @@ impl Config {
     /// Width of all key (or value) heads together (`n_head_kv * head_dim`).
     pub fn kv_width(&self) -> usize {
         self.n_head_kv * self.head_dim
+    }
+
+    /// Bytes of a KV cache of `n_ctx` positions with `bytes_per_value`-byte
+    /// elements (2 for f16) over every layer: keys and values. `None` if the
+    /// size overflows.
+    pub fn kv_cache_bytes(&self, n_ctx: usize, bytes_per_value: usize) -> Option<u64> {
+        (self.kv_width() as u64)
+            .checked_mul(n_ctx as u64)?
+            .checked_mul(self.n_layer as u64)?
+            .checked_mul(2 * bytes_per_value as u64)
+    }
+
+    /// Bytes of `n_rows` rows of f32 logits. `None` if the size overflows.
+    pub fn logits_bytes(&self, n_rows: usize) -> Option<u64> {
+        (self.n_vocab as u64)
+            .checked_mul(n_rows as u64)?
+            .checked_mul(4)
     }
 }

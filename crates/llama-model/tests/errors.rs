@@ -151,3 +151,79 @@ fn unsupported_type_is_named() {
         "unsupported tensor type I8 in tensor `blk.0.attn_q.weight`"
     );
 }
+
+/// synth-Q8_0.gguf with metadata `set`, loaded.
+fn load_with_metadata(set: &[(&str, gguf_format::Value)]) -> Result<Model<CpuBackend>, ModelError> {
+    let f = GgufFile::open(synth()).unwrap();
+    let mut w = gguf_format::GgufWriter::new();
+    w.copy_metadata_from(f.header()).unwrap();
+    for (k, v) in set {
+        w.set_metadata(*k, v.clone()).unwrap();
+    }
+    for t in f.tensors() {
+        w.add_tensor(t.name.clone(), t.ggml_type, &t.dims, f.tensor_data(t))
+            .unwrap();
+    }
+    let file = Arc::new(Gguf::from_data(w.to_bytes().unwrap())?);
+    Model::load_with(&file, CpuBackend::new(), &LoadOptions::default())
+}
+
+#[test]
+fn metadata_that_would_size_allocations_or_overflow_is_refused() {
+    use gguf_format::Value;
+    let cases: [(Vec<(&str, Value)>, &str); 5] = [
+        (
+            vec![("llama.block_count", Value::U32(100_000_000))],
+            "metadata `llama.block_count`: 100000000 layers, but the file has only 21 tensors",
+        ),
+        (
+            // 4 heads × 2^62 wraps to 0 in 64 bits.
+            vec![
+                ("llama.attention.key_length", Value::U64(1 << 62)),
+                ("llama.attention.value_length", Value::U64(1 << 62)),
+            ],
+            "metadata `llama.attention.head_count`: 4 heads × head size 4611686018427387904 is more than 2147483648 values per row",
+        ),
+        (
+            vec![("llama.embedding_length", Value::U64(1 << 33))],
+            "metadata `llama.embedding_length`: width 8589934592 exceeds 2147483648",
+        ),
+        (
+            vec![("llama.context_length", Value::U32(0))],
+            "metadata `llama.context_length`: 0 positions",
+        ),
+        (
+            vec![("llama.block_count", Value::U32(0))],
+            "layer count and widths must be positive",
+        ),
+    ];
+    for (set, want) in cases {
+        let e = load_with_metadata(&set)
+            .err()
+            .expect("must fail")
+            .to_string();
+        assert!(e.contains(want), "{e}\nwanted: {want}");
+    }
+}
+
+#[test]
+fn a_kv_cache_larger_than_memory_is_refused_before_it_is_allocated() {
+    let model = Model::load(synth(), &LoadOptions::default()).unwrap();
+    let start = std::time::Instant::now();
+    // 2^40 positions × 2 layers × 128 values × 2 (K and V) × 2 bytes: 1 PiB.
+    let e = model
+        .session(&SessionOptions {
+            n_ctx: 1 << 40,
+            ..Default::default()
+        })
+        .err()
+        .expect("must fail")
+        .to_string();
+    assert!(e.contains("a KV cache of 1099511627776 positions"), "{e}");
+    assert!(e.contains("would take 1125899906842624 bytes"), "{e}");
+    assert!(start.elapsed().as_secs() < 5);
+    let c = model.config();
+    assert_eq!(c.kv_cache_bytes(1 << 40, 2), Some(1 << 50));
+    assert_eq!(c.kv_cache_bytes(usize::MAX, 2), None);
+    assert_eq!(c.logits_bytes(10), Some(10 * 384 * 4));
+}

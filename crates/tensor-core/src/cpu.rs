@@ -48,6 +48,28 @@ impl CpuKvCache {
     }
 }
 
+/// Fails with a message naming the size if `bytes` (the size of `what`,
+/// `None` if it overflowed) exceeds the memory available
+/// ([`gguf_format::available_memory`]).
+pub fn check_memory(what: &str, bytes: Option<u64>) -> Result<()> {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    match (bytes, gguf_format::available_memory()) {
+        (None, _) => Err(TensorError::Backend {
+            backend: "cpu",
+            message: format!("{what} is too large to allocate (its size overflows)"),
+        }),
+        (Some(b), Some(avail)) if b > avail => Err(TensorError::Backend {
+            backend: "cpu",
+            message: format!(
+                "{what} would take {b} bytes ({:.1} GiB); only {avail} bytes ({:.1} GiB) of memory are available",
+                gib(b),
+                gib(avail)
+            ),
+        }),
+        _ => Ok(()),
+    }
+}
+
 /// The matrix view of a 2-D weight (validated by `load_matrix`).
 fn qmatrix(w: &Tensor) -> QMatrix<'_> {
     QMatrix::new(w.dtype(), w.n_rows(), w.row_len(), w.bytes())
@@ -111,6 +133,10 @@ impl Backend for CpuBackend {
     }
 
     fn alloc(&self, len: usize) -> Result<Vec<f32>> {
+        check_memory(
+            &format!("a buffer of {len} floats"),
+            (len as u64).checked_mul(4),
+        )?;
         let mut v = Vec::new();
         v.try_reserve_exact(len).map_err(|e| TensorError::Backend {
             backend: "cpu",
@@ -129,6 +155,25 @@ impl Backend for CpuBackend {
                     backend: "cpu",
                     message: format!("KV cache of {} positions is too large", shape.n_ctx),
                 })?;
+        let elem = match shape.kv_type {
+            KvType::F16 => 2u64,
+            KvType::F32 => 4,
+        };
+        // Checked before any layer is allocated: on a system that overcommits
+        // memory, a cache too large for it is otherwise allocated, filled with
+        // zeros for seconds, and ends in the process being killed.
+        check_memory(
+            &format!(
+                "a KV cache of {} positions × {} layers × {} values (keys and values, {} bytes each)",
+                shape.n_ctx,
+                shape.n_layer,
+                shape.row_len(),
+                elem
+            ),
+            (per_layer as u64)
+                .checked_mul(shape.n_layer as u64)
+                .and_then(|n| n.checked_mul(2 * elem)),
+        )?;
         fn layer<E: Clone + Default>(n: usize) -> Result<(Vec<E>, Vec<E>)> {
             let mk = || {
                 let mut v = Vec::new();

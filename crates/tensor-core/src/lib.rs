@@ -66,7 +66,7 @@ mod tensor;
 
 pub use attention::{AttentionParams, KvShape, KvType};
 pub use backend::Backend;
-pub use cpu::{CpuBackend, CpuKvCache};
+pub use cpu::{check_memory, CpuBackend, CpuKvCache};
 pub use error::{Result, TensorError};
 pub use rope::{RopeMode, RopeParams};
 pub use tensor::{FileBytes, Tensor};

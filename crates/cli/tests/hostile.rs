@@ -1,0 +1,569 @@
+//! Hostile files, hostile templates, changing files (issue 20): every case a
+//! clear one-line error (exit 1, or 2 for a bad argument) or the right
+//! result; no crash, no hang, no input overwritten.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use gguf_format::{GgufFile, GgufWriter, Value};
+
+fn fixture(rel: &str) -> PathBuf {
+    PathBuf::from(format!(
+        "{}/../../tests/fixtures/{rel}",
+        env!("CARGO_MANIFEST_DIR")
+    ))
+}
+
+/// The small random LLaMA every test starts from.
+fn synth() -> PathBuf {
+    fixture("synth/synth-Q8_0.gguf")
+}
+
+/// A fresh, empty directory for one test.
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("strata-hostile-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn strata(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn strata_with_stdin(args: &[&str], stdin: &str) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.as_bytes())
+        .unwrap();
+    child.wait_with_output().unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// Asserts a failure with exit `code` and one line of error containing `what`.
+fn fails_with(out: &Output, code: i32, what: &str) {
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {err}");
+    let last = err.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("strata: error: ") && last.contains(what),
+        "expected an error line with {what:?}, got: {err}"
+    );
+}
+
+/// A copy of `src` with metadata `set` and tensor data changed by `edit`,
+/// written to `dir/name`.
+fn variant(
+    src: &Path,
+    dir: &Path,
+    name: &str,
+    set: &[(&str, Value)],
+    edit: impl Fn(&str, &mut Vec<u8>),
+) -> PathBuf {
+    let f = GgufFile::open(src).unwrap();
+    let mut w = GgufWriter::new();
+    w.copy_metadata_from(f.header()).unwrap();
+    for (k, v) in set {
+        w.set_metadata(*k, v.clone()).unwrap();
+    }
+    for t in f.tensors() {
+        let mut data = f.tensor_data(t).to_vec();
+        edit(&t.name, &mut data);
+        w.add_tensor(t.name.clone(), t.ggml_type, &t.dims, data)
+            .unwrap();
+    }
+    let path = dir.join(name);
+    w.write_file(&path).unwrap();
+    path
+}
+
+fn sha(path: &Path) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(std::fs::read(path).unwrap()).to_vec()
+}
+
+// ---------------------------------------------------------------------------
+// Data loss: outputs never replace inputs.
+
+#[cfg(unix)]
+#[test]
+fn quantize_refuses_an_output_that_is_a_link_to_its_input() {
+    let dir = scratch("quantize-links");
+    let input = dir.join("in.gguf");
+    std::fs::copy(synth(), &input).unwrap();
+    let before = sha(&input);
+    let hard = dir.join("hard.gguf");
+    std::fs::hard_link(&input, &hard).unwrap();
+    let soft = dir.join("soft.gguf");
+    std::os::unix::fs::symlink(&input, &soft).unwrap();
+    for out in [&hard, &soft, &dir.join(".").join("in.gguf")] {
+        let o = strata(&[
+            "quantize",
+            input.to_str().unwrap(),
+            out.to_str().unwrap(),
+            "Q4_0",
+        ]);
+        fails_with(&o, 2, "same device and inode");
+        assert_eq!(sha(&input), before);
+    }
+}
+
+#[test]
+fn quantize_replaces_an_existing_output_whole() {
+    let dir = scratch("quantize-out");
+    let out = dir.join("out.gguf");
+    std::fs::write(&out, b"old").unwrap();
+    let f32 = fixture("synth/synth-F32.gguf");
+    let o = strata(&[
+        "quantize",
+        f32.to_str().unwrap(),
+        out.to_str().unwrap(),
+        "Q4_0",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert_eq!(sha(&out), sha(&fixture("synth/synth-Q4_0.gguf")));
+    // Only the output: no temporary file is left beside it.
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+}
+
+#[test]
+fn logits_and_perplexity_outputs_refuse_the_model() {
+    let dir = scratch("outputs");
+    let model = dir.join("m.gguf");
+    std::fs::copy(synth(), &model).unwrap();
+    let before = sha(&model);
+    let tokens = dir.join("t.json");
+    std::fs::write(&tokens, "[1, 2, 3]").unwrap();
+    let m = model.to_str().unwrap();
+    let o = strata(&[
+        "logits",
+        "--model",
+        m,
+        "--tokens",
+        tokens.to_str().unwrap(),
+        "--out",
+        m,
+    ]);
+    fails_with(&o, 2, "is the model");
+    let text_file = dir.join("text.txt");
+    std::fs::write(&text_file, "hello ".repeat(400)).unwrap();
+    let o = strata(&[
+        "perplexity",
+        "--model",
+        m,
+        "--file",
+        text_file.to_str().unwrap(),
+        "--ctx",
+        "64",
+        "--save-logits",
+        m,
+    ]);
+    fails_with(&o, 2, "is the model");
+    assert_eq!(sha(&model), before);
+}
+
+// ---------------------------------------------------------------------------
+// Metadata that sizes allocations or overflows arithmetic.
+
+#[test]
+fn metadata_that_sizes_or_overflows_is_a_clear_error() {
+    let dir = scratch("metadata");
+    let cases: [(&str, Vec<(&str, Value)>, &str); 4] = [
+        (
+            "layers.gguf",
+            vec![("llama.block_count", Value::U32(100_000_000))],
+            "llama.block_count`: 100000000 layers, but the file has only 21 tensors",
+        ),
+        (
+            "heads.gguf",
+            vec![
+                ("llama.attention.key_length", Value::U64(1 << 62)),
+                ("llama.attention.value_length", Value::U64(1 << 62)),
+            ],
+            "values per row",
+        ),
+        (
+            "ctx0.gguf",
+            vec![("llama.context_length", Value::U32(0))],
+            "llama.context_length`: 0 positions",
+        ),
+        (
+            "width.gguf",
+            vec![("llama.feed_forward_length", Value::U64(1 << 40))],
+            "exceeds",
+        ),
+    ];
+    for (name, set, what) in cases {
+        let path = variant(&synth(), &dir, name, &set, |_, _| {});
+        let o = strata(&[
+            "generate",
+            "--model",
+            path.to_str().unwrap(),
+            "-n",
+            "1",
+            "hi",
+        ]);
+        fails_with(&o, 1, what);
+    }
+}
+
+/// `strata ARGS` under an address-space limit of `mib` MiB (`ulimit -v`),
+/// which the memory checks take into account.
+#[cfg(unix)]
+fn strata_limited(mib: u64, args: &[&str]) -> Output {
+    let quoted: Vec<String> = args.iter().map(|a| format!("'{a}'")).collect();
+    Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v {} && exec '{}' {}",
+            mib * 1024,
+            env!("CARGO_BIN_EXE_strata"),
+            quoted.join(" ")
+        ))
+        .output()
+        .unwrap()
+}
+
+#[cfg(unix)]
+#[test]
+fn a_context_too_large_for_memory_fails_at_once_naming_the_size() {
+    // 10^7 positions: a 10 GB KV cache here, 384 GB for SmolLM2.
+    let start = Instant::now();
+    let o = strata_limited(
+        2048,
+        &[
+            "generate",
+            "--model",
+            synth().to_str().unwrap(),
+            "--ctx",
+            "10000000",
+            "-n",
+            "1",
+            "hi",
+        ],
+    );
+    fails_with(&o, 1, "KV cache of 10000000 positions");
+    assert!(text(&o.stderr).contains("of memory are available"));
+    assert!(start.elapsed() < Duration::from_secs(20));
+}
+
+#[cfg(unix)]
+#[test]
+fn logits_of_too_many_tokens_fail_before_allocating() {
+    let dir = scratch("many-tokens");
+    let tokens = dir.join("t.json");
+    // 1 Mi tokens: 1.5 GiB of logits and 1 GiB of KV cache, over the limit.
+    let n = 1usize << 20;
+    std::fs::write(&tokens, format!("[{}1]", "1,".repeat(n - 1))).unwrap();
+    let out = dir.join("out.f32");
+    let start = Instant::now();
+    let o = strata_limited(
+        2048,
+        &[
+            "logits",
+            "--model",
+            fixture("synth/synth-F32.gguf").to_str().unwrap(),
+            "--tokens",
+            tokens.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+    );
+    fails_with(&o, 1, "the logits of 1048576 tokens");
+    assert!(text(&o.stderr).contains("of memory are available"));
+    assert!(!out.exists());
+    assert!(start.elapsed() < Duration::from_secs(30));
+}
+
+#[cfg(unix)]
+#[test]
+fn a_huge_metadata_array_costs_its_size_not_32_bytes_an_element() {
+    let dir = scratch("array");
+    let mut w = GgufWriter::new();
+    w.add_metadata("general.architecture", "llama").unwrap();
+    let big = vec![7u8; 64 << 20];
+    w.add_metadata("big", big).unwrap();
+    let path = dir.join("big.gguf");
+    w.write_file(&path).unwrap();
+    // Under a 1 GiB address-space limit: 64 Mi elements took 2 GiB as Values.
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v 1048576 && exec '{}' inspect '{}'",
+            env!("CARGO_BIN_EXE_strata"),
+            path.display()
+        ))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(text(&o.stdout).contains("array<u8>       67108864  big = [7, 7, 7"));
+}
+
+// ---------------------------------------------------------------------------
+// Unclear or hanging paths.
+
+#[test]
+fn a_directory_or_fifo_as_the_model_is_named_not_waited_on() {
+    let dir = scratch("paths");
+    let o = strata(&["generate", "--model", dir.to_str().unwrap(), "hi"]);
+    fails_with(&o, 1, "is a directory, not a regular file");
+    let o = strata(&["inspect", dir.to_str().unwrap()]);
+    fails_with(&o, 1, "is a directory");
+    #[cfg(unix)]
+    {
+        let fifo = dir.join("fifo.gguf");
+        assert!(Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .unwrap()
+            .success());
+        let start = Instant::now();
+        let o = strata(&["inspect", fifo.to_str().unwrap()]);
+        fails_with(&o, 1, "is a FIFO, not a regular file");
+        assert!(start.elapsed() < Duration::from_secs(10));
+    }
+}
+
+#[test]
+fn control_characters_in_names_never_reach_the_terminal() {
+    let dir = scratch("names");
+    let f = GgufFile::open(synth()).unwrap();
+    let mut w = GgufWriter::new();
+    w.copy_metadata_from(f.header()).unwrap();
+    w.add_metadata("evil\u{1b}[31mkey", "x").unwrap();
+    for t in f.tensors() {
+        let name = if t.name == "output_norm.weight" {
+            "\u{1b}]0;pwned\u{7}\u{1b}[2J".to_string()
+        } else {
+            t.name.clone()
+        };
+        w.add_tensor(name, t.ggml_type, &t.dims, f.tensor_data(t))
+            .unwrap();
+    }
+    let path = dir.join("names.gguf");
+    w.write_file(&path).unwrap();
+    let o = strata(&["inspect", path.to_str().unwrap()]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let out = text(&o.stdout);
+    assert!(!out.contains('\u{1b}') && !out.contains('\u{7}'), "{out:?}");
+    assert!(out.contains("\\u{1b}]0;pwned\\u{7}\\u{1b}[2J"), "{out}");
+    assert!(out.contains("evil\\u{1b}[31mkey"));
+    // The same names in an error message are escaped too.
+    let o = strata(&[
+        "generate",
+        "--model",
+        path.to_str().unwrap(),
+        "-n",
+        "1",
+        "hi",
+    ]);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(!text(&o.stderr).contains('\u{1b}'), "{}", text(&o.stderr));
+}
+
+#[test]
+fn nan_weights_are_an_error_not_a_silent_end_of_generation() {
+    let dir = scratch("nan");
+    let path = variant(&synth(), &dir, "nan.gguf", &[], |name, data| {
+        if name == "output_norm.weight" {
+            for c in data.chunks_exact_mut(4) {
+                c.copy_from_slice(&f32::NAN.to_le_bytes());
+            }
+        }
+    });
+    let o = strata(&[
+        "generate",
+        "--model",
+        path.to_str().unwrap(),
+        "-n",
+        "4",
+        "hi",
+    ]);
+    fails_with(&o, 1, "logits at position");
+    assert!(text(&o.stderr).contains("not finite"));
+}
+
+#[test]
+fn perplexity_chunks_zero_is_a_usage_error() {
+    let o = strata(&[
+        "perplexity",
+        "--model",
+        synth().to_str().unwrap(),
+        "--file",
+        "x",
+        "--chunks",
+        "0",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o.stderr));
+}
+
+#[test]
+fn a_kl_base_is_checked_against_its_size_and_one_window_is_enough() {
+    let dir = scratch("kl");
+    let m = synth();
+    let m = m.to_str().unwrap();
+    // A header claiming 2^31 windows of 2^31 tokens.
+    let bad = dir.join("bad.kl");
+    let mut header = b"_logits_".to_vec();
+    for v in [1u32 << 31, 384, 1 << 20] {
+        header.extend_from_slice(&v.to_le_bytes());
+    }
+    std::fs::write(&bad, &header).unwrap();
+    let o = strata(&[
+        "perplexity",
+        "--model",
+        m,
+        "--kl-base",
+        bad.to_str().unwrap(),
+    ]);
+    fails_with(&o, 1, "describes");
+
+    // A base saved from one window is a valid base.
+    let text_file = dir.join("text.txt");
+    std::fs::write(&text_file, "the cat sat on the mat and ".repeat(40)).unwrap();
+    let base = dir.join("one.kl");
+    let o = strata(&[
+        "perplexity",
+        "--model",
+        m,
+        "--file",
+        text_file.to_str().unwrap(),
+        "--ctx",
+        "32",
+        "--chunks",
+        "1",
+        "--save-logits",
+        base.to_str().unwrap(),
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let o = strata(&[
+        "perplexity",
+        "--model",
+        m,
+        "--kl-base",
+        base.to_str().unwrap(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["n_chunks"], 1);
+    assert!(v["kld_mean"].as_f64().unwrap().abs() < 1e-3);
+}
+
+// ---------------------------------------------------------------------------
+// A file that changes under a running process.
+
+/// Starts `strata chat` on `model` and waits until it has loaded.
+fn chat_loaded(model: &Path, extra: &[&str]) -> std::process::Child {
+    let mut args = vec!["chat", "--model", model.to_str().unwrap(), "-n", "4"];
+    args.extend_from_slice(extra);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(&args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        assert!(
+            stderr.read_line(&mut line).unwrap() > 0,
+            "chat ended before loading"
+        );
+        if line.contains("loaded in") {
+            break;
+        }
+    }
+    // Keep draining stderr in the background, handing it back at the end.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut rest = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut rest);
+        let _ = tx.send(rest);
+    });
+    CHAT_STDERR.with(|c| *c.borrow_mut() = Some(rx));
+    child
+}
+
+thread_local! {
+    static CHAT_STDERR: std::cell::RefCell<Option<std::sync::mpsc::Receiver<String>>> =
+        const { std::cell::RefCell::new(None) };
+}
+
+fn finish(mut child: std::process::Child, input: &str) -> (Option<i32>, String, String) {
+    {
+        let mut stdin = child.stdin.take().unwrap();
+        let _ = stdin.write_all(input.as_bytes());
+    }
+    let out = child.wait_with_output().unwrap();
+    let err = CHAT_STDERR.with(|c| c.borrow_mut().take().unwrap().recv().unwrap());
+    (out.status.code(), text(&out.stdout), err)
+}
+
+#[cfg(unix)]
+#[test]
+fn a_model_truncated_while_mapped_ends_with_one_line_not_a_signal() {
+    let dir = scratch("truncate");
+    let model = dir.join("m.gguf");
+    std::fs::copy(fixture("synth/synth-F32.gguf"), &model).unwrap();
+    let child = chat_loaded(&model, &[]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&model)
+        .unwrap()
+        .set_len(4096)
+        .unwrap();
+    let (code, _, err) = finish(child, "hello\n");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(
+        err.contains("strata: error: ") && err.contains("m.gguf: the file changed while mapped"),
+        "{err}"
+    );
+}
+
+#[cfg(unix)]
+#[test]
+fn with_no_mmap_a_truncated_model_keeps_working() {
+    let dir = scratch("no-mmap");
+    let model = dir.join("m.gguf");
+    std::fs::copy(fixture("synth/synth-F32.gguf"), &model).unwrap();
+    let child = chat_loaded(&model, &["--no-mmap"]);
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&model)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    let (code, out, err) = finish(child, "hello\n");
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(out.lines().count(), 1, "{out}");
+}
+
+#[test]
+fn a_gguf_error_is_one_line() {
+    let dir = scratch("oneline");
+    let path = dir.join("bad.gguf");
+    std::fs::write(&path, b"GGUF\x03\x00\x00\x00").unwrap();
+    let o = strata_with_stdin(&["generate", "--model", path.to_str().unwrap(), "hi"], "");
+    fails_with(&o, 1, "unexpected end of file");
+    assert_eq!(text(&o.stderr).lines().count(), 1);
+}
