@@ -370,6 +370,12 @@ async fn collect(mut rx: mpsc::UnboundedReceiver<Event>) -> Result<Collected, Ap
                     message,
                 ))
             }
+            Event::Cancelled(message) => {
+                return Err(
+                    ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", message)
+                        .with_code("unavailable"),
+                )
+            }
         }
     }
     Err(ApiError::new(
@@ -526,7 +532,7 @@ fn chat_response(
                 out.push_str("data: [DONE]\n\n");
                 (out, true)
             }
-            Event::Error(message) => (
+            Event::Error(message) | Event::Cancelled(message) => (
                 sse(
                     &ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
                         .body(),
@@ -680,7 +686,7 @@ fn completion_response(
                 out.push_str("data: [DONE]\n\n");
                 (out, true)
             }
-            Event::Error(message) => (
+            Event::Error(message) | Event::Cancelled(message) => (
                 sse(
                     &ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "server_error", message)
                         .body(),

@@ -26,8 +26,10 @@ pub(crate) enum Event {
     },
     /// The end.
     Done { finish: Finish, usage: Usage },
-    /// Generation failed or was cancelled.
+    /// Generation failed.
     Error(String),
+    /// The server shut down before the job could finish.
+    Cancelled(String),
 }
 
 /// A request, tokenized and checked, waiting for a slot.
@@ -254,7 +256,7 @@ impl Scheduler<'_> {
                     shared.metrics.requests_rejected.fetch_add(1, Relaxed);
                     let _ = job
                         .events
-                        .send(Event::Error("the server is shutting down".into()));
+                        .send(Event::Cancelled("the server is shutting down".into()));
                 }
                 let deadline = *deadline.get_or_insert(Instant::now() + shared.opts.shutdown_grace);
                 if Instant::now() >= deadline {
@@ -295,7 +297,7 @@ impl Scheduler<'_> {
     fn cancel_all(&mut self, why: &str) {
         for slot in &mut self.slots {
             if let Some(task) = slot.task.take() {
-                let _ = task.job.events.send(Event::Error(why.into()));
+                let _ = task.job.events.send(Event::Cancelled(why.into()));
                 self.shared.metrics.requests_cancelled.fetch_add(1, Relaxed);
             }
         }
