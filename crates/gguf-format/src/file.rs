@@ -257,7 +257,7 @@ pub fn available_memory() -> Option<u64> {
             // SAFETY: sysconf has no preconditions.
             let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(4096) as u64;
             let mapped = pages.unwrap_or(0).saturating_mul(page);
-            avail = avail.min((limit.rlim_cur as u64).saturating_sub(mapped));
+            avail = avail.min(limit.rlim_cur.saturating_sub(mapped));
         }
         Some(avail)
     }

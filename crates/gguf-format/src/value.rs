@@ -317,7 +317,7 @@ impl Array {
     /// or a `bool` byte is not 0 or 1.
     pub fn from_le_bytes(element_type: ValueType, bytes: Vec<u8>) -> Option<Array> {
         let size = element_type.scalar_size()?;
-        if bytes.len() % size != 0 {
+        if !bytes.len().is_multiple_of(size) {
             return None;
         }
         if element_type == ValueType::Bool && bytes.iter().any(|&b| b > 1) {

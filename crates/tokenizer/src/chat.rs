@@ -9,11 +9,13 @@
 //!
 //! A template comes from the model file and is untrusted: it gets no loader
 //! (no `include` or `import` of files, no network), a budget of instructions
-//! ("fuel") and a cap on the output size, so a hostile or runaway template
-//! ends in a [`TemplateError`] rather than a hang. One gap remains: a template
-//! that doubles a string in a loop (`{% set s = s ~ s %}`) can allocate far
-//! more memory than its small instruction count suggests before the output
-//! cap sees it.
+//! ("fuel"), a cap on the output size, and a sandbox that bounds every
+//! operation that could build a large value — string repetition and
+//! concatenation, `format` widths, `indent`, `join`, `replace`, `batch`,
+//! nesting, captured output, constant folding while compiling — and the
+//! total work of a render ([`Limits`]; how: the `sandbox` module). A hostile
+//! or runaway template ends in a [`TemplateError`], fast and in bounded
+//! memory, rather than a hang or an abort.
 //!
 //! A model without a template: [`ChatTemplate::from_gguf`] returns `None` and
 //! the caller decides; [`ChatTemplate::chatml`] is the common fallback
@@ -47,6 +49,10 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::TokenizerError;
 
+mod sandbox;
+
+pub use sandbox::Limits;
+
 /// The error of template parsing and rendering: the crate's one error type.
 pub type TemplateError = TokenizerError;
 
@@ -58,8 +64,26 @@ pub const CHATML_TEMPLATE: &str = "{%- for message in messages %}{{- '<|im_start
 
 /// Default instruction budget of one render.
 pub const DEFAULT_FUEL: u64 = 20_000_000;
-/// Default cap on the rendered output, in bytes.
+/// Default cap on the rendered output, in bytes; also the largest value.
 pub const DEFAULT_MAX_OUTPUT: usize = 16 << 20;
+/// Default budget of bytes made, copied or measured in one render.
+pub const DEFAULT_MAX_WORK: u64 = 1 << 30;
+/// Default cap on the elements of one list a template builds.
+pub const DEFAULT_MAX_ITEMS: usize = 1 << 20;
+/// Default cap on how deeply lists and maps nest.
+pub const DEFAULT_MAX_DEPTH: usize = 64;
+
+impl Default for Limits {
+    fn default() -> Limits {
+        Limits {
+            fuel: DEFAULT_FUEL,
+            max_output: DEFAULT_MAX_OUTPUT,
+            max_work: DEFAULT_MAX_WORK,
+            max_items: DEFAULT_MAX_ITEMS,
+            max_depth: DEFAULT_MAX_DEPTH,
+        }
+    }
+}
 
 /// One chat message.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -133,18 +157,17 @@ fn system_clock() -> chrono::NaiveDateTime {
         .naive_utc()
 }
 
-/// A compiled chat template with its sandbox limits.
+/// A chat template with its sandbox limits.
 pub struct ChatTemplate {
-    env: Environment<'static>,
-    max_output: usize,
-    fuel: u64,
+    source: String,
+    clock: Clock,
+    limits: Limits,
 }
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ChatTemplate")
-            .field("fuel", &self.fuel)
-            .field("max_output", &self.max_output)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -175,34 +198,42 @@ impl ChatTemplate {
     }
 
     /// Compiles `source` with `clock` for `strftime_now`, an instruction budget
-    /// `fuel` per render and an output cap of `max_output` bytes.
+    /// `fuel` per render and an output cap of `max_output` bytes (the other
+    /// limits at their defaults).
     pub fn with_options(
         source: &str,
         clock: Clock,
         fuel: u64,
         max_output: usize,
     ) -> Result<ChatTemplate, TemplateError> {
-        let mut env = Environment::new();
-        env.set_trim_blocks(true);
-        env.set_lstrip_blocks(true);
-        env.set_keep_trailing_newline(false);
-        env.set_fuel(Some(fuel));
-        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> Result<Value, Error> {
-            Err(Error::new(ErrorKind::InvalidOperation, msg.clone()).with_source(Raised(msg)))
-        });
-        env.add_function(
-            "strftime_now",
-            move |format: String| -> Result<String, Error> { strftime(&clock(), &format) },
-        );
-        env.add_filter("tojson", tojson);
-        env.add_template_owned(TEMPLATE_NAME, source.to_string())
-            .map_err(|e| TokenizerError::TemplateSyntax(describe(&e)))?;
+        Self::with_limits(
+            source,
+            clock,
+            Limits {
+                fuel,
+                max_output,
+                ..Limits::default()
+            },
+        )
+    }
+
+    /// Compiles `source` with `clock` for `strftime_now` and the sandbox `limits`.
+    pub fn with_limits(
+        source: &str,
+        clock: Clock,
+        limits: Limits,
+    ) -> Result<ChatTemplate, TemplateError> {
+        sandbox::compile(TEMPLATE_NAME, source, &limits).map_err(compile_error)?;
         Ok(ChatTemplate {
-            env,
-            max_output,
-            fuel,
+            source: source.to_string(),
+            clock,
+            limits,
         })
+    }
+
+    /// The sandbox limits of a render.
+    pub fn limits(&self) -> Limits {
+        self.limits
     }
 
     /// The ChatML template ([`CHATML_TEMPLATE`]).
@@ -222,32 +253,82 @@ impl ChatTemplate {
         }
     }
 
+    /// The environment of one render: Hugging Face's globals and filters,
+    /// Python's methods, and the sandbox's guards charging `budget`.
+    fn environment(&self, budget: &Arc<sandbox::Budget>) -> Environment<'_> {
+        let mut env = Environment::new();
+        env.set_fuel(Some(self.limits.fuel));
+        env.add_function("raise_exception", |msg: String| -> Result<Value, Error> {
+            Err(Error::new(ErrorKind::InvalidOperation, msg.clone()).with_source(Raised(msg)))
+        });
+        let clock = self.clock.clone();
+        env.add_function(
+            "strftime_now",
+            move |format: String| -> Result<String, Error> { strftime(&clock(), &format) },
+        );
+        let max_json = self.limits.max_output;
+        env.add_filter("tojson", move |value: &Value, kwargs: Kwargs| {
+            tojson(value, kwargs, max_json)
+        });
+        // Also installs Python's methods (minijinja-contrib's pycompat).
+        sandbox::install(&mut env, budget);
+        env
+    }
+
     /// Renders the template with `ctx`.
+    ///
+    /// Bounded in time and memory: see [`Limits`]. Keys of `ctx.extra`
+    /// starting with `~` are refused (the sandbox's own names).
     pub fn render(&self, ctx: &ChatContext) -> Result<String, TemplateError> {
-        let template = self
-            .env
-            .get_template(TEMPLATE_NAME)
-            .map_err(|e| TokenizerError::TemplateSyntax(describe(&e)))?;
-        let mut out = CappedWriter {
-            buf: Vec::new(),
-            max: self.max_output,
-            exceeded: false,
-        };
-        match template.render_captured_to(ctx, &mut out) {
-            Ok(_) => String::from_utf8(out.buf)
-                .map_err(|e| TokenizerError::TemplateRender(e.to_string())),
-            Err(e) if out.exceeded => {
-                let _ = e;
-                Err(TokenizerError::TemplateOutputTooLarge(self.max_output))
-            }
-            Err(e) if e.kind() == ErrorKind::OutOfFuel => {
-                Err(TokenizerError::TemplateOutOfFuel(self.fuel))
-            }
-            Err(e) => match raised_message(&e) {
-                Some(msg) => Err(TokenizerError::TemplateRaised(msg)),
-                None => Err(TokenizerError::TemplateRender(describe(&e))),
-            },
+        if let Some(key) = ctx.extra.keys().find(|k| k.starts_with('~')) {
+            return Err(TokenizerError::Context(format!(
+                "variable `{key}`: names starting with `~` are reserved"
+            )));
         }
+        let budget = sandbox::Budget::new(self.limits);
+        let env = self.environment(&budget);
+        let (instructions, blocks) =
+            sandbox::compile(TEMPLATE_NAME, &self.source, &self.limits).map_err(compile_error)?;
+        let root = Value::from_serialize(ctx);
+        let mut out = String::new();
+        let result = {
+            let mut output = minijinja::machinery::make_string_output(&mut out);
+            minijinja::machinery::Vm::new(&env)
+                .eval(
+                    &instructions,
+                    root,
+                    &blocks,
+                    &mut output,
+                    minijinja::AutoEscape::None,
+                )
+                .map(|_| ())
+        };
+        match result {
+            Ok(()) if out.len() > self.limits.max_output => Err(
+                TokenizerError::TemplateOutputTooLarge(self.limits.max_output),
+            ),
+            Ok(()) => Ok(out),
+            Err(e) => Err(match budget.exceeded() {
+                Some(sandbox::Exceeded::Output) => {
+                    TokenizerError::TemplateOutputTooLarge(self.limits.max_output)
+                }
+                Some(_) => TokenizerError::TemplateLimit(describe(&e)),
+                None if e.kind() == ErrorKind::OutOfFuel => {
+                    TokenizerError::TemplateOutOfFuel(self.limits.fuel)
+                }
+                None => match raised_message(&e) {
+                    Some(msg) => TokenizerError::TemplateRaised(msg),
+                    None => TokenizerError::TemplateRender(describe(&e)),
+                },
+            }),
+        }
+    }
+}
+
+fn compile_error(e: sandbox::CompileError) -> TokenizerError {
+    match e {
+        sandbox::CompileError::Syntax(e) => TokenizerError::TemplateSyntax(describe(&e)),
+        sandbox::CompileError::Limit(m) => TokenizerError::TemplateLimit(m),
     }
 }
 
@@ -274,27 +355,6 @@ fn describe(e: &Error) -> String {
     s
 }
 
-/// Collects output up to a cap; past it the write fails and rendering stops.
-struct CappedWriter {
-    buf: Vec<u8>,
-    max: usize,
-    exceeded: bool,
-}
-
-impl std::io::Write for CappedWriter {
-    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
-        if self.buf.len() + data.len() > self.max {
-            self.exceeded = true;
-            return Err(std::io::Error::other("chat template output too large"));
-        }
-        self.buf.extend_from_slice(data);
-        Ok(data.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 /// Python's `datetime.strftime` for `strftime_now` (chrono's directives are Python's).
 fn strftime(now: &chrono::NaiveDateTime, format: &str) -> Result<String, Error> {
     use chrono::format::{Item, StrftimeItems};
@@ -317,7 +377,7 @@ fn strftime(now: &chrono::NaiveDateTime, format: &str) -> Result<String, Error> 
 
 /// `tojson` as Hugging Face defines it: `json.dumps(x, indent, separators,
 /// sort_keys, ensure_ascii=False)`.
-fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
+fn tojson(value: &Value, kwargs: Kwargs, max_len: usize) -> Result<Value, Error> {
     let indent: Option<Value> = kwargs.get("indent")?;
     let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
     let separators: Option<Value> = kwargs.get("separators")?;
@@ -331,6 +391,18 @@ fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
             None => Some(v.as_str().unwrap_or_default().to_string()),
         },
     };
+    // Each is repeated per element (and per level): keep them short.
+    let too_long = |what: &str, s: &str| {
+        (s.chars().count() > 64).then(|| {
+            Error::new(
+                ErrorKind::InvalidOperation,
+                format!("tojson: {what} longer than 64 characters"),
+            )
+        })
+    };
+    if let Some(e) = indent.as_deref().and_then(|i| too_long("indent", i)) {
+        return Err(e);
+    }
     let (item_sep, key_sep) = match separators.filter(|s| !s.is_none() && !s.is_undefined()) {
         Some(s) => {
             let parts: Vec<Value> = s.try_iter()?.collect();
@@ -347,12 +419,16 @@ fn tojson(value: &Value, kwargs: Kwargs) -> Result<Value, Error> {
         None if indent.is_some() => (",".to_string(), ": ".to_string()),
         None => (", ".to_string(), ": ".to_string()),
     };
+    if let Some(e) = too_long("separator", &item_sep).or_else(|| too_long("separator", &key_sep)) {
+        return Err(e);
+    }
     let opts = JsonOptions {
         indent,
         item_sep,
         key_sep,
         sort_keys: sort_keys.unwrap_or(false),
         ensure_ascii: ensure_ascii.unwrap_or(false),
+        max_len,
     };
     let mut out = String::new();
     dump_json(value, &opts, 0, &mut out)?;
@@ -365,6 +441,8 @@ struct JsonOptions {
     key_sep: String,
     sort_keys: bool,
     ensure_ascii: bool,
+    /// The longest output (the template's output cap).
+    max_len: usize,
 }
 
 /// Python's `json.dumps` of a template value.
@@ -373,6 +451,12 @@ fn dump_json(v: &Value, o: &JsonOptions, level: usize, out: &mut String) -> Resu
         return Err(Error::new(
             ErrorKind::InvalidOperation,
             "tojson: nesting too deep",
+        ));
+    }
+    if out.len() > o.max_len {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("tojson: output longer than {} bytes", o.max_len),
         ));
     }
     let newline = |out: &mut String, level: usize| {

@@ -61,6 +61,10 @@ pub enum TokenizerError {
     /// Rendering produced more than the allowed output.
     #[error("chat template output exceeds {0} bytes")]
     TemplateOutputTooLarge(usize),
+    /// Rendering ran into another sandbox limit (a value, list, nesting or
+    /// work budget too large: a hostile template).
+    #[error("chat template exceeded a limit: {0}")]
+    TemplateLimit(String),
     /// The chat context (JSON) is malformed.
     #[error("chat context: {0}")]
     Context(String),

@@ -2,6 +2,7 @@
 
 mod chat_templates;
 mod metadata;
+mod sandbox;
 mod smollm2;
 mod stream;
 mod vocab_files;
