@@ -33,6 +33,15 @@ pub struct Args {
     /// Print the layer trace (statistics of every step) to stderr.
     #[arg(long)]
     trace: bool,
+    /// Write every graph node's values to DIR as `NNNN_<node>.f32`
+    /// (little-endian, `[rows, width]`), the layout `tools/diff_llama_dump.py`
+    /// compares with a llama.cpp eval-callback dump (`tools/llama_ref/dump.patch`).
+    #[arg(long, value_name = "DIR")]
+    dump: Option<PathBuf>,
+    /// Compute and write only the last token's logits, as llama.cpp computes
+    /// a prompt for generation (its last layer then runs on that row alone).
+    #[arg(long)]
+    last: bool,
     /// Where to run the model: the CPU, or a GPU through wgpu (the same graph).
     #[arg(long, value_enum, default_value_t = crate::common::BackendKind::Cpu)]
     backend: crate::common::BackendKind,
@@ -99,12 +108,31 @@ pub fn run(args: Args) -> CmdResult {
         ..SessionOptions::default()
     })?;
     let mut trace = Trace::with_limit(8);
-    let logits = if args.trace {
-        session.forward_traced(&tokens, LogitsMode::All, &mut trace)?
-    } else {
-        session.forward(&tokens, LogitsMode::All)?
+    let mut dump = match &args.dump {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+            Some(Dump {
+                dir: dir.clone(),
+                next: 0,
+                error: None,
+            })
+        }
+        None => None,
     };
-    if args.trace {
+    let mode = if args.last {
+        LogitsMode::Last
+    } else {
+        LogitsMode::All
+    };
+    let logits = match (&mut dump, args.trace) {
+        (Some(d), _) => session.forward_traced(&tokens, mode, d)?,
+        (None, true) => session.forward_traced(&tokens, mode, &mut trace)?,
+        (None, false) => session.forward(&tokens, mode)?,
+    };
+    if let Some(Dump { error: Some(e), .. }) = dump {
+        return Err(e.into());
+    }
+    if args.trace && args.dump.is_none() {
         eprint!("{trace}");
     }
     let n_vocab = model.config().n_vocab;
@@ -130,4 +158,36 @@ pub fn run(args: Args) -> CmdResult {
         args.out.display()
     )?;
     Ok(())
+}
+
+/// Writes every graph node's values to a directory, one file per node in
+/// execution order (`0003_attn_norm-0.f32`).
+struct Dump {
+    dir: PathBuf,
+    next: usize,
+    error: Option<String>,
+}
+
+impl llama_model::Observer for Dump {
+    fn record(&mut self, name: &str, _layer: Option<usize>, _n_rows: usize, values: &[f32]) {
+        if self.error.is_some() {
+            return;
+        }
+        let safe: String = name
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                    c
+                } else {
+                    '_'
+                }
+            })
+            .collect();
+        let path = self.dir.join(format!("{:04}_{safe}.f32", self.next));
+        self.next += 1;
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        if let Err(e) = std::fs::write(&path, bytes) {
+            self.error = Some(format!("{}: {e}", path.display()));
+        }
+    }
 }
