@@ -5,12 +5,24 @@
 //! a terminal, each line is one user message and each reply is printed on
 //! its own (scriptable); `--json` prints one object per turn instead,
 //! including how many prompt tokens were reused and how many computed.
+//!
+//! Message text is tokenized as text: special-token text a user types stays
+//! text (`--special-in-content` lets it through, for trusted input). One bad
+//! turn does not end the session: when the conversation outgrows the
+//! context, the oldest turns after the system message are shifted out (as
+//! llama.cpp's context shift does); a message that cannot fit even alone, or
+//! any other failure, fails that turn only — it is reported (`strata: error:`
+//! on stderr; with `--json`, an object with `error`), left out of the
+//! conversation, and the next line is read. The exit status is 1 if any turn
+//! failed.
 
 use std::io::{BufRead as _, IsTerminal as _, Write as _};
 
-use generate::{Chat, GenerateOptions, Generator};
+use generate::{Completion, GenerateOptions, Generator, Prompt};
+use tokenizer::chat::{ChatTemplate, Message};
+use tokenizer::Tokenizer;
 
-use crate::common::{classify, init_threads, Loaded, ModelArgs, ModelFile, SamplingArgs};
+use crate::common::{classify, init_threads, one_line, Loaded, ModelArgs, ModelFile, SamplingArgs};
 use crate::generate::completion_json;
 use crate::CmdResult;
 
@@ -30,9 +42,66 @@ pub struct Args {
     /// Context size in tokens (default: the model's training context, at most 4096).
     #[arg(long, short = 'c', value_parser = clap::value_parser!(u64).range(1..))]
     ctx: Option<u64>,
+    /// Let special-token text in messages become special tokens (trusted
+    /// input only; by default message text stays text).
+    #[arg(long)]
+    special_in_content: bool,
     /// Print one JSON object per turn (the reply, its tokens and timings).
     #[arg(long)]
     json: bool,
+}
+
+/// The conversation: its messages, and how to turn them into tokens.
+struct Conversation<'a> {
+    messages: Vec<Message>,
+    /// Messages at the start that are never shifted out (the system message).
+    kept: usize,
+    template: ChatTemplate,
+    tokenizer: &'a Tokenizer,
+    special_in_content: bool,
+}
+
+impl Conversation<'_> {
+    fn tokens(&self, messages: &[Message]) -> Result<Vec<u32>, Box<dyn std::error::Error>> {
+        let ctx = self.tokenizer.chat_context(messages.to_vec());
+        Ok(self
+            .tokenizer
+            .encode_chat(&self.template, &ctx, self.special_in_content)?)
+    }
+
+    /// The prompt with `user` added, shifting out the oldest turns until it
+    /// leaves `room` tokens of an `n_ctx` context for the reply (or, if even
+    /// the message alone does not, fits at all). The conversation changes
+    /// only if the prompt is made: then it holds the message, less the
+    /// turns shifted out.
+    fn prompt_with(
+        &mut self,
+        user: &str,
+        n_ctx: usize,
+        room: usize,
+    ) -> Result<Vec<u32>, Box<dyn std::error::Error>> {
+        let mut messages = self.messages.clone();
+        messages.push(Message::new("user", user));
+        loop {
+            let ids = self.tokens(&messages)?;
+            let shiftable = messages.len() - self.kept - 1;
+            if ids.len() + room <= n_ctx || (shiftable == 0 && ids.len() < n_ctx) {
+                self.messages = messages;
+                return Ok(ids);
+            }
+            if shiftable == 0 {
+                return Err(format!(
+                    "the message makes a prompt of {} tokens, more than the context of {n_ctx} holds; \
+                     it was left out (a longer --ctx, or a shorter message)",
+                    ids.len()
+                )
+                .into());
+            }
+            // The oldest turn: a message and, if it is one, the reply to it.
+            let n = if shiftable >= 2 { 2 } else { 1 };
+            messages.drain(self.kept..self.kept + n);
+        }
+    }
 }
 
 /// Runs `strata chat`.
@@ -47,10 +116,21 @@ pub fn run(args: Args) -> CmdResult {
     let mf = ModelFile::open_with(args.model.model.as_ref(), !args.model.no_mmap)?;
     let mut loaded = Loaded::load(&mf, args.model.backend, args.ctx.unwrap_or(0) as usize)?;
     let engine = loaded.engine()?;
-    let generator = Generator::new(engine, &mf.tokenizer)
-        .map_err(classify)?
-        .with_template(mf.chat_template()?);
-    let mut chat = Chat::new(generator, args.system.as_deref());
+    let n_ctx = engine.n_ctx();
+    let mut generator = Generator::new(engine, &mf.tokenizer).map_err(classify)?;
+    let mut conversation = Conversation {
+        messages: args
+            .system
+            .iter()
+            .map(|s| Message::new("system", s.as_str()))
+            .collect(),
+        kept: usize::from(args.system.is_some()),
+        template: mf.chat_template()?,
+        tokenizer: &mf.tokenizer,
+        special_in_content: args.special_in_content,
+    };
+    // Room for a reply: its most tokens, up to half the context.
+    let room = opts.max_tokens.min(n_ctx / 2);
 
     let interactive = std::io::stdin().is_terminal();
     if interactive {
@@ -58,6 +138,7 @@ pub fn run(args: Args) -> CmdResult {
     }
     let mut stdout = std::io::stdout().lock();
     let mut lines = std::io::stdin().lock().lines();
+    let (mut turns, mut failed) = (0usize, 0usize);
     loop {
         if interactive {
             eprint!("> ");
@@ -71,40 +152,88 @@ pub fn run(args: Args) -> CmdResult {
             }
             continue;
         }
+        turns += 1;
         let mut write_error = None;
-        let done = chat
-            .send(user, &opts, |piece| {
-                if !args.json && write_error.is_none() {
-                    if let Err(e) = stdout
-                        .write_all(piece.as_bytes())
-                        .and_then(|_| stdout.flush())
-                    {
-                        write_error = Some(e);
+        let done = conversation.prompt_with(user, n_ctx, room).and_then(|ids| {
+            generator
+                .generate(Prompt::Tokens(&ids), &opts, |piece| {
+                    if !args.json && write_error.is_none() {
+                        if let Err(e) = stdout
+                            .write_all(piece.as_bytes())
+                            .and_then(|_| stdout.flush())
+                        {
+                            write_error = Some(e);
+                        }
                     }
-                }
-            })
-            .map_err(classify)?;
+                })
+                .map_err(classify)
+        });
         if let Some(e) = write_error {
             return Err(e.into());
         }
-        if args.json {
-            let mut v = completion_json(&done);
-            v["user"] = user.into();
-            writeln!(stdout, "{}", serde_json::to_string(&v)?)?;
-        } else {
-            writeln!(stdout)?;
-            let t = &done.timings;
-            eprintln!(
-                "strata: [{} prompt tokens: {} reused, {} computed at {:.1} t/s; {} generated at {:.1} t/s]",
-                done.prompt_tokens.len(),
-                t.reused_tokens,
-                t.prompt_tokens,
-                t.prompt_tokens_per_second(),
-                done.tokens.len(),
-                t.eval_tokens_per_second()
-            );
+        match done {
+            Ok(done) => {
+                // Kept verbatim: the next render then starts with the very
+                // tokens generated, and the cache covers them.
+                conversation
+                    .messages
+                    .push(Message::new("assistant", done.text.as_str()));
+                report(&mut stdout, &args, user, &done)?;
+            }
+            Err(e) => {
+                failed += 1;
+                if conversation
+                    .messages
+                    .last()
+                    .is_some_and(|m| m.role == "user")
+                {
+                    conversation.messages.pop();
+                }
+                let message = one_line(&e.to_string());
+                if args.json {
+                    let v = serde_json::json!({ "user": user, "error": message });
+                    writeln!(stdout, "{}", serde_json::to_string(&v)?)?;
+                } else if !interactive {
+                    // One line per message on stdout, failed or not.
+                    writeln!(stdout)?;
+                }
+                eprintln!("strata: error: {message}");
+            }
         }
         stdout.flush()?;
+    }
+    if failed > 0 {
+        return Err(format!("{failed} of {turns} turns failed").into());
+    }
+    Ok(())
+}
+
+fn report(
+    stdout: &mut impl std::io::Write,
+    args: &Args,
+    user: &str,
+    done: &Completion,
+) -> std::io::Result<()> {
+    if args.json {
+        let mut v = completion_json(done);
+        v["user"] = user.into();
+        writeln!(
+            stdout,
+            "{}",
+            serde_json::to_string(&v).map_err(std::io::Error::other)?
+        )?;
+    } else {
+        writeln!(stdout)?;
+        let t = &done.timings;
+        eprintln!(
+            "strata: [{} prompt tokens: {} reused, {} computed at {:.1} t/s; {} generated at {:.1} t/s]",
+            done.prompt_tokens.len(),
+            t.reused_tokens,
+            t.prompt_tokens,
+            t.prompt_tokens_per_second(),
+            done.tokens.len(),
+            t.eval_tokens_per_second()
+        );
     }
     Ok(())
 }

@@ -26,6 +26,20 @@ impl std::fmt::Display for UsageError {
 
 impl std::error::Error for UsageError {}
 
+/// An error message as one safe line, whatever it holds (scripts rely on one
+/// line, and names from a file must not drive the terminal): line breaks
+/// become spaces, other control characters (ESC, ...) are escaped.
+pub fn one_line(message: &str) -> String {
+    message
+        .chars()
+        .map(|c| match c {
+            '\n' | '\r' => " ".to_string(),
+            c if c.is_control() => c.escape_default().to_string(),
+            c => c.to_string(),
+        })
+        .collect()
+}
+
 /// Turns generation errors about arguments into [`UsageError`]s.
 pub fn classify(e: generate::GenerateError) -> Box<dyn std::error::Error> {
     if e.is_invalid_argument() {

@@ -34,6 +34,10 @@ pub struct Args {
     /// With --chat: a system message before the user's.
     #[arg(long, requires = "chat")]
     system: Option<String>,
+    /// With --chat: let special-token text in the messages become special
+    /// tokens (trusted input only; by default message text stays text).
+    #[arg(long, requires = "chat")]
+    special_in_content: bool,
     /// Stop at this text (not printed); repeatable.
     #[arg(long)]
     stop: Vec<String>,
@@ -88,17 +92,24 @@ pub fn run(args: Args) -> CmdResult {
         .map(|s| Message::new("system", s.as_str()))
         .chain(std::iter::once(Message::new("user", text.as_str())))
         .collect();
-    let prompt = match (&prompt_ids, args.chat) {
-        (Some(ids), _) => Prompt::Tokens(ids),
-        (None, true) => Prompt::Chat(&messages),
-        (None, false) => Prompt::Text(&text),
+    // A chat is rendered and tokenized here, message text as text (see
+    // Tokenizer::encode_chat), and handed to the generator as tokens.
+    let chat_ids = if args.chat && prompt_ids.is_none() {
+        let ctx = mf.tokenizer.chat_context(messages);
+        Some(
+            mf.tokenizer
+                .encode_chat(&mf.chat_template()?, &ctx, args.special_in_content)?,
+        )
+    } else {
+        None
+    };
+    let prompt = match (&prompt_ids, &chat_ids) {
+        (Some(ids), _) | (None, Some(ids)) => Prompt::Tokens(ids),
+        (None, None) => Prompt::Text(&text),
     };
     let mut loaded = Loaded::load(&mf, args.model.backend, args.ctx.unwrap_or(0) as usize)?;
     let engine = loaded.engine()?;
     let mut generator = Generator::new(engine, &mf.tokenizer).map_err(classify)?;
-    if args.chat {
-        generator = generator.with_template(mf.chat_template()?);
-    }
 
     if args.json {
         let done = generator

@@ -88,26 +88,12 @@ fn main() -> ExitCode {
         }
         // A bad argument found after parsing: exit code 2, as clap's own errors.
         Err(e) if e.downcast_ref::<common::UsageError>().is_some() => {
-            eprintln!("strata: error: {}", one_line(&e.to_string()));
+            eprintln!("strata: error: {}", common::one_line(&e.to_string()));
             ExitCode::from(2)
         }
         Err(e) => {
-            eprintln!("strata: error: {}", one_line(&e.to_string()));
+            eprintln!("strata: error: {}", common::one_line(&e.to_string()));
             ExitCode::FAILURE
         }
     }
-}
-
-/// An error message as one safe line, whatever it holds (scripts rely on one
-/// line, and names from a file must not drive the terminal): line breaks
-/// become spaces, other control characters (ESC, ...) are escaped.
-fn one_line(message: &str) -> String {
-    message
-        .chars()
-        .map(|c| match c {
-            '\n' | '\r' => " ".to_string(),
-            c if c.is_control() => c.escape_default().to_string(),
-            c => c.to_string(),
-        })
-        .collect()
 }

@@ -332,6 +332,269 @@ fn compile_error(e: sandbox::CompileError) -> TokenizerError {
     }
 }
 
+/// Marks the start and end of a placeholder for a message's content while
+/// locating content in a render (private-use characters, checked absent).
+const SLOT_OPEN: char = '\u{F8F0}';
+const SLOT_CLOSE: char = '\u{F8F1}';
+
+/// A render and where message content lies in it ([`ChatTemplate::render_located`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Located {
+    /// The rendered text.
+    pub text: String,
+    /// The byte ranges of `text` that are message content, in order; `None`
+    /// when the template changes content so that it cannot be told apart.
+    pub content: Option<Vec<std::ops::Range<usize>>>,
+}
+
+/// A piece of a render made with placeholders.
+enum Piece<'a> {
+    Literal(&'a str),
+    Content(usize),
+}
+
+impl ChatTemplate {
+    /// Renders `ctx` and finds the byte ranges of the output that are
+    /// message content (sorted), or `None` when they cannot be told apart
+    /// from the template's own text.
+    ///
+    /// The template is rendered a second time with each message's content
+    /// replaced by a placeholder; the placeholders' places in that render,
+    /// matched against the first (content as it is, or with surrounding
+    /// whitespace trimmed, as templates that `trim` it write it), give the
+    /// ranges. A template that changes content otherwise (slices it, tests
+    /// what it holds) gives `None`.
+    pub fn render_located(&self, ctx: &ChatContext) -> Result<Located, TemplateError> {
+        let text = self.render(ctx)?;
+        let contents: Vec<&str> = ctx.messages.iter().map(|m| m.content.as_str()).collect();
+        if contents.iter().all(|c| c.is_empty()) {
+            return Ok(Located {
+                text,
+                content: Some(Vec::new()),
+            });
+        }
+        let has_marker = |s: &str| s.contains([SLOT_OPEN, SLOT_CLOSE]);
+        if has_marker(&text) || contents.iter().any(|c| has_marker(c)) {
+            return Ok(Located {
+                text,
+                content: None,
+            });
+        }
+        let mut marked = ctx.clone();
+        for (i, m) in marked.messages.iter_mut().enumerate() {
+            if !m.content.is_empty() {
+                m.content = format!("{SLOT_OPEN}{i}{SLOT_CLOSE}");
+            }
+        }
+        let Ok(with_slots) = self.render(&marked) else {
+            return Ok(Located {
+                text,
+                content: None,
+            });
+        };
+        let pieces = slots(&with_slots, contents.len());
+        let ranges = pieces.and_then(|p| align(&text, &p, &contents));
+        Ok(Located {
+            text,
+            content: ranges,
+        })
+    }
+}
+
+/// Splits a render made with placeholders into literal text and content slots.
+fn slots(s: &str, n_messages: usize) -> Option<Vec<Piece<'_>>> {
+    let mut out = Vec::new();
+    let mut rest = s;
+    while let Some(open) = rest.find(SLOT_OPEN) {
+        if open > 0 {
+            out.push(Piece::Literal(&rest[..open]));
+        }
+        let after = &rest[open + SLOT_OPEN.len_utf8()..];
+        let close = after.find(SLOT_CLOSE)?;
+        let i: usize = after[..close].parse().ok()?;
+        if i >= n_messages {
+            return None;
+        }
+        out.push(Piece::Content(i));
+        rest = &after[close + SLOT_CLOSE.len_utf8()..];
+    }
+    if rest.contains(SLOT_CLOSE) {
+        return None;
+    }
+    if !rest.is_empty() {
+        out.push(Piece::Literal(rest));
+    }
+    Some(out)
+}
+
+/// Matches `pieces` against `text`, each content slot as the message's
+/// content or one of its trimmed forms; the content ranges, in order.
+fn align(
+    text: &str,
+    pieces: &[Piece<'_>],
+    contents: &[&str],
+) -> Option<Vec<std::ops::Range<usize>>> {
+    let variants = |c: &str| -> Vec<usize> {
+        // Lengths of the candidates, each with where it starts in `c`.
+        let mut v = vec![c.len(), c.trim_end().len()];
+        v.dedup();
+        v
+    };
+    // Explicit backtracking: (piece index, text position, candidate tried).
+    struct Frame {
+        piece: usize,
+        pos: usize,
+        choice: usize,
+    }
+    let mut stack = vec![Frame {
+        piece: 0,
+        pos: 0,
+        choice: 0,
+    }];
+    let mut ranges: Vec<std::ops::Range<usize>> = Vec::new();
+    let mut steps = 0u32;
+    while let Some(top) = stack.last_mut() {
+        steps += 1;
+        if steps > 100_000 {
+            return None;
+        }
+        if top.piece == pieces.len() {
+            if top.pos == text.len() {
+                ranges.retain(|r| r.start != usize::MAX);
+                return Some(ranges);
+            }
+            stack.pop();
+            ranges.pop();
+            continue;
+        }
+        let rest = &text[top.pos..];
+        let advance = match pieces[top.piece] {
+            Piece::Literal(lit) => {
+                if top.choice == 0 && rest.starts_with(lit) {
+                    top.choice = 1;
+                    Some((lit.len(), None))
+                } else {
+                    None
+                }
+            }
+            Piece::Content(i) => {
+                // The content as given, or trimmed at the start, the end or both.
+                let c = contents[i];
+                let starts = [0, c.len() - c.trim_start().len()];
+                let mut candidates: Vec<&str> = Vec::new();
+                for s in starts {
+                    for len in variants(&c[s..]) {
+                        let cand = &c[s..s + len];
+                        if !candidates.contains(&cand) {
+                            candidates.push(cand);
+                        }
+                    }
+                }
+                let mut found = None;
+                while top.choice < candidates.len() {
+                    let cand = candidates[top.choice];
+                    top.choice += 1;
+                    if rest.starts_with(cand) {
+                        found = Some((cand.len(), Some(top.pos..top.pos + cand.len())));
+                        break;
+                    }
+                }
+                found
+            }
+        };
+        match advance {
+            Some((len, range)) => {
+                let (piece, pos) = (top.piece + 1, top.pos + len);
+                if let Some(r) = range {
+                    ranges.push(r);
+                } else {
+                    // Literal: mark so that popping back does not pop a range.
+                    ranges.push(usize::MAX..usize::MAX);
+                }
+                stack.push(Frame {
+                    piece,
+                    pos,
+                    choice: 0,
+                });
+            }
+            None => {
+                stack.pop();
+                ranges.pop();
+            }
+        }
+    }
+    None
+}
+
+impl crate::Tokenizer {
+    /// The context a chat is rendered with: `messages`, the opening of the
+    /// assistant's turn, and this vocabulary's BOS and EOS text.
+    pub fn chat_context(&self, messages: Vec<Message>) -> ChatContext {
+        let text_of = |id: Option<u32>| {
+            id.and_then(|id| self.token_text(id))
+                .unwrap_or_default()
+                .to_string()
+        };
+        ChatContext {
+            messages,
+            add_generation_prompt: true,
+            bos_token: text_of(self.bos()),
+            eos_token: text_of(self.eos()),
+            ..ChatContext::default()
+        }
+    }
+
+    /// The tokens of a conversation: `template` rendered with `ctx`, special
+    /// tokens where the template writes them, and message content tokenized
+    /// as text — so a user who types `<|im_end|><|im_start|>system` gets
+    /// those characters, not a forged turn. BOS is added unless the
+    /// template writes it.
+    ///
+    /// With `special_in_content` (for trusted input only) content is
+    /// tokenized like the template's text, special tokens included, as
+    /// llama.cpp does.
+    ///
+    /// Where content is in the render is found by
+    /// [`ChatTemplate::render_located`]; if the template changes content so
+    /// that it cannot be found, the render is tokenized as a whole, and a
+    /// message holding a special token's text is refused
+    /// ([`TokenizerError::SpecialTokenInContent`]).
+    pub fn encode_chat(
+        &self,
+        template: &ChatTemplate,
+        ctx: &ChatContext,
+        special_in_content: bool,
+    ) -> Result<Vec<u32>, TokenizerError> {
+        let Located {
+            text,
+            content: ranges,
+        } = if special_in_content {
+            Located {
+                text: template.render(ctx)?,
+                content: Some(Vec::new()),
+            }
+        } else {
+            template.render_located(ctx)?
+        };
+        // Templates that write the BOS text themselves get no second one.
+        let has_bos = !ctx.bos_token.is_empty() && text.starts_with(&ctx.bos_token);
+        match ranges {
+            Some(ranges) => self.encode_with_text_ranges(&text, !has_bos, true, &ranges),
+            None => {
+                for (i, m) in ctx.messages.iter().enumerate() {
+                    if let Some(token) = self.special_token_in(&m.content) {
+                        return Err(TokenizerError::SpecialTokenInContent {
+                            message: i,
+                            token: token.to_string(),
+                        });
+                    }
+                }
+                self.encode(&text, !has_bos, true)
+            }
+        }
+    }
+}
+
 /// The message of a `raise_exception` anywhere in the error's chain.
 fn raised_message(e: &Error) -> Option<String> {
     let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(e);

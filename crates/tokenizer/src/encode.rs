@@ -33,7 +33,26 @@ impl Tokenizer {
         add_special: bool,
         parse_special: bool,
     ) -> Result<Vec<u32>, TokenizerError> {
-        let fragments = self.partition(text, parse_special);
+        self.encode_with_text_ranges(text, add_special, parse_special, &[])
+    }
+
+    /// [`Tokenizer::encode`], where the byte ranges `as_text` (sorted, not
+    /// overlapping) are text whatever they hold: no special token, control or
+    /// user-defined, is matched over any byte of them. Outside them special
+    /// tokens are matched as `parse_special` says. Text on both sides of a
+    /// range boundary is tokenized as one stretch, so where `as_text` holds
+    /// no special token's text the result is exactly [`Tokenizer::encode`]'s.
+    ///
+    /// This is how a chat keeps message content as text while the template
+    /// writes control tokens ([`Tokenizer::encode_chat`]).
+    pub fn encode_with_text_ranges(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+        as_text: &[std::ops::Range<usize>],
+    ) -> Result<Vec<u32>, TokenizerError> {
+        let fragments = self.partition(text, parse_special, as_text);
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         if add_special && self.add_bos {
             out.push(
@@ -101,10 +120,31 @@ impl Tokenizer {
         Ok(out)
     }
 
+    /// The text of the first special token (control or user-defined) in
+    /// `text`, as [`Tokenizer::encode`] would match them, if any.
+    pub fn special_token_in(&self, text: &str) -> Option<&str> {
+        self.partition(text, true, &[])
+            .into_iter()
+            .find_map(|f| match f {
+                Fragment::Token(id) => self.token_text(id),
+                Fragment::Text(..) => None,
+            })
+    }
+
     /// Splits `text` at the special tokens it contains, longest token first
     /// (`tokenizer_st_partition`). Without `parse_special` only user-defined
     /// tokens are split out.
-    fn partition(&self, text: &str, parse_special: bool) -> Vec<Fragment> {
+    fn partition(
+        &self,
+        text: &str,
+        parse_special: bool,
+        as_text: &[std::ops::Range<usize>],
+    ) -> Vec<Fragment> {
+        // Whether bytes m..m+len touch a range that must stay text.
+        let protected = |m: usize, len: usize| {
+            let i = as_text.partition_point(|r| r.end <= m);
+            as_text.get(i).is_some_and(|r| r.start < m + len)
+        };
         let mut fragments = Vec::new();
         if text.is_empty() {
             return fragments;
@@ -130,8 +170,14 @@ impl Tokenizer {
                     next.push(f);
                     continue;
                 };
-                while let Some(pos) = text[start..end].find(needle) {
-                    let m = start + pos;
+                let mut from = start;
+                while let Some(pos) = text[from..end].find(needle) {
+                    let m = from + pos;
+                    if protected(m, needle.len()) {
+                        // Not a token here: look again one character on.
+                        from = m + text[m..].chars().next().map_or(1, char::len_utf8);
+                        continue;
+                    }
                     let mut left_end = m;
                     if data.attr & attr::LSTRIP != 0 {
                         while left_end > start && c_isspace(bytes[left_end - 1]) {
@@ -148,6 +194,7 @@ impl Tokenizer {
                             start += 1;
                         }
                     }
+                    from = start;
                 }
                 if start < end {
                     next.push(Fragment::Text(start, end));

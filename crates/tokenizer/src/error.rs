@@ -25,7 +25,11 @@ pub enum TokenizerError {
     #[error("unsupported tokenizer model `{0}` (supported: `llama` (SentencePiece), `gpt2` (byte-level BPE))")]
     UnsupportedModel(String),
     /// `tokenizer.ggml.pre` names a pre-tokenizer this crate does not know.
-    #[error("unknown pre-tokenizer type `{0}` in tokenizer.ggml.pre")]
+    /// The message lists the names it does know.
+    #[error(
+        "unknown pre-tokenizer type `{0}` in tokenizer.ggml.pre (known: {known})",
+        known = crate::pre::known_names_line()
+    )]
     UnknownPreTokenizer(String),
     /// A pre-tokenizer expression failed to compile or to run.
     #[error("pre-tokenizer expression `{pattern}`: {message}")]
@@ -65,6 +69,20 @@ pub enum TokenizerError {
     /// work budget too large: a hostile template).
     #[error("chat template exceeded a limit: {0}")]
     TemplateLimit(String),
+    /// A chat message holds a special token's text that cannot be kept as
+    /// text: the template changes message content, so where the content
+    /// ends up in the rendered prompt is unknown.
+    #[error(
+        "message {message} contains the text of special token `{token}`, and the chat \
+         template changes message content, so it cannot be kept as plain text; remove it, \
+         or allow special tokens in message content"
+    )]
+    SpecialTokenInContent {
+        /// Index of the message in the conversation.
+        message: usize,
+        /// The special token's text.
+        token: String,
+    },
     /// The chat context (JSON) is malformed.
     #[error("chat context: {0}")]
     Context(String),

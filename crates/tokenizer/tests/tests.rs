@@ -1,5 +1,6 @@
 //! Proof tests against llama.cpp's own outputs (see tests/fixtures/README.md).
 
+mod chat_content;
 mod chat_templates;
 mod metadata;
 mod sandbox;
