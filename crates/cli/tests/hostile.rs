@@ -715,3 +715,63 @@ fn special_token_text_in_a_chat_message_stays_text() {
     // Opted out: the message's text becomes tokens, a forged system turn.
     assert_eq!(run(&["--special-in-content"]), (4, 3));
 }
+
+#[test]
+fn hostile_tokenizer_metadata_is_a_clear_error() {
+    let dir = scratch("tokenizer");
+    // (A special token id out of range is not among them: llama.cpp warns
+    // and keeps its default id, and so does this tokenizer.)
+    let cases: [(&str, Value, &str); 4] = [
+        (
+            "tokenizer.ggml.eos_token_id",
+            Value::I64(-1),
+            "tokenizer.ggml.eos_token_id",
+        ),
+        (
+            "tokenizer.ggml.token_type",
+            Value::from(vec![1i32; 3]),
+            "tokenizer.ggml.token_type",
+        ),
+        (
+            "tokenizer.ggml.scores",
+            Value::from(vec!["x"]),
+            "tokenizer.ggml.scores",
+        ),
+        ("tokenizer.ggml.model", Value::from("bert"), "bert"),
+    ];
+    for (i, (key, value, what)) in cases.into_iter().enumerate() {
+        let path = variant(
+            &synth(),
+            &dir,
+            &format!("t{i}.gguf"),
+            &[(key, value)],
+            |_, _| {},
+        );
+        let o = strata(&[
+            "generate",
+            "--model",
+            path.to_str().unwrap(),
+            "-n",
+            "1",
+            "hi",
+        ]);
+        fails_with(&o, 1, what);
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_vocabulary_too_large_for_memory_is_refused_before_it_is_built() {
+    let dir = scratch("vocab");
+    let mut w = GgufWriter::new();
+    w.add_metadata("general.architecture", "llama").unwrap();
+    w.add_metadata("tokenizer.ggml.model", "llama").unwrap();
+    // 2^24 empty tokens: 128 MiB of file, over 2 GiB as a vocabulary.
+    let tokens = gguf_format::Array::from_strings(std::iter::repeat_n("", 1 << 24));
+    w.add_metadata("tokenizer.ggml.tokens", Value::Array(tokens))
+        .unwrap();
+    let path = dir.join("vocab.gguf");
+    w.write_file(&path).unwrap();
+    let o = strata_limited(1024, &["tokenize", "--model", path.to_str().unwrap(), "hi"]);
+    fails_with(&o, 1, "a vocabulary of 16777216 tokens needs about");
+}

@@ -285,6 +285,25 @@ impl Tokenizer {
                 format!("{n_tokens} tokens is too many"),
             ));
         }
+        // Each token costs its text twice (the table and the map) and about
+        // a hundred bytes of bookkeeping: a hostile vocabulary of 2^28 empty
+        // strings (2 GiB of file) would take tens of GiB. Check first.
+        let text_bytes: u64 = words
+            .strings()
+            .map_or(0, |s| s.map(|t| t.len() as u64).sum());
+        let estimate = (n_tokens as u64)
+            .saturating_mul(128)
+            .saturating_add(text_bytes.saturating_mul(2));
+        if let Some(avail) = gguf_format::available_memory() {
+            if estimate > avail {
+                return Err(invalid(
+                    KEY_TOKENS,
+                    format!(
+                        "a vocabulary of {n_tokens} tokens needs about {estimate} bytes; only {avail} bytes of memory are available"
+                    ),
+                ));
+            }
+        }
         let scores = array_of(header, KEY_SCORES, &[ValueType::F32, ValueType::I32])?;
         if let Some(s) = scores {
             if s.len() < n_tokens {
