@@ -47,7 +47,7 @@ PRES = {
     "default": "DEFAULT_EXPRS", "llama-bpe": "LLAMA3_EXPRS", "gpt-2": "GPT2_EXPRS",
     "starcoder": "STARCODER_EXPRS", "falcon": "FALCON_EXPRS", "qwen2": "QWEN2_EXPRS",
     "poro-chat": "PORO_EXPRS", "tekken": "TEKKEN_EXPRS", "gpt-4o": "GPT4O_EXPRS",
-    "seed-coder": "SEED_CODER_EXPRS", "bailingmoe": "BAILINGMOE_EXPRS",
+    "seed-coder": "SEED_CODER_EXPRS", "bailingmoe": "BAILINGMOE_EXPRS", "qwen35": "QWEN35_EXPRS",
 }
 
 

@@ -37,6 +37,9 @@ impl CptFlags {
     pub(crate) fn is_whitespace(self) -> bool {
         self.0 & Self::WHITESPACE != 0
     }
+    pub(crate) fn is_accent_mark(self) -> bool {
+        self.0 & Self::ACCENT_MARK != 0
+    }
     /// Any flag at all; out-of-range positions have none.
     pub(crate) fn any(self) -> bool {
         self.0 != 0
@@ -133,16 +136,63 @@ fn to_lower_ascii(cpt: u32) -> u32 {
 /// The pre-tokenizer expressions llama.cpp's GPT-2 scanner replaces.
 const GPT2_PATTERN: &str =
     "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)";
-const LLAMA3_PATTERNS: [&str; 2] = [
-    "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
-    "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+/// The expressions llama.cpp's LLaMA-3-style scanners replace
+/// (`unicode_regex_split_custom`), each with the variant that runs it.
+const SCANNED_PATTERNS: [(&str, Llama3Variant); 4] = [
+    (
+        "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+        Llama3Variant::LLAMA3,
+    ),
+    (
+        "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+        Llama3Variant::LLAMA3,
+    ),
+    (
+        "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+        Llama3Variant::QWEN2,
+    ),
+    (
+        "(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\\r\\n\\p{L}\\p{N}]?[\\p{L}\\p{M}]+|\\p{N}| ?[^\\s\\p{L}\\p{M}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+        Llama3Variant::QWEN35,
+    ),
 ];
+
+/// What tells llama.cpp's three LLaMA-3-shaped scanners apart
+/// (`unicode_regex_split_custom_llama3`, `_qwen2`, `_qwen35`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Llama3Variant {
+    /// The most digits in one word: 3 for `\p{N}{1,3}`, 1 for `\p{N}`.
+    max_digits: usize,
+    /// Combining marks count as letters: `[\p{L}\p{M}]+` for words, and
+    /// `[^\s\p{L}\p{M}\p{N}]` for punctuation runs (Qwen3.5).
+    marks_are_letters: bool,
+}
+
+impl Llama3Variant {
+    const LLAMA3: Self = Self {
+        max_digits: 3,
+        marks_are_letters: false,
+    };
+    const QWEN2: Self = Self {
+        max_digits: 1,
+        marks_are_letters: false,
+    };
+    const QWEN35: Self = Self {
+        max_digits: 1,
+        marks_are_letters: true,
+    };
+
+    /// A codepoint a word's letter run takes.
+    fn is_word(self, f: CptFlags) -> bool {
+        f.is_letter() || (self.marks_are_letters && f.is_accent_mark())
+    }
+}
 
 /// One step of the split: a hand-written scanner or a compiled expression.
 #[derive(Debug)]
 enum SplitStep {
     Gpt2,
-    Llama3,
+    Llama3(Llama3Variant),
     /// Runs on the collapsed text (the expression uses `\p{..}`).
     Collapsed(fancy_regex::Regex),
     /// Runs on the codepoints, with non-ASCII whitespace replaced by `\x0B`.
@@ -264,8 +314,8 @@ impl PreTokenizer {
             needs_collapse |= uses_category;
             let step = if expr == GPT2_PATTERN {
                 SplitStep::Gpt2
-            } else if LLAMA3_PATTERNS.contains(&expr) {
-                SplitStep::Llama3
+            } else if let Some(&(_, variant)) = SCANNED_PATTERNS.iter().find(|(p, _)| *p == expr) {
+                SplitStep::Llama3(variant)
             } else if uses_category {
                 SplitStep::Collapsed(compile(&collapse_expression(expr)?, expr)?)
             } else {
@@ -277,6 +327,24 @@ impl PreTokenizer {
             steps,
             needs_collapse,
         })
+    }
+
+    /// What runs each expression: `gpt2`, `llama3`, `qwen2` or `qwen35` for
+    /// llama.cpp's hand-written scanners, `collapsed` or `plain` for a regex.
+    #[cfg(test)]
+    pub(crate) fn step_kinds(&self) -> Vec<&'static str> {
+        self.steps
+            .iter()
+            .map(|step| match step {
+                SplitStep::Gpt2 => "gpt2",
+                SplitStep::Llama3(Llama3Variant::LLAMA3) => "llama3",
+                SplitStep::Llama3(Llama3Variant::QWEN2) => "qwen2",
+                SplitStep::Llama3(Llama3Variant::QWEN35) => "qwen35",
+                SplitStep::Llama3(_) => unreachable!("only the three variants exist"),
+                SplitStep::Collapsed(_) => "collapsed",
+                SplitStep::Plain(_) => "plain",
+            })
+            .collect()
     }
 
     /// Splits `text` into words (`unicode_regex_split`), appended to `out` as byte ranges.
@@ -294,7 +362,7 @@ impl PreTokenizer {
         for step in &self.steps {
             offsets = match step {
                 SplitStep::Gpt2 => split_gpt2(&cpts, &offsets),
-                SplitStep::Llama3 => split_llama3(&cpts, &offsets),
+                SplitStep::Llama3(variant) => split_llama3(&cpts, &offsets, *variant),
                 SplitStep::Collapsed(re) => {
                     debug_assert!(self.needs_collapse);
                     let view = collapsed.get_or_insert_with(|| IndexedText::collapsed(&cpts));
@@ -549,8 +617,11 @@ fn split_gpt2(cpts: &[u32], offsets: &[usize]) -> Vec<usize> {
 }
 
 /// LLaMA-3: `(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+`
-/// (`unicode_regex_split_custom_llama3`).
-fn split_llama3(cpts: &[u32], offsets: &[usize]) -> Vec<usize> {
+/// (`unicode_regex_split_custom_llama3`); with `\p{N}` for `\p{N}{1,3}`
+/// Qwen2's (`_qwen2`), and with `[\p{L}\p{M}]` for `\p{L}` in the word and
+/// punctuation runs too Qwen3.5's (`_qwen35`). The three C++ functions differ
+/// only there, as [`Llama3Variant`] says.
+fn split_llama3(cpts: &[u32], offsets: &[usize], variant: Llama3Variant) -> Vec<usize> {
     let mut out = Vec::with_capacity(offsets.len());
     let mut start = 0;
     for &offset in offsets {
@@ -584,23 +655,23 @@ fn split_llama3(cpts: &[u32], offsets: &[usize]) -> Vec<usize> {
                     }
                 }
             }
-            // [^\r\n\p{L}\p{N}]?\p{L}+
+            // [^\r\n\p{L}\p{N}]?\p{L}+ (Qwen3.5: [^\r\n\p{L}\p{N}]?[\p{L}\p{M}]+)
             if !(is_rn(cpt) || flags.is_number())
-                && (flags.is_letter() || c.flags(pos + 1).is_letter())
+                && (variant.is_word(flags) || variant.is_word(c.flags(pos + 1)))
             {
                 pos += 1;
-                while c.flags(pos).is_letter() {
+                while variant.is_word(c.flags(pos)) {
                     pos += 1;
                 }
                 t.add(pos);
                 continue;
             }
-            // \p{N}{1,3}
+            // \p{N}{1,3} (Qwen: \p{N})
             if flags.is_number() {
                 let mut ini = pos;
                 while c.flags(pos).is_number() {
                     pos += 1;
-                    if pos - ini >= 3 {
+                    if pos - ini >= variant.max_digits {
                         t.add(pos);
                         ini = pos;
                     }
@@ -608,10 +679,10 @@ fn split_llama3(cpts: &[u32], offsets: &[usize]) -> Vec<usize> {
                 t.add(pos);
                 continue;
             }
-            // <space>?[^\s\p{L}\p{N}]+[\r\n]*
+            // <space>?[^\s\p{L}\p{N}]+[\r\n]* (Qwen3.5: [^\s\p{L}\p{M}\p{N}])
             let space = cpt == ' ' as u32;
             let mut flags2 = if space { c.flags(pos + 1) } else { flags };
-            let other = |f: CptFlags| !(f.is_whitespace() || f.is_letter() || f.is_number());
+            let other = |f: CptFlags| !(f.is_whitespace() || variant.is_word(f) || f.is_number());
             // llama.cpp tests the flags of the first codepoint for "any" here.
             if other(flags2) && flags.any() {
                 pos += space as usize;
