@@ -77,6 +77,36 @@ fn missing_or_unknown_model_is_an_error() {
     );
 }
 
+/// The error names the value and lists every name strata knows, so a user can
+/// see at once whether it is a typo or a pre-tokenizer strata lacks.
+#[test]
+fn unknown_pre_tokenizer_lists_the_known_ones() {
+    let message = build(gpt2("qwen99")).unwrap_err().to_string();
+    assert!(
+        message.starts_with(
+            "unknown pre-tokenizer type `qwen99` in tokenizer.ggml.pre (known: default, llama3, "
+        ),
+        "{message}"
+    );
+    for name in [
+        "llama-bpe",
+        "gpt-2",
+        "qwen2",
+        "qwen35",
+        "deepseek-coder",
+        "command-r",
+        "tekken",
+    ] {
+        assert!(
+            message.contains(&format!(" {name},")),
+            "{name} missing from: {message}"
+        );
+    }
+    for name in ["qwen35", "glm5"] {
+        assert!(build(gpt2(name)).is_ok(), "{name}");
+    }
+}
+
 #[test]
 fn absent_pre_tokenizer_means_default() {
     let mut kv = gpt2("");
