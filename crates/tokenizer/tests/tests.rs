@@ -2,6 +2,7 @@
 
 mod chat_content;
 mod chat_templates;
+mod fuzz;
 mod metadata;
 mod sandbox;
 mod smollm2;
