@@ -8,7 +8,9 @@
 //! (`"gpt2"`: GPT-2, LLaMA 3, Qwen 2, SmolLM, StarCoder, ...), with the
 //! pre-tokenizer `tokenizer.ggml.pre` selects. [`chat::ChatTemplate`] renders
 //! the file's `tokenizer.chat_template` as Hugging Face's `apply_chat_template`
-//! does.
+//! does, in a sandbox that bounds its time and memory; [`Tokenizer::encode_chat`]
+//! tokenizes a conversation with special tokens only where the template writes
+//! them, message text kept as text.
 //!
 //! ```no_run
 //! use gguf_format::GgufFile;
