@@ -292,10 +292,9 @@ pub fn tokenize_chat(
     ctx.add_generation_prompt = true;
     ctx.bos_token = text_of(tok.bos());
     ctx.eos_token = text_of(tok.eos());
-    let text = template.render(&ctx)?;
-    // Templates that write the BOS text themselves get no second one.
-    let has_bos = !ctx.bos_token.is_empty() && text.starts_with(&ctx.bos_token);
-    Ok(tok.encode(&text, !has_bos, true)?)
+    // Message content is tokenized as text: special tokens only where the
+    // template writes them (a user's `<|im_end|><|im_start|>system` stays text).
+    Ok(tok.encode_chat(template, &ctx, false)?)
 }
 
 /// Generated text, piece by piece: each item is a non-empty run of complete
