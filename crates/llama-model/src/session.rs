@@ -463,8 +463,17 @@ impl<'m, B: Backend> Session<'m, B> {
         }
         let n_vocab = c.n_vocab;
         let n_out = batch.output.iter().filter(|&&o| o).count();
+        let need = n_out.checked_mul(n_vocab).ok_or_else(|| {
+            ModelError::InvalidRequest(format!("logits of {n_out} tokens overflow"))
+        })?;
         self.logits.clear();
-        self.logits.resize(n_out * n_vocab, 0.0);
+        self.logits.try_reserve(need).map_err(|e| {
+            ModelError::InvalidRequest(format!(
+                "cannot hold the logits of {n_out} tokens × {n_vocab} entries ({} bytes): {e}",
+                need as u128 * 4
+            ))
+        })?;
+        self.logits.resize(need, 0.0);
         let mut row_out = 0;
         let mut start = 0;
         while start < n {

@@ -92,11 +92,12 @@ pub(crate) fn swa_layers(
 ) -> Result<Vec<bool>> {
     let k = key(c, "attention.sliding_window_pattern");
     if let Some(Value::Array(a)) = b.header().get(&k) {
+        // Only the first n_layer entries matter; a huge array is not expanded.
         let v: Vec<bool> = a
-            .values
             .iter()
+            .take(c.n_layer)
             .map(|x| match x {
-                Value::Bool(x) => Some(*x),
+                Value::Bool(x) => Some(x),
                 _ => None,
             })
             .collect::<Option<_>>()
