@@ -395,26 +395,6 @@ impl Engine for GpuEngine<'_> {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_existing_file_is_used_as_it_is() {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
-        assert_eq!(resolve_model(Some(&path)).unwrap(), path);
-    }
-
-    #[test]
-    fn neither_a_file_nor_a_name_lists_the_names() {
-        let err = resolve_model(Some(&PathBuf::from("gemma3-270x"))).unwrap_err();
-        assert_eq!(
-            err.to_string(),
-            "gemma3-270x: no such file, and not a model name (smollm2-135m, gemma3-270m)"
-        );
-    }
-}
-
 /// A model's graph on the CPU, or on a GPU through wgpu (the same graph,
 /// each op a GPU dispatch): what `logits`, `perplexity` and `embedding`
 /// run, and `generate`/`chat` on the GPU for architectures the fused LLaMA
@@ -502,5 +482,25 @@ impl GraphModel {
             GraphModel::Cpu(m) => Box::new(m.session(opts)?),
             GraphModel::Gpu(m) => Box::new(m.session(opts)?),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_existing_file_is_used_as_it_is() {
+        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        assert_eq!(resolve_model(Some(&path)).unwrap(), path);
+    }
+
+    #[test]
+    fn neither_a_file_nor_a_name_lists_the_names() {
+        let err = resolve_model(Some(&PathBuf::from("gemma3-270x"))).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "gemma3-270x: no such file, and not a model name (smollm2-135m, gemma3-270m)"
+        );
     }
 }

@@ -278,6 +278,72 @@ pub fn rms(x: &[f32]) -> f32 {
     (s / x.len() as f64).sqrt() as f32
 }
 
+/// `x[i] *= s` (ggml_scale).
+pub fn scale(x: &mut [f32], s: f32) {
+    for v in x.iter_mut() {
+        *v *= s;
+    }
+}
+
+/// `x = cap · tanh(x / cap)` as llama.cpp builds it from three ops:
+/// ggml_scale by `1/cap`, ggml_tanh (libm's `tanhf`), ggml_scale by `cap`.
+pub fn softcap(x: &mut [f32], cap: f32) {
+    let inv = 1.0 / cap;
+    for v in x.iter_mut() {
+        *v = (*v * inv).tanh() * cap;
+    }
+}
+
+/// `gelu(x)` with the tanh approximation, in `f32` (`ggml_gelu_f32`, as GCC
+/// compiles it for an FMA target: `1 + a·x·x` contracted into one fused
+/// multiply-add, which moves some table entries by an `f16` ulp).
+pub fn gelu_f32(x: f32) -> f32 {
+    const GELU_COEF_A: f32 = 0.044715;
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    let inner = (GELU_COEF_A * x).mul_add(x, 1.0);
+    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * inner).tanh())
+}
+
+/// ggml's `ggml_table_gelu_f16`: `gelu` of every `f16` value, rounded to `f16`.
+fn gelu_table() -> &'static [f16; 1 << 16] {
+    static TABLE: std::sync::OnceLock<Box<[f16; 1 << 16]>> = std::sync::OnceLock::new();
+    TABLE.get_or_init(|| {
+        let mut t = Box::new([f16::ZERO; 1 << 16]);
+        for (i, v) in t.iter_mut().enumerate() {
+            *v = f16::from_f32(gelu_f32(f16::from_bits(i as u16).to_f32()));
+        }
+        t
+    })
+}
+
+/// `gelu(x)` as ggml's CPU computes it (`GGML_GELU_FP16`): 0 at or below -10,
+/// `x` at or above 10, else the table entry of `x` rounded to `f16`.
+#[inline]
+pub fn gelu(x: f32) -> f32 {
+    if x <= -10.0 {
+        0.0
+    } else if x >= 10.0 {
+        x
+    } else {
+        gelu_table()[f16::from_f32(x).to_bits() as usize].to_f32()
+    }
+}
+
+/// `out[i] = gelu(gate[i]) * up[i]` (ggml_geglu_split: Gemma's feed-forward gate).
+pub fn geglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
+    assert!(gate.len() == up.len() && up.len() == out.len());
+    let table = gelu_table();
+    for ((o, &x), &g) in out.iter_mut().zip(gate).zip(up) {
+        *o = if x <= -10.0 {
+            0.0
+        } else if x >= 10.0 {
+            x * g
+        } else {
+            table[f16::from_f32(x).to_bits() as usize].to_f32() * g
+        };
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -355,71 +421,5 @@ mod tests {
         swiglu(&g, &u, 3, &mut o);
         assert_eq!(o[0], 0.0);
         assert!((o[1] - 2.0 / (1.0 + (-1.0f32).exp())).abs() < 1e-7);
-    }
-}
-
-/// `x[i] *= s` (ggml_scale).
-pub fn scale(x: &mut [f32], s: f32) {
-    for v in x.iter_mut() {
-        *v *= s;
-    }
-}
-
-/// `x = cap · tanh(x / cap)` as llama.cpp builds it from three ops:
-/// ggml_scale by `1/cap`, ggml_tanh (libm's `tanhf`), ggml_scale by `cap`.
-pub fn softcap(x: &mut [f32], cap: f32) {
-    let inv = 1.0 / cap;
-    for v in x.iter_mut() {
-        *v = (*v * inv).tanh() * cap;
-    }
-}
-
-/// `gelu(x)` with the tanh approximation, in `f32` (`ggml_gelu_f32`, as GCC
-/// compiles it for an FMA target: `1 + a·x·x` contracted into one fused
-/// multiply-add, which moves some table entries by an `f16` ulp).
-pub fn gelu_f32(x: f32) -> f32 {
-    const GELU_COEF_A: f32 = 0.044715;
-    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
-    let inner = (GELU_COEF_A * x).mul_add(x, 1.0);
-    0.5 * x * (1.0 + (SQRT_2_OVER_PI * x * inner).tanh())
-}
-
-/// ggml's `ggml_table_gelu_f16`: `gelu` of every `f16` value, rounded to `f16`.
-fn gelu_table() -> &'static [f16; 1 << 16] {
-    static TABLE: std::sync::OnceLock<Box<[f16; 1 << 16]>> = std::sync::OnceLock::new();
-    TABLE.get_or_init(|| {
-        let mut t = Box::new([f16::ZERO; 1 << 16]);
-        for (i, v) in t.iter_mut().enumerate() {
-            *v = f16::from_f32(gelu_f32(f16::from_bits(i as u16).to_f32()));
-        }
-        t
-    })
-}
-
-/// `gelu(x)` as ggml's CPU computes it (`GGML_GELU_FP16`): 0 at or below -10,
-/// `x` at or above 10, else the table entry of `x` rounded to `f16`.
-#[inline]
-pub fn gelu(x: f32) -> f32 {
-    if x <= -10.0 {
-        0.0
-    } else if x >= 10.0 {
-        x
-    } else {
-        gelu_table()[f16::from_f32(x).to_bits() as usize].to_f32()
-    }
-}
-
-/// `out[i] = gelu(gate[i]) * up[i]` (ggml_geglu_split: Gemma's feed-forward gate).
-pub fn geglu(gate: &[f32], up: &[f32], out: &mut [f32]) {
-    assert!(gate.len() == up.len() && up.len() == out.len());
-    let table = gelu_table();
-    for ((o, &x), &g) in out.iter_mut().zip(gate).zip(up) {
-        *o = if x <= -10.0 {
-            0.0
-        } else if x >= 10.0 {
-            x * g
-        } else {
-            table[f16::from_f32(x).to_bits() as usize].to_f32() * g
-        };
     }
 }

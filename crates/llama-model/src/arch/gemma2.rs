@@ -21,11 +21,11 @@ pub(super) fn build(c: &Config, b: &mut GraphBuilder<'_>) -> Result<NodeId> {
 
     let x = input(b, c);
     let mut x = b.scale("inp_scaled", x, (c.n_embd as f32).sqrt());
-    for il in 0..c.n_layer {
+    for (il, &local) in swa.iter().enumerate().take(c.n_layer) {
         b.set_layer(Some(il));
         let h = norm(b, c, "attn_norm", x, &blk(il, "attn_norm.weight"));
         let (q, k, v) = qkv(b, c, il, h);
-        let rope = if swa[il] {
+        let rope = if local {
             rope_with(c, base_swa, c.rope.freq_scale)
         } else {
             c.rope
@@ -34,7 +34,7 @@ pub(super) fn build(c: &Config, b: &mut GraphBuilder<'_>) -> Result<NodeId> {
         let q = b.scale("Qcur_scaled", q, q_scale);
         let mut p = attn_params(c, 1.0);
         p.softcap = (attn_cap != 0.0).then_some(attn_cap);
-        p.window = swa[il].then_some(n_swa);
+        p.window = local.then_some(n_swa);
         let a = attn(b, c, il, (q, k, v), p);
         let [a, res] = last_layer_rows(b, c, il, [a, x]);
         let a = norm(

@@ -24,12 +24,12 @@ pub(super) fn build(c: &Config, b: &mut GraphBuilder<'_>) -> Result<NodeId> {
 
     let x = input(b, c);
     let mut x = b.scale("inp_scaled", x, (c.n_embd as f32).sqrt());
-    for il in 0..c.n_layer {
+    for (il, &local) in swa.iter().enumerate().take(c.n_layer) {
         b.set_layer(Some(il));
         let h = norm(b, c, "attn_norm", x, &blk(il, "attn_norm.weight"));
         let (q, k, v) = qkv(b, c, il, h);
         let (q, k) = qk_norm_heads(b, c, il, q, k);
-        let rope = if swa[il] {
+        let rope = if local {
             rope_with(c, base_swa, 1.0)
         } else {
             c.rope
@@ -37,7 +37,7 @@ pub(super) fn build(c: &Config, b: &mut GraphBuilder<'_>) -> Result<NodeId> {
         let (q, k) = super::rope_qk(b, c, q, k, rope);
         let q = b.scale("Qcur_scaled", q, q_scale);
         let mut p = attn_params(c, 1.0);
-        p.window = if swa[il] { n_swa } else { None };
+        p.window = if local { n_swa } else { None };
         let a = attn(b, c, il, (q, k, v), p);
         let [a, res] = last_layer_rows(b, c, il, [a, x]);
         let a = norm(

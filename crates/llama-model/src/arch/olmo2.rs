@@ -20,14 +20,14 @@ pub(super) fn build(c: &Config, b: &mut GraphBuilder<'_>) -> Result<NodeId> {
     };
     let base_swa = meta_f32(b, c, "rope.freq_base_swa")?.unwrap_or(c.rope.freq_base);
     let mut x = input(b, c);
-    for il in 0..c.n_layer {
+    for (il, &local) in swa.iter().enumerate().take(c.n_layer) {
         b.set_layer(Some(il));
         let (q, k, v) = qkv(b, c, il, x);
         let qn = b.vector(&blk(il, "attn_q_norm.weight"), c.q_width());
         let kn = b.vector(&blk(il, "attn_k_norm.weight"), c.kv_width());
         let q = b.rms_norm("Qcur_normed", q, qn, c.rms_eps);
         let k = b.rms_norm("Kcur_normed", k, kn, c.rms_eps);
-        let rope = if swa[il] {
+        let rope = if local {
             let mut r = rope_with(c, base_swa, 1.0);
             r.ext_factor = 0.0;
             r.attn_factor = 1.0;
@@ -37,7 +37,7 @@ pub(super) fn build(c: &Config, b: &mut GraphBuilder<'_>) -> Result<NodeId> {
         };
         let (q, k) = rope_qk(b, c, q, k, rope);
         let mut p = attn_params(c, 1.0 / (c.head_dim as f32).sqrt());
-        p.window = if swa[il] { n_swa } else { None };
+        p.window = if local { n_swa } else { None };
         let a = attn(b, c, il, (q, k, v), p);
         let [a, res] = last_layer_rows(b, c, il, [a, x]);
         let a = norm(
