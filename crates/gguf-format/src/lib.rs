@@ -39,8 +39,8 @@ pub use file::{
     OutputFile,
 };
 pub use reader::{
-    Gguf, GgufHeader, TensorInfo, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ALIGNMENT,
-    MAX_ARRAY_DEPTH, MAX_ARRAY_LEN, MAX_DIMS, MAX_NAME_LEN, MAX_STRING_LEN,
+    Gguf, GgufHeader, TensorInfo, DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ALIGNMENT, MAX_ARRAY_DEPTH,
+    MAX_ARRAY_LEN, MAX_DIMS, MAX_NAME_LEN, MAX_STRING_LEN,
 };
 pub use types::{GgmlType, TypeInfo};
 pub use value::{Array, Value, ValueType, Values};
