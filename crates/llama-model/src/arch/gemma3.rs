@@ -3,8 +3,8 @@
 //! attention soft-capping (llama.cpp's `src/models/gemma3.cpp`).
 
 use super::{
-    attn, attn_params, blk, ffn, input, last_layer_rows, meta_f32, meta_uint, norm, output,
-    qk_norm_heads, qkv, rope_with, swa_layers, Glu,
+    attn, attn_params, blk, gemma_ffn, input, meta_f32, meta_uint, norm, output, qk_norm_heads,
+    qkv, rope_with, swa_layers,
 };
 use crate::config::Config;
 use crate::error::Result;
@@ -39,19 +39,7 @@ pub(super) fn build(c: &Config, b: &mut GraphBuilder<'_>) -> Result<NodeId> {
         let mut p = attn_params(c, 1.0);
         p.window = if local { n_swa } else { None };
         let a = attn(b, c, il, (q, k, v), p);
-        let [a, res] = last_layer_rows(b, c, il, [a, x]);
-        let a = norm(
-            b,
-            c,
-            "attn_post_norm",
-            a,
-            &blk(il, "post_attention_norm.weight"),
-        );
-        let sa = b.add("sa_out", a, res);
-        let h = norm(b, c, "ffn_norm", sa, &blk(il, "ffn_norm.weight"));
-        let h = ffn(b, c, il, h, Glu::Gelu);
-        let h = norm(b, c, "ffn_post_norm", h, &blk(il, "post_ffw_norm.weight"));
-        x = b.add("l_out", h, sa);
+        x = gemma_ffn(b, c, il, a, x);
     }
     b.set_layer(None);
     let logits = output(b, c, x);

@@ -1,7 +1,7 @@
 //! `llama`: LLaMA 1/2/3, TinyLlama, SmolLM, Mistral-style models
 //! (llama.cpp's `src/models/llama.cpp`).
 
-use super::{attn, attn_params, ffn, input, last_layer_rows, norm, output, qkv, rope_qk, Glu};
+use super::{attn, attn_params, ffn, input, norm, output, prenorm_ffn, qkv, rope_qk, Glu};
 use crate::config::Config;
 use crate::error::Result;
 use crate::graph::{GraphBuilder, NodeId};
@@ -16,11 +16,7 @@ pub(super) fn build(c: &Config, b: &mut GraphBuilder<'_>) -> Result<NodeId> {
         let (q, k, v) = qkv(b, c, il, h);
         let (q, k) = rope_qk(b, c, q, k, c.rope);
         let a = attn(b, c, il, (q, k, v), attn_params(c, c.attn_scale));
-        let [a, res] = last_layer_rows(b, c, il, [a, x]);
-        let f = b.add("ffn_inp", a, res);
-        let h = norm(b, c, "ffn_norm", f, &super::blk(il, "ffn_norm.weight"));
-        let h = ffn(b, c, il, h, Glu::Silu);
-        x = b.add("l_out", h, f);
+        x = prenorm_ffn(b, c, il, a, x, |b, h| Ok(ffn(b, c, il, h, Glu::Silu)))?;
     }
     b.set_layer(None);
     Ok(output(b, c, x))

@@ -232,6 +232,48 @@ pub(crate) fn last_layer_rows<const N: usize>(
     })
 }
 
+/// The feed-forward half of a pre-norm block (LLaMA's layout): `ffn_inp` =
+/// attention output + residual, RMSNorm, `ffn`, `l_out` = its output +
+/// `ffn_inp` — in the last layer on the output rows only.
+pub(crate) fn prenorm_ffn(
+    b: &mut GraphBuilder<'_>,
+    c: &Config,
+    il: usize,
+    a: NodeId,
+    x: NodeId,
+    ffn: impl FnOnce(&mut GraphBuilder<'_>, NodeId) -> Result<NodeId>,
+) -> Result<NodeId> {
+    let [a, res] = last_layer_rows(b, c, il, [a, x]);
+    let f = b.add("ffn_inp", a, res);
+    let h = norm(b, c, "ffn_norm", f, &blk(il, "ffn_norm.weight"));
+    let h = ffn(b, h)?;
+    Ok(b.add("l_out", h, f))
+}
+
+/// Gemma's block after attention: post-attention norm, `sa_out` residual,
+/// RMSNorm, GeGLU feed-forward, post-feed-forward norm, `l_out` residual.
+pub(crate) fn gemma_ffn(
+    b: &mut GraphBuilder<'_>,
+    c: &Config,
+    il: usize,
+    a: NodeId,
+    x: NodeId,
+) -> NodeId {
+    let [a, res] = last_layer_rows(b, c, il, [a, x]);
+    let a = norm(
+        b,
+        c,
+        "attn_post_norm",
+        a,
+        &blk(il, "post_attention_norm.weight"),
+    );
+    let sa = b.add("sa_out", a, res);
+    let h = norm(b, c, "ffn_norm", sa, &blk(il, "ffn_norm.weight"));
+    let h = ffn(b, c, il, h, Glu::Gelu);
+    let h = norm(b, c, "ffn_post_norm", h, &blk(il, "post_ffw_norm.weight"));
+    b.add("l_out", h, sa)
+}
+
 /// The gate activation of a feed-forward block.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Glu {

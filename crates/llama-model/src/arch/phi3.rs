@@ -1,7 +1,7 @@
 //! `phi3`: fused QKV and gate/up projections, NeoX RoPE, queries scaled
 //! before attention (llama.cpp's `src/models/phi3.cpp`).
 
-use super::{attn, attn_params, blk, ffn, input, last_layer_rows, norm, output, qkv, rope_qk, Glu};
+use super::{attn, attn_params, blk, ffn, input, norm, output, prenorm_ffn, qkv, rope_qk, Glu};
 use crate::config::Config;
 use crate::error::Result;
 use crate::graph::{ensure, GraphBuilder, NodeId};
@@ -20,11 +20,7 @@ pub(super) fn build(c: &Config, b: &mut GraphBuilder<'_>) -> Result<NodeId> {
         let (q, k) = rope_qk(b, c, q, k, c.rope);
         let q = b.scale("Qcur_scaled", q, 1.0 / (c.head_dim as f32).sqrt());
         let a = attn(b, c, il, (q, k, v), attn_params(c, 1.0));
-        let [a, res] = last_layer_rows(b, c, il, [a, x]);
-        let f = b.add("ffn_inp", a, res);
-        let h = norm(b, c, "ffn_norm", f, &blk(il, "ffn_norm.weight"));
-        let h = ffn(b, c, il, h, Glu::Silu);
-        x = b.add("l_out", f, h);
+        x = prenorm_ffn(b, c, il, a, x, |b, h| Ok(ffn(b, c, il, h, Glu::Silu)))?;
     }
     b.set_layer(None);
     Ok(output(b, c, x))

@@ -2,8 +2,7 @@
 //! (llama.cpp's `src/models/qwen3.cpp`).
 
 use super::{
-    attn, attn_params, blk, ffn, input, last_layer_rows, norm, output, qk_norm_heads, qkv, rope_qk,
-    Glu,
+    attn, attn_params, blk, ffn, input, norm, output, prenorm_ffn, qk_norm_heads, qkv, rope_qk, Glu,
 };
 use crate::config::Config;
 use crate::error::Result;
@@ -19,11 +18,7 @@ pub(super) fn build(c: &Config, b: &mut GraphBuilder<'_>) -> Result<NodeId> {
         let (q, k) = qk_norm_heads(b, c, il, q, k);
         let (q, k) = rope_qk(b, c, q, k, c.rope);
         let a = attn(b, c, il, (q, k, v), attn_params(c, c.attn_scale));
-        let [a, res] = last_layer_rows(b, c, il, [a, x]);
-        let f = b.add("ffn_inp", a, res);
-        let h = norm(b, c, "ffn_norm", f, &blk(il, "ffn_norm.weight"));
-        let h = ffn(b, c, il, h, Glu::Silu);
-        x = b.add("l_out", h, f);
+        x = prenorm_ffn(b, c, il, a, x, |b, h| Ok(ffn(b, c, il, h, Glu::Silu)))?;
     }
     b.set_layer(None);
     Ok(output(b, c, x))

@@ -3,8 +3,7 @@
 //! (llama.cpp's `src/models/qwen3moe.cpp`).
 
 use super::{
-    attn, attn_params, blk, input, last_layer_rows, moe_ffn, norm, output, qk_norm_heads, qkv,
-    rope_qk,
+    attn, attn_params, blk, input, moe_ffn, norm, output, prenorm_ffn, qk_norm_heads, qkv, rope_qk,
 };
 use crate::config::Config;
 use crate::error::Result;
@@ -20,11 +19,9 @@ pub(super) fn build(c: &Config, b: &mut GraphBuilder<'_>) -> Result<NodeId> {
         let (q, k) = qk_norm_heads(b, c, il, q, k);
         let (q, k) = rope_qk(b, c, q, k, c.rope);
         let a = attn(b, c, il, (q, k, v), attn_params(c, c.attn_scale));
-        let [a, res] = last_layer_rows(b, c, il, [a, x]);
-        let f = b.add("ffn_inp", a, res);
-        let h = norm(b, c, "ffn_norm", f, &blk(il, "ffn_norm.weight"));
-        let h = moe_ffn(b, c, il, h, Gating::Softmax, true)?;
-        x = b.add("l_out", h, f);
+        x = prenorm_ffn(b, c, il, a, x, |b, h| {
+            moe_ffn(b, c, il, h, Gating::Softmax, true)
+        })?;
     }
     b.set_layer(None);
     Ok(output(b, c, x))
