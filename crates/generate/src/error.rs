@@ -48,6 +48,10 @@ pub enum GenerateError {
     /// Tokenizing or rendering the chat template failed.
     #[error(transparent)]
     Tokenizer(#[from] TokenizerError),
+    /// A grammar or schema could not be compiled, or constrained sampling
+    /// failed ([`constraint`](crate::constraint)).
+    #[error("grammar: {0}")]
+    Grammar(String),
     /// Another [`Engine`](crate::Engine) failed (a GPU backend, ...).
     #[error("engine: {0}")]
     Engine(Box<dyn std::error::Error + Send + Sync>),

@@ -7,7 +7,9 @@
 //! characters until an end-of-generation token, a stop string or the token
 //! limit. The [`sampler`] turns logits into a token through a fixed chain of
 //! small steps (penalties, bias, top-k, top-p, min-p, temperature, draw);
-//! the same seed gives the same text, always.
+//! the same seed gives the same text, always. A [`constraint`] (JSON
+//! Schema, Lark or GBNF through llguidance) masks the tokens a grammar does
+//! not allow before the draw ([`Sampler::sample_allowed`]).
 //!
 //! ```no_run
 //! use generate::{GenerateOptions, Generator, Prompt, SamplerConfig};
@@ -37,6 +39,7 @@
 #![deny(missing_docs)]
 
 mod chat;
+pub mod constraint;
 mod engine;
 mod error;
 mod generator;

@@ -163,6 +163,29 @@ impl Sampler {
     /// Picks the next token from `logits` (one per vocabulary entry), given the
     /// tokens so far (`history`, oldest first) for the penalties.
     pub fn sample(&mut self, logits: &[f32], history: &[u32]) -> u32 {
+        self.sample_inner(logits, history, None::<fn(u32) -> bool>)
+            .expect("with no mask every token is a candidate")
+    }
+
+    /// [`sample`](Self::sample) among the tokens `allowed` accepts (a
+    /// grammar's mask, see [`constraint`](crate::constraint)): the others
+    /// are removed after the logit bias, before top-k, so the rest of the
+    /// chain sees only allowed tokens. `None` when no token is allowed.
+    pub fn sample_allowed(
+        &mut self,
+        logits: &[f32],
+        history: &[u32],
+        allowed: impl Fn(u32) -> bool,
+    ) -> Option<u32> {
+        self.sample_inner(logits, history, Some(allowed))
+    }
+
+    fn sample_inner(
+        &mut self,
+        logits: &[f32],
+        history: &[u32],
+        allowed: Option<impl Fn(u32) -> bool>,
+    ) -> Option<u32> {
         let c = &self.config;
         self.candidates.clear();
         self.candidates
@@ -197,9 +220,16 @@ impl Sampler {
                 *l += b;
             }
         }
+        // 2b. The mask: only allowed tokens stay candidates.
+        if let Some(allowed) = &allowed {
+            self.candidates.retain(|&(t, _)| allowed(t));
+            if self.candidates.is_empty() {
+                return None;
+            }
+        }
         // Greedy: the argmax of the penalised, biased logits.
         if c.temperature == 0.0 {
-            return argmax(&self.candidates);
+            return Some(argmax(&self.candidates));
         }
         // Most likely first (ties by id, so the order is deterministic).
         let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
@@ -245,10 +275,10 @@ impl Sampler {
         for (i, p) in probs.iter().enumerate() {
             cum += p;
             if r < cum {
-                return self.candidates[i].0;
+                return Some(self.candidates[i].0);
             }
         }
-        self.candidates[probs.len() - 1].0
+        Some(self.candidates[probs.len() - 1].0)
     }
 }
 

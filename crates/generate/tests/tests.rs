@@ -1,4 +1,5 @@
 //! generate's one integration-test binary.
 
+mod constraint;
 mod scripted;
 mod smollm2;
