@@ -7,6 +7,7 @@
 
 use std::collections::BTreeMap;
 
+use generate::constraint::Grammar;
 use generate::SamplerConfig;
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -28,7 +29,7 @@ impl BadRequest {
         }
     }
 
-    fn param(param: &'static str, message: impl Into<String>) -> Self {
+    pub fn param(param: &'static str, message: impl Into<String>) -> Self {
         BadRequest {
             message: message.into(),
             param: Some(param),
@@ -102,6 +103,11 @@ pub(crate) struct ChatRequest {
     pub logprobs: Option<bool>,
     pub top_logprobs: Option<u64>,
     pub response_format: Option<Value>,
+    /// llama.cpp's extension: a Lark or GBNF grammar the reply must follow.
+    pub grammar: Option<String>,
+    pub tools: Option<Value>,
+    pub tool_choice: Option<Value>,
+    pub parallel_tool_calls: Option<bool>,
     #[allow(dead_code)]
     pub user: Option<String>,
     #[serde(flatten)]
@@ -131,6 +137,10 @@ impl Body for ChatRequest {
         "logprobs",
         "top_logprobs",
         "response_format",
+        "grammar",
+        "tools",
+        "tool_choice",
+        "parallel_tool_calls",
         "user",
     ];
 }
@@ -150,6 +160,8 @@ pub(crate) struct CompletionRequest {
     pub logprobs: Option<u64>,
     pub echo: Option<bool>,
     pub suffix: Option<String>,
+    /// llama.cpp's extension: a Lark or GBNF grammar the text must follow.
+    pub grammar: Option<String>,
     #[allow(dead_code)]
     pub user: Option<String>,
     #[serde(flatten)]
@@ -169,6 +181,7 @@ impl Body for CompletionRequest {
         "logprobs",
         "echo",
         "suffix",
+        "grammar",
         "user",
     ];
 }
@@ -182,6 +195,76 @@ pub(crate) struct GenParams {
     pub stop: Vec<String>,
     /// With logprobs: how many alternatives per token.
     pub top_logprobs: Option<usize>,
+}
+
+/// What `response_format` and `grammar` ask of the output.
+#[derive(Debug, Default)]
+pub(crate) struct OutputFormat {
+    /// The grammar the output must follow (`None`: free text).
+    pub grammar: Option<Grammar>,
+    /// With `json_schema`: the schema (a tool-calling reply's `response` follows it).
+    pub schema: Option<Value>,
+}
+
+/// Checks `response_format` (`text`, `json_object`, `json_schema`) and
+/// `grammar` (Lark or GBNF), of which at most one may constrain the output.
+pub(crate) fn output_format(
+    response_format: Option<&Value>,
+    grammar: Option<&str>,
+) -> Result<OutputFormat, BadRequest> {
+    let param = |m: String| BadRequest::param("response_format", m);
+    let mut out = OutputFormat::default();
+    if let Some(format) = response_format {
+        let Some(obj) = format.as_object() else {
+            return Err(param("response_format must be an object".into()));
+        };
+        match obj.get("type").and_then(Value::as_str) {
+            Some("text") => {}
+            Some("json_object") => out.grammar = Some(Grammar::JsonObject),
+            Some("json_schema") => {
+                let Some(spec) = obj.get("json_schema").and_then(Value::as_object) else {
+                    return Err(param(
+                        "response_format json_schema needs a \"json_schema\" object".into(),
+                    ));
+                };
+                let schema = match spec.get("schema") {
+                    None => serde_json::json!({}),
+                    Some(s @ (Value::Object(_) | Value::Bool(_))) => s.clone(),
+                    Some(_) => {
+                        return Err(param(
+                            "json_schema.schema must be a JSON Schema object".into(),
+                        ))
+                    }
+                };
+                let strict = match spec.get("strict") {
+                    None | Some(Value::Null) => false,
+                    Some(Value::Bool(b)) => *b,
+                    Some(_) => return Err(param("json_schema.strict must be a boolean".into())),
+                };
+                out.schema = Some(schema.clone());
+                out.grammar = Some(Grammar::JsonSchema { schema, strict });
+            }
+            Some(other) => {
+                return Err(param(format!(
+                    "response_format type {other:?} is not one of text, json_object, json_schema"
+                )))
+            }
+            None => return Err(param("response_format needs a \"type\"".into())),
+        }
+    }
+    if let Some(text) = grammar {
+        if out.grammar.is_some() {
+            return Err(BadRequest::param(
+                "grammar",
+                "grammar and a JSON response_format cannot be combined",
+            ));
+        }
+        if text.trim().is_empty() {
+            return Err(BadRequest::param("grammar", "grammar is empty"));
+        }
+        out.grammar = Some(Grammar::from_text(text));
+    }
+    Ok(out)
 }
 
 /// Parses a JSON body: malformed JSON, a body that is not an object, an
@@ -384,6 +467,7 @@ pub(crate) struct TokenLogprob {
 pub(crate) enum Finish {
     Stop,
     Length,
+    ToolCalls,
 }
 
 impl Finish {
@@ -391,6 +475,7 @@ impl Finish {
         match self {
             Finish::Stop => "stop",
             Finish::Length => "length",
+            Finish::ToolCalls => "tool_calls",
         }
     }
 }

@@ -19,7 +19,9 @@ use tokio::sync::mpsc;
 
 use crate::api::{self, BadRequest, Finish, GenParams, PromptInput, TokenLogprob, Usage};
 use crate::scheduler::{Event, Job, ModelInfo, Refused, Shared};
+use crate::tools::{self, ToolFormat, Tools};
 use crate::ServerError;
+use generate::constraint::{Constraint, Grammar};
 
 /// An error answered as OpenAI's `{"error": {"message", "type", "param", "code"}}`.
 #[derive(Debug)]
@@ -297,6 +299,7 @@ fn submit(
     id: &str,
     prompt: Vec<u32>,
     params: GenParams,
+    constraint: Option<Constraint>,
 ) -> Result<mpsc::UnboundedReceiver<Event>, ApiError> {
     if prompt.is_empty() {
         return Err(bad("the prompt is empty (no tokens)"));
@@ -317,6 +320,7 @@ fn submit(
         id: id.to_string(),
         prompt,
         params,
+        constraint,
         events: tx,
     };
     match shared.submit(job) {
@@ -447,18 +451,10 @@ fn chat_response(
         Some(_) => api::check_max_tokens("max_completion_tokens", req.max_completion_tokens)?,
         None => api::check_max_tokens("max_tokens", req.max_tokens)?,
     };
-    match req
-        .response_format
-        .as_ref()
-        .map(|f| f.get("type").and_then(Value::as_str))
-    {
-        None | Some(Some("text")) => {}
-        Some(Some(kind)) => {
-            return Err(bad(format!(
-                "response_format type {kind:?} is not supported yet"
-            )))
-        }
-        Some(None) => return Err(bad("response_format needs a \"type\"")),
+    let output = api::output_format(req.response_format.as_ref(), req.grammar.as_deref())?;
+    let tools = tools::parse(req.tools, req.tool_choice, req.parallel_tool_calls)?;
+    if tools.is_some() && req.grammar.is_some() {
+        return Err(bad("grammar cannot be combined with tools"));
     }
     let top_logprobs = match (req.logprobs, req.top_logprobs) {
         (_, Some(n)) if n > 20 => {
@@ -482,19 +478,41 @@ fn chat_response(
         stop: api::stops(req.stop)?,
         top_logprobs,
     };
-    let messages = api::normalize_messages(req.messages)?;
-    let ctx = tokenizer::chat::ChatContext {
-        messages,
+    let format = info.tool_format;
+    let mut messages = req.messages;
+    tools::prepare_messages(
+        &mut messages,
+        tools.as_ref(),
+        format,
+        output.schema.is_some(),
+    );
+    let mut ctx = tokenizer::chat::ChatContext {
+        messages: api::normalize_messages(messages)?,
         ..Default::default()
     };
+    if let (Some(tools), false) = (&tools, format == ToolFormat::Generic) {
+        // The template's `tools` variable, as the template engine holds values.
+        let vars: tokenizer::chat::ChatContext =
+            serde_json::from_value(json!({"messages": [], "tools": tools.raw}))
+                .map_err(|e| bad(format!("tools: {e}")))?;
+        ctx.extra = vars.extra;
+    }
+    // The grammar: a tool call's when one is required (or the generic
+    // format's reply), else the response format's.
+    let grammar = match &tools {
+        Some(t) => t.grammar(format, output.schema.as_ref()).or(output.grammar),
+        None => output.grammar,
+    };
+    let constraint = compile(info, grammar.as_ref())?;
     let prompt = generate::tokenize_chat(&info.tokenizer, &info.template, ctx)
         .map_err(|e| bad(format!("the chat template failed on these messages: {e}")))?;
     let id = request_id("chatcmpl");
-    let rx = submit(shared, info, &id, prompt, params)?;
+    let rx = submit(shared, info, &id, prompt, params, constraint)?;
     let created = now();
     let model = shared.opts.model_name.clone();
     let with_logprobs = top_logprobs.is_some();
     if req.stream == Some(true) {
+        let call_id = id.clone();
         let chunk = move |delta: Value, finish: Option<&str>, logprobs: Value| {
             let mut c = json!({
                 "id": id, "object": "chat.completion.chunk", "created": created, "model": model,
@@ -511,6 +529,9 @@ fn chat_response(
             Value::Null,
         ));
         let shared = shared.clone();
+        // With tools the reply is read whole before it is known to be text
+        // or calls: its text is held here and sent at the end.
+        let held = std::sync::Mutex::new(String::new());
         let on_event = move |event: Event| match event {
             Event::Text { text, logprobs } => {
                 let info = shared.model.get().expect("loaded");
@@ -519,10 +540,41 @@ fn chat_response(
                 } else {
                     Value::Null
                 };
+                let text = match &tools {
+                    Some(_) => {
+                        held.lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .push_str(&text);
+                        if !with_logprobs {
+                            return (String::new(), false);
+                        }
+                        String::new()
+                    }
+                    None => text,
+                };
                 (sse(&chunk(json!({"content": text}), None, lp)), false)
             }
-            Event::Done { finish, usage } => {
-                let mut out = sse(&chunk(json!({}), Some(finish.as_str()), Value::Null));
+            Event::Done { mut finish, usage } => {
+                let mut out = String::new();
+                if let Some(tools) = &tools {
+                    let text = std::mem::take(&mut *held.lock().unwrap_or_else(|e| e.into_inner()));
+                    let (message, calls) = reply_message(&text, format, tools, &call_id, finish);
+                    if calls {
+                        finish = Finish::ToolCalls;
+                        let mut delta = message;
+                        if let Some(Value::Array(calls)) = delta.get_mut("tool_calls") {
+                            for (i, c) in calls.iter_mut().enumerate() {
+                                c["index"] = json!(i);
+                            }
+                        }
+                        delta.as_object_mut().expect("an object").remove("role");
+                        out.push_str(&sse(&chunk(delta, None, Value::Null)));
+                    } else if let Some(text) = message["content"].as_str().filter(|t| !t.is_empty())
+                    {
+                        out.push_str(&sse(&chunk(json!({"content": text}), None, Value::Null)));
+                    }
+                }
+                out.push_str(&sse(&chunk(json!({}), Some(finish.as_str()), Value::Null)));
                 if include_usage {
                     let mut u = chunk(json!({}), None, Value::Null);
                     u["choices"] = json!([]);
@@ -552,18 +604,94 @@ fn chat_response(
             } else {
                 Value::Null
             };
+            let (message, finish) = match &tools {
+                Some(tools) => {
+                    let (message, calls) =
+                        reply_message(&done.text, format, tools, &id, done.finish);
+                    (
+                        message,
+                        if calls {
+                            Finish::ToolCalls
+                        } else {
+                            done.finish
+                        },
+                    )
+                }
+                None => (
+                    json!({"role": "assistant", "content": done.text}),
+                    done.finish,
+                ),
+            };
             json_body(&json!({
                 "id": id, "object": "chat.completion", "created": created, "model": model,
                 "choices": [{
                     "index": 0,
-                    "message": {"role": "assistant", "content": done.text},
+                    "message": message,
                     "logprobs": logprobs,
-                    "finish_reason": done.finish.as_str(),
+                    "finish_reason": finish.as_str(),
                 }],
                 "usage": done.usage.to_json(),
             }))
         }),
     ))
+}
+
+/// Compiles the output's grammar (a bad grammar or schema is a 400).
+fn compile(info: &ModelInfo, grammar: Option<&Grammar>) -> Result<Option<Constraint>, ApiError> {
+    let Some(grammar) = grammar else {
+        return Ok(None);
+    };
+    let Some(grammars) = &info.grammars else {
+        return Err(bad(
+            "constrained output (response_format, grammar, required tool calls) is unavailable for this model's vocabulary",
+        ));
+    };
+    grammars
+        .compile(grammar)
+        .map(Some)
+        .map_err(|e| bad(format!("cannot use this grammar or schema: {e}")))
+}
+
+/// The assistant message of a reply given tools: its calls parsed out (only
+/// from a reply that ended by itself, not one cut at max_tokens), and
+/// whether there were any.
+fn reply_message(
+    text: &str,
+    format: ToolFormat,
+    tools: &Tools,
+    id: &str,
+    finish: Finish,
+) -> (Value, bool) {
+    let reply = if finish == Finish::Stop {
+        tools::parse_reply(text, format, tools)
+    } else {
+        tools::Reply {
+            content: Some(text.to_string()),
+            calls: Vec::new(),
+        }
+    };
+    if reply.calls.is_empty() {
+        return (
+            json!({"role": "assistant", "content": reply.content.unwrap_or_default()}),
+            false,
+        );
+    }
+    let calls: Vec<Value> = reply
+        .calls
+        .iter()
+        .enumerate()
+        .map(|(i, c)| {
+            json!({
+                "id": format!("call_{}_{i}", id.rsplit('-').next().unwrap_or(id)),
+                "type": "function",
+                "function": {"name": c.name, "arguments": c.arguments},
+            })
+        })
+        .collect();
+    (
+        json!({"role": "assistant", "content": reply.content, "tool_calls": calls}),
+        true,
+    )
 }
 
 async fn completions(
@@ -645,8 +773,10 @@ fn completion_response(
         stop: api::stops(req.stop)?,
         top_logprobs,
     };
+    let output = api::output_format(None, req.grammar.as_deref())?;
+    let constraint = compile(info, output.grammar.as_ref())?;
     let id = request_id("cmpl");
-    let rx = submit(shared, info, &id, prompt, params)?;
+    let rx = submit(shared, info, &id, prompt, params, constraint)?;
     let created = now();
     let model = shared.opts.model_name.clone();
     let echoed = if echo { prompt_text } else { String::new() };

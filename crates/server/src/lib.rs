@@ -44,6 +44,7 @@ mod api;
 mod http;
 mod metrics;
 mod scheduler;
+mod tools;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -3,9 +3,10 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
-use std::sync::{Condvar, Mutex, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use generate::constraint::{Constraint, Grammars};
 use generate::{Sampler, StopFilter};
 use llama_model::{Backend, Batch, Session, SessionOptions};
 use tokenizer::chat::ChatTemplate;
@@ -13,6 +14,7 @@ use tokenizer::{StreamDecoder, Tokenizer};
 use tokio::sync::{mpsc, watch};
 
 use crate::api::{Finish, GenParams, TokenLogprob, Usage};
+use crate::tools::ToolFormat;
 use crate::{LoadError, LoadedModel, Metrics, ServerError, ServerOptions};
 
 /// What a job reports to the request that queued it.
@@ -37,13 +39,19 @@ pub(crate) struct Job {
     pub id: String,
     pub prompt: Vec<u32>,
     pub params: GenParams,
+    /// The grammar the output must follow, compiled.
+    pub constraint: Option<Constraint>,
     pub events: mpsc::UnboundedSender<Event>,
 }
 
 /// The model as the HTTP side sees it.
 pub(crate) struct ModelInfo {
-    pub tokenizer: Tokenizer,
+    pub tokenizer: Arc<Tokenizer>,
     pub template: ChatTemplate,
+    /// Compiles output grammars (`None` if this vocabulary cannot be constrained).
+    pub grammars: Option<Grammars>,
+    /// How the template lets the model call tools.
+    pub tool_format: ToolFormat,
     /// Positions of each slot's cache.
     pub n_ctx: usize,
     pub n_vocab: usize,
@@ -151,6 +159,7 @@ struct Task {
     ready: Option<Vec<f32>>,
     reused: usize,
     sampler: Sampler,
+    constraint: Option<Constraint>,
     decoder: StreamDecoder,
     stops: StopFilter,
     generated: usize,
@@ -209,9 +218,21 @@ where
         Ok(s) => s,
         Err(e) => return fail(&shared, format!("cannot make a session: {e}")),
     };
+    let tokenizer = Arc::new(tokenizer);
+    let grammars = match Grammars::new(tokenizer.clone()) {
+        Ok(g) => Some(g),
+        Err(e) => {
+            tracing::warn!("structured output is unavailable: {e}");
+            None
+        }
+    };
+    let tool_format = ToolFormat::detect(template.source());
+    tracing::info!(tool_format = ?tool_format, "chat template");
     let info = ModelInfo {
         tokenizer,
         template,
+        grammars,
+        tool_format,
         n_ctx: session.n_ctx(),
         n_vocab: model.config().n_vocab,
     };
@@ -368,7 +389,9 @@ impl Scheduler<'_> {
                 prompt = job.prompt.len(),
                 "admitted"
             );
+            let mut job = job;
             slot.task = Some(Task {
+                constraint: job.constraint.take(),
                 pending: job.prompt[common..].to_vec(),
                 decoding: false,
                 ready: saved,
@@ -529,7 +552,28 @@ fn sample(
     shared: &Shared,
 ) -> Option<Finish> {
     let tok = &info.tokenizer;
-    let token = task.sampler.sample(logits, cached);
+    let token = match &mut task.constraint {
+        None => task.sampler.sample(logits, cached),
+        Some(constraint) => {
+            let chosen = constraint.mask().map(|mask| {
+                task.sampler
+                    .sample_allowed(logits, cached, |t| mask.allows(t))
+            });
+            match chosen {
+                // The grammar allows nothing the sampler may draw (the end
+                // banned by logit_bias): the output ends here.
+                Ok(None) => tok.eog_tokens().next().unwrap_or(0),
+                Ok(Some(t)) => match tok.is_eog(t) {
+                    true => t,
+                    false => match constraint.accept(t) {
+                        Ok(()) => t,
+                        Err(e) => return fail(task, e.to_string()),
+                    },
+                },
+                Err(e) => return fail(task, e.to_string()),
+            }
+        }
+    };
     task.first_token.get_or_insert_with(Instant::now);
     let logprobs = match task.job.params.top_logprobs {
         Some(n) if !tok.is_eog(token) => vec![logprob(logits, token, n)],
@@ -581,6 +625,16 @@ fn sample(
         return None;
     }
     finish
+}
+
+/// Ends a task whose constraint failed: the request gets the error, and the
+/// slot is freed at the next step (the closed channel).
+fn fail(task: &mut Task, message: String) -> Option<Finish> {
+    tracing::error!(id = task.job.id, "constrained sampling failed: {message}");
+    let _ = task.job.events.send(Event::Error(format!(
+        "constrained sampling failed: {message}"
+    )));
+    Some(Finish::Stop)
 }
 
 /// `token`'s log-probability under `logits` and the `n` most likely tokens'.

@@ -231,6 +231,12 @@ impl ChatTemplate {
         })
     }
 
+    /// The template's Jinja source (to tell, for instance, which tool-call
+    /// format it writes).
+    pub fn source(&self) -> &str {
+        &self.source
+    }
+
     /// The sandbox limits of a render.
     pub fn limits(&self) -> Limits {
         self.limits
