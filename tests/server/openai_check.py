@@ -72,6 +72,83 @@ check("logprobs", len(content) == 3 and all(len(c.top_logprobs) == 3 and c.logpr
 comp = client.completions.create(model=model, prompt="The capital of France is", max_tokens=6, temperature=0)
 check("completions", bool(comp.choices[0].text) and comp.usage.completion_tokens <= 6, comp)
 
+# Structured output: a JSON-schema reply that validates (pydantic ships with openai).
+from typing import List, Literal  # noqa: E402
+
+import pydantic  # noqa: E402
+
+
+class Person(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    name: str = pydantic.Field(max_length=20)
+    age: int = pydantic.Field(ge=0, le=120)
+    likes: List[Literal["tea", "coffee", "sea"]] = pydantic.Field(max_length=2)
+
+
+for seed in (1, 2):
+    reply = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "Describe a person as JSON."}], seed=seed, max_tokens=200,
+        response_format={"type": "json_schema",
+                         "json_schema": {"name": "person", "strict": True, "schema": Person.model_json_schema()}})
+    text = reply.choices[0].message.content
+    try:
+        person = Person.model_validate_json(text)
+        check(f"json_schema reply validates (seed {seed})", reply.choices[0].finish_reason == "stop", reply)
+    except pydantic.ValidationError as e:
+        check(f"json_schema reply validates (seed {seed})", False, f"{text!r}: {e}")
+obj = client.chat.completions.create(model=model, messages=[{"role": "user", "content": "Reply in JSON."}], seed=3,
+                                     max_tokens=300, response_format={"type": "json_object"})
+if obj.choices[0].finish_reason == "stop":
+    check("json_object reply is an object", isinstance(json.loads(obj.choices[0].message.content), dict), obj)
+raises("a bad schema is 400", openai.BadRequestError, lambda: client.chat.completions.create(
+    model=model, messages=MESSAGES,
+    response_format={"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "nonsense"}}}))
+
+
+# Tool calling with tool_choice required: a well-formed call of a listed function.
+class Weather(pydantic.BaseModel):
+    model_config = pydantic.ConfigDict(extra="forbid")
+    city: str = pydantic.Field(max_length=24)
+    unit: Literal["celsius", "fahrenheit"]
+
+
+TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "The weather in a city now.",
+                                           "parameters": Weather.model_json_schema()}}]
+ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
+call_reply = client.chat.completions.create(model=model, messages=ASK, tools=TOOLS, tool_choice="required",
+                                            max_tokens=120, seed=1)
+choice = call_reply.choices[0]
+check("tool_choice required: finish_reason tool_calls", choice.finish_reason == "tool_calls", call_reply)
+calls = choice.message.tool_calls or []
+check("tool_choice required: one call of get_weather",
+      len(calls) >= 1 and all(c.type == "function" and c.function.name == "get_weather" and c.id for c in calls), calls)
+for c in calls:
+    try:
+        Weather.model_validate_json(c.function.arguments)
+        check("tool call arguments validate", True)
+    except pydantic.ValidationError as e:
+        check("tool call arguments validate", False, f"{c.function.arguments!r}: {e}")
+streamed_calls, stream_finish = {}, None
+for chunk in client.chat.completions.create(model=model, messages=ASK, tools=TOOLS, tool_choice="required",
+                                            max_tokens=120, seed=1, stream=True):
+    if chunk.choices:
+        for d in chunk.choices[0].delta.tool_calls or []:
+            entry = streamed_calls.setdefault(d.index, {"name": "", "arguments": ""})
+            entry["name"] += (d.function.name or "") if d.function else ""
+            entry["arguments"] += (d.function.arguments or "") if d.function else ""
+        stream_finish = chunk.choices[0].finish_reason or stream_finish
+check("streamed tool call equals the plain one",
+      stream_finish == "tool_calls" and [v["arguments"] for _, v in sorted(streamed_calls.items())]
+      == [c.function.arguments for c in calls], (streamed_calls, stream_finish))
+# The call's result goes back, and the conversation continues.
+follow = client.chat.completions.create(model=model, max_tokens=40, seed=1, tools=TOOLS, messages=ASK + [
+    {"role": "assistant", "content": None, "tool_calls": [c.model_dump() for c in calls]},
+    {"role": "tool", "tool_call_id": calls[0].id, "content": "22 degrees and sunny"}])
+check("a conversation with a tool result continues", follow.choices[0].finish_reason in ("stop", "length", "tool_calls"),
+      follow)
+raises("tool_choice without tools is 400", openai.BadRequestError,
+       lambda: client.chat.completions.create(model=model, messages=MESSAGES, tool_choice="required"))
+
 # Bad input: every one an OpenAI error object with the right status.
 raises("n=2 is 400", openai.BadRequestError,
        lambda: client.chat.completions.create(model=model, messages=MESSAGES, n=2))
