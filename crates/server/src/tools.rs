@@ -683,4 +683,75 @@ mod tests {
         assert_eq!(messages[3]["role"], "user");
         assert!(messages[3]["content"].as_str().unwrap().contains("sunny"));
     }
+
+    /// Random logits masked by each format's required-call grammar always
+    /// give a reply that parses back into calls of the listed functions.
+    #[test]
+    fn required_call_grammars_give_parsable_calls() {
+        use generate::constraint::Grammars;
+        use std::sync::Arc;
+        let path = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../tests/fixtures/vocab/ggml-vocab-qwen35.gguf"
+        );
+        let file = gguf_format::GgufFile::open(path).unwrap();
+        let tok = Arc::new(tokenizer::Tokenizer::from_gguf(file.header()).unwrap());
+        let grammars = Grammars::new(tok.clone()).unwrap();
+        let mut tools = parse(
+            Some(
+                json!([{"type": "function", "function": {"name": "get_weather", "parameters": {
+                "type": "object", "properties": {"city": {"type": "string", "maxLength": 8}},
+                "required": ["city"], "additionalProperties": false}}}]),
+            ),
+            Some(json!("required")),
+            Some(false),
+        )
+        .unwrap()
+        .unwrap();
+        for format in [ToolFormat::Hermes, ToolFormat::Llama3, ToolFormat::Generic] {
+            for seed in 1..=3u64 {
+                let grammar = tools.grammar(format, None).unwrap();
+                let mut c = grammars.compile(&grammar).unwrap();
+                let mut sampler = generate::Sampler::new(generate::SamplerConfig {
+                    seed,
+                    ..Default::default()
+                })
+                .unwrap();
+                let mut state = seed;
+                let mut out = Vec::new();
+                loop {
+                    let logits: Vec<f32> = (0..tok.vocab_size())
+                        .map(|_| {
+                            state = state
+                                .wrapping_mul(6364136223846793005)
+                                .wrapping_add(1442695040888963407);
+                            (state >> 40) as f32 / (1u64 << 24) as f32 * 8.0
+                        })
+                        .collect();
+                    let mask = c.mask().unwrap();
+                    let t = sampler
+                        .sample_allowed(&logits, &out, |t| mask.allows(t))
+                        .unwrap();
+                    if tok.is_eog(t) {
+                        break;
+                    }
+                    c.accept(t).unwrap();
+                    out.push(t);
+                    assert!(out.len() < 300, "{format:?}: no end");
+                }
+                let text = tok.decode(&out);
+                let reply = parse_reply(&text, format, &tools);
+                assert_eq!(reply.calls.len(), 1, "{format:?}: {text:?}");
+                let args: Value = serde_json::from_str(&reply.calls[0].arguments).unwrap();
+                assert!(
+                    args["city"].as_str().unwrap().chars().count() <= 8,
+                    "{text:?}"
+                );
+            }
+        }
+        tools.parallel = true;
+        assert!(grammars
+            .compile(&tools.grammar(ToolFormat::Hermes, None).unwrap())
+            .is_ok());
+    }
 }
