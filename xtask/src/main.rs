@@ -7,9 +7,13 @@
 //!   (and, with `--attribute`, each op's cost in the chain of a generated token).
 //! - `bench [--micro] [--model M] [--threads N] [--pp 128] [--tg 64] [--reps 3]`: CPU speed of
 //!   the default model and a ladder quantized from it, beside llama.cpp's (see bench.rs).
+//! - `serve-bench [--strata BIN] [--llama-server BIN] [--parallel 8] [--threads 2] ...`: tokens/s
+//!   and time to first token of `strata serve` (and llama-server) under 1 and N concurrent
+//!   streams (see serve_bench.rs).
 
 mod bench;
 mod gpu_bench;
+mod serve_bench;
 mod synth_model;
 
 use std::process::ExitCode;
@@ -20,8 +24,9 @@ fn main() -> ExitCode {
         Some("synth-model") => synth_model::run(&args[1..]),
         Some("gpu-bench") => gpu_bench::run(&args[1..]),
         Some("bench") => bench::run(&args[1..]),
+        Some("serve-bench") => serve_bench::run(&args[1..]),
         _ => Err(
-            "usage: cargo xtask <synth-model|gpu-bench|bench> ... (see xtask/src/main.rs)"
+            "usage: cargo xtask <synth-model|gpu-bench|bench|serve-bench> ... (see xtask/src/main.rs)"
                 .to_string(),
         ),
     };

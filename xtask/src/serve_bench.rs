@@ -1,0 +1,381 @@
+//! `cargo xtask serve-bench`: throughput of an OpenAI-compatible server under
+//! concurrent streams — `strata serve`, and llama.cpp's `llama-server` on the
+//! same model in the same run.
+//!
+//! ```text
+//! cargo xtask serve-bench [--strata target/release/strata] [--llama-server PATH]
+//!     [--model M.gguf] [--threads 2] [--parallel 8] [--requests 2] [--max-tokens 64]
+//!     [--ctx 1024] [--url http://127.0.0.1:8080]
+//! ```
+//!
+//! Each server is started with `--parallel` slots (`-np` for llama-server,
+//! whose `-c` is the total over slots) and `--threads` threads, then driven
+//! twice: one stream (one client, `--requests` requests one after another)
+//! and `--parallel` streams (that many clients at once, each `--requests`
+//! requests). Every request streams a chat reply of at most `--max-tokens`
+//! tokens with its own seed; the client reads the server-sent events itself.
+//! Reported: aggregate tokens/s (completion tokens over wall time), tokens/s
+//! per stream (after its first token), and p50/p99 time to first token.
+//! `--url` drives a server that is already running instead.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::TcpStream;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::{take_flag, take_opt};
+
+/// One request's measurements.
+#[derive(Clone, Copy, Debug)]
+struct Sample {
+    ttft: f64,
+    total: f64,
+    tokens: usize,
+}
+
+/// One run's figures.
+struct Figures {
+    streams: usize,
+    requests: usize,
+    tokens: usize,
+    wall: f64,
+    ttft_p50: f64,
+    ttft_p99: f64,
+    per_stream_tps: f64,
+}
+
+impl Figures {
+    fn aggregate(&self) -> f64 {
+        self.tokens as f64 / self.wall
+    }
+}
+
+const PROMPTS: &[&str] = &[
+    "Write a short story about a lighthouse keeper.",
+    "Explain how a bicycle works, step by step.",
+    "Describe the sea on a stormy night.",
+    "List ten ideas for a weekend in the mountains, with details.",
+    "Tell me about the history of bread.",
+    "Write a letter to a friend about your garden.",
+    "Explain why the sky is blue to a child.",
+    "Describe a busy market in the morning.",
+];
+
+pub fn run(args: &[String]) -> Result<(), String> {
+    let mut args = args.to_vec();
+    let strata = take_opt(&mut args, "--strata")?;
+    let llama = take_opt(&mut args, "--llama-server")?;
+    let url = take_opt(&mut args, "--url")?;
+    let model = match take_opt(&mut args, "--model")? {
+        Some(m) => m,
+        None => model_cache::default_model()
+            .map_err(|e| format!("the default model: {e}"))?
+            .display()
+            .to_string(),
+    };
+    let num = |args: &mut Vec<String>, name: &str, default: usize| -> Result<usize, String> {
+        take_opt(args, name)?
+            .map(|v| v.parse().map_err(|_| format!("{name} {v}: not a number")))
+            .transpose()
+            .map(|v| v.unwrap_or(default))
+    };
+    let threads = num(&mut args, "--threads", 2)?;
+    let parallel = num(&mut args, "--parallel", 8)?;
+    let requests = num(&mut args, "--requests", 2)?;
+    let max_tokens = num(&mut args, "--max-tokens", 64)?;
+    let ctx = num(&mut args, "--ctx", 1024)?;
+    let json_out = take_flag(&mut args, "--json");
+    if let Some(a) = args.first() {
+        return Err(format!("serve-bench: unknown argument {a}"));
+    }
+    if parallel == 0 || requests == 0 || max_tokens == 0 {
+        return Err("--parallel, --requests and --max-tokens must be at least 1".into());
+    }
+    let mut results = Vec::new();
+    if let Some(url) = url {
+        let addr = url
+            .trim_start_matches("http://")
+            .trim_end_matches('/')
+            .to_string();
+        results.push((
+            "server".to_string(),
+            bench(&addr, parallel, requests, max_tokens)?,
+        ));
+    }
+    let strata = strata.or_else(|| {
+        let p = "target/release/strata";
+        std::path::Path::new(p).exists().then(|| p.to_string())
+    });
+    if let Some(bin) = strata {
+        let port = 18431;
+        let mut cmd = Command::new(&bin);
+        cmd.args(["serve", "--model", &model, "--port", &port.to_string()])
+            .args([
+                "--parallel",
+                &parallel.to_string(),
+                "--ctx",
+                &ctx.to_string(),
+            ])
+            .args(["--threads", &threads.to_string()]);
+        let server = Spawned::start(cmd, port)?;
+        let r = bench(&server.addr, parallel, requests, max_tokens);
+        drop(server);
+        results.push(("strata serve".to_string(), r?));
+    }
+    if let Some(bin) = llama {
+        let port = 18432;
+        let mut cmd = Command::new(&bin);
+        cmd.args(["-m", &model, "--port", &port.to_string()])
+            .args([
+                "-np",
+                &parallel.to_string(),
+                "-c",
+                &(ctx * parallel).to_string(),
+            ])
+            .args([
+                "-t",
+                &threads.to_string(),
+                "-tb",
+                &threads.to_string(),
+                "--jinja",
+            ]);
+        let server = Spawned::start(cmd, port)?;
+        let r = bench(&server.addr, parallel, requests, max_tokens);
+        drop(server);
+        results.push(("llama-server".to_string(), r?));
+    }
+    if results.is_empty() {
+        return Err("nothing to measure: build target/release/strata, or pass --strata, --llama-server or --url".into());
+    }
+    print_results(&results, json_out);
+    Ok(())
+}
+
+/// A server process, killed when dropped.
+struct Spawned {
+    child: Child,
+    addr: String,
+}
+
+impl Spawned {
+    fn start(mut cmd: Command, port: u16) -> Result<Spawned, String> {
+        eprintln!("serve-bench: starting {cmd:?}");
+        let child = cmd
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .map_err(|e| format!("cannot start {cmd:?}: {e}"))?;
+        let mut s = Spawned {
+            child,
+            addr: format!("127.0.0.1:{port}"),
+        };
+        let start = Instant::now();
+        loop {
+            if let Ok(Some(status)) = s.child.try_wait() {
+                return Err(format!("{cmd:?} exited: {status}"));
+            }
+            if http_get(&s.addr, "/health").is_ok_and(|code| code == 200) {
+                return Ok(s);
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                return Err(format!("{cmd:?} was not healthy after 120 s"));
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn http_get(addr: &str, path: &str) -> std::io::Result<u16> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut line = String::new();
+    BufReader::new(s).read_line(&mut line)?;
+    line.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))
+}
+
+/// One streamed chat request: time to first token, total time, tokens.
+fn stream_chat(addr: &str, prompt: &str, seed: u64, max_tokens: usize) -> Result<Sample, String> {
+    let body = json!({
+        "messages": [{"role": "user", "content": prompt}],
+        "max_tokens": max_tokens,
+        "temperature": 0.8,
+        "seed": seed,
+        "stream": true,
+        "stream_options": {"include_usage": true},
+    })
+    .to_string();
+    let io = |e: std::io::Error| format!("{addr}: {e}");
+    let start = Instant::now();
+    let mut s = TcpStream::connect(addr).map_err(io)?;
+    write!(
+        s,
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .map_err(io)?;
+    let mut reader = BufReader::new(s);
+    let mut head = String::new();
+    reader.read_line(&mut head).map_err(io)?;
+    if !head.contains(" 200") {
+        let mut rest = String::new();
+        let _ = reader.read_to_string(&mut rest);
+        return Err(format!("{addr}: {head} {rest}"));
+    }
+    // Headers, then the body (chunked or not: only `data:` lines matter).
+    let (mut ttft, mut chunks, mut usage) = (None, 0usize, None);
+    let mut line = String::new();
+    loop {
+        line.clear();
+        if reader.read_line(&mut line).map_err(io)? == 0 {
+            break;
+        }
+        let Some(data) = line.trim_end().strip_prefix("data: ") else {
+            continue;
+        };
+        if data == "[DONE]" {
+            break;
+        }
+        let Ok(v) = serde_json::from_str::<Value>(data) else {
+            continue;
+        };
+        if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
+            usage = Some(n as usize);
+        }
+        let has_text = v["choices"][0]["delta"]["content"]
+            .as_str()
+            .is_some_and(|t| !t.is_empty());
+        if has_text {
+            chunks += 1;
+            ttft.get_or_insert_with(|| start.elapsed().as_secs_f64());
+        }
+    }
+    let total = start.elapsed().as_secs_f64();
+    Ok(Sample {
+        ttft: ttft.unwrap_or(total),
+        total,
+        tokens: usage.unwrap_or(chunks),
+    })
+}
+
+/// One stream, then `parallel` streams, against the server at `addr`.
+fn bench(
+    addr: &str,
+    parallel: usize,
+    requests: usize,
+    max_tokens: usize,
+) -> Result<Vec<Figures>, String> {
+    // Warm-up: one request, not counted.
+    stream_chat(addr, PROMPTS[0], 0, 8)?;
+    let mut out = Vec::new();
+    for streams in [1, parallel] {
+        let start = Instant::now();
+        let samples: Vec<Result<Vec<Sample>, String>> = std::thread::scope(|s| {
+            let handles: Vec<_> = (0..streams)
+                .map(|k| {
+                    s.spawn(move || {
+                        (0..requests)
+                            .map(|r| {
+                                let i = k * requests + r;
+                                stream_chat(
+                                    addr,
+                                    PROMPTS[i % PROMPTS.len()],
+                                    1000 + i as u64,
+                                    max_tokens,
+                                )
+                            })
+                            .collect::<Result<Vec<_>, _>>()
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| {
+                    h.join()
+                        .unwrap_or_else(|_| Err("a client thread panicked".into()))
+                })
+                .collect()
+        });
+        let wall = start.elapsed().as_secs_f64();
+        let samples: Vec<Sample> = samples
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()?
+            .into_iter()
+            .flatten()
+            .collect();
+        let mut ttfts: Vec<f64> = samples.iter().map(|s| s.ttft).collect();
+        ttfts.sort_by(f64::total_cmp);
+        let pct = |p: f64| ttfts[((ttfts.len() - 1) as f64 * p).round() as usize];
+        let per_stream: Vec<f64> = samples
+            .iter()
+            .filter(|s| s.tokens > 1 && s.total > s.ttft)
+            .map(|s| (s.tokens - 1) as f64 / (s.total - s.ttft))
+            .collect();
+        out.push(Figures {
+            streams,
+            requests: samples.len(),
+            tokens: samples.iter().map(|s| s.tokens).sum(),
+            wall,
+            ttft_p50: pct(0.5),
+            ttft_p99: pct(0.99),
+            per_stream_tps: per_stream.iter().sum::<f64>() / per_stream.len().max(1) as f64,
+        });
+    }
+    Ok(out)
+}
+
+fn print_results(results: &[(String, Vec<Figures>)], json_out: bool) {
+    if json_out {
+        let v: Vec<Value> = results
+            .iter()
+            .flat_map(|(name, figs)| {
+                figs.iter().map(move |f| {
+                    json!({"server": name, "streams": f.streams, "requests": f.requests,
+                        "completion_tokens": f.tokens, "wall_s": f.wall,
+                        "aggregate_tokens_per_s": f.aggregate(),
+                        "per_stream_tokens_per_s": f.per_stream_tps,
+                        "ttft_p50_ms": f.ttft_p50 * 1e3, "ttft_p99_ms": f.ttft_p99 * 1e3})
+                })
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&v).expect("JSON values serialize")
+        );
+        return;
+    }
+    println!("| server | streams | requests | tokens | wall s | aggregate tok/s | per-stream tok/s | TTFT p50 ms | TTFT p99 ms | vs 1 stream |");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (name, figs) in results {
+        let one = figs.first().map_or(1.0, Figures::aggregate);
+        for f in figs {
+            println!(
+                "| {name} | {} | {} | {} | {:.1} | {:.1} | {:.1} | {:.0} | {:.0} | {:.2}× |",
+                f.streams,
+                f.requests,
+                f.tokens,
+                f.wall,
+                f.aggregate(),
+                f.per_stream_tps,
+                f.ttft_p50 * 1e3,
+                f.ttft_p99 * 1e3,
+                f.aggregate() / one
+            );
+        }
+    }
+}
