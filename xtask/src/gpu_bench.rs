@@ -8,13 +8,14 @@
 //!
 //! With `--attribute`, also what each kind of op costs generation in the
 //! chain of dependent dispatches: chained tg timed again with that op left
-//! out of every step ([`GpuModel::leave_out`]), then with every product and
+//! out of every step ([`GpuProgram::leave_out`]), then with every product and
 //! with everything but the products left out. Timestamps cannot give this:
 //! a timestamped dispatch runs alone, with the queries' own overhead.
 
 use std::time::Instant;
 
-use backend_wgpu::{DeviceOptions, GpuContext, GpuModel, GpuModelOptions, StepProfile};
+use backend_wgpu::{DeviceOptions, GpuContext, GpuProgram, StepProfile, WgpuBackend};
+use llama_model::{LoadOptions, Model, SessionOptions};
 
 use crate::{take_flag, take_opt};
 
@@ -47,7 +48,7 @@ fn print_profile(what: &str, p: &StepProfile) {
 
 /// Best time per token of chained greedy decoding of `tg` tokens after a
 /// one-token prompt (which counts as a generated token), over `reps` runs.
-fn chained(model: &mut GpuModel, first: u32, tg: u32, reps: u32) -> Result<f64, String> {
+fn chained(model: &mut GpuProgram, first: u32, tg: u32, reps: u32) -> Result<f64, String> {
     let mut best = f64::MAX;
     for _ in 0..reps {
         let t = Instant::now();
@@ -60,7 +61,7 @@ fn chained(model: &mut GpuModel, first: u32, tg: u32, reps: u32) -> Result<f64, 
 /// `--attribute`: chained tg with each op label, every product, and
 /// everything but the products left out of the steps.
 fn attribute_tg(
-    model: &mut GpuModel,
+    model: &mut GpuProgram,
     first: u32,
     tg: u32,
     reps: u32,
@@ -113,30 +114,37 @@ pub fn run(args: &[String]) -> Result<(), String> {
     };
     let ctx = GpuContext::new(&DeviceOptions { adapter }).map_err(|e| e.to_string())?;
     println!("device: {:?}", ctx.caps());
-    let file = gguf_format::GgufFile::open(path).map_err(|e| e.to_string())?;
+    let file = std::sync::Arc::new(gguf_format::GgufFile::open(path).map_err(|e| e.to_string())?);
     let t0 = Instant::now();
     let n_ctx = (pp + tg + 8).next_power_of_two();
-    let mut model = GpuModel::load(
-        ctx,
-        &file,
-        &GpuModelOptions {
-            n_ctx: Some(n_ctx),
-            max_batch: pp.max(1),
-            ..Default::default()
-        },
-    )
-    .map_err(|e| e.to_string())?;
-    let cfg = model.config().clone();
+    let loaded = Model::load_with(&file, WgpuBackend::new(ctx), &LoadOptions::default())
+        .map_err(|e| e.to_string())?;
+    let mut session = loaded
+        .session(&SessionOptions {
+            n_ctx: n_ctx as usize,
+            n_batch: pp.max(1) as usize,
+            ..SessionOptions::default()
+        })
+        .map_err(|e| e.to_string())?;
+    let Some(model) = session
+        .program_mut()
+        .and_then(|p| p.as_any_mut().downcast_mut::<GpuProgram>())
+    else {
+        return Err(format!(
+            "{path}: the graph of this architecture is not compiled for the GPU (mixture of experts)"
+        ));
+    };
+    let cfg = loaded.config().clone();
     println!(
-        "model: {path} ({} layers, hidden {}, vocab {}), loaded in {:.2} s",
+        "model: {path} ({} {} layers, hidden {}, vocab {}), loaded in {:.2} s",
+        cfg.arch.name(),
         cfg.n_layer,
         cfg.n_embd,
         cfg.n_vocab,
         t0.elapsed().as_secs_f64()
     );
-    let tokens: Vec<u32> = (0..pp)
-        .map(|i| 1 + (i * 7919) % (cfg.n_vocab - 1))
-        .collect();
+    let n_vocab = cfg.n_vocab as u32;
+    let tokens: Vec<u32> = (0..pp).map(|i| 1 + (i * 7919) % (n_vocab - 1)).collect();
 
     // pp: the whole prompt as one step (the last token's logits read back).
     e(model.forward(&tokens, 0))?; // warm-up: pipelines, first touch
@@ -154,7 +162,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
 
     // tg: chained greedy decoding after a one-token prompt.
     e(model.generate_greedy(&tokens[..1], 0, 8))?;
-    let best_tg = chained(&mut model, tokens[0], tg, reps)?;
+    let best_tg = chained(model, tokens[0], tg, reps)?;
     // tg with a read-back every token (what an interactive sampler needs).
     let t = Instant::now();
     let mut tok = e(model.forward_greedy(&tokens[..1], 0))?;
@@ -194,7 +202,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
         );
     }
     if attribute {
-        attribute_tg(&mut model, tokens[0], tg, reps, best_tg)?;
+        attribute_tg(model, tokens[0], tg, reps, best_tg)?;
     }
     if let Some(p) = e(model.profile_step(&tokens, 0))? {
         print_profile(&format!("pp{pp} step profile"), &p);

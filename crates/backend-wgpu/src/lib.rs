@@ -1,5 +1,5 @@
 //! The GPU backend: WGSL kernels dispatched through wgpu (Vulkan, Metal,
-//! DX12), and a LLaMA forward pass that stays on the GPU.
+//! DX12), running any model graph on the GPU.
 //!
 //! Weights are uploaded once, as the raw GGUF block bytes, and decoded
 //! inside the kernels (`src/shaders/quant.wgsl`), so a Q4_K model takes as
@@ -7,12 +7,17 @@
 //! buffers; a step is one command submission, and only the logits (or, for
 //! greedy decoding, the chosen token) are read back.
 //!
-//! Two ways in: [`GpuModel`] builds every op of a LLaMA step once at load
-//! and runs a step as one submission (the fast path: greedy decoding can
-//! even chain steps with no read-back, [`GpuModel::generate_greedy`]);
-//! [`WgpuBackend`] implements tensor-core's `Backend` seam, so llama-model's
-//! own forward pass (`Model::load_with(&file, WgpuBackend::new(ctx), ..)`)
-//! runs on the GPU with the same kernels, recording ops until a read-back.
+//! [`WgpuBackend`] implements tensor-core's `Backend` seam: llama-model
+//! loads a model's graph onto it (`Model::load_with(&file,
+//! WgpuBackend::new(ctx), ..)`), after the backend's rewrite of the graph
+//! (products of one input stacked into one, [`rewrite`]'s
+//! `stack_products`). A session then compiles the graph once
+//! ([`GpuProgram`]: every op of a step built at load, a step one
+//! submission, greedy decoding even chained with no read-back,
+//! [`GpuProgram::generate_greedy`]), with fusions decided from the graph;
+//! or, to trace it node by node or to batch several sequences, runs it
+//! through the seam's operations with the same kernels, recording ops
+//! until a read-back.
 //!
 //! Numerics follow ggml's CPU path: activations are rounded to the weight
 //! format's `vec_dot_type` (Q8_0, Q8_1 with its f16 block sums, Q8_K, F16,
@@ -65,25 +70,31 @@
 //!   pass.
 //!
 //! ```no_run
-//! use backend_wgpu::{DeviceOptions, GpuContext, GpuModel, GpuModelOptions};
+//! use backend_wgpu::{DeviceOptions, GpuContext, WgpuBackend};
+//! use tensor_core::{Backend, Tensor};
 //! let ctx = GpuContext::new(&DeviceOptions::default())?;
-//! let file = gguf_format::GgufFile::open("model.gguf")?;
-//! let mut model = GpuModel::load(ctx, &file, &GpuModelOptions::default())?;
-//! let logits = model.forward(&[1, 15043, 3186], 0)?; // last token's logits
-//! println!("{} logits", logits.len());
-//! # Ok::<(), backend_wgpu::WgpuError>(())
+//! let gpu = WgpuBackend::new(ctx);
+//! let file = std::sync::Arc::new(gguf_format::GgufFile::open("model.gguf")?);
+//! let embd = Tensor::from_gguf(&file, "token_embd.weight")?;
+//! let table = gpu.load_matrix(&embd)?;
+//! let mut rows = gpu.alloc(2 * embd.row_len())?;
+//! gpu.get_rows(&table, &[1, 15043], &mut rows);
+//! let mut first = vec![0.0; embd.row_len()];
+//! gpu.read(&rows, 0, &mut first)?; // token 1's embedding
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 #![deny(missing_docs)]
 
 mod device;
 mod error;
 pub mod kernels;
-mod model;
 pub mod oneshot;
 pub mod ops;
+mod program;
+pub mod rewrite;
 mod seam;
 
 pub use device::{DeviceCaps, DeviceOptions, GpuContext, ADAPTER_ENV};
 pub use error::{Result, WgpuError};
-pub use model::{GpuConfig, GpuModel, GpuModelOptions, StepProfile};
+pub use program::{GpuProgram, ProgramConfig, StepProfile};
 pub use seam::{GpuBuffer, GpuKvCache, GpuWeight, WgpuBackend};

@@ -155,7 +155,8 @@ pub(crate) struct EwParams {
     pub b_base: u32,
     /// SwiGLU with a packed output: the word offset of the blocks' scales in y.
     pub corr_base: u32,
-    pub pad: u32,
+    /// `add`: bit 0, a's row is the step's last token's; bit 1, a copy of a.
+    pub mode: u32,
 }
 
 /// `scale.wgsl`'s parameters.
@@ -173,7 +174,7 @@ pub(crate) struct ScaleParams {
 }
 
 /// One row range of a weight matrix, in one buffer.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct MatrixPart {
     /// Raw GGUF block bytes of rows `first_row .. first_row + rows`.
     pub buffer: wgpu::Buffer,
@@ -186,7 +187,7 @@ pub struct MatrixPart {
 /// A weight matrix uploaded once as raw GGUF block bytes (`m` rows of `k`
 /// weights of type `ty`), split by rows into parts that each fit in one
 /// storage binding.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct GpuMatrix {
     /// Block format.
     pub ty: GgmlType,
@@ -302,6 +303,9 @@ pub(crate) enum Grid {
     Linear { m: u32 },
     /// An exact product (`qdot`/`kdot`) of `m` rows: [`Op::variants`].
     Qdot { m: u32 },
+    /// `[x, y]` workgroups per row of `k` rows a token (z = tokens · k:
+    /// per-head norms).
+    PerTokenTimes([u32; 2], u32),
 }
 
 /// One pipeline of an exact product, for batches of `min_tokens` or more
@@ -378,6 +382,7 @@ impl Op {
         let mut bind_group = &self.bind_group;
         let (pipeline, g) = match self.grid {
             Grid::PerToken([x, y]) => (&self.pipeline, [x, y, n_tokens]),
+            Grid::PerTokenTimes([x, y], k) => (&self.pipeline, [x, y, n_tokens * k]),
             Grid::BatchOnly(_) if n_tokens == 1 => return,
             Grid::BatchOnly([x, y]) => (&self.pipeline, [x, y, n_tokens]),
             Grid::Fixed(g) => (&self.pipeline, g),

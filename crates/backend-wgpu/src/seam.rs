@@ -7,15 +7,17 @@
 //! is asked for. Weights are uploaded once ([`Backend::load_matrix`]);
 //! activations and the KV cache live in GPU buffers.
 //!
-//! Unlike [`crate::GpuModel`], whose ops are built once at load, every call
-//! here builds its small parameter buffer and bind group, which costs CPU
-//! time per op: `GpuModel` is the fast path for generation, this one lets
-//! the shared forward pass (and its layer trace) run on the GPU.
+//! Every call here builds its small parameter buffer and bind group, which
+//! costs CPU time per op: a session runs a graph through these calls only
+//! when tracing it node by node or batching several sequences; otherwise
+//! [`Backend::compile`] makes a [`crate::GpuProgram`], whose ops are built
+//! once.
 
 use std::sync::{Arc, Mutex, OnceLock};
 
 use tensor_core::attention::{AttentionParams, KvShape, KvType};
-use tensor_core::{Backend, RopeParams, Tensor, TensorError};
+use tensor_core::graph::{Graph, WeightSpec};
+use tensor_core::{Backend, Program, ProgramOptions, RopeParams, Tensor, TensorError};
 
 use crate::device::GpuContext;
 use crate::kernels::{act_type, is_exact, Kernel};
@@ -659,6 +661,118 @@ impl Backend for WgpuBackend {
             (dst_offset * 4) as u64,
             (len * 4) as u64,
         );
+    }
+
+    fn copy_rows(
+        &self,
+        src: &GpuBuffer,
+        src_stride: usize,
+        src_offset: usize,
+        dst: &mut GpuBuffer,
+        dst_stride: usize,
+        width: usize,
+        n_rows: usize,
+    ) {
+        if n_rows > MAX_DISPATCH_ROWS {
+            // More rows than one dispatch holds: row by row.
+            for r in 0..n_rows {
+                self.copy(src, r * src_stride + src_offset, dst, r * dst_stride, width);
+            }
+            return;
+        }
+        // The add kernel in copy mode: one dispatch for every row.
+        let step = self.step(n_rows, 0);
+        let ob = OpBuilder {
+            ctx: &self.ctx,
+            step: &step,
+        };
+        let p = EwParams {
+            n: width as u32,
+            a_stride: src_stride as u32,
+            y_stride: dst_stride as u32,
+            a_base: src_offset as u32,
+            mode: 2,
+            ..Default::default()
+        };
+        let op = ob.binary(
+            Kernel::Add,
+            &src.buffer,
+            &src.buffer,
+            &dst.buffer,
+            p,
+            &self.dummy,
+        );
+        self.record(&[op], n_rows);
+    }
+
+    fn prepare_graph(
+        &self,
+        graph: Graph,
+        dtype: &dyn Fn(&WeightSpec) -> Option<gguf_format::GgmlType>,
+    ) -> Graph {
+        crate::rewrite::stack_products(graph, dtype)
+    }
+
+    fn load_stacked(&self, parts: &[Tensor]) -> TcResult<GpuWeight> {
+        let first = &parts[0];
+        let name: Vec<&str> = parts.iter().map(|t| t.name()).collect();
+        let name = name.join("+");
+        let vector = first.shape().len() == 1;
+        if vector {
+            let mut host = Vec::new();
+            for t in parts {
+                host.extend(t.to_f32_vec()?);
+            }
+            let buffer = self.ctx.upload(&name, bytemuck::cast_slice(&host));
+            return Ok(GpuWeight::Vector { buffer, host });
+        }
+        let mut bytes = Vec::new();
+        let mut rows = 0u64;
+        for t in parts {
+            if t.dtype() != first.dtype() || t.row_len() != first.row_len() {
+                return Err(TensorError::Invalid {
+                    name: t.name().to_string(),
+                    message: format!(
+                        "cannot stack a {:?} matrix of rows of {} with a {:?} one of rows of {}",
+                        t.dtype(),
+                        t.row_len(),
+                        first.dtype(),
+                        first.row_len()
+                    ),
+                });
+            }
+            bytes.extend_from_slice(t.bytes());
+            rows += t.n_rows() as u64;
+        }
+        let m = GpuMatrix::upload(
+            &self.ctx,
+            &name,
+            first.dtype(),
+            first.row_len() as u64,
+            rows,
+            &bytes,
+        )
+        .map_err(|e| TensorError::Invalid {
+            name: name.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(GpuWeight::Matrix(m))
+    }
+
+    fn compile(
+        &self,
+        graph: &Graph,
+        weights: &[GpuWeight],
+        opts: &ProgramOptions,
+    ) -> TcResult<Option<Box<dyn Program>>> {
+        let cfg = crate::program::ProgramConfig {
+            n_ctx: u32::try_from(opts.n_ctx).map_err(backend_err)?,
+            max_batch: u32::try_from(opts.n_batch).map_err(backend_err)?,
+            kv_f16: opts.kv_type == KvType::F16,
+        };
+        let p = crate::program::GpuProgram::compile(self.ctx.clone(), graph, weights, &cfg)
+            .map_err(backend_err)?;
+        Ok(p.map(|p| Box::new(p) as Box<dyn Program>))
     }
 
     fn read(&self, src: &GpuBuffer, offset: usize, out: &mut [f32]) -> TcResult<()> {

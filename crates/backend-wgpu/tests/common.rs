@@ -52,28 +52,34 @@ pub fn cpu_decode(path: &std::path::Path, prompt: &[u32], decode: &[u32], all: b
     out
 }
 
-/// [`cpu_decode`] on the GPU: the prompt as one step, then one step per
-/// decoded token.
+/// A model file loaded on the GPU (its graph as the backend rewrites it).
+pub fn gpu_model(path: &std::path::Path) -> llama_model::Model<backend_wgpu::WgpuBackend> {
+    let file = Arc::new(gguf_format::GgufFile::open(path).unwrap());
+    let backend = backend_wgpu::WgpuBackend::new(ctx());
+    llama_model::Model::load_with(&file, backend, &llama_model::LoadOptions::default()).unwrap()
+}
+
+/// [`cpu_decode`] on the GPU, compiled: the prompt as one step, then one
+/// step per decoded token.
 pub fn gpu_decode(path: &std::path::Path, prompt: &[u32], decode: &[u32], all: bool) -> Vec<f32> {
-    use backend_wgpu::{GpuModel, GpuModelOptions};
-    let file = gguf_format::GgufFile::open(path).unwrap();
-    let mut gpu = GpuModel::load(
-        ctx(),
-        &file,
-        &GpuModelOptions {
-            n_ctx: Some((prompt.len() + decode.len()) as u32),
-            max_batch: prompt.len() as u32,
+    use llama_model::{LogitsMode, SessionOptions};
+    let gpu = gpu_model(path);
+    let mut s = gpu
+        .session(&SessionOptions {
+            n_ctx: prompt.len() + decode.len(),
+            n_batch: prompt.len(),
             ..Default::default()
-        },
-    )
-    .unwrap();
-    let mut out = if all {
-        gpu.forward_all(prompt, 0).unwrap()
+        })
+        .unwrap();
+    assert!(s.is_compiled(), "the GPU compiles this graph");
+    let mode = if all {
+        LogitsMode::All
     } else {
-        gpu.forward(prompt, 0).unwrap()
+        LogitsMode::Last
     };
-    for (i, &t) in decode.iter().enumerate() {
-        out.extend(gpu.forward(&[t], (prompt.len() + i) as u32).unwrap());
+    let mut out = s.forward(prompt, mode).unwrap().to_vec();
+    for &t in decode {
+        out.extend_from_slice(s.forward(&[t], LogitsMode::Last).unwrap());
     }
     out
 }

@@ -1,9 +1,9 @@
 //! Whole-model logits on the synthetic fixtures against llama.cpp's logits.
 
-use backend_wgpu::{GpuModel, GpuModelOptions};
-use gguf_format::GgufFile;
+use backend_wgpu::GpuProgram;
+use llama_model::{LogitsMode, SessionOptions};
 
-use crate::common::{cpu_decode, ctx, fixture, gpu_decode, read};
+use crate::common::{cpu_decode, fixture, gpu_decode, gpu_model, read};
 
 /// Mean KL divergence KL(ref ‖ got) over rows of `n` logits, and the
 /// fraction of rows whose argmax agrees.
@@ -51,10 +51,11 @@ fn tokens() -> Vec<u32> {
 /// Every position's logits of the 64-token batch of synth-`ftype` against llama.cpp's.
 fn synth_kld(ftype: &str) -> (f64, f64) {
     let toks = tokens();
-    let file = GgufFile::open(fixture(&format!("synth/synth-{ftype}.gguf"))).unwrap();
-    let mut model = GpuModel::load(ctx(), &file, &GpuModelOptions::default()).unwrap();
-    let n = model.config().n_vocab as usize;
-    let got = model.forward_all(&toks, 0).unwrap();
+    let model = gpu_model(fixture(&format!("synth/synth-{ftype}.gguf")).as_ref());
+    let n = model.config().n_vocab;
+    let mut s = model.session(&SessionOptions::default()).unwrap();
+    assert!(s.is_compiled());
+    let got = s.forward(&toks, LogitsMode::All).unwrap().to_vec();
     let want: Vec<f32> =
         bytemuck::pod_collect_to_vec(&read(&format!("synth/synth-{ftype}.logits.f32")));
     let (kld, top1) = kld_top1(&want, &got, n);
@@ -115,35 +116,32 @@ fn synth_kquant_logits_match_llama_cpp() {
 /// with the argmax of the read-back logits.
 #[test]
 fn synth_incremental_matches_batch() {
-    let ctx = ctx();
     let toks = tokens();
-    let file = GgufFile::open(fixture("synth/synth-F16.gguf")).unwrap();
-    let mut model = GpuModel::load(
-        ctx.clone(),
-        &file,
-        &GpuModelOptions {
-            n_ctx: Some(128),
-            max_batch: 16,
+    let model = gpu_model(fixture("synth/synth-F16.gguf").as_ref());
+    let mut s = model
+        .session(&SessionOptions {
+            n_ctx: 128,
+            n_batch: 16,
             ..Default::default()
-        },
-    )
-    .unwrap();
-    let n = model.config().n_vocab as usize;
+        })
+        .unwrap();
+    assert!(s.is_compiled());
+    let n = model.config().n_vocab;
     let want: Vec<f32> = bytemuck::pod_collect_to_vec(&read("synth/synth-F16.logits.f32"));
     // A 20-token prompt (two steps of ≤16), then one token at a time.
     let mut got = Vec::new();
-    let first = model.forward(&toks[..20], 0).unwrap();
+    let first = s.forward(&toks[..20], LogitsMode::Last).unwrap();
     assert_eq!(first.len(), n);
-    for (i, &t) in toks.iter().enumerate().skip(20) {
-        got.extend(model.forward(&[t], i as u32).unwrap());
+    for &t in toks.iter().skip(20) {
+        got.extend_from_slice(s.forward(&[t], LogitsMode::Last).unwrap());
     }
     let (kld, top1) = kld_top1(&want[20 * n..], &got, n);
     eprintln!(
         "incremental synth-F16: mean KLD {kld:.3e}, top-1 {:.1}%",
         top1 * 100.0
     );
-    let mut batch_model = GpuModel::load(ctx.clone(), &file, &GpuModelOptions::default()).unwrap();
-    let batch = batch_model.forward_all(&toks, 0).unwrap();
+    let mut b = model.session(&SessionOptions::default()).unwrap();
+    let batch = b.forward(&toks, LogitsMode::All).unwrap().to_vec();
     let (k2, t2) = kld_top1(&batch[20 * n..], &got, n);
     eprintln!(
         "incremental vs batch on the GPU: mean KLD {k2:.3e}, top-1 {:.1}%",
@@ -152,8 +150,10 @@ fn synth_incremental_matches_batch() {
     assert!(kld <= 1e-4 && top1 >= 0.98);
     assert!(k2 <= 1e-4 && t2 >= 0.98);
     // Greedy argmax on the GPU agrees with the read-back logits.
-    let g = model.forward_greedy(&toks[..10], 0).unwrap();
-    let l = model.forward(&toks[..10], 0).unwrap();
+    s.reset();
+    let g = s.forward_greedy(&toks[..10]).unwrap();
+    s.reset();
+    let l = s.forward(&toks[..10], LogitsMode::Last).unwrap();
     let best = l
         .iter()
         .enumerate()
@@ -161,11 +161,15 @@ fn synth_incremental_matches_batch() {
         .0;
     assert_eq!(g as usize, best);
     // Chained greedy decoding equals step-by-step greedy decoding.
-    let chained = model.generate_greedy(&toks[..10], 0, 8).unwrap();
-    let mut stepwise = vec![model.forward_greedy(&toks[..10], 0).unwrap()];
+    let program = s
+        .program_mut()
+        .and_then(|p| p.as_any_mut().downcast_mut::<GpuProgram>())
+        .expect("a GPU program");
+    let chained = program.generate_greedy(&toks[..10], 0, 8).unwrap();
+    let mut stepwise = vec![program.forward_greedy(&toks[..10], 0).unwrap()];
     for i in 1..8 {
         let t = *stepwise.last().unwrap();
-        stepwise.push(model.forward_greedy(&[t], 10 + i - 1).unwrap());
+        stepwise.push(program.forward_greedy(&[t], 10 + i - 1).unwrap());
     }
     assert_eq!(chained, stepwise);
 }
@@ -198,20 +202,18 @@ fn synth_decode_matches_cpu_decode() {
         assert_eq!(got.len(), want.len());
         let n = want.len() / (1 + DECODE);
         let (kld, top1) = kld_top1(&want, &got, n);
-        // The prompt's logits: the CPU graph, like llama.cpp, runs the last
-        // layer after attention on the output row alone (one-row kernels),
-        // the fused GPU path on the whole batch, so they agree to the bound;
-        // the decoded tokens (one row each, over the same KV cache) bit for bit.
-        let nv = want.len() / (1 + DECODE);
-        let differ = want[nv..]
+        // The prompt's last row (the graph runs the last layer after
+        // attention on it alone, as llama.cpp does) and the decoded tokens
+        // (one row each, over the same KV cache): bit for bit.
+        let differ = want
             .iter()
-            .zip(&got[nv..])
+            .zip(&got)
             .filter(|(a, b)| a.to_bits() != b.to_bits())
             .count();
         eprintln!(
-            "synth-{ftype} decoding, GPU vs CPU: mean KLD {kld:.3e}, top-1 {:.1}%, {differ} of {} decoded logits differ",
+            "synth-{ftype} prompt and decoding, GPU vs CPU: mean KLD {kld:.3e}, top-1 {:.1}%, {differ} of {} logits differ",
             top1 * 100.0,
-            want.len() - nv
+            want.len()
         );
         assert!(
             kld <= 1e-4 && top1 >= 0.98,

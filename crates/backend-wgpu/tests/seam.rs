@@ -9,11 +9,17 @@ use llama_model::{CpuBackend, LoadOptions, LogitsMode, Model, SessionOptions};
 use crate::common::{ctx, fixture, read};
 use crate::model::kld_top1;
 
-fn logits<B: llama_model::Backend>(model: &Model<B>, toks: &[u32], n_batch: usize) -> Vec<f32> {
+fn logits<B: llama_model::Backend>(
+    model: &Model<B>,
+    toks: &[u32],
+    n_batch: usize,
+    compile: bool,
+) -> Vec<f32> {
     let mut s = model
         .session(&SessionOptions {
             n_ctx: 128,
             n_batch,
+            compile,
             ..SessionOptions::default()
         })
         .unwrap();
@@ -34,12 +40,13 @@ fn seam_forward_matches_cpu() {
         // One batch, then batches of 7 (prompt chunks and a growing cache),
         // each against the CPU in the same batches (whose size picks
         // llama.cpp's kernel, and so the float order).
-        for n_batch in [64, 7] {
-            let want = logits(&cpu, &toks, n_batch);
-            let got = logits(&gpu, &toks, n_batch);
+        // Node by node through the seam, and compiled.
+        for (n_batch, compile) in [(64, false), (7, false), (64, true), (7, true)] {
+            let want = logits(&cpu, &toks, n_batch, false);
+            let got = logits(&gpu, &toks, n_batch, compile);
             let (kld, top1) = kld_top1(&want, &got, n);
             eprintln!(
-                "seam synth-{ftype} n_batch {n_batch}: GPU vs CPU mean KLD {kld:.3e}, top-1 {:.1}%",
+                "synth-{ftype} n_batch {n_batch}, compiled {compile}: GPU vs CPU mean KLD {kld:.3e}, top-1 {:.1}%",
                 top1 * 100.0
             );
             // The quantized products are exact, and so are F16's batches

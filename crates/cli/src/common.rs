@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use backend_wgpu::{DeviceOptions, GpuContext, GpuModel, GpuModelOptions, WgpuBackend};
+use backend_wgpu::{DeviceOptions, GpuContext, WgpuBackend};
 use generate::{Engine, GenerateError, SamplerConfig};
 use gguf_format::GgufFile;
 use llama_model::{CpuBackend, LoadOptions, LogitsMode, Model, Session, SessionOptions};
@@ -234,11 +234,9 @@ impl ModelFile {
 pub enum Loaded {
     /// On the CPU, with the context size of its sessions.
     Cpu(Model<CpuBackend>, usize),
-    /// On a GPU through wgpu, LLaMA's fused path (its KV cache is part of the model).
-    Gpu(GpuModel),
-    /// On a GPU through wgpu, the architecture's graph op by op, with the
-    /// context size of its sessions (architectures the fused path does not take).
-    Graph(Model<WgpuBackend>, usize),
+    /// On a GPU through wgpu (the graph compiled into its dispatches), with
+    /// the context size of its sessions.
+    Gpu(Model<WgpuBackend>, usize),
 }
 
 impl Loaded {
@@ -260,24 +258,12 @@ impl Loaded {
             BackendKind::Wgpu => {
                 let ctx = GpuContext::new(&DeviceOptions::default())?;
                 eprintln!("strata: GPU {} ({:?})", ctx.caps().name, ctx.caps().backend);
-                let n_ctx = match n_ctx {
-                    0 => None,
-                    n => Some(
-                        u32::try_from(n)
-                            .map_err(|_| UsageError(format!("--ctx {n} is too large")))?,
-                    ),
-                };
-                let opts = GpuModelOptions {
-                    n_ctx,
-                    ..GpuModelOptions::default()
-                };
-                if backend_wgpu::GpuConfig::from_gguf(mf.file.header()).is_ok() {
-                    Loaded::Gpu(GpuModel::load(ctx, &*mf.file, &opts)?)
-                } else {
-                    let model =
-                        Model::load_with(&mf.file, WgpuBackend::new(ctx), &LoadOptions::default())?;
-                    Loaded::Graph(model, n_ctx.map_or(0, |n| n as usize))
+                if u32::try_from(n_ctx).is_err() {
+                    return Err(UsageError(format!("--ctx {n_ctx} is too large")).into());
                 }
+                let model =
+                    Model::load_with(&mf.file, WgpuBackend::new(ctx), &LoadOptions::default())?;
+                Loaded::Gpu(model, n_ctx)
             }
         };
         eprintln!("strata: loaded in {:.2} s", start.elapsed().as_secs_f64());
@@ -296,15 +282,10 @@ impl Loaded {
                 n_ctx: *n_ctx,
                 ..SessionOptions::default()
             })?)),
-            Loaded::Graph(model, n_ctx) => Ok(Box::new(model.session(&SessionOptions {
+            Loaded::Gpu(model, n_ctx) => Ok(Box::new(model.session(&SessionOptions {
                 n_ctx: *n_ctx,
                 ..SessionOptions::default()
             })?)),
-            Loaded::Gpu(model) => Ok(Box::new(GpuEngine {
-                model,
-                n_past: 0,
-                logits: Vec::new(),
-            })),
         }
     }
 }
@@ -348,57 +329,9 @@ impl<E: Engine> Engine for FiniteLogits<E> {
     }
 }
 
-/// The GPU model as an [`Engine`]: the model holds the KV cache, the engine
-/// tracks how much of it is valid (positions past `n_past` are overwritten
-/// by the next step).
-struct GpuEngine<'m> {
-    model: &'m mut GpuModel,
-    n_past: usize,
-    logits: Vec<f32>,
-}
-
-impl Engine for GpuEngine<'_> {
-    fn n_ctx(&self) -> usize {
-        self.model.n_ctx() as usize
-    }
-
-    fn n_vocab(&self) -> usize {
-        self.model.config().n_vocab as usize
-    }
-
-    fn n_past(&self) -> usize {
-        self.n_past
-    }
-
-    fn truncate(&mut self, n: usize) -> Result<(), GenerateError> {
-        if n > self.n_past {
-            return Err(GenerateError::Engine(
-                format!(
-                    "cannot truncate to {n} tokens: the cache holds {}",
-                    self.n_past
-                )
-                .into(),
-            ));
-        }
-        self.n_past = n;
-        Ok(())
-    }
-
-    fn forward_last(&mut self, tokens: &[u32]) -> Result<&[f32], GenerateError> {
-        let engine = |e: backend_wgpu::WgpuError| GenerateError::Engine(Box::new(e));
-        self.logits = self
-            .model
-            .forward(tokens, self.n_past as u32)
-            .map_err(engine)?;
-        self.n_past += tokens.len();
-        Ok(&self.logits)
-    }
-}
-
 /// A model's graph on the CPU, or on a GPU through wgpu (the same graph,
-/// each op a GPU dispatch): what `logits`, `perplexity` and `embedding`
-/// run, and `generate`/`chat` on the GPU for architectures the fused LLaMA
-/// path does not take.
+/// compiled into GPU dispatches): what `logits`, `perplexity` and
+/// `embedding` run.
 pub enum GraphModel {
     /// On the CPU.
     Cpu(Model<CpuBackend>),

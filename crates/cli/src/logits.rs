@@ -105,6 +105,8 @@ pub fn run(args: Args) -> CmdResult {
     let mut session = model.session(&SessionOptions {
         n_ctx: tokens.len(),
         kv_type,
+        // A trace reads every node: run the graph node by node.
+        compile: !(args.trace || args.dump.is_some()),
         ..SessionOptions::default()
     })?;
     let mut trace = Trace::with_limit(8);

@@ -60,6 +60,10 @@ impl<B: Backend> Model<B> {
             });
         }
         let graph = crate::arch::build_graph(c, GraphBuilder::new(file.header()))?;
+        // The backend's rewrite (fusions), given each weight's element type.
+        let header = file.header();
+        let dtype = |w: &WeightSpec| header.tensor(&w.tensor).map(|t| t.ggml_type);
+        let graph = backend.prepare_graph(graph, &dtype);
         let mut weights = Vec::with_capacity(graph.weights.len());
         for spec in &graph.weights {
             weights.push(load_weight(file, &backend, spec)?);
@@ -88,6 +92,11 @@ impl<B: Backend> Model<B> {
         self.tied
     }
 
+    /// The graph's weights on the backend, indexed by [`crate::graph::WeightId`].
+    pub fn weights(&self) -> &[B::Weight] {
+        &self.weights
+    }
+
     /// The forward pass as a graph of named operations.
     pub fn graph(&self) -> &Graph {
         &self.graph
@@ -106,14 +115,29 @@ where
     D: AsRef<[u8]> + Send + Sync + 'static,
     B: Backend,
 {
-    let t = Tensor::from_gguf(file, &spec.tensor)?;
-    t.expect_shape(&spec.shape)?;
-    let t = match spec.rows {
-        Some((first, count)) => t.rows(first, count, &spec.label())?,
-        None => t,
-    };
+    if !spec.stack.is_empty() {
+        let mut parts = vec![weight_tensor(file, spec)?];
+        for part in &spec.stack {
+            parts.push(weight_tensor(file, part)?);
+        }
+        return Ok(backend.load_stacked(&parts)?);
+    }
+    let t = weight_tensor(file, spec)?;
     Ok(match spec.kind {
         WeightKind::Matrix => backend.load_matrix(&t)?,
         WeightKind::Vector => backend.load_vector(&t)?,
+    })
+}
+
+/// The tensor (or its rows) of one weight, shape-checked.
+fn weight_tensor<D>(file: &Arc<Gguf<D>>, spec: &WeightSpec) -> Result<Tensor>
+where
+    D: AsRef<[u8]> + Send + Sync + 'static,
+{
+    let t = Tensor::from_gguf(file, &spec.tensor)?;
+    t.expect_shape(&spec.shape)?;
+    Ok(match spec.rows {
+        Some((first, count)) => t.rows(first, count, &spec.label())?,
+        None => t,
     })
 }

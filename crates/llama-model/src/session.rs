@@ -1,6 +1,6 @@
 //! [`Session`]: a KV cache, preallocated buffers and the forward pass.
 
-use tensor_core::{AttentionParams, Backend, KvShape, KvType};
+use tensor_core::{AttentionParams, Backend, KvShape, KvType, Program, ProgramOptions};
 
 use crate::graph::{Gating, Graph, Moe, NodeId, Op};
 
@@ -62,6 +62,12 @@ pub struct SessionOptions {
     /// positions (llama.cpp's `n_seq_max`); [`Session::forward_batch`]
     /// mixes tokens of several in one batch.
     pub n_seq: usize,
+    /// Lets the backend compile the graph into its own schedule
+    /// ([`Backend::compile`]: the GPU's dispatches, built once) when the
+    /// session holds one sequence with llama.cpp's batch kernels; `false`
+    /// runs every node through the backend's operations, which
+    /// [`Session::forward_traced`] needs.
+    pub compile: bool,
 }
 
 impl Default for SessionOptions {
@@ -72,6 +78,7 @@ impl Default for SessionOptions {
             kv_type: KvType::F16,
             batch_kernels: BatchKernels::LlamaCpp,
             n_seq: 1,
+            compile: true,
         }
     }
 }
@@ -229,6 +236,9 @@ pub struct Session<'m, B: Backend> {
     moe: MoeScratch<B::Buffer>,
     logits: Vec<f32>,
     host: Vec<f32>,
+    /// The backend's compiled graph, when it made one: it holds its own KV
+    /// cache and runs every batch.
+    program: Option<Box<dyn Program>>,
 }
 
 impl<'m, B: Backend> Session<'m, B> {
@@ -252,9 +262,24 @@ impl<'m, B: Backend> Session<'m, B> {
             return Err(ModelError::InvalidRequest("n_seq must be positive".into()));
         }
         let n_kv_layers = g.n_kv_layers.max(1);
-        let kv_layers = n_kv_layers.checked_mul(opts.n_seq).ok_or_else(|| {
-            ModelError::InvalidRequest(format!("{} sequences is too many", opts.n_seq))
-        })?;
+        let program =
+            if opts.compile && opts.n_seq == 1 && opts.batch_kernels == BatchKernels::LlamaCpp {
+                let po = ProgramOptions {
+                    n_ctx,
+                    n_batch: nb,
+                    kv_type: opts.kv_type,
+                };
+                b.compile(g, &model.weights, &po)?
+            } else {
+                None
+            };
+        // A compiled graph keeps its own cache: the node-by-node one is empty.
+        let kv_layers = match program {
+            Some(_) => 0,
+            None => n_kv_layers.checked_mul(opts.n_seq).ok_or_else(|| {
+                ModelError::InvalidRequest(format!("{} sequences is too many", opts.n_seq))
+            })?,
+        };
         let kv = b.alloc_kv(&KvShape {
             n_layer: kv_layers,
             n_ctx,
@@ -300,7 +325,69 @@ impl<'m, B: Backend> Session<'m, B> {
             moe,
             logits: Vec::new(),
             host: Vec::new(),
+            program,
         })
+    }
+
+    /// Whether the backend compiled the graph ([`SessionOptions::compile`]).
+    pub fn is_compiled(&self) -> bool {
+        self.program.is_some()
+    }
+
+    /// The compiled graph, when the backend made one (for benchmarks that
+    /// know the backend: [`Program::as_any_mut`]).
+    pub fn program_mut(&mut self) -> Option<&mut (dyn Program + 'static)> {
+        self.program.as_deref_mut()
+    }
+
+    /// Appends `tokens` and returns the id of the last one's largest logit
+    /// (ties to the lowest id): on a compiled graph only that id comes back
+    /// from the device.
+    pub fn forward_greedy(&mut self, tokens: &[u32]) -> Result<u32> {
+        if self.program.is_none() {
+            let logits = self.forward(tokens, LogitsMode::Last)?;
+            return Ok(argmax(logits));
+        }
+        let n = tokens.len();
+        if n > self.n_batch {
+            let split = n - (n - 1) % self.n_batch - 1;
+            self.forward(&tokens[..split], LogitsMode::Last)?;
+            return self.forward_greedy(&tokens[split..]);
+        }
+        self.check_tokens(tokens, self.n_past[0])?;
+        let pos = self.n_past[0];
+        let program = self.program.as_mut().expect("compiled");
+        let id = program.run_greedy(tokens, pos)?;
+        self.n_past[0] = pos + n;
+        Ok(id)
+    }
+
+    /// Checks a single-sequence run of `tokens` at `pos ..`: ids in the
+    /// vocabulary and positions within the context.
+    fn check_tokens(&self, tokens: &[u32], pos: usize) -> Result<()> {
+        let n_vocab = self.model.config().n_vocab;
+        if tokens.is_empty() {
+            return Err(ModelError::InvalidRequest("empty batch".into()));
+        }
+        if let Some((index, &token)) = tokens
+            .iter()
+            .enumerate()
+            .find(|(_, &t)| t as usize >= n_vocab)
+        {
+            return Err(ModelError::InvalidToken {
+                token,
+                index,
+                n_vocab,
+            });
+        }
+        if pos + tokens.len() > self.n_ctx {
+            return Err(ModelError::ContextOverflow {
+                n_past: pos,
+                n_tokens: tokens.len(),
+                n_ctx: self.n_ctx,
+            });
+        }
+        Ok(())
     }
 
     /// The model.
@@ -373,6 +460,12 @@ impl<'m, B: Backend> Session<'m, B> {
         mode: LogitsMode,
         observer: &mut dyn Observer,
     ) -> Result<&[f32]> {
+        if self.program.is_some() {
+            return Err(ModelError::InvalidRequest(
+                "tracing runs the graph node by node: open the session with `compile: false`"
+                    .into(),
+            ));
+        }
         self.run(tokens, mode, Some(observer))
     }
 
@@ -503,6 +596,9 @@ impl<'m, B: Backend> Session<'m, B> {
         row_out: usize,
         mut obs: Option<&mut dyn Observer>,
     ) -> Result<usize> {
+        if self.program.is_some() {
+            return self.ubatch_compiled(batch, row_out);
+        }
         let m = self.model;
         let g = m.graph();
         let b = m.backend();
@@ -566,6 +662,36 @@ impl<'m, B: Backend> Session<'m, B> {
             b.read(src, 0, dst)?;
         }
         Ok(out_rows)
+    }
+
+    /// [`Session::ubatch`] on the compiled graph (one sequence, so the
+    /// batch's positions are consecutive from `n_past`).
+    fn ubatch_compiled(&mut self, batch: &Batch<'_>, row_out: usize) -> Result<usize> {
+        let n = batch.tokens.len();
+        let n_vocab = self.model.config().n_vocab;
+        let pos = self.n_past[0];
+        let n_out = batch.output.iter().filter(|&&o| o).count();
+        let program = self.program.as_mut().expect("compiled");
+        let dst = &mut self.logits[row_out * n_vocab..(row_out + n_out) * n_vocab];
+        if n_out == 0 {
+            // The cache still takes the tokens: compute and drop the last row.
+            self.host.resize(n_vocab, 0.0);
+            program.run(batch.tokens, pos, false, &mut self.host)?;
+        } else if n_out == 1 && batch.output[n - 1] {
+            program.run(batch.tokens, pos, false, dst)?;
+        } else if n_out == n {
+            program.run(batch.tokens, pos, true, dst)?;
+        } else {
+            self.host.resize(n * n_vocab, 0.0);
+            program.run(batch.tokens, pos, true, &mut self.host)?;
+            let rows = (0..n).filter(|&i| batch.output[i]);
+            for (k, r) in rows.enumerate() {
+                dst[k * n_vocab..(k + 1) * n_vocab]
+                    .copy_from_slice(&self.host[r * n_vocab..(r + 1) * n_vocab]);
+            }
+        }
+        self.n_past[0] = pos + n;
+        Ok(n_out)
     }
 
     /// The values of node `x` (computed earlier in this batch).
@@ -713,9 +839,24 @@ impl<'m, B: Backend> Session<'m, B> {
                 let xin = self.slots[self.plan.slot[x.0]].buf.as_ref().expect("input");
                 moe_ffn(b, &m.weights, moe, &mut self.moe, xin, rows, width, out)?;
             }
+            Op::Slice { x, offset } => {
+                let src_width = g.node(*x).width;
+                b.copy_rows(self.input(*x), src_width, *offset, out, width, width, rows);
+            }
         }
         Ok(())
     }
+}
+
+/// The index of the largest value (the first of equal ones).
+fn argmax(v: &[f32]) -> u32 {
+    let mut best = 0;
+    for (i, &x) in v.iter().enumerate() {
+        if x > v[best] {
+            best = i;
+        }
+    }
+    best as u32
 }
 
 /// `build_moe_ffn` on any backend: the router's logits come back to the

@@ -1,7 +1,8 @@
 //! The backend seam: the operations a LLaMA forward pass is made of, on opaque handles.
 
-use crate::attention::{AttentionParams, KvShape};
-use crate::error::Result;
+use crate::attention::{AttentionParams, KvShape, KvType};
+use crate::error::{Result, TensorError};
+use crate::graph::Graph;
 use crate::rope::RopeParams;
 use crate::tensor::Tensor;
 
@@ -164,4 +165,93 @@ pub trait Backend: Send + Sync {
 
     /// Reads `out.len()` values from `src[offset..]` back to the host.
     fn read(&self, src: &Self::Buffer, offset: usize, out: &mut [f32]) -> Result<()>;
+
+    /// `dst[r·dst_stride + i] = src[r·src_stride + src_offset + i]` for
+    /// `i < width`, `r < n_rows` (an [`crate::graph::Op::Slice`] view made
+    /// contiguous). The default copies row by row.
+    #[allow(clippy::too_many_arguments)] // two strided row ranges, spelled out
+    fn copy_rows(
+        &self,
+        src: &Self::Buffer,
+        src_stride: usize,
+        src_offset: usize,
+        dst: &mut Self::Buffer,
+        dst_stride: usize,
+        width: usize,
+        n_rows: usize,
+    ) {
+        for r in 0..n_rows {
+            self.copy(src, r * src_stride + src_offset, dst, r * dst_stride, width);
+        }
+    }
+
+    /// The backend's rewrite of a model graph before its weights are loaded
+    /// (fusions: stacking products of one input into one, …); `dtype` gives
+    /// a weight's element type. The default keeps the graph as it is, which
+    /// is what an exact CPU backend must do.
+    fn prepare_graph(
+        &self,
+        graph: Graph,
+        dtype: &dyn Fn(&crate::graph::WeightSpec) -> Option<gguf_format::GgmlType>,
+    ) -> Graph {
+        let _ = dtype;
+        graph
+    }
+
+    /// Loads a weight whose rows are those of `parts` one after another
+    /// ([`crate::graph::WeightSpec::stack`]), for backends whose
+    /// [`Backend::prepare_graph`] stacks weights. The default refuses.
+    fn load_stacked(&self, parts: &[Tensor]) -> Result<Self::Weight> {
+        Err(TensorError::Backend {
+            backend: self.name(),
+            message: format!("stacked weights ({} parts) are not supported", parts.len()),
+        })
+    }
+
+    /// Compiles `graph` (over its loaded `weights`) into the backend's own
+    /// schedule for one sequence, or `None` when the backend runs graphs
+    /// node by node through the operations above (the default) or cannot
+    /// compile this one.
+    fn compile(
+        &self,
+        graph: &Graph,
+        weights: &[Self::Weight],
+        opts: &ProgramOptions,
+    ) -> Result<Option<Box<dyn Program>>> {
+        let _ = (graph, weights, opts);
+        Ok(None)
+    }
+}
+
+/// How a compiled [`Program`] is sized.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProgramOptions {
+    /// Positions of its KV cache.
+    pub n_ctx: usize,
+    /// Most tokens per step; longer inputs run in several.
+    pub n_batch: usize,
+    /// Element type of the KV cache.
+    pub kv_type: KvType,
+}
+
+/// A graph compiled by a backend ([`Backend::compile`]) for one sequence:
+/// it owns its activations and KV cache, and runs a batch of tokens at
+/// consecutive positions in one submission.
+pub trait Program: Send {
+    /// Positions its KV cache holds.
+    fn n_ctx(&self) -> usize;
+
+    /// Runs `tokens` at positions `pos ..` (the cache holds positions
+    /// `0..pos` from earlier calls; later ones are overwritten) and writes
+    /// into `logits` the last token's logits (`all == false`, `[n_vocab]`) or
+    /// every token's (`[tokens.len(), n_vocab]`). The caller has checked the
+    /// token ids and that `pos + tokens.len() ≤ n_ctx`.
+    fn run(&mut self, tokens: &[u32], pos: usize, all: bool, logits: &mut [f32]) -> Result<()>;
+
+    /// As [`Program::run`] with `all == false`, but returns only the id of the
+    /// largest logit (computed where the program runs; ties to the lowest id).
+    fn run_greedy(&mut self, tokens: &[u32], pos: usize) -> Result<u32>;
+
+    /// The program as `Any`, for callers that know its backend (benchmarks).
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any;
 }

@@ -60,12 +60,13 @@ mod cpu;
 mod error;
 mod fma;
 pub mod gemm;
+pub mod graph;
 pub mod ops;
 pub mod rope;
 mod tensor;
 
 pub use attention::{AttentionParams, KvShape, KvType};
-pub use backend::Backend;
+pub use backend::{Backend, Program, ProgramOptions};
 pub use cpu::{check_memory, CpuBackend, CpuKvCache};
 pub use error::{Result, TensorError};
 pub use rope::{RopeMode, RopeParams};

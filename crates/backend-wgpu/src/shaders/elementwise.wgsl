@@ -9,7 +9,7 @@ struct EwParams {
     a_base: u32,   // float offset of a's first token
     b_base: u32,   // float offset of b's first token (a and b may share a buffer)
     corr_base: u32, // swiglu, PACKED: word offset of the blocks' scales in y (y_stride: words of quants)
-    pad1: u32,
+    mode: u32,     // add: bit 0, a's row is the step's last token's; bit 1, y = a (a copy)
 }
 
 struct Step {
@@ -26,7 +26,8 @@ struct Step {
 @group(0) @binding(4) var<uniform> step: Step;
 @group(0) @binding(5) var<storage, read_write> token: array<u32>;
 
-// y = a + b. Grid: (ceil(n / 256), 1, tokens).
+// y = a + b, or (mode bit 1) y = a; with mode bit 0, a's row is the step's
+// last token's (the output row of a batch). Grid: (ceil(n / 256), 1, tokens).
 @compute @workgroup_size(256)
 fn add(@builtin(global_invocation_id) gid: vec3<u32>) {
     let i = gid.x;
@@ -34,7 +35,16 @@ fn add(@builtin(global_invocation_id) gid: vec3<u32>) {
         return;
     }
     let t = gid.z;
-    y[t * p.y_stride + i] = bitcast<u32>(a[p.a_base + t * p.a_stride + i] + b[p.b_base + t * p.b_stride + i]);
+    var ta = t;
+    if ((p.mode & 1u) != 0u) {
+        ta = step.n_tokens - 1u;
+    }
+    let va = a[p.a_base + ta * p.a_stride + i];
+    if ((p.mode & 2u) != 0u) {
+        y[t * p.y_stride + i] = bitcast<u32>(va);
+        return;
+    }
+    y[t * p.y_stride + i] = bitcast<u32>(va + b[p.b_base + t * p.b_stride + i]);
 }
 
 

@@ -11,7 +11,10 @@
 //               tanhf, so within a couple of ulp rather than bit for bit.
 //   scale_rows: y[i] *= b[i / width] (ggml_mul by a column: each row of
 //               `width` values times its factor), in place; bit for bit.
-// Grid: (x, y, 1) workgroups of 256 covering n, x·y ≥ ceil(n / 256).
+// Grid: (x, y, 1) workgroups of 256 covering n, x·y ≥ ceil(n / 256); or,
+// with n = 0 (geglu, scale, softcap), rows of `width` values: (x, y, rows)
+// with x·y ≥ ceil(width / 256), row z at z·width (a compiled graph's
+// batch-sized ops).
 
 struct ScaleParams {
     n: u32,     // values
@@ -34,8 +37,21 @@ struct Step {
 @group(0) @binding(4) var<uniform> step: Step;
 @group(0) @binding(5) var<storage, read> table: array<f32>;
 
+const NONE: u32 = 0xffffffffu;
+
+// The value this invocation computes, or NONE past the end.
 fn index(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.y * nwg.x + wid.x) * 256u + lid;
+    let i = (wid.y * nwg.x + wid.x) * 256u + lid;
+    if (p.n == 0u) {
+        if (i >= p.width) {
+            return NONE;
+        }
+        return wid.z * p.width + i;
+    }
+    if (i >= p.n) {
+        return NONE;
+    }
+    return i;
 }
 
 // The bits of x rounded to f16, to nearest even (half's `f16::from_f32`,
@@ -55,7 +71,7 @@ fn f16_bits(x: f32) -> u32 {
 fn geglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
-    if (i >= p.n) {
+    if (i == NONE) {
         return;
     }
     let x = a[i];
@@ -74,7 +90,7 @@ fn geglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 fn scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
-    if (i < p.n) {
+    if (i != NONE) {
         y[i] = y[i] * p.s;
     }
 }
@@ -83,7 +99,7 @@ fn scale(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 fn softcap(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
-    if (i < p.n) {
+    if (i != NONE) {
         y[i] = mul_rn(tanh_f32(mul_rn(y[i], p.inv)), p.s);
     }
 }
@@ -92,7 +108,7 @@ fn softcap(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 fn scale_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
               @builtin(local_invocation_index) lid: u32) {
     let i = index(wid, nwg, lid);
-    if (i < p.n) {
+    if (i != NONE) {
         y[i] = y[i] * b[i / p.width];
     }
 }

@@ -1,0 +1,1704 @@
+//! A model graph compiled into the GPU's dispatch schedule.
+//!
+//! [`GpuProgram::compile`] walks a [`Graph`] once and builds every op of a
+//! step (pipeline, bind group, parameters), so that a step only writes the
+//! step uniform and the token ids and records the prebuilt dispatches. Each
+//! node gets a buffer from a pool (shared by nodes whose lifetimes do not
+//! overlap) or is a view of another's ([`Op::Slice`], an output-row
+//! selection of every row). The fusions are rewrites of what a node writes
+//! and reads, decided from the graph before lowering:
+//!
+//! - products of one input are stacked into one before the weights load
+//!   ([`crate::rewrite`], [`Op::Slice`] views of the parts);
+//! - a norm or SwiGLU whose consumers are all products rounding their input
+//!   the same way writes the rounded (packed) activations itself;
+//! - a product whose only use is a residual `Add` accumulates into the
+//!   residual's buffer (the add disappears);
+//! - a value projection used only by attention writes into the KV cache, and
+//!   RoPE of keys writes the rotated keys there (queries, keys and values of
+//!   one stacked product in one dispatch; for a single token with a Q4_K
+//!   stack, inside the product itself, `tg_rope.wgsl`);
+//! - the rows whose logits are wanted (`Op::OutputRows`) are the batch's
+//!   last row, copied once, or every row, a view; the nodes after it run on
+//!   those rows only, with their own step uniform, as llama.cpp runs them.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+
+use gguf_format::GgmlType;
+use tensor_core::graph::{Graph, NodeId, Op as GOp, WeightId};
+use tensor_core::{RopeMode, RopeParams as TcRope};
+
+use crate::device::GpuContext;
+use crate::error::{Result, WgpuError};
+use crate::kernels::{act_type, is_exact, Kernel};
+use crate::ops::{
+    AttnParams, EwParams, GpuMatrix, Grid, Op, OpBuilder, RopeParams, ScaleParams, StepUniform,
+    TgRopeParams,
+};
+use crate::seam::GpuWeight;
+
+/// Most greedy tokens [`GpuProgram::generate_greedy`] makes in one call.
+const MAX_GENERATED: u32 = 4096;
+
+/// The most rows one dispatch takes in its z dimension.
+const MAX_DISPATCH_ROWS: u32 = 65535;
+
+/// GPU time per op label for one step, from timestamp queries.
+#[derive(Clone, Debug, Default)]
+pub struct StepProfile {
+    /// (op label, dispatches, total nanoseconds), largest first.
+    pub per_label: Vec<(&'static str, u32, f64)>,
+    /// Sum of the dispatches' GPU time.
+    pub total_ns: f64,
+    /// Dispatches in the step.
+    pub dispatches: u32,
+}
+
+/// Where a node's values are: row `t` at float `base + t·stride` of `buf`.
+#[derive(Clone, Debug)]
+struct Loc {
+    buf: usize,
+    base: u32,
+    stride: u32,
+}
+
+/// A rounding of activations for products: the type and whether packed.
+type ActKey = (GgmlType, bool);
+
+/// An interned op label (a short name for profiles: `attn_output`, `rope`).
+fn label(name: &str) -> &'static str {
+    static LABELS: Mutex<Option<HashSet<&'static str>>> = Mutex::new(None);
+    let mut set = LABELS.lock().unwrap_or_else(|e| e.into_inner());
+    let set = set.get_or_insert_with(HashSet::new);
+    if let Some(l) = set.get(name) {
+        return l;
+    }
+    let l: &'static str = Box::leak(name.to_string().into_boxed_str());
+    set.insert(l);
+    l
+}
+
+/// A weight's short name: `blk.3.attn_q.weight` → `attn_q`.
+fn weight_label(g: &Graph, w: WeightId) -> &'static str {
+    let short = |t: &str| {
+        let t = t.strip_suffix(".weight").unwrap_or(t);
+        match t.strip_prefix("blk.") {
+            Some(rest) => rest.split_once('.').map_or(rest, |(_, s)| s).to_string(),
+            None => t.to_string(),
+        }
+    };
+    let spec = &g.weights[w.0];
+    let mut name = short(&spec.tensor);
+    for part in &spec.stack {
+        name.push('+');
+        name.push_str(&short(&part.tensor));
+    }
+    label(&name)
+}
+
+/// A model graph as prebuilt GPU ops over one sequence's KV cache.
+pub struct GpuProgram {
+    ctx: Arc<GpuContext>,
+    n_ctx: u32,
+    max_batch: u32,
+    logits_rows: u32,
+    n_vocab: u32,
+    step: wgpu::Buffer,
+    step_out: wgpu::Buffer,
+    ids: wgpu::Buffer,
+    logits: wgpu::Buffer,
+    generated: wgpu::Buffer,
+    /// The nodes before the first output-row selection, over every token.
+    body: Vec<Op>,
+    /// The rest for the last token's row: its copies, then ops over one row.
+    tail_last: Vec<Op>,
+    /// The rest for every row (also a single token's step).
+    tail_all: Vec<Op>,
+    argmax: Op,
+    /// A one-token step recorded while the GPU ran the previous one (with
+    /// the argmax or not).
+    prerecorded: Option<(bool, wgpu::CommandBuffer)>,
+    /// Labels of ops single-token steps leave out ([`GpuProgram::leave_out`]).
+    left_out: Vec<String>,
+    weight_bytes: u64,
+    _keep: Vec<wgpu::Buffer>,
+    _weights: Vec<GpuMatrix>,
+}
+
+impl std::fmt::Debug for GpuProgram {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuProgram")
+            .field("n_ctx", &self.n_ctx)
+            .field("max_batch", &self.max_batch)
+            .field("dispatches", &(self.body.len() + self.tail_all.len()))
+            .finish_non_exhaustive()
+    }
+}
+
+/// Decisions made from the whole graph before lowering.
+struct Plan {
+    consumers: Vec<Vec<NodeId>>,
+    /// The last node (in lowering order) that reads each node.
+    last_use: Vec<usize>,
+    /// RoPE nodes lowered at the attention that reads them.
+    deferred: Vec<bool>,
+    /// A product accumulating into this residual (its `Add` disappears).
+    accum_into: Vec<Option<NodeId>>,
+    /// `Add` nodes whose value is the residual a product accumulated into.
+    accum_add: Vec<Option<NodeId>>,
+    /// Norms / SwiGLUs writing rounded activations for all their consumers.
+    fused_act: Vec<Option<ActKey>>,
+    /// Value products writing straight into the KV cache of this attention.
+    v_direct: Vec<Option<NodeId>>,
+    /// The first output-row selection (where the tails start).
+    tail_start: usize,
+}
+
+/// The rounding a product with `w` needs of its input (`None`: none).
+fn act_key(w: &GpuMatrix) -> Option<ActKey> {
+    act_type(w.ty).map(|a| (a, is_exact(w.ty, w.m)))
+}
+
+fn matrix(weights: &[GpuWeight], id: WeightId) -> Result<&GpuMatrix> {
+    match &weights[id.0] {
+        GpuWeight::Matrix(m) => Ok(m),
+        GpuWeight::Vector { .. } => Err(WgpuError::Model(format!(
+            "weight {} is a vector where a matrix is needed",
+            id.0
+        ))),
+    }
+}
+
+fn vector(weights: &[GpuWeight], id: WeightId) -> Result<(&wgpu::Buffer, &[f32])> {
+    match &weights[id.0] {
+        GpuWeight::Vector { buffer, host } => Ok((buffer, host)),
+        GpuWeight::Matrix(_) => Err(WgpuError::Model(format!(
+            "weight {} is a matrix where a vector is needed",
+            id.0
+        ))),
+    }
+}
+
+impl Plan {
+    fn new(g: &Graph, weights: &[GpuWeight]) -> Result<Plan> {
+        let n = g.nodes.len();
+        let consumers = g.consumers();
+        let only = |x: NodeId| -> Option<NodeId> {
+            match consumers[x.0].as_slice() {
+                [c] => Some(*c),
+                _ => None,
+            }
+        };
+        let mut deferred = vec![false; n];
+        let mut v_direct = vec![None; n];
+        for (i, node) in g.nodes.iter().enumerate() {
+            if let GOp::Attention { q, k, v, .. } = node.op {
+                for x in [q, k] {
+                    if matches!(g.node(x).op, GOp::Rope { .. }) && only(x) == Some(NodeId(i)) {
+                        deferred[x.0] = true;
+                    }
+                }
+                if let GOp::MatMul { bias: None, .. } = g.node(v).op {
+                    if only(v) == Some(NodeId(i)) && v != q && v != k {
+                        v_direct[v.0] = Some(NodeId(i));
+                    }
+                }
+            }
+        }
+        // Where each node is read, with deferred ropes read at their attention.
+        let mut last_use: Vec<usize> = (0..n).collect();
+        for (i, node) in g.nodes.iter().enumerate() {
+            let at = if deferred[i] {
+                only(NodeId(i)).expect("deferred").0
+            } else {
+                i
+            };
+            for x in node.op.inputs() {
+                last_use[x.0] = last_use[x.0].max(at);
+            }
+            for x in &consumers[i] {
+                last_use[i] = last_use[i].max(x.0);
+            }
+        }
+        last_use[g.output.0] = usize::MAX;
+        let tail_start = g
+            .nodes
+            .iter()
+            .position(|nd| matches!(nd.op, GOp::OutputRows { .. }))
+            .unwrap_or(n);
+        // A product accumulating into the residual it is added to.
+        let mut accum_into = vec![None; n];
+        let mut accum_add = vec![None; n];
+        for (i, node) in g.nodes.iter().enumerate() {
+            let GOp::Add { a, b } = node.op else { continue };
+            for (m, r) in [(b, a), (a, b)] {
+                let GOp::MatMul { x, bias: None, .. } = g.node(m).op else {
+                    continue;
+                };
+                let ok = only(m) == Some(NodeId(i))
+                    && last_use[r.0] == i
+                    && r.0 < m.0
+                    && x != r
+                    && (m.0 + 1..i).all(|j| !g.nodes[j].op.inputs().contains(&r))
+                    && !matches!(g.node(r).op, GOp::Slice { .. })
+                    && v_direct[m.0].is_none()
+                    && (m.0 < tail_start) == (r.0 < tail_start)
+                    && r.0 != g.output.0;
+                if ok {
+                    accum_into[m.0] = Some(r);
+                    accum_add[i] = Some(r);
+                    break;
+                }
+            }
+        }
+        // Norms and SwiGLUs whose consumers are all products of one rounding,
+        // with no other rounding into that buffer until the last of them.
+        let mut fused_act = vec![None; n];
+        let key_of = |m: NodeId| -> Option<Option<ActKey>> {
+            match g.node(m).op {
+                GOp::MatMul { w, .. } => matrix(weights, w).ok().map(act_key),
+                _ => None,
+            }
+        };
+        for (i, node) in g.nodes.iter().enumerate() {
+            let full_norm = match node.op {
+                GOp::RmsNorm { weight, .. } => g.weights[weight.0].shape[0] == node.width,
+                GOp::Swiglu { .. } => true,
+                _ => false,
+            };
+            if !full_norm || consumers[i].is_empty() || i == g.output.0 {
+                continue;
+            }
+            let keys: Option<Vec<Option<ActKey>>> =
+                consumers[i].iter().map(|&c| key_of(c)).collect();
+            let Some(keys) = keys else { continue };
+            let Some(Some(key)) = keys.first().copied() else {
+                continue;
+            };
+            if keys.iter().any(|k| *k != Some(key)) || key == (GgmlType::Q8_1, false) {
+                continue;
+            }
+            let last = consumers[i].iter().map(|c| c.0).max().expect("consumers");
+            // Every node in between that rounds activations reads this one.
+            let clash = (i + 1..last).any(|j| match g.nodes[j].op {
+                GOp::MatMul { x, .. } => x.0 != i,
+                GOp::RmsNorm { .. } | GOp::Swiglu { .. } | GOp::Moe { .. } => true,
+                _ => false,
+            });
+            if !clash && (i < tail_start) == (last < tail_start) {
+                fused_act[i] = Some(key);
+            }
+        }
+        Ok(Plan {
+            consumers,
+            last_use,
+            deferred,
+            accum_into,
+            accum_add,
+            fused_act,
+            v_direct,
+            tail_start,
+        })
+    }
+}
+
+/// The state of lowering: buffers, their users, and what the rounded
+/// activation buffers hold.
+struct Lowering<'a> {
+    ctx: &'a GpuContext,
+    g: &'a Graph,
+    weights: &'a [GpuWeight],
+    plan: &'a Plan,
+    max_batch: u32,
+    kv_f16: bool,
+    n_ctx: u32,
+    /// Pool of activation buffers: (buffer, bytes, free).
+    pool: Vec<(wgpu::Buffer, u64, bool)>,
+    /// The last lowering index reading each pool buffer.
+    pool_last: Vec<usize>,
+    loc: Vec<Option<Loc>>,
+    /// Rounded activations: one buffer per rounding, and the node it holds.
+    acts: HashMap<ActKey, (wgpu::Buffer, Option<NodeId>)>,
+    act_size: u64,
+    corr_base: u32,
+    /// Nodes whose own buffer holds values already rounded as `ActKey`.
+    rounded: Vec<Option<ActKey>>,
+    tables: Vec<(TcRope, Option<WeightId>, wgpu::Buffer)>,
+    kv: HashMap<usize, (wgpu::Buffer, wgpu::Buffer, u32)>,
+    /// Ops producing each node (index into the section's ops), for fusions.
+    producer: HashMap<usize, usize>,
+    /// `Add` nodes whose product accumulated into the residual.
+    accumulated: HashSet<usize>,
+    ids: wgpu::Buffer,
+    logits: wgpu::Buffer,
+    dummy: wgpu::Buffer,
+    gelu: Option<wgpu::Buffer>,
+    weight_bytes: u64,
+}
+
+impl Lowering<'_> {
+    fn node_bytes(&self, width: usize) -> u64 {
+        self.max_batch as u64 * width as u64 * 4
+    }
+
+    /// A pool buffer of at least `bytes`, live until lowering index `until`.
+    fn take(&mut self, bytes: u64, until: usize) -> usize {
+        let best = (0..self.pool.len())
+            .filter(|&i| self.pool[i].2 && self.pool[i].1 >= bytes)
+            .min_by_key(|&i| self.pool[i].1);
+        let i = match best {
+            Some(i) => i,
+            None => {
+                self.pool
+                    .push((self.ctx.storage("activations", bytes.max(16)), bytes, true));
+                self.pool_last.push(0);
+                self.pool.len() - 1
+            }
+        };
+        self.pool[i].2 = false;
+        self.pool_last[i] = until;
+        i
+    }
+
+    /// A fresh buffer for node `i`'s values (`width` a row).
+    fn fresh(&mut self, i: usize, width: usize) -> Loc {
+        let buf = self.take(self.node_bytes(width), self.plan.last_use[i]);
+        Loc {
+            buf,
+            base: 0,
+            stride: width as u32,
+        }
+    }
+
+    /// Node `i` shares `l`'s buffer (a view or an in-place result).
+    fn alias(&mut self, i: usize, l: &Loc) -> Loc {
+        self.pool_last[l.buf] = self.pool_last[l.buf].max(self.plan.last_use[i]);
+        l.clone()
+    }
+
+    /// Frees the buffers no node after `i` reads.
+    fn release(&mut self, i: usize) {
+        for b in 0..self.pool.len() {
+            if !self.pool[b].2 && self.pool_last[b] <= i {
+                self.pool[b].2 = true;
+            }
+        }
+    }
+
+    fn buf(&self, l: &Loc) -> &wgpu::Buffer {
+        &self.pool[l.buf].0
+    }
+
+    fn loc(&self, x: NodeId) -> Loc {
+        self.loc[x.0]
+            .clone()
+            .expect("an input is lowered before it is read")
+    }
+
+    /// `x`'s values as a contiguous buffer (a copy of a view, valid for node `i`).
+    fn contiguous(&mut self, ob: &OpBuilder<'_>, ops: &mut Vec<Op>, x: NodeId, i: usize) -> Loc {
+        let l = self.loc(x);
+        let w = self.g.node(x).width as u32;
+        if l.base == 0 && l.stride == w {
+            return l;
+        }
+        let t = Loc {
+            buf: self.take(self.node_bytes(w as usize), i),
+            base: 0,
+            stride: w,
+        };
+        ops.push(self.copy_op(ob, &l, &t, w, 2));
+        t
+    }
+
+    /// The add kernel as a copy of `w` values a row (`mode` 2), or of the
+    /// step's last row (`mode` 3).
+    fn copy_op(&self, ob: &OpBuilder<'_>, from: &Loc, to: &Loc, w: u32, mode: u32) -> Op {
+        let p = EwParams {
+            n: w,
+            a_stride: from.stride,
+            b_stride: 0,
+            y_stride: to.stride,
+            a_base: from.base,
+            b_base: 0,
+            corr_base: 0,
+            mode,
+        };
+        let a = self.buf(from);
+        ob.binary(Kernel::Add, a, a, self.buf(to), p, &self.dummy)
+    }
+
+    /// The rounded-activation buffer of `key`.
+    fn act_buffer(&mut self, key: ActKey) -> wgpu::Buffer {
+        let size = self.act_size;
+        self.acts
+            .entry(key)
+            .or_insert_with(|| (self.ctx.storage("act", size), None))
+            .0
+            .clone()
+    }
+
+    /// What a product with `w` reads for input `x`: `x` itself, or `x`
+    /// rounded as `w` needs (rounding it now unless done already).
+    fn product_input(
+        &mut self,
+        ob: &OpBuilder<'_>,
+        ops: &mut Vec<Op>,
+        x: NodeId,
+        w: &GpuMatrix,
+        i: usize,
+    ) -> (wgpu::Buffer, u32) {
+        let width = self.g.node(x).width as u32;
+        let Some(key) = act_key(w) else {
+            let l = self.contiguous(ob, ops, x, i);
+            return (self.buf(&l).clone(), width);
+        };
+        if self.rounded[x.0] == Some(key) {
+            let l = self.loc(x);
+            return (self.buf(&l).clone(), l.stride);
+        }
+        let buf = self.act_buffer(key);
+        if self.acts[&key].1 == Some(x) {
+            return (buf, width);
+        }
+        let l = self.contiguous(ob, ops, x, i);
+        ops.push(ob.quantize_act(
+            key.0,
+            key.1,
+            self.buf(&l),
+            width,
+            &buf,
+            width,
+            width,
+            self.corr_base,
+        ));
+        self.acts.get_mut(&key).expect("made").1 = Some(x);
+        (buf, width)
+    }
+
+    /// The cos/sin table of `p` (with `factors`) for every position.
+    fn rope_table(&mut self, p: &TcRope, factors: Option<WeightId>) -> Result<wgpu::Buffer> {
+        if let Some(t) = self.tables.iter().find(|t| t.0 == *p && t.1 == factors) {
+            return Ok(t.2.clone());
+        }
+        let ff = match factors {
+            Some(f) => Some(vector(self.weights, f)?.1.to_vec()),
+            None => None,
+        };
+        let n = p.n_dims.max(1);
+        let mut table = vec![0f32; self.n_ctx as usize * n];
+        for (pos, row) in table.chunks_mut(n).enumerate() {
+            tensor_core::rope::rope_cache(pos, p, ff.as_deref(), row);
+        }
+        let b = self.ctx.upload("rope_table", bytemuck::cast_slice(&table));
+        self.tables.push((*p, factors, b.clone()));
+        Ok(b)
+    }
+
+    /// The key and value caches of KV layer `layer` (`width` values a position).
+    fn cache(&mut self, layer: usize, width: u32) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+        if let Some((k, v, w)) = self.kv.get(&layer) {
+            if *w != width {
+                return Err(WgpuError::Model(format!(
+                    "KV layer {layer} is used with widths {w} and {width}"
+                )));
+            }
+            return Ok((k.clone(), v.clone()));
+        }
+        let bytes = self.n_ctx as u64 * width as u64 * 4;
+        if bytes > self.ctx.max_binding() {
+            return Err(WgpuError::Request(format!(
+                "a KV cache layer of {} positions × {width} values ({bytes} bytes) exceeds \
+                 the device's largest storage binding ({} bytes): use a smaller context",
+                self.n_ctx,
+                self.ctx.max_binding()
+            )));
+        }
+        let k = self.ctx.storage("k_cache", bytes);
+        let v = self.ctx.storage("v_cache", bytes);
+        self.kv.insert(layer, (k.clone(), v.clone(), width));
+        Ok((k, v))
+    }
+
+    fn cache_write(&self) -> u32 {
+        if self.kv_f16 {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// Lowers node `i` into `ops`; `last_row`: the section runs on the
+    /// batch's last row only (its output-row selections copy that row,
+    /// with `ob_batch`, the batch's step).
+    fn lower(
+        &mut self,
+        i: usize,
+        ob: &OpBuilder<'_>,
+        ob_batch: &OpBuilder<'_>,
+        ops: &mut Vec<Op>,
+        last_row: bool,
+    ) -> Result<()> {
+        let g = self.g;
+        let node = &g.nodes[i];
+        let width = node.width as u32;
+        let plan = self.plan;
+        if plan.deferred[i] {
+            return Ok(());
+        }
+        let is_output = i == g.output.0;
+        let out_loc = |s: &mut Self| -> Loc {
+            if is_output {
+                // The logits buffer: a pool entry of its own, never freed.
+                s.pool.push((s.logits.clone(), 0, false));
+                s.pool_last.push(usize::MAX);
+                Loc {
+                    buf: s.pool.len() - 1,
+                    base: 0,
+                    stride: width,
+                }
+            } else {
+                s.fresh(i, width as usize)
+            }
+        };
+        let loc = match &node.op {
+            GOp::Embed { table } => {
+                let w = matrix(self.weights, *table)?;
+                let y = out_loc(self);
+                ops.extend(ob.get_rows(w, &self.ids, self.buf(&y), width, &self.dummy));
+                y
+            }
+            GOp::Slice { x, offset } => {
+                let l = self.loc(*x);
+                let mut v = self.alias(i, &l);
+                v.base += *offset as u32;
+                v
+            }
+            GOp::OutputRows { x } => {
+                if last_row {
+                    let from = self.loc(*x);
+                    let y = self.fresh(i, width as usize);
+                    ops.push(self.copy_op(ob_batch, &from, &y, width, 3));
+                    y
+                } else {
+                    let l = self.loc(*x);
+                    self.alias(i, &l)
+                }
+            }
+            GOp::Scale { x, s } => {
+                let y = self.in_place(i, *x, ob, ops, is_output)?;
+                let p = ScaleParams {
+                    n: 0,
+                    width,
+                    s: *s,
+                    inv: 0.0,
+                };
+                let d = &self.dummy;
+                ops.push(row_op(
+                    ob.scale_op(Kernel::Scale, d, d, self.buf(&y), d, p),
+                    width,
+                ));
+                y
+            }
+            GOp::Softcap { x, cap } => {
+                let y = self.in_place(i, *x, ob, ops, is_output)?;
+                let p = ScaleParams {
+                    n: 0,
+                    width,
+                    s: *cap,
+                    inv: 1.0 / *cap,
+                };
+                let d = &self.dummy;
+                ops.push(row_op(
+                    ob.scale_op(Kernel::Softcap, d, d, self.buf(&y), d, p),
+                    width,
+                ));
+                y
+            }
+            GOp::Geglu { gate, up } => {
+                let a = self.contiguous(ob, ops, *gate, i);
+                let b = self.contiguous(ob, ops, *up, i);
+                let y = out_loc(self);
+                let table = self.gelu_table();
+                let p = ScaleParams {
+                    n: 0,
+                    width,
+                    ..Default::default()
+                };
+                let op = ob.scale_op(
+                    Kernel::Geglu,
+                    self.buf(&a),
+                    self.buf(&b),
+                    self.buf(&y),
+                    &table,
+                    p,
+                );
+                ops.push(row_op(op, width));
+                y
+            }
+            GOp::RmsNorm { x, weight, eps } => {
+                let (wb, host) = vector(self.weights, *weight)?;
+                let wb = wb.clone();
+                let group = host.len() as u32;
+                let xl = self.contiguous(ob, ops, *x, i);
+                let fa = plan.fused_act[i];
+                let y = out_loc(self);
+                if group == width {
+                    let packed = fa.is_some_and(|k| k.1);
+                    let target = match fa {
+                        Some(k) if packed => self.act_buffer(k),
+                        _ => self.buf(&y).clone(),
+                    };
+                    ops.push(ob.rms_norm(
+                        self.buf(&xl),
+                        width,
+                        &wb,
+                        &target,
+                        width,
+                        width,
+                        *eps,
+                        false,
+                        fa,
+                        self.corr_base,
+                    ));
+                    self.mark_rounded(i, fa);
+                } else {
+                    let heads = width / group.max(1);
+                    let mut op = ob.rms_norm(
+                        self.buf(&xl),
+                        group,
+                        &wb,
+                        self.buf(&y),
+                        group,
+                        group,
+                        *eps,
+                        false,
+                        None,
+                        0,
+                    );
+                    op.grid = Grid::PerTokenTimes([group.div_ceil(256), 1], heads);
+                    ops.push(op);
+                }
+                y
+            }
+            GOp::MatMul { x, w, bias } => {
+                let m = matrix(self.weights, *w)?;
+                self.weight_bytes += m.n_bytes();
+                let lbl = weight_label(g, *w);
+                let (input, x_stride) = self.product_input(ob, ops, *x, m, i);
+                let (y, y_buf, y_stride, acc, at_pos) = if let Some(att) = plan.v_direct[i] {
+                    let GOp::Attention { layer, params, .. } = &g.node(att).op else {
+                        unreachable!("v_direct points at an attention")
+                    };
+                    let kvw = (params.n_head_kv * params.head_dim) as u32;
+                    let (_, vc) = self.cache(*layer, kvw)?;
+                    (None, vc, kvw, false, self.cache_write())
+                } else if let Some(r) = self.accumulates(i) {
+                    let l = self.loc(r);
+                    let l = self.alias(i, &l);
+                    let b = self.buf(&l).clone();
+                    (Some(l.clone()), b, l.stride, true, 0)
+                } else if bias.is_some() {
+                    // The product into a temporary, then + bias into place.
+                    let t = Loc {
+                        buf: self.take(self.node_bytes(width as usize), i),
+                        base: 0,
+                        stride: width,
+                    };
+                    let b = self.buf(&t).clone();
+                    (Some(t), b, width, false, 0)
+                } else {
+                    let l = out_loc(self);
+                    let b = self.buf(&l).clone();
+                    (Some(l), b, width, false, 0)
+                };
+                let mut lin = ob.linear(
+                    lbl,
+                    m,
+                    &input,
+                    x_stride,
+                    &y_buf,
+                    y_stride,
+                    0,
+                    acc,
+                    at_pos,
+                    self.corr_base,
+                    &self.dummy,
+                );
+                if lin.len() == 1 {
+                    self.producer.insert(i, ops.len());
+                }
+                ops.append(&mut lin);
+                match (bias, y) {
+                    (Some(bias), Some(t)) => {
+                        let (bb, _) = vector(self.weights, *bias)?;
+                        let bb = bb.clone();
+                        let out = out_loc(self);
+                        let p = EwParams {
+                            n: width,
+                            a_stride: width,
+                            b_stride: 0,
+                            y_stride: width,
+                            ..Default::default()
+                        };
+                        ops.push(ob.binary(
+                            Kernel::Add,
+                            self.buf(&t),
+                            &bb,
+                            self.buf(&out),
+                            p,
+                            &self.dummy,
+                        ));
+                        out
+                    }
+                    (_, Some(l)) => l,
+                    // Written into the cache: nothing else reads it.
+                    (_, None) => Loc {
+                        buf: usize::MAX,
+                        base: 0,
+                        stride: width,
+                    },
+                }
+            }
+            GOp::Add { a, b } => {
+                if let Some(r) = plan.accum_add[i].filter(|_| self.accumulated.contains(&i)) {
+                    let l = self.loc(r);
+                    self.alias(i, &l)
+                } else {
+                    let (la, lb) = (self.loc(*a), self.loc(*b));
+                    let y = out_loc(self);
+                    let p = EwParams {
+                        n: width,
+                        a_stride: la.stride,
+                        b_stride: lb.stride,
+                        y_stride: width,
+                        a_base: la.base,
+                        b_base: lb.base,
+                        corr_base: 0,
+                        mode: 0,
+                    };
+                    ops.push(ob.binary(
+                        Kernel::Add,
+                        self.buf(&la),
+                        self.buf(&lb),
+                        self.buf(&y),
+                        p,
+                        &self.dummy,
+                    ));
+                    y
+                }
+            }
+            GOp::Swiglu { gate, up } => {
+                let (la, lb) = (self.loc(*gate), self.loc(*up));
+                let fa = plan.fused_act[i];
+                let y = out_loc(self);
+                let packed = fa.is_some_and(|k| k.1);
+                let target = match fa {
+                    Some(k) if packed => self.act_buffer(k),
+                    _ => self.buf(&y).clone(),
+                };
+                let p = EwParams {
+                    n: width,
+                    a_stride: la.stride,
+                    b_stride: lb.stride,
+                    y_stride: if packed { width / 4 } else { width },
+                    a_base: la.base,
+                    b_base: lb.base,
+                    corr_base: self.corr_base,
+                    mode: 0,
+                };
+                ops.push(ob.binary(
+                    Kernel::Swiglu(fa),
+                    self.buf(&la),
+                    self.buf(&lb),
+                    &target,
+                    p,
+                    &self.dummy,
+                ));
+                self.mark_rounded(i, fa);
+                y
+            }
+            GOp::Rope {
+                x,
+                n_heads,
+                params,
+                factors,
+            } => {
+                let xl = self.loc(*x);
+                let table = self.rope_table(params, *factors)?;
+                let y = out_loc(self);
+                let p = rope_params(params, *n_heads as u32, &xl, width, 0);
+                let yb = self.buf(&y);
+                ops.push(ob.rope2(self.buf(&xl), yb, yb, yb, &table, p));
+                y
+            }
+            GOp::Attention {
+                q,
+                k,
+                v,
+                layer,
+                params,
+            } => self.attention(i, (*q, *k, *v), *layer, params, ob, ops)?,
+            GOp::Moe { .. } => {
+                return Err(WgpuError::Model(
+                    "mixture-of-experts nodes are not compiled".into(),
+                ))
+            }
+        };
+        self.loc[i] = Some(loc);
+        Ok(())
+    }
+
+    /// The residual product `i` accumulates into, if the plan says so and
+    /// no node reads the residual's buffer after the `Add` that sums them
+    /// (noted in `accumulated`).
+    fn accumulates(&mut self, i: usize) -> Option<NodeId> {
+        let r = self.plan.accum_into[i]?;
+        let add = self.plan.consumers[i][0].0;
+        let l = self.loc(r);
+        if l.base != 0 || self.pool_last[l.buf] > add {
+            return None;
+        }
+        self.accumulated.insert(add);
+        Some(r)
+    }
+
+    /// Records that node `i` (a norm or SwiGLU) wrote activations rounded as
+    /// `fa`: packed into the rounding's buffer, or rounded in its own.
+    fn mark_rounded(&mut self, i: usize, fa: Option<ActKey>) {
+        if let Some(key) = fa {
+            if key.1 {
+                self.act_buffer(key);
+                self.acts.get_mut(&key).expect("made").1 = Some(NodeId(i));
+            } else {
+                self.rounded[i] = Some(key);
+            }
+        }
+    }
+
+    /// The buffer an in-place op on `x` (scale, soft-cap) writes: `x`'s own
+    /// when nothing reads `x` later, else a copy.
+    fn in_place(
+        &mut self,
+        i: usize,
+        x: NodeId,
+        ob: &OpBuilder<'_>,
+        ops: &mut Vec<Op>,
+        is_output: bool,
+    ) -> Result<Loc> {
+        let l = self.loc(x);
+        let w = self.g.nodes[i].width as u32;
+        let own = self.pool_last[l.buf] <= i && l.base == 0 && l.stride == w;
+        if own && !is_output {
+            return Ok(self.alias(i, &l));
+        }
+        let y = if is_output {
+            self.pool.push((self.logits.clone(), 0, false));
+            self.pool_last.push(usize::MAX);
+            Loc {
+                buf: self.pool.len() - 1,
+                base: 0,
+                stride: w,
+            }
+        } else {
+            self.fresh(i, w as usize)
+        };
+        ops.push(self.copy_op(ob, &l, &y, w, 2));
+        Ok(y)
+    }
+
+    fn gelu_table(&mut self) -> wgpu::Buffer {
+        if let Some(t) = &self.gelu {
+            return t.clone();
+        }
+        let table: Vec<f32> = (0..=u16::MAX)
+            .map(|h| {
+                let x = half::f16::from_bits(h).to_f32();
+                half::f16::from_f32(tensor_core::ops::gelu_f32(x)).to_f32()
+            })
+            .collect();
+        let t = self.ctx.upload("gelu_table", bytemuck::cast_slice(&table));
+        self.gelu = Some(t.clone());
+        t
+    }
+
+    /// Stores the keys and values of attention node `i` in its cache
+    /// (rotating deferred RoPE nodes on the way) and attends.
+    fn attention(
+        &mut self,
+        i: usize,
+        (q, k, v): (NodeId, NodeId, NodeId),
+        layer: usize,
+        params: &tensor_core::AttentionParams,
+        ob: &OpBuilder<'_>,
+        ops: &mut Vec<Op>,
+    ) -> Result<Loc> {
+        let g = self.g;
+        let plan = self.plan;
+        let qw = (params.n_head * params.head_dim) as u32;
+        let kvw = (params.n_head_kv * params.head_dim) as u32;
+        let (kc, vc) = self.cache(layer, kvw)?;
+        let cw = self.cache_write();
+        let rope_of = |x: NodeId| match &g.node(x).op {
+            GOp::Rope {
+                x: src,
+                n_heads,
+                params,
+                factors,
+            } if plan.deferred[x.0] => Some((*src, *n_heads as u32, *params, *factors)),
+            _ => None,
+        };
+        let (rq, rk) = (rope_of(q), rope_of(k));
+        let v_stored = plan.v_direct[v.0] == Some(NodeId(i));
+        let q_loc = Loc {
+            buf: self.take(self.node_bytes(qw as usize), i),
+            base: 0,
+            stride: qw,
+        };
+        let mut k_done = false;
+        let mut v_done = v_stored;
+        let mut q_done = false;
+        // Queries, keys (and values) of one stacked product: one dispatch.
+        if let (Some((sq, hq, pq, fq)), Some((sk, hk, pk, fk))) = (rq, rk) {
+            let (lq, lk) = (self.loc(sq), self.loc(sk));
+            if lq.buf == lk.buf
+                && lq.stride == lk.stride
+                && lk.base == lq.base + qw
+                && pq == pk
+                && fq == fk
+            {
+                let table = self.rope_table(&pq, fq)?;
+                let lv = (!v_stored).then(|| self.loc(v));
+                let v_in = lv
+                    .as_ref()
+                    .is_some_and(|lv| lv.buf == lq.buf && lv.base == lk.base + kvw);
+                let mut p = rope_params(&pq, hq, &lq, qw, 0);
+                p.n_heads2 = hk;
+                p.y2_stride = kvw;
+                p.at_pos2 = cw;
+                if v_in {
+                    p.n_heads3 = params.n_head_kv as u32;
+                    p.y3_stride = kvw;
+                    p.at_pos3 = cw;
+                }
+                let rope = ob.rope2(self.buf(&lq), self.buf(&q_loc), &kc, &vc, &table, p);
+                // A single token's Q4_K stack may rotate inside its product.
+                let stack = match g.node(sq).op {
+                    GOp::Slice { x, offset: 0 } => Some(x),
+                    _ => None,
+                };
+                let fused = match stack.map(|s| (s, &g.node(s).op)) {
+                    Some((s, GOp::MatMul { x, w, bias: None }))
+                        if pq.mode == RopeMode::Normal
+                            && self.plan.accum_into[s.0].is_none()
+                            && self.producer.contains_key(&s.0) =>
+                    {
+                        let m = matrix(self.weights, *w)?;
+                        let idx = self.producer[&s.0];
+                        let key = act_key(m);
+                        let input = match key {
+                            Some(key) => self.acts.get(&key).map(|a| a.0.clone()),
+                            None => self.loc[x.0].clone().map(|l| self.buf(&l).clone()),
+                        };
+                        match input {
+                            Some(input)
+                                if self.g.node(s).width as u32 == qw + kvw * (1 + v_in as u32) =>
+                            {
+                                let sbuf = self.buf(&lq).clone();
+                                ob.fuse_rope(
+                                    &mut ops[idx],
+                                    m,
+                                    &input,
+                                    &sbuf,
+                                    &self.dummy,
+                                    &table,
+                                    self.buf(&q_loc),
+                                    &kc,
+                                    &vc,
+                                    TgRopeParams {
+                                        n_q: qw,
+                                        n_k: kvw,
+                                        n_v: if v_in { kvw } else { 0 },
+                                        head_dim: pq.head_dim as u32,
+                                        n_dims: pq.n_dims as u32,
+                                        at_pos: cw,
+                                        ..Default::default()
+                                    },
+                                )
+                            }
+                            _ => false,
+                        }
+                    }
+                    _ => false,
+                };
+                ops.push(if fused { rope.batch_only() } else { rope });
+                q_done = true;
+                k_done = true;
+                v_done |= v_in;
+            }
+        }
+        if !q_done {
+            match rq {
+                Some((src, heads, p, f)) => {
+                    let table = self.rope_table(&p, f)?;
+                    let l = self.loc(src);
+                    let rp = rope_params(&p, heads, &l, qw, 0);
+                    let y = self.buf(&q_loc);
+                    ops.push(ob.rope2(self.buf(&l), y, y, y, &table, rp));
+                }
+                None => {
+                    let l = self.loc(q);
+                    ops.push(self.copy_op(ob, &l, &q_loc, qw, 2));
+                }
+            }
+        }
+        if !k_done {
+            let (src, heads, p, table) = match rk {
+                Some((src, heads, p, f)) => (src, heads, p, Some(self.rope_table(&p, f)?)),
+                None => (k, params.n_head_kv as u32, copy_rope(params.head_dim), None),
+            };
+            let l = self.loc(src);
+            let mut rp = rope_params(&p, heads, &l, kvw, cw);
+            rp.y_stride = kvw;
+            let t = table.unwrap_or_else(|| self.dummy.clone());
+            ops.push(ob.rope2(self.buf(&l), &kc, &kc, &kc, &t, rp));
+        }
+        if !v_done {
+            let l = self.loc(v);
+            let rp = rope_params(
+                &copy_rope(params.head_dim),
+                params.n_head_kv as u32,
+                &l,
+                kvw,
+                cw,
+            );
+            ops.push(ob.rope2(self.buf(&l), &vc, &vc, &vc, &self.dummy, rp));
+        }
+        let out = self.fresh(i, qw as usize);
+        ops.push(
+            ob.attention(
+                self.buf(&q_loc),
+                &kc,
+                &vc,
+                self.buf(&out),
+                AttnParams {
+                    n_head: params.n_head as u32,
+                    n_kv_head: params.n_head_kv as u32,
+                    head_dim: params.head_dim as u32,
+                    q_stride: qw,
+                    kv_stride: kvw,
+                    out_stride: qw,
+                    scale: params.scale,
+                    kv_f16: self.kv_f16 as u32,
+                    window: params
+                        .window
+                        .map_or(0, |w| w.clamp(1, u32::MAX as usize) as u32),
+                    softcap: params.softcap.unwrap_or(0.0),
+                    inv_cap: params.softcap.map_or(0.0, |c| 1.0 / c),
+                    pad: 0,
+                },
+            ),
+        );
+        Ok(out)
+    }
+}
+
+/// A RoPE that rotates nothing: a copy (into a cache with `at_pos`).
+fn copy_rope(head_dim: usize) -> TcRope {
+    TcRope::new(RopeMode::Normal, head_dim, 0, 10000.0)
+}
+
+/// `rope.wgsl`'s parameters for `heads` heads of `x` into rows of `y_stride`.
+fn rope_params(p: &TcRope, heads: u32, x: &Loc, y_stride: u32, at_pos: u32) -> RopeParams {
+    RopeParams {
+        n_heads: heads,
+        head_dim: p.head_dim as u32,
+        n_dims: p.n_dims as u32,
+        neox: (p.mode == RopeMode::Neox) as u32,
+        x_stride: x.stride,
+        y_stride,
+        at_pos,
+        x_base: x.base,
+        ..Default::default()
+    }
+}
+
+/// A `scale.wgsl` op over rows of `width` values (one z per token).
+fn row_op(mut op: Op, width: u32) -> Op {
+    let groups = width.div_ceil(256);
+    let x = groups.clamp(1, 65535);
+    op.grid = Grid::PerToken([x, groups.div_ceil(x)]);
+    op
+}
+
+/// Options of [`GpuProgram::compile`].
+#[derive(Clone, Copy, Debug)]
+pub struct ProgramConfig {
+    /// KV cache positions.
+    pub n_ctx: u32,
+    /// Most tokens per step.
+    pub max_batch: u32,
+    /// An f16 KV cache (llama.cpp's default), else f32.
+    pub kv_f16: bool,
+}
+
+impl GpuProgram {
+    /// Compiles `graph` over `weights` (loaded by [`crate::WgpuBackend`]),
+    /// or `None` for a graph with nodes it does not compile (mixtures of
+    /// experts, whose routing needs the host: run those node by node).
+    pub fn compile(
+        ctx: Arc<GpuContext>,
+        graph: &Graph,
+        weights: &[GpuWeight],
+        cfg: &ProgramConfig,
+    ) -> Result<Option<GpuProgram>> {
+        let compiled = |op: &GOp| !matches!(op, GOp::Moe { .. });
+        let has_rows = |op: &GOp| matches!(op, GOp::OutputRows { .. });
+        if !graph.nodes.iter().all(|n| compiled(&n.op))
+            || !graph.nodes.iter().any(|n| has_rows(&n.op))
+        {
+            return Ok(None);
+        }
+        let n_ctx = cfg.n_ctx.max(1);
+        // Per-head norms dispatch a workgroup per (token, head).
+        let max_heads = graph
+            .nodes
+            .iter()
+            .filter_map(|n| match n.op {
+                GOp::RmsNorm { weight, .. } => {
+                    let group = graph.weights[weight.0].shape[0].max(1);
+                    Some((n.width / group).max(1) as u32)
+                }
+                _ => None,
+            })
+            .max()
+            .unwrap_or(1);
+        let max_batch = cfg
+            .max_batch
+            .clamp(1, n_ctx)
+            .min(MAX_DISPATCH_ROWS / max_heads);
+        let out = graph.node(graph.output);
+        let n_vocab = out.width as u32;
+        let f = 4u64;
+        let b = max_batch as u64;
+        let logits_rows = (ctx.max_binding() / (n_vocab as u64 * f)).clamp(1, b) as u32;
+        let plan = Plan::new(graph, weights)?;
+        // Rounded activations: every product input's width, plus scales.
+        let max_in = graph
+            .nodes
+            .iter()
+            .filter_map(|n| match n.op {
+                GOp::MatMul { x, .. } => Some(graph.node(x).width as u64),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(1);
+        let act_floats = b * max_in;
+        let step = ctx.uniform("step", bytemuck::bytes_of(&StepUniform::default()));
+        let step_out = ctx.uniform("step_out", bytemuck::bytes_of(&StepUniform::default()));
+        let ids = ctx.storage("ids", b * 4);
+        let logits = ctx.storage("logits", logits_rows as u64 * n_vocab as u64 * f);
+        let generated = ctx.storage("generated", MAX_GENERATED as u64 * 4);
+        let dummy = ctx.storage("dummy", 16);
+        let dummy_rw = ctx.storage("dummy_rw", 16);
+        let mut lw = Lowering {
+            ctx: &ctx,
+            g: graph,
+            weights,
+            plan: &plan,
+            max_batch,
+            kv_f16: cfg.kv_f16,
+            n_ctx,
+            pool: Vec::new(),
+            pool_last: Vec::new(),
+            loc: vec![None; graph.nodes.len()],
+            acts: HashMap::new(),
+            act_size: (act_floats + act_floats / 16 + 16) * f,
+            corr_base: act_floats as u32,
+            rounded: vec![None; graph.nodes.len()],
+            tables: Vec::new(),
+            kv: HashMap::new(),
+            producer: HashMap::new(),
+            accumulated: HashSet::new(),
+            ids: ids.clone(),
+            logits: logits.clone(),
+            dummy: dummy.clone(),
+            gelu: None,
+            weight_bytes: 0,
+        };
+        let ob = OpBuilder {
+            ctx: &ctx,
+            step: &step,
+        };
+        let ob_out = OpBuilder {
+            ctx: &ctx,
+            step: &step_out,
+        };
+        let mut body = Vec::new();
+        for i in 0..plan.tail_start {
+            lw.lower(i, &ob, &ob, &mut body, false)?;
+            lw.release(i);
+        }
+        // The two tails start from the body's state; each takes its own
+        // buffers (neither frees what the other uses).
+        let n = graph.nodes.len();
+        let weight_bytes_body = lw.weight_bytes;
+        let snapshot = (
+            lw.loc.clone(),
+            lw.acts.clone(),
+            lw.rounded.clone(),
+            lw.pool.len(),
+            lw.pool.iter().map(|p| p.2).collect::<Vec<bool>>(),
+            lw.pool_last.clone(),
+        );
+        lw.producer.clear();
+        lw.accumulated.retain(|&a| a < plan.tail_start);
+        let mut tail_all = Vec::new();
+        for i in plan.tail_start..n {
+            lw.lower(i, &ob, &ob, &mut tail_all, false)?;
+            lw.release(i);
+        }
+        let weight_bytes = lw.weight_bytes;
+        // The body's buffers are as the body left them (the tails run one
+        // or the other); those the first tail made stay its own.
+        for (k, e) in lw.pool.iter_mut().enumerate() {
+            e.2 = snapshot.4.get(k).copied().unwrap_or(false);
+        }
+        for (k, l) in lw.pool_last.iter_mut().enumerate() {
+            *l = snapshot.5.get(k).copied().unwrap_or(usize::MAX);
+        }
+        lw.loc = snapshot.0;
+        lw.acts = snapshot.1;
+        lw.rounded = snapshot.2;
+        lw.producer.clear();
+        lw.accumulated.retain(|&a| a < plan.tail_start);
+        let mut tail_last = Vec::new();
+        for i in plan.tail_start..n {
+            lw.lower(i, &ob_out, &ob, &mut tail_last, true)?;
+            lw.release(i);
+        }
+        lw.weight_bytes = weight_bytes_body;
+        let argmax = ob.argmax(&logits, n_vocab, n_vocab, 1, &ids, &dummy, &dummy_rw);
+        let mut keep: Vec<wgpu::Buffer> = lw.pool.iter().map(|p| p.0.clone()).collect();
+        keep.extend(lw.acts.values().map(|a| a.0.clone()));
+        keep.extend(lw.tables.iter().map(|t| t.2.clone()));
+        keep.extend(lw.kv.values().flat_map(|(k, v, _)| [k.clone(), v.clone()]));
+        keep.extend(lw.gelu.clone());
+        keep.extend([dummy, dummy_rw]);
+        let kept_weights = weights
+            .iter()
+            .filter_map(|w| match w {
+                GpuWeight::Matrix(m) => Some(m.clone()),
+                GpuWeight::Vector { buffer, .. } => {
+                    keep.push(buffer.clone());
+                    None
+                }
+            })
+            .collect();
+        Ok(Some(GpuProgram {
+            ctx: ctx.clone(),
+            n_ctx,
+            max_batch,
+            logits_rows,
+            n_vocab,
+            step,
+            step_out,
+            ids,
+            logits,
+            generated,
+            body,
+            tail_last,
+            tail_all,
+            argmax,
+            prerecorded: None,
+            left_out: Vec::new(),
+            weight_bytes,
+            _keep: keep,
+            _weights: kept_weights,
+        }))
+    }
+
+    /// KV cache length.
+    pub fn n_ctx(&self) -> u32 {
+        self.n_ctx
+    }
+
+    /// Most tokens per step.
+    pub fn max_batch(&self) -> u32 {
+        self.max_batch
+    }
+
+    /// The device this program runs on.
+    pub fn context(&self) -> &Arc<GpuContext> {
+        &self.ctx
+    }
+
+    /// Bytes of weight matrices read by one decoding step (every product's
+    /// matrix; the embedding lookup reads one row).
+    pub fn weight_bytes_per_token(&self) -> u64 {
+        self.weight_bytes
+    }
+
+    fn check(&self, tokens: &[u32], pos: u32) -> Result<()> {
+        if tokens.is_empty() {
+            return Err(WgpuError::Request("no tokens given".into()));
+        }
+        if let Some(&bad) = tokens.iter().find(|&&t| t >= self.n_vocab) {
+            return Err(WgpuError::Request(format!(
+                "token id {bad} is outside the vocabulary of {}",
+                self.n_vocab
+            )));
+        }
+        if pos as u64 + tokens.len() as u64 > self.n_ctx as u64 {
+            return Err(WgpuError::Request(format!(
+                "positions {pos}..{} exceed the context of {} tokens",
+                pos as usize + tokens.len(),
+                self.n_ctx
+            )));
+        }
+        Ok(())
+    }
+
+    fn set_step(&self, tokens: &[u32], pos: u32, n_out: u32) {
+        let n = tokens.len() as u32;
+        let s = StepUniform {
+            n_tokens: n,
+            pos,
+            n_kv: pos + n,
+            zero: 0,
+        };
+        let so = StepUniform {
+            n_tokens: n_out,
+            ..s
+        };
+        let q = &self.ctx.queue;
+        q.write_buffer(&self.step, 0, bytemuck::bytes_of(&s));
+        q.write_buffer(&self.step_out, 0, bytemuck::bytes_of(&so));
+        q.write_buffer(&self.ids, 0, bytemuck::cast_slice(tokens));
+    }
+
+    /// Records a step of `n` tokens: with the last row's tail (`all ==
+    /// false`, or a single token), every row's, or none; then the argmax.
+    fn encode(&self, encoder: &mut wgpu::CommandEncoder, n: u32, tail: Option<bool>, argmax: bool) {
+        let mut pass = encoder.begin_compute_pass(&Default::default());
+        let kept = |op: &Op| n > 1 || !self.left_out.iter().any(|l| l == op.label);
+        for op in self.body.iter().filter(|o| kept(o)) {
+            op.encode(&mut pass, n);
+        }
+        match tail {
+            Some(true) | Some(false) if n == 1 => {
+                for op in self.tail_all.iter().filter(|o| kept(o)) {
+                    op.encode(&mut pass, 1);
+                }
+            }
+            Some(true) => {
+                for op in &self.tail_all {
+                    op.encode(&mut pass, n);
+                }
+            }
+            Some(false) => {
+                for op in &self.tail_last {
+                    op.encode(&mut pass, 1);
+                }
+            }
+            None => {}
+        }
+        if argmax {
+            self.argmax.encode(&mut pass, 1);
+        }
+    }
+
+    /// Runs `tokens` at positions `pos ..` and returns the last token's
+    /// logits. Longer inputs than a step are split.
+    pub fn forward(&mut self, tokens: &[u32], pos: u32) -> Result<Vec<f32>> {
+        self.check(tokens, pos)?;
+        let mut p = pos;
+        let chunks: Vec<&[u32]> = tokens.chunks(self.max_batch as usize).collect();
+        for (i, chunk) in chunks.iter().enumerate() {
+            self.set_step(chunk, p, 1);
+            if i + 1 < chunks.len() {
+                let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+                self.encode(&mut enc, chunk.len() as u32, None, false);
+                self.ctx.queue.submit([enc.finish()]);
+            } else {
+                let bytes = self.run_last(
+                    chunk.len() as u32,
+                    false,
+                    &self.logits.clone(),
+                    self.n_vocab as u64 * 4,
+                )?;
+                return Ok(bytemuck::pod_collect_to_vec(&bytes));
+            }
+            p += chunk.len() as u32;
+        }
+        unreachable!("tokens is not empty")
+    }
+
+    /// Runs the step already set of `n` tokens with the last row's tail
+    /// (and the argmax when `argmax`), and reads back `size` bytes of `src`.
+    /// A one-token step submits the commands recorded during the previous
+    /// one, if any, and records the next one's while the GPU works: a
+    /// decoding step's commands do not depend on the token or its position.
+    fn run_last(&mut self, n: u32, argmax: bool, src: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
+        let record = |m: &Self| {
+            let mut enc = m.ctx.device.create_command_encoder(&Default::default());
+            m.encode(&mut enc, n, Some(false), argmax);
+            enc.finish()
+        };
+        let cmds = match self.prerecorded.take() {
+            Some((a, cmds)) if n == 1 && a == argmax => cmds,
+            _ => record(self),
+        };
+        let copy = self.ctx.device.create_command_encoder(&Default::default());
+        let pending = self.ctx.submit_read(vec![cmds], copy, src, 0, size);
+        if n == 1 {
+            self.prerecorded = Some((argmax, record(self)));
+        }
+        self.ctx.finish_read(pending)
+    }
+
+    /// Runs `tokens` at positions `pos ..` and returns every token's logits,
+    /// row-major `tokens.len() × n_vocab`.
+    pub fn forward_all(&mut self, tokens: &[u32], pos: u32) -> Result<Vec<f32>> {
+        self.check(tokens, pos)?;
+        let nv = self.n_vocab as usize;
+        let mut out = Vec::with_capacity(tokens.len() * nv);
+        let mut p = pos;
+        for chunk in tokens.chunks(self.max_batch.min(self.logits_rows) as usize) {
+            let n = chunk.len() as u32;
+            self.set_step(chunk, p, n);
+            let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+            self.encode(&mut enc, n, Some(true), false);
+            let bytes = self
+                .ctx
+                .read_back(enc, &self.logits, 0, (chunk.len() * nv * 4) as u64)?;
+            out.extend_from_slice(bytemuck::cast_slice::<u8, f32>(&bytes));
+            p += n;
+        }
+        self.prerecorded = None;
+        Ok(out)
+    }
+
+    /// Runs `tokens` at positions `pos ..` and returns the id of the last
+    /// token's largest logit, reading back only that id.
+    pub fn forward_greedy(&mut self, tokens: &[u32], pos: u32) -> Result<u32> {
+        let n = tokens.len();
+        if n > self.max_batch as usize {
+            let split = n - (n - 1) % self.max_batch as usize - 1;
+            self.forward(&tokens[..split], pos)?;
+            return self.forward_greedy(&tokens[split..], pos + split as u32);
+        }
+        self.check(tokens, pos)?;
+        self.set_step(tokens, pos, 1);
+        let bytes = self.run_last(n as u32, true, &self.ids.clone(), 4)?;
+        Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
+    }
+
+    /// Greedy decoding of `n_new` tokens after `prompt` (at positions
+    /// `pos ..`), with no read-back between tokens: each step's argmax is
+    /// written where the next step's embedding lookup reads it, and the
+    /// steps are submitted back to back. Returns the new tokens.
+    pub fn generate_greedy(&mut self, prompt: &[u32], pos: u32, n_new: u32) -> Result<Vec<u32>> {
+        if n_new == 0 {
+            return Ok(Vec::new());
+        }
+        if n_new > MAX_GENERATED {
+            return Err(WgpuError::Request(format!(
+                "at most {MAX_GENERATED} tokens per call"
+            )));
+        }
+        let first = self.forward_greedy(prompt, pos)?;
+        let p = pos + prompt.len() as u32;
+        if p + n_new > self.n_ctx {
+            return Err(WgpuError::Request(format!(
+                "{} new tokens after position {p} exceed the context of {}",
+                n_new, self.n_ctx
+            )));
+        }
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        enc.copy_buffer_to_buffer(&self.ids, 0, &self.generated, 0, 4);
+        self.ctx.queue.submit([enc.finish()]);
+        for i in 1..n_new {
+            // Token i − 1 (just chosen on the GPU) goes in at position p.
+            let p = p + i - 1;
+            let s = StepUniform {
+                n_tokens: 1,
+                pos: p,
+                n_kv: p + 1,
+                zero: 0,
+            };
+            let q = &self.ctx.queue;
+            q.write_buffer(&self.step, 0, bytemuck::bytes_of(&s));
+            q.write_buffer(&self.step_out, 0, bytemuck::bytes_of(&s));
+            let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+            self.encode(&mut enc, 1, Some(false), true);
+            enc.copy_buffer_to_buffer(&self.ids, 0, &self.generated, i as u64 * 4, 4);
+            self.ctx.queue.submit([enc.finish()]);
+        }
+        let enc = self.ctx.device.create_command_encoder(&Default::default());
+        let bytes = self
+            .ctx
+            .read_back(enc, &self.generated, 0, n_new as u64 * 4)?;
+        let out: Vec<u32> = bytemuck::pod_collect_to_vec(&bytes);
+        debug_assert_eq!(out[0], first);
+        Ok(out)
+    }
+
+    /// The ops of a decoding step by label, in order of first appearance:
+    /// (label, dispatches, whether they are matrix products).
+    pub fn step_ops(&self) -> Vec<(&'static str, usize, bool)> {
+        let mut out: Vec<(&'static str, usize, bool)> = Vec::new();
+        for op in self.body.iter().chain(&self.tail_all).filter(|o| o.runs(1)) {
+            match out.iter_mut().find(|e| e.0 == op.label) {
+                Some(e) => e.1 += 1,
+                None => out.push((op.label, 1, op.is_product())),
+            }
+        }
+        out
+    }
+
+    /// A measuring aid: single-token steps leave out every op whose label is
+    /// in `labels` ([`GpuProgram::step_ops`]), so that timing decoding with
+    /// and without them gives what they cost in the chain of dependent
+    /// dispatches. What those ops write goes stale, so the logits and tokens
+    /// are meaningless until `leave_out(&[])` restores the full step (the KV
+    /// cache must then be refilled: run the prompt again).
+    pub fn leave_out(&mut self, labels: &[&str]) {
+        self.left_out = labels.iter().map(|l| l.to_string()).collect();
+        self.prerecorded = None;
+    }
+
+    /// Dispatches in one decoding step (argmax included).
+    pub fn dispatches_per_step(&self) -> usize {
+        self.step_ops().iter().map(|o| o.1).sum::<usize>() + 1
+    }
+
+    /// Mean CPU time in seconds to record (not submit) one step of
+    /// `n_tokens` tokens with the last row's tail, over `reps` recordings.
+    pub fn time_encode(&self, n_tokens: u32, reps: u32) -> f64 {
+        let reps = reps.max(1);
+        let t = std::time::Instant::now();
+        for _ in 0..reps {
+            let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+            self.encode(
+                &mut enc,
+                n_tokens.clamp(1, self.max_batch),
+                Some(false),
+                true,
+            );
+            drop(enc.finish());
+        }
+        t.elapsed().as_secs_f64() / reps as f64
+    }
+
+    /// Runs one step of `tokens` at `pos` with a timestamp around every
+    /// dispatch and returns GPU time per op label, or `None` when the
+    /// device has no timestamp queries inside passes.
+    pub fn profile_step(&mut self, tokens: &[u32], pos: u32) -> Result<Option<StepProfile>> {
+        if !self.ctx.caps().timestamps {
+            return Ok(None);
+        }
+        self.check(tokens, pos)?;
+        if tokens.len() > self.max_batch as usize {
+            return Err(WgpuError::Request("profile one batch at a time".into()));
+        }
+        let n = tokens.len() as u32;
+        self.set_step(tokens, pos, 1);
+        let tail = if n == 1 {
+            &self.tail_all
+        } else {
+            &self.tail_last
+        };
+        let ops: Vec<(&Op, u32)> = self
+            .body
+            .iter()
+            .map(|o| (o, n))
+            .chain(tail.iter().map(|o| (o, 1)))
+            .filter(|(o, t)| o.runs(*t))
+            .collect();
+        let count = ops.len() as u32 * 2;
+        let qs = self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
+            label: Some("profile"),
+            ty: wgpu::QueryType::Timestamp,
+            count,
+        });
+        let resolve = self.ctx.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("profile"),
+            size: count as u64 * 8,
+            usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+            mapped_at_creation: false,
+        });
+        let mut enc = self.ctx.device.create_command_encoder(&Default::default());
+        {
+            let mut pass = enc.begin_compute_pass(&Default::default());
+            for (i, (op, t)) in ops.iter().enumerate() {
+                pass.write_timestamp(&qs, 2 * i as u32);
+                op.encode(&mut pass, *t);
+                pass.write_timestamp(&qs, 2 * i as u32 + 1);
+            }
+        }
+        enc.resolve_query_set(&qs, 0..count, &resolve, 0);
+        let bytes = self.ctx.read_back(enc, &resolve, 0, count as u64 * 8)?;
+        let ticks: Vec<u64> = bytemuck::pod_collect_to_vec(&bytes);
+        let period = self.ctx.queue.get_timestamp_period() as f64;
+        let mut prof = StepProfile {
+            dispatches: ops.len() as u32,
+            ..Default::default()
+        };
+        for (i, (op, _)) in ops.iter().enumerate() {
+            let ns = ticks[2 * i + 1].saturating_sub(ticks[2 * i]) as f64 * period;
+            prof.total_ns += ns;
+            match prof.per_label.iter_mut().find(|e| e.0 == op.label) {
+                Some(e) => {
+                    e.1 += 1;
+                    e.2 += ns;
+                }
+                None => prof.per_label.push((op.label, 1, ns)),
+            }
+        }
+        prof.per_label.sort_by(|a, b| b.2.total_cmp(&a.2));
+        self.prerecorded = None;
+        Ok(Some(prof))
+    }
+}
+
+fn tc_err(e: WgpuError) -> tensor_core::TensorError {
+    tensor_core::TensorError::Backend {
+        backend: "wgpu",
+        message: e.to_string(),
+    }
+}
+
+impl tensor_core::Program for GpuProgram {
+    fn n_ctx(&self) -> usize {
+        self.n_ctx as usize
+    }
+
+    fn run(
+        &mut self,
+        tokens: &[u32],
+        pos: usize,
+        all: bool,
+        logits: &mut [f32],
+    ) -> tensor_core::Result<()> {
+        let pos = u32::try_from(pos).map_err(|_| tc_err(WgpuError::Request("position".into())))?;
+        let v = if all {
+            self.forward_all(tokens, pos)
+        } else {
+            self.forward(tokens, pos)
+        }
+        .map_err(tc_err)?;
+        logits.copy_from_slice(&v);
+        Ok(())
+    }
+
+    fn run_greedy(&mut self, tokens: &[u32], pos: usize) -> tensor_core::Result<u32> {
+        let pos = u32::try_from(pos).map_err(|_| tc_err(WgpuError::Request("position".into())))?;
+        self.forward_greedy(tokens, pos).map_err(tc_err)
+    }
+
+    fn as_any_mut(&mut self) -> &mut dyn std::any::Any {
+        self
+    }
+}
