@@ -66,6 +66,8 @@ pub fn tokenize(root: &str, data: &[u8]) {
             .map(|(i, _)| i)
             .nth(2 * text.chars().count() / 3);
         let ranges: Vec<std::ops::Range<usize>> = match (mid, end) {
+            // One range of the text, on purpose.
+            #[allow(clippy::single_range_in_vec_init)]
             (Some(a), Some(b)) if flags & 4 != 0 => vec![a..b],
             _ => Vec::new(),
         };
@@ -82,8 +84,10 @@ pub fn tokenize(root: &str, data: &[u8]) {
         }
         let _ = stream.finish();
         // Text that must stay text never becomes a special token.
+        #[allow(clippy::single_range_in_vec_init)]
+        let whole = [0..text.len()];
         let plain = tok
-            .encode_with_text_ranges(&text, false, true, &[0..text.len()])
+            .encode_with_text_ranges(&text, false, true, &whole)
             .unwrap_or_default();
         assert!(
             plain.iter().all(|&id| !tok.is_control(id)

@@ -193,3 +193,77 @@ fn ordinary_templates_still_render() {
         "USER:hi!10a b   2.2|1-  z|[1, 2, 1, 2]|abab[[1, 2], [3]]x\n  ya,b1024"
     );
 }
+
+#[test]
+fn constant_lists_cannot_be_repeated_lazily_past_the_list_limit() {
+    // Folded while compiling into a lazy sequence of a billion elements,
+    // which printing, sorting or serializing then walked or collected
+    // (an abort after gigabytes, or a hang).
+    for src in [
+        "{{ [1] * 999999999 }}",
+        "{{ ([1] * 1000000) * 1000 }}",
+        "{{ ([1] * 1000000000)|sort|first }}",
+        "{{ ([1] * 1000000000)|tojson }}",
+        "{{ ([1] * 1000000000)|max }}",
+    ] {
+        let e = fails(src);
+        assert!(
+            matches!(e, TokenizerError::TemplateLimit(ref m) if m.contains("builds a list of")),
+            "{src}: {e}"
+        );
+    }
+    let t = ChatTemplate::new("{{ ([1, 2] * 3)|length }}").unwrap();
+    assert_eq!(t.render(&ctx()).unwrap(), "6");
+}
+
+#[test]
+fn linear_operations_repeated_in_a_loop_run_out_of_work() {
+    // Each is one instruction reading a list of 100000 elements or a string
+    // of 1.6 MB, repeated 100000 times: many minutes of work before, each
+    // now charged the size of what it reads.
+    let list = "{% set one = [1] %}{% set l = one * 100000 %}{% set m = one * 100000 %}";
+    let string = "{% set s = 'x' * 1600000 %}";
+    for (setup, op) in [
+        (list, "l|max"),
+        (list, "2 in l"),
+        (list, "l == m"),
+        (list, "l < m"),
+        (list, "l.count(2)"),
+        (list, "l is sameas m"),
+        (string, "s.find('y')"),
+        (string, "'y' in s"),
+        (string, "s|length + s|wordcount"),
+    ] {
+        let src =
+            format!("{setup}{{% for i in range(100000) %}}{{% set x = {op} %}}{{% endfor %}}done");
+        let e = fails(&src);
+        assert!(
+            e.to_string().contains("work exceeds") || e.to_string().contains("unknown filter"),
+            "{op}: {e}"
+        );
+    }
+}
+
+#[test]
+fn python_count_of_an_empty_string_returns() {
+    // minijinja-contrib's str.count looped forever on an empty needle.
+    let t = ChatTemplate::new("{{ 'abc'.count('') }} {{ ('x' * 1000000).count('') }}").unwrap();
+    assert_eq!(t.render(&ctx()).unwrap(), "4 1000001");
+}
+
+#[test]
+fn filters_and_tests_with_argument_splats_are_refused() {
+    for src in ["{{ [3, 1]|sort(*[]) }}", "{{ 1 is divisibleby(*[1]) }}"] {
+        let e = fails(src);
+        assert!(
+            matches!(e, TokenizerError::TemplateLimit(ref m) if m.contains("is called with *args")),
+            "{src}: {e}"
+        );
+    }
+    // Ordinary filter and test calls, keyword arguments included, still work.
+    let t = ChatTemplate::new(
+        "{{ [3, 1, 2]|sort(reverse=true)|join(',') }} {{ 4 is divisibleby(2) }} {{ 'a' in 'cat' }} {{ [1] == [1] }}",
+    )
+    .unwrap();
+    assert_eq!(t.render(&ctx()).unwrap(), "3,2,1 True True True");
+}

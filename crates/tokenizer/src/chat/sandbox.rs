@@ -21,6 +21,14 @@
 //!   `.join()`, `.split()`, `.splitlines()`) check the size of what they
 //!   will make first.
 //!
+//! - every filter and test call, every method call on a string or list,
+//!   `in` and comparisons are charged the size of their operands first, so
+//!   a loop cannot run a linear-time operation on a large value millions of
+//!   times (`l|max`, `x in l`, `s.find('y')` a hundred thousand times over a
+//!   list of a million elements); lazy sequences (`[1] * 10**9`, folded
+//!   while compiling) are measured element by element when printed, and a
+//!   constant list may not be repeated past [`Limits::max_items`].
+//!
 //! Every byte made or measured is charged to a work budget, so the total
 //! time and memory of a render are bounded whatever the template does.
 
@@ -78,6 +86,15 @@ const ADD: &str = "~add";
 const MUL: &str = "~mul";
 const EMIT: &str = "~emit";
 const CHECK: &str = "~check";
+const FILTER: &str = "~filter";
+const TEST: &str = "~test";
+const IN: &str = "~in";
+const EQ: &str = "~eq";
+const NE: &str = "~ne";
+const LT: &str = "~lt";
+const LTE: &str = "~lte";
+const GT: &str = "~gt";
+const GTE: &str = "~gte";
 
 /// Bytes charged per element of a list made (a `Value` and its slot).
 const ITEM_BYTES: u64 = 32;
@@ -160,9 +177,11 @@ impl Budget {
             return Ok(s.len() as u64);
         }
         match v.kind() {
-            ValueKind::Seq | ValueKind::Map => {}
-            // Scalars print short; iterables and objects are not walked
-            // (iterating may run a lazy computation).
+            // Lazy sequences (a constant list repeated while compiling, a
+            // range) print every element: measured as they print, up to the
+            // largest value.
+            ValueKind::Seq | ValueKind::Map | ValueKind::Iterable => {}
+            // Scalars and plain objects print short.
             _ => return Ok(64),
         }
         self.depth(v)?;
@@ -224,6 +243,11 @@ impl Budget {
         if let Some(s) = v.as_str() {
             return self.value_of(s.len() as u64);
         }
+        if v.kind() == ValueKind::Iterable {
+            // A lazy sequence (a range) costs nothing until it is used, and
+            // every use is measured: printing walks it, filters are charged.
+            return self.charge(size_of(v));
+        }
         self.text_len(v).map(|_| ())
     }
 }
@@ -251,6 +275,21 @@ impl std::fmt::Write for Counter {
         } else {
             Ok(())
         }
+    }
+}
+
+/// What an operation that reads all of `v` is charged: its bytes for a
+/// string, [`ITEM_BYTES`] an element for a list or map (and for a lazy
+/// sequence of known length); nothing for a scalar.
+fn size_of(v: &Value) -> u64 {
+    if let Some(s) = v.as_str() {
+        return s.len() as u64;
+    }
+    match v.kind() {
+        ValueKind::Seq | ValueKind::Map | ValueKind::Iterable => {
+            (v.len().unwrap_or(0) as u64).saturating_mul(ITEM_BYTES)
+        }
+        _ => 0,
     }
 }
 
@@ -322,11 +361,25 @@ pub(crate) fn compile<'s>(
         total: (limits.max_output as u64).saturating_mul(4),
         used: 0,
         lists: (source.len() as u64).saturating_mul(2).saturating_add(64),
+        max_items: limits.max_items as u64,
     };
     folding.stmt(&ast).map_err(CompileError::Limit)?;
     let mut g = machinery::CodeGenerator::new(name, source);
     g.compile_stmt(&ast);
     let (root, blocks) = g.finish();
+    for code in std::iter::once(&root).chain(blocks.values()) {
+        for i in 0..code.len() as u32 {
+            if let Some(
+                Instruction::ApplyFilter(f, None, _) | Instruction::PerformTest(f, None, _),
+            ) = code.get(i)
+            {
+                return Err(CompileError::Limit(format!(
+                    "`{f}` is called with *args, whose arguments the sandbox cannot measure (line {})",
+                    code.get_line(i).unwrap_or(0)
+                )));
+            }
+        }
+    }
     let root = guard(&root, name, source);
     let blocks = blocks
         .iter()
@@ -342,8 +395,9 @@ enum Folded {
     Str(u64),
     /// A number.
     Num(Value),
-    /// A list literal, maybe concatenated or repeated lazily: its length as text.
-    List(u64),
+    /// A list literal, maybe concatenated or repeated lazily: its length as
+    /// text and its elements.
+    List(u64, u64),
     /// Anything short (a bool, a map literal).
     Small,
 }
@@ -360,6 +414,8 @@ struct Folding {
     used: u64,
     /// A bound on a list literal's length as text.
     lists: u64,
+    /// The most elements a folded list may have ([`Limits::max_items`]).
+    max_items: u64,
 }
 
 type Fold = Result<Option<Folded>, String>;
@@ -367,7 +423,7 @@ type Fold = Result<Option<Folded>, String>;
 impl Folding {
     fn size(&self, f: &Folded) -> u64 {
         match f {
-            Folded::Str(n) | Folded::List(n) => *n,
+            Folded::Str(n) | Folded::List(n, _) => *n,
             Folded::Num(_) | Folded::Small => 32,
         }
     }
@@ -383,6 +439,19 @@ impl Folding {
         Ok(Some(Folded::Str(n)))
     }
 
+    /// A list folded while compiling: minijinja repeats and concatenates
+    /// constant lists lazily, so `[1] * 10**9` costs nothing until it is
+    /// used, then a billion elements. Refused past the list limit.
+    fn list(&mut self, text: u64, items: u64) -> Fold {
+        if items > self.max_items {
+            return Err(format!(
+                "a constant expression builds a list of {items} elements while compiling (the limit is {})",
+                self.max_items
+            ));
+        }
+        Ok(Some(Folded::List(text, items)))
+    }
+
     fn as_const(&mut self, e: &ast::Expr<'_>) -> Fold {
         use ast::Expr;
         Ok(match e {
@@ -395,7 +464,7 @@ impl Folding {
                 .items
                 .iter()
                 .all(|x| matches!(x, Expr::Const(_)))
-                .then_some(Folded::List(self.lists)),
+                .then_some(Folded::List(self.lists, l.items.len() as u64)),
             Expr::Map(m) => (m
                 .keys
                 .iter()
@@ -442,7 +511,9 @@ impl Folding {
             }
             B::Add => match (&l, &r) {
                 (Folded::Str(a), Folded::Str(b)) => return self.string(a.saturating_add(*b)),
-                (Folded::List(a), Folded::List(b)) => Some(Folded::List(a.saturating_add(*b))),
+                (Folded::List(a, m), Folded::List(b, n)) => {
+                    return self.list(a.saturating_add(*b), m.saturating_add(*n))
+                }
                 _ => numbers("+", &l, &r),
             },
             B::Mul => match (&l, &r) {
@@ -452,9 +523,15 @@ impl Folding {
                         _ => None,
                     }
                 }
-                (Folded::List(n), Folded::Num(k)) | (Folded::Num(k), Folded::List(n)) => k
-                    .as_usize()
-                    .map(|k| Folded::List(n.saturating_mul(k as u64))),
+                (Folded::List(t, n), Folded::Num(k)) | (Folded::Num(k), Folded::List(t, n)) => {
+                    match k.as_usize() {
+                        Some(k) => {
+                            return self
+                                .list(t.saturating_mul(k as u64), n.saturating_mul(k as u64))
+                        }
+                        None => None,
+                    }
+                }
                 _ => numbers("*", &l, &r),
             },
             B::Sub => numbers("-", &l, &r),
@@ -643,6 +720,20 @@ fn guard<'s>(old: &Instructions<'s>, name: &'s str, source: &'s str) -> Instruct
             Instruction::StringConcat => vec![call(CONCAT, 2)],
             Instruction::Add => vec![call(ADD, 2)],
             Instruction::Mul => vec![call(MUL, 2)],
+            Instruction::In => vec![call(IN, 2)],
+            Instruction::Eq => vec![call(EQ, 2)],
+            Instruction::Ne => vec![call(NE, 2)],
+            Instruction::Lt => vec![call(LT, 2)],
+            Instruction::Lte => vec![call(LTE, 2)],
+            Instruction::Gt => vec![call(GT, 2)],
+            Instruction::Gte => vec![call(GTE, 2)],
+            // The name goes last: `~filter` charges the operands, then applies it.
+            Instruction::ApplyFilter(f, Some(n), _) => {
+                vec![Instruction::LoadConst(Value::from(f)), call(FILTER, n + 1)]
+            }
+            Instruction::PerformTest(f, Some(n), _) => {
+                vec![Instruction::LoadConst(Value::from(f)), call(TEST, n + 1)]
+            }
             Instruction::Emit => vec![call(EMIT, 1), Instruction::Emit],
             Instruction::EmitRaw(s) => vec![
                 Instruction::LoadConst(Value::from(s)),
@@ -656,6 +747,7 @@ fn guard<'s>(old: &Instructions<'s>, name: &'s str, source: &'s str) -> Instruct
             | Instruction::CallObject(..)
             | Instruction::BuildList(..)
             | Instruction::BuildMap(..)
+            | Instruction::Slice
             | Instruction::EndCapture => vec![instr, call(CHECK, 1)],
             other => vec![other],
         };
@@ -711,6 +803,7 @@ fn native(op: &str, a: &Value, b: &Value) -> Result<Value, Error> {
         "//" => "a // b",
         "%" => "a % b",
         "**" => "a ** b",
+        "in" => "a in b",
         _ => "a ~ b",
     };
     env.compile_expression(source)?
@@ -781,6 +874,63 @@ fn mul(budget: &Budget, a: &Value, b: &Value) -> Result<Value, Error> {
         return Ok(v);
     }
     native("*", a, b)
+}
+
+/// Charges an operation that reads all of `args` (see [`size_of`]).
+fn charge_reading(budget: &Budget, args: &[Value]) -> Result<(), Error> {
+    let n = args.iter().fold(0u64, |n, a| n.saturating_add(size_of(a)));
+    budget.charge(n)
+}
+
+/// `~filter(value, args..., name)`: the filter `name` applied to
+/// `value, args...` once they are charged, its result checked.
+fn filter(budget: &Budget, state: &State, args: &[Value]) -> Result<Value, Error> {
+    let (name, args) = args
+        .split_last()
+        .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "a filter call without a name"))?;
+    let name = name.as_str().unwrap_or_default();
+    charge_reading(budget, args)?;
+    let v = state.apply_filter(name, args).map_err(|e| match e.kind() {
+        ErrorKind::UnknownFilter => Error::new(
+            ErrorKind::UnknownFilter,
+            format!("filter {name} is unknown"),
+        ),
+        _ => e,
+    })?;
+    budget.check(&v)?;
+    Ok(v)
+}
+
+/// `~test(value, args..., name)`: the test `name`, its operands charged.
+fn test(budget: &Budget, state: &State, args: &[Value]) -> Result<Value, Error> {
+    let (name, args) = args
+        .split_last()
+        .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "a test call without a name"))?;
+    let name = name.as_str().unwrap_or_default();
+    charge_reading(budget, args)?;
+    state
+        .perform_test(name, args)
+        .map(Value::from)
+        .map_err(|e| match e.kind() {
+            ErrorKind::UnknownTest => {
+                Error::new(ErrorKind::UnknownTest, format!("test {name} is unknown"))
+            }
+            _ => e,
+        })
+}
+
+/// A comparison (`==`, `<`, ...) as the VM makes it, charged the smaller
+/// operand: comparing lists or strings walks them.
+fn compare(budget: &Budget, op: &str, a: &Value, b: &Value) -> Result<Value, Error> {
+    budget.charge(size_of(a).min(size_of(b)))?;
+    Ok(Value::from(match op {
+        "==" => a == b,
+        "!=" => a != b,
+        "<" => a < b,
+        "<=" => a <= b,
+        ">" => a > b,
+        _ => a >= b,
+    }))
 }
 
 fn emit(budget: &Budget, v: &Value) -> Result<(), Error> {
@@ -975,6 +1125,30 @@ pub(crate) fn install(env: &mut Environment<'_>, budget: &Arc<Budget>) {
     env.add_function(EMIT, move |v: Value| emit(&b, &v).map(|()| v));
     let b = budget.clone();
     env.add_function(CHECK, move |v: Value| b.check(&v).map(|()| v));
+    let b = budget.clone();
+    env.add_function(FILTER, move |state: &State, args: Rest<Value>| {
+        filter(&b, state, &args)
+    });
+    let b = budget.clone();
+    env.add_function(TEST, move |state: &State, args: Rest<Value>| {
+        test(&b, state, &args)
+    });
+    let b = budget.clone();
+    env.add_function(IN, move |x: Value, container: Value| {
+        b.charge(size_of(&container))?;
+        native("in", &x, &container)
+    });
+    for (name, op) in [
+        (EQ, "=="),
+        (NE, "!="),
+        (LT, "<"),
+        (LTE, "<="),
+        (GT, ">"),
+        (GTE, ">="),
+    ] {
+        let b = budget.clone();
+        env.add_function(name, move |x: Value, y: Value| compare(&b, op, &x, &y));
+    }
 
     use minijinja::filters as f;
     guarded_filter(
@@ -1140,8 +1314,16 @@ pub(crate) fn install(env: &mut Environment<'_>, budget: &Arc<Budget>) {
     let b = budget.clone();
     env.set_unknown_method_callback(
         move |state: &State, value: &Value, method: &str, args: &[Value]| {
+            // String and list methods read their receiver (find, count, index, ...).
+            charge_reading(&b, std::slice::from_ref(value))?;
+            charge_reading(&b, args)?;
             if let Some(s) = value.as_str() {
                 match method {
+                    // minijinja-contrib's count loops forever on an empty
+                    // needle; Python counts the gaps between characters.
+                    "count" if str_arg(args, 0) == Some("") && args.len() == 1 => {
+                        return Ok(Value::from(s.chars().count() + 1));
+                    }
                     "format" => {
                         let n = format_bound(&b, s, args, false)?;
                         b.value_of(n)?;
