@@ -185,7 +185,9 @@ fn logits_and_perplexity_outputs_refuse_the_model() {
 #[test]
 fn metadata_that_sizes_or_overflows_is_a_clear_error() {
     let dir = scratch("metadata");
-    let cases: [(&str, Vec<(&str, Value)>, &str); 4] = [
+    let names: Vec<String> = (0..100).map(|i| format!("t{i}")).collect();
+    let hundred: Vec<&str> = names.iter().map(String::as_str).collect();
+    let cases = [
         (
             "layers.gguf",
             vec![("llama.block_count", Value::U32(100_000_000))],
@@ -208,6 +210,31 @@ fn metadata_that_sizes_or_overflows_is_a_clear_error() {
             "width.gguf",
             vec![("llama.feed_forward_length", Value::U64(1 << 40))],
             "exceeds",
+        ),
+        (
+            "heads0.gguf",
+            vec![("llama.attention.head_count", Value::U32(0))],
+            "llama.attention.head_count`: 0 query heads",
+        ),
+        (
+            // Was NaN logits, reported only after the prompt ran.
+            "scale.gguf",
+            vec![("llama.attention.scale", Value::F32(f32::INFINITY))],
+            "llama.attention.scale`: inf is not a valid scale",
+        ),
+        (
+            // Was an allocation abort.
+            "experts.gguf",
+            vec![("llama.expert_count", Value::U32(u32::MAX))],
+            "4294967295 experts exceeds the limit of 512",
+        ),
+        (
+            "vocab.gguf",
+            vec![
+                ("llama.vocab_size", Value::U32(384)),
+                ("tokenizer.ggml.tokens", Value::from(hundred.clone())),
+            ],
+            "100 tokens, but the model's vocabulary has 384",
         ),
     ];
     for (name, set, what) in cases {

@@ -119,8 +119,21 @@ pub struct Generator<'t, E> {
 }
 
 impl<'t, E: Engine> Generator<'t, E> {
-    /// A generator over `engine` (with an empty cache) and `tokenizer`.
+    /// A generator over `engine` (with an empty cache) and `tokenizer`, which
+    /// must have as many tokens as the engine has logits: otherwise the
+    /// tokenizer makes ids the model has no row for, or the model samples
+    /// ids the tokenizer cannot decode.
     pub fn new(mut engine: E, tokenizer: &'t Tokenizer) -> Result<Self, GenerateError> {
+        if engine.n_vocab() != tokenizer.vocab_size() {
+            return Err(GenerateError::Engine(
+                format!(
+                    "the model has {} logits per token but the tokenizer {} tokens (tokenizer.ggml.tokens and token_embd.weight disagree)",
+                    engine.n_vocab(),
+                    tokenizer.vocab_size()
+                )
+                .into(),
+            ));
+        }
         engine.truncate(0)?;
         Ok(Generator {
             engine,

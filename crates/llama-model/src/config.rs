@@ -117,6 +117,11 @@ pub struct Config {
 /// context or the vocabulary stay far from overflowing.
 pub(crate) const MAX_WIDTH: usize = 1 << 31;
 
+/// The most experts a mixture-of-experts layer may have (llama.cpp's
+/// `LLAMA_MAX_EXPERTS`): the count sizes per-layer tables before any tensor
+/// shape is checked.
+pub(crate) const MAX_EXPERTS: usize = 512;
+
 fn uint(h: &GgufHeader, key: &str) -> Result<usize> {
     let v = h.get_uint(key)?;
     usize::try_from(v).map_err(|_| ModelError::InvalidMetadata {
@@ -190,7 +195,13 @@ impl Config {
                 ),
             ));
         }
-        if n_head == 0 || n_head_kv == 0 || n_head % n_head_kv != 0 {
+        if n_head == 0 {
+            return Err(invalid(
+                k("attention.head_count"),
+                "0 query heads: the head count must be positive",
+            ));
+        }
+        if n_head_kv == 0 || n_head % n_head_kv != 0 {
             return Err(invalid(
                 k("attention.head_count_kv"),
                 format!("{n_head_kv} KV heads must be positive and divide {n_head} query heads"),
@@ -245,13 +256,23 @@ impl Config {
                 format!("{n_rot} rotated dimensions must be even, positive and at most the head size {head_dim}"),
             ));
         }
+        let n_tokens = match h.get("tokenizer.ggml.tokens") {
+            Some(Value::Array(t)) => Some(t.len()),
+            _ => None,
+        };
         let n_vocab = match opt_uint(h, &k("vocab_size"))? {
             Some(v) => v,
-            None => match h.get("tokenizer.ggml.tokens") {
-                Some(Value::Array(t)) => t.len(),
-                _ => embd_rows,
-            },
+            None => n_tokens.unwrap_or(embd_rows),
         };
+        // The tokenizer and the model must agree (llama.cpp sizes the
+        // embedding by the token list): a longer list makes ids the model
+        // has no row for, a shorter one ids the tokenizer cannot decode.
+        if let Some(n) = n_tokens.filter(|&n| n != n_vocab) {
+            return Err(invalid(
+                "tokenizer.ggml.tokens".to_string(),
+                format!("{n} tokens, but the model's vocabulary has {n_vocab} (rows of token_embd.weight)"),
+            ));
+        }
         if n_vocab != embd_rows {
             return Err(invalid(
                 k("vocab_size"),
@@ -320,9 +341,40 @@ impl Config {
         rope.n_ctx_orig = n_ctx_train;
 
         let attn_scale = match opt_f32(h, &k("attention.scale"))? {
+            Some(s) if !s.is_finite() => {
+                return Err(invalid(
+                    k("attention.scale"),
+                    format!("{s} is not a valid scale"),
+                ))
+            }
             Some(s) if s != 0.0 => s,
             _ => 1.0 / (head_dim as f32).sqrt(),
         };
+        // Keys other architectures' graphs read, checked here so that a bad
+        // value is a load error naming the key, not NaN logits or an
+        // allocation sized by it.
+        if let Some(b) = opt_f32(h, &k("rope.freq_base_swa"))? {
+            if !(b > 0.0 && b.is_finite()) {
+                return Err(invalid(
+                    k("rope.freq_base_swa"),
+                    format!("{b} is not a valid base"),
+                ));
+            }
+        }
+        if arch == Architecture::Gemma2 && opt_uint(h, &k("attention.sliding_window"))? == Some(0) {
+            return Err(invalid(
+                k("attention.sliding_window"),
+                "a window of 0 positions masks every key",
+            ));
+        }
+        if let Some(n) = opt_uint(h, &k("expert_count"))? {
+            if n > MAX_EXPERTS {
+                return Err(invalid(
+                    k("expert_count"),
+                    format!("{n} experts exceeds the limit of {MAX_EXPERTS}"),
+                ));
+            }
+        }
 
         Ok(Config {
             arch,

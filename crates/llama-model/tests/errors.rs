@@ -171,7 +171,9 @@ fn load_with_metadata(set: &[(&str, gguf_format::Value)]) -> Result<Model<CpuBac
 #[test]
 fn metadata_that_would_size_allocations_or_overflow_is_refused() {
     use gguf_format::Value;
-    let cases: [(Vec<(&str, Value)>, &str); 5] = [
+    let names: Vec<String> = (0..500).map(|i| format!("t{i}")).collect();
+    let tokens = |n: usize| names[..n].iter().map(String::as_str).collect::<Vec<&str>>();
+    let cases: [(Vec<(&str, Value)>, &str); 11] = [
         (
             vec![("llama.block_count", Value::U32(100_000_000))],
             "metadata `llama.block_count`: 100000000 layers, but the file has only 21 tensors",
@@ -195,6 +197,37 @@ fn metadata_that_would_size_allocations_or_overflow_is_refused() {
         (
             vec![("llama.block_count", Value::U32(0))],
             "layer count and widths must be positive",
+        ),
+        (
+            vec![("llama.attention.head_count", Value::U32(0))],
+            "metadata `llama.attention.head_count`: 0 query heads",
+        ),
+        (
+            // Was NaN logits at the first token.
+            vec![("llama.attention.scale", Value::F32(f32::NAN))],
+            "metadata `llama.attention.scale`: NaN is not a valid scale",
+        ),
+        (
+            vec![("llama.rope.freq_base_swa", Value::F32(-1.0))],
+            "metadata `llama.rope.freq_base_swa`: -1 is not a valid base",
+        ),
+        (
+            // Sized per-layer tables of 2^32 experts before any shape check.
+            vec![("llama.expert_count", Value::U32(u32::MAX))],
+            "metadata `llama.expert_count`: 4294967295 experts exceeds the limit of 512",
+        ),
+        (
+            // 500 tokens for 384 embedding rows (ids the model has no row for),
+            // with and without a `vocab_size` that agrees with the rows.
+            vec![("tokenizer.ggml.tokens", Value::from(tokens(500)))],
+            "vocabulary of 500 tokens, but token_embd.weight has 384 rows",
+        ),
+        (
+            vec![
+                ("llama.vocab_size", Value::U32(384)),
+                ("tokenizer.ggml.tokens", Value::from(tokens(100))),
+            ],
+            "100 tokens, but the model's vocabulary has 384",
         ),
     ];
     for (set, want) in cases {
