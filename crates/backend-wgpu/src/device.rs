@@ -43,7 +43,7 @@ pub struct DeviceCaps {
     /// Subgroups are available and always 32 invocations wide: the exact
     /// K-quant products of single tokens use `quant_sg.wgsl`.
     pub subgroup32: bool,
-    /// Timestamp queries are available (used by [`crate::GpuModel::profile_step`]).
+    /// Timestamp queries are available (used by [`crate::GpuProgram::profile_step`]).
     pub timestamps: bool,
     /// WGSL's `fma` rounds once on this device (probed at open). Where it
     /// does not (llvmpipe computes a·b + c), the kernels emulate a fused

@@ -1,6 +1,6 @@
 //! Single kernels run on CPU data: upload, dispatch, read back.
 //!
-//! For tests and experiments; a forward pass uses [`crate::GpuModel`],
+//! For tests and experiments; a forward pass uses [`crate::GpuProgram`],
 //! which keeps everything on the GPU.
 
 use gguf_format::GgmlType;

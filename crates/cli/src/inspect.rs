@@ -1,4 +1,5 @@
-//! `strata inspect [FILE] [--json]`: a GGUF file's metadata and tensor table.
+//! `strata inspect [FILE] [--json] [--graph BLOCK]`: a GGUF file's metadata
+//! and tensor table, or its model graph.
 //!
 //! Long arrays (a vocabulary) are summarised as gguf-py's `gguf-dump` does:
 //! type, length and the first few elements. Long strings (a chat template)
@@ -27,11 +28,36 @@ pub struct Args {
     /// Print one JSON object instead of text.
     #[arg(long)]
     json: bool,
+    /// Print the model graph of one transformer block instead (node names
+    /// as llama.cpp's, operation, row width, inputs, weights), or with
+    /// `output` the nodes outside the blocks.
+    #[arg(long, value_name = "BLOCK")]
+    graph: Option<String>,
 }
 
 /// Runs `strata inspect`.
 pub fn run(args: Args) -> CmdResult {
     let path = crate::common::resolve_model(args.file.as_ref())?;
+    if let Some(block) = &args.graph {
+        let model = llama_model::Model::load(&path, &llama_model::LoadOptions::default())?;
+        let n_layer = model.config().n_layer;
+        let layer = match block.as_str() {
+            "output" => None,
+            n => match n.parse::<usize>() {
+                Ok(l) if l < n_layer => Some(l),
+                _ => {
+                    return Err(crate::common::UsageError(format!(
+                        "--graph {n}: not a block of this model (0..{n_layer}) or `output`"
+                    ))
+                    .into())
+                }
+            },
+        };
+        std::io::stdout()
+            .lock()
+            .write_all(model.graph().describe(layer).as_bytes())?;
+        return Ok(());
+    }
     let file = GgufFile::open(&path)?;
     let size = file.bytes().len() as u64;
     let out = if args.json {

@@ -7,8 +7,9 @@ use crate::GenerateError;
 
 /// A language model with a KV cache, seen from the generator.
 ///
-/// llama-model's [`Session`] implements it for every backend; another engine
-/// (a GPU model with its own forward pass) implements these five methods.
+/// llama-model's [`Session`] implements it for every backend (on the GPU,
+/// its graph compiled into the GPU's dispatches); a test double or another
+/// runtime implements these five methods.
 pub trait Engine {
     /// Positions the KV cache holds.
     fn n_ctx(&self) -> usize;
