@@ -16,7 +16,7 @@
 //! conversation, and the next line is read. The exit status is 1 if any turn
 //! failed.
 
-use std::io::{BufRead as _, IsTerminal as _, Write as _};
+use std::io::{IsTerminal as _, Write as _};
 
 use generate::{Completion, GenerateOptions, Generator, Prompt};
 use tokenizer::chat::{ChatTemplate, Message};
@@ -80,6 +80,17 @@ impl Conversation<'_> {
         n_ctx: usize,
         room: usize,
     ) -> Result<Vec<u32>, Box<dyn std::error::Error>> {
+        // A message that cannot fit is refused before it is rendered and
+        // tokenized (both cost many times its size).
+        let least = self.tokenizer.min_tokens(user.len());
+        if user.len() >= n_ctx && least >= n_ctx {
+            return Err(format!(
+                "the message of {} bytes makes a prompt of at least {least} tokens, more than the context of {n_ctx} holds; \
+                 it was left out (a longer --ctx, or a shorter message)",
+                user.len()
+            )
+            .into());
+        }
         let mut messages = self.messages.clone();
         messages.push(Message::new("user", user));
         loop {
@@ -137,14 +148,34 @@ pub fn run(args: Args) -> CmdResult {
         eprintln!("strata: chat with the model; an empty line or end of input (Ctrl-D) ends it");
     }
     let mut stdout = std::io::stdout().lock();
-    let mut lines = std::io::stdin().lock().lines();
+    let mut stdin = std::io::stdin().lock();
+    // No message longer than the template's output can render: longer lines
+    // are skipped unread rather than held in memory.
+    let max_line = conversation.template.limits().max_output;
     let (mut turns, mut failed) = (0usize, 0usize);
     loop {
         if interactive {
             eprint!("> ");
         }
-        let Some(line) = lines.next() else { break };
-        let line = line?;
+        let Some(line) = read_message(&mut stdin, max_line)? else {
+            break;
+        };
+        let line = match line {
+            Ok(line) => line,
+            Err(message) => {
+                // A bad line fails its turn; the session goes on.
+                turns += 1;
+                failed += 1;
+                if args.json {
+                    let v = serde_json::json!({ "error": message });
+                    writeln!(stdout, "{}", serde_json::to_string(&v)?)?;
+                } else if !interactive {
+                    writeln!(stdout)?;
+                }
+                eprintln!("strata: error: {message}");
+                continue;
+            }
+        };
         let user = line.trim();
         if user.is_empty() {
             if interactive {
@@ -206,6 +237,57 @@ pub fn run(args: Args) -> CmdResult {
         return Err(format!("{failed} of {turns} turns failed").into());
     }
     Ok(())
+}
+
+/// The next line of `input` without its line break: `None` at the end of
+/// input, else the text, or why it cannot be a message (not UTF-8, or longer
+/// than `max` bytes: the rest of such a line is read past, not kept).
+fn read_message(
+    input: &mut impl std::io::BufRead,
+    max: usize,
+) -> std::io::Result<Option<Result<String, String>>> {
+    let mut line = Vec::new();
+    let mut length = 0usize;
+    let mut ended = false;
+    loop {
+        let buf = input.fill_buf()?;
+        if buf.is_empty() {
+            if length == 0 && !ended {
+                return Ok(None);
+            }
+            break;
+        }
+        ended = true;
+        let (chunk, used) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..i], i + 1),
+            None => (buf, buf.len()),
+        };
+        length += chunk.len();
+        if line.len() <= max {
+            let keep = chunk.len().min(max + 1 - line.len());
+            line.extend_from_slice(&chunk[..keep]);
+        }
+        let at_newline = used > chunk.len();
+        input.consume(used);
+        if at_newline {
+            break;
+        }
+    }
+    if line.last() == Some(&b'\r') {
+        line.pop();
+        length -= 1;
+    }
+    if length > max {
+        return Ok(Some(Err(format!(
+            "a message of {length} bytes exceeds the limit of {max} bytes; it was left out"
+        ))));
+    }
+    Ok(Some(String::from_utf8(line).map_err(|e| {
+        format!(
+            "a message is not valid UTF-8 (at byte {} of its line); it was left out",
+            e.utf8_error().valid_up_to()
+        )
+    })))
 }
 
 fn report(

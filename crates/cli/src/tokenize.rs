@@ -5,7 +5,6 @@ use std::io::{Read as _, Write as _};
 use std::path::PathBuf;
 
 use gguf_format::GgufFile;
-use serde_json::json;
 use tokenizer::Tokenizer;
 
 use crate::CmdResult;
@@ -44,20 +43,27 @@ pub fn run(args: Args) -> CmdResult {
     };
     let ids = tok.encode(&text, !args.no_bos, !args.no_special)?;
     let piece = |id: u32| String::from_utf8_lossy(tok.piece(id)).into_owned();
-    let mut out = String::new();
+    // Streamed: a value tree of every token took over a kilobyte a token.
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     if args.json {
-        let tokens: Vec<_> = ids
-            .iter()
-            .map(|&id| json!({"id": id, "piece": piece(id)}))
-            .collect();
-        out = serde_json::to_string_pretty(&json!({"count": ids.len(), "tokens": tokens}))?;
-        out.push('\n');
+        // The layout of serde_json's pretty printer, one token at a time.
+        write!(out, "{{\n  \"count\": {},\n  \"tokens\": [", ids.len())?;
+        for (i, &id) in ids.iter().enumerate() {
+            let sep = if i == 0 { "\n" } else { ",\n" };
+            let p = serde_json::to_string(&piece(id))?;
+            write!(
+                out,
+                "{sep}    {{\n      \"id\": {id},\n      \"piece\": {p}\n    }}"
+            )?;
+        }
+        let close = if ids.is_empty() { "]" } else { "\n  ]" };
+        writeln!(out, "{close}\n}}")?;
     } else {
         for &id in &ids {
             // Debug formatting makes spaces and newlines in pieces visible.
-            out.push_str(&format!("{id}\t{:?}\n", piece(id)));
+            writeln!(out, "{id}\t{:?}", piece(id))?;
         }
     }
-    std::io::stdout().lock().write_all(out.as_bytes())?;
+    out.flush()?;
     Ok(())
 }

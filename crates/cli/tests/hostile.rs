@@ -37,6 +37,12 @@ fn strata(args: &[&str]) -> Output {
 }
 
 fn strata_with_stdin(args: &[&str], stdin: &str) -> Output {
+    strata_with_input(args, stdin.as_bytes().to_vec())
+}
+
+/// `strata ARGS` with `input` on its standard input (written from a thread,
+/// so that a large input cannot block on a full output pipe).
+fn strata_with_input(args: &[&str], input: Vec<u8>) -> Output {
     let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
         .args(args)
         .stdin(Stdio::piped())
@@ -44,13 +50,14 @@ fn strata_with_stdin(args: &[&str], stdin: &str) -> Output {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.as_bytes())
-        .unwrap();
-    child.wait_with_output().unwrap()
+    let mut stdin = child.stdin.take().unwrap();
+    let writer = std::thread::spawn(move || {
+        // The child may stop reading early (an error): not a failure here.
+        let _ = stdin.write_all(&input);
+    });
+    let out = child.wait_with_output().unwrap();
+    writer.join().unwrap();
+    out
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -670,6 +677,89 @@ fn chat_goes_on_after_a_turn_that_cannot_fit() {
         .contains("more than the context of 64 holds"));
     assert!(turns[2]["text"].is_string(), "{}", turns[2]);
     assert!(err.contains("strata: error: 1 of 3 turns failed"), "{err}");
+}
+
+#[test]
+fn chat_goes_on_after_a_line_that_is_not_utf8_or_too_long() {
+    // A line of invalid UTF-8 ended the session; a line of gigabytes was
+    // held whole in memory. Each now fails its own turn.
+    let mut input = b"hi\nbad \xff\xfe line\n".to_vec();
+    input.extend(std::iter::repeat_n(b'a', (16 << 20) + 10));
+    input.extend_from_slice(b"\nbye\n");
+    let o = strata_with_input(
+        &[
+            "chat",
+            "--model",
+            synth().to_str().unwrap(),
+            "--ctx",
+            "64",
+            "-n",
+            "2",
+            "--json",
+        ],
+        input,
+    );
+    let err = text(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let turns: Vec<serde_json::Value> = text(&o.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(turns.len(), 4, "{}", text(&o.stdout));
+    assert!(turns[0]["text"].is_string());
+    let error = |i: usize| turns[i]["error"].as_str().unwrap_or_default().to_string();
+    assert!(
+        error(1).contains("not valid UTF-8 (at byte 4"),
+        "{}",
+        turns[1]
+    );
+    assert!(
+        error(2).contains("a message of 16777226 bytes exceeds the limit of 16777216"),
+        "{}",
+        turns[2]
+    );
+    assert!(turns[3]["text"].is_string(), "{}", turns[3]);
+    assert!(err.contains("strata: error: 2 of 4 turns failed"), "{err}");
+}
+
+#[test]
+fn a_prompt_far_longer_than_the_context_is_refused_before_it_is_tokenized() {
+    // 64 MB: tokenizing it took gigabytes before the length was checked.
+    let start = Instant::now();
+    let o = strata_with_input(
+        &[
+            "generate",
+            "--model",
+            synth().to_str().unwrap(),
+            "--ctx",
+            "64",
+            "-n",
+            "1",
+        ],
+        vec![b'a'; 64 << 20],
+    );
+    fails_with(&o, 2, "but the context holds 64");
+    assert!(start.elapsed() < Duration::from_secs(20));
+}
+
+#[cfg(unix)]
+#[test]
+fn a_text_too_large_to_tokenize_in_memory_is_an_error_not_an_abort() {
+    let dir = scratch("tokenize");
+    let big = dir.join("big.txt");
+    std::fs::write(&big, vec![b'a'; 48 << 20]).unwrap();
+    // 48 MB under a 1 GiB address-space limit: the allocator aborted.
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "ulimit -v 1048576 && exec '{}' tokenize --model '{}' - < '{}'",
+            env!("CARGO_BIN_EXE_strata"),
+            synth().display(),
+            big.display()
+        ))
+        .output()
+        .unwrap();
+    fails_with(&o, 1, "tokenizing 50331648 bytes of text needs about");
 }
 
 #[test]

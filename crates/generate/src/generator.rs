@@ -175,7 +175,18 @@ impl<'t, E: Engine> Generator<'t, E> {
     pub fn tokenize(&self, prompt: Prompt<'_>) -> Result<Vec<u32>, GenerateError> {
         let tok = self.tokenizer;
         Ok(match prompt {
-            Prompt::Text(text) => tok.encode(text, true, true)?,
+            Prompt::Text(text) => {
+                // A text that cannot fit is refused before it is tokenized
+                // (a 300 MB prompt took gigabytes to tokenize).
+                let n_ctx = self.engine.n_ctx();
+                if text.len() >= n_ctx && tok.min_tokens(text.len()) >= n_ctx {
+                    return Err(GenerateError::PromptTooLong {
+                        n_prompt: tok.min_tokens(text.len()),
+                        n_ctx,
+                    });
+                }
+                tok.encode(text, true, true)?
+            }
             Prompt::Tokens(ids) => ids.to_vec(),
             Prompt::Chat(messages) => {
                 let template = self

@@ -261,3 +261,37 @@ fn the_stream_is_an_iterator() {
     let done = stream.into_completion().unwrap();
     assert_eq!(done.text, " b c");
 }
+
+#[test]
+fn a_text_far_longer_than_the_context_is_refused_before_it_is_tokenized() {
+    let tok = tokenizer();
+    let mut g = Generator::new(Scripted::new(&tok, &[], 0), &tok).unwrap();
+    // 64 MB: tokenizing it took gigabytes; no vocabulary makes it fit 64 positions.
+    let text = "a".repeat(64 << 20);
+    let start = std::time::Instant::now();
+    let e = g
+        .generate(Prompt::Text(&text), &greedy(1), |_| {})
+        .unwrap_err();
+    assert!(
+        matches!(e, GenerateError::PromptTooLong { n_ctx: 64, .. }),
+        "{e}"
+    );
+    assert!(start.elapsed() < std::time::Duration::from_secs(2));
+    // The bound never exceeds the true count.
+    let small = "hello world, how are you";
+    let n = tok.encode(small, false, false).unwrap().len();
+    assert!(tok.min_tokens(small.len()) <= n);
+    assert_eq!(tok.min_tokens(0), 0);
+}
+
+#[test]
+fn a_tokenizer_that_disagrees_with_the_engine_is_refused() {
+    let tok = tokenizer();
+    let mut engine = Scripted::new(&tok, &[], 0);
+    engine.n_vocab += 1;
+    let e = Generator::new(engine, &tok).err().expect("must fail");
+    assert!(
+        e.to_string().contains("logits per token but the tokenizer"),
+        "{e}"
+    );
+}

@@ -20,6 +20,12 @@ fn c_isspace(b: u8) -> bool {
     matches!(b, b' ' | b'\t' | b'\n' | 0x0B | 0x0C | b'\r')
 }
 
+/// Texts longer than this are checked against the memory available.
+const TEXT_CHECKED_FROM: usize = 1 << 20;
+/// The memory tokenizing takes per byte of text, at most (measured: 19 for
+/// words, 63 for one 3 MB word, on byte-level BPE).
+const BYTES_PER_TEXT_BYTE: u64 = 64;
+
 impl Tokenizer {
     /// Tokenizes `text` like `llama_tokenize`.
     ///
@@ -52,6 +58,21 @@ impl Tokenizer {
         parse_special: bool,
         as_text: &[std::ops::Range<usize>],
     ) -> Result<Vec<u32>, TokenizerError> {
+        // Tokenizing takes up to ~20 bytes of memory a byte of text
+        // (fragments, symbols, merge queues, ids); a text beyond what the
+        // machine holds is an error, not an allocation abort.
+        if text.len() > TEXT_CHECKED_FROM {
+            let needed = (text.len() as u64).saturating_mul(BYTES_PER_TEXT_BYTE);
+            if let Some(available) = gguf_format::available_memory() {
+                if needed > available {
+                    return Err(TokenizerError::TextTooLarge {
+                        bytes: text.len(),
+                        needed,
+                        available,
+                    });
+                }
+            }
+        }
         let fragments = self.partition(text, parse_special, as_text);
         let mut out = Vec::with_capacity(text.len() / 3 + 2);
         if add_special && self.add_bos {

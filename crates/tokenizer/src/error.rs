@@ -83,6 +83,16 @@ pub enum TokenizerError {
         /// The special token's text.
         token: String,
     },
+    /// A text too large to tokenize in the memory available.
+    #[error("tokenizing {bytes} bytes of text needs about {needed} bytes of memory; only {available} are available")]
+    TextTooLarge {
+        /// Bytes of text.
+        bytes: usize,
+        /// The estimate of the memory tokenizing it takes.
+        needed: u64,
+        /// Memory available.
+        available: u64,
+    },
     /// The chat context (JSON) is malformed.
     #[error("chat context: {0}")]
     Context(String),

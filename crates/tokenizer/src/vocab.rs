@@ -747,6 +747,16 @@ impl Tokenizer {
             .is_some_and(|t| t.attr & attr::CONTROL != 0)
     }
 
+    /// The fewest tokens any text of `bytes` bytes can become: no token
+    /// stands for more input bytes than its own text has (normalization only
+    /// lengthens text, a byte token stands for one byte), so a text longer
+    /// than the context times the longest token cannot fit and need not be
+    /// tokenized to know it.
+    pub fn min_tokens(&self, bytes: usize) -> usize {
+        let longest = self.tokens.iter().map(|t| t.text.len()).max().unwrap_or(1);
+        bytes / longest.max(1)
+    }
+
     /// Number of tokens.
     pub fn vocab_size(&self) -> usize {
         self.tokens.len()
