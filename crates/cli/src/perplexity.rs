@@ -225,8 +225,15 @@ struct BaseFile {
 
 fn read_u32(r: &mut impl Read, path: &Path, what: &str) -> Result<u32, String> {
     let mut b = [0u8; 4];
-    r.read_exact(&mut b)
-        .map_err(|e| format!("{}: reading {what}: {e}", path.display()))?;
+    r.read_exact(&mut b).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => {
+            format!(
+                "{}: the file ends inside its header (at {what})",
+                path.display()
+            )
+        }
+        _ => format!("{}: reading {what}: {e}", path.display()),
+    })?;
     Ok(u32::from_le_bytes(b))
 }
 

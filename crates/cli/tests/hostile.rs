@@ -373,6 +373,12 @@ fn a_directory_or_fifo_as_the_model_is_named_not_waited_on() {
         fails_with(&o, 1, "is a FIFO, not a regular file");
         assert!(start.elapsed() < Duration::from_secs(10));
     }
+    // A regular file that cannot be mapped said only "No such device".
+    #[cfg(target_os = "linux")]
+    {
+        let o = strata(&["inspect", "/proc/self/mem"]);
+        fails_with(&o, 1, "/proc/self/mem: cannot be memory-mapped");
+    }
 }
 
 #[test]
@@ -468,6 +474,17 @@ fn a_kl_base_is_checked_against_its_size_and_one_window_is_enough() {
         bad.to_str().unwrap(),
     ]);
     fails_with(&o, 1, "describes");
+    // A file that ends inside the header said "failed to fill whole buffer".
+    let short = dir.join("short.kl");
+    std::fs::write(&short, b"_logits_\x40\x00").unwrap();
+    let o = strata(&[
+        "perplexity",
+        "--model",
+        m,
+        "--kl-base",
+        short.to_str().unwrap(),
+    ]);
+    fails_with(&o, 1, "the file ends inside its header (at n_ctx)");
 
     // A base saved from one window is a valid base.
     let text_file = dir.join("text.txt");

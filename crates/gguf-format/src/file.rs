@@ -147,7 +147,17 @@ impl GgufFile {
         // SAFETY: the map is read-only. A file truncated while mapped raises
         // SIGBUS on access, never a wrong value; install_sigbus_handler turns
         // that into a clear message.
-        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| io_error(path, e))?;
+        let mmap = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| {
+            // Some regular-looking files (/proc, some network or FUSE
+            // mounts) cannot be mapped: say so, rather than a bare errno.
+            io_error(
+                path,
+                std::io::Error::new(
+                    e.kind(),
+                    format!("cannot be memory-mapped ({e}); --no-mmap reads it instead"),
+                ),
+            )
+        })?;
         let slot = register(&mmap, path);
         Gguf::from_data(FileData {
             inner: Inner::Mapped(mmap),

@@ -12,8 +12,21 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const ROOT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
-/// Time each target runs mutations for.
+/// Time each target runs mutations for in `cargo test`.
 const BUDGET: Duration = Duration::from_secs(8);
+
+/// The time each target runs mutations for: [`BUDGET`], or
+/// `STRATA_FUZZ_SECONDS` seconds where CI asks for a longer run
+/// (`.ci/run` gives each target a minute after the tests).
+fn budget() -> Duration {
+    match std::env::var("STRATA_FUZZ_SECONDS") {
+        Ok(s) => Duration::from_secs(
+            s.parse()
+                .unwrap_or_else(|_| panic!("STRATA_FUZZ_SECONDS={s:?} is not a whole number")),
+        ),
+        Err(_) => BUDGET,
+    }
+}
 
 fn seeds(target: &str) -> Vec<Vec<u8>> {
     let dir = Path::new(ROOT).join("fuzz/seeds").join(target);
@@ -113,8 +126,9 @@ fn run(target: &str, dictionary: &[&str], check: impl Fn(&[u8]) + std::panic::Re
     }
     let mut rng = Rng(0x9e37_79b9_7f4a_7c15 ^ fxhash(target.as_bytes()));
     let start = Instant::now();
+    let budget = budget();
     let mut runs = 0u64;
-    while start.elapsed() < BUDGET {
+    while start.elapsed() < budget {
         let mut input = corpus[rng.below(corpus.len())].clone();
         for _ in 0..1 + rng.below(8) {
             mutate(&mut rng, &mut input, &corpus, dictionary);
@@ -134,7 +148,7 @@ fn run(target: &str, dictionary: &[&str], check: impl Fn(&[u8]) + std::panic::Re
     eprintln!(
         "{target}: {} seeds, {runs} mutated inputs in {:?}",
         corpus.len(),
-        BUDGET
+        budget
     );
 }
 

@@ -252,6 +252,15 @@ fn python_count_of_an_empty_string_returns() {
 }
 
 #[test]
+fn divisibleby_zero_is_an_error_not_a_panic() {
+    // Found by the fuzz target: minijinja computes `4 % 0`, which panics.
+    for src in ["{{ 4 is divisibleby(0) }}", "{{ 4 is not divisibleby 0 }}"] {
+        let e = fails(src);
+        assert!(e.to_string().contains("division by zero"), "{src}: {e}");
+    }
+}
+
+#[test]
 fn filters_and_tests_with_argument_splats_are_refused() {
     for src in ["{{ [3, 1]|sort(*[]) }}", "{{ 1 is divisibleby(*[1]) }}"] {
         let e = fails(src);
