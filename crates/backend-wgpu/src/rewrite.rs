@@ -21,6 +21,100 @@ fn reads_views(op: &Op) -> bool {
     )
 }
 
+/// `op` with its inputs renumbered by `map`.
+fn remap(op: &Op, map: &[NodeId]) -> Op {
+    let mut op = op.clone();
+    for x in op.inputs_mut() {
+        *x = map[x.0];
+    }
+    op
+}
+
+/// Moves the selection of output rows after a residual sum:
+/// `Add(OutputRows(m), OutputRows(r))` becomes `OutputRows(Add(m, r))`
+/// (the sum of every row, then its output rows: the same values). The sum
+/// then sits beside the product `m` that feeds it, which accumulates into
+/// the residual in the compiled graph, and a single token's step needs no
+/// sum at all; a prompt's last-row step copies one row instead of two.
+pub fn rows_after_sums(g: Graph) -> Graph {
+    let consumers = g.consumers();
+    let mut nodes = g.nodes.clone();
+    let mut dead = vec![false; nodes.len()];
+    for k in 0..nodes.len() {
+        let Op::Add { a, b } = nodes[k].op else {
+            continue;
+        };
+        let rows_of = |x: NodeId| match nodes[x.0].op {
+            Op::OutputRows { x: src } if consumers[x.0] == [NodeId(k)] => Some(src),
+            _ => None,
+        };
+        let (Some(ma), Some(mb)) = (rows_of(a), rows_of(b)) else {
+            continue;
+        };
+        if a == b {
+            continue;
+        }
+        // The sum of every row takes the first selection's place (after
+        // both operands); the Add becomes the selection of its rows.
+        let (first, second) = if a.0 < b.0 { (a, b) } else { (b, a) };
+        let name = format!("{}_all", base_name(&nodes[k]));
+        nodes[first.0] = Node {
+            name: match nodes[k].layer {
+                Some(l) => format!("{name}-{l}"),
+                None => name,
+            },
+            layer: nodes[k].layer,
+            op: Op::Add { a: ma, b: mb },
+            width: nodes[k].width,
+        };
+        nodes[k].op = Op::OutputRows { x: first };
+        dead[second.0] = true;
+    }
+    compact(
+        Graph {
+            nodes,
+            ..g
+        },
+        &dead,
+    )
+}
+
+/// A node's name without its block suffix.
+fn base_name(nd: &Node) -> String {
+    match nd.layer {
+        Some(l) => nd
+            .name
+            .strip_suffix(&format!("-{l}"))
+            .unwrap_or(&nd.name)
+            .to_string(),
+        None => nd.name.clone(),
+    }
+}
+
+/// The graph without the nodes marked `dead` (which nothing reads).
+fn compact(g: Graph, dead: &[bool]) -> Graph {
+    if !dead.contains(&true) {
+        return g;
+    }
+    let mut map = vec![NodeId(0); g.nodes.len()];
+    let mut out = Vec::with_capacity(g.nodes.len());
+    for (i, n) in g.nodes.iter().enumerate() {
+        if dead[i] {
+            continue;
+        }
+        out.push(Node {
+            op: remap(&n.op, &map),
+            ..n.clone()
+        });
+        map[i] = NodeId(out.len() - 1);
+    }
+    Graph {
+        output: map[g.output.0],
+        nodes: out,
+        ..g
+    }
+}
+
 /// Stacks runs of consecutive products of one input whose weights share a
 /// type and row length (and have biases alike), where every reader of them
 /// reads views.
@@ -81,35 +175,6 @@ pub fn stack_products(g: Graph, dtype: &dyn Fn(&WeightSpec) -> Option<GgmlType>)
     } = g;
     let mut map = vec![NodeId(0); nodes.len()];
     let mut out: Vec<Node> = Vec::with_capacity(nodes.len() + runs.len());
-    let remap = |op: &Op, map: &[NodeId]| -> Op {
-        let m = |x: NodeId| map[x.0];
-        let mut op = op.clone();
-        match &mut op {
-            Op::Embed { .. } => {}
-            Op::Scale { x, .. }
-            | Op::RmsNorm { x, .. }
-            | Op::MatMul { x, .. }
-            | Op::Rope { x, .. }
-            | Op::Softcap { x, .. }
-            | Op::Moe { x, .. }
-            | Op::Slice { x, .. }
-            | Op::OutputRows { x } => *x = m(*x),
-            Op::Add { a, b } => {
-                *a = m(*a);
-                *b = m(*b);
-            }
-            Op::Attention { q, k, v, .. } => {
-                *q = m(*q);
-                *k = m(*k);
-                *v = m(*v);
-            }
-            Op::Swiglu { gate, up } | Op::Geglu { gate, up } => {
-                *gate = m(*gate);
-                *up = m(*up);
-            }
-        }
-        op
-    };
     let mut r = 0;
     let mut i = 0;
     while i < nodes.len() {
@@ -138,15 +203,7 @@ pub fn stack_products(g: Graph, dtype: &dyn Fn(&WeightSpec) -> Option<GgmlType>)
                 unreachable!("runs hold products")
             };
             let layer = members[0].layer;
-            let base = |nd: &Node| match nd.layer {
-                Some(l) => nd
-                    .name
-                    .strip_suffix(&format!("-{l}"))
-                    .unwrap_or(&nd.name)
-                    .to_string(),
-                None => nd.name.clone(),
-            };
-            let names: Vec<String> = members.iter().map(base).collect();
+            let names: Vec<String> = members.iter().map(base_name).collect();
             let mut name = names.join("+");
             if let Some(l) = layer {
                 name = format!("{name}-{l}");
@@ -187,30 +244,9 @@ pub fn stack_products(g: Graph, dtype: &dyn Fn(&WeightSpec) -> Option<GgmlType>)
     }
     // Weights no node uses any more are dropped (and ids renumbered).
     let mut used = vec![false; weights.len()];
-    for n in &out {
-        match &n.op {
-            Op::Embed { table: w } => used[w.0] = true,
-            Op::RmsNorm { weight, .. } => used[weight.0] = true,
-            Op::MatMul { w, bias, .. } => {
-                used[w.0] = true;
-                if let Some(b) = bias {
-                    used[b.0] = true;
-                }
-            }
-            Op::Rope {
-                factors: Some(f), ..
-            } => used[f.0] = true,
-            Op::Moe { moe, .. } => {
-                for w in [moe.router]
-                    .iter()
-                    .chain(&moe.gate)
-                    .chain(&moe.up)
-                    .chain(&moe.down)
-                {
-                    used[w.0] = true;
-                }
-            }
-            _ => {}
+    for n in &mut out {
+        for w in n.op.weights_mut() {
+            used[w.0] = true;
         }
     }
     let mut new_id = vec![usize::MAX; weights.len()];
@@ -221,27 +257,9 @@ pub fn stack_products(g: Graph, dtype: &dyn Fn(&WeightSpec) -> Option<GgmlType>)
             kept.push(w);
         }
     }
-    let wm = |w: &mut WeightId| w.0 = new_id[w.0];
     for n in &mut out {
-        match &mut n.op {
-            Op::Embed { table } => wm(table),
-            Op::RmsNorm { weight, .. } => wm(weight),
-            Op::MatMul { w, bias, .. } => {
-                wm(w);
-                if let Some(b) = bias {
-                    wm(b);
-                }
-            }
-            Op::Rope {
-                factors: Some(f), ..
-            } => wm(f),
-            Op::Moe { moe, .. } => {
-                wm(&mut moe.router);
-                moe.gate.iter_mut().for_each(wm);
-                moe.up.iter_mut().for_each(wm);
-                moe.down.iter_mut().for_each(wm);
-            }
-            _ => {}
+        for w in n.op.weights_mut() {
+            w.0 = new_id[w.0];
         }
     }
     Graph {

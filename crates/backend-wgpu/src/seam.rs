@@ -710,7 +710,7 @@ impl Backend for WgpuBackend {
         graph: Graph,
         dtype: &dyn Fn(&WeightSpec) -> Option<gguf_format::GgmlType>,
     ) -> Graph {
-        crate::rewrite::stack_products(graph, dtype)
+        crate::rewrite::stack_products(crate::rewrite::rows_after_sums(graph), dtype)
     }
 
     fn load_stacked(&self, parts: &[Tensor]) -> TcResult<GpuWeight> {

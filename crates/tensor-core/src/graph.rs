@@ -239,6 +239,52 @@ impl Op {
         }
     }
 
+    /// The nodes this op reads, to renumber them (a backend's rewrite).
+    pub fn inputs_mut(&mut self) -> Vec<&mut NodeId> {
+        match self {
+            Op::Embed { .. } => vec![],
+            Op::Scale { x, .. }
+            | Op::RmsNorm { x, .. }
+            | Op::MatMul { x, .. }
+            | Op::Rope { x, .. }
+            | Op::Softcap { x, .. }
+            | Op::Moe { x, .. }
+            | Op::Slice { x, .. }
+            | Op::OutputRows { x } => vec![x],
+            Op::Add { a, b } => vec![a, b],
+            Op::Attention { q, k, v, .. } => vec![q, k, v],
+            Op::Swiglu { gate, up } | Op::Geglu { gate, up } => vec![gate, up],
+        }
+    }
+
+    /// The weights this op reads, to renumber them (a backend's rewrite).
+    pub fn weights_mut(&mut self) -> Vec<&mut WeightId> {
+        match self {
+            Op::Embed { table: w } | Op::RmsNorm { weight: w, .. } => vec![w],
+            Op::MatMul { w, bias, .. } => {
+                let mut v = vec![w];
+                v.extend(bias.as_mut());
+                v
+            }
+            Op::Rope { factors, .. } => factors.as_mut().into_iter().collect(),
+            Op::Moe { moe, .. } => {
+                let Moe {
+                    router,
+                    gate,
+                    up,
+                    down,
+                    ..
+                } = &mut **moe;
+                let mut v = vec![router];
+                v.extend(gate.iter_mut());
+                v.extend(up.iter_mut());
+                v.extend(down.iter_mut());
+                v
+            }
+            _ => vec![],
+        }
+    }
+
     /// Whether the op can overwrite its first input in place (when nothing
     /// else reads that input later).
     pub fn in_place(&self) -> bool {
