@@ -882,13 +882,23 @@ fn charge_reading(budget: &Budget, args: &[Value]) -> Result<(), Error> {
     budget.charge(n)
 }
 
+/// A filter or test name as the VM looks it up (ASCII whitespace removed).
+fn normalized(name: &Value) -> String {
+    name.as_str()
+        .unwrap_or_default()
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace())
+        .collect()
+}
+
 /// `~filter(value, args..., name)`: the filter `name` applied to
 /// `value, args...` once they are charged, its result checked.
 fn filter(budget: &Budget, state: &State, args: &[Value]) -> Result<Value, Error> {
     let (name, args) = args
         .split_last()
         .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "a filter call without a name"))?;
-    let name = name.as_str().unwrap_or_default();
+    let name = normalized(name);
+    let name = name.as_str();
     charge_reading(budget, args)?;
     let v = state.apply_filter(name, args).map_err(|e| match e.kind() {
         ErrorKind::UnknownFilter => Error::new(
@@ -906,7 +916,8 @@ fn test(budget: &Budget, state: &State, args: &[Value]) -> Result<Value, Error> 
     let (name, args) = args
         .split_last()
         .ok_or_else(|| Error::new(ErrorKind::InvalidOperation, "a test call without a name"))?;
-    let name = name.as_str().unwrap_or_default();
+    let name = normalized(name);
+    let name = name.as_str();
     charge_reading(budget, args)?;
     // minijinja's divisibleby computes `a % 0` on integers: a panic.
     if name == "divisibleby" && args.get(1).and_then(Value::as_i64) == Some(0) {
