@@ -78,6 +78,23 @@ ARCHS = {
     # OLMo-2: no pre-norms; post-attention and post-ffw norms; RMS q/k norms
     # over the whole projection width (q: 256, k: 128).
     "olmo2":    dict(rope_base=500_000.0, eps=1e-6, ctx_train=4096, qk_norm="full"),
+    # Qwen3.5: 4 layers, full attention every 2nd (layers 1 and 3), the others
+    # Gated DeltaNet: conv kernel 4, state (head) size 64, 4 value heads and 2
+    # key heads (value head h reads key head h % 2), so d_inner = 256 and the
+    # conv runs over 2*128 + 256 = 512 channels. Attention layers: a joint
+    # query+gate projection (2 * 4 * 64 rows), per-head q/k norms, partial
+    # rotary (32 of 64 dims) as interleaved M-RoPE sections [6, 5, 5, 0],
+    # which rotate every pair by the text position.
+    "qwen35":   dict(rope_base=10_000_000.0, eps=1e-6, ctx_train=262144, layers=4,
+                     full_attn_interval=2, rope_dims=32, rope_sections=[6, 5, 5, 0],
+                     ssm_d_conv=4, ssm_state=64, ssm_n_v=4, ssm_n_k=2),
+    # Qwen3.5-MoE: qwen35's layers with 4 experts (top-2, softmax, weights
+    # renormalised) and a shared expert (n_ff 256) gated by
+    # sigmoid(x . ffn_gate_inp_shexp) in every layer.
+    "qwen35moe": dict(rope_base=10_000_000.0, eps=1e-6, ctx_train=262144, layers=4,
+                      full_attn_interval=2, rope_dims=32, rope_sections=[6, 5, 5, 0],
+                      ssm_d_conv=4, ssm_state=64, ssm_n_v=4, ssm_n_k=2,
+                      n_expert=4, n_expert_used=2, n_ff_exp=256, n_ff_shexp=256),
 }
 
 
@@ -145,7 +162,16 @@ def build(arch, idx, out, seed):
     if hd != H // NH or p.get("gemma"):
         w.add_key_length(hd)
         w.add_value_length(hd)
-    w.add_rope_dimension_count(hd)
+    w.add_rope_dimension_count(p.get("rope_dims", hd))
+    if "rope_sections" in p:
+        w.add_rope_dimension_sections(p["rope_sections"])
+    if "ssm_state" in p:
+        w.add_ssm_conv_kernel(p["ssm_d_conv"])
+        w.add_ssm_inner_size(p["ssm_state"] * p["ssm_n_v"])
+        w.add_ssm_state_size(p["ssm_state"])
+        w.add_ssm_time_step_rank(p["ssm_n_v"])
+        w.add_ssm_group_count(p["ssm_n_k"])
+        w.add_full_attention_interval(p["full_attn_interval"])
     w.add_rope_freq_base(p["rope_base"])
     if "rope_base_swa" in p:
         w.add_rope_freq_base_swa(p["rope_base_swa"])
@@ -160,6 +186,8 @@ def build(arch, idx, out, seed):
         w.add_expert_count(p["n_expert"])
         w.add_expert_used_count(p["n_expert_used"])
         w.add_expert_feed_forward_length(p["n_ff_exp"])
+    if "n_ff_shexp" in p:
+        w.add_expert_shared_feed_forward_length(p["n_ff_shexp"])
     w.add_file_type(0)  # all F32
     # llama.cpp's vocab loader looks up "<|endoftext|>" when general.name
     # contains "phi3" (as real Phi-3 vocabs have it, id 32000): the last piece
@@ -174,6 +202,9 @@ def build(arch, idx, out, seed):
     qk_std = p.get("qk_std")
     for l in range(n_layer):
         b = f"blk.{l}."
+        if arch in ("qwen35", "qwen35moe"):
+            qwen35_layer(w, p, b, l, mat, norm, vec, rng)
+            continue
         if arch != "olmo2":
             w.add_tensor(b + "attn_norm.weight", norm(H))
         if p.get("fused"):
@@ -224,6 +255,49 @@ def build(arch, idx, out, seed):
     w.write_tensors_to_file()
     w.close()
     return path
+
+
+def qwen35_layer(w, p, b, l, mat, norm, vec, rng):
+    """One Qwen3.5 block: Gated DeltaNet or (every full_attn_interval-th
+    layer) gated full attention, then the post-attention norm and SwiGLU."""
+    w.add_tensor(b + "attn_norm.weight", norm(H))
+    if (l + 1) % p["full_attn_interval"] != 0:
+        S, nv, nk = p["ssm_state"], p["ssm_n_v"], p["ssm_n_k"]
+        kd, vd = S * nk, S * nv
+        w.add_tensor(b + "attn_qkv.weight", mat(2 * kd + vd, H))
+        w.add_tensor(b + "attn_gate.weight", mat(vd, H))
+        # ggml [d_conv, channels]: each channel's taps
+        w.add_tensor(b + "ssm_conv1d.weight", mat(2 * kd + vd, p["ssm_d_conv"], 0.5))
+        w.add_tensor(b + "ssm_dt.bias", vec(nv, 0.5))
+        # the converter stores -exp(A_log)
+        w.add_tensor(b + "ssm_a", (-np.exp(0.5 * rng.standard_normal(nv))).astype(np.float32))
+        w.add_tensor(b + "ssm_beta.weight", mat(nv, H))
+        w.add_tensor(b + "ssm_alpha.weight", mat(nv, H))
+        w.add_tensor(b + "ssm_norm.weight", norm(S))
+        w.add_tensor(b + "ssm_out.weight", mat(H, vd))
+    else:
+        hd = p.get("head_dim", D)
+        w.add_tensor(b + "attn_q.weight", mat(2 * NH * hd, H))
+        w.add_tensor(b + "attn_k.weight", mat(NKV * hd, H))
+        w.add_tensor(b + "attn_v.weight", mat(NKV * hd, H))
+        w.add_tensor(b + "attn_q_norm.weight", norm(hd))
+        w.add_tensor(b + "attn_k_norm.weight", norm(hd))
+        w.add_tensor(b + "attn_output.weight", mat(H, NH * hd))
+    w.add_tensor(b + "post_attention_norm.weight", norm(H))
+    if "n_expert" in p:
+        E, Fe, Fs = p["n_expert"], p["n_ff_exp"], p["n_ff_shexp"]
+        w.add_tensor(b + "ffn_gate_inp.weight", mat(E, H, 4 * H ** -0.5))
+        w.add_tensor(b + "ffn_gate_exps.weight", mat(Fe, H, n_expert=E))
+        w.add_tensor(b + "ffn_up_exps.weight", mat(Fe, H, n_expert=E))
+        w.add_tensor(b + "ffn_down_exps.weight", mat(H, Fe, n_expert=E))
+        w.add_tensor(b + "ffn_gate_inp_shexp.weight", vec(H, 2 * H ** -0.5))
+        w.add_tensor(b + "ffn_gate_shexp.weight", mat(Fs, H))
+        w.add_tensor(b + "ffn_up_shexp.weight", mat(Fs, H))
+        w.add_tensor(b + "ffn_down_shexp.weight", mat(H, Fs))
+        return
+    w.add_tensor(b + "ffn_gate.weight", mat(F, H))
+    w.add_tensor(b + "ffn_up.weight", mat(F, H))
+    w.add_tensor(b + "ffn_down.weight", mat(H, F))
 
 
 def main():

@@ -845,6 +845,18 @@ impl Lowering<'_> {
                     "mixture-of-experts nodes are not compiled".into(),
                 ))
             }
+            GOp::Unary { .. }
+            | GOp::Mul { .. }
+            | GOp::MulVec { .. }
+            | GOp::L2Norm { .. }
+            | GOp::Strided { .. }
+            | GOp::SsmConv { .. }
+            | GOp::DeltaNet { .. } => {
+                return Err(WgpuError::Model(format!(
+                    "{} nodes are not compiled",
+                    node.op.kind()
+                )))
+            }
         };
         self.loc[i] = Some(loc);
         Ok(())
@@ -1153,7 +1165,19 @@ impl GpuProgram {
         weights: &[GpuWeight],
         cfg: &ProgramConfig,
     ) -> Result<Option<GpuProgram>> {
-        let compiled = |op: &GOp| !matches!(op, GOp::Moe { .. });
+        let compiled = |op: &GOp| {
+            !matches!(
+                op,
+                GOp::Moe { .. }
+                    | GOp::Unary { .. }
+                    | GOp::Mul { .. }
+                    | GOp::MulVec { .. }
+                    | GOp::L2Norm { .. }
+                    | GOp::Strided { .. }
+                    | GOp::SsmConv { .. }
+                    | GOp::DeltaNet { .. }
+            )
+        };
         let has_rows = |op: &GOp| matches!(op, GOp::OutputRows { .. });
         if !graph.nodes.iter().all(|n| compiled(&n.op))
             || !graph.nodes.iter().any(|n| has_rows(&n.op))

@@ -775,6 +775,33 @@ impl Backend for WgpuBackend {
         Ok(p.map(|p| Box::new(p) as Box<dyn Program>))
     }
 
+    fn write(&self, dst: &mut GpuBuffer, offset: usize, data: &[f32]) -> TcResult<()> {
+        if offset + data.len() > dst.len {
+            return Err(backend_err(format!(
+                "write of {} values at {offset} to a buffer of {}",
+                data.len(),
+                dst.len
+            )));
+        }
+        if data.is_empty() {
+            return Ok(());
+        }
+        // Through a staging buffer and a recorded copy, so the write is
+        // ordered after the commands already recorded.
+        let staging = self.upload(data);
+        self.copy(&staging, 0, dst, offset, data.len());
+        Ok(())
+    }
+
+    fn vector_values(&self, w: &GpuWeight) -> TcResult<Vec<f32>> {
+        match w {
+            GpuWeight::Vector { host, .. } => Ok(host.clone()),
+            GpuWeight::Matrix(_) => Err(backend_err(
+                "vector_values: the weight is a matrix, not a vector",
+            )),
+        }
+    }
+
     fn read(&self, src: &GpuBuffer, offset: usize, out: &mut [f32]) -> TcResult<()> {
         if offset + out.len() > src.len {
             return Err(backend_err(format!(

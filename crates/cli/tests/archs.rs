@@ -1,4 +1,4 @@
-//! Every architecture against llama.cpp: random-weight models of nine
+//! Every architecture against llama.cpp: random-weight models of eleven
 //! architectures (`tests/fixtures/archs`), each in F32, F16, Q8_0 and Q4_K_M,
 //! scored by `strata perplexity --kl-base` against llama.cpp's own KL-base
 //! files (CPU, flash attention off): one command per file.
@@ -178,4 +178,4 @@ macro_rules! arch_tests {
     )*};
 }
 
-arch_tests!(llama, qwen2, qwen3, qwen3moe, gemma2, gemma3, phi3, smollm3, olmo2);
+arch_tests!(llama, qwen2, qwen3, qwen3moe, gemma2, gemma3, phi3, smollm3, olmo2, qwen35, qwen35moe);

@@ -19,6 +19,12 @@ pub trait Engine {
     fn n_past(&self) -> usize;
     /// Keeps only the first `n` tokens of the cache (`n ≤ n_past`).
     fn truncate(&mut self, n: usize) -> Result<(), GenerateError>;
+    /// The longest prefix of at most `n` tokens the cache can be truncated
+    /// to: `n`, unless recurrent layers keep a state that cannot be rewound
+    /// (then `n_past` itself or 0).
+    fn rewind_point(&self, n: usize) -> usize {
+        n
+    }
     /// Appends `tokens` (at least one) to the cache and returns the last one's logits.
     fn forward_last(&mut self, tokens: &[u32]) -> Result<&[f32], GenerateError>;
 }
@@ -38,6 +44,10 @@ impl<B: Backend> Engine for Session<'_, B> {
 
     fn truncate(&mut self, n: usize) -> Result<(), GenerateError> {
         Ok(Session::truncate(self, n)?)
+    }
+
+    fn rewind_point(&self, n: usize) -> usize {
+        Session::rewind_point(self, 0, n)
     }
 
     fn forward_last(&mut self, tokens: &[u32]) -> Result<&[f32], GenerateError> {
@@ -60,6 +70,9 @@ macro_rules! forward_engine {
             }
             fn truncate(&mut self, n: usize) -> Result<(), GenerateError> {
                 (**self).truncate(n)
+            }
+            fn rewind_point(&self, n: usize) -> usize {
+                (**self).rewind_point(n)
             }
             fn forward_last(&mut self, tokens: &[u32]) -> Result<&[f32], GenerateError> {
                 (**self).forward_last(tokens)

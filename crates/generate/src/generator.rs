@@ -247,6 +247,8 @@ impl<'t, E: Engine> Generator<'t, E> {
             .take_while(|(a, b)| a == b)
             .count()
             .min(prompt_tokens.len() - 1);
+        // A recurrent state rewinds only to its end or to the start.
+        let common = self.engine.rewind_point(common);
         self.engine.truncate(common)?;
         self.cached.truncate(common);
         let new = &prompt_tokens[common..];

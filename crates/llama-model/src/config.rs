@@ -16,6 +16,10 @@ pub enum Architecture {
     Qwen3,
     /// `qwen3moe`: Qwen3 with a mixture-of-experts feed-forward block.
     Qwen3Moe,
+    /// `qwen35`: Qwen3.5's Gated DeltaNet layers and gated full-attention layers.
+    Qwen35,
+    /// `qwen35moe`: Qwen3.5 with a mixture-of-experts feed-forward block and a shared expert.
+    Qwen35Moe,
     /// `gemma2`: GeGLU, post-norms, sliding-window layers, logit soft-capping.
     Gemma2,
     /// `gemma3`: Gemma 2's layout with per-head Q/K norms and local/global layers.
@@ -30,11 +34,13 @@ pub enum Architecture {
 
 impl Architecture {
     /// Every architecture, in the order messages list them.
-    pub const ALL: [Architecture; 9] = [
+    pub const ALL: [Architecture; 11] = [
         Architecture::Llama,
         Architecture::Qwen2,
         Architecture::Qwen3,
         Architecture::Qwen3Moe,
+        Architecture::Qwen35,
+        Architecture::Qwen35Moe,
         Architecture::Gemma2,
         Architecture::Gemma3,
         Architecture::Phi3,
@@ -57,6 +63,8 @@ impl Architecture {
             Architecture::Qwen2 => "qwen2",
             Architecture::Qwen3 => "qwen3",
             Architecture::Qwen3Moe => "qwen3moe",
+            Architecture::Qwen35 => "qwen35",
+            Architecture::Qwen35Moe => "qwen35moe",
             Architecture::Gemma2 => "gemma2",
             Architecture::Gemma3 => "gemma3",
             Architecture::Phi3 => "phi3",

@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 
 use gguf_format::GgufHeader;
-use tensor_core::{AttentionParams, RopeParams};
+use tensor_core::{AttentionParams, DeltaNetParams, RopeParams, Unary};
 
 pub use tensor_core::graph::{
     Gating, Graph, Moe, Node, NodeId, Op, WeightId, WeightKind, WeightSpec,
@@ -94,6 +94,18 @@ impl<'h> GraphBuilder<'h> {
         self.add_weight(WeightSpec {
             tensor: tensor.to_string(),
             shape: vec![len],
+            kind: WeightKind::Vector,
+            rows: None,
+            stack: Vec::new(),
+        })
+    }
+
+    /// The tensor `tensor` of shape `shape` as one flat `f32` vector (a
+    /// convolution's taps).
+    pub fn flat_vector(&mut self, tensor: &str, shape: &[usize]) -> WeightId {
+        self.add_weight(WeightSpec {
+            tensor: tensor.to_string(),
+            shape: shape.to_vec(),
             kind: WeightKind::Vector,
             rows: None,
             stack: Vec::new(),
@@ -221,6 +233,82 @@ impl<'h> GraphBuilder<'h> {
                 k,
                 v,
                 layer,
+                params,
+            },
+            w,
+        )
+    }
+
+    /// `f(x)` element by element.
+    pub fn unary(&mut self, name: &str, x: NodeId, f: Unary) -> NodeId {
+        let w = self.width(x);
+        self.node(name, Op::Unary { x, f }, w)
+    }
+
+    /// `a · b` element by element.
+    pub fn mul(&mut self, name: &str, a: NodeId, b: NodeId) -> NodeId {
+        let w = self.width(a);
+        self.node(name, Op::Mul { a, b }, w)
+    }
+
+    /// `x · w`, the vector `w` broadcast over rows.
+    pub fn mul_vec(&mut self, name: &str, x: NodeId, w: WeightId) -> NodeId {
+        let width = self.width(x);
+        self.node(name, Op::MulVec { x, w }, width)
+    }
+
+    /// L2 normalisation over groups of `group` values.
+    pub fn l2_norm(&mut self, name: &str, x: NodeId, group: usize, eps: f32) -> NodeId {
+        let w = self.width(x);
+        self.node(name, Op::L2Norm { x, group, eps }, w)
+    }
+
+    /// Values `offset .. offset + len` of every group of `period` values of `x`'s rows.
+    pub fn strided(
+        &mut self,
+        name: &str,
+        x: NodeId,
+        period: usize,
+        offset: usize,
+        len: usize,
+    ) -> NodeId {
+        let w = self.width(x) / period * len;
+        self.node(name, Op::Strided { x, period, offset }, w)
+    }
+
+    /// Values `offset .. offset + width` of every row of `x`.
+    pub fn slice(&mut self, name: &str, x: NodeId, offset: usize, width: usize) -> NodeId {
+        self.node(name, Op::Slice { x, offset }, width)
+    }
+
+    /// The short causal convolution of `x` with `kernel` over recurrent state `state`.
+    pub fn ssm_conv(&mut self, name: &str, x: NodeId, kernel: WeightId, state: usize) -> NodeId {
+        let w = self.width(x);
+        self.node(name, Op::SsmConv { x, kernel, state }, w)
+    }
+
+    /// The gated delta rule over recurrent state `state`.
+    #[allow(clippy::too_many_arguments)] // the operation's inputs, spelled out
+    pub fn delta_net(
+        &mut self,
+        name: &str,
+        qkv: (NodeId, NodeId, NodeId),
+        g: NodeId,
+        beta: NodeId,
+        state: usize,
+        params: DeltaNetParams,
+    ) -> NodeId {
+        let (q, k, v) = qkv;
+        let w = params.n_head_v * params.head_dim;
+        self.node(
+            name,
+            Op::DeltaNet {
+                q,
+                k,
+                v,
+                g,
+                beta,
+                state,
                 params,
             },
             w,

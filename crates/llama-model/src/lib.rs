@@ -4,12 +4,13 @@
 //!
 //! A [`Model`] reads its [`Config`] from the file's metadata, builds its
 //! architecture's [`Graph`] (one file per architecture in `src/arch/`:
-//! `llama`, `qwen2`, `qwen3`, `qwen3moe`, `gemma2`, `gemma3`, `phi3`,
-//! `smollm3`, `olmo2`) and puts the graph's weights on a [`Backend`] (the CPU
-//! by default, where they stay in the memory map). A [`Session`] owns a KV
-//! cache and buffers and executes the graph over tokens, in batches (prompt
-//! processing: one matrix product per weight for the whole batch) or one at
-//! a time (generation).
+//! `llama`, `qwen2`, `qwen3`, `qwen3moe`, `qwen35`, `qwen35moe`, `gemma2`, `gemma3`,
+//! `phi3`, `smollm3`, `olmo2`) and puts the graph's weights on a [`Backend`]
+//! (the CPU by default, where they stay in the memory map). A [`Session`]
+//! owns a KV cache (and, for the recurrent layers of `qwen35` and `qwen35moe`, each
+//! sequence's convolution and delta-rule states) and buffers and executes
+//! the graph over tokens, in batches (prompt processing: one matrix product
+//! per weight for the whole batch) or one at a time (generation).
 //!
 //! ```no_run
 //! use llama_model::{LoadOptions, LogitsMode, Model, SessionOptions};

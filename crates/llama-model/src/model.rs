@@ -125,6 +125,11 @@ where
     let t = weight_tensor(file, spec)?;
     Ok(match spec.kind {
         WeightKind::Matrix => backend.load_matrix(&t)?,
+        // A vector of several dimensions (a convolution's taps) is loaded flat.
+        WeightKind::Vector if t.shape().len() > 1 => {
+            let flat = Tensor::from_f32(t.name(), vec![t.n_elements()], t.to_f32_vec()?)?;
+            backend.load_vector(&flat)?
+        }
         WeightKind::Vector => backend.load_vector(&t)?,
     })
 }

@@ -239,6 +239,37 @@ pub struct Session<'m, B: Backend> {
     /// The backend's compiled graph, when it made one: it holds its own KV
     /// cache and runs every batch.
     program: Option<Box<dyn Program>>,
+    /// Values of each recurrent state slot ([`Op::SsmConv`], [`Op::DeltaNet`]).
+    state_len: Vec<usize>,
+    /// Recurrent states: sequence `s` uses `states[s·state_len.len() ..]`.
+    states: Vec<B::Buffer>,
+    /// Rows of one run, copied out when a batch holds several (recurrent ops).
+    rec_bufs: [Slot<B::Buffer>; 6],
+}
+
+/// The size of every recurrent state slot the graph's nodes use.
+fn state_lens(g: &Graph) -> Vec<usize> {
+    let mut lens: Vec<usize> = Vec::new();
+    for n in &g.nodes {
+        let (slot, len) = match &n.op {
+            Op::SsmConv { kernel, state, .. } => {
+                let taps: usize = g.weights[kernel.0].shape.iter().product();
+                (*state, taps - n.width)
+            }
+            Op::DeltaNet { state, params, .. } => (*state, params.state_len()),
+            _ => continue,
+        };
+        if lens.len() <= slot {
+            lens.resize(slot + 1, 0);
+        }
+        lens[slot] = len;
+    }
+    lens
+}
+
+/// Zeroed recurrent states of one sequence.
+fn alloc_states<B: Backend>(b: &B, lens: &[usize]) -> Result<Vec<B::Buffer>> {
+    lens.iter().map(|&n| Ok(b.alloc(n)?)).collect()
 }
 
 impl<'m, B: Backend> Session<'m, B> {
@@ -289,6 +320,11 @@ impl<'m, B: Backend> Session<'m, B> {
         })?;
         let plan = Plan::new(g);
         let slots = (0..plan.n_slots).map(|_| Slot::empty()).collect();
+        let state_len = state_lens(g);
+        let mut states = Vec::new();
+        for _ in 0..opts.n_seq {
+            states.extend(alloc_states(b, &state_len)?);
+        }
         let row_io = match opts.batch_kernels {
             BatchKernels::LlamaCpp => None,
             BatchKernels::RowConsistent => {
@@ -326,6 +362,9 @@ impl<'m, B: Backend> Session<'m, B> {
             logits: Vec::new(),
             host: Vec::new(),
             program,
+            state_len,
+            states,
+            rec_bufs: std::array::from_fn(|_| Slot::empty()),
         })
     }
 
@@ -420,9 +459,44 @@ impl<'m, B: Backend> Session<'m, B> {
         self.n_ctx
     }
 
+    /// Whether the model has recurrent layers, whose state cannot be rewound
+    /// to an earlier position (only emptied: [`Session::truncate_seq`] to 0).
+    pub fn is_recurrent(&self) -> bool {
+        !self.state_len.is_empty()
+    }
+
+    /// The longest prefix of `n` tokens sequence `seq` can be rewound to:
+    /// `n` itself, or for a model with recurrent layers `n` only when it is
+    /// the whole sequence, else 0.
+    pub fn rewind_point(&self, seq: usize, n: usize) -> usize {
+        let have = self.n_past_seq(seq);
+        if !self.is_recurrent() || n >= have {
+            n.min(have)
+        } else {
+            0
+        }
+    }
+
     /// Empties the KV cache of every sequence.
     pub fn reset(&mut self) {
         self.n_past.iter_mut().for_each(|n| *n = 0);
+        if self.is_recurrent() {
+            // Zeroed again, lazily: each sequence's first run starts from zeros.
+            for seq in 0..self.n_past.len() {
+                self.zero_states(seq);
+            }
+        }
+    }
+
+    /// Replaces sequence `seq`'s recurrent states with zeroed ones.
+    fn zero_states(&mut self, seq: usize) {
+        let b = self.model.backend();
+        let k = self.state_len.len();
+        for (i, &len) in self.state_len.iter().enumerate() {
+            if let Ok(buf) = b.alloc(len) {
+                self.states[seq * k + i] = buf;
+            }
+        }
     }
 
     /// Keeps only the first `n` tokens of the cache (of sequence 0).
@@ -442,6 +516,15 @@ impl<'m, B: Backend> Session<'m, B> {
             return Err(ModelError::InvalidRequest(format!(
                 "cannot truncate sequence {seq} to {n} tokens: its cache holds {have}"
             )));
+        }
+        if self.is_recurrent() && n < have {
+            if n > 0 {
+                return Err(ModelError::InvalidRequest(format!(
+                    "cannot truncate sequence {seq} to {n} of its {have} tokens: a recurrent \
+                     state cannot be rewound (only emptied; see Session::rewind_point)"
+                )));
+            }
+            self.zero_states(seq);
         }
         self.n_past[seq] = n;
         Ok(())
@@ -843,6 +926,97 @@ impl<'m, B: Backend> Session<'m, B> {
                 let src_width = g.node(*x).width;
                 b.copy_rows(self.input(*x), src_width, *offset, out, width, width, rows);
             }
+            Op::Unary { f, .. } => b.unary(out, rows, width, *f)?,
+            Op::Mul { b: y, .. } => {
+                let yw = g.node(*y).width;
+                b.mul(out, self.input(*y), rows, width, yw)?
+            }
+            Op::MulVec { w: wid, .. } => b.mul_vec(out, w(*wid), rows)?,
+            Op::L2Norm { x, group, eps } => b.l2_norm(self.input(*x), *group, *eps, len, out)?,
+            Op::Strided { x, period, offset } => {
+                let groups = g.node(*x).width / period;
+                let part = width / groups;
+                b.copy_rows(
+                    self.input(*x),
+                    *period,
+                    *offset,
+                    out,
+                    part,
+                    part,
+                    rows * groups,
+                );
+            }
+            Op::SsmConv { .. } | Op::DeltaNet { .. } => self.recurrent(i, out)?,
+        }
+        Ok(())
+    }
+
+    /// A recurrent node ([`Op::SsmConv`], [`Op::DeltaNet`]): each run of the
+    /// batch through its sequence's state, in place on the whole batch when
+    /// it is one run, else through scratch copies of the run's rows.
+    fn recurrent(&mut self, i: usize, out: &mut B::Buffer) -> Result<()> {
+        let m = self.model;
+        let g = m.graph();
+        let b = m.backend();
+        let node = &g.nodes[i];
+        let width = node.width;
+        let inputs = node.op.inputs();
+        let k = self.state_len.len();
+        let whole = self.runs.len() == 1;
+        for ri in 0..self.runs.len() {
+            let r = self.runs[ri];
+            if !whole {
+                for (j, x) in inputs.iter().enumerate() {
+                    let xw = g.node(*x).width;
+                    ensure(b, &mut self.rec_bufs[j], r.len * xw)?;
+                    let src = self.slots[self.plan.slot[x.0]].buf.as_ref().expect("input");
+                    let dst = self.rec_bufs[j].buf.as_mut().expect("allocated");
+                    b.copy(src, r.start * xw, dst, 0, r.len * xw);
+                }
+                ensure(b, &mut self.rec_bufs[5], r.len * width)?;
+            }
+            let mut tmp = if whole {
+                None
+            } else {
+                Some(self.rec_bufs[5].buf.take().expect("allocated"))
+            };
+            let input = |j: usize| -> &B::Buffer {
+                if whole {
+                    self.slots[self.plan.slot[inputs[j].0]]
+                        .buf
+                        .as_ref()
+                        .expect("input")
+                } else {
+                    self.rec_bufs[j].buf.as_ref().expect("allocated")
+                }
+            };
+            let o: &mut B::Buffer = match tmp.as_mut() {
+                Some(t) => t,
+                None => &mut *out,
+            };
+            let res = match &node.op {
+                Op::SsmConv { kernel, state, .. } => {
+                    let st = &mut self.states[r.seq * k + state];
+                    b.ssm_conv(input(0), &m.weights[kernel.0], st, r.len, width, o)
+                }
+                Op::DeltaNet { state, params, .. } => {
+                    let x = tensor_core::DeltaNetInputs {
+                        q: input(0),
+                        k: input(1),
+                        v: input(2),
+                        g: input(3),
+                        beta: input(4),
+                    };
+                    let st = &mut self.states[r.seq * k + state];
+                    b.delta_net(x, st, r.len, params, o)
+                }
+                _ => unreachable!("recurrent() is called for recurrent nodes"),
+            };
+            if let Some(t) = tmp {
+                b.copy(&t, 0, out, r.start * width, r.len * width);
+                self.rec_bufs[5].buf = Some(t);
+            }
+            res?;
         }
         Ok(())
     }

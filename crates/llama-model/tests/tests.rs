@@ -3,6 +3,7 @@ mod common;
 mod errors;
 mod gemma3;
 mod incremental;
+mod qwen35;
 mod quantize;
 mod smollm2;
 mod synth;

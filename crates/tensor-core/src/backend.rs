@@ -3,6 +3,7 @@
 use crate::attention::{AttentionParams, KvShape, KvType};
 use crate::error::{Result, TensorError};
 use crate::graph::Graph;
+use crate::recurrent::{self, DeltaNetInputs, DeltaNetParams, Unary};
 use crate::rope::RopeParams;
 use crate::tensor::Tensor;
 
@@ -165,6 +166,130 @@ pub trait Backend: Send + Sync {
 
     /// Reads `out.len()` values from `src[offset..]` back to the host.
     fn read(&self, src: &Self::Buffer, offset: usize, out: &mut [f32]) -> Result<()>;
+
+    /// Writes `data` from the host into `dst[offset..]`.
+    fn write(&self, dst: &mut Self::Buffer, offset: usize, data: &[f32]) -> Result<()>;
+
+    /// The values of a vector weight ([`Backend::load_vector`]) on the host.
+    fn vector_values(&self, w: &Self::Weight) -> Result<Vec<f32>>;
+
+    /// In place: `f` on `n_rows` rows of `width` values ([`Unary`]). The
+    /// default computes on the host ([`recurrent::unary`]): the values are
+    /// read back, computed by the CPU kernel and written again.
+    fn unary(&self, x: &mut Self::Buffer, n_rows: usize, width: usize, f: Unary) -> Result<()> {
+        let mut h = vec![0.0; n_rows * width];
+        self.read(x, 0, &mut h)?;
+        recurrent::unary(&mut h, width, f);
+        self.write(x, 0, &h)
+    }
+
+    /// `x *= y` for `n_rows` rows of `width` values, `y` of the same shape
+    /// or (`y_width` 1) one value per row (ggml_mul; [`recurrent::mul`]).
+    /// The default computes on the host.
+    fn mul(
+        &self,
+        x: &mut Self::Buffer,
+        y: &Self::Buffer,
+        n_rows: usize,
+        width: usize,
+        y_width: usize,
+    ) -> Result<()> {
+        let (mut a, mut b) = (vec![0.0; n_rows * width], vec![0.0; n_rows * y_width]);
+        self.read(x, 0, &mut a)?;
+        self.read(y, 0, &mut b)?;
+        recurrent::mul(&mut a, &b, width);
+        self.write(x, 0, &a)
+    }
+
+    /// `x[r] *= w` for `n_rows` rows of width `w.len()` (ggml_mul broadcast).
+    /// The default computes on the host.
+    fn mul_vec(&self, x: &mut Self::Buffer, w: &Self::Weight, n_rows: usize) -> Result<()> {
+        let w = self.vector_values(w)?;
+        let mut a = vec![0.0; n_rows * w.len()];
+        self.read(x, 0, &mut a)?;
+        recurrent::mul_rows(&mut a, &w);
+        self.write(x, 0, &a)
+    }
+
+    /// `out = x / max(‖x‖, eps)` over groups of `group` of `len` values
+    /// ([`recurrent::l2_norm`]). The default computes on the host.
+    fn l2_norm(
+        &self,
+        x: &Self::Buffer,
+        group: usize,
+        eps: f32,
+        len: usize,
+        out: &mut Self::Buffer,
+    ) -> Result<()> {
+        let (mut a, mut o) = (vec![0.0; len], vec![0.0; len]);
+        self.read(x, 0, &mut a)?;
+        recurrent::l2_norm(&a, group, eps, &mut o);
+        self.write(out, 0, &o)
+    }
+
+    /// The short causal convolution of `n_rows` rows of `channels` values
+    /// over the rolling `state` (`[channels, d_conv - 1]`), which it
+    /// advances ([`recurrent::ssm_conv`]; `kernel` is the `f32` vector of
+    /// `[d_conv, channels]` taps). The default computes on the host.
+    #[allow(clippy::too_many_arguments)] // the operation's inputs, spelled out
+    fn ssm_conv(
+        &self,
+        x: &Self::Buffer,
+        kernel: &Self::Weight,
+        state: &mut Self::Buffer,
+        n_rows: usize,
+        channels: usize,
+        out: &mut Self::Buffer,
+    ) -> Result<()> {
+        let w = self.vector_values(kernel)?;
+        let (mut a, mut o) = (vec![0.0; n_rows * channels], vec![0.0; n_rows * channels]);
+        let mut s = vec![0.0; w.len() - channels];
+        self.read(x, 0, &mut a)?;
+        self.read(state, 0, &mut s)?;
+        recurrent::ssm_conv(&a, &w, &mut s, channels, &mut o);
+        self.write(state, 0, &s)?;
+        self.write(out, 0, &o)
+    }
+
+    /// The gated delta rule over `n_rows` tokens of one sequence, advancing
+    /// `state` ([`recurrent::delta_net`]); writes `[n_rows, n_head_v ·
+    /// head_dim]`. The default computes on the host.
+    fn delta_net(
+        &self,
+        x: DeltaNetInputs<'_, Self::Buffer>,
+        state: &mut Self::Buffer,
+        n_rows: usize,
+        p: &DeltaNetParams,
+        out: &mut Self::Buffer,
+    ) -> Result<()> {
+        let (kw, vw) = (p.n_head_k * p.head_dim, p.n_head_v * p.head_dim);
+        let get = |b: &Self::Buffer, len: usize| -> Result<Vec<f32>> {
+            let mut h = vec![0.0; len];
+            self.read(b, 0, &mut h)?;
+            Ok(h)
+        };
+        let (q, k, v) = (
+            get(x.q, n_rows * kw)?,
+            get(x.k, n_rows * kw)?,
+            get(x.v, n_rows * vw)?,
+        );
+        let (g, beta) = (
+            get(x.g, n_rows * p.n_head_v)?,
+            get(x.beta, n_rows * p.n_head_v)?,
+        );
+        let mut s = get(state, p.state_len())?;
+        let mut o = vec![0.0; n_rows * vw];
+        let h = DeltaNetInputs {
+            q: &q[..],
+            k: &k[..],
+            v: &v[..],
+            g: &g[..],
+            beta: &beta[..],
+        };
+        recurrent::delta_net(h, &mut s, p, &mut o);
+        self.write(state, 0, &s)?;
+        self.write(out, 0, &o)
+    }
 
     /// `dst[r·dst_stride + i] = src[r·src_stride + src_offset + i]` for
     /// `i < width`, `r < n_rows` (an [`crate::graph::Op::Slice`] view made

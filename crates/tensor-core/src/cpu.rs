@@ -10,6 +10,7 @@ use crate::backend::Backend;
 use crate::error::{Result, TensorError};
 use crate::gemm;
 use crate::ops;
+use crate::recurrent::{self, DeltaNetInputs, DeltaNetParams, Unary};
 use crate::rope::{rope, RopeParams};
 use crate::tensor::Tensor;
 
@@ -377,6 +378,95 @@ impl Backend for CpuBackend {
             });
         }
         out.copy_from_slice(&src[offset..end]);
+        Ok(())
+    }
+
+    fn write(&self, dst: &mut Vec<f32>, offset: usize, data: &[f32]) -> Result<()> {
+        let end = offset + data.len();
+        if end > dst.len() {
+            return Err(TensorError::Backend {
+                backend: "cpu",
+                message: format!("write of {}..{end} past a buffer of {}", offset, dst.len()),
+            });
+        }
+        dst[offset..end].copy_from_slice(data);
+        Ok(())
+    }
+
+    fn vector_values(&self, w: &Tensor) -> Result<Vec<f32>> {
+        Ok(vector(w).to_vec())
+    }
+
+    fn unary(&self, x: &mut Vec<f32>, n_rows: usize, width: usize, f: Unary) -> Result<()> {
+        recurrent::unary(&mut x[..n_rows * width], width, f);
+        Ok(())
+    }
+
+    fn mul(
+        &self,
+        x: &mut Vec<f32>,
+        y: &Vec<f32>,
+        n_rows: usize,
+        width: usize,
+        y_width: usize,
+    ) -> Result<()> {
+        recurrent::mul(&mut x[..n_rows * width], &y[..n_rows * y_width], width);
+        Ok(())
+    }
+
+    fn mul_vec(&self, x: &mut Vec<f32>, w: &Tensor, n_rows: usize) -> Result<()> {
+        let w = vector(w);
+        recurrent::mul_rows(&mut x[..n_rows * w.len()], w);
+        Ok(())
+    }
+
+    fn l2_norm(
+        &self,
+        x: &Vec<f32>,
+        group: usize,
+        eps: f32,
+        len: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        recurrent::l2_norm(&x[..len], group, eps, &mut out[..len]);
+        Ok(())
+    }
+
+    fn ssm_conv(
+        &self,
+        x: &Vec<f32>,
+        kernel: &Tensor,
+        state: &mut Vec<f32>,
+        n_rows: usize,
+        channels: usize,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let len = n_rows * channels;
+        recurrent::ssm_conv(&x[..len], vector(kernel), state, channels, &mut out[..len]);
+        Ok(())
+    }
+
+    fn delta_net(
+        &self,
+        x: DeltaNetInputs<'_, Vec<f32>>,
+        state: &mut Vec<f32>,
+        n_rows: usize,
+        p: &DeltaNetParams,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let (kw, vw) = (
+            n_rows * p.n_head_k * p.head_dim,
+            n_rows * p.n_head_v * p.head_dim,
+        );
+        let hv = n_rows * p.n_head_v;
+        let h = DeltaNetInputs {
+            q: &x.q[..kw],
+            k: &x.k[..kw],
+            v: &x.v[..vw],
+            g: &x.g[..hv],
+            beta: &x.beta[..hv],
+        };
+        recurrent::delta_net(h, state, p, &mut out[..vw]);
         Ok(())
     }
 }

@@ -16,7 +16,7 @@
 //! ([`crate::Backend::prepare_graph`]) and execute it node by node or
 //! compile it ([`crate::Backend::compile`]).
 
-use crate::{AttentionParams, RopeParams};
+use crate::{AttentionParams, DeltaNetParams, RopeParams, Unary};
 
 /// A node of a [`Graph`] (its index in execution order).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -218,6 +218,77 @@ pub enum Op {
         /// First value of each row.
         offset: usize,
     },
+    /// An element-wise function (ggml_sigmoid, ggml_silu, ggml_softplus).
+    Unary {
+        /// Input.
+        x: NodeId,
+        /// The function.
+        f: Unary,
+    },
+    /// `a · b` element by element (ggml_mul), `b` of `a`'s width or of
+    /// width 1 (one factor per row, broadcast).
+    Mul {
+        /// First operand.
+        a: NodeId,
+        /// Second operand.
+        b: NodeId,
+    },
+    /// `x · w` with the vector `w` broadcast over rows (ggml_mul).
+    MulVec {
+        /// Input.
+        x: NodeId,
+        /// `[width]`.
+        w: WeightId,
+    },
+    /// `x / max(‖x‖, eps)` over groups of `group` values (llama.cpp's
+    /// `build_gdn_l2_norm`: ggml_rms_norm with `eps / group`, then
+    /// ggml_scale by `1 / sqrt(group)`).
+    L2Norm {
+        /// Input.
+        x: NodeId,
+        /// Values per group (a head).
+        group: usize,
+        /// Epsilon.
+        eps: f32,
+    },
+    /// Every `period` values of a row, the `len` from `offset` on, where
+    /// `len = width / (x's width / period)` (a strided view made contiguous:
+    /// the queries or the gates of a joint per-head projection).
+    Strided {
+        /// Input.
+        x: NodeId,
+        /// Values per group of the input.
+        period: usize,
+        /// First value taken of each group.
+        offset: usize,
+    },
+    /// The short causal convolution of a recurrent layer over its rolling
+    /// state (`build_conv_state` + ggml_ssm_conv).
+    SsmConv {
+        /// Input `[rows, channels]`.
+        x: NodeId,
+        /// The taps `[d_conv, channels]` (ggml order), as an `f32` vector.
+        kernel: WeightId,
+        /// Recurrent state slot (its last `d_conv - 1` inputs per channel).
+        state: usize,
+    },
+    /// The gated delta rule (ggml_gated_delta_net) over recurrent state `state`.
+    DeltaNet {
+        /// Queries `[rows, n_head_k · head_dim]`, L2-normed.
+        q: NodeId,
+        /// Keys `[rows, n_head_k · head_dim]`, L2-normed.
+        k: NodeId,
+        /// Values `[rows, n_head_v · head_dim]`.
+        v: NodeId,
+        /// Log-decay `[rows, n_head_v]`.
+        g: NodeId,
+        /// Write strength `[rows, n_head_v]`.
+        beta: NodeId,
+        /// Recurrent state slot (one `[head_dim, head_dim]` matrix per value head).
+        state: usize,
+        /// Heads and head size.
+        params: DeltaNetParams,
+    },
 }
 
 impl Op {
@@ -232,8 +303,16 @@ impl Op {
             | Op::Softcap { x, .. }
             | Op::Moe { x, .. }
             | Op::Slice { x, .. }
+            | Op::Unary { x, .. }
+            | Op::MulVec { x, .. }
+            | Op::L2Norm { x, .. }
+            | Op::Strided { x, .. }
+            | Op::SsmConv { x, .. }
             | Op::OutputRows { x } => vec![*x],
-            Op::Add { a, b } => vec![*a, *b],
+            Op::Add { a, b } | Op::Mul { a, b } => vec![*a, *b],
+            Op::DeltaNet {
+                q, k, v, g, beta, ..
+            } => vec![*q, *k, *v, *g, *beta],
             Op::Attention { q, k, v, .. } => vec![*q, *k, *v],
             Op::Swiglu { gate, up } | Op::Geglu { gate, up } => vec![*gate, *up],
         }
@@ -250,8 +329,16 @@ impl Op {
             | Op::Softcap { x, .. }
             | Op::Moe { x, .. }
             | Op::Slice { x, .. }
+            | Op::Unary { x, .. }
+            | Op::MulVec { x, .. }
+            | Op::L2Norm { x, .. }
+            | Op::Strided { x, .. }
+            | Op::SsmConv { x, .. }
             | Op::OutputRows { x } => vec![x],
-            Op::Add { a, b } => vec![a, b],
+            Op::Add { a, b } | Op::Mul { a, b } => vec![a, b],
+            Op::DeltaNet {
+                q, k, v, g, beta, ..
+            } => vec![q, k, v, g, beta],
             Op::Attention { q, k, v, .. } => vec![q, k, v],
             Op::Swiglu { gate, up } | Op::Geglu { gate, up } => vec![gate, up],
         }
@@ -260,7 +347,10 @@ impl Op {
     /// The weights this op reads, to renumber them (a backend's rewrite).
     pub fn weights_mut(&mut self) -> Vec<&mut WeightId> {
         match self {
-            Op::Embed { table: w } | Op::RmsNorm { weight: w, .. } => vec![w],
+            Op::Embed { table: w }
+            | Op::RmsNorm { weight: w, .. }
+            | Op::MulVec { w, .. }
+            | Op::SsmConv { kernel: w, .. } => vec![w],
             Op::MatMul { w, bias, .. } => {
                 let mut v = vec![w];
                 v.extend(bias.as_mut());
@@ -290,7 +380,13 @@ impl Op {
     pub fn in_place(&self) -> bool {
         matches!(
             self,
-            Op::Scale { .. } | Op::Rope { .. } | Op::Softcap { .. } | Op::Add { .. }
+            Op::Scale { .. }
+                | Op::Rope { .. }
+                | Op::Softcap { .. }
+                | Op::Add { .. }
+                | Op::Unary { .. }
+                | Op::Mul { .. }
+                | Op::MulVec { .. }
         )
     }
 
@@ -310,6 +406,12 @@ impl Op {
             Op::Moe { .. } => "moe",
             Op::OutputRows { .. } => "out_rows",
             Op::Slice { .. } => "view",
+            Op::Unary { f, .. } => f.name(),
+            Op::Mul { .. } | Op::MulVec { .. } => "mul",
+            Op::L2Norm { .. } => "l2_norm",
+            Op::Strided { .. } => "cont",
+            Op::SsmConv { .. } => "ssm_conv",
+            Op::DeltaNet { .. } => "gated_delta_net",
         }
     }
 }
@@ -375,7 +477,11 @@ impl Graph {
                     .map(|i| self.nodes[i.0].name.as_str())
                     .collect();
             let weights = match &n.op {
-                Op::Embed { table: w } | Op::RmsNorm { weight: w, .. } | Op::MatMul { w, .. } => {
+                Op::Embed { table: w }
+                | Op::RmsNorm { weight: w, .. }
+                | Op::MatMul { w, .. }
+                | Op::MulVec { w, .. }
+                | Op::SsmConv { kernel: w, .. } => {
                     format!(" [{}]", self.weights[w.0].label())
                 }
                 _ => String::new(),

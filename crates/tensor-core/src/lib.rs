@@ -62,6 +62,7 @@ mod fma;
 pub mod gemm;
 pub mod graph;
 pub mod ops;
+pub mod recurrent;
 pub mod rope;
 mod tensor;
 
@@ -69,6 +70,7 @@ pub use attention::{AttentionParams, KvShape, KvType};
 pub use backend::{Backend, Program, ProgramOptions};
 pub use cpu::{check_memory, CpuBackend, CpuKvCache};
 pub use error::{Result, TensorError};
+pub use recurrent::{DeltaNetInputs, DeltaNetParams, Unary};
 pub use rope::{RopeMode, RopeParams};
 pub use tensor::{FileBytes, Tensor};
 

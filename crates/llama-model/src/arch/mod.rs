@@ -13,6 +13,8 @@ mod olmo2;
 mod phi3;
 mod qwen2;
 mod qwen3;
+mod qwen35;
+mod qwen35moe;
 mod qwen3moe;
 mod smollm3;
 
@@ -30,6 +32,8 @@ pub(crate) fn build_graph(config: &Config, mut b: GraphBuilder<'_>) -> Result<Gr
         Architecture::Qwen2 => qwen2::build(config, &mut b)?,
         Architecture::Qwen3 => qwen3::build(config, &mut b)?,
         Architecture::Qwen3Moe => qwen3moe::build(config, &mut b)?,
+        Architecture::Qwen35 => qwen35::build(config, &mut b)?,
+        Architecture::Qwen35Moe => qwen35moe::build(config, &mut b)?,
         Architecture::Gemma2 => gemma2::build(config, &mut b)?,
         Architecture::Gemma3 => gemma3::build(config, &mut b)?,
         Architecture::Phi3 => phi3::build(config, &mut b)?,
