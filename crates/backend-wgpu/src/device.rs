@@ -382,6 +382,36 @@ fn main() {
             })
     }
 
+    /// [`GpuContext::storage`] for sizes that come from input (a KV cache,
+    /// a weight): the device's out-of-memory or validation error becomes an
+    /// error naming the buffer and its size, not a panic.
+    pub(crate) fn try_storage(&self, label: &str, size: u64) -> Result<wgpu::Buffer> {
+        let oom = self.device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let invalid = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let b = self.storage(label, size);
+        let errors = [
+            pollster::block_on(invalid.pop()),
+            pollster::block_on(oom.pop()),
+        ];
+        match errors.into_iter().flatten().next() {
+            None => Ok(b),
+            Some(e) => Err(WgpuError::Device(format!(
+                "cannot allocate {label} ({size} bytes) on the GPU: {e}"
+            ))),
+        }
+    }
+
+    /// [`GpuContext::upload`] through [`GpuContext::try_storage`].
+    pub(crate) fn try_upload(&self, label: &str, bytes: &[u8]) -> Result<wgpu::Buffer> {
+        let padded = (bytes.len() + 4).div_ceil(16) * 16;
+        let b = self.try_storage(label, padded as u64)?;
+        let mut data = Vec::with_capacity(padded);
+        data.extend_from_slice(bytes);
+        data.resize(padded, 0);
+        self.queue.write_buffer(&b, 0, &data);
+        Ok(b)
+    }
+
     /// A zeroed storage buffer of `size` bytes.
     pub(crate) fn storage(&self, label: &str, size: u64) -> wgpu::Buffer {
         self.device.create_buffer(&wgpu::BufferDescriptor {

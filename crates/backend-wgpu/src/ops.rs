@@ -268,7 +268,7 @@ impl GpuMatrix {
             let rows = rows_per_part.min(m - first);
             let slice = &bytes[(first * row_bytes) as usize..((first + rows) * row_bytes) as usize];
             parts.push(MatrixPart {
-                buffer: ctx.upload(name, slice),
+                buffer: ctx.try_upload(name, slice)?,
                 first_row: first as u32,
                 rows: rows as u32,
             });

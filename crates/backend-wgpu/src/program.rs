@@ -515,8 +515,8 @@ impl Lowering<'_> {
                 self.ctx.max_binding()
             )));
         }
-        let k = self.ctx.storage("k_cache", bytes);
-        let v = self.ctx.storage("v_cache", bytes);
+        let k = self.ctx.try_storage("k_cache", bytes)?;
+        let v = self.ctx.try_storage("v_cache", bytes)?;
         self.kv.insert(layer, (k.clone(), v.clone(), width));
         Ok((k, v))
     }

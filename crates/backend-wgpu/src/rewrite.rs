@@ -70,13 +70,7 @@ pub fn rows_after_sums(g: Graph) -> Graph {
         nodes[k].op = Op::OutputRows { x: first };
         dead[second.0] = true;
     }
-    compact(
-        Graph {
-            nodes,
-            ..g
-        },
-        &dead,
-    )
+    compact(Graph { nodes, ..g }, &dead)
 }
 
 /// A node's name without its block suffix.

@@ -272,7 +272,10 @@ impl Backend for WgpuBackend {
             )));
         }
         Ok(GpuBuffer {
-            buffer: self.ctx.storage("activations", bytes),
+            buffer: self
+                .ctx
+                .try_storage("activations", bytes)
+                .map_err(backend_err)?,
             len,
         })
     }
@@ -284,14 +287,18 @@ impl Backend for WgpuBackend {
                 "a KV cache layer of {bytes} bytes exceeds the device's largest storage binding"
             )));
         }
-        let layers = (0..shape.n_layer)
-            .map(|_| {
-                (
-                    self.ctx.storage("k_cache", bytes),
-                    self.ctx.storage("v_cache", bytes),
-                )
-            })
-            .collect();
+        let mut layers = Vec::with_capacity(shape.n_layer);
+        for _ in 0..shape.n_layer {
+            let k = self
+                .ctx
+                .try_storage("k_cache", bytes)
+                .map_err(backend_err)?;
+            let v = self
+                .ctx
+                .try_storage("v_cache", bytes)
+                .map_err(backend_err)?;
+            layers.push((k, v));
+        }
         Ok(GpuKvCache {
             shape: *shape,
             layers,
