@@ -1185,6 +1185,38 @@ impl GpuProgram {
             return Ok(None);
         }
         let n_ctx = cfg.n_ctx.max(1);
+        // What the context sizes, checked before anything is made: a KV
+        // cache layer and a RoPE table (on the host, then one binding).
+        let binding = ctx.max_binding();
+        let kv_width = graph
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.op {
+                GOp::Attention { params, .. } => Some(params.n_head_kv * params.head_dim),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0) as u64;
+        let rope_dims = graph
+            .nodes
+            .iter()
+            .filter_map(|n| match &n.op {
+                GOp::Rope { params, .. } => Some(params.n_dims.max(1)),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0) as u64;
+        for (what, bytes) in [
+            ("a KV cache layer", n_ctx as u64 * kv_width * 4),
+            ("the RoPE table", n_ctx as u64 * rope_dims * 4),
+        ] {
+            if bytes > binding {
+                return Err(WgpuError::Request(format!(
+                    "{what} for a context of {n_ctx} positions takes {bytes} bytes, more than \
+                     the device's largest storage binding ({binding} bytes): use a smaller context"
+                )));
+            }
+        }
         // Per-head norms dispatch a workgroup per (token, head).
         let max_heads = graph
             .nodes

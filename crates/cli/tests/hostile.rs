@@ -910,3 +910,33 @@ fn a_vocabulary_too_large_for_memory_is_refused_before_it_is_built() {
     let o = strata_limited(1024, &["tokenize", "--model", path.to_str().unwrap(), "hi"]);
     fails_with(&o, 1, "a vocabulary of 16777216 tokens needs about");
 }
+
+/// A context the GPU cannot hold is refused before anything is made
+/// (llvmpipe in CI: a KV cache layer above the largest storage binding),
+/// quickly and with the size, not after gigabytes of allocation.
+#[test]
+fn a_gpu_context_too_large_is_refused_before_allocating() {
+    let model = synth();
+    let m = model.to_str().unwrap();
+    for ctx in ["10000000", "4294967295"] {
+        let t = std::time::Instant::now();
+        let out = strata(&[
+            "generate",
+            "--backend",
+            "wgpu",
+            "--ctx",
+            ctx,
+            "-m",
+            m,
+            "-n",
+            "2",
+            "hi",
+        ]);
+        fails_with(&out, 1, "use a smaller context");
+        assert!(
+            t.elapsed().as_secs() < 30,
+            "--ctx {ctx} took {:?}",
+            t.elapsed()
+        );
+    }
+}

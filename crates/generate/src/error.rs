@@ -22,10 +22,13 @@ pub enum GenerateError {
     #[error("the prompt is empty (no tokens)")]
     EmptyPrompt,
     /// The prompt leaves no room in the context for a generated token.
-    #[error("the prompt has {n_prompt} tokens but the context holds {n_ctx}: it must be shorter than the context")]
+    #[error("the prompt has {}{n_prompt} tokens but the context holds {n_ctx}: it must be shorter than the context", if *.at_least { "at least " } else { "" })]
     PromptTooLong {
-        /// Tokens in the prompt.
+        /// Tokens in the prompt (a lower bound when `at_least`).
         n_prompt: usize,
+        /// The text was refused before tokenizing: `n_prompt` is the
+        /// fewest tokens its length can make.
+        at_least: bool,
         /// Positions in the context.
         n_ctx: usize,
     },

@@ -182,6 +182,7 @@ impl<'t, E: Engine> Generator<'t, E> {
                 if text.len() >= n_ctx && tok.min_tokens(text.len()) >= n_ctx {
                     return Err(GenerateError::PromptTooLong {
                         n_prompt: tok.min_tokens(text.len()),
+                        at_least: true,
                         n_ctx,
                     });
                 }
@@ -234,6 +235,7 @@ impl<'t, E: Engine> Generator<'t, E> {
         if prompt_tokens.len() >= n_ctx {
             return Err(GenerateError::PromptTooLong {
                 n_prompt: prompt_tokens.len(),
+                at_least: false,
                 n_ctx,
             });
         }
