@@ -1,13 +1,15 @@
 //! `strata embedding --token ID`: one row of the token embedding table
-//! (`token_embd.weight`, dequantized to f32) and its RMS.
+//! (`token_embd.weight`, dequantized to f32) and its RMS, on the CPU or
+//! looked up on a GPU (`--backend wgpu`: the GPU's own row decoder).
 
 use std::io::Write as _;
 use std::path::PathBuf;
 
+use backend_wgpu::{DeviceOptions, GpuContext, WgpuBackend};
 use serde_json::json;
-use tensor_core::Tensor;
+use tensor_core::{Backend, Tensor};
 
-use crate::common::{ModelFile, UsageError};
+use crate::common::{BackendKind, ModelFile, UsageError};
 use crate::CmdResult;
 
 /// Arguments of `strata embedding`.
@@ -23,6 +25,9 @@ pub struct Args {
     /// Print one JSON object (token, piece, rms, values).
     #[arg(long)]
     json: bool,
+    /// Where the row is looked up.
+    #[arg(long, value_enum, default_value = "cpu")]
+    backend: crate::common::BackendKind,
 }
 
 /// Runs `strata embedding`.
@@ -38,7 +43,17 @@ pub fn run(args: Args) -> CmdResult {
         .into());
     }
     let mut row = vec![0.0f32; embd.row_len()];
-    embd.dequantize_row(args.token as usize, &mut row)?;
+    match args.backend {
+        BackendKind::Cpu => embd.dequantize_row(args.token as usize, &mut row)?,
+        BackendKind::Wgpu => {
+            let ctx = GpuContext::new(&DeviceOptions::default())?;
+            let gpu = WgpuBackend::new(ctx);
+            let table = gpu.load_matrix(&embd)?;
+            let mut out = gpu.alloc(row.len())?;
+            gpu.get_rows(&table, &[args.token], &mut out);
+            gpu.read(&out, 0, &mut row)?;
+        }
+    }
     let rms = (row.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / row.len() as f64).sqrt();
     let piece = String::from_utf8_lossy(mf.tokenizer.piece(args.token)).into_owned();
     let mut out = std::io::stdout().lock();

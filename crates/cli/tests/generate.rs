@@ -202,6 +202,16 @@ fn embedding_row_and_rms() {
     assert!((rms - v["rms"].as_f64().unwrap()).abs() < 1e-6);
     assert!(rms > 0.0);
     assert_eq!(v["piece"], "The");
+    // The GPU's row decoder (Q4_1 here) gives the CPU's values, bit for bit.
+    let g = json_of(&strata(&[
+        "embedding",
+        "--token",
+        "504",
+        "--json",
+        "--backend",
+        "wgpu",
+    ]));
+    assert_eq!(g, v);
 }
 
 #[test]
