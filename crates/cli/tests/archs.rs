@@ -184,3 +184,74 @@ arch_tests!(llama, qwen2, qwen3, qwen3moe, gemma2, gemma3, phi3, smollm3, olmo2,
 // file does not meet the bound yet (mean KLD 4.8e-4; F32 -3.9e-6, F16
 // 1.2e-6): left out until the divergence is found node by node.
 // arch_tests!(qwen35moe);
+
+/// One HTTP/1.1 request to `port`; the status code and the body.
+fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let code = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map_or("", |b| b.1).to_string();
+    (code, body)
+}
+
+/// `strata serve` on a model with recurrent layers: a request that shares
+/// only part of a slot's cached tokens (its prompt, not the reply after
+/// it) cannot rewind the recurrent state to the shared prefix, so the
+/// server runs that prompt whole instead of failing it.
+#[test]
+fn serve_reuses_what_a_recurrent_model_can() {
+    let model = model("qwen35", "F32");
+    let port = 20000 + (std::process::id() % 20000) as u16;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["serve", "--model", model.to_str().unwrap()])
+        .args([
+            "--port",
+            &port.to_string(),
+            "--parallel",
+            "1",
+            "--ctx",
+            "256",
+        ])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err()
+        || http(port, "GET", "/health", "").0 != 200
+    {
+        assert!(start.elapsed().as_secs() < 60, "the server did not start");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let ask = |prompt: &str| {
+        let body = serde_json::json!({"prompt": prompt, "max_tokens": 8, "temperature": 0});
+        http(port, "POST", "/v1/completions", &body.to_string())
+    };
+    let first = ask("one two three four");
+    // Shares the first prompt, not the eight generated tokens after it.
+    let second = ask("one two three four five");
+    let again = ask("one two three four");
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(first.0, 200, "{}", first.1);
+    assert_eq!(second.0, 200, "{}", second.1);
+    assert_eq!(again.0, 200, "{}", again.1);
+    let text = |b: &str| serde_json::from_str::<Value>(b).unwrap()["choices"][0]["text"].clone();
+    assert_eq!(
+        text(&first.1),
+        text(&again.1),
+        "greedy replies of one prompt differ"
+    );
+}

@@ -355,7 +355,11 @@ impl Scheduler<'_> {
                 .as_ref()
                 .filter(|(len, _)| lcp == n && *len == n)
                 .map(|(_, logits)| logits.clone());
-            let common = if saved.is_some() { n } else { lcp.min(n - 1) };
+            let want = if saved.is_some() { n } else { lcp.min(n - 1) };
+            // A recurrent layer's state rewinds only to its end or to the
+            // start (Session::rewind_point): then the prompt runs whole.
+            let common = session.rewind_point(slot.seq, want);
+            let saved = saved.filter(|_| common == n);
             if let Err(e) = session.truncate_seq(slot.seq, common) {
                 let _ = job
                     .events
