@@ -241,7 +241,9 @@ with_fma!(conv_rows, fn(x: &[f32], kernel: &[f32], state: &mut [f32], channels: 
         for t in 0..n {
             let mut sum = 0.0f32;
             for i in 0..d {
-                sum = window[t + i].mul_add(w[i], sum);
+                // Rounded product, then rounded sum: llama.cpp's build
+                // (measured on its dumps) does not contract this loop.
+                sum += window[t + i] * w[i];
             }
             out[t * channels + c] = sum;
         }
@@ -254,7 +256,8 @@ with_fma!(conv_rows, fn(x: &[f32], kernel: &[f32], state: &mut [f32], channels: 
 /// `out[t, c] = Σ_i w[c, i] · u_c[t + i]` over the `d` taps `kernel[c·d ..]`,
 /// where `u_c` is channel `c`'s `d - 1` state values followed by the rows'
 /// values; the state then keeps `u_c`'s last `d - 1` values. Sums in `f32`,
-/// one fused multiply-add per tap (GCC's contraction of ggml's loop).
+/// each tap's product rounded before it is added, as llama.cpp's CPU build
+/// computes ggml_ssm_conv (bit for bit on its dumps of qwen35moe).
 pub fn ssm_conv(x: &[f32], kernel: &[f32], state: &mut [f32], channels: usize, out: &mut [f32]) {
     assert!(
         channels > 0
