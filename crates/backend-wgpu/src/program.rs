@@ -371,6 +371,17 @@ impl Lowering<'_> {
         }
     }
 
+    /// The logits buffer (rows of `width`): a pool entry of its own, never freed.
+    fn logits_loc(&mut self, width: u32) -> Loc {
+        self.pool.push((self.logits.clone(), 0, false));
+        self.pool_last.push(usize::MAX);
+        Loc {
+            buf: self.pool.len() - 1,
+            base: 0,
+            stride: width,
+        }
+    }
+
     /// Node `i` shares `l`'s buffer (a view or an in-place result).
     fn alias(&mut self, i: usize, l: &Loc) -> Loc {
         self.pool_last[l.buf] = self.pool_last[l.buf].max(self.plan.last_use[i]);
@@ -550,14 +561,7 @@ impl Lowering<'_> {
         let is_output = i == g.output.0;
         let out_loc = |s: &mut Self| -> Loc {
             if is_output {
-                // The logits buffer: a pool entry of its own, never freed.
-                s.pool.push((s.logits.clone(), 0, false));
-                s.pool_last.push(usize::MAX);
-                Loc {
-                    buf: s.pool.len() - 1,
-                    base: 0,
-                    stride: width,
-                }
+                s.logits_loc(width)
             } else {
                 s.fresh(i, width as usize)
             }
@@ -906,13 +910,7 @@ impl Lowering<'_> {
             return Ok(self.alias(i, &l));
         }
         let y = if is_output {
-            self.pool.push((self.logits.clone(), 0, false));
-            self.pool_last.push(usize::MAX);
-            Loc {
-                buf: self.pool.len() - 1,
-                base: 0,
-                stride: w,
-            }
+            self.logits_loc(w)
         } else {
             self.fresh(i, w as usize)
         };
@@ -1299,12 +1297,10 @@ impl GpuProgram {
         // The two tails start from the body's state; each takes its own
         // buffers (neither frees what the other uses).
         let n = graph.nodes.len();
-        let weight_bytes_body = lw.weight_bytes;
-        let snapshot = (
+        let after_body = (
             lw.loc.clone(),
             lw.acts.clone(),
             lw.rounded.clone(),
-            lw.pool.len(),
             lw.pool.iter().map(|p| p.2).collect::<Vec<bool>>(),
             lw.pool_last.clone(),
         );
@@ -1315,18 +1311,20 @@ impl GpuProgram {
             lw.lower(i, &ob, &ob, &mut tail_all, false)?;
             lw.release(i);
         }
+        // A decoding step's products: the body's and the every-row tail's.
         let weight_bytes = lw.weight_bytes;
         // The body's buffers are as the body left them (the tails run one
         // or the other); those the first tail made stay its own.
+        let (loc, acts, rounded, free, last) = after_body;
         for (k, e) in lw.pool.iter_mut().enumerate() {
-            e.2 = snapshot.4.get(k).copied().unwrap_or(false);
+            e.2 = free.get(k).copied().unwrap_or(false);
         }
         for (k, l) in lw.pool_last.iter_mut().enumerate() {
-            *l = snapshot.5.get(k).copied().unwrap_or(usize::MAX);
+            *l = last.get(k).copied().unwrap_or(usize::MAX);
         }
-        lw.loc = snapshot.0;
-        lw.acts = snapshot.1;
-        lw.rounded = snapshot.2;
+        lw.loc = loc;
+        lw.acts = acts;
+        lw.rounded = rounded;
         lw.producer.clear();
         lw.accumulated.retain(|&a| a < plan.tail_start);
         let mut tail_last = Vec::new();
@@ -1334,7 +1332,6 @@ impl GpuProgram {
             lw.lower(i, &ob_out, &ob, &mut tail_last, true)?;
             lw.release(i);
         }
-        lw.weight_bytes = weight_bytes_body;
         let argmax = ob.argmax(&logits, n_vocab, n_vocab, 1, &ids, &dummy, &dummy_rw);
         let mut keep: Vec<wgpu::Buffer> = lw.pool.iter().map(|p| p.0.clone()).collect();
         keep.extend(lw.acts.values().map(|a| a.0.clone()));

@@ -408,17 +408,7 @@ impl<'m, B: Backend> Session<'m, B> {
         if tokens.is_empty() {
             return Err(ModelError::InvalidRequest("empty batch".into()));
         }
-        if let Some((index, &token)) = tokens
-            .iter()
-            .enumerate()
-            .find(|(_, &t)| t as usize >= n_vocab)
-        {
-            return Err(ModelError::InvalidToken {
-                token,
-                index,
-                n_vocab,
-            });
-        }
+        check_ids(tokens, n_vocab)?;
         if pos + tokens.len() > self.n_ctx {
             return Err(ModelError::ContextOverflow {
                 n_past: pos,
@@ -599,18 +589,7 @@ impl<'m, B: Backend> Session<'m, B> {
                 batch.output.len()
             )));
         }
-        if let Some((index, &token)) = batch
-            .tokens
-            .iter()
-            .enumerate()
-            .find(|(_, &t)| t as usize >= c.n_vocab)
-        {
-            return Err(ModelError::InvalidToken {
-                token,
-                index,
-                n_vocab: c.n_vocab,
-            });
-        }
+        check_ids(batch.tokens, c.n_vocab)?;
         // Every token continues its sequence; none runs past the context.
         let mut next = self.n_past.clone();
         for i in 0..n {
@@ -1019,6 +998,22 @@ impl<'m, B: Backend> Session<'m, B> {
             res?;
         }
         Ok(())
+    }
+}
+
+/// Fails with the first token id outside a vocabulary of `n_vocab`.
+fn check_ids(tokens: &[u32], n_vocab: usize) -> Result<()> {
+    match tokens
+        .iter()
+        .enumerate()
+        .find(|(_, &t)| t as usize >= n_vocab)
+    {
+        Some((index, &token)) => Err(ModelError::InvalidToken {
+            token,
+            index,
+            n_vocab,
+        }),
+        None => Ok(()),
     }
 }
 
