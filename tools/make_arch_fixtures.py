@@ -95,6 +95,17 @@ ARCHS = {
                       full_attn_interval=2, rope_dims=32, rope_sections=[6, 5, 5, 0],
                       ssm_d_conv=4, ssm_state=64, ssm_n_v=4, ssm_n_k=2,
                       n_expert=4, n_expert_used=2, n_ff_exp=256, n_ff_shexp=256),
+    # gpt-oss (llama.cpp LLM_ARCH_OPENAI_MOE): 4 layers, sliding window 16 on
+    # even layers (llama.cpp's pattern 2: layers 0 and 2 local, 1 and 3
+    # global); biases on Q, K, V and the attention output; a learned sink
+    # logit per head (attn_sinks, std 2); YaRN RoPE (NEOX, base 150000,
+    # factor 32 over an original context of 4096, as the real models);
+    # post_attention_norm before a MoE of 4 experts, top-2 of the biased
+    # router logits, softmax over the chosen two; expert biases; SwiGLU-OAI
+    # (alpha 1.702, clamp 7): gate/up std 3/sqrt(H) so that the clamp bites.
+    "gpt-oss":  dict(rope_base=150000.0, eps=1e-5, ctx_train=131072, layers=4, n_swa=16,
+                     yarn_factor=32.0, yarn_orig_ctx=4096, n_expert=4, n_expert_used=2,
+                     n_ff_exp=256, gpt_oss=True),
 }
 
 
@@ -173,6 +184,10 @@ def build(arch, idx, out, seed):
         w.add_ssm_group_count(p["ssm_n_k"])
         w.add_full_attention_interval(p["full_attn_interval"])
     w.add_rope_freq_base(p["rope_base"])
+    if "yarn_factor" in p:
+        w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+        w.add_rope_scaling_factor(p["yarn_factor"])
+        w.add_rope_scaling_orig_ctx_len(p["yarn_orig_ctx"])
     if "rope_base_swa" in p:
         w.add_rope_freq_base_swa(p["rope_base_swa"])
     w.add_layer_norm_rms_eps(p["eps"])
@@ -204,6 +219,9 @@ def build(arch, idx, out, seed):
         b = f"blk.{l}."
         if arch in ("qwen35", "qwen35moe"):
             qwen35_layer(w, p, b, l, mat, norm, vec, rng)
+            continue
+        if p.get("gpt_oss"):
+            gpt_oss_layer(w, p, b, mat, norm, vec)
             continue
         if arch != "olmo2":
             w.add_tensor(b + "attn_norm.weight", norm(H))
@@ -298,6 +316,33 @@ def qwen35_layer(w, p, b, l, mat, norm, vec, rng):
     w.add_tensor(b + "ffn_gate.weight", mat(F, H))
     w.add_tensor(b + "ffn_up.weight", mat(F, H))
     w.add_tensor(b + "ffn_down.weight", mat(H, F))
+
+
+def gpt_oss_layer(w, p, b, mat, norm, vec):
+    """One gpt-oss block: attention with biases and sinks, the post-attention
+    norm, then the MoE with router and expert biases (SwiGLU-OAI experts)."""
+    hd = p.get("head_dim", D)
+    nq, nk = NH * hd, NKV * hd
+    w.add_tensor(b + "attn_norm.weight", norm(H))
+    w.add_tensor(b + "attn_q.weight", mat(nq, H))
+    w.add_tensor(b + "attn_q.bias", vec(nq, 0.5))
+    w.add_tensor(b + "attn_k.weight", mat(nk, H))
+    w.add_tensor(b + "attn_k.bias", vec(nk, 0.5))
+    w.add_tensor(b + "attn_v.weight", mat(nk, H))
+    w.add_tensor(b + "attn_v.bias", vec(nk, 0.1))
+    w.add_tensor(b + "attn_output.weight", mat(H, nq))
+    w.add_tensor(b + "attn_output.bias", vec(H, 0.1))
+    w.add_tensor(b + "attn_sinks.weight", vec(NH, 2.0))
+    w.add_tensor(b + "post_attention_norm.weight", norm(H))
+    E, Fe = p["n_expert"], p["n_ff_exp"]
+    w.add_tensor(b + "ffn_gate_inp.weight", mat(E, H, 4 * H ** -0.5))
+    w.add_tensor(b + "ffn_gate_inp.bias", vec(E, 0.5))
+    w.add_tensor(b + "ffn_gate_exps.weight", mat(Fe, H, 3 * H ** -0.5, n_expert=E))
+    w.add_tensor(b + "ffn_gate_exps.bias", vec(E * Fe, 0.5).reshape(E, Fe))
+    w.add_tensor(b + "ffn_up_exps.weight", mat(Fe, H, 3 * H ** -0.5, n_expert=E))
+    w.add_tensor(b + "ffn_up_exps.bias", vec(E * Fe, 0.5).reshape(E, Fe))
+    w.add_tensor(b + "ffn_down_exps.weight", mat(H, Fe, n_expert=E))
+    w.add_tensor(b + "ffn_down_exps.bias", vec(E * H, 0.1).reshape(E, H))
 
 
 def main():

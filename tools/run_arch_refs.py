@@ -6,6 +6,7 @@ usage: run_arch_refs.py LLAMA_BIN_DIR FIXTURE_DIR [--arch NAME ...]
 
 For each FIXTURE_DIR/<arch>/<arch>-F32.gguf:
   llama-quantize <arch>-F32.gguf <arch>-<T>.gguf <T>        T in F16 Q8_0 Q4_K_M
+                                                           (and MXFP4_MOE for gpt-oss)
   llama-perplexity -m <arch>-<T>.gguf -f text.txt -c 64 -b 64 -fa off -t 2 \
       --kl-divergence-base <arch>-<T>.kld -v                  T in F32 F16 Q8_0 Q4_K_M
 and records sha256/size of every .gguf and .kld, the PPL that llama-perplexity
@@ -27,7 +28,11 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 TYPES = ["F16", "Q8_0", "Q4_K_M"]
-ARCHS = ["llama", "qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3", "phi3", "smollm3", "olmo2", "qwen35", "qwen35moe"]
+# Extra file types per architecture: gpt-oss also as llama-quantize's
+# MXFP4_MOE (experts MXFP4, other matrices Q8_0), the type its releases use.
+EXTRA_TYPES = {"gpt-oss": ["MXFP4_MOE"]}
+ARCHS = ["llama", "qwen2", "qwen3", "qwen3moe", "gemma2", "gemma3", "phi3", "smollm3", "olmo2", "qwen35", "qwen35moe",
+         "gpt-oss"]
 INFO_KEYS = ["arch", "n_ctx_train", "n_embd", "n_layer", "n_head", "n_head_kv", "n_rot", "n_swa",
              "is_swa_any", "n_embd_head_k", "n_embd_head_v", "n_embd_k_gqa", "n_embd_v_gqa",
              "f_norm_rms_eps", "f_attn_scale", "n_ff", "n_expert", "n_expert_used", "rope type",
@@ -120,7 +125,7 @@ def main():
         d = os.path.join(a.fixtures, arch)
         f32 = os.path.join(d, f"{arch}-F32.gguf")
         entry = {"files": {}}
-        for t in ["F32"] + TYPES:
+        for t in ["F32"] + TYPES + EXTRA_TYPES.get(arch, []):
             g = os.path.join(d, f"{arch}-{t}.gguf")
             if t != "F32":
                 run([os.path.join(a.bin, "llama-quantize"), f32, g, t])

@@ -843,7 +843,13 @@ impl Lowering<'_> {
                 v,
                 layer,
                 params,
+                sinks: None,
             } => self.attention(i, (*q, *k, *v), *layer, params, ob, ops)?,
+            GOp::Attention { sinks: Some(_), .. } => {
+                return Err(WgpuError::Model(
+                    "attention with sinks is not compiled".into(),
+                ))
+            }
             GOp::Moe { .. } => {
                 return Err(WgpuError::Model(
                     "mixture-of-experts nodes are not compiled".into(),
@@ -1167,6 +1173,7 @@ impl GpuProgram {
             !matches!(
                 op,
                 GOp::Moe { .. }
+                    | GOp::Attention { sinks: Some(_), .. }
                     | GOp::Unary { .. }
                     | GOp::Mul { .. }
                     | GOp::MulVec { .. }

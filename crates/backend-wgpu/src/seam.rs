@@ -540,6 +540,73 @@ impl Backend for WgpuBackend {
         self.record(&[op], n_rows);
     }
 
+    /// On the host: the queries and the cache layer's positions come back,
+    /// tensor-core's CPU kernel attends (so the bits are the CPU
+    /// backend's), and the result goes up again.
+    #[allow(clippy::too_many_arguments)]
+    fn attention_sinks(
+        &self,
+        q: &GpuBuffer,
+        cache: &GpuKvCache,
+        layer: usize,
+        pos0: usize,
+        n_rows: usize,
+        params: &AttentionParams,
+        sinks: &GpuWeight,
+        out: &mut GpuBuffer,
+    ) -> TcResult<()> {
+        let sinks = self.vector_values(sinks)?;
+        if sinks.len() != params.n_head {
+            return Err(backend_err(format!(
+                "{} attention sinks for {} heads",
+                sinks.len(),
+                params.n_head
+            )));
+        }
+        let s = cache.shape;
+        let qn = n_rows * params.n_head * params.head_dim;
+        let kv_len = (pos0 + n_rows) * s.n_head_kv * s.head_dim;
+        let mut qh = vec![0.0f32; qn];
+        self.read(q, 0, &mut qh)?;
+        let read_layer = |buf: &wgpu::Buffer| -> TcResult<Vec<f32>> {
+            let enc = {
+                let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+                p.encoder
+                    .take()
+                    .unwrap_or_else(|| self.ctx.device.create_command_encoder(&Default::default()))
+            };
+            let bytes = self
+                .ctx
+                .read_back(enc, buf, 0, (kv_len * 4) as u64)
+                .map_err(backend_err)?;
+            Ok(bytemuck::cast_slice(&bytes).to_vec())
+        };
+        let (kc, vc) = &cache.layers[layer];
+        let (k, v) = (read_layer(kc)?, read_layer(vc)?);
+        let mut o = vec![0.0f32; qn];
+        match s.kv_type {
+            // The cache holds f16-rounded values: as f16 they are exact.
+            KvType::F16 => {
+                let h = |x: Vec<f32>| -> Vec<half::f16> {
+                    x.into_iter().map(half::f16::from_f32).collect()
+                };
+                tensor_core::attention::attention_sinks(
+                    &qh,
+                    &h(k),
+                    &h(v),
+                    pos0,
+                    params,
+                    &sinks,
+                    &mut o,
+                )
+            }
+            KvType::F32 => {
+                tensor_core::attention::attention_sinks(&qh, &k, &v, pos0, params, &sinks, &mut o)
+            }
+        }
+        self.write(out, 0, &o)
+    }
+
     fn swiglu(
         &self,
         gate: &GpuBuffer,

@@ -30,11 +30,14 @@ pub enum Architecture {
     SmolLm3,
     /// `olmo2`: norms after attention and feed-forward, Q/K norms over the whole width.
     Olmo2,
+    /// `gpt-oss`: attention sinks, alternating sliding-window layers, YaRN
+    /// RoPE, a mixture of experts with biases and SwiGLU-OAI experts.
+    GptOss,
 }
 
 impl Architecture {
     /// Every architecture, in the order messages list them.
-    pub const ALL: [Architecture; 11] = [
+    pub const ALL: [Architecture; 12] = [
         Architecture::Llama,
         Architecture::Qwen2,
         Architecture::Qwen3,
@@ -46,6 +49,7 @@ impl Architecture {
         Architecture::Phi3,
         Architecture::SmolLm3,
         Architecture::Olmo2,
+        Architecture::GptOss,
     ];
 
     /// Parses `general.architecture`.
@@ -70,6 +74,7 @@ impl Architecture {
             Architecture::Phi3 => "phi3",
             Architecture::SmolLm3 => "smollm3",
             Architecture::Olmo2 => "olmo2",
+            Architecture::GptOss => "gpt-oss",
         }
     }
 
@@ -164,6 +169,27 @@ fn invalid(key: String, message: impl Into<String>) -> ModelError {
         key,
         message: message.into(),
     }
+}
+
+/// YaRN's extrapolation mix and magnitude factor as llama.cpp's context
+/// sets them (`llama_context`'s constructor, `src/llama-context.cpp`): with
+/// YaRN, `ext_factor` 1 and `attn_factor = mscale(s) / (1 + 0.1·ln s)` for
+/// the scaling factor `s = 1/freq_scale` (`mscale(s) = 0.1·ln s + 1` above
+/// 1), which ggml's own `1 + 0.1·ln s` in the rotation brings back; both
+/// times the file's `rope.scaling.attn_factor`. Plain `f32` arithmetic, as
+/// llama.cpp's library is compiled without FMA contraction.
+fn yarn_factors(yarn: bool, freq_scale: f32, file_attn_factor: f32) -> (f32, f32) {
+    if !yarn {
+        return (0.0, file_attn_factor);
+    }
+    let factor = 1.0f32 / freq_scale;
+    let mscale = if factor <= 1.0 {
+        1.0f32
+    } else {
+        0.1f32 * 1.0f32 * factor.ln() + 1.0
+    };
+    let cancel = 1.0f32 / (1.0f32 + 0.1f32 * factor.ln());
+    (1.0, mscale * cancel * file_attn_factor)
 }
 
 impl Config {
@@ -324,18 +350,20 @@ impl Config {
             Some(f) => f,
             None => opt_f32(h, &k("rope.scale_linear"))?.unwrap_or(0.0),
         };
-        match scaling_type.as_str() {
-            "none" | "linear" => {}
+        let yarn = match scaling_type.as_str() {
+            "none" | "linear" => false,
+            "yarn" => true,
             other => {
                 return Err(ModelError::Unsupported(format!(
                     "RoPE scaling type `{other}` ({})",
                     k("rope.scaling.type")
                 )))
             }
-        }
+        };
         let freq_scale = match opts.rope_freq_scale {
             Some(s) => s,
-            None if factor == 0.0 => 1.0,
+            // llama.cpp never scales with the type `none`.
+            None if factor == 0.0 || scaling_type == "none" => 1.0,
             None => 1.0 / factor,
         };
         if !(freq_scale > 0.0 && freq_scale.is_finite()) {
@@ -346,7 +374,24 @@ impl Config {
         }
         let mut rope = RopeParams::new(arch.rope_mode(), head_dim, n_rot, freq_base);
         rope.freq_scale = freq_scale;
-        rope.n_ctx_orig = n_ctx_train;
+        rope.n_ctx_orig = match opt_uint(h, &k("rope.scaling.original_context_length"))? {
+            Some(0) => {
+                return Err(invalid(
+                    k("rope.scaling.original_context_length"),
+                    "0 positions: the original context must be positive",
+                ))
+            }
+            Some(n) => n,
+            None => n_ctx_train,
+        };
+        let attn_factor = opt_f32(h, &k("rope.scaling.attn_factor"))?.unwrap_or(1.0);
+        if !(attn_factor > 0.0 && attn_factor.is_finite()) {
+            return Err(invalid(
+                k("rope.scaling.attn_factor"),
+                format!("{attn_factor} is not a valid factor"),
+            ));
+        }
+        (rope.ext_factor, rope.attn_factor) = yarn_factors(yarn, freq_scale, attn_factor);
 
         let attn_scale = match opt_f32(h, &k("attention.scale"))? {
             Some(s) if !s.is_finite() => {

@@ -8,7 +8,7 @@ use gguf_format::GgufHeader;
 use tensor_core::{AttentionParams, DeltaNetParams, RopeParams, Unary};
 
 pub use tensor_core::graph::{
-    Gating, Graph, Moe, Node, NodeId, Op, WeightId, WeightKind, WeightSpec,
+    ExpertAct, ExpertBiases, Gating, Graph, Moe, Node, NodeId, Op, WeightId, WeightKind, WeightSpec,
 };
 
 use crate::error::{ModelError, Result};
@@ -96,6 +96,24 @@ impl<'h> GraphBuilder<'h> {
             shape: vec![len],
             kind: WeightKind::Vector,
             rows: None,
+            stack: Vec::new(),
+        })
+    }
+
+    /// Rows `first..first + count` of `tensor` (of shape `shape`) as one
+    /// flat `f32` vector: one expert's bias of a `[len, n_expert]` tensor.
+    pub fn vector_rows(
+        &mut self,
+        tensor: &str,
+        shape: &[usize],
+        first: usize,
+        count: usize,
+    ) -> WeightId {
+        self.add_weight(WeightSpec {
+            tensor: tensor.to_string(),
+            shape: shape.to_vec(),
+            kind: WeightKind::Vector,
+            rows: Some((first, count)),
             stack: Vec::new(),
         })
     }
@@ -225,6 +243,19 @@ impl<'h> GraphBuilder<'h> {
         layer: usize,
         params: AttentionParams,
     ) -> NodeId {
+        self.attention_sinks(q, k, v, layer, params, None)
+    }
+
+    /// [`GraphBuilder::attention`] with a sink logit per query head (`sinks`, if any).
+    pub fn attention_sinks(
+        &mut self,
+        q: NodeId,
+        k: NodeId,
+        v: NodeId,
+        layer: usize,
+        params: AttentionParams,
+        sinks: Option<WeightId>,
+    ) -> NodeId {
         let w = params.n_head * params.head_dim;
         self.node(
             "kqv_out",
@@ -234,6 +265,7 @@ impl<'h> GraphBuilder<'h> {
                 v,
                 layer,
                 params,
+                sinks,
             },
             w,
         )

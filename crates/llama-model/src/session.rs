@@ -2,7 +2,7 @@
 
 use tensor_core::{AttentionParams, Backend, KvShape, KvType, Program, ProgramOptions};
 
-use crate::graph::{Gating, Graph, Moe, NodeId, Op};
+use crate::graph::{ExpertAct, Gating, Graph, Moe, NodeId, Op};
 
 use crate::error::{ModelError, Result};
 use crate::model::Model;
@@ -824,7 +824,9 @@ impl<'m, B: Backend> Session<'m, B> {
                 v,
                 layer,
                 params,
+                sinks,
             } => {
+                let sinks = sinks.map(w);
                 let (qs, ks, vs) = (
                     self.plan.slot[q.0],
                     self.plan.slot[k.0],
@@ -844,12 +846,11 @@ impl<'m, B: Backend> Session<'m, B> {
                             &mut self.row_io,
                             qb,
                             &self.kv,
-                            cache_layer,
-                            r.pos0,
-                            rows,
+                            (cache_layer, r.pos0, rows),
                             params,
+                            sinks,
                             out,
-                        );
+                        )?;
                         continue;
                     }
                     // One run at a time, through scratch buffers.
@@ -873,12 +874,11 @@ impl<'m, B: Backend> Session<'m, B> {
                         &mut self.row_io,
                         tq,
                         &self.kv,
-                        cache_layer,
-                        r.pos0,
-                        r.len,
+                        (cache_layer, r.pos0, r.len),
                         params,
+                        sinks,
                         to,
-                    );
+                    )?;
                     b.copy(to, 0, out, r.start * width, r.len * width);
                 }
             }
@@ -1050,6 +1050,9 @@ fn moe_ffn<B: Backend>(
     ensure(b, &mut s.router, n * n_expert)?;
     let router = s.router.buf.as_mut().expect("allocated");
     b.matmul(&weights[moe.router.0], x, n, router);
+    if let Some(bias) = moe.router_bias {
+        b.add_bias(router, &weights[bias.0], n);
+    }
     s.host.resize(n * n_expert, 0.0);
     b.read(router, 0, &mut s.host)?;
     // Choose experts and weights per token (slot-major factors: [k, n]).
@@ -1064,10 +1067,15 @@ fn moe_ffn<B: Backend>(
                     *p = 1.0 / (1.0 + (-*p).exp());
                 }
             }
+            // The raw logits choose; the chosen are softmaxed below.
+            Gating::SoftmaxWeight => {}
         }
         let mut order: Vec<usize> = (0..n_expert).collect();
         order.sort_by(|&a, &c| probs[c].total_cmp(&probs[a]).then(a.cmp(&c)));
         let mut w: Vec<f32> = order[..k].iter().map(|&e| probs[e]).collect();
+        if moe.gating == Gating::SoftmaxWeight {
+            tensor_core::ops::softmax_exact(&mut w);
+        }
         if moe.normalize {
             let sum = w.iter().map(|&v| v as f64).sum::<f64>() as f32;
             let sum = sum.max(6.103_515_6e-5);
@@ -1127,7 +1135,8 @@ fn moe_ffn<B: Backend>(
     Ok(())
 }
 
-/// One expert on one row: `down(silu(gate(x)) · up(x))` into `y`.
+/// One expert on one row: `down(act(gate(x), up(x)))` into `y`, each
+/// product plus the expert's bias if the block has biases.
 #[allow(clippy::too_many_arguments)] // the operation's inputs, spelled out
 fn expert<B: Backend>(
     b: &B,
@@ -1151,8 +1160,18 @@ fn expert<B: Backend>(
     );
     b.matmul(&weights[moe.gate[e].0], x, 1, g);
     b.matmul(&weights[moe.up[e].0], x, 1, u);
-    b.swiglu(g, u, 1, ff, a);
+    if let Some(bias) = &moe.biases {
+        b.add_bias(g, &weights[bias.gate[e].0], 1);
+        b.add_bias(u, &weights[bias.up[e].0], 1);
+    }
+    match moe.act {
+        ExpertAct::Silu => b.swiglu(g, u, 1, ff, a),
+        ExpertAct::SwigluOai { alpha, limit } => b.swiglu_oai(g, u, 1, ff, alpha, limit, a)?,
+    }
     b.matmul(&weights[moe.down[e].0], a, 1, y);
+    if let Some(bias) = &moe.biases {
+        b.add_bias(y, &weights[bias.down[e].0], 1);
+    }
     Ok(())
 }
 
@@ -1183,32 +1202,43 @@ fn mm<B: Backend>(
     }
 }
 
-/// Attention of `n` query rows at positions `pos0..`: one call for the
-/// batch, or — with [`BatchKernels::RowConsistent`]'s buffers — one
-/// single-row call per row at its own position, as when decoding. The cache
-/// already holds the batch's keys and values; the causal mask keeps row `t`
-/// from reading past position `pos0 + t`, so it sees what decoding saw.
+/// Attention of `n` query rows at positions `pos0..` (`at`: cache layer,
+/// `pos0`, `n`), with a sink per head if `sinks`: one call for the batch,
+/// or — with [`BatchKernels::RowConsistent`]'s buffers — one single-row
+/// call per row at its own position, as when decoding. The cache already
+/// holds the batch's keys and values; the causal mask keeps row `t` from
+/// reading past position `pos0 + t`, so it sees what decoding saw.
 #[allow(clippy::too_many_arguments)] // the operation's inputs, spelled out
 fn attend<B: Backend>(
     b: &B,
     row_io: &mut Option<(B::Buffer, B::Buffer)>,
     q: &B::Buffer,
     kv: &B::KvCache,
-    layer: usize,
-    pos0: usize,
-    n: usize,
+    at: (usize, usize, usize),
     params: &AttentionParams,
+    sinks: Option<&B::Weight>,
     out: &mut B::Buffer,
-) {
+) -> Result<()> {
+    let (layer, pos0, n) = at;
+    let one = |q: &B::Buffer, pos: usize, rows: usize, out: &mut B::Buffer| -> Result<()> {
+        match sinks {
+            Some(s) => Ok(b.attention_sinks(q, kv, layer, pos, rows, params, s, out)?),
+            None => {
+                b.attention(q, kv, layer, pos, rows, params, out);
+                Ok(())
+            }
+        }
+    };
     match row_io {
         Some((row_in, row_out)) if n > 1 => {
             let qw = params.n_head * params.head_dim;
             for t in 0..n {
                 b.copy(q, t * qw, row_in, 0, qw);
-                b.attention(row_in, kv, layer, pos0 + t, 1, params, row_out);
+                one(row_in, pos0 + t, 1, row_out)?;
                 b.copy(row_out, 0, out, t * qw, qw);
             }
+            Ok(())
         }
-        _ => b.attention(q, kv, layer, pos0, n, params, out),
+        _ => one(q, pos0, n, out),
     }
 }

@@ -2,7 +2,7 @@
 
 use half::f16;
 
-use crate::ops::{hsum8, softmax_scaled};
+use crate::ops::{hsum8, softmax_scaled, softmax_scaled_sink};
 
 /// Element type of a KV cache.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -174,17 +174,44 @@ pub fn attention<E: KvElement>(
     p: &AttentionParams,
     out: &mut [f32],
 ) {
-    attention_with(q, k, v, pos0, p, out, true)
+    attention_with(q, k, v, pos0, p, None, out, true)
 }
 
-/// [`attention`], with the SIMD kernels only where `allow_simd` (the tests
-/// compare both paths).
+/// [`attention`] with a learned sink logit per query head (gpt-oss's
+/// `attn_sinks`, `sinks.len() == n_head`): the softmax of head `h` counts
+/// `sinks[h]` as one more logit whose probability goes nowhere
+/// (`ggml_soft_max_add_sinks`; [`crate::ops::softmax_scaled_sink`]).
+pub fn attention_sinks<E: KvElement>(
+    q: &[f32],
+    k: &[E],
+    v: &[E],
+    pos0: usize,
+    p: &AttentionParams,
+    sinks: &[f32],
+    out: &mut [f32],
+) {
+    assert_eq!(sinks.len(), p.n_head, "one sink per query head");
+    attention_with(q, k, v, pos0, p, Some(sinks), out, true)
+}
+
+/// A row of scores to probabilities: scaled softmax, with the head's sink if any.
+fn softmax_head(scores: &mut [f32], scale: f32, sink: Option<f32>) {
+    match sink {
+        Some(s) => softmax_scaled_sink(scores, scale, s),
+        None => softmax_scaled(scores, scale),
+    }
+}
+
+/// [`attention`] (with sinks if given), with the SIMD kernels only where
+/// `allow_simd` (the tests compare both paths).
+#[allow(clippy::too_many_arguments)] // the operation's inputs, spelled out
 fn attention_with<E: KvElement>(
     q: &[f32],
     k: &[E],
     v: &[E],
     pos0: usize,
     p: &AttentionParams,
+    sinks: Option<&[f32]>,
     out: &mut [f32],
     allow_simd: bool,
 ) {
@@ -227,6 +254,7 @@ fn attention_with<E: KvElement>(
                 first: p.first_visible(pos0 + t),
                 softcap: p.softcap,
                 scale: p.scale,
+                sink: sinks.map(|s| s[h]),
                 decode,
             };
             #[cfg(target_arch = "x86_64")]
@@ -253,6 +281,8 @@ struct Head<'a, E> {
     first: usize,
     softcap: Option<f32>,
     scale: f32,
+    /// The head's sink logit (gpt-oss), if any.
+    sink: Option<f32>,
     decode: bool,
 }
 
@@ -290,7 +320,7 @@ fn head_portable<E: KvElement>(u: &Head<'_, E>, bufs: &mut HeadBuffers, o: &mut 
         }
     }));
     cap_and_mask(scores, u.first, u.softcap);
-    softmax_scaled(scores, u.scale);
+    softmax_head(scores, u.scale, u.sink);
     // V·P, with the probabilities rounded to the cache type. Lane l of
     // output d accumulates the positions j with j % lanes == l. The
     // KV window llama.cpp multiplies over is padded with masked
@@ -366,7 +396,7 @@ mod avx2 {
 
     use half::f16;
 
-    use super::{softmax_scaled, Head, HeadBuffers, KvElement};
+    use super::{Head, HeadBuffers, KvElement};
     use crate::ops::x86::hsum_float_8;
 
     fn is_f16<E: 'static>() -> bool {
@@ -545,7 +575,7 @@ mod avx2 {
             }
         }
         super::cap_and_mask(scores, u.first, u.softcap);
-        softmax_scaled(scores, u.scale);
+        super::softmax_head(scores, u.scale, u.sink);
         round_all::<E>(scores);
         // V·P: for each 8 outputs, the lanes of one group of 8 (positions
         // j with j % n_lanes in 8a..8a+8) in registers, then summed.
@@ -643,6 +673,21 @@ mod tests {
         assert_eq!(out, vec![1.0, 1.0, 2.0, 2.0]);
     }
 
+    #[test]
+    fn a_sink_takes_its_share_of_the_probability() {
+        let p = AttentionParams::new(1, 1, 4, 1.0);
+        let k = vec![0.0f32; 4];
+        let v = vec![1.0f32, -2.0, 4.0, 0.5];
+        let q = vec![1.0f32; 4];
+        let mut out = vec![0.0f32; 4];
+        // Score 0 and sink 0: half the probability stays with the sink.
+        attention_sinks(&q, &k, &v, 0, &p, &[0.0], &mut out);
+        assert_eq!(out, vec![0.5, -1.0, 2.0, 0.25]);
+        // A sink of -inf is no sink.
+        attention_sinks(&q, &k, &v, 0, &p, &[f32::NEG_INFINITY], &mut out);
+        assert_eq!(out, v);
+    }
+
     fn random(seed: &mut u32, len: usize) -> Vec<f32> {
         (0..len)
             .map(|_| {
@@ -677,9 +722,11 @@ mod tests {
                 let (k, v) = kv.split_at(n_ctx * n_head_kv * hd);
                 let q = random(&mut seed, n_rows * n_head * hd);
                 let mut want = vec![0.0f32; q.len()];
-                attention_with(&q, k, v, pos0, &p, &mut want, false);
+                let sinks = random(&mut seed, n_head);
+                let sinks = (n_rows % 2 == 1).then_some(&sinks[..]);
+                attention_with(&q, k, v, pos0, &p, sinks, &mut want, false);
                 let mut got = vec![0.0f32; q.len()];
-                attention_with(&q, k, v, pos0, &p, &mut got, true);
+                attention_with(&q, k, v, pos0, &p, sinks, &mut got, true);
                 for (i, (g, w)) in got.iter().zip(&want).enumerate() {
                     assert_eq!(
                         g.to_bits(),

@@ -118,6 +118,52 @@ pub trait Backend: Send + Sync {
         out: &mut Self::Buffer,
     );
 
+    /// [`Backend::attention`] with a learned sink logit per query head
+    /// (`sinks`: a vector of `n_head` values; gpt-oss): each head's softmax
+    /// counts its sink as one more logit (`ggml_soft_max_add_sinks`,
+    /// [`crate::attention::attention_sinks`]). The default refuses.
+    #[allow(clippy::too_many_arguments)] // one argument per input of the operation
+    fn attention_sinks(
+        &self,
+        q: &Self::Buffer,
+        cache: &Self::KvCache,
+        layer: usize,
+        pos0: usize,
+        n_rows: usize,
+        params: &AttentionParams,
+        sinks: &Self::Weight,
+        out: &mut Self::Buffer,
+    ) -> Result<()> {
+        let _ = (q, cache, layer, pos0, n_rows, params, sinks, out);
+        Err(TensorError::Backend {
+            backend: self.name(),
+            message: "attention sinks are not supported".into(),
+        })
+    }
+
+    /// gpt-oss's gated activation over `n_rows` rows of `width` values
+    /// (`ggml_swiglu_oai`, [`crate::ops::swiglu_oai`]). The default
+    /// computes on the host.
+    #[allow(clippy::too_many_arguments)] // the operation's inputs, spelled out
+    fn swiglu_oai(
+        &self,
+        gate: &Self::Buffer,
+        up: &Self::Buffer,
+        n_rows: usize,
+        width: usize,
+        alpha: f32,
+        limit: f32,
+        out: &mut Self::Buffer,
+    ) -> Result<()> {
+        let n = n_rows * width;
+        let (mut g, mut u) = (vec![0.0; n], vec![0.0; n]);
+        self.read(gate, 0, &mut g)?;
+        self.read(up, 0, &mut u)?;
+        let mut o = vec![0.0; n];
+        crate::ops::swiglu_oai(&g, &u, alpha, limit, &mut o);
+        self.write(out, 0, &o)
+    }
+
     /// `out[i] = silu(gate[i]) * up[i]` over `n_rows` rows of `width` values
     /// (ggml_swiglu_split; ggml's vector `expf` on each row's blocks of 8).
     fn swiglu(

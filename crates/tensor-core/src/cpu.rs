@@ -5,7 +5,7 @@ use std::sync::Mutex;
 use half::f16;
 use quant_kernels::{QMatrix, Scratch};
 
-use crate::attention::{attention, store_rows, AttentionParams, KvShape, KvType};
+use crate::attention::{attention, attention_sinks, store_rows, AttentionParams, KvShape, KvType};
 use crate::backend::Backend;
 use crate::error::{Result, TensorError};
 use crate::gemm;
@@ -314,6 +314,69 @@ impl Backend for CpuBackend {
                 &mut out[..n],
             ),
         }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn attention_sinks(
+        &self,
+        q: &Vec<f32>,
+        cache: &CpuKvCache,
+        layer: usize,
+        pos0: usize,
+        n_rows: usize,
+        params: &AttentionParams,
+        sinks: &Tensor,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let sinks = vector(sinks);
+        if sinks.len() != params.n_head {
+            return Err(TensorError::Backend {
+                backend: "cpu",
+                message: format!(
+                    "{} attention sinks for {} heads",
+                    sinks.len(),
+                    params.n_head
+                ),
+            });
+        }
+        let n = n_rows * params.n_head * params.head_dim;
+        match &cache.layers {
+            KvLayers::F16(l) => attention_sinks(
+                &q[..n],
+                &l[layer].0,
+                &l[layer].1,
+                pos0,
+                params,
+                sinks,
+                &mut out[..n],
+            ),
+            KvLayers::F32(l) => attention_sinks(
+                &q[..n],
+                &l[layer].0,
+                &l[layer].1,
+                pos0,
+                params,
+                sinks,
+                &mut out[..n],
+            ),
+        }
+        Ok(())
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn swiglu_oai(
+        &self,
+        gate: &Vec<f32>,
+        up: &Vec<f32>,
+        n_rows: usize,
+        width: usize,
+        alpha: f32,
+        limit: f32,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
+        let n = n_rows * width;
+        ops::swiglu_oai(&gate[..n], &up[..n], alpha, limit, &mut out[..n]);
+        Ok(())
     }
 
     fn swiglu(

@@ -85,6 +85,36 @@ pub enum Gating {
     Softmax,
     /// `sigmoid` of each logit (DeepSeek-V3 style).
     Sigmoid,
+    /// The top-k of the raw logits, then `softmax` over the chosen ones
+    /// (llama.cpp's `SOFTMAX_WEIGHT`: gpt-oss).
+    SoftmaxWeight,
+}
+
+/// The gated activation of each expert.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum ExpertAct {
+    /// `silu(gate) · up` (`ggml_swiglu_split`).
+    Silu,
+    /// gpt-oss's `ggml_swiglu_oai`: `x·sigmoid(alpha·x) · (y + 1)` with the
+    /// gate `x` clamped above at `limit` and the up `y` to `±limit`.
+    SwigluOai {
+        /// Factor inside the sigmoid (1.702).
+        alpha: f32,
+        /// Clamp (7.0).
+        limit: f32,
+    },
+}
+
+/// Per-expert biases of the three expert products (`ggml_add_id`), each
+/// one vector per expert.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ExpertBiases {
+    /// Per expert: `[n_ff_exp]`, added to the gate product.
+    pub gate: Vec<WeightId>,
+    /// Per expert: `[n_ff_exp]`, added to the up product.
+    pub up: Vec<WeightId>,
+    /// Per expert: `[n_embd]`, added to the down product.
+    pub down: Vec<WeightId>,
 }
 
 /// The weights and routing of a mixture-of-experts feed-forward block.
@@ -108,6 +138,12 @@ pub struct Moe {
     pub gating: Gating,
     /// A factor on the weights (1 when absent).
     pub weights_scale: f32,
+    /// Router bias `[n_expert]`, added to the router's logits.
+    pub router_bias: Option<WeightId>,
+    /// Biases of the experts' products, if any.
+    pub biases: Option<ExpertBiases>,
+    /// The experts' activation.
+    pub act: ExpertAct,
 }
 
 /// One operation. Every node holds `[rows, width]` row-major values.
@@ -175,6 +211,8 @@ pub enum Op {
         layer: usize,
         /// Heads, scale, window, soft-cap.
         params: AttentionParams,
+        /// A learned sink logit per query head (`[n_head]`, gpt-oss's `attn_sinks`).
+        sinks: Option<WeightId>,
     },
     /// `silu(gate) · up` (`ggml_swiglu_split`).
     Swiglu {
@@ -357,18 +395,27 @@ impl Op {
                 v
             }
             Op::Rope { factors, .. } => factors.as_mut().into_iter().collect(),
+            Op::Attention { sinks, .. } => sinks.as_mut().into_iter().collect(),
             Op::Moe { moe, .. } => {
                 let Moe {
                     router,
                     gate,
                     up,
                     down,
+                    router_bias,
+                    biases,
                     ..
                 } = &mut **moe;
                 let mut v = vec![router];
                 v.extend(gate.iter_mut());
                 v.extend(up.iter_mut());
                 v.extend(down.iter_mut());
+                v.extend(router_bias.as_mut());
+                if let Some(ExpertBiases { gate, up, down }) = biases {
+                    v.extend(gate.iter_mut());
+                    v.extend(up.iter_mut());
+                    v.extend(down.iter_mut());
+                }
                 v
             }
             _ => vec![],

@@ -233,11 +233,16 @@ pub fn swiglu(gate: &[f32], up: &[f32], width: usize, out: &mut [f32]) {
     }
 }
 
-with_fma!(softmax_row, fn(x: &mut [f32], scale: f32) {
+with_fma!(softmax_row, fn(x: &mut [f32], scale: f32, sink: Option<f32>) {
     let mut max = f32::NEG_INFINITY;
     for v in x.iter_mut() {
         *v *= scale;
         max = max.max(*v);
+    }
+    // An attention sink joins the maximum and the sum as if it were one
+    // more logit (ggml_soft_max_add_sinks), its exponential libm's.
+    if let Some(s) = sink {
+        max = max.max(s);
     }
     // The row is conceptually padded with masked (-inf) entries to a multiple
     // of 8, as llama.cpp's KV window is: every element takes the vector path,
@@ -251,6 +256,9 @@ with_fma!(softmax_row, fn(x: &mut [f32], scale: f32) {
             *b = *v;
         }
         sum += hsum8(&block) as f64;
+    }
+    if let Some(s) = sink {
+        sum += (s - max).exp() as f64;
     }
     let inv = (1.0 / sum) as f32;
     for v in x.iter_mut() {
@@ -266,7 +274,63 @@ with_fma!(softmax_row, fn(x: &mut [f32], scale: f32) {
 /// positions are simply absent from `x`; ggml's `exp(-inf) = 0` for them
 /// changes nothing.
 pub fn softmax_scaled(x: &mut [f32], scale: f32) {
-    softmax_row(x, scale)
+    softmax_row(x, scale, None)
+}
+
+/// [`softmax_scaled`] with an attention sink: `sink` joins the row's
+/// maximum and its sum of exponentials as one more (unscaled) logit whose
+/// probability is dropped (`ggml_soft_max_ext` then
+/// `ggml_soft_max_add_sinks`: `max = max(max, sink)`, `sum += expf(sink -
+/// max)` in `f64` after the row's blocks), so the row sums to less than 1.
+pub fn softmax_scaled_sink(x: &mut [f32], scale: f32, sink: f32) {
+    softmax_row(x, scale, Some(sink))
+}
+
+/// In place: `x = softmax(x)` over a short row exactly as
+/// `ggml_vec_soft_max_f32` computes it for any length: blocks of 8 with
+/// ggml's vector `expf` (each block summed with [`hsum8`] in `f32`), the
+/// remaining values with libm's `expf`, one by one, all joined in `f64`;
+/// then the `f32` reciprocal of the sum multiplies each value
+/// (`ggml_soft_max` of a MoE's chosen router logits).
+pub fn softmax_exact(x: &mut [f32]) {
+    softmax_exact_row(x)
+}
+
+with_fma!(softmax_exact_row, fn(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let n8 = x.len() / 8 * 8;
+    let mut sum = 0.0f64;
+    for chunk in x[..n8].chunks_mut(8) {
+        let mut block = [0.0f32; 8];
+        for (b, v) in block.iter_mut().zip(chunk.iter_mut()) {
+            *v = expf_ggml(*v - max);
+            *b = *v;
+        }
+        sum += hsum8(&block) as f64;
+    }
+    for v in &mut x[n8..] {
+        *v = (*v - max).exp();
+        sum += *v as f64;
+    }
+    let inv = (1.0 / sum) as f32;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+});
+
+/// gpt-oss's gated activation (`ggml_swiglu_oai`, ggml's
+/// `ggml_compute_forward_swiglu_oai_f32`): with `x = min(gate, limit)` and
+/// `y = clamp(up, -limit, limit)`, `out = x / (1 + expf(alpha · -x)) · (y + 1)`,
+/// libm's `expf`, every operation rounded alone (ggml's loop has no product
+/// to contract into an add).
+pub fn swiglu_oai(gate: &[f32], up: &[f32], alpha: f32, limit: f32, out: &mut [f32]) {
+    assert!(gate.len() == up.len() && up.len() == out.len());
+    for ((o, &g), &u) in out.iter_mut().zip(gate).zip(up) {
+        let x = g.min(limit);
+        let y = u.clamp(-limit, limit);
+        let glu = x / (1.0 + (alpha * -x).exp());
+        *o = glu * (y + 1.0);
+    }
 }
 
 /// `sqrt(mean(x²))`, summed in `f64` (for traces and examples).

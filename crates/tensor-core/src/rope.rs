@@ -73,8 +73,11 @@ fn rope_yarn(theta_extrap: f32, p: &RopeParams, corr: [f32; 2], i0: usize) -> (f
     if p.ext_factor != 0.0 {
         let y = ((i0 / 2) as f32 - corr[0]) / (corr[1] - corr[0]).max(0.001);
         let ramp_mix = (1.0 - y.clamp(0.0, 1.0)) * p.ext_factor;
-        theta = theta_interp * (1.0 - ramp_mix) + theta_extrap * ramp_mix;
-        mscale *= 1.0 + 0.1 * (1.0 / p.freq_scale).ln();
+        // As GCC contracts ggml's `theta_interp * (1 - ramp_mix) + theta_extrap
+        // * ramp_mix` and `1.0f + 0.1f * logf(1.0f / freq_scale)` for an FMA
+        // target: the first product of each sum fused.
+        theta = theta_interp.mul_add(1.0 - ramp_mix, theta_extrap * ramp_mix);
+        mscale *= 0.1f32.mul_add((1.0 / p.freq_scale).ln(), 1.0);
     }
     (theta.cos() * mscale, theta.sin() * mscale)
 }

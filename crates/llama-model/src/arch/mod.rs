@@ -8,6 +8,7 @@
 
 mod gemma2;
 mod gemma3;
+mod gpt_oss;
 mod llama;
 mod olmo2;
 mod phi3;
@@ -23,7 +24,7 @@ use tensor_core::{AttentionParams, RopeParams};
 
 use crate::config::{Architecture, Config};
 use crate::error::{ModelError, Result};
-use crate::graph::{Gating, Graph, GraphBuilder, Moe, NodeId, Op, WeightId};
+use crate::graph::{ExpertAct, Gating, Graph, GraphBuilder, Moe, NodeId, Op, WeightId};
 
 /// Builds the graph of `config.arch` over the tensors of the builder's file.
 pub(crate) fn build_graph(config: &Config, mut b: GraphBuilder<'_>) -> Result<Graph> {
@@ -39,6 +40,7 @@ pub(crate) fn build_graph(config: &Config, mut b: GraphBuilder<'_>) -> Result<Gr
         Architecture::Phi3 => phi3::build(config, &mut b)?,
         Architecture::SmolLm3 => smollm3::build(config, &mut b)?,
         Architecture::Olmo2 => olmo2::build(config, &mut b)?,
+        Architecture::GptOss => gpt_oss::build(config, &mut b)?,
     };
     Ok(b.finish(out))
 }
@@ -324,6 +326,32 @@ pub(crate) fn moe_ffn(
     gating: Gating,
     normalize: bool,
 ) -> Result<NodeId> {
+    let moe = moe_weights(b, c, il, gating, normalize)?;
+    Ok(moe_node(b, c, x, moe))
+}
+
+/// The `ffn_moe_out` node of `moe` over `x`.
+pub(crate) fn moe_node(b: &mut GraphBuilder<'_>, c: &Config, x: NodeId, moe: Moe) -> NodeId {
+    b.node(
+        "ffn_moe_out",
+        Op::Moe {
+            x,
+            moe: Box::new(moe),
+        },
+        c.n_embd,
+    )
+}
+
+/// The router and experts of layer `il` (`expert_count`, `expert_used_count`,
+/// `expert_feed_forward_length`), SiLU experts without biases; an
+/// architecture changes what is its own before [`moe_node`].
+pub(crate) fn moe_weights(
+    b: &mut GraphBuilder<'_>,
+    c: &Config,
+    il: usize,
+    gating: Gating,
+    normalize: bool,
+) -> Result<Moe> {
     let n_expert = meta_uint(b, c, "expert_count")?.unwrap_or(0);
     let n_used = meta_uint(b, c, "expert_used_count")?.unwrap_or(0);
     if n_expert == 0 || n_used == 0 || n_used > n_expert {
@@ -354,7 +382,7 @@ pub(crate) fn moe_ffn(
                 .map(|e| b.matrix_rows(&t, &shape, e * rows, rows))
                 .collect()
         };
-    let moe = Moe {
+    Ok(Moe {
         router,
         gate: experts(b, "ffn_gate_exps.weight", c.n_embd, ff),
         up: experts(b, "ffn_up_exps.weight", c.n_embd, ff),
@@ -364,15 +392,10 @@ pub(crate) fn moe_ffn(
         normalize,
         gating,
         weights_scale,
-    };
-    Ok(b.node(
-        "ffn_moe_out",
-        Op::Moe {
-            x,
-            moe: Box::new(moe),
-        },
-        c.n_embd,
-    ))
+        router_bias: None,
+        biases: None,
+        act: ExpertAct::Silu,
+    })
 }
 
 /// `result_norm` and `result_output`: the final norm and the output
