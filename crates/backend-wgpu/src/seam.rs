@@ -15,6 +15,7 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
+use gguf_format::GgmlType;
 use tensor_core::attention::{AttentionParams, KvShape, KvType};
 use tensor_core::graph::{Graph, WeightSpec};
 use tensor_core::{Backend, Program, ProgramOptions, RopeParams, Tensor, TensorError};
@@ -226,6 +227,44 @@ impl WgpuBackend {
     }
 }
 
+/// MXFP4 blocks (`2^(e−128) · k[q]`, `k` integers in ±12) rewritten as the
+/// Q8_0 blocks of the same 32 values: scale `2^(e−128)` as `f16`, the `k[q]`
+/// as the 8-bit integers. Exact while every scale is a power of two `f16`
+/// holds (2^-24 ..= 2^15); a block outside that range is refused.
+fn mxfp4_as_q8_0(name: &str, bytes: &[u8]) -> TcResult<Vec<u8>> {
+    const QK: usize = 32;
+    let n_blocks = bytes.len() / 17;
+    let mut values = vec![0.0f32; n_blocks * QK];
+    quant_kernels::dequantize_row(GgmlType::MXFP4, bytes, &mut values).map_err(|e| {
+        TensorError::Invalid {
+            name: name.to_string(),
+            message: e.to_string(),
+        }
+    })?;
+    let mut out = Vec::with_capacity(n_blocks * 34);
+    for (block, x) in bytes.chunks_exact(17).zip(values.chunks_exact(QK)) {
+        let e = block[0];
+        let d = if e < 2 {
+            f32::from_bits(0x0020_0000u32 << e)
+        } else {
+            f32::from_bits(((e - 1) as u32) << 23)
+        };
+        let dh = half::f16::from_f32(d);
+        if dh.to_f32() != d {
+            return Err(TensorError::Invalid {
+                name: name.to_string(),
+                message: format!(
+                    "an MXFP4 scale 2^{} has no exact f16 (GPU Q8_0 form)",
+                    e as i32 - 128
+                ),
+            });
+        }
+        out.extend_from_slice(&dh.to_bits().to_le_bytes());
+        out.extend(x.iter().map(|&v| ((v / d) as i8) as u8));
+    }
+    Ok(out)
+}
+
 impl Backend for WgpuBackend {
     type Weight = GpuWeight;
     type Buffer = GpuBuffer;
@@ -236,14 +275,21 @@ impl Backend for WgpuBackend {
     }
 
     fn load_matrix(&self, tensor: &Tensor) -> TcResult<GpuWeight> {
-        let ty = tensor.dtype();
+        let mut ty = tensor.dtype();
+        let mut bytes = std::borrow::Cow::Borrowed(tensor.bytes());
+        // No MXFP4 kernel here: its blocks become the Q8_0 blocks of the
+        // same values (gpt-oss's experts), products then sum as Q8_0's.
+        if ty == GgmlType::MXFP4 {
+            bytes = std::borrow::Cow::Owned(mxfp4_as_q8_0(tensor.name(), &bytes)?);
+            ty = GgmlType::Q8_0;
+        }
         let m = GpuMatrix::upload(
             &self.ctx,
             tensor.name(),
             ty,
             tensor.row_len() as u64,
             tensor.n_rows() as u64,
-            tensor.bytes(),
+            &bytes,
         )
         .map_err(|e| match e {
             crate::WgpuError::UnsupportedType { tensor, ty } => {

@@ -23,7 +23,7 @@ pub struct Args {
     /// The file to write.
     output: PathBuf,
     /// The file type: F32 F16 BF16 Q8_0 Q6_K Q5_K_M Q5_K_S Q5_0 Q5_1 Q4_K_M Q4_K_S Q4_0 Q4_1
-    /// Q3_K_L Q3_K_M Q3_K_S Q2_K IQ4_NL IQ4_XS (any case).
+    /// Q3_K_L Q3_K_M Q3_K_S Q2_K IQ4_NL IQ4_XS Q2_0 Q1_0 MXFP4_MOE (any case).
     #[arg(value_parser = parse_file_type)]
     file_type: FileType,
     /// Worker threads (default: one per core).

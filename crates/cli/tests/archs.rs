@@ -1,5 +1,6 @@
-//! Every architecture against llama.cpp: random-weight models of eleven
-//! architectures (`tests/fixtures/archs`), each in F32, F16, Q8_0 and Q4_K_M,
+//! Every architecture against llama.cpp: random-weight models of twelve
+//! architectures (`tests/fixtures/archs`), each in F32, F16, Q8_0 and Q4_K_M
+//! (gpt-oss also in MXFP4_MOE),
 //! scored by `strata perplexity --kl-base` against llama.cpp's own KL-base
 //! files (CPU, flash attention off): one command per file.
 //!
@@ -18,6 +19,23 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 const TYPES: [&str; 4] = ["F32", "F16", "Q8_0", "Q4_K_M"];
+
+/// The file types of `arch`: [`TYPES`], then any other the manifest lists
+/// for it (gpt-oss's `MXFP4_MOE`).
+fn types(arch: &str) -> Vec<String> {
+    let m = manifest();
+    let mut out: Vec<String> = TYPES.iter().map(|t| t.to_string()).collect();
+    if let Some(files) = m["archs"][arch]["files"].as_object() {
+        let mut extra: Vec<String> = files
+            .keys()
+            .filter(|k| !TYPES.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        extra.sort();
+        out.extend(extra);
+    }
+    out
+}
 
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/archs")
@@ -130,7 +148,8 @@ fn kl(v: &Value) -> (f64, f64) {
 /// The CPU against llama.cpp for every file type of `arch`: mean KLD ≤ 1e-4,
 /// same top-1 ≥ 98%.
 fn cpu_matches_llama_cpp(arch: &str) {
-    for ty in TYPES {
+    for ty in &types(arch) {
+        let ty = ty.as_str();
         let path = model(arch, ty);
         let base = root().join(arch).join(format!("{arch}-{ty}.kld"));
         let r = perplexity(&path, "cpu", "--kl-base", &base);
@@ -148,7 +167,8 @@ fn cpu_matches_llama_cpp(arch: &str) {
 fn gpu_matches_cpu(arch: &str) {
     let tmp = std::env::temp_dir().join(format!("strata-archs-{}-{arch}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
-    for ty in TYPES {
+    for ty in &types(arch) {
+        let ty = ty.as_str();
         let path = model(arch, ty);
         let base = tmp.join(format!("{ty}.kld"));
         perplexity(&path, "cpu", "--save-logits", &base);
@@ -165,20 +185,24 @@ fn gpu_matches_cpu(arch: &str) {
 
 macro_rules! arch_tests {
     ($($arch:ident),*) => {$(
-        mod $arch {
+        arch_tests!($arch = stringify!($arch));
+    )*};
+    ($module:ident = $arch:expr) => {
+        mod $module {
             #[test]
             fn cpu_matches_llama_cpp() {
-                super::cpu_matches_llama_cpp(stringify!($arch));
+                super::cpu_matches_llama_cpp($arch);
             }
             #[test]
             fn gpu_matches_cpu() {
-                super::gpu_matches_cpu(stringify!($arch));
+                super::gpu_matches_cpu($arch);
             }
         }
-    )*};
+    };
 }
 
 arch_tests!(llama, qwen2, qwen3, qwen3moe, gemma2, gemma3, phi3, smollm3, olmo2, qwen35, qwen35moe);
+arch_tests!(gpt_oss = "gpt-oss");
 
 /// One HTTP/1.1 request to `port`; the status code and the body.
 fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {

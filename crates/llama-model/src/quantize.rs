@@ -112,6 +112,8 @@ file_types! {
     IQ4_XS = 30, "IQ4_XS", IQ4_XS;
     /// 2-D weights `BF16`.
     BF16 = 32, "BF16", BF16;
+    /// Experts (3-D tensors) `MXFP4`, every other matrix `Q8_0` (gpt-oss's releases).
+    MXFP4_MOE = 38, "MXFP4_MOE", MXFP4;
     /// `Q1_0` (signs and a mean magnitude per 128 weights), output `Q6_K`.
     Q1_0 = 40, "Q1_0", Q1_0;
     /// `Q2_0` (2-bit levels per 64 weights), token embeddings `Q4_K`, output `Q6_K`.
@@ -423,8 +425,8 @@ impl Chooser<'_> {
     }
 
     /// `llama_tensor_get_type_impl` for the file types of [`FileType`]
-    /// (the IQ1/IQ2/IQ3 and MXFP4 branches need an importance matrix or MoE
-    /// models, and are not produced).
+    /// (the IQ1/IQ2/IQ3 branches need an importance matrix and are not
+    /// produced).
     fn mix_type(&mut self, t: &TensorInfo, role: Role, mut ty: GgmlType) -> Result<GgmlType> {
         use FileType as F;
         use GgmlType as G;
@@ -433,11 +435,18 @@ impl Chooser<'_> {
         let falcon = hp.arch == "falcon";
         if role == Role::Output || (self.has_tied_embeddings && role == Role::TokenEmbd) {
             let nx = t.dims[0];
-            if falcon || !nx.is_multiple_of(ty.block_size() as u64) {
+            if ft == F::MXFP4_MOE || falcon || !nx.is_multiple_of(ty.block_size() as u64) {
                 ty = G::Q8_0;
             } else if ty != G::Q8_0 {
                 ty = G::Q6_K;
             }
+        } else if ft == F::MXFP4_MOE {
+            // Experts MXFP4, everything else Q8_0, before any other rule.
+            ty = if t.dims.get(2).is_some_and(|&n| n > 1) {
+                G::MXFP4
+            } else {
+                G::Q8_0
+            };
         } else if role == Role::TokenEmbd {
             // Of the mixes here only Q2_0 changes untied embeddings (as the
             // IQ1/IQ2/IQ3/TQ mixes do).
