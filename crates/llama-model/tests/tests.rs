@@ -2,6 +2,7 @@
 mod common;
 mod errors;
 mod gemma3;
+mod gpt_oss;
 mod incremental;
 mod quantize;
 mod qwen35;
