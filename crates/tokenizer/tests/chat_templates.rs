@@ -115,3 +115,21 @@ fn contexts_parse_from_json() {
         Err(TokenizerError::Context(_))
     ));
 }
+
+/// gpt-oss's template (the harmony format, llama.cpp's
+/// `models/templates/openai-gpt-oss-120b.jinja`): reasoning effort, the
+/// system prompt as a developer message, an earlier turn's analysis, a tool
+/// call and its result, tools as a TypeScript namespace — every render as
+/// jinja2's (scripts/gen_gpt_oss_renders.py).
+#[test]
+fn gpt_oss_renders_match_jinja2() {
+    let renders = load(fixture("chat_templates/gpt_oss_renders.json"));
+    let templates: HashMap<String, String> = renders
+        .iter()
+        .filter_map(|r| Some((r.template_name.clone(), r.template.clone()?)))
+        .collect();
+    assert_eq!(renders.len(), 5);
+    for (name, count) in check(&renders, &templates) {
+        eprintln!("{name}: {count} of {count} renders identical");
+    }
+}
