@@ -43,6 +43,7 @@ pub mod constraint;
 mod engine;
 mod error;
 mod generator;
+pub mod harmony;
 pub mod sampler;
 pub mod stop;
 mod timings;
