@@ -321,6 +321,9 @@ impl<E: Engine> Engine for FiniteLogits<E> {
     fn truncate(&mut self, n: usize) -> Result<(), GenerateError> {
         self.0.truncate(n)
     }
+    fn rewind_point(&self, n: usize) -> usize {
+        self.0.rewind_point(n)
+    }
     fn forward_last(&mut self, tokens: &[u32]) -> Result<&[f32], GenerateError> {
         let position = self.0.n_past() + tokens.len().saturating_sub(1);
         let logits = self.0.forward_last(tokens)?;

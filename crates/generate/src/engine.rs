@@ -20,8 +20,9 @@ pub trait Engine {
     /// Keeps only the first `n` tokens of the cache (`n ≤ n_past`).
     fn truncate(&mut self, n: usize) -> Result<(), GenerateError>;
     /// The longest prefix of at most `n` tokens the cache can be truncated
-    /// to: `n`, unless recurrent layers keep a state that cannot be rewound
-    /// (then `n_past` itself or 0).
+    /// to: `n`, unless recurrent layers keep a state that cannot be cut back
+    /// (then the longest of `n_past` itself, a position where the state was
+    /// saved — llama-model's `Session::rewind_point` — and 0).
     fn rewind_point(&self, n: usize) -> usize {
         n
     }

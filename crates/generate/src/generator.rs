@@ -249,7 +249,8 @@ impl<'t, E: Engine> Generator<'t, E> {
             .take_while(|(a, b)| a == b)
             .count()
             .min(prompt_tokens.len() - 1);
-        // A recurrent state rewinds only to its end or to the start.
+        // A recurrent state rewinds only to a saved position (its end, a
+        // snapshot, the start): the longest at most `common`.
         let common = self.engine.rewind_point(common);
         self.engine.truncate(common)?;
         self.cached.truncate(common);

@@ -68,6 +68,21 @@ pub struct SessionOptions {
     /// runs every node through the backend's operations, which
     /// [`Session::forward_traced`] needs.
     pub compile: bool,
+    /// Most snapshots of recurrent states kept per sequence, for models
+    /// with recurrent layers (`qwen35`): a recurrent state cannot be cut
+    /// back to an earlier position, so the session copies each sequence's
+    /// states at chosen positions ([`Session::rewind_point`]), and rewinds
+    /// to the longest saved prefix. Each snapshot holds one sequence's
+    /// states ([`Session::recurrent_state_bytes`]: 19.3 MiB for
+    /// Qwen3.5-0.8B's 18 Gated DeltaNet layers); past the cap, the least
+    /// recently used is dropped. 0 keeps none: a recurrent sequence then
+    /// rewinds only to its end or to the start. Ignored for models without
+    /// recurrent layers.
+    pub state_snapshots: usize,
+    /// Within a batch, a recurrent sequence's states are also saved at
+    /// every position that is a multiple of this (0: never), so a long
+    /// prompt can be reused up to its last multiple before a change.
+    pub snapshot_interval: usize,
 }
 
 impl Default for SessionOptions {
@@ -79,6 +94,8 @@ impl Default for SessionOptions {
             batch_kernels: BatchKernels::LlamaCpp,
             n_seq: 1,
             compile: true,
+            state_snapshots: 8,
+            snapshot_interval: 512,
         }
     }
 }
@@ -111,6 +128,26 @@ struct Run {
     len: usize,
     seq: usize,
     pos0: usize,
+}
+
+/// Part of a [`Run`] that a recurrent op computes in one call: a run is cut
+/// where a snapshot of its sequence's states is taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Piece {
+    run: Run,
+    /// The snapshot (index into `Session::pending`) that takes the states
+    /// reached at the end of this piece.
+    snap: Option<usize>,
+}
+
+/// One sequence's recurrent states after its first `pos` tokens.
+struct Snapshot<Buf> {
+    seq: usize,
+    pos: usize,
+    /// A copy of each recurrent state slot (as `Session::states`).
+    states: Vec<Buf>,
+    /// When it was last taken or restored (`Session::clock`), for eviction.
+    used: u64,
 }
 
 /// Where each node's values live: a slot per node, shared by nodes whose
@@ -245,6 +282,23 @@ pub struct Session<'m, B: Backend> {
     states: Vec<B::Buffer>,
     /// Rows of one run, copied out when a batch holds several (recurrent ops).
     rec_bufs: [Slot<B::Buffer>; 6],
+    /// Saved recurrent states of each sequence, by position.
+    snapshots: Vec<Vec<Snapshot<B::Buffer>>>,
+    /// [`SessionOptions::state_snapshots`].
+    max_snapshots: usize,
+    /// [`SessionOptions::snapshot_interval`].
+    snapshot_interval: usize,
+    /// Ticks once per snapshot taken or restored.
+    clock: u64,
+    /// State buffers of dropped snapshots, reused for new ones.
+    spare: Vec<Vec<B::Buffer>>,
+    /// Per sequence, for the batch being run: the position after its last
+    /// token, and how many tokens it has in the batch.
+    batch_end: Vec<(usize, usize)>,
+    /// This ubatch's runs, cut where snapshots are taken (recurrent ops).
+    pieces: Vec<Piece>,
+    /// Snapshots this ubatch takes; kept once it has run.
+    pending: Vec<Snapshot<B::Buffer>>,
 }
 
 /// The size of every recurrent state slot the graph's nodes use.
@@ -365,6 +419,14 @@ impl<'m, B: Backend> Session<'m, B> {
             state_len,
             states,
             rec_bufs: std::array::from_fn(|_| Slot::empty()),
+            snapshots: (0..opts.n_seq).map(|_| Vec::new()).collect(),
+            max_snapshots: opts.state_snapshots,
+            snapshot_interval: opts.snapshot_interval,
+            clock: 0,
+            spare: Vec::new(),
+            batch_end: vec![(0, 0); opts.n_seq],
+            pieces: Vec::new(),
+            pending: Vec::new(),
         })
     }
 
@@ -449,22 +511,53 @@ impl<'m, B: Backend> Session<'m, B> {
         self.n_ctx
     }
 
-    /// Whether the model has recurrent layers, whose state cannot be rewound
-    /// to an earlier position (only emptied: [`Session::truncate_seq`] to 0).
+    /// Whether the model has recurrent layers, whose state cannot be cut
+    /// back to an earlier position: it rewinds only to a saved snapshot
+    /// ([`Session::rewind_point`]), its end, or the start.
     pub fn is_recurrent(&self) -> bool {
         !self.state_len.is_empty()
     }
 
-    /// The longest prefix of `n` tokens sequence `seq` can be rewound to:
-    /// `n` itself, or for a model with recurrent layers `n` only when it is
-    /// the whole sequence, else 0.
+    /// Bytes of one sequence's recurrent states (0 without recurrent
+    /// layers): what each snapshot ([`SessionOptions::state_snapshots`]) holds.
+    pub fn recurrent_state_bytes(&self) -> usize {
+        self.state_len.iter().sum::<usize>() * std::mem::size_of::<f32>()
+    }
+
+    /// Whether recurrent states are saved as batches run.
+    fn snapshots_on(&self) -> bool {
+        self.is_recurrent() && self.max_snapshots > 0 && self.program.is_none()
+    }
+
+    /// The longest prefix of at most `n` tokens sequence `seq` can be
+    /// rewound to ([`Session::truncate_seq`]): `min(n, n_past)` for a model
+    /// without recurrent layers. A recurrent model rewinds to its whole
+    /// sequence, to the start, or to a position where its states were
+    /// saved: within a batch, after each sequence's last token and the one
+    /// before it (the prompt as it was, and the prompt less the token a
+    /// generator runs again for its logits) and at every multiple of
+    /// [`SessionOptions::snapshot_interval`]; the longest of these up to `n`.
     pub fn rewind_point(&self, seq: usize, n: usize) -> usize {
         let have = self.n_past_seq(seq);
         if !self.is_recurrent() || n >= have {
-            n.min(have)
-        } else {
-            0
+            return n.min(have);
         }
+        self.snapshots
+            .get(seq)
+            .into_iter()
+            .flatten()
+            .map(|s| s.pos)
+            .filter(|&p| p <= n)
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Positions of sequence `seq` whose recurrent states are saved, in order.
+    pub fn snapshot_positions(&self, seq: usize) -> Vec<usize> {
+        self.snapshots
+            .get(seq)
+            .map(|v| v.iter().map(|s| s.pos).collect())
+            .unwrap_or_default()
     }
 
     /// Empties the KV cache of every sequence.
@@ -474,7 +567,35 @@ impl<'m, B: Backend> Session<'m, B> {
             // Zeroed again, lazily: each sequence's first run starts from zeros.
             for seq in 0..self.n_past.len() {
                 self.zero_states(seq);
+                self.drop_snapshots(seq, 0);
             }
+        }
+    }
+
+    /// Drops sequence `seq`'s snapshots past position `n`.
+    fn drop_snapshots(&mut self, seq: usize, n: usize) {
+        let (keep, gone): (Vec<_>, Vec<_>) = std::mem::take(&mut self.snapshots[seq])
+            .into_iter()
+            .partition(|s| s.pos <= n);
+        self.snapshots[seq] = keep;
+        for s in gone {
+            self.recycle(s.states);
+        }
+    }
+
+    /// Keeps the state buffers of a dropped snapshot for a later one (as
+    /// many as one sequence may hold).
+    fn recycle(&mut self, states: Vec<B::Buffer>) {
+        if self.spare.len() < self.max_snapshots {
+            self.spare.push(states);
+        }
+    }
+
+    /// Buffers for one snapshot: recycled, or newly allocated.
+    fn state_set(&mut self) -> Result<Vec<B::Buffer>> {
+        match self.spare.pop() {
+            Some(s) => Ok(s),
+            None => alloc_states(self.model.backend(), &self.state_len),
         }
     }
 
@@ -508,13 +629,25 @@ impl<'m, B: Backend> Session<'m, B> {
             )));
         }
         if self.is_recurrent() && n < have {
-            if n > 0 {
-                return Err(ModelError::InvalidRequest(format!(
-                    "cannot truncate sequence {seq} to {n} of its {have} tokens: a recurrent \
-                     state cannot be rewound (only emptied; see Session::rewind_point)"
-                )));
+            if n == 0 {
+                self.zero_states(seq);
+            } else {
+                let Some(i) = self.snapshots[seq].iter().position(|s| s.pos == n) else {
+                    return Err(ModelError::InvalidRequest(format!(
+                        "cannot truncate sequence {seq} to {n} of its {have} tokens: a recurrent \
+                         state rewinds only to a saved position (see Session::rewind_point)"
+                    )));
+                };
+                let b = self.model.backend();
+                let k = self.state_len.len();
+                self.clock += 1;
+                let snap = &mut self.snapshots[seq][i];
+                snap.used = self.clock;
+                for (j, &len) in self.state_len.iter().enumerate() {
+                    b.copy(&snap.states[j], 0, &mut self.states[seq * k + j], 0, len);
+                }
             }
-            self.zero_states(seq);
+            self.drop_snapshots(seq, n);
         }
         self.n_past[seq] = n;
         Ok(())
@@ -616,6 +749,13 @@ impl<'m, B: Backend> Session<'m, B> {
             }
             *expect += 1;
         }
+        if self.snapshots_on() {
+            self.batch_end.iter_mut().for_each(|e| *e = (0, 0));
+            for i in 0..n {
+                let e = &mut self.batch_end[batch.seq[i]];
+                *e = (batch.pos[i] + 1, e.1 + 1);
+            }
+        }
         let n_vocab = c.n_vocab;
         let n_out = batch.output.iter().filter(|&&o| o).count();
         let need = n_out.checked_mul(n_vocab).ok_or_else(|| {
@@ -680,6 +820,7 @@ impl<'m, B: Backend> Session<'m, B> {
         self.out_idx.clear();
         self.out_idx.extend((0..n).filter(|&i| batch.output[i]));
         let out_rows = self.out_idx.len();
+        self.plan_snapshots()?;
         for (i, node) in g.nodes.iter().enumerate() {
             let inputs = node.op.inputs();
             let rows = match &node.op {
@@ -714,6 +855,7 @@ impl<'m, B: Backend> Session<'m, B> {
         for r in &self.runs {
             self.n_past[r.seq] = r.pos0 + r.len;
         }
+        self.keep_snapshots();
         if out_rows > 0 {
             let n_vocab = m.config().n_vocab;
             let dst = &mut self.logits[row_out * n_vocab..(row_out + out_rows) * n_vocab];
@@ -724,6 +866,87 @@ impl<'m, B: Backend> Session<'m, B> {
             b.read(src, 0, dst)?;
         }
         Ok(out_rows)
+    }
+
+    /// Cuts this ubatch's runs into the pieces the recurrent ops compute
+    /// ([`Session::pieces`]), one cut after each position whose states are
+    /// saved (see [`Session::rewind_point`]) and not saved already, with
+    /// buffers for those snapshots. The recurrent ops compute token by
+    /// token, so the cuts change no value; matrix products and attention
+    /// still see the whole batch.
+    fn plan_snapshots(&mut self) -> Result<()> {
+        self.pieces.clear();
+        while let Some(s) = self.pending.pop() {
+            self.recycle(s.states);
+        }
+        let on = self.snapshots_on();
+        for ri in 0..self.runs.len() {
+            let r = self.runs[ri];
+            let mut done = 0;
+            if on {
+                let (end, count) = self.batch_end[r.seq];
+                for p in r.pos0 + 1..=r.pos0 + r.len {
+                    let at_interval =
+                        self.snapshot_interval > 0 && p.is_multiple_of(self.snapshot_interval);
+                    let at_end = count >= 2 && (p == end || p + 1 == end);
+                    if !(at_interval || at_end) || self.snapshots[r.seq].iter().any(|s| s.pos == p)
+                    {
+                        continue;
+                    }
+                    let states = self.state_set()?;
+                    self.pending.push(Snapshot {
+                        seq: r.seq,
+                        pos: p,
+                        states,
+                        used: 0,
+                    });
+                    let len = p - r.pos0 - done;
+                    self.pieces.push(Piece {
+                        run: Run {
+                            start: r.start + done,
+                            len,
+                            seq: r.seq,
+                            pos0: r.pos0 + done,
+                        },
+                        snap: Some(self.pending.len() - 1),
+                    });
+                    done += len;
+                }
+            }
+            if done < r.len {
+                self.pieces.push(Piece {
+                    run: Run {
+                        start: r.start + done,
+                        len: r.len - done,
+                        seq: r.seq,
+                        pos0: r.pos0 + done,
+                    },
+                    snap: None,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Keeps the snapshots this ubatch took, dropping the least recently
+    /// used of a sequence past [`SessionOptions::state_snapshots`].
+    fn keep_snapshots(&mut self) {
+        for mut s in std::mem::take(&mut self.pending) {
+            self.clock += 1;
+            s.used = self.clock;
+            let seq = s.seq;
+            let list = &mut self.snapshots[seq];
+            let at = list.partition_point(|x| x.pos < s.pos);
+            list.insert(at, s);
+            while self.snapshots[seq].len() > self.max_snapshots {
+                let list = &mut self.snapshots[seq];
+                let oldest = (0..list.len())
+                    .min_by_key(|&i| list[i].used)
+                    .expect("more snapshots than the cap");
+                let gone = list.remove(oldest);
+                self.recycle(gone.states);
+            }
+        }
     }
 
     /// [`Session::ubatch`] on the compiled graph (one sequence, so the
@@ -941,9 +1164,13 @@ impl<'m, B: Backend> Session<'m, B> {
         let width = node.width;
         let inputs = node.op.inputs();
         let k = self.state_len.len();
-        let whole = self.runs.len() == 1;
-        for ri in 0..self.runs.len() {
-            let r = self.runs[ri];
+        let slot = match &node.op {
+            Op::SsmConv { state, .. } | Op::DeltaNet { state, .. } => *state,
+            _ => unreachable!("recurrent() is called for recurrent nodes"),
+        };
+        let whole = self.pieces.len() == 1;
+        for pi in 0..self.pieces.len() {
+            let Piece { run: r, snap } = self.pieces[pi];
             if !whole {
                 for (j, x) in inputs.iter().enumerate() {
                     let xw = g.node(*x).width;
@@ -996,6 +1223,11 @@ impl<'m, B: Backend> Session<'m, B> {
                 self.rec_bufs[5].buf = Some(t);
             }
             res?;
+            if let Some(si) = snap {
+                let len = self.state_len[slot];
+                let dst = &mut self.pending[si].states[slot];
+                b.copy(&self.states[r.seq * k + slot], 0, dst, 0, len);
+            }
         }
         Ok(())
     }
