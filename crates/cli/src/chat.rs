@@ -1,7 +1,13 @@
 //! `strata chat`: an interactive conversation with the model's chat template.
 //!
 //! Each turn renders the whole conversation and reuses the KV cache of what
-//! came before, so only the new tokens are computed. With standard input not
+//! came before, so only the new tokens are computed: when the render
+//! continues the previous turn's prompt and reply as text, the new prompt is
+//! the tokens the model saw (that prompt and the reply's generated tokens,
+//! not the reply tokenized again, which can differ) followed by the new
+//! text (the end of the reply's turn, the user's message, the opening of
+//! the next reply) — as llama.cpp's `llama-cli` continues a conversation.
+//! Then the whole cache is reused, for models with recurrent layers too. With standard input not
 //! a terminal, each line is one user message and each reply is printed on
 //! its own (scriptable); `--json` prints one object per turn instead,
 //! including how many prompt tokens were reused and how many computed.
@@ -19,7 +25,7 @@
 use std::io::{IsTerminal as _, Write as _};
 
 use generate::{Completion, GenerateOptions, Generator, Prompt};
-use tokenizer::chat::{ChatTemplate, Message};
+use tokenizer::chat::{ChatTemplate, Located, Message};
 use tokenizer::Tokenizer;
 
 use crate::common::{classify, init_threads, one_line, Loaded, ModelArgs, ModelFile, SamplingArgs};
@@ -59,14 +65,75 @@ struct Conversation<'a> {
     template: ChatTemplate,
     tokenizer: &'a Tokenizer,
     special_in_content: bool,
+    /// What the model saw of the last turn, which the next prompt continues.
+    seen: Option<Seen>,
+    /// The render of the prompt [`Conversation::prompt_with`] made last.
+    render: String,
+}
+
+/// The last turn as the model saw it: the tokens of its prompt followed by
+/// the reply's generated tokens, and the text they stand for.
+struct Seen {
+    /// The prompt's render (with the opening of the reply).
+    render: String,
+    /// The reply's text, as the conversation keeps it.
+    reply: String,
+    /// The prompt's tokens and the reply's generated tokens.
+    ids: Vec<u32>,
 }
 
 impl Conversation<'_> {
-    fn tokens(&self, messages: &[Message]) -> Result<Vec<u32>, Box<dyn std::error::Error>> {
+    /// The prompt of `messages` and its render: the tokens of the last turn
+    /// as the model saw them and the new text's tokens when the render
+    /// continues the last turn's prompt and reply, else the whole render's.
+    fn tokens(
+        &self,
+        messages: &[Message],
+    ) -> Result<(Vec<u32>, String), Box<dyn std::error::Error>> {
         let ctx = self.tokenizer.chat_context(messages.to_vec());
-        Ok(self
+        let located = if self.special_in_content {
+            Located {
+                text: self.template.render(&ctx)?,
+                content: Some(Vec::new()),
+            }
+        } else {
+            self.template.render_located(&ctx)?
+        };
+        if let Some(ids) = self.continued(&located)? {
+            return Ok((ids, located.text));
+        }
+        let ids = self
             .tokenizer
-            .encode_chat(&self.template, &ctx, self.special_in_content)?)
+            .encode_chat(&self.template, &ctx, self.special_in_content)?;
+        Ok((ids, located.text))
+    }
+
+    /// The last turn's tokens followed by those of the text `r` adds after
+    /// its prompt and reply, if `r` starts with them (no earlier turn
+    /// shifted out, the reply rendered as it was generated) and no message
+    /// content spans the seam.
+    fn continued(&self, r: &Located) -> Result<Option<Vec<u32>>, Box<dyn std::error::Error>> {
+        let (Some(seen), Some(ranges)) = (&self.seen, &r.content) else {
+            return Ok(None);
+        };
+        let head = seen.render.len() + seen.reply.len();
+        let continues = r.text.starts_with(&seen.render)
+            && r.text[seen.render.len()..].starts_with(&seen.reply)
+            && !ranges.iter().any(|c| c.start < head && c.end > head);
+        if !continues {
+            return Ok(None);
+        }
+        let tail: Vec<_> = ranges
+            .iter()
+            .filter(|c| c.start >= head)
+            .map(|c| c.start - head..c.end - head)
+            .collect();
+        let mut ids = seen.ids.clone();
+        ids.extend(
+            self.tokenizer
+                .encode_continuation(&r.text[head..], true, &tail)?,
+        );
+        Ok(Some(ids))
     }
 
     /// The prompt with `user` added, shifting out the oldest turns until it
@@ -94,10 +161,11 @@ impl Conversation<'_> {
         let mut messages = self.messages.clone();
         messages.push(Message::new("user", user));
         loop {
-            let ids = self.tokens(&messages)?;
+            let (ids, render) = self.tokens(&messages)?;
             let shiftable = messages.len() - self.kept - 1;
             if ids.len() + room <= n_ctx || (shiftable == 0 && ids.len() < n_ctx) {
                 self.messages = messages;
+                self.render = render;
                 return Ok(ids);
             }
             if shiftable == 0 {
@@ -139,6 +207,8 @@ pub fn run(args: Args) -> CmdResult {
         template: mf.chat_template()?,
         tokenizer: &mf.tokenizer,
         special_in_content: args.special_in_content,
+        seen: None,
+        render: String::new(),
     };
     // Room for a reply: its most tokens, up to half the context.
     let room = opts.max_tokens.min(n_ctx / 2);
@@ -204,11 +274,18 @@ pub fn run(args: Args) -> CmdResult {
         }
         match done {
             Ok(done) => {
-                // Kept verbatim: the next render then starts with the very
-                // tokens generated, and the cache covers them.
+                // Kept verbatim: the next render then starts with this
+                // prompt and reply, and continues the tokens generated.
                 conversation
                     .messages
                     .push(Message::new("assistant", done.text.as_str()));
+                let mut ids = done.prompt_tokens.clone();
+                ids.extend_from_slice(&done.tokens);
+                conversation.seen = Some(Seen {
+                    render: std::mem::take(&mut conversation.render),
+                    reply: done.text.clone(),
+                    ids,
+                });
                 report(&mut stdout, &args, user, &done)?;
             }
             Err(e) => {

@@ -274,3 +274,80 @@ fn serve_reuses_what_a_recurrent_model_can() {
         "greedy replies of one prompt differ"
     );
 }
+
+/// `strata chat --json` on the qwen35 fixture, eight turns of greedy
+/// replies: each turn's prompt continues the tokens the model saw (the
+/// previous prompt and its reply's generated tokens, not the reply
+/// tokenized again), so the whole cache — recurrent states included — is
+/// reused and only the turn's new tokens are computed: the reply's last
+/// token (sampled, not yet run) and the new user message as rendered. Each
+/// reply equals a fresh `strata generate` of the same prompt tokens.
+#[test]
+fn chat_on_a_recurrent_model_computes_only_new_tokens() {
+    use std::io::Write;
+    let model = model("qwen35", "F32");
+    let m = model.to_str().unwrap();
+    let opts = ["--json", "--temperature", "0", "-n", "12", "--ctx", "1024"];
+    let mut child = Command::new(env!("CARGO_BIN_EXE_strata"))
+        .args(["chat", "--model", m])
+        .args(opts)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let lines = "hello there\nhow are you\nwhat is two plus two\ntell me a story\n\
+                 why is the sky blue\nname a color\ncount to five\ngoodbye now\n";
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(lines.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "strata chat failed");
+    let turns: Vec<Value> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(turns.len(), 8);
+    let ids = |v: &Value| -> Vec<u64> {
+        let ids = v.as_array().unwrap().iter();
+        ids.map(|x| x.as_u64().unwrap()).collect()
+    };
+    // The tokens in the cache: every prompt token and every generated token
+    // run through the model.
+    let mut cached: Vec<u64> = Vec::new();
+    let mut figures = Vec::new();
+    for (i, t) in turns.iter().enumerate() {
+        let (prompt, tokens) = (ids(&t["prompt_tokens"]), ids(&t["tokens"]));
+        let reused = t["timings"]["reused_tokens"].as_u64().unwrap() as usize;
+        let computed = t["timings"]["prompt_tokens"].as_u64().unwrap() as usize;
+        assert!(
+            prompt.starts_with(&cached),
+            "turn {i}: the prompt drops cached tokens"
+        );
+        assert_eq!(
+            (reused, computed),
+            (cached.len(), prompt.len() - cached.len()),
+            "turn {i}: reused and computed prompt tokens"
+        );
+        figures.push((prompt.len(), reused, computed));
+        let prompt_json = serde_json::to_string(&prompt).unwrap();
+        let mut args = vec!["generate", "--model", m, "--prompt-tokens", &prompt_json];
+        args.extend(opts);
+        let fresh = strata(&args);
+        assert!(fresh.status.success(), "turn {i}: strata generate failed");
+        let fresh: Value = serde_json::from_slice(&fresh.stdout).unwrap();
+        assert_eq!(fresh["timings"]["reused_tokens"], 0);
+        assert_eq!(fresh["tokens"], t["tokens"], "turn {i}: the reply differs");
+        cached = prompt;
+        // The last token sampled at max_tokens is not run; an end of
+        // generation is not kept.
+        let ran = tokens.len() - usize::from(t["stop_reason"] == "length");
+        cached.extend_from_slice(&tokens[..ran]);
+    }
+    println!("qwen35 chat, per turn (prompt, reused, computed): {figures:?}");
+    assert!(figures[1..].iter().all(|f| f.1 > 0));
+}

@@ -58,6 +58,30 @@ impl Tokenizer {
         parse_special: bool,
         as_text: &[std::ops::Range<usize>],
     ) -> Result<Vec<u32>, TokenizerError> {
+        self.encode_ranges(text, add_special, parse_special, as_text, false)
+    }
+
+    /// [`Tokenizer::encode_with_text_ranges`] for text that continues
+    /// tokens already made (the next turn of a chat after the reply the
+    /// model generated): no BOS, and no SentencePiece space prefix before
+    /// its first stretch of text, which continues the text before it.
+    pub fn encode_continuation(
+        &self,
+        text: &str,
+        parse_special: bool,
+        as_text: &[std::ops::Range<usize>],
+    ) -> Result<Vec<u32>, TokenizerError> {
+        self.encode_ranges(text, false, parse_special, as_text, true)
+    }
+
+    fn encode_ranges(
+        &self,
+        text: &str,
+        add_special: bool,
+        parse_special: bool,
+        as_text: &[std::ops::Range<usize>],
+        continues: bool,
+    ) -> Result<Vec<u32>, TokenizerError> {
         // Tokenizing takes up to ~20 bytes of memory a byte of text
         // (fragments, symbols, merge queues, ids); a text beyond what the
         // machine holds is an error, not an allocation abort.
@@ -87,9 +111,10 @@ impl Tokenizer {
         }
         match self.kind {
             VocabKind::SentencePiece => {
-                // A space is prefixed to the first stretch of text and to every
-                // stretch that follows a special token.
-                let mut prev_special = true;
+                // A space is prefixed to the first stretch of text (unless
+                // it continues earlier text) and to every stretch that
+                // follows a special token.
+                let mut prev_special = !continues;
                 let mut buf = String::new();
                 for f in fragments {
                     match f {
