@@ -228,8 +228,10 @@ fn http(port: u16, method: &str, path: &str, body: &str) -> (u16, String) {
 
 /// `strata serve` on a model with recurrent layers: a request that shares
 /// only part of a slot's cached tokens (its prompt, not the reply after
-/// it) cannot rewind the recurrent state to the shared prefix, so the
-/// server runs that prompt whole instead of failing it.
+/// it) rewinds the recurrent states to the longest saved prefix (the
+/// session's snapshots after a prompt and the token before its end)
+/// instead of failing, and the greedy reply of a prompt run again from a
+/// snapshot is the first run's.
 #[test]
 fn serve_reuses_what_a_recurrent_model_can() {
     let model = model("qwen35", "F32");
@@ -273,6 +275,20 @@ fn serve_reuses_what_a_recurrent_model_can() {
         text(&again.1),
         "greedy replies of one prompt differ"
     );
+    let usage = |b: &str| {
+        let u = serde_json::from_str::<Value>(b).unwrap()["usage"].clone();
+        let n = |v: &Value| v.as_u64().unwrap();
+        (
+            n(&u["prompt_tokens"]),
+            n(&u["prompt_tokens_details"]["cached_tokens"]),
+        )
+    };
+    let (n_first, _) = usage(&first.1);
+    // The second request reuses the first prompt (saved at its end), the
+    // third all of its prompt but the last token, run again for its logits
+    // (saved before the first prompt's end).
+    assert_eq!(usage(&second.1).1, n_first, "{}", second.1);
+    assert_eq!(usage(&again.1), (n_first, n_first - 1), "{}", again.1);
 }
 
 /// `strata chat --json` on the qwen35 fixture, eight turns of greedy
