@@ -195,6 +195,9 @@ pub(crate) struct GenParams {
     pub stop: Vec<String>,
     /// With logprobs: how many alternatives per token.
     pub top_logprobs: Option<usize>,
+    /// Control tokens rendered in the text (gpt-oss's harmony markers, which
+    /// a chat reply is parsed by).
+    pub special: bool,
 }
 
 /// What `response_format` and `grammar` ask of the output.

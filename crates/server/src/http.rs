@@ -472,13 +472,16 @@ fn chat_response(
     if req.stream_options.is_some() && req.stream != Some(true) {
         return Err(bad("stream_options needs stream: true"));
     }
+    let format = info.tool_format;
+    // gpt-oss: the reply's channels are read from its control tokens.
+    let harmony = format == ToolFormat::Harmony;
     let params = GenParams {
         max_tokens,
         sampler: req.sampling.config(info.n_vocab)?,
         stop: api::stops(req.stop)?,
         top_logprobs,
+        special: harmony,
     };
-    let format = info.tool_format;
     let mut messages = req.messages;
     tools::prepare_messages(
         &mut messages,
@@ -540,8 +543,8 @@ fn chat_response(
                 } else {
                     Value::Null
                 };
-                let text = match &tools {
-                    Some(_) => {
+                let text = match (&tools, harmony) {
+                    (Some(_), _) | (None, true) => {
                         held.lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .push_str(&text);
@@ -550,15 +553,16 @@ fn chat_response(
                         }
                         String::new()
                     }
-                    None => text,
+                    (None, false) => text,
                 };
                 (sse(&chunk(json!({"content": text}), None, lp)), false)
             }
             Event::Done { mut finish, usage } => {
                 let mut out = String::new();
-                if let Some(tools) = &tools {
+                if tools.is_some() || harmony {
                     let text = std::mem::take(&mut *held.lock().unwrap_or_else(|e| e.into_inner()));
-                    let (message, calls) = reply_message(&text, format, tools, &call_id, finish);
+                    let (message, calls) =
+                        reply_message(&text, format, tools.as_ref(), &call_id, finish);
                     if calls {
                         finish = Finish::ToolCalls;
                         let mut delta = message;
@@ -569,9 +573,17 @@ fn chat_response(
                         }
                         delta.as_object_mut().expect("an object").remove("role");
                         out.push_str(&sse(&chunk(delta, None, Value::Null)));
-                    } else if let Some(text) = message["content"].as_str().filter(|t| !t.is_empty())
-                    {
-                        out.push_str(&sse(&chunk(json!({"content": text}), None, Value::Null)));
+                    } else {
+                        // The reasoning (harmony), then the reply's text.
+                        let mut delta = json!({});
+                        for key in ["reasoning_content", "content"] {
+                            if let Some(t) = message[key].as_str().filter(|t| !t.is_empty()) {
+                                delta[key] = json!(t);
+                            }
+                        }
+                        if delta.as_object().is_some_and(|d| !d.is_empty()) {
+                            out.push_str(&sse(&chunk(delta, None, Value::Null)));
+                        }
                     }
                 }
                 out.push_str(&sse(&chunk(json!({}), Some(finish.as_str()), Value::Null)));
@@ -604,23 +616,22 @@ fn chat_response(
             } else {
                 Value::Null
             };
-            let (message, finish) = match &tools {
-                Some(tools) => {
-                    let (message, calls) =
-                        reply_message(&done.text, format, tools, &id, done.finish);
-                    (
-                        message,
-                        if calls {
-                            Finish::ToolCalls
-                        } else {
-                            done.finish
-                        },
-                    )
-                }
-                None => (
+            let (message, finish) = if tools.is_some() || harmony {
+                let (message, calls) =
+                    reply_message(&done.text, format, tools.as_ref(), &id, done.finish);
+                (
+                    message,
+                    if calls {
+                        Finish::ToolCalls
+                    } else {
+                        done.finish
+                    },
+                )
+            } else {
+                (
                     json!({"role": "assistant", "content": done.text}),
                     done.finish,
-                ),
+                )
             };
             json_body(&json!({
                 "id": id, "object": "chat.completion", "created": created, "model": model,
@@ -652,27 +663,39 @@ fn compile(info: &ModelInfo, grammar: Option<&Grammar>) -> Result<Option<Constra
         .map_err(|e| bad(format!("cannot use this grammar or schema: {e}")))
 }
 
-/// The assistant message of a reply given tools: its calls parsed out (only
-/// from a reply that ended by itself, not one cut at max_tokens), and
-/// whether there were any.
+/// The assistant message of a reply given tools (or of any gpt-oss
+/// reply): its calls parsed out (only from a reply that ended by itself, not
+/// one cut at max_tokens), and whether there were any. A harmony reply's
+/// text is its final channel, its analysis channel `reasoning_content`.
 fn reply_message(
     text: &str,
     format: ToolFormat,
-    tools: &Tools,
+    tools: Option<&Tools>,
     id: &str,
     finish: Finish,
 ) -> (Value, bool) {
-    let reply = if finish == Finish::Stop {
-        tools::parse_reply(text, format, tools)
-    } else {
-        tools::Reply {
-            content: Some(text.to_string()),
+    let harmony = (format == ToolFormat::Harmony).then(|| generate::harmony::parse_reply(text));
+    let reply = match tools {
+        Some(tools) if finish == Finish::Stop => tools::parse_reply(text, format, tools),
+        _ => tools::Reply {
+            content: Some(match &harmony {
+                Some(h) => h.content.clone(),
+                None => text.to_string(),
+            }),
             calls: Vec::new(),
+        },
+    };
+    let with_reasoning = |mut m: Value| {
+        if let Some(r) = harmony.as_ref().and_then(|h| h.reasoning.as_ref()) {
+            m["reasoning_content"] = json!(r);
         }
+        m
     };
     if reply.calls.is_empty() {
         return (
-            json!({"role": "assistant", "content": reply.content.unwrap_or_default()}),
+            with_reasoning(
+                json!({"role": "assistant", "content": reply.content.unwrap_or_default()}),
+            ),
             false,
         );
     }
@@ -689,7 +712,7 @@ fn reply_message(
         })
         .collect();
     (
-        json!({"role": "assistant", "content": reply.content, "tool_calls": calls}),
+        with_reasoning(json!({"role": "assistant", "content": reply.content, "tool_calls": calls})),
         true,
     )
 }
@@ -772,6 +795,7 @@ fn completion_response(
         sampler: req.sampling.config(info.n_vocab)?,
         stop: api::stops(req.stop)?,
         top_logprobs,
+        special: false,
     };
     let output = api::output_format(None, req.grammar.as_deref())?;
     let constraint = compile(info, output.grammar.as_ref())?;
@@ -869,4 +893,59 @@ fn check_ids(info: &ModelInfo, ids: &[u32]) -> Result<String, ApiError> {
         )));
     }
     Ok(info.tokenizer.decode(ids))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A gpt-oss reply (decoded with its control tokens): the final channel
+    /// is the content, the analysis channel `reasoning_content`; with tools,
+    /// a message to `functions.NAME` is a call.
+    #[test]
+    fn harmony_replies_become_messages() {
+        let text = "<|channel|>analysis<|message|>Greet back.<|end|>\
+                    <|start|>assistant<|channel|>final<|message|>Hello!";
+        let (m, calls) = reply_message(text, ToolFormat::Harmony, None, "chatcmpl-1", Finish::Stop);
+        assert!(!calls);
+        assert_eq!(m["content"], "Hello!");
+        assert_eq!(m["reasoning_content"], "Greet back.");
+        // Cut at max_tokens inside the reasoning: no content yet.
+        let (m, _) = reply_message(
+            "<|channel|>analysis<|message|>Greet",
+            ToolFormat::Harmony,
+            None,
+            "chatcmpl-1",
+            Finish::Length,
+        );
+        assert_eq!(m["content"], "");
+        assert_eq!(m["reasoning_content"], "Greet");
+
+        let tools = tools::parse(
+            Some(
+                json!([{"type": "function", "function": {"name": "get_weather",
+                "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]),
+            ),
+            None,
+            None,
+        )
+        .unwrap()
+        .unwrap();
+        let text = "<|channel|>analysis<|message|>Need it.<|end|><|start|>assistant \
+                    to=functions.get_weather<|channel|>commentary json<|message|>{\"city\": \"Paris\"}";
+        let (m, calls) = reply_message(
+            text,
+            ToolFormat::Harmony,
+            Some(&tools),
+            "chatcmpl-1",
+            Finish::Stop,
+        );
+        assert!(calls);
+        assert_eq!(m["tool_calls"][0]["function"]["name"], "get_weather");
+        assert_eq!(
+            m["tool_calls"][0]["function"]["arguments"],
+            "{\"city\": \"Paris\"}"
+        );
+        assert_eq!(m["reasoning_content"], "Need it.");
+    }
 }

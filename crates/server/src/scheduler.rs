@@ -401,7 +401,7 @@ impl Scheduler<'_> {
                 ready: saved,
                 reused: common,
                 sampler,
-                decoder: StreamDecoder::new(),
+                decoder: StreamDecoder::with_special(job.params.special),
                 stops: StopFilter::new(&job.params.stop),
                 generated: 0,
                 started: Instant::now(),

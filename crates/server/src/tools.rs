@@ -8,6 +8,10 @@
 //!   `<tool_call>\n{"name": …, "arguments": {…}}\n</tool_call>`.
 //! - [`ToolFormat::Llama3`] (LLaMA 3.1+ templates, `<|python_tag|>`): the
 //!   template gets `tools`; the model writes `{"name": …, "parameters": {…}}`.
+//! - [`ToolFormat::Harmony`] (gpt-oss; the template writes `<|channel|>`):
+//!   the template gets `tools` (it lists them as a TypeScript namespace);
+//!   the model addresses a message `to=functions.NAME` with JSON arguments
+//!   ([`generate::harmony`]). No grammar forces a call in this format.
 //! - [`ToolFormat::Generic`] (templates with no tool format, such as the
 //!   default model's), as llama.cpp's generic chat format: the tools are
 //!   described in the system turn and the whole reply is constrained to JSON,
@@ -26,6 +30,8 @@ pub(crate) enum ToolFormat {
     Hermes,
     /// A bare JSON object with `name` and `parameters`.
     Llama3,
+    /// gpt-oss's harmony messages: a call is a message `to=functions.NAME`.
+    Harmony,
     /// The system turn describes the tools, the reply is one JSON object.
     Generic,
 }
@@ -33,7 +39,9 @@ pub(crate) enum ToolFormat {
 impl ToolFormat {
     /// The format a template writes, from its source.
     pub fn detect(template_source: &str) -> ToolFormat {
-        if template_source.contains("<tool_call>") {
+        if generate::harmony::is_harmony_template(template_source) {
+            ToolFormat::Harmony
+        } else if template_source.contains("<tool_call>") {
             ToolFormat::Hermes
         } else if template_source.contains("<|python_tag|>")
             || (template_source.contains("<|start_header_id|>")
@@ -282,6 +290,8 @@ impl Tools {
                 strict: self.strict(),
             }),
             _ if !self.forced() => None,
+            // The call follows the model's own reasoning: nothing to force.
+            ToolFormat::Harmony => None,
             ToolFormat::Llama3 => Some(Grammar::JsonSchema {
                 schema: self.call_schema("parameters"),
                 strict: self.strict(),
@@ -345,7 +355,8 @@ impl Tools {
 
 /// Prepares the request's messages (JSON, before they are checked) for the
 /// template: arguments given as JSON text are parsed (templates write them
-/// with `tojson`); in the generic format the tools are described in the
+/// with `tojson`); for harmony, an assistant turn's `reasoning_content`
+/// becomes the `thinking` gpt-oss's template reads; in the generic format the tools are described in the
 /// system turn, earlier calls become the JSON the model would have written,
 /// and tool results become user turns.
 pub(crate) fn prepare_messages(
@@ -365,6 +376,11 @@ pub(crate) fn prepare_messages(
                         *args = parsed;
                     }
                 }
+            }
+        }
+        if format == ToolFormat::Harmony && m.get("thinking").is_none() {
+            if let Some(r) = m.get("reasoning_content").cloned() {
+                m["thinking"] = r;
             }
         }
     }
@@ -522,6 +538,28 @@ pub(crate) fn parse_reply(text: &str, format: ToolFormat, tools: &Tools) -> Repl
                 None => plain,
             }
         }
+        ToolFormat::Harmony => {
+            let h = generate::harmony::parse_reply(text);
+            let calls: Vec<ToolCall> = h
+                .calls
+                .into_iter()
+                .map(|c| ToolCall {
+                    name: c.name,
+                    arguments: c.arguments,
+                })
+                .filter(known)
+                .collect();
+            if calls.is_empty() {
+                return Reply {
+                    content: Some(h.content),
+                    calls,
+                };
+            }
+            Reply {
+                content: (!h.content.is_empty()).then_some(h.content),
+                calls,
+            }
+        }
         ToolFormat::Generic => {
             let Ok(v) = serde_json::from_str::<Value>(text.trim()) else {
                 return plain;
@@ -617,6 +655,31 @@ mod tests {
             ToolFormat::detect("<|im_start|>{{ m.content }}"),
             ToolFormat::Generic
         );
+    }
+
+    #[test]
+    fn harmony_calls_and_replies_are_parsed() {
+        assert_eq!(
+            ToolFormat::detect("<|start|>assistant<|channel|>final<|message|>"),
+            ToolFormat::Harmony
+        );
+        let tools = weather(json!("auto"));
+        let r = parse_reply(
+            "<|channel|>analysis<|message|>Need the weather.<|end|><|start|>assistant \
+             to=functions.get_weather<|channel|>commentary json<|message|>{\"city\": \"Paris\"}",
+            ToolFormat::Harmony,
+            &tools,
+        );
+        assert_eq!(r.content, None);
+        assert_eq!(r.calls[0].name, "get_weather");
+        assert_eq!(r.calls[0].arguments, "{\"city\": \"Paris\"}");
+        let r = parse_reply(
+            "<|channel|>analysis<|message|>Greet.<|end|><|start|>assistant<|channel|>final<|message|>Hi!",
+            ToolFormat::Harmony,
+            &tools,
+        );
+        assert_eq!(r.content.as_deref(), Some("Hi!"));
+        assert!(r.calls.is_empty());
     }
 
     #[test]
