@@ -24,7 +24,7 @@
 
 use std::io::{IsTerminal as _, Write as _};
 
-use generate::{Completion, GenerateOptions, Generator, Prompt};
+use generate::{Completion, GenerateOptions, Generator, LastTurn, Prompt};
 use tokenizer::chat::{ChatTemplate, Located, Message};
 use tokenizer::Tokenizer;
 
@@ -65,27 +65,16 @@ struct Conversation<'a> {
     template: ChatTemplate,
     tokenizer: &'a Tokenizer,
     special_in_content: bool,
-    /// What the model saw of the last turn, which the next prompt continues.
-    seen: Option<Seen>,
+    /// The last turn as the model saw it, which the next prompt continues.
+    last: Option<LastTurn>,
     /// The render of the prompt [`Conversation::prompt_with`] made last.
     render: String,
 }
 
-/// The last turn as the model saw it: the tokens of its prompt followed by
-/// the reply's generated tokens, and the text they stand for.
-struct Seen {
-    /// The prompt's render (with the opening of the reply).
-    render: String,
-    /// The reply's text, as the conversation keeps it.
-    reply: String,
-    /// The prompt's tokens and the reply's generated tokens.
-    ids: Vec<u32>,
-}
-
 impl Conversation<'_> {
-    /// The prompt of `messages` and its render: the tokens of the last turn
-    /// as the model saw them and the new text's tokens when the render
-    /// continues the last turn's prompt and reply, else the whole render's.
+    /// The prompt of `messages` and its render: the last turn's tokens
+    /// continued when the render continues its prompt and reply
+    /// ([`LastTurn::continue_with`]), else the whole render's tokens.
     fn tokens(
         &self,
         messages: &[Message],
@@ -99,41 +88,15 @@ impl Conversation<'_> {
         } else {
             self.template.render_located(&ctx)?
         };
-        if let Some(ids) = self.continued(&located)? {
-            return Ok((ids, located.text));
+        if let Some(last) = &self.last {
+            if let Some(ids) = last.continue_with(self.tokenizer, &located)? {
+                return Ok((ids, located.text));
+            }
         }
         let ids = self
             .tokenizer
             .encode_chat(&self.template, &ctx, self.special_in_content)?;
         Ok((ids, located.text))
-    }
-
-    /// The last turn's tokens followed by those of the text `r` adds after
-    /// its prompt and reply, if `r` starts with them (no earlier turn
-    /// shifted out, the reply rendered as it was generated) and no message
-    /// content spans the seam.
-    fn continued(&self, r: &Located) -> Result<Option<Vec<u32>>, Box<dyn std::error::Error>> {
-        let (Some(seen), Some(ranges)) = (&self.seen, &r.content) else {
-            return Ok(None);
-        };
-        let head = seen.render.len() + seen.reply.len();
-        let continues = r.text.starts_with(&seen.render)
-            && r.text[seen.render.len()..].starts_with(&seen.reply)
-            && !ranges.iter().any(|c| c.start < head && c.end > head);
-        if !continues {
-            return Ok(None);
-        }
-        let tail: Vec<_> = ranges
-            .iter()
-            .filter(|c| c.start >= head)
-            .map(|c| c.start - head..c.end - head)
-            .collect();
-        let mut ids = seen.ids.clone();
-        ids.extend(
-            self.tokenizer
-                .encode_continuation(&r.text[head..], true, &tail)?,
-        );
-        Ok(Some(ids))
     }
 
     /// The prompt with `user` added, shifting out the oldest turns until it
@@ -207,7 +170,7 @@ pub fn run(args: Args) -> CmdResult {
         template: mf.chat_template()?,
         tokenizer: &mf.tokenizer,
         special_in_content: args.special_in_content,
-        seen: None,
+        last: None,
         render: String::new(),
     };
     // Room for a reply: its most tokens, up to half the context.
@@ -279,13 +242,8 @@ pub fn run(args: Args) -> CmdResult {
                 conversation
                     .messages
                     .push(Message::new("assistant", done.text.as_str()));
-                let mut ids = done.prompt_tokens.clone();
-                ids.extend_from_slice(&done.tokens);
-                conversation.seen = Some(Seen {
-                    render: std::mem::take(&mut conversation.render),
-                    reply: done.text.clone(),
-                    ids,
-                });
+                let render = std::mem::take(&mut conversation.render);
+                conversation.last = Some(LastTurn::new(render, &done));
                 report(&mut stdout, &args, user, &done)?;
             }
             Err(e) => {

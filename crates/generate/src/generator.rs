@@ -149,6 +149,11 @@ impl<'t, E: Engine> Generator<'t, E> {
         self
     }
 
+    /// The chat template [`Prompt::Chat`] is rendered with, if set.
+    pub fn template(&self) -> Option<&ChatTemplate> {
+        self.template.as_ref()
+    }
+
     /// The engine.
     pub fn engine(&self) -> &E {
         &self.engine

@@ -30,8 +30,10 @@
 //! - The generator remembers which tokens are in the engine's KV cache. A new
 //!   prompt is compared with them, the cache is truncated to the common
 //!   prefix and only the rest is computed — so the turns of a [`Chat`], each
-//!   rendered whole by the template, cost only their new tokens
-//!   ([`Timings::reused_tokens`], [`Timings::prompt_tokens`]).
+//!   rendered whole by the template and continuing the tokens the model saw
+//!   ([`LastTurn`]), cost only their new tokens ([`Timings::reused_tokens`],
+//!   [`Timings::prompt_tokens`]). A model with recurrent layers rewinds to
+//!   the longest saved snapshot of its states ([`Engine::rewind_point`]).
 //! - Text that could be the beginning of a stop string is held back until the
 //!   next token decides; a stop string is never part of the output.
 //! - Arguments are checked before any work ([`GenerateOptions::validate`],
@@ -48,7 +50,7 @@ pub mod sampler;
 pub mod stop;
 mod timings;
 
-pub use chat::Chat;
+pub use chat::{Chat, LastTurn};
 pub use engine::Engine;
 pub use error::GenerateError;
 pub use generator::{

@@ -303,3 +303,24 @@ fn spm_random_strings_round_trip() {
         assert_eq!(tok.decode(&ids), s.replace('▁', " "), "{s:?}");
     }
 }
+
+/// Text that continues tokens already made (a chat's next turn after the
+/// tokens the model generated) gets no BOS and, in SentencePiece, no space
+/// prefix: " world" continuing "Hello" is the `▁world` of "Hello world",
+/// not the `▁▁world` of " world" tokenized alone.
+#[test]
+fn a_continuation_has_no_bos_and_no_space_prefix() {
+    let file = GgufFile::open(fixture("vocab/ggml-vocab-llama-spm.gguf")).unwrap();
+    let tok = Tokenizer::from_gguf(file.header()).unwrap();
+    let whole = tok.encode("Hello world", true, false).unwrap();
+    let head = tok.encode("Hello", true, false).unwrap();
+    let tail = tok.encode_continuation(" world", false, &[]).unwrap();
+    assert_eq!([&head[..], &tail[..]].concat(), whole);
+    assert_ne!(tail, tok.encode(" world", false, false).unwrap());
+    // Text ranges hold no special tokens; elsewhere they are parsed.
+    let text = "</s> and </s>";
+    let ids = tok.encode_continuation(text, true, &[0..4]).unwrap();
+    let eos = tok.eos().unwrap();
+    assert_eq!(ids.iter().filter(|&&t| t == eos).count(), 1);
+    assert_eq!(ids.last(), Some(&eos));
+}
