@@ -222,49 +222,71 @@ fn matvec_cpu(c: &mut Criterion<ThreadCpuTime>) {
 }
 
 /// Single-thread batched product on the calling thread, timed in thread
-/// CPU time: every weight row against 64 activation rows with the
-/// four-row dot products that `matmul` uses (its compute-bound inner loop,
-/// without scheduling noise).
+/// CPU time: every weight row against 64 activation rows with the panel
+/// kernels that `matmul` uses (its compute-bound inner loop, without
+/// scheduling noise): Q4_1 and Q5_1 against eight-row Q8_1 panels, Q8_0
+/// against four-row Q8_0 panels, each for every instruction set the CPU has.
 fn matmul_cpu(c: &mut Criterion<ThreadCpuTime>) {
     let (rows, cols, n) = (1536, 576, 64);
     let x = random(n * cols, 9);
     let mut y = vec![0.0f32; n * rows];
     let mut g = c.benchmark_group("matmul64_cpu_1t");
     g.sample_size(20);
-    for ty in TYPES {
-        let Some(x4) = quant_kernels::simd::vec_dot_x4_for(ty) else {
+    let f = quant_kernels::simd::features();
+    let q8_1_variants = [
+        quant_kernels::simd::q8_1_panel_for(f),
+        quant_kernels::simd::q8_1_panel_for(quant_kernels::simd::Features {
+            avx_vnni: false,
+            avx512_vnni: false,
+            ..f
+        }),
+    ];
+    let mut seen = Vec::new();
+    for panel in q8_1_variants.into_iter().flatten() {
+        if seen.contains(&panel.isa) {
             continue;
-        };
-        let q = weights(ty, rows, cols);
-        let k = quant_kernels::kernels(ty).unwrap();
-        let ar = row_bytes(k.vec_dot_type, cols).unwrap();
-        let mut act = vec![0u8; n * ar];
-        let from_float = quant_kernels::simd::from_float_for(k.vec_dot_type).unwrap();
-        for (a, x) in act.chunks_mut(ar).zip(x.chunks(cols)) {
-            from_float(x, a);
         }
-        let rb = row_bytes(ty, cols).unwrap();
-        g.throughput(Throughput::Elements((rows * cols * n) as u64));
-        g.bench_function(
-            BenchmarkId::new(ty.name(), format!("{rows}x{cols}x{n}")),
-            |b| {
-                b.iter(|| {
-                    for (y, w) in y.chunks_mut(n).zip(q.chunks_exact(rb)) {
-                        for (b4, y) in y.chunks_exact_mut(4).enumerate() {
-                            let a = std::array::from_fn(|k| &act[(4 * b4 + k) * ar..][..ar]);
-                            y.copy_from_slice(&x4(cols, w, black_box(a)));
+        seen.push(panel.isa);
+        for ty in [GgmlType::Q4_1, GgmlType::Q5_1] {
+            let dot = panel.dot_for(ty).unwrap();
+            let q = weights(ty, rows, cols);
+            let ar = row_bytes(GgmlType::Q8_1, cols).unwrap();
+            let mut act = vec![0u8; n * ar];
+            let from_float = quant_kernels::simd::from_float_for(GgmlType::Q8_1).unwrap();
+            for (a, x) in act.chunks_mut(ar).zip(x.chunks(cols)) {
+                from_float(x, a);
+            }
+            let nb = cols / 32;
+            let mut panels = vec![quant_kernels::simd::Q8_1x8::default(); n / 8 * nb];
+            for (g, p) in panels.chunks_mut(nb).enumerate() {
+                let rows: Vec<&[u8]> = (0..8).map(|k| &act[(8 * g + k) * ar..][..ar]).collect();
+                quant_kernels::simd::pack_q8_1x8(&rows, p);
+            }
+            let rb = row_bytes(ty, cols).unwrap();
+            g.throughput(Throughput::Elements((rows * cols * n) as u64));
+            g.bench_function(
+                BenchmarkId::new(
+                    format!("{}-panel-{}", ty.name(), panel.isa),
+                    format!("{rows}x{cols}x{n}"),
+                ),
+                |b| {
+                    b.iter(|| {
+                        for (y, w) in y.chunks_mut(n).zip(q.chunks_exact(rb)) {
+                            for (p, y) in panels.chunks_exact(nb).zip(y.chunks_exact_mut(8)) {
+                                y.copy_from_slice(&dot(w, black_box(p)));
+                            }
                         }
-                    }
-                })
-            },
-        );
+                    })
+                },
+            );
+        }
     }
     // Q8_0 through the panel kernel matmul uses (activations interleaved).
-    let f = quant_kernels::simd::features();
     let variants = [
         quant_kernels::simd::q8_0_panel_for(f),
         quant_kernels::simd::q8_0_panel_for(quant_kernels::simd::Features {
             avx_vnni: false,
+            avx512_vnni: false,
             ..f
         }),
     ];

@@ -6,11 +6,12 @@
 //! walks each chunk's rows against a tile of the batch so each weight row is
 //! read from memory once per tile, which makes prompt processing
 //! compute-bound; Q8_0-activation formats first interleave the batch into
-//! [`simd::Q8_0x4`] panels.
+//! [`simd::Q8_0x4`] panels, Q8_1-activation formats (Q4_1, Q5_1) into
+//! [`simd::Q8_1x8`] panels.
 
 use crate::formats::{self, row_bytes};
 use crate::pool;
-use crate::simd::{self, FromFloatFn, Q8_0x4, VecDotFn};
+use crate::simd::{self, FromFloatFn, Q8_0x4, Q8_1x8, VecDotFn};
 use crate::{GgmlType, QuantError};
 
 /// A quantized weight matrix view: `rows` rows of `cols` elements each, row-major, borrowed bytes.
@@ -96,6 +97,8 @@ pub struct Scratch {
     act: Vec<u64>,
     /// Q8_0 activations interleaved four rows at a time (Q8_0 weights).
     panels: Vec<Q8_0x4>,
+    /// Q8_1 activations interleaved eight rows at a time (Q4_1, Q5_1 weights).
+    panels8: Vec<Q8_1x8>,
 }
 
 impl Scratch {
@@ -221,10 +224,12 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], scratch: &mut
             return matmul_q8_0_panels(w, x, n, y, scratch, panel.pack, dot, vec_dot, from_float);
         }
     }
+    if let Some(dot) = simd::q8_1_panel().and_then(|p| p.dot_for(w.ty)) {
+        return matmul_q8_1_panels(w, x, n, y, scratch, dot, vec_dot, from_float);
+    }
     let (act, act_row) = scratch.quantize(act_ty, from_float, x, n, w.cols);
     let chunk = rows_per_task(w.rows, w.row_bytes, n);
     let cols = w.cols;
-    let vec_dot_x4 = simd::vec_dot_x4_for(w.ty);
     let act_of = |b: usize| &act[b * act_row..(b + 1) * act_row];
     // Each task multiplies a chunk of whole weight rows into an n×rows tile.
     pool::for_each_row_chunk_columns(y, w.rows, n, chunk, |r0, out| {
@@ -233,17 +238,7 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], scratch: &mut
             let b1 = (b0 + BATCH_TILE).min(n);
             for i in 0..nrows {
                 let wr = w.row(r0 + i);
-                let mut b = b0;
-                if let Some(x4) = vec_dot_x4 {
-                    while b + 4 <= b1 {
-                        let r = x4(cols, wr, std::array::from_fn(|k| act_of(b + k)));
-                        for (k, v) in r.into_iter().enumerate() {
-                            out[(b + k) * nrows + i] = v;
-                        }
-                        b += 4;
-                    }
-                }
-                for b in b..b1 {
+                for b in b0..b1 {
                     out[b * nrows + i] = vec_dot(cols, wr, act_of(b));
                 }
             }
@@ -302,4 +297,65 @@ fn matmul_q8_0_panels(
         }
     });
     scratch.panels = panels;
+}
+
+/// Batch rows past the last whole [`Q8_1x8`] panel from which a panel
+/// padded with zero rows is cheaper than single products: a panel costs
+/// about what three single products do.
+const Q8_1_PAD_FROM: usize = 3;
+
+/// [`matmul`] for weights with Q8_1 activations (Q4_1, Q5_1) through
+/// [`Q8_1x8`] panels: the activations are quantized as usual, then
+/// interleaved eight rows at a time; each weight row meets a tile of panels
+/// while hot in L1. The rows past the last whole panel go into one panel
+/// padded with zeros, or, when fewer than [`Q8_1_PAD_FROM`], use the single
+/// product.
+#[allow(clippy::too_many_arguments)]
+fn matmul_q8_1_panels(
+    w: &QMatrix<'_>,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    scratch: &mut Scratch,
+    dot: simd::Panel8DotFn,
+    vec_dot: VecDotFn,
+    from_float: FromFloatFn,
+) {
+    let cols = w.cols;
+    let nb = cols / 32;
+    let rest = n % 8;
+    let groups = n / 8 + usize::from(rest >= Q8_1_PAD_FROM);
+    let mut panels = std::mem::take(&mut scratch.panels8);
+    if panels.len() < groups * nb {
+        panels.resize(groups * nb, Q8_1x8::default());
+    }
+    let (act, act_row) = scratch.quantize(GgmlType::Q8_1, from_float, x, n, cols);
+    let act_of = |b: usize| &act[b * act_row..(b + 1) * act_row];
+    for (g, out) in panels.chunks_exact_mut(nb).take(groups).enumerate() {
+        let rows: Vec<&[u8]> = (8 * g..(8 * g + 8).min(n)).map(act_of).collect();
+        simd::pack_q8_1x8(&rows, out);
+    }
+    let chunk = rows_per_task(w.rows, w.row_bytes, n);
+    let panels_ref = &panels[..groups * nb];
+    pool::for_each_row_chunk_columns(y, w.rows, n, chunk, |r0, out| {
+        let nrows = out.len() / n;
+        for g0 in (0..groups).step_by(BATCH_TILE / 8) {
+            let g1 = (g0 + BATCH_TILE / 8).min(groups);
+            for i in 0..nrows {
+                let wr = w.row(r0 + i);
+                for g in g0..g1 {
+                    let r = dot(wr, &panels_ref[g * nb..(g + 1) * nb]);
+                    for (k, v) in r.into_iter().enumerate().take(n - 8 * g) {
+                        out[(8 * g + k) * nrows + i] = v;
+                    }
+                }
+            }
+        }
+        for b in (8 * groups).min(n)..n {
+            for i in 0..nrows {
+                out[b * nrows + i] = vec_dot(cols, w.row(r0 + i), act_of(b));
+            }
+        }
+    });
+    scratch.panels8 = panels;
 }

@@ -85,28 +85,10 @@ proptest! {
         }
     }
 
-    /// Four-column kernels give exactly the bits of four single dot products.
-    #[test]
-    fn x4_vec_dot_is_bit_identical(seed in 1u64.., blocks in 1usize..20) {
-        for ty in CORE_WEIGHT_TYPES {
-            let Some(x4) = simd::vec_dot_x4_for(ty) else { continue };
-            let single = simd::vec_dot_for(ty).unwrap();
-            let n = cols_for(ty, blocks, 0);
-            let (_, wq) = weights(ty, seed, n);
-            let acts: Vec<Vec<u8>> = (0..4u64)
-                .map(|k| quantize_activations(ty, &Rng(seed ^ ((k + 1) * 0x1234)).activations(n)))
-                .collect();
-            let got = x4(n, &wq, std::array::from_fn(|k| acts[k].as_slice()));
-            for k in 0..4 {
-                prop_assert_eq!(got[k].to_bits(), single(n, &wq, &acts[k]).to_bits(), "{} column {}", ty, k);
-            }
-        }
-    }
-
-    /// Every panel kernel (AVX-VNNI and AVX2 where the CPU has them, for
-    /// Q8_0, Q5_0 and Q4_0 weights) gives exactly the bits of the single
-    /// dot product — also for raw weight bytes (Q8_0's −128 included,
-    /// which no quantizer writes).
+    /// Every panel kernel (AVX-VNNI, AVX512-VNNI and AVX2 where the CPU
+    /// has them, for Q8_0, Q5_0 and Q4_0 weights) gives exactly the bits of
+    /// the single dot product — also for raw weight bytes (Q8_0's −128
+    /// included, which no quantizer writes).
     #[test]
     fn q8_0_panels_are_bit_identical(seed in 1u64.., blocks in 1usize..20, raw in any::<bool>()) {
         let f = simd::features();
@@ -114,7 +96,11 @@ proptest! {
         let acts: Vec<Vec<u8>> = (0..4u64)
             .map(|k| quantize_activations(GgmlType::Q8_0, &Rng(seed ^ ((k + 1) * 0x4321)).activations(n)))
             .collect();
-        let variants = [simd::q8_0_panel_for(f), simd::q8_0_panel_for(Features { avx_vnni: false, ..f })];
+        let variants = [
+            simd::q8_0_panel_for(f),
+            simd::q8_0_panel_for(Features { avx_vnni: false, ..f }),
+            simd::q8_0_panel_for(Features { avx_vnni: false, avx512_vnni: false, ..f }),
+        ];
         for panel in variants.into_iter().flatten() {
             let mut p = vec![simd::Q8_0x4::default(); blocks];
             (panel.pack)(std::array::from_fn(|k| acts[k].as_slice()), &mut p);
@@ -245,20 +231,73 @@ fn activation_quantizer_vs_reference() {
     assert!(differing < 32 * 512 / 100, "{differing}");
 }
 
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// Every Q8_1x8 panel kernel (AVX-VNNI, AVX512-VNNI and AVX2 where the
+    /// CPU has them, for Q4_1 and Q5_1 weights) gives exactly the bits of
+    /// the single dot product, for a panel of `rows` activation rows (the
+    /// rest zeros) — also for raw weight bytes.
+    #[test]
+    fn q8_1_panels_are_bit_identical(seed in 1u64.., blocks in 1usize..20, rows in 1usize..=8, raw in any::<bool>()) {
+        let f = simd::features();
+        let n = blocks * 32;
+        let acts: Vec<Vec<u8>> = (0..rows as u64)
+            .map(|k| quantize_activations(GgmlType::Q4_1, &Rng(seed ^ ((k + 1) * 0x2468)).activations(n)))
+            .collect();
+        let refs: Vec<&[u8]> = acts.iter().map(Vec::as_slice).collect();
+        let mut p = vec![simd::Q8_1x8::default(); blocks];
+        simd::pack_q8_1x8(&refs, &mut p);
+        let variants = [
+            simd::q8_1_panel_for(f),
+            simd::q8_1_panel_for(Features { avx_vnni: false, ..f }),
+            simd::q8_1_panel_for(Features { avx_vnni: false, avx512_vnni: false, ..f }),
+        ];
+        for panel in variants.into_iter().flatten() {
+            for ty in [GgmlType::Q4_1, GgmlType::Q5_1] {
+                let single = simd::vec_dot_for(ty).unwrap();
+                let (_, mut wq) = weights(ty, seed, n);
+                if raw {
+                    // Random bytes after each block's f16 d and m.
+                    let mut rng = Rng(seed ^ 0x99);
+                    for blk in wq.chunks_exact_mut(row_bytes(ty, 32).unwrap()) {
+                        for q in &mut blk[4..] {
+                            *q = (rng.next_u64() >> 56) as u8;
+                        }
+                    }
+                }
+                let got = panel.dot_for(ty).unwrap()(&wq, &p);
+                for k in 0..rows {
+                    prop_assert_eq!(got[k].to_bits(), single(n, &wq, &acts[k]).to_bits(), "{} {} column {}", panel.isa, ty, k);
+                }
+                for (k, v) in got.iter().enumerate().skip(rows) {
+                    prop_assert_eq!(v.to_bits(), 0, "{} {} padding column {}", panel.isa, ty, k);
+                }
+            }
+        }
+    }
+}
+
 /// `STRATA_CPU_DISABLE`'s parsing: names turn features off (never on),
-/// AVX2 takes AVX-VNNI with it, an unknown name is an error naming it.
+/// AVX2 takes both VNNIs with it and AVX-512 its VNNI, an unknown name is
+/// an error naming it.
 #[test]
 fn features_without() {
     let all = Features {
         avx2: true,
         avx512: true,
         avx_vnni: true,
+        avx512_vnni: true,
         neon: false,
     };
     let f = all.without("avx_vnni").unwrap();
-    assert!(f.avx2 && f.avx512 && !f.avx_vnni);
+    assert!(f.avx2 && f.avx512 && !f.avx_vnni && f.avx512_vnni);
+    let f = all.without("avx512_vnni").unwrap();
+    assert!(f.avx2 && f.avx512 && f.avx_vnni && !f.avx512_vnni);
+    let f = all.without("avx512").unwrap();
+    assert!(f.avx2 && !f.avx512 && f.avx_vnni && !f.avx512_vnni);
     let f = all.without(" avx2 , avx512").unwrap();
-    assert!(!f.avx2 && !f.avx512 && !f.avx_vnni);
+    assert!(!f.avx2 && !f.avx512 && !f.avx_vnni && !f.avx512_vnni);
     assert_eq!(all.without("").unwrap(), all);
     let none = Features::default();
     assert_eq!(none.without("avx2,neon").unwrap(), none);

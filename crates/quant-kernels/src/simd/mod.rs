@@ -5,12 +5,12 @@
 //! (`x86.rs`, `aarch64.rs`) is asked for a native kernel given the detected
 //! [`Features`], and the portable kernel of [`crate::formats`] is used
 //! otherwise. To add a native kernel for a format, add one row to the
-//! `vec_dot` (or `vec_dot_x4`, `from_float`) match of the architecture
-//! module. [`vec_dot_x4_for`] serves [`crate::matmul`]: one weight row
-//! against four activation rows, bit-identical to four single calls; for
-//! the formats whose activations are Q8_0, [`q8_0_panel`] does the same
-//! over activations interleaved four rows at a time ([`Q8_0x4`]). The
-//! features can be narrowed with `STRATA_CPU_DISABLE` ([`Features::from_env`]).
+//! `vec_dot` (or `from_float`) match of the architecture module.
+//! [`q8_0_panel`] and [`q8_1_panel`] serve [`crate::matmul`]: one weight row
+//! against activation rows interleaved four ([`Q8_0x4`], for the formats
+//! whose activations are Q8_0) or eight ([`Q8_1x8`], for Q4_1 and Q5_1) at
+//! a time, each weight block decoded once, bit-identical to single calls.
+//! The features can be narrowed with `STRATA_CPU_DISABLE` ([`Features::from_env`]).
 //!
 //! Every native kernel has its portable twin as test oracle: activation
 //! quantizers must give identical bytes, dot products agree to rounding.
@@ -42,11 +42,6 @@ mod x86_panel;
 /// activations (bytes of its `vec_dot_type`).
 pub type VecDotFn = fn(n: usize, w: &[u8], a: &[u8]) -> f32;
 
-/// Dot products of one weight row with four activation rows:
-/// `out[k]` is bit-identical to `vec_dot(n, w, a[k])`, but each weight block
-/// is unpacked once for all four (what makes [`crate::matmul`] compute-bound).
-pub type VecDotX4Fn = fn(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4];
-
 /// Activation quantization of an f32 row into bytes of an activation format
 /// (ggml's `from_float`); `dst` holds exactly the row's bytes.
 pub type FromFloatFn = fn(src: &[f32], dst: &mut [u8]);
@@ -58,8 +53,12 @@ pub struct Features {
     pub avx2: bool,
     /// x86 AVX-512 F and BW.
     pub avx512: bool,
-    /// x86 AVX-VNNI (`vpdpbusd` on 256-bit vectors), together with AVX2.
+    /// x86 AVX-VNNI (`vpdpbusd` on 256-bit vectors, VEX-encoded), together with AVX2.
     pub avx_vnni: bool,
+    /// x86 AVX512-VNNI with AVX512-VL (`vpdpbusd` on 256-bit vectors,
+    /// EVEX-encoded: AMD Zen 4, Intel Ice Lake and later servers), together
+    /// with AVX2.
+    pub avx512_vnni: bool,
     /// AArch64 Advanced SIMD (always present on AArch64).
     pub neon: bool,
 }
@@ -69,7 +68,7 @@ impl Features {
     pub const DISABLE_VAR: &'static str = "STRATA_CPU_DISABLE";
 
     /// [`Features::detect`], less the features named in `STRATA_CPU_DISABLE`
-    /// (comma-separated: `avx2`, `avx512`, `avx_vnni`, `neon`) — for
+    /// (comma-separated: `avx2`, `avx512`, `avx_vnni`, `avx512_vnni`, `neon`) — for
     /// comparing kernels on one machine, or with a reference built for fewer
     /// instruction sets. What every crate's kernels are chosen by.
     pub fn from_env() -> Result<Features, String> {
@@ -81,21 +80,27 @@ impl Features {
     }
 
     /// These features less those named in `list` (comma-separated; see
-    /// [`Features::from_env`]). Turning `avx2` off turns `avx_vnni` off too,
-    /// as its kernels also need AVX2. An unknown name is an error.
+    /// [`Features::from_env`]). Turning `avx2` off turns `avx_vnni` and
+    /// `avx512_vnni` off too, as their kernels also need AVX2; turning
+    /// `avx512` off turns `avx512_vnni` off. An unknown name is an error.
     pub fn without(mut self, list: &str) -> Result<Features, String> {
         for name in list.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             match name {
                 "avx2" => {
                     self.avx2 = false;
                     self.avx_vnni = false;
+                    self.avx512_vnni = false;
                 }
-                "avx512" => self.avx512 = false,
+                "avx512" => {
+                    self.avx512 = false;
+                    self.avx512_vnni = false;
+                }
                 "avx_vnni" => self.avx_vnni = false,
+                "avx512_vnni" => self.avx512_vnni = false,
                 "neon" => self.neon = false,
                 other => {
                     return Err(format!(
-                        "{}: unknown CPU feature `{other}` (known: avx2, avx512, avx_vnni, neon)",
+                        "{}: unknown CPU feature `{other}` (known: avx2, avx512, avx_vnni, avx512_vnni, neon)",
                         Self::DISABLE_VAR
                     ))
                 }
@@ -117,6 +122,13 @@ impl Features {
                     && is_x86_feature_detected!("fma")
                     && is_x86_feature_detected!("f16c")
                     && is_x86_feature_detected!("avxvnni"),
+                avx512_vnni: is_x86_feature_detected!("avx2")
+                    && is_x86_feature_detected!("fma")
+                    && is_x86_feature_detected!("f16c")
+                    && is_x86_feature_detected!("avx512f")
+                    && is_x86_feature_detected!("avx512bw")
+                    && is_x86_feature_detected!("avx512vnni")
+                    && is_x86_feature_detected!("avx512vl"),
                 neon: false,
             }
         }
@@ -126,6 +138,7 @@ impl Features {
                 avx2: false,
                 avx512: false,
                 avx_vnni: false,
+                avx512_vnni: false,
                 neon: std::arch::is_aarch64_feature_detected!("neon"),
             }
         }
@@ -153,9 +166,9 @@ const N_TYPES: usize = {
 struct Dispatch {
     features: Features,
     vec_dot: [Option<VecDotFn>; N_TYPES],
-    vec_dot_x4: [Option<VecDotX4Fn>; N_TYPES],
     from_float: [Option<FromFloatFn>; N_TYPES],
     q8_0_panel: Option<Q8_0Panel>,
+    q8_1_panel: Option<Q8_1Panel>,
 }
 
 static DISPATCH: OnceLock<Dispatch> = OnceLock::new();
@@ -170,20 +183,18 @@ fn dispatch() -> &'static Dispatch {
         });
         let mut vec_dot = [None; N_TYPES];
         let mut from_float = [None; N_TYPES];
-        let mut vec_dot_x4 = [None; N_TYPES];
         for ty in GgmlType::ALL {
             vec_dot[ty.id() as usize] =
                 native_vec_dot(ty, features).or_else(|| portable_vec_dot(ty));
-            vec_dot_x4[ty.id() as usize] = native_vec_dot_x4(ty, features);
             from_float[ty.id() as usize] =
                 native_from_float(ty, features).or_else(|| portable_from_float(ty));
         }
         Dispatch {
             features,
             vec_dot,
-            vec_dot_x4,
             from_float,
             q8_0_panel: q8_0_panel_for(features),
+            q8_1_panel: q8_1_panel_for(features),
         }
     })
 }
@@ -198,12 +209,6 @@ pub fn features() -> Features {
 /// activations of `ty`'s `vec_dot_type`; `None` if `ty` is unsupported.
 pub fn vec_dot_for(ty: GgmlType) -> Option<VecDotFn> {
     dispatch().vec_dot[ty.id() as usize]
-}
-
-/// A four-column dot product for weights of `ty` on this CPU, if there is
-/// a native one (matmul falls back to four [`vec_dot_for`] calls).
-pub fn vec_dot_x4_for(ty: GgmlType) -> Option<VecDotX4Fn> {
-    dispatch().vec_dot_x4[ty.id() as usize]
 }
 
 /// How far ahead of the weights it is reading a streaming product asks the
@@ -298,6 +303,15 @@ pub fn q8_0_panel_for(f: Features) -> Option<Q8_0Panel> {
                 q4_0: |w, p| unsafe { x86_panel::dot_panel_vnni::<Q4_0>(w, p) },
             });
         }
+        if f.avx512_vnni {
+            return Some(Q8_0Panel {
+                pack: x86_panel::pack_vnni,
+                isa: "avx512-vnni",
+                q8_0: |w, p| unsafe { x86_panel::dot_panel_vnni512::<Q8_0>(w, p) },
+                q5_0: |w, p| unsafe { x86_panel::dot_panel_vnni512::<Q5_0>(w, p) },
+                q4_0: |w, p| unsafe { x86_panel::dot_panel_vnni512::<Q4_0>(w, p) },
+            });
+        }
         if f.avx2 {
             return Some(Q8_0Panel {
                 pack: x86_panel::pack_avx2,
@@ -310,6 +324,122 @@ pub fn q8_0_panel_for(f: Features) -> Option<Q8_0Panel> {
     }
     let _ = f;
     None
+}
+
+/// Eight Q8_1 activation rows interleaved block by block for a
+/// [`Q8_1Panel`] (the activations of Q4_1 and Q5_1 weights): block `i` of
+/// each row side by side, the scales `d` and sums `s` widened to f32 (exact:
+/// they were f16) and every row's 32 quants 32-byte aligned. A panel of
+/// fewer than eight rows has zeros in the others ([`pack_q8_1x8`]).
+#[repr(C, align(32))]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Q8_1x8 {
+    /// The eight rows' block scales.
+    pub d: [f32; 8],
+    /// The eight rows' block sums (`d·Σq`, as Q8_1 stores them).
+    pub s: [f32; 8],
+    /// The eight rows' quants, as they are.
+    pub qs: [[u8; 32]; 8],
+}
+const _: () = assert!(std::mem::size_of::<Q8_1x8>() == 320);
+
+/// One weight row times a [`Q8_1x8`] panel: `out[c]` is bit-identical to
+/// `vec_dot(n, w, a[c])` for the panel's eight activation rows `a`.
+pub type Panel8DotFn = fn(w: &[u8], p: &[Q8_1x8]) -> [f32; 8];
+
+/// The matrix-product kernels over [`Q8_1x8`] panels, for the weight
+/// formats whose activations are Q8_1 (Q4_1, Q5_1): what [`crate::matmul`]
+/// uses for them. Per output the operations are ggml's AVX2
+/// `ggml_vec_dot_q{4,5}_1_q8_1` — per block eight 32-bit sums of four byte
+/// products converted to f32, one FMA with `d_w·d_a`, the f32 sum of
+/// `m_w·s_a` beside; `hsum_float_8` plus that sum at the end — so results
+/// are bit-identical; each weight block is decoded once for eight rows.
+#[derive(Clone, Copy, Debug)]
+pub struct Q8_1Panel {
+    /// Which instruction set: `"avx2"`, `"avx-vnni"` or `"avx512-vnni"`.
+    pub isa: &'static str,
+    q4_1: Panel8DotFn,
+    q5_1: Panel8DotFn,
+}
+
+impl Q8_1Panel {
+    /// The product of weights of `ty` with [`Q8_1x8`] panels; `None` for
+    /// formats other than Q4_1 and Q5_1.
+    pub fn dot_for(&self, ty: GgmlType) -> Option<Panel8DotFn> {
+        match ty {
+            GgmlType::Q4_1 => Some(self.q4_1),
+            GgmlType::Q5_1 => Some(self.q5_1),
+            _ => None,
+        }
+    }
+}
+
+/// The fastest [`Q8_1Panel`] for this CPU, if it has one.
+pub fn q8_1_panel() -> Option<Q8_1Panel> {
+    dispatch().q8_1_panel
+}
+
+/// The [`Q8_1Panel`] chosen for features `f` (for tests that compare every
+/// variant with the single products).
+pub fn q8_1_panel_for(f: Features) -> Option<Q8_1Panel> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use x86_panel::{Q4_1, Q5_1};
+        // SAFETY (every closure): the kernels need exactly the features
+        // checked by their guard.
+        if f.avx_vnni {
+            return Some(Q8_1Panel {
+                isa: "avx-vnni",
+                q4_1: |w, p| unsafe { x86_panel::dot_q8_1x8_vnni::<Q4_1>(w, p) },
+                q5_1: |w, p| unsafe { x86_panel::dot_q8_1x8_vnni::<Q5_1>(w, p) },
+            });
+        }
+        if f.avx512_vnni {
+            return Some(Q8_1Panel {
+                isa: "avx512-vnni",
+                q4_1: |w, p| unsafe { x86_panel::dot_q8_1x8_vnni512::<Q4_1>(w, p) },
+                q5_1: |w, p| unsafe { x86_panel::dot_q8_1x8_vnni512::<Q5_1>(w, p) },
+            });
+        }
+        if f.avx2 {
+            return Some(Q8_1Panel {
+                isa: "avx2",
+                q4_1: |w, p| unsafe { x86_panel::dot_q8_1x8_avx2::<Q4_1>(w, p) },
+                q5_1: |w, p| unsafe { x86_panel::dot_q8_1x8_avx2::<Q5_1>(w, p) },
+            });
+        }
+    }
+    let _ = f;
+    None
+}
+
+/// Interleaves up to eight Q8_1 activation rows (`out.len()` blocks of 36
+/// bytes each) into `out`; the rows past `a.len()` are zeros, whose
+/// products are zeros.
+pub fn pack_q8_1x8(a: &[&[u8]], out: &mut [Q8_1x8]) {
+    const BLOCK: usize = 36;
+    assert!(a.len() <= 8, "Q8_1 panel: {} rows, at most 8", a.len());
+    let f32_of = |lo: u8, hi: u8| half::f16::from_bits(u16::from_le_bytes([lo, hi])).to_f32();
+    for (c, a) in a.iter().enumerate() {
+        assert_eq!(
+            a.len(),
+            out.len() * BLOCK,
+            "Q8_1 panel: row {c} is not {} blocks",
+            out.len()
+        );
+        for (p, blk) in out.iter_mut().zip(a.chunks_exact(BLOCK)) {
+            p.d[c] = f32_of(blk[0], blk[1]);
+            p.s[c] = f32_of(blk[2], blk[3]);
+            p.qs[c].copy_from_slice(&blk[4..]);
+        }
+    }
+    for p in out.iter_mut() {
+        for c in a.len()..8 {
+            p.d[c] = 0.0;
+            p.s[c] = 0.0;
+            p.qs[c] = [0; 32];
+        }
+    }
 }
 
 /// Interleaves four Q8_0 rows into `out`, quants XORed with `bias`.
@@ -393,16 +523,6 @@ fn from_float_q8_k(src: &[f32], dst: &mut [u8]) {
 #[cfg(target_arch = "x86_64")]
 fn native_vec_dot(ty: GgmlType, f: Features) -> Option<VecDotFn> {
     x86::vec_dot(ty, f)
-}
-
-#[cfg(target_arch = "x86_64")]
-fn native_vec_dot_x4(ty: GgmlType, f: Features) -> Option<VecDotX4Fn> {
-    x86::vec_dot_x4(ty, f)
-}
-
-#[cfg(not(target_arch = "x86_64"))]
-fn native_vec_dot_x4(_: GgmlType, _: Features) -> Option<VecDotX4Fn> {
-    None
 }
 
 #[cfg(target_arch = "x86_64")]

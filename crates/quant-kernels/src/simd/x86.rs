@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 use gguf_format::GgmlType;
 use half::{bf16, f16};
 
-use super::{Features, FromFloatFn, VecDotFn, VecDotX4Fn};
+use super::{Features, FromFloatFn, VecDotFn};
 use crate::formats::{
     self, bf16::bf16_to_fp32, f16::fp16_to_fp32, q4_0::BlockQ4_0, q4_1::BlockQ4_1, q5_0::BlockQ5_0,
     q5_1::BlockQ5_1, q8_0::BlockQ8_0, q8_1::BlockQ8_1, q8_k::BlockQ8_K,
@@ -31,15 +31,6 @@ pub(super) fn vec_dot(ty: GgmlType, f: Features) -> Option<VecDotFn> {
         GgmlType::Q5_1 if f.avx2 => Some(vec_dot_q5_1),
         GgmlType::Q8_0 if f.avx2 => Some(vec_dot_q8_0),
         _ => super::x86_kquants::vec_dot(ty, f),
-    }
-}
-
-/// The native four-column dot product for weights of `ty`, if there is one.
-pub(super) fn vec_dot_x4(ty: GgmlType, f: Features) -> Option<VecDotX4Fn> {
-    match ty {
-        GgmlType::Q4_1 if f.avx2 => Some(vec_dot_x4_q4_1),
-        GgmlType::Q5_1 if f.avx2 => Some(vec_dot_x4_q5_1),
-        _ => None,
     }
 }
 
@@ -121,63 +112,6 @@ fn vec_dot_q8_0(n: usize, w: &[u8], a: &[u8]) -> f32 {
         // SAFETY: see the section comment.
         unsafe { vec_dot_q8_0_q8_0_avx2(x, y) }
     })
-}
-
-/// Runs a typed four-column kernel when all five operands are aligned in
-/// place (always, for mmapped GGUF tensors and [`crate::Scratch`] rows);
-/// otherwise falls back to four single dot products, which give the same
-/// bits by construction.
-fn x4_bytes<W: bytemuck::Pod, A: bytemuck::Pod>(
-    n: usize,
-    wb: usize,
-    ab: usize,
-    w: &[u8],
-    a: [&[u8]; 4],
-    kernel: fn(&[W], [&[A]; 4]) -> [f32; 4],
-    single: VecDotFn,
-) -> [f32; 4] {
-    let nb = n / 32;
-    let typed = (
-        bytemuck::try_cast_slice::<u8, W>(&w[..nb * wb]),
-        bytemuck::try_cast_slice::<u8, A>(&a[0][..nb * ab]),
-        bytemuck::try_cast_slice::<u8, A>(&a[1][..nb * ab]),
-        bytemuck::try_cast_slice::<u8, A>(&a[2][..nb * ab]),
-        bytemuck::try_cast_slice::<u8, A>(&a[3][..nb * ab]),
-    );
-    match typed {
-        (Ok(w), Ok(a0), Ok(a1), Ok(a2), Ok(a3)) => kernel(w, [a0, a1, a2, a3]),
-        _ => a.map(|a| single(n, w, a)),
-    }
-}
-
-fn vec_dot_x4_q4_1(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
-    x4_bytes(
-        n,
-        20,
-        36,
-        w,
-        a,
-        |x, y| {
-            // SAFETY: see the section comment.
-            unsafe { vec_dot_q4_1_q8_1_x4_avx2(x, y) }
-        },
-        vec_dot_q4_1,
-    )
-}
-
-fn vec_dot_x4_q5_1(n: usize, w: &[u8], a: [&[u8]; 4]) -> [f32; 4] {
-    x4_bytes(
-        n,
-        24,
-        36,
-        w,
-        a,
-        |x, y| {
-            // SAFETY: see the section comment.
-            unsafe { vec_dot_q5_1_q8_1_x4_avx2(x, y) }
-        },
-        vec_dot_q5_1,
-    )
 }
 
 fn from_float_f16(src: &[f32], dst: &mut [u8]) {
@@ -417,78 +351,6 @@ pub fn vec_dot_q8_0_q8_0_avx2(x: &[BlockQ8_0], y: &[BlockQ8_0]) -> f32 {
         acc = _mm256_fmadd_ps(d, q, acc);
     }
     hsum_float_8(acc)
-}
-
-// ---------------------------------------------------------------------------
-// Four-column variants for matmul: one weight row against four activation
-// rows, unpacking each weight block once. Per column the operations are
-// exactly those of the single kernels above, so results are bit-identical.
-// (The formats with Q8_0 activations — Q8_0, Q5_0, Q4_0 — go through the
-// activation panels of x86_panel.rs instead.)
-// ---------------------------------------------------------------------------
-
-/// [`vec_dot_q4_1_q8_1_avx2`] for four activation rows at once.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub fn vec_dot_q4_1_q8_1_x4_avx2(x: &[BlockQ4_1], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-    let nb = x.len();
-    assert!(y.iter().all(|y| y.len() == nb));
-    let mut acc = [_mm256_setzero_ps(); 4];
-    // Lane 2c + 1 sums output c's m·s products (the other lanes are unused).
-    let mut summs = _mm256_setzero_ps();
-    // Lane 2c of an 8-lane vector, broadcast.
-    let lane = [0, 2, 4, 6].map(|c| _mm256_set1_epi32(c));
-    for (i, x) in x.iter().enumerate() {
-        // [d, m] of the weights, repeated four times.
-        let dm = _mm256_castpd_ps(_mm256_broadcastsd_pd(_mm_castps_pd(fp16_pair(x.d, x.m))));
-        // [d_c, s_c] of the four activation blocks in one conversion; the
-        // products are the f32 values of four `fp16_pair` multiplies.
-        let ds = |c: usize| {
-            let y = &y[c][i];
-            (u32::from(y.d.to_bits()) | (u32::from(y.s.to_bits()) << 16)) as i32
-        };
-        let p = _mm256_mul_ps(
-            dm,
-            _mm256_cvtph_ps(_mm_setr_epi32(ds(0), ds(1), ds(2), ds(3))),
-        );
-        summs = _mm256_add_ps(summs, p);
-        let qx = bytes_from_nibbles_32(&x.qs);
-        for (c, (acc, y)) in acc.iter_mut().zip(&y).enumerate() {
-            let d0d1 = _mm256_permutevar8x32_ps(p, lane[c]);
-            let xy = mul_sum_us8_pairs_float(qx, load_32(&y[i].qs));
-            *acc = _mm256_fmadd_ps(d0d1, xy, *acc);
-        }
-    }
-    let mut m = [0.0f32; 8];
-    // SAFETY: `m` is 8 writable floats; storeu has no alignment needs.
-    unsafe { _mm256_storeu_ps(m.as_mut_ptr(), summs) };
-    std::array::from_fn(|c| hsum_float_8(acc[c]) + m[2 * c + 1])
-}
-
-/// [`vec_dot_q5_1_q8_1_avx2`] for four activation rows at once.
-#[target_feature(enable = "avx2,fma,f16c")]
-pub fn vec_dot_q5_1_q8_1_x4_avx2(x: &[BlockQ5_1], y: [&[BlockQ8_1]; 4]) -> [f32; 4] {
-    let nb = x.len();
-    assert!(y.iter().all(|y| y.len() == nb));
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut summs = [_mm_setzero_ps(); 4];
-    for (i, x) in x.iter().enumerate() {
-        let dm = fp16_pair(x.d, x.m);
-        let bxhi = _mm256_and_si256(bytes_from_bits_32(&x.qh), _mm256_set1_epi8(0x10));
-        let qx = _mm256_or_si256(bytes_from_nibbles_32(&x.qs), bxhi);
-        for ((acc, summs), y) in acc.iter_mut().zip(&mut summs).zip(&y) {
-            let y = &y[i];
-            let p = _mm_mul_ps(dm, fp16_pair(y.d, y.s));
-            *summs = _mm_add_ss(*summs, _mm_movehdup_ps(p));
-            let q = mul_sum_us8_pairs_float(qx, load_32(&y.qs));
-            *acc = _mm256_fmadd_ps(q, _mm256_broadcastss_ps(p), *acc);
-        }
-    }
-    [
-        hsum_float_8(acc[0]) + _mm_cvtss_f32(summs[0]),
-        hsum_float_8(acc[1]) + _mm_cvtss_f32(summs[1]),
-        hsum_float_8(acc[2]) + _mm_cvtss_f32(summs[2]),
-        hsum_float_8(acc[3]) + _mm_cvtss_f32(summs[3]),
-    ]
 }
 
 // ---------------------------------------------------------------------------

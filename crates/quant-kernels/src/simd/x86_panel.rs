@@ -1,5 +1,12 @@
 //! Weights with Q8_0 activations (Q8_0, Q5_0, Q4_0) against [`Q8_0x4`]
-//! activation panels (x86).
+//! activation panels, and weights with Q8_1 activations (Q4_1, Q5_1)
+//! against [`Q8_1x8`] panels (x86).
+//!
+//! The Q8_1x8 kernels follow ggml's AVX2 `ggml_vec_dot_q{4,5}_1_q8_1` per
+//! output (see [`super::Q8_1Panel`]); eight rows share each decoded weight
+//! block, and with AVX-VNNI or AVX512-VNNI one `vpdpbusd` gives the exact
+//! 32-bit sums of maddubs/madd. The rest of this comment is about the
+//! Q8_0x4 kernels.
 //!
 //! The same products as [`super::x86`]'s ports of ggml's AVX2
 //! `ggml_vec_dot_{q8_0,q5_0,q4_0}_q8_0` — per block, eight 32-bit sums of
@@ -16,7 +23,7 @@ use std::arch::x86_64::*;
 use super::x86::{
     bytes_from_bits_32, bytes_from_nibbles_32, hsum_float_8, mul_sum_us8_pairs_float,
 };
-use super::Q8_0x4;
+use super::{Q8_0x4, Q8_1x8};
 
 /// Weight-format tags (a const parameter, so each kernel is compiled per format).
 pub(super) const Q8_0: u8 = 0;
@@ -111,26 +118,162 @@ pub(super) fn dot_panel_avx2<const T: u8>(w: &[u8], p: &[Q8_0x4]) -> [f32; 4] {
     acc.map(|a| hsum_float_8(a))
 }
 
-/// One weight row of format `T` times a panel packed by [`pack_vnni`]
-/// (AVX-VNNI). `vpdpbusd(s, a + 128, w)` adds `Σ a·w + 128·Σ w` to `s` per
-/// lane of four bytes; starting from `s = −128·Σ w` (once per weight block)
-/// it yields the same exact 32-bit sums as maddubs/madd.
-#[target_feature(enable = "avx2,fma,f16c,avxvnni")]
-pub(super) fn dot_panel_vnni<const T: u8>(w: &[u8], p: &[Q8_0x4]) -> [f32; 4] {
-    assert_eq!(w.len(), p.len() * block_bytes::<T>());
-    let lane = [0, 1, 2, 3].map(|c| _mm256_set1_epi32(c));
-    let bias = _mm256_set1_epi8(-128);
-    let zero = _mm256_setzero_si256();
-    let mut acc = [_mm256_setzero_ps(); 4];
-    for (blk, p) in w.chunks_exact(block_bytes::<T>()).zip(p) {
-        let (sx, dw) = weight_block::<T>(blk);
-        let start = _mm256_sub_epi32(zero, _mm256_dpbusd_avx_epi32(zero, bias, sx));
-        let d4 = scales(dw, p);
-        for (c, acc) in acc.iter_mut().enumerate() {
-            let d = _mm256_permutevar8x32_ps(d4, lane[c]);
-            let q = _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(start, panel_qs(p, c), sx));
-            *acc = _mm256_fmadd_ps(d, q, *acc);
+/// One weight row of format `T` times a panel packed by [`pack_vnni`],
+/// with `$dpbusd` (AVX-VNNI's or AVX512-VNNI's, the same operation).
+/// `vpdpbusd(s, a + 128, w)` adds `Σ a·w + 128·Σ w` to `s` per lane of four
+/// bytes; starting from `s = −128·Σ w` (once per weight block) it yields
+/// the same exact 32-bit sums as maddubs/madd.
+macro_rules! dot_panel_vnni {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $dpbusd:ident) => {
+        $(#[$doc])*
+        #[target_feature(enable = $features)]
+        pub(super) fn $name<const T: u8>(w: &[u8], p: &[Q8_0x4]) -> [f32; 4] {
+            assert_eq!(w.len(), p.len() * block_bytes::<T>());
+            let lane = [0, 1, 2, 3].map(|c| _mm256_set1_epi32(c));
+            let bias = _mm256_set1_epi8(-128);
+            let zero = _mm256_setzero_si256();
+            let mut acc = [_mm256_setzero_ps(); 4];
+            for (blk, p) in w.chunks_exact(block_bytes::<T>()).zip(p) {
+                let (sx, dw) = weight_block::<T>(blk);
+                let start = _mm256_sub_epi32(zero, $dpbusd(zero, bias, sx));
+                let d4 = scales(dw, p);
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    let d = _mm256_permutevar8x32_ps(d4, lane[c]);
+                    let q = _mm256_cvtepi32_ps($dpbusd(start, panel_qs(p, c), sx));
+                    *acc = _mm256_fmadd_ps(d, q, *acc);
+                }
+            }
+            acc.map(|a| hsum_float_8(a))
         }
-    }
-    acc.map(|a| hsum_float_8(a))
+    };
 }
+
+dot_panel_vnni!(
+    /// One weight row of format `T` times a panel packed by [`pack_vnni`] (AVX-VNNI).
+    dot_panel_vnni,
+    "avx2,fma,f16c,avxvnni",
+    _mm256_dpbusd_avx_epi32
+);
+dot_panel_vnni!(
+    /// One weight row of format `T` times a panel packed by [`pack_vnni`]
+    /// (AVX512-VNNI on 256-bit vectors).
+    dot_panel_vnni512,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl",
+    _mm256_dpbusd_epi32
+);
+
+// ---------------------------------------------------------------------------
+// Q4_1 and Q5_1 weights against Q8_1x8 panels.
+// ---------------------------------------------------------------------------
+
+/// Weight-format tags of the [`Q8_1x8`] kernels.
+pub(super) const Q4_1: u8 = 0;
+pub(super) const Q5_1: u8 = 1;
+
+/// Bytes of one block of format `T` (Q4_1 or Q5_1).
+const fn block_bytes_1<const T: u8>() -> usize {
+    match T {
+        Q4_1 => 20,
+        _ => 24,
+    }
+}
+
+/// A Q4_1/Q5_1 weight block's 32 quants as unsigned bytes (what ggml's
+/// AVX2 kernel feeds `mul_sum_us8_pairs_float`), and its `d` and `m` as
+/// f32, each broadcast to eight lanes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn weight_block_1<const T: u8>(blk: &[u8]) -> (__m256i, __m256, __m256) {
+    assert!(blk.len() >= block_bytes_1::<T>());
+    let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([
+        blk[0], blk[1], blk[2], blk[3],
+    ])));
+    let d = _mm256_broadcastss_ps(dm);
+    let m = _mm256_broadcastss_ps(_mm_movehdup_ps(dm));
+    let qs = match T {
+        Q4_1 => bytes_from_nibbles_32(blk[4..20].try_into().expect("16 bytes")),
+        _ => {
+            let qh: &[u8; 4] = blk[4..8].try_into().expect("4 bytes");
+            let bxhi = _mm256_and_si256(bytes_from_bits_32(qh), _mm256_set1_epi8(0x10));
+            _mm256_or_si256(
+                bytes_from_nibbles_32(blk[8..24].try_into().expect("16 bytes")),
+                bxhi,
+            )
+        }
+    };
+    (qs, d, m)
+}
+
+/// Row `c`'s quants of a [`Q8_1x8`] block, an aligned load.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn panel8_qs(p: &Q8_1x8, c: usize) -> __m256i {
+    // SAFETY: `qs[c]` is 32 bytes at offset 64 + 32c of a 32-byte aligned
+    // struct, hence 32-byte aligned.
+    unsafe { _mm256_load_si256(p.qs[c].as_ptr().cast()) }
+}
+
+/// Eight f32 at a 32-byte aligned address (a [`Q8_1x8`]'s `d` or `s`).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load8(v: &[f32; 8]) -> __m256 {
+    // SAFETY: `d` and `s` are the first 64 bytes of a 32-byte aligned
+    // struct, so each is 32-byte aligned and holds eight f32.
+    unsafe { _mm256_load_ps(v.as_ptr()) }
+}
+
+/// One Q4_1/Q5_1 weight row times [`Q8_1x8`] panels, with `$mul_sum` as
+/// the 32-bit sums of four unsigned × signed byte products, as f32. Per
+/// column `c` and block: `d_w·d_a[c]` and `m_w·s_a[c]` are f32 products as
+/// ggml forms them, the second added to the column's sum; the first
+/// multiplies the block's eight sums into the column's accumulator with
+/// one FMA; at the end `hsum_float_8` of the accumulator plus the sum.
+macro_rules! dot_q8_1x8 {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $mul_sum:expr) => {
+        $(#[$doc])*
+        #[target_feature(enable = $features)]
+        pub(super) fn $name<const T: u8>(w: &[u8], p: &[Q8_1x8]) -> [f32; 8] {
+            assert_eq!(w.len(), p.len() * block_bytes_1::<T>());
+            let mut acc = [_mm256_setzero_ps(); 8];
+            let mut summs = _mm256_setzero_ps();
+            #[repr(align(32))]
+            struct Lanes([f32; 8]);
+            let mut d = Lanes([0.0; 8]);
+            for (blk, p) in w.chunks_exact(block_bytes_1::<T>()).zip(p) {
+                let (qx, dw, mw) = weight_block_1::<T>(blk);
+                summs = _mm256_add_ps(summs, _mm256_mul_ps(mw, load8(&p.s)));
+                // SAFETY: `d` is 32-byte aligned and holds eight f32.
+                unsafe { _mm256_store_ps(d.0.as_mut_ptr(), _mm256_mul_ps(dw, load8(&p.d))) };
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    let xy = $mul_sum(qx, panel8_qs(p, c));
+                    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d.0[c]), xy, *acc);
+                }
+            }
+            let mut m = Lanes([0.0; 8]);
+            // SAFETY: `m` is 32-byte aligned and holds eight f32.
+            unsafe { _mm256_store_ps(m.0.as_mut_ptr(), summs) };
+            std::array::from_fn(|c| hsum_float_8(acc[c]) + m.0[c])
+        }
+    };
+}
+
+dot_q8_1x8!(
+    /// One Q4_1/Q5_1 weight row times [`Q8_1x8`] panels (AVX2: maddubs and madd, as ggml).
+    dot_q8_1x8_avx2,
+    "avx2,fma,f16c",
+    |qx, qy| mul_sum_us8_pairs_float(qx, qy)
+);
+dot_q8_1x8!(
+    /// One Q4_1/Q5_1 weight row times [`Q8_1x8`] panels (AVX-VNNI: one
+    /// `vpdpbusd` gives maddubs/madd's exact 32-bit sums; the weights'
+    /// quants are the unsigned operand as they are).
+    dot_q8_1x8_vnni,
+    "avx2,fma,f16c,avxvnni",
+    |qx, qy| _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), qx, qy))
+);
+dot_q8_1x8!(
+    /// [`dot_q8_1x8_vnni`] with AVX512-VNNI's `vpdpbusd` on 256-bit vectors.
+    dot_q8_1x8_vnni512,
+    "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl",
+    |qx, qy| _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), qx, qy))
+);
