@@ -5,8 +5,9 @@
 //! - `gpu-bench MODEL.gguf [--adapter NAME] [--pp 512] [--tg 128] [--reps 3] [--attribute]`:
 //!   prompt and generation throughput of the wgpu backend, with a per-kernel GPU time profile
 //!   (and, with `--attribute`, each op's cost in the chain of a generated token).
-//! - `bench [--micro] [--model M] [--threads N] [--pp 128] [--tg 64] [--reps 3]`: CPU speed of
-//!   the default model and a ladder quantized from it, beside llama.cpp's (see bench.rs).
+//! - `bench [--micro] [--model M] [--threads N] [--pp 128] [--tg 64] [--reps 3] [--rounds 3]
+//!   [--llama-bench BIN]`: CPU speed of the default model and a ladder quantized from it,
+//!   interleaved with llama.cpp's native llama-bench (see bench.rs).
 //! - `serve-bench [--strata BIN] [--llama-server BIN] [--parallel 8] [--threads 2] ...`: tokens/s
 //!   and time to first token of `strata serve` (and llama-server) under 1 and N concurrent
 //!   streams (see serve_bench.rs).
