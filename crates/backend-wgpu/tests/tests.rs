@@ -5,4 +5,5 @@ mod common;
 mod default_model;
 mod kernels;
 mod model;
+mod recurrent;
 mod seam;
