@@ -105,8 +105,8 @@ fn decode_with_replay(
             assert_eq!(back, 40);
             s.truncate(back).unwrap();
             assert_eq!(s.snapshot_positions(0), [8, 15, 16, 24, 32, 40]);
-            for p in back..toks.len() {
-                let row = s.forward(&[toks[p]], LogitsMode::Last).unwrap();
+            for (p, &t) in toks.iter().enumerate().skip(back) {
+                let row = s.forward(&[t], LogitsMode::Last).unwrap();
                 let at = (p + 1 - n_prompt) * n_vocab;
                 assert_eq!(row, &decoded[at..at + n_vocab], "replayed position {p}");
                 replayed_rows += 1;

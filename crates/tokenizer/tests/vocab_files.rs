@@ -319,7 +319,8 @@ fn a_continuation_has_no_bos_and_no_space_prefix() {
     assert_ne!(tail, tok.encode(" world", false, false).unwrap());
     // Text ranges hold no special tokens; elsewhere they are parsed.
     let text = "</s> and </s>";
-    let ids = tok.encode_continuation(text, true, &[0..4]).unwrap();
+    let as_text = [std::ops::Range { start: 0, end: 4 }];
+    let ids = tok.encode_continuation(text, true, &as_text).unwrap();
     let eos = tok.eos().unwrap();
     assert_eq!(ids.iter().filter(|&&t| t == eos).count(), 1);
     assert_eq!(ids.last(), Some(&eos));
