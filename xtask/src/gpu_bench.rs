@@ -6,6 +6,9 @@
 //! generated token reads and the bandwidth that implies, and a per-kernel
 //! GPU time profile from timestamp queries when the device has them.
 //!
+//! `--exact` measures the exact mode (the CPU's bits) instead of the
+//! default fast mode.
+//!
 //! With `--attribute`, also what each kind of op costs generation in the
 //! chain of dependent dispatches: chained tg timed again with that op left
 //! out of every step ([`GpuProgram::leave_out`]), then with every product and
@@ -14,7 +17,7 @@
 
 use std::time::Instant;
 
-use backend_wgpu::{DeviceOptions, GpuContext, GpuProgram, StepProfile, WgpuBackend};
+use backend_wgpu::{DeviceOptions, GpuContext, GpuOptions, GpuProgram, StepProfile, WgpuBackend};
 use llama_model::{LoadOptions, Model, SessionOptions};
 
 use crate::{take_flag, take_opt};
@@ -105,20 +108,23 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let tg = num(&mut args, "--tg", 128)?;
     let reps = num(&mut args, "--reps", 3)?.max(1);
     let attribute = take_flag(&mut args, "--attribute");
+    let exact = take_flag(&mut args, "--exact");
     let bandwidth: f64 = take_opt(&mut args, "--bandwidth-gbs")?
         .map(|s| s.parse().map_err(|_| format!("bad bandwidth `{s}`")))
         .transpose()?
         .unwrap_or(3000.0);
     let [path] = args.as_slice() else {
-        return Err("usage: gpu-bench MODEL.gguf [--adapter NAME] [--pp 512] [--tg 128] [--reps 3] [--bandwidth-gbs 3000] [--attribute]".into());
+        return Err("usage: gpu-bench MODEL.gguf [--adapter NAME] [--pp 512] [--tg 128] [--reps 3] [--bandwidth-gbs 3000] [--attribute] [--exact]".into());
     };
     let ctx = GpuContext::new(&DeviceOptions { adapter }).map_err(|e| e.to_string())?;
     println!("device: {:?}", ctx.caps());
     let file = std::sync::Arc::new(gguf_format::GgufFile::open(path).map_err(|e| e.to_string())?);
     let t0 = Instant::now();
     let n_ctx = (pp + tg + 8).next_power_of_two();
-    let loaded = Model::load_with(&file, WgpuBackend::new(ctx), &LoadOptions::default())
-        .map_err(|e| e.to_string())?;
+    println!("mode: {}", if exact { "exact" } else { "fast" });
+    let backend = WgpuBackend::with_options(ctx, GpuOptions { exact });
+    let loaded =
+        Model::load_with(&file, backend, &LoadOptions::default()).map_err(|e| e.to_string())?;
     let mut session = loaded
         .session(&SessionOptions {
             n_ctx: n_ctx as usize,

@@ -2,7 +2,7 @@
 //!
 //! - `synth-model --preset <tinyllama-1.1b|synth> --type <Q4_K_M|Q8_0|F16|…> [--seed N] OUT.gguf`:
 //!   a random-weight LLaMA written with gguf-format's writer.
-//! - `gpu-bench MODEL.gguf [--adapter NAME] [--pp 512] [--tg 128] [--reps 3] [--attribute]`:
+//! - `gpu-bench MODEL.gguf [--adapter NAME] [--pp 512] [--tg 128] [--reps 3] [--attribute] [--exact]`:
 //!   prompt and generation throughput of the wgpu backend, with a per-kernel GPU time profile
 //!   (and, with `--attribute`, each op's cost in the chain of a generated token).
 //! - `bench [--micro] [--model M] [--threads N] [--pp 128] [--tg 64] [--reps 3] [--rounds 3]

@@ -45,10 +45,16 @@ pub enum Shader {
     QuantTgQ8,
     /// `scale.wgsl`: GEGLU, scaling, soft-capping, per-row scaling.
     Scale,
+    /// `quant.wgsl` and `fast.wgsl`: the fast mode's single-token product
+    /// over float activations, a norm or SwiGLU made as they are read.
+    QuantFast,
+    /// `attn_fast.wgsl`: the fast mode's single-token attention (f32,
+    /// online softmax).
+    AttentionFast,
 }
 
 /// Every shader, for the naga validation test.
-pub const ALL_SHADERS: [Shader; 15] = [
+pub const ALL_SHADERS: [Shader; 17] = [
     Shader::Quant,
     Shader::Norm,
     Shader::Rope,
@@ -64,6 +70,8 @@ pub const ALL_SHADERS: [Shader; 15] = [
     Shader::QuantTgRope,
     Shader::QuantTgQ8,
     Shader::Scale,
+    Shader::QuantFast,
+    Shader::AttentionFast,
 ];
 
 /// The type of one binding slot.
@@ -113,8 +121,10 @@ impl Shader {
     /// bind what it binds).
     pub(crate) fn layout_base(self) -> Shader {
         match self {
-            Shader::QuantSg | Shader::QuantTg | Shader::QuantTgQ8 => Shader::Quant,
-            Shader::AttentionSg => Shader::Attention,
+            Shader::QuantSg | Shader::QuantTg | Shader::QuantTgQ8 | Shader::QuantFast => {
+                Shader::Quant
+            }
+            Shader::AttentionSg | Shader::AttentionFast => Shader::Attention,
             Shader::NormSg => Shader::Norm,
             Shader::ElementwiseSg => Shader::Elementwise,
             Shader::ActQuantSg => Shader::ActQuant,
@@ -133,7 +143,9 @@ impl Shader {
             };
         }
         match self {
-            Shader::Quant => with_fma!("quant_io.wgsl", "quant.wgsl"),
+            Shader::Quant => with_fma!("quant_io.wgsl", "quant.wgsl", "x_plain.wgsl"),
+            Shader::QuantFast => with_fma!("quant_io.wgsl", "quant.wgsl", "fast.wgsl"),
+            Shader::AttentionFast => with_fma!("attn_fast.wgsl"),
             Shader::Norm => with_fma!("act_wg.wgsl", "act_common.wgsl", "norm.wgsl"),
             Shader::NormSg => with_fma!("act_sg.wgsl", "act_common.wgsl", "norm.wgsl"),
             Shader::Rope => with_fma!("rope_common.wgsl", "rope.wgsl"),
@@ -145,7 +157,14 @@ impl Shader {
             }
             Shader::ActQuant => with_fma!("act_wg.wgsl", "act_common.wgsl", "act_quant.wgsl"),
             Shader::ActQuantSg => with_fma!("act_sg.wgsl", "act_common.wgsl", "act_quant.wgsl"),
-            Shader::QuantSg => with_fma!("quant_io.wgsl", "quant.wgsl", "quant_sg.wgsl"),
+            Shader::QuantSg => {
+                with_fma!(
+                    "quant_io.wgsl",
+                    "quant.wgsl",
+                    "x_plain.wgsl",
+                    "quant_sg.wgsl"
+                )
+            }
             Shader::QuantTg => with_fma!("quant_io.wgsl", "quant_tg.wgsl"),
             Shader::QuantTgRope => with_fma!(
                 "quant_io.wgsl",
@@ -176,6 +195,8 @@ impl Shader {
             Shader::QuantTgRope => "quant_tg.wgsl+tg_rope.wgsl",
             Shader::QuantTgQ8 => "quant_tg.wgsl+tg_q8.wgsl",
             Shader::Scale => "scale.wgsl",
+            Shader::QuantFast => "quant.wgsl+fast.wgsl",
+            Shader::AttentionFast => "attn_fast.wgsl",
         }
     }
 
@@ -184,9 +205,11 @@ impl Shader {
         use Bind::*;
         match self {
             // w, x, y, params, step, ids
-            Shader::Quant | Shader::QuantSg | Shader::QuantTg | Shader::QuantTgQ8 => {
-                &[Read, Read, ReadWrite, Uniform, Uniform, Read]
-            }
+            Shader::Quant
+            | Shader::QuantSg
+            | Shader::QuantTg
+            | Shader::QuantTgQ8
+            | Shader::QuantFast => &[Read, Read, ReadWrite, Uniform, Uniform, Read],
             // as Quant, then the cos/sin table, queries, key cache, value
             // cache, rope params
             Shader::QuantTgRope => &[
@@ -200,7 +223,7 @@ impl Shader {
                 Read, ReadWrite, Uniform, Uniform, Read, ReadWrite, ReadWrite,
             ],
             // q, k_cache, v_cache, out, params, step
-            Shader::Attention | Shader::AttentionSg => {
+            Shader::Attention | Shader::AttentionSg | Shader::AttentionFast => {
                 &[Read, Read, Read, ReadWrite, Uniform, Uniform]
             }
             // a, b, y, params, step, token
@@ -347,6 +370,11 @@ pub(crate) enum Kernel {
     Softcap,
     /// Each row of y times its factor (`scale.wgsl`).
     ScaleRows,
+    /// The fast mode's single-token product of a `ty` matrix (`fast.wgsl`'s
+    /// `fmv`) with prologue 0 (x), 1 (RMSNorm) or 2 (SwiGLU).
+    Fmv(GgmlType, u32),
+    /// The fast mode's single-token attention (`attn_fast.wgsl`).
+    AttentionFast,
 }
 
 impl Kernel {
@@ -365,6 +393,8 @@ impl Kernel {
             Kernel::Tg(..) => Shader::QuantTg,
             Kernel::TgRope => Shader::QuantTgRope,
             Kernel::Geglu | Kernel::Scale | Kernel::Softcap | Kernel::ScaleRows => Shader::Scale,
+            Kernel::Fmv(..) => Shader::QuantFast,
+            Kernel::AttentionFast => Shader::AttentionFast,
         }
     }
 
@@ -392,6 +422,8 @@ impl Kernel {
             Kernel::Scale => "scale",
             Kernel::Softcap => "softcap",
             Kernel::ScaleRows => "scale_rows",
+            Kernel::Fmv(..) => "fmv",
+            Kernel::AttentionFast => "attn_decode",
             Kernel::Qdot(_, 1, KMM_TOKENS) => "qmm1",
             Kernel::Qdot(_, _, KMM_TOKENS) => "kmm",
             Kernel::Qdot(_, 0, QMM_TOKENS) => "qmm",
@@ -421,6 +453,11 @@ impl Kernel {
                     ("MV_LANES", f64::from(crate::ops::MATVEC_LANES)),
                 ]
             }
+            Kernel::Fmv(t, prologue) => vec![
+                ("FORMAT", f64::from(t.id())),
+                ("MV_LANES", f64::from(crate::ops::MATVEC_LANES)),
+                ("PROLOGUE", f64::from(prologue)),
+            ],
             Kernel::QuantizeAct(t, packed) => {
                 vec![
                     ("ACT", f64::from(t.id())),

@@ -19,7 +19,18 @@
 //! through the seam's operations with the same kernels, recording ops
 //! until a read-back.
 //!
-//! Numerics follow ggml's CPU path: activations are rounded to the weight
+//! Two modes ([`GpuOptions`]). The default, **fast** mode computes a single
+//! token's step (decoding) on float activations: each matrix-vector product
+//! reads its input as floats and makes the RMSNorm or SwiGLU before it as it
+//! reads (`fast.wgsl`: the norm's and SwiGLU's dispatches, and the rounding
+//! of activations to Q8, are gone), and attention sums in f32 with an
+//! online softmax (`attn_fast.wgsl`); batches (prompts) run the exact
+//! kernels. Its logits are close to llama.cpp's, not identical (the README
+//! states the measured agreement). The **exact** mode
+//! (`GpuOptions { exact: true }`, the CLI's `--exact`) computes the CPU
+//! backend's bits everywhere, as described next.
+//!
+//! Numerics of the exact mode follow ggml's CPU path: activations are rounded to the weight
 //! format's `vec_dot_type` (Q8_0, Q8_1 with its f16 block sums, Q8_K, F16,
 //! BF16) before each product, the KV cache holds f16-rounded values and the
 //! query and attention probabilities are rounded like ggml's f16 products,
@@ -97,4 +108,4 @@ mod seam;
 pub use device::{DeviceCaps, DeviceOptions, GpuContext, ADAPTER_ENV};
 pub use error::{Result, WgpuError};
 pub use program::{GpuProgram, ProgramConfig, StepProfile};
-pub use seam::{GpuBuffer, GpuKvCache, GpuWeight, WgpuBackend};
+pub use seam::{GpuBuffer, GpuKvCache, GpuOptions, GpuWeight, WgpuBackend};

@@ -8,7 +8,9 @@ use gguf_format::GgmlType;
 use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
 use crate::kernels::Kernel;
-use crate::ops::{AttnParams, EwParams, GpuMatrix, Op, OpBuilder, RopeParams, StepUniform};
+use crate::ops::{
+    AttnParams, EwParams, GpuMatrix, Op, OpBuilder, Prologue, RopeParams, StepUniform,
+};
 
 fn step_buffer(ctx: &GpuContext, n_tokens: u32, pos: u32) -> wgpu::Buffer {
     let step = StepUniform {
@@ -122,6 +124,63 @@ pub fn matmul(
         &dummy,
     ));
     run(ctx, &ops, n as u32, &y, n * m)
+}
+
+/// What [`fmv`] computes its activations from (each `k` values).
+#[derive(Clone, Copy, Debug)]
+pub enum FastInput<'a> {
+    /// x itself.
+    Plain(&'a [f32]),
+    /// RMSNorm(x)·weight with epsilon.
+    Norm(&'a [f32], &'a [f32], f32),
+    /// silu(gate)·up.
+    Swiglu(&'a [f32], &'a [f32]),
+}
+
+/// The fast mode's single-token product (`fast.wgsl`'s `fmv`): `W·xv` for a
+/// `m × k` matrix of `ty`, with `xv` made from `input` inside the product.
+pub fn fmv(
+    ctx: &GpuContext,
+    ty: GgmlType,
+    weights: &[u8],
+    k: usize,
+    m: usize,
+    input: FastInput<'_>,
+) -> Result<Vec<f32>> {
+    let (a, b) = match input {
+        FastInput::Plain(x) => (x, x),
+        FastInput::Norm(x, w, _) => (x, w),
+        FastInput::Swiglu(g, u) => (g, u),
+    };
+    check(
+        "fmv",
+        a.len() == k && b.len() == k && k.is_multiple_of(4),
+        || format!("inputs of {} and {} values for k = {k}", a.len(), b.len()),
+    )?;
+    let w =
+        GpuMatrix::upload_with_limit(ctx, "w", ty, k as u64, m as u64, weights, ctx.max_binding())?;
+    let step = step_buffer(ctx, 1, 0);
+    let ob = OpBuilder { ctx, step: &step };
+    let ab = f32_buffer(ctx, "x", a);
+    let bb = f32_buffer(ctx, "aux", b);
+    let y = ctx.storage("y", (m * 4) as u64);
+    let pro = match input {
+        FastInput::Plain(_) => Prologue::Plain { x: &ab, base: 0 },
+        FastInput::Norm(_, _, eps) => Prologue::Norm {
+            x: &ab,
+            base: 0,
+            weight: &bb,
+            eps,
+        },
+        FastInput::Swiglu(..) => Prologue::Swiglu {
+            gate: &ab,
+            gate_base: 0,
+            up: &bb,
+            up_base: 0,
+        },
+    };
+    let ops = ob.fmv("fmv", &w, &pro, &y, m as u32, false, 0);
+    run(ctx, &ops, 1, &y, m)
 }
 
 /// Rows `ids` of a `m × k` matrix of `ty`, dequantized: `ids.len() × k`.
@@ -248,6 +307,62 @@ pub fn attention(
     pos0: u32,
     kv_f16: bool,
 ) -> Result<Vec<f32>> {
+    attention_mode(
+        ctx,
+        q,
+        k,
+        v,
+        (n_head, n_kv_head, head_dim),
+        pos0,
+        kv_f16,
+        None,
+    )
+}
+
+/// [`attention`] of a single token (`q` one row) over an f32 cache through
+/// the fast mode's kernel (`attn_fast.wgsl`: f32 sums in its own order, not
+/// the CPU's bits), with a sliding `window` (0: none) and a soft-cap of the
+/// scores (0: none).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_fast(
+    ctx: &GpuContext,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+    pos0: u32,
+    window: u32,
+    softcap: f32,
+) -> Result<Vec<f32>> {
+    check("attention_fast", q.len() == n_head * head_dim, || {
+        "one token's query".to_string()
+    })?;
+    let extra = (window, softcap);
+    attention_mode(
+        ctx,
+        q,
+        k,
+        v,
+        (n_head, n_kv_head, head_dim),
+        pos0,
+        false,
+        Some(extra),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn attention_mode(
+    ctx: &GpuContext,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    (n_head, n_kv_head, head_dim): (usize, usize, usize),
+    pos0: u32,
+    kv_f16: bool,
+    fast: Option<(u32, f32)>,
+) -> Result<Vec<f32>> {
     let qrow = n_head * head_dim;
     let kvrow = n_kv_head * head_dim;
     check(
@@ -286,8 +401,12 @@ pub fn attention(
             out_stride: qrow as u32,
             scale: 1.0 / (head_dim as f32).sqrt(),
             kv_f16: kv_f16 as u32,
+            window: fast.map_or(0, |f| f.0),
+            softcap: fast.map_or(0.0, |f| f.1),
+            inv_cap: fast.map_or(0.0, |f| if f.1 != 0.0 { 1.0 / f.1 } else { 0.0 }),
             ..Default::default()
         },
+        fast.is_some(),
     );
     run(ctx, &[op], t as u32, &out, q.len())
 }

@@ -565,6 +565,65 @@ impl OpBuilder<'_> {
             .collect()
     }
 
+    /// The fast mode's single-token product (`fast.wgsl`'s `fmv`) for every
+    /// part of `w`: `y[r] (+)= W[r] · xv`, with `xv` as `prologue` makes it
+    /// ([`Prologue`]); `at_pos` writes a KV cache (rows of `y_stride`) as in
+    /// [`OpBuilder::linear`].
+    pub fn fmv(
+        &self,
+        label: &'static str,
+        w: &GpuMatrix,
+        prologue: &Prologue<'_>,
+        y: &wgpu::Buffer,
+        y_stride: u32,
+        accumulate: bool,
+        at_pos: u32,
+    ) -> Vec<Op> {
+        let (kind, x, x_base, aux, aux_base, eps) = match *prologue {
+            Prologue::Plain { x, base } => (0, x, base, x, 0, 0.0),
+            Prologue::Norm {
+                x,
+                base,
+                weight,
+                eps,
+            } => (1, x, base, weight, 0, eps),
+            Prologue::Swiglu {
+                gate,
+                gate_base,
+                up,
+                up_base,
+            } => (2, gate, gate_base, up, up_base, 0.0),
+        };
+        let kernel = Kernel::Fmv(w.ty, kind);
+        w.parts
+            .iter()
+            .map(|part| {
+                let params = MatParams {
+                    k: w.k,
+                    m: part.rows,
+                    row_bytes: w.row_bytes,
+                    x_stride: 0,
+                    y_stride,
+                    y_base: part.first_row,
+                    accumulate: accumulate as u32,
+                    at_pos,
+                    corr_base: 0,
+                    pad: [x_base / 4, aux_base / 4, f32::to_bits(eps)],
+                };
+                let pb = self.ctx.uniform(label, bytemuck::bytes_of(&params));
+                Op {
+                    label,
+                    pipeline: self.ctx.pipeline(kernel),
+                    pipeline_mm: None,
+                    bind_group: self.bind(kernel, &[&part.buffer, x, y, &pb, self.step, aux]),
+                    grid: Grid::Linear { m: part.rows },
+                    variants: Vec::new(),
+                    _params: pb,
+                }
+            })
+            .collect()
+    }
+
     /// `y[t] = row ids[t] of W`.
     pub fn get_rows(
         &self,
@@ -778,9 +837,16 @@ impl OpBuilder<'_> {
         v_cache: &wgpu::Buffer,
         out: &wgpu::Buffer,
         params: AttnParams,
+        fast: bool,
     ) -> Op {
         let pb = self.ctx.uniform("attention", bytemuck::bytes_of(&params));
-        let kernel = Kernel::Attention;
+        // The fast single-token kernel keeps a head's query in 64 vec4s and
+        // needs a whole output per invocation of its 256.
+        let kernel = if fast && params.head_dim <= 256 && params.head_dim.is_multiple_of(4) {
+            Kernel::AttentionFast
+        } else {
+            Kernel::Attention
+        };
         Op {
             label: "attention",
             pipeline: self.ctx.pipeline(kernel),
@@ -912,4 +978,26 @@ impl OpBuilder<'_> {
             _params: pb,
         }
     }
+}
+
+/// What the fast mode's single-token product ([`OpBuilder::fmv`]) reads as
+/// its activations (offsets in floats, multiples of 4).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Prologue<'b> {
+    /// x from `base`.
+    Plain { x: &'b wgpu::Buffer, base: u32 },
+    /// RMSNorm of x from `base`, times `weight`.
+    Norm {
+        x: &'b wgpu::Buffer,
+        base: u32,
+        weight: &'b wgpu::Buffer,
+        eps: f32,
+    },
+    /// silu(gate)·up.
+    Swiglu {
+        gate: &'b wgpu::Buffer,
+        gate_base: u32,
+        up: &'b wgpu::Buffer,
+        up_base: u32,
+    },
 }

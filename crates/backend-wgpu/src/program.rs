@@ -33,8 +33,8 @@ use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
 use crate::kernels::{act_type, is_exact, Kernel};
 use crate::ops::{
-    AttnParams, EwParams, GpuMatrix, Grid, Op, OpBuilder, RopeParams, ScaleParams, StepUniform,
-    TgRopeParams,
+    AttnParams, EwParams, GpuMatrix, Grid, Op, OpBuilder, Prologue, RopeParams, ScaleParams,
+    StepUniform, TgRopeParams,
 };
 use crate::seam::GpuWeight;
 
@@ -65,6 +65,23 @@ struct Loc {
 
 /// A rounding of activations for products: the type and whether packed.
 type ActKey = (GgmlType, bool);
+
+/// What a product of the fast mode's single-token step reads: a node's
+/// values, or those of a node that step never writes, made by the products
+/// reading it as they read them ([`Prologue`]).
+#[derive(Clone, Debug)]
+enum Virtual {
+    /// The values at `x`.
+    Plain { x: Loc },
+    /// RMSNorm of `x` times `weight`.
+    Norm {
+        x: Loc,
+        weight: wgpu::Buffer,
+        eps: f32,
+    },
+    /// silu(gate)·up.
+    Swiglu { gate: Loc, up: Loc },
+}
 
 /// An interned op label (a short name for profiles: `attn_output`, `rope`).
 fn label(name: &str) -> &'static str {
@@ -113,8 +130,11 @@ pub struct GpuProgram {
     body: Vec<Op>,
     /// The rest for the last token's row: its copies, then ops over one row.
     tail_last: Vec<Op>,
-    /// The rest for every row (also a single token's step).
+    /// The rest for every row (also a single token's step, unless `decode`).
     tail_all: Vec<Op>,
+    /// The fast mode's single-token step (float activations, norms and
+    /// SwiGLUs made inside the products); `None` in exact mode.
+    decode: Option<Vec<Op>>,
     argmax: Op,
     /// A one-token step recorded while the GPU ran the previous one (with
     /// the argmax or not).
@@ -132,6 +152,7 @@ impl std::fmt::Debug for GpuProgram {
             .field("n_ctx", &self.n_ctx)
             .field("max_batch", &self.max_batch)
             .field("dispatches", &(self.body.len() + self.tail_all.len()))
+            .field("fast", &self.decode.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -335,9 +356,45 @@ struct Lowering<'a> {
     dummy: wgpu::Buffer,
     gelu: Option<wgpu::Buffer>,
     weight_bytes: u64,
+    /// Lowering the fast mode's single-token step.
+    fast: bool,
+    /// Nodes the fast step leaves to their products.
+    virt: Vec<Option<Virtual>>,
 }
 
 impl Lowering<'_> {
+    /// Whether the fast step can leave node `i` (a norm or SwiGLU) to the
+    /// products reading it: every consumer is a product of it.
+    fn can_virtualize(&self, i: usize) -> bool {
+        let cons = &self.plan.consumers[i];
+        self.fast
+            && i != self.g.output.0
+            && !cons.is_empty()
+            && cons.iter().all(|c| {
+                matches!(self.g.node(*c).op, GOp::MatMul { x, w, .. }
+                    if x.0 == i && matrix(self.weights, w).is_ok_and(|m| m.k % 4 == 0))
+            })
+    }
+
+    /// What the fast step's product reading `x` reads: the prologue of a
+    /// virtual node, or `x`'s values (copied when not vec4-aligned).
+    fn fast_input(
+        &mut self,
+        ob: &OpBuilder<'_>,
+        ops: &mut Vec<Op>,
+        x: NodeId,
+        i: usize,
+    ) -> Virtual {
+        if let Some(v) = &self.virt[x.0] {
+            return v.clone();
+        }
+        let mut l = self.loc(x);
+        if l.base % 4 != 0 {
+            l = self.contiguous(ob, ops, x, i);
+        }
+        Virtual::Plain { x: l }
+    }
+
     fn node_bytes(&self, width: usize) -> u64 {
         self.max_batch as u64 * width as u64 * 4
     }
@@ -645,8 +702,19 @@ impl Lowering<'_> {
                 let (wb, host) = vector(self.weights, *weight)?;
                 let wb = wb.clone();
                 let group = host.len() as u32;
+                if group == width && self.can_virtualize(i) && self.loc(*x).base % 4 == 0 {
+                    let xl = self.loc(*x);
+                    let l = self.alias(i, &xl);
+                    self.virt[i] = Some(Virtual::Norm {
+                        x: xl,
+                        weight: wb,
+                        eps: *eps,
+                    });
+                    self.loc[i] = Some(l);
+                    return Ok(());
+                }
                 let xl = self.contiguous(ob, ops, *x, i);
-                let fa = plan.fused_act[i];
+                let fa = plan.fused_act[i].filter(|_| !self.fast);
                 let y = out_loc(self);
                 if group == width {
                     let packed = fa.is_some_and(|k| k.1);
@@ -690,7 +758,15 @@ impl Lowering<'_> {
                 let m = matrix(self.weights, *w)?;
                 self.weight_bytes += m.n_bytes();
                 let lbl = weight_label(g, *w);
-                let (input, x_stride) = self.product_input(ob, ops, *x, m, i);
+                let fast_in = if self.fast {
+                    Some(self.fast_input(ob, ops, *x, i))
+                } else {
+                    None
+                };
+                let (input, x_stride) = match fast_in {
+                    Some(_) => (self.dummy.clone(), 0),
+                    None => self.product_input(ob, ops, *x, m, i),
+                };
                 let (y, y_buf, y_stride, acc, at_pos) = if let Some(att) = plan.v_direct[i] {
                     let GOp::Attention { layer, params, .. } = &g.node(att).op else {
                         unreachable!("v_direct points at an attention")
@@ -717,20 +793,43 @@ impl Lowering<'_> {
                     let b = self.buf(&l).clone();
                     (Some(l), b, width, false, 0)
                 };
-                let mut lin = ob.linear(
-                    lbl,
-                    m,
-                    &input,
-                    x_stride,
-                    &y_buf,
-                    y_stride,
-                    0,
-                    acc,
-                    at_pos,
-                    self.corr_base,
-                    &self.dummy,
-                );
-                if lin.len() == 1 {
+                let mut lin = match &fast_in {
+                    Some(v) => {
+                        let pro = match v {
+                            Virtual::Plain { x } => Prologue::Plain {
+                                x: self.buf(x),
+                                base: x.base,
+                            },
+                            Virtual::Norm { x, weight, eps } => Prologue::Norm {
+                                x: self.buf(x),
+                                base: x.base,
+                                weight,
+                                eps: *eps,
+                            },
+                            Virtual::Swiglu { gate, up } => Prologue::Swiglu {
+                                gate: self.buf(gate),
+                                gate_base: gate.base,
+                                up: self.buf(up),
+                                up_base: up.base,
+                            },
+                        };
+                        ob.fmv(lbl, m, &pro, &y_buf, y_stride, acc, at_pos)
+                    }
+                    None => ob.linear(
+                        lbl,
+                        m,
+                        &input,
+                        x_stride,
+                        &y_buf,
+                        y_stride,
+                        0,
+                        acc,
+                        at_pos,
+                        self.corr_base,
+                        &self.dummy,
+                    ),
+                };
+                if lin.len() == 1 && !self.fast {
                     self.producer.insert(i, ops.len());
                 }
                 ops.append(&mut lin);
@@ -795,7 +894,14 @@ impl Lowering<'_> {
             }
             GOp::Swiglu { gate, up } => {
                 let (la, lb) = (self.loc(*gate), self.loc(*up));
-                let fa = plan.fused_act[i];
+                if self.can_virtualize(i) && la.base % 4 == 0 && lb.base % 4 == 0 {
+                    self.alias(i, &lb);
+                    let l = self.alias(i, &la);
+                    self.virt[i] = Some(Virtual::Swiglu { gate: la, up: lb });
+                    self.loc[i] = Some(l);
+                    return Ok(());
+                }
+                let fa = plan.fused_act[i].filter(|_| !self.fast);
                 let y = out_loc(self);
                 let packed = fa.is_some_and(|k| k.1);
                 let target = match fa {
@@ -1114,6 +1220,7 @@ impl Lowering<'_> {
                     inv_cap: params.softcap.map_or(0.0, |c| 1.0 / c),
                     pad: 0,
                 },
+                self.fast,
             ),
         );
         Ok(out)
@@ -1157,6 +1264,10 @@ pub struct ProgramConfig {
     pub max_batch: u32,
     /// An f16 KV cache (llama.cpp's default), else f32.
     pub kv_f16: bool,
+    /// Single tokens take the fast step: float activations, norms and
+    /// SwiGLUs computed inside the products that read them (fewer dispatches,
+    /// not the CPU's bits). Batches stay exact.
+    pub fast: bool,
 }
 
 impl GpuProgram {
@@ -1287,6 +1398,8 @@ impl GpuProgram {
             dummy: dummy.clone(),
             gelu: None,
             weight_bytes: 0,
+            fast: false,
+            virt: vec![None; graph.nodes.len()],
         };
         let ob = OpBuilder {
             ctx: &ctx,
@@ -1339,8 +1452,51 @@ impl GpuProgram {
             lw.lower(i, &ob_out, &ob, &mut tail_last, true)?;
             lw.release(i);
         }
+        // The fast single-token step: every node again, over the same KV
+        // cache, tables and logits, with buffers of its own.
+        let mut decode = None;
+        let mut decode_pool = Vec::new();
+        if cfg.fast {
+            let mut ld = Lowering {
+                ctx: &ctx,
+                g: graph,
+                weights,
+                plan: &plan,
+                max_batch: 1,
+                kv_f16: cfg.kv_f16,
+                n_ctx,
+                pool: Vec::new(),
+                pool_last: Vec::new(),
+                loc: vec![None; n],
+                acts: HashMap::new(),
+                act_size: 16,
+                corr_base: 0,
+                rounded: vec![None; n],
+                tables: lw.tables.clone(),
+                kv: lw.kv.clone(),
+                producer: HashMap::new(),
+                accumulated: HashSet::new(),
+                ids: ids.clone(),
+                logits: logits.clone(),
+                dummy: dummy.clone(),
+                gelu: lw.gelu.clone(),
+                weight_bytes: 0,
+                fast: true,
+                virt: vec![None; n],
+            };
+            let mut ops = Vec::new();
+            for i in 0..n {
+                ld.lower(i, &ob, &ob, &mut ops, false)?;
+                ld.release(i);
+            }
+            decode_pool.extend(ld.pool.iter().map(|p| p.0.clone()));
+            decode_pool.extend(ld.tables.iter().map(|t| t.2.clone()));
+            decode_pool.extend(ld.gelu.clone());
+            decode = Some(ops);
+        }
         let argmax = ob.argmax(&logits, n_vocab, n_vocab, 1, &ids, &dummy, &dummy_rw);
         let mut keep: Vec<wgpu::Buffer> = lw.pool.iter().map(|p| p.0.clone()).collect();
+        keep.extend(decode_pool);
         keep.extend(lw.acts.values().map(|a| a.0.clone()));
         keep.extend(lw.tables.iter().map(|t| t.2.clone()));
         keep.extend(lw.kv.values().flat_map(|(k, v, _)| [k.clone(), v.clone()]));
@@ -1370,6 +1526,7 @@ impl GpuProgram {
             body,
             tail_last,
             tail_all,
+            decode,
             argmax,
             prerecorded: None,
             left_out: Vec::new(),
@@ -1443,6 +1600,15 @@ impl GpuProgram {
     fn encode(&self, encoder: &mut wgpu::CommandEncoder, n: u32, tail: Option<bool>, argmax: bool) {
         let mut pass = encoder.begin_compute_pass(&Default::default());
         let kept = |op: &Op| n > 1 || !self.left_out.iter().any(|l| l == op.label);
+        if let (1, Some(_), Some(decode)) = (n, tail, &self.decode) {
+            for op in decode.iter().filter(|o| kept(o)) {
+                op.encode(&mut pass, 1);
+            }
+            if argmax {
+                self.argmax.encode(&mut pass, 1);
+            }
+            return;
+        }
         for op in self.body.iter().filter(|o| kept(o)) {
             op.encode(&mut pass, n);
         }
@@ -1609,13 +1775,21 @@ impl GpuProgram {
     /// (label, dispatches, whether they are matrix products).
     pub fn step_ops(&self) -> Vec<(&'static str, usize, bool)> {
         let mut out: Vec<(&'static str, usize, bool)> = Vec::new();
-        for op in self.body.iter().chain(&self.tail_all).filter(|o| o.runs(1)) {
+        for op in self.single_step().filter(|o| o.runs(1)) {
             match out.iter_mut().find(|e| e.0 == op.label) {
                 Some(e) => e.1 += 1,
                 None => out.push((op.label, 1, op.is_product())),
             }
         }
         out
+    }
+
+    /// The ops of a single-token step with its logits.
+    fn single_step(&self) -> Box<dyn Iterator<Item = &Op> + '_> {
+        match &self.decode {
+            Some(d) => Box::new(d.iter()),
+            None => Box::new(self.body.iter().chain(&self.tail_all)),
+        }
     }
 
     /// A measuring aid: single-token steps leave out every op whose label is
@@ -1665,18 +1839,19 @@ impl GpuProgram {
         }
         let n = tokens.len() as u32;
         self.set_step(tokens, pos, 1);
-        let tail = if n == 1 {
-            &self.tail_all
+        let ops: Vec<(&Op, u32)> = if n == 1 {
+            self.single_step()
+                .map(|o| (o, 1))
+                .filter(|(o, _)| o.runs(1))
+                .collect()
         } else {
-            &self.tail_last
+            self.body
+                .iter()
+                .map(|o| (o, n))
+                .chain(self.tail_last.iter().map(|o| (o, 1)))
+                .filter(|(o, t)| o.runs(*t))
+                .collect()
         };
-        let ops: Vec<(&Op, u32)> = self
-            .body
-            .iter()
-            .map(|o| (o, n))
-            .chain(tail.iter().map(|o| (o, 1)))
-            .filter(|(o, t)| o.runs(*t))
-            .collect();
         let count = ops.len() as u32 * 2;
         let qs = self.ctx.device.create_query_set(&wgpu::QuerySetDescriptor {
             label: Some("profile"),

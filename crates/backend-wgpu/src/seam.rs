@@ -66,9 +66,22 @@ struct Pending {
     temp: Option<(wgpu::Buffer, u64)>,
 }
 
+/// How the GPU computes ([`WgpuBackend::with_options`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuOptions {
+    /// Exact mode: every product, norm and activation computes the CPU
+    /// backend's bits (llama.cpp's CPU order). Off by default: the fast mode
+    /// computes single tokens' products on float activations, with the norm
+    /// or SwiGLU before them made inside the product (fewer dispatches),
+    /// within the agreement bounds the README states. Batches are exact in
+    /// both modes.
+    pub exact: bool,
+}
+
 /// The wgpu backend behind tensor-core's [`Backend`] trait.
 pub struct WgpuBackend {
     ctx: Arc<GpuContext>,
+    opts: GpuOptions,
     pending: Mutex<Pending>,
     dummy: wgpu::Buffer,
     /// ggml's f16 GELU table as f32 values, uploaded at the first `geglu`.
@@ -91,11 +104,17 @@ fn backend_err(e: impl std::fmt::Display) -> TensorError {
 }
 
 impl WgpuBackend {
-    /// The backend on an opened device.
+    /// The backend on an opened device, in the default (fast) mode.
     pub fn new(ctx: Arc<GpuContext>) -> WgpuBackend {
+        WgpuBackend::with_options(ctx, GpuOptions::default())
+    }
+
+    /// The backend on an opened device, computing as `opts` says.
+    pub fn with_options(ctx: Arc<GpuContext>, opts: GpuOptions) -> WgpuBackend {
         let dummy = ctx.storage("dummy", 16);
         WgpuBackend {
             ctx,
+            opts,
             pending: Mutex::new(Pending {
                 encoder: None,
                 scratch: None,
@@ -155,6 +174,11 @@ impl WgpuBackend {
     /// The device.
     pub fn context(&self) -> &Arc<GpuContext> {
         &self.ctx
+    }
+
+    /// How it computes.
+    pub fn options(&self) -> GpuOptions {
+        self.opts
     }
 
     fn step(&self, n_tokens: usize, pos: usize) -> wgpu::Buffer {
@@ -582,6 +606,7 @@ impl Backend for WgpuBackend {
                 inv_cap: params.softcap.map_or(0.0, |c| 1.0 / c),
                 pad: 0,
             },
+            false,
         );
         self.record(&[op], n_rows);
     }
@@ -889,6 +914,7 @@ impl Backend for WgpuBackend {
             n_ctx: u32::try_from(opts.n_ctx).map_err(backend_err)?,
             max_batch: u32::try_from(opts.n_batch).map_err(backend_err)?,
             kv_f16: opts.kv_type == KvType::F16,
+            fast: !self.opts.exact,
         };
         let p = crate::program::GpuProgram::compile(self.ctx.clone(), graph, weights, &cfg)
             .map_err(backend_err)?;

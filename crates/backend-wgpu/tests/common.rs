@@ -52,10 +52,19 @@ pub fn cpu_decode(path: &std::path::Path, prompt: &[u32], decode: &[u32], all: b
     out
 }
 
-/// A model file loaded on the GPU (its graph as the backend rewrites it).
+/// A model file loaded on the GPU in exact mode (its graph as the backend
+/// rewrites it).
 pub fn gpu_model(path: &std::path::Path) -> llama_model::Model<backend_wgpu::WgpuBackend> {
+    gpu_model_with(path, backend_wgpu::GpuOptions { exact: true })
+}
+
+/// A model file loaded on the GPU, computing as `opts` says.
+pub fn gpu_model_with(
+    path: &std::path::Path,
+    opts: backend_wgpu::GpuOptions,
+) -> llama_model::Model<backend_wgpu::WgpuBackend> {
     let file = Arc::new(gguf_format::GgufFile::open(path).unwrap());
-    let backend = backend_wgpu::WgpuBackend::new(ctx());
+    let backend = backend_wgpu::WgpuBackend::with_options(ctx(), opts);
     llama_model::Model::load_with(&file, backend, &llama_model::LoadOptions::default()).unwrap()
 }
 

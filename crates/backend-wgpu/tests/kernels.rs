@@ -663,7 +663,7 @@ fn matmul_matches_quant_kernels() {
 use tensor_core::{Backend, CpuBackend};
 
 fn seam() -> backend_wgpu::WgpuBackend {
-    backend_wgpu::WgpuBackend::new(ctx())
+    backend_wgpu::WgpuBackend::with_options(ctx(), backend_wgpu::GpuOptions { exact: true })
 }
 
 /// A GPU buffer's values.
@@ -1104,4 +1104,125 @@ fn seam_matmul_on_row_views() {
         }
     }
     assert!(checked > 0);
+}
+
+/// The fast mode's single-token attention (`attn_fast.wgsl`: f32, online
+/// softmax over tiles of 256 positions) against tensor-core's CPU attention
+/// over an f32 cache: heads of 64, 96 (phi3) and 128, grouped queries, KV
+/// windows from 1 to past two tiles, sliding windows and soft-capped scores.
+/// Not bit for bit: every output within
+/// 1e-5 of the largest |v| (the outputs are convex combinations of V).
+#[test]
+fn fast_attention_agrees_with_cpu() {
+    let mut rng = StdRng::seed_from_u64(701);
+    let ctx = ctx();
+    let cases = [(4, 4, 64), (6, 2, 96), (8, 2, 128), (12, 3, 128)];
+    for (case, &(nh, nkv, hd)) in cases.iter().enumerate() {
+        for pos0 in [0usize, 1, 200, 255, 256, 600] {
+            // A sliding window, and a soft-cap, on some of them.
+            let window = if case % 2 == 1 { Some(100) } else { None };
+            let softcap = if case >= 2 { Some(20.0) } else { None };
+            let n = pos0 + 1;
+            let k: Vec<f32> = (0..n * nkv * hd)
+                .map(|_| rng.gen_range(-2.0..2.0))
+                .collect();
+            let v: Vec<f32> = (0..n * nkv * hd)
+                .map(|_| rng.gen_range(-2.0..2.0))
+                .collect();
+            let q: Vec<f32> = (0..nh * hd).map(|_| rng.gen_range(-2.0..2.0)).collect();
+            let got = oneshot::attention_fast(
+                &ctx,
+                &q,
+                &k,
+                &v,
+                nh,
+                nkv,
+                hd,
+                pos0 as u32,
+                window.unwrap_or(0) as u32,
+                softcap.unwrap_or(0.0),
+            )
+            .unwrap();
+            let p = tensor_core::AttentionParams {
+                n_head: nh,
+                n_head_kv: nkv,
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+                window,
+                softcap,
+            };
+            let mut want = vec![0f32; q.len()];
+            tensor_core::attention::attention::<f32>(&q, &k, &v, pos0, &p, &mut want);
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 2e-5,
+                "heads {nh}/{nkv} hd={hd} pos0={pos0} window {window:?} cap {softcap:?}: \
+                 largest |gpu − cpu| {worst:e}"
+            );
+        }
+    }
+}
+
+/// The fast mode's single-token product (`fmv`) of every GPU format, with
+/// each prologue (x; RMSNorm(x)·w; silu(gate)·up made inside the product),
+/// against f64 dot products of ggml's dequantized weights with the f64
+/// activations: within 2e-6 of Σ|w·x|.
+#[test]
+fn fast_products_all_formats() {
+    use backend_wgpu::oneshot::FastInput;
+    let ctx = ctx();
+    for (i, &ty) in GPU_TYPES.iter().enumerate() {
+        let mut rng = StdRng::seed_from_u64(900 + i as u64);
+        let k = row_len(&mut rng, ty);
+        let m = rng.gen_range(1..=150);
+        let (bytes, w) = random_weights(&mut rng, ty, k, m);
+        let mut vec =
+            |lo: f32, hi: f32| -> Vec<f32> { (0..k).map(|_| rng.gen_range(lo..hi)).collect() };
+        let (a, b) = (vec(-2.0, 2.0), vec(0.5, 1.5));
+        let eps = 1e-5f32;
+        for kind in 0..3 {
+            let (input, xs): (FastInput, Vec<f64>) = match kind {
+                0 => (FastInput::Plain(&a), a.iter().map(|&v| v as f64).collect()),
+                1 => {
+                    let ms = a.iter().map(|&v| v as f64 * v as f64).sum::<f64>() / k as f64;
+                    let inv = 1.0 / (ms + eps as f64).sqrt();
+                    let xs = a
+                        .iter()
+                        .zip(&b)
+                        .map(|(&x, &g)| x as f64 * inv * g as f64)
+                        .collect();
+                    (FastInput::Norm(&a, &b, eps), xs)
+                }
+                _ => {
+                    let xs = a
+                        .iter()
+                        .zip(&b)
+                        .map(|(&g, &u)| {
+                            let g = g as f64;
+                            g / (1.0 + (-g).exp()) * u as f64
+                        })
+                        .collect();
+                    (FastInput::Swiglu(&a, &b), xs)
+                }
+            };
+            let y = oneshot::fmv(&ctx, ty, &bytes, k, m, input).unwrap();
+            for r in 0..m {
+                let (mut dot, mut mag) = (0f64, 0f64);
+                for c in 0..k {
+                    let p = w[r * k + c] as f64 * xs[c];
+                    dot += p;
+                    mag += p.abs();
+                }
+                let got = y[r] as f64;
+                assert!(
+                    (got - dot).abs() <= 2e-6 * mag + 1e-6,
+                    "{ty} prologue {kind} k={k} m={m}: y[{r}] = {got}, expected {dot} (Σ|w·x| = {mag})"
+                );
+            }
+        }
+    }
 }

@@ -9,6 +9,11 @@ use llama_model::{CpuBackend, LoadOptions, LogitsMode, Model, SessionOptions};
 use crate::common::{ctx, fixture, read};
 use crate::model::kld_top1;
 
+/// The backend in exact mode (the CPU's bits).
+fn exact_backend() -> WgpuBackend {
+    WgpuBackend::with_options(ctx(), backend_wgpu::GpuOptions { exact: true })
+}
+
 fn logits<B: llama_model::Backend>(
     model: &Model<B>,
     toks: &[u32],
@@ -33,8 +38,7 @@ fn seam_forward_matches_cpu() {
         let file = Arc::new(
             gguf_format::GgufFile::open(fixture(&format!("synth/synth-{ftype}.gguf"))).unwrap(),
         );
-        let gpu =
-            Model::load_with(&file, WgpuBackend::new(ctx()), &LoadOptions::default()).unwrap();
+        let gpu = Model::load_with(&file, exact_backend(), &LoadOptions::default()).unwrap();
         let cpu = Model::load_with(&file, CpuBackend::default(), &LoadOptions::default()).unwrap();
         let n = cpu.config().n_vocab;
         // One batch, then batches of 7 (prompt chunks and a growing cache),

@@ -3,6 +3,7 @@
 
 mod common;
 mod default_model;
+mod fast;
 mod kernels;
 mod model;
 mod recurrent;

@@ -96,7 +96,7 @@ pub fn run(args: Args) -> CmdResult {
     init_threads(args.model.threads)?;
     let mf = ModelFile::open_with(args.model.model.as_ref(), !args.model.no_mmap)?;
     let n_ctx = args.n_prompt.max(args.n_gen).max(1);
-    let mut loaded = Loaded::load(&mf, args.model.backend, n_ctx)?;
+    let mut loaded = Loaded::load(&mf, args.model.backend, args.model.exact, n_ctx)?;
     let mut engine = loaded.engine()?;
     let n_vocab = engine.n_vocab();
     let mut figures = Vec::new();

@@ -156,7 +156,12 @@ pub fn run(args: Args) -> CmdResult {
     opts.validate().map_err(classify)?;
     init_threads(args.model.threads)?;
     let mf = ModelFile::open_with(args.model.model.as_ref(), !args.model.no_mmap)?;
-    let mut loaded = Loaded::load(&mf, args.model.backend, args.ctx.unwrap_or(0) as usize)?;
+    let mut loaded = Loaded::load(
+        &mf,
+        args.model.backend,
+        args.model.exact,
+        args.ctx.unwrap_or(0) as usize,
+    )?;
     let engine = loaded.engine()?;
     let n_ctx = engine.n_ctx();
     let mut generator = Generator::new(engine, &mf.tokenizer).map_err(classify)?;

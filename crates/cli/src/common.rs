@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
-use backend_wgpu::{DeviceOptions, GpuContext, WgpuBackend};
+use backend_wgpu::{DeviceOptions, GpuContext, GpuOptions, WgpuBackend};
 use generate::{Engine, GenerateError, SamplerConfig};
 use gguf_format::GgufFile;
 use llama_model::{CpuBackend, LoadOptions, LogitsMode, Model, Session, SessionOptions};
@@ -71,6 +71,10 @@ pub struct ModelArgs {
     /// Where to run the model.
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     pub backend: BackendKind,
+    /// With `--backend wgpu`: compute the CPU backend's bits (llama.cpp's)
+    /// instead of the default fast mode's float activations.
+    #[arg(long)]
+    pub exact: bool,
     /// Read the model into memory instead of mapping it (a file changed while
     /// mapped ends the process; one read into memory cannot).
     #[arg(long)]
@@ -230,6 +234,19 @@ impl ModelFile {
     }
 }
 
+/// The GPU backend on the default adapter, exact (the CPU's bits) or in
+/// the default fast mode; names the GPU on stderr.
+pub fn gpu_backend(exact: bool) -> Result<WgpuBackend, Box<dyn std::error::Error>> {
+    let ctx = GpuContext::new(&DeviceOptions::default())?;
+    let mode = if exact { "exact" } else { "fast" };
+    eprintln!(
+        "strata: GPU {} ({:?}), {mode} mode",
+        ctx.caps().name,
+        ctx.caps().backend
+    );
+    Ok(WgpuBackend::with_options(ctx, GpuOptions { exact }))
+}
+
 /// A model loaded on a backend, ready to make an [`Engine`].
 pub enum Loaded {
     /// On the CPU, with the context size of its sessions.
@@ -246,6 +263,7 @@ impl Loaded {
     pub fn load(
         mf: &ModelFile,
         backend: BackendKind,
+        exact: bool,
         n_ctx: usize,
     ) -> Result<Loaded, Box<dyn std::error::Error>> {
         let start = Instant::now();
@@ -256,13 +274,11 @@ impl Loaded {
                 n_ctx,
             ),
             BackendKind::Wgpu => {
-                let ctx = GpuContext::new(&DeviceOptions::default())?;
-                eprintln!("strata: GPU {} ({:?})", ctx.caps().name, ctx.caps().backend);
                 if u32::try_from(n_ctx).is_err() {
                     return Err(UsageError(format!("--ctx {n_ctx} is too large")).into());
                 }
                 let model =
-                    Model::load_with(&mf.file, WgpuBackend::new(ctx), &LoadOptions::default())?;
+                    Model::load_with(&mf.file, gpu_backend(exact)?, &LoadOptions::default())?;
                 Loaded::Gpu(model, n_ctx)
             }
         };
@@ -380,6 +396,7 @@ impl GraphModel {
     pub fn load_with(
         path: &Path,
         backend: BackendKind,
+        exact: bool,
         mmap: bool,
     ) -> Result<GraphModel, Box<dyn std::error::Error>> {
         let file = Arc::new(GgufFile::open_with(path, mmap)?);
@@ -389,15 +406,11 @@ impl GraphModel {
                 CpuBackend::new(),
                 &LoadOptions::default(),
             )?),
-            BackendKind::Wgpu => {
-                let ctx = GpuContext::new(&DeviceOptions::default())?;
-                eprintln!("strata: GPU {} ({:?})", ctx.caps().name, ctx.caps().backend);
-                GraphModel::Gpu(Model::load_with(
-                    &file,
-                    WgpuBackend::new(ctx),
-                    &LoadOptions::default(),
-                )?)
-            }
+            BackendKind::Wgpu => GraphModel::Gpu(Model::load_with(
+                &file,
+                gpu_backend(exact)?,
+                &LoadOptions::default(),
+            )?),
         })
     }
 

@@ -107,7 +107,12 @@ pub fn run(args: Args) -> CmdResult {
         (Some(ids), _) | (None, Some(ids)) => Prompt::Tokens(ids),
         (None, None) => Prompt::Text(&text),
     };
-    let mut loaded = Loaded::load(&mf, args.model.backend, args.ctx.unwrap_or(0) as usize)?;
+    let mut loaded = Loaded::load(
+        &mf,
+        args.model.backend,
+        args.model.exact,
+        args.ctx.unwrap_or(0) as usize,
+    )?;
     let engine = loaded.engine()?;
     let mut generator = Generator::new(engine, &mf.tokenizer).map_err(classify)?;
 

@@ -45,6 +45,10 @@ pub struct Args {
     /// Where to run the model: the CPU, or a GPU through wgpu (the same graph).
     #[arg(long, value_enum, default_value_t = crate::common::BackendKind::Cpu)]
     backend: crate::common::BackendKind,
+    /// With `--backend wgpu`: compute the CPU backend's bits (llama.cpp's)
+    /// instead of the default fast mode's float activations.
+    #[arg(long)]
+    exact: bool,
     /// Read the model into memory instead of mapping it.
     #[arg(long)]
     no_mmap: bool,
@@ -80,7 +84,8 @@ pub fn run(args: Args) -> CmdResult {
         ))
         .into());
     }
-    let model = crate::common::GraphModel::load_with(&path, args.backend, !args.no_mmap)?;
+    let model =
+        crate::common::GraphModel::load_with(&path, args.backend, args.exact, !args.no_mmap)?;
     let (kv_type, kv_bytes) = if args.kv == "f32" {
         (KvType::F32, 4)
     } else {

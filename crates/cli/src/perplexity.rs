@@ -54,6 +54,11 @@ pub struct Args {
     /// Tokens per window (half of each is scored).
     #[arg(long, default_value_t = 512)]
     ctx: usize,
+    /// Tokens per step (llama-perplexity's `-b`; default 512).
+    /// `--batch 1` runs every token as a decoding step, whose kernels differ
+    /// from a batch's (llama.cpp's single-token orders; the GPU's fast mode).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    batch: Option<u64>,
     /// Score at most this many windows (at least 1).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     chunks: Option<u64>,
@@ -69,6 +74,10 @@ pub struct Args {
     /// Where to run the model: the CPU, or a GPU through wgpu (the same graph).
     #[arg(long, value_enum, default_value_t = crate::common::BackendKind::Cpu)]
     backend: crate::common::BackendKind,
+    /// With `--backend wgpu`: compute the CPU backend's bits (llama.cpp's)
+    /// instead of the default fast mode's float activations.
+    #[arg(long)]
+    exact: bool,
     /// Worker threads (default: one per core).
     #[arg(long, short = 't')]
     threads: Option<usize>,
@@ -335,7 +344,8 @@ pub fn run(args: Args) -> CmdResult {
         }
     }
     let tokenizer = Tokenizer::from_gguf(GgufFile::open_with(&path, !args.no_mmap)?.header())?;
-    let model = crate::common::GraphModel::load_with(&path, args.backend, !args.no_mmap)?;
+    let model =
+        crate::common::GraphModel::load_with(&path, args.backend, args.exact, !args.no_mmap)?;
     let n_vocab = model.config().n_vocab;
     eprintln!(
         "loaded {} ({} vocabulary) in {:.2} s",
@@ -445,6 +455,9 @@ pub fn run(args: Args) -> CmdResult {
 
     let mut session = model.session(&SessionOptions {
         n_ctx,
+        n_batch: args
+            .batch
+            .map_or(SessionOptions::default().n_batch, |b| b as usize),
         ..SessionOptions::default()
     })?;
     let nv = row_len(n_vocab);

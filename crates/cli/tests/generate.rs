@@ -297,22 +297,27 @@ fn bad_arguments_exit_with_code_2() {
 }
 
 /// The GPU backend (wgpu; llvmpipe where there is no GPU) through the same
-/// generator: the first greedy tokens of the first golden prompt.
+/// generator: the first greedy tokens of the first golden prompt, in the
+/// default fast mode and in exact mode.
 #[test]
 fn wgpu_backend_generates_the_golden_tokens() {
     let case = &golden()["greedy"][0];
     let prompt = case["prompt_tokens"].to_string();
-    let v = json_of(&strata(&[
-        "generate",
-        "--backend",
-        "wgpu",
-        "--json",
-        "--temperature",
-        "0",
-        "-n",
-        "4",
-        "--prompt-tokens",
-        &prompt,
-    ]));
-    assert_eq!(ids(&v["tokens"]), ids(&case["generated"])[..4]);
+    for mode in [None, Some("--exact")] {
+        let mut args = vec![
+            "generate",
+            "--backend",
+            "wgpu",
+            "--json",
+            "--temperature",
+            "0",
+            "-n",
+            "4",
+            "--prompt-tokens",
+            &prompt,
+        ];
+        args.extend(mode);
+        let v = json_of(&strata(&args));
+        assert_eq!(ids(&v["tokens"]), ids(&case["generated"])[..4], "{mode:?}");
+    }
 }

@@ -253,7 +253,7 @@ var<workgroup> partial: array<f32, 256>;
 
 // Weights 4u .. 4u + 3 of the row at byte `base` · x.
 fn unit_dot(base: u32, u: u32, xb: u32, tok: u32) -> f32 {
-    return dot(deq4(base, u >> 3u, u & 7u), x[xb + u]);
+    return dot(deq4(base, u >> 3u, u & 7u), xv(xb + u));
 }
 
 // Q4_K's 6-bit scale and min of sub-block `s` (get_scale_min_k4) for the
@@ -285,7 +285,7 @@ fn q4k_unit8_dot(base: u32, u: u32, xb: u32) -> f32 {
     let w0 = (dm.x * sm0.x) * u2f(v & vec4<u32>(0xfu)) - dm.y * sm0.y;
     let w1 = (dm.x * sm1.x) * u2f(v >> vec4<u32>(4u)) - dm.y * sm1.y;
     let c0 = sb * 8u + 2u * i;
-    return dot(w0, x[xb + c0 * 8u + g]) + dot(w1, x[xb + (c0 + 1u) * 8u + g]);
+    return dot(w0, xv(xb + c0 * 8u + g)) + dot(w1, xv(xb + (c0 + 1u) * 8u + g));
 }
 
 // Q6_K, sixteen weights from one word of high bits: unit `u` is group
@@ -311,10 +311,10 @@ fn q6k_unit16_dot(base: u32, u: u32, xb: u32) -> f32 {
     let q4 = (ql1 >> vec4<u32>(4u)) | ((qh >> vec4<u32>(6u)) << vec4<u32>(4u));
     let sc = sext8(vec4<u32>(ld8(so), ld8(so + 2u), ld8(so + 4u), ld8(so + 6u)));
     let s = vec4<f32>(
-        dot(u2f(q1) - 32.0, x[xi]),
-        dot(u2f(q2) - 32.0, x[xi + 8u]),
-        dot(u2f(q3) - 32.0, x[xi + 16u]),
-        dot(u2f(q4) - 32.0, x[xi + 24u]));
+        dot(u2f(q1) - 32.0, xv(xi)),
+        dot(u2f(q2) - 32.0, xv(xi + 8u)),
+        dot(u2f(q3) - 32.0, xv(xi + 16u)),
+        dot(u2f(q4) - 32.0, xv(xi + 24u)));
     return f16at(b + 208u) * dot(sc, s);
 }
 

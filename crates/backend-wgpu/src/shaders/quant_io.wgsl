@@ -13,9 +13,9 @@ struct MatParams {
     accumulate: u32, // 1: y += W·x (residual connection), 0: y = W·x
     at_pos: u32,     // KV cache write: token index in y counted from step.pos; 1 f32 cache, 2 f16 cache
     corr_base: u32,  // qdot: float offset in x of the packed activations' scales (act_quant.wgsl)
-    pad0: u32,
-    pad1: u32,
-    pad2: u32,
+    x_base: u32,     // fmv (fast.wgsl): vec4 offset of the token's activations in x
+    aux_base: u32,   // fmv: vec4 offset of SwiGLU's up values in aux
+    eps: f32,        // fmv: RMSNorm's epsilon
 }
 
 // Per-step values shared by every dispatch of a step.
