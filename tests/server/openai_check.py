@@ -128,7 +128,7 @@ for c in calls:
         check("tool call arguments validate", True)
     except pydantic.ValidationError as e:
         check("tool call arguments validate", False, f"{c.function.arguments!r}: {e}")
-streamed_calls, stream_finish = {}, None
+streamed_calls, stream_finish, argument_chunks = {}, None, 0
 for chunk in client.chat.completions.create(model=model, messages=ASK, tools=TOOLS, tool_choice="required",
                                             max_tokens=120, seed=1, stream=True):
     if chunk.choices:
@@ -136,10 +136,13 @@ for chunk in client.chat.completions.create(model=model, messages=ASK, tools=TOO
             entry = streamed_calls.setdefault(d.index, {"name": "", "arguments": ""})
             entry["name"] += (d.function.name or "") if d.function else ""
             entry["arguments"] += (d.function.arguments or "") if d.function else ""
+            argument_chunks += bool(d.function and d.function.arguments)
         stream_finish = chunk.choices[0].finish_reason or stream_finish
 check("streamed tool call equals the plain one",
-      stream_finish == "tool_calls" and [v["arguments"] for _, v in sorted(streamed_calls.items())]
-      == [c.function.arguments for c in calls], (streamed_calls, stream_finish))
+      stream_finish == "tool_calls" and [(v["name"], v["arguments"]) for _, v in sorted(streamed_calls.items())]
+      == [(c.function.name, c.function.arguments) for c in calls], (streamed_calls, stream_finish))
+# As the OpenAI API does, the arguments arrive token by token, not in one chunk.
+check("streamed tool call arguments arrive in many chunks", argument_chunks > 3, argument_chunks)
 # The call's result goes back, and the conversation continues.
 follow = client.chat.completions.create(model=model, max_tokens=40, seed=1, tools=TOOLS, messages=ASK + [
     {"role": "assistant", "content": None, "tool_calls": [c.model_dump() for c in calls]},

@@ -19,6 +19,7 @@ use tokio::sync::mpsc;
 
 use crate::api::{self, BadRequest, Finish, GenParams, PromptInput, TokenLogprob, Usage};
 use crate::scheduler::{Event, Job, ModelInfo, Refused, Shared};
+use crate::tool_stream::{CallStream, Delta};
 use crate::tools::{self, ToolFormat, Tools};
 use crate::ServerError;
 use generate::constraint::{Constraint, Grammar};
@@ -532,34 +533,75 @@ fn chat_response(
             Value::Null,
         ));
         let shared = shared.clone();
-        // With tools the reply is read whole before it is known to be text
-        // or calls: its text is held here and sent at the end.
+        // With tools (but for gpt-oss) the reply is read as it comes: text
+        // as text, each call's arguments token by token.
+        let calls = std::sync::Mutex::new(
+            tools
+                .as_ref()
+                .filter(|_| !harmony)
+                .map(|t| CallStream::new(format, t.names())),
+        );
+        let call_chunks = {
+            let call_id = call_id.clone();
+            move |deltas: Vec<Delta>,
+                  lp: &mut Value,
+                  chunk: &dyn Fn(Value, Option<&str>, Value) -> Value| {
+                let mut out = String::new();
+                for d in deltas {
+                    let delta = match d {
+                        Delta::Content(t) => json!({"content": t}),
+                        Delta::Call { index, name } => json!({"tool_calls": [{
+                            "index": index, "id": tool_call_id(&call_id, index), "type": "function",
+                            "function": {"name": name, "arguments": ""},
+                        }]}),
+                        Delta::Args { index, text } => {
+                            json!({"tool_calls": [{"index": index, "function": {"arguments": text}}]})
+                        }
+                    };
+                    out.push_str(&sse(&chunk(delta, None, std::mem::take(lp))));
+                }
+                out
+            }
+        };
+        // gpt-oss's reply is read whole before it is known to be text or
+        // calls: its text is held here and sent at the end.
         let held = std::sync::Mutex::new(String::new());
         let on_event = move |event: Event| match event {
             Event::Text { text, logprobs } => {
                 let info = shared.model.get().expect("loaded");
-                let lp = if with_logprobs {
+                let mut lp = if with_logprobs {
                     api::chat_logprobs(&info.tokenizer, &logprobs)
                 } else {
                     Value::Null
                 };
-                let text = match (&tools, harmony) {
-                    (Some(_), _) | (None, true) => {
-                        held.lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .push_str(&text);
-                        if !with_logprobs {
-                            return (String::new(), false);
-                        }
-                        String::new()
+                if let Some(stream) = calls.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                    let mut out = call_chunks(stream.push(&text), &mut lp, &chunk);
+                    if out.is_empty() && with_logprobs {
+                        out = sse(&chunk(json!({"content": ""}), None, lp));
                     }
-                    (None, false) => text,
+                    return (out, false);
+                }
+                let text = if harmony {
+                    held.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .push_str(&text);
+                    if !with_logprobs {
+                        return (String::new(), false);
+                    }
+                    String::new()
+                } else {
+                    text
                 };
                 (sse(&chunk(json!({"content": text}), None, lp)), false)
             }
             Event::Done { mut finish, usage } => {
                 let mut out = String::new();
-                if tools.is_some() || harmony {
+                if let Some(stream) = calls.lock().unwrap_or_else(|e| e.into_inner()).as_mut() {
+                    out.push_str(&call_chunks(stream.finish(), &mut Value::Null, &chunk));
+                    if stream.calls() > 0 && finish == Finish::Stop {
+                        finish = Finish::ToolCalls;
+                    }
+                } else if harmony {
                     let text = std::mem::take(&mut *held.lock().unwrap_or_else(|e| e.into_inner()));
                     let (message, calls) =
                         reply_message(&text, format, tools.as_ref(), &call_id, finish);
@@ -705,7 +747,7 @@ fn reply_message(
         .enumerate()
         .map(|(i, c)| {
             json!({
-                "id": format!("call_{}_{i}", id.rsplit('-').next().unwrap_or(id)),
+                "id": tool_call_id(id, i),
                 "type": "function",
                 "function": {"name": c.name, "arguments": c.arguments},
             })
@@ -715,6 +757,11 @@ fn reply_message(
         with_reasoning(json!({"role": "assistant", "content": reply.content, "tool_calls": calls})),
         true,
     )
+}
+
+/// The id of call `i` of the reply `id`.
+fn tool_call_id(id: &str, i: usize) -> String {
+    format!("call_{}_{i}", id.rsplit('-').next().unwrap_or(id))
 }
 
 async fn completions(

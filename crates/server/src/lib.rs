@@ -44,6 +44,7 @@ mod api;
 mod http;
 mod metrics;
 mod scheduler;
+mod tool_stream;
 mod tools;
 
 use std::net::SocketAddr;

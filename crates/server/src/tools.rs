@@ -18,7 +18,7 @@
 //!   `{"tool_calls": [{"name": …, "arguments": {…}}]}` or, with `auto`,
 //!   `{"response": …}`.
 
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 use crate::api::BadRequest;
 use generate::constraint::Grammar;
@@ -213,6 +213,11 @@ pub(crate) fn parse(
 }
 
 impl Tools {
+    /// The names of the functions listed.
+    pub fn names(&self) -> Vec<String> {
+        self.functions.iter().map(|f| f.name.clone()).collect()
+    }
+
     /// Whether the output must be a call.
     pub fn forced(&self) -> bool {
         matches!(self.choice, Choice::Required | Choice::Named(_))
@@ -466,128 +471,36 @@ pub(crate) struct Reply {
     pub calls: Vec<ToolCall>,
 }
 
-fn call_from(v: &Value, args_keys: &[&str]) -> Option<ToolCall> {
-    let obj = v.as_object()?;
-    let name = obj.get("name")?.as_str()?.to_string();
-    let args = args_keys
-        .iter()
-        .find_map(|k| obj.get(*k))
-        .cloned()
-        .unwrap_or_else(|| Value::Object(Map::new()));
-    let arguments = match args {
-        Value::String(s) => s,
-        other => other.to_string(),
-    };
-    Some(ToolCall { name, arguments })
-}
-
-/// Reads the calls out of a reply in `format`; text that holds none is content.
+/// Reads the calls out of a reply in `format`; text that holds none is
+/// content. Every format but Harmony is read by [`CallStream`] (the same
+/// reader a streamed reply goes through, so both give the same calls).
+///
+/// [`CallStream`]: crate::tool_stream::CallStream
 pub(crate) fn parse_reply(text: &str, format: ToolFormat, tools: &Tools) -> Reply {
-    let plain = Reply {
-        content: Some(text.to_string()),
-        calls: Vec::new(),
-    };
+    if format != ToolFormat::Harmony {
+        let (content, calls) = crate::tool_stream::read_reply(text, format, tools.names());
+        return Reply { content, calls };
+    }
     let known = |c: &ToolCall| tools.functions.iter().any(|f| f.name == c.name);
-    match format {
-        ToolFormat::Hermes => {
-            let mut calls = Vec::new();
-            let mut content = String::new();
-            let mut rest = text;
-            while let Some(start) = rest.find("<tool_call>") {
-                content.push_str(&rest[..start]);
-                let body_start = start + "<tool_call>".len();
-                let (body, next) = match rest[body_start..].find("</tool_call>") {
-                    Some(end) => (
-                        &rest[body_start..body_start + end],
-                        &rest[body_start + end + "</tool_call>".len()..],
-                    ),
-                    None => (&rest[body_start..], ""),
-                };
-                match serde_json::from_str::<Value>(body.trim())
-                    .ok()
-                    .and_then(|v| call_from(&v, &["arguments", "parameters"]))
-                    .filter(known)
-                {
-                    Some(call) => calls.push(call),
-                    None => return plain,
-                }
-                rest = next;
-            }
-            content.push_str(rest);
-            if calls.is_empty() {
-                return plain;
-            }
-            let content = content.trim();
-            Reply {
-                content: (!content.is_empty()).then(|| content.to_string()),
-                calls,
-            }
-        }
-        ToolFormat::Llama3 => {
-            let body = text.trim();
-            let body = body.strip_prefix("<|python_tag|>").unwrap_or(body);
-            match serde_json::from_str::<Value>(body)
-                .ok()
-                .and_then(|v| call_from(&v, &["parameters", "arguments"]))
-                .filter(known)
-            {
-                Some(call) => Reply {
-                    content: None,
-                    calls: vec![call],
-                },
-                None => plain,
-            }
-        }
-        ToolFormat::Harmony => {
-            let h = generate::harmony::parse_reply(text);
-            let calls: Vec<ToolCall> = h
-                .calls
-                .into_iter()
-                .map(|c| ToolCall {
-                    name: c.name,
-                    arguments: c.arguments,
-                })
-                .filter(known)
-                .collect();
-            if calls.is_empty() {
-                return Reply {
-                    content: Some(h.content),
-                    calls,
-                };
-            }
-            Reply {
-                content: (!h.content.is_empty()).then_some(h.content),
-                calls,
-            }
-        }
-        ToolFormat::Generic => {
-            let Ok(v) = serde_json::from_str::<Value>(text.trim()) else {
-                return plain;
-            };
-            if let Some(Value::Array(calls)) = v.get("tool_calls") {
-                let calls: Option<Vec<ToolCall>> = calls
-                    .iter()
-                    .map(|c| call_from(c, &["arguments"]).filter(known))
-                    .collect();
-                match calls {
-                    Some(calls) if !calls.is_empty() => Reply {
-                        content: None,
-                        calls,
-                    },
-                    _ => plain,
-                }
-            } else if let Some(r) = v.get("response") {
-                Reply {
-                    content: Some(match r {
-                        Value::String(s) => s.clone(),
-                        other => other.to_string(),
-                    }),
-                    calls: Vec::new(),
-                }
-            } else {
-                plain
-            }
-        }
+    let h = generate::harmony::parse_reply(text);
+    let calls: Vec<ToolCall> = h
+        .calls
+        .into_iter()
+        .map(|c| ToolCall {
+            name: c.name,
+            arguments: c.arguments,
+        })
+        .filter(known)
+        .collect();
+    if calls.is_empty() {
+        return Reply {
+            content: Some(h.content),
+            calls,
+        };
+    }
+    Reply {
+        content: (!h.content.is_empty()).then_some(h.content),
+        calls,
     }
 }
 

@@ -156,17 +156,36 @@ fn required_and_named_tool_calls_are_well_formed() {
         );
         assert_eq!(r.status, 200, "{}", r.body);
         let (calls, finish) = if stream {
-            let mut calls = Vec::new();
+            // A call's first delta has its id, type and name; the later
+            // ones (by index) add to its arguments.
+            let mut calls: Vec<Value> = Vec::new();
             let mut finish = Value::Null;
+            let mut argument_deltas = 0;
             for e in r.events().iter().filter(|e| *e != "[DONE]") {
                 let c: Value = serde_json::from_str(e).unwrap();
-                if let Some(tc) = c["choices"][0]["delta"]["tool_calls"].as_array() {
-                    calls.extend(tc.iter().cloned());
+                for d in c["choices"][0]["delta"]["tool_calls"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                {
+                    let i = d["index"].as_u64().unwrap() as usize;
+                    if i == calls.len() {
+                        calls.push(d.clone());
+                    } else {
+                        let args = d["function"]["arguments"].as_str().unwrap();
+                        let all = format!(
+                            "{}{args}",
+                            calls[i]["function"]["arguments"].as_str().unwrap()
+                        );
+                        calls[i]["function"]["arguments"] = json!(all);
+                        argument_deltas += 1;
+                    }
                 }
                 if !c["choices"][0]["finish_reason"].is_null() {
                     finish = c["choices"][0]["finish_reason"].clone();
                 }
             }
+            assert!(argument_deltas > 1, "arguments in {argument_deltas} deltas");
             (calls, finish)
         } else {
             let v = r.json();
