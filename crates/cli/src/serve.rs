@@ -4,7 +4,6 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use backend_wgpu::{DeviceOptions, GpuContext, WgpuBackend};
 use gguf_format::GgufFile;
 use llama_model::{Backend, CpuBackend, LoadOptions, Model};
 use strata_server::{LoadError, LoadedModel, Server, ServerOptions};
@@ -43,6 +42,10 @@ pub struct Args {
     /// Where to run the model (wgpu runs the model graph op by op on the GPU).
     #[arg(long, value_enum, default_value_t = BackendKind::Cpu)]
     backend: BackendKind,
+    /// With `--backend wgpu`: compute the CPU backend's bits (llama.cpp's)
+    /// instead of the default fast mode's float activations.
+    #[arg(long)]
+    exact: bool,
     /// Worker threads (default: the available parallelism).
     #[arg(long, short, value_parser = clap::value_parser!(u16).range(1..=1024))]
     threads: Option<u16>,
@@ -77,11 +80,13 @@ pub fn run(args: Args) -> CmdResult {
     eprintln!("strata: loading {} ({:?})", path.display(), args.backend);
     let server = match args.backend {
         BackendKind::Cpu => Server::start(opts, move || load(&path, CpuBackend::new()))?,
-        BackendKind::Wgpu => Server::start(opts, move || {
-            let ctx = GpuContext::new(&DeviceOptions::default())?;
-            eprintln!("strata: GPU {} ({:?})", ctx.caps().name, ctx.caps().backend);
-            load(&path, WgpuBackend::new(ctx))
-        })?,
+        BackendKind::Wgpu => {
+            let exact = args.exact;
+            Server::start(opts, move || {
+                let gpu = crate::common::gpu_backend(exact).map_err(|e| e.to_string())?;
+                load(&path, gpu)
+            })?
+        }
     };
     eprintln!("strata: listening on http://{}", server.addr());
     server.wait()?;
