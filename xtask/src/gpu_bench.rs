@@ -6,6 +6,9 @@
 //! generated token reads and the bandwidth that implies, and a per-kernel
 //! GPU time profile from timestamp queries when the device has them.
 //!
+//! `--depth D` also measures tg after a context of D tokens (llama-bench's
+//! `-d`).
+//!
 //! `--exact` measures the exact mode (the CPU's bits) instead of the
 //! default fast mode.
 //!
@@ -109,18 +112,19 @@ pub fn run(args: &[String]) -> Result<(), String> {
     let reps = num(&mut args, "--reps", 3)?.max(1);
     let attribute = take_flag(&mut args, "--attribute");
     let exact = take_flag(&mut args, "--exact");
+    let depth = num(&mut args, "--depth", 0)?;
     let bandwidth: f64 = take_opt(&mut args, "--bandwidth-gbs")?
         .map(|s| s.parse().map_err(|_| format!("bad bandwidth `{s}`")))
         .transpose()?
         .unwrap_or(3000.0);
     let [path] = args.as_slice() else {
-        return Err("usage: gpu-bench MODEL.gguf [--adapter NAME] [--pp 512] [--tg 128] [--reps 3] [--bandwidth-gbs 3000] [--attribute] [--exact]".into());
+        return Err("usage: gpu-bench MODEL.gguf [--adapter NAME] [--pp 512] [--tg 128] [--reps 3] [--bandwidth-gbs 3000] [--attribute] [--exact] [--depth D]".into());
     };
     let ctx = GpuContext::new(&DeviceOptions { adapter }).map_err(|e| e.to_string())?;
     println!("device: {:?}", ctx.caps());
     let file = std::sync::Arc::new(gguf_format::GgufFile::open(path).map_err(|e| e.to_string())?);
     let t0 = Instant::now();
-    let n_ctx = (pp + tg + 8).next_power_of_two();
+    let n_ctx = (pp.max(depth) + tg + 8).next_power_of_two();
     println!("mode: {}", if exact { "exact" } else { "fast" });
     let backend = WgpuBackend::with_options(ctx, GpuOptions { exact });
     let loaded =
@@ -205,6 +209,32 @@ pub fn run(args: &[String]) -> Result<(), String> {
             "    (each dispatch timed alone, with the queries' overhead: {:.3} ms against {:.3} ms per chained token)",
             p.total_ns / 1e6,
             best_tg * 1e3
+        );
+    }
+    if depth > 0 {
+        // tg after a context of `depth` tokens (llama-bench's -d): the
+        // cache filled by prompt steps, then chained and read-back decoding.
+        let ctx_toks: Vec<u32> = (0..depth).map(|i| 1 + (i * 7919) % (n_vocab - 1)).collect();
+        let mut best = f64::MAX;
+        let mut best_synced = f64::MAX;
+        for _ in 0..reps {
+            let first = e(model.forward_greedy(&ctx_toks, 0))?;
+            let t = Instant::now();
+            e(model.generate_greedy(&[first], depth, tg))?;
+            best = best.min(t.elapsed().as_secs_f64() / tg as f64);
+            let t = Instant::now();
+            let mut tok = first;
+            for i in 0..tg {
+                tok = e(model.forward_greedy(&[tok], depth + i))?;
+            }
+            best_synced = best_synced.min(t.elapsed().as_secs_f64() / tg as f64);
+        }
+        println!(
+            "tg{tg} at depth {depth}: {:.1} t/s chained, {:.1} t/s with a read-back per token \
+             ({:.0}% of tg{tg} at depth 0)",
+            1.0 / best,
+            1.0 / best_synced,
+            100.0 * synced / best_synced
         );
     }
     if attribute {
