@@ -244,6 +244,8 @@ struct MoeScratch<Buf> {
     down: Slot<Buf>,
     slots: Slot<Buf>,
     tmp: Slot<Buf>,
+    /// One row in and out, for products of one row at a time.
+    one: (Slot<Buf>, Slot<Buf>),
     host: Vec<f32>,
 }
 
@@ -395,6 +397,7 @@ impl<'m, B: Backend> Session<'m, B> {
             down: Slot::empty(),
             slots: Slot::empty(),
             tmp: Slot::empty(),
+            one: (Slot::empty(), Slot::empty()),
             host: Vec::new(),
         };
         Ok(Session {
@@ -1262,10 +1265,11 @@ fn argmax(v: &[f32]) -> u32 {
 
 /// `build_moe_ffn` on any backend: the router's logits come back to the
 /// host, which picks each token's experts and weights as ggml does (softmax
-/// or sigmoid, top-k by value, optional renormalisation by the clamped sum);
-/// each chosen expert runs on the token's row alone (ggml_mul_mat_id's
-/// per-row products), the outputs are weighted and summed slot by slot in
-/// ggml's order (`ggml_mul`, then `ggml_add` of slot 1, 2, … onto slot 0).
+/// or sigmoid, top-k by value, optional renormalisation by the clamped sum;
+/// or top-k of the logits then a softmax of the chosen); each expert runs
+/// on the rows routed to it (ggml_mul_mat_id's products,
+/// [`Backend::matmul_expert`]), the outputs are weighted and summed slot by
+/// slot in ggml's order (`ggml_mul`, then `ggml_add` of slot 1, 2, … onto slot 0).
 #[allow(clippy::too_many_arguments)] // the operation's inputs, spelled out
 fn moe_ffn<B: Backend>(
     b: &B,
@@ -1293,7 +1297,7 @@ fn moe_ffn<B: Backend>(
     for t in 0..n {
         let probs = &mut s.host[t * n_expert..(t + 1) * n_expert];
         match moe.gating {
-            Gating::Softmax => tensor_core::ops::softmax_scaled(probs, 1.0),
+            Gating::Softmax => tensor_core::ops::softmax_exact(probs),
             Gating::Sigmoid => {
                 for p in probs.iter_mut() {
                     *p = 1.0 / (1.0 + (-*p).exp());
@@ -1325,33 +1329,28 @@ fn moe_ffn<B: Backend>(
             factors[slot * n + t] = w[slot];
         }
     }
-    ensure(b, &mut s.row, d)?;
-    ensure(b, &mut s.down, d)?;
+    // Each expert multiplies the rows routed to it together, as
+    // ggml_mul_mat_id does (Backend::matmul_expert: its kernels and orders).
+    // A token picks an expert at most once, so at most n rows.
+    ensure(b, &mut s.row, n * d)?;
+    ensure(b, &mut s.down, n * d)?;
     ensure(b, &mut s.slots, k * n * d)?;
     let ybuf = s.slots.buf.as_mut().expect("allocated");
-    for slot in 0..k {
-        for t in 0..n {
-            let e = chosen[slot * n + t];
-            let row = s.row.buf.as_mut().expect("allocated");
-            b.copy(x, t * d, row, 0, d);
-            expert(
-                b,
-                weights,
-                moe,
-                e,
-                row,
-                &mut s.gate,
-                &mut s.up,
-                &mut s.act,
-                s.down.buf.as_mut().expect("allocated"),
-            )?;
-            b.copy(
-                s.down.buf.as_ref().expect("allocated"),
-                0,
-                ybuf,
-                (slot * n + t) * d,
-                d,
-            );
+    for e in 0..n_expert {
+        // Entries `slot * n + t` of the slot-major choices.
+        let routed: Vec<usize> = (0..k * n).filter(|&i| chosen[i] == e).collect();
+        if routed.is_empty() {
+            continue;
+        }
+        let rows = s.row.buf.as_mut().expect("allocated");
+        for (j, &i) in routed.iter().enumerate() {
+            b.copy(x, (i % n) * d, rows, j * d, d);
+        }
+        let down = s.down.buf.as_mut().expect("allocated");
+        let bufs = (&mut s.gate, &mut s.up, &mut s.act, &mut s.one);
+        expert(b, weights, moe, e, (rows, routed.len(), d), bufs, down)?;
+        for (j, &i) in routed.iter().enumerate() {
+            b.copy(down, j * d, ybuf, i * d, d);
         }
     }
     b.scale_rows(ybuf, &factors, d);
@@ -1367,42 +1366,77 @@ fn moe_ffn<B: Backend>(
     Ok(())
 }
 
-/// One expert on one row: `down(act(gate(x), up(x)))` into `y`, each
-/// product plus the expert's bias if the block has biases.
+/// One expert on `m` rows of `d` values: `down(act(gate(x), up(x)))` into `y`, each
+/// product plus the expert's bias if the block has biases (`bufs`: the
+/// gate, up and activation scratch, and one row in and out).
 #[allow(clippy::too_many_arguments)] // the operation's inputs, spelled out
 fn expert<B: Backend>(
     b: &B,
     weights: &[B::Weight],
     moe: &Moe,
     e: usize,
-    x: &B::Buffer,
-    gate: &mut Slot<B::Buffer>,
-    up: &mut Slot<B::Buffer>,
-    act: &mut Slot<B::Buffer>,
+    (x, m, d): (&B::Buffer, usize, usize),
+    bufs: (
+        &mut Slot<B::Buffer>,
+        &mut Slot<B::Buffer>,
+        &mut Slot<B::Buffer>,
+        &mut (Slot<B::Buffer>, Slot<B::Buffer>),
+    ),
     y: &mut B::Buffer,
 ) -> Result<()> {
     let ff = moe.ff;
-    ensure(b, gate, ff)?;
-    ensure(b, up, ff)?;
-    ensure(b, act, ff)?;
+    let (gate, up, act, one) = bufs;
+    ensure(b, gate, m * ff)?;
+    ensure(b, up, m * ff)?;
+    ensure(b, act, m * ff)?;
     let (g, u, a) = (
         gate.buf.as_mut().expect("allocated"),
         up.buf.as_mut().expect("allocated"),
         act.buf.as_mut().expect("allocated"),
     );
-    b.matmul(&weights[moe.gate[e].0], x, 1, g);
-    b.matmul(&weights[moe.up[e].0], x, 1, u);
+    expert_product(b, &weights[moe.gate[e].0], x, m, (d, ff), g, one)?;
+    expert_product(b, &weights[moe.up[e].0], x, m, (d, ff), u, one)?;
     if let Some(bias) = &moe.biases {
-        b.add_bias(g, &weights[bias.gate[e].0], 1);
-        b.add_bias(u, &weights[bias.up[e].0], 1);
+        b.add_bias(g, &weights[bias.gate[e].0], m);
+        b.add_bias(u, &weights[bias.up[e].0], m);
     }
     match moe.act {
-        ExpertAct::Silu => b.swiglu(g, u, 1, ff, a),
-        ExpertAct::SwigluOai { alpha, limit } => b.swiglu_oai(g, u, 1, ff, alpha, limit, a)?,
+        ExpertAct::Silu => b.swiglu(g, u, m, ff, a),
+        ExpertAct::SwigluOai { alpha, limit } => b.swiglu_oai(g, u, m, ff, alpha, limit, a)?,
     }
-    b.matmul(&weights[moe.down[e].0], a, 1, y);
+    expert_product(b, &weights[moe.down[e].0], a, m, (ff, d), y, one)?;
     if let Some(bias) = &moe.biases {
-        b.add_bias(y, &weights[bias.down[e].0], 1);
+        b.add_bias(y, &weights[bias.down[e].0], m);
+    }
+    Ok(())
+}
+
+/// An expert's product with its `m` routed rows (`shape`: values per row in
+/// and out): [`Backend::matmul_expert`], or where the backend has no such
+/// kernels one row at a time through `one`'s buffers.
+fn expert_product<B: Backend>(
+    b: &B,
+    w: &B::Weight,
+    x: &B::Buffer,
+    m: usize,
+    shape: (usize, usize),
+    out: &mut B::Buffer,
+    one: &mut (Slot<B::Buffer>, Slot<B::Buffer>),
+) -> Result<()> {
+    if b.matmul_expert(w, x, m, out) {
+        return Ok(());
+    }
+    let (cols, rows) = shape;
+    ensure(b, &mut one.0, cols)?;
+    ensure(b, &mut one.1, rows)?;
+    let (xi, yo) = (
+        one.0.buf.as_mut().expect("allocated"),
+        one.1.buf.as_mut().expect("allocated"),
+    );
+    for r in 0..m {
+        b.copy(x, r * cols, xi, 0, cols);
+        b.matmul(w, xi, 1, yo);
+        b.copy(yo, 0, out, r * rows, rows);
     }
     Ok(())
 }

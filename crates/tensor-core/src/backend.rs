@@ -69,6 +69,24 @@ pub trait Backend: Send + Sync {
     /// `x` quantized to the weight format's `vec_dot_type` first).
     fn matmul(&self, w: &Self::Weight, x: &Self::Buffer, n_rows: usize, out: &mut Self::Buffer);
 
+    /// [`Backend::matmul`] of one expert's weights with the `n_rows` rows
+    /// routed to it, in the order ggml's `MUL_MAT_ID` multiplies them (its
+    /// kernels differ from `MUL_MAT`'s: `vec_dot` for float weights, the
+    /// tiled K-quant kernel from 8 rows, a repacked format's gemv row by
+    /// row). Returns `false`, computing nothing, where the backend has no
+    /// such kernels (the default): the caller then multiplies the rows one
+    /// at a time with [`Backend::matmul`].
+    fn matmul_expert(
+        &self,
+        w: &Self::Weight,
+        x: &Self::Buffer,
+        n_rows: usize,
+        out: &mut Self::Buffer,
+    ) -> bool {
+        let _ = (w, x, n_rows, out);
+        false
+    }
+
     /// `x[r] += bias` for `n_rows` rows of width `bias.len()` (ggml_add broadcast).
     fn add_bias(&self, x: &mut Self::Buffer, bias: &Self::Weight, n_rows: usize);
 

@@ -82,6 +82,32 @@ fn vector(w: &Tensor) -> &[f32] {
     w.as_f32().expect("load_vector converted the weight to f32")
 }
 
+impl CpuBackend {
+    /// [`Backend::matmul`] on slices: `n_rows` rows of `x` into `out`.
+    fn matmul_rows(&self, w: &Tensor, x: &[f32], n_rows: usize, out: &mut [f32]) {
+        let m = qmatrix(w);
+        if gemm::handles(w.dtype(), m.rows(), m.cols()) {
+            return gemm::matmul_float(
+                w.dtype(),
+                w.bytes(),
+                m.rows(),
+                m.cols(),
+                &x[..n_rows * m.cols()],
+                n_rows,
+                &mut out[..n_rows * m.rows()],
+            );
+        }
+        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
+        quant_kernels::matmul(
+            &m,
+            &x[..n_rows * m.cols()],
+            n_rows,
+            &mut out[..n_rows * m.rows()],
+            &mut scratch,
+        );
+    }
+}
+
 impl Backend for CpuBackend {
     type Weight = Tensor;
     type Buffer = Vec<f32>;
@@ -221,26 +247,24 @@ impl Backend for CpuBackend {
     }
 
     fn matmul(&self, w: &Tensor, x: &Vec<f32>, n_rows: usize, out: &mut Vec<f32>) {
+        self.matmul_rows(w, x, n_rows, out)
+    }
+
+    fn matmul_expert(&self, w: &Tensor, x: &Vec<f32>, n_rows: usize, out: &mut Vec<f32>) -> bool {
         let m = qmatrix(w);
-        if gemm::handles(w.dtype(), m.rows(), m.cols()) {
-            return gemm::matmul_float(
-                w.dtype(),
-                w.bytes(),
-                m.rows(),
-                m.cols(),
-                &x[..n_rows * m.cols()],
-                n_rows,
-                &mut out[..n_rows * m.rows()],
-            );
+        let (rows, cols) = (m.rows(), m.cols());
+        let (x, out) = (&x[..n_rows * cols], &mut out[..n_rows * rows]);
+        if gemm::matmul_vec_dot(w.dtype(), w.bytes(), rows, cols, x, n_rows, out).is_some() {
+            return true;
         }
-        let mut scratch = self.scratch.lock().unwrap_or_else(|e| e.into_inner());
-        quant_kernels::matmul(
-            &m,
-            &x[..n_rows * m.cols()],
-            n_rows,
-            &mut out[..n_rows * m.rows()],
-            &mut scratch,
-        );
+        if gemm::expert_batches(w.dtype(), rows, cols) {
+            self.matmul_rows(w, x, n_rows, out);
+            return true;
+        }
+        for (xr, or) in x.chunks(cols).zip(out.chunks_mut(rows)) {
+            self.matmul_rows(w, xr, 1, or);
+        }
+        true
     }
 
     fn add_bias(&self, x: &mut Vec<f32>, bias: &Tensor, n_rows: usize) {

@@ -49,6 +49,48 @@ with_fma!(pub(super) dot_lanes8_bf16, fn(w: &[bf16], x: &[f32]) -> f32 {
     hsum8(&acc)
 });
 
+/// `GGML_F32_VEC_REDUCE` (AVX): the 4 accumulators pairwise, then the 8
+/// lanes with two horizontal adds.
+fn reduce_4x8(a: &[[f32; 8]; 4]) -> f32 {
+    let x: [f32; 8] = std::array::from_fn(|i| (a[0][i] + a[2][i]) + (a[1][i] + a[3][i]));
+    let t = [x[0] + x[4], x[1] + x[5], x[2] + x[6], x[3] + x[7]];
+    (t[0] + t[1]) + (t[2] + t[3])
+}
+
+with_fma!(pub(super) vec_dot_ggml_f32, fn(w: &[f32], x: &[f32]) -> f32 {
+    // ggml_vec_dot_f32 (AVX2): blocks of 32 over 4 accumulators of 8 lanes
+    // (element i: accumulator (i / 8) % 4, lane i % 8), fused; the reduce;
+    // the leftovers into the float sum, fused (GCC contracts `sumf += x*y`).
+    let n32 = w.len() / 32 * 32;
+    let mut acc = [[0.0f32; 8]; 4];
+    for (i, (&a, &b)) in w[..n32].iter().zip(&x[..n32]).enumerate() {
+        let (r, l) = ((i / 8) % 4, i % 8);
+        acc[r][l] = a.mul_add(b, acc[r][l]);
+    }
+    let mut sum = reduce_4x8(&acc);
+    for (&a, &b) in w[n32..].iter().zip(&x[n32..]) {
+        sum = a.mul_add(b, sum);
+    }
+    sum
+});
+
+/// `ggml_vec_dot_f16` (AVX2) of f16 weights with activations already rounded
+/// to f16: [`vec_dot_ggml_f32`]'s blocks (a product of two f16 values is
+/// exact, so multiply-add rounds as FMA does), the leftovers added in `f64`.
+pub(super) fn vec_dot_ggml_f16(w: &[f16], x: &[f32]) -> f32 {
+    let n32 = w.len() / 32 * 32;
+    let mut acc = [[0.0f32; 8]; 4];
+    for (i, (&a, &b)) in w[..n32].iter().zip(&x[..n32]).enumerate() {
+        let (r, l) = ((i / 8) % 4, i % 8);
+        acc[r][l] += a.to_f32() * b;
+    }
+    let mut sum = reduce_4x8(&acc) as f64;
+    for (&a, &b) in w[n32..].iter().zip(&x[n32..]) {
+        sum += (a.to_f32() * b) as f64;
+    }
+    sum as f32
+}
+
 /// The activations `x` rounded to the weight type `ty` and back (ggml's
 /// `vec_dot_type` conversion, round to nearest even), for F16 and BF16.
 pub(super) fn round_activations(ty: GgmlType, x: &[f32]) -> Vec<f32> {
@@ -710,11 +752,18 @@ mod tests {
                 for b in 0..n {
                     for r in 0..rows {
                         let (wr, xb) = (&w_f32[r * cols..][..cols], &xr[b * cols..][..cols]);
+                        // tinyBLAS takes a multiple of 4 rows; ggml's vec_dot the rest.
+                        let tiny = rows % 4 == 0;
                         let want = match ty {
-                            GgmlType::F32 => dot_lanes8_f32(wr, xb),
+                            GgmlType::F32 if tiny => dot_lanes8_f32(wr, xb),
+                            GgmlType::F32 => vec_dot_ggml_f32(wr, xb),
                             GgmlType::F16 => {
                                 let h: Vec<f16> = wr.iter().map(|&v| f16::from_f32(v)).collect();
-                                dot_lanes8_f16(&h, xb)
+                                if tiny {
+                                    dot_lanes8_f16(&h, xb)
+                                } else {
+                                    vec_dot_ggml_f16(&h, xb)
+                                }
                             }
                             _ => {
                                 let h: Vec<bf16> = wr.iter().map(|&v| bf16::from_f32(v)).collect();

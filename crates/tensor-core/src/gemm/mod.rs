@@ -10,7 +10,10 @@
 //! tinyBLAS, which accumulates element `i` of a dot product into lane `i % 8`
 //! with fused multiply-adds and adds the 8 lanes pairwise at the end.
 //! Mirroring that order makes the logits of synth-F32, -F16 and -BF16
-//! bit-identical to llama.cpp's. (tinyBLAS would use 16 lanes in an AVX-512
+//! bit-identical to llama.cpp's. tinyBLAS takes only a multiple of 4
+//! weight rows: other F32/F16 matrices (a shared expert's one-row gate), and
+//! every product of `ggml_mul_mat_id` (experts), go through
+//! `ggml_vec_dot_f32`/`_f16` — 4 accumulators of 8 lanes over blocks of 32. (tinyBLAS would use 16 lanes in an AVX-512
 //! build, so the reference build is AVX2 only; that also rules out the
 //! AVX-512-only Q2_K repack.)
 //!
@@ -136,6 +139,11 @@ pub fn matmul_float(
     y: &mut [f32],
 ) {
     assert!(handles(ty, rows, cols) && x.len() == n * cols && y.len() == n * rows);
+    // tinyBLAS takes only a multiple of 4 weight rows; llama.cpp multiplies
+    // other float matrices (a shared expert's one-row gate) with vec_dot.
+    if !rows.is_multiple_of(4) && matmul_vec_dot(ty, w, rows, cols, x, n, y).is_some() {
+        return;
+    }
     let xr: Vec<f32> = match ty {
         GgmlType::F16 | GgmlType::BF16 => round_activations(ty, x),
         _ => Vec::new(),
@@ -195,6 +203,59 @@ pub fn matmul_float(
     }
 }
 
+/// Whether ggml's `MUL_MAT_ID` multiplies the rows routed to one expert of
+/// type `ty` (a `rows`-row matrix) as one product whose per-row values
+/// [`matmul_float`] reproduces for those rows together: the K-quants of
+/// the tiled kernel (from 8 rows; `vec_dot` below, as here), when not
+/// repacked. Repacked formats go through their gemv one row at a time,
+/// other quantized formats through `vec_dot` (one row at a time here),
+/// float weights through `vec_dot` ([`matmul_vec_dot`]).
+pub fn expert_batches(ty: GgmlType, rows: usize, cols: usize) -> bool {
+    tiled(ty) && !repacked(ty, rows) && handles(ty, rows, cols)
+}
+
+/// `y[b, r] = Σ_c W[r, c]·x[b, c]` for `F32` or `F16` weights in
+/// `ggml_vec_dot_f32`/`ggml_vec_dot_f16`'s order (the products of
+/// `ggml_mul_mat_id`, which does not take tinyBLAS), activations rounded to
+/// f16 for F16 weights. `None` for other types.
+pub fn matmul_vec_dot(
+    ty: GgmlType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+) -> Option<()> {
+    if !matches!(ty, GgmlType::F32 | GgmlType::F16) {
+        return None;
+    }
+    assert!(x.len() == n * cols && y.len() == n * rows && w.len() >= rows * cols * ty.type_size());
+    let xr;
+    let x = match ty {
+        GgmlType::F16 => {
+            xr = round_activations(ty, x);
+            &xr[..]
+        }
+        _ => x,
+    };
+    let row_bytes = cols * ty.type_size();
+    let chunk = rows.div_ceil(rayon::current_num_threads() * 4).max(1);
+    quant_kernels::pool::for_each_row_chunk_transposed(y, rows, n, chunk, |r0, out| {
+        let wr = &w[r0 * row_bytes..][..out.len() / n * row_bytes];
+        for (wr, o) in wr.chunks_exact(row_bytes).zip(out.chunks_mut(n)) {
+            for (b, o) in o.iter_mut().enumerate() {
+                let xb = &x[b * cols..(b + 1) * cols];
+                *o = match ty {
+                    GgmlType::F32 => vec_dot_ggml_f32(bytemuck::cast_slice(wr), xb),
+                    _ => vec_dot_ggml_f16(bytemuck::cast_slice(wr), xb),
+                };
+            }
+        }
+    });
+    Some(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -219,6 +280,48 @@ mod tests {
             }
         }
         w
+    }
+
+    /// Float matrices of 1-3 rows (tinyBLAS takes none) and experts' products
+    /// sum as ggml_vec_dot_f32/f16: element i in accumulator (i/8)%4, lane
+    /// i%8, the reduce, then the leftovers (here 40 = 32 + 8 elements).
+    #[test]
+    fn vec_dot_order_for_odd_row_counts() {
+        let cols = 40;
+        let w: Vec<f32> = (0..3 * cols)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
+        let x: Vec<f32> = (0..2 * cols)
+            .map(|i| ((i * 53 % 97) as f32 - 48.0) / 3.0)
+            .collect();
+        let want = |r: usize, b: usize| {
+            let (wr, xb) = (&w[r * cols..][..cols], &x[b * cols..][..cols]);
+            let mut acc = [[0.0f32; 8]; 4];
+            for i in 0..32 {
+                acc[(i / 8) % 4][i % 8] = wr[i].mul_add(xb[i], acc[(i / 8) % 4][i % 8]);
+            }
+            let v: [f32; 8] =
+                std::array::from_fn(|l| (acc[0][l] + acc[2][l]) + (acc[1][l] + acc[3][l]));
+            let t = [v[0] + v[4], v[1] + v[5], v[2] + v[6], v[3] + v[7]];
+            let mut s = (t[0] + t[1]) + (t[2] + t[3]);
+            for i in 32..cols {
+                s = wr[i].mul_add(xb[i], s);
+            }
+            s
+        };
+        let bytes: Vec<u8> = w.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let mut y = vec![0.0f32; 2 * 3];
+        matmul_float(GgmlType::F32, &bytes, 3, cols, &x, 2, &mut y);
+        for b in 0..2 {
+            for r in 0..3 {
+                assert_eq!(
+                    y[b * 3 + r].to_bits(),
+                    want(r, b).to_bits(),
+                    "row {r} token {b}"
+                );
+            }
+        }
+        assert!(matmul_vec_dot(GgmlType::Q8_0, &bytes, 3, cols, &x, 2, &mut y).is_none());
     }
 
     fn q8k(x: &[f32]) -> Vec<u8> {
