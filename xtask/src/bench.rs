@@ -581,11 +581,14 @@ fn markdown(report: &Value, spp: &str, stg: &str) -> String {
         (_, Value::String(c)) => format!("{PEER}, build {c}"),
         _ => PEER.to_string(),
     };
+    // A native build ignores GGML_AVX* (-march=native decides), so those
+    // are shown only for a build that is not native.
+    let native = report["llama_cpp_build"]["GGML_NATIVE"] == "ON";
     let build: Vec<String> = report["llama_cpp_build"]
         .as_object()
         .into_iter()
         .flatten()
-        .filter(|(k, _)| k.starts_with("GGML_"))
+        .filter(|(k, _)| k.starts_with("GGML_") && !(native && k.starts_with("GGML_AVX")))
         .map(|(k, v)| format!("{k}={}", v.as_str().unwrap_or("?")))
         .collect();
     let flags: Vec<&str> = report["cpu_flags"]
