@@ -238,15 +238,20 @@ fn ensure<B: Backend>(b: &B, slot: &mut Slot<B::Buffer>, len: usize) -> Result<(
 struct MoeScratch<Buf> {
     router: Slot<Buf>,
     row: Slot<Buf>,
-    gate: Slot<Buf>,
-    up: Slot<Buf>,
-    act: Slot<Buf>,
+    expert: ExpertScratch<Buf>,
     down: Slot<Buf>,
     slots: Slot<Buf>,
     tmp: Slot<Buf>,
-    /// One row in and out, for products of one row at a time.
-    one: (Slot<Buf>, Slot<Buf>),
     host: Vec<f32>,
+}
+
+/// One expert's scratch: its gate, up and activation rows, and one row in
+/// and out for products of one row at a time.
+struct ExpertScratch<Buf> {
+    gate: Slot<Buf>,
+    up: Slot<Buf>,
+    act: Slot<Buf>,
+    one: (Slot<Buf>, Slot<Buf>),
 }
 
 /// One sequence being evaluated: its KV cache, buffers and position.
@@ -391,13 +396,15 @@ impl<'m, B: Backend> Session<'m, B> {
         let moe = MoeScratch {
             router: Slot::empty(),
             row: Slot::empty(),
-            gate: Slot::empty(),
-            up: Slot::empty(),
-            act: Slot::empty(),
+            expert: ExpertScratch {
+                gate: Slot::empty(),
+                up: Slot::empty(),
+                act: Slot::empty(),
+                one: (Slot::empty(), Slot::empty()),
+            },
             down: Slot::empty(),
             slots: Slot::empty(),
             tmp: Slot::empty(),
-            one: (Slot::empty(), Slot::empty()),
             host: Vec::new(),
         };
         Ok(Session {
@@ -1347,8 +1354,15 @@ fn moe_ffn<B: Backend>(
             b.copy(x, (i % n) * d, rows, j * d, d);
         }
         let down = s.down.buf.as_mut().expect("allocated");
-        let bufs = (&mut s.gate, &mut s.up, &mut s.act, &mut s.one);
-        expert(b, weights, moe, e, (rows, routed.len(), d), bufs, down)?;
+        expert(
+            b,
+            weights,
+            moe,
+            e,
+            (rows, routed.len(), d),
+            &mut s.expert,
+            down,
+        )?;
         for (j, &i) in routed.iter().enumerate() {
             b.copy(down, j * d, ybuf, i * d, d);
         }
@@ -1367,8 +1381,7 @@ fn moe_ffn<B: Backend>(
 }
 
 /// One expert on `m` rows of `d` values: `down(act(gate(x), up(x)))` into `y`, each
-/// product plus the expert's bias if the block has biases (`bufs`: the
-/// gate, up and activation scratch, and one row in and out).
+/// product plus the expert's bias if the block has biases.
 #[allow(clippy::too_many_arguments)] // the operation's inputs, spelled out
 fn expert<B: Backend>(
     b: &B,
@@ -1376,16 +1389,11 @@ fn expert<B: Backend>(
     moe: &Moe,
     e: usize,
     (x, m, d): (&B::Buffer, usize, usize),
-    bufs: (
-        &mut Slot<B::Buffer>,
-        &mut Slot<B::Buffer>,
-        &mut Slot<B::Buffer>,
-        &mut (Slot<B::Buffer>, Slot<B::Buffer>),
-    ),
+    bufs: &mut ExpertScratch<B::Buffer>,
     y: &mut B::Buffer,
 ) -> Result<()> {
     let ff = moe.ff;
-    let (gate, up, act, one) = bufs;
+    let ExpertScratch { gate, up, act, one } = bufs;
     ensure(b, gate, m * ff)?;
     ensure(b, up, m * ff)?;
     ensure(b, act, m * ff)?;
