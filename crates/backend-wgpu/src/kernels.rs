@@ -124,7 +124,7 @@ impl Shader {
             Shader::QuantSg | Shader::QuantTg | Shader::QuantTgQ8 | Shader::QuantFast => {
                 Shader::Quant
             }
-            Shader::AttentionSg | Shader::AttentionFast => Shader::Attention,
+            Shader::AttentionSg => Shader::Attention,
             Shader::NormSg => Shader::Norm,
             Shader::ElementwiseSg => Shader::Elementwise,
             Shader::ActQuantSg => Shader::ActQuant,
@@ -145,7 +145,7 @@ impl Shader {
         match self {
             Shader::Quant => with_fma!("quant_io.wgsl", "quant.wgsl", "x_plain.wgsl"),
             Shader::QuantFast => with_fma!("quant_io.wgsl", "quant.wgsl", "fast.wgsl"),
-            Shader::AttentionFast => with_fma!("attn_fast.wgsl"),
+            Shader::AttentionFast => with_fma!("rope_common.wgsl", "attn_fast.wgsl"),
             Shader::Norm => with_fma!("act_wg.wgsl", "act_common.wgsl", "norm.wgsl"),
             Shader::NormSg => with_fma!("act_sg.wgsl", "act_common.wgsl", "norm.wgsl"),
             Shader::Rope => with_fma!("rope_common.wgsl", "rope.wgsl"),
@@ -223,7 +223,12 @@ impl Shader {
                 Read, ReadWrite, Uniform, Uniform, Read, ReadWrite, ReadWrite,
             ],
             // q, k_cache, v_cache, out, params, step
-            Shader::Attention | Shader::AttentionSg | Shader::AttentionFast => {
+            // as Attention (the caches writable), then the cos/sin table
+            // and attn_rope_decode's RopeFuse
+            Shader::AttentionFast => &[
+                Read, ReadWrite, ReadWrite, ReadWrite, Uniform, Uniform, Read, Uniform,
+            ],
+            Shader::Attention | Shader::AttentionSg => {
                 &[Read, Read, Read, ReadWrite, Uniform, Uniform]
             }
             // a, b, y, params, step, token
@@ -375,6 +380,9 @@ pub(crate) enum Kernel {
     Fmv(GgmlType, u32),
     /// The fast mode's single-token attention (`attn_fast.wgsl`).
     AttentionFast,
+    /// The same with the token's query, key and value from a stacked
+    /// projection: RoPE and the cache writes inside (`attn_rope_decode`).
+    AttentionFastRope,
 }
 
 impl Kernel {
@@ -394,7 +402,7 @@ impl Kernel {
             Kernel::TgRope => Shader::QuantTgRope,
             Kernel::Geglu | Kernel::Scale | Kernel::Softcap | Kernel::ScaleRows => Shader::Scale,
             Kernel::Fmv(..) => Shader::QuantFast,
-            Kernel::AttentionFast => Shader::AttentionFast,
+            Kernel::AttentionFast | Kernel::AttentionFastRope => Shader::AttentionFast,
         }
     }
 
@@ -424,6 +432,7 @@ impl Kernel {
             Kernel::ScaleRows => "scale_rows",
             Kernel::Fmv(..) => "fmv",
             Kernel::AttentionFast => "attn_decode",
+            Kernel::AttentionFastRope => "attn_rope_decode",
             Kernel::Qdot(_, 1, KMM_TOKENS) => "qmm1",
             Kernel::Qdot(_, _, KMM_TOKENS) => "kmm",
             Kernel::Qdot(_, 0, QMM_TOKENS) => "qmm",

@@ -840,19 +840,57 @@ impl OpBuilder<'_> {
         fast: bool,
     ) -> Op {
         let pb = self.ctx.uniform("attention", bytemuck::bytes_of(&params));
-        // The fast single-token kernel keeps a head's query in 64 vec4s and
-        // needs a whole output per invocation of its 256.
-        let kernel = if fast && params.head_dim <= 256 && params.head_dim.is_multiple_of(4) {
+        let kernel = if fast && fast_attention_fits(&params) {
             Kernel::AttentionFast
         } else {
             Kernel::Attention
         };
+        let mut buffers = vec![q, k_cache, v_cache, out, &pb, self.step];
+        if kernel == Kernel::AttentionFast {
+            // attn_rope_decode's table and RopeFuse, unread by attn_decode.
+            buffers.extend([q, &pb]);
+        }
         Op {
             label: "attention",
             pipeline: self.ctx.pipeline(kernel),
             pipeline_mm: None,
             variants: Vec::new(),
-            bind_group: self.bind(kernel, &[q, k_cache, v_cache, out, &pb, self.step]),
+            bind_group: self.bind(kernel, &buffers),
+            grid: Grid::PerToken([params.n_head, 1]),
+            _params: pb,
+        }
+    }
+
+    /// The fast mode's single-token attention with RoPE and the cache writes
+    /// inside (`attn_rope_decode`): the token's query, key and value are
+    /// read from `qkv` (a stacked projection's output) as `rope` says, the
+    /// query and key rotated with `table`, the key and value stored in the
+    /// caches at the step's position. Only where [`fast_attention_fits`].
+    pub fn attention_rope(
+        &self,
+        qkv: &wgpu::Buffer,
+        k_cache: &wgpu::Buffer,
+        v_cache: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        params: AttnParams,
+        table: &wgpu::Buffer,
+        rope: RopeFuse,
+    ) -> Op {
+        let pb = self.ctx.uniform("attention", bytemuck::bytes_of(&params));
+        let rb = self
+            .ctx
+            .uniform("attention_rope", bytemuck::bytes_of(&rope));
+        let kernel = Kernel::AttentionFastRope;
+        let bind_group = self.bind(
+            kernel,
+            &[qkv, k_cache, v_cache, out, &pb, self.step, table, &rb],
+        );
+        Op {
+            label: "attention",
+            pipeline: self.ctx.pipeline(kernel),
+            pipeline_mm: None,
+            variants: Vec::new(),
+            bind_group,
             grid: Grid::PerToken([params.n_head, 1]),
             _params: pb,
         }
@@ -1000,4 +1038,28 @@ pub(crate) enum Prologue<'b> {
         up: &'b wgpu::Buffer,
         up_base: u32,
     },
+}
+
+/// Whether the fast single-token attention (`attn_fast.wgsl`) takes these
+/// heads: it keeps a head's query in 64 vec4s and a whole output per
+/// invocation of its 256.
+pub(crate) fn fast_attention_fits(p: &AttnParams) -> bool {
+    p.head_dim <= 256 && p.head_dim.is_multiple_of(4)
+}
+
+/// [`OpBuilder::attention_rope`]'s parameters (`attn_fast.wgsl`'s `RopeFuse`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub(crate) struct RopeFuse {
+    /// Float offsets of the query, key and value in the stacked output.
+    pub q_base: u32,
+    pub k_base: u32,
+    pub v_base: u32,
+    /// Rotated dimensions of each head.
+    pub n_dims: u32,
+    /// 1: NEOX pairing.
+    pub neox: u32,
+    /// 1: the caches hold f16-rounded values.
+    pub cache_f16: u32,
+    pub pad: [u32; 2],
 }

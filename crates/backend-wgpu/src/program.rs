@@ -33,8 +33,8 @@ use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
 use crate::kernels::{act_type, is_exact, Kernel};
 use crate::ops::{
-    AttnParams, EwParams, GpuMatrix, Grid, Op, OpBuilder, Prologue, RopeParams, ScaleParams,
-    StepUniform, TgRopeParams,
+    fast_attention_fits, AttnParams, EwParams, GpuMatrix, Grid, Op, OpBuilder, Prologue, RopeFuse,
+    RopeParams, ScaleParams, StepUniform, TgRopeParams,
 };
 use crate::seam::GpuWeight;
 
@@ -1073,6 +1073,22 @@ impl Lowering<'_> {
         };
         let (rq, rk) = (rope_of(q), rope_of(k));
         let v_stored = plan.v_direct[v.0] == Some(NodeId(i));
+        let attn_params = AttnParams {
+            n_head: params.n_head as u32,
+            n_kv_head: params.n_head_kv as u32,
+            head_dim: params.head_dim as u32,
+            q_stride: qw,
+            kv_stride: kvw,
+            out_stride: qw,
+            scale: params.scale,
+            kv_f16: self.kv_f16 as u32,
+            window: params
+                .window
+                .map_or(0, |w| w.clamp(1, u32::MAX as usize) as u32),
+            softcap: params.softcap.unwrap_or(0.0),
+            inv_cap: params.softcap.map_or(0.0, |c| 1.0 / c),
+            pad: 0,
+        };
         let q_loc = Loc {
             buf: self.take(self.node_bytes(qw as usize), i),
             base: 0,
@@ -1095,6 +1111,29 @@ impl Lowering<'_> {
                 let v_in = lv
                     .as_ref()
                     .is_some_and(|lv| lv.buf == lq.buf && lv.base == lk.base + kvw);
+                // The fast step: RoPE and the cache writes inside attention.
+                if self.fast && v_in && fast_attention_fits(&attn_params) {
+                    let out = self.fresh(i, qw as usize);
+                    let rope = RopeFuse {
+                        q_base: lq.base,
+                        k_base: lk.base,
+                        v_base: lk.base + kvw,
+                        n_dims: pq.n_dims as u32,
+                        neox: (pq.mode == RopeMode::Neox) as u32,
+                        cache_f16: self.kv_f16 as u32,
+                        pad: [0; 2],
+                    };
+                    ops.push(ob.attention_rope(
+                        self.buf(&lq),
+                        &kc,
+                        &vc,
+                        self.buf(&out),
+                        attn_params,
+                        &table,
+                        rope,
+                    ));
+                    return Ok(out);
+                }
                 let mut p = rope_params(&pq, hq, &lq, qw, 0);
                 p.n_heads2 = hk;
                 p.y2_stride = kvw;
@@ -1198,31 +1237,14 @@ impl Lowering<'_> {
             ops.push(ob.rope2(self.buf(&l), &vc, &vc, &vc, &self.dummy, rp));
         }
         let out = self.fresh(i, qw as usize);
-        ops.push(
-            ob.attention(
-                self.buf(&q_loc),
-                &kc,
-                &vc,
-                self.buf(&out),
-                AttnParams {
-                    n_head: params.n_head as u32,
-                    n_kv_head: params.n_head_kv as u32,
-                    head_dim: params.head_dim as u32,
-                    q_stride: qw,
-                    kv_stride: kvw,
-                    out_stride: qw,
-                    scale: params.scale,
-                    kv_f16: self.kv_f16 as u32,
-                    window: params
-                        .window
-                        .map_or(0, |w| w.clamp(1, u32::MAX as usize) as u32),
-                    softcap: params.softcap.unwrap_or(0.0),
-                    inv_cap: params.softcap.map_or(0.0, |c| 1.0 / c),
-                    pad: 0,
-                },
-                self.fast,
-            ),
-        );
+        ops.push(ob.attention(
+            self.buf(&q_loc),
+            &kc,
+            &vc,
+            self.buf(&out),
+            attn_params,
+            self.fast,
+        ));
         Ok(out)
     }
 }
