@@ -176,6 +176,16 @@ struct Plan {
     tail_start: usize,
 }
 
+/// Whether the fast step multiplies `w` with fast.wgsl's `fmv` on float
+/// activations. The K-quants (Q4_K, Q5_K, Q6_K) keep the exact path, whose
+/// single-token kernels with 16-byte loads (quant_tg.wgsl) outrun `fmv`'s:
+/// on an H200, TinyLlama Q4_K_M decoded at 527 t/s with `fmv` against 608
+/// exact (`fmv`'s gate/up product 27.8 µs a dispatch), while Q8_0 went from
+/// 430 to 552 t/s and F16 stayed at 560.
+fn fast_product(w: &GpuMatrix) -> bool {
+    !matches!(w.ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K)
+}
+
 /// The rounding a product with `w` needs of its input (`None`: none).
 fn act_key(w: &GpuMatrix) -> Option<ActKey> {
     act_type(w.ty).map(|a| (a, is_exact(w.ty, w.m)))
@@ -372,7 +382,19 @@ impl Lowering<'_> {
             && !cons.is_empty()
             && cons.iter().all(|c| {
                 matches!(self.g.node(*c).op, GOp::MatMul { x, w, .. }
-                    if x.0 == i && matrix(self.weights, w).is_ok_and(|m| m.k % 4 == 0))
+                    if x.0 == i && matrix(self.weights, w).is_ok_and(|m| m.k % 4 == 0 && fast_product(m)))
+            })
+    }
+
+    /// Whether every product reading node `i` takes the exact path (so a
+    /// norm or SwiGLU may write their packed activations, as the exact mode
+    /// does).
+    fn all_exact_consumers(&self, i: usize) -> bool {
+        self.plan.consumers[i]
+            .iter()
+            .all(|c| match self.g.node(*c).op {
+                GOp::MatMul { w, .. } => matrix(self.weights, w).is_ok_and(|m| !fast_product(m)),
+                _ => true,
             })
     }
 
@@ -714,7 +736,7 @@ impl Lowering<'_> {
                     return Ok(());
                 }
                 let xl = self.contiguous(ob, ops, *x, i);
-                let fa = plan.fused_act[i].filter(|_| !self.fast);
+                let fa = plan.fused_act[i].filter(|_| !self.fast || self.all_exact_consumers(i));
                 let y = out_loc(self);
                 if group == width {
                     let packed = fa.is_some_and(|k| k.1);
@@ -758,7 +780,7 @@ impl Lowering<'_> {
                 let m = matrix(self.weights, *w)?;
                 self.weight_bytes += m.n_bytes();
                 let lbl = weight_label(g, *w);
-                let fast_in = if self.fast {
+                let fast_in = if self.fast && fast_product(m) {
                     Some(self.fast_input(ob, ops, *x, i))
                 } else {
                     None
@@ -829,7 +851,7 @@ impl Lowering<'_> {
                         &self.dummy,
                     ),
                 };
-                if lin.len() == 1 && !self.fast {
+                if lin.len() == 1 && fast_in.is_none() {
                     self.producer.insert(i, ops.len());
                 }
                 ops.append(&mut lin);
@@ -901,7 +923,7 @@ impl Lowering<'_> {
                     self.loc[i] = Some(l);
                     return Ok(());
                 }
-                let fa = plan.fused_act[i].filter(|_| !self.fast);
+                let fa = plan.fused_act[i].filter(|_| !self.fast || self.all_exact_consumers(i));
                 let y = out_loc(self);
                 let packed = fa.is_some_and(|k| k.1);
                 let target = match fa {
@@ -1491,8 +1513,10 @@ impl GpuProgram {
                 pool_last: Vec::new(),
                 loc: vec![None; n],
                 acts: HashMap::new(),
-                act_size: 16,
-                corr_base: 0,
+                // One token's rounded activations, for the products that
+                // keep the exact path.
+                act_size: (max_in + max_in / 16 + 16) * f,
+                corr_base: max_in as u32,
                 rounded: vec![None; n],
                 tables: lw.tables.clone(),
                 kv: lw.kv.clone(),
