@@ -372,7 +372,49 @@ struct Lowering<'a> {
     virt: Vec<Option<Virtual>>,
 }
 
-impl Lowering<'_> {
+impl<'a> Lowering<'a> {
+    /// A lowering of up to `max_batch` tokens with nothing made yet
+    /// (`act_floats`: room for the rounded activations of a step).
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        ctx: &'a GpuContext,
+        g: &'a Graph,
+        weights: &'a [GpuWeight],
+        plan: &'a Plan,
+        (max_batch, n_ctx, kv_f16): (u32, u32, bool),
+        act_floats: u64,
+        (ids, logits, dummy): (&wgpu::Buffer, &wgpu::Buffer, &wgpu::Buffer),
+    ) -> Lowering<'a> {
+        let n = g.nodes.len();
+        Lowering {
+            ctx,
+            g,
+            weights,
+            plan,
+            max_batch,
+            kv_f16,
+            n_ctx,
+            pool: Vec::new(),
+            pool_last: Vec::new(),
+            loc: vec![None; n],
+            acts: HashMap::new(),
+            act_size: (act_floats + act_floats / 16 + 16) * 4,
+            corr_base: act_floats as u32,
+            rounded: vec![None; n],
+            tables: Vec::new(),
+            kv: HashMap::new(),
+            producer: HashMap::new(),
+            accumulated: HashSet::new(),
+            ids: ids.clone(),
+            logits: logits.clone(),
+            dummy: dummy.clone(),
+            gelu: None,
+            weight_bytes: 0,
+            fast: false,
+            virt: vec![None; n],
+        }
+    }
+
     /// Whether the fast step can leave node `i` (a norm or SwiGLU) to the
     /// products reading it: every consumer is a product of it.
     fn can_virtualize(&self, i: usize) -> bool {
@@ -1418,33 +1460,9 @@ impl GpuProgram {
         let generated = ctx.storage("generated", MAX_GENERATED as u64 * 4);
         let dummy = ctx.storage("dummy", 16);
         let dummy_rw = ctx.storage("dummy_rw", 16);
-        let mut lw = Lowering {
-            ctx: &ctx,
-            g: graph,
-            weights,
-            plan: &plan,
-            max_batch,
-            kv_f16: cfg.kv_f16,
-            n_ctx,
-            pool: Vec::new(),
-            pool_last: Vec::new(),
-            loc: vec![None; graph.nodes.len()],
-            acts: HashMap::new(),
-            act_size: (act_floats + act_floats / 16 + 16) * f,
-            corr_base: act_floats as u32,
-            rounded: vec![None; graph.nodes.len()],
-            tables: Vec::new(),
-            kv: HashMap::new(),
-            producer: HashMap::new(),
-            accumulated: HashSet::new(),
-            ids: ids.clone(),
-            logits: logits.clone(),
-            dummy: dummy.clone(),
-            gelu: None,
-            weight_bytes: 0,
-            fast: false,
-            virt: vec![None; graph.nodes.len()],
-        };
+        let shape = (max_batch, n_ctx, cfg.kv_f16);
+        let bufs = (&ids, &logits, &dummy);
+        let mut lw = Lowering::new(&ctx, graph, weights, &plan, shape, act_floats, bufs);
         let ob = OpBuilder {
             ctx: &ctx,
             step: &step,
@@ -1501,35 +1519,15 @@ impl GpuProgram {
         let mut decode = None;
         let mut decode_pool = Vec::new();
         if cfg.fast {
-            let mut ld = Lowering {
-                ctx: &ctx,
-                g: graph,
-                weights,
-                plan: &plan,
-                max_batch: 1,
-                kv_f16: cfg.kv_f16,
-                n_ctx,
-                pool: Vec::new(),
-                pool_last: Vec::new(),
-                loc: vec![None; n],
-                acts: HashMap::new(),
-                // One token's rounded activations, for the products that
-                // keep the exact path.
-                act_size: (max_in + max_in / 16 + 16) * f,
-                corr_base: max_in as u32,
-                rounded: vec![None; n],
-                tables: lw.tables.clone(),
-                kv: lw.kv.clone(),
-                producer: HashMap::new(),
-                accumulated: HashSet::new(),
-                ids: ids.clone(),
-                logits: logits.clone(),
-                dummy: dummy.clone(),
-                gelu: lw.gelu.clone(),
-                weight_bytes: 0,
-                fast: true,
-                virt: vec![None; n],
-            };
+            // One token's rounded activations, for the products that keep
+            // the exact path; the body's KV cache and tables.
+            let shape = (1, n_ctx, cfg.kv_f16);
+            let bufs = (&ids, &logits, &dummy);
+            let mut ld = Lowering::new(&ctx, graph, weights, &plan, shape, max_in, bufs);
+            ld.fast = true;
+            ld.tables = lw.tables.clone();
+            ld.kv = lw.kv.clone();
+            ld.gelu = lw.gelu.clone();
             let mut ops = Vec::new();
             for i in 0..n {
                 ld.lower(i, &ob, &ob, &mut ops, false)?;
