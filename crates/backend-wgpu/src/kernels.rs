@@ -223,10 +223,10 @@ impl Shader {
                 Read, ReadWrite, Uniform, Uniform, Read, ReadWrite, ReadWrite,
             ],
             // q, k_cache, v_cache, out, params, step
-            // as Attention (the caches writable), then the cos/sin table
-            // and attn_rope_decode's RopeFuse
+            // as Attention (the caches writable), then the cos/sin table,
+            // attn_rope_decode's RopeFuse and the per-split results
             Shader::AttentionFast => &[
-                Read, ReadWrite, ReadWrite, ReadWrite, Uniform, Uniform, Read, Uniform,
+                Read, ReadWrite, ReadWrite, ReadWrite, Uniform, Uniform, Read, Uniform, ReadWrite,
             ],
             Shader::Attention | Shader::AttentionSg => {
                 &[Read, Read, Read, ReadWrite, Uniform, Uniform]
@@ -383,6 +383,9 @@ pub(crate) enum Kernel {
     /// The same with the token's query, key and value from a stacked
     /// projection: RoPE and the cache writes inside (`attn_rope_decode`).
     AttentionFastRope,
+    /// The fast attention's second dispatch: each head's output from its
+    /// splits (`attn_combine`).
+    AttentionCombine,
 }
 
 impl Kernel {
@@ -402,7 +405,9 @@ impl Kernel {
             Kernel::TgRope => Shader::QuantTgRope,
             Kernel::Geglu | Kernel::Scale | Kernel::Softcap | Kernel::ScaleRows => Shader::Scale,
             Kernel::Fmv(..) => Shader::QuantFast,
-            Kernel::AttentionFast | Kernel::AttentionFastRope => Shader::AttentionFast,
+            Kernel::AttentionFast | Kernel::AttentionFastRope | Kernel::AttentionCombine => {
+                Shader::AttentionFast
+            }
         }
     }
 
@@ -433,6 +438,7 @@ impl Kernel {
             Kernel::Fmv(..) => "fmv",
             Kernel::AttentionFast => "attn_decode",
             Kernel::AttentionFastRope => "attn_rope_decode",
+            Kernel::AttentionCombine => "attn_combine",
             Kernel::Qdot(_, 1, KMM_TOKENS) => "qmm1",
             Kernel::Qdot(_, _, KMM_TOKENS) => "kmm",
             Kernel::Qdot(_, 0, QMM_TOKENS) => "qmm",

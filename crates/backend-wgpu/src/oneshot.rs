@@ -9,7 +9,8 @@ use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
 use crate::kernels::Kernel;
 use crate::ops::{
-    AttnParams, EwParams, GpuMatrix, Op, OpBuilder, Prologue, RopeParams, StepUniform,
+    attention_partials_bytes, AttnParams, EwParams, GpuMatrix, Op, OpBuilder, Prologue, RopeParams,
+    StepUniform,
 };
 
 fn step_buffer(ctx: &GpuContext, n_tokens: u32, pos: u32) -> wgpu::Buffer {
@@ -387,7 +388,13 @@ fn attention_mode(
     let kb = f32_buffer(ctx, "k", k);
     let vb = f32_buffer(ctx, "v", v);
     let out = ctx.storage("out", (q.len() * 4) as u64);
-    let op = b.attention(
+    let params = AttnParams {
+        n_head: n_head as u32,
+        head_dim: head_dim as u32,
+        ..Default::default()
+    };
+    let partials = ctx.storage("partials", attention_partials_bytes(&params));
+    let ops = b.attention(
         &qb,
         &kb,
         &vb,
@@ -407,8 +414,9 @@ fn attention_mode(
             ..Default::default()
         },
         fast.is_some(),
+        &partials,
     );
-    run(ctx, &[op], t as u32, &out, q.len())
+    run(ctx, &ops, t as u32, &out, q.len())
 }
 
 fn binary(ctx: &GpuContext, kernel: Kernel, a: &[f32], b_: &[f32], n: usize) -> Result<Vec<f32>> {

@@ -141,7 +141,24 @@ pub(crate) struct AttnParams {
     pub softcap: f32,
     /// 1/softcap, as the host rounds it.
     pub inv_cap: f32,
-    pub pad: u32,
+    /// The fast kernel's workgroups per head ([`attention_splits`]); set by
+    /// [`OpBuilder::attention`], unread by the exact kernel.
+    pub splits: u32,
+}
+
+/// Workgroups per head of the fast single-token attention (split-K): enough
+/// that the heads of a long context fill a large GPU (about 512 workgroups),
+/// at most 32; shorter contexts leave the later ones idle (`attn_fast.wgsl`'s
+/// `MIN_CHUNK`).
+pub(crate) fn attention_splits(n_head: u32) -> u32 {
+    (512 / n_head.max(1)).clamp(1, 32)
+}
+
+/// Bytes of the fast attention's per-split results for these heads
+/// (`attn_fast.wgsl`'s `part`).
+pub(crate) fn attention_partials_bytes(p: &AttnParams) -> u64 {
+    let splits = attention_splits(p.n_head) as u64;
+    p.n_head as u64 * splits * (p.head_dim as u64 + 2) * 4
 }
 
 #[repr(C)]
@@ -829,36 +846,72 @@ impl OpBuilder<'_> {
         }
     }
 
-    /// Attention of `q` over the caches into `out`.
+    /// Attention of `q` over the caches into `out`: one op (the exact
+    /// kernel), or with `fast` (a single token, [`fast_attention_fits`]) the
+    /// split op and its combining op, through `partials` (at least
+    /// [`attention_partials_bytes`]).
+    #[allow(clippy::too_many_arguments)]
     pub fn attention(
         &self,
         q: &wgpu::Buffer,
         k_cache: &wgpu::Buffer,
         v_cache: &wgpu::Buffer,
         out: &wgpu::Buffer,
-        params: AttnParams,
+        mut params: AttnParams,
         fast: bool,
-    ) -> Op {
-        let pb = self.ctx.uniform("attention", bytemuck::bytes_of(&params));
-        let kernel = if fast && fast_attention_fits(&params) {
-            Kernel::AttentionFast
-        } else {
-            Kernel::Attention
-        };
-        let mut buffers = vec![q, k_cache, v_cache, out, &pb, self.step];
-        if kernel == Kernel::AttentionFast {
-            // attn_rope_decode's table and RopeFuse, unread by attn_decode.
-            buffers.extend([q, &pb]);
+        partials: &wgpu::Buffer,
+    ) -> Vec<Op> {
+        if !(fast && fast_attention_fits(&params)) {
+            let pb = self.ctx.uniform("attention", bytemuck::bytes_of(&params));
+            let kernel = Kernel::Attention;
+            return vec![Op {
+                label: "attention",
+                pipeline: self.ctx.pipeline(kernel),
+                pipeline_mm: None,
+                variants: Vec::new(),
+                bind_group: self.bind(kernel, &[q, k_cache, v_cache, out, &pb, self.step]),
+                grid: Grid::PerToken([params.n_head, 1]),
+                _params: pb,
+            }];
         }
-        Op {
+        params.splits = attention_splits(params.n_head);
+        let pb = self.ctx.uniform("attention", bytemuck::bytes_of(&params));
+        // attn_rope_decode's table and RopeFuse, unread by attn_decode.
+        let bind_group = self.bind(
+            Kernel::AttentionFast,
+            &[q, k_cache, v_cache, out, &pb, self.step, q, &pb, partials],
+        );
+        self.split_attention(Kernel::AttentionFast, bind_group, pb, &params)
+    }
+
+    /// The split op of a fast attention and its combining op, sharing
+    /// `bind_group`.
+    fn split_attention(
+        &self,
+        kernel: Kernel,
+        bind_group: wgpu::BindGroup,
+        pb: wgpu::Buffer,
+        params: &AttnParams,
+    ) -> Vec<Op> {
+        let combine = Op {
+            label: "attention",
+            pipeline: self.ctx.pipeline(Kernel::AttentionCombine),
+            pipeline_mm: None,
+            variants: Vec::new(),
+            bind_group: bind_group.clone(),
+            grid: Grid::PerToken([params.n_head, 1]),
+            _params: pb.clone(),
+        };
+        let split = Op {
             label: "attention",
             pipeline: self.ctx.pipeline(kernel),
             pipeline_mm: None,
             variants: Vec::new(),
-            bind_group: self.bind(kernel, &buffers),
-            grid: Grid::PerToken([params.n_head, 1]),
+            bind_group,
+            grid: Grid::PerToken([params.n_head, params.splits]),
             _params: pb,
-        }
+        };
+        vec![split, combine]
     }
 
     /// The fast mode's single-token attention with RoPE and the cache writes
@@ -866,16 +919,20 @@ impl OpBuilder<'_> {
     /// read from `qkv` (a stacked projection's output) as `rope` says, the
     /// query and key rotated with `table`, the key and value stored in the
     /// caches at the step's position. Only where [`fast_attention_fits`].
+    /// The split op and its combining op, as [`OpBuilder::attention`].
+    #[allow(clippy::too_many_arguments)]
     pub fn attention_rope(
         &self,
         qkv: &wgpu::Buffer,
         k_cache: &wgpu::Buffer,
         v_cache: &wgpu::Buffer,
         out: &wgpu::Buffer,
-        params: AttnParams,
+        mut params: AttnParams,
         table: &wgpu::Buffer,
         rope: RopeFuse,
-    ) -> Op {
+        partials: &wgpu::Buffer,
+    ) -> Vec<Op> {
+        params.splits = attention_splits(params.n_head);
         let pb = self.ctx.uniform("attention", bytemuck::bytes_of(&params));
         let rb = self
             .ctx
@@ -883,17 +940,11 @@ impl OpBuilder<'_> {
         let kernel = Kernel::AttentionFastRope;
         let bind_group = self.bind(
             kernel,
-            &[qkv, k_cache, v_cache, out, &pb, self.step, table, &rb],
+            &[
+                qkv, k_cache, v_cache, out, &pb, self.step, table, &rb, partials,
+            ],
         );
-        Op {
-            label: "attention",
-            pipeline: self.ctx.pipeline(kernel),
-            pipeline_mm: None,
-            variants: Vec::new(),
-            bind_group,
-            grid: Grid::PerToken([params.n_head, 1]),
-            _params: pb,
-        }
+        self.split_attention(kernel, bind_group, pb, &params)
     }
 
     /// `y = a + b` (`Kernel::Add`) or `y = silu(a)·b` (`Kernel::Swiglu`).

@@ -33,8 +33,8 @@ use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
 use crate::kernels::{act_type, is_exact, Kernel};
 use crate::ops::{
-    fast_attention_fits, AttnParams, EwParams, GpuMatrix, Grid, Op, OpBuilder, Prologue, RopeFuse,
-    RopeParams, ScaleParams, StepUniform, TgRopeParams,
+    attention_partials_bytes, fast_attention_fits, AttnParams, EwParams, GpuMatrix, Grid, Op,
+    OpBuilder, Prologue, RopeFuse, RopeParams, ScaleParams, StepUniform, TgRopeParams,
 };
 use crate::seam::GpuWeight;
 
@@ -365,6 +365,8 @@ struct Lowering<'a> {
     logits: wgpu::Buffer,
     dummy: wgpu::Buffer,
     gelu: Option<wgpu::Buffer>,
+    /// The fast attention's per-split results, shared by the layers.
+    partials: Option<wgpu::Buffer>,
     weight_bytes: u64,
     /// Lowering the fast mode's single-token step.
     fast: bool,
@@ -409,6 +411,7 @@ impl<'a> Lowering<'a> {
             logits: logits.clone(),
             dummy: dummy.clone(),
             gelu: None,
+            partials: None,
             weight_bytes: 0,
             fast: false,
             virt: vec![None; n],
@@ -1109,6 +1112,19 @@ impl<'a> Lowering<'a> {
         t
     }
 
+    /// A buffer of at least `bytes` for the fast attention's per-split
+    /// results (one for all layers: their dispatches run in turn).
+    fn partials(&mut self, bytes: u64) -> wgpu::Buffer {
+        match &self.partials {
+            Some(b) if b.size() >= bytes => b.clone(),
+            _ => {
+                let b = self.ctx.storage("attention_partials", bytes);
+                self.partials = Some(b.clone());
+                b
+            }
+        }
+    }
+
     /// Stores the keys and values of attention node `i` in its cache
     /// (rotating deferred RoPE nodes on the way) and attends.
     fn attention(
@@ -1151,7 +1167,7 @@ impl<'a> Lowering<'a> {
                 .map_or(0, |w| w.clamp(1, u32::MAX as usize) as u32),
             softcap: params.softcap.unwrap_or(0.0),
             inv_cap: params.softcap.map_or(0.0, |c| 1.0 / c),
-            pad: 0,
+            splits: 1,
         };
         let q_loc = Loc {
             buf: self.take(self.node_bytes(qw as usize), i),
@@ -1187,7 +1203,8 @@ impl<'a> Lowering<'a> {
                         cache_f16: self.kv_f16 as u32,
                         pad: [0; 2],
                     };
-                    ops.push(ob.attention_rope(
+                    let partials = self.partials(attention_partials_bytes(&attn_params));
+                    ops.extend(ob.attention_rope(
                         self.buf(&lq),
                         &kc,
                         &vc,
@@ -1195,6 +1212,7 @@ impl<'a> Lowering<'a> {
                         attn_params,
                         &table,
                         rope,
+                        &partials,
                     ));
                     return Ok(out);
                 }
@@ -1301,13 +1319,18 @@ impl<'a> Lowering<'a> {
             ops.push(ob.rope2(self.buf(&l), &vc, &vc, &vc, &self.dummy, rp));
         }
         let out = self.fresh(i, qw as usize);
-        ops.push(ob.attention(
+        let partials = match self.fast {
+            true => self.partials(attention_partials_bytes(&attn_params)),
+            false => self.dummy.clone(),
+        };
+        ops.extend(ob.attention(
             self.buf(&q_loc),
             &kc,
             &vc,
             self.buf(&out),
             attn_params,
             self.fast,
+            &partials,
         ));
         Ok(out)
     }

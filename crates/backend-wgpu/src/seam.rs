@@ -585,7 +585,7 @@ impl Backend for WgpuBackend {
         };
         let qw = (params.n_head * params.head_dim) as u32;
         let (kc, vc) = &cache.layers[layer];
-        let op = ob.attention(
+        let ops = ob.attention(
             &q.buffer,
             kc,
             vc,
@@ -604,11 +604,12 @@ impl Backend for WgpuBackend {
                     .map_or(0, |w| w.clamp(1, u32::MAX as usize) as u32),
                 softcap: params.softcap.unwrap_or(0.0),
                 inv_cap: params.softcap.map_or(0.0, |c| 1.0 / c),
-                pad: 0,
+                splits: 1,
             },
             false,
+            &q.buffer,
         );
-        self.record(&[op], n_rows);
+        self.record(&ops, n_rows);
     }
 
     /// On the host: the queries and the cache layer's positions come back,

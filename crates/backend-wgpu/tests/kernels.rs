@@ -1110,9 +1110,11 @@ fn seam_matmul_on_row_views() {
 }
 
 /// The fast mode's single-token attention (`attn_fast.wgsl`: f32, online
-/// softmax over tiles of 256 positions) against tensor-core's CPU attention
-/// over an f32 cache: heads of 64, 96 (phi3) and 128, grouped queries, KV
-/// windows from 1 to past two tiles, sliding windows and soft-capped scores.
+/// softmax over tiles of 256 positions, split over up to 32 workgroups a
+/// head, then combined) against tensor-core's CPU attention over an f32
+/// cache: heads of 64, 96 (phi3) and 128, grouped queries, KV windows from 1
+/// to past two tiles (and past two tiles a split), sliding windows and
+/// soft-capped scores.
 /// Not bit for bit: every output within
 /// 1e-5 of the largest |v| (the outputs are convex combinations of V).
 #[test]
@@ -1121,7 +1123,11 @@ fn fast_attention_agrees_with_cpu() {
     let ctx = ctx();
     let cases = [(4, 4, 64), (6, 2, 96), (8, 2, 128), (12, 3, 128)];
     for (case, &(nh, nkv, hd)) in cases.iter().enumerate() {
-        for pos0 in [0usize, 1, 200, 255, 256, 600] {
+        let long: &[usize] = if case == 0 { &[9000] } else { &[] };
+        for &pos0 in [0usize, 1, 63, 64, 200, 255, 256, 600, 2100]
+            .iter()
+            .chain(long)
+        {
             // A sliding window, and a soft-cap, on some of them.
             let window = if case % 2 == 1 { Some(100) } else { None };
             let softcap = if case >= 2 { Some(20.0) } else { None };

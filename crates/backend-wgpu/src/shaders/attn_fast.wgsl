@@ -1,19 +1,24 @@
 // attn_fast.wgsl: the fast mode's attention for a single token (`attn_decode`),
 // causal grouped-query attention over the KV cache in f32 with an online
-// softmax: one workgroup per query head walks the visible positions in
-// tiles of WG, each invocation scoring one position of a tile, then the
-// tile's exponentials (against the running maximum) are summed and
-// multiplied into V, outputs spread over the invocations. Not the CPU's
-// bits (that is attention.wgsl, the exact mode's): float sums in this
-// kernel's order, `exp` rather than ggml's, no f16 rounding of the query
-// or the probabilities.
+// softmax, split over the positions (split-K, as flash-decoding): workgroup
+// (h, s) walks split s of query head h's visible positions in tiles of WG,
+// each invocation scoring one position of a tile, then the tile's
+// exponentials (against the running maximum) are summed and multiplied into
+// V, outputs spread over the invocations; it leaves its maximum, its sum of
+// exponentials and its unnormalised output in `part`. `attn_combine`, the
+// next dispatch, weighs the splits of each head into the output. A long
+// context thus occupies n_head · splits workgroups instead of n_head. Not
+// the CPU's bits (that is attention.wgsl, the exact mode's): float sums in
+// this kernel's order, `exp` rather than ggml's, no f16 rounding of the
+// query or the probabilities.
 //
 // `attn_rope_decode` takes the query, key and value of the token from the
 // stacked projection's output instead (RopeFuse): it rotates the query and
 // the key itself (rope_common.wgsl), attends to the new position through
 // those values, and the first query head of each KV head writes the key and
 // value into the caches for later steps (no workgroup reads what another
-// writes in the same dispatch) — RoPE's dispatch is gone.
+// writes in the same dispatch) — RoPE's dispatch is gone. Every split
+// rotates the query; the first split writes the caches.
 
 struct AttnParams {
     n_head: u32,
@@ -27,7 +32,7 @@ struct AttnParams {
     window: u32,     // sliding window (0: all)
     softcap: f32,    // scores become softcap·tanh(K·Q · inv_cap) (0: not capped)
     inv_cap: f32,
-    pad: u32,
+    splits: u32,     // workgroups per head (grid y)
 }
 
 struct Step {
@@ -57,8 +62,13 @@ struct RopeFuse {
 @group(0) @binding(5) var<uniform> step: Step;
 @group(0) @binding(6) var<storage, read> table: array<vec2<f32>>; // [pos][n_dims/2] (cos, sin)
 @group(0) @binding(7) var<uniform> rf: RopeFuse;
+// Per head and split: the unnormalised outputs ([h][s][head_dim]), then
+// from ml_base() the maximum and the sum of exponentials ([h][s][2]).
+@group(0) @binding(8) var<storage, read_write> part: array<f32>;
 
 const WG: u32 = 256u;
+// The fewest positions a split takes: shorter contexts use fewer splits.
+const MIN_CHUNK: u32 = 64u;
 var<workgroup> q_head: array<vec4<f32>, 64>;
 // attn_rope_decode: the token's query as loaded, then rotated; its key
 // (rotated) and value as the caches hold them.
@@ -97,16 +107,34 @@ fn wg_sum(v: f32, lid: u32) -> f32 {
     return r;
 }
 
-// Head h's attention (its query in q_head) over positions ..= step.pos;
-// with `fresh`, the last position's key and value are k_new and v_new.
-fn attend(h: u32, lid: u32, fresh: bool) {
-    let hd = p.head_dim;
-    let kvh = h / (p.n_head / p.n_kv_head);
+fn ml_base() -> u32 {
+    return p.n_head * p.splits * p.head_dim;
+}
+
+// The first visible position and the positions per split.
+fn split_span() -> vec2<u32> {
     let n_kv = step.pos + 1u;
     var first = 0u;
     if (p.window != 0u && n_kv > p.window) {
         first = n_kv - p.window;
     }
+    let len = n_kv - first;
+    return vec2<u32>(first, max((len + p.splits - 1u) / p.splits, MIN_CHUNK));
+}
+
+// Split s of head h's attention (its query in q_head) over positions ..=
+// step.pos into `part`; with `fresh`, the last position's key and value are
+// k_new and v_new.
+fn attend(h: u32, s: u32, lid: u32, fresh: bool) {
+    let hd = p.head_dim;
+    let kvh = h / (p.n_head / p.n_kv_head);
+    let n_kv = step.pos + 1u;
+    let span = split_span();
+    let first = span.x + s * span.y;
+    if (first >= n_kv) {
+        return;
+    }
+    let last = min(first + span.y, n_kv);
     let n4 = hd >> 2u;
     // V·P: invocation lid owns output d of slice `sl` (positions sl, sl +
     // slices, ... of each tile).
@@ -117,10 +145,10 @@ fn attend(h: u32, lid: u32, fresh: bool) {
     var m = -3.4028235e38;
     var l = 0.0;
     var acc = 0.0;
-    for (var c = first; c < n_kv; c += WG) {
+    for (var c = first; c < last; c += WG) {
         let j = c + lid;
-        var s = -3.4028235e38;
-        if (j < n_kv) {
+        var sc = -3.4028235e38;
+        if (j < last) {
             var a = vec4<f32>(0.0);
             if (fresh && j == step.pos) {
                 for (var i = 0u; i < n4; i++) {
@@ -133,23 +161,23 @@ fn attend(h: u32, lid: u32, fresh: bool) {
                     a = fma(q_head[i], k_cache[kb + i], a);
                 }
             }
-            s = (a.x + a.y) + (a.z + a.w);
+            sc = (a.x + a.y) + (a.z + a.w);
             if (p.softcap != 0.0) {
-                s = tanh_f32(s * p.inv_cap) * p.softcap;
+                sc = tanh_f32(sc * p.inv_cap) * p.softcap;
             }
-            s *= p.scale;
+            sc *= p.scale;
         }
-        let m_new = max(m, wg_max(s, lid));
+        let m_new = max(m, wg_max(sc, lid));
         var e = 0.0;
-        if (j < n_kv) {
-            e = exp(s - m_new);
+        if (j < last) {
+            e = exp(sc - m_new);
         }
         probs[lid] = e;
         let corr = exp(m - m_new);
         l = l * corr + wg_sum(e, lid);
         // probs is visible: wg_sum's barriers follow its writes.
         if (sl < slices) {
-            let cnt = min(WG, n_kv - c);
+            let cnt = min(WG, last - c);
             var a = 0.0;
             let vb = c * p.kv_stride + ko + d;
             for (var t = sl; t < cnt; t += slices) {
@@ -168,13 +196,45 @@ fn attend(h: u32, lid: u32, fresh: bool) {
     }
     red[lid] = acc;
     workgroupBarrier();
+    let hs = h * p.splits + s;
     if (sl == 0u && d < hd) {
         var total = 0.0;
         for (var k = 0u; k < slices; k++) {
             total += red[k * hd + d];
         }
-        out[h * hd + d] = total / l;
+        part[hs * hd + d] = total;
     }
+    if (lid == 0u) {
+        part[ml_base() + 2u * hs] = m;
+        part[ml_base() + 2u * hs + 1u] = l;
+    }
+}
+
+// Head h's output from its splits (those with positions), each weighed by
+// exp(its maximum − the largest).
+@compute @workgroup_size(WG)
+fn attn_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let h = wid.x;
+    let hd = p.head_dim;
+    if (lid >= hd) {
+        return;
+    }
+    let span = split_span();
+    let n_kv = step.pos + 1u;
+    let used = (n_kv - span.x + span.y - 1u) / span.y;
+    let hs0 = h * p.splits;
+    var mx = -3.4028235e38;
+    for (var s = 0u; s < used; s++) {
+        mx = max(mx, part[ml_base() + 2u * (hs0 + s)]);
+    }
+    var l = 0.0;
+    var a = 0.0;
+    for (var s = 0u; s < used; s++) {
+        let w = exp(part[ml_base() + 2u * (hs0 + s)] - mx);
+        l = fma(w, part[ml_base() + 2u * (hs0 + s) + 1u], l);
+        a = fma(w, part[(hs0 + s) * hd + lid], a);
+    }
+    out[h * hd + lid] = a / l;
 }
 
 @compute @workgroup_size(WG)
@@ -186,7 +246,7 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         q_head[lid] = vec4<f32>(q[b], q[b + 1u], q[b + 2u], q[b + 3u]);
     }
     workgroupBarrier();
-    attend(h, lid, false);
+    attend(h, wid.y, lid, false);
 }
 
 @compute @workgroup_size(WG)
@@ -227,12 +287,13 @@ fn attn_rope_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     if (lid < (hd >> 2u)) {
         q_head[lid] = vec4<f32>(q_rot[4u * lid], q_rot[4u * lid + 1u], q_rot[4u * lid + 2u], q_rot[4u * lid + 3u]);
     }
-    // The first query head of each KV head stores the new key and value.
-    if (h % (p.n_head / p.n_kv_head) == 0u && lid < hd) {
+    // The first split of the first query head of each KV head stores the
+    // new key and value.
+    if (wid.y == 0u && h % (p.n_head / p.n_kv_head) == 0u && lid < hd) {
         let i = pos * p.kv_stride + kvh * hd + lid;
         k_cache[i >> 2u][i & 3u] = k_new[lid];
         v_cache[i] = v_new[lid];
     }
     workgroupBarrier();
-    attend(h, lid, true);
+    attend(h, wid.y, lid, true);
 }
