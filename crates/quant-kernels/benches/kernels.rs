@@ -225,7 +225,8 @@ fn matvec_cpu(c: &mut Criterion<ThreadCpuTime>) {
 /// CPU time: every weight row against 64 activation rows with the panel
 /// kernels that `matmul` uses (its compute-bound inner loop, without
 /// scheduling noise): Q4_1 and Q5_1 against eight-row Q8_1 panels, Q8_0
-/// against four-row Q8_0 panels, each for every instruction set the CPU has.
+/// against four- and eight-row Q8_0 panels, each for every instruction set
+/// the CPU has.
 fn matmul_cpu(c: &mut Criterion<ThreadCpuTime>) {
     let (rows, cols, n) = (1536, 576, 64);
     let x = random(n * cols, 9);
@@ -317,6 +318,27 @@ fn matmul_cpu(c: &mut Criterion<ThreadCpuTime>) {
                     for (y, w) in y.chunks_mut(n).zip(q.chunks_exact(rb)) {
                         for (p, y) in panels.chunks_exact(nb).zip(y.chunks_exact_mut(4)) {
                             y.copy_from_slice(&dot(w, black_box(p)));
+                        }
+                    }
+                })
+            },
+        );
+        let dot8 = panel.dot8_for(ty).unwrap();
+        let mut panels8 = vec![quant_kernels::simd::Q8_0x8::default(); n / 8 * nb];
+        for (g, p) in panels8.chunks_mut(nb).enumerate() {
+            let rows: Vec<&[u8]> = (0..8).map(|k| &act[(8 * g + k) * ar..][..ar]).collect();
+            (panel.pack8)(&rows, p);
+        }
+        g.bench_function(
+            BenchmarkId::new(
+                format!("Q8_0-panel8-{}", panel.isa),
+                format!("{rows}x{cols}x{n}"),
+            ),
+            |b| {
+                b.iter(|| {
+                    for (y, w) in y.chunks_mut(n).zip(q.chunks_exact(rb)) {
+                        for (p, y) in panels8.chunks_exact(nb).zip(y.chunks_exact_mut(8)) {
+                            y.copy_from_slice(&dot8(w, black_box(p)));
                         }
                     }
                 })

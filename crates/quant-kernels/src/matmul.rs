@@ -6,12 +6,13 @@
 //! walks each chunk's rows against a tile of the batch so each weight row is
 //! read from memory once per tile, which makes prompt processing
 //! compute-bound; Q8_0-activation formats first interleave the batch into
-//! [`simd::Q8_0x4`] panels, Q8_1-activation formats (Q4_1, Q5_1) into
-//! [`simd::Q8_1x8`] panels.
+//! [`simd::Q8_0x8`] panels (and one [`simd::Q8_0x4`] for a rest of three or
+//! four rows), Q8_1-activation formats (Q4_1, Q5_1) into [`simd::Q8_1x8`]
+//! panels.
 
 use crate::formats::{self, row_bytes};
 use crate::pool;
-use crate::simd::{self, FromFloatFn, Q8_0x4, Q8_1x8, VecDotFn};
+use crate::simd::{self, FromFloatFn, Q8_0Panel, Q8_0x4, Q8_0x8, Q8_1x8, VecDotFn};
 use crate::{GgmlType, QuantError};
 
 /// A quantized weight matrix view: `rows` rows of `cols` elements each, row-major, borrowed bytes.
@@ -95,8 +96,10 @@ impl<'a> QMatrix<'a> {
 pub struct Scratch {
     /// Quantized activations; u64 so every block type is aligned in place.
     act: Vec<u64>,
-    /// Q8_0 activations interleaved four rows at a time (Q8_0 weights).
+    /// Q8_0 activations interleaved four rows at a time (Q8_0, Q5_0, Q4_0 weights).
     panels: Vec<Q8_0x4>,
+    /// Q8_0 activations interleaved eight rows at a time (the same weights).
+    panels8_0: Vec<Q8_0x8>,
     /// Q8_1 activations interleaved eight rows at a time (Q4_1, Q5_1 weights).
     panels8: Vec<Q8_1x8>,
 }
@@ -220,8 +223,8 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], scratch: &mut
     }
     let (act_ty, vec_dot, from_float) = kernels_of(w);
     if let Some(panel) = simd::q8_0_panel() {
-        if let Some(dot) = panel.dot_for(w.ty) {
-            return matmul_q8_0_panels(w, x, n, y, scratch, panel.pack, dot, vec_dot, from_float);
+        if panel.dot_for(w.ty).is_some() {
+            return matmul_q8_0_panels(w, x, n, y, scratch, &panel, vec_dot, from_float);
         }
     }
     if let Some(dot) = simd::q8_1_panel().and_then(|p| p.dot_for(w.ty)) {
@@ -247,9 +250,11 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], scratch: &mut
 }
 
 /// [`matmul`] for weights with Q8_0 activations through a [`simd::Q8_0Panel`]: the
-/// activations are quantized as usual, then interleaved four rows at a time
-/// into panels; each weight row meets a tile of panels while hot in L1.
-/// Rows of the batch past the last whole panel use the single product.
+/// activations are quantized as usual, then interleaved eight rows at a
+/// time into [`Q8_0x8`] panels; each weight row meets a tile of panels
+/// while hot in L1. Of the rows past the last whole panel, five to seven go
+/// into one more panel padded with zeros, three or four into a [`Q8_0x4`]
+/// panel (padded with a zero row), one or two use the single product.
 #[allow(clippy::too_many_arguments)]
 fn matmul_q8_0_panels(
     w: &QMatrix<'_>,
@@ -257,46 +262,77 @@ fn matmul_q8_0_panels(
     n: usize,
     y: &mut [f32],
     scratch: &mut Scratch,
-    pack: fn([&[u8]; 4], &mut [Q8_0x4]),
-    dot: simd::PanelDotFn,
+    panel: &Q8_0Panel,
     vec_dot: VecDotFn,
     from_float: FromFloatFn,
 ) {
+    let dot4 = panel.dot_for(w.ty).expect("checked by the caller");
+    let dot8 = panel.dot8_for(w.ty).expect("every panel format has both");
     let cols = w.cols;
     let nb = cols / 32;
-    let groups = n / 4;
-    let mut panels = std::mem::take(&mut scratch.panels);
-    if panels.len() < groups * nb {
-        panels.resize(groups * nb, Q8_0x4::default());
+    let rest = n % 8;
+    let groups = n / 8 + usize::from(rest >= 5);
+    // Rows from `b4` on: one four-row panel, or single products.
+    let b4 = (8 * groups).min(n);
+    let four = n - b4 >= 3;
+    let singles = if four { n } else { b4 };
+    let mut panels8 = std::mem::take(&mut scratch.panels8_0);
+    if panels8.len() < groups * nb {
+        panels8.resize(groups * nb, Q8_0x8::default());
+    }
+    let mut panels4 = std::mem::take(&mut scratch.panels);
+    if four && panels4.len() < nb {
+        panels4.resize(nb, Q8_0x4::default());
     }
     let (act, act_row) = scratch.quantize(GgmlType::Q8_0, from_float, x, n, cols);
     let act_of = |b: usize| &act[b * act_row..(b + 1) * act_row];
-    for (g, out) in panels.chunks_exact_mut(nb).take(groups).enumerate() {
-        pack(std::array::from_fn(|k| act_of(4 * g + k)), out);
+    for (g, out) in panels8.chunks_exact_mut(nb).take(groups).enumerate() {
+        let rows: Vec<&[u8]> = (8 * g..(8 * g + 8).min(n)).map(act_of).collect();
+        (panel.pack8)(&rows, out);
+    }
+    if four {
+        // A Q8_0 row of zero bytes is zero quants with scale zero.
+        let zero = vec![0u8; act_row];
+        let row = |k: usize| if b4 + k < n { act_of(b4 + k) } else { &zero };
+        (panel.pack)(std::array::from_fn(row), &mut panels4[..nb]);
     }
     let chunk = rows_per_task(w.rows, w.row_bytes, n);
-    let panels_ref = &panels[..groups * nb];
+    let panels8_ref = &panels8[..groups * nb];
+    let panels4_ref = &panels4[..if four { nb } else { 0 }];
     pool::for_each_row_chunk_columns(y, w.rows, n, chunk, |r0, out| {
         let nrows = out.len() / n;
-        for g0 in (0..groups).step_by(BATCH_TILE / 4) {
-            let g1 = (g0 + BATCH_TILE / 4).min(groups);
+        let end = (r0 + nrows) * w.row_bytes;
+        for g0 in (0..groups).step_by(BATCH_TILE / 8) {
+            let g1 = (g0 + BATCH_TILE / 8).min(groups);
             for i in 0..nrows {
                 let wr = w.row(r0 + i);
+                if g0 == 0 {
+                    prefetch_ahead(w.data, (r0 + i) * w.row_bytes, w.row_bytes, end);
+                }
                 for g in g0..g1 {
-                    let r = dot(wr, &panels_ref[g * nb..(g + 1) * nb]);
-                    for (k, v) in r.into_iter().enumerate() {
-                        out[(4 * g + k) * nrows + i] = v;
+                    let r = dot8(wr, &panels8_ref[g * nb..(g + 1) * nb]);
+                    for (k, v) in r.into_iter().enumerate().take(n - 8 * g) {
+                        out[(8 * g + k) * nrows + i] = v;
                     }
                 }
             }
         }
-        for b in 4 * groups..n {
+        if four {
+            for i in 0..nrows {
+                let r = dot4(w.row(r0 + i), panels4_ref);
+                for (k, v) in r.into_iter().enumerate().take(n - b4) {
+                    out[(b4 + k) * nrows + i] = v;
+                }
+            }
+        }
+        for b in singles..n {
             for i in 0..nrows {
                 out[b * nrows + i] = vec_dot(cols, w.row(r0 + i), act_of(b));
             }
         }
     });
-    scratch.panels = panels;
+    scratch.panels8_0 = panels8;
+    scratch.panels = panels4;
 }
 
 /// Batch rows past the last whole [`Q8_1x8`] panel from which a panel
@@ -339,10 +375,14 @@ fn matmul_q8_1_panels(
     let panels_ref = &panels[..groups * nb];
     pool::for_each_row_chunk_columns(y, w.rows, n, chunk, |r0, out| {
         let nrows = out.len() / n;
+        let end = (r0 + nrows) * w.row_bytes;
         for g0 in (0..groups).step_by(BATCH_TILE / 8) {
             let g1 = (g0 + BATCH_TILE / 8).min(groups);
             for i in 0..nrows {
                 let wr = w.row(r0 + i);
+                if g0 == 0 {
+                    prefetch_ahead(w.data, (r0 + i) * w.row_bytes, w.row_bytes, end);
+                }
                 for g in g0..g1 {
                     let r = dot(wr, &panels_ref[g * nb..(g + 1) * nb]);
                     for (k, v) in r.into_iter().enumerate().take(n - 8 * g) {

@@ -7,9 +7,10 @@
 //! otherwise. To add a native kernel for a format, add one row to the
 //! `vec_dot` (or `from_float`) match of the architecture module.
 //! [`q8_0_panel`] and [`q8_1_panel`] serve [`crate::matmul`]: one weight row
-//! against activation rows interleaved four ([`Q8_0x4`], for the formats
-//! whose activations are Q8_0) or eight ([`Q8_1x8`], for Q4_1 and Q5_1) at
-//! a time, each weight block decoded once, bit-identical to single calls.
+//! against activation rows interleaved four or eight ([`Q8_0x4`],
+//! [`Q8_0x8`], for the formats whose activations are Q8_0) or eight
+//! ([`Q8_1x8`], for Q4_1 and Q5_1) at a time, each weight block decoded
+//! once, bit-identical to single calls.
 //! The features can be narrowed with `STRATA_CPU_DISABLE` ([`Features::from_env`]).
 //!
 //! Every native kernel has its portable twin as test oracle: activation
@@ -251,6 +252,26 @@ pub struct Q8_0x4 {
 /// `vec_dot(n, w, a[c])` for the panel's four activation rows `a`.
 pub type PanelDotFn = fn(w: &[u8], p: &[Q8_0x4]) -> [f32; 4];
 
+/// Eight Q8_0 activation rows interleaved block by block for a
+/// [`Q8_0Panel`]'s eight-row kernels: block `i` of each row side by side,
+/// every row's 32 quants 32-byte aligned (rows `2j` and `2j + 1` 64 bytes
+/// together, 64-byte aligned) and the scales widened to f32. A panel of
+/// fewer than eight rows has zeros in the others ([`Q8_0Panel::pack8`]).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Q8_0x8 {
+    /// The eight rows' quants, in the encoding of the panel's kernel
+    /// ([`Q8_0Panel::pack8`] says which).
+    pub qs: [[u8; 32]; 8],
+    /// The eight rows' block scales, as f32 (exact: they were f16).
+    pub d: [f32; 8],
+}
+const _: () = assert!(std::mem::size_of::<Q8_0x8>() == 320);
+
+/// One weight row times a [`Q8_0x8`] panel: `out[c]` is bit-identical to
+/// `vec_dot(n, w, a[c])` for the panel's eight activation rows `a`.
+pub type Panel8x0DotFn = fn(w: &[u8], p: &[Q8_0x8]) -> [f32; 8];
+
 /// The matrix-product kernels over [`Q8_0x4`] panels, for the weight formats
 /// whose activations are Q8_0 and whose ggml kernel is one FMA per block
 /// (Q8_0, Q5_0, Q4_0): what [`crate::matmul`] uses for them.
@@ -261,11 +282,19 @@ pub struct Q8_0Panel {
     /// are, or biased by 128 for a kernel whose instruction wants them
     /// unsigned (AVX-VNNI).
     pub pack: fn(a: [&[u8]; 4], out: &mut [Q8_0x4]),
-    /// Which instruction set: `"avx2"` or `"avx-vnni"`.
+    /// Packs up to eight Q8_0 activation rows (`nb` blocks of 34 bytes
+    /// each) into `nb` [`Q8_0x8`] blocks, the quants encoded as
+    /// [`Q8_0Panel::pack`] encodes them; the rows past `a.len()` are zeros
+    /// (scale zero), whose products are zeros.
+    pub pack8: fn(a: &[&[u8]], out: &mut [Q8_0x8]),
+    /// Which instruction set: `"avx2"`, `"avx-vnni"` or `"avx512-vnni"`.
     pub isa: &'static str,
     q8_0: PanelDotFn,
     q5_0: PanelDotFn,
     q4_0: PanelDotFn,
+    q8_0x8: Panel8x0DotFn,
+    q5_0x8: Panel8x0DotFn,
+    q4_0x8: Panel8x0DotFn,
 }
 
 impl Q8_0Panel {
@@ -276,6 +305,17 @@ impl Q8_0Panel {
             GgmlType::Q8_0 => Some(self.q8_0),
             GgmlType::Q5_0 => Some(self.q5_0),
             GgmlType::Q4_0 => Some(self.q4_0),
+            _ => None,
+        }
+    }
+
+    /// The product of weights of `ty` with [`Q8_0x8`] panels from this
+    /// [`Q8_0Panel::pack8`]; `None` for other formats.
+    pub fn dot8_for(&self, ty: GgmlType) -> Option<Panel8x0DotFn> {
+        match ty {
+            GgmlType::Q8_0 => Some(self.q8_0x8),
+            GgmlType::Q5_0 => Some(self.q5_0x8),
+            GgmlType::Q4_0 => Some(self.q4_0x8),
             _ => None,
         }
     }
@@ -297,28 +337,40 @@ pub fn q8_0_panel_for(f: Features) -> Option<Q8_0Panel> {
         if f.avx_vnni {
             return Some(Q8_0Panel {
                 pack: x86_panel::pack_vnni,
+                pack8: |a, out| pack_q8_0x8(a, out, 0x80),
                 isa: "avx-vnni",
                 q8_0: |w, p| unsafe { x86_panel::dot_panel_vnni::<Q8_0>(w, p) },
                 q5_0: |w, p| unsafe { x86_panel::dot_panel_vnni::<Q5_0>(w, p) },
                 q4_0: |w, p| unsafe { x86_panel::dot_panel_vnni::<Q4_0>(w, p) },
+                q8_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_vnni::<Q8_0>(w, p) },
+                q5_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_vnni::<Q5_0>(w, p) },
+                q4_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_vnni::<Q4_0>(w, p) },
             });
         }
         if f.avx512_vnni {
             return Some(Q8_0Panel {
                 pack: x86_panel::pack_vnni,
+                pack8: |a, out| pack_q8_0x8(a, out, 0x80),
                 isa: "avx512-vnni",
                 q8_0: |w, p| unsafe { x86_panel::dot_panel_vnni512::<Q8_0>(w, p) },
                 q5_0: |w, p| unsafe { x86_panel::dot_panel_vnni512::<Q5_0>(w, p) },
                 q4_0: |w, p| unsafe { x86_panel::dot_panel_vnni512::<Q4_0>(w, p) },
+                q8_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_vnni512::<Q8_0>(w, p) },
+                q5_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_vnni512::<Q5_0>(w, p) },
+                q4_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_vnni512::<Q4_0>(w, p) },
             });
         }
         if f.avx2 {
             return Some(Q8_0Panel {
                 pack: x86_panel::pack_avx2,
+                pack8: |a, out| pack_q8_0x8(a, out, 0),
                 isa: "avx2",
                 q8_0: |w, p| unsafe { x86_panel::dot_panel_avx2::<Q8_0>(w, p) },
                 q5_0: |w, p| unsafe { x86_panel::dot_panel_avx2::<Q5_0>(w, p) },
                 q4_0: |w, p| unsafe { x86_panel::dot_panel_avx2::<Q4_0>(w, p) },
+                q8_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_avx2::<Q8_0>(w, p) },
+                q5_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_avx2::<Q5_0>(w, p) },
+                q4_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_avx2::<Q4_0>(w, p) },
             });
         }
     }
@@ -329,9 +381,10 @@ pub fn q8_0_panel_for(f: Features) -> Option<Q8_0Panel> {
 /// Eight Q8_1 activation rows interleaved block by block for a
 /// [`Q8_1Panel`] (the activations of Q4_1 and Q5_1 weights): block `i` of
 /// each row side by side, the scales `d` and sums `s` widened to f32 (exact:
-/// they were f16) and every row's 32 quants 32-byte aligned. A panel of
-/// fewer than eight rows has zeros in the others ([`pack_q8_1x8`]).
-#[repr(C, align(32))]
+/// they were f16) and every row's 32 quants 32-byte aligned (rows `2j` and
+/// `2j + 1` 64 bytes together, 64-byte aligned). A panel of fewer than
+/// eight rows has zeros in the others ([`pack_q8_1x8`]).
+#[repr(C, align(64))]
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Q8_1x8 {
     /// The eight rows' block scales.
@@ -437,6 +490,34 @@ pub fn pack_q8_1x8(a: &[&[u8]], out: &mut [Q8_1x8]) {
         for c in a.len()..8 {
             p.d[c] = 0.0;
             p.s[c] = 0.0;
+            p.qs[c] = [0; 32];
+        }
+    }
+}
+
+/// Interleaves up to eight Q8_0 rows into `out`, quants XORed with `bias`;
+/// the rows past `a.len()` are zeros with scale zero.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn pack_q8_0x8(a: &[&[u8]], out: &mut [Q8_0x8], bias: u8) {
+    const BLOCK: usize = 34;
+    assert!(a.len() <= 8, "Q8_0 panel: {} rows, at most 8", a.len());
+    for (c, a) in a.iter().enumerate() {
+        assert_eq!(
+            a.len(),
+            out.len() * BLOCK,
+            "Q8_0 panel: row {c} is not {} blocks",
+            out.len()
+        );
+        for (p, blk) in out.iter_mut().zip(a.chunks_exact(BLOCK)) {
+            p.d[c] = half::f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
+            for (q, &b) in p.qs[c].iter_mut().zip(&blk[2..]) {
+                *q = b ^ bias;
+            }
+        }
+    }
+    for p in out.iter_mut() {
+        for c in a.len()..8 {
+            p.d[c] = 0.0;
             p.qs[c] = [0; 32];
         }
     }

@@ -1,6 +1,13 @@
 //! Weights with Q8_0 activations (Q8_0, Q5_0, Q4_0) against [`Q8_0x4`]
-//! activation panels, and weights with Q8_1 activations (Q4_1, Q5_1)
-//! against [`Q8_1x8`] panels (x86).
+//! and [`Q8_0x8`] activation panels, and weights with Q8_1 activations
+//! (Q4_1, Q5_1) against [`Q8_1x8`] panels (x86).
+//!
+//! The eight-row kernels with AVX512-VNNI work on 512-bit vectors: two
+//! panel rows per instruction (a panel keeps rows `2j` and `2j + 1` side by
+//! side, 64 bytes), the weight block's quants in both halves. Every lane
+//! does what the 256-bit kernels' does, and each half is summed by
+//! `hsum_float_8`, so the results are the same bits with half the
+//! instructions.
 //!
 //! The Q8_1x8 kernels follow ggml's AVX2 `ggml_vec_dot_q{4,5}_1_q8_1` per
 //! output (see [`super::Q8_1Panel`]); eight rows share each decoded weight
@@ -23,7 +30,7 @@ use std::arch::x86_64::*;
 use super::x86::{
     bytes_from_bits_32, bytes_from_nibbles_32, hsum_float_8, mul_sum_us8_pairs_float,
 };
-use super::{Q8_0x4, Q8_1x8};
+use super::{Q8_0x4, Q8_0x8, Q8_1x8};
 
 /// Weight-format tags (a const parameter, so each kernel is compiled per format).
 pub(super) const Q8_0: u8 = 0;
@@ -208,17 +215,19 @@ fn weight_block_1<const T: u8>(blk: &[u8]) -> (__m256i, __m256, __m256) {
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn panel8_qs(p: &Q8_1x8, c: usize) -> __m256i {
-    // SAFETY: `qs[c]` is 32 bytes at offset 64 + 32c of a 32-byte aligned
+    // SAFETY: `qs[c]` is 32 bytes at offset 64 + 32c of a 64-byte aligned
     // struct, hence 32-byte aligned.
     unsafe { _mm256_load_si256(p.qs[c].as_ptr().cast()) }
 }
 
-/// Eight f32 at a 32-byte aligned address (a [`Q8_1x8`]'s `d` or `s`).
+/// Eight f32 at a 32-byte aligned address (a [`Q8_1x8`]'s `d` or `s`, a
+/// [`Q8_0x8`]'s `d`).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn load8(v: &[f32; 8]) -> __m256 {
-    // SAFETY: `d` and `s` are the first 64 bytes of a 32-byte aligned
-    // struct, so each is 32-byte aligned and holds eight f32.
+    // SAFETY: every caller passes a `Q8_1x8`'s `d` or `s` (offsets 0 and
+    // 32) or a `Q8_0x8`'s `d` (offset 256) of a 64-byte aligned struct, so
+    // each is 32-byte aligned and holds eight f32.
     unsafe { _mm256_load_ps(v.as_ptr()) }
 }
 
@@ -271,9 +280,172 @@ dot_q8_1x8!(
     "avx2,fma,f16c,avxvnni",
     |qx, qy| _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(_mm256_setzero_si256(), qx, qy))
 );
-dot_q8_1x8!(
-    /// [`dot_q8_1x8_vnni`] with AVX512-VNNI's `vpdpbusd` on 256-bit vectors.
-    dot_q8_1x8_vnni512,
-    "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl",
-    |qx, qy| _mm256_cvtepi32_ps(_mm256_dpbusd_epi32(_mm256_setzero_si256(), qx, qy))
+
+/// Index vectors for `vpermps`: lanes 0..8 take element `2j`, lanes 8..16
+/// element `2j + 1` (a row pair's scales from a vector of eight).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+fn pair_index() -> [__m512i; 4] {
+    [0, 1, 2, 3].map(|j| {
+        let (a, b) = (2 * j, 2 * j + 1);
+        _mm512_set_epi32(b, b, b, b, b, b, b, b, a, a, a, a, a, a, a, a)
+    })
+}
+
+/// Rows `2j` and `2j + 1` of a panel block: 64 bytes at `p`.
+///
+/// # Safety
+/// `p` must point at 64 readable bytes.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+unsafe fn load_pair(p: *const u8) -> __m512i {
+    // SAFETY: the caller's promise; loadu has no alignment needs.
+    unsafe { _mm512_loadu_si512(p.cast()) }
+}
+
+/// The two halves of a 512-bit accumulator, each summed as ggml's
+/// `hsum_float_8` sums a 256-bit one.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+fn hsum_halves(acc: __m512) -> [f32; 2] {
+    let lo = _mm512_castps512_ps256(acc);
+    let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc)));
+    [hsum_float_8(lo), hsum_float_8(hi)]
+}
+
+/// One Q4_1/Q5_1 weight row times [`Q8_1x8`] panels with AVX512-VNNI on
+/// 512-bit vectors (see the module comment): per lane `vpdpbusd` from
+/// zero, the conversion and one FMA with `d_w·d_a[c]`, as
+/// [`dot_q8_1x8_vnni`] does on 256-bit vectors; the same bits.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+pub(super) fn dot_q8_1x8_vnni512<const T: u8>(w: &[u8], p: &[Q8_1x8]) -> [f32; 8] {
+    assert_eq!(w.len(), p.len() * block_bytes_1::<T>());
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let mut summs = _mm256_setzero_ps();
+    let zero = _mm512_setzero_si512();
+    let idx = pair_index();
+    for (blk, p) in w.chunks_exact(block_bytes_1::<T>()).zip(p) {
+        let (qx, dw, mw) = weight_block_1::<T>(blk);
+        summs = _mm256_add_ps(summs, _mm256_mul_ps(mw, load8(&p.s)));
+        let d = _mm512_castps256_ps512(_mm256_mul_ps(dw, load8(&p.d)));
+        let qx2 = _mm512_broadcast_i64x4(qx);
+        for (j, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: `qs[2j]` and `qs[2j + 1]` are 64 adjacent bytes.
+            let qy = unsafe { load_pair(p.qs[2 * j].as_ptr()) };
+            let xy = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(zero, qx2, qy));
+            *acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx[j], d), xy, *acc);
+        }
+    }
+    #[repr(align(32))]
+    struct Lanes([f32; 8]);
+    let mut m = Lanes([0.0; 8]);
+    // SAFETY: `m` is 32-byte aligned and holds eight f32.
+    unsafe { _mm256_store_ps(m.0.as_mut_ptr(), summs) };
+    let mut out = [0.0; 8];
+    for (j, acc) in acc.into_iter().enumerate() {
+        let [lo, hi] = hsum_halves(acc);
+        out[2 * j] = lo + m.0[2 * j];
+        out[2 * j + 1] = hi + m.0[2 * j + 1];
+    }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Q8_0, Q5_0 and Q4_0 weights against Q8_0x8 panels.
+// ---------------------------------------------------------------------------
+
+/// Row `c`'s quants of a [`Q8_0x8`] block, an aligned load.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn panel8_0_qs(p: &Q8_0x8, c: usize) -> __m256i {
+    // SAFETY: `qs[c]` is 32 bytes at offset 32c of a 64-byte aligned
+    // struct, hence 32-byte aligned.
+    unsafe { _mm256_load_si256(p.qs[c].as_ptr().cast()) }
+}
+
+/// `d_w·d_a[c]` in lane `c` of a 256-bit vector (`d_w` first, as ggml
+/// forms the product; f16 to f32 is exact).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn scales8(dw: __m128, p: &Q8_0x8) -> __m256 {
+    _mm256_mul_ps(_mm256_broadcastss_ps(dw), load8(&p.d))
+}
+
+/// One weight row of format `T` times [`Q8_0x8`] panels, with `$prep`
+/// forming from the block's signed quants what `$mul_sum` (the 32-bit sums
+/// of each row's four byte products, as f32) needs: the same operations per
+/// row as the [`Q8_0x4`] kernels (and ggml's), eight rows per weight block.
+macro_rules! dot_q8_0x8 {
+    ($(#[$doc:meta])* $name:ident, $features:literal, $prep:expr, $mul_sum:expr) => {
+        $(#[$doc])*
+        #[target_feature(enable = $features)]
+        pub(super) fn $name<const T: u8>(w: &[u8], p: &[Q8_0x8]) -> [f32; 8] {
+            assert_eq!(w.len(), p.len() * block_bytes::<T>());
+            let mut acc = [_mm256_setzero_ps(); 8];
+            #[repr(align(32))]
+            struct Lanes([f32; 8]);
+            let mut d = Lanes([0.0; 8]);
+            for (blk, p) in w.chunks_exact(block_bytes::<T>()).zip(p) {
+                let (sx, dw) = weight_block::<T>(blk);
+                let prep = $prep(sx);
+                // SAFETY: `d` is 32-byte aligned and holds eight f32.
+                unsafe { _mm256_store_ps(d.0.as_mut_ptr(), scales8(dw, p)) };
+                for (c, acc) in acc.iter_mut().enumerate() {
+                    let q = $mul_sum(prep, sx, panel8_0_qs(p, c));
+                    *acc = _mm256_fmadd_ps(_mm256_set1_ps(d.0[c]), q, *acc);
+                }
+            }
+            acc.map(|a| hsum_float_8(a))
+        }
+    };
+}
+
+dot_q8_0x8!(
+    /// One weight row of format `T` times [`Q8_0x8`] panels packed as they
+    /// are (AVX2: the sign trick, maddubs and madd, as ggml).
+    dot_q8_0x8_avx2,
+    "avx2,fma,f16c",
+    |sx| _mm256_sign_epi8(sx, sx),
+    |ax, sx, qy| mul_sum_us8_pairs_float(ax, _mm256_sign_epi8(qy, sx))
 );
+dot_q8_0x8!(
+    /// One weight row of format `T` times [`Q8_0x8`] panels packed biased
+    /// by 128 (AVX-VNNI; see [`dot_panel_vnni`] for the bias's correction).
+    dot_q8_0x8_vnni,
+    "avx2,fma,f16c,avxvnni",
+    |sx| {
+        let zero = _mm256_setzero_si256();
+        _mm256_sub_epi32(zero, _mm256_dpbusd_avx_epi32(zero, _mm256_set1_epi8(-128), sx))
+    },
+    |start, sx, qy| _mm256_cvtepi32_ps(_mm256_dpbusd_avx_epi32(start, qy, sx))
+);
+
+/// One weight row of format `T` times [`Q8_0x8`] panels packed biased by
+/// 128, with AVX512-VNNI on 512-bit vectors (see the module comment): per
+/// lane what [`dot_q8_0x8_vnni`] does, the same bits.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+pub(super) fn dot_q8_0x8_vnni512<const T: u8>(w: &[u8], p: &[Q8_0x8]) -> [f32; 8] {
+    assert_eq!(w.len(), p.len() * block_bytes::<T>());
+    let mut acc = [_mm512_setzero_ps(); 4];
+    let zero = _mm256_setzero_si256();
+    let bias = _mm256_set1_epi8(-128);
+    let idx = pair_index();
+    for (blk, p) in w.chunks_exact(block_bytes::<T>()).zip(p) {
+        let (sx, dw) = weight_block::<T>(blk);
+        let start = _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, sx));
+        let start2 = _mm512_broadcast_i64x4(start);
+        let sx2 = _mm512_broadcast_i64x4(sx);
+        let d = _mm512_castps256_ps512(scales8(dw, p));
+        for (j, acc) in acc.iter_mut().enumerate() {
+            // SAFETY: `qs[2j]` and `qs[2j + 1]` are 64 adjacent bytes.
+            let qy = unsafe { load_pair(p.qs[2 * j].as_ptr()) };
+            let q = _mm512_cvtepi32_ps(_mm512_dpbusd_epi32(start2, qy, sx2));
+            *acc = _mm512_fmadd_ps(_mm512_permutexvar_ps(idx[j], d), q, *acc);
+        }
+    }
+    let mut out = [0.0; 8];
+    for (j, acc) in acc.into_iter().enumerate() {
+        [out[2 * j], out[2 * j + 1]] = hsum_halves(acc);
+    }
+    out
+}
