@@ -80,7 +80,19 @@ pub struct ServerOptions {
     pub shutdown_grace: std::time::Duration,
     /// Whether Ctrl-C and SIGTERM shut the server down ([`Server::wait`]).
     pub handle_signals: bool,
+    /// Sequences kept beyond the `parallel` slots for the caches of
+    /// finished requests. A request takes whichever free sequence shares the
+    /// longest prefix with its prompt (the least recently used on a tie), so
+    /// with more sequences than slots more prompts are found cached and
+    /// skip their forward pass (llama-server keeps such a prompt cache in
+    /// host memory). `None`: as many as `parallel`, fewer where their KV
+    /// caches would take more than [`DEFAULT_CACHE_BYTES`].
+    pub cache_seqs: Option<usize>,
 }
+
+/// The memory the default [`ServerOptions::cache_seqs`] may give the extra
+/// sequences' KV caches: 1 GiB.
+pub const DEFAULT_CACHE_BYTES: u64 = 1 << 30;
 
 impl Default for ServerOptions {
     fn default() -> Self {
@@ -95,6 +107,7 @@ impl Default for ServerOptions {
             model_name: "model".into(),
             shutdown_grace: std::time::Duration::from_secs(30),
             handle_signals: false,
+            cache_seqs: None,
         }
     }
 }

@@ -209,12 +209,24 @@ where
         Err(e) => return fail(&shared, format!("the model failed to load: {e}")),
     };
     let opts = &shared.opts;
-    let mut session = match model.session(&SessionOptions {
-        n_ctx: opts.n_ctx,
-        n_batch: opts.n_batch,
-        n_seq: opts.parallel,
-        ..SessionOptions::default()
-    }) {
+    let session_with = |n_seq: usize| {
+        model.session(&SessionOptions {
+            n_ctx: opts.n_ctx,
+            n_batch: opts.n_batch,
+            n_seq,
+            ..SessionOptions::default()
+        })
+    };
+    let extra = cache_seqs(opts, model.config());
+    // The extra sequences are a cache: without room for them, run without.
+    let session = match session_with(opts.parallel + extra) {
+        Err(e) if extra > 0 => {
+            tracing::warn!("no room for {extra} cache sequences ({e}): running without");
+            session_with(opts.parallel)
+        }
+        other => other,
+    };
+    let mut session = match session {
         Ok(s) => s,
         Err(e) => return fail(&shared, format!("cannot make a session: {e}")),
     };
@@ -239,6 +251,7 @@ where
     tracing::info!(
         seconds = format!("{:.2}", start.elapsed().as_secs_f64()),
         slots = opts.parallel,
+        cache_seqs = session.n_seq() - opts.parallel,
         n_ctx = info.n_ctx,
         "model loaded"
     );
@@ -246,7 +259,7 @@ where
     shared.metrics.model_loaded.store(1, Relaxed);
     Scheduler {
         shared: &shared,
-        slots: (0..opts.parallel)
+        slots: (0..session.n_seq())
             .map(|seq| Slot {
                 seq,
                 cached: Vec::new(),
@@ -261,8 +274,29 @@ where
     Ok(())
 }
 
+/// How many cache sequences to keep beyond the slots
+/// ([`ServerOptions::cache_seqs`]): as asked, or by default as many as the
+/// slots, fewer where their KV caches (f16 keys and values of every layer
+/// over the context, an upper bound) would take more than
+/// [`crate::DEFAULT_CACHE_BYTES`].
+fn cache_seqs(opts: &ServerOptions, c: &llama_model::Config) -> usize {
+    if let Some(n) = opts.cache_seqs {
+        return n;
+    }
+    let n_ctx = if opts.n_ctx == 0 {
+        c.n_ctx_train.clamp(1, 4096)
+    } else {
+        opts.n_ctx
+    };
+    let per_seq = (n_ctx * c.n_layer * c.n_head_kv * c.head_dim * 2 * 2).max(1) as u64;
+    let fit = crate::DEFAULT_CACHE_BYTES / per_seq;
+    opts.parallel.min(fit as usize)
+}
+
 struct Scheduler<'s> {
     shared: &'s Shared,
+    /// One per session sequence: the first `parallel` free ones take
+    /// requests; every one keeps its cache after its request ends.
     slots: Vec<Slot>,
     step: u64,
 }
@@ -324,21 +358,34 @@ impl Scheduler<'_> {
         }
     }
 
-    /// Moves queued jobs into free slots: each to the free slot whose cache
-    /// shares the longest prefix with its prompt (the least recently used on
-    /// a tie), whose cache is cut back to that prefix.
+    /// Moves queued jobs into free slots while fewer than `parallel` run:
+    /// each to the free sequence whose cache shares the longest prefix with
+    /// its prompt (the least recently used on a tie) — among those that
+    /// lose nothing by it if there are any — whose cache is cut back to
+    /// that prefix.
     fn admit<B: Backend>(&mut self, session: &mut Session<'_, B>) {
         let shared = self.shared;
-        while self.slots.iter().any(|s| s.task.is_none()) {
+        while self.slots.iter().filter(|s| s.task.is_some()).count() < shared.opts.parallel {
             let Some(job) = shared.pop() else { return };
             if job.events.is_closed() {
                 shared.metrics.requests_cancelled.fetch_add(1, Relaxed);
                 continue;
             }
+            // A sequence loses nothing worth keeping when its whole cache is
+            // a prefix of the prompt (an empty one, a conversation going
+            // on) or when it holds the whole prompt: such a one is taken
+            // first, so that caches of other prompts are only overwritten
+            // when no sequence is left without loss.
+            let n = job.prompt.len();
+            let lossless = |s: &Slot| {
+                let lcp = common_prefix(&s.cached, &job.prompt);
+                lcp == s.cached.len() || lcp + 1 >= n
+            };
+            let any_lossless = self.slots.iter().any(|s| s.task.is_none() && lossless(s));
             let slot = self
                 .slots
                 .iter_mut()
-                .filter(|s| s.task.is_none())
+                .filter(|s| s.task.is_none() && (!any_lossless || lossless(s)))
                 .max_by_key(|s| {
                     (
                         common_prefix(&s.cached, &job.prompt),
@@ -349,7 +396,6 @@ impl Scheduler<'_> {
             // A prompt run before in this slot restarts from its saved
             // logits; any other runs at least its last token, for its logits.
             let lcp = common_prefix(&slot.cached, &job.prompt);
-            let n = job.prompt.len();
             let saved = slot
                 .prompt_logits
                 .as_ref()

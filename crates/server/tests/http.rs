@@ -431,6 +431,44 @@ fn a_longer_conversation_reuses_the_cached_prefix() {
     server.shutdown().unwrap();
 }
 
+/// With sequences beyond the slots, the caches of finished requests stay:
+/// prompts that alternate are each found whole (and sample from their saved
+/// logits: the same text again), and an idle sequence is used before
+/// another prompt's cache is overwritten.
+#[test]
+fn cache_sequences_keep_other_prompts() {
+    let server = common::start(strata_server::ServerOptions {
+        parallel: 1,
+        cache_seqs: Some(2),
+        ..common::options()
+    });
+    let addr = server.addr();
+    let body = |content: &str| {
+        json!({"messages": [{"role": "user", "content": content}],
+            "max_tokens": 4, "temperature": 0.9, "seed": 5})
+        .to_string()
+    };
+    let prompts = ["Name a color.", "Name a fruit.", "Name a city."];
+    let first: Vec<Value> = prompts
+        .iter()
+        .map(|p| post(addr, "/v1/chat/completions", &body(p)).json())
+        .collect();
+    for (p, first) in prompts.iter().zip(&first) {
+        let again = post(addr, "/v1/chat/completions", &body(p)).json();
+        assert_eq!(
+            again["usage"]["prompt_tokens_details"]["cached_tokens"],
+            again["usage"]["prompt_tokens"],
+            "{p}: {again}"
+        );
+        assert_eq!(
+            again["choices"][0]["message"]["content"],
+            first["choices"][0]["message"]["content"]
+        );
+    }
+    assert_eq!(metric(addr, "strata_slots_total"), 1);
+    server.shutdown().unwrap();
+}
+
 #[test]
 fn a_client_gone_mid_stream_frees_its_slot() {
     let server = common::start(strata_server::ServerOptions {
