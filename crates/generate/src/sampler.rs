@@ -187,15 +187,31 @@ impl Sampler {
         allowed: Option<impl Fn(u32) -> bool>,
     ) -> Option<u32> {
         let c = &self.config;
+        // Most likely first (ties by id, so the order is deterministic).
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        let recent = &history[history.len().saturating_sub(c.penalty_last_n)..];
+        let penalise = c.penalty_last_n > 0
+            && (c.repeat_penalty != 1.0 || c.frequency_penalty != 0.0 || c.presence_penalty != 0.0)
+            && !recent.is_empty();
+        // Logits that nothing changes before a small top-k go straight to
+        // it: the same candidates, without a copy of the vocabulary.
+        let direct = !penalise
+            && c.logit_bias.is_empty()
+            && allowed.is_none()
+            && c.temperature != 0.0
+            && c.top_k > 0
+            && c.top_k <= SMALL_TOP_K
+            && c.top_k < logits.len();
+        if direct {
+            keep_best_logits(logits, c.top_k, order, &mut self.candidates);
+            return Some(self.draw_from_top_k(order));
+        }
         self.candidates.clear();
         self.candidates
             .extend(logits.iter().enumerate().map(|(i, &l)| (i as u32, l)));
 
         // 1. Penalties over the last N tokens.
-        let recent = &history[history.len().saturating_sub(c.penalty_last_n)..];
-        let penalise = c.penalty_last_n > 0
-            && (c.repeat_penalty != 1.0 || c.frequency_penalty != 0.0 || c.presence_penalty != 0.0);
-        if penalise && !recent.is_empty() {
+        if penalise {
             self.counts.clear();
             for &t in recent {
                 match self.counts.iter_mut().find(|(id, _)| *id == t) {
@@ -231,8 +247,6 @@ impl Sampler {
         if c.temperature == 0.0 {
             return Some(argmax(&self.candidates));
         }
-        // Most likely first (ties by id, so the order is deterministic).
-        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
         // 3. top-k: select the k best in linear time, so that only they are
         // sorted (a whole vocabulary costs a millisecond per token to sort).
         if c.top_k > 0 && c.top_k < self.candidates.len() {
@@ -243,6 +257,16 @@ impl Sampler {
                 self.candidates.truncate(c.top_k);
             }
         }
+        Some(self.draw_from_top_k(order))
+    }
+
+    /// Steps 4 to 7 of the chain (top-p, min-p, temperature, the draw) on
+    /// the candidates left by top-k, which are first sorted by `order`.
+    fn draw_from_top_k(
+        &mut self,
+        order: impl Fn(&(u32, f32), &(u32, f32)) -> std::cmp::Ordering,
+    ) -> u32 {
+        let c = &self.config;
         self.candidates.sort_unstable_by(order);
         // 4. top-p on the softmax of what is left.
         if c.top_p < 1.0 {
@@ -279,10 +303,10 @@ impl Sampler {
         for (i, p) in probs.iter().enumerate() {
             cum += p;
             if r < cum {
-                return Some(self.candidates[i].0);
+                return self.candidates[i].0;
             }
         }
-        Some(self.candidates[probs.len() - 1].0)
+        self.candidates[probs.len() - 1].0
     }
 }
 
@@ -318,6 +342,41 @@ fn keep_best(
     }
     c.clear();
     c.extend_from_slice(&best);
+}
+
+/// [`keep_best`] of the candidates `(i, logits[i])`, into `out` (cleared
+/// first), without making them all: a run of 16 logits all below the last
+/// kept one (a vector compare; NaN is not below it) is passed over at once,
+/// as each of them would be one at a time — the same candidates in the
+/// same order.
+fn keep_best_logits(
+    logits: &[f32],
+    k: usize,
+    order: impl Fn(&(u32, f32), &(u32, f32)) -> std::cmp::Ordering,
+    out: &mut Vec<(u32, f32)>,
+) {
+    use std::cmp::Ordering::Less;
+    const RUN: usize = 16;
+    out.clear();
+    out.reserve(k + 1);
+    let mut worst = f32::NEG_INFINITY;
+    for (r, run) in logits.chunks(RUN).enumerate() {
+        if out.len() == k && run.iter().fold(true, |below, &l| below & (l < worst)) {
+            continue;
+        }
+        for (j, &l) in run.iter().enumerate() {
+            let x = ((r * RUN + j) as u32, l);
+            if out.len() == k && (x.1 < worst || order(&x, &out[k - 1]) != Less) {
+                continue;
+            }
+            let at = out.partition_point(|b| order(b, &x) == Less);
+            out.insert(at, x);
+            out.truncate(k);
+            if out.len() == k {
+                worst = out[k - 1].1;
+            }
+        }
+    }
 }
 
 fn argmax(c: &[(u32, f32)]) -> u32 {
@@ -394,6 +453,24 @@ mod tests {
                 let mut got = c.clone();
                 keep_best(&mut got, k, order);
                 assert_eq!(got, want, "n {n} k {k}");
+                // Straight from the logits (runs of 16 passed over at once),
+                // with NaN, infinities and ties at run edges among them.
+                let mut l: Vec<f32> = c.iter().map(|x| x.1).collect();
+                for (i, v) in [(3, f32::NAN), (17, f32::INFINITY), (31, f32::NEG_INFINITY)] {
+                    if i < n {
+                        l[i] = v;
+                    }
+                }
+                let mut want: Vec<(u32, f32)> =
+                    l.iter().enumerate().map(|(i, &v)| (i as u32, v)).collect();
+                want.select_nth_unstable_by(k - 1, order);
+                want.truncate(k);
+                want.sort_unstable_by(order);
+                let mut got = Vec::new();
+                keep_best_logits(&l, k, order, &mut got);
+                let bits =
+                    |v: &[(u32, f32)]| v.iter().map(|x| (x.0, x.1.to_bits())).collect::<Vec<_>>();
+                assert_eq!(bits(&got), bits(&want), "logits: n {n} k {k}");
             }
         }
     }
