@@ -51,10 +51,13 @@ pub enum Shader {
     /// `attn_fast.wgsl`: the fast mode's single-token attention (f32,
     /// online softmax).
     AttentionFast,
+    /// `fast_wide.wgsl`: the fast mode's single-token product through
+    /// 16-byte loads (Q4_K, Q5_K, F16), prologues as [`Shader::QuantFast`].
+    QuantWide,
 }
 
 /// Every shader, for the naga validation test.
-pub const ALL_SHADERS: [Shader; 17] = [
+pub const ALL_SHADERS: [Shader; 18] = [
     Shader::Quant,
     Shader::Norm,
     Shader::Rope,
@@ -72,6 +75,7 @@ pub const ALL_SHADERS: [Shader; 17] = [
     Shader::Scale,
     Shader::QuantFast,
     Shader::AttentionFast,
+    Shader::QuantWide,
 ];
 
 /// The type of one binding slot.
@@ -121,9 +125,11 @@ impl Shader {
     /// bind what it binds).
     pub(crate) fn layout_base(self) -> Shader {
         match self {
-            Shader::QuantSg | Shader::QuantTg | Shader::QuantTgQ8 | Shader::QuantFast => {
-                Shader::Quant
-            }
+            Shader::QuantSg
+            | Shader::QuantTg
+            | Shader::QuantTgQ8
+            | Shader::QuantFast
+            | Shader::QuantWide => Shader::Quant,
             Shader::AttentionSg => Shader::Attention,
             Shader::NormSg => Shader::Norm,
             Shader::ElementwiseSg => Shader::Elementwise,
@@ -146,6 +152,7 @@ impl Shader {
             Shader::Quant => with_fma!("quant_io.wgsl", "quant.wgsl", "x_plain.wgsl"),
             Shader::QuantFast => with_fma!("quant_io.wgsl", "quant.wgsl", "fast.wgsl"),
             Shader::AttentionFast => with_fma!("rope_common.wgsl", "attn_fast.wgsl"),
+            Shader::QuantWide => with_fma!("quant_io.wgsl", "fast_wide.wgsl"),
             Shader::Norm => with_fma!("act_wg.wgsl", "act_common.wgsl", "norm.wgsl"),
             Shader::NormSg => with_fma!("act_sg.wgsl", "act_common.wgsl", "norm.wgsl"),
             Shader::Rope => with_fma!("rope_common.wgsl", "rope.wgsl"),
@@ -197,6 +204,7 @@ impl Shader {
             Shader::Scale => "scale.wgsl",
             Shader::QuantFast => "quant.wgsl+fast.wgsl",
             Shader::AttentionFast => "attn_fast.wgsl",
+            Shader::QuantWide => "fast_wide.wgsl",
         }
     }
 
@@ -209,7 +217,8 @@ impl Shader {
             | Shader::QuantSg
             | Shader::QuantTg
             | Shader::QuantTgQ8
-            | Shader::QuantFast => &[Read, Read, ReadWrite, Uniform, Uniform, Read],
+            | Shader::QuantFast
+            | Shader::QuantWide => &[Read, Read, ReadWrite, Uniform, Uniform, Read],
             // as Quant, then the cos/sin table, queries, key cache, value
             // cache, rope params
             Shader::QuantTgRope => &[
@@ -261,6 +270,12 @@ pub const GPU_TYPES: [GgmlType; 15] = [
     GgmlType::IQ4_NL,
     GgmlType::IQ4_XS,
 ];
+
+/// Whether the fast mode's single-token product of a `ty` matrix with rows
+/// of `row_bytes` takes `fast_wide.wgsl` (whole 16-byte vectors a row).
+pub fn wide_fits(ty: GgmlType, row_bytes: u32) -> bool {
+    matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::F16) && row_bytes.is_multiple_of(16)
+}
 
 /// Whether `ty` has GPU kernels.
 pub fn is_gpu_type(ty: GgmlType) -> bool {
@@ -378,6 +393,9 @@ pub(crate) enum Kernel {
     /// The fast mode's single-token product of a `ty` matrix (`fast.wgsl`'s
     /// `fmv`) with prologue 0 (x), 1 (RMSNorm) or 2 (SwiGLU).
     Fmv(GgmlType, u32),
+    /// The same through 16-byte loads (`fast_wide.wgsl`'s `fmv_wide`:
+    /// Q4_K, Q5_K, F16; [`wide_fits`]).
+    FmvWide(GgmlType, u32),
     /// The fast mode's single-token attention (`attn_fast.wgsl`).
     AttentionFast,
     /// The same with the token's query, key and value from a stacked
@@ -405,6 +423,7 @@ impl Kernel {
             Kernel::TgRope => Shader::QuantTgRope,
             Kernel::Geglu | Kernel::Scale | Kernel::Softcap | Kernel::ScaleRows => Shader::Scale,
             Kernel::Fmv(..) => Shader::QuantFast,
+            Kernel::FmvWide(..) => Shader::QuantWide,
             Kernel::AttentionFast | Kernel::AttentionFastRope | Kernel::AttentionCombine => {
                 Shader::AttentionFast
             }
@@ -436,6 +455,7 @@ impl Kernel {
             Kernel::Softcap => "softcap",
             Kernel::ScaleRows => "scale_rows",
             Kernel::Fmv(..) => "fmv",
+            Kernel::FmvWide(..) => "fmv_wide",
             Kernel::AttentionFast => "attn_decode",
             Kernel::AttentionFastRope => "attn_rope_decode",
             Kernel::AttentionCombine => "attn_combine",
@@ -468,6 +488,10 @@ impl Kernel {
                     ("MV_LANES", f64::from(crate::ops::MATVEC_LANES)),
                 ]
             }
+            Kernel::FmvWide(t, prologue) => vec![
+                ("FORMAT", f64::from(t.id())),
+                ("PROLOGUE", f64::from(prologue)),
+            ],
             Kernel::Fmv(t, prologue) => vec![
                 ("FORMAT", f64::from(t.id())),
                 ("MV_LANES", f64::from(crate::ops::MATVEC_LANES)),

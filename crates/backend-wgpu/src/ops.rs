@@ -611,7 +611,11 @@ impl OpBuilder<'_> {
                 up_base,
             } => (2, gate, gate_base, up, up_base, 0.0),
         };
-        let kernel = Kernel::Fmv(w.ty, kind);
+        let kernel = if crate::kernels::wide_fits(w.ty, w.row_bytes) {
+            Kernel::FmvWide(w.ty, kind)
+        } else {
+            Kernel::Fmv(w.ty, kind)
+        };
         w.parts
             .iter()
             .map(|part| {

@@ -176,14 +176,19 @@ struct Plan {
     tail_start: usize,
 }
 
-/// Whether the fast step multiplies `w` with fast.wgsl's `fmv` on float
-/// activations. The K-quants (Q4_K, Q5_K, Q6_K) keep the exact path, whose
-/// single-token kernels with 16-byte loads (quant_tg.wgsl) outrun `fmv`'s:
-/// on an H200, TinyLlama Q4_K_M decoded at 527 t/s with `fmv` against 608
-/// exact (`fmv`'s gate/up product 27.8 µs a dispatch), while Q8_0 went from
-/// 430 to 552 t/s and F16 stayed at 560.
+/// Whether the fast step multiplies `w` on float activations (fast.wgsl's
+/// `fmv`, or fast_wide.wgsl's `fmv_wide` for rows of whole 16-byte vectors).
+/// Q6_K keeps the exact path, whose single-token kernel with 16-byte loads
+/// (quant_tg.wgsl) outran `fmv`'s word-wise decoding: on an H200, TinyLlama
+/// Q4_K_M decoded at 527 t/s with `fmv` for every K-quant against 608 exact
+/// (`fmv`'s gate/up product 27.8 µs a dispatch), while Q8_0 went from 430 to
+/// 552 t/s and F16 stayed at 560. Q4_K and Q5_K take `fmv_wide`.
 fn fast_product(w: &GpuMatrix) -> bool {
-    !matches!(w.ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K)
+    match w.ty {
+        GgmlType::Q4_K | GgmlType::Q5_K => crate::kernels::wide_fits(w.ty, w.row_bytes),
+        GgmlType::Q6_K => false,
+        _ => true,
+    }
 }
 
 /// The rounding a product with `w` needs of its input (`None`: none).

@@ -1176,17 +1176,24 @@ fn fast_attention_agrees_with_cpu() {
     }
 }
 
-/// The fast mode's single-token product (`fmv`) of every GPU format, with
-/// each prologue (x; RMSNorm(x)·w; silu(gate)·up made inside the product),
-/// against f64 dot products of ggml's dequantized weights with the f64
-/// activations: within 2e-6 of Σ|w·x|.
+/// The fast mode's single-token product (`fmv`, and `fmv_wide` for Q4_K,
+/// Q5_K and F16) of every GPU format, with each prologue (x; RMSNorm(x)·w;
+/// silu(gate)·up made inside the product), against f64 dot products of
+/// ggml's dequantized weights with the f64 activations: within 2e-6 of
+/// Σ|w·x|. The wide kernel's formats also with rows past one pass of its
+/// lanes (22 super-blocks, as TinyLlama's ffn_down).
 #[test]
 fn fast_products_all_formats() {
     use backend_wgpu::oneshot::FastInput;
     let ctx = ctx();
-    for (i, &ty) in GPU_TYPES.iter().enumerate() {
+    let wide = [GgmlType::Q4_K, GgmlType::Q5_K, GgmlType::F16];
+    let cases = GPU_TYPES
+        .iter()
+        .map(|&t| (t, false))
+        .chain(wide.map(|t| (t, true)));
+    for (i, (ty, long)) in cases.enumerate() {
         let mut rng = StdRng::seed_from_u64(900 + i as u64);
-        let k = row_len(&mut rng, ty);
+        let k = if long { 5632 } else { row_len(&mut rng, ty) };
         let m = rng.gen_range(1..=150);
         let (bytes, w) = random_weights(&mut rng, ty, k, m);
         let mut vec =
