@@ -52,7 +52,8 @@ pub enum Shader {
     /// online softmax).
     AttentionFast,
     /// `fast_wide.wgsl`: the fast mode's single-token product through
-    /// 16-byte loads (Q4_K, Q5_K, F16), prologues as [`Shader::QuantFast`].
+    /// 16-byte loads (Q4_K, Q5_K, F16, Q8_0), prologues as
+    /// [`Shader::QuantFast`].
     QuantWide,
 }
 
@@ -272,9 +273,14 @@ pub const GPU_TYPES: [GgmlType; 15] = [
 ];
 
 /// Whether the fast mode's single-token product of a `ty` matrix with rows
-/// of `row_bytes` takes `fast_wide.wgsl` (whole 16-byte vectors a row).
+/// of `row_bytes` takes `fast_wide.wgsl` (whole 16-byte vectors a row; Q8_0
+/// in whole groups of eight 34-byte blocks).
 pub fn wide_fits(ty: GgmlType, row_bytes: u32) -> bool {
-    matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::F16) && row_bytes.is_multiple_of(16)
+    match ty {
+        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::F16 => row_bytes.is_multiple_of(16),
+        GgmlType::Q8_0 => row_bytes.is_multiple_of(8 * 34),
+        _ => false,
+    }
 }
 
 /// Whether `ty` has GPU kernels.
@@ -394,7 +400,7 @@ pub(crate) enum Kernel {
     /// `fmv`) with prologue 0 (x), 1 (RMSNorm) or 2 (SwiGLU).
     Fmv(GgmlType, u32),
     /// The same through 16-byte loads (`fast_wide.wgsl`'s `fmv_wide`:
-    /// Q4_K, Q5_K, F16; [`wide_fits`]).
+    /// Q4_K, Q5_K, F16, Q8_0; [`wide_fits`]).
     FmvWide(GgmlType, u32),
     /// The fast mode's single-token attention (`attn_fast.wgsl`).
     AttentionFast,

@@ -1,8 +1,11 @@
 // fast_wide.wgsl: the fast mode's single-token product (`fmv_wide`) for
-// weights whose rows are whole 16-byte vectors (Q4_K, Q5_K, F16), read as
-// such: the weights as `vec4<u32>` (each invocation decodes 32 Q4_K/Q5_K
-// weights or 8 F16 weights from one load), the activations as `vec4<f32>`,
-// and the super-block's scales decoded once for those 32 weights. fast.wgsl's
+// weights whose rows are whole 16-byte vectors (Q4_K, Q5_K, F16, Q8_0 in
+// rows of whole groups of eight blocks), read as such: the weights as
+// `vec4<u32>` (each invocation decodes 32 Q4_K/Q5_K weights or 8 F16 weights
+// from one load; Q8_0's 34-byte blocks are staged through workgroup memory
+// 64 blocks a row at a time, then each invocation takes one), the
+// activations as `vec4<f32>`, and the super-block's scales decoded once for
+// those 32 weights. fast.wgsl's
 // `fmv` reads a word at a time and decodes the scales again for every four
 // weights. The same prologues as `fmv` (PROLOGUE 0: x; 1: RMSNorm(x)·weight,
 // the sum of squares gathered on the way and applied to the row's sum; 2:
@@ -24,6 +27,9 @@ const WIDE_LANES: u32 = 64u;
 
 var<private> sq: f32;
 var<workgroup> red: array<f32, 256>;
+// Q8_0: per row of the workgroup, 64 blocks (2176 bytes, 136 vectors).
+const Q8_VECS: u32 = 136u;
+var<workgroup> q8s: array<vec4<u32>, 544>;
 var<workgroup> red_sq: array<f32, 256>;
 
 // Activations i .. i + 3 of the row's input, as the prologue makes them.
@@ -104,6 +110,34 @@ fn kquant_part(rv: u32, sb: u32, part: u32) -> f32 {
     return dm.x * (s0.x * dot0 + s1.x * dot1) - dm.y * (s0.y * sum0 + s1.y * sum1);
 }
 
+// Word i of a row slot of q8s.
+fn q8w(slot: u32, i: u32) -> u32 {
+    return q8s[slot + (i >> 2u)][i & 3u];
+}
+
+// Q8_0 block `blk` of the slot (first block `b0` of the row) · its
+// activations: d from its first two bytes, then eight words of quants (on a
+// word boundary for odd blocks, straddling two words for even ones).
+fn q8_block(slot: u32, blk: u32, b0: u32) -> f32 {
+    let bo = blk * 34u;
+    let wi = bo >> 2u;
+    let odd = (bo & 3u) == 2u;
+    let w0 = q8w(slot, wi);
+    let d = unpack2x16float(select(w0, w0 >> 16u, odd)).x;
+    let xb = (b0 + blk) * 8u;
+    var a = 0.0;
+    for (var k = 0u; k < 8u; k++) {
+        var word: u32;
+        if (odd) {
+            word = q8w(slot, wi + 1u + k);
+        } else {
+            word = (q8w(slot, wi + k) >> 16u) | (q8w(slot, wi + k + 1u) << 16u);
+        }
+        a += dot(vec4<f32>(unpack4xI8(word)), xin(xb + k));
+    }
+    return d * a;
+}
+
 // F16: eight weights from vector `u` of the row.
 fn f16_part(rv: u32, u: u32) -> f32 {
     let q = wv[rv + u];
@@ -122,7 +156,26 @@ fn fmv_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let rv = row * (p.row_bytes >> 4u);
     var acc = vec2<f32>(0.0);
     sq = 0.0;
-    if (live) {
+    if (FORMAT == 8u) {
+        // Every invocation takes the loop (its barriers), live or not.
+        let nb = p.k >> 5u;
+        let slot = (lid / WIDE_LANES) * Q8_VECS;
+        for (var c0 = 0u; c0 < nb; c0 += 64u) {
+            let nblk = min(64u, nb - c0);
+            let nv = (nblk * 34u) >> 4u;
+            let v0 = rv + ((c0 * 34u) >> 4u);
+            for (var t = lane; t < nv; t += WIDE_LANES) {
+                if (live) {
+                    q8s[slot + t] = wv[v0 + t];
+                }
+            }
+            workgroupBarrier();
+            if (live && lane < nblk) {
+                acc.x += q8_block(slot, lane, c0);
+            }
+            workgroupBarrier();
+        }
+    } else if (live) {
         if (FORMAT == 1u) {
             let units = p.k >> 3u;
             var u = lane;
