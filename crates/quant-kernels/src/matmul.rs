@@ -194,6 +194,16 @@ fn prefetch_ahead(data: &[u8], start: usize, len: usize, end: usize) {
     }
 }
 
+/// Stores a panel product's outputs into a task's tile (batch row-major,
+/// `nrows` values a row): `r[k]` at `at + k·nrows`, as many as the tile
+/// has rows left (a panel padded with zero rows has more outputs).
+#[inline(always)]
+fn scatter(r: &[f32], out: &mut [f32], at: usize, nrows: usize) {
+    for (o, &v) in out[at..].iter_mut().step_by(nrows).zip(r) {
+        *o = v;
+    }
+}
+
 /// Batch rows handled against one weight row while it is hot in L1.
 const BATCH_TILE: usize = 16;
 
@@ -311,18 +321,14 @@ fn matmul_q8_0_panels(
                 }
                 for g in g0..g1 {
                     let r = dot8(wr, &panels8_ref[g * nb..(g + 1) * nb]);
-                    for (k, v) in r.into_iter().enumerate().take(n - 8 * g) {
-                        out[(8 * g + k) * nrows + i] = v;
-                    }
+                    scatter(&r, out, 8 * g * nrows + i, nrows);
                 }
             }
         }
         if four {
             for i in 0..nrows {
                 let r = dot4(w.row(r0 + i), panels4_ref);
-                for (k, v) in r.into_iter().enumerate().take(n - b4) {
-                    out[(b4 + k) * nrows + i] = v;
-                }
+                scatter(&r, out, b4 * nrows + i, nrows);
             }
         }
         for b in singles..n {
@@ -385,9 +391,7 @@ fn matmul_q8_1_panels(
                 }
                 for g in g0..g1 {
                     let r = dot(wr, &panels_ref[g * nb..(g + 1) * nb]);
-                    for (k, v) in r.into_iter().enumerate().take(n - 8 * g) {
-                        out[(8 * g + k) * nrows + i] = v;
-                    }
+                    scatter(&r, out, 8 * g * nrows + i, nrows);
                 }
             }
         }
