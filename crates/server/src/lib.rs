@@ -86,7 +86,9 @@ pub struct ServerOptions {
     /// with more sequences than slots more prompts are found cached and
     /// skip their forward pass (llama-server keeps such a prompt cache in
     /// host memory). `None`: as many as `parallel`, fewer where their KV
-    /// caches would take more than [`DEFAULT_CACHE_BYTES`].
+    /// caches would take more than [`DEFAULT_CACHE_BYTES`], and none with
+    /// one slot (a session of one sequence is one a backend may compile
+    /// into its own schedule, as the GPU's does).
     pub cache_seqs: Option<usize>,
 }
 

@@ -278,10 +278,13 @@ where
 /// ([`ServerOptions::cache_seqs`]): as asked, or by default as many as the
 /// slots, fewer where their KV caches (f16 keys and values of every layer
 /// over the context, an upper bound) would take more than
-/// [`crate::DEFAULT_CACHE_BYTES`].
+/// [`crate::DEFAULT_CACHE_BYTES`], none with one slot.
 fn cache_seqs(opts: &ServerOptions, c: &llama_model::Config) -> usize {
     if let Some(n) = opts.cache_seqs {
         return n;
+    }
+    if opts.parallel == 1 {
+        return 0;
     }
     let n_ctx = if opts.n_ctx == 0 {
         c.n_ctx_train.clamp(1, 4096)
