@@ -19,6 +19,11 @@ use crate::kernels::{
 /// matrix product.
 pub const MATVEC_MAX_TOKENS: u32 = 4;
 
+/// From this many tokens on, the fast mode's batches multiply with
+/// `mm_fast.wgsl`/`mm_coop.wgsl` ([`Kernel::MmFast`]) over float
+/// activations; smaller ones keep the exact mode's kernels.
+pub const FAST_MM_MIN_TOKENS: u32 = 16;
+
 /// Invocations per row of `quant.wgsl`'s matvec (`MV_LANES`): on an H100,
 /// TinyLlama Q4_K_M generated 215, 273, 330, 349, 340 and 303 tokens/s with
 /// 8, 16, 32, 64, 128 and 256 (Q8_0: 204, 284, 419, 440, 414, 350).
@@ -324,6 +329,11 @@ pub(crate) enum Grid {
     /// `[x, y]` workgroups per row of `k` rows a token (z = tokens · k:
     /// per-head norms).
     PerTokenTimes([u32; 2], u32),
+    /// As `PerToken`, for batches of fewer than the given number of tokens
+    /// only: the fast mode's activation rounding, which only the exact
+    /// kernels of small batches read (larger ones take [`Kernel::MmFast`]
+    /// over the float activations).
+    SmallBatch([u32; 2], u32),
 }
 
 /// One pipeline of an exact product, for batches of `min_tokens` or more
@@ -392,7 +402,19 @@ impl Op {
 
     /// Whether the op dispatches anything for a batch of `n_tokens`.
     pub fn runs(&self, n_tokens: u32) -> bool {
-        !matches!(self.grid, Grid::BatchOnly(_)) || n_tokens > 1
+        match self.grid {
+            Grid::BatchOnly(_) => n_tokens > 1,
+            Grid::SmallBatch(_, limit) => n_tokens < limit,
+            _ => true,
+        }
+    }
+
+    /// Only for batches of fewer than `limit` tokens ([`Grid::SmallBatch`]).
+    pub fn small_batches_only(mut self, limit: u32) -> Op {
+        if let Grid::PerToken(g) = self.grid {
+            self.grid = Grid::SmallBatch(g, limit);
+        }
+        self
     }
 
     /// Records the op for a batch of `n_tokens`.
@@ -403,6 +425,8 @@ impl Op {
             Grid::PerTokenTimes([x, y], k) => (&self.pipeline, [x, y, n_tokens * k]),
             Grid::BatchOnly(_) if n_tokens == 1 => return,
             Grid::BatchOnly([x, y]) => (&self.pipeline, [x, y, n_tokens]),
+            Grid::SmallBatch(_, limit) if n_tokens >= limit => return,
+            Grid::SmallBatch([x, y], _) => (&self.pipeline, [x, y, n_tokens]),
             Grid::Fixed(g) => (&self.pipeline, g),
             // A batch variant (the fast mode's MmFast) where the batch
             // reaches it.
