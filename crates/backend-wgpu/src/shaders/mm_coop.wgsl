@@ -118,10 +118,17 @@ fn mm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     // The subgroup's rows and tokens inside the tile.
     let sr = (sg & 1u) * 32u;
     let st = (sg >> 1u) * 32u;
-    var c00 = coop_mat16x16<f32, C>();
-    var c01 = coop_mat16x16<f32, C>();
-    var c10 = coop_mat16x16<f32, C>();
-    var c11 = coop_mat16x16<f32, C>();
+    // Zero accumulators, loaded from a zeroed tile of cc (rather than a
+    // zero-value constructor, an OpConstantNull of the matrix type in
+    // SPIR-V, which not every driver may take).
+    for (var e = 0u; e < 8u; e++) {
+        cc[lid * 8u + e] = 0.0;
+    }
+    workgroupBarrier();
+    var c00 = coopLoad<coop_mat16x16<f32, C>>(&cc[sg * 256u], 16u);
+    var c01 = c00;
+    var c10 = c00;
+    var c11 = c00;
     let chunks = p.k >> 5u;
     var stage = coop_fetch(row0, tok0, lid, 0u);
     for (var c = 0u; c < chunks; c++) {
