@@ -13,6 +13,11 @@ use crate::kernels::{Kernel, Shader};
 /// substring of its name, e.g. `llvmpipe` or `H100`).
 pub const ADAPTER_ENV: &str = "STRATA_ADAPTER";
 
+/// Environment variable that, when set, leaves cooperative matrices unused
+/// even where the device offers them ([`DeviceCaps::coop_f16_16`]): batches
+/// of the fast mode then take the portable `mm_fast`.
+pub const NO_COOP_ENV: &str = "STRATA_NO_COOP";
+
 /// How to pick and open a GPU.
 #[derive(Clone, Debug, Default)]
 pub struct DeviceOptions {
@@ -43,6 +48,12 @@ pub struct DeviceCaps {
     /// Subgroups are available and always 32 invocations wide: the exact
     /// K-quant products of single tokens use `quant_sg.wgsl`.
     pub subgroup32: bool,
+    /// Cooperative matrices of 16×16×16 f16 × f16 → f32 at subgroup scope
+    /// with 32-wide subgroups and `shader-f16` (wgpu's experimental
+    /// `EXPERIMENTAL_COOPERATIVE_MATRIX`, requested only then): the fast
+    /// mode's batch products take `mm_coop.wgsl`. Off where [`NO_COOP_ENV`]
+    /// is set.
+    pub coop_f16_16: bool,
     /// Timestamp queries are available (used by [`crate::GpuProgram::profile_step`]).
     pub timestamps: bool,
     /// WGSL's `fma` rounds once on this device (probed at open). Where it
@@ -136,7 +147,36 @@ impl GpuContext {
             | wgpu::Features::TIMESTAMP_QUERY
             | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES
             | wgpu::Features::TIMESTAMP_QUERY_INSIDE_ENCODERS;
-        let features = offered & optional;
+        let mut features = offered & optional;
+        // Cooperative matrices: an experimental feature, asked for only
+        // where the adapter offers the configuration mm_coop.wgsl uses, with
+        // the 32-wide subgroups it assumes (four subgroups a workgroup of
+        // 128) and f16.
+        let coop_config = offered
+            .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16)
+            && adapter.cooperative_matrix_properties().iter().any(|c| {
+                (c.m_size, c.n_size, c.k_size) == (16, 16, 16)
+                    && c.ab_type == wgpu::CooperativeScalarType::F16
+                    && c.cr_type == wgpu::CooperativeScalarType::F32
+            });
+        let coop = coop_config
+            && info.subgroup_min_size == 32
+            && info.subgroup_max_size == 32
+            && std::env::var_os(NO_COOP_ENV).is_none();
+        let experimental_features = if coop {
+            features |= wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX;
+            // SAFETY: wgpu asks callers of experimental features to accept
+            // that its implementation of them may have bugs with undefined
+            // behaviour. The only experimental feature requested is
+            // cooperative matrices, used by one kernel (mm_coop.wgsl) whose
+            // loads and stores stay inside workgroup arrays it owns, in
+            // uniform control flow, with the configuration (16×16×16, f16
+            // inputs, f32 accumulators, subgroup scope) the adapter reports;
+            // NO_COOP_ENV turns it off.
+            unsafe { wgpu::ExperimentalFeatures::enabled() }
+        } else {
+            wgpu::ExperimentalFeatures::disabled()
+        };
         // Ask for everything the adapter offers: large storage bindings and
         // buffers matter for the embedding and output matrices.
         let limits = adapter.limits();
@@ -144,6 +184,7 @@ impl GpuContext {
             label: Some("strata"),
             required_features: features,
             required_limits: limits.clone(),
+            experimental_features,
             ..Default::default()
         }))
         .map_err(|source| WgpuError::RequestDevice {
@@ -162,6 +203,7 @@ impl GpuContext {
                 && info.subgroup_min_size == 32
                 && info.subgroup_max_size == 32
                 && std::env::var_os("STRATA_NO_SUBGROUPS").is_none(),
+            coop_f16_16: coop,
             timestamps: features.contains(
                 wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
             ),

@@ -55,10 +55,17 @@ pub enum Shader {
     /// 16-byte loads (Q4_K, Q5_K, F16, Q8_0), prologues as
     /// [`Shader::QuantFast`].
     QuantWide,
+    /// `quant.wgsl` and `mm_fast.wgsl`: the fast mode's product of a batch
+    /// over float activations (`mm_fast`, portable).
+    MmFast,
+    /// `coop_enable.wgsl`, `quant.wgsl` and `mm_coop.wgsl`: the same through
+    /// cooperative matrices (`mm_coop`; only compiled on devices that offer
+    /// them, [`crate::DeviceCaps::coop_f16_16`]).
+    MmCoop,
 }
 
 /// Every shader, for the naga validation test.
-pub const ALL_SHADERS: [Shader; 18] = [
+pub const ALL_SHADERS: [Shader; 20] = [
     Shader::Quant,
     Shader::Norm,
     Shader::Rope,
@@ -77,6 +84,8 @@ pub const ALL_SHADERS: [Shader; 18] = [
     Shader::QuantFast,
     Shader::AttentionFast,
     Shader::QuantWide,
+    Shader::MmFast,
+    Shader::MmCoop,
 ];
 
 /// The type of one binding slot.
@@ -130,7 +139,9 @@ impl Shader {
             | Shader::QuantTg
             | Shader::QuantTgQ8
             | Shader::QuantFast
-            | Shader::QuantWide => Shader::Quant,
+            | Shader::QuantWide
+            | Shader::MmFast
+            | Shader::MmCoop => Shader::Quant,
             Shader::AttentionSg => Shader::Attention,
             Shader::NormSg => Shader::Norm,
             Shader::ElementwiseSg => Shader::Elementwise,
@@ -152,6 +163,21 @@ impl Shader {
         match self {
             Shader::Quant => with_fma!("quant_io.wgsl", "quant.wgsl", "x_plain.wgsl"),
             Shader::QuantFast => with_fma!("quant_io.wgsl", "quant.wgsl", "fast.wgsl"),
+            Shader::MmFast => with_fma!(
+                "quant_io.wgsl",
+                "quant.wgsl",
+                "x_plain.wgsl",
+                "mm_fast.wgsl"
+            ),
+            // Enable directives come first.
+            Shader::MmCoop => concat!(
+                include_str!("shaders/coop_enable.wgsl"),
+                include_str!("shaders/fma.wgsl"),
+                include_str!("shaders/quant_io.wgsl"),
+                include_str!("shaders/quant.wgsl"),
+                include_str!("shaders/x_plain.wgsl"),
+                include_str!("shaders/mm_coop.wgsl")
+            ),
             Shader::AttentionFast => with_fma!("rope_common.wgsl", "attn_fast.wgsl"),
             Shader::QuantWide => with_fma!("quant_io.wgsl", "fast_wide.wgsl"),
             Shader::Norm => with_fma!("act_wg.wgsl", "act_common.wgsl", "norm.wgsl"),
@@ -206,6 +232,8 @@ impl Shader {
             Shader::QuantFast => "quant.wgsl+fast.wgsl",
             Shader::AttentionFast => "attn_fast.wgsl",
             Shader::QuantWide => "fast_wide.wgsl",
+            Shader::MmFast => "quant.wgsl+mm_fast.wgsl",
+            Shader::MmCoop => "quant.wgsl+mm_coop.wgsl",
         }
     }
 
@@ -219,7 +247,9 @@ impl Shader {
             | Shader::QuantTg
             | Shader::QuantTgQ8
             | Shader::QuantFast
-            | Shader::QuantWide => &[Read, Read, ReadWrite, Uniform, Uniform, Read],
+            | Shader::QuantWide
+            | Shader::MmFast
+            | Shader::MmCoop => &[Read, Read, ReadWrite, Uniform, Uniform, Read],
             // as Quant, then the cos/sin table, queries, key cache, value
             // cache, rope params
             Shader::QuantTgRope => &[
@@ -410,7 +440,18 @@ pub(crate) enum Kernel {
     /// The fast attention's second dispatch: each head's output from its
     /// splits (`attn_combine`).
     AttentionCombine,
+    /// The fast mode's product of a batch of float activations with a `ty`
+    /// matrix, [`MM_FAST_TOKENS`] tokens × [`MM_FAST_ROWS`] rows a
+    /// workgroup: `mm_fast.wgsl`'s `mm_fast` (`false`) or, on devices with
+    /// cooperative matrices, `mm_coop.wgsl`'s `mm_coop` (`true`).
+    MmFast(GgmlType, bool),
 }
+
+/// Tokens per workgroup of [`Kernel::MmFast`] (both entry points).
+pub(crate) const MM_FAST_TOKENS: u32 = 64;
+
+/// Rows per workgroup of [`Kernel::MmFast`] (both entry points).
+pub(crate) const MM_FAST_ROWS: u32 = 64;
 
 impl Kernel {
     pub(crate) fn shader(self) -> Shader {
@@ -433,6 +474,8 @@ impl Kernel {
             Kernel::AttentionFast | Kernel::AttentionFastRope | Kernel::AttentionCombine => {
                 Shader::AttentionFast
             }
+            Kernel::MmFast(_, false) => Shader::MmFast,
+            Kernel::MmFast(_, true) => Shader::MmCoop,
         }
     }
 
@@ -465,6 +508,8 @@ impl Kernel {
             Kernel::AttentionFast => "attn_decode",
             Kernel::AttentionFastRope => "attn_rope_decode",
             Kernel::AttentionCombine => "attn_combine",
+            Kernel::MmFast(_, false) => "mm_fast",
+            Kernel::MmFast(_, true) => "mm_coop",
             Kernel::Qdot(_, 1, KMM_TOKENS) => "qmm1",
             Kernel::Qdot(_, _, KMM_TOKENS) => "kmm",
             Kernel::Qdot(_, 0, QMM_TOKENS) => "qmm",
@@ -498,6 +543,7 @@ impl Kernel {
                 ("FORMAT", f64::from(t.id())),
                 ("PROLOGUE", f64::from(prologue)),
             ],
+            Kernel::MmFast(t, _) => vec![("FORMAT", f64::from(t.id()))],
             Kernel::Fmv(t, prologue) => vec![
                 ("FORMAT", f64::from(t.id())),
                 ("MV_LANES", f64::from(crate::ops::MATVEC_LANES)),
@@ -540,13 +586,37 @@ mod tests {
                 // unpack2x16float needs this; wgpu grants it on every
                 // Vulkan, Metal and DX12 device.
                 // (and subgroups, for quant_sg.wgsl, which only devices
-                // with them compile).
+                // with them compile), f16 and cooperative matrices for
+                // mm_coop.wgsl (likewise).
                 naga::valid::Capabilities::SHADER_FLOAT16_IN_FLOAT32
-                    | naga::valid::Capabilities::SUBGROUP,
+                    | naga::valid::Capabilities::SUBGROUP
+                    | naga::valid::Capabilities::SHADER_FLOAT16
+                    | naga::valid::Capabilities::COOPERATIVE_MATRIX,
             );
             validator.validate(&module).unwrap_or_else(|e| {
                 panic!("{}: {}", shader.name(), e.emit_to_string(shader.source()))
             });
+            // The cooperative-matrix shader, which no CI device compiles,
+            // also goes through naga's SPIR-V writer as wgpu's Vulkan
+            // backend takes it (with every entry point's overrides at their
+            // defaults).
+            if shader == Shader::MmCoop {
+                let info = validator.validate(&module).expect("validated above");
+                let (module, info) = naga::back::pipeline_constants::process_overrides(
+                    &module,
+                    &info,
+                    None,
+                    &Default::default(),
+                )
+                .expect("overrides");
+                let opts = naga::back::spv::Options {
+                    lang_version: (1, 3),
+                    ..Default::default()
+                };
+                naga::back::spv::write_vec(&module, &info, &opts, None).unwrap_or_else(|e| {
+                    panic!("{}: SPIR-V: {e}", shader.name());
+                });
+            }
             let n = shader.bindings().len() as u32;
             for (_, var) in module.global_variables.iter() {
                 if let Some(b) = &var.binding {

@@ -105,7 +105,7 @@ mod program;
 pub mod rewrite;
 mod seam;
 
-pub use device::{DeviceCaps, DeviceOptions, GpuContext, ADAPTER_ENV};
+pub use device::{DeviceCaps, DeviceOptions, GpuContext, ADAPTER_ENV, NO_COOP_ENV};
 pub use error::{Result, WgpuError};
 pub use program::{GpuProgram, ProgramConfig, StepProfile};
 pub use seam::{GpuBuffer, GpuKvCache, GpuOptions, GpuWeight, WgpuBackend};

@@ -127,6 +127,75 @@ pub fn matmul(
     run(ctx, &ops, n as u32, &y, n * m)
 }
 
+/// The fast mode's batch product (`mm_fast.wgsl`, or `mm_coop.wgsl` with
+/// `coop`): `Y[t, r] = W[r, :] · X[t, :]` for a `m × k` matrix of `ty` (raw
+/// GGUF bytes, `k` a multiple of 32) and float activations `x` of
+/// `n_tokens × k`, not rounded to the weight's activation type; with
+/// `acc`, `Y` starts from it (`n_tokens × m` values) and the product is
+/// added (the residual connection). `max_part_bytes` forces a row split of
+/// the weights as in [`matmul`]. Fails for `coop` where the device has no
+/// cooperative matrices ([`crate::DeviceCaps::coop_f16_16`]).
+#[allow(clippy::too_many_arguments)]
+pub fn mm_fast(
+    ctx: &GpuContext,
+    ty: GgmlType,
+    weights: &[u8],
+    k: usize,
+    m: usize,
+    x: &[f32],
+    acc: Option<&[f32]>,
+    max_part_bytes: Option<u64>,
+    coop: bool,
+) -> Result<Vec<f32>> {
+    check(
+        "mm_fast",
+        k > 0 && k.is_multiple_of(32) && x.len().is_multiple_of(k),
+        || format!("x has {} values for k = {k} (a multiple of 32)", x.len()),
+    )?;
+    let n = x.len() / k;
+    check("mm_fast", acc.is_none_or(|a| a.len() == n * m), || {
+        format!(
+            "acc has {} values, not {n} × {m}",
+            acc.map_or(0, <[f32]>::len)
+        )
+    })?;
+    check("mm_fast", !coop || ctx.caps().coop_f16_16, || {
+        format!(
+            "{} has no 16×16×16 f16 cooperative matrices",
+            ctx.caps().name
+        )
+    })?;
+    let w = GpuMatrix::upload_with_limit(
+        ctx,
+        "w",
+        ty,
+        k as u64,
+        m as u64,
+        weights,
+        max_part_bytes.unwrap_or(u64::MAX).min(ctx.max_binding()),
+    )?;
+    let step = step_buffer(ctx, n as u32, 0);
+    let b = OpBuilder { ctx, step: &step };
+    let xb = f32_buffer(ctx, "x", x);
+    let y = match acc {
+        Some(a) => f32_buffer(ctx, "y", a),
+        None => ctx.storage("y", (n * m * 4) as u64),
+    };
+    let dummy = ctx.storage("dummy", 16);
+    let ops = b.mm_fast(
+        "mm_fast",
+        &w,
+        &xb,
+        k as u32,
+        &y,
+        m as u32,
+        acc.is_some(),
+        &dummy,
+        Some(coop),
+    );
+    run(ctx, &ops, n as u32, &y, n * m)
+}
+
 /// What [`fmv`] computes its activations from (each `k` values).
 #[derive(Clone, Copy, Debug)]
 pub enum FastInput<'a> {

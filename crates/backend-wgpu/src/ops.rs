@@ -10,13 +10,19 @@ use gguf_format::GgmlType;
 use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
 use crate::kernels::{
-    exact_order, is_exact, is_gpu_type, Kernel, KMM_TOKENS, KQUANT_TILED_MIN_BATCH, QMM_TOKENS,
+    exact_order, is_exact, is_gpu_type, Kernel, KMM_TOKENS, KQUANT_TILED_MIN_BATCH, MM_FAST_ROWS,
+    MM_FAST_TOKENS, QMM_TOKENS,
 };
 
 /// Up to this many tokens a linear layer runs as matrix-vector products
 /// (64 invocations per row, 4 rows per workgroup); above it, as a tiled
 /// matrix product.
 pub const MATVEC_MAX_TOKENS: u32 = 4;
+
+/// From this many tokens on, the fast mode's batches multiply with
+/// `mm_fast.wgsl`/`mm_coop.wgsl` ([`Kernel::MmFast`]) over float
+/// activations; smaller ones keep the exact mode's kernels.
+pub const FAST_MM_MIN_TOKENS: u32 = 16;
 
 /// Invocations per row of `quant.wgsl`'s matvec (`MV_LANES`): on an H100,
 /// TinyLlama Q4_K_M generated 215, 273, 330, 349, 340 and 303 tokens/s with
@@ -323,6 +329,11 @@ pub(crate) enum Grid {
     /// `[x, y]` workgroups per row of `k` rows a token (z = tokens · k:
     /// per-head norms).
     PerTokenTimes([u32; 2], u32),
+    /// As `PerToken`, for batches of fewer than the given number of tokens
+    /// only: the fast mode's activation rounding, which only the exact
+    /// kernels of small batches read (larger ones take [`Kernel::MmFast`]
+    /// over the float activations).
+    SmallBatch([u32; 2], u32),
 }
 
 /// One pipeline of an exact product, for batches of `min_tokens` or more
@@ -391,7 +402,19 @@ impl Op {
 
     /// Whether the op dispatches anything for a batch of `n_tokens`.
     pub fn runs(&self, n_tokens: u32) -> bool {
-        !matches!(self.grid, Grid::BatchOnly(_)) || n_tokens > 1
+        match self.grid {
+            Grid::BatchOnly(_) => n_tokens > 1,
+            Grid::SmallBatch(_, limit) => n_tokens < limit,
+            _ => true,
+        }
+    }
+
+    /// Only for batches of fewer than `limit` tokens ([`Grid::SmallBatch`]).
+    pub fn small_batches_only(mut self, limit: u32) -> Op {
+        if let Grid::PerToken(g) = self.grid {
+            self.grid = Grid::SmallBatch(g, limit);
+        }
+        self
     }
 
     /// Records the op for a batch of `n_tokens`.
@@ -402,7 +425,26 @@ impl Op {
             Grid::PerTokenTimes([x, y], k) => (&self.pipeline, [x, y, n_tokens * k]),
             Grid::BatchOnly(_) if n_tokens == 1 => return,
             Grid::BatchOnly([x, y]) => (&self.pipeline, [x, y, n_tokens]),
+            Grid::SmallBatch(_, limit) if n_tokens >= limit => return,
+            Grid::SmallBatch([x, y], _) => (&self.pipeline, [x, y, n_tokens]),
             Grid::Fixed(g) => (&self.pipeline, g),
+            // A batch variant (the fast mode's MmFast) where the batch
+            // reaches it.
+            Grid::Linear { m } if self.variants.iter().any(|v| v.min_tokens <= n_tokens) => {
+                let v = self
+                    .variants
+                    .iter()
+                    .rev()
+                    .find(|v| v.min_tokens <= n_tokens)
+                    .expect("checked");
+                if let Some((bg, _)) = &v.own {
+                    bind_group = bg;
+                }
+                (
+                    &v.pipeline,
+                    [n_tokens.div_ceil(v.tokens), m.div_ceil(v.rows), 1],
+                )
+            }
             Grid::Linear { m } => {
                 if n_tokens <= MATVEC_MAX_TOKENS {
                     let [x, y] = rows_grid(m.div_ceil(256 / MATVEC_LANES));
@@ -582,10 +624,93 @@ impl OpBuilder<'_> {
             .collect()
     }
 
+    /// The fast mode's batch product ([`Kernel::MmFast`]: `mm_coop` where
+    /// the device has cooperative matrices, else `mm_fast`; `coop` forces
+    /// one) of `w`'s part `part` over float activations `x` (rows of the
+    /// op's `x_stride` floats) into `y`, as a variant of `op` (that part's
+    /// op from [`OpBuilder::linear`], whose parameters it shares) for
+    /// batches of `min_tokens` or more.
+    #[allow(clippy::too_many_arguments)]
+    pub fn add_mm_fast(
+        &self,
+        op: &mut Op,
+        w: &GpuMatrix,
+        part: usize,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+        dummy: &wgpu::Buffer,
+        (min_tokens, coop): (u32, Option<bool>),
+    ) {
+        let coop = coop.unwrap_or(self.ctx.caps().coop_f16_16);
+        let kernel = Kernel::MmFast(w.ty, coop);
+        let bg = self.bind(
+            kernel,
+            &[&w.parts[part].buffer, x, y, &op._params, self.step, dummy],
+        );
+        let v = QdotVariant {
+            min_tokens,
+            pipeline: self.ctx.pipeline(kernel),
+            order: u32::MAX,
+            tokens: MM_FAST_TOKENS,
+            rows: MM_FAST_ROWS,
+            kernel,
+            own: Some((bg, x.clone())),
+        };
+        let at = op.variants.partition_point(|o| o.min_tokens <= min_tokens);
+        op.variants.insert(at, v);
+    }
+
+    /// `y[t, r] (+)= W[r] · x[t]` for every part of `w` through
+    /// [`Kernel::MmFast`] alone, whatever the batch (for tests: the fast
+    /// mode's batches take it as a variant, [`OpBuilder::add_mm_fast`]).
+    #[allow(clippy::too_many_arguments)]
+    pub fn mm_fast(
+        &self,
+        label: &'static str,
+        w: &GpuMatrix,
+        x: &wgpu::Buffer,
+        x_stride: u32,
+        y: &wgpu::Buffer,
+        y_stride: u32,
+        accumulate: bool,
+        dummy: &wgpu::Buffer,
+        coop: Option<bool>,
+    ) -> Vec<Op> {
+        (0..w.parts.len())
+            .map(|i| {
+                let part = &w.parts[i];
+                let params = MatParams {
+                    k: w.k,
+                    m: part.rows,
+                    row_bytes: w.row_bytes,
+                    x_stride,
+                    y_stride,
+                    y_base: part.first_row,
+                    accumulate: accumulate as u32,
+                    ..Default::default()
+                };
+                let pb = self.ctx.uniform(label, bytemuck::bytes_of(&params));
+                let kernel = Kernel::MmFast(w.ty, coop.unwrap_or(self.ctx.caps().coop_f16_16));
+                let mut op = Op {
+                    label,
+                    pipeline: self.ctx.pipeline(kernel),
+                    pipeline_mm: None,
+                    bind_group: self.bind(kernel, &[&part.buffer, x, y, &pb, self.step, dummy]),
+                    grid: Grid::Qdot { m: part.rows },
+                    variants: Vec::new(),
+                    _params: pb,
+                };
+                self.add_mm_fast(&mut op, w, i, x, y, dummy, (1, coop));
+                op
+            })
+            .collect()
+    }
+
     /// The fast mode's single-token product (`fast.wgsl`'s `fmv`) for every
     /// part of `w`: `y[r] (+)= W[r] · xv`, with `xv` as `prologue` makes it
     /// ([`Prologue`]); `at_pos` writes a KV cache (rows of `y_stride`) as in
     /// [`OpBuilder::linear`].
+    #[allow(clippy::too_many_arguments)]
     pub fn fmv(
         &self,
         label: &'static str,

@@ -35,6 +35,7 @@ use crate::kernels::{act_type, is_exact, Kernel};
 use crate::ops::{
     attention_partials_bytes, fast_attention_fits, AttnParams, EwParams, GpuMatrix, Grid, Op,
     OpBuilder, Prologue, RopeFuse, RopeParams, ScaleParams, StepUniform, TgRopeParams,
+    FAST_MM_MIN_TOKENS,
 };
 use crate::seam::GpuWeight;
 
@@ -375,6 +376,13 @@ struct Lowering<'a> {
     weight_bytes: u64,
     /// Lowering the fast mode's single-token step.
     fast: bool,
+    /// Lowering the fast mode's batches (the body and tails of a program
+    /// that is not exact): norms and SwiGLUs write float activations, every
+    /// product multiplies them with `mm_fast`/`mm_coop` for batches of
+    /// [`FAST_MM_MIN_TOKENS`] or more, and the exact kernels of smaller
+    /// batches read activations rounded for them by ops that only such
+    /// batches run.
+    fast_batch: bool,
     /// Nodes the fast step leaves to their products.
     virt: Vec<Option<Virtual>>,
 }
@@ -419,6 +427,7 @@ impl<'a> Lowering<'a> {
             partials: None,
             weight_bytes: 0,
             fast: false,
+            fast_batch: false,
             virt: vec![None; n],
         }
     }
@@ -461,7 +470,7 @@ impl<'a> Lowering<'a> {
             return v.clone();
         }
         let mut l = self.loc(x);
-        if l.base % 4 != 0 {
+        if !l.base.is_multiple_of(4) {
             l = self.contiguous(ob, ops, x, i);
         }
         Virtual::Plain { x: l }
@@ -603,7 +612,7 @@ impl<'a> Lowering<'a> {
             return (buf, width);
         }
         let l = self.contiguous(ob, ops, x, i);
-        ops.push(ob.quantize_act(
+        let op = ob.quantize_act(
             key.0,
             key.1,
             self.buf(&l),
@@ -612,7 +621,12 @@ impl<'a> Lowering<'a> {
             width,
             width,
             self.corr_base,
-        ));
+        );
+        // The fast mode's larger batches read x's floats, not this.
+        ops.push(match self.fast_batch {
+            true => op.small_batches_only(FAST_MM_MIN_TOKENS),
+            false => op,
+        });
         self.acts.get_mut(&key).expect("made").1 = Some(x);
         (buf, width)
     }
@@ -774,7 +788,7 @@ impl<'a> Lowering<'a> {
                 let (wb, host) = vector(self.weights, *weight)?;
                 let wb = wb.clone();
                 let group = host.len() as u32;
-                if group == width && self.can_virtualize(i) && self.loc(*x).base % 4 == 0 {
+                if group == width && self.can_virtualize(i) && self.loc(*x).base.is_multiple_of(4) {
                     let xl = self.loc(*x);
                     let l = self.alias(i, &xl);
                     self.virt[i] = Some(Virtual::Norm {
@@ -786,7 +800,9 @@ impl<'a> Lowering<'a> {
                     return Ok(());
                 }
                 let xl = self.contiguous(ob, ops, *x, i);
-                let fa = plan.fused_act[i].filter(|_| !self.fast || self.all_exact_consumers(i));
+                let fa = plan.fused_act[i]
+                    .filter(|_| !self.fast_batch)
+                    .filter(|_| !self.fast || self.all_exact_consumers(i));
                 let y = out_loc(self);
                 if group == width {
                     let packed = fa.is_some_and(|k| k.1);
@@ -834,6 +850,15 @@ impl<'a> Lowering<'a> {
                     Some(self.fast_input(ob, ops, *x, i))
                 } else {
                     None
+                };
+                // The fast mode's batches: x's floats for MmFast (every
+                // GPU matrix's rows are whole chunks of 32).
+                let batch_x = match fast_in {
+                    None if self.fast_batch => {
+                        let l = self.contiguous(ob, ops, *x, i);
+                        Some(self.buf(&l).clone())
+                    }
+                    _ => None,
                 };
                 let (input, x_stride) = match fast_in {
                     Some(_) => (self.dummy.clone(), 0),
@@ -901,6 +926,19 @@ impl<'a> Lowering<'a> {
                         &self.dummy,
                     ),
                 };
+                if let Some(bx) = &batch_x {
+                    for (part, op) in lin.iter_mut().enumerate() {
+                        ob.add_mm_fast(
+                            op,
+                            m,
+                            part,
+                            bx,
+                            &y_buf,
+                            &self.dummy,
+                            (FAST_MM_MIN_TOKENS, None),
+                        );
+                    }
+                }
                 if lin.len() == 1 && fast_in.is_none() {
                     self.producer.insert(i, ops.len());
                 }
@@ -973,7 +1011,9 @@ impl<'a> Lowering<'a> {
                     self.loc[i] = Some(l);
                     return Ok(());
                 }
-                let fa = plan.fused_act[i].filter(|_| !self.fast || self.all_exact_consumers(i));
+                let fa = plan.fused_act[i]
+                    .filter(|_| !self.fast_batch)
+                    .filter(|_| !self.fast || self.all_exact_consumers(i));
                 let y = out_loc(self);
                 let packed = fa.is_some_and(|k| k.1);
                 let target = match fa {
@@ -1380,7 +1420,9 @@ pub struct ProgramConfig {
     pub kv_f16: bool,
     /// Single tokens take the fast step: float activations, norms and
     /// SwiGLUs computed inside the products that read them (fewer dispatches,
-    /// not the CPU's bits). Batches stay exact.
+    /// not the CPU's bits); batches of [`FAST_MM_MIN_TOKENS`] or more
+    /// multiply float activations with `mm_fast.wgsl` (`mm_coop.wgsl` on
+    /// devices with cooperative matrices). Smaller batches stay exact.
     pub fast: bool,
 }
 
@@ -1491,6 +1533,7 @@ impl GpuProgram {
         let shape = (max_batch, n_ctx, cfg.kv_f16);
         let bufs = (&ids, &logits, &dummy);
         let mut lw = Lowering::new(&ctx, graph, weights, &plan, shape, act_floats, bufs);
+        lw.fast_batch = cfg.fast;
         let ob = OpBuilder {
             ctx: &ctx,
             step: &step,

@@ -73,8 +73,10 @@ pub struct GpuOptions {
     /// backend's bits (llama.cpp's CPU order). Off by default: the fast mode
     /// computes single tokens' products on float activations, with the norm
     /// or SwiGLU before them made inside the product (fewer dispatches),
-    /// within the agreement bounds the README states. Batches are exact in
-    /// both modes.
+    /// within the agreement bounds the README states, and batches of
+    /// [`crate::ops::FAST_MM_MIN_TOKENS`] or more on float activations
+    /// (`mm_fast.wgsl`, or `mm_coop.wgsl`'s cooperative matrices where the
+    /// device has them); smaller batches are exact in both modes.
     pub exact: bool,
 }
 

@@ -1,7 +1,9 @@
 //! The fast mode (the default): a single token's products take float
 //! activations, with the RMSNorm or SwiGLU before them computed inside the
 //! product (`fast.wgsl`), and attention sums in f32 (`attn_fast.wgsl`), so
-//! its logits are not the CPU's bits; batches stay exact.
+//! its logits are not the CPU's bits; batches of 16 tokens or more multiply
+//! float activations too (`mm_fast.wgsl`, `mm_coop.wgsl`), smaller ones stay
+//! exact.
 //!
 //! How far that moves SmolLM2's decoded logits is set by the model, not by
 //! the size of the float differences: its quantized files round every
@@ -145,4 +147,80 @@ fn fast_step_has_fewer_dispatches() {
     eprintln!("SmolLM2 decoding step: fast {fast} dispatches, exact {exact}");
     // 30 layers: at least the two norms and the SwiGLU of each are gone.
     assert!(fast + 3 * 30 <= exact, "fast {fast}, exact {exact}");
+}
+
+/// The logits of every position of `toks` run as one batch on the GPU (or
+/// steps of `n_batch` tokens), in exact (`exact`) or fast mode.
+fn gpu_batch(path: &Path, toks: &[u32], exact: bool, n_batch: Option<usize>) -> Vec<f32> {
+    let gpu = gpu_model_with(path, GpuOptions { exact });
+    let mut s = gpu
+        .session(&SessionOptions {
+            n_ctx: toks.len(),
+            n_batch: n_batch.unwrap_or(toks.len()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(s.is_compiled());
+    s.forward(toks, LogitsMode::All).unwrap().to_vec()
+}
+
+/// A batch of the fast mode (48 tokens: above FAST_MM_MIN_TOKENS, so every
+/// product takes mm_fast.wgsl, or mm_coop.wgsl on devices with cooperative
+/// matrices, over float activations) against the exact mode's batch (the
+/// CPU's bits): no further apart than twice llama.cpp's own batch is from
+/// its decoding (the scale of the fast single-token step's bound), same
+/// top-1 ≥ 94%. The fast batch must differ (its activations are not rounded
+/// to Q8): a KLD of 0 would mean the path did not run.
+#[test]
+fn fast_batch_within_its_bound() {
+    let original =
+        model_cache::default_model().expect("default model (SmolLM2-135M-Instruct Q4_1)");
+    let toks = passage();
+    for ftype in ["Q4_1", "Q4_K_M", "F16"] {
+        let path = if ftype == "Q4_1" {
+            original.clone()
+        } else {
+            ladder_file(&original, ftype)
+        };
+        let exact = gpu_batch(&path, &toks, true, None);
+        let fast = gpu_batch(&path, &toks, false, None);
+        let n = exact.len() / toks.len();
+        let (kld, top1) = kld_top1(&exact, &fast, n);
+        // llama.cpp's decoding against its batch (the exact mode's bits).
+        let decoded = cpu_decode(&path, &toks[..1], &toks[1..], false);
+        let (kld_own, top1_own) = kld_top1(&decoded, &exact, n);
+        eprintln!(
+            "SmolLM2 {ftype}, a batch of {} tokens: fast vs exact mode mean KLD {kld:.3e}, \
+             same top-1 {:.1}%; llama.cpp's decoding vs its batch: {kld_own:.3e}, {:.1}%",
+            toks.len(),
+            top1 * 100.0,
+            top1_own * 100.0
+        );
+        assert!(
+            kld > 0.0,
+            "{ftype}: the fast batch gave the exact mode's logits"
+        );
+        assert!(
+            kld <= 2.0 * kld_own.max(1e-4) && top1 >= 0.94,
+            "{ftype}: fast batch mean KLD {kld:.3e} (llama.cpp's own {kld_own:.3e}), top-1 {top1}"
+        );
+    }
+}
+
+/// Batches below FAST_MM_MIN_TOKENS keep the exact kernels in the fast mode
+/// (their activations rounded by ops that only such batches run): steps of
+/// 8 tokens (and a last one of 5) give the exact mode's bits.
+#[test]
+fn fast_small_batches_are_exact() {
+    let original = model_cache::default_model().expect("default model");
+    let path = ladder_file(&original, "Q4_K_M");
+    let toks = passage();
+    let exact = gpu_batch(&path, &toks, true, Some(8));
+    let fast = gpu_batch(&path, &toks, false, Some(8));
+    let diff = exact
+        .iter()
+        .zip(&fast)
+        .filter(|(a, b)| a.to_bits() != b.to_bits())
+        .count();
+    assert_eq!(diff, 0, "{diff} of {} logits differ", exact.len());
 }

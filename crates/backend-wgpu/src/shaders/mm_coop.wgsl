@@ -1,0 +1,156 @@
+// mm_coop.wgsl: mm_fast.wgsl's product through cooperative matrices (wgpu's
+// EXPERIMENTAL_COOPERATIVE_MATRIX, 16×16×16 f16 × f16 → f32 at subgroup
+// scope: NVIDIA's tensor cores through VK_KHR_cooperative_matrix). Only
+// devices that offer that configuration with 32-wide subgroups compile it
+// (DeviceCaps::coop_f16_16); mm_fast stays the portable fallback.
+//
+// A workgroup of four 32-wide subgroups computes 64 rows × 64 tokens; each
+// subgroup a 32 × 32 quarter, as 2 × 2 accumulators C[r, t] (f32). Per step
+// of 32 weights of k (one chunk), the chunk's weights of the 64 rows are
+// decoded by quant.wgsl's deq4 and stored as f16 in `ca` (row-major: A =
+// W, rows × k), the 64 tokens' activations converted to f16 in `cb` (token
+// t's k values contiguous: B = Xᵀ, k × tokens, column-major), both loaded a
+// chunk ahead into registers. Products accumulate in f32; the activations
+// and dequantized weights are rounded to f16 (magnitudes clamped to f16's
+// largest finite value), the fast mode's stated agreement (not the CPU's
+// bits).
+//
+// The results go out through `cc`, one 16 × 16 f32 tile per subgroup
+// (coopStore, column-major: token t's 16 rows contiguous), then bounds-
+// checked stores (quant_io.wgsl's store: accumulation, KV-cache writes).
+
+const CM: u32 = 64u;  // rows per workgroup
+const CN: u32 = 64u;  // tokens per workgroup
+// f16 elements between the rows of ca and the tokens of cb: 32 of k plus 8
+// (80 bytes, a multiple of 16) so that the rows a load reads together fall
+// in different banks.
+const CS: u32 = 40u;
+var<workgroup> ca: array<f16, 2560>; // CM × CS
+var<workgroup> cb: array<f16, 2560>; // CN × CS
+var<workgroup> cc: array<f32, 1024>; // 4 subgroups × 16 × 16
+
+fn to_f16(v: vec4<f32>) -> vec4<f16> {
+    return vec4<f16>(clamp(v, vec4<f32>(-65504.0), vec4<f32>(65504.0)));
+}
+
+// What invocation lid stages of chunk c: weight groups e = lid + 128j
+// (row e / 8, group e % 8) and the same activation groups (token e / 8).
+struct CoopStage {
+    w0: vec4<f16>,
+    w1: vec4<f16>,
+    w2: vec4<f16>,
+    w3: vec4<f16>,
+    x0: vec4<f16>,
+    x1: vec4<f16>,
+    x2: vec4<f16>,
+    x3: vec4<f16>,
+}
+
+fn coop_fetch(row0: u32, tok0: u32, lid: u32, c: u32) -> CoopStage {
+    let r = lid >> 3u;
+    let g = lid & 7u;
+    let xs = p.x_stride >> 2u;
+    let n_tok = step.n_tokens;
+    return CoopStage(
+        to_f16(mm_load_w(row0 + r, c, g)),
+        to_f16(mm_load_w(row0 + r + 16u, c, g)),
+        to_f16(mm_load_w(row0 + r + 32u, c, g)),
+        to_f16(mm_load_w(row0 + r + 48u, c, g)),
+        to_f16(mm_load_x(tok0 + r, n_tok, xs, c, g)),
+        to_f16(mm_load_x(tok0 + r + 16u, n_tok, xs, c, g)),
+        to_f16(mm_load_x(tok0 + r + 32u, n_tok, xs, c, g)),
+        to_f16(mm_load_x(tok0 + r + 48u, n_tok, xs, c, g)));
+}
+
+fn coop_put4(tile: u32, o: u32, v: vec4<f16>) {
+    if (tile == 0u) {
+        ca[o] = v.x;
+        ca[o + 1u] = v.y;
+        ca[o + 2u] = v.z;
+        ca[o + 3u] = v.w;
+    } else {
+        cb[o] = v.x;
+        cb[o + 1u] = v.y;
+        cb[o + 2u] = v.z;
+        cb[o + 3u] = v.w;
+    }
+}
+
+fn coop_put(lid: u32, st: CoopStage) {
+    let o = (lid >> 3u) * CS + 4u * (lid & 7u);
+    let q = 16u * CS;
+    coop_put4(0u, o, st.w0);
+    coop_put4(0u, o + q, st.w1);
+    coop_put4(0u, o + 2u * q, st.w2);
+    coop_put4(0u, o + 3u * q, st.w3);
+    coop_put4(1u, o, st.x0);
+    coop_put4(1u, o + q, st.x1);
+    coop_put4(1u, o + 2u * q, st.x2);
+    coop_put4(1u, o + 3u * q, st.x3);
+}
+
+// Subgroup sg's accumulator for rows row.. + 15, tokens tok.. + 15 into y:
+// through its tile of cc (every subgroup at once: the barriers are the
+// workgroup's), 8 values per invocation, consecutive invocations on
+// consecutive rows.
+fn coop_out(v: coop_mat16x16<f32, C>, sg: u32, lane: u32, row: u32, tok: u32, n_tok: u32) {
+    coopStore(v, &cc[sg * 256u], 16u);
+    workgroupBarrier();
+    for (var e = 0u; e < 8u; e++) {
+        let i = e * 32u + lane;
+        let r = row + (i & 15u);
+        let t = tok + (i >> 4u);
+        if (r < p.m && t < n_tok) {
+            store(t, r, cc[sg * 256u + i]);
+        }
+    }
+    workgroupBarrier();
+}
+
+// Grid: (ceil(n_tokens / 64), ceil(m / 64)), as mm_fast.
+@compute @workgroup_size(128)
+fn mm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row0 = wid.y * CM;
+    let tok0 = wid.x * CN;
+    let n_tok = step.n_tokens;
+    let sg = lid >> 5u;
+    let lane = lid & 31u;
+    // The subgroup's rows and tokens inside the tile.
+    let sr = (sg & 1u) * 32u;
+    let st = (sg >> 1u) * 32u;
+    // Zero accumulators, loaded from a zeroed tile of cc (rather than a
+    // zero-value constructor, an OpConstantNull of the matrix type in
+    // SPIR-V, which not every driver may take).
+    for (var e = 0u; e < 8u; e++) {
+        cc[lid * 8u + e] = 0.0;
+    }
+    workgroupBarrier();
+    var c00 = coopLoad<coop_mat16x16<f32, C>>(&cc[sg * 256u], 16u);
+    var c01 = c00;
+    var c10 = c00;
+    var c11 = c00;
+    let chunks = p.k >> 5u;
+    var stage = coop_fetch(row0, tok0, lid, 0u);
+    for (var c = 0u; c < chunks; c++) {
+        coop_put(lid, stage);
+        workgroupBarrier();
+        if (c + 1u < chunks) {
+            stage = coop_fetch(row0, tok0, lid, c + 1u);
+        }
+        for (var kk = 0u; kk < 32u; kk += 16u) {
+            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&ca[sr * CS + kk], CS);
+            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&ca[(sr + 16u) * CS + kk], CS);
+            let b0 = coopLoad<coop_mat16x16<f16, B>>(&cb[st * CS + kk], CS);
+            let b1 = coopLoad<coop_mat16x16<f16, B>>(&cb[(st + 16u) * CS + kk], CS);
+            c00 = coopMultiplyAdd(a0, b0, c00);
+            c01 = coopMultiplyAdd(a0, b1, c01);
+            c10 = coopMultiplyAdd(a1, b0, c10);
+            c11 = coopMultiplyAdd(a1, b1, c11);
+        }
+        workgroupBarrier();
+    }
+    coop_out(c00, sg, lane, row0 + sr, tok0 + st, n_tok);
+    coop_out(c01, sg, lane, row0 + sr, tok0 + st + 16u, n_tok);
+    coop_out(c10, sg, lane, row0 + sr + 16u, tok0 + st, n_tok);
+    coop_out(c11, sg, lane, row0 + sr + 16u, tok0 + st + 16u, n_tok);
+}

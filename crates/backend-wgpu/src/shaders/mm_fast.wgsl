@@ -1,0 +1,50 @@
+// mm_fast.wgsl: the fast mode's product of a batch (after quant.wgsl and
+// x_plain.wgsl): Y[t, r] (+)= W[r, :] · X[t, :] over float activations (rows
+// of p.x_stride floats, not rounded to ggml's Q8 types) and a weight matrix
+// of any GPU type, decoded by quant.wgsl's deq4. This is the portable entry
+// point; mm_coop.wgsl has the one for devices with cooperative matrices.
+//
+// Tiles of 64 rows × 64 tokens, 32 weights of k (one chunk) per step: the
+// chunk's weights are decoded once to f32 into workgroup memory (quant.wgsl's
+// w_tile, x_tile, mm_fetch, mm_put: matmul's staging, a chunk ahead) and each
+// invocation accumulates a 4×4 block of outputs (rows tx + 16i, tokens
+// ty + 16j) in registers. The grid is the exact products' (Op::encode's
+// Grid::Qdot): x over tokens, y over rows.
+
+// Grid: (ceil(n_tokens / 64), ceil(m / 64)).
+@compute @workgroup_size(256)
+fn mm_fast(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row0 = wid.y * TM;
+    let tok0 = wid.x * TN;
+    let n_tok = step.n_tokens;
+    let tx = lid & 15u;
+    let ty = lid >> 4u;
+    var acc0 = vec4<f32>(0.0);
+    var acc1 = vec4<f32>(0.0);
+    var acc2 = vec4<f32>(0.0);
+    var acc3 = vec4<f32>(0.0);
+    let chunks = p.k >> 5u;
+    var st = mm_fetch(row0, tok0, lid, 0u);
+    for (var c = 0u; c < chunks; c++) {
+        mm_put(lid, st);
+        workgroupBarrier();
+        if (c + 1u < chunks) {
+            st = mm_fetch(row0, tok0, lid, c + 1u);
+        }
+        for (var g = 0u; g < 8u; g++) {
+            let a0 = w_tile[(tx) * TS + g];
+            let a1 = w_tile[(tx + 16u) * TS + g];
+            let a2 = w_tile[(tx + 32u) * TS + g];
+            let a3 = w_tile[(tx + 48u) * TS + g];
+            acc0 = mac4(acc0, a0, a1, a2, a3, x_tile[(ty) * TS + g]);
+            acc1 = mac4(acc1, a0, a1, a2, a3, x_tile[(ty + 16u) * TS + g]);
+            acc2 = mac4(acc2, a0, a1, a2, a3, x_tile[(ty + 32u) * TS + g]);
+            acc3 = mac4(acc3, a0, a1, a2, a3, x_tile[(ty + 48u) * TS + g]);
+        }
+        workgroupBarrier();
+    }
+    mm_store(tok0 + ty, row0 + tx, n_tok, acc0);
+    mm_store(tok0 + ty + 16u, row0 + tx, n_tok, acc1);
+    mm_store(tok0 + ty + 32u, row0 + tx, n_tok, acc2);
+    mm_store(tok0 + ty + 48u, row0 + tx, n_tok, acc3);
+}
