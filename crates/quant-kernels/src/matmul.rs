@@ -311,14 +311,10 @@ fn matmul_q8_0_panels(
     let panels4_ref = &panels4[..if four { nb } else { 0 }];
     pool::for_each_row_chunk_columns(y, w.rows, n, chunk, |r0, out| {
         let nrows = out.len() / n;
-        let end = (r0 + nrows) * w.row_bytes;
         for g0 in (0..groups).step_by(BATCH_TILE / 8) {
             let g1 = (g0 + BATCH_TILE / 8).min(groups);
             for i in 0..nrows {
                 let wr = w.row(r0 + i);
-                if g0 == 0 {
-                    prefetch_ahead(w.data, (r0 + i) * w.row_bytes, w.row_bytes, end);
-                }
                 for g in g0..g1 {
                     let r = dot8(wr, &panels8_ref[g * nb..(g + 1) * nb]);
                     scatter(&r, out, 8 * g * nrows + i, nrows);
@@ -381,14 +377,10 @@ fn matmul_q8_1_panels(
     let panels_ref = &panels[..groups * nb];
     pool::for_each_row_chunk_columns(y, w.rows, n, chunk, |r0, out| {
         let nrows = out.len() / n;
-        let end = (r0 + nrows) * w.row_bytes;
         for g0 in (0..groups).step_by(BATCH_TILE / 8) {
             let g1 = (g0 + BATCH_TILE / 8).min(groups);
             for i in 0..nrows {
                 let wr = w.row(r0 + i);
-                if g0 == 0 {
-                    prefetch_ahead(w.data, (r0 + i) * w.row_bytes, w.row_bytes, end);
-                }
                 for g in g0..g1 {
                     let r = dot(wr, &panels_ref[g * nb..(g + 1) * nb]);
                     scatter(&r, out, 8 * g * nrows + i, nrows);
