@@ -304,11 +304,13 @@ pub const GPU_TYPES: [GgmlType; 15] = [
 
 /// Whether the fast mode's single-token product of a `ty` matrix with rows
 /// of `row_bytes` takes `fast_wide.wgsl` (whole 16-byte vectors a row; Q8_0
-/// in whole groups of eight 34-byte blocks).
+/// in whole groups of eight 34-byte blocks; Q6_K in an even number of
+/// 210-byte blocks).
 pub fn wide_fits(ty: GgmlType, row_bytes: u32) -> bool {
     match ty {
         GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::F16 => row_bytes.is_multiple_of(16),
         GgmlType::Q8_0 => row_bytes.is_multiple_of(8 * 34),
+        GgmlType::Q6_K => row_bytes.is_multiple_of(2 * 210),
         _ => false,
     }
 }
@@ -430,7 +432,7 @@ pub(crate) enum Kernel {
     /// `fmv`) with prologue 0 (x), 1 (RMSNorm) or 2 (SwiGLU).
     Fmv(GgmlType, u32),
     /// The same through 16-byte loads (`fast_wide.wgsl`'s `fmv_wide`:
-    /// Q4_K, Q5_K, F16, Q8_0; [`wide_fits`]).
+    /// Q4_K, Q5_K, F16, Q8_0, Q6_K; [`wide_fits`]).
     FmvWide(GgmlType, u32),
     /// The fast mode's single-token attention (`attn_fast.wgsl`).
     AttentionFast,

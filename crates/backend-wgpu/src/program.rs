@@ -178,16 +178,17 @@ struct Plan {
 }
 
 /// Whether the fast step multiplies `w` on float activations (fast.wgsl's
-/// `fmv`, or fast_wide.wgsl's `fmv_wide` for rows of whole 16-byte vectors).
-/// Q6_K keeps the exact path, whose single-token kernel with 16-byte loads
-/// (quant_tg.wgsl) outran `fmv`'s word-wise decoding: on an H200, TinyLlama
-/// Q4_K_M decoded at 527 t/s with `fmv` for every K-quant against 608 exact
-/// (`fmv`'s gate/up product 27.8 µs a dispatch), while Q8_0 went from 430 to
-/// 552 t/s and F16 stayed at 560. Q4_K and Q5_K take `fmv_wide`.
+/// `fmv`, or fast_wide.wgsl's `fmv_wide` where [`crate::kernels::wide_fits`]).
+/// K-quant matrices that `fmv_wide` does not take keep the exact path, whose
+/// single-token kernels with 16-byte loads (quant_tg.wgsl) outran `fmv`'s
+/// word-wise decoding: on an H200, TinyLlama Q4_K_M decoded at 527 t/s with
+/// `fmv` for every K-quant against 608 exact (`fmv`'s gate/up product 27.8 µs
+/// a dispatch), while Q8_0 went from 430 to 552 t/s and F16 stayed at 560.
 fn fast_product(w: &GpuMatrix) -> bool {
     match w.ty {
-        GgmlType::Q4_K | GgmlType::Q5_K => crate::kernels::wide_fits(w.ty, w.row_bytes),
-        GgmlType::Q6_K => false,
+        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
+            crate::kernels::wide_fits(w.ty, w.row_bytes)
+        }
         _ => true,
     }
 }

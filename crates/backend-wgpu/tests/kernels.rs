@@ -1177,7 +1177,7 @@ fn fast_attention_agrees_with_cpu() {
 }
 
 /// The fast mode's single-token product (`fmv`, and `fmv_wide` for Q4_K,
-/// Q5_K, F16 and Q8_0 rows of 256-multiples) of every GPU format, with each prologue (x; RMSNorm(x)·w;
+/// Q5_K, F16, and Q8_0 and Q6_K rows of 256-multiples) of every GPU format, with each prologue (x; RMSNorm(x)·w;
 /// silu(gate)·up made inside the product), against f64 dot products of
 /// ggml's dequantized weights with the f64 activations: within 2e-6 of
 /// Σ|w·x|. The wide kernel's formats also with rows past one pass of its

@@ -1,6 +1,8 @@
 // fast_wide.wgsl: the fast mode's single-token product (`fmv_wide`) for
 // weights whose rows are whole 16-byte vectors (Q4_K, Q5_K, F16, Q8_0 in
-// rows of whole groups of eight blocks), read as such: the weights as
+// rows of whole groups of eight blocks; Q6_K rows of an even number of
+// blocks, staged four blocks at a time through workgroup memory by words),
+// read as such: the weights as
 // `vec4<u32>` (each invocation decodes 32 Q4_K/Q5_K weights or 8 F16 weights
 // from one load; Q8_0's 34-byte blocks are staged through workgroup memory
 // 64 blocks a row at a time, then each invocation takes one), the
@@ -30,6 +32,9 @@ var<workgroup> red: array<f32, 256>;
 // Q8_0: per row of the workgroup, 64 blocks (2176 bytes, 136 vectors).
 const Q8_VECS: u32 = 136u;
 var<workgroup> q8s: array<vec4<u32>, 544>;
+// Q6_K: per row of the workgroup, 4 blocks (840 bytes, 210 words).
+const Q6_WORDS: u32 = 210u;
+var<workgroup> q6s: array<u32, 844>; // (+ 4: the last slot's straddling reads stay inside)
 var<workgroup> red_sq: array<f32, 256>;
 
 // Activations i .. i + 3 of the row's input, as the prologue makes them.
@@ -138,6 +143,51 @@ fn q8_block(slot: u32, blk: u32, b0: u32) -> f32 {
     return d * a;
 }
 
+// The word at byte offset o (even) of a row slot of q6s.
+fn q6w(slot: u32, o: u32) -> u32 {
+    let i = slot + (o >> 2u);
+    if ((o & 3u) == 0u) {
+        return q6s[i];
+    }
+    return (q6s[i] >> 16u) | (q6s[i + 1u] << 16u);
+}
+
+// Signed byte k of a word.
+fn sbyte_i(w: u32, k: u32) -> f32 {
+    return f32(i32(w << (24u - 8u * k)) >> 24u);
+}
+
+// Q6_K (210-byte blocks: ql[128], qh[64], scales[16], d): unit u (0..15) of
+// block `blk` of the slot (first block `b0` of the row): half n = u / 8,
+// l = 4·(u % 8): weights l.. + 3 of the half's four quarters (q1..q4 of
+// dequantize_row_q6_K), from two words of ql and one of qh.
+fn q6_unit(slot: u32, blk: u32, u: u32, b0: u32) -> f32 {
+    let bo = blk * 210u;
+    let n = u >> 3u;
+    let l = 4u * (u & 7u);
+    let a = q6w(slot, bo + 64u * n + l);
+    let b = q6w(slot, bo + 64u * n + 32u + l);
+    let h = q6w(slot, bo + 128u + 32u * n + l);
+    let sc_lo = q6w(slot, bo + 192u + 8u * n);
+    let sc_hi = q6w(slot, bo + 196u + 8u * n);
+    let d = unpack2x16float(q6w(slot, bo + 208u)).x;
+    let is = l >> 4u;
+    let m = vec4<f32>(32.0);
+    let q1 = vec4<f32>(unpack4xU8((a & 0x0f0f0f0fu) | ((h & 0x03030303u) << 4u))) - m;
+    let q2 = vec4<f32>(unpack4xU8((b & 0x0f0f0f0fu) | (((h >> 2u) & 0x03030303u) << 4u))) - m;
+    let q3 = vec4<f32>(unpack4xU8(((a >> 4u) & 0x0f0f0f0fu) | (((h >> 4u) & 0x03030303u) << 4u))) - m;
+    let q4 = vec4<f32>(unpack4xU8(((b >> 4u) & 0x0f0f0f0fu) | (((h >> 6u) & 0x03030303u) << 4u))) - m;
+    // Scales is, is + 2 (in sc_lo), is + 4, is + 6 (in sc_hi).
+    let s1 = sbyte_i(sc_lo, is);
+    let s2 = sbyte_i(sc_lo, is + 2u);
+    let s3 = sbyte_i(sc_hi, is);
+    let s4 = sbyte_i(sc_hi, is + 2u);
+    let xb = ((b0 + blk) * 256u + 128u * n + l) >> 2u;
+    let t = s1 * dot(q1, xin(xb)) + s2 * dot(q2, xin(xb + 8u))
+        + s3 * dot(q3, xin(xb + 16u)) + s4 * dot(q4, xin(xb + 24u));
+    return d * t;
+}
+
 // F16: eight weights from vector `u` of the row.
 fn f16_part(rv: u32, u: u32) -> f32 {
     let q = wv[rv + u];
@@ -172,6 +222,27 @@ fn fmv_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             workgroupBarrier();
             if (live && lane < nblk) {
                 acc.x += q8_block(slot, lane, c0);
+            }
+            workgroupBarrier();
+        }
+    } else if (FORMAT == 14u) {
+        // Four blocks a pass staged by words (rows of an even number of
+        // blocks start on a word), then sixteen units a block, one a lane.
+        let nb = p.k >> 8u;
+        let slot = (lid / WIDE_LANES) * Q6_WORDS;
+        let rw = row * (p.row_bytes >> 2u);
+        for (var c0 = 0u; c0 < nb; c0 += 4u) {
+            let nblk = min(4u, nb - c0);
+            let nw = (nblk * 210u) >> 2u;
+            let w0 = rw + ((c0 * 210u) >> 2u);
+            for (var t = lane; t < nw; t += WIDE_LANES) {
+                if (live) {
+                    q6s[slot + t] = wv[(w0 + t) >> 2u][(w0 + t) & 3u];
+                }
+            }
+            workgroupBarrier();
+            if (live && lane < 16u * nblk) {
+                acc.x += q6_unit(slot, lane >> 4u, lane & 15u, c0);
             }
             workgroupBarrier();
         }
