@@ -17,7 +17,11 @@
 //! after another) and `--parallel` streams (that many clients at once, each
 //! `--requests` requests). Every request streams a chat reply of at most
 //! `--max-tokens` tokens with its own seed (the same prompts and seeds for
-//! every server); the client reads the server-sent events itself.
+//! every server); the client reads the server-sent events itself. Each
+//! request's message starts with a tag unique to its round, stream count and
+//! request (`Request 3.8.5: …`), so that no request finds another's whole
+//! prompt in a server's prompt cache: only the chat template's system part
+//! before the message is shared, as between different users.
 //! Reported, for each server and stream count, from its best round (highest
 //! aggregate): aggregate tokens/s (completion tokens over wall time),
 //! tokens/s per stream (after its first token), and p50/p99 time to first
@@ -163,7 +167,7 @@ pub fn run(args: &[String]) -> Result<(), String> {
     for round in 1..=rounds {
         for ((name, addr), best) in servers.iter().zip(&mut best) {
             for (k, streams) in [1, parallel].into_iter().enumerate() {
-                let f = bench(addr, streams, requests, max_tokens)?;
+                let f = bench(addr, streams, requests, max_tokens, (round, streams))?;
                 eprintln!(
                     "serve-bench: round {round}/{rounds} {name}, {streams} streams: {:.1} tokens/s",
                     f.aggregate()
@@ -307,12 +311,14 @@ fn stream_chat(addr: &str, prompt: &str, seed: u64, max_tokens: usize) -> Result
 }
 
 /// `streams` concurrent clients, each `requests` requests one after
-/// another, against the server at `addr`.
+/// another, against the server at `addr`; `(round, streams)` tags the
+/// messages.
 fn bench(
     addr: &str,
     streams: usize,
     requests: usize,
     max_tokens: usize,
+    (round, tag): (usize, usize),
 ) -> Result<Figures, String> {
     let start = Instant::now();
     let samples: Vec<Result<Vec<Sample>, String>> = std::thread::scope(|s| {
@@ -322,12 +328,11 @@ fn bench(
                     (0..requests)
                         .map(|r| {
                             let i = k * requests + r;
-                            stream_chat(
-                                addr,
-                                PROMPTS[i % PROMPTS.len()],
-                                1000 + i as u64,
-                                max_tokens,
-                            )
+                            let prompt = format!(
+                                "Request {round}.{tag}.{i}: {}",
+                                PROMPTS[i % PROMPTS.len()]
+                            );
+                            stream_chat(addr, &prompt, 1000 + i as u64, max_tokens)
                         })
                         .collect::<Result<Vec<_>, _>>()
                 })
