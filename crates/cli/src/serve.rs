@@ -33,6 +33,12 @@ pub struct Args {
     /// Most tokens computed in one step over all requests (prompts are cut into chunks of at most this).
     #[arg(long, short = 'b', default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..=65536))]
     batch: u64,
+    /// Extra sequences that keep finished requests' KV caches, so a request
+    /// that extends or repeats a cached prompt computes only its new tokens
+    /// (default: as many as --parallel within 1 GiB of caches; none with
+    /// one slot).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(0..=256))]
+    cache_seqs: Option<u64>,
     /// Requests that may wait for a free slot; beyond it, 503 with Retry-After.
     #[arg(long, default_value_t = 64)]
     max_queue: usize,
@@ -75,6 +81,7 @@ pub fn run(args: Args) -> CmdResult {
             .file_stem()
             .map_or_else(|| "model".into(), |s| s.to_string_lossy().into_owned()),
         handle_signals: true,
+        cache_seqs: args.cache_seqs.map(|n| n as usize),
         ..ServerOptions::default()
     };
     eprintln!("strata: loading {} ({:?})", path.display(), args.backend);
