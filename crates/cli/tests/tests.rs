@@ -5,3 +5,4 @@ mod archs;
 mod generate;
 mod hostile;
 mod inspect;
+mod serve;
