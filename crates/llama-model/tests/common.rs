@@ -7,6 +7,29 @@ pub fn fixture(rel: &str) -> PathBuf {
     PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../../tests/fixtures")).join(rel)
 }
 
+/// `tests/fixtures/archs/{arch}/{arch}-F32.gguf`, written on first use by
+/// `tools/make_arch_fixtures.py --arch {arch}` (one writer at a time).
+pub fn arch_f32(arch: &str) -> PathBuf {
+    let root = fixture("archs");
+    let path = root.join(format!("{arch}/{arch}-F32.gguf"));
+    static MAKE: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = MAKE.lock().unwrap_or_else(|e| e.into_inner());
+    if !path.exists() {
+        let out = std::process::Command::new("python3")
+            .arg(root.join("../../../tools/make_arch_fixtures.py"))
+            .arg(&root)
+            .args(["--arch", arch])
+            .output()
+            .expect("python3 runs tools/make_arch_fixtures.py (needs numpy and gguf==0.19.0)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    path
+}
+
 /// Little-endian f32 values of a file.
 pub fn read_f32(path: &std::path::Path) -> Vec<f32> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));

@@ -10,7 +10,6 @@
 //! drop keys as they decode, and every softmax carries its head's sink.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use llama_model::{LoadOptions, LogitsMode, Model, SessionOptions};
 
@@ -18,24 +17,7 @@ use crate::common::{compare, top1};
 
 /// `tests/fixtures/archs/gpt-oss/gpt-oss-F32.gguf`, written on first use.
 fn gpt_oss_f32() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/archs");
-    let path = root.join("gpt-oss/gpt-oss-F32.gguf");
-    static MAKE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = MAKE.lock().unwrap_or_else(|e| e.into_inner());
-    if !path.exists() {
-        let out = Command::new("python3")
-            .arg(root.join("../../../tools/make_arch_fixtures.py"))
-            .arg(&root)
-            .args(["--arch", "gpt-oss"])
-            .output()
-            .expect("python3 runs tools/make_arch_fixtures.py (needs numpy and gguf==0.19.0)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    path
+    crate::common::arch_f32("gpt-oss")
 }
 
 #[test]

@@ -11,7 +11,6 @@
 //! batch computes in one go.
 
 use std::path::PathBuf;
-use std::process::Command;
 
 use llama_model::{Batch, BatchKernels, LoadOptions, LogitsMode, Model, SessionOptions};
 
@@ -19,24 +18,7 @@ use crate::common::{compare, top1};
 
 /// `tests/fixtures/archs/qwen35/qwen35-F32.gguf`, written on first use.
 fn qwen35_f32() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/archs");
-    let path = root.join("qwen35/qwen35-F32.gguf");
-    static MAKE: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _guard = MAKE.lock().unwrap_or_else(|e| e.into_inner());
-    if !path.exists() {
-        let out = Command::new("python3")
-            .arg(root.join("../../../tools/make_arch_fixtures.py"))
-            .arg(&root)
-            .args(["--arch", "qwen35"])
-            .output()
-            .expect("python3 runs tools/make_arch_fixtures.py (needs numpy and gguf==0.19.0)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    path
+    crate::common::arch_f32("qwen35")
 }
 
 fn prompt() -> Vec<u32> {
