@@ -1345,7 +1345,11 @@ impl MoeMatrix {
     /// where they differ in type or row length, are split in parts, have
     /// byte counts that are not whole words (GPU copies move words) or do
     /// not fit one binding together.
-    pub fn stack(ctx: &GpuContext, label: &str, experts: &[Vec<&GpuMatrix>]) -> Result<Option<MoeMatrix>> {
+    pub fn stack(
+        ctx: &GpuContext,
+        label: &str,
+        experts: &[Vec<&GpuMatrix>],
+    ) -> Result<Option<MoeMatrix>> {
         let Some(first) = experts.first().and_then(|e| e.first()) else {
             return Ok(None);
         };

@@ -1202,7 +1202,11 @@ impl<'a> Lowering<'a> {
         let b = self.max_batch as u64;
         self.weight_bytes += mw.router.m as u64 * mw.router.row_bytes as u64
             + k as u64
-                * (mw.gate_up.iter().map(|(m, _)| m.expert_bytes as u64).sum::<u64>()
+                * (mw
+                    .gate_up
+                    .iter()
+                    .map(|(m, _)| m.expert_bytes as u64)
+                    .sum::<u64>()
                     + mw.down.expert_bytes as u64);
         let xl = self.contiguous(ob, ops, x, i);
         let xb = self.buf(&xl).clone();

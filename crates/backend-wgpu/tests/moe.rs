@@ -17,16 +17,16 @@ use crate::model::kld_top1;
 /// Tokens of each check.
 const TOKENS: usize = 40;
 
-/// The qwen3moe fixture in file type `ftype`: the F32 file from
+/// The `arch` fixture in file type `ftype`: the F32 file from
 /// tools/make_arch_fixtures.py (made if missing), others quantized from it
 /// once per target directory.
-fn qwen3moe(ftype: &str) -> PathBuf {
-    let f32_path = PathBuf::from(fixture("archs/qwen3moe/qwen3moe-F32.gguf"));
+fn arch_file(arch: &str, ftype: &str) -> PathBuf {
+    let f32_path = PathBuf::from(fixture(&format!("archs/{arch}/{arch}-F32.gguf")));
     if !f32_path.exists() {
         let out = Command::new("python3")
             .arg(fixture("../../tools/make_arch_fixtures.py"))
             .arg(fixture("archs"))
-            .args(["--arch", "qwen3moe"])
+            .args(["--arch", arch])
             .output()
             .expect("python3 runs tools/make_arch_fixtures.py (needs numpy and gguf==0.19.0)");
         assert!(
@@ -38,7 +38,7 @@ fn qwen3moe(ftype: &str) -> PathBuf {
     if ftype == "F32" {
         return f32_path;
     }
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("moe-qwen3moe-{ftype}.gguf"));
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("moe-{arch}-{ftype}.gguf"));
     if !out.exists() {
         let input = gguf_format::GgufFile::open(&f32_path).unwrap();
         let ft: FileType = ftype.parse().unwrap();
@@ -63,14 +63,43 @@ fn n_vocab(path: &Path) -> usize {
     s.forward(&[1], LogitsMode::Last).unwrap().len()
 }
 
-/// The fast mode compiles the graph (the exact mode does not), decodes
-/// token by token within mean KLD 5e-3 of the CPU's decoding (same top-1 ≥
-/// 90%), and runs batches (48 tokens: the dense products through mm_fast;
-/// 5 tokens: the exact kernels) within the same bound of the CPU's batch.
+/// The logits of `toks` decoded one token a step in the fast mode (the
+/// graph compiled), and the CPU's decoding.
+fn fast_decode(path: &Path, toks: &[u32]) -> (Vec<f32>, Vec<f32>) {
+    let want = cpu_decode(path, &toks[..1], &toks[1..], false);
+    let gpu = gpu_model_with(path, GpuOptions { exact: false });
+    let mut s = gpu
+        .session(&SessionOptions {
+            n_ctx: toks.len(),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(
+        s.is_compiled(),
+        "{}: the fast mode compiles it",
+        path.display()
+    );
+    let mut got = Vec::with_capacity(want.len());
+    for &t in toks {
+        got.extend_from_slice(s.forward(&[t], LogitsMode::Last).unwrap());
+    }
+    (want, got)
+}
+
+/// The fast mode compiles the graph (the exact mode does not) and decodes
+/// token by token, and runs batches (40 tokens: the dense products through
+/// mm_fast; steps of 5: the exact kernels), near the CPU's logits: F32
+/// files within mean KLD 1e-5, quantized ones (whose activations the CPU
+/// rounds to Q8 and the fast mode does not) within 1e-2, same top-1 ≥ 90%.
+/// Measured on llvmpipe (decoding; batches of 40; steps of 5): F32 1.7e-7,
+/// 1.3e-8, 2.7e-10; Q8_0 6.8e-4, 6.8e-4, 8.4e-4; Q4_K_M 5.8e-3, 5.3e-3,
+/// 1.4e-3 (top-1 ≥ 97.5%). The dense qwen3 fixture's fast decoding, printed
+/// beside them, is of the same order (F32 4.4e-7, Q8_0 1.1e-3, Q4_K_M
+/// 3.4e-3): the unrounded activations, not the experts.
 #[test]
 fn qwen3moe_compiles_and_agrees_in_fast_mode() {
     for ftype in ["F32", "Q8_0", "Q4_K_M"] {
-        let path = qwen3moe(ftype);
+        let path = arch_file("qwen3moe", ftype);
         let toks = tokens(n_vocab(&path));
         {
             let exact = gpu_model_with(&path, GpuOptions { exact: true });
@@ -85,35 +114,27 @@ fn qwen3moe_compiles_and_agrees_in_fast_mode() {
                 "the exact mode runs mixtures of experts node by node"
             );
         }
-
-        let gpu = gpu_model_with(&path, GpuOptions { exact: false });
-        // Decoding, one token a step.
-        let want = cpu_decode(&path, &toks[..1], &toks[1..], false);
-        let n = want.len() / toks.len();
-        let mut s = gpu
-            .session(&SessionOptions {
-                n_ctx: toks.len(),
-                ..Default::default()
-            })
-            .unwrap();
-        assert!(s.is_compiled(), "{ftype}: the fast mode compiles qwen3moe");
-        let mut got = Vec::with_capacity(want.len());
-        for &t in &toks {
-            got.extend_from_slice(s.forward(&[t], LogitsMode::Last).unwrap());
-        }
-        let (kld, top1) = kld_top1(&want, &got, n);
+        let bound = if ftype == "F32" { 1e-5 } else { 1e-2 };
+        let (decoded, got) = fast_decode(&path, &toks);
+        let n = decoded.len() / toks.len();
+        let (kld, top1) = kld_top1(&decoded, &got, n);
+        let dense = arch_file("qwen3", ftype);
+        let dense_toks = tokens(n_vocab(&dense));
+        let (dw, dg) = fast_decode(&dense, &dense_toks);
+        let (kld_dense, top1_dense) = kld_top1(&dw, &dg, dw.len() / dense_toks.len());
         eprintln!(
             "qwen3moe {ftype}, {} tokens decoded: fast mode vs CPU mean KLD {kld:.3e}, \
-             same top-1 {:.1}%",
+             same top-1 {:.1}% (dense qwen3: {kld_dense:.3e}, {:.1}%)",
             toks.len(),
-            top1 * 100.0
+            top1 * 100.0,
+            top1_dense * 100.0
         );
         assert!(
-            kld <= 1.0 && top1 >= 0.0,
+            kld <= bound && top1 >= 0.9,
             "{ftype} decode: mean KLD {kld:.3e}, top-1 {top1}"
         );
         // Batches: every position's logits.
-        let decoded = want;
+        let gpu = gpu_model_with(&path, GpuOptions { exact: false });
         let cpu = Model::load(&path, &LoadOptions::default()).unwrap();
         let want = cpu
             .session(&SessionOptions {
@@ -124,12 +145,6 @@ fn qwen3moe_compiles_and_agrees_in_fast_mode() {
             .forward(&toks, LogitsMode::All)
             .unwrap()
             .to_vec();
-        let (kld_own, top1_own) = kld_top1(&decoded, &want, n);
-        eprintln!(
-            "qwen3moe {ftype}: the CPU's batch vs its decoding: mean KLD {kld_own:.3e}, same \
-             top-1 {:.1}%",
-            top1_own * 100.0
-        );
         for n_batch in [toks.len(), 5] {
             let mut s = gpu
                 .session(&SessionOptions {
@@ -148,7 +163,7 @@ fn qwen3moe_compiles_and_agrees_in_fast_mode() {
                 top1 * 100.0
             );
             assert!(
-                kld <= 5e-3 && top1 >= 0.9,
+                kld <= bound && top1 >= 0.9,
                 "{ftype} batch {n_batch}: mean KLD {kld:.3e}, top-1 {top1}"
             );
         }
