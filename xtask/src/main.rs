@@ -1,7 +1,7 @@
 //! `cargo xtask <task>`: what cargo alone cannot express. One module per task.
 //!
-//! - `synth-model --preset <tinyllama-1.1b|synth> --type <Q4_K_M|Q8_0|F16|…> [--seed N] OUT.gguf`:
-//!   a random-weight LLaMA written with gguf-format's writer.
+//! - `synth-model --preset <tinyllama-1.1b|synth|gemma3-1b|gemma3-synth|qwen3moe-small|qwen3moe-synth> --type <Q4_K_M|Q8_0|F16|…> [--seed N] OUT.gguf`:
+//!   a random-weight LLaMA, Gemma 3 or Qwen3-MoE written with gguf-format's writer.
 //! - `gpu-bench MODEL.gguf [--adapter NAME] [--pp 512] [--tg 128] [--reps 3] [--attribute] [--exact]`:
 //!   prompt and generation throughput of the wgpu backend, with a per-kernel GPU time profile
 //!   (and, with `--attribute`, each op's cost in the chain of a generated token).

@@ -62,10 +62,13 @@ pub enum Shader {
     /// cooperative matrices (`mm_coop`; only compiled on devices that offer
     /// them, [`crate::DeviceCaps::coop_f16_16`]).
     MmCoop,
+    /// `quant.wgsl` and `moe.wgsl`: the fast mode's mixture-of-experts
+    /// block (router, routing, the chosen experts' products, their sum).
+    Moe,
 }
 
 /// Every shader, for the naga validation test.
-pub const ALL_SHADERS: [Shader; 20] = [
+pub const ALL_SHADERS: [Shader; 21] = [
     Shader::Quant,
     Shader::Norm,
     Shader::Rope,
@@ -86,6 +89,7 @@ pub const ALL_SHADERS: [Shader; 20] = [
     Shader::QuantWide,
     Shader::MmFast,
     Shader::MmCoop,
+    Shader::Moe,
 ];
 
 /// The type of one binding slot.
@@ -141,7 +145,8 @@ impl Shader {
             | Shader::QuantFast
             | Shader::QuantWide
             | Shader::MmFast
-            | Shader::MmCoop => Shader::Quant,
+            | Shader::MmCoop
+            | Shader::Moe => Shader::Quant,
             Shader::AttentionSg => Shader::Attention,
             Shader::NormSg => Shader::Norm,
             Shader::ElementwiseSg => Shader::Elementwise,
@@ -163,6 +168,7 @@ impl Shader {
         match self {
             Shader::Quant => with_fma!("quant_io.wgsl", "quant.wgsl", "x_plain.wgsl"),
             Shader::QuantFast => with_fma!("quant_io.wgsl", "quant.wgsl", "fast.wgsl"),
+            Shader::Moe => with_fma!("quant_io.wgsl", "quant.wgsl", "moe.wgsl"),
             Shader::MmFast => with_fma!(
                 "quant_io.wgsl",
                 "quant.wgsl",
@@ -234,6 +240,7 @@ impl Shader {
             Shader::QuantWide => "fast_wide.wgsl",
             Shader::MmFast => "quant.wgsl+mm_fast.wgsl",
             Shader::MmCoop => "quant.wgsl+mm_coop.wgsl",
+            Shader::Moe => "quant.wgsl+moe.wgsl",
         }
     }
 
@@ -249,7 +256,8 @@ impl Shader {
             | Shader::QuantFast
             | Shader::QuantWide
             | Shader::MmFast
-            | Shader::MmCoop => &[Read, Read, ReadWrite, Uniform, Uniform, Read],
+            | Shader::MmCoop
+            | Shader::Moe => &[Read, Read, ReadWrite, Uniform, Uniform, Read],
             // as Quant, then the cos/sin table, queries, key cache, value
             // cache, rope params
             Shader::QuantTgRope => &[
@@ -447,6 +455,15 @@ pub(crate) enum Kernel {
     /// workgroup: `mm_fast.wgsl`'s `mm_fast` (`false`) or, on devices with
     /// cooperative matrices, `mm_coop.wgsl`'s `mm_coop` (`true`).
     MmFast(GgmlType, bool),
+    /// `moe.wgsl`'s `moe_mv` with a `ty` matrix: the router's product
+    /// (`false`) or the routed experts' (`true`), with prologue 0 (x) or 2
+    /// (SwiGLU of a row's two halves).
+    MoeMv(GgmlType, bool, u32),
+    /// `moe.wgsl`'s `moe_route`: gating 0 (softmax), 1 (sigmoid) or 2
+    /// (softmax of the chosen), renormalised or not.
+    MoeRoute(u32, bool),
+    /// `moe.wgsl`'s `moe_sum`: the weighted sum of a token's experts.
+    MoeSum,
 }
 
 /// Tokens per workgroup of [`Kernel::MmFast`] (both entry points).
@@ -478,6 +495,7 @@ impl Kernel {
             }
             Kernel::MmFast(_, false) => Shader::MmFast,
             Kernel::MmFast(_, true) => Shader::MmCoop,
+            Kernel::MoeMv(..) | Kernel::MoeRoute(..) | Kernel::MoeSum => Shader::Moe,
         }
     }
 
@@ -512,6 +530,9 @@ impl Kernel {
             Kernel::AttentionCombine => "attn_combine",
             Kernel::MmFast(_, false) => "mm_fast",
             Kernel::MmFast(_, true) => "mm_coop",
+            Kernel::MoeMv(..) => "moe_mv",
+            Kernel::MoeRoute(..) => "moe_route",
+            Kernel::MoeSum => "moe_sum",
             Kernel::Qdot(_, 1, KMM_TOKENS) => "qmm1",
             Kernel::Qdot(_, _, KMM_TOKENS) => "kmm",
             Kernel::Qdot(_, 0, QMM_TOKENS) => "qmm",
@@ -546,6 +567,16 @@ impl Kernel {
                 ("PROLOGUE", f64::from(prologue)),
             ],
             Kernel::MmFast(t, _) => vec![("FORMAT", f64::from(t.id()))],
+            Kernel::MoeMv(t, routed, prologue) => vec![
+                ("FORMAT", f64::from(t.id())),
+                ("MV_LANES", f64::from(crate::ops::MATVEC_LANES)),
+                ("ROUTED", f64::from(u8::from(routed))),
+                ("PROLOGUE", f64::from(prologue)),
+            ],
+            Kernel::MoeRoute(gating, normalize) => vec![
+                ("GATING", f64::from(gating)),
+                ("NORMALIZE", f64::from(u8::from(normalize))),
+            ],
             Kernel::Fmv(t, prologue) => vec![
                 ("FORMAT", f64::from(t.id())),
                 ("MV_LANES", f64::from(crate::ops::MATVEC_LANES)),

@@ -1196,6 +1196,192 @@ impl OpBuilder<'_> {
             _params: pb,
         }
     }
+
+    /// `moe.wgsl`'s product: `y[j, y_base + r] = W_e[r] · xv(x row j / x_share)`
+    /// for the `slots` rows j of each token, e the expert `routing` gives j
+    /// (`routed`), else the first (the router: `slots` 1). `prologue` 2
+    /// multiplies silu(gate)·up of a row of x whose up values start `aux`
+    /// floats after its gate values; `x` is `(buffer, row stride, x_share)`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn moe_mv(
+        &self,
+        label: &'static str,
+        w: &MoeMatrix,
+        (routed, prologue, aux): (bool, u32, u32),
+        (x, x_stride, x_share): (&wgpu::Buffer, u32, u32),
+        (y, y_stride, y_base): (&wgpu::Buffer, u32, u32),
+        routing: &wgpu::Buffer,
+        slots: u32,
+    ) -> Op {
+        let params = MatParams {
+            k: w.k,
+            m: w.m,
+            row_bytes: w.row_bytes,
+            x_stride,
+            y_stride,
+            y_base,
+            accumulate: 0,
+            at_pos: 0,
+            corr_base: w.expert_bytes,
+            pad: [x_share, aux / 4, 0],
+        };
+        let pb = self.ctx.uniform(label, bytemuck::bytes_of(&params));
+        let kernel = Kernel::MoeMv(w.ty, routed, prologue);
+        Op {
+            label,
+            pipeline: self.ctx.pipeline(kernel),
+            pipeline_mm: None,
+            variants: Vec::new(),
+            bind_group: self.bind(kernel, &[&w.buffer, x, y, &pb, self.step, routing]),
+            grid: Grid::PerTokenTimes(rows_grid(w.m.div_ceil(256 / MATVEC_LANES)), slots),
+            _params: pb,
+        }
+    }
+
+    /// `moe.wgsl`'s routing: for each token, from its `n_expert` router
+    /// logits (rows of `logits_stride` floats), the `n_used` experts and
+    /// their weights ([`Kernel::MoeRoute`]'s gating, times `scale`) into
+    /// `routing` (two floats a (token, slot): expert, weight).
+    #[allow(clippy::too_many_arguments)]
+    pub fn moe_route(
+        &self,
+        (gating, normalize, scale): (u32, bool, f32),
+        (logits, logits_stride): (&wgpu::Buffer, u32),
+        n_expert: u32,
+        n_used: u32,
+        routing: &wgpu::Buffer,
+        dummy: &wgpu::Buffer,
+    ) -> Op {
+        let params = MatParams {
+            k: n_expert,
+            m: n_used,
+            x_stride: logits_stride,
+            pad: [0, 0, scale.to_bits()],
+            ..Default::default()
+        };
+        let pb = self.ctx.uniform("moe_route", bytemuck::bytes_of(&params));
+        let kernel = Kernel::MoeRoute(gating, normalize);
+        Op {
+            label: "moe_route",
+            pipeline: self.ctx.pipeline(kernel),
+            pipeline_mm: None,
+            variants: Vec::new(),
+            bind_group: self.bind(kernel, &[dummy, logits, routing, &pb, self.step, dummy]),
+            grid: Grid::PerToken([1, 1]),
+            _params: pb,
+        }
+    }
+
+    /// `moe.wgsl`'s sum: `y[t] = Σ_s weight(t, s) · down[t · n_used + s]`
+    /// over rows of `width` values (`down`'s rows `down_stride` floats apart).
+    pub fn moe_sum(
+        &self,
+        (down, down_stride): (&wgpu::Buffer, u32),
+        width: u32,
+        n_used: u32,
+        routing: &wgpu::Buffer,
+        (y, y_stride): (&wgpu::Buffer, u32),
+        dummy: &wgpu::Buffer,
+    ) -> Op {
+        let params = MatParams {
+            k: width,
+            m: n_used,
+            x_stride: down_stride,
+            y_stride,
+            ..Default::default()
+        };
+        let pb = self.ctx.uniform("moe_sum", bytemuck::bytes_of(&params));
+        let kernel = Kernel::MoeSum;
+        Op {
+            label: "moe_sum",
+            pipeline: self.ctx.pipeline(kernel),
+            pipeline_mm: None,
+            variants: Vec::new(),
+            bind_group: self.bind(kernel, &[dummy, down, y, &pb, self.step, routing]),
+            grid: Grid::PerToken(rows_grid(width.div_ceil(256))),
+            _params: pb,
+        }
+    }
+}
+
+/// The experts of one product of a mixture of experts in one buffer for
+/// `moe.wgsl` (expert e's `m` rows from byte `e · expert_bytes`), stacked
+/// on the GPU from the per-expert matrices the backend loaded.
+#[derive(Clone, Debug)]
+pub(crate) struct MoeMatrix {
+    /// Every expert's raw GGUF block bytes, one after the other.
+    pub buffer: wgpu::Buffer,
+    /// Block format.
+    pub ty: GgmlType,
+    /// Weights per row.
+    pub k: u32,
+    /// Rows per expert.
+    pub m: u32,
+    /// Bytes per row.
+    pub row_bytes: u32,
+    /// Bytes per expert (0: one matrix, the router).
+    pub expert_bytes: u32,
+}
+
+impl MoeMatrix {
+    /// A single matrix as a `MoeMatrix` of one expert (the router), if it
+    /// is one part.
+    pub fn single(w: &GpuMatrix) -> Option<MoeMatrix> {
+        match w.parts.as_slice() {
+            [part] => Some(MoeMatrix {
+                buffer: part.buffer.clone(),
+                ty: w.ty,
+                k: w.k,
+                m: w.m,
+                row_bytes: w.row_bytes,
+                expert_bytes: 0,
+            }),
+            _ => None,
+        }
+    }
+
+    /// The experts' matrices stacked into one buffer: expert e's rows are
+    /// those of `experts[e]`'s matrices in turn (gate then up, say). `None`
+    /// where they differ in type or row length, are split in parts, have
+    /// byte counts that are not whole words (GPU copies move words) or do
+    /// not fit one binding together.
+    pub fn stack(
+        ctx: &GpuContext,
+        label: &str,
+        experts: &[Vec<&GpuMatrix>],
+    ) -> Result<Option<MoeMatrix>> {
+        let Some(first) = experts.first().and_then(|e| e.first()) else {
+            return Ok(None);
+        };
+        let (ty, k, row_bytes) = (first.ty, first.k, first.row_bytes);
+        let rows = |e: &Vec<&GpuMatrix>| e.iter().map(|w| w.m as u64).sum::<u64>();
+        let m = rows(&experts[0]);
+        let uniform = experts.iter().all(|e| rows(e) == m)
+            && experts.iter().flatten().all(|w| {
+                w.ty == ty && w.k == k && w.parts.len() == 1 && w.n_bytes().is_multiple_of(4)
+            });
+        let expert_bytes = m * row_bytes as u64;
+        let total = expert_bytes * experts.len() as u64 + 16;
+        if !uniform || total > ctx.max_binding() || expert_bytes > u32::MAX as u64 {
+            return Ok(None);
+        }
+        let buffer = ctx.try_storage(label, total)?;
+        let mut encoder = ctx.device.create_command_encoder(&Default::default());
+        let mut at = 0;
+        for w in experts.iter().flatten() {
+            encoder.copy_buffer_to_buffer(&w.parts[0].buffer, 0, &buffer, at, w.n_bytes());
+            at += w.n_bytes();
+        }
+        ctx.queue.submit([encoder.finish()]);
+        Ok(Some(MoeMatrix {
+            buffer,
+            ty,
+            k,
+            m: m as u32,
+            row_bytes,
+            expert_bytes: expert_bytes as u32,
+        }))
+    }
 }
 
 /// What the fast mode's single-token product ([`OpBuilder::fmv`]) reads as

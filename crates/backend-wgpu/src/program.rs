@@ -20,22 +20,26 @@
 //!   stack, inside the product itself, `tg_rope.wgsl`);
 //! - the rows whose logits are wanted (`Op::OutputRows`) are the batch's
 //!   last row, copied once, or every row, a view; the nodes after it run on
-//!   those rows only, with their own step uniform, as llama.cpp runs them.
+//!   those rows only, with their own step uniform, as llama.cpp runs them;
+//! - in the fast mode, a mixture of experts is five dispatches (`moe.wgsl`):
+//!   router, routing, the chosen experts' gate/up and down products over
+//!   the stacked experts (one row of products per token and slot, the
+//!   expert read from the routing), their weighted sum.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use gguf_format::GgmlType;
-use tensor_core::graph::{Graph, NodeId, Op as GOp, WeightId};
+use tensor_core::graph::{ExpertAct, Gating, Graph, Moe, NodeId, Op as GOp, WeightId};
 use tensor_core::{RopeMode, RopeParams as TcRope};
 
 use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
 use crate::kernels::{act_type, is_exact, Kernel};
 use crate::ops::{
-    attention_partials_bytes, fast_attention_fits, AttnParams, EwParams, GpuMatrix, Grid, Op,
-    OpBuilder, Prologue, RopeFuse, RopeParams, ScaleParams, StepUniform, TgRopeParams,
-    FAST_MM_MIN_TOKENS,
+    attention_partials_bytes, fast_attention_fits, AttnParams, EwParams, GpuMatrix, Grid,
+    MoeMatrix, Op, OpBuilder, Prologue, RopeFuse, RopeParams, ScaleParams, StepUniform,
+    TgRopeParams, FAST_MM_MIN_TOKENS,
 };
 use crate::seam::GpuWeight;
 
@@ -386,6 +390,80 @@ struct Lowering<'a> {
     fast_batch: bool,
     /// Nodes the fast step leaves to their products.
     virt: Vec<Option<Virtual>>,
+    /// Each mixture-of-experts node's stacked weights (made once, shared
+    /// by the body, the tails and the fast step).
+    moe: HashMap<usize, MoeWeights>,
+}
+
+/// A mixture of experts' weights as `moe.wgsl` reads them.
+#[derive(Clone, Debug)]
+struct MoeWeights {
+    router: MoeMatrix,
+    /// Gate and up rows of each expert: one matrix (gate rows then up
+    /// rows), or two where their types differ, with the float offset of
+    /// each one's output in a (token, slot)'s row of `2·ff` values.
+    gate_up: Vec<(MoeMatrix, u32)>,
+    down: MoeMatrix,
+}
+
+impl MoeWeights {
+    /// The stacked weights of `moe`, or `None` where `moe.wgsl` cannot take
+    /// them ([`MoeMatrix::stack`]).
+    fn new(ctx: &GpuContext, weights: &[GpuWeight], moe: &Moe) -> Result<Option<MoeWeights>> {
+        let Some(router) = MoeMatrix::single(matrix(weights, moe.router)?) else {
+            return Ok(None);
+        };
+        let mats = |ids: &[WeightId]| -> Result<Vec<&GpuMatrix>> {
+            ids.iter().map(|&w| matrix(weights, w)).collect()
+        };
+        let (gate, up, down) = (mats(&moe.gate)?, mats(&moe.up)?, mats(&moe.down)?);
+        fn one<'w>(ms: &[&'w GpuMatrix]) -> Vec<Vec<&'w GpuMatrix>> {
+            ms.iter().map(|m| vec![*m]).collect()
+        }
+        let ff = moe.ff as u32;
+        let both: Vec<Vec<&GpuMatrix>> = gate.iter().zip(&up).map(|(g, u)| vec![*g, *u]).collect();
+        let gate_up = match MoeMatrix::stack(ctx, "moe_gate_up", &both)? {
+            Some(m) => vec![(m, 0)],
+            None => {
+                let (Some(g), Some(u)) = (
+                    MoeMatrix::stack(ctx, "moe_gate", &one(&gate))?,
+                    MoeMatrix::stack(ctx, "moe_up", &one(&up))?,
+                ) else {
+                    return Ok(None);
+                };
+                vec![(g, 0), (u, ff)]
+            }
+        };
+        let Some(down) = MoeMatrix::stack(ctx, "moe_down", &one(&down))? else {
+            return Ok(None);
+        };
+        Ok(Some(MoeWeights {
+            router,
+            gate_up,
+            down,
+        }))
+    }
+}
+
+/// Whether `moe.wgsl` computes this mixture of experts: SiLU experts
+/// without biases or a router bias, at most 256 experts, a single-part
+/// router, widths of whole vec4s.
+fn moe_compiles(g: &Graph, weights: &[GpuWeight], moe: &Moe) -> bool {
+    let n_expert = moe.gate.len();
+    let parts_ok = |ids: &[WeightId]| ids.iter().all(|&w| matrix(weights, w).is_ok());
+    moe.router_bias.is_none()
+        && moe.biases.is_none()
+        && moe.act == ExpertAct::Silu
+        && (1..=256).contains(&n_expert)
+        && (1..=n_expert).contains(&moe.n_used)
+        && moe.up.len() == n_expert
+        && moe.down.len() == n_expert
+        && moe.ff.is_multiple_of(4)
+        && matrix(weights, moe.router).is_ok_and(|r| r.parts.len() == 1 && r.m as usize == n_expert)
+        && parts_ok(&moe.gate)
+        && parts_ok(&moe.up)
+        && parts_ok(&moe.down)
+        && g.weights.len() == weights.len()
 }
 
 impl<'a> Lowering<'a> {
@@ -430,6 +508,7 @@ impl<'a> Lowering<'a> {
             fast: false,
             fast_batch: false,
             virt: vec![None; n],
+            moe: HashMap::new(),
         }
     }
 
@@ -1069,10 +1148,10 @@ impl<'a> Lowering<'a> {
                     "attention with sinks is not compiled".into(),
                 ))
             }
-            GOp::Moe { .. } => {
-                return Err(WgpuError::Model(
-                    "mixture-of-experts nodes are not compiled".into(),
-                ))
+            GOp::Moe { x, moe } => {
+                let y = out_loc(self);
+                self.moe(i, *x, moe, ob, ops, &y)?;
+                y
             }
             GOp::Unary { .. }
             | GOp::Mul { .. }
@@ -1088,6 +1167,104 @@ impl<'a> Lowering<'a> {
             }
         };
         self.loc[i] = Some(loc);
+        Ok(())
+    }
+
+    /// Mixture-of-experts node `i` (input `x`) into `y`: the router's
+    /// product, the routing, the chosen experts' gate/up products (one row
+    /// per token and slot), their down products over silu(gate)·up, and the
+    /// weighted sum; all in the fast mode's float activations (the exact
+    /// mode does not compile these nodes: its products would have to be the
+    /// CPU's per-expert batches, `Backend::matmul_expert`, bit for bit).
+    fn moe(
+        &mut self,
+        i: usize,
+        x: NodeId,
+        moe: &Moe,
+        ob: &OpBuilder<'_>,
+        ops: &mut Vec<Op>,
+        y: &Loc,
+    ) -> Result<()> {
+        let mw = match self.moe.get(&i) {
+            Some(w) => w.clone(),
+            None => {
+                let w = MoeWeights::new(self.ctx, self.weights, moe)?.ok_or_else(|| {
+                    WgpuError::Model("a mixture of experts moe.wgsl cannot take".into())
+                })?;
+                self.moe.insert(i, w.clone());
+                w
+            }
+        };
+        let d = self.g.node(x).width as u32;
+        let n_expert = moe.gate.len() as u32;
+        let k = moe.n_used as u32;
+        let ff = moe.ff as u32;
+        let b = self.max_batch as u64;
+        self.weight_bytes += mw.router.m as u64 * mw.router.row_bytes as u64
+            + k as u64
+                * (mw
+                    .gate_up
+                    .iter()
+                    .map(|(m, _)| m.expert_bytes as u64)
+                    .sum::<u64>()
+                    + mw.down.expert_bytes as u64);
+        let xl = self.contiguous(ob, ops, x, i);
+        let xb = self.buf(&xl).clone();
+        // Logit rows of whole vec4s.
+        let l_stride = n_expert.next_multiple_of(4);
+        let logits = self.take(b * l_stride as u64 * 4, i);
+        let logits = self.pool[logits].0.clone();
+        let routing = self.take(b * k as u64 * 2 * 4, i);
+        let routing = self.pool[routing].0.clone();
+        let gu = self.take(b * k as u64 * 2 * ff as u64 * 4, i);
+        let gu = self.pool[gu].0.clone();
+        let down = self.take(b * k as u64 * d as u64 * 4, i);
+        let down = self.pool[down].0.clone();
+        let dummy = self.dummy.clone();
+        ops.push(ob.moe_mv(
+            "ffn_gate_inp",
+            &mw.router,
+            (false, 0, 0),
+            (&xb, d, 1),
+            (&logits, l_stride, 0),
+            &dummy,
+            1,
+        ));
+        let gating = match moe.gating {
+            Gating::Softmax => 0,
+            Gating::Sigmoid => 1,
+            Gating::SoftmaxWeight => 2,
+        };
+        ops.push(ob.moe_route(
+            (gating, moe.normalize, moe.weights_scale),
+            (&logits, l_stride),
+            n_expert,
+            k,
+            &routing,
+            &dummy,
+        ));
+        for (w, base) in &mw.gate_up {
+            ops.push(ob.moe_mv(
+                "ffn_gate_up_exps",
+                w,
+                (true, 0, 0),
+                (&xb, d, k),
+                (&gu, 2 * ff, *base),
+                &routing,
+                k,
+            ));
+        }
+        ops.push(ob.moe_mv(
+            "ffn_down_exps",
+            &mw.down,
+            (true, 2, ff),
+            (&gu, 2 * ff, 1),
+            (&down, d, 0),
+            &routing,
+            k,
+        ));
+        let yb = self.buf(y).clone();
+        ops.push(ob.moe_sum((&down, d), d, k, &routing, (&yb, y.stride), &dummy));
         Ok(())
     }
 
@@ -1429,8 +1606,13 @@ pub struct ProgramConfig {
 
 impl GpuProgram {
     /// Compiles `graph` over `weights` (loaded by [`crate::WgpuBackend`]),
-    /// or `None` for a graph with nodes it does not compile (mixtures of
-    /// experts, whose routing needs the host: run those node by node).
+    /// or `None` for a graph with nodes it does not compile (run those node
+    /// by node): recurrent layers, attention sinks, and mixtures of experts
+    /// in the exact mode or of a kind `moe.wgsl` does not take (biases, a
+    /// router bias, SwiGLU-OAI experts, more than 256 experts). The fast
+    /// mode compiles SiLU mixtures of experts with the routing on the GPU
+    /// (`moe.wgsl`); their stacked copies of the experts' weights double
+    /// those weights' GPU memory.
     pub fn compile(
         ctx: Arc<GpuContext>,
         graph: &Graph,
@@ -1438,10 +1620,12 @@ impl GpuProgram {
         cfg: &ProgramConfig,
     ) -> Result<Option<GpuProgram>> {
         let compiled = |op: &GOp| {
+            if let GOp::Moe { moe, .. } = op {
+                return cfg.fast && moe_compiles(graph, weights, moe);
+            }
             !matches!(
                 op,
-                GOp::Moe { .. }
-                    | GOp::Attention { sinks: Some(_), .. }
+                GOp::Attention { sinks: Some(_), .. }
                     | GOp::Unary { .. }
                     | GOp::Mul { .. }
                     | GOp::MulVec { .. }
@@ -1600,6 +1784,7 @@ impl GpuProgram {
             ld.tables = lw.tables.clone();
             ld.kv = lw.kv.clone();
             ld.gelu = lw.gelu.clone();
+            ld.moe = lw.moe.clone();
             let mut ops = Vec::new();
             for i in 0..n {
                 ld.lower(i, &ob, &ob, &mut ops, false)?;
@@ -1617,6 +1802,11 @@ impl GpuProgram {
         keep.extend(lw.tables.iter().map(|t| t.2.clone()));
         keep.extend(lw.kv.values().flat_map(|(k, v, _)| [k.clone(), v.clone()]));
         keep.extend(lw.gelu.clone());
+        keep.extend(lw.moe.values().flat_map(|m| {
+            let mut v = vec![m.router.buffer.clone(), m.down.buffer.clone()];
+            v.extend(m.gate_up.iter().map(|(g, _)| g.buffer.clone()));
+            v
+        }));
         keep.extend([dummy, dummy_rw]);
         let kept_weights = weights
             .iter()

@@ -6,5 +6,6 @@ mod default_model;
 mod fast;
 mod kernels;
 mod model;
+mod moe;
 mod recurrent;
 mod seam;
