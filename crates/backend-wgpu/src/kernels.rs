@@ -323,6 +323,16 @@ pub fn wide_fits(ty: GgmlType, row_bytes: u32) -> bool {
     }
 }
 
+/// Rows per workgroup of `fmv_wide` over a `ty` matrix: four lane sets of
+/// four rows each (one for Q6_K, whose rows are staged through workgroup
+/// memory one at a time; fast_wide.wgsl's `wide_rows`).
+pub fn wide_rows_per_workgroup(ty: GgmlType) -> u32 {
+    match ty {
+        GgmlType::Q6_K => 4,
+        _ => 16,
+    }
+}
+
 /// Whether `ty` has GPU kernels.
 pub fn is_gpu_type(ty: GgmlType) -> bool {
     GPU_TYPES.contains(&ty)

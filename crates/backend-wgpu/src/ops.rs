@@ -326,6 +326,9 @@ pub(crate) enum Grid {
     Linear { m: u32 },
     /// An exact product (`qdot`/`kdot`) of `m` rows: [`Op::variants`].
     Qdot { m: u32 },
+    /// The fast mode's single-token product through `fmv_wide` (one token
+    /// only): `m` rows, `rows` a workgroup.
+    Wide { m: u32, rows: u32 },
     /// `[x, y]` workgroups per row of `k` rows a token (z = tokens · k:
     /// per-head norms).
     PerTokenTimes([u32; 2], u32),
@@ -397,7 +400,10 @@ impl Op {
 
     /// Whether the op is a matrix product (a linear layer).
     pub fn is_product(&self) -> bool {
-        matches!(self.grid, Grid::Linear { .. } | Grid::Qdot { .. })
+        matches!(
+            self.grid,
+            Grid::Linear { .. } | Grid::Qdot { .. } | Grid::Wide { .. }
+        )
     }
 
     /// Whether the op dispatches anything for a batch of `n_tokens`.
@@ -455,6 +461,10 @@ impl Op {
                         [m.div_ceil(64), n_tokens.div_ceil(64), 1],
                     )
                 }
+            }
+            Grid::Wide { m, rows } => {
+                let [x, y] = rows_grid(m.div_ceil(rows));
+                (&self.pipeline, [x, y, 1])
             }
             Grid::Qdot { m } => {
                 let v = self
@@ -736,7 +746,8 @@ impl OpBuilder<'_> {
                 up_base,
             } => (2, gate, gate_base, up, up_base, 0.0),
         };
-        let kernel = if crate::kernels::wide_fits(w.ty, w.row_bytes) {
+        let wide = crate::kernels::wide_fits(w.ty, w.row_bytes);
+        let kernel = if wide {
             Kernel::FmvWide(w.ty, kind)
         } else {
             Kernel::Fmv(w.ty, kind)
@@ -762,7 +773,14 @@ impl OpBuilder<'_> {
                     pipeline: self.ctx.pipeline(kernel),
                     pipeline_mm: None,
                     bind_group: self.bind(kernel, &[&part.buffer, x, y, &pb, self.step, aux]),
-                    grid: Grid::Linear { m: part.rows },
+                    grid: if wide {
+                        Grid::Wide {
+                            m: part.rows,
+                            rows: crate::kernels::wide_rows_per_workgroup(w.ty),
+                        }
+                    } else {
+                        Grid::Linear { m: part.rows }
+                    },
                     variants: Vec::new(),
                     _params: pb,
                 }

@@ -4,8 +4,7 @@
 // blocks, staged four blocks at a time through workgroup memory by words),
 // read as such: the weights as
 // `vec4<u32>` (each invocation decodes 32 Q4_K/Q5_K weights or 8 F16 weights
-// from one load; Q8_0's 34-byte blocks are staged through workgroup memory
-// 64 blocks a row at a time, then each invocation takes one), the
+// from one load; Q8_0's 34-byte blocks a block an invocation, by words), the
 // activations as `vec4<f32>`, and the super-block's scales decoded once for
 // those 32 weights. fast.wgsl's
 // `fmv` reads a word at a time and decodes the scales again for every four
@@ -15,8 +14,10 @@
 // a row meet through workgroup memory, no subgroup operations. Float sums in
 // this kernel's order: not the CPU's bits, within the fast mode's agreement.
 //
-// Workgroup: 256 invocations, WIDE_LANES per row (the grid of `fmv`, ops.rs's
-// Grid::Linear).
+// Workgroup: 256 invocations, four lane sets of WIDE_LANES; a lane set takes
+// WIDE_ROWS rows at once for Q4_K, Q5_K, Q8_0 and F16 (each activation vector
+// read once for all of them: re-reading them per row cost more than the
+// weights), one row for Q6_K (ops.rs's Grid::Wide).
 
 override FORMAT: u32 = 12u;
 override PROLOGUE: u32 = 0u;
@@ -28,14 +29,25 @@ const WIDE_LANES: u32 = 64u;
 @group(0) @binding(5) var<storage, read> aux: array<vec4<f32>>;
 
 var<private> sq: f32;
-var<workgroup> red: array<f32, 256>;
-// Q8_0: per row of the workgroup, 64 blocks (2176 bytes, 136 vectors).
-const Q8_VECS: u32 = 136u;
-var<workgroup> q8s: array<vec4<u32>, 544>;
-// Q6_K: per row of the workgroup, 4 blocks (840 bytes, 210 words).
+// One workgroup array for everything that passes through workgroup memory:
+// Q6_K's staged rows, then the reduction (vectors 0..255 the lanes' partial
+// sums of up to four rows, 256..319 their sums of squares, four lanes a
+// vector).
+// Q6_K: per lane set, 4 blocks (840 bytes, 210 words; + 4 words: the last
+// slot's straddling reads stay inside).
 const Q6_WORDS: u32 = 210u;
-var<workgroup> q6s: array<u32, 844>; // (+ 4: the last slot's straddling reads stay inside)
-var<workgroup> red_sq: array<f32, 256>;
+var<workgroup> wsh: array<vec4<u32>, 320>;
+
+// Rows of each lane set: the activations a lane reads (after the prologue)
+// serve this many rows. Q6_K, staged through workgroup memory a row at a
+// time, takes one.
+fn wide_rows() -> u32 {
+    if (FORMAT == 14u) {
+        return 1u;
+    }
+    return WIDE_ROWS;
+}
+const WIDE_ROWS: u32 = 4u;
 
 // Activations i .. i + 3 of the row's input, as the prologue makes them.
 fn xin(i: u32) -> vec4<f32> {
@@ -74,8 +86,33 @@ fn scale_min(h: vec4<u32>, j: u32) -> vec2<f32> {
 // header, 32 bytes of high bits, 128 of quants): lane part `part` (0..7) of
 // super-block `sb` takes quant vector `part`: bytes 16·(part % 2) .. + 15 of
 // pair j = part / 2, whose low nibbles are weights of sub-block 2j and high
-// nibbles the same weights of sub-block 2j + 1.
-fn kquant_part(rv: u32, sb: u32, part: u32) -> f32 {
+// nibbles the same weights of sub-block 2j + 1. The part's 32 activations
+// (low-nibble weights' xl, high-nibble weights' xh) and their sums are read
+// once for the lane set's rows.
+struct KPartX {
+    xl: array<vec4<f32>, 4>,
+    xh: array<vec4<f32>, 4>,
+    sum0: f32,
+    sum1: f32,
+}
+
+fn kquant_x(sb: u32, part: u32) -> KPartX {
+    var a: KPartX;
+    let x0 = (sb * 256u + 64u * (part >> 1u) + 16u * (part & 1u)) >> 2u;
+    a.sum0 = 0.0;
+    a.sum1 = 0.0;
+    for (var c = 0u; c < 4u; c++) {
+        let xl = xin(x0 + c);
+        let xh = xin(x0 + 8u + c);
+        a.xl[c] = xl;
+        a.xh[c] = xh;
+        a.sum0 += (xl.x + xl.y) + (xl.z + xl.w);
+        a.sum1 += (xh.x + xh.y) + (xh.z + xh.w);
+    }
+    return a;
+}
+
+fn kquant_part(rv: u32, sb: u32, part: u32, a: ptr<function, KPartX>) -> f32 {
     let five = FORMAT == 13u;
     let per_sb = select(9u, 11u, five);
     let b = rv + sb * per_sb;
@@ -90,12 +127,8 @@ fn kquant_part(rv: u32, sb: u32, part: u32) -> f32 {
     let dm = unpack2x16float(h.x);
     let s0 = scale_min(h, 2u * j);
     let s1 = scale_min(h, 2u * j + 1u);
-    // Activation vectors of the low and high nibbles' weights.
-    let x0 = (sb * 256u + 64u * j + 16u * half) >> 2u;
     var dot0 = 0.0;
     var dot1 = 0.0;
-    var sum0 = 0.0;
-    var sum1 = 0.0;
     for (var c = 0u; c < 4u; c++) {
         let word = q[c];
         var lo = vec4<f32>(unpack4xU8(word & 0x0f0f0f0fu));
@@ -105,51 +138,53 @@ fn kquant_part(rv: u32, sb: u32, part: u32) -> f32 {
             lo += 16.0 * vec4<f32>(unpack4xU8((hb >> (2u * j)) & 0x01010101u));
             hi += 16.0 * vec4<f32>(unpack4xU8((hb >> (2u * j + 1u)) & 0x01010101u));
         }
-        let xl = xin(x0 + c);
-        let xh = xin(x0 + 8u + c);
-        dot0 += dot(lo, xl);
-        dot1 += dot(hi, xh);
-        sum0 += (xl.x + xl.y) + (xl.z + xl.w);
-        sum1 += (xh.x + xh.y) + (xh.z + xh.w);
+        dot0 += dot(lo, (*a).xl[c]);
+        dot1 += dot(hi, (*a).xh[c]);
     }
-    return dm.x * (s0.x * dot0 + s1.x * dot1) - dm.y * (s0.y * sum0 + s1.y * sum1);
+    return dm.x * (s0.x * dot0 + s1.x * dot1) - dm.y * (s0.y * (*a).sum0 + s1.y * (*a).sum1);
 }
 
-// Word i of a row slot of q8s.
-fn q8w(slot: u32, i: u32) -> u32 {
-    return q8s[slot + (i >> 2u)][i & 3u];
+// Word i of the weights.
+fn ww(i: u32) -> u32 {
+    return wv[i >> 2u][i & 3u];
 }
 
-// Q8_0 block `blk` of the slot (first block `b0` of the row) · its
-// activations: d from its first two bytes, then eight words of quants (on a
-// word boundary for odd blocks, straddling two words for even ones).
-fn q8_block(slot: u32, blk: u32, b0: u32) -> f32 {
-    let bo = blk * 34u;
+// Q8_0 block `blk` of the row at byte `rb` · the block's activations `xq`:
+// d from its first two bytes, then eight words of quants (on a word
+// boundary when the block starts two bytes past one, straddling two words
+// otherwise). Consecutive lanes read consecutive blocks, so a subgroup's
+// loads share cache lines.
+fn q8_block(rb: u32, blk: u32, xq: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+    let bo = rb + blk * 34u;
     let wi = bo >> 2u;
     let odd = (bo & 3u) == 2u;
-    let w0 = q8w(slot, wi);
+    let w0 = ww(wi);
     let d = unpack2x16float(select(w0, w0 >> 16u, odd)).x;
-    let xb = (b0 + blk) * 8u;
     var a = 0.0;
     for (var k = 0u; k < 8u; k++) {
         var word: u32;
         if (odd) {
-            word = q8w(slot, wi + 1u + k);
+            word = ww(wi + 1u + k);
         } else {
-            word = (q8w(slot, wi + k) >> 16u) | (q8w(slot, wi + k + 1u) << 16u);
+            word = (ww(wi + k) >> 16u) | (ww(wi + k + 1u) << 16u);
         }
-        a += dot(vec4<f32>(unpack4xI8(word)), xin(xb + k));
+        a += dot(vec4<f32>(unpack4xI8(word)), (*xq)[k]);
     }
     return d * a;
 }
 
-// The word at byte offset o (even) of a row slot of q6s.
+// Word i of the staged Q6_K rows.
+fn q6s(i: u32) -> u32 {
+    return wsh[i >> 2u][i & 3u];
+}
+
+// The word at byte offset o (even) of a row slot of the staged Q6_K rows.
 fn q6w(slot: u32, o: u32) -> u32 {
     let i = slot + (o >> 2u);
     if ((o & 3u) == 0u) {
-        return q6s[i];
+        return q6s(i);
     }
-    return (q6s[i] >> 16u) | (q6s[i + 1u] << 16u);
+    return (q6s(i) >> 16u) | (q6s(i + 1u) << 16u);
 }
 
 // Signed byte k of a word.
@@ -188,42 +223,51 @@ fn q6_unit(slot: u32, blk: u32, u: u32, b0: u32) -> f32 {
     return d * t;
 }
 
-// F16: eight weights from vector `u` of the row.
-fn f16_part(rv: u32, u: u32) -> f32 {
-    let q = wv[rv + u];
-    let a = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
-    let b = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
-    return dot(a, xin(2u * u)) + dot(b, xin(2u * u + 1u));
+// F16: eight weights from vector `u` of the row (rows of `rvs` vectors from
+// vector rv0) times activations xa, xb, for each of the lane set's n rows.
+fn f16_parts(rv0: u32, rvs: u32, n: u32, u: u32, acc: ptr<function, vec4<f32>>) {
+    let xa = xin(2u * u);
+    let xb = xin(2u * u + 1u);
+    for (var r = 0u; r < WIDE_ROWS; r++) {
+        if (r < n) {
+            let q = wv[rv0 + r * rvs + u];
+            let a = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+            let b = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+            (*acc)[r] += dot(a, xa) + dot(b, xb);
+        }
+    }
 }
 
-// y[row] (+)= W[row, :] · xin. Grid: groups of 256 / WIDE_LANES rows.
+// y[row] (+)= W[row, :] · xin for the lane set's rows. Grid: groups of
+// 4 · wide_rows() rows (ops.rs's Grid::Wide).
 @compute @workgroup_size(256)
 fn fmv_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
     let lane = lid % WIDE_LANES;
-    let row = (wid.x + wid.y * nwg.x) * (256u / WIDE_LANES) + lid / WIDE_LANES;
+    let rows = wide_rows();
+    let row = ((wid.x + wid.y * nwg.x) * (256u / WIDE_LANES) + lid / WIDE_LANES) * rows;
     let live = row < p.m;
-    let rv = row * (p.row_bytes >> 4u);
-    var acc = vec2<f32>(0.0);
+    // Rows of this lane set inside the matrix.
+    let n = min(rows, p.m - min(row, p.m));
+    let rvs = p.row_bytes >> 4u;
+    let rv = row * rvs;
+    var acc = vec4<f32>(0.0);
     sq = 0.0;
     if (FORMAT == 8u) {
-        // Every invocation takes the loop (its barriers), live or not.
+        // A block a lane, its activations read once for the lane set's rows.
         let nb = p.k >> 5u;
-        let slot = (lid / WIDE_LANES) * Q8_VECS;
-        for (var c0 = 0u; c0 < nb; c0 += 64u) {
-            let nblk = min(64u, nb - c0);
-            let nv = (nblk * 34u) >> 4u;
-            let v0 = rv + ((c0 * 34u) >> 4u);
-            for (var t = lane; t < nv; t += WIDE_LANES) {
-                if (live) {
-                    q8s[slot + t] = wv[v0 + t];
+        if (live) {
+            for (var blk = lane; blk < nb; blk += WIDE_LANES) {
+                var xq: array<vec4<f32>, 8>;
+                for (var k = 0u; k < 8u; k++) {
+                    xq[k] = xin(blk * 8u + k);
+                }
+                for (var r = 0u; r < WIDE_ROWS; r++) {
+                    if (r < n) {
+                        acc[r] += q8_block((row + r) * p.row_bytes, blk, &xq);
+                    }
                 }
             }
-            workgroupBarrier();
-            if (live && lane < nblk) {
-                acc.x += q8_block(slot, lane, c0);
-            }
-            workgroupBarrier();
         }
     } else if (FORMAT == 14u) {
         // Four blocks a pass staged by words (rows of an even number of
@@ -237,7 +281,8 @@ fn fmv_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             let w0 = rw + ((c0 * 210u) >> 2u);
             for (var t = lane; t < nw; t += WIDE_LANES) {
                 if (live) {
-                    q6s[slot + t] = wv[(w0 + t) >> 2u][(w0 + t) & 3u];
+                    let i = slot + t;
+                    wsh[i >> 2u][i & 3u] = wv[(w0 + t) >> 2u][(w0 + t) & 3u];
                 }
             }
             workgroupBarrier();
@@ -249,38 +294,47 @@ fn fmv_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     } else if (live) {
         if (FORMAT == 1u) {
             let units = p.k >> 3u;
-            var u = lane;
-            for (; u + WIDE_LANES < units; u += 2u * WIDE_LANES) {
-                acc.x += f16_part(rv, u);
-                acc.y += f16_part(rv, u + WIDE_LANES);
-            }
-            for (; u < units; u += WIDE_LANES) {
-                acc.x += f16_part(rv, u);
+            for (var u = lane; u < units; u += WIDE_LANES) {
+                f16_parts(rv, rvs, n, u, &acc);
             }
         } else {
             // Eight lanes a super-block, WIDE_LANES / 8 super-blocks a pass.
             let nsb = p.k >> 8u;
             let part = lane & 7u;
             for (var sb = lane >> 3u; sb < nsb; sb += WIDE_LANES / 8u) {
-                acc.x += kquant_part(rv, sb, part);
+                var a = kquant_x(sb, part);
+                for (var r = 0u; r < WIDE_ROWS; r++) {
+                    if (r < n) {
+                        acc[r] += kquant_part(rv + r * rvs, sb, part, &a);
+                    }
+                }
             }
         }
     }
-    red[lid] = acc.x + acc.y;
-    red_sq[lid] = sq;
+    // The staging loop's last barrier is behind every read of wsh: the
+    // reduction may take it over.
+    wsh[lid] = bitcast<vec4<u32>>(acc);
+    wsh[256u + (lid >> 2u)][lid & 3u] = bitcast<u32>(sq);
     workgroupBarrier();
     for (var s = WIDE_LANES / 2u; s > 0u; s >>= 1u) {
         if (lane < s) {
-            red[lid] += red[lid + s];
-            red_sq[lid] += red_sq[lid + s];
+            wsh[lid] = bitcast<vec4<u32>>(bitcast<vec4<f32>>(wsh[lid]) + bitcast<vec4<f32>>(wsh[lid + s]));
+            let a = lid + s;
+            let v = bitcast<f32>(wsh[256u + (lid >> 2u)][lid & 3u]) + bitcast<f32>(wsh[256u + (a >> 2u)][a & 3u]);
+            wsh[256u + (lid >> 2u)][lid & 3u] = bitcast<u32>(v);
         }
         workgroupBarrier();
     }
     if (live && lane == 0u) {
-        var v = red[lid];
+        let v = bitcast<vec4<f32>>(wsh[lid]);
+        var scale = 1.0;
         if (PROLOGUE == 1u) {
-            v *= 1.0 / sqrt(red_sq[lid] / f32(p.k) + p.eps);
+            scale = 1.0 / sqrt(bitcast<f32>(wsh[256u + (lid >> 2u)][lid & 3u]) / f32(p.k) + p.eps);
         }
-        store(0u, row, v);
+        for (var r = 0u; r < WIDE_ROWS; r++) {
+            if (r < n) {
+                store(0u, row + r, v[r] * scale);
+            }
+        }
     }
 }
