@@ -311,13 +311,13 @@ pub const GPU_TYPES: [GgmlType; 15] = [
 ];
 
 /// Whether the fast mode's single-token product of a `ty` matrix with rows
-/// of `row_bytes` takes `fast_wide.wgsl` (whole 16-byte vectors a row; Q8_0
-/// in whole groups of eight 34-byte blocks; Q6_K in an even number of
-/// 210-byte blocks).
+/// of `row_bytes` takes `fast_wide.wgsl` (Q4_K, Q5_K and F16 in whole
+/// 16-byte vectors a row; Q6_K in an even number of 210-byte blocks; the
+/// 32-weight blocks, read by words, any row).
 pub fn wide_fits(ty: GgmlType, row_bytes: u32) -> bool {
     match ty {
         GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::F16 => row_bytes.is_multiple_of(16),
-        GgmlType::Q8_0 => row_bytes.is_multiple_of(8 * 34),
+        GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q5_0 | GgmlType::Q5_1 | GgmlType::Q8_0 => true,
         GgmlType::Q6_K => row_bytes.is_multiple_of(2 * 210),
         _ => false,
     }

@@ -1,10 +1,11 @@
 // fast_wide.wgsl: the fast mode's single-token product (`fmv_wide`) for
-// weights whose rows are whole 16-byte vectors (Q4_K, Q5_K, F16, Q8_0 in
-// rows of whole groups of eight blocks; Q6_K rows of an even number of
-// blocks, staged four blocks at a time through workgroup memory by words),
+// weights whose rows are whole 16-byte vectors (Q4_K, Q5_K, F16; Q6_K rows
+// of an even number of blocks, staged four blocks at a time through
+// workgroup memory by words) and for the 32-weight blocks (Q4_0, Q4_1,
+// Q5_0, Q5_1, Q8_0: a block an invocation, by words),
 // read as such: the weights as
 // `vec4<u32>` (each invocation decodes 32 Q4_K/Q5_K weights or 8 F16 weights
-// from one load; Q8_0's 34-byte blocks a block an invocation, by words), the
+// from one load), the
 // activations as `vec4<f32>`, and the super-block's scales decoded once for
 // those 32 weights. fast.wgsl's
 // `fmv` reads a word at a time and decodes the scales again for every four
@@ -15,7 +16,7 @@
 // this kernel's order: not the CPU's bits, within the fast mode's agreement.
 //
 // Workgroup: 256 invocations, four lane sets of WIDE_LANES; a lane set takes
-// WIDE_ROWS rows at once for Q4_K, Q5_K, Q8_0 and F16 (each activation vector
+// WIDE_ROWS rows at once for every format but Q6_K (each activation vector
 // read once for all of them: re-reading them per row cost more than the
 // weights), one row for Q6_K (ops.rs's Grid::Wide).
 
@@ -149,28 +150,98 @@ fn ww(i: u32) -> u32 {
     return wv[i >> 2u][i & 3u];
 }
 
-// Q8_0 block `blk` of the row at byte `rb` · the block's activations `xq`:
-// d from its first two bytes, then eight words of quants (on a word
-// boundary when the block starts two bytes past one, straddling two words
-// otherwise). Consecutive lanes read consecutive blocks, so a subgroup's
-// loads share cache lines.
-fn q8_block(rb: u32, blk: u32, xq: ptr<function, array<vec4<f32>, 8>>) -> f32 {
-    let bo = rb + blk * 34u;
-    let wi = bo >> 2u;
-    let odd = (bo & 3u) == 2u;
-    let w0 = ww(wi);
-    let d = unpack2x16float(select(w0, w0 >> 16u, odd)).x;
-    var a = 0.0;
-    for (var k = 0u; k < 8u; k++) {
-        var word: u32;
-        if (odd) {
-            word = ww(wi + 1u + k);
-        } else {
-            word = (ww(wi + k) >> 16u) | (ww(wi + k + 1u) << 16u);
-        }
-        a += dot(vec4<f32>(unpack4xI8(word)), (*xq)[k]);
+// The u32 at byte offset o (even) of the weights.
+fn u32_at(o: u32) -> u32 {
+    let wi = o >> 2u;
+    if ((o & 3u) == 0u) {
+        return ww(wi);
     }
-    return d * a;
+    return (ww(wi) >> 16u) | (ww(wi + 1u) << 16u);
+}
+
+// Bits 4k .. 4k + 3 of qh, one in bit 4 of each byte (Q5_0/Q5_1's fifth
+// bits of four consecutive weights).
+fn fifth_bits(qh: u32, k: u32) -> u32 {
+    let t = (qh >> (4u * k)) & 0xfu;
+    return ((t & 1u) | ((t & 2u) << 7u) | ((t & 4u) << 14u) | ((t & 8u) << 21u)) << 4u;
+}
+
+// The 32-weight block (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) of `blk` of the row
+// at byte `rb` · the block's activations `xq`, read by words at any even
+// offset (these blocks are 18 to 34 bytes: not on 16-byte vectors).
+// Consecutive lanes read consecutive blocks, so a subgroup's loads share
+// cache lines. ggml's dequantize_row_* are the specification.
+fn small_block(rb: u32, blk: u32, xq: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+    switch FORMAT {
+        case 2u: { // Q4_0: d·(q − 8), low nibbles weights 0..15, high 16..31
+            let bo = rb + blk * 18u;
+            let d = unpack2x16float(u32_at(bo)).x;
+            var a = 0.0;
+            for (var k = 0u; k < 4u; k++) {
+                let w = u32_at(bo + 2u + 4u * k);
+                let lo = vec4<f32>(unpack4xU8(w & 0x0f0f0f0fu)) - 8.0;
+                let hi = vec4<f32>(unpack4xU8((w >> 4u) & 0x0f0f0f0fu)) - 8.0;
+                a += dot(lo, (*xq)[k]) + dot(hi, (*xq)[k + 4u]);
+            }
+            return d * a;
+        }
+        case 3u: { // Q4_1: d·q + m
+            let bo = rb + blk * 20u;
+            let dm = unpack2x16float(ww(bo >> 2u));
+            var a = 0.0;
+            var sx = 0.0;
+            for (var k = 0u; k < 4u; k++) {
+                let w = ww((bo >> 2u) + 1u + k);
+                let lo = vec4<f32>(unpack4xU8(w & 0x0f0f0f0fu));
+                let hi = vec4<f32>(unpack4xU8((w >> 4u) & 0x0f0f0f0fu));
+                let xl = (*xq)[k];
+                let xh = (*xq)[k + 4u];
+                a += dot(lo, xl) + dot(hi, xh);
+                sx += ((xl.x + xl.y) + (xl.z + xl.w)) + ((xh.x + xh.y) + (xh.z + xh.w));
+            }
+            return dm.x * a + dm.y * sx;
+        }
+        case 6u: { // Q5_0: d·(q − 16), the fifth bit of weight i in bit i of qh
+            let bo = rb + blk * 22u;
+            let d = unpack2x16float(u32_at(bo)).x;
+            let qh = u32_at(bo + 2u);
+            var a = 0.0;
+            for (var k = 0u; k < 4u; k++) {
+                let w = u32_at(bo + 6u + 4u * k);
+                let lo = vec4<f32>(unpack4xU8((w & 0x0f0f0f0fu) | fifth_bits(qh, k))) - 16.0;
+                let hi = vec4<f32>(unpack4xU8(((w >> 4u) & 0x0f0f0f0fu) | fifth_bits(qh, k + 4u))) - 16.0;
+                a += dot(lo, (*xq)[k]) + dot(hi, (*xq)[k + 4u]);
+            }
+            return d * a;
+        }
+        case 7u: { // Q5_1: d·q + m
+            let bo = rb + blk * 24u;
+            let wi = bo >> 2u;
+            let dm = unpack2x16float(ww(wi));
+            let qh = ww(wi + 1u);
+            var a = 0.0;
+            var sx = 0.0;
+            for (var k = 0u; k < 4u; k++) {
+                let w = ww(wi + 2u + k);
+                let lo = vec4<f32>(unpack4xU8((w & 0x0f0f0f0fu) | fifth_bits(qh, k)));
+                let hi = vec4<f32>(unpack4xU8(((w >> 4u) & 0x0f0f0f0fu) | fifth_bits(qh, k + 4u)));
+                let xl = (*xq)[k];
+                let xh = (*xq)[k + 4u];
+                a += dot(lo, xl) + dot(hi, xh);
+                sx += ((xl.x + xl.y) + (xl.z + xl.w)) + ((xh.x + xh.y) + (xh.z + xh.w));
+            }
+            return dm.x * a + dm.y * sx;
+        }
+        default: { // Q8_0: d·q
+            let bo = rb + blk * 34u;
+            let d = unpack2x16float(u32_at(bo)).x;
+            var a = 0.0;
+            for (var k = 0u; k < 8u; k++) {
+                a += dot(vec4<f32>(unpack4xI8(u32_at(bo + 2u + 4u * k))), (*xq)[k]);
+            }
+            return d * a;
+        }
+    }
 }
 
 // Word i of the staged Q6_K rows.
@@ -253,7 +324,7 @@ fn fmv_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let rv = row * rvs;
     var acc = vec4<f32>(0.0);
     sq = 0.0;
-    if (FORMAT == 8u) {
+    if (FORMAT == 2u || FORMAT == 3u || FORMAT == 6u || FORMAT == 7u || FORMAT == 8u) {
         // A block a lane, its activations read once for the lane set's rows.
         let nb = p.k >> 5u;
         if (live) {
@@ -264,7 +335,7 @@ fn fmv_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
                 }
                 for (var r = 0u; r < WIDE_ROWS; r++) {
                     if (r < n) {
-                        acc[r] += q8_block((row + r) * p.row_bytes, blk, &xq);
+                        acc[r] += small_block((row + r) * p.row_bytes, blk, &xq);
                     }
                 }
             }
