@@ -344,6 +344,28 @@ fn matmul_cpu(c: &mut Criterion<ThreadCpuTime>) {
                 })
             },
         );
+        if let (Some(dot16), Some(pack16)) = (panel.dot16_for(ty), panel.pack16) {
+            let mut panels16 = vec![quant_kernels::simd::Q8_0x16::default(); n / 16 * nb];
+            for (g, p) in panels16.chunks_mut(nb).enumerate() {
+                let rows: Vec<&[u8]> = (0..16).map(|k| &act[(16 * g + k) * ar..][..ar]).collect();
+                pack16(&rows, p);
+            }
+            g.bench_function(
+                BenchmarkId::new(
+                    format!("Q8_0-panel16-{}", panel.isa),
+                    format!("{rows}x{cols}x{n}"),
+                ),
+                |b| {
+                    b.iter(|| {
+                        for (y, w) in y.chunks_mut(n).zip(q.chunks_exact(rb)) {
+                            for (p, y) in panels16.chunks_exact(nb).zip(y.chunks_exact_mut(16)) {
+                                y.copy_from_slice(&dot16(w, black_box(p)));
+                            }
+                        }
+                    })
+                },
+            );
+        }
         if variants[1].is_some_and(|v| v.isa == panel.isa) {
             break;
         }

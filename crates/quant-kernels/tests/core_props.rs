@@ -167,6 +167,49 @@ proptest! {
         }
     }
 
+    /// Every sixteen-row Q8_0 panel kernel (where the CPU has one, for Q8_0,
+    /// Q5_0 and Q4_0 weights) gives exactly the bits of the single dot
+    /// product, for a panel of `rows` activation rows (the rest zeros, whose
+    /// products are +0) — also for raw weight bytes (Q8_0's −128 included),
+    /// and rows longer than the kernel's decoding buffer.
+    #[test]
+    fn q8_0x16_panels_are_bit_identical(seed in 1u64.., blocks in 1usize..80, rows in 1usize..=16, raw in any::<bool>()) {
+        let f = simd::features();
+        let n = blocks * 32;
+        let acts: Vec<Vec<u8>> = (0..rows as u64)
+            .map(|k| quantize_activations(GgmlType::Q8_0, &Rng(seed ^ ((k + 1) * 0x1357)).activations(n)))
+            .collect();
+        let refs: Vec<&[u8]> = acts.iter().map(Vec::as_slice).collect();
+        let variants = [
+            simd::q8_0_panel_for(f),
+            simd::q8_0_panel_for(Features { avx_vnni: false, ..f }),
+        ];
+        for panel in variants.into_iter().flatten() {
+            let Some(pack16) = panel.pack16 else { continue };
+            let mut p = vec![simd::Q8_0x16::default(); blocks];
+            pack16(&refs, &mut p);
+            for ty in [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4_0] {
+                let single = simd::vec_dot_for(ty).unwrap();
+                let (_, mut wq) = weights(ty, seed, n);
+                if raw {
+                    let mut rng = Rng(seed ^ 0x55);
+                    for blk in wq.chunks_exact_mut(row_bytes(ty, 32).unwrap()) {
+                        for q in &mut blk[2..] {
+                            *q = (rng.next_u64() >> 56) as u8;
+                        }
+                    }
+                }
+                let got = panel.dot16_for(ty).unwrap()(&wq, &p);
+                for k in 0..rows {
+                    prop_assert_eq!(got[k].to_bits(), single(n, &wq, &acts[k]).to_bits(), "{} {} column {}", panel.isa, ty, k);
+                }
+                for (k, v) in got.iter().enumerate().skip(rows) {
+                    prop_assert_eq!(v.to_bits(), 0, "{} {} padding column {}", panel.isa, ty, k);
+                }
+            }
+        }
+    }
+
     /// Native activation quantizers give exactly the portable bytes.
     #[test]
     fn simd_from_float_is_byte_identical(seed in 1u64.., blocks in 1usize..9, extra in 0usize..31, scale_exp in -20i32..20) {

@@ -30,7 +30,7 @@ use std::arch::x86_64::*;
 use super::x86::{
     bytes_from_bits_32, bytes_from_nibbles_32, hsum_float_8, mul_sum_us8_pairs_float,
 };
-use super::{Q8_0x4, Q8_0x8, Q8_1x8};
+use super::{Q8_0x16, Q8_0x4, Q8_0x8, Q8_1x8};
 
 /// Weight-format tags (a const parameter, so each kernel is compiled per format).
 pub(super) const Q8_0: u8 = 0;
@@ -447,5 +447,117 @@ pub(super) fn dot_q8_0x8_vnni512<const T: u8>(w: &[u8], p: &[Q8_0x8]) -> [f32; 8
     for (j, acc) in acc.into_iter().enumerate() {
         [out[2 * j], out[2 * j + 1]] = hsum_halves(acc);
     }
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Q8_0, Q5_0 and Q4_0 weights against lane-major Q8_0x16 panels.
+// ---------------------------------------------------------------------------
+
+/// A weight block decoded for [`dot_q8_0x16_vnni512`]: its 32 quants as
+/// signed bytes (eight lanes of four) and each lane's `−128·Σ w`.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct LaneBlock {
+    qs: [i32; 8],
+    start: [i32; 8],
+}
+
+/// Weight blocks decoded at a time (a 4 KiB buffer on the stack).
+const LANE_CHUNK: usize = 64;
+
+/// `vpdpbusd(splat(*s), a, splat(*w))` on 512-bit vectors: the i32 at `s`
+/// and the four bytes at `w` broadcast from memory. (Written with
+/// intrinsics, the compiler forwards the decoding's stores into registers
+/// and spends two shuffles per broadcast instead of none.)
+///
+/// # Safety
+/// `s` and `w` must point at four readable bytes each.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+unsafe fn dpbusd_splat(s: *const i32, a: __m512i, w: *const i32) -> __m512i {
+    let r: __m512i;
+    // SAFETY: the caller's promise; the asm reads the two i32 and writes `r` only.
+    unsafe {
+        std::arch::asm!(
+            "vpbroadcastd {r}, dword ptr [{s}]",
+            "vpdpbusd {r}, {a}, dword ptr [{w}]{{1to16}}",
+            r = out(zmm_reg) r,
+            s = in(reg) s,
+            a = in(zmm_reg) a,
+            w = in(reg) w,
+            options(pure, readonly, nostack, preserves_flags),
+        );
+    }
+    r
+}
+
+/// One weight row of format `T` times [`Q8_0x16`] panels packed biased by
+/// 128, with AVX512-VNNI.
+///
+/// ggml's kernel keeps one accumulator per output whose lane `l` adds, block
+/// by block, `fma(d_w·d_a, Σ_{t<4} w[4l+t]·a[4l+t], ·)`, and ends with
+/// `hsum_float_8`. Here vector `l` holds lane `l` of all sixteen outputs:
+/// the panel keeps bytes `4l..4l+4` of the sixteen rows side by side, the
+/// weights' four bytes are broadcast, and one `vpdpbusd` from `−128·Σ w`
+/// (the bias's correction, see [`dot_panel_vnni`]) gives lane `l`'s exact
+/// sums for all sixteen rows. The scales are one product per block, with no
+/// permutes; at the end `hsum_float_8`'s additions run across the eight
+/// vectors in its order. So every output has ggml's bits, with three
+/// instructions per lane and block for sixteen rows.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+pub(super) fn dot_q8_0x16_vnni512<const T: u8>(w: &[u8], p: &[Q8_0x16]) -> [f32; 16] {
+    assert_eq!(w.len(), p.len() * block_bytes::<T>());
+    let mut acc = [_mm512_setzero_ps(); 8];
+    let zero = _mm256_setzero_si256();
+    let bias = _mm256_set1_epi8(-128);
+    let mut buf = [std::mem::MaybeUninit::<LaneBlock>::uninit(); LANE_CHUNK];
+    let mut dws = [0f32; LANE_CHUNK];
+    for (wc, pc) in w
+        .chunks(LANE_CHUNK * block_bytes::<T>())
+        .zip(p.chunks(LANE_CHUNK))
+    {
+        for ((blk, b), dwo) in wc
+            .chunks_exact(block_bytes::<T>())
+            .zip(&mut buf)
+            .zip(&mut dws)
+        {
+            let (sx, dw) = weight_block::<T>(blk);
+            let b = b.as_mut_ptr();
+            // SAFETY: `b` points at a 64-byte aligned `LaneBlock`, whose
+            // fields are 32 bytes each.
+            unsafe {
+                _mm256_store_si256((&raw mut (*b).qs).cast(), sx);
+                _mm256_store_si256(
+                    (&raw mut (*b).start).cast(),
+                    _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, sx)),
+                );
+            }
+            *dwo = _mm_cvtss_f32(dw);
+        }
+        for ((b, p), &dw) in buf.iter().zip(pc).zip(&dws) {
+            // SAFETY: the loop above wrote `buf[..pc.len()]`.
+            let b = unsafe { b.assume_init_ref() };
+            // SAFETY: `p.d` is 64-byte aligned and holds sixteen f32.
+            let d = _mm512_mul_ps(_mm512_set1_ps(dw), unsafe { _mm512_load_ps(p.d.as_ptr()) });
+            for (l, acc) in acc.iter_mut().enumerate() {
+                // SAFETY: `qs[l]` is 64 bytes, 64-byte aligned; `start[l]`
+                // and `qs[l]` of `b` are four bytes each.
+                let q = unsafe {
+                    dpbusd_splat(
+                        &b.start[l],
+                        _mm512_load_si512(p.qs[l].as_ptr().cast()),
+                        &b.qs[l],
+                    )
+                };
+                *acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(q), *acc);
+            }
+        }
+    }
+    let w = [0, 1, 2, 3].map(|i| _mm512_add_ps(acc[i + 4], acc[i]));
+    let sum = _mm512_add_ps(_mm512_add_ps(w[0], w[2]), _mm512_add_ps(w[1], w[3]));
+    let mut out = [0.0; 16];
+    // SAFETY: `out` holds sixteen f32; storeu has no alignment needs.
+    unsafe { _mm512_storeu_ps(out.as_mut_ptr(), sum) };
     out
 }
