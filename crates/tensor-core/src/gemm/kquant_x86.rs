@@ -100,6 +100,10 @@ pub(super) unsafe fn b32_rows_avx2(
     out: &mut [f32],
 ) {
     let iq4 = ty == GgmlType::IQ4_NL;
+    // Q4_0 batches with AVX512-VNNI: one `vpdpbusd` per group of four
+    // quants of all 16 rows (see `b32_pass_vnni512`), which wants a block's
+    // registers `k` of the two halves side by side.
+    let vnni = !iq4 && n > 1 && quant_kernels::simd::features().avx512_vnni;
     let nb = row_bytes / 18;
     let rows = w.len() / row_bytes;
     assert!(xq.len() >= n * act_row && act_row >= nb * 34 && out.len() >= rows * n);
@@ -171,15 +175,40 @@ pub(super) unsafe fn b32_rows_avx2(
                 _mm256_storeu_ps(d[o..].as_mut_ptr(), dj);
                 let u: [__m256i; 8] = unpacked[o..][..8].try_into().expect("8 rows");
                 for (k, t) in transpose_8x8_epi32(u).iter().enumerate() {
+                    let at = if vnni {
+                        64 * k + 32 * h
+                    } else {
+                        256 * h + 32 * k
+                    };
                     // SAFETY: `q` holds 512 bytes for block `j`.
-                    _mm256_storeu_si256(
-                        q[512 * j + 256 * h + 32 * k..].as_mut_ptr() as *mut __m256i,
-                        *t,
-                    );
+                    _mm256_storeu_si256(q[512 * j + at..].as_mut_ptr() as *mut __m256i, *t);
                 }
             }
         }
-        for b in 0..n {
+        let mut b = 0;
+        while vnni && b < n {
+            // Four activation rows per pass share each weight register.
+            const R: usize = 4;
+            let (ya, nba, ys) = (&xq[b * act_row..], &da[b * nb..], &ysum8[b * nb..]);
+            let mut put = |lanes: &[[f32; 16]]| {
+                for (i, lanes) in lanes.iter().enumerate() {
+                    for r in 0..gr {
+                        out[(g + r) * n + b + i] = lanes[r];
+                    }
+                }
+                lanes.len()
+            };
+            // SAFETY: AVX512-VNNI is present (`vnni`); `q` is in its layout;
+            // `ya` holds `R` activation rows (or one) from `b`.
+            b += unsafe {
+                if b + R <= n {
+                    put(&b32_pass_vnni512::<R>(&q, &d, ya, act_row, nb, nba, ys))
+                } else {
+                    put(&b32_pass_vnni512::<1>(&q, &d, ya, act_row, nb, nba, ys))
+                }
+            };
+        }
+        for b in b..n {
             let lanes = b32_pass(
                 iq4,
                 &q,
@@ -378,6 +407,63 @@ unsafe fn b32_pass(
         _mm256_storeu_ps(lanes[1].as_mut_ptr(), acc[1]);
         lanes
     }
+}
+
+/// [`b32_pass`] for Q4_0 with AVX512-VNNI, for `R` activation rows at
+/// once (`y`, `da` and `ysum8` hold `R` rows of `act_row`, `nb` and `nb`):
+/// register `k` of a block holds quants `4k..4k + 4` of all 16 weight rows
+/// (`q[512j + 64k..]`: the two halves' registers `k` side by side), so one
+/// `vpdpbusd` with an activation row's four bytes broadcast adds one
+/// group's products for 16 rows, and each register serves `R` rows.
+/// Starting from `−8·Σy` (Q4_0's stored `q + 8`), the block's sums are the
+/// same exact integers as [`b32_pass`]'s; the float steps are the same
+/// `fma(sumi, d_w·d_a, acc)` per output, so the same bits.
+///
+/// # Safety
+/// The CPU must support AVX512-F, -BW, -VL and -VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+unsafe fn b32_pass_vnni512<const R: usize>(
+    q: &[u8],
+    d: &[f32],
+    y: &[u8],
+    act_row: usize,
+    nb: usize,
+    da: &[f32],
+    ysum8: &[i32],
+) -> [[f32; 16]; R] {
+    assert!(q.len() >= nb * 512 && d.len() >= nb * 16);
+    assert!(y.len() >= (R - 1) * act_row + nb * 34 && act_row >= nb * 34);
+    assert!(da.len() >= R * nb && ysum8.len() >= R * nb);
+    let mut acc = [_mm512_setzero_ps(); R];
+    for j in 0..nb {
+        // SAFETY: loads within `q` (512 bytes per block), `d` (16 per
+        // block), `da`, `ysum8` and each activation row's block `j`, in
+        // bounds by the asserts; the rest is registers.
+        unsafe {
+            let qb = q.as_ptr().add(512 * j);
+            let mut s: [__m512i; R] =
+                std::array::from_fn(|r| _mm512_set1_epi32(-*ysum8.get_unchecked(r * nb + j)));
+            for k in 0..8 {
+                let wv = _mm512_loadu_si512(qb.add(64 * k) as *const __m512i);
+                for (r, s) in s.iter_mut().enumerate() {
+                    let yb = y.as_ptr().add(r * act_row + 34 * j + 2 + 4 * k);
+                    let yv = _mm512_set1_epi32(std::ptr::read_unaligned(yb as *const i32));
+                    *s = _mm512_dpbusd_epi32(*s, wv, yv);
+                }
+            }
+            let dw = _mm512_loadu_ps(d.as_ptr().add(16 * j));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let dd = _mm512_mul_ps(dw, _mm512_set1_ps(*da.get_unchecked(r * nb + j)));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r]), dd, *acc);
+            }
+        }
+    }
+    acc.map(|acc| {
+        let mut lanes = [0.0f32; 16];
+        // SAFETY: `lanes` holds sixteen f32; storeu has no alignment needs.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
+        lanes
+    })
 }
 
 /// Elements `32c..32c + 32` of a Q4_K, Q5_K or Q6_K super-block as
