@@ -337,10 +337,17 @@ fn matmul_q8_0_panels(
     pool::for_each_row_chunk_columns(y, w.rows, n, chunk, |r0, out| {
         let nrows = out.len() / n;
         if let Some((dot16, _)) = dot16 {
+            // Weight rows a few at a time (the kernel pairs them).
+            const ROWS: usize = 8;
+            let mut r = [[0.0; 16]; ROWS];
             for (g, p) in panels16_ref.chunks_exact(nb).enumerate() {
-                for i in 0..nrows {
-                    let r = dot16(w.row(r0 + i), p);
-                    scatter(&r, out, 16 * g * nrows + i, nrows);
+                for i0 in (0..nrows).step_by(ROWS) {
+                    let k = ROWS.min(nrows - i0);
+                    let rows = &w.data[(r0 + i0) * w.row_bytes..(r0 + i0 + k) * w.row_bytes];
+                    dot16(rows, p, &mut r[..k]);
+                    for (i, r) in r[..k].iter().enumerate() {
+                        scatter(r, out, 16 * g * nrows + i0 + i, nrows);
+                    }
                 }
             }
         }

@@ -199,12 +199,22 @@ proptest! {
                         }
                     }
                 }
-                let got = panel.dot16_for(ty).unwrap()(&wq, &p);
-                for k in 0..rows {
-                    prop_assert_eq!(got[k].to_bits(), single(n, &wq, &acts[k]).to_bits(), "{} {} column {}", panel.isa, ty, k);
-                }
-                for (k, v) in got.iter().enumerate().skip(rows) {
-                    prop_assert_eq!(v.to_bits(), 0, "{} {} padding column {}", panel.isa, ty, k);
+                // Three weight rows (a pair and a single): the row, its
+                // bytes reversed block by block, and the row again.
+                let rb = row_bytes(ty, 32).unwrap();
+                let mut w3 = wq.clone();
+                let rev: Vec<u8> = wq.chunks_exact(rb).rev().flatten().copied().collect();
+                w3.extend_from_slice(&rev);
+                w3.extend_from_slice(&wq);
+                let mut got = vec![[0.0f32; 16]; 3];
+                panel.dot16_for(ty).unwrap()(&w3, &p, &mut got);
+                for (i, w) in w3.chunks_exact(wq.len()).enumerate() {
+                    for k in 0..rows {
+                        prop_assert_eq!(got[i][k].to_bits(), single(n, w, &acts[k]).to_bits(), "{} {} row {} column {}", panel.isa, ty, i, k);
+                    }
+                    for (k, v) in got[i].iter().enumerate().skip(rows) {
+                        prop_assert_eq!(v.to_bits(), 0, "{} {} row {} padding column {}", panel.isa, ty, i, k);
+                    }
                 }
             }
         }

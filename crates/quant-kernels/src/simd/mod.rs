@@ -296,9 +296,13 @@ impl Default for Q8_0x16 {
     }
 }
 
-/// One weight row times a [`Q8_0x16`] panel: `out[c]` is bit-identical to
-/// `vec_dot(n, w, a[c])` for the panel's sixteen activation rows `a`.
-pub type Panel16x0DotFn = fn(w: &[u8], p: &[Q8_0x16]) -> [f32; 16];
+/// Packs up to sixteen Q8_0 activation rows into [`Q8_0x16`] blocks.
+pub type Pack16Fn = fn(a: &[&[u8]], out: &mut [Q8_0x16]);
+
+/// `out.len()` weight rows (one after another in `w`) times a [`Q8_0x16`]
+/// panel: `out[i][c]` is bit-identical to `vec_dot(n, w_i, a[c])` for the
+/// panel's sixteen activation rows `a`.
+pub type Panel16x0DotFn = fn(w: &[u8], p: &[Q8_0x16], out: &mut [[f32; 16]]);
 
 /// The matrix-product kernels over [`Q8_0x4`] panels, for the weight formats
 /// whose activations are Q8_0 and whose ggml kernel is one FMA per block
@@ -326,7 +330,7 @@ pub struct Q8_0Panel {
     /// Packs up to sixteen Q8_0 activation rows into [`Q8_0x16`] blocks
     /// for [`Q8_0Panel::dot16_for`]'s kernels, where the instruction set
     /// has them; the rows past `a.len()` are zeros.
-    pub pack16: Option<fn(a: &[&[u8]], out: &mut [Q8_0x16])>,
+    pub pack16: Option<Pack16Fn>,
     /// Sixteen-row kernels (Q8_0, Q5_0, Q4_0), where the instruction set has them.
     x16: Option<[Panel16x0DotFn; 3]>,
 }
@@ -408,9 +412,9 @@ pub fn q8_0_panel_for(f: Features) -> Option<Q8_0Panel> {
                 q4_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_vnni512::<Q4_0>(w, p) },
                 pack16: Some(|a, out| pack_q8_0x16(a, out, 0x80)),
                 x16: Some([
-                    |w, p| unsafe { x86_panel::dot_q8_0x16_vnni512::<Q8_0>(w, p) },
-                    |w, p| unsafe { x86_panel::dot_q8_0x16_vnni512::<Q5_0>(w, p) },
-                    |w, p| unsafe { x86_panel::dot_q8_0x16_vnni512::<Q4_0>(w, p) },
+                    |w, p, o| unsafe { x86_panel::dot_q8_0x16_vnni512::<Q8_0>(w, p, o) },
+                    |w, p, o| unsafe { x86_panel::dot_q8_0x16_vnni512::<Q5_0>(w, p, o) },
+                    |w, p, o| unsafe { x86_panel::dot_q8_0x16_vnni512::<Q4_0>(w, p, o) },
                 ]),
             });
         }

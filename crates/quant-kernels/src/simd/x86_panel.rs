@@ -492,7 +492,7 @@ unsafe fn dpbusd_splat(s: *const i32, a: __m512i, w: *const i32) -> __m512i {
     r
 }
 
-/// One weight row of format `T` times [`Q8_0x16`] panels packed biased by
+/// Weight rows of format `T` times [`Q8_0x16`] panels packed biased by
 /// 128, with AVX512-VNNI.
 ///
 /// ggml's kernel keeps one accumulator per output whose lane `l` adds, block
@@ -505,59 +505,86 @@ unsafe fn dpbusd_splat(s: *const i32, a: __m512i, w: *const i32) -> __m512i {
 /// permutes; at the end `hsum_float_8`'s additions run across the eight
 /// vectors in its order. So every output has ggml's bits, with three
 /// instructions per lane and block for sixteen rows.
+///
+/// `w` holds `out.len()` weight rows, one after another; they are taken two
+/// at a time, so each panel register serves both.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
-pub(super) fn dot_q8_0x16_vnni512<const T: u8>(w: &[u8], p: &[Q8_0x16]) -> [f32; 16] {
-    assert_eq!(w.len(), p.len() * block_bytes::<T>());
-    let mut acc = [_mm512_setzero_ps(); 8];
+pub(super) fn dot_q8_0x16_vnni512<const T: u8>(w: &[u8], p: &[Q8_0x16], out: &mut [[f32; 16]]) {
+    let row = p.len() * block_bytes::<T>();
+    assert_eq!(w.len(), out.len() * row);
+    let mut pairs = out.chunks_exact_mut(2);
+    for (w, out) in w.chunks_exact(2 * row).zip(&mut pairs) {
+        let (w0, w1) = w.split_at(row);
+        out.copy_from_slice(&dot_q8_0x16_rows::<T, 2>([w0, w1], p));
+    }
+    if let [last] = pairs.into_remainder() {
+        *last = dot_q8_0x16_rows::<T, 1>([&w[w.len() - row..]], p)[0];
+    }
+}
+
+/// [`dot_q8_0x16_vnni512`] for `R` weight rows of `p.len()` blocks each.
+#[inline]
+#[allow(clippy::needless_range_loop)] // `acc[r][l]`: two indices per step.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+fn dot_q8_0x16_rows<const T: u8, const R: usize>(w: [&[u8]; R], p: &[Q8_0x16]) -> [[f32; 16]; R] {
+    for w in w {
+        assert_eq!(w.len(), p.len() * block_bytes::<T>());
+    }
+    let mut acc = [[_mm512_setzero_ps(); 8]; R];
     let zero = _mm256_setzero_si256();
     let bias = _mm256_set1_epi8(-128);
-    let mut buf = [std::mem::MaybeUninit::<LaneBlock>::uninit(); LANE_CHUNK];
-    let mut dws = [0f32; LANE_CHUNK];
-    for (wc, pc) in w
-        .chunks(LANE_CHUNK * block_bytes::<T>())
-        .zip(p.chunks(LANE_CHUNK))
-    {
-        for ((blk, b), dwo) in wc
-            .chunks_exact(block_bytes::<T>())
-            .zip(&mut buf)
-            .zip(&mut dws)
-        {
-            let (sx, dw) = weight_block::<T>(blk);
-            let b = b.as_mut_ptr();
-            // SAFETY: `b` points at a 64-byte aligned `LaneBlock`, whose
-            // fields are 32 bytes each.
-            unsafe {
-                _mm256_store_si256((&raw mut (*b).qs).cast(), sx);
-                _mm256_store_si256(
-                    (&raw mut (*b).start).cast(),
-                    _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, sx)),
-                );
+    let mut buf = [[std::mem::MaybeUninit::<LaneBlock>::uninit(); LANE_CHUNK]; R];
+    let mut dws = [[0f32; LANE_CHUNK]; R];
+    for (c, pc) in p.chunks(LANE_CHUNK).enumerate() {
+        let from = c * LANE_CHUNK * block_bytes::<T>();
+        let to = from + pc.len() * block_bytes::<T>();
+        for r in 0..R {
+            let wc = &w[r][from..to];
+            for ((blk, b), dwo) in wc
+                .chunks_exact(block_bytes::<T>())
+                .zip(&mut buf[r])
+                .zip(&mut dws[r])
+            {
+                let (sx, dw) = weight_block::<T>(blk);
+                let b = b.as_mut_ptr();
+                // SAFETY: `b` points at a 64-byte aligned `LaneBlock`, whose
+                // fields are 32 bytes each.
+                unsafe {
+                    _mm256_store_si256((&raw mut (*b).qs).cast(), sx);
+                    _mm256_store_si256(
+                        (&raw mut (*b).start).cast(),
+                        _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, sx)),
+                    );
+                }
+                *dwo = _mm_cvtss_f32(dw);
             }
-            *dwo = _mm_cvtss_f32(dw);
         }
-        for ((b, p), &dw) in buf.iter().zip(pc).zip(&dws) {
-            // SAFETY: the loop above wrote `buf[..pc.len()]`.
-            let b = unsafe { b.assume_init_ref() };
+        for (i, p) in pc.iter().enumerate() {
             // SAFETY: `p.d` is 64-byte aligned and holds sixteen f32.
-            let d = _mm512_mul_ps(_mm512_set1_ps(dw), unsafe { _mm512_load_ps(p.d.as_ptr()) });
-            for (l, acc) in acc.iter_mut().enumerate() {
-                // SAFETY: `qs[l]` is 64 bytes, 64-byte aligned; `start[l]`
-                // and `qs[l]` of `b` are four bytes each.
-                let q = unsafe {
-                    dpbusd_splat(
-                        &b.start[l],
-                        _mm512_load_si512(p.qs[l].as_ptr().cast()),
-                        &b.qs[l],
-                    )
-                };
-                *acc = _mm512_fmadd_ps(d, _mm512_cvtepi32_ps(q), *acc);
+            let pd = unsafe { _mm512_load_ps(p.d.as_ptr()) };
+            let d: [__m512; R] =
+                std::array::from_fn(|r| _mm512_mul_ps(_mm512_set1_ps(dws[r][i]), pd));
+            for l in 0..8 {
+                // SAFETY: `qs[l]` is 64 bytes, 64-byte aligned.
+                let a = unsafe { _mm512_load_si512(p.qs[l].as_ptr().cast()) };
+                for r in 0..R {
+                    // SAFETY: the loop above wrote `buf[r][..pc.len()]`;
+                    // `start[l]` and `qs[l]` are four bytes each.
+                    let q = unsafe {
+                        let b = buf[r][i].assume_init_ref();
+                        dpbusd_splat(&b.start[l], a, &b.qs[l])
+                    };
+                    acc[r][l] = _mm512_fmadd_ps(d[r], _mm512_cvtepi32_ps(q), acc[r][l]);
+                }
             }
         }
     }
-    let w = [0, 1, 2, 3].map(|i| _mm512_add_ps(acc[i + 4], acc[i]));
-    let sum = _mm512_add_ps(_mm512_add_ps(w[0], w[2]), _mm512_add_ps(w[1], w[3]));
-    let mut out = [0.0; 16];
-    // SAFETY: `out` holds sixteen f32; storeu has no alignment needs.
-    unsafe { _mm512_storeu_ps(out.as_mut_ptr(), sum) };
-    out
+    acc.map(|acc| {
+        let w = [0, 1, 2, 3].map(|i| _mm512_add_ps(acc[i + 4], acc[i]));
+        let sum = _mm512_add_ps(_mm512_add_ps(w[0], w[2]), _mm512_add_ps(w[1], w[3]));
+        let mut out = [0.0; 16];
+        // SAFETY: `out` holds sixteen f32; storeu has no alignment needs.
+        unsafe { _mm512_storeu_ps(out.as_mut_ptr(), sum) };
+        out
+    })
 }
