@@ -337,16 +337,22 @@ fn matmul_q8_0_panels(
     pool::for_each_row_chunk_columns(y, w.rows, n, chunk, |r0, out| {
         let nrows = out.len() / n;
         if let Some((dot16, _)) = dot16 {
-            // Weight rows a few at a time (the kernel pairs them).
+            // A few weight rows against a few panels per call: the kernel
+            // decodes each pair of rows once for all the panels.
             const ROWS: usize = 8;
-            let mut r = [[0.0; 16]; ROWS];
-            for (g, p) in panels16_ref.chunks_exact(nb).enumerate() {
+            const PANELS: usize = 8;
+            let mut r = [[0.0; 16]; ROWS * PANELS];
+            for (g0, p) in panels16_ref.chunks(PANELS * nb).enumerate() {
+                let gs = p.len() / nb;
                 for i0 in (0..nrows).step_by(ROWS) {
                     let k = ROWS.min(nrows - i0);
                     let rows = &w.data[(r0 + i0) * w.row_bytes..(r0 + i0 + k) * w.row_bytes];
-                    dot16(rows, p, &mut r[..k]);
-                    for (i, r) in r[..k].iter().enumerate() {
-                        scatter(r, out, 16 * g * nrows + i0 + i, nrows);
+                    dot16(rows, k, p, &mut r[..k * gs]);
+                    for (i, r) in r[..k * gs].chunks_exact(gs).enumerate() {
+                        for (g, r) in r.iter().enumerate() {
+                            let b = 16 * (PANELS * g0 + g);
+                            scatter(r, out, b * nrows + i0 + i, nrows);
+                        }
                     }
                 }
             }

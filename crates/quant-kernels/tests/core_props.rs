@@ -200,20 +200,30 @@ proptest! {
                     }
                 }
                 // Three weight rows (a pair and a single): the row, its
-                // bytes reversed block by block, and the row again.
+                // bytes reversed block by block, and the row again; against
+                // the panel and a second one whose rows are the first's
+                // reversed (row c of the second is row rows - 1 - c).
                 let rb = row_bytes(ty, 32).unwrap();
                 let mut w3 = wq.clone();
                 let rev: Vec<u8> = wq.chunks_exact(rb).rev().flatten().copied().collect();
                 w3.extend_from_slice(&rev);
                 w3.extend_from_slice(&wq);
-                let mut got = vec![[0.0f32; 16]; 3];
-                panel.dot16_for(ty).unwrap()(&w3, &p, &mut got);
+                let refs2: Vec<&[u8]> = refs.iter().rev().copied().collect();
+                let mut p2 = p.clone();
+                p2.extend(std::iter::repeat_n(simd::Q8_0x16::default(), blocks));
+                pack16(&refs2, &mut p2[blocks..]);
+                let mut got = vec![[0.0f32; 16]; 6];
+                panel.dot16_for(ty).unwrap()(&w3, 3, &p2, &mut got);
                 for (i, w) in w3.chunks_exact(wq.len()).enumerate() {
-                    for k in 0..rows {
-                        prop_assert_eq!(got[i][k].to_bits(), single(n, w, &acts[k]).to_bits(), "{} {} row {} column {}", panel.isa, ty, i, k);
-                    }
-                    for (k, v) in got[i].iter().enumerate().skip(rows) {
-                        prop_assert_eq!(v.to_bits(), 0, "{} {} row {} padding column {}", panel.isa, ty, i, k);
+                    for g in 0..2 {
+                        let got = &got[2 * i + g];
+                        for k in 0..rows {
+                            let a = if g == 0 { &acts[k] } else { &acts[rows - 1 - k] };
+                            prop_assert_eq!(got[k].to_bits(), single(n, w, a).to_bits(), "{} {} row {} panel {} column {}", panel.isa, ty, i, g, k);
+                        }
+                        for (k, v) in got.iter().enumerate().skip(rows) {
+                            prop_assert_eq!(v.to_bits(), 0, "{} {} row {} panel {} padding column {}", panel.isa, ty, i, g, k);
+                        }
                     }
                 }
             }

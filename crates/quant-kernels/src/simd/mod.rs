@@ -299,10 +299,11 @@ impl Default for Q8_0x16 {
 /// Packs up to sixteen Q8_0 activation rows into [`Q8_0x16`] blocks.
 pub type Pack16Fn = fn(a: &[&[u8]], out: &mut [Q8_0x16]);
 
-/// `out.len()` weight rows (one after another in `w`) times a [`Q8_0x16`]
-/// panel: `out[i][c]` is bit-identical to `vec_dot(n, w_i, a[c])` for the
-/// panel's sixteen activation rows `a`.
-pub type Panel16x0DotFn = fn(w: &[u8], p: &[Q8_0x16], out: &mut [[f32; 16]]);
+/// `rows` weight rows (one after another in `w`) times one or more
+/// [`Q8_0x16`] panels (`p`: each a row's blocks long, one after another):
+/// `out[i·panels + g][c]` is bit-identical to `vec_dot(n, w_i, a_g[c])`
+/// for panel `g`'s sixteen activation rows `a_g`.
+pub type Panel16x0DotFn = fn(w: &[u8], rows: usize, p: &[Q8_0x16], out: &mut [[f32; 16]]);
 
 /// The matrix-product kernels over [`Q8_0x4`] panels, for the weight formats
 /// whose activations are Q8_0 and whose ggml kernel is one FMA per block
@@ -412,9 +413,9 @@ pub fn q8_0_panel_for(f: Features) -> Option<Q8_0Panel> {
                 q4_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_vnni512::<Q4_0>(w, p) },
                 pack16: Some(|a, out| pack_q8_0x16(a, out, 0x80)),
                 x16: Some([
-                    |w, p, o| unsafe { x86_panel::dot_q8_0x16_vnni512::<Q8_0>(w, p, o) },
-                    |w, p, o| unsafe { x86_panel::dot_q8_0x16_vnni512::<Q5_0>(w, p, o) },
-                    |w, p, o| unsafe { x86_panel::dot_q8_0x16_vnni512::<Q4_0>(w, p, o) },
+                    |w, r, p, o| unsafe { x86_panel::dot_q8_0x16_vnni512::<Q8_0>(w, r, p, o) },
+                    |w, r, p, o| unsafe { x86_panel::dot_q8_0x16_vnni512::<Q5_0>(w, r, p, o) },
+                    |w, r, p, o| unsafe { x86_panel::dot_q8_0x16_vnni512::<Q4_0>(w, r, p, o) },
                 ]),
             });
         }
