@@ -1,6 +1,9 @@
 //! AVX2 versions of [`super::b32_rows`] and the prepared-row K-quant
 //! products: the same float steps in the same order, the exact integer
-//! sums computed for 16 weight rows per activation broadcast.
+//! sums computed for 16 weight rows per activation broadcast. With
+//! AVX512-VNNI the batched Q4_0 and K-quant products take the 16 rows in
+//! one 512-bit register and `vpdpbusd` for the exact sums (the same
+//! integers, so the same bits).
 //!
 //! Weights are unpacked once per group of 16 rows into two interleaved
 //! halves of 8 (register `k` of a block holds elements `4k..4k + 4` of each
@@ -1291,9 +1294,11 @@ mod tests {
         }
     }
 
-    /// Every AVX2 kernel gives the portable code's bits, for every format,
-    /// order (tiled, repacked gemm / gemv), batch size 1..=13 and row
-    /// counts that leave a partial group of 8.
+    /// Every AVX2 kernel (and, where the CPU has AVX512-VNNI, the K-quants'
+    /// VNNI kernel beside it, and the Q4_0 batches' in place of theirs:
+    /// `STRATA_CPU_DISABLE=avx512` tests those) gives the portable code's bits, for every
+    /// format, order (tiled, repacked gemm / gemv), batch size 1..=13 and
+    /// row counts that leave a partial group of 8.
     #[test]
     fn avx2_kernels_match_portable_bit_for_bit() {
         if !(std::arch::is_x86_feature_detected!("avx2")
