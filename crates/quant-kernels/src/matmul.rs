@@ -6,13 +6,14 @@
 //! walks each chunk's rows against a tile of the batch so each weight row is
 //! read from memory once per tile, which makes prompt processing
 //! compute-bound; Q8_0-activation formats first interleave the batch into
+//! [`simd::Q8_0x16`] panels where the CPU has kernels for them, else
 //! [`simd::Q8_0x8`] panels (and one [`simd::Q8_0x4`] for a rest of three or
 //! four rows), Q8_1-activation formats (Q4_1, Q5_1) into [`simd::Q8_1x8`]
 //! panels.
 
 use crate::formats::{self, row_bytes};
 use crate::pool;
-use crate::simd::{self, FromFloatFn, Q8_0Panel, Q8_0x4, Q8_0x8, Q8_1x8, VecDotFn};
+use crate::simd::{self, FromFloatFn, Q8_0Panel, Q8_0x16, Q8_0x4, Q8_0x8, Q8_1x8, VecDotFn};
 use crate::{GgmlType, QuantError};
 
 /// A quantized weight matrix view: `rows` rows of `cols` elements each, row-major, borrowed bytes.
@@ -100,6 +101,8 @@ pub struct Scratch {
     panels: Vec<Q8_0x4>,
     /// Q8_0 activations interleaved eight rows at a time (the same weights).
     panels8_0: Vec<Q8_0x8>,
+    /// Q8_0 activations interleaved sixteen rows at a time, lane-major (the same weights).
+    panels16: Vec<Q8_0x16>,
     /// Q8_1 activations interleaved eight rows at a time (Q4_1, Q5_1 weights).
     panels8: Vec<Q8_1x8>,
 }
@@ -260,11 +263,14 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], scratch: &mut
 }
 
 /// [`matmul`] for weights with Q8_0 activations through a [`simd::Q8_0Panel`]: the
-/// activations are quantized as usual, then interleaved eight rows at a
-/// time into [`Q8_0x8`] panels; each weight row meets a tile of panels
-/// while hot in L1. Of the rows past the last whole panel, five to seven go
-/// into one more panel padded with zeros, three or four into a [`Q8_0x4`]
-/// panel (padded with a zero row), one or two use the single product.
+/// activations are quantized as usual, then interleaved sixteen rows at a
+/// time into [`Q8_0x16`] panels where the instruction set has kernels for
+/// them (a rest of nine rows or more padded with zeros into one more), or
+/// eight at a time into [`Q8_0x8`] panels; each weight row meets a tile of
+/// panels while hot in L1. Of the rows past the last whole eight-row panel,
+/// five to seven go into one more panel padded with zeros, three or four
+/// into a [`Q8_0x4`] panel (padded with a zero row), one or two use the
+/// single product.
 #[allow(clippy::too_many_arguments)]
 fn matmul_q8_0_panels(
     w: &QMatrix<'_>,
@@ -278,14 +284,25 @@ fn matmul_q8_0_panels(
 ) {
     let dot4 = panel.dot_for(w.ty).expect("checked by the caller");
     let dot8 = panel.dot8_for(w.ty).expect("every panel format has both");
+    let dot16 = panel.dot16_for(w.ty).zip(panel.pack16);
     let cols = w.cols;
     let nb = cols / 32;
-    let rest = n % 8;
-    let groups = n / 8 + usize::from(rest >= 5);
+    // Rows `..b8` in sixteen-row panels, `b8..` as below.
+    let groups16 = match dot16 {
+        Some(_) => n / 16 + usize::from(n % 16 >= 9),
+        None => 0,
+    };
+    let b8 = (16 * groups16).min(n);
+    let rest = (n - b8) % 8;
+    let groups = (n - b8) / 8 + usize::from(rest >= 5);
     // Rows from `b4` on: one four-row panel, or single products.
-    let b4 = (8 * groups).min(n);
+    let b4 = (b8 + 8 * groups).min(n);
     let four = n - b4 >= 3;
     let singles = if four { n } else { b4 };
+    let mut panels16 = std::mem::take(&mut scratch.panels16);
+    if panels16.len() < groups16 * nb {
+        panels16.resize(groups16 * nb, Q8_0x16::default());
+    }
     let mut panels8 = std::mem::take(&mut scratch.panels8_0);
     if panels8.len() < groups * nb {
         panels8.resize(groups * nb, Q8_0x8::default());
@@ -296,8 +313,15 @@ fn matmul_q8_0_panels(
     }
     let (act, act_row) = scratch.quantize(GgmlType::Q8_0, from_float, x, n, cols);
     let act_of = |b: usize| &act[b * act_row..(b + 1) * act_row];
+    if let Some((_, pack16)) = dot16 {
+        for (g, out) in panels16.chunks_exact_mut(nb).take(groups16).enumerate() {
+            let rows: Vec<&[u8]> = (16 * g..(16 * g + 16).min(n)).map(act_of).collect();
+            pack16(&rows, out);
+        }
+    }
     for (g, out) in panels8.chunks_exact_mut(nb).take(groups).enumerate() {
-        let rows: Vec<&[u8]> = (8 * g..(8 * g + 8).min(n)).map(act_of).collect();
+        let from = b8 + 8 * g;
+        let rows: Vec<&[u8]> = (from..(from + 8).min(n)).map(act_of).collect();
         (panel.pack8)(&rows, out);
     }
     if four {
@@ -307,17 +331,39 @@ fn matmul_q8_0_panels(
         (panel.pack)(std::array::from_fn(row), &mut panels4[..nb]);
     }
     let chunk = rows_per_task(w.rows, w.row_bytes, n);
+    let panels16_ref = &panels16[..groups16 * nb];
     let panels8_ref = &panels8[..groups * nb];
     let panels4_ref = &panels4[..if four { nb } else { 0 }];
     pool::for_each_row_chunk_columns(y, w.rows, n, chunk, |r0, out| {
         let nrows = out.len() / n;
+        if let Some((dot16, _)) = dot16 {
+            // A few weight rows against a few panels per call: the kernel
+            // decodes each pair of rows once for all the panels.
+            const ROWS: usize = 8;
+            const PANELS: usize = 8;
+            let mut r = [[0.0; 16]; ROWS * PANELS];
+            for (g0, p) in panels16_ref.chunks(PANELS * nb).enumerate() {
+                let gs = p.len() / nb;
+                for i0 in (0..nrows).step_by(ROWS) {
+                    let k = ROWS.min(nrows - i0);
+                    let rows = &w.data[(r0 + i0) * w.row_bytes..(r0 + i0 + k) * w.row_bytes];
+                    dot16(rows, k, p, &mut r[..k * gs]);
+                    for (i, r) in r[..k * gs].chunks_exact(gs).enumerate() {
+                        for (g, r) in r.iter().enumerate() {
+                            let b = 16 * (PANELS * g0 + g);
+                            scatter(r, out, b * nrows + i0 + i, nrows);
+                        }
+                    }
+                }
+            }
+        }
         for g0 in (0..groups).step_by(BATCH_TILE / 8) {
             let g1 = (g0 + BATCH_TILE / 8).min(groups);
             for i in 0..nrows {
                 let wr = w.row(r0 + i);
                 for g in g0..g1 {
                     let r = dot8(wr, &panels8_ref[g * nb..(g + 1) * nb]);
-                    scatter(&r, out, 8 * g * nrows + i, nrows);
+                    scatter(&r, out, (b8 + 8 * g) * nrows + i, nrows);
                 }
             }
         }
@@ -333,6 +379,7 @@ fn matmul_q8_0_panels(
             }
         }
     });
+    scratch.panels16 = panels16;
     scratch.panels8_0 = panels8;
     scratch.panels = panels4;
 }

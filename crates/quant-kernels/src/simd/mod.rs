@@ -7,10 +7,11 @@
 //! otherwise. To add a native kernel for a format, add one row to the
 //! `vec_dot` (or `from_float`) match of the architecture module.
 //! [`q8_0_panel`] and [`q8_1_panel`] serve [`crate::matmul`]: one weight row
-//! against activation rows interleaved four or eight ([`Q8_0x4`],
-//! [`Q8_0x8`], for the formats whose activations are Q8_0) or eight
-//! ([`Q8_1x8`], for Q4_1 and Q5_1) at a time, each weight block decoded
-//! once, bit-identical to single calls.
+//! against activation rows interleaved four, eight or (lane-major, with
+//! AVX512-VNNI) sixteen ([`Q8_0x4`], [`Q8_0x8`], [`Q8_0x16`], for the
+//! formats whose activations are Q8_0) or eight ([`Q8_1x8`], for Q4_1 and
+//! Q5_1) at a time, each weight block decoded once, bit-identical to single
+//! calls.
 //! The features can be narrowed with `STRATA_CPU_DISABLE` ([`Features::from_env`]).
 //!
 //! Every native kernel has its portable twin as test oracle: activation
@@ -272,6 +273,39 @@ const _: () = assert!(std::mem::size_of::<Q8_0x8>() == 320);
 /// `vec_dot(n, w, a[c])` for the panel's eight activation rows `a`.
 pub type Panel8x0DotFn = fn(w: &[u8], p: &[Q8_0x8]) -> [f32; 8];
 
+/// Sixteen Q8_0 activation rows interleaved lane-major for a
+/// [`Q8_0Panel`]'s sixteen-row kernels: `qs[l]` holds bytes `4l..4l + 4`
+/// of each row's block, row after row (64 bytes, 64-byte aligned), and
+/// the scales are widened to f32. A panel of fewer than sixteen rows has
+/// zeros in the others ([`Q8_0Panel::pack16`]).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Q8_0x16 {
+    /// The rows' quants, lane-major, in the encoding of the panel's kernel.
+    pub qs: [[u8; 64]; 8],
+    /// The sixteen rows' block scales, as f32 (exact: they were f16).
+    pub d: [f32; 16],
+}
+const _: () = assert!(std::mem::size_of::<Q8_0x16>() == 576);
+
+impl Default for Q8_0x16 {
+    fn default() -> Self {
+        Q8_0x16 {
+            qs: [[0; 64]; 8],
+            d: [0.0; 16],
+        }
+    }
+}
+
+/// Packs up to sixteen Q8_0 activation rows into [`Q8_0x16`] blocks.
+pub type Pack16Fn = fn(a: &[&[u8]], out: &mut [Q8_0x16]);
+
+/// `rows` weight rows (one after another in `w`) times one or more
+/// [`Q8_0x16`] panels (`p`: each a row's blocks long, one after another):
+/// `out[i·panels + g][c]` is bit-identical to `vec_dot(n, w_i, a_g[c])`
+/// for panel `g`'s sixteen activation rows `a_g`.
+pub type Panel16x0DotFn = fn(w: &[u8], rows: usize, p: &[Q8_0x16], out: &mut [[f32; 16]]);
+
 /// The matrix-product kernels over [`Q8_0x4`] panels, for the weight formats
 /// whose activations are Q8_0 and whose ggml kernel is one FMA per block
 /// (Q8_0, Q5_0, Q4_0): what [`crate::matmul`] uses for them.
@@ -295,6 +329,12 @@ pub struct Q8_0Panel {
     q8_0x8: Panel8x0DotFn,
     q5_0x8: Panel8x0DotFn,
     q4_0x8: Panel8x0DotFn,
+    /// Packs up to sixteen Q8_0 activation rows into [`Q8_0x16`] blocks
+    /// for [`Q8_0Panel::dot16_for`]'s kernels, where the instruction set
+    /// has them; the rows past `a.len()` are zeros.
+    pub pack16: Option<Pack16Fn>,
+    /// Sixteen-row kernels (Q8_0, Q5_0, Q4_0), where the instruction set has them.
+    x16: Option<[Panel16x0DotFn; 3]>,
 }
 
 impl Q8_0Panel {
@@ -316,6 +356,18 @@ impl Q8_0Panel {
             GgmlType::Q8_0 => Some(self.q8_0x8),
             GgmlType::Q5_0 => Some(self.q5_0x8),
             GgmlType::Q4_0 => Some(self.q4_0x8),
+            _ => None,
+        }
+    }
+
+    /// The product of weights of `ty` with [`Q8_0x16`] panels from
+    /// [`Q8_0Panel::pack16`], where the instruction set has one.
+    pub fn dot16_for(&self, ty: GgmlType) -> Option<Panel16x0DotFn> {
+        let [q8_0, q5_0, q4_0] = self.x16?;
+        match ty {
+            GgmlType::Q8_0 => Some(q8_0),
+            GgmlType::Q5_0 => Some(q5_0),
+            GgmlType::Q4_0 => Some(q4_0),
             _ => None,
         }
     }
@@ -345,6 +397,8 @@ pub fn q8_0_panel_for(f: Features) -> Option<Q8_0Panel> {
                 q8_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_vnni::<Q8_0>(w, p) },
                 q5_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_vnni::<Q5_0>(w, p) },
                 q4_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_vnni::<Q4_0>(w, p) },
+                pack16: None,
+                x16: None,
             });
         }
         if f.avx512_vnni {
@@ -358,6 +412,12 @@ pub fn q8_0_panel_for(f: Features) -> Option<Q8_0Panel> {
                 q8_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_vnni512::<Q8_0>(w, p) },
                 q5_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_vnni512::<Q5_0>(w, p) },
                 q4_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_vnni512::<Q4_0>(w, p) },
+                pack16: Some(|a, out| pack_q8_0x16(a, out, 0x80)),
+                x16: Some([
+                    |w, r, p, o| unsafe { x86_panel::dot_q8_0x16_vnni512::<Q8_0>(w, r, p, o) },
+                    |w, r, p, o| unsafe { x86_panel::dot_q8_0x16_vnni512::<Q5_0>(w, r, p, o) },
+                    |w, r, p, o| unsafe { x86_panel::dot_q8_0x16_vnni512::<Q4_0>(w, r, p, o) },
+                ]),
             });
         }
         if f.avx2 {
@@ -371,6 +431,8 @@ pub fn q8_0_panel_for(f: Features) -> Option<Q8_0Panel> {
                 q8_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_avx2::<Q8_0>(w, p) },
                 q5_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_avx2::<Q5_0>(w, p) },
                 q4_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_avx2::<Q4_0>(w, p) },
+                pack16: None,
+                x16: None,
             });
         }
     }
@@ -519,6 +581,38 @@ fn pack_q8_0x8(a: &[&[u8]], out: &mut [Q8_0x8], bias: u8) {
         for c in a.len()..8 {
             p.d[c] = 0.0;
             p.qs[c] = [0; 32];
+        }
+    }
+}
+
+/// Interleaves up to sixteen Q8_0 rows into `out` lane-major, quants XORed
+/// with `bias`; the rows past `a.len()` are zeros with scale zero.
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+fn pack_q8_0x16(a: &[&[u8]], out: &mut [Q8_0x16], bias: u8) {
+    const BLOCK: usize = 34;
+    assert!(a.len() <= 16, "Q8_0 panel: {} rows, at most 16", a.len());
+    for (c, a) in a.iter().enumerate() {
+        assert_eq!(
+            a.len(),
+            out.len() * BLOCK,
+            "Q8_0 panel: row {c} is not {} blocks",
+            out.len()
+        );
+        for (p, blk) in out.iter_mut().zip(a.chunks_exact(BLOCK)) {
+            p.d[c] = half::f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
+            for (l, q) in blk[2..].chunks_exact(4).enumerate() {
+                for (t, &b) in q.iter().enumerate() {
+                    p.qs[l][4 * c + t] = b ^ bias;
+                }
+            }
+        }
+    }
+    for p in out.iter_mut() {
+        for c in a.len()..16 {
+            p.d[c] = 0.0;
+            for l in 0..8 {
+                p.qs[l][4 * c..4 * c + 4].fill(0);
+            }
         }
     }
 }

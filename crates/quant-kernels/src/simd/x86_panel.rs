@@ -30,7 +30,7 @@ use std::arch::x86_64::*;
 use super::x86::{
     bytes_from_bits_32, bytes_from_nibbles_32, hsum_float_8, mul_sum_us8_pairs_float,
 };
-use super::{Q8_0x4, Q8_0x8, Q8_1x8};
+use super::{Q8_0x16, Q8_0x4, Q8_0x8, Q8_1x8};
 
 /// Weight-format tags (a const parameter, so each kernel is compiled per format).
 pub(super) const Q8_0: u8 = 0;
@@ -448,4 +448,204 @@ pub(super) fn dot_q8_0x8_vnni512<const T: u8>(w: &[u8], p: &[Q8_0x8]) -> [f32; 8
         [out[2 * j], out[2 * j + 1]] = hsum_halves(acc);
     }
     out
+}
+
+// ---------------------------------------------------------------------------
+// Q8_0, Q5_0 and Q4_0 weights against lane-major Q8_0x16 panels.
+// ---------------------------------------------------------------------------
+
+/// A weight block decoded for [`dot_q8_0x16_vnni512`]: its 32 quants as
+/// signed bytes (eight lanes of four) and each lane's `−128·Σ w`.
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct LaneBlock {
+    qs: [i32; 8],
+    start: [i32; 8],
+}
+
+/// Weight blocks decoded at a time (a 4 KiB buffer on the stack).
+const LANE_CHUNK: usize = 64;
+
+/// `vpdpbusd(splat(*s), a, splat(*w))` on 512-bit vectors: the i32 at `s`
+/// and the four bytes at `w` broadcast from memory. (Written with
+/// intrinsics, the compiler forwards the decoding's stores into registers
+/// and spends two shuffles per broadcast instead of none.)
+///
+/// # Safety
+/// `s` and `w` must point at four readable bytes each.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+unsafe fn dpbusd_splat(s: *const i32, a: __m512i, w: *const i32) -> __m512i {
+    let r: __m512i;
+    // SAFETY: the caller's promise; the asm reads the two i32 and writes `r` only.
+    unsafe {
+        std::arch::asm!(
+            "vpbroadcastd {r}, dword ptr [{s}]",
+            "vpdpbusd {r}, {a}, dword ptr [{w}]{{1to16}}",
+            r = out(zmm_reg) r,
+            s = in(reg) s,
+            a = in(zmm_reg) a,
+            w = in(reg) w,
+            options(pure, readonly, nostack, preserves_flags),
+        );
+    }
+    r
+}
+
+/// Weight rows of format `T` times [`Q8_0x16`] panels packed biased by
+/// 128, with AVX512-VNNI.
+///
+/// ggml's kernel keeps one accumulator per output whose lane `l` adds, block
+/// by block, `fma(d_w·d_a, Σ_{t<4} w[4l+t]·a[4l+t], ·)`, and ends with
+/// `hsum_float_8`. Here vector `l` holds lane `l` of all sixteen outputs:
+/// the panel keeps bytes `4l..4l+4` of the sixteen rows side by side, the
+/// weights' four bytes are broadcast, and one `vpdpbusd` from `−128·Σ w`
+/// (the bias's correction, see [`dot_panel_vnni`]) gives lane `l`'s exact
+/// sums for all sixteen rows. The scales are one product per block, with no
+/// permutes; at the end `hsum_float_8`'s additions run across the eight
+/// vectors in its order. So every output has ggml's bits, with three
+/// instructions per lane and block for sixteen rows.
+///
+/// `w` holds `rows` weight rows, one after another, and `p` one or more
+/// panels of a row's blocks each; `out[i·panels + g]` is row `i` times
+/// panel `g`. Rows are taken two at a time, so each panel register serves
+/// both, and each pair is decoded once for all the panels (for rows of up
+/// to [`LANE_CHUNK`] blocks; longer ones once per panel).
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+pub(super) fn dot_q8_0x16_vnni512<const T: u8>(
+    w: &[u8],
+    rows: usize,
+    p: &[Q8_0x16],
+    out: &mut [[f32; 16]],
+) {
+    assert!(rows > 0 && w.len().is_multiple_of(rows * block_bytes::<T>()));
+    let row = w.len() / rows;
+    let nb = row / block_bytes::<T>();
+    assert!(nb > 0 && p.len().is_multiple_of(nb));
+    let panels = p.len() / nb;
+    assert_eq!(out.len(), rows * panels);
+    let mut pairs = out.chunks_exact_mut(2 * panels);
+    for (w, out) in w.chunks_exact(2 * row).zip(&mut pairs) {
+        let (w0, w1) = w.split_at(row);
+        let (o0, o1) = out.split_at_mut(panels);
+        dot_q8_0x16_rows::<T, 2>([w0, w1], p, [o0, o1]);
+    }
+    let last = pairs.into_remainder();
+    if !last.is_empty() {
+        dot_q8_0x16_rows::<T, 1>([&w[w.len() - row..]], p, [last]);
+    }
+}
+
+/// Decoded weight blocks of `R` rows: [`LaneBlock`]s and scales.
+type Decoded<const R: usize> = (
+    [[std::mem::MaybeUninit<LaneBlock>; LANE_CHUNK]; R],
+    [[f32; LANE_CHUNK]; R],
+);
+
+/// Decodes blocks `from..from + k` (`k <= LANE_CHUNK`) of each row of `w`
+/// into `dec`'s first `k` entries.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+fn decode_lanes<const T: u8, const R: usize>(
+    w: [&[u8]; R],
+    from: usize,
+    k: usize,
+    dec: &mut Decoded<R>,
+) {
+    let zero = _mm256_setzero_si256();
+    let bias = _mm256_set1_epi8(-128);
+    let bytes = block_bytes::<T>();
+    for (w, (bufs, dws)) in w.iter().zip(dec.0.iter_mut().zip(&mut dec.1)) {
+        let wc = &w[from * bytes..(from + k) * bytes];
+        for ((blk, b), dwo) in wc.chunks_exact(bytes).zip(bufs).zip(dws) {
+            let (sx, dw) = weight_block::<T>(blk);
+            let b = b.as_mut_ptr();
+            // SAFETY: `b` points at a 64-byte aligned `LaneBlock`, whose
+            // fields are 32 bytes each.
+            unsafe {
+                _mm256_store_si256((&raw mut (*b).qs).cast(), sx);
+                _mm256_store_si256(
+                    (&raw mut (*b).start).cast(),
+                    _mm256_sub_epi32(zero, _mm256_dpbusd_epi32(zero, bias, sx)),
+                );
+            }
+            *dwo = _mm_cvtss_f32(dw);
+        }
+    }
+}
+
+/// Adds the products of `pc.len()` decoded blocks of `dec` with panel
+/// blocks `pc` into `acc` (per row, per lane `l`; see the module comment).
+#[inline]
+#[allow(clippy::needless_range_loop)] // `acc[r][l]`: two indices per step.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+fn accumulate_lanes<const R: usize>(dec: &Decoded<R>, pc: &[Q8_0x16], acc: &mut [[__m512; 8]; R]) {
+    assert!(pc.len() <= LANE_CHUNK);
+    for (i, p) in pc.iter().enumerate() {
+        // SAFETY: `p.d` is 64-byte aligned and holds sixteen f32.
+        let pd = unsafe { _mm512_load_ps(p.d.as_ptr()) };
+        let d: [__m512; R] =
+            std::array::from_fn(|r| _mm512_mul_ps(_mm512_set1_ps(dec.1[r][i]), pd));
+        for l in 0..8 {
+            // SAFETY: `qs[l]` is 64 bytes, 64-byte aligned.
+            let a = unsafe { _mm512_load_si512(p.qs[l].as_ptr().cast()) };
+            for r in 0..R {
+                // SAFETY: the caller decoded `dec`'s first `pc.len()`
+                // blocks; `start[l]` and `qs[l]` are four bytes each.
+                let q = unsafe {
+                    let b = dec.0[r][i].assume_init_ref();
+                    dpbusd_splat(&b.start[l], a, &b.qs[l])
+                };
+                acc[r][l] = _mm512_fmadd_ps(d[r], _mm512_cvtepi32_ps(q), acc[r][l]);
+            }
+        }
+    }
+}
+
+/// Each row's sixteen outputs from its lane accumulators: `hsum_float_8`'s
+/// additions across the eight vectors, in its order.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+fn finish_lanes(acc: &[__m512; 8]) -> [f32; 16] {
+    let w = [0, 1, 2, 3].map(|i| _mm512_add_ps(acc[i + 4], acc[i]));
+    let sum = _mm512_add_ps(_mm512_add_ps(w[0], w[2]), _mm512_add_ps(w[1], w[3]));
+    let mut out = [0.0; 16];
+    // SAFETY: `out` holds sixteen f32; storeu has no alignment needs.
+    unsafe { _mm512_storeu_ps(out.as_mut_ptr(), sum) };
+    out
+}
+
+/// [`dot_q8_0x16_vnni512`] for `R` weight rows times every panel of `p`
+/// (each a row's blocks long): `out[r][g]` is row `r` times panel `g`.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+fn dot_q8_0x16_rows<const T: u8, const R: usize>(
+    w: [&[u8]; R],
+    p: &[Q8_0x16],
+    mut out: [&mut [[f32; 16]]; R],
+) {
+    let nb = w[0].len() / block_bytes::<T>();
+    for w in w {
+        assert_eq!(w.len(), nb * block_bytes::<T>());
+    }
+    let mut dec: Decoded<R> = (
+        [[std::mem::MaybeUninit::uninit(); LANE_CHUNK]; R],
+        [[0.0; LANE_CHUNK]; R],
+    );
+    let whole = nb <= LANE_CHUNK;
+    if whole {
+        decode_lanes::<T, R>(w, 0, nb, &mut dec);
+    }
+    for (g, pg) in p.chunks_exact(nb).enumerate() {
+        let mut acc = [[_mm512_setzero_ps(); 8]; R];
+        for (c, pc) in pg.chunks(LANE_CHUNK).enumerate() {
+            if !whole {
+                decode_lanes::<T, R>(w, c * LANE_CHUNK, pc.len(), &mut dec);
+            }
+            accumulate_lanes::<R>(&dec, pc, &mut acc);
+        }
+        for (out, acc) in out.iter_mut().zip(&acc) {
+            out[g] = finish_lanes(acc);
+        }
+    }
 }

@@ -479,6 +479,12 @@ pub(super) fn kquant_rows(
                         x86::q4_k_rows_direct(w, row_bytes, xq, act_row, n, out, &order)
                     };
                 }
+                if quant_kernels::simd::features().avx512_vnni {
+                    // SAFETY: as below, and the CPU has AVX512-VNNI (with F, BW, VL).
+                    return unsafe {
+                        x86::kquant_rows_vnni512(ty, w, row_bytes, xq, act_row, n, out, &order)
+                    };
+                }
                 // SAFETY: as above, and `ty` is one the kernel handles.
                 return unsafe {
                     x86::kquant_rows_avx2(ty, w, row_bytes, xq, act_row, n, out, &order)

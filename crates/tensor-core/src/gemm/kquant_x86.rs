@@ -1,6 +1,9 @@
 //! AVX2 versions of [`super::b32_rows`] and the prepared-row K-quant
 //! products: the same float steps in the same order, the exact integer
-//! sums computed for 16 weight rows per activation broadcast.
+//! sums computed for 16 weight rows per activation broadcast. With
+//! AVX512-VNNI the batched Q4_0 and K-quant products take the 16 rows in
+//! one 512-bit register and `vpdpbusd` for the exact sums (the same
+//! integers, so the same bits).
 //!
 //! Weights are unpacked once per group of 16 rows into two interleaved
 //! halves of 8 (register `k` of a block holds elements `4k..4k + 4` of each
@@ -100,6 +103,10 @@ pub(super) unsafe fn b32_rows_avx2(
     out: &mut [f32],
 ) {
     let iq4 = ty == GgmlType::IQ4_NL;
+    // Q4_0 batches with AVX512-VNNI: one `vpdpbusd` per group of four
+    // quants of all 16 rows (see `b32_pass_vnni512`), which wants a block's
+    // registers `k` of the two halves side by side.
+    let vnni = !iq4 && n > 1 && quant_kernels::simd::features().avx512_vnni;
     let nb = row_bytes / 18;
     let rows = w.len() / row_bytes;
     assert!(xq.len() >= n * act_row && act_row >= nb * 34 && out.len() >= rows * n);
@@ -171,15 +178,40 @@ pub(super) unsafe fn b32_rows_avx2(
                 _mm256_storeu_ps(d[o..].as_mut_ptr(), dj);
                 let u: [__m256i; 8] = unpacked[o..][..8].try_into().expect("8 rows");
                 for (k, t) in transpose_8x8_epi32(u).iter().enumerate() {
+                    let at = if vnni {
+                        64 * k + 32 * h
+                    } else {
+                        256 * h + 32 * k
+                    };
                     // SAFETY: `q` holds 512 bytes for block `j`.
-                    _mm256_storeu_si256(
-                        q[512 * j + 256 * h + 32 * k..].as_mut_ptr() as *mut __m256i,
-                        *t,
-                    );
+                    _mm256_storeu_si256(q[512 * j + at..].as_mut_ptr() as *mut __m256i, *t);
                 }
             }
         }
-        for b in 0..n {
+        let mut b = 0;
+        while vnni && b < n {
+            // Four activation rows per pass share each weight register.
+            const R: usize = 4;
+            let (ya, nba, ys) = (&xq[b * act_row..], &da[b * nb..], &ysum8[b * nb..]);
+            let mut put = |lanes: &[[f32; 16]]| {
+                for (i, lanes) in lanes.iter().enumerate() {
+                    for r in 0..gr {
+                        out[(g + r) * n + b + i] = lanes[r];
+                    }
+                }
+                lanes.len()
+            };
+            // SAFETY: AVX512-VNNI is present (`vnni`); `q` is in its layout;
+            // `ya` holds `R` activation rows (or one) from `b`.
+            b += unsafe {
+                if b + R <= n {
+                    put(&b32_pass_vnni512::<R>(&q, &d, ya, act_row, nb, nba, ys))
+                } else {
+                    put(&b32_pass_vnni512::<1>(&q, &d, ya, act_row, nb, nba, ys))
+                }
+            };
+        }
+        for b in b..n {
             let lanes = b32_pass(
                 iq4,
                 &q,
@@ -380,6 +412,63 @@ unsafe fn b32_pass(
     }
 }
 
+/// [`b32_pass`] for Q4_0 with AVX512-VNNI, for `R` activation rows at
+/// once (`y`, `da` and `ysum8` hold `R` rows of `act_row`, `nb` and `nb`):
+/// register `k` of a block holds quants `4k..4k + 4` of all 16 weight rows
+/// (`q[512j + 64k..]`: the two halves' registers `k` side by side), so one
+/// `vpdpbusd` with an activation row's four bytes broadcast adds one
+/// group's products for 16 rows, and each register serves `R` rows.
+/// Starting from `−8·Σy` (Q4_0's stored `q + 8`), the block's sums are the
+/// same exact integers as [`b32_pass`]'s; the float steps are the same
+/// `fma(sumi, d_w·d_a, acc)` per output, so the same bits.
+///
+/// # Safety
+/// The CPU must support AVX512-F, -BW, -VL and -VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+unsafe fn b32_pass_vnni512<const R: usize>(
+    q: &[u8],
+    d: &[f32],
+    y: &[u8],
+    act_row: usize,
+    nb: usize,
+    da: &[f32],
+    ysum8: &[i32],
+) -> [[f32; 16]; R] {
+    assert!(q.len() >= nb * 512 && d.len() >= nb * 16);
+    assert!(y.len() >= (R - 1) * act_row + nb * 34 && act_row >= nb * 34);
+    assert!(da.len() >= R * nb && ysum8.len() >= R * nb);
+    let mut acc = [_mm512_setzero_ps(); R];
+    for j in 0..nb {
+        // SAFETY: loads within `q` (512 bytes per block), `d` (16 per
+        // block), `da`, `ysum8` and each activation row's block `j`, in
+        // bounds by the asserts; the rest is registers.
+        unsafe {
+            let qb = q.as_ptr().add(512 * j);
+            let mut s: [__m512i; R] =
+                std::array::from_fn(|r| _mm512_set1_epi32(-*ysum8.get_unchecked(r * nb + j)));
+            for k in 0..8 {
+                let wv = _mm512_loadu_si512(qb.add(64 * k) as *const __m512i);
+                for (r, s) in s.iter_mut().enumerate() {
+                    let yb = y.as_ptr().add(r * act_row + 34 * j + 2 + 4 * k);
+                    let yv = _mm512_set1_epi32(std::ptr::read_unaligned(yb as *const i32));
+                    *s = _mm512_dpbusd_epi32(*s, wv, yv);
+                }
+            }
+            let dw = _mm512_loadu_ps(d.as_ptr().add(16 * j));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let dd = _mm512_mul_ps(dw, _mm512_set1_ps(*da.get_unchecked(r * nb + j)));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[r]), dd, *acc);
+            }
+        }
+    }
+    acc.map(|acc| {
+        let mut lanes = [0.0f32; 16];
+        // SAFETY: `lanes` holds sixteen f32; storeu has no alignment needs.
+        unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), acc) };
+        lanes
+    })
+}
+
 /// Elements `32c..32c + 32` of a Q4_K, Q5_K or Q6_K super-block as
 /// unsigned quants (Q6_K's `q + 32`), as [`decode_kblock`] orders them.
 #[inline(always)]
@@ -422,6 +511,51 @@ unsafe fn unpack_32(ty: GgmlType, xb: &[u8], c: usize) -> __m256i {
             }
         }
     }
+}
+
+/// A K-quant super-block's per-16-element scales and mins (mins zero where
+/// `dmin` is zero, as the portable code skips them), `d` and `dmin`; Q2_K
+/// and Q3_K through the portable decoder, which also fills `k`.
+///
+/// # Safety
+/// The CPU must support F16C; `xb` is one whole super-block of `ty`.
+#[inline(always)]
+unsafe fn block_scales(
+    ty: GgmlType,
+    xb: &[u8],
+    k: &mut KBlock,
+    sb: usize,
+) -> ([i32; 16], [i32; 16], f32, f32) {
+    let (mut sc, mut mn) = ([0i32; 16], [0i32; 16]);
+    // SAFETY: F16C by the caller's contract.
+    let (d, dmin) = unsafe {
+        match ty {
+            GgmlType::Q4_K | GgmlType::Q5_K => {
+                for s in 0..8 {
+                    (sc[2 * s], mn[2 * s]) = super::scale_min_k4(s, &xb[4..16]);
+                    (sc[2 * s + 1], mn[2 * s + 1]) = (sc[2 * s], mn[2 * s]);
+                }
+                (f16c_at(xb, 0), f16c_at(xb, 2))
+            }
+            GgmlType::Q6_K => {
+                for (s, v) in sc.iter_mut().enumerate() {
+                    *v = xb[192 + s] as i8 as i32;
+                }
+                (f16c_at(xb, 208), 0.0)
+            }
+            _ => {
+                decode_kblock(ty, xb, k);
+                for g16 in 0..16 {
+                    (sc[g16], mn[g16]) = (k.scale[g16 * 16 / sb], k.min[g16 * 16 / sb]);
+                }
+                (k.d, k.dmin)
+            }
+        }
+    };
+    if dmin == 0.0 {
+        mn = [0; 16];
+    }
+    (sc, mn, d, dmin)
 }
 
 /// One super-block of 8 weight rows, unpacked for [`kquant_rows_avx2`].
@@ -530,32 +664,7 @@ pub(super) unsafe fn kquant_rows_avx2(
                 for c in (0..block_bytes).step_by(64) {
                     prefetch(xb.as_ptr().wrapping_add(PREFETCH + c));
                 }
-                let (mut sc, mut mn) = ([0i32; 16], [0i32; 16]);
-                let (d, dmin) = match ty {
-                    GgmlType::Q4_K | GgmlType::Q5_K => {
-                        for s in 0..8 {
-                            (sc[2 * s], mn[2 * s]) = super::scale_min_k4(s, &xb[4..16]);
-                            (sc[2 * s + 1], mn[2 * s + 1]) = (sc[2 * s], mn[2 * s]);
-                        }
-                        (f16c_at(xb, 0), f16c_at(xb, 2))
-                    }
-                    GgmlType::Q6_K => {
-                        for (s, v) in sc.iter_mut().enumerate() {
-                            *v = xb[192 + s] as i8 as i32;
-                        }
-                        (f16c_at(xb, 208), 0.0)
-                    }
-                    _ => {
-                        decode_kblock(ty, xb, k);
-                        for g16 in 0..16 {
-                            (sc[g16], mn[g16]) = (k.scale[g16 * 16 / sb], k.min[g16 * 16 / sb]);
-                        }
-                        (k.d, k.dmin)
-                    }
-                };
-                if dmin == 0.0 {
-                    mn = [0; 16];
-                }
+                let (sc, mn, d, dmin) = block_scales(ty, xb, k, sb);
                 for (lanes, &v) in kg.sc.iter_mut().zip(&sc) {
                     (lanes[2 * lr], lanes[2 * lr + 1]) = (v as i16, v as i16);
                 }
@@ -691,6 +800,287 @@ pub(super) unsafe fn kquant_rows_avx2(
                 }
             }
         }
+    }
+}
+
+/// One super-block of 16 weight rows, unpacked for [`kquant_rows_vnni512`].
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+struct KGroup16 {
+    /// Unsigned quants (`q + off`): for each group `k` of four elements,
+    /// the 16 rows' four bytes side by side (64 bytes).
+    u: [u8; 4096],
+    /// Per 16-element group: each row's scale.
+    sc: [[i32; 16]; 16],
+    /// Per pair of groups `h`: `off·scale` of groups `2h`, `2h + 1` of row
+    /// `r` in i16 lanes `2r`, `2r + 1`.
+    off_sc: [[i16; 32]; 8],
+    /// As `off_sc`, the mins.
+    min: [[i16; 32]; 8],
+    d: [f32; 16],
+    dmin: [f32; 16],
+}
+
+impl KGroup16 {
+    const ZERO: KGroup16 = KGroup16 {
+        u: [0; 4096],
+        sc: [[0; 16]; 16],
+        off_sc: [[0; 32]; 8],
+        min: [[0; 32]; 8],
+        d: [0.0; 16],
+        dmin: [0.0; 16],
+    };
+}
+
+/// [`kquant_rows_avx2`] with AVX512-VNNI: the same exact integer sums and
+/// the same float steps, on 16 weight rows per 512-bit register. Per
+/// 16-element group one `vpdpbusd` per four elements gives each row's
+/// `Σ u·y` (where AVX2 needs `maddubs` and i16 additions), times the
+/// group's scale with `vpmulld`; integer sums, so their order does not
+/// matter. Two activation rows share each weight register.
+///
+/// # Safety
+/// As [`kquant_rows_avx2`], and the CPU must support AVX512-F, -BW, -VL
+/// and -VNNI.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+#[allow(clippy::too_many_arguments)]
+pub(super) unsafe fn kquant_rows_vnni512(
+    ty: GgmlType,
+    w: &[u8],
+    row_bytes: usize,
+    xq: &[u8],
+    act_row: usize,
+    n: usize,
+    out: &mut [f32],
+    order: &dyn Fn(usize) -> KOrder,
+) {
+    let block_bytes = ty.type_size();
+    let nb = row_bytes / block_bytes;
+    let rows = w.len() / row_bytes;
+    assert!(
+        kquant_avx2_handles(ty)
+            && xq.len() >= n * act_row
+            && act_row >= nb * 292
+            && out.len() >= rows * n
+    );
+    let sb = sub_block_len(ty);
+    let off: i32 = match ty {
+        GgmlType::Q3_K => 4,
+        GgmlType::Q6_K => 32,
+        _ => 0,
+    };
+    let mut groups = vec![KGroup16::ZERO; nb];
+    let mut k = KBlock::ZERO;
+    let direct = matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K);
+    let mut unpacked = vec![_mm256_setzero_si256(); nb * 128];
+    for g in (0..rows).step_by(16) {
+        let gr = (rows - g).min(16);
+        let mut has_min = false;
+        if gr < 16 {
+            // Lanes past the last row stay zero.
+            groups.fill(KGroup16::ZERO);
+        }
+        // Rows front to back (see `PREFETCH`): scales into the groups,
+        // quants unpacked to 8 vectors per super-block, transposed below.
+        for r in 0..16 {
+            for j in 0..nb {
+                let kg = &mut groups[j];
+                if r >= gr {
+                    for c in 0..8 {
+                        unpacked[128 * j + 16 * c + r] = _mm256_setzero_si256();
+                    }
+                    continue;
+                }
+                let xb = &w[(g + r) * row_bytes + j * block_bytes..][..block_bytes];
+                for c in (0..block_bytes).step_by(64) {
+                    prefetch(xb.as_ptr().wrapping_add(PREFETCH + c));
+                }
+                let (sc, mn, d, dmin) = block_scales(ty, xb, &mut k, sb);
+                has_min |= dmin != 0.0;
+                for (g16, &v) in sc.iter().enumerate() {
+                    kg.sc[g16][r] = v;
+                }
+                for h in 0..8 {
+                    kg.off_sc[h][2 * r] = (off * sc[2 * h]) as i16;
+                    kg.off_sc[h][2 * r + 1] = (off * sc[2 * h + 1]) as i16;
+                    kg.min[h][2 * r] = mn[2 * h] as i16;
+                    kg.min[h][2 * r + 1] = mn[2 * h + 1] as i16;
+                }
+                kg.d[r] = d;
+                kg.dmin[r] = dmin;
+                for c in 0..8 {
+                    unpacked[128 * j + 16 * c + r] = if direct {
+                        unpack_32(ty, xb, c)
+                    } else {
+                        // SAFETY: `q` has 256 bytes.
+                        _mm256_add_epi8(
+                            _mm256_loadu_si256(k.q[32 * c..].as_ptr() as *const __m256i),
+                            _mm256_set1_epi8(off as i8),
+                        )
+                    };
+                }
+            }
+        }
+        for (j, kg) in groups.iter_mut().enumerate() {
+            for c in 0..8 {
+                for h in 0..2 {
+                    let u: [__m256i; 8] = unpacked[128 * j + 16 * c + 8 * h..][..8]
+                        .try_into()
+                        .expect("8 rows");
+                    for (i, t) in transpose_8x8_epi32(u).iter().enumerate() {
+                        // SAFETY: `u` has 4096 bytes; group `8c + i` covers 64 of them.
+                        _mm256_store_si256(
+                            kg.u[64 * (8 * c + i) + 32 * h..].as_mut_ptr() as *mut __m256i,
+                            *t,
+                        );
+                    }
+                }
+            }
+        }
+        let mut b = 0;
+        while b < n {
+            let mut put = |lanes: &[[f32; 16]]| {
+                for (i, lanes) in lanes.iter().enumerate() {
+                    for r in 0..gr {
+                        out[(g + r) * n + b + i] = lanes[r];
+                    }
+                }
+                lanes.len()
+            };
+            let ya = &xq[b * act_row..];
+            // SAFETY: as this function's; `ya` holds two activation rows
+            // (or one) from `b`, each with `nb` blocks.
+            b += unsafe {
+                if b + 2 <= n {
+                    let o = [order(b), order(b + 1)];
+                    put(&kquant_pass_vnni512::<2>(
+                        &groups,
+                        ya,
+                        act_row,
+                        o,
+                        off != 0,
+                        has_min,
+                    ))
+                } else {
+                    let o = [order(b)];
+                    put(&kquant_pass_vnni512::<1>(
+                        &groups,
+                        ya,
+                        act_row,
+                        o,
+                        off != 0,
+                        has_min,
+                    ))
+                }
+            };
+        }
+    }
+}
+
+/// [`kquant_rows_vnni512`]'s products of one group of 16 weight rows with
+/// `R` activation rows (`act_row` bytes apart from `y`), each in its order.
+///
+/// # Safety
+/// The CPU must support AVX512-F, -BW, -VL and -VNNI; `y` holds `R` rows
+/// of at least `groups.len()` block_q8_K blocks each.
+#[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
+unsafe fn kquant_pass_vnni512<const R: usize>(
+    groups: &[KGroup16],
+    y: &[u8],
+    act_row: usize,
+    order: [KOrder; R],
+    offset: bool,
+    has_min: bool,
+) -> [[f32; 16]; R] {
+    let nb = groups.len();
+    assert!(act_row >= nb * 292 && y.len() >= (R - 1) * act_row + nb * 292);
+    let mut acc = [_mm512_setzero_ps(); R];
+    let mut acc_min = [_mm512_setzero_ps(); R];
+    // SAFETY (all loads here): each group holds 4096 quant bytes and whole
+    // scale rows, 64-byte aligned; each activation block has 256 quants and
+    // 16 bsums (checked above).
+    unsafe {
+        let ld = |v: &[i16; 32]| _mm512_load_si512(v.as_ptr() as *const __m512i);
+        for (j, kg) in groups.iter().enumerate() {
+            let yb: [*const u8; R] = std::array::from_fn(|r| y.as_ptr().add(r * act_row + 292 * j));
+            let mut s = [[_mm512_setzero_si512(); 4]; R];
+            let mut m = [[_mm512_setzero_si512(); 4]; R];
+            for p in 0..4 {
+                let mut a = [_mm512_setzero_si512(); R];
+                for g16 in 4 * p..4 * p + 4 {
+                    let mut t = [_mm512_setzero_si512(); R];
+                    for i in 0..4 {
+                        let kk = 4 * g16 + i;
+                        let u = _mm512_load_si512(kg.u[64 * kk..].as_ptr() as *const __m512i);
+                        for r in 0..R {
+                            let yv = std::ptr::read_unaligned(yb[r].add(4 + 4 * kk) as *const i32);
+                            t[r] = _mm512_dpbusd_epi32(t[r], u, _mm512_set1_epi32(yv));
+                        }
+                    }
+                    let sc = _mm512_load_si512(kg.sc[g16].as_ptr() as *const __m512i);
+                    for r in 0..R {
+                        a[r] = _mm512_add_epi32(a[r], _mm512_mullo_epi32(t[r], sc));
+                    }
+                }
+                for r in 0..R {
+                    // bsums of groups 4p..4p + 4, two per 32-bit lane.
+                    let bs = yb[r].add(260 + 8 * p);
+                    let b0 = _mm512_set1_epi32(std::ptr::read_unaligned(bs as *const i32));
+                    let b1 = _mm512_set1_epi32(std::ptr::read_unaligned(bs.add(4) as *const i32));
+                    s[r][p] = if offset {
+                        let o = _mm512_add_epi32(
+                            _mm512_madd_epi16(ld(&kg.off_sc[2 * p]), b0),
+                            _mm512_madd_epi16(ld(&kg.off_sc[2 * p + 1]), b1),
+                        );
+                        _mm512_sub_epi32(a[r], o)
+                    } else {
+                        a[r]
+                    };
+                    if has_min {
+                        m[r][p] = _mm512_add_epi32(
+                            _mm512_madd_epi16(ld(&kg.min[2 * p]), b0),
+                            _mm512_madd_epi16(ld(&kg.min[2 * p + 1]), b1),
+                        );
+                    }
+                }
+            }
+            let d = _mm512_load_ps(kg.d.as_ptr());
+            let dmin = _mm512_load_ps(kg.dmin.as_ptr());
+            let sum4 = |v: &[__m512i; 4]| {
+                _mm512_add_epi32(_mm512_add_epi32(v[0], v[1]), _mm512_add_epi32(v[2], v[3]))
+            };
+            for r in 0..R {
+                let dy = _mm512_set1_ps(f32::from_le_bytes(std::ptr::read_unaligned(
+                    yb[r] as *const [u8; 4],
+                )));
+                let (s, m) = (&s[r], &m[r]);
+                match order[r] {
+                    KOrder::Tiled => {
+                        let s1 = _mm512_cvtepi32_ps(sum4(s));
+                        let s2 = _mm512_cvtepi32_ps(sum4(m));
+                        let res = _mm512_fnmadd_ps(dmin, s2, _mm512_mul_ps(d, s1));
+                        acc[r] = _mm512_fmadd_ps(res, dy, acc[r]);
+                    }
+                    KOrder::RepackGemv => {
+                        let (dd, dm) = (_mm512_mul_ps(d, dy), _mm512_mul_ps(dmin, dy));
+                        acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum4(s)), dd, acc[r]);
+                        acc_min[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(sum4(m)), dm, acc_min[r]);
+                    }
+                    KOrder::RepackGemm => {
+                        let (dd, dm) = (_mm512_mul_ps(d, dy), _mm512_mul_ps(dmin, dy));
+                        for p in 0..4 {
+                            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(s[p]), dd, acc[r]);
+                            acc_min[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(m[p]), dm, acc_min[r]);
+                        }
+                    }
+                }
+            }
+        }
+        std::array::from_fn(|r| {
+            let mut lanes = [0.0f32; 16];
+            _mm512_storeu_ps(lanes.as_mut_ptr(), _mm512_sub_ps(acc[r], acc_min[r]));
+            lanes
+        })
     }
 }
 
@@ -871,6 +1261,22 @@ mod tests {
                                 assert_eq!(g.to_bits(), e.to_bits(), "direct n={n} out[{i}]");
                             }
                         }
+                        if quant_kernels::simd::features().avx512_vnni {
+                            let mut wide = vec![f32::NAN; rows * n];
+                            // SAFETY: as below, and the CPU has AVX512-VNNI.
+                            unsafe {
+                                kquant_rows_vnni512(
+                                    ty, &w, row_bytes, &xq, act_row, n, &mut wide, &order,
+                                )
+                            };
+                            for (i, (g, e)) in wide.iter().zip(&want).enumerate() {
+                                assert_eq!(
+                                    g.to_bits(),
+                                    e.to_bits(),
+                                    "vnni512 {ty:?} rows={rows} n={n} repacked={repacked} out[{i}]"
+                                );
+                            }
+                        }
                         // SAFETY: as above.
                         unsafe {
                             kquant_rows_avx2(ty, &w, row_bytes, &xq, act_row, n, &mut got, &order)
@@ -888,9 +1294,11 @@ mod tests {
         }
     }
 
-    /// Every AVX2 kernel gives the portable code's bits, for every format,
-    /// order (tiled, repacked gemm / gemv), batch size 1..=13 and row
-    /// counts that leave a partial group of 8.
+    /// Every AVX2 kernel (and, where the CPU has AVX512-VNNI, the K-quants'
+    /// VNNI kernel beside it, and the Q4_0 batches' in place of theirs:
+    /// `STRATA_CPU_DISABLE=avx512` tests those) gives the portable code's bits, for every
+    /// format, order (tiled, repacked gemm / gemv), batch size 1..=13 and
+    /// row counts that leave a partial group of 8.
     #[test]
     fn avx2_kernels_match_portable_bit_for_bit() {
         if !(std::arch::is_x86_feature_detected!("avx2")
