@@ -389,7 +389,7 @@ pub fn q8_0_panel_for(f: Features) -> Option<Q8_0Panel> {
         if f.avx_vnni {
             return Some(Q8_0Panel {
                 pack: x86_panel::pack_vnni,
-                pack8: |a, out| pack_q8_0x8(a, out, 0x80),
+                pack8: |a, out| pack_q8_0(a, out, 0x80),
                 isa: "avx-vnni",
                 q8_0: |w, p| unsafe { x86_panel::dot_panel_vnni::<Q8_0>(w, p) },
                 q5_0: |w, p| unsafe { x86_panel::dot_panel_vnni::<Q5_0>(w, p) },
@@ -404,7 +404,7 @@ pub fn q8_0_panel_for(f: Features) -> Option<Q8_0Panel> {
         if f.avx512_vnni {
             return Some(Q8_0Panel {
                 pack: x86_panel::pack_vnni,
-                pack8: |a, out| pack_q8_0x8(a, out, 0x80),
+                pack8: |a, out| pack_q8_0(a, out, 0x80),
                 isa: "avx512-vnni",
                 q8_0: |w, p| unsafe { x86_panel::dot_panel_vnni512::<Q8_0>(w, p) },
                 q5_0: |w, p| unsafe { x86_panel::dot_panel_vnni512::<Q5_0>(w, p) },
@@ -412,7 +412,7 @@ pub fn q8_0_panel_for(f: Features) -> Option<Q8_0Panel> {
                 q8_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_vnni512::<Q8_0>(w, p) },
                 q5_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_vnni512::<Q5_0>(w, p) },
                 q4_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_vnni512::<Q4_0>(w, p) },
-                pack16: Some(|a, out| pack_q8_0x16(a, out, 0x80)),
+                pack16: Some(|a, out| pack_q8_0(a, out, 0x80)),
                 x16: Some([
                     |w, r, p, o| unsafe { x86_panel::dot_q8_0x16_vnni512::<Q8_0>(w, r, p, o) },
                     |w, r, p, o| unsafe { x86_panel::dot_q8_0x16_vnni512::<Q5_0>(w, r, p, o) },
@@ -423,7 +423,7 @@ pub fn q8_0_panel_for(f: Features) -> Option<Q8_0Panel> {
         if f.avx2 {
             return Some(Q8_0Panel {
                 pack: x86_panel::pack_avx2,
-                pack8: |a, out| pack_q8_0x8(a, out, 0),
+                pack8: |a, out| pack_q8_0(a, out, 0),
                 isa: "avx2",
                 q8_0: |w, p| unsafe { x86_panel::dot_panel_avx2::<Q8_0>(w, p) },
                 q5_0: |w, p| unsafe { x86_panel::dot_panel_avx2::<Q5_0>(w, p) },
@@ -557,40 +557,76 @@ pub fn pack_q8_1x8(a: &[&[u8]], out: &mut [Q8_1x8]) {
     }
 }
 
-/// Interleaves up to eight Q8_0 rows into `out`, quants XORed with `bias`;
-/// the rows past `a.len()` are zeros with scale zero.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-fn pack_q8_0x8(a: &[&[u8]], out: &mut [Q8_0x8], bias: u8) {
-    const BLOCK: usize = 34;
-    assert!(a.len() <= 8, "Q8_0 panel: {} rows, at most 8", a.len());
-    for (c, a) in a.iter().enumerate() {
-        assert_eq!(
-            a.len(),
-            out.len() * BLOCK,
-            "Q8_0 panel: row {c} is not {} blocks",
-            out.len()
-        );
-        for (p, blk) in out.iter_mut().zip(a.chunks_exact(BLOCK)) {
-            p.d[c] = half::f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
-            for (q, &b) in p.qs[c].iter_mut().zip(&blk[2..]) {
-                *q = b ^ bias;
+/// A block of a Q8_0 activation panel ([`Q8_0x4`], [`Q8_0x8`],
+/// [`Q8_0x16`]): where one row's scale and quants go.
+trait Q8_0PanelBlock {
+    /// Activation rows a panel holds.
+    const ROWS: usize;
+    /// Row `c`'s block: its scale and its 32 quants, XORed with `bias`.
+    fn put(&mut self, c: usize, d: f32, qs: &[u8], bias: u8);
+    /// Row `c` as zeros with scale zero (a panel of fewer rows).
+    fn clear(&mut self, c: usize);
+}
+
+impl Q8_0PanelBlock for Q8_0x4 {
+    const ROWS: usize = 4;
+    fn put(&mut self, c: usize, d: f32, qs: &[u8], bias: u8) {
+        self.d[c] = d;
+        for (q, &b) in self.qs[c].iter_mut().zip(qs) {
+            *q = b ^ bias;
+        }
+    }
+    fn clear(&mut self, c: usize) {
+        self.d[c] = 0.0;
+        self.qs[c] = [0; 32];
+    }
+}
+
+impl Q8_0PanelBlock for Q8_0x8 {
+    const ROWS: usize = 8;
+    fn put(&mut self, c: usize, d: f32, qs: &[u8], bias: u8) {
+        self.d[c] = d;
+        for (q, &b) in self.qs[c].iter_mut().zip(qs) {
+            *q = b ^ bias;
+        }
+    }
+    fn clear(&mut self, c: usize) {
+        self.d[c] = 0.0;
+        self.qs[c] = [0; 32];
+    }
+}
+
+impl Q8_0PanelBlock for Q8_0x16 {
+    const ROWS: usize = 16;
+    /// Lane-major: bytes `4l..4l + 4` of the row's quants into `qs[l]`.
+    fn put(&mut self, c: usize, d: f32, qs: &[u8], bias: u8) {
+        self.d[c] = d;
+        for (l, q) in qs.chunks_exact(4).enumerate() {
+            for (t, &b) in q.iter().enumerate() {
+                self.qs[l][4 * c + t] = b ^ bias;
             }
         }
     }
-    for p in out.iter_mut() {
-        for c in a.len()..8 {
-            p.d[c] = 0.0;
-            p.qs[c] = [0; 32];
+    fn clear(&mut self, c: usize) {
+        self.d[c] = 0.0;
+        for l in 0..8 {
+            self.qs[l][4 * c..4 * c + 4].fill(0);
         }
     }
 }
 
-/// Interleaves up to sixteen Q8_0 rows into `out` lane-major, quants XORed
-/// with `bias`; the rows past `a.len()` are zeros with scale zero.
+/// Interleaves up to `P::ROWS` Q8_0 rows (`out.len()` blocks of 34 bytes
+/// each) into `out`, quants XORed with `bias`; the rows past `a.len()` are
+/// zeros with scale zero, whose products are zeros.
 #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-fn pack_q8_0x16(a: &[&[u8]], out: &mut [Q8_0x16], bias: u8) {
+fn pack_q8_0<P: Q8_0PanelBlock>(a: &[&[u8]], out: &mut [P], bias: u8) {
     const BLOCK: usize = 34;
-    assert!(a.len() <= 16, "Q8_0 panel: {} rows, at most 16", a.len());
+    assert!(
+        a.len() <= P::ROWS,
+        "Q8_0 panel: {} rows, at most {}",
+        a.len(),
+        P::ROWS
+    );
     for (c, a) in a.iter().enumerate() {
         assert_eq!(
             a.len(),
@@ -599,40 +635,13 @@ fn pack_q8_0x16(a: &[&[u8]], out: &mut [Q8_0x16], bias: u8) {
             out.len()
         );
         for (p, blk) in out.iter_mut().zip(a.chunks_exact(BLOCK)) {
-            p.d[c] = half::f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
-            for (l, q) in blk[2..].chunks_exact(4).enumerate() {
-                for (t, &b) in q.iter().enumerate() {
-                    p.qs[l][4 * c + t] = b ^ bias;
-                }
-            }
+            let d = half::f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
+            p.put(c, d, &blk[2..], bias);
         }
     }
     for p in out.iter_mut() {
-        for c in a.len()..16 {
-            p.d[c] = 0.0;
-            for l in 0..8 {
-                p.qs[l][4 * c..4 * c + 4].fill(0);
-            }
-        }
-    }
-}
-
-/// Interleaves four Q8_0 rows into `out`, quants XORed with `bias`.
-#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
-fn pack_q8_0x4(a: [&[u8]; 4], out: &mut [Q8_0x4], bias: u8) {
-    const BLOCK: usize = 34;
-    for (c, a) in a.iter().enumerate() {
-        assert_eq!(
-            a.len(),
-            out.len() * BLOCK,
-            "Q8_0 panel: row {c} is not {} blocks",
-            out.len()
-        );
-        for (p, blk) in out.iter_mut().zip(a.chunks_exact(BLOCK)) {
-            p.d[c] = half::f16::from_bits(u16::from_le_bytes([blk[0], blk[1]])).to_f32();
-            for (q, &b) in p.qs[c].iter_mut().zip(&blk[2..]) {
-                *q = b ^ bias;
-            }
+        for c in a.len()..P::ROWS {
+            p.clear(c);
         }
     }
 }

@@ -96,13 +96,13 @@ fn panel_qs(p: &Q8_0x4, c: usize) -> __m256i {
 
 /// Packs for [`dot_panel_avx2`]: the quants as they are.
 pub(super) fn pack_avx2(a: [&[u8]; 4], out: &mut [Q8_0x4]) {
-    super::pack_q8_0x4(a, out, 0);
+    super::pack_q8_0(&a, out, 0);
 }
 
 /// Packs for [`dot_panel_vnni`]: the quants biased to unsigned (`q ^ 0x80`
 /// is `q + 128`), `vpdpbusd`'s unsigned operand.
 pub(super) fn pack_vnni(a: [&[u8]; 4], out: &mut [Q8_0x4]) {
-    super::pack_q8_0x4(a, out, 0x80);
+    super::pack_q8_0(&a, out, 0x80);
 }
 
 /// One weight row of format `T` times a panel packed by [`pack_avx2`]
