@@ -514,6 +514,35 @@ impl OpBuilder<'_> {
             })
     }
 
+    /// The op of one dispatch of `kernel` with `params` as its uniform,
+    /// bound as the kernels are: three buffers (weights or inputs, and the
+    /// output), the uniform, the step uniform, and `aux` where the kernel
+    /// has a sixth binding.
+    fn kernel_op<P: bytemuck::Pod>(
+        &self,
+        label: &'static str,
+        kernel: Kernel,
+        params: &P,
+        [a, b, y]: [&wgpu::Buffer; 3],
+        aux: Option<&wgpu::Buffer>,
+        grid: Grid,
+    ) -> Op {
+        let pb = self.ctx.uniform(label, bytemuck::bytes_of(params));
+        let bind_group = match aux {
+            Some(aux) => self.bind(kernel, &[a, b, y, &pb, self.step, aux]),
+            None => self.bind(kernel, &[a, b, y, &pb, self.step]),
+        };
+        Op {
+            label,
+            pipeline: self.ctx.pipeline(kernel),
+            pipeline_mm: None,
+            bind_group,
+            grid,
+            variants: Vec::new(),
+            _params: pb,
+        }
+    }
+
     /// `y[t, y_base + r] (+)= W[r] · x[t]` for every part of `w`; `at_pos`
     /// 1 or 2 writes a KV cache (rows counted from the step's position; 2:
     /// rounded to f16).
@@ -547,8 +576,8 @@ impl OpBuilder<'_> {
                     corr_base,
                     pad: [0; 3],
                 };
-                let pb = self.ctx.uniform(label, bytemuck::bytes_of(&params));
                 if is_exact(w.ty, w.m) {
+                    let pb = self.ctx.uniform(label, bytemuck::bytes_of(&params));
                     // Each batch size's order and kernel: single tokens, small
                     // batches (four tokens per row), batches of 8+ (tiled).
                     let mut variants: Vec<QdotVariant> = Vec::new();
@@ -621,15 +650,16 @@ impl OpBuilder<'_> {
                     };
                 }
                 let kernel = Kernel::Matvec(w.ty);
-                Op {
+                let mut op = self.kernel_op(
                     label,
-                    pipeline: self.ctx.pipeline(kernel),
-                    pipeline_mm: Some(self.ctx.pipeline(Kernel::Matmul(w.ty))),
-                    bind_group: self.bind(kernel, &[&part.buffer, x, y, &pb, self.step, dummy]),
-                    grid: Grid::Linear { m: part.rows },
-                    variants: Vec::new(),
-                    _params: pb,
-                }
+                    kernel,
+                    &params,
+                    [&part.buffer, x, y],
+                    Some(dummy),
+                    Grid::Linear { m: part.rows },
+                );
+                op.pipeline_mm = Some(self.ctx.pipeline(Kernel::Matmul(w.ty)));
+                op
             })
             .collect()
     }
@@ -699,17 +729,15 @@ impl OpBuilder<'_> {
                     accumulate: accumulate as u32,
                     ..Default::default()
                 };
-                let pb = self.ctx.uniform(label, bytemuck::bytes_of(&params));
                 let kernel = Kernel::MmFast(w.ty, coop.unwrap_or(self.ctx.caps().coop_f16_16));
-                let mut op = Op {
+                let mut op = self.kernel_op(
                     label,
-                    pipeline: self.ctx.pipeline(kernel),
-                    pipeline_mm: None,
-                    bind_group: self.bind(kernel, &[&part.buffer, x, y, &pb, self.step, dummy]),
-                    grid: Grid::Qdot { m: part.rows },
-                    variants: Vec::new(),
-                    _params: pb,
-                };
+                    kernel,
+                    &params,
+                    [&part.buffer, x, y],
+                    Some(dummy),
+                    Grid::Qdot { m: part.rows },
+                );
                 self.add_mm_fast(&mut op, w, i, x, y, dummy, (1, coop));
                 op
             })
@@ -767,23 +795,22 @@ impl OpBuilder<'_> {
                     corr_base: 0,
                     pad: [x_base / 4, aux_base / 4, f32::to_bits(eps)],
                 };
-                let pb = self.ctx.uniform(label, bytemuck::bytes_of(&params));
-                Op {
+                let grid = if wide {
+                    Grid::Wide {
+                        m: part.rows,
+                        rows: crate::kernels::wide_rows_per_workgroup(w.ty),
+                    }
+                } else {
+                    Grid::Linear { m: part.rows }
+                };
+                self.kernel_op(
                     label,
-                    pipeline: self.ctx.pipeline(kernel),
-                    pipeline_mm: None,
-                    bind_group: self.bind(kernel, &[&part.buffer, x, y, &pb, self.step, aux]),
-                    grid: if wide {
-                        Grid::Wide {
-                            m: part.rows,
-                            rows: crate::kernels::wide_rows_per_workgroup(w.ty),
-                        }
-                    } else {
-                        Grid::Linear { m: part.rows }
-                    },
-                    variants: Vec::new(),
-                    _params: pb,
-                }
+                    kernel,
+                    &params,
+                    [&part.buffer, x, y],
+                    Some(aux),
+                    grid,
+                )
             })
             .collect()
     }
@@ -812,17 +839,14 @@ impl OpBuilder<'_> {
                     corr_base: 0,
                     pad: [0; 3],
                 };
-                let pb = self.ctx.uniform("get_rows", bytemuck::bytes_of(&params));
-                let kernel = Kernel::GetRows(w.ty);
-                Op {
-                    label: "get_rows",
-                    pipeline: self.ctx.pipeline(kernel),
-                    pipeline_mm: None,
-                    variants: Vec::new(),
-                    bind_group: self.bind(kernel, &[&part.buffer, dummy, y, &pb, self.step, ids]),
-                    grid: Grid::PerToken([1, 1]),
-                    _params: pb,
-                }
+                self.kernel_op(
+                    "get_rows",
+                    Kernel::GetRows(w.ty),
+                    &params,
+                    [&part.buffer, dummy, y],
+                    Some(ids),
+                    Grid::PerToken([1, 1]),
+                )
             })
             .collect()
     }
@@ -880,21 +904,19 @@ impl OpBuilder<'_> {
             corr_base,
             row0,
         };
-        let pb = self.ctx.uniform("rms_norm", bytemuck::bytes_of(&params));
-        let kernel = Kernel::RmsNorm(act);
-        Op {
-            label: "rms_norm",
-            pipeline: self.ctx.pipeline(kernel),
-            pipeline_mm: None,
-            variants: Vec::new(),
-            bind_group: self.bind(kernel, &[x, weight, y, &pb, self.step]),
-            grid: if last_only {
-                Grid::Fixed([n.div_ceil(256), 1, 1])
-            } else {
-                Grid::PerToken([n.div_ceil(256), 1])
-            },
-            _params: pb,
-        }
+        let grid = if last_only {
+            Grid::Fixed([n.div_ceil(256), 1, 1])
+        } else {
+            Grid::PerToken([n.div_ceil(256), 1])
+        };
+        self.kernel_op(
+            "rms_norm",
+            Kernel::RmsNorm(act),
+            &params,
+            [x, weight, y],
+            None,
+            grid,
+        )
     }
 
     /// Lets the single-token variant of `op`, a product of `w` with `x` into
@@ -1105,18 +1127,15 @@ impl OpBuilder<'_> {
         params: EwParams,
         dummy: &wgpu::Buffer,
     ) -> Op {
-        let pb = self
-            .ctx
-            .uniform(kernel.entry_point(), bytemuck::bytes_of(&params));
-        Op {
-            label: kernel.entry_point(),
-            pipeline: self.ctx.pipeline(kernel),
-            pipeline_mm: None,
-            variants: Vec::new(),
-            bind_group: self.bind(kernel, &[a, b, y, &pb, self.step, dummy]),
-            grid: Grid::PerToken([params.n.div_ceil(256), 1]),
-            _params: pb,
-        }
+        let grid = Grid::PerToken([params.n.div_ceil(256), 1]);
+        self.kernel_op(
+            kernel.entry_point(),
+            kernel,
+            &params,
+            [a, b, y],
+            Some(dummy),
+            grid,
+        )
     }
 
     /// A `scale.wgsl` op over `params.n` values of `y` (`kernel`: Geglu,
@@ -1130,19 +1149,16 @@ impl OpBuilder<'_> {
         table: &wgpu::Buffer,
         params: ScaleParams,
     ) -> Op {
-        let pb = self
-            .ctx
-            .uniform(kernel.entry_point(), bytemuck::bytes_of(&params));
         let [x, gy] = rows_grid(params.n.div_ceil(256));
-        Op {
-            label: kernel.entry_point(),
-            pipeline: self.ctx.pipeline(kernel),
-            pipeline_mm: None,
-            variants: Vec::new(),
-            bind_group: self.bind(kernel, &[a, b, y, &pb, self.step, table]),
-            grid: Grid::Fixed([x, gy, 1]),
-            _params: pb,
-        }
+        let grid = Grid::Fixed([x, gy, 1]);
+        self.kernel_op(
+            kernel.entry_point(),
+            kernel,
+            &params,
+            [a, b, y],
+            Some(table),
+            grid,
+        )
     }
 
     /// Rounds `n` activations per token of `x` to `act` (Q8_0, Q8_1, Q8_K)
@@ -1243,17 +1259,14 @@ impl OpBuilder<'_> {
             corr_base: w.expert_bytes,
             pad: [x_share, aux / 4, 0],
         };
-        let pb = self.ctx.uniform(label, bytemuck::bytes_of(&params));
-        let kernel = Kernel::MoeMv(w.ty, routed, prologue);
-        Op {
+        self.kernel_op(
             label,
-            pipeline: self.ctx.pipeline(kernel),
-            pipeline_mm: None,
-            variants: Vec::new(),
-            bind_group: self.bind(kernel, &[&w.buffer, x, y, &pb, self.step, routing]),
-            grid: Grid::PerTokenTimes(rows_grid(w.m.div_ceil(256 / MATVEC_LANES)), slots),
-            _params: pb,
-        }
+            Kernel::MoeMv(w.ty, routed, prologue),
+            &params,
+            [&w.buffer, x, y],
+            Some(routing),
+            Grid::PerTokenTimes(rows_grid(w.m.div_ceil(256 / MATVEC_LANES)), slots),
+        )
     }
 
     /// `moe.wgsl`'s routing: for each token, from its `n_expert` router
@@ -1277,17 +1290,14 @@ impl OpBuilder<'_> {
             pad: [0, 0, scale.to_bits()],
             ..Default::default()
         };
-        let pb = self.ctx.uniform("moe_route", bytemuck::bytes_of(&params));
-        let kernel = Kernel::MoeRoute(gating, normalize);
-        Op {
-            label: "moe_route",
-            pipeline: self.ctx.pipeline(kernel),
-            pipeline_mm: None,
-            variants: Vec::new(),
-            bind_group: self.bind(kernel, &[dummy, logits, routing, &pb, self.step, dummy]),
-            grid: Grid::PerToken([1, 1]),
-            _params: pb,
-        }
+        self.kernel_op(
+            "moe_route",
+            Kernel::MoeRoute(gating, normalize),
+            &params,
+            [dummy, logits, routing],
+            Some(dummy),
+            Grid::PerToken([1, 1]),
+        )
     }
 
     /// `moe.wgsl`'s sum: `y[t] = Σ_s weight(t, s) · down[t · n_used + s]`
@@ -1308,17 +1318,14 @@ impl OpBuilder<'_> {
             y_stride,
             ..Default::default()
         };
-        let pb = self.ctx.uniform("moe_sum", bytemuck::bytes_of(&params));
-        let kernel = Kernel::MoeSum;
-        Op {
-            label: "moe_sum",
-            pipeline: self.ctx.pipeline(kernel),
-            pipeline_mm: None,
-            variants: Vec::new(),
-            bind_group: self.bind(kernel, &[dummy, down, y, &pb, self.step, routing]),
-            grid: Grid::PerToken(rows_grid(width.div_ceil(256))),
-            _params: pb,
-        }
+        self.kernel_op(
+            "moe_sum",
+            Kernel::MoeSum,
+            &params,
+            [dummy, down, y],
+            Some(routing),
+            Grid::PerToken(rows_grid(width.div_ceil(256))),
+        )
     }
 }
 
