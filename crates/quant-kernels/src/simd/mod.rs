@@ -568,33 +568,27 @@ trait Q8_0PanelBlock {
     fn clear(&mut self, c: usize);
 }
 
-impl Q8_0PanelBlock for Q8_0x4 {
-    const ROWS: usize = 4;
-    fn put(&mut self, c: usize, d: f32, qs: &[u8], bias: u8) {
-        self.d[c] = d;
-        for (q, &b) in self.qs[c].iter_mut().zip(qs) {
-            *q = b ^ bias;
+/// The row-major panels ([`Q8_0x4`], [`Q8_0x8`]): row `c`'s quants in
+/// `qs[c]`, as they are (XORed with the bias).
+macro_rules! row_major_panel {
+    ($panel:ty, $rows:literal) => {
+        impl Q8_0PanelBlock for $panel {
+            const ROWS: usize = $rows;
+            fn put(&mut self, c: usize, d: f32, qs: &[u8], bias: u8) {
+                self.d[c] = d;
+                for (q, &b) in self.qs[c].iter_mut().zip(qs) {
+                    *q = b ^ bias;
+                }
+            }
+            fn clear(&mut self, c: usize) {
+                self.d[c] = 0.0;
+                self.qs[c] = [0; 32];
+            }
         }
-    }
-    fn clear(&mut self, c: usize) {
-        self.d[c] = 0.0;
-        self.qs[c] = [0; 32];
-    }
+    };
 }
-
-impl Q8_0PanelBlock for Q8_0x8 {
-    const ROWS: usize = 8;
-    fn put(&mut self, c: usize, d: f32, qs: &[u8], bias: u8) {
-        self.d[c] = d;
-        for (q, &b) in self.qs[c].iter_mut().zip(qs) {
-            *q = b ^ bias;
-        }
-    }
-    fn clear(&mut self, c: usize) {
-        self.d[c] = 0.0;
-        self.qs[c] = [0; 32];
-    }
-}
+row_major_panel!(Q8_0x4, 4);
+row_major_panel!(Q8_0x8, 8);
 
 impl Q8_0PanelBlock for Q8_0x16 {
     const ROWS: usize = 16;
