@@ -54,6 +54,8 @@ pub struct DeviceCaps {
     /// mode's batch products take `mm_coop.wgsl`. Off where [`NO_COOP_ENV`]
     /// is set.
     pub coop_f16_16: bool,
+    /// Bytes of workgroup memory a workgroup may hold.
+    pub max_workgroup_storage: u32,
     /// Timestamp queries are available (used by [`crate::GpuProgram::profile_step`]).
     pub timestamps: bool,
     /// WGSL's `fma` rounds once on this device (probed at open). Where it
@@ -204,6 +206,7 @@ impl GpuContext {
                 && info.subgroup_max_size == 32
                 && std::env::var_os("STRATA_NO_SUBGROUPS").is_none(),
             coop_f16_16: coop,
+            max_workgroup_storage: limits.max_compute_workgroup_storage_size,
             timestamps: features.contains(
                 wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::TIMESTAMP_QUERY_INSIDE_PASSES,
             ),

@@ -51,6 +51,9 @@ pub enum Shader {
     /// `attn_fast.wgsl`: the fast mode's single-token attention (f32,
     /// online softmax).
     AttentionFast,
+    /// `attn_flash.wgsl`: the fast mode's attention for a batch (tiles of
+    /// queries and keys, online softmax; binds as [`Shader::Attention`]).
+    AttentionFlash,
     /// `fast_wide.wgsl`: the fast mode's single-token product through
     /// 16-byte loads (Q4_K, Q5_K, F16, Q8_0), prologues as
     /// [`Shader::QuantFast`].
@@ -68,7 +71,7 @@ pub enum Shader {
 }
 
 /// Every shader, for the naga validation test.
-pub const ALL_SHADERS: [Shader; 21] = [
+pub const ALL_SHADERS: [Shader; 22] = [
     Shader::Quant,
     Shader::Norm,
     Shader::Rope,
@@ -86,6 +89,7 @@ pub const ALL_SHADERS: [Shader; 21] = [
     Shader::Scale,
     Shader::QuantFast,
     Shader::AttentionFast,
+    Shader::AttentionFlash,
     Shader::QuantWide,
     Shader::MmFast,
     Shader::MmCoop,
@@ -147,7 +151,7 @@ impl Shader {
             | Shader::MmFast
             | Shader::MmCoop
             | Shader::Moe => Shader::Quant,
-            Shader::AttentionSg => Shader::Attention,
+            Shader::AttentionSg | Shader::AttentionFlash => Shader::Attention,
             Shader::NormSg => Shader::Norm,
             Shader::ElementwiseSg => Shader::Elementwise,
             Shader::ActQuantSg => Shader::ActQuant,
@@ -185,6 +189,7 @@ impl Shader {
                 include_str!("shaders/mm_coop.wgsl")
             ),
             Shader::AttentionFast => with_fma!("rope_common.wgsl", "attn_fast.wgsl"),
+            Shader::AttentionFlash => with_fma!("attn_flash.wgsl"),
             Shader::QuantWide => with_fma!("quant_io.wgsl", "fast_wide.wgsl"),
             Shader::Norm => with_fma!("act_wg.wgsl", "act_common.wgsl", "norm.wgsl"),
             Shader::NormSg => with_fma!("act_sg.wgsl", "act_common.wgsl", "norm.wgsl"),
@@ -237,6 +242,7 @@ impl Shader {
             Shader::Scale => "scale.wgsl",
             Shader::QuantFast => "quant.wgsl+fast.wgsl",
             Shader::AttentionFast => "attn_fast.wgsl",
+            Shader::AttentionFlash => "attn_flash.wgsl",
             Shader::QuantWide => "fast_wide.wgsl",
             Shader::MmFast => "quant.wgsl+mm_fast.wgsl",
             Shader::MmCoop => "quant.wgsl+mm_coop.wgsl",
@@ -276,7 +282,7 @@ impl Shader {
             Shader::AttentionFast => &[
                 Read, ReadWrite, ReadWrite, ReadWrite, Uniform, Uniform, Read, Uniform, ReadWrite,
             ],
-            Shader::Attention | Shader::AttentionSg => {
+            Shader::Attention | Shader::AttentionSg | Shader::AttentionFlash => {
                 &[Read, Read, Read, ReadWrite, Uniform, Uniform]
             }
             // a, b, y, params, step, token
@@ -323,14 +329,33 @@ pub fn wide_fits(ty: GgmlType, row_bytes: u32) -> bool {
     }
 }
 
-/// Rows per workgroup of `fmv_wide` over a `ty` matrix: four lane sets of
-/// four rows each (one for Q6_K, whose rows are staged through workgroup
-/// memory one at a time; fast_wide.wgsl's `wide_rows`).
-pub fn wide_rows_per_workgroup(ty: GgmlType) -> u32 {
-    match ty {
-        GgmlType::Q6_K => 4,
-        _ => 16,
+/// Rows each lane set of `fmv_wide` takes at once over a `ty` matrix of `m`
+/// rows (fast_wide.wgsl's `WIDE_ROWS`): four where the matrix has rows
+/// enough to keep the GPU's lanes busy (8192 or more), two from 4096, else
+/// one, so that a small matrix still spreads over many workgroups; one for
+/// Q6_K, whose rows are staged through workgroup memory one at a time.
+/// `STRATA_WIDE_ROWS` (1, 2 or 4) overrides the choice, for measurements.
+pub fn wide_rows(ty: GgmlType, m: u32) -> u32 {
+    if ty == GgmlType::Q6_K {
+        return 1;
     }
+    if let Some(r) = std::env::var("STRATA_WIDE_ROWS")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|r| matches!(r, 1 | 2 | 4))
+    {
+        return r;
+    }
+    match m {
+        8192.. => 4,
+        4096.. => 2,
+        _ => 1,
+    }
+}
+
+/// Rows per workgroup of `fmv_wide`: four lane sets of [`wide_rows`].
+pub fn wide_rows_per_workgroup(ty: GgmlType, m: u32) -> u32 {
+    4 * wide_rows(ty, m)
 }
 
 /// Whether `ty` has GPU kernels.
@@ -450,8 +475,9 @@ pub(crate) enum Kernel {
     /// `fmv`) with prologue 0 (x), 1 (RMSNorm) or 2 (SwiGLU).
     Fmv(GgmlType, u32),
     /// The same through 16-byte loads (`fast_wide.wgsl`'s `fmv_wide`:
-    /// Q4_K, Q5_K, F16, Q8_0, Q6_K; [`wide_fits`]).
-    FmvWide(GgmlType, u32),
+    /// Q4_K, Q5_K, F16, Q8_0, Q6_K; [`wide_fits`]), [`wide_rows`] rows a
+    /// lane set.
+    FmvWide(GgmlType, u32, u32),
     /// The fast mode's single-token attention (`attn_fast.wgsl`).
     AttentionFast,
     /// The same with the token's query, key and value from a stacked
@@ -460,11 +486,14 @@ pub(crate) enum Kernel {
     /// The fast attention's second dispatch: each head's output from its
     /// splits (`attn_combine`).
     AttentionCombine,
+    /// The fast mode's attention for a batch (`attn_flash.wgsl`), each
+    /// invocation owning `NC` output vec4 columns (ceil(head_dim / 64)).
+    AttentionFlash(u32),
     /// The fast mode's product of a batch of float activations with a `ty`
     /// matrix, [`MM_FAST_TOKENS`] tokens × [`MM_FAST_ROWS`] rows a
     /// workgroup: `mm_fast.wgsl`'s `mm_fast` (`false`) or, on devices with
     /// cooperative matrices, `mm_coop.wgsl`'s `mm_coop` (`true`).
-    MmFast(GgmlType, bool),
+    MmFast(GgmlType, MmKind),
     /// `moe.wgsl`'s `moe_mv` with a `ty` matrix: the router's product
     /// (`false`) or the routed experts' (`true`), with prologue 0 (x) or 2
     /// (SwiGLU of a row's two halves).
@@ -476,7 +505,32 @@ pub(crate) enum Kernel {
     MoeSum,
 }
 
-/// Tokens per workgroup of [`Kernel::MmFast`] (both entry points).
+/// Which entry point a [`Kernel::MmFast`] is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum MmKind {
+    /// `mm_fast.wgsl`'s `mm_fast` (portable).
+    Portable,
+    /// `mm_coop.wgsl`'s `mm_coop` (cooperative matrices, 64-row tiles).
+    Coop,
+    /// `mm_coop.wgsl`'s `mm_coop2` (cooperative matrices, 128-row tiles,
+    /// [`MM_COOP2_STORAGE`] bytes of workgroup memory).
+    Coop2,
+}
+
+impl MmKind {
+    /// Rows per workgroup.
+    pub(crate) fn rows(self) -> u32 {
+        match self {
+            MmKind::Coop2 => 128,
+            _ => MM_FAST_ROWS,
+        }
+    }
+}
+
+/// Workgroup memory `mm_coop2` needs (its `ca2`, `cb` and `cc`).
+pub(crate) const MM_COOP2_STORAGE: u32 = 5120 * 2 + 2560 * 2 + 1024 * 4;
+
+/// Tokens per workgroup of [`Kernel::MmFast`] (every entry point).
 pub(crate) const MM_FAST_TOKENS: u32 = 64;
 
 /// Rows per workgroup of [`Kernel::MmFast`] (both entry points).
@@ -503,8 +557,9 @@ impl Kernel {
             Kernel::AttentionFast | Kernel::AttentionFastRope | Kernel::AttentionCombine => {
                 Shader::AttentionFast
             }
-            Kernel::MmFast(_, false) => Shader::MmFast,
-            Kernel::MmFast(_, true) => Shader::MmCoop,
+            Kernel::AttentionFlash(_) => Shader::AttentionFlash,
+            Kernel::MmFast(_, MmKind::Portable) => Shader::MmFast,
+            Kernel::MmFast(_, _) => Shader::MmCoop,
             Kernel::MoeMv(..) | Kernel::MoeRoute(..) | Kernel::MoeSum => Shader::Moe,
         }
     }
@@ -538,8 +593,10 @@ impl Kernel {
             Kernel::AttentionFast => "attn_decode",
             Kernel::AttentionFastRope => "attn_rope_decode",
             Kernel::AttentionCombine => "attn_combine",
-            Kernel::MmFast(_, false) => "mm_fast",
-            Kernel::MmFast(_, true) => "mm_coop",
+            Kernel::AttentionFlash(_) => "attn_flash",
+            Kernel::MmFast(_, MmKind::Portable) => "mm_fast",
+            Kernel::MmFast(_, MmKind::Coop) => "mm_coop",
+            Kernel::MmFast(_, MmKind::Coop2) => "mm_coop2",
             Kernel::MoeMv(..) => "moe_mv",
             Kernel::MoeRoute(..) => "moe_route",
             Kernel::MoeSum => "moe_sum",
@@ -572,11 +629,13 @@ impl Kernel {
                     ("MV_LANES", f64::from(crate::ops::MATVEC_LANES)),
                 ]
             }
-            Kernel::FmvWide(t, prologue) => vec![
+            Kernel::FmvWide(t, prologue, rows) => vec![
                 ("FORMAT", f64::from(t.id())),
                 ("PROLOGUE", f64::from(prologue)),
+                ("WIDE_ROWS", f64::from(rows)),
             ],
             Kernel::MmFast(t, _) => vec![("FORMAT", f64::from(t.id()))],
+            Kernel::AttentionFlash(nc) => vec![("NC", f64::from(nc))],
             Kernel::MoeMv(t, routed, prologue) => vec![
                 ("FORMAT", f64::from(t.id())),
                 ("MV_LANES", f64::from(crate::ops::MATVEC_LANES)),

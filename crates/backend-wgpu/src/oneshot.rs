@@ -9,8 +9,8 @@ use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
 use crate::kernels::Kernel;
 use crate::ops::{
-    attention_partials_bytes, AttnParams, EwParams, GpuMatrix, Op, OpBuilder, Prologue, RopeParams,
-    StepUniform,
+    attention_partials_bytes, flash_attention_fits, AttnParams, EwParams, GpuMatrix, Op, OpBuilder,
+    Prologue, RopeParams, StepUniform,
 };
 
 fn step_buffer(ctx: &GpuContext, n_tokens: u32, pos: u32) -> wgpu::Buffer {
@@ -420,6 +420,61 @@ pub fn attention_fast(
         false,
         Some(extra),
     )
+}
+
+/// [`attention`] of a batch (`q` one row a token, `k`/`v` the cache rows
+/// of positions `0..pos0 + tokens`) through the fast mode's batch kernel
+/// (`attn_flash.wgsl`: tiles of 32 queries × 64 keys, online softmax in
+/// f32, not the CPU's bits), with a sliding `window` (0: none) and a
+/// soft-cap of the scores (0: none). Any number of tokens (the programs
+/// use it for batches of 16 or more).
+#[allow(clippy::too_many_arguments)]
+pub fn attention_flash(
+    ctx: &GpuContext,
+    q: &[f32],
+    k: &[f32],
+    v: &[f32],
+    n_head: usize,
+    n_kv_head: usize,
+    head_dim: usize,
+    pos0: u32,
+    window: u32,
+    softcap: f32,
+) -> Result<Vec<f32>> {
+    let qrow = n_head * head_dim;
+    let kvrow = n_kv_head * head_dim;
+    let params = AttnParams {
+        n_head: n_head as u32,
+        n_kv_head: n_kv_head as u32,
+        head_dim: head_dim as u32,
+        q_stride: qrow as u32,
+        kv_stride: kvrow as u32,
+        out_stride: qrow as u32,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+        window,
+        softcap,
+        inv_cap: if softcap != 0.0 { 1.0 / softcap } else { 0.0 },
+        ..Default::default()
+    };
+    check(
+        "attention_flash",
+        qrow > 0 && q.len().is_multiple_of(qrow) && flash_attention_fits(&params),
+        || "bad shape".to_string(),
+    )?;
+    let t = q.len() / qrow;
+    check(
+        "attention_flash",
+        k.len() == (pos0 as usize + t) * kvrow && v.len() == k.len(),
+        || "cache length does not match pos0 + tokens".to_string(),
+    )?;
+    let step = step_buffer(ctx, t as u32, pos0);
+    let b = OpBuilder { ctx, step: &step };
+    let qb = f32_buffer(ctx, "q", q);
+    let kb = f32_buffer(ctx, "k", k);
+    let vb = f32_buffer(ctx, "v", v);
+    let out = ctx.storage("out", (q.len() * 4) as u64);
+    let op = b.attention_flash(&qb, &kb, &vb, &out, params, 1);
+    run(ctx, &[op], t as u32, &out, q.len())
 }
 
 #[allow(clippy::too_many_arguments)]

@@ -10,8 +10,8 @@ use gguf_format::GgmlType;
 use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
 use crate::kernels::{
-    exact_order, is_exact, is_gpu_type, Kernel, KMM_TOKENS, KQUANT_TILED_MIN_BATCH, MM_FAST_ROWS,
-    MM_FAST_TOKENS, QMM_TOKENS,
+    exact_order, is_exact, is_gpu_type, Kernel, MmKind, KMM_TOKENS, KQUANT_TILED_MIN_BATCH,
+    MM_COOP2_STORAGE, MM_FAST_TOKENS, QMM_TOKENS,
 };
 
 /// Up to this many tokens a linear layer runs as matrix-vector products
@@ -337,6 +337,9 @@ pub(crate) enum Grid {
     /// kernels of small batches read (larger ones take [`Kernel::MmFast`]
     /// over the float activations).
     SmallBatch([u32; 2], u32),
+    /// `[ceil(n_tokens / tile), y, 1]` for batches of `min_tokens` or more
+    /// only (the fast mode's batch attention, [`Kernel::AttentionFlash`]).
+    TokenTiles { tile: u32, y: u32, min_tokens: u32 },
 }
 
 /// One pipeline of an exact product, for batches of `min_tokens` or more
@@ -411,6 +414,7 @@ impl Op {
         match self.grid {
             Grid::BatchOnly(_) => n_tokens > 1,
             Grid::SmallBatch(_, limit) => n_tokens < limit,
+            Grid::TokenTiles { min_tokens, .. } => n_tokens >= min_tokens,
             _ => true,
         }
     }
@@ -433,6 +437,8 @@ impl Op {
             Grid::BatchOnly([x, y]) => (&self.pipeline, [x, y, n_tokens]),
             Grid::SmallBatch(_, limit) if n_tokens >= limit => return,
             Grid::SmallBatch([x, y], _) => (&self.pipeline, [x, y, n_tokens]),
+            Grid::TokenTiles { min_tokens, .. } if n_tokens < min_tokens => return,
+            Grid::TokenTiles { tile, y, .. } => (&self.pipeline, [n_tokens.div_ceil(tile), y, 1]),
             Grid::Fixed(g) => (&self.pipeline, g),
             // A batch variant (the fast mode's MmFast) where the batch
             // reaches it.
@@ -664,6 +670,24 @@ impl OpBuilder<'_> {
             .collect()
     }
 
+    /// The fast batch product's entry point: with cooperative matrices
+    /// (where the device has them, or as `coop` says) `mm_coop2` where
+    /// workgroups may hold its memory, else `mm_coop`
+    /// (`STRATA_COOP_TILE=64` forces `mm_coop`, for measurements); without,
+    /// the portable `mm_fast`.
+    fn mm_kind(&self, coop: Option<bool>) -> MmKind {
+        let caps = self.ctx.caps();
+        if !coop.unwrap_or(caps.coop_f16_16) {
+            return MmKind::Portable;
+        }
+        let small = std::env::var("STRATA_COOP_TILE").is_ok_and(|v| v == "64");
+        if caps.max_workgroup_storage >= MM_COOP2_STORAGE && !small {
+            MmKind::Coop2
+        } else {
+            MmKind::Coop
+        }
+    }
+
     /// The fast mode's batch product ([`Kernel::MmFast`]: `mm_coop` where
     /// the device has cooperative matrices, else `mm_fast`; `coop` forces
     /// one) of `w`'s part `part` over float activations `x` (rows of the
@@ -681,8 +705,8 @@ impl OpBuilder<'_> {
         dummy: &wgpu::Buffer,
         (min_tokens, coop): (u32, Option<bool>),
     ) {
-        let coop = coop.unwrap_or(self.ctx.caps().coop_f16_16);
-        let kernel = Kernel::MmFast(w.ty, coop);
+        let kind = self.mm_kind(coop);
+        let kernel = Kernel::MmFast(w.ty, kind);
         let bg = self.bind(
             kernel,
             &[&w.parts[part].buffer, x, y, &op._params, self.step, dummy],
@@ -692,7 +716,7 @@ impl OpBuilder<'_> {
             pipeline: self.ctx.pipeline(kernel),
             order: u32::MAX,
             tokens: MM_FAST_TOKENS,
-            rows: MM_FAST_ROWS,
+            rows: kind.rows(),
             kernel,
             own: Some((bg, x.clone())),
         };
@@ -729,7 +753,7 @@ impl OpBuilder<'_> {
                     accumulate: accumulate as u32,
                     ..Default::default()
                 };
-                let kernel = Kernel::MmFast(w.ty, coop.unwrap_or(self.ctx.caps().coop_f16_16));
+                let kernel = Kernel::MmFast(w.ty, self.mm_kind(coop));
                 let mut op = self.kernel_op(
                     label,
                     kernel,
@@ -775,14 +799,14 @@ impl OpBuilder<'_> {
             } => (2, gate, gate_base, up, up_base, 0.0),
         };
         let wide = crate::kernels::wide_fits(w.ty, w.row_bytes);
-        let kernel = if wide {
-            Kernel::FmvWide(w.ty, kind)
-        } else {
-            Kernel::Fmv(w.ty, kind)
-        };
         w.parts
             .iter()
             .map(|part| {
+                let kernel = if wide {
+                    Kernel::FmvWide(w.ty, kind, crate::kernels::wide_rows(w.ty, part.rows))
+                } else {
+                    Kernel::Fmv(w.ty, kind)
+                };
                 let params = MatParams {
                     k: w.k,
                     m: part.rows,
@@ -798,7 +822,7 @@ impl OpBuilder<'_> {
                 let grid = if wide {
                     Grid::Wide {
                         m: part.rows,
-                        rows: crate::kernels::wide_rows_per_workgroup(w.ty),
+                        rows: crate::kernels::wide_rows_per_workgroup(w.ty, part.rows),
                     }
                 } else {
                     Grid::Linear { m: part.rows }
@@ -1051,6 +1075,36 @@ impl OpBuilder<'_> {
             &[q, k_cache, v_cache, out, &pb, self.step, q, &pb, partials],
         );
         self.split_attention(Kernel::AttentionFast, bind_group, pb, &params)
+    }
+
+    /// The fast mode's attention of a batch of `min_tokens` or more
+    /// (`attn_flash.wgsl`; [`flash_attention_fits`]): one op, run by such
+    /// batches only, beside [`OpBuilder::attention`]'s exact op (which
+    /// smaller batches keep).
+    pub fn attention_flash(
+        &self,
+        q: &wgpu::Buffer,
+        k_cache: &wgpu::Buffer,
+        v_cache: &wgpu::Buffer,
+        out: &wgpu::Buffer,
+        params: AttnParams,
+        min_tokens: u32,
+    ) -> Op {
+        let pb = self.ctx.uniform("attention", bytemuck::bytes_of(&params));
+        let kernel = Kernel::AttentionFlash(params.head_dim.div_ceil(64));
+        Op {
+            label: "attention",
+            pipeline: self.ctx.pipeline(kernel),
+            pipeline_mm: None,
+            variants: Vec::new(),
+            bind_group: self.bind(kernel, &[q, k_cache, v_cache, out, &pb, self.step]),
+            grid: Grid::TokenTiles {
+                tile: FLASH_QUERIES,
+                y: params.n_head,
+                min_tokens,
+            },
+            _params: pb,
+        }
     }
 
     /// The split op of a fast attention and its combining op, sharing
@@ -1436,6 +1490,19 @@ pub(crate) enum Prologue<'b> {
 /// invocation of its 256.
 pub(crate) fn fast_attention_fits(p: &AttnParams) -> bool {
     p.head_dim <= 256 && p.head_dim.is_multiple_of(4)
+}
+
+/// Queries per workgroup of `attn_flash.wgsl` (its `BQ`).
+pub(crate) const FLASH_QUERIES: u32 = 32;
+
+/// Whether the fast batch attention (`attn_flash.wgsl`) takes these heads:
+/// its invocations own up to four vec4 columns of 16 (head_dim ≤ 256).
+pub(crate) fn flash_attention_fits(p: &AttnParams) -> bool {
+    p.head_dim <= 256
+        && p.head_dim.is_multiple_of(4)
+        && p.kv_stride.is_multiple_of(4)
+        && p.n_kv_head > 0
+        && p.n_head.is_multiple_of(p.n_kv_head)
 }
 
 /// [`OpBuilder::attention_rope`]'s parameters (`attn_fast.wgsl`'s `RopeFuse`).

@@ -37,9 +37,9 @@ use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
 use crate::kernels::{act_type, is_exact, Kernel};
 use crate::ops::{
-    attention_partials_bytes, fast_attention_fits, AttnParams, EwParams, GpuMatrix, Grid,
-    MoeMatrix, Op, OpBuilder, Prologue, RopeFuse, RopeParams, ScaleParams, StepUniform,
-    TgRopeParams, FAST_MM_MIN_TOKENS,
+    attention_partials_bytes, fast_attention_fits, flash_attention_fits, AttnParams, EwParams,
+    GpuMatrix, Grid, MoeMatrix, Op, OpBuilder, Prologue, RopeFuse, RopeParams, ScaleParams,
+    StepUniform, TgRopeParams, FAST_MM_MIN_TOKENS,
 };
 use crate::seam::GpuWeight;
 
@@ -1546,7 +1546,7 @@ impl<'a> Lowering<'a> {
             true => self.partials(attention_partials_bytes(&attn_params)),
             false => self.dummy.clone(),
         };
-        ops.extend(ob.attention(
+        let exact = ob.attention(
             self.buf(&q_loc),
             &kc,
             &vc,
@@ -1554,7 +1554,26 @@ impl<'a> Lowering<'a> {
             attn_params,
             self.fast,
             &partials,
-        ));
+        );
+        if self.fast_batch && flash_attention_fits(&attn_params) {
+            // Batches of FAST_MM_MIN_TOKENS or more: attn_flash; smaller
+            // ones keep the exact kernel.
+            ops.extend(
+                exact
+                    .into_iter()
+                    .map(|o| o.small_batches_only(FAST_MM_MIN_TOKENS)),
+            );
+            ops.push(ob.attention_flash(
+                self.buf(&q_loc),
+                &kc,
+                &vc,
+                self.buf(&out),
+                attn_params,
+                FAST_MM_MIN_TOKENS,
+            ));
+        } else {
+            ops.extend(exact);
+        }
         Ok(out)
     }
 }

@@ -1176,6 +1176,78 @@ fn fast_attention_agrees_with_cpu() {
     }
 }
 
+/// The fast mode's batch attention (`attn_flash.wgsl`: tiles of 32 queries
+/// × 64 keys, online softmax in f32) against tensor-core's CPU attention
+/// over an f32 cache: heads of 64, 80, 96, 128 and 256, grouped queries,
+/// batches from 1 token to past two query tiles at cache offsets from 0 to
+/// past two key tiles, sliding windows and soft-capped scores. Not bit for
+/// bit: every output within 2e-5 (|v| ≤ 2; outputs are convex combinations
+/// of V).
+#[test]
+fn flash_attention_agrees_with_cpu() {
+    let mut rng = StdRng::seed_from_u64(702);
+    let ctx = ctx();
+    let mut worst_all = 0f32;
+    let cases = [(4, 4, 64), (6, 2, 96), (8, 2, 128), (3, 1, 80), (2, 1, 256)];
+    for (case, &(nh, nkv, hd)) in cases.iter().enumerate() {
+        for &(t, pos0) in &[
+            (1usize, 0usize),
+            (16, 0),
+            (33, 0),
+            (70, 5),
+            (40, 150),
+            (17, 63),
+        ] {
+            let window = if case % 2 == 1 { Some(50) } else { None };
+            let softcap = if case >= 2 { Some(20.0) } else { None };
+            let n = pos0 + t;
+            let k: Vec<f32> = (0..n * nkv * hd)
+                .map(|_| rng.gen_range(-2.0..2.0))
+                .collect();
+            let v: Vec<f32> = (0..n * nkv * hd)
+                .map(|_| rng.gen_range(-2.0..2.0))
+                .collect();
+            let q: Vec<f32> = (0..t * nh * hd).map(|_| rng.gen_range(-2.0..2.0)).collect();
+            let got = oneshot::attention_flash(
+                &ctx,
+                &q,
+                &k,
+                &v,
+                nh,
+                nkv,
+                hd,
+                pos0 as u32,
+                window.unwrap_or(0) as u32,
+                softcap.unwrap_or(0.0),
+            )
+            .unwrap();
+            let p = tensor_core::AttentionParams {
+                n_head: nh,
+                n_head_kv: nkv,
+                head_dim: hd,
+                scale: 1.0 / (hd as f32).sqrt(),
+                window,
+                softcap,
+            };
+            let mut want = vec![0f32; q.len()];
+            tensor_core::attention::attention::<f32>(&q, &k, &v, pos0, &p, &mut want);
+            let worst = got
+                .iter()
+                .zip(&want)
+                .map(|(a, b)| (a - b).abs())
+                .fold(0f32, f32::max);
+            assert!(
+                worst <= 2e-5,
+                "heads {nh}/{nkv} hd={hd} tokens={t} pos0={pos0} window {window:?} cap \
+                 {softcap:?}: largest |gpu − cpu| {worst:e}"
+            );
+            worst_all = worst_all.max(worst);
+        }
+    }
+    eprintln!("attn_flash: largest |gpu − cpu| {worst_all:e}");
+    assert!(worst_all > 0.0, "no difference at all: did attn_flash run?");
+}
+
 /// The fast mode's single-token product (`fmv`, and `fmv_wide` for Q4_K,
 /// Q5_K, F16, and Q8_0 and Q6_K rows of 256-multiples) of every GPU format, with each prologue (x; RMSNorm(x)·w;
 /// silu(gate)·up made inside the product), against f64 dot products of

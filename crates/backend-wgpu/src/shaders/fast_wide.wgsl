@@ -16,9 +16,12 @@
 // this kernel's order: not the CPU's bits, within the fast mode's agreement.
 //
 // Workgroup: 256 invocations, four lane sets of WIDE_LANES; a lane set takes
-// WIDE_ROWS rows at once for every format but Q6_K (each activation vector
-// read once for all of them: re-reading them per row cost more than the
-// weights), one row for Q6_K (ops.rs's Grid::Wide).
+// WIDE_ROWS (1, 2 or 4, a pipeline constant the host picks by the matrix's
+// rows) rows at once for every format but Q6_K (each activation vector read
+// once for all of them), one row for Q6_K (ops.rs's Grid::Wide). What an
+// invocation keeps is in named vectors and struct members, never in arrays
+// indexed at run time (which drivers may keep in memory, not registers):
+// the loops over rows and words are written out.
 
 override FORMAT: u32 = 12u;
 override PROLOGUE: u32 = 0u;
@@ -42,13 +45,13 @@ var<workgroup> wsh: array<vec4<u32>, 320>;
 // Rows of each lane set: the activations a lane reads (after the prologue)
 // serve this many rows. Q6_K, staged through workgroup memory a row at a
 // time, takes one.
+override WIDE_ROWS: u32 = 4u;
 fn wide_rows() -> u32 {
     if (FORMAT == 14u) {
         return 1u;
     }
     return WIDE_ROWS;
 }
-const WIDE_ROWS: u32 = 4u;
 
 // Activations i .. i + 3 of the row's input, as the prologue makes them.
 fn xin(i: u32) -> vec4<f32> {
@@ -91,29 +94,50 @@ fn scale_min(h: vec4<u32>, j: u32) -> vec2<f32> {
 // (low-nibble weights' xl, high-nibble weights' xh) and their sums are read
 // once for the lane set's rows.
 struct KPartX {
-    xl: array<vec4<f32>, 4>,
-    xh: array<vec4<f32>, 4>,
+    xl0: vec4<f32>,
+    xl1: vec4<f32>,
+    xl2: vec4<f32>,
+    xl3: vec4<f32>,
+    xh0: vec4<f32>,
+    xh1: vec4<f32>,
+    xh2: vec4<f32>,
+    xh3: vec4<f32>,
     sum0: f32,
     sum1: f32,
 }
 
-fn kquant_x(sb: u32, part: u32) -> KPartX {
-    var a: KPartX;
-    let x0 = (sb * 256u + 64u * (part >> 1u) + 16u * (part & 1u)) >> 2u;
-    a.sum0 = 0.0;
-    a.sum1 = 0.0;
-    for (var c = 0u; c < 4u; c++) {
-        let xl = xin(x0 + c);
-        let xh = xin(x0 + 8u + c);
-        a.xl[c] = xl;
-        a.xh[c] = xh;
-        a.sum0 += (xl.x + xl.y) + (xl.z + xl.w);
-        a.sum1 += (xh.x + xh.y) + (xh.z + xh.w);
-    }
-    return a;
+fn hsum4(v: vec4<f32>) -> f32 {
+    return (v.x + v.y) + (v.z + v.w);
 }
 
-fn kquant_part(rv: u32, sb: u32, part: u32, a: ptr<function, KPartX>) -> f32 {
+fn kquant_x(sb: u32, part: u32) -> KPartX {
+    let x0 = (sb * 256u + 64u * (part >> 1u) + 16u * (part & 1u)) >> 2u;
+    let xl0 = xin(x0);
+    let xl1 = xin(x0 + 1u);
+    let xl2 = xin(x0 + 2u);
+    let xl3 = xin(x0 + 3u);
+    let xh0 = xin(x0 + 8u);
+    let xh1 = xin(x0 + 9u);
+    let xh2 = xin(x0 + 10u);
+    let xh3 = xin(x0 + 11u);
+    let sum0 = ((hsum4(xl0) + hsum4(xl1)) + hsum4(xl2)) + hsum4(xl3);
+    let sum1 = ((hsum4(xh0) + hsum4(xh1)) + hsum4(xh2)) + hsum4(xh3);
+    return KPartX(xl0, xl1, xl2, xl3, xh0, xh1, xh2, xh3, sum0, sum1);
+}
+
+// One quant word's (low nibbles · xl, high nibbles · xh); Q5_K adds the
+// fifth bits of sub-blocks 2j and 2j + 1 from hb.
+fn kq_word(word: u32, hb: u32, j: u32, xl: vec4<f32>, xh: vec4<f32>) -> vec2<f32> {
+    var lo = vec4<f32>(unpack4xU8(word & 0x0f0f0f0fu));
+    var hi = vec4<f32>(unpack4xU8((word >> 4u) & 0x0f0f0f0fu));
+    if (FORMAT == 13u) {
+        lo += 16.0 * vec4<f32>(unpack4xU8((hb >> (2u * j)) & 0x01010101u));
+        hi += 16.0 * vec4<f32>(unpack4xU8((hb >> (2u * j + 1u)) & 0x01010101u));
+    }
+    return vec2<f32>(dot(lo, xl), dot(hi, xh));
+}
+
+fn kquant_part(rv: u32, sb: u32, part: u32, a: KPartX) -> f32 {
     let five = FORMAT == 13u;
     let per_sb = select(9u, 11u, five);
     let b = rv + sb * per_sb;
@@ -128,21 +152,9 @@ fn kquant_part(rv: u32, sb: u32, part: u32, a: ptr<function, KPartX>) -> f32 {
     let dm = unpack2x16float(h.x);
     let s0 = scale_min(h, 2u * j);
     let s1 = scale_min(h, 2u * j + 1u);
-    var dot0 = 0.0;
-    var dot1 = 0.0;
-    for (var c = 0u; c < 4u; c++) {
-        let word = q[c];
-        var lo = vec4<f32>(unpack4xU8(word & 0x0f0f0f0fu));
-        var hi = vec4<f32>(unpack4xU8((word >> 4u) & 0x0f0f0f0fu));
-        if (five) {
-            let hb = qh[c];
-            lo += 16.0 * vec4<f32>(unpack4xU8((hb >> (2u * j)) & 0x01010101u));
-            hi += 16.0 * vec4<f32>(unpack4xU8((hb >> (2u * j + 1u)) & 0x01010101u));
-        }
-        dot0 += dot(lo, (*a).xl[c]);
-        dot1 += dot(hi, (*a).xh[c]);
-    }
-    return dm.x * (s0.x * dot0 + s1.x * dot1) - dm.y * (s0.y * (*a).sum0 + s1.y * (*a).sum1);
+    let d = (kq_word(q.x, qh.x, j, a.xl0, a.xh0) + kq_word(q.y, qh.y, j, a.xl1, a.xh1))
+        + (kq_word(q.z, qh.z, j, a.xl2, a.xh2) + kq_word(q.w, qh.w, j, a.xl3, a.xh3));
+    return dm.x * (s0.x * d.x + s1.x * d.y) - dm.y * (s0.y * a.sum0 + s1.y * a.sum1);
 }
 
 // Word i of the weights.
@@ -166,79 +178,89 @@ fn fifth_bits(qh: u32, k: u32) -> u32 {
     return ((t & 1u) | ((t & 2u) << 7u) | ((t & 4u) << 14u) | ((t & 8u) << 21u)) << 4u;
 }
 
+// A 32-weight block's activations: a0..a3 the weights 0..15's (the low
+// nibbles' of Q4/Q5 blocks), a4..a7 16..31's.
+struct X8 {
+    a0: vec4<f32>,
+    a1: vec4<f32>,
+    a2: vec4<f32>,
+    a3: vec4<f32>,
+    a4: vec4<f32>,
+    a5: vec4<f32>,
+    a6: vec4<f32>,
+    a7: vec4<f32>,
+}
+
+fn x8(b: u32) -> X8 {
+    return X8(xin(b), xin(b + 1u), xin(b + 2u), xin(b + 3u),
+              xin(b + 4u), xin(b + 5u), xin(b + 6u), xin(b + 7u));
+}
+
+// Word k of a Q4/Q5 block's quants (w; fifth bits f_lo, f_hi already in
+// bit 4 of each byte) · activations xl (low nibbles) and xh (high), less
+// `off` from every quant; and the sum of those activations.
+fn nib_dot(w: u32, f_lo: u32, f_hi: u32, off: f32, xl: vec4<f32>, xh: vec4<f32>) -> vec2<f32> {
+    let lo = vec4<f32>(unpack4xU8((w & 0x0f0f0f0fu) | f_lo)) - off;
+    let hi = vec4<f32>(unpack4xU8(((w >> 4u) & 0x0f0f0f0fu) | f_hi)) - off;
+    return vec2<f32>(dot(lo, xl) + dot(hi, xh), hsum4(xl) + hsum4(xh));
+}
+
+fn q8_dot(w: u32, x: vec4<f32>) -> f32 {
+    return dot(vec4<f32>(unpack4xI8(w)), x);
+}
+
 // The 32-weight block (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) of `blk` of the row
-// at byte `rb` · the block's activations `xq`, read by words at any even
+// at byte `rb` · the block's activations `x`, read by words at any even
 // offset (these blocks are 18 to 34 bytes: not on 16-byte vectors).
 // Consecutive lanes read consecutive blocks, so a subgroup's loads share
 // cache lines. ggml's dequantize_row_* are the specification.
-fn small_block(rb: u32, blk: u32, xq: ptr<function, array<vec4<f32>, 8>>) -> f32 {
+fn small_block(rb: u32, blk: u32, x: X8) -> f32 {
     switch FORMAT {
         case 2u: { // Q4_0: d·(q − 8), low nibbles weights 0..15, high 16..31
             let bo = rb + blk * 18u;
             let d = unpack2x16float(u32_at(bo)).x;
-            var a = 0.0;
-            for (var k = 0u; k < 4u; k++) {
-                let w = u32_at(bo + 2u + 4u * k);
-                let lo = vec4<f32>(unpack4xU8(w & 0x0f0f0f0fu)) - 8.0;
-                let hi = vec4<f32>(unpack4xU8((w >> 4u) & 0x0f0f0f0fu)) - 8.0;
-                a += dot(lo, (*xq)[k]) + dot(hi, (*xq)[k + 4u]);
-            }
-            return d * a;
+            let a = (nib_dot(u32_at(bo + 2u), 0u, 0u, 8.0, x.a0, x.a4)
+                + nib_dot(u32_at(bo + 6u), 0u, 0u, 8.0, x.a1, x.a5))
+                + (nib_dot(u32_at(bo + 10u), 0u, 0u, 8.0, x.a2, x.a6)
+                + nib_dot(u32_at(bo + 14u), 0u, 0u, 8.0, x.a3, x.a7));
+            return d * a.x;
         }
         case 3u: { // Q4_1: d·q + m
-            let bo = rb + blk * 20u;
-            let dm = unpack2x16float(ww(bo >> 2u));
-            var a = 0.0;
-            var sx = 0.0;
-            for (var k = 0u; k < 4u; k++) {
-                let w = ww((bo >> 2u) + 1u + k);
-                let lo = vec4<f32>(unpack4xU8(w & 0x0f0f0f0fu));
-                let hi = vec4<f32>(unpack4xU8((w >> 4u) & 0x0f0f0f0fu));
-                let xl = (*xq)[k];
-                let xh = (*xq)[k + 4u];
-                a += dot(lo, xl) + dot(hi, xh);
-                sx += ((xl.x + xl.y) + (xl.z + xl.w)) + ((xh.x + xh.y) + (xh.z + xh.w));
-            }
-            return dm.x * a + dm.y * sx;
+            let wi = (rb + blk * 20u) >> 2u;
+            let dm = unpack2x16float(ww(wi));
+            let a = (nib_dot(ww(wi + 1u), 0u, 0u, 0.0, x.a0, x.a4)
+                + nib_dot(ww(wi + 2u), 0u, 0u, 0.0, x.a1, x.a5))
+                + (nib_dot(ww(wi + 3u), 0u, 0u, 0.0, x.a2, x.a6)
+                + nib_dot(ww(wi + 4u), 0u, 0u, 0.0, x.a3, x.a7));
+            return dm.x * a.x + dm.y * a.y;
         }
         case 6u: { // Q5_0: d·(q − 16), the fifth bit of weight i in bit i of qh
             let bo = rb + blk * 22u;
             let d = unpack2x16float(u32_at(bo)).x;
             let qh = u32_at(bo + 2u);
-            var a = 0.0;
-            for (var k = 0u; k < 4u; k++) {
-                let w = u32_at(bo + 6u + 4u * k);
-                let lo = vec4<f32>(unpack4xU8((w & 0x0f0f0f0fu) | fifth_bits(qh, k))) - 16.0;
-                let hi = vec4<f32>(unpack4xU8(((w >> 4u) & 0x0f0f0f0fu) | fifth_bits(qh, k + 4u))) - 16.0;
-                a += dot(lo, (*xq)[k]) + dot(hi, (*xq)[k + 4u]);
-            }
-            return d * a;
+            let a = (nib_dot(u32_at(bo + 6u), fifth_bits(qh, 0u), fifth_bits(qh, 4u), 16.0, x.a0, x.a4)
+                + nib_dot(u32_at(bo + 10u), fifth_bits(qh, 1u), fifth_bits(qh, 5u), 16.0, x.a1, x.a5))
+                + (nib_dot(u32_at(bo + 14u), fifth_bits(qh, 2u), fifth_bits(qh, 6u), 16.0, x.a2, x.a6)
+                + nib_dot(u32_at(bo + 18u), fifth_bits(qh, 3u), fifth_bits(qh, 7u), 16.0, x.a3, x.a7));
+            return d * a.x;
         }
         case 7u: { // Q5_1: d·q + m
-            let bo = rb + blk * 24u;
-            let wi = bo >> 2u;
+            let wi = (rb + blk * 24u) >> 2u;
             let dm = unpack2x16float(ww(wi));
             let qh = ww(wi + 1u);
-            var a = 0.0;
-            var sx = 0.0;
-            for (var k = 0u; k < 4u; k++) {
-                let w = ww(wi + 2u + k);
-                let lo = vec4<f32>(unpack4xU8((w & 0x0f0f0f0fu) | fifth_bits(qh, k)));
-                let hi = vec4<f32>(unpack4xU8(((w >> 4u) & 0x0f0f0f0fu) | fifth_bits(qh, k + 4u)));
-                let xl = (*xq)[k];
-                let xh = (*xq)[k + 4u];
-                a += dot(lo, xl) + dot(hi, xh);
-                sx += ((xl.x + xl.y) + (xl.z + xl.w)) + ((xh.x + xh.y) + (xh.z + xh.w));
-            }
-            return dm.x * a + dm.y * sx;
+            let a = (nib_dot(ww(wi + 2u), fifth_bits(qh, 0u), fifth_bits(qh, 4u), 0.0, x.a0, x.a4)
+                + nib_dot(ww(wi + 3u), fifth_bits(qh, 1u), fifth_bits(qh, 5u), 0.0, x.a1, x.a5))
+                + (nib_dot(ww(wi + 4u), fifth_bits(qh, 2u), fifth_bits(qh, 6u), 0.0, x.a2, x.a6)
+                + nib_dot(ww(wi + 5u), fifth_bits(qh, 3u), fifth_bits(qh, 7u), 0.0, x.a3, x.a7));
+            return dm.x * a.x + dm.y * a.y;
         }
         default: { // Q8_0: d·q
             let bo = rb + blk * 34u;
             let d = unpack2x16float(u32_at(bo)).x;
-            var a = 0.0;
-            for (var k = 0u; k < 8u; k++) {
-                a += dot(vec4<f32>(unpack4xI8(u32_at(bo + 2u + 4u * k))), (*xq)[k]);
-            }
+            let a = ((q8_dot(u32_at(bo + 2u), x.a0) + q8_dot(u32_at(bo + 6u), x.a1))
+                + (q8_dot(u32_at(bo + 10u), x.a2) + q8_dot(u32_at(bo + 14u), x.a3)))
+                + ((q8_dot(u32_at(bo + 18u), x.a4) + q8_dot(u32_at(bo + 22u), x.a5))
+                + (q8_dot(u32_at(bo + 26u), x.a6) + q8_dot(u32_at(bo + 30u), x.a7)));
             return d * a;
         }
     }
@@ -294,19 +316,12 @@ fn q6_unit(slot: u32, blk: u32, u: u32, b0: u32) -> f32 {
     return d * t;
 }
 
-// F16: eight weights from vector `u` of the row (rows of `rvs` vectors from
-// vector rv0) times activations xa, xb, for each of the lane set's n rows.
-fn f16_parts(rv0: u32, rvs: u32, n: u32, u: u32, acc: ptr<function, vec4<f32>>) {
-    let xa = xin(2u * u);
-    let xb = xin(2u * u + 1u);
-    for (var r = 0u; r < WIDE_ROWS; r++) {
-        if (r < n) {
-            let q = wv[rv0 + r * rvs + u];
-            let a = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
-            let b = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
-            (*acc)[r] += dot(a, xa) + dot(b, xb);
-        }
-    }
+// F16: vector u (eight weights) of row `rv` (its first vector) · xa, xb.
+fn f16_part(rv: u32, u: u32, xa: vec4<f32>, xb: vec4<f32>) -> f32 {
+    let q = wv[rv + u];
+    let a = vec4<f32>(unpack2x16float(q.x), unpack2x16float(q.y));
+    let b = vec4<f32>(unpack2x16float(q.z), unpack2x16float(q.w));
+    return dot(a, xa) + dot(b, xb);
 }
 
 // y[row] (+)= W[row, :] · xin for the lane set's rows. Grid: groups of
@@ -328,15 +343,18 @@ fn fmv_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         // A block a lane, its activations read once for the lane set's rows.
         let nb = p.k >> 5u;
         if (live) {
+            let rb = row * p.row_bytes;
             for (var blk = lane; blk < nb; blk += WIDE_LANES) {
-                var xq: array<vec4<f32>, 8>;
-                for (var k = 0u; k < 8u; k++) {
-                    xq[k] = xin(blk * 8u + k);
+                let xb = x8(blk * 8u);
+                acc.x += small_block(rb, blk, xb);
+                if (WIDE_ROWS > 1u && n > 1u) {
+                    acc.y += small_block(rb + p.row_bytes, blk, xb);
                 }
-                for (var r = 0u; r < WIDE_ROWS; r++) {
-                    if (r < n) {
-                        acc[r] += small_block((row + r) * p.row_bytes, blk, &xq);
-                    }
+                if (WIDE_ROWS > 2u && n > 2u) {
+                    acc.z += small_block(rb + 2u * p.row_bytes, blk, xb);
+                }
+                if (WIDE_ROWS > 3u && n > 3u) {
+                    acc.w += small_block(rb + 3u * p.row_bytes, blk, xb);
                 }
             }
         }
@@ -366,18 +384,34 @@ fn fmv_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         if (FORMAT == 1u) {
             let units = p.k >> 3u;
             for (var u = lane; u < units; u += WIDE_LANES) {
-                f16_parts(rv, rvs, n, u, &acc);
+                let xa = xin(2u * u);
+                let xb = xin(2u * u + 1u);
+                acc.x += f16_part(rv, u, xa, xb);
+                if (WIDE_ROWS > 1u && n > 1u) {
+                    acc.y += f16_part(rv + rvs, u, xa, xb);
+                }
+                if (WIDE_ROWS > 2u && n > 2u) {
+                    acc.z += f16_part(rv + 2u * rvs, u, xa, xb);
+                }
+                if (WIDE_ROWS > 3u && n > 3u) {
+                    acc.w += f16_part(rv + 3u * rvs, u, xa, xb);
+                }
             }
         } else {
             // Eight lanes a super-block, WIDE_LANES / 8 super-blocks a pass.
             let nsb = p.k >> 8u;
             let part = lane & 7u;
             for (var sb = lane >> 3u; sb < nsb; sb += WIDE_LANES / 8u) {
-                var a = kquant_x(sb, part);
-                for (var r = 0u; r < WIDE_ROWS; r++) {
-                    if (r < n) {
-                        acc[r] += kquant_part(rv + r * rvs, sb, part, &a);
-                    }
+                let a = kquant_x(sb, part);
+                acc.x += kquant_part(rv, sb, part, a);
+                if (WIDE_ROWS > 1u && n > 1u) {
+                    acc.y += kquant_part(rv + rvs, sb, part, a);
+                }
+                if (WIDE_ROWS > 2u && n > 2u) {
+                    acc.z += kquant_part(rv + 2u * rvs, sb, part, a);
+                }
+                if (WIDE_ROWS > 3u && n > 3u) {
+                    acc.w += kquant_part(rv + 3u * rvs, sb, part, a);
                 }
             }
         }
@@ -402,10 +436,15 @@ fn fmv_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         if (PROLOGUE == 1u) {
             scale = 1.0 / sqrt(bitcast<f32>(wsh[256u + (lid >> 2u)][lid & 3u]) / f32(p.k) + p.eps);
         }
-        for (var r = 0u; r < WIDE_ROWS; r++) {
-            if (r < n) {
-                store(0u, row + r, v[r] * scale);
-            }
+        store(0u, row, v.x * scale);
+        if (WIDE_ROWS > 1u && n > 1u) {
+            store(0u, row + 1u, v.y * scale);
+        }
+        if (WIDE_ROWS > 2u && n > 2u) {
+            store(0u, row + 2u, v.z * scale);
+        }
+        if (WIDE_ROWS > 3u && n > 3u) {
+            store(0u, row + 3u, v.w * scale);
         }
     }
 }

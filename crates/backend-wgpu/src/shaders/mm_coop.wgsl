@@ -154,3 +154,129 @@ fn mm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     coop_out(c10, sg, lane, row0 + sr + 16u, tok0 + st, n_tok);
     coop_out(c11, sg, lane, row0 + sr + 16u, tok0 + st + 16u, n_tok);
 }
+
+// mm_coop2: the same product over tiles of 128 rows × 64 tokens, for
+// devices whose workgroups may hold 19 KiB (DeviceCaps::max_workgroup_
+// storage): each of the four subgroups takes 32 rows × all 64 tokens, 2 × 4
+// accumulators, so a 16-wide step of k loads two A and four B matrices for
+// eight products (mm_coop: four loads for four), and the activations a
+// workgroup converts serve twice the rows. Per chunk an invocation stages
+// eight groups of weights (rows lid / 8 + 16i) and four of activations.
+const CM2: u32 = 128u;
+var<workgroup> ca2: array<f16, 5120>; // CM2 × CS
+
+struct CoopStage2 {
+    w0: vec4<f16>,
+    w1: vec4<f16>,
+    w2: vec4<f16>,
+    w3: vec4<f16>,
+    w4: vec4<f16>,
+    w5: vec4<f16>,
+    w6: vec4<f16>,
+    w7: vec4<f16>,
+    x0: vec4<f16>,
+    x1: vec4<f16>,
+    x2: vec4<f16>,
+    x3: vec4<f16>,
+}
+
+fn coop_fetch2(row0: u32, tok0: u32, lid: u32, c: u32) -> CoopStage2 {
+    let r = lid >> 3u;
+    let g = lid & 7u;
+    let xs = p.x_stride >> 2u;
+    let n_tok = step.n_tokens;
+    return CoopStage2(
+        to_f16(mm_load_w(row0 + r, c, g)),
+        to_f16(mm_load_w(row0 + r + 16u, c, g)),
+        to_f16(mm_load_w(row0 + r + 32u, c, g)),
+        to_f16(mm_load_w(row0 + r + 48u, c, g)),
+        to_f16(mm_load_w(row0 + r + 64u, c, g)),
+        to_f16(mm_load_w(row0 + r + 80u, c, g)),
+        to_f16(mm_load_w(row0 + r + 96u, c, g)),
+        to_f16(mm_load_w(row0 + r + 112u, c, g)),
+        to_f16(mm_load_x(tok0 + r, n_tok, xs, c, g)),
+        to_f16(mm_load_x(tok0 + r + 16u, n_tok, xs, c, g)),
+        to_f16(mm_load_x(tok0 + r + 32u, n_tok, xs, c, g)),
+        to_f16(mm_load_x(tok0 + r + 48u, n_tok, xs, c, g)));
+}
+
+fn put_a2(o: u32, v: vec4<f16>) {
+    ca2[o] = v.x;
+    ca2[o + 1u] = v.y;
+    ca2[o + 2u] = v.z;
+    ca2[o + 3u] = v.w;
+}
+
+fn coop_put2(lid: u32, st: CoopStage2) {
+    let o = (lid >> 3u) * CS + 4u * (lid & 7u);
+    let q = 16u * CS;
+    put_a2(o, st.w0);
+    put_a2(o + q, st.w1);
+    put_a2(o + 2u * q, st.w2);
+    put_a2(o + 3u * q, st.w3);
+    put_a2(o + 4u * q, st.w4);
+    put_a2(o + 5u * q, st.w5);
+    put_a2(o + 6u * q, st.w6);
+    put_a2(o + 7u * q, st.w7);
+    coop_put4(1u, o, st.x0);
+    coop_put4(1u, o + q, st.x1);
+    coop_put4(1u, o + 2u * q, st.x2);
+    coop_put4(1u, o + 3u * q, st.x3);
+}
+
+// Grid: (ceil(n_tokens / 64), ceil(m / 128)).
+@compute @workgroup_size(128)
+fn mm_coop2(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let row0 = wid.y * CM2;
+    let tok0 = wid.x * CN;
+    let n_tok = step.n_tokens;
+    let sg = lid >> 5u;
+    let lane = lid & 31u;
+    let sr = sg * 32u;
+    for (var e = 0u; e < 8u; e++) {
+        cc[lid * 8u + e] = 0.0;
+    }
+    workgroupBarrier();
+    var c00 = coopLoad<coop_mat16x16<f32, C>>(&cc[sg * 256u], 16u);
+    var c01 = c00;
+    var c02 = c00;
+    var c03 = c00;
+    var c10 = c00;
+    var c11 = c00;
+    var c12 = c00;
+    var c13 = c00;
+    let chunks = p.k >> 5u;
+    var stage = coop_fetch2(row0, tok0, lid, 0u);
+    for (var c = 0u; c < chunks; c++) {
+        coop_put2(lid, stage);
+        workgroupBarrier();
+        if (c + 1u < chunks) {
+            stage = coop_fetch2(row0, tok0, lid, c + 1u);
+        }
+        for (var kk = 0u; kk < 32u; kk += 16u) {
+            let a0 = coopLoadT<coop_mat16x16<f16, A>>(&ca2[sr * CS + kk], CS);
+            let a1 = coopLoadT<coop_mat16x16<f16, A>>(&ca2[(sr + 16u) * CS + kk], CS);
+            let b0 = coopLoad<coop_mat16x16<f16, B>>(&cb[kk], CS);
+            let b1 = coopLoad<coop_mat16x16<f16, B>>(&cb[16u * CS + kk], CS);
+            let b2 = coopLoad<coop_mat16x16<f16, B>>(&cb[32u * CS + kk], CS);
+            let b3 = coopLoad<coop_mat16x16<f16, B>>(&cb[48u * CS + kk], CS);
+            c00 = coopMultiplyAdd(a0, b0, c00);
+            c01 = coopMultiplyAdd(a0, b1, c01);
+            c02 = coopMultiplyAdd(a0, b2, c02);
+            c03 = coopMultiplyAdd(a0, b3, c03);
+            c10 = coopMultiplyAdd(a1, b0, c10);
+            c11 = coopMultiplyAdd(a1, b1, c11);
+            c12 = coopMultiplyAdd(a1, b2, c12);
+            c13 = coopMultiplyAdd(a1, b3, c13);
+        }
+        workgroupBarrier();
+    }
+    coop_out(c00, sg, lane, row0 + sr, tok0, n_tok);
+    coop_out(c01, sg, lane, row0 + sr, tok0 + 16u, n_tok);
+    coop_out(c02, sg, lane, row0 + sr, tok0 + 32u, n_tok);
+    coop_out(c03, sg, lane, row0 + sr, tok0 + 48u, n_tok);
+    coop_out(c10, sg, lane, row0 + sr + 16u, tok0, n_tok);
+    coop_out(c11, sg, lane, row0 + sr + 16u, tok0 + 16u, n_tok);
+    coop_out(c12, sg, lane, row0 + sr + 16u, tok0 + 32u, n_tok);
+    coop_out(c13, sg, lane, row0 + sr + 16u, tok0 + 48u, n_tok);
+}
