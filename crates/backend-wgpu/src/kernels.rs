@@ -58,6 +58,9 @@ pub enum Shader {
     /// 16-byte loads (Q4_K, Q5_K, F16, Q8_0), prologues as
     /// [`Shader::QuantFast`].
     QuantWide,
+    /// `fast_wide.wgsl` with `wide_sg.wgsl`: its reduction through 32-wide
+    /// subgroups (as [`Shader::QuantSg`]).
+    QuantWideSg,
     /// `quant.wgsl` and `mm_fast.wgsl`: the fast mode's product of a batch
     /// over float activations (`mm_fast`, portable).
     MmFast,
@@ -71,7 +74,7 @@ pub enum Shader {
 }
 
 /// Every shader, for the naga validation test.
-pub const ALL_SHADERS: [Shader; 22] = [
+pub const ALL_SHADERS: [Shader; 23] = [
     Shader::Quant,
     Shader::Norm,
     Shader::Rope,
@@ -91,6 +94,7 @@ pub const ALL_SHADERS: [Shader; 22] = [
     Shader::AttentionFast,
     Shader::AttentionFlash,
     Shader::QuantWide,
+    Shader::QuantWideSg,
     Shader::MmFast,
     Shader::MmCoop,
     Shader::Moe,
@@ -135,6 +139,7 @@ impl Shader {
             (Shader::Norm, true) => Shader::NormSg,
             (Shader::Elementwise, true) => Shader::ElementwiseSg,
             (Shader::ActQuant, true) => Shader::ActQuantSg,
+            (Shader::QuantWide, true) => Shader::QuantWideSg,
             (s, _) => s,
         }
     }
@@ -148,6 +153,7 @@ impl Shader {
             | Shader::QuantTgQ8
             | Shader::QuantFast
             | Shader::QuantWide
+            | Shader::QuantWideSg
             | Shader::MmFast
             | Shader::MmCoop
             | Shader::Moe => Shader::Quant,
@@ -190,7 +196,8 @@ impl Shader {
             ),
             Shader::AttentionFast => with_fma!("rope_common.wgsl", "attn_fast.wgsl"),
             Shader::AttentionFlash => with_fma!("attn_flash.wgsl"),
-            Shader::QuantWide => with_fma!("quant_io.wgsl", "fast_wide.wgsl"),
+            Shader::QuantWide => with_fma!("quant_io.wgsl", "fast_wide.wgsl", "wide_wg.wgsl"),
+            Shader::QuantWideSg => with_fma!("quant_io.wgsl", "fast_wide.wgsl", "wide_sg.wgsl"),
             Shader::Norm => with_fma!("act_wg.wgsl", "act_common.wgsl", "norm.wgsl"),
             Shader::NormSg => with_fma!("act_sg.wgsl", "act_common.wgsl", "norm.wgsl"),
             Shader::Rope => with_fma!("rope_common.wgsl", "rope.wgsl"),
@@ -244,6 +251,7 @@ impl Shader {
             Shader::AttentionFast => "attn_fast.wgsl",
             Shader::AttentionFlash => "attn_flash.wgsl",
             Shader::QuantWide => "fast_wide.wgsl",
+            Shader::QuantWideSg => "fast_wide.wgsl+wide_sg.wgsl",
             Shader::MmFast => "quant.wgsl+mm_fast.wgsl",
             Shader::MmCoop => "quant.wgsl+mm_coop.wgsl",
             Shader::Moe => "quant.wgsl+moe.wgsl",
@@ -261,6 +269,7 @@ impl Shader {
             | Shader::QuantTgQ8
             | Shader::QuantFast
             | Shader::QuantWide
+            | Shader::QuantWideSg
             | Shader::MmFast
             | Shader::MmCoop
             | Shader::Moe => &[Read, Read, ReadWrite, Uniform, Uniform, Read],

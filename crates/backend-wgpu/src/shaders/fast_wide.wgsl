@@ -11,8 +11,9 @@
 // `fmv` reads a word at a time and decodes the scales again for every four
 // weights. The same prologues as `fmv` (PROLOGUE 0: x; 1: RMSNorm(x)·weight,
 // the sum of squares gathered on the way and applied to the row's sum; 2:
-// silu(gate)·up) and the same store (quant_io.wgsl). Portable: the lanes of
-// a row meet through workgroup memory, no subgroup operations. Float sums in
+// silu(gate)·up) and the same store (quant_io.wgsl). The lanes of a row
+// meet in `wide_sums`: through workgroup memory (wide_wg.wgsl, portable), or
+// through 32-wide subgroups and one exchange (wide_sg.wgsl). Float sums in
 // this kernel's order: not the CPU's bits, within the fast mode's agreement.
 //
 // Workgroup: 256 invocations, four lane sets of WIDE_LANES; a lane set takes
@@ -34,9 +35,9 @@ const WIDE_LANES: u32 = 64u;
 
 var<private> sq: f32;
 // One workgroup array for everything that passes through workgroup memory:
-// Q6_K's staged rows, then the reduction (vectors 0..255 the lanes' partial
-// sums of up to four rows, 256..319 their sums of squares, four lanes a
-// vector).
+// Q6_K's staged rows, then the reduction (wide_wg.wgsl: vectors 0..255 the
+// lanes' partial sums of up to four rows, 256..319 their sums of squares,
+// four lanes a vector; wide_sg.wgsl: 0..7 the second subgroups' sums).
 // Q6_K: per lane set, 4 blocks (840 bytes, 210 words; + 4 words: the last
 // slot's straddling reads stay inside).
 const Q6_WORDS: u32 = 210u;
@@ -418,23 +419,12 @@ fn fmv_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
     // The staging loop's last barrier is behind every read of wsh: the
     // reduction may take it over.
-    wsh[lid] = bitcast<vec4<u32>>(acc);
-    wsh[256u + (lid >> 2u)][lid & 3u] = bitcast<u32>(sq);
-    workgroupBarrier();
-    for (var s = WIDE_LANES / 2u; s > 0u; s >>= 1u) {
-        if (lane < s) {
-            wsh[lid] = bitcast<vec4<u32>>(bitcast<vec4<f32>>(wsh[lid]) + bitcast<vec4<f32>>(wsh[lid + s]));
-            let a = lid + s;
-            let v = bitcast<f32>(wsh[256u + (lid >> 2u)][lid & 3u]) + bitcast<f32>(wsh[256u + (a >> 2u)][a & 3u]);
-            wsh[256u + (lid >> 2u)][lid & 3u] = bitcast<u32>(v);
-        }
-        workgroupBarrier();
-    }
+    let sums = wide_sums(lid, lane, acc, sq);
     if (live && lane == 0u) {
-        let v = bitcast<vec4<f32>>(wsh[lid]);
+        let v = sums.acc;
         var scale = 1.0;
         if (PROLOGUE == 1u) {
-            scale = 1.0 / sqrt(bitcast<f32>(wsh[256u + (lid >> 2u)][lid & 3u]) / f32(p.k) + p.eps);
+            scale = 1.0 / sqrt(sums.sq / f32(p.k) + p.eps);
         }
         store(0u, row, v.x * scale);
         if (WIDE_ROWS > 1u && n > 1u) {
