@@ -671,17 +671,17 @@ impl OpBuilder<'_> {
     }
 
     /// The fast batch product's entry point: with cooperative matrices
-    /// (where the device has them, or as `coop` says) `mm_coop2` where
-    /// workgroups may hold its memory, else `mm_coop`
-    /// (`STRATA_COOP_TILE=64` forces `mm_coop`, for measurements); without,
+    /// (where the device has them, or as `coop` says) `mm_coop`, or
+    /// `mm_coop2` with `STRATA_COOP_TILE=128` where workgroups may hold its
+    /// memory (not yet measured on hardware, so not the default); without,
     /// the portable `mm_fast`.
     fn mm_kind(&self, coop: Option<bool>) -> MmKind {
         let caps = self.ctx.caps();
         if !coop.unwrap_or(caps.coop_f16_16) {
             return MmKind::Portable;
         }
-        let small = std::env::var("STRATA_COOP_TILE").is_ok_and(|v| v == "64");
-        if caps.max_workgroup_storage >= MM_COOP2_STORAGE && !small {
+        let wide = std::env::var("STRATA_COOP_TILE").is_ok_and(|v| v == "128");
+        if caps.max_workgroup_storage >= MM_COOP2_STORAGE && wide {
             MmKind::Coop2
         } else {
             MmKind::Coop

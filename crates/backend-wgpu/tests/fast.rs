@@ -91,16 +91,7 @@ fn fast_mode_within_its_bound() {
         let (want, fast, n) = cpu_and_fast(&path, &toks);
         let (kld, top1) = kld_top1(&want, &fast, n);
         // llama.cpp's batch against its own decoding.
-        let cpu = Model::load(&path, &LoadOptions::default()).unwrap();
-        let batch = cpu
-            .session(&SessionOptions {
-                n_ctx: toks.len(),
-                ..Default::default()
-            })
-            .unwrap()
-            .forward(&toks, LogitsMode::All)
-            .unwrap()
-            .to_vec();
+        let batch = cpu_decode(&path, &toks, &[], true);
         let (kld_own, top1_own) = kld_top1(&want, &batch, n);
         eprintln!(
             "SmolLM2 {ftype}, {} tokens decoded one at a time: fast mode vs the CPU's \

@@ -135,16 +135,7 @@ fn qwen3moe_compiles_and_agrees_in_fast_mode() {
         );
         // Batches: every position's logits.
         let gpu = gpu_model_with(&path, GpuOptions { exact: false });
-        let cpu = Model::load(&path, &LoadOptions::default()).unwrap();
-        let want = cpu
-            .session(&SessionOptions {
-                n_ctx: toks.len(),
-                ..Default::default()
-            })
-            .unwrap()
-            .forward(&toks, LogitsMode::All)
-            .unwrap()
-            .to_vec();
+        let want = cpu_decode(&path, &toks, &[], true);
         for n_batch in [toks.len(), 5] {
             let mut s = gpu
                 .session(&SessionOptions {
