@@ -17,8 +17,8 @@
 // this kernel's order: not the CPU's bits, within the fast mode's agreement.
 //
 // Workgroup: 256 invocations, four lane sets of WIDE_LANES; a lane set takes
-// WIDE_ROWS (1, 2 or 4, a pipeline constant the host picks by the matrix's
-// rows) rows at once for every format but Q6_K (each activation vector read
+// WIDE_ROWS (1, 2 or 4, a pipeline constant the host picks: kernels.rs's
+// wide_rows) rows at once for every format but Q6_K (each activation vector read
 // once for all of them), one row for Q6_K (ops.rs's Grid::Wide). What an
 // invocation keeps is in named vectors and struct members, never in arrays
 // indexed at run time (which drivers may keep in memory, not registers):
