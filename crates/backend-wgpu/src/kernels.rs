@@ -338,14 +338,13 @@ pub fn wide_fits(ty: GgmlType, row_bytes: u32) -> bool {
     }
 }
 
-/// Rows each lane set of `fmv_wide` takes at once over a `ty` matrix of `m`
-/// rows (fast_wide.wgsl's `WIDE_ROWS`): one for F16 (measured on an H100,
+/// Rows each lane set of `fmv_wide` takes at once over a `ty` matrix
+/// (fast_wide.wgsl's `WIDE_ROWS`): one for F16 (measured on an H100,
 /// TinyLlama-1.1B: four rows a lane set decoded F16 at 414 t/s against one
 /// row's 482) and for Q6_K (whose rows are staged through workgroup memory
 /// one at a time), four for the rest (Q8_0 decoded at 308 t/s against 226).
-/// `STRATA_WIDE_ROWS` (1, 2 or 4) overrides the choice, for measurements;
-/// `m` is for choices by the matrix's size, which nothing has measured yet.
-pub fn wide_rows(ty: GgmlType, _m: u32) -> u32 {
+/// `STRATA_WIDE_ROWS` (1, 2 or 4) overrides the choice, for measurements.
+pub fn wide_rows(ty: GgmlType) -> u32 {
     if ty == GgmlType::Q6_K {
         return 1;
     }
@@ -363,8 +362,8 @@ pub fn wide_rows(ty: GgmlType, _m: u32) -> u32 {
 }
 
 /// Rows per workgroup of `fmv_wide`: four lane sets of [`wide_rows`].
-pub fn wide_rows_per_workgroup(ty: GgmlType, m: u32) -> u32 {
-    4 * wide_rows(ty, m)
+pub fn wide_rows_per_workgroup(ty: GgmlType) -> u32 {
+    4 * wide_rows(ty)
 }
 
 /// Whether `ty` has GPU kernels.

@@ -803,7 +803,7 @@ impl OpBuilder<'_> {
             .iter()
             .map(|part| {
                 let kernel = if wide {
-                    Kernel::FmvWide(w.ty, kind, crate::kernels::wide_rows(w.ty, part.rows))
+                    Kernel::FmvWide(w.ty, kind, crate::kernels::wide_rows(w.ty))
                 } else {
                     Kernel::Fmv(w.ty, kind)
                 };
@@ -822,7 +822,7 @@ impl OpBuilder<'_> {
                 let grid = if wide {
                     Grid::Wide {
                         m: part.rows,
-                        rows: crate::kernels::wide_rows_per_workgroup(w.ty, part.rows),
+                        rows: crate::kernels::wide_rows_per_workgroup(w.ty),
                     }
                 } else {
                     Grid::Linear { m: part.rows }
