@@ -520,6 +520,15 @@ pub(super) mod avx2 {
             Vec::new()
         };
         let mr = if n == 1 { MR1 } else { MR };
+        if n == 1 {
+            // Each tile prefetches the one `PF_TILES` on, so nothing asks
+            // for the first tiles of a chunk: ask now (measured +5% on
+            // SmolLM2 F16 decoding).
+            let head = &w[..(PF_TILES * mr).min(rows) * row_bytes];
+            for l in (0..head.len()).step_by(64) {
+                quant_kernels::simd::prefetch(head.as_ptr().wrapping_add(l));
+            }
+        }
         let mut r = 0;
         while r < rows {
             // Wide tiles take 8 rows; the last rows take the AVX2 tiles.
