@@ -112,7 +112,13 @@ pub(super) unsafe fn b32_rows_avx2(
     assert!(xq.len() >= n * act_row && act_row >= nb * 34 && out.len() >= rows * n);
     if n == 1 {
         // SAFETY: as this function's.
-        return unsafe { b32_rows_one_avx2(iq4, w, row_bytes, xq, out) };
+        return unsafe {
+            if iq4 {
+                b32_rows_one_avx2(iq4, w, row_bytes, xq, out)
+            } else {
+                q4_0_rows_one_avx2(w, row_bytes, xq, out)
+            }
+        };
     }
     // Per activation block: its scale, and 8·Σy (Q4_0 stores `q + 8`).
     let mut da = vec![0.0f32; n * nb];
@@ -347,6 +353,120 @@ unsafe fn b32_rows_one_avx2(iq4: bool, w: &[u8], row_bytes: usize, xq: &[u8], ou
         // SAFETY: `lanes` is 8 writable floats.
         unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
         out[g..g + gr].copy_from_slice(&lanes[..gr]);
+    }
+}
+
+/// [`b32_rows_one_avx2`] for Q4_0: the same lanes (per row and block the
+/// exact sum `Σ q·y`, then `acc = fma(sumi, d_w·d_a, acc)`), with the
+/// integer sums gathered more cheaply. Two rows' blocks share a register
+/// (one 128-bit half each), their low and high nibbles meet the block's
+/// two 16-byte halves of activations, and the products stay in i16 until
+/// every row's 32 are summed to 16 values of at most 16·15·127 = 30480,
+/// so three `phaddw` and one `pmaddwd` reduce eight rows instead of eight
+/// `pmaddwd` and a tree of `phaddd`. The lanes then hold the rows in the
+/// order 0, 2, 4, 6, 1, 3, 5, 7, which the scales follow.
+///
+/// # Safety
+/// As [`b32_rows_avx2`] with `n = 1`.
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn q4_0_rows_one_avx2(w: &[u8], row_bytes: usize, xq: &[u8], out: &mut [f32]) {
+    let nb = row_bytes / 18;
+    let rows = w.len() / row_bytes;
+    assert!(xq.len() >= nb * 34 && out.len() >= rows && row_bytes == nb * 18);
+    let ones = _mm256_set1_epi16(1);
+    let m4 = _mm256_set1_epi8(0xf);
+    // Per activation block: its low and high 16 quants, each in both
+    // halves; its scale; 8·Σy (Q4_0 stores `q + 8`).
+    let mut ys = Vec::with_capacity(nb);
+    for j in 0..nb {
+        let ab = &xq[34 * j..][..34];
+        // SAFETY: `ab[2..34]` is the block's 32 quants.
+        let y = unsafe { _mm256_loadu_si256(ab[2..].as_ptr() as *const __m256i) };
+        let s = _mm256_madd_epi16(_mm256_maddubs_epi16(_mm256_set1_epi8(1), y), ones);
+        let s = _mm_add_epi32(_mm256_castsi256_si128(s), _mm256_extracti128_si256(s, 1));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b01_00_11_10));
+        let s = _mm_add_epi32(s, _mm_shuffle_epi32(s, 0b10_11_00_01));
+        let ylo = _mm256_permute2x128_si256(y, y, 0x00);
+        let yhi = _mm256_permute2x128_si256(y, y, 0x11);
+        // SAFETY: `ab` has the block's two scale bytes.
+        let da = unsafe { f16c_at(ab, 0) };
+        ys.push((ylo, yhi, da, _mm256_set1_epi32(8 * _mm_cvtsi128_si32(s))));
+    }
+    let mut tail = Vec::new();
+    // Byte offsets of a group's rows in lane order, for the scale gather.
+    let offsets = _mm256_mullo_epi32(
+        _mm256_setr_epi32(0, 2, 4, 6, 1, 3, 5, 7),
+        _mm256_set1_epi32(row_bytes as i32),
+    );
+    let pack_scales = _mm256_setr_epi8(
+        0, 1, 4, 5, 8, 9, 12, 13, -1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 4, 5, 8, 9, 12, 13, -1, -1,
+        -1, -1, -1, -1, -1, -1,
+    );
+    for g in (0..rows).step_by(8) {
+        let gr = (rows - g).min(8);
+        // A last partial group is copied into zero rows (scale 0: their
+        // lanes stay 0 and are not written).
+        let block_rows: &[u8] = if gr == 8 {
+            &w[g * row_bytes..(g + 8) * row_bytes]
+        } else {
+            tail.clear();
+            tail.extend_from_slice(&w[g * row_bytes..(g + gr) * row_bytes]);
+            tail.resize(8 * row_bytes, 0);
+            &tail
+        };
+        let base = block_rows.as_ptr();
+        // The group reads 8 rows side by side, which the hardware
+        // prefetcher follows poorly (one row at a time: ~10 GB/s a thread
+        // from memory): ask for the group two groups on instead, front to
+        // back, 144 bytes (its share) per block (~15 GB/s; one group ahead
+        // or four measured less).
+        let ahead = w.as_ptr().wrapping_add((g + 16) * row_bytes);
+        let mut acc = _mm256_setzero_ps();
+        for (j, &(ylo, yhi, da, ysum8)) in ys.iter().enumerate() {
+            let pf = ahead.wrapping_add(144 * j);
+            prefetch(pf);
+            prefetch(pf.wrapping_add(64));
+            prefetch(pf.wrapping_add(128));
+            let mut s = [_mm256_setzero_si256(); 4];
+            for (p, s) in s.iter_mut().enumerate() {
+                // SAFETY: rows 2p and 2p + 1 have their block j (18 bytes)
+                // at r·row_bytes + 18j inside `block_rows` (8 whole rows);
+                // the quants are the 16 bytes after the scale. A prefetch
+                // never faults.
+                let x = unsafe {
+                    let x0 = base.add(2 * p * row_bytes + 18 * j);
+                    let x1 = x0.add(row_bytes);
+                    _mm256_inserti128_si256::<1>(
+                        _mm256_castsi128_si256(_mm_loadu_si128(x0.add(2) as *const __m128i)),
+                        _mm_loadu_si128(x1.add(2) as *const __m128i),
+                    )
+                };
+                let lo = _mm256_and_si256(x, m4);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(x, 4), m4);
+                // Nibbles ≤ 15: each i16 sums four products, ≤ 4·15·127.
+                *s = _mm256_add_epi16(_mm256_maddubs_epi16(lo, ylo), _mm256_maddubs_epi16(hi, yhi));
+            }
+            // Sums of 8, then 16 products (≤ 30480 < 2^15), then i32.
+            let h = _mm256_hadd_epi16(_mm256_hadd_epi16(s[0], s[1]), _mm256_hadd_epi16(s[2], s[3]));
+            let sumi = _mm256_sub_epi32(_mm256_madd_epi16(h, ones), ysum8);
+            // The eight rows' scales in lane order: 4 bytes at each block
+            // start, low halves.
+            // SAFETY: each gathered address is a row's block j (18 bytes).
+            let dw =
+                unsafe { _mm256_i32gather_epi32::<1>(base.add(18 * j) as *const i32, offsets) };
+            let dw = _mm256_permute4x64_epi64(_mm256_shuffle_epi8(dw, pack_scales), 0b00_00_10_00);
+            let dd = _mm256_mul_ps(
+                _mm256_cvtph_ps(_mm256_castsi256_si128(dw)),
+                _mm256_set1_ps(da),
+            );
+            acc = _mm256_fmadd_ps(_mm256_cvtepi32_ps(sumi), dd, acc);
+        }
+        let mut lanes = [0.0f32; 8];
+        // SAFETY: `lanes` is 8 writable floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc) };
+        for (r, o) in out[g..g + gr].iter_mut().enumerate() {
+            *o = lanes[r / 2 + 4 * (r % 2)];
+        }
     }
 }
 
@@ -1314,5 +1434,139 @@ mod tests {
         check(GgmlType::Q4_K, &[0, 2], 3);
         check(GgmlType::Q5_K, &[0, 2], 3);
         check(GgmlType::Q6_K, &[208], 3);
+    }
+}
+
+#[cfg(test)]
+mod timing {
+    use super::*;
+
+    /// Times the one-row Q4_0 kernels ([`b32_rows_one_avx2`], which IQ4_NL
+    /// keeps, and [`q4_0_rows_one_avx2`]) from memory (~32 MiB of rows)
+    /// and from cache; a measurement, not a check:
+    /// `cargo test --release -p tensor-core time_q4_0_one_row -- --ignored --nocapture`.
+    #[test]
+    #[ignore]
+    fn time_q4_0_one_row() {
+        let (rows, cols) = (1536usize, 576usize);
+        let nb = cols / 32;
+        let row_bytes = nb * 18;
+        let copies = 64;
+        let mut w = vec![0u8; copies * rows * row_bytes];
+        let mut s = 1u32;
+        for (i, b) in w.iter_mut().enumerate() {
+            s ^= s << 13;
+            s ^= s >> 17;
+            s ^= s << 5;
+            *b = if i % 18 == 1 { 0x20 } else { s as u8 };
+        }
+        let mut xq = vec![0u8; nb * 34];
+        for (i, b) in xq.iter_mut().enumerate() {
+            *b = if i % 34 == 1 {
+                0x20
+            } else {
+                (i * 37 % 200) as u8
+            };
+        }
+        let mut out = vec![0.0f32; rows];
+        for round in 0..3 {
+            for which in 0..2 {
+                for cached in [false, true] {
+                    let t = std::time::Instant::now();
+                    let reps = 3 * copies;
+                    for k in 0..reps {
+                        let c = if cached { 0 } else { k % copies };
+                        let m = &w[c * rows * row_bytes..][..rows * row_bytes];
+                        // SAFETY: test machine has AVX2/FMA/F16C.
+                        unsafe {
+                            if which == 0 {
+                                b32_rows_one_avx2(false, m, row_bytes, &xq, &mut out)
+                            } else {
+                                q4_0_rows_one_avx2(m, row_bytes, &xq, &mut out)
+                            }
+                        }
+                    }
+                    let dt = t.elapsed().as_secs_f64();
+                    let gb = (reps * rows * row_bytes) as f64 / dt / 1e9;
+                    eprintln!("round {round} kernel {which} cached {cached}: {gb:.1} GB/s");
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod props {
+    use half::f16;
+    use proptest::prelude::*;
+
+    use super::super::kquant_rows_portable;
+    use super::*;
+
+    /// `rows` Q4_0 rows of `nb` blocks: random nibbles (or all 15, the
+    /// largest products), scales from `scales` (cycled).
+    fn q4_0_rows(rows: usize, nb: usize, nibbles: &[u8], extreme: bool, scales: &[f32]) -> Vec<u8> {
+        let mut w = vec![0u8; rows * nb * 18];
+        for (i, b) in w.chunks_exact_mut(18).enumerate() {
+            b[..2].copy_from_slice(&f16::from_f32(scales[i % scales.len()]).to_le_bytes());
+            for (k, q) in b[2..].iter_mut().enumerate() {
+                *q = if extreme {
+                    0xff
+                } else {
+                    nibbles[(i * 16 + k) % nibbles.len()]
+                };
+            }
+        }
+        w
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// The one-row Q4_0 kernel gives the portable (ggml gemv) order's
+        /// bits for any row count (partial groups of 8 included), any
+        /// block count, any nibbles and activation quants in ggml's
+        /// `-127..=127`, extremes included.
+        #[test]
+        fn q4_0_one_row_matches_portable(
+            rows in 1usize..40,
+            nb in 1usize..10,
+            nibbles in proptest::collection::vec(any::<u8>(), 1..64),
+            extreme in any::<bool>(),
+            scales in proptest::collection::vec(-2.0f32..2.0, 1..8),
+            y in proptest::collection::vec(-127i8..=127, 1..400),
+            y_extreme in 0u8..3,
+            da in proptest::collection::vec(1e-4f32..1.0, 1..8),
+        ) {
+            if !(std::arch::is_x86_feature_detected!("avx2")
+                && std::arch::is_x86_feature_detected!("fma")
+                && std::arch::is_x86_feature_detected!("f16c"))
+            {
+                return Ok(());
+            }
+            let row_bytes = nb * 18;
+            let w = q4_0_rows(rows, nb, &nibbles, extreme, &scales);
+            let mut xq = vec![0u8; nb * 34];
+            for (j, ab) in xq.chunks_exact_mut(34).enumerate() {
+                ab[..2].copy_from_slice(&f16::from_f32(da[j % da.len()]).to_le_bytes());
+                for (k, q) in ab[2..].iter_mut().enumerate() {
+                    let v = match y_extreme {
+                        1 => 127,
+                        2 => -127,
+                        _ => y[(j * 32 + k) % y.len()],
+                    };
+                    *q = v as u8;
+                }
+            }
+            let mut want = vec![0.0f32; rows];
+            kquant_rows_portable(GgmlType::Q4_0, &w, row_bytes, &xq, 34 * nb, 1, &mut want, true);
+            let mut got = vec![f32::NAN; rows];
+            // SAFETY: AVX2, FMA and F16C checked above; whole rows, one
+            // activation row of nb blocks, one output per row.
+            unsafe { q4_0_rows_one_avx2(&w, row_bytes, &xq, &mut got) };
+            for (i, (g, e)) in got.iter().zip(&want).enumerate() {
+                prop_assert_eq!(g.to_bits(), e.to_bits(), "row {}: {} vs {}", i, g, e);
+            }
+        }
     }
 }
