@@ -1438,64 +1438,6 @@ mod tests {
 }
 
 #[cfg(test)]
-mod timing {
-    use super::*;
-
-    /// Times the one-row Q4_0 kernels ([`b32_rows_one_avx2`], which IQ4_NL
-    /// keeps, and [`q4_0_rows_one_avx2`]) from memory (~32 MiB of rows)
-    /// and from cache; a measurement, not a check:
-    /// `cargo test --release -p tensor-core time_q4_0_one_row -- --ignored --nocapture`.
-    #[test]
-    #[ignore]
-    fn time_q4_0_one_row() {
-        let (rows, cols) = (1536usize, 576usize);
-        let nb = cols / 32;
-        let row_bytes = nb * 18;
-        let copies = 64;
-        let mut w = vec![0u8; copies * rows * row_bytes];
-        let mut s = 1u32;
-        for (i, b) in w.iter_mut().enumerate() {
-            s ^= s << 13;
-            s ^= s >> 17;
-            s ^= s << 5;
-            *b = if i % 18 == 1 { 0x20 } else { s as u8 };
-        }
-        let mut xq = vec![0u8; nb * 34];
-        for (i, b) in xq.iter_mut().enumerate() {
-            *b = if i % 34 == 1 {
-                0x20
-            } else {
-                (i * 37 % 200) as u8
-            };
-        }
-        let mut out = vec![0.0f32; rows];
-        for round in 0..3 {
-            for which in 0..2 {
-                for cached in [false, true] {
-                    let t = std::time::Instant::now();
-                    let reps = 3 * copies;
-                    for k in 0..reps {
-                        let c = if cached { 0 } else { k % copies };
-                        let m = &w[c * rows * row_bytes..][..rows * row_bytes];
-                        // SAFETY: test machine has AVX2/FMA/F16C.
-                        unsafe {
-                            if which == 0 {
-                                b32_rows_one_avx2(false, m, row_bytes, &xq, &mut out)
-                            } else {
-                                q4_0_rows_one_avx2(m, row_bytes, &xq, &mut out)
-                            }
-                        }
-                    }
-                    let dt = t.elapsed().as_secs_f64();
-                    let gb = (reps * rows * row_bytes) as f64 / dt / 1e9;
-                    eprintln!("round {round} kernel {which} cached {cached}: {gb:.1} GB/s");
-                }
-            }
-        }
-    }
-}
-
-#[cfg(test)]
 mod props {
     use half::f16;
     use proptest::prelude::*;
