@@ -158,6 +158,13 @@ fn kquant_part(rv: u32, sb: u32, part: u32, a: KPartX) -> f32 {
     return dm.x * (s0.x * d.x + s1.x * d.y) - dm.y * (s0.y * a.sum0 + s1.y * a.sum1);
 }
 
+// A lane set's sums (wide_wg.wgsl's or wide_sg.wgsl's `wide_sums`): of
+// the partial products of up to four rows, and of the squares.
+struct WideSums {
+    acc: vec4<f32>,
+    sq: f32,
+}
+
 // Word i of the weights.
 fn ww(i: u32) -> u32 {
     return wv[i >> 2u][i & 3u];

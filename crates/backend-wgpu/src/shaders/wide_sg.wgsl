@@ -4,11 +4,6 @@
 // its sums to the first through workgroup memory, one barrier in all
 // (wide_wg.wgsl's tree takes seven).
 
-struct WideSums {
-    acc: vec4<f32>,
-    sq: f32,
-}
-
 fn wide_sums(lid: u32, lane: u32, acc: vec4<f32>, s: f32) -> WideSums {
     let a = subgroupAdd(acc);
     let q = subgroupAdd(s);

@@ -4,11 +4,6 @@
 // The sums over a lane set's WIDE_LANES lanes of acc (up to four rows'
 // partial products) and s (partial sums of squares), valid in every lane
 // of the set. Every invocation must call it (barriers).
-struct WideSums {
-    acc: vec4<f32>,
-    sq: f32,
-}
-
 fn wide_sums(lid: u32, lane: u32, acc: vec4<f32>, s: f32) -> WideSums {
     wsh[lid] = bitcast<vec4<u32>>(acc);
     wsh[256u + (lid >> 2u)][lid & 3u] = bitcast<u32>(s);
