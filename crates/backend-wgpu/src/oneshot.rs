@@ -9,8 +9,8 @@ use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
 use crate::kernels::Kernel;
 use crate::ops::{
-    attention_partials_bytes, flash_attention_fits, AttnParams, EwParams, GpuMatrix, Op, OpBuilder,
-    Prologue, RopeParams, StepUniform,
+    attention_partials_bytes, AttnParams, EwParams, GpuMatrix, Op, OpBuilder, Prologue, RopeParams,
+    StepUniform,
 };
 
 fn step_buffer(ctx: &GpuContext, n_tokens: u32, pos: u32) -> wgpu::Buffer {
@@ -386,6 +386,7 @@ pub fn attention(
         pos0,
         kv_f16,
         None,
+        false,
     )
 }
 
@@ -419,6 +420,7 @@ pub fn attention_fast(
         pos0,
         false,
         Some(extra),
+        false,
     )
 }
 
@@ -441,40 +443,17 @@ pub fn attention_flash(
     window: u32,
     softcap: f32,
 ) -> Result<Vec<f32>> {
-    let qrow = n_head * head_dim;
-    let kvrow = n_kv_head * head_dim;
-    let params = AttnParams {
-        n_head: n_head as u32,
-        n_kv_head: n_kv_head as u32,
-        head_dim: head_dim as u32,
-        q_stride: qrow as u32,
-        kv_stride: kvrow as u32,
-        out_stride: qrow as u32,
-        scale: 1.0 / (head_dim as f32).sqrt(),
-        window,
-        softcap,
-        inv_cap: if softcap != 0.0 { 1.0 / softcap } else { 0.0 },
-        ..Default::default()
-    };
-    check(
-        "attention_flash",
-        qrow > 0 && q.len().is_multiple_of(qrow) && flash_attention_fits(&params),
-        || "bad shape".to_string(),
-    )?;
-    let t = q.len() / qrow;
-    check(
-        "attention_flash",
-        k.len() == (pos0 as usize + t) * kvrow && v.len() == k.len(),
-        || "cache length does not match pos0 + tokens".to_string(),
-    )?;
-    let step = step_buffer(ctx, t as u32, pos0);
-    let b = OpBuilder { ctx, step: &step };
-    let qb = f32_buffer(ctx, "q", q);
-    let kb = f32_buffer(ctx, "k", k);
-    let vb = f32_buffer(ctx, "v", v);
-    let out = ctx.storage("out", (q.len() * 4) as u64);
-    let op = b.attention_flash(&qb, &kb, &vb, &out, params, 1);
-    run(ctx, &[op], t as u32, &out, q.len())
+    attention_mode(
+        ctx,
+        q,
+        k,
+        v,
+        (n_head, n_kv_head, head_dim),
+        pos0,
+        false,
+        Some((window, softcap)),
+        true,
+    )
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -487,6 +466,7 @@ fn attention_mode(
     pos0: u32,
     kv_f16: bool,
     fast: Option<(u32, f32)>,
+    flash: bool,
 ) -> Result<Vec<f32>> {
     let qrow = n_head * head_dim;
     let kvrow = n_kv_head * head_dim;
@@ -514,32 +494,24 @@ fn attention_mode(
     let out = ctx.storage("out", (q.len() * 4) as u64);
     let params = AttnParams {
         n_head: n_head as u32,
+        n_kv_head: n_kv_head as u32,
         head_dim: head_dim as u32,
+        q_stride: qrow as u32,
+        kv_stride: kvrow as u32,
+        out_stride: qrow as u32,
+        scale: 1.0 / (head_dim as f32).sqrt(),
+        kv_f16: kv_f16 as u32,
+        window: fast.map_or(0, |f| f.0),
+        softcap: fast.map_or(0.0, |f| f.1),
+        inv_cap: fast.map_or(0.0, |f| if f.1 != 0.0 { 1.0 / f.1 } else { 0.0 }),
         ..Default::default()
     };
-    let partials = ctx.storage("partials", attention_partials_bytes(&params));
-    let ops = b.attention(
-        &qb,
-        &kb,
-        &vb,
-        &out,
-        AttnParams {
-            n_head: n_head as u32,
-            n_kv_head: n_kv_head as u32,
-            head_dim: head_dim as u32,
-            q_stride: qrow as u32,
-            kv_stride: kvrow as u32,
-            out_stride: qrow as u32,
-            scale: 1.0 / (head_dim as f32).sqrt(),
-            kv_f16: kv_f16 as u32,
-            window: fast.map_or(0, |f| f.0),
-            softcap: fast.map_or(0.0, |f| f.1),
-            inv_cap: fast.map_or(0.0, |f| if f.1 != 0.0 { 1.0 / f.1 } else { 0.0 }),
-            ..Default::default()
-        },
-        fast.is_some(),
-        &partials,
-    );
+    let ops = if flash {
+        vec![b.attention_flash(&qb, &kb, &vb, &out, params, 1)]
+    } else {
+        let partials = ctx.storage("partials", attention_partials_bytes(&params));
+        b.attention(&qb, &kb, &vb, &out, params, fast.is_some(), &partials)
+    };
     run(ctx, &ops, t as u32, &out, q.len())
 }
 

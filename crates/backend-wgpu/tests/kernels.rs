@@ -1131,42 +1131,15 @@ fn fast_attention_agrees_with_cpu() {
             // A sliding window, and a soft-cap, on some of them.
             let window = if case % 2 == 1 { Some(100) } else { None };
             let softcap = if case >= 2 { Some(20.0) } else { None };
-            let n = pos0 + 1;
-            let k: Vec<f32> = (0..n * nkv * hd)
-                .map(|_| rng.gen_range(-2.0..2.0))
-                .collect();
-            let v: Vec<f32> = (0..n * nkv * hd)
-                .map(|_| rng.gen_range(-2.0..2.0))
-                .collect();
-            let q: Vec<f32> = (0..nh * hd).map(|_| rng.gen_range(-2.0..2.0)).collect();
-            let got = oneshot::attention_fast(
+            let worst = fast_attention_worst(
                 &ctx,
-                &q,
-                &k,
-                &v,
-                nh,
-                nkv,
-                hd,
-                pos0 as u32,
-                window.unwrap_or(0) as u32,
-                softcap.unwrap_or(0.0),
-            )
-            .unwrap();
-            let p = tensor_core::AttentionParams {
-                n_head: nh,
-                n_head_kv: nkv,
-                head_dim: hd,
-                scale: 1.0 / (hd as f32).sqrt(),
+                &mut rng,
+                (nh, nkv, hd),
+                (1, pos0),
                 window,
                 softcap,
-            };
-            let mut want = vec![0f32; q.len()];
-            tensor_core::attention::attention::<f32>(&q, &k, &v, pos0, &p, &mut want);
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+                false,
+            );
             assert!(
                 worst <= 2e-5,
                 "heads {nh}/{nkv} hd={hd} pos0={pos0} window {window:?} cap {softcap:?}: \
@@ -1174,6 +1147,60 @@ fn fast_attention_agrees_with_cpu() {
             );
         }
     }
+}
+
+/// A random attention problem of `t` tokens after `pos0` cached ones (every
+/// value in [-2, 2)), through the fast mode's single-token kernel or (`flash`)
+/// its batch kernel, against tensor-core's CPU attention over an f32 cache:
+/// the largest |gpu − cpu|.
+#[allow(clippy::too_many_arguments)]
+fn fast_attention_worst(
+    ctx: &backend_wgpu::GpuContext,
+    rng: &mut StdRng,
+    (nh, nkv, hd): (usize, usize, usize),
+    (t, pos0): (usize, usize),
+    window: Option<usize>,
+    softcap: Option<f32>,
+    flash: bool,
+) -> f32 {
+    let n = pos0 + t;
+    let mut random =
+        |len: usize| -> Vec<f32> { (0..len).map(|_| rng.gen_range(-2.0..2.0)).collect() };
+    let k = random(n * nkv * hd);
+    let v = random(n * nkv * hd);
+    let q = random(t * nh * hd);
+    let run = if flash {
+        oneshot::attention_flash
+    } else {
+        oneshot::attention_fast
+    };
+    let got = run(
+        ctx,
+        &q,
+        &k,
+        &v,
+        nh,
+        nkv,
+        hd,
+        pos0 as u32,
+        window.unwrap_or(0) as u32,
+        softcap.unwrap_or(0.0),
+    )
+    .unwrap();
+    let p = tensor_core::AttentionParams {
+        n_head: nh,
+        n_head_kv: nkv,
+        head_dim: hd,
+        scale: 1.0 / (hd as f32).sqrt(),
+        window,
+        softcap,
+    };
+    let mut want = vec![0f32; q.len()];
+    tensor_core::attention::attention::<f32>(&q, &k, &v, pos0, &p, &mut want);
+    got.iter()
+        .zip(&want)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max)
 }
 
 /// The fast mode's batch attention (`attn_flash.wgsl`: tiles of 32 queries
@@ -1200,42 +1227,15 @@ fn flash_attention_agrees_with_cpu() {
         ] {
             let window = if case % 2 == 1 { Some(50) } else { None };
             let softcap = if case >= 2 { Some(20.0) } else { None };
-            let n = pos0 + t;
-            let k: Vec<f32> = (0..n * nkv * hd)
-                .map(|_| rng.gen_range(-2.0..2.0))
-                .collect();
-            let v: Vec<f32> = (0..n * nkv * hd)
-                .map(|_| rng.gen_range(-2.0..2.0))
-                .collect();
-            let q: Vec<f32> = (0..t * nh * hd).map(|_| rng.gen_range(-2.0..2.0)).collect();
-            let got = oneshot::attention_flash(
+            let worst = fast_attention_worst(
                 &ctx,
-                &q,
-                &k,
-                &v,
-                nh,
-                nkv,
-                hd,
-                pos0 as u32,
-                window.unwrap_or(0) as u32,
-                softcap.unwrap_or(0.0),
-            )
-            .unwrap();
-            let p = tensor_core::AttentionParams {
-                n_head: nh,
-                n_head_kv: nkv,
-                head_dim: hd,
-                scale: 1.0 / (hd as f32).sqrt(),
+                &mut rng,
+                (nh, nkv, hd),
+                (t, pos0),
                 window,
                 softcap,
-            };
-            let mut want = vec![0f32; q.len()];
-            tensor_core::attention::attention::<f32>(&q, &k, &v, pos0, &p, &mut want);
-            let worst = got
-                .iter()
-                .zip(&want)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
+                true,
+            );
             assert!(
                 worst <= 2e-5,
                 "heads {nh}/{nkv} hd={hd} tokens={t} pos0={pos0} window {window:?} cap \
