@@ -234,6 +234,25 @@ pub(super) unsafe fn b32_rows_avx2(
     }
 }
 
+/// Rows `g .. g + gr` (gr ≤ 8) of `w` as a group of eight: the rows
+/// themselves, or for a last partial group a copy in `tail` padded with
+/// zero rows (scale 0: their lanes stay 0 and are not written).
+fn group8<'a>(
+    w: &'a [u8],
+    g: usize,
+    gr: usize,
+    row_bytes: usize,
+    tail: &'a mut Vec<u8>,
+) -> &'a [u8] {
+    if gr == 8 {
+        return &w[g * row_bytes..(g + 8) * row_bytes];
+    }
+    tail.clear();
+    tail.extend_from_slice(&w[g * row_bytes..(g + gr) * row_bytes]);
+    tail.resize(8 * row_bytes, 0);
+    tail
+}
+
 /// [`b32_rows_avx2`] for one activation row (decoding): the same lanes —
 /// per row and block the exact sum `Σ q·y`, then
 /// `acc = fma(sumi, d_w·d_a, acc)` — but each block of eight rows is
@@ -269,8 +288,7 @@ unsafe fn b32_rows_one_avx2(iq4: bool, w: &[u8], row_bytes: usize, xq: &[u8], ou
         let da = unsafe { f16c_at(ab, 0) };
         ys.push((y, da, 8 * _mm_cvtsi128_si32(s)));
     }
-    // Eight rows at a time; a last partial group is copied into zero rows
-    // (scale 0: their lanes stay 0 and are not written).
+    // Eight rows at a time ([`group8`]).
     let mut tail = Vec::new();
     // Byte offsets of a group's eight rows, for the scale gather.
     let offsets = _mm256_mullo_epi32(
@@ -279,14 +297,7 @@ unsafe fn b32_rows_one_avx2(iq4: bool, w: &[u8], row_bytes: usize, xq: &[u8], ou
     );
     for g in (0..rows).step_by(8) {
         let gr = (rows - g).min(8);
-        let block_rows: &[u8] = if gr == 8 {
-            &w[g * row_bytes..(g + 8) * row_bytes]
-        } else {
-            tail.clear();
-            tail.extend_from_slice(&w[g * row_bytes..(g + gr) * row_bytes]);
-            tail.resize(8 * row_bytes, 0);
-            &tail
-        };
+        let block_rows = group8(w, g, gr, row_bytes, &mut tail);
         let base = block_rows.as_ptr();
         let mut acc = _mm256_setzero_ps();
         for (j, &(y, da, ysum8)) in ys.iter().enumerate() {
@@ -404,16 +415,7 @@ unsafe fn q4_0_rows_one_avx2(w: &[u8], row_bytes: usize, xq: &[u8], out: &mut [f
     );
     for g in (0..rows).step_by(8) {
         let gr = (rows - g).min(8);
-        // A last partial group is copied into zero rows (scale 0: their
-        // lanes stay 0 and are not written).
-        let block_rows: &[u8] = if gr == 8 {
-            &w[g * row_bytes..(g + 8) * row_bytes]
-        } else {
-            tail.clear();
-            tail.extend_from_slice(&w[g * row_bytes..(g + gr) * row_bytes]);
-            tail.resize(8 * row_bytes, 0);
-            &tail
-        };
+        let block_rows = group8(w, g, gr, row_bytes, &mut tail);
         let base = block_rows.as_ptr();
         // The group reads 8 rows side by side, which the hardware
         // prefetcher follows poorly (one row at a time: ~10 GB/s a thread
