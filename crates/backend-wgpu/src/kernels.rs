@@ -338,6 +338,24 @@ pub fn wide_fits(ty: GgmlType, row_bytes: u32) -> bool {
     }
 }
 
+/// Whether the fast mode's single-token products of `ty` matrices keep the
+/// exact kernels (activations rounded to ggml's 8-bit blocks, integer dot
+/// products: quant_tg.wgsl's `q4k_tg`, `q5k_tg`, `q6k_tg`, which need
+/// 32-wide subgroups) rather than `fmv_wide` on float activations. On an
+/// H100 (TinyLlama-1.1B Q4_K_M, 2026-12-07) they decoded at 582 t/s with a
+/// read-back per token against `fmv_wide`'s 461, although the step took
+/// 233 dispatches instead of 154 (the norms, SwiGLU and the attention's
+/// output are rounded in dispatches of their own): `fmv_wide`'s Q4_K
+/// gate/up product took 31.7 µs a dispatch, `q4k_tg`'s 17.3. Q8_0 stays on
+/// `fmv_wide` (its exact kernel decoded at 427 t/s against 506), as do the
+/// formats without such a kernel. `STRATA_FAST_PRODUCTS=float` makes every
+/// product take the float kernels, for measurements.
+pub fn fast_keeps_exact(ty: GgmlType, subgroup32: bool) -> bool {
+    subgroup32
+        && matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K)
+        && std::env::var("STRATA_FAST_PRODUCTS").map_or(true, |v| v != "float")
+}
+
 /// Rows each lane set of `fmv_wide` takes at once over a `ty` matrix
 /// (fast_wide.wgsl's `WIDE_ROWS`): one for F16 (measured on an H100,
 /// TinyLlama-1.1B: four rows a lane set decoded F16 at 414 t/s against one
@@ -486,11 +504,13 @@ pub(crate) enum Kernel {
     /// Q4_K, Q5_K, F16, Q8_0, Q6_K; [`wide_fits`]), [`wide_rows`] rows a
     /// lane set.
     FmvWide(GgmlType, u32, u32),
-    /// The fast mode's single-token attention (`attn_fast.wgsl`).
-    AttentionFast,
+    /// The fast mode's single-token attention (`attn_fast.wgsl`): split
+    /// over the positions (`false`, [`Kernel::AttentionCombine`] after it),
+    /// or one workgroup a head writing the output itself (`true`: `SOLO`).
+    AttentionFast(bool),
     /// The same with the token's query, key and value from a stacked
     /// projection: RoPE and the cache writes inside (`attn_rope_decode`).
-    AttentionFastRope,
+    AttentionFastRope(bool),
     /// The fast attention's second dispatch: each head's output from its
     /// splits (`attn_combine`).
     AttentionCombine,
@@ -562,7 +582,7 @@ impl Kernel {
             Kernel::Geglu | Kernel::Scale | Kernel::Softcap | Kernel::ScaleRows => Shader::Scale,
             Kernel::Fmv(..) => Shader::QuantFast,
             Kernel::FmvWide(..) => Shader::QuantWide,
-            Kernel::AttentionFast | Kernel::AttentionFastRope | Kernel::AttentionCombine => {
+            Kernel::AttentionFast(_) | Kernel::AttentionFastRope(_) | Kernel::AttentionCombine => {
                 Shader::AttentionFast
             }
             Kernel::AttentionFlash(_) => Shader::AttentionFlash,
@@ -598,8 +618,8 @@ impl Kernel {
             Kernel::ScaleRows => "scale_rows",
             Kernel::Fmv(..) => "fmv",
             Kernel::FmvWide(..) => "fmv_wide",
-            Kernel::AttentionFast => "attn_decode",
-            Kernel::AttentionFastRope => "attn_rope_decode",
+            Kernel::AttentionFast(_) => "attn_decode",
+            Kernel::AttentionFastRope(_) => "attn_rope_decode",
             Kernel::AttentionCombine => "attn_combine",
             Kernel::AttentionFlash(_) => "attn_flash",
             Kernel::MmFast(_, MmKind::Portable) => "mm_fast",
@@ -644,6 +664,9 @@ impl Kernel {
             ],
             Kernel::MmFast(t, _) => vec![("FORMAT", f64::from(t.id()))],
             Kernel::AttentionFlash(nc) => vec![("NC", f64::from(nc))],
+            Kernel::AttentionFast(solo) | Kernel::AttentionFastRope(solo) => {
+                vec![("SOLO", f64::from(u8::from(solo)))]
+            }
             Kernel::MoeMv(t, routed, prologue) => vec![
                 ("FORMAT", f64::from(t.id())),
                 ("MV_LANES", f64::from(crate::ops::MATVEC_LANES)),

@@ -156,6 +156,13 @@ pub(crate) struct AttnParams {
 /// that the heads of a long context fill a large GPU (about 512 workgroups),
 /// at most 32; shorter contexts leave the later ones idle (`attn_fast.wgsl`'s
 /// `MIN_CHUNK`).
+/// The longest context (positions after the step) for which the fast
+/// decoding attention takes one workgroup a head and one dispatch
+/// (`attn_fast.wgsl`'s `SOLO`) rather than splits and a combining
+/// dispatch: one tile of the kernel's 256 positions, which the splits
+/// (of at least 64 positions each) would have walked in one pass too.
+pub(crate) const SOLO_MAX_KV: u32 = 256;
+
 pub(crate) fn attention_splits(n_head: u32) -> u32 {
     (512 / n_head.max(1)).clamp(1, 32)
 }
@@ -340,6 +347,10 @@ pub(crate) enum Grid {
     /// `[ceil(n_tokens / tile), y, 1]` for batches of `min_tokens` or more
     /// only (the fast mode's batch attention, [`Kernel::AttentionFlash`]).
     TokenTiles { tile: u32, y: u32, min_tokens: u32 },
+    /// As `PerToken`, only for steps after which the context holds at most
+    /// (`true`) or more than (`false`) the given number of positions (the
+    /// fast decoding attention's variants, [`SOLO_MAX_KV`]).
+    Context([u32; 2], u32, bool),
 }
 
 /// One pipeline of an exact product, for batches of `min_tokens` or more
@@ -409,12 +420,14 @@ impl Op {
         )
     }
 
-    /// Whether the op dispatches anything for a batch of `n_tokens`.
-    pub fn runs(&self, n_tokens: u32) -> bool {
+    /// Whether the op dispatches anything for a batch of `n_tokens` after
+    /// which the context holds `n_kv` positions.
+    pub fn runs(&self, n_tokens: u32, n_kv: u32) -> bool {
         match self.grid {
             Grid::BatchOnly(_) => n_tokens > 1,
             Grid::SmallBatch(_, limit) => n_tokens < limit,
             Grid::TokenTiles { min_tokens, .. } => n_tokens >= min_tokens,
+            Grid::Context(_, max_kv, short) => (n_kv <= max_kv) == short,
             _ => true,
         }
     }
@@ -427,10 +440,13 @@ impl Op {
         self
     }
 
-    /// Records the op for a batch of `n_tokens`.
-    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32) {
+    /// Records the op for a batch of `n_tokens` after which the context
+    /// holds `n_kv` positions.
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32, n_kv: u32) {
         let mut bind_group = &self.bind_group;
         let (pipeline, g) = match self.grid {
+            Grid::Context(_, max_kv, short) if (n_kv <= max_kv) != short => return,
+            Grid::Context([x, y], ..) => (&self.pipeline, [x, y, n_tokens]),
             Grid::PerToken([x, y]) => (&self.pipeline, [x, y, n_tokens]),
             Grid::PerTokenTimes([x, y], k) => (&self.pipeline, [x, y, n_tokens * k]),
             Grid::BatchOnly(_) if n_tokens == 1 => return,
@@ -1071,10 +1087,11 @@ impl OpBuilder<'_> {
         let pb = self.ctx.uniform("attention", bytemuck::bytes_of(&params));
         // attn_rope_decode's table and RopeFuse, unread by attn_decode.
         let bind_group = self.bind(
-            Kernel::AttentionFast,
+            Kernel::AttentionFast(false),
             &[q, k_cache, v_cache, out, &pb, self.step, q, &pb, partials],
         );
-        self.split_attention(Kernel::AttentionFast, bind_group, pb, &params)
+        let kernels = (Kernel::AttentionFast(false), Kernel::AttentionFast(true));
+        self.split_attention(kernels, bind_group, pb, &params)
     }
 
     /// The fast mode's attention of a batch of `min_tokens` or more
@@ -1107,34 +1124,35 @@ impl OpBuilder<'_> {
         }
     }
 
-    /// The split op of a fast attention and its combining op, sharing
-    /// `bind_group`.
+    /// The ops of a fast attention, sharing `bind_group`: for contexts of
+    /// up to [`SOLO_MAX_KV`] positions `solo` (one workgroup a head, the
+    /// output written directly), for longer ones `split` and its combining
+    /// op. A step records one or the other.
     fn split_attention(
         &self,
-        kernel: Kernel,
+        (split, solo): (Kernel, Kernel),
         bind_group: wgpu::BindGroup,
         pb: wgpu::Buffer,
         params: &AttnParams,
     ) -> Vec<Op> {
-        let combine = Op {
-            label: "attention",
-            pipeline: self.ctx.pipeline(Kernel::AttentionCombine),
-            pipeline_mm: None,
-            variants: Vec::new(),
-            bind_group: bind_group.clone(),
-            grid: Grid::PerToken([params.n_head, 1]),
-            _params: pb.clone(),
-        };
-        let split = Op {
+        let op = |kernel: Kernel, grid: Grid| Op {
             label: "attention",
             pipeline: self.ctx.pipeline(kernel),
             pipeline_mm: None,
             variants: Vec::new(),
-            bind_group,
-            grid: Grid::PerToken([params.n_head, params.splits]),
-            _params: pb,
+            bind_group: bind_group.clone(),
+            grid,
+            _params: pb.clone(),
         };
-        vec![split, combine]
+        let h = params.n_head;
+        vec![
+            op(solo, Grid::Context([h, 1], SOLO_MAX_KV, true)),
+            op(split, Grid::Context([h, params.splits], SOLO_MAX_KV, false)),
+            op(
+                Kernel::AttentionCombine,
+                Grid::Context([h, 1], SOLO_MAX_KV, false),
+            ),
+        ]
     }
 
     /// The fast mode's single-token attention with RoPE and the cache writes
@@ -1160,14 +1178,15 @@ impl OpBuilder<'_> {
         let rb = self
             .ctx
             .uniform("attention_rope", bytemuck::bytes_of(&rope));
-        let kernel = Kernel::AttentionFastRope;
+        let kernel = Kernel::AttentionFastRope(false);
         let bind_group = self.bind(
             kernel,
             &[
                 qkv, k_cache, v_cache, out, &pb, self.step, table, &rb, partials,
             ],
         );
-        self.split_attention(kernel, bind_group, pb, &params)
+        let kernels = (kernel, Kernel::AttentionFastRope(true));
+        self.split_attention(kernels, bind_group, pb, &params)
     }
 
     /// `y = a + b` (`Kernel::Add`) or `y = silu(a)·b` (`Kernel::Swiglu`).

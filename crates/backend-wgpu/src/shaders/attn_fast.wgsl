@@ -7,7 +7,8 @@
 // V, outputs spread over the invocations; it leaves its maximum, its sum of
 // exponentials and its unnormalised output in `part`. `attn_combine`, the
 // next dispatch, weighs the splits of each head into the output. A long
-// context thus occupies n_head · splits workgroups instead of n_head. Not
+// context thus occupies n_head · splits workgroups instead of n_head; a
+// short one takes one workgroup a head and no combining (SOLO). Not
 // the CPU's bits (that is attention.wgsl, the exact mode's): float sums in
 // this kernel's order, `exp` rather than ggml's, no f16 rounding of the
 // query or the probabilities.
@@ -69,6 +70,11 @@ struct RopeFuse {
 const WG: u32 = 256u;
 // The fewest positions a split takes: shorter contexts use fewer splits.
 const MIN_CHUNK: u32 = 64u;
+// SOLO: one workgroup a head takes every visible position and writes the
+// head's output itself, with no `attn_combine` after it: the fast step's
+// choice for short contexts (ops.rs's SOLO_MAX_KV), a dispatch less a
+// layer, where the splits would have had a tile of positions or less each.
+override SOLO: bool = false;
 var<workgroup> q_head: array<vec4<f32>, 64>;
 // attn_rope_decode: the token's query as loaded, then rotated; its key
 // (rotated) and value as the caches hold them.
@@ -119,6 +125,9 @@ fn split_span() -> vec2<u32> {
         first = n_kv - p.window;
     }
     let len = n_kv - first;
+    if (SOLO) {
+        return vec2<u32>(first, len);
+    }
     return vec2<u32>(first, max((len + p.splits - 1u) / p.splits, MIN_CHUNK));
 }
 
@@ -202,9 +211,13 @@ fn attend(h: u32, s: u32, lid: u32, fresh: bool) {
         for (var k = 0u; k < slices; k++) {
             total += red[k * hd + d];
         }
-        part[hs * hd + d] = total;
+        if (SOLO) {
+            out[h * hd + d] = total / l;
+        } else {
+            part[hs * hd + d] = total;
+        }
     }
-    if (lid == 0u) {
+    if (!SOLO && lid == 0u) {
         part[ml_base() + 2u * hs] = m;
         part[ml_base() + 2u * hs + 1u] = l;
     }
