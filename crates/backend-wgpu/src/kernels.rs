@@ -519,8 +519,8 @@ pub(crate) enum Kernel {
     AttentionFlash(u32),
     /// The fast mode's product of a batch of float activations with a `ty`
     /// matrix, [`MM_FAST_TOKENS`] tokens × [`MM_FAST_ROWS`] rows a
-    /// workgroup: `mm_fast.wgsl`'s `mm_fast` (`false`) or, on devices with
-    /// cooperative matrices, `mm_coop.wgsl`'s `mm_coop` (`true`).
+    /// workgroup: `mm_fast.wgsl`'s `mm_fast` ([`MmKind::Portable`]) or, on
+    /// devices with cooperative matrices, `mm_coop.wgsl`'s `mm_coop`.
     MmFast(GgmlType, MmKind),
     /// `moe.wgsl`'s `moe_mv` with a `ty` matrix: the router's product
     /// (`false`) or the routed experts' (`true`), with prologue 0 (x) or 2
@@ -538,25 +538,9 @@ pub(crate) enum Kernel {
 pub(crate) enum MmKind {
     /// `mm_fast.wgsl`'s `mm_fast` (portable).
     Portable,
-    /// `mm_coop.wgsl`'s `mm_coop` (cooperative matrices, 64-row tiles).
+    /// `mm_coop.wgsl`'s `mm_coop` (cooperative matrices, 64 × 64 tiles).
     Coop,
-    /// `mm_coop.wgsl`'s `mm_coop2` (cooperative matrices, 128-row tiles,
-    /// [`MM_COOP2_STORAGE`] bytes of workgroup memory).
-    Coop2,
 }
-
-impl MmKind {
-    /// Rows per workgroup.
-    pub(crate) fn rows(self) -> u32 {
-        match self {
-            MmKind::Coop2 => 128,
-            _ => MM_FAST_ROWS,
-        }
-    }
-}
-
-/// Workgroup memory `mm_coop2` needs (its `ca2`, `cb` and `cc`).
-pub(crate) const MM_COOP2_STORAGE: u32 = 5120 * 2 + 2560 * 2 + 1024 * 4;
 
 /// Tokens per workgroup of [`Kernel::MmFast`] (every entry point).
 pub(crate) const MM_FAST_TOKENS: u32 = 64;
@@ -624,7 +608,6 @@ impl Kernel {
             Kernel::AttentionFlash(_) => "attn_flash",
             Kernel::MmFast(_, MmKind::Portable) => "mm_fast",
             Kernel::MmFast(_, MmKind::Coop) => "mm_coop",
-            Kernel::MmFast(_, MmKind::Coop2) => "mm_coop2",
             Kernel::MoeMv(..) => "moe_mv",
             Kernel::MoeRoute(..) => "moe_route",
             Kernel::MoeSum => "moe_sum",

@@ -11,7 +11,7 @@ use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
 use crate::kernels::{
     exact_order, is_exact, is_gpu_type, Kernel, MmKind, KMM_TOKENS, KQUANT_TILED_MIN_BATCH,
-    MM_COOP2_STORAGE, MM_FAST_TOKENS, QMM_TOKENS,
+    MM_FAST_ROWS, MM_FAST_TOKENS, QMM_TOKENS,
 };
 
 /// Up to this many tokens a linear layer runs as matrix-vector products
@@ -152,10 +152,6 @@ pub(crate) struct AttnParams {
     pub splits: u32,
 }
 
-/// Workgroups per head of the fast single-token attention (split-K): enough
-/// that the heads of a long context fill a large GPU (about 512 workgroups),
-/// at most 32; shorter contexts leave the later ones idle (`attn_fast.wgsl`'s
-/// `MIN_CHUNK`).
 /// The longest context (positions after the step) for which the fast
 /// decoding attention takes one workgroup a head and one dispatch
 /// (`attn_fast.wgsl`'s `SOLO`) rather than splits and a combining
@@ -163,6 +159,15 @@ pub(crate) struct AttnParams {
 /// (of at least 64 positions each) would have walked in one pass too.
 pub(crate) const SOLO_MAX_KV: u32 = 256;
 
+/// Workgroups per head of the fast single-token attention (split-K): enough
+/// that the heads of a long context fill a large GPU (about 512
+/// workgroups), at most 32; shorter contexts leave the later ones idle
+/// (`attn_fast.wgsl`'s `MIN_CHUNK`). A split's workgroup walks its
+/// positions one after another for the products with V, so shorter splits
+/// finish sooner, but more of them take longer to combine: on an H100,
+/// TinyLlama's 32 heads decoding after 4,096 tokens, 16 splits (256
+/// positions each) ran at 351 t/s with a read-back per token, 64 splits at
+/// 332.
 pub(crate) fn attention_splits(n_head: u32) -> u32 {
     (512 / n_head.max(1)).clamp(1, 32)
 }
@@ -687,20 +692,18 @@ impl OpBuilder<'_> {
     }
 
     /// The fast batch product's entry point: with cooperative matrices
-    /// (where the device has them, or as `coop` says) `mm_coop`, or
-    /// `mm_coop2` with `STRATA_COOP_TILE=128` where workgroups may hold its
-    /// memory (not yet measured on hardware, so not the default); without,
-    /// the portable `mm_fast`.
+    /// (where the device has them, or as `coop` says) `mm_coop`, else the
+    /// portable `mm_fast`. (`mm_coop` over 128 × 64 tiles, eight products
+    /// per six loads of a subgroup, measured slower on an H100: TinyLlama
+    /// Q4_K_M pp512 10,760 t/s against 15,203, Q8_0 9,713 against 13,978,
+    /// F16 19,278 against 21,279. Staging its chunks in two halves of the
+    /// tiles, one barrier a chunk, needed 24 KiB of workgroup memory instead
+    /// of 14 and lost about 15%: fewer workgroups fit a compute unit.)
     fn mm_kind(&self, coop: Option<bool>) -> MmKind {
-        let caps = self.ctx.caps();
-        if !coop.unwrap_or(caps.coop_f16_16) {
-            return MmKind::Portable;
-        }
-        let wide = std::env::var("STRATA_COOP_TILE").is_ok_and(|v| v == "128");
-        if caps.max_workgroup_storage >= MM_COOP2_STORAGE && wide {
-            MmKind::Coop2
-        } else {
+        if coop.unwrap_or(self.ctx.caps().coop_f16_16) {
             MmKind::Coop
+        } else {
+            MmKind::Portable
         }
     }
 
@@ -732,7 +735,7 @@ impl OpBuilder<'_> {
             pipeline: self.ctx.pipeline(kernel),
             order: u32::MAX,
             tokens: MM_FAST_TOKENS,
-            rows: kind.rows(),
+            rows: MM_FAST_ROWS,
             kernel,
             own: Some((bg, x.clone())),
         };
