@@ -131,6 +131,15 @@ fn split_span() -> vec2<u32> {
     return vec2<u32>(first, max((len + p.splits - 1u) / p.splits, MIN_CHUNK));
 }
 
+// Output dimension d of position c + t's value (vb: its offset at c);
+// with `fresh`, the step's own position is v_new's (not yet in the cache).
+fn v_at(vb: u32, c: u32, t: u32, fresh: bool, d: u32) -> f32 {
+    if (fresh && c + t == step.pos) {
+        return v_new[d];
+    }
+    return v_cache[vb + t * p.kv_stride];
+}
+
 // Split s of head h's attention (its query in q_head) over positions ..=
 // step.pos into `part`; with `fresh`, the last position's key and value are
 // k_new and v_new.
@@ -165,10 +174,27 @@ fn attend(h: u32, s: u32, lid: u32, fresh: bool) {
                     a = fma(q_head[i], kv, a);
                 }
             } else {
+                // Four vectors a pass into four sums: their loads issue
+                // together instead of one cache round trip at a time.
                 let kb = (j * p.kv_stride + ko) >> 2u;
-                for (var i = 0u; i < n4; i++) {
+                var a1 = vec4<f32>(0.0);
+                var a2 = vec4<f32>(0.0);
+                var a3 = vec4<f32>(0.0);
+                var i = 0u;
+                for (; i + 4u <= n4; i += 4u) {
+                    let k0 = k_cache[kb + i];
+                    let k1 = k_cache[kb + i + 1u];
+                    let k2 = k_cache[kb + i + 2u];
+                    let k3 = k_cache[kb + i + 3u];
+                    a = fma(q_head[i], k0, a);
+                    a1 = fma(q_head[i + 1u], k1, a1);
+                    a2 = fma(q_head[i + 2u], k2, a2);
+                    a3 = fma(q_head[i + 3u], k3, a3);
+                }
+                for (; i < n4; i++) {
                     a = fma(q_head[i], k_cache[kb + i], a);
                 }
+                a = (a + a1) + (a2 + a3);
             }
             sc = (a.x + a.y) + (a.z + a.w);
             if (p.softcap != 0.0) {
@@ -187,18 +213,29 @@ fn attend(h: u32, s: u32, lid: u32, fresh: bool) {
         // probs is visible: wg_sum's barriers follow its writes.
         if (sl < slices) {
             let cnt = min(WG, last - c);
-            var a = 0.0;
             let vb = c * p.kv_stride + ko + d;
-            for (var t = sl; t < cnt; t += slices) {
-                var v: f32;
-                if (fresh && c + t == step.pos) {
-                    v = v_new[d];
-                } else {
-                    v = v_cache[vb + t * p.kv_stride];
-                }
-                a = fma(probs[t], v, a);
+            // Four positions a pass into four sums, their loads first (one
+            // position at a time waited out the cache at every step: this
+            // loop walks up to WG / slices positions).
+            var a0 = 0.0;
+            var a1 = 0.0;
+            var a2 = 0.0;
+            var a3 = 0.0;
+            var t = sl;
+            for (; t + 3u * slices < cnt; t += 4u * slices) {
+                let v0 = v_at(vb, c, t, fresh, d);
+                let v1 = v_at(vb, c, t + slices, fresh, d);
+                let v2 = v_at(vb, c, t + 2u * slices, fresh, d);
+                let v3 = v_at(vb, c, t + 3u * slices, fresh, d);
+                a0 = fma(probs[t], v0, a0);
+                a1 = fma(probs[t + slices], v1, a1);
+                a2 = fma(probs[t + 2u * slices], v2, a2);
+                a3 = fma(probs[t + 3u * slices], v3, a3);
             }
-            acc = acc * corr + a;
+            for (; t < cnt; t += slices) {
+                a0 = fma(probs[t], v_at(vb, c, t, fresh, d), a0);
+            }
+            acc = acc * corr + ((a0 + a1) + (a2 + a3));
         }
         m = m_new;
         workgroupBarrier();
