@@ -457,9 +457,11 @@ pub(crate) enum Kernel {
     Matmul(GgmlType),
     /// Row lookup of a `ty` matrix.
     GetRows(GgmlType),
-    /// RMSNorm, its output rounded to an activation type (or not); `true`:
-    /// written in the packed layout the exact products read.
-    RmsNorm(Option<(GgmlType, bool)>),
+    /// RMSNorm, its output rounded to an activation type (or not; `true`:
+    /// written in the packed layout the exact products read), with ggml's
+    /// f64 sum and correctly rounded scale (`false`) or the fast mode's f32
+    /// (`true`, norm.wgsl's `FAST`).
+    RmsNorm(Option<(GgmlType, bool)>, bool),
     /// RoPE.
     Rope,
     /// Attention.
@@ -554,7 +556,7 @@ impl Kernel {
             Kernel::Matvec(_) | Kernel::Matmul(_) | Kernel::GetRows(_) | Kernel::Qdot(..) => {
                 Shader::Quant
             }
-            Kernel::RmsNorm(_) => Shader::Norm,
+            Kernel::RmsNorm(..) => Shader::Norm,
             Kernel::Rope => Shader::Rope,
             Kernel::Attention => Shader::Attention,
             Kernel::Add | Kernel::Swiglu(_) | Kernel::Argmax => Shader::Elementwise,
@@ -583,7 +585,7 @@ impl Kernel {
             Kernel::Matmul(GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) => "fmatmul",
             Kernel::Matmul(_) => "matmul",
             Kernel::GetRows(_) => "get_rows",
-            Kernel::RmsNorm(_) => "rms_norm",
+            Kernel::RmsNorm(..) => "rms_norm",
             Kernel::Rope => "rope",
             Kernel::Attention => "attention",
             Kernel::Add => "add",
@@ -676,9 +678,14 @@ impl Kernel {
                 ("ORDER", f64::from(order)),
                 ("QDOT_TOKENS", f64::from(tokens)),
             ],
-            Kernel::Swiglu(t) | Kernel::RmsNorm(t) => vec![
+            Kernel::Swiglu(t) => vec![
                 ("ACT", f64::from(t.map_or(0, |t| t.0.id()))),
                 ("PACKED", f64::from(u8::from(t.is_some_and(|t| t.1)))),
+            ],
+            Kernel::RmsNorm(t, fast) => vec![
+                ("ACT", f64::from(t.map_or(0, |t| t.0.id()))),
+                ("PACKED", f64::from(u8::from(t.is_some_and(|t| t.1)))),
+                ("FAST", f64::from(u8::from(fast))),
             ],
             _ => Vec::new(),
         }

@@ -349,6 +349,10 @@ pub(crate) enum Grid {
     /// kernels of small batches read (larger ones take [`Kernel::MmFast`]
     /// over the float activations).
     SmallBatch([u32; 2], u32),
+    /// As `PerToken`, for batches of at least the given number of tokens
+    /// only (the fast mode's f32 norms, which those batches run instead of
+    /// the exact ones that smaller batches keep).
+    LargeBatch([u32; 2], u32),
     /// `[ceil(n_tokens / tile), y, 1]` for batches of `min_tokens` or more
     /// only (the fast mode's batch attention, [`Kernel::AttentionFlash`]).
     TokenTiles { tile: u32, y: u32, min_tokens: u32 },
@@ -431,6 +435,7 @@ impl Op {
         match self.grid {
             Grid::BatchOnly(_) => n_tokens > 1,
             Grid::SmallBatch(_, limit) => n_tokens < limit,
+            Grid::LargeBatch(_, limit) => n_tokens >= limit,
             Grid::TokenTiles { min_tokens, .. } => n_tokens >= min_tokens,
             Grid::Context(_, max_kv, short) => (n_kv <= max_kv) == short,
             _ => true,
@@ -441,6 +446,14 @@ impl Op {
     pub fn small_batches_only(mut self, limit: u32) -> Op {
         if let Grid::PerToken(g) = self.grid {
             self.grid = Grid::SmallBatch(g, limit);
+        }
+        self
+    }
+
+    /// Only for batches of `limit` tokens or more ([`Grid::LargeBatch`]).
+    pub fn large_batches_only(mut self, limit: u32) -> Op {
+        if let Grid::PerToken(g) = self.grid {
+            self.grid = Grid::LargeBatch(g, limit);
         }
         self
     }
@@ -458,6 +471,8 @@ impl Op {
             Grid::BatchOnly([x, y]) => (&self.pipeline, [x, y, n_tokens]),
             Grid::SmallBatch(_, limit) if n_tokens >= limit => return,
             Grid::SmallBatch([x, y], _) => (&self.pipeline, [x, y, n_tokens]),
+            Grid::LargeBatch(_, limit) if n_tokens < limit => return,
+            Grid::LargeBatch([x, y], _) => (&self.pipeline, [x, y, n_tokens]),
             Grid::TokenTiles { min_tokens, .. } if n_tokens < min_tokens => return,
             Grid::TokenTiles { tile, y, .. } => (&self.pipeline, [n_tokens.div_ceil(tile), y, 1]),
             Grid::Fixed(g) => (&self.pipeline, g),
@@ -919,6 +934,21 @@ impl OpBuilder<'_> {
         )
     }
 
+    /// `op`, an [`OpBuilder::rms_norm`] with rounding `act`, through the
+    /// fast mode's kernel (norm.wgsl's `FAST`: f32 sums in the GPU's order):
+    /// the same bindings, parameters and grid.
+    pub fn fast_norm(&self, op: &Op, act: Option<(GgmlType, bool)>) -> Op {
+        Op {
+            label: op.label,
+            pipeline: self.ctx.pipeline(Kernel::RmsNorm(act, true)),
+            pipeline_mm: None,
+            variants: Vec::new(),
+            bind_group: op.bind_group.clone(),
+            grid: op.grid,
+            _params: op._params.clone(),
+        }
+    }
+
     /// [`OpBuilder::rms_norm`] of rows `row0 ..` (the op's tokens count
     /// them), for calls over more rows than one dispatch's z dimension holds.
     #[allow(clippy::too_many_arguments)]
@@ -954,7 +984,7 @@ impl OpBuilder<'_> {
         };
         self.kernel_op(
             "rms_norm",
-            Kernel::RmsNorm(act),
+            Kernel::RmsNorm(act, false),
             &params,
             [x, weight, y],
             None,

@@ -517,6 +517,25 @@ impl<'a> Lowering<'a> {
         }
     }
 
+    /// Pushes `op`, an exact RMSNorm rounding for `act`: as it is in the
+    /// exact mode; through the f32 kernel ([`OpBuilder::fast_norm`]) in the
+    /// fast mode's step; in its batches, the f32 kernel for batches of
+    /// [`FAST_MM_MIN_TOKENS`] or more and the exact one for smaller batches,
+    /// whose exact products then give the exact mode's bits.
+    fn push_norm(&self, ob: &OpBuilder<'_>, ops: &mut Vec<Op>, op: Op, act: Option<ActKey>) {
+        if self.fast {
+            ops.push(ob.fast_norm(&op, act));
+        } else if self.fast_batch && matches!(op.grid, Grid::PerToken(_)) {
+            let large = ob
+                .fast_norm(&op, act)
+                .large_batches_only(FAST_MM_MIN_TOKENS);
+            ops.push(op.small_batches_only(FAST_MM_MIN_TOKENS));
+            ops.push(large);
+        } else {
+            ops.push(op);
+        }
+    }
+
     /// Whether the device has 32-wide subgroups (the exact single-token
     /// kernels of quant_tg.wgsl).
     fn sg32(&self) -> bool {
@@ -903,7 +922,7 @@ impl<'a> Lowering<'a> {
                         Some(k) if packed => self.act_buffer(k),
                         _ => self.buf(&y).clone(),
                     };
-                    ops.push(ob.rms_norm(
+                    let op = ob.rms_norm(
                         self.buf(&xl),
                         width,
                         &wb,
@@ -914,7 +933,8 @@ impl<'a> Lowering<'a> {
                         false,
                         fa,
                         self.corr_base,
-                    ));
+                    );
+                    self.push_norm(ob, ops, op, fa);
                     self.mark_rounded(i, fa);
                 } else {
                     let heads = width / group.max(1);
@@ -931,7 +951,7 @@ impl<'a> Lowering<'a> {
                         0,
                     );
                     op.grid = Grid::PerTokenTimes([group.div_ceil(256), 1], heads);
-                    ops.push(op);
+                    self.push_norm(ob, ops, op, None);
                 }
                 y
             }
