@@ -345,8 +345,10 @@ pub fn wide_fits(ty: GgmlType, row_bytes: u32) -> bool {
 /// H100 (TinyLlama-1.1B Q4_K_M, 2026-12-07) they decoded at 582 t/s with a
 /// read-back per token against `fmv_wide`'s 461, although the step took
 /// 233 dispatches instead of 154 (the norms, SwiGLU and the attention's
-/// output are rounded in dispatches of their own): `fmv_wide`'s Q4_K
-/// gate/up product took 31.7 µs a dispatch, `q4k_tg`'s 17.3. Q8_0 stays on
+/// output rounded in dispatches of their own): `fmv_wide`'s Q4_K gate/up
+/// product took 31.7 µs a dispatch, `q4k_tg`'s 17.3. (The program keeps
+/// them only where the input's producer rounds it: `GpuProgram`'s
+/// `float_product`.) Q8_0 stays on
 /// `fmv_wide` (its exact kernel decoded at 427 t/s against 506), as do the
 /// formats without such a kernel. `STRATA_FAST_PRODUCTS=float` makes every
 /// product take the float kernels, for measurements.

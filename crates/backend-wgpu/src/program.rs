@@ -536,10 +536,23 @@ impl<'a> Lowering<'a> {
         }
     }
 
-    /// Whether the device has 32-wide subgroups (the exact single-token
-    /// kernels of quant_tg.wgsl).
-    fn sg32(&self) -> bool {
-        self.ctx.caps().subgroup32
+    /// Whether the fast step multiplies `w`, reading node `x`, on float
+    /// activations: [`fast_product`] on this device, except that a type whose
+    /// exact single-token kernels are kept
+    /// ([`crate::kernels::fast_keeps_exact`]) keeps them only where `x`'s
+    /// producer rounds the activations for them as it writes them (a norm
+    /// or SwiGLU). Any other input (an attention's output) would take a
+    /// dispatch of its own to round: on an H100 (TinyLlama Q4_K_M) that
+    /// rounding took 10.2 µs and the exact attn_output product 11.4,
+    /// `fmv_wide`'s 17.3.
+    fn float_product(&self, w: &GpuMatrix, x: NodeId) -> bool {
+        let sg32 = self.ctx.caps().subgroup32;
+        if crate::kernels::fast_keeps_exact(w.ty, sg32)
+            && !matches!(self.g.node(x).op, GOp::RmsNorm { .. } | GOp::Swiglu { .. })
+        {
+            return fast_product(w, false);
+        }
+        fast_product(w, sg32)
     }
 
     /// Whether the fast step can leave node `i` (a norm or SwiGLU) to the
@@ -551,7 +564,7 @@ impl<'a> Lowering<'a> {
             && !cons.is_empty()
             && cons.iter().all(|c| {
                 matches!(self.g.node(*c).op, GOp::MatMul { x, w, .. }
-                    if x.0 == i && matrix(self.weights, w).is_ok_and(|m| m.k % 4 == 0 && fast_product(m, self.sg32())))
+                    if x.0 == i && matrix(self.weights, w).is_ok_and(|m| m.k % 4 == 0 && self.float_product(m, x)))
             })
     }
 
@@ -562,8 +575,8 @@ impl<'a> Lowering<'a> {
         self.plan.consumers[i]
             .iter()
             .all(|c| match self.g.node(*c).op {
-                GOp::MatMul { w, .. } => {
-                    matrix(self.weights, w).is_ok_and(|m| !fast_product(m, self.sg32()))
+                GOp::MatMul { x, w, .. } => {
+                    matrix(self.weights, w).is_ok_and(|m| !self.float_product(m, x))
                 }
                 _ => true,
             })
@@ -959,7 +972,7 @@ impl<'a> Lowering<'a> {
                 let m = matrix(self.weights, *w)?;
                 self.weight_bytes += m.n_bytes();
                 let lbl = weight_label(g, *w);
-                let fast_in = if self.fast && fast_product(m, self.sg32()) {
+                let fast_in = if self.fast && self.float_product(m, *x) {
                     Some(self.fast_input(ob, ops, *x, i))
                 } else {
                     None
