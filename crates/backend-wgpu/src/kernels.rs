@@ -287,9 +287,11 @@ impl Shader {
             ],
             // q, k_cache, v_cache, out, params, step
             // as Attention (the caches writable), then the cos/sin table,
-            // attn_rope_decode's RopeFuse and the per-split results
+            // attn_rope_decode's RopeFuse, the per-split results and
+            // attn_rope_decode's per-head norm weights
             Shader::AttentionFast => &[
                 Read, ReadWrite, ReadWrite, ReadWrite, Uniform, Uniform, Read, Uniform, ReadWrite,
+                Read,
             ],
             Shader::Attention | Shader::AttentionSg | Shader::AttentionFlash => {
                 &[Read, Read, Read, ReadWrite, Uniform, Uniform]

@@ -1069,10 +1069,13 @@ impl OpBuilder<'_> {
         }
         params.splits = attention_splits(params.n_head);
         let pb = self.ctx.uniform("attention", bytemuck::bytes_of(&params));
-        // attn_rope_decode's table and RopeFuse, unread by attn_decode.
+        // attn_rope_decode's table, RopeFuse and norm weights, unread by
+        // attn_decode.
         let bind_group = self.bind(
             Kernel::AttentionFast,
-            &[q, k_cache, v_cache, out, &pb, self.step, q, &pb, partials],
+            &[
+                q, k_cache, v_cache, out, &pb, self.step, q, &pb, partials, q,
+            ],
         );
         self.split_attention(Kernel::AttentionFast, bind_group, pb, &params)
     }
@@ -1141,8 +1144,11 @@ impl OpBuilder<'_> {
     /// inside (`attn_rope_decode`): the token's query, key and value are
     /// read from `qkv` (a stacked projection's output) as `rope` says, the
     /// query and key rotated with `table`, the key and value stored in the
-    /// caches at the step's position. Only where [`fast_attention_fits`].
-    /// The split op and its combining op, as [`OpBuilder::attention`].
+    /// caches at the step's position (the query and key first normed per
+    /// head with the weights in `norm` where `rope.qk_norm` says; the value
+    /// read from the cache where `rope.v_cached`). Only where
+    /// [`fast_attention_fits`]. The split op and its combining op, as
+    /// [`OpBuilder::attention`].
     #[allow(clippy::too_many_arguments)]
     pub fn attention_rope(
         &self,
@@ -1153,6 +1159,7 @@ impl OpBuilder<'_> {
         mut params: AttnParams,
         table: &wgpu::Buffer,
         rope: RopeFuse,
+        norm: &wgpu::Buffer,
         partials: &wgpu::Buffer,
     ) -> Vec<Op> {
         params.splits = attention_splits(params.n_head);
@@ -1164,7 +1171,7 @@ impl OpBuilder<'_> {
         let bind_group = self.bind(
             kernel,
             &[
-                qkv, k_cache, v_cache, out, &pb, self.step, table, &rb, partials,
+                qkv, k_cache, v_cache, out, &pb, self.step, table, &rb, partials, norm,
             ],
         );
         self.split_attention(kernel, bind_group, pb, &params)
@@ -1519,5 +1526,13 @@ pub(crate) struct RopeFuse {
     pub neox: u32,
     /// 1: the caches hold f16-rounded values.
     pub cache_f16: u32,
+    /// Bit 0: an RMSNorm of each query head before RoPE, bit 1: of each
+    /// key head (their weights bound as `norm`).
+    pub qk_norm: u32,
+    /// 1: the value's own product wrote it into the cache (`v_base` unused).
+    pub v_cached: u32,
+    /// The query norm's and the key norm's epsilon.
+    pub q_eps: f32,
+    pub k_eps: f32,
     pub pad: [u32; 2],
 }

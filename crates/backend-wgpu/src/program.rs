@@ -177,8 +177,157 @@ struct Plan {
     fused_act: Vec<Option<ActKey>>,
     /// Value products writing straight into the KV cache of this attention.
     v_direct: Vec<Option<NodeId>>,
+    /// Attentions the fast step computes from their stacked projection
+    /// with `attn_rope_decode` (norms, RoPE, query scale and cache writes
+    /// inside), found from the graph's shape alone so that the nodes on the
+    /// way can be left out before the attention is reached.
+    fast_attn: Vec<Option<FastAttn>>,
+    /// Nodes the fast step leaves to the attention of `fast_attn` reading them.
+    fast_skip: Vec<bool>,
     /// The first output-row selection (where the tails start).
     tail_start: usize,
+}
+
+/// The query's or key's way from a stacked projection to an attention:
+/// a per-head RMSNorm (or none), RoPE, a scale (or none), each read only by
+/// the next.
+#[derive(Clone, Debug)]
+struct QkChain {
+    /// The slice of the stacked projection it starts from.
+    src: NodeId,
+    /// The rotation and its frequency factors.
+    rope: TcRope,
+    factors: Option<WeightId>,
+    /// The per-head norm's weight (`head_dim` values) and epsilon.
+    norm: Option<(WeightId, f32)>,
+    /// The factor after RoPE (1: none).
+    scale: f32,
+    /// The chain's nodes (the norm, RoPE, the scale).
+    members: Vec<NodeId>,
+}
+
+/// An attention of [`Plan::fast_attn`]: query and key chains from slices of
+/// one stacked product, and the value a slice of it too, or (`None`) one
+/// its own product writes into the cache ([`Plan::v_direct`]).
+#[derive(Clone, Debug)]
+struct FastAttn {
+    q: QkChain,
+    k: QkChain,
+    v: Option<NodeId>,
+}
+
+/// The chain from `x` (an attention's query or key input) back to a slice,
+/// if it is one of [`QkChain`]'s shape (heads of `head_dim`).
+fn qk_chain(g: &Graph, consumers: &[Vec<NodeId>], x: NodeId, head_dim: usize) -> Option<QkChain> {
+    let only_into = |n: NodeId, c: NodeId| consumers[n.0] == [c];
+    let attn = *consumers[x.0].first()?;
+    let (mut cur, mut next) = (x, attn);
+    let mut members = Vec::new();
+    let mut scale = 1.0;
+    if let GOp::Scale { x: inner, s } = g.node(cur).op {
+        if !only_into(cur, next) || !s.is_normal() {
+            return None;
+        }
+        scale = s;
+        members.push(cur);
+        (next, cur) = (cur, inner);
+    }
+    let GOp::Rope {
+        x: inner,
+        params,
+        factors,
+        ..
+    } = g.node(cur).op
+    else {
+        return None;
+    };
+    if !only_into(cur, next) || params.head_dim != head_dim {
+        return None;
+    }
+    members.push(cur);
+    (next, cur) = (cur, inner);
+    let mut norm = None;
+    if let GOp::RmsNorm {
+        x: inner,
+        weight,
+        eps,
+    } = g.node(cur).op
+    {
+        if !only_into(cur, next) || g.weights[weight.0].shape.first() != Some(&head_dim) {
+            return None;
+        }
+        norm = Some((weight, eps));
+        members.push(cur);
+        cur = inner;
+    }
+    matches!(g.node(cur).op, GOp::Slice { .. }).then_some(QkChain {
+        src: cur,
+        rope: params,
+        factors,
+        norm,
+        scale,
+        members,
+    })
+}
+
+/// [`Plan::fast_attn`]: attentions whose query and key chains start from
+/// one stacked product, with one rotation and the key unscaled, heads
+/// `attn_fast.wgsl` takes, and the value beside them or written by its
+/// product into the cache.
+fn fast_attentions(
+    g: &Graph,
+    consumers: &[Vec<NodeId>],
+    v_direct: &[Option<NodeId>],
+) -> Vec<Option<FastAttn>> {
+    let stack_of = |x: NodeId| match g.node(x).op {
+        GOp::Slice { x, .. } => Some(x),
+        _ => None,
+    };
+    let mut out = vec![None; g.nodes.len()];
+    for (i, node) in g.nodes.iter().enumerate() {
+        let GOp::Attention {
+            q,
+            k,
+            v,
+            params,
+            sinks: None,
+            ..
+        } = &node.op
+        else {
+            continue;
+        };
+        let fits = fast_attention_fits(&AttnParams {
+            head_dim: params.head_dim as u32,
+            ..Default::default()
+        });
+        if !fits || q == k {
+            continue;
+        }
+        let (Some(cq), Some(ck)) = (
+            qk_chain(g, consumers, *q, params.head_dim),
+            qk_chain(g, consumers, *k, params.head_dim),
+        ) else {
+            continue;
+        };
+        let stack = stack_of(cq.src);
+        if stack.is_none()
+            || stack_of(ck.src) != stack
+            || cq.rope != ck.rope
+            || cq.factors != ck.factors
+            || ck.scale != 1.0
+        {
+            continue;
+        }
+        let v = if stack_of(*v) == stack {
+            Some(*v)
+        } else if v_direct[v.0] == Some(NodeId(i)) {
+            None
+        } else {
+            continue;
+        };
+        out[i] = Some(FastAttn { q: cq, k: ck, v });
+    }
+    out
 }
 
 /// Whether the fast step multiplies `w` on float activations (fast.wgsl's
@@ -248,7 +397,16 @@ impl Plan {
                 }
             }
         }
-        // Where each node is read, with deferred ropes read at their attention.
+        let fast_attn = fast_attentions(g, &consumers, &v_direct);
+        // The fast step reads these at their attention.
+        let mut fast_at = vec![None; n];
+        for (a, fa) in fast_attn.iter().enumerate() {
+            for m in fast_attn_members(fa) {
+                fast_at[m.0] = Some(a);
+            }
+        }
+        // Where each node is read, with deferred ropes (and the fast step's
+        // nodes left to an attention) read at their attention.
         let mut last_use: Vec<usize> = (0..n).collect();
         for (i, node) in g.nodes.iter().enumerate() {
             let at = if deferred[i] {
@@ -256,6 +414,7 @@ impl Plan {
             } else {
                 i
             };
+            let at = fast_at[i].map_or(at, |a| at.max(a));
             for x in node.op.inputs() {
                 last_use[x.0] = last_use[x.0].max(at);
             }
@@ -340,9 +499,17 @@ impl Plan {
             accum_add,
             fused_act,
             v_direct,
+            fast_skip: fast_at.iter().map(Option::is_some).collect(),
+            fast_attn,
             tail_start,
         })
     }
+}
+
+/// The nodes a [`FastAttn`] leaves out (none for `None`).
+fn fast_attn_members(fa: &Option<FastAttn>) -> impl Iterator<Item = NodeId> + '_ {
+    fa.iter()
+        .flat_map(|fa| fa.q.members.iter().chain(&fa.k.members).copied())
 }
 
 /// The state of lowering: buffers, their users, and what the rounded
@@ -393,6 +560,9 @@ struct Lowering<'a> {
     /// Each mixture-of-experts node's stacked weights (made once, shared
     /// by the body, the tails and the fast step).
     moe: HashMap<usize, MoeWeights>,
+    /// Buffers made for ops (the fast attention's norm weights), kept with
+    /// the program.
+    extra: Vec<wgpu::Buffer>,
 }
 
 /// A mixture of experts' weights as `moe.wgsl` reads them.
@@ -509,6 +679,7 @@ impl<'a> Lowering<'a> {
             fast_batch: false,
             virt: vec![None; n],
             moe: HashMap::new(),
+            extra: Vec::new(),
         }
     }
 
@@ -778,7 +949,7 @@ impl<'a> Lowering<'a> {
         let node = &g.nodes[i];
         let width = node.width as u32;
         let plan = self.plan;
-        if plan.deferred[i] {
+        if plan.deferred[i] || (self.fast && plan.fast_skip[i]) {
             return Ok(());
         }
         let is_output = i == g.output.0;
@@ -1348,6 +1519,101 @@ impl<'a> Lowering<'a> {
         }
     }
 
+    /// The kernels' parameters of an attention (`splits` set by the op builder).
+    fn attn_params(&self, params: &tensor_core::AttentionParams) -> AttnParams {
+        let qw = (params.n_head * params.head_dim) as u32;
+        AttnParams {
+            n_head: params.n_head as u32,
+            n_kv_head: params.n_head_kv as u32,
+            head_dim: params.head_dim as u32,
+            q_stride: qw,
+            kv_stride: (params.n_head_kv * params.head_dim) as u32,
+            out_stride: qw,
+            scale: params.scale,
+            kv_f16: self.kv_f16 as u32,
+            window: params
+                .window
+                .map_or(0, |w| w.clamp(1, u32::MAX as usize) as u32),
+            softcap: params.softcap.unwrap_or(0.0),
+            inv_cap: params.softcap.map_or(0.0, |c| 1.0 / c),
+            splits: 1,
+        }
+    }
+
+    /// The fast step's attention node `i` of [`Plan::fast_attn`]: the
+    /// query's and key's norms, RoPE and the cache writes inside
+    /// `attn_rope_decode`, which reads them from the stacked product; the
+    /// query's scale applied to its scores instead (K·(sQ) = s(K·Q): the
+    /// scale times s, or before a soft-cap its 1/cap).
+    fn fast_attention(
+        &mut self,
+        i: usize,
+        fa: &FastAttn,
+        layer: usize,
+        params: &tensor_core::AttentionParams,
+        ob: &OpBuilder<'_>,
+        ops: &mut Vec<Op>,
+    ) -> Result<Loc> {
+        let hd = params.head_dim;
+        let qw = (params.n_head * hd) as u32;
+        let kvw = (params.n_head_kv * hd) as u32;
+        let (kc, vc) = self.cache(layer, kvw)?;
+        let mut attn_params = self.attn_params(params);
+        if attn_params.softcap != 0.0 {
+            attn_params.inv_cap *= fa.q.scale;
+        } else {
+            attn_params.scale *= fa.q.scale;
+        }
+        let (lq, lk) = (self.loc(fa.q.src), self.loc(fa.k.src));
+        let table = self.rope_table(&fa.q.rope, fa.q.factors)?;
+        // The norms' weights, the query's then the key's.
+        let mut weights = vec![1f32; 2 * hd];
+        let mut qk_norm = 0;
+        let mut eps = [0f32; 2];
+        for (bit, chain) in [&fa.q, &fa.k].into_iter().enumerate() {
+            if let Some((w, e)) = chain.norm {
+                weights[bit * hd..(bit + 1) * hd].copy_from_slice(vector(self.weights, w)?.1);
+                qk_norm |= 1 << bit;
+                eps[bit] = e;
+            }
+        }
+        let norm = match qk_norm {
+            0 => self.dummy.clone(),
+            _ => {
+                let b = self.ctx.upload("qk_norm", bytemuck::cast_slice(&weights));
+                self.extra.push(b.clone());
+                b
+            }
+        };
+        let rope = RopeFuse {
+            q_base: lq.base,
+            k_base: lk.base,
+            v_base: fa.v.map_or(0, |v| self.loc(v).base),
+            n_dims: fa.q.rope.n_dims as u32,
+            neox: (fa.q.rope.mode == RopeMode::Neox) as u32,
+            cache_f16: self.kv_f16 as u32,
+            qk_norm,
+            v_cached: fa.v.is_none() as u32,
+            q_eps: eps[0],
+            k_eps: eps[1],
+            pad: [0; 2],
+        };
+        let out = self.fresh(i, qw as usize);
+        let partials = self.partials(attention_partials_bytes(&attn_params));
+        ops.extend(ob.attention_rope(
+            self.buf(&lq),
+            &kc,
+            &vc,
+            self.buf(&out),
+            attn_params,
+            &table,
+            rope,
+            &norm,
+            &partials,
+        ));
+        Ok(out)
+    }
+
     /// Stores the keys and values of attention node `i` in its cache
     /// (rotating deferred RoPE nodes on the way) and attends.
     fn attention(
@@ -1361,6 +1627,9 @@ impl<'a> Lowering<'a> {
     ) -> Result<Loc> {
         let g = self.g;
         let plan = self.plan;
+        if let (true, Some(fa)) = (self.fast, &plan.fast_attn[i]) {
+            return self.fast_attention(i, fa, layer, params, ob, ops);
+        }
         let qw = (params.n_head * params.head_dim) as u32;
         let kvw = (params.n_head_kv * params.head_dim) as u32;
         let (kc, vc) = self.cache(layer, kvw)?;
@@ -1376,22 +1645,7 @@ impl<'a> Lowering<'a> {
         };
         let (rq, rk) = (rope_of(q), rope_of(k));
         let v_stored = plan.v_direct[v.0] == Some(NodeId(i));
-        let attn_params = AttnParams {
-            n_head: params.n_head as u32,
-            n_kv_head: params.n_head_kv as u32,
-            head_dim: params.head_dim as u32,
-            q_stride: qw,
-            kv_stride: kvw,
-            out_stride: qw,
-            scale: params.scale,
-            kv_f16: self.kv_f16 as u32,
-            window: params
-                .window
-                .map_or(0, |w| w.clamp(1, u32::MAX as usize) as u32),
-            softcap: params.softcap.unwrap_or(0.0),
-            inv_cap: params.softcap.map_or(0.0, |c| 1.0 / c),
-            splits: 1,
-        };
+        let attn_params = self.attn_params(params);
         let q_loc = Loc {
             buf: self.take(self.node_bytes(qw as usize), i),
             base: 0,
@@ -1414,31 +1668,6 @@ impl<'a> Lowering<'a> {
                 let v_in = lv
                     .as_ref()
                     .is_some_and(|lv| lv.buf == lq.buf && lv.base == lk.base + kvw);
-                // The fast step: RoPE and the cache writes inside attention.
-                if self.fast && v_in && fast_attention_fits(&attn_params) {
-                    let out = self.fresh(i, qw as usize);
-                    let rope = RopeFuse {
-                        q_base: lq.base,
-                        k_base: lk.base,
-                        v_base: lk.base + kvw,
-                        n_dims: pq.n_dims as u32,
-                        neox: (pq.mode == RopeMode::Neox) as u32,
-                        cache_f16: self.kv_f16 as u32,
-                        pad: [0; 2],
-                    };
-                    let partials = self.partials(attention_partials_bytes(&attn_params));
-                    ops.extend(ob.attention_rope(
-                        self.buf(&lq),
-                        &kc,
-                        &vc,
-                        self.buf(&out),
-                        attn_params,
-                        &table,
-                        rope,
-                        &partials,
-                    ));
-                    return Ok(out);
-                }
                 let mut p = rope_params(&pq, hq, &lq, qw, 0);
                 p.n_heads2 = hk;
                 p.y2_stride = kvw;
@@ -1812,6 +2041,7 @@ impl GpuProgram {
             decode_pool.extend(ld.pool.iter().map(|p| p.0.clone()));
             decode_pool.extend(ld.tables.iter().map(|t| t.2.clone()));
             decode_pool.extend(ld.gelu.clone());
+            decode_pool.extend(ld.extra.iter().cloned());
             decode = Some(ops);
         }
         let argmax = ob.argmax(&logits, n_vocab, n_vocab, 1, &ids, &dummy, &dummy_rw);
