@@ -482,7 +482,7 @@ pub(crate) enum Kernel {
     /// Each row of y times its factor (`scale.wgsl`).
     ScaleRows,
     /// The fast mode's single-token product of a `ty` matrix (`fast.wgsl`'s
-    /// `fmv`) with prologue 0 (x), 1 (RMSNorm) or 2 (SwiGLU).
+    /// `fmv`) with prologue 0 (x), 1 (RMSNorm), 2 (SwiGLU) or 3 (GeGLU).
     Fmv(GgmlType, u32),
     /// The same through 16-byte loads (`fast_wide.wgsl`'s `fmv_wide`:
     /// Q4_K, Q5_K, F16, Q8_0, Q6_K; [`wide_fits`]), [`wide_rows`] rows a

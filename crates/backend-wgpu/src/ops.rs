@@ -194,6 +194,12 @@ pub(crate) struct ScaleParams {
     pub s: f32,
     /// `softcap`: 1/cap.
     pub inv: f32,
+    /// `geglu` over rows (`n` = 0): row z of a at `a_base + z·a_stride`,
+    /// of b at `b_base + z·b_stride`.
+    pub a_base: u32,
+    pub a_stride: u32,
+    pub b_base: u32,
+    pub b_stride: u32,
 }
 
 /// One row range of a weight matrix, in one buffer.
@@ -797,6 +803,12 @@ impl OpBuilder<'_> {
                 up,
                 up_base,
             } => (2, gate, gate_base, up, up_base, 0.0),
+            Prologue::Geglu {
+                gate,
+                gate_base,
+                up,
+                up_base,
+            } => (3, gate, gate_base, up, up_base, 0.0),
         };
         let wide = crate::kernels::wide_fits(w.ty, w.row_bytes);
         w.parts
@@ -1485,6 +1497,13 @@ pub(crate) enum Prologue<'b> {
     },
     /// silu(gate)·up.
     Swiglu {
+        gate: &'b wgpu::Buffer,
+        gate_base: u32,
+        up: &'b wgpu::Buffer,
+        up_base: u32,
+    },
+    /// gelu(gate)·up (ggml's tanh form).
+    Geglu {
         gate: &'b wgpu::Buffer,
         gate_base: u32,
         up: &'b wgpu::Buffer,

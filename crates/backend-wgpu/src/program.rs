@@ -86,6 +86,8 @@ enum Virtual {
     },
     /// silu(gate)·up.
     Swiglu { gate: Loc, up: Loc },
+    /// gelu(gate)·up.
+    Geglu { gate: Loc, up: Loc },
 }
 
 /// An interned op label (a short name for profiles: `attn_output`, `rope`).
@@ -990,7 +992,7 @@ impl<'a> Lowering<'a> {
                     n: 0,
                     width,
                     s: *s,
-                    inv: 0.0,
+                    ..Default::default()
                 };
                 let d = &self.dummy;
                 ops.push(row_op(
@@ -1006,6 +1008,7 @@ impl<'a> Lowering<'a> {
                     width,
                     s: *cap,
                     inv: 1.0 / *cap,
+                    ..Default::default()
                 };
                 let d = &self.dummy;
                 ops.push(row_op(
@@ -1015,13 +1018,23 @@ impl<'a> Lowering<'a> {
                 y
             }
             GOp::Geglu { gate, up } => {
-                let a = self.contiguous(ob, ops, *gate, i);
-                let b = self.contiguous(ob, ops, *up, i);
+                let (a, b) = (self.loc(*gate), self.loc(*up));
+                if self.can_virtualize(i) && a.base % 4 == 0 && b.base % 4 == 0 {
+                    self.alias(i, &b);
+                    let l = self.alias(i, &a);
+                    self.virt[i] = Some(Virtual::Geglu { gate: a, up: b });
+                    self.loc[i] = Some(l);
+                    return Ok(());
+                }
                 let y = out_loc(self);
                 let table = self.gelu_table();
                 let p = ScaleParams {
                     n: 0,
                     width,
+                    a_base: a.base,
+                    a_stride: a.stride,
+                    b_base: b.base,
+                    b_stride: b.stride,
                     ..Default::default()
                 };
                 let op = ob.scale_op(
@@ -1155,6 +1168,12 @@ impl<'a> Lowering<'a> {
                                 eps: *eps,
                             },
                             Virtual::Swiglu { gate, up } => Prologue::Swiglu {
+                                gate: self.buf(gate),
+                                gate_base: gate.base,
+                                up: self.buf(up),
+                                up_base: up.base,
+                            },
+                            Virtual::Geglu { gate, up } => Prologue::Geglu {
                                 gate: self.buf(gate),
                                 gate_base: gate.base,
                                 up: self.buf(up),

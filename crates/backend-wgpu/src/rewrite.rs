@@ -8,7 +8,7 @@
 //! computed exactly as before: only matrices whose rows are a multiple of 8
 //! are stacked (the exact products' order depends on that, as llama.cpp's
 //! repacking does), and only where every reader of a part can read a view
-//! (RoPE, attention, SwiGLU, add, RMSNorm: the norm copies a view it cannot
+//! (RoPE, attention, SwiGLU, GeGLU, add, RMSNorm: the norm copies a view it cannot
 //! read into a row of its own, and the fast step's attention takes per-head
 //! query and key norms from the stack itself).
 
@@ -24,6 +24,7 @@ fn reads_views(op: &Op) -> bool {
         Op::Rope { .. }
             | Op::Attention { .. }
             | Op::Swiglu { .. }
+            | Op::Geglu { .. }
             | Op::Add { .. }
             | Op::RmsNorm { .. }
     )

@@ -14,13 +14,18 @@
 // Grid: (x, y, 1) workgroups of 256 covering n, x·y ≥ ceil(n / 256); or,
 // with n = 0 (geglu, scale, softcap), rows of `width` values: (x, y, rows)
 // with x·y ≥ ceil(width / 256), row z at z·width (a compiled graph's
-// batch-sized ops).
+// batch-sized ops), geglu's a and b rows at their own bases and strides
+// (views of a stacked gate/up product).
 
 struct ScaleParams {
     n: u32,     // values
     width: u32, // scale_rows: values per row
     s: f32,     // scale: the factor; softcap: the cap
     inv: f32,   // softcap: 1/cap as the host rounds it
+    a_base: u32,   // geglu with n = 0: row z of a at a_base + z·a_stride
+    a_stride: u32,
+    b_base: u32,   // and of b at b_base + z·b_stride
+    b_stride: u32,
 }
 
 struct Step {
@@ -74,12 +79,19 @@ fn geglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     if (i == NONE) {
         return;
     }
-    let x = a[i];
+    var ia = i;
+    var ib = i;
+    if (p.n == 0u) {
+        let col = i - wid.z * p.width;
+        ia = p.a_base + wid.z * p.a_stride + col;
+        ib = p.b_base + wid.z * p.b_stride + col;
+    }
+    let x = a[ia];
     var r = 0.0;
     if (x >= 10.0) {
-        r = x * b[i];
+        r = x * b[ib];
     } else if (x > -10.0) {
-        r = table[f16_bits(x) & 0xffffu] * b[i];
+        r = table[f16_bits(x) & 0xffffu] * b[ib];
     } else if (x != x) {
         r = x;
     }
