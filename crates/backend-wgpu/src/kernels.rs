@@ -481,6 +481,9 @@ pub(crate) enum Kernel {
     Softcap,
     /// Each row of y times its factor (`scale.wgsl`).
     ScaleRows,
+    /// y = b + RMSNorm(a)·weight, the fast step's post-norm and residual
+    /// sum (`scale.wgsl`).
+    NormAdd,
     /// The fast mode's single-token product of a `ty` matrix (`fast.wgsl`'s
     /// `fmv`) with prologue 0 (x), 1 (RMSNorm), 2 (SwiGLU) or 3 (GeGLU).
     Fmv(GgmlType, u32),
@@ -561,7 +564,11 @@ impl Kernel {
             Kernel::Tg(GgmlType::Q8_0 | GgmlType::Q4_0) => Shader::QuantTgQ8,
             Kernel::Tg(..) => Shader::QuantTg,
             Kernel::TgRope => Shader::QuantTgRope,
-            Kernel::Geglu | Kernel::Scale | Kernel::Softcap | Kernel::ScaleRows => Shader::Scale,
+            Kernel::Geglu
+            | Kernel::Scale
+            | Kernel::Softcap
+            | Kernel::ScaleRows
+            | Kernel::NormAdd => Shader::Scale,
             Kernel::Fmv(..) => Shader::QuantFast,
             Kernel::FmvWide(..) => Shader::QuantWide,
             Kernel::AttentionFast | Kernel::AttentionFastRope | Kernel::AttentionCombine => {
@@ -598,6 +605,7 @@ impl Kernel {
             Kernel::Scale => "scale",
             Kernel::Softcap => "softcap",
             Kernel::ScaleRows => "scale_rows",
+            Kernel::NormAdd => "norm_add",
             Kernel::Fmv(..) => "fmv",
             Kernel::FmvWide(..) => "fmv_wide",
             Kernel::AttentionFast => "attn_decode",

@@ -184,8 +184,13 @@ struct Plan {
     /// inside), found from the graph's shape alone so that the nodes on the
     /// way can be left out before the attention is reached.
     fast_attn: Vec<Option<FastAttn>>,
-    /// Nodes the fast step leaves to the attention of `fast_attn` reading them.
+    /// Nodes the fast step leaves to the attention of `fast_attn` or the
+    /// `Add` of `norm_add` reading them.
     fast_skip: Vec<bool>,
+    /// `Add` nodes the fast step computes with the RMSNorm that is one of
+    /// their operands and read by nothing else (a post-norm before a
+    /// residual sum, Gemma's): one `norm_add` dispatch.
+    norm_add: Vec<Option<NodeId>>,
     /// The first output-row selection (where the tails start).
     tail_start: usize,
 }
@@ -400,11 +405,35 @@ impl Plan {
             }
         }
         let fast_attn = fast_attentions(g, &consumers, &v_direct);
-        // The fast step reads these at their attention.
+        // The fast step reads these at their attention or sum.
         let mut fast_at = vec![None; n];
         for (a, fa) in fast_attn.iter().enumerate() {
             for m in fast_attn_members(fa) {
                 fast_at[m.0] = Some(a);
+            }
+        }
+        let mut norm_add = vec![None; n];
+        for (i, node) in g.nodes.iter().enumerate() {
+            let GOp::Add { a, b } = node.op else { continue };
+            let post_norm = |x: NodeId| match g.node(x).op {
+                GOp::RmsNorm { weight, .. } => {
+                    g.weights[weight.0].shape.first() == Some(&node.width)
+                        && g.node(x).width == node.width
+                        && only(x) == Some(NodeId(i))
+                        && x != g.output
+                        && fast_at[x.0].is_none()
+                }
+                _ => false,
+            };
+            // Not beside a product, which might accumulate into the norm's
+            // values (`accum_into`), which the fast step never writes.
+            let product = |x: NodeId| matches!(g.node(x).op, GOp::MatMul { .. });
+            if product(a) || product(b) {
+                continue;
+            }
+            if let Some(x) = [a, b].into_iter().find(|&x| a != b && post_norm(x)) {
+                norm_add[i] = Some(x);
+                fast_at[x.0] = Some(i);
             }
         }
         // Where each node is read, with deferred ropes (and the fast step's
@@ -503,6 +532,7 @@ impl Plan {
             v_direct,
             fast_skip: fast_at.iter().map(Option::is_some).collect(),
             fast_attn,
+            norm_add,
             tail_start,
         })
     }
@@ -1248,6 +1278,34 @@ impl<'a> Lowering<'a> {
                 if let Some(r) = plan.accum_add[i].filter(|_| self.accumulated.contains(&i)) {
                     let l = self.loc(r);
                     self.alias(i, &l)
+                } else if let (true, Some(nm)) = (self.fast, plan.norm_add[i]) {
+                    let GOp::RmsNorm { x, weight, eps } = g.node(nm).op else {
+                        unreachable!("norm_add points at a norm")
+                    };
+                    let r = if nm == *a { *b } else { *a };
+                    let (xl, rl) = (self.loc(x), self.loc(r));
+                    let wb = vector(self.weights, weight)?.0.clone();
+                    let y = out_loc(self);
+                    let p = ScaleParams {
+                        width,
+                        s: eps,
+                        a_base: xl.base,
+                        a_stride: xl.stride,
+                        b_base: rl.base,
+                        b_stride: rl.stride,
+                        ..Default::default()
+                    };
+                    let mut op = ob.scale_op(
+                        Kernel::NormAdd,
+                        self.buf(&xl),
+                        self.buf(&rl),
+                        self.buf(&y),
+                        &wb,
+                        p,
+                    );
+                    op.grid = Grid::PerToken([1, 1]);
+                    ops.push(op);
+                    y
                 } else {
                     let (la, lb) = (self.loc(*a), self.loc(*b));
                     let y = out_loc(self);
