@@ -410,11 +410,16 @@ impl Plan {
             }
         }
         let fast_attn = fast_attentions(g, &consumers, &v_direct);
-        // The fast step reads these at their attention or sum.
+        // The nodes the fast step leaves to the attention or sum reading
+        // them (at that index), and the nodes it reads there instead.
         let mut fast_at = vec![None; n];
+        let mut fast_reads: Vec<(NodeId, usize)> = Vec::new();
         for (a, fa) in fast_attn.iter().enumerate() {
             for m in fast_attn_members(fa) {
                 fast_at[m.0] = Some(a);
+            }
+            if let Some(fa) = fa {
+                fast_reads.extend([(fa.q.src, a), (fa.k.src, a)]);
             }
         }
         let mut norm_add = vec![None; n];
@@ -439,10 +444,11 @@ impl Plan {
             if let Some(x) = [a, b].into_iter().find(|&x| a != b && post_norm(x)) {
                 norm_add[i] = Some(x);
                 fast_at[x.0] = Some(i);
+                fast_reads.extend(g.node(x).op.inputs().into_iter().map(|y| (y, i)));
             }
         }
-        // Where each node is read, with deferred ropes (and the fast step's
-        // nodes left to an attention) read at their attention.
+        // Where each node is read, with deferred ropes read at their
+        // attention (and what the fast step reads later than the graph).
         let mut last_use: Vec<usize> = (0..n).collect();
         for (i, node) in g.nodes.iter().enumerate() {
             let at = if deferred[i] {
@@ -450,13 +456,15 @@ impl Plan {
             } else {
                 i
             };
-            let at = fast_at[i].map_or(at, |a| at.max(a));
             for x in node.op.inputs() {
                 last_use[x.0] = last_use[x.0].max(at);
             }
             for x in &consumers[i] {
                 last_use[i] = last_use[i].max(x.0);
             }
+        }
+        for (x, at) in fast_reads {
+            last_use[x.0] = last_use[x.0].max(at);
         }
         last_use[g.output.0] = usize::MAX;
         let tail_start = g
