@@ -224,8 +224,13 @@ struct FastAttn {
 }
 
 /// The chain from `x` (an attention's query or key input) back to a slice,
-/// if it is one of [`QkChain`]'s shape (heads of `head_dim`).
-fn qk_chain(g: &Graph, consumers: &[Vec<NodeId>], x: NodeId, head_dim: usize) -> Option<QkChain> {
+/// if it is one of [`QkChain`]'s shape (`heads` heads of `head_dim`).
+fn qk_chain(
+    g: &Graph,
+    consumers: &[Vec<NodeId>],
+    x: NodeId,
+    (heads, head_dim): (usize, usize),
+) -> Option<QkChain> {
     let only_into = |n: NodeId, c: NodeId| consumers[n.0] == [c];
     let attn = *consumers[x.0].first()?;
     let (mut cur, mut next) = (x, attn);
@@ -241,14 +246,14 @@ fn qk_chain(g: &Graph, consumers: &[Vec<NodeId>], x: NodeId, head_dim: usize) ->
     }
     let GOp::Rope {
         x: inner,
+        n_heads,
         params,
         factors,
-        ..
     } = g.node(cur).op
     else {
         return None;
     };
-    if !only_into(cur, next) || params.head_dim != head_dim {
+    if !only_into(cur, next) || params.head_dim != head_dim || n_heads != heads {
         return None;
     }
     members.push(cur);
@@ -311,8 +316,8 @@ fn fast_attentions(
             continue;
         }
         let (Some(cq), Some(ck)) = (
-            qk_chain(g, consumers, *q, params.head_dim),
-            qk_chain(g, consumers, *k, params.head_dim),
+            qk_chain(g, consumers, *q, (params.n_head, params.head_dim)),
+            qk_chain(g, consumers, *k, (params.n_head_kv, params.head_dim)),
         ) else {
             continue;
         };
