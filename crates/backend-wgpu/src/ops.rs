@@ -851,13 +851,14 @@ impl OpBuilder<'_> {
             .collect()
     }
 
-    /// `y[t] = row ids[t] of W`.
+    /// `y[t] = row ids[t] of W`, times `scale` (1: the rows as they are).
     pub fn get_rows(
         &self,
         w: &GpuMatrix,
         ids: &wgpu::Buffer,
         y: &wgpu::Buffer,
         y_stride: u32,
+        scale: f32,
         dummy: &wgpu::Buffer,
     ) -> Vec<Op> {
         w.parts
@@ -873,7 +874,7 @@ impl OpBuilder<'_> {
                     accumulate: 0,
                     at_pos: 0,
                     corr_base: 0,
-                    pad: [0; 3],
+                    pad: [0, 0, scale.to_bits()],
                 };
                 self.kernel_op(
                     "get_rows",

@@ -746,6 +746,22 @@ impl<'a> Lowering<'a> {
             })
     }
 
+    /// The factor of the scale that is the only reader of node `i`, an
+    /// embedding lookup, which then writes the scaled rows itself (Gemma's
+    /// `inp_scaled`: the same one rounded product per value).
+    fn embed_scale(&self, i: usize) -> Option<f32> {
+        let GOp::Embed { .. } = self.g.nodes[i].op else {
+            return None;
+        };
+        match self.plan.consumers[i].as_slice() {
+            [c] if *c != self.g.output => match self.g.node(*c).op {
+                GOp::Scale { x, s } if x.0 == i => Some(s),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// Whether every product reading node `i` takes the exact path (so a
     /// norm or SwiGLU may write their packed activations, as the exact mode
     /// does).
@@ -1016,7 +1032,8 @@ impl<'a> Lowering<'a> {
             GOp::Embed { table } => {
                 let w = matrix(self.weights, *table)?;
                 let y = out_loc(self);
-                ops.extend(ob.get_rows(w, &self.ids, self.buf(&y), width, &self.dummy));
+                let s = self.embed_scale(i).unwrap_or(1.0);
+                ops.extend(ob.get_rows(w, &self.ids, self.buf(&y), width, s, &self.dummy));
                 y
             }
             GOp::Slice { x, offset } => {
@@ -1035,6 +1052,11 @@ impl<'a> Lowering<'a> {
                     let l = self.loc(*x);
                     self.alias(i, &l)
                 }
+            }
+            // Scaled by the lookup itself.
+            GOp::Scale { x, .. } if self.embed_scale(x.0).is_some() => {
+                let l = self.loc(*x);
+                self.alias(i, &l)
             }
             GOp::Scale { x, s } => {
                 let y = self.in_place(i, *x, ob, ops, is_output)?;
