@@ -21,6 +21,15 @@
 //! - the rows whose logits are wanted (`Op::OutputRows`) are the batch's
 //!   last row, copied once, or every row, a view; the nodes after it run on
 //!   those rows only, with their own step uniform, as llama.cpp runs them;
+//! - in the fast single-token step, an attention whose query and key come
+//!   from one stacked product through RoPE (after per-head norms or not,
+//!   the query scaled after it or not) does all of that inside
+//!   `attn_rope_decode`, with the cache writes (the value from the stack,
+//!   or already in the cache);
+//!   a post-norm read only by a residual sum is one `norm_add` dispatch
+//!   with it; GeGLU, like SwiGLU and norms, is the prologue of the product
+//!   reading it;
+//! - an embedding lookup read only by a scale writes the scaled rows;
 //! - in the fast mode, a mixture of experts is five dispatches (`moe.wgsl`):
 //!   router, routing, the chosen experts' gate/up and down products over
 //!   the stacked experts (one row of products per token and slot, the
