@@ -358,15 +358,10 @@ fn fast_attentions(
 /// word-wise decoding: on an H200, TinyLlama Q4_K_M decoded at 527 t/s with
 /// `fmv` for every K-quant against 608 exact (`fmv`'s gate/up product 27.8 µs
 /// a dispatch), while Q8_0 went from 430 to 552 t/s and F16 stayed at 560.
-/// Unless the product reads a virtual node (`virtual_input`: a norm or a
-/// GLU it would otherwise wait for, in a dispatch of its own, and then for
-/// the activations' rounding in another): `fmv` then saves two dispatches
-/// (Gemma 3 1B's Q6_K `ffn_down` of 27 super-blocks a row, in half of its
-/// layers).
-fn fast_product(w: &GpuMatrix, virtual_input: bool) -> bool {
+fn fast_product(w: &GpuMatrix) -> bool {
     match w.ty {
         GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
-            virtual_input || crate::kernels::wide_fits(w.ty, w.row_bytes)
+            crate::kernels::wide_fits(w.ty, w.row_bytes)
         }
         _ => true,
     }
@@ -751,7 +746,7 @@ impl<'a> Lowering<'a> {
             && !cons.is_empty()
             && cons.iter().all(|c| {
                 matches!(self.g.node(*c).op, GOp::MatMul { x, w, .. }
-                    if x.0 == i && matrix(self.weights, w).is_ok_and(|m| m.k % 4 == 0 && fast_product(m, true)))
+                    if x.0 == i && matrix(self.weights, w).is_ok_and(|m| m.k % 4 == 0 && fast_product(m)))
             })
     }
 
@@ -778,9 +773,7 @@ impl<'a> Lowering<'a> {
         self.plan.consumers[i]
             .iter()
             .all(|c| match self.g.node(*c).op {
-                GOp::MatMul { w, .. } => {
-                    matrix(self.weights, w).is_ok_and(|m| !fast_product(m, false))
-                }
+                GOp::MatMul { w, .. } => matrix(self.weights, w).is_ok_and(|m| !fast_product(m)),
                 _ => true,
             })
     }
@@ -1191,7 +1184,7 @@ impl<'a> Lowering<'a> {
                 let m = matrix(self.weights, *w)?;
                 self.weight_bytes += m.n_bytes();
                 let lbl = weight_label(g, *w);
-                let fast_in = if self.fast && fast_product(m, self.virt[x.0].is_some()) {
+                let fast_in = if self.fast && fast_product(m) {
                     Some(self.fast_input(ob, ops, *x, i))
                 } else {
                     None
