@@ -247,7 +247,7 @@ fn fast_decode_counted(path: &Path, toks: &[u32]) -> (Vec<f32>, usize) {
 /// (the bounds of the mixture-of-experts test, whose quantized files
 /// differ for the same reason: unrounded activations). Measured on
 /// llvmpipe (decoding; batches of 40; steps of 5): F32 1.2e-6, 1.2e-6, 0;
-/// Q8_0 1.8e-3, 1.8e-3, 0; Q4_K_M 7.0e-3, 6.5e-3, 1.9e-4. The exact mode
+/// Q8_0 1.8e-3, 1.8e-3, 0; Q4_K_M 7.6e-3, 6.5e-3, 1.9e-4. The exact mode
 /// decodes the CPU's bits from the quantized files.
 #[test]
 fn gemma3_fast_mode_within_its_bound() {
@@ -285,13 +285,16 @@ fn gemma3_fast_mode_within_its_bound() {
         // attention (norms, RoPE, scale, cache writes inside) and its
         // combining, the output projection, a post-norm with its residual
         // sum, the stacked gate/up product (the norm inside), ffn_down (the
-        // GeGLU inside), a post-norm with its sum; one more where the value
-        // projection's type differs from the query's (Q4_K_M: Q6_K values
-        // in two layers). Then the embedding (scaled by the lookup), the
-        // output product and the argmax. 124 dispatches (Q4_K_M: 131) before
-        // these fusions.
+        // GeGLU inside), a post-norm with its sum; then the embedding
+        // (scaled by the lookup), the output product and the argmax. Q4_K_M
+        // has two layers (2 and 5) of Q6_K value and ffn_down projections of
+        // one super-block a row, which fmv_wide does not take: the value
+        // product apart, with the norm before it and the GeGLU before
+        // ffn_down their own dispatches, and their roundings (up to 6 more).
+        // 124 dispatches (Q4_K_M: 131) before these fusions.
+        let exact_layers = if ftype == "Q4_K_M" { 2 } else { 0 };
         assert!(
-            dispatches <= 9 * 6 + 3,
+            dispatches <= 8 * 6 + 3 + 6 * exact_layers,
             "{ftype}: {dispatches} dispatches a decoding step"
         );
         let want = cpu_decode(&path, &toks, &[], true);
