@@ -340,6 +340,24 @@ pub fn wide_fits(ty: GgmlType, row_bytes: u32) -> bool {
     }
 }
 
+/// Whether the fast mode's single-token products of `ty` matrices keep the
+/// exact kernels (activations rounded to ggml's 8-bit blocks, integer dot
+/// products: quant_tg.wgsl's `q4k_tg`, `q5k_tg`, `q6k_tg`, which need
+/// 32-wide subgroups) rather than `fmv_wide` on float activations. On an
+/// H100 (TinyLlama-1.1B Q4_K_M, 2026-12-07) they decoded at 582 t/s with a
+/// read-back per token against `fmv_wide`'s 461, although the step took
+/// 233 dispatches instead of 154 (the norms, SwiGLU and the attention's
+/// output are rounded in dispatches of their own): `fmv_wide`'s Q4_K
+/// gate/up product took 31.7 µs a dispatch, `q4k_tg`'s 17.3. Q8_0 stays on
+/// `fmv_wide` (its exact kernel decoded at 427 t/s against 506), as do the
+/// formats without such a kernel. `STRATA_FAST_PRODUCTS=float` makes every
+/// product take the float kernels, for measurements.
+pub fn fast_keeps_exact(ty: GgmlType, subgroup32: bool) -> bool {
+    subgroup32
+        && matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K)
+        && std::env::var("STRATA_FAST_PRODUCTS").map_or(true, |v| v != "float")
+}
+
 /// Rows each lane set of `fmv_wide` takes at once over a `ty` matrix
 /// (fast_wide.wgsl's `WIDE_ROWS`): one for F16 (measured on an H100,
 /// TinyLlama-1.1B: four rows a lane set decoded F16 at 414 t/s against one
@@ -441,9 +459,11 @@ pub(crate) enum Kernel {
     Matmul(GgmlType),
     /// Row lookup of a `ty` matrix.
     GetRows(GgmlType),
-    /// RMSNorm, its output rounded to an activation type (or not); `true`:
-    /// written in the packed layout the exact products read.
-    RmsNorm(Option<(GgmlType, bool)>),
+    /// RMSNorm, its output rounded to an activation type (or not; `true`:
+    /// written in the packed layout the exact products read), with ggml's
+    /// f64 sum and correctly rounded scale (`false`) or the fast mode's f32
+    /// (`true`, norm.wgsl's `FAST`).
+    RmsNorm(Option<(GgmlType, bool)>, bool),
     /// RoPE.
     Rope,
     /// Attention.
@@ -491,11 +511,13 @@ pub(crate) enum Kernel {
     /// Q4_K, Q5_K, F16, Q8_0, Q6_K; [`wide_fits`]), [`wide_rows`] rows a
     /// lane set.
     FmvWide(GgmlType, u32, u32),
-    /// The fast mode's single-token attention (`attn_fast.wgsl`).
-    AttentionFast,
+    /// The fast mode's single-token attention (`attn_fast.wgsl`): split
+    /// over the positions (`false`, [`Kernel::AttentionCombine`] after it),
+    /// or one workgroup a head writing the output itself (`true`: `SOLO`).
+    AttentionFast(bool),
     /// The same with the token's query, key and value from a stacked
     /// projection: RoPE and the cache writes inside (`attn_rope_decode`).
-    AttentionFastRope,
+    AttentionFastRope(bool),
     /// The fast attention's second dispatch: each head's output from its
     /// splits (`attn_combine`).
     AttentionCombine,
@@ -504,8 +526,8 @@ pub(crate) enum Kernel {
     AttentionFlash(u32),
     /// The fast mode's product of a batch of float activations with a `ty`
     /// matrix, [`MM_FAST_TOKENS`] tokens × [`MM_FAST_ROWS`] rows a
-    /// workgroup: `mm_fast.wgsl`'s `mm_fast` (`false`) or, on devices with
-    /// cooperative matrices, `mm_coop.wgsl`'s `mm_coop` (`true`).
+    /// workgroup: `mm_fast.wgsl`'s `mm_fast` ([`MmKind::Portable`]) or, on
+    /// devices with cooperative matrices, `mm_coop.wgsl`'s `mm_coop`.
     MmFast(GgmlType, MmKind),
     /// `moe.wgsl`'s `moe_mv` with a `ty` matrix: the router's product
     /// (`false`) or the routed experts' (`true`), with prologue 0 (x) or 2
@@ -523,25 +545,9 @@ pub(crate) enum Kernel {
 pub(crate) enum MmKind {
     /// `mm_fast.wgsl`'s `mm_fast` (portable).
     Portable,
-    /// `mm_coop.wgsl`'s `mm_coop` (cooperative matrices, 64-row tiles).
+    /// `mm_coop.wgsl`'s `mm_coop` (cooperative matrices, 64 × 64 tiles).
     Coop,
-    /// `mm_coop.wgsl`'s `mm_coop2` (cooperative matrices, 128-row tiles,
-    /// [`MM_COOP2_STORAGE`] bytes of workgroup memory).
-    Coop2,
 }
-
-impl MmKind {
-    /// Rows per workgroup.
-    pub(crate) fn rows(self) -> u32 {
-        match self {
-            MmKind::Coop2 => 128,
-            _ => MM_FAST_ROWS,
-        }
-    }
-}
-
-/// Workgroup memory `mm_coop2` needs (its `ca2`, `cb` and `cc`).
-pub(crate) const MM_COOP2_STORAGE: u32 = 5120 * 2 + 2560 * 2 + 1024 * 4;
 
 /// Tokens per workgroup of [`Kernel::MmFast`] (every entry point).
 pub(crate) const MM_FAST_TOKENS: u32 = 64;
@@ -555,7 +561,7 @@ impl Kernel {
             Kernel::Matvec(_) | Kernel::Matmul(_) | Kernel::GetRows(_) | Kernel::Qdot(..) => {
                 Shader::Quant
             }
-            Kernel::RmsNorm(_) => Shader::Norm,
+            Kernel::RmsNorm(..) => Shader::Norm,
             Kernel::Rope => Shader::Rope,
             Kernel::Attention => Shader::Attention,
             Kernel::Add | Kernel::Swiglu(_) | Kernel::Argmax => Shader::Elementwise,
@@ -571,7 +577,7 @@ impl Kernel {
             | Kernel::NormAdd => Shader::Scale,
             Kernel::Fmv(..) => Shader::QuantFast,
             Kernel::FmvWide(..) => Shader::QuantWide,
-            Kernel::AttentionFast | Kernel::AttentionFastRope | Kernel::AttentionCombine => {
+            Kernel::AttentionFast(_) | Kernel::AttentionFastRope(_) | Kernel::AttentionCombine => {
                 Shader::AttentionFast
             }
             Kernel::AttentionFlash(_) => Shader::AttentionFlash,
@@ -588,7 +594,7 @@ impl Kernel {
             Kernel::Matmul(GgmlType::F32 | GgmlType::F16 | GgmlType::BF16) => "fmatmul",
             Kernel::Matmul(_) => "matmul",
             Kernel::GetRows(_) => "get_rows",
-            Kernel::RmsNorm(_) => "rms_norm",
+            Kernel::RmsNorm(..) => "rms_norm",
             Kernel::Rope => "rope",
             Kernel::Attention => "attention",
             Kernel::Add => "add",
@@ -608,13 +614,12 @@ impl Kernel {
             Kernel::NormAdd => "norm_add",
             Kernel::Fmv(..) => "fmv",
             Kernel::FmvWide(..) => "fmv_wide",
-            Kernel::AttentionFast => "attn_decode",
-            Kernel::AttentionFastRope => "attn_rope_decode",
+            Kernel::AttentionFast(_) => "attn_decode",
+            Kernel::AttentionFastRope(_) => "attn_rope_decode",
             Kernel::AttentionCombine => "attn_combine",
             Kernel::AttentionFlash(_) => "attn_flash",
             Kernel::MmFast(_, MmKind::Portable) => "mm_fast",
             Kernel::MmFast(_, MmKind::Coop) => "mm_coop",
-            Kernel::MmFast(_, MmKind::Coop2) => "mm_coop2",
             Kernel::MoeMv(..) => "moe_mv",
             Kernel::MoeRoute(..) => "moe_route",
             Kernel::MoeSum => "moe_sum",
@@ -654,6 +659,9 @@ impl Kernel {
             ],
             Kernel::MmFast(t, _) => vec![("FORMAT", f64::from(t.id()))],
             Kernel::AttentionFlash(nc) => vec![("NC", f64::from(nc))],
+            Kernel::AttentionFast(solo) | Kernel::AttentionFastRope(solo) => {
+                vec![("SOLO", f64::from(u8::from(solo)))]
+            }
             Kernel::MoeMv(t, routed, prologue) => vec![
                 ("FORMAT", f64::from(t.id())),
                 ("MV_LANES", f64::from(crate::ops::MATVEC_LANES)),
@@ -680,9 +688,14 @@ impl Kernel {
                 ("ORDER", f64::from(order)),
                 ("QDOT_TOKENS", f64::from(tokens)),
             ],
-            Kernel::Swiglu(t) | Kernel::RmsNorm(t) => vec![
+            Kernel::Swiglu(t) => vec![
                 ("ACT", f64::from(t.map_or(0, |t| t.0.id()))),
                 ("PACKED", f64::from(u8::from(t.is_some_and(|t| t.1)))),
+            ],
+            Kernel::RmsNorm(t, fast) => vec![
+                ("ACT", f64::from(t.map_or(0, |t| t.0.id()))),
+                ("PACKED", f64::from(u8::from(t.is_some_and(|t| t.1)))),
+                ("FAST", f64::from(u8::from(fast))),
             ],
             _ => Vec::new(),
         }

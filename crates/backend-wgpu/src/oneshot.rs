@@ -27,6 +27,8 @@ fn f32_buffer(ctx: &GpuContext, label: &str, data: &[f32]) -> wgpu::Buffer {
     ctx.upload(label, bytemuck::cast_slice(data))
 }
 
+/// Runs `ops` for a batch of `n_tokens` (at position 0: no op here but
+/// the attention's depends on the context, [`run_at`]).
 fn run(
     ctx: &GpuContext,
     ops: &[Op],
@@ -34,11 +36,23 @@ fn run(
     out: &wgpu::Buffer,
     n_floats: usize,
 ) -> Result<Vec<f32>> {
+    run_at(ctx, ops, (n_tokens, n_tokens), out, n_floats)
+}
+
+/// Runs `ops` for a batch of `n_tokens` after which the context holds
+/// `n_kv` positions, and reads back `n_floats` of `out`.
+fn run_at(
+    ctx: &GpuContext,
+    ops: &[Op],
+    (n_tokens, n_kv): (u32, u32),
+    out: &wgpu::Buffer,
+    n_floats: usize,
+) -> Result<Vec<f32>> {
     let mut encoder = ctx.device.create_command_encoder(&Default::default());
     {
         let mut pass = encoder.begin_compute_pass(&Default::default());
         for op in ops {
-            op.encode(&mut pass, n_tokens);
+            op.encode(&mut pass, n_tokens, n_kv);
         }
     }
     let bytes = ctx.read_back(encoder, out, 0, (n_floats * 4) as u64)?;
@@ -512,7 +526,7 @@ fn attention_mode(
         let partials = ctx.storage("partials", attention_partials_bytes(&params));
         b.attention(&qb, &kb, &vb, &out, params, fast.is_some(), &partials)
     };
-    run(ctx, &ops, t as u32, &out, q.len())
+    run_at(ctx, &ops, (t as u32, pos0 + t as u32), &out, q.len())
 }
 
 fn binary(ctx: &GpuContext, kernel: Kernel, a: &[f32], b_: &[f32], n: usize) -> Result<Vec<f32>> {

@@ -11,7 +11,7 @@ use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
 use crate::kernels::{
     exact_order, is_exact, is_gpu_type, Kernel, MmKind, KMM_TOKENS, KQUANT_TILED_MIN_BATCH,
-    MM_COOP2_STORAGE, MM_FAST_TOKENS, QMM_TOKENS,
+    MM_FAST_ROWS, MM_FAST_TOKENS, QMM_TOKENS,
 };
 
 /// Up to this many tokens a linear layer runs as matrix-vector products
@@ -152,10 +152,22 @@ pub(crate) struct AttnParams {
     pub splits: u32,
 }
 
+/// The longest context (positions after the step) for which the fast
+/// decoding attention takes one workgroup a head and one dispatch
+/// (`attn_fast.wgsl`'s `SOLO`) rather than splits and a combining
+/// dispatch: one tile of the kernel's 256 positions, which the splits
+/// (of at least 64 positions each) would have walked in one pass too.
+pub(crate) const SOLO_MAX_KV: u32 = 256;
+
 /// Workgroups per head of the fast single-token attention (split-K): enough
-/// that the heads of a long context fill a large GPU (about 512 workgroups),
-/// at most 32; shorter contexts leave the later ones idle (`attn_fast.wgsl`'s
-/// `MIN_CHUNK`).
+/// that the heads of a long context fill a large GPU (about 512
+/// workgroups), at most 32; shorter contexts leave the later ones idle
+/// (`attn_fast.wgsl`'s `MIN_CHUNK`). A split's workgroup walks its
+/// positions one after another for the products with V, so shorter splits
+/// finish sooner, but more of them take longer to combine: on an H100,
+/// TinyLlama's 32 heads decoding after 4,096 tokens, 16 splits (256
+/// positions each) ran at 351 t/s with a read-back per token, 64 splits at
+/// 332.
 pub(crate) fn attention_splits(n_head: u32) -> u32 {
     (512 / n_head.max(1)).clamp(1, 32)
 }
@@ -343,9 +355,17 @@ pub(crate) enum Grid {
     /// kernels of small batches read (larger ones take [`Kernel::MmFast`]
     /// over the float activations).
     SmallBatch([u32; 2], u32),
+    /// As `PerToken`, for batches of at least the given number of tokens
+    /// only (the fast mode's f32 norms, which those batches run instead of
+    /// the exact ones that smaller batches keep).
+    LargeBatch([u32; 2], u32),
     /// `[ceil(n_tokens / tile), y, 1]` for batches of `min_tokens` or more
     /// only (the fast mode's batch attention, [`Kernel::AttentionFlash`]).
     TokenTiles { tile: u32, y: u32, min_tokens: u32 },
+    /// As `PerToken`, only for steps after which the context holds at most
+    /// (`true`) or more than (`false`) the given number of positions (the
+    /// fast decoding attention's variants, [`SOLO_MAX_KV`]).
+    Context([u32; 2], u32, bool),
 }
 
 /// One pipeline of an exact product, for batches of `min_tokens` or more
@@ -415,12 +435,15 @@ impl Op {
         )
     }
 
-    /// Whether the op dispatches anything for a batch of `n_tokens`.
-    pub fn runs(&self, n_tokens: u32) -> bool {
+    /// Whether the op dispatches anything for a batch of `n_tokens` after
+    /// which the context holds `n_kv` positions.
+    pub fn runs(&self, n_tokens: u32, n_kv: u32) -> bool {
         match self.grid {
             Grid::BatchOnly(_) => n_tokens > 1,
             Grid::SmallBatch(_, limit) => n_tokens < limit,
+            Grid::LargeBatch(_, limit) => n_tokens >= limit,
             Grid::TokenTiles { min_tokens, .. } => n_tokens >= min_tokens,
+            Grid::Context(_, max_kv, short) => (n_kv <= max_kv) == short,
             _ => true,
         }
     }
@@ -433,16 +456,29 @@ impl Op {
         self
     }
 
-    /// Records the op for a batch of `n_tokens`.
-    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32) {
+    /// Only for batches of `limit` tokens or more ([`Grid::LargeBatch`]).
+    pub fn large_batches_only(mut self, limit: u32) -> Op {
+        if let Grid::PerToken(g) = self.grid {
+            self.grid = Grid::LargeBatch(g, limit);
+        }
+        self
+    }
+
+    /// Records the op for a batch of `n_tokens` after which the context
+    /// holds `n_kv` positions.
+    pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32, n_kv: u32) {
         let mut bind_group = &self.bind_group;
         let (pipeline, g) = match self.grid {
+            Grid::Context(_, max_kv, short) if (n_kv <= max_kv) != short => return,
+            Grid::Context([x, y], ..) => (&self.pipeline, [x, y, n_tokens]),
             Grid::PerToken([x, y]) => (&self.pipeline, [x, y, n_tokens]),
             Grid::PerTokenTimes([x, y], k) => (&self.pipeline, [x, y, n_tokens * k]),
             Grid::BatchOnly(_) if n_tokens == 1 => return,
             Grid::BatchOnly([x, y]) => (&self.pipeline, [x, y, n_tokens]),
             Grid::SmallBatch(_, limit) if n_tokens >= limit => return,
             Grid::SmallBatch([x, y], _) => (&self.pipeline, [x, y, n_tokens]),
+            Grid::LargeBatch(_, limit) if n_tokens < limit => return,
+            Grid::LargeBatch([x, y], _) => (&self.pipeline, [x, y, n_tokens]),
             Grid::TokenTiles { min_tokens, .. } if n_tokens < min_tokens => return,
             Grid::TokenTiles { tile, y, .. } => (&self.pipeline, [n_tokens.div_ceil(tile), y, 1]),
             Grid::Fixed(g) => (&self.pipeline, g),
@@ -677,20 +713,18 @@ impl OpBuilder<'_> {
     }
 
     /// The fast batch product's entry point: with cooperative matrices
-    /// (where the device has them, or as `coop` says) `mm_coop`, or
-    /// `mm_coop2` with `STRATA_COOP_TILE=128` where workgroups may hold its
-    /// memory (not yet measured on hardware, so not the default); without,
-    /// the portable `mm_fast`.
+    /// (where the device has them, or as `coop` says) `mm_coop`, else the
+    /// portable `mm_fast`. (`mm_coop` over 128 × 64 tiles, eight products
+    /// per six loads of a subgroup, measured slower on an H100: TinyLlama
+    /// Q4_K_M pp512 10,760 t/s against 15,203, Q8_0 9,713 against 13,978,
+    /// F16 19,278 against 21,279. Staging its chunks in two halves of the
+    /// tiles, one barrier a chunk, needed 24 KiB of workgroup memory instead
+    /// of 14 and lost about 15%: fewer workgroups fit a compute unit.)
     fn mm_kind(&self, coop: Option<bool>) -> MmKind {
-        let caps = self.ctx.caps();
-        if !coop.unwrap_or(caps.coop_f16_16) {
-            return MmKind::Portable;
-        }
-        let wide = std::env::var("STRATA_COOP_TILE").is_ok_and(|v| v == "128");
-        if caps.max_workgroup_storage >= MM_COOP2_STORAGE && wide {
-            MmKind::Coop2
-        } else {
+        if coop.unwrap_or(self.ctx.caps().coop_f16_16) {
             MmKind::Coop
+        } else {
+            MmKind::Portable
         }
     }
 
@@ -722,7 +756,7 @@ impl OpBuilder<'_> {
             pipeline: self.ctx.pipeline(kernel),
             order: u32::MAX,
             tokens: MM_FAST_TOKENS,
-            rows: kind.rows(),
+            rows: MM_FAST_ROWS,
             kernel,
             own: Some((bg, x.clone())),
         };
@@ -913,6 +947,21 @@ impl OpBuilder<'_> {
         )
     }
 
+    /// `op`, an [`OpBuilder::rms_norm`] with rounding `act`, through the
+    /// fast mode's kernel (norm.wgsl's `FAST`: f32 sums in the GPU's order):
+    /// the same bindings, parameters and grid.
+    pub fn fast_norm(&self, op: &Op, act: Option<(GgmlType, bool)>) -> Op {
+        Op {
+            label: op.label,
+            pipeline: self.ctx.pipeline(Kernel::RmsNorm(act, true)),
+            pipeline_mm: None,
+            variants: Vec::new(),
+            bind_group: op.bind_group.clone(),
+            grid: op.grid,
+            _params: op._params.clone(),
+        }
+    }
+
     /// [`OpBuilder::rms_norm`] of rows `row0 ..` (the op's tokens count
     /// them), for calls over more rows than one dispatch's z dimension holds.
     #[allow(clippy::too_many_arguments)]
@@ -948,7 +997,7 @@ impl OpBuilder<'_> {
         };
         self.kernel_op(
             "rms_norm",
-            Kernel::RmsNorm(act),
+            Kernel::RmsNorm(act, false),
             &params,
             [x, weight, y],
             None,
@@ -1085,12 +1134,13 @@ impl OpBuilder<'_> {
         // attn_rope_decode's table, RopeFuse and norm weights, unread by
         // attn_decode.
         let bind_group = self.bind(
-            Kernel::AttentionFast,
+            Kernel::AttentionFast(false),
             &[
                 q, k_cache, v_cache, out, &pb, self.step, q, &pb, partials, q,
             ],
         );
-        self.split_attention(Kernel::AttentionFast, bind_group, pb, &params)
+        let kernels = (Kernel::AttentionFast(false), Kernel::AttentionFast(true));
+        self.split_attention(kernels, bind_group, pb, &params)
     }
 
     /// The fast mode's attention of a batch of `min_tokens` or more
@@ -1123,34 +1173,35 @@ impl OpBuilder<'_> {
         }
     }
 
-    /// The split op of a fast attention and its combining op, sharing
-    /// `bind_group`.
+    /// The ops of a fast attention, sharing `bind_group`: for contexts of
+    /// up to [`SOLO_MAX_KV`] positions `solo` (one workgroup a head, the
+    /// output written directly), for longer ones `split` and its combining
+    /// op. A step records one or the other.
     fn split_attention(
         &self,
-        kernel: Kernel,
+        (split, solo): (Kernel, Kernel),
         bind_group: wgpu::BindGroup,
         pb: wgpu::Buffer,
         params: &AttnParams,
     ) -> Vec<Op> {
-        let combine = Op {
-            label: "attention",
-            pipeline: self.ctx.pipeline(Kernel::AttentionCombine),
-            pipeline_mm: None,
-            variants: Vec::new(),
-            bind_group: bind_group.clone(),
-            grid: Grid::PerToken([params.n_head, 1]),
-            _params: pb.clone(),
-        };
-        let split = Op {
+        let op = |kernel: Kernel, grid: Grid| Op {
             label: "attention",
             pipeline: self.ctx.pipeline(kernel),
             pipeline_mm: None,
             variants: Vec::new(),
-            bind_group,
-            grid: Grid::PerToken([params.n_head, params.splits]),
-            _params: pb,
+            bind_group: bind_group.clone(),
+            grid,
+            _params: pb.clone(),
         };
-        vec![split, combine]
+        let h = params.n_head;
+        vec![
+            op(solo, Grid::Context([h, 1], SOLO_MAX_KV, true)),
+            op(split, Grid::Context([h, params.splits], SOLO_MAX_KV, false)),
+            op(
+                Kernel::AttentionCombine,
+                Grid::Context([h, 1], SOLO_MAX_KV, false),
+            ),
+        ]
     }
 
     /// The fast mode's single-token attention with RoPE and the cache writes
@@ -1180,14 +1231,15 @@ impl OpBuilder<'_> {
         let rb = self
             .ctx
             .uniform("attention_rope", bytemuck::bytes_of(&rope));
-        let kernel = Kernel::AttentionFastRope;
+        let kernel = Kernel::AttentionFastRope(false);
         let bind_group = self.bind(
             kernel,
             &[
                 qkv, k_cache, v_cache, out, &pb, self.step, table, &rb, partials, norm,
             ],
         );
-        self.split_attention(kernel, bind_group, pb, &params)
+        let kernels = (kernel, Kernel::AttentionFastRope(true));
+        self.split_attention(kernels, bind_group, pb, &params)
     }
 
     /// `y = a + b` (`Kernel::Add`) or `y = silu(a)·b` (`Kernel::Swiglu`).

@@ -154,7 +154,7 @@ pub struct GpuProgram {
     argmax: Op,
     /// A one-token step recorded while the GPU ran the previous one (with
     /// the argmax or not).
-    prerecorded: Option<(bool, wgpu::CommandBuffer)>,
+    prerecorded: Option<(bool, u32, wgpu::CommandBuffer)>,
     /// Labels of ops single-token steps leave out ([`GpuProgram::leave_out`]).
     left_out: Vec<String>,
     weight_bytes: u64,
@@ -352,13 +352,18 @@ fn fast_attentions(
 }
 
 /// Whether the fast step multiplies `w` on float activations (fast.wgsl's
-/// `fmv`, or fast_wide.wgsl's `fmv_wide` where [`crate::kernels::wide_fits`]).
-/// K-quant matrices that `fmv_wide` does not take keep the exact path, whose
-/// single-token kernels with 16-byte loads (quant_tg.wgsl) outran `fmv`'s
-/// word-wise decoding: on an H200, TinyLlama Q4_K_M decoded at 527 t/s with
-/// `fmv` for every K-quant against 608 exact (`fmv`'s gate/up product 27.8 µs
-/// a dispatch), while Q8_0 went from 430 to 552 t/s and F16 stayed at 560.
-fn fast_product(w: &GpuMatrix) -> bool {
+/// `fmv`, or fast_wide.wgsl's `fmv_wide` where [`crate::kernels::wide_fits`])
+/// on a device with (`subgroup32`) or without 32-wide subgroups. K-quant
+/// matrices keep the exact path where [`crate::kernels::fast_keeps_exact`]
+/// (its single-token kernels outran `fmv_wide`), and where `fmv_wide` does
+/// not take them: their kernels with 16-byte loads (quant_tg.wgsl) outran
+/// `fmv`'s word-wise decoding too (on an H200, TinyLlama Q4_K_M decoded at
+/// 527 t/s with `fmv` for every K-quant against 608 exact, while Q8_0 went
+/// from 430 to 552 t/s and F16 stayed at 560).
+fn fast_product(w: &GpuMatrix, subgroup32: bool) -> bool {
+    if crate::kernels::fast_keeps_exact(w.ty, subgroup32) {
+        return false;
+    }
     match w.ty {
         GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K => {
             crate::kernels::wide_fits(w.ty, w.row_bytes)
@@ -737,6 +742,31 @@ impl<'a> Lowering<'a> {
         }
     }
 
+    /// Pushes `op`, an exact RMSNorm rounding for `act`: as it is in the
+    /// exact mode; through the f32 kernel ([`OpBuilder::fast_norm`]) in the
+    /// fast mode's step; in its batches, the f32 kernel for batches of
+    /// [`FAST_MM_MIN_TOKENS`] or more and the exact one for smaller batches,
+    /// whose exact products then give the exact mode's bits.
+    fn push_norm(&self, ob: &OpBuilder<'_>, ops: &mut Vec<Op>, op: Op, act: Option<ActKey>) {
+        if self.fast {
+            ops.push(ob.fast_norm(&op, act));
+        } else if self.fast_batch && matches!(op.grid, Grid::PerToken(_)) {
+            let large = ob
+                .fast_norm(&op, act)
+                .large_batches_only(FAST_MM_MIN_TOKENS);
+            ops.push(op.small_batches_only(FAST_MM_MIN_TOKENS));
+            ops.push(large);
+        } else {
+            ops.push(op);
+        }
+    }
+
+    /// Whether the device has 32-wide subgroups (the exact single-token
+    /// kernels of quant_tg.wgsl).
+    fn sg32(&self) -> bool {
+        self.ctx.caps().subgroup32
+    }
+
     /// Whether the fast step can leave node `i` (a norm or SwiGLU) to the
     /// products reading it: every consumer is a product of it.
     fn can_virtualize(&self, i: usize) -> bool {
@@ -746,7 +776,7 @@ impl<'a> Lowering<'a> {
             && !cons.is_empty()
             && cons.iter().all(|c| {
                 matches!(self.g.node(*c).op, GOp::MatMul { x, w, .. }
-                    if x.0 == i && matrix(self.weights, w).is_ok_and(|m| m.k % 4 == 0 && fast_product(m)))
+                    if x.0 == i && matrix(self.weights, w).is_ok_and(|m| m.k % 4 == 0 && fast_product(m, self.sg32())))
             })
     }
 
@@ -773,7 +803,9 @@ impl<'a> Lowering<'a> {
         self.plan.consumers[i]
             .iter()
             .all(|c| match self.g.node(*c).op {
-                GOp::MatMul { w, .. } => matrix(self.weights, w).is_ok_and(|m| !fast_product(m)),
+                GOp::MatMul { w, .. } => {
+                    matrix(self.weights, w).is_ok_and(|m| !fast_product(m, self.sg32()))
+                }
                 _ => true,
             })
     }
@@ -1148,7 +1180,7 @@ impl<'a> Lowering<'a> {
                         Some(k) if packed => self.act_buffer(k),
                         _ => self.buf(&y).clone(),
                     };
-                    ops.push(ob.rms_norm(
+                    let op = ob.rms_norm(
                         self.buf(&xl),
                         width,
                         &wb,
@@ -1159,7 +1191,8 @@ impl<'a> Lowering<'a> {
                         false,
                         fa,
                         self.corr_base,
-                    ));
+                    );
+                    self.push_norm(ob, ops, op, fa);
                     self.mark_rounded(i, fa);
                 } else {
                     let heads = width / group.max(1);
@@ -1176,7 +1209,7 @@ impl<'a> Lowering<'a> {
                         0,
                     );
                     op.grid = Grid::PerTokenTimes([group.div_ceil(256), 1], heads);
-                    ops.push(op);
+                    self.push_norm(ob, ops, op, None);
                 }
                 y
             }
@@ -1184,7 +1217,7 @@ impl<'a> Lowering<'a> {
                 let m = matrix(self.weights, *w)?;
                 self.weight_bytes += m.n_bytes();
                 let lbl = weight_label(g, *w);
-                let fast_in = if self.fast && fast_product(m) {
+                let fast_in = if self.fast && fast_product(m, self.sg32()) {
                     Some(self.fast_input(ob, ops, *x, i))
                 } else {
                     None
@@ -2271,43 +2304,50 @@ impl GpuProgram {
         q.write_buffer(&self.ids, 0, bytemuck::cast_slice(tokens));
     }
 
-    /// Records a step of `n` tokens: with the last row's tail (`all ==
-    /// false`, or a single token), every row's, or none; then the argmax.
-    fn encode(&self, encoder: &mut wgpu::CommandEncoder, n: u32, tail: Option<bool>, argmax: bool) {
+    /// Records a step of `n` tokens after which the context holds `n_kv`
+    /// positions: with the last row's tail (`all == false`, or a single
+    /// token), every row's, or none; then the argmax.
+    fn encode(
+        &self,
+        encoder: &mut wgpu::CommandEncoder,
+        (n, n_kv): (u32, u32),
+        tail: Option<bool>,
+        argmax: bool,
+    ) {
         let mut pass = encoder.begin_compute_pass(&Default::default());
         let kept = |op: &Op| n > 1 || !self.left_out.iter().any(|l| l == op.label);
         if let (1, Some(_), Some(decode)) = (n, tail, &self.decode) {
             for op in decode.iter().filter(|o| kept(o)) {
-                op.encode(&mut pass, 1);
+                op.encode(&mut pass, 1, n_kv);
             }
             if argmax {
-                self.argmax.encode(&mut pass, 1);
+                self.argmax.encode(&mut pass, 1, n_kv);
             }
             return;
         }
         for op in self.body.iter().filter(|o| kept(o)) {
-            op.encode(&mut pass, n);
+            op.encode(&mut pass, n, n_kv);
         }
         match tail {
             Some(true) | Some(false) if n == 1 => {
                 for op in self.tail_all.iter().filter(|o| kept(o)) {
-                    op.encode(&mut pass, 1);
+                    op.encode(&mut pass, 1, n_kv);
                 }
             }
             Some(true) => {
                 for op in &self.tail_all {
-                    op.encode(&mut pass, n);
+                    op.encode(&mut pass, n, n_kv);
                 }
             }
             Some(false) => {
                 for op in &self.tail_last {
-                    op.encode(&mut pass, 1);
+                    op.encode(&mut pass, 1, n_kv);
                 }
             }
             None => {}
         }
         if argmax {
-            self.argmax.encode(&mut pass, 1);
+            self.argmax.encode(&mut pass, 1, n_kv);
         }
     }
 
@@ -2321,11 +2361,12 @@ impl GpuProgram {
             self.set_step(chunk, p, 1);
             if i + 1 < chunks.len() {
                 let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-                self.encode(&mut enc, chunk.len() as u32, None, false);
+                let n = chunk.len() as u32;
+                self.encode(&mut enc, (n, p + n), None, false);
                 self.ctx.queue.submit([enc.finish()]);
             } else {
                 let bytes = self.run_last(
-                    chunk.len() as u32,
+                    (chunk.len() as u32, p + chunk.len() as u32),
                     false,
                     &self.logits.clone(),
                     self.n_vocab as u64 * 4,
@@ -2337,25 +2378,34 @@ impl GpuProgram {
         unreachable!("tokens is not empty")
     }
 
-    /// Runs the step already set of `n` tokens with the last row's tail
-    /// (and the argmax when `argmax`), and reads back `size` bytes of `src`.
-    /// A one-token step submits the commands recorded during the previous
-    /// one, if any, and records the next one's while the GPU works: a
-    /// decoding step's commands do not depend on the token or its position.
-    fn run_last(&mut self, n: u32, argmax: bool, src: &wgpu::Buffer, size: u64) -> Result<Vec<u8>> {
-        let record = |m: &Self| {
+    /// Runs the step already set of `n` tokens (after which the context
+    /// holds `n_kv` positions) with the last row's tail (and the argmax when
+    /// `argmax`), and reads back `size` bytes of `src`. A one-token step
+    /// submits the commands recorded during the previous one for this
+    /// context length, if any, and records the next position's while the
+    /// GPU works: a decoding step's commands do not depend on the token,
+    /// and on its position only through the attention's choice of kernel
+    /// ([`crate::ops::SOLO_MAX_KV`]).
+    fn run_last(
+        &mut self,
+        (n, n_kv): (u32, u32),
+        argmax: bool,
+        src: &wgpu::Buffer,
+        size: u64,
+    ) -> Result<Vec<u8>> {
+        let record = |m: &Self, n_kv: u32| {
             let mut enc = m.ctx.device.create_command_encoder(&Default::default());
-            m.encode(&mut enc, n, Some(false), argmax);
+            m.encode(&mut enc, (n, n_kv), Some(false), argmax);
             enc.finish()
         };
         let cmds = match self.prerecorded.take() {
-            Some((a, cmds)) if n == 1 && a == argmax => cmds,
-            _ => record(self),
+            Some((a, kv, cmds)) if n == 1 && a == argmax && kv == n_kv => cmds,
+            _ => record(self, n_kv),
         };
         let copy = self.ctx.device.create_command_encoder(&Default::default());
         let pending = self.ctx.submit_read(vec![cmds], copy, src, 0, size);
         if n == 1 {
-            self.prerecorded = Some((argmax, record(self)));
+            self.prerecorded = Some((argmax, n_kv + 1, record(self, n_kv + 1)));
         }
         self.ctx.finish_read(pending)
     }
@@ -2371,7 +2421,7 @@ impl GpuProgram {
             let n = chunk.len() as u32;
             self.set_step(chunk, p, n);
             let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-            self.encode(&mut enc, n, Some(true), false);
+            self.encode(&mut enc, (n, p + n), Some(true), false);
             let bytes = self
                 .ctx
                 .read_back(enc, &self.logits, 0, (chunk.len() * nv * 4) as u64)?;
@@ -2393,7 +2443,7 @@ impl GpuProgram {
         }
         self.check(tokens, pos)?;
         self.set_step(tokens, pos, 1);
-        let bytes = self.run_last(n as u32, true, &self.ids.clone(), 4)?;
+        let bytes = self.run_last((n as u32, pos + n as u32), true, &self.ids.clone(), 4)?;
         Ok(u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]]))
     }
 
@@ -2434,7 +2484,7 @@ impl GpuProgram {
             q.write_buffer(&self.step, 0, bytemuck::bytes_of(&s));
             q.write_buffer(&self.step_out, 0, bytemuck::bytes_of(&s));
             let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-            self.encode(&mut enc, 1, Some(false), true);
+            self.encode(&mut enc, (1, p + 1), Some(false), true);
             enc.copy_buffer_to_buffer(&self.ids, 0, &self.generated, i as u64 * 4, 4);
             self.ctx.queue.submit([enc.finish()]);
         }
@@ -2447,11 +2497,12 @@ impl GpuProgram {
         Ok(out)
     }
 
-    /// The ops of a decoding step by label, in order of first appearance:
-    /// (label, dispatches, whether they are matrix products).
+    /// The ops of a decoding step early in the context (at most
+    /// [`crate::ops::SOLO_MAX_KV`] positions) by label, in order of first
+    /// appearance: (label, dispatches, whether they are matrix products).
     pub fn step_ops(&self) -> Vec<(&'static str, usize, bool)> {
         let mut out: Vec<(&'static str, usize, bool)> = Vec::new();
-        for op in self.single_step().filter(|o| o.runs(1)) {
+        for op in self.single_step().filter(|o| o.runs(1, 1)) {
             match out.iter_mut().find(|e| e.0 == op.label) {
                 Some(e) => e.1 += 1,
                 None => out.push((op.label, 1, op.is_product())),
@@ -2479,7 +2530,8 @@ impl GpuProgram {
         self.prerecorded = None;
     }
 
-    /// Dispatches in one decoding step (argmax included).
+    /// Dispatches in one decoding step early in the context (argmax
+    /// included).
     pub fn dispatches_per_step(&self) -> usize {
         self.step_ops().iter().map(|o| o.1).sum::<usize>() + 1
     }
@@ -2491,12 +2543,8 @@ impl GpuProgram {
         let t = std::time::Instant::now();
         for _ in 0..reps {
             let mut enc = self.ctx.device.create_command_encoder(&Default::default());
-            self.encode(
-                &mut enc,
-                n_tokens.clamp(1, self.max_batch),
-                Some(false),
-                true,
-            );
+            let n = n_tokens.clamp(1, self.max_batch);
+            self.encode(&mut enc, (n, n), Some(false), true);
             drop(enc.finish());
         }
         t.elapsed().as_secs_f64() / reps as f64
@@ -2518,14 +2566,14 @@ impl GpuProgram {
         let ops: Vec<(&Op, u32)> = if n == 1 {
             self.single_step()
                 .map(|o| (o, 1))
-                .filter(|(o, _)| o.runs(1))
+                .filter(|(o, _)| o.runs(1, pos + 1))
                 .collect()
         } else {
             self.body
                 .iter()
                 .map(|o| (o, n))
                 .chain(self.tail_last.iter().map(|o| (o, 1)))
-                .filter(|(o, t)| o.runs(*t))
+                .filter(|(o, t)| o.runs(*t, pos + n))
                 .collect()
         };
         let count = ops.len() as u32 * 2;
@@ -2545,7 +2593,7 @@ impl GpuProgram {
             let mut pass = enc.begin_compute_pass(&Default::default());
             for (i, (op, t)) in ops.iter().enumerate() {
                 pass.write_timestamp(&qs, 2 * i as u32);
-                op.encode(&mut pass, *t);
+                op.encode(&mut pass, *t, pos + n);
                 pass.write_timestamp(&qs, 2 * i as u32 + 1);
             }
         }

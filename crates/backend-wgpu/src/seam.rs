@@ -193,7 +193,9 @@ impl WgpuBackend {
         self.ctx.uniform("step", bytemuck::bytes_of(&s))
     }
 
-    /// Records `ops` (each for `n_tokens`) into the pending encoder.
+    /// Records `ops` (each for `n_tokens`) into the pending encoder. (None
+    /// of the seam's ops depends on the context's length: its attention is
+    /// the exact kernel's single op.)
     fn record(&self, ops: &[Op], n_tokens: usize) {
         let mut p = self.pending.lock().unwrap_or_else(|e| e.into_inner());
         let enc = p
@@ -201,7 +203,7 @@ impl WgpuBackend {
             .get_or_insert_with(|| self.ctx.device.create_command_encoder(&Default::default()));
         let mut pass = enc.begin_compute_pass(&Default::default());
         for op in ops {
-            op.encode(&mut pass, n_tokens as u32);
+            op.encode(&mut pass, n_tokens as u32, n_tokens as u32);
         }
     }
 

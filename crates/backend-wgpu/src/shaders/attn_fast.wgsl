@@ -7,7 +7,8 @@
 // V, outputs spread over the invocations; it leaves its maximum, its sum of
 // exponentials and its unnormalised output in `part`. `attn_combine`, the
 // next dispatch, weighs the splits of each head into the output. A long
-// context thus occupies n_head · splits workgroups instead of n_head. Not
+// context thus occupies n_head · splits workgroups instead of n_head; a
+// short one takes one workgroup a head and no combining (SOLO). Not
 // the CPU's bits (that is attention.wgsl, the exact mode's): float sums in
 // this kernel's order, `exp` rather than ggml's, no f16 rounding of the
 // query or the probabilities.
@@ -81,6 +82,11 @@ struct RopeFuse {
 const WG: u32 = 256u;
 // The fewest positions a split takes: shorter contexts use fewer splits.
 const MIN_CHUNK: u32 = 64u;
+// SOLO: one workgroup a head takes every visible position and writes the
+// head's output itself, with no `attn_combine` after it: the fast step's
+// choice for short contexts (ops.rs's SOLO_MAX_KV), a dispatch less a
+// layer, where the splits would have had a tile of positions or less each.
+override SOLO: bool = false;
 var<workgroup> q_head: array<vec4<f32>, 64>;
 // attn_rope_decode: the token's query as loaded, then rotated; its key
 // (rotated) and value as the caches hold them.
@@ -131,7 +137,19 @@ fn split_span() -> vec2<u32> {
         first = n_kv - p.window;
     }
     let len = n_kv - first;
+    if (SOLO) {
+        return vec2<u32>(first, len);
+    }
     return vec2<u32>(first, max((len + p.splits - 1u) / p.splits, MIN_CHUNK));
+}
+
+// Output dimension d of position c + t's value (vb: its offset at c);
+// with `fresh`, the step's own position is v_new's (not yet in the cache).
+fn v_at(vb: u32, c: u32, t: u32, fresh: bool, d: u32) -> f32 {
+    if (fresh && c + t == step.pos) {
+        return v_new[d];
+    }
+    return v_cache[vb + t * p.kv_stride];
 }
 
 // Split s of head h's attention (its query in q_head) over positions ..=
@@ -168,10 +186,27 @@ fn attend(h: u32, s: u32, lid: u32, fresh: bool) {
                     a = fma(q_head[i], kv, a);
                 }
             } else {
+                // Four vectors a pass into four sums: their loads issue
+                // together instead of one cache round trip at a time.
                 let kb = (j * p.kv_stride + ko) >> 2u;
-                for (var i = 0u; i < n4; i++) {
+                var a1 = vec4<f32>(0.0);
+                var a2 = vec4<f32>(0.0);
+                var a3 = vec4<f32>(0.0);
+                var i = 0u;
+                for (; i + 4u <= n4; i += 4u) {
+                    let k0 = k_cache[kb + i];
+                    let k1 = k_cache[kb + i + 1u];
+                    let k2 = k_cache[kb + i + 2u];
+                    let k3 = k_cache[kb + i + 3u];
+                    a = fma(q_head[i], k0, a);
+                    a1 = fma(q_head[i + 1u], k1, a1);
+                    a2 = fma(q_head[i + 2u], k2, a2);
+                    a3 = fma(q_head[i + 3u], k3, a3);
+                }
+                for (; i < n4; i++) {
                     a = fma(q_head[i], k_cache[kb + i], a);
                 }
+                a = (a + a1) + (a2 + a3);
             }
             sc = (a.x + a.y) + (a.z + a.w);
             if (p.softcap != 0.0) {
@@ -190,18 +225,29 @@ fn attend(h: u32, s: u32, lid: u32, fresh: bool) {
         // probs is visible: wg_sum's barriers follow its writes.
         if (sl < slices) {
             let cnt = min(WG, last - c);
-            var a = 0.0;
             let vb = c * p.kv_stride + ko + d;
-            for (var t = sl; t < cnt; t += slices) {
-                var v: f32;
-                if (fresh && c + t == step.pos) {
-                    v = v_new[d];
-                } else {
-                    v = v_cache[vb + t * p.kv_stride];
-                }
-                a = fma(probs[t], v, a);
+            // Four positions a pass into four sums, their loads first (one
+            // position at a time waited out the cache at every step: this
+            // loop walks up to WG / slices positions).
+            var a0 = 0.0;
+            var a1 = 0.0;
+            var a2 = 0.0;
+            var a3 = 0.0;
+            var t = sl;
+            for (; t + 3u * slices < cnt; t += 4u * slices) {
+                let v0 = v_at(vb, c, t, fresh, d);
+                let v1 = v_at(vb, c, t + slices, fresh, d);
+                let v2 = v_at(vb, c, t + 2u * slices, fresh, d);
+                let v3 = v_at(vb, c, t + 3u * slices, fresh, d);
+                a0 = fma(probs[t], v0, a0);
+                a1 = fma(probs[t + slices], v1, a1);
+                a2 = fma(probs[t + 2u * slices], v2, a2);
+                a3 = fma(probs[t + 3u * slices], v3, a3);
             }
-            acc = acc * corr + a;
+            for (; t < cnt; t += slices) {
+                a0 = fma(probs[t], v_at(vb, c, t, fresh, d), a0);
+            }
+            acc = acc * corr + ((a0 + a1) + (a2 + a3));
         }
         m = m_new;
         workgroupBarrier();
@@ -214,9 +260,13 @@ fn attend(h: u32, s: u32, lid: u32, fresh: bool) {
         for (var k = 0u; k < slices; k++) {
             total += red[k * hd + d];
         }
-        part[hs * hd + d] = total;
+        if (SOLO) {
+            out[h * hd + d] = total / l;
+        } else {
+            part[hs * hd + d] = total;
+        }
     }
-    if (lid == 0u) {
+    if (!SOLO && lid == 0u) {
         part[ml_base() + 2u * hs] = m;
         part[ml_base() + 2u * hs + 1u] = l;
     }

@@ -133,13 +133,13 @@ fn kquant_x(sb: u32, part: u32) -> KPartX {
 // One quant word's (low nibbles · xl, high nibbles · xh); Q5_K adds the
 // fifth bits of sub-blocks 2j and 2j + 1 from hb.
 fn kq_word(word: u32, hb: u32, j: u32, xl: vec4<f32>, xh: vec4<f32>) -> vec2<f32> {
-    var lo = vec4<f32>(unpack4xU8(word & 0x0f0f0f0fu));
-    var hi = vec4<f32>(unpack4xU8((word >> 4u) & 0x0f0f0f0fu));
+    var lo = word & 0x0f0f0f0fu;
+    var hi = (word >> 4u) & 0x0f0f0f0fu;
     if (FORMAT == 13u) {
-        lo += 16.0 * vec4<f32>(unpack4xU8((hb >> (2u * j)) & 0x01010101u));
-        hi += 16.0 * vec4<f32>(unpack4xU8((hb >> (2u * j + 1u)) & 0x01010101u));
+        lo |= ((hb >> (2u * j)) & 0x01010101u) << 4u;
+        hi |= ((hb >> (2u * j + 1u)) & 0x01010101u) << 4u;
     }
-    return vec2<f32>(dot(lo, xl), dot(hi, xh));
+    return vec2<f32>(dot(u2f(bytes4(lo)), xl), dot(u2f(bytes4(hi)), xh));
 }
 
 fn kquant_part(rv: u32, sb: u32, part: u32, a: KPartX) -> f32 {
@@ -174,13 +174,18 @@ fn ww(i: u32) -> u32 {
     return wv[i >> 2u][i & 3u];
 }
 
-// The u32 at byte offset o (even) of the weights.
+// The u32 at byte offset o (even) of the weights. Without a branch: the
+// 32-weight blocks are 18 to 34 bytes, so neighbouring lanes' blocks
+// alternate between word-aligned and not, and a branch would make every
+// subgroup take both ways; the compiler can also share the words that the
+// reads of one block have in common. (The word after an aligned read is
+// loaded and not used; past the buffer's end, WGSL's robust access keeps
+// the load inside it.)
 fn u32_at(o: u32) -> u32 {
     let wi = o >> 2u;
-    if ((o & 3u) == 0u) {
-        return ww(wi);
-    }
-    return (ww(wi) >> 16u) | (ww(wi + 1u) << 16u);
+    let lo = ww(wi);
+    let hi = ww(wi + 1u);
+    return select((lo >> 16u) | (hi << 16u), lo, (o & 3u) == 0u);
 }
 
 // Bits 4k .. 4k + 3 of qh, one in bit 4 of each byte (Q5_0/Q5_1's fifth
@@ -212,13 +217,13 @@ fn x8(b: u32) -> X8 {
 // bit 4 of each byte) · activations xl (low nibbles) and xh (high), less
 // `off` from every quant; and the sum of those activations.
 fn nib_dot(w: u32, f_lo: u32, f_hi: u32, off: f32, xl: vec4<f32>, xh: vec4<f32>) -> vec2<f32> {
-    let lo = vec4<f32>(unpack4xU8((w & 0x0f0f0f0fu) | f_lo)) - off;
-    let hi = vec4<f32>(unpack4xU8(((w >> 4u) & 0x0f0f0f0fu) | f_hi)) - off;
+    let lo = u2f_less(bytes4((w & 0x0f0f0f0fu) | f_lo), off);
+    let hi = u2f_less(bytes4(((w >> 4u) & 0x0f0f0f0fu) | f_hi), off);
     return vec2<f32>(dot(lo, xl) + dot(hi, xh), hsum4(xl) + hsum4(xh));
 }
 
 fn q8_dot(w: u32, x: vec4<f32>) -> f32 {
-    return dot(vec4<f32>(unpack4xI8(w)), x);
+    return dot(sext8(bytes4(w)), x);
 }
 
 // The 32-weight block (Q4_0, Q4_1, Q5_0, Q5_1, Q8_0) of `blk` of the row
@@ -312,11 +317,10 @@ fn q6_unit(slot: u32, blk: u32, u: u32, b0: u32) -> f32 {
     let sc_hi = q6w(slot, bo + 196u + 8u * n);
     let d = unpack2x16float(q6w(slot, bo + 208u)).x;
     let is = l >> 4u;
-    let m = vec4<f32>(32.0);
-    let q1 = vec4<f32>(unpack4xU8((a & 0x0f0f0f0fu) | ((h & 0x03030303u) << 4u))) - m;
-    let q2 = vec4<f32>(unpack4xU8((b & 0x0f0f0f0fu) | (((h >> 2u) & 0x03030303u) << 4u))) - m;
-    let q3 = vec4<f32>(unpack4xU8(((a >> 4u) & 0x0f0f0f0fu) | (((h >> 4u) & 0x03030303u) << 4u))) - m;
-    let q4 = vec4<f32>(unpack4xU8(((b >> 4u) & 0x0f0f0f0fu) | (((h >> 6u) & 0x03030303u) << 4u))) - m;
+    let q1 = u2f_less(bytes4((a & 0x0f0f0f0fu) | ((h & 0x03030303u) << 4u)), 32.0);
+    let q2 = u2f_less(bytes4((b & 0x0f0f0f0fu) | (((h >> 2u) & 0x03030303u) << 4u)), 32.0);
+    let q3 = u2f_less(bytes4(((a >> 4u) & 0x0f0f0f0fu) | (((h >> 4u) & 0x03030303u) << 4u)), 32.0);
+    let q4 = u2f_less(bytes4(((b >> 4u) & 0x0f0f0f0fu) | (((h >> 6u) & 0x03030303u) << 4u)), 32.0);
     // Scales is, is + 2 (in sc_lo), is + 4, is + 6 (in sc_hi).
     let s1 = sbyte_i(sc_lo, is);
     let s2 = sbyte_i(sc_lo, is + 2u);

@@ -117,6 +117,44 @@ fn sq_at(xo: u32, i: u32) -> f32 {
     return max(v * v, 0.0);
 }
 
+// FAST: the fast mode's norm: the sum of squares in f32 in this kernel's
+// order, and the scale as the GPU's division and square root round it (not
+// ggml's f64 sum and correctly rounded steps: within the fast mode's
+// agreement, not the CPU's bits). The exact norm's pair arithmetic cost a
+// prompt of 512 tokens 35 µs a norm on an H100.
+override FAST: bool = false;
+
+// FAST's 1 / sqrt(mean(x²) + eps) of the row at xo.
+fn fast_scale(xo: u32, lid: u32) -> f32 {
+    var s = 0.0;
+    for (var i0 = lid; i0 < p.n; i0 += 4u * WG) {
+        s += (sq_at(xo, i0) + sq_at(xo, i0 + WG)) + (sq_at(xo, i0 + 2u * WG) + sq_at(xo, i0 + 3u * WG));
+    }
+    var tot: f32;
+    if (SG) {
+        for (var m = 16u; m > 0u; m >>= 1u) {
+            s += bitcast<f32>(xor_u32(bitcast<u32>(s), m, lid));
+        }
+        if ((lid & 31u) == 0u) {
+            partial[lid >> 5u] = vec2<f32>(s, 0.0);
+        }
+        workgroupBarrier();
+        tot = ((partial[0].x + partial[1].x) + (partial[2].x + partial[3].x))
+            + ((partial[4].x + partial[5].x) + (partial[6].x + partial[7].x));
+    } else {
+        partial[lid] = vec2<f32>(s, 0.0);
+        workgroupBarrier();
+        for (var h = WG / 2u; h > 0u; h >>= 1u) {
+            if (lid < h) {
+                partial[lid].x += partial[lid + h].x;
+            }
+            workgroupBarrier();
+        }
+        tot = partial[0].x;
+    }
+    return 1.0 / sqrt(tot / f32(p.n) + p.eps);
+}
+
 // Grid: (ceil(n / 256), 1, rows): every workgroup sums the squares of the
 // whole row (a few KiB, from cache) and writes its own 256 outputs, so that
 // a row is spread over several compute units.
@@ -138,49 +176,54 @@ fn rms_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
         xi = x[xo + i];
         wi = weight[i];
     }
-    // Eight elements per invocation and round, all loaded before any is
-    // added (a loop that loads and adds in turn waits out the cache's
-    // latency at every element), summed as a tree of exact pairs.
-    var sum = vec2<f32>(0.0);
-    for (var i0 = lid; i0 < p.n; i0 += 8u * WG) {
-        let a = vec4<f32>(sq_at(xo, i0), sq_at(xo, i0 + WG), sq_at(xo, i0 + 2u * WG), sq_at(xo, i0 + 3u * WG));
-        let b = vec4<f32>(sq_at(xo, i0 + 4u * WG), sq_at(xo, i0 + 5u * WG), sq_at(xo, i0 + 6u * WG),
-                          sq_at(xo, i0 + 7u * WG));
-        let lo = dd_add(two_sum(a.x, a.y), two_sum(a.z, a.w));
-        let hi = dd_add(two_sum(b.x, b.y), two_sum(b.z, b.w));
-        sum = dd_add(sum, dd_add(lo, hi));
-    }
-    var tot: vec2<f32>;
-    if (SG) {
-        // dd_add is symmetric (TwoSum's error is exact in either order), so
-        // after the butterfly every invocation holds the same sum.
-        for (var m = 16u; m > 0u; m >>= 1u) {
-            let o = vec2<f32>(bitcast<f32>(xor_u32(bitcast<u32>(sum.x), m, lid)),
-                              bitcast<f32>(xor_u32(bitcast<u32>(sum.y), m, lid)));
-            sum = dd_add(sum, o);
-        }
-        if ((lid & 31u) == 0u) {
-            partial[lid >> 5u] = sum;
-        }
-        workgroupBarrier();
-        tot = dd_add(dd_add(dd_add(partial[0], partial[1]), dd_add(partial[2], partial[3])),
-                     dd_add(dd_add(partial[4], partial[5]), dd_add(partial[6], partial[7])));
+    var scale: f32;
+    if (FAST) {
+        scale = fast_scale(xo, lid);
     } else {
-        partial[lid] = sum;
-        workgroupBarrier();
-        for (var s = WG / 2u; s > 0u; s >>= 1u) {
-            if (lid < s) {
-                partial[lid] = dd_add(partial[lid], partial[lid + s]);
+        // Eight elements per invocation and round, all loaded before any is
+        // added (a loop that loads and adds in turn waits out the cache's
+        // latency at every element), summed as a tree of exact pairs.
+        var sum = vec2<f32>(0.0);
+        for (var i0 = lid; i0 < p.n; i0 += 8u * WG) {
+            let a = vec4<f32>(sq_at(xo, i0), sq_at(xo, i0 + WG), sq_at(xo, i0 + 2u * WG), sq_at(xo, i0 + 3u * WG));
+            let b = vec4<f32>(sq_at(xo, i0 + 4u * WG), sq_at(xo, i0 + 5u * WG), sq_at(xo, i0 + 6u * WG),
+                              sq_at(xo, i0 + 7u * WG));
+            let lo = dd_add(two_sum(a.x, a.y), two_sum(a.z, a.w));
+            let hi = dd_add(two_sum(b.x, b.y), two_sum(b.z, b.w));
+            sum = dd_add(sum, dd_add(lo, hi));
+        }
+        var tot: vec2<f32>;
+        if (SG) {
+            // dd_add is symmetric (TwoSum's error is exact in either order), so
+            // after the butterfly every invocation holds the same sum.
+            for (var m = 16u; m > 0u; m >>= 1u) {
+                let o = vec2<f32>(bitcast<f32>(xor_u32(bitcast<u32>(sum.x), m, lid)),
+                                  bitcast<f32>(xor_u32(bitcast<u32>(sum.y), m, lid)));
+                sum = dd_add(sum, o);
+            }
+            if ((lid & 31u) == 0u) {
+                partial[lid >> 5u] = sum;
             }
             workgroupBarrier();
+            tot = dd_add(dd_add(dd_add(partial[0], partial[1]), dd_add(partial[2], partial[3])),
+                         dd_add(dd_add(partial[4], partial[5]), dd_add(partial[6], partial[7])));
+        } else {
+            partial[lid] = sum;
+            workgroupBarrier();
+            for (var s = WG / 2u; s > 0u; s >>= 1u) {
+                if (lid < s) {
+                    partial[lid] = dd_add(partial[lid], partial[lid + s]);
+                }
+                workgroupBarrier();
+            }
+            tot = partial[0];
         }
-        tot = partial[0];
+        var mean = 0.0;
+        if (tot.x > 0.0) {
+            mean = mean_rn(tot, f32(p.n));
+        }
+        scale = div_rn(1.0, sqrt_rn(mean + p.eps));
     }
-    var mean = 0.0;
-    if (tot.x > 0.0) {
-        mean = mean_rn(tot, f32(p.n));
-    }
-    let scale = div_rn(1.0, sqrt_rn(mean + p.eps));
     var v = 0.0;
     if (i < p.n) {
         v = (xi * scale) * wi;

@@ -42,34 +42,12 @@ fn f16at(o: u32) -> f32 {
     return unpack2x16float(ld16(o)).x;
 }
 
-fn bytes4(v: u32) -> vec4<u32> {
-    return (vec4<u32>(v) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xffu);
-}
-
 fn lo4(v: u32) -> vec4<u32> {
     return bytes4(v) & vec4<u32>(0xfu);
 }
 
 fn hi4(v: u32) -> vec4<u32> {
     return bytes4(v) >> vec4<u32>(4u);
-}
-
-// Small unsigned integers (< 2^23) as floats without an integer-to-float
-// conversion (a quarter-rate instruction on NVIDIA GPUs, and the Q4_K
-// matvec needed six per four weights): the bits of 2^23 + q, minus 2^23,
-// which is exact.
-fn u2f(q: vec4<u32>) -> vec4<f32> {
-    return bitcast<vec4<f32>>(q | vec4<u32>(0x4b000000u)) - 8388608.0;
-}
-
-fn u2f1(q: u32) -> f32 {
-    return bitcast<f32>(q | 0x4b000000u) - 8388608.0;
-}
-
-// Bytes as signed 8-bit values, converted as u2f does (q + 128, then − 128
-// folded into the constant).
-fn sext8(b: vec4<u32>) -> vec4<f32> {
-    return bitcast<vec4<f32>>(((b + vec4<u32>(128u)) & vec4<u32>(0xffu)) | vec4<u32>(0x4b000000u)) - 8388736.0;
 }
 
 // kvalues_iq4nl (ggml-common.h)

@@ -66,3 +66,31 @@ fn i2f_rn(a: i32) -> f32 {
     let f = f32(q) * f32(1u << sh);
     return select(f, -f, a < 0);
 }
+
+// ---- small integers as floats ------------------------------------------------
+
+fn bytes4(v: u32) -> vec4<u32> {
+    return (vec4<u32>(v) >> vec4<u32>(0u, 8u, 16u, 24u)) & vec4<u32>(0xffu);
+}
+
+// Small unsigned integers (< 2^23) as floats, less `off`, without an
+// integer-to-float conversion (a quarter-rate instruction on NVIDIA GPUs,
+// and a matvec converts every weight): the bits of 2^23 + q, minus
+// 2^23 + off, which is exact for the offsets used (0 to 128).
+fn u2f_less(q: vec4<u32>, off: f32) -> vec4<f32> {
+    return bitcast<vec4<f32>>(q | vec4<u32>(0x4b000000u)) - (8388608.0 + off);
+}
+
+fn u2f(q: vec4<u32>) -> vec4<f32> {
+    return u2f_less(q, 0.0);
+}
+
+fn u2f1(q: u32) -> f32 {
+    return bitcast<f32>(q | 0x4b000000u) - 8388608.0;
+}
+
+// Bytes as signed 8-bit values, converted as u2f does (q + 128, then − 128
+// folded into the constant).
+fn sext8(b: vec4<u32>) -> vec4<f32> {
+    return u2f_less((b + vec4<u32>(128u)) & vec4<u32>(0xffu), 128.0);
+}
