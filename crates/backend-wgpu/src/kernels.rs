@@ -287,9 +287,11 @@ impl Shader {
             ],
             // q, k_cache, v_cache, out, params, step
             // as Attention (the caches writable), then the cos/sin table,
-            // attn_rope_decode's RopeFuse and the per-split results
+            // attn_rope_decode's RopeFuse, the per-split results and
+            // attn_rope_decode's per-head norm weights
             Shader::AttentionFast => &[
                 Read, ReadWrite, ReadWrite, ReadWrite, Uniform, Uniform, Read, Uniform, ReadWrite,
+                Read,
             ],
             Shader::Attention | Shader::AttentionSg | Shader::AttentionFlash => {
                 &[Read, Read, Read, ReadWrite, Uniform, Uniform]
@@ -501,8 +503,11 @@ pub(crate) enum Kernel {
     Softcap,
     /// Each row of y times its factor (`scale.wgsl`).
     ScaleRows,
+    /// y = b + RMSNorm(a)·weight, the fast step's post-norm and residual
+    /// sum (`scale.wgsl`).
+    NormAdd,
     /// The fast mode's single-token product of a `ty` matrix (`fast.wgsl`'s
-    /// `fmv`) with prologue 0 (x), 1 (RMSNorm) or 2 (SwiGLU).
+    /// `fmv`) with prologue 0 (x), 1 (RMSNorm), 2 (SwiGLU) or 3 (GeGLU).
     Fmv(GgmlType, u32),
     /// The same through 16-byte loads (`fast_wide.wgsl`'s `fmv_wide`:
     /// Q4_K, Q5_K, F16, Q8_0, Q6_K; [`wide_fits`]), [`wide_rows`] rows a
@@ -567,7 +572,11 @@ impl Kernel {
             Kernel::Tg(GgmlType::Q8_0 | GgmlType::Q4_0) => Shader::QuantTgQ8,
             Kernel::Tg(..) => Shader::QuantTg,
             Kernel::TgRope => Shader::QuantTgRope,
-            Kernel::Geglu | Kernel::Scale | Kernel::Softcap | Kernel::ScaleRows => Shader::Scale,
+            Kernel::Geglu
+            | Kernel::Scale
+            | Kernel::Softcap
+            | Kernel::ScaleRows
+            | Kernel::NormAdd => Shader::Scale,
             Kernel::Fmv(..) => Shader::QuantFast,
             Kernel::FmvWide(..) => Shader::QuantWide,
             Kernel::AttentionFast(_) | Kernel::AttentionFastRope(_) | Kernel::AttentionCombine => {
@@ -604,6 +613,7 @@ impl Kernel {
             Kernel::Scale => "scale",
             Kernel::Softcap => "softcap",
             Kernel::ScaleRows => "scale_rows",
+            Kernel::NormAdd => "norm_add",
             Kernel::Fmv(..) => "fmv",
             Kernel::FmvWide(..) => "fmv_wide",
             Kernel::AttentionFast(_) => "attn_decode",

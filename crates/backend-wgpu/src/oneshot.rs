@@ -295,7 +295,7 @@ pub fn get_rows(
     let idb = ctx.upload("ids", bytemuck::cast_slice(ids));
     let y = ctx.storage("y", (n * k * 4) as u64);
     let dummy = ctx.storage("dummy", 16);
-    let ops = b.get_rows(&w, &idb, &y, k as u32, &dummy);
+    let ops = b.get_rows(&w, &idb, &y, k as u32, 1.0, &dummy);
     run(ctx, &ops, n as u32, &y, n * k)
 }
 

@@ -206,6 +206,12 @@ pub(crate) struct ScaleParams {
     pub s: f32,
     /// `softcap`: 1/cap.
     pub inv: f32,
+    /// `geglu` over rows (`n` = 0): row z of a at `a_base + z·a_stride`,
+    /// of b at `b_base + z·b_stride`.
+    pub a_base: u32,
+    pub a_stride: u32,
+    pub b_base: u32,
+    pub b_stride: u32,
 }
 
 /// One row range of a weight matrix, in one buffer.
@@ -831,6 +837,12 @@ impl OpBuilder<'_> {
                 up,
                 up_base,
             } => (2, gate, gate_base, up, up_base, 0.0),
+            Prologue::Geglu {
+                gate,
+                gate_base,
+                up,
+                up_base,
+            } => (3, gate, gate_base, up, up_base, 0.0),
         };
         let wide = crate::kernels::wide_fits(w.ty, w.row_bytes);
         w.parts
@@ -873,13 +885,14 @@ impl OpBuilder<'_> {
             .collect()
     }
 
-    /// `y[t] = row ids[t] of W`.
+    /// `y[t] = row ids[t] of W`, times `scale` (1: the rows as they are).
     pub fn get_rows(
         &self,
         w: &GpuMatrix,
         ids: &wgpu::Buffer,
         y: &wgpu::Buffer,
         y_stride: u32,
+        scale: f32,
         dummy: &wgpu::Buffer,
     ) -> Vec<Op> {
         w.parts
@@ -895,7 +908,7 @@ impl OpBuilder<'_> {
                     accumulate: 0,
                     at_pos: 0,
                     corr_base: 0,
-                    pad: [0; 3],
+                    pad: [0, 0, scale.to_bits()],
                 };
                 self.kernel_op(
                     "get_rows",
@@ -1118,10 +1131,13 @@ impl OpBuilder<'_> {
         }
         params.splits = attention_splits(params.n_head);
         let pb = self.ctx.uniform("attention", bytemuck::bytes_of(&params));
-        // attn_rope_decode's table and RopeFuse, unread by attn_decode.
+        // attn_rope_decode's table, RopeFuse and norm weights, unread by
+        // attn_decode.
         let bind_group = self.bind(
             Kernel::AttentionFast(false),
-            &[q, k_cache, v_cache, out, &pb, self.step, q, &pb, partials],
+            &[
+                q, k_cache, v_cache, out, &pb, self.step, q, &pb, partials, q,
+            ],
         );
         let kernels = (Kernel::AttentionFast(false), Kernel::AttentionFast(true));
         self.split_attention(kernels, bind_group, pb, &params)
@@ -1192,8 +1208,11 @@ impl OpBuilder<'_> {
     /// inside (`attn_rope_decode`): the token's query, key and value are
     /// read from `qkv` (a stacked projection's output) as `rope` says, the
     /// query and key rotated with `table`, the key and value stored in the
-    /// caches at the step's position. Only where [`fast_attention_fits`].
-    /// The split op and its combining op, as [`OpBuilder::attention`].
+    /// caches at the step's position (the query and key first normed per
+    /// head with the weights in `norm` where `rope.qk_norm` says; the value
+    /// read from the cache where `rope.v_cached`). Only where
+    /// [`fast_attention_fits`]. The split op and its combining op, as
+    /// [`OpBuilder::attention`].
     #[allow(clippy::too_many_arguments)]
     pub fn attention_rope(
         &self,
@@ -1204,6 +1223,7 @@ impl OpBuilder<'_> {
         mut params: AttnParams,
         table: &wgpu::Buffer,
         rope: RopeFuse,
+        norm: &wgpu::Buffer,
         partials: &wgpu::Buffer,
     ) -> Vec<Op> {
         params.splits = attention_splits(params.n_head);
@@ -1215,7 +1235,7 @@ impl OpBuilder<'_> {
         let bind_group = self.bind(
             kernel,
             &[
-                qkv, k_cache, v_cache, out, &pb, self.step, table, &rb, partials,
+                qkv, k_cache, v_cache, out, &pb, self.step, table, &rb, partials, norm,
             ],
         );
         let kernels = (kernel, Kernel::AttentionFastRope(true));
@@ -1535,6 +1555,13 @@ pub(crate) enum Prologue<'b> {
         up: &'b wgpu::Buffer,
         up_base: u32,
     },
+    /// gelu(gate)·up (ggml's tanh form).
+    Geglu {
+        gate: &'b wgpu::Buffer,
+        gate_base: u32,
+        up: &'b wgpu::Buffer,
+        up_base: u32,
+    },
 }
 
 /// Whether the fast single-token attention (`attn_fast.wgsl`) takes these
@@ -1571,5 +1598,13 @@ pub(crate) struct RopeFuse {
     pub neox: u32,
     /// 1: the caches hold f16-rounded values.
     pub cache_f16: u32,
+    /// Bit 0: an RMSNorm of each query head before RoPE, bit 1: of each
+    /// key head (their weights bound as `norm`).
+    pub qk_norm: u32,
+    /// 1: the value's own product wrote it into the cache (`v_base` unused).
+    pub v_cached: u32,
+    /// The query norm's and the key norm's epsilon.
+    pub q_eps: f32,
+    pub k_eps: f32,
     pub pad: [u32; 2],
 }

@@ -21,6 +21,15 @@
 //! - the rows whose logits are wanted (`Op::OutputRows`) are the batch's
 //!   last row, copied once, or every row, a view; the nodes after it run on
 //!   those rows only, with their own step uniform, as llama.cpp runs them;
+//! - in the fast single-token step, an attention whose query and key come
+//!   from one stacked product through RoPE (after per-head norms or not,
+//!   the query scaled after it or not) does all of that inside
+//!   `attn_rope_decode`, with the cache writes (the value from the stack,
+//!   or already in the cache);
+//!   a post-norm read only by a residual sum is one `norm_add` dispatch
+//!   with it; GeGLU, like SwiGLU and norms, is the prologue of the product
+//!   reading it;
+//! - an embedding lookup read only by a scale writes the scaled rows;
 //! - in the fast mode, a mixture of experts is five dispatches (`moe.wgsl`):
 //!   router, routing, the chosen experts' gate/up and down products over
 //!   the stacked experts (one row of products per token and slot, the
@@ -86,6 +95,8 @@ enum Virtual {
     },
     /// silu(gate)·up.
     Swiglu { gate: Loc, up: Loc },
+    /// gelu(gate)·up.
+    Geglu { gate: Loc, up: Loc },
 }
 
 /// An interned op label (a short name for profiles: `attn_output`, `rope`).
@@ -177,8 +188,167 @@ struct Plan {
     fused_act: Vec<Option<ActKey>>,
     /// Value products writing straight into the KV cache of this attention.
     v_direct: Vec<Option<NodeId>>,
+    /// Attentions the fast step computes from their stacked projection
+    /// with `attn_rope_decode` (norms, RoPE, query scale and cache writes
+    /// inside), found from the graph's shape alone so that the nodes on the
+    /// way can be left out before the attention is reached.
+    fast_attn: Vec<Option<FastAttn>>,
+    /// Nodes the fast step leaves to the attention of `fast_attn` or the
+    /// `Add` of `norm_add` reading them.
+    fast_skip: Vec<bool>,
+    /// `Add` nodes the fast step computes with the RMSNorm that is one of
+    /// their operands and read by nothing else (a post-norm before a
+    /// residual sum, Gemma's): one `norm_add` dispatch.
+    norm_add: Vec<Option<NodeId>>,
     /// The first output-row selection (where the tails start).
     tail_start: usize,
+}
+
+/// The query's or key's way from a stacked projection to an attention:
+/// a per-head RMSNorm (or none), RoPE, a scale (or none), each read only by
+/// the next.
+#[derive(Clone, Debug)]
+struct QkChain {
+    /// The slice of the stacked projection it starts from.
+    src: NodeId,
+    /// The rotation and its frequency factors.
+    rope: TcRope,
+    factors: Option<WeightId>,
+    /// The per-head norm's weight (`head_dim` values) and epsilon.
+    norm: Option<(WeightId, f32)>,
+    /// The factor after RoPE (1: none).
+    scale: f32,
+    /// The chain's nodes (the norm, RoPE, the scale).
+    members: Vec<NodeId>,
+}
+
+/// An attention of [`Plan::fast_attn`]: query and key chains from slices of
+/// one stacked product, and the value a slice of it too, or (`None`) one
+/// its own product writes into the cache ([`Plan::v_direct`]).
+#[derive(Clone, Debug)]
+struct FastAttn {
+    q: QkChain,
+    k: QkChain,
+    v: Option<NodeId>,
+}
+
+/// The chain from `x` (an attention's query or key input) back to a slice,
+/// if it is one of [`QkChain`]'s shape (`heads` heads of `head_dim`).
+fn qk_chain(
+    g: &Graph,
+    consumers: &[Vec<NodeId>],
+    x: NodeId,
+    (heads, head_dim): (usize, usize),
+) -> Option<QkChain> {
+    let only_into = |n: NodeId, c: NodeId| consumers[n.0] == [c];
+    let attn = *consumers[x.0].first()?;
+    let (mut cur, mut next) = (x, attn);
+    let mut members = Vec::new();
+    let mut scale = 1.0;
+    if let GOp::Scale { x: inner, s } = g.node(cur).op {
+        if !only_into(cur, next) || !s.is_normal() {
+            return None;
+        }
+        scale = s;
+        members.push(cur);
+        (next, cur) = (cur, inner);
+    }
+    let GOp::Rope {
+        x: inner,
+        n_heads,
+        params,
+        factors,
+    } = g.node(cur).op
+    else {
+        return None;
+    };
+    if !only_into(cur, next) || params.head_dim != head_dim || n_heads != heads {
+        return None;
+    }
+    members.push(cur);
+    (next, cur) = (cur, inner);
+    let mut norm = None;
+    if let GOp::RmsNorm {
+        x: inner,
+        weight,
+        eps,
+    } = g.node(cur).op
+    {
+        if !only_into(cur, next) || g.weights[weight.0].shape.first() != Some(&head_dim) {
+            return None;
+        }
+        norm = Some((weight, eps));
+        members.push(cur);
+        cur = inner;
+    }
+    matches!(g.node(cur).op, GOp::Slice { .. }).then_some(QkChain {
+        src: cur,
+        rope: params,
+        factors,
+        norm,
+        scale,
+        members,
+    })
+}
+
+/// [`Plan::fast_attn`]: attentions whose query and key chains start from
+/// one stacked product, with one rotation and the key unscaled, heads
+/// `attn_fast.wgsl` takes, and the value beside them or written by its
+/// product into the cache.
+fn fast_attentions(
+    g: &Graph,
+    consumers: &[Vec<NodeId>],
+    v_direct: &[Option<NodeId>],
+) -> Vec<Option<FastAttn>> {
+    let stack_of = |x: NodeId| match g.node(x).op {
+        GOp::Slice { x, .. } => Some(x),
+        _ => None,
+    };
+    let mut out = vec![None; g.nodes.len()];
+    for (i, node) in g.nodes.iter().enumerate() {
+        let GOp::Attention {
+            q,
+            k,
+            v,
+            params,
+            sinks: None,
+            ..
+        } = &node.op
+        else {
+            continue;
+        };
+        let fits = fast_attention_fits(&AttnParams {
+            head_dim: params.head_dim as u32,
+            ..Default::default()
+        });
+        if !fits || q == k {
+            continue;
+        }
+        let (Some(cq), Some(ck)) = (
+            qk_chain(g, consumers, *q, (params.n_head, params.head_dim)),
+            qk_chain(g, consumers, *k, (params.n_head_kv, params.head_dim)),
+        ) else {
+            continue;
+        };
+        let stack = stack_of(cq.src);
+        if stack.is_none()
+            || stack_of(ck.src) != stack
+            || cq.rope != ck.rope
+            || cq.factors != ck.factors
+            || ck.scale != 1.0
+        {
+            continue;
+        }
+        let v = if stack_of(*v) == stack {
+            Some(*v)
+        } else if v_direct[v.0] == Some(NodeId(i)) {
+            None
+        } else {
+            continue;
+        };
+        out[i] = Some(FastAttn { q: cq, k: ck, v });
+    }
+    out
 }
 
 /// Whether the fast step multiplies `w` on float activations (fast.wgsl's
@@ -253,7 +423,46 @@ impl Plan {
                 }
             }
         }
-        // Where each node is read, with deferred ropes read at their attention.
+        let fast_attn = fast_attentions(g, &consumers, &v_direct);
+        // The nodes the fast step leaves to the attention or sum reading
+        // them (at that index), and the nodes it reads there instead.
+        let mut fast_at = vec![None; n];
+        let mut fast_reads: Vec<(NodeId, usize)> = Vec::new();
+        for (a, fa) in fast_attn.iter().enumerate() {
+            for m in fast_attn_members(fa) {
+                fast_at[m.0] = Some(a);
+            }
+            if let Some(fa) = fa {
+                fast_reads.extend([(fa.q.src, a), (fa.k.src, a)]);
+            }
+        }
+        let mut norm_add = vec![None; n];
+        for (i, node) in g.nodes.iter().enumerate() {
+            let GOp::Add { a, b } = node.op else { continue };
+            let post_norm = |x: NodeId| match g.node(x).op {
+                GOp::RmsNorm { weight, .. } => {
+                    g.weights[weight.0].shape.first() == Some(&node.width)
+                        && g.node(x).width == node.width
+                        && only(x) == Some(NodeId(i))
+                        && x != g.output
+                        && fast_at[x.0].is_none()
+                }
+                _ => false,
+            };
+            // Not beside a product, which might accumulate into the norm's
+            // values (`accum_into`), which the fast step never writes.
+            let product = |x: NodeId| matches!(g.node(x).op, GOp::MatMul { .. });
+            if product(a) || product(b) {
+                continue;
+            }
+            if let Some(x) = [a, b].into_iter().find(|&x| a != b && post_norm(x)) {
+                norm_add[i] = Some(x);
+                fast_at[x.0] = Some(i);
+                fast_reads.extend(g.node(x).op.inputs().into_iter().map(|y| (y, i)));
+            }
+        }
+        // Where each node is read, with deferred ropes read at their
+        // attention (and what the fast step reads later than the graph).
         let mut last_use: Vec<usize> = (0..n).collect();
         for (i, node) in g.nodes.iter().enumerate() {
             let at = if deferred[i] {
@@ -267,6 +476,9 @@ impl Plan {
             for x in &consumers[i] {
                 last_use[i] = last_use[i].max(x.0);
             }
+        }
+        for (x, at) in fast_reads {
+            last_use[x.0] = last_use[x.0].max(at);
         }
         last_use[g.output.0] = usize::MAX;
         let tail_start = g
@@ -345,9 +557,18 @@ impl Plan {
             accum_add,
             fused_act,
             v_direct,
+            fast_skip: fast_at.iter().map(Option::is_some).collect(),
+            fast_attn,
+            norm_add,
             tail_start,
         })
     }
+}
+
+/// The nodes a [`FastAttn`] leaves out (none for `None`).
+fn fast_attn_members(fa: &Option<FastAttn>) -> impl Iterator<Item = NodeId> + '_ {
+    fa.iter()
+        .flat_map(|fa| fa.q.members.iter().chain(&fa.k.members).copied())
 }
 
 /// The state of lowering: buffers, their users, and what the rounded
@@ -398,6 +619,9 @@ struct Lowering<'a> {
     /// Each mixture-of-experts node's stacked weights (made once, shared
     /// by the body, the tails and the fast step).
     moe: HashMap<usize, MoeWeights>,
+    /// Buffers made for ops (the fast attention's norm weights), kept with
+    /// the program.
+    extra: Vec<wgpu::Buffer>,
 }
 
 /// A mixture of experts' weights as `moe.wgsl` reads them.
@@ -514,6 +738,7 @@ impl<'a> Lowering<'a> {
             fast_batch: false,
             virt: vec![None; n],
             moe: HashMap::new(),
+            extra: Vec::new(),
         }
     }
 
@@ -566,6 +791,22 @@ impl<'a> Lowering<'a> {
                 matches!(self.g.node(*c).op, GOp::MatMul { x, w, .. }
                     if x.0 == i && matrix(self.weights, w).is_ok_and(|m| m.k % 4 == 0 && self.float_product(m, x)))
             })
+    }
+
+    /// The factor of the scale that is the only reader of node `i`, an
+    /// embedding lookup, which then writes the scaled rows itself (Gemma's
+    /// `inp_scaled`: the same one rounded product per value).
+    fn embed_scale(&self, i: usize) -> Option<f32> {
+        let GOp::Embed { .. } = self.g.nodes[i].op else {
+            return None;
+        };
+        match self.plan.consumers[i].as_slice() {
+            [c] if *c != self.g.output => match self.g.node(*c).op {
+                GOp::Scale { x, s } if x.0 == i => Some(s),
+                _ => None,
+            },
+            _ => None,
+        }
     }
 
     /// Whether every product reading node `i` takes the exact path (so a
@@ -823,7 +1064,7 @@ impl<'a> Lowering<'a> {
         let node = &g.nodes[i];
         let width = node.width as u32;
         let plan = self.plan;
-        if plan.deferred[i] {
+        if plan.deferred[i] || (self.fast && plan.fast_skip[i]) {
             return Ok(());
         }
         let is_output = i == g.output.0;
@@ -838,7 +1079,8 @@ impl<'a> Lowering<'a> {
             GOp::Embed { table } => {
                 let w = matrix(self.weights, *table)?;
                 let y = out_loc(self);
-                ops.extend(ob.get_rows(w, &self.ids, self.buf(&y), width, &self.dummy));
+                let s = self.embed_scale(i).unwrap_or(1.0);
+                ops.extend(ob.get_rows(w, &self.ids, self.buf(&y), width, s, &self.dummy));
                 y
             }
             GOp::Slice { x, offset } => {
@@ -858,13 +1100,18 @@ impl<'a> Lowering<'a> {
                     self.alias(i, &l)
                 }
             }
+            // Scaled by the lookup itself.
+            GOp::Scale { x, .. } if self.embed_scale(x.0).is_some() => {
+                let l = self.loc(*x);
+                self.alias(i, &l)
+            }
             GOp::Scale { x, s } => {
                 let y = self.in_place(i, *x, ob, ops, is_output)?;
                 let p = ScaleParams {
                     n: 0,
                     width,
                     s: *s,
-                    inv: 0.0,
+                    ..Default::default()
                 };
                 let d = &self.dummy;
                 ops.push(row_op(
@@ -880,6 +1127,7 @@ impl<'a> Lowering<'a> {
                     width,
                     s: *cap,
                     inv: 1.0 / *cap,
+                    ..Default::default()
                 };
                 let d = &self.dummy;
                 ops.push(row_op(
@@ -889,13 +1137,23 @@ impl<'a> Lowering<'a> {
                 y
             }
             GOp::Geglu { gate, up } => {
-                let a = self.contiguous(ob, ops, *gate, i);
-                let b = self.contiguous(ob, ops, *up, i);
+                let (a, b) = (self.loc(*gate), self.loc(*up));
+                if self.can_virtualize(i) && a.base % 4 == 0 && b.base % 4 == 0 {
+                    self.alias(i, &b);
+                    let l = self.alias(i, &a);
+                    self.virt[i] = Some(Virtual::Geglu { gate: a, up: b });
+                    self.loc[i] = Some(l);
+                    return Ok(());
+                }
                 let y = out_loc(self);
                 let table = self.gelu_table();
                 let p = ScaleParams {
                     n: 0,
                     width,
+                    a_base: a.base,
+                    a_stride: a.stride,
+                    b_base: b.base,
+                    b_stride: b.stride,
                     ..Default::default()
                 };
                 let op = ob.scale_op(
@@ -1035,6 +1293,12 @@ impl<'a> Lowering<'a> {
                                 up: self.buf(up),
                                 up_base: up.base,
                             },
+                            Virtual::Geglu { gate, up } => Prologue::Geglu {
+                                gate: self.buf(gate),
+                                gate_base: gate.base,
+                                up: self.buf(up),
+                                up_base: up.base,
+                            },
                         };
                         ob.fmv(lbl, m, &pro, &y_buf, y_stride, acc, at_pos)
                     }
@@ -1104,6 +1368,34 @@ impl<'a> Lowering<'a> {
                 if let Some(r) = plan.accum_add[i].filter(|_| self.accumulated.contains(&i)) {
                     let l = self.loc(r);
                     self.alias(i, &l)
+                } else if let (true, Some(nm)) = (self.fast, plan.norm_add[i]) {
+                    let GOp::RmsNorm { x, weight, eps } = g.node(nm).op else {
+                        unreachable!("norm_add points at a norm")
+                    };
+                    let r = if nm == *a { *b } else { *a };
+                    let (xl, rl) = (self.loc(x), self.loc(r));
+                    let wb = vector(self.weights, weight)?.0.clone();
+                    let y = out_loc(self);
+                    let p = ScaleParams {
+                        width,
+                        s: eps,
+                        a_base: xl.base,
+                        a_stride: xl.stride,
+                        b_base: rl.base,
+                        b_stride: rl.stride,
+                        ..Default::default()
+                    };
+                    let mut op = ob.scale_op(
+                        Kernel::NormAdd,
+                        self.buf(&xl),
+                        self.buf(&rl),
+                        self.buf(&y),
+                        &wb,
+                        p,
+                    );
+                    op.grid = Grid::PerToken([1, 1]);
+                    ops.push(op);
+                    y
                 } else {
                     let (la, lb) = (self.loc(*a), self.loc(*b));
                     let y = out_loc(self);
@@ -1394,6 +1686,101 @@ impl<'a> Lowering<'a> {
         }
     }
 
+    /// The kernels' parameters of an attention (`splits` set by the op builder).
+    fn attn_params(&self, params: &tensor_core::AttentionParams) -> AttnParams {
+        let qw = (params.n_head * params.head_dim) as u32;
+        AttnParams {
+            n_head: params.n_head as u32,
+            n_kv_head: params.n_head_kv as u32,
+            head_dim: params.head_dim as u32,
+            q_stride: qw,
+            kv_stride: (params.n_head_kv * params.head_dim) as u32,
+            out_stride: qw,
+            scale: params.scale,
+            kv_f16: self.kv_f16 as u32,
+            window: params
+                .window
+                .map_or(0, |w| w.clamp(1, u32::MAX as usize) as u32),
+            softcap: params.softcap.unwrap_or(0.0),
+            inv_cap: params.softcap.map_or(0.0, |c| 1.0 / c),
+            splits: 1,
+        }
+    }
+
+    /// The fast step's attention node `i` of [`Plan::fast_attn`]: the
+    /// query's and key's norms, RoPE and the cache writes inside
+    /// `attn_rope_decode`, which reads them from the stacked product; the
+    /// query's scale applied to its scores instead (K·(sQ) = s(K·Q): the
+    /// scale times s, or before a soft-cap its 1/cap).
+    fn fast_attention(
+        &mut self,
+        i: usize,
+        fa: &FastAttn,
+        layer: usize,
+        params: &tensor_core::AttentionParams,
+        ob: &OpBuilder<'_>,
+        ops: &mut Vec<Op>,
+    ) -> Result<Loc> {
+        let hd = params.head_dim;
+        let qw = (params.n_head * hd) as u32;
+        let kvw = (params.n_head_kv * hd) as u32;
+        let (kc, vc) = self.cache(layer, kvw)?;
+        let mut attn_params = self.attn_params(params);
+        if attn_params.softcap != 0.0 {
+            attn_params.inv_cap *= fa.q.scale;
+        } else {
+            attn_params.scale *= fa.q.scale;
+        }
+        let (lq, lk) = (self.loc(fa.q.src), self.loc(fa.k.src));
+        let table = self.rope_table(&fa.q.rope, fa.q.factors)?;
+        // The norms' weights, the query's then the key's.
+        let mut weights = vec![1f32; 2 * hd];
+        let mut qk_norm = 0;
+        let mut eps = [0f32; 2];
+        for (bit, chain) in [&fa.q, &fa.k].into_iter().enumerate() {
+            if let Some((w, e)) = chain.norm {
+                weights[bit * hd..(bit + 1) * hd].copy_from_slice(vector(self.weights, w)?.1);
+                qk_norm |= 1 << bit;
+                eps[bit] = e;
+            }
+        }
+        let norm = match qk_norm {
+            0 => self.dummy.clone(),
+            _ => {
+                let b = self.ctx.upload("qk_norm", bytemuck::cast_slice(&weights));
+                self.extra.push(b.clone());
+                b
+            }
+        };
+        let rope = RopeFuse {
+            q_base: lq.base,
+            k_base: lk.base,
+            v_base: fa.v.map_or(0, |v| self.loc(v).base),
+            n_dims: fa.q.rope.n_dims as u32,
+            neox: (fa.q.rope.mode == RopeMode::Neox) as u32,
+            cache_f16: self.kv_f16 as u32,
+            qk_norm,
+            v_cached: fa.v.is_none() as u32,
+            q_eps: eps[0],
+            k_eps: eps[1],
+            pad: [0; 2],
+        };
+        let out = self.fresh(i, qw as usize);
+        let partials = self.partials(attention_partials_bytes(&attn_params));
+        ops.extend(ob.attention_rope(
+            self.buf(&lq),
+            &kc,
+            &vc,
+            self.buf(&out),
+            attn_params,
+            &table,
+            rope,
+            &norm,
+            &partials,
+        ));
+        Ok(out)
+    }
+
     /// Stores the keys and values of attention node `i` in its cache
     /// (rotating deferred RoPE nodes on the way) and attends.
     fn attention(
@@ -1407,6 +1794,9 @@ impl<'a> Lowering<'a> {
     ) -> Result<Loc> {
         let g = self.g;
         let plan = self.plan;
+        if let (true, Some(fa)) = (self.fast, &plan.fast_attn[i]) {
+            return self.fast_attention(i, fa, layer, params, ob, ops);
+        }
         let qw = (params.n_head * params.head_dim) as u32;
         let kvw = (params.n_head_kv * params.head_dim) as u32;
         let (kc, vc) = self.cache(layer, kvw)?;
@@ -1422,22 +1812,7 @@ impl<'a> Lowering<'a> {
         };
         let (rq, rk) = (rope_of(q), rope_of(k));
         let v_stored = plan.v_direct[v.0] == Some(NodeId(i));
-        let attn_params = AttnParams {
-            n_head: params.n_head as u32,
-            n_kv_head: params.n_head_kv as u32,
-            head_dim: params.head_dim as u32,
-            q_stride: qw,
-            kv_stride: kvw,
-            out_stride: qw,
-            scale: params.scale,
-            kv_f16: self.kv_f16 as u32,
-            window: params
-                .window
-                .map_or(0, |w| w.clamp(1, u32::MAX as usize) as u32),
-            softcap: params.softcap.unwrap_or(0.0),
-            inv_cap: params.softcap.map_or(0.0, |c| 1.0 / c),
-            splits: 1,
-        };
+        let attn_params = self.attn_params(params);
         let q_loc = Loc {
             buf: self.take(self.node_bytes(qw as usize), i),
             base: 0,
@@ -1460,31 +1835,6 @@ impl<'a> Lowering<'a> {
                 let v_in = lv
                     .as_ref()
                     .is_some_and(|lv| lv.buf == lq.buf && lv.base == lk.base + kvw);
-                // The fast step: RoPE and the cache writes inside attention.
-                if self.fast && v_in && fast_attention_fits(&attn_params) {
-                    let out = self.fresh(i, qw as usize);
-                    let rope = RopeFuse {
-                        q_base: lq.base,
-                        k_base: lk.base,
-                        v_base: lk.base + kvw,
-                        n_dims: pq.n_dims as u32,
-                        neox: (pq.mode == RopeMode::Neox) as u32,
-                        cache_f16: self.kv_f16 as u32,
-                        pad: [0; 2],
-                    };
-                    let partials = self.partials(attention_partials_bytes(&attn_params));
-                    ops.extend(ob.attention_rope(
-                        self.buf(&lq),
-                        &kc,
-                        &vc,
-                        self.buf(&out),
-                        attn_params,
-                        &table,
-                        rope,
-                        &partials,
-                    ));
-                    return Ok(out);
-                }
                 let mut p = rope_params(&pq, hq, &lq, qw, 0);
                 p.n_heads2 = hk;
                 p.y2_stride = kvw;
@@ -1858,6 +2208,7 @@ impl GpuProgram {
             decode_pool.extend(ld.pool.iter().map(|p| p.0.clone()));
             decode_pool.extend(ld.tables.iter().map(|t| t.2.clone()));
             decode_pool.extend(ld.gelu.clone());
+            decode_pool.extend(ld.extra.iter().cloned());
             decode = Some(ops);
         }
         let argmax = ob.argmax(&logits, n_vocab, n_vocab, 1, &ids, &dummy, &dummy_rw);

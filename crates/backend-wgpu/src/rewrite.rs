@@ -8,16 +8,25 @@
 //! computed exactly as before: only matrices whose rows are a multiple of 8
 //! are stacked (the exact products' order depends on that, as llama.cpp's
 //! repacking does), and only where every reader of a part can read a view
-//! (RoPE, attention, SwiGLU, add).
+//! (RoPE, attention, SwiGLU, GeGLU, add, RMSNorm: the norm copies a view it cannot
+//! read into a row of its own, and the fast step's attention takes per-head
+//! query and key norms from the stack itself).
 
 use gguf_format::GgmlType;
 use tensor_core::graph::{Graph, Node, NodeId, Op, WeightId, WeightKind, WeightSpec};
 
-/// Whether `op` reads its input `x` at any offset and row stride.
+/// Whether `op` reads its input `x` at any offset and row stride (the
+/// compiled graph's RMSNorm through a copy, but for the fast step's
+/// virtual norms and the per-head ones its attention applies).
 fn reads_views(op: &Op) -> bool {
     matches!(
         op,
-        Op::Rope { .. } | Op::Attention { .. } | Op::Swiglu { .. } | Op::Add { .. }
+        Op::Rope { .. }
+            | Op::Attention { .. }
+            | Op::Swiglu { .. }
+            | Op::Geglu { .. }
+            | Op::Add { .. }
+            | Op::RmsNorm { .. }
     )
 }
 

@@ -389,7 +389,7 @@ impl Backend for WgpuBackend {
             step: &step,
         };
         let idb = self.ctx.upload("ids", bytemuck::cast_slice(ids));
-        let ops = ob.get_rows(w, &idb, &out.buffer, w.k, &self.dummy);
+        let ops = ob.get_rows(w, &idb, &out.buffer, w.k, 1.0, &self.dummy);
         self.record(&ops, ids.len());
     }
 

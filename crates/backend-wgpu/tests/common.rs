@@ -92,3 +92,51 @@ pub fn gpu_decode(path: &std::path::Path, prompt: &[u32], decode: &[u32], all: b
     }
     out
 }
+
+/// The `arch` fixture in file type `ftype`: the F32 file from
+/// tools/make_arch_fixtures.py (made if missing), others quantized from it
+/// once per target directory.
+pub fn arch_file(arch: &str, ftype: &str) -> std::path::PathBuf {
+    use std::path::{Path, PathBuf};
+    let f32_path = PathBuf::from(fixture(&format!("archs/{arch}/{arch}-F32.gguf")));
+    if !f32_path.exists() {
+        let out = std::process::Command::new("python3")
+            .arg(fixture("../../tools/make_arch_fixtures.py"))
+            .arg(fixture("archs"))
+            .args(["--arch", arch])
+            .output()
+            .expect("python3 runs tools/make_arch_fixtures.py (needs numpy and gguf==0.19.0)");
+        assert!(
+            out.status.success(),
+            "tools/make_arch_fixtures.py: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    if ftype == "F32" {
+        return f32_path;
+    }
+    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("arch-{arch}-{ftype}.gguf"));
+    if !out.exists() {
+        let input = gguf_format::GgufFile::open(&f32_path).unwrap();
+        let ft: llama_model::quantize::FileType = ftype.parse().unwrap();
+        let w = llama_model::quantize::quantize_model(&input, ft, |_| {}).unwrap();
+        let tmp = out.with_extension(format!("{}.part", std::process::id()));
+        w.write_file(&tmp).unwrap();
+        std::fs::rename(&tmp, &out).unwrap();
+    }
+    out
+}
+
+/// `n` token ids spread over a vocabulary of `n_vocab` (random weights: any
+/// text will do).
+pub fn tokens(n_vocab: usize, n: usize) -> Vec<u32> {
+    (0..n).map(|i| ((i * 7919 + 13) % n_vocab) as u32).collect()
+}
+
+/// The vocabulary size of the model at `path` (its logits' length).
+pub fn n_vocab(path: &std::path::Path) -> usize {
+    use llama_model::{LoadOptions, LogitsMode, Model, SessionOptions};
+    let cpu = Model::load(path, &LoadOptions::default()).unwrap();
+    let mut s = cpu.session(&SessionOptions::default()).unwrap();
+    s.forward(&[1], LogitsMode::Last).unwrap().len()
+}

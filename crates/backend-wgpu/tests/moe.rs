@@ -4,64 +4,16 @@
 //! routing on the GPU, and its logits agree with the CPU's within the fast
 //! mode's bound. The exact mode keeps running these graphs node by node.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 
 use backend_wgpu::GpuOptions;
-use llama_model::quantize::{quantize_model, FileType};
-use llama_model::{LoadOptions, LogitsMode, Model, SessionOptions};
+use llama_model::{LogitsMode, SessionOptions};
 
-use crate::common::{cpu_decode, fixture, gpu_model_with};
+use crate::common::{arch_file, cpu_decode, gpu_model_with, n_vocab, tokens};
 use crate::model::kld_top1;
 
 /// Tokens of each check.
 const TOKENS: usize = 40;
-
-/// The `arch` fixture in file type `ftype`: the F32 file from
-/// tools/make_arch_fixtures.py (made if missing), others quantized from it
-/// once per target directory.
-fn arch_file(arch: &str, ftype: &str) -> PathBuf {
-    let f32_path = PathBuf::from(fixture(&format!("archs/{arch}/{arch}-F32.gguf")));
-    if !f32_path.exists() {
-        let out = Command::new("python3")
-            .arg(fixture("../../tools/make_arch_fixtures.py"))
-            .arg(fixture("archs"))
-            .args(["--arch", arch])
-            .output()
-            .expect("python3 runs tools/make_arch_fixtures.py (needs numpy and gguf==0.19.0)");
-        assert!(
-            out.status.success(),
-            "tools/make_arch_fixtures.py: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    if ftype == "F32" {
-        return f32_path;
-    }
-    let out = Path::new(env!("CARGO_TARGET_TMPDIR")).join(format!("moe-{arch}-{ftype}.gguf"));
-    if !out.exists() {
-        let input = gguf_format::GgufFile::open(&f32_path).unwrap();
-        let ft: FileType = ftype.parse().unwrap();
-        let w = quantize_model(&input, ft, |_| {}).unwrap();
-        let tmp = out.with_extension(format!("{}.part", std::process::id()));
-        w.write_file(&tmp).unwrap();
-        std::fs::rename(&tmp, &out).unwrap();
-    }
-    out
-}
-
-/// Token ids spread over the vocabulary (random weights: any text will do).
-fn tokens(n_vocab: usize) -> Vec<u32> {
-    (0..TOKENS)
-        .map(|i| ((i * 7919 + 13) % n_vocab) as u32)
-        .collect()
-}
-
-fn n_vocab(path: &Path) -> usize {
-    let cpu = Model::load(path, &LoadOptions::default()).unwrap();
-    let mut s = cpu.session(&SessionOptions::default()).unwrap();
-    s.forward(&[1], LogitsMode::Last).unwrap().len()
-}
 
 /// The logits of `toks` decoded one token a step in the fast mode (the
 /// graph compiled), and the CPU's decoding.
@@ -100,7 +52,7 @@ fn fast_decode(path: &Path, toks: &[u32]) -> (Vec<f32>, Vec<f32>) {
 fn qwen3moe_compiles_and_agrees_in_fast_mode() {
     for ftype in ["F32", "Q8_0", "Q4_K_M"] {
         let path = arch_file("qwen3moe", ftype);
-        let toks = tokens(n_vocab(&path));
+        let toks = tokens(n_vocab(&path), TOKENS);
         {
             let exact = gpu_model_with(&path, GpuOptions { exact: true });
             let s = exact
@@ -119,7 +71,7 @@ fn qwen3moe_compiles_and_agrees_in_fast_mode() {
         let n = decoded.len() / toks.len();
         let (kld, top1) = kld_top1(&decoded, &got, n);
         let dense = arch_file("qwen3", ftype);
-        let dense_toks = tokens(n_vocab(&dense));
+        let dense_toks = tokens(n_vocab(&dense), TOKENS);
         let (dw, dg) = fast_decode(&dense, &dense_toks);
         let (kld_dense, top1_dense) = kld_top1(&dw, &dg, dw.len() / dense_toks.len());
         eprintln!(

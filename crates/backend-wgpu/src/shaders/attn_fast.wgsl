@@ -19,7 +19,13 @@
 // those values, and the first query head of each KV head writes the key and
 // value into the caches for later steps (no workgroup reads what another
 // writes in the same dispatch) — RoPE's dispatch is gone. Every split
-// rotates the query; the first split writes the caches.
+// rotates the query; the first split writes the caches. Two more steps of
+// a layer may come along (RopeFuse): a per-head RMSNorm of the query and
+// of the key before RoPE (Gemma 3's and Qwen3's `attn_q_norm`,
+// `attn_k_norm`: `qk_norm` bits 0 and 1, their weights in `norm`, the
+// query's then the key's), and a value its own product already wrote into
+// the cache (`v_cached`: a value projection of another type than the
+// stacked query and key).
 
 struct AttnParams {
     n_head: u32,
@@ -51,6 +57,10 @@ struct RopeFuse {
     n_dims: u32,
     neox: u32,
     cache_f16: u32,
+    qk_norm: u32,    // bit 0: RMSNorm each query head, bit 1: each key head
+    v_cached: u32,   // 1: the value is in the cache (no v_base)
+    q_eps: f32,
+    k_eps: f32,
     pad0: u32,
     pad1: u32,
 }
@@ -66,6 +76,8 @@ struct RopeFuse {
 // Per head and split: the unnormalised outputs ([h][s][head_dim]), then
 // from ml_base() the maximum and the sum of exponentials ([h][s][2]).
 @group(0) @binding(8) var<storage, read_write> part: array<f32>;
+// attn_rope_decode's per-head norm weights: the query's head_dim, then the key's.
+@group(0) @binding(9) var<storage, read> norm: array<f32>;
 
 const WG: u32 = 256u;
 // The fewest positions a split takes: shorter contexts use fewer splits.
@@ -305,12 +317,35 @@ fn attn_rope_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     let hd = p.head_dim;
     let kvh = h / (p.n_head / p.n_kv_head);
     let pos = step.pos;
+    var qi = 0.0;
+    var ki = 0.0;
     if (lid < hd) {
-        q_in[lid] = q[rf.q_base + h * hd + lid];
+        qi = q[rf.q_base + h * hd + lid];
+        ki = q[rf.k_base + kvh * hd + lid];
+        if (rf.v_cached != 0u) {
+            v_new[lid] = v_cache[pos * p.kv_stride + kvh * hd + lid];
+        } else {
+            v_new[lid] = stored(1u + rf.cache_f16, q[rf.v_base + kvh * hd + lid]);
+        }
+    }
+    if (rf.qk_norm != 0u) {
+        // Uniform control flow: wg_sum's barriers are met by every invocation.
+        let sq = wg_sum(qi * qi, lid);
+        let sk = wg_sum(ki * ki, lid);
+        if (lid < hd) {
+            if ((rf.qk_norm & 1u) != 0u) {
+                qi = qi / sqrt(sq / f32(hd) + rf.q_eps) * norm[lid];
+            }
+            if ((rf.qk_norm & 2u) != 0u) {
+                ki = ki / sqrt(sk / f32(hd) + rf.k_eps) * norm[hd + lid];
+            }
+        }
+    }
+    if (lid < hd) {
+        q_in[lid] = qi;
         // Unrotated dimensions (past n_dims) as they are.
-        q_rot[lid] = q_in[lid];
-        k_new[lid] = q[rf.k_base + kvh * hd + lid];
-        v_new[lid] = stored(1u + rf.cache_f16, q[rf.v_base + kvh * hd + lid]);
+        q_rot[lid] = qi;
+        k_new[lid] = ki;
     }
     workgroupBarrier();
     let pairs = rf.n_dims / 2u;
@@ -342,7 +377,9 @@ fn attn_rope_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     if (wid.y == 0u && h % (p.n_head / p.n_kv_head) == 0u && lid < hd) {
         let i = pos * p.kv_stride + kvh * hd + lid;
         k_cache[i >> 2u][i & 3u] = k_new[lid];
-        v_cache[i] = v_new[lid];
+        if (rf.v_cached == 0u) {
+            v_cache[i] = v_new[lid];
+        }
     }
     workgroupBarrier();
     attend(h, wid.y, lid, true);

@@ -6,7 +6,9 @@
 //   `aux`) and sum x² on the way; the row's sum is scaled by
 //   1/sqrt(mean(x²) + eps) at the end (every row reads all of x once);
 // - PROLOGUE 2: silu(gate)·up, gate in x at `p.x_base`, up in `aux` at
-//   `p.aux_base`.
+//   `p.aux_base`;
+// - PROLOGUE 3: gelu(gate)·up, as 2 (`gelu_tanh`: ggml's tanh form, not
+//   its f16 table).
 // The activations are not rounded to ggml's Q8 types as the CPU's are
 // (rounding them in the workgroup first moved SmolLM2's decoded logits from
 // llama.cpp's as much: any difference that flips a rounded quant is
@@ -24,6 +26,13 @@ fn aux4(i: u32) -> vec4<f32> {
     return vec4<f32>(bitcast<f32>(ids[j]), bitcast<f32>(ids[j + 1u]), bitcast<f32>(ids[j + 2u]), bitcast<f32>(ids[j + 3u]));
 }
 
+// ggml's GELU, 0.5·x·(1 + tanh(√(2/π)·x·(1 + 0.044715·x²))), written as
+// x / (1 + exp(−2·√(2/π)·x·(1 + 0.044715·x²))): the same function, and
+// finite wherever x is (an exp overflowing to infinity gives 0).
+fn gelu_tanh(v: vec4<f32>) -> vec4<f32> {
+    return v / (1.0 + exp(-1.5957691216057308 * v * (1.0 + 0.044715 * v * v)));
+}
+
 fn xv(i: u32) -> vec4<f32> {
     let v = x[i];
     switch PROLOGUE {
@@ -34,6 +43,9 @@ fn xv(i: u32) -> vec4<f32> {
         case 2u: {
             let u = aux4(i - p.x_base + p.aux_base);
             return v / (1.0 + exp(-v)) * u;
+        }
+        case 3u: {
+            return gelu_tanh(v) * aux4(i - p.x_base + p.aux_base);
         }
         default: {
             return v;

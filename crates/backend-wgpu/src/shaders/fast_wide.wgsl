@@ -11,7 +11,8 @@
 // `fmv` reads a word at a time and decodes the scales again for every four
 // weights. The same prologues as `fmv` (PROLOGUE 0: x; 1: RMSNorm(x)·weight,
 // the sum of squares gathered on the way and applied to the row's sum; 2:
-// silu(gate)·up) and the same store (quant_io.wgsl). The lanes of a row
+// silu(gate)·up; 3: gelu(gate)·up, fast.wgsl's `gelu_tanh`) and the same
+// store (quant_io.wgsl). The lanes of a row
 // meet in `wide_sums`: through workgroup memory (wide_wg.wgsl, portable), or
 // through 32-wide subgroups and one exchange (wide_sg.wgsl). Float sums in
 // this kernel's order: not the CPU's bits, within the fast mode's agreement.
@@ -65,6 +66,9 @@ fn xin(i: u32) -> vec4<f32> {
         case 2u: {
             let u = aux[p.aux_base + i];
             return v / (1.0 + exp(-v)) * u;
+        }
+        case 3u: {
+            return v / (1.0 + exp(-1.5957691216057308 * v * (1.0 + 0.044715 * v * v))) * aux[p.aux_base + i];
         }
         default: {
             return v;

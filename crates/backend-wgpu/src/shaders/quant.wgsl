@@ -500,9 +500,10 @@ fn mm_store(tok: u32, row: u32, n_tok: u32, v: vec4<f32>) {
 
 // ---- embedding lookup --------------------------------------------------------
 
-// y[tok, :] = row ids[tok] of W, for tokens whose row lies in this part
-// (rows y_base.. of the whole matrix; y_base is a row index here).
-// Grid: (1, 1, n_tokens).
+// y[tok, :] = row ids[tok] of W times p.eps (1: the row; else a scaled
+// embedding, Gemma's, with ggml_scale's one rounded product), for tokens
+// whose row lies in this part (rows y_base.. of the whole matrix; y_base
+// is a row index here). Grid: (1, 1, n_tokens).
 @compute @workgroup_size(256)
 fn get_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let tok = wid.z;
@@ -513,7 +514,7 @@ fn get_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_ind
     let base = (id - p.y_base) * p.row_bytes;
     let o = tok * p.y_stride;
     for (var u = lid; u < (p.k >> 2u); u += 256u) {
-        let v = deq4(base, u >> 3u, u & 7u);
+        let v = deq4(base, u >> 3u, u & 7u) * p.eps;
         y[o + 4u * u] = v.x;
         y[o + 4u * u + 1u] = v.y;
         y[o + 4u * u + 2u] = v.z;

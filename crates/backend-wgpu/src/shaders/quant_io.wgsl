@@ -15,7 +15,7 @@ struct MatParams {
     corr_base: u32,  // qdot: float offset in x of the packed activations' scales (act_quant.wgsl)
     x_base: u32,     // fmv (fast.wgsl): vec4 offset of the token's activations in x
     aux_base: u32,   // fmv: vec4 offset of SwiGLU's up values in aux
-    eps: f32,        // fmv: RMSNorm's epsilon
+    eps: f32,        // fmv: RMSNorm's epsilon; get_rows: the rows' factor
 }
 
 // Per-step values shared by every dispatch of a step.

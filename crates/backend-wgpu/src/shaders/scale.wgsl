@@ -11,16 +11,26 @@
 //               tanhf, so within a couple of ulp rather than bit for bit.
 //   scale_rows: y[i] *= b[i / width] (ggml_mul by a column: each row of
 //               `width` values times its factor), in place; bit for bit.
+//   norm_add:   y = b + RMSNorm(a)·table (eps `s`): a post-norm and the
+//               residual sum after it in one dispatch, for the fast mode
+//               (f32 sums in this kernel's order, not the CPU's bits); a
+//               workgroup a row (grid (1, 1, rows)), a and b at their bases
+//               and strides, y rows of `width`.
 // Grid: (x, y, 1) workgroups of 256 covering n, x·y ≥ ceil(n / 256); or,
 // with n = 0 (geglu, scale, softcap), rows of `width` values: (x, y, rows)
 // with x·y ≥ ceil(width / 256), row z at z·width (a compiled graph's
-// batch-sized ops).
+// batch-sized ops), geglu's a and b rows at their own bases and strides
+// (views of a stacked gate/up product).
 
 struct ScaleParams {
     n: u32,     // values
     width: u32, // scale_rows: values per row
     s: f32,     // scale: the factor; softcap: the cap
     inv: f32,   // softcap: 1/cap as the host rounds it
+    a_base: u32,   // geglu with n = 0: row z of a at a_base + z·a_stride
+    a_stride: u32,
+    b_base: u32,   // and of b at b_base + z·b_stride
+    b_stride: u32,
 }
 
 struct Step {
@@ -74,12 +84,19 @@ fn geglu(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     if (i == NONE) {
         return;
     }
-    let x = a[i];
+    var ia = i;
+    var ib = i;
+    if (p.n == 0u) {
+        let col = i - wid.z * p.width;
+        ia = p.a_base + wid.z * p.a_stride + col;
+        ib = p.b_base + wid.z * p.b_stride + col;
+    }
+    let x = a[ia];
     var r = 0.0;
     if (x >= 10.0) {
-        r = x * b[i];
+        r = x * b[ib];
     } else if (x > -10.0) {
-        r = table[f16_bits(x) & 0xffffu] * b[i];
+        r = table[f16_bits(x) & 0xffffu] * b[ib];
     } else if (x != x) {
         r = x;
     }
@@ -110,5 +127,31 @@ fn scale_rows(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let i = index(wid, nwg, lid);
     if (i != NONE) {
         y[i] = y[i] * b[i / p.width];
+    }
+}
+
+var<workgroup> norm_sq: array<f32, 256>;
+
+@compute @workgroup_size(256)
+fn norm_add(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let xo = p.a_base + wid.z * p.a_stride;
+    let ro = p.b_base + wid.z * p.b_stride;
+    let yo = wid.z * p.width;
+    var sq = 0.0;
+    for (var i = lid; i < p.width; i += 256u) {
+        let v = a[xo + i];
+        sq = fma(v, v, sq);
+    }
+    norm_sq[lid] = sq;
+    workgroupBarrier();
+    for (var k = 128u; k > 0u; k >>= 1u) {
+        if (lid < k) {
+            norm_sq[lid] += norm_sq[lid + k];
+        }
+        workgroupBarrier();
+    }
+    let scale = 1.0 / sqrt(norm_sq[0] / f32(p.width) + p.s);
+    for (var i = lid; i < p.width; i += 256u) {
+        y[yo + i] = b[ro + i] + a[xo + i] * scale * table[i];
     }
 }
