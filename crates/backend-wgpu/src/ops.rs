@@ -152,6 +152,29 @@ pub(crate) struct AttnParams {
     pub splits: u32,
 }
 
+impl AttnParams {
+    /// The parameters of a graph's attention `p` over a cache whose
+    /// positions are `kv_stride` floats apart, in f16 (`kv_f16`) or f32;
+    /// one split (the fast decoding op sets its own).
+    pub fn of(p: &tensor_core::AttentionParams, kv_stride: u32, kv_f16: bool) -> AttnParams {
+        let qw = (p.n_head * p.head_dim) as u32;
+        AttnParams {
+            n_head: p.n_head as u32,
+            n_kv_head: p.n_head_kv as u32,
+            head_dim: p.head_dim as u32,
+            q_stride: qw,
+            kv_stride,
+            out_stride: qw,
+            scale: p.scale,
+            kv_f16: kv_f16 as u32,
+            window: p.window.map_or(0, |w| w.clamp(1, u32::MAX as usize) as u32),
+            softcap: p.softcap.unwrap_or(0.0),
+            inv_cap: p.softcap.map_or(0.0, |c| 1.0 / c),
+            splits: 1,
+        }
+    }
+}
+
 /// The longest context (positions after the step) for which the fast
 /// decoding attention takes one workgroup a head and one dispatch
 /// (`attn_fast.wgsl`'s `SOLO`) rather than splits and a combining

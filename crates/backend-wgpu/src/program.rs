@@ -1688,23 +1688,8 @@ impl<'a> Lowering<'a> {
 
     /// The kernels' parameters of an attention (`splits` set by the op builder).
     fn attn_params(&self, params: &tensor_core::AttentionParams) -> AttnParams {
-        let qw = (params.n_head * params.head_dim) as u32;
-        AttnParams {
-            n_head: params.n_head as u32,
-            n_kv_head: params.n_head_kv as u32,
-            head_dim: params.head_dim as u32,
-            q_stride: qw,
-            kv_stride: (params.n_head_kv * params.head_dim) as u32,
-            out_stride: qw,
-            scale: params.scale,
-            kv_f16: self.kv_f16 as u32,
-            window: params
-                .window
-                .map_or(0, |w| w.clamp(1, u32::MAX as usize) as u32),
-            softcap: params.softcap.unwrap_or(0.0),
-            inv_cap: params.softcap.map_or(0.0, |c| 1.0 / c),
-            splits: 1,
-        }
+        let kvw = (params.n_head_kv * params.head_dim) as u32;
+        AttnParams::of(params, kvw, self.kv_f16)
     }
 
     /// The fast step's attention node `i` of [`Plan::fast_attn`]: the

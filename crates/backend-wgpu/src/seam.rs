@@ -587,29 +587,17 @@ impl Backend for WgpuBackend {
             ctx: &self.ctx,
             step: &step,
         };
-        let qw = (params.n_head * params.head_dim) as u32;
         let (kc, vc) = &cache.layers[layer];
         let ops = ob.attention(
             &q.buffer,
             kc,
             vc,
             &out.buffer,
-            AttnParams {
-                n_head: params.n_head as u32,
-                n_kv_head: params.n_head_kv as u32,
-                head_dim: params.head_dim as u32,
-                q_stride: qw,
-                kv_stride: (s.n_head_kv * s.head_dim) as u32,
-                out_stride: qw,
-                scale: params.scale,
-                kv_f16: (s.kv_type == KvType::F16) as u32,
-                window: params
-                    .window
-                    .map_or(0, |w| w.clamp(1, u32::MAX as usize) as u32),
-                softcap: params.softcap.unwrap_or(0.0),
-                inv_cap: params.softcap.map_or(0.0, |c| 1.0 / c),
-                splits: 1,
-            },
+            AttnParams::of(
+                params,
+                (s.n_head_kv * s.head_dim) as u32,
+                s.kv_type == KvType::F16,
+            ),
             false,
             &q.buffer,
         );

@@ -93,6 +93,55 @@ pub fn gpu_decode(path: &std::path::Path, prompt: &[u32], decode: &[u32], all: b
     out
 }
 
+/// `toks` decoded one step a token on the GPU with `opts`, compiled: every
+/// step's logits, and the program's dispatches in a decoding step.
+pub fn gpu_steps(
+    path: &std::path::Path,
+    toks: &[u32],
+    opts: backend_wgpu::GpuOptions,
+) -> (Vec<f32>, usize) {
+    use llama_model::{LogitsMode, SessionOptions};
+    let gpu = gpu_model_with(path, opts);
+    let mut s = gpu
+        .session(&SessionOptions {
+            n_ctx: toks.len(),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(s.is_compiled(), "{}: the GPU compiles it", path.display());
+    let mut got = Vec::new();
+    for &t in toks {
+        got.extend_from_slice(s.forward(&[t], LogitsMode::Last).unwrap());
+    }
+    let p = s.program_mut().expect("compiled");
+    let p = p
+        .as_any_mut()
+        .downcast_mut::<backend_wgpu::GpuProgram>()
+        .expect("a GPU program");
+    (got, p.dispatches_per_step())
+}
+
+/// The logits of every position of `toks` run as one batch on the GPU (or
+/// steps of `n_batch` tokens), in exact (`exact`) or fast mode.
+pub fn gpu_batch(
+    path: &std::path::Path,
+    toks: &[u32],
+    exact: bool,
+    n_batch: Option<usize>,
+) -> Vec<f32> {
+    use llama_model::{LogitsMode, SessionOptions};
+    let gpu = gpu_model_with(path, backend_wgpu::GpuOptions { exact });
+    let mut s = gpu
+        .session(&SessionOptions {
+            n_ctx: toks.len(),
+            n_batch: n_batch.unwrap_or(toks.len()),
+            ..Default::default()
+        })
+        .unwrap();
+    assert!(s.is_compiled());
+    s.forward(toks, LogitsMode::All).unwrap().to_vec()
+}
+
 /// The `arch` fixture in file type `ftype`: the F32 file from
 /// tools/make_arch_fixtures.py (made if missing), others quantized from it
 /// once per target directory.

@@ -22,9 +22,9 @@ use std::sync::Arc;
 
 use backend_wgpu::GpuOptions;
 use llama_model::quantize::{quantize_model, FileType};
-use llama_model::{LoadOptions, LogitsMode, Model, SessionOptions};
+use llama_model::{LoadOptions, Model, SessionOptions};
 
-use crate::common::{cpu_decode, fixture, gpu_model_with};
+use crate::common::{cpu_decode, fixture, gpu_batch, gpu_steps};
 use crate::model::kld_top1;
 
 /// Passage tokens, decoded one at a time after the first.
@@ -62,18 +62,7 @@ fn ladder_file(original: &Path, ftype: &str) -> PathBuf {
 fn cpu_and_fast(path: &Path, toks: &[u32]) -> (Vec<f32>, Vec<f32>, usize) {
     let want = cpu_decode(path, &toks[..1], &toks[1..], false);
     let n = want.len() / toks.len();
-    let gpu = gpu_model_with(path, GpuOptions { exact: false });
-    let mut s = gpu
-        .session(&SessionOptions {
-            n_ctx: toks.len(),
-            ..Default::default()
-        })
-        .unwrap();
-    assert!(s.is_compiled());
-    let mut got = Vec::with_capacity(want.len());
-    for &t in toks {
-        got.extend_from_slice(s.forward(&[t], LogitsMode::Last).unwrap());
-    }
+    let (got, _) = gpu_steps(path, toks, GpuOptions { exact: false });
     (want, got, n)
 }
 
@@ -140,21 +129,6 @@ fn fast_step_has_fewer_dispatches() {
     assert!(fast + 3 * 30 <= exact, "fast {fast}, exact {exact}");
 }
 
-/// The logits of every position of `toks` run as one batch on the GPU (or
-/// steps of `n_batch` tokens), in exact (`exact`) or fast mode.
-fn gpu_batch(path: &Path, toks: &[u32], exact: bool, n_batch: Option<usize>) -> Vec<f32> {
-    let gpu = gpu_model_with(path, GpuOptions { exact });
-    let mut s = gpu
-        .session(&SessionOptions {
-            n_ctx: toks.len(),
-            n_batch: n_batch.unwrap_or(toks.len()),
-            ..Default::default()
-        })
-        .unwrap();
-    assert!(s.is_compiled());
-    s.forward(toks, LogitsMode::All).unwrap().to_vec()
-}
-
 /// A batch of the fast mode (48 tokens: above FAST_MM_MIN_TOKENS, so every
 /// product takes mm_fast.wgsl, or mm_coop.wgsl on devices with cooperative
 /// matrices, over float activations) against the exact mode's batch (the
@@ -216,29 +190,6 @@ fn fast_small_batches_are_exact() {
     assert_eq!(diff, 0, "{diff} of {} logits differ", exact.len());
 }
 
-/// Decodes `toks` one token a step in the fast mode and returns the logits
-/// with the step's dispatch count.
-fn fast_decode_counted(path: &Path, toks: &[u32]) -> (Vec<f32>, usize) {
-    let gpu = gpu_model_with(path, GpuOptions { exact: false });
-    let mut s = gpu
-        .session(&SessionOptions {
-            n_ctx: toks.len(),
-            ..Default::default()
-        })
-        .unwrap();
-    assert!(s.is_compiled());
-    let mut got = Vec::new();
-    for &t in toks {
-        got.extend_from_slice(s.forward(&[t], LogitsMode::Last).unwrap());
-    }
-    let p = s.program_mut().expect("compiled");
-    let p = p
-        .as_any_mut()
-        .downcast_mut::<backend_wgpu::GpuProgram>()
-        .expect("a GPU program");
-    (got, p.dispatches_per_step())
-}
-
 /// Gemma 3 (the gemma3 fixture of tests/fixtures/archs: six layers, five
 /// sliding-window ones, per-head query and key norms, GeGLU, post-norms)
 /// in the fast mode: decoded token by token and in batches (40 tokens:
@@ -269,7 +220,7 @@ fn gemma3_fast_mode_within_its_bound() {
         if ftype != "F32" {
             assert_eq!(diff, 0, "{ftype}: exact mode, {diff} logits differ");
         }
-        let (got, dispatches) = fast_decode_counted(&path, &toks);
+        let (got, dispatches) = gpu_steps(&path, &toks, GpuOptions { exact: false });
         let (kld, top1) = kld_top1(&want, &got, n);
         eprintln!(
             "gemma3 {ftype}, {} tokens decoded ({dispatches} dispatches a step): fast mode \

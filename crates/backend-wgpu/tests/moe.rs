@@ -7,9 +7,9 @@
 use std::path::Path;
 
 use backend_wgpu::GpuOptions;
-use llama_model::{LogitsMode, SessionOptions};
+use llama_model::SessionOptions;
 
-use crate::common::{arch_file, cpu_decode, gpu_model_with, n_vocab, tokens};
+use crate::common::{arch_file, cpu_decode, gpu_batch, gpu_model_with, gpu_steps, n_vocab, tokens};
 use crate::model::kld_top1;
 
 /// Tokens of each check.
@@ -19,23 +19,7 @@ const TOKENS: usize = 40;
 /// graph compiled), and the CPU's decoding.
 fn fast_decode(path: &Path, toks: &[u32]) -> (Vec<f32>, Vec<f32>) {
     let want = cpu_decode(path, &toks[..1], &toks[1..], false);
-    let gpu = gpu_model_with(path, GpuOptions { exact: false });
-    let mut s = gpu
-        .session(&SessionOptions {
-            n_ctx: toks.len(),
-            ..Default::default()
-        })
-        .unwrap();
-    assert!(
-        s.is_compiled(),
-        "{}: the fast mode compiles it",
-        path.display()
-    );
-    let mut got = Vec::with_capacity(want.len());
-    for &t in toks {
-        got.extend_from_slice(s.forward(&[t], LogitsMode::Last).unwrap());
-    }
-    (want, got)
+    (want, gpu_steps(path, toks, GpuOptions { exact: false }).0)
 }
 
 /// The fast mode compiles the graph (the exact mode does not) and decodes
@@ -86,18 +70,9 @@ fn qwen3moe_compiles_and_agrees_in_fast_mode() {
             "{ftype} decode: mean KLD {kld:.3e}, top-1 {top1}"
         );
         // Batches: every position's logits.
-        let gpu = gpu_model_with(&path, GpuOptions { exact: false });
         let want = cpu_decode(&path, &toks, &[], true);
         for n_batch in [toks.len(), 5] {
-            let mut s = gpu
-                .session(&SessionOptions {
-                    n_ctx: toks.len(),
-                    n_batch,
-                    ..Default::default()
-                })
-                .unwrap();
-            assert!(s.is_compiled());
-            let got = s.forward(&toks, LogitsMode::All).unwrap().to_vec();
+            let got = gpu_batch(&path, &toks, false, Some(n_batch));
             let (kld, top1) = kld_top1(&want, &got, n);
             eprintln!(
                 "qwen3moe {ftype}, {} tokens in steps of {n_batch}: fast mode vs CPU batch \
