@@ -525,12 +525,31 @@ fn main() {
     /// its bytes.
     pub(crate) fn finish_read(&self, pending: PendingRead) -> Result<Vec<u8>> {
         let PendingRead { staging, size, rx } = pending;
-        self.device
-            .poll(wgpu::PollType::wait_indefinitely())
-            .map_err(|e| WgpuError::Device(e.to_string()))?;
-        rx.recv()
-            .map_err(|e| WgpuError::Device(e.to_string()))?
-            .map_err(|e| WgpuError::Device(e.to_string()))?;
+        let dev = |e: &dyn std::fmt::Display| WgpuError::Device(e.to_string());
+        // Polls without blocking for up to SPIN_WAIT (a decoding step's
+        // time, about what llama.cpp's CUDA stream synchronisation spins),
+        // then blocks: a blocking wait sleeps until the driver wakes the
+        // thread, which cost tens of µs a token.
+        let spin = std::env::var_os("STRATA_NO_SPIN").is_none();
+        let until = std::time::Instant::now() + SPIN_WAIT;
+        let mapped = loop {
+            if spin {
+                match rx.try_recv() {
+                    Ok(r) => break r,
+                    Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                    Err(e) => return Err(dev(&e)),
+                }
+            }
+            if !spin || std::time::Instant::now() >= until {
+                self.device
+                    .poll(wgpu::PollType::wait_indefinitely())
+                    .map_err(|e| dev(&e))?;
+                break rx.recv().map_err(|e| dev(&e))?;
+            }
+            self.device.poll(wgpu::PollType::Poll).map_err(|e| dev(&e))?;
+            std::hint::spin_loop();
+        };
+        mapped.map_err(|e| dev(&e))?;
         let slice = staging.slice(..size);
         let out = slice
             .get_mapped_range()
@@ -541,6 +560,9 @@ fn main() {
         Ok(out)
     }
 }
+
+/// How long [`GpuContext::finish_read`] polls before it blocks.
+const SPIN_WAIT: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// A read-back submitted and not yet waited for ([`GpuContext::submit_read`]).
 pub(crate) struct PendingRead {

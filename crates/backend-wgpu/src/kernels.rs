@@ -183,7 +183,8 @@ impl Shader {
                 "quant_io.wgsl",
                 "quant.wgsl",
                 "x_plain.wgsl",
-                "mm_fast.wgsl"
+                "mm_fast.wgsl",
+                "dequant.wgsl"
             ),
             // Enable directives come first.
             Shader::MmCoop => concat!(
@@ -192,7 +193,8 @@ impl Shader {
                 include_str!("shaders/quant_io.wgsl"),
                 include_str!("shaders/quant.wgsl"),
                 include_str!("shaders/x_plain.wgsl"),
-                include_str!("shaders/mm_coop.wgsl")
+                include_str!("shaders/mm_coop.wgsl"),
+                include_str!("shaders/dequant.wgsl")
             ),
             Shader::AttentionFast => with_fma!("rope_common.wgsl", "attn_fast.wgsl"),
             Shader::AttentionFlash => with_fma!("attn_flash.wgsl"),
@@ -252,8 +254,8 @@ impl Shader {
             Shader::AttentionFlash => "attn_flash.wgsl",
             Shader::QuantWide => "fast_wide.wgsl",
             Shader::QuantWideSg => "fast_wide.wgsl+wide_sg.wgsl",
-            Shader::MmFast => "quant.wgsl+mm_fast.wgsl",
-            Shader::MmCoop => "quant.wgsl+mm_coop.wgsl",
+            Shader::MmFast => "quant.wgsl+mm_fast.wgsl+dequant.wgsl",
+            Shader::MmCoop => "quant.wgsl+mm_coop.wgsl+dequant.wgsl",
             Shader::Moe => "quant.wgsl+moe.wgsl",
         }
     }
@@ -531,6 +533,12 @@ pub(crate) enum Kernel {
     /// workgroup: `mm_fast.wgsl`'s `mm_fast` ([`MmKind::Portable`]) or, on
     /// devices with cooperative matrices, `mm_coop.wgsl`'s `mm_coop`.
     MmFast(GgmlType, MmKind),
+    /// The same reading the dequantized copy that [`Kernel::Dequant`]
+    /// makes (F16 for [`MmKind::Coop`], F32 for [`MmKind::Portable`]).
+    MmScratch(MmKind),
+    /// `dequant.wgsl`'s `dequant_w`: a `ty` matrix part decoded into the
+    /// copy that [`Kernel::MmScratch`] reads.
+    Dequant(GgmlType, MmKind),
     /// `moe.wgsl`'s `moe_mv` with a `ty` matrix: the router's product
     /// (`false`) or the routed experts' (`true`), with prologue 0 (x) or 2
     /// (SwiGLU of a row's two halves).
@@ -549,6 +557,25 @@ pub(crate) enum MmKind {
     Portable,
     /// `mm_coop.wgsl`'s `mm_coop` (cooperative matrices, 64 × 64 tiles).
     Coop,
+}
+
+impl MmKind {
+    /// The type of [`Kernel::Dequant`]'s copy that this entry point reads:
+    /// the cooperative matrices' f16, or f32.
+    pub(crate) fn scratch_type(self) -> GgmlType {
+        match self {
+            MmKind::Coop => GgmlType::F16,
+            MmKind::Portable => GgmlType::F32,
+        }
+    }
+
+    /// Bytes per weight of that copy.
+    pub(crate) fn scratch_bytes(self) -> u32 {
+        match self {
+            MmKind::Coop => 2,
+            MmKind::Portable => 4,
+        }
+    }
 }
 
 /// Tokens per workgroup of [`Kernel::MmFast`] (every entry point).
@@ -583,8 +610,10 @@ impl Kernel {
                 Shader::AttentionFast
             }
             Kernel::AttentionFlash(_) => Shader::AttentionFlash,
-            Kernel::MmFast(_, MmKind::Portable) => Shader::MmFast,
-            Kernel::MmFast(_, _) => Shader::MmCoop,
+            Kernel::MmFast(_, MmKind::Portable)
+            | Kernel::MmScratch(MmKind::Portable)
+            | Kernel::Dequant(_, MmKind::Portable) => Shader::MmFast,
+            Kernel::MmFast(_, _) | Kernel::MmScratch(_) | Kernel::Dequant(..) => Shader::MmCoop,
             Kernel::MoeMv(..) | Kernel::MoeRoute(..) | Kernel::MoeSum => Shader::Moe,
         }
     }
@@ -620,8 +649,9 @@ impl Kernel {
             Kernel::AttentionFastRope(_) => "attn_rope_decode",
             Kernel::AttentionCombine => "attn_combine",
             Kernel::AttentionFlash(_) => "attn_flash",
-            Kernel::MmFast(_, MmKind::Portable) => "mm_fast",
-            Kernel::MmFast(_, MmKind::Coop) => "mm_coop",
+            Kernel::MmFast(_, MmKind::Portable) | Kernel::MmScratch(MmKind::Portable) => "mm_fast",
+            Kernel::MmFast(_, MmKind::Coop) | Kernel::MmScratch(MmKind::Coop) => "mm_coop",
+            Kernel::Dequant(..) => "dequant_w",
             Kernel::MoeMv(..) => "moe_mv",
             Kernel::MoeRoute(..) => "moe_route",
             Kernel::MoeSum => "moe_sum",
@@ -660,6 +690,17 @@ impl Kernel {
                 ("WIDE_ROWS", f64::from(rows)),
             ],
             Kernel::MmFast(t, _) => vec![("FORMAT", f64::from(t.id()))],
+            Kernel::MmScratch(kind) => {
+                let t = kind.scratch_type();
+                vec![
+                    ("FORMAT", f64::from(t.id())),
+                    ("SCRATCH_BYTES", f64::from(kind.scratch_bytes())),
+                ]
+            }
+            Kernel::Dequant(t, kind) => vec![
+                ("FORMAT", f64::from(t.id())),
+                ("SCRATCH_BYTES", f64::from(kind.scratch_bytes())),
+            ],
             Kernel::AttentionFlash(nc) => vec![("NC", f64::from(nc))],
             Kernel::AttentionFast(solo) | Kernel::AttentionFastRope(solo) => {
                 vec![("SOLO", f64::from(u8::from(solo)))]
