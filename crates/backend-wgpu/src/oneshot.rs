@@ -602,3 +602,50 @@ pub fn quantize_act(ctx: &GpuContext, act: GgmlType, x: &[f32], n: usize) -> Res
     let op = b.quantize_act(act, false, &xb, n as u32, &y, n as u32, n as u32, 0);
     run(ctx, &[op], t as u32, &y, x.len())
 }
+
+/// `moe.wgsl`'s routing of each row of `n_expert` router logits: the
+/// `n_used` experts in slot order and their weights, as
+/// [`crate::ops::OpBuilder::moe_route`] computes them in the fast mode
+/// (gating 0 softmax, 1 sigmoid, 2 softmax of the chosen logits; `normalize`
+/// divides by the chosen weights' sum; times `scale`).
+pub fn moe_route(
+    ctx: &GpuContext,
+    logits: &[f32],
+    n_expert: usize,
+    n_used: usize,
+    (gating, normalize, scale): (u32, bool, f32),
+) -> Result<(Vec<u32>, Vec<f32>)> {
+    check(
+        "moe_route",
+        (1..=256).contains(&n_expert)
+            && (1..=n_expert).contains(&n_used)
+            && logits.len().is_multiple_of(n_expert)
+            && gating <= 2,
+        || "bad shape".to_string(),
+    )?;
+    let t = logits.len() / n_expert;
+    // Rows of whole vec4s, as the program lays them out.
+    let stride = n_expert.next_multiple_of(4);
+    let mut padded = vec![0.0f32; t * stride];
+    for (row, l) in padded.chunks_mut(stride).zip(logits.chunks(n_expert)) {
+        row[..n_expert].copy_from_slice(l);
+    }
+    let step = step_buffer(ctx, t as u32, 0);
+    let b = OpBuilder { ctx, step: &step };
+    let lb = f32_buffer(ctx, "logits", &padded);
+    let routing = ctx.storage("routing", (t * n_used * 2 * 4) as u64);
+    let dummy = ctx.storage("dummy", 16);
+    let op = b.moe_route(
+        (gating, normalize, scale),
+        (&lb, stride as u32),
+        n_expert as u32,
+        n_used as u32,
+        &routing,
+        &dummy,
+    );
+    let v = run(ctx, &[op], t as u32, &routing, t * n_used * 2)?;
+    // Experts are stored as floats (exact below 2^24).
+    let experts = v.iter().step_by(2).map(|&e| e as u32).collect();
+    let weights = v.iter().skip(1).step_by(2).copied().collect();
+    Ok((experts, weights))
+}
