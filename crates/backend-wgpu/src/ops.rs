@@ -1450,14 +1450,16 @@ impl OpBuilder<'_> {
     }
 
     /// `moe.wgsl`'s sum: `y[t] = Σ_s weight(t, s) · down[t · n_used + s]`
-    /// over rows of `width` values (`down`'s rows `down_stride` floats apart).
+    /// over rows of `width` values (`down`'s rows `down_stride` floats apart),
+    /// added to y's values with `accumulate` (a residual sum in the same
+    /// dispatch).
     pub fn moe_sum(
         &self,
         (down, down_stride): (&wgpu::Buffer, u32),
         width: u32,
         n_used: u32,
         routing: &wgpu::Buffer,
-        (y, y_stride): (&wgpu::Buffer, u32),
+        (y, y_stride, accumulate): (&wgpu::Buffer, u32, bool),
         dummy: &wgpu::Buffer,
     ) -> Op {
         let params = MatParams {
@@ -1465,6 +1467,7 @@ impl OpBuilder<'_> {
             m: n_used,
             x_stride: down_stride,
             y_stride,
+            accumulate: u32::from(accumulate),
             ..Default::default()
         };
         self.kernel_op(

@@ -12,8 +12,9 @@
 //!   ([`crate::rewrite`], [`Op::Slice`] views of the parts);
 //! - a norm or SwiGLU whose consumers are all products rounding their input
 //!   the same way writes the rounded (packed) activations itself;
-//! - a product whose only use is a residual `Add` accumulates into the
-//!   residual's buffer (the add disappears);
+//! - a product (or a mixture of experts' weighted sum) whose only use is a
+//!   residual `Add` accumulates into the residual's buffer (the add
+//!   disappears);
 //! - a value projection used only by attention writes into the KV cache, and
 //!   RoPE of keys writes the rotated keys there (queries, keys and values of
 //!   one stacked product in one dispatch; for a single token with a Q4_K
@@ -33,7 +34,8 @@
 //! - in the fast mode, a mixture of experts is five dispatches (`moe.wgsl`):
 //!   router, routing, the chosen experts' gate/up and down products over
 //!   the stacked experts (one row of products per token and slot, the
-//!   expert read from the routing), their weighted sum.
+//!   expert read from the routing), their weighted sum (into the residual,
+//!   as a product's).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -451,7 +453,7 @@ impl Plan {
             };
             // Not beside a product, which might accumulate into the norm's
             // values (`accum_into`), which the fast step never writes.
-            let product = |x: NodeId| matches!(g.node(x).op, GOp::MatMul { .. });
+            let product = |x: NodeId| matches!(g.node(x).op, GOp::MatMul { .. } | GOp::Moe { .. });
             if product(a) || product(b) {
                 continue;
             }
@@ -492,8 +494,9 @@ impl Plan {
         for (i, node) in g.nodes.iter().enumerate() {
             let GOp::Add { a, b } = node.op else { continue };
             for (m, r) in [(b, a), (a, b)] {
-                let GOp::MatMul { x, bias: None, .. } = g.node(m).op else {
-                    continue;
+                let x = match g.node(m).op {
+                    GOp::MatMul { x, bias: None, .. } | GOp::Moe { x, .. } => x,
+                    _ => continue,
                 };
                 let ok = only(m) == Some(NodeId(i))
                     && last_use[r.0] == i
@@ -1487,8 +1490,14 @@ impl<'a> Lowering<'a> {
                 ))
             }
             GOp::Moe { x, moe } => {
-                let y = out_loc(self);
-                self.moe(i, *x, moe, ob, ops, &y)?;
+                let (y, acc) = match self.accumulates(i) {
+                    Some(r) => {
+                        let l = self.loc(r);
+                        (self.alias(i, &l), true)
+                    }
+                    None => (out_loc(self), false),
+                };
+                self.moe(i, *x, moe, ob, ops, (&y, acc))?;
                 y
             }
             GOp::Unary { .. }
@@ -1511,9 +1520,11 @@ impl<'a> Lowering<'a> {
     /// Mixture-of-experts node `i` (input `x`) into `y`: the router's
     /// product, the routing, the chosen experts' gate/up products (one row
     /// per token and slot), their down products over silu(gate)·up, and the
-    /// weighted sum; all in the fast mode's float activations (the exact
-    /// mode does not compile these nodes: its products would have to be the
-    /// CPU's per-expert batches, `Backend::matmul_expert`, bit for bit).
+    /// weighted sum (added to `y`'s values with `accumulate`: the residual
+    /// of [`Lowering::accumulates`]); all in the fast mode's float
+    /// activations (the exact mode does not compile these nodes: its products
+    /// would have to be the CPU's per-expert batches, `Backend::matmul_expert`,
+    /// bit for bit).
     fn moe(
         &mut self,
         i: usize,
@@ -1521,7 +1532,7 @@ impl<'a> Lowering<'a> {
         moe: &Moe,
         ob: &OpBuilder<'_>,
         ops: &mut Vec<Op>,
-        y: &Loc,
+        (y, accumulate): (&Loc, bool),
     ) -> Result<()> {
         let mw = match self.moe.get(&i) {
             Some(w) => w.clone(),
@@ -1602,7 +1613,14 @@ impl<'a> Lowering<'a> {
             k,
         ));
         let yb = self.buf(y).clone();
-        ops.push(ob.moe_sum((&down, d), d, k, &routing, (&yb, y.stride), &dummy));
+        ops.push(ob.moe_sum(
+            (&down, d),
+            d,
+            k,
+            &routing,
+            (&yb, y.stride, accumulate),
+            &dummy,
+        ));
         Ok(())
     }
 
