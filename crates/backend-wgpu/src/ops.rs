@@ -1478,45 +1478,54 @@ impl OpBuilder<'_> {
     }
 
     /// `moe.wgsl`'s routing: for each token, from its `n_expert` router
-    /// logits (rows of `logits_stride` floats), the `n_used` experts and
-    /// their weights ([`Kernel::MoeRoute`]'s gating, times `scale`) into
-    /// `routing` (two floats a (token, slot): expert, weight).
+    /// logits (`input`), the `n_used` experts and their weights
+    /// ([`Kernel::MoeRoute`]'s gating, times `scale`) into `routing` (two
+    /// floats a (token, slot): expert, weight).
     #[allow(clippy::too_many_arguments)]
     pub fn moe_route(
         &self,
         (gating, normalize, scale): (u32, bool, f32),
-        (logits, logits_stride): (&wgpu::Buffer, u32),
+        input: RouteInput<'_>,
         n_expert: u32,
         n_used: u32,
         routing: &wgpu::Buffer,
         dummy: &wgpu::Buffer,
     ) -> Op {
+        let (w, x, x_stride, router, row_bytes, row_len) = match input {
+            RouteInput::Logits(logits, stride) => (dummy, logits, stride, None, 0, 0),
+            RouteInput::Router(w, x, stride) => {
+                (&w.buffer, x, stride, Some(w.ty), w.row_bytes, w.k)
+            }
+        };
         let params = MatParams {
             k: n_expert,
             m: n_used,
-            x_stride: logits_stride,
-            pad: [0, 0, scale.to_bits()],
+            row_bytes,
+            x_stride,
+            pad: [0, row_len, scale.to_bits()],
             ..Default::default()
         };
         self.kernel_op(
             "moe_route",
-            Kernel::MoeRoute(gating, normalize),
+            Kernel::MoeRoute(gating, normalize, router),
             &params,
-            [dummy, logits, routing],
+            [w, x, routing],
             Some(dummy),
             Grid::PerToken([1, 1]),
         )
     }
 
     /// `moe.wgsl`'s sum: `y[t] = Σ_s weight(t, s) · down[t · n_used + s]`
-    /// over rows of `width` values (`down`'s rows `down_stride` floats apart).
+    /// over rows of `width` values (`down`'s rows `down_stride` floats apart),
+    /// added to y's values with `accumulate` (a residual sum in the same
+    /// dispatch).
     pub fn moe_sum(
         &self,
         (down, down_stride): (&wgpu::Buffer, u32),
         width: u32,
         n_used: u32,
         routing: &wgpu::Buffer,
-        (y, y_stride): (&wgpu::Buffer, u32),
+        (y, y_stride, accumulate): (&wgpu::Buffer, u32, bool),
         dummy: &wgpu::Buffer,
     ) -> Op {
         let params = MatParams {
@@ -1524,6 +1533,7 @@ impl OpBuilder<'_> {
             m: n_used,
             x_stride: down_stride,
             y_stride,
+            accumulate: u32::from(accumulate),
             ..Default::default()
         };
         self.kernel_op(
@@ -1536,6 +1546,24 @@ impl OpBuilder<'_> {
         )
     }
 }
+
+/// Where [`OpBuilder::moe_route`] finds each token's router logits.
+pub(crate) enum RouteInput<'a> {
+    /// Rows of floats `stride` apart (the router's product, `moe_mv`).
+    Logits(&'a wgpu::Buffer, u32),
+    /// Computed in the routing from the router and rows of activations
+    /// `stride` floats apart (a router small enough for one workgroup a
+    /// token, [`ROUTE_FUSED_MAX_WEIGHTS`]).
+    Router(&'a MoeMatrix, &'a wgpu::Buffer, u32),
+}
+
+/// The largest F32 router (`n_expert · row length` weights) `moe_route`
+/// multiplies itself, saving the router's own dispatch: one workgroup reads
+/// it whole for each token, where `moe_mv` spreads its rows over many, so a
+/// large router would cost more than the dispatch. 32K weights (128 KB:
+/// qwen3moe-small's 32 × 1024) is a guess of the break-even, not measured;
+/// 0 turns the fusion off.
+pub(crate) const ROUTE_FUSED_MAX_WEIGHTS: u64 = 1 << 15;
 
 /// The experts of one product of a mixture of experts in one buffer for
 /// `moe.wgsl` (expert e's `m` rows from byte `e · expert_bytes`), stacked

@@ -12,8 +12,9 @@
 //!   ([`crate::rewrite`], [`Op::Slice`] views of the parts);
 //! - a norm or SwiGLU whose consumers are all products rounding their input
 //!   the same way writes the rounded (packed) activations itself;
-//! - a product whose only use is a residual `Add` accumulates into the
-//!   residual's buffer (the add disappears);
+//! - a product (or a mixture of experts' weighted sum) whose only use is a
+//!   residual `Add` accumulates into the residual's buffer (the add
+//!   disappears);
 //! - a value projection used only by attention writes into the KV cache, and
 //!   RoPE of keys writes the rotated keys there (queries, keys and values of
 //!   one stacked product in one dispatch; for a single token with a Q4_K
@@ -31,9 +32,12 @@
 //!   reading it;
 //! - an embedding lookup read only by a scale writes the scaled rows;
 //! - in the fast mode, a mixture of experts is five dispatches (`moe.wgsl`):
-//!   router, routing, the chosen experts' gate/up and down products over
+//!   router, routing (four: a small F32 router multiplied inside the
+//!   routing, `ROUTE_FUSED_MAX_WEIGHTS`), the chosen experts' gate/up and
+//!   down products over
 //!   the stacked experts (one row of products per token and slot, the
-//!   expert read from the routing), their weighted sum.
+//!   expert read from the routing), their weighted sum (into the residual,
+//!   as a product's).
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -47,8 +51,8 @@ use crate::error::{Result, WgpuError};
 use crate::kernels::{act_type, is_exact, Kernel};
 use crate::ops::{
     attention_partials_bytes, fast_attention_fits, flash_attention_fits, AttnParams, EwParams,
-    GpuMatrix, Grid, MoeMatrix, Op, OpBuilder, Prologue, RopeFuse, RopeParams, ScaleParams,
-    StepUniform, TgRopeParams, FAST_MM_MIN_TOKENS,
+    GpuMatrix, Grid, MoeMatrix, Op, OpBuilder, Prologue, RopeFuse, RopeParams, RouteInput,
+    ScaleParams, StepUniform, TgRopeParams, FAST_MM_MIN_TOKENS, ROUTE_FUSED_MAX_WEIGHTS,
 };
 use crate::seam::GpuWeight;
 
@@ -451,7 +455,7 @@ impl Plan {
             };
             // Not beside a product, which might accumulate into the norm's
             // values (`accum_into`), which the fast step never writes.
-            let product = |x: NodeId| matches!(g.node(x).op, GOp::MatMul { .. });
+            let product = |x: NodeId| matches!(g.node(x).op, GOp::MatMul { .. } | GOp::Moe { .. });
             if product(a) || product(b) {
                 continue;
             }
@@ -492,8 +496,9 @@ impl Plan {
         for (i, node) in g.nodes.iter().enumerate() {
             let GOp::Add { a, b } = node.op else { continue };
             for (m, r) in [(b, a), (a, b)] {
-                let GOp::MatMul { x, bias: None, .. } = g.node(m).op else {
-                    continue;
+                let x = match g.node(m).op {
+                    GOp::MatMul { x, bias: None, .. } | GOp::Moe { x, .. } => x,
+                    _ => continue,
                 };
                 let ok = only(m) == Some(NodeId(i))
                     && last_use[r.0] == i
@@ -1524,8 +1529,14 @@ impl<'a> Lowering<'a> {
                 ))
             }
             GOp::Moe { x, moe } => {
-                let y = out_loc(self);
-                self.moe(i, *x, moe, ob, ops, &y)?;
+                let (y, acc) = match self.accumulates(i) {
+                    Some(r) => {
+                        let l = self.loc(r);
+                        (self.alias(i, &l), true)
+                    }
+                    None => (out_loc(self), false),
+                };
+                self.moe(i, *x, moe, ob, ops, (&y, acc))?;
                 y
             }
             GOp::Unary { .. }
@@ -1548,9 +1559,11 @@ impl<'a> Lowering<'a> {
     /// Mixture-of-experts node `i` (input `x`) into `y`: the router's
     /// product, the routing, the chosen experts' gate/up products (one row
     /// per token and slot), their down products over silu(gate)·up, and the
-    /// weighted sum; all in the fast mode's float activations (the exact
-    /// mode does not compile these nodes: its products would have to be the
-    /// CPU's per-expert batches, `Backend::matmul_expert`, bit for bit).
+    /// weighted sum (added to `y`'s values with `accumulate`: the residual
+    /// of [`Lowering::accumulates`]); all in the fast mode's float
+    /// activations (the exact mode does not compile these nodes: its products
+    /// would have to be the CPU's per-expert batches, `Backend::matmul_expert`,
+    /// bit for bit).
     fn moe(
         &mut self,
         i: usize,
@@ -1558,7 +1571,7 @@ impl<'a> Lowering<'a> {
         moe: &Moe,
         ob: &OpBuilder<'_>,
         ops: &mut Vec<Op>,
-        y: &Loc,
+        (y, accumulate): (&Loc, bool),
     ) -> Result<()> {
         let mw = match self.moe.get(&i) {
             Some(w) => w.clone(),
@@ -1596,15 +1609,23 @@ impl<'a> Lowering<'a> {
         let down = self.take(b * k as u64 * d as u64 * 4, i);
         let down = self.pool[down].0.clone();
         let dummy = self.dummy.clone();
-        ops.push(ob.moe_mv(
-            "ffn_gate_inp",
-            &mw.router,
-            (false, 0, 0),
-            (&xb, d, 1),
-            (&logits, l_stride, 0),
-            &dummy,
-            1,
-        ));
+        // A small F32 router is multiplied inside the routing.
+        let fused = mw.router.ty == GgmlType::F32
+            && mw.router.m as u64 * mw.router.k as u64 <= ROUTE_FUSED_MAX_WEIGHTS;
+        let input = if fused {
+            RouteInput::Router(&mw.router, &xb, d)
+        } else {
+            ops.push(ob.moe_mv(
+                "ffn_gate_inp",
+                &mw.router,
+                (false, 0, 0),
+                (&xb, d, 1),
+                (&logits, l_stride, 0),
+                &dummy,
+                1,
+            ));
+            RouteInput::Logits(&logits, l_stride)
+        };
         let gating = match moe.gating {
             Gating::Softmax => 0,
             Gating::Sigmoid => 1,
@@ -1612,7 +1633,7 @@ impl<'a> Lowering<'a> {
         };
         ops.push(ob.moe_route(
             (gating, moe.normalize, moe.weights_scale),
-            (&logits, l_stride),
+            input,
             n_expert,
             k,
             &routing,
@@ -1639,7 +1660,14 @@ impl<'a> Lowering<'a> {
             k,
         ));
         let yb = self.buf(y).clone();
-        ops.push(ob.moe_sum((&down, d), d, k, &routing, (&yb, y.stride), &dummy));
+        ops.push(ob.moe_sum(
+            (&down, d),
+            d,
+            k,
+            &routing,
+            (&yb, y.stride, accumulate),
+            &dummy,
+        ));
         Ok(())
     }
 

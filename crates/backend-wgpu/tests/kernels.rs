@@ -594,6 +594,116 @@ fn add_swiglu_argmax() {
     );
 }
 
+/// The experts and weights of each row of `logits` as the CPU's session
+/// routes them (llama-model's `moe_ffn`: gating 0 softmax, 1 sigmoid, 2 the
+/// chosen logits softmaxed), except that the experts are sorted by their
+/// logits (stable, `f32::total_cmp`), which every gating keeps in order:
+/// the CPU's softmax computes equal logits' probabilities with two `expf`s
+/// (ggml's blocks of 8, libm's for the rest), which can break a tie.
+fn moe_route_ref(
+    logits: &[f32],
+    n_expert: usize,
+    n_used: usize,
+    (gating, normalize, scale): (u32, bool, f32),
+) -> (Vec<u32>, Vec<f32>) {
+    let (mut experts, mut weights) = (Vec::new(), Vec::new());
+    for row in logits.chunks(n_expert) {
+        let mut probs = row.to_vec();
+        match gating {
+            0 => tensor_core::ops::softmax_exact(&mut probs),
+            1 => probs
+                .iter_mut()
+                .for_each(|p| *p = 1.0 / (1.0 + (-*p).exp())),
+            _ => {}
+        }
+        let mut order: Vec<usize> = (0..n_expert).collect();
+        order.sort_by(|&a, &c| row[c].total_cmp(&row[a]).then(a.cmp(&c)));
+        let mut w: Vec<f32> = order[..n_used].iter().map(|&e| probs[e]).collect();
+        if gating == 2 {
+            tensor_core::ops::softmax_exact(&mut w);
+        }
+        if normalize {
+            let sum = (w.iter().map(|&v| v as f64).sum::<f64>() as f32).max(6.103_515_6e-5);
+            w.iter_mut().for_each(|v| *v /= sum);
+        }
+        experts.extend(order[..n_used].iter().map(|&e| e as u32));
+        weights.extend(w.iter().map(|v| v * scale));
+    }
+    (experts, weights)
+}
+
+/// `moe_route` (one workgroup a token) chooses the CPU's experts in the
+/// CPU's slot order, ties to the lower index (rows of logits on a coarse
+/// grid, full of exact ties), for 1 to 256 experts and every gating, with
+/// weights within 1e-5 (relative) of the CPU's: the softmax sums in another
+/// order. Also with the router's product inside (a router of repeated rows:
+/// ties again), within 1e-4: the logits' sums are in another order too.
+#[test]
+fn moe_route_matches_cpu() {
+    let ctx = ctx();
+    let mut rng = StdRng::seed_from_u64(900);
+    let t = 3;
+    for &(n_expert, n_used) in &[
+        (1, 1),
+        (4, 2),
+        (8, 8),
+        (32, 4),
+        (60, 4),
+        (128, 8),
+        (250, 6),
+        (256, 8),
+        (256, 256),
+    ] {
+        for gating in 0..3u32 {
+            for (normalize, scale) in [(false, 1.0), (true, 1.0), (true, 2.5)] {
+                let mut logits: Vec<f32> = (0..t * n_expert)
+                    .map(|_| rng.gen_range(-6.0f32..6.0))
+                    .collect();
+                // The last row: ties everywhere (no -0.0, which sorts
+                // before 0.0 but has the same probability).
+                for v in &mut logits[(t - 1) * n_expert..] {
+                    *v = v.round() / 2.0 + 0.0;
+                }
+                let cfg = (gating, normalize, scale);
+                let (ge, gw) = oneshot::moe_route(&ctx, &logits, n_expert, n_used, cfg).unwrap();
+                let (we, ww) = moe_route_ref(&logits, n_expert, n_used, cfg);
+                let what = format!("{n_expert} experts, {n_used} used, gating {gating}, {cfg:?}");
+                assert_eq!(ge, we, "{what}: experts");
+                for (i, (g, w)) in gw.iter().zip(&ww).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-5 * w.abs() + 1e-7,
+                        "{what}: weight [{i}] {g} vs {w}"
+                    );
+                }
+                // The router multiplied inside the routing: rows from the
+                // sixth on repeat the first five (equal logits, ties).
+                let d = 96;
+                let x: Vec<f32> = (0..t * d).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+                let first: Vec<f32> = (0..5 * d).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+                let router: Vec<f32> = (0..n_expert * d).map(|i| first[i % (5 * d)]).collect();
+                let logits: Vec<f32> = x
+                    .chunks(d)
+                    .flat_map(|xr| {
+                        router.chunks(d).map(move |r| {
+                            r.iter().zip(xr).map(|(a, b)| (a * b) as f64).sum::<f64>() as f32
+                        })
+                    })
+                    .collect();
+                let (ge, gw) =
+                    oneshot::moe_route_router(&ctx, &x, &router, n_expert, n_used, cfg).unwrap();
+                let (we, ww) = moe_route_ref(&logits, n_expert, n_used, cfg);
+                assert_eq!(ge, we, "{what}, router inside: experts");
+                for (i, (g, w)) in gw.iter().zip(&ww).enumerate() {
+                    assert!(
+                        (g - w).abs() <= 1e-4 * w.abs() + 1e-6,
+                        "{what}, router inside: weight [{i}] {g} vs {w}"
+                    );
+                }
+            }
+        }
+    }
+}
+
 /// Activation rounding equals quant-kernels' quantize-then-dequantize.
 #[test]
 fn activation_rounding_matches_ggml() {

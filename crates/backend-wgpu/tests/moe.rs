@@ -16,10 +16,42 @@ use crate::model::kld_top1;
 const TOKENS: usize = 40;
 
 /// The logits of `toks` decoded one token a step in the fast mode (the
-/// graph compiled), and the CPU's decoding.
-fn fast_decode(path: &Path, toks: &[u32]) -> (Vec<f32>, Vec<f32>) {
+/// graph compiled), the CPU's decoding, and the dispatches of a step.
+fn fast_decode(path: &Path, toks: &[u32]) -> (Vec<f32>, Vec<f32>, usize) {
     let want = cpu_decode(path, &toks[..1], &toks[1..], false);
-    (want, gpu_steps(path, toks, GpuOptions { exact: false }).0)
+    let (got, dispatches) = gpu_steps(path, toks, GpuOptions { exact: false });
+    (want, got, dispatches)
+}
+
+/// The ops of a fast decoding step of `path` by label
+/// ([`backend_wgpu::GpuProgram::step_ops`]).
+fn fast_step_ops(path: &Path) -> Vec<(&'static str, usize, bool)> {
+    let gpu = gpu_model_with(path, GpuOptions { exact: false });
+    let mut s = gpu
+        .session(&SessionOptions {
+            n_ctx: 8,
+            ..Default::default()
+        })
+        .unwrap();
+    let p = s.program_mut().expect("compiled");
+    let p = p
+        .as_any_mut()
+        .downcast_mut::<backend_wgpu::GpuProgram>()
+        .expect("a GPU program");
+    p.step_ops()
+}
+
+/// A decoding step routes each layer's tokens in one `moe_route` and sums
+/// the experts into the residual in `moe_sum` (no `add` dispatch after it).
+#[test]
+fn qwen3moe_step_sums_experts_into_the_residual() {
+    let ops = fast_step_ops(&arch_file("qwen3moe", "F32"));
+    eprintln!("qwen3moe F32 fast decoding step: {ops:?}");
+    let count = |l: &str| ops.iter().find(|o| o.0 == l).map_or(0, |o| o.1);
+    let layers = count("moe_route");
+    assert!(layers > 0, "{ops:?}");
+    assert_eq!(count("moe_sum"), layers, "{ops:?}");
+    assert_eq!(count("add"), 0, "{ops:?}");
 }
 
 /// The fast mode compiles the graph (the exact mode does not) and decodes
@@ -51,12 +83,13 @@ fn qwen3moe_compiles_and_agrees_in_fast_mode() {
             );
         }
         let bound = if ftype == "F32" { 1e-5 } else { 1e-2 };
-        let (decoded, got) = fast_decode(&path, &toks);
+        let (decoded, got, dispatches) = fast_decode(&path, &toks);
+        eprintln!("qwen3moe {ftype}: {dispatches} dispatches a decoding step");
         let n = decoded.len() / toks.len();
         let (kld, top1) = kld_top1(&decoded, &got, n);
         let dense = arch_file("qwen3", ftype);
         let dense_toks = tokens(n_vocab(&dense), TOKENS);
-        let (dw, dg) = fast_decode(&dense, &dense_toks);
+        let (dw, dg, _) = fast_decode(&dense, &dense_toks);
         let (kld_dense, top1_dense) = kld_top1(&dw, &dg, dw.len() / dense_toks.len());
         eprintln!(
             "qwen3moe {ftype}, {} tokens decoded: fast mode vs CPU mean KLD {kld:.3e}, \

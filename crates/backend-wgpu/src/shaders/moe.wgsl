@@ -2,7 +2,8 @@
 // and quant.wgsl), llama.cpp's build_moe_ffn in three kinds of dispatch that
 // never wait on one another inside a dispatch:
 // - `moe_mv` with ROUTED 0: the router's logits, y[t, r] = W[r, :] · x[t];
-// - `moe_route`: per token, the experts and their weights from the logits;
+// - `moe_route`: per token, the experts and their weights from the logits
+//   (or, ROUTER 1, computing a small router's logits first: no `moe_mv`);
 // - `moe_mv` with ROUTED 1: the chosen experts' products for every (token,
 //   slot) pair j = t·n_used + s, the expert's rows found at byte
 //   e · p.corr_base of one buffer holding every expert (stacked by the host
@@ -12,6 +13,10 @@
 // The routing lives in `ids` (binding 5, written as `y` by `moe_route`): two
 // floats per (token, slot), the expert's index (as a float: exact for any
 // count of experts) and its weight.
+//
+// moe_route with ROUTER 1 reads x's rows as the router's activations
+// (x_stride floats apart) and the router's rows of `aux_base` weights,
+// `row_bytes` apart.
 //
 // MatParams as this file reads them: `corr_base` the bytes between experts
 // in w; `x_base` how many consecutive j share one row of x (n_used for the
@@ -33,8 +38,13 @@ override PROLOGUE: u32 = 0u;
 override GATING: u32 = 0u;
 // moe_route: 1 divides the chosen weights by their sum.
 override NORMALIZE: u32 = 0u;
+// moe_route: 0 reads the logits from x; 1 computes them first, from x the
+// activations and w the router (FORMAT; a small router, which one
+// workgroup reads whole: one dispatch fewer).
+override ROUTER: u32 = 0u;
 
-// The most experts a router may have (moe_route's private arrays).
+// The most experts a router may have (moe_route's workgroup: one
+// invocation an expert).
 const MOE_MAX_EXPERTS: u32 = 256u;
 
 fn xv(i: u32) -> vec4<f32> {
@@ -108,86 +118,181 @@ fn xf(i: u32) -> f32 {
     return x[i >> 2u][i & 3u];
 }
 
+// moe_route's workgroup memory: a reduction's values, each expert's sort
+// key, and the chosen experts and their weights by slot.
+var<workgroup> route_red: array<f32, 256>;
+var<workgroup> route_key: array<vec4<u32>, 64>;
+var<workgroup> route_e: array<u32, 256>;
+var<workgroup> route_w: array<f32, 256>;
+var<workgroup> route_logit: array<f32, 256>;
+
+// ROUTER 1: token t's logits W[r, :] · x[t] for the n rows into
+// route_logit, 256 / span lanes a row (span ≥ n, a power of two: every row
+// in one pass), their partial sums added through `partial` (quant.wgsl).
+// Called in uniform control flow: it waits on the workgroup.
+fn route_logits(t: u32, lid: u32, n: u32, span: u32) {
+    let lanes = 256u / span;
+    let row = lid / lanes;
+    let lane = lid % lanes;
+    let xb = t * (p.x_stride >> 2u);
+    let units = p.aux_base >> 2u;
+    var acc = 0.0;
+    if (row < n) {
+        let base = row * p.row_bytes;
+        // Four loads in flight a pass: one workgroup reads the whole router.
+        var a = vec4<f32>(0.0);
+        var u = lane;
+        for (; u + 3u * lanes < units; u += 4u * lanes) {
+            a.x += unit_dot(base, u, xb, 0u);
+            a.y += unit_dot(base, u + lanes, xb, 0u);
+            a.z += unit_dot(base, u + 2u * lanes, xb, 0u);
+            a.w += unit_dot(base, u + 3u * lanes, xb, 0u);
+        }
+        for (; u < units; u += lanes) {
+            a.x += unit_dot(base, u, xb, 0u);
+        }
+        acc = (a.x + a.y) + (a.z + a.w);
+    }
+    partial[lid] = acc;
+    workgroupBarrier();
+    for (var s = lanes >> 1u; s > 0u; s >>= 1u) {
+        if (lane < s) {
+            partial[lid] += partial[lid + s];
+        }
+        workgroupBarrier();
+    }
+    if (lane == 0u && row < n) {
+        route_logit[row] = partial[lid];
+    }
+    workgroupBarrier();
+}
+
+// The largest (`is_max`) or the sum of the workgroup's values v, through a
+// tree over the first `span` (a power of two ≥ the live values' count) of
+// route_red; every invocation gets the result. Called in uniform control
+// flow: it waits on the workgroup.
+fn route_reduce(v: f32, lid: u32, span: u32, is_max: bool) -> f32 {
+    route_red[lid] = v;
+    workgroupBarrier();
+    for (var s = span >> 1u; s > 0u; s >>= 1u) {
+        if (lid < s) {
+            let a = route_red[lid];
+            let b = route_red[lid + s];
+            route_red[lid] = select(a + b, max(a, b), is_max);
+        }
+        workgroupBarrier();
+    }
+    let r = route_red[0];
+    workgroupBarrier();
+    return r;
+}
+
+// f's rank in Rust's f32::total_cmp as an unsigned integer: negative values
+// (sign set) have all their bits flipped, the others only the sign.
+fn total_key(f: f32) -> u32 {
+    let b = bitcast<u32>(f);
+    return b ^ select(0x80000000u, 0xffffffffu, (b >> 31u) != 0u);
+}
+
 // The routing of token wid.z: its p.m experts by decreasing probability
-// (ties to the lower index, as the CPU's stable sort), their weights
-// (renormalised, scaled). One invocation a token: the work is a few hundred
-// comparisons.
-@compute @workgroup_size(1)
-fn moe_route(@builtin(workgroup_id) wid: vec3<u32>) {
+// (ties to the lower index: the CPU's stable sort by f32::total_cmp), their
+// weights (renormalised, scaled). One invocation an expert: softmax through
+// two tree reductions (in their order, not the CPU's: the fast mode's
+// agreement), then each expert's rank (how many experts come before it in
+// that order: its slot, if below p.m) by one pass over every key (ROUTER 1:
+// the logits computed first, route_logits). The keys
+// are a strict total order, so the ranks below p.m fill every slot once.
+@compute @workgroup_size(256)
+fn moe_route(@builtin(workgroup_id) wid: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
     let t = wid.z;
     let n = min(p.k, MOE_MAX_EXPERTS);
-    let k = p.m;
-    var prob: array<f32, 256>;
-    var taken: array<u32, 8>;
-    let row = t * p.x_stride;
-    var mx = -3.0e38;
-    for (var e = 0u; e < n; e++) {
-        let v = xf(row + e);
-        prob[e] = v;
-        mx = max(mx, v);
+    let k = min(p.m, n);
+    // Reductions over the first `span` values: n rounded up to a power of 2.
+    let span = 2u << firstLeadingBit(max(n, 2u) - 1u);
+    let live = lid < n;
+    if (ROUTER == 1u) {
+        route_logits(t, lid, n, span);
+    }
+    var prob = -3.0e38;
+    if (live) {
+        if (ROUTER == 1u) {
+            prob = route_logit[lid];
+        } else {
+            prob = xf(t * p.x_stride + lid);
+        }
     }
     if (GATING == 0u) {
-        var sum = 0.0;
-        for (var e = 0u; e < n; e++) {
-            let v = exp(prob[e] - mx);
-            prob[e] = v;
-            sum += v;
+        let mx = route_reduce(prob, lid, span, true);
+        var v = 0.0;
+        if (live) {
+            v = exp(prob - mx);
         }
-        let inv = 1.0 / sum;
-        for (var e = 0u; e < n; e++) {
-            prob[e] *= inv;
-        }
+        let sum = route_reduce(v, lid, span, false);
+        prob = v * (1.0 / sum);
     } else if (GATING == 1u) {
-        for (var e = 0u; e < n; e++) {
-            prob[e] = 1.0 / (1.0 + exp(-prob[e]));
-        }
+        prob = 1.0 / (1.0 + exp(-prob));
     }
-    for (var w = 0u; w < 8u; w++) {
-        taken[w] = 0u;
-    }
-    var wsum = 0.0;
-    var wmax = -3.0e38;
-    for (var s = 0u; s < k; s++) {
-        var best = 0u;
-        var bv = -3.4e38;
-        var found = false;
-        for (var e = 0u; e < n; e++) {
-            let free = (taken[e >> 5u] & (1u << (e & 31u))) == 0u;
-            if (free && (!found || prob[e] > bv)) {
-                best = e;
-                bv = prob[e];
-                found = true;
+    let key = total_key(prob);
+    // Dead lanes' keys are never read (the pass stops at n).
+    route_key[lid >> 2u][lid & 3u] = key;
+    workgroupBarrier();
+    if (live) {
+        var rank = 0u;
+        let n4 = (n + 3u) >> 2u;
+        for (var q = 0u; q < n4; q++) {
+            let o = route_key[q];
+            let e = 4u * q;
+            // Expert e + i comes first: a larger key, or the same key at a
+            // lower index.
+            let before = (o > vec4<u32>(key)) | ((o == vec4<u32>(key))
+                & (vec4<u32>(e, e + 1u, e + 2u, e + 3u) < vec4<u32>(lid)));
+            let inside = vec4<u32>(e, e + 1u, e + 2u, e + 3u) < vec4<u32>(n);
+            let c = select(vec4<u32>(0u), vec4<u32>(1u), before & inside);
+            rank += (c.x + c.y) + (c.z + c.w);
+            if (rank >= k) {
+                break;
             }
         }
-        taken[best >> 5u] |= 1u << (best & 31u);
-        let o = 2u * (t * k + s);
-        y[o] = f32(best);
-        y[o + 1u] = bv;
-        wmax = max(wmax, bv);
-    }
-    if (GATING == 2u) {
-        var sum = 0.0;
-        for (var s = 0u; s < k; s++) {
-            let o = 2u * (t * k + s) + 1u;
-            let v = exp(y[o] - wmax);
-            y[o] = v;
-            sum += v;
-        }
-        for (var s = 0u; s < k; s++) {
-            y[2u * (t * k + s) + 1u] /= sum;
+        if (rank < k) {
+            route_e[rank] = lid;
+            route_w[rank] = prob;
         }
     }
-    if (NORMALIZE != 0u) {
-        for (var s = 0u; s < k; s++) {
-            wsum += y[2u * (t * k + s) + 1u];
+    workgroupBarrier();
+    // The chosen weights, slot by slot as the CPU orders them (k is small).
+    if (lid == 0u) {
+        if (GATING == 2u) {
+            var wmax = -3.0e38;
+            for (var s = 0u; s < k; s++) {
+                wmax = max(wmax, route_w[s]);
+            }
+            var sum = 0.0;
+            for (var s = 0u; s < k; s++) {
+                let v = exp(route_w[s] - wmax);
+                route_w[s] = v;
+                sum += v;
+            }
+            for (var s = 0u; s < k; s++) {
+                route_w[s] /= sum;
+            }
         }
-        let d = max(wsum, 6.1035156e-5);
-        for (var s = 0u; s < k; s++) {
-            y[2u * (t * k + s) + 1u] /= d;
+        if (NORMALIZE != 0u) {
+            var wsum = 0.0;
+            for (var s = 0u; s < k; s++) {
+                wsum += route_w[s];
+            }
+            let d = max(wsum, 6.1035156e-5);
+            for (var s = 0u; s < k; s++) {
+                route_w[s] /= d;
+            }
         }
     }
-    for (var s = 0u; s < k; s++) {
-        y[2u * (t * k + s) + 1u] *= p.eps;
+    workgroupBarrier();
+    if (lid < k) {
+        let o = 2u * (t * p.m + lid);
+        y[o] = f32(route_e[lid]);
+        y[o + 1u] = route_w[lid] * p.eps;
     }
 }
 
