@@ -390,6 +390,12 @@ pub fn wide_rows_per_workgroup(ty: GgmlType) -> u32 {
     4 * wide_rows(ty)
 }
 
+/// Whether the measuring aid `name` (an environment variable that turns a
+/// fast-mode choice off, to time the path it replaced) is set.
+pub(crate) fn measuring_off(name: &str) -> bool {
+    std::env::var_os(name).is_some()
+}
+
 /// Whether `ty` has GPU kernels.
 pub fn is_gpu_type(ty: GgmlType) -> bool {
     GPU_TYPES.contains(&ty)
@@ -689,6 +695,7 @@ impl Kernel {
                 ("FORMAT", f64::from(t.id())),
                 ("PROLOGUE", f64::from(prologue)),
                 ("WIDE_ROWS", f64::from(rows)),
+                ("Q8_LANES", f64::from(u8::from(!measuring_off("STRATA_Q8_BLOCKS")))),
             ],
             Kernel::MmFast(t, _) => vec![("FORMAT", f64::from(t.id()))],
             Kernel::MmScratch(kind) => {

@@ -774,6 +774,9 @@ impl<'a> Lowering<'a> {
     /// The dequantized copy that the fast batch product of `w`'s part
     /// `part` reads, where it takes one ([`crate::ops::scratch_fits`]).
     fn scratch_for(&mut self, ob: &OpBuilder<'_>, w: &GpuMatrix, part: usize) -> Option<wgpu::Buffer> {
+        if crate::kernels::measuring_off("STRATA_NO_DEQUANT") {
+            return None;
+        }
         let kind = ob.mm_entry(None);
         let max_binding = self.ctx.caps().max_storage_binding;
         crate::ops::scratch_fits(w, part, kind, max_binding)?;
@@ -1611,7 +1614,8 @@ impl<'a> Lowering<'a> {
         let dummy = self.dummy.clone();
         // A small F32 router is multiplied inside the routing.
         let fused = mw.router.ty == GgmlType::F32
-            && mw.router.m as u64 * mw.router.k as u64 <= ROUTE_FUSED_MAX_WEIGHTS;
+            && mw.router.m as u64 * mw.router.k as u64 <= ROUTE_FUSED_MAX_WEIGHTS
+            && !crate::kernels::measuring_off("STRATA_NO_ROUTE_FUSE");
         let input = if fused {
             RouteInput::Router(&mw.router, &xb, d)
         } else {

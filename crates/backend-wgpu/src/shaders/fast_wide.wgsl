@@ -27,6 +27,9 @@
 
 override FORMAT: u32 = 12u;
 override PROLOGUE: u32 = 0u;
+// Q8_0 through q8_lane (eight lanes a block) rather than small_block (a
+// block a lane); kernels.rs sets it.
+override Q8_LANES: bool = true;
 
 const WIDE_LANES: u32 = 64u;
 
@@ -368,7 +371,7 @@ fn fmv_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let rv = row * rvs;
     var acc = vec4<f32>(0.0);
     sq = 0.0;
-    if (FORMAT == 8u) {
+    if (FORMAT == 8u && Q8_LANES) {
         // Q8_0: eight lanes a block (q8_lane), WIDE_LANES / 8 blocks a
         // pass, each activation vector read once for the lane set's rows.
         let nb = p.k >> 5u;
@@ -389,7 +392,7 @@ fn fmv_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
                 }
             }
         }
-    } else if (FORMAT == 2u || FORMAT == 3u || FORMAT == 6u || FORMAT == 7u) {
+    } else if (FORMAT == 2u || FORMAT == 3u || FORMAT == 6u || FORMAT == 7u || FORMAT == 8u) {
         // A block a lane, its activations read once for the lane set's rows.
         let nb = p.k >> 5u;
         if (live) {
