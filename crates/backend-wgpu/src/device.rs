@@ -530,17 +530,14 @@ fn main() {
         // time, about what llama.cpp's CUDA stream synchronisation spins),
         // then blocks: a blocking wait sleeps until the driver wakes the
         // thread, which cost tens of µs a token.
-        let spin = std::env::var_os("STRATA_NO_SPIN").is_none();
         let until = std::time::Instant::now() + SPIN_WAIT;
         let mapped = loop {
-            if spin {
-                match rx.try_recv() {
-                    Ok(r) => break r,
-                    Err(std::sync::mpsc::TryRecvError::Empty) => {}
-                    Err(e) => return Err(dev(&e)),
-                }
+            match rx.try_recv() {
+                Ok(r) => break r,
+                Err(std::sync::mpsc::TryRecvError::Empty) => {}
+                Err(e) => return Err(dev(&e)),
             }
-            if !spin || std::time::Instant::now() >= until {
+            if std::time::Instant::now() >= until {
                 self.device
                     .poll(wgpu::PollType::wait_indefinitely())
                     .map_err(|e| dev(&e))?;

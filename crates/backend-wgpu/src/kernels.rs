@@ -183,8 +183,7 @@ impl Shader {
                 "quant_io.wgsl",
                 "quant.wgsl",
                 "x_plain.wgsl",
-                "mm_fast.wgsl",
-                "dequant.wgsl"
+                "mm_fast.wgsl"
             ),
             // Enable directives come first.
             Shader::MmCoop => concat!(
@@ -193,8 +192,7 @@ impl Shader {
                 include_str!("shaders/quant_io.wgsl"),
                 include_str!("shaders/quant.wgsl"),
                 include_str!("shaders/x_plain.wgsl"),
-                include_str!("shaders/mm_coop.wgsl"),
-                include_str!("shaders/dequant.wgsl")
+                include_str!("shaders/mm_coop.wgsl")
             ),
             Shader::AttentionFast => with_fma!("rope_common.wgsl", "attn_fast.wgsl"),
             Shader::AttentionFlash => with_fma!("attn_flash.wgsl"),
@@ -254,8 +252,8 @@ impl Shader {
             Shader::AttentionFlash => "attn_flash.wgsl",
             Shader::QuantWide => "fast_wide.wgsl",
             Shader::QuantWideSg => "fast_wide.wgsl+wide_sg.wgsl",
-            Shader::MmFast => "quant.wgsl+mm_fast.wgsl+dequant.wgsl",
-            Shader::MmCoop => "quant.wgsl+mm_coop.wgsl+dequant.wgsl",
+            Shader::MmFast => "quant.wgsl+mm_fast.wgsl",
+            Shader::MmCoop => "quant.wgsl+mm_coop.wgsl",
             Shader::Moe => "quant.wgsl+moe.wgsl",
         }
     }
@@ -388,12 +386,6 @@ pub fn wide_rows(ty: GgmlType) -> u32 {
 /// Rows per workgroup of `fmv_wide`: four lane sets of [`wide_rows`].
 pub fn wide_rows_per_workgroup(ty: GgmlType) -> u32 {
     4 * wide_rows(ty)
-}
-
-/// Whether the measuring aid `name` (an environment variable that turns a
-/// fast-mode choice off, to time the path it replaced) is set.
-pub(crate) fn measuring_off(name: &str) -> bool {
-    std::env::var_os(name).is_some()
 }
 
 /// Whether `ty` has GPU kernels.
@@ -539,12 +531,6 @@ pub(crate) enum Kernel {
     /// workgroup: `mm_fast.wgsl`'s `mm_fast` ([`MmKind::Portable`]) or, on
     /// devices with cooperative matrices, `mm_coop.wgsl`'s `mm_coop`.
     MmFast(GgmlType, MmKind),
-    /// The same reading the dequantized copy that [`Kernel::Dequant`]
-    /// makes (F16 for [`MmKind::Coop`], F32 for [`MmKind::Portable`]).
-    MmScratch(MmKind),
-    /// `dequant.wgsl`'s `dequant_w`: a `ty` matrix part decoded into the
-    /// copy that [`Kernel::MmScratch`] reads.
-    Dequant(GgmlType, MmKind),
     /// `moe.wgsl`'s `moe_mv` with a `ty` matrix: the router's product
     /// (`false`) or the routed experts' (`true`), with prologue 0 (x) or 2
     /// (SwiGLU of a row's two halves).
@@ -564,25 +550,6 @@ pub(crate) enum MmKind {
     Portable,
     /// `mm_coop.wgsl`'s `mm_coop` (cooperative matrices, 64 × 64 tiles).
     Coop,
-}
-
-impl MmKind {
-    /// The type of [`Kernel::Dequant`]'s copy that this entry point reads:
-    /// the cooperative matrices' f16, or f32.
-    pub(crate) fn scratch_type(self) -> GgmlType {
-        match self {
-            MmKind::Coop => GgmlType::F16,
-            MmKind::Portable => GgmlType::F32,
-        }
-    }
-
-    /// Bytes per weight of that copy.
-    pub(crate) fn scratch_bytes(self) -> u32 {
-        match self {
-            MmKind::Coop => 2,
-            MmKind::Portable => 4,
-        }
-    }
 }
 
 /// Tokens per workgroup of [`Kernel::MmFast`] (every entry point).
@@ -617,10 +584,8 @@ impl Kernel {
                 Shader::AttentionFast
             }
             Kernel::AttentionFlash(_) => Shader::AttentionFlash,
-            Kernel::MmFast(_, MmKind::Portable)
-            | Kernel::MmScratch(MmKind::Portable)
-            | Kernel::Dequant(_, MmKind::Portable) => Shader::MmFast,
-            Kernel::MmFast(_, _) | Kernel::MmScratch(_) | Kernel::Dequant(..) => Shader::MmCoop,
+            Kernel::MmFast(_, MmKind::Portable) => Shader::MmFast,
+            Kernel::MmFast(_, _) => Shader::MmCoop,
             Kernel::MoeMv(..) | Kernel::MoeRoute(..) | Kernel::MoeSum => Shader::Moe,
         }
     }
@@ -656,9 +621,8 @@ impl Kernel {
             Kernel::AttentionFastRope(_) => "attn_rope_decode",
             Kernel::AttentionCombine => "attn_combine",
             Kernel::AttentionFlash(_) => "attn_flash",
-            Kernel::MmFast(_, MmKind::Portable) | Kernel::MmScratch(MmKind::Portable) => "mm_fast",
-            Kernel::MmFast(_, MmKind::Coop) | Kernel::MmScratch(MmKind::Coop) => "mm_coop",
-            Kernel::Dequant(..) => "dequant_w",
+            Kernel::MmFast(_, MmKind::Portable) => "mm_fast",
+            Kernel::MmFast(_, MmKind::Coop) => "mm_coop",
             Kernel::MoeMv(..) => "moe_mv",
             Kernel::MoeRoute(..) => "moe_route",
             Kernel::MoeSum => "moe_sum",
@@ -695,20 +659,8 @@ impl Kernel {
                 ("FORMAT", f64::from(t.id())),
                 ("PROLOGUE", f64::from(prologue)),
                 ("WIDE_ROWS", f64::from(rows)),
-                ("Q8_LANES", f64::from(u8::from(!measuring_off("STRATA_Q8_BLOCKS")))),
             ],
             Kernel::MmFast(t, _) => vec![("FORMAT", f64::from(t.id()))],
-            Kernel::MmScratch(kind) => {
-                let t = kind.scratch_type();
-                vec![
-                    ("FORMAT", f64::from(t.id())),
-                    ("SCRATCH_BYTES", f64::from(kind.scratch_bytes())),
-                ]
-            }
-            Kernel::Dequant(t, kind) => vec![
-                ("FORMAT", f64::from(t.id())),
-                ("SCRATCH_BYTES", f64::from(kind.scratch_bytes())),
-            ],
             Kernel::AttentionFlash(nc) => vec![("NC", f64::from(nc))],
             Kernel::AttentionFast(solo) | Kernel::AttentionFastRope(solo) => {
                 vec![("SOLO", f64::from(u8::from(solo)))]

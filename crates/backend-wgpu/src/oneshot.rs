@@ -148,10 +148,7 @@ pub fn matmul(
 /// `acc`, `Y` starts from it (`n_tokens × m` values) and the product is
 /// added (the residual connection). `max_part_bytes` forces a row split of
 /// the weights as in [`matmul`]. Fails for `coop` where the device has no
-/// cooperative matrices ([`crate::DeviceCaps::coop_f16_16`]). With
-/// `scratch`, weights other than F16 and F32 are first decoded into a copy
-/// (F16 for `coop`, else F32) that the product reads, as the fast mode's
-/// batches take them.
+/// cooperative matrices ([`crate::DeviceCaps::coop_f16_16`]).
 #[allow(clippy::too_many_arguments)]
 pub fn mm_fast(
     ctx: &GpuContext,
@@ -162,7 +159,7 @@ pub fn mm_fast(
     x: &[f32],
     acc: Option<&[f32]>,
     max_part_bytes: Option<u64>,
-    (coop, scratch): (bool, bool),
+    coop: bool,
 ) -> Result<Vec<f32>> {
     check(
         "mm_fast",
@@ -209,7 +206,6 @@ pub fn mm_fast(
         acc.is_some(),
         &dummy,
         Some(coop),
-        scratch,
     );
     run(ctx, &ops, n as u32, &y, n * m)
 }

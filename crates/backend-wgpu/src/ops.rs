@@ -382,9 +382,6 @@ pub(crate) enum Grid {
     /// only (the fast mode's f32 norms, which those batches run instead of
     /// the exact ones that smaller batches keep).
     LargeBatch([u32; 2], u32),
-    /// As `Fixed`, for batches of at least the given number of tokens only
-    /// (the fast batch products' [`Kernel::Dequant`]).
-    LargeBatchFixed([u32; 3], u32),
     /// `[ceil(n_tokens / tile), y, 1]` for batches of `min_tokens` or more
     /// only (the fast mode's batch attention, [`Kernel::AttentionFlash`]).
     TokenTiles { tile: u32, y: u32, min_tokens: u32 },
@@ -438,22 +435,6 @@ pub(crate) struct Op {
 }
 
 /// Workgroup grid covering `n` rows, one workgroup each (x ≤ 65535).
-/// The most bytes [`OpBuilder::add_mm_fast`]'s dequantized copy of a
-/// matrix part may take: larger parts (a big vocabulary's output matrix)
-/// are decoded in every tile instead.
-pub(crate) const SCRATCH_MAX_BYTES: u64 = 256 << 20;
-
-/// The bytes of the dequantized copy of `w`'s part `part` that `kind`
-/// reads, where the fast batch product takes one: weights other than F16
-/// and F32, parts of at most [`SCRATCH_MAX_BYTES`] and `max_binding`.
-pub(crate) fn scratch_fits(w: &GpuMatrix, part: usize, kind: MmKind, max_binding: u64) -> Option<u64> {
-    if matches!(w.ty, GgmlType::F16 | GgmlType::F32) {
-        return None;
-    }
-    let bytes = w.parts[part].rows as u64 * w.k as u64 * kind.scratch_bytes() as u64;
-    (bytes <= SCRATCH_MAX_BYTES.min(max_binding)).then_some(bytes)
-}
-
 fn rows_grid(n: u32) -> [u32; 2] {
     let x = n.clamp(1, 65535);
     [x, n.div_ceil(x)]
@@ -483,7 +464,7 @@ impl Op {
         match self.grid {
             Grid::BatchOnly(_) => n_tokens > 1,
             Grid::SmallBatch(_, limit) => n_tokens < limit,
-            Grid::LargeBatch(_, limit) | Grid::LargeBatchFixed(_, limit) => n_tokens >= limit,
+            Grid::LargeBatch(_, limit) => n_tokens >= limit,
             Grid::TokenTiles { min_tokens, .. } => n_tokens >= min_tokens,
             Grid::Context(_, max_kv, short) => (n_kv <= max_kv) == short,
             _ => true,
@@ -524,8 +505,6 @@ impl Op {
             Grid::TokenTiles { min_tokens, .. } if n_tokens < min_tokens => return,
             Grid::TokenTiles { tile, y, .. } => (&self.pipeline, [n_tokens.div_ceil(tile), y, 1]),
             Grid::Fixed(g) => (&self.pipeline, g),
-            Grid::LargeBatchFixed(_, limit) if n_tokens < limit => return,
-            Grid::LargeBatchFixed(g, _) => (&self.pipeline, g),
             // A batch variant (the fast mode's MmFast) where the batch
             // reaches it.
             Grid::Linear { m } if self.variants.iter().any(|v| v.min_tokens <= n_tokens) => {
@@ -778,13 +757,6 @@ impl OpBuilder<'_> {
     /// op's `x_stride` floats) into `y`, as a variant of `op` (that part's
     /// op from [`OpBuilder::linear`], whose parameters it shares) for
     /// batches of `min_tokens` or more.
-    ///
-    /// With `scratch` (room for the part as [`MmKind::scratch_bytes`] a
-    /// weight, [`scratch_fits`]), the variant reads the part's dequantized
-    /// copy, and the returned op (to run just before `op`, by the same
-    /// batches) makes it: each block decoded once a step rather than in
-    /// every tile of tokens. (On an H100, TinyLlama's F16 gate/up product
-    /// of 512 tokens took 378 µs, its Q8_0 one 588 and its Q4_K one 566.)
     #[allow(clippy::too_many_arguments)]
     pub fn add_mm_fast(
         &self,
@@ -795,28 +767,13 @@ impl OpBuilder<'_> {
         y: &wgpu::Buffer,
         dummy: &wgpu::Buffer,
         (min_tokens, coop): (u32, Option<bool>),
-        scratch: Option<&wgpu::Buffer>,
-    ) -> Option<Op> {
+    ) {
         let kind = self.mm_kind(coop);
-        let pw = &w.parts[part];
-        let (kernel, weights, dequant) = match scratch {
-            Some(s) => {
-                let dk = Kernel::Dequant(w.ty, kind);
-                let [gx, gy] = rows_grid((pw.rows * (w.k / 32)).div_ceil(256));
-                let dequant = Op {
-                    label: "dequant",
-                    pipeline: self.ctx.pipeline(dk),
-                    pipeline_mm: None,
-                    variants: Vec::new(),
-                    bind_group: self.bind(dk, &[&pw.buffer, dummy, s, &op._params, self.step, dummy]),
-                    grid: Grid::LargeBatchFixed([gx, gy, 1], min_tokens),
-                    _params: op._params.clone(),
-                };
-                (Kernel::MmScratch(kind), s, Some(dequant))
-            }
-            None => (Kernel::MmFast(w.ty, kind), &pw.buffer, None),
-        };
-        let bg = self.bind(kernel, &[weights, x, y, &op._params, self.step, dummy]);
+        let kernel = Kernel::MmFast(w.ty, kind);
+        let bg = self.bind(
+            kernel,
+            &[&w.parts[part].buffer, x, y, &op._params, self.step, dummy],
+        );
         let v = QdotVariant {
             min_tokens,
             pipeline: self.ctx.pipeline(kernel),
@@ -828,13 +785,6 @@ impl OpBuilder<'_> {
         };
         let at = op.variants.partition_point(|o| o.min_tokens <= min_tokens);
         op.variants.insert(at, v);
-        dequant
-    }
-
-    /// The fast batch product's entry point on this device (`coop` forcing
-    /// one), for [`scratch_fits`].
-    pub(crate) fn mm_entry(&self, coop: Option<bool>) -> MmKind {
-        self.mm_kind(coop)
     }
 
     /// `y[t, r] (+)= W[r] · x[t]` for every part of `w` through
@@ -852,18 +802,9 @@ impl OpBuilder<'_> {
         accumulate: bool,
         dummy: &wgpu::Buffer,
         coop: Option<bool>,
-        scratch: bool,
     ) -> Vec<Op> {
-        // With `scratch`, the dequantized copy where the type takes one.
-        let kind = self.mm_kind(coop);
-        let max_binding = self.ctx.caps().max_storage_binding;
-        let copy = (0..w.parts.len())
-            .filter_map(|i| scratch_fits(w, i, kind, max_binding))
-            .max()
-            .filter(|_| scratch)
-            .map(|bytes| self.ctx.storage("dequant", bytes));
         (0..w.parts.len())
-            .flat_map(|i| {
+            .map(|i| {
                 let part = &w.parts[i];
                 let params = MatParams {
                     k: w.k,
@@ -884,8 +825,8 @@ impl OpBuilder<'_> {
                     Some(dummy),
                     Grid::Qdot { m: part.rows },
                 );
-                let pre = self.add_mm_fast(&mut op, w, i, x, y, dummy, (1, coop), copy.as_ref());
-                pre.into_iter().chain([op])
+                self.add_mm_fast(&mut op, w, i, x, y, dummy, (1, coop));
+                op
             })
             .collect()
     }

@@ -158,7 +158,7 @@ pub struct GpuProgram {
     argmax: Op,
     /// A one-token step recorded while the GPU ran the previous one (with
     /// the argmax or not).
-    prerecorded: Option<(bool, u32, Vec<wgpu::CommandBuffer>)>,
+    prerecorded: Option<(bool, u32, wgpu::CommandBuffer)>,
     /// Labels of ops single-token steps leave out ([`GpuProgram::leave_out`]).
     left_out: Vec<String>,
     weight_bytes: u64,
@@ -624,10 +624,6 @@ struct Lowering<'a> {
     /// Each mixture-of-experts node's stacked weights (made once, shared
     /// by the body, the tails and the fast step).
     moe: HashMap<usize, MoeWeights>,
-    /// The fast batch products' dequantized copy of a matrix part
-    /// ([`OpBuilder::add_mm_fast`]), made at the first use, as large as the
-    /// largest part that takes one.
-    scratch: Option<wgpu::Buffer>,
     /// Buffers made for ops (the fast attention's norm weights), kept with
     /// the program.
     extra: Vec<wgpu::Buffer>,
@@ -747,7 +743,6 @@ impl<'a> Lowering<'a> {
             fast_batch: false,
             virt: vec![None; n],
             moe: HashMap::new(),
-            scratch: None,
             extra: Vec::new(),
         }
     }
@@ -769,31 +764,6 @@ impl<'a> Lowering<'a> {
         } else {
             ops.push(op);
         }
-    }
-
-    /// The dequantized copy that the fast batch product of `w`'s part
-    /// `part` reads, where it takes one ([`crate::ops::scratch_fits`]).
-    fn scratch_for(&mut self, ob: &OpBuilder<'_>, w: &GpuMatrix, part: usize) -> Option<wgpu::Buffer> {
-        if crate::kernels::measuring_off("STRATA_NO_DEQUANT") {
-            return None;
-        }
-        let kind = ob.mm_entry(None);
-        let max_binding = self.ctx.caps().max_storage_binding;
-        crate::ops::scratch_fits(w, part, kind, max_binding)?;
-        if self.scratch.is_none() {
-            let bytes = self
-                .weights
-                .iter()
-                .filter_map(|g| match g {
-                    GpuWeight::Matrix(m) => (0..m.parts.len())
-                        .filter_map(|p| crate::ops::scratch_fits(m, p, kind, max_binding))
-                        .max(),
-                    GpuWeight::Vector { .. } => None,
-                })
-                .max()?;
-            self.scratch = Some(self.ctx.storage("dequant", bytes));
-        }
-        self.scratch.clone()
     }
 
     /// Whether the fast step multiplies `w`, reading node `x`, on float
@@ -1351,12 +1321,9 @@ impl<'a> Lowering<'a> {
                         &self.dummy,
                     ),
                 };
-                // Each part's dequantizing op, run just before it.
-                let mut pre: Vec<Option<Op>> = Vec::new();
                 if let Some(bx) = &batch_x {
                     for (part, op) in lin.iter_mut().enumerate() {
-                        let scratch = self.scratch_for(ob, m, part);
-                        pre.push(ob.add_mm_fast(
+                        ob.add_mm_fast(
                             op,
                             m,
                             part,
@@ -1364,20 +1331,13 @@ impl<'a> Lowering<'a> {
                             &y_buf,
                             &self.dummy,
                             (FAST_MM_MIN_TOKENS, None),
-                            scratch.as_ref(),
-                        ));
+                        );
                     }
                 }
-                let single = lin.len() == 1 && fast_in.is_none();
-                for (part, op) in lin.drain(..).enumerate() {
-                    if let Some(d) = pre.get_mut(part).and_then(Option::take) {
-                        ops.push(d);
-                    }
-                    if single {
-                        self.producer.insert(i, ops.len());
-                    }
-                    ops.push(op);
+                if lin.len() == 1 && fast_in.is_none() {
+                    self.producer.insert(i, ops.len());
                 }
+                ops.append(&mut lin);
                 match (bias, y) {
                     (Some(bias), Some(t)) => {
                         let (bb, _) = vector(self.weights, *bias)?;
@@ -1614,8 +1574,7 @@ impl<'a> Lowering<'a> {
         let dummy = self.dummy.clone();
         // A small F32 router is multiplied inside the routing.
         let fused = mw.router.ty == GgmlType::F32
-            && mw.router.m as u64 * mw.router.k as u64 <= ROUTE_FUSED_MAX_WEIGHTS
-            && !crate::kernels::measuring_off("STRATA_NO_ROUTE_FUSE");
+            && mw.router.m as u64 * mw.router.k as u64 <= ROUTE_FUSED_MAX_WEIGHTS;
         let input = if fused {
             RouteInput::Router(&mw.router, &xb, d)
         } else {
@@ -2460,56 +2419,17 @@ impl GpuProgram {
         src: &wgpu::Buffer,
         size: u64,
     ) -> Result<Vec<u8>> {
-        let chunks: usize = std::env::var("STRATA_SUBMIT_CHUNKS")
-            .ok()
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(1)
-            .max(1);
-        let record = |m: &Self, n_kv: u32| -> Vec<wgpu::CommandBuffer> {
-            match (&m.decode, n) {
-                (Some(decode), 1) if chunks > 1 => {
-                    let ops: Vec<&Op> = decode
-                        .iter()
-                        .filter(|o| !m.left_out.iter().any(|l| l == o.label))
-                        .collect();
-                    let per = ops.len().div_ceil(chunks);
-                    let parts: Vec<&[&Op]> = ops.chunks(per).collect();
-                    let last = parts.len() - 1;
-                    parts
-                        .iter()
-                        .enumerate()
-                        .map(|(i, part)| {
-                            let mut enc = m.ctx.device.create_command_encoder(&Default::default());
-                            {
-                                let mut pass = enc.begin_compute_pass(&Default::default());
-                                for op in part.iter() {
-                                    op.encode(&mut pass, 1, n_kv);
-                                }
-                                if argmax && i == last {
-                                    m.argmax.encode(&mut pass, 1, n_kv);
-                                }
-                            }
-                            enc.finish()
-                        })
-                        .collect()
-                }
-                _ => {
-                    let mut enc = m.ctx.device.create_command_encoder(&Default::default());
-                    m.encode(&mut enc, (n, n_kv), Some(false), argmax);
-                    vec![enc.finish()]
-                }
-            }
+        let record = |m: &Self, n_kv: u32| {
+            let mut enc = m.ctx.device.create_command_encoder(&Default::default());
+            m.encode(&mut enc, (n, n_kv), Some(false), argmax);
+            enc.finish()
         };
-        let mut cmds = match self.prerecorded.take() {
+        let cmds = match self.prerecorded.take() {
             Some((a, kv, cmds)) if n == 1 && a == argmax && kv == n_kv => cmds,
             _ => record(self, n_kv),
         };
-        let tail = cmds.split_off(cmds.len() - 1);
-        for c in cmds {
-            self.ctx.queue.submit([c]);
-        }
         let copy = self.ctx.device.create_command_encoder(&Default::default());
-        let pending = self.ctx.submit_read(tail, copy, src, 0, size);
+        let pending = self.ctx.submit_read(vec![cmds], copy, src, 0, size);
         if n == 1 {
             self.prerecorded = Some((argmax, n_kv + 1, record(self, n_kv + 1)));
         }

@@ -1436,9 +1436,7 @@ fn fast_products_all_formats() {
 /// against the f64 dot products of ggml's dequantized weights: within
 /// 2e-6 of Σ|w·x| for the f32 tiles, 2e-3 for the cooperative matrices
 /// (weights and activations rounded to f16, products summed in f32); also
-/// accumulating into y and over a matrix split across bindings; each also
-/// through the dequantized copy (`dequant.wgsl`) that the fast mode's
-/// batches read.
+/// accumulating into y and over a matrix split across bindings.
 #[test]
 fn fast_batch_products_all_formats() {
     let ctx = ctx();
@@ -1465,23 +1463,14 @@ fn fast_batch_products_all_formats() {
             let acc: Option<Vec<f32>> =
                 (s == 1).then(|| (0..n * m).map(|_| rng.gen_range(-1.0f32..1.0)).collect());
             let split = (s == 2).then(|| (m / 3 * (bytes.len() / m)) as u64);
-            let mut paths = vec![(false, false), (false, true)];
+            let mut paths = vec![false];
             if coop {
-                paths.extend([(true, false), (true, true)]);
+                paths.push(true);
             }
-            for (use_coop, scratch) in paths {
-                let y = oneshot::mm_fast(
-                    &ctx,
-                    ty,
-                    &bytes,
-                    k,
-                    m,
-                    &x,
-                    acc.as_deref(),
-                    split,
-                    (use_coop, scratch),
-                )
-                .unwrap();
+            for use_coop in paths {
+                let y =
+                    oneshot::mm_fast(&ctx, ty, &bytes, k, m, &x, acc.as_deref(), split, use_coop)
+                        .unwrap();
                 let rel = if use_coop { 2e-3 } else { 2e-6 };
                 for t in 0..n {
                     for r in 0..m {
@@ -1498,7 +1487,7 @@ fn fast_batch_products_all_formats() {
                         let got = y[t * m + r] as f64;
                         assert!(
                             (got - dot).abs() <= rel * mag + 1e-5,
-                            "{ty} coop={use_coop} scratch={scratch} k={k} m={m} n={n}: y[{t}][{r}] = {got}, \
+                            "{ty} coop={use_coop} k={k} m={m} n={n}: y[{t}][{r}] = {got}, \
                              expected {dot} (Σ|w·x| = {mag})"
                         );
                     }

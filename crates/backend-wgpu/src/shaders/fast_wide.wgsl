@@ -27,9 +27,6 @@
 
 override FORMAT: u32 = 12u;
 override PROLOGUE: u32 = 0u;
-// Q8_0 through q8_lane (eight lanes a block) rather than small_block (a
-// block a lane); kernels.rs sets it.
-override Q8_LANES: bool = true;
 
 const WIDE_LANES: u32 = 64u;
 
@@ -286,19 +283,6 @@ fn small_block(rb: u32, blk: u32, x: X8) -> f32 {
     }
 }
 
-// Q8_0, eight lanes a block: lane j of block blk takes quant word j (its
-// four weights meet activation vector 8·blk + j), so that a subgroup's
-// activation loads are 512 contiguous bytes and its weight loads four
-// blocks' 136 (`small_block`, a block a lane, spreads each of its loads
-// over a cache line per four lanes). The lanes' partial products meet in
-// `wide_sums`.
-fn q8_lane(rb: u32, blk: u32, j: u32, xv4: vec4<f32>) -> f32 {
-    let bo = rb + blk * 34u;
-    let dw = unpack2x16float(ww(bo >> 2u));
-    let d = select(dw.x, dw.y, (bo & 2u) != 0u);
-    return d * dot(sext8(bytes4(u32_at(bo + 2u + 4u * j))), xv4);
-}
-
 // Word i of the staged Q6_K rows.
 fn q6s(i: u32) -> u32 {
     return wsh[i >> 2u][i & 3u];
@@ -371,28 +355,7 @@ fn fmv_wide(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let rv = row * rvs;
     var acc = vec4<f32>(0.0);
     sq = 0.0;
-    if (FORMAT == 8u && Q8_LANES) {
-        // Q8_0: eight lanes a block (q8_lane), WIDE_LANES / 8 blocks a
-        // pass, each activation vector read once for the lane set's rows.
-        let nb = p.k >> 5u;
-        let j = lane & 7u;
-        if (live) {
-            let rb = row * p.row_bytes;
-            for (var blk = lane >> 3u; blk < nb; blk += WIDE_LANES / 8u) {
-                let xv4 = xin(8u * blk + j);
-                acc.x += q8_lane(rb, blk, j, xv4);
-                if (WIDE_ROWS > 1u && n > 1u) {
-                    acc.y += q8_lane(rb + p.row_bytes, blk, j, xv4);
-                }
-                if (WIDE_ROWS > 2u && n > 2u) {
-                    acc.z += q8_lane(rb + 2u * p.row_bytes, blk, j, xv4);
-                }
-                if (WIDE_ROWS > 3u && n > 3u) {
-                    acc.w += q8_lane(rb + 3u * p.row_bytes, blk, j, xv4);
-                }
-            }
-        }
-    } else if (FORMAT == 2u || FORMAT == 3u || FORMAT == 6u || FORMAT == 7u || FORMAT == 8u) {
+    if (FORMAT == 2u || FORMAT == 3u || FORMAT == 6u || FORMAT == 7u || FORMAT == 8u) {
         // A block a lane, its activations read once for the lane set's rows.
         let nb = p.k >> 5u;
         if (live) {

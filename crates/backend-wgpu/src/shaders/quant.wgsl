@@ -12,9 +12,6 @@
 // (ggml-quants.c) element for element.
 
 override FORMAT: u32 = 0u;
-// The fast batch products' weights from dequant.wgsl's copy: its bytes per
-// weight (2: f16, 4: f32; FORMAT is then F16 or F32), or 0 (the matrix).
-override SCRATCH_BYTES: u32 = 0u;
 
 @group(0) @binding(0) var<storage, read> w: array<u32>;
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
@@ -391,10 +388,7 @@ var<workgroup> x_tile: array<vec4<f32>, 576>; // TN tokens × 8 groups (+1 pad)
 // Group g of chunk c of row r (zeros past the last row).
 fn mm_load_w(r: u32, c: u32, g: u32) -> vec4<f32> {
     if (r < p.m) {
-        // Rows of the dequantized copy (dequant.wgsl) are SCRATCH_BYTES · k
-        // bytes; the matrix's own are p.row_bytes.
-        let rb = select(p.row_bytes, SCRATCH_BYTES * p.k, SCRATCH_BYTES != 0u);
-        return deq4(r * rb, c, g);
+        return deq4(r * p.row_bytes, c, g);
     }
     return vec4<f32>(0.0);
 }
