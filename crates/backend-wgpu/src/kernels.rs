@@ -536,9 +536,8 @@ pub(crate) enum Kernel {
     /// (SwiGLU of a row's two halves).
     MoeMv(GgmlType, bool, u32),
     /// `moe.wgsl`'s `moe_route`: gating 0 (softmax), 1 (sigmoid) or 2
-    /// (softmax of the chosen), renormalised or not, from logits or (a
-    /// router of this type) computing them first.
-    MoeRoute(u32, bool, Option<GgmlType>),
+    /// (softmax of the chosen), renormalised or not.
+    MoeRoute(u32, bool),
     /// `moe.wgsl`'s `moe_sum`: the weighted sum of a token's experts.
     MoeSum,
 }
@@ -671,11 +670,9 @@ impl Kernel {
                 ("ROUTED", f64::from(u8::from(routed))),
                 ("PROLOGUE", f64::from(prologue)),
             ],
-            Kernel::MoeRoute(gating, normalize, router) => vec![
+            Kernel::MoeRoute(gating, normalize) => vec![
                 ("GATING", f64::from(gating)),
                 ("NORMALIZE", f64::from(u8::from(normalize))),
-                ("ROUTER", f64::from(u8::from(router.is_some()))),
-                ("FORMAT", f64::from(router.map_or(0, |t| t.id()))),
             ],
             Kernel::Fmv(t, prologue) => vec![
                 ("FORMAT", f64::from(t.id())),

@@ -9,8 +9,8 @@ use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
 use crate::kernels::Kernel;
 use crate::ops::{
-    attention_partials_bytes, AttnParams, EwParams, GpuMatrix, MoeMatrix, Op, OpBuilder, Prologue,
-    RopeParams, RouteInput, StepUniform,
+    attention_partials_bytes, AttnParams, EwParams, GpuMatrix, Op, OpBuilder, Prologue, RopeParams,
+    StepUniform,
 };
 
 fn step_buffer(ctx: &GpuContext, n_tokens: u32, pos: u32) -> wgpu::Buffer {
@@ -613,80 +613,31 @@ pub fn moe_route(
     logits: &[f32],
     n_expert: usize,
     n_used: usize,
-    cfg: (u32, bool, f32),
-) -> Result<(Vec<u32>, Vec<f32>)> {
-    route(ctx, logits, None, n_expert, n_used, cfg)
-}
-
-/// [`moe_route`] of the logits `router · x[t]` computed inside the routing
-/// (the fused kernel of a small router): `router` is `n_expert` rows of
-/// `x`'s row length, F32.
-pub fn moe_route_router(
-    ctx: &GpuContext,
-    x: &[f32],
-    router: &[f32],
-    n_expert: usize,
-    n_used: usize,
-    cfg: (u32, bool, f32),
-) -> Result<(Vec<u32>, Vec<f32>)> {
-    check(
-        "moe_route_router",
-        n_expert > 0
-            && router.len().is_multiple_of(n_expert)
-            && (router.len() / n_expert).is_multiple_of(32)
-            && x.len().is_multiple_of(router.len() / n_expert),
-        || "bad shape".to_string(),
-    )?;
-    route(ctx, x, Some(router), n_expert, n_used, cfg)
-}
-
-/// [`moe_route`] from logits, or (`router`) from activations `input`.
-fn route(
-    ctx: &GpuContext,
-    input: &[f32],
-    router: Option<&[f32]>,
-    n_expert: usize,
-    n_used: usize,
     (gating, normalize, scale): (u32, bool, f32),
 ) -> Result<(Vec<u32>, Vec<f32>)> {
-    // The row length: the router's, or the logits'.
-    let row = router.map_or(n_expert, |r| r.len() / n_expert);
     check(
         "moe_route",
         (1..=256).contains(&n_expert)
             && (1..=n_expert).contains(&n_used)
-            && row > 0
-            && input.len().is_multiple_of(row)
+            && logits.len().is_multiple_of(n_expert)
             && gating <= 2,
         || "bad shape".to_string(),
     )?;
-    let t = input.len() / row;
+    let t = logits.len() / n_expert;
     // Rows of whole vec4s, as the program lays them out.
-    let stride = row.next_multiple_of(4);
+    let stride = n_expert.next_multiple_of(4);
     let mut padded = vec![0.0f32; t * stride];
-    for (r, l) in padded.chunks_mut(stride).zip(input.chunks(row)) {
-        r[..row].copy_from_slice(l);
+    for (row, l) in padded.chunks_mut(stride).zip(logits.chunks(n_expert)) {
+        row[..n_expert].copy_from_slice(l);
     }
     let step = step_buffer(ctx, t as u32, 0);
     let b = OpBuilder { ctx, step: &step };
-    let ib = f32_buffer(ctx, "input", &padded);
+    let lb = f32_buffer(ctx, "logits", &padded);
     let routing = ctx.storage("routing", (t * n_used * 2 * 4) as u64);
     let dummy = ctx.storage("dummy", 16);
-    let matrix = router.map(|r| MoeMatrix {
-        buffer: f32_buffer(ctx, "router", r),
-        ty: GgmlType::F32,
-        k: row as u32,
-        m: n_expert as u32,
-        row_bytes: row as u32 * 4,
-        expert_bytes: 0,
-    });
-    let input = match &matrix {
-        Some(m) => RouteInput::Router(m, &ib, stride as u32),
-        None => RouteInput::Logits(&ib, stride as u32),
-    };
     let op = b.moe_route(
         (gating, normalize, scale),
-        input,
+        (&lb, stride as u32),
         n_expert as u32,
         n_used as u32,
         &routing,

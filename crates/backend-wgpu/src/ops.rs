@@ -1419,38 +1419,31 @@ impl OpBuilder<'_> {
     }
 
     /// `moe.wgsl`'s routing: for each token, from its `n_expert` router
-    /// logits (`input`), the `n_used` experts and their weights
-    /// ([`Kernel::MoeRoute`]'s gating, times `scale`) into `routing` (two
-    /// floats a (token, slot): expert, weight).
+    /// logits (rows of `logits_stride` floats), the `n_used` experts and
+    /// their weights ([`Kernel::MoeRoute`]'s gating, times `scale`) into
+    /// `routing` (two floats a (token, slot): expert, weight).
     #[allow(clippy::too_many_arguments)]
     pub fn moe_route(
         &self,
         (gating, normalize, scale): (u32, bool, f32),
-        input: RouteInput<'_>,
+        (logits, logits_stride): (&wgpu::Buffer, u32),
         n_expert: u32,
         n_used: u32,
         routing: &wgpu::Buffer,
         dummy: &wgpu::Buffer,
     ) -> Op {
-        let (w, x, x_stride, router, row_bytes, row_len) = match input {
-            RouteInput::Logits(logits, stride) => (dummy, logits, stride, None, 0, 0),
-            RouteInput::Router(w, x, stride) => {
-                (&w.buffer, x, stride, Some(w.ty), w.row_bytes, w.k)
-            }
-        };
         let params = MatParams {
             k: n_expert,
             m: n_used,
-            row_bytes,
-            x_stride,
-            pad: [0, row_len, scale.to_bits()],
+            x_stride: logits_stride,
+            pad: [0, 0, scale.to_bits()],
             ..Default::default()
         };
         self.kernel_op(
             "moe_route",
-            Kernel::MoeRoute(gating, normalize, router),
+            Kernel::MoeRoute(gating, normalize),
             &params,
-            [w, x, routing],
+            [dummy, logits, routing],
             Some(dummy),
             Grid::PerToken([1, 1]),
         )
@@ -1487,24 +1480,6 @@ impl OpBuilder<'_> {
         )
     }
 }
-
-/// Where [`OpBuilder::moe_route`] finds each token's router logits.
-pub(crate) enum RouteInput<'a> {
-    /// Rows of floats `stride` apart (the router's product, `moe_mv`).
-    Logits(&'a wgpu::Buffer, u32),
-    /// Computed in the routing from the router and rows of activations
-    /// `stride` floats apart (a router small enough for one workgroup a
-    /// token, [`ROUTE_FUSED_MAX_WEIGHTS`]).
-    Router(&'a MoeMatrix, &'a wgpu::Buffer, u32),
-}
-
-/// The largest F32 router (`n_expert · row length` weights) `moe_route`
-/// multiplies itself, saving the router's own dispatch: one workgroup reads
-/// it whole for each token, where `moe_mv` spreads its rows over many, so a
-/// large router would cost more than the dispatch. 32K weights (128 KB:
-/// qwen3moe-small's 32 × 1024) is a guess of the break-even, not measured;
-/// 0 turns the fusion off.
-pub(crate) const ROUTE_FUSED_MAX_WEIGHTS: u64 = 1 << 15;
 
 /// The experts of one product of a mixture of experts in one buffer for
 /// `moe.wgsl` (expert e's `m` rows from byte `e · expert_bytes`), stacked

@@ -32,9 +32,7 @@
 //!   reading it;
 //! - an embedding lookup read only by a scale writes the scaled rows;
 //! - in the fast mode, a mixture of experts is five dispatches (`moe.wgsl`):
-//!   router, routing (four: a small F32 router multiplied inside the
-//!   routing, `ROUTE_FUSED_MAX_WEIGHTS`), the chosen experts' gate/up and
-//!   down products over
+//!   router, routing, the chosen experts' gate/up and down products over
 //!   the stacked experts (one row of products per token and slot, the
 //!   expert read from the routing), their weighted sum (into the residual,
 //!   as a product's).
@@ -51,8 +49,8 @@ use crate::error::{Result, WgpuError};
 use crate::kernels::{act_type, is_exact, Kernel};
 use crate::ops::{
     attention_partials_bytes, fast_attention_fits, flash_attention_fits, AttnParams, EwParams,
-    GpuMatrix, Grid, MoeMatrix, Op, OpBuilder, Prologue, RopeFuse, RopeParams, RouteInput,
-    ScaleParams, StepUniform, TgRopeParams, FAST_MM_MIN_TOKENS, ROUTE_FUSED_MAX_WEIGHTS,
+    GpuMatrix, Grid, MoeMatrix, Op, OpBuilder, Prologue, RopeFuse, RopeParams, ScaleParams,
+    StepUniform, TgRopeParams, FAST_MM_MIN_TOKENS,
 };
 use crate::seam::GpuWeight;
 
@@ -1572,23 +1570,15 @@ impl<'a> Lowering<'a> {
         let down = self.take(b * k as u64 * d as u64 * 4, i);
         let down = self.pool[down].0.clone();
         let dummy = self.dummy.clone();
-        // A small F32 router is multiplied inside the routing.
-        let fused = mw.router.ty == GgmlType::F32
-            && mw.router.m as u64 * mw.router.k as u64 <= ROUTE_FUSED_MAX_WEIGHTS;
-        let input = if fused {
-            RouteInput::Router(&mw.router, &xb, d)
-        } else {
-            ops.push(ob.moe_mv(
-                "ffn_gate_inp",
-                &mw.router,
-                (false, 0, 0),
-                (&xb, d, 1),
-                (&logits, l_stride, 0),
-                &dummy,
-                1,
-            ));
-            RouteInput::Logits(&logits, l_stride)
-        };
+        ops.push(ob.moe_mv(
+            "ffn_gate_inp",
+            &mw.router,
+            (false, 0, 0),
+            (&xb, d, 1),
+            (&logits, l_stride, 0),
+            &dummy,
+            1,
+        ));
         let gating = match moe.gating {
             Gating::Softmax => 0,
             Gating::Sigmoid => 1,
@@ -1596,7 +1586,7 @@ impl<'a> Lowering<'a> {
         };
         ops.push(ob.moe_route(
             (gating, moe.normalize, moe.weights_scale),
-            input,
+            (&logits, l_stride),
             n_expert,
             k,
             &routing,

@@ -636,8 +636,7 @@ fn moe_route_ref(
 /// CPU's slot order, ties to the lower index (rows of logits on a coarse
 /// grid, full of exact ties), for 1 to 256 experts and every gating, with
 /// weights within 1e-5 (relative) of the CPU's: the softmax sums in another
-/// order. Also with the router's product inside (a router of repeated rows:
-/// ties again), within 1e-4: the logits' sums are in another order too.
+/// order.
 #[test]
 fn moe_route_matches_cpu() {
     let ctx = ctx();
@@ -673,30 +672,6 @@ fn moe_route_matches_cpu() {
                     assert!(
                         (g - w).abs() <= 1e-5 * w.abs() + 1e-7,
                         "{what}: weight [{i}] {g} vs {w}"
-                    );
-                }
-                // The router multiplied inside the routing: rows from the
-                // sixth on repeat the first five (equal logits, ties).
-                let d = 96;
-                let x: Vec<f32> = (0..t * d).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
-                let first: Vec<f32> = (0..5 * d).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
-                let router: Vec<f32> = (0..n_expert * d).map(|i| first[i % (5 * d)]).collect();
-                let logits: Vec<f32> = x
-                    .chunks(d)
-                    .flat_map(|xr| {
-                        router.chunks(d).map(move |r| {
-                            r.iter().zip(xr).map(|(a, b)| (a * b) as f64).sum::<f64>() as f32
-                        })
-                    })
-                    .collect();
-                let (ge, gw) =
-                    oneshot::moe_route_router(&ctx, &x, &router, n_expert, n_used, cfg).unwrap();
-                let (we, ww) = moe_route_ref(&logits, n_expert, n_used, cfg);
-                assert_eq!(ge, we, "{what}, router inside: experts");
-                for (i, (g, w)) in gw.iter().zip(&ww).enumerate() {
-                    assert!(
-                        (g - w).abs() <= 1e-4 * w.abs() + 1e-6,
-                        "{what}, router inside: weight [{i}] {g} vs {w}"
                     );
                 }
             }

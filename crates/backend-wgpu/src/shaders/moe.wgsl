@@ -2,8 +2,7 @@
 // and quant.wgsl), llama.cpp's build_moe_ffn in three kinds of dispatch that
 // never wait on one another inside a dispatch:
 // - `moe_mv` with ROUTED 0: the router's logits, y[t, r] = W[r, :] · x[t];
-// - `moe_route`: per token, the experts and their weights from the logits
-//   (or, ROUTER 1, computing a small router's logits first: no `moe_mv`);
+// - `moe_route`: per token, the experts and their weights from the logits;
 // - `moe_mv` with ROUTED 1: the chosen experts' products for every (token,
 //   slot) pair j = t·n_used + s, the expert's rows found at byte
 //   e · p.corr_base of one buffer holding every expert (stacked by the host
@@ -13,10 +12,6 @@
 // The routing lives in `ids` (binding 5, written as `y` by `moe_route`): two
 // floats per (token, slot), the expert's index (as a float: exact for any
 // count of experts) and its weight.
-//
-// moe_route with ROUTER 1 reads x's rows as the router's activations
-// (x_stride floats apart) and the router's rows of `aux_base` weights,
-// `row_bytes` apart.
 //
 // MatParams as this file reads them: `corr_base` the bytes between experts
 // in w; `x_base` how many consecutive j share one row of x (n_used for the
@@ -38,10 +33,6 @@ override PROLOGUE: u32 = 0u;
 override GATING: u32 = 0u;
 // moe_route: 1 divides the chosen weights by their sum.
 override NORMALIZE: u32 = 0u;
-// moe_route: 0 reads the logits from x; 1 computes them first, from x the
-// activations and w the router (FORMAT; a small router, which one
-// workgroup reads whole: one dispatch fewer).
-override ROUTER: u32 = 0u;
 
 // The most experts a router may have (moe_route's workgroup: one
 // invocation an expert).
@@ -124,48 +115,6 @@ var<workgroup> route_red: array<f32, 256>;
 var<workgroup> route_key: array<vec4<u32>, 64>;
 var<workgroup> route_e: array<u32, 256>;
 var<workgroup> route_w: array<f32, 256>;
-var<workgroup> route_logit: array<f32, 256>;
-
-// ROUTER 1: token t's logits W[r, :] · x[t] for the n rows into
-// route_logit, 256 / span lanes a row (span ≥ n, a power of two: every row
-// in one pass), their partial sums added through `partial` (quant.wgsl).
-// Called in uniform control flow: it waits on the workgroup.
-fn route_logits(t: u32, lid: u32, n: u32, span: u32) {
-    let lanes = 256u / span;
-    let row = lid / lanes;
-    let lane = lid % lanes;
-    let xb = t * (p.x_stride >> 2u);
-    let units = p.aux_base >> 2u;
-    var acc = 0.0;
-    if (row < n) {
-        let base = row * p.row_bytes;
-        // Four loads in flight a pass: one workgroup reads the whole router.
-        var a = vec4<f32>(0.0);
-        var u = lane;
-        for (; u + 3u * lanes < units; u += 4u * lanes) {
-            a.x += unit_dot(base, u, xb, 0u);
-            a.y += unit_dot(base, u + lanes, xb, 0u);
-            a.z += unit_dot(base, u + 2u * lanes, xb, 0u);
-            a.w += unit_dot(base, u + 3u * lanes, xb, 0u);
-        }
-        for (; u < units; u += lanes) {
-            a.x += unit_dot(base, u, xb, 0u);
-        }
-        acc = (a.x + a.y) + (a.z + a.w);
-    }
-    partial[lid] = acc;
-    workgroupBarrier();
-    for (var s = lanes >> 1u; s > 0u; s >>= 1u) {
-        if (lane < s) {
-            partial[lid] += partial[lid + s];
-        }
-        workgroupBarrier();
-    }
-    if (lane == 0u && row < n) {
-        route_logit[row] = partial[lid];
-    }
-    workgroupBarrier();
-}
 
 // The largest (`is_max`) or the sum of the workgroup's values v, through a
 // tree over the first `span` (a power of two ≥ the live values' count) of
@@ -199,8 +148,7 @@ fn total_key(f: f32) -> u32 {
 // weights (renormalised, scaled). One invocation an expert: softmax through
 // two tree reductions (in their order, not the CPU's: the fast mode's
 // agreement), then each expert's rank (how many experts come before it in
-// that order: its slot, if below p.m) by one pass over every key (ROUTER 1:
-// the logits computed first, route_logits). The keys
+// that order: its slot, if below p.m) by one pass over every key. The keys
 // are a strict total order, so the ranks below p.m fill every slot once.
 @compute @workgroup_size(256)
 fn moe_route(@builtin(workgroup_id) wid: vec3<u32>,
@@ -211,16 +159,9 @@ fn moe_route(@builtin(workgroup_id) wid: vec3<u32>,
     // Reductions over the first `span` values: n rounded up to a power of 2.
     let span = 2u << firstLeadingBit(max(n, 2u) - 1u);
     let live = lid < n;
-    if (ROUTER == 1u) {
-        route_logits(t, lid, n, span);
-    }
     var prob = -3.0e38;
     if (live) {
-        if (ROUTER == 1u) {
-            prob = route_logit[lid];
-        } else {
-            prob = xf(t * p.x_stride + lid);
-        }
+        prob = xf(t * p.x_stride + lid);
     }
     if (GATING == 0u) {
         let mx = route_reduce(prob, lid, span, true);
