@@ -111,8 +111,10 @@ pub(super) fn round_activations_portable(ty: GgmlType, x: &[f32]) -> Vec<f32> {
 }
 
 /// Float weights (`F32`, `F16` or `BF16`, by `ty`) for a chunk of weight
-/// rows: `out[i·n + b]` = row `i` of `w` (`cols` elements each, a multiple
-/// of 8) times activation row `b` of `x` (already rounded to the weight type).
+/// rows: `out[b·rows + i]` = row `i` of `w` (`cols` elements each, a multiple
+/// of 8) times activation row `b` of `x` (already rounded to the weight type),
+/// where `rows = out.len() / n`: activation-major, so that each activation
+/// row's outputs are one run (`pool::for_each_row_chunk_columns`).
 pub(super) fn float_rows(
     ty: GgmlType,
     w: &[u8],
@@ -141,10 +143,11 @@ pub(super) fn float_rows_portable(
     out: &mut [f32],
 ) {
     let row_bytes = cols * ty.type_size();
-    for (wr, o) in w.chunks_exact(row_bytes).zip(out.chunks_mut(n)) {
-        for (b, o) in o.iter_mut().enumerate() {
+    let rows = out.len() / n;
+    for (i, wr) in w.chunks_exact(row_bytes).take(rows).enumerate() {
+        for b in 0..n {
             let xb = &x[b * cols..(b + 1) * cols];
-            *o = match ty {
+            out[b * rows + i] = match ty {
                 GgmlType::F32 => dot_lanes8_f32(bytemuck::cast_slice(wr), xb),
                 GgmlType::F16 => dot_lanes8_f16(bytemuck::cast_slice(wr), xb),
                 _ => dot_lanes8_bf16(bytemuck::cast_slice(wr), xb),
@@ -237,7 +240,7 @@ pub(super) mod avx2 {
         }
     }
 
-    /// One `RM × RN` tile: `out[i·out_row + j]` = weight row `i` · activation
+    /// One `RM × RN` tile: `out[j·out_row + i]` = weight row `i` · activation
     /// row `j` over `steps` steps of 8 elements, in tinyBLAS's order.
     ///
     /// Weight row `i`, step `s` is at byte `w + i·w_row + s·w_step` (tag
@@ -292,7 +295,7 @@ pub(super) mod avx2 {
             }
             for (i, acc) in acc.iter().enumerate() {
                 for (j, &a) in acc.iter().enumerate() {
-                    *out.add(i * out_row + j) = hsum_float_8(a);
+                    *out.add(j * out_row + i) = hsum_float_8(a);
                 }
             }
         }
@@ -371,7 +374,7 @@ pub(super) mod avx2 {
     /// # Safety
     /// The CPU supports AVX-512 F and VL; `w` holds `steps` steps of
     /// 8 rows × 8 floats; activation row `j < RN` is readable at
-    /// `x + j·x_row` for `8·steps` floats; outputs `i·out_row + j` writable.
+    /// `x + j·x_row` for `8·steps` floats; outputs `j·out_row + i` writable.
     #[inline]
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
     unsafe fn tile_wide<const RN: usize>(
@@ -403,7 +406,7 @@ pub(super) mod avx2 {
             }
             for (i, acc) in acc.iter().enumerate() {
                 for (j, &a) in acc.iter().enumerate() {
-                    *out.add(i * out_row + j) = hsum_float_8(a);
+                    *out.add(j * out_row + i) = hsum_float_8(a);
                 }
             }
         }
@@ -564,7 +567,7 @@ pub(super) mod avx2 {
             while b < n {
                 let rn = nr.min(n - b);
                 let xb = x[b * cols..][..rn * cols].as_ptr();
-                let o = out[r * n + b..].as_mut_ptr();
+                let o = out[b * rows + r..].as_mut_ptr();
                 if pack {
                     let line0 = b / nr * per_tile;
                     for l in line0..(line0 + per_tile).min(next.len().div_ceil(64)) {
@@ -573,15 +576,15 @@ pub(super) mod avx2 {
                 }
                 // SAFETY: `rm` weight rows of `steps · 8` elements (packed:
                 // `rm · cols` floats interleaved by step), `rn` activation
-                // rows of `cols`, and outputs `(r + i)·n + b + j` for
+                // rows of `cols`, and outputs `(b + j)·rows + r + i` for
                 // `i < rm, j < rn`, all inside the slices checked above.
                 unsafe {
                     if wide_tile {
-                        tile_wide_any(rn, packed.as_ptr(), xb, cols, steps, o, n);
+                        tile_wide_any(rn, packed.as_ptr(), xb, cols, steps, o, rows);
                     } else if pack {
                         let p = packed.as_ptr() as *const u8;
                         let pf = std::ptr::null();
-                        tile_any::<F32>(rm, rn, p, 32, rm * 32, xb, cols, steps, o, n, pf);
+                        tile_any::<F32>(rm, rn, p, 32, rm * 32, xb, cols, steps, o, rows, pf);
                     } else {
                         let step = 8 * elem_bytes::<T>();
                         // Unpacked, the weights come from memory for the
@@ -602,7 +605,7 @@ pub(super) mod avx2 {
                             cols,
                             steps,
                             o,
-                            n,
+                            rows,
                             pf,
                         );
                     }

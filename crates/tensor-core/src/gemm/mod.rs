@@ -191,7 +191,9 @@ pub fn matmul_float(
             )
         });
     } else if xq.is_empty() {
-        quant_kernels::pool::for_each_row_chunk_transposed(y, rows, n, chunk, |r0, out| {
+        // The float kernel writes its tile activation-major, so each
+        // activation row's outputs go into `y` as one copy.
+        quant_kernels::pool::for_each_row_chunk_columns(y, rows, n, chunk, |r0, out| {
             float_rows(ty, rows_of(r0, out), cols, x, n, out)
         });
     } else {
