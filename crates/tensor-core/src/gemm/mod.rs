@@ -40,6 +40,8 @@
 //! batch take different kernels, so a quantized model's logits for a token
 //! depend on whether it was decoded alone or in a batch.
 
+use std::cell::Cell;
+
 use gguf_format::GgmlType;
 
 mod float;
@@ -144,21 +146,54 @@ pub fn matmul_float(
     if !rows.is_multiple_of(4) && matmul_vec_dot(ty, w, rows, cols, x, n, y).is_some() {
         return;
     }
-    let xr: Vec<f32> = match ty {
-        GgmlType::F16 | GgmlType::BF16 => round_activations(ty, x),
-        _ => Vec::new(),
+    // The rounded or quantized activations go into this thread's buffers,
+    // reused from product to product (taken out while in use, so a product
+    // started inside this one would only allocate its own).
+    let mut xr = SCRATCH_F32.take();
+    let mut xq = SCRATCH_U8.take();
+    matmul_with(ty, w, rows, cols, x, n, y, &mut xr, &mut xq);
+    SCRATCH_F32.set(xr);
+    SCRATCH_U8.set(xq);
+}
+
+thread_local! {
+    /// [`matmul_float`]'s rounded activations, kept between products.
+    static SCRATCH_F32: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// [`matmul_float`]'s quantized activations, kept between products.
+    static SCRATCH_U8: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// [`matmul_float`] with buffers for the rounded (`xr`) and quantized (`xq`)
+/// activations.
+#[allow(clippy::too_many_arguments)]
+fn matmul_with(
+    ty: GgmlType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    xr: &mut Vec<f32>,
+    xq: &mut Vec<u8>,
+) {
+    let x = match ty {
+        GgmlType::F16 | GgmlType::BF16 => {
+            round_activations_into(ty, x, xr);
+            &xr[..]
+        }
+        _ => x,
     };
-    let x = if xr.is_empty() { x } else { &xr[..] };
     // Quantized weights pair with Q8_0 / Q8_K activations, quantized as
     // ggml's x86 build does (its 4-row interleaved quantizer for the gemm
     // gives the same values: where +amax and -amax tie it may flip the sign
     // of every quant and of the scale, which leaves each product unchanged).
-    let mut xq = Vec::new();
     let mut act_row = 0;
+    xq.clear();
     if let Some(act_ty) = act_type(ty) {
         let from_float = quant_kernels::simd::from_float_for(act_ty).expect("checked by handles");
         act_row = cols / act_ty.block_size() * act_ty.type_size();
-        xq = vec![0u8; n * act_row];
+        xq.resize(n * act_row, 0);
         for (q, xb) in xq.chunks_mut(act_row).zip(x.chunks(cols)) {
             from_float(xb, q);
         }
