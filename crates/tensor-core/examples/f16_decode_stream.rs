@@ -26,7 +26,9 @@ fn main() {
     let bytes: usize = mats.iter().map(|m| m.0.len()).sum();
     let max_cols = mats.iter().map(|m| m.2).max().unwrap_or(0);
     let max_rows = mats.iter().map(|m| m.1).max().unwrap_or(0);
-    let x: Vec<f32> = (0..max_cols).map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0).collect();
+    let x: Vec<f32> = (0..max_cols)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0)
+        .collect();
     let mut y = vec![0.0f32; max_rows];
     let mut best = f64::MAX;
     for _ in 0..passes {

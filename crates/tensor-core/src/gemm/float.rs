@@ -10,6 +10,7 @@
 
 use gguf_format::GgmlType;
 use half::{bf16, f16};
+use quant_kernels::pool::ColumnBlock;
 
 use crate::fma::with_fma;
 use crate::ops::hsum8;
@@ -124,17 +125,16 @@ pub(super) fn round_activations_portable(ty: GgmlType, x: &[f32]) -> Vec<f32> {
 }
 
 /// Float weights (`F32`, `F16` or `BF16`, by `ty`) for a chunk of weight
-/// rows: `out[b·rows + i]` = row `i` of `w` (`cols` elements each, a multiple
-/// of 8) times activation row `b` of `x` (already rounded to the weight type),
-/// where `rows = out.len() / n`: activation-major, so that each activation
-/// row's outputs are one run (`pool::for_each_row_chunk_columns`).
+/// rows: element `i` of `out`'s run `b` = row `i` of `w` (`cols` elements
+/// each, a multiple of 8) times activation row `b` of `x` (already rounded
+/// to the weight type), for `out.nrows()` rows and `n = out.n()`.
 pub(super) fn float_rows(
     ty: GgmlType,
     w: &[u8],
     cols: usize,
     x: &[f32],
     n: usize,
-    out: &mut [f32],
+    out: ColumnBlock<'_>,
 ) {
     #[cfg(target_arch = "x86_64")]
     if avx2::available() {
@@ -153,14 +153,15 @@ pub(super) fn float_rows_portable(
     cols: usize,
     x: &[f32],
     n: usize,
-    out: &mut [f32],
+    mut out: ColumnBlock<'_>,
 ) {
     let row_bytes = cols * ty.type_size();
-    let rows = out.len() / n;
+    let rows = out.nrows();
+    assert_eq!(out.n(), n);
     for (i, wr) in w.chunks_exact(row_bytes).take(rows).enumerate() {
         for b in 0..n {
             let xb = &x[b * cols..(b + 1) * cols];
-            out[b * rows + i] = match ty {
+            out.row_mut(b)[i] = match ty {
                 GgmlType::F32 => dot_lanes8_f32(bytemuck::cast_slice(wr), xb),
                 GgmlType::F16 => dot_lanes8_f16(bytemuck::cast_slice(wr), xb),
                 _ => dot_lanes8_bf16(bytemuck::cast_slice(wr), xb),
@@ -194,6 +195,7 @@ pub(super) mod avx2 {
     use std::arch::x86_64::*;
 
     use gguf_format::GgmlType;
+    use quant_kernels::pool::ColumnBlock;
 
     use crate::ops::x86::hsum_float_8;
 
@@ -498,7 +500,7 @@ pub(super) mod avx2 {
         cols: usize,
         x: &[f32],
         n: usize,
-        out: &mut [f32],
+        out: ColumnBlock<'_>,
         wide: bool,
     ) {
         // SAFETY: `wide` only where the caller saw AVX-512.
@@ -521,13 +523,15 @@ pub(super) mod avx2 {
         cols: usize,
         x: &[f32],
         n: usize,
-        out: &mut [f32],
+        mut out: ColumnBlock<'_>,
         wide: bool,
     ) {
-        assert!(cols.is_multiple_of(8) && n > 0);
-        let rows = out.len() / n;
+        assert!(cols.is_multiple_of(8) && n > 0 && out.n() == n);
+        let rows = out.nrows();
+        let stride = out.stride();
+        let out = out.as_mut_ptr();
         let row_bytes = cols * elem_bytes::<T>();
-        assert!(w.len() >= rows * row_bytes && x.len() >= n * cols && out.len() == rows * n);
+        assert!(w.len() >= rows * row_bytes && x.len() >= n * cols);
         let steps = cols / 8;
         // Converting pays off once the weights are read more than once.
         let pack = T != F32 && n > NR;
@@ -582,7 +586,8 @@ pub(super) mod avx2 {
             while b < n {
                 let rn = nr.min(n - b);
                 let xb = x[b * cols..][..rn * cols].as_ptr();
-                let o = out[b * rows + r..].as_mut_ptr();
+                // SAFETY: run `b`, element `r`, inside the block.
+                let o = unsafe { out.add(b * stride + r) };
                 if pack {
                     let line0 = b / nr * per_tile;
                     for l in line0..(line0 + per_tile).min(next.len().div_ceil(64)) {
@@ -591,15 +596,16 @@ pub(super) mod avx2 {
                 }
                 // SAFETY: `rm` weight rows of `steps · 8` elements (packed:
                 // `rm · cols` floats interleaved by step), `rn` activation
-                // rows of `cols`, and outputs `(b + j)·rows + r + i` for
-                // `i < rm, j < rn`, all inside the slices checked above.
+                // rows of `cols`, and outputs `(b + j)·stride + r + i` for
+                // `i < rm, j < rn`, all inside the slices and the block
+                // checked above.
                 unsafe {
                     if wide_tile {
-                        tile_wide_any(rn, packed.as_ptr(), xb, cols, steps, o, rows);
+                        tile_wide_any(rn, packed.as_ptr(), xb, cols, steps, o, stride);
                     } else if pack {
                         let p = packed.as_ptr() as *const u8;
                         let pf = std::ptr::null();
-                        tile_any::<F32>(rm, rn, p, 32, rm * 32, xb, cols, steps, o, rows, pf);
+                        tile_any::<F32>(rm, rn, p, 32, rm * 32, xb, cols, steps, o, stride, pf);
                     } else {
                         let step = 8 * elem_bytes::<T>();
                         // Unpacked, the weights come from memory for the
@@ -620,7 +626,7 @@ pub(super) mod avx2 {
                             cols,
                             steps,
                             o,
-                            rows,
+                            stride,
                             pf,
                         );
                     }
@@ -731,9 +737,9 @@ mod tests {
                 for n in 1..=13 {
                     let x = random(&mut seed, n * cols, ty);
                     let mut want = vec![0.0f32; rows * n];
-                    float_rows_portable(ty, &w, cols, &x, n, &mut want);
+                    float_rows_portable(ty, &w, cols, &x, n, ColumnBlock::new(&mut want, n));
                     let mut got = vec![0.0f32; rows * n];
-                    float_rows(ty, &w, cols, &x, n, &mut got);
+                    float_rows(ty, &w, cols, &x, n, ColumnBlock::new(&mut got, n));
                     for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                         assert_eq!(
                             g.to_bits(),
@@ -749,7 +755,17 @@ mod tests {
                         }
                         got.fill(0.0);
                         // SAFETY: checked above (AVX2; AVX-512 where `wide`).
-                        unsafe { avx2::float_rows(ty, &w, cols, &x, n, &mut got, wide) };
+                        unsafe {
+                            avx2::float_rows(
+                                ty,
+                                &w,
+                                cols,
+                                &x,
+                                n,
+                                ColumnBlock::new(&mut got, n),
+                                wide,
+                            )
+                        };
                         for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                             assert_eq!(
                                 g.to_bits(),

@@ -218,7 +218,7 @@ fn matmul_with(
                 ty,
                 rows_of(r0, out),
                 row_bytes,
-                &xq,
+                xq,
                 act_row,
                 n,
                 out,
@@ -226,10 +226,10 @@ fn matmul_with(
             )
         });
     } else if xq.is_empty() {
-        // The float kernel writes its tile activation-major, so each
-        // activation row's outputs go into `y` as one copy.
-        quant_kernels::pool::for_each_row_chunk_columns(y, rows, n, chunk, |r0, out| {
-            float_rows(ty, rows_of(r0, out), cols, x, n, out)
+        // The float kernel writes its outputs straight into `y`.
+        quant_kernels::pool::for_each_row_chunk_direct(y, rows, n, chunk, |r0, out| {
+            let w = &w[r0 * row_bytes..][..out.nrows() * row_bytes];
+            float_rows(ty, w, cols, x, n, out)
         });
     } else {
         let vec_dot = vec_dot.expect("checked by handles");
