@@ -8,6 +8,8 @@
 //! own products in order `k = 0, 8, 16, …` per lane — the tiling changes
 //! which outputs share a loop, never the operations of any one of them.
 
+use std::mem::MaybeUninit;
+
 use gguf_format::GgmlType;
 use half::{bf16, f16};
 use quant_kernels::pool::ColumnBlock;
@@ -100,20 +102,37 @@ pub(super) fn round_activations(ty: GgmlType, x: &[f32]) -> Vec<f32> {
     out
 }
 
-/// [`round_activations`] into `out` (resized to `x.len()`), so that a
-/// caller can reuse one buffer: a fresh one for every product of a prompt
-/// cost its page faults, on the calling thread alone, while the pool's
-/// other threads waited (5.5% of the samples of one SmolLM2 F16 pp128
-/// profile, a loaded machine).
+/// [`round_activations`] into `out` (its contents replaced by `x.len()`
+/// values), so that a caller can reuse one buffer: a fresh one for every
+/// product of a prompt cost its page faults, on the calling thread alone,
+/// while the pool's other threads waited (5.5% of the samples of one
+/// SmolLM2 F16 pp128 profile, a loaded machine). The values are written
+/// once, without zeroing the buffer first, and a batch is split between
+/// the pool's threads (as ggml converts `src1` to `vec_dot_type`).
 pub(super) fn round_activations_into(ty: GgmlType, x: &[f32], out: &mut Vec<f32>) {
+    /// Floats per task of a batch's conversion.
+    const CHUNK: usize = 16 * 1024;
     out.clear();
-    out.resize(x.len(), 0.0);
-    #[cfg(target_arch = "x86_64")]
-    if avx2::available() {
-        // SAFETY: the CPU has AVX2, FMA and F16C, all `round_activations` enables.
-        return unsafe { avx2::round_activations(ty, x, out) };
+    out.reserve(x.len());
+    let dst = &mut out.spare_capacity_mut()[..x.len()];
+    let convert = |c: usize, d: &mut [MaybeUninit<f32>]| {
+        let src = &x[c * CHUNK..][..d.len()];
+        #[cfg(target_arch = "x86_64")]
+        if avx2::available() {
+            // SAFETY: the CPU has AVX2, FMA and F16C, all `round_activations` enables.
+            return unsafe { avx2::round_activations(ty, src, d) };
+        }
+        for (d, v) in d.iter_mut().zip(round_activations_portable(ty, src)) {
+            d.write(v);
+        }
+    };
+    if x.len() <= CHUNK {
+        convert(0, dst);
+    } else {
+        quant_kernels::pool::for_each_chunk_mut(dst, CHUNK, convert);
     }
-    out.copy_from_slice(&round_activations_portable(ty, x));
+    // SAFETY: every one of the first `x.len()` elements was written above.
+    unsafe { out.set_len(x.len()) };
 }
 
 /// [`round_activations`] one element at a time (the reference).
@@ -193,6 +212,8 @@ pub(super) mod avx2 {
     //! tiles, ~115 with 8 × 3 — about the FMA peak of the core.
 
     use std::arch::x86_64::*;
+
+    use std::mem::MaybeUninit;
 
     use gguf_format::GgmlType;
     use quant_kernels::pool::ColumnBlock;
@@ -455,15 +476,19 @@ pub(super) mod avx2 {
         }
     }
 
-    /// [`super::round_activations`] 8 at a time into `out` (as long as
-    /// `x`): F16C's conversion for F16;
+    /// [`super::round_activations`] 8 at a time, each value written to
+    /// `out` (as long as `x`): F16C's conversion for F16;
     /// for BF16 ggml's `GGML_FP32_TO_BF16` (add `0x7fff` plus the lowest
     /// kept bit, truncate; a NaN is truncated and made quiet).
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(in super::super) unsafe fn round_activations(ty: GgmlType, x: &[f32], out: &mut [f32]) {
+    pub(in super::super) unsafe fn round_activations(
+        ty: GgmlType,
+        x: &[f32],
+        out: &mut [MaybeUninit<f32>],
+    ) {
         assert_eq!(x.len(), out.len());
         let mut c = out.chunks_exact_mut(8);
         for (c, xc) in (&mut c).zip(x.chunks_exact(8)) {
@@ -481,12 +506,15 @@ pub(super) mod avx2 {
                 let r = _mm256_blendv_epi8(rounded, quiet, nan);
                 _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32(-65536)))
             };
-            // SAFETY: as the load.
-            unsafe { _mm256_storeu_ps(c.as_mut_ptr(), r) };
+            // SAFETY: `c` holds 8 floats' room (`MaybeUninit<f32>` is laid
+            // out as `f32`).
+            unsafe { _mm256_storeu_ps(c.as_mut_ptr() as *mut f32, r) };
         }
         let rest = c.into_remainder();
         let tail = super::round_activations_portable(ty, &x[x.len() - rest.len()..]);
-        rest.copy_from_slice(&tail);
+        for (d, v) in rest.iter_mut().zip(tail) {
+            d.write(v);
+        }
     }
 
     /// [`super::float_rows`] with the tiled kernel.
@@ -673,12 +701,13 @@ mod tests {
         }
     }
 
-    /// The vector rounding of activations is `half`'s, on random values,
-    /// ties, subnormals, overflow, infinities and NaNs.
+    /// The vector rounding of activations is `half`'s, on random values
+    /// (enough to be split between threads), ties, subnormals, overflow,
+    /// infinities and NaNs (in the last, single-threaded task).
     #[test]
     fn round_activations_matches_portable_bits() {
         let mut seed = 0x0bad_cafeu32;
-        let mut x: Vec<f32> = (0..4099)
+        let mut x: Vec<f32> = (0..40_099)
             .map(|_| {
                 seed ^= seed << 13;
                 seed ^= seed >> 17;
