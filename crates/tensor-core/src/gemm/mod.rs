@@ -194,9 +194,15 @@ fn matmul_with(
         let from_float = quant_kernels::simd::from_float_for(act_ty).expect("checked by handles");
         act_row = cols / act_ty.block_size() * act_ty.type_size();
         xq.resize(n * act_row, 0);
-        for (q, xb) in xq.chunks_mut(act_row).zip(x.chunks(cols)) {
-            from_float(xb, q);
-        }
+        // A batch's rows are quantized by the pool's threads, `QUANT_ROWS`
+        // rows a task (as ggml converts `src1`).
+        const QUANT_ROWS: usize = 16;
+        quant_kernels::pool::for_each_chunk_mut(xq, QUANT_ROWS * act_row, |c, q| {
+            let xs = &x[c * QUANT_ROWS * cols..];
+            for (q, xb) in q.chunks_mut(act_row).zip(xs.chunks(cols)) {
+                from_float(xb, q);
+            }
+        });
     }
     let is_repacked = repacked(ty, rows);
     let is_tiled = !is_repacked && tiled(ty) && n >= TILED_MIN_BATCH;
