@@ -341,6 +341,108 @@ pub fn for_each_row_chunk_columns(
     })
 }
 
+/// One task's columns of a batched product's output: for activation row
+/// `b < n`, the outputs of weight rows `r0..r0 + nrows` are the run of
+/// `nrows` floats at `b·stride` from [`ColumnBlock::as_mut_ptr`]. Runs of
+/// different tasks never overlap, so each task writes its outputs straight
+/// into `y` ([`for_each_row_chunk_direct`]).
+pub struct ColumnBlock<'a> {
+    ptr: *mut f32,
+    stride: usize,
+    nrows: usize,
+    n: usize,
+    _y: std::marker::PhantomData<&'a mut [f32]>,
+}
+
+impl<'a> ColumnBlock<'a> {
+    /// The whole of `out` as `n` runs of `out.len() / n` (stride the same).
+    ///
+    /// # Panics
+    /// If `n` is zero or does not divide `out.len()`.
+    pub fn new(out: &'a mut [f32], n: usize) -> Self {
+        assert!(
+            n > 0 && out.len().is_multiple_of(n),
+            "ColumnBlock: {} floats in {n} runs",
+            out.len()
+        );
+        ColumnBlock {
+            ptr: out.as_mut_ptr(),
+            stride: out.len() / n,
+            nrows: out.len() / n,
+            n,
+            _y: std::marker::PhantomData,
+        }
+    }
+
+    /// Outputs per activation row (the run's length).
+    pub fn nrows(&self) -> usize {
+        self.nrows
+    }
+
+    /// Activation rows (runs).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Floats from one run's start to the next one's.
+    pub fn stride(&self) -> usize {
+        self.stride
+    }
+
+    /// Activation row `b`'s run.
+    ///
+    /// # Panics
+    /// If `b >= n`.
+    pub fn row_mut(&mut self, b: usize) -> &mut [f32] {
+        assert!(b < self.n);
+        // SAFETY: run `b` lies inside the block's `y` and belongs to this
+        // block alone (`new`, `for_each_row_chunk_direct`); `&mut self`
+        // keeps it the only reference made through this block.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr.add(b * self.stride), self.nrows) }
+    }
+
+    /// The start of run 0: element `i < nrows` of run `b < n` is writable at
+    /// `b·stride + i` from it, while the block is borrowed mutably.
+    pub fn as_mut_ptr(&mut self) -> *mut f32 {
+        self.ptr
+    }
+}
+
+/// As [`for_each_row_chunk_columns`], for kernels that write their outputs
+/// in place: `f(r0, block)` writes, for weight rows `r0..r0 + block.nrows()`,
+/// every activation row's outputs into `y` itself, with no tile and no copy.
+///
+/// # Panics
+/// If `chunk` or `n` is zero or `y.len() != rows · n`.
+pub fn for_each_row_chunk_direct(
+    y: &mut [f32],
+    rows: usize,
+    n: usize,
+    chunk: usize,
+    f: impl Fn(usize, ColumnBlock<'_>) + Sync,
+) {
+    assert!(
+        chunk > 0 && n > 0 && y.len() == rows * n,
+        "for_each_row_chunk_direct: bad shape ({} outputs for {rows} rows × {n}, chunk {chunk})",
+        y.len()
+    );
+    let base = SendPtr(y.as_mut_ptr());
+    for_each_task(rows.div_ceil(chunk), move |c| {
+        let r0 = c * chunk;
+        let block = ColumnBlock {
+            // SAFETY: `r0 < rows`, inside `y`.
+            ptr: unsafe { base.get().add(r0) },
+            stride: rows,
+            nrows: chunk.min(rows - r0),
+            n,
+            _y: std::marker::PhantomData,
+        };
+        // Columns `r0..r0 + nrows` of every run are this task's alone, and
+        // `y` stays exclusively borrowed until `for_each_task` returns.
+        f(r0, block)
+    });
+}
+
 /// The two `for_each_row_chunk_*`: one task per chunk of `chunk` weight
 /// rows, a per-thread tile, and `copy(tile, nrows, b, dst)` writing the
 /// tile's part of output row `b` into `dst` (that row's `nrows` columns

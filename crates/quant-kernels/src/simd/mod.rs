@@ -233,6 +233,24 @@ pub fn prefetch(p: *const u8) {
     let _ = p;
 }
 
+/// As [`prefetch`], into the L2 cache only (`PREFETCHT1`). A core has
+/// more L2 misses in flight than L1 ones, so for a stream read from
+/// memory this keeps more lines coming: a matrix-vector product over a
+/// memory-mapped F16 matrix, tiles of 4 rows prefetching 2 tiles ahead,
+/// read 22.5 GB/s on one Zen 4 core with `PREFETCHT1` against 16.7 with
+/// `PREFETCHT0` (a plain sequential read: 23).
+#[inline(always)]
+pub fn prefetch_l2(p: *const u8) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: PREFETCHT1 only hints the cache; it reads nothing into a
+    // register and never faults, whatever the address.
+    unsafe {
+        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p as *const i8)
+    };
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = p;
+}
+
 /// Four Q8_0 activation rows interleaved block by block for a
 /// [`Q8_0Panel`]: block `i` of each row side by side, the scales widened to
 /// f32 and every row's 32 quants 32-byte aligned, so a product reads them

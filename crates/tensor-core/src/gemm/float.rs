@@ -8,8 +8,11 @@
 //! own products in order `k = 0, 8, 16, …` per lane — the tiling changes
 //! which outputs share a loop, never the operations of any one of them.
 
+use std::mem::MaybeUninit;
+
 use gguf_format::GgmlType;
 use half::{bf16, f16};
+use quant_kernels::pool::ColumnBlock;
 
 use crate::fma::with_fma;
 use crate::ops::hsum8;
@@ -94,12 +97,42 @@ pub(super) fn vec_dot_ggml_f16(w: &[f16], x: &[f32]) -> f32 {
 /// The activations `x` rounded to the weight type `ty` and back (ggml's
 /// `vec_dot_type` conversion, round to nearest even), for F16 and BF16.
 pub(super) fn round_activations(ty: GgmlType, x: &[f32]) -> Vec<f32> {
-    #[cfg(target_arch = "x86_64")]
-    if avx2::available() {
-        // SAFETY: the CPU has AVX2, FMA and F16C, all `round_activations` enables.
-        return unsafe { avx2::round_activations(ty, x) };
+    let mut out = Vec::new();
+    round_activations_into(ty, x, &mut out);
+    out
+}
+
+/// [`round_activations`] into `out` (its contents replaced by `x.len()`
+/// values), so that a caller can reuse one buffer: a fresh one for every
+/// product of a prompt cost its page faults, on the calling thread alone,
+/// while the pool's other threads waited (5.5% of the samples of one
+/// SmolLM2 F16 pp128 profile, a loaded machine). The values are written
+/// once, without zeroing the buffer first, and a batch is split between
+/// the pool's threads (as ggml converts `src1` to `vec_dot_type`).
+pub(super) fn round_activations_into(ty: GgmlType, x: &[f32], out: &mut Vec<f32>) {
+    /// Floats per task of a batch's conversion.
+    const CHUNK: usize = 16 * 1024;
+    out.clear();
+    out.reserve(x.len());
+    let dst = &mut out.spare_capacity_mut()[..x.len()];
+    let convert = |c: usize, d: &mut [MaybeUninit<f32>]| {
+        let src = &x[c * CHUNK..][..d.len()];
+        #[cfg(target_arch = "x86_64")]
+        if avx2::available() {
+            // SAFETY: the CPU has AVX2, FMA and F16C, all `round_activations` enables.
+            return unsafe { avx2::round_activations(ty, src, d) };
+        }
+        for (d, v) in d.iter_mut().zip(round_activations_portable(ty, src)) {
+            d.write(v);
+        }
+    };
+    if x.len() <= CHUNK {
+        convert(0, dst);
+    } else {
+        quant_kernels::pool::for_each_chunk_mut(dst, CHUNK, convert);
     }
-    round_activations_portable(ty, x)
+    // SAFETY: every one of the first `x.len()` elements was written above.
+    unsafe { out.set_len(x.len()) };
 }
 
 /// [`round_activations`] one element at a time (the reference).
@@ -111,15 +144,16 @@ pub(super) fn round_activations_portable(ty: GgmlType, x: &[f32]) -> Vec<f32> {
 }
 
 /// Float weights (`F32`, `F16` or `BF16`, by `ty`) for a chunk of weight
-/// rows: `out[i·n + b]` = row `i` of `w` (`cols` elements each, a multiple
-/// of 8) times activation row `b` of `x` (already rounded to the weight type).
+/// rows: element `i` of `out`'s run `b` = row `i` of `w` (`cols` elements
+/// each, a multiple of 8) times activation row `b` of `x` (already rounded
+/// to the weight type), for `out.nrows()` rows and `n = out.n()`.
 pub(super) fn float_rows(
     ty: GgmlType,
     w: &[u8],
     cols: usize,
     x: &[f32],
     n: usize,
-    out: &mut [f32],
+    out: ColumnBlock<'_>,
 ) {
     #[cfg(target_arch = "x86_64")]
     if avx2::available() {
@@ -138,13 +172,15 @@ pub(super) fn float_rows_portable(
     cols: usize,
     x: &[f32],
     n: usize,
-    out: &mut [f32],
+    mut out: ColumnBlock<'_>,
 ) {
     let row_bytes = cols * ty.type_size();
-    for (wr, o) in w.chunks_exact(row_bytes).zip(out.chunks_mut(n)) {
-        for (b, o) in o.iter_mut().enumerate() {
+    let rows = out.nrows();
+    assert_eq!(out.n(), n);
+    for (i, wr) in w.chunks_exact(row_bytes).take(rows).enumerate() {
+        for b in 0..n {
             let xb = &x[b * cols..(b + 1) * cols];
-            *o = match ty {
+            out.row_mut(b)[i] = match ty {
                 GgmlType::F32 => dot_lanes8_f32(bytemuck::cast_slice(wr), xb),
                 GgmlType::F16 => dot_lanes8_f16(bytemuck::cast_slice(wr), xb),
                 _ => dot_lanes8_bf16(bytemuck::cast_slice(wr), xb),
@@ -177,7 +213,10 @@ pub(super) mod avx2 {
 
     use std::arch::x86_64::*;
 
+    use std::mem::MaybeUninit;
+
     use gguf_format::GgmlType;
+    use quant_kernels::pool::ColumnBlock;
 
     use crate::ops::x86::hsum_float_8;
 
@@ -191,7 +230,9 @@ pub(super) mod avx2 {
     /// on 76.5, 4 rows three tiles on 76.8, 4 rows two tiles on 79.7 —
     /// fewer streams at once, the same distance ahead in bytes.
     const MR1: usize = 4;
-    /// How many tiles ahead a matrix-vector tile prefetches.
+    /// How many tiles ahead a matrix-vector tile prefetches, into L2
+    /// ([`quant_kernels::simd::prefetch_l2`]: more misses in flight than
+    /// into L1, ~1.35× the read rate of one core).
     const PF_TILES: usize = 2;
     /// Activation rows per tile.
     const NR: usize = 3;
@@ -237,7 +278,7 @@ pub(super) mod avx2 {
         }
     }
 
-    /// One `RM × RN` tile: `out[i·out_row + j]` = weight row `i` · activation
+    /// One `RM × RN` tile: `out[j·out_row + i]` = weight row `i` · activation
     /// row `j` over `steps` steps of 8 elements, in tinyBLAS's order.
     ///
     /// Weight row `i`, step `s` is at byte `w + i·w_row + s·w_step` (tag
@@ -283,7 +324,7 @@ pub(super) mod avx2 {
                 }
                 if PF {
                     for l in (0..step_bytes).step_by(64) {
-                        quant_kernels::simd::prefetch(pf.wrapping_add(l));
+                        quant_kernels::simd::prefetch_l2(pf.wrapping_add(l));
                     }
                     pf = pf.wrapping_add(step_bytes);
                 }
@@ -292,7 +333,7 @@ pub(super) mod avx2 {
             }
             for (i, acc) in acc.iter().enumerate() {
                 for (j, &a) in acc.iter().enumerate() {
-                    *out.add(i * out_row + j) = hsum_float_8(a);
+                    *out.add(j * out_row + i) = hsum_float_8(a);
                 }
             }
         }
@@ -371,7 +412,7 @@ pub(super) mod avx2 {
     /// # Safety
     /// The CPU supports AVX-512 F and VL; `w` holds `steps` steps of
     /// 8 rows × 8 floats; activation row `j < RN` is readable at
-    /// `x + j·x_row` for `8·steps` floats; outputs `i·out_row + j` writable.
+    /// `x + j·x_row` for `8·steps` floats; outputs `j·out_row + i` writable.
     #[inline]
     #[target_feature(enable = "avx512f,avx512vl,avx2,fma,f16c")]
     unsafe fn tile_wide<const RN: usize>(
@@ -403,7 +444,7 @@ pub(super) mod avx2 {
             }
             for (i, acc) in acc.iter().enumerate() {
                 for (j, &a) in acc.iter().enumerate() {
-                    *out.add(i * out_row + j) = hsum_float_8(a);
+                    *out.add(j * out_row + i) = hsum_float_8(a);
                 }
             }
         }
@@ -435,19 +476,24 @@ pub(super) mod avx2 {
         }
     }
 
-    /// [`super::round_activations`] 8 at a time: F16C's conversion for F16;
+    /// [`super::round_activations`] 8 at a time, each value written to
+    /// `out` (as long as `x`): F16C's conversion for F16;
     /// for BF16 ggml's `GGML_FP32_TO_BF16` (add `0x7fff` plus the lowest
     /// kept bit, truncate; a NaN is truncated and made quiet).
     ///
     /// # Safety
     /// The CPU must support AVX2, FMA and F16C.
     #[target_feature(enable = "avx2,fma,f16c")]
-    pub(in super::super) unsafe fn round_activations(ty: GgmlType, x: &[f32]) -> Vec<f32> {
-        let mut out = x.to_vec();
+    pub(in super::super) unsafe fn round_activations(
+        ty: GgmlType,
+        x: &[f32],
+        out: &mut [MaybeUninit<f32>],
+    ) {
+        assert_eq!(x.len(), out.len());
         let mut c = out.chunks_exact_mut(8);
-        for c in &mut c {
-            // SAFETY: `c` holds 8 floats.
-            let v = unsafe { _mm256_loadu_ps(c.as_ptr()) };
+        for (c, xc) in (&mut c).zip(x.chunks_exact(8)) {
+            // SAFETY: `xc` holds 8 floats.
+            let v = unsafe { _mm256_loadu_ps(xc.as_ptr()) };
             let r = if ty == GgmlType::F16 {
                 _mm256_cvtph_ps(_mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v))
             } else {
@@ -460,13 +506,15 @@ pub(super) mod avx2 {
                 let r = _mm256_blendv_epi8(rounded, quiet, nan);
                 _mm256_castsi256_ps(_mm256_and_si256(r, _mm256_set1_epi32(-65536)))
             };
-            // SAFETY: as the load.
-            unsafe { _mm256_storeu_ps(c.as_mut_ptr(), r) };
+            // SAFETY: `c` holds 8 floats' room (`MaybeUninit<f32>` is laid
+            // out as `f32`).
+            unsafe { _mm256_storeu_ps(c.as_mut_ptr() as *mut f32, r) };
         }
         let rest = c.into_remainder();
-        let tail = super::round_activations_portable(ty, rest);
-        rest.copy_from_slice(&tail);
-        out
+        let tail = super::round_activations_portable(ty, &x[x.len() - rest.len()..]);
+        for (d, v) in rest.iter_mut().zip(tail) {
+            d.write(v);
+        }
     }
 
     /// [`super::float_rows`] with the tiled kernel.
@@ -480,7 +528,7 @@ pub(super) mod avx2 {
         cols: usize,
         x: &[f32],
         n: usize,
-        out: &mut [f32],
+        out: ColumnBlock<'_>,
         wide: bool,
     ) {
         // SAFETY: `wide` only where the caller saw AVX-512.
@@ -503,13 +551,15 @@ pub(super) mod avx2 {
         cols: usize,
         x: &[f32],
         n: usize,
-        out: &mut [f32],
+        mut out: ColumnBlock<'_>,
         wide: bool,
     ) {
-        assert!(cols.is_multiple_of(8) && n > 0);
-        let rows = out.len() / n;
+        assert!(cols.is_multiple_of(8) && n > 0 && out.n() == n);
+        let rows = out.nrows();
+        let stride = out.stride();
+        let out = out.as_mut_ptr();
         let row_bytes = cols * elem_bytes::<T>();
-        assert!(w.len() >= rows * row_bytes && x.len() >= n * cols && out.len() == rows * n);
+        assert!(w.len() >= rows * row_bytes && x.len() >= n * cols);
         let steps = cols / 8;
         // Converting pays off once the weights are read more than once.
         let pack = T != F32 && n > NR;
@@ -526,7 +576,7 @@ pub(super) mod avx2 {
             // SmolLM2 F16 decoding).
             let head = &w[..(PF_TILES * mr).min(rows) * row_bytes];
             for l in (0..head.len()).step_by(64) {
-                quant_kernels::simd::prefetch(head.as_ptr().wrapping_add(l));
+                quant_kernels::simd::prefetch_l2(head.as_ptr().wrapping_add(l));
             }
         }
         let mut r = 0;
@@ -564,7 +614,8 @@ pub(super) mod avx2 {
             while b < n {
                 let rn = nr.min(n - b);
                 let xb = x[b * cols..][..rn * cols].as_ptr();
-                let o = out[r * n + b..].as_mut_ptr();
+                // SAFETY: run `b`, element `r`, inside the block.
+                let o = unsafe { out.add(b * stride + r) };
                 if pack {
                     let line0 = b / nr * per_tile;
                     for l in line0..(line0 + per_tile).min(next.len().div_ceil(64)) {
@@ -573,15 +624,16 @@ pub(super) mod avx2 {
                 }
                 // SAFETY: `rm` weight rows of `steps · 8` elements (packed:
                 // `rm · cols` floats interleaved by step), `rn` activation
-                // rows of `cols`, and outputs `(r + i)·n + b + j` for
-                // `i < rm, j < rn`, all inside the slices checked above.
+                // rows of `cols`, and outputs `(b + j)·stride + r + i` for
+                // `i < rm, j < rn`, all inside the slices and the block
+                // checked above.
                 unsafe {
                     if wide_tile {
-                        tile_wide_any(rn, packed.as_ptr(), xb, cols, steps, o, n);
+                        tile_wide_any(rn, packed.as_ptr(), xb, cols, steps, o, stride);
                     } else if pack {
                         let p = packed.as_ptr() as *const u8;
                         let pf = std::ptr::null();
-                        tile_any::<F32>(rm, rn, p, 32, rm * 32, xb, cols, steps, o, n, pf);
+                        tile_any::<F32>(rm, rn, p, 32, rm * 32, xb, cols, steps, o, stride, pf);
                     } else {
                         let step = 8 * elem_bytes::<T>();
                         // Unpacked, the weights come from memory for the
@@ -602,7 +654,7 @@ pub(super) mod avx2 {
                             cols,
                             steps,
                             o,
-                            n,
+                            stride,
                             pf,
                         );
                     }
@@ -649,12 +701,13 @@ mod tests {
         }
     }
 
-    /// The vector rounding of activations is `half`'s, on random values,
-    /// ties, subnormals, overflow, infinities and NaNs.
+    /// The vector rounding of activations is `half`'s, on random values
+    /// (enough to be split between threads), ties, subnormals, overflow,
+    /// infinities and NaNs (in the last, single-threaded task).
     #[test]
     fn round_activations_matches_portable_bits() {
         let mut seed = 0x0bad_cafeu32;
-        let mut x: Vec<f32> = (0..4099)
+        let mut x: Vec<f32> = (0..40_099)
             .map(|_| {
                 seed ^= seed << 13;
                 seed ^= seed >> 17;
@@ -713,9 +766,9 @@ mod tests {
                 for n in 1..=13 {
                     let x = random(&mut seed, n * cols, ty);
                     let mut want = vec![0.0f32; rows * n];
-                    float_rows_portable(ty, &w, cols, &x, n, &mut want);
+                    float_rows_portable(ty, &w, cols, &x, n, ColumnBlock::new(&mut want, n));
                     let mut got = vec![0.0f32; rows * n];
-                    float_rows(ty, &w, cols, &x, n, &mut got);
+                    float_rows(ty, &w, cols, &x, n, ColumnBlock::new(&mut got, n));
                     for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                         assert_eq!(
                             g.to_bits(),
@@ -731,7 +784,17 @@ mod tests {
                         }
                         got.fill(0.0);
                         // SAFETY: checked above (AVX2; AVX-512 where `wide`).
-                        unsafe { avx2::float_rows(ty, &w, cols, &x, n, &mut got, wide) };
+                        unsafe {
+                            avx2::float_rows(
+                                ty,
+                                &w,
+                                cols,
+                                &x,
+                                n,
+                                ColumnBlock::new(&mut got, n),
+                                wide,
+                            )
+                        };
                         for (i, (g, e)) in got.iter().zip(&want).enumerate() {
                             assert_eq!(
                                 g.to_bits(),

@@ -40,6 +40,8 @@
 //! batch take different kernels, so a quantized model's logits for a token
 //! depend on whether it was decoded alone or in a batch.
 
+use std::cell::Cell;
+
 use gguf_format::GgmlType;
 
 mod float;
@@ -144,24 +146,63 @@ pub fn matmul_float(
     if !rows.is_multiple_of(4) && matmul_vec_dot(ty, w, rows, cols, x, n, y).is_some() {
         return;
     }
-    let xr: Vec<f32> = match ty {
-        GgmlType::F16 | GgmlType::BF16 => round_activations(ty, x),
-        _ => Vec::new(),
+    // The rounded or quantized activations go into this thread's buffers,
+    // reused from product to product (taken out while in use, so a product
+    // started inside this one would only allocate its own).
+    let mut xr = SCRATCH_F32.take();
+    let mut xq = SCRATCH_U8.take();
+    matmul_with(ty, w, rows, cols, x, n, y, &mut xr, &mut xq);
+    SCRATCH_F32.set(xr);
+    SCRATCH_U8.set(xq);
+}
+
+thread_local! {
+    /// [`matmul_float`]'s rounded activations, kept between products.
+    static SCRATCH_F32: Cell<Vec<f32>> = const { Cell::new(Vec::new()) };
+    /// [`matmul_float`]'s quantized activations, kept between products.
+    static SCRATCH_U8: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+/// [`matmul_float`] with buffers for the rounded (`xr`) and quantized (`xq`)
+/// activations.
+#[allow(clippy::too_many_arguments)]
+fn matmul_with(
+    ty: GgmlType,
+    w: &[u8],
+    rows: usize,
+    cols: usize,
+    x: &[f32],
+    n: usize,
+    y: &mut [f32],
+    xr: &mut Vec<f32>,
+    xq: &mut Vec<u8>,
+) {
+    let x = match ty {
+        GgmlType::F16 | GgmlType::BF16 => {
+            round_activations_into(ty, x, xr);
+            &xr[..]
+        }
+        _ => x,
     };
-    let x = if xr.is_empty() { x } else { &xr[..] };
     // Quantized weights pair with Q8_0 / Q8_K activations, quantized as
     // ggml's x86 build does (its 4-row interleaved quantizer for the gemm
     // gives the same values: where +amax and -amax tie it may flip the sign
     // of every quant and of the scale, which leaves each product unchanged).
-    let mut xq = Vec::new();
     let mut act_row = 0;
+    xq.clear();
     if let Some(act_ty) = act_type(ty) {
         let from_float = quant_kernels::simd::from_float_for(act_ty).expect("checked by handles");
         act_row = cols / act_ty.block_size() * act_ty.type_size();
-        xq = vec![0u8; n * act_row];
-        for (q, xb) in xq.chunks_mut(act_row).zip(x.chunks(cols)) {
-            from_float(xb, q);
-        }
+        xq.resize(n * act_row, 0);
+        // A batch's rows are quantized by the pool's threads, `QUANT_ROWS`
+        // rows a task (as ggml converts `src1`).
+        const QUANT_ROWS: usize = 16;
+        quant_kernels::pool::for_each_chunk_mut(xq, QUANT_ROWS * act_row, |c, q| {
+            let xs = &x[c * QUANT_ROWS * cols..];
+            for (q, xb) in q.chunks_mut(act_row).zip(xs.chunks(cols)) {
+                from_float(xb, q);
+            }
+        });
     }
     let is_repacked = repacked(ty, rows);
     let is_tiled = !is_repacked && tiled(ty) && n >= TILED_MIN_BATCH;
@@ -183,7 +224,7 @@ pub fn matmul_float(
                 ty,
                 rows_of(r0, out),
                 row_bytes,
-                &xq,
+                xq,
                 act_row,
                 n,
                 out,
@@ -191,8 +232,10 @@ pub fn matmul_float(
             )
         });
     } else if xq.is_empty() {
-        quant_kernels::pool::for_each_row_chunk_transposed(y, rows, n, chunk, |r0, out| {
-            float_rows(ty, rows_of(r0, out), cols, x, n, out)
+        // The float kernel writes its outputs straight into `y`.
+        quant_kernels::pool::for_each_row_chunk_direct(y, rows, n, chunk, |r0, out| {
+            let w = &w[r0 * row_bytes..][..out.nrows() * row_bytes];
+            float_rows(ty, w, cols, x, n, out)
         });
     } else {
         let vec_dot = vec_dot.expect("checked by handles");
