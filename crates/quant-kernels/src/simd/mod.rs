@@ -8,7 +8,8 @@
 //! `vec_dot` (or `from_float`) match of the architecture module.
 //! [`q8_0_panel`] and [`q8_1_panel`] serve [`crate::matmul`]: one weight row
 //! against activation rows interleaved four, eight or (lane-major, with
-//! AVX512-VNNI) sixteen ([`Q8_0x4`], [`Q8_0x8`], [`Q8_0x16`], for the
+//! AVX512-VNNI, and with AVX2 for Q8_0 weights) sixteen ([`Q8_0x4`],
+//! [`Q8_0x8`], [`Q8_0x16`], for the
 //! formats whose activations are Q8_0) or eight ([`Q8_1x8`], for Q4_1 and
 //! Q5_1) at a time, each weight block decoded once, bit-identical to single
 //! calls.
