@@ -314,15 +314,19 @@ fn matmul_q8_0_panels(
     let (act, act_row) = scratch.quantize(GgmlType::Q8_0, from_float, x, n, cols);
     let act_of = |b: usize| &act[b * act_row..(b + 1) * act_row];
     if let Some((_, pack16)) = dot16 {
-        for (g, out) in panels16.chunks_exact_mut(nb).take(groups16).enumerate() {
-            let rows: Vec<&[u8]> = (16 * g..(16 * g + 16).min(n)).map(act_of).collect();
-            pack16(&rows, out);
+        if groups16 > 0 {
+            pool::for_each_chunk_mut(&mut panels16[..groups16 * nb], nb, |g, out| {
+                let rows: Vec<&[u8]> = (16 * g..(16 * g + 16).min(n)).map(act_of).collect();
+                pack16(&rows, out);
+            });
         }
     }
-    for (g, out) in panels8.chunks_exact_mut(nb).take(groups).enumerate() {
-        let from = b8 + 8 * g;
-        let rows: Vec<&[u8]> = (from..(from + 8).min(n)).map(act_of).collect();
-        (panel.pack8)(&rows, out);
+    if groups > 0 {
+        pool::for_each_chunk_mut(&mut panels8[..groups * nb], nb, |g, out| {
+            let from = b8 + 8 * g;
+            let rows: Vec<&[u8]> = (from..(from + 8).min(n)).map(act_of).collect();
+            (panel.pack8)(&rows, out);
+        });
     }
     if four {
         // A Q8_0 row of zero bytes is zero quants with scale zero.

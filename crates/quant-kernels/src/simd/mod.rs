@@ -8,7 +8,8 @@
 //! `vec_dot` (or `from_float`) match of the architecture module.
 //! [`q8_0_panel`] and [`q8_1_panel`] serve [`crate::matmul`]: one weight row
 //! against activation rows interleaved four, eight or (lane-major, with
-//! AVX512-VNNI) sixteen ([`Q8_0x4`], [`Q8_0x8`], [`Q8_0x16`], for the
+//! AVX512-VNNI, and with AVX2 for Q8_0 weights) sixteen ([`Q8_0x4`],
+//! [`Q8_0x8`], [`Q8_0x16`], for the
 //! formats whose activations are Q8_0) or eight ([`Q8_1x8`], for Q4_1 and
 //! Q5_1) at a time, each weight block decoded once, bit-identical to single
 //! calls.
@@ -352,7 +353,7 @@ pub struct Q8_0Panel {
     /// has them; the rows past `a.len()` are zeros.
     pub pack16: Option<Pack16Fn>,
     /// Sixteen-row kernels (Q8_0, Q5_0, Q4_0), where the instruction set has them.
-    x16: Option<[Panel16x0DotFn; 3]>,
+    x16: [Option<Panel16x0DotFn>; 3],
 }
 
 impl Q8_0Panel {
@@ -381,11 +382,11 @@ impl Q8_0Panel {
     /// The product of weights of `ty` with [`Q8_0x16`] panels from
     /// [`Q8_0Panel::pack16`], where the instruction set has one.
     pub fn dot16_for(&self, ty: GgmlType) -> Option<Panel16x0DotFn> {
-        let [q8_0, q5_0, q4_0] = self.x16?;
+        let [q8_0, q5_0, q4_0] = self.x16;
         match ty {
-            GgmlType::Q8_0 => Some(q8_0),
-            GgmlType::Q5_0 => Some(q5_0),
-            GgmlType::Q4_0 => Some(q4_0),
+            GgmlType::Q8_0 => q8_0,
+            GgmlType::Q5_0 => q5_0,
+            GgmlType::Q4_0 => q4_0,
             _ => None,
         }
     }
@@ -416,7 +417,7 @@ pub fn q8_0_panel_for(f: Features) -> Option<Q8_0Panel> {
                 q5_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_vnni::<Q5_0>(w, p) },
                 q4_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_vnni::<Q4_0>(w, p) },
                 pack16: None,
-                x16: None,
+                x16: [None; 3],
             });
         }
         if f.avx512_vnni {
@@ -431,11 +432,17 @@ pub fn q8_0_panel_for(f: Features) -> Option<Q8_0Panel> {
                 q5_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_vnni512::<Q5_0>(w, p) },
                 q4_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_vnni512::<Q4_0>(w, p) },
                 pack16: Some(|a, out| pack_q8_0(a, out, 0x80)),
-                x16: Some([
-                    |w, r, p, o| unsafe { x86_panel::dot_q8_0x16_vnni512::<Q8_0>(w, r, p, o) },
-                    |w, r, p, o| unsafe { x86_panel::dot_q8_0x16_vnni512::<Q5_0>(w, r, p, o) },
-                    |w, r, p, o| unsafe { x86_panel::dot_q8_0x16_vnni512::<Q4_0>(w, r, p, o) },
-                ]),
+                x16: [
+                    Some(|w, r, p, o| unsafe {
+                        x86_panel::dot_q8_0x16_vnni512::<Q8_0>(w, r, p, o)
+                    }),
+                    Some(|w, r, p, o| unsafe {
+                        x86_panel::dot_q8_0x16_vnni512::<Q5_0>(w, r, p, o)
+                    }),
+                    Some(|w, r, p, o| unsafe {
+                        x86_panel::dot_q8_0x16_vnni512::<Q4_0>(w, r, p, o)
+                    }),
+                ],
             });
         }
         if f.avx2 {
@@ -449,8 +456,12 @@ pub fn q8_0_panel_for(f: Features) -> Option<Q8_0Panel> {
                 q8_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_avx2::<Q8_0>(w, p) },
                 q5_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_avx2::<Q5_0>(w, p) },
                 q4_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_avx2::<Q4_0>(w, p) },
-                pack16: None,
-                x16: None,
+                pack16: Some(|a, out| pack_q8_0(a, out, 0)),
+                x16: [
+                    Some(|w, r, p, o| unsafe { x86_panel::dot_q8_0x16_avx2(w, r, p, o) }),
+                    None,
+                    None,
+                ],
             });
         }
     }

@@ -649,3 +649,77 @@ fn dot_q8_0x16_rows<const T: u8, const R: usize>(
         }
     }
 }
+
+// ---------------------------------------------------------------------------
+// Q8_0 weights against lane-major Q8_0x16 panels with AVX2.
+// ---------------------------------------------------------------------------
+
+/// Q8_0 weight rows times [`Q8_0x16`] panels packed as they are (AVX2):
+/// `out[i·panels + g]` is row `i` times panel `g`.
+///
+/// Lane-major, eight activation rows a vector: for ggml's lane `l` of a
+/// block, the weight's four bytes `4l..4l + 4` broadcast from memory meet
+/// `qs[l]` (those bytes of each activation row), with ggml's sign trick,
+/// maddubs and madd — each activation row's lane gets the exact 32-bit sum
+/// ggml's lane `l` holds — then its conversion and FMA with `d_w·d_a`, one
+/// accumulator per lane `l`. The accumulators are summed across in
+/// `hsum_float_8`'s order. Against [`dot_q8_0x8_avx2`] a block costs no
+/// scale broadcasts (the scales are one vector for eight rows).
+#[target_feature(enable = "avx2,fma,f16c")]
+pub(super) fn dot_q8_0x16_avx2(w: &[u8], rows: usize, p: &[Q8_0x16], out: &mut [[f32; 16]]) {
+    let row_bytes = w.len() / rows.max(1);
+    assert_eq!(w.len(), rows * row_bytes);
+    let nb = row_bytes / block_bytes::<Q8_0>();
+    assert_eq!(row_bytes, nb * block_bytes::<Q8_0>());
+    assert!(nb > 0 && p.len().is_multiple_of(nb));
+    let panels = p.len() / nb;
+    assert_eq!(out.len(), rows * panels);
+    for (wr, out) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(panels)) {
+        for (pg, out) in p.chunks_exact(nb).zip(out.iter_mut()) {
+            for (h, out) in out.chunks_exact_mut(8).enumerate() {
+                out.copy_from_slice(&lanes8_avx2(wr, pg, h));
+            }
+        }
+    }
+}
+
+/// One Q8_0 weight row times activation rows `8h..8h + 8` of a panel (see
+/// [`dot_q8_0x16_avx2`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn lanes8_avx2(w: &[u8], p: &[Q8_0x16], h: usize) -> [f32; 8] {
+    assert!(h < 2);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [_mm256_setzero_ps(); 8];
+    for (blk, p) in w.chunks_exact(block_bytes::<Q8_0>()).zip(p) {
+        let (_, dw) = weight_block::<Q8_0>(blk);
+        let d = _mm256_mul_ps(_mm256_broadcastss_ps(dw), load8_at(&p.d, 8 * h));
+        for (l, acc) in acc.iter_mut().enumerate() {
+            let q: &[u8; 4] = blk[2 + 4 * l..6 + 4 * l].try_into().expect("4 bytes");
+            let wb = _mm256_set1_epi32(i32::from_le_bytes(*q));
+            // SAFETY: `qs[l]` is 64 bytes at offset 64l of a 64-byte
+            // aligned struct; its half `h` is 32 bytes, 32-byte aligned.
+            let qa = unsafe { _mm256_load_si256(p.qs[l].as_ptr().add(32 * h).cast()) };
+            let dot = _mm256_maddubs_epi16(_mm256_sign_epi8(wb, wb), _mm256_sign_epi8(qa, wb));
+            let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, dot));
+            *acc = _mm256_fmadd_ps(d, q, *acc);
+        }
+    }
+    // hsum_float_8's additions, lane by lane.
+    let s = [0, 1, 2, 3].map(|i| _mm256_add_ps(acc[i + 4], acc[i]));
+    let sum = _mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3]));
+    let mut out = [0.0; 8];
+    // SAFETY: `out` holds eight f32; storeu has no alignment needs.
+    unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sum) };
+    out
+}
+
+/// `v[at..at + 8]` of a panel's sixteen scales, an aligned load.
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn load8_at(v: &[f32; 16], at: usize) -> __m256 {
+    assert!(at == 0 || at == 8);
+    // SAFETY: `v` is a `Q8_0x16`'s `d` (offset 512 of a 64-byte aligned
+    // struct), so `v[at]` is 32-byte aligned, and eight f32 follow it.
+    unsafe { _mm256_load_ps(v.as_ptr().add(at)) }
+}
