@@ -545,7 +545,9 @@ fn main() {
                     .map_err(|e| dev(&e))?;
                 break rx.recv().map_err(|e| dev(&e))?;
             }
-            self.device.poll(wgpu::PollType::Poll).map_err(|e| dev(&e))?;
+            self.device
+                .poll(wgpu::PollType::Poll)
+                .map_err(|e| dev(&e))?;
             std::hint::spin_loop();
         };
         mapped.map_err(|e| dev(&e))?;
