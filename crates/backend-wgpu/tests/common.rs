@@ -113,12 +113,16 @@ pub fn gpu_steps(
     for &t in toks {
         got.extend_from_slice(s.forward(&[t], LogitsMode::Last).unwrap());
     }
-    let p = s.program_mut().expect("compiled");
-    let p = p
-        .as_any_mut()
-        .downcast_mut::<backend_wgpu::GpuProgram>()
-        .expect("a GPU program");
-    (got, p.dispatches_per_step())
+    (got, gpu_program(&mut s).dispatches_per_step())
+}
+
+/// The GPU program a compiled session runs.
+pub fn gpu_program<'a>(
+    s: &'a mut llama_model::Session<'_, backend_wgpu::WgpuBackend>,
+) -> &'a mut backend_wgpu::GpuProgram {
+    s.program_mut()
+        .and_then(|p| p.as_any_mut().downcast_mut::<backend_wgpu::GpuProgram>())
+        .expect("a compiled GPU program")
 }
 
 /// The logits of every position of `toks` run as one batch on the GPU (or

@@ -116,12 +116,7 @@ fn fast_step_has_fewer_dispatches() {
                 ..Default::default()
             })
             .unwrap();
-        let p = s.program_mut().expect("compiled");
-        let p = p
-            .as_any_mut()
-            .downcast_mut::<backend_wgpu::GpuProgram>()
-            .expect("a GPU program");
-        p.dispatches_per_step()
+        crate::common::gpu_program(&mut s).dispatches_per_step()
     };
     let (fast, exact) = (count(false), count(true));
     eprintln!("SmolLM2 decoding step: fast {fast} dispatches, exact {exact}");

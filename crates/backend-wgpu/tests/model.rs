@@ -1,6 +1,5 @@
 //! Whole-model logits on the synthetic fixtures against llama.cpp's logits.
 
-use backend_wgpu::GpuProgram;
 use llama_model::{LogitsMode, SessionOptions};
 
 use crate::common::{cpu_decode, fixture, gpu_decode, gpu_model, read};
@@ -161,10 +160,7 @@ fn synth_incremental_matches_batch() {
         .0;
     assert_eq!(g as usize, best);
     // Chained greedy decoding equals step-by-step greedy decoding.
-    let program = s
-        .program_mut()
-        .and_then(|p| p.as_any_mut().downcast_mut::<GpuProgram>())
-        .expect("a GPU program");
+    let program = crate::common::gpu_program(&mut s);
     let chained = program.generate_greedy(&toks[..10], 0, 8).unwrap();
     let mut stepwise = vec![program.forward_greedy(&toks[..10], 0).unwrap()];
     for i in 1..8 {

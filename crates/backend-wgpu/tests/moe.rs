@@ -9,7 +9,9 @@ use std::path::Path;
 use backend_wgpu::GpuOptions;
 use llama_model::SessionOptions;
 
-use crate::common::{arch_file, cpu_decode, gpu_batch, gpu_model_with, gpu_steps, n_vocab, tokens};
+use crate::common::{
+    arch_file, cpu_decode, gpu_batch, gpu_model_with, gpu_program, gpu_steps, n_vocab, tokens,
+};
 use crate::model::kld_top1;
 
 /// Tokens of each check.
@@ -33,12 +35,7 @@ fn fast_step_ops(path: &Path) -> Vec<(&'static str, usize, bool)> {
             ..Default::default()
         })
         .unwrap();
-    let p = s.program_mut().expect("compiled");
-    let p = p
-        .as_any_mut()
-        .downcast_mut::<backend_wgpu::GpuProgram>()
-        .expect("a GPU program");
-    p.step_ops()
+    gpu_program(&mut s).step_ops()
 }
 
 /// A decoding step routes each layer's tokens in one `moe_route` and sums

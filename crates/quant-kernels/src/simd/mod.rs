@@ -225,11 +225,7 @@ pub const PREFETCH_AHEAD: usize = 2048;
 #[inline(always)]
 pub fn prefetch(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT0 only hints the cache; it reads nothing into a
-    // register and never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p as *const i8)
-    };
+    prefetch_hint::<{ std::arch::x86_64::_MM_HINT_T0 }>(p);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
 }
@@ -243,13 +239,19 @@ pub fn prefetch(p: *const u8) {
 #[inline(always)]
 pub fn prefetch_l2(p: *const u8) {
     #[cfg(target_arch = "x86_64")]
-    // SAFETY: PREFETCHT1 only hints the cache; it reads nothing into a
-    // register and never faults, whatever the address.
-    unsafe {
-        std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T1 }>(p as *const i8)
-    };
+    prefetch_hint::<{ std::arch::x86_64::_MM_HINT_T1 }>(p);
     #[cfg(not(target_arch = "x86_64"))]
     let _ = p;
+}
+
+/// `PREFETCH` with hint `HINT` (`_MM_HINT_T0`, `_MM_HINT_T1`) for the line
+/// holding `p`.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn prefetch_hint<const HINT: i32>(p: *const u8) {
+    // SAFETY: PREFETCHh only hints the cache; it reads nothing into a
+    // register and never faults, whatever the address.
+    unsafe { std::arch::x86_64::_mm_prefetch::<HINT>(p as *const i8) };
 }
 
 /// Four Q8_0 activation rows interleaved block by block for a
