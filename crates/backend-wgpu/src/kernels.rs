@@ -43,6 +43,11 @@ pub enum Shader {
     /// `quant_tg.wgsl` and `tg_q8.wgsl`: a single token's Q8_0 product
     /// through 16-byte loads (as [`Shader::QuantTg`]).
     QuantTgQ8,
+    /// `quant_tg.wgsl` and `tg_fused.wgsl`: the fast mode's single-token
+    /// Q4_K, Q5_K and Q6_K products, each workgroup rounding the
+    /// activations (a norm, SwiGLU or GeGLU made as they are read) into
+    /// workgroup memory (as [`Shader::QuantTg`]).
+    QuantTgFused,
     /// `scale.wgsl`: GEGLU, scaling, soft-capping, per-row scaling.
     Scale,
     /// `quant.wgsl` and `fast.wgsl`: the fast mode's single-token product
@@ -74,7 +79,7 @@ pub enum Shader {
 }
 
 /// Every shader, for the naga validation test.
-pub const ALL_SHADERS: [Shader; 23] = [
+pub const ALL_SHADERS: [Shader; 24] = [
     Shader::Quant,
     Shader::Norm,
     Shader::Rope,
@@ -89,6 +94,7 @@ pub const ALL_SHADERS: [Shader; 23] = [
     Shader::QuantTg,
     Shader::QuantTgRope,
     Shader::QuantTgQ8,
+    Shader::QuantTgFused,
     Shader::Scale,
     Shader::QuantFast,
     Shader::AttentionFast,
@@ -151,6 +157,7 @@ impl Shader {
             Shader::QuantSg
             | Shader::QuantTg
             | Shader::QuantTgQ8
+            | Shader::QuantTgFused
             | Shader::QuantFast
             | Shader::QuantWide
             | Shader::QuantWideSg
@@ -217,14 +224,20 @@ impl Shader {
                     "quant_sg.wgsl"
                 )
             }
-            Shader::QuantTg => with_fma!("quant_io.wgsl", "quant_tg.wgsl"),
+            Shader::QuantTg => with_fma!("quant_io.wgsl", "quant_tg.wgsl", "tg_x.wgsl"),
             Shader::QuantTgRope => with_fma!(
                 "quant_io.wgsl",
                 "quant_tg.wgsl",
+                "tg_x.wgsl",
                 "rope_common.wgsl",
                 "tg_rope.wgsl"
             ),
-            Shader::QuantTgQ8 => with_fma!("quant_io.wgsl", "quant_tg.wgsl", "tg_q8.wgsl"),
+            Shader::QuantTgQ8 => {
+                with_fma!("quant_io.wgsl", "quant_tg.wgsl", "tg_x.wgsl", "tg_q8.wgsl")
+            }
+            Shader::QuantTgFused => {
+                with_fma!("quant_io.wgsl", "quant_tg.wgsl", "tg_fused.wgsl")
+            }
             Shader::Scale => with_fma!("scale.wgsl"),
         }
     }
@@ -246,6 +259,7 @@ impl Shader {
             Shader::QuantTg => "quant_tg.wgsl",
             Shader::QuantTgRope => "quant_tg.wgsl+tg_rope.wgsl",
             Shader::QuantTgQ8 => "quant_tg.wgsl+tg_q8.wgsl",
+            Shader::QuantTgFused => "quant_tg.wgsl+tg_fused.wgsl",
             Shader::Scale => "scale.wgsl",
             Shader::QuantFast => "quant.wgsl+fast.wgsl",
             Shader::AttentionFast => "attn_fast.wgsl",
@@ -267,6 +281,7 @@ impl Shader {
             | Shader::QuantSg
             | Shader::QuantTg
             | Shader::QuantTgQ8
+            | Shader::QuantTgFused
             | Shader::QuantFast
             | Shader::QuantWide
             | Shader::QuantWideSg
@@ -358,6 +373,50 @@ pub fn fast_keeps_exact(ty: GgmlType, subgroup32: bool) -> bool {
     subgroup32
         && matches!(ty, GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K)
         && std::env::var("STRATA_FAST_PRODUCTS").map_or(true, |v| v != "float")
+}
+
+/// The largest row length `tg_fused.wgsl` takes (its workgroup copy of
+/// the activations: 640 vectors, the quants and the scales of 8,192 values).
+pub const TG_FUSED_MAX_K: u32 = 8192;
+
+/// Whether the fast mode's single-token products of a `ty` matrix with rows
+/// of `k` values take `tg_fused.wgsl` (the exact kernels' integer dot
+/// products, the activations made and rounded in each workgroup, so that
+/// the norm, SwiGLU or rounding before them takes no dispatch): where
+/// [`fast_keeps_exact`] holds and the row fits its workgroup copy, and only
+/// with `STRATA_TG_FUSED=1` for now. The kernel needs 32-wide subgroups,
+/// which no CI device has (llvmpipe's are 8 or 16 wide, see
+/// [`crate::DeviceCaps::subgroup32`]), and it has not yet been run on one:
+/// it stays off by default until a sitting on the H100 measures its
+/// agreement and speed against `q4k_tg`/`q6k_tg` with their norm and
+/// SwiGLU dispatches.
+pub fn tg_fused_fits(ty: GgmlType, k: u32, subgroup32: bool) -> bool {
+    fast_keeps_exact(ty, subgroup32)
+        && k.is_multiple_of(256)
+        && k <= TG_FUSED_MAX_K
+        && std::env::var("STRATA_TG_FUSED").is_ok_and(|v| v == "1")
+}
+
+/// Rows each subgroup of `tg_fused` takes over a matrix of `m` rows: four
+/// where that still leaves 256 workgroups (of eight subgroups), two where
+/// it leaves 256 with two, else one (every workgroup rounds the whole
+/// activation vector once for its rows). `STRATA_TG_ROWS` (1, 2 or 4)
+/// overrides it, for measurements.
+pub fn tg_fused_rows(m: u32) -> u32 {
+    if let Some(r) = std::env::var("STRATA_TG_ROWS")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+        .filter(|r| matches!(r, 1 | 2 | 4))
+    {
+        return r;
+    }
+    if m >= 8 * 4 * 256 {
+        4
+    } else if m >= 8 * 2 * 256 {
+        2
+    } else {
+        1
+    }
 }
 
 /// Rows each lane set of `fmv_wide` takes at once over a `ty` matrix
@@ -492,6 +551,10 @@ pub(crate) enum Kernel {
     /// a Q8_0 (order 0) or Q4_0 (order 1) one (`tg_q8.wgsl`: `q8_0_tg`,
     /// `q4_0_tg`).
     Tg(GgmlType),
+    /// The fast mode's single-token product of a `ty` matrix (Q4_K, Q5_K,
+    /// Q6_K) through `tg_fused.wgsl`, with prologue 0 (x), 1 (RMSNorm), 2
+    /// (SwiGLU) or 3 (GeGLU) and [`tg_fused_rows`] rows a subgroup.
+    TgFused(GgmlType, u32, u32),
     /// `Tg(Q4_K)` with RoPE and the cache writes of a stacked query/key
     /// (/value) projection (`tg_rope.wgsl`: `q4k_tg_rope`).
     TgRope,
@@ -572,6 +635,7 @@ impl Kernel {
             Kernel::Tg(GgmlType::Q8_0 | GgmlType::Q4_0) => Shader::QuantTgQ8,
             Kernel::Tg(..) => Shader::QuantTg,
             Kernel::TgRope => Shader::QuantTgRope,
+            Kernel::TgFused(..) => Shader::QuantTgFused,
             Kernel::Geglu
             | Kernel::Scale
             | Kernel::Softcap
@@ -609,6 +673,7 @@ impl Kernel {
             Kernel::Tg(GgmlType::Q4_0) => "q4_0_tg",
             Kernel::Tg(..) => "q4k_tg",
             Kernel::TgRope => "q4k_tg_rope",
+            Kernel::TgFused(..) => "tg_fused",
             Kernel::Geglu => "geglu",
             Kernel::Scale => "scale",
             Kernel::Softcap => "softcap",
@@ -658,6 +723,11 @@ impl Kernel {
                 ("FORMAT", f64::from(t.id())),
                 ("PROLOGUE", f64::from(prologue)),
                 ("WIDE_ROWS", f64::from(rows)),
+            ],
+            Kernel::TgFused(t, prologue, rows) => vec![
+                ("FORMAT", f64::from(t.id())),
+                ("PROLOGUE", f64::from(prologue)),
+                ("ROWS_SG", f64::from(rows)),
             ],
             Kernel::MmFast(t, _) => vec![("FORMAT", f64::from(t.id()))],
             Kernel::AttentionFlash(nc) => vec![("NC", f64::from(nc))],

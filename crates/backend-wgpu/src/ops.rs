@@ -867,14 +867,30 @@ impl OpBuilder<'_> {
                 up_base,
             } => (3, gate, gate_base, up, up_base, 0.0),
         };
+        let fused = crate::kernels::tg_fused_fits(w.ty, w.k, self.ctx.caps().subgroup32);
         let wide = crate::kernels::wide_fits(w.ty, w.row_bytes);
         w.parts
             .iter()
             .map(|part| {
-                let kernel = if wide {
-                    Kernel::FmvWide(w.ty, kind, crate::kernels::wide_rows(w.ty))
+                let (kernel, grid) = if fused {
+                    let rows = crate::kernels::tg_fused_rows(part.rows);
+                    (
+                        Kernel::TgFused(w.ty, kind, rows),
+                        Grid::Wide {
+                            m: part.rows,
+                            rows: 8 * rows,
+                        },
+                    )
+                } else if wide {
+                    (
+                        Kernel::FmvWide(w.ty, kind, crate::kernels::wide_rows(w.ty)),
+                        Grid::Wide {
+                            m: part.rows,
+                            rows: crate::kernels::wide_rows_per_workgroup(w.ty),
+                        },
+                    )
                 } else {
-                    Kernel::Fmv(w.ty, kind)
+                    (Kernel::Fmv(w.ty, kind), Grid::Linear { m: part.rows })
                 };
                 let params = MatParams {
                     k: w.k,
@@ -885,16 +901,9 @@ impl OpBuilder<'_> {
                     y_base: part.first_row,
                     accumulate: accumulate as u32,
                     at_pos,
-                    corr_base: 0,
+                    // tg_fused.wgsl: where its workgroup copy's scales start.
+                    corr_base: if fused { w.k / 4 } else { 0 },
                     pad: [x_base / 4, aux_base / 4, f32::to_bits(eps)],
-                };
-                let grid = if wide {
-                    Grid::Wide {
-                        m: part.rows,
-                        rows: crate::kernels::wide_rows_per_workgroup(w.ty),
-                    }
-                } else {
-                    Grid::Linear { m: part.rows }
                 };
                 self.kernel_op(
                     label,

@@ -764,8 +764,11 @@ impl<'a> Lowering<'a> {
         }
     }
 
-    /// Whether the fast step multiplies `w`, reading node `x`, on float
-    /// activations: [`fast_product`] on this device, except that a type whose
+    /// Whether the fast step multiplies `w`, reading node `x`, through
+    /// [`OpBuilder::fmv`] (which reads its input as a prologue makes it):
+    /// where `tg_fused.wgsl` takes `w` ([`crate::kernels::tg_fused_fits`]:
+    /// the integer products rounding the activations in each workgroup),
+    /// else [`fast_product`] on this device, except that a type whose
     /// exact single-token kernels are kept
     /// ([`crate::kernels::fast_keeps_exact`]) keeps them only where `x`'s
     /// producer rounds the activations for them as it writes them (a norm
@@ -775,6 +778,9 @@ impl<'a> Lowering<'a> {
     /// `fmv_wide`'s 17.3.
     fn float_product(&self, w: &GpuMatrix, x: NodeId) -> bool {
         let sg32 = self.ctx.caps().subgroup32;
+        if crate::kernels::tg_fused_fits(w.ty, w.k, sg32) {
+            return true;
+        }
         if crate::kernels::fast_keeps_exact(w.ty, sg32)
             && !matches!(self.g.node(x).op, GOp::RmsNorm { .. } | GOp::Swiglu { .. })
         {

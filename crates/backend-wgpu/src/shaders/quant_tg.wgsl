@@ -11,7 +11,9 @@
 // memory's bandwidth.
 
 @group(0) @binding(0) var<storage, read> wv: array<vec4<u32>>;
-@group(0) @binding(1) var<storage, read> xv: array<vec4<u32>>;
+// `xv`, the activations in act_common.wgsl's packed layout (quants from
+// vector 0, [d, bsums] from word p.corr_base), is tg_x.wgsl's storage
+// binding or tg_fused.wgsl's workgroup copy.
 
 // Rows (subgroups) per workgroup.
 const TG_ROWS: u32 = 4u;
@@ -179,16 +181,13 @@ fn q6k_steps(acc: ptr<function, f32>, f: vec2<f32>, sb0: u32, nsb: u32, l: u32) 
     *acc = a;
 }
 
-// Grid: as q4k_tg's. Invocation t of a row's subgroup takes vec_dot lane
+// Row `row`'s product, which every invocation of its subgroup returns.
+// Invocation t of the row's subgroup takes vec_dot lane
 // l = t % 8 (elements 32c + 4l .. + 3 of every 32, ORDER 2) of super-block
 // sb0 + t / 8, four super-blocks per step; lane l's class then gathers the
 // four super-blocks' sums in order and runs lane l's float chain, and
 // hsum_float_8 gathers the eight lanes (kdot_sg, ORDER 2, Q6_K).
-@compute @workgroup_size(128)
-fn q6k_tg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
-          @builtin(subgroup_invocation_id) t: u32) {
-    let row_raw = wid.y * TG_ROWS + (lid >> 5u);
-    let row = min(row_raw, p.m - 1u);
+fn q6k_dot(row: u32, t: u32) -> f32 {
     let nsb = p.k >> 8u;
     let base = row * p.row_bytes;
     let l = t & 7u;
@@ -226,7 +225,16 @@ fn q6k_tg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         let dy = bitcast<f32>(bs[j & 3u]);
         q6k_steps(&acc, vec2<f32>(i2f_rn(sumi), mul_rn(dy, d)), sb0, nsb, l);
     }
-    let r = hsum_lanes8(acc);
+    return hsum_lanes8(acc);
+}
+
+// Grid: as q4k_tg's.
+@compute @workgroup_size(128)
+fn q6k_tg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+          @builtin(subgroup_invocation_id) t: u32) {
+    let row_raw = wid.y * TG_ROWS + (lid >> 5u);
+    let row = min(row_raw, p.m - 1u);
+    let r = q6k_dot(row, t);
     if (row_raw < p.m && t == 0u) {
         store(0u, row, r);
     }
@@ -260,13 +268,8 @@ fn q5k_steps(acc: ptr<function, f32>, acc2: ptr<function, f32>, f: vec4<f32>, sb
 // vectors; lane 0 also takes the mins sum (all eight sub-blocks). Lane l's
 // class then gathers the four super-blocks in order and runs lane l's
 // chain, and hsum_float_8 of the eight lanes plus lane 0's mins chain is
-// the output.
-// Grid: as q4k_tg's.
-@compute @workgroup_size(128)
-fn q5k_tg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
-          @builtin(subgroup_invocation_id) t: u32) {
-    let row_raw = wid.y * TG_ROWS + (lid >> 5u);
-    let row = min(row_raw, p.m - 1u);
+// the output, which every invocation of the row's subgroup returns.
+fn q5k_dot(row: u32, t: u32) -> f32 {
     let nsb = p.k >> 8u;
     let rb = row * (p.row_bytes >> 4u);
     let l = t & 7u;
@@ -309,7 +312,16 @@ fn q5k_tg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
         q5k_steps(&acc, &acc2, vec4<f32>(i2f_rn(sumi), mul_rn(dy, dm.x), f32(extra), -mul_rn(dy, dm.y)),
                   sb0, nsb, l);
     }
-    let r = hsum_lanes8(acc) + subgroupShuffle(acc2, 0u);
+    return hsum_lanes8(acc) + subgroupShuffle(acc2, 0u);
+}
+
+// Grid: as q4k_tg's.
+@compute @workgroup_size(128)
+fn q5k_tg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
+          @builtin(subgroup_invocation_id) t: u32) {
+    let row_raw = wid.y * TG_ROWS + (lid >> 5u);
+    let row = min(row_raw, p.m - 1u);
+    let r = q5k_dot(row, t);
     if (row_raw < p.m && t == 0u) {
         store(0u, row, r);
     }

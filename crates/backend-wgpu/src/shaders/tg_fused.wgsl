@@ -1,0 +1,151 @@
+// tg_fused.wgsl: the fast mode's single-token product with a Q4_K, Q5_K or
+// Q6_K matrix through quant_tg.wgsl's integer dot products, each workgroup
+// making the token's activations itself: the prologue (PROLOGUE 0: x; 1:
+// RMSNorm(x)·weight; 2: silu(gate)·up; 3: gelu(gate)·up, as
+// fast_wide.wgsl's) rounded to 8-bit blocks of 256 into workgroup memory
+// in the packed layout quant_tg.wgsl reads (act_common.wgsl's
+// quantize_packed). The norm, SwiGLU or GeGLU then takes no dispatch of
+// its own, nor does the rounding of an input no such op writes (an
+// attention's output). The RMSNorm's scale is uniform over the row, so the
+// blocks are rounded before it (each block's scale carries it) and the
+// row's sum is multiplied by it. The shader is fma.wgsl, quant_io.wgsl,
+// quant_tg.wgsl, then this file; devices with 32-wide subgroups only.
+//
+// The rounding is the fast mode's, not ggml's Q8_K: d = max|v|/127 per
+// block of 256, q = round(v/d), in this kernel's float order.
+
+override FORMAT: u32 = 12u;
+override PROLOGUE: u32 = 0u;
+// Rows each subgroup takes (the workgroup: eight subgroups, 8·ROWS_SG rows).
+override ROWS_SG: u32 = 1u;
+
+@group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
+@group(0) @binding(5) var<storage, read> aux: array<vec4<f32>>;
+
+// The activations of up to TG_FUSED_MAX_K (kernels.rs) values: their quants
+// (k/16 vectors), then [d, bsums] a block of 32 from word p.corr_base (k/4).
+var<workgroup> xv: array<vec4<u32>, 640>;
+var<workgroup> tgf_sq: array<f32, 8>;
+
+// Activations i .. i + 3 as the prologue makes them; the norm's squares of
+// x into sq.
+fn tgf_in(i: u32, sq: ptr<function, f32>) -> vec4<f32> {
+    let v = x[p.x_base + i];
+    switch PROLOGUE {
+        case 1u: {
+            *sq += dot(v, v);
+            return v * aux[i];
+        }
+        case 2u: {
+            return v / (1.0 + exp(-v)) * aux[p.aux_base + i];
+        }
+        case 3u: {
+            return v / (1.0 + exp(-1.5957691216057308 * v * (1.0 + 0.044715 * v * v))) * aux[p.aux_base + i];
+        }
+        default: {
+            return v;
+        }
+    }
+}
+
+fn tgf_max4(v: vec4<f32>) -> f32 {
+    return max(max(v.x, v.y), max(v.z, v.w));
+}
+
+// Four quants (integers in [-127, 127]) as signed bytes.
+fn tgf_pack(q: vec4<f32>) -> u32 {
+    let u = bitcast<vec4<u32>>(vec4<i32>(q)) & vec4<u32>(0xffu);
+    return u.x | (u.y << 8u) | (u.z << 16u) | (u.w << 24u);
+}
+
+// Rounds the token's activations into xv: subgroup s takes super-blocks s,
+// s + 8, .., invocation t eight consecutive values of each (so a block of
+// 256 is a subgroup's, and its maximum one subgroupMax). Returns the factor
+// of the row sums: 1/rms(x) for the norm, else 1. Every invocation must
+// call it: it synchronises.
+fn tgf_prologue(lid: u32, t: u32) -> f32 {
+    let s = lid >> 5u;
+    let nsb = p.k >> 8u;
+    var sq = 0.0;
+    // Uniform trip count; a subgroup past the last super-block redoes the
+    // last one and writes nothing.
+    for (var b0 = 0u; b0 < nsb; b0 += 8u) {
+        let valid = b0 + s < nsb;
+        let b = min(b0 + s, nsb - 1u);
+        let i0 = (b * 256u + 8u * t) >> 2u;
+        var bsq = 0.0;
+        let v0 = tgf_in(i0, &bsq);
+        let v1 = tgf_in(i0 + 1u, &bsq);
+        if (valid) {
+            sq += bsq;
+        }
+        let amax = subgroupMax(max(tgf_max4(abs(v0)), tgf_max4(abs(v1))));
+        var id = 0.0;
+        if (amax > 0.0) {
+            id = 127.0 / amax;
+        }
+        let q0 = round(v0 * id);
+        let q1 = round(v1 * id);
+        let w0 = tgf_pack(q0);
+        let w1 = tgf_pack(q1);
+        // Sums of quants (exact): 16 values over invocation pairs, then the
+        // block of 32's two halves in its first invocation (4m).
+        let s8 = i32(dot(q0 + q1, vec4<f32>(1.0)));
+        let s16 = s8 + subgroupShuffleXor(s8, 1u);
+        let s16b = subgroupShuffleXor(s16, 2u);
+        let bs = (u32(s16) & 0xffffu) | (u32(s16b) << 16u);
+        let pw0 = subgroupShuffleXor(w0, 1u);
+        let pw1 = subgroupShuffleXor(w1, 1u);
+        let pbs = subgroupShuffleXor(bs, 4u);
+        if (valid) {
+            if ((t & 1u) == 0u) {
+                xv[b * 16u + (t >> 1u)] = vec4<u32>(w0, w1, pw0, pw1);
+            }
+            if ((t & 7u) == 0u) {
+                let d = bitcast<u32>(amax / 127.0);
+                xv[(p.corr_base >> 2u) + b * 4u + (t >> 3u)] = vec4<u32>(d, bs, d, pbs);
+            }
+        }
+    }
+    let total = subgroupAdd(sq);
+    if (t == 0u) {
+        tgf_sq[s] = total;
+    }
+    workgroupBarrier();
+    if (PROLOGUE != 1u) {
+        return 1.0;
+    }
+    let ss = ((tgf_sq[0] + tgf_sq[1]) + (tgf_sq[2] + tgf_sq[3]))
+        + ((tgf_sq[4] + tgf_sq[5]) + (tgf_sq[6] + tgf_sq[7]));
+    return 1.0 / sqrt(ss / f32(p.k) + p.eps);
+}
+
+// Grid: ceil(m / (8·ROWS_SG)) workgroups (as ops.rs's rows_grid spreads
+// them over x and y); subgroup s takes rows s, s + 8, .. of the
+// workgroup's 8·ROWS_SG.
+@compute @workgroup_size(256)
+fn tg_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) lid: u32,
+            @builtin(subgroup_invocation_id) t: u32) {
+    let f = tgf_prologue(lid, t);
+    let first = (wid.x + wid.y * nwg.x) * (8u * ROWS_SG) + (lid >> 5u);
+    for (var r = 0u; r < ROWS_SG; r++) {
+        let row_raw = first + 8u * r;
+        let row = min(row_raw, p.m - 1u);
+        var v = 0.0;
+        switch FORMAT {
+            case 14u: {
+                v = q6k_dot(row, t);
+            }
+            case 13u: {
+                v = q5k_dot(row, t);
+            }
+            default: {
+                v = q4k_dot(row, t);
+            }
+        }
+        if (row_raw < p.m && t == 0u) {
+            store(0u, row, v * f);
+        }
+    }
+}
