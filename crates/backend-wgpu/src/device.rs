@@ -45,8 +45,11 @@ pub struct DeviceCaps {
     pub shader_f16: bool,
     /// Subgroup operations are available (not required by any kernel).
     pub subgroups: bool,
-    /// Subgroups are available and always 32 invocations wide: the exact
-    /// K-quant products of single tokens use `quant_sg.wgsl`.
+    /// Subgroups are available and always 32 invocations wide, reported so
+    /// and checked at creation by running a probe (each subgroup 32
+    /// consecutive invocations of a workgroup, its shuffles and reductions
+    /// over them): the exact K-quant products of single tokens use
+    /// `quant_sg.wgsl`.
     pub subgroup32: bool,
     /// Cooperative matrices of 16×16×16 f16 × f16 → f32 at subgroup scope
     /// with 32-wide subgroups and `shader-f16` (wgpu's experimental
@@ -222,42 +225,35 @@ impl GpuContext {
             pool: Mutex::new(HashMap::new()),
         };
         ctx.caps.fused_fma = ctx.probe_fused_fma()?;
+        if ctx.caps.subgroup32 && !ctx.probe_subgroup32()? {
+            ctx.caps.subgroup32 = false;
+            ctx.caps.coop_f16_16 = false;
+        }
         Ok(Arc::new(ctx))
     }
 
-    /// Whether WGSL's `fma` is fused here: (1 + 2⁻¹²)² − (1 + 2⁻¹¹) is 2⁻²⁴
-    /// when the product is not rounded first, 0 when it is. The operands
-    /// come from a buffer so that no compiler can fold them.
-    fn probe_fused_fma(&self) -> Result<bool> {
-        const SRC: &str = "
-@group(0) @binding(0) var<storage, read_write> v: array<f32, 4>;
-@compute @workgroup_size(1)
-fn main() {
-    v[3] = fma(v[0], v[1], v[2]);
-}";
+    /// Runs `src`'s `main` as one workgroup over a buffer holding `init`
+    /// and returns the buffer's words afterwards.
+    fn run_probe(&self, label: &str, src: &str, init: &[u32]) -> Result<Vec<u32>> {
         let module = self
             .device
             .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some("fma probe"),
-                source: wgpu::ShaderSource::Wgsl(SRC.into()),
+                label: Some(label),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
             });
         let pipeline = self
             .device
             .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-                label: Some("fma probe"),
+                label: Some(label),
                 layout: None,
                 module: &module,
                 entry_point: Some("main"),
                 compilation_options: Default::default(),
                 cache: None,
             });
-        let a = 1.0 + 2f32.powi(-12);
-        let buf = self.upload(
-            "fma probe",
-            bytemuck::cast_slice(&[a, a, -(1.0 + 2f32.powi(-11)), 0.0]),
-        );
+        let buf = self.upload(label, bytemuck::cast_slice(init));
         let bind = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
-            label: Some("fma probe"),
+            label: Some(label),
             layout: &pipeline.get_bind_group_layout(0),
             entries: &[wgpu::BindGroupEntry {
                 binding: 0,
@@ -271,8 +267,51 @@ fn main() {
             pass.set_bind_group(0, &bind, &[]);
             pass.dispatch_workgroups(1, 1, 1);
         }
-        let out: Vec<f32> = bytemuck::pod_collect_to_vec(&self.read_back(encoder, &buf, 12, 4)?);
-        Ok(out[0] == 2f32.powi(-24))
+        let bytes = self.read_back(encoder, &buf, 0, 4 * init.len() as u64)?;
+        Ok(bytemuck::pod_collect_to_vec(&bytes))
+    }
+
+    /// Whether the subgroups are what the [`DeviceCaps::subgroup32`]
+    /// kernels take them to be: in a workgroup of 256, invocation `lid` is
+    /// lane `lid % 32` of a subgroup of 32 holding `lid & !31 ..`, and
+    /// shuffles, maxima and sums over it give those lanes' values. WGSL
+    /// leaves how a workgroup is cut into subgroups to the implementation,
+    /// and a reported size can be wrong: llvmpipe with
+    /// `LP_NATIVE_VECTOR_WIDTH=1024` reports 32 but runs 16 lanes.
+    fn probe_subgroup32(&self) -> Result<bool> {
+        const SRC: &str = "
+@group(0) @binding(0) var<storage, read_write> v: array<u32, 256>;
+@compute @workgroup_size(256)
+fn main(@builtin(local_invocation_index) lid: u32, @builtin(subgroup_invocation_id) t: u32,
+        @builtin(subgroup_size) n: u32) {
+    let xor1 = subgroupShuffleXor(lid, 1u);
+    let rev = subgroupShuffle(lid, 31u - t);
+    let mx = subgroupMax(lid);
+    let sum = subgroupAdd(1u);
+    let ok = (n == 32u) & (t == (lid & 31u)) & (xor1 == (lid ^ 1u)) & (rev == (lid ^ 31u))
+        & (mx == (lid | 31u)) & (sum == 32u);
+    v[lid] = select(0u, 1u, ok);
+}";
+        Ok(self
+            .run_probe("subgroup probe", SRC, &[0; 256])?
+            .iter()
+            .all(|&ok| ok == 1))
+    }
+
+    /// Whether WGSL's `fma` is fused here: (1 + 2⁻¹²)² − (1 + 2⁻¹¹) is 2⁻²⁴
+    /// when the product is not rounded first, 0 when it is. The operands
+    /// come from a buffer so that no compiler can fold them.
+    fn probe_fused_fma(&self) -> Result<bool> {
+        const SRC: &str = "
+@group(0) @binding(0) var<storage, read_write> v: array<f32, 4>;
+@compute @workgroup_size(1)
+fn main() {
+    v[3] = fma(v[0], v[1], v[2]);
+}";
+        let a = 1.0 + 2f32.powi(-12);
+        let init = [a, a, -(1.0 + 2f32.powi(-11)), 0.0].map(f32::to_bits);
+        let out = self.run_probe("fma probe", SRC, &init)?;
+        Ok(f32::from_bits(out[3]) == 2f32.powi(-24))
     }
 
     /// What the device offers.

@@ -43,11 +43,15 @@ pub enum Shader {
     /// `quant_tg.wgsl` and `tg_q8.wgsl`: a single token's Q8_0 product
     /// through 16-byte loads (as [`Shader::QuantTg`]).
     QuantTgQ8,
-    /// `quant_tg.wgsl` and `tg_fused.wgsl`: the fast mode's single-token
-    /// Q4_K, Q5_K and Q6_K products, each workgroup rounding the
-    /// activations (a norm, SwiGLU or GeGLU made as they are read) into
-    /// workgroup memory (as [`Shader::QuantTg`]).
+    /// `quant_tg.wgsl` and `tg_fused.wgsl` with `tg_emu.wgsl`: the fast
+    /// mode's single-token Q4_K, Q5_K and Q6_K products, each workgroup
+    /// rounding the activations (a norm, SwiGLU or GeGLU made as they are
+    /// read) into workgroup memory, the lane exchanges of the 32-wide
+    /// kernels through workgroup memory (any device).
     QuantTgFused,
+    /// The same with `tg_sg.wgsl`: the exchanges through 32-wide subgroups
+    /// (as [`Shader::QuantTg`]).
+    QuantTgFusedSg,
     /// `scale.wgsl`: GEGLU, scaling, soft-capping, per-row scaling.
     Scale,
     /// `quant.wgsl` and `fast.wgsl`: the fast mode's single-token product
@@ -79,7 +83,7 @@ pub enum Shader {
 }
 
 /// Every shader, for the naga validation test.
-pub const ALL_SHADERS: [Shader; 24] = [
+pub const ALL_SHADERS: [Shader; 25] = [
     Shader::Quant,
     Shader::Norm,
     Shader::Rope,
@@ -95,6 +99,7 @@ pub const ALL_SHADERS: [Shader; 24] = [
     Shader::QuantTgRope,
     Shader::QuantTgQ8,
     Shader::QuantTgFused,
+    Shader::QuantTgFusedSg,
     Shader::Scale,
     Shader::QuantFast,
     Shader::AttentionFast,
@@ -146,6 +151,7 @@ impl Shader {
             (Shader::Elementwise, true) => Shader::ElementwiseSg,
             (Shader::ActQuant, true) => Shader::ActQuantSg,
             (Shader::QuantWide, true) => Shader::QuantWideSg,
+            (Shader::QuantTgFused, true) => Shader::QuantTgFusedSg,
             (s, _) => s,
         }
     }
@@ -158,6 +164,7 @@ impl Shader {
             | Shader::QuantTg
             | Shader::QuantTgQ8
             | Shader::QuantTgFused
+            | Shader::QuantTgFusedSg
             | Shader::QuantFast
             | Shader::QuantWide
             | Shader::QuantWideSg
@@ -224,20 +231,40 @@ impl Shader {
                     "quant_sg.wgsl"
                 )
             }
-            Shader::QuantTg => with_fma!("quant_io.wgsl", "quant_tg.wgsl", "tg_x.wgsl"),
+            Shader::QuantTg => with_fma!(
+                "quant_io.wgsl",
+                "tg_sg.wgsl",
+                "quant_tg.wgsl",
+                "tg_x.wgsl",
+                "tg_exact.wgsl"
+            ),
             Shader::QuantTgRope => with_fma!(
                 "quant_io.wgsl",
+                "tg_sg.wgsl",
                 "quant_tg.wgsl",
                 "tg_x.wgsl",
                 "rope_common.wgsl",
                 "tg_rope.wgsl"
             ),
-            Shader::QuantTgQ8 => {
-                with_fma!("quant_io.wgsl", "quant_tg.wgsl", "tg_x.wgsl", "tg_q8.wgsl")
-            }
-            Shader::QuantTgFused => {
-                with_fma!("quant_io.wgsl", "quant_tg.wgsl", "tg_fused.wgsl")
-            }
+            Shader::QuantTgQ8 => with_fma!(
+                "quant_io.wgsl",
+                "tg_sg.wgsl",
+                "quant_tg.wgsl",
+                "tg_x.wgsl",
+                "tg_q8.wgsl"
+            ),
+            Shader::QuantTgFused => with_fma!(
+                "quant_io.wgsl",
+                "tg_emu.wgsl",
+                "quant_tg.wgsl",
+                "tg_fused.wgsl"
+            ),
+            Shader::QuantTgFusedSg => with_fma!(
+                "quant_io.wgsl",
+                "tg_sg.wgsl",
+                "quant_tg.wgsl",
+                "tg_fused.wgsl"
+            ),
             Shader::Scale => with_fma!("scale.wgsl"),
         }
     }
@@ -260,6 +287,7 @@ impl Shader {
             Shader::QuantTgRope => "quant_tg.wgsl+tg_rope.wgsl",
             Shader::QuantTgQ8 => "quant_tg.wgsl+tg_q8.wgsl",
             Shader::QuantTgFused => "quant_tg.wgsl+tg_fused.wgsl",
+            Shader::QuantTgFusedSg => "quant_tg.wgsl+tg_fused.wgsl+tg_sg.wgsl",
             Shader::Scale => "scale.wgsl",
             Shader::QuantFast => "quant.wgsl+fast.wgsl",
             Shader::AttentionFast => "attn_fast.wgsl",
@@ -282,6 +310,7 @@ impl Shader {
             | Shader::QuantTg
             | Shader::QuantTgQ8
             | Shader::QuantTgFused
+            | Shader::QuantTgFusedSg
             | Shader::QuantFast
             | Shader::QuantWide
             | Shader::QuantWideSg
@@ -379,20 +408,23 @@ pub fn fast_keeps_exact(ty: GgmlType, subgroup32: bool) -> bool {
 /// the activations: 640 vectors, the quants and the scales of 8,192 values).
 pub const TG_FUSED_MAX_K: u32 = 8192;
 
-/// Whether the fast mode's single-token products of a `ty` matrix with rows
-/// of `k` values take `tg_fused.wgsl` (the exact kernels' integer dot
-/// products, the activations made and rounded in each workgroup, so that
-/// the norm, SwiGLU or rounding before them takes no dispatch): where
-/// [`fast_keeps_exact`] holds and the row fits its workgroup copy, and only
-/// with `STRATA_TG_FUSED=1` for now. The kernel needs 32-wide subgroups,
-/// which no CI device has (llvmpipe's are 8 or 16 wide, see
-/// [`crate::DeviceCaps::subgroup32`]), and it has not yet been run on one:
-/// it stays off by default until a sitting on the H100 measures its
-/// agreement and speed against `q4k_tg`/`q6k_tg` with their norm and
-/// SwiGLU dispatches.
-pub fn tg_fused_fits(ty: GgmlType, k: u32, subgroup32: bool) -> bool {
-    fast_keeps_exact(ty, subgroup32)
-        && k.is_multiple_of(256)
+/// Whether the fast mode's single-token products of a `ty` matrix (Q4_K,
+/// Q5_K, Q6_K, Q8_0) with rows of `k` values take `tg_fused.wgsl` (the exact
+/// K-quant kernels' integer dot products, Q8_0's a block a lane, the
+/// activations made and rounded in each
+/// workgroup, so that the norm, SwiGLU or rounding before them takes no
+/// dispatch): where the row fits its workgroup copy, and only with
+/// `STRATA_TG_FUSED=1` for now. Its speed is for devices with 32-wide
+/// subgroups ([`Shader::QuantTgFusedSg`]), and none has run it yet: it stays
+/// off by default until a sitting on the H100 measures it against
+/// `q4k_tg`/`q6k_tg` with their norm and SwiGLU dispatches. Elsewhere it
+/// takes the exchanges through workgroup memory ([`Shader::QuantTgFused`]),
+/// which is how CI's llvmpipe checks its arithmetic.
+pub fn tg_fused_fits(ty: GgmlType, k: u32) -> bool {
+    matches!(
+        ty,
+        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K | GgmlType::Q8_0
+    ) && k.is_multiple_of(256)
         && k <= TG_FUSED_MAX_K
         && std::env::var("STRATA_TG_FUSED").is_ok_and(|v| v == "1")
 }
@@ -552,7 +584,7 @@ pub(crate) enum Kernel {
     /// `q4_0_tg`).
     Tg(GgmlType),
     /// The fast mode's single-token product of a `ty` matrix (Q4_K, Q5_K,
-    /// Q6_K) through `tg_fused.wgsl`, with prologue 0 (x), 1 (RMSNorm), 2
+    /// Q6_K, Q8_0) through `tg_fused.wgsl`, with prologue 0 (x), 1 (RMSNorm), 2
     /// (SwiGLU) or 3 (GeGLU) and [`tg_fused_rows`] rows a subgroup.
     TgFused(GgmlType, u32, u32),
     /// `Tg(Q4_K)` with RoPE and the cache writes of a stacked query/key

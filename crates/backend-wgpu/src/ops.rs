@@ -867,7 +867,7 @@ impl OpBuilder<'_> {
                 up_base,
             } => (3, gate, gate_base, up, up_base, 0.0),
         };
-        let fused = crate::kernels::tg_fused_fits(w.ty, w.k, self.ctx.caps().subgroup32);
+        let fused = crate::kernels::tg_fused_fits(w.ty, w.k);
         let wide = crate::kernels::wide_fits(w.ty, w.row_bytes);
         w.parts
             .iter()

@@ -265,3 +265,74 @@ fn gemma3_fast_mode_within_its_bound() {
         }
     }
 }
+
+/// The fused single-token products (`tg_fused.wgsl`, switched on by
+/// `STRATA_TG_FUSED=1`: the norm, SwiGLU or GeGLU before a Q4_K, Q5_K,
+/// Q6_K or Q8_0 product made inside it and rounded to 8-bit blocks of 256
+/// (Q8_0: 32) in each workgroup, then integer dot products) on this
+/// device: llvmpipe takes them with the 32-wide lane exchanges through
+/// workgroup memory (`tg_emu.wgsl`), so CI checks their arithmetic. Decoded
+/// token by token against the CPU's decoding, within the fast mode's bounds
+/// (SmolLM2: twice llama.cpp's batch-vs-decode KLD, top-1 ≥ 94%; gemma3's
+/// fixture: mean KLD ≤ 1e-2, top-1 ≥ 90%). Their K-quant rounding is
+/// ggml's Q8_K but for the scale's sign and the clamp, so they land nearer
+/// the CPU than the float products do. Run in a child process, since the variable
+/// must be set before any program is compiled.
+#[test]
+fn fused_products_within_the_bound() {
+    use crate::common::{arch_file, n_vocab, tokens};
+    if std::env::var_os("STRATA_TG_FUSED_CHILD").is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "fast::fused_products_within_the_bound",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env("STRATA_TG_FUSED_CHILD", "1")
+            .env("STRATA_TG_FUSED", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        for line in err.lines().filter(|l| l.contains("fused")) {
+            eprintln!("{line}");
+        }
+        assert!(out.status.success(), "child failed: {err}");
+        return;
+    }
+    let original = model_cache::default_model().expect("default model");
+    let toks = passage();
+    for ftype in ["Q4_K_M", "Q5_K_M", "Q8_0"] {
+        let path = ladder_file(&original, ftype);
+        let (want, fast, n) = cpu_and_fast(&path, &toks);
+        let (kld, top1) = kld_top1(&want, &fast, n);
+        let batch = cpu_decode(&path, &toks, &[], true);
+        let (kld_own, _) = kld_top1(&want, &batch, n);
+        eprintln!(
+            "SmolLM2 {ftype}, fused products, {} tokens decoded: mean KLD {kld:.3e} \
+             against the CPU's decoding (llama.cpp's batch: {kld_own:.3e}), same top-1 {:.1}%",
+            toks.len(),
+            top1 * 100.0
+        );
+        assert!(
+            kld <= 2.0 * kld_own.max(1e-4) && top1 >= 0.94,
+            "{ftype}: fused mean KLD {kld:.3e} (llama.cpp's own {kld_own:.3e}), top-1 {top1}"
+        );
+    }
+    let path = arch_file("gemma3", "Q4_K_M");
+    let toks = tokens(n_vocab(&path), 40);
+    let want = cpu_decode(&path, &toks[..1], &toks[1..], false);
+    let n = want.len() / toks.len();
+    let (got, dispatches) = gpu_steps(&path, &toks, GpuOptions { exact: false });
+    let (kld, top1) = kld_top1(&want, &got, n);
+    eprintln!(
+        "gemma3 Q4_K_M, fused products, {} tokens decoded ({dispatches} dispatches a \
+         step): mean KLD {kld:.3e} against the CPU, same top-1 {:.1}%",
+        toks.len(),
+        top1 * 100.0
+    );
+    assert!(
+        kld <= 1e-2 && top1 >= 0.9,
+        "gemma3 fused: mean KLD {kld:.3e}, top-1 {top1}"
+    );
+}

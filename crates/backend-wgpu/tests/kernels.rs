@@ -1471,3 +1471,39 @@ fn fast_batch_products_all_formats() {
         }
     }
 }
+
+/// The 32-wide subgroup kernels run only where a probe finds the subgroups
+/// they assume (32 consecutive invocations): llvmpipe told to use 1024-bit
+/// vectors reports 32-wide subgroups but runs 16 lanes, and took them
+/// without the probe (its exact logits then left the CPU's bits). Checked
+/// in a child process, since the variable must be set before the driver
+/// loads; elsewhere than llvmpipe the child's device is another and only
+/// its probe's verdict is printed.
+#[test]
+fn subgroup_probe_rejects_a_wrong_report() {
+    if std::env::var_os("STRATA_SUBGROUP_PROBE_CHILD").is_some() {
+        let caps = ctx().caps().clone();
+        println!("PROBE name={} subgroup32={}", caps.name, caps.subgroup32);
+        return;
+    }
+    let out = std::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "kernels::subgroup_probe_rejects_a_wrong_report",
+            "--nocapture",
+        ])
+        .env("STRATA_SUBGROUP_PROBE_CHILD", "1")
+        .env("LP_NATIVE_VECTOR_WIDTH", "1024")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "child failed: {text}");
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("PROBE "))
+        .unwrap_or_else(|| panic!("no probe line in {text}"));
+    eprintln!("{line}");
+    if line.contains("llvmpipe") && line.contains("1024 bits") {
+        assert!(line.ends_with("subgroup32=false"), "{line}");
+    }
+}

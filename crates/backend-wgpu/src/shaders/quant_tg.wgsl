@@ -28,10 +28,10 @@ fn tg_dot8(w0: vec4<u32>, w1: vec4<u32>, a0: vec4<u32>, a1: vec4<u32>) -> i32 {
 // hsum_float_8 of v over invocations 0 .. 7 of the subgroup (ggml's eight
 // vec_dot lanes), in every invocation. Every invocation must call it.
 fn hsum_lanes8(v: f32) -> f32 {
-    let lo = vec4<f32>(subgroupShuffle(v, 0u), subgroupShuffle(v, 1u),
-                       subgroupShuffle(v, 2u), subgroupShuffle(v, 3u));
-    let hi = vec4<f32>(subgroupShuffle(v, 4u), subgroupShuffle(v, 5u),
-                       subgroupShuffle(v, 6u), subgroupShuffle(v, 7u));
+    let lo = vec4<f32>(sg_f32(v, 0u), sg_f32(v, 1u),
+                       sg_f32(v, 2u), sg_f32(v, 3u));
+    let hi = vec4<f32>(sg_f32(v, 4u), sg_f32(v, 5u),
+                       sg_f32(v, 6u), sg_f32(v, 7u));
     return hsum_float_8(lo, hi);
 }
 
@@ -61,14 +61,14 @@ fn bsum_pair(v: u32) -> i32 {
 // shuffled and then multiplied waited out the shuffle at every pass); the
 // step's super-blocks past nsb are left out.
 fn q4k_steps(acc: ptr<function, vec2<f32>>, f: vec4<f32>, sb0: u32, nsb: u32) {
-    let g0 = subgroupShuffle(f, 0u);
-    let g1 = subgroupShuffle(f, 4u);
-    let g2 = subgroupShuffle(f, 8u);
-    let g3 = subgroupShuffle(f, 12u);
-    let g4 = subgroupShuffle(f, 16u);
-    let g5 = subgroupShuffle(f, 20u);
-    let g6 = subgroupShuffle(f, 24u);
-    let g7 = subgroupShuffle(f, 28u);
+    let g0 = sg_vec4(f, 0u);
+    let g1 = sg_vec4(f, 4u);
+    let g2 = sg_vec4(f, 8u);
+    let g3 = sg_vec4(f, 12u);
+    let g4 = sg_vec4(f, 16u);
+    let g5 = sg_vec4(f, 20u);
+    let g6 = sg_vec4(f, 24u);
+    let g7 = sg_vec4(f, 28u);
     let n = nsb - sb0;
     var a = q4k_fstep(*acc, g0);
     if (n > 1u) { a = q4k_fstep(a, g1); }
@@ -117,26 +117,16 @@ fn q4k_dot(row: u32, t: u32) -> f32 {
         if (dm.y != 0.0) {
             m = sm0.y * bsum_pair(cs.y) + sm1.y * bsum_pair(cs.w);
         }
-        s += subgroupShuffleXor(s, 1u);
-        s += subgroupShuffleXor(s, 2u);
-        m += subgroupShuffleXor(m, 1u);
-        m += subgroupShuffleXor(m, 2u);
+        s += sg_xor_i32(s, 1u);
+        s += sg_xor_i32(s, 2u);
+        m += sg_xor_i32(m, 1u);
+        m += sg_xor_i32(m, 2u);
         let dy = bitcast<f32>(cs.x);
         q4k_steps(&acc, vec4<f32>(i2f_rn(s), mul_rn(dm.x, dy), i2f_rn(m), mul_rn(dm.y, dy)), sb0, nsb);
     }
     return acc.x - acc.y;
 }
 
-// Grid: (1, ceil(m / TG_ROWS), 1): a subgroup per row.
-@compute @workgroup_size(128)
-fn q4k_tg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
-          @builtin(subgroup_invocation_id) t: u32) {
-    let row_raw = wid.y * TG_ROWS + (lid >> 5u);
-    let v = q4k_dot(min(row_raw, p.m - 1u), t);
-    if (row_raw < p.m && t == 0u) {
-        store(0u, row_raw, v);
-    }
-}
 
 // Word i (of four bytes) of the weights.
 fn tg_w(i: u32) -> u32 {
@@ -169,10 +159,10 @@ fn q6k_term(w: u32, xo: u32, c: u32, sc: vec4<u32>, half: u32) -> i32 {
 // whose (sum, d·d_a) invocation l + 8k holds for super-block sb0 + k.
 // (The four shuffles first, as q4k_steps.)
 fn q6k_steps(acc: ptr<function, f32>, f: vec2<f32>, sb0: u32, nsb: u32, l: u32) {
-    let g0 = subgroupShuffle(f, l);
-    let g1 = subgroupShuffle(f, l + 8u);
-    let g2 = subgroupShuffle(f, l + 16u);
-    let g3 = subgroupShuffle(f, l + 24u);
+    let g0 = sg_vec2(f, l);
+    let g1 = sg_vec2(f, l + 8u);
+    let g2 = sg_vec2(f, l + 16u);
+    let g3 = sg_vec2(f, l + 24u);
     let n = nsb - sb0;
     var a = fma_rn(g0.y, g0.x, *acc);
     if (n > 1u) { a = fma_rn(g1.y, g1.x, a); }
@@ -228,17 +218,6 @@ fn q6k_dot(row: u32, t: u32) -> f32 {
     return hsum_lanes8(acc);
 }
 
-// Grid: as q4k_tg's.
-@compute @workgroup_size(128)
-fn q6k_tg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
-          @builtin(subgroup_invocation_id) t: u32) {
-    let row_raw = wid.y * TG_ROWS + (lid >> 5u);
-    let row = min(row_raw, p.m - 1u);
-    let r = q6k_dot(row, t);
-    if (row_raw < p.m && t == 0u) {
-        store(0u, row, r);
-    }
-}
 
 // Lane l's float steps of Q5_K super-blocks sb0 .. sb0 + 3 (those below
 // nsb): (sum, d·d_a, mins sum, −dmin·d_a) of super-block sb0 + k held by
@@ -246,10 +225,10 @@ fn q6k_tg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
 // first, as q4k_steps.)
 fn q5k_steps(acc: ptr<function, f32>, acc2: ptr<function, f32>, f: vec4<f32>, sb0: u32, nsb: u32,
              l: u32) {
-    let g0 = subgroupShuffle(f, l);
-    let g1 = subgroupShuffle(f, l + 8u);
-    let g2 = subgroupShuffle(f, l + 16u);
-    let g3 = subgroupShuffle(f, l + 24u);
+    let g0 = sg_vec4(f, l);
+    let g1 = sg_vec4(f, l + 8u);
+    let g2 = sg_vec4(f, l + 16u);
+    let g3 = sg_vec4(f, l + 24u);
     let n = nsb - sb0;
     var a = fma_rn(g0.y, g0.x, *acc);
     var a2 = fma_rn(g0.w, g0.z, *acc2);
@@ -312,17 +291,6 @@ fn q5k_dot(row: u32, t: u32) -> f32 {
         q5k_steps(&acc, &acc2, vec4<f32>(i2f_rn(sumi), mul_rn(dy, dm.x), f32(extra), -mul_rn(dy, dm.y)),
                   sb0, nsb, l);
     }
-    return hsum_lanes8(acc) + subgroupShuffle(acc2, 0u);
+    return hsum_lanes8(acc) + sg_f32(acc2, 0u);
 }
 
-// Grid: as q4k_tg's.
-@compute @workgroup_size(128)
-fn q5k_tg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32,
-          @builtin(subgroup_invocation_id) t: u32) {
-    let row_raw = wid.y * TG_ROWS + (lid >> 5u);
-    let row = min(row_raw, p.m - 1u);
-    let r = q5k_dot(row, t);
-    if (row_raw < p.m && t == 0u) {
-        store(0u, row, r);
-    }
-}

@@ -1,5 +1,6 @@
 // tg_fused.wgsl: the fast mode's single-token product with a Q4_K, Q5_K or
-// Q6_K matrix through quant_tg.wgsl's integer dot products, each workgroup
+// Q6_K matrix through quant_tg.wgsl's integer dot products (Q8_0: this
+// file's `q8_0_dot`, its activations in blocks of 32), each workgroup
 // making the token's activations itself: the prologue (PROLOGUE 0: x; 1:
 // RMSNorm(x)·weight; 2: silu(gate)·up; 3: gelu(gate)·up, as
 // fast_wide.wgsl's) rounded to 8-bit blocks of 256 into workgroup memory
@@ -9,10 +10,11 @@
 // attention's output). The RMSNorm's scale is uniform over the row, so the
 // blocks are rounded before it (each block's scale carries it) and the
 // row's sum is multiplied by it. The shader is fma.wgsl, quant_io.wgsl,
-// quant_tg.wgsl, then this file; devices with 32-wide subgroups only.
+// tg_sg.wgsl (32-wide subgroups) or tg_emu.wgsl (their exchanges through
+// workgroup memory, any device), quant_tg.wgsl, then this file.
 //
-// The rounding is the fast mode's, not ggml's Q8_K: d = max|v|/127 per
-// block of 256, q = round(v/d), in this kernel's float order.
+// The rounding is the fast mode's, not ggml's Q8_K (Q8_0): d = max|v|/127
+// per block of 256 (32), q = round(v/d), in this kernel's float order.
 
 override FORMAT: u32 = 12u;
 override PROLOGUE: u32 = 0u;
@@ -60,7 +62,8 @@ fn tgf_pack(q: vec4<f32>) -> u32 {
 
 // Rounds the token's activations into xv: subgroup s takes super-blocks s,
 // s + 8, .., invocation t eight consecutive values of each (so a block of
-// 256 is a subgroup's, and its maximum one subgroupMax). Returns the factor
+// 256 is a subgroup's, and its maximum one sg_max_f32; for Q8_0 weights a
+// scale a block of 32, four invocations' maximum). Returns the factor
 // of the row sums: 1/rms(x) for the norm, else 1. Every invocation must
 // call it: it synchronises.
 fn tgf_prologue(lid: u32, t: u32) -> f32 {
@@ -79,7 +82,18 @@ fn tgf_prologue(lid: u32, t: u32) -> f32 {
         if (valid) {
             sq += bsq;
         }
-        let amax = subgroupMax(max(tgf_max4(abs(v0)), tgf_max4(abs(v1))));
+        let lmax = max(tgf_max4(abs(v0)), tgf_max4(abs(v1)));
+        var amax = 0.0;
+        if (FORMAT == 8u) {
+            // Q8_0: a scale a block of 32 (four invocations; the bits of a
+            // non-negative f32 order as its value).
+            var mu = bitcast<u32>(lmax);
+            mu = max(mu, sg_xor_u32(mu, 1u));
+            mu = max(mu, sg_xor_u32(mu, 2u));
+            amax = bitcast<f32>(mu);
+        } else {
+            amax = sg_max_f32(lmax);
+        }
         var id = 0.0;
         if (amax > 0.0) {
             id = 127.0 / amax;
@@ -91,23 +105,24 @@ fn tgf_prologue(lid: u32, t: u32) -> f32 {
         // Sums of quants (exact): 16 values over invocation pairs, then the
         // block of 32's two halves in its first invocation (4m).
         let s8 = i32(dot(q0 + q1, vec4<f32>(1.0)));
-        let s16 = s8 + subgroupShuffleXor(s8, 1u);
-        let s16b = subgroupShuffleXor(s16, 2u);
+        let s16 = s8 + sg_xor_i32(s8, 1u);
+        let s16b = sg_xor_i32(s16, 2u);
         let bs = (u32(s16) & 0xffffu) | (u32(s16b) << 16u);
-        let pw0 = subgroupShuffleXor(w0, 1u);
-        let pw1 = subgroupShuffleXor(w1, 1u);
-        let pbs = subgroupShuffleXor(bs, 4u);
+        let pw0 = sg_xor_u32(w0, 1u);
+        let pw1 = sg_xor_u32(w1, 1u);
+        let pbs = sg_xor_u32(bs, 4u);
+        let du = bitcast<u32>(amax / 127.0);
+        let pdu = sg_xor_u32(du, 4u);
         if (valid) {
             if ((t & 1u) == 0u) {
                 xv[b * 16u + (t >> 1u)] = vec4<u32>(w0, w1, pw0, pw1);
             }
             if ((t & 7u) == 0u) {
-                let d = bitcast<u32>(amax / 127.0);
-                xv[(p.corr_base >> 2u) + b * 4u + (t >> 3u)] = vec4<u32>(d, bs, d, pbs);
+                xv[(p.corr_base >> 2u) + b * 4u + (t >> 3u)] = vec4<u32>(du, bs, pdu, pbs);
             }
         }
     }
-    let total = subgroupAdd(sq);
+    let total = sg_add_f32(sq);
     if (t == 0u) {
         tgf_sq[s] = total;
     }
@@ -120,13 +135,42 @@ fn tgf_prologue(lid: u32, t: u32) -> f32 {
     return 1.0 / sqrt(ss / f32(p.k) + p.eps);
 }
 
+// Row `row`'s product with Q8_0 weights (34-byte blocks: f16 d, 32
+// quants), which every invocation of its subgroup returns: lane t takes
+// blocks t, t + 32, .. (the quants by 4-byte reads at even offsets,
+// tg_ld32), each block's exact integer sum times d·d_a added in f32, and
+// the lanes' sums meet in sg_add_f32.
+fn q8_0_dot(row: u32, t: u32) -> f32 {
+    let nb = p.k >> 5u;
+    var acc = 0.0;
+    for (var b0 = 0u; b0 < nb; b0 += 32u) {
+        let blk = b0 + t;
+        if (blk < nb) {
+            let o = row * p.row_bytes + 34u * blk;
+            let d = unpack2x16float(tg_ld32(o) & 0xffffu).x;
+            let xa = xv[2u * blk];
+            let xb = xv[2u * blk + 1u];
+            let s = ((dot4I8Packed(tg_ld32(o + 2u), xa.x) + dot4I8Packed(tg_ld32(o + 6u), xa.y))
+                + (dot4I8Packed(tg_ld32(o + 10u), xa.z) + dot4I8Packed(tg_ld32(o + 14u), xa.w)))
+                + ((dot4I8Packed(tg_ld32(o + 18u), xb.x) + dot4I8Packed(tg_ld32(o + 22u), xb.y))
+                + (dot4I8Packed(tg_ld32(o + 26u), xb.z) + dot4I8Packed(tg_ld32(o + 30u), xb.w)));
+            let cs = xv[(p.corr_base >> 2u) + (blk >> 1u)];
+            let da = bitcast<f32>(select(cs.x, cs.z, (blk & 1u) == 1u));
+            acc = fma(f32(s), d * da, acc);
+        }
+    }
+    return sg_add_f32(acc);
+}
+
 // Grid: ceil(m / (8·ROWS_SG)) workgroups (as ops.rs's rows_grid spreads
 // them over x and y); subgroup s takes rows s, s + 8, .. of the
 // workgroup's 8·ROWS_SG.
 @compute @workgroup_size(256)
 fn tg_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-            @builtin(local_invocation_index) lid: u32,
-            @builtin(subgroup_invocation_id) t: u32) {
+            @builtin(local_invocation_index) lid: u32) {
+    sg_lid = lid;
+    // A subgroup's lane (tg_sg.wgsl: the probe found lane lid % 32).
+    let t = lid & 31u;
     let f = tgf_prologue(lid, t);
     let first = (wid.x + wid.y * nwg.x) * (8u * ROWS_SG) + (lid >> 5u);
     for (var r = 0u; r < ROWS_SG; r++) {
@@ -139,6 +183,9 @@ fn tg_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             }
             case 13u: {
                 v = q5k_dot(row, t);
+            }
+            case 8u: {
+                v = q8_0_dot(row, t);
             }
             default: {
                 v = q4k_dot(row, t);
