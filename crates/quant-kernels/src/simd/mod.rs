@@ -460,7 +460,7 @@ pub fn q8_0_panel_for(f: Features) -> Option<Q8_0Panel> {
                 q4_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_avx2::<Q4_0>(w, p) },
                 pack16: Some(|a, out| pack_q8_0(a, out, 0)),
                 x16: [
-                    Some(|w, r, p, o| unsafe { x86_panel::dot_q8_0x16_avx2(w, r, p, o) }),
+                    Some(|w, r, p, o| unsafe { x86_panel::dot_q8_0x16_avx2::<Q8_0>(w, r, p, o) }),
                     None,
                     None,
                 ],

@@ -654,53 +654,91 @@ fn dot_q8_0x16_rows<const T: u8, const R: usize>(
 // Q8_0 weights against lane-major Q8_0x16 panels with AVX2.
 // ---------------------------------------------------------------------------
 
-/// Q8_0 weight rows times [`Q8_0x16`] panels packed as they are (AVX2):
-/// `out[i·panels + g]` is row `i` times panel `g`.
+/// A weight block decoded once a row for [`lanes8_avx2`]: its quants as
+/// signed bytes and as their magnitudes (ggml's sign trick multiplies |w|
+/// by the activations with w's signs), and its scale.
+#[repr(C, align(32))]
+#[derive(Clone, Copy)]
+struct SignedBlock {
+    q: [u8; 32],
+    a: [u8; 32],
+    d: f32,
+}
+
+/// Weight rows of `T` (Q8_0, Q5_0, Q4_0) times [`Q8_0x16`] panels packed
+/// as they are (AVX2): `out[i·panels + g]` is row `i` times panel `g`.
 ///
-/// Lane-major, eight activation rows a vector: for ggml's lane `l` of a
-/// block, the weight's four bytes `4l..4l + 4` broadcast from memory meet
-/// `qs[l]` (those bytes of each activation row), with ggml's sign trick,
-/// maddubs and madd — each activation row's lane gets the exact 32-bit sum
-/// ggml's lane `l` holds — then its conversion and FMA with `d_w·d_a`, one
-/// accumulator per lane `l`. The accumulators are summed across in
-/// `hsum_float_8`'s order. Against [`dot_q8_0x8_avx2`] a block costs no
-/// scale broadcasts (the scales are one vector for eight rows).
+/// Each row's blocks are decoded once ([`SignedBlock`]) for the row's
+/// sixteen passes (every panel, both halves). Lane-major, eight activation
+/// rows a vector: for ggml's lane `l` of a block, the weight's four bytes
+/// `4l..4l + 4` (signed, and their magnitudes) broadcast from the decoded
+/// row meet `qs[l]` (those bytes of each activation row), with ggml's sign
+/// trick, maddubs and madd — each activation row's lane gets the exact
+/// 32-bit sum ggml's lane `l` holds — then its conversion and FMA with
+/// `d_w·d_a`, one accumulator per lane `l`. The accumulators are summed
+/// across in `hsum_float_8`'s order. Against [`dot_q8_0x8_avx2`] a block
+/// costs no scale broadcasts (the scales are one vector for eight rows),
+/// and against taking `|w|` in the pass one vector instruction fewer per
+/// lane (measured: the pass was bound by those instructions).
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn dot_q8_0x16_avx2(w: &[u8], rows: usize, p: &[Q8_0x16], out: &mut [[f32; 16]]) {
+pub(super) fn dot_q8_0x16_avx2<const T: u8>(
+    w: &[u8],
+    rows: usize,
+    p: &[Q8_0x16],
+    out: &mut [[f32; 16]],
+) {
     let row_bytes = w.len() / rows.max(1);
     assert_eq!(w.len(), rows * row_bytes);
-    let nb = row_bytes / block_bytes::<Q8_0>();
-    assert_eq!(row_bytes, nb * block_bytes::<Q8_0>());
+    let nb = row_bytes / block_bytes::<T>();
+    assert_eq!(row_bytes, nb * block_bytes::<T>());
     assert!(nb > 0 && p.len().is_multiple_of(nb));
     let panels = p.len() / nb;
     assert_eq!(out.len(), rows * panels);
+    let zero = SignedBlock {
+        q: [0; 32],
+        a: [0; 32],
+        d: 0.0,
+    };
+    let mut dec = vec![zero; nb];
     for (wr, out) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(panels)) {
+        for (blk, db) in wr.chunks_exact(block_bytes::<T>()).zip(dec.iter_mut()) {
+            let (qs, d) = weight_block::<T>(blk);
+            // SAFETY: `q` and `a` are 32 bytes each, 32-byte aligned (the
+            // struct's alignment; `q` at offset 0, `a` at 32).
+            unsafe {
+                _mm256_store_si256(db.q.as_mut_ptr().cast(), qs);
+                _mm256_store_si256(db.a.as_mut_ptr().cast(), _mm256_abs_epi8(qs));
+            }
+            db.d = _mm_cvtss_f32(d);
+        }
         for (pg, out) in p.chunks_exact(nb).zip(out.iter_mut()) {
             for (h, out) in out.chunks_exact_mut(8).enumerate() {
-                out.copy_from_slice(&lanes8_avx2(wr, pg, h));
+                out.copy_from_slice(&lanes8_avx2(&dec, pg, h));
             }
         }
     }
 }
 
-/// One Q8_0 weight row times activation rows `8h..8h + 8` of a panel (see
-/// [`dot_q8_0x16_avx2`]).
+/// One decoded weight row times activation rows `8h..8h + 8` of a panel
+/// (see [`dot_q8_0x16_avx2`]).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn lanes8_avx2(w: &[u8], p: &[Q8_0x16], h: usize) -> [f32; 8] {
+fn lanes8_avx2(w: &[SignedBlock], p: &[Q8_0x16], h: usize) -> [f32; 8] {
     assert!(h < 2);
     let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); 8];
-    for (blk, p) in w.chunks_exact(block_bytes::<Q8_0>()).zip(p) {
-        let (_, dw) = weight_block::<Q8_0>(blk);
-        let d = _mm256_mul_ps(_mm256_broadcastss_ps(dw), load8_at(&p.d, 8 * h));
+    let word = |b: &[u8; 32], l: usize| {
+        let q: &[u8; 4] = b[4 * l..4 * l + 4].try_into().expect("4 bytes");
+        _mm256_set1_epi32(i32::from_le_bytes(*q))
+    };
+    for (db, p) in w.iter().zip(p) {
+        let d = _mm256_mul_ps(_mm256_set1_ps(db.d), load8_at(&p.d, 8 * h));
         for (l, acc) in acc.iter_mut().enumerate() {
-            let q: &[u8; 4] = blk[2 + 4 * l..6 + 4 * l].try_into().expect("4 bytes");
-            let wb = _mm256_set1_epi32(i32::from_le_bytes(*q));
+            let (wb, ab) = (word(&db.q, l), word(&db.a, l));
             // SAFETY: `qs[l]` is 64 bytes at offset 64l of a 64-byte
             // aligned struct; its half `h` is 32 bytes, 32-byte aligned.
             let qa = unsafe { _mm256_load_si256(p.qs[l].as_ptr().add(32 * h).cast()) };
-            let dot = _mm256_maddubs_epi16(_mm256_sign_epi8(wb, wb), _mm256_sign_epi8(qa, wb));
+            let dot = _mm256_maddubs_epi16(ab, _mm256_sign_epi8(qa, wb));
             let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, dot));
             *acc = _mm256_fmadd_ps(d, q, *acc);
         }
