@@ -668,8 +668,9 @@ struct SignedBlock {
 /// Weight rows of `T` (Q8_0, Q5_0, Q4_0) times [`Q8_0x16`] panels packed
 /// as they are (AVX2): `out[i·panels + g]` is row `i` times panel `g`.
 ///
-/// Each row's blocks are decoded once ([`SignedBlock`]) for the row's
-/// sixteen passes (every panel, both halves). Lane-major, eight activation
+/// The rows' blocks are decoded once ([`SignedBlock`]) for all their
+/// passes (every panel, both halves), and each panel meets every row in
+/// turn while it is in L1. Lane-major, eight activation
 /// rows a vector: for ggml's lane `l` of a block, the weight's four bytes
 /// `4l..4l + 4` (signed, and their magnitudes) broadcast from the decoded
 /// row meet `qs[l]` (those bytes of each activation row), with ggml's sign
@@ -699,21 +700,23 @@ pub(super) fn dot_q8_0x16_avx2<const T: u8>(
         a: [0; 32],
         d: 0.0,
     };
-    let mut dec = vec![zero; nb];
-    for (wr, out) in w.chunks_exact(row_bytes).zip(out.chunks_exact_mut(panels)) {
-        for (blk, db) in wr.chunks_exact(block_bytes::<T>()).zip(dec.iter_mut()) {
-            let (qs, d) = weight_block::<T>(blk);
-            // SAFETY: `q` and `a` are 32 bytes each, 32-byte aligned (the
-            // struct's alignment; `q` at offset 0, `a` at 32).
-            unsafe {
-                _mm256_store_si256(db.q.as_mut_ptr().cast(), qs);
-                _mm256_store_si256(db.a.as_mut_ptr().cast(), _mm256_abs_epi8(qs));
-            }
-            db.d = _mm_cvtss_f32(d);
+    let mut dec = vec![zero; rows * nb];
+    for (blk, db) in w.chunks_exact(block_bytes::<T>()).zip(dec.iter_mut()) {
+        let (qs, d) = weight_block::<T>(blk);
+        // SAFETY: `q` and `a` are 32 bytes each, 32-byte aligned (the
+        // struct's alignment; `q` at offset 0, `a` at 32).
+        unsafe {
+            _mm256_store_si256(db.q.as_mut_ptr().cast(), qs);
+            _mm256_store_si256(db.a.as_mut_ptr().cast(), _mm256_abs_epi8(qs));
         }
-        for (pg, out) in p.chunks_exact(nb).zip(out.iter_mut()) {
+        db.d = _mm_cvtss_f32(d);
+    }
+    // Panel by panel, every row against it while it is in L1.
+    for (g, pg) in p.chunks_exact(nb).enumerate() {
+        for (i, row) in dec.chunks_exact(nb).enumerate() {
+            let out = &mut out[i * panels + g];
             for (h, out) in out.chunks_exact_mut(8).enumerate() {
-                out.copy_from_slice(&lanes8_avx2(&dec, pg, h));
+                out.copy_from_slice(&lanes8_avx2(row, pg, h));
             }
         }
     }
