@@ -1,6 +1,11 @@
-// quant_tg.wgsl: the exact products of a single token with Q4_K and Q6_K
-// matrices (token generation), for devices whose subgroups are exactly 32
-// wide. The shader is fma.wgsl, quant_io.wgsl, then this file.
+// quant_tg.wgsl: the exact products of a single token with Q4_K, Q5_K and
+// Q6_K matrices (token generation), a row's product over a subgroup of 32:
+// the lane exchanges are tg_sg.wgsl's (devices whose subgroups are exactly
+// 32 wide) or tg_emu.wgsl's (workgroup memory, for tg_fused.wgsl on any
+// device). The shader is fma.wgsl, quant_io.wgsl, one of those two, then
+// this file, then the entry points' file (tg_exact.wgsl, tg_rope.wgsl,
+// tg_q8.wgsl, tg_fused.wgsl; tg_x.wgsl binds the activations for the
+// exact ones).
 //
 // They compute kdot_sg's bits (quant.wgsl's k_* functions are the
 // specification: the same exact integer sums, the same float steps in the
