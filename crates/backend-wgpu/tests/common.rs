@@ -193,3 +193,25 @@ pub fn n_vocab(path: &std::path::Path) -> usize {
     let mut s = cpu.session(&SessionOptions::default()).unwrap();
     s.forward(&[1], LogitsMode::Last).unwrap().len()
 }
+
+/// The variable naming the test a child run of this binary is for
+/// ([`run_child`]).
+const CHILD_ENV: &str = "STRATA_TEST_CHILD";
+
+/// Whether this process is [`run_child`]'s run of `test`.
+pub fn is_child(test: &str) -> bool {
+    std::env::var(CHILD_ENV).is_ok_and(|v| v == test)
+}
+
+/// Runs test `test` (its path, `module::name`) alone in a child process of
+/// this test binary, with `env` set (variables that must be set before the
+/// driver loads or any program is compiled) and [`is_child`] true for it;
+/// returns what it printed and how it ended.
+pub fn run_child(test: &str, env: &[(&str, &str)]) -> std::process::Output {
+    std::process::Command::new(std::env::current_exe().expect("the test binary's path"))
+        .args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(CHILD_ENV, test)
+        .envs(env.iter().copied())
+        .output()
+        .expect("the test binary runs again")
+}

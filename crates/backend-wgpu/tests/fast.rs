@@ -281,18 +281,9 @@ fn gemma3_fast_mode_within_its_bound() {
 #[test]
 fn fused_products_within_the_bound() {
     use crate::common::{arch_file, n_vocab, tokens};
-    if std::env::var_os("STRATA_TG_FUSED_CHILD").is_none() {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "fast::fused_products_within_the_bound",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env("STRATA_TG_FUSED_CHILD", "1")
-            .env("STRATA_TG_FUSED", "1")
-            .output()
-            .unwrap();
+    const NAME: &str = "fast::fused_products_within_the_bound";
+    if !crate::common::is_child(NAME) {
+        let out = crate::common::run_child(NAME, &[("STRATA_TG_FUSED", "1")]);
         let err = String::from_utf8_lossy(&out.stderr);
         for line in err.lines().filter(|l| l.contains("fused")) {
             eprintln!("{line}");

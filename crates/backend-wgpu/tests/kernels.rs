@@ -1481,21 +1481,14 @@ fn fast_batch_products_all_formats() {
 /// its probe's verdict is printed.
 #[test]
 fn subgroup_probe_rejects_a_wrong_report() {
-    if std::env::var_os("STRATA_SUBGROUP_PROBE_CHILD").is_some() {
+    const NAME: &str = "kernels::subgroup_probe_rejects_a_wrong_report";
+    if crate::common::is_child(NAME) {
         let caps = ctx().caps().clone();
-        println!("PROBE name={} subgroup32={}", caps.name, caps.subgroup32);
+        // On a line of its own (the harness has begun the test's line).
+        println!("\nPROBE name={} subgroup32={}", caps.name, caps.subgroup32);
         return;
     }
-    let out = std::process::Command::new(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "kernels::subgroup_probe_rejects_a_wrong_report",
-            "--nocapture",
-        ])
-        .env("STRATA_SUBGROUP_PROBE_CHILD", "1")
-        .env("LP_NATIVE_VECTOR_WIDTH", "1024")
-        .output()
-        .unwrap();
+    let out = crate::common::run_child(NAME, &[("LP_NATIVE_VECTOR_WIDTH", "1024")]);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "child failed: {text}");
     let line = text
