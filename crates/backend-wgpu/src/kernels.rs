@@ -411,44 +411,29 @@ pub const TG_FUSED_MAX_K: u32 = 8192;
 /// Whether the fast mode's single-token products of a `ty` matrix (Q4_K,
 /// Q5_K, Q6_K, Q8_0) with rows of `k` values take `tg_fused.wgsl` (the exact
 /// K-quant kernels' integer dot products, Q8_0's a block a lane, the
-/// activations made and rounded in each
-/// workgroup, so that the norm, SwiGLU or rounding before them takes no
-/// dispatch): where the row fits its workgroup copy, and only with
-/// `STRATA_TG_FUSED=1` for now. Its speed is for devices with 32-wide
-/// subgroups ([`Shader::QuantTgFusedSg`]), and none has run it yet: it stays
-/// off by default until a sitting on the H100 measures it against
-/// `q4k_tg`/`q6k_tg` with their norm and SwiGLU dispatches. Elsewhere it
-/// takes the exchanges through workgroup memory ([`Shader::QuantTgFused`]),
-/// which is how CI's llvmpipe checks its arithmetic.
-pub fn tg_fused_fits(ty: GgmlType, k: u32) -> bool {
-    matches!(
-        ty,
-        GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K | GgmlType::Q8_0
-    ) && k.is_multiple_of(256)
+/// activations made and rounded in each workgroup, so that the norm, SwiGLU
+/// or rounding before them takes no dispatch): where the row fits its
+/// workgroup copy, on devices with 32-wide subgroups (`subgroup32`,
+/// [`Shader::QuantTgFusedSg`]). On an H100 (TinyLlama shape, tg128 with a
+/// read-back per token, two interleaved rounds) it decoded Q4_K_M at 721
+/// t/s against 617 with `q4k_tg`/`q6k_tg` and their norm and SwiGLU
+/// dispatches, Q8_0 at 740 against 531 with `fmv_wide`. Elsewhere its
+/// exchanges go through workgroup memory ([`Shader::QuantTgFused`]), which
+/// is how CI's llvmpipe checks its arithmetic: `STRATA_TG_FUSED=1` takes it
+/// there too, `STRATA_TG_FUSED=0` leaves it everywhere (measurements).
+pub fn tg_fused_fits(ty: GgmlType, k: u32, subgroup32: bool) -> bool {
+    let wanted = match std::env::var("STRATA_TG_FUSED").as_deref() {
+        Ok("1") => true,
+        Ok("0") => false,
+        _ => subgroup32,
+    };
+    wanted
+        && matches!(
+            ty,
+            GgmlType::Q4_K | GgmlType::Q5_K | GgmlType::Q6_K | GgmlType::Q8_0
+        )
+        && k.is_multiple_of(256)
         && k <= TG_FUSED_MAX_K
-        && std::env::var("STRATA_TG_FUSED").is_ok_and(|v| v == "1")
-}
-
-/// Rows each subgroup of `tg_fused` takes over a matrix of `m` rows: four
-/// where that still leaves 256 workgroups (of eight subgroups), two where
-/// it leaves 256 with two, else one (every workgroup rounds the whole
-/// activation vector once for its rows). `STRATA_TG_ROWS` (1, 2 or 4)
-/// overrides it, for measurements.
-pub fn tg_fused_rows(m: u32) -> u32 {
-    if let Some(r) = std::env::var("STRATA_TG_ROWS")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-        .filter(|r| matches!(r, 1 | 2 | 4))
-    {
-        return r;
-    }
-    if m >= 8 * 4 * 256 {
-        4
-    } else if m >= 8 * 2 * 256 {
-        2
-    } else {
-        1
-    }
 }
 
 /// Rows each lane set of `fmv_wide` takes at once over a `ty` matrix
@@ -585,8 +570,8 @@ pub(crate) enum Kernel {
     Tg(GgmlType),
     /// The fast mode's single-token product of a `ty` matrix (Q4_K, Q5_K,
     /// Q6_K, Q8_0) through `tg_fused.wgsl`, with prologue 0 (x), 1 (RMSNorm), 2
-    /// (SwiGLU) or 3 (GeGLU) and [`tg_fused_rows`] rows a subgroup.
-    TgFused(GgmlType, u32, u32),
+    /// (SwiGLU) or 3 (GeGLU).
+    TgFused(GgmlType, u32),
     /// `Tg(Q4_K)` with RoPE and the cache writes of a stacked query/key
     /// (/value) projection (`tg_rope.wgsl`: `q4k_tg_rope`).
     TgRope,
@@ -756,10 +741,9 @@ impl Kernel {
                 ("PROLOGUE", f64::from(prologue)),
                 ("WIDE_ROWS", f64::from(rows)),
             ],
-            Kernel::TgFused(t, prologue, rows) => vec![
+            Kernel::TgFused(t, prologue) => vec![
                 ("FORMAT", f64::from(t.id())),
                 ("PROLOGUE", f64::from(prologue)),
-                ("ROWS_SG", f64::from(rows)),
             ],
             Kernel::MmFast(t, _) => vec![("FORMAT", f64::from(t.id()))],
             Kernel::AttentionFlash(nc) => vec![("NC", f64::from(nc))],

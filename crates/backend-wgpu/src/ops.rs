@@ -867,18 +867,17 @@ impl OpBuilder<'_> {
                 up_base,
             } => (3, gate, gate_base, up, up_base, 0.0),
         };
-        let fused = crate::kernels::tg_fused_fits(w.ty, w.k);
+        let fused = crate::kernels::tg_fused_fits(w.ty, w.k, self.ctx.caps().subgroup32);
         let wide = crate::kernels::wide_fits(w.ty, w.row_bytes);
         w.parts
             .iter()
             .map(|part| {
                 let (kernel, grid) = if fused {
-                    let rows = crate::kernels::tg_fused_rows(part.rows);
                     (
-                        Kernel::TgFused(w.ty, kind, rows),
+                        Kernel::TgFused(w.ty, kind),
                         Grid::Wide {
                             m: part.rows,
-                            rows: 8 * rows,
+                            rows: 8,
                         },
                     )
                 } else if wide {

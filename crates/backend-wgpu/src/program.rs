@@ -778,7 +778,7 @@ impl<'a> Lowering<'a> {
     /// `fmv_wide`'s 17.3.
     fn float_product(&self, w: &GpuMatrix, x: NodeId) -> bool {
         let sg32 = self.ctx.caps().subgroup32;
-        if crate::kernels::tg_fused_fits(w.ty, w.k) {
+        if crate::kernels::tg_fused_fits(w.ty, w.k, sg32) {
             return true;
         }
         if crate::kernels::fast_keeps_exact(w.ty, sg32)

@@ -18,8 +18,6 @@
 
 override FORMAT: u32 = 12u;
 override PROLOGUE: u32 = 0u;
-// Rows each subgroup takes (the workgroup: eight subgroups, 8·ROWS_SG rows).
-override ROWS_SG: u32 = 1u;
 
 @group(0) @binding(1) var<storage, read> x: array<vec4<f32>>;
 @group(0) @binding(5) var<storage, read> aux: array<vec4<f32>>;
@@ -162,9 +160,10 @@ fn q8_0_dot(row: u32, t: u32) -> f32 {
     return sg_add_f32(acc);
 }
 
-// Grid: ceil(m / (8·ROWS_SG)) workgroups (as ops.rs's rows_grid spreads
-// them over x and y); subgroup s takes rows s, s + 8, .. of the
-// workgroup's 8·ROWS_SG.
+// Grid: ceil(m / 8) workgroups (as ops.rs's rows_grid spreads them over x
+// and y); subgroup s takes row s of the workgroup's eight. (Two or four
+// rows a subgroup, rounding the activations once for more rows, decoded
+// slower on an H100: TinyLlama Q4_K_M 650 and 525 t/s against 721.)
 @compute @workgroup_size(256)
 fn tg_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
             @builtin(local_invocation_index) lid: u32) {
@@ -172,27 +171,24 @@ fn tg_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     // A subgroup's lane (tg_sg.wgsl: the probe found lane lid % 32).
     let t = lid & 31u;
     let f = tgf_prologue(lid, t);
-    let first = (wid.x + wid.y * nwg.x) * (8u * ROWS_SG) + (lid >> 5u);
-    for (var r = 0u; r < ROWS_SG; r++) {
-        let row_raw = first + 8u * r;
-        let row = min(row_raw, p.m - 1u);
-        var v = 0.0;
-        switch FORMAT {
-            case 14u: {
-                v = q6k_dot(row, t);
-            }
-            case 13u: {
-                v = q5k_dot(row, t);
-            }
-            case 8u: {
-                v = q8_0_dot(row, t);
-            }
-            default: {
-                v = q4k_dot(row, t);
-            }
+    let row_raw = (wid.x + wid.y * nwg.x) * 8u + (lid >> 5u);
+    let row = min(row_raw, p.m - 1u);
+    var v = 0.0;
+    switch FORMAT {
+        case 14u: {
+            v = q6k_dot(row, t);
         }
-        if (row_raw < p.m && t == 0u) {
-            store(0u, row, v * f);
+        case 13u: {
+            v = q5k_dot(row, t);
         }
+        case 8u: {
+            v = q8_0_dot(row, t);
+        }
+        default: {
+            v = q4k_dot(row, t);
+        }
+    }
+    if (row_raw < p.m && t == 0u) {
+        store(0u, row, v * f);
     }
 }
