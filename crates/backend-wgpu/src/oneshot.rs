@@ -605,7 +605,7 @@ pub fn quantize_act(ctx: &GpuContext, act: GgmlType, x: &[f32], n: usize) -> Res
 
 /// `moe.wgsl`'s routing of each row of `n_expert` router logits: the
 /// `n_used` experts in slot order and their weights, as
-/// [`crate::ops::OpBuilder::moe_route`] computes them in the fast mode
+/// the fast mode's routing dispatch computes them on the GPU
 /// (gating 0 softmax, 1 sigmoid, 2 softmax of the chosen logits; `normalize`
 /// divides by the chosen weights' sum; times `scale`).
 pub fn moe_route(

@@ -20,7 +20,7 @@ use crate::kernels::{
 pub const MATVEC_MAX_TOKENS: u32 = 4;
 
 /// From this many tokens on, the fast mode's batches multiply with
-/// `mm_fast.wgsl`/`mm_coop.wgsl` ([`Kernel::MmFast`]) over float
+/// `mm_fast.wgsl`/`mm_coop.wgsl` over float
 /// activations; smaller ones keep the exact mode's kernels.
 pub const FAST_MM_MIN_TOKENS: u32 = 16;
 

@@ -2519,8 +2519,8 @@ impl GpuProgram {
         Ok(out)
     }
 
-    /// The ops of a decoding step early in the context (at most
-    /// [`crate::ops::SOLO_MAX_KV`] positions) by label, in order of first
+    /// The ops of a decoding step early in the context (at most 256
+    /// positions, where the attention takes one dispatch) by label, in order of first
     /// appearance: (label, dispatches, whether they are matrix products).
     pub fn step_ops(&self) -> Vec<(&'static str, usize, bool)> {
         let mut out: Vec<(&'static str, usize, bool)> = Vec::new();
