@@ -625,7 +625,7 @@ impl GgufHeader {
 
 /// A GGUF file: its validated header and the bytes it was parsed from.
 ///
-/// `D` is the storage: a memory map ([`GgufFile`]), a borrowed slice or an
+/// `D` is the storage: a memory map ([`crate::GgufFile`]), a borrowed slice or an
 /// owned `Vec<u8>`. Tensor data is handed out as borrowed views into it.
 #[derive(Debug)]
 pub struct Gguf<D> {

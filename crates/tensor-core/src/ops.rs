@@ -288,7 +288,7 @@ pub fn softmax_scaled_sink(x: &mut [f32], scale: f32, sink: f32) {
 
 /// In place: `x = softmax(x)` over a short row exactly as
 /// `ggml_vec_soft_max_f32` computes it for any length: blocks of 8 with
-/// ggml's vector `expf` (each block summed with [`hsum8`] in `f32`), the
+/// ggml's vector `expf` (each block summed horizontally in `f32`), the
 /// remaining values with libm's `expf`, one by one, all joined in `f64`;
 /// then the `f32` reciprocal of the sum multiplies each value
 /// (`ggml_soft_max` of a MoE's chosen router logits).
