@@ -15,10 +15,9 @@
 //
 // The rounding is the fast mode's, not ggml's Q8_K (Q8_0): d = max|v|/127
 // per block of 256 (32), q = round(v/d), in this kernel's float order; for
-// Q8_0 d is rounded to f16 as ggml's quantize_row_q8_0 stores it (SmolLM2
-// Q8_0 decoded on llvmpipe: mean KLD against the CPU 4.02e-3, 4.17e-3 with
-// an f32 d). Before a norm the blocks are rounded unscaled (see above), so
-// there the activations are not the CPU's.
+// Q8_0 the block's d times the norm's factor is rounded to f16 as ggml's
+// quantize_row_q8_0 stores the scale (SmolLM2 Q8_0 decoded on llvmpipe: mean
+// KLD against the CPU 4.02e-3, 4.17e-3 with an f32 d).
 
 override FORMAT: u32 = 12u;
 override PROLOGUE: u32 = 0u;
@@ -113,14 +112,8 @@ fn tgf_prologue(lid: u32, t: u32) -> f32 {
         let pw0 = sg_xor_u32(w0, 1u);
         let pw1 = sg_xor_u32(w1, 1u);
         let pbs = sg_xor_u32(bs, 4u);
-        // Q8_0: the scale as ggml's quantize_row_q8_0 stores it, rounded
-        // to f16 (the CPU's activations then, where the prologue is no
-        // norm, are these).
-        var dq = amax / 127.0;
-        if (FORMAT == 8u) {
-            dq = unpack2x16float(pack2x16float(vec2<f32>(dq, 0.0))).x;
-        }
-        let du = bitcast<u32>(dq);
+        // (Q8_0: q8_0_dot rounds it to f16 once the norm's factor is in.)
+        let du = bitcast<u32>(amax / 127.0);
         let pdu = sg_xor_u32(du, 4u);
         if (valid) {
             if ((t & 1u) == 0u) {
@@ -149,7 +142,7 @@ fn tgf_prologue(lid: u32, t: u32) -> f32 {
 // blocks t, t + 32, .. (the quants by 4-byte reads at even offsets,
 // tg_ld32), each block's exact integer sum times d·d_a added in f32, and
 // the lanes' sums meet in sg_add_f32.
-fn q8_0_dot(row: u32, t: u32) -> f32 {
+fn q8_0_dot(row: u32, t: u32, f: f32) -> f32 {
     let nb = p.k >> 5u;
     var acc = 0.0;
     for (var b0 = 0u; b0 < nb; b0 += 32u) {
@@ -164,7 +157,12 @@ fn q8_0_dot(row: u32, t: u32) -> f32 {
                 + ((dot4I8Packed(tg_ld32(o + 18u), xb.x) + dot4I8Packed(tg_ld32(o + 22u), xb.y))
                 + (dot4I8Packed(tg_ld32(o + 26u), xb.z) + dot4I8Packed(tg_ld32(o + 30u), xb.w)));
             let cs = xv[(p.corr_base >> 2u) + (blk >> 1u)];
-            let da = bitcast<f32>(select(cs.x, cs.z, (blk & 1u) == 1u));
+            // The block's scale times the row factor f, rounded to f16 as
+            // ggml's quantize_row_q8_0 stores the scale of the activations
+            // it rounds after the norm: the CPU's activations, but for the
+            // last bits of the products the quants come from.
+            let da = unpack2x16float(pack2x16float(vec2<f32>(
+                bitcast<f32>(select(cs.x, cs.z, (blk & 1u) == 1u)) * f, 0.0))).x;
             acc = fma(f32(s), d * da, acc);
         }
     }
@@ -193,13 +191,14 @@ fn tg_fused(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
             v = q5k_dot(row, t);
         }
         case 8u: {
-            v = q8_0_dot(row, t);
+            v = q8_0_dot(row, t, f);
         }
         default: {
             v = q4k_dot(row, t);
         }
     }
     if (row_raw < p.m && t == 0u) {
-        store(0u, row, v * f);
+        // (Q8_0's blocks carry f already.)
+        store(0u, row, select(v * f, v, FORMAT == 8u));
     }
 }
