@@ -154,6 +154,11 @@ fn kernels_of(w: &QMatrix<'_>) -> (GgmlType, VecDotFn, FromFloatFn) {
 }
 
 /// `y[r] = Σ_c W[r,c]·x[c]` (W: rows×cols, x: cols, y: rows): a single-row product (decoding).
+///
+/// Where the CPU has a several-rows kernel for the format
+/// ([`simd::rows_dot_for`]), it takes four weight rows a call, sharing
+/// each activation block among them; the outputs are the single-row
+/// kernel's bits.
 pub fn matvec(w: &QMatrix<'_>, x: &[f32], y: &mut [f32], scratch: &mut Scratch) {
     assert_eq!(
         x.len(),
@@ -173,6 +178,22 @@ pub fn matvec(w: &QMatrix<'_>, x: &[f32], y: &mut [f32], scratch: &mut Scratch) 
     let (act, _) = scratch.quantize(act_ty, from_float, x, 1, w.cols);
     let chunk = rows_per_task(w.rows, w.row_bytes, 1);
     let cols = w.cols;
+    if let Some(rows_dot) = simd::rows_dot_for(w.ty) {
+        // A few rows per call: the kernel shares each activation block
+        // among them.
+        const GROUP: usize = 4;
+        pool::for_each_chunk_mut(y, chunk, |c, y| {
+            let r0 = c * chunk;
+            let end = (r0 + y.len()) * w.row_bytes;
+            for (g, y) in y.chunks_mut(GROUP).enumerate() {
+                let from = (r0 + GROUP * g) * w.row_bytes;
+                let bytes = y.len() * w.row_bytes;
+                prefetch_ahead(w.data, from, bytes, end);
+                rows_dot(&w.data[from..from + bytes], y.len(), act, y);
+            }
+        });
+        return;
+    }
     pool::for_each_chunk_mut(y, chunk, |c, y| {
         let r0 = c * chunk;
         let end = (r0 + y.len()) * w.row_bytes;

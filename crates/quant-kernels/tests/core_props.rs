@@ -167,6 +167,49 @@ proptest! {
         }
     }
 
+    /// Every several-rows product (matrix-vector kernels for Q8_0, Q5_0,
+    /// Q4_0, Q4_1, Q5_1 weights) gives exactly the bits of the single-row
+    /// kernel for each of `rows` weight rows — row counts that are not a
+    /// multiple of the kernel's pass included — also for raw weight bytes
+    /// (Q8_0's −128 included).
+    #[test]
+    fn rows_dot_is_bit_identical(seed in 1u64.., blocks in 1usize..40, rows in 1usize..=11, raw in any::<bool>()) {
+        let f = simd::features();
+        let n = blocks * 32;
+        let variants = [f, Features { avx_vnni: false, avx512: false, avx512_vnni: false, ..f }];
+        for ty in [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q5_1] {
+            let rb = row_bytes(ty, n).unwrap();
+            let block = row_bytes(ty, 32).unwrap();
+            // Scales (and Q4_1/Q5_1's mins) lead each block.
+            let head = match ty {
+                GgmlType::Q4_1 | GgmlType::Q5_1 => 4,
+                _ => 2,
+            };
+            let mut w = Vec::with_capacity(rows * rb);
+            for k in 0..rows as u64 {
+                let (_, mut wq) = weights(ty, seed ^ ((k + 1) * 0x9e37_79b9), n);
+                if raw {
+                    let mut rng = Rng(seed ^ (k + 0x55));
+                    for blk in wq.chunks_exact_mut(block) {
+                        for q in &mut blk[head..] {
+                            *q = (rng.next_u64() >> 56) as u8;
+                        }
+                    }
+                }
+                w.extend_from_slice(&wq);
+            }
+            let a = quantize_activations(ty, &Rng(seed ^ 0x2468).activations(n));
+            for f in variants {
+                let (Some(rows_dot), Some(single)) = (simd::native_rows_dot_for(ty, f), simd::native_vec_dot_for(ty, f)) else { continue };
+                let mut got = vec![f32::NAN; rows];
+                rows_dot(&w, rows, &a, &mut got);
+                for (i, wr) in w.chunks_exact(rb).enumerate() {
+                    prop_assert_eq!(got[i].to_bits(), single(n, wr, &a).to_bits(), "{} {} row {} of {}", f.avx512, ty, i, rows);
+                }
+            }
+        }
+    }
+
     /// Every sixteen-row Q8_0 panel kernel (where the CPU has one, for Q8_0,
     /// Q5_0 and Q4_0 weights) gives exactly the bits of the single dot
     /// product, for a panel of `rows` activation rows (the rest zeros, whose

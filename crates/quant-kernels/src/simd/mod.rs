@@ -13,6 +13,8 @@
 //! formats whose activations are Q8_0) or eight ([`Q8_1x8`], for Q4_1 and
 //! Q5_1) at a time, each weight block decoded once, bit-identical to single
 //! calls.
+//! [`rows_dot_for`] serves [`crate::matmul::matvec`]: several weight rows
+//! against one activation row, bit-identical to the single products.
 //! The features can be narrowed with `STRATA_CPU_DISABLE` ([`Features::from_env`]).
 //!
 //! Every native kernel has its portable twin as test oracle: activation
@@ -40,10 +42,19 @@ mod x86_kquants;
 mod x86_lowbit;
 #[cfg(target_arch = "x86_64")]
 mod x86_panel;
+#[cfg(target_arch = "x86_64")]
+mod x86_rows;
 
 /// A fused dot product of `n` weights (bytes of a weight format) with `n`
 /// activations (bytes of its `vec_dot_type`).
 pub type VecDotFn = fn(n: usize, w: &[u8], a: &[u8]) -> f32;
+
+/// Several weight rows times one activation row (a matrix-vector product's
+/// inner loop): `w` holds `rows` rows one after another, each as many
+/// blocks as the activation row `a` (bytes of the weight format's
+/// `vec_dot_type`) has, and `out[i]` (`out.len() == rows`) is bit-identical
+/// to [`VecDotFn`]'s product of row `i` with `a`.
+pub type RowsDotFn = fn(w: &[u8], rows: usize, a: &[u8], out: &mut [f32]);
 
 /// Activation quantization of an f32 row into bytes of an activation format
 /// (ggml's `from_float`); `dst` holds exactly the row's bytes.
@@ -170,6 +181,7 @@ struct Dispatch {
     features: Features,
     vec_dot: [Option<VecDotFn>; N_TYPES],
     from_float: [Option<FromFloatFn>; N_TYPES],
+    rows_dot: [Option<RowsDotFn>; N_TYPES],
     q8_0_panel: Option<Q8_0Panel>,
     q8_1_panel: Option<Q8_1Panel>,
 }
@@ -186,7 +198,9 @@ fn dispatch() -> &'static Dispatch {
         });
         let mut vec_dot = [None; N_TYPES];
         let mut from_float = [None; N_TYPES];
+        let mut rows_dot = [None; N_TYPES];
         for ty in GgmlType::ALL {
+            rows_dot[ty.id() as usize] = native_rows_dot(ty, features);
             vec_dot[ty.id() as usize] =
                 native_vec_dot(ty, features).or_else(|| portable_vec_dot(ty));
             from_float[ty.id() as usize] =
@@ -196,6 +210,7 @@ fn dispatch() -> &'static Dispatch {
             features,
             vec_dot,
             from_float,
+            rows_dot,
             q8_0_panel: q8_0_panel_for(features),
             q8_1_panel: q8_1_panel_for(features),
         }
@@ -212,6 +227,29 @@ pub fn features() -> Features {
 /// activations of `ty`'s `vec_dot_type`; `None` if `ty` is unsupported.
 pub fn vec_dot_for(ty: GgmlType) -> Option<VecDotFn> {
     dispatch().vec_dot[ty.id() as usize]
+}
+
+/// The several-rows product ([`RowsDotFn`]) for weights of `ty` on this
+/// CPU, where there is a native one (a matrix-vector product then calls it
+/// instead of [`vec_dot_for`]'s kernel row by row).
+pub fn rows_dot_for(ty: GgmlType) -> Option<RowsDotFn> {
+    dispatch().rows_dot[ty.id() as usize]
+}
+
+/// The native several-rows product of `ty` for features `f`: for tests
+/// that compare it with the single-row kernels.
+pub fn native_rows_dot_for(ty: GgmlType, f: Features) -> Option<RowsDotFn> {
+    native_rows_dot(ty, f)
+}
+
+#[cfg(target_arch = "x86_64")]
+fn native_rows_dot(ty: GgmlType, f: Features) -> Option<RowsDotFn> {
+    x86::rows_dot(ty, f)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+fn native_rows_dot(_: GgmlType, _: Features) -> Option<RowsDotFn> {
+    None
 }
 
 /// How far ahead of the weights it is reading a streaming product asks the

@@ -13,7 +13,7 @@ use std::arch::x86_64::*;
 use gguf_format::GgmlType;
 use half::{bf16, f16};
 
-use super::{Features, FromFloatFn, VecDotFn};
+use super::{Features, FromFloatFn, RowsDotFn, VecDotFn};
 use crate::formats::{
     self, bf16::bf16_to_fp32, f16::fp16_to_fp32, q4_0::BlockQ4_0, q4_1::BlockQ4_1, q5_0::BlockQ5_0,
     q5_1::BlockQ5_1, q8_0::BlockQ8_0, q8_1::BlockQ8_1, q8_k::BlockQ8_K,
@@ -31,6 +31,25 @@ pub(super) fn vec_dot(ty: GgmlType, f: Features) -> Option<VecDotFn> {
         GgmlType::Q5_1 if f.avx2 => Some(vec_dot_q5_1),
         GgmlType::Q8_0 if f.avx2 => Some(vec_dot_q8_0),
         _ => super::x86_kquants::vec_dot(ty, f),
+    }
+}
+
+/// The native several-rows product ([`super::RowsDotFn`]) for weights of
+/// `ty`, if there is one for `f`.
+pub(super) fn rows_dot(ty: GgmlType, f: Features) -> Option<RowsDotFn> {
+    use super::x86_rows::{dot_rows_avx2, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+    if !f.avx2 {
+        return None;
+    }
+    // SAFETY (every closure): the kernels need AVX2, FMA and F16C, which
+    // `f.avx2` says were detected.
+    match ty {
+        GgmlType::Q8_0 => Some(|w, r, a, o| unsafe { dot_rows_avx2::<Q8_0>(w, r, a, o) }),
+        GgmlType::Q5_0 => Some(|w, r, a, o| unsafe { dot_rows_avx2::<Q5_0>(w, r, a, o) }),
+        GgmlType::Q4_0 => Some(|w, r, a, o| unsafe { dot_rows_avx2::<Q4_0>(w, r, a, o) }),
+        GgmlType::Q4_1 => Some(|w, r, a, o| unsafe { dot_rows_avx2::<Q4_1>(w, r, a, o) }),
+        GgmlType::Q5_1 => Some(|w, r, a, o| unsafe { dot_rows_avx2::<Q5_1>(w, r, a, o) }),
+        _ => None,
     }
 }
 
@@ -256,7 +275,7 @@ pub(super) fn mul_sum_us8_pairs_float(ax: __m256i, sy: __m256i) -> __m256 {
 /// `y` in [−127, 127] (activations never hold −128).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn mul_sum_i8_pairs_float(x: __m256i, y: __m256i) -> __m256 {
+pub(super) fn mul_sum_i8_pairs_float(x: __m256i, y: __m256i) -> __m256 {
     let ax = _mm256_sign_epi8(x, x);
     let sy = _mm256_sign_epi8(y, x);
     mul_sum_us8_pairs_float(ax, sy)

@@ -82,7 +82,7 @@ fn fp16_to_fp32(h: half::f16) -> f32 {
 /// Every f16 bit pattern's f32 value (ggml's `ggml_table_f32_f16`, 256 KiB):
 /// for IQ4_NL, whose two scales per 32 weights make the F16C round trip
 /// through a vector register the bottleneck, one load is cheaper.
-fn f16_table() -> &'static [f32; 1 << 16] {
+pub(super) fn f16_table() -> &'static [f32; 1 << 16] {
     static TABLE: std::sync::OnceLock<Box<[f32; 1 << 16]>> = std::sync::OnceLock::new();
     TABLE.get_or_init(|| {
         let mut t = Box::new([0f32; 1 << 16]);
