@@ -240,10 +240,23 @@ fn matmul_with(
     } else {
         let vec_dot = vec_dot.expect("checked by handles");
         quant_kernels::pool::for_each_row_chunk_transposed(y, rows, n, chunk, |r0, out| {
-            for (wr, o) in rows_of(r0, out)
+            let ws = rows_of(r0, out);
+            for (i, (wr, o)) in ws
                 .chunks_exact(row_bytes)
                 .zip(out.chunks_mut(n))
+                .enumerate()
             {
+                if n == 1 {
+                    // One activation row streams the weights once: ask for
+                    // the bytes `PREFETCH_AHEAD` past this row, as
+                    // quant-kernels' matvec does (without it the K-quant
+                    // kernels wait on memory at every mapped page).
+                    use quant_kernels::simd::{prefetch, PREFETCH_AHEAD};
+                    let from = i * row_bytes + PREFETCH_AHEAD;
+                    for at in (from..(from + row_bytes).min(ws.len())).step_by(64) {
+                        prefetch(ws.as_ptr().wrapping_add(at));
+                    }
+                }
                 for (b, o) in o.iter_mut().enumerate() {
                     *o = vec_dot(cols, wr, &xq[b * act_row..][..act_row]);
                 }
