@@ -37,7 +37,8 @@ pub(super) fn vec_dot(ty: GgmlType, f: Features) -> Option<VecDotFn> {
 /// The native several-rows product ([`super::RowsDotFn`]) for weights of
 /// `ty`, if there is one for `f`.
 pub(super) fn rows_dot(ty: GgmlType, f: Features) -> Option<RowsDotFn> {
-    use super::x86_rows::{dot_rows_avx2, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+    use super::x86_panel::{Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
+    use super::x86_rows::dot_rows_avx2;
     if !f.avx2 {
         return None;
     }

@@ -32,17 +32,22 @@ use super::x86::{
 };
 use super::{Q8_0x16, Q8_0x4, Q8_0x8, Q8_1x8};
 
-/// Weight-format tags (a const parameter, so each kernel is compiled per format).
+/// Weight-format tags (a const parameter, so each kernel is compiled per
+/// format; also `x86_rows.rs`'s).
 pub(super) const Q8_0: u8 = 0;
 pub(super) const Q5_0: u8 = 1;
 pub(super) const Q4_0: u8 = 2;
+pub(super) const Q4_1: u8 = 3;
+pub(super) const Q5_1: u8 = 4;
 
 /// Bytes of one block of format `T`.
-const fn block_bytes<const T: u8>() -> usize {
+pub(super) const fn block_bytes<const T: u8>() -> usize {
     match T {
         Q8_0 => 34,
         Q5_0 => 22,
-        _ => 18,
+        Q4_0 => 18,
+        Q4_1 => 20,
+        _ => 24,
     }
 }
 
@@ -173,25 +178,13 @@ dot_panel_vnni!(
 // Q4_1 and Q5_1 weights against Q8_1x8 panels.
 // ---------------------------------------------------------------------------
 
-/// Weight-format tags of the [`Q8_1x8`] kernels.
-pub(super) const Q4_1: u8 = 0;
-pub(super) const Q5_1: u8 = 1;
-
-/// Bytes of one block of format `T` (Q4_1 or Q5_1).
-const fn block_bytes_1<const T: u8>() -> usize {
-    match T {
-        Q4_1 => 20,
-        _ => 24,
-    }
-}
-
 /// A Q4_1/Q5_1 weight block's 32 quants as unsigned bytes (what ggml's
 /// AVX2 kernel feeds `mul_sum_us8_pairs_float`), and its `d` and `m` as
 /// f32, each broadcast to eight lanes.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 fn weight_block_1<const T: u8>(blk: &[u8]) -> (__m256i, __m256, __m256) {
-    assert!(blk.len() >= block_bytes_1::<T>());
+    assert!(blk.len() >= block_bytes::<T>());
     let dm = _mm_cvtph_ps(_mm_cvtsi32_si128(i32::from_le_bytes([
         blk[0], blk[1], blk[2], blk[3],
     ])));
@@ -242,13 +235,13 @@ macro_rules! dot_q8_1x8 {
         $(#[$doc])*
         #[target_feature(enable = $features)]
         pub(super) fn $name<const T: u8>(w: &[u8], p: &[Q8_1x8]) -> [f32; 8] {
-            assert_eq!(w.len(), p.len() * block_bytes_1::<T>());
+            assert_eq!(w.len(), p.len() * block_bytes::<T>());
             let mut acc = [_mm256_setzero_ps(); 8];
             let mut summs = _mm256_setzero_ps();
             #[repr(align(32))]
             struct Lanes([f32; 8]);
             let mut d = Lanes([0.0; 8]);
-            for (blk, p) in w.chunks_exact(block_bytes_1::<T>()).zip(p) {
+            for (blk, p) in w.chunks_exact(block_bytes::<T>()).zip(p) {
                 let (qx, dw, mw) = weight_block_1::<T>(blk);
                 summs = _mm256_add_ps(summs, _mm256_mul_ps(mw, load8(&p.s)));
                 // SAFETY: `d` is 32-byte aligned and holds eight f32.
@@ -319,12 +312,12 @@ fn hsum_halves(acc: __m512) -> [f32; 2] {
 /// [`dot_q8_1x8_vnni`] does on 256-bit vectors; the same bits.
 #[target_feature(enable = "avx2,fma,f16c,avx512f,avx512bw,avx512vnni,avx512vl")]
 pub(super) fn dot_q8_1x8_vnni512<const T: u8>(w: &[u8], p: &[Q8_1x8]) -> [f32; 8] {
-    assert_eq!(w.len(), p.len() * block_bytes_1::<T>());
+    assert_eq!(w.len(), p.len() * block_bytes::<T>());
     let mut acc = [_mm512_setzero_ps(); 4];
     let mut summs = _mm256_setzero_ps();
     let zero = _mm512_setzero_si512();
     let idx = pair_index();
-    for (blk, p) in w.chunks_exact(block_bytes_1::<T>()).zip(p) {
+    for (blk, p) in w.chunks_exact(block_bytes::<T>()).zip(p) {
         let (qx, dw, mw) = weight_block_1::<T>(blk);
         summs = _mm256_add_ps(summs, _mm256_mul_ps(mw, load8(&p.s)));
         let d = _mm512_castps256_ps512(_mm256_mul_ps(dw, load8(&p.d)));

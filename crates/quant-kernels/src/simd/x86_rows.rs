@@ -26,28 +26,11 @@ use super::x86::{
     mul_sum_us8_pairs_float,
 };
 use super::x86_kquants::f16_table;
-
-/// Weight-format tags (a const parameter, so each kernel is compiled per format).
-pub(super) const Q8_0: u8 = 0;
-pub(super) const Q5_0: u8 = 1;
-pub(super) const Q4_0: u8 = 2;
-pub(super) const Q4_1: u8 = 3;
-pub(super) const Q5_1: u8 = 4;
+use super::x86_panel::{block_bytes, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0};
 
 /// Weight rows a pass multiplies (four accumulators, and for Q4_1/Q5_1
 /// four scalar sums, stay in registers beside the decoding constants).
 pub(super) const PASS: usize = 4;
-
-/// Bytes of one weight block of format `T`.
-const fn block_bytes<const T: u8>() -> usize {
-    match T {
-        Q8_0 => 34,
-        Q5_0 => 22,
-        Q4_0 => 18,
-        Q4_1 => 20,
-        _ => 24,
-    }
-}
 
 /// Whether format `T` pairs with Q8_1 activations (else Q8_0).
 const fn q8_1<const T: u8>() -> bool {
