@@ -57,11 +57,10 @@ struct CoopStage {
 }
 
 // Quants 4j .. 4j + 3 of a Q8_0 block as weights: the block's words `prev`
-// and `next` (its quants start 2 bytes into `prev` unless `odd`, when they
-// start at `next`) times its scale d.
+// and `next` (quant_io.wgsl's q8_word; `odd`: the block starts two bytes
+// into a word) times its scale d.
 fn coop_q8(prev: u32, next: u32, odd: bool, d: f32) -> vec4<f16> {
-    let q = select((prev >> 16u) | (next << 16u), next, odd);
-    return to_f16(d * sext8(bytes4(q)));
+    return to_f16(d * sext8(bytes4(q8_word(prev, next, !odd))));
 }
 
 // Chunk c of row r's Q8_0 block (rows past the matrix read its last row,

@@ -67,6 +67,13 @@ fn i2f_rn(a: i32) -> f32 {
     return select(f, -f, a < 0);
 }
 
+// Quant word k of a Q8_0 block (34 bytes: f16 d, 32 quants) from the
+// block's words k and k + 1 (`ev`: the block starts on a word boundary, so
+// the quant word straddles them; else it is word k + 1).
+fn q8_word(lo: u32, hi: u32, ev: bool) -> u32 {
+    return select(hi, (lo >> 16u) | (hi << 16u), ev);
+}
+
 // ---- small integers as floats ------------------------------------------------
 
 fn bytes4(v: u32) -> vec4<u32> {

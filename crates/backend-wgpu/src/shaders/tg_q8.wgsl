@@ -25,12 +25,6 @@ fn q8_f(i: u32) -> f32 {
     return bitcast<f32>(q8_raw[i]);
 }
 
-// Quant word k of a block from its words k and k + 1 (`ev`: the block
-// starts on a word boundary, so the word straddles them).
-fn q8_word(lo: u32, hi: u32, ev: bool) -> u32 {
-    return select(hi, (lo >> 16u) | (hi << 16u), ev);
-}
-
 // A step's loads for one lane: vectors t, t + 32, t + 64 of the step's
 // (zero past it; `v8` vectors per eight blocks: 17 for Q8_0, 9 for Q4_0),
 // and the activations of block t (quants, then d_a).
