@@ -178,29 +178,21 @@ pub fn matvec(w: &QMatrix<'_>, x: &[f32], y: &mut [f32], scratch: &mut Scratch) 
     let (act, _) = scratch.quantize(act_ty, from_float, x, 1, w.cols);
     let chunk = rows_per_task(w.rows, w.row_bytes, 1);
     let cols = w.cols;
-    if let Some(rows_dot) = simd::rows_dot_for(w.ty) {
-        // A few rows per call: the kernel shares each activation block
-        // among them.
-        const GROUP: usize = 4;
-        pool::for_each_chunk_mut(y, chunk, |c, y| {
-            let r0 = c * chunk;
-            let end = (r0 + y.len()) * w.row_bytes;
-            for (g, y) in y.chunks_mut(GROUP).enumerate() {
-                let from = (r0 + GROUP * g) * w.row_bytes;
-                let bytes = y.len() * w.row_bytes;
-                prefetch_ahead(w.data, from, bytes, end);
-                rows_dot(&w.data[from..from + bytes], y.len(), act, y);
-            }
-        });
-        return;
-    }
+    // A few rows per call where a kernel shares each activation block among
+    // them, else one.
+    let rows_dot = simd::rows_dot_for(w.ty);
+    let group = if rows_dot.is_some() { 4 } else { 1 };
     pool::for_each_chunk_mut(y, chunk, |c, y| {
         let r0 = c * chunk;
         let end = (r0 + y.len()) * w.row_bytes;
-        for (i, y) in y.iter_mut().enumerate() {
-            let row = w.row(r0 + i);
-            prefetch_ahead(w.data, (r0 + i) * w.row_bytes, w.row_bytes, end);
-            *y = vec_dot(cols, row, act);
+        for (g, y) in y.chunks_mut(group).enumerate() {
+            let from = (r0 + group * g) * w.row_bytes;
+            let rows = &w.data[from..from + y.len() * w.row_bytes];
+            prefetch_ahead(w.data, from, rows.len(), end);
+            match rows_dot {
+                Some(rows_dot) => rows_dot(rows, y.len(), act, y),
+                None => y[0] = vec_dot(cols, rows, act),
+            }
         }
     });
 }
