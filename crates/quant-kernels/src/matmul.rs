@@ -188,26 +188,13 @@ pub fn matvec(w: &QMatrix<'_>, x: &[f32], y: &mut [f32], scratch: &mut Scratch) 
         for (g, y) in y.chunks_mut(group).enumerate() {
             let from = (r0 + group * g) * w.row_bytes;
             let rows = &w.data[from..from + y.len() * w.row_bytes];
-            prefetch_ahead(w.data, from, rows.len(), end);
+            simd::prefetch_ahead(w.data, from, rows.len(), end);
             match rows_dot {
                 Some(rows_dot) => rows_dot(rows, y.len(), act, y),
                 None => y[0] = vec_dot(cols, rows, act),
             }
         }
     });
-}
-
-/// Asks the cache for the `len` bytes of `data` that lie
-/// [`simd::PREFETCH_AHEAD`] bytes past `start`, stopping at `end`: a
-/// single-row product streams the weights once, and without this it waits
-/// on memory at the start of every mapped page.
-#[inline(always)]
-fn prefetch_ahead(data: &[u8], start: usize, len: usize, end: usize) {
-    let from = start + simd::PREFETCH_AHEAD;
-    let to = (from + len).min(end);
-    for at in (from..to).step_by(64) {
-        simd::prefetch(data.as_ptr().wrapping_add(at));
-    }
 }
 
 /// Stores a panel product's outputs into a task's tile (batch row-major,

@@ -258,6 +258,25 @@ fn native_rows_dot(_: GgmlType, _: Features) -> Option<RowsDotFn> {
 /// page boundary; 2 KiB ahead measured best for single-row products.
 pub const PREFETCH_AHEAD: usize = 2048;
 
+/// Asks the cache for the `len` bytes of `data` that lie
+/// [`PREFETCH_AHEAD`] bytes past `start`, stopping at `end`: a single-row
+/// product streams the weights once, and without this it waits on memory
+/// at the start of every mapped page.
+///
+/// ```
+/// let w = vec![0u8; 8192];
+/// // While row 0 (1 KiB) is multiplied, ask for what follows 2 KiB on.
+/// quant_kernels::simd::prefetch_ahead(&w, 0, 1024, w.len());
+/// ```
+#[inline(always)]
+pub fn prefetch_ahead(data: &[u8], start: usize, len: usize, end: usize) {
+    let from = start + PREFETCH_AHEAD;
+    let to = (from + len).min(end);
+    for at in (from..to).step_by(64) {
+        prefetch(data.as_ptr().wrapping_add(at));
+    }
+}
+
 /// Asks the cache for the line holding `p`: a hint that never faults,
 /// whatever the address (so `p` may point past the end of the data).
 #[inline(always)]

@@ -247,15 +247,10 @@ fn matmul_with(
                 .enumerate()
             {
                 if n == 1 {
-                    // One activation row streams the weights once: ask for
-                    // the bytes `PREFETCH_AHEAD` past this row, as
-                    // quant-kernels' matvec does (without it the K-quant
-                    // kernels wait on memory at every mapped page).
-                    use quant_kernels::simd::{prefetch, PREFETCH_AHEAD};
-                    let from = i * row_bytes + PREFETCH_AHEAD;
-                    for at in (from..(from + row_bytes).min(ws.len())).step_by(64) {
-                        prefetch(ws.as_ptr().wrapping_add(at));
-                    }
+                    // One activation row streams the weights once, as in
+                    // quant-kernels' matvec (without it the K-quant kernels
+                    // wait on memory at every mapped page).
+                    quant_kernels::simd::prefetch_ahead(ws, i * row_bytes, row_bytes, ws.len());
                 }
                 for (b, o) in o.iter_mut().enumerate() {
                     *o = vec_dot(cols, wr, &xq[b * act_row..][..act_row]);
