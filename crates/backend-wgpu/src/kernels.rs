@@ -595,14 +595,16 @@ pub(crate) enum Kernel {
     FmvWide(GgmlType, u32, u32),
     /// The fast mode's single-token attention (`attn_fast.wgsl`): split
     /// over the positions (`false`, [`Kernel::AttentionCombine`] after it),
-    /// or one workgroup a head writing the output itself (`true`: `SOLO`).
-    AttentionFast(bool),
+    /// or one workgroup a head group writing the output itself (`true`:
+    /// `SOLO`); then the query heads a workgroup takes (`HG`) and the head
+    /// dimension (`HD`).
+    AttentionFast(bool, u32, u32),
     /// The same with the token's query, key and value from a stacked
     /// projection: RoPE and the cache writes inside (`attn_rope_decode`).
-    AttentionFastRope(bool),
+    AttentionFastRope(bool, u32, u32),
     /// The fast attention's second dispatch: each head's output from its
-    /// splits (`attn_combine`).
-    AttentionCombine,
+    /// splits (`attn_combine`), for the split kernel's `HG` and `HD`.
+    AttentionCombine(u32, u32),
     /// The fast mode's attention for a batch (`attn_flash.wgsl`), each
     /// invocation owning `NC` output vec4 columns (ceil(head_dim / 64)).
     AttentionFlash(u32),
@@ -660,7 +662,7 @@ impl Kernel {
             | Kernel::NormAdd => Shader::Scale,
             Kernel::Fmv(..) => Shader::QuantFast,
             Kernel::FmvWide(..) => Shader::QuantWide,
-            Kernel::AttentionFast(_) | Kernel::AttentionFastRope(_) | Kernel::AttentionCombine => {
+            Kernel::AttentionFast(..) | Kernel::AttentionFastRope(..) | Kernel::AttentionCombine(..) => {
                 Shader::AttentionFast
             }
             Kernel::AttentionFlash(_) => Shader::AttentionFlash,
@@ -698,9 +700,9 @@ impl Kernel {
             Kernel::NormAdd => "norm_add",
             Kernel::Fmv(..) => "fmv",
             Kernel::FmvWide(..) => "fmv_wide",
-            Kernel::AttentionFast(_) => "attn_decode",
-            Kernel::AttentionFastRope(_) => "attn_rope_decode",
-            Kernel::AttentionCombine => "attn_combine",
+            Kernel::AttentionFast(..) => "attn_decode",
+            Kernel::AttentionFastRope(..) => "attn_rope_decode",
+            Kernel::AttentionCombine(..) => "attn_combine",
             Kernel::AttentionFlash(_) => "attn_flash",
             Kernel::MmFast(_, MmKind::Portable) => "mm_fast",
             Kernel::MmFast(_, MmKind::Coop) => "mm_coop",
@@ -747,8 +749,15 @@ impl Kernel {
             ],
             Kernel::MmFast(t, _) => vec![("FORMAT", f64::from(t.id()))],
             Kernel::AttentionFlash(nc) => vec![("NC", f64::from(nc))],
-            Kernel::AttentionFast(solo) | Kernel::AttentionFastRope(solo) => {
-                vec![("SOLO", f64::from(u8::from(solo)))]
+            Kernel::AttentionFast(solo, group, hd) | Kernel::AttentionFastRope(solo, group, hd) => {
+                vec![
+                    ("SOLO", f64::from(u8::from(solo))),
+                    ("HG", f64::from(group)),
+                    ("HD", f64::from(hd)),
+                ]
+            }
+            Kernel::AttentionCombine(group, hd) => {
+                vec![("HG", f64::from(group)), ("HD", f64::from(hd))]
             }
             Kernel::MoeMv(t, routed, prologue) => vec![
                 ("FORMAT", f64::from(t.id())),

@@ -319,10 +319,11 @@ fn fast_attentions(
         else {
             continue;
         };
-        let fits = fast_attention_fits(&AttnParams {
-            head_dim: params.head_dim as u32,
-            ..Default::default()
-        });
+        let fits = fast_attention_fits(&AttnParams::of(
+            params,
+            (params.n_head_kv * params.head_dim) as u32,
+            false,
+        ));
         if !fits || q == k {
             continue;
         }
@@ -2407,7 +2408,7 @@ impl GpuProgram {
     /// context length, if any, and records the next position's while the
     /// GPU works: a decoding step's commands do not depend on the token,
     /// and on its position only through the attention's choice of kernel
-    /// ([`crate::ops::SOLO_MAX_KV`]).
+    /// ([`crate::ops::attention_solo_max`]).
     fn run_last(
         &mut self,
         (n, n_kv): (u32, u32),

@@ -185,6 +185,29 @@ fn fast_small_batches_are_exact() {
     assert_eq!(diff, 0, "{diff} of {} logits differ", exact.len());
 }
 
+/// The fast decoding attention past its one-workgroup contexts: the gemma3
+/// fixture's F32 file (4 query heads over 2 KV heads of 64: two heads a
+/// workgroup, one workgroup a group up to 256 positions) decoded for 300
+/// tokens, so that its global layer's last steps split the positions and
+/// combine them, and its sliding-window layers split a window that starts
+/// past position 0; near the CPU's logits as the 40-token test below.
+#[test]
+fn fast_decoding_splits_long_contexts() {
+    use crate::common::{arch_file, n_vocab, tokens};
+    let path = arch_file("gemma3", "F32");
+    let toks = tokens(n_vocab(&path), 300);
+    let want = cpu_decode(&path, &toks[..1], &toks[1..], false);
+    let n = want.len() / toks.len();
+    let (got, _) = gpu_steps(&path, &toks, GpuOptions { exact: false });
+    let (kld, top1) = kld_top1(&want, &got, n);
+    eprintln!(
+        "gemma3 F32, {} tokens decoded: fast mode vs CPU mean KLD {kld:.3e}, same top-1 {:.1}%",
+        toks.len(),
+        top1 * 100.0
+    );
+    assert!(kld <= 1e-5 && top1 >= 0.9, "mean KLD {kld:.3e}, top-1 {top1}");
+}
+
 /// Gemma 3 (the gemma3 fixture of tests/fixtures/archs: six layers, five
 /// sliding-window ones, per-head query and key norms, GeGLU, post-norms)
 /// in the fast mode: decoded token by token and in batches (40 tokens:

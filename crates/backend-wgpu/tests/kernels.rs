@@ -1206,7 +1206,18 @@ fn seam_matmul_on_row_views() {
 fn fast_attention_agrees_with_cpu() {
     let mut rng = StdRng::seed_from_u64(701);
     let ctx = ctx();
-    let cases = [(4, 4, 64), (6, 2, 96), (8, 2, 128), (12, 3, 128)];
+    // One head a workgroup (the first two), four (the next two: 512 floats
+    // of queries), eight of 64 (TinyLlama's), four of 256 (Gemma 3's) and
+    // eight of 80 (20 vec4s: 12 slices of the workgroup's 256).
+    let cases = [
+        (4, 4, 64),
+        (6, 2, 96),
+        (8, 2, 128),
+        (12, 3, 128),
+        (32, 4, 64),
+        (4, 1, 256),
+        (16, 2, 80),
+    ];
     for (case, &(nh, nkv, hd)) in cases.iter().enumerate() {
         let long: &[usize] = if case == 0 { &[9000] } else { &[] };
         for &pos0 in [0usize, 1, 63, 64, 200, 255, 256, 600, 2100]
