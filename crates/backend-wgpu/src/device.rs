@@ -18,10 +18,6 @@ pub const ADAPTER_ENV: &str = "STRATA_ADAPTER";
 /// of the fast mode then take the portable `mm_fast`.
 pub const NO_COOP_ENV: &str = "STRATA_NO_COOP";
 
-/// Workgroup memory `mm_coop.wgsl` holds (its `ca`, `cb` and `cc`): devices
-/// that offer less keep the portable batch product.
-const COOP_WORKGROUP_BYTES: u32 = 2 * 64 * 72 * 2 + 1024 * 4;
-
 /// How to pick and open a GPU.
 #[derive(Clone, Debug, Default)]
 pub struct DeviceOptions {
@@ -169,7 +165,6 @@ impl GpuContext {
                     && c.cr_type == wgpu::CooperativeScalarType::F32
             });
         let coop = coop_config
-            && adapter.limits().max_compute_workgroup_storage_size >= COOP_WORKGROUP_BYTES
             && info.subgroup_min_size == 32
             && info.subgroup_max_size == 32
             && std::env::var_os(NO_COOP_ENV).is_none();

@@ -6,15 +6,11 @@
 //
 // A workgroup of four 32-wide subgroups computes 64 rows × 64 tokens; each
 // subgroup a 32 × 32 quarter, as 2 × 2 accumulators C[r, t] (f32). Per step
-// of 64 weights of k (two chunks of 32), the step's weights of the 64 rows
-// are decoded by quant.wgsl's deq4 and stored as f16 in `ca` (row-major: A
-// = W, rows × k), the 64 tokens' activations converted to f16 in `cb`
-// (token t's k values contiguous: B = Xᵀ, k × tokens, column-major), both
-// loaded a step ahead into registers (a k not a multiple of 64: the last
-// step's second chunk zeros). A workgroup's steps run one after another,
-// each waiting out its loads: two chunks a step halve the waits of the
-// products with few rows and a long k (TinyLlama's ffn_down: 256
-// workgroups of 176 chunks). Products accumulate in f32; the activations
+// of 32 weights of k (one chunk), the chunk's weights of the 64 rows are
+// decoded by quant.wgsl's deq4 and stored as f16 in `ca` (row-major: A =
+// W, rows × k), the 64 tokens' activations converted to f16 in `cb` (token
+// t's k values contiguous: B = Xᵀ, k × tokens, column-major), both loaded a
+// chunk ahead into registers. Products accumulate in f32; the activations
 // and dequantized weights are rounded to f16 (magnitudes clamped to f16's
 // largest finite value), the fast mode's stated agreement (not the CPU's
 // bits).
@@ -25,13 +21,12 @@
 
 const CM: u32 = 64u;  // rows per workgroup
 const CN: u32 = 64u;  // tokens per workgroup
-// f16 elements between the rows of ca and the tokens of cb: 64 of k plus 8
-// (144 bytes, a multiple of 16) so that the rows a load reads together fall
-// in different banks. With cc, 22,528 bytes of workgroup memory
-// (device.rs's COOP_WORKGROUP_BYTES).
-const CS: u32 = 72u;
-var<workgroup> ca: array<f16, 4608>; // CM × CS
-var<workgroup> cb: array<f16, 4608>; // CN × CS
+// f16 elements between the rows of ca and the tokens of cb: 32 of k plus 8
+// (80 bytes, a multiple of 16) so that the rows a load reads together fall
+// in different banks.
+const CS: u32 = 40u;
+var<workgroup> ca: array<f16, 2560>; // CM × CS
+var<workgroup> cb: array<f16, 2560>; // CN × CS
 var<workgroup> cc: array<f32, 1024>; // 4 subgroups × 16 × 16
 
 fn to_f16(v: vec4<f32>) -> vec4<f16> {
@@ -102,12 +97,8 @@ fn coop_x8(t: u32, c: u32, g: u32) -> CoopStage {
         to_f16(mm_load_x(t + 48u, n, xs, c, g)), to_f16(mm_load_x(t + 56u, n, xs, c, g)));
 }
 
-// Chunk c's stage (zeros past k's chunks).
 fn coop_fetch(row0: u32, tok0: u32, lid: u32, c: u32) -> CoopStage {
     var st: CoopStage;
-    if (c >= (p.k >> 5u)) {
-        return st;
-    }
     if (FORMAT == 8u) {
         if (lid < 64u) {
             st = coop_q8_block(row0 + lid, c);
@@ -157,18 +148,17 @@ fn coop_put8(tile: u32, o: u32, step: u32, st: CoopStage) {
     coop_put4(tile, o + 7u * step, st.v7);
 }
 
-// A stage into the tiles' k columns h · 32 ...
-fn coop_put(lid: u32, st: CoopStage, h: u32) {
+fn coop_put(lid: u32, st: CoopStage) {
     if (FORMAT == 8u) {
         if (lid < 64u) {
-            coop_put8(0u, lid * CS + 32u * h, 4u, st);
+            coop_put8(0u, lid * CS, 4u, st);
         } else {
             let j = lid & 63u;
-            coop_put8(1u, (j >> 3u) * CS + 4u * (j & 7u) + 32u * h, 8u * CS, st);
+            coop_put8(1u, (j >> 3u) * CS + 4u * (j & 7u), 8u * CS, st);
         }
         return;
     }
-    let o = (lid >> 3u) * CS + 4u * (lid & 7u) + 32u * h;
+    let o = (lid >> 3u) * CS + 4u * (lid & 7u);
     let q = 16u * CS;
     coop_put4(0u, o, st.v0);
     coop_put4(0u, o + q, st.v1);
@@ -220,18 +210,15 @@ fn mm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     var c01 = c00;
     var c10 = c00;
     var c11 = c00;
-    let steps = ((p.k >> 5u) + 1u) >> 1u;
-    var s0 = coop_fetch(row0, tok0, lid, 0u);
-    var s1 = coop_fetch(row0, tok0, lid, 1u);
-    for (var c = 0u; c < steps; c++) {
-        coop_put(lid, s0, 0u);
-        coop_put(lid, s1, 1u);
+    let chunks = p.k >> 5u;
+    var stage = coop_fetch(row0, tok0, lid, 0u);
+    for (var c = 0u; c < chunks; c++) {
+        coop_put(lid, stage);
         workgroupBarrier();
-        if (c + 1u < steps) {
-            s0 = coop_fetch(row0, tok0, lid, 2u * c + 2u);
-            s1 = coop_fetch(row0, tok0, lid, 2u * c + 3u);
+        if (c + 1u < chunks) {
+            stage = coop_fetch(row0, tok0, lid, c + 1u);
         }
-        for (var kk = 0u; kk < 64u; kk += 16u) {
+        for (var kk = 0u; kk < 32u; kk += 16u) {
             let a0 = coopLoadT<coop_mat16x16<f16, A>>(&ca[sr * CS + kk], CS);
             let a1 = coopLoadT<coop_mat16x16<f16, A>>(&ca[(sr + 16u) * CS + kk], CS);
             let b0 = coopLoad<coop_mat16x16<f16, B>>(&cb[st * CS + kk], CS);
