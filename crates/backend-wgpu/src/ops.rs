@@ -197,24 +197,13 @@ pub(crate) fn attention_group(p: &AttnParams) -> u32 {
         .unwrap_or(1)
 }
 
-/// Positions a tile of the fast single-token attention: 256 / `group`
-/// rounded down to a power of two (`attn_fast.wgsl`'s `tile_len`).
-fn attention_tile(group: u32) -> u32 {
-    let mut t = 256;
-    while t * group > 256 {
-        t >>= 1;
-    }
-    t
-}
-
 /// The longest context (positions after the step) for which the fast
-/// decoding attention takes one workgroup a head group and one dispatch
-/// (`attn_fast.wgsl`'s `SOLO`) rather than splits and a combining
-/// dispatch: two of its tiles, at most 256 positions (one tile of one
-/// head a workgroup).
-pub(crate) fn attention_solo_max(p: &AttnParams) -> u32 {
-    (2 * attention_tile(attention_group(p))).min(256)
-}
+/// decoding attention takes one workgroup a head and one dispatch
+/// (`attn_fast.wgsl`'s `SOLO`, `attend_solo`) rather than head groups
+/// split over the positions and a combining dispatch: one tile of the
+/// kernel's 256 positions, which the splits would have walked in one pass
+/// too.
+pub(crate) const SOLO_MAX_KV: u32 = 256;
 
 /// Workgroups per head group of the fast single-token attention (split-K):
 /// enough that the groups of a long context fill a large GPU (about 512
@@ -420,7 +409,7 @@ pub(crate) enum Grid {
     TokenTiles { tile: u32, y: u32, min_tokens: u32 },
     /// As `PerToken`, only for steps after which the context holds at most
     /// (`true`) or more than (`false`) the given number of positions (the
-    /// fast decoding attention's variants, [`attention_solo_max`]).
+    /// fast decoding attention's variants, [`SOLO_MAX_KV`]).
     Context([u32; 2], u32, bool),
 }
 
@@ -1206,7 +1195,7 @@ impl OpBuilder<'_> {
         );
         let kernels = (
             Kernel::AttentionFast(false, group, hd),
-            Kernel::AttentionFast(true, group, hd),
+            Kernel::AttentionFast(true, 1, hd),
         );
         self.split_attention(kernels, bind_group, pb, &params)
     }
@@ -1242,9 +1231,10 @@ impl OpBuilder<'_> {
     }
 
     /// The ops of a fast attention, sharing `bind_group`: for contexts of
-    /// up to [`attention_solo_max`] positions `solo` (one workgroup a head
-    /// group, the output written directly), for longer ones `split` and its
-    /// combining op (one workgroup a head). A step records one or the other.
+    /// up to [`SOLO_MAX_KV`] positions `solo` (one workgroup a head, the
+    /// output written directly), for longer ones `split` (head groups,
+    /// [`attention_group`]) and its combining op (one workgroup a head). A
+    /// step records one or the other.
     fn split_attention(
         &self,
         (split, solo): (Kernel, Kernel),
@@ -1263,13 +1253,12 @@ impl OpBuilder<'_> {
         };
         let group = attention_group(params);
         let (h, groups) = (params.n_head, params.n_head / group);
-        let max_kv = attention_solo_max(params);
         vec![
-            op(solo, Grid::Context([groups, 1], max_kv, true)),
-            op(split, Grid::Context([groups, params.splits], max_kv, false)),
+            op(solo, Grid::Context([h, 1], SOLO_MAX_KV, true)),
+            op(split, Grid::Context([groups, params.splits], SOLO_MAX_KV, false)),
             op(
                 Kernel::AttentionCombine(group, params.head_dim),
-                Grid::Context([h, 1], max_kv, false),
+                Grid::Context([h, 1], SOLO_MAX_KV, false),
             ),
         ]
     }
@@ -1309,7 +1298,7 @@ impl OpBuilder<'_> {
                 qkv, k_cache, v_cache, out, &pb, self.step, table, &rb, partials, norm,
             ],
         );
-        let kernels = (kernel, Kernel::AttentionFastRope(true, group, hd));
+        let kernels = (kernel, Kernel::AttentionFastRope(true, 1, hd));
         self.split_attention(kernels, bind_group, pb, &params)
     }
 

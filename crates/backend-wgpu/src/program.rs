@@ -2408,7 +2408,7 @@ impl GpuProgram {
     /// context length, if any, and records the next position's while the
     /// GPU works: a decoding step's commands do not depend on the token,
     /// and on its position only through the attention's choice of kernel
-    /// ([`crate::ops::attention_solo_max`]).
+    /// ([`crate::ops::SOLO_MAX_KV`]).
     fn run_last(
         &mut self,
         (n, n_kv): (u32, u32),

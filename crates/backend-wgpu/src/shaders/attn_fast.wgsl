@@ -12,8 +12,10 @@
 // unnormalised output in `part`. `attn_combine`, the next dispatch, weighs
 // the splits of each head into the output (one invocation a split for the
 // weights, a vec4 of dimensions over a slice of the splits for the sums).
-// A long context thus occupies (n_head / HG) · splits workgroups; a short one
-// takes one workgroup a group and no combining (SOLO). Not the CPU's bits
+// A long context thus occupies (n_head / HG) · splits workgroups, reading
+// each key and value once per group rather than once per head; a short one
+// (SOLO, HG 1: `attend_solo`) one workgroup a head that writes the output
+// itself, no combining dispatch. Not the CPU's bits
 // (that is attention.wgsl, the exact mode's): float sums in this kernel's
 // order, `exp` rather than ggml's, no f16 rounding of the query or the
 // probabilities. HD (the head dimension) and HG are pipeline constants, so
@@ -88,10 +90,10 @@ struct RopeFuse {
 const WG: u32 = 256u;
 // The most query heads a workgroup takes (ops.rs's attention_group).
 const MAX_HG: u32 = 8u;
-// SOLO: one workgroup a head group takes every visible position and writes
-// the heads' outputs itself, with no `attn_combine` after it: the fast
-// step's choice for short contexts (ops.rs's attention_solo_max), a
-// dispatch less a layer.
+// SOLO: one workgroup a head (HG 1) takes every visible position and
+// writes the head's output itself, with no `attn_combine` after it: the
+// fast step's choice for short contexts (ops.rs's SOLO_MAX_KV), a dispatch
+// less a layer.
 override SOLO: bool = false;
 // Query heads a workgroup takes (they share a KV head; HG · HD ≤ 1024).
 override HG: u32 = 1u;
@@ -106,10 +108,8 @@ var<workgroup> v_new: array<f32, 256>;
 var<workgroup> probs: array<f32, WG>;
 var<workgroup> red: array<f32, WG>;
 var<workgroup> red4: array<vec4<f32>, WG>;
-// Each head's factor for its sums so far (exp(old max − new max)), then
-// its sum of exponentials.
+// Each head's factor for its sums so far (exp(old max − new max)).
 var<workgroup> hcorr: array<f32, MAX_HG>;
-var<workgroup> hsum: array<f32, MAX_HG>;
 
 // Positions a tile: WG / HG rounded down to a power of two.
 fn tile_len() -> u32 {
@@ -168,9 +168,115 @@ fn v_at(vb: u32, c: u32, i: u32, fresh: bool) -> vec4<f32> {
     return v_cache[vb + c * (p.kv_stride >> 2u) + i];
 }
 
+// Output dimension d of position c + t's value (vb: its offset at c);
+// with `fresh`, the step's own position is v_new's (not yet in the cache).
+fn v1_at(vb: u32, c: u32, t: u32, fresh: bool, d: u32) -> f32 {
+    if (fresh && c + t == step.pos) {
+        return v_new[d];
+    }
+    let i = vb + t * p.kv_stride;
+    return v_cache[i >> 2u][i & 3u];
+}
+
+// SOLO (HG 1): head h's attention over every visible position into `out`,
+// a tile of WG positions at a time (each invocation scoring one), the
+// products with V an output dimension per invocation over a slice of the
+// tile. Short contexts (up to ops.rs's SOLO_MAX_KV, one tile) take this
+// kernel: a workgroup a head keeps them as parallel as the grouped
+// kernel's splits would, in one dispatch.
+fn attend_solo(h: u32, lid: u32, fresh: bool) {
+    let kvh = h / (p.n_head / p.n_kv_head);
+    let n_kv = step.pos + 1u;
+    let first = split_span().x;
+    let last = n_kv;
+    let n4 = HD / 4u;
+    let slices = WG / HD;
+    let d = lid % HD;
+    let sl = lid / HD;
+    let ko = kvh * HD;
+    var m = -3.4028235e38;
+    var l = 0.0;
+    var acc = 0.0;
+    for (var c = first; c < last; c += WG) {
+        let j = c + lid;
+        var sc = -3.4028235e38;
+        if (j < last) {
+            var a = vec4<f32>(0.0);
+            if (fresh && j == step.pos) {
+                for (var i = 0u; i < n4; i++) {
+                    let kv = vec4<f32>(k_new[4u * i], k_new[4u * i + 1u], k_new[4u * i + 2u], k_new[4u * i + 3u]);
+                    a = fma(q_head[i], kv, a);
+                }
+            } else {
+                let kb = (j * p.kv_stride + ko) >> 2u;
+                var a1 = vec4<f32>(0.0);
+                for (var i = 0u; i + 1u < n4; i += 2u) {
+                    a = fma(q_head[i], k_cache[kb + i], a);
+                    a1 = fma(q_head[i + 1u], k_cache[kb + i + 1u], a1);
+                }
+                if (n4 % 2u == 1u) {
+                    a = fma(q_head[n4 - 1u], k_cache[kb + n4 - 1u], a);
+                }
+                a += a1;
+            }
+            sc = (a.x + a.y) + (a.z + a.w);
+            if (p.softcap != 0.0) {
+                sc = tanh_f32(sc * p.inv_cap) * p.softcap;
+            }
+            sc *= p.scale;
+        }
+        let m_new = max(m, seg_reduce(sc, lid, WG, true));
+        var e = 0.0;
+        if (j < last) {
+            e = exp(sc - m_new);
+        }
+        probs[lid] = e;
+        let corr = exp(m - m_new);
+        // probs is visible after seg_reduce's barriers.
+        l = l * corr + seg_reduce(e, lid, WG, false);
+        if (sl < slices) {
+            let cnt = min(WG, last - c);
+            let vb = c * p.kv_stride + ko + d;
+            // Four positions a pass into four sums, their loads first.
+            var a0 = 0.0;
+            var a1 = 0.0;
+            var a2 = 0.0;
+            var a3 = 0.0;
+            var t = sl;
+            for (; t + 3u * slices < cnt; t += 4u * slices) {
+                let v0 = v1_at(vb, c, t, fresh, d);
+                let v1 = v1_at(vb, c, t + slices, fresh, d);
+                let v2 = v1_at(vb, c, t + 2u * slices, fresh, d);
+                let v3 = v1_at(vb, c, t + 3u * slices, fresh, d);
+                a0 = fma(probs[t], v0, a0);
+                a1 = fma(probs[t + slices], v1, a1);
+                a2 = fma(probs[t + 2u * slices], v2, a2);
+                a3 = fma(probs[t + 3u * slices], v3, a3);
+            }
+            for (; t < cnt; t += slices) {
+                a0 = fma(probs[t], v1_at(vb, c, t, fresh, d), a0);
+            }
+            acc = acc * corr + ((a0 + a1) + (a2 + a3));
+        }
+        m = m_new;
+        workgroupBarrier();
+    }
+    red[lid] = acc;
+    workgroupBarrier();
+    if (sl == 0u && d < HD) {
+        var total = 0.0;
+        for (var k = 0u; k < slices; k++) {
+            total += red[k * HD + d];
+        }
+        out[h * HD + d] = total / l;
+    }
+}
+
 // Split s of head group hg's attention (the queries in q_head) over
-// positions ..= step.pos into `part` (SOLO: `out`); with `fresh`, the last
-// position's key and value are k_new and v_new.
+// positions ..= step.pos into `part`; with `fresh`, the last position's key
+// and value are k_new and v_new. Each head's sums in its own registers
+// (a0..a7, those past HG folded away with HG a constant), not an array a
+// loop indexes (which a driver may keep in memory).
 fn attend(hg: u32, s: u32, lid: u32, fresh: bool) {
     let h0 = hg * HG;
     let kvh = h0 / (p.n_head / p.n_kv_head);
@@ -196,13 +302,20 @@ fn attend(hg: u32, s: u32, lid: u32, fresh: bool) {
     let kb = kvh * n4;
     var m = -3.4028235e38;
     var l = 0.0;
-    var acc: array<vec4<f32>, MAX_HG>;
+    var a0 = vec4<f32>(0.0);
+    var a1 = vec4<f32>(0.0);
+    var a2 = vec4<f32>(0.0);
+    var a3 = vec4<f32>(0.0);
+    var a4 = vec4<f32>(0.0);
+    var a5 = vec4<f32>(0.0);
+    var a6 = vec4<f32>(0.0);
+    var a7 = vec4<f32>(0.0);
     for (var c = first; c < last; c += tp) {
         let j = c + t;
         var sc = -3.4028235e38;
         if (scoring && j < last) {
             var a = vec4<f32>(0.0);
-            var a1 = vec4<f32>(0.0);
+            var b = vec4<f32>(0.0);
             let qb = g * n4;
             if (fresh && j == step.pos) {
                 for (var i = 0u; i < n4; i++) {
@@ -213,13 +326,13 @@ fn attend(hg: u32, s: u32, lid: u32, fresh: bool) {
                 let kr = j * (p.kv_stride >> 2u) + kb;
                 for (var i = 0u; i + 1u < n4; i += 2u) {
                     a = fma(q_head[qb + i], k_cache[kr + i], a);
-                    a1 = fma(q_head[qb + i + 1u], k_cache[kr + i + 1u], a1);
+                    b = fma(q_head[qb + i + 1u], k_cache[kr + i + 1u], b);
                 }
                 if (n4 % 2u == 1u) {
                     a = fma(q_head[qb + n4 - 1u], k_cache[kr + n4 - 1u], a);
                 }
             }
-            a += a1;
+            a += b;
             sc = (a.x + a.y) + (a.z + a.w);
             if (p.softcap != 0.0) {
                 sc = tanh_f32(sc * p.inv_cap) * p.softcap;
@@ -241,9 +354,14 @@ fn attend(hg: u32, s: u32, lid: u32, fresh: bool) {
         m = m_new;
         if (sl < slices) {
             let cnt = min(tp, last - c);
-            for (var k = 0u; k < HG; k++) {
-                acc[k] *= hcorr[k];
-            }
+            a0 *= hcorr[0];
+            if (HG > 1u) { a1 *= hcorr[1]; }
+            if (HG > 2u) { a2 *= hcorr[2]; }
+            if (HG > 3u) { a3 *= hcorr[3]; }
+            if (HG > 4u) { a4 *= hcorr[4]; }
+            if (HG > 5u) { a5 *= hcorr[5]; }
+            if (HG > 6u) { a6 *= hcorr[6]; }
+            if (HG > 7u) { a7 *= hcorr[7]; }
             // A fixed count of positions per invocation (its slice of a
             // whole tile), those past the tile's `cnt` weighed 0 at a
             // position in range: the loop unrolls and every load issues
@@ -253,45 +371,49 @@ fn attend(hg: u32, s: u32, lid: u32, fresh: bool) {
                 let u = sl + i * slices;
                 let live = u < cnt;
                 let v = v_at(kb, c + select(cnt - 1u, u, live), d4, fresh);
-                for (var k = 0u; k < HG; k++) {
-                    let pk = select(0.0, probs[k * tp + min(u, tp - 1u)], live);
-                    acc[k] = fma(vec4<f32>(pk), v, acc[k]);
-                }
+                let pu = min(u, tp - 1u);
+                a0 = fma(vec4<f32>(select(0.0, probs[pu], live)), v, a0);
+                if (HG > 1u) { a1 = fma(vec4<f32>(select(0.0, probs[tp + pu], live)), v, a1); }
+                if (HG > 2u) { a2 = fma(vec4<f32>(select(0.0, probs[2u * tp + pu], live)), v, a2); }
+                if (HG > 3u) { a3 = fma(vec4<f32>(select(0.0, probs[3u * tp + pu], live)), v, a3); }
+                if (HG > 4u) { a4 = fma(vec4<f32>(select(0.0, probs[4u * tp + pu], live)), v, a4); }
+                if (HG > 5u) { a5 = fma(vec4<f32>(select(0.0, probs[5u * tp + pu], live)), v, a5); }
+                if (HG > 6u) { a6 = fma(vec4<f32>(select(0.0, probs[6u * tp + pu], live)), v, a6); }
+                if (HG > 7u) { a7 = fma(vec4<f32>(select(0.0, probs[7u * tp + pu], live)), v, a7); }
             }
         }
         workgroupBarrier();
     }
     if (scoring && t == 0u) {
-        hsum[g] = l;
-        if (!SOLO) {
-            let hs = (h0 + g) * p.splits + s;
-            part[ml_base() + 2u * hs] = m;
-            part[ml_base() + 2u * hs + 1u] = l;
-        }
+        let hs = (h0 + g) * p.splits + s;
+        part[ml_base() + 2u * hs] = m;
+        part[ml_base() + 2u * hs + 1u] = l;
     }
     // Each head's output: its slices' sums.
     for (var k = 0u; k < HG; k++) {
-        red4[lid] = acc[k];
+        var a = a0;
+        switch k {
+            case 1u: { a = a1; }
+            case 2u: { a = a2; }
+            case 3u: { a = a3; }
+            case 4u: { a = a4; }
+            case 5u: { a = a5; }
+            case 6u: { a = a6; }
+            case 7u: { a = a7; }
+            default: {}
+        }
+        red4[lid] = a;
         workgroupBarrier();
         if (lid < n4) {
             var total = vec4<f32>(0.0);
             for (var z = 0u; z < slices; z++) {
                 total += red4[z * n4 + lid];
             }
-            var o = ((h0 + k) * p.splits + s) * HD + 4u * lid;
-            if (SOLO) {
-                total /= hsum[k];
-                o = (h0 + k) * HD + 4u * lid;
-                out[o] = total.x;
-                out[o + 1u] = total.y;
-                out[o + 2u] = total.z;
-                out[o + 3u] = total.w;
-            } else {
-                part[o] = total.x;
-                part[o + 1u] = total.y;
-                part[o + 2u] = total.z;
-                part[o + 3u] = total.w;
-            }
+            let o = ((h0 + k) * p.splits + s) * HD + 4u * lid;
+            part[o] = total.x;
+            part[o + 1u] = total.y;
+            part[o + 2u] = total.z;
+            part[o + 3u] = total.w;
         }
         workgroupBarrier();
     }
@@ -358,7 +480,11 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
         q_head[i] = vec4<f32>(q[b], q[b + 1u], q[b + 2u], q[b + 3u]);
     }
     workgroupBarrier();
-    attend(wid.x, wid.y, lid, false);
+    if (SOLO) {
+        attend_solo(wid.x, lid, false);
+    } else {
+        attend(wid.x, wid.y, lid, false);
+    }
 }
 
 @compute @workgroup_size(WG)
@@ -451,5 +577,9 @@ fn attn_rope_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
         }
     }
     workgroupBarrier();
-    attend(wid.x, wid.y, lid, true);
+    if (SOLO) {
+        attend_solo(wid.x, lid, true);
+    } else {
+        attend(wid.x, wid.y, lid, true);
+    }
 }
