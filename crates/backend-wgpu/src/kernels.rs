@@ -617,6 +617,13 @@ pub(crate) enum Kernel {
     /// (`false`) or the routed experts' (`true`), with prologue 0 (x) or 2
     /// (SwiGLU of a row's two halves).
     MoeMv(GgmlType, bool, u32),
+    /// [`Kernel::MmFast`]'s entry point in its gathered mode (quant.wgsl's
+    /// `MM_GATHER`): a mixture of experts' grouped product over the pairs
+    /// `moe.wgsl`'s `moe_bucket` listed for each expert, with prologue 0
+    /// (x) or 2 (SwiGLU of a row's two halves).
+    MoeMm(GgmlType, MmKind, u32),
+    /// `moe.wgsl`'s `moe_bucket`: each expert's (token, slot) pairs.
+    MoeBucket,
     /// `moe.wgsl`'s `moe_route`: gating 0 (softmax), 1 (sigmoid) or 2
     /// (softmax of the chosen), renormalised or not.
     MoeRoute(u32, bool),
@@ -666,9 +673,13 @@ impl Kernel {
                 Shader::AttentionFast
             }
             Kernel::AttentionFlash(_) => Shader::AttentionFlash,
-            Kernel::MmFast(_, MmKind::Portable) => Shader::MmFast,
-            Kernel::MmFast(_, _) => Shader::MmCoop,
-            Kernel::MoeMv(..) | Kernel::MoeRoute(..) | Kernel::MoeSum => Shader::Moe,
+            Kernel::MmFast(_, MmKind::Portable) | Kernel::MoeMm(_, MmKind::Portable, _) => {
+                Shader::MmFast
+            }
+            Kernel::MmFast(_, _) | Kernel::MoeMm(..) => Shader::MmCoop,
+            Kernel::MoeMv(..) | Kernel::MoeRoute(..) | Kernel::MoeSum | Kernel::MoeBucket => {
+                Shader::Moe
+            }
         }
     }
 
@@ -704,9 +715,12 @@ impl Kernel {
             Kernel::AttentionFastRope(..) => "attn_rope_decode",
             Kernel::AttentionCombine(..) => "attn_combine",
             Kernel::AttentionFlash(_) => "attn_flash",
-            Kernel::MmFast(_, MmKind::Portable) => "mm_fast",
-            Kernel::MmFast(_, MmKind::Coop) => "mm_coop",
+            Kernel::MmFast(_, MmKind::Portable) | Kernel::MoeMm(_, MmKind::Portable, _) => {
+                "mm_fast"
+            }
+            Kernel::MmFast(_, MmKind::Coop) | Kernel::MoeMm(_, MmKind::Coop, _) => "mm_coop",
             Kernel::MoeMv(..) => "moe_mv",
+            Kernel::MoeBucket => "moe_bucket",
             Kernel::MoeRoute(..) => "moe_route",
             Kernel::MoeSum => "moe_sum",
             Kernel::Qdot(_, 1, KMM_TOKENS) => "qmm1",
@@ -748,6 +762,11 @@ impl Kernel {
                 ("PROLOGUE", f64::from(prologue)),
             ],
             Kernel::MmFast(t, _) => vec![("FORMAT", f64::from(t.id()))],
+            // Gathered rows (1), with SwiGLU made as they load (2).
+            Kernel::MoeMm(t, _, prologue) => vec![
+                ("FORMAT", f64::from(t.id())),
+                ("MM_GATHER", f64::from(if prologue == 2 { 2 } else { 1 })),
+            ],
             Kernel::AttentionFlash(nc) => vec![("NC", f64::from(nc))],
             Kernel::AttentionFast(solo, group, hd) | Kernel::AttentionFastRope(solo, group, hd) => {
                 vec![
@@ -829,23 +848,26 @@ mod tests {
             // The cooperative-matrix shader, which no CI device compiles,
             // also goes through naga's SPIR-V writer as wgpu's Vulkan
             // backend takes it (with every entry point's overrides at their
-            // defaults).
+            // defaults, and in each gathered mode: MoeMm's MM_GATHER).
             if shader == Shader::MmCoop {
                 let info = validator.validate(&module).expect("validated above");
-                let (module, info) = naga::back::pipeline_constants::process_overrides(
-                    &module,
-                    &info,
-                    None,
-                    &Default::default(),
-                )
-                .expect("overrides");
-                let opts = naga::back::spv::Options {
-                    lang_version: (1, 3),
-                    ..Default::default()
-                };
-                naga::back::spv::write_vec(&module, &info, &opts, None).unwrap_or_else(|e| {
-                    panic!("{}: SPIR-V: {e}", shader.name());
-                });
+                for gather in [None, Some(1.0), Some(2.0)] {
+                    let constants: naga::back::PipelineConstants = gather
+                        .map(|g| ("MM_GATHER".to_string(), g))
+                        .into_iter()
+                        .collect();
+                    let (module, info) = naga::back::pipeline_constants::process_overrides(
+                        &module, &info, None, &constants,
+                    )
+                    .expect("overrides");
+                    let opts = naga::back::spv::Options {
+                        lang_version: (1, 3),
+                        ..Default::default()
+                    };
+                    naga::back::spv::write_vec(&module, &info, &opts, None).unwrap_or_else(|e| {
+                        panic!("{} (MM_GATHER {gather:?}): SPIR-V: {e}", shader.name());
+                    });
+                }
             }
             let n = shader.bindings().len() as u32;
             for (_, var) in module.global_variables.iter() {

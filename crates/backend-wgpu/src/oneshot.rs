@@ -649,3 +649,120 @@ pub fn moe_route(
     let weights = v.iter().skip(1).step_by(2).copied().collect();
     Ok((experts, weights))
 }
+
+/// The routed experts' products of `moe.wgsl` for a batch: for each pair j
+/// = t·n_used + s of `experts` (`n_used` a token, each below the count of
+/// matrices), `Y[j, r] = W_e[r, :] · xv(j)`, `weights` holding every
+/// expert's `m × k` matrix of `ty` (raw GGUF bytes) one after another.
+/// Without `swiglu`, xv(j) is token t's row of `x` (`n_tokens × k`); with
+/// it, silu(gate)·up of pair j's row of `x` (`pairs × 2k`: gate then up,
+/// the down product's input). `grouped` None multiplies one pair at a time
+/// (`moe_mv`, the small batches' path), `Some(coop)` lists each expert's
+/// pairs (`moe_bucket`) and multiplies them as one batch (`mm_fast`
+/// gathered; with `coop`, `mm_coop`), whatever
+/// the batch's size. Fails for `coop` where the device has no cooperative
+/// matrices, or where a token's slots repeat an expert.
+#[allow(clippy::too_many_arguments)]
+pub fn moe_experts(
+    ctx: &GpuContext,
+    ty: GgmlType,
+    weights: &[u8],
+    (k, m): (usize, usize),
+    x: &[f32],
+    (experts, n_used): (&[u32], usize),
+    swiglu: bool,
+    grouped: Option<bool>,
+) -> Result<Vec<f32>> {
+    let row_bytes = k / ty.block_size() * ty.type_size();
+    let expert_bytes = m * row_bytes;
+    let n_expert = weights.len() / expert_bytes.max(1);
+    let pairs = experts.len();
+    let n = pairs / n_used.max(1);
+    let x_rows = if swiglu { pairs } else { n };
+    let x_width = if swiglu { 2 * k } else { k };
+    check(
+        "moe_experts",
+        k > 0
+            && k.is_multiple_of(32)
+            && k.is_multiple_of(ty.block_size())
+            && m > 0
+            && n_expert > 0
+            && weights.len() == n_expert * expert_bytes
+            && expert_bytes.is_multiple_of(4)
+            && n_used > 0
+            && pairs == n * n_used
+            && x.len() == x_rows * x_width
+            && experts.iter().all(|&e| (e as usize) < n_expert),
+        || "bad shape".to_string(),
+    )?;
+    // A token's slots hold distinct experts (as moe_route chooses them), so
+    // an expert's list holds at most one pair a token.
+    check(
+        "moe_experts",
+        experts
+            .chunks(n_used)
+            .all(|t| t.iter().enumerate().all(|(i, e)| !t[..i].contains(e))),
+        || "a token routed twice to one expert".to_string(),
+    )?;
+    check(
+        "moe_experts",
+        grouped != Some(true) || ctx.caps().coop_f16_16,
+        || {
+            format!(
+                "{} has no 16×16×16 f16 cooperative matrices",
+                ctx.caps().name
+            )
+        },
+    )?;
+    // The stacked buffer's spare bytes, as MoeMatrix::stack leaves them.
+    let mut stacked = weights.to_vec();
+    stacked.resize(weights.len() + 16, 0);
+    let w = crate::ops::MoeMatrix {
+        buffer: ctx.try_upload("experts", &stacked)?,
+        ty,
+        k: k as u32,
+        m: m as u32,
+        row_bytes: row_bytes as u32,
+        expert_bytes: expert_bytes as u32,
+    };
+    // The routing as moe_route writes it: expert (a float), weight.
+    let routing: Vec<f32> = experts.iter().flat_map(|&e| [e as f32, 1.0]).collect();
+    let step = step_buffer(ctx, n as u32, 0);
+    let b = OpBuilder { ctx, step: &step };
+    let rb = f32_buffer(ctx, "routing", &routing);
+    let xb = f32_buffer(ctx, "x", x);
+    let y = ctx.storage("y", (pairs * m * 4) as u64);
+    let dummy = ctx.storage("dummy", 16);
+    let (prologue, aux, share) = match swiglu {
+        true => (2, k as u32, 1),
+        false => (0, 0, n_used as u32),
+    };
+    let xs = (x_width as u32, share);
+    let ops = match grouped {
+        None => vec![b.moe_mv(
+            "moe_mv",
+            &w,
+            (true, prologue, aux),
+            (&xb, xs.0, xs.1),
+            (&y, m as u32, 0),
+            &rb,
+            n_used as u32,
+        )],
+        Some(coop) => {
+            let lists = ctx.storage("lists", (n_expert * (n + 1) * 4) as u64);
+            vec![
+                b.moe_bucket(&rb, (n_expert as u32, n_used as u32), &lists, &dummy, 1),
+                b.moe_mm(
+                    "moe_mm",
+                    &w,
+                    (prologue, aux),
+                    (&xb, xs.0, xs.1),
+                    (&y, m as u32, 0),
+                    (&lists, n_expert as u32),
+                    (1, Some(coop)),
+                ),
+            ]
+        }
+    };
+    run(ctx, &ops, n as u32, &y, pairs * m)
+}

@@ -24,6 +24,15 @@ pub const MATVEC_MAX_TOKENS: u32 = 4;
 /// activations; smaller ones keep the exact mode's kernels.
 pub const FAST_MM_MIN_TOKENS: u32 = 16;
 
+/// From this many tokens on, the fast mode's mixtures of experts multiply
+/// each expert's (token, slot) pairs as one batch (`moe.wgsl`'s
+/// `moe_bucket`, then `mm_fast`/`mm_coop` gathered: llama.cpp's
+/// mul_mat_id); smaller
+/// batches and single tokens keep one matrix-vector product a pair
+/// (`moe_mv`), which reads no more weights than a batch of so few pairs
+/// spread over the experts would.
+pub const MOE_MM_MIN_TOKENS: u32 = FAST_MM_MIN_TOKENS;
+
 /// Invocations per row of `quant.wgsl`'s matvec (`MV_LANES`): on an H100,
 /// TinyLlama Q4_K_M generated 215, 273, 330, 349, 340 and 303 tokens/s with
 /// 8, 16, 32, 64, 128 and 256 (Q8_0: 204, 284, 419, 440, 414, 350).
@@ -395,6 +404,20 @@ pub(crate) enum Grid {
     /// `[x, y]` workgroups per row of `k` rows a token (z = tokens · k:
     /// per-head norms).
     PerTokenTimes([u32; 2], u32),
+    /// As `PerTokenTimes`, for batches of fewer than the last number of
+    /// tokens only (a mixture of experts' products of one pair each, which
+    /// larger batches group: [`MOE_MM_MIN_TOKENS`]).
+    SmallBatchTimes([u32; 2], u32, u32),
+    /// `[ceil(n_tokens / tile), y, experts]` for batches of `min_tokens` or
+    /// more only: a mixture of experts' grouped product (tiles of pairs
+    /// over rows over experts; `tile` = `u32::MAX` gives one workgroup in
+    /// x, `moe_bucket`'s one per expert).
+    Experts {
+        tile: u32,
+        y: u32,
+        experts: u32,
+        min_tokens: u32,
+    },
     /// As `PerToken`, for batches of fewer than the given number of tokens
     /// only: the fast mode's activation rounding, which only the exact
     /// kernels of small batches read (larger ones take [`Kernel::MmFast`]
@@ -485,18 +508,22 @@ impl Op {
     pub fn runs(&self, n_tokens: u32, n_kv: u32) -> bool {
         match self.grid {
             Grid::BatchOnly(_) => n_tokens > 1,
-            Grid::SmallBatch(_, limit) => n_tokens < limit,
+            Grid::SmallBatch(_, limit) | Grid::SmallBatchTimes(_, _, limit) => n_tokens < limit,
             Grid::LargeBatch(_, limit) => n_tokens >= limit,
+            Grid::Experts { min_tokens, .. } => n_tokens >= min_tokens,
             Grid::TokenTiles { min_tokens, .. } => n_tokens >= min_tokens,
             Grid::Context(_, max_kv, short) => (n_kv <= max_kv) == short,
             _ => true,
         }
     }
 
-    /// Only for batches of fewer than `limit` tokens ([`Grid::SmallBatch`]).
+    /// Only for batches of fewer than `limit` tokens ([`Grid::SmallBatch`],
+    /// [`Grid::SmallBatchTimes`]).
     pub fn small_batches_only(mut self, limit: u32) -> Op {
-        if let Grid::PerToken(g) = self.grid {
-            self.grid = Grid::SmallBatch(g, limit);
+        match self.grid {
+            Grid::PerToken(g) => self.grid = Grid::SmallBatch(g, limit),
+            Grid::PerTokenTimes(g, k) => self.grid = Grid::SmallBatchTimes(g, k, limit),
+            _ => {}
         }
         self
     }
@@ -522,6 +549,12 @@ impl Op {
             Grid::BatchOnly([x, y]) => (&self.pipeline, [x, y, n_tokens]),
             Grid::SmallBatch(_, limit) if n_tokens >= limit => return,
             Grid::SmallBatch([x, y], _) => (&self.pipeline, [x, y, n_tokens]),
+            Grid::SmallBatchTimes(_, _, limit) if n_tokens >= limit => return,
+            Grid::SmallBatchTimes([x, y], k, _) => (&self.pipeline, [x, y, n_tokens * k]),
+            Grid::Experts { min_tokens, .. } if n_tokens < min_tokens => return,
+            Grid::Experts {
+                tile, y, experts, ..
+            } => (&self.pipeline, [n_tokens.div_ceil(tile), y, experts]),
             Grid::LargeBatch(_, limit) if n_tokens < limit => return,
             Grid::LargeBatch([x, y], _) => (&self.pipeline, [x, y, n_tokens]),
             Grid::TokenTiles { min_tokens, .. } if n_tokens < min_tokens => return,
@@ -1452,6 +1485,82 @@ impl OpBuilder<'_> {
             [&w.buffer, x, y],
             Some(routing),
             Grid::PerTokenTimes(rows_grid(w.m.div_ceil(256 / MATVEC_LANES)), slots),
+        )
+    }
+
+    /// `moe.wgsl`'s lists of each expert's pairs for the grouped products
+    /// ([`OpBuilder::moe_mm`]): for each of `n_expert` experts, the (token,
+    /// slot) pairs `routing` sends to it (`n_used` slots a token) into
+    /// `lists` (`n_expert · (n_tokens + 1)` floats), for batches of
+    /// `min_tokens` or more.
+    pub fn moe_bucket(
+        &self,
+        routing: &wgpu::Buffer,
+        (n_expert, n_used): (u32, u32),
+        lists: &wgpu::Buffer,
+        dummy: &wgpu::Buffer,
+        min_tokens: u32,
+    ) -> Op {
+        let params = MatParams {
+            m: n_used,
+            ..Default::default()
+        };
+        self.kernel_op(
+            "moe_bucket",
+            Kernel::MoeBucket,
+            &params,
+            [dummy, dummy, lists],
+            Some(routing),
+            Grid::Experts {
+                tile: u32::MAX,
+                y: 1,
+                experts: n_expert,
+                min_tokens,
+            },
+        )
+    }
+
+    /// The grouped form of [`OpBuilder::moe_mv`]'s routed product, for
+    /// batches of `min_tokens` or more: each expert's pairs (as
+    /// [`OpBuilder::moe_bucket`] listed them in `lists`) multiplied as one
+    /// batch by [`Kernel::MoeMm`] (`mm_coop` where the device has
+    /// cooperative matrices, else `mm_fast`; `coop` forces one), the same
+    /// outputs in the same rows. Arguments as [`OpBuilder::moe_mv`]'s.
+    #[allow(clippy::too_many_arguments)]
+    pub fn moe_mm(
+        &self,
+        label: &'static str,
+        w: &MoeMatrix,
+        (prologue, aux): (u32, u32),
+        (x, x_stride, x_share): (&wgpu::Buffer, u32, u32),
+        (y, y_stride, y_base): (&wgpu::Buffer, u32, u32),
+        (lists, n_expert): (&wgpu::Buffer, u32),
+        (min_tokens, coop): (u32, Option<bool>),
+    ) -> Op {
+        let params = MatParams {
+            k: w.k,
+            m: w.m,
+            row_bytes: w.row_bytes,
+            x_stride,
+            y_stride,
+            y_base,
+            accumulate: 0,
+            at_pos: 0,
+            corr_base: w.expert_bytes,
+            pad: [x_share, aux / 4, 0],
+        };
+        self.kernel_op(
+            label,
+            Kernel::MoeMm(w.ty, self.mm_kind(coop), prologue),
+            &params,
+            [&w.buffer, x, y],
+            Some(lists),
+            Grid::Experts {
+                tile: MM_FAST_TOKENS,
+                y: w.m.div_ceil(MM_FAST_ROWS),
+                experts: n_expert,
+                min_tokens,
+            },
         )
     }
 

@@ -35,7 +35,10 @@
 //!   router, routing, the chosen experts' gate/up and down products over
 //!   the stacked experts (one row of products per token and slot, the
 //!   expert read from the routing), their weighted sum (into the residual,
-//!   as a product's).
+//!   as a product's); batches of [`crate::ops::MOE_MM_MIN_TOKENS`] or more
+//!   list each expert's (token, slot) pairs instead (`moe_bucket`) and
+//!   multiply them as one batch an expert (`mm_fast`/`mm_coop` gathered:
+//!   llama.cpp's mul_mat_id), the expert's weights read once a tile.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -50,7 +53,7 @@ use crate::kernels::{act_type, is_exact, Kernel};
 use crate::ops::{
     attention_partials_bytes, fast_attention_fits, flash_attention_fits, AttnParams, EwParams,
     GpuMatrix, Grid, MoeMatrix, Op, OpBuilder, Prologue, RopeFuse, RopeParams, ScaleParams,
-    StepUniform, TgRopeParams, FAST_MM_MIN_TOKENS,
+    StepUniform, TgRopeParams, FAST_MM_MIN_TOKENS, MOE_MM_MIN_TOKENS,
 };
 use crate::seam::GpuWeight;
 
@@ -1526,7 +1529,8 @@ impl<'a> Lowering<'a> {
 
     /// Mixture-of-experts node `i` (input `x`) into `y`: the router's
     /// product, the routing, the chosen experts' gate/up products (one row
-    /// per token and slot), their down products over silu(gate)·up, and the
+    /// per token and slot; in batches of [`MOE_MM_MIN_TOKENS`] or more,
+    /// grouped by expert), their down products over silu(gate)·up, and the
     /// weighted sum (added to `y`'s values with `accumulate`: the residual
     /// of [`Lowering::accumulates`]); all in the fast mode's float
     /// activations (the exact mode does not compile these nodes: its products
@@ -1577,6 +1581,21 @@ impl<'a> Lowering<'a> {
         let down = self.take(b * k as u64 * d as u64 * 4, i);
         let down = self.pool[down].0.clone();
         let dummy = self.dummy.clone();
+        // Batches of MOE_MM_MIN_TOKENS or more group each expert's pairs
+        // (every lowering but the single-token step's, where the batch can
+        // reach it): their lists, n_expert · (tokens + 1) floats.
+        let grouped = !self.fast && self.max_batch >= MOE_MM_MIN_TOKENS;
+        let lists = if grouped {
+            let l = self.take(n_expert as u64 * (b + 1) * 4, i);
+            Some(self.pool[l].0.clone())
+        } else {
+            None
+        };
+        // Below MOE_MM_MIN_TOKENS, where grouping, a product per pair.
+        let per_pair = |op: Op| match grouped {
+            true => op.small_batches_only(MOE_MM_MIN_TOKENS),
+            false => op,
+        };
         ops.push(ob.moe_mv(
             "ffn_gate_inp",
             &mw.router,
@@ -1599,8 +1618,11 @@ impl<'a> Lowering<'a> {
             &routing,
             &dummy,
         ));
+        if let Some(lists) = &lists {
+            ops.push(ob.moe_bucket(&routing, (n_expert, k), lists, &dummy, MOE_MM_MIN_TOKENS));
+        }
         for (w, base) in &mw.gate_up {
-            ops.push(ob.moe_mv(
+            ops.push(per_pair(ob.moe_mv(
                 "ffn_gate_up_exps",
                 w,
                 (true, 0, 0),
@@ -1608,9 +1630,20 @@ impl<'a> Lowering<'a> {
                 (&gu, 2 * ff, *base),
                 &routing,
                 k,
-            ));
+            )));
+            if let Some(lists) = &lists {
+                ops.push(ob.moe_mm(
+                    "ffn_gate_up_exps_grouped",
+                    w,
+                    (0, 0),
+                    (&xb, d, k),
+                    (&gu, 2 * ff, *base),
+                    (lists, n_expert),
+                    (MOE_MM_MIN_TOKENS, None),
+                ));
+            }
         }
-        ops.push(ob.moe_mv(
+        ops.push(per_pair(ob.moe_mv(
             "ffn_down_exps",
             &mw.down,
             (true, 2, ff),
@@ -1618,7 +1651,18 @@ impl<'a> Lowering<'a> {
             (&down, d, 0),
             &routing,
             k,
-        ));
+        )));
+        if let Some(lists) = &lists {
+            ops.push(ob.moe_mm(
+                "ffn_down_exps_grouped",
+                &mw.down,
+                (2, ff),
+                (&gu, 2 * ff, 1),
+                (&down, d, 0),
+                (lists, n_expert),
+                (MOE_MM_MIN_TOKENS, None),
+            ));
+        }
         let yb = self.buf(y).clone();
         ops.push(ob.moe_sum(
             (&down, d),
@@ -2526,6 +2570,22 @@ impl GpuProgram {
     pub fn step_ops(&self) -> Vec<(&'static str, usize, bool)> {
         let mut out: Vec<(&'static str, usize, bool)> = Vec::new();
         for op in self.single_step().filter(|o| o.runs(1, 1)) {
+            match out.iter_mut().find(|e| e.0 == op.label) {
+                Some(e) => e.1 += 1,
+                None => out.push((op.label, 1, op.is_product())),
+            }
+        }
+        out
+    }
+
+    /// The ops the body of a batch of `n_tokens` runs (every layer, not
+    /// the tails: the final norm and the output), by label as
+    /// [`GpuProgram::step_ops`] lists a decoding step's: which kernels a
+    /// batch of that size takes.
+    pub fn batch_ops(&self, n_tokens: u32) -> Vec<(&'static str, usize, bool)> {
+        let n = n_tokens.clamp(1, self.max_batch);
+        let mut out: Vec<(&'static str, usize, bool)> = Vec::new();
+        for op in self.body.iter().filter(|o| o.runs(n, n)) {
             match out.iter_mut().find(|e| e.0 == op.label) {
                 Some(e) => e.1 += 1,
                 None => out.push((op.label, 1, op.is_product())),

@@ -53,12 +53,14 @@ fn qwen3moe_step_sums_experts_into_the_residual() {
 
 /// The fast mode compiles the graph (the exact mode does not) and decodes
 /// token by token, and runs batches (40 tokens: the dense products through
-/// mm_fast; steps of 5: the exact kernels), near the CPU's logits: F32
+/// mm_fast, the experts grouped; steps of 5: the exact kernels, a product a
+/// pair), near the CPU's logits: F32
 /// files within mean KLD 1e-5, quantized ones (whose activations the CPU
 /// rounds to Q8 and the fast mode does not) within 1e-2, same top-1 ≥ 90%.
 /// Measured on llvmpipe (decoding; batches of 40; steps of 5): F32 1.7e-7,
-/// 1.3e-8, 2.7e-10; Q8_0 6.8e-4, 6.8e-4, 8.4e-4; Q4_K_M 5.8e-3, 5.3e-3,
-/// 1.4e-3 (top-1 ≥ 97.5%). The dense qwen3 fixture's fast decoding, printed
+/// 1.8e-7, 2.8e-10; Q8_0 6.8e-4, 6.8e-4, 8.4e-4; Q4_K_M 5.8e-3, 5.3e-3,
+/// 1.4e-3 (top-1 ≥ 97.5%; with a product a pair in the batches of 40
+/// too, before the experts were grouped: F32 1.3e-8, the others the same). The dense qwen3 fixture's fast decoding, printed
 /// beside them, is of the same order (F32 4.4e-7, Q8_0 1.1e-3, Q4_K_M
 /// 3.4e-3): the unrounded activations, not the experts.
 #[test]
@@ -107,6 +109,73 @@ fn qwen3moe_compiles_and_agrees_in_fast_mode() {
             eprintln!(
                 "qwen3moe {ftype}, {} tokens in steps of {n_batch}: fast mode vs CPU batch \
                  mean KLD {kld:.3e}, same top-1 {:.1}%",
+                toks.len(),
+                top1 * 100.0
+            );
+            assert!(
+                kld <= bound && top1 >= 0.9,
+                "{ftype} batch {n_batch}: mean KLD {kld:.3e}, top-1 {top1}"
+            );
+        }
+    }
+}
+
+/// Prompts of `MOE_MM_MIN_TOKENS` tokens or more group each expert's
+/// (token, slot) pairs (`moe_bucket`, then `mm_fast`/`mm_coop` gathered:
+/// llama.cpp's mul_mat_id) instead of a product per pair (`moe_mv`, which
+/// smaller batches keep), and agree with the CPU's logits within the fast
+/// mode's bounds (F32 1e-5, quantized 1e-2, same top-1 ≥ 90%). 150 tokens
+/// in one batch give each of the fixture's 4 experts ~75 of the 300 pairs:
+/// more than one tile of 64; 16, the fewest that group, one tile each (and
+/// a last step of 6 a product a pair). Measured on llvmpipe (one batch;
+/// steps of 16): F32 9.4e-8, 9.2e-8; Q8_0 7.7e-4, 6.5e-4; Q4_K_M 2.4e-3,
+/// 2.5e-3 (top-1 ≥ 98.7%).
+#[test]
+fn qwen3moe_prompt_batches_group_experts() {
+    let min = backend_wgpu::ops::MOE_MM_MIN_TOKENS as usize;
+    for ftype in ["F32", "Q8_0", "Q4_K_M"] {
+        let path = arch_file("qwen3moe", ftype);
+        let toks = tokens(n_vocab(&path), 150);
+        {
+            let gpu = gpu_model_with(&path, GpuOptions { exact: false });
+            let mut s = gpu
+                .session(&SessionOptions {
+                    n_ctx: toks.len(),
+                    n_batch: toks.len(),
+                    ..Default::default()
+                })
+                .unwrap();
+            let program = gpu_program(&mut s);
+            let count = |ops: &[(&str, usize, bool)], l: &str| {
+                ops.iter().find(|o| o.0 == l).map_or(0, |o| o.1)
+            };
+            for n in [min, toks.len()] {
+                let ops = program.batch_ops(n as u32);
+                let layers = count(&ops, "moe_route");
+                assert!(layers > 0, "{ops:?}");
+                assert_eq!(count(&ops, "moe_bucket"), layers, "{n}: {ops:?}");
+                assert_eq!(count(&ops, "ffn_down_exps_grouped"), layers, "{n}: {ops:?}");
+                assert!(
+                    count(&ops, "ffn_gate_up_exps_grouped") >= layers,
+                    "{n}: {ops:?}"
+                );
+                assert_eq!(count(&ops, "ffn_down_exps"), 0, "{n}: {ops:?}");
+                assert_eq!(count(&ops, "ffn_gate_up_exps"), 0, "{n}: {ops:?}");
+            }
+            let ops = program.batch_ops(min as u32 - 1);
+            assert_eq!(count(&ops, "moe_bucket"), 0, "{ops:?}");
+            assert_eq!(count(&ops, "ffn_down_exps_grouped"), 0, "{ops:?}");
+            assert!(count(&ops, "ffn_down_exps") > 0, "{ops:?}");
+        }
+        let bound = if ftype == "F32" { 1e-5 } else { 1e-2 };
+        let want = cpu_decode(&path, &toks, &[], true);
+        let n_vocab = want.len() / toks.len();
+        for n_batch in [toks.len(), min] {
+            let got = gpu_batch(&path, &toks, false, Some(n_batch));
+            let (kld, top1) = kld_top1(&want, &got, n_vocab);
+            eprintln!(
+                "qwen3moe {ftype}, {} tokens in batches of {n_batch} (experts grouped): fast \
+                 mode vs CPU mean KLD {kld:.3e}, same top-1 {:.1}%",
                 toks.len(),
                 top1 * 100.0
             );

@@ -64,9 +64,9 @@ fn coop_q8(prev: u32, next: u32, odd: bool, d: f32) -> vec4<f16> {
 }
 
 // Chunk c of row r's Q8_0 block (rows past the matrix read its last row,
-// whose products are not stored).
+// whose products are not stored; gathered, the expert's row: mm_w0).
 fn coop_q8_block(r: u32, c: u32) -> CoopStage {
-    let b = min(r, p.m - 1u) * p.row_bytes + c * 34u;
+    let b = mm_w0() + min(r, p.m - 1u) * p.row_bytes + c * 34u;
     let o = b >> 2u;
     let odd = (b & 2u) != 0u;
     let w0 = w[o];
@@ -182,18 +182,22 @@ fn coop_out(v: coop_mat16x16<f32, C>, sg: u32, lane: u32, row: u32, tok: u32, n_
         let r = row + (i & 15u);
         let t = tok + (i >> 4u);
         if (r < p.m && t < n_tok) {
-            store(t, r, cc[sg * 256u + i]);
+            store(mm_pair(t), r, cc[sg * 256u + i]);
         }
     }
     workgroupBarrier();
 }
 
-// Grid: (ceil(n_tokens / 64), ceil(m / 64)), as mm_fast.
+// Grid: (ceil(n_tokens / 64), ceil(m / 64)), as mm_fast (gathered, as
+// mm_fast: z over experts, quant.wgsl's MM_GATHER).
 @compute @workgroup_size(128)
 fn mm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row0 = wid.y * CM;
     let tok0 = wid.x * CN;
-    let n_tok = step.n_tokens;
+    let n_tok = mm_group(wid.z, lid);
+    if (tok0 >= n_tok) {
+        return;
+    }
     let sg = lid >> 5u;
     let lane = lid & 31u;
     // The subgroup's rows and tokens inside the tile.

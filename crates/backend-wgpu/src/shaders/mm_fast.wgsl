@@ -9,14 +9,19 @@
 // w_tile, x_tile, mm_fetch, mm_put: matmul's staging, a chunk ahead) and each
 // invocation accumulates a 4×4 block of outputs (rows tx + 16i, tokens
 // ty + 16j) in registers. The grid is the exact products' (Op::encode's
-// Grid::Qdot): x over tokens, y over rows.
+// Grid::Qdot): x over tokens, y over rows. With MM_GATHER (quant.wgsl) it
+// is a mixture of experts' grouped product: z over experts, the tokens of
+// a tile the pairs routed to its expert.
 
-// Grid: (ceil(n_tokens / 64), ceil(m / 64)).
+// Grid: (ceil(n_tokens / 64), ceil(m / 64)), gathered (.., experts).
 @compute @workgroup_size(256)
 fn mm_fast(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let row0 = wid.y * TM;
     let tok0 = wid.x * TN;
-    let n_tok = step.n_tokens;
+    let n_tok = mm_group(wid.z, lid);
+    if (tok0 >= n_tok) {
+        return;
+    }
     let tx = lid & 15u;
     let ty = lid >> 4u;
     var acc0 = vec4<f32>(0.0);

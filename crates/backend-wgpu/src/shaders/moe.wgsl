@@ -9,6 +9,12 @@
 //   at compile time), e read from the routing;
 // - `moe_sum`: per token, Σ_s weight(t, s) · down[t·n_used + s], in slot order.
 //
+// Batches of many tokens replace the experts' `moe_mv`s (each pair reading
+// its expert's whole matrix again) with llama.cpp's mul_mat_id: `moe_bucket`
+// lists each expert's pairs, then mm_fast.wgsl / mm_coop.wgsl in their
+// gathered mode (quant.wgsl's MM_GATHER) multiply each expert's pairs as one
+// batch, its weights read once per tile of 64 pairs.
+//
 // The routing lives in `ids` (binding 5, written as `y` by `moe_route`): two
 // floats per (token, slot), the expert's index (as a float: exact for any
 // count of experts) and its weight.
@@ -253,4 +259,53 @@ fn moe_sum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         acc += bitcast<f32>(ids[2u * j + 1u]) * xf(j * p.x_stride + c);
     }
     store(t, c, acc);
+}
+
+// moe_bucket's per-invocation counts, scanned into offsets.
+var<workgroup> bucket_n: array<u32, 256>;
+
+// The (token, slot) pairs routed to expert wid.z, for the grouped products
+// (quant.wgsl's MM_GATHER): at y[e · (n_tokens + 1)] their count, then the
+// pairs j in increasing order, as floats (as the routing's experts: exact
+// below 2^24, where a small integer's bits as a float would be a denormal,
+// which a device may flush). A token's slots hold distinct experts, so an
+// expert has at most n_tokens pairs. p.m = n_used. Each invocation takes a
+// run of consecutive pairs and writes those routed to e after the earlier
+// invocations' (an exclusive prefix sum of their counts), so the list does
+// not depend on timing. Grid: (1, 1, experts).
+@compute @workgroup_size(256)
+fn moe_bucket(@builtin(workgroup_id) wid: vec3<u32>,
+              @builtin(local_invocation_index) lid: u32) {
+    let e = wid.z;
+    let pairs = step.n_tokens * p.m;
+    let per = (pairs + 255u) / 256u;
+    let first = min(lid * per, pairs);
+    let end = min(first + per, pairs);
+    var n = 0u;
+    for (var j = first; j < end; j++) {
+        n += select(0u, 1u, u32(bitcast<f32>(ids[2u * j])) == e);
+    }
+    // Inclusive scan of the counts (Hillis–Steele, read then write).
+    bucket_n[lid] = n;
+    workgroupBarrier();
+    for (var s = 1u; s < 256u; s <<= 1u) {
+        var v = bucket_n[lid];
+        if (lid >= s) {
+            v += bucket_n[lid - s];
+        }
+        workgroupBarrier();
+        bucket_n[lid] = v;
+        workgroupBarrier();
+    }
+    let at = e * (step.n_tokens + 1u);
+    var o = at + 1u + bucket_n[lid] - n;
+    for (var j = first; j < end; j++) {
+        if (u32(bitcast<f32>(ids[2u * j])) == e) {
+            y[o] = f32(j);
+            o++;
+        }
+    }
+    if (lid == 255u) {
+        y[at] = f32(bucket_n[255]);
+    }
 }

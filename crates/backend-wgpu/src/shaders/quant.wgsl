@@ -385,16 +385,86 @@ const TS: u32 = 9u;
 var<workgroup> w_tile: array<vec4<f32>, 576>; // TM rows × 8 groups (+1 pad)
 var<workgroup> x_tile: array<vec4<f32>, 576>; // TN tokens × 8 groups (+1 pad)
 
+// The batch products' gathered mode (mm_fast.wgsl, mm_coop.wgsl): a
+// mixture of experts' grouped product (moe.wgsl), llama.cpp's mul_mat_id.
+// Workgroup z is an expert e; the tile's tokens are the (token, slot) pairs
+// j routed to it, listed by moe.wgsl's `moe_bucket` in `ids` (binding 5):
+// at float e · (n_tokens + 1) their count, then the pairs in increasing
+// order (floats, exact below 2^24). Pair j reads row j / p.x_base of x and
+// writes row j of y; the weights are expert e's rows, e · p.corr_base bytes
+// into w (moe.wgsl's MatParams). 0: a plain batch; 1: gathered; 2:
+// gathered, with silu(gate)·up as the activations (the gate values in a
+// row of x, the up values p.aux_base vec4s after them: moe.wgsl's PROLOGUE
+// 2), made as they load.
+override MM_GATHER: u32 = 0u;
+// The gathered tile's expert: its rows' first byte in w, the float index
+// of its first listed pair in ids, and how many pairs it has (set by
+// mm_group; unread in a plain batch).
+var<private> mm_w_base: u32;
+var<private> mm_list: u32;
+var<private> mm_count: u32;
+// The count as one invocation read it, for every invocation through
+// workgroupUniformLoad: mm_coop's cooperative-matrix operations must not
+// follow a return that the shader's uniformity analysis cannot prove
+// uniform, and to it a helper's arguments never are.
+var<workgroup> mm_count_wg: u32;
+
+// The tile's tokens: a plain batch's, or the pairs expert e has (set up
+// for invocation lid; every invocation gets the same value). Workgroups
+// whose first token is at or past it return at once (gathered: the
+// expert's later tiles). Called in uniform control flow.
+fn mm_group(e: u32, lid: u32) -> u32 {
+    if (MM_GATHER == 0u) {
+        return step.n_tokens;
+    }
+    let at = e * (step.n_tokens + 1u);
+    if (lid == 0u) {
+        mm_count_wg = u32(bitcast<f32>(ids[at]));
+    }
+    let n = workgroupUniformLoad(&mm_count_wg);
+    mm_count = n;
+    mm_list = at + 1u;
+    mm_w_base = e * p.corr_base;
+    return n;
+}
+
+// The output row of the tile's token t (below mm_group's count): t itself,
+// or the pair listed at t.
+fn mm_pair(t: u32) -> u32 {
+    if (MM_GATHER == 0u) {
+        return t;
+    }
+    return u32(bitcast<f32>(ids[mm_list + t]));
+}
+
+// The first byte of the weights' rows: 0, or the expert's.
+fn mm_w0() -> u32 {
+    return select(0u, mm_w_base, MM_GATHER != 0u);
+}
+
 // Group g of chunk c of row r (zeros past the last row).
 fn mm_load_w(r: u32, c: u32, g: u32) -> vec4<f32> {
     if (r < p.m) {
-        return deq4(r * p.row_bytes, c, g);
+        return deq4(mm_w0() + r * p.row_bytes, c, g);
     }
     return vec4<f32>(0.0);
 }
 
-// Group g of chunk c of token t's activations (zeros past the batch).
+// Group g of chunk c of token t's activations (zeros past the batch). In
+// the gathered mode t indexes the expert's list, whose count bounds it
+// (n_tok, the batch, may be larger), and MM_GATHER's prologue makes them.
 fn mm_load_x(t: u32, n_tok: u32, xs: u32, c: u32, g: u32) -> vec4<f32> {
+    if (MM_GATHER != 0u) {
+        if (t >= mm_count) {
+            return vec4<f32>(0.0);
+        }
+        let i = (mm_pair(t) / p.x_base) * xs + c * 8u + g;
+        let v = x[i];
+        if (MM_GATHER == 2u) {
+            return v / (1.0 + exp(-v)) * x[i + p.aux_base];
+        }
+        return v;
+    }
     if (t < n_tok) {
         return x[t * xs + c * 8u + g];
     }
@@ -487,12 +557,15 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     mm_store(tok0 + ty + 48u, row0 + tx, n_tok, acc3);
 }
 
-// Outputs of token `tok` for rows row + 16·i (those inside the batch and matrix).
+// Outputs of token `tok` for rows row + 16·i (those inside the batch and
+// matrix; gathered, tok indexes the expert's list and the outputs go to its
+// pair's row).
 fn mm_store(tok: u32, row: u32, n_tok: u32, v: vec4<f32>) {
     if (tok < n_tok) {
+        let t = mm_pair(tok);
         for (var i = 0u; i < 4u; i++) {
             if (row + 16u * i < p.m) {
-                store(tok, row + 16u * i, v[i]);
+                store(t, row + 16u * i, v[i]);
             }
         }
     }
