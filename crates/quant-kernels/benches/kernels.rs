@@ -371,6 +371,33 @@ fn matmul_cpu(c: &mut Criterion<ThreadCpuTime>) {
                 },
             );
         }
+        if let (Some(dot16), Some(pack16)) = (panel.dot16w_for(ty), panel.pack16w) {
+            let mut panels16 = vec![quant_kernels::simd::Q8_0x16w::default(); n / 16 * nb];
+            for (g, p) in panels16.chunks_mut(nb).enumerate() {
+                let rows: Vec<&[u8]> = (0..16).map(|k| &act[(16 * g + k) * ar..][..ar]).collect();
+                pack16(&rows, p);
+            }
+            g.bench_function(
+                BenchmarkId::new(
+                    format!("Q8_0-panel16w-{}", panel.isa),
+                    format!("{rows}x{cols}x{n}"),
+                ),
+                |b| {
+                    let gs = n / 16;
+                    let mut r = vec![[0.0f32; 16]; 8 * gs];
+                    b.iter(|| {
+                        for (y, w) in y.chunks_mut(8 * n).zip(q.chunks_exact(8 * rb)) {
+                            dot16(w, 8, black_box(&panels16), &mut r);
+                            for (y, r) in y.chunks_exact_mut(n).zip(r.chunks_exact(gs)) {
+                                for (y, r) in y.chunks_exact_mut(16).zip(r) {
+                                    y.copy_from_slice(r);
+                                }
+                            }
+                        }
+                    })
+                },
+            );
+        }
         if variants[1].is_some_and(|v| v.isa == panel.isa) {
             break;
         }

@@ -6,14 +6,17 @@
 //! walks each chunk's rows against a tile of the batch so each weight row is
 //! read from memory once per tile, which makes prompt processing
 //! compute-bound; Q8_0-activation formats first interleave the batch into
-//! [`simd::Q8_0x16`] panels where the CPU has kernels for them, else
-//! [`simd::Q8_0x8`] panels (and one [`simd::Q8_0x4`] for a rest of three or
-//! four rows), Q8_1-activation formats (Q4_1, Q5_1) into [`simd::Q8_1x8`]
-//! panels.
+//! [`simd::Q8_0x16`] (or, widened, [`simd::Q8_0x16w`]) panels where the CPU
+//! has kernels for them, else [`simd::Q8_0x8`] panels (and one
+//! [`simd::Q8_0x4`] for a rest of three or four rows), Q8_1-activation
+//! formats (Q4_1, Q5_1) into [`simd::Q8_1x8`] panels.
 
 use crate::formats::{self, row_bytes};
-use crate::pool;
-use crate::simd::{self, FromFloatFn, Q8_0Panel, Q8_0x16, Q8_0x4, Q8_0x8, Q8_1x8, VecDotFn};
+use crate::pool::{self, ColumnBlock};
+use crate::simd::{
+    self, FromFloatFn, Pack16Fn, Panel16x0DotFn, Q8_0Panel, Q8_0x16, Q8_0x16w, Q8_0x4, Q8_0x8,
+    Q8_1x8, VecDotFn,
+};
 use crate::{GgmlType, QuantError};
 
 /// A quantized weight matrix view: `rows` rows of `cols` elements each, row-major, borrowed bytes.
@@ -103,6 +106,8 @@ pub struct Scratch {
     panels8_0: Vec<Q8_0x8>,
     /// Q8_0 activations interleaved sixteen rows at a time, lane-major (the same weights).
     panels16: Vec<Q8_0x16>,
+    /// Q8_0 activations sixteen rows at a time, widened to i16 (the same weights).
+    panels16w: Vec<Q8_0x16w>,
     /// Q8_1 activations interleaved eight rows at a time (Q4_1, Q5_1 weights).
     panels8: Vec<Q8_1x8>,
 }
@@ -207,6 +212,16 @@ fn scatter(r: &[f32], out: &mut [f32], at: usize, nrows: usize) {
     }
 }
 
+/// As [`scatter`], into a task's columns of the output itself: `r[k]` is
+/// activation row `b + k`'s output at column `i`, as many as there are
+/// rows left (a panel padded with zero rows has more outputs).
+#[inline(always)]
+fn scatter_to(r: &[f32], out: &mut ColumnBlock<'_>, b: usize, i: usize) {
+    for (k, &v) in r.iter().enumerate().take(out.n().saturating_sub(b)) {
+        out.row_mut(b + k)[i] = v;
+    }
+}
+
 /// Batch rows handled against one weight row while it is hot in L1.
 const BATCH_TILE: usize = 16;
 
@@ -264,8 +279,9 @@ pub fn matmul(w: &QMatrix<'_>, x: &[f32], n: usize, y: &mut [f32], scratch: &mut
 
 /// [`matmul`] for weights with Q8_0 activations through a [`simd::Q8_0Panel`]: the
 /// activations are quantized as usual, then interleaved sixteen rows at a
-/// time into [`Q8_0x16`] panels where the instruction set has kernels for
-/// them (a rest of nine rows or more padded with zeros into one more), or
+/// time into [`Q8_0x16`] (or, widened to i16, [`Q8_0x16w`]) panels where
+/// the instruction set has kernels for them (a rest of nine rows or more
+/// padded with zeros into one more), or
 /// eight at a time into [`Q8_0x8`] panels; each weight row meets a tile of
 /// panels while hot in L1. Of the rows past the last whole eight-row panel,
 /// five to seven go into one more panel padded with zeros, three or four
@@ -284,13 +300,15 @@ fn matmul_q8_0_panels(
 ) {
     let dot4 = panel.dot_for(w.ty).expect("checked by the caller");
     let dot8 = panel.dot8_for(w.ty).expect("every panel format has both");
-    let dot16 = panel.dot16_for(w.ty).zip(panel.pack16);
+    let lane16 = panel.dot16_for(w.ty).zip(panel.pack16);
+    let wide16 = panel.dot16w_for(w.ty).zip(panel.pack16w);
     let cols = w.cols;
     let nb = cols / 32;
     // Rows `..b8` in sixteen-row panels, `b8..` as below.
-    let groups16 = match dot16 {
-        Some(_) => n / 16 + usize::from(n % 16 >= 9),
-        None => 0,
+    let groups16 = if lane16.is_some() || wide16.is_some() {
+        n / 16 + usize::from(n % 16 >= 9)
+    } else {
+        0
     };
     let b8 = (16 * groups16).min(n);
     let rest = (n - b8) % 8;
@@ -300,9 +318,7 @@ fn matmul_q8_0_panels(
     let four = n - b4 >= 3;
     let singles = if four { n } else { b4 };
     let mut panels16 = std::mem::take(&mut scratch.panels16);
-    if panels16.len() < groups16 * nb {
-        panels16.resize(groups16 * nb, Q8_0x16::default());
-    }
+    let mut panels16w = std::mem::take(&mut scratch.panels16w);
     let mut panels8 = std::mem::take(&mut scratch.panels8_0);
     if panels8.len() < groups * nb {
         panels8.resize(groups * nb, Q8_0x8::default());
@@ -313,14 +329,16 @@ fn matmul_q8_0_panels(
     }
     let (act, act_row) = scratch.quantize(GgmlType::Q8_0, from_float, x, n, cols);
     let act_of = |b: usize| &act[b * act_row..(b + 1) * act_row];
-    if let Some((_, pack16)) = dot16 {
-        if groups16 > 0 {
-            pool::for_each_chunk_mut(&mut panels16[..groups16 * nb], nb, |g, out| {
-                let rows: Vec<&[u8]> = (16 * g..(16 * g + 16).min(n)).map(act_of).collect();
-                pack16(&rows, out);
-            });
-        }
-    }
+    // The sixteen-row panels, of whichever kind the instruction set has.
+    let (lane_panels, wide_panels) = if let Some((_, pack16)) = wide16 {
+        let p = pack_panels16(&mut panels16w, pack16, groups16, nb, n, &act_of);
+        (&[][..], p)
+    } else if let Some((_, pack16)) = lane16 {
+        let p = pack_panels16(&mut panels16, pack16, groups16, nb, n, &act_of);
+        (p, &[][..])
+    } else {
+        (&[][..], &[][..])
+    };
     if groups > 0 {
         pool::for_each_chunk_mut(&mut panels8[..groups * nb], nb, |g, out| {
             let from = b8 + 8 * g;
@@ -335,31 +353,15 @@ fn matmul_q8_0_panels(
         (panel.pack)(std::array::from_fn(row), &mut panels4[..nb]);
     }
     let chunk = rows_per_task(w.rows, w.row_bytes, n);
-    let panels16_ref = &panels16[..groups16 * nb];
     let panels8_ref = &panels8[..groups * nb];
     let panels4_ref = &panels4[..if four { nb } else { 0 }];
-    pool::for_each_row_chunk_columns(y, w.rows, n, chunk, |r0, out| {
-        let nrows = out.len() / n;
-        if let Some((dot16, _)) = dot16 {
-            // A few weight rows against a few panels per call: the kernel
-            // decodes each pair of rows once for all the panels.
-            const ROWS: usize = 8;
-            const PANELS: usize = 8;
-            let mut r = [[0.0; 16]; ROWS * PANELS];
-            for (g0, p) in panels16_ref.chunks(PANELS * nb).enumerate() {
-                let gs = p.len() / nb;
-                for i0 in (0..nrows).step_by(ROWS) {
-                    let k = ROWS.min(nrows - i0);
-                    let rows = &w.data[(r0 + i0) * w.row_bytes..(r0 + i0 + k) * w.row_bytes];
-                    dot16(rows, k, p, &mut r[..k * gs]);
-                    for (i, r) in r[..k * gs].chunks_exact(gs).enumerate() {
-                        for (g, r) in r.iter().enumerate() {
-                            let b = 16 * (PANELS * g0 + g);
-                            scatter(r, out, b * nrows + i0 + i, nrows);
-                        }
-                    }
-                }
-            }
+    // Each task writes its columns of `y` in place (no tile to copy).
+    pool::for_each_row_chunk_direct(y, w.rows, n, chunk, |r0, mut out| {
+        let nrows = out.nrows();
+        if let Some((dot16, _)) = wide16 {
+            panels16_tile(w, r0, nb, dot16, wide_panels, &mut out);
+        } else if let Some((dot16, _)) = lane16 {
+            panels16_tile(w, r0, nb, dot16, lane_panels, &mut out);
         }
         for g0 in (0..groups).step_by(BATCH_TILE / 8) {
             let g1 = (g0 + BATCH_TILE / 8).min(groups);
@@ -367,25 +369,145 @@ fn matmul_q8_0_panels(
                 let wr = w.row(r0 + i);
                 for g in g0..g1 {
                     let r = dot8(wr, &panels8_ref[g * nb..(g + 1) * nb]);
-                    scatter(&r, out, (b8 + 8 * g) * nrows + i, nrows);
+                    scatter_to(&r, &mut out, b8 + 8 * g, i);
                 }
             }
         }
         if four {
             for i in 0..nrows {
                 let r = dot4(w.row(r0 + i), panels4_ref);
-                scatter(&r, out, b4 * nrows + i, nrows);
+                scatter_to(&r, &mut out, b4, i);
             }
         }
         for b in singles..n {
-            for i in 0..nrows {
-                out[b * nrows + i] = vec_dot(cols, w.row(r0 + i), act_of(b));
+            let out = out.row_mut(b);
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = vec_dot(cols, w.row(r0 + i), act_of(b));
             }
         }
     });
+    scratch.panels16w = panels16w;
     scratch.panels16 = panels16;
     scratch.panels8_0 = panels8;
     scratch.panels = panels4;
+}
+
+/// Packs activation rows `16g..16g + 16` (fewer in the last of `groups`
+/// panels, padded with zeros) of `n` into panel `g` of `panels` (grown as
+/// needed), `nb` blocks each; returns the `groups` panels.
+fn pack_panels16<'p, 'a, P: Clone + Default + Send>(
+    panels: &'p mut Vec<P>,
+    pack16: Pack16Fn<P>,
+    groups: usize,
+    nb: usize,
+    n: usize,
+    act_of: &(impl Fn(usize) -> &'a [u8] + Sync),
+) -> &'p [P] {
+    if panels.len() < groups * nb {
+        panels.resize(groups * nb, P::default());
+    }
+    if groups > 0 {
+        pool::for_each_chunk_mut(&mut panels[..groups * nb], nb, |g, out| {
+            let rows: Vec<&[u8]> = (16 * g..(16 * g + 16).min(n)).map(act_of).collect();
+            pack16(&rows, out);
+        });
+    }
+    &panels[..groups * nb]
+}
+
+/// A task's weight rows `r0..r0 + out.nrows()` against every sixteen-row
+/// panel of `panels` (`nb` blocks each), into the task's columns `out`: a
+/// few weight rows against a few panels per call, so the kernel decodes
+/// each row once for all of them.
+fn panels16_tile<P>(
+    w: &QMatrix<'_>,
+    r0: usize,
+    nb: usize,
+    dot16: Panel16x0DotFn<P>,
+    panels: &[P],
+    out: &mut ColumnBlock<'_>,
+) {
+    const ROWS: usize = 8;
+    const PANELS: usize = 8;
+    let nrows = out.nrows();
+    let mut r = [[0.0; 16]; ROWS * PANELS];
+    for (g0, p) in panels.chunks(PANELS * nb).enumerate() {
+        let gs = p.len() / nb;
+        for i0 in (0..nrows).step_by(ROWS) {
+            let k = ROWS.min(nrows - i0);
+            let rows = &w.data[(r0 + i0) * w.row_bytes..(r0 + i0 + k) * w.row_bytes];
+            dot16(rows, k, p, &mut r[..k * gs]);
+            // Activation row by activation row, the k outputs side by side
+            // (the panel's rows past the batch are padding).
+            for g in 0..gs {
+                let b = 16 * (PANELS * g0 + g);
+                let rg = |i: usize| &r[i * gs + g];
+                if k == ROWS && b + 16 <= out.n() {
+                    // Four rows by four activation rows at a time.
+                    for p in 0..ROWS / 4 {
+                        for q in 0..4 {
+                            let i = 4 * p;
+                            let t = transpose_4x4([
+                                quad(rg(i), q),
+                                quad(rg(i + 1), q),
+                                quad(rg(i + 2), q),
+                                quad(rg(i + 3), q),
+                            ]);
+                            for (j, t) in t.iter().enumerate() {
+                                let at = i0 + 4 * p;
+                                out.row_mut(b + 4 * q + j)[at..at + 4].copy_from_slice(t);
+                            }
+                        }
+                    }
+                } else {
+                    for c in 0..16.min(out.n() - b) {
+                        let dst = &mut out.row_mut(b + c)[i0..i0 + k];
+                        for (i, d) in dst.iter_mut().enumerate() {
+                            *d = rg(i)[c];
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Elements `4q..4q + 4` of `r`.
+#[inline(always)]
+fn quad(r: &[f32; 16], q: usize) -> [f32; 4] {
+    r[4 * q..4 * q + 4].try_into().expect("four elements")
+}
+
+/// `t[j][i] = m[i][j]`: with SSE (every x86-64 has it) four shuffles of
+/// pairs and four of halves; elsewhere element by element.
+#[inline(always)]
+fn transpose_4x4(m: [[f32; 4]; 4]) -> [[f32; 4]; 4] {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: SSE is part of the x86-64 baseline.
+    return unsafe { transpose_4x4_sse(m) };
+    #[cfg(not(target_arch = "x86_64"))]
+    std::array::from_fn(|j| std::array::from_fn(|i| m[i][j]))
+}
+
+/// [`transpose_4x4`] with SSE.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "sse")]
+fn transpose_4x4_sse(m: [[f32; 4]; 4]) -> [[f32; 4]; 4] {
+    use std::arch::x86_64::*;
+    // SAFETY (all four): `[f32; 4]` and `__m128` are both 16 bytes of
+    // four f32, and every bit pattern is valid for either.
+    let [a, b, c, d]: [__m128; 4] = unsafe { std::mem::transmute(m) };
+    let (ab_lo, cd_lo) = (_mm_unpacklo_ps(a, b), _mm_unpacklo_ps(c, d));
+    let (ab_hi, cd_hi) = (_mm_unpackhi_ps(a, b), _mm_unpackhi_ps(c, d));
+    let t = [
+        _mm_movelh_ps(ab_lo, cd_lo),
+        _mm_movehl_ps(cd_lo, ab_lo),
+        _mm_movelh_ps(ab_hi, cd_hi),
+        _mm_movehl_ps(cd_hi, ab_hi),
+    ];
+    // SAFETY: as above.
+    unsafe { std::mem::transmute(t) }
 }
 
 /// Batch rows past the last whole [`Q8_1x8`] panel from which a panel

@@ -20,6 +20,70 @@ fn dot64(a: &[f32], b: &[f32]) -> f64 {
         .sum()
 }
 
+/// [`q8_0x16_panels_are_bit_identical`] for one kernel: three weight rows
+/// (a pair and a single: the row `wq`, its bytes reversed block by block,
+/// and the row again) against the panel of `acts` and a second one whose
+/// rows are the first's reversed (row c of the second is row rows − 1 − c).
+fn check_panels16<P: Clone + Default>(
+    ty: GgmlType,
+    wq: &[u8],
+    acts: &[Vec<u8>],
+    pack16: simd::Pack16Fn<P>,
+    dot16: simd::Panel16x0DotFn<P>,
+    what: &str,
+) -> Result<(), TestCaseError> {
+    let rows = acts.len();
+    let n = wq.len() / row_bytes(ty, 32).unwrap() * 32;
+    let blocks = n / 32;
+    let single = simd::vec_dot_for(ty).unwrap();
+    let refs: Vec<&[u8]> = acts.iter().map(Vec::as_slice).collect();
+    let mut p = vec![P::default(); blocks];
+    pack16(&refs, &mut p);
+    let rb = row_bytes(ty, 32).unwrap();
+    let mut w3 = wq.to_vec();
+    let rev: Vec<u8> = wq.chunks_exact(rb).rev().flatten().copied().collect();
+    w3.extend_from_slice(&rev);
+    w3.extend_from_slice(wq);
+    let refs2: Vec<&[u8]> = refs.iter().rev().copied().collect();
+    p.extend(std::iter::repeat_n(P::default(), blocks));
+    pack16(&refs2, &mut p[blocks..]);
+    let mut got = vec![[0.0f32; 16]; 6];
+    dot16(&w3, 3, &p, &mut got);
+    for (i, w) in w3.chunks_exact(wq.len()).enumerate() {
+        for g in 0..2 {
+            let got = &got[2 * i + g];
+            for k in 0..rows {
+                let a = if g == 0 {
+                    &acts[k]
+                } else {
+                    &acts[rows - 1 - k]
+                };
+                prop_assert_eq!(
+                    got[k].to_bits(),
+                    single(n, w, a).to_bits(),
+                    "{} row {} panel {} column {}",
+                    what,
+                    i,
+                    g,
+                    k
+                );
+            }
+            for (k, v) in got.iter().enumerate().skip(rows) {
+                prop_assert_eq!(
+                    v.to_bits(),
+                    0,
+                    "{} row {} panel {} padding column {}",
+                    what,
+                    i,
+                    g,
+                    k
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 /// Columns for `ty`: `blocks` whole blocks (F32/F16/BF16 get odd lengths).
 fn cols_for(ty: GgmlType, blocks: usize, extra: usize) -> usize {
     if ty.block_size() == 1 {
@@ -211,7 +275,8 @@ proptest! {
     }
 
     /// Every sixteen-row Q8_0 panel kernel (where the CPU has one, for Q8_0,
-    /// Q5_0 and Q4_0 weights) gives exactly the bits of the single dot
+    /// Q5_0 and Q4_0 weights; lane-major [`simd::Q8_0x16`] or widened
+    /// [`simd::Q8_0x16w`] panels) gives exactly the bits of the single dot
     /// product, for a panel of `rows` activation rows (the rest zeros, whose
     /// products are +0) — also for raw weight bytes (Q8_0's −128 included),
     /// and rows longer than the kernel's decoding buffer.
@@ -222,19 +287,13 @@ proptest! {
         let acts: Vec<Vec<u8>> = (0..rows as u64)
             .map(|k| quantize_activations(GgmlType::Q8_0, &Rng(seed ^ ((k + 1) * 0x1357)).activations(n)))
             .collect();
-        let refs: Vec<&[u8]> = acts.iter().map(Vec::as_slice).collect();
         let variants = [
             simd::q8_0_panel_for(f),
             simd::q8_0_panel_for(Features { avx_vnni: false, ..f }),
             simd::q8_0_panel_for(Features { avx_vnni: false, avx512: false, avx512_vnni: false, ..f }),
         ];
         for panel in variants.into_iter().flatten() {
-            let Some(pack16) = panel.pack16 else { continue };
-            let mut p = vec![simd::Q8_0x16::default(); blocks];
-            pack16(&refs, &mut p);
             for ty in [GgmlType::Q8_0, GgmlType::Q5_0, GgmlType::Q4_0] {
-                let Some(dot16) = panel.dot16_for(ty) else { continue };
-                let single = simd::vec_dot_for(ty).unwrap();
                 let (_, mut wq) = weights(ty, seed, n);
                 if raw {
                     let mut rng = Rng(seed ^ 0x55);
@@ -244,32 +303,12 @@ proptest! {
                         }
                     }
                 }
-                // Three weight rows (a pair and a single): the row, its
-                // bytes reversed block by block, and the row again; against
-                // the panel and a second one whose rows are the first's
-                // reversed (row c of the second is row rows - 1 - c).
-                let rb = row_bytes(ty, 32).unwrap();
-                let mut w3 = wq.clone();
-                let rev: Vec<u8> = wq.chunks_exact(rb).rev().flatten().copied().collect();
-                w3.extend_from_slice(&rev);
-                w3.extend_from_slice(&wq);
-                let refs2: Vec<&[u8]> = refs.iter().rev().copied().collect();
-                let mut p2 = p.clone();
-                p2.extend(std::iter::repeat_n(simd::Q8_0x16::default(), blocks));
-                pack16(&refs2, &mut p2[blocks..]);
-                let mut got = vec![[0.0f32; 16]; 6];
-                dot16(&w3, 3, &p2, &mut got);
-                for (i, w) in w3.chunks_exact(wq.len()).enumerate() {
-                    for g in 0..2 {
-                        let got = &got[2 * i + g];
-                        for k in 0..rows {
-                            let a = if g == 0 { &acts[k] } else { &acts[rows - 1 - k] };
-                            prop_assert_eq!(got[k].to_bits(), single(n, w, a).to_bits(), "{} {} row {} panel {} column {}", panel.isa, ty, i, g, k);
-                        }
-                        for (k, v) in got.iter().enumerate().skip(rows) {
-                            prop_assert_eq!(v.to_bits(), 0, "{} {} row {} panel {} padding column {}", panel.isa, ty, i, g, k);
-                        }
-                    }
+                let what = format!("{} {}", panel.isa, ty);
+                if let Some((dot16, pack16)) = panel.dot16_for(ty).zip(panel.pack16) {
+                    check_panels16(ty, &wq, &acts, pack16, dot16, &what)?;
+                }
+                if let Some((dot16, pack16)) = panel.dot16w_for(ty).zip(panel.pack16w) {
+                    check_panels16(ty, &wq, &acts, pack16, dot16, &format!("{what} widened"))?;
                 }
             }
         }

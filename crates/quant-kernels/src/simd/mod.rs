@@ -7,9 +7,9 @@
 //! otherwise. To add a native kernel for a format, add one row to the
 //! `vec_dot` (or `from_float`) match of the architecture module.
 //! [`q8_0_panel`] and [`q8_1_panel`] serve [`crate::matmul`]: one weight row
-//! against activation rows interleaved four, eight or (lane-major, with
-//! AVX512-VNNI, and with AVX2 for Q8_0 weights) sixteen ([`Q8_0x4`],
-//! [`Q8_0x8`], [`Q8_0x16`], for the
+//! against activation rows interleaved four, eight or sixteen (lane-major
+//! with AVX512-VNNI; widened to i16 with AVX2 for Q8_0 weights) ([`Q8_0x4`],
+//! [`Q8_0x8`], [`Q8_0x16`], [`Q8_0x16w`], for the
 //! formats whose activations are Q8_0) or eight ([`Q8_1x8`], for Q4_1 and
 //! Q5_1) at a time, each weight block decoded once, bit-identical to single
 //! calls.
@@ -375,14 +375,42 @@ impl Default for Q8_0x16 {
     }
 }
 
-/// Packs up to sixteen Q8_0 activation rows into [`Q8_0x16`] blocks.
-pub type Pack16Fn = fn(a: &[&[u8]], out: &mut [Q8_0x16]);
+/// Sixteen Q8_0 activation rows widened to i16 for a [`Q8_0Panel`]'s
+/// sixteen-row AVX2 kernels, which multiply them with `vpmaddwd`: for rows
+/// `8h..8h + 8` and lane `l` (quants `4l..4l + 4` of a block),
+/// `qs[h][l][..16]` holds each row's quants `4l` and `4l + 1` in turn
+/// (row `r` at `2r`, `2r + 1`) and `qs[h][l][16..]` its quants `4l + 2`
+/// and `4l + 3`; the scales are widened to f32. A panel of fewer than
+/// sixteen rows has zeros in the others ([`Q8_0Panel::pack16w`]).
+#[repr(C, align(64))]
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Q8_0x16w {
+    /// The rows' quants, pair-interleaved per lane (see above).
+    pub qs: [[[i16; 32]; 8]; 2],
+    /// The sixteen rows' block scales, as f32 (exact: they were f16).
+    pub d: [f32; 16],
+}
+const _: () = assert!(std::mem::size_of::<Q8_0x16w>() == 1088);
+
+impl Default for Q8_0x16w {
+    fn default() -> Self {
+        Q8_0x16w {
+            qs: [[[0; 32]; 8]; 2],
+            d: [0.0; 16],
+        }
+    }
+}
+
+/// Packs up to sixteen Q8_0 activation rows into sixteen-row panel blocks
+/// (`P`: [`Q8_0x16`] or [`Q8_0x16w`]).
+pub type Pack16Fn<P = Q8_0x16> = fn(a: &[&[u8]], out: &mut [P]);
 
 /// `rows` weight rows (one after another in `w`) times one or more
-/// [`Q8_0x16`] panels (`p`: each a row's blocks long, one after another):
-/// `out[i·panels + g][c]` is bit-identical to `vec_dot(n, w_i, a_g[c])`
-/// for panel `g`'s sixteen activation rows `a_g`.
-pub type Panel16x0DotFn = fn(w: &[u8], rows: usize, p: &[Q8_0x16], out: &mut [[f32; 16]]);
+/// sixteen-row panels (`P`: [`Q8_0x16`] or [`Q8_0x16w`]; `p`: each a row's
+/// blocks long, one after another): `out[i·panels + g][c]` is
+/// bit-identical to `vec_dot(n, w_i, a_g[c])` for panel `g`'s sixteen
+/// activation rows `a_g`.
+pub type Panel16x0DotFn<P = Q8_0x16> = fn(w: &[u8], rows: usize, p: &[P], out: &mut [[f32; 16]]);
 
 /// The matrix-product kernels over [`Q8_0x4`] panels, for the weight formats
 /// whose activations are Q8_0 and whose ggml kernel is one FMA per block
@@ -413,6 +441,13 @@ pub struct Q8_0Panel {
     pub pack16: Option<Pack16Fn>,
     /// Sixteen-row kernels (Q8_0, Q5_0, Q4_0), where the instruction set has them.
     x16: [Option<Panel16x0DotFn>; 3],
+    /// Packs up to sixteen Q8_0 activation rows widened to i16
+    /// ([`Q8_0x16w`]) for [`Q8_0Panel::dot16w_for`]'s kernels, where the
+    /// instruction set has them; the rows past `a.len()` are zeros.
+    pub pack16w: Option<Pack16Fn<Q8_0x16w>>,
+    /// Sixteen-row kernels over widened panels (Q8_0, Q5_0, Q4_0), where
+    /// the instruction set has them.
+    x16w: [Option<Panel16x0DotFn<Q8_0x16w>>; 3],
 }
 
 impl Q8_0Panel {
@@ -442,6 +477,18 @@ impl Q8_0Panel {
     /// [`Q8_0Panel::pack16`], where the instruction set has one.
     pub fn dot16_for(&self, ty: GgmlType) -> Option<Panel16x0DotFn> {
         let [q8_0, q5_0, q4_0] = self.x16;
+        match ty {
+            GgmlType::Q8_0 => q8_0,
+            GgmlType::Q5_0 => q5_0,
+            GgmlType::Q4_0 => q4_0,
+            _ => None,
+        }
+    }
+
+    /// The product of weights of `ty` with [`Q8_0x16w`] panels from
+    /// [`Q8_0Panel::pack16w`], where the instruction set has one.
+    pub fn dot16w_for(&self, ty: GgmlType) -> Option<Panel16x0DotFn<Q8_0x16w>> {
+        let [q8_0, q5_0, q4_0] = self.x16w;
         match ty {
             GgmlType::Q8_0 => q8_0,
             GgmlType::Q5_0 => q5_0,
@@ -491,6 +538,8 @@ pub fn q8_0_panel_for(f: Features) -> Option<Q8_0Panel> {
                         x86_panel::dot_q8_0x16_vnni512::<Q4_0>(w, r, p, o)
                     }),
                 ],
+                pack16w: None,
+                x16w: [None; 3],
             });
         }
         if f.avx_vnni {
@@ -506,6 +555,8 @@ pub fn q8_0_panel_for(f: Features) -> Option<Q8_0Panel> {
                 q4_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_vnni::<Q4_0>(w, p) },
                 pack16: None,
                 x16: [None; 3],
+                pack16w: None,
+                x16w: [None; 3],
             });
         }
         if f.avx2 {
@@ -519,9 +570,11 @@ pub fn q8_0_panel_for(f: Features) -> Option<Q8_0Panel> {
                 q8_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_avx2::<Q8_0>(w, p) },
                 q5_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_avx2::<Q5_0>(w, p) },
                 q4_0x8: |w, p| unsafe { x86_panel::dot_q8_0x8_avx2::<Q4_0>(w, p) },
-                pack16: Some(|a, out| pack_q8_0(a, out, 0)),
-                x16: [
-                    Some(|w, r, p, o| unsafe { x86_panel::dot_q8_0x16_avx2::<Q8_0>(w, r, p, o) }),
+                pack16: None,
+                x16: [None; 3],
+                pack16w: Some(|a, out| pack_q8_0(a, out, 0)),
+                x16w: [
+                    Some(|w, r, p, o| unsafe { x86_panel::dot_q8_0x16w_avx2::<Q8_0>(w, r, p, o) }),
                     None,
                     None,
                 ],
@@ -698,6 +751,32 @@ impl Q8_0PanelBlock for Q8_0x16 {
         self.d[c] = 0.0;
         for l in 0..8 {
             self.qs[l][4 * c..4 * c + 4].fill(0);
+        }
+    }
+}
+
+impl Q8_0PanelBlock for Q8_0x16w {
+    const ROWS: usize = 16;
+    /// Widened, pair-interleaved: quants `4l + t` of row `c = 8h + r` at
+    /// `qs[h][l][16·(t / 2) + 2r + t % 2]`. The quants are stored as they
+    /// are (`bias` must be 0: the kernels multiply signed words).
+    fn put(&mut self, c: usize, d: f32, qs: &[u8], bias: u8) {
+        assert_eq!(bias, 0, "Q8_0x16w holds the quants as they are");
+        self.d[c] = d;
+        let (h, r) = (c / 8, c % 8);
+        for (l, q) in qs.chunks_exact(4).enumerate() {
+            for (t, &b) in q.iter().enumerate() {
+                self.qs[h][l][16 * (t / 2) + 2 * r + t % 2] = i16::from(b as i8);
+            }
+        }
+    }
+    fn clear(&mut self, c: usize) {
+        self.d[c] = 0.0;
+        let (h, r) = (c / 8, c % 8);
+        for l in 0..8 {
+            for t in 0..4 {
+                self.qs[h][l][16 * (t / 2) + 2 * r + t % 2] = 0;
+            }
         }
     }
 }

@@ -30,7 +30,7 @@ use std::arch::x86_64::*;
 use super::x86::{
     bytes_from_bits_32, bytes_from_nibbles_32, hsum_float_8, mul_sum_us8_pairs_float,
 };
-use super::{Q8_0x16, Q8_0x4, Q8_0x8, Q8_1x8};
+use super::{Q8_0x16, Q8_0x16w, Q8_0x4, Q8_0x8, Q8_1x8};
 
 /// Weight-format tags (a const parameter, so each kernel is compiled per
 /// format; also `x86_rows.rs`'s).
@@ -644,41 +644,50 @@ fn dot_q8_0x16_rows<const T: u8, const R: usize>(
 }
 
 // ---------------------------------------------------------------------------
-// Q8_0 weights against lane-major Q8_0x16 panels with AVX2.
+// Q8_0 weights against widened Q8_0x16w panels with AVX2.
 // ---------------------------------------------------------------------------
 
-/// A weight block decoded once a row for [`lanes8_avx2`]: its quants as
-/// signed bytes and as their magnitudes (ggml's sign trick multiplies |w|
-/// by the activations with w's signs), and its scale.
-#[repr(C, align(32))]
+/// A weight block decoded once a row for [`lanes8w_avx2`]: its quants
+/// widened to i16, two to a word (word `j` holds quants `2j` and `2j + 1`,
+/// so lane `l`'s are words `2l` and `2l + 1`), and its scale.
+#[repr(C)]
 #[derive(Clone, Copy)]
-struct SignedBlock {
-    q: [u8; 32],
-    a: [u8; 32],
+struct WideBlock {
+    w: [i32; 16],
     d: f32,
 }
 
-/// Weight rows of `T` (Q8_0, Q5_0, Q4_0) times [`Q8_0x16`] panels packed
-/// as they are (AVX2): `out[i·panels + g]` is row `i` times panel `g`.
+thread_local! {
+    /// Each thread's buffer of decoded weight rows for
+    /// [`dot_q8_0x16w_avx2`] (grows once, then reused).
+    static WIDE_ROWS: std::cell::Cell<Vec<WideBlock>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Weight rows of `T` (Q8_0, Q5_0, Q4_0) times [`Q8_0x16w`] panels (AVX2):
+/// `out[i·panels + g]` is row `i` times panel `g`.
 ///
-/// The rows' blocks are decoded once ([`SignedBlock`]) for all their
-/// passes (every panel, both halves), and each panel meets every row in
-/// turn while it is in L1. Lane-major, eight activation
-/// rows a vector: for ggml's lane `l` of a block, the weight's four bytes
-/// `4l..4l + 4` (signed, and their magnitudes) broadcast from the decoded
-/// row meet `qs[l]` (those bytes of each activation row), with ggml's sign
-/// trick, maddubs and madd — each activation row's lane gets the exact
-/// 32-bit sum ggml's lane `l` holds — then its conversion and FMA with
-/// `d_w·d_a`, one accumulator per lane `l`. The accumulators are summed
-/// across in `hsum_float_8`'s order. Against [`dot_q8_0x8_avx2`] a block
-/// costs no scale broadcasts (the scales are one vector for eight rows),
-/// and against taking `|w|` in the pass one vector instruction fewer per
-/// lane (measured: the pass was bound by those instructions).
+/// ggml's AVX2 kernel keeps one accumulator per output whose lane `l`
+/// adds, block by block, `fma(d_w·d_a, Σ_{t<4} w[4l+t]·a[4l+t], ·)` (the
+/// exact 32-bit sum, from the sign trick, maddubs and madd), and ends with
+/// `hsum_float_8`. Here vector `l` holds lane `l` of eight outputs (eight
+/// activation rows against one weight row): the panel keeps the rows'
+/// quants `4l, 4l + 1` as i16 pairs side by side and `4l + 2, 4l + 3`
+/// likewise, the weight's two pairs are broadcast, and two `vpmaddwd` and
+/// one `vpaddd` give the same exact sums (no product or sum comes near
+/// i16 or i32 limits), then the conversion and one FMA with `d_w·d_a`;
+/// at the end `hsum_float_8`'s additions run across the eight vectors in
+/// its order. So every output has ggml's bits. Against the sign trick on
+/// bytes (sign, maddubs, madd: three instructions for ports 0 and 1) a
+/// lane costs two such instructions and an add that port 5 also takes.
+///
+/// The rows are decoded once ([`WideBlock`]) for all their passes (every
+/// panel, both halves), and each panel meets every row in turn while it
+/// is in L1.
 #[target_feature(enable = "avx2,fma,f16c")]
-pub(super) fn dot_q8_0x16_avx2<const T: u8>(
+pub(super) fn dot_q8_0x16w_avx2<const T: u8>(
     w: &[u8],
     rows: usize,
-    p: &[Q8_0x16],
+    p: &[Q8_0x16w],
     out: &mut [[f32; 16]],
 ) {
     let row_bytes = w.len() / rows.max(1);
@@ -688,60 +697,70 @@ pub(super) fn dot_q8_0x16_avx2<const T: u8>(
     assert!(nb > 0 && p.len().is_multiple_of(nb));
     let panels = p.len() / nb;
     assert_eq!(out.len(), rows * panels);
-    let zero = SignedBlock {
-        q: [0; 32],
-        a: [0; 32],
-        d: 0.0,
-    };
-    let mut dec = vec![zero; rows * nb];
-    for (blk, db) in w.chunks_exact(block_bytes::<T>()).zip(dec.iter_mut()) {
+    // A call made while this thread's buffer is out (none does) would
+    // find it empty and grow its own.
+    let mut dec = WIDE_ROWS.take();
+    dec.clear();
+    dec.extend(w.chunks_exact(block_bytes::<T>()).map(|blk| {
         let (qs, d) = weight_block::<T>(blk);
-        // SAFETY: `q` and `a` are 32 bytes each, 32-byte aligned (the
-        // struct's alignment; `q` at offset 0, `a` at 32).
+        let mut b = WideBlock {
+            w: [0; 16],
+            d: _mm_cvtss_f32(d),
+        };
+        let lo = _mm256_cvtepi8_epi16(_mm256_castsi256_si128(qs));
+        let hi = _mm256_cvtepi8_epi16(_mm256_extracti128_si256::<1>(qs));
+        // SAFETY: `b.w` is 64 bytes; storeu has no alignment needs.
         unsafe {
-            _mm256_store_si256(db.q.as_mut_ptr().cast(), qs);
-            _mm256_store_si256(db.a.as_mut_ptr().cast(), _mm256_abs_epi8(qs));
+            _mm256_storeu_si256(b.w.as_mut_ptr().cast(), lo);
+            _mm256_storeu_si256(b.w.as_mut_ptr().add(8).cast(), hi);
         }
-        db.d = _mm_cvtss_f32(d);
-    }
+        b
+    }));
     // Panel by panel, every row against it while it is in L1.
     for (g, pg) in p.chunks_exact(nb).enumerate() {
         for (i, row) in dec.chunks_exact(nb).enumerate() {
             let out = &mut out[i * panels + g];
             for (h, out) in out.chunks_exact_mut(8).enumerate() {
-                out.copy_from_slice(&lanes8_avx2(row, pg, h));
+                out.copy_from_slice(&lanes8w_avx2(row, pg, h));
             }
         }
     }
+    WIDE_ROWS.set(dec);
 }
 
 /// One decoded weight row times activation rows `8h..8h + 8` of a panel
-/// (see [`dot_q8_0x16_avx2`]).
+/// (see [`dot_q8_0x16w_avx2`]).
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
-fn lanes8_avx2(w: &[SignedBlock], p: &[Q8_0x16], h: usize) -> [f32; 8] {
+fn lanes8w_avx2(w: &[WideBlock], p: &[Q8_0x16w], h: usize) -> [f32; 8] {
     assert!(h < 2);
-    let ones = _mm256_set1_epi16(1);
     let mut acc = [_mm256_setzero_ps(); 8];
-    let word = |b: &[u8; 32], l: usize| {
-        let q: &[u8; 4] = b[4 * l..4 * l + 4].try_into().expect("4 bytes");
-        _mm256_set1_epi32(i32::from_le_bytes(*q))
-    };
     for (db, p) in w.iter().zip(p) {
         let d = _mm256_mul_ps(_mm256_set1_ps(db.d), load8_at(&p.d, 8 * h));
         for (l, acc) in acc.iter_mut().enumerate() {
-            let (wb, ab) = (word(&db.q, l), word(&db.a, l));
-            // SAFETY: `qs[l]` is 64 bytes at offset 64l of a 64-byte
-            // aligned struct; its half `h` is 32 bytes, 32-byte aligned.
-            let qa = unsafe { _mm256_load_si256(p.qs[l].as_ptr().add(32 * h).cast()) };
-            let dot = _mm256_maddubs_epi16(ab, _mm256_sign_epi8(qa, wb));
-            let q = _mm256_cvtepi32_ps(_mm256_madd_epi16(ones, dot));
-            *acc = _mm256_fmadd_ps(d, q, *acc);
+            let q = &p.qs[h][l];
+            // SAFETY: `qs[h][l]` is 64 bytes at offset 512h + 64l of a
+            // 64-byte aligned struct: two 32-byte aligned halves.
+            let (a01, a23) = unsafe {
+                (
+                    _mm256_load_si256(q.as_ptr().cast()),
+                    _mm256_load_si256(q.as_ptr().add(16).cast()),
+                )
+            };
+            let s = _mm256_add_epi32(
+                _mm256_madd_epi16(a01, _mm256_set1_epi32(db.w[2 * l])),
+                _mm256_madd_epi16(a23, _mm256_set1_epi32(db.w[2 * l + 1])),
+            );
+            *acc = _mm256_fmadd_ps(d, _mm256_cvtepi32_ps(s), *acc);
         }
     }
-    // hsum_float_8's additions, lane by lane.
-    let s = [0, 1, 2, 3].map(|i| _mm256_add_ps(acc[i + 4], acc[i]));
-    let sum = _mm256_add_ps(_mm256_add_ps(s[0], s[2]), _mm256_add_ps(s[1], s[3]));
+    // hsum_float_8's additions, lane by lane (written out: a closure here
+    // is not inlined, and the accumulators then live in memory).
+    let s0 = _mm256_add_ps(acc[4], acc[0]);
+    let s1 = _mm256_add_ps(acc[5], acc[1]);
+    let s2 = _mm256_add_ps(acc[6], acc[2]);
+    let s3 = _mm256_add_ps(acc[7], acc[3]);
+    let sum = _mm256_add_ps(_mm256_add_ps(s0, s2), _mm256_add_ps(s1, s3));
     let mut out = [0.0; 8];
     // SAFETY: `out` holds eight f32; storeu has no alignment needs.
     unsafe { _mm256_storeu_ps(out.as_mut_ptr(), sum) };
@@ -753,7 +772,7 @@ fn lanes8_avx2(w: &[SignedBlock], p: &[Q8_0x16], h: usize) -> [f32; 8] {
 #[target_feature(enable = "avx2,fma,f16c")]
 fn load8_at(v: &[f32; 16], at: usize) -> __m256 {
     assert!(at == 0 || at == 8);
-    // SAFETY: `v` is a `Q8_0x16`'s `d` (offset 512 of a 64-byte aligned
+    // SAFETY: `v` is a `Q8_0x16w`'s `d` (offset 1024 of a 64-byte aligned
     // struct), so `v[at]` is 32-byte aligned, and eight f32 follow it.
     unsafe { _mm256_load_ps(v.as_ptr().add(at)) }
 }
