@@ -595,16 +595,14 @@ pub(crate) enum Kernel {
     FmvWide(GgmlType, u32, u32),
     /// The fast mode's single-token attention (`attn_fast.wgsl`): split
     /// over the positions (`false`, [`Kernel::AttentionCombine`] after it),
-    /// or one workgroup a head group writing the output itself (`true`:
-    /// `SOLO`); then the query heads a workgroup takes (`HG`) and the head
-    /// dimension (`HD`).
-    AttentionFast(bool, u32, u32),
+    /// or one workgroup a head writing the output itself (`true`: `SOLO`).
+    AttentionFast(bool),
     /// The same with the token's query, key and value from a stacked
     /// projection: RoPE and the cache writes inside (`attn_rope_decode`).
-    AttentionFastRope(bool, u32, u32),
+    AttentionFastRope(bool),
     /// The fast attention's second dispatch: each head's output from its
-    /// splits (`attn_combine`), for the split kernel's `HG` and `HD`.
-    AttentionCombine(u32, u32),
+    /// splits (`attn_combine`).
+    AttentionCombine,
     /// The fast mode's attention for a batch (`attn_flash.wgsl`), each
     /// invocation owning `NC` output vec4 columns (ceil(head_dim / 64)).
     AttentionFlash(u32),
@@ -669,7 +667,7 @@ impl Kernel {
             | Kernel::NormAdd => Shader::Scale,
             Kernel::Fmv(..) => Shader::QuantFast,
             Kernel::FmvWide(..) => Shader::QuantWide,
-            Kernel::AttentionFast(..) | Kernel::AttentionFastRope(..) | Kernel::AttentionCombine(..) => {
+            Kernel::AttentionFast(_) | Kernel::AttentionFastRope(_) | Kernel::AttentionCombine => {
                 Shader::AttentionFast
             }
             Kernel::AttentionFlash(_) => Shader::AttentionFlash,
@@ -711,9 +709,9 @@ impl Kernel {
             Kernel::NormAdd => "norm_add",
             Kernel::Fmv(..) => "fmv",
             Kernel::FmvWide(..) => "fmv_wide",
-            Kernel::AttentionFast(..) => "attn_decode",
-            Kernel::AttentionFastRope(..) => "attn_rope_decode",
-            Kernel::AttentionCombine(..) => "attn_combine",
+            Kernel::AttentionFast(_) => "attn_decode",
+            Kernel::AttentionFastRope(_) => "attn_rope_decode",
+            Kernel::AttentionCombine => "attn_combine",
             Kernel::AttentionFlash(_) => "attn_flash",
             Kernel::MmFast(_, MmKind::Portable) | Kernel::MoeMm(_, MmKind::Portable, _) => {
                 "mm_fast"
@@ -768,15 +766,8 @@ impl Kernel {
                 ("MM_GATHER", f64::from(if prologue == 2 { 2 } else { 1 })),
             ],
             Kernel::AttentionFlash(nc) => vec![("NC", f64::from(nc))],
-            Kernel::AttentionFast(solo, group, hd) | Kernel::AttentionFastRope(solo, group, hd) => {
-                vec![
-                    ("SOLO", f64::from(u8::from(solo))),
-                    ("HG", f64::from(group)),
-                    ("HD", f64::from(hd)),
-                ]
-            }
-            Kernel::AttentionCombine(group, hd) => {
-                vec![("HG", f64::from(group)), ("HD", f64::from(hd))]
+            Kernel::AttentionFast(solo) | Kernel::AttentionFastRope(solo) => {
+                vec![("SOLO", f64::from(u8::from(solo)))]
             }
             Kernel::MoeMv(t, routed, prologue) => vec![
                 ("FORMAT", f64::from(t.id())),

@@ -156,7 +156,7 @@ pub(crate) struct AttnParams {
     pub softcap: f32,
     /// 1/softcap, as the host rounds it.
     pub inv_cap: f32,
-    /// The fast kernel's workgroups per head group ([`attention_splits`]); set by
+    /// The fast kernel's workgroups per head ([`attention_splits`]); set by
     /// [`OpBuilder::attention`], unread by the exact kernel.
     pub splits: u32,
 }
@@ -184,52 +184,30 @@ impl AttnParams {
     }
 }
 
-/// Query heads a workgroup of the fast single-token attention takes
-/// (`attn_fast.wgsl`'s `HG`): the most, up to 8, that share one KV head and
-/// whose queries fit its 1,024 floats, so that each key and value row is
-/// read once for all of them (TinyLlama's 32 heads over 4 KV heads: 8;
-/// Gemma 3 1B's 4 heads of 256 over one: 4). The knob
-/// `STRATA_ATTN_GROUP` caps it (measurement only).
-pub(crate) fn attention_group(p: &AttnParams) -> u32 {
-    let per_kv = match p.n_kv_head {
-        0 => 1,
-        k => (p.n_head / k).max(1),
-    };
-    let cap = std::env::var("STRATA_ATTN_GROUP")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-        .unwrap_or(8)
-        .clamp(1, 8);
-    (1..=cap)
-        .rev()
-        .find(|&g| per_kv.is_multiple_of(g) && g * p.head_dim.max(1) <= 1024)
-        .unwrap_or(1)
-}
-
 /// The longest context (positions after the step) for which the fast
 /// decoding attention takes one workgroup a head and one dispatch
-/// (`attn_fast.wgsl`'s `SOLO`, `attend_solo`) rather than head groups
-/// split over the positions and a combining dispatch: one tile of the
-/// kernel's 256 positions, which the splits would have walked in one pass
-/// too.
+/// (`attn_fast.wgsl`'s `SOLO`) rather than splits and a combining
+/// dispatch: one tile of the kernel's 256 positions, which the splits
+/// (of at least 64 positions each) would have walked in one pass too.
 pub(crate) const SOLO_MAX_KV: u32 = 256;
 
-/// Workgroups per head group of the fast single-token attention (split-K):
-/// enough that the groups of a long context fill a large GPU (about 512
-/// workgroups), at most 64; a split takes at least a tile of positions, so
-/// shorter contexts leave the later ones idle. On an H100, TinyLlama's 32
-/// heads decoding after 4,096 tokens one head a workgroup, 16 splits (256
+/// Workgroups per head of the fast single-token attention (split-K): enough
+/// that the heads of a long context fill a large GPU (about 512
+/// workgroups), at most 32; shorter contexts leave the later ones idle
+/// (`attn_fast.wgsl`'s `MIN_CHUNK`). A split's workgroup walks its
+/// positions one after another for the products with V, so shorter splits
+/// finish sooner, but more of them take longer to combine: on an H100,
+/// TinyLlama's 32 heads decoding after 4,096 tokens, 16 splits (256
 /// positions each) ran at 351 t/s with a read-back per token, 64 splits at
 /// 332.
-pub(crate) fn attention_splits(p: &AttnParams) -> u32 {
-    let groups = p.n_head.max(1) / attention_group(p);
-    (512 / groups.max(1)).clamp(1, 64)
+pub(crate) fn attention_splits(n_head: u32) -> u32 {
+    (512 / n_head.max(1)).clamp(1, 32)
 }
 
 /// Bytes of the fast attention's per-split results for these heads
 /// (`attn_fast.wgsl`'s `part`).
 pub(crate) fn attention_partials_bytes(p: &AttnParams) -> u64 {
-    let splits = attention_splits(p) as u64;
+    let splits = attention_splits(p.n_head) as u64;
     p.n_head as u64 * splits * (p.head_dim as u64 + 2) * 4
 }
 
@@ -1215,21 +1193,17 @@ impl OpBuilder<'_> {
                 _params: pb,
             }];
         }
-        params.splits = attention_splits(&params);
-        let (group, hd) = (attention_group(&params), params.head_dim);
+        params.splits = attention_splits(params.n_head);
         let pb = self.ctx.uniform("attention", bytemuck::bytes_of(&params));
         // attn_rope_decode's table, RopeFuse and norm weights, unread by
         // attn_decode.
         let bind_group = self.bind(
-            Kernel::AttentionFast(false, group, hd),
+            Kernel::AttentionFast(false),
             &[
                 q, k_cache, v_cache, out, &pb, self.step, q, &pb, partials, q,
             ],
         );
-        let kernels = (
-            Kernel::AttentionFast(false, group, hd),
-            Kernel::AttentionFast(true, 1, hd),
-        );
+        let kernels = (Kernel::AttentionFast(false), Kernel::AttentionFast(true));
         self.split_attention(kernels, bind_group, pb, &params)
     }
 
@@ -1265,9 +1239,8 @@ impl OpBuilder<'_> {
 
     /// The ops of a fast attention, sharing `bind_group`: for contexts of
     /// up to [`SOLO_MAX_KV`] positions `solo` (one workgroup a head, the
-    /// output written directly), for longer ones `split` (head groups,
-    /// [`attention_group`]) and its combining op (one workgroup a head). A
-    /// step records one or the other.
+    /// output written directly), for longer ones `split` and its combining
+    /// op. A step records one or the other.
     fn split_attention(
         &self,
         (split, solo): (Kernel, Kernel),
@@ -1284,13 +1257,12 @@ impl OpBuilder<'_> {
             grid,
             _params: pb.clone(),
         };
-        let group = attention_group(params);
-        let (h, groups) = (params.n_head, params.n_head / group);
+        let h = params.n_head;
         vec![
             op(solo, Grid::Context([h, 1], SOLO_MAX_KV, true)),
-            op(split, Grid::Context([groups, params.splits], SOLO_MAX_KV, false)),
+            op(split, Grid::Context([h, params.splits], SOLO_MAX_KV, false)),
             op(
-                Kernel::AttentionCombine(group, params.head_dim),
+                Kernel::AttentionCombine,
                 Grid::Context([h, 1], SOLO_MAX_KV, false),
             ),
         ]
@@ -1318,20 +1290,19 @@ impl OpBuilder<'_> {
         norm: &wgpu::Buffer,
         partials: &wgpu::Buffer,
     ) -> Vec<Op> {
-        params.splits = attention_splits(&params);
-        let (group, hd) = (attention_group(&params), params.head_dim);
+        params.splits = attention_splits(params.n_head);
         let pb = self.ctx.uniform("attention", bytemuck::bytes_of(&params));
         let rb = self
             .ctx
             .uniform("attention_rope", bytemuck::bytes_of(&rope));
-        let kernel = Kernel::AttentionFastRope(false, group, hd);
+        let kernel = Kernel::AttentionFastRope(false);
         let bind_group = self.bind(
             kernel,
             &[
                 qkv, k_cache, v_cache, out, &pb, self.step, table, &rb, partials, norm,
             ],
         );
-        let kernels = (kernel, Kernel::AttentionFastRope(true, 1, hd));
+        let kernels = (kernel, Kernel::AttentionFastRope(true));
         self.split_attention(kernels, bind_group, pb, &params)
     }
 
@@ -1737,15 +1708,10 @@ pub(crate) enum Prologue<'b> {
 }
 
 /// Whether the fast single-token attention (`attn_fast.wgsl`) takes these
-/// heads: it keeps a head group's queries in 256 vec4s, reads keys and
-/// values a vec4 at a time and owns a vec4 of a head's output per
+/// heads: it keeps a head's query in 64 vec4s and a whole output per
 /// invocation of its 256.
 pub(crate) fn fast_attention_fits(p: &AttnParams) -> bool {
-    p.head_dim <= 256
-        && p.head_dim.is_multiple_of(4)
-        && p.kv_stride.is_multiple_of(4)
-        && p.n_kv_head > 0
-        && p.n_head.is_multiple_of(p.n_kv_head)
+    p.head_dim <= 256 && p.head_dim.is_multiple_of(4)
 }
 
 /// Queries per workgroup of `attn_flash.wgsl` (its `BQ`).

@@ -37,8 +37,9 @@
 //!   expert read from the routing), their weighted sum (into the residual,
 //!   as a product's); batches of [`crate::ops::MOE_MM_MIN_TOKENS`] or more
 //!   list each expert's (token, slot) pairs instead (`moe_bucket`) and
-//!   multiply them as one batch an expert (`mm_fast`/`mm_coop` gathered:
-//!   llama.cpp's mul_mat_id), the expert's weights read once a tile.
+//!   multiply them as one batch an expert (`mm_fast` gathered: llama.cpp's
+//!   mul_mat_id; `mm_coop`'s gathered mode waits on a device run,
+//!   [`MOE_MM_COOP`]), the expert's weights read once a tile.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -58,6 +59,14 @@ use crate::ops::{
 use crate::seam::GpuWeight;
 
 /// Most greedy tokens [`GpuProgram::generate_greedy`] makes in one call.
+/// Whether a mixture of experts' grouped products take `mm_coop` where the
+/// device has cooperative matrices: not yet. Its gathered mode (quant.wgsl's
+/// `MM_GATHER`) has run on no such device (naga validates it and writes its
+/// SPIR-V); until `kernels::moe_grouped_products_match_reference`, which
+/// forces it where the device has it, has passed on one, the grouped
+/// products take `mm_fast` everywhere, as on llvmpipe, where they are tested.
+const MOE_MM_COOP: Option<bool> = Some(false);
+
 const MAX_GENERATED: u32 = 4096;
 
 /// The most rows one dispatch takes in its z dimension.
@@ -322,11 +331,10 @@ fn fast_attentions(
         else {
             continue;
         };
-        let fits = fast_attention_fits(&AttnParams::of(
-            params,
-            (params.n_head_kv * params.head_dim) as u32,
-            false,
-        ));
+        let fits = fast_attention_fits(&AttnParams {
+            head_dim: params.head_dim as u32,
+            ..Default::default()
+        });
         if !fits || q == k {
             continue;
         }
@@ -1639,7 +1647,7 @@ impl<'a> Lowering<'a> {
                     (&xb, d, k),
                     (&gu, 2 * ff, *base),
                     (lists, n_expert),
-                    (MOE_MM_MIN_TOKENS, None),
+                    (MOE_MM_MIN_TOKENS, MOE_MM_COOP),
                 ));
             }
         }
@@ -1660,7 +1668,7 @@ impl<'a> Lowering<'a> {
                 (&gu, 2 * ff, 1),
                 (&down, d, 0),
                 (lists, n_expert),
-                (MOE_MM_MIN_TOKENS, None),
+                (MOE_MM_MIN_TOKENS, MOE_MM_COOP),
             ));
         }
         let yb = self.buf(y).clone();

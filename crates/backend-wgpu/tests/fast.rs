@@ -186,11 +186,12 @@ fn fast_small_batches_are_exact() {
 }
 
 /// The fast decoding attention past its one-workgroup contexts: the gemma3
-/// fixture's F32 file (4 query heads over 2 KV heads of 64: two heads a
-/// workgroup, one workgroup a group up to 256 positions) decoded for 300
-/// tokens, so that its global layer's last steps split the positions and
-/// combine them, and its sliding-window layers split a window that starts
-/// past position 0; near the CPU's logits as the 40-token test below.
+/// fixture's F32 file (4 query heads over 2 KV heads of 64; one workgroup a
+/// head up to 256 positions, `SOLO_MAX_KV`) decoded for 300 tokens, so that
+/// the last steps split the positions and combine them with RoPE and the
+/// cache writes fused (`attn_rope_decode`), the sliding-window layers a
+/// window that starts past position 0; near the CPU's logits as the
+/// 40-token test below.
 #[test]
 fn fast_decoding_splits_long_contexts() {
     use crate::common::{arch_file, n_vocab, tokens};
@@ -205,7 +206,10 @@ fn fast_decoding_splits_long_contexts() {
         toks.len(),
         top1 * 100.0
     );
-    assert!(kld <= 1e-5 && top1 >= 0.9, "mean KLD {kld:.3e}, top-1 {top1}");
+    assert!(
+        kld <= 1e-5 && top1 >= 0.9,
+        "mean KLD {kld:.3e}, top-1 {top1}"
+    );
 }
 
 /// Gemma 3 (the gemma3 fixture of tests/fixtures/archs: six layers, five

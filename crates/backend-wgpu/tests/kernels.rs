@@ -1206,9 +1206,10 @@ fn seam_matmul_on_row_views() {
 fn fast_attention_agrees_with_cpu() {
     let mut rng = StdRng::seed_from_u64(701);
     let ctx = ctx();
-    // One head a workgroup (the first two), four (the next two: 512 floats
-    // of queries), eight of 64 (TinyLlama's), four of 256 (Gemma 3's) and
-    // eight of 80 (20 vec4s: 12 slices of the workgroup's 256).
+    // Heads per KV head 1, 3 and 4, then TinyLlama's 32 over 4 (64 wide),
+    // Gemma 3 1B's 4 over 1 (256 wide: one output per invocation) and 16
+    // over 2 of 80 (three slices of the workgroup's 256, 16 invocations
+    // idle).
     let cases = [
         (4, 4, 64),
         (6, 2, 96),
