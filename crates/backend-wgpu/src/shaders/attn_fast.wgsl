@@ -67,7 +67,7 @@ struct RopeFuse {
 
 @group(0) @binding(0) var<storage, read> q: array<f32>;
 @group(0) @binding(1) var<storage, read_write> k_cache: array<vec4<f32>>;
-@group(0) @binding(2) var<storage, read_write> v_cache: array<f32>;
+@group(0) @binding(2) var<storage, read_write> v_cache: array<vec4<f32>>;
 @group(0) @binding(3) var<storage, read_write> out: array<f32>;
 @group(0) @binding(4) var<uniform> p: AttnParams;
 @group(0) @binding(5) var<uniform> step: Step;
@@ -96,6 +96,8 @@ var<workgroup> k_new: array<f32, 256>;
 var<workgroup> v_new: array<f32, 256>;
 var<workgroup> probs: array<f32, WG>;
 var<workgroup> red: array<f32, WG>;
+// Each invocation's share of the products with V, summed over the slices.
+var<workgroup> red4: array<vec4<f32>, WG>;
 
 fn wg_max(v: f32, lid: u32) -> f32 {
     red[lid] = v;
@@ -143,13 +145,15 @@ fn split_span() -> vec2<u32> {
     return vec2<u32>(first, max((len + p.splits - 1u) / p.splits, MIN_CHUNK));
 }
 
-// Output dimension d of position c + t's value (vb: its offset at c);
-// with `fresh`, the step's own position is v_new's (not yet in the cache).
-fn v_at(vb: u32, c: u32, t: u32, fresh: bool, d: u32) -> f32 {
+// Output dimensions 4·d4 .. 4·d4 + 3 of position c + t's value (vb4: its
+// vec4 at c); with `fresh`, the step's own position is v_new's (not yet in
+// the cache).
+fn v4_at(vb4: u32, c: u32, t: u32, fresh: bool, d4: u32) -> vec4<f32> {
     if (fresh && c + t == step.pos) {
-        return v_new[d];
+        let d = 4u * d4;
+        return vec4<f32>(v_new[d], v_new[d + 1u], v_new[d + 2u], v_new[d + 3u]);
     }
-    return v_cache[vb + t * p.kv_stride];
+    return v_cache[vb4 + t * (p.kv_stride >> 2u)];
 }
 
 // Split s of head h's attention (its query in q_head) over positions ..=
@@ -166,15 +170,16 @@ fn attend(h: u32, s: u32, lid: u32, fresh: bool) {
     }
     let last = min(first + span.y, n_kv);
     let n4 = hd >> 2u;
-    // V·P: invocation lid owns output d of slice `sl` (positions sl, sl +
-    // slices, ... of each tile).
-    let slices = WG / hd;
-    let d = lid % hd;
-    let sl = lid / hd;
+    // V·P: invocation lid owns output vec4 d4 of slice `sl` (positions sl,
+    // sl + slices, ... of each tile), a vec4 load a position: a slice of a
+    // tile is 16 positions at head_dim 64 (64 with one float a load).
+    let slices = WG / n4;
+    let d4 = lid % n4;
+    let sl = lid / n4;
     let ko = kvh * hd;
     var m = -3.4028235e38;
     var l = 0.0;
-    var acc = 0.0;
+    var acc = vec4<f32>(0.0);
     for (var c = first; c < last; c += WG) {
         let j = c + lid;
         var sc = -3.4028235e38;
@@ -225,45 +230,54 @@ fn attend(h: u32, s: u32, lid: u32, fresh: bool) {
         // probs is visible: wg_sum's barriers follow its writes.
         if (sl < slices) {
             let cnt = min(WG, last - c);
-            let vb = c * p.kv_stride + ko + d;
+            let vb4 = ((c * p.kv_stride + ko) >> 2u) + d4;
             // Four positions a pass into four sums, their loads first (one
-            // position at a time waited out the cache at every step: this
-            // loop walks up to WG / slices positions).
-            var a0 = 0.0;
-            var a1 = 0.0;
-            var a2 = 0.0;
-            var a3 = 0.0;
+            // position at a time waited out the cache at every step).
+            var a0 = vec4<f32>(0.0);
+            var a1 = vec4<f32>(0.0);
+            var a2 = vec4<f32>(0.0);
+            var a3 = vec4<f32>(0.0);
             var t = sl;
             for (; t + 3u * slices < cnt; t += 4u * slices) {
-                let v0 = v_at(vb, c, t, fresh, d);
-                let v1 = v_at(vb, c, t + slices, fresh, d);
-                let v2 = v_at(vb, c, t + 2u * slices, fresh, d);
-                let v3 = v_at(vb, c, t + 3u * slices, fresh, d);
-                a0 = fma(probs[t], v0, a0);
-                a1 = fma(probs[t + slices], v1, a1);
-                a2 = fma(probs[t + 2u * slices], v2, a2);
-                a3 = fma(probs[t + 3u * slices], v3, a3);
+                let v0 = v4_at(vb4, c, t, fresh, d4);
+                let v1 = v4_at(vb4, c, t + slices, fresh, d4);
+                let v2 = v4_at(vb4, c, t + 2u * slices, fresh, d4);
+                let v3 = v4_at(vb4, c, t + 3u * slices, fresh, d4);
+                a0 = fma(vec4<f32>(probs[t]), v0, a0);
+                a1 = fma(vec4<f32>(probs[t + slices]), v1, a1);
+                a2 = fma(vec4<f32>(probs[t + 2u * slices]), v2, a2);
+                a3 = fma(vec4<f32>(probs[t + 3u * slices]), v3, a3);
             }
             for (; t < cnt; t += slices) {
-                a0 = fma(probs[t], v_at(vb, c, t, fresh, d), a0);
+                a0 = fma(vec4<f32>(probs[t]), v4_at(vb4, c, t, fresh, d4), a0);
             }
             acc = acc * corr + ((a0 + a1) + (a2 + a3));
         }
         m = m_new;
         workgroupBarrier();
     }
-    red[lid] = acc;
+    red4[lid] = acc;
     workgroupBarrier();
     let hs = h * p.splits + s;
-    if (sl == 0u && d < hd) {
-        var total = 0.0;
+    if (sl == 0u) {
+        var total = vec4<f32>(0.0);
         for (var k = 0u; k < slices; k++) {
-            total += red[k * hd + d];
+            total += red4[k * n4 + d4];
         }
+        let o = 4u * d4;
         if (SOLO) {
-            out[h * hd + d] = total / l;
+            let r = total / l;
+            let b = h * hd + o;
+            out[b] = r.x;
+            out[b + 1u] = r.y;
+            out[b + 2u] = r.z;
+            out[b + 3u] = r.w;
         } else {
-            part[hs * hd + d] = total;
+            let b = hs * hd + o;
+            part[b] = total.x;
+            part[b + 1u] = total.y;
+            part[b + 2u] = total.z;
+            part[b + 3u] = total.w;
         }
     }
     if (!SOLO && lid == 0u) {
@@ -323,7 +337,8 @@ fn attn_rope_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
         qi = q[rf.q_base + h * hd + lid];
         ki = q[rf.k_base + kvh * hd + lid];
         if (rf.v_cached != 0u) {
-            v_new[lid] = v_cache[pos * p.kv_stride + kvh * hd + lid];
+            let i = pos * p.kv_stride + kvh * hd + lid;
+            v_new[lid] = v_cache[i >> 2u][i & 3u];
         } else {
             v_new[lid] = stored(1u + rf.cache_f16, q[rf.v_base + kvh * hd + lid]);
         }
@@ -378,7 +393,7 @@ fn attn_rope_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
         let i = pos * p.kv_stride + kvh * hd + lid;
         k_cache[i >> 2u][i & 3u] = k_new[lid];
         if (rf.v_cached == 0u) {
-            v_cache[i] = v_new[lid];
+            v_cache[i >> 2u][i & 3u] = v_new[lid];
         }
     }
     workgroupBarrier();
