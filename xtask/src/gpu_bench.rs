@@ -240,6 +240,9 @@ pub fn run(args: &[String]) -> Result<(), String> {
             1.0 / best_synced,
             100.0 * synced / best_synced
         );
+        if let Some(p) = e(model.profile_step(&tokens[..1], depth))? {
+            print_profile(&format!("tg step profile (1 token at position {depth})"), &p);
+        }
     }
     if attribute {
         attribute_tg(model, tokens[0], tg, reps, best_tg)?;

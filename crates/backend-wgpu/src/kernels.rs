@@ -168,9 +168,8 @@ impl Shader {
             | Shader::QuantFast
             | Shader::QuantWide
             | Shader::QuantWideSg
-            | Shader::MmFast
-            | Shader::MmCoop
             | Shader::Moe => Shader::Quant,
+            Shader::MmCoop => Shader::MmFast,
             Shader::AttentionSg | Shader::AttentionFlash => Shader::Attention,
             Shader::NormSg => Shader::Norm,
             Shader::ElementwiseSg => Shader::Elementwise,
@@ -197,7 +196,8 @@ impl Shader {
                 "quant_io.wgsl",
                 "quant.wgsl",
                 "x_plain.wgsl",
-                "mm_fast.wgsl"
+                "mm_fast.wgsl",
+                "mm_split.wgsl"
             ),
             // Enable directives come first.
             Shader::MmCoop => concat!(
@@ -206,7 +206,8 @@ impl Shader {
                 include_str!("shaders/quant_io.wgsl"),
                 include_str!("shaders/quant.wgsl"),
                 include_str!("shaders/x_plain.wgsl"),
-                include_str!("shaders/mm_coop.wgsl")
+                include_str!("shaders/mm_coop.wgsl"),
+                include_str!("shaders/mm_split.wgsl")
             ),
             Shader::AttentionFast => with_fma!("rope_common.wgsl", "attn_fast.wgsl"),
             Shader::AttentionFlash => with_fma!("attn_flash.wgsl"),
@@ -294,8 +295,8 @@ impl Shader {
             Shader::AttentionFlash => "attn_flash.wgsl",
             Shader::QuantWide => "fast_wide.wgsl",
             Shader::QuantWideSg => "fast_wide.wgsl+wide_sg.wgsl",
-            Shader::MmFast => "quant.wgsl+mm_fast.wgsl",
-            Shader::MmCoop => "quant.wgsl+mm_coop.wgsl",
+            Shader::MmFast => "quant.wgsl+mm_fast.wgsl+mm_split.wgsl",
+            Shader::MmCoop => "quant.wgsl+mm_coop.wgsl+mm_split.wgsl",
             Shader::Moe => "quant.wgsl+moe.wgsl",
         }
     }
@@ -314,9 +315,12 @@ impl Shader {
             | Shader::QuantFast
             | Shader::QuantWide
             | Shader::QuantWideSg
-            | Shader::MmFast
-            | Shader::MmCoop
             | Shader::Moe => &[Read, Read, ReadWrite, Uniform, Uniform, Read],
+            // as Quant, then the split products' partials (mm_split.wgsl;
+            // y where nothing splits)
+            Shader::MmFast | Shader::MmCoop => {
+                &[Read, Read, ReadWrite, Uniform, Uniform, Read, ReadWrite]
+            }
             // as Quant, then the cos/sin table, queries, key cache, value
             // cache, rope params
             Shader::QuantTgRope => &[
@@ -611,6 +615,9 @@ pub(crate) enum Kernel {
     /// workgroup: `mm_fast.wgsl`'s `mm_fast` ([`MmKind::Portable`]) or, on
     /// devices with cooperative matrices, `mm_coop.wgsl`'s `mm_coop`.
     MmFast(GgmlType, MmKind),
+    /// `mm_split.wgsl`'s `mm_reduce`: the partial sums of a [`Kernel::MmFast`]
+    /// product split over k, added and stored (the dispatch after it).
+    MmReduce,
     /// `moe.wgsl`'s `moe_mv` with a `ty` matrix: the router's product
     /// (`false`) or the routed experts' (`true`), with prologue 0 (x) or 2
     /// (SwiGLU of a row's two halves).
@@ -675,6 +682,7 @@ impl Kernel {
                 Shader::MmFast
             }
             Kernel::MmFast(_, _) | Kernel::MoeMm(..) => Shader::MmCoop,
+            Kernel::MmReduce => Shader::MmFast,
             Kernel::MoeMv(..) | Kernel::MoeRoute(..) | Kernel::MoeSum | Kernel::MoeBucket => {
                 Shader::Moe
             }
@@ -717,6 +725,7 @@ impl Kernel {
                 "mm_fast"
             }
             Kernel::MmFast(_, MmKind::Coop) | Kernel::MoeMm(_, MmKind::Coop, _) => "mm_coop",
+            Kernel::MmReduce => "mm_reduce",
             Kernel::MoeMv(..) => "moe_mv",
             Kernel::MoeBucket => "moe_bucket",
             Kernel::MoeRoute(..) => "moe_route",

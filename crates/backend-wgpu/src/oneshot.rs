@@ -147,8 +147,11 @@ pub fn matmul(
 /// `n_tokens × k`, not rounded to the weight's activation type; with
 /// `acc`, `Y` starts from it (`n_tokens × m` values) and the product is
 /// added (the residual connection). `max_part_bytes` forces a row split of
-/// the weights as in [`matmul`]. Fails for `coop` where the device has no
-/// cooperative matrices ([`crate::DeviceCaps::coop_f16_16`]).
+/// the weights as in [`matmul`]. `split_target` lets products with few
+/// 64 × 64 tiles split over k as the fast mode's do (its target workgroup
+/// count: `mm_split.wgsl`); `None` never splits. Fails for `coop` where
+/// the device has no cooperative matrices
+/// ([`crate::DeviceCaps::coop_f16_16`]).
 #[allow(clippy::too_many_arguments)]
 pub fn mm_fast(
     ctx: &GpuContext,
@@ -160,6 +163,7 @@ pub fn mm_fast(
     acc: Option<&[f32]>,
     max_part_bytes: Option<u64>,
     coop: bool,
+    split_target: Option<u32>,
 ) -> Result<Vec<f32>> {
     check(
         "mm_fast",
@@ -196,6 +200,18 @@ pub fn mm_fast(
         None => ctx.storage("y", (n * m * 4) as u64),
     };
     let dummy = ctx.storage("dummy", 16);
+    // Room for the partials of the largest part's split.
+    let part_floats = |target: u32| {
+        w.parts
+            .iter()
+            .map(|p| {
+                let z = crate::ops::mm_splits(n as u32, p.rows, k as u32, target) as u64;
+                4 + z * n as u64 * p.rows as u64
+            })
+            .max()
+            .unwrap_or(4)
+    };
+    let partials = split_target.map(|t| (ctx.storage("mm_part", part_floats(t) * 4), t));
     let ops = b.mm_fast(
         "mm_fast",
         &w,
@@ -206,8 +222,16 @@ pub fn mm_fast(
         acc.is_some(),
         &dummy,
         Some(coop),
+        partials.as_ref().map(|(b, t)| (b, *t)),
     );
     run(ctx, &ops, n as u32, &y, n * m)
+}
+
+/// The splits over k that a batch product of `n_tokens` tokens, `m` rows
+/// and `k` weights takes for a split target (as [`mm_fast`]'s
+/// `split_target`, the workgroups it aims at): 1 for none.
+pub fn mm_split_count(n_tokens: u32, m: u32, k: u32, target: u32) -> u32 {
+    crate::ops::mm_splits(n_tokens, m, k, target)
 }
 
 /// What [`fmv`] computes its activations from (each `k` values).

@@ -10,7 +10,7 @@ use gguf_format::GgmlType;
 use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
 use crate::kernels::{
-    exact_order, is_exact, is_gpu_type, Kernel, MmKind, KMM_TOKENS, KQUANT_TILED_MIN_BATCH,
+    exact_order, is_exact, is_gpu_type, Kernel, MmKind, Shader, KMM_TOKENS, KQUANT_TILED_MIN_BATCH,
     MM_FAST_ROWS, MM_FAST_TOKENS, QMM_TOKENS,
 };
 
@@ -431,6 +431,63 @@ pub(crate) struct QdotVariant {
     /// A bind group of the variant's own, where its kernel binds more
     /// than the op's ([`OpBuilder::fuse_rope`]), and what it alone binds.
     pub own: Option<(wgpu::BindGroup, wgpu::Buffer)>,
+    /// Split-K, where the variant's bind group has a partials buffer
+    /// (`mm_split.wgsl`): batches whose tiles are too few take it.
+    pub split: Option<MmSplit>,
+}
+
+/// A [`Kernel::MmFast`] variant's split over k ([`mm_splits`]).
+#[derive(Debug)]
+pub(crate) struct MmSplit {
+    /// `mm_reduce`, the dispatch after a split product.
+    pub reduce: wgpu::ComputePipeline,
+    /// The product's k.
+    pub k: u32,
+    /// The workgroups a split product aims at ([`mm_split_target`]).
+    pub target: u32,
+}
+
+/// The fewest chunks of 32 weights of k a split of a batch product takes.
+pub(crate) const MM_SPLIT_MIN_CHUNKS: u32 = 8;
+
+/// The workgroups a batch product's split over k aims at (0: never
+/// split). A TinyLlama prompt of 512 tokens has 256 tiles of 64 × 64 in
+/// its ffn_down and its attention output, 384 in the stacked q/k/v
+/// products, 1,408 in ffn_gate+up: an H100's 132 compute units hold
+/// about 8 of mm_coop's workgroups each. `STRATA_MM_SPLIT` sets it
+/// (measurement only).
+pub(crate) fn mm_split_target() -> u32 {
+    static TARGET: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
+    *TARGET.get_or_init(|| {
+        std::env::var("STRATA_MM_SPLIT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(1024)
+    })
+}
+
+/// Splits over k of a batch product of `n_tokens` tokens and `m` rows of
+/// `k` weights (`mm_split.wgsl`): 1 where its 64 × 64 tiles are half of
+/// `target` or more, else enough that tiles × splits reach `target`, each
+/// split at least [`MM_SPLIT_MIN_CHUNKS`] chunks, at most 8 splits. Tiles
+/// × splits stay below 1.5 × target, so that the partials fit
+/// [`mm_part_floats`].
+pub(crate) fn mm_splits(n_tokens: u32, m: u32, k: u32, target: u32) -> u32 {
+    let tiles = n_tokens.div_ceil(MM_FAST_TOKENS) * m.div_ceil(MM_FAST_ROWS);
+    if target == 0 || tiles == 0 || 2 * tiles >= target {
+        return 1;
+    }
+    target
+        .div_ceil(tiles)
+        .min((k / 32) / MM_SPLIT_MIN_CHUNKS)
+        .clamp(1, 8)
+}
+
+/// Floats of a partials buffer that serves every split product for
+/// `target` ([`mm_splits`]): the header's 4, then splits × tokens × rows
+/// ≤ splits × tiles × 64 × 64, below 1.5 × target tiles.
+pub(crate) fn mm_part_floats(target: u32) -> u64 {
+    4 + (3 * target as u64).div_ceil(2) * (MM_FAST_TOKENS * MM_FAST_ROWS) as u64
 }
 
 /// Tokens per row in a `qdot` workgroup for a batch of `n_tokens`.
@@ -518,6 +575,8 @@ impl Op {
     /// holds `n_kv` positions.
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32, n_kv: u32) {
         let mut bind_group = &self.bind_group;
+        // A batch product split over k: its splits, and `mm_reduce` after it.
+        let mut split: Option<(&MmSplit, u32, u32)> = None;
         let (pipeline, g) = match self.grid {
             Grid::Context(_, max_kv, short) if (n_kv <= max_kv) != short => return,
             Grid::Context([x, y], ..) => (&self.pipeline, [x, y, n_tokens]),
@@ -550,9 +609,14 @@ impl Op {
                 if let Some((bg, _)) = &v.own {
                     bind_group = bg;
                 }
+                let z = v.split.as_ref().map_or(1, |sp| {
+                    let z = mm_splits(n_tokens, m, sp.k, sp.target);
+                    split = (z > 1).then_some((sp, m, z));
+                    z
+                });
                 (
                     &v.pipeline,
-                    [n_tokens.div_ceil(v.tokens), m.div_ceil(v.rows), 1],
+                    [n_tokens.div_ceil(v.tokens), m.div_ceil(v.rows), z],
                 )
             }
             Grid::Linear { m } => {
@@ -580,15 +644,25 @@ impl Op {
                 if let Some((bg, _)) = &v.own {
                     bind_group = bg;
                 }
+                let z = v.split.as_ref().map_or(1, |sp| {
+                    let z = mm_splits(n_tokens, m, sp.k, sp.target);
+                    split = (z > 1).then_some((sp, m, z));
+                    z
+                });
                 (
                     &v.pipeline,
-                    [n_tokens.div_ceil(v.tokens), m.div_ceil(v.rows), 1],
+                    [n_tokens.div_ceil(v.tokens), m.div_ceil(v.rows), z],
                 )
             }
         };
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, bind_group, &[]);
         pass.dispatch_workgroups(g[0], g[1], g[2]);
+        if let Some((sp, m, _)) = split {
+            // Same bind group: the partials, y, the op's parameters.
+            pass.set_pipeline(&sp.reduce);
+            pass.dispatch_workgroups(m.div_ceil(256), n_tokens, 1);
+        }
     }
 }
 
@@ -599,8 +673,15 @@ pub(crate) struct OpBuilder<'c> {
 }
 
 impl OpBuilder<'_> {
+    /// A bind group of `buffers` in binding order. The batch products'
+    /// seventh binding, their split partials (`mm_split.wgsl`), is their
+    /// output `y` where `buffers` stop at six: a product that never splits.
     fn bind(&self, kernel: Kernel, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
         let layout = self.ctx.bind_group_layout(kernel.shader());
+        let mut buffers = buffers.to_vec();
+        if kernel.shader().layout_base() == Shader::MmFast && buffers.len() == 6 {
+            buffers.push(buffers[2]);
+        }
         let entries: Vec<wgpu::BindGroupEntry> = buffers
             .iter()
             .enumerate()
@@ -740,6 +821,7 @@ impl OpBuilder<'_> {
                             rows: outputs / tokens,
                             kernel,
                             own: None,
+                            split: None,
                         });
                     }
                     let kernel = Kernel::Qdot(w.ty, variants[0].order, 1);
@@ -789,7 +871,9 @@ impl OpBuilder<'_> {
     /// one) of `w`'s part `part` over float activations `x` (rows of the
     /// op's `x_stride` floats) into `y`, as a variant of `op` (that part's
     /// op from [`OpBuilder::linear`], whose parameters it shares) for
-    /// batches of `min_tokens` or more.
+    /// batches of `min_tokens` or more. With `split` (a partials buffer of
+    /// [`mm_part_floats`] for its target), batches with few tiles split
+    /// over k ([`mm_splits`]).
     #[allow(clippy::too_many_arguments)]
     pub fn add_mm_fast(
         &self,
@@ -800,13 +884,15 @@ impl OpBuilder<'_> {
         y: &wgpu::Buffer,
         dummy: &wgpu::Buffer,
         (min_tokens, coop): (u32, Option<bool>),
+        split: Option<(&wgpu::Buffer, u32)>,
     ) {
         let kind = self.mm_kind(coop);
         let kernel = Kernel::MmFast(w.ty, kind);
-        let bg = self.bind(
-            kernel,
-            &[&w.parts[part].buffer, x, y, &op._params, self.step, dummy],
-        );
+        let mut buffers = vec![&w.parts[part].buffer, x, y, &op._params, self.step, dummy];
+        if let Some((partials, _)) = split {
+            buffers.push(partials);
+        }
+        let bg = self.bind(kernel, &buffers);
         let v = QdotVariant {
             min_tokens,
             pipeline: self.ctx.pipeline(kernel),
@@ -815,6 +901,11 @@ impl OpBuilder<'_> {
             rows: MM_FAST_ROWS,
             kernel,
             own: Some((bg, x.clone())),
+            split: split.map(|(_, target)| MmSplit {
+                reduce: self.ctx.pipeline(Kernel::MmReduce),
+                k: w.k,
+                target,
+            }),
         };
         let at = op.variants.partition_point(|o| o.min_tokens <= min_tokens);
         op.variants.insert(at, v);
@@ -822,7 +913,8 @@ impl OpBuilder<'_> {
 
     /// `y[t, r] (+)= W[r] · x[t]` for every part of `w` through
     /// [`Kernel::MmFast`] alone, whatever the batch (for tests: the fast
-    /// mode's batches take it as a variant, [`OpBuilder::add_mm_fast`]).
+    /// mode's batches take it as a variant, [`OpBuilder::add_mm_fast`],
+    /// as does `split`).
     #[allow(clippy::too_many_arguments)]
     pub fn mm_fast(
         &self,
@@ -835,6 +927,7 @@ impl OpBuilder<'_> {
         accumulate: bool,
         dummy: &wgpu::Buffer,
         coop: Option<bool>,
+        split: Option<(&wgpu::Buffer, u32)>,
     ) -> Vec<Op> {
         (0..w.parts.len())
             .map(|i| {
@@ -858,7 +951,7 @@ impl OpBuilder<'_> {
                     Some(dummy),
                     Grid::Qdot { m: part.rows },
                 );
-                self.add_mm_fast(&mut op, w, i, x, y, dummy, (1, coop));
+                self.add_mm_fast(&mut op, w, i, x, y, dummy, (1, coop), split);
                 op
             })
             .collect()

@@ -39,7 +39,7 @@
 //!   list each expert's (token, slot) pairs instead (`moe_bucket`) and
 //!   multiply them as one batch an expert (`mm_fast` gathered: llama.cpp's
 //!   mul_mat_id; `mm_coop`'s gathered mode waits on a device run,
-//!   [`MOE_MM_COOP`]), the expert's weights read once a tile.
+//!   [`moe_mm_coop`]), the expert's weights read once a tile.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -52,21 +52,29 @@ use crate::device::GpuContext;
 use crate::error::{Result, WgpuError};
 use crate::kernels::{act_type, is_exact, Kernel};
 use crate::ops::{
-    attention_partials_bytes, fast_attention_fits, flash_attention_fits, AttnParams, EwParams,
-    GpuMatrix, Grid, MoeMatrix, Op, OpBuilder, Prologue, RopeFuse, RopeParams, ScaleParams,
-    StepUniform, TgRopeParams, FAST_MM_MIN_TOKENS, MOE_MM_MIN_TOKENS,
+    attention_partials_bytes, fast_attention_fits, flash_attention_fits, mm_part_floats,
+    mm_split_target, mm_splits, AttnParams, EwParams, GpuMatrix, Grid, MoeMatrix, Op, OpBuilder,
+    Prologue, RopeFuse, RopeParams, ScaleParams, StepUniform, TgRopeParams, FAST_MM_MIN_TOKENS,
+    MOE_MM_MIN_TOKENS,
 };
 use crate::seam::GpuWeight;
 
-/// Most greedy tokens [`GpuProgram::generate_greedy`] makes in one call.
 /// Whether a mixture of experts' grouped products take `mm_coop` where the
-/// device has cooperative matrices: not yet. Its gathered mode (quant.wgsl's
-/// `MM_GATHER`) has run on no such device (naga validates it and writes its
-/// SPIR-V); until `kernels::moe_grouped_products_match_reference`, which
-/// forces it where the device has it, has passed on one, the grouped
-/// products take `mm_fast` everywhere, as on llvmpipe, where they are tested.
-const MOE_MM_COOP: Option<bool> = Some(false);
+/// device has cooperative matrices: not yet by default. Its gathered mode
+/// (quant.wgsl's `MM_GATHER`) has run on no such device (naga validates it
+/// and writes its SPIR-V); until `kernels::moe_grouped_products_match_reference`,
+/// which forces it where the device has it, has passed on one, the grouped
+/// products take `mm_fast` everywhere, as on llvmpipe, where they are
+/// tested. `STRATA_MOE_COOP=1` lets them take the device's choice
+/// (measurement only).
+fn moe_mm_coop() -> Option<bool> {
+    match std::env::var("STRATA_MOE_COOP").as_deref() {
+        Ok("1") => None,
+        _ => Some(false),
+    }
+}
 
+/// Most greedy tokens [`GpuProgram::generate_greedy`] makes in one call.
 const MAX_GENERATED: u32 = 4096;
 
 /// The most rows one dispatch takes in its z dimension.
@@ -619,6 +627,9 @@ struct Lowering<'a> {
     gelu: Option<wgpu::Buffer>,
     /// The fast attention's per-split results, shared by the layers.
     partials: Option<wgpu::Buffer>,
+    /// The batch products' split partials (`mm_split.wgsl`), shared by
+    /// every product, made for the first that may split.
+    mm_part: Option<wgpu::Buffer>,
     weight_bytes: u64,
     /// Lowering the fast mode's single-token step.
     fast: bool,
@@ -748,6 +759,7 @@ impl<'a> Lowering<'a> {
             dummy: dummy.clone(),
             gelu: None,
             partials: None,
+            mm_part: None,
             weight_bytes: 0,
             fast: false,
             fast_batch: false,
@@ -1339,6 +1351,7 @@ impl<'a> Lowering<'a> {
                 };
                 if let Some(bx) = &batch_x {
                     for (part, op) in lin.iter_mut().enumerate() {
+                        let split = self.mm_part(m.parts[part].rows, m.k);
                         ob.add_mm_fast(
                             op,
                             m,
@@ -1347,6 +1360,7 @@ impl<'a> Lowering<'a> {
                             &y_buf,
                             &self.dummy,
                             (FAST_MM_MIN_TOKENS, None),
+                            split.as_ref().map(|b| (b, mm_split_target())),
                         );
                     }
                 }
@@ -1647,7 +1661,7 @@ impl<'a> Lowering<'a> {
                     (&xb, d, k),
                     (&gu, 2 * ff, *base),
                     (lists, n_expert),
-                    (MOE_MM_MIN_TOKENS, MOE_MM_COOP),
+                    (MOE_MM_MIN_TOKENS, moe_mm_coop()),
                 ));
             }
         }
@@ -1668,7 +1682,7 @@ impl<'a> Lowering<'a> {
                 (&gu, 2 * ff, 1),
                 (&down, d, 0),
                 (lists, n_expert),
-                (MOE_MM_MIN_TOKENS, MOE_MM_COOP),
+                (MOE_MM_MIN_TOKENS, moe_mm_coop()),
             ));
         }
         let yb = self.buf(y).clone();
@@ -1752,6 +1766,22 @@ impl<'a> Lowering<'a> {
 
     /// A buffer of at least `bytes` for the fast attention's per-split
     /// results (one for all layers: their dispatches run in turn).
+    /// The batch products' partials buffer for a product of `m` rows and
+    /// `k` weights, if some batch it takes ([`FAST_MM_MIN_TOKENS`] up to
+    /// the program's largest) splits over k ([`mm_splits`]).
+    fn mm_part(&mut self, m: u32, k: u32) -> Option<wgpu::Buffer> {
+        let target = mm_split_target();
+        let splits = (FAST_MM_MIN_TOKENS..=self.max_batch).any(|n| mm_splits(n, m, k, target) > 1);
+        if !splits {
+            return None;
+        }
+        Some(
+            self.mm_part
+                .get_or_insert_with(|| self.ctx.storage("mm_part", mm_part_floats(target) * 4))
+                .clone(),
+        )
+    }
+
     fn partials(&mut self, bytes: u64) -> wgpu::Buffer {
         match &self.partials {
             Some(b) if b.size() >= bytes => b.clone(),

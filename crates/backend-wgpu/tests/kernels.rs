@@ -1469,9 +1469,19 @@ fn fast_batch_products_all_formats() {
                 paths.push(true);
             }
             for use_coop in paths {
-                let y =
-                    oneshot::mm_fast(&ctx, ty, &bytes, k, m, &x, acc.as_deref(), split, use_coop)
-                        .unwrap();
+                let y = oneshot::mm_fast(
+                    &ctx,
+                    ty,
+                    &bytes,
+                    k,
+                    m,
+                    &x,
+                    acc.as_deref(),
+                    split,
+                    use_coop,
+                    None,
+                )
+                .unwrap();
                 let rel = if use_coop { 2e-3 } else { 2e-6 };
                 for t in 0..n {
                     for r in 0..m {
@@ -1490,6 +1500,81 @@ fn fast_batch_products_all_formats() {
                             (got - dot).abs() <= rel * mag + 1e-5,
                             "{ty} coop={use_coop} k={k} m={m} n={n}: y[{t}][{r}] = {got}, \
                              expected {dot} (Σ|w·x| = {mag})"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The fast batch products split over k (`mm_split.wgsl`: partial sums per
+/// split, then `mm_reduce`), as products with few tiles take them: splits
+/// of unequal length (k = 928: three of 10, 10 and 9 chunks) and eight
+/// splits (k = 2,048), accumulating into y and not, a matrix split across
+/// bindings, on `mm_fast` and (where the device has it) `mm_coop`, against
+/// f64 dot products within the bounds of `fast_batch_products_all_formats`.
+#[test]
+fn fast_batch_products_split_over_k() {
+    let ctx = ctx();
+    let mut paths = vec![false];
+    if ctx.caps().coop_f16_16 {
+        paths.push(true);
+    }
+    let mut rng = StdRng::seed_from_u64(1400);
+    for ty in [GgmlType::F16, GgmlType::Q8_0, GgmlType::Q4_K] {
+        for (k, n, m, acc, parts) in [
+            (928, 77, 130, true, false),
+            (2048, 40, 200, false, true),
+            (2048, 130, 64, true, false),
+        ] {
+            let k = if ty == GgmlType::Q4_K {
+                k / 256 * 256
+            } else {
+                k
+            };
+            let target = 1 << 12;
+            let splits = oneshot::mm_split_count(n as u32, m as u32, k as u32, target);
+            let want = ((k as u32 / 32) / 8).min(8);
+            assert_eq!(splits, want, "k={k} n={n} m={m}");
+            assert!(splits > 1);
+            let (bytes, w) = random_weights(&mut rng, ty, k, m);
+            let x: Vec<f32> = (0..n * k).map(|_| rng.gen_range(-2.0f32..2.0)).collect();
+            let a: Option<Vec<f32>> =
+                acc.then(|| (0..n * m).map(|_| rng.gen_range(-1.0f32..1.0)).collect());
+            let split = parts.then(|| (m / 3 * (bytes.len() / m)) as u64);
+            for &use_coop in &paths {
+                let y = oneshot::mm_fast(
+                    &ctx,
+                    ty,
+                    &bytes,
+                    k,
+                    m,
+                    &x,
+                    a.as_deref(),
+                    split,
+                    use_coop,
+                    Some(target),
+                )
+                .unwrap();
+                let rel = if use_coop { 2e-3 } else { 2e-6 };
+                for t in 0..n {
+                    for r in 0..m {
+                        let (mut dot, mut mag) = (0f64, 0f64);
+                        for c in 0..k {
+                            let p = w[r * k + c] as f64 * x[t * k + c] as f64;
+                            dot += p;
+                            mag += p.abs();
+                        }
+                        if let Some(a) = &a {
+                            dot += a[t * m + r] as f64;
+                            mag += (a[t * m + r] as f64).abs();
+                        }
+                        let got = y[t * m + r] as f64;
+                        assert!(
+                            (got - dot).abs() <= rel * mag + 1e-5,
+                            "{ty} coop={use_coop} k={k} m={m} n={n} splits={splits}: \
+                             y[{t}][{r}] = {got}, expected {dot} (Σ|w·x| = {mag})"
                         );
                     }
                 }

@@ -182,16 +182,17 @@ fn coop_out(v: coop_mat16x16<f32, C>, sg: u32, lane: u32, row: u32, tok: u32, n_
         let r = row + (i & 15u);
         let t = tok + (i >> 4u);
         if (r < p.m && t < n_tok) {
-            store(mm_pair(t), r, cc[sg * 256u + i]);
+            mm_out(t, r, cc[sg * 256u + i]);
         }
     }
     workgroupBarrier();
 }
 
-// Grid: (ceil(n_tokens / 64), ceil(m / 64)), as mm_fast (gathered, as
-// mm_fast: z over experts, quant.wgsl's MM_GATHER).
+// Grid: (ceil(n_tokens / 64), ceil(m / 64), splits of k), as mm_fast
+// (gathered, as mm_fast: z over experts, quant.wgsl's MM_GATHER).
 @compute @workgroup_size(128)
-fn mm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn mm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
     let row0 = wid.y * CM;
     let tok0 = wid.x * CN;
     let n_tok = mm_group(wid.z, lid);
@@ -214,12 +215,17 @@ fn mm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     var c01 = c00;
     var c10 = c00;
     var c11 = c00;
-    let chunks = p.k >> 5u;
-    var stage = coop_fetch(row0, tok0, lid, 0u);
-    for (var c = 0u; c < chunks; c++) {
+    // Split-K (mm_split.wgsl): this workgroup's chunks of k.
+    mm_split_header(wid, nwg, lid);
+    let range = mm_range(wid.z, nwg.z);
+    var stage: CoopStage;
+    if (range.x < range.y) {
+        stage = coop_fetch(row0, tok0, lid, range.x);
+    }
+    for (var c = range.x; c < range.y; c++) {
         coop_put(lid, stage);
         workgroupBarrier();
-        if (c + 1u < chunks) {
+        if (c + 1u < range.y) {
             stage = coop_fetch(row0, tok0, lid, c + 1u);
         }
         for (var kk = 0u; kk < 32u; kk += 16u) {

@@ -13,9 +13,11 @@
 // is a mixture of experts' grouped product: z over experts, the tokens of
 // a tile the pairs routed to its expert.
 
-// Grid: (ceil(n_tokens / 64), ceil(m / 64)), gathered (.., experts).
+// Grid: (ceil(n_tokens / 64), ceil(m / 64), splits of k), gathered (..,
+// experts).
 @compute @workgroup_size(256)
-fn mm_fast(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn mm_fast(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) lid: u32) {
     let row0 = wid.y * TM;
     let tok0 = wid.x * TN;
     let n_tok = mm_group(wid.z, lid);
@@ -28,12 +30,17 @@ fn mm_fast(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
     var acc1 = vec4<f32>(0.0);
     var acc2 = vec4<f32>(0.0);
     var acc3 = vec4<f32>(0.0);
-    let chunks = p.k >> 5u;
-    var st = mm_fetch(row0, tok0, lid, 0u);
-    for (var c = 0u; c < chunks; c++) {
+    // Split-K (mm_split.wgsl): this workgroup's chunks of k.
+    mm_split_header(wid, nwg, lid);
+    let range = mm_range(wid.z, nwg.z);
+    var st: MmStage;
+    if (range.x < range.y) {
+        st = mm_fetch(row0, tok0, lid, range.x);
+    }
+    for (var c = range.x; c < range.y; c++) {
         mm_put(lid, st);
         workgroupBarrier();
-        if (c + 1u < chunks) {
+        if (c + 1u < range.y) {
             st = mm_fetch(row0, tok0, lid, c + 1u);
         }
         for (var g = 0u; g < 8u; g++) {
@@ -48,8 +55,21 @@ fn mm_fast(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_inde
         }
         workgroupBarrier();
     }
-    mm_store(tok0 + ty, row0 + tx, n_tok, acc0);
-    mm_store(tok0 + ty + 16u, row0 + tx, n_tok, acc1);
-    mm_store(tok0 + ty + 32u, row0 + tx, n_tok, acc2);
-    mm_store(tok0 + ty + 48u, row0 + tx, n_tok, acc3);
+    mm_fast_store(tok0 + ty, row0 + tx, n_tok, acc0);
+    mm_fast_store(tok0 + ty + 16u, row0 + tx, n_tok, acc1);
+    mm_fast_store(tok0 + ty + 32u, row0 + tx, n_tok, acc2);
+    mm_fast_store(tok0 + ty + 48u, row0 + tx, n_tok, acc3);
+}
+
+// Outputs of token `tok` for rows row + 16·i (those inside the batch and
+// matrix; gathered, tok indexes the expert's list and the outputs go to its
+// pair's row): stored, or a split's partials (mm_split.wgsl's mm_out).
+fn mm_fast_store(tok: u32, row: u32, n_tok: u32, v: vec4<f32>) {
+    if (tok < n_tok) {
+        for (var i = 0u; i < 4u; i++) {
+            if (row + 16u * i < p.m) {
+                mm_out(tok, row + 16u * i, v[i]);
+            }
+        }
+    }
 }
