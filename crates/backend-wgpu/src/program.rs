@@ -37,9 +37,9 @@
 //!   expert read from the routing), their weighted sum (into the residual,
 //!   as a product's); batches of [`crate::ops::MOE_MM_MIN_TOKENS`] or more
 //!   list each expert's (token, slot) pairs instead (`moe_bucket`) and
-//!   multiply them as one batch an expert (`mm_fast` gathered: llama.cpp's
-//!   mul_mat_id; `mm_coop`'s gathered mode waits on a device run,
-//!   [`moe_mm_coop`]), the expert's weights read once a tile.
+//!   multiply them as one batch an expert (`mm_coop` or `mm_fast`
+//!   gathered: llama.cpp's mul_mat_id, [`moe_mm_coop`]), the expert's
+//!   weights read once a tile.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -59,18 +59,17 @@ use crate::ops::{
 };
 use crate::seam::GpuWeight;
 
-/// Whether a mixture of experts' grouped products take `mm_coop` where the
-/// device has cooperative matrices: not yet by default. Its gathered mode
-/// (quant.wgsl's `MM_GATHER`) has run on no such device (naga validates it
-/// and writes its SPIR-V); until `kernels::moe_grouped_products_match_reference`,
-/// which forces it where the device has it, has passed on one, the grouped
-/// products take `mm_fast` everywhere, as on llvmpipe, where they are
-/// tested. `STRATA_MOE_COOP=1` lets them take the device's choice
-/// (measurement only).
+/// Whether a mixture of experts' grouped products take `mm_coop` (its
+/// gathered mode, quant.wgsl's `MM_GATHER`) where the device has
+/// cooperative matrices: the device's choice (`None`). On an H100
+/// (2026-12-07 22:23) `kernels::moe_grouped_products_match_reference` passed
+/// with it, and qwen3moe-small Q4_K_M's pp512 went from 28,951 t/s with
+/// `mm_fast` to 35,501. `STRATA_MOE_COOP=0` keeps `mm_fast` (measurement
+/// only).
 fn moe_mm_coop() -> Option<bool> {
     match std::env::var("STRATA_MOE_COOP").as_deref() {
-        Ok("1") => None,
-        _ => Some(false),
+        Ok("0") => Some(false),
+        _ => None,
     }
 }
 

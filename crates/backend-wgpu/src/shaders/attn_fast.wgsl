@@ -10,8 +10,12 @@
 // context thus occupies n_head · splits workgroups instead of n_head; a
 // short one takes one workgroup a head and no combining (SOLO). Not
 // the CPU's bits (that is attention.wgsl, the exact mode's): float sums in
-// this kernel's order, `exp` rather than ggml's, no f16 rounding of the
-// query or the probabilities.
+// this kernel's order. Closer to them than a plain f32 attention: the
+// exponentials are ggml's (expf_ggml), and with an f16 cache the query is
+// rounded to f16 as ggml's K·Q takes it and, in SOLO (one tile, whose
+// softmax is final before V), the normalised probabilities as its V·P takes
+// them; the splits keep theirs in f32, unnormalised, and `exp` for their
+// corrections.
 //
 // `attn_rope_decode` takes the query, key and value of the token from the
 // stacked projection's output instead (RopeFuse): it rotates the query and
@@ -127,6 +131,15 @@ fn wg_sum(v: f32, lid: u32) -> f32 {
     return r;
 }
 
+// The query as ggml's K·Q product takes it: rounded to f16 where the cache
+// is f16 (the product's vec_dot type), else as it is.
+fn q_cast(v: vec4<f32>) -> vec4<f32> {
+    if (p.kv_f16 == 0u) {
+        return v;
+    }
+    return vec4<f32>(round_f16(v.x), round_f16(v.y), round_f16(v.z), round_f16(v.w));
+}
+
 fn ml_base() -> u32 {
     return p.n_head * p.splits * p.head_dim;
 }
@@ -222,12 +235,28 @@ fn attend(h: u32, s: u32, lid: u32, fresh: bool) {
         let m_new = max(m, wg_max(sc, lid));
         var e = 0.0;
         if (j < last) {
-            e = exp(sc - m_new);
+            e = expf_ggml(sc - m_new);
         }
-        probs[lid] = e;
+        if (!SOLO) {
+            // Visible to the products with V: wg_sum's barriers follow.
+            probs[lid] = e;
+        }
         let corr = exp(m - m_new);
-        l = l * corr + wg_sum(e, lid);
-        // probs is visible: wg_sum's barriers follow its writes.
+        let ls = wg_sum(e, lid);
+        l = l * corr + ls;
+        if (SOLO) {
+            // The one tile (SOLO takes at most WG positions): m_new and ls
+            // are the softmax's own, so the probabilities are normalised
+            // before V as ggml's soft_max normalises them (times 1/sum), and
+            // rounded to f16 where the cache is f16, as ggml's product with
+            // an f16 V rounds them.
+            var pr = e * (1.0 / ls);
+            if (p.kv_f16 != 0u) {
+                pr = round_f16(pr);
+            }
+            probs[lid] = pr;
+            workgroupBarrier();
+        }
         if (sl < slices) {
             let cnt = min(WG, last - c);
             let vb4 = ((c * p.kv_stride + ko) >> 2u) + d4;
@@ -266,7 +295,8 @@ fn attend(h: u32, s: u32, lid: u32, fresh: bool) {
         }
         let o = 4u * d4;
         if (SOLO) {
-            let r = total / l;
+            // Normalised already.
+            let r = total;
             let b = h * hd + o;
             out[b] = r.x;
             out[b + 1u] = r.y;
@@ -319,7 +349,7 @@ fn attn_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
     let hd = p.head_dim;
     if (lid < (hd >> 2u)) {
         let b = h * hd + 4u * lid;
-        q_head[lid] = vec4<f32>(q[b], q[b + 1u], q[b + 2u], q[b + 3u]);
+        q_head[lid] = q_cast(vec4<f32>(q[b], q[b + 1u], q[b + 2u], q[b + 3u]));
     }
     workgroupBarrier();
     attend(h, wid.y, lid, false);
@@ -385,7 +415,7 @@ fn attn_rope_decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
     }
     workgroupBarrier();
     if (lid < (hd >> 2u)) {
-        q_head[lid] = vec4<f32>(q_rot[4u * lid], q_rot[4u * lid + 1u], q_rot[4u * lid + 2u], q_rot[4u * lid + 3u]);
+        q_head[lid] = q_cast(vec4<f32>(q_rot[4u * lid], q_rot[4u * lid + 1u], q_rot[4u * lid + 2u], q_rot[4u * lid + 3u]));
     }
     // The first split of the first query head of each KV head stores the
     // new key and value.
