@@ -155,8 +155,8 @@ impl GpuContext {
         let mut features = offered & optional;
         // Cooperative matrices: an experimental feature, asked for only
         // where the adapter offers the configuration mm_coop.wgsl uses, with
-        // the 32-wide subgroups it assumes (four subgroups a workgroup of
-        // 128) and f16.
+        // the 32-wide subgroups it assumes (eight subgroups a workgroup of
+        // 256), f16 and its 24 KiB of workgroup memory.
         let coop_config = offered
             .contains(wgpu::Features::EXPERIMENTAL_COOPERATIVE_MATRIX | wgpu::Features::SHADER_F16)
             && adapter.cooperative_matrix_properties().iter().any(|c| {
@@ -165,6 +165,7 @@ impl GpuContext {
                     && c.cr_type == wgpu::CooperativeScalarType::F32
             });
         let coop = coop_config
+            && adapter.limits().max_compute_workgroup_storage_size >= 24 * 1024
             && info.subgroup_min_size == 32
             && info.subgroup_max_size == 32
             && std::env::var_os(NO_COOP_ENV).is_none();

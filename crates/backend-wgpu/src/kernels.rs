@@ -641,15 +641,30 @@ pub(crate) enum Kernel {
 pub(crate) enum MmKind {
     /// `mm_fast.wgsl`'s `mm_fast` (portable).
     Portable,
-    /// `mm_coop.wgsl`'s `mm_coop` (cooperative matrices, 64 × 64 tiles).
+    /// `mm_coop.wgsl`'s `mm_coop` (cooperative matrices, tiles of 128 rows ×
+    /// 64 tokens).
     Coop,
 }
 
 /// Tokens per workgroup of [`Kernel::MmFast`] (every entry point).
 pub(crate) const MM_FAST_TOKENS: u32 = 64;
 
-/// Rows per workgroup of [`Kernel::MmFast`] (both entry points).
+/// Rows per workgroup of [`Kernel::MmFast`]'s portable entry point
+/// (`mm_fast`).
 pub(crate) const MM_FAST_ROWS: u32 = 64;
+
+/// Rows per workgroup of `mm_coop` ([`MmKind::Coop`]).
+pub(crate) const MM_COOP_ROWS: u32 = 128;
+
+impl MmKind {
+    /// Rows per workgroup of the entry point.
+    pub(crate) fn rows(self) -> u32 {
+        match self {
+            MmKind::Portable => MM_FAST_ROWS,
+            MmKind::Coop => MM_COOP_ROWS,
+        }
+    }
+}
 
 impl Kernel {
     pub(crate) fn shader(self) -> Shader {

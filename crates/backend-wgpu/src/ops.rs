@@ -898,7 +898,7 @@ impl OpBuilder<'_> {
             pipeline: self.ctx.pipeline(kernel),
             order: u32::MAX,
             tokens: MM_FAST_TOKENS,
-            rows: MM_FAST_ROWS,
+            rows: kind.rows(),
             kernel,
             own: Some((bg, x.clone())),
             split: split.map(|(_, target)| MmSplit {
@@ -1613,15 +1613,16 @@ impl OpBuilder<'_> {
             corr_base: w.expert_bytes,
             pad: [x_share, aux / 4, 0],
         };
+        let kind = self.mm_kind(coop);
         self.kernel_op(
             label,
-            Kernel::MoeMm(w.ty, self.mm_kind(coop), prologue),
+            Kernel::MoeMm(w.ty, kind, prologue),
             &params,
             [&w.buffer, x, y],
             Some(lists),
             Grid::Experts {
                 tile: MM_FAST_TOKENS,
-                y: w.m.div_ceil(MM_FAST_ROWS),
+                y: w.m.div_ceil(kind.rows()),
                 experts: n_expert,
                 min_tokens,
             },

@@ -4,13 +4,16 @@
 // devices that offer that configuration with 32-wide subgroups compile it
 // (DeviceCaps::coop_f16_16); mm_fast stays the portable fallback.
 //
-// A workgroup of four 32-wide subgroups computes 64 rows × 64 tokens; each
-// subgroup a 32 × 32 quarter, as 2 × 2 accumulators C[r, t] (f32). Per step
-// of 32 weights of k (one chunk), the chunk's weights of the 64 rows are
-// decoded by quant.wgsl's deq4 and stored as f16 in `ca` (row-major: A =
-// W, rows × k), the 64 tokens' activations converted to f16 in `cb` (token
-// t's k values contiguous: B = Xᵀ, k × tokens, column-major), both loaded a
-// chunk ahead into registers. Products accumulate in f32; the activations
+// A workgroup of eight 32-wide subgroups computes 128 rows × 64 tokens;
+// each subgroup a 32 × 32 eighth, as 2 × 2 accumulators C[r, t] (f32). Per
+// step of 32 weights of k (one chunk), the chunk's weights of the 128 rows
+// are decoded by quant.wgsl's deq4 and stored as f16 in `ca` (row-major: A
+// = W, rows × k), the 64 tokens' activations converted to f16 in `cb`
+// (token t's k values contiguous: B = Xᵀ, k × tokens, column-major), both
+// loaded a chunk ahead into registers. Each activation staged serves 128
+// rows (64 rows × 64 tokens with four subgroups, its first form: the
+// activations, f32 in memory, were two thirds of what a chunk loads).
+// Products accumulate in f32; the activations
 // and dequantized weights are rounded to f16 (magnitudes clamped to f16's
 // largest finite value), the fast mode's stated agreement (not the CPU's
 // bits).
@@ -19,32 +22,33 @@
 // (coopStore, column-major: token t's 16 rows contiguous), then bounds-
 // checked stores (quant_io.wgsl's store: accumulation, KV-cache writes).
 
-const CM: u32 = 64u;  // rows per workgroup
+const CM: u32 = 128u; // rows per workgroup (ops.rs's MM_COOP_ROWS)
 const CN: u32 = 64u;  // tokens per workgroup
 // f16 elements between the rows of ca and the tokens of cb: 32 of k plus 8
 // (80 bytes, a multiple of 16) so that the rows a load reads together fall
 // in different banks.
 const CS: u32 = 40u;
-var<workgroup> ca: array<f16, 2560>; // CM × CS
+var<workgroup> ca: array<f16, 5120>; // CM × CS
 var<workgroup> cb: array<f16, 2560>; // CN × CS
-var<workgroup> cc: array<f32, 1024>; // 4 subgroups × 16 × 16
+var<workgroup> cc: array<f32, 2048>; // 8 subgroups × 16 × 16
 
 fn to_f16(v: vec4<f32>) -> vec4<f16> {
     return vec4<f16>(clamp(v, vec4<f32>(-65504.0), vec4<f32>(65504.0)));
 }
 
-// What invocation lid stages of chunk c, eight groups of four values,
-// loaded a chunk ahead of their use. Every format but Q8_0: weight groups
-// e = lid + 128j (row e / 8, group e % 8) in v0..v3 and the same activation
-// groups (token e / 8) in v4..v7. Q8_0: invocations 0..63 a row's whole
-// block (9 aligned words for the 34 bytes, against three words for every
-// four weights through deq4: the kernel's time went to its weight loads, a
-// TinyLlama Q8_0 prompt of 512 tokens ran at 25,210 t/s on an H100 with them
-// left out against 11,766, both while a build loaded its host; staged so,
-// its pp512 went from 14,112 to 17,360 t/s in sittings without), invocations
-// 64..127 eight tokens' group lid % 8 each. (F16 rows staged so, by four
-// 16-byte loads through a second binding of the weights, ran at 7,487 t/s
-// against 22,562 the sitting before: F16 keeps the groups.)
+// What invocation lid stages of chunk c, groups of four values, loaded a
+// chunk ahead of their use. Every format but Q8_0: weight groups e = lid +
+// 256j (row e / 8, group e % 8) in v0..v3 and the activation groups of
+// tokens lid / 8 and lid / 8 + 32 in v4, v5. Q8_0: invocations 0..127 a
+// row's whole block (9 aligned words for the 34 bytes, against three words
+// for every four weights through deq4: the kernel's time went to its weight
+// loads, a TinyLlama Q8_0 prompt of 512 tokens ran at 25,210 t/s on an H100
+// with them left out against 11,766, both while a build loaded its host;
+// staged so, its pp512 went from 14,112 to 17,360 t/s in sittings without),
+// invocations 128..255 group j % 8 of four tokens each (j = lid − 128).
+// (F16 rows staged so, by four 16-byte loads through a second binding of
+// the weights, ran at 7,487 t/s against 22,562 the sitting before: F16
+// keeps the groups.)
 struct CoopStage {
     v0: vec4<f16>,
     v1: vec4<f16>,
@@ -86,24 +90,25 @@ fn coop_q8_block(r: u32, c: u32) -> CoopStage {
         coop_q8(w6, w7, odd, d), coop_q8(w7, w8, odd, d));
 }
 
-// Group g of chunk c of tokens t, t + 8, .., t + 56.
-fn coop_x8(t: u32, c: u32, g: u32) -> CoopStage {
+// Group g of chunk c of tokens t, t + 16, t + 32, t + 48 (v0..v3).
+fn coop_x4(t: u32, c: u32, g: u32) -> CoopStage {
     let xs = p.x_stride >> 2u;
     let n = step.n_tokens;
+    let z = vec4<f16>(0.0h);
     return CoopStage(
-        to_f16(mm_load_x(t, n, xs, c, g)), to_f16(mm_load_x(t + 8u, n, xs, c, g)),
-        to_f16(mm_load_x(t + 16u, n, xs, c, g)), to_f16(mm_load_x(t + 24u, n, xs, c, g)),
-        to_f16(mm_load_x(t + 32u, n, xs, c, g)), to_f16(mm_load_x(t + 40u, n, xs, c, g)),
-        to_f16(mm_load_x(t + 48u, n, xs, c, g)), to_f16(mm_load_x(t + 56u, n, xs, c, g)));
+        to_f16(mm_load_x(t, n, xs, c, g)), to_f16(mm_load_x(t + 16u, n, xs, c, g)),
+        to_f16(mm_load_x(t + 32u, n, xs, c, g)), to_f16(mm_load_x(t + 48u, n, xs, c, g)),
+        z, z, z, z);
 }
 
 fn coop_fetch(row0: u32, tok0: u32, lid: u32, c: u32) -> CoopStage {
     var st: CoopStage;
     if (FORMAT == 8u) {
-        if (lid < 64u) {
+        if (lid < 128u) {
             st = coop_q8_block(row0 + lid, c);
         } else {
-            st = coop_x8(tok0 + ((lid & 63u) >> 3u), c, lid & 7u);
+            let j = lid & 127u;
+            st = coop_x4(tok0 + (j >> 3u), c, j & 7u);
         }
         return st;
     }
@@ -113,13 +118,13 @@ fn coop_fetch(row0: u32, tok0: u32, lid: u32, c: u32) -> CoopStage {
     let n_tok = step.n_tokens;
     return CoopStage(
         to_f16(mm_load_w(row0 + r, c, g)),
-        to_f16(mm_load_w(row0 + r + 16u, c, g)),
         to_f16(mm_load_w(row0 + r + 32u, c, g)),
-        to_f16(mm_load_w(row0 + r + 48u, c, g)),
+        to_f16(mm_load_w(row0 + r + 64u, c, g)),
+        to_f16(mm_load_w(row0 + r + 96u, c, g)),
         to_f16(mm_load_x(tok0 + r, n_tok, xs, c, g)),
-        to_f16(mm_load_x(tok0 + r + 16u, n_tok, xs, c, g)),
         to_f16(mm_load_x(tok0 + r + 32u, n_tok, xs, c, g)),
-        to_f16(mm_load_x(tok0 + r + 48u, n_tok, xs, c, g)));
+        vec4<f16>(0.0h),
+        vec4<f16>(0.0h));
 }
 
 fn coop_put4(tile: u32, o: u32, v: vec4<f16>) {
@@ -150,24 +155,27 @@ fn coop_put8(tile: u32, o: u32, step: u32, st: CoopStage) {
 
 fn coop_put(lid: u32, st: CoopStage) {
     if (FORMAT == 8u) {
-        if (lid < 64u) {
+        if (lid < 128u) {
             coop_put8(0u, lid * CS, 4u, st);
         } else {
-            let j = lid & 63u;
-            coop_put8(1u, (j >> 3u) * CS + 4u * (j & 7u), 8u * CS, st);
+            let j = lid & 127u;
+            let o = (j >> 3u) * CS + 4u * (j & 7u);
+            let q = 16u * CS;
+            coop_put4(1u, o, st.v0);
+            coop_put4(1u, o + q, st.v1);
+            coop_put4(1u, o + 2u * q, st.v2);
+            coop_put4(1u, o + 3u * q, st.v3);
         }
         return;
     }
     let o = (lid >> 3u) * CS + 4u * (lid & 7u);
-    let q = 16u * CS;
+    let q = 32u * CS;
     coop_put4(0u, o, st.v0);
     coop_put4(0u, o + q, st.v1);
     coop_put4(0u, o + 2u * q, st.v2);
     coop_put4(0u, o + 3u * q, st.v3);
     coop_put4(1u, o, st.v4);
     coop_put4(1u, o + q, st.v5);
-    coop_put4(1u, o + 2u * q, st.v6);
-    coop_put4(1u, o + 3u * q, st.v7);
 }
 
 // Subgroup sg's accumulator for rows row.. + 15, tokens tok.. + 15 into y:
@@ -188,9 +196,10 @@ fn coop_out(v: coop_mat16x16<f32, C>, sg: u32, lane: u32, row: u32, tok: u32, n_
     workgroupBarrier();
 }
 
-// Grid: (ceil(n_tokens / 64), ceil(m / 64), splits of k), as mm_fast
-// (gathered, as mm_fast: z over experts, quant.wgsl's MM_GATHER).
-@compute @workgroup_size(128)
+// Grid: (ceil(n_tokens / 64), ceil(m / 128), splits of k), as mm_fast but
+// for the rows (gathered, as mm_fast: z over experts, quant.wgsl's
+// MM_GATHER).
+@compute @workgroup_size(256)
 fn mm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
            @builtin(local_invocation_index) lid: u32) {
     let row0 = wid.y * CM;
@@ -202,8 +211,8 @@ fn mm_coop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let sg = lid >> 5u;
     let lane = lid & 31u;
     // The subgroup's rows and tokens inside the tile.
-    let sr = (sg & 1u) * 32u;
-    let st = (sg >> 1u) * 32u;
+    let sr = (sg & 3u) * 32u;
+    let st = (sg >> 2u) * 32u;
     // Zero accumulators, loaded from a zeroed tile of cc (rather than a
     // zero-value constructor, an OpConstantNull of the matrix type in
     // SPIR-V, which not every driver may take).
