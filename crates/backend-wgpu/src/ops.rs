@@ -1530,18 +1530,7 @@ impl OpBuilder<'_> {
         routing: &wgpu::Buffer,
         slots: u32,
     ) -> Op {
-        let params = MatParams {
-            k: w.k,
-            m: w.m,
-            row_bytes: w.row_bytes,
-            x_stride,
-            y_stride,
-            y_base,
-            accumulate: 0,
-            at_pos: 0,
-            corr_base: w.expert_bytes,
-            pad: [x_share, aux / 4, 0],
-        };
+        let params = w.params((x_stride, x_share), (y_stride, y_base), aux);
         self.kernel_op(
             label,
             Kernel::MoeMv(w.ty, routed, prologue),
@@ -1601,18 +1590,7 @@ impl OpBuilder<'_> {
         (lists, n_expert): (&wgpu::Buffer, u32),
         (min_tokens, coop): (u32, Option<bool>),
     ) -> Op {
-        let params = MatParams {
-            k: w.k,
-            m: w.m,
-            row_bytes: w.row_bytes,
-            x_stride,
-            y_stride,
-            y_base,
-            accumulate: 0,
-            at_pos: 0,
-            corr_base: w.expert_bytes,
-            pad: [x_share, aux / 4, 0],
-        };
+        let params = w.params((x_stride, x_share), (y_stride, y_base), aux);
         let kind = self.mm_kind(coop);
         self.kernel_op(
             label,
@@ -1712,6 +1690,31 @@ pub(crate) struct MoeMatrix {
 }
 
 impl MoeMatrix {
+    /// The products' parameters (`moe.wgsl`'s and the gathered `mm_fast`'s
+    /// MatParams): activations in rows of `x_stride` floats, `x_share`
+    /// tokens a row (quant.wgsl's x_base), outputs in rows of `y_stride`
+    /// from `y_base`, the up values `aux` floats after the gate's (SwiGLU's
+    /// prologue), the expert's bytes as corr_base.
+    fn params(
+        &self,
+        (x_stride, x_share): (u32, u32),
+        (y_stride, y_base): (u32, u32),
+        aux: u32,
+    ) -> MatParams {
+        MatParams {
+            k: self.k,
+            m: self.m,
+            row_bytes: self.row_bytes,
+            x_stride,
+            y_stride,
+            y_base,
+            accumulate: 0,
+            at_pos: 0,
+            corr_base: self.expert_bytes,
+            pad: [x_share, aux / 4, 0],
+        }
+    }
+
     /// A single matrix as a `MoeMatrix` of one expert (the router), if it
     /// is one part.
     pub fn single(w: &GpuMatrix) -> Option<MoeMatrix> {

@@ -221,6 +221,43 @@ fn matvec_cpu(c: &mut Criterion<ThreadCpuTime>) {
     g.finish();
 }
 
+/// One sixteen-row Q8_0 panel kernel (panels of `P`: `Q8_0x16` or the
+/// i16-widened `Q8_0x16w`) over `n` activation rows of `ar` bytes packed by
+/// `pack`, eight weight rows of `rb` bytes (`nb` blocks) a call, its
+/// outputs copied into `y` token-major as the matmul writes them.
+fn bench_panel16<P: Clone + Default>(
+    g: &mut criterion::BenchmarkGroup<'_, ThreadCpuTime>,
+    name: String,
+    (n, size): &(usize, String),
+    ((act, ar), (q, rb, nb)): ((&[u8], usize), (&[u8], usize, usize)),
+    y: &mut [f32],
+    (pack, dot16): (
+        quant_kernels::simd::Pack16Fn<P>,
+        quant_kernels::simd::Panel16x0DotFn<P>,
+    ),
+) {
+    let n = *n;
+    let mut panels16 = vec![P::default(); n / 16 * nb];
+    for (g, p) in panels16.chunks_mut(nb).enumerate() {
+        let rows: Vec<&[u8]> = (0..16).map(|k| &act[(16 * g + k) * ar..][..ar]).collect();
+        pack(&rows, p);
+    }
+    g.bench_function(BenchmarkId::new(name, size), |b| {
+        let gs = n / 16;
+        let mut r = vec![[0.0f32; 16]; 8 * gs];
+        b.iter(|| {
+            for (y, w) in y.chunks_mut(8 * n).zip(q.chunks_exact(8 * rb)) {
+                dot16(w, 8, black_box(&panels16), &mut r);
+                for (y, r) in y.chunks_exact_mut(n).zip(r.chunks_exact(gs)) {
+                    for (y, r) in y.chunks_exact_mut(16).zip(r) {
+                        y.copy_from_slice(r);
+                    }
+                }
+            }
+        })
+    });
+}
+
 /// Single-thread batched product on the calling thread, timed in thread
 /// CPU time: every weight row against 64 activation rows with the panel
 /// kernels that `matmul` uses (its compute-bound inner loop, without
@@ -344,59 +381,15 @@ fn matmul_cpu(c: &mut Criterion<ThreadCpuTime>) {
                 })
             },
         );
+        let shape = (n, format!("{rows}x{cols}x{n}"));
+        let input = ((&act[..], ar), (&q[..], rb, nb));
         if let (Some(dot16), Some(pack16)) = (panel.dot16_for(ty), panel.pack16) {
-            let mut panels16 = vec![quant_kernels::simd::Q8_0x16::default(); n / 16 * nb];
-            for (g, p) in panels16.chunks_mut(nb).enumerate() {
-                let rows: Vec<&[u8]> = (0..16).map(|k| &act[(16 * g + k) * ar..][..ar]).collect();
-                pack16(&rows, p);
-            }
-            g.bench_function(
-                BenchmarkId::new(
-                    format!("Q8_0-panel16-{}", panel.isa),
-                    format!("{rows}x{cols}x{n}"),
-                ),
-                |b| {
-                    let gs = n / 16;
-                    let mut r = vec![[0.0f32; 16]; 8 * gs];
-                    b.iter(|| {
-                        for (y, w) in y.chunks_mut(8 * n).zip(q.chunks_exact(8 * rb)) {
-                            dot16(w, 8, black_box(&panels16), &mut r);
-                            for (y, r) in y.chunks_exact_mut(n).zip(r.chunks_exact(gs)) {
-                                for (y, r) in y.chunks_exact_mut(16).zip(r) {
-                                    y.copy_from_slice(r);
-                                }
-                            }
-                        }
-                    })
-                },
-            );
+            let name = format!("Q8_0-panel16-{}", panel.isa);
+            bench_panel16(&mut g, name, &shape, input, &mut y, (pack16, dot16));
         }
         if let (Some(dot16), Some(pack16)) = (panel.dot16w_for(ty), panel.pack16w) {
-            let mut panels16 = vec![quant_kernels::simd::Q8_0x16w::default(); n / 16 * nb];
-            for (g, p) in panels16.chunks_mut(nb).enumerate() {
-                let rows: Vec<&[u8]> = (0..16).map(|k| &act[(16 * g + k) * ar..][..ar]).collect();
-                pack16(&rows, p);
-            }
-            g.bench_function(
-                BenchmarkId::new(
-                    format!("Q8_0-panel16w-{}", panel.isa),
-                    format!("{rows}x{cols}x{n}"),
-                ),
-                |b| {
-                    let gs = n / 16;
-                    let mut r = vec![[0.0f32; 16]; 8 * gs];
-                    b.iter(|| {
-                        for (y, w) in y.chunks_mut(8 * n).zip(q.chunks_exact(8 * rb)) {
-                            dot16(w, 8, black_box(&panels16), &mut r);
-                            for (y, r) in y.chunks_exact_mut(n).zip(r.chunks_exact(gs)) {
-                                for (y, r) in y.chunks_exact_mut(16).zip(r) {
-                                    y.copy_from_slice(r);
-                                }
-                            }
-                        }
-                    })
-                },
-            );
+            let name = format!("Q8_0-panel16w-{}", panel.isa);
+            bench_panel16(&mut g, name, &shape, input, &mut y, (pack16, dot16));
         }
         if variants[1].is_some_and(|v| v.isa == panel.isa) {
             break;
