@@ -450,11 +450,13 @@ pub(crate) struct MmSplit {
 /// The fewest chunks of 32 weights of k a split of a batch product takes.
 pub(crate) const MM_SPLIT_MIN_CHUNKS: u32 = 8;
 
-/// The workgroups a batch product's split over k aims at (0: never
-/// split). A TinyLlama prompt of 512 tokens has 256 tiles of 64 × 64 in
-/// its ffn_down and its attention output, 384 in the stacked q/k/v
-/// products, 1,408 in ffn_gate+up: an H100's 132 compute units hold
-/// about 8 of mm_coop's workgroups each. `STRATA_MM_SPLIT` sets it
+/// The tiles of 64 × 64 a batch product's split over k aims at (0: never
+/// split; `mm_coop`'s workgroups take two such tiles each). A TinyLlama
+/// prompt of 512 tokens has 256 tiles of 64 × 64 in its ffn_down and its
+/// attention output, 384 in the stacked q/k/v products, 1,408 in
+/// ffn_gate+up. On an H100 (2026-12-07 23:10, pp512 best of 3, two
+/// rounds) F16 ran at 20,930 t/s with no split, 23,793 with 1,024, 22,742
+/// with 2,048; Q4_K_M 15,268 / 17,751 / 16,968. `STRATA_MM_SPLIT` sets it
 /// (measurement only).
 pub(crate) fn mm_split_target() -> u32 {
     static TARGET: std::sync::OnceLock<u32> = std::sync::OnceLock::new();
@@ -852,12 +854,14 @@ impl OpBuilder<'_> {
 
     /// The fast batch product's entry point: with cooperative matrices
     /// (where the device has them, or as `coop` says) `mm_coop`, else the
-    /// portable `mm_fast`. (`mm_coop` over 128 × 64 tiles, eight products
-    /// per six loads of a subgroup, measured slower on an H100: TinyLlama
-    /// Q4_K_M pp512 10,760 t/s against 15,203, Q8_0 9,713 against 13,978,
-    /// F16 19,278 against 21,279. Staging its chunks in two halves of the
-    /// tiles, one barrier a chunk, needed 24 KiB of workgroup memory instead
-    /// of 14 and lost about 15%: fewer workgroups fit a compute unit.)
+    /// portable `mm_fast`. (`mm_coop`'s tiles of 128 rows × 64 tokens
+    /// are eight subgroups of 32 × 32; the same tiles as four subgroups of
+    /// 64 × 32, eight products per six loads a subgroup, measured slower on
+    /// an H100: TinyLlama Q4_K_M pp512 10,760 t/s against 15,203 for 64 × 64
+    /// tiles, Q8_0 9,713 against 13,978, F16 19,278 against 21,279. Staging
+    /// its chunks in two halves of the tiles, one barrier a chunk, needed
+    /// 24 KiB of workgroup memory instead of 14 and lost about 15%: fewer
+    /// workgroups fit a compute unit.)
     fn mm_kind(&self, coop: Option<bool>) -> MmKind {
         if coop.unwrap_or(self.ctx.caps().coop_f16_16) {
             MmKind::Coop
