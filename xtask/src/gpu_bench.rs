@@ -241,7 +241,10 @@ pub fn run(args: &[String]) -> Result<(), String> {
             100.0 * synced / best_synced
         );
         if let Some(p) = e(model.profile_step(&tokens[..1], depth))? {
-            print_profile(&format!("tg step profile (1 token at position {depth})"), &p);
+            print_profile(
+                &format!("tg step profile (1 token at position {depth})"),
+                &p,
+            );
         }
     }
     if attribute {
