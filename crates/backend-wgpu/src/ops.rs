@@ -436,6 +436,20 @@ pub(crate) struct QdotVariant {
     pub split: Option<MmSplit>,
 }
 
+impl QdotVariant {
+    /// The variant's grid for a batch of `n_tokens` over `m` rows: tokens
+    /// by x, rows by y, and by z the splits over k where it splits
+    /// (with its split then).
+    fn grid(&self, n_tokens: u32, m: u32) -> ([u32; 3], Option<&MmSplit>) {
+        let z = self
+            .split
+            .as_ref()
+            .map_or(1, |sp| mm_splits(n_tokens, m, sp.k, sp.target));
+        let g = [n_tokens.div_ceil(self.tokens), m.div_ceil(self.rows), z];
+        (g, self.split.as_ref().filter(|_| z > 1))
+    }
+}
+
 /// A [`Kernel::MmFast`] variant's split over k ([`mm_splits`]).
 #[derive(Debug)]
 pub(crate) struct MmSplit {
@@ -577,8 +591,8 @@ impl Op {
     /// holds `n_kv` positions.
     pub fn encode(&self, pass: &mut wgpu::ComputePass<'_>, n_tokens: u32, n_kv: u32) {
         let mut bind_group = &self.bind_group;
-        // A batch product split over k: its splits, and `mm_reduce` after it.
-        let mut split: Option<(&MmSplit, u32, u32)> = None;
+        // A batch product split over k (`mm_reduce` after it) and its rows.
+        let mut split: Option<(&MmSplit, u32)> = None;
         let (pipeline, g) = match self.grid {
             Grid::Context(_, max_kv, short) if (n_kv <= max_kv) != short => return,
             Grid::Context([x, y], ..) => (&self.pipeline, [x, y, n_tokens]),
@@ -611,15 +625,9 @@ impl Op {
                 if let Some((bg, _)) = &v.own {
                     bind_group = bg;
                 }
-                let z = v.split.as_ref().map_or(1, |sp| {
-                    let z = mm_splits(n_tokens, m, sp.k, sp.target);
-                    split = (z > 1).then_some((sp, m, z));
-                    z
-                });
-                (
-                    &v.pipeline,
-                    [n_tokens.div_ceil(v.tokens), m.div_ceil(v.rows), z],
-                )
+                let (g, sp) = v.grid(n_tokens, m);
+                split = sp.map(|sp| (sp, m));
+                (&v.pipeline, g)
             }
             Grid::Linear { m } => {
                 if n_tokens <= MATVEC_MAX_TOKENS {
@@ -646,21 +654,15 @@ impl Op {
                 if let Some((bg, _)) = &v.own {
                     bind_group = bg;
                 }
-                let z = v.split.as_ref().map_or(1, |sp| {
-                    let z = mm_splits(n_tokens, m, sp.k, sp.target);
-                    split = (z > 1).then_some((sp, m, z));
-                    z
-                });
-                (
-                    &v.pipeline,
-                    [n_tokens.div_ceil(v.tokens), m.div_ceil(v.rows), z],
-                )
+                let (g, sp) = v.grid(n_tokens, m);
+                split = sp.map(|sp| (sp, m));
+                (&v.pipeline, g)
             }
         };
         pass.set_pipeline(pipeline);
         pass.set_bind_group(0, bind_group, &[]);
         pass.dispatch_workgroups(g[0], g[1], g[2]);
-        if let Some((sp, m, _)) = split {
+        if let Some((sp, m)) = split {
             // Same bind group: the partials, y, the op's parameters.
             pass.set_pipeline(&sp.reduce);
             pass.dispatch_workgroups(m.div_ceil(256), n_tokens, 1);

@@ -1763,15 +1763,14 @@ impl<'a> Lowering<'a> {
         t
     }
 
-    /// A buffer of at least `bytes` for the fast attention's per-split
-    /// results (one for all layers: their dispatches run in turn).
     /// The batch products' partials buffer for a product of `m` rows and
-    /// `k` weights, if some batch it takes ([`FAST_MM_MIN_TOKENS`] up to
-    /// the program's largest) splits over k ([`mm_splits`]).
+    /// `k` weights, if some batch it takes splits over k ([`mm_splits`]:
+    /// fewer tokens, fewer tiles, so the smallest batch,
+    /// [`FAST_MM_MIN_TOKENS`], splits if any does). One for all products:
+    /// their dispatches run in turn.
     fn mm_part(&mut self, m: u32, k: u32) -> Option<wgpu::Buffer> {
         let target = mm_split_target();
-        let splits = (FAST_MM_MIN_TOKENS..=self.max_batch).any(|n| mm_splits(n, m, k, target) > 1);
-        if !splits {
+        if self.max_batch < FAST_MM_MIN_TOKENS || mm_splits(FAST_MM_MIN_TOKENS, m, k, target) == 1 {
             return None;
         }
         Some(
@@ -1781,6 +1780,8 @@ impl<'a> Lowering<'a> {
         )
     }
 
+    /// A buffer of at least `bytes` for the fast attention's per-split
+    /// results (one for all layers: their dispatches run in turn).
     fn partials(&mut self, bytes: u64) -> wgpu::Buffer {
         match &self.partials {
             Some(b) if b.size() >= bytes => b.clone(),
