@@ -1431,6 +1431,41 @@ fn fast_products_all_formats() {
     }
 }
 
+/// `y` (n × m, token-major) against f64 dot products of ggml's dequantized
+/// weights `w` (m × k) and `x` (n × k), plus `acc` where the product
+/// accumulated: within 2e-6 of Σ|w·x| for the f32 tiles, 2e-3 for the
+/// cooperative matrices (`coop`: f16 inputs), plus 1e-5.
+fn check_batch_product(
+    y: &[f32],
+    w: &[f32],
+    x: &[f32],
+    acc: Option<&[f32]>,
+    (k, m, n): (usize, usize, usize),
+    coop: bool,
+    what: &str,
+) {
+    let rel = if coop { 2e-3 } else { 2e-6 };
+    for t in 0..n {
+        for r in 0..m {
+            let (mut dot, mut mag) = (0f64, 0f64);
+            for c in 0..k {
+                let p = w[r * k + c] as f64 * x[t * k + c] as f64;
+                dot += p;
+                mag += p.abs();
+            }
+            if let Some(a) = acc {
+                dot += a[t * m + r] as f64;
+                mag += (a[t * m + r] as f64).abs();
+            }
+            let got = y[t * m + r] as f64;
+            assert!(
+                (got - dot).abs() <= rel * mag + 1e-5,
+                "{what}: y[{t}][{r}] = {got}, expected {dot} (Σ|w·x| = {mag})"
+            );
+        }
+    }
+}
+
 /// The fast mode's batch product (`mm_fast.wgsl`; `mm_coop.wgsl` too where
 /// the device has 16×16×16 f16 cooperative matrices) for every GPU weight
 /// type, batches of 1 to 300 tokens and row counts off the 64 × 64 tile,
@@ -1482,27 +1517,8 @@ fn fast_batch_products_all_formats() {
                     None,
                 )
                 .unwrap();
-                let rel = if use_coop { 2e-3 } else { 2e-6 };
-                for t in 0..n {
-                    for r in 0..m {
-                        let (mut dot, mut mag) = (0f64, 0f64);
-                        for c in 0..k {
-                            let p = w[r * k + c] as f64 * x[t * k + c] as f64;
-                            dot += p;
-                            mag += p.abs();
-                        }
-                        if let Some(a) = &acc {
-                            dot += a[t * m + r] as f64;
-                            mag += (a[t * m + r] as f64).abs();
-                        }
-                        let got = y[t * m + r] as f64;
-                        assert!(
-                            (got - dot).abs() <= rel * mag + 1e-5,
-                            "{ty} coop={use_coop} k={k} m={m} n={n}: y[{t}][{r}] = {got}, \
-                             expected {dot} (Σ|w·x| = {mag})"
-                        );
-                    }
-                }
+                let what = format!("{ty} coop={use_coop} k={k} m={m} n={n}");
+                check_batch_product(&y, &w, &x, acc.as_deref(), (k, m, n), use_coop, &what);
             }
         }
     }
@@ -1557,27 +1573,8 @@ fn fast_batch_products_split_over_k() {
                     Some(target),
                 )
                 .unwrap();
-                let rel = if use_coop { 2e-3 } else { 2e-6 };
-                for t in 0..n {
-                    for r in 0..m {
-                        let (mut dot, mut mag) = (0f64, 0f64);
-                        for c in 0..k {
-                            let p = w[r * k + c] as f64 * x[t * k + c] as f64;
-                            dot += p;
-                            mag += p.abs();
-                        }
-                        if let Some(a) = &a {
-                            dot += a[t * m + r] as f64;
-                            mag += (a[t * m + r] as f64).abs();
-                        }
-                        let got = y[t * m + r] as f64;
-                        assert!(
-                            (got - dot).abs() <= rel * mag + 1e-5,
-                            "{ty} coop={use_coop} k={k} m={m} n={n} splits={splits}: \
-                             y[{t}][{r}] = {got}, expected {dot} (Σ|w·x| = {mag})"
-                        );
-                    }
-                }
+                let what = format!("{ty} coop={use_coop} k={k} m={m} n={n} splits={splits}");
+                check_batch_product(&y, &w, &x, a.as_deref(), (k, m, n), use_coop, &what);
             }
         }
     }
